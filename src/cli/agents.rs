@@ -1,0 +1,260 @@
+//! `scout agents list|add|remove`: the agents of this machine. Adding and
+//! removing edit `relay-agents.json`; a running broker notices the change
+//! within a second, no restart needed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use scout_mesh::lifecycle::Harness;
+use scout_mesh::names::{Label, NamePart, Workspace};
+use serde::Serialize;
+
+use super::output::table;
+use super::{Context, UsageError};
+use crate::config::discover::{self, AgentSource, AgentView};
+use crate::config::relay_agents::{self, ManualAgent, check_command};
+use crate::config::settings;
+
+/// `scout agents …`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List this machine's agents.
+    List,
+    /// Add an agent by hand (to relay-agents.json).
+    Add(AddArgs),
+    /// Remove an agent added by hand.
+    Remove(RemoveArgs),
+}
+
+/// Flags of `scout agents add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The definition name (`fabric` or `@fabric`).
+    pub name: String,
+    /// The CLI it runs (default: `command` when --command is given).
+    #[arg(long, value_name = "HARNESS")]
+    pub harness: Option<Harness>,
+    /// Working directory (default: your home directory).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Workspace part of the instance name (default: the git branch of --cwd).
+    #[arg(long, value_name = "WORKSPACE")]
+    pub workspace: Option<String>,
+    /// Program and arguments; put it last, everything after it is the command.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Flags of `scout agents remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The definition name of a manual agent.
+    pub name: String,
+}
+
+/// Runs `scout agents …`.
+pub fn run(command: AgentsCommand, context: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        AgentsCommand::List => list(context),
+        AgentsCommand::Add(args) => add(args, context),
+        AgentsCommand::Remove(args) => remove(args, context),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AgentList {
+    agents: Vec<AgentView>,
+    warnings: Vec<String>,
+}
+
+fn list(context: &Context) -> anyhow::Result<ExitCode> {
+    let settings = settings::load_required(&context.home.settings_path())?.value;
+    let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
+    let node = Label::parse(&settings.node_name, NamePart::Node)?;
+    let discovered = discover::discover(&settings, &relay);
+    let report = AgentList {
+        agents: discovered
+            .agents
+            .iter()
+            .map(|agent| agent.view(&node))
+            .collect(),
+        warnings: discovered.warnings,
+    };
+    context.printer.emit(&report, || {
+        if report.agents.is_empty() {
+            let mut out =
+                "no agents; add one with `scout agents add NAME --command CMD...`\n".to_owned();
+            for warning in &report.warnings {
+                out.push_str(&format!("warning: {warning}\n"));
+            }
+            return out;
+        }
+        let rows: Vec<Vec<String>> = report
+            .agents
+            .iter()
+            .map(|agent| {
+                vec![
+                    agent.name.clone(),
+                    agent.harness.to_string(),
+                    agent.source.kind().to_owned(),
+                    agent.command.join(" "),
+                    agent.cwd.display().to_string(),
+                ]
+            })
+            .collect();
+        let mut out = table(&["NAME", "HARNESS", "SOURCE", "COMMAND", "CWD"], &rows);
+        for warning in &report.warnings {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
+        out
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct Added {
+    added: ManualAgent,
+    path: PathBuf,
+}
+
+fn add(args: AddArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let name = definition_arg(&args.name)?;
+    let harness = match (args.harness, args.command.is_empty()) {
+        (Some(harness), _) => harness,
+        (None, false) => Harness::Command,
+        (None, true) => {
+            return Err(UsageError::new(
+                "MISSING_COMMAND",
+                "give the program to run with --command CMD... (or a harness with --harness claude|codex|gemini)",
+            )
+            .into());
+        }
+    };
+    check_command(harness, &args.command)
+        .map_err(|message| UsageError::new("INVALID_COMMAND", message))?;
+    let cwd = match &args.cwd {
+        Some(cwd) => {
+            let cwd = std::path::absolute(cwd)
+                .with_context(|| format!("cannot make {} absolute", cwd.display()))?;
+            if !cwd.is_dir() {
+                return Err(UsageError::new(
+                    "INVALID_PATH",
+                    format!("--cwd {} is not a directory", cwd.display()),
+                )
+                .into());
+            }
+            Some(cwd)
+        }
+        None => None,
+    };
+    if let Some(workspace) = &args.workspace {
+        Workspace::parse(workspace)?;
+    }
+
+    let path = context.home.relay_agents_path();
+    settings::load_required(&context.home.settings_path())?;
+    let mut relay = relay_agents::load(&path)?;
+    if relay
+        .value
+        .agents
+        .iter()
+        .any(|agent| agent.name.eq_ignore_ascii_case(name.as_str()))
+    {
+        anyhow::bail!(
+            "agent `@{name}` already exists in {}; remove it first with `scout agents remove {name}`",
+            path.display()
+        );
+    }
+    let agent = ManualAgent {
+        name: name.as_str().to_owned(),
+        harness,
+        command: args.command,
+        cwd,
+        workspace: args.workspace,
+    };
+    relay.value.agents.push(agent.clone());
+    relay.save()?;
+    let report = Added { added: agent, path };
+    context.printer.emit(&report, || {
+        let command = discover::command_or_default(report.added.harness, &report.added.command);
+        format!(
+            "added @{} ({}: {}) to {}\na running broker picks it up within a second\n",
+            report.added.name,
+            report.added.harness,
+            command.join(" "),
+            report.path.display()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct Removed {
+    removed: String,
+    path: PathBuf,
+}
+
+fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let name = definition_arg(&args.name)?;
+    let path = context.home.relay_agents_path();
+    let settings = settings::load_required(&context.home.settings_path())?.value;
+    let mut relay = relay_agents::load(&path)?;
+    let before = relay.value.agents.len();
+    relay
+        .value
+        .agents
+        .retain(|agent| !agent.name.eq_ignore_ascii_case(name.as_str()));
+    if relay.value.agents.len() == before {
+        let discovered = discover::discover(&settings, &relay.value);
+        if let Some(agent) = discovered
+            .agents
+            .iter()
+            .find(|agent| agent.definition == name)
+        {
+            let origin = match &agent.source {
+                AgentSource::Project { manifest } => {
+                    format!("the project manifest {}", manifest.display())
+                }
+                AgentSource::Inferred { marker } => {
+                    format!("the {marker} marker in {}", agent.cwd.display())
+                }
+                AgentSource::Manual => path.display().to_string(),
+            };
+            anyhow::bail!("agent `@{name}` is not a manual agent: it comes from {origin}");
+        }
+        let known: Vec<String> = relay
+            .value
+            .agents
+            .iter()
+            .map(|agent| format!("@{}", agent.name))
+            .collect();
+        if known.is_empty() {
+            anyhow::bail!("no manual agent `@{name}`; there are no manual agents");
+        }
+        anyhow::bail!(
+            "no manual agent `@{name}`; manual agents: {}",
+            known.join(", ")
+        );
+    }
+    relay.save()?;
+    let report = Removed {
+        removed: format!("@{name}"),
+        path,
+    };
+    context.printer.emit(&report, || {
+        format!(
+            "removed {} from {}\n",
+            report.removed,
+            report.path.display()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A definition name as typed: `fabric` or `@fabric`.
+fn definition_arg(input: &str) -> anyhow::Result<Label> {
+    let bare = input.strip_prefix('@').unwrap_or(input);
+    Ok(Label::parse(bare, NamePart::Definition)?)
+}

@@ -1,0 +1,441 @@
+//! `scout doctor`: named checks of everything a broker needs, each ok / warn
+//! / fail with a fix hint. Exits 1 when any check fails.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use scout_mesh::lifecycle::Harness;
+use serde::Serialize;
+
+use super::Context;
+use crate::config::discover::{self, LocalAgent};
+use crate::config::relay_agents::{self, RelayAgents};
+use crate::config::settings::{self, Settings};
+use crate::identity;
+use crate::store::Store;
+
+/// How long the broker's `/health` may take before it counts as down: it
+/// answers from memory, so a second is generous.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Flags of `scout doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but something deserves attention.
+    Warn,
+    /// Broken; the hint says how to fix it.
+    Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One named check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Stable name (`settings`, `node-key`, `store`, `broker`, `cli:claude`, ...).
+    pub name: String,
+    /// Outcome.
+    pub status: Status,
+    /// What was found.
+    pub message: String,
+    /// How to fix it, when not ok.
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, status: Status, message: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Check {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct DoctorReport {
+    ok: bool,
+    checks: Vec<Check>,
+}
+
+/// Runs `scout doctor`.
+pub fn run(_args: DoctorArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let checks = checks(context);
+    let report = DoctorReport {
+        ok: checks.iter().all(|check| check.status != Status::Fail),
+        checks,
+    };
+    context.printer.emit(&report, || render(&report.checks))?;
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn checks(context: &Context) -> Vec<Check> {
+    let home = &context.home;
+    let setup_hint = format!("run `scout setup{}`", super::setup::home_flag(context));
+    let mut checks = Vec::new();
+
+    if home.config_dir.is_dir() {
+        checks.push(Check::new(
+            "home",
+            Status::Ok,
+            if home.config_dir == home.state_dir {
+                home.config_dir.display().to_string()
+            } else {
+                format!(
+                    "{} (config), {} (state)",
+                    home.config_dir.display(),
+                    home.state_dir.display()
+                )
+            },
+        ));
+    } else {
+        checks.push(
+            Check::new(
+                "home",
+                Status::Fail,
+                format!("{} does not exist", home.config_dir.display()),
+            )
+            .hint(setup_hint.clone()),
+        );
+        return checks;
+    }
+
+    let settings = match settings::load(&home.settings_path()) {
+        Ok(Some(file)) => {
+            checks.push(Check::new(
+                "settings",
+                Status::Ok,
+                home.settings_path().display().to_string(),
+            ));
+            Some(file.value)
+        }
+        Ok(None) => {
+            checks.push(
+                Check::new(
+                    "settings",
+                    Status::Fail,
+                    format!("{} is missing", home.settings_path().display()),
+                )
+                .hint(setup_hint.clone()),
+            );
+            None
+        }
+        Err(err) => {
+            checks
+                .push(Check::new("settings", Status::Fail, err.to_string()).hint(
+                    "fix the field named above, or move the file away and run `scout setup`",
+                ));
+            None
+        }
+    };
+
+    let relay = match relay_agents::load(&home.relay_agents_path()) {
+        Ok(file) => {
+            checks.push(Check::new(
+                "relay-agents",
+                Status::Ok,
+                format!(
+                    "{} ({} manual agents)",
+                    home.relay_agents_path().display(),
+                    file.value.agents.len()
+                ),
+            ));
+            file.value
+        }
+        Err(err) => {
+            checks.push(
+                Check::new("relay-agents", Status::Fail, err.to_string())
+                    .hint("fix the field named above"),
+            );
+            RelayAgents::default()
+        }
+    };
+
+    checks.push(secret_file_check(
+        "node-key",
+        &home.node_key_path(),
+        &setup_hint,
+        |path| {
+            identity::load_node_key(path).map(|identity| format!("node id {}", identity.node_id()))
+        },
+    ));
+    checks.push(secret_file_check(
+        "token",
+        &home.token_path(),
+        &setup_hint,
+        |path| identity::load_token(path).map(|_| "present".to_owned()),
+    ));
+    checks.push(store_check(&home.store_path(), &setup_hint));
+
+    if let Some(settings) = &settings {
+        checks.push(broker_check(settings, context));
+        let discovered = discover::discover(settings, &relay);
+        checks.push(agents_check(discovered.agents.len(), &discovered.warnings));
+        checks.extend(cli_checks(&discovered.agents));
+    }
+    checks
+}
+
+fn secret_file_check(
+    name: &str,
+    path: &Path,
+    setup_hint: &str,
+    load: impl FnOnce(&Path) -> anyhow::Result<String>,
+) -> Check {
+    if !path.exists() {
+        return Check::new(name, Status::Fail, format!("{} is missing", path.display()))
+            .hint(setup_hint.to_owned());
+    }
+    let mode = match identity::file_mode(path) {
+        Ok(mode) => mode,
+        Err(err) => return Check::new(name, Status::Fail, format!("{err:#}")),
+    };
+    if identity::is_too_open(mode) {
+        return Check::new(
+            name,
+            Status::Fail,
+            format!("{} is readable by others (mode {mode:o})", path.display()),
+        )
+        .hint(format!("chmod 600 {}", path.display()));
+    }
+    match load(path) {
+        Ok(detail) => Check::new(
+            name,
+            Status::Ok,
+            format!("{} (mode {mode:o}, {detail})", path.display()),
+        ),
+        Err(err) => Check::new(name, Status::Fail, format!("{err:#}"))
+            .hint("move the file away and run `scout setup` to create a new one (peers will see a new node)"),
+    }
+}
+
+fn store_check(path: &Path, setup_hint: &str) -> Check {
+    if !path.exists() {
+        return Check::new(
+            "store",
+            Status::Fail,
+            format!("{} is missing", path.display()),
+        )
+        .hint(setup_hint.to_owned());
+    }
+    let report = Store::open_read_only(path).and_then(|store| store.integrity_check());
+    match report {
+        Ok(report) if report.ok => Check::new(
+            "store",
+            Status::Ok,
+            format!(
+                "{} (schema {}, integrity ok)",
+                path.display(),
+                report.schema_version
+            ),
+        ),
+        Ok(report) => Check::new(
+            "store",
+            Status::Fail,
+            format!(
+                "{}: integrity check failed: {}",
+                path.display(),
+                report.problems.join("; ")
+            ),
+        )
+        .hint("stop the broker and keep a copy of the file; peers resync the registry into a fresh store"),
+        Err(err) => Check::new("store", Status::Fail, err.to_string())
+            .hint("stop the broker and keep a copy of the file before anything else"),
+    }
+}
+
+fn broker_check(settings: &Settings, context: &Context) -> Check {
+    let port = match crate::daemon::http_port(settings) {
+        Ok(port) => port,
+        Err(err) => {
+            return Check::new("broker", Status::Fail, err.to_string())
+                .hint("unset PORT or fix it");
+        }
+    };
+    let url = format!("http://127.0.0.1:{port}/health");
+    let agent = ureq::AgentBuilder::new().timeout(HEALTH_TIMEOUT).build();
+    let up_hint = format!(
+        "start it with `scout up{}`",
+        super::setup::home_flag(context)
+    );
+    match agent.get(&url).call() {
+        Ok(response) => match response.into_json::<serde_json::Value>() {
+            Ok(health) => {
+                let node = health.get("node").and_then(|v| v.as_str()).unwrap_or("?");
+                if node != settings.node_name {
+                    Check::new(
+                        "broker",
+                        Status::Warn,
+                        format!(
+                            "{url} is answered by node `{node}`, not `{}`",
+                            settings.node_name
+                        ),
+                    )
+                    .hint("another broker uses this port; give each home its own http_port")
+                } else {
+                    Check::new(
+                        "broker",
+                        Status::Ok,
+                        format!("running at {url} (node {node})"),
+                    )
+                }
+            }
+            Err(err) => Check::new(
+                "broker",
+                Status::Warn,
+                format!("{url} answered something that is not scout: {err}"),
+            ),
+        },
+        Err(err) => Check::new(
+            "broker",
+            Status::Warn,
+            format!("not running ({url}: {err})"),
+        )
+        .hint(up_hint),
+    }
+}
+
+fn agents_check(n_agents: usize, warnings: &[String]) -> Check {
+    if warnings.is_empty() {
+        Check::new("agents", Status::Ok, format!("{n_agents} found"))
+    } else {
+        Check::new(
+            "agents",
+            Status::Warn,
+            format!("{n_agents} found; {}", warnings.join("; ")),
+        )
+        .hint("fix the files named above")
+    }
+}
+
+fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for harness in [Harness::Claude, Harness::Codex, Harness::Gemini] {
+        let Some(program) = harness.default_program() else {
+            continue;
+        };
+        let users: Vec<String> = agents
+            .iter()
+            .filter(|agent| agent.harness == harness)
+            .map(|agent| format!("@{}", agent.definition))
+            .collect();
+        let name = format!("cli:{program}");
+        match find_program(program) {
+            Some(path) => checks.push(Check::new(name, Status::Ok, path.display().to_string())),
+            None if users.is_empty() => checks.push(Check::new(
+                name,
+                Status::Ok,
+                "not installed (no agent uses it)",
+            )),
+            None => checks.push(
+                Check::new(
+                    name,
+                    Status::Fail,
+                    format!("`{program}` is not on PATH; used by {}", users.join(", ")),
+                )
+                .hint(install_hint(harness)),
+            ),
+        }
+    }
+    for agent in agents
+        .iter()
+        .filter(|agent| agent.harness == Harness::Command)
+    {
+        let Some(program) = agent.command.first() else {
+            continue;
+        };
+        if find_program(program).is_none() {
+            checks.push(
+                Check::new(
+                    format!("command:@{}", agent.definition),
+                    Status::Fail,
+                    format!("`{program}` is not on PATH"),
+                )
+                .hint("install it, or fix the agent's command with `scout agents remove` and `scout agents add`"),
+            );
+        }
+    }
+    checks
+}
+
+fn install_hint(harness: Harness) -> &'static str {
+    match harness {
+        Harness::Claude => "npm install -g @anthropic-ai/claude-code, then `claude` to log in",
+        Harness::Codex => "npm install -g @openai/codex, then `codex login`",
+        Harness::Gemini => "npm install -g @google/gemini-cli, then `gemini` to log in",
+        Harness::Command => "install the program",
+    }
+}
+
+/// Finds a program the way a shell would: a path with a `/` as is,
+/// otherwise the first executable file of that name on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return is_executable(&path).then_some(path);
+    }
+    let path_var = std::env::var_os("PATH")?;
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn render(checks: &[Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|check| check.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for check in checks {
+        out.push_str(&format!(
+            "{:<4}  {:<width$}  {}\n",
+            check.status.word(),
+            check.name,
+            check.message
+        ));
+        if let Some(hint) = &check.hint {
+            out.push_str(&format!("{:<4}  {:<width$}  fix: {hint}\n", "", ""));
+        }
+    }
+    let n_fail = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let n_warn = checks.iter().filter(|c| c.status == Status::Warn).count();
+    out.push_str(&format!(
+        "{} checks: {} ok, {n_warn} warn, {n_fail} fail\n",
+        checks.len(),
+        checks.len() - n_fail - n_warn
+    ));
+    out
+}

@@ -1,0 +1,141 @@
+//! The `scout` command line: argument parsing, dispatch, and the error and
+//! exit-code conventions every command shares.
+//!
+//! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
+//! [`agents`], [`resolve`]); [`output`] is the one printer for results.
+//!
+//! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error.
+//! Errors print as `error: …` and one `caused by: …` per source on stderr.
+
+pub mod agents;
+pub mod doctor;
+pub mod output;
+pub mod resolve;
+pub mod setup;
+pub mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::home::Home;
+use output::Printer;
+
+/// Scout: a peer broker for coding agents.
+#[derive(Debug, Parser)]
+#[command(name = "scout", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The broker's home directory (settings, keys, store); several brokers
+    /// can share a machine with one home each.
+    #[arg(long, global = true, env = "SCOUT_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the home, settings, node key and store; find this machine's agents.
+    Setup(setup::SetupArgs),
+    /// Run the broker in the foreground.
+    Up(up::UpArgs),
+    /// Check the home, keys, store, broker and agent CLIs.
+    Doctor(doctor::DoctorArgs),
+    /// List, add and remove agents.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+    /// Show which agent instance a name resolves to, and why.
+    Resolve(resolve::ResolveArgs),
+}
+
+/// A mistake in how scout was called or configured (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    /// Stable error code (`INVALID_NAME`, `CONFIG_INVALID`, ...).
+    pub code: &'static str,
+    /// What is wrong, lower-case, no trailing period.
+    pub message: String,
+}
+
+impl UsageError {
+    /// A usage error with a code.
+    pub fn new(code: &'static str, message: impl Into<String>) -> UsageError {
+        UsageError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything a command needs from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The resolved home.
+    pub home: Home,
+    /// The result printer.
+    pub printer: Printer,
+}
+
+/// Parses the arguments, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = Home::resolve(cli.home.as_deref()).and_then(|home| {
+        let context = Context {
+            home,
+            printer: Printer::new(cli.json),
+        };
+        run(cli.command, &context)
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            report_error(&err);
+            exit_code_of(&err)
+        }
+    }
+}
+
+fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Setup(args) => setup::run(args, context),
+        Command::Up(args) => up::run(args, context),
+        Command::Doctor(args) => doctor::run(args, context),
+        Command::Agents(command) => agents::run(command, context),
+        Command::Resolve(args) => resolve::run(args, context),
+    }
+}
+
+/// Prints `error: …` and one `caused by: …` line per source.
+pub fn report_error(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("caused by: {cause}");
+    }
+}
+
+/// 2 for usage and configuration errors, 1 for everything else.
+pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    let is_usage = err.chain().any(|cause| {
+        cause.downcast_ref::<UsageError>().is_some()
+            || cause
+                .downcast_ref::<ConfigError>()
+                .is_some_and(|config| matches!(config, ConfigError::Invalid { .. }))
+            || cause
+                .downcast_ref::<scout_mesh::names::NameError>()
+                .is_some()
+    });
+    if is_usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,263 @@
+//! `settings.json`: the machine-local settings of one broker.
+
+use std::path::{Path, PathBuf};
+
+use scout_mesh::names::{Label, NamePart};
+use serde::{Deserialize, Serialize};
+
+use super::json_file::{ConfigError, JsonFile};
+
+/// The settings file format this scout writes.
+pub const SETTINGS_VERSION: u32 = 1;
+
+/// Default port of the local HTTP surface (the local runtime's `PORT`).
+pub const HTTP_PORT_DEFAULT: u16 = 3100;
+
+/// Default UDP port of the mesh (QUIC).
+pub const MESH_PORT_DEFAULT: u16 = 3101;
+
+/// Seeds a broker dials at most; a list longer than this is a config
+/// mistake (a mesh needs one or two reachable seeds, not hundreds).
+pub const SEEDS_MAX: usize = 64;
+
+/// Workspace roots scanned at most, for the same reason.
+pub const WORKSPACE_ROOTS_MAX: usize = 64;
+
+/// The settings of one broker. Missing fields take their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Format version of this file.
+    pub version: u32,
+    /// This broker's node name (`laptop`), a DNS label.
+    pub node_name: String,
+    /// Port of the local HTTP surface on 127.0.0.1; 0 picks a free one.
+    pub http_port: u16,
+    /// UDP port of the mesh; 0 picks a free one.
+    pub mesh_port: u16,
+    /// Directories scanned for projects (`.openscout/project.json`, markers).
+    pub workspace_roots: Vec<PathBuf>,
+    /// Brokers to dial at start, as `host:port`.
+    pub seeds: Vec<String>,
+    /// Which discovery sources run.
+    pub discovery: DiscoverySettings,
+}
+
+/// Discovery switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiscoverySettings {
+    /// Advertise and browse `_scout._udp.local.` on the LAN.
+    pub mdns: bool,
+    /// Read peers from tailscaled.
+    pub tailscale: TailscaleSettings,
+}
+
+/// Tailscale discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TailscaleSettings {
+    /// Whether to ask tailscaled for peers at all.
+    pub enabled: bool,
+    /// Only peers carrying one of these tags (empty: every peer).
+    pub tags: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            version: SETTINGS_VERSION,
+            node_name: default_node_name(),
+            http_port: HTTP_PORT_DEFAULT,
+            mesh_port: MESH_PORT_DEFAULT,
+            workspace_roots: Vec::new(),
+            seeds: Vec::new(),
+            discovery: DiscoverySettings::default(),
+        }
+    }
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> DiscoverySettings {
+        DiscoverySettings {
+            mdns: true,
+            tailscale: TailscaleSettings::default(),
+        }
+    }
+}
+
+impl Default for TailscaleSettings {
+    fn default() -> TailscaleSettings {
+        TailscaleSettings {
+            enabled: true,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Loads `settings.json`, validated; `Ok(None)` when the file does not exist.
+pub fn load(path: &Path) -> Result<Option<JsonFile<Settings>>, ConfigError> {
+    let Some(file) = JsonFile::<Settings>::load(path)? else {
+        return Ok(None);
+    };
+    validate(&file.value, path, &file.text)?;
+    Ok(Some(file))
+}
+
+/// Loads `settings.json` or explains how to create it.
+pub fn load_required(path: &Path) -> anyhow::Result<JsonFile<Settings>> {
+    load(path)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no settings at {}; run `scout setup` first (with the same --home)",
+            path.display()
+        )
+    })
+}
+
+/// Checks the values the types cannot: names, seeds, list sizes.
+pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), ConfigError> {
+    if settings.version > SETTINGS_VERSION {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "version",
+            format!(
+                "written by a newer scout (version {}); this scout knows up to {SETTINGS_VERSION}",
+                settings.version
+            ),
+        ));
+    }
+    if let Err(err) = Label::parse(&settings.node_name, NamePart::Node) {
+        return Err(ConfigError::field(path, text, "node_name", err.to_string()));
+    }
+    if settings.seeds.len() > SEEDS_MAX {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "seeds",
+            format!("{} seeds; at most {SEEDS_MAX}", settings.seeds.len()),
+        ));
+    }
+    for (idx, seed) in settings.seeds.iter().enumerate() {
+        if let Err(message) = parse_seed(seed) {
+            return Err(ConfigError::field(
+                path,
+                text,
+                &format!("seeds[{idx}]"),
+                message,
+            ));
+        }
+    }
+    if settings.workspace_roots.len() > WORKSPACE_ROOTS_MAX {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "workspace_roots",
+            format!(
+                "{} roots; at most {WORKSPACE_ROOTS_MAX}",
+                settings.workspace_roots.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits a seed `host:port` (`[v6]:port` for IPv6 literals) into its parts.
+pub fn parse_seed(seed: &str) -> Result<(String, u16), String> {
+    let (host, port) = seed
+        .rsplit_once(':')
+        .ok_or_else(|| format!("seed `{seed}` has no port; write host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("seed `{seed}` has no host; write host:port"));
+    }
+    if host.chars().any(|ch| ch.is_whitespace() || ch == '/') {
+        return Err(format!("seed `{seed}` has a bad host `{host}`"));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("seed `{seed}` has a bad port `{port}`; use 1-65535"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// A node name from the machine's host name: its first DNS label, folded to
+/// the characters a node name may hold.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::process::Command::new("hostname")
+                .output()
+                .ok()
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+        })
+        .unwrap_or_default();
+    node_name_from_host(&host)
+}
+
+/// Folds a host name into a valid node name (`My-Laptop.local` → `my-laptop`).
+pub fn node_name_from_host(host: &str) -> String {
+    let first_label = host.trim().split('.').next().unwrap_or_default();
+    let folded: String = first_label
+        .chars()
+        .map(|ch| {
+            let ch = ch.to_ascii_lowercase();
+            if ch.is_ascii_lowercase() || ch.is_ascii_digit() {
+                ch
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = folded.trim_matches('-');
+    if trimmed.is_empty() {
+        "node".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fold_to_node_names() {
+        assert_eq!(node_name_from_host("My_Laptop.local\n"), "my-laptop");
+        assert_eq!(node_name_from_host("---"), "node");
+        assert_eq!(node_name_from_host(""), "node");
+    }
+
+    #[test]
+    fn seeds_need_host_and_port() {
+        assert_eq!(parse_seed("devbox:3101"), Ok(("devbox".into(), 3101)));
+        assert_eq!(parse_seed("[::1]:3101"), Ok(("::1".into(), 3101)));
+        assert!(parse_seed("devbox").is_err());
+        assert!(parse_seed("devbox:0").is_err());
+        assert!(parse_seed(":3101").is_err());
+    }
+
+    #[test]
+    fn bad_node_name_names_the_field_and_line() {
+        let text = "{\n  \"node_name\": \"Bad_Name\"\n}\n";
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        let err = validate(&settings, Path::new("settings.json"), text).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("settings.json:2:3: field `node_name`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_seed_names_its_index() {
+        let text = "{\"seeds\": [\"a:1\", \"b\"]}";
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        let err = validate(&settings, Path::new("s.json"), text).unwrap_err();
+        assert!(err.to_string().contains("field `seeds[1]`"), "{err}");
+    }
+}

@@ -1,0 +1,241 @@
+//! The broker daemon: wires the store, the configuration, the agents and the
+//! HTTP surface together, and stops them all on one shutdown signal.
+//!
+//! Code map: [`Broker`] starts and stops everything; [`BrokerState`] is what
+//! request handlers and background tasks share; [`watch`] reloads agents
+//! when their files change, so `scout agents add` needs no restart.
+
+pub mod watch;
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use scout_mesh::names::{Label, NamePart};
+use serde::Serialize;
+use tokio::sync::watch as signal;
+use tokio::task::JoinSet;
+
+use crate::config::discover::{self, LocalAgent};
+use crate::config::{relay_agents, settings};
+use crate::home::Home;
+use crate::identity;
+use crate::store::{Store, StoreOptions};
+
+/// What request handlers and background tasks share.
+#[derive(Debug)]
+pub struct BrokerState {
+    /// The broker's home.
+    pub home: Home,
+    /// This node's name.
+    pub node_name: Label,
+    /// This node's id.
+    pub node_id: String,
+    /// The bearer token of the local API.
+    pub token: String,
+    /// The durable store.
+    pub store: Store,
+    /// This machine's agents, replaced whole on every reload.
+    pub agents: RwLock<Vec<LocalAgent>>,
+    /// When the broker started.
+    pub started: Instant,
+}
+
+/// What the broker prints once it is ready.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyInfo {
+    /// Node name.
+    pub node_name: String,
+    /// Node id.
+    pub node_id: String,
+    /// Where the HTTP surface listens.
+    pub http_addr: SocketAddr,
+    /// The store file.
+    pub store_path: PathBuf,
+    /// Local agents found at start.
+    pub agents: usize,
+    /// Flights the store reconciled at open (interrupted by the last stop).
+    pub reconciled_flights: usize,
+}
+
+impl ReadyInfo {
+    /// The one human ready line.
+    pub fn line(&self) -> String {
+        format!(
+            "scout ready: node {} (id {}) http http://{} agents {} store {}",
+            self.node_name,
+            self.node_id,
+            self.http_addr,
+            self.agents,
+            self.store_path.display()
+        )
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    state: Arc<BrokerState>,
+    info: ReadyInfo,
+    shutdown: signal::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// Held for the broker's lifetime: the advisory lock on the home.
+    _lock: File,
+}
+
+impl Broker {
+    /// Loads the home, opens the store, finds the agents and starts serving.
+    pub async fn start(home: &Home) -> anyhow::Result<Broker> {
+        let settings = settings::load_required(&home.settings_path())?.value;
+        let relay = relay_agents::load(&home.relay_agents_path())?.value;
+        if !home.node_key_path().exists() {
+            anyhow::bail!(
+                "no node key at {}; run `scout setup` first (with the same --home)",
+                home.node_key_path().display()
+            );
+        }
+        let identity = identity::load_node_key(&home.node_key_path())?;
+        let token = identity::load_token(&home.token_path())?;
+        let node_name = Label::parse(&settings.node_name, NamePart::Node)?;
+        let lock = lock_home(home)?;
+
+        let store_path = home.store_path();
+        let (store, reconciled) = {
+            let path = store_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path, StoreOptions::default()))
+                .await
+                .context("the store opener stopped")?
+                .with_context(|| format!("cannot open the store {}", store_path.display()))?
+        };
+        let reconciled_flights = reconciled.total();
+        if reconciled_flights > 0 {
+            tracing::warn!(
+                flights = reconciled_flights,
+                "reconciled flights left unfinished by the last stop"
+            );
+        }
+
+        let discovered = discover::discover(&settings, &relay);
+        for warning in &discovered.warnings {
+            tracing::warn!(%warning, "agent discovery");
+        }
+        let listener = crate::http::bind(http_port(&settings)?).await?;
+        let http_addr = listener.local_addr()?;
+
+        let state = Arc::new(BrokerState {
+            home: home.clone(),
+            node_name: node_name.clone(),
+            node_id: identity.node_id().to_owned(),
+            token,
+            store,
+            agents: RwLock::new(discovered.agents),
+            started: Instant::now(),
+        });
+        let info = ReadyInfo {
+            node_name: node_name.as_str().to_owned(),
+            node_id: state.node_id.clone(),
+            http_addr,
+            store_path,
+            agents: state.agents.read().map(|agents| agents.len()).unwrap_or(0),
+            reconciled_flights,
+        };
+
+        let (shutdown, shutdown_rx) = signal::channel(false);
+        let mut tasks = JoinSet::new();
+        let router = crate::http::router(state.clone());
+        let mut http_shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                // Either a shutdown or a dropped sender ends the server.
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(cause = %err, "http server stopped");
+            }
+        });
+        tasks.spawn(watch::run(state.clone(), shutdown_rx));
+
+        Ok(Broker {
+            state,
+            info,
+            shutdown,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    /// What to print once ready.
+    pub fn info(&self) -> &ReadyInfo {
+        &self.info
+    }
+
+    /// The shared state (for tests and in-process embedding).
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Stops every task at a safe point, then closes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(cause = %err, "a broker task failed");
+            }
+        }
+        let store = self.state.store.clone();
+        drop(self.state);
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .context("the store closer stopped")?
+            .context("cannot close the store")?;
+        Ok(())
+    }
+}
+
+/// The HTTP port: the local runtime's `PORT` variable when set, else the
+/// settings' `http_port`.
+pub fn http_port(settings: &settings::Settings) -> anyhow::Result<u16> {
+    match std::env::var("PORT") {
+        Ok(port) => port
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("PORT `{port}` is not a port number (0-65535)")),
+        Err(_) => Ok(settings.http_port),
+    }
+}
+
+/// Takes the home's advisory lock, so a second broker on the same home
+/// fails at once instead of fighting over the store and ports.
+fn lock_home(home: &Home) -> anyhow::Result<File> {
+    std::fs::create_dir_all(&home.state_dir)
+        .with_context(|| format!("cannot create {}", home.state_dir.display()))?;
+    let path = home.lock_path();
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another broker is already running with home {} (pid {})",
+                home.config_dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}

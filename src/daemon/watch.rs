@@ -1,0 +1,96 @@
+//! Reloads the agent list when `relay-agents.json` or `settings.json`
+//! changes, and rescans the workspace roots now and then for new projects.
+//!
+//! Polling a file's size and modification time is cheap, portable and
+//! robust against editors that replace files by rename; it costs at most
+//! one poll interval of latency.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::BrokerState;
+use crate::config::discover;
+use crate::config::{relay_agents, settings};
+
+/// How often the config files are checked for changes: short enough that
+/// `scout agents add` feels immediate, long enough to cost nothing.
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the workspace roots are rescanned for new manifests even when
+/// no config file changed; a scan walks directories, so not too often.
+pub const WORKSPACE_RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+const _: () = assert!(WORKSPACE_RESCAN_INTERVAL.as_millis() > CONFIG_POLL_INTERVAL.as_millis());
+
+type Fingerprint = Option<(u64, SystemTime)>;
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.len(), metadata.modified().ok()?))
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    let relay_path = state.home.relay_agents_path();
+    let settings_path = state.home.settings_path();
+    let mut last = (fingerprint(&relay_path), fingerprint(&settings_path));
+    let mut ticker = tokio::time::interval(CONFIG_POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_scan = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = (fingerprint(&relay_path), fingerprint(&settings_path));
+        let rescan_due = last_scan.elapsed() >= WORKSPACE_RESCAN_INTERVAL;
+        if now == last && !rescan_due {
+            continue;
+        }
+        last = now;
+        last_scan = tokio::time::Instant::now();
+        let state = state.clone();
+        // Discovery walks directories: keep it off the async workers.
+        let reload = tokio::task::spawn_blocking(move || reload(&state)).await;
+        if let Err(err) = reload {
+            tracing::error!(cause = %err, "agent reload task failed");
+        }
+    }
+}
+
+/// Reloads the agents from the files; a broken file keeps the old list and
+/// logs why, so a typo never takes agents away from a running broker.
+pub fn reload(state: &BrokerState) {
+    let settings = match settings::load_required(&state.home.settings_path()) {
+        Ok(file) => file.value,
+        Err(err) => {
+            tracing::warn!(cause = %err, "settings not reloaded; keeping the current agents");
+            return;
+        }
+    };
+    let relay = match relay_agents::load(&state.home.relay_agents_path()) {
+        Ok(file) => file.value,
+        Err(err) => {
+            tracing::warn!(cause = %err, "relay agents not reloaded; keeping the current agents");
+            return;
+        }
+    };
+    let discovered = discover::discover(&settings, &relay);
+    for warning in &discovered.warnings {
+        tracing::warn!(%warning, "agent discovery");
+    }
+    let Ok(mut agents) = state.agents.write() else {
+        return;
+    };
+    if *agents != discovered.agents {
+        tracing::info!(
+            before = agents.len(),
+            after = discovered.agents.len(),
+            "agents reloaded"
+        );
+        *agents = discovered.agents;
+    }
+}

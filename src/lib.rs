@@ -1,0 +1,26 @@
+//! The `scout` broker as a library, so the binary, the end-to-end tests and
+//! `netsim` all run the same code.
+//!
+//! Code map:
+//! - [`cli`]: the `scout` command line (one file per command family).
+//! - [`daemon`]: the running broker; wires store, config, agents and HTTP.
+//! - [`http`]: the local HTTP surface (axum), token-protected but `/health`.
+//! - [`store`]: the durable SQLite store, its migrations, the group-commit
+//!   writer, the flight and delivery state machines as enforced on disk.
+//! - [`config`]: settings, manual agents, project manifests, agent discovery.
+//! - [`home`]: where a broker's files live.
+//! - [`identity`]: the node key, node id and API token.
+//! - [`logging`]: stderr logs.
+//!
+//! Architecture invariant: the pure decisions (name grammar, resolution
+//! policy, state transitions) live in `scout-mesh`; this crate does the IO
+//! around them and never re-implements them.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod home;
+pub mod http;
+pub mod identity;
+pub mod logging;
+pub mod store;

@@ -1,0 +1,338 @@
+//! Flights: the lifecycle of one invocation's work on its owner.
+//!
+//! Every state change reads the current state and checks
+//! `FlightState::can_transition_to` in the same transaction that writes the
+//! new one; an illegal change is [`StoreError::IllegalTransition`] and
+//! writes nothing.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use scout_mesh::lifecycle::{FailureReason, FlightState};
+
+use super::invocations::Invocation;
+use super::{
+    Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
+    parse_word, unix_ms_now,
+};
+
+/// Longest flight output kept, in characters. The output column is a tail
+/// for status pages and `logs`; the full exchange lives in the conversation.
+pub const FLIGHT_OUTPUT_CHARS_MAX: usize = 256 * 1024;
+
+/// One flight, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flight {
+    /// The flight's id.
+    pub flight_id: String,
+    /// The invocation it executes (one flight per invocation).
+    pub invocation_id: String,
+    /// Where it is in its lifecycle.
+    pub state: FlightState,
+    /// The agent instance the name resolved to.
+    pub chosen_instance: Option<String>,
+    /// Why that instance was chosen (exact, local, idle, least busy).
+    pub resolve_reason: Option<String>,
+    /// Why it ended without a result (set on `failed`, maybe on `cancelled`).
+    pub failure_reason: Option<FailureReason>,
+    /// A human-readable explanation of the failure.
+    pub failure_detail: Option<String>,
+    /// The tail of the agent's output, at most [`FLIGHT_OUTPUT_CHARS_MAX`].
+    pub output: String,
+    /// The final answer, once completed.
+    pub result: Option<String>,
+    /// When the flight was created, unix ms.
+    pub created_at_ms: i64,
+    /// When it last changed, unix ms.
+    pub updated_at_ms: i64,
+}
+
+/// What is needed to create a flight; it starts `queued`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFlight {
+    /// The flight's id (see [`new_id`](super::new_id)).
+    pub flight_id: String,
+    /// The invocation it executes; must be stored already.
+    pub invocation_id: String,
+    /// The agent instance the name resolved to.
+    pub chosen_instance: Option<String>,
+    /// Why that instance was chosen.
+    pub resolve_reason: Option<String>,
+    /// Creation time, unix ms.
+    pub created_at_ms: i64,
+}
+
+const COLUMNS: &str = "flight_id, invocation_id, state, chosen_instance, resolve_reason, \
+                       failure_reason, failure_detail, output, result, created_at_ms, updated_at_ms";
+
+impl Flight {
+    /// Creates the `queued` flight of a stored invocation.
+    ///
+    /// Errors: [`StoreError::NotFound`] when the invocation is not stored,
+    /// [`StoreError::AlreadyExists`] when it already has a flight or the
+    /// flight id is taken.
+    pub fn create(transaction: &Transaction<'_>, new: &NewFlight) -> Result<Flight, StoreError> {
+        if !Invocation::exists(transaction, &new.invocation_id)? {
+            return Err(StoreError::NotFound {
+                kind: "invocation",
+                id: new.invocation_id.clone(),
+            });
+        }
+        let n_inserted = transaction
+            .prepare_cached(
+                "INSERT INTO flights (flight_id, invocation_id, state, chosen_instance,
+                     resolve_reason, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                new.flight_id,
+                new.invocation_id,
+                new.chosen_instance,
+                new.resolve_reason,
+                new.created_at_ms,
+            ])?;
+        if n_inserted == 0 {
+            return Err(StoreError::AlreadyExists {
+                kind: "flight",
+                id: new.flight_id.clone(),
+            });
+        }
+        Flight::get(transaction, &new.flight_id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "flight",
+            id: new.flight_id.clone(),
+        })
+    }
+
+    /// Moves a flight to `to` if the state machine allows it. `failure` is
+    /// required for `failed`, allowed for `cancelled`, refused otherwise.
+    /// Returns the flight as written.
+    pub fn transition(
+        transaction: &Transaction<'_>,
+        flight_id: &str,
+        to: FlightState,
+        failure: Option<(FailureReason, &str)>,
+        now_ms: i64,
+    ) -> Result<Flight, StoreError> {
+        let from = Flight::state(transaction, flight_id)?;
+        from.transition(to)
+            .map_err(|transition| StoreError::IllegalTransition {
+                kind: "flight",
+                id: flight_id.to_owned(),
+                transition,
+            })?;
+        check_failure_fits("flight", flight_id, to.as_str(), failure.is_some())?;
+        let (reason, detail) = match failure {
+            Some((reason, detail)) => (Some(reason.as_str()), Some(clamp_detail(detail))),
+            None => (None, None),
+        };
+        // The `state = ?` guard repeats the check in SQL: were anything else
+        // to write this row between the read and here, nothing would change
+        // and the mismatch below would report it.
+        let n_updated = transaction
+            .prepare_cached(
+                "UPDATE flights SET state = ?1, failure_reason = ?2, failure_detail = ?3,
+                     updated_at_ms = ?4
+                 WHERE flight_id = ?5 AND state = ?6",
+            )?
+            .execute(params![
+                to.as_str(),
+                reason,
+                detail,
+                now_ms,
+                flight_id,
+                from.as_str()
+            ])?;
+        if n_updated != 1 {
+            return Err(StoreError::InvalidRequest {
+                detail: format!("flight {flight_id} changed while it was being updated"),
+            });
+        }
+        Flight::get(transaction, flight_id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "flight",
+            id: flight_id.to_owned(),
+        })
+    }
+
+    /// Appends `chunk` to the flight's output, keeping the last
+    /// [`FLIGHT_OUTPUT_CHARS_MAX`] characters.
+    pub fn append_output(
+        transaction: &Transaction<'_>,
+        flight_id: &str,
+        chunk: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let n_updated = transaction
+            .prepare_cached(
+                "UPDATE flights SET output = substr(output || ?1, -?2), updated_at_ms = ?3
+                 WHERE flight_id = ?4",
+            )?
+            .execute(params![
+                chunk,
+                FLIGHT_OUTPUT_CHARS_MAX as i64,
+                now_ms,
+                flight_id
+            ])?;
+        if n_updated == 0 {
+            return Err(StoreError::NotFound {
+                kind: "flight",
+                id: flight_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the flight's final answer. Does not change its state: call
+    /// [`Flight::transition`] to `completed` in the same write.
+    pub fn set_result(
+        transaction: &Transaction<'_>,
+        flight_id: &str,
+        result: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let n_updated = transaction
+            .prepare_cached(
+                "UPDATE flights SET result = ?1, updated_at_ms = ?2 WHERE flight_id = ?3",
+            )?
+            .execute(params![result, now_ms, flight_id])?;
+        if n_updated == 0 {
+            return Err(StoreError::NotFound {
+                kind: "flight",
+                id: flight_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The flight with this id, if stored.
+    pub fn get(connection: &Connection, flight_id: &str) -> Result<Option<Flight>, StoreError> {
+        connection
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM flights WHERE flight_id = ?1"
+            ))?
+            .query_row([flight_id], |row| Ok(Flight::from_row(row)))
+            .optional()?
+            .transpose()
+    }
+
+    /// The flight of an invocation, if it has one.
+    pub fn get_for_invocation(
+        connection: &Connection,
+        invocation_id: &str,
+    ) -> Result<Option<Flight>, StoreError> {
+        connection
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM flights WHERE invocation_id = ?1"
+            ))?
+            .query_row([invocation_id], |row| Ok(Flight::from_row(row)))
+            .optional()?
+            .transpose()
+    }
+
+    /// Flights not yet completed, failed or cancelled, oldest first.
+    pub fn list_non_terminal(
+        connection: &Connection,
+        limit: usize,
+    ) -> Result<Vec<Flight>, StoreError> {
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM flights
+             WHERE state IN ('queued', 'waking', 'running', 'waiting')
+             ORDER BY created_at_ms, flight_id LIMIT ?1"
+        ))?;
+        let rows = statement.query_map([list_limit(limit)], |row| Ok(Flight::from_row(row)))?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Flights in one state, oldest first.
+    pub fn list_in_state(
+        connection: &Connection,
+        state: FlightState,
+        limit: usize,
+    ) -> Result<Vec<Flight>, StoreError> {
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM flights WHERE state = ?1
+             ORDER BY created_at_ms, flight_id LIMIT ?2"
+        ))?;
+        let rows = statement.query_map(params![state.as_str(), list_limit(limit)], |row| {
+            Ok(Flight::from_row(row))
+        })?;
+        rows.map(|row| row?).collect()
+    }
+
+    fn state(connection: &Connection, flight_id: &str) -> Result<FlightState, StoreError> {
+        let word: Option<String> = connection
+            .prepare_cached("SELECT state FROM flights WHERE flight_id = ?1")?
+            .query_row([flight_id], |row| row.get(0))
+            .optional()?;
+        match word {
+            None => Err(StoreError::NotFound {
+                kind: "flight",
+                id: flight_id.to_owned(),
+            }),
+            Some(word) => parse_word("flights", flight_id, &word),
+        }
+    }
+
+    fn from_row(row: &Row<'_>) -> Result<Flight, StoreError> {
+        let flight_id: String = row.get(0)?;
+        let state: String = row.get(2)?;
+        Ok(Flight {
+            invocation_id: row.get(1)?,
+            state: parse_word("flights", &flight_id, &state)?,
+            chosen_instance: row.get(3)?,
+            resolve_reason: row.get(4)?,
+            failure_reason: parse_optional_word("flights", &flight_id, row.get(5)?)?,
+            failure_detail: row.get(6)?,
+            output: row.get(7)?,
+            result: row.get(8)?,
+            created_at_ms: row.get(9)?,
+            updated_at_ms: row.get(10)?,
+            flight_id,
+        })
+    }
+}
+
+impl Store {
+    /// [`Flight::transition`] in its own write, stamped with the current
+    /// time.
+    pub async fn transition_flight(
+        &self,
+        flight_id: &str,
+        to: FlightState,
+        failure: Option<(FailureReason, String)>,
+    ) -> Result<Flight, StoreError> {
+        let flight_id = flight_id.to_owned();
+        self.write(move |transaction| {
+            let failure = failure
+                .as_ref()
+                .map(|(reason, detail)| (*reason, detail.as_str()));
+            Flight::transition(transaction, &flight_id, to, failure, unix_ms_now())
+        })
+        .await
+    }
+
+    /// Records the final answer and moves the flight to `completed` in one
+    /// commit.
+    pub async fn complete_flight(
+        &self,
+        flight_id: &str,
+        result: String,
+    ) -> Result<Flight, StoreError> {
+        let flight_id = flight_id.to_owned();
+        self.write(move |transaction| {
+            let now_ms = unix_ms_now();
+            Flight::set_result(transaction, &flight_id, &result, now_ms)?;
+            Flight::transition(
+                transaction,
+                &flight_id,
+                FlightState::Completed,
+                None,
+                now_ms,
+            )
+        })
+        .await
+    }
+
+    /// The flight with this id, if stored.
+    pub fn get_flight(&self, flight_id: &str) -> Result<Option<Flight>, StoreError> {
+        self.read(|connection| Flight::get(connection, flight_id))
+    }
+}

@@ -1,0 +1,369 @@
+//! The schema, as an ordered list of migrations tracked in
+//! `PRAGMA user_version`.
+//!
+//! A migration is applied in one transaction together with the version bump,
+//! so a crash leaves the file at the old or the new version, never between.
+//! A released migration never changes: a new column or table is a new entry
+//! at the end of [`MIGRATIONS`]. State columns carry CHECK constraints with
+//! the words of `scout_mesh::lifecycle`; a unit test keeps the two in step,
+//! so a new state word fails the build's tests until a migration adds it.
+//!
+//! Conventions: ids are TEXT (uuid v7 strings for rows the store creates,
+//! natural keys for registry rows), timestamps are INTEGER unix
+//! milliseconds (`*_at_ms`), every table is STRICT so a value of the wrong
+//! type is refused at write time rather than discovered at read time.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// One step of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The `user_version` after this migration; versions count up from 1
+    /// without gaps.
+    pub version: i64,
+    /// What the migration does, for logs.
+    pub name: &'static str,
+    /// The statements, run as one batch inside the migration's transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial schema",
+    sql: SCHEMA_V1,
+}];
+
+/// The schema version this binary writes: the last migration's.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE nodes (
+    node_id          TEXT PRIMARY KEY NOT NULL,
+    name             TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 63),
+    addresses_json   TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(addresses_json)),
+    last_seen_at_ms  INTEGER,
+    updated_at_ms    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX nodes_by_name ON nodes (name);
+
+CREATE TABLE projects (
+    project_id     TEXT PRIMARY KEY NOT NULL,
+    name           TEXT NOT NULL,
+    root_path      TEXT,
+    node_id        TEXT REFERENCES nodes (node_id),
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE agent_definitions (
+    name           TEXT PRIMARY KEY NOT NULL CHECK (length(name) BETWEEN 1 AND 63),
+    project_id     TEXT REFERENCES projects (project_id),
+    harness        TEXT,
+    description    TEXT,
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+
+-- An instance is a definition running on a node in a workspace. The
+-- workspace is '' when the instance has none, so the natural key is unique
+-- (NULLs never collide in a UNIQUE constraint).
+CREATE TABLE agent_instances (
+    instance_id      TEXT PRIMARY KEY NOT NULL,
+    definition_name  TEXT NOT NULL REFERENCES agent_definitions (name),
+    node_id          TEXT NOT NULL REFERENCES nodes (node_id),
+    workspace        TEXT NOT NULL DEFAULT '',
+    project_id       TEXT REFERENCES projects (project_id),
+    updated_at_ms    INTEGER NOT NULL,
+    UNIQUE (definition_name, node_id, workspace)
+) STRICT;
+CREATE INDEX agent_instances_by_node ON agent_instances (node_id);
+
+CREATE TABLE endpoints (
+    endpoint_id    TEXT PRIMARY KEY NOT NULL,
+    instance_id    TEXT NOT NULL REFERENCES agent_instances (instance_id) ON DELETE CASCADE,
+    harness        TEXT NOT NULL,
+    transport      TEXT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN
+                   ('registered', 'waking', 'idle', 'working', 'unreachable', 'failed', 'stopped')),
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX endpoints_by_instance ON endpoints (instance_id);
+
+CREATE TABLE conversations (
+    conversation_id  TEXT PRIMARY KEY NOT NULL,
+    title            TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    updated_at_ms    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX conversations_by_update ON conversations (updated_at_ms);
+
+-- seq orders messages within a conversation; the single writer assigns it.
+CREATE TABLE messages (
+    message_id       TEXT PRIMARY KEY NOT NULL,
+    conversation_id  TEXT NOT NULL REFERENCES conversations (conversation_id),
+    seq              INTEGER NOT NULL CHECK (seq >= 1),
+    author           TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    invocation_id    TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    UNIQUE (conversation_id, seq)
+) STRICT;
+
+-- The primary key is the UNIQUE(invocation_id) the owner relies on to never
+-- execute an id twice. conversation_id is not a foreign key: an owner
+-- receives invocations for conversations that live at the origin.
+CREATE TABLE invocations (
+    invocation_id    TEXT PRIMARY KEY NOT NULL,
+    action           TEXT NOT NULL CHECK (action IN
+                     ('consult', 'execute', 'summarize', 'status', 'wake')),
+    body             TEXT NOT NULL,
+    conversation_id  TEXT,
+    origin_node      TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    deadline_ms      INTEGER,
+    delivery_policy  TEXT NOT NULL CHECK (delivery_policy IN
+                     ('best_effort', 'must_ack', 'durable', 'ephemeral')),
+    created_at_ms    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX invocations_by_conversation ON invocations (conversation_id)
+    WHERE conversation_id IS NOT NULL;
+
+-- One flight per invocation, on its owner. A failure reason is required on
+-- `failed`, allowed on `cancelled`, and refused on every other state.
+CREATE TABLE flights (
+    flight_id        TEXT PRIMARY KEY NOT NULL,
+    invocation_id    TEXT NOT NULL UNIQUE REFERENCES invocations (invocation_id),
+    state            TEXT NOT NULL CHECK (state IN
+                     ('queued', 'waking', 'running', 'waiting', 'completed', 'failed', 'cancelled')),
+    chosen_instance  TEXT,
+    resolve_reason   TEXT,
+    failure_reason   TEXT CHECK (failure_reason IN
+                     ('peer_unreachable', 'peer_rejected', 'agent_offline', 'timeout',
+                      'harness_error', 'dispatch', 'cancelled')),
+    failure_detail   TEXT,
+    output           TEXT NOT NULL DEFAULT '',
+    result           TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    updated_at_ms    INTEGER NOT NULL,
+    CHECK (state <> 'failed' OR failure_reason IS NOT NULL),
+    CHECK (failure_reason IS NULL OR state IN ('failed', 'cancelled'))
+) STRICT;
+CREATE INDEX flights_non_terminal ON flights (state)
+    WHERE state IN ('queued', 'waking', 'running', 'waiting');
+
+-- The origin's view of routing one invocation.
+CREATE TABLE deliveries (
+    delivery_id      TEXT PRIMARY KEY NOT NULL,
+    invocation_id    TEXT NOT NULL REFERENCES invocations (invocation_id),
+    target           TEXT NOT NULL,
+    owner_node       TEXT,
+    state            TEXT NOT NULL CHECK (state IN
+                     ('accepted', 'peer_acked', 'running', 'completed', 'deferred', 'failed', 'cancelled')),
+    failure_reason   TEXT CHECK (failure_reason IN
+                     ('peer_unreachable', 'peer_rejected', 'agent_offline', 'timeout',
+                      'harness_error', 'dispatch', 'cancelled')),
+    failure_detail   TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    updated_at_ms    INTEGER NOT NULL,
+    CHECK (state <> 'failed' OR failure_reason IS NOT NULL),
+    CHECK (failure_reason IS NULL OR state IN ('failed', 'cancelled'))
+) STRICT;
+CREATE INDEX deliveries_by_state ON deliveries (state, updated_at_ms);
+CREATE INDEX deliveries_by_invocation ON deliveries (invocation_id);
+
+-- One row per try; ended_at_ms and outcome stay NULL while the try runs.
+CREATE TABLE delivery_attempts (
+    delivery_id      TEXT NOT NULL REFERENCES deliveries (delivery_id),
+    attempt          INTEGER NOT NULL CHECK (attempt >= 1),
+    started_at_ms    INTEGER NOT NULL,
+    ended_at_ms      INTEGER,
+    outcome          TEXT CHECK (outcome IN ('succeeded', 'failed')),
+    failure_reason   TEXT CHECK (failure_reason IN
+                     ('peer_unreachable', 'peer_rejected', 'agent_offline', 'timeout',
+                      'harness_error', 'dispatch', 'cancelled')),
+    failure_detail   TEXT,
+    PRIMARY KEY (delivery_id, attempt),
+    CHECK ((outcome IS NULL) = (ended_at_ms IS NULL)),
+    CHECK ((outcome = 'failed') = (failure_reason IS NOT NULL))
+) STRICT;
+
+CREATE TABLE work_orders (
+    work_order_id  TEXT PRIMARY KEY NOT NULL,
+    target         TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN
+                   ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    owner_node     TEXT NOT NULL,
+    schedule       TEXT,
+    invocation_id  TEXT,
+    created_at_ms  INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX work_orders_by_state ON work_orders (state, created_at_ms);
+
+-- Append-only; seq gives the order entries were written in.
+CREATE TABLE audit_log (
+    seq          INTEGER PRIMARY KEY,
+    ts_ms        INTEGER NOT NULL,
+    actor        TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    detail_json  TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail_json))
+) STRICT;
+CREATE INDEX audit_log_by_subject ON audit_log (subject, seq);
+"#;
+
+/// Reads `PRAGMA user_version`.
+pub fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Applies every migration newer than the file's version, each in its own
+/// transaction. Refuses a file newer than [`SCHEMA_VERSION`].
+pub(crate) fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    for migration in MIGRATIONS {
+        // BEGIN IMMEDIATE takes the write lock first, so the version read
+        // below cannot change under us before the migration commits.
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = schema_version(&transaction)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found >= migration.version {
+            continue;
+        }
+        transaction.execute_batch(migration.sql)?;
+        transaction.pragma_update(None, "user_version", migration.version)?;
+        transaction.commit()?;
+        tracing::info!(
+            path = %path.display(),
+            version = migration.version,
+            name = migration.name,
+            "applied store migration"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scout_mesh::lifecycle::{
+        DeliveryPolicy, DeliveryState, EndpointState, FailureReason, FlightState, InvocationAction,
+    };
+
+    use crate::store::work_orders::WorkOrderState;
+
+    #[test]
+    fn versions_count_up_from_one_without_gaps() {
+        for (idx, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version, idx as i64 + 1, "{}", migration.name);
+        }
+    }
+
+    /// The CHECK list of `column` in the schema text, e.g. for
+    /// `state IN ('a', 'b')` returns `["a", "b"]`. Takes the first match
+    /// after `anchor`.
+    fn check_list(anchor: &str, column: &str) -> Vec<String> {
+        let all_sql: String = MIGRATIONS.iter().map(|m| m.sql).collect();
+        let table_start = all_sql.find(anchor).expect("anchor in schema");
+        let rest = &all_sql[table_start..];
+        let needle = format!("{column} IN");
+        let column_start = rest.find(&needle).expect("column check in schema");
+        let open = column_start + rest[column_start..].find('(').expect("open paren");
+        let close = open + rest[open..].find(')').expect("close paren");
+        rest[open + 1..close]
+            .split(',')
+            .map(|word| word.trim().trim_matches('\'').to_owned())
+            .collect()
+    }
+
+    fn words<T: std::fmt::Display>(all: &[T]) -> Vec<String> {
+        all.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn check_constraints_list_the_lifecycle_words() {
+        assert_eq!(
+            check_list("CREATE TABLE flights", "state"),
+            words(FlightState::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE flights", "failure_reason"),
+            words(FailureReason::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE deliveries", "state"),
+            words(DeliveryState::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE deliveries", "failure_reason"),
+            words(FailureReason::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE delivery_attempts", "failure_reason"),
+            words(FailureReason::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE invocations", "action"),
+            words(InvocationAction::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE invocations", "delivery_policy"),
+            words(DeliveryPolicy::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE endpoints", "state"),
+            words(EndpointState::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE work_orders", "state"),
+            words(WorkOrderState::ALL)
+        );
+    }
+
+    #[test]
+    fn migrating_an_empty_database_reaches_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scout.db");
+        let mut connection = Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&connection).unwrap(), 0);
+        migrate(&mut connection, &path).unwrap();
+        assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);
+        let n_tables: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(n_tables, 13);
+        // A second run finds nothing to do.
+        migrate(&mut connection, &path).unwrap();
+        assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn state_checks_refuse_unknown_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scout.db");
+        let mut connection = Connection::open(&path).unwrap();
+        migrate(&mut connection, &path).unwrap();
+        let err = connection
+            .execute(
+                "INSERT INTO work_orders (work_order_id, target, body, state, owner_node,
+                     created_at_ms, updated_at_ms)
+                 VALUES ('w', '@a', 'b', 'sleeping', 'n', 0, 0)",
+                [],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK"), "{err}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Helpers shared by the end-to-end tests: run the real `scout` binary in a
+//! temporary home, start brokers and wait for them with a bound.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any wait for a broker may take before the test fails: far above
+/// what a healthy run needs, so only a real hang trips it.
+pub const WAIT_BOUND: Duration = Duration::from_secs(30);
+
+/// A temporary machine: a home directory for one broker and a working dir.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `scout` command with this sandbox's home, run from the sandbox, with
+    /// HOME pointing into it so nothing of the real user leaks in.
+    pub fn scout(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scout"));
+        command
+            .arg("--home")
+            .arg(self.home())
+            .current_dir(self.path())
+            .env("HOME", self.path())
+            .env_remove("SCOUT_HOME")
+            .env_remove("PORT")
+            .env_remove("RUST_LOG")
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.scout().args(args).output().expect("run scout");
+        Run::from(output)
+    }
+
+    /// `scout setup` with a free HTTP port and a fixed node name.
+    pub fn setup(&self, node_name: &str) -> Run {
+        let run = self.run(&[
+            "setup",
+            "--node-name",
+            node_name,
+            "--http-port",
+            "0",
+            "--mesh-port",
+            "0",
+        ]);
+        assert_eq!(run.code, 0, "setup failed: {}", run.stderr);
+        run
+    }
+
+    /// Replaces this sandbox's paths and node ids so output can be snapshotted.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.replace(&self.home().display().to_string(), "[HOME]");
+        out = out.replace(&self.path().display().to_string(), "[SANDBOX]");
+        redact_hex(&out)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.home().join("token"))
+            .expect("token")
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Replaces 32-character lower-case hex runs (node ids) with `[NODE_ID]`.
+pub fn redact_hex(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        let run = bytes[idx..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            .count();
+        if run == 32 {
+            out.push_str("[NODE_ID]");
+            idx += run;
+        } else {
+            let ch = text[idx..].chars().next().expect("char");
+            out.push(ch);
+            idx += ch.len_utf8();
+        }
+    }
+    out
+}
+
+/// The outcome of one finished command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.stdout))
+    }
+}
+
+/// A broker process started with `scout up --json`.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub ready: serde_json::Value,
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+impl BrokerProcess {
+    /// Starts `scout up` and waits (bounded) for its ready line.
+    pub fn start(sandbox: &Sandbox) -> BrokerProcess {
+        BrokerProcess::start_command(sandbox.scout())
+    }
+
+    /// Starts `scout --json up` from a prepared command (extra env, flags).
+    pub fn start_command(mut command: Command) -> BrokerProcess {
+        let mut child = command
+            .args(["--json", "up"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scout up");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let _ = ready_tx.send(value);
+                    text.clear();
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = match ready_rx.recv_timeout(WAIT_BOUND) {
+            Ok(ready) => ready,
+            Err(_) => {
+                let _ = child.kill();
+                let log: Vec<String> = err_rx.try_iter().collect();
+                panic!(
+                    "broker never printed its ready line; stderr:\n{}",
+                    log.join("\n")
+                );
+            }
+        };
+        BrokerProcess {
+            child,
+            ready,
+            stderr_lines: err_rx,
+        }
+    }
+
+    pub fn http_base(&self) -> String {
+        format!(
+            "http://{}",
+            self.ready["http_addr"].as_str().expect("http_addr")
+        )
+    }
+
+    /// Sends a signal and waits (bounded) for the exit code.
+    pub fn stop_with(&mut self, signal: i32) -> i32 {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + WAIT_BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Collects stderr lines seen so far (after the process ended, all of them).
+    pub fn stderr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .stderr_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(line);
+        }
+        lines.join("\n")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it returns `Some`, failing the test after `WAIT_BOUND`.
+/// For state owned by another process, polling is the only observation there is.
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_BOUND;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
