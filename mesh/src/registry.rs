@@ -1,0 +1,1468 @@
+//! The replicated registry: the set of records every broker holds, the rules
+//! that decide which version of a record wins, what makes a record valid, and
+//! the views (members, nodes, instances, definitions) derived from the set.
+//!
+//! Rules:
+//! - A record's key is `(origin, kind, name)`, and only `origin` writes under
+//!   it. For one key, the version with the higher sequence number
+//!   (`dot.counter`) wins; with one writer there are no conflicts. The one
+//!   exception, an origin that lost its database and reused sequence numbers,
+//!   is broken deterministically (see [`Registry`]) and repaired by
+//!   [`crate::sync`].
+//! - Deletes are tombstones (`body: None`) with their own sequence number.
+//!   Revocations are permanent and cannot be deleted.
+//! - Definitions have many writers: each origin publishes its own snapshot of
+//!   a `crdts::MVReg` register, and the view of a definition merges every
+//!   origin's snapshot, so concurrent edits are all shown until an edit that
+//!   saw them supersedes them.
+//! - [`validate`] checks a record on its own (names, sizes, kinds, version);
+//!   it is the same on every broker, so every broker rejects the same records
+//!   and bad data never spreads. Rules that depend on other records (an
+//!   instance's node must be its origin's node name) are applied where the
+//!   record is written ([`crate::sync::Replica::put`]) and as filters of the
+//!   views, never as rejections: two brokers that know different records
+//!   would otherwise reject different things and never converge.
+//!
+//! Every view is a pure function of the record set, so replicas holding the
+//! same records show the same views.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crdts::{CvRDT, MVReg, VClock};
+
+use crate::names::{AgentName, LABEL_LEN_MAX, Label, NAME_BYTES_MAX, NamePart};
+use crate::resolve::Candidate;
+use crate::wire::{NODE_ID_BYTES, VV_ENTRY_BYTES_MAX, truncate};
+
+pub use crate::hlc::Hlc;
+pub use crate::wire::{
+    AdmissionBody, AdmissionMethod, DefinitionBody, DefinitionEntry, DefinitionValue, InstanceBody,
+    InvalidNodeId, NodeBody, NodeId, Record, RecordBody, RecordKey, RecordKind, RevocationBody,
+};
+
+/// The longest record name, in bytes. The longest name of any kind is a full
+/// agent name; node ids and labels are shorter.
+pub const RECORD_NAME_BYTES_MAX: usize = NAME_BYTES_MAX;
+
+/// The largest record body, encoded, in bytes. Registry records describe
+/// brokers and agents, not their work, so a few KiB is plenty; a definition
+/// register at every field limit still fits (asserted below).
+pub const RECORD_BODY_BYTES_MAX: usize = 32 * 1024;
+
+/// The largest encoded record: its body, its key (two node ids counting the
+/// dot's, a name) and a little for tags, lengths and the timestamp.
+pub const RECORD_BYTES_MAX: usize =
+    RECORD_BODY_BYTES_MAX + 2 * NODE_ID_BYTES + RECORD_NAME_BYTES_MAX + 64;
+
+/// The most mesh addresses a node may announce. A machine with a LAN, a VPN
+/// and a few interfaces has well under this; more is a misconfiguration.
+pub const NODE_ADDRESSES_MAX: usize = 16;
+
+/// The longest address string, in bytes: a bracketed IPv6 address with a
+/// scope id and a port is under 64.
+pub const ADDRESS_BYTES_MAX: usize = 64;
+
+/// The longest Scout version string, in bytes (`0.1.0-rc.1+abcdef`).
+pub const VERSION_STRING_BYTES_MAX: usize = 64;
+
+/// The longest working-directory display string, in bytes. It is shown to
+/// people, never used as a path, so a long one is cut by its writer.
+pub const CWD_BYTES_MAX: usize = 1024;
+
+/// The longest definition description, in bytes: a paragraph.
+pub const DESCRIPTION_BYTES_MAX: usize = 1024;
+
+/// The most aliases one definition value may list.
+pub const ALIASES_MAX: usize = 16;
+
+/// The longest revocation reason, in bytes: one sentence for people.
+pub const REVOCATION_REASON_BYTES_MAX: usize = 256;
+
+/// The most concurrent values one definition register may hold. Each value
+/// is an edit nobody has seen yet; more than a handful means brokers edit
+/// without ever syncing, and bounding it bounds the record.
+pub const DEFINITION_VALUES_MAX: usize = 8;
+
+/// The most writers one definition value's clock may name. A `crdts` MVReg
+/// clock grows with every broker that ever edited the definition; bounding
+/// it bounds the record, and definitions have few writers.
+pub const DEFINITION_WRITERS_MAX: usize = 64;
+
+/// How much of a rejected name an error keeps, in bytes.
+const ERROR_NAME_BYTES_MAX: usize = 128;
+
+const _: () = assert!(
+    5 + DEFINITION_VALUES_MAX
+        * (5 + DEFINITION_WRITERS_MAX * VV_ENTRY_BYTES_MAX
+            + 5
+            + DESCRIPTION_BYTES_MAX
+            + 5
+            + ALIASES_MAX * (1 + LABEL_LEN_MAX))
+        <= RECORD_BODY_BYTES_MAX
+);
+
+/// A record that breaks the rules of the registry. It is never stored and
+/// never forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRecord {
+    /// The version was written by another broker than the key's origin;
+    /// only the origin writes under its own key.
+    #[error("record version is by {actor} but the key's origin is {origin}")]
+    ActorNotOrigin {
+        /// The key's origin.
+        origin: NodeId,
+        /// The dot's actor.
+        actor: NodeId,
+    },
+    /// The sequence number is 0; an origin's first change is 1.
+    #[error("record sequence number is 0; sequence numbers start at 1")]
+    ZeroCounter,
+    /// The body belongs to another kind of record than the key says.
+    #[error("record key is a {key_kind} record but its body is a {body_kind}")]
+    BodyKindMismatch {
+        /// The key's kind.
+        key_kind: RecordKind,
+        /// The body's kind.
+        body_kind: RecordKind,
+    },
+    /// The key's name is not valid for its kind.
+    #[error("invalid {kind} record name `{name}`: {detail}")]
+    InvalidName {
+        /// The key's kind.
+        kind: RecordKind,
+        /// The name, cut short when long.
+        name: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A field of the body is malformed.
+    #[error("invalid {field}: {detail}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A size or count is over its limit.
+    #[error("{field} is {len}; the limit is {max}")]
+    TooLarge {
+        /// What was measured (bytes or items, as its name says).
+        field: &'static str,
+        /// The measured size or count.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node's protocol version is 0, which no release speaks.
+    #[error("protocol version {version} is not a known sync protocol version")]
+    UnknownProtocolVersion {
+        /// The version given.
+        version: u16,
+    },
+    /// A revocation tombstone: revocations are permanent.
+    #[error("revocations are permanent and cannot be deleted")]
+    RevocationDeleted,
+    /// A local instance record names another node than this broker.
+    #[error("instance `{name}` is on node `{instance_node}`, but this broker is `{self_node}`")]
+    InstanceNodeMismatch {
+        /// The instance name.
+        name: String,
+        /// Its node part.
+        instance_node: String,
+        /// This broker's node name.
+        self_node: String,
+    },
+}
+
+impl InvalidRecord {
+    /// The stable code of every record error.
+    pub const CODE: &'static str = "INVALID_RECORD";
+
+    /// The stable code of this error, [`InvalidRecord::CODE`].
+    pub fn code(&self) -> &'static str {
+        Self::CODE
+    }
+}
+
+/// Checks one record on its own: the rules every broker applies before
+/// merging anything, whoever sent it.
+pub fn validate(record: &Record) -> Result<(), InvalidRecord> {
+    let key = &record.key;
+    if record.dot.actor != key.origin {
+        return Err(InvalidRecord::ActorNotOrigin {
+            origin: key.origin.clone(),
+            actor: record.dot.actor.clone(),
+        });
+    }
+    if record.dot.counter == 0 {
+        return Err(InvalidRecord::ZeroCounter);
+    }
+    if key.name.len() > RECORD_NAME_BYTES_MAX {
+        return Err(InvalidRecord::TooLarge {
+            field: "record name bytes",
+            len: key.name.len(),
+            max: RECORD_NAME_BYTES_MAX,
+        });
+    }
+    validate_name(key)?;
+    let Some(body) = &record.body else {
+        if key.kind == RecordKind::Revocation {
+            return Err(InvalidRecord::RevocationDeleted);
+        }
+        return Ok(());
+    };
+    if body.kind() != key.kind {
+        return Err(InvalidRecord::BodyKindMismatch {
+            key_kind: key.kind,
+            body_kind: body.kind(),
+        });
+    }
+    let body_bytes = postcard::experimental::serialized_size(body).map_err(|err| {
+        InvalidRecord::InvalidField {
+            field: "body",
+            detail: err.to_string(),
+        }
+    })?;
+    check_len("record body bytes", body_bytes, RECORD_BODY_BYTES_MAX)?;
+    match body {
+        RecordBody::Node(node) => validate_node(node),
+        RecordBody::Instance(instance) => validate_instance(&key.name, instance),
+        RecordBody::Admission(admission) => {
+            check_label("node_name", &admission.node_name, NamePart::Node)?;
+            check_author("admitted_by", &admission.admitted_by, &key.origin)
+        }
+        RecordBody::Revocation(revocation) => {
+            check_len(
+                "revocation reason bytes",
+                revocation.reason.len(),
+                REVOCATION_REASON_BYTES_MAX,
+            )?;
+            check_author("revoked_by", &revocation.revoked_by, &key.origin)
+        }
+        RecordBody::Definition(definition) => validate_definition(definition),
+    }
+}
+
+/// Checks one definition value: description size, alias count and labels.
+pub fn validate_definition_value(value: &DefinitionValue) -> Result<(), InvalidRecord> {
+    check_len(
+        "definition description bytes",
+        value.description.len(),
+        DESCRIPTION_BYTES_MAX,
+    )?;
+    check_len("definition aliases", value.aliases.len(), ALIASES_MAX)?;
+    for alias in &value.aliases {
+        check_label("alias", alias, NamePart::Definition)?;
+    }
+    Ok(())
+}
+
+fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
+    let invalid = |detail: String| InvalidRecord::InvalidName {
+        kind: key.kind,
+        name: truncate(&key.name, ERROR_NAME_BYTES_MAX),
+        detail,
+    };
+    match key.kind {
+        RecordKind::Node if key.name.is_empty() => Ok(()),
+        RecordKind::Node => Err(invalid(
+            "a node record is named by its origin; its name must be empty".into(),
+        )),
+        RecordKind::Instance => {
+            let name = AgentName::parse(&key.name).map_err(|err| invalid(err.to_string()))?;
+            if !name.is_fully_qualified() {
+                return Err(invalid(
+                    "an instance name gives a node and a workspace, as in `@fabric@laptop#main`"
+                        .into(),
+                ));
+            }
+            let canonical = name.to_string();
+            if canonical != key.name {
+                return Err(invalid(format!("not canonical; write it as `{canonical}`")));
+            }
+            Ok(())
+        }
+        RecordKind::Admission | RecordKind::Revocation => NodeId::parse(&key.name)
+            .map(drop)
+            .map_err(|err| invalid(err.to_string())),
+        RecordKind::Definition => {
+            let label = Label::parse(&key.name, NamePart::Definition)
+                .map_err(|err| invalid(err.to_string()))?;
+            if label.as_str() != key.name {
+                return Err(invalid(format!("not canonical; write it as `{label}`")));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate_node(node: &NodeBody) -> Result<(), InvalidRecord> {
+    check_label("node_name", &node.node_name, NamePart::Node)?;
+    check_len("node addresses", node.addresses.len(), NODE_ADDRESSES_MAX)?;
+    for address in &node.addresses {
+        check_len("address bytes", address.len(), ADDRESS_BYTES_MAX)?;
+        // Parsing only: `core::net` has no sockets, so the core stays pure.
+        if address.parse::<core::net::SocketAddr>().is_err() {
+            return Err(InvalidRecord::InvalidField {
+                field: "address",
+                detail: format!("`{address}` is not an ip:port socket address"),
+            });
+        }
+    }
+    if node.scout_version.is_empty() {
+        return Err(InvalidRecord::InvalidField {
+            field: "scout_version",
+            detail: "empty".into(),
+        });
+    }
+    check_len(
+        "scout version bytes",
+        node.scout_version.len(),
+        VERSION_STRING_BYTES_MAX,
+    )?;
+    // A newer protocol version is accepted: announcing it is how a mesh
+    // learns that some brokers can upgrade. Version 0 was never released.
+    if node.protocol_version == 0 {
+        return Err(InvalidRecord::UnknownProtocolVersion {
+            version: node.protocol_version,
+        });
+    }
+    Ok(())
+}
+
+fn validate_instance(name: &str, instance: &InstanceBody) -> Result<(), InvalidRecord> {
+    // `validate_name` already parsed the name; a failure here cannot happen
+    // but is still an error, not a panic.
+    let workspace = AgentName::parse(name).ok().and_then(|name| {
+        name.workspace()
+            .map(|workspace| workspace.as_str().to_owned())
+    });
+    if workspace.as_deref() != Some(instance.workspace.as_str()) {
+        return Err(InvalidRecord::InvalidField {
+            field: "workspace",
+            detail: format!(
+                "`{}` is not the workspace of `{name}`",
+                truncate(&instance.workspace, ERROR_NAME_BYTES_MAX)
+            ),
+        });
+    }
+    check_len("cwd bytes", instance.cwd.len(), CWD_BYTES_MAX)
+}
+
+fn validate_definition(definition: &DefinitionBody) -> Result<(), InvalidRecord> {
+    let register_error = |detail: String| InvalidRecord::InvalidField {
+        field: "definition register",
+        detail,
+    };
+    let entries = definition
+        .entries()
+        .map_err(|err| register_error(err.to_string()))?;
+    if entries.is_empty() {
+        return Err(register_error("holds no value".into()));
+    }
+    check_len("definition values", entries.len(), DEFINITION_VALUES_MAX)?;
+    for entry in &entries {
+        check_len(
+            "definition writers",
+            entry.clock.dots.len(),
+            DEFINITION_WRITERS_MAX,
+        )?;
+        // Writes always carry a clock with the writer's counter in it, and
+        // `MVReg` ignores a write with an empty clock.
+        if entry.clock.is_empty() || entry.clock.dots.values().any(|counter| *counter == 0) {
+            return Err(register_error(
+                "a clock is empty or has a zero counter".into(),
+            ));
+        }
+        validate_definition_value(&entry.value)?;
+    }
+    // A register built by writes and merges never holds two entries with
+    // the same clock, nor one entry whose clock is older than another's;
+    // such a register would merge differently depending on order.
+    for (idx, entry) in entries.iter().enumerate() {
+        for other in &entries[idx + 1..] {
+            if entry.clock.partial_cmp(&other.clock).is_some() {
+                return Err(register_error(
+                    "two values are not concurrent (one clock descends from the other)".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), InvalidRecord> {
+    if len > max {
+        Err(InvalidRecord::TooLarge { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a label field: a valid DNS label, already lower-case.
+fn check_label(field: &'static str, value: &str, part: NamePart) -> Result<(), InvalidRecord> {
+    let label = Label::parse(value, part).map_err(|err| InvalidRecord::InvalidField {
+        field,
+        detail: err.to_string(),
+    })?;
+    if label.as_str() != value {
+        return Err(InvalidRecord::InvalidField {
+            field,
+            detail: format!("not canonical; write it as `{label}`"),
+        });
+    }
+    Ok(())
+}
+
+fn check_author(
+    field: &'static str,
+    author: &NodeId,
+    origin: &NodeId,
+) -> Result<(), InvalidRecord> {
+    if author == origin {
+        Ok(())
+    } else {
+        Err(InvalidRecord::InvalidField {
+            field,
+            detail: format!("{author} is not the record's origin {origin}"),
+        })
+    }
+}
+
+/// What applying a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// The key was unknown; the record is stored.
+    Inserted,
+    /// The record superseded the stored version.
+    Replaced,
+    /// The stored version is as new or newer; nothing changed.
+    Stale,
+}
+
+/// Two or more admissions of one node id that disagree on its public key.
+/// Such a node is not a member until the conflicting admissions are deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConflict {
+    /// The node id admitted with different keys.
+    pub node_id: NodeId,
+    /// Each admission: the admitting origin and the key it admitted.
+    pub admissions: Vec<(NodeId, [u8; 32])>,
+}
+
+/// A node as its own record describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeEntry<'a> {
+    /// The node.
+    pub node_id: &'a NodeId,
+    /// When it last changed its record.
+    pub hlc: Hlc,
+    /// What it says about itself.
+    pub body: &'a NodeBody,
+}
+
+/// A live agent instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceEntry<'a> {
+    /// Its full name.
+    pub name: AgentName,
+    /// The broker that runs it.
+    pub origin: &'a NodeId,
+    /// When its record last changed.
+    pub hlc: Hlc,
+    /// Its state.
+    pub body: &'a InstanceBody,
+}
+
+/// The membership view, recomputed whenever an admission or revocation
+/// record changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Trust {
+    has_admissions: bool,
+    members: BTreeSet<NodeId>,
+    admitters: BTreeSet<NodeId>,
+    revoked: BTreeSet<NodeId>,
+    keys: BTreeMap<NodeId, [u8; 32]>,
+    conflicts: Vec<KeyConflict>,
+}
+
+/// The set of records one broker holds, with its derived views.
+///
+/// Which version of a key wins: the higher `dot.counter`; on equal counters
+/// (only possible when an origin lost its database and reused a number) the
+/// higher timestamp, then the larger encoding, so every broker picks the same
+/// one whatever order they arrive in.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    records: BTreeMap<RecordKey, Record>,
+    /// Every stored record by origin and sequence number, for deltas and
+    /// for advancing version vectors. A set of pairs rather than a map,
+    /// because a reused sequence number can name two keys.
+    by_origin: BTreeMap<NodeId, BTreeSet<(u64, RecordKey)>>,
+    /// Keys of admission and revocation records, so the membership view is
+    /// recomputed from them alone.
+    trust_keys: BTreeSet<RecordKey>,
+    trust: Trust,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// How many records (tombstones included) it holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The stored version of a key.
+    pub fn get(&self, key: &RecordKey) -> Option<&Record> {
+        self.records.get(key)
+    }
+
+    /// Every record, tombstones included, in key order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values()
+    }
+
+    /// Every origin with at least one stored record.
+    pub fn origins(&self) -> impl Iterator<Item = &NodeId> {
+        self.by_origin.keys()
+    }
+
+    /// The highest sequence number stored for `origin`, 0 if none.
+    pub fn max_counter(&self, origin: &NodeId) -> u64 {
+        self.by_origin
+            .get(origin)
+            .and_then(|index| index.last())
+            .map_or(0, |(counter, _)| *counter)
+    }
+
+    /// Whether a record of `origin` with sequence number `counter` is stored.
+    pub fn has_counter(&self, origin: &NodeId, counter: u64) -> bool {
+        self.by_origin.get(origin).is_some_and(|index| {
+            index
+                .range((counter, min_key(origin))..)
+                .next()
+                .is_some_and(|(found, _)| *found == counter)
+        })
+    }
+
+    /// The records of `origin` with a sequence number above `after`, in
+    /// sequence order.
+    pub fn records_after<'a>(
+        &'a self,
+        origin: &NodeId,
+        after: u64,
+    ) -> impl Iterator<Item = &'a Record> + 'a {
+        let start = (after.saturating_add(1), min_key(origin));
+        self.by_origin
+            .get(origin)
+            .into_iter()
+            .flat_map(move |index| index.range(start.clone()..))
+            .filter_map(|(_, key)| self.records.get(key))
+    }
+
+    /// Node ids admitted by at least one live admission, with no revocation
+    /// and no key conflict.
+    pub fn members(&self) -> &BTreeSet<NodeId> {
+        &self.trust.members
+    }
+
+    /// Whether `node_id` is a member.
+    pub fn is_member(&self, node_id: &NodeId) -> bool {
+        self.trust.members.contains(node_id)
+    }
+
+    /// Whether any broker revoked `node_id`.
+    pub fn is_revoked(&self, node_id: &NodeId) -> bool {
+        self.trust.revoked.contains(node_id)
+    }
+
+    /// Whether any live admission exists. Until one does, the mesh has no
+    /// membership yet (a fresh broker before it joins or founds one).
+    pub fn has_admissions(&self) -> bool {
+        self.trust.has_admissions
+    }
+
+    /// Whether `node_id` may sync with this broker: anyone while the mesh has
+    /// no admissions (a fresh broker); afterwards members, and brokers that
+    /// admitted someone. Only members admit, so an admitter is a member whose
+    /// own admission has not arrived yet; without this, a broker that first
+    /// hears of its own admission would refuse the broker that admitted it.
+    /// A revoked node never syncs.
+    pub fn may_sync(&self, node_id: &NodeId) -> bool {
+        if !self.has_admissions() {
+            return true;
+        }
+        !self.is_revoked(node_id)
+            && (self.is_member(node_id) || self.trust.admitters.contains(node_id))
+    }
+
+    /// The public key a member's TLS identity must match; `None` for a node
+    /// that is not a member (never admitted, revoked, or admitted with
+    /// conflicting keys).
+    pub fn admitted_key(&self, node_id: &NodeId) -> Option<[u8; 32]> {
+        if self.is_member(node_id) {
+            self.trust.keys.get(node_id).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Node ids admitted with different keys by different admissions.
+    pub fn conflicts(&self) -> &[KeyConflict] {
+        &self.trust.conflicts
+    }
+
+    /// Live node records of origins that are not revoked, by node id.
+    pub fn nodes(&self) -> Vec<NodeEntry<'_>> {
+        self.records
+            .values()
+            .filter(|record| !self.is_revoked(&record.key.origin))
+            .filter_map(|record| match &record.body {
+                Some(RecordBody::Node(body)) => Some(NodeEntry {
+                    node_id: &record.key.origin,
+                    hlc: record.hlc,
+                    body,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The node record of `node_id`, if live.
+    pub fn node(&self, node_id: &NodeId) -> Option<&NodeBody> {
+        let key = RecordKey {
+            origin: node_id.clone(),
+            kind: RecordKind::Node,
+            name: String::new(),
+        };
+        match self
+            .records
+            .get(&key)
+            .and_then(|record| record.body.as_ref())
+        {
+            Some(RecordBody::Node(body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Live instances, by name.
+    ///
+    /// Shown only when their origin is not revoked and, if the origin's node
+    /// record is known, when their node part is that node's name: a broker
+    /// cannot publish instances for another broker's name.
+    pub fn instances(&self) -> Vec<InstanceEntry<'_>> {
+        let mut instances: Vec<InstanceEntry<'_>> = self
+            .records
+            .values()
+            .filter(|record| !self.is_revoked(&record.key.origin))
+            .filter_map(|record| {
+                let Some(RecordBody::Instance(body)) = &record.body else {
+                    return None;
+                };
+                let name = AgentName::parse(&record.key.name).ok()?;
+                let node_part = name.node()?.as_str();
+                let origin_node = self.node(&record.key.origin);
+                if origin_node.is_some_and(|node| node.node_name != node_part) {
+                    return None;
+                }
+                Some(InstanceEntry {
+                    name,
+                    origin: &record.key.origin,
+                    hlc: record.hlc,
+                    body,
+                })
+            })
+            .collect();
+        instances.sort_by(|left, right| {
+            left.name
+                .cmp(&right.name)
+                .then(left.origin.cmp(right.origin))
+        });
+        instances
+    }
+
+    /// The live instances as resolution candidates, `local` being this
+    /// broker's node id.
+    pub fn candidates(&self, local: &NodeId) -> Vec<Candidate> {
+        self.instances()
+            .into_iter()
+            .map(|instance| Candidate {
+                is_local: instance.origin == local,
+                state: instance.body.endpoint_state,
+                active_flights: instance.body.active_flights,
+                name: instance.name,
+            })
+            .collect()
+    }
+
+    /// The merged register of definition `name`: every live snapshot of it
+    /// merged in origin order, so equal record sets give equal registers.
+    pub fn definition_register(&self, name: &str) -> MVReg<DefinitionValue, NodeId> {
+        let mut register = MVReg::new();
+        for record in self.records.values() {
+            if record.key.kind != RecordKind::Definition || record.key.name != name {
+                continue;
+            }
+            if let Some(RecordBody::Definition(body)) = &record.body {
+                register.merge(body.register.clone());
+            }
+        }
+        register
+    }
+
+    /// The current values of definition `name`, sorted; several when edits
+    /// were concurrent, none when it is unknown.
+    pub fn definition(&self, name: &str) -> Vec<DefinitionValue> {
+        let mut values = self.definition_register(name).read().val;
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    /// Every definition with at least one live snapshot, with its values.
+    pub fn definitions(&self) -> BTreeMap<String, Vec<DefinitionValue>> {
+        let names: BTreeSet<&str> = self
+            .records
+            .values()
+            .filter(|record| record.key.kind == RecordKind::Definition && record.body.is_some())
+            .map(|record| record.key.name.as_str())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| (name.to_owned(), self.definition(name)))
+            .collect()
+    }
+
+    /// A deterministic hash of the live records (FNV-1a over their postcard
+    /// encodings in key order). Tombstones are left out because brokers
+    /// collect them at different times. Equal digests mean equal live sets
+    /// (barring a 64-bit collision).
+    pub fn state_digest(&self) -> u64 {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = FNV_OFFSET;
+        for record in self.records.values().filter(|record| record.body.is_some()) {
+            let bytes = postcard::to_allocvec(record).unwrap_or_default();
+            // The length first, so that record boundaries are part of the hash.
+            for byte in (bytes.len() as u64).to_le_bytes().iter().chain(&bytes) {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(FNV_PRIME);
+            }
+        }
+        hash
+    }
+
+    /// Stores `record` if it supersedes the stored version of its key. The
+    /// caller has validated it.
+    pub(crate) fn apply(&mut self, record: Record) -> Applied {
+        let applied = match self.records.get(&record.key) {
+            Some(stored) if !supersedes(&record, stored) => return Applied::Stale,
+            Some(stored) => {
+                let old = (stored.dot.counter, stored.key.clone());
+                if let Some(index) = self.by_origin.get_mut(&record.key.origin) {
+                    index.remove(&old);
+                }
+                Applied::Replaced
+            }
+            None => Applied::Inserted,
+        };
+        let key = record.key.clone();
+        self.by_origin
+            .entry(key.origin.clone())
+            .or_default()
+            .insert((record.dot.counter, key.clone()));
+        let trust_changed = matches!(key.kind, RecordKind::Admission | RecordKind::Revocation);
+        if trust_changed {
+            self.trust_keys.insert(key.clone());
+        }
+        self.records.insert(key, record);
+        if trust_changed {
+            self.recompute_trust();
+        }
+        applied
+    }
+
+    /// Forgets a record entirely (tombstone collection).
+    pub(crate) fn remove(&mut self, key: &RecordKey) -> Option<Record> {
+        let record = self.records.remove(key)?;
+        if let Some(index) = self.by_origin.get_mut(&key.origin) {
+            index.remove(&(record.dot.counter, key.clone()));
+            if index.is_empty() {
+                self.by_origin.remove(&key.origin);
+            }
+        }
+        if self.trust_keys.remove(key) {
+            self.recompute_trust();
+        }
+        Some(record)
+    }
+
+    fn recompute_trust(&mut self) {
+        let mut admissions: BTreeMap<NodeId, Vec<(NodeId, [u8; 32])>> = BTreeMap::new();
+        let mut revoked = BTreeSet::new();
+        let mut admitters = BTreeSet::new();
+        for key in &self.trust_keys {
+            let Some(record) = self.records.get(key) else {
+                continue;
+            };
+            // Stored records were validated, so names parse; skipping one
+            // that does not is safer than trusting it.
+            let Ok(node_id) = NodeId::parse(&key.name) else {
+                continue;
+            };
+            match (&record.body, key.kind) {
+                (Some(RecordBody::Admission(body)), _) => {
+                    admitters.insert(key.origin.clone());
+                    admissions
+                        .entry(node_id)
+                        .or_default()
+                        .push((key.origin.clone(), body.public_key));
+                }
+                (_, RecordKind::Revocation) => {
+                    revoked.insert(node_id);
+                }
+                _ => {}
+            }
+        }
+        let mut trust = Trust {
+            has_admissions: !admissions.is_empty(),
+            revoked,
+            admitters,
+            ..Trust::default()
+        };
+        for (node_id, admitted) in admissions {
+            let keys: BTreeSet<[u8; 32]> = admitted.iter().map(|(_, key)| *key).collect();
+            if keys.len() > 1 {
+                trust.conflicts.push(KeyConflict {
+                    node_id,
+                    admissions: admitted,
+                });
+                continue;
+            }
+            let Some(key) = keys.into_iter().next() else {
+                continue;
+            };
+            if !trust.revoked.contains(&node_id) {
+                trust.members.insert(node_id.clone());
+                trust.keys.insert(node_id, key);
+            }
+        }
+        let conflicted: BTreeSet<NodeId> = trust
+            .conflicts
+            .iter()
+            .map(|conflict| conflict.node_id.clone())
+            .collect();
+        trust
+            .admitters
+            .retain(|node_id| !conflicted.contains(node_id) && !trust.revoked.contains(node_id));
+        self.trust = trust;
+    }
+}
+
+/// The smallest key of `origin`, for range queries on the origin index.
+fn min_key(origin: &NodeId) -> RecordKey {
+    RecordKey {
+        origin: origin.clone(),
+        kind: RecordKind::Node,
+        name: String::new(),
+    }
+}
+
+/// Whether `new` wins over `stored` for the same key.
+fn supersedes(new: &Record, stored: &Record) -> bool {
+    use std::cmp::Ordering;
+    match (new.dot.counter, new.hlc).cmp(&(stored.dot.counter, stored.hlc)) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => {
+            let new_bytes = postcard::to_allocvec(new).unwrap_or_default();
+            let stored_bytes = postcard::to_allocvec(stored).unwrap_or_default();
+            new_bytes > stored_bytes
+        }
+    }
+}
+
+/// The version vector a set of records proves on its own: for each origin,
+/// the longest run of sequence numbers from 1 with a stored record each.
+pub(crate) fn contiguous_vv(registry: &Registry, base: &VClock<NodeId>) -> VClock<NodeId> {
+    let mut vv = base.clone();
+    for origin in registry.origins() {
+        let mut counter = vv.get(origin);
+        while registry.has_counter(origin, counter + 1) {
+            counter += 1;
+        }
+        if counter > 0 {
+            vv.dots.insert(origin.clone(), counter);
+        }
+    }
+    vv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{EndpointState, Harness};
+    use crate::wire::NODE_ID_BYTES;
+    use crdts::{CmRDT, Dot};
+
+    fn id(byte: u8) -> NodeId {
+        NodeId::from_bytes([byte; NODE_ID_BYTES])
+    }
+
+    fn record(
+        origin: u8,
+        counter: u64,
+        kind: RecordKind,
+        name: &str,
+        body: Option<RecordBody>,
+    ) -> Record {
+        Record {
+            key: RecordKey {
+                origin: id(origin),
+                kind,
+                name: name.into(),
+            },
+            dot: Dot::new(id(origin), counter),
+            hlc: Hlc {
+                wall_ms: counter,
+                logical: 0,
+            },
+            body,
+        }
+    }
+
+    fn node_body(name: &str) -> RecordBody {
+        RecordBody::Node(NodeBody {
+            node_name: name.into(),
+            addresses: vec!["192.0.2.1:4433".into(), "[2001:db8::1]:4433".into()],
+            http_port: 3100,
+            scout_version: "0.1.0".into(),
+            protocol_version: 1,
+        })
+    }
+
+    fn instance_body(workspace: &str) -> RecordBody {
+        RecordBody::Instance(InstanceBody {
+            harness: Harness::Codex,
+            workspace: workspace.into(),
+            cwd: "~/src".into(),
+            endpoint_state: EndpointState::Idle,
+            active_flights: 0,
+        })
+    }
+
+    fn admission(by: u8, counter: u64, admitted: u8, key: u8) -> Record {
+        record(
+            by,
+            counter,
+            RecordKind::Admission,
+            id(admitted).as_str(),
+            Some(RecordBody::Admission(AdmissionBody {
+                public_key: [key; 32],
+                node_name: format!("node{admitted}"),
+                admitted_by: id(by),
+                method: AdmissionMethod::Invite,
+            })),
+        )
+    }
+
+    fn revocation(by: u8, counter: u64, revoked: u8) -> Record {
+        record(
+            by,
+            counter,
+            RecordKind::Revocation,
+            id(revoked).as_str(),
+            Some(RecordBody::Revocation(RevocationBody {
+                reason: "laptop stolen".into(),
+                revoked_by: id(by),
+            })),
+        )
+    }
+
+    #[test]
+    fn valid_records_pass() {
+        validate(&record(
+            1,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("laptop")),
+        ))
+        .unwrap();
+        validate(&record(
+            1,
+            2,
+            RecordKind::Instance,
+            "@fabric@laptop#feature/x",
+            Some(instance_body("feature/x")),
+        ))
+        .unwrap();
+        validate(&admission(1, 3, 2, 7)).unwrap();
+        validate(&revocation(1, 4, 2)).unwrap();
+        validate(&record(
+            1,
+            5,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            None,
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn invalid_records_get_typed_errors() {
+        let mut forged = record(1, 1, RecordKind::Node, "", Some(node_body("laptop")));
+        forged.dot.actor = id(2);
+        assert!(matches!(
+            validate(&forged),
+            Err(InvalidRecord::ActorNotOrigin { .. })
+        ));
+
+        let zero = record(1, 0, RecordKind::Node, "", Some(node_body("laptop")));
+        assert_eq!(validate(&zero), Err(InvalidRecord::ZeroCounter));
+
+        let mismatch = record(1, 1, RecordKind::Node, "", Some(instance_body("main")));
+        assert!(matches!(
+            validate(&mismatch),
+            Err(InvalidRecord::BodyKindMismatch { .. })
+        ));
+
+        let cases = [
+            (RecordKind::Node, "laptop"),
+            (RecordKind::Instance, "@fabric"),
+            (RecordKind::Instance, "@fabric@laptop"),
+            (RecordKind::Instance, "@Fabric@laptop#main"),
+            (RecordKind::Instance, "fabric@laptop#main"),
+            (RecordKind::Admission, "not-a-node-id"),
+            (RecordKind::Definition, "Fabric"),
+            (RecordKind::Definition, "fab_ric"),
+        ];
+        for (kind, name) in cases {
+            let err = validate(&record(1, 1, kind, name, None)).unwrap_err();
+            assert!(
+                matches!(err, InvalidRecord::InvalidName { .. }),
+                "{kind} {name}: {err}"
+            );
+            assert_eq!(err.code(), "INVALID_RECORD");
+        }
+
+        let huge_name = "x".repeat(10_000);
+        let err = validate(&record(1, 1, RecordKind::Definition, &huge_name, None)).unwrap_err();
+        assert!(matches!(err, InvalidRecord::TooLarge { .. }));
+        assert!(err.to_string().len() < 200);
+
+        let revoke_delete = record(1, 2, RecordKind::Revocation, id(2).as_str(), None);
+        assert_eq!(
+            validate(&revoke_delete),
+            Err(InvalidRecord::RevocationDeleted)
+        );
+    }
+
+    #[test]
+    fn body_fields_are_checked() {
+        let mut node = NodeBody {
+            node_name: "laptop".into(),
+            addresses: vec![],
+            http_port: 3100,
+            scout_version: "0.1.0".into(),
+            protocol_version: 1,
+        };
+        let check = |node: &NodeBody| {
+            validate(&record(
+                1,
+                1,
+                RecordKind::Node,
+                "",
+                Some(RecordBody::Node(node.clone())),
+            ))
+        };
+        check(&node).unwrap();
+        node.addresses = vec!["laptop.local:4433".into()];
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::InvalidField {
+                field: "address",
+                ..
+            })
+        ));
+        node.addresses = vec!["192.0.2.1:1".into(); NODE_ADDRESSES_MAX + 1];
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::TooLarge {
+                field: "node addresses",
+                ..
+            })
+        ));
+        node.addresses = vec![];
+        node.protocol_version = 0;
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::UnknownProtocolVersion { version: 0 })
+        ));
+        node.protocol_version = 7;
+        check(&node).unwrap();
+        node.node_name = "Laptop".into();
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::InvalidField {
+                field: "node_name",
+                ..
+            })
+        ));
+
+        let wrong_workspace = record(
+            1,
+            1,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            Some(instance_body("dev")),
+        );
+        assert!(matches!(
+            validate(&wrong_workspace),
+            Err(InvalidRecord::InvalidField {
+                field: "workspace",
+                ..
+            })
+        ));
+
+        let mut by_other = admission(1, 1, 2, 7);
+        if let Some(RecordBody::Admission(body)) = &mut by_other.body {
+            body.admitted_by = id(3);
+        }
+        assert!(matches!(
+            validate(&by_other),
+            Err(InvalidRecord::InvalidField {
+                field: "admitted_by",
+                ..
+            })
+        ));
+
+        let long_reason = record(
+            1,
+            1,
+            RecordKind::Revocation,
+            id(2).as_str(),
+            Some(RecordBody::Revocation(RevocationBody {
+                reason: "x".repeat(REVOCATION_REASON_BYTES_MAX + 1),
+                revoked_by: id(1),
+            })),
+        );
+        assert!(matches!(
+            validate(&long_reason),
+            Err(InvalidRecord::TooLarge { .. })
+        ));
+    }
+
+    fn value(description: &str) -> DefinitionValue {
+        DefinitionValue {
+            description: description.into(),
+            aliases: vec!["fab".into()],
+        }
+    }
+
+    fn definition_record(origin: u8, counter: u64, entries: &[DefinitionEntry]) -> Record {
+        record(
+            origin,
+            counter,
+            RecordKind::Definition,
+            "fabric",
+            Some(RecordBody::Definition(
+                DefinitionBody::from_entries(entries).unwrap(),
+            )),
+        )
+    }
+
+    #[test]
+    fn definition_registers_are_checked() {
+        let entry = |actor: u8, counter: u64, text: &str| DefinitionEntry {
+            clock: VClock::from(Dot::new(id(actor), counter)),
+            value: value(text),
+        };
+        validate(&definition_record(
+            1,
+            1,
+            &[entry(1, 1, "a"), entry(2, 1, "b")],
+        ))
+        .unwrap();
+        let invalid = [
+            vec![],
+            vec![entry(1, 1, "a"), entry(1, 1, "b")],
+            vec![entry(1, 1, "a"), entry(1, 2, "b")],
+            vec![entry(1, 0, "a")],
+            (0..=DEFINITION_VALUES_MAX as u8)
+                .map(|idx| entry(idx, 1, "v"))
+                .collect(),
+        ];
+        for entries in invalid {
+            assert!(
+                validate(&definition_record(1, 1, &entries)).is_err(),
+                "{entries:?}"
+            );
+        }
+        let zero_counter = DefinitionEntry {
+            clock: VClock {
+                dots: BTreeMap::from([(id(1), 0)]),
+            },
+            value: value("a"),
+        };
+        assert!(validate(&definition_record(1, 1, &[zero_counter])).is_err());
+        let mut bad_alias = entry(1, 1, "a");
+        bad_alias.value.aliases = vec!["Not A Label".into()];
+        assert!(validate(&definition_record(1, 1, &[bad_alias])).is_err());
+        let mut long = entry(1, 1, "a");
+        long.value.description = "x".repeat(DESCRIPTION_BYTES_MAX + 1);
+        assert!(validate(&definition_record(1, 1, &[long])).is_err());
+    }
+
+    #[test]
+    fn the_higher_counter_wins_in_any_order() {
+        let old = record(1, 1, RecordKind::Node, "", Some(node_body("laptop")));
+        let new = record(1, 2, RecordKind::Node, "", Some(node_body("desk")));
+        let mut forward = Registry::new();
+        assert_eq!(forward.apply(old.clone()), Applied::Inserted);
+        assert_eq!(forward.apply(new.clone()), Applied::Replaced);
+        let mut backward = Registry::new();
+        backward.apply(new.clone());
+        assert_eq!(backward.apply(old.clone()), Applied::Stale);
+        assert_eq!(backward.apply(new.clone()), Applied::Stale);
+        assert_eq!(forward.state_digest(), backward.state_digest());
+        assert_eq!(forward.node(&id(1)).unwrap().node_name, "desk");
+        assert!(!forward.has_counter(&id(1), 1));
+        assert!(forward.has_counter(&id(1), 2));
+    }
+
+    #[test]
+    fn equal_counters_break_ties_the_same_way_everywhere() {
+        let left = record(1, 3, RecordKind::Node, "", Some(node_body("aaa")));
+        let right = record(1, 3, RecordKind::Node, "", Some(node_body("bbb")));
+        let mut one = Registry::new();
+        one.apply(left.clone());
+        one.apply(right.clone());
+        let mut two = Registry::new();
+        two.apply(right);
+        two.apply(left);
+        assert_eq!(one.state_digest(), two.state_digest());
+    }
+
+    #[test]
+    fn tombstones_hide_records_but_stay_until_collected() {
+        let mut registry = Registry::new();
+        registry.apply(record(
+            1,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("laptop")),
+        ));
+        registry.apply(record(
+            1,
+            2,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            Some(instance_body("main")),
+        ));
+        assert_eq!(registry.instances().len(), 1);
+        let digest_live = registry.state_digest();
+        registry.apply(record(
+            1,
+            3,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            None,
+        ));
+        assert!(registry.instances().is_empty());
+        assert_eq!(registry.len(), 2);
+        assert_ne!(registry.state_digest(), digest_live);
+        // A late copy of the live version does not bring it back.
+        registry.apply(record(
+            1,
+            2,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            Some(instance_body("main")),
+        ));
+        assert!(registry.instances().is_empty());
+    }
+
+    #[test]
+    fn instances_must_match_their_origin_node_name() {
+        let mut registry = Registry::new();
+        registry.apply(record(
+            1,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("laptop")),
+        ));
+        registry.apply(record(
+            1,
+            2,
+            RecordKind::Instance,
+            "@fabric@laptop#main",
+            Some(instance_body("main")),
+        ));
+        registry.apply(record(
+            1,
+            3,
+            RecordKind::Instance,
+            "@fabric@devbox#main",
+            Some(instance_body("main")),
+        ));
+        // Origin 2 has no node record yet: its instances show.
+        registry.apply(record(
+            2,
+            1,
+            RecordKind::Instance,
+            "@fabric@devbox#dev",
+            Some(instance_body("dev")),
+        ));
+        let names: Vec<String> = registry
+            .instances()
+            .iter()
+            .map(|entry| entry.name.to_string())
+            .collect();
+        assert_eq!(names, ["@fabric@devbox#dev", "@fabric@laptop#main"]);
+        let candidates = registry.candidates(&id(1));
+        assert_eq!(candidates.len(), 2);
+        assert!(!candidates[0].is_local && candidates[1].is_local);
+    }
+
+    #[test]
+    fn membership_admission_revocation_and_conflicts() {
+        let mut registry = Registry::new();
+        assert!(!registry.has_admissions());
+        assert!(
+            registry.may_sync(&id(7)),
+            "before any admission, anyone syncs"
+        );
+        // Only its own admission, by 1, has arrived: 1 admitted someone, so
+        // it is a member whose own admission is still on its way.
+        registry.apply(admission(1, 1, 2, 22));
+        assert!(registry.may_sync(&id(1)) && registry.may_sync(&id(2)));
+        assert!(!registry.is_member(&id(1)));
+        assert!(!registry.may_sync(&id(7)));
+        registry.apply(admission(1, 1, 1, 11));
+        registry.apply(admission(1, 2, 2, 22));
+        registry.apply(admission(1, 3, 3, 33));
+        assert!(registry.has_admissions());
+        assert_eq!(registry.members().len(), 3);
+        assert_eq!(registry.admitted_key(&id(2)), Some([22; 32]));
+
+        // Revocation from any origin wins over admissions from any origin.
+        registry.apply(revocation(3, 1, 2));
+        registry.apply(admission(3, 2, 2, 22));
+        assert!(!registry.is_member(&id(2)));
+        assert!(registry.is_revoked(&id(2)));
+        assert!(!registry.may_sync(&id(2)));
+        assert_eq!(registry.admitted_key(&id(2)), None);
+
+        // Two admissions disagreeing on a key: not a member, and reported.
+        registry.apply(admission(1, 4, 4, 44));
+        registry.apply(admission(3, 3, 4, 45));
+        assert!(!registry.is_member(&id(4)));
+        assert_eq!(registry.admitted_key(&id(4)), None);
+        assert_eq!(registry.conflicts().len(), 1);
+        assert_eq!(registry.conflicts()[0].node_id, id(4));
+        assert_eq!(registry.conflicts()[0].admissions.len(), 2);
+
+        // Deleting the wrong admission resolves the conflict.
+        registry.apply(record(3, 4, RecordKind::Admission, id(4).as_str(), None));
+        assert!(registry.is_member(&id(4)));
+        assert!(registry.conflicts().is_empty());
+        let members: Vec<&NodeId> = registry.members().iter().collect();
+        assert_eq!(members, [&id(1), &id(3), &id(4)]);
+    }
+
+    #[test]
+    fn revoked_origins_disappear_from_views() {
+        let mut registry = Registry::new();
+        registry.apply(record(
+            2,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("devbox")),
+        ));
+        registry.apply(record(
+            2,
+            2,
+            RecordKind::Instance,
+            "@fabric@devbox#main",
+            Some(instance_body("main")),
+        ));
+        assert_eq!(registry.nodes().len(), 1);
+        registry.apply(revocation(1, 1, 2));
+        assert!(registry.nodes().is_empty());
+        assert!(registry.instances().is_empty());
+    }
+
+    #[test]
+    fn definition_views_merge_every_origin() {
+        let mut registry = Registry::new();
+        let mut first = MVReg::new();
+        first.apply(first.write(value("one"), first.read_ctx().derive_add_ctx(id(1))));
+        let mut second = MVReg::new();
+        second.apply(second.write(value("two"), second.read_ctx().derive_add_ctx(id(2))));
+        for (origin, register) in [(1, first), (2, second)] {
+            registry.apply(record(
+                origin,
+                1,
+                RecordKind::Definition,
+                "fabric",
+                Some(RecordBody::Definition(DefinitionBody { register })),
+            ));
+        }
+        assert_eq!(
+            registry.definition("fabric"),
+            vec![value("one"), value("two")]
+        );
+        assert_eq!(registry.definitions().len(), 1);
+        assert!(registry.definition("other").is_empty());
+    }
+
+    #[test]
+    fn records_after_and_contiguity() {
+        let mut registry = Registry::new();
+        registry.apply(record(
+            1,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("laptop")),
+        ));
+        registry.apply(record(
+            1,
+            2,
+            RecordKind::Instance,
+            "@a@laptop#main",
+            Some(instance_body("main")),
+        ));
+        registry.apply(record(
+            1,
+            4,
+            RecordKind::Instance,
+            "@b@laptop#main",
+            Some(instance_body("main")),
+        ));
+        let after: Vec<u64> = registry
+            .records_after(&id(1), 1)
+            .map(|record| record.dot.counter)
+            .collect();
+        assert_eq!(after, [2, 4]);
+        assert_eq!(registry.max_counter(&id(1)), 4);
+        let vv = contiguous_vv(&registry, &VClock::new());
+        assert_eq!(vv.get(&id(1)), 2);
+        let mut base = VClock::new();
+        base.apply(Dot::new(id(1), 3));
+        assert_eq!(contiguous_vv(&registry, &base).get(&id(1)), 4);
+    }
+}

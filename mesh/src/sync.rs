@@ -1,0 +1,1194 @@
+//! The sync state machine: one [`Replica`] per broker keeps the registry,
+//! exchanges records with connected peers, and says what the IO shell must
+//! send, store and report.
+//!
+//! Inputs are `put`/`delete`/`edit_definition` (local changes) and the
+//! `handle_*` methods (peers connecting, messages arriving, timers firing);
+//! every input takes the time as `now_ms`. Outputs are values drained with
+//! [`Replica::poll_output`], in the order they must be acted upon, and the
+//! next timer deadline is [`Replica::poll_timeout`]. Nothing here does IO,
+//! reads a clock or draws randomness from the system: anti-entropy jitter
+//! comes from a small PRNG seeded by [`SyncConfig::seed`].
+//!
+//! Protocol:
+//! - A local change is stored, handed to the shell to persist, and pushed at
+//!   once to every connected peer. Pushes are never forwarded: brokers
+//!   connect to every broker they can, and anti-entropy carries records
+//!   across meshes that are not fully connected.
+//! - Anti-entropy runs when a peer connects and every
+//!   [`SyncConfig::anti_entropy_interval_ms`] (± jitter): each side sends its
+//!   version vector ([`SyncMessage::Digest`]), and the other replies with the
+//!   records it lacks ([`SyncMessage::Delta`], in chunks), plus its own
+//!   digest when the first side has something it lacks, so one exchange syncs
+//!   both ways. A delta carries records of every origin, which is what makes
+//!   a change travel along a line of brokers.
+//! - The version vector `vv[origin] = n` means "I have every record of
+//!   `origin` up to sequence number `n`, or a newer version of its key". It
+//!   advances only when that is proven: a record at exactly `n + 1`, or a
+//!   delta chunk whose range starts at or below `n`. A record that arrives
+//!   out of order is kept (it is the newest of its key) and the gap is filled
+//!   by the next anti-entropy round.
+//!
+//! Membership rule ([`Registry::may_sync`]): once the registry holds any
+//! admission, only members may sync: their messages are handled and they are
+//! sent to; messages from other nodes are ignored with an event. A broker
+//! that admitted someone counts as a member for this, since only members
+//! admit and its own admission may not have arrived yet. A broker whose
+//! registry holds no admission yet (fresh, before it joins or founds a mesh)
+//! syncs with every peer the shell says is connected; the shell has
+//! authenticated the peer and checked its invite before that.
+//!
+//! A broker that lost its database and restarted with the same key reuses
+//! sequence numbers its peers already saw. The first sign of it (a peer
+//! holding one of its own records numbered at or above its next number) makes
+//! it jump its next sequence number above the highest seen, forget which of
+//! its own records it has (so the next anti-entropy round fetches them all
+//! back), and reissue, with new numbers, every record it wrote since the
+//! restart, so its current state supersedes the old one everywhere. Old
+//! records it did not rewrite are accepted as they are.
+//!
+//! One gap remains: a third broker that had not yet received all of the old
+//! records, and that received records written after the restart under reused
+//! numbers before the recovery, may count those numbers as seen and so never
+//! ask for the old records that carry them. The shell narrows this window by
+//! making no local change after creating a fresh database for an existing key
+//! until [`SyncEvent::PeerCaughtUp`]; closing it needs a per-database
+//! incarnation in the version, which the record format does not carry.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crdts::{CmRDT, Dot, VClock};
+
+use crate::hlc::{ClockSkew, HlcClock};
+use crate::names::{AgentName, Label};
+use crate::registry::{
+    Applied, DefinitionBody, DefinitionValue, InvalidRecord, Record, RecordBody, RecordKey,
+    RecordKind, Registry, contiguous_vv, validate, validate_definition_value,
+};
+use crate::wire::{
+    DELTA_OVERHEAD_BYTES, NodeId, ORIGINS_MAX, RECORDS_PER_DELTA_MAX, SYNC_MESSAGE_BYTES_MAX,
+    SyncMessage, VV_ENTRY_BYTES_MAX, truncate,
+};
+
+/// The most peers a replica syncs with at once. A broker connects to every
+/// other broker of its mesh, and Scout meshes are a person's or a team's
+/// machines; past this, the full mesh of connections and pushes is the
+/// wrong shape anyway.
+pub const PEERS_MAX: usize = 64;
+
+/// The most outputs waiting to be drained. When it is reached, the oldest
+/// droppable output goes: a push first (anti-entropy resends what it
+/// carried), then another message, then an event. Persist and forget outputs
+/// are never dropped; the shell drains after every input, so they are bounded
+/// by what one input can produce.
+pub const OUTPUT_QUEUE_MAX: usize = 4096;
+
+/// How often anti-entropy runs by default, in milliseconds: often enough that
+/// a lost push is repaired within seconds, rarely enough that an idle mesh
+/// of [`PEERS_MAX`] brokers exchanges only a few small digests per second.
+pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 5_000;
+
+/// The default spread around the interval, in milliseconds, so brokers that
+/// started together do not send their digests in lockstep.
+pub const ANTI_ENTROPY_JITTER_MS_DEFAULT: u64 = 1_000;
+
+/// The smallest delta chunk size a configuration may ask for, in bytes.
+/// Tests use small chunks to exercise chunking; below this a chunk would hold
+/// little more than its own overhead.
+pub const SYNC_MESSAGE_BYTES_MIN: usize = 256;
+
+const _: () = assert!(PEERS_MAX <= ORIGINS_MAX);
+const _: () = assert!(SYNC_MESSAGE_BYTES_MIN <= SYNC_MESSAGE_BYTES_MAX);
+// An anti-entropy round (a digest to every peer) must fit in the queue with
+// room for the deltas it triggers.
+const _: () = assert!(OUTPUT_QUEUE_MAX >= 16 * PEERS_MAX);
+
+/// Tunables of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Mean time between anti-entropy rounds, in milliseconds.
+    pub anti_entropy_interval_ms: u64,
+    /// Maximum deviation from the interval, in milliseconds; capped at half
+    /// the interval.
+    pub anti_entropy_jitter_ms: u64,
+    /// Seeds the jitter, so a run is reproducible.
+    pub seed: u64,
+    /// Largest delta chunk, in bytes; clamped to
+    /// [`SYNC_MESSAGE_BYTES_MIN`]..=[`SYNC_MESSAGE_BYTES_MAX`]. A chunk
+    /// always carries at least one record.
+    pub sync_message_bytes_max: usize,
+    /// Most records per delta chunk; clamped to 1..=[`RECORDS_PER_DELTA_MAX`].
+    pub records_per_delta_max: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig {
+            anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            anti_entropy_jitter_ms: ANTI_ENTROPY_JITTER_MS_DEFAULT,
+            seed: 0,
+            sync_message_bytes_max: SYNC_MESSAGE_BYTES_MAX,
+            records_per_delta_max: RECORDS_PER_DELTA_MAX,
+        }
+    }
+}
+
+impl SyncConfig {
+    fn normalized(mut self) -> SyncConfig {
+        self.anti_entropy_interval_ms = self.anti_entropy_interval_ms.max(1);
+        self.anti_entropy_jitter_ms = self
+            .anti_entropy_jitter_ms
+            .min(self.anti_entropy_interval_ms / 2);
+        self.sync_message_bytes_max = self
+            .sync_message_bytes_max
+            .clamp(SYNC_MESSAGE_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX);
+        self.records_per_delta_max = self.records_per_delta_max.clamp(1, RECORDS_PER_DELTA_MAX);
+        self
+    }
+}
+
+/// Something the IO shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a message to a connected peer.
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message; encode it with [`crate::wire::encode`].
+        message: SyncMessage,
+    },
+    /// Store these records (replacing the stored version of each key) and
+    /// this version vector, in one transaction, before acting on later
+    /// outputs: a change must be durable before it is pushed.
+    Persist {
+        /// Records newly accepted or changed, in order.
+        records: Vec<Record>,
+        /// The replica's version vector after them.
+        vv: VClock<NodeId>,
+    },
+    /// Delete these tombstones from the store: every member has seen them.
+    Forget {
+        /// The collected keys.
+        keys: Vec<RecordKey>,
+    },
+    /// Report something.
+    Event(SyncEvent),
+}
+
+/// Where a rejected record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordSource {
+    /// A local `put`.
+    Local,
+    /// The store, at restore.
+    Store,
+    /// A peer's message.
+    Peer(NodeId),
+}
+
+/// Why a message was not handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoredReason {
+    /// The sender is not connected (the shell never reported it, or it
+    /// disconnected since).
+    NotConnected,
+    /// The mesh has admissions and the sender is not a member.
+    NotMember,
+    /// The sender is this broker.
+    FromSelf,
+    /// The message carries more than the protocol allows.
+    OverLimit {
+        /// Which limit.
+        detail: String,
+    },
+}
+
+/// Why a node stopped being a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRemovedReason {
+    /// A broker revoked it.
+    Revoked,
+    /// Admissions disagree on its key.
+    KeyConflict,
+    /// Every admission of it was deleted.
+    AdmissionWithdrawn,
+}
+
+/// Something that happened, for logs, the UI and the shell's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncEvent {
+    /// A record was rejected; it was not stored and will not be forwarded.
+    RecordRejected {
+        /// Where it came from.
+        source: RecordSource,
+        /// Its origin.
+        origin: NodeId,
+        /// Its kind.
+        kind: RecordKind,
+        /// Its name, cut short when long.
+        name: String,
+        /// Why.
+        error: InvalidRecord,
+    },
+    /// A peer's records carry timestamps too far ahead of local time. The
+    /// records were accepted (a wrong clock must not stop replication); the
+    /// local clock did not follow.
+    ClockSkew {
+        /// The peer that sent them.
+        from: NodeId,
+        /// The largest skew in the message.
+        skew: ClockSkew,
+    },
+    /// A node became a member.
+    MemberAdmitted {
+        /// The node.
+        node_id: NodeId,
+    },
+    /// A node stopped being a member; the shell should close its connection.
+    MemberRemoved {
+        /// The node.
+        node_id: NodeId,
+        /// Why.
+        reason: MemberRemovedReason,
+    },
+    /// This replica has everything the peer had when it answered our digest.
+    /// Reported once per connection, and again after falling behind.
+    PeerCaughtUp {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A message was not handled.
+    MessageIgnored {
+        /// Its sender.
+        from: NodeId,
+        /// Its variant (`push`, `digest`, `delta`).
+        message: &'static str,
+        /// Why.
+        reason: IgnoredReason,
+    },
+    /// Peers hold this broker's own records numbered at or above its next
+    /// sequence number: it lost its database. It jumped above them and
+    /// reissued what it wrote since it started.
+    OwnSequenceRecovered {
+        /// The highest own sequence number seen.
+        highest_seen: u64,
+        /// How many records were reissued with new numbers.
+        reissued: usize,
+    },
+}
+
+/// Why a peer cannot sync with this replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefused {
+    /// [`PEERS_MAX`] peers are connected already.
+    #[error("{PEERS_MAX} peers are connected already")]
+    TooManyPeers,
+    /// The mesh has admissions and the peer is not a member.
+    #[error("node {peer} is not a member of this mesh")]
+    NotMember {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The peer is this broker.
+    #[error("a broker does not sync with itself")]
+    SelfPeer,
+}
+
+impl PeerRefused {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PeerRefused::TooManyPeers => "TOO_MANY_PEERS",
+            PeerRefused::NotMember { .. } => "UNKNOWN_PEER",
+            PeerRefused::SelfPeer => "SELF_PEER",
+        }
+    }
+}
+
+/// What a replica knows about one connected peer.
+#[derive(Debug, Clone, Default)]
+struct PeerState {
+    caught_up: bool,
+}
+
+/// The sync state of one broker. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    self_id: NodeId,
+    self_name: Label,
+    config: SyncConfig,
+    registry: Registry,
+    vv: VClock<NodeId>,
+    next_seq: u64,
+    clock: HlcClock,
+    /// Own keys written since this replica started: authoritative over any
+    /// copy a peer sends back (see the module documentation on lost
+    /// databases).
+    session_keys: BTreeSet<RecordKey>,
+    peers: BTreeMap<NodeId, PeerState>,
+    /// Each peer's last digest, kept after it disconnects: tombstones are
+    /// collected only once every member's vector covers them.
+    peer_vvs: BTreeMap<NodeId, VClock<NodeId>>,
+    /// Set when a peer's digest could not be remembered ([`ORIGINS_MAX`]
+    /// distinct peers); collecting tombstones is then unsafe and stops.
+    tombstone_collection_blocked: bool,
+    outputs: VecDeque<Output>,
+    dropped_outputs: u64,
+    anti_entropy_at_ms: Option<u64>,
+    rng: SplitMix64,
+}
+
+impl Replica {
+    /// A replica with an empty registry.
+    pub fn new(self_id: NodeId, self_name: Label, config: SyncConfig) -> Replica {
+        let config = config.normalized();
+        Replica {
+            rng: SplitMix64::new(config.seed),
+            self_id,
+            self_name,
+            config,
+            registry: Registry::new(),
+            vv: VClock::new(),
+            next_seq: 1,
+            clock: HlcClock::new(),
+            session_keys: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            peer_vvs: BTreeMap::new(),
+            tombstone_collection_blocked: false,
+            outputs: VecDeque::new(),
+            dropped_outputs: 0,
+            anti_entropy_at_ms: None,
+        }
+    }
+
+    /// A replica rebuilt from the store: the records and the version vector
+    /// last persisted. Records that no longer validate are dropped with an
+    /// event. The vector is extended over any run of stored records it does
+    /// not count yet; the next own sequence number follows the highest own
+    /// number in either. A store that lost its vector may pass an empty one:
+    /// the replica then fetches everything again, which costs bandwidth only.
+    pub fn restore(
+        self_id: NodeId,
+        self_name: Label,
+        config: SyncConfig,
+        records: impl IntoIterator<Item = Record>,
+        vv: VClock<NodeId>,
+    ) -> Replica {
+        let mut replica = Replica::new(self_id, self_name, config);
+        let mut last_own_hlc = None;
+        for record in records {
+            if let Err(error) = validate(&record) {
+                replica.reject(RecordSource::Store, &record, error);
+                continue;
+            }
+            if record.key.origin == replica.self_id {
+                last_own_hlc = last_own_hlc.max(Some(record.hlc));
+            }
+            replica.registry.apply(record);
+        }
+        replica.vv = contiguous_vv(&replica.registry, &vv);
+        let own_max = replica
+            .registry
+            .max_counter(&replica.self_id)
+            .max(replica.vv.get(&replica.self_id));
+        replica.next_seq = own_max.saturating_add(1);
+        if let Some(last) = last_own_hlc {
+            replica.clock = HlcClock::resume(last);
+        }
+        replica
+    }
+
+    /// This broker's node id.
+    pub fn self_id(&self) -> &NodeId {
+        &self.self_id
+    }
+
+    /// This broker's node name.
+    pub fn self_name(&self) -> &Label {
+        &self.self_name
+    }
+
+    /// The registry and its views.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every record held, tombstones included, in key order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.registry.records()
+    }
+
+    /// A deterministic hash of the live records; equal on converged replicas.
+    pub fn state_digest(&self) -> u64 {
+        self.registry.state_digest()
+    }
+
+    /// The version vector: per origin, up to which sequence number this
+    /// replica has every record.
+    pub fn vv(&self) -> &VClock<NodeId> {
+        &self.vv
+    }
+
+    /// The sequence number the next local change will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Peers currently connected.
+    pub fn connected_peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
+    /// The version vector of a peer's last digest.
+    pub fn peer_vv(&self, peer: &NodeId) -> Option<&VClock<NodeId>> {
+        self.peer_vvs.get(peer)
+    }
+
+    /// How many outputs were dropped because the queue was full.
+    pub fn dropped_outputs(&self) -> u64 {
+        self.dropped_outputs
+    }
+
+    /// The next output to act on.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Replica::handle_timeout`] must be called next; `None` until the
+    /// replica has seen the time once.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.anti_entropy_at_ms
+    }
+
+    /// Writes a local record: validates it, gives it the next sequence number
+    /// and a timestamp, stores it, asks the shell to persist it and pushes it
+    /// to every connected peer. Putting the value a key already has changes
+    /// nothing and returns the stored record.
+    ///
+    /// Definitions are edited with [`Replica::edit_definition`], which
+    /// merges concurrent edits; a node record must carry this broker's name,
+    /// and an instance must be on this broker's node.
+    pub fn put(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        body: RecordBody,
+    ) -> Result<Record, InvalidRecord> {
+        self.schedule(now_ms);
+        let kind = body.kind();
+        if kind == RecordKind::Definition {
+            return Err(InvalidRecord::InvalidField {
+                field: "body",
+                detail: "definitions change through edit_definition, which keeps concurrent edits"
+                    .into(),
+            });
+        }
+        self.check_local(name, &body)?;
+        let key = RecordKey {
+            origin: self.self_id.clone(),
+            kind,
+            name: name.to_owned(),
+        };
+        let unchanged = self
+            .registry
+            .get(&key)
+            .filter(|stored| stored.body.as_ref() == Some(&body));
+        if let Some(stored) = unchanged {
+            return Ok(stored.clone());
+        }
+        self.write_local(now_ms, key, Some(body), OwnVv::Advance)
+    }
+
+    /// Deletes a local record by writing a tombstone. `Ok(None)` when there
+    /// is no live record to delete. Revocations cannot be deleted.
+    pub fn delete(
+        &mut self,
+        now_ms: u64,
+        kind: RecordKind,
+        name: &str,
+    ) -> Result<Option<Record>, InvalidRecord> {
+        self.schedule(now_ms);
+        if kind == RecordKind::Revocation {
+            return Err(InvalidRecord::RevocationDeleted);
+        }
+        let key = RecordKey {
+            origin: self.self_id.clone(),
+            kind,
+            name: name.to_owned(),
+        };
+        match self.registry.get(&key) {
+            Some(stored) if stored.body.is_some() => self
+                .write_local(now_ms, key, None, OwnVv::Advance)
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Edits a shared definition: reads the register merged from every
+    /// broker's snapshot, writes `value` on top of everything read, and
+    /// publishes the result as this broker's snapshot. Edits made
+    /// concurrently elsewhere stay visible next to this one until an edit
+    /// that has seen both supersedes them.
+    pub fn edit_definition(
+        &mut self,
+        now_ms: u64,
+        name: &Label,
+        value: DefinitionValue,
+    ) -> Result<Record, InvalidRecord> {
+        self.schedule(now_ms);
+        validate_definition_value(&value)?;
+        let mut register = self.registry.definition_register(name.as_str());
+        let add_ctx = register.read_ctx().derive_add_ctx(self.self_id.clone());
+        let op = register.write(value, add_ctx);
+        register.apply(op);
+        let key = RecordKey {
+            origin: self.self_id.clone(),
+            kind: RecordKind::Definition,
+            name: name.as_str().to_owned(),
+        };
+        self.write_local(
+            now_ms,
+            key,
+            Some(RecordBody::Definition(DefinitionBody { register })),
+            OwnVv::Advance,
+        )
+    }
+
+    /// A peer passed the hello and may sync: sends it our digest at once.
+    pub fn handle_connected(&mut self, now_ms: u64, peer: NodeId) -> Result<(), PeerRefused> {
+        self.schedule(now_ms);
+        if peer == self.self_id {
+            return Err(PeerRefused::SelfPeer);
+        }
+        if !self.may_sync(&peer) {
+            return Err(PeerRefused::NotMember { peer });
+        }
+        if !self.peers.contains_key(&peer) && self.peers.len() >= PEERS_MAX {
+            return Err(PeerRefused::TooManyPeers);
+        }
+        self.peers.insert(peer.clone(), PeerState::default());
+        let vv = self.vv.clone();
+        self.send(peer, SyncMessage::Digest { vv });
+        Ok(())
+    }
+
+    /// A peer's connection closed: nothing more is sent to it, and queued
+    /// messages for it are dropped. Its last digest is kept for tombstone
+    /// collection.
+    pub fn handle_disconnected(&mut self, peer: &NodeId) {
+        self.peers.remove(peer);
+        self.outputs
+            .retain(|output| !matches!(output, Output::Send { to, .. } if to == peer));
+    }
+
+    /// A message arrived from a connected peer.
+    pub fn handle_message(&mut self, now_ms: u64, from: NodeId, message: SyncMessage) {
+        self.schedule(now_ms);
+        let ignored = if from == self.self_id {
+            Some(IgnoredReason::FromSelf)
+        } else if !self.peers.contains_key(&from) {
+            Some(IgnoredReason::NotConnected)
+        } else if !self.may_sync(&from) {
+            Some(IgnoredReason::NotMember)
+        } else if let Err(err) = message.check_limits() {
+            Some(IgnoredReason::OverLimit {
+                detail: err.to_string(),
+            })
+        } else {
+            None
+        };
+        if let Some(reason) = ignored {
+            self.emit_event(SyncEvent::MessageIgnored {
+                from,
+                message: message.name(),
+                reason,
+            });
+            return;
+        }
+        match message {
+            SyncMessage::Push { records } => self.on_records(now_ms, &from, records, None),
+            SyncMessage::Digest { vv } => self.on_digest(now_ms, &from, vv),
+            SyncMessage::Delta {
+                records,
+                covers,
+                since,
+                more,
+            } => self.on_records(
+                now_ms,
+                &from,
+                records,
+                Some(DeltaRange {
+                    covers,
+                    since,
+                    more,
+                }),
+            ),
+        }
+    }
+
+    /// Runs anti-entropy when its time has come: a digest to every connected
+    /// peer, then tombstone collection; and schedules the next round.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        match self.anti_entropy_at_ms {
+            Some(at_ms) if now_ms >= at_ms => {
+                for peer in self.sync_peers() {
+                    let vv = self.vv.clone();
+                    self.send(peer, SyncMessage::Digest { vv });
+                }
+                self.collect_tombstones();
+                let interval_ms = self.next_interval_ms();
+                self.anti_entropy_at_ms = Some(now_ms.saturating_add(interval_ms));
+            }
+            Some(_) => {}
+            None => self.schedule(now_ms),
+        }
+    }
+
+    /// Forgets every tombstone that every member has seen (by its last
+    /// digest), or, before the mesh has admissions, every peer this replica
+    /// ever heard a digest from. Returns how many were collected.
+    pub fn collect_tombstones(&mut self) -> usize {
+        if self.tombstone_collection_blocked {
+            return 0;
+        }
+        let required: Vec<&NodeId> = if self.registry.has_admissions() {
+            self.registry.members().iter().collect()
+        } else {
+            self.peer_vvs.keys().collect()
+        };
+        let mut vvs = Vec::with_capacity(required.len());
+        for node_id in required
+            .into_iter()
+            .filter(|node_id| **node_id != self.self_id)
+        {
+            match self.peer_vvs.get(node_id) {
+                Some(vv) => vvs.push(vv),
+                // A member never heard from may still hold the live version.
+                None => return 0,
+            }
+        }
+        let keys: Vec<RecordKey> = self
+            .registry
+            .records()
+            .filter(|record| record.body.is_none())
+            .filter(|record| {
+                let origin = &record.key.origin;
+                let counter = record.dot.counter;
+                self.vv.get(origin) >= counter && vvs.iter().all(|vv| vv.get(origin) >= counter)
+            })
+            .map(|record| record.key.clone())
+            .collect();
+        for key in &keys {
+            self.registry.remove(key);
+            self.session_keys.remove(key);
+        }
+        let collected = keys.len();
+        if collected > 0 {
+            self.emit(Output::Forget { keys });
+        }
+        collected
+    }
+
+    // Helpers below.
+
+    fn check_local(&self, name: &str, body: &RecordBody) -> Result<(), InvalidRecord> {
+        match body {
+            RecordBody::Node(node) if node.node_name != self.self_name.as_str() => {
+                Err(InvalidRecord::InvalidField {
+                    field: "node_name",
+                    detail: format!(
+                        "`{}` is not this broker's name `{}`",
+                        truncate(&node.node_name, 128),
+                        self.self_name
+                    ),
+                })
+            }
+            RecordBody::Instance(_) => {
+                // A name that does not parse is reported by `validate`.
+                let node = AgentName::parse(name)
+                    .ok()
+                    .and_then(|agent| agent.node().cloned());
+                match node {
+                    Some(node) if node != self.self_name => {
+                        Err(InvalidRecord::InstanceNodeMismatch {
+                            name: truncate(name, 128),
+                            instance_node: node.to_string(),
+                            self_node: self.self_name.to_string(),
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn write_local(
+        &mut self,
+        now_ms: u64,
+        key: RecordKey,
+        body: Option<RecordBody>,
+        own_vv: OwnVv,
+    ) -> Result<Record, InvalidRecord> {
+        let mut record = Record {
+            key,
+            dot: Dot::new(self.self_id.clone(), self.next_seq),
+            hlc: self.clock.last(),
+            body,
+        };
+        validate(&record)?;
+        record.hlc = self.clock.now(now_ms);
+        self.next_seq += 1;
+        let members_before = self.registry.members().clone();
+        self.registry.apply(record.clone());
+        self.session_keys.insert(record.key.clone());
+        if own_vv == OwnVv::Advance {
+            let self_id = self.self_id.clone();
+            self.advance_contiguous(&self_id);
+        }
+        self.emit(Output::Persist {
+            records: vec![record.clone()],
+            vv: self.vv.clone(),
+        });
+        for peer in self.sync_peers() {
+            self.send(
+                peer,
+                SyncMessage::Push {
+                    records: vec![record.clone()],
+                },
+            );
+        }
+        self.report_membership_changes(&members_before);
+        Ok(record)
+    }
+
+    fn on_digest(&mut self, now_ms: u64, from: &NodeId, peer_vv: VClock<NodeId>) {
+        let own_seen = peer_vv.get(&self.self_id);
+        if own_seen >= self.next_seq {
+            self.recover_own_sequence(now_ms, own_seen);
+        }
+        if self.peer_vvs.contains_key(from) || self.peer_vvs.len() < ORIGINS_MAX {
+            self.peer_vvs.insert(from.clone(), peer_vv.clone());
+        } else {
+            self.tombstone_collection_blocked = true;
+        }
+        for chunk in self.delta_chunks(&peer_vv) {
+            self.send(from.clone(), chunk);
+        }
+        let peer_has_more = peer_vv
+            .dots
+            .iter()
+            .any(|(origin, counter)| *counter > self.vv.get(origin));
+        if peer_has_more {
+            let vv = self.vv.clone();
+            self.send(from.clone(), SyncMessage::Digest { vv });
+        }
+    }
+
+    fn on_records(
+        &mut self,
+        now_ms: u64,
+        from: &NodeId,
+        records: Vec<Record>,
+        delta: Option<DeltaRange>,
+    ) {
+        let members_before = self.registry.members().clone();
+        let vv_before = self.vv.clone();
+        let mut accepted = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut own_seen = 0;
+        let mut skew: Option<ClockSkew> = None;
+        for record in records {
+            if let Err(error) = validate(&record) {
+                self.reject(RecordSource::Peer(from.clone()), &record, error);
+                continue;
+            }
+            let origin = record.key.origin.clone();
+            let new_origin = self.registry.max_counter(&origin) == 0 && self.vv.get(&origin) == 0;
+            if new_origin && self.registry.origins().count() >= ORIGINS_MAX {
+                let error = InvalidRecord::TooLarge {
+                    field: "origins",
+                    len: ORIGINS_MAX + 1,
+                    max: ORIGINS_MAX,
+                };
+                self.reject(RecordSource::Peer(from.clone()), &record, error);
+                continue;
+            }
+            if let Err(err) = self.clock.observe(now_ms, record.hlc) {
+                skew = match skew {
+                    Some(worst) if worst.ahead_ms >= err.ahead_ms => Some(worst),
+                    _ => Some(err),
+                };
+            }
+            if origin == self.self_id {
+                own_seen = own_seen.max(record.dot.counter);
+                if self.session_keys.contains(&record.key) {
+                    continue;
+                }
+            }
+            if self.registry.apply(record.clone()) != Applied::Stale {
+                touched.insert(origin);
+                accepted.push(record);
+            }
+        }
+        if let Some(range) = &delta {
+            own_seen = own_seen.max(range.covers.get(&self.self_id));
+        }
+        // Recovery resets the own vector entry, so it must run before the
+        // delta's range is applied below.
+        if own_seen >= self.next_seq {
+            self.recover_own_sequence(now_ms, own_seen);
+        }
+        let mut caught_up = None;
+        if let Some(range) = delta {
+            let mut whole_range_applied = true;
+            for (origin, covered) in &range.covers.dots {
+                let have = self.vv.get(origin);
+                if have < range.since.get(origin) {
+                    whole_range_applied = false;
+                } else if *covered > have {
+                    self.vv.dots.insert(origin.clone(), *covered);
+                    touched.insert(origin.clone());
+                }
+            }
+            if !range.more {
+                caught_up = Some(whole_range_applied);
+            }
+        }
+        for origin in &touched {
+            self.advance_contiguous(origin);
+        }
+        if !accepted.is_empty() || self.vv != vv_before {
+            self.emit(Output::Persist {
+                records: accepted,
+                vv: self.vv.clone(),
+            });
+        }
+        if let Some(skew) = skew {
+            self.emit_event(SyncEvent::ClockSkew {
+                from: from.clone(),
+                skew,
+            });
+        }
+        self.report_membership_changes(&members_before);
+        let peer = self.peers.get_mut(from);
+        if let (Some(caught_up), Some(peer)) = (caught_up, peer) {
+            let newly_caught_up = caught_up && !peer.caught_up;
+            peer.caught_up = caught_up;
+            if newly_caught_up {
+                self.emit_event(SyncEvent::PeerCaughtUp { peer: from.clone() });
+            }
+        }
+    }
+
+    /// See the module documentation on lost databases.
+    fn recover_own_sequence(&mut self, now_ms: u64, highest_seen: u64) {
+        self.next_seq = highest_seen.saturating_add(1);
+        // The own entry counted records written since the restart under
+        // numbers that old records also carry, so it proves nothing.
+        self.vv.dots.remove(&self.self_id);
+        let stale: Vec<RecordKey> = self
+            .session_keys
+            .iter()
+            .filter(|key| {
+                self.registry
+                    .get(key)
+                    .is_some_and(|record| record.dot.counter <= highest_seen)
+            })
+            .cloned()
+            .collect();
+        let mut reissued = 0;
+        for key in stale {
+            let body = self
+                .registry
+                .get(&key)
+                .and_then(|record| record.body.clone());
+            // While stale own records are still indexed under reused
+            // numbers, advancing the own entry would count them again.
+            if self.write_local(now_ms, key, body, OwnVv::Hold).is_ok() {
+                reissued += 1;
+            }
+        }
+        // Only genuine old records and the reissued ones are left now.
+        let self_id = self.self_id.clone();
+        self.advance_contiguous(&self_id);
+        if self.vv.get(&self.self_id) > 0 {
+            self.emit(Output::Persist {
+                records: Vec::new(),
+                vv: self.vv.clone(),
+            });
+        }
+        self.emit_event(SyncEvent::OwnSequenceRecovered {
+            highest_seen,
+            reissued,
+        });
+        for peer in self.sync_peers() {
+            let vv = self.vv.clone();
+            self.send(peer, SyncMessage::Digest { vv });
+        }
+    }
+
+    /// The delta answering a digest: every record the peer lacks, ordered by
+    /// origin then sequence number, cut into chunks under the configured
+    /// size and count. Each chunk says which range of each origin it
+    /// completes; the last one has `more: false` and is sent even when empty,
+    /// so the peer learns it is caught up.
+    fn delta_chunks(&self, peer_vv: &VClock<NodeId>) -> Vec<SyncMessage> {
+        let mut chunks = Vec::new();
+        let mut chunk = ChunkBuilder::new(
+            self.config.sync_message_bytes_max,
+            self.config.records_per_delta_max,
+        );
+        let origins: BTreeSet<&NodeId> =
+            self.registry.origins().chain(self.vv.dots.keys()).collect();
+        for origin in origins {
+            let ours = self.vv.get(origin);
+            let mut since = peer_vv.get(origin);
+            let mut last_in_chunk = since;
+            for record in self.registry.records_after(origin, since) {
+                let record_bytes = postcard::experimental::serialized_size(record).unwrap_or(0);
+                if !chunk.has_room_for(record_bytes) {
+                    let covered = last_in_chunk.min(ours);
+                    if covered > since {
+                        chunk.cover(origin, since, covered);
+                        since = covered;
+                    }
+                    chunks.push(chunk.finish(true));
+                }
+                chunk.push(record.clone(), record_bytes);
+                last_in_chunk = record.dot.counter;
+            }
+            if ours > since {
+                if !chunk.has_room_for_cover() {
+                    chunks.push(chunk.finish(true));
+                }
+                chunk.cover(origin, since, ours);
+            }
+        }
+        chunks.push(chunk.finish(false));
+        chunks
+    }
+
+    fn advance_contiguous(&mut self, origin: &NodeId) {
+        let mut counter = self.vv.get(origin);
+        while self.registry.has_counter(origin, counter + 1) {
+            counter += 1;
+        }
+        if counter > 0 {
+            self.vv.apply(Dot::new(origin.clone(), counter));
+        }
+    }
+
+    fn report_membership_changes(&mut self, before: &BTreeSet<NodeId>) {
+        if before == self.registry.members() {
+            return;
+        }
+        let after = self.registry.members().clone();
+        for node_id in after.difference(before) {
+            self.emit_event(SyncEvent::MemberAdmitted {
+                node_id: node_id.clone(),
+            });
+        }
+        for node_id in before.difference(&after) {
+            let reason = if self.registry.is_revoked(node_id) {
+                MemberRemovedReason::Revoked
+            } else if self
+                .registry
+                .conflicts()
+                .iter()
+                .any(|conflict| &conflict.node_id == node_id)
+            {
+                MemberRemovedReason::KeyConflict
+            } else {
+                MemberRemovedReason::AdmissionWithdrawn
+            };
+            self.emit_event(SyncEvent::MemberRemoved {
+                node_id: node_id.clone(),
+                reason,
+            });
+        }
+        if self.registry.has_admissions() {
+            // Former members no longer hold back tombstone collection.
+            let registry = &self.registry;
+            self.peer_vvs
+                .retain(|node_id, _| registry.is_member(node_id));
+        }
+    }
+
+    fn may_sync(&self, peer: &NodeId) -> bool {
+        self.registry.may_sync(peer)
+    }
+
+    fn sync_peers(&self) -> Vec<NodeId> {
+        self.peers
+            .keys()
+            .filter(|peer| self.may_sync(peer))
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the anti-entropy timer the first time the replica sees the time.
+    fn schedule(&mut self, now_ms: u64) {
+        if self.anti_entropy_at_ms.is_none() {
+            let interval_ms = self.next_interval_ms();
+            self.anti_entropy_at_ms = Some(now_ms.saturating_add(interval_ms));
+        }
+    }
+
+    fn next_interval_ms(&mut self) -> u64 {
+        let jitter_ms = self.config.anti_entropy_jitter_ms;
+        let offset_ms = self.rng.next_u64() % (2 * jitter_ms + 1);
+        self.config.anti_entropy_interval_ms - jitter_ms + offset_ms
+    }
+
+    fn reject(&mut self, source: RecordSource, record: &Record, error: InvalidRecord) {
+        self.emit_event(SyncEvent::RecordRejected {
+            source,
+            origin: record.key.origin.clone(),
+            kind: record.key.kind,
+            name: truncate(&record.key.name, 128),
+            error,
+        });
+    }
+
+    fn send(&mut self, to: NodeId, message: SyncMessage) {
+        self.emit(Output::Send { to, message });
+    }
+
+    fn emit_event(&mut self, event: SyncEvent) {
+        self.emit(Output::Event(event));
+    }
+
+    fn emit(&mut self, output: Output) {
+        if self.outputs.len() >= OUTPUT_QUEUE_MAX {
+            let is_push = |output: &Output| {
+                matches!(
+                    output,
+                    Output::Send {
+                        message: SyncMessage::Push { .. },
+                        ..
+                    }
+                )
+            };
+            let is_send = |output: &Output| matches!(output, Output::Send { .. });
+            let is_event = |output: &Output| matches!(output, Output::Event(_));
+            let victim = self
+                .outputs
+                .iter()
+                .position(is_push)
+                .or_else(|| self.outputs.iter().position(is_send))
+                .or_else(|| self.outputs.iter().position(is_event));
+            if let Some(idx) = victim {
+                self.outputs.remove(idx);
+                self.dropped_outputs += 1;
+            } else if is_send(&output) || is_event(&output) {
+                self.dropped_outputs += 1;
+                return;
+            }
+        }
+        self.outputs.push_back(output);
+    }
+}
+
+/// Whether a local write may advance the own version vector entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnVv {
+    Advance,
+    Hold,
+}
+
+/// The range part of a received delta chunk.
+struct DeltaRange {
+    covers: VClock<NodeId>,
+    since: VClock<NodeId>,
+    more: bool,
+}
+
+/// Accumulates one delta chunk under a byte and record budget. Byte counts
+/// are upper bounds, so the encoded chunk never exceeds the budget unless a
+/// single record does.
+struct ChunkBuilder {
+    bytes_max: usize,
+    records_max: usize,
+    bytes: usize,
+    records: Vec<Record>,
+    covers: VClock<NodeId>,
+    since: VClock<NodeId>,
+}
+
+impl ChunkBuilder {
+    fn new(bytes_max: usize, records_max: usize) -> ChunkBuilder {
+        ChunkBuilder {
+            bytes_max,
+            records_max,
+            bytes: DELTA_OVERHEAD_BYTES,
+            records: Vec::new(),
+            covers: VClock::new(),
+            since: VClock::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.covers.is_empty()
+    }
+
+    /// Whether a record of `record_bytes` fits, keeping room to cover the
+    /// origin it belongs to. An empty chunk takes any record, so chunking
+    /// always makes progress.
+    fn has_room_for(&self, record_bytes: usize) -> bool {
+        self.is_empty()
+            || (self.records.len() < self.records_max
+                && self.bytes + record_bytes + 2 * VV_ENTRY_BYTES_MAX <= self.bytes_max)
+    }
+
+    fn has_room_for_cover(&self) -> bool {
+        self.is_empty() || self.bytes + 2 * VV_ENTRY_BYTES_MAX <= self.bytes_max
+    }
+
+    fn push(&mut self, record: Record, record_bytes: usize) {
+        self.bytes += record_bytes;
+        self.records.push(record);
+    }
+
+    fn cover(&mut self, origin: &NodeId, since: u64, covered: u64) {
+        self.bytes += 2 * VV_ENTRY_BYTES_MAX;
+        self.covers.apply(Dot::new(origin.clone(), covered));
+        if since > 0 {
+            self.since.apply(Dot::new(origin.clone(), since));
+        }
+    }
+
+    fn finish(&mut self, more: bool) -> SyncMessage {
+        let finished = std::mem::replace(self, ChunkBuilder::new(self.bytes_max, self.records_max));
+        SyncMessage::Delta {
+            records: finished.records,
+            covers: finished.covers,
+            since: finished.since,
+            more,
+        }
+    }
+}
+
+/// SplitMix64: a tiny, well-mixed PRNG, enough for timer jitter. Seeded by
+/// the caller so runs replay exactly.
+#[derive(Debug, Clone)]
+struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut mixed = self.state;
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        mixed ^ (mixed >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1249 @@
+//! Unit tests of the sync state machine: one test per protocol rule, with a
+//! tiny in-memory network that delivers every message through the real
+//! encoding.
+
+use super::*;
+use crate::hlc::{HLC_SKEW_MS_MAX, Hlc};
+use crate::lifecycle::{EndpointState, Harness};
+use crate::names::NamePart;
+use crate::registry::{AdmissionBody, AdmissionMethod, InstanceBody, NodeBody, RevocationBody};
+use crate::wire::{self, NODE_ID_BYTES};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn id(n: u8) -> NodeId {
+    NodeId::from_bytes([n; NODE_ID_BYTES])
+}
+
+fn node_name(n: u8) -> Label {
+    Label::parse(&format!("node{n}"), NamePart::Node).unwrap()
+}
+
+fn config(n: u8) -> SyncConfig {
+    SyncConfig {
+        seed: u64::from(n),
+        ..SyncConfig::default()
+    }
+}
+
+fn replica(n: u8) -> Replica {
+    Replica::new(id(n), node_name(n), config(n))
+}
+
+fn instance_name(n: u8, definition: &str, workspace: &str) -> String {
+    format!("@{definition}@node{n}#{workspace}")
+}
+
+fn instance(workspace: &str, endpoint_state: EndpointState) -> RecordBody {
+    RecordBody::Instance(InstanceBody {
+        harness: Harness::Claude,
+        workspace: workspace.into(),
+        cwd: format!("~/src/{workspace}"),
+        endpoint_state,
+        active_flights: 0,
+    })
+}
+
+fn node_body(n: u8) -> RecordBody {
+    RecordBody::Node(NodeBody {
+        node_name: format!("node{n}"),
+        addresses: vec![format!("192.0.2.{n}:4433")],
+        http_port: 3100,
+        scout_version: "0.1.0".into(),
+        protocol_version: wire::PROTOCOL_VERSION,
+    })
+}
+
+fn admission_body(by: u8, admitted: u8, key: u8) -> RecordBody {
+    RecordBody::Admission(AdmissionBody {
+        public_key: [key; 32],
+        node_name: format!("node{admitted}"),
+        admitted_by: id(by),
+        method: if by == admitted {
+            AdmissionMethod::Founder
+        } else {
+            AdmissionMethod::Invite
+        },
+    })
+}
+
+fn value(description: &str) -> DefinitionValue {
+    DefinitionValue {
+        description: description.into(),
+        aliases: vec![],
+    }
+}
+
+fn fabric() -> Label {
+    Label::parse("fabric", NamePart::Definition).unwrap()
+}
+
+/// Everything a replica produced, sorted by output kind.
+#[derive(Debug, Default)]
+struct Drained {
+    sends: Vec<(NodeId, SyncMessage)>,
+    persisted: Vec<Record>,
+    last_vv: Option<VClock<NodeId>>,
+    forgotten: Vec<RecordKey>,
+    events: Vec<SyncEvent>,
+    order: Vec<&'static str>,
+}
+
+fn drain(replica: &mut Replica) -> Drained {
+    let mut drained = Drained::default();
+    while let Some(output) = replica.poll_output() {
+        match output {
+            Output::Send { to, message } => {
+                drained.order.push("send");
+                drained.sends.push((to, message));
+            }
+            Output::Persist { records, vv } => {
+                drained.order.push("persist");
+                drained.persisted.extend(records);
+                drained.last_vv = Some(vv);
+            }
+            Output::Forget { keys } => {
+                drained.order.push("forget");
+                drained.forgotten.extend(keys);
+            }
+            Output::Event(event) => {
+                drained.order.push("event");
+                drained.events.push(event);
+            }
+        }
+    }
+    drained
+}
+
+/// Replicas 1..=n and a reliable network between them.
+struct Net {
+    replicas: Vec<Replica>,
+    events: Vec<Vec<SyncEvent>>,
+    persisted: Vec<Vec<Record>>,
+    forgotten: Vec<Vec<RecordKey>>,
+    now_ms: u64,
+}
+
+impl Net {
+    fn new(n: u8) -> Net {
+        Net::with(n, config)
+    }
+
+    fn with(n: u8, config: impl Fn(u8) -> SyncConfig) -> Net {
+        Net {
+            replicas: (1..=n)
+                .map(|k| Replica::new(id(k), node_name(k), config(k)))
+                .collect(),
+            events: vec![Vec::new(); usize::from(n)],
+            persisted: vec![Vec::new(); usize::from(n)],
+            forgotten: vec![Vec::new(); usize::from(n)],
+            now_ms: T0,
+        }
+    }
+
+    fn at(&mut self, n: u8) -> &mut Replica {
+        &mut self.replicas[usize::from(n - 1)]
+    }
+
+    fn connect(&mut self, a: u8, b: u8) {
+        let now_ms = self.now_ms;
+        self.at(a).handle_connected(now_ms, id(b)).unwrap();
+        self.at(b).handle_connected(now_ms, id(a)).unwrap();
+    }
+
+    /// Delivers messages until none is left; returns how many were delivered.
+    fn pump(&mut self) -> usize {
+        let mut delivered = 0;
+        for _round in 0..1_000 {
+            let mut in_flight = Vec::new();
+            for idx in 0..self.replicas.len() {
+                let drained = drain(&mut self.replicas[idx]);
+                self.events[idx].extend(drained.events);
+                self.persisted[idx].extend(drained.persisted);
+                self.forgotten[idx].extend(drained.forgotten);
+                for (to, message) in drained.sends {
+                    in_flight.push((idx, to, message));
+                }
+            }
+            if in_flight.is_empty() {
+                return delivered;
+            }
+            for (from_idx, to, message) in in_flight {
+                let bytes = wire::encode(&message);
+                assert!(bytes.len() <= SYNC_MESSAGE_BYTES_MAX);
+                let message = wire::decode(&bytes).unwrap();
+                let from = self.replicas[from_idx].self_id().clone();
+                let now_ms = self.now_ms;
+                let to_idx = self
+                    .replicas
+                    .iter()
+                    .position(|r| r.self_id() == &to)
+                    .unwrap();
+                self.replicas[to_idx].handle_message(now_ms, from, message);
+                delivered += 1;
+            }
+        }
+        panic!("the network did not go quiet");
+    }
+
+    /// Advances time past every replica's anti-entropy deadline and pumps.
+    fn anti_entropy_round(&mut self) {
+        let deadline = self
+            .replicas
+            .iter()
+            .filter_map(Replica::poll_timeout)
+            .max()
+            .unwrap_or(self.now_ms);
+        self.now_ms = self.now_ms.max(deadline);
+        let now_ms = self.now_ms;
+        for replica in &mut self.replicas {
+            replica.handle_timeout(now_ms);
+        }
+        self.pump();
+    }
+
+    fn events_of(&self, n: u8) -> &[SyncEvent] {
+        &self.events[usize::from(n - 1)]
+    }
+}
+
+#[test]
+fn a_local_put_is_persisted_before_it_is_pushed() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    net.pump();
+    let name = instance_name(1, "fabric", "main");
+    let record = net
+        .at(1)
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    assert_eq!(record.dot.counter, 1);
+    assert_eq!(net.at(1).next_seq(), 2);
+    assert_eq!(net.at(1).vv().get(&id(1)), 1);
+    let drained = drain(net.at(1));
+    assert_eq!(drained.order, ["persist", "send"]);
+    assert_eq!(drained.persisted, std::slice::from_ref(&record));
+    assert_eq!(
+        drained.sends,
+        [(
+            id(2),
+            SyncMessage::Push {
+                records: vec![record.clone()]
+            }
+        )]
+    );
+
+    // The same value again is not a change.
+    let again = net
+        .at(1)
+        .put(T0 + 5, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    assert_eq!(again, record);
+    assert!(net.at(1).poll_output().is_none());
+}
+
+#[test]
+fn the_newer_version_wins_whatever_order_pushes_arrive_in() {
+    let mut writer = replica(1);
+    let mut reader = replica(2);
+    reader.handle_connected(T0, id(1)).unwrap();
+    drain(&mut reader);
+    let name = instance_name(1, "fabric", "main");
+    let first = writer
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    let second = writer
+        .put(T0 + 1, &name, instance("main", EndpointState::Working))
+        .unwrap();
+
+    reader.handle_message(
+        T0,
+        id(1),
+        SyncMessage::Push {
+            records: vec![second.clone()],
+        },
+    );
+    reader.handle_message(
+        T0,
+        id(1),
+        SyncMessage::Push {
+            records: vec![first.clone()],
+        },
+    );
+    let drained = drain(&mut reader);
+    assert_eq!(
+        drained.persisted,
+        std::slice::from_ref(&second),
+        "the stale version is not persisted"
+    );
+    assert_eq!(reader.registry().get(&second.key), Some(&second));
+    assert_eq!(
+        reader.registry().instances()[0].body.endpoint_state,
+        EndpointState::Working
+    );
+    // Counter 1 was superseded before it arrived, so nothing proves the
+    // reader has everything up to 2; the next anti-entropy round will.
+    assert_eq!(reader.vv().get(&id(1)), 0);
+}
+
+#[test]
+fn deletes_replicate_as_tombstones() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    let name = instance_name(1, "fabric", "main");
+    net.at(1)
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    net.pump();
+    assert_eq!(net.at(2).registry().instances().len(), 1);
+
+    let tombstone = net
+        .at(1)
+        .delete(T0 + 1, RecordKind::Instance, &name)
+        .unwrap()
+        .unwrap();
+    assert!(tombstone.is_tombstone());
+    assert_eq!(tombstone.dot.counter, 2);
+    net.pump();
+    assert!(net.at(2).registry().instances().is_empty());
+    assert_eq!(net.at(2).registry().get(&tombstone.key), Some(&tombstone));
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+    // Deleting what is already deleted changes nothing.
+    assert_eq!(
+        net.at(1).delete(T0 + 2, RecordKind::Instance, &name),
+        Ok(None)
+    );
+}
+
+#[test]
+fn invalid_records_are_rejected_never_persisted_and_never_forwarded() {
+    let mut net = Net::new(3);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    net.pump();
+    let bad = Record {
+        key: RecordKey {
+            origin: id(1),
+            kind: RecordKind::Instance,
+            name: "@Fabric@node1#main".into(),
+        },
+        dot: Dot::new(id(1), 1),
+        hlc: Hlc::default(),
+        body: Some(instance("main", EndpointState::Idle)),
+    };
+    let now_ms = net.now_ms;
+    net.at(2).handle_message(
+        now_ms,
+        id(1),
+        SyncMessage::Push {
+            records: vec![bad.clone()],
+        },
+    );
+    let drained = drain(net.at(2));
+    assert!(drained.persisted.is_empty());
+    assert!(drained.sends.is_empty(), "nothing is forwarded");
+    assert!(matches!(
+        &drained.events[..],
+        [SyncEvent::RecordRejected { source: RecordSource::Peer(from), error: InvalidRecord::InvalidName { .. }, .. }]
+            if *from == id(1)
+    ));
+    assert!(net.at(2).registry().get(&bad.key).is_none());
+    assert_eq!(net.at(2).vv().get(&id(1)), 0);
+
+    // Anti-entropy does not carry it either.
+    net.anti_entropy_round();
+    net.anti_entropy_round();
+    for n in 1..=3 {
+        assert!(net.at(n).registry().get(&bad.key).is_none());
+    }
+}
+
+#[test]
+fn push_advances_the_vector_only_when_contiguous() {
+    let mut writer = replica(1);
+    let mut reader = replica(2);
+    reader.handle_connected(T0, id(1)).unwrap();
+    drain(&mut reader);
+    let records: Vec<Record> = ["a", "b", "c"]
+        .iter()
+        .map(|ws| {
+            writer
+                .put(
+                    T0,
+                    &instance_name(1, "fabric", ws),
+                    instance(ws, EndpointState::Idle),
+                )
+                .unwrap()
+        })
+        .collect();
+    let push = |record: &Record| SyncMessage::Push {
+        records: vec![record.clone()],
+    };
+
+    reader.handle_message(T0, id(1), push(&records[0]));
+    assert_eq!(reader.vv().get(&id(1)), 1);
+    reader.handle_message(T0, id(1), push(&records[2]));
+    assert_eq!(
+        reader.vv().get(&id(1)),
+        1,
+        "a gap at 2 holds the vector back"
+    );
+    assert!(
+        reader.registry().get(&records[2].key).is_some(),
+        "but the record is kept"
+    );
+    reader.handle_message(T0, id(1), push(&records[1]));
+    assert_eq!(
+        reader.vv().get(&id(1)),
+        3,
+        "filling the gap advances over held records"
+    );
+    let drained = drain(&mut reader);
+    assert_eq!(drained.persisted.len(), 3);
+    assert_eq!(drained.last_vv.unwrap().get(&id(1)), 3);
+}
+
+/// A writer with `n` instance records and a reader connected to it; returns
+/// the delta chunks the writer sends for the reader's empty digest.
+fn chunks_for_empty_digest(writer: &mut Replica, n: usize) -> Vec<SyncMessage> {
+    for idx in 0..n {
+        let workspace = format!("w{idx}");
+        writer
+            .put(
+                T0,
+                &instance_name(1, "fabric", &workspace),
+                instance(&workspace, EndpointState::Idle),
+            )
+            .unwrap();
+    }
+    writer.handle_connected(T0, id(2)).unwrap();
+    drain(writer);
+    writer.handle_message(T0, id(2), SyncMessage::Digest { vv: VClock::new() });
+    drain(writer)
+        .sends
+        .into_iter()
+        .map(|(to, message)| {
+            assert_eq!(to, id(2));
+            message
+        })
+        .collect()
+}
+
+fn small_chunks(n: u8) -> SyncConfig {
+    SyncConfig {
+        records_per_delta_max: 2,
+        sync_message_bytes_max: 512,
+        ..config(n)
+    }
+}
+
+#[test]
+fn deltas_are_chunked_under_the_configured_limits() {
+    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let chunks = chunks_for_empty_digest(&mut writer, 7);
+    assert_eq!(chunks.len(), 4);
+    for (idx, chunk) in chunks.iter().enumerate() {
+        let SyncMessage::Delta { records, more, .. } = chunk else {
+            panic!("expected a delta, got {chunk:?}");
+        };
+        assert!(records.len() <= 2);
+        assert_eq!(*more, idx + 1 < chunks.len());
+        assert!(wire::encode(chunk).len() <= 512);
+    }
+
+    let mut reader = replica(2);
+    reader.handle_connected(T0, id(1)).unwrap();
+    drain(&mut reader);
+    for chunk in chunks {
+        reader.handle_message(T0, id(1), chunk);
+    }
+    assert_eq!(reader.vv().get(&id(1)), 7);
+    assert_eq!(reader.state_digest(), writer.state_digest());
+    let events = drain(&mut reader).events;
+    assert!(events.contains(&SyncEvent::PeerCaughtUp { peer: id(1) }));
+
+    // The byte limit alone also cuts chunks.
+    let mut by_bytes = Replica::new(
+        id(1),
+        node_name(1),
+        SyncConfig {
+            sync_message_bytes_max: SYNC_MESSAGE_BYTES_MIN,
+            ..config(1)
+        },
+    );
+    let chunks = chunks_for_empty_digest(&mut by_bytes, 10);
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    for chunk in &chunks {
+        assert!(wire::encode(chunk).len() <= SYNC_MESSAGE_BYTES_MIN);
+    }
+}
+
+#[test]
+fn a_lost_chunk_never_advances_the_vector_past_missing_records() {
+    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let mut chunks = chunks_for_empty_digest(&mut writer, 7);
+    let lost = chunks.remove(1);
+    let SyncMessage::Delta {
+        records: lost_records,
+        ..
+    } = &lost
+    else {
+        panic!("expected a delta");
+    };
+    let mut reader = replica(2);
+    reader.handle_connected(T0, id(1)).unwrap();
+    drain(&mut reader);
+    // The rest arrive, the last one first.
+    chunks.reverse();
+    for chunk in chunks {
+        reader.handle_message(T0, id(1), chunk);
+    }
+    assert_eq!(
+        reader.vv().get(&id(1)),
+        2,
+        "the vector stops before the lost range"
+    );
+    for record in lost_records {
+        assert!(reader.registry().get(&record.key).is_none());
+    }
+    let drained = drain(&mut reader);
+    assert!(
+        !drained
+            .events
+            .contains(&SyncEvent::PeerCaughtUp { peer: id(1) })
+    );
+    assert_eq!(reader.registry().len(), 5, "records after the gap are kept");
+
+    // The next digest asks for exactly what is missing, and gets it.
+    reader.handle_timeout(reader.poll_timeout().unwrap());
+    let digest = drain(&mut reader).sends.pop().unwrap().1;
+    writer.handle_message(T0, id(2), digest);
+    for (_, chunk) in drain(&mut writer).sends {
+        reader.handle_message(T0, id(1), chunk);
+    }
+    assert_eq!(reader.vv().get(&id(1)), 7);
+    assert_eq!(reader.state_digest(), writer.state_digest());
+}
+
+#[test]
+fn pushes_are_not_forwarded_but_anti_entropy_crosses_a_line() {
+    let mut net = Net::new(3);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    net.pump();
+    let name = instance_name(1, "fabric", "main");
+    let record = net
+        .at(1)
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    net.pump();
+    assert!(net.at(2).registry().get(&record.key).is_some());
+    assert!(
+        net.at(3).registry().get(&record.key).is_none(),
+        "2 did not forward the push"
+    );
+    net.anti_entropy_round();
+    assert_eq!(net.at(3).registry().get(&record.key), Some(&record));
+    assert_eq!(net.at(1).state_digest(), net.at(3).state_digest());
+}
+
+#[test]
+fn a_broker_that_lost_its_database_resumes_above_its_old_numbers() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    for ws in ["a", "b", "c", "d", "e"] {
+        net.at(1)
+            .put(
+                T0,
+                &instance_name(1, "fabric", ws),
+                instance(ws, EndpointState::Idle),
+            )
+            .unwrap();
+    }
+    net.pump();
+    assert_eq!(net.at(2).vv().get(&id(1)), 5);
+
+    // Broker 1 restarts with an empty database and the same key.
+    net.at(2).handle_disconnected(&id(1));
+    net.replicas[0] = replica(1);
+    let fresh_name = instance_name(1, "fabric", "x");
+    let fresh = net
+        .at(1)
+        .put(T0 + 10, &fresh_name, instance("x", EndpointState::Working))
+        .unwrap();
+    assert_eq!(fresh.dot.counter, 1, "it does not know yet");
+    let node = net.at(1).put(T0 + 10, "", node_body(1)).unwrap();
+    // It also rewrites one of its old keys with a new value.
+    let rewritten_name = instance_name(1, "fabric", "c");
+    net.at(1)
+        .put(
+            T0 + 10,
+            &rewritten_name,
+            instance("c", EndpointState::Stopped),
+        )
+        .unwrap();
+    drain(net.at(1));
+    net.connect(1, 2);
+    net.pump();
+    net.anti_entropy_round();
+
+    let recovered = net.at(1);
+    assert!(
+        recovered.next_seq() > 5 + 3,
+        "next is {}",
+        recovered.next_seq()
+    );
+    let events = net.events_of(1);
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            SyncEvent::OwnSequenceRecovered {
+                highest_seen: 5,
+                reissued: 3
+            }
+        )),
+        "{events:?}"
+    );
+    for n in 1..=2 {
+        let registry = net.at(n).registry();
+        let fresh_now = registry.get(&fresh.key).unwrap();
+        assert!(
+            fresh_now.dot.counter > 5,
+            "the new record was reissued above the old numbers"
+        );
+        assert_eq!(fresh_now.body, fresh.body);
+        assert!(registry.get(&node.key).unwrap().dot.counter > 5);
+        // The rewrite wins over the old version of the same key.
+        let rewritten = registry
+            .instances()
+            .into_iter()
+            .find(|entry| entry.name.to_string() == rewritten_name)
+            .unwrap();
+        assert_eq!(rewritten.body.endpoint_state, EndpointState::Stopped);
+        // Old records it did not rewrite came back.
+        let names: Vec<String> = registry
+            .instances()
+            .iter()
+            .map(|entry| entry.name.to_string())
+            .collect();
+        assert_eq!(
+            names.len(),
+            6,
+            "replica {n}: {names:?} {:?}",
+            registry
+                .records()
+                .map(|r| (&r.key.name, r.dot.counter))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+    assert_eq!(net.replicas[0].vv(), net.replicas[1].vv());
+
+    // New changes supersede everything old.
+    let later = net
+        .at(1)
+        .put(
+            T0 + 20,
+            &instance_name(1, "fabric", "a"),
+            instance("a", EndpointState::Failed),
+        )
+        .unwrap();
+    assert!(later.dot.counter > 8);
+    net.pump();
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+}
+
+#[test]
+fn concurrent_definition_edits_are_both_visible_until_a_later_edit() {
+    let mut net = Net::new(2);
+    net.at(1)
+        .edit_definition(T0, &fabric(), value("reviews diffs"))
+        .unwrap();
+    net.at(2)
+        .edit_definition(T0, &fabric(), value("writes tests"))
+        .unwrap();
+    net.connect(1, 2);
+    net.pump();
+    for n in 1..=2 {
+        assert_eq!(
+            net.at(n).registry().definition("fabric"),
+            [value("reviews diffs"), value("writes tests")]
+        );
+    }
+
+    // An edit made after seeing both supersedes both.
+    let record = net
+        .at(2)
+        .edit_definition(T0 + 1, &fabric(), value("reviews and tests"))
+        .unwrap();
+    let Some(RecordBody::Definition(body)) = &record.body else {
+        panic!("expected a definition body");
+    };
+    assert_eq!(
+        body.entries().unwrap().len(),
+        1,
+        "the published register holds the new write only"
+    );
+    net.pump();
+    for n in 1..=2 {
+        assert_eq!(
+            net.at(n).registry().definition("fabric"),
+            [value("reviews and tests")]
+        );
+    }
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+}
+
+#[test]
+fn a_fresh_replica_syncs_with_anyone_then_only_with_members() {
+    let mut net = Net::new(3);
+    net.connect(1, 2);
+    net.at(2).put(T0, "", node_body(2)).unwrap();
+    net.pump();
+    assert!(
+        net.at(1).registry().node(&id(2)).is_some(),
+        "no admissions yet: anyone connected syncs"
+    );
+
+    // Broker 1 founds the mesh: from now on it syncs with members only, so
+    // broker 2, still connected, is neither sent to nor listened to.
+    net.at(1)
+        .put(T0, id(1).as_str(), admission_body(1, 1, 11))
+        .unwrap();
+    let drained = drain(net.at(1));
+    assert!(drained.sends.is_empty(), "nothing goes to a non-member");
+    assert!(
+        drained
+            .events
+            .contains(&SyncEvent::MemberAdmitted { node_id: id(1) })
+    );
+    let now_ms = net.now_ms;
+    net.at(2)
+        .put(
+            now_ms,
+            "",
+            RecordBody::Node(NodeBody {
+                http_port: 4000,
+                ..node_body_inner(2)
+            }),
+        )
+        .unwrap();
+    net.pump();
+    assert_eq!(
+        net.at(1).registry().node(&id(2)).unwrap().http_port,
+        3100,
+        "2 is not a member"
+    );
+    assert!(net.events_of(1).iter().any(|event| matches!(
+        event,
+        SyncEvent::MessageIgnored { from, reason: IgnoredReason::NotMember, .. } if *from == id(2)
+    )));
+    assert_eq!(
+        net.at(1).handle_connected(now_ms, id(3)),
+        Err(PeerRefused::NotMember { peer: id(3) })
+    );
+    assert_eq!(
+        PeerRefused::NotMember { peer: id(3) }.code(),
+        "UNKNOWN_PEER"
+    );
+
+    // Admitting 2 lets it sync both ways; anti-entropy brings what was missed.
+    net.at(1)
+        .put(now_ms, id(2).as_str(), admission_body(1, 2, 22))
+        .unwrap();
+    net.pump();
+    assert!(net.at(2).registry().is_member(&id(2)));
+    net.anti_entropy_round();
+    assert_eq!(net.at(1).registry().node(&id(2)).unwrap().http_port, 4000);
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+
+    // A message from a node that is not connected is ignored.
+    let now_ms = net.now_ms;
+    net.at(2)
+        .handle_message(now_ms, id(3), SyncMessage::Digest { vv: VClock::new() });
+    assert!(matches!(
+        drain(net.at(2)).events[..],
+        [SyncEvent::MessageIgnored {
+            reason: IgnoredReason::NotConnected,
+            ..
+        }]
+    ));
+}
+
+fn node_body_inner(n: u8) -> NodeBody {
+    match node_body(n) {
+        RecordBody::Node(body) => body,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn revocation_wins_and_is_permanent() {
+    let mut net = Net::new(3);
+    for (by, admitted) in [(1, 1), (1, 2), (1, 3)] {
+        net.at(by)
+            .put(
+                T0,
+                id(admitted).as_str(),
+                admission_body(by, admitted, admitted * 11),
+            )
+            .unwrap();
+    }
+    net.connect(1, 2);
+    net.connect(1, 3);
+    net.connect(2, 3);
+    net.pump();
+    assert_eq!(net.at(3).registry().members().len(), 3);
+
+    net.at(2)
+        .put(
+            T0 + 1,
+            id(3).as_str(),
+            RecordBody::Revocation(RevocationBody {
+                reason: "machine retired".into(),
+                revoked_by: id(2),
+            }),
+        )
+        .unwrap();
+    net.pump();
+    assert!(!net.at(1).registry().is_member(&id(3)));
+    assert!(net.events_of(1).contains(&SyncEvent::MemberRemoved {
+        node_id: id(3),
+        reason: MemberRemovedReason::Revoked,
+    }));
+    // A fresh admission does not undo it, and it cannot be deleted.
+    net.at(1)
+        .put(T0 + 2, id(3).as_str(), admission_body(1, 3, 99))
+        .unwrap();
+    net.pump();
+    assert!(!net.at(2).registry().is_member(&id(3)));
+    assert_eq!(
+        net.at(2)
+            .delete(T0 + 3, RecordKind::Revocation, id(3).as_str()),
+        Err(InvalidRecord::RevocationDeleted)
+    );
+    // The revoked broker's messages are ignored, and nothing is sent to it.
+    let now_ms = net.now_ms;
+    net.at(3).put(now_ms, "", node_body(3)).unwrap();
+    net.pump();
+    assert!(net.at(1).registry().node(&id(3)).is_none());
+    net.at(1).put(now_ms, "", node_body(1)).unwrap();
+    let sends = drain(net.at(1)).sends;
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, id(2));
+}
+
+#[test]
+fn key_conflicts_are_reported_and_block_membership() {
+    let mut net = Net::new(2);
+    net.at(1)
+        .put(T0, id(1).as_str(), admission_body(1, 1, 11))
+        .unwrap();
+    net.at(1)
+        .put(T0, id(2).as_str(), admission_body(1, 2, 22))
+        .unwrap();
+    net.at(1)
+        .put(T0, id(9).as_str(), admission_body(1, 9, 90))
+        .unwrap();
+    net.connect(1, 2);
+    net.pump();
+    assert!(net.at(2).registry().is_member(&id(9)));
+    net.at(2)
+        .put(T0, id(9).as_str(), admission_body(2, 9, 91))
+        .unwrap();
+    net.pump();
+    for n in 1..=2 {
+        let registry = net.at(n).registry();
+        assert!(!registry.is_member(&id(9)));
+        assert_eq!(registry.admitted_key(&id(9)), None);
+        assert_eq!(registry.conflicts().len(), 1);
+    }
+    assert!(net.events_of(1).contains(&SyncEvent::MemberRemoved {
+        node_id: id(9),
+        reason: MemberRemovedReason::KeyConflict,
+    }));
+}
+
+#[test]
+fn tombstones_are_collected_once_every_member_has_seen_them() {
+    let mut net = Net::new(3);
+    for admitted in 1..=3 {
+        net.at(1)
+            .put(
+                T0,
+                id(admitted).as_str(),
+                admission_body(1, admitted, admitted),
+            )
+            .unwrap();
+    }
+    net.connect(1, 2);
+    net.pump();
+    let name = instance_name(1, "fabric", "main");
+    net.at(1)
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    let tombstone = net
+        .at(1)
+        .delete(T0 + 1, RecordKind::Instance, &name)
+        .unwrap()
+        .unwrap();
+    net.pump();
+    assert!(
+        net.at(2)
+            .registry()
+            .get(&tombstone.key)
+            .unwrap()
+            .is_tombstone()
+    );
+
+    // Member 3 has never sent a digest: nothing may be collected.
+    assert_eq!(net.at(1).collect_tombstones(), 0);
+    net.connect(1, 3);
+    net.connect(2, 3);
+    net.pump();
+    // 1 knows 3's digest from before it had the tombstone.
+    assert_eq!(net.at(1).collect_tombstones(), 0);
+    // One round's digests show everyone has it; the next round collects it.
+    net.anti_entropy_round();
+    net.anti_entropy_round();
+    for n in 1..=3 {
+        assert!(
+            net.at(n).registry().get(&tombstone.key).is_none(),
+            "replica {n}"
+        );
+    }
+    net.pump();
+    assert!(net.forgotten[0].contains(&tombstone.key));
+    assert_eq!(net.at(1).state_digest(), net.at(3).state_digest());
+}
+
+#[test]
+fn skewed_clocks_are_reported_and_do_not_block_replication() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    net.pump();
+    let ahead_ms = net.now_ms + HLC_SKEW_MS_MAX + 60_000;
+    let record = net.at(1).put(ahead_ms, "", node_body(1)).unwrap();
+    net.pump();
+    assert_eq!(net.at(2).registry().get(&record.key), Some(&record));
+    assert!(net.persisted[1].contains(&record));
+    assert!(net.events_of(2).iter().any(|event| matches!(
+        event,
+        SyncEvent::ClockSkew { from, skew } if *from == id(1) && skew.ahead_ms > HLC_SKEW_MS_MAX
+    )));
+}
+
+#[test]
+fn anti_entropy_deadlines_are_jittered_and_reproducible() {
+    let deadlines = |seed: u64| {
+        let mut replica = Replica::new(
+            id(1),
+            node_name(1),
+            SyncConfig {
+                seed,
+                ..SyncConfig::default()
+            },
+        );
+        assert_eq!(replica.poll_timeout(), None);
+        let mut now_ms = T0;
+        replica.handle_timeout(now_ms);
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let deadline = replica.poll_timeout().unwrap();
+            let interval_ms = deadline - now_ms;
+            assert!(
+                (ANTI_ENTROPY_INTERVAL_MS_DEFAULT - ANTI_ENTROPY_JITTER_MS_DEFAULT
+                    ..=ANTI_ENTROPY_INTERVAL_MS_DEFAULT + ANTI_ENTROPY_JITTER_MS_DEFAULT)
+                    .contains(&interval_ms)
+            );
+            // Early calls change nothing.
+            replica.handle_timeout(deadline - 1);
+            assert_eq!(replica.poll_timeout(), Some(deadline));
+            now_ms = deadline;
+            replica.handle_timeout(now_ms);
+            seen.push(interval_ms);
+        }
+        seen
+    };
+    assert_eq!(deadlines(7), deadlines(7));
+    assert_ne!(deadlines(7), deadlines(8));
+    assert!(deadlines(7).windows(2).any(|pair| pair[0] != pair[1]));
+}
+
+#[test]
+fn restore_rebuilds_the_replica_from_the_store() {
+    let mut original = replica(1);
+    original.put(T0, "", node_body(1)).unwrap();
+    original
+        .put(
+            T0,
+            &instance_name(1, "fabric", "main"),
+            instance("main", EndpointState::Idle),
+        )
+        .unwrap();
+    original
+        .edit_definition(T0, &fabric(), value("reviews"))
+        .unwrap();
+    original
+        .delete(
+            T0,
+            RecordKind::Instance,
+            &instance_name(1, "fabric", "main"),
+        )
+        .unwrap();
+    let drained = drain(&mut original);
+    // The store keeps the newest version of each key, and the last vector.
+    let mut stored: BTreeMap<RecordKey, Record> = BTreeMap::new();
+    for record in drained.persisted {
+        stored.insert(record.key.clone(), record);
+    }
+    let restored = Replica::restore(
+        id(1),
+        node_name(1),
+        config(1),
+        stored.into_values(),
+        drained.last_vv.unwrap(),
+    );
+    assert_eq!(restored.state_digest(), original.state_digest());
+    assert_eq!(restored.vv(), original.vv());
+    assert_eq!(restored.next_seq(), original.next_seq());
+    assert_eq!(restored.registry().definition("fabric"), [value("reviews")]);
+
+    // A store without a vector restores the provable part of it.
+    let mut restored = Replica::restore(
+        id(1),
+        node_name(1),
+        config(1),
+        original.records().cloned().collect::<Vec<_>>(),
+        VClock::new(),
+    );
+    assert_eq!(
+        restored.vv().get(&id(1)),
+        1,
+        "counter 2 was superseded, so only 1 is provable"
+    );
+    assert_eq!(restored.next_seq(), 5);
+    let next = restored
+        .put(
+            T0,
+            &instance_name(1, "fabric", "dev"),
+            instance("dev", EndpointState::Idle),
+        )
+        .unwrap();
+    assert_eq!(next.dot.counter, 5);
+    assert!(next.hlc > original.records().map(|record| record.hlc).max().unwrap());
+
+    // Invalid stored records are dropped with an event.
+    let mut bad = next.clone();
+    bad.dot.counter = 0;
+    let mut restored = Replica::restore(id(1), node_name(1), config(1), [bad], VClock::new());
+    assert!(restored.registry().is_empty());
+    assert!(matches!(
+        restored.poll_output(),
+        Some(Output::Event(SyncEvent::RecordRejected {
+            source: RecordSource::Store,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn the_output_queue_stays_bounded_and_keeps_every_persist() {
+    let mut writer = replica(1);
+    writer.handle_connected(T0, id(2)).unwrap();
+    let puts = OUTPUT_QUEUE_MAX / 2 + 100;
+    for idx in 0..puts {
+        let workspace = format!("w{idx}");
+        writer
+            .put(
+                T0,
+                &instance_name(1, "fabric", &workspace),
+                instance(&workspace, EndpointState::Idle),
+            )
+            .unwrap();
+    }
+    assert!(writer.dropped_outputs() > 0);
+    let drained = drain(&mut writer);
+    assert_eq!(
+        drained.persisted.len(),
+        puts,
+        "persist outputs are never dropped"
+    );
+    assert!(drained.order.len() <= OUTPUT_QUEUE_MAX);
+    // The newest pushes survive; the oldest were dropped for anti-entropy.
+    let pushed: Vec<u64> = drained
+        .sends
+        .iter()
+        .filter_map(|(_, message)| match message {
+            SyncMessage::Push { records } => Some(records[0].dot.counter),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushed.last(), Some(&(puts as u64)));
+    assert!(pushed.first().unwrap() > &1);
+}
+
+#[test]
+fn local_writes_must_describe_this_broker() {
+    let mut broker = replica(1);
+    let err = broker
+        .put(
+            T0,
+            &instance_name(2, "fabric", "main"),
+            instance("main", EndpointState::Idle),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, InvalidRecord::InstanceNodeMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(err.code(), "INVALID_RECORD");
+    let err = broker.put(T0, "", node_body(2)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InvalidRecord::InvalidField {
+                field: "node_name",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = broker
+        .put(
+            T0,
+            "fabric",
+            RecordBody::Definition(DefinitionBody {
+                register: Default::default(),
+            }),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, InvalidRecord::InvalidField { field: "body", .. }),
+        "{err}"
+    );
+    let err = broker
+        .put(T0, "@fabric@node1", instance("main", EndpointState::Idle))
+        .unwrap_err();
+    assert!(matches!(err, InvalidRecord::InvalidName { .. }), "{err}");
+    assert_eq!(
+        broker.next_seq(),
+        1,
+        "rejected writes use no sequence number"
+    );
+    assert!(broker.poll_output().is_none());
+}
+
+#[test]
+fn peers_are_bounded_and_messages_over_limits_are_ignored() {
+    let mut broker = replica(1);
+    assert_eq!(
+        broker.handle_connected(T0, id(1)),
+        Err(PeerRefused::SelfPeer)
+    );
+    for peer in 2..2 + PEERS_MAX as u8 {
+        broker.handle_connected(T0, id(peer)).unwrap();
+    }
+    let refused = broker.handle_connected(T0, id(200)).unwrap_err();
+    assert_eq!(refused, PeerRefused::TooManyPeers);
+    assert_eq!(refused.code(), "TOO_MANY_PEERS");
+    drain(&mut broker);
+
+    let record = replica(2).put(T0, "", node_body(2)).unwrap();
+    let flood = SyncMessage::Push {
+        records: vec![record; RECORDS_PER_DELTA_MAX + 1],
+    };
+    broker.handle_message(T0, id(2), flood);
+    let drained = drain(&mut broker);
+    assert!(drained.persisted.is_empty());
+    assert!(matches!(
+        drained.events[..],
+        [SyncEvent::MessageIgnored {
+            reason: IgnoredReason::OverLimit { .. },
+            message: "push",
+            ..
+        }]
+    ));
+
+    // Disconnecting drops what was queued for the peer.
+    broker.handle_timeout(T0);
+    broker.handle_timeout(broker.poll_timeout().unwrap());
+    broker.handle_disconnected(&id(2));
+    assert!(drain(&mut broker).sends.iter().all(|(to, _)| *to != id(2)));
+}
+
+#[test]
+fn sync_messages_are_small() {
+    let mut writer = replica(1);
+    let record = writer
+        .put(
+            T0,
+            &instance_name(1, "fabric", "feature-x"),
+            RecordBody::Instance(InstanceBody {
+                harness: Harness::Claude,
+                workspace: "feature-x".into(),
+                cwd: "~/src/fabric".into(),
+                endpoint_state: EndpointState::Working,
+                active_flights: 2,
+            }),
+        )
+        .unwrap();
+    let push = wire::encode(&SyncMessage::Push {
+        records: vec![record],
+    });
+
+    // Two brokers that both know 10 origins and have nothing to send.
+    let mut left = replica(11);
+    let mut right = replica(12);
+    left.handle_connected(T0, id(12)).unwrap();
+    right.handle_connected(T0, id(11)).unwrap();
+    for origin in 1..=10u8 {
+        let mut source = replica(origin);
+        let record = source.put(T0, "", node_body(origin)).unwrap();
+        for replica in [&mut left, &mut right] {
+            replica.handle_connected(T0, id(origin)).unwrap();
+            replica.handle_message(
+                T0,
+                id(origin),
+                SyncMessage::Push {
+                    records: vec![record.clone()],
+                },
+            );
+        }
+    }
+    drain(&mut left);
+    drain(&mut right);
+    left.handle_timeout(T0);
+    left.handle_timeout(left.poll_timeout().unwrap());
+    let (to, digest) = drain(&mut left)
+        .sends
+        .into_iter()
+        .find(|(to, _)| *to == id(12))
+        .unwrap();
+    assert_eq!(to, id(12));
+    assert!(matches!(&digest, SyncMessage::Digest { vv } if vv.dots.len() == 10));
+    let digest_bytes = wire::encode(&digest);
+    right.handle_message(T0, id(11), digest);
+    let replies = drain(&mut right).sends;
+    assert!(replies.iter().all(|(to, _)| *to == id(11)));
+    assert_eq!(replies.len(), 1, "only an empty delta comes back");
+    let delta_bytes = wire::encode(&replies[0].1);
+    assert!(
+        matches!(&replies[0].1, SyncMessage::Delta { records, covers, more: false, .. } if records.is_empty() && covers.is_empty())
+    );
+
+    println!("push of one instance record: {} bytes", push.len());
+    println!("digest for 10 origins: {} bytes", digest_bytes.len());
+    println!("empty delta reply: {} bytes", delta_bytes.len());
+    assert!(push.len() <= 200, "push is {} bytes", push.len());
+    assert!(
+        digest_bytes.len() <= 300,
+        "digest is {} bytes",
+        digest_bytes.len()
+    );
+    assert!(
+        delta_bytes.len() <= 16,
+        "delta is {} bytes",
+        delta_bytes.len()
+    );
+}

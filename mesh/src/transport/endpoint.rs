@@ -1,0 +1,354 @@
+//! One QUIC endpoint per broker: it listens and dials on the same UDP
+//! socket, so peers behind the same NAT rules see one address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Incoming, RecvStream, SendStream, VarInt};
+
+use super::frame::{FrameError, read_frame, write_frame};
+use super::tls::{self, TrustPolicy};
+use crate::wire::{MeshFrame, WireError, decode_frame, encode_frame};
+
+/// Bidirectional streams a peer may have open on one connection at once:
+/// each is one request in flight, so this bounds a peer's concurrent work.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// The SNI sent when dialing. Peers are identified by key, not by name, so
+/// this is a constant the verifier ignores.
+const SERVER_NAME: &str = "scout-mesh";
+
+/// Timeouts of the transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive pings, well below the idle timeout so one lost ping does
+    /// not kill a connection.
+    pub keep_alive: Duration,
+    /// The QUIC and TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// One request's answer must arrive within this.
+    pub request_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            idle_timeout: Duration::from_secs(15),
+            keep_alive: Duration::from_secs(4),
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The broker's key as the transport needs it.
+#[derive(Clone)]
+pub struct NodeKey {
+    /// The Ed25519 private key in PKCS#8 DER.
+    pub pkcs8_der: Vec<u8>,
+    /// The raw public key.
+    pub public_key: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey")
+            .field(
+                "public_key",
+                &crate::wire::NodeId::of_public_key(&self.public_key),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an endpoint could not be made or a connection not established.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound or wrapped.
+    #[error("cannot bind the mesh socket {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built from the key.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
+    /// Dialing failed before the handshake (bad address, endpoint closed).
+    #[error("cannot dial {addr}: {detail}")]
+    Dial {
+        /// The peer address.
+        addr: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+    /// The handshake failed: refused key, wrong protocol, unreachable peer.
+    #[error("handshake with {addr} failed: {detail}")]
+    Handshake {
+        /// The peer address.
+        addr: SocketAddr,
+        /// Why (contains `UNKNOWN_PEER` / `REVOKED_PEER` when a key was refused).
+        detail: String,
+    },
+    /// The handshake did not finish in time.
+    #[error("handshake with {addr} timed out")]
+    Timeout {
+        /// The peer address.
+        addr: SocketAddr,
+    },
+}
+
+impl TransportError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransportError::Bind { .. } => "BIND_FAILED",
+            TransportError::Tls(_) => "TLS_CONFIG",
+            TransportError::Dial { .. } => "DIAL_FAILED",
+            TransportError::Handshake { detail, .. } if detail.contains("REVOKED_PEER") => {
+                "REVOKED_PEER"
+            }
+            TransportError::Handshake { detail, .. } if detail.contains("UNKNOWN_PEER") => {
+                "UNKNOWN_PEER"
+            }
+            TransportError::Handshake { .. } => "HANDSHAKE_FAILED",
+            TransportError::Timeout { .. } => "PEER_UNREACHABLE",
+        }
+    }
+}
+
+/// Why a request got no good answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The stream could not be opened (connection gone).
+    #[error("cannot open a stream: {0}")]
+    Open(String),
+    /// Framing failed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The answer did not decode.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl RequestError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::Open(_) => "PEER_UNREACHABLE",
+            RequestError::Frame(err) => err.code(),
+            RequestError::Wire(err) => err.code(),
+            RequestError::Timeout(_) => "TIMEOUT",
+        }
+    }
+}
+
+/// A broker's QUIC endpoint.
+#[derive(Debug, Clone)]
+pub struct MeshEndpoint {
+    endpoint: quinn::Endpoint,
+    key: Arc<NodeKey>,
+    trust: Arc<dyn TrustPolicy>,
+    config: TransportConfig,
+    transport: Arc<quinn::TransportConfig>,
+}
+
+impl MeshEndpoint {
+    /// Binds a real UDP socket on `addr` (port 0 picks a free one).
+    pub fn bind(
+        addr: SocketAddr,
+        key: NodeKey,
+        trust: Arc<dyn TrustPolicy>,
+        config: TransportConfig,
+    ) -> Result<MeshEndpoint, TransportError> {
+        let bind_error = |source| TransportError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime.wrap_udp_socket(socket).map_err(bind_error)?;
+        MeshEndpoint::with_socket(socket, runtime, key, trust, config)
+    }
+
+    /// Runs on any UDP socket implementation (netsim passes a simulated one).
+    pub fn with_socket(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        runtime: Arc<dyn quinn::Runtime>,
+        key: NodeKey,
+        trust: Arc<dyn TrustPolicy>,
+        config: TransportConfig,
+    ) -> Result<MeshEndpoint, TransportError> {
+        let local = socket
+            .local_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default();
+        let transport = Arc::new(transport_config(&config));
+        let rustls_server = tls::server_config(&key.pkcs8_der, &key.public_key, trust.clone())?;
+        let quic_server = QuicServerConfig::try_from(rustls_server).map_err(|err| {
+            TransportError::Tls(tls::TlsConfigError::Config(rustls::Error::General(
+                err.to_string(),
+            )))
+        })?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server.transport_config(transport.clone());
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| TransportError::Bind {
+            addr: local,
+            source,
+        })?;
+        Ok(MeshEndpoint {
+            endpoint,
+            key: Arc::new(key),
+            trust,
+            config,
+            transport,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The transport timeouts.
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    /// Dials `addr`. The server's key must be a member, or equal `pinned`
+    /// (the inviter's key when joining).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        pinned: Option<[u8; 32]>,
+    ) -> Result<Connection, TransportError> {
+        let rustls_client = tls::client_config(
+            &self.key.pkcs8_der,
+            &self.key.public_key,
+            self.trust.clone(),
+            pinned,
+        )?;
+        let quic_client = QuicClientConfig::try_from(rustls_client).map_err(|err| {
+            TransportError::Tls(tls::TlsConfigError::Config(rustls::Error::General(
+                err.to_string(),
+            )))
+        })?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_client));
+        client.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, SERVER_NAME)
+            .map_err(|err| TransportError::Dial {
+                addr,
+                detail: err.to_string(),
+            })?;
+        match tokio::time::timeout(self.config.handshake_timeout, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(TransportError::Handshake {
+                addr,
+                detail: err.to_string(),
+            }),
+            Err(_) => Err(TransportError::Timeout { addr }),
+        }
+    }
+
+    /// The next incoming connection attempt; `None` once the endpoint closed.
+    pub async fn accept(&self) -> Option<Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Completes an incoming handshake within the handshake timeout.
+    pub async fn handshake(&self, incoming: Incoming) -> Result<Connection, TransportError> {
+        let addr = incoming.remote_address();
+        let connecting = incoming.accept().map_err(|err| TransportError::Handshake {
+            addr,
+            detail: err.to_string(),
+        })?;
+        match tokio::time::timeout(self.config.handshake_timeout, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(TransportError::Handshake {
+                addr,
+                detail: err.to_string(),
+            }),
+            Err(_) => Err(TransportError::Timeout { addr }),
+        }
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(super::close_code::SHUTDOWN), b"shutdown");
+    }
+
+    /// Waits (bounded by the caller) until every connection is closed.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn transport_config(config: &TransportConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX))
+        // The mesh never opens unidirectional streams.
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(config.keep_alive))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+    transport
+}
+
+/// Sends `frame` on a new stream and waits for the one answer.
+pub async fn request(
+    connection: &Connection,
+    frame: &MeshFrame,
+    timeout: Duration,
+) -> Result<MeshFrame, RequestError> {
+    let exchange = async {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|err| RequestError::Open(err.to_string()))?;
+        write_frame(&mut send, &encode_frame(frame)).await?;
+        // Finishing tells the peer the request is complete; an error here
+        // means the stream is already gone, which reading reports.
+        let _ = send.finish();
+        let body = read_frame(&mut recv).await?;
+        Ok(decode_frame(&body)?)
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(RequestError::Timeout(timeout)),
+    }
+}
+
+/// Reads the request frame of an accepted stream.
+pub async fn read_request(recv: &mut RecvStream) -> Result<MeshFrame, RequestError> {
+    let body = read_frame(recv).await?;
+    Ok(decode_frame(&body)?)
+}
+
+/// Writes the answer of a stream and finishes it.
+pub async fn respond(send: &mut SendStream, frame: &MeshFrame) -> Result<(), RequestError> {
+    write_frame(send, &encode_frame(frame)).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// The peer's public key of an established connection.
+pub fn peer_key(connection: &Connection) -> Option<[u8; 32]> {
+    tls::peer_key(connection)
+}

@@ -1,0 +1,1059 @@
+//! The sync wire format: every type that crosses the network between
+//! brokers for registry sync, the protocol version, and the one encoding.
+//!
+//! A sync message body is the [postcard] encoding of the protocol version (a
+//! `u16`) followed by one [`SyncMessage`]. The transport puts each body in a
+//! length-prefixed frame; framing and IO live outside this crate.
+//!
+//! Three messages make the protocol:
+//! - [`SyncMessage::Push`]: the records a broker just changed, sent at once
+//!   to every connected peer.
+//! - [`SyncMessage::Digest`]: "here is what I have", one counter per origin.
+//! - [`SyncMessage::Delta`]: the records the other side lacks, in chunks no
+//!   larger than [`SYNC_MESSAGE_BYTES_MAX`].
+//!
+//! The replicated data itself is a set of [`Record`]s. Their rules (who may
+//! write what, which version wins, what is valid) are in
+//! [`crate::registry`]; the state machine that exchanges them is
+//! [`crate::sync`]. Node ids travel as 16 raw bytes in binary encodings and
+//! as 32 hex characters in human-readable ones, so a digest stays small.
+//!
+//! Decoding never panics: any byte string either decodes or gets a typed
+//! [`WireError`] with a stable code.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crdts::{Dot, MVReg, VClock};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::hlc::Hlc;
+use crate::lifecycle::{EndpointState, Harness};
+
+/// The sync protocol version carried by every message body. A broker refuses
+/// bodies of any other version with [`WireError::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The TLS ALPN protocol id of the mesh. It names the same version as
+/// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
+pub const ALPN: &[u8] = b"scout-mesh/1";
+
+/// The largest sync message body, in bytes. Large enough for the biggest
+/// valid record plus two full version vectors with room to spare (see the
+/// assertion below), small enough that one message never holds a peer's IO
+/// loop or memory for long. Deltas are chunked to stay under it.
+pub const SYNC_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+
+/// The most records one `Push` or `Delta` may carry. Bounds the work of
+/// validating and applying one message, independently of record size.
+pub const RECORDS_PER_DELTA_MAX: usize = 512;
+
+/// The most origins a version vector on the wire may name. Every broker that
+/// ever wrote a record is an origin, so this is far above the size of a live
+/// mesh; it exists so that a hostile digest cannot make a broker allocate or
+/// iterate without bound.
+pub const ORIGINS_MAX: usize = 2048;
+
+/// Bytes of a node id: the first 16 bytes of the SHA-256 of the node's
+/// Ed25519 public key, printed as 32 lower-case hex characters.
+pub const NODE_ID_BYTES: usize = 16;
+
+/// The most bytes one version vector entry takes in postcard: a node id and
+/// a varint counter of at most 10 bytes.
+pub const VV_ENTRY_BYTES_MAX: usize = NODE_ID_BYTES + 10;
+
+/// The most bytes a version vector takes in postcard: a varint length and
+/// [`ORIGINS_MAX`] entries.
+pub const VV_BYTES_MAX: usize = 5 + ORIGINS_MAX * VV_ENTRY_BYTES_MAX;
+
+/// The most bytes a `Delta` spends outside its records: the version, the
+/// variant, the records' length, the `more` flag and the two version vectors'
+/// lengths (their entries are counted separately).
+pub const DELTA_OVERHEAD_BYTES: usize = 3 + 1 + 5 + 1 + 5 + 5;
+
+// A chunk must always fit one record of the largest valid size together with
+// full `covers` and `since` vectors, or chunking could not make progress.
+const _: () = assert!(
+    DELTA_OVERHEAD_BYTES + crate::registry::RECORD_BYTES_MAX + 2 * VV_BYTES_MAX
+        <= SYNC_MESSAGE_BYTES_MAX
+);
+// A digest of the largest allowed vector must fit in one message.
+const _: () = assert!(3 + 1 + VV_BYTES_MAX <= SYNC_MESSAGE_BYTES_MAX);
+
+/// A node id: 32 lower-case hex characters derived from the node's Ed25519
+/// public key (which is not checked here; this crate only sees the id).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+/// A string that is not a node id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node id `{input}`: expected {} lower-case hex characters", 2 * NODE_ID_BYTES)]
+pub struct InvalidNodeId {
+    /// The rejected input, cut short when it is long.
+    pub input: String,
+}
+
+impl InvalidNodeId {
+    /// The stable code of this error.
+    pub const CODE: &'static str = "INVALID_NODE_ID";
+
+    /// The stable code of this error, [`InvalidNodeId::CODE`].
+    pub fn code(&self) -> &'static str {
+        Self::CODE
+    }
+}
+
+impl NodeId {
+    /// Validates a node id: exactly 32 characters of `0-9a-f`.
+    pub fn parse(input: &str) -> Result<NodeId, InvalidNodeId> {
+        let valid = input.len() == 2 * NODE_ID_BYTES
+            && input
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+        if valid {
+            Ok(NodeId(input.to_owned()))
+        } else {
+            Err(InvalidNodeId {
+                input: truncate(input, 4 * NODE_ID_BYTES),
+            })
+        }
+    }
+
+    /// The node id of 16 raw bytes.
+    pub fn from_bytes(bytes: [u8; NODE_ID_BYTES]) -> NodeId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(2 * NODE_ID_BYTES);
+        for byte in bytes {
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        NodeId(text)
+    }
+
+    /// The node id of an Ed25519 public key: the first 16 bytes of its
+    /// SHA-256. Pure computation, so the core can check that an admission's
+    /// node id belongs to its key.
+    pub fn of_public_key(public_key: &[u8; 32]) -> NodeId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(public_key);
+        let mut bytes = [0u8; NODE_ID_BYTES];
+        bytes.copy_from_slice(&digest[..NODE_ID_BYTES]);
+        NodeId::from_bytes(bytes)
+    }
+
+    /// The 16 raw bytes of this node id.
+    pub fn to_bytes(&self) -> [u8; NODE_ID_BYTES] {
+        let mut bytes = [0; NODE_ID_BYTES];
+        let digits = self.0.as_bytes();
+        for (idx, byte) in bytes.iter_mut().enumerate() {
+            *byte = (hex_value(digits[2 * idx]) << 4) | hex_value(digits[2 * idx + 1]);
+        }
+        bytes
+    }
+
+    /// The 32 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The value of one hex digit that [`NodeId::parse`] already accepted.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        _ => digit - b'a' + 10,
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = InvalidNodeId;
+
+    fn from_str(input: &str) -> Result<NodeId, InvalidNodeId> {
+        NodeId::parse(input)
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.0)
+        } else {
+            self.to_bytes().serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NodeId, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <Cow<'de, str>>::deserialize(deserializer)?;
+            NodeId::parse(&text).map_err(serde::de::Error::custom)
+        } else {
+            // Every 16-byte string is some node id, so this cannot fail
+            // beyond running out of input.
+            let bytes = <[u8; NODE_ID_BYTES]>::deserialize(deserializer)?;
+            Ok(NodeId::from_bytes(bytes))
+        }
+    }
+}
+
+/// What a record is about. Ordered as declared, which is also the order of
+/// records of one origin in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// The origin broker itself: its name, addresses and versions. Named `""`.
+    Node,
+    /// One agent instance the origin runs. Named by its canonical full name,
+    /// `@definition@node#workspace`.
+    Instance,
+    /// The origin admitted a node to the mesh. Named by the admitted node id.
+    Admission,
+    /// The origin revoked a node. Named by the revoked node id.
+    Revocation,
+    /// The origin's copy of a shared agent definition. Named by the
+    /// definition's label.
+    Definition,
+}
+
+impl RecordKind {
+    /// Every kind, in order.
+    pub const ALL: &'static [RecordKind] = &[
+        RecordKind::Node,
+        RecordKind::Instance,
+        RecordKind::Admission,
+        RecordKind::Revocation,
+        RecordKind::Definition,
+    ];
+
+    /// The lower-case word for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Node => "node",
+            RecordKind::Instance => "instance",
+            RecordKind::Admission => "admission",
+            RecordKind::Revocation => "revocation",
+            RecordKind::Definition => "definition",
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one replicated fact: only `origin` ever writes under it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordKey {
+    /// The broker that owns and writes this record.
+    pub origin: NodeId,
+    /// What the record is about.
+    pub kind: RecordKind,
+    /// Which one of its kind (rules per [`RecordKind`] variant).
+    pub name: String,
+}
+
+/// One version of one replicated fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Which fact this is.
+    pub key: RecordKey,
+    /// The origin's sequence number for this change: the actor is the origin
+    /// and the counter grows by one for every change the origin makes,
+    /// deletes included. For one key, the higher counter wins.
+    pub dot: Dot<NodeId>,
+    /// When the origin made the change.
+    pub hlc: Hlc,
+    /// The value; `None` is a tombstone (the fact was deleted).
+    pub body: Option<RecordBody>,
+}
+
+impl Record {
+    /// Whether this version is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+/// The value of a record, one variant per [`RecordKind`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordBody {
+    /// See [`NodeBody`].
+    Node(NodeBody),
+    /// See [`InstanceBody`].
+    Instance(InstanceBody),
+    /// See [`AdmissionBody`].
+    Admission(AdmissionBody),
+    /// See [`RevocationBody`].
+    Revocation(RevocationBody),
+    /// See [`DefinitionBody`].
+    Definition(DefinitionBody),
+}
+
+impl RecordBody {
+    /// The kind of record this body belongs in.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            RecordBody::Node(_) => RecordKind::Node,
+            RecordBody::Instance(_) => RecordKind::Instance,
+            RecordBody::Admission(_) => RecordKind::Admission,
+            RecordBody::Revocation(_) => RecordKind::Revocation,
+            RecordBody::Definition(_) => RecordKind::Definition,
+        }
+    }
+}
+
+/// A broker, as it describes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBody {
+    /// The node name (`laptop`), a DNS label, lower-case.
+    pub node_name: String,
+    /// Where its mesh endpoint listens, as `SocketAddr` strings.
+    pub addresses: Vec<String>,
+    /// The port of its local HTTP API.
+    pub http_port: u16,
+    /// The Scout release it runs (`0.1.0`).
+    pub scout_version: String,
+    /// The newest sync protocol version it speaks.
+    pub protocol_version: u16,
+}
+
+/// An agent instance and how it can be reached right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceBody {
+    /// The agent CLI its endpoint runs.
+    pub harness: Harness,
+    /// The workspace (git branch or worktree); the same as in its name.
+    pub workspace: String,
+    /// Its working directory, for display only (never used as a path by
+    /// another broker).
+    pub cwd: String,
+    /// Its endpoint's state.
+    pub endpoint_state: EndpointState,
+    /// How many flights it is working on.
+    pub active_flights: u32,
+}
+
+/// How an admitted node got in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionMethod {
+    /// It presented a one-time invite code.
+    Invite,
+    /// Its key is on the admitting broker's allow-list.
+    AllowList,
+    /// It created the mesh.
+    Founder,
+}
+
+/// A node admitted to the mesh by the record's origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionBody {
+    /// The admitted node's raw Ed25519 public key, which its TLS identity
+    /// must match.
+    pub public_key: [u8; 32],
+    /// The admitted node's name when it was admitted.
+    pub node_name: String,
+    /// The node that admitted it; always the record's origin.
+    pub admitted_by: NodeId,
+    /// How it got in.
+    pub method: AdmissionMethod,
+}
+
+/// A node revoked from the mesh by the record's origin. Permanent: a
+/// revocation cannot be deleted, and it wins over every admission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationBody {
+    /// Why, for people.
+    pub reason: String,
+    /// The node that revoked it; always the record's origin.
+    pub revoked_by: NodeId,
+}
+
+/// One value of a shared agent definition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DefinitionValue {
+    /// What the agent is for.
+    pub description: String,
+    /// Other labels the agent answers to.
+    pub aliases: Vec<String>,
+}
+
+/// An origin's snapshot of a multi-writer definition register.
+///
+/// The registry's view of a definition merges every origin's snapshot, so
+/// concurrent edits on different brokers are all kept and shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefinitionBody {
+    /// The register: each value with the vector clock of its write.
+    pub register: MVReg<DefinitionValue, NodeId>,
+}
+
+/// One value of a [`DefinitionBody`] register with the clock of its write.
+///
+/// This is also the register's wire layout: `crdts` keeps the entries
+/// private, and a register encodes exactly as a list of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionEntry {
+    /// Which writes this value has seen, its own included.
+    pub clock: VClock<NodeId>,
+    /// The value.
+    pub value: DefinitionValue,
+}
+
+/// A register whose entries could not be read or built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("definition register does not encode as a list of entries: {detail}")]
+pub struct RegisterLayoutError {
+    /// What postcard said.
+    pub detail: String,
+}
+
+impl DefinitionBody {
+    /// The register's entries in the order it keeps them.
+    pub fn entries(&self) -> Result<Vec<DefinitionEntry>, RegisterLayoutError> {
+        let bytes = postcard::to_allocvec(&self.register).map_err(layout_error)?;
+        postcard::from_bytes(&bytes).map_err(layout_error)
+    }
+
+    /// A register holding exactly `entries`, as received.
+    pub fn from_entries(
+        entries: &[DefinitionEntry],
+    ) -> Result<DefinitionBody, RegisterLayoutError> {
+        let bytes = postcard::to_allocvec(entries).map_err(layout_error)?;
+        let register = postcard::from_bytes(&bytes).map_err(layout_error)?;
+        Ok(DefinitionBody { register })
+    }
+}
+
+fn layout_error(err: postcard::Error) -> RegisterLayoutError {
+    RegisterLayoutError {
+        detail: err.to_string(),
+    }
+}
+
+impl PartialEq for DefinitionBody {
+    /// Registers are equal when they hold the same entries in any order.
+    ///
+    /// `MVReg`'s own equality panics on a register with duplicate entries,
+    /// which a peer could send; this comparison never panics.
+    fn eq(&self, other: &DefinitionBody) -> bool {
+        let sorted = |body: &DefinitionBody| {
+            body.entries().map(|entries| {
+                let mut pairs: Vec<(Vec<(NodeId, u64)>, DefinitionValue)> = entries
+                    .into_iter()
+                    .map(|entry| (entry.clock.dots.into_iter().collect(), entry.value))
+                    .collect();
+                pairs.sort();
+                pairs
+            })
+        };
+        match (sorted(self), sorted(other)) {
+            (Ok(left), Ok(right)) => left == right,
+            _ => false,
+        }
+    }
+}
+
+/// One sync message between two brokers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SyncMessage {
+    /// Records the sender just changed. Sent at once to every connected peer
+    /// on every local change, and never forwarded by the receiver.
+    Push {
+        /// The changed records, usually one.
+        records: Vec<Record>,
+    },
+    /// Anti-entropy: for every origin, the highest sequence number up to
+    /// which the sender has every record.
+    Digest {
+        /// The sender's version vector.
+        vv: VClock<NodeId>,
+    },
+    /// The records the receiver's digest showed it lacks, in chunks.
+    Delta {
+        /// Every record of the chunk's range the receiver lacks, ordered by
+        /// origin and then sequence number.
+        records: Vec<Record>,
+        /// For each origin, the sequence number up to which the receiver has
+        /// every record once it has applied this chunk on top of `since`.
+        covers: VClock<NodeId>,
+        /// For each origin in `covers`, where this chunk's range starts. The
+        /// receiver advances its vector to `covers` only if it already has
+        /// everything up to `since`, so a lost or reordered chunk can never
+        /// make it believe it has records it lacks.
+        since: VClock<NodeId>,
+        /// Whether more chunks of the same reply follow.
+        more: bool,
+    },
+}
+
+impl SyncMessage {
+    /// A short word for the variant, for logs and events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncMessage::Push { .. } => "push",
+            SyncMessage::Digest { .. } => "digest",
+            SyncMessage::Delta { .. } => "delta",
+        }
+    }
+
+    /// Checks the counts a message may carry ([`RECORDS_PER_DELTA_MAX`],
+    /// [`ORIGINS_MAX`]); sizes are bounded by the encoding already.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        let too_many = |what: &str, len: usize, max: usize| {
+            Err(WireError::MalformedFrame {
+                detail: format!("{} has {len} {what}; the limit is {max}", self.name()),
+            })
+        };
+        match self {
+            SyncMessage::Push { records } if records.len() > RECORDS_PER_DELTA_MAX => {
+                too_many("records", records.len(), RECORDS_PER_DELTA_MAX)
+            }
+            SyncMessage::Digest { vv } if vv.dots.len() > ORIGINS_MAX => {
+                too_many("origins", vv.dots.len(), ORIGINS_MAX)
+            }
+            SyncMessage::Delta { records, .. } if records.len() > RECORDS_PER_DELTA_MAX => {
+                too_many("records", records.len(), RECORDS_PER_DELTA_MAX)
+            }
+            SyncMessage::Delta { covers, since, .. }
+                if covers.dots.len() > ORIGINS_MAX || since.dots.len() > ORIGINS_MAX =>
+            {
+                too_many(
+                    "origins",
+                    covers.dots.len().max(since.dots.len()),
+                    ORIGINS_MAX,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A sync message body that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not a well-formed message of this protocol version, or
+    /// the message carries more items than the protocol allows.
+    #[error("malformed sync message: {detail}")]
+    MalformedFrame {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The body is larger than [`SYNC_MESSAGE_BYTES_MAX`].
+    #[error("sync message is {len} bytes; the limit is {max}")]
+    FrameTooLarge {
+        /// The body's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is of a protocol version this broker does not speak.
+    #[error(
+        "sync protocol version {version} is not supported; this broker speaks {PROTOCOL_VERSION}"
+    )]
+    UnsupportedVersion {
+        /// The version the body carried.
+        version: u16,
+    },
+}
+
+impl WireError {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WireError::MalformedFrame { .. } => "MALFORMED_FRAME",
+            WireError::FrameTooLarge { .. } => "FRAME_TOO_LARGE",
+            WireError::UnsupportedVersion { .. } => "UNSUPPORTED_VERSION",
+        }
+    }
+}
+
+/// Encodes a message body: the protocol version, then the message.
+pub fn encode(message: &SyncMessage) -> Vec<u8> {
+    // Postcard fails only on sequences of unknown length, which none of
+    // these types produce, so a failure here is a bug in this module, not
+    // bad input.
+    postcard::to_allocvec(&(PROTOCOL_VERSION, message)).expect("sync messages always encode")
+}
+
+/// Decodes a message body, checking its size, version and limits.
+pub fn decode(bytes: &[u8]) -> Result<SyncMessage, WireError> {
+    if bytes.len() > SYNC_MESSAGE_BYTES_MAX {
+        return Err(WireError::FrameTooLarge {
+            len: bytes.len(),
+            max: SYNC_MESSAGE_BYTES_MAX,
+        });
+    }
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes).map_err(malformed)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion { version });
+    }
+    let (message, rest) = postcard::take_from_bytes::<SyncMessage>(rest).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{} bytes after the end of the message", rest.len()),
+        });
+    }
+    message.check_limits()?;
+    Ok(message)
+}
+
+fn malformed(err: postcard::Error) -> WireError {
+    WireError::MalformedFrame {
+        detail: err.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mesh frames: what the transport carries on each QUIC stream.
+// ---------------------------------------------------------------------------
+
+/// The largest frame body the transport reads, in bytes. Sync messages are
+/// chunked far below this; the rest is room for invocation payloads. A length
+/// prefix above it is refused before any body byte is read.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(FRAME_BYTES_MAX >= 2 * SYNC_MESSAGE_BYTES_MAX);
+
+/// Addresses a hello or join may announce: a broker has few interfaces.
+pub const HELLO_ADDRESSES_MAX: usize = 16;
+
+/// Bytes of an error frame's message, so a peer's error cannot be large.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// Bytes of a mesh id.
+pub const MESH_ID_BYTES: usize = 16;
+
+/// The id of one mesh: the first 16 bytes of the SHA-256 of the founding
+/// broker's public key, so two meshes never share an id by accident.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MeshId(pub [u8; MESH_ID_BYTES]);
+
+impl MeshId {
+    /// The mesh id founded by the broker holding `public_key`.
+    pub fn founded_by(public_key: &[u8; 32]) -> MeshId {
+        MeshId(NodeId::of_public_key(public_key).to_bytes())
+    }
+
+    /// Parses the 32 hex characters of a mesh id.
+    pub fn parse(input: &str) -> Result<MeshId, InvalidNodeId> {
+        NodeId::parse(input).map(|id| MeshId(id.to_bytes()))
+    }
+}
+
+impl fmt::Display for MeshId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&NodeId::from_bytes(self.0), f)
+    }
+}
+
+impl fmt::Debug for MeshId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeshId({self})")
+    }
+}
+
+/// The first request on every mesh connection, from the dialer; the
+/// acceptor answers with its own in [`MeshFrame::HelloAck`]. A peer counts as
+/// connected only after this exchange, never after the TLS handshake alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub protocol_version: u16,
+    /// The sender's node id; must match the key of the TLS handshake.
+    pub node_id: NodeId,
+    /// The sender's node name.
+    pub node_name: String,
+    /// The mesh the sender belongs to; must match the receiver's.
+    pub mesh_id: MeshId,
+    /// Where the sender can be dialed (`ip:port`), for the address book.
+    pub addresses: Vec<String>,
+}
+
+/// A request to join a mesh with a one-time invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Which invite.
+    pub invite_id: [u8; 8],
+    /// The invite's secret.
+    pub secret: [u8; 16],
+    /// The joiner's node name.
+    pub node_name: String,
+    /// Where the joiner can be dialed.
+    pub addresses: Vec<String>,
+}
+
+/// The inviter's answer to a valid [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    /// The mesh joined.
+    pub mesh_id: MeshId,
+    /// The broker that admitted the joiner.
+    pub admitted_by: NodeId,
+}
+
+/// An error answered on a stream before it is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// Stable code (`MALFORMED_FRAME`, `UNKNOWN_PEER`, `WRONG_MESH`, ...).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// One frame of a mesh stream. Every stream carries one request and one
+/// response (or an [`ErrorFrame`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MeshFrame {
+    /// Request: identify and check each other.
+    Hello(Hello),
+    /// Response to `Hello`.
+    HelloAck(Hello),
+    /// Request: a registry sync message.
+    Sync(SyncMessage),
+    /// Response to `Sync`: received and handled.
+    SyncAck,
+    /// Request: join with an invite.
+    Join(JoinRequest),
+    /// Response to `Join`.
+    JoinAccepted(JoinAccepted),
+    /// Request: measure round-trip time.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// Response to `Ping`.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Response: the request failed.
+    Error(ErrorFrame),
+}
+
+impl MeshFrame {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MeshFrame::Hello(_) => "hello",
+            MeshFrame::HelloAck(_) => "hello_ack",
+            MeshFrame::Sync(_) => "sync",
+            MeshFrame::SyncAck => "sync_ack",
+            MeshFrame::Join(_) => "join",
+            MeshFrame::JoinAccepted(_) => "join_accepted",
+            MeshFrame::Ping { .. } => "ping",
+            MeshFrame::Pong { .. } => "pong",
+            MeshFrame::Error(_) => "error",
+        }
+    }
+
+    /// An error frame.
+    pub fn error(code: &str, message: impl Into<String>) -> MeshFrame {
+        MeshFrame::Error(ErrorFrame {
+            code: code.to_owned(),
+            message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX),
+        })
+    }
+
+    fn check_limits(&self) -> Result<(), WireError> {
+        let addresses = match self {
+            MeshFrame::Hello(hello) | MeshFrame::HelloAck(hello) => hello.addresses.len(),
+            MeshFrame::Join(join) => join.addresses.len(),
+            MeshFrame::Sync(message) => return message.check_limits(),
+            _ => 0,
+        };
+        if addresses > HELLO_ADDRESSES_MAX {
+            return Err(WireError::MalformedFrame {
+                detail: format!("{addresses} addresses; the limit is {HELLO_ADDRESSES_MAX}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a mesh frame body: the protocol version, then the frame.
+pub fn encode_frame(frame: &MeshFrame) -> Vec<u8> {
+    // As for `encode`: these types always encode.
+    postcard::to_allocvec(&(PROTOCOL_VERSION, frame)).expect("mesh frames always encode")
+}
+
+/// Decodes a mesh frame body, checking its size, version and limits. Never
+/// panics on any input.
+pub fn decode_frame(bytes: &[u8]) -> Result<MeshFrame, WireError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(WireError::FrameTooLarge {
+            len: bytes.len(),
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes).map_err(malformed)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion { version });
+    }
+    let (frame, rest) = postcard::take_from_bytes::<MeshFrame>(rest).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{} bytes after the end of the frame", rest.len()),
+        });
+    }
+    frame.check_limits()?;
+    Ok(frame)
+}
+
+/// A one-time invitation to a mesh, printed as a code by `scout mesh invite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The mesh.
+    pub mesh_id: MeshId,
+    /// The inviting broker.
+    pub inviter: NodeId,
+    /// The inviter's public key, pinned by the joiner's TLS handshake.
+    pub inviter_key: [u8; 32],
+    /// Where the inviter listens.
+    pub addresses: Vec<String>,
+    /// Which invite (the inviter keeps the rest).
+    pub invite_id: [u8; 8],
+    /// The secret that proves the code was seen.
+    pub secret: [u8; 16],
+    /// Unix milliseconds after which the invite is refused.
+    pub expires_at_ms: u64,
+}
+
+/// The prefix of every invite code, with the protocol version in it.
+pub const INVITE_CODE_PREFIX: &str = "scout1-";
+
+/// Why a string is not an invite code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("INVALID_INVITE: {0}")]
+pub struct InvalidInvite(pub String);
+
+impl Invite {
+    /// The code people copy: the prefix, then base32 of the postcard bytes.
+    pub fn to_code(&self) -> String {
+        let bytes = postcard::to_allocvec(self).expect("invites always encode");
+        format!(
+            "{INVITE_CODE_PREFIX}{}",
+            data_encoding::BASE32_NOPAD
+                .encode(&bytes)
+                .to_ascii_lowercase()
+        )
+    }
+
+    /// Parses a code (surrounding whitespace ignored, case-insensitive).
+    pub fn from_code(code: &str) -> Result<Invite, InvalidInvite> {
+        let code = code.trim();
+        let body = code.strip_prefix(INVITE_CODE_PREFIX).ok_or_else(|| {
+            InvalidInvite(format!("an invite code starts with `{INVITE_CODE_PREFIX}`"))
+        })?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|err| InvalidInvite(format!("the code is damaged ({err}); copy it again")))?;
+        let (invite, rest) = postcard::take_from_bytes::<Invite>(&bytes)
+            .map_err(|err| InvalidInvite(format!("the code is damaged ({err}); copy it again")))?;
+        if !rest.is_empty() {
+            return Err(InvalidInvite(
+                "the code has trailing bytes; copy it again".into(),
+            ));
+        }
+        if invite.addresses.len() > HELLO_ADDRESSES_MAX {
+            return Err(InvalidInvite("the code lists too many addresses".into()));
+        }
+        Ok(invite)
+    }
+}
+
+/// `input` cut to at most `max` bytes on a character boundary, with `…`
+/// appended when something was cut, so errors about huge inputs stay small.
+pub(crate) fn truncate(input: &str, max: usize) -> String {
+    if input.len() <= max {
+        return input.to_owned();
+    }
+    let mut end = max;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &input[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crdts::{CmRDT, CvRDT};
+
+    fn id(byte: u8) -> NodeId {
+        NodeId::from_bytes([byte; NODE_ID_BYTES])
+    }
+
+    #[test]
+    fn node_ids_parse_and_round_trip() {
+        let text = "0123456789abcdef0123456789abcdef";
+        let node = NodeId::parse(text).unwrap();
+        assert_eq!(node.as_str(), text);
+        assert_eq!(NodeId::from_bytes(node.to_bytes()), node);
+        assert_eq!(node.to_string(), text);
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "g123456789abcdef0123456789abcdef",
+            "é123456789abcdef0123456789abcde",
+        ] {
+            let err = NodeId::parse(bad).unwrap_err();
+            assert_eq!(err.code(), "INVALID_NODE_ID");
+        }
+        let long = "x".repeat(10_000);
+        assert!(NodeId::parse(&long).unwrap_err().input.len() < 100);
+    }
+
+    #[test]
+    fn node_ids_are_16_bytes_on_the_wire() {
+        let node = id(0xab);
+        let bytes = postcard::to_allocvec(&node).unwrap();
+        assert_eq!(bytes, vec![0xab; NODE_ID_BYTES]);
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), node);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let mut vv = VClock::new();
+        vv.apply(Dot::new(id(1), 7));
+        let record = Record {
+            key: RecordKey {
+                origin: id(1),
+                kind: RecordKind::Instance,
+                name: "@fabric@laptop#main".into(),
+            },
+            dot: Dot::new(id(1), 7),
+            hlc: Hlc {
+                wall_ms: 1_700_000_000_000,
+                logical: 2,
+            },
+            body: Some(RecordBody::Instance(InstanceBody {
+                harness: Harness::Claude,
+                workspace: "main".into(),
+                cwd: "~/src/fabric".into(),
+                endpoint_state: EndpointState::Idle,
+                active_flights: 1,
+            })),
+        };
+        for message in [
+            SyncMessage::Push {
+                records: vec![record.clone()],
+            },
+            SyncMessage::Digest { vv: vv.clone() },
+            SyncMessage::Delta {
+                records: vec![record],
+                covers: vv.clone(),
+                since: VClock::new(),
+                more: true,
+            },
+        ] {
+            assert_eq!(decode(&encode(&message)).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn decode_refuses_other_versions_trailing_bytes_and_huge_bodies() {
+        let digest = SyncMessage::Digest { vv: VClock::new() };
+        let mut body = postcard::to_allocvec(&(2u16, &digest)).unwrap();
+        let err = decode(&body).unwrap_err();
+        assert_eq!(err, WireError::UnsupportedVersion { version: 2 });
+        assert_eq!(err.code(), "UNSUPPORTED_VERSION");
+
+        body = encode(&digest);
+        body.push(0);
+        assert_eq!(decode(&body).unwrap_err().code(), "MALFORMED_FRAME");
+
+        let huge = vec![0; SYNC_MESSAGE_BYTES_MAX + 1];
+        assert_eq!(decode(&huge).unwrap_err().code(), "FRAME_TOO_LARGE");
+
+        assert_eq!(decode(&[]).unwrap_err().code(), "MALFORMED_FRAME");
+        assert_eq!(decode(&[1, 9]).unwrap_err().code(), "MALFORMED_FRAME");
+    }
+
+    #[test]
+    fn decode_enforces_counts() {
+        let mut vv = VClock::new();
+        for idx in 0..=ORIGINS_MAX {
+            let mut bytes = [0; NODE_ID_BYTES];
+            bytes[..8].copy_from_slice(&(idx as u64).to_be_bytes());
+            vv.apply(Dot::new(NodeId::from_bytes(bytes), 1));
+        }
+        let body = encode(&SyncMessage::Digest { vv });
+        let err = decode(&body).unwrap_err();
+        assert_eq!(err.code(), "MALFORMED_FRAME");
+        assert!(err.to_string().contains("2049 origins"), "{err}");
+    }
+
+    #[test]
+    fn registers_encode_as_entry_lists() {
+        let mut register = MVReg::new();
+        let ctx = register.read_ctx().derive_add_ctx(id(1));
+        register.apply(register.write(
+            DefinitionValue {
+                description: "reviews diffs".into(),
+                aliases: vec!["rev".into()],
+            },
+            ctx,
+        ));
+        let mut other = MVReg::new();
+        let ctx = other.read_ctx().derive_add_ctx(id(2));
+        other.apply(other.write(
+            DefinitionValue {
+                description: "writes docs".into(),
+                aliases: vec![],
+            },
+            ctx,
+        ));
+        register.merge(other);
+        let body = DefinitionBody { register };
+        let entries = body.entries().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].clock.get(&id(1)), 1);
+        assert_eq!(entries[1].value.description, "writes docs");
+        let rebuilt = DefinitionBody::from_entries(&entries).unwrap();
+        assert_eq!(rebuilt, body);
+        assert_eq!(
+            postcard::to_allocvec(&rebuilt).unwrap(),
+            postcard::to_allocvec(&body).unwrap()
+        );
+    }
+
+    #[test]
+    fn register_equality_never_panics_on_duplicates() {
+        let entry = DefinitionEntry {
+            clock: VClock::from(Dot::new(id(1), 1)),
+            value: DefinitionValue {
+                description: "x".into(),
+                aliases: vec![],
+            },
+        };
+        let twice = DefinitionBody::from_entries(&[entry.clone(), entry.clone()]).unwrap();
+        let once = DefinitionBody::from_entries(&[entry]).unwrap();
+        assert_ne!(twice, once);
+        assert_eq!(twice, twice.clone());
+    }
+
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

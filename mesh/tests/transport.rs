@@ -1,0 +1,245 @@
+//! The transport over real QUIC on loopback: mutual key checks in the
+//! handshake, request/response frames, and malformed input answered with an
+//! error while the endpoint keeps serving.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use scout_mesh::transport::endpoint::{read_request, request, respond};
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig, Trust, TrustPolicy};
+use scout_mesh::wire::{MeshFrame, PROTOCOL_VERSION, encode_frame};
+
+#[derive(Debug, Default)]
+struct Keys {
+    members: Mutex<HashSet<[u8; 32]>>,
+    revoked: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl TrustPolicy for Keys {
+    fn trust(&self, key: &[u8; 32]) -> Trust {
+        if self.revoked.lock().unwrap().contains(key) {
+            Trust::Revoked
+        } else if self.members.lock().unwrap().contains(key) {
+            Trust::Member
+        } else {
+            Trust::Unknown
+        }
+    }
+
+    fn join_window_open(&self) -> bool {
+        false
+    }
+}
+
+fn node_key() -> NodeKey {
+    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+    NodeKey {
+        pkcs8_der: signing.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+        public_key: signing.verifying_key().to_bytes(),
+    }
+}
+
+fn endpoint(key: NodeKey, trust: Arc<Keys>) -> MeshEndpoint {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    MeshEndpoint::bind(addr, key, trust, TransportConfig::default()).unwrap()
+}
+
+/// Serves every stream of every connection: answers Ping with Pong and
+/// anything undecodable with an error frame.
+fn serve(endpoint: MeshEndpoint) {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let Ok(connection) = endpoint.handshake(incoming).await else {
+                    return;
+                };
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    tokio::spawn(async move {
+                        let answer = match read_request(&mut recv).await {
+                            Ok(MeshFrame::Ping { nonce }) => MeshFrame::Pong { nonce },
+                            Ok(other) => MeshFrame::error("UNEXPECTED", other.name()),
+                            Err(err) => MeshFrame::error(err.code(), err.to_string()),
+                        };
+                        let _ = respond(&mut send, &answer).await;
+                    });
+                }
+            });
+        }
+    });
+}
+
+struct Pair {
+    server: MeshEndpoint,
+    client: MeshEndpoint,
+    client_key: NodeKey,
+    server_trust: Arc<Keys>,
+}
+
+fn pair() -> Pair {
+    let server_key = node_key();
+    let client_key = node_key();
+    let server_trust = Arc::new(Keys::default());
+    let client_trust = Arc::new(Keys::default());
+    server_trust
+        .members
+        .lock()
+        .unwrap()
+        .insert(client_key.public_key);
+    client_trust
+        .members
+        .lock()
+        .unwrap()
+        .insert(server_key.public_key);
+    let server = endpoint(server_key, server_trust.clone());
+    let client = endpoint(client_key.clone(), client_trust);
+    serve(server.clone());
+    Pair {
+        server,
+        client,
+        client_key,
+        server_trust,
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn members_exchange_requests() {
+    let pair = pair();
+    let addr = pair.server.local_addr().unwrap();
+    let connection = pair.client.connect(addr, None).await.unwrap();
+    let answer = request(&connection, &MeshFrame::Ping { nonce: 7 }, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, MeshFrame::Pong { nonce: 7 });
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_in_the_handshake_and_the_server_keeps_serving() {
+    let pair = pair();
+    let addr = pair.server.local_addr().unwrap();
+    let stranger_trust = Arc::new(Keys::default());
+    let stranger = endpoint(node_key(), stranger_trust);
+    // The stranger pins the server's key, so only the server's check can refuse.
+    let server_key = {
+        let connection = pair.client.connect(addr, None).await.unwrap();
+        scout_mesh::transport::endpoint::peer_key(&connection).unwrap()
+    };
+    let refused = match stranger.connect(addr, Some(server_key)).await {
+        Ok(connection) => {
+            // With TLS 1.3 the client may finish before the server's verdict
+            // arrives; the first stream then fails.
+            request(&connection, &MeshFrame::Ping { nonce: 1 }, WAIT)
+                .await
+                .is_err()
+        }
+        Err(_) => true,
+    };
+    assert!(refused, "the stranger got an answer");
+
+    let connection = pair.client.connect(addr, None).await.unwrap();
+    let answer = request(&connection, &MeshFrame::Ping { nonce: 2 }, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, MeshFrame::Pong { nonce: 2 });
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused() {
+    let pair = pair();
+    let addr = pair.server.local_addr().unwrap();
+    pair.server_trust
+        .revoked
+        .lock()
+        .unwrap()
+        .insert(pair.client_key.public_key);
+    let outcome = match pair.client.connect(addr, None).await {
+        Ok(connection) => request(&connection, &MeshFrame::Ping { nonce: 1 }, WAIT)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    assert!(outcome.is_err());
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_whose_key_it_does_not_know() {
+    let pair = pair();
+    let lonely = endpoint(node_key(), Arc::new(Keys::default()));
+    let err = lonely
+        .connect(pair.server.local_addr().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "UNKNOWN_PEER", "{err}");
+}
+
+/// Writes raw bytes on a fresh stream and reads the answer frame.
+async fn raw_exchange(connection: &quinn::Connection, bytes: &[u8]) -> MeshFrame {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    read_request(&mut recv).await.unwrap()
+}
+
+fn error_code(frame: &MeshFrame) -> &str {
+    match frame {
+        MeshFrame::Error(error) => &error.code,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_connection_keeps_working() {
+    let pair = pair();
+    let connection = pair
+        .client
+        .connect(pair.server.local_addr().unwrap(), None)
+        .await
+        .unwrap();
+
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        error_code(&raw_exchange(&connection, &garbage).await),
+        "MALFORMED_FRAME"
+    );
+
+    let oversized = u32::MAX.to_be_bytes();
+    assert_eq!(
+        error_code(&raw_exchange(&connection, &oversized).await),
+        "FRAME_TOO_LARGE"
+    );
+
+    let mut body = encode_frame(&MeshFrame::Ping { nonce: 1 });
+    body[0] = (PROTOCOL_VERSION + 1) as u8;
+    let mut wrong_version = (body.len() as u32).to_be_bytes().to_vec();
+    wrong_version.extend_from_slice(&body);
+    assert_eq!(
+        error_code(&raw_exchange(&connection, &wrong_version).await),
+        "UNSUPPORTED_VERSION"
+    );
+
+    // An unknown message kind: a variant index past the last one.
+    let unknown_kind = [0, 0, 0, 2, PROTOCOL_VERSION as u8, 200];
+    assert_eq!(
+        error_code(&raw_exchange(&connection, &unknown_kind).await),
+        "MALFORMED_FRAME"
+    );
+
+    let truncated = [0, 0, 0, 9, 1];
+    assert_eq!(
+        error_code(&raw_exchange(&connection, &truncated).await),
+        "MALFORMED_FRAME"
+    );
+
+    let answer = request(&connection, &MeshFrame::Ping { nonce: 3 }, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, MeshFrame::Pong { nonce: 3 });
+}
