@@ -9,6 +9,8 @@
 //!   `PRAGMA user_version`.
 //! - `writer`: the single writer thread with group commit (one fsync for
 //!   many requests, each request in its own savepoint).
+//! - `checkpointer`: copies the WAL back into the database file on its own
+//!   thread, so checkpoints never stall a commit.
 //! - `readers`: a small pool of read-only connections; in WAL mode readers
 //!   never block the writer.
 //! - [`invocations`], [`flights`], [`deliveries`], [`conversations`],
@@ -24,6 +26,7 @@
 //! A file the store cannot read or does not understand is never modified.
 
 pub mod audit;
+mod checkpointer;
 pub mod conversations;
 pub mod deliveries;
 pub mod flights;
@@ -315,6 +318,10 @@ pub struct IntegrityReport {
 
 /// A handle to the durable store. Cheap to clone; all clones share one
 /// writer thread and one reader pool.
+///
+/// Dropping the last clone closes the store like [`Store::close`] does
+/// (queued writes commit, the writer thread is joined), blocking the
+/// dropping thread for that long; call `close` to see its error.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<StoreInner>,
@@ -383,7 +390,7 @@ impl Store {
             );
         }
 
-        let writer = Writer::start(connection, options.write_batch_max)?;
+        let writer = Writer::start(connection, &path, &options)?;
         let readers = ReaderPool::new(&path, options.busy_timeout, options.read_connections_max);
         let store = Store {
             inner: Arc::new(StoreInner {
@@ -573,6 +580,11 @@ impl Store {
 
 impl StoreInner {
     fn shutdown(&self) -> Result<(), StoreError> {
+        // New writes are refused before anyone can observe the store as
+        // closed; requests already queued still commit.
+        if let Some(writer) = &self.writer {
+            writer.refuse_new_requests();
+        }
         {
             let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
             if *closed {
@@ -584,7 +596,7 @@ impl StoreInner {
         // whole WAL back and truncate it, since no snapshot pins it.
         self.readers.close();
         match &self.writer {
-            Some(writer) => writer.stop(),
+            Some(writer) => writer.join(),
             None => Ok(()),
         }
     }

@@ -9,6 +9,7 @@
 //! that fails rolls back only its own savepoint.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -16,7 +17,8 @@ use std::thread::{self, JoinHandle, ThreadId};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{StoreError, WRITE_QUEUE_DEPTH_MAX};
+use super::checkpointer::{Checkpointer, WAL_AUTOCHECKPOINT_FALLBACK_PAGES};
+use super::{StoreError, StoreOptions, WRITE_QUEUE_DEPTH_MAX};
 
 /// The sending side of the write queue.
 pub(crate) type RequestSender = mpsc::Sender<Box<dyn PendingWrite>>;
@@ -141,13 +143,32 @@ struct Counters {
 impl Writer {
     /// Starts the writer thread on `connection`, which must already be
     /// configured and migrated.
-    pub(crate) fn start(connection: Connection, batch_max: usize) -> Result<Writer, StoreError> {
+    pub(crate) fn start(
+        connection: Connection,
+        path: &Path,
+        options: &StoreOptions,
+    ) -> Result<Writer, StoreError> {
+        connection.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            WAL_AUTOCHECKPOINT_FALLBACK_PAGES,
+        )?;
+        let checkpointer = Checkpointer::start(path, options.busy_timeout, options.synchronous)?;
+        let batch_max = options.write_batch_max;
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_DEPTH_MAX);
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         let thread = thread::Builder::new()
             .name("scout-store-writer".to_owned())
-            .spawn(move || run_writer(connection, receiver, batch_max, &thread_counters))
+            .spawn(move || {
+                run_writer(
+                    connection,
+                    receiver,
+                    batch_max,
+                    checkpointer,
+                    &thread_counters,
+                )
+            })
             .map_err(|err| StoreError::CommitFailed {
                 detail: format!("cannot start the writer thread: {err}"),
             })?;
@@ -184,15 +205,20 @@ impl Writer {
             .map_or(0, |sender| sender.max_capacity() - sender.capacity())
     }
 
-    /// Stops accepting requests, lets the thread commit what is queued, and
-    /// joins it.
-    pub(crate) fn stop(&self) -> Result<(), StoreError> {
+    /// Stops accepting requests. The thread commits what is queued and then
+    /// ends, once every sender cloned before this call is gone.
+    pub(crate) fn refuse_new_requests(&self) {
         drop(
             self.sender
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
+    }
+
+    /// Waits for the thread to commit what is queued and close the
+    /// connection. Call [`Writer::refuse_new_requests`] first.
+    pub(crate) fn join(&self) -> Result<(), StoreError> {
         // A request closure that holds the last `Store` clone drops it on
         // the writer thread itself; joining there would wait forever. The
         // thread ends by itself once the queue is empty.
@@ -222,14 +248,19 @@ fn run_writer(
     mut connection: Connection,
     mut receiver: mpsc::Receiver<Box<dyn PendingWrite>>,
     batch_max: usize,
+    mut checkpointer: Checkpointer,
     counters: &Counters,
 ) -> Result<(), StoreError> {
     let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(batch_max);
     // Blocks for the first request, then takes what else is queued; returns
     // 0 only when every sender is gone and the queue is empty.
     while receiver.blocking_recv_many(&mut batch, batch_max) > 0 {
-        commit_batch(&mut connection, &mut batch, counters);
+        if commit_batch(&mut connection, &mut batch, counters) {
+            checkpointer.batch_committed();
+        }
     }
+    // The final checkpoint below must not race a passive one.
+    checkpointer.stop();
     // A truncating checkpoint on the way out leaves a single, complete
     // database file behind (the WAL is emptied), which is what backups and
     // `scout doctor` expect to find.
@@ -247,11 +278,13 @@ const SAVEPOINT_BEGIN: &str = "SAVEPOINT scout_request";
 const SAVEPOINT_RELEASE: &str = "RELEASE scout_request";
 const SAVEPOINT_ROLLBACK: &str = "ROLLBACK TO scout_request";
 
+/// Runs and commits one batch, then replies to every request in it.
+/// Returns whether the batch committed.
 fn commit_batch(
     connection: &mut Connection,
     batch: &mut Vec<Box<dyn PendingWrite>>,
     counters: &Counters,
-) {
+) -> bool {
     let n_requests = batch.len() as u64;
     let transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(transaction) => transaction,
@@ -267,7 +300,7 @@ fn commit_batch(
             counters
                 .requests_failed
                 .fetch_add(n_requests, Ordering::Relaxed);
-            return;
+            return false;
         }
     };
 
@@ -337,6 +370,7 @@ fn commit_batch(
     for completion in completions {
         completion.finish(commit_ref);
     }
+    commit.is_ok()
 }
 
 fn execute(transaction: &Transaction<'_>, sql: &str) -> rusqlite::Result<()> {
