@@ -1,6 +1,8 @@
 //! Logs: `tracing` to stderr, filtered by `LOG_LEVEL` (the local runtime's
 //! variable: `debug`, `info`, ...) or `RUST_LOG` for per-module filters.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the stderr subscriber once; later calls do nothing.
@@ -13,6 +15,8 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

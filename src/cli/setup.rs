@@ -88,7 +88,13 @@ pub fn first_run(context: &Context) -> anyhow::Result<String> {
         workspace_roots: Vec::new(),
         no_service: true,
     };
-    Ok(render(&apply(&args, context)?))
+    let summary = render(&apply(&args, context)?);
+    // The broker is starting already; the "next" hint is for `setup` alone.
+    Ok(summary
+        .lines()
+        .filter(|line| !line.starts_with("next "))
+        .map(|line| format!("{line}\n"))
+        .collect())
 }
 
 fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
