@@ -57,6 +57,11 @@ impl Home {
         self.config_dir.join("node.key")
     }
 
+    /// `mesh.json`: the mesh this broker belongs to.
+    pub fn mesh_path(&self) -> PathBuf {
+        self.config_dir.join("mesh.json")
+    }
+
     /// The bearer token of the local HTTP surface (mode 0600).
     pub fn token_path(&self) -> PathBuf {
         self.config_dir.join("token")
@@ -71,6 +76,12 @@ impl Home {
     /// one home.
     pub fn lock_path(&self) -> PathBuf {
         self.state_dir.join("broker.lock")
+    }
+
+    /// `broker.json`: where the running broker listens (its HTTP address
+    /// may be a port picked at start), for the CLI and `scout doctor`.
+    pub fn runtime_path(&self) -> PathBuf {
+        self.state_dir.join("broker.json")
     }
 
     /// Logs of the broker service.

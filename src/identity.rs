@@ -13,11 +13,6 @@ use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-/// Bytes of the public key's SHA-256 kept in the node id: 128 bits make an
-/// accidental collision negligible, and peers pin the full key anyway.
-const NODE_ID_BYTES: usize = 16;
 
 /// Bytes of randomness in the local API token.
 const TOKEN_BYTES: usize = 32;
@@ -57,6 +52,30 @@ impl NodeIdentity {
         &self.signing_key
     }
 
+    /// The key as the mesh transport needs it.
+    pub fn mesh_key(&self) -> scout_mesh::transport::NodeKey {
+        scout_mesh::transport::NodeKey {
+            pkcs8_der: self
+                .signing_key
+                .to_pkcs8_der()
+                .map(|document| document.as_bytes().to_vec())
+                .unwrap_or_default(),
+            public_key: self.public_key(),
+        }
+    }
+
+    /// This node as the mesh knows it.
+    pub fn mesh_identity(
+        &self,
+        node_name: scout_mesh::names::Label,
+    ) -> crate::daemon::mesh::MeshIdentity {
+        crate::daemon::mesh::MeshIdentity {
+            node_id: scout_mesh::wire::NodeId::of_public_key(&self.public_key()),
+            node_name,
+            key: self.mesh_key(),
+        }
+    }
+
     fn from_signing_key(signing_key: SigningKey) -> NodeIdentity {
         let node_id = node_id_of(&signing_key.verifying_key().to_bytes());
         NodeIdentity {
@@ -66,10 +85,9 @@ impl NodeIdentity {
     }
 }
 
-/// The node id of a raw Ed25519 public key.
+/// The node id of a raw Ed25519 public key (the mesh's derivation).
 pub fn node_id_of(public_key: &[u8; 32]) -> String {
-    let digest = Sha256::digest(public_key);
-    hex::encode(&digest[..NODE_ID_BYTES])
+    scout_mesh::wire::NodeId::of_public_key(public_key).to_string()
 }
 
 /// Whether a file was made now or was already there.
@@ -170,7 +188,7 @@ mod tests {
         let (second, created) = load_or_create_node_key(&path).unwrap();
         assert_eq!(created, Created::Existing);
         assert_eq!(first.node_id(), second.node_id());
-        assert_eq!(first.node_id().len(), NODE_ID_BYTES * 2);
+        assert_eq!(first.node_id().len(), 32);
     }
 
     #[test]

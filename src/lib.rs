@@ -11,11 +11,16 @@
 //! - [`home`]: where a broker's files live.
 //! - [`identity`]: the node key, node id and API token.
 //! - [`logging`]: stderr logs.
+//! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
+//!   manager, screen models and turns.
+//! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
+//!   command) behind one trait, and their preflight.
 //!
 //! Architecture invariant: the pure decisions (name grammar, resolution
 //! policy, state transitions) live in `scout-mesh`; this crate does the IO
 //! around them and never re-implements them.
 
+pub mod adapter;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -23,4 +28,5 @@ pub mod home;
 pub mod http;
 pub mod identity;
 pub mod logging;
+pub mod pty;
 pub mod store;

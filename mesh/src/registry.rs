@@ -270,9 +270,11 @@ fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
         )),
         RecordKind::Instance => {
             let name = AgentName::parse(&key.name).map_err(|err| invalid(err.to_string()))?;
-            if !name.is_fully_qualified() {
+            // An instance always names its node; the workspace is optional
+            // (an agent that is not tied to a checkout has none).
+            if name.node().is_none() {
                 return Err(invalid(
-                    "an instance name gives a node and a workspace, as in `@fabric@laptop#main`"
+                    "an instance name gives its node, as in `@fabric@laptop#main` or `@fabric@laptop`"
                         .into(),
                 ));
             }
@@ -333,9 +335,10 @@ fn validate_node(node: &NodeBody) -> Result<(), InvalidRecord> {
 fn validate_instance(name: &str, instance: &InstanceBody) -> Result<(), InvalidRecord> {
     // `validate_name` already parsed the name; a failure here cannot happen
     // but is still an error, not a panic.
-    let workspace = AgentName::parse(name).ok().and_then(|name| {
+    let workspace = AgentName::parse(name).ok().map(|name| {
         name.workspace()
             .map(|workspace| workspace.as_str().to_owned())
+            .unwrap_or_default()
     });
     if workspace.as_deref() != Some(instance.workspace.as_str()) {
         return Err(InvalidRecord::InvalidField {
@@ -1039,7 +1042,7 @@ mod tests {
         let cases = [
             (RecordKind::Node, "laptop"),
             (RecordKind::Instance, "@fabric"),
-            (RecordKind::Instance, "@fabric@laptop"),
+            (RecordKind::Instance, "@fabric#main"),
             (RecordKind::Instance, "@Fabric@laptop#main"),
             (RecordKind::Instance, "fabric@laptop#main"),
             (RecordKind::Admission, "not-a-node-id"),

@@ -11,11 +11,13 @@ use scout_mesh::lifecycle::Harness;
 use scout_mesh::names::{Label, NamePart, Workspace};
 use serde::Serialize;
 
+use super::client::BrokerClient;
 use super::output::table;
 use super::{Context, UsageError};
 use crate::config::discover::{self, AgentSource, AgentView};
 use crate::config::relay_agents::{self, ManualAgent, check_command};
 use crate::config::settings;
+use crate::daemon::mesh::InstanceView;
 
 /// `scout agents …`
 #[derive(Debug, Subcommand)]
@@ -65,7 +67,13 @@ pub fn run(command: AgentsCommand, context: &Context) -> anyhow::Result<ExitCode
 
 #[derive(Debug, Serialize)]
 struct AgentList {
+    /// This machine's agents, from its config files.
     agents: Vec<AgentView>,
+    /// Every instance in the mesh (this machine's included) as the broker
+    /// (or, when it is not running, the store) knows them.
+    instances: Vec<InstanceView>,
+    /// Whether `instances` comes from the running broker.
+    broker_running: bool,
     warnings: Vec<String>,
 }
 
@@ -74,16 +82,53 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
     let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
     let node = Label::parse(&settings.node_name, NamePart::Node)?;
     let discovered = discover::discover(&settings, &relay);
-    let report = AgentList {
-        agents: discovered
-            .agents
+    let agents: Vec<AgentView> = discovered
+        .agents
+        .iter()
+        .map(|agent| agent.view(&node))
+        .collect();
+    let (mut instances, broker_running) = match BrokerClient::running(context)? {
+        Some(client) => {
+            let live: serde_json::Value = client
+                .get("/v1/agents")
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+            (
+                serde_json::from_value(live["instances"].clone()).unwrap_or_default(),
+                true,
+            )
+        }
+        None => (stored_instances(context, &node).unwrap_or_default(), false),
+    };
+    // Local agents the broker has not published yet (it is not running, or
+    // has not noticed a change) are shown from the config files.
+    let own_id = crate::identity::load_node_key(&context.home.node_key_path())
+        .map(|key| key.node_id().to_owned())
+        .unwrap_or_default();
+    for agent in &agents {
+        if !instances
             .iter()
-            .map(|agent| agent.view(&node))
-            .collect(),
+            .any(|instance: &InstanceView| instance.name == agent.name)
+        {
+            instances.push(InstanceView {
+                name: agent.name.clone(),
+                owner: own_id.clone(),
+                local: true,
+                harness: agent.harness.to_string(),
+                state: "registered".into(),
+                active_flights: 0,
+                cwd: agent.cwd.display().to_string(),
+            });
+        }
+    }
+    instances.sort_by(|a, b| (!a.local, &a.name).cmp(&(!b.local, &b.name)));
+    let report = AgentList {
+        agents,
+        instances,
+        broker_running,
         warnings: discovered.warnings,
     };
     context.printer.emit(&report, || {
-        if report.agents.is_empty() {
+        if report.instances.is_empty() {
             let mut out =
                 "no agents; add one with `scout agents add NAME --command CMD...`\n".to_owned();
             for warning in &report.warnings {
@@ -92,25 +137,50 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
             return out;
         }
         let rows: Vec<Vec<String>> = report
-            .agents
+            .instances
             .iter()
-            .map(|agent| {
+            .map(|instance| {
                 vec![
-                    agent.name.clone(),
-                    agent.harness.to_string(),
-                    agent.source.kind().to_owned(),
-                    agent.command.join(" "),
-                    agent.cwd.display().to_string(),
+                    instance.name.clone(),
+                    instance.harness.clone(),
+                    instance.state.clone(),
+                    if instance.local {
+                        "this node".to_owned()
+                    } else {
+                        instance.owner.chars().take(12).collect()
+                    },
+                    instance.cwd.clone(),
                 ]
             })
             .collect();
-        let mut out = table(&["NAME", "HARNESS", "SOURCE", "COMMAND", "CWD"], &rows);
+        let mut out = table(&["NAME", "HARNESS", "STATE", "OWNER", "CWD"], &rows);
         for warning in &report.warnings {
             out.push_str(&format!("warning: {warning}\n"));
         }
         out
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mesh's instances from the store, for when no broker runs.
+fn stored_instances(context: &Context, node: &Label) -> anyhow::Result<Vec<InstanceView>> {
+    let home = &context.home;
+    let key = crate::identity::load_node_key(&home.node_key_path())?;
+    let identity = key.mesh_identity(node.clone());
+    let store = crate::store::Store::open_read_only(home.store_path())?;
+    let stored = store.read(crate::store::mesh::load_registry)?;
+    let replica = scout_mesh::sync::Replica::restore(
+        identity.node_id.clone(),
+        identity.node_name.clone(),
+        scout_mesh::sync::SyncConfig::default(),
+        stored.records,
+        stored.vv,
+    );
+    Ok(crate::daemon::mesh::instance_views(
+        replica.registry(),
+        &identity.node_id,
+        None,
+    ))
 }
 
 #[derive(Debug, Serialize)]

@@ -196,6 +196,7 @@ fn checks(context: &Context) -> Vec<Check> {
 
     if let Some(settings) = &settings {
         checks.push(broker_check(settings, context));
+        checks.extend(mesh_checks(settings, context));
         let discovered = discover::discover(settings, &relay);
         checks.push(agents_check(discovered.agents.len(), &discovered.warnings));
         checks.extend(cli_checks(&discovered.agents));
@@ -272,14 +273,14 @@ fn store_check(path: &Path, setup_hint: &str) -> Check {
 }
 
 fn broker_check(settings: &Settings, context: &Context) -> Check {
-    let port = match crate::daemon::http_port(settings) {
-        Ok(port) => port,
+    let addr = match crate::daemon::broker_http_addr(&context.home, settings) {
+        Ok(addr) => addr,
         Err(err) => {
             return Check::new("broker", Status::Fail, err.to_string())
                 .hint("unset PORT or fix it");
         }
     };
-    let url = format!("http://127.0.0.1:{port}/health");
+    let url = format!("http://{addr}/health");
     let agent = ureq::AgentBuilder::new().timeout(HEALTH_TIMEOUT).build();
     let up_hint = format!(
         "start it with `scout up{}`",
@@ -322,6 +323,120 @@ fn broker_check(settings: &Settings, context: &Context) -> Check {
     }
 }
 
+fn mesh_checks(settings: &Settings, context: &Context) -> Vec<Check> {
+    let mut checks = Vec::new();
+    match crate::daemon::mesh::load_mesh_file(&context.home) {
+        Ok(Some(file)) => checks.push(Check::new(
+            "mesh",
+            Status::Ok,
+            format!("member of mesh {}", file.value.mesh_id),
+        )),
+        Ok(None) => {
+            checks.push(
+                Check::new("mesh", Status::Warn, "this broker has no mesh yet")
+                    .hint("run `scout setup` (founds a mesh) or `scout mesh join CODE`"),
+            );
+            return checks;
+        }
+        Err(err) => {
+            checks.push(
+                Check::new("mesh", Status::Fail, format!("{err:#}"))
+                    .hint("fix the field named above, or join again with `scout mesh join CODE`"),
+            );
+            return checks;
+        }
+    }
+    let client = match super::client::BrokerClient::running(context) {
+        Ok(Some(client)) => client,
+        _ => {
+            checks.push(mesh_port_free_check(settings.mesh_port));
+            return checks;
+        }
+    };
+    match client.get::<serde_json::Value>("/v1/mesh") {
+        Ok(mesh) => {
+            let announced: Vec<&str> = mesh["announced"]
+                .as_array()
+                .map(|list| list.iter().filter_map(|addr| addr.as_str()).collect())
+                .unwrap_or_default();
+            checks.push(Check::new(
+                "mesh-port",
+                Status::Ok,
+                format!("listening; announced as {}", announced.join(", ")),
+            ));
+        }
+        Err(err) => checks.push(Check::new("mesh-port", Status::Fail, err.to_string())),
+    }
+    match client.get::<serde_json::Value>("/v1/peers") {
+        Ok(live) => {
+            let peers = live["peers"].as_array().cloned().unwrap_or_default();
+            let name = |peer: &serde_json::Value| peer["name"].as_str().unwrap_or("?").to_owned();
+            let unreachable: Vec<String> = peers
+                .iter()
+                .filter(|peer| peer["state"] == "unreachable")
+                .map(|peer| {
+                    let error = peer["addresses"]
+                        .as_array()
+                        .and_then(|addrs| addrs.iter().find_map(|addr| addr["last_error"].as_str()))
+                        .map(|error| format!(" ({error})"))
+                        .unwrap_or_default();
+                    format!("{}{error}", name(peer))
+                })
+                .collect();
+            let connected = peers
+                .iter()
+                .filter(|peer| peer["state"] == "connected")
+                .count();
+            let live_members = peers
+                .iter()
+                .filter(|peer| peer["state"] != "revoked")
+                .count();
+            let check = if live_members == 0 {
+                Check::new("peers", Status::Ok, "no other members yet")
+            } else if unreachable.is_empty() {
+                Check::new(
+                    "peers",
+                    Status::Ok,
+                    format!("{connected} of {live_members} connected"),
+                )
+            } else {
+                Check::new(
+                    "peers",
+                    Status::Warn,
+                    format!(
+                        "{connected} of {live_members} connected; unreachable: {}",
+                        unreachable.join(", ")
+                    ),
+                )
+                .hint("check that those machines run `scout up` and that UDP to their mesh port is allowed; `scout peers` shows every address tried")
+            };
+            checks.push(check);
+        }
+        Err(err) => checks.push(Check::new("peers", Status::Fail, err.to_string())),
+    }
+    checks
+}
+
+/// Whether the configured mesh port can be bound (broker not running).
+fn mesh_port_free_check(port: u16) -> Check {
+    if port == 0 {
+        return Check::new("mesh-port", Status::Ok, "picked at start (mesh_port is 0)");
+    }
+    match std::net::UdpSocket::bind(("0.0.0.0", port)) {
+        Ok(_) => Check::new(
+            "mesh-port",
+            Status::Ok,
+            format!("udp {port} is free for the broker"),
+        ),
+        Err(err) => Check::new(
+            "mesh-port",
+            Status::Fail,
+            format!("udp {port} cannot be bound: {err}"),
+        )
+        .hint("another program (or broker) uses it; set mesh_port in settings.json"),
+    }
+}
+
 fn agents_check(n_agents: usize, warnings: &[String]) -> Check {
     if warnings.is_empty() {
         Check::new("agents", Status::Ok, format!("{n_agents} found"))
@@ -336,33 +451,54 @@ fn agents_check(n_agents: usize, warnings: &[String]) -> Check {
 }
 
 fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {
+    use crate::adapter::{self, AdapterOptions, AgentEnv, AuthStatus};
     let mut checks = Vec::new();
+    let env = AgentEnv::default();
     for harness in [Harness::Claude, Harness::Codex, Harness::Gemini] {
-        let Some(program) = harness.default_program() else {
+        let Ok(adapter) = adapter::adapter_for(harness, &AdapterOptions::default()) else {
             continue;
         };
+        let program = adapter.program().to_owned();
         let users: Vec<String> = agents
             .iter()
             .filter(|agent| agent.harness == harness)
             .map(|agent| format!("@{}", agent.definition))
             .collect();
         let name = format!("cli:{program}");
-        match find_program(program) {
-            Some(path) => checks.push(Check::new(name, Status::Ok, path.display().to_string())),
-            None if users.is_empty() => checks.push(Check::new(
-                name,
-                Status::Ok,
-                "not installed (no agent uses it)",
-            )),
-            None => checks.push(
-                Check::new(
+        let found = adapter::preflight(adapter.as_ref(), &env);
+        let Some(path) = &found.path else {
+            if users.is_empty() {
+                checks.push(Check::new(
                     name,
-                    Status::Fail,
-                    format!("`{program}` is not on PATH; used by {}", users.join(", ")),
-                )
-                .hint(install_hint(harness)),
-            ),
-        }
+                    Status::Ok,
+                    "not installed (no agent uses it)",
+                ));
+            } else {
+                checks.push(
+                    Check::new(
+                        name,
+                        Status::Fail,
+                        format!("`{program}` is not on PATH; used by {}", users.join(", ")),
+                    )
+                    .hint(install_hint(harness)),
+                );
+            }
+            continue;
+        };
+        let version = found.version.as_deref().unwrap_or("version unknown");
+        let found_at = format!("{} ({version})", path.display());
+        checks.push(match found.auth {
+            AuthStatus::LoggedIn => Check::new(name, Status::Ok, format!("{found_at}, logged in")),
+            AuthStatus::Unknown | AuthStatus::NotApplicable => {
+                Check::new(name, Status::Ok, format!("{found_at}, login not checked"))
+            }
+            AuthStatus::LoggedOut => Check::new(
+                name,
+                Status::Warn,
+                format!("{found_at}, not logged in (AUTH_REQUIRED)"),
+            )
+            .hint(adapter.login_hint()),
+        });
     }
     for agent in agents
         .iter()

@@ -2,13 +2,16 @@
 //! exit-code conventions every command shares.
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
-//! [`agents`], [`resolve`]); [`output`] is the one printer for results.
+//! [`agents`], [`resolve`], [`mesh`] with `peers`); [`output`] is the one
+//! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error.
 //! Errors print as `error: …` and one `caused by: …` per source on stderr.
 
 pub mod agents;
+pub mod client;
 pub mod doctor;
+pub mod mesh;
 pub mod output;
 pub mod resolve;
 pub mod setup;
@@ -54,6 +57,11 @@ pub enum Command {
     Agents(agents::AgentsCommand),
     /// Show which agent instance a name resolves to, and why.
     Resolve(resolve::ResolveArgs),
+    /// Invite, join and revoke mesh members.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
+    /// List the mesh's members: state, addresses, last seen, round-trip time.
+    Peers(mesh::PeersArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -111,6 +119,8 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args, context),
         Command::Agents(command) => agents::run(command, context),
         Command::Resolve(args) => resolve::run(args, context),
+        Command::Mesh(command) => mesh::run(command, context),
+        Command::Peers(args) => mesh::peers(args, context),
     }
 }
 

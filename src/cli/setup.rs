@@ -44,6 +44,9 @@ pub struct SetupArgs {
     /// exists: the output says how to run the broker).
     #[arg(long)]
     pub no_service: bool,
+    /// Join a mesh with a code from `scout mesh invite` on a member.
+    #[arg(long, value_name = "CODE")]
+    pub join: Option<String>,
 }
 
 /// One file setup looked after.
@@ -68,6 +71,7 @@ pub struct SetupReport {
     warnings: Vec<String>,
     token_path: PathBuf,
     next: String,
+    joined_mesh: Option<String>,
 }
 
 /// Runs `scout setup`.
@@ -87,6 +91,7 @@ pub fn first_run(context: &Context) -> anyhow::Result<String> {
         mesh_port: None,
         workspace_roots: Vec::new(),
         no_service: true,
+        join: None,
     };
     let summary = render(&apply(&args, context)?);
     // The broker is starting already; the "next" hint is for `setup` alone.
@@ -143,8 +148,29 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
     files.push(created(&home.token_path(), token_created));
 
     let store_existed = home.store_path().exists();
+    let mesh_existed = home.mesh_path().exists();
     let (store, _reconciled) = Store::open(home.store_path(), StoreOptions::default())
         .with_context(|| format!("cannot open the store {}", home.store_path().display()))?;
+    // A broker running on this home founded its mesh already; otherwise
+    // found one now, under the home lock, with this node as first member.
+    if !mesh_existed && let Some(_lock) = crate::daemon::try_lock_home(home)? {
+        let node_name = scout_mesh::names::Label::parse(
+            &settings_file.value.node_name,
+            scout_mesh::names::NamePart::Node,
+        )?;
+        let mesh_identity = identity.mesh_identity(node_name);
+        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(crate::daemon::mesh::offline::ensure_mesh(
+                home,
+                &mesh_identity,
+                &store,
+                now,
+            ))?;
+    }
     store
         .close()
         .with_context(|| format!("cannot close the store {}", home.store_path().display()))?;
@@ -156,6 +182,16 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
             "created"
         },
     });
+    if !mesh_existed && home.mesh_path().exists() {
+        files.push(FileChange {
+            path: home.mesh_path(),
+            change: "created",
+        });
+    }
+    let joined = match &args.join {
+        Some(code) => Some(super::mesh::join(code, context)?.mesh_id),
+        None => None,
+    };
 
     let settings = settings_file.value;
     let discovered = discover::discover(&settings, &relay_file.value);
@@ -173,6 +209,7 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
         warnings: discovered.warnings,
         token_path: home.token_path(),
         next: format!("scout up{}", home_flag(context)),
+        joined_mesh: joined,
     };
     Ok(report)
 }
@@ -297,6 +334,11 @@ fn render(report: &SetupReport) -> String {
         report.http_port, report.mesh_port
     ));
     out.push_str(&format!("agents    {} found\n", report.agents_found));
+    if let Some(mesh_id) = &report.joined_mesh {
+        out.push_str(&format!(
+            "mesh      joined {mesh_id}; the broker syncs when it starts\n"
+        ));
+    }
     for warning in &report.warnings {
         out.push_str(&format!("warning   {warning}\n"));
     }

@@ -16,6 +16,12 @@ pub struct UpArgs {}
 /// Runs `scout up`.
 pub fn run(_args: UpArgs, context: &Context) -> anyhow::Result<ExitCode> {
     crate::logging::init();
+    if !context.home.settings_path().exists() {
+        // First run on this home: do what `scout setup` does with defaults,
+        // so one command starts a broker on a fresh machine.
+        let summary = super::setup::first_run(context)?;
+        eprintln!("first run: set up a new home\n{}", summary.trim_end());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("scout-broker")
@@ -30,12 +36,6 @@ async fn serve(context: &Context) -> anyhow::Result<()> {
     // right after the ready line is never missed.
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    if !context.home.settings_path().exists() {
-        // First run on this home: do what `scout setup` does with defaults,
-        // so one command starts a broker on a fresh machine.
-        let summary = super::setup::first_run(context)?;
-        eprintln!("first run: set up a new home\n{}", summary.trim_end());
-    }
     let broker = Broker::start(&context.home).await?;
     let info = broker.info().clone();
     context.printer.emit(&info, || info.line())?;

@@ -6,11 +6,13 @@
 //!   keeping unknown fields; atomic writes.
 //! - [`settings`]: node name, ports, workspace roots, seeds, discovery switches.
 //! - [`relay_agents`]: agents added by hand.
+//! - [`mesh_file`]: `mesh.json`, the mesh this broker belongs to.
 //! - [`project`]: the `.openscout/project.json` manifests.
 //! - [`discover`]: which agents this machine runs.
 
 pub mod discover;
 pub mod json_file;
+pub mod mesh_file;
 pub mod project;
 pub mod relay_agents;
 pub mod settings;

@@ -2,9 +2,11 @@
 //! HTTP surface together, and stops them all on one shutdown signal.
 //!
 //! Code map: [`Broker`] starts and stops everything; [`BrokerState`] is what
-//! request handlers and background tasks share; [`watch`] reloads agents
+//! request handlers and background tasks share; [`mesh`] is the broker's
+//! side of the mesh (sync, connections, membership); [`watch`] reloads agents
 //! when their files change, so `scout agents add` needs no restart.
 
+pub mod mesh;
 pub mod watch;
 
 use std::fs::File;
@@ -41,6 +43,10 @@ pub struct BrokerState {
     pub store: Store,
     /// This machine's agents, replaced whole on every reload.
     pub agents: RwLock<Vec<LocalAgent>>,
+    /// The mesh.
+    pub mesh: mesh::Mesh,
+    /// The agents running on terminals (the local runtime).
+    pub runtime: crate::pty::SessionManager,
     /// When the broker started.
     pub started: Instant,
 }
@@ -54,6 +60,12 @@ pub struct ReadyInfo {
     pub node_id: String,
     /// Where the HTTP surface listens.
     pub http_addr: SocketAddr,
+    /// Where the mesh listens (UDP).
+    pub mesh_addr: Option<SocketAddr>,
+    /// The addresses announced to peers.
+    pub mesh_addresses: Vec<String>,
+    /// The mesh this broker belongs to.
+    pub mesh_id: String,
     /// The store file.
     pub store_path: PathBuf,
     /// Local agents found at start.
@@ -66,10 +78,11 @@ impl ReadyInfo {
     /// The one human ready line.
     pub fn line(&self) -> String {
         format!(
-            "scout ready: node {} (id {}) http http://{} agents {} store {}",
+            "scout ready: node {} (id {}) http http://{} mesh udp {} agents {} store {}",
             self.node_name,
             self.node_id,
             self.http_addr,
+            self.mesh_addresses.join(","),
             self.agents,
             self.store_path.display()
         )
@@ -87,9 +100,27 @@ pub struct Broker {
     _lock: File,
 }
 
+/// What an embedding (tests, netsim) may substitute when starting a broker.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Run the mesh on this socket instead of binding `mesh_port`.
+    pub mesh_socket: Option<mesh::SocketOverride>,
+    /// The mesh's clock (default: the system clock).
+    pub clock: Option<Arc<dyn mesh::Clock>>,
+    /// Sync tunables (default: the production intervals).
+    pub sync: Option<scout_mesh::sync::SyncConfig>,
+    /// Transport timeouts (default: the production ones).
+    pub transport: Option<scout_mesh::transport::TransportConfig>,
+}
+
 impl Broker {
     /// Loads the home, opens the store, finds the agents and starts serving.
     pub async fn start(home: &Home) -> anyhow::Result<Broker> {
+        Broker::start_with(home, BrokerOptions::default()).await
+    }
+
+    /// [`Broker::start`] with substitutes for the socket, clock and tunables.
+    pub async fn start_with(home: &Home, options: BrokerOptions) -> anyhow::Result<Broker> {
         let settings = settings::load_required(&home.settings_path())?.value;
         let relay = relay_agents::load(&home.relay_agents_path())?.value;
         if !home.node_key_path().exists() {
@@ -98,6 +129,7 @@ impl Broker {
                 home.node_key_path().display()
             );
         }
+        let runtime_config = crate::pty::RuntimeConfig::from_env()?;
         let identity = identity::load_node_key(&home.node_key_path())?;
         let token = identity::load_token(&home.token_path())?;
         let node_name = Label::parse(&settings.node_name, NamePart::Node)?;
@@ -126,6 +158,35 @@ impl Broker {
         let listener = crate::http::bind(http_port(&settings)?).await?;
         let http_addr = listener.local_addr()?;
 
+        write_runtime_file(home, http_addr)?;
+        let (shutdown, shutdown_rx) = signal::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut mesh_config = mesh::MeshConfig::new(
+            std::net::SocketAddr::from(([0, 0, 0, 0], settings.mesh_port)),
+            seeds(&settings),
+            http_addr.port(),
+        );
+        mesh_config.socket = options.mesh_socket;
+        if let Some(clock) = options.clock {
+            mesh_config.clock = clock;
+        }
+        if let Some(sync) = options.sync {
+            mesh_config.sync = sync;
+        }
+        if let Some(transport) = options.transport {
+            mesh_config.transport = transport;
+        }
+        let mesh = mesh::Mesh::start(
+            home,
+            identity.mesh_identity(node_name.clone()),
+            store.clone(),
+            mesh_config,
+            discovered.agents.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        )
+        .await?;
+
         let state = Arc::new(BrokerState {
             home: home.clone(),
             node_name: node_name.clone(),
@@ -133,19 +194,22 @@ impl Broker {
             token,
             store,
             agents: RwLock::new(discovered.agents),
+            mesh: mesh.clone(),
+            runtime: crate::pty::SessionManager::new(runtime_config),
             started: Instant::now(),
         });
         let info = ReadyInfo {
             node_name: node_name.as_str().to_owned(),
             node_id: state.node_id.clone(),
             http_addr,
+            mesh_addr: mesh.local_addr(),
+            mesh_addresses: mesh.announced().iter().map(ToString::to_string).collect(),
+            mesh_id: mesh.mesh_id().to_string(),
             store_path,
             agents: state.agents.read().map(|agents| agents.len()).unwrap_or(0),
             reconciled_flights,
         };
 
-        let (shutdown, shutdown_rx) = signal::channel(false);
-        let mut tasks = JoinSet::new();
         let router = crate::http::router(state.clone());
         let mut http_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -180,12 +244,17 @@ impl Broker {
 
     /// Stops every task at a safe point, then closes the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // Agents first: their process groups are killed and reaped, and the
+        // streams that follow them end, so the HTTP server can drain.
+        self.state.runtime.shutdown().await;
         let _ = self.shutdown.send(true);
+        self.state.mesh.close().await;
         while let Some(joined) = self.tasks.join_next().await {
             if let Err(err) = joined {
                 tracing::error!(cause = %err, "a broker task failed");
             }
         }
+        let _ = std::fs::remove_file(self.state.home.runtime_path());
         let store = self.state.store.clone();
         drop(self.state);
         tokio::task::spawn_blocking(move || store.close())
@@ -194,6 +263,56 @@ impl Broker {
             .context("cannot close the store")?;
         Ok(())
     }
+}
+
+/// Where a running broker listens, as written to `broker.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RuntimeFile {
+    /// The broker's process id.
+    pub pid: u32,
+    /// Its HTTP address.
+    pub http_addr: SocketAddr,
+}
+
+fn write_runtime_file(home: &Home, http_addr: SocketAddr) -> anyhow::Result<()> {
+    let runtime = RuntimeFile {
+        pid: std::process::id(),
+        http_addr,
+    };
+    let text = serde_json::to_string_pretty(&runtime)?;
+    crate::config::json_file::write_atomically(&home.runtime_path(), text.as_bytes())
+        .with_context(|| format!("cannot write {}", home.runtime_path().display()))
+}
+
+/// The HTTP address of this home's broker: from `broker.json` when a broker
+/// wrote one, else the configured port. The caller still probes it: the file
+/// of a broker that was killed stays behind.
+pub fn broker_http_addr(home: &Home, settings: &settings::Settings) -> anyhow::Result<SocketAddr> {
+    if let Ok(text) = std::fs::read_to_string(home.runtime_path())
+        && let Ok(runtime) = serde_json::from_str::<RuntimeFile>(&text)
+    {
+        return Ok(runtime.http_addr);
+    }
+    Ok(SocketAddr::from(([127, 0, 0, 1], http_port(settings)?)))
+}
+
+/// Seeds from settings plus `SCOUT_SEEDS` (comma or space separated).
+pub fn seeds(settings: &settings::Settings) -> Vec<String> {
+    let mut seeds = settings.seeds.clone();
+    if let Ok(extra) = std::env::var("SCOUT_SEEDS") {
+        for seed in extra
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match settings::parse_seed(seed) {
+                Ok(_) if !seeds.iter().any(|known| known == seed) => seeds.push(seed.to_owned()),
+                Ok(_) => {}
+                Err(message) => tracing::warn!(%seed, "SCOUT_SEEDS: {message}; skipped"),
+            }
+        }
+    }
+    seeds
 }
 
 /// The HTTP port: the local runtime's `PORT` variable when set, else the
@@ -211,6 +330,23 @@ pub fn http_port(settings: &settings::Settings) -> anyhow::Result<u16> {
 /// Takes the home's advisory lock, so a second broker on the same home
 /// fails at once instead of fighting over the store and ports.
 fn lock_home(home: &Home) -> anyhow::Result<File> {
+    match try_lock_home(home)? {
+        Some(file) => Ok(file),
+        None => {
+            let holder = std::fs::read_to_string(home.lock_path()).unwrap_or_default();
+            anyhow::bail!(
+                "another broker is already running with home {} (pid {})",
+                home.config_dir.display(),
+                holder.trim()
+            );
+        }
+    }
+}
+
+/// Takes the home's advisory lock if nobody holds it: `Ok(None)` means a
+/// broker runs on this home. CLI commands that change mesh state hold it
+/// while they work on the store directly.
+pub fn try_lock_home(home: &Home) -> anyhow::Result<Option<File>> {
     std::fs::create_dir_all(&home.state_dir)
         .with_context(|| format!("cannot create {}", home.state_dir.display()))?;
     let path = home.lock_path();
@@ -223,19 +359,12 @@ fn lock_home(home: &Home) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            anyhow::bail!(
-                "another broker is already running with home {} (pid {})",
-                home.config_dir.display(),
-                holder.trim()
-            );
-        }
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
         Err(std::fs::TryLockError::Error(err)) => {
             return Err(err).with_context(|| format!("cannot lock {}", path.display()));
         }
     }
     file.set_len(0)?;
     write!(file, "{}", std::process::id())?;
-    Ok(file)
+    Ok(Some(file))
 }

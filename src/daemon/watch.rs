@@ -91,6 +91,8 @@ pub fn reload(state: &BrokerState) {
             after = discovered.agents.len(),
             "agents reloaded"
         );
-        *agents = discovered.agents;
+        *agents = discovered.agents.clone();
+        drop(agents);
+        state.mesh.publish_local_agents(discovered.agents);
     }
 }

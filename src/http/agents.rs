@@ -10,12 +10,15 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::config::discover::AgentView;
 use crate::daemon::BrokerState;
+use crate::daemon::mesh::InstanceView;
 
 /// The body of `GET /v1/agents`.
 #[derive(Debug, Serialize)]
 pub struct AgentList {
-    /// Every agent, in discovery order.
+    /// This machine's agents, in discovery order.
     pub agents: Vec<AgentView>,
+    /// Every instance in the mesh, this machine's included.
+    pub instances: Vec<InstanceView>,
 }
 
 /// The routes of this family (mounted under `/v1`).
@@ -31,5 +34,8 @@ async fn list(State(state): State<Arc<BrokerState>>) -> Result<Json<AgentList>, 
         .iter()
         .map(|agent| agent.view(&state.node_name))
         .collect();
-    Ok(Json(AgentList { agents }))
+    Ok(Json(AgentList {
+        agents,
+        instances: state.mesh.instances(),
+    }))
 }

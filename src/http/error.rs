@@ -61,3 +61,56 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// A JSON request body whose every rejection (not JSON, wrong shape, too
+/// large, wrong content type) is answered in the API's error shape with a
+/// stable code, instead of axum's plain-text rejection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::JsonDataError(err)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                err.body_text(),
+            )),
+            Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_JSON",
+                err.body_text(),
+            )),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "INVALID_CONTENT_TYPE",
+                "send the body as JSON with `Content-Type: application/json`",
+            )),
+            Err(JsonRejection::BytesRejection(err))
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_TOO_LARGE",
+                    format!(
+                        "the body is larger than {} bytes",
+                        super::REQUEST_BODY_BYTES_MAX
+                    ),
+                ))
+            }
+            Err(other) => Err(ApiError::new(
+                other.status(),
+                "INVALID_REQUEST",
+                other.body_text(),
+            )),
+        }
+    }
+}

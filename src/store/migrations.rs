@@ -32,14 +32,55 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema",
-    sql: SCHEMA_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        name: "replicated registry, mesh state and invites",
+        sql: SCHEMA_V2,
+    },
+];
 
 /// The schema version this binary writes: the last migration's.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// The mesh: the replicated registry records exactly as they travel (the
+/// postcard bytes of a `scout_mesh::wire::Record`, tombstones included), the
+/// version vector persisted with them, and the invites this broker issued
+/// (only the secret's hash is kept). Which mesh the broker belongs to lives
+/// in `mesh.json` beside the node key, so a lost store resyncs into the same
+/// mesh.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE registry_records (
+    origin         TEXT NOT NULL CHECK (length(origin) = 32),
+    kind           TEXT NOT NULL CHECK (kind IN
+                   ('node', 'instance', 'admission', 'revocation', 'definition')),
+    name           TEXT NOT NULL,
+    counter        INTEGER NOT NULL CHECK (counter >= 1),
+    tombstone      INTEGER NOT NULL CHECK (tombstone IN (0, 1)),
+    record         BLOB NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (origin, kind, name)
+) STRICT;
+
+CREATE TABLE registry_vv (
+    origin   TEXT PRIMARY KEY NOT NULL CHECK (length(origin) = 32),
+    counter  INTEGER NOT NULL CHECK (counter >= 0)
+) STRICT;
+
+CREATE TABLE invites (
+    invite_id      TEXT PRIMARY KEY NOT NULL CHECK (length(invite_id) = 16),
+    secret_hash    BLOB NOT NULL CHECK (length(secret_hash) = 32),
+    expires_at_ms  INTEGER NOT NULL,
+    used_by        TEXT,
+    used_at_ms     INTEGER,
+    created_at_ms  INTEGER NOT NULL
+) STRICT;
+"#;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE nodes (
@@ -344,7 +385,8 @@ mod tests {
                 |row| row.get(0),
             )
             .unwrap();
-        assert_eq!(n_tables, 13);
+        // 13 tables of the first schema, 3 of the mesh (records, vv, invites).
+        assert_eq!(n_tables, 16);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);

@@ -31,6 +31,7 @@ pub mod conversations;
 pub mod deliveries;
 pub mod flights;
 pub mod invocations;
+pub mod mesh;
 pub mod migrations;
 mod readers;
 pub mod reconcile;

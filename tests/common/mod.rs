@@ -136,6 +136,7 @@ pub struct BrokerProcess {
     pub child: Child,
     pub ready: serde_json::Value,
     pub stderr_lines: mpsc::Receiver<String>,
+    log: std::sync::Mutex<Vec<String>>,
 }
 
 impl BrokerProcess {
@@ -188,7 +189,15 @@ impl BrokerProcess {
             child,
             ready,
             stderr_lines: err_rx,
+            log: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The first stderr line so far that contains `needle`.
+    pub fn stderr_line_matching(&self, needle: &str) -> Option<String> {
+        let mut log = self.log.lock().expect("log");
+        log.extend(self.stderr_lines.try_iter());
+        log.iter().find(|line| line.contains(needle)).cloned()
     }
 
     pub fn http_base(&self) -> String {
@@ -222,14 +231,14 @@ impl BrokerProcess {
     /// Collects stderr lines seen so far (after the process ended, all of them).
     pub fn stderr(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(2);
-        let mut lines = Vec::new();
+        let mut log = self.log.lock().expect("log");
         while let Ok(line) = self
             .stderr_lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
-            lines.push(line);
+            log.push(line);
         }
-        lines.join("\n")
+        log.join("\n")
     }
 }
 
@@ -250,5 +259,119 @@ pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A sandbox with its running broker.
+pub struct Node {
+    pub sandbox: Sandbox,
+    pub broker: Option<BrokerProcess>,
+    pub name: String,
+}
+
+impl Node {
+    /// Sets up a home named `name` (free ports) with extra setup flags.
+    pub fn setup(name: &str, extra: &[&str]) -> Node {
+        let sandbox = Sandbox::new();
+        let mut args = vec![
+            "setup",
+            "--node-name",
+            name,
+            "--http-port",
+            "0",
+            "--mesh-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let run = sandbox.run(&args);
+        assert_eq!(run.code, 0, "setup {name}: {}", run.stderr);
+        Node {
+            sandbox,
+            broker: None,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn start(&mut self) -> &mut Node {
+        self.broker = Some(BrokerProcess::start(&self.sandbox));
+        self
+    }
+
+    pub fn broker(&self) -> &BrokerProcess {
+        self.broker.as_ref().expect("broker running")
+    }
+
+    /// The first announced mesh address (loopback first).
+    pub fn mesh_addr(&self) -> String {
+        self.broker().ready["mesh_addresses"][0]
+            .as_str()
+            .expect("mesh address")
+            .to_owned()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.broker().ready["node_id"]
+            .as_str()
+            .expect("node id")
+            .to_owned()
+    }
+
+    /// `GET path` on this node's API with its token.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.broker().http_base());
+        ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", self.sandbox.token()))
+            .call()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+            .into_json()
+            .expect("json")
+    }
+
+    /// Runs `scout` against this node's home.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.sandbox.run(args)
+    }
+
+    /// A fresh invite code from this (running) node.
+    pub fn invite(&self) -> String {
+        let run = self.run(&["--json", "mesh", "invite"]);
+        assert_eq!(run.code, 0, "invite: {}", run.stderr);
+        run.json()["code"].as_str().expect("code").to_owned()
+    }
+
+    /// Names of peers in a given state.
+    pub fn peers_in(&self, state: &str) -> Vec<String> {
+        let peers = self.get("/v1/peers");
+        let mut names: Vec<String> = peers["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter(|peer| peer["state"] == state)
+            .map(|peer| peer["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Instance names this node knows.
+    pub fn instances(&self) -> Vec<String> {
+        let agents = self.get("/v1/agents");
+        let mut names: Vec<String> = agents["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|instance| instance["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The registry's (record count, digest).
+    pub fn digest(&self) -> (u64, String) {
+        let mesh = self.get("/v1/mesh");
+        (
+            mesh["registry_records"].as_u64().expect("records"),
+            mesh["registry_digest"].as_str().expect("digest").to_owned(),
+        )
     }
 }

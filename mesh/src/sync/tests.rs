@@ -1123,9 +1123,22 @@ fn local_writes_must_describe_this_broker() {
         "{err}"
     );
     let err = broker
-        .put(T0, "@fabric@node1", instance("main", EndpointState::Idle))
+        .put(T0, "@fabric#main", instance("main", EndpointState::Idle))
         .unwrap_err();
     assert!(matches!(err, InvalidRecord::InvalidName { .. }), "{err}");
+    let err = broker
+        .put(T0, "@fabric@node1", instance("main", EndpointState::Idle))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InvalidRecord::InvalidField {
+                field: "workspace",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(
         broker.next_seq(),
         1,

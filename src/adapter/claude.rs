@@ -1,0 +1,240 @@
+//! Claude Code (`claude`). The terminal runs the interactive TUI; turns run
+//! `claude -p --output-format stream-json --verbose` with the prompt on
+//! standard input, continuing the same conversation with `--resume`.
+//!
+//! Stream-json lines: `{"type":"system","subtype":"init","session_id":…}`,
+//! `{"type":"assistant","message":{"content":[{"type":"text","text":…},
+//! {"type":"tool_use","name":…,"input":…}]}}`, optional partial messages
+//! (`{"type":"stream_event","event":{"type":"content_block_delta",
+//! "delta":{"type":"text_delta","text":…}}}`), and one closing
+//! `{"type":"result","subtype":"success"|"error_…","is_error":…,"result":…}`.
+
+use scout_mesh::lifecycle::Harness;
+use serde_json::Value;
+
+use super::patterns::{find_any, find_login_url, line_with};
+use super::{
+    Adapter, AgentEnv, AuthStatus, Invocation, ScreenState, ScreenView, StructuredEvent, TurnStyle,
+    program_and_args,
+};
+
+/// Screen text of the login flow (first run, `/login`, an expired key).
+const LOGIN_MARKERS: &[&str] = &[
+    "Select login method",
+    "Browser didn't open",
+    "Paste code here",
+    "Invalid API key",
+    "Please run /login",
+    "OAuth error",
+];
+
+/// Screen text of a permission or choice prompt.
+const QUESTION_MARKERS: &[&str] = &[
+    "Do you want to proceed?",
+    "Do you want to make this edit",
+    "Do you want to create",
+    "Do you want to allow",
+    "Do you trust the files in this folder?",
+];
+
+/// Screen text while a turn runs.
+const BUSY_MARKERS: &[&str] = &["esc to interrupt"];
+
+/// Screen text of the input box waiting for a prompt.
+const READY_MARKERS: &[&str] = &["? for shortcuts", "/help for help", "│ > ", "│ >"];
+
+/// Failure text that means the CLI needs a login.
+const AUTH_FAILURE_MARKERS: &[&str] = &[
+    "Invalid API key",
+    "/login",
+    "not logged in",
+    "Not logged in",
+    "authentication_error",
+    "OAuth token has expired",
+];
+
+/// Claude Code.
+#[derive(Debug, Clone)]
+pub struct ClaudeAdapter {
+    program: String,
+    args: Vec<String>,
+}
+
+impl ClaudeAdapter {
+    /// The adapter, running `command` (default `claude`) on the terminal.
+    pub fn new(command: Option<Vec<String>>) -> ClaudeAdapter {
+        let (program, args) = program_and_args(command, "claude");
+        ClaudeAdapter { program, args }
+    }
+}
+
+impl Adapter for ClaudeAdapter {
+    fn harness(&self) -> Harness {
+        Harness::Claude
+    }
+
+    fn program(&self) -> &str {
+        &self.program
+    }
+
+    fn interactive_argv(&self) -> Vec<String> {
+        let mut argv = vec![self.program.clone()];
+        argv.extend(self.args.iter().cloned());
+        argv
+    }
+
+    fn auth_status(&self, env: &AgentEnv) -> AuthStatus {
+        let keys = [
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+        ];
+        if keys.iter().any(|key| env.var(key).is_some()) {
+            return AuthStatus::LoggedIn;
+        }
+        let Some(home) = env.home() else {
+            return AuthStatus::Unknown;
+        };
+        let config_dir = env
+            .var("CLAUDE_CONFIG_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| home.join(".claude"));
+        if config_dir.join(".credentials.json").is_file() {
+            return AuthStatus::LoggedIn;
+        }
+        // On macOS the token is in the keychain; the account record in
+        // ~/.claude.json is what shows a login happened.
+        let account = std::fs::read_to_string(home.join(".claude.json"))
+            .is_ok_and(|text| text.contains("\"oauthAccount\""));
+        if account {
+            AuthStatus::LoggedIn
+        } else {
+            AuthStatus::LoggedOut
+        }
+    }
+
+    fn classify(&self, view: ScreenView<'_>) -> ScreenState {
+        if find_any(view.text, LOGIN_MARKERS).is_some() {
+            return ScreenState::LoginRequired {
+                url: find_login_url(view.text),
+            };
+        }
+        if let Some(marker) = find_any(view.text, QUESTION_MARKERS) {
+            return ScreenState::Question(line_with(view.text, marker));
+        }
+        if find_any(view.text, BUSY_MARKERS).is_some() {
+            return ScreenState::Busy;
+        }
+        if find_any(view.text, READY_MARKERS).is_some() {
+            return ScreenState::Ready;
+        }
+        ScreenState::Starting
+    }
+
+    fn turn_style(&self) -> TurnStyle {
+        TurnStyle::Structured
+    }
+
+    fn invocation(&self, prompt: &str, resume: Option<&str>) -> Option<Invocation> {
+        let mut argv = vec![
+            self.program.clone(),
+            "-p".to_owned(),
+            "--output-format".to_owned(),
+            "stream-json".to_owned(),
+            "--verbose".to_owned(),
+        ];
+        if let Some(session_id) = resume {
+            argv.push("--resume".to_owned());
+            argv.push(session_id.to_owned());
+        }
+        Some(Invocation {
+            argv,
+            stdin: Some(prompt.to_owned()),
+        })
+    }
+
+    fn parse_line(&self, line: &str) -> Vec<StructuredEvent> {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        match event["type"].as_str() {
+            Some("system") if event["subtype"] == "init" => {
+                if let Some(id) = event["session_id"].as_str() {
+                    events.push(StructuredEvent::Session(id.to_owned()));
+                }
+            }
+            Some("assistant") => {
+                let mut text = String::new();
+                for block in event["message"]["content"].as_array().into_iter().flatten() {
+                    match block["type"].as_str() {
+                        Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
+                        Some("tool_use") => {
+                            events.push(StructuredEvent::Tool(tool_line(block)));
+                        }
+                        _ => {}
+                    }
+                }
+                if !text.is_empty() {
+                    events.insert(0, StructuredEvent::Message(text));
+                }
+            }
+            Some("stream_event") => {
+                let delta = &event["event"]["delta"];
+                if event["event"]["type"] == "content_block_delta"
+                    && delta["type"] == "text_delta"
+                    && let Some(text) = delta["text"].as_str()
+                {
+                    events.push(StructuredEvent::TextDelta(text.to_owned()));
+                }
+            }
+            Some("result") => {
+                let result = event["result"].as_str().map(str::to_owned);
+                let is_error = event["is_error"].as_bool().unwrap_or(false)
+                    || event["subtype"]
+                        .as_str()
+                        .is_some_and(|sub| sub != "success");
+                if is_error {
+                    let message = result
+                        .or_else(|| event["subtype"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "the turn failed".to_owned());
+                    events.push(StructuredEvent::Failed {
+                        auth_required: self.is_auth_failure(&message),
+                        message,
+                    });
+                } else {
+                    events.push(StructuredEvent::Completed { result });
+                }
+            }
+            _ => {}
+        }
+        events
+    }
+
+    fn is_auth_failure(&self, text: &str) -> bool {
+        find_any(text, AUTH_FAILURE_MARKERS).is_some()
+    }
+
+    fn install_hint(&self) -> &'static str {
+        "npm install -g @anthropic-ai/claude-code"
+    }
+
+    fn login_hint(&self) -> &'static str {
+        "run `claude` and log in (or `claude auth`), or set ANTHROPIC_API_KEY"
+    }
+}
+
+/// `Bash: ls -la`, `Edit: src/main.rs`, or the tool's name alone.
+fn tool_line(block: &Value) -> String {
+    let name = block["name"].as_str().unwrap_or("tool");
+    let input = &block["input"];
+    let detail = ["command", "file_path", "path", "pattern", "url"]
+        .iter()
+        .find_map(|key| input[*key].as_str());
+    match detail {
+        Some(detail) => format!("{name}: {detail}"),
+        None => name.to_owned(),
+    }
+}

@@ -1,0 +1,288 @@
+//! Harness adapters: what differs between agent CLIs, behind one trait, so
+//! the session manager runs every turn with the same semantics ("run this
+//! prompt in this instance, stream its output, finish with a result, a
+//! question, or a failure reason") whatever the harness.
+//!
+//! Code map:
+//! - [`Adapter`]: the trait; [`adapter_for`] picks the implementation.
+//! - [`claude`], [`codex`], [`gemini`]: the three agent CLIs. Each reads its
+//!   interactive screen (ready, busy, question, login) and runs turns in the
+//!   CLI's structured mode (`claude -p --output-format stream-json`,
+//!   `codex exec --json`, `gemini --output-format stream-json`), keeping the
+//!   terminal for the person watching.
+//! - [`command`]: any program; turns are typed into its terminal and end at
+//!   its prompt (`promptPattern`) or when its output goes quiet.
+//! - [`preflight`]: is the CLI installed, which version, is it logged in.
+//! - `patterns`: screen-matching helpers shared by the adapters.
+//!
+//! Architecture invariant: adapters do no IO of their own except preflight
+//! (which runs `--version` and looks for credential files); the session
+//! manager owns every process and terminal.
+
+pub mod claude;
+pub mod codex;
+pub mod command;
+pub mod gemini;
+mod patterns;
+pub mod preflight;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use scout_mesh::lifecycle::Harness;
+use serde::Serialize;
+
+pub use preflight::{Preflight, find_program, preflight};
+
+/// The pause between pasting text and pressing Enter. Several TUIs treat an
+/// Enter that arrives in the same read as a paste as part of the paste (a
+/// newline, not "submit"); a separate write after a pause is seen as a key.
+pub const ENTER_DELAY: Duration = Duration::from_millis(60);
+
+/// How a turn is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnStyle {
+    /// Type the prompt into the terminal; the turn ends when the screen
+    /// shows the prompt again.
+    PtyPrompt,
+    /// Type the prompt into the terminal; the turn ends when output has been
+    /// quiet this long (the program has no known prompt).
+    PtyQuiet(Duration),
+    /// Run the CLI's structured mode as a separate process per turn and read
+    /// its events; the terminal stays with the person.
+    Structured,
+}
+
+/// What the screen shows, as far as the adapter can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScreenState {
+    /// Nothing recognised yet.
+    Starting,
+    /// Waiting for input at its prompt.
+    Ready,
+    /// Working.
+    Busy,
+    /// Asking a question (a permission, a choice): the text of the question.
+    Question(String),
+    /// Asking the person to log in, with the login URL when it shows one.
+    LoginRequired {
+        /// The URL to open, when the screen shows one.
+        url: Option<String>,
+    },
+}
+
+/// What the adapter sees of a screen.
+#[derive(Debug, Clone, Copy)]
+pub struct ScreenView<'a> {
+    /// The visible screen, rows joined with `\n`.
+    pub text: &'a str,
+    /// The row the cursor is on, trailing blanks trimmed.
+    pub cursor_line: &'a str,
+}
+
+/// Whether the CLI is logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStatus {
+    /// Credentials (a key in the environment or a credentials file) found.
+    LoggedIn,
+    /// No credentials anywhere the CLI keeps them.
+    LoggedOut,
+    /// Cannot tell from outside (for example a system keychain).
+    Unknown,
+    /// The harness has no login (`command`).
+    NotApplicable,
+}
+
+/// One structured-mode run of a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Text written to its standard input (then closed), when the prompt
+    /// travels that way.
+    pub stdin: Option<String>,
+}
+
+/// One event of a structured-mode run, parsed from one line of its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StructuredEvent {
+    /// The CLI's conversation id, to continue the conversation next turn.
+    Session(String),
+    /// A piece of streamed answer text.
+    TextDelta(String),
+    /// A complete answer message.
+    Message(String),
+    /// Tool activity, one line for a person (`$ ls`, `Edit src/main.rs`).
+    Tool(String),
+    /// A warning that does not end the turn.
+    Notice(String),
+    /// The turn is done; `result` is the final answer when the CLI says it.
+    Completed {
+        /// The final answer, when the event carries it.
+        result: Option<String>,
+    },
+    /// The turn failed.
+    Failed {
+        /// What the CLI said.
+        message: String,
+        /// Whether the failure is a missing or expired login.
+        auth_required: bool,
+    },
+}
+
+/// The environment an agent process gets: the broker's, with the session's
+/// overrides. Adapters look up credentials through it, since the agent's
+/// `HOME` decides where its CLI keeps them.
+#[derive(Debug, Clone, Default)]
+pub struct AgentEnv {
+    overrides: HashMap<String, String>,
+}
+
+impl AgentEnv {
+    /// The broker's environment with `overrides` on top.
+    pub fn new(overrides: &[(String, String)]) -> AgentEnv {
+        AgentEnv {
+            overrides: overrides.iter().cloned().collect(),
+        }
+    }
+
+    /// A variable's value, when set and not empty.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+            .filter(|value| !value.is_empty())
+    }
+
+    /// The agent's home directory.
+    pub fn home(&self) -> Option<PathBuf> {
+        self.var("HOME").map(PathBuf::from)
+    }
+
+    /// `PATH`, as the agent process would search it.
+    pub fn path(&self) -> Option<OsString> {
+        self.var("PATH").map(OsString::from)
+    }
+}
+
+/// What differs between harnesses. Implementations are cheap to build and
+/// immutable; one is made per session.
+pub trait Adapter: Send + Sync + Debug {
+    /// Which harness this is.
+    fn harness(&self) -> Harness;
+
+    /// The program (as configured: a name looked up on PATH, or a path).
+    fn program(&self) -> &str;
+
+    /// Program and arguments run on the session's terminal.
+    fn interactive_argv(&self) -> Vec<String>;
+
+    /// Whether the CLI is logged in, seen from the agent's environment.
+    fn auth_status(&self, env: &AgentEnv) -> AuthStatus;
+
+    /// Reads the screen.
+    fn classify(&self, view: ScreenView<'_>) -> ScreenState;
+
+    /// How turns run.
+    fn turn_style(&self) -> TurnStyle;
+
+    /// Whether the session counts as ready as soon as it has started (the
+    /// program has nothing the adapter could recognise as "ready").
+    fn ready_at_spawn(&self) -> bool {
+        false
+    }
+
+    /// The structured-mode run of `prompt`, continuing the CLI conversation
+    /// `resume` when given. `None` for harnesses without a structured mode.
+    fn invocation(&self, _prompt: &str, _resume: Option<&str>) -> Option<Invocation> {
+        None
+    }
+
+    /// Parses one line of structured-mode output (lines that are not events
+    /// of the format yield nothing).
+    fn parse_line(&self, _line: &str) -> Vec<StructuredEvent> {
+        Vec::new()
+    }
+
+    /// Whether a failure text (stderr, an error event) means "log in first".
+    fn is_auth_failure(&self, _text: &str) -> bool {
+        false
+    }
+
+    /// The pause between a paste and its Enter.
+    fn enter_delay(&self) -> Duration {
+        ENTER_DELAY
+    }
+
+    /// How to install the CLI, for error messages and `scout doctor`.
+    fn install_hint(&self) -> &'static str;
+
+    /// How to log in, for error messages and `scout doctor`.
+    fn login_hint(&self) -> &'static str;
+}
+
+/// How a session's harness is configured (from `POST /agents`).
+#[derive(Debug, Clone, Default)]
+pub struct AdapterOptions {
+    /// Program and arguments to run instead of the harness default (for
+    /// `command`, required).
+    pub command: Option<Vec<String>>,
+    /// `command` only: a regular expression that marks the program ready.
+    pub ready_pattern: Option<String>,
+    /// `command` only: a regular expression matched against the cursor row
+    /// that marks the program waiting for input (the end of a turn).
+    pub prompt_pattern: Option<String>,
+    /// `command` only: a regular expression matched against the cursor row
+    /// that marks a question.
+    pub question_pattern: Option<String>,
+}
+
+/// Why an adapter could not be built from the options.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    /// `command` without a command, or an empty one.
+    #[error("the `command` type needs a non-empty `command` array (program and arguments)")]
+    MissingCommand,
+    /// A pattern is not a valid regular expression.
+    #[error("`{field}` is not a valid regular expression: {cause}")]
+    InvalidPattern {
+        /// Which option.
+        field: &'static str,
+        /// What the regex parser said.
+        cause: String,
+    },
+}
+
+/// The adapter for `harness` with `options`.
+pub fn adapter_for(
+    harness: Harness,
+    options: &AdapterOptions,
+) -> Result<Box<dyn Adapter>, AdapterError> {
+    let command = options.command.clone().filter(|argv| !argv.is_empty());
+    Ok(match harness {
+        Harness::Claude => Box::new(claude::ClaudeAdapter::new(command)),
+        Harness::Codex => Box::new(codex::CodexAdapter::new(command)),
+        Harness::Gemini => Box::new(gemini::GeminiAdapter::new(command)),
+        Harness::Command => Box::new(command::CommandAdapter::new(
+            command.ok_or(AdapterError::MissingCommand)?,
+            options,
+        )?),
+    })
+}
+
+/// Splits a configured command into program and arguments, with `default`
+/// when none is configured.
+fn program_and_args(command: Option<Vec<String>>, default: &str) -> (String, Vec<String>) {
+    match command {
+        Some(mut argv) if !argv.is_empty() => {
+            let program = argv.remove(0);
+            (program, argv)
+        }
+        _ => (default.to_owned(), Vec::new()),
+    }
+}

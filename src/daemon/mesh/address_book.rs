@@ -1,0 +1,401 @@
+//! The address book: every address a peer might be reached at, with where it
+//! came from, when it was first and last seen, and when to dial it next.
+//!
+//! Discovery is not trust: an address here only says where to knock. The
+//! handshake and the registry's admissions decide who gets in.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use scout_mesh::wire::NodeId;
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Addresses remembered at most. Seeds and invite addresses are never
+/// evicted; learned ones are, oldest first, past this bound.
+pub const ADDRESSES_MAX: usize = 1024;
+
+/// First retry delay after a failed dial.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Longest retry delay for an address that keeps failing.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Longest retry delay for seeds while no peer at all is connected: a
+/// broker alone must find its mesh again quickly.
+pub const SEED_BACKOFF_ALONE_MAX: Duration = Duration::from_secs(2);
+
+const _: () = assert!(DIAL_BACKOFF_MIN.as_millis() < SEED_BACKOFF_ALONE_MAX.as_millis());
+const _: () = assert!(SEED_BACKOFF_ALONE_MAX.as_millis() < DIAL_BACKOFF_MAX.as_millis());
+
+/// Where an address came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressSource {
+    /// `seeds` in settings, `--seed`, or `SCOUT_SEEDS`.
+    Seed,
+    /// The inviter's address from an invite code.
+    Invite,
+    /// A peer told us (its hello, or a node record).
+    Learned,
+    /// The peer connected to us from it.
+    Inbound,
+    /// mDNS on the LAN.
+    Mdns,
+    /// tailscaled's peer list.
+    Tailscale,
+}
+
+impl AddressSource {
+    /// Sources whose addresses stay however full the book is.
+    fn is_configured(self) -> bool {
+        matches!(self, AddressSource::Seed | AddressSource::Invite)
+    }
+}
+
+/// One address.
+#[derive(Debug, Clone)]
+pub struct AddressEntry {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Every source that named it.
+    pub sources: BTreeSet<AddressSource>,
+    /// The node found there, once a handshake told us.
+    pub node_id: Option<NodeId>,
+    /// A key to accept there before any admission is known (an inviter).
+    pub pinned_key: Option<[u8; 32]>,
+    /// Unix ms when first added.
+    pub first_seen_ms: u64,
+    /// Unix ms when last named by a source or reached.
+    pub last_seen_ms: u64,
+    /// Failed dials in a row.
+    pub failures: u32,
+    /// The last dial error.
+    pub last_error: Option<String>,
+    next_attempt: Option<Instant>,
+    in_flight: bool,
+}
+
+/// The shown form of an entry.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AddressView {
+    /// The address.
+    pub addr: String,
+    /// Where it came from.
+    pub sources: Vec<AddressSource>,
+    /// The node there, if known.
+    pub node_id: Option<String>,
+    /// Unix ms.
+    pub first_seen_ms: u64,
+    /// Unix ms.
+    pub last_seen_ms: u64,
+    /// Failed dials in a row.
+    pub failures: u32,
+    /// The last dial error.
+    pub last_error: Option<String>,
+}
+
+/// The book.
+#[derive(Debug, Default)]
+pub struct AddressBook {
+    entries: BTreeMap<SocketAddr, AddressEntry>,
+}
+
+impl AddressBook {
+    /// Adds (or refreshes) an address.
+    pub fn add(
+        &mut self,
+        addr: SocketAddr,
+        source: AddressSource,
+        node_id: Option<NodeId>,
+        now_ms: u64,
+    ) {
+        let entry = self.entries.entry(addr).or_insert_with(|| AddressEntry {
+            addr,
+            sources: BTreeSet::new(),
+            node_id: None,
+            pinned_key: None,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            failures: 0,
+            last_error: None,
+            next_attempt: None,
+            in_flight: false,
+        });
+        entry.sources.insert(source);
+        entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        if node_id.is_some() {
+            entry.node_id = node_id;
+        }
+        self.evict();
+    }
+
+    /// Pins the key expected at an address (an inviter's).
+    pub fn pin(&mut self, addr: SocketAddr, key: [u8; 32]) {
+        if let Some(entry) = self.entries.get_mut(&addr) {
+            entry.pinned_key = Some(key);
+        }
+    }
+
+    /// Removes one source from every address; addresses left with no source
+    /// are forgotten (a tailnet peer that went offline, say).
+    pub fn retract(&mut self, source: AddressSource, keep: &HashSet<SocketAddr>) {
+        for entry in self.entries.values_mut() {
+            if !keep.contains(&entry.addr) {
+                entry.sources.remove(&source);
+            }
+        }
+        self.entries.retain(|_, entry| !entry.sources.is_empty());
+    }
+
+    /// At most `limit` addresses due for a dial, marked in flight.
+    /// `connected` are the peers with a live connection; with none, seeds
+    /// are retried sooner.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        self_id: &NodeId,
+        connected: &HashSet<NodeId>,
+        limit: usize,
+    ) -> Vec<(SocketAddr, Option<[u8; 32]>)> {
+        let alone = connected.is_empty();
+        let mut due = Vec::new();
+        // One dial per node at a time: two addresses of one peer dialed
+        // together would make two connections, one of which is thrown away.
+        let mut busy_nodes: HashSet<NodeId> = self
+            .entries
+            .values()
+            .filter(|entry| entry.in_flight)
+            .filter_map(|entry| entry.node_id.clone())
+            .collect();
+        for entry in self.entries.values_mut() {
+            if due.len() >= limit {
+                break;
+            }
+            if entry.in_flight
+                || entry
+                    .node_id
+                    .as_ref()
+                    .is_some_and(|id| busy_nodes.contains(id))
+            {
+                continue;
+            }
+            if let Some(node_id) = &entry.node_id
+                && (node_id == self_id || connected.contains(node_id))
+            {
+                continue;
+            }
+            let configured = entry.sources.iter().any(|source| source.is_configured());
+            let ready = match entry.next_attempt {
+                None => true,
+                Some(at) if now >= at => true,
+                // Alone, a seed is retried at least every couple of seconds
+                // however long its backoff grew.
+                Some(at) => {
+                    alone
+                        && configured
+                        && at.saturating_duration_since(now) > SEED_BACKOFF_ALONE_MAX
+                }
+            };
+            if ready {
+                entry.in_flight = true;
+                if let Some(id) = &entry.node_id {
+                    busy_nodes.insert(id.clone());
+                }
+                due.push((entry.addr, entry.pinned_key));
+            }
+        }
+        due
+    }
+
+    /// Records a dial's outcome. `jitter` in 0..1 spreads retries so
+    /// brokers restarted together do not dial in lockstep.
+    pub fn dialed(
+        &mut self,
+        addr: SocketAddr,
+        outcome: Result<NodeId, String>,
+        now: Instant,
+        now_ms: u64,
+        jitter: f64,
+    ) {
+        let Some(entry) = self.entries.get_mut(&addr) else {
+            return;
+        };
+        entry.in_flight = false;
+        match outcome {
+            Ok(node_id) => {
+                entry.node_id = Some(node_id);
+                entry.failures = 0;
+                entry.last_error = None;
+                entry.last_seen_ms = now_ms;
+                entry.next_attempt = None;
+            }
+            Err(error) => {
+                entry.failures = entry.failures.saturating_add(1);
+                entry.last_error = Some(error);
+                entry.next_attempt = Some(now + backoff(entry.failures, jitter));
+            }
+        }
+    }
+
+    /// Marks an address as reached (an inbound connection or a hello).
+    pub fn reached(&mut self, addr: SocketAddr, node_id: &NodeId, now_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(&addr) {
+            entry.node_id = Some(node_id.clone());
+            entry.last_seen_ms = now_ms;
+            entry.failures = 0;
+            entry.last_error = None;
+            entry.next_attempt = None;
+        }
+    }
+
+    /// Every address of a node.
+    pub fn addresses_of(&self, node_id: &NodeId) -> Vec<&AddressEntry> {
+        self.entries
+            .values()
+            .filter(|entry| entry.node_id.as_ref() == Some(node_id))
+            .collect()
+    }
+
+    /// Every entry, for `scout peers` and `scout doctor`.
+    pub fn views(&self) -> Vec<AddressView> {
+        self.entries.values().map(view).collect()
+    }
+
+    /// Number of addresses.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the book is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() > ADDRESSES_MAX {
+            let oldest = self
+                .entries
+                .values()
+                .filter(|entry| !entry.sources.iter().any(|source| source.is_configured()))
+                .min_by_key(|entry| entry.last_seen_ms)
+                .map(|entry| entry.addr);
+            match oldest {
+                Some(addr) => {
+                    self.entries.remove(&addr);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// The view of one entry.
+pub fn view(entry: &AddressEntry) -> AddressView {
+    AddressView {
+        addr: entry.addr.to_string(),
+        sources: entry.sources.iter().copied().collect(),
+        node_id: entry.node_id.as_ref().map(ToString::to_string),
+        first_seen_ms: entry.first_seen_ms,
+        last_seen_ms: entry.last_seen_ms,
+        failures: entry.failures,
+        last_error: entry.last_error.clone(),
+    }
+}
+
+/// Exponential backoff with ±25% jitter, between the bounds.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let base = DIAL_BACKOFF_MIN
+        .saturating_mul(1 << exponent)
+        .min(DIAL_BACKOFF_MAX);
+    let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
+    base.mul_f64(factor)
+        .clamp(DIAL_BACKOFF_MIN, DIAL_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn node(byte: u8) -> NodeId {
+        NodeId::from_bytes([byte; 16])
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(backoff(1, 0.5), DIAL_BACKOFF_MIN);
+        assert!(backoff(3, 0.5) > backoff(2, 0.5));
+        assert_eq!(backoff(100, 1.0), DIAL_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn connected_and_self_addresses_are_not_dialed() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        book.add(addr(1), AddressSource::Seed, None, 0);
+        book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
+        book.add(addr(3), AddressSource::Learned, Some(node(9)), 0);
+        let connected: HashSet<NodeId> = [node(2)].into();
+        let due = book.due(now, &node(9), &connected, 16);
+        assert_eq!(due, vec![(addr(1), None)]);
+        // In flight: not handed out twice.
+        assert!(book.due(now, &node(9), &connected, 16).is_empty());
+    }
+
+    #[test]
+    fn one_dial_per_node_at_a_time() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        book.add(addr(1), AddressSource::Learned, Some(node(2)), 0);
+        book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
+        let due = book.due(now, &node(9), &HashSet::new(), 16);
+        assert_eq!(due.len(), 1);
+        assert!(book.due(now, &node(9), &HashSet::new(), 16).is_empty());
+        book.dialed(due[0].0, Err("refused".into()), now, 0, 0.5);
+        assert_eq!(book.due(now, &node(9), &HashSet::new(), 16).len(), 1);
+    }
+
+    #[test]
+    fn failures_back_off_but_a_lonely_broker_retries_seeds() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        book.add(addr(1), AddressSource::Seed, None, 0);
+        book.add(addr(2), AddressSource::Learned, None, 0);
+        for _ in 0..10 {
+            book.due(now, &node(9), &[node(5)].into(), 16);
+            book.dialed(addr(1), Err("refused".into()), now, 0, 0.5);
+            book.dialed(addr(2), Err("refused".into()), now, 0, 0.5);
+        }
+        assert!(book.due(now, &node(9), &[node(5)].into(), 16).is_empty());
+        let alone = book.due(now, &node(9), &HashSet::new(), 16);
+        assert_eq!(alone, vec![(addr(1), None)]);
+    }
+
+    #[test]
+    fn learned_addresses_are_evicted_first() {
+        let mut book = AddressBook::default();
+        book.add(addr(1), AddressSource::Seed, None, 0);
+        for port in 0..ADDRESSES_MAX as u16 + 5 {
+            book.add(
+                addr(1000 + port),
+                AddressSource::Learned,
+                None,
+                u64::from(port) + 1,
+            );
+        }
+        assert_eq!(book.len(), ADDRESSES_MAX);
+        assert!(
+            book.views()
+                .iter()
+                .any(|view| view.addr == addr(1).to_string())
+        );
+    }
+}

@@ -1,0 +1,752 @@
+//! Connections: accepting and dialing, the hello that makes a peer count as
+//! connected, one connection per pair of brokers, and serving each peer's
+//! streams (one request per bidirectional stream).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, VarInt};
+use rand::Rng;
+use scout_mesh::membership;
+use scout_mesh::names::{Label, NamePart};
+use scout_mesh::transport::close_code;
+use scout_mesh::transport::endpoint::{peer_key, read_request, request, respond};
+use scout_mesh::transport::{MeshEndpoint, Trust, TrustPolicy};
+use scout_mesh::wire::{
+    AdmissionBody, AdmissionMethod, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame, MeshId,
+    NodeId, PROTOCOL_VERSION, RecordBody,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::address_book::AddressSource;
+use super::{Mesh, Shared};
+use crate::store;
+
+/// Sync messages queued for one peer at most. A peer that cannot keep up
+/// loses pushes, which anti-entropy repairs; memory stays bounded.
+pub const PEER_SEND_QUEUE_MAX: usize = 1024;
+
+/// Inbound handshakes in progress at most; more are refused at once, so a
+/// flood of connection attempts cannot exhaust the broker.
+pub const INBOUND_HANDSHAKES_MAX: usize = 64;
+
+/// Dials in flight at most.
+pub const DIALS_IN_FLIGHT_MAX: usize = 16;
+
+/// Streams a new connection may open before its hello (a join, then the
+/// hello); anything beyond is a protocol error.
+const OPENING_STREAMS_MAX: usize = 3;
+
+/// How often seeds are resolved again (DNS names may move).
+const SEED_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A connected peer.
+#[derive(Debug)]
+pub struct Peer {
+    /// The one live connection.
+    pub connection: Connection,
+    /// Its node name.
+    pub node_name: String,
+    /// Whether this broker dialed it.
+    pub dialed_by_us: bool,
+    /// The address it is connected at.
+    pub addr: SocketAddr,
+    /// Unix ms when connected.
+    pub connected_at_ms: u64,
+    /// Its send queue.
+    pub sender: mpsc::Sender<scout_mesh::wire::SyncMessage>,
+}
+
+/// This broker's hello.
+pub fn our_hello(shared: &Shared) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id: shared.identity.node_id.clone(),
+        node_name: shared.identity.node_name.as_str().to_owned(),
+        mesh_id: shared.mesh_id(),
+        addresses: shared.announce.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Checks a peer's hello against its TLS key and our mesh.
+fn check_hello(
+    shared: &Shared,
+    key: &[u8; 32],
+    hello: &Hello,
+) -> Result<(), (&'static str, String)> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err((
+            "UNSUPPORTED_VERSION",
+            format!(
+                "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        ));
+    }
+    if hello.node_id != NodeId::of_public_key(key) {
+        return Err((
+            "BAD_HELLO",
+            "the hello's node id does not belong to the TLS key".into(),
+        ));
+    }
+    if hello.node_id == shared.identity.node_id {
+        return Err(("SELF_PEER", "this is the broker itself".into()));
+    }
+    if hello.mesh_id != shared.mesh_id() {
+        return Err((
+            "WRONG_MESH",
+            format!(
+                "mesh {} is not this broker's mesh {}",
+                hello.mesh_id,
+                shared.mesh_id()
+            ),
+        ));
+    }
+    if Label::parse(&hello.node_name, NamePart::Node).is_err() {
+        return Err((
+            "BAD_HELLO",
+            "the hello's node name is not a valid name".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let handshakes = Arc::new(Semaphore::new(INBOUND_HANDSHAKES_MAX));
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Some(incoming) = incoming else {
+            return;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(addr = %incoming.remote_address(), "too many handshakes in progress; refused");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle_incoming(shared, incoming).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let addr = incoming.remote_address();
+    let connection = match shared.endpoint.handshake(incoming).await {
+        Ok(connection) => connection,
+        Err(err) => {
+            if shared.should_warn_refusal(addr.ip()) {
+                tracing::warn!(%addr, code = err.code(), cause = %err, "inbound handshake failed (repeats from this address are logged at debug for a minute)");
+            } else {
+                tracing::debug!(%addr, code = err.code(), cause = %err, "inbound handshake failed");
+            }
+            return;
+        }
+    };
+    let Some(key) = peer_key(&connection) else {
+        connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no peer key");
+        return;
+    };
+    let timeout = shared.config.transport.handshake_timeout;
+    for _ in 0..OPENING_STREAMS_MAX {
+        let accepted = tokio::time::timeout(timeout, connection.accept_bi()).await;
+        let Ok(Ok((mut send, mut recv))) = accepted else {
+            connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no hello");
+            return;
+        };
+        let refuse =
+            |code: u32, reason: &'static [u8]| connection.close(VarInt::from_u32(code), reason);
+        match read_request(&mut recv).await {
+            Ok(MeshFrame::Join(join)) => {
+                let answer = handle_join(&shared, &key, join).await;
+                let refused = matches!(answer, MeshFrame::Error(_));
+                let _ = respond(&mut send, &answer).await;
+                if refused {
+                    // Give the answer a moment to leave before closing.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                    refuse(close_code::UNKNOWN_PEER, b"join refused");
+                    return;
+                }
+            }
+            Ok(MeshFrame::Hello(hello)) => {
+                let verdict = match shared.trust.trust(&key) {
+                    Trust::Member => check_hello(&shared, &key, &hello),
+                    Trust::Revoked => {
+                        Err(("REVOKED_PEER", "this node was revoked from the mesh".into()))
+                    }
+                    Trust::Unknown => Err((
+                        "UNKNOWN_PEER",
+                        "this node is not a member of the mesh".into(),
+                    )),
+                };
+                if let Err((code, message)) = verdict {
+                    tracing::warn!(%addr, code, node = %hello.node_name, "refused a hello: {message}");
+                    let _ = respond(&mut send, &MeshFrame::error(code, message)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                    let close = match code {
+                        "REVOKED_PEER" => close_code::REVOKED_PEER,
+                        "UNKNOWN_PEER" => close_code::UNKNOWN_PEER,
+                        _ => close_code::PROTOCOL,
+                    };
+                    refuse(close, b"hello refused");
+                    return;
+                }
+                let _ = respond(&mut send, &MeshFrame::HelloAck(our_hello(&shared))).await;
+                register(&shared, connection, hello, false, addr);
+                return;
+            }
+            Ok(other) => {
+                let _ = respond(
+                    &mut send,
+                    &MeshFrame::error("HELLO_REQUIRED", format!("`{}` before hello", other.name())),
+                )
+                .await;
+                refuse(close_code::PROTOCOL, b"hello required");
+                return;
+            }
+            Err(err) => {
+                let _ = respond(&mut send, &MeshFrame::error(err.code(), err.to_string())).await;
+                refuse(close_code::PROTOCOL, b"bad frame");
+                return;
+            }
+        }
+    }
+    connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no hello");
+}
+
+/// The inviter's side of a join.
+async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) -> MeshFrame {
+    let joiner = NodeId::of_public_key(key);
+    let Ok(name) = Label::parse(&join.node_name, NamePart::Node) else {
+        return MeshFrame::error("BAD_JOIN", "the joiner's node name is not a valid name");
+    };
+    let now = shared.now_ms();
+    let invite_id = join.invite_id;
+    let issued = match shared
+        .store
+        .read(|c| store::mesh::get_invite(c, &invite_id))
+    {
+        Ok(issued) => issued,
+        Err(err) => return MeshFrame::error(err.code(), err.to_string()),
+    };
+    if let Err(refused) = membership::check_join(issued.as_ref(), &join, &joiner, now) {
+        tracing::warn!(node = %name, %joiner, code = refused.code(), "refused a join");
+        return MeshFrame::error(refused.code(), refused.to_string());
+    }
+    let used_by = joiner.clone();
+    if let Err(err) = shared
+        .store
+        .write(move |tx| store::mesh::mark_invite_used(tx, &invite_id, &used_by))
+        .await
+    {
+        return MeshFrame::error(err.code(), err.to_string());
+    }
+    let body = RecordBody::Admission(AdmissionBody {
+        public_key: *key,
+        node_name: name.as_str().to_owned(),
+        admitted_by: shared.identity.node_id.clone(),
+        method: AdmissionMethod::Invite,
+    });
+    let admitted = shared.with_replica(|replica| {
+        let result = replica.put(now, joiner.as_str(), body);
+        shared.trust.refresh(replica.registry());
+        result
+    });
+    if let Err(err) = admitted {
+        return MeshFrame::error("BAD_JOIN", err.to_string());
+    }
+    match shared
+        .store
+        .read(|c| store::mesh::open_invites_until(c, now))
+    {
+        Ok(until) => shared.trust.set_join_window_until(until.unwrap_or(0)),
+        Err(err) => tracing::warn!(cause = %err, "cannot read open invites"),
+    }
+    tracing::info!(node = %name, %joiner, "admitted a broker with an invite");
+    MeshFrame::JoinAccepted(JoinAccepted {
+        mesh_id: shared.mesh_id(),
+        admitted_by: shared.identity.node_id.clone(),
+    })
+}
+
+/// Makes a connection the one live connection to its peer, or closes it if
+/// the other one wins the tie (the connection dialed by the smaller node id
+/// survives, which both sides compute alike).
+fn register(
+    shared: &Arc<Shared>,
+    connection: Connection,
+    hello: Hello,
+    dialed_by_us: bool,
+    addr: SocketAddr,
+) {
+    let id = hello.node_id.clone();
+    let now = shared.now_ms();
+    let (sender, queue) = mpsc::channel(PEER_SEND_QUEUE_MAX);
+    let replaced = {
+        let mut peers = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let we_dial_preferred = shared.identity.node_id < id;
+        if let Some(existing) = peers.get(&id) {
+            let new_preferred = dialed_by_us == we_dial_preferred;
+            let existing_preferred = existing.dialed_by_us == we_dial_preferred;
+            if existing_preferred && !new_preferred && existing.connection.close_reason().is_none()
+            {
+                connection.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                return;
+            }
+        }
+        let replaced = peers.remove(&id);
+        if let Some(old) = &replaced {
+            old.connection
+                .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+        }
+        peers.insert(
+            id.clone(),
+            Peer {
+                connection: connection.clone(),
+                node_name: hello.node_name.clone(),
+                dialed_by_us,
+                addr,
+                connected_at_ms: now,
+                sender,
+            },
+        );
+        replaced.is_some()
+    };
+    {
+        let mut book = shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let source = if dialed_by_us {
+            AddressSource::Learned
+        } else {
+            AddressSource::Inbound
+        };
+        if dialed_by_us {
+            book.add(addr, source, Some(id.clone()), now);
+        }
+        book.reached(addr, &id, now);
+        for announced in hello
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+        {
+            if !shared.announce.contains(&announced) {
+                book.add(announced, AddressSource::Learned, Some(id.clone()), now);
+            }
+        }
+    }
+    // Whatever was queued on a replaced connection is lost with it: a
+    // disconnect and connect start a fresh digest exchange on the new one.
+    let refused = shared.with_replica(|replica| {
+        if replaced {
+            replica.handle_disconnected(&id);
+        }
+        replica.handle_connected(now, id.clone())
+    });
+    if let Err(refused) = refused {
+        tracing::warn!(peer = %hello.node_name, %addr, code = refused.code(), "peer may not sync: {refused}");
+    }
+    tracing::info!(
+        peer = %hello.node_name,
+        node_id = %id,
+        %addr,
+        direction = if dialed_by_us { "out" } else { "in" },
+        "peer connected"
+    );
+    tokio::spawn(send_loop(
+        shared.clone(),
+        connection.clone(),
+        id.clone(),
+        queue,
+    ));
+    tokio::spawn(serve_streams(
+        shared.clone(),
+        connection.clone(),
+        id.clone(),
+    ));
+    tokio::spawn(watch_close(shared.clone(), connection, id, hello.node_name));
+}
+
+async fn send_loop(
+    shared: Arc<Shared>,
+    connection: Connection,
+    peer: NodeId,
+    mut queue: mpsc::Receiver<scout_mesh::wire::SyncMessage>,
+) {
+    let timeout = shared.config.transport.request_timeout;
+    while let Some(message) = queue.recv().await {
+        match request(&connection, &MeshFrame::Sync(message), timeout).await {
+            Ok(MeshFrame::SyncAck) => {}
+            Ok(MeshFrame::Error(error)) => {
+                tracing::warn!(%peer, code = %error.code, "peer refused a sync message: {}", error.message);
+            }
+            Ok(other) => tracing::warn!(%peer, answer = other.name(), "unexpected answer to sync"),
+            Err(err) => {
+                if connection.close_reason().is_some() {
+                    return;
+                }
+                tracing::debug!(%peer, cause = %err, "sync message not delivered; anti-entropy will repair");
+            }
+        }
+    }
+}
+
+async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId) {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let answer = match read_request(&mut recv).await {
+                Ok(frame) => handle_request(&shared, &peer, frame),
+                Err(err) => {
+                    tracing::warn!(%peer, code = err.code(), cause = %err, "bad frame from a peer");
+                    MeshFrame::error(err.code(), err.to_string())
+                }
+            };
+            let _ = respond(&mut send, &answer).await;
+        });
+    }
+}
+
+/// Answers one request from a connected peer.
+fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> MeshFrame {
+    match frame {
+        MeshFrame::Sync(message) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let records = match &message {
+                scout_mesh::wire::SyncMessage::Push { records } => records.len(),
+                scout_mesh::wire::SyncMessage::Delta { records, .. } => records.len(),
+                scout_mesh::wire::SyncMessage::Digest { .. } => 0,
+            };
+            shared.stats.messages_received.fetch_add(1, Relaxed);
+            shared
+                .stats
+                .records_received
+                .fetch_add(records as u64, Relaxed);
+            let now = shared.now_ms();
+            shared.with_replica(|replica| replica.handle_message(now, peer.clone(), message));
+            MeshFrame::SyncAck
+        }
+        MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },
+        other => MeshFrame::error(
+            "UNEXPECTED_FRAME",
+            format!(
+                "`{}` is not a request a connected peer may send",
+                other.name()
+            ),
+        ),
+    }
+}
+
+async fn watch_close(shared: Arc<Shared>, connection: Connection, peer: NodeId, name: String) {
+    let reason = connection.closed().await;
+    let removed = {
+        let mut peers = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let same = peers
+            .get(&peer)
+            .is_some_and(|current| current.connection.stable_id() == connection.stable_id());
+        if same {
+            peers.remove(&peer);
+        }
+        same
+    };
+    if removed {
+        shared.with_replica(|replica| replica.handle_disconnected(&peer));
+        tracing::info!(peer = %name, node_id = %peer, cause = %reason, "peer disconnected");
+    }
+}
+
+/// Dials addresses as they come due, until shutdown.
+pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(shared.config.dial_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resolve: Option<tokio::time::Instant> = None;
+    let in_flight = Arc::new(Semaphore::new(DIALS_IN_FLIGHT_MAX));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = tokio::time::Instant::now();
+        if last_resolve.is_none_or(|at| now.duration_since(at) >= SEED_RESOLVE_INTERVAL) {
+            last_resolve = Some(now);
+            resolve_seeds(&shared).await;
+        }
+        learn_from_registry(&shared);
+        let connected: HashSet<NodeId> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let due = shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .due(
+                now,
+                &shared.identity.node_id,
+                &connected,
+                in_flight.available_permits(),
+            );
+        for (addr, pinned) in due {
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                break;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let outcome = dial(&shared, addr, pinned).await;
+                let jitter = rand::thread_rng().r#gen::<f64>();
+                let now_ms = shared.now_ms();
+                let mut book = shared
+                    .book
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                match outcome {
+                    Ok(id) => {
+                        book.dialed(addr, Ok(id), tokio::time::Instant::now(), now_ms, jitter)
+                    }
+                    Err(DialError::SelfPeer) => {
+                        book.dialed(
+                            addr,
+                            Ok(shared.identity.node_id.clone()),
+                            tokio::time::Instant::now(),
+                            now_ms,
+                            jitter,
+                        );
+                    }
+                    Err(DialError::Failed(error)) => {
+                        tracing::debug!(%addr, cause = %error, "dial failed");
+                        book.dialed(
+                            addr,
+                            Err(error),
+                            tokio::time::Instant::now(),
+                            now_ms,
+                            jitter,
+                        );
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn resolve_seeds(shared: &Shared) {
+    let now = shared.now_ms();
+    for seed in &shared.config.seeds {
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::lookup_host(seed.as_str()),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(addrs)) => {
+                let mut book = shared
+                    .book
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                for addr in addrs {
+                    if !shared.announce.contains(&addr) {
+                        book.add(addr, AddressSource::Seed, None, now);
+                    }
+                }
+            }
+            Ok(Err(err)) => tracing::debug!(%seed, cause = %err, "seed does not resolve"),
+            Err(_) => tracing::debug!(%seed, "seed resolution timed out"),
+        }
+    }
+}
+
+/// Feeds the members' announced addresses into the book.
+fn learn_from_registry(shared: &Shared) {
+    let now = shared.now_ms();
+    let learned: Vec<(NodeId, Vec<SocketAddr>)> = {
+        let replica = shared
+            .replica
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let registry = replica.registry();
+        registry
+            .nodes()
+            .into_iter()
+            .filter(|entry| {
+                *entry.node_id != shared.identity.node_id && registry.is_member(entry.node_id)
+            })
+            .map(|entry| {
+                let addrs = entry
+                    .body
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                (entry.node_id.clone(), addrs)
+            })
+            .collect()
+    };
+    let mut book = shared
+        .book
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    for (id, addrs) in learned {
+        for addr in addrs {
+            book.add(addr, AddressSource::Learned, Some(id.clone()), now);
+        }
+    }
+}
+
+enum DialError {
+    SelfPeer,
+    Failed(String),
+}
+
+async fn dial(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    pinned: Option<[u8; 32]>,
+) -> Result<NodeId, DialError> {
+    let connection = shared
+        .endpoint
+        .connect(addr, pinned)
+        .await
+        .map_err(|err| DialError::Failed(format!("{}: {err}", err.code())))?;
+    hello_on(shared, connection, addr).await
+}
+
+/// Sends our hello on an established connection and registers the peer.
+async fn hello_on(
+    shared: &Arc<Shared>,
+    connection: Connection,
+    addr: SocketAddr,
+) -> Result<NodeId, DialError> {
+    let Some(key) = peer_key(&connection) else {
+        return Err(DialError::Failed("the peer presented no key".into()));
+    };
+    if NodeId::of_public_key(&key) == shared.identity.node_id {
+        connection.close(VarInt::from_u32(close_code::SHUTDOWN), b"self");
+        return Err(DialError::SelfPeer);
+    }
+    let timeout = shared.config.transport.request_timeout;
+    let answer = request(&connection, &MeshFrame::Hello(our_hello(shared)), timeout)
+        .await
+        .map_err(|err| DialError::Failed(format!("{}: {err}", err.code())))?;
+    match answer {
+        MeshFrame::HelloAck(hello) => {
+            if let Err((code, message)) = check_hello(shared, &key, &hello) {
+                connection.close(VarInt::from_u32(close_code::PROTOCOL), b"bad hello");
+                return Err(DialError::Failed(format!("{code}: {message}")));
+            }
+            let id = hello.node_id.clone();
+            register(shared, connection, hello, true, addr);
+            Ok(id)
+        }
+        MeshFrame::Error(error) if error.code == "SELF_PEER" => Err(DialError::SelfPeer),
+        MeshFrame::Error(error) => {
+            tracing::warn!(%addr, code = %error.code, "a peer refused our hello: {}", error.message);
+            Err(DialError::Failed(format!(
+                "{}: {}",
+                error.code, error.message
+            )))
+        }
+        other => Err(DialError::Failed(format!(
+            "unexpected answer `{}` to hello",
+            other.name()
+        ))),
+    }
+}
+
+/// The joiner's side: reaches the inviter (pinning its key) and presents
+/// the invite. Returns the connection, still open, and the inviter's answer.
+pub async fn join_exchange(
+    endpoint: &MeshEndpoint,
+    invite: &Invite,
+    node_name: &Label,
+    addresses: Vec<String>,
+) -> anyhow::Result<(Connection, SocketAddr, JoinAccepted)> {
+    let request_frame = MeshFrame::Join(JoinRequest {
+        invite_id: invite.invite_id,
+        secret: invite.secret,
+        node_name: node_name.as_str().to_owned(),
+        addresses,
+    });
+    let mut errors = Vec::new();
+    for address in &invite.addresses {
+        let Ok(addr) = address.parse::<SocketAddr>() else {
+            errors.push(format!("{address}: not an address"));
+            continue;
+        };
+        let connection = match endpoint.connect(addr, Some(invite.inviter_key)).await {
+            Ok(connection) => connection,
+            Err(err) => {
+                errors.push(format!("{addr}: {err}"));
+                continue;
+            }
+        };
+        let answer = request(
+            &connection,
+            &request_frame,
+            endpoint.config().request_timeout,
+        )
+        .await;
+        match answer {
+            Ok(MeshFrame::JoinAccepted(accepted)) if accepted.mesh_id == invite.mesh_id => {
+                return Ok((connection, addr, accepted));
+            }
+            Ok(MeshFrame::JoinAccepted(_)) => {
+                anyhow::bail!("the inviter answered for another mesh")
+            }
+            Ok(MeshFrame::Error(error)) => anyhow::bail!("the inviter refused: {}", error.message),
+            Ok(other) => anyhow::bail!("the inviter answered `{}`", other.name()),
+            Err(err) => errors.push(format!("{addr}: {err}")),
+        }
+    }
+    anyhow::bail!("cannot reach the inviter: {}", errors.join("; "))
+}
+
+/// Joins from a running broker: the exchange, the switch to the new mesh,
+/// then a hello on the same connection so sync starts at once.
+pub async fn join_running(
+    shared: &Arc<Shared>,
+    mesh: &Mesh,
+    invite: Invite,
+) -> anyhow::Result<MeshId> {
+    let now = shared.now_ms();
+    if invite.expires_at_ms < now {
+        anyhow::bail!(
+            "INVITE_EXPIRED: the invite expired; ask for a new one with `scout mesh invite`"
+        );
+    }
+    if invite.inviter == shared.identity.node_id {
+        anyhow::bail!(
+            "this broker issued the invite; run `scout mesh join` on the joining machine"
+        );
+    }
+    let (connection, addr, accepted) = join_exchange(
+        &shared.endpoint,
+        &invite,
+        &shared.identity.node_name,
+        shared.announce.iter().map(ToString::to_string).collect(),
+    )
+    .await?;
+    mesh.switch_mesh(&invite).await?;
+    if let Err(DialError::Failed(error)) = hello_on(shared, connection, addr).await {
+        tracing::warn!(%addr, cause = %error, "joined, but the first hello failed; the dialer will retry");
+    }
+    tracing::info!(mesh = %accepted.mesh_id, inviter = %accepted.admitted_by, "joined a mesh");
+    Ok(accepted.mesh_id)
+}

@@ -1,0 +1,935 @@
+//! The broker's mesh: the sync replica (pure core), the QUIC endpoint and
+//! the store, wired together.
+//!
+//! Code map:
+//! - this file: [`Mesh`] (start, the views behind `scout peers` and
+//!   `scout agents list`, invite, join, revoke, publishing local agents).
+//! - [`connections`]: accept and dial, the hello, one connection per peer,
+//!   serving each peer's streams, per-peer send queues.
+//! - [`driver`]: drains the replica's outputs in order (persist before push)
+//!   and runs its timers.
+//! - [`trust`]: the membership snapshot the TLS verifiers consult.
+//! - [`address_book`]: where peers may be reached, with backoff.
+//! - [`offline`]: the same registry edits for CLI commands when no broker runs.
+//!
+//! Architecture invariant: the replica is the only writer of registry
+//! records; everything that changes the registry goes through it, here or in
+//! [`offline`] under the home lock, never both at once.
+
+pub mod address_book;
+pub mod connections;
+pub mod driver;
+pub mod offline;
+pub mod trust;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng;
+use scout_mesh::lifecycle::EndpointState;
+use scout_mesh::membership::{self, InviteRequest};
+use scout_mesh::names::Label;
+use scout_mesh::sync::{Replica, SyncConfig};
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
+use scout_mesh::wire::{
+    AdmissionBody, AdmissionMethod, InstanceBody, Invite, MeshId, NodeBody, NodeId,
+    PROTOCOL_VERSION, RecordBody, RecordKind, RevocationBody,
+};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::discover::LocalAgent;
+use crate::config::json_file::JsonFile;
+use crate::config::mesh_file::{BootstrapPeer, MeshFile};
+use crate::home::Home;
+use crate::store::{self, Store};
+use address_book::{AddressBook, AddressSource, AddressView};
+use connections::Peer;
+use trust::MeshTrust;
+
+/// The wall clock as the mesh sees it; netsim substitutes a simulated one.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Unix milliseconds now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(store::unix_ms_now()).unwrap_or(0)
+    }
+}
+
+/// A UDP socket to run on instead of binding one (netsim's simulated socket).
+#[derive(Debug, Clone)]
+pub struct SocketOverride {
+    /// The socket.
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// The runtime quinn drives it with.
+    pub runtime: Arc<dyn quinn::Runtime>,
+}
+
+/// How the mesh runs.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Where to bind the UDP socket.
+    pub bind: SocketAddr,
+    /// Seeds (`host:port`), re-resolved on every dial round.
+    pub seeds: Vec<String>,
+    /// QUIC timeouts.
+    pub transport: TransportConfig,
+    /// Sync tunables.
+    pub sync: SyncConfig,
+    /// How often the dialer looks for addresses due.
+    pub dial_interval: Duration,
+    /// The HTTP port, announced in the node record.
+    pub http_port: u16,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// A socket to use instead of binding `bind`.
+    pub socket: Option<SocketOverride>,
+}
+
+impl MeshConfig {
+    /// Defaults for a real broker on `bind`.
+    pub fn new(bind: SocketAddr, seeds: Vec<String>, http_port: u16) -> MeshConfig {
+        MeshConfig {
+            bind,
+            seeds,
+            transport: TransportConfig::default(),
+            sync: SyncConfig {
+                seed: rand::thread_rng().r#gen(),
+                ..SyncConfig::default()
+            },
+            dial_interval: DIAL_INTERVAL,
+            http_port,
+            clock: Arc::new(SystemClock),
+            socket: None,
+        }
+    }
+}
+
+/// How often the dialer wakes to look for addresses due a dial.
+pub const DIAL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Who this broker is, for the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshIdentity {
+    /// Node id (derived from the key).
+    pub node_id: NodeId,
+    /// Node name.
+    pub node_name: Label,
+    /// The key, for TLS.
+    pub key: NodeKey,
+}
+
+/// State shared by the mesh's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) identity: MeshIdentity,
+    pub(crate) home: Home,
+    pub(crate) store: Store,
+    pub(crate) endpoint: MeshEndpoint,
+    pub(crate) config: MeshConfig,
+    pub(crate) mesh_id: Mutex<MeshId>,
+    pub(crate) replica: Mutex<Replica>,
+    pub(crate) kick: Notify,
+    pub(crate) peers: Mutex<HashMap<NodeId, Peer>>,
+    pub(crate) book: Mutex<AddressBook>,
+    pub(crate) trust: Arc<MeshTrust>,
+    pub(crate) announce: Vec<SocketAddr>,
+    pub(crate) local_agents: Mutex<Vec<LocalAgent>>,
+    pub(crate) stats: SyncStats,
+    /// Bumped after every change to the replica, for waiters.
+    pub(crate) changes: watch::Sender<u64>,
+    pub(crate) refusals: Mutex<HashMap<std::net::IpAddr, tokio::time::Instant>>,
+}
+
+/// Counters of what sync moved, for `/v1/mesh` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Sync messages received from peers.
+    pub messages_received: std::sync::atomic::AtomicU64,
+    /// Registry records received in pushes and deltas.
+    pub records_received: std::sync::atomic::AtomicU64,
+}
+
+/// How often one address's refused handshakes are logged as warnings: a
+/// stranger retrying every second must not flood the log.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Addresses whose refusals are remembered for rate limiting.
+const REFUSAL_LOG_ADDRESSES_MAX: usize = 256;
+
+impl Shared {
+    /// Unix ms now, from the mesh's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// Wakes the driver to drain replica outputs.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Runs `f` on the replica, then wakes the driver.
+    pub fn with_replica<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        let result = {
+            let mut replica = self
+                .replica
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            f(&mut replica)
+        };
+        self.kick();
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+        result
+    }
+
+    /// Whether a refusal from `ip` should be logged as a warning now (at
+    /// most once per [`REFUSAL_LOG_INTERVAL`] per address).
+    pub fn should_warn_refusal(&self, ip: std::net::IpAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if refusals.len() >= REFUSAL_LOG_ADDRESSES_MAX {
+            refusals.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+        }
+        match refusals.get(&ip) {
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+            _ => {
+                refusals.insert(ip, now);
+                true
+            }
+        }
+    }
+
+    /// The current mesh id.
+    pub fn mesh_id(&self) -> MeshId {
+        *self
+            .mesh_id
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// A running mesh. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    shared: Arc<Shared>,
+}
+
+/// One member as `scout peers` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerView {
+    /// Node id.
+    pub node_id: String,
+    /// Node name.
+    pub name: String,
+    /// `connected`, `unreachable` or `revoked`.
+    pub state: String,
+    /// Addresses and where each came from.
+    pub addresses: Vec<AddressView>,
+    /// Unix ms the peer was last heard from (its record, or a connection).
+    pub last_seen_ms: Option<u64>,
+    /// Round-trip time of the live connection.
+    pub rtt_ms: Option<f64>,
+    /// Unix ms when the live connection was made.
+    pub connected_since_ms: Option<u64>,
+}
+
+/// An agent instance anywhere in the mesh.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InstanceView {
+    /// `@def@node#ws`.
+    pub name: String,
+    /// The owner's node id.
+    pub owner: String,
+    /// Whether the owner is this broker.
+    pub local: bool,
+    /// The harness.
+    pub harness: String,
+    /// The endpoint state as its owner last published it (`unreachable` when
+    /// the owner is a disconnected peer).
+    pub state: String,
+    /// Flights it is working on.
+    pub active_flights: u32,
+    /// Its working directory on its owner.
+    pub cwd: String,
+}
+
+/// What `scout mesh invite` returns.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct IssuedCode {
+    /// The code to give the joining machine.
+    pub code: String,
+    /// Unix ms after which it is refused.
+    pub expires_at_ms: u64,
+    /// Where the joiner will dial.
+    pub addresses: Vec<String>,
+}
+
+impl Mesh {
+    /// Starts the mesh: restores the registry from the store, binds the
+    /// endpoint, publishes this node and its agents, and spawns the tasks
+    /// into `tasks`; they stop when `shutdown` turns true.
+    pub async fn start(
+        home: &Home,
+        identity: MeshIdentity,
+        store: Store,
+        config: MeshConfig,
+        agents: Vec<LocalAgent>,
+        shutdown: watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<Mesh> {
+        let mesh_file =
+            offline::ensure_mesh(home, &identity, &store, config.clock.now_ms()).await?;
+        let mesh_id = MeshId::parse(&mesh_file.mesh_id).context("mesh.json has a bad mesh id")?;
+        let stored = store.read(store::mesh::load_registry)?;
+        if stored.skipped > 0 {
+            tracing::warn!(
+                rows = stored.skipped,
+                "skipped registry rows that do not decode; peers will resend them"
+            );
+        }
+        let replica = Replica::restore(
+            identity.node_id.clone(),
+            identity.node_name.clone(),
+            config.sync.clone(),
+            stored.records,
+            stored.vv,
+        );
+        let trust = Arc::new(MeshTrust::default());
+        trust.refresh(replica.registry());
+        let now_ms = config.clock.now_ms();
+        if let Some(until) = store.read(|c| store::mesh::open_invites_until(c, now_ms))? {
+            trust.set_join_window_until(until);
+        }
+
+        let endpoint = match &config.socket {
+            Some(over) => MeshEndpoint::with_socket(
+                over.socket.clone(),
+                over.runtime.clone(),
+                identity.key.clone(),
+                trust.clone(),
+                config.transport.clone(),
+            )?,
+            None => MeshEndpoint::bind(
+                config.bind,
+                identity.key.clone(),
+                trust.clone(),
+                config.transport.clone(),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open the mesh port {} (set mesh_port in settings.json, or another broker uses it)",
+                    config.bind
+                )
+            })?,
+        };
+        let local = endpoint
+            .local_addr()
+            .context("the mesh socket has no address")?;
+        let announce = announce_addresses(local);
+
+        let mut book = AddressBook::default();
+        for peer in &mesh_file.bootstrap {
+            if let (Ok(addr), Some(key)) = (peer.address.parse(), parse_key(&peer.public_key)) {
+                book.add(addr, AddressSource::Invite, None, now_ms);
+                book.pin(addr, key);
+                trust.pin(key);
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            identity,
+            home: home.clone(),
+            store,
+            endpoint,
+            config,
+            mesh_id: Mutex::new(mesh_id),
+            replica: Mutex::new(replica),
+            kick: Notify::new(),
+            peers: Mutex::new(HashMap::new()),
+            book: Mutex::new(book),
+            trust,
+            announce,
+            local_agents: Mutex::new(Vec::new()),
+            stats: SyncStats::default(),
+            changes: watch::channel(0).0,
+            refusals: Mutex::new(HashMap::new()),
+        });
+        let mesh = Mesh { shared };
+        mesh.publish_node();
+        mesh.publish_local_agents(agents);
+
+        tasks.spawn(driver::run(mesh.shared.clone(), shutdown.clone()));
+        tasks.spawn(connections::accept_loop(
+            mesh.shared.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(connections::dial_loop(mesh.shared.clone(), shutdown));
+        Ok(mesh)
+    }
+
+    /// The shared state (for the HTTP layer and tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The UDP address the endpoint listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.endpoint.local_addr().ok()
+    }
+
+    /// The addresses this broker announces.
+    pub fn announced(&self) -> &[SocketAddr] {
+        &self.shared.announce
+    }
+
+    /// The mesh id.
+    pub fn mesh_id(&self) -> MeshId {
+        self.shared.mesh_id()
+    }
+
+    /// Publishes (or refreshes) this node's record.
+    pub fn publish_node(&self) {
+        let shared = &self.shared;
+        let body = RecordBody::Node(NodeBody {
+            node_name: shared.identity.node_name.as_str().to_owned(),
+            addresses: shared.announce.iter().map(ToString::to_string).collect(),
+            http_port: shared.config.http_port,
+            scout_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+        });
+        let now = shared.now_ms();
+        if let Err(err) = shared.with_replica(|replica| replica.put(now, "", body)) {
+            tracing::error!(cause = %err, "cannot publish this node's record");
+        }
+    }
+
+    /// Publishes this machine's agents as instances and withdraws the ones
+    /// that are gone.
+    pub fn publish_local_agents(&self, agents: Vec<LocalAgent>) {
+        let shared = &self.shared;
+        let node_name = shared.identity.node_name.clone();
+        let now = shared.now_ms();
+        let wanted: HashMap<String, InstanceBody> = agents
+            .iter()
+            .map(|agent| {
+                (
+                    agent.instance_name(&node_name).to_string(),
+                    InstanceBody {
+                        harness: agent.harness,
+                        workspace: agent
+                            .workspace
+                            .as_ref()
+                            .map(|ws| ws.as_str().to_owned())
+                            .unwrap_or_default(),
+                        cwd: agent.cwd.display().to_string(),
+                        endpoint_state: EndpointState::Registered,
+                        active_flights: 0,
+                    },
+                )
+            })
+            .collect();
+        shared.with_replica(|replica| {
+            let own = shared.identity.node_id.clone();
+            let stale: Vec<String> = replica
+                .registry()
+                .records()
+                .filter(|record| {
+                    record.key.origin == own
+                        && record.key.kind == RecordKind::Instance
+                        && record.body.is_some()
+                        && !wanted.contains_key(&record.key.name)
+                })
+                .map(|record| record.key.name.clone())
+                .collect();
+            for name in stale {
+                if let Err(err) = replica.delete(now, RecordKind::Instance, &name) {
+                    tracing::warn!(instance = %name, cause = %err, "cannot withdraw an instance");
+                }
+            }
+            for (name, body) in &wanted {
+                if let Err(err) = replica.put(now, name, RecordBody::Instance(body.clone())) {
+                    tracing::warn!(instance = %name, cause = %err, "cannot publish an instance");
+                }
+            }
+        });
+        *shared
+            .local_agents
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = agents;
+    }
+
+    /// Every member but this broker, with connection state and addresses.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let shared = &self.shared;
+        let connected: HashMap<NodeId, (f64, u64)> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .map(|(id, peer)| {
+                (
+                    id.clone(),
+                    (
+                        peer.connection.rtt().as_secs_f64() * 1000.0,
+                        peer.connected_at_ms,
+                    ),
+                )
+            })
+            .collect();
+        let book = shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let replica = shared
+            .replica
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        peer_views(
+            replica.registry(),
+            &shared.identity.node_id,
+            &connected,
+            Some(&book),
+        )
+    }
+
+    /// Sync counters since start: (messages, records) received.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.stats;
+        (
+            stats.messages_received.load(Relaxed),
+            stats.records_received.load(Relaxed),
+        )
+    }
+
+    /// The number of live records in the registry and its state digest, for
+    /// convergence checks.
+    pub fn registry_digest(&self) -> (usize, u64) {
+        let replica = self
+            .shared
+            .replica
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        (replica.registry().len(), replica.state_digest())
+    }
+
+    /// A receiver that wakes after every change to the registry.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Runs `f` on the registry.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&scout_mesh::registry::Registry) -> T) -> T {
+        let replica = self
+            .shared
+            .replica
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        f(replica.registry())
+    }
+
+    /// UDP bytes (sent, received) on each live peer connection.
+    pub fn connection_bytes(&self) -> Vec<(NodeId, u64, u64)> {
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .map(|(id, peer)| {
+                let stats = peer.connection.stats();
+                (id.clone(), stats.udp_tx.bytes, stats.udp_rx.bytes)
+            })
+            .collect()
+    }
+
+    /// Every address in the book.
+    pub fn addresses(&self) -> Vec<AddressView> {
+        self.shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .views()
+    }
+
+    /// Every agent instance in the mesh.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let shared = &self.shared;
+        let connected: HashSet<NodeId> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let replica = shared
+            .replica
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        instance_views(
+            replica.registry(),
+            &shared.identity.node_id,
+            Some(&connected),
+        )
+    }
+
+    /// Issues a one-time invite.
+    pub async fn invite(&self, ttl: Duration) -> anyhow::Result<IssuedCode> {
+        let shared = &self.shared;
+        let now = shared.now_ms();
+        let (invite, issued) = membership::issue(
+            InviteRequest {
+                mesh_id: shared.mesh_id(),
+                inviter: shared.identity.node_id.clone(),
+                inviter_key: shared.identity.key.public_key,
+                addresses: shared.announce.iter().map(ToString::to_string).collect(),
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            },
+            now,
+            rand::thread_rng().r#gen(),
+        );
+        let to_store = issued.clone();
+        shared
+            .store
+            .write(move |tx| store::mesh::insert_invite(tx, &to_store))
+            .await?;
+        shared.trust.set_join_window_until(issued.expires_at_ms);
+        Ok(IssuedCode {
+            code: invite.to_code(),
+            expires_at_ms: invite.expires_at_ms,
+            addresses: invite.addresses,
+        })
+    }
+
+    /// Joins the mesh of an invite, leaving the current one.
+    pub async fn join(&self, invite: Invite) -> anyhow::Result<MeshId> {
+        connections::join_running(&self.shared, self, invite).await
+    }
+
+    /// Revokes a member by node id or name.
+    pub fn revoke(&self, node: &str, reason: &str) -> anyhow::Result<NodeId> {
+        let shared = &self.shared;
+        let now = shared.now_ms();
+        shared.with_replica(|replica| {
+            let target = find_member(replica, node)?;
+            if target == shared.identity.node_id {
+                anyhow::bail!("a broker cannot revoke itself");
+            }
+            let body = RecordBody::Revocation(RevocationBody {
+                reason: reason.to_owned(),
+                revoked_by: shared.identity.node_id.clone(),
+            });
+            replica.put(now, target.as_str(), body)?;
+            Ok(target)
+        })
+    }
+
+    /// Switches to another mesh (after a join): forgets the registry,
+    /// remembers the inviter, and republishes this node.
+    pub(crate) async fn switch_mesh(&self, invite: &Invite) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        offline::write_mesh_file(&shared.home, invite)?;
+        shared.store.write(store::mesh::wipe_registry).await?;
+        {
+            let mut replica = shared
+                .replica
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            *replica = Replica::new(
+                shared.identity.node_id.clone(),
+                shared.identity.node_name.clone(),
+                shared.config.sync.clone(),
+            );
+            shared.trust.refresh(replica.registry());
+        }
+        *shared
+            .mesh_id
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = invite.mesh_id;
+        shared.trust.pin(invite.inviter_key);
+        let old_peers: Vec<Peer> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .drain()
+            .map(|(_, peer)| peer)
+            .collect();
+        for peer in old_peers {
+            peer.connection.close(
+                quinn::VarInt::from_u32(scout_mesh::transport::close_code::SHUTDOWN),
+                b"left for another mesh",
+            );
+        }
+        let now = shared.now_ms();
+        {
+            let mut book = shared
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for addr in invite.addresses.iter().filter_map(|addr| addr.parse().ok()) {
+                book.add(
+                    addr,
+                    AddressSource::Invite,
+                    Some(invite.inviter.clone()),
+                    now,
+                );
+                book.pin(addr, invite.inviter_key);
+            }
+        }
+        self.publish_node();
+        let agents = shared
+            .local_agents
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        self.publish_local_agents(agents);
+        Ok(())
+    }
+
+    /// Closes the endpoint (every connection) at shutdown.
+    pub async fn close(&self) {
+        self.shared.endpoint.close();
+        // Bounded: a peer that never acknowledges the close is not waited for.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// Every member but `own` (revoked ones included), as shown to people.
+/// `connected` maps live peers to (round-trip ms, connected since ms).
+pub fn peer_views(
+    registry: &scout_mesh::registry::Registry,
+    own: &NodeId,
+    connected: &HashMap<NodeId, (f64, u64)>,
+    book: Option<&AddressBook>,
+) -> Vec<PeerView> {
+    let mut ids: Vec<NodeId> = registry.members().iter().cloned().collect();
+    for record in registry.records() {
+        if record.key.kind == RecordKind::Revocation
+            && let Ok(id) = NodeId::parse(&record.key.name)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids.retain(|id| id != own);
+    ids.sort();
+    ids.into_iter()
+        .map(|id| {
+            let admitted_name = registry.records().find_map(|record| match &record.body {
+                Some(RecordBody::Admission(admission)) if record.key.name == id.as_str() => {
+                    Some(admission.node_name.clone())
+                }
+                _ => None,
+            });
+            let name = registry
+                .node(&id)
+                .map(|node| node.node_name.clone())
+                .or(admitted_name)
+                .unwrap_or_else(|| "?".to_owned());
+            let last_record_ms = registry
+                .records()
+                .filter(|record| record.key.origin == id)
+                .map(|record| record.hlc.wall_ms)
+                .max();
+            let live = connected.get(&id);
+            let state = if registry.is_revoked(&id) {
+                "revoked"
+            } else if live.is_some() {
+                "connected"
+            } else {
+                "unreachable"
+            };
+            let addresses: Vec<AddressView> = match book {
+                Some(book) => book
+                    .addresses_of(&id)
+                    .into_iter()
+                    .map(address_book::view)
+                    .collect(),
+                None => registry
+                    .node(&id)
+                    .map(|node| {
+                        node.addresses
+                            .iter()
+                            .map(|addr| AddressView {
+                                addr: addr.clone(),
+                                sources: vec![AddressSource::Learned],
+                                node_id: Some(id.to_string()),
+                                first_seen_ms: 0,
+                                last_seen_ms: 0,
+                                failures: 0,
+                                last_error: None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            let last_seen_ms = addresses
+                .iter()
+                .map(|addr| addr.last_seen_ms)
+                .filter(|seen| *seen > 0)
+                .chain(last_record_ms)
+                .max();
+            PeerView {
+                node_id: id.to_string(),
+                name,
+                state: state.to_owned(),
+                addresses,
+                last_seen_ms,
+                rtt_ms: live.map(|(rtt, _)| *rtt),
+                connected_since_ms: live.map(|(_, since)| *since),
+            }
+        })
+        .collect()
+}
+
+/// The instances of a registry, as shown to people.
+pub fn instance_views(
+    registry: &scout_mesh::registry::Registry,
+    own: &NodeId,
+    connected: Option<&HashSet<NodeId>>,
+) -> Vec<InstanceView> {
+    let mut views: Vec<InstanceView> = registry
+        .instances()
+        .into_iter()
+        .map(|entry| {
+            let local = entry.origin == own;
+            let reachable = local || connected.is_none_or(|set| set.contains(entry.origin));
+            InstanceView {
+                name: entry.name.to_string(),
+                owner: entry.origin.to_string(),
+                local,
+                harness: entry.body.harness.to_string(),
+                state: if reachable {
+                    entry.body.endpoint_state.to_string()
+                } else {
+                    EndpointState::Unreachable.to_string()
+                },
+                active_flights: entry.body.active_flights,
+                cwd: entry.body.cwd.clone(),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
+}
+
+/// Finds a member (or revoked node) by id, id prefix or node name.
+pub fn find_member(replica: &Replica, query: &str) -> anyhow::Result<NodeId> {
+    let registry = replica.registry();
+    let query = query.trim().to_ascii_lowercase();
+    let mut known: Vec<(NodeId, String)> = Vec::new();
+    for record in registry.records() {
+        if let Some(RecordBody::Admission(admission)) = &record.body
+            && let Ok(id) = NodeId::parse(&record.key.name)
+            && !known.iter().any(|(known_id, _)| *known_id == id)
+        {
+            let name = registry
+                .node(&id)
+                .map(|node| node.node_name.clone())
+                .unwrap_or_else(|| admission.node_name.clone());
+            known.push((id, name));
+        }
+    }
+    let matches: Vec<&(NodeId, String)> = known
+        .iter()
+        .filter(|(id, name)| {
+            *name == query
+                || id.as_str() == query
+                || (query.len() >= 6 && id.as_str().starts_with(&query))
+        })
+        .collect();
+    match matches.as_slice() {
+        [(id, _)] => Ok(id.clone()),
+        [] => {
+            let names: Vec<String> = known
+                .iter()
+                .map(|(id, name)| format!("{name} ({})", &id.as_str()[..12]))
+                .collect();
+            anyhow::bail!(
+                "no member `{query}`; members: {}",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+        _ => anyhow::bail!("`{query}` names several members; use the node id"),
+    }
+}
+
+/// The addresses to announce for a socket bound at `local`: the address
+/// itself when specific, else every interface address (loopback included,
+/// for brokers sharing a machine) with the bound port.
+pub fn announce_addresses(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let port = local.port();
+    let mut addresses: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|interface| interface.ip())
+        .filter(|ip| local.is_ipv4() == ip.is_ipv4())
+        // Scoped IPv6 link-local addresses need an interface index a
+        // SocketAddr string cannot carry portably; mDNS handles those.
+        .filter(|ip| match ip {
+            std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            std::net::IpAddr::V4(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    addresses.sort_by_key(|addr| (!addr.ip().is_loopback(), *addr));
+    addresses.dedup();
+    addresses.truncate(scout_mesh::wire::HELLO_ADDRESSES_MAX);
+    if addresses.is_empty() {
+        addresses.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    addresses
+}
+
+fn parse_key(hex_key: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_key).ok()?.try_into().ok()
+}
+
+/// A bootstrap entry for `mesh.json` from an invite.
+pub fn bootstrap_of(invite: &Invite) -> Vec<BootstrapPeer> {
+    invite
+        .addresses
+        .iter()
+        .map(|address| BootstrapPeer {
+            address: address.clone(),
+            public_key: hex::encode(invite.inviter_key),
+        })
+        .collect()
+}
+
+/// The admission body a founder writes for itself.
+pub fn founder_admission(identity: &MeshIdentity) -> RecordBody {
+    RecordBody::Admission(AdmissionBody {
+        public_key: identity.key.public_key,
+        node_name: identity.node_name.as_str().to_owned(),
+        admitted_by: identity.node_id.clone(),
+        method: AdmissionMethod::Founder,
+    })
+}
+
+/// Loads `mesh.json` if the broker has one.
+pub fn load_mesh_file(home: &Home) -> anyhow::Result<Option<JsonFile<MeshFile>>> {
+    Ok(crate::config::mesh_file::load(&home.mesh_path())?)
+}

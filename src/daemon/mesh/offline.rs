@@ -1,0 +1,189 @@
+//! Mesh state changes for when no broker runs: founding a mesh at setup,
+//! joining with an invite, issuing an invite and revoking a member from the
+//! CLI. They use the same replica and the same store functions as the
+//! running broker, and run only while the caller holds the home lock, so two
+//! writers of this node's records never coexist.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng;
+use scout_mesh::membership::{self, InviteRequest};
+use scout_mesh::sync::{Output, Replica, SyncConfig};
+use scout_mesh::transport::{MeshEndpoint, TransportConfig};
+use scout_mesh::wire::{Invite, MeshId, NodeId, RecordBody, RevocationBody};
+
+use super::trust::MeshTrust;
+use super::{IssuedCode, MeshIdentity, bootstrap_of, founder_admission};
+use crate::config::json_file::JsonFile;
+use crate::config::mesh_file::{self, MeshFile};
+use crate::home::Home;
+use crate::store::{self, Store};
+
+/// Makes sure the broker belongs to a mesh: when `mesh.json` is missing,
+/// founds a new mesh with this node as its first member.
+pub async fn ensure_mesh(
+    home: &Home,
+    identity: &MeshIdentity,
+    store: &Store,
+    now_ms: u64,
+) -> anyhow::Result<MeshFile> {
+    if let Some(file) = mesh_file::load(&home.mesh_path())? {
+        return Ok(file.value);
+    }
+    let mesh_id = MeshId::founded_by(&identity.key.public_key);
+    let stored = store.read(store::mesh::load_registry)?;
+    let mut replica = Replica::restore(
+        identity.node_id.clone(),
+        identity.node_name.clone(),
+        SyncConfig::default(),
+        stored.records,
+        stored.vv,
+    );
+    replica.put(
+        now_ms,
+        identity.node_id.as_str(),
+        founder_admission(identity),
+    )?;
+    persist_outputs(&mut replica, store).await?;
+    let mut file = JsonFile::new(
+        &home.mesh_path(),
+        MeshFile {
+            mesh_id: mesh_id.to_string(),
+            ..MeshFile::default()
+        },
+    );
+    file.save()?;
+    tracing::info!(mesh = %mesh_id, "founded a new mesh");
+    Ok(file.value)
+}
+
+/// Writes `mesh.json` for the mesh of an invite.
+pub fn write_mesh_file(home: &Home, invite: &Invite) -> anyhow::Result<()> {
+    let mut file = JsonFile::load_or(&home.mesh_path(), MeshFile::default)?;
+    file.value.mesh_id = invite.mesh_id.to_string();
+    file.value.bootstrap = bootstrap_of(invite);
+    file.save()?;
+    Ok(())
+}
+
+/// Applies a replica's persist and forget outputs to the store; sends are
+/// dropped (no peer is connected offline; the running broker syncs later).
+async fn persist_outputs(replica: &mut Replica, store: &Store) -> anyhow::Result<()> {
+    while let Some(output) = replica.poll_output() {
+        match output {
+            Output::Persist { records, vv } => {
+                store
+                    .write(move |tx| store::mesh::persist(tx, &records, &vv))
+                    .await?;
+            }
+            Output::Forget { keys } => {
+                store
+                    .write(move |tx| store::mesh::forget(tx, &keys))
+                    .await?;
+            }
+            Output::Send { .. } | Output::Event(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Joins the mesh of an invite from the CLI: reaches the inviter on a
+/// temporary endpoint, then records the new mesh. The broker syncs when it
+/// starts.
+pub async fn join(
+    home: &Home,
+    identity: &MeshIdentity,
+    store: &Store,
+    invite: &Invite,
+    now_ms: u64,
+) -> anyhow::Result<MeshId> {
+    if invite.expires_at_ms < now_ms {
+        anyhow::bail!(
+            "INVITE_EXPIRED: the invite expired; ask for a new one with `scout mesh invite`"
+        );
+    }
+    let trust = Arc::new(MeshTrust::default());
+    let endpoint = MeshEndpoint::bind(
+        "0.0.0.0:0".parse().context("bind address")?,
+        identity.key.clone(),
+        trust,
+        TransportConfig::default(),
+    )?;
+    let (connection, _, accepted) =
+        super::connections::join_exchange(&endpoint, invite, &identity.node_name, Vec::new())
+            .await?;
+    connection.close(
+        quinn::VarInt::from_u32(scout_mesh::transport::close_code::SHUTDOWN),
+        b"joined",
+    );
+    endpoint.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    store.write(store::mesh::wipe_registry).await?;
+    write_mesh_file(home, invite)?;
+    Ok(accepted.mesh_id)
+}
+
+/// Issues an invite from the CLI; the broker opens its join window for it
+/// when it starts.
+pub async fn invite(
+    identity: &MeshIdentity,
+    store: &Store,
+    mesh_id: MeshId,
+    addresses: Vec<String>,
+    ttl: Duration,
+    now_ms: u64,
+) -> anyhow::Result<IssuedCode> {
+    let (invite, issued) = membership::issue(
+        InviteRequest {
+            mesh_id,
+            inviter: identity.node_id.clone(),
+            inviter_key: identity.key.public_key,
+            addresses,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        },
+        now_ms,
+        rand::thread_rng().r#gen(),
+    );
+    store
+        .write(move |tx| store::mesh::insert_invite(tx, &issued))
+        .await?;
+    Ok(IssuedCode {
+        code: invite.to_code(),
+        expires_at_ms: invite.expires_at_ms,
+        addresses: invite.addresses,
+    })
+}
+
+/// Revokes a member from the CLI.
+pub async fn revoke(
+    identity: &MeshIdentity,
+    store: &Store,
+    node: &str,
+    reason: &str,
+    now_ms: u64,
+) -> anyhow::Result<NodeId> {
+    let stored = store.read(store::mesh::load_registry)?;
+    let mut replica = Replica::restore(
+        identity.node_id.clone(),
+        identity.node_name.clone(),
+        SyncConfig::default(),
+        stored.records,
+        stored.vv,
+    );
+    let target = super::find_member(&replica, node)?;
+    if target == identity.node_id {
+        anyhow::bail!("a broker cannot revoke itself");
+    }
+    replica.put(
+        now_ms,
+        target.as_str(),
+        RecordBody::Revocation(RevocationBody {
+            reason: reason.to_owned(),
+            revoked_by: identity.node_id.clone(),
+        }),
+    )?;
+    persist_outputs(&mut replica, store).await?;
+    Ok(target)
+}

@@ -1,0 +1,174 @@
+//! `/v1/peers` and `/v1/mesh…`: the mesh as this broker sees it, and the
+//! membership operations (invite, join, revoke).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use scout_mesh::membership::INVITE_TTL_MS_DEFAULT;
+use scout_mesh::wire::Invite;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, JsonBody};
+use crate::daemon::BrokerState;
+use crate::daemon::mesh::address_book::AddressView;
+use crate::daemon::mesh::{IssuedCode, PeerView};
+
+/// The routes of this family (mounted under `/v1`).
+pub fn routes() -> Router<Arc<BrokerState>> {
+    Router::new()
+        .route("/peers", get(peers))
+        .route("/mesh", get(mesh))
+        .route("/mesh/invites", post(invite))
+        .route("/mesh/join", post(join))
+        .route("/mesh/revoke", post(revoke))
+}
+
+/// The body of `GET /v1/peers`.
+#[derive(Debug, Serialize)]
+pub struct Peers {
+    /// This broker.
+    pub node_id: String,
+    /// This broker's name.
+    pub node_name: String,
+    /// The mesh.
+    pub mesh_id: String,
+    /// Every other member.
+    pub peers: Vec<PeerView>,
+    /// Every address in the address book.
+    pub addresses: Vec<AddressView>,
+}
+
+async fn peers(State(state): State<Arc<BrokerState>>) -> Json<Peers> {
+    Json(Peers {
+        node_id: state.node_id.clone(),
+        node_name: state.node_name.as_str().to_owned(),
+        mesh_id: state.mesh.mesh_id().to_string(),
+        peers: state.mesh.peers(),
+        addresses: state.mesh.addresses(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct MeshSummary {
+    mesh_id: String,
+    node_id: String,
+    node_name: String,
+    announced: Vec<String>,
+    peers_connected: usize,
+    peers_known: usize,
+    registry_records: usize,
+    registry_digest: String,
+    sync_messages_received: u64,
+    sync_records_received: u64,
+}
+
+async fn mesh(State(state): State<Arc<BrokerState>>) -> Json<MeshSummary> {
+    let peers = state.mesh.peers();
+    let (registry_records, digest) = state.mesh.registry_digest();
+    let (sync_messages_received, sync_records_received) = state.mesh.sync_stats();
+    Json(MeshSummary {
+        registry_records,
+        registry_digest: format!("{digest:016x}"),
+        sync_messages_received,
+        sync_records_received,
+        mesh_id: state.mesh.mesh_id().to_string(),
+        node_id: state.node_id.clone(),
+        node_name: state.node_name.as_str().to_owned(),
+        announced: state
+            .mesh
+            .announced()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        peers_connected: peers
+            .iter()
+            .filter(|peer| peer.state == "connected")
+            .count(),
+        peers_known: peers.len(),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+async fn invite(
+    State(state): State<Arc<BrokerState>>,
+    JsonBody(request): JsonBody<InviteRequest>,
+) -> Result<(StatusCode, Json<IssuedCode>), ApiError> {
+    let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(INVITE_TTL_MS_DEFAULT));
+    let code = state.mesh.invite(ttl).await.map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(code)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    code: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Joined {
+    mesh_id: String,
+}
+
+async fn join(
+    State(state): State<Arc<BrokerState>>,
+    JsonBody(request): JsonBody<JoinRequest>,
+) -> Result<Json<Joined>, ApiError> {
+    let invite = Invite::from_code(&request.code)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INVITE", err.0))?;
+    let mesh_id = state.mesh.join(invite).await.map_err(|err| {
+        let message = format!("{err:#}");
+        let code = [
+            "INVITE_EXPIRED",
+            "INVITE_USED",
+            "INVITE_INVALID",
+            "INVITE_UNKNOWN",
+        ]
+        .into_iter()
+        .find(|code| message.contains(code))
+        .unwrap_or("JOIN_FAILED");
+        ApiError::new(StatusCode::BAD_GATEWAY, code, message)
+    })?;
+    Ok(Json(Joined {
+        mesh_id: mesh_id.to_string(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    node: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Revoked {
+    revoked: String,
+}
+
+async fn revoke(
+    State(state): State<Arc<BrokerState>>,
+    JsonBody(request): JsonBody<RevokeRequest>,
+) -> Result<Json<Revoked>, ApiError> {
+    let reason = if request.reason.is_empty() {
+        "revoked by an operator".to_owned()
+    } else {
+        request.reason
+    };
+    let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
+        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
+    })?;
+    Ok(Json(Revoked {
+        revoked: revoked.to_string(),
+    }))
+}

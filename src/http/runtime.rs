@@ -1,0 +1,720 @@
+//! The local runtime's routes, at the root as its API page has them:
+//! `POST /agents`, `GET /agents`, `GET /agents/{id}`,
+//! `POST /agents/{id}/send`, `GET /agents/{id}/logs?lines=N`,
+//! `GET /agents/{id}/stream` (SSE), `DELETE /agents/{id}`, and the
+//! WebSockets `/ws/agents/{id}/terminal` (raw terminal I/O, JSON control
+//! frames) and `/ws/events[?agentId=]`.
+//!
+//! Nothing here buffers without bound: a WebSocket or SSE client that reads
+//! too slowly skips output (and gets a fresh screen) or events (and is told
+//! how many), and one that stops reading altogether is disconnected after
+//! [`WS_SEND_TIMEOUT`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use scout_mesh::lifecycle::Harness;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+
+use super::error::{ApiError, JsonBody};
+use crate::adapter::AdapterOptions;
+use crate::daemon::BrokerState;
+use crate::pty::events::{RuntimeEvent, rfc3339};
+use crate::pty::manager::TIMEOUT_MS_MAX;
+use crate::pty::process::OutputChunk;
+use crate::pty::session::wait_true;
+use crate::pty::text::{PlainText, Utf8Decoder};
+use crate::pty::{RuntimeError, Session, SpawnRequest, TermSize};
+
+/// Lines `logs` returns unless `lines=` says otherwise.
+pub const LOG_LINES_DEFAULT: usize = 100;
+
+/// The most lines `logs` returns: more than a session keeps.
+pub const LOG_LINES_MAX: usize = 10_000;
+
+/// Largest WebSocket message accepted from a client: keystrokes and pastes,
+/// never bulk data.
+pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// Bytes the WebSocket layer may hold for one slow client before a send
+/// waits; together with [`WS_SEND_TIMEOUT`] this bounds a stalled client.
+pub const WS_WRITE_BUFFER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Output already queued for a terminal client is sent in one frame up to
+/// this size: fewer frames (and system calls) under a flood.
+pub const WS_FRAME_BYTES_TARGET: usize = 64 * 1024;
+
+/// How long one send to a WebSocket client may wait before the client is
+/// considered gone and disconnected.
+pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an idle SSE stream sends a comment, so proxies keep it open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The routes of this family (at the root, behind the token check).
+pub fn routes() -> Router<Arc<BrokerState>> {
+    Router::new()
+        .route("/agents", only(get(list).post(spawn)))
+        .route("/agents/{id}", only(get(show).delete(stop)))
+        .route("/agents/{id}/send", only(post(send)))
+        .route("/agents/{id}/logs", only(get(logs)))
+        .route("/agents/{id}/stream", only(get(stream)))
+        .route("/ws/agents/{id}/terminal", only(get(terminal)))
+        .route("/ws/events", only(get(events)))
+}
+
+/// Answers methods a route does not have in the API's error shape.
+fn only(router: MethodRouter<Arc<BrokerState>>) -> MethodRouter<Arc<BrokerState>> {
+    router.fallback(|request: axum::extract::Request| async move {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!(
+                "{} is not allowed on {}",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+    })
+}
+
+/// The HTTP status of each runtime error.
+pub fn api_error(err: RuntimeError) -> ApiError {
+    let status = match &err {
+        RuntimeError::AgentNotFound(_) => StatusCode::NOT_FOUND,
+        RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        RuntimeError::InvalidWorkdir { .. } | RuntimeError::CliNotFound { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        // Not 401: that is the broker's own token. The agent's CLI needs a
+        // login before the request can succeed.
+        RuntimeError::AuthRequired { .. } => StatusCode::FAILED_DEPENDENCY,
+        RuntimeError::MaxAgents { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RuntimeError::SpawnFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        RuntimeError::AgentStopped(_) => StatusCode::CONFLICT,
+        RuntimeError::Harness(_) => StatusCode::BAD_GATEWAY,
+        RuntimeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, err.code(), err.to_string())
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(err: RuntimeError) -> ApiError {
+        api_error(err)
+    }
+}
+
+/// A `command` given as an array or as one string split on blanks.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CommandField {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+/// The body of `POST /agents`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpawnBody {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    harness: Option<String>,
+    workdir: Option<String>,
+    command: Option<CommandField>,
+    ready_pattern: Option<String>,
+    prompt_pattern: Option<String>,
+    question_pattern: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    cols: Option<u16>,
+    rows: Option<u16>,
+}
+
+async fn spawn(
+    State(state): State<Arc<BrokerState>>,
+    JsonBody(body): JsonBody<SpawnBody>,
+) -> Result<Response, ApiError> {
+    let Some(harness_word) = body.harness else {
+        return Err(invalid(
+            "`type` is required: one of claude, codex, gemini, command",
+        ));
+    };
+    let harness: Harness = harness_word
+        .parse()
+        .map_err(|err: scout_mesh::lifecycle::UnknownWord| invalid(&err.to_string()))?;
+    let command = body.command.map(|command| match command {
+        CommandField::Argv(argv) => argv,
+        CommandField::Line(line) => line.split_whitespace().map(str::to_owned).collect(),
+    });
+    let size = match (body.cols, body.rows) {
+        (None, None) => None,
+        (cols, rows) => Some(TermSize {
+            cols: cols.unwrap_or(TermSize::DEFAULT.cols),
+            rows: rows.unwrap_or(TermSize::DEFAULT.rows),
+        }),
+    };
+    let request = SpawnRequest {
+        name: body.name,
+        harness,
+        workdir: body.workdir,
+        options: AdapterOptions {
+            command,
+            ready_pattern: body.ready_pattern,
+            prompt_pattern: body.prompt_pattern,
+            question_pattern: body.question_pattern,
+        },
+        env: body.env.unwrap_or_default().into_iter().collect(),
+        size,
+    };
+    let info = state.runtime.spawn(request).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(State(state): State<Arc<BrokerState>>) -> Json<serde_json::Value> {
+    Json(json!({ "agents": state.runtime.list() }))
+}
+
+async fn show(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.runtime.info(&id)?).into_response())
+}
+
+async fn stop(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.runtime.stop(&id).await?).into_response())
+}
+
+/// The body of `POST /agents/{id}/send`.
+#[derive(Debug, Deserialize)]
+struct SendBody {
+    message: Option<String>,
+    /// Milliseconds.
+    timeout: Option<u64>,
+}
+
+async fn send(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SendBody>,
+) -> Result<Response, ApiError> {
+    // An unknown agent is a 404 whatever the body says.
+    state.runtime.session(&id)?;
+    let Some(message) = body.message.filter(|message| !message.trim().is_empty()) else {
+        return Err(invalid("`message` is required and must not be empty"));
+    };
+    let timeout = match body.timeout {
+        None => None,
+        Some(ms) if (1..=TIMEOUT_MS_MAX).contains(&ms) => Some(Duration::from_millis(ms)),
+        Some(ms) => {
+            return Err(invalid(&format!(
+                "`timeout` {ms} is out of range (1 to {TIMEOUT_MS_MAX} milliseconds)"
+            )));
+        }
+    };
+    let outcome = state.runtime.send(&id, message, timeout).await?;
+    let status = if outcome.question.is_some() {
+        "waiting"
+    } else {
+        "completed"
+    };
+    Ok(Json(json!({
+        "id": id,
+        "turnId": outcome.turn_id,
+        "status": status,
+        "response": outcome.response,
+        "question": outcome.question,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    lines: Option<String>,
+}
+
+async fn logs(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|err| invalid(&err.body_text()))?;
+    let n_lines = match query.lines.as_deref() {
+        None => LOG_LINES_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LOG_LINES_MAX).contains(n))
+            .ok_or_else(|| {
+                invalid(&format!(
+                    "`lines` must be a number from 1 to {LOG_LINES_MAX}, not `{text}`"
+                ))
+            })?,
+    };
+    let lines = state.runtime.logs(&id, n_lines)?;
+    Ok(Json(json!({ "id": id, "lines": lines })).into_response())
+}
+
+/// `GET /agents/{id}/stream`: Server-Sent Events. `agent` (the agent, first
+/// and on every change), `output` (`{"text"}`, the terminal output without
+/// escape sequences), this agent's runtime events under their own names
+/// (`question`, `login_required`, `message`, ...), `lagged` (`{"skipped"}`)
+/// when the client fell behind, and a last `agent` when it stops.
+async fn stream(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let session = state.runtime.session(&id)?;
+    let attachment = session.attach();
+    let events = state.runtime.subscribe();
+    let first = sse_json("agent", &session.info());
+    let stream = SseStream {
+        finished: session.finished_watch(),
+        session,
+        output: attachment.output,
+        skip_through: attachment.redraw_seq,
+        events,
+        plain: PlainText::new(),
+        pending: std::collections::VecDeque::new(),
+        done: false,
+    };
+    let events = futures_util::stream::once(async move { Ok(first) }).chain(
+        futures_util::stream::unfold(stream, |mut stream| async move {
+            stream
+                .next_event()
+                .await
+                .map(|event| (Ok::<_, Infallible>(event), stream))
+        }),
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response())
+}
+
+struct SseStream {
+    session: Arc<Session>,
+    output: broadcast::Receiver<OutputChunk>,
+    skip_through: u64,
+    events: broadcast::Receiver<RuntimeEvent>,
+    finished: watch::Receiver<bool>,
+    plain: PlainText,
+    pending: std::collections::VecDeque<Event>,
+    done: bool,
+}
+
+impl SseStream {
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                chunk = self.output.recv() => match chunk {
+                    Ok(chunk) => self.on_output(&chunk),
+                    Err(RecvError::Lagged(n_skipped)) => {
+                        return Some(sse_json("lagged", &json!({ "skipped": n_skipped })));
+                    }
+                    Err(RecvError::Closed) => self.done = true,
+                },
+                event = self.events.recv() => match event {
+                    Ok(event) => self.on_event(&event),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => self.done = true,
+                },
+                () = wait_true(&mut self.finished) => {
+                    // Everything the agent said before it stopped goes out
+                    // first, then its final state.
+                    while let Ok(chunk) = self.output.try_recv() {
+                        self.on_output(&chunk);
+                    }
+                    while let Ok(event) = self.events.try_recv() {
+                        self.on_event(&event);
+                    }
+                    self.pending.push_back(sse_json("agent", &self.session.info()));
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn on_output(&mut self, chunk: &OutputChunk) {
+        if chunk.seq <= self.skip_through {
+            return;
+        }
+        let text = self.plain.feed(&chunk.bytes);
+        if !text.is_empty() {
+            self.pending
+                .push_back(sse_json("output", &json!({ "text": text })));
+        }
+    }
+
+    fn on_event(&mut self, event: &RuntimeEvent) {
+        if event.agent_id != self.session.id() {
+            return;
+        }
+        let name = serde_json::to_value(event.event)
+            .ok()
+            .and_then(|name| name.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "event".to_owned());
+        self.pending.push_back(sse_json(&name, event));
+    }
+}
+
+fn sse_json(name: &str, value: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(value)
+        .unwrap_or_else(|_| Event::default().event(name).data("{}"))
+}
+
+type WsResult = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
+    let ws = ws.map_err(|err| {
+        ApiError::new(
+            err.status(),
+            "WEBSOCKET_REQUIRED",
+            format!("this route is a WebSocket: {}", err.body_text()),
+        )
+    })?;
+    Ok(ws
+        .max_message_size(WS_MESSAGE_BYTES_MAX)
+        .max_frame_size(WS_MESSAGE_BYTES_MAX)
+        .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX))
+}
+
+/// `/ws/agents/{id}/terminal`: first `{"type":"connected",…}`, then the
+/// current screen, then the terminal's output as it comes, as text frames.
+/// From the client, text and binary frames are typed into the terminal,
+/// except JSON control frames: `{"type":"resize","cols":…,"rows":…}` and
+/// `{"type":"input","data":"…"}`.
+async fn terminal(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+    ws: WsResult,
+) -> Result<Response, ApiError> {
+    let session = state.runtime.session(&id)?;
+    let ws = upgrade(ws)?;
+    // Attach before the handshake completes, so nothing written after the
+    // client sees "connected" is missed.
+    let attachment = session.attach();
+    Ok(ws.on_upgrade(move |socket| async move {
+        let (sink, stream) = socket.split();
+        let mut writer = TerminalWriter {
+            sink,
+            decoder: Utf8Decoder::new(),
+        };
+        let connected = json!({
+            "type": "connected",
+            "agentId": session.id(),
+            "status": session.info().status,
+            "cols": session.info().cols,
+            "rows": session.info().rows,
+        });
+        if writer.send_text(connected.to_string()).await.is_err()
+            || writer.send_output(&attachment.redraw).await.is_err()
+        {
+            return;
+        }
+        let reading = read_terminal_input(stream, session.clone());
+        let writing = write_terminal_output(
+            writer,
+            session.clone(),
+            attachment.output,
+            attachment.redraw_seq,
+        );
+        // Whichever side ends first ends the connection.
+        tokio::select! {
+            () = reading => {}
+            () = writing => {}
+        }
+    }))
+}
+
+struct TerminalWriter {
+    sink: SplitSink<WebSocket, Message>,
+    decoder: Utf8Decoder,
+}
+
+/// The client stopped reading (or left); the connection is dropped.
+struct Gone;
+
+impl TerminalWriter {
+    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+        match tokio::time::timeout(WS_SEND_TIMEOUT, self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), Gone> {
+        self.send(Message::Text(Utf8Bytes::from(text))).await
+    }
+
+    async fn send_output(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        let text = self.decoder.decode(bytes);
+        self.send_decoded(text).await
+    }
+
+    async fn send_output_owned(&mut self, bytes: Vec<u8>) -> Result<(), Gone> {
+        let text = self.decoder.decode_owned(bytes);
+        self.send_decoded(text).await
+    }
+
+    async fn send_decoded(&mut self, text: String) -> Result<(), Gone> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.send_text(text).await
+    }
+
+    /// Too far behind: skip to a fresh copy of the screen, and say so.
+    async fn resync(
+        &mut self,
+        session: &Session,
+        skip_through: &mut u64,
+        n_skipped: u64,
+    ) -> Result<(), Gone> {
+        let (redraw, seq) = session.redraw();
+        *skip_through = seq;
+        self.decoder = Utf8Decoder::new();
+        let notice = json!({ "type": "lagged", "skipped": n_skipped });
+        self.send_text(notice.to_string()).await?;
+        self.send_output(&redraw).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_owned()),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+}
+
+async fn write_terminal_output(
+    mut writer: TerminalWriter,
+    session: Arc<Session>,
+    mut output: broadcast::Receiver<OutputChunk>,
+    mut skip_through: u64,
+) {
+    enum Step {
+        Chunk(Result<OutputChunk, RecvError>),
+        Finished,
+    }
+    let mut finished = session.finished_watch();
+    loop {
+        let step = tokio::select! {
+            chunk = output.recv() => Step::Chunk(chunk),
+            () = wait_true(&mut finished) => Step::Finished,
+        };
+        let sent = match step {
+            Step::Chunk(Ok(chunk)) if chunk.seq > skip_through => {
+                // Whatever else is already queued goes in the same frame:
+                // fewer, larger frames under a flood.
+                let mut batch = chunk.bytes.to_vec();
+                let mut lagged = None;
+                while batch.len() < WS_FRAME_BYTES_TARGET {
+                    match output.try_recv() {
+                        Ok(more) if more.seq > skip_through => batch.extend_from_slice(&more.bytes),
+                        Ok(_) => {}
+                        Err(broadcast::error::TryRecvError::Lagged(n_skipped)) => {
+                            lagged = Some(n_skipped);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match (writer.send_output_owned(batch).await, lagged) {
+                    (Ok(()), Some(n_skipped)) => {
+                        writer.resync(&session, &mut skip_through, n_skipped).await
+                    }
+                    (sent, _) => sent,
+                }
+            }
+            Step::Chunk(Ok(_)) => Ok(()),
+            Step::Chunk(Err(RecvError::Lagged(n_skipped))) => {
+                writer.resync(&session, &mut skip_through, n_skipped).await
+            }
+            Step::Chunk(Err(RecvError::Closed)) => return,
+            Step::Finished => {
+                // Flush what is left, then say goodbye.
+                while let Ok(chunk) = output.try_recv() {
+                    if chunk.seq > skip_through && writer.send_output(&chunk.bytes).await.is_err() {
+                        return;
+                    }
+                }
+                let info = session.info();
+                let exit = json!({
+                    "type": "exit",
+                    "agentId": info.id,
+                    "status": info.status,
+                    "exitCode": info.exit_code,
+                });
+                let _ = writer.send_text(exit.to_string()).await;
+                writer.close(1000, "agent stopped").await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            tracing::info!(agent = %session.id(), "terminal client stopped reading; disconnected");
+            writer.close(1008, "client too slow").await;
+            return;
+        }
+    }
+}
+
+/// A control frame from a terminal client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Control {
+    Resize { cols: u16, rows: u16 },
+    Input { data: String },
+}
+
+async fn read_terminal_input(mut stream: SplitStream<WebSocket>, session: Arc<Session>) {
+    while let Some(Ok(message)) = stream.next().await {
+        let bytes = match message {
+            Message::Text(text) => {
+                let text = text.as_str();
+                match text
+                    .starts_with('{')
+                    .then(|| serde_json::from_str::<Control>(text))
+                {
+                    Some(Ok(Control::Resize { cols, rows })) => {
+                        if let Err(err) = session.resize(TermSize { rows, cols }) {
+                            tracing::debug!(agent = %session.id(), cause = %err, "resize refused");
+                        }
+                        continue;
+                    }
+                    Some(Ok(Control::Input { data })) => Bytes::from(data),
+                    // Not a control frame: keystrokes that happen to look like JSON.
+                    _ => Bytes::copy_from_slice(text.as_bytes()),
+                }
+            }
+            Message::Binary(bytes) => bytes,
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if bytes.is_empty() {
+            continue;
+        }
+        // A full input queue waits here, so a client typing faster than the
+        // program reads is slowed down, not buffered.
+        if session.input().send(bytes).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    agent_id: Option<String>,
+}
+
+/// `/ws/events[?agentId=]`: runtime events as `{event, data, timestamp}`
+/// text frames, after a first `connected` one.
+async fn events(
+    State(state): State<Arc<BrokerState>>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    ws: WsResult,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|err| invalid(&err.body_text()))?;
+    let ws = upgrade(ws)?;
+    // Subscribe before the handshake completes: every event after the
+    // client is connected reaches it.
+    let mut events = state.runtime.subscribe();
+    let mut closed = state.runtime.closed_watch();
+    let filter = query.agent_id.filter(|id| !id.is_empty());
+    Ok(ws.on_upgrade(move |socket| async move {
+        let (sink, mut stream) = socket.split();
+        let mut writer = TerminalWriter {
+            sink,
+            decoder: Utf8Decoder::new(),
+        };
+        let connected = json!({
+            "event": "connected",
+            "data": { "agentId": filter },
+            "timestamp": rfc3339(std::time::SystemTime::now()),
+        });
+        if writer.send_text(connected.to_string()).await.is_err() {
+            return;
+        }
+        enum Step {
+            Event(Result<RuntimeEvent, RecvError>),
+            ClientLeft,
+            Closed,
+            Nothing,
+        }
+        loop {
+            let step = tokio::select! {
+                event = events.recv() => Step::Event(event),
+                incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => Step::ClientLeft,
+                    Some(Ok(_)) => Step::Nothing,
+                },
+                () = wait_true(&mut closed) => Step::Closed,
+            };
+            let sent = match step {
+                Step::Event(Ok(event))
+                    if filter.as_ref().is_none_or(|id| *id == event.agent_id) =>
+                {
+                    match serde_json::to_string(&event) {
+                        Ok(text) => writer.send_text(text).await,
+                        Err(_) => Ok(()),
+                    }
+                }
+                Step::Event(Ok(_)) | Step::Nothing => Ok(()),
+                Step::Event(Err(RecvError::Lagged(n_skipped))) => {
+                    let notice = json!({
+                        "event": "events_dropped",
+                        "data": { "count": n_skipped },
+                        "timestamp": rfc3339(std::time::SystemTime::now()),
+                    });
+                    writer.send_text(notice.to_string()).await
+                }
+                Step::Event(Err(RecvError::Closed)) | Step::ClientLeft => return,
+                Step::Closed => {
+                    writer.close(1001, "broker shutting down").await;
+                    return;
+                }
+            };
+            if sent.is_err() {
+                tracing::info!("events client stopped reading; disconnected");
+                writer.close(1008, "client too slow").await;
+                return;
+            }
+        }
+    }))
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+}

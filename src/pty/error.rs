@@ -1,0 +1,80 @@
+//! Errors of the PTY runtime, each with the stable code the HTTP surface
+//! answers (`AGENT_NOT_FOUND`, `CLI_NOT_FOUND`, `TIMEOUT`, ...).
+
+/// What went wrong in a runtime request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// No agent has this id (`AGENT_NOT_FOUND`).
+    #[error("no agent with id `{0}`")]
+    AgentNotFound(String),
+    /// The request is malformed (`INVALID_REQUEST`).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The working directory is unusable (`INVALID_WORKDIR`).
+    #[error("workdir `{path}` {reason}")]
+    InvalidWorkdir {
+        /// The directory asked for.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The harness's program is not installed (`CLI_NOT_FOUND`).
+    #[error("`{program}` is not installed or not on PATH; {hint}")]
+    CliNotFound {
+        /// The program looked for.
+        program: String,
+        /// How to install it.
+        hint: String,
+    },
+    /// The CLI needs a login first (`AUTH_REQUIRED`).
+    #[error("{message}")]
+    AuthRequired {
+        /// What to do.
+        message: String,
+        /// The login URL, when the CLI showed one.
+        login_url: Option<String>,
+    },
+    /// `MAX_AGENTS` agents are already running (`MAX_AGENTS`).
+    #[error("{max} agents are running, the most this broker allows (MAX_AGENTS); stop one first")]
+    MaxAgents {
+        /// The limit.
+        max: usize,
+    },
+    /// The terminal or the program could not be started (`SPAWN_FAILED`).
+    #[error("{0}")]
+    SpawnFailed(String),
+    /// The agent did not finish in time (`TIMEOUT`).
+    #[error("the agent did not finish within {timeout_ms} ms")]
+    Timeout {
+        /// The timeout that ran out.
+        timeout_ms: u64,
+    },
+    /// The agent is not running any more (`AGENT_STOPPED`).
+    #[error("agent `{0}` is stopped")]
+    AgentStopped(String),
+    /// The agent's CLI failed the turn (`HARNESS_ERROR`).
+    #[error("{0}")]
+    Harness(String),
+    /// The broker is shutting down (`SHUTTING_DOWN`).
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+impl RuntimeError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::AgentNotFound(_) => "AGENT_NOT_FOUND",
+            RuntimeError::InvalidRequest(_) => "INVALID_REQUEST",
+            RuntimeError::InvalidWorkdir { .. } => "INVALID_WORKDIR",
+            RuntimeError::CliNotFound { .. } => "CLI_NOT_FOUND",
+            RuntimeError::AuthRequired { .. } => "AUTH_REQUIRED",
+            RuntimeError::MaxAgents { .. } => "MAX_AGENTS",
+            RuntimeError::SpawnFailed(_) => "SPAWN_FAILED",
+            RuntimeError::Timeout { .. } => "TIMEOUT",
+            RuntimeError::AgentStopped(_) => "AGENT_STOPPED",
+            RuntimeError::Harness(_) => "HARNESS_ERROR",
+            RuntimeError::ShuttingDown => "SHUTTING_DOWN",
+        }
+    }
+}

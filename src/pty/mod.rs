@@ -1,0 +1,37 @@
+//! The PTY runtime: agent CLIs on pseudo-terminals, one session each.
+//!
+//! Code map:
+//! - [`manager`]: [`SessionManager`], the API: spawn, list, stop, run a
+//!   turn, send, logs, shutdown; `MAX_AGENTS` and `DEFAULT_TIMEOUT`.
+//! - [`session`]: one session: its task, status, turns (typed into the
+//!   terminal or run in the CLI's structured mode) and live output.
+//! - [`process`]: the program on its terminal: reader thread, writer
+//!   thread, `wait()` thread, and stop by process group and session.
+//! - [`priority`]: terminal threads yield to the broker's API under load
+//!   (the runtime's one `unsafe` call, `setpriority`).
+//! - [`screen`]: the `vt100` screen model that answers terminal queries and
+//!   serves the last lines as text.
+//! - [`text`]: escape-sequence stripping and the line model of a turn's answer.
+//! - [`events`]: runtime events for `/ws/events`.
+//! - [`error`]: [`RuntimeError`] with the stable codes.
+//!
+//! Architecture invariant: there is no unbounded channel between a program
+//! and a client. The reader's channel is bounded (the program blocks when
+//! the broker falls behind), the live output is a bounded broadcast (a slow
+//! client skips ahead and redraws), turn events are bounded (progress is
+//! dropped, outcomes never are), and scrollback has a fixed number of rows.
+
+pub mod error;
+pub mod events;
+pub mod manager;
+pub mod priority;
+pub mod process;
+pub mod screen;
+pub mod session;
+pub mod text;
+
+pub use error::RuntimeError;
+pub use events::{EventKind, RuntimeEvent};
+pub use manager::{RuntimeConfig, SendOutcome, SessionManager, SpawnRequest};
+pub use screen::TermSize;
+pub use session::{AgentInfo, AgentStatus, Session, Turn, TurnEvent, TurnFailure, TurnOutcome};

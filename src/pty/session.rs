@@ -1,0 +1,1432 @@
+//! One agent session: a harness's CLI on a terminal, its screen model, the
+//! live output stream for terminal clients, its status, and the turns run
+//! through it.
+//!
+//! A session task (the "pump") owns the output side: it takes chunks from
+//! the reader thread, broadcasts them to subscribers (a slow subscriber
+//! loses chunks and redraws from the screen model; nobody can make the
+//! broker buffer without bound), feeds the running turn, and reads the
+//! screen through the adapter at most every [`CLASSIFY_INTERVAL`] to learn
+//! when the agent is ready, asks a question, wants a login, or finished a
+//! turn.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use scout_mesh::lifecycle::{FailureReason, Harness};
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::error::RuntimeError;
+use super::events::{EventKind, RuntimeEvent, rfc3339};
+use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
+use super::screen::{Screen, TermSize};
+use super::text::{PlainText, Transcript};
+use crate::adapter::{
+    Adapter, AgentEnv, AuthStatus, ScreenState, ScreenView, StructuredEvent, TurnStyle,
+};
+
+/// Output chunks kept for terminal and stream subscribers. A subscriber
+/// more than this far behind skips ahead and redraws from the screen model.
+/// Chunks are small unless output floods (then up to 64 KiB each), so this
+/// holds a few hundred KiB for a session at work and at most 4 MiB while it
+/// floods.
+pub const OUTPUT_BROADCAST_CHUNKS: usize = 64;
+
+/// Characters of a turn's answer kept (the tail, when longer): the answer
+/// travels in one JSON response.
+pub const RESPONSE_CHARS_MAX: usize = 256 * 1024;
+
+/// Events of one turn queued for its consumer. Output events beyond this
+/// are dropped (the final answer still carries all of it); the final
+/// outcome is always delivered.
+pub const TURN_EVENTS_MAX: usize = 256;
+
+/// How often at most the screen is read through the adapter while output
+/// flows: often enough that readiness shows within milliseconds, rare
+/// enough that a fast stream costs little.
+pub const CLASSIFY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// After the program and its group are gone, how long to wait for the
+/// last output to arrive (a process outside the session may still hold the
+/// terminal; it does not keep the session alive).
+const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
+
+/// Bytes of a structured run's stderr kept for the failure message.
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// Longest line of structured output parsed. Tool results can make long
+/// lines; longer ones are skipped, never buffered whole.
+pub const STRUCTURED_LINE_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// How long a structured run may take to exit after its final event.
+const STRUCTURED_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for the session task to finish after the kill.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
+/// What a session is doing, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// Started, not ready yet.
+    Starting,
+    /// Waiting for a command.
+    Ready,
+    /// Working (a turn, or output the person started in the terminal).
+    Busy,
+    /// Asking a question or waiting for a login.
+    Waiting,
+    /// Stopped on request or exited cleanly.
+    Stopped,
+    /// Exited with a failure.
+    Error,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    /// `agent-<short uuid>`.
+    pub id: String,
+    /// The name it was given.
+    pub name: String,
+    /// The harness (`claude`, `codex`, `gemini`, `command`).
+    #[serde(rename = "type")]
+    pub harness: Harness,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// Status.
+    pub status: AgentStatus,
+    /// Process id of the CLI (also its process group).
+    pub pid: u32,
+    /// Program and arguments on the terminal.
+    pub command: Vec<String>,
+    /// When it was spawned.
+    pub created_at: String,
+    /// When it was first ready.
+    pub ready_at: Option<String>,
+    /// When it stopped.
+    pub stopped_at: Option<String>,
+    /// Its exit code, once stopped.
+    pub exit_code: Option<u32>,
+    /// Terminal columns.
+    pub cols: u16,
+    /// Terminal rows.
+    pub rows: u16,
+    /// `answer` or `login` while waiting.
+    pub waiting_for: Option<&'static str>,
+    /// The question it asks, while it asks one.
+    pub question: Option<String>,
+    /// The login URL, while it waits for a login and shows one.
+    pub login_url: Option<String>,
+    /// Whether its CLI is logged in.
+    pub auth: AuthStatus,
+    /// Why it failed, when it did.
+    pub error: Option<ErrorInfo>,
+}
+
+/// A failure as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// Stable code.
+    pub code: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+/// One event of a running turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// Output text as it arrives (best effort: dropped when the consumer
+    /// lags; [`TurnOutcome`] carries the whole answer).
+    Output(String),
+    /// Tool activity of a structured run, one line.
+    Tool(String),
+    /// The turn ended; always the last event.
+    Finished(TurnOutcome),
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// The agent answered and is ready again.
+    Completed {
+        /// The answer.
+        response: String,
+    },
+    /// The agent asks a question; the next turn answers it.
+    Waiting {
+        /// The question.
+        question: String,
+        /// Output up to the question.
+        response: String,
+    },
+    /// No answer.
+    Failed {
+        /// Why.
+        failure: TurnFailure,
+        /// What happened, for a person.
+        message: String,
+    },
+}
+
+/// Why a turn failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnFailure {
+    /// The deadline passed.
+    Timeout,
+    /// The agent stopped (or was never running).
+    AgentStopped,
+    /// The CLI needs a login.
+    AuthRequired,
+    /// The CLI failed the turn or could not be run.
+    Harness,
+}
+
+impl TurnFailure {
+    /// The delivery failure reason of the design's vocabulary.
+    pub fn failure_reason(self) -> FailureReason {
+        match self {
+            TurnFailure::Timeout => FailureReason::Timeout,
+            TurnFailure::AgentStopped => FailureReason::AgentOffline,
+            TurnFailure::AuthRequired | TurnFailure::Harness => FailureReason::HarnessError,
+        }
+    }
+}
+
+/// A turn in progress: its events, in order, ending with
+/// [`TurnEvent::Finished`].
+#[derive(Debug)]
+pub struct Turn {
+    /// Unique per session, for logs and `message` events.
+    pub id: String,
+    /// The events.
+    pub events: mpsc::Receiver<TurnEvent>,
+}
+
+/// What a terminal client gets when it attaches.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Bytes that draw the current screen.
+    pub redraw: Vec<u8>,
+    /// Live output; chunks with `seq <= redraw_seq` are already drawn.
+    pub output: broadcast::Receiver<OutputChunk>,
+    /// The last chunk the redraw covers.
+    pub redraw_seq: u64,
+}
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Working directory (checked to exist).
+    pub workdir: PathBuf,
+    /// Environment overrides.
+    pub env: Vec<(String, String)>,
+    /// Broker variables not passed on.
+    pub env_remove: Vec<String>,
+    /// Initial terminal size.
+    pub size: TermSize,
+    /// Scrollback rows of the screen model.
+    pub scrollback_rows: usize,
+    /// How long a stopped program gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// A running or finished agent session.
+pub struct Session {
+    config: SessionConfig,
+    adapter: Box<dyn Adapter>,
+    agent_env: AgentEnv,
+    argv: Vec<String>,
+    created_at: SystemTime,
+    process: PtyProcess,
+    screen: Arc<Mutex<Screen>>,
+    output: broadcast::Sender<OutputChunk>,
+    events: broadcast::Sender<RuntimeEvent>,
+    state: Mutex<SessionState>,
+    pty_turn: Mutex<Option<PtyTurn>>,
+    turn_lock: Arc<tokio::sync::Mutex<()>>,
+    finished: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
+    /// Wakes the session task when a turn's deadlines change without output.
+    wake: tokio::sync::Notify,
+    /// The last output chunk the session task has handled. The screen model
+    /// runs ahead of it (the reader thread feeds the screen before queueing
+    /// the chunk), so a decision read off the screen waits until the task
+    /// has caught up with what that screen had seen.
+    pumped_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.config.id)
+            .field("pid", &self.process.pid())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct SessionState {
+    ready_at: Option<SystemTime>,
+    stopped_at: Option<SystemTime>,
+    exit: Option<ExitInfo>,
+    stop_reason: Option<String>,
+    screen_state: ScreenState,
+    question: Option<String>,
+    login_required: bool,
+    login_url: Option<String>,
+    auth: AuthStatus,
+    error: Option<ErrorInfo>,
+    turn_active: bool,
+    conversation_id: Option<String>,
+    /// The process group of the structured run in progress, killed with the
+    /// session.
+    structured_pid: Option<u32>,
+    n_turns: u64,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl SessionState {
+    fn status(&self) -> AgentStatus {
+        if self.stopped_at.is_some() {
+            return if self.error.is_some() {
+                AgentStatus::Error
+            } else {
+                AgentStatus::Stopped
+            };
+        }
+        if self.login_required || self.question.is_some() {
+            AgentStatus::Waiting
+        } else if self.turn_active
+            || self.screen_state == ScreenState::Busy && self.ready_at.is_some()
+        {
+            AgentStatus::Busy
+        } else if self.ready_at.is_none() {
+            AgentStatus::Starting
+        } else {
+            AgentStatus::Ready
+        }
+    }
+}
+
+/// The turn being typed into the terminal.
+struct PtyTurn {
+    id: String,
+    message: String,
+    style: TurnStyle,
+    plain: PlainText,
+    transcript: Transcript,
+    events: mpsc::Sender<TurnEvent>,
+    enter_sent_at: Option<Instant>,
+    newline_after_enter: bool,
+    last_output_at: Option<Instant>,
+    /// Set when the screen showed the turn's end: the end takes effect once
+    /// the output up to this chunk is in the transcript.
+    end_at: Option<(u64, TurnEnd)>,
+    done: oneshot::Sender<TurnOutcome>,
+}
+
+/// How a terminal turn ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TurnEnd {
+    /// At the prompt.
+    Prompt,
+    /// At a question.
+    Question(String),
+}
+
+impl Session {
+    /// Spawns the adapter's CLI on a terminal and starts the session task.
+    /// `permit` holds one of the `MAX_AGENTS` slots until the session ends.
+    pub fn start(
+        config: SessionConfig,
+        adapter: Box<dyn Adapter>,
+        events: broadcast::Sender<RuntimeEvent>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Arc<Session>, RuntimeError> {
+        let screen = Arc::new(Mutex::new(Screen::new(config.size, config.scrollback_rows)));
+        let argv = adapter.interactive_argv();
+        let spec = SpawnSpec {
+            argv: argv.clone(),
+            cwd: config.workdir.clone(),
+            env: config.env.clone(),
+            env_remove: config.env_remove.clone(),
+            size: config.size,
+        };
+        let (process, output_rx) = PtyProcess::spawn(&spec, screen.clone())
+            .map_err(|err| RuntimeError::SpawnFailed(err.to_string()))?;
+        let agent_env = AgentEnv::new(&config.env);
+        let auth = adapter.auth_status(&agent_env);
+        let ready_at_spawn = adapter.ready_at_spawn();
+        let (output, _) = broadcast::channel(OUTPUT_BROADCAST_CHUNKS);
+        let session = Arc::new(Session {
+            adapter,
+            agent_env,
+            argv,
+            created_at: SystemTime::now(),
+            process,
+            screen,
+            output,
+            events,
+            state: Mutex::new(SessionState {
+                ready_at: None,
+                stopped_at: None,
+                exit: None,
+                stop_reason: None,
+                screen_state: ScreenState::Starting,
+                question: None,
+                login_required: false,
+                login_url: None,
+                auth,
+                error: None,
+                turn_active: false,
+                conversation_id: None,
+                structured_pid: None,
+                n_turns: 0,
+                permit: Some(permit),
+            }),
+            pty_turn: Mutex::new(None),
+            turn_lock: Arc::new(tokio::sync::Mutex::new(())),
+            finished: watch::channel(false).0,
+            ready: watch::channel(false).0,
+            wake: tokio::sync::Notify::new(),
+            pumped_seq: AtomicU64::new(0),
+            config,
+        });
+        tracing::info!(
+            agent = %session.config.id,
+            pid = session.process.pid(),
+            harness = %session.adapter.harness(),
+            "agent started"
+        );
+        session.emit(EventKind::AgentStarted, json!({ "agent": session.info() }));
+        if auth == AuthStatus::LoggedOut {
+            session.emit(
+                EventKind::LoginRequired,
+                json!({ "agent": session.info(), "loginUrl": null }),
+            );
+        }
+        if ready_at_spawn {
+            session.mark_ready();
+        }
+        tokio::spawn(pump(session.clone(), output_rx));
+        Ok(session)
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The harness.
+    pub fn harness(&self) -> Harness {
+        self.adapter.harness()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_finished(&self) -> bool {
+        *self.finished.borrow()
+    }
+
+    /// How the API shows this agent now.
+    pub fn info(&self) -> AgentInfo {
+        let size = self.lock_screen().size();
+        let state = self.lock_state();
+        let status = state.status();
+        AgentInfo {
+            id: self.config.id.clone(),
+            name: self.config.name.clone(),
+            harness: self.adapter.harness(),
+            workdir: self.config.workdir.clone(),
+            status,
+            pid: self.process.pid(),
+            command: self.argv.clone(),
+            created_at: rfc3339(self.created_at),
+            ready_at: state.ready_at.map(rfc3339),
+            stopped_at: state.stopped_at.map(rfc3339),
+            exit_code: state.exit.as_ref().map(|exit| exit.code),
+            cols: size.cols,
+            rows: size.rows,
+            waiting_for: if state.login_required {
+                Some("login")
+            } else if state.question.is_some() {
+                Some("answer")
+            } else {
+                None
+            },
+            question: state.question.clone(),
+            login_url: state.login_url.clone().filter(|_| state.login_required),
+            auth: state.auth,
+            error: state.error.clone(),
+        }
+    }
+
+    /// The last `n_lines` lines of scrollback and screen, as plain text.
+    pub fn last_lines(&self, n_lines: usize) -> Vec<String> {
+        self.lock_screen().last_lines(n_lines)
+    }
+
+    /// The current screen for a terminal client, and the live output after it.
+    pub fn attach(&self) -> Attachment {
+        // Under the screen lock no chunk can be processed, so the redraw and
+        // the subscription meet exactly at `redraw_seq`.
+        let screen = self.lock_screen();
+        Attachment {
+            redraw: screen.redraw_bytes(),
+            redraw_seq: screen.seq(),
+            output: self.output.subscribe(),
+        }
+    }
+
+    /// A fresh redraw for a client that fell behind: the bytes and the last
+    /// chunk they cover.
+    pub fn redraw(&self) -> (Vec<u8>, u64) {
+        let screen = self.lock_screen();
+        (screen.redraw_bytes(), screen.seq())
+    }
+
+    /// The queue of bytes typed into the terminal.
+    pub fn input(&self) -> &mpsc::Sender<Bytes> {
+        self.process.input()
+    }
+
+    /// Resizes the terminal and the screen model.
+    pub fn resize(&self, size: TermSize) -> Result<(), RuntimeError> {
+        if !size.is_valid() {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "terminal size {}x{} is out of range (1-{} columns, 1-{} rows)",
+                size.cols,
+                size.rows,
+                super::screen::COLS_MAX,
+                super::screen::ROWS_MAX
+            )));
+        }
+        self.lock_screen().resize(size);
+        self.process
+            .resize(size)
+            .map_err(|err| RuntimeError::InvalidRequest(format!("cannot resize: {err}")))
+    }
+
+    /// A receiver that turns `true` once the session has ended.
+    pub fn finished_watch(&self) -> watch::Receiver<bool> {
+        self.finished.subscribe()
+    }
+
+    /// Stops the CLI and everything it started, and waits for the session
+    /// to end. `reason` is what `agent_stopped` reports.
+    pub async fn stop(&self, reason: &str) {
+        let structured_pid = {
+            let mut state = self.lock_state();
+            if state.stopped_at.is_none() && state.stop_reason.is_none() {
+                state.stop_reason = Some(reason.to_owned());
+            }
+            state.structured_pid
+        };
+        if let Some(pid) = structured_pid {
+            signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.process.terminate(self.config.stop_grace).await;
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(FINISH_WAIT, finished.wait_for(|done| *done)).await;
+    }
+
+    /// Starts a turn: `prompt` goes to the agent (typed into its terminal,
+    /// or run in its CLI's structured mode), and the returned [`Turn`]
+    /// streams output and ends with the outcome. Turns of one session run
+    /// one at a time, in the order they were started; waiting for the
+    /// previous one counts against `timeout`.
+    pub fn run_turn(
+        self: &Arc<Self>,
+        prompt: String,
+        timeout: Duration,
+    ) -> Result<Turn, RuntimeError> {
+        self.check_can_run_turn()?;
+        let turn_id = {
+            let mut state = self.lock_state();
+            state.n_turns += 1;
+            format!("{}-turn-{}", self.config.id, state.n_turns)
+        };
+        let (events_tx, events_rx) = mpsc::channel(TURN_EVENTS_MAX);
+        let session = self.clone();
+        let id = turn_id.clone();
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            let lock = session.turn_lock.clone();
+            let run = async {
+                let _guard = lock.lock_owned().await;
+                session.set_turn_active(true);
+                let outcome = match session.adapter.turn_style() {
+                    TurnStyle::Structured => session.run_structured(&id, &prompt, &events_tx).await,
+                    style => session.run_pty(&id, &prompt, style, &events_tx).await,
+                };
+                session.set_turn_active(false);
+                outcome
+            };
+            let outcome = match tokio::time::timeout_at(deadline, run).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    session.abandon_pty_turn(&id);
+                    session.set_turn_active(false);
+                    TurnOutcome::Failed {
+                        failure: TurnFailure::Timeout,
+                        message: format!("the agent did not finish within {timeout_ms} ms"),
+                    }
+                }
+            };
+            if let TurnOutcome::Completed { response } = &outcome {
+                session.emit(
+                    EventKind::Message,
+                    json!({ "message": {
+                        "agentId": session.config.id,
+                        "agentName": session.config.name,
+                        "turnId": id,
+                        "role": "assistant",
+                        "content": response,
+                    }}),
+                );
+            }
+            tracing::debug!(agent = %session.config.id, turn = %id, ?outcome, "turn finished");
+            let _ = events_tx.send(TurnEvent::Finished(outcome)).await;
+        });
+        Ok(Turn {
+            id: turn_id,
+            events: events_rx,
+        })
+    }
+
+    fn check_can_run_turn(&self) -> Result<(), RuntimeError> {
+        if self.is_finished() || self.lock_state().stopped_at.is_some() {
+            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+        }
+        let auth = self.adapter.auth_status(&self.agent_env);
+        let mut state = self.lock_state();
+        state.auth = auth;
+        if state.login_required {
+            return Err(RuntimeError::AuthRequired {
+                message: format!(
+                    "`{}` is waiting for a login; open the agent's terminal ({}) or {}",
+                    self.adapter.program(),
+                    state.login_url.as_deref().map_or_else(
+                        || "no URL shown yet".to_owned(),
+                        |url| format!("login URL {url}")
+                    ),
+                    self.adapter.login_hint()
+                ),
+                login_url: state.login_url.clone(),
+            });
+        }
+        if self.adapter.turn_style() == TurnStyle::Structured && auth == AuthStatus::LoggedOut {
+            return Err(RuntimeError::AuthRequired {
+                message: format!(
+                    "`{}` is not logged in: {}",
+                    self.adapter.program(),
+                    self.adapter.login_hint()
+                ),
+                login_url: None,
+            });
+        }
+        Ok(())
+    }
+
+    async fn run_pty(
+        &self,
+        turn_id: &str,
+        prompt: &str,
+        style: TurnStyle,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> TurnOutcome {
+        let stopped = || TurnOutcome::Failed {
+            failure: TurnFailure::AgentStopped,
+            message: format!("agent `{}` stopped during the turn", self.config.id),
+        };
+        // Typing before the program shows its first prompt would make that
+        // prompt look like the end of the turn.
+        let mut ready = self.ready.subscribe();
+        let mut finished = self.finished.subscribe();
+        tokio::select! {
+            () = wait_true(&mut ready) => {}
+            () = wait_true(&mut finished) => return stopped(),
+        }
+        if self.lock_state().stopped_at.is_some() {
+            return stopped();
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        *self.lock_turn() = Some(PtyTurn {
+            id: turn_id.to_owned(),
+            message: prompt.to_owned(),
+            style,
+            plain: PlainText::new(),
+            transcript: Transcript::new(RESPONSE_CHARS_MAX),
+            events: events.clone(),
+            enter_sent_at: None,
+            newline_after_enter: false,
+            last_output_at: None,
+            end_at: None,
+            done: done_tx,
+        });
+        // A terminal's Enter key sends CR, also inside a paste.
+        let body = prompt.replace("\r\n", "\r").replace('\n', "\r");
+        let paste = self.lock_screen().bracketed_paste();
+        let text = if paste {
+            format!("\x1b[200~{body}\x1b[201~")
+        } else {
+            body
+        };
+        if self.input().send(Bytes::from(text)).await.is_err() {
+            self.abandon_pty_turn(turn_id);
+            return stopped();
+        }
+        tokio::time::sleep(self.adapter.enter_delay()).await;
+        if let Some(turn) = self.lock_turn().as_mut() {
+            turn.enter_sent_at = Some(Instant::now());
+        }
+        self.wake.notify_one();
+        if self.input().send(Bytes::from_static(b"\r")).await.is_err() {
+            self.abandon_pty_turn(turn_id);
+            return stopped();
+        }
+        done_rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    async fn run_structured(
+        &self,
+        turn_id: &str,
+        prompt: &str,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> TurnOutcome {
+        let resume = self.lock_state().conversation_id.clone();
+        let Some(invocation) = self.adapter.invocation(prompt, resume.as_deref()) else {
+            return harness_failure(format!(
+                "the {} harness has no structured mode",
+                self.adapter.harness()
+            ));
+        };
+        let mut command = tokio::process::Command::new(&invocation.argv[0]);
+        command
+            .args(&invocation.argv[1..])
+            .current_dir(&self.config.workdir)
+            .stdin(if invocation.stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for name in &self.config.env_remove {
+            command.env_remove(name);
+        }
+        command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
+        command.env("NO_COLOR", "1");
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                return harness_failure(format!("cannot start `{}`: {err}", invocation.argv[0]));
+            }
+        };
+        let _group = GroupKill(child.id());
+        let stopping = {
+            let mut state = self.lock_state();
+            state.structured_pid = child.id();
+            state.stop_reason.is_some() || state.stopped_at.is_some()
+        };
+        let _forget = ForgetStructuredPid(self);
+        if stopping {
+            // The session stopped while this run started; the guard kills it.
+            return TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            };
+        }
+        tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?child.id(), "structured run started");
+        if let (Some(text), Some(mut stdin)) = (invocation.stdin, child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+            });
+        }
+        let stderr_tail = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(read_tail(stderr)));
+        let Some(stdout) = child.stdout.take() else {
+            return harness_failure("the structured run has no output".to_owned());
+        };
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let mut answer = StructuredAnswer::default();
+        let mut outcome = None;
+        while outcome.is_none() {
+            match read_line_bounded(&mut reader, &mut line, STRUCTURED_LINE_BYTES_MAX).await {
+                Ok(LineRead::Line) => {}
+                Ok(LineRead::TooLong) => continue,
+                Ok(LineRead::Eof) | Err(_) => break,
+            }
+            let text = String::from_utf8_lossy(&line);
+            for event in self.adapter.parse_line(text.trim_end()) {
+                match event {
+                    StructuredEvent::Session(id) => {
+                        self.lock_state().conversation_id = Some(id);
+                    }
+                    StructuredEvent::TextDelta(delta) => {
+                        answer.deltas.push_str(&delta);
+                        answer.delta_since_message = true;
+                        let _ = events.try_send(TurnEvent::Output(delta));
+                    }
+                    StructuredEvent::Message(message) => {
+                        if !answer.delta_since_message {
+                            let _ = events.try_send(TurnEvent::Output(format!("{message}\n")));
+                        }
+                        answer.delta_since_message = false;
+                        answer.last_message = Some(message);
+                    }
+                    StructuredEvent::Tool(tool) => {
+                        let _ = events.try_send(TurnEvent::Tool(tool));
+                    }
+                    StructuredEvent::Notice(notice) => answer.last_notice = Some(notice),
+                    StructuredEvent::Completed { result } => {
+                        outcome = Some(TurnOutcome::Completed {
+                            response: answer.response(result),
+                        });
+                    }
+                    StructuredEvent::Failed {
+                        message,
+                        auth_required,
+                    } => {
+                        outcome = Some(TurnOutcome::Failed {
+                            failure: if auth_required {
+                                TurnFailure::AuthRequired
+                            } else {
+                                TurnFailure::Harness
+                            },
+                            message,
+                        });
+                    }
+                }
+            }
+        }
+        let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+        if let Some(outcome) = outcome {
+            return outcome;
+        }
+        if self.lock_state().stop_reason.is_some() || self.is_finished() {
+            return TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            };
+        }
+        let tail = match stderr_tail {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let detail = [tail.trim(), answer.last_notice.as_deref().unwrap_or("")]
+            .into_iter()
+            .filter(|text| !text.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let how = match status {
+            Ok(Ok(status)) => format!("exited ({status})"),
+            _ => "stopped answering".to_owned(),
+        };
+        let message = format!(
+            "`{}` {how} without finishing the turn{}",
+            invocation.argv[0],
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        );
+        TurnOutcome::Failed {
+            failure: if self.adapter.is_auth_failure(&detail) {
+                TurnFailure::AuthRequired
+            } else {
+                TurnFailure::Harness
+            },
+            message,
+        }
+    }
+
+    fn abandon_pty_turn(&self, turn_id: &str) {
+        let mut turn = self.lock_turn();
+        if turn.as_ref().is_some_and(|turn| turn.id == turn_id) {
+            *turn = None;
+        }
+    }
+
+    fn set_turn_active(&self, active: bool) {
+        self.lock_state().turn_active = active;
+    }
+
+    fn mark_ready(&self) {
+        let newly_ready = {
+            let mut state = self.lock_state();
+            if state.ready_at.is_none() && state.stopped_at.is_none() {
+                state.ready_at = Some(SystemTime::now());
+                true
+            } else {
+                false
+            }
+        };
+        if newly_ready {
+            self.ready.send_replace(true);
+            tracing::info!(agent = %self.config.id, "agent ready");
+            self.emit(EventKind::AgentReady, json!({ "agent": self.info() }));
+        }
+    }
+
+    /// Output from the terminal (called by the session task, in order).
+    fn on_output(&self, chunk: &OutputChunk) {
+        {
+            let mut guard = self.lock_turn();
+            if let Some(turn) = guard.as_mut() {
+                let text = turn.plain.feed(&chunk.bytes);
+                if !text.is_empty() {
+                    turn.transcript.push_str(&text);
+                    if let Some(enter_sent_at) = turn.enter_sent_at {
+                        turn.last_output_at = Some(Instant::now().max(enter_sent_at));
+                        if text.contains('\n') {
+                            turn.newline_after_enter = true;
+                        }
+                    }
+                    let _ = turn.events.try_send(TurnEvent::Output(text));
+                }
+            }
+        }
+        self.pumped_seq.store(chunk.seq, Ordering::SeqCst);
+        self.end_turn_if_caught_up();
+    }
+
+    /// Ends the terminal turn whose end the screen showed, once the output
+    /// the screen had seen by then is all in the transcript.
+    fn end_turn_if_caught_up(&self) {
+        let pumped = self.pumped_seq.load(Ordering::SeqCst);
+        let ended = {
+            let mut guard = self.lock_turn();
+            let due = guard
+                .as_ref()
+                .and_then(|turn| turn.end_at.as_ref())
+                .is_some_and(|(seq, _)| *seq <= pumped);
+            if due { guard.take() } else { None }
+        };
+        if let Some(mut turn) = ended {
+            match turn.end_at.take() {
+                Some((_, TurnEnd::Question(question))) => turn.pause(question),
+                _ => turn.complete(true),
+            }
+        }
+    }
+
+    /// When the running turn ends for lack of output, if it is a quiet-style
+    /// turn that has sent its Enter.
+    fn quiet_deadline(&self) -> Option<Instant> {
+        let guard = self.lock_turn();
+        let turn = guard.as_ref()?;
+        let TurnStyle::PtyQuiet(quiet) = turn.style else {
+            return None;
+        };
+        let since = turn.last_output_at.or(turn.enter_sent_at)?;
+        Some(since + quiet)
+    }
+
+    fn on_quiet(&self) {
+        let due = self
+            .quiet_deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline);
+        if due {
+            let turn = self.lock_turn().take();
+            if let Some(turn) = turn {
+                turn.complete(false);
+            }
+        }
+    }
+
+    /// Reads the screen through the adapter and acts on what it shows.
+    fn classify(&self) {
+        let (text, cursor_line, seen_seq) = {
+            let screen = self.lock_screen();
+            (screen.text(), screen.cursor_line(), screen.seq())
+        };
+        let shown = self.adapter.classify(ScreenView {
+            text: &text,
+            cursor_line: &cursor_line,
+        });
+        let mut emit = Vec::new();
+        {
+            let mut state = self.lock_state();
+            if state.stopped_at.is_some() {
+                return;
+            }
+            match &shown {
+                ScreenState::LoginRequired { url } => {
+                    if !state.login_required || state.login_url != *url {
+                        emit.push((EventKind::LoginRequired, Some(url.clone()), None));
+                    }
+                    state.login_required = true;
+                    state.login_url = url.clone();
+                    state.question = None;
+                }
+                ScreenState::Question(question) => {
+                    if state.question.as_ref() != Some(question) {
+                        emit.push((EventKind::Question, None, Some(question.clone())));
+                    }
+                    state.question = Some(question.clone());
+                    state.login_required = false;
+                }
+                ScreenState::Ready | ScreenState::Busy | ScreenState::Starting => {
+                    if shown != ScreenState::Starting {
+                        state.login_required = false;
+                        state.question = None;
+                    }
+                }
+            }
+            state.screen_state = shown.clone();
+        }
+        if shown == ScreenState::Ready {
+            self.mark_ready();
+        }
+        for (kind, url, question) in emit {
+            let agent = self.info();
+            match kind {
+                EventKind::LoginRequired => {
+                    tracing::info!(agent = %self.config.id, url = ?url.as_ref().and_then(|u| u.as_ref()), "agent needs a login");
+                    self.emit(kind, json!({ "agent": agent, "loginUrl": url.flatten() }));
+                }
+                _ => self.emit(kind, json!({ "agent": agent, "question": question })),
+            }
+        }
+        // The running terminal turn ends at the prompt (after its Enter was
+        // echoed) or pauses at a question, once its output is all in.
+        {
+            let mut guard = self.lock_turn();
+            if let Some(turn) = guard.as_mut()
+                && turn.end_at.is_none()
+                && turn.enter_sent_at.is_some()
+            {
+                turn.end_at = match &shown {
+                    ScreenState::Ready
+                        if turn.style == TurnStyle::PtyPrompt && turn.newline_after_enter =>
+                    {
+                        Some((seen_seq, TurnEnd::Prompt))
+                    }
+                    ScreenState::Question(question) => {
+                        Some((seen_seq, TurnEnd::Question(question.clone())))
+                    }
+                    _ => None,
+                };
+            }
+        }
+        self.end_turn_if_caught_up();
+    }
+
+    /// The session ended: record why, tell subscribers, fail the running
+    /// turn, free the slot.
+    fn finish(&self) {
+        let exit = self.process.exited();
+        let (reason, error, permit) = {
+            let mut state = self.lock_state();
+            state.stopped_at = Some(SystemTime::now());
+            state.exit = exit.clone();
+            state.login_required = false;
+            state.question = None;
+            let requested = state.stop_reason.take();
+            let failed = exit
+                .as_ref()
+                .is_some_and(|exit| exit.code != 0 || exit.signal.is_some());
+            let how = match &exit {
+                Some(ExitInfo {
+                    signal: Some(signal),
+                    ..
+                }) => format!("killed by {signal}"),
+                Some(exit) => format!("exited with code {}", exit.code),
+                None => "ended".to_owned(),
+            };
+            let (reason, error) = match requested {
+                Some(reason) => (reason, None),
+                None if failed => (
+                    how.clone(),
+                    Some(ErrorInfo {
+                        code: "AGENT_EXITED",
+                        message: format!("`{}` {how}", self.adapter.program()),
+                    }),
+                ),
+                None => (how, None),
+            };
+            state.error = error.clone();
+            if let Some(pid) = state.structured_pid {
+                signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            (reason, error, state.permit.take())
+        };
+        drop(permit);
+        if let Some(turn) = self.lock_turn().take() {
+            let _ = turn.done.send(TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!(
+                    "agent `{}` stopped during the turn ({reason})",
+                    self.config.id
+                ),
+            });
+        }
+        let agent = self.info();
+        if let Some(error) = error {
+            tracing::warn!(agent = %self.config.id, cause = %error.message, "agent failed");
+            self.emit(
+                EventKind::AgentError,
+                json!({ "agent": agent, "error": error }),
+            );
+        }
+        tracing::info!(agent = %self.config.id, %reason, "agent stopped");
+        self.emit(
+            EventKind::AgentStopped,
+            json!({ "agent": agent, "reason": reason }),
+        );
+        self.finished.send_replace(true);
+    }
+
+    fn emit(&self, kind: EventKind, data: serde_json::Value) {
+        let _ = self
+            .events
+            .send(RuntimeEvent::new(kind, &self.config.id, data));
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_turn(&self) -> MutexGuard<'_, Option<PtyTurn>> {
+        self.pty_turn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_screen(&self) -> MutexGuard<'_, Screen> {
+        self.screen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl PtyTurn {
+    fn response(&self, drop_prompt_line: bool) -> String {
+        let mut lines = self.transcript.lines();
+        // The terminal echoes what was typed: drop those leading lines.
+        let mut typed = self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .peekable();
+        while let (Some(first), Some(expected)) = (lines.first(), typed.peek()) {
+            if first.contains(expected) {
+                lines.remove(0);
+                typed.next();
+            } else {
+                break;
+            }
+        }
+        if drop_prompt_line {
+            lines.pop();
+        }
+        while lines.last().is_some_and(|line| line.trim().is_empty()) {
+            lines.pop();
+        }
+        while lines.first().is_some_and(|line| line.trim().is_empty()) {
+            lines.remove(0);
+        }
+        lines.join("\n")
+    }
+
+    fn complete(self, drop_prompt_line: bool) {
+        let response = self.response(drop_prompt_line);
+        let _ = self.done.send(TurnOutcome::Completed { response });
+    }
+
+    fn pause(self, question: String) {
+        let response = self.response(false);
+        let _ = self.done.send(TurnOutcome::Waiting { question, response });
+    }
+}
+
+/// The session task: see the module documentation.
+async fn pump(session: Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>) {
+    let mut exit = session.process.exit_watch();
+    let mut output_open = true;
+    let mut exited = false;
+    let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut dirty = true;
+    let mut last_classify = Instant::now() - CLASSIFY_INTERVAL;
+    loop {
+        if exited && (!output_open || drain_until.is_some_and(|until| Instant::now() >= until)) {
+            break;
+        }
+        let classify_at = dirty.then_some(last_classify + CLASSIFY_INTERVAL);
+        let quiet_at = session.quiet_deadline();
+        tokio::select! {
+            chunk = output_rx.recv(), if output_open => match chunk {
+                Some(chunk) => {
+                    session.on_output(&chunk);
+                    let _ = session.output.send(chunk);
+                    dirty = true;
+                }
+                None => output_open = false,
+            },
+            _ = exit.wait_for(Option::is_some), if !exited => {
+                exited = true;
+                // The program is gone; whatever it started in its group or
+                // session goes too, while the last output drains.
+                let session = session.clone();
+                cleanup = Some(tokio::spawn(async move {
+                    session.process.terminate(session.config.stop_grace).await;
+                }));
+            }
+            joined = async { cleanup.as_mut().expect("guarded").await }, if cleanup.is_some() => {
+                let _ = joined;
+                cleanup = None;
+                drain_until = Some(Instant::now() + DRAIN_AFTER_KILL);
+            }
+            () = sleep_until_some(classify_at), if classify_at.is_some() => {
+                session.classify();
+                dirty = false;
+                last_classify = Instant::now();
+            }
+            () = sleep_until_some(quiet_at), if quiet_at.is_some() => session.on_quiet(),
+            () = sleep_until_some(drain_until), if drain_until.is_some() => {}
+            () = session.wake.notified() => {}
+        }
+        // Read the screen as soon as the burst is over, not a tick later.
+        if dirty && output_rx.is_empty() && Instant::now() >= last_classify + CLASSIFY_INTERVAL {
+            session.classify();
+            dirty = false;
+            last_classify = Instant::now();
+        }
+    }
+    if let Some(cleanup) = cleanup {
+        let _ = cleanup.await;
+    }
+    session.classify();
+    session.finish();
+}
+
+/// Returns once `watch` holds `true` (or its sender is gone).
+pub(crate) async fn wait_true(watch: &mut watch::Receiver<bool>) {
+    loop {
+        if *watch.borrow_and_update() {
+            return;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn harness_failure(message: String) -> TurnOutcome {
+    TurnOutcome::Failed {
+        failure: TurnFailure::Harness,
+        message,
+    }
+}
+
+/// The answer of a structured run, assembled from its events.
+#[derive(Debug, Default)]
+struct StructuredAnswer {
+    deltas: String,
+    delta_since_message: bool,
+    last_message: Option<String>,
+    last_notice: Option<String>,
+}
+
+impl StructuredAnswer {
+    /// The CLI's own final result when it gives one, else the streamed
+    /// text, else its last complete message.
+    fn response(&self, result: Option<String>) -> String {
+        let text = result
+            .filter(|result| !result.is_empty())
+            .or_else(|| (!self.deltas.trim().is_empty()).then(|| self.deltas.clone()))
+            .or_else(|| self.last_message.clone())
+            .unwrap_or_default();
+        tail_chars(text.trim(), RESPONSE_CHARS_MAX)
+    }
+}
+
+fn tail_chars(text: &str, chars_max: usize) -> String {
+    let n_chars = text.chars().count();
+    if n_chars <= chars_max {
+        text.to_owned()
+    } else {
+        text.chars().skip(n_chars - chars_max).collect()
+    }
+}
+
+/// Clears the session's record of its structured run when the run ends.
+struct ForgetStructuredPid<'a>(&'a Session);
+
+impl Drop for ForgetStructuredPid<'_> {
+    fn drop(&mut self) {
+        self.0.lock_state().structured_pid = None;
+    }
+}
+
+/// Kills a structured run's whole process group when the run ends, however
+/// it ends (finished, failed, timed out and dropped).
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+enum LineRead {
+    Line,
+    TooLong,
+    Eof,
+}
+
+/// Reads one line into `line` (without the newline), never holding more
+/// than `bytes_max`: a longer line is consumed and reported as too long.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    bytes_max: usize,
+) -> std::io::Result<LineRead> {
+    line.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else if line.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (part, found_newline) = match available.iter().position(|byte| *byte == b'\n') {
+            Some(idx) => (&available[..idx], true),
+            None => (available, false),
+        };
+        if !too_long && line.len() + part.len() <= bytes_max {
+            line.extend_from_slice(part);
+        } else {
+            too_long = true;
+            line.clear();
+        }
+        let consumed = part.len() + usize::from(found_newline);
+        reader.consume(consumed);
+        if found_newline {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of a stream, as text.
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut reader: R) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n_read) => {
+                tail.extend_from_slice(&buf[..n_read]);
+                if tail.len() > STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_lines_skip_what_is_too_long() {
+        let input: &[u8] = b"short\n0123456789abcdef\nlast";
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut line = Vec::new();
+        assert!(matches!(
+            read_line_bounded(&mut reader, &mut line, 8).await.unwrap(),
+            LineRead::Line
+        ));
+        assert_eq!(line, b"short");
+        assert!(matches!(
+            read_line_bounded(&mut reader, &mut line, 8).await.unwrap(),
+            LineRead::TooLong
+        ));
+        assert!(matches!(
+            read_line_bounded(&mut reader, &mut line, 8).await.unwrap(),
+            LineRead::Line
+        ));
+        assert_eq!(line, b"last");
+        assert!(matches!(
+            read_line_bounded(&mut reader, &mut line, 8).await.unwrap(),
+            LineRead::Eof
+        ));
+    }
+
+    #[test]
+    fn structured_answer_prefers_the_result() {
+        let mut answer = StructuredAnswer::default();
+        assert_eq!(answer.response(None), "");
+        answer.last_message = Some("last message".to_owned());
+        assert_eq!(answer.response(None), "last message");
+        answer.deltas = "streamed text".to_owned();
+        assert_eq!(answer.response(None), "streamed text");
+        assert_eq!(answer.response(Some("final".to_owned())), "final");
+    }
+
+    #[test]
+    fn pty_response_drops_the_echo_and_the_prompt() {
+        let (done, _) = oneshot::channel();
+        let (events, _) = mpsc::channel(1);
+        let mut turn = PtyTurn {
+            id: "t".to_owned(),
+            message: "echo one\necho two".to_owned(),
+            style: TurnStyle::PtyPrompt,
+            plain: PlainText::new(),
+            transcript: Transcript::new(1000),
+            events,
+            enter_sent_at: None,
+            newline_after_enter: false,
+            last_output_at: None,
+            end_at: None,
+            done,
+        };
+        turn.transcript
+            .push_str("echo one\r\n> echo two\r\none\r\ntwo\r\n\r\nbash-5.2$ ");
+        assert_eq!(turn.response(true), "one\ntwo");
+    }
+}

@@ -1,0 +1,205 @@
+//! The mesh's durable state: replicated registry records and their version
+//! vector, and the invites this broker issued.
+//!
+//! Registry records are stored as the bytes they travel as, so a restarted
+//! broker hands its replica exactly what it had and catches up with a delta
+//! instead of a full resync. A row that no longer decodes is skipped and
+//! counted, never fatal: the replica fetches that record again from a peer.
+
+use crdts::{CmRDT, VClock};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use scout_mesh::membership::IssuedInvite;
+use scout_mesh::wire::{NodeId, Record, RecordKey};
+
+use super::{StoreError, unix_ms_now};
+
+/// What the store holds of the registry.
+#[derive(Debug, Default)]
+pub struct StoredRegistry {
+    /// Every decodable record, tombstones included.
+    pub records: Vec<Record>,
+    /// The version vector persisted with them.
+    pub vv: VClock<NodeId>,
+    /// Rows that could not be decoded (left in place, fetched again later).
+    pub skipped: usize,
+}
+
+/// Loads the registry.
+pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreError> {
+    let mut stored = StoredRegistry::default();
+    let mut statement = connection.prepare("SELECT record FROM registry_records")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        match postcard::from_bytes::<Record>(&bytes) {
+            Ok(record) => stored.records.push(record),
+            Err(_) => stored.skipped += 1,
+        }
+    }
+    let mut statement = connection.prepare("SELECT origin, counter FROM registry_vv")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let origin: String = row.get(0)?;
+        let counter: i64 = row.get(1)?;
+        if let (Ok(origin), Ok(counter)) = (NodeId::parse(&origin), u64::try_from(counter)) {
+            stored.vv.apply(crdts::Dot::new(origin, counter));
+        }
+    }
+    Ok(stored)
+}
+
+/// Stores records (each replacing the stored version of its key) and the
+/// version vector, as the replica asks: in the caller's transaction.
+pub fn persist(
+    transaction: &Transaction<'_>,
+    records: &[Record],
+    vv: &VClock<NodeId>,
+) -> Result<(), StoreError> {
+    let now = unix_ms_now();
+    let mut upsert = transaction.prepare_cached(
+        "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (origin, kind, name) DO UPDATE SET
+             counter = excluded.counter, tombstone = excluded.tombstone,
+             record = excluded.record, updated_at_ms = excluded.updated_at_ms",
+    )?;
+    for record in records {
+        let bytes = postcard::to_allocvec(record).map_err(|err| StoreError::InvalidRequest {
+            detail: format!("cannot encode a registry record: {err}"),
+        })?;
+        upsert.execute(params![
+            record.key.origin.as_str(),
+            record.key.kind.as_str(),
+            record.key.name,
+            i64::try_from(record.dot.counter).unwrap_or(i64::MAX),
+            record.is_tombstone(),
+            bytes,
+            now,
+        ])?;
+    }
+    let mut set_vv = transaction.prepare_cached(
+        "INSERT INTO registry_vv (origin, counter) VALUES (?1, ?2)
+         ON CONFLICT (origin) DO UPDATE SET counter = excluded.counter",
+    )?;
+    for (origin, counter) in &vv.dots {
+        set_vv.execute(params![
+            origin.as_str(),
+            i64::try_from(*counter).unwrap_or(i64::MAX)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes collected tombstones.
+pub fn forget(transaction: &Transaction<'_>, keys: &[RecordKey]) -> Result<(), StoreError> {
+    let mut delete = transaction.prepare_cached(
+        "DELETE FROM registry_records WHERE origin = ?1 AND kind = ?2 AND name = ?3",
+    )?;
+    for key in keys {
+        delete.execute(params![key.origin.as_str(), key.kind.as_str(), key.name])?;
+    }
+    Ok(())
+}
+
+/// Forgets the whole registry, for a broker entering another mesh.
+pub fn wipe_registry(transaction: &Transaction<'_>) -> Result<(), StoreError> {
+    transaction.execute_batch("DELETE FROM registry_records; DELETE FROM registry_vv;")?;
+    Ok(())
+}
+
+fn invite_key(invite_id: &[u8; 8]) -> String {
+    invite_id.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Stores an issued invite.
+pub fn insert_invite(
+    transaction: &Transaction<'_>,
+    invite: &IssuedInvite,
+) -> Result<(), StoreError> {
+    transaction.execute(
+        "INSERT INTO invites (invite_id, secret_hash, expires_at_ms, used_by, created_at_ms)
+         VALUES (?1, ?2, ?3, NULL, ?4)",
+        params![
+            invite_key(&invite.invite_id),
+            invite.secret_hash.to_vec(),
+            i64::try_from(invite.expires_at_ms).unwrap_or(i64::MAX),
+            unix_ms_now(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// An issued invite by id.
+pub fn get_invite(
+    connection: &Connection,
+    invite_id: &[u8; 8],
+) -> Result<Option<IssuedInvite>, StoreError> {
+    let key = invite_key(invite_id);
+    let row = connection
+        .query_row(
+            "SELECT secret_hash, expires_at_ms, used_by FROM invites WHERE invite_id = ?1",
+            [&key],
+            |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((hash, expires_at_ms, used_by)) = row else {
+        return Ok(None);
+    };
+    let malformed = |detail: String| StoreError::MalformedRow {
+        table: "invites",
+        id: key.clone(),
+        detail,
+    };
+    let secret_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| malformed("secret hash is not 32 bytes".into()))?;
+    let used_by = used_by
+        .map(|id| NodeId::parse(&id).map_err(|err| malformed(err.to_string())))
+        .transpose()?;
+    Ok(Some(IssuedInvite {
+        invite_id: *invite_id,
+        secret_hash,
+        expires_at_ms: u64::try_from(expires_at_ms).unwrap_or(0),
+        used_by,
+    }))
+}
+
+/// Marks an invite used by `joiner` (idempotent for the same joiner).
+pub fn mark_invite_used(
+    transaction: &Transaction<'_>,
+    invite_id: &[u8; 8],
+    joiner: &NodeId,
+) -> Result<(), StoreError> {
+    transaction.execute(
+        "UPDATE invites SET used_by = ?2, used_at_ms = ?3 WHERE invite_id = ?1 AND used_by IS NULL",
+        params![invite_key(invite_id), joiner.as_str(), unix_ms_now()],
+    )?;
+    Ok(())
+}
+
+/// The latest expiry among invites still unused at `now_ms`, if any.
+pub fn open_invites_until(connection: &Connection, now_ms: u64) -> Result<Option<u64>, StoreError> {
+    let until: Option<i64> = connection.query_row(
+        "SELECT max(expires_at_ms) FROM invites WHERE used_by IS NULL AND expires_at_ms >= ?1",
+        [i64::try_from(now_ms).unwrap_or(i64::MAX)],
+        |row| row.get(0),
+    )?;
+    Ok(until.and_then(|until| u64::try_from(until).ok()))
+}
+
+/// How many invites can still be used at `now_ms`: while any can, unknown
+/// keys may finish a handshake to present one.
+pub fn open_invites(connection: &Connection, now_ms: u64) -> Result<usize, StoreError> {
+    let count: i64 = connection.query_row(
+        "SELECT count(*) FROM invites WHERE used_by IS NULL AND expires_at_ms >= ?1",
+        [i64::try_from(now_ms).unwrap_or(i64::MAX)],
+        |row| row.get(0),
+    )?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}

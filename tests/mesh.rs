@@ -1,0 +1,306 @@
+//! End-to-end mesh tests with real broker processes on loopback, each in
+//! its own home: joining by invite and seeds, replication of agents,
+//! catch-up after SIGKILL, refusing strangers and revoked members, and
+//! malformed frames over a real QUIC connection.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Node, wait_until};
+use scout::daemon::mesh::connections::join_exchange;
+use scout::daemon::mesh::trust::MeshTrust;
+use scout_mesh::names::{Label, NamePart};
+use scout_mesh::transport::endpoint::{read_request, request};
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
+use scout_mesh::wire::{Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION, encode_frame};
+
+/// alpha founds the mesh; beta joins offline with an invite before its
+/// first start; gamma seeds alpha and joins with `setup --join` using a code
+/// from beta.
+fn three_brokers() -> (Node, Node, Node) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("beta to connect to alpha", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
+    });
+    let code = beta.invite();
+    let mut gamma = Node::setup("gamma", &["--seed", &alpha.mesh_addr(), "--join", &code]);
+    gamma.start();
+    for node in [&alpha, &beta, &gamma] {
+        wait_until(&format!("{} to see two peers", node.name), || {
+            (node.peers_in("connected").len() == 2).then_some(())
+        });
+    }
+    (alpha, beta, gamma)
+}
+
+fn converged(nodes: &[&Node]) -> bool {
+    let digests: Vec<(u64, String)> = nodes.iter().map(|node| node.digest()).collect();
+    digests.windows(2).all(|pair| pair[0] == pair[1])
+}
+
+#[test]
+fn three_brokers_join_converge_and_share_agents() {
+    let (alpha, beta, gamma) = three_brokers();
+    let cwd = alpha.sandbox.path().display().to_string();
+    let add = alpha.run(&[
+        "agents",
+        "add",
+        "fabric",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--command",
+        "bash",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    for node in [&beta, &gamma] {
+        wait_until(&format!("{} to see @fabric", node.name), || {
+            node.instances()
+                .contains(&"@fabric@alpha#main".to_owned())
+                .then_some(())
+        });
+    }
+    wait_until("registries to converge", || {
+        converged(&[&alpha, &beta, &gamma]).then_some(())
+    });
+
+    let listed = gamma.run(&["agents", "list"]);
+    assert!(
+        listed.stdout.contains("@fabric@alpha#main"),
+        "{}",
+        listed.stdout
+    );
+    let peers = gamma.run(&["--json", "peers"]).json();
+    let states: Vec<(String, String)> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| {
+            (
+                peer["name"].as_str().unwrap().to_owned(),
+                peer["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 2, "{peers}");
+    assert!(
+        states.iter().all(|(_, state)| state == "connected"),
+        "{peers}"
+    );
+    let human = gamma.run(&["peers"]);
+    assert!(
+        human.stdout.contains("alpha") && human.stdout.contains("beta"),
+        "{}",
+        human.stdout
+    );
+
+    // Removing the agent withdraws the instance everywhere.
+    let removed = alpha.run(&["agents", "remove", "fabric"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    wait_until("gamma to drop @fabric", || {
+        (!gamma.instances().contains(&"@fabric@alpha#main".to_owned())).then_some(())
+    });
+}
+
+#[test]
+fn a_killed_broker_catches_up_with_a_delta() {
+    let (alpha, beta, mut gamma) = three_brokers();
+    wait_until("registries to converge", || {
+        converged(&[&alpha, &beta, &gamma]).then_some(())
+    });
+    let mut broker = gamma.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+
+    let cwd = alpha.sandbox.path().display().to_string();
+    for name in ["one", "two", "three"] {
+        let add = alpha.run(&[
+            "agents",
+            "add",
+            name,
+            "--cwd",
+            &cwd,
+            "--workspace",
+            "main",
+            "--command",
+            "bash",
+        ]);
+        assert_eq!(add.code, 0, "{}", add.stderr);
+    }
+    let add = beta.run(&["agents", "add", "four", "--cwd", &cwd, "--command", "bash"]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    wait_until("alpha and beta to converge on four agents", || {
+        (converged(&[&alpha, &beta]) && alpha.instances().len() == 4).then_some(())
+    });
+
+    gamma.start();
+    wait_until("gamma to catch up", || {
+        converged(&[&alpha, &beta, &gamma]).then_some(())
+    });
+    let mesh = gamma.get("/v1/mesh");
+    let received = mesh["sync_records_received"].as_u64().unwrap();
+    let total = mesh["registry_records"].as_u64().unwrap();
+    assert!(
+        received >= 4,
+        "gamma received {received} records; it missed 4 changes"
+    );
+    assert!(
+        received < total,
+        "gamma received {received} records of {total}: a restart must not resync everything"
+    );
+}
+
+#[test]
+fn a_stranger_is_refused_and_the_mesh_keeps_serving() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    assert_eq!(beta.run(&["mesh", "join", &alpha.invite()]).code, 0);
+    beta.start();
+    wait_until("beta to connect", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
+    });
+
+    let mut stranger = Node::setup("stranger", &["--seed", &alpha.mesh_addr()]);
+    stranger.start();
+    let log = wait_until("alpha to log the refused stranger", || {
+        let line = alpha
+            .broker()
+            .stderr_line_matching("inbound handshake failed")?;
+        line.contains("UNKNOWN_PEER").then_some(line)
+    });
+    assert!(log.contains("127.0.0.1"), "{log}");
+    assert!(stranger.peers_in("connected").is_empty());
+    assert_eq!(alpha.peers_in("connected"), ["beta"]);
+    let health: serde_json::Value = ureq::get(&format!("{}/health", alpha.broker().http_base()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+}
+
+#[test]
+fn a_revoked_broker_is_cut_off_everywhere() {
+    let (alpha, beta, gamma) = three_brokers();
+    let revoke = alpha.run(&["mesh", "revoke", "gamma", "--reason", "laptop lost"]);
+    assert_eq!(revoke.code, 0, "{}", revoke.stderr);
+    for node in [&alpha, &beta] {
+        wait_until(&format!("{} to mark gamma revoked", node.name), || {
+            (node.peers_in("revoked") == ["gamma"]).then_some(())
+        });
+    }
+    wait_until("gamma to lose every peer", || {
+        gamma.peers_in("connected").is_empty().then_some(())
+    });
+    // Gamma keeps trying and is refused in the handshake.
+    wait_until("a refusal of gamma's key", || {
+        let alpha_log = alpha.broker().stderr_line_matching("REVOKED_PEER");
+        let beta_log = beta.broker().stderr_line_matching("REVOKED_PEER");
+        alpha_log.or(beta_log)
+    });
+    assert_eq!(alpha.peers_in("connected"), ["beta"]);
+}
+
+#[test]
+fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let invite = Invite::from_code(&alpha.invite()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = NodeKey {
+            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            public_key: signing.verifying_key().to_bytes(),
+        };
+        let node_id = NodeId::of_public_key(&key.public_key);
+        let endpoint = MeshEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            key,
+            Arc::new(MeshTrust::default()),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let name = Label::parse("probe", NamePart::Node).unwrap();
+        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
+            .await
+            .unwrap();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id,
+            node_name: "probe".into(),
+            mesh_id: invite.mesh_id,
+            addresses: Vec::new(),
+        };
+        let timeout = std::time::Duration::from_secs(10);
+        let answer = request(&connection, &MeshFrame::Hello(hello), timeout)
+            .await
+            .unwrap();
+        assert!(matches!(answer, MeshFrame::HelloAck(_)), "{answer:?}");
+
+        async fn raw(connection: &quinn::Connection, bytes: &[u8]) -> MeshFrame {
+            let (mut send, mut recv) = connection.open_bi().await.unwrap();
+            send.write_all(bytes).await.unwrap();
+            send.finish().unwrap();
+            read_request(&mut recv).await.unwrap()
+        }
+        fn code(frame: &MeshFrame) -> String {
+            match frame {
+                MeshFrame::Error(error) => error.code.clone(),
+                other => panic!("expected an error frame, got {other:?}"),
+            }
+        }
+        let mut garbage = 4u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(code(&raw(&connection, &garbage).await), "MALFORMED_FRAME");
+        assert_eq!(
+            code(&raw(&connection, &u32::MAX.to_be_bytes()).await),
+            "FRAME_TOO_LARGE"
+        );
+        let mut body = encode_frame(&MeshFrame::Ping { nonce: 1 });
+        body[0] = 9;
+        let mut wrong_version = (body.len() as u32).to_be_bytes().to_vec();
+        wrong_version.extend_from_slice(&body);
+        assert_eq!(
+            code(&raw(&connection, &wrong_version).await),
+            "UNSUPPORTED_VERSION"
+        );
+        let unknown_kind = [0, 0, 0, 2, PROTOCOL_VERSION as u8, 120];
+        assert_eq!(
+            code(&raw(&connection, &unknown_kind).await),
+            "MALFORMED_FRAME"
+        );
+        let hello_again = encode_frame(&MeshFrame::Join(scout_mesh::wire::JoinRequest {
+            invite_id: [0; 8],
+            secret: [0; 16],
+            node_name: "x".into(),
+            addresses: Vec::new(),
+        }));
+        let mut framed = (hello_again.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&hello_again);
+        assert_eq!(code(&raw(&connection, &framed).await), "UNEXPECTED_FRAME");
+
+        let pong = request(&connection, &MeshFrame::Ping { nonce: 42 }, timeout)
+            .await
+            .unwrap();
+        assert_eq!(pong, MeshFrame::Pong { nonce: 42 });
+    });
+    let health: serde_json::Value = ureq::get(&format!("{}/health", alpha.broker().http_base()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+}
