@@ -304,3 +304,46 @@ fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
         .unwrap();
     assert_eq!(health["status"], "ok");
 }
+
+#[test]
+fn a_broker_with_a_lost_store_resyncs_fully() {
+    let (alpha, beta, mut gamma) = three_brokers();
+    let cwd = gamma.sandbox.path().display().to_string();
+    let add = gamma.run(&[
+        "agents",
+        "add",
+        "scribe",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--command",
+        "bash",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    wait_until("alpha to see @scribe", || {
+        alpha
+            .instances()
+            .contains(&"@scribe@gamma#main".to_owned())
+            .then_some(())
+    });
+    let mut broker = gamma.broker.take().unwrap();
+    assert_eq!(broker.stop_with(libc::SIGTERM), 0);
+    drop(broker);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(gamma.sandbox.home().join(format!("scout.db{suffix}")));
+    }
+
+    gamma.start();
+    wait_until("gamma to resync", || {
+        converged(&[&alpha, &beta, &gamma]).then_some(())
+    });
+    let mesh = gamma.get("/v1/mesh");
+    assert!(
+        mesh["sync_records_received"].as_u64().unwrap()
+            >= mesh["registry_records"].as_u64().unwrap() / 2,
+        "a lost store resyncs from peers: {mesh}"
+    );
+    assert!(gamma.instances().contains(&"@scribe@gamma#main".to_owned()));
+    assert_eq!(gamma.peers_in("connected"), ["alpha", "beta"]);
+}

@@ -309,6 +309,10 @@ impl PeerRefused {
 #[derive(Debug, Clone, Default)]
 struct PeerState {
     caught_up: bool,
+    /// When our last digest to this peer left, until its final delta came
+    /// back: a second digest meanwhile would only fetch the same records
+    /// twice.
+    digest_outstanding_since_ms: Option<u64>,
 }
 
 /// The sync state of one broker. See the module documentation.
@@ -567,8 +571,7 @@ impl Replica {
             return Err(PeerRefused::TooManyPeers);
         }
         self.peers.insert(peer.clone(), PeerState::default());
-        let vv = self.vv.clone();
-        self.send(peer, SyncMessage::Digest { vv });
+        self.send_digest(now_ms, peer);
         Ok(())
     }
 
@@ -632,8 +635,7 @@ impl Replica {
         match self.anti_entropy_at_ms {
             Some(at_ms) if now_ms >= at_ms => {
                 for peer in self.sync_peers() {
-                    let vv = self.vv.clone();
-                    self.send(peer, SyncMessage::Digest { vv });
+                    self.send_digest(now_ms, peer);
                 }
                 self.collect_tombstones();
                 let interval_ms = self.next_interval_ms();
@@ -779,10 +781,27 @@ impl Replica {
             .dots
             .iter()
             .any(|(origin, counter)| *counter > self.vv.get(origin));
-        if peer_has_more {
-            let vv = self.vv.clone();
-            self.send(from.clone(), SyncMessage::Digest { vv });
+        // A digest of ours still unanswered will bring what the peer has
+        // (its state only grows); one lost is replaced after an interval.
+        let outstanding = self
+            .peers
+            .get(from)
+            .and_then(|peer| peer.digest_outstanding_since_ms)
+            .is_some_and(|since| {
+                now_ms < since.saturating_add(self.config.anti_entropy_interval_ms)
+            });
+        if peer_has_more && !outstanding {
+            self.send_digest(now_ms, from.clone());
         }
+    }
+
+    /// Sends our digest to `peer` and remembers that it awaits an answer.
+    fn send_digest(&mut self, now_ms: u64, peer: NodeId) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.digest_outstanding_since_ms = Some(now_ms);
+        }
+        let vv = self.vv.clone();
+        self.send(peer, SyncMessage::Digest { vv });
     }
 
     fn on_records(
@@ -873,6 +892,7 @@ impl Replica {
         self.report_membership_changes(&members_before);
         let peer = self.peers.get_mut(from);
         if let (Some(caught_up), Some(peer)) = (caught_up, peer) {
+            peer.digest_outstanding_since_ms = None;
             let newly_caught_up = caught_up && !peer.caught_up;
             peer.caught_up = caught_up;
             if newly_caught_up {
@@ -923,8 +943,7 @@ impl Replica {
             reissued,
         });
         for peer in self.sync_peers() {
-            let vv = self.vv.clone();
-            self.send(peer, SyncMessage::Digest { vv });
+            self.send_digest(now_ms, peer);
         }
     }
 

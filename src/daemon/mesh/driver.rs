@@ -173,7 +173,13 @@ fn handle_event(shared: &Arc<Shared>, event: SyncEvent) {
             }
             tracing::warn!(%node_id, ?reason, "member removed; disconnected");
         }
-        SyncEvent::PeerCaughtUp { peer } => tracing::debug!(%peer, "caught up with peer"),
+        SyncEvent::PeerCaughtUp { peer } => {
+            tracing::debug!(%peer, "caught up with peer");
+            super::Mesh {
+                shared: shared.clone(),
+            }
+            .finish_catching_up("caught up with a peer");
+        }
         SyncEvent::MessageIgnored {
             from,
             message,

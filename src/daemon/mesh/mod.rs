@@ -116,6 +116,10 @@ impl MeshConfig {
     }
 }
 
+/// How long a broker with an empty store waits to catch up with a peer
+/// before publishing its own records anyway (alone on its mesh, say).
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
 /// How often the dialer wakes to look for addresses due a dial.
 pub const DIAL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -146,6 +150,9 @@ pub struct Shared {
     pub(crate) trust: Arc<MeshTrust>,
     pub(crate) announce: Vec<SocketAddr>,
     pub(crate) local_agents: Mutex<Vec<LocalAgent>>,
+    /// True while a broker with an empty store (lost, or just joined) waits
+    /// to catch up with a peer before writing its own records.
+    pub(crate) catching_up: std::sync::atomic::AtomicBool,
     pub(crate) stats: SyncStats,
     /// Bumped after every change to the replica, for waiters.
     pub(crate) changes: watch::Sender<u64>,
@@ -296,6 +303,11 @@ impl Mesh {
             offline::ensure_mesh(home, &identity, &store, config.clock.now_ms()).await?;
         let mesh_id = MeshId::parse(&mesh_file.mesh_id).context("mesh.json has a bad mesh id")?;
         let stored = store.read(store::mesh::load_registry)?;
+        // An empty registry in a broker that belongs to a mesh means a lost
+        // store or a fresh join: peers may hold this node's older records
+        // under the same sequence numbers, so it writes nothing of its own
+        // until it caught up with a peer (or waited long enough alone).
+        let fresh_store = stored.records.is_empty();
         if stored.skipped > 0 {
             tracing::warn!(
                 rows = stored.skipped,
@@ -345,7 +357,12 @@ impl Mesh {
         let mut book = AddressBook::default();
         for peer in &mesh_file.bootstrap {
             if let (Ok(addr), Some(key)) = (peer.address.parse(), parse_key(&peer.public_key)) {
-                book.add(addr, AddressSource::Invite, None, now_ms);
+                book.add(
+                    addr,
+                    AddressSource::Invite,
+                    Some(NodeId::of_public_key(&key)),
+                    now_ms,
+                );
                 book.pin(addr, key);
                 trust.pin(key);
             }
@@ -365,13 +382,31 @@ impl Mesh {
             trust,
             announce,
             local_agents: Mutex::new(Vec::new()),
+            catching_up: std::sync::atomic::AtomicBool::new(fresh_store),
             stats: SyncStats::default(),
             changes: watch::channel(0).0,
             refusals: Mutex::new(HashMap::new()),
         });
         let mesh = Mesh { shared };
-        mesh.publish_node();
-        mesh.publish_local_agents(agents);
+        *mesh
+            .shared
+            .local_agents
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = agents.clone();
+        if fresh_store {
+            tracing::info!("empty store: catching up with a peer before publishing this node");
+            let waiting = mesh.clone();
+            let mut stop = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(CATCH_UP_WAIT) => waiting.finish_catching_up("no peer answered in time"),
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+            });
+        } else {
+            mesh.publish_node();
+            mesh.publish_local_agents(agents);
+        }
 
         tasks.spawn(driver::run(mesh.shared.clone(), shutdown.clone()));
         tasks.spawn(connections::accept_loop(
@@ -402,6 +437,23 @@ impl Mesh {
         self.shared.mesh_id()
     }
 
+    /// Ends the wait of a broker with an empty store and publishes its
+    /// node and agents (once).
+    pub fn finish_catching_up(&self, why: &str) {
+        use std::sync::atomic::Ordering;
+        if self.shared.catching_up.swap(false, Ordering::SeqCst) {
+            tracing::info!(why, "publishing this node");
+            self.publish_node();
+            let agents = self
+                .shared
+                .local_agents
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone();
+            self.publish_local_agents(agents);
+        }
+    }
+
     /// Publishes (or refreshes) this node's record.
     pub fn publish_node(&self) {
         let shared = &self.shared;
@@ -422,6 +474,14 @@ impl Mesh {
     /// that are gone.
     pub fn publish_local_agents(&self, agents: Vec<LocalAgent>) {
         let shared = &self.shared;
+        if shared.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
+            // Published once caught up.
+            *shared
+                .local_agents
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = agents;
+            return;
+        }
         let node_name = shared.identity.node_name.clone();
         let now = shared.now_ms();
         let wanted: HashMap<String, InstanceBody> = agents
