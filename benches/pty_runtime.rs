@@ -399,6 +399,7 @@ impl BrokerUnderTest {
                 .args(args)
                 .env("HOME", dir)
                 .env_remove("PORT")
+                .env("SCOUT_DISCOVERY", "none")
                 .env("LOG_LEVEL", "warn")
                 .stdin(Stdio::null());
             command

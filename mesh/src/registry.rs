@@ -883,6 +883,10 @@ fn min_key(origin: &NodeId) -> RecordKey {
 /// Whether `new` wins over `stored` for the same key.
 fn supersedes(new: &Record, stored: &Record) -> bool {
     use std::cmp::Ordering;
+    if broken_merge::active() {
+        // The deliberate bug: the stored (older) version always stays.
+        return false;
+    }
     match (new.dot.counter, new.hlc).cmp(&(stored.dot.counter, stored.hlc)) {
         Ordering::Greater => true,
         Ordering::Less => false,
@@ -890,6 +894,47 @@ fn supersedes(new: &Record, stored: &Record) -> bool {
             let new_bytes = postcard::to_allocvec(new).unwrap_or_default();
             let stored_bytes = postcard::to_allocvec(stored).unwrap_or_default();
             new_bytes > stored_bytes
+        }
+    }
+}
+
+/// A deliberately broken merge, for proving that netsim's checks catch a
+/// replication bug: while switched on, a stored record is never replaced
+/// by a newer version of its key. The switch exists only in builds with the
+/// cargo feature `broken-merge-for-tests` (netsim's tests enable it; no
+/// shipped binary does), and even there it is off until a thread turns it
+/// on for itself, so it cannot leak into other threads' runs.
+pub mod broken_merge {
+    #[cfg(feature = "broken-merge-for-tests")]
+    thread_local! {
+        static ACTIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Switches the broken merge on or off for the calling thread. Returns
+    /// whether the switch exists in this build; without the feature it does
+    /// nothing and returns `false`.
+    pub fn set_for_this_thread(on: bool) -> bool {
+        #[cfg(feature = "broken-merge-for-tests")]
+        {
+            ACTIVE.with(|active| active.set(on));
+            true
+        }
+        #[cfg(not(feature = "broken-merge-for-tests"))]
+        {
+            let _ = on;
+            false
+        }
+    }
+
+    /// Whether the calling thread runs the broken merge.
+    pub(crate) fn active() -> bool {
+        #[cfg(feature = "broken-merge-for-tests")]
+        {
+            ACTIVE.with(std::cell::Cell::get)
+        }
+        #[cfg(not(feature = "broken-merge-for-tests"))]
+        {
+            false
         }
     }
 }

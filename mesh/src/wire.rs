@@ -744,6 +744,84 @@ pub enum MeshFrame {
     },
     /// Response: the request failed.
     Error(ErrorFrame),
+    /// Request (origin to owner): run this invocation.
+    Invoke(InvokeRequest),
+    /// Response to `Invoke`: committed on the owner (or already there).
+    InvokeAck(InvokeAck),
+    /// Request (owner to origin): a flight changed state or produced output.
+    FlightUpdate(FlightUpdate),
+    /// Request (origin to owner): where is this invocation now?
+    FlightQuery {
+        /// The invocation.
+        invocation_id: String,
+    },
+    /// Request (origin to owner): stop this invocation.
+    Cancel {
+        /// The invocation.
+        invocation_id: String,
+    },
+    /// Response to `FlightUpdate`, `FlightQuery` (with the flight) and `Cancel`.
+    FlightAck(Option<FlightUpdate>),
+}
+
+/// Bytes of an invocation body at most: a prompt, not a file upload.
+pub const INVOKE_BODY_BYTES_MAX: usize = 256 * 1024;
+
+/// Bytes of output one flight update carries at most; longer output is
+/// split across updates, and the final one carries the whole result.
+pub const FLIGHT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
+
+const _: () = assert!(INVOKE_BODY_BYTES_MAX + FLIGHT_OUTPUT_BYTES_MAX < FRAME_BYTES_MAX);
+
+/// An invocation on its way to the broker that owns its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    /// Minted by the origin; the owner never executes one id twice.
+    pub invocation_id: String,
+    /// What is asked.
+    pub action: crate::lifecycle::InvocationAction,
+    /// The prompt.
+    pub body: String,
+    /// The conversation at the origin.
+    pub conversation_id: Option<String>,
+    /// The origin broker.
+    pub origin: NodeId,
+    /// The name as mentioned (`@fabric`).
+    pub target: String,
+    /// The instance it resolved to (`@fabric@devbox#main`), owned by the receiver.
+    pub instance: String,
+    /// Why that instance (`crate::resolve::ResolveReason` word).
+    pub resolve_reason: String,
+    /// Unix ms after which the work is no longer wanted.
+    pub deadline_ms: Option<u64>,
+    /// How hard to try.
+    pub policy: crate::lifecycle::DeliveryPolicy,
+}
+
+/// The owner's answer to an invoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeAck {
+    /// The invocation.
+    pub invocation_id: String,
+    /// Whether the owner had it already (a retry).
+    pub duplicate: bool,
+    /// The flight's state now.
+    pub state: crate::lifecycle::FlightState,
+}
+
+/// A flight's progress, from its owner to its origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlightUpdate {
+    /// The invocation.
+    pub invocation_id: String,
+    /// The flight's state.
+    pub state: crate::lifecycle::FlightState,
+    /// New output since the last update (the whole result when terminal).
+    pub output: String,
+    /// Why it failed, when it did.
+    pub failure_reason: Option<crate::lifecycle::FailureReason>,
+    /// What happened, for a person.
+    pub detail: Option<String>,
 }
 
 impl MeshFrame {
@@ -759,6 +837,12 @@ impl MeshFrame {
             MeshFrame::Ping { .. } => "ping",
             MeshFrame::Pong { .. } => "pong",
             MeshFrame::Error(_) => "error",
+            MeshFrame::Invoke(_) => "invoke",
+            MeshFrame::InvokeAck(_) => "invoke_ack",
+            MeshFrame::FlightUpdate(_) => "flight_update",
+            MeshFrame::FlightQuery { .. } => "flight_query",
+            MeshFrame::Cancel { .. } => "cancel",
+            MeshFrame::FlightAck(_) => "flight_ack",
         }
     }
 
@@ -775,6 +859,24 @@ impl MeshFrame {
             MeshFrame::Hello(hello) | MeshFrame::HelloAck(hello) => hello.addresses.len(),
             MeshFrame::Join(join) => join.addresses.len(),
             MeshFrame::Sync(message) => return message.check_limits(),
+            MeshFrame::Invoke(invoke) if invoke.body.len() > INVOKE_BODY_BYTES_MAX => {
+                return Err(WireError::MalformedFrame {
+                    detail: format!(
+                        "invocation body of {} bytes; the limit is {INVOKE_BODY_BYTES_MAX}",
+                        invoke.body.len()
+                    ),
+                });
+            }
+            MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update))
+                if update.output.len() > FLIGHT_OUTPUT_BYTES_MAX =>
+            {
+                return Err(WireError::MalformedFrame {
+                    detail: format!(
+                        "flight output of {} bytes; the limit is {FLIGHT_OUTPUT_BYTES_MAX}",
+                        update.output.len()
+                    ),
+                });
+            }
             _ => 0,
         };
         if addresses > HELLO_ADDRESSES_MAX {

@@ -44,6 +44,10 @@ pub struct AddArgs {
     /// Workspace part of the instance name (default: the git branch of --cwd).
     #[arg(long, value_name = "WORKSPACE")]
     pub workspace: Option<String>,
+    /// `command` agents: a regular expression matching the program's prompt
+    /// line, which ends a turn (default: a quiet spell ends it).
+    #[arg(long, value_name = "REGEX")]
+    pub prompt_pattern: Option<String>,
     /// Program and arguments; put it last, everything after it is the command.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -222,6 +226,15 @@ fn add(args: AddArgs, context: &Context) -> anyhow::Result<ExitCode> {
     if let Some(workspace) = &args.workspace {
         Workspace::parse(workspace)?;
     }
+    if let Some(pattern) = &args.prompt_pattern
+        && let Err(err) = regex::Regex::new(pattern)
+    {
+        return Err(UsageError::new(
+            "INVALID_PATTERN",
+            format!("--prompt-pattern is not a regular expression: {err}"),
+        )
+        .into());
+    }
 
     let path = context.home.relay_agents_path();
     settings::load_required(&context.home.settings_path())?;
@@ -243,6 +256,7 @@ fn add(args: AddArgs, context: &Context) -> anyhow::Result<ExitCode> {
         command: args.command,
         cwd,
         workspace: args.workspace,
+        prompt_pattern: args.prompt_pattern,
     };
     relay.value.agents.push(agent.clone());
     relay.save()?;

@@ -98,6 +98,25 @@ impl BrokerClient {
         self.finish(request.send_json(body))
     }
 
+    /// `GET path` as a stream (server-sent events), read line by line.
+    pub fn stream(&self, path: &str) -> Result<Box<dyn std::io::Read + Send>, ClientError> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(PROBE_TIMEOUT)
+            .timeout_read(super::send::STREAM_READ_TIMEOUT)
+            .build();
+        let response = agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Accept", "text/event-stream")
+            .call();
+        match response {
+            Ok(response) => Ok(Box::new(response.into_reader())),
+            Err(err) => self
+                .finish::<serde_json::Value>(Err(err))
+                .map(|_| -> Box<dyn std::io::Read + Send> { Box::new(std::io::empty()) }),
+        }
+    }
+
     fn finish<T: DeserializeOwned>(
         &self,
         result: Result<ureq::Response, ureq::Error>,

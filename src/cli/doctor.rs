@@ -197,6 +197,7 @@ fn checks(context: &Context) -> Vec<Check> {
     if let Some(settings) = &settings {
         checks.push(broker_check(settings, context));
         checks.extend(mesh_checks(settings, context));
+        checks.extend(discovery_checks(settings, context));
         let discovered = discover::discover(settings, &relay);
         checks.push(agents_check(discovered.agents.len(), &discovered.warnings));
         checks.extend(cli_checks(&discovered.agents));
@@ -415,6 +416,36 @@ fn mesh_checks(settings: &Settings, context: &Context) -> Vec<Check> {
         Err(err) => checks.push(Check::new("peers", Status::Fail, err.to_string())),
     }
     checks
+}
+
+/// Each discovery source (seeds, mDNS, Tailscale) and the running broker's
+/// address book.
+fn discovery_checks(settings: &Settings, context: &Context) -> Vec<Check> {
+    use crate::daemon::discovery::diagnose::{self, Level};
+    use crate::daemon::mesh::address_book::AddressView;
+    let book: Option<Vec<AddressView>> = match super::client::BrokerClient::running(context) {
+        Ok(Some(client)) => client
+            .get::<serde_json::Value>("/v1/peers")
+            .ok()
+            .and_then(|peers| serde_json::from_value(peers["addresses"].clone()).ok()),
+        _ => None,
+    };
+    let seeds = crate::daemon::seeds(settings);
+    diagnose::diagnose(settings, &seeds, book.as_deref())
+        .into_iter()
+        .map(|report| {
+            let status = match report.level {
+                Level::Ok => Status::Ok,
+                Level::Warn => Status::Warn,
+                Level::Fail => Status::Fail,
+            };
+            let check = Check::new(report.name, status, report.message);
+            match report.hint {
+                Some(hint) => check.hint(hint),
+                None => check,
+            }
+        })
+        .collect()
 }
 
 /// Whether the configured mesh port can be bound (broker not running).

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod mesh;
 pub mod output;
 pub mod resolve;
+pub mod send;
 pub mod setup;
 pub mod up;
 
@@ -62,6 +63,16 @@ pub enum Command {
     Mesh(mesh::MeshCommand),
     /// List the mesh's members: state, addresses, last seen, round-trip time.
     Peers(mesh::PeersArgs),
+    /// Send a message to an agent anywhere in the mesh.
+    Send(send::SendArgs),
+    /// List recent invocations, or show one.
+    Flights(send::FlightsArgs),
+    /// List conversations, or show one.
+    #[command(subcommand)]
+    Conversations(send::ConversationsCommand),
+    /// Queue, list, cancel and run work orders.
+    #[command(subcommand)]
+    WorkOrders(send::WorkOrdersCommand),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -121,6 +132,10 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Resolve(args) => resolve::run(args, context),
         Command::Mesh(command) => mesh::run(command, context),
         Command::Peers(args) => mesh::peers(args, context),
+        Command::Send(args) => send::send(args, context),
+        Command::Flights(args) => send::flights(args, context),
+        Command::Conversations(command) => send::conversations(command, context),
+        Command::WorkOrders(command) => send::work_orders(command, context),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct LocalAgent {
     pub cwd: PathBuf,
     /// Where this agent was declared.
     pub source: AgentSource,
+    /// The prompt line's pattern (`command` agents), marking turn ends.
+    pub prompt_pattern: Option<String>,
 }
 
 impl LocalAgent {
@@ -163,6 +165,7 @@ pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
             harness: agent.harness,
             cwd,
             source: AgentSource::Manual,
+            prompt_pattern: agent.prompt_pattern.clone(),
         });
     }
 
@@ -375,6 +378,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                     source: AgentSource::Project {
                         manifest: manifest_path.clone(),
                     },
+                    prompt_pattern: None,
                 });
             }
         }
@@ -393,6 +397,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                 source: AgentSource::Inferred {
                     marker: marker.to_owned(),
                 },
+                prompt_pattern: None,
             });
         }
         Err(err) => warnings.push(format!("{err}; project skipped")),
@@ -438,6 +443,7 @@ mod tests {
                 command: vec!["bash".into()],
                 cwd: Some(root.path().to_path_buf()),
                 workspace: Some("scratch".into()),
+                prompt_pattern: None,
             }],
             ..RelayAgents::default()
         };

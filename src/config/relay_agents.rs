@@ -54,6 +54,11 @@ pub struct ManualAgent {
     /// Workspace part of the instance name; the git branch of `cwd` when absent.
     #[serde(default)]
     pub workspace: Option<String>,
+    /// `command` only: a regular expression matching the program's prompt
+    /// line, which marks the end of a turn (without one, a turn ends after
+    /// a quiet spell).
+    #[serde(default)]
+    pub prompt_pattern: Option<String>,
 }
 
 fn default_harness() -> Harness {
@@ -108,6 +113,16 @@ pub fn validate(relay: &RelayAgents, path: &Path, text: &str) -> Result<(), Conf
             Workspace::parse(workspace).map_err(|err| {
                 ConfigError::field(path, text, &field("workspace"), err.to_string())
             })?;
+        }
+        if let Some(pattern) = &agent.prompt_pattern
+            && let Err(err) = regex::Regex::new(pattern)
+        {
+            return Err(ConfigError::field(
+                path,
+                text,
+                &field("prompt_pattern"),
+                format!("not a regular expression: {err}"),
+            ));
         }
         if let Some(cwd) = &agent.cwd
             && !cwd.is_absolute()

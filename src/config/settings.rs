@@ -61,7 +61,43 @@ pub struct TailscaleSettings {
     pub enabled: bool,
     /// Only peers carrying one of these tags (empty: every peer).
     pub tags: Vec<String>,
+    /// tailscaled's LocalAPI socket; empty: the platform's default path.
+    pub socket: String,
+    /// How often tailscaled's peer list is read again.
+    pub poll_interval_ms: u64,
+    /// The mesh port the tailnet peers' brokers listen on; 0: this broker's
+    /// `mesh_port`, or 3101 when that is 0 too.
+    pub mesh_port: u16,
+    /// Admit peers by their tailnet identity, without invite codes. Off
+    /// while both lists are empty.
+    pub admit: TailnetAdmitSettings,
 }
+
+/// Which tailnet identities are admitted to the mesh without an invite.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TailnetAdmitSettings {
+    /// Tailscale ACL tags (`tag:mesh-broker`); a tagged node matches when it
+    /// carries one of them.
+    pub tags: Vec<String>,
+    /// Tailscale login names (`alice@example.com`); an untagged node
+    /// matches when its owner is one of them.
+    pub users: Vec<String>,
+}
+
+/// Default interval between two reads of tailscaled's peer list.
+pub const TAILSCALE_POLL_INTERVAL_MS_DEFAULT: u64 = 5_000;
+
+/// Shortest poll interval accepted: tailscaled answers from memory, but a
+/// tighter loop only burns CPU.
+pub const TAILSCALE_POLL_INTERVAL_MS_MIN: u64 = 100;
+
+/// Longest poll interval accepted: an offline peer must be noticed within
+/// minutes, not hours.
+pub const TAILSCALE_POLL_INTERVAL_MS_MAX: u64 = 600_000;
+
+/// Tags or users listed at most (filter and admit lists alike).
+pub const TAILNET_NAMES_MAX: usize = 64;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -91,6 +127,10 @@ impl Default for TailscaleSettings {
         TailscaleSettings {
             enabled: true,
             tags: Vec::new(),
+            socket: String::new(),
+            poll_interval_ms: TAILSCALE_POLL_INTERVAL_MS_DEFAULT,
+            mesh_port: 0,
+            admit: TailnetAdmitSettings::default(),
         }
     }
 }
@@ -148,6 +188,7 @@ pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), Conf
             ));
         }
     }
+    validate_tailscale(&settings.discovery.tailscale, path, text)?;
     if settings.workspace_roots.len() > WORKSPACE_ROOTS_MAX {
         return Err(ConfigError::field(
             path,
@@ -158,6 +199,67 @@ pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), Conf
                 settings.workspace_roots.len()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Checks `discovery.tailscale`: interval bounds, tag syntax, list sizes.
+fn validate_tailscale(
+    tailscale: &TailscaleSettings,
+    path: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
+    let interval = tailscale.poll_interval_ms;
+    if !(TAILSCALE_POLL_INTERVAL_MS_MIN..=TAILSCALE_POLL_INTERVAL_MS_MAX).contains(&interval) {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "discovery.tailscale.poll_interval_ms",
+            format!(
+                "{interval} is out of range; use {TAILSCALE_POLL_INTERVAL_MS_MIN}-{TAILSCALE_POLL_INTERVAL_MS_MAX}"
+            ),
+        ));
+    }
+    let lists = [
+        ("discovery.tailscale.tags", &tailscale.tags, true),
+        (
+            "discovery.tailscale.admit.tags",
+            &tailscale.admit.tags,
+            true,
+        ),
+        (
+            "discovery.tailscale.admit.users",
+            &tailscale.admit.users,
+            false,
+        ),
+    ];
+    for (field, names, are_tags) in lists {
+        if names.len() > TAILNET_NAMES_MAX {
+            return Err(ConfigError::field(
+                path,
+                text,
+                field,
+                format!("{} entries; at most {TAILNET_NAMES_MAX}", names.len()),
+            ));
+        }
+        for (idx, name) in names.iter().enumerate() {
+            let bad = name.trim().is_empty()
+                || name.chars().any(char::is_whitespace)
+                || (are_tags && !name.starts_with("tag:"));
+            if bad {
+                let expected = if are_tags {
+                    "a Tailscale tag such as `tag:mesh-broker`"
+                } else {
+                    "a Tailscale login name such as `alice@example.com`"
+                };
+                return Err(ConfigError::field(
+                    path,
+                    text,
+                    &format!("{field}[{idx}]"),
+                    format!("`{name}` is not {expected}"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -250,6 +352,27 @@ mod tests {
         assert!(
             message.starts_with("settings.json:2:3: field `node_name`"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn tailscale_settings_are_checked() {
+        let text = r#"{"discovery": {"tailscale": {"admit": {"tags": ["mesh"]}}}}"#;
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        let err = validate(&settings, Path::new("s.json"), text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field `discovery.tailscale.admit.tags[0]`"),
+            "{err}"
+        );
+        let text = r#"{"discovery": {"tailscale": {"poll_interval_ms": 1}}}"#;
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        assert!(validate(&settings, Path::new("s.json"), text).is_err());
+        let defaults = Settings::default();
+        assert!(defaults.discovery.tailscale.admit.tags.is_empty());
+        assert_eq!(
+            defaults.discovery.tailscale.poll_interval_ms,
+            TAILSCALE_POLL_INTERVAL_MS_DEFAULT
         );
     }
 

@@ -3,10 +3,13 @@
 //!
 //! Code map: [`Broker`] starts and stops everything; [`BrokerState`] is what
 //! request handlers and background tasks share; [`mesh`] is the broker's
-//! side of the mesh (sync, connections, membership); [`watch`] reloads agents
+//! side of the mesh (sync, connections, membership); [`discovery`] feeds
+//! its address book from mDNS and Tailscale; [`watch`] reloads agents
 //! when their files change, so `scout agents add` needs no restart.
 
+pub mod discovery;
 pub mod mesh;
+pub mod routing;
 pub mod watch;
 
 use std::fs::File;
@@ -42,11 +45,13 @@ pub struct BrokerState {
     /// The durable store.
     pub store: Store,
     /// This machine's agents, replaced whole on every reload.
-    pub agents: RwLock<Vec<LocalAgent>>,
+    pub agents: Arc<RwLock<Vec<LocalAgent>>>,
     /// The mesh.
     pub mesh: mesh::Mesh,
     /// The agents running on terminals (the local runtime).
-    pub runtime: crate::pty::SessionManager,
+    pub runtime: Arc<crate::pty::SessionManager>,
+    /// Routing of invocations and work orders.
+    pub router: routing::Router,
     /// When the broker started.
     pub started: Instant,
 }
@@ -58,7 +63,7 @@ pub struct ReadyInfo {
     pub node_name: String,
     /// Node id.
     pub node_id: String,
-    /// Where the HTTP surface listens.
+    /// Where the HTTP surface listens (port 0: it serves none).
     pub http_addr: SocketAddr,
     /// Where the mesh listens (UDP).
     pub mesh_addr: Option<SocketAddr>,
@@ -96,12 +101,15 @@ pub struct Broker {
     info: ReadyInfo,
     shutdown: signal::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The store runs its writes inline: close it on this thread too.
+    inline_store: bool,
     /// Held for the broker's lifetime: the advisory lock on the home.
     _lock: File,
 }
 
 /// What an embedding (tests, netsim) may substitute when starting a broker.
-#[derive(Debug, Clone, Default)]
+/// The default is what `scout up` runs.
+#[derive(Debug, Clone)]
 pub struct BrokerOptions {
     /// Run the mesh on this socket instead of binding `mesh_port`.
     pub mesh_socket: Option<mesh::SocketOverride>,
@@ -111,6 +119,41 @@ pub struct BrokerOptions {
     pub sync: Option<scout_mesh::sync::SyncConfig>,
     /// Transport timeouts (default: the production ones).
     pub transport: Option<scout_mesh::transport::TransportConfig>,
+    /// Bind and serve the HTTP surface (default true). Without it the
+    /// broker writes no `broker.json` and announces HTTP port 0; netsim's
+    /// brokers are driven in-process and need no listener.
+    pub serve_http: bool,
+    /// Reload agents when their files change and rescan workspace roots
+    /// (default true). netsim reloads explicitly, at scripted times.
+    pub watch_config: bool,
+    /// How the store is opened (default: [`StoreOptions::default`]). With
+    /// `inline_writes` the store is also opened and closed on the calling
+    /// thread.
+    pub store: StoreOptions,
+    /// Seeds every random choice the broker makes itself (dial backoff
+    /// jitter, anti-entropy jitter, invite secrets, the QUIC endpoint's
+    /// randomness), so a simulated run is reproducible. `None` (the
+    /// default) uses the operating system's randomness.
+    pub seed: Option<u64>,
+    /// What runs invocations on this broker's agents (default: PTY
+    /// sessions); netsim runs in-process agents.
+    pub executor: Option<Arc<dyn routing::executor::Executor>>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> BrokerOptions {
+        BrokerOptions {
+            mesh_socket: None,
+            clock: None,
+            sync: None,
+            transport: None,
+            serve_http: true,
+            watch_config: true,
+            store: StoreOptions::default(),
+            seed: None,
+            executor: None,
+        }
+    }
 }
 
 impl Broker {
@@ -138,10 +181,16 @@ impl Broker {
         let store_path = home.store_path();
         let (store, reconciled) = {
             let path = store_path.clone();
-            tokio::task::spawn_blocking(move || Store::open(&path, StoreOptions::default()))
-                .await
-                .context("the store opener stopped")?
-                .with_context(|| format!("cannot open the store {}", store_path.display()))?
+            let store_options = options.store.clone();
+            let open = move || Store::open(&path, store_options);
+            if options.store.inline_writes {
+                open()
+            } else {
+                tokio::task::spawn_blocking(open)
+                    .await
+                    .context("the store opener stopped")?
+            }
+            .with_context(|| format!("cannot open the store {}", store_path.display()))?
         };
         let reconciled_flights = reconciled.total();
         if reconciled_flights > 0 {
@@ -155,10 +204,18 @@ impl Broker {
         for warning in &discovered.warnings {
             tracing::warn!(%warning, "agent discovery");
         }
-        let listener = crate::http::bind(http_port(&settings)?).await?;
-        let http_addr = listener.local_addr()?;
-
-        write_runtime_file(home, http_addr)?;
+        let listener = if options.serve_http {
+            Some(crate::http::bind(http_port(&settings)?).await?)
+        } else {
+            None
+        };
+        let http_addr = match &listener {
+            Some(listener) => listener.local_addr()?,
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        if listener.is_some() {
+            write_runtime_file(home, http_addr)?;
+        }
         let (shutdown, shutdown_rx) = signal::channel(false);
         let mut tasks = JoinSet::new();
         let mut mesh_config = mesh::MeshConfig::new(
@@ -176,6 +233,13 @@ impl Broker {
         if let Some(transport) = options.transport {
             mesh_config.transport = transport;
         }
+        if let Some(seed) = options.seed {
+            use rand::{Rng as _, SeedableRng as _};
+            let mut seeds = rand::rngs::StdRng::seed_from_u64(seed);
+            mesh_config.sync.seed = seeds.r#gen();
+            mesh_config.seed = Some(seeds.r#gen());
+            mesh_config.transport.rng_seed = Some(seeds.r#gen());
+        }
         let mesh = mesh::Mesh::start(
             home,
             identity.mesh_identity(node_name.clone()),
@@ -187,15 +251,43 @@ impl Broker {
         )
         .await?;
 
+        let agents = Arc::new(RwLock::new(discovered.agents));
+        let runtime = Arc::new(crate::pty::SessionManager::new(runtime_config));
+        let executor: Arc<dyn routing::executor::Executor> = match options.executor {
+            Some(executor) => executor,
+            None => Arc::new(routing::executor::PtyExecutor::new(runtime.clone())),
+        };
+        let router = routing::Router::start(
+            routing::RouterParts {
+                store: store.clone(),
+                mesh: mesh.clone(),
+                node_id: scout_mesh::wire::NodeId::of_public_key(&identity.public_key()),
+                node_name: node_name.clone(),
+                executor,
+                agents: agents.clone(),
+                seed: options.seed.unwrap_or_else(rand::random),
+            },
+            shutdown_rx.clone(),
+            &mut tasks,
+        )
+        .await?;
+        {
+            let router = router.clone();
+            mesh.set_request_hook(Arc::new(move |from, frame| {
+                let router = router.clone();
+                Box::pin(async move { routing::owner::handle_request(&router, &from, frame).await })
+            }));
+        }
         let state = Arc::new(BrokerState {
             home: home.clone(),
             node_name: node_name.clone(),
             node_id: identity.node_id().to_owned(),
             token,
             store,
-            agents: RwLock::new(discovered.agents),
+            agents,
             mesh: mesh.clone(),
-            runtime: crate::pty::SessionManager::new(runtime_config),
+            runtime,
+            router,
             started: Instant::now(),
         });
         let info = ReadyInfo {
@@ -210,24 +302,29 @@ impl Broker {
             reconciled_flights,
         };
 
-        let router = crate::http::router(state.clone());
-        let mut http_shutdown = shutdown_rx.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                // Either a shutdown or a dropped sender ends the server.
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
+        if let Some(listener) = listener {
+            let router = crate::http::router(state.clone());
+            let mut http_shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    // Either a shutdown or a dropped sender ends the server.
+                    let _ = http_shutdown.wait_for(|stop| *stop).await;
+                });
+                if let Err(err) = serve.await {
+                    tracing::error!(cause = %err, "http server stopped");
+                }
             });
-            if let Err(err) = serve.await {
-                tracing::error!(cause = %err, "http server stopped");
-            }
-        });
-        tasks.spawn(watch::run(state.clone(), shutdown_rx));
+        }
+        if options.watch_config {
+            tasks.spawn(watch::run(state.clone(), shutdown_rx));
+        }
 
         Ok(Broker {
             state,
             info,
             shutdown,
             tasks,
+            inline_store: options.store.inline_writes,
             _lock: lock,
         })
     }
@@ -257,6 +354,9 @@ impl Broker {
         let _ = std::fs::remove_file(self.state.home.runtime_path());
         let store = self.state.store.clone();
         drop(self.state);
+        if self.inline_store {
+            return store.close().context("cannot close the store");
+        }
         tokio::task::spawn_blocking(move || store.close())
             .await
             .context("the store closer stopped")?

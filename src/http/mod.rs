@@ -12,8 +12,10 @@
 pub mod agents;
 pub mod error;
 pub mod health;
+pub mod invocations;
 pub mod mesh;
 pub mod runtime;
+pub mod work_orders;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +37,13 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// The router of the whole surface.
 pub fn router(state: Arc<BrokerState>) -> Router {
     let protected = Router::new()
-        .nest("/v1", agents::routes().merge(mesh::routes()))
+        .nest(
+            "/v1",
+            agents::routes()
+                .merge(mesh::routes())
+                .merge(invocations::routes())
+                .merge(work_orders::routes()),
+        )
         .merge(runtime::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -10,10 +10,10 @@
 #![allow(unsafe_code)]
 
 /// Nice value of terminal reader and screen threads (0 is normal, 19 the
-/// lowest). At 5 a terminal thread weighs about a third of a normal one:
-/// the API's workers win under contention, and terminals still get a fair
-/// share when other programs (a build) keep the machine busy.
-pub const TERMINAL_THREAD_NICE: i32 = 5;
+/// lowest). At 10 a terminal thread weighs a tenth of a normal one, so the
+/// API's workers win under contention; a tenth of a core still parses
+/// several MB/s of terminal output, far more than an agent CLI prints.
+pub const TERMINAL_THREAD_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority to [`TERMINAL_THREAD_NICE`]. Best
 /// effort: a failure leaves the thread at normal priority.

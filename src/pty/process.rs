@@ -35,11 +35,11 @@ pub const READ_CHUNKS_MAX: usize = 16;
 /// [`OUTPUT_CHUNK_BYTES_MAX`], so a flood costs few chunks downstream.
 /// Together the two queues hold at most
 /// `READ_CHUNKS_MAX * READ_CHUNK_BYTES + OUTPUT_CHUNKS_MAX * OUTPUT_CHUNK_BYTES_MAX`
-/// (2.25 MiB) per session, and only while output floods.
+/// (1.25 MiB) per session, and only while output floods.
 pub const OUTPUT_CHUNKS_MAX: usize = 32;
 
 /// See [`OUTPUT_CHUNKS_MAX`].
-pub const OUTPUT_CHUNK_BYTES_MAX: usize = 64 * 1024;
+pub const OUTPUT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 
 const _: () = assert!(OUTPUT_CHUNK_BYTES_MAX >= READ_CHUNK_BYTES);
 

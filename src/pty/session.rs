@@ -34,10 +34,13 @@ use crate::adapter::{
 
 /// Output chunks kept for terminal and stream subscribers. A subscriber
 /// more than this far behind skips ahead and redraws from the screen model.
-/// Chunks are small unless output floods (then up to 64 KiB each), so this
-/// holds a few hundred KiB for a session at work and at most 4 MiB while it
-/// floods.
-pub const OUTPUT_BROADCAST_CHUNKS: usize = 64;
+/// The ring keeps its last chunks even without subscribers; chunks are
+/// small unless output floods (then up to 32 KiB), so this is at most
+/// 1 MiB per session.
+pub const OUTPUT_BROADCAST_CHUNKS: usize = 32;
+
+const _: () =
+    assert!(OUTPUT_BROADCAST_CHUNKS * super::process::OUTPUT_CHUNK_BYTES_MAX <= 1024 * 1024);
 
 /// Characters of a turn's answer kept (the tail, when longer): the answer
 /// travels in one JSON response.

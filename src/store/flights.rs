@@ -257,6 +257,22 @@ impl Flight {
         rows.map(|row| row?).collect()
     }
 
+    /// The oldest queued flight of one instance: the next one its runner
+    /// takes (the partial index on non-terminal states keeps this cheap).
+    pub fn next_queued(
+        connection: &Connection,
+        instance: &str,
+    ) -> Result<Option<Flight>, StoreError> {
+        connection
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM flights WHERE state = 'queued' AND chosen_instance = ?1
+                 ORDER BY created_at_ms, flight_id LIMIT 1"
+            ))?
+            .query_row([instance], |row| Ok(Flight::from_row(row)))
+            .optional()?
+            .transpose()
+    }
+
     fn state(connection: &Connection, flight_id: &str) -> Result<FlightState, StoreError> {
         let word: Option<String> = connection
             .prepare_cached("SELECT state FROM flights WHERE flight_id = ?1")?

@@ -20,7 +20,8 @@
 //! - [`reconcile`]: what a restart does to flights and deliveries a crash
 //!   left unfinished, as a pure rule plus the transaction that applies it.
 //!
-//! Architecture invariant: every write goes through the writer thread, and
+//! Architecture invariant: every write goes through the one writer (its
+//! thread, or the caller's thread with [`StoreOptions::inline_writes`]), and
 //! every state change of a flight or delivery is checked against the state
 //! machine in `scout_mesh::lifecycle` inside the transaction that writes it.
 //! A file the store cannot read or does not understand is never modified.
@@ -129,6 +130,13 @@ pub struct StoreOptions {
     /// Read-only connections in the pool, between 1 and
     /// [`READ_CONNECTIONS_MAX`].
     pub read_connections_max: usize,
+    /// Run every write on the caller's thread, at once, as a batch of one,
+    /// instead of on the writer thread; no checkpointer thread either
+    /// (SQLite checkpoints inside commits). For netsim, whose paused clock
+    /// must not advance while a write is away on another thread: a write
+    /// then takes no simulated time and runs in a reproducible order. The
+    /// caller's thread blocks for the commit, so brokers never use it.
+    pub inline_writes: bool,
 }
 
 impl Default for StoreOptions {
@@ -138,6 +146,7 @@ impl Default for StoreOptions {
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
             write_batch_max: WRITE_BATCH_MAX,
             read_connections_max: READ_CONNECTIONS_MAX,
+            inline_writes: false,
         }
     }
 }
@@ -391,7 +400,11 @@ impl Store {
             );
         }
 
-        let writer = Writer::start(connection, &path, &options)?;
+        let writer = if options.inline_writes {
+            Writer::start_inline(connection)
+        } else {
+            Writer::start(connection, &path, &options)?
+        };
         let readers = ReaderPool::new(&path, options.busy_timeout, options.read_connections_max);
         let store = Store {
             inner: Arc::new(StoreInner {
@@ -464,8 +477,12 @@ impl Store {
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let (request, mut reply) = writer::request(f);
+        let Some(request) = self.try_write_inline(request)? else {
+            // Inline mode: the reply was sent before the call returned.
+            return reply.try_recv().map_err(|_| StoreError::Closed)?;
+        };
         let sender = self.write_sender()?;
-        let (request, reply) = writer::request(f);
         sender.send(request).await.map_err(|_| StoreError::Closed)?;
         drop(sender);
         reply.await.map_err(|_| StoreError::Closed)?
@@ -483,8 +500,11 @@ impl Store {
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let (request, mut reply) = writer::request(f);
+        let Some(request) = self.try_write_inline(request)? else {
+            return reply.try_recv().map_err(|_| StoreError::Closed)?;
+        };
         let sender = self.write_sender()?;
-        let (request, reply) = writer::request(f);
         sender
             .blocking_send(request)
             .map_err(|_| StoreError::Closed)?;
@@ -562,6 +582,23 @@ impl Store {
         self.inner.shutdown()
     }
 
+    /// In inline mode, runs `request` now on this thread (its reply is sent
+    /// before this returns) and gives `None`; otherwise hands the request
+    /// back for the writer thread.
+    fn try_write_inline(
+        &self,
+        request: Box<dyn writer::PendingWrite>,
+    ) -> Result<Option<Box<dyn writer::PendingWrite>>, StoreError> {
+        match &self.inner.writer {
+            None => Err(StoreError::ReadOnly),
+            Some(writer) if writer.is_inline() => {
+                writer.write_inline(request);
+                Ok(None)
+            }
+            Some(_) => Ok(Some(request)),
+        }
+    }
+
     fn write_sender(&self) -> Result<writer::RequestSender, StoreError> {
         match &self.inner.writer {
             None => Err(StoreError::ReadOnly),
@@ -613,6 +650,14 @@ impl Drop for StoreInner {
 
 /// The current time in unix milliseconds, the unit of every timestamp column.
 pub fn unix_ms_now() -> i64 {
+    if let Some(now_ms) = SIMULATED.with(|simulated| {
+        simulated
+            .borrow()
+            .as_ref()
+            .map(|simulated| (simulated.now_ms)())
+    }) {
+        return now_ms;
+    }
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
@@ -621,7 +666,43 @@ pub fn unix_ms_now() -> i64 {
 
 /// A fresh time-ordered id (uuid v7) for a new row.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let simulated = SIMULATED.with(|simulated| {
+        simulated.borrow_mut().as_mut().map(|simulated| {
+            use rand::Rng as _;
+            let random: [u8; 10] = simulated.ids.r#gen();
+            let now_ms = u64::try_from((simulated.now_ms)()).unwrap_or(0);
+            uuid::Builder::from_unix_timestamp_millis(now_ms, &random)
+                .into_uuid()
+                .to_string()
+        })
+    });
+    simulated.unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Where [`unix_ms_now`] and [`new_id`] take time and randomness from on
+/// a thread that simulates (see [`simulate_time_and_ids_on_this_thread`]).
+struct Simulated {
+    now_ms: Box<dyn Fn() -> i64>,
+    ids: rand::rngs::StdRng,
+}
+
+thread_local! {
+    static SIMULATED: std::cell::RefCell<Option<Simulated>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes [`unix_ms_now`] and [`new_id`] reproducible on the calling thread:
+/// time comes from `now_ms`, and ids are uuid v7 built from that time and
+/// a random stream seeded by `seed`. netsim runs every broker of one
+/// simulation on one thread with a simulated clock and calls this there,
+/// so row timestamps, ids and every order that depends on them repeat
+/// with the seed. `None` goes back to the system clock and randomness.
+/// Other threads are never affected.
+pub fn simulate_time_and_ids_on_this_thread(source: Option<(Box<dyn Fn() -> i64>, u64)>) {
+    let simulated = source.map(|(now_ms, seed)| Simulated {
+        now_ms,
+        ids: <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+    });
+    SIMULATED.with(|slot| *slot.borrow_mut() = simulated);
 }
 
 fn validate_options(options: &StoreOptions) -> Result<(), StoreError> {

@@ -7,6 +7,12 @@
 //! SAVEPOINT of one transaction, commits once, and only then replies to
 //! every request. Many concurrent writers thus share one fsync, and a request
 //! that fails rolls back only its own savepoint.
+//!
+//! Inline mode ([`Writer::start_inline`], `StoreOptions::inline_writes`) is
+//! the same writer without the thread: the connection sits behind a mutex
+//! and each request runs on the caller's thread as a batch of one, with the
+//! same savepoint, commit and reply rules. netsim uses it so that a write
+//! never leaves the simulated runtime's thread.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
@@ -130,6 +136,9 @@ pub(crate) struct Writer {
     thread: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
     thread_id: ThreadId,
     counters: Arc<Counters>,
+    /// Inline mode: the write connection, used on the caller's thread;
+    /// `Some(None)` once closed.
+    inline: Option<Mutex<Option<Connection>>>,
 }
 
 #[derive(Default)]
@@ -177,7 +186,43 @@ impl Writer {
             thread_id: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
             counters,
+            inline: None,
         })
+    }
+
+    /// A writer without a thread: every request runs on the caller's thread
+    /// in [`Writer::write_inline`]. SQLite's own automatic checkpoint (inside
+    /// a commit) keeps the WAL short, so no checkpointer thread runs either.
+    pub(crate) fn start_inline(connection: Connection) -> Writer {
+        Writer {
+            sender: Mutex::new(None),
+            thread: Mutex::new(None),
+            thread_id: thread::current().id(),
+            counters: Arc::new(Counters::default()),
+            inline: Some(Mutex::new(Some(connection))),
+        }
+    }
+
+    /// Whether requests run on the caller's thread.
+    pub(crate) fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// Inline mode: runs `request` now as a batch of one and replies before
+    /// returning; a closed store replies `Closed`.
+    pub(crate) fn write_inline(&self, request: Box<dyn PendingWrite>) {
+        let Some(slot) = &self.inline else {
+            request.abort(StoreError::Closed);
+            return;
+        };
+        let mut connection = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match connection.as_mut() {
+            Some(connection) => {
+                let mut batch = vec![request];
+                commit_batch(connection, &mut batch, &self.counters);
+            }
+            None => request.abort(StoreError::Closed),
+        }
     }
 
     /// A sender for one request, or `None` once the store is closing.
@@ -222,6 +267,13 @@ impl Writer {
         // A request closure that holds the last `Store` clone drops it on
         // the writer thread itself; joining there would wait forever. The
         // thread ends by itself once the queue is empty.
+        if let Some(slot) = &self.inline {
+            let connection = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            return match connection {
+                Some(connection) => close_connection(connection),
+                None => Ok(()),
+            };
+        }
         if thread::current().id() == self.thread_id {
             return Ok(());
         }
@@ -261,9 +313,13 @@ fn run_writer(
     }
     // The final checkpoint below must not race a passive one.
     checkpointer.stop();
-    // A truncating checkpoint on the way out leaves a single, complete
-    // database file behind (the WAL is emptied), which is what backups and
-    // `scout doctor` expect to find.
+    close_connection(connection)
+}
+
+/// Checkpoints and closes the write connection. A truncating checkpoint on
+/// the way out leaves a single, complete database file behind (the WAL is
+/// emptied), which is what backups and `scout doctor` expect to find.
+fn close_connection(connection: Connection) -> Result<(), StoreError> {
     if let Err(err) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(cause = %err, "checkpoint on close failed");
     }

@@ -45,6 +45,9 @@ impl Sandbox {
             .env_remove("SCOUT_HOME")
             .env_remove("PORT")
             .env_remove("RUST_LOG")
+            // No multicast or tailnet lookups from test brokers: their
+            // traffic stays on loopback. Discovery tests opt back in.
+            .env("SCOUT_DISCOVERY", "none")
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null());
         command

@@ -32,6 +32,10 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// One request's answer must arrive within this.
     pub request_timeout: Duration,
+    /// Seeds quinn's own randomness (connection ids, packet-number skips,
+    /// transport-parameter grease), so a simulated run sends the same
+    /// datagrams every time; `None` uses the operating system's.
+    pub rng_seed: Option<[u8; 32]>,
 }
 
 impl Default for TransportConfig {
@@ -41,6 +45,7 @@ impl Default for TransportConfig {
             keep_alive: Duration::from_secs(4),
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            rng_seed: None,
         }
     }
 }
@@ -200,8 +205,10 @@ impl MeshEndpoint {
         })?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         server.transport_config(transport.clone());
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.rng_seed(config.rng_seed);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket,
             runtime,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, VarInt};
-use rand::Rng;
 use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::transport::close_code;
@@ -22,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::address_book::AddressSource;
 use super::{Mesh, Shared};
+use crate::daemon::discovery::admit as tailnet_admit;
 use crate::store;
 
 /// Sync messages queued for one peer at most. A peer that cannot keep up
@@ -165,7 +165,12 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             |code: u32, reason: &'static [u8]| connection.close(VarInt::from_u32(code), reason);
         match read_request(&mut recv).await {
             Ok(MeshFrame::Join(join)) => {
-                let answer = handle_join(&shared, &key, join).await;
+                // A join without an invite, by tailnet identity (opt-in).
+                let tailnet = tailnet_admit::answer_join(&shared, &key, &join, addr).await;
+                let answer = match tailnet {
+                    Some(answer) => answer,
+                    None => handle_join(&shared, &key, join).await,
+                };
                 let refused = matches!(answer, MeshFrame::Error(_));
                 let _ = respond(&mut send, &answer).await;
                 if refused {
@@ -408,7 +413,7 @@ async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId
         let peer = peer.clone();
         tokio::spawn(async move {
             let answer = match read_request(&mut recv).await {
-                Ok(frame) => handle_request(&shared, &peer, frame),
+                Ok(frame) => handle_request(&shared, &peer, frame).await,
                 Err(err) => {
                     tracing::warn!(%peer, code = err.code(), cause = %err, "bad frame from a peer");
                     MeshFrame::error(err.code(), err.to_string())
@@ -420,7 +425,7 @@ async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId
 }
 
 /// Answers one request from a connected peer.
-fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> MeshFrame {
+async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> MeshFrame {
     match frame {
         MeshFrame::Sync(message) => {
             use std::sync::atomic::Ordering::Relaxed;
@@ -439,6 +444,13 @@ fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> MeshFrame
             MeshFrame::SyncAck
         }
         MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },
+        MeshFrame::Invoke(_)
+        | MeshFrame::FlightUpdate(_)
+        | MeshFrame::FlightQuery { .. }
+        | MeshFrame::Cancel { .. } => match shared.hook.get() {
+            Some(hook) => (hook.0)(peer.clone(), frame).await,
+            None => MeshFrame::error("NOT_READY", "this broker does not route yet"),
+        },
         other => MeshFrame::error(
             "UNEXPECTED_FRAME",
             format!(
@@ -511,7 +523,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             let shared = shared.clone();
             tokio::spawn(async move {
                 let outcome = dial(&shared, addr, pinned).await;
-                let jitter = rand::thread_rng().r#gen::<f64>();
+                let jitter = shared.random::<f64>();
                 let now_ms = shared.now_ms();
                 let mut book = shared
                     .book

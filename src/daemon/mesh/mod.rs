@@ -11,6 +11,8 @@
 //! - [`trust`]: the membership snapshot the TLS verifiers consult.
 //! - [`address_book`]: where peers may be reached, with backoff.
 //! - [`offline`]: the same registry edits for CLI commands when no broker runs.
+//! - `crate::daemon::discovery` (beside this module): the mDNS and
+//!   Tailscale sources that feed the address book, started from [`Mesh::start`].
 //!
 //! Architecture invariant: the replica is the only writer of registry
 //! records; everything that changes the registry goes through it, here or in
@@ -67,6 +69,17 @@ impl Clock for SystemClock {
     }
 }
 
+/// Answers requests the mesh itself does not handle (routing frames).
+pub type RequestHook = Arc<
+    dyn Fn(
+            NodeId,
+            scout_mesh::wire::MeshFrame,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = scout_mesh::wire::MeshFrame> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// A UDP socket to run on instead of binding one (netsim's simulated socket).
 #[derive(Debug, Clone)]
 pub struct SocketOverride {
@@ -95,6 +108,9 @@ pub struct MeshConfig {
     pub clock: Arc<dyn Clock>,
     /// A socket to use instead of binding `bind`.
     pub socket: Option<SocketOverride>,
+    /// Seeds the mesh's own random choices (dial jitter, invite secrets);
+    /// `None` uses the operating system's randomness.
+    pub seed: Option<u64>,
 }
 
 impl MeshConfig {
@@ -112,6 +128,7 @@ impl MeshConfig {
             http_port,
             clock: Arc::new(SystemClock),
             socket: None,
+            seed: None,
         }
     }
 }
@@ -157,6 +174,20 @@ pub struct Shared {
     /// Bumped after every change to the replica, for waiters.
     pub(crate) changes: watch::Sender<u64>,
     pub(crate) refusals: Mutex<HashMap<std::net::IpAddr, tokio::time::Instant>>,
+    /// The discovery sources' config and state (see `daemon::discovery`).
+    pub(crate) discovery: Arc<crate::daemon::discovery::Discovery>,
+    /// The seeded random source when [`MeshConfig::seed`] is set.
+    pub(crate) rng: Option<Mutex<rand::rngs::StdRng>>,
+    pub(crate) hook: std::sync::OnceLock<HookSlot>,
+}
+
+/// The request hook, printable.
+pub struct HookSlot(pub RequestHook);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHook")
+    }
 }
 
 /// Counters of what sync moved, for `/v1/mesh` and the benchmarks.
@@ -179,6 +210,21 @@ impl Shared {
     /// Unix ms now, from the mesh's clock.
     pub fn now_ms(&self) -> u64 {
         self.config.clock.now_ms()
+    }
+
+    /// A random value: from the seeded source when the mesh has one,
+    /// otherwise from the operating system's randomness.
+    pub fn random<T>(&self) -> T
+    where
+        rand::distributions::Standard: rand::distributions::Distribution<T>,
+    {
+        match &self.rng {
+            Some(rng) => rng
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .r#gen(),
+            None => rand::thread_rng().r#gen(),
+        }
     }
 
     /// Wakes the driver to drain replica outputs.
@@ -368,6 +414,19 @@ impl Mesh {
             }
         }
 
+        let rng = config.seed.map(|seed| {
+            Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+                seed,
+            ))
+        });
+        // A simulated socket (netsim) has no LAN and no tailnet.
+        let discovery = Arc::new(crate::daemon::discovery::Discovery::new(
+            if config.socket.is_some() {
+                crate::daemon::discovery::DiscoveryConfig::disabled()
+            } else {
+                crate::daemon::discovery::DiscoveryConfig::load(home)
+            },
+        ));
         let shared = Arc::new(Shared {
             identity,
             home: home.clone(),
@@ -386,6 +445,9 @@ impl Mesh {
             stats: SyncStats::default(),
             changes: watch::channel(0).0,
             refusals: Mutex::new(HashMap::new()),
+            discovery,
+            rng,
+            hook: std::sync::OnceLock::new(),
         });
         let mesh = Mesh { shared };
         *mesh
@@ -413,6 +475,7 @@ impl Mesh {
             mesh.shared.clone(),
             shutdown.clone(),
         ));
+        crate::daemon::discovery::spawn(&mesh, shutdown.clone(), tasks);
         tasks.spawn(connections::dial_loop(mesh.shared.clone(), shutdown));
         Ok(mesh)
     }
@@ -588,6 +651,11 @@ impl Mesh {
         (replica.registry().len(), replica.state_digest())
     }
 
+    /// Routes requests the mesh does not handle itself (set once).
+    pub fn set_request_hook(&self, hook: RequestHook) {
+        let _ = self.shared.hook.set(HookSlot(hook));
+    }
+
     /// A receiver that wakes after every change to the registry.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
@@ -660,7 +728,7 @@ impl Mesh {
                 ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             },
             now,
-            rand::thread_rng().r#gen(),
+            shared.random(),
         );
         let to_store = issued.clone();
         shared

@@ -25,6 +25,9 @@ struct TrustState {
     pinned: HashSet<[u8; 32]>,
     /// Unix ms until which an unused invite exists.
     join_window_until_ms: u64,
+    /// Whether unknown keys may present a tailnet join at any time
+    /// (`discovery.tailscale.admit` is configured).
+    tailnet_admit: bool,
 }
 
 impl MeshTrust {
@@ -66,6 +69,14 @@ impl MeshTrust {
         }
     }
 
+    /// Keeps the join window open for as long as the tailnet admit opt-in
+    /// is on, so an unknown key can present a tailnet join.
+    pub fn set_tailnet_admit(&self, on: bool) {
+        if let Ok(mut state) = self.state.write() {
+            state.tailnet_admit = on;
+        }
+    }
+
     /// The node id of a member key.
     pub fn member_id(&self, key: &[u8; 32]) -> Option<NodeId> {
         self.state.read().ok()?.members.get(key).cloned()
@@ -90,7 +101,9 @@ impl TrustPolicy for MeshTrust {
         let now = crate::store::unix_ms_now();
         self.state
             .read()
-            .map(|state| u64::try_from(now).unwrap_or(0) <= state.join_window_until_ms)
+            .map(|state| {
+                state.tailnet_admit || u64::try_from(now).unwrap_or(0) <= state.join_window_until_ms
+            })
             .unwrap_or(false)
     }
 }

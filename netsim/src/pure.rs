@@ -1,0 +1,467 @@
+//! The sync core alone, at the scale QUIC brokers in one process cannot
+//! reach: 1,000 [`Replica`]s (the same state machine the brokers run)
+//! exchanging messages over a simulated network of latencies, split in two
+//! halves while every node writes, then healed. No QUIC, no store: this
+//! measures the protocol (anti-entropy rounds, simulated time and bytes
+//! until every replica holds every record).
+//!
+//! Each node keeps connections to a few random peers plus its ring
+//! neighbours (a replica syncs with at most [`PEERS_MAX`] peers; pushes are
+//! not forwarded, so records cross the mesh by anti-entropy deltas, which
+//! carry every origin's records).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use rand::Rng;
+use scout_mesh::lifecycle::{EndpointState, Harness};
+use scout_mesh::names::{Label, NamePart};
+use scout_mesh::sync::{Output, PEERS_MAX, Replica, SyncConfig};
+use scout_mesh::wire::{InstanceBody, NodeId, RecordBody, SyncMessage};
+use serde::Serialize;
+
+use crate::seeds;
+
+/// Nodes in one pure run at most.
+pub const PURE_NODES_MAX: usize = 10_000;
+
+/// How the pure run is shaped.
+#[derive(Debug, Clone)]
+pub struct PureOptions {
+    /// Replicas.
+    pub nodes: usize,
+    /// Random peers each node dials (ring neighbours come on top).
+    pub random_peers: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Records each node writes while partitioned.
+    pub writes_per_node: usize,
+    /// How long the halves stay apart, in simulated milliseconds.
+    pub partition_ms: u64,
+    /// One-way latency range in milliseconds.
+    pub latency_ms: (u64, u64),
+    /// Longest simulated time to wait for convergence after the heal.
+    pub converge_within_ms: u64,
+}
+
+impl Default for PureOptions {
+    fn default() -> PureOptions {
+        PureOptions {
+            nodes: 1000,
+            random_peers: 4,
+            seed: 1,
+            writes_per_node: 2,
+            partition_ms: 10_000,
+            latency_ms: (2, 40),
+            converge_within_ms: 600_000,
+        }
+    }
+}
+
+/// What the pure run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PureReport {
+    /// Replicas.
+    pub nodes: usize,
+    /// Mean connections per node.
+    pub mean_degree: f64,
+    /// Largest number of connections of one node.
+    pub max_degree: usize,
+    /// Live records every replica must end with.
+    pub records: usize,
+    /// Simulated ms from the heal until every replica held every record.
+    pub converged_after_ms: Option<u64>,
+    /// Anti-entropy rounds run between the heal and convergence: the most
+    /// any one node ran, and the mean.
+    pub rounds_max: u32,
+    /// See `rounds_max`.
+    pub rounds_mean: f64,
+    /// Sync messages sent after the heal.
+    pub messages_after_heal: u64,
+    /// Bytes of sync messages sent after the heal, per node.
+    pub bytes_per_node_after_heal: f64,
+    /// Bytes of sync messages sent over the whole run, per node.
+    pub bytes_per_node_total: f64,
+    /// Whether every replica ended with the same state digest.
+    pub identical_digests: bool,
+    /// Wall seconds.
+    pub wall_s: f64,
+}
+
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        message: SyncMessage,
+    },
+    Timer {
+        node: usize,
+        at_ms: u64,
+    },
+}
+
+struct Queued {
+    at_us: u64,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.order) == (other.at_us, other.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.order).cmp(&(other.at_us, other.order))
+    }
+}
+
+struct World {
+    replicas: Vec<Replica>,
+    ids: Vec<NodeId>,
+    index: BTreeMap<NodeId, usize>,
+    up: BTreeSet<(usize, usize)>,
+    queue: BinaryHeap<Reverse<Queued>>,
+    next_order: u64,
+    timers: Vec<Option<u64>>,
+    now_us: u64,
+    latency_ms: (u64, u64),
+    rng: rand::rngs::StdRng,
+    messages: u64,
+    bytes: u64,
+    /// Anti-entropy rounds each node ran since counting started.
+    rounds: Vec<u32>,
+    counting_rounds: bool,
+}
+
+impl World {
+    fn push(&mut self, at_us: u64, event: Event) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.queue.push(Reverse(Queued {
+            at_us,
+            order,
+            event,
+        }));
+    }
+
+    /// Acts on a replica's outputs and re-arms its timer.
+    fn drain(&mut self, node: usize) {
+        while let Some(output) = self.replicas[node].poll_output() {
+            if let Output::Send { to, message } = output {
+                let Some(&to) = self.index.get(&to) else {
+                    continue;
+                };
+                if !self.up.contains(&(node, to)) {
+                    continue;
+                }
+                self.messages += 1;
+                self.bytes += scout_mesh::wire::encode(&message).len() as u64;
+                let latency_ms = self.rng.gen_range(self.latency_ms.0..=self.latency_ms.1);
+                let at_us = self.now_us + latency_ms * 1000;
+                self.push(
+                    at_us,
+                    Event::Deliver {
+                        from: node,
+                        to,
+                        message,
+                    },
+                );
+            }
+        }
+        let next = self.replicas[node].poll_timeout();
+        if next != self.timers[node]
+            && let Some(at_ms) = next
+        {
+            self.timers[node] = next;
+            self.push(at_ms * 1000, Event::Timer { node, at_ms });
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_us / 1000
+    }
+
+    /// Runs events up to `until_us`.
+    fn run_until(&mut self, until_us: u64) {
+        while let Some(Reverse(first)) = self.queue.peek() {
+            if first.at_us > until_us {
+                break;
+            }
+            let Some(Reverse(queued)) = self.queue.pop() else {
+                break;
+            };
+            self.now_us = self.now_us.max(queued.at_us);
+            let now_ms = self.now_ms();
+            match queued.event {
+                Event::Deliver { from, to, message } => {
+                    if !self.up.contains(&(from, to)) {
+                        continue;
+                    }
+                    let from_id = self.ids[from].clone();
+                    self.replicas[to].handle_message(now_ms, from_id, message);
+                    self.drain(to);
+                }
+                Event::Timer { node, at_ms } => {
+                    if self.timers[node] != Some(at_ms) {
+                        continue;
+                    }
+                    self.timers[node] = None;
+                    if self.counting_rounds {
+                        self.rounds[node] += 1;
+                    }
+                    self.replicas[node].handle_timeout(now_ms);
+                    self.drain(node);
+                }
+            }
+        }
+        self.now_us = self.now_us.max(until_us);
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let now_ms = self.now_ms();
+        self.up.insert((a, b));
+        self.up.insert((b, a));
+        let (id_a, id_b) = (self.ids[a].clone(), self.ids[b].clone());
+        let _ = self.replicas[a].handle_connected(now_ms, id_b);
+        let _ = self.replicas[b].handle_connected(now_ms, id_a);
+        self.drain(a);
+        self.drain(b);
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize) {
+        self.up.remove(&(a, b));
+        self.up.remove(&(b, a));
+        let (id_a, id_b) = (self.ids[a].clone(), self.ids[b].clone());
+        self.replicas[a].handle_disconnected(&id_b);
+        self.replicas[b].handle_disconnected(&id_a);
+        self.drain(a);
+        self.drain(b);
+    }
+
+    fn write(&mut self, node: usize, idx: usize) {
+        let now_ms = self.now_ms();
+        let name = format!("@w{idx}@{}#main", self.replicas[node].self_name().as_str());
+        let body = RecordBody::Instance(InstanceBody {
+            harness: Harness::Command,
+            workspace: "main".to_owned(),
+            cwd: format!("/srv/w{idx}"),
+            endpoint_state: EndpointState::Idle,
+            active_flights: 0,
+        });
+        if let Err(err) = self.replicas[node].put(now_ms, &name, body) {
+            tracing::error!(%name, cause = %err, "pure write refused");
+        }
+        self.drain(node);
+    }
+}
+
+/// Runs the pure scenario: connect, write, partition into halves while
+/// every node writes, heal, and measure until every replica has every
+/// record.
+pub fn run(options: &PureOptions) -> PureReport {
+    let wall = std::time::Instant::now();
+    let n_nodes = options.nodes.clamp(2, PURE_NODES_MAX);
+    let sync = SyncConfig::default();
+    let mut ids = Vec::with_capacity(n_nodes);
+    let mut replicas = Vec::with_capacity(n_nodes);
+    for idx in 0..n_nodes {
+        let mut bytes = [0u8; 16];
+        bytes[..8]
+            .copy_from_slice(&seeds::derive(options.seed, "pure-node", idx as u64).to_le_bytes());
+        bytes[8..].copy_from_slice(&(idx as u64).to_le_bytes());
+        let id = NodeId::from_bytes(bytes);
+        let name = Label::parse(&format!("p{idx}"), NamePart::Node).expect("a valid label");
+        let config = SyncConfig {
+            seed: seeds::derive(options.seed, "pure-sync", idx as u64),
+            ..sync.clone()
+        };
+        replicas.push(Replica::new(id.clone(), name, config));
+        ids.push(id);
+    }
+    let index = ids
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(idx, id)| (id, idx))
+        .collect();
+    let mut world = World {
+        replicas,
+        ids,
+        index,
+        up: BTreeSet::new(),
+        queue: BinaryHeap::new(),
+        next_order: 0,
+        timers: vec![None; n_nodes],
+        now_us: 0,
+        latency_ms: options.latency_ms,
+        rng: seeds::rng(options.seed, "pure-latency", 0),
+        messages: 0,
+        bytes: 0,
+        rounds: vec![0; n_nodes],
+        counting_rounds: false,
+    };
+    // The topology: a ring plus random peers, never more than a replica
+    // syncs with.
+    let mut topology_rng = seeds::rng(options.seed, "pure-topology", 0);
+    let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut degree = vec![0usize; n_nodes];
+    let mut add = |a: usize, b: usize, edges: &mut BTreeSet<(usize, usize)>| {
+        let pair = (a.min(b), a.max(b));
+        if a != b && !edges.contains(&pair) && degree[a] < PEERS_MAX && degree[b] < PEERS_MAX {
+            edges.insert(pair);
+            degree[a] += 1;
+            degree[b] += 1;
+        }
+    };
+    for node in 0..n_nodes {
+        add(node, (node + 1) % n_nodes, &mut edges);
+        for _ in 0..options.random_peers {
+            let peer = topology_rng.gen_range(0..n_nodes);
+            add(node, peer, &mut edges);
+        }
+    }
+    let max_degree = degree.iter().copied().max().unwrap_or(0);
+    let mean_degree = 2.0 * edges.len() as f64 / n_nodes as f64;
+    for &(a, b) in &edges {
+        world.connect(a, b);
+    }
+    for node in 0..n_nodes {
+        world.write(node, 0);
+    }
+    // Long enough for every replica to hold every first record.
+    world.run_until(8_000_000);
+
+    // Partition: every connection between the halves drops.
+    let half = n_nodes / 2;
+    let crossing: Vec<(usize, usize)> = edges
+        .iter()
+        .copied()
+        .filter(|&(a, b)| (a < half) != (b < half))
+        .collect();
+    for &(a, b) in &crossing {
+        world.disconnect(a, b);
+    }
+    let partition_start_us = world.now_us;
+    let writes_end_us = partition_start_us + options.partition_ms * 1000 / 2;
+    for write_idx in 1..=options.writes_per_node {
+        let at_us = partition_start_us
+            + (writes_end_us - partition_start_us) * write_idx as u64
+                / options.writes_per_node.max(1) as u64;
+        world.run_until(at_us);
+        for node in 0..n_nodes {
+            world.write(node, write_idx);
+        }
+    }
+    world.run_until(partition_start_us + options.partition_ms * 1000);
+
+    // Heal.
+    let heal_us = world.now_us;
+    let (messages_before, bytes_before) = (world.messages, world.bytes);
+    world.counting_rounds = true;
+    for &(a, b) in &crossing {
+        world.connect(a, b);
+    }
+    let target: Vec<u64> = world
+        .replicas
+        .iter()
+        .map(|replica| replica.next_seq() - 1)
+        .collect();
+    let caught_up = |replica: &Replica, ids: &[NodeId]| {
+        ids.iter()
+            .zip(&target)
+            .all(|(id, seq)| replica.vv().get(id) >= *seq)
+    };
+    let mut behind: Vec<usize> = (0..n_nodes).collect();
+    let step_us = 50_000;
+    let deadline_us = heal_us + options.converge_within_ms * 1000;
+    let mut converged_at_us = None;
+    while world.now_us < deadline_us {
+        world.run_until(world.now_us + step_us);
+        behind.retain(|&node| !caught_up(&world.replicas[node], &world.ids));
+        if behind.is_empty() {
+            converged_at_us = Some(world.now_us);
+            world.counting_rounds = false;
+            break;
+        }
+    }
+    let digests: BTreeSet<u64> = world.replicas.iter().map(Replica::state_digest).collect();
+    let records = world.replicas[0]
+        .registry()
+        .records()
+        .filter(|record| record.body.is_some())
+        .count();
+    let converged_after_ms = converged_at_us.map(|at| (at - heal_us) / 1000);
+    PureReport {
+        nodes: n_nodes,
+        mean_degree,
+        max_degree,
+        records,
+        converged_after_ms,
+        rounds_max: world.rounds.iter().copied().max().unwrap_or(0),
+        rounds_mean: world.rounds.iter().map(|n| f64::from(*n)).sum::<f64>() / n_nodes as f64,
+        messages_after_heal: world.messages - messages_before,
+        bytes_per_node_after_heal: (world.bytes - bytes_before) as f64 / n_nodes as f64,
+        bytes_per_node_total: world.bytes as f64 / n_nodes as f64,
+        identical_digests: digests.len() == 1,
+        wall_s: wall.elapsed().as_secs_f64(),
+    }
+}
+
+impl PureReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "pure sync core: {} replicas, {:.1} connections each (max {}), {} live records\n  \
+             converged {} after the heal{}\n  \
+             {} sync messages after the heal; {:.0} bytes per node after the heal, {:.0} bytes per node in all\n  \
+             identical state digests: {}; {:.1} s wall\n",
+            self.nodes,
+            self.mean_degree,
+            self.max_degree,
+            self.records,
+            self.converged_after_ms
+                .map_or("never".to_owned(), |ms| format!(
+                    "{:.1} s (simulated)",
+                    ms as f64 / 1000.0
+                )),
+            if self.converged_after_ms.is_some() {
+                format!(
+                    " in {} anti-entropy rounds at most per node ({:.1} on average)",
+                    self.rounds_max, self.rounds_mean
+                )
+            } else {
+                String::new()
+            },
+            self.messages_after_heal,
+            self.bytes_per_node_after_heal,
+            self.bytes_per_node_total,
+            self.identical_digests,
+            self.wall_s
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_pure_mesh_converges_after_a_heal() {
+        let report = run(&PureOptions {
+            nodes: 40,
+            partition_ms: 10_000,
+            ..PureOptions::default()
+        });
+        assert!(report.converged_after_ms.is_some(), "{report:?}");
+        assert!(report.identical_digests, "{report:?}");
+        assert_eq!(report.records, 40 * 3);
+    }
+}

@@ -1,0 +1,187 @@
+//! Every shipped scenario passes, a seed reproduces its packet schedule,
+//! and bad scenario files get typed errors.
+
+use std::path::{Path, PathBuf};
+
+use scout_netsim::check::CheckStatus;
+use scout_netsim::run::{self, RunOptions};
+use scout_netsim::scenario::Scenario;
+
+fn scenario_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("scenarios dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_scenario_passes() {
+    let files = scenario_files();
+    let names: Vec<String> = files
+        .iter()
+        .map(|file| file.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for wanted in [
+        "split-heal",
+        "one-way",
+        "flapping",
+        "loss-30",
+        "crash-restart",
+        "long-offline",
+        "clock-skew",
+    ] {
+        assert!(
+            names.iter().any(|name| name == wanted),
+            "{wanted} is shipped"
+        );
+    }
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let reports = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let idx = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(file) = files.get(idx) else {
+                        return;
+                    };
+                    let plan = Scenario::load(file).expect("valid scenario");
+                    let report = run::run(
+                        &plan,
+                        &RunOptions {
+                            source: Some(file.display().to_string()),
+                            ..RunOptions::default()
+                        },
+                    )
+                    .expect("the harness runs");
+                    reports.lock().unwrap().push(report);
+                }
+            });
+        }
+    });
+    let reports = reports.into_inner().unwrap();
+    assert_eq!(reports.len(), files.len());
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|report| !report.passed)
+        .map(|report| report.summary())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed scenarios:\n{}",
+        failed.join("\n")
+    );
+    for report in &reports {
+        // Writes happened and were replicated.
+        assert!(report.ops.ok > 0, "{}", report.scenario);
+        assert_eq!(report.ops.unknown, 0, "{}", report.scenario);
+        for check in &report.checks {
+            assert_eq!(
+                check.status,
+                CheckStatus::Pass,
+                "{}: {}",
+                report.scenario,
+                check.name
+            );
+        }
+        // Invocations ran and came back.
+        assert!(report.ops.invocation.count > 0, "{}", report.scenario);
+    }
+    let crash = reports
+        .iter()
+        .find(|report| report.scenario == "crash-restart")
+        .expect("crash-restart ran");
+    assert!(crash.network.dropped.get("host_down").copied().unwrap_or(0) > 0);
+    assert!(
+        crash.ops.failed > 0,
+        "operations on crashed nodes fail with node_down"
+    );
+    let loss = reports
+        .iter()
+        .find(|report| report.scenario == "loss-30")
+        .expect("loss-30 ran");
+    let lost = loss.network.dropped.get("loss").copied().unwrap_or(0) as f64;
+    assert!(
+        lost > 0.1 * loss.network.sent as f64,
+        "30% loss drops datagrams"
+    );
+}
+
+#[test]
+fn a_seed_reproduces_the_packet_schedule() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/flapping.toml");
+    let plan = Scenario::load(&file).expect("valid");
+    let options = |seed| RunOptions {
+        seed: Some(seed),
+        ..RunOptions::default()
+    };
+    let first = run::run(&plan, &options(7)).expect("runs");
+    let again = run::run(&plan, &options(7)).expect("runs");
+    let other = run::run(&plan, &options(8)).expect("runs");
+    assert!(first.passed && again.passed && other.passed);
+    assert_eq!(first.schedule_digest, again.schedule_digest);
+    assert_eq!(first.state_digest, again.state_digest);
+    assert_eq!(first.network.sent, again.network.sent);
+    assert_ne!(first.schedule_digest, other.schedule_digest);
+}
+
+#[test]
+fn bad_scenarios_get_typed_errors() {
+    let base = r#"
+name = "bad"
+duration_ms = 1000
+[nodes]
+count = 2
+"#;
+    let parse = |extra: &str| {
+        Scenario::parse(&format!("{base}{extra}"), "bad.toml").and_then(|s| s.plan("bad.toml"))
+    };
+    assert!(parse("").is_ok());
+    let unknown_field = parse("[links]\nlos = 0.3\n").unwrap_err();
+    assert_eq!(unknown_field.code(), "SCENARIO_MALFORMED");
+    assert!(unknown_field.to_string().contains("los"), "{unknown_field}");
+    let unknown_node = parse("[[faults]]\nat_ms = 10\ncrash = \"n7\"\n").unwrap_err();
+    assert_eq!(unknown_node.code(), "SCENARIO_INVALID");
+    assert!(
+        unknown_node.to_string().contains("no node `n7`"),
+        "{unknown_node}"
+    );
+    let two_actions =
+        parse("[[faults]]\nat_ms = 10\ncrash = \"n1\"\nrestart = \"n1\"\n").unwrap_err();
+    assert!(
+        two_actions.to_string().contains("one per entry"),
+        "{two_actions}"
+    );
+    let no_action = parse("[[faults]]\nat_ms = 10\n").unwrap_err();
+    assert!(no_action.to_string().contains("no action"), "{no_action}");
+    let bad_loss = parse("[links]\nloss = 1.5\n").unwrap_err();
+    assert!(bad_loss.to_string().contains("probability"), "{bad_loss}");
+    let late = parse("[[faults]]\nat_ms = 5000\nheal = \"all\"\n").unwrap_err();
+    assert!(late.to_string().contains("after the end"), "{late}");
+}
+
+#[test]
+fn the_readme_example_is_a_valid_scenario() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("### Scenario files")
+        .nth(1)
+        .expect("the scenario format section");
+    let example = section
+        .split("```toml")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml example");
+    let plan = Scenario::parse(example, "README.md")
+        .and_then(|scenario| scenario.plan("README.md"))
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(plan.names.len(), 5);
+    assert_eq!(plan.last_fault_ms, 35_000);
+}

@@ -1,0 +1,475 @@
+//! `scout send`, `scout flights` and `scout conversations`: routing work to
+//! agents anywhere in the mesh, and following it. They talk to this home's
+//! running broker.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::client::{BrokerClient, ClientError};
+use super::output::table;
+use super::{Context, UsageError};
+
+/// Flags of `scout send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Who: `@fabric`, `@fabric@devbox`, `@fabric#main`, or a full instance name.
+    pub target: String,
+    /// What to ask.
+    pub message: String,
+    /// Stream the output and exit with the outcome (0 completed, 1 otherwise).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long the work may take, in seconds (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// `durable` (default), `must_ack`, `best_effort` or `ephemeral`.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// `execute` (default), `consult`, `summarize`, `status` or `wake`.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Continue a conversation.
+    #[arg(long, value_name = "ID")]
+    pub conversation: Option<String>,
+}
+
+fn running(context: &Context) -> anyhow::Result<BrokerClient> {
+    BrokerClient::running(context)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the broker of this home is not running; start it with `scout up{}`",
+            super::setup::home_flag(context)
+        )
+    })
+}
+
+fn api_error(err: ClientError) -> anyhow::Error {
+    match err {
+        ClientError::Api {
+            code,
+            message,
+            status,
+        } if status == 400 || status == 413 => UsageError::new(code_static(&code), message).into(),
+        ClientError::Api { code, message, .. } => anyhow::anyhow!("{code}: {message}"),
+        other => other.into(),
+    }
+}
+
+fn code_static(code: &str) -> &'static str {
+    match code {
+        "INVALID_NAME" => "INVALID_NAME",
+        "INVALID_REQUEST" => "INVALID_REQUEST",
+        "INVALID_JSON" => "INVALID_JSON",
+        "BODY_TOO_LARGE" => "BODY_TOO_LARGE",
+        _ => "INVALID_REQUEST",
+    }
+}
+
+/// Runs `scout send`.
+pub fn send(args: SendArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let client = running(context)?;
+    let mut body = json!({ "target": args.target, "message": args.message });
+    if let Some(timeout) = args.timeout {
+        body["timeout_ms"] = json!(timeout.saturating_mul(1000));
+    }
+    if let Some(policy) = &args.policy {
+        body["policy"] = json!(policy);
+    }
+    if let Some(action) = &args.action {
+        body["action"] = json!(action);
+    }
+    if let Some(conversation) = &args.conversation {
+        body["conversation_id"] = json!(conversation);
+    }
+    let submitted: Value = client.post("/v1/invocations", &body).map_err(api_error)?;
+    let id = submitted["invocation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !args.wait {
+        context.printer.emit(&submitted, || {
+            format!(
+                "{id}\nsent to {} ({}); follow it with `scout flights {id}`\n",
+                submitted["instance"].as_str().unwrap_or("?"),
+                submitted["reason"].as_str().unwrap_or("?")
+            )
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if context.printer.is_json() {
+        println!("{submitted}");
+    } else {
+        eprintln!(
+            "{id} → {} ({})",
+            submitted["instance"].as_str().unwrap_or("?"),
+            submitted["reason"].as_str().unwrap_or("?")
+        );
+    }
+    follow(&client, &id, context)
+}
+
+/// Streams an invocation's events until it ends; the exit code follows the
+/// outcome.
+fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<ExitCode> {
+    let reader = client
+        .stream(&format!("/v1/invocations/{id}/stream"))
+        .map_err(api_error)?;
+    // Live output is progress for a person watching; the answer itself goes
+    // to stdout once, clean, so scripts can use it.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !context.printer.is_json();
+    let mut event_name = String::new();
+    let mut stderr = std::io::stderr();
+    for line in BufReader::new(reader).lines() {
+        let line = line?;
+        if let Some(name) = line.strip_prefix("event:") {
+            event_name = name.trim().to_owned();
+            continue;
+        }
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
+        if context.printer.is_json() {
+            println!("{}", json!({ "event": event_name, "data": event }));
+        }
+        let (state, output) = match event_name.as_str() {
+            "status" => (
+                event["delivery"]["state"].as_str().map(str::to_owned),
+                event["delivery"]["result"].as_str().map(str::to_owned),
+            ),
+            "output" => {
+                if let Some(text) = event["output"].as_str()
+                    && live
+                {
+                    stderr.write_all(text.as_bytes())?;
+                    stderr.flush()?;
+                }
+                continue;
+            }
+            "delivery" => (
+                event["state"].as_str().map(str::to_owned),
+                event["output"].as_str().map(str::to_owned),
+            ),
+            _ => continue,
+        };
+        match state.as_deref() {
+            Some("completed") => {
+                if live {
+                    eprintln!();
+                }
+                if !context.printer.is_json() {
+                    println!("{}", output.unwrap_or_default().trim_end());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some("failed" | "cancelled") => {
+                let reason = event["failure_reason"]
+                    .as_str()
+                    .or(event["delivery"]["failure_reason"].as_str())
+                    .unwrap_or("failed");
+                let detail = event["detail"]
+                    .as_str()
+                    .or(event["delivery"]["failure_detail"].as_str())
+                    .unwrap_or_default();
+                anyhow::bail!("{}: {reason}: {detail}", state.unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!(
+        "the broker closed the stream before the invocation ended; `scout flights {id}` shows where it is"
+    )
+}
+
+/// Flags of `scout flights`.
+#[derive(Debug, Args)]
+pub struct FlightsArgs {
+    /// One invocation, in detail.
+    pub id: Option<String>,
+    /// Rows to list.
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+}
+
+/// Runs `scout flights`.
+pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let client = running(context)?;
+    if let Some(id) = args.id {
+        let status: Value = client
+            .get(&format!("/v1/invocations/{id}"))
+            .map_err(api_error)?;
+        context.printer.emit(&status, || render_status(&status))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Value = client
+        .get(&format!("/v1/flights?limit={}", args.limit))
+        .map_err(api_error)?;
+    context.printer.emit(&rows, || {
+        let rows: Vec<Vec<String>> = rows
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
+                        vec![
+                            text("invocation_id"),
+                            text("target"),
+                            text("instance"),
+                            text("delivery"),
+                            text("flight"),
+                            text("failure_reason"),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rows.is_empty() {
+            return "no invocations yet; try `scout send @agent \"…\"`\n".to_owned();
+        }
+        table(
+            &[
+                "INVOCATION",
+                "TARGET",
+                "INSTANCE",
+                "DELIVERY",
+                "FLIGHT",
+                "REASON",
+            ],
+            &rows,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_status(status: &Value) -> String {
+    let invocation = &status["invocation"];
+    let mut out = format!(
+        "invocation {}\n  target   {}\n  action   {} ({})\n  message  {}\n",
+        invocation["invocation_id"].as_str().unwrap_or("?"),
+        invocation["target"].as_str().unwrap_or("?"),
+        invocation["action"].as_str().unwrap_or("?"),
+        invocation["policy"].as_str().unwrap_or("?"),
+        invocation["body"].as_str().unwrap_or(""),
+    );
+    if let Some(delivery) = status["delivery"].as_object() {
+        out.push_str(&format!(
+            "delivery {} to {}\n",
+            delivery["state"].as_str().unwrap_or("?"),
+            delivery["target"].as_str().unwrap_or("?")
+        ));
+        if let Some(reason) = delivery["failure_reason"].as_str() {
+            out.push_str(&format!(
+                "  failed   {reason}: {}\n",
+                delivery["failure_detail"].as_str().unwrap_or("")
+            ));
+        }
+        for attempt in delivery["attempts"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  attempt {} {}{}\n",
+                attempt["attempt"],
+                attempt["outcome"].as_str().unwrap_or("running"),
+                attempt["failure_reason"]
+                    .as_str()
+                    .map(|reason| format!(
+                        " ({reason}: {})",
+                        attempt["failure_detail"].as_str().unwrap_or("")
+                    ))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(result) = delivery["result"].as_str() {
+            out.push_str(&format!("result\n{}\n", result.trim_end()));
+        }
+    }
+    if let Some(flight) = status["flight"].as_object() {
+        out.push_str(&format!(
+            "flight {} on {} ({})\n",
+            flight["state"].as_str().unwrap_or("?"),
+            flight["instance"].as_str().unwrap_or("?"),
+            flight["resolve_reason"].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// `scout conversations …`
+#[derive(Debug, Subcommand)]
+pub enum ConversationsCommand {
+    /// Recent conversations.
+    List,
+    /// One conversation's messages.
+    Show {
+        /// The conversation id.
+        id: String,
+    },
+}
+
+/// Runs `scout conversations …`.
+pub fn conversations(command: ConversationsCommand, context: &Context) -> anyhow::Result<ExitCode> {
+    let client = running(context)?;
+    match command {
+        ConversationsCommand::List => {
+            let list: Value = client.get("/v1/conversations").map_err(api_error)?;
+            context.printer.emit(&list, || {
+                let rows: Vec<Vec<String>> = list
+                    .as_array()
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|row| {
+                                vec![
+                                    row["conversation_id"].as_str().unwrap_or("?").to_owned(),
+                                    row["title"].as_str().unwrap_or("-").to_owned(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if rows.is_empty() {
+                    return "no conversations yet\n".to_owned();
+                }
+                table(&["CONVERSATION", "TITLE"], &rows)
+            })?;
+        }
+        ConversationsCommand::Show { id } => {
+            let conversation: Value = client
+                .get(&format!("/v1/conversations/{id}"))
+                .map_err(api_error)?;
+            context.printer.emit(&conversation, || {
+                let mut out = String::new();
+                for message in conversation["messages"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{}:\n{}\n\n",
+                        message["author"].as_str().unwrap_or("?"),
+                        message["body"].as_str().unwrap_or("").trim_end()
+                    ));
+                }
+                if out.is_empty() {
+                    out.push_str("no messages\n");
+                }
+                out
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long `--wait` waits for the next event before giving up on a silent
+/// broker (the stream sends a keep-alive every 15 s).
+pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `scout work-orders …`
+#[derive(Debug, Subcommand)]
+pub enum WorkOrdersCommand {
+    /// Queue work for an agent (`work_order.enqueue`).
+    Enqueue(EnqueueArgs),
+    /// Queue and dispatch at once (`agent.run_now`).
+    RunNow(EnqueueArgs),
+    /// List work orders (`work_order.list`).
+    List {
+        /// Only this state: queued, running, completed, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Cancel a work order; a running one is stopped at its owner.
+    Cancel {
+        /// The work order id.
+        id: String,
+    },
+}
+
+/// Flags of `scout work-orders enqueue|run-now`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The agent (`@fabric`, or more precise).
+    pub target: String,
+    /// What to do.
+    pub body: String,
+    /// Not before this long from now: `30s`, `10m`, `2h` (enqueue only).
+    #[arg(long, value_name = "DURATION")]
+    pub r#in: Option<String>,
+    /// How long it may take once dispatched, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+/// Runs `scout work-orders …`.
+pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Result<ExitCode> {
+    let client = running(context)?;
+    let order: Value = match command {
+        WorkOrdersCommand::Enqueue(args) => client
+            .post("/v1/work-orders", &enqueue_body(&args)?)
+            .map_err(api_error)?,
+        WorkOrdersCommand::RunNow(args) => client
+            .post("/v1/work-orders/run-now", &enqueue_body(&args)?)
+            .map_err(api_error)?,
+        WorkOrdersCommand::Cancel { id } => client
+            .post(&format!("/v1/work-orders/{id}/cancel"), &json!({}))
+            .map_err(api_error)?,
+        WorkOrdersCommand::List { state } => {
+            let path = match state {
+                Some(state) => format!("/v1/work-orders?state={state}"),
+                None => "/v1/work-orders".to_owned(),
+            };
+            let list: Value = client.get(&path).map_err(api_error)?;
+            context.printer.emit(&list, || {
+                let rows: Vec<Vec<String>> = list
+                    .as_array()
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|row| {
+                                let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
+                                vec![
+                                    text("work_order_id"),
+                                    text("target"),
+                                    text("state"),
+                                    text("invocation_id"),
+                                    text("body"),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if rows.is_empty() {
+                    return "no work orders\n".to_owned();
+                }
+                table(
+                    &["WORK ORDER", "TARGET", "STATE", "INVOCATION", "BODY"],
+                    &rows,
+                )
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    context.printer.emit(&order, || {
+        format!(
+            "{} {} ({}){}\n",
+            order["work_order_id"].as_str().unwrap_or("?"),
+            order["state"].as_str().unwrap_or("?"),
+            order["target"].as_str().unwrap_or("?"),
+            order["invocation_id"]
+                .as_str()
+                .map(|id| format!("; invocation {id}"))
+                .unwrap_or_default()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enqueue_body(args: &EnqueueArgs) -> anyhow::Result<Value> {
+    let mut body = json!({ "target": args.target, "body": args.body });
+    if let Some(delay) = &args.r#in {
+        let delay = super::mesh::parse_duration(delay)?;
+        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+        body["not_before_ms"] =
+            json!(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
+    }
+    if let Some(timeout) = args.timeout {
+        body["timeout_ms"] = json!(timeout.saturating_mul(1000));
+    }
+    Ok(body)
+}

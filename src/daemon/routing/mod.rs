@@ -1,0 +1,465 @@
+//! Routing: a mention typed on one broker runs on the broker that owns the
+//! instance it resolves to, and the answer comes back.
+//!
+//! Code map:
+//! - this file: [`Router`] (submit, cancel, the views behind `scout flights`
+//!   and the API), the event bus, start-up recovery.
+//! - [`origin`]: the origin's side: one [`scout_mesh::routing::DeliveryPlan`]
+//!   per unfinished delivery, driven by a dispatcher task; updates from
+//!   owners land here.
+//! - [`owner`]: the owner's side: accept under `UNIQUE(invocation_id)`, a
+//!   runner per instance that takes queued flights from the store in order,
+//!   flight updates back to the origin, cancel and query.
+//! - [`work_orders`]: queued work for an agent, dispatched as a durable
+//!   invocation when due; cancel reaches the owner.
+//! - [`executor`]: the seam to what runs the work (PTY sessions, or
+//!   netsim's in-process agents).
+//!
+//! Architecture invariant: every step that says "accepted" has been
+//! committed first; the owner's store is the queue (a flight is taken from
+//! it, never from memory only), so a restart loses nothing and an id never
+//! runs twice.
+
+pub mod executor;
+pub mod origin;
+pub mod owner;
+pub mod work_orders;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use scout_mesh::lifecycle::{
+    DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
+};
+use scout_mesh::names::Label;
+use scout_mesh::wire::NodeId;
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinSet;
+
+use super::mesh::Mesh;
+use crate::config::discover::LocalAgent;
+use crate::store::Store;
+use executor::Executor;
+
+/// Routing events buffered for slow subscribers; one that falls further
+/// behind loses the oldest (it is told so) instead of growing memory.
+pub const EVENTS_BUFFER_MAX: usize = 1024;
+
+/// Default time an invocation may take when the caller gives no deadline.
+pub const DEFAULT_DEADLINE_MS: u64 = 10 * 60 * 1000;
+
+/// Something that happened to an invocation, for streams and `/v1/events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingEvent {
+    /// The invocation.
+    pub invocation_id: String,
+    /// `delivery` (origin side), `flight` (owner side) or `output`.
+    pub kind: &'static str,
+    /// The new state (a delivery or flight state word), when it changed.
+    pub state: Option<String>,
+    /// Output text, for `output` events and final results.
+    pub output: Option<String>,
+    /// Failure reason word, when it failed.
+    pub failure_reason: Option<String>,
+    /// For a person.
+    pub detail: Option<String>,
+    /// Unix ms.
+    pub timestamp_ms: u64,
+}
+
+/// What the caller asks to run.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// A mention: `@fabric`, `@fabric@devbox`, `@fabric#main`, a full name.
+    pub target: String,
+    /// The prompt.
+    pub body: String,
+    /// What is asked.
+    pub action: InvocationAction,
+    /// How hard to try.
+    pub policy: DeliveryPolicy,
+    /// Unix ms after which the work is no longer wanted.
+    pub deadline_ms: Option<u64>,
+    /// The conversation to add it to (a new one when absent).
+    pub conversation_id: Option<String>,
+    /// Who asked (for the conversation).
+    pub author: String,
+}
+
+/// What `submit` committed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    /// The invocation id, the handle for everything after.
+    pub invocation_id: String,
+    /// The delivery at this broker.
+    pub delivery_id: String,
+    /// The instance chosen.
+    pub instance: String,
+    /// Why that instance.
+    pub reason: String,
+    /// The owner's node id.
+    pub owner: String,
+    /// The conversation.
+    pub conversation_id: String,
+}
+
+/// Why routing refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The target is not a valid name.
+    #[error(transparent)]
+    InvalidName(#[from] scout_mesh::names::NameError),
+    /// Nothing matches the target.
+    #[error(transparent)]
+    NotFound(#[from] scout_mesh::resolve::ResolveError),
+    /// The body is too large.
+    #[error("the message is {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No such invocation.
+    #[error("no invocation `{0}`")]
+    UnknownInvocation(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl RouteError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouteError::InvalidName(err) => err.code(),
+            RouteError::NotFound(err) => err.code(),
+            RouteError::TooLarge { .. } => "BODY_TOO_LARGE",
+            RouteError::UnknownInvocation(_) => "INVOCATION_NOT_FOUND",
+            RouteError::Store(err) => err.code(),
+        }
+    }
+}
+
+/// Shared routing state.
+#[derive(Debug)]
+pub struct RouterInner {
+    pub(crate) store: Store,
+    pub(crate) mesh: Mesh,
+    pub(crate) node_id: NodeId,
+    pub(crate) node_name: Label,
+    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
+    pub(crate) plans: Mutex<HashMap<String, origin::Entry>>,
+    pub(crate) dispatch: Notify,
+    pub(crate) runners: Mutex<HashMap<String, Arc<Notify>>>,
+    pub(crate) running: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    pub(crate) events: broadcast::Sender<RoutingEvent>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) rng: Mutex<rand::rngs::StdRng>,
+}
+
+/// The router. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub(crate) inner: Arc<RouterInner>,
+}
+
+/// Everything the router needs from the broker.
+#[derive(Debug)]
+pub struct RouterParts {
+    /// The store.
+    pub store: Store,
+    /// The mesh.
+    pub mesh: Mesh,
+    /// This node.
+    pub node_id: NodeId,
+    /// Its name.
+    pub node_name: Label,
+    /// What runs work.
+    pub executor: Arc<dyn Executor>,
+    /// This machine's agents (shared with the config watcher).
+    pub agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
+    /// Seed of the retry jitter.
+    pub seed: u64,
+}
+
+impl Router {
+    /// Starts routing: recovers unfinished deliveries and flights from the
+    /// store, and spawns the dispatcher and the runners into `tasks`.
+    pub async fn start(
+        parts: RouterParts,
+        shutdown: watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<Router> {
+        use rand::SeedableRng;
+        let router = Router {
+            inner: Arc::new(RouterInner {
+                store: parts.store,
+                mesh: parts.mesh,
+                node_id: parts.node_id,
+                node_name: parts.node_name,
+                executor: parts.executor,
+                agents: parts.agents,
+                plans: Mutex::new(HashMap::new()),
+                dispatch: Notify::new(),
+                runners: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
+                events: broadcast::channel(EVENTS_BUFFER_MAX).0,
+                shutdown: shutdown.clone(),
+                rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(parts.seed)),
+            }),
+        };
+        origin::recover(&router).await?;
+        owner::recover(&router, tasks).await?;
+        tasks.spawn(origin::dispatch_loop(router.clone(), shutdown));
+        Ok(router)
+    }
+
+    /// Resolves, commits and starts routing an invocation.
+    pub async fn submit(&self, request: SubmitRequest) -> Result<Submitted, RouteError> {
+        origin::submit(self, request).await
+    }
+
+    /// Cancels an invocation: at its owner, and here.
+    pub async fn cancel(&self, invocation_id: &str) -> Result<(), RouteError> {
+        origin::cancel(self, invocation_id).await
+    }
+
+    /// Routing events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<RoutingEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Wakes the dispatcher (a peer connected, say).
+    pub fn kick(&self) {
+        self.inner.dispatch.notify_one();
+    }
+
+    pub(crate) fn emit(&self, event: RoutingEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.mesh.shared().now_ms()
+    }
+
+    pub(crate) fn jitter(&self) -> f64 {
+        use rand::Rng;
+        self.inner
+            .rng
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .r#gen::<f64>()
+    }
+
+    /// An event for `invocation_id`.
+    pub(crate) fn event(
+        &self,
+        invocation_id: &str,
+        kind: &'static str,
+        state: Option<String>,
+        output: Option<String>,
+    ) -> RoutingEvent {
+        RoutingEvent {
+            invocation_id: invocation_id.to_owned(),
+            kind,
+            state,
+            output,
+            failure_reason: None,
+            detail: None,
+            timestamp_ms: self.now_ms(),
+        }
+    }
+}
+
+/// The status of one invocation, as `scout flights ID` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvocationStatus {
+    /// The invocation.
+    pub invocation: InvocationView,
+    /// The delivery at this broker (when it originated here).
+    pub delivery: Option<DeliveryView>,
+    /// The flight (when this broker owns it).
+    pub flight: Option<FlightView>,
+}
+
+/// An invocation as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvocationView {
+    /// Id.
+    pub invocation_id: String,
+    /// Action word.
+    pub action: String,
+    /// The prompt.
+    pub body: String,
+    /// The mention.
+    pub target: String,
+    /// The origin's node id.
+    pub origin: String,
+    /// Conversation.
+    pub conversation_id: Option<String>,
+    /// Policy word.
+    pub policy: String,
+    /// Deadline, unix ms.
+    pub deadline_ms: Option<i64>,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A delivery as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// State word.
+    pub state: String,
+    /// The instance it went to.
+    pub target: String,
+    /// The owner's node id.
+    pub owner: Option<String>,
+    /// Failure reason word.
+    pub failure_reason: Option<String>,
+    /// For a person.
+    pub failure_detail: Option<String>,
+    /// Attempts so far, each with its outcome.
+    pub attempts: Vec<AttemptView>,
+    /// The answer, once completed (from the conversation).
+    pub result: Option<String>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// Number, from 1.
+    pub attempt: i64,
+    /// Started, unix ms.
+    pub started_at_ms: i64,
+    /// `succeeded`, `failed`, or none while running.
+    pub outcome: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// For a person.
+    pub failure_detail: Option<String>,
+}
+
+/// A flight as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlightView {
+    /// State word.
+    pub state: String,
+    /// The instance.
+    pub instance: Option<String>,
+    /// Why that instance.
+    pub resolve_reason: Option<String>,
+    /// Output so far.
+    pub output: String,
+    /// The result, once finished.
+    pub result: Option<String>,
+    /// Failure reason word.
+    pub failure_reason: Option<String>,
+    /// For a person.
+    pub failure_detail: Option<String>,
+}
+
+impl Router {
+    /// Everything known here about one invocation.
+    pub fn status(&self, invocation_id: &str) -> Result<InvocationStatus, RouteError> {
+        use crate::store::deliveries::Delivery;
+        use crate::store::flights::Flight;
+        use crate::store::invocations::Invocation;
+        let store = &self.inner.store;
+        let id = invocation_id.to_owned();
+        store
+            .read(move |connection| {
+                let invocation = Invocation::get(connection, &id)?.ok_or_else(|| {
+                    crate::store::StoreError::NotFound {
+                        kind: "invocation",
+                        id: id.clone(),
+                    }
+                })?;
+                let delivery = match Delivery::list_for_invocation(connection, &id)?
+                    .into_iter()
+                    .last()
+                {
+                    Some(delivery) => {
+                        let attempts = Delivery::list_attempts(connection, &delivery.delivery_id)?
+                            .into_iter()
+                            .map(|attempt| AttemptView {
+                                attempt: attempt.attempt,
+                                started_at_ms: attempt.started_at_ms,
+                                outcome: attempt.outcome.map(|outcome| outcome.as_str().to_owned()),
+                                failure_reason: attempt.failure_reason.map(|r| r.to_string()),
+                                failure_detail: attempt.failure_detail,
+                            })
+                            .collect();
+                        let result = origin::result_message(connection, &invocation)?;
+                        Some(DeliveryView {
+                            state: delivery.state.to_string(),
+                            target: delivery.target,
+                            owner: delivery.owner_node,
+                            failure_reason: delivery.failure_reason.map(|r| r.to_string()),
+                            failure_detail: delivery.failure_detail,
+                            attempts,
+                            result,
+                        })
+                    }
+                    None => None,
+                };
+                let flight =
+                    Flight::get_for_invocation(connection, &id)?.map(|flight| FlightView {
+                        state: flight.state.to_string(),
+                        instance: flight.chosen_instance,
+                        resolve_reason: flight.resolve_reason,
+                        output: flight.output,
+                        result: flight.result,
+                        failure_reason: flight.failure_reason.map(|r| r.to_string()),
+                        failure_detail: flight.failure_detail,
+                    });
+                Ok(InvocationStatus {
+                    invocation: InvocationView {
+                        invocation_id: invocation.invocation_id,
+                        action: invocation.action.to_string(),
+                        body: invocation.body,
+                        target: invocation.target,
+                        origin: invocation.origin_node,
+                        conversation_id: invocation.conversation_id,
+                        policy: invocation.delivery_policy.to_string(),
+                        deadline_ms: invocation.deadline_ms,
+                        created_at_ms: invocation.created_at_ms,
+                    },
+                    delivery,
+                    flight,
+                })
+            })
+            .map_err(|err| match err {
+                crate::store::StoreError::NotFound { .. } => {
+                    RouteError::UnknownInvocation(invocation_id.to_owned())
+                }
+                other => RouteError::Store(other),
+            })
+    }
+
+    /// The final delivery state of an invocation that originated here, if
+    /// it finished.
+    pub fn outcome(&self, invocation_id: &str) -> Option<(DeliveryState, Option<FailureReason>)> {
+        let id = invocation_id.to_owned();
+        self.inner
+            .store
+            .read(move |connection| {
+                Ok(
+                    crate::store::deliveries::Delivery::list_for_invocation(connection, &id)?
+                        .into_iter()
+                        .last()
+                        .filter(|delivery| delivery.state.is_terminal())
+                        .map(|delivery| (delivery.state, delivery.failure_reason)),
+                )
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Whether a flight state is terminal (helper for callers).
+    pub fn is_terminal(state: FlightState) -> bool {
+        state.is_terminal()
+    }
+}

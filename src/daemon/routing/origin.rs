@@ -1,0 +1,961 @@
+//! The origin's side of routing: resolve, commit, then deliver with
+//! retries, deferral, queries, deadlines and rerouting, until the owner
+//! reports the flight finished. The result becomes a message of the
+//! conversation.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+use scout_mesh::lifecycle::{
+    DeliveryPolicy, DeliveryState, EndpointState, FailureReason, FlightState,
+};
+use scout_mesh::names::AgentName;
+use scout_mesh::resolve::{self, Candidate};
+use scout_mesh::routing::{DeliveryPlan, Step};
+use scout_mesh::transport::endpoint::request;
+use scout_mesh::wire::{FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId};
+use tokio::sync::watch;
+
+use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
+use crate::store::conversations::{Conversation, NewMessage};
+use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
+use crate::store::invocations::{InsertOutcome, Invocation};
+use crate::store::{StoreError, new_id};
+
+/// How often the dispatcher looks at every plan even when nothing woke it.
+const DISPATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Unfinished deliveries recovered at start at most (older ones wait for
+/// the next start); a broker with more has a bigger problem to look at.
+const RECOVER_DELIVERIES_MAX: usize = 10_000;
+
+/// One unfinished delivery.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The delivery row.
+    pub delivery_id: String,
+    /// The invocation, as committed.
+    pub invocation: Invocation,
+    /// The instance it goes to.
+    pub instance: String,
+    /// Why that instance.
+    pub reason: String,
+    /// Its owner.
+    pub owner: NodeId,
+    /// Whether the mention named a definition rather than one instance.
+    pub logical: bool,
+    /// The plan.
+    pub plan: DeliveryPlan,
+    /// The attempt running, if one is.
+    pub attempt_in_flight: bool,
+}
+
+fn unix(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Candidates from the registry, with owners this broker cannot reach
+/// shown as unreachable so reachable ones win.
+fn candidates(router: &Router, exclude: Option<&str>) -> Vec<(Candidate, NodeId)> {
+    let mesh = &router.inner.mesh;
+    let connected: std::collections::HashSet<String> = mesh
+        .peers()
+        .into_iter()
+        .filter(|peer| peer.state == "connected")
+        .map(|peer| peer.node_id)
+        .collect();
+    let own = router.inner.node_id.clone();
+    mesh.with_registry(|registry| {
+        registry
+            .instances()
+            .into_iter()
+            .filter(|entry| exclude.is_none_or(|name| entry.name.to_string() != name))
+            .map(|entry| {
+                let is_local = *entry.origin == own;
+                let state = if is_local || connected.contains(entry.origin.as_str()) {
+                    entry.body.endpoint_state
+                } else {
+                    EndpointState::Unreachable
+                };
+                (
+                    Candidate {
+                        name: entry.name.clone(),
+                        is_local,
+                        state,
+                        active_flights: entry.body.active_flights,
+                    },
+                    entry.origin.clone(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Resolves `target` to an instance and its owner.
+pub(crate) fn choose(
+    router: &Router,
+    query: &AgentName,
+    exclude: Option<&str>,
+) -> Result<(String, String, NodeId), RouteError> {
+    let pairs = candidates(router, exclude);
+    let list: Vec<Candidate> = pairs
+        .iter()
+        .map(|(candidate, _)| candidate.clone())
+        .collect();
+    let resolution = resolve::resolve(query, &list)?;
+    let owner = pairs
+        .into_iter()
+        .find(|(candidate, _)| candidate.name == resolution.chosen)
+        .map(|(_, owner)| owner)
+        .unwrap_or_else(|| router.inner.node_id.clone());
+    Ok((
+        resolution.chosen.to_string(),
+        resolution.reason.as_str().to_owned(),
+        owner,
+    ))
+}
+
+/// Commits and starts routing.
+pub async fn submit(router: &Router, request: SubmitRequest) -> Result<Submitted, RouteError> {
+    if request.body.len() > INVOKE_BODY_BYTES_MAX {
+        return Err(RouteError::TooLarge {
+            len: request.body.len(),
+            max: INVOKE_BODY_BYTES_MAX,
+        });
+    }
+    let query = AgentName::parse_lenient(&request.target)?;
+    let (instance, reason, owner) = choose(router, &query, None)?;
+    let now = router.now_ms();
+    let deadline_ms = request
+        .deadline_ms
+        .or(Some(now.saturating_add(super::DEFAULT_DEADLINE_MS)));
+    let invocation = Invocation {
+        invocation_id: new_id(),
+        action: request.action,
+        body: request.body.clone(),
+        conversation_id: Some(request.conversation_id.clone().unwrap_or_else(new_id)),
+        origin_node: router.inner.node_id.to_string(),
+        target: query.to_string(),
+        deadline_ms: deadline_ms.map(unix),
+        delivery_policy: request.policy,
+        created_at_ms: unix(now),
+    };
+    let delivery_id = new_id();
+    let committed = {
+        let invocation = invocation.clone();
+        let delivery_id = delivery_id.clone();
+        let instance = instance.clone();
+        let owner = owner.to_string();
+        let author = request.author.clone();
+        let audit = format!("{} resolved to {instance} ({reason})", invocation.target);
+        router
+            .inner
+            .store
+            .write(move |tx| {
+                if Invocation::insert(tx, &invocation)? == InsertOutcome::Duplicate {
+                    return Err(StoreError::AlreadyExists {
+                        kind: "invocation",
+                        id: invocation.invocation_id.clone(),
+                    });
+                }
+                Delivery::create(
+                    tx,
+                    &NewDelivery {
+                        delivery_id,
+                        invocation_id: invocation.invocation_id.clone(),
+                        target: instance,
+                        owner_node: Some(owner),
+                        created_at_ms: invocation.created_at_ms,
+                    },
+                )?;
+                let conversation_id = invocation.conversation_id.clone().unwrap_or_default();
+                Conversation::append_message(
+                    tx,
+                    &NewMessage {
+                        message_id: format!("{}-request", invocation.invocation_id),
+                        conversation_id,
+                        author,
+                        body: invocation.body.clone(),
+                        invocation_id: Some(invocation.invocation_id.clone()),
+                        created_at_ms: invocation.created_at_ms,
+                    },
+                )?;
+                crate::store::audit::AuditEntry::append(
+                    tx,
+                    &crate::store::audit::NewAuditEntry {
+                        actor: "router".into(),
+                        action: "route".into(),
+                        subject: invocation.invocation_id.clone(),
+                        detail: serde_json::json!({ "resolution": audit }),
+                        ts_ms: invocation.created_at_ms,
+                    },
+                )?;
+                Ok(())
+            })
+            .await
+    };
+    committed?;
+    let plan = DeliveryPlan::new(now, deadline_ms, request.policy);
+    let submitted = Submitted {
+        invocation_id: invocation.invocation_id.clone(),
+        delivery_id: delivery_id.clone(),
+        instance: instance.clone(),
+        reason: reason.clone(),
+        owner: owner.to_string(),
+        conversation_id: invocation.conversation_id.clone().unwrap_or_default(),
+    };
+    router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(
+            invocation.invocation_id.clone(),
+            Entry {
+                delivery_id,
+                invocation,
+                instance,
+                reason,
+                owner,
+                logical: !query.is_fully_qualified(),
+                plan,
+                attempt_in_flight: false,
+            },
+        );
+    router.emit(router.event(
+        &submitted.invocation_id,
+        "delivery",
+        Some("accepted".into()),
+        None,
+    ));
+    router.kick();
+    Ok(submitted)
+}
+
+/// Rebuilds plans of unfinished deliveries from the store.
+pub async fn recover(router: &Router) -> anyhow::Result<()> {
+    let now = router.now_ms();
+    let rows = router.inner.store.read(|connection| {
+        let mut rows = Vec::new();
+        for state in [
+            DeliveryState::Accepted,
+            DeliveryState::Deferred,
+            DeliveryState::PeerAcked,
+            DeliveryState::Running,
+        ] {
+            for delivery in Delivery::list_in_state(connection, state, RECOVER_DELIVERIES_MAX)? {
+                let Some(invocation) = Invocation::get(connection, &delivery.invocation_id)? else {
+                    continue;
+                };
+                let attempts = Delivery::list_attempts(connection, &delivery.delivery_id)?.len();
+                rows.push((delivery, invocation, attempts));
+            }
+        }
+        Ok(rows)
+    })?;
+    let mut lost = Vec::new();
+    let mut recovered = Vec::new();
+    for (delivery, invocation, attempts) in rows {
+        let Some(owner) = delivery
+            .owner_node
+            .as_deref()
+            .and_then(|id| NodeId::parse(id).ok())
+        else {
+            continue;
+        };
+        if invocation.delivery_policy == DeliveryPolicy::Ephemeral {
+            lost.push(delivery.delivery_id.clone());
+            continue;
+        }
+        let mut plan = DeliveryPlan::new(
+            now,
+            invocation.deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
+            invocation.delivery_policy,
+        );
+        plan.state = delivery.state;
+        plan.attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        plan.ever_sent = attempts > 0;
+        let logical =
+            AgentName::parse(&invocation.target).is_ok_and(|name| !name.is_fully_qualified());
+        recovered.push(Entry {
+            delivery_id: delivery.delivery_id,
+            instance: delivery.target,
+            reason: "recovered".into(),
+            owner,
+            logical,
+            invocation,
+            plan,
+            attempt_in_flight: false,
+        });
+    }
+    router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .extend(
+            recovered
+                .into_iter()
+                .map(|entry| (entry.invocation.invocation_id.clone(), entry)),
+        );
+    for delivery_id in lost {
+        let now = unix(router.now_ms());
+        router
+            .inner
+            .store
+            .write(move |tx| {
+                Delivery::transition(
+                    tx,
+                    &delivery_id,
+                    DeliveryState::Failed,
+                    Some((
+                        FailureReason::Dispatch,
+                        "ephemeral delivery lost at restart, by its policy",
+                    )),
+                    now,
+                )
+                .map(|_| ())
+            })
+            .await?;
+    }
+    let n = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .len();
+    if n > 0 {
+        tracing::info!(deliveries = n, "resuming unfinished deliveries");
+    }
+    Ok(())
+}
+
+/// Runs plans until shutdown.
+pub async fn dispatch_loop(router: Router, mut shutdown: watch::Receiver<bool>) {
+    let mut last_work_orders = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = router.inner.dispatch.notified() => {}
+            _ = tokio::time::sleep(DISPATCH_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        dispatch_once(&router).await;
+        if last_work_orders.elapsed() >= super::work_orders::WORK_ORDER_POLL_INTERVAL {
+            last_work_orders = tokio::time::Instant::now();
+            super::work_orders::dispatch_due(&router).await;
+        }
+    }
+}
+
+async fn dispatch_once(router: &Router) {
+    let now = router.now_ms();
+    let connected: std::collections::HashSet<String> = router
+        .inner
+        .mesh
+        .peers()
+        .into_iter()
+        .filter(|peer| peer.state == "connected")
+        .map(|peer| peer.node_id)
+        .collect();
+    let own = router.inner.node_id.clone();
+    let mut work = Vec::new();
+    {
+        let mut plans = router
+            .inner
+            .plans
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (id, entry) in plans.iter_mut() {
+            if entry.attempt_in_flight {
+                continue;
+            }
+            let reachable = entry.owner == own || connected.contains(entry.owner.as_str());
+            // A logical mention stuck on an unreachable owner that never got
+            // it moves to another instance, when there is one.
+            if entry.plan.may_reroute(now, entry.logical) && choose_other(router, entry).is_some() {
+                work.push((id.clone(), Step::Wait));
+                continue;
+            }
+            let jitter = router.jitter();
+            match entry.plan.step(now, reachable, jitter) {
+                Step::Wait => {}
+                Step::SendInvoke => {
+                    entry.attempt_in_flight = true;
+                    work.push((id.clone(), Step::SendInvoke));
+                }
+                Step::Query => {
+                    entry.attempt_in_flight = true;
+                    work.push((id.clone(), Step::Query));
+                }
+                step @ (Step::Defer | Step::Fail { .. }) => work.push((id.clone(), step)),
+            }
+        }
+    }
+    for (id, step) in work {
+        let router = router.clone();
+        tokio::spawn(async move {
+            run_step(&router, &id, step).await;
+        });
+    }
+}
+
+async fn run_step(router: &Router, id: &str, step: Step) {
+    let Some(entry) = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(id)
+        .cloned()
+    else {
+        return;
+    };
+    match step {
+        Step::SendInvoke => send_invoke(router, entry).await,
+        Step::Query => query(router, entry).await,
+        Step::Defer => {
+            // Entering `deferred` is recorded as an attempt that found the
+            // owner unreachable; staying deferred is not recorded again.
+            let delivery_id = entry.delivery_id.clone();
+            let now = unix(router.now_ms());
+            let recorded = router
+                .inner
+                .store
+                .write(move |tx| {
+                    let Some(current) = Delivery::get(tx, &delivery_id)? else {
+                        return Ok(());
+                    };
+                    if current.state == DeliveryState::Deferred || current.state.is_terminal() {
+                        return Ok(());
+                    }
+                    let attempt = Delivery::start_attempt(tx, &delivery_id, now)?;
+                    Delivery::finish_attempt(
+                        tx,
+                        &delivery_id,
+                        attempt,
+                        AttemptOutcome::Failed,
+                        Some((FailureReason::PeerUnreachable, "the owner is not connected")),
+                        now,
+                    )?;
+                    Delivery::transition(tx, &delivery_id, DeliveryState::Deferred, None, now)
+                        .map(|_| ())
+                })
+                .await;
+            if let Err(err) = recorded {
+                tracing::debug!(invocation = %id, cause = %err, "deferral not recorded");
+            }
+            router.emit(router.event(id, "delivery", Some("deferred".into()), None));
+        }
+        Step::Fail { reason, detail } => {
+            finish(
+                router,
+                &entry.invocation.invocation_id,
+                FlightUpdate {
+                    invocation_id: entry.invocation.invocation_id.clone(),
+                    state: FlightState::Failed,
+                    output: String::new(),
+                    failure_reason: Some(reason),
+                    detail: Some(detail),
+                },
+            )
+            .await
+        }
+        Step::Wait => reroute(router, entry).await,
+    }
+}
+
+/// Moves a logical mention whose owner never got it to another instance.
+async fn reroute(router: &Router, entry: Entry) {
+    let now = router.now_ms();
+    let Ok(query) = AgentName::parse(&entry.invocation.target) else {
+        return;
+    };
+    let Ok((instance, reason, owner)) = choose(router, &query, Some(&entry.instance)) else {
+        return;
+    };
+    if owner == entry.owner {
+        return;
+    }
+    let delivery_id = entry.delivery_id.clone();
+    let owner_text = owner.to_string();
+    let moved = router
+        .inner
+        .store
+        .write(move |tx| {
+            if Delivery::get(tx, &delivery_id)?.is_some_and(|d| d.state == DeliveryState::Failed) {
+                Delivery::transition(tx, &delivery_id, DeliveryState::Accepted, None, unix(now))
+                    .ok();
+            }
+            Delivery::set_owner_node(tx, &delivery_id, &owner_text, unix(now)).map(|_| ())
+        })
+        .await;
+    if moved.is_err() {
+        return;
+    }
+    tracing::info!(invocation = %entry.invocation.invocation_id, from = %entry.instance, to = %instance, "rerouted: the first owner never received it");
+    if let Some(current) = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get_mut(&entry.invocation.invocation_id)
+    {
+        current.instance = instance;
+        current.reason = format!("rerouted ({reason})");
+        current.owner = owner;
+        current.plan = DeliveryPlan::new(now, current.plan.deadline_ms, current.plan.policy);
+    }
+    router.kick();
+}
+
+fn invoke_request(router: &Router, entry: &Entry) -> InvokeRequest {
+    InvokeRequest {
+        invocation_id: entry.invocation.invocation_id.clone(),
+        action: entry.invocation.action,
+        body: entry.invocation.body.clone(),
+        conversation_id: entry.invocation.conversation_id.clone(),
+        origin: router.inner.node_id.clone(),
+        target: entry.invocation.target.clone(),
+        instance: entry.instance.clone(),
+        resolve_reason: entry.reason.clone(),
+        deadline_ms: entry
+            .invocation
+            .deadline_ms
+            .and_then(|ms| u64::try_from(ms).ok()),
+        policy: entry.invocation.delivery_policy,
+    }
+}
+
+async fn send_invoke(router: &Router, entry: Entry) {
+    let id = entry.invocation.invocation_id.clone();
+    let now = unix(router.now_ms());
+    let delivery_id = entry.delivery_id.clone();
+    let attempt = router
+        .inner
+        .store
+        .write(move |tx| Delivery::start_attempt(tx, &delivery_id, now))
+        .await;
+    let answer = if entry.owner == router.inner.node_id {
+        Ok(super::owner::accept(router, invoke_request(router, &entry)).await)
+    } else {
+        match connection_to(router, &entry.owner) {
+            Some(connection) => request(
+                &connection,
+                &MeshFrame::Invoke(invoke_request(router, &entry)),
+                router.inner.mesh.shared().config.transport.request_timeout,
+            )
+            .await
+            .map_err(|err| format!("{}: {err}", err.code())),
+            None => Err("the owner is not connected".to_owned()),
+        }
+    };
+    let (outcome, failure) = match &answer {
+        Ok(MeshFrame::InvokeAck(_)) => (AttemptOutcome::Succeeded, None),
+        Ok(MeshFrame::Error(error)) => {
+            let reason = if error.code == "AGENT_OFFLINE" {
+                FailureReason::AgentOffline
+            } else {
+                FailureReason::PeerRejected
+            };
+            (
+                AttemptOutcome::Failed,
+                Some((reason, format!("{}: {}", error.code, error.message))),
+            )
+        }
+        Ok(other) => (
+            AttemptOutcome::Failed,
+            Some((
+                FailureReason::PeerRejected,
+                format!("unexpected answer `{}`", other.name()),
+            )),
+        ),
+        Err(err) => (
+            AttemptOutcome::Failed,
+            Some((FailureReason::PeerUnreachable, err.clone())),
+        ),
+    };
+    if let Ok(attempt) = attempt {
+        let delivery_id = entry.delivery_id.clone();
+        let now = unix(router.now_ms());
+        let _ = router
+            .inner
+            .store
+            .write(move |tx| {
+                Delivery::finish_attempt(
+                    tx,
+                    &delivery_id,
+                    attempt,
+                    outcome,
+                    failure
+                        .as_ref()
+                        .map(|(reason, detail)| (*reason, detail.as_str())),
+                    now,
+                )
+                .map(|_| ())
+            })
+            .await;
+    }
+    match answer {
+        Ok(MeshFrame::InvokeAck(ack)) => {
+            apply_update(
+                router,
+                FlightUpdate {
+                    invocation_id: id.clone(),
+                    state: ack.state,
+                    output: String::new(),
+                    failure_reason: None,
+                    detail: None,
+                },
+            )
+            .await;
+            if ack.duplicate && ack.state.is_terminal() {
+                // A retry of finished work: fetch the result.
+                query(router, entry).await;
+            }
+        }
+        Ok(MeshFrame::Error(error)) => {
+            let reason = if error.code == "AGENT_OFFLINE" {
+                FailureReason::AgentOffline
+            } else {
+                FailureReason::PeerRejected
+            };
+            let logical = {
+                let mut plans = router
+                    .inner
+                    .plans
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                let logical = plans.get(&id).is_some_and(|e| e.logical);
+                if let Some(current) = plans.get_mut(&id) {
+                    current.plan.on_rejected(reason);
+                }
+                logical
+            };
+            let rerouted = logical && choose_other(router, &entry).is_some();
+            if rerouted {
+                reroute(router, entry).await;
+            } else {
+                finish(
+                    router,
+                    &id,
+                    FlightUpdate {
+                        invocation_id: id.clone(),
+                        state: FlightState::Failed,
+                        output: String::new(),
+                        failure_reason: Some(reason),
+                        detail: Some(format!("{}: {}", error.code, error.message)),
+                    },
+                )
+                .await;
+            }
+        }
+        _ => {
+            let jitter = router.jitter();
+            let now = router.now_ms();
+            if let Some(current) = router
+                .inner
+                .plans
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get_mut(&id)
+            {
+                current.plan.on_send_failed(now, jitter);
+            }
+            let _ = set_state(router, &entry, DeliveryState::Deferred, None).await;
+        }
+    }
+    release(router, &id);
+}
+
+fn choose_other(router: &Router, entry: &Entry) -> Option<NodeId> {
+    let query = AgentName::parse(&entry.invocation.target).ok()?;
+    let (_, _, owner) = choose(router, &query, Some(&entry.instance)).ok()?;
+    (owner != entry.owner).then_some(owner)
+}
+
+fn release(router: &Router, id: &str) {
+    if let Some(entry) = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get_mut(id)
+    {
+        entry.attempt_in_flight = false;
+    }
+}
+
+async fn query(router: &Router, entry: Entry) {
+    let id = entry.invocation.invocation_id.clone();
+    let answer = if entry.owner == router.inner.node_id {
+        super::owner::flight_update(router, &id)
+    } else {
+        match connection_to(router, &entry.owner) {
+            Some(connection) => match request(
+                &connection,
+                &MeshFrame::FlightQuery {
+                    invocation_id: id.clone(),
+                },
+                router.inner.mesh.shared().config.transport.request_timeout,
+            )
+            .await
+            {
+                Ok(MeshFrame::FlightAck(update)) => update,
+                _ => None,
+            },
+            None => None,
+        }
+    };
+    if let Some(update) = answer {
+        apply_update(router, update).await;
+    }
+    release(router, &id);
+}
+
+fn connection_to(router: &Router, owner: &NodeId) -> Option<quinn::Connection> {
+    router
+        .inner
+        .mesh
+        .shared()
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(owner)
+        .map(|peer| peer.connection.clone())
+}
+
+/// The owner a delivery in progress goes to.
+pub fn owner_of(router: &Router, invocation_id: &str) -> Option<NodeId> {
+    router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(invocation_id)
+        .map(|entry| entry.owner.clone())
+}
+
+/// An update from the owner (pushed, or answering a query).
+pub async fn apply_update(router: &Router, update: FlightUpdate) {
+    let id = update.invocation_id.clone();
+    if !update.output.is_empty() && !update.state.is_terminal() {
+        router.emit(router.event(&id, "output", None, Some(update.output.clone())));
+    }
+    if update.state.is_terminal() {
+        finish(router, &id, update).await;
+        return;
+    }
+    let now = router.now_ms();
+    let moved = {
+        let mut plans = router
+            .inner
+            .plans
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let Some(entry) = plans.get_mut(&id) else {
+            return;
+        };
+        entry
+            .plan
+            .on_flight(now, update.state)
+            .map(|state| (entry.clone(), state))
+    };
+    if let Some((entry, state)) = moved {
+        let _ = set_state(router, &entry, state, None).await;
+        router.emit(router.event(&id, "delivery", Some(state.to_string()), None));
+    }
+}
+
+async fn set_state(
+    router: &Router,
+    entry: &Entry,
+    state: DeliveryState,
+    failure: Option<(FailureReason, String)>,
+) -> Result<(), StoreError> {
+    let delivery_id = entry.delivery_id.clone();
+    let now = unix(router.now_ms());
+    router
+        .inner
+        .store
+        .write(move |tx| {
+            let current = Delivery::get(tx, &delivery_id)?;
+            match current {
+                Some(current)
+                    if current.state == state || !current.state.can_transition_to(state) =>
+                {
+                    Ok(())
+                }
+                Some(_) => Delivery::transition(
+                    tx,
+                    &delivery_id,
+                    state,
+                    failure
+                        .as_ref()
+                        .map(|(reason, detail)| (*reason, detail.as_str())),
+                    now,
+                )
+                .map(|_| ()),
+                None => Ok(()),
+            }
+        })
+        .await
+}
+
+/// Ends a delivery: the final state, and the answer (or the failure) as a
+/// message of the conversation, in one commit.
+async fn finish(router: &Router, id: &str, update: FlightUpdate) {
+    let entry = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(id)
+        .cloned();
+    let Some(entry) = entry else {
+        return;
+    };
+    let state = scout_mesh::routing::delivery_state_of(update.state);
+    let failure = match (state, update.failure_reason) {
+        (DeliveryState::Failed, reason) => Some((
+            reason.unwrap_or(FailureReason::HarnessError),
+            update.detail.clone().unwrap_or_default(),
+        )),
+        (DeliveryState::Cancelled, _) => Some((
+            FailureReason::Cancelled,
+            update.detail.clone().unwrap_or_default(),
+        )),
+        _ => None,
+    };
+    let body = match state {
+        DeliveryState::Completed => update.output.clone(),
+        DeliveryState::Cancelled => "[cancelled]".to_owned(),
+        _ => format!(
+            "[failed: {}] {}",
+            failure
+                .as_ref()
+                .map(|(reason, _)| reason.to_string())
+                .unwrap_or_default(),
+            update.detail.clone().unwrap_or_default()
+        ),
+    };
+    let delivery_id = entry.delivery_id.clone();
+    let conversation_id = entry.invocation.conversation_id.clone().unwrap_or_default();
+    let author = entry.instance.clone();
+    let now = unix(router.now_ms());
+    let invocation_id = id.to_owned();
+    let recorded_failure = failure.clone();
+    let result = router
+        .inner
+        .store
+        .write(move |tx| {
+            if let Some(current) = Delivery::get(tx, &delivery_id)?
+                && !current.state.is_terminal()
+            {
+                Delivery::transition(
+                    tx,
+                    &delivery_id,
+                    state,
+                    recorded_failure
+                        .as_ref()
+                        .map(|(reason, detail)| (*reason, detail.as_str())),
+                    now,
+                )?;
+            }
+            Conversation::append_message(
+                tx,
+                &NewMessage {
+                    message_id: format!("{invocation_id}-result"),
+                    conversation_id,
+                    author,
+                    body,
+                    invocation_id: Some(invocation_id.clone()),
+                    created_at_ms: now,
+                },
+            )?;
+            Ok(())
+        })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(invocation = %id, cause = %err, "cannot record the end of a delivery");
+        return;
+    }
+    router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .remove(id);
+    super::work_orders::on_delivery_finished(router, id, state).await;
+    router.emit(RoutingEvent {
+        invocation_id: id.to_owned(),
+        kind: "delivery",
+        state: Some(state.to_string()),
+        output: Some(update.output),
+        failure_reason: failure.as_ref().map(|(reason, _)| reason.to_string()),
+        detail: failure.map(|(_, detail)| detail),
+        timestamp_ms: router.now_ms(),
+    });
+}
+
+/// Cancels an invocation.
+pub async fn cancel(router: &Router, invocation_id: &str) -> Result<(), RouteError> {
+    let entry = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(invocation_id)
+        .cloned();
+    let Some(entry) = entry else {
+        // Not a delivery of ours in progress: maybe a flight we own.
+        if super::owner::cancel_local(router, invocation_id)
+            .await
+            .is_some()
+        {
+            return Ok(());
+        }
+        return Err(RouteError::UnknownInvocation(invocation_id.to_owned()));
+    };
+    let update = if entry.owner == router.inner.node_id {
+        super::owner::cancel_local(router, invocation_id).await
+    } else if let Some(connection) = connection_to(router, &entry.owner) {
+        match request(
+            &connection,
+            &MeshFrame::Cancel {
+                invocation_id: invocation_id.to_owned(),
+            },
+            router.inner.mesh.shared().config.transport.request_timeout,
+        )
+        .await
+        {
+            Ok(MeshFrame::FlightAck(update)) => update,
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let update = update.unwrap_or(FlightUpdate {
+        invocation_id: invocation_id.to_owned(),
+        state: FlightState::Cancelled,
+        output: String::new(),
+        failure_reason: Some(FailureReason::Cancelled),
+        detail: Some(if entry.plan.ever_sent {
+            "cancelled here; the owner could not be told yet".into()
+        } else {
+            "cancelled before it reached its owner".into()
+        }),
+    });
+    finish(router, invocation_id, update).await;
+    Ok(())
+}
+
+/// The answer recorded for an invocation that originated here.
+pub fn result_message(
+    connection: &Connection,
+    invocation: &Invocation,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        Conversation::get_message(connection, &format!("{}-result", invocation.invocation_id))?
+            .map(|message| message.body),
+    )
+}

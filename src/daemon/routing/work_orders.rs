@@ -1,0 +1,266 @@
+//! Work orders: queued work for an agent, optionally not before a time,
+//! dispatched as a durable invocation when due (`run-now`: at once).
+//! Cancelling one delivers the cancel to the owner, which stops the
+//! running flight. The work order follows its invocation's delivery.
+
+use std::time::Duration;
+
+use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
+use scout_mesh::names::AgentName;
+use serde::Serialize;
+
+use super::{RouteError, Router, SubmitRequest};
+use crate::store::new_id;
+use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
+
+/// How often queued work orders are checked for being due.
+pub const WORK_ORDER_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Queued work orders looked at per check at most.
+const DUE_SCAN_MAX: usize = 1000;
+
+/// A new work order.
+#[derive(Debug, Clone)]
+pub struct EnqueueRequest {
+    /// The agent (`@fabric`, or more precise).
+    pub target: String,
+    /// What to do.
+    pub body: String,
+    /// Unix ms before which it does not run.
+    pub not_before_ms: Option<u64>,
+    /// How long it may take once dispatched, in ms.
+    pub timeout_ms: Option<u64>,
+    /// Dispatch at once, whatever the schedule (`agent.run_now`).
+    pub run_now: bool,
+    /// Who asked.
+    pub author: String,
+}
+
+/// A work order as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkOrderView {
+    /// Id.
+    pub work_order_id: String,
+    /// The agent.
+    pub target: String,
+    /// What to do.
+    pub body: String,
+    /// `queued`, `running`, `completed`, `failed`, `cancelled`.
+    pub state: String,
+    /// The owner's node id, as resolved at enqueue.
+    pub owner: String,
+    /// Not before (unix ms), when scheduled.
+    pub not_before_ms: Option<u64>,
+    /// The invocation, once dispatched.
+    pub invocation_id: Option<String>,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+}
+
+fn view(order: WorkOrder) -> WorkOrderView {
+    WorkOrderView {
+        not_before_ms: order.schedule.as_deref().and_then(|text| text.parse().ok()),
+        work_order_id: order.work_order_id,
+        target: order.target,
+        body: order.body,
+        state: order.state.to_string(),
+        owner: order.owner_node,
+        invocation_id: order.invocation_id,
+        created_at_ms: order.created_at_ms,
+    }
+}
+
+fn unix(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Queues a work order (and dispatches it at once when due or `run_now`).
+pub async fn enqueue(
+    router: &Router,
+    request: EnqueueRequest,
+) -> Result<WorkOrderView, RouteError> {
+    let query = AgentName::parse_lenient(&request.target)?;
+    // Resolve now, so a mistyped name fails at enqueue, not later.
+    let (_, _, owner) = super::origin::choose(router, &query, None)?;
+    let now = router.now_ms();
+    let order = NewWorkOrder {
+        work_order_id: new_id(),
+        target: query.to_string(),
+        body: request.body.clone(),
+        owner_node: owner.to_string(),
+        schedule: request.not_before_ms.map(|ms| ms.to_string()),
+        created_at_ms: unix(now),
+    };
+    let created = router
+        .inner
+        .store
+        .write(move |tx| WorkOrder::create(tx, &order))
+        .await?;
+    let due = request.run_now || request.not_before_ms.is_none_or(|at| at <= now);
+    if due {
+        return dispatch(router, created, request.timeout_ms, &request.author).await;
+    }
+    Ok(view(created))
+}
+
+async fn dispatch(
+    router: &Router,
+    order: WorkOrder,
+    timeout_ms: Option<u64>,
+    author: &str,
+) -> Result<WorkOrderView, RouteError> {
+    let now = router.now_ms();
+    let submitted = super::origin::submit(
+        router,
+        SubmitRequest {
+            target: order.target.clone(),
+            body: order.body.clone(),
+            action: InvocationAction::Execute,
+            policy: DeliveryPolicy::Durable,
+            deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
+            conversation_id: None,
+            author: author.to_owned(),
+        },
+    )
+    .await;
+    let id = order.work_order_id.clone();
+    let outcome = match submitted {
+        Ok(submitted) => {
+            let invocation_id = submitted.invocation_id.clone();
+            router
+                .inner
+                .store
+                .write(move |tx| {
+                    WorkOrder::transition(
+                        tx,
+                        &id,
+                        WorkOrderState::Running,
+                        Some(&invocation_id),
+                        unix(now),
+                    )
+                })
+                .await?
+        }
+        Err(err) => {
+            tracing::warn!(work_order = %id, cause = %err, "work order could not be dispatched");
+            router
+                .inner
+                .store
+                .write(move |tx| {
+                    WorkOrder::transition(tx, &id, WorkOrderState::Failed, None, unix(now))
+                })
+                .await?;
+            return Err(err);
+        }
+    };
+    Ok(view(outcome))
+}
+
+/// Dispatches queued work orders whose time has come.
+pub async fn dispatch_due(router: &Router) {
+    let now = router.now_ms();
+    let due = router.inner.store.read(move |connection| {
+        Ok(
+            WorkOrder::list(connection, Some(WorkOrderState::Queued), DUE_SCAN_MAX)?
+                .into_iter()
+                .filter(|order| {
+                    order
+                        .schedule
+                        .as_deref()
+                        .and_then(|text| text.parse::<u64>().ok())
+                        .is_none_or(|at| at <= now)
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
+    match due {
+        Ok(orders) => {
+            for order in orders {
+                let _ = dispatch(router, order, None, "scheduler").await;
+            }
+        }
+        Err(err) => tracing::warn!(cause = %err, "cannot read queued work orders"),
+    }
+}
+
+/// Makes a work order follow the end of its invocation's delivery.
+pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: DeliveryState) {
+    let target = match state {
+        DeliveryState::Completed => WorkOrderState::Completed,
+        DeliveryState::Cancelled => WorkOrderState::Cancelled,
+        DeliveryState::Failed => WorkOrderState::Failed,
+        _ => return,
+    };
+    let invocation_id = invocation_id.to_owned();
+    let now = unix(router.now_ms());
+    let _ = router
+        .inner
+        .store
+        .write(move |tx| {
+            let orders = WorkOrder::list(tx, Some(WorkOrderState::Running), DUE_SCAN_MAX)?;
+            for order in orders
+                .into_iter()
+                .filter(|order| order.invocation_id.as_deref() == Some(&invocation_id))
+            {
+                WorkOrder::transition(tx, &order.work_order_id, target, None, now)?;
+            }
+            Ok(())
+        })
+        .await;
+}
+
+/// Cancels a work order: a queued one ends here; a running one is
+/// cancelled at its owner, which stops the agent.
+pub async fn cancel(router: &Router, work_order_id: &str) -> Result<WorkOrderView, RouteError> {
+    let id = work_order_id.to_owned();
+    let order = router
+        .inner
+        .store
+        .read(move |connection| WorkOrder::get(connection, &id))?
+        .ok_or_else(|| RouteError::UnknownInvocation(work_order_id.to_owned()))?;
+    match (order.state, order.invocation_id.clone()) {
+        (WorkOrderState::Queued, _) => {
+            let id = order.work_order_id.clone();
+            let now = unix(router.now_ms());
+            let cancelled = router
+                .inner
+                .store
+                .write(move |tx| {
+                    WorkOrder::transition(tx, &id, WorkOrderState::Cancelled, None, now)
+                })
+                .await?;
+            Ok(view(cancelled))
+        }
+        (WorkOrderState::Running, Some(invocation_id)) => {
+            super::origin::cancel(router, &invocation_id).await?;
+            get(router, work_order_id)
+        }
+        _ => Ok(view(order)),
+    }
+}
+
+/// One work order.
+pub fn get(router: &Router, work_order_id: &str) -> Result<WorkOrderView, RouteError> {
+    let id = work_order_id.to_owned();
+    router
+        .inner
+        .store
+        .read(move |connection| WorkOrder::get(connection, &id))?
+        .map(view)
+        .ok_or_else(|| RouteError::UnknownInvocation(work_order_id.to_owned()))
+}
+
+/// Work orders, newest first, optionally in one state.
+pub fn list(
+    router: &Router,
+    state: Option<WorkOrderState>,
+    limit: usize,
+) -> Result<Vec<WorkOrderView>, RouteError> {
+    Ok(router
+        .inner
+        .store
+        .read(move |connection| WorkOrder::list(connection, state, limit))?
+        .into_iter()
+        .map(view)
+        .collect())
+}

@@ -1,0 +1,369 @@
+//! `/v1/invocations…`, `/v1/flights`, `/v1/conversations…` and
+//! `/v1/events/stream`: routing work to agents anywhere in the mesh and
+//! following it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::{ApiError, JsonBody};
+use crate::daemon::BrokerState;
+use crate::daemon::routing::{
+    InvocationStatus, RouteError, RoutingEvent, SubmitRequest, Submitted,
+};
+use crate::store::conversations::{Conversation, Message};
+use crate::store::invocations::Invocation;
+
+/// Rows a list returns at most.
+const LIST_LIMIT_MAX: usize = 500;
+
+/// The routes of this family (mounted under `/v1`).
+pub fn routes() -> Router<Arc<BrokerState>> {
+    Router::new()
+        .route("/invocations", post(submit))
+        .route("/invocations/{id}", get(status))
+        .route("/invocations/{id}/stream", get(stream))
+        .route("/invocations/{id}/cancel", post(cancel))
+        .route("/flights", get(flights))
+        .route("/conversations", get(conversations))
+        .route("/conversations/{id}", get(conversation))
+        .route("/events/stream", get(events))
+}
+
+/// The body of `POST /v1/invocations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// `@fabric`, `@fabric@devbox`, `@fabric#main`, or a full instance name.
+    pub target: String,
+    /// The prompt.
+    pub message: String,
+    /// `consult`, `execute` (default), `summarize`, `status`, `wake`.
+    #[serde(default)]
+    pub action: Option<InvocationAction>,
+    /// `durable` (default), `must_ack`, `best_effort`, `ephemeral`.
+    #[serde(default)]
+    pub policy: Option<DeliveryPolicy>,
+    /// How long the work may take, from now, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// An existing conversation to continue.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+pub(crate) fn route_error(err: RouteError) -> ApiError {
+    let status = match &err {
+        RouteError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        RouteError::NotFound(_) | RouteError::UnknownInvocation(_) => StatusCode::NOT_FOUND,
+        RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RouteError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, err.code(), err.to_string())
+}
+
+async fn submit(
+    State(state): State<Arc<BrokerState>>,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let submitted = state
+        .router
+        .submit(submit_request(&state, body))
+        .await
+        .map_err(route_error)?;
+    Ok((StatusCode::ACCEPTED, Json(submitted)))
+}
+
+/// The routing request of a submit body.
+pub fn submit_request(state: &BrokerState, body: SubmitBody) -> SubmitRequest {
+    let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+    SubmitRequest {
+        target: body.target,
+        body: body.message,
+        action: body.action.unwrap_or(InvocationAction::Execute),
+        policy: body.policy.unwrap_or(DeliveryPolicy::Durable),
+        deadline_ms: body.timeout_ms.map(|ms| now.saturating_add(ms)),
+        conversation_id: body.conversation_id,
+        author: format!("user@{}", state.node_name),
+    }
+}
+
+async fn status(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Json<InvocationStatus>, ApiError> {
+    state.router.status(&id).map(Json).map_err(route_error)
+}
+
+#[derive(Debug, Serialize)]
+struct Cancelled {
+    cancelled: String,
+}
+
+async fn cancel(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, ApiError> {
+    state.router.cancel(&id).await.map_err(route_error)?;
+    Ok(Json(Cancelled { cancelled: id }))
+}
+
+fn sse_event(event: &RoutingEvent) -> Event {
+    Event::default()
+        .event(event.kind)
+        .json_data(event)
+        .unwrap_or_else(|_| Event::default().event("error"))
+}
+
+/// Streams one invocation: its status first, then its events until its
+/// delivery ends (a replay of the end when it had ended already).
+async fn stream(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading the status, so nothing falls in between.
+    let mut events = state.router.subscribe();
+    let status = state.router.status(&id).map_err(route_error)?;
+    let first = Event::default()
+        .event("status")
+        .json_data(&status)
+        .unwrap_or_else(|_| Event::default().event("error"));
+    let finished = status.delivery.as_ref().is_some_and(|delivery| {
+        matches!(
+            delivery.state.as_str(),
+            "completed" | "failed" | "cancelled"
+        )
+    });
+    let stream = async_stream(move |tx| async move {
+        if tx.send(first).await.is_err() || finished {
+            return;
+        }
+        loop {
+            match events.recv().await {
+                Ok(event) if event.invocation_id == id => {
+                    let done = event.kind == "delivery"
+                        && matches!(
+                            event.state.as_deref(),
+                            Some("completed" | "failed" | "cancelled")
+                        );
+                    if tx.send(sse_event(&event)).await.is_err() || done {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    let lagged = Event::default().event("lagged").data(missed.to_string());
+                    if tx.send(lagged).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Streams every routing event of this broker.
+async fn events(
+    State(state): State<Arc<BrokerState>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut events = state.router.subscribe();
+    let stream = async_stream(move |tx| async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => sse_event(&event),
+                Err(RecvError::Lagged(missed)) => {
+                    Event::default().event("lagged").data(missed.to_string())
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Events queued for one SSE client at most; a client that stops reading
+/// holds the producer, not memory.
+const SSE_QUEUE_MAX: usize = 64;
+
+/// A stream fed by a task through a bounded channel.
+fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(SSE_QUEUE_MAX);
+    tokio::spawn(producer(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|event| event.map(Ok)))
+}
+
+/// One row of `GET /v1/flights`.
+#[derive(Debug, Serialize)]
+pub struct FlightRow {
+    /// The invocation.
+    pub invocation_id: String,
+    /// The mention.
+    pub target: String,
+    /// The origin node id.
+    pub origin: String,
+    /// The delivery state here (when it originated here).
+    pub delivery: Option<String>,
+    /// The instance it went to.
+    pub instance: Option<String>,
+    /// The flight state here (when this broker owns it).
+    pub flight: Option<String>,
+    /// Failure reason, when it failed.
+    pub failure_reason: Option<String>,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn flights(
+    State(state): State<Arc<BrokerState>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<FlightRow>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).min(LIST_LIMIT_MAX);
+    state
+        .store
+        .read(move |connection| {
+            let mut rows = Vec::new();
+            for invocation in Invocation::list_recent(connection, limit)? {
+                let delivery = crate::store::deliveries::Delivery::list_for_invocation(
+                    connection,
+                    &invocation.invocation_id,
+                )?
+                .into_iter()
+                .last();
+                let flight = crate::store::flights::Flight::get_for_invocation(
+                    connection,
+                    &invocation.invocation_id,
+                )?;
+                rows.push(FlightRow {
+                    failure_reason: delivery
+                        .as_ref()
+                        .and_then(|d| d.failure_reason)
+                        .or(flight.as_ref().and_then(|f| f.failure_reason))
+                        .map(|reason| reason.to_string()),
+                    delivery: delivery.as_ref().map(|d| d.state.to_string()),
+                    instance: delivery
+                        .as_ref()
+                        .map(|d| d.target.clone())
+                        .or(flight.as_ref().and_then(|f| f.chosen_instance.clone())),
+                    flight: flight.map(|f| f.state.to_string()),
+                    invocation_id: invocation.invocation_id,
+                    target: invocation.target,
+                    origin: invocation.origin_node,
+                    created_at_ms: invocation.created_at_ms,
+                });
+            }
+            Ok(rows)
+        })
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+/// A conversation with its messages.
+#[derive(Debug, Serialize)]
+pub struct ConversationView {
+    /// Id.
+    pub conversation_id: String,
+    /// Title.
+    pub title: Option<String>,
+    /// Last change, unix ms.
+    pub updated_at_ms: i64,
+    /// Messages, oldest first (empty in lists).
+    pub messages: Vec<MessageView>,
+}
+
+/// A message.
+#[derive(Debug, Serialize)]
+pub struct MessageView {
+    /// Order in the conversation.
+    pub seq: i64,
+    /// Who wrote it.
+    pub author: String,
+    /// What.
+    pub body: String,
+    /// The invocation it belongs to.
+    pub invocation_id: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+}
+
+fn conversation_view(conversation: Conversation, messages: Vec<Message>) -> ConversationView {
+    ConversationView {
+        conversation_id: conversation.conversation_id,
+        title: conversation.title,
+        updated_at_ms: conversation.updated_at_ms,
+        messages: messages
+            .into_iter()
+            .map(|message| MessageView {
+                seq: message.seq,
+                author: message.author,
+                body: message.body,
+                invocation_id: message.invocation_id,
+                created_at_ms: message.created_at_ms,
+            })
+            .collect(),
+    }
+}
+
+async fn conversations(
+    State(state): State<Arc<BrokerState>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<ConversationView>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).min(LIST_LIMIT_MAX);
+    state
+        .store
+        .read(move |connection| {
+            Ok(Conversation::list_recent(connection, limit)?
+                .into_iter()
+                .map(|conversation| conversation_view(conversation, Vec::new()))
+                .collect::<Vec<_>>())
+        })
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+async fn conversation(
+    State(state): State<Arc<BrokerState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let lookup = id.clone();
+    let found = state
+        .store
+        .read(move |connection| {
+            let Some(conversation) = Conversation::get(connection, &lookup)? else {
+                return Ok(None);
+            };
+            let messages = Conversation::list_messages(connection, &lookup, None, LIST_LIMIT_MAX)?;
+            Ok(Some(conversation_view(conversation, messages)))
+        })
+        .map_err(ApiError::internal)?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "CONVERSATION_NOT_FOUND",
+            format!("no conversation `{id}`"),
+        )
+    })
+}

@@ -1,0 +1,296 @@
+//! End-to-end routing with real broker processes on loopback and real PTY
+//! agents: a mention on one broker runs on another and the answer comes
+//! back; the owner killed with work queued and in flight loses and repeats
+//! nothing; an unreachable owner ends in a clear timeout; cancelling a
+//! running work order stops the agent's process; a mention that matches
+//! nothing lists the nearest names.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Node, wait_until};
+
+/// Two brokers in one mesh: alpha (the origin) and beta (the owner of
+/// `@worker`, a bash loop that logs every line it gets to `log`, waits
+/// `delay` seconds, then answers).
+fn two_brokers(delay: &str) -> (Node, Node, PathBuf) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let log = beta.sandbox.path().join("worker.log");
+    let script = format!(
+        "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; sleep {delay}; echo \"done: $line\"; printf 'ready> '; done",
+        log.display()
+    );
+    let cwd = beta.sandbox.path().display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "worker",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @worker", || {
+        alpha
+            .instances()
+            .contains(&"@worker@beta#main".to_owned())
+            .then_some(())
+    });
+    (alpha, beta, log)
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn delivery_state(node: &Node, id: &str) -> Option<String> {
+    let status = node.get(&format!("/v1/invocations/{id}"));
+    status["delivery"]["state"].as_str().map(str::to_owned)
+}
+
+fn submit(node: &Node, target: &str, message: &str, timeout_s: u64) -> String {
+    let run = node.run(&[
+        "--json",
+        "send",
+        target,
+        message,
+        "--timeout",
+        &timeout_s.to_string(),
+    ]);
+    assert_eq!(run.code, 0, "send: {}", run.stderr);
+    run.json()["invocation_id"].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn a_mention_runs_on_the_owner_and_the_answer_comes_back() {
+    let (alpha, _beta, log) = two_brokers("0");
+    let run = alpha.run(&[
+        "send",
+        "@worker",
+        "hello from alpha",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout.contains("done: hello from alpha"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(log_lines(&log), ["hello from alpha"]);
+
+    // The exchange is in a conversation at the origin.
+    let flights = alpha.get("/v1/flights");
+    let id = flights[0]["invocation_id"].as_str().unwrap().to_owned();
+    let status = alpha.get(&format!("/v1/invocations/{id}"));
+    assert_eq!(status["delivery"]["state"], "completed");
+    assert_eq!(status["delivery"]["target"], "@worker@beta#main");
+    let conversation = status["invocation"]["conversation_id"].as_str().unwrap();
+    let shown = alpha.run(&["conversations", "show", conversation]);
+    assert!(
+        shown.stdout.contains("hello from alpha") && shown.stdout.contains("@worker@beta#main"),
+        "{}",
+        shown.stdout
+    );
+}
+
+#[test]
+fn killing_the_owner_loses_and_repeats_nothing() {
+    let (alpha, mut beta, log) = two_brokers("2");
+    let ids: Vec<String> = (1..=3)
+        .map(|n| submit(&alpha, "@worker", &format!("job-{n}"), 120))
+        .collect();
+    wait_until("job-1 to be running on beta", || {
+        (log_lines(&log) == ["job-1"]).then_some(())
+    });
+
+    let mut broker = beta.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+    beta.start();
+
+    for id in &ids {
+        wait_until(&format!("invocation {id} to end"), || {
+            delivery_state(&alpha, id)
+                .filter(|state| matches!(state.as_str(), "completed" | "failed" | "cancelled"))
+        });
+    }
+    let states: Vec<String> = ids
+        .iter()
+        .map(|id| delivery_state(&alpha, id).unwrap())
+        .collect();
+    // The flight that was running when its broker died ends with a recorded
+    // reason; it is never run again. The queued ones run after the restart.
+    assert_eq!(states, ["failed", "completed", "completed"]);
+    let first = alpha.get(&format!("/v1/invocations/{}", ids[0]));
+    assert_eq!(
+        first["delivery"]["failure_reason"], "harness_error",
+        "{first}"
+    );
+    let mut lines = log_lines(&log);
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["job-1", "job-2", "job-3"],
+        "each job reached the agent exactly once"
+    );
+    let second = alpha.get(&format!("/v1/invocations/{}", ids[1]));
+    assert!(
+        second["delivery"]["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("done: job-2"),
+        "{second}"
+    );
+}
+
+#[test]
+fn an_unreachable_owner_ends_in_a_timeout() {
+    let (alpha, mut beta, log) = two_brokers("0");
+    let mut broker = beta.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+    wait_until("alpha to notice", || {
+        alpha.peers_in("connected").is_empty().then_some(())
+    });
+    let run = alpha.run(&["send", "@worker", "anyone?", "--wait", "--timeout", "2"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("timeout"), "{}", run.stderr);
+    assert!(log_lines(&log).is_empty());
+    let flights = alpha.get("/v1/flights");
+    let id = flights[0]["invocation_id"].as_str().unwrap();
+    let status = alpha.get(&format!("/v1/invocations/{id}"));
+    assert_eq!(status["delivery"]["failure_reason"], "timeout");
+    assert!(
+        status["delivery"]["attempts"]
+            .as_array()
+            .is_some_and(|attempts| !attempts.is_empty()),
+        "{status}"
+    );
+}
+
+#[test]
+fn cancel_stops_the_running_agent() {
+    let (alpha, beta, log) = two_brokers("30");
+    let id = submit(&alpha, "@worker", "long job", 120);
+    wait_until("the job to run", || {
+        (log_lines(&log) == ["long job"]).then_some(())
+    });
+    let sessions = beta.get("/agents");
+    let pid = sessions
+        .as_array()
+        .or(sessions["agents"].as_array())
+        .and_then(|list| list.first().cloned())
+        .and_then(|agent| agent["pid"].as_u64())
+        .expect("a running session");
+    let cancelled = ureq::post(&format!(
+        "{}/v1/invocations/{id}/cancel",
+        alpha.broker().http_base()
+    ))
+    .set(
+        "Authorization",
+        &format!("Bearer {}", alpha.sandbox.token()),
+    )
+    .send_json(serde_json::json!({}))
+    .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(delivery_state(&alpha, &id).as_deref(), Some("cancelled"));
+    wait_until("the agent's process to be gone", || {
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.contains(") Z ")))
+        .then_some(())
+    });
+}
+
+#[test]
+fn a_mention_that_matches_nothing_lists_the_nearest_names() {
+    let (alpha, _beta, _log) = two_brokers("0");
+    let run = alpha.run(&["send", "@wroker", "hi"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("AGENT_NOT_FOUND"), "{}", run.stderr);
+    assert!(run.stderr.contains("@worker@beta#main"), "{}", run.stderr);
+    let bad = alpha.run(&["send", "@Bad_Name", "hi"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[test]
+fn cancelling_a_running_work_order_stops_the_agent() {
+    let (alpha, beta, log) = two_brokers("30");
+    let run = alpha.run(&[
+        "--json",
+        "work-orders",
+        "run-now",
+        "@worker",
+        "long job",
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let order = run.json();
+    assert_eq!(order["state"], "running", "{order}");
+    let order_id = order["work_order_id"].as_str().unwrap().to_owned();
+    let id = order["invocation_id"].as_str().unwrap().to_owned();
+    wait_until("the job to run", || {
+        (log_lines(&log) == ["long job"]).then_some(())
+    });
+    let sessions = beta.get("/agents");
+    let pid = sessions
+        .as_array()
+        .or(sessions["agents"].as_array())
+        .and_then(|list| list.first().cloned())
+        .and_then(|agent| agent["pid"].as_u64())
+        .expect("a running session");
+
+    let cancelled = alpha.run(&["--json", "work-orders", "cancel", &order_id]);
+    assert_eq!(cancelled.code, 0, "{}", cancelled.stderr);
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    assert_eq!(delivery_state(&alpha, &id).as_deref(), Some("cancelled"));
+    let listed = alpha.run(&["work-orders", "list"]);
+    assert!(listed.stdout.contains("cancelled"), "{}", listed.stdout);
+    wait_until("the agent's process to be gone", || {
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.contains(") Z ")))
+        .then_some(())
+    });
+
+    // A scheduled work order waits, and can be cancelled before it runs.
+    let later = alpha.run(&[
+        "--json",
+        "work-orders",
+        "enqueue",
+        "@worker",
+        "later",
+        "--in",
+        "1h",
+    ]);
+    assert_eq!(later.code, 0, "{}", later.stderr);
+    assert_eq!(later.json()["state"], "queued");
+    let later_id = later.json()["work_order_id"].as_str().unwrap().to_owned();
+    let cancelled = alpha.run(&["--json", "work-orders", "cancel", &later_id]);
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    assert_eq!(log_lines(&log), ["long job"]);
+}
