@@ -3,7 +3,9 @@
 //!
 //! Code map:
 //! - [`cli`]: the `scout` command line (one file per command family).
-//! - [`daemon`]: the running broker; wires store, config, agents and HTTP.
+//! - [`daemon`]: the running broker; wires store, config, agents and HTTP,
+//!   the mesh (`daemon::mesh`), discovery (`daemon::discovery`) and routing
+//!   of invocations and work orders (`daemon::routing`).
 //! - [`http`]: the local HTTP surface (axum), token-protected but `/health`.
 //! - [`store`]: the durable SQLite store, its migrations, the group-commit
 //!   writer, the flight and delivery state machines as enforced on disk.

@@ -32,7 +32,7 @@ fn insert(
     let invocation = invocation(invocation_id);
     move |transaction| match Invocation::insert(transaction, &invocation)? {
         InsertOutcome::Inserted => Ok(()),
-        InsertOutcome::AlreadyExists => Err(StoreError::AlreadyExists {
+        InsertOutcome::Duplicate => Err(StoreError::AlreadyExists {
             kind: "invocation",
             id: invocation.invocation_id.clone(),
         }),
