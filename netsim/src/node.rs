@@ -203,7 +203,6 @@ impl SimNode {
             },
             seed: Some(seeds::derive(config.seed, "broker", stream)),
             executor: Some(Arc::new(executor)),
-            ..BrokerOptions::default()
         };
         let broker = Broker::start_with(&self.home, options)
             .await

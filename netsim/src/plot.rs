@@ -8,7 +8,7 @@ use crate::report::RunReport;
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 520.0;
-const LEFT: f64 = 70.0;
+const LEFT: f64 = 100.0;
 const RIGHT: f64 = 20.0;
 const TOP_PANEL: (f64, f64) = (40.0, 150.0);
 const BOTTOM_PANEL: (f64, f64) = (200.0, 440.0);
@@ -116,6 +116,18 @@ pub fn svg(report: &RunReport) -> String {
             }
         }
         flush(&mut segment, &mut out);
+    }
+
+    // Which colour is which node (the first ten).
+    let n_shown = report.nodes.min(COLOURS.len());
+    for (node_idx, colour) in COLOURS.iter().enumerate().take(n_shown) {
+        let lx = WIDTH - RIGHT - 40.0 * (n_shown - node_idx) as f64;
+        let _ = writeln!(
+            out,
+            r#"<text x="{lx:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
+            BOTTOM_PANEL.0 - 8.0,
+            escape(report.node_names.get(node_idx).map_or("?", String::as_str))
+        );
     }
 
     // Faults.

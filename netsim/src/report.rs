@@ -57,12 +57,16 @@ pub struct RunReport {
     pub seed: u64,
     /// Brokers.
     pub nodes: usize,
+    /// Their names, by index (the order of every per-node list).
+    pub node_names: Vec<String>,
     /// Whether every check passed.
     pub passed: bool,
     /// Simulated milliseconds of the scenario (after formation).
     pub sim_ms: u64,
-    /// Simulated milliseconds the mesh took to form.
+    /// Simulated milliseconds the mesh took to form (`None`: it did not).
     pub formation_ms: Option<u64>,
+    /// Simulated milliseconds of the whole run (formation included).
+    pub simulated_ms: u64,
     /// Wall-clock milliseconds of the whole run.
     pub wall_ms: f64,
     /// Datagram counters.
@@ -97,9 +101,8 @@ impl RunReport {
 
     /// Simulated time over wall time.
     pub fn speedup(&self) -> f64 {
-        let sim = (self.sim_ms + self.formation_ms.unwrap_or(0)) as f64;
         if self.wall_ms > 0.0 {
-            sim / self.wall_ms
+            self.simulated_ms as f64 / self.wall_ms
         } else {
             0.0
         }
@@ -116,10 +119,16 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "  time        {:.1} s simulated ({:.1} s forming the mesh + {:.1} s scenario) in {:.2} s wall ({:.0}x)",
-            (self.sim_ms + self.formation_ms.unwrap_or(0)) as f64 / 1000.0,
-            self.formation_ms.unwrap_or(0) as f64 / 1000.0,
-            self.sim_ms as f64 / 1000.0,
+            "  time        {:.1} s simulated ({}) in {:.2} s wall ({:.0}x)",
+            self.simulated_ms as f64 / 1000.0,
+            match self.formation_ms {
+                Some(ms) => format!(
+                    "mesh formed in {:.1} s, then {:.1} s of scenario",
+                    ms as f64 / 1000.0,
+                    self.sim_ms as f64 / 1000.0
+                ),
+                None => "the mesh did not form".to_owned(),
+            },
             self.wall_ms / 1000.0,
             self.speedup()
         );

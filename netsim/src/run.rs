@@ -394,39 +394,46 @@ impl<'p> Sim<'p> {
         (digests.len() > 1).then(|| format!("{} distinct registries", digests.len()))
     }
 
-    /// For a mesh that did not form: the nodes no other node has a node
-    /// record of, and how many peers each syncs with. Only called once the
-    /// run has failed (it touches the replicas, which wakes their drivers).
+    /// For a mesh that did not form: the nodes that know the fewest node
+    /// records, with their connections and how many peers their replica
+    /// syncs with. Only called once the run has failed (it touches the
+    /// replicas, which wakes their drivers).
     fn stranded_nodes(&self) -> String {
-        let known_by_all = |id: &scout_mesh::wire::NodeId| {
-            self.nodes
-                .iter()
-                .filter_map(SimNode::mesh)
-                .all(|mesh| mesh.with_registry(|registry| registry.node(id).is_some()))
-        };
-        let stranded: Vec<String> = self
+        let n_nodes = self.nodes.len();
+        let mut known: Vec<(usize, &SimNode)> = self
             .nodes
             .iter()
-            .filter(|node| !known_by_all(&node.node_id))
             .filter_map(|node| {
+                let records = node
+                    .mesh()?
+                    .with_registry(|registry| registry.nodes().len());
+                Some((records, node))
+            })
+            .filter(|(records, _)| *records < n_nodes)
+            .collect();
+        known.sort_by_key(|(records, node)| (*records, node.idx));
+        let shown: Vec<String> = known
+            .iter()
+            .take(5)
+            .filter_map(|(records, node)| {
                 let mesh = node.mesh()?;
                 let syncing = mesh
                     .shared()
                     .with_replica(|replica| replica.connected_peers().count());
                 Some(format!(
-                    "{} ({} connections, syncing with {syncing})",
+                    "{} ({records} node records, {} connections, syncing with {syncing})",
                     node.name,
                     mesh.connection_bytes().len()
                 ))
             })
-            .take(8)
             .collect();
-        if stranded.is_empty() {
+        if shown.is_empty() {
             return String::new();
         }
         format!(
-            "; nodes not known everywhere: {} (a replica syncs with at most {PEERS_MAX} peers)",
-            stranded.join(", ")
+            "; {} nodes lack node records, fewest first: {} (a replica syncs with at most {PEERS_MAX} peers)",
+            known.len(),
+            shown.join(", ")
         )
     }
 
@@ -931,9 +938,11 @@ impl<'p> Sim<'p> {
             description: scenario.description.clone(),
             seed: self.seed,
             nodes: self.nodes.len(),
+            node_names: self.nodes.iter().map(|node| node.name.clone()).collect(),
             passed: false,
             sim_ms: if formed { scenario.duration_ms } else { 0 },
             formation_ms: self.formation_ms,
+            simulated_ms: ms_between(self.net.start(), Instant::now()),
             wall_ms: 0.0,
             network: self.net.stats(),
             schedule_digest: self.net.digest(),

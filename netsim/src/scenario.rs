@@ -461,7 +461,7 @@ impl Default for ChecksSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -826,12 +826,18 @@ fn check_op_name(kind: OpKind, name: &str) -> Result<(), String> {
 
 type Resolved = Vec<(u64, Fault, String)>;
 
+/// Resolves node names (or `"*"`) to a host set; the `&str` says where.
+type SetResolver<'a> = dyn Fn(&[String], &str) -> Result<HostSet, ScenarioError> + 'a;
+
+/// Resolves one node name to its index; the second `&str` says where.
+type IndexResolver<'a> = dyn Fn(&str, &str) -> Result<usize, ScenarioError> + 'a;
+
 fn resolve_fault(
     entry: &FaultEntry,
     what: &str,
     path: &str,
-    set: &dyn Fn(&[String], &str) -> Result<HostSet, ScenarioError>,
-    index: &dyn Fn(&str, &str) -> Result<usize, ScenarioError>,
+    set: &SetResolver<'_>,
+    index: &IndexResolver<'_>,
 ) -> Result<Resolved, ScenarioError> {
     let invalid = |message: String| ScenarioError::Invalid {
         path: path.to_owned(),

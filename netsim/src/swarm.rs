@@ -420,7 +420,7 @@ pub fn run_seed(options: &SwarmOptions, seed: u64) -> SeedResult {
             failures: report.failures().cloned().collect(),
             error: None,
             replay: report.replay.clone(),
-            sim_ms: report.sim_ms + report.formation_ms.unwrap_or(0),
+            sim_ms: report.simulated_ms,
             wall_ms: report.wall_ms,
             schedule_digest: report.schedule_digest.to_string(),
             converged_after_ms: report.convergence.after_ms,

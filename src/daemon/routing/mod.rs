@@ -151,7 +151,9 @@ pub struct RouterInner {
     pub(crate) node_name: Label,
     pub(crate) executor: Arc<dyn Executor>,
     pub(crate) agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
-    pub(crate) plans: Mutex<HashMap<String, origin::Entry>>,
+    /// Ordered by invocation id, so the dispatcher visits plans (and draws
+    /// their jitter) in the same order in every run of one seed.
+    pub(crate) plans: Mutex<std::collections::BTreeMap<String, origin::Entry>>,
     pub(crate) dispatch: Notify,
     pub(crate) runners: Mutex<HashMap<String, Arc<Notify>>>,
     pub(crate) running: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
@@ -202,7 +204,7 @@ impl Router {
                 node_name: parts.node_name,
                 executor: parts.executor,
                 agents: parts.agents,
-                plans: Mutex::new(HashMap::new()),
+                plans: Mutex::new(std::collections::BTreeMap::new()),
                 dispatch: Notify::new(),
                 runners: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),

@@ -597,20 +597,22 @@ async fn send_invoke(router: &Router, entry: Entry) {
     }
     match answer {
         Ok(MeshFrame::InvokeAck(ack)) => {
-            apply_update(
-                router,
-                FlightUpdate {
-                    invocation_id: id.clone(),
-                    state: ack.state,
-                    output: String::new(),
-                    failure_reason: None,
-                    detail: None,
-                },
-            )
-            .await;
             if ack.duplicate && ack.state.is_terminal() {
-                // A retry of finished work: fetch the result.
+                // A retry of finished work: the ack carries no answer, so
+                // the end is taken from the owner's flight, answer included.
                 query(router, entry).await;
+            } else {
+                apply_update(
+                    router,
+                    FlightUpdate {
+                        invocation_id: id.clone(),
+                        state: ack.state,
+                        output: String::new(),
+                        failure_reason: None,
+                        detail: None,
+                    },
+                )
+                .await;
             }
         }
         Ok(MeshFrame::Error(error)) => {
