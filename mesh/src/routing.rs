@@ -200,7 +200,10 @@ impl DeliveryPlan {
     pub fn on_rejected(&mut self, reason: FailureReason) {
         let _ = reason;
         self.state = DeliveryState::Failed;
-        self.rejected = true;
+        // A refusal proves the owner holds nothing only when no earlier
+        // attempt could have reached it: an earlier invoke may have been
+        // committed there with its acknowledgement lost.
+        self.rejected = self.attempts <= 1;
     }
 
     /// Whether the work may go to another instance: the mention named a

@@ -549,6 +549,13 @@ async fn send_invoke(router: &Router, entry: Entry) {
             None => Err("the owner is not connected".to_owned()),
         }
     };
+    // An owner that is starting does not route yet: that is no refusal.
+    let answer = match answer {
+        Ok(MeshFrame::Error(error)) if error.code == "NOT_READY" => {
+            Err(format!("{}: {}", error.code, error.message))
+        }
+        other => other,
+    };
     let (outcome, failure) = match &answer {
         Ok(MeshFrame::InvokeAck(_)) => (AttemptOutcome::Succeeded, None),
         Ok(MeshFrame::Error(error)) => {

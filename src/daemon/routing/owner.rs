@@ -52,6 +52,16 @@ fn local_agent(router: &Router, instance: &str) -> Option<LocalAgent> {
 /// Accepts an invocation: commits it (or finds it already committed) and
 /// answers. Never runs an id twice: the store's unique key decides.
 pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
+    // A retry of an id this broker holds is answered from its flight, even
+    // if the agent went away since: refusing it would let the origin send
+    // the work elsewhere and run it twice.
+    if let Some(update) = flight_update(router, &invoke.invocation_id) {
+        return MeshFrame::InvokeAck(InvokeAck {
+            invocation_id: invoke.invocation_id,
+            duplicate: true,
+            state: update.state,
+        });
+    }
     let instance_ok = AgentName::parse(&invoke.instance)
         .ok()
         .is_some_and(|name| name.node() == Some(&router.inner.node_name));
