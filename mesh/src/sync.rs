@@ -781,16 +781,7 @@ impl Replica {
             .dots
             .iter()
             .any(|(origin, counter)| *counter > self.vv.get(origin));
-        // A digest of ours still unanswered will bring what the peer has
-        // (its state only grows); one lost is replaced after an interval.
-        let outstanding = self
-            .peers
-            .get(from)
-            .and_then(|peer| peer.digest_outstanding_since_ms)
-            .is_some_and(|since| {
-                now_ms < since.saturating_add(self.config.anti_entropy_interval_ms)
-            });
-        if peer_has_more && !outstanding {
+        if peer_has_more {
             self.send_digest(now_ms, from.clone());
         }
     }
