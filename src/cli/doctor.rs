@@ -1,7 +1,7 @@
 //! `scout doctor`: named checks of everything a broker needs, each ok / warn
 //! / fail with a fix hint. Exits 1 when any check fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -538,7 +538,8 @@ fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {
         let Some(program) = agent.command.first() else {
             continue;
         };
-        if find_program(program).is_none() {
+        let path_var = std::env::var_os("PATH");
+        if crate::adapter::find_program(program, path_var.as_deref()).is_none() {
             checks.push(
                 Check::new(
                     format!("command:@{}", agent.definition),
@@ -559,24 +560,6 @@ fn install_hint(harness: Harness) -> &'static str {
         Harness::Gemini => "npm install -g @google/gemini-cli, then `gemini` to log in",
         Harness::Command => "install the program",
     }
-}
-
-/// Finds a program the way a shell would: a path with a `/` as is,
-/// otherwise the first executable file of that name on PATH.
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_executable = |path: &Path| {
-        path.metadata()
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let path = PathBuf::from(program);
-        return is_executable(&path).then_some(path);
-    }
-    let path_var = std::env::var_os("PATH")?;
-    std::env::split_paths(&path_var)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
 }
 
 fn render(checks: &[Check]) -> String {
