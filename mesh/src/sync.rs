@@ -72,9 +72,11 @@ use crate::wire::{
 
 /// The most peers a replica syncs with at once. A broker connects to every
 /// other broker of its mesh, and Scout meshes are a person's or a team's
-/// machines; past this, the full mesh of connections and pushes is the
-/// wrong shape anyway.
-pub const PEERS_MAX: usize = 64;
+/// machines (netsim proves a hundred); past this, the full mesh of
+/// connections and pushes is the wrong shape anyway. A broker that has this
+/// many peers stops dialing, so the ones it has keep working and a larger
+/// mesh still converges through anti-entropy over the connections it has.
+pub const PEERS_MAX: usize = 128;
 
 /// The most outputs waiting to be drained. When it is reached, the oldest
 /// droppable output goes: a push first (anti-entropy resends what it

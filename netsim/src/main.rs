@@ -366,13 +366,7 @@ fn bench(filter: Option<&str>) -> anyhow::Result<bool> {
         );
     }
     if wants("hundred") {
-        for (file, what) in [
-            (
-                "bench-64.toml",
-                "64 brokers (the largest full mesh a replica's 64-peer limit allows)",
-            ),
-            ("bench-100.toml", "100 brokers"),
-        ] {
+        for (file, what) in [("bench-100.toml", "100 brokers")] {
             println!("hundred: {what}, real QUIC, split in halves for 30 s, then healed ({file})");
             let report = run_file(file)?;
             println!(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use quinn::{Connection, VarInt};
 use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
+use scout_mesh::sync::PEERS_MAX;
 use scout_mesh::transport::close_code;
 use scout_mesh::transport::endpoint::{peer_key, read_request, request, respond};
 use scout_mesh::transport::{MeshEndpoint, Trust, TrustPolicy};
@@ -506,6 +507,10 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             .keys()
             .cloned()
             .collect();
+        if connected.len() >= PEERS_MAX {
+            // Every further hello would be refused by our own replica.
+            continue;
+        }
         let due = shared
             .book
             .lock()
