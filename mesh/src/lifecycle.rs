@@ -233,17 +233,28 @@ word_enum!(
 word_enum!(
     /// How hard the mesh tries to deliver an invocation.
     DeliveryPolicy, "delivery policy", {
-        /// One try; a failure is reported, not retried.
+        /// One try; a failure is reported, not retried. Neither broker
+        /// waits for its disk before passing it on or acknowledging it.
         BestEffort => "best_effort",
         /// Retried until the owner acknowledges it or the deadline passes.
         MustAck => "must_ack",
         /// Committed on both sides before every acknowledgement; survives
         /// crashes of either broker.
         Durable => "durable",
-        /// Never stored; lost on restart by design.
+        /// Like `best_effort`, and an origin that restarts ends it as lost
+        /// instead of resuming it, by design.
         Ephemeral => "ephemeral",
     }
 );
+
+impl DeliveryPolicy {
+    /// Whether each broker commits the invocation before it passes it on
+    /// or acknowledges it (`durable`, `must_ack`). The others are recorded
+    /// too, but nobody waits for the disk, so a crash may lose them.
+    pub fn waits_for_disk(self) -> bool {
+        matches!(self, DeliveryPolicy::Durable | DeliveryPolicy::MustAck)
+    }
+}
 
 word_enum!(
     /// How an agent instance can be reached right now.

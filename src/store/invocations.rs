@@ -48,6 +48,34 @@ const COLUMNS: &str = "invocation_id, action, body, conversation_id, origin_node
                        deadline_ms, delivery_policy, created_at_ms";
 
 impl Invocation {
+    /// The owner's "accept" inside a transaction: inserts `invocation` under
+    /// its unique id and, if it is new, creates its `queued` flight; a
+    /// known id answers the flight it already has.
+    pub fn accept(
+        transaction: &Transaction<'_>,
+        invocation: &Invocation,
+        chosen_instance: Option<String>,
+        resolve_reason: Option<String>,
+    ) -> Result<Accepted, StoreError> {
+        match Invocation::insert(transaction, invocation)? {
+            InsertOutcome::Duplicate => Ok(Accepted::Duplicate(Flight::get_for_invocation(
+                transaction,
+                &invocation.invocation_id,
+            )?)),
+            InsertOutcome::Inserted => Flight::create(
+                transaction,
+                &NewFlight {
+                    flight_id: new_id(),
+                    invocation_id: invocation.invocation_id.clone(),
+                    chosen_instance,
+                    resolve_reason,
+                    created_at_ms: unix_ms_now(),
+                },
+            )
+            .map(Accepted::New),
+        }
+    }
+
     /// Inserts `invocation` unless its id is already stored.
     pub fn insert(
         transaction: &Transaction<'_>,
@@ -175,27 +203,9 @@ impl Store {
         chosen_instance: Option<String>,
         resolve_reason: Option<String>,
     ) -> Result<Accepted, StoreError> {
-        self.write(
-            move |transaction| match Invocation::insert(transaction, &invocation)? {
-                InsertOutcome::Duplicate => Ok(Accepted::Duplicate(Flight::get_for_invocation(
-                    transaction,
-                    &invocation.invocation_id,
-                )?)),
-                InsertOutcome::Inserted => {
-                    let flight = Flight::create(
-                        transaction,
-                        &NewFlight {
-                            flight_id: new_id(),
-                            invocation_id: invocation.invocation_id.clone(),
-                            chosen_instance,
-                            resolve_reason,
-                            created_at_ms: unix_ms_now(),
-                        },
-                    )?;
-                    Ok(Accepted::New(flight))
-                }
-            },
-        )
+        self.write(move |transaction| {
+            Invocation::accept(transaction, &invocation, chosen_instance, resolve_reason)
+        })
         .await
     }
 

@@ -488,6 +488,29 @@ impl Store {
         reply.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `f` like [`Store::write`] but returns as soon as it is in the
+    /// writer's queue, with a future for the commit's reply. Requests run in
+    /// the order they were queued, so a write queued after this one sees its
+    /// changes; what a reader sees, and what survives a crash, still waits
+    /// for the commit. For work whose policy does not wait for the disk
+    /// (`best_effort`, `ephemeral` invocations).
+    pub async fn enqueue<T, F>(
+        &self,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
+    where
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (request, reply) = writer::request(f);
+        if let Some(request) = self.try_write_inline(request)? {
+            let sender = self.write_sender()?;
+            sender.send(request).await.map_err(|_| StoreError::Closed)?;
+        }
+        // Inline mode: the reply was sent before `try_write_inline` returned.
+        Ok(async move { reply.await.map_err(|_| StoreError::Closed)? })
+    }
+
     /// [`Store::write`] for synchronous callers (CLI commands, plain
     /// threads).
     ///

@@ -34,7 +34,7 @@ use scout_mesh::lifecycle::{
 use scout_mesh::names::Label;
 use scout_mesh::wire::NodeId;
 use serde::Serialize;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::mesh::Mesh;
@@ -158,8 +158,12 @@ pub struct RouterInner {
     pub(crate) runners: Mutex<HashMap<String, Arc<Notify>>>,
     pub(crate) running: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     pub(crate) events: broadcast::Sender<RoutingEvent>,
+    /// Callers of [`Router::submit_acknowledged`], by invocation id.
+    pub(crate) acknowledged: Mutex<HashMap<String, oneshot::Sender<DeliveryState>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) rng: Mutex<rand::rngs::StdRng>,
+    /// Zero of [`Router::plan_now`].
+    pub(crate) epoch: tokio::time::Instant,
 }
 
 /// The router. Cheap to clone.
@@ -209,8 +213,10 @@ impl Router {
                 runners: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 events: broadcast::channel(EVENTS_BUFFER_MAX).0,
+                acknowledged: Mutex::new(HashMap::new()),
                 shutdown: shutdown.clone(),
                 rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(parts.seed)),
+                epoch: tokio::time::Instant::now(),
             }),
         };
         origin::recover(&router).await?;
@@ -221,7 +227,31 @@ impl Router {
 
     /// Resolves, commits and starts routing an invocation.
     pub async fn submit(&self, request: SubmitRequest) -> Result<Submitted, RouteError> {
-        origin::submit(self, request).await
+        origin::submit(self, request, None).await
+    }
+
+    /// [`Router::submit`], then waits until the delivery leaves `accepted`
+    /// and `deferred`: the owner acknowledged it (`peer_acked` or later), or
+    /// it ended (`failed`, `cancelled`). Returns the state it moved to
+    /// (`failed` too when the broker stops first).
+    pub async fn submit_acknowledged(
+        &self,
+        request: SubmitRequest,
+    ) -> Result<(Submitted, DeliveryState), RouteError> {
+        let (acknowledged, moved) = tokio::sync::oneshot::channel();
+        let submitted = origin::submit(self, request, Some(acknowledged)).await?;
+        let state = moved.await.unwrap_or(DeliveryState::Failed);
+        Ok((submitted, state))
+    }
+
+    /// Registers `waiter` for the first move of `invocation_id` out of
+    /// `accepted`/`deferred`.
+    fn on_acknowledged(&self, invocation_id: &str, waiter: oneshot::Sender<DeliveryState>) {
+        self.inner
+            .acknowledged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(invocation_id.to_owned(), waiter);
     }
 
     /// Cancels an invocation: at its owner, and here.
@@ -240,11 +270,44 @@ impl Router {
     }
 
     pub(crate) fn emit(&self, event: RoutingEvent) {
+        if event.kind == "delivery"
+            && let Some(state) = event
+                .state
+                .as_deref()
+                .and_then(|s| s.parse::<DeliveryState>().ok())
+            && !matches!(state, DeliveryState::Accepted | DeliveryState::Deferred)
+        {
+            let waiter = self
+                .inner
+                .acknowledged
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .remove(&event.invocation_id);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(state);
+            }
+        }
         let _ = self.inner.events.send(event);
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
         self.inner.mesh.shared().now_ms()
+    }
+
+    /// Milliseconds on the monotonic clock the delivery plans run on.
+    /// Retries, backoff, queries and deadlines are durations there, so a
+    /// wall clock that jumps (a laptop resuming, NTP stepping) neither
+    /// stalls nor hurries them.
+    pub(crate) fn plan_now(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A wall-clock deadline (unix ms) as a point on the plans' clock.
+    pub(crate) fn plan_deadline(&self, deadline_ms: Option<u64>) -> Option<u64> {
+        deadline_ms.map(|deadline| {
+            self.plan_now()
+                .saturating_add(deadline.saturating_sub(self.now_ms()))
+        })
     }
 
     pub(crate) fn jitter(&self) -> f64 {

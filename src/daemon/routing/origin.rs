@@ -14,7 +14,7 @@ use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{DeliveryPlan, Step};
 use scout_mesh::transport::endpoint::request;
 use scout_mesh::wire::{FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
 use crate::store::conversations::{Conversation, NewMessage};
@@ -116,7 +116,11 @@ pub(crate) fn choose(
 }
 
 /// Commits and starts routing.
-pub async fn submit(router: &Router, request: SubmitRequest) -> Result<Submitted, RouteError> {
+pub async fn submit(
+    router: &Router,
+    request: SubmitRequest,
+    acknowledged: Option<oneshot::Sender<DeliveryState>>,
+) -> Result<Submitted, RouteError> {
     if request.body.len() > INVOKE_BODY_BYTES_MAX {
         return Err(RouteError::TooLarge {
             len: request.body.len(),
@@ -143,59 +147,75 @@ pub async fn submit(router: &Router, request: SubmitRequest) -> Result<Submitted
     let delivery_id = new_id();
     let committed = {
         let invocation = invocation.clone();
+        let invocation_id = invocation.invocation_id.clone();
         let delivery_id = delivery_id.clone();
         let instance = instance.clone();
         let owner = owner.to_string();
         let author = request.author.clone();
         let audit = format!("{} resolved to {instance} ({reason})", invocation.target);
-        router
-            .inner
-            .store
-            .write(move |tx| {
-                if Invocation::insert(tx, &invocation)? == InsertOutcome::Duplicate {
-                    return Err(StoreError::AlreadyExists {
-                        kind: "invocation",
-                        id: invocation.invocation_id.clone(),
-                    });
+        let write = move |tx: &rusqlite::Transaction<'_>| {
+            if Invocation::insert(tx, &invocation)? == InsertOutcome::Duplicate {
+                return Err(StoreError::AlreadyExists {
+                    kind: "invocation",
+                    id: invocation.invocation_id.clone(),
+                });
+            }
+            Delivery::create(
+                tx,
+                &NewDelivery {
+                    delivery_id,
+                    invocation_id: invocation.invocation_id.clone(),
+                    target: instance,
+                    owner_node: Some(owner),
+                    created_at_ms: invocation.created_at_ms,
+                },
+            )?;
+            let conversation_id = invocation.conversation_id.clone().unwrap_or_default();
+            Conversation::append_message(
+                tx,
+                &NewMessage {
+                    message_id: format!("{}-request", invocation.invocation_id),
+                    conversation_id,
+                    author,
+                    body: invocation.body.clone(),
+                    invocation_id: Some(invocation.invocation_id.clone()),
+                    created_at_ms: invocation.created_at_ms,
+                },
+            )?;
+            crate::store::audit::AuditEntry::append(
+                tx,
+                &crate::store::audit::NewAuditEntry {
+                    actor: "router".into(),
+                    action: "route".into(),
+                    subject: invocation.invocation_id.clone(),
+                    detail: serde_json::json!({ "resolution": audit }),
+                    ts_ms: invocation.created_at_ms,
+                },
+            )?;
+            Ok(())
+        };
+        let store = &router.inner.store;
+        if request.policy.waits_for_disk() {
+            store.write(write).await
+        } else {
+            // Queued in order ahead of every later write about it, and not
+            // waited for: the policy does not ask for the disk.
+            let pending = store.enqueue(write).await?;
+            let id = invocation_id.clone();
+            tokio::spawn(async move {
+                if let Err(err) = pending.await {
+                    tracing::warn!(invocation = %id, cause = %err, "a best-effort invocation was not stored");
                 }
-                Delivery::create(
-                    tx,
-                    &NewDelivery {
-                        delivery_id,
-                        invocation_id: invocation.invocation_id.clone(),
-                        target: instance,
-                        owner_node: Some(owner),
-                        created_at_ms: invocation.created_at_ms,
-                    },
-                )?;
-                let conversation_id = invocation.conversation_id.clone().unwrap_or_default();
-                Conversation::append_message(
-                    tx,
-                    &NewMessage {
-                        message_id: format!("{}-request", invocation.invocation_id),
-                        conversation_id,
-                        author,
-                        body: invocation.body.clone(),
-                        invocation_id: Some(invocation.invocation_id.clone()),
-                        created_at_ms: invocation.created_at_ms,
-                    },
-                )?;
-                crate::store::audit::AuditEntry::append(
-                    tx,
-                    &crate::store::audit::NewAuditEntry {
-                        actor: "router".into(),
-                        action: "route".into(),
-                        subject: invocation.invocation_id.clone(),
-                        detail: serde_json::json!({ "resolution": audit }),
-                        ts_ms: invocation.created_at_ms,
-                    },
-                )?;
-                Ok(())
-            })
-            .await
+            });
+            Ok(())
+        }
     };
     committed?;
-    let plan = DeliveryPlan::new(now, deadline_ms, request.policy);
+    let plan = DeliveryPlan::new(
+        router.plan_now(),
+        router.plan_deadline(deadline_ms),
+        request.policy,
+    );
     let submitted = Submitted {
         invocation_id: invocation.invocation_id.clone(),
         delivery_id: delivery_id.clone(),
@@ -228,13 +248,15 @@ pub async fn submit(router: &Router, request: SubmitRequest) -> Result<Submitted
         Some("accepted".into()),
         None,
     ));
-    router.kick();
+    if let Some(acknowledged) = acknowledged {
+        router.on_acknowledged(&submitted.invocation_id, acknowledged);
+    }
+    dispatch_now(router, &submitted.invocation_id);
     Ok(submitted)
 }
 
 /// Rebuilds plans of unfinished deliveries from the store.
 pub async fn recover(router: &Router) -> anyhow::Result<()> {
-    let now = router.now_ms();
     let rows = router.inner.store.read(|connection| {
         let mut rows = Vec::new();
         for state in [
@@ -268,8 +290,8 @@ pub async fn recover(router: &Router) -> anyhow::Result<()> {
             continue;
         }
         let mut plan = DeliveryPlan::new(
-            now,
-            invocation.deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
+            router.plan_now(),
+            router.plan_deadline(invocation.deadline_ms.and_then(|ms| u64::try_from(ms).ok())),
             invocation.delivery_policy,
         );
         plan.state = delivery.state;
@@ -348,54 +370,67 @@ pub async fn dispatch_loop(router: Router, mut shutdown: watch::Receiver<bool>) 
 }
 
 async fn dispatch_once(router: &Router) {
-    let now = router.now_ms();
-    let connected: std::collections::HashSet<String> = router
-        .inner
-        .mesh
-        .peers()
-        .into_iter()
-        .filter(|peer| peer.state == "connected")
-        .map(|peer| peer.node_id)
-        .collect();
-    let own = router.inner.node_id.clone();
-    let mut work = Vec::new();
-    {
+    let now = router.plan_now();
+    let work: Vec<(String, Step)> = {
         let mut plans = router
             .inner
             .plans
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        for (id, entry) in plans.iter_mut() {
-            if entry.attempt_in_flight {
-                continue;
-            }
-            let reachable = entry.owner == own || connected.contains(entry.owner.as_str());
-            // A logical mention stuck on an unreachable owner that never got
-            // it moves to another instance, when there is one.
-            if entry.plan.may_reroute(now, entry.logical) && choose_other(router, entry).is_some() {
-                work.push((id.clone(), Step::Wait));
-                continue;
-            }
-            let jitter = router.jitter();
-            match entry.plan.step(now, reachable, jitter) {
-                Step::Wait => {}
-                Step::SendInvoke => {
-                    entry.attempt_in_flight = true;
-                    work.push((id.clone(), Step::SendInvoke));
-                }
-                Step::Query => {
-                    entry.attempt_in_flight = true;
-                    work.push((id.clone(), Step::Query));
-                }
-                step @ (Step::Defer | Step::Fail { .. }) => work.push((id.clone(), step)),
-            }
-        }
-    }
+        plans
+            .iter_mut()
+            .filter_map(|(id, entry)| next_step(router, entry, now).map(|step| (id.clone(), step)))
+            .collect()
+    };
     for (id, step) in work {
         let router = router.clone();
         tokio::spawn(async move {
             run_step(&router, &id, step).await;
         });
+    }
+}
+
+/// Starts a delivery just submitted at once, without waiting for the
+/// dispatcher's next pass.
+fn dispatch_now(router: &Router, id: &str) {
+    let now = router.plan_now();
+    let step = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get_mut(id)
+        .and_then(|entry| next_step(router, entry, now));
+    if let Some(step) = step {
+        let router = router.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            run_step(&router, &id, step).await;
+        });
+    }
+}
+
+/// What to do now for one delivery, if anything; a send or a query marks
+/// the entry busy until it ends.
+fn next_step(router: &Router, entry: &mut Entry, now: u64) -> Option<Step> {
+    if entry.attempt_in_flight {
+        return None;
+    }
+    // A logical mention stuck on an unreachable owner that never got it
+    // moves to another instance, when there is one.
+    if entry.plan.may_reroute(now, entry.logical) && choose_other(router, entry).is_some() {
+        return Some(Step::Wait);
+    }
+    let reachable = entry.owner == router.inner.node_id
+        || connection_to(router, &entry.owner).is_some_and(|c| c.close_reason().is_none());
+    let jitter = router.jitter();
+    match entry.plan.step(now, reachable, jitter) {
+        Step::Wait => None,
+        step @ (Step::SendInvoke | Step::Query) => {
+            entry.attempt_in_flight = true;
+            Some(step)
+        }
+        step @ (Step::Defer | Step::Fail { .. }) => Some(step),
     }
 }
 
@@ -503,7 +538,11 @@ async fn reroute(router: &Router, entry: Entry) {
         current.instance = instance;
         current.reason = format!("rerouted ({reason})");
         current.owner = owner;
-        current.plan = DeliveryPlan::new(now, current.plan.deadline_ms, current.plan.policy);
+        current.plan = DeliveryPlan::new(
+            router.plan_now(),
+            current.plan.deadline_ms,
+            current.plan.policy,
+        );
     }
     router.kick();
 }
@@ -528,13 +567,10 @@ fn invoke_request(router: &Router, entry: &Entry) -> InvokeRequest {
 
 async fn send_invoke(router: &Router, entry: Entry) {
     let id = entry.invocation.invocation_id.clone();
-    let now = unix(router.now_ms());
-    let delivery_id = entry.delivery_id.clone();
-    let attempt = router
-        .inner
-        .store
-        .write(move |tx| Delivery::start_attempt(tx, &delivery_id, now))
-        .await;
+    // The attempt is recorded once its outcome is known, start and end in
+    // one commit, so the invoke never waits for our disk. An origin that
+    // crashes meanwhile resends under the same id after its restart.
+    let started_at_ms = unix(router.now_ms());
     let answer = if entry.owner == router.inner.node_id {
         Ok(super::owner::accept(router, invoke_request(router, &entry)).await)
     } else {
@@ -556,73 +592,55 @@ async fn send_invoke(router: &Router, entry: Entry) {
         }
         other => other,
     };
-    let (outcome, failure) = match &answer {
-        Ok(MeshFrame::InvokeAck(_)) => (AttemptOutcome::Succeeded, None),
+    let failure = match &answer {
+        Ok(MeshFrame::InvokeAck(_)) => None,
         Ok(MeshFrame::Error(error)) => {
             let reason = if error.code == "AGENT_OFFLINE" {
                 FailureReason::AgentOffline
             } else {
                 FailureReason::PeerRejected
             };
-            (
-                AttemptOutcome::Failed,
-                Some((reason, format!("{}: {}", error.code, error.message))),
-            )
+            Some((reason, format!("{}: {}", error.code, error.message)))
         }
-        Ok(other) => (
-            AttemptOutcome::Failed,
-            Some((
-                FailureReason::PeerRejected,
-                format!("unexpected answer `{}`", other.name()),
-            )),
-        ),
-        Err(err) => (
-            AttemptOutcome::Failed,
-            Some((FailureReason::PeerUnreachable, err.clone())),
-        ),
+        Ok(other) => Some((
+            FailureReason::PeerRejected,
+            format!("unexpected answer `{}`", other.name()),
+        )),
+        Err(err) => Some((FailureReason::PeerUnreachable, err.clone())),
     };
-    if let Ok(attempt) = attempt {
-        let delivery_id = entry.delivery_id.clone();
-        let now = unix(router.now_ms());
-        let _ = router
-            .inner
-            .store
-            .write(move |tx| {
-                Delivery::finish_attempt(
-                    tx,
-                    &delivery_id,
-                    attempt,
-                    outcome,
-                    failure
-                        .as_ref()
-                        .map(|(reason, detail)| (*reason, detail.as_str())),
-                    now,
-                )
-                .map(|_| ())
-            })
-            .await;
-    }
+    let attempt = Attempt {
+        started_at_ms,
+        failure,
+    };
     match answer {
-        Ok(MeshFrame::InvokeAck(ack)) => {
-            if ack.duplicate && ack.state.is_terminal() {
-                // A retry of finished work: the ack carries no answer, so
-                // the end is taken from the owner's flight, answer included.
-                query(router, entry).await;
-            } else {
-                apply_update(
-                    router,
-                    FlightUpdate {
-                        invocation_id: id.clone(),
-                        state: ack.state,
-                        output: String::new(),
-                        failure_reason: None,
-                        detail: None,
-                    },
-                )
-                .await;
+        Ok(MeshFrame::InvokeAck(ack)) if !(ack.duplicate && ack.state.is_terminal()) => {
+            // The common case: the owner holds it. The delivery moves to
+            // what the owner reported, announced at once and recorded with
+            // the attempt in one commit.
+            let moved = {
+                let now = router.plan_now();
+                let mut plans = router
+                    .inner
+                    .plans
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                plans
+                    .get_mut(&id)
+                    .and_then(|current| current.plan.on_flight(now, ack.state))
+            };
+            if let Some(state) = moved {
+                router.emit(router.event(&id, "delivery", Some(state.to_string()), None));
             }
+            let _ = set_state(router, &entry, moved, Some(attempt)).await;
+        }
+        Ok(MeshFrame::InvokeAck(_)) => {
+            // A retry of finished work: the ack carries no answer, so the
+            // end is taken from the owner's flight, answer included.
+            let _ = set_state(router, &entry, None, Some(attempt)).await;
+            query(router, entry).await;
         }
         Ok(MeshFrame::Error(error)) => {
+            let _ = set_state(router, &entry, None, Some(attempt)).await;
             let reason = if error.code == "AGENT_OFFLINE" {
                 FailureReason::AgentOffline
             } else {
@@ -660,7 +678,7 @@ async fn send_invoke(router: &Router, entry: Entry) {
         }
         _ => {
             let jitter = router.jitter();
-            let now = router.now_ms();
+            let now = router.plan_now();
             if let Some(current) = router
                 .inner
                 .plans
@@ -670,10 +688,18 @@ async fn send_invoke(router: &Router, entry: Entry) {
             {
                 current.plan.on_send_failed(now, jitter);
             }
-            let _ = set_state(router, &entry, DeliveryState::Deferred, None).await;
+            let _ = set_state(router, &entry, Some(DeliveryState::Deferred), Some(attempt)).await;
         }
     }
     release(router, &id);
+}
+
+/// One invoke sent to the owner, once its outcome is known.
+struct Attempt {
+    /// When it was sent, unix ms.
+    started_at_ms: i64,
+    /// Why it failed; `None` when the owner acknowledged it.
+    failure: Option<(FailureReason, String)>,
 }
 
 fn choose_other(router: &Router, entry: &Entry) -> Option<NodeId> {
@@ -754,7 +780,7 @@ pub async fn apply_update(router: &Router, update: FlightUpdate) {
         finish(router, &id, update).await;
         return;
     }
-    let now = router.now_ms();
+    let now = router.plan_now();
     let moved = {
         let mut plans = router
             .inner
@@ -770,16 +796,18 @@ pub async fn apply_update(router: &Router, update: FlightUpdate) {
             .map(|state| (entry.clone(), state))
     };
     if let Some((entry, state)) = moved {
-        let _ = set_state(router, &entry, state, None).await;
+        let _ = set_state(router, &entry, Some(state), None).await;
         router.emit(router.event(&id, "delivery", Some(state.to_string()), None));
     }
 }
 
+/// Records, in one commit, an attempt (when given) and a move of the
+/// delivery to `state` (when given and still allowed).
 async fn set_state(
     router: &Router,
     entry: &Entry,
-    state: DeliveryState,
-    failure: Option<(FailureReason, String)>,
+    state: Option<DeliveryState>,
+    attempt: Option<Attempt>,
 ) -> Result<(), StoreError> {
     let delivery_id = entry.delivery_id.clone();
     let now = unix(router.now_ms());
@@ -787,23 +815,28 @@ async fn set_state(
         .inner
         .store
         .write(move |tx| {
-            let current = Delivery::get(tx, &delivery_id)?;
-            match current {
+            // A delivery that ended meanwhile takes no further attempts.
+            if let Some(attempt) = &attempt
+                && let Ok(number) = Delivery::start_attempt(tx, &delivery_id, attempt.started_at_ms)
+            {
+                let (outcome, failure) = match &attempt.failure {
+                    None => (AttemptOutcome::Succeeded, None),
+                    Some((reason, detail)) => {
+                        (AttemptOutcome::Failed, Some((*reason, detail.as_str())))
+                    }
+                };
+                Delivery::finish_attempt(tx, &delivery_id, number, outcome, failure, now)?;
+            }
+            let Some(state) = state else {
+                return Ok(());
+            };
+            match Delivery::get(tx, &delivery_id)? {
                 Some(current)
                     if current.state == state || !current.state.can_transition_to(state) =>
                 {
                     Ok(())
                 }
-                Some(_) => Delivery::transition(
-                    tx,
-                    &delivery_id,
-                    state,
-                    failure
-                        .as_ref()
-                        .map(|(reason, detail)| (*reason, detail.as_str())),
-                    now,
-                )
-                .map(|_| ()),
+                Some(_) => Delivery::transition(tx, &delivery_id, state, None, now).map(|_| ()),
                 None => Ok(()),
             }
         })

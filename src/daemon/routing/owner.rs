@@ -52,20 +52,21 @@ fn local_agent(router: &Router, instance: &str) -> Option<LocalAgent> {
 /// Accepts an invocation: commits it (or finds it already committed) and
 /// answers. Never runs an id twice: the store's unique key decides.
 pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
-    // A retry of an id this broker holds is answered from its flight, even
-    // if the agent went away since: refusing it would let the origin send
-    // the work elsewhere and run it twice.
-    if let Some(update) = flight_update(router, &invoke.invocation_id) {
-        return MeshFrame::InvokeAck(InvokeAck {
-            invocation_id: invoke.invocation_id,
-            duplicate: true,
-            state: update.state,
-        });
-    }
     let instance_ok = AgentName::parse(&invoke.instance)
         .ok()
         .is_some_and(|name| name.node() == Some(&router.inner.node_name));
     if !instance_ok || local_agent(router, &invoke.instance).is_none() {
+        // A retry of an id this broker holds is answered from its flight,
+        // even if the agent went away since: refusing it would let the
+        // origin send the work elsewhere and run it twice. (With the agent
+        // here, the unique key in the write below answers retries.)
+        if let Some(update) = flight_update(router, &invoke.invocation_id) {
+            return MeshFrame::InvokeAck(InvokeAck {
+                invocation_id: invoke.invocation_id,
+                duplicate: true,
+                state: update.state,
+            });
+        }
         return MeshFrame::error(
             "AGENT_OFFLINE",
             format!("{} is not an agent of this broker", invoke.instance),
@@ -83,56 +84,78 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
         created_at_ms: unix(router.now_ms()),
     };
     let local = invoke.origin == router.inner.node_id;
-    let accepted = if local {
-        // The origin stored the invocation already; only the flight is new.
-        let id = invocation.invocation_id.clone();
-        let instance = invoke.instance.clone();
-        let reason = invoke.resolve_reason.clone();
-        router
-            .inner
-            .store
-            .write(move |tx| match Flight::get_for_invocation(tx, &id)? {
+    let instance = invoke.instance.clone();
+    let reason = invoke.resolve_reason.clone();
+    let write = move |tx: &rusqlite::Transaction<'_>| {
+        if local {
+            // The origin stored the invocation already; only the flight is
+            // new.
+            return match Flight::get_for_invocation(tx, &invocation.invocation_id)? {
                 Some(flight) => Ok(Accepted::Duplicate(Some(flight))),
                 None => Flight::create(
                     tx,
                     &crate::store::flights::NewFlight {
                         flight_id: crate::store::new_id(),
-                        invocation_id: id,
+                        invocation_id: invocation.invocation_id.clone(),
                         chosen_instance: Some(instance),
                         resolve_reason: Some(reason),
                         created_at_ms: crate::store::unix_ms_now(),
                     },
                 )
                 .map(Accepted::New),
-            })
-            .await
-    } else {
-        router
-            .inner
-            .store
-            .accept_invocation(
-                invocation,
-                Some(invoke.instance.clone()),
-                Some(invoke.resolve_reason),
-            )
-            .await
+            };
+        }
+        Invocation::accept(tx, &invocation, Some(instance), Some(reason))
     };
-    match accepted {
-        Ok(Accepted::New(flight)) => {
-            wake_runner(router, &invoke.instance);
-            router.emit(router.event(&flight.invocation_id, "flight", Some("queued".into()), None));
-            MeshFrame::InvokeAck(InvokeAck {
-                invocation_id: flight.invocation_id,
-                duplicate: false,
-                state: flight.state,
+    if !invoke.policy.waits_for_disk() {
+        // Acknowledged once queued in order behind every earlier write; the
+        // runner sees the flight when it commits. The unique key still
+        // decides whether it is new.
+        let pending = match router.inner.store.enqueue(write).await {
+            Ok(pending) => pending,
+            Err(err) => return MeshFrame::error(err.code(), err.to_string()),
+        };
+        let router = router.clone();
+        let instance = invoke.instance.clone();
+        tokio::spawn(async move {
+            match pending.await {
+                Ok(accepted) => accepted_now(&router, &instance, &accepted),
+                Err(err) => {
+                    tracing::warn!(%instance, cause = %err, "an acknowledged best-effort invocation was not stored");
+                }
+            }
+        });
+        return MeshFrame::InvokeAck(InvokeAck {
+            invocation_id: invoke.invocation_id,
+            duplicate: false,
+            state: FlightState::Queued,
+        });
+    }
+    match router.inner.store.write(write).await {
+        Ok(accepted) => {
+            accepted_now(router, &invoke.instance, &accepted);
+            MeshFrame::InvokeAck(match accepted {
+                Accepted::New(flight) => InvokeAck {
+                    invocation_id: flight.invocation_id,
+                    duplicate: false,
+                    state: flight.state,
+                },
+                Accepted::Duplicate(flight) => InvokeAck {
+                    invocation_id: invoke.invocation_id,
+                    duplicate: true,
+                    state: flight.map(|f| f.state).unwrap_or(FlightState::Queued),
+                },
             })
         }
-        Ok(Accepted::Duplicate(flight)) => MeshFrame::InvokeAck(InvokeAck {
-            invocation_id: invoke.invocation_id,
-            duplicate: true,
-            state: flight.map(|f| f.state).unwrap_or(FlightState::Queued),
-        }),
         Err(err) => MeshFrame::error(err.code(), err.to_string()),
+    }
+}
+
+/// After an accept committed: a new flight wakes its runner.
+fn accepted_now(router: &Router, instance: &str, accepted: &Accepted) {
+    if let Accepted::New(flight) = accepted {
+        wake_runner(router, instance);
+        router.emit(router.event(&flight.invocation_id, "flight", Some("queued".into()), None));
     }
 }
 
@@ -169,21 +192,10 @@ async fn run_instance(router: Router, instance: String, notify: Arc<Notify>) {
             if *shutdown.borrow() {
                 return;
             }
-            let next =
-                {
-                    let instance = instance.clone();
-                    router.inner.store.read(move |connection| {
-                        Ok(Flight::list_in_state(
-                            connection,
-                            FlightState::Queued,
-                            RECOVER_FLIGHTS_MAX,
-                        )?
-                        .into_iter()
-                        .find(|flight| {
-                            flight.chosen_instance.as_deref() == Some(instance.as_str())
-                        }))
-                    })
-                };
+            let next = router
+                .inner
+                .store
+                .read(|connection| Flight::next_queued(connection, &instance));
             match next {
                 Ok(Some(flight)) => run_flight(&router, &instance, flight).await,
                 Ok(None) => break,

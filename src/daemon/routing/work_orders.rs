@@ -121,6 +121,7 @@ async fn dispatch(
             conversation_id: None,
             author: author.to_owned(),
         },
+        None,
     )
     .await;
     let id = order.work_order_id.clone();
@@ -191,6 +192,18 @@ pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: D
         DeliveryState::Failed => WorkOrderState::Failed,
         _ => return,
     };
+    // Most invocations are not work orders: a read settles that without
+    // taking a turn of the writer.
+    let ours = router.inner.store.read(|connection| {
+        Ok(
+            WorkOrder::list(connection, Some(WorkOrderState::Running), DUE_SCAN_MAX)?
+                .iter()
+                .any(|order| order.invocation_id.as_deref() == Some(invocation_id)),
+        )
+    });
+    if matches!(ours, Ok(false)) {
+        return;
+    }
     let invocation_id = invocation_id.to_owned();
     let now = unix(router.now_ms());
     let _ = router
