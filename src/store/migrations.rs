@@ -43,7 +43,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "replicated registry, mesh state and invites",
         sql: SCHEMA_V2,
     },
+    Migration {
+        version: 3,
+        name: "queued flights by instance",
+        sql: SCHEMA_V3,
+    },
 ];
+
+/// A runner takes the oldest queued flight of its instance
+/// (`Flight::next_queued`): one step down this index, where the state index
+/// alone made it read and sort every queued flight of every instance.
+const SCHEMA_V3: &str = r#"
+CREATE INDEX flights_queued_by_instance
+    ON flights (chosen_instance, created_at_ms, flight_id)
+    WHERE state = 'queued';
+"#;
 
 /// The schema version this binary writes: the last migration's.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
