@@ -294,28 +294,62 @@ fn main() {
         .enable_all()
         .build()
         .expect("rt");
-    runtime.block_on(async {
-        let origin = Broker::start_with(&origin_home, options()).await.expect("origin");
-        let owner = Broker::start_with(&owner_home, options()).await.expect("owner");
-        let code = origin.state().mesh.invite(Duration::from_secs(60)).await.expect("invite").code;
-        owner.state().mesh.join(Invite::from_code(&code).expect("code")).await.expect("join");
+    let dir_path = dir.path().to_path_buf();
+    // On a runtime worker, like the API handlers that submit invocations
+    // in a running broker (and the NATS requester likewise).
+    let bench = async move {
+        let origin = Broker::start_with(&origin_home, options())
+            .await
+            .expect("origin");
+        let owner = Broker::start_with(&owner_home, options())
+            .await
+            .expect("owner");
+        let code = origin
+            .state()
+            .mesh
+            .invite(Duration::from_secs(60))
+            .await
+            .expect("invite")
+            .code;
+        owner
+            .state()
+            .mesh
+            .join(Invite::from_code(&code).expect("code"))
+            .await
+            .expect("join");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !origin.state().mesh.instances().iter().any(|i| i.name == "@echo@owner#main") {
-            assert!(Instant::now() < deadline, "the owner's agent never appeared");
+        while !origin
+            .state()
+            .mesh
+            .instances()
+            .iter()
+            .any(|i| i.name == "@echo@owner#main")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the owner's agent never appeared"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let progress = Progress::start(&origin);
-        let (durable, durable_answers) = sequential(&origin, &progress, DeliveryPolicy::Durable).await;
+        let (durable, durable_answers) =
+            sequential(&origin, &progress, DeliveryPolicy::Durable).await;
         let (best, best_answers) = sequential(&origin, &progress, DeliveryPolicy::BestEffort).await;
-        let (durable_rate, durable_answered) = throughput(&origin, &progress, DeliveryPolicy::Durable).await;
-        let (best_rate, best_answered) = throughput(&origin, &progress, DeliveryPolicy::BestEffort).await;
+        let (durable_rate, durable_answered) =
+            throughput(&origin, &progress, DeliveryPolicy::Durable).await;
+        let (best_rate, best_answered) =
+            throughput(&origin, &progress, DeliveryPolicy::BestEffort).await;
         origin.shutdown().await.expect("shutdown");
         owner.shutdown().await.expect("shutdown");
         let nats = nats::measure().await;
-        let sync = disk_sync_micros(dir.path());
+        let sync = disk_sync_micros(&dir_path);
 
-        println!("routing between two brokers (real QUIC on loopback, synchronous=FULL, an agent that answers at once)");
-        println!("{SAMPLES} sequential invocations; acknowledgement = the owner's ack is back at the origin");
+        println!(
+            "routing between two brokers (real QUIC on loopback, synchronous=FULL, an agent that answers at once)"
+        );
+        println!(
+            "{SAMPLES} sequential invocations; acknowledgement = the owner's ack is back at the origin"
+        );
         let row = |name: &str, sorted: &[f64]| {
             println!(
                 "  {name:<22} p50 {:6.3} ms  p99 {:6.3} ms",
@@ -333,8 +367,12 @@ fn main() {
             percentile(&sync, 0.5),
             percentile(&sync, 0.99)
         );
-        println!("{THROUGHPUT_INVOCATIONS} invocations with up to {IN_FLIGHT_MAX} in flight (one agent answers them one at a time)");
-        println!("  durable       {durable_rate:7.0}/s acknowledged  {durable_answered:7.0}/s answered   (goal >= 5000/s acknowledged)");
+        println!(
+            "{THROUGHPUT_INVOCATIONS} invocations with up to {IN_FLIGHT_MAX} in flight (one agent answers them one at a time)"
+        );
+        println!(
+            "  durable       {durable_rate:7.0}/s acknowledged  {durable_answered:7.0}/s answered   (goal >= 5000/s acknowledged)"
+        );
         println!("  best_effort   {best_rate:7.0}/s acknowledged  {best_answered:7.0}/s answered");
         match nats {
             Ok(nats) => {
@@ -349,7 +387,8 @@ fn main() {
             }
             Err(reason) => println!("  NATS not measured: {reason}"),
         }
-    });
+    };
+    runtime.block_on(async { tokio::spawn(bench).await.expect("bench") });
 }
 
 /// What one durable commit costs at least on this disk: a 4 KiB write and
