@@ -60,6 +60,12 @@ fn log_lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
+fn beta_flight_reason(node: &Node, id: &str) -> serde_json::Value {
+    let status = node.get(&format!("/v1/invocations/{id}"));
+    assert!(status["flight"]["resolve_reason"].is_string(), "{status}");
+    status["flight"]["resolve_reason"].clone()
+}
+
 fn delivery_state(node: &Node, id: &str) -> Option<String> {
     let status = node.get(&format!("/v1/invocations/{id}"));
     status["delivery"]["state"].as_str().map(str::to_owned)
@@ -80,7 +86,7 @@ fn submit(node: &Node, target: &str, message: &str, timeout_s: u64) -> String {
 
 #[test]
 fn a_mention_runs_on_the_owner_and_the_answer_comes_back() {
-    let (alpha, _beta, log) = two_brokers("0");
+    let (alpha, beta, log) = two_brokers("0");
     let run = alpha.run(&[
         "send",
         "@worker",
@@ -107,6 +113,11 @@ fn a_mention_runs_on_the_owner_and_the_answer_comes_back() {
     let status = alpha.get(&format!("/v1/invocations/{id}"));
     assert_eq!(status["delivery"]["state"], "completed");
     assert_eq!(status["delivery"]["target"], "@worker@beta#main");
+    // Why that instance, at the origin as at the owner.
+    assert_eq!(
+        status["delivery"]["resolve_reason"],
+        beta_flight_reason(&beta, &id)
+    );
     let conversation = status["invocation"]["conversation_id"].as_str().unwrap();
     let shown = alpha.run(&["conversations", "show", conversation]);
     assert!(

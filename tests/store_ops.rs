@@ -363,7 +363,14 @@ async fn delivery_lifecycle_and_attempts() {
                 T0 + 10,
             )?;
             Delivery::transition(transaction, &id, DeliveryState::Deferred, None, T0 + 10)?;
-            Delivery::set_owner_node(transaction, &id, "node-b", T0 + 20)?;
+            Delivery::reroute(
+                transaction,
+                &id,
+                "@fabric@b",
+                "node-b",
+                "rerouted (local)",
+                T0 + 20,
+            )?;
             let second = Delivery::start_attempt(transaction, &id, T0 + 20)?;
             Delivery::finish_attempt(
                 transaction,
@@ -432,6 +439,7 @@ fn a_delivery_needs_a_stored_invocation() {
                     invocation_id: "missing".into(),
                     target: "@fabric".into(),
                     owner_node: None,
+                    resolve_reason: None,
                     created_at_ms: T0,
                 },
             )

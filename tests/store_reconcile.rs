@@ -80,6 +80,7 @@ fn delivery_in_state(
             invocation_id: invocation_id.to_owned(),
             target: "@fabric".to_owned(),
             owner_node: Some("node-a".to_owned()),
+            resolve_reason: None,
             created_at_ms: T0,
         },
     )?;

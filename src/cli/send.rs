@@ -258,9 +258,13 @@ fn render_status(status: &Value) -> String {
     );
     if let Some(delivery) = status["delivery"].as_object() {
         out.push_str(&format!(
-            "delivery {} to {}\n",
+            "delivery {} to {}{}\n",
             delivery["state"].as_str().unwrap_or("?"),
-            delivery["target"].as_str().unwrap_or("?")
+            delivery["target"].as_str().unwrap_or("?"),
+            delivery["resolve_reason"]
+                .as_str()
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default()
         ));
         if let Some(reason) = delivery["failure_reason"].as_str() {
             out.push_str(&format!(

@@ -2,8 +2,10 @@
 //!
 //! A delivery's state follows `DeliveryState::can_transition_to`, checked in
 //! the transaction that writes it. Each try to reach the owner is an attempt
-//! row, opened when the try starts and closed with its outcome, so a crash
-//! mid-try leaves an attempt without an end rather than no trace.
+//! row with its start, end and outcome. Routing writes a try once its
+//! outcome is known, in the commit that records what it led to; a try cut
+//! short by a crash of the origin is not recorded (the delivery resumes and
+//! tries again under the same invocation id).
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use scout_mesh::lifecycle::{DeliveryState, FailureReason};
@@ -30,6 +32,8 @@ pub struct Delivery {
     pub target: String,
     /// The node that owns the chosen instance, once resolved.
     pub owner_node: Option<String>,
+    /// Why that instance was chosen (`only instance`, `local`, ...).
+    pub resolve_reason: Option<String>,
     /// Where the delivery is.
     pub state: DeliveryState,
     /// Why it ended without a result.
@@ -53,6 +57,8 @@ pub struct NewDelivery {
     pub target: String,
     /// The owner node, if already resolved.
     pub owner_node: Option<String>,
+    /// Why that target was chosen, if it was resolved.
+    pub resolve_reason: Option<String>,
     /// Creation time, unix ms.
     pub created_at_ms: i64,
 }
@@ -108,7 +114,7 @@ pub struct DeliveryAttempt {
 }
 
 const COLUMNS: &str = "delivery_id, invocation_id, target, owner_node, state, failure_reason, \
-                       failure_detail, created_at_ms, updated_at_ms";
+                       failure_detail, created_at_ms, updated_at_ms, resolve_reason";
 
 const ATTEMPT_COLUMNS: &str = "delivery_id, attempt, started_at_ms, ended_at_ms, outcome, \
                                failure_reason, failure_detail";
@@ -128,8 +134,8 @@ impl Delivery {
         let n_inserted = transaction
             .prepare_cached(
                 "INSERT INTO deliveries (delivery_id, invocation_id, target, owner_node, state,
-                     created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'accepted', ?5, ?5)
+                     created_at_ms, updated_at_ms, resolve_reason)
+                 VALUES (?1, ?2, ?3, ?4, 'accepted', ?5, ?5, ?6)
                  ON CONFLICT DO NOTHING",
             )?
             .execute(params![
@@ -138,6 +144,7 @@ impl Delivery {
                 new.target,
                 new.owner_node,
                 new.created_at_ms,
+                new.resolve_reason,
             ])?;
         if n_inserted == 0 {
             return Err(StoreError::AlreadyExists {
@@ -191,13 +198,15 @@ impl Delivery {
         Delivery::get_existing(transaction, delivery_id)
     }
 
-    /// Records which node owns the target (after resolving, or when a
-    /// logical mention is rerouted to another instance). Refused on a
-    /// terminal delivery.
-    pub fn set_owner_node(
+    /// Sends a delivery to another instance (a logical mention whose first
+    /// owner could not take it): its target, owner and the reason. Refused
+    /// on a terminal delivery.
+    pub fn reroute(
         transaction: &Transaction<'_>,
         delivery_id: &str,
+        target: &str,
         owner_node: &str,
+        resolve_reason: &str,
         now_ms: i64,
     ) -> Result<Delivery, StoreError> {
         let delivery = Delivery::get_existing(transaction, delivery_id)?;
@@ -211,9 +220,17 @@ impl Delivery {
         }
         transaction
             .prepare_cached(
-                "UPDATE deliveries SET owner_node = ?1, updated_at_ms = ?2 WHERE delivery_id = ?3",
+                "UPDATE deliveries SET target = ?1, owner_node = ?2, resolve_reason = ?3,
+                     updated_at_ms = ?4
+                 WHERE delivery_id = ?5",
             )?
-            .execute(params![owner_node, now_ms, delivery_id])?;
+            .execute(params![
+                target,
+                owner_node,
+                resolve_reason,
+                now_ms,
+                delivery_id
+            ])?;
         Delivery::get_existing(transaction, delivery_id)
     }
 
@@ -386,6 +403,7 @@ impl Delivery {
             failure_detail: row.get(6)?,
             created_at_ms: row.get(7)?,
             updated_at_ms: row.get(8)?,
+            resolve_reason: row.get(9)?,
             delivery_id,
         })
     }

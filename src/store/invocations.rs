@@ -231,6 +231,7 @@ impl Store {
                     invocation_id: invocation.invocation_id.clone(),
                     target: invocation.target.clone(),
                     owner_node,
+                    resolve_reason: None,
                     created_at_ms: unix_ms_now(),
                 },
             )

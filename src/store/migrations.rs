@@ -45,18 +45,20 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "queued flights by instance",
+        name: "queued flights by instance, resolution on deliveries",
         sql: SCHEMA_V3,
     },
 ];
 
 /// A runner takes the oldest queued flight of its instance
 /// (`Flight::next_queued`): one step down this index, where the state index
-/// alone made it read and sort every queued flight of every instance.
+/// alone made it read and sort every queued flight of every instance. The
+/// origin keeps why it chose the instance on the delivery itself.
 const SCHEMA_V3: &str = r#"
 CREATE INDEX flights_queued_by_instance
     ON flights (chosen_instance, created_at_ms, flight_id)
     WHERE state = 'queued';
+ALTER TABLE deliveries ADD COLUMN resolve_reason TEXT;
 "#;
 
 /// The schema version this binary writes: the last migration's.

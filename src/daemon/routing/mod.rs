@@ -382,6 +382,8 @@ pub struct DeliveryView {
     pub target: String,
     /// The owner's node id.
     pub owner: Option<String>,
+    /// Why that instance was chosen.
+    pub resolve_reason: Option<String>,
     /// Failure reason word.
     pub failure_reason: Option<String>,
     /// For a person.
@@ -462,6 +464,7 @@ impl Router {
                             state: delivery.state.to_string(),
                             target: delivery.target,
                             owner: delivery.owner_node,
+                            resolve_reason: delivery.resolve_reason,
                             failure_reason: delivery.failure_reason.map(|r| r.to_string()),
                             failure_detail: delivery.failure_detail,
                             attempts,

@@ -152,7 +152,7 @@ pub async fn submit(
         let instance = instance.clone();
         let owner = owner.to_string();
         let author = request.author.clone();
-        let audit = format!("{} resolved to {instance} ({reason})", invocation.target);
+        let reason = reason.clone();
         let write = move |tx: &rusqlite::Transaction<'_>| {
             if Invocation::insert(tx, &invocation)? == InsertOutcome::Duplicate {
                 return Err(StoreError::AlreadyExists {
@@ -167,6 +167,7 @@ pub async fn submit(
                     invocation_id: invocation.invocation_id.clone(),
                     target: instance,
                     owner_node: Some(owner),
+                    resolve_reason: Some(reason),
                     created_at_ms: invocation.created_at_ms,
                 },
             )?;
@@ -180,16 +181,6 @@ pub async fn submit(
                     body: invocation.body.clone(),
                     invocation_id: Some(invocation.invocation_id.clone()),
                     created_at_ms: invocation.created_at_ms,
-                },
-            )?;
-            crate::store::audit::AuditEntry::append(
-                tx,
-                &crate::store::audit::NewAuditEntry {
-                    actor: "router".into(),
-                    action: "route".into(),
-                    subject: invocation.invocation_id.clone(),
-                    detail: serde_json::json!({ "resolution": audit }),
-                    ts_ms: invocation.created_at_ms,
                 },
             )?;
             Ok(())
@@ -513,6 +504,9 @@ async fn reroute(router: &Router, entry: Entry) {
     }
     let delivery_id = entry.delivery_id.clone();
     let owner_text = owner.to_string();
+    let target = instance.clone();
+    let reason = format!("rerouted ({reason})");
+    let recorded_reason = reason.clone();
     let moved = router
         .inner
         .store
@@ -521,7 +515,15 @@ async fn reroute(router: &Router, entry: Entry) {
                 Delivery::transition(tx, &delivery_id, DeliveryState::Accepted, None, unix(now))
                     .ok();
             }
-            Delivery::set_owner_node(tx, &delivery_id, &owner_text, unix(now)).map(|_| ())
+            Delivery::reroute(
+                tx,
+                &delivery_id,
+                &target,
+                &owner_text,
+                &recorded_reason,
+                unix(now),
+            )
+            .map(|_| ())
         })
         .await;
     if moved.is_err() {
@@ -536,7 +538,7 @@ async fn reroute(router: &Router, entry: Entry) {
         .get_mut(&entry.invocation.invocation_id)
     {
         current.instance = instance;
-        current.reason = format!("rerouted ({reason})");
+        current.reason = reason;
         current.owner = owner;
         current.plan = DeliveryPlan::new(
             router.plan_now(),
