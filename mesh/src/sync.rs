@@ -74,8 +74,10 @@ use crate::wire::{
 /// other broker of its mesh, and Scout meshes are a person's or a team's
 /// machines (netsim proves a hundred); past this, the full mesh of
 /// connections and pushes is the wrong shape anyway. A broker that has this
-/// many peers stops dialing, so the ones it has keep working and a larger
-/// mesh still converges through anti-entropy over the connections it has.
+/// many peers stops dialing and refuses to sync with more
+/// (`TOO_MANY_PEERS`), so a mesh larger than `PEERS_MAX + 1` brokers does
+/// not form: a newcomer that only reaches full brokers never learns the
+/// member list.
 pub const PEERS_MAX: usize = 128;
 
 /// The most outputs waiting to be drained. When it is reached, the oldest

@@ -221,14 +221,40 @@ impl WorkOrder {
         state: Option<WorkOrderState>,
         limit: usize,
     ) -> Result<Vec<WorkOrder>, StoreError> {
+        // One statement per shape, so a state walks `work_orders_by_state`
+        // (statements keep their first plan; `?1 IS NULL OR state = ?1`
+        // would scan every work order ever made).
+        let by_row: fn(&Row<'_>) -> rusqlite::Result<Result<WorkOrder, StoreError>> =
+            |row| Ok(WorkOrder::from_row(row));
+        let limit = list_limit(limit);
+        let rows: Vec<Result<WorkOrder, StoreError>> = match state {
+            Some(state) => connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM work_orders WHERE state = ?1
+                     ORDER BY created_at_ms, work_order_id LIMIT ?2"
+                ))?
+                .query_map(params![state.as_str(), limit], by_row)?
+                .collect::<rusqlite::Result<_>>()?,
+            None => connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM work_orders ORDER BY created_at_ms, work_order_id LIMIT ?1"
+                ))?
+                .query_map(params![limit], by_row)?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        rows.into_iter().collect()
+    }
+
+    /// The running work orders whose dispatch is `invocation_id` (one,
+    /// normally).
+    pub fn running_for_invocation(
+        connection: &Connection,
+        invocation_id: &str,
+    ) -> Result<Vec<WorkOrder>, StoreError> {
         let mut statement = connection.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM work_orders WHERE ?1 IS NULL OR state = ?1
-             ORDER BY created_at_ms, work_order_id LIMIT ?2"
+            "SELECT {COLUMNS} FROM work_orders WHERE state = 'running' AND invocation_id = ?1"
         ))?;
-        let rows = statement.query_map(
-            params![state.map(WorkOrderState::as_str), list_limit(limit)],
-            |row| Ok(WorkOrder::from_row(row)),
-        )?;
+        let rows = statement.query_map([invocation_id], |row| Ok(WorkOrder::from_row(row)))?;
         rows.map(|row| row?).collect()
     }
 

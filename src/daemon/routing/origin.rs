@@ -192,10 +192,9 @@ pub async fn submit(
             // Queued in order ahead of every later write about it, and not
             // waited for: the policy does not ask for the disk.
             let pending = store.enqueue(write).await?;
-            let id = invocation_id.clone();
             tokio::spawn(async move {
                 if let Err(err) = pending.await {
-                    tracing::warn!(invocation = %id, cause = %err, "a best-effort invocation was not stored");
+                    tracing::warn!(invocation = %invocation_id, cause = %err, "a best-effort invocation was not stored");
                 }
             });
             Ok(())
@@ -596,14 +595,10 @@ async fn send_invoke(router: &Router, entry: Entry) {
     };
     let failure = match &answer {
         Ok(MeshFrame::InvokeAck(_)) => None,
-        Ok(MeshFrame::Error(error)) => {
-            let reason = if error.code == "AGENT_OFFLINE" {
-                FailureReason::AgentOffline
-            } else {
-                FailureReason::PeerRejected
-            };
-            Some((reason, format!("{}: {}", error.code, error.message)))
-        }
+        Ok(MeshFrame::Error(error)) => Some((
+            refusal_reason(&error.code),
+            format!("{}: {}", error.code, error.message),
+        )),
         Ok(other) => Some((
             FailureReason::PeerRejected,
             format!("unexpected answer `{}`", other.name()),
@@ -643,11 +638,7 @@ async fn send_invoke(router: &Router, entry: Entry) {
         }
         Ok(MeshFrame::Error(error)) => {
             let _ = set_state(router, &entry, None, Some(attempt)).await;
-            let reason = if error.code == "AGENT_OFFLINE" {
-                FailureReason::AgentOffline
-            } else {
-                FailureReason::PeerRejected
-            };
+            let reason = refusal_reason(&error.code);
             let logical = {
                 let mut plans = router
                     .inner
@@ -696,6 +687,15 @@ async fn send_invoke(router: &Router, entry: Entry) {
     release(router, &id);
 }
 
+/// Why an owner's refusal of an invoke failed the attempt.
+fn refusal_reason(code: &str) -> FailureReason {
+    if code == "AGENT_OFFLINE" {
+        FailureReason::AgentOffline
+    } else {
+        FailureReason::PeerRejected
+    }
+}
+
 /// One invoke sent to the owner, once its outcome is known.
 struct Attempt {
     /// When it was sent, unix ms.
@@ -727,21 +727,14 @@ async fn query(router: &Router, entry: Entry) {
     let answer = if entry.owner == router.inner.node_id {
         super::owner::flight_update(router, &id)
     } else {
-        match connection_to(router, &entry.owner) {
-            Some(connection) => match request(
-                &connection,
-                &MeshFrame::FlightQuery {
-                    invocation_id: id.clone(),
-                },
-                router.inner.mesh.shared().config.transport.request_timeout,
-            )
-            .await
-            {
-                Ok(MeshFrame::FlightAck(update)) => update,
-                _ => None,
+        flight_from_owner(
+            router,
+            &entry.owner,
+            MeshFrame::FlightQuery {
+                invocation_id: id.clone(),
             },
-            None => None,
-        }
+        )
+        .await
     };
     if let Some(update) = answer {
         apply_update(router, update).await;
@@ -749,7 +742,24 @@ async fn query(router: &Router, entry: Entry) {
     release(router, &id);
 }
 
-fn connection_to(router: &Router, owner: &NodeId) -> Option<quinn::Connection> {
+/// Asks a remote owner about a flight (a query, a cancel) and takes the
+/// flight it reports; `None` when it is not connected, does not answer or
+/// does not hold it.
+async fn flight_from_owner(
+    router: &Router,
+    owner: &NodeId,
+    frame: MeshFrame,
+) -> Option<FlightUpdate> {
+    let connection = connection_to(router, owner)?;
+    let timeout = router.inner.mesh.shared().config.transport.request_timeout;
+    match request(&connection, &frame, timeout).await {
+        Ok(MeshFrame::FlightAck(update)) => update,
+        _ => None,
+    }
+}
+
+/// The live connection to a peer, if any.
+pub(super) fn connection_to(router: &Router, owner: &NodeId) -> Option<quinn::Connection> {
     router
         .inner
         .mesh
@@ -962,21 +972,15 @@ pub async fn cancel(router: &Router, invocation_id: &str) -> Result<(), RouteErr
     };
     let update = if entry.owner == router.inner.node_id {
         super::owner::cancel_local(router, invocation_id).await
-    } else if let Some(connection) = connection_to(router, &entry.owner) {
-        match request(
-            &connection,
-            &MeshFrame::Cancel {
+    } else {
+        flight_from_owner(
+            router,
+            &entry.owner,
+            MeshFrame::Cancel {
                 invocation_id: invocation_id.to_owned(),
             },
-            router.inner.mesh.shared().config.transport.request_timeout,
         )
         .await
-        {
-            Ok(MeshFrame::FlightAck(update)) => update,
-            _ => None,
-        }
-    } else {
-        None
     };
     let update = update.unwrap_or(FlightUpdate {
         invocation_id: invocation_id.to_owned(),

@@ -488,16 +488,7 @@ async fn deliver_update(router: &Router, origin: Option<&NodeId>, update: Flight
         super::origin::apply_update(router, update).await;
         return;
     }
-    let connection = router
-        .inner
-        .mesh
-        .shared()
-        .peers
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(origin)
-        .map(|peer| peer.connection.clone());
-    if let Some(connection) = connection {
+    if let Some(connection) = super::origin::connection_to(router, origin) {
         let timeout = router.inner.mesh.shared().config.transport.request_timeout;
         if let Err(err) = request(&connection, &MeshFrame::FlightUpdate(update), timeout).await {
             tracing::debug!(%origin, cause = %err, "flight update not delivered; the origin will ask");

@@ -194,14 +194,11 @@ pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: D
     };
     // Most invocations are not work orders: a read settles that without
     // taking a turn of the writer.
-    let ours = router.inner.store.read(|connection| {
-        Ok(
-            WorkOrder::list(connection, Some(WorkOrderState::Running), DUE_SCAN_MAX)?
-                .iter()
-                .any(|order| order.invocation_id.as_deref() == Some(invocation_id)),
-        )
-    });
-    if matches!(ours, Ok(false)) {
+    let ours = router
+        .inner
+        .store
+        .read(|connection| WorkOrder::running_for_invocation(connection, invocation_id));
+    if ours.as_ref().is_ok_and(Vec::is_empty) {
         return;
     }
     let invocation_id = invocation_id.to_owned();
@@ -210,11 +207,7 @@ pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: D
         .inner
         .store
         .write(move |tx| {
-            let orders = WorkOrder::list(tx, Some(WorkOrderState::Running), DUE_SCAN_MAX)?;
-            for order in orders
-                .into_iter()
-                .filter(|order| order.invocation_id.as_deref() == Some(&invocation_id))
-            {
+            for order in WorkOrder::running_for_invocation(tx, &invocation_id)? {
                 WorkOrder::transition(tx, &order.work_order_id, target, None, now)?;
             }
             Ok(())
