@@ -374,19 +374,7 @@ fn brokers_admitted_by_tailnet_identity_form_one_mesh() {
         "one admitted the other by tailnet identity"
     );
 
-    let cwd = beta.sandbox.path().display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "fabric",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    beta.add_bash_agent("fabric");
     wait_until("alpha to see @fabric@beta", || {
         alpha
             .instances()

@@ -47,19 +47,7 @@ fn converged(nodes: &[&Node]) -> bool {
 #[test]
 fn three_brokers_join_converge_and_share_agents() {
     let (alpha, beta, gamma) = three_brokers();
-    let cwd = alpha.sandbox.path().display().to_string();
-    let add = alpha.run(&[
-        "agents",
-        "add",
-        "fabric",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    alpha.add_bash_agent("fabric");
     for node in [&beta, &gamma] {
         wait_until(&format!("{} to see @fabric", node.name), || {
             node.instances()
@@ -121,18 +109,7 @@ fn a_killed_broker_catches_up_with_a_delta() {
 
     let cwd = alpha.sandbox.path().display().to_string();
     for name in ["one", "two", "three"] {
-        let add = alpha.run(&[
-            "agents",
-            "add",
-            name,
-            "--cwd",
-            &cwd,
-            "--workspace",
-            "main",
-            "--command",
-            "bash",
-        ]);
-        assert_eq!(add.code, 0, "{}", add.stderr);
+        alpha.add_bash_agent(name);
     }
     let add = beta.run(&["agents", "add", "four", "--cwd", &cwd, "--command", "bash"]);
     assert_eq!(add.code, 0, "{}", add.stderr);
@@ -309,19 +286,7 @@ fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
 #[test]
 fn a_broker_with_a_lost_store_resyncs_fully() {
     let (alpha, beta, mut gamma) = three_brokers();
-    let cwd = gamma.sandbox.path().display().to_string();
-    let add = gamma.run(&[
-        "agents",
-        "add",
-        "scribe",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    gamma.add_bash_agent("scribe");
     wait_until("alpha to see @scribe", || {
         alpha
             .instances()

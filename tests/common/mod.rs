@@ -335,6 +335,24 @@ impl Node {
         self.sandbox.run(args)
     }
 
+    /// Adds an agent `name` running `bash` in the sandbox, workspace
+    /// `main`, through the CLI.
+    pub fn add_bash_agent(&self, name: &str) {
+        let cwd = self.sandbox.path().display().to_string();
+        let add = self.run(&[
+            "agents",
+            "add",
+            name,
+            "--cwd",
+            &cwd,
+            "--workspace",
+            "main",
+            "--command",
+            "bash",
+        ]);
+        assert_eq!(add.code, 0, "{}", add.stderr);
+    }
+
     /// A fresh invite code from this (running) node.
     pub fn invite(&self) -> String {
         let run = self.run(&["--json", "mesh", "invite"]);
