@@ -11,7 +11,7 @@
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
 
-use super::patterns::{find_any, find_login_url, line_with};
+use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, Invocation, ScreenState, ScreenView, StructuredEvent, TurnStyle,
     program_and_args,
@@ -40,6 +40,13 @@ const READY_MARKERS: &[&str] = &[
     "⏎ send",
     "Ctrl+J newline",
 ];
+
+const SCREEN: ScreenMarkers = ScreenMarkers {
+    login: LOGIN_MARKERS,
+    question: QUESTION_MARKERS,
+    busy: BUSY_MARKERS,
+    ready: READY_MARKERS,
+};
 
 const AUTH_FAILURE_MARKERS: &[&str] = &[
     "401 Unauthorized",
@@ -98,21 +105,7 @@ impl Adapter for CodexAdapter {
     }
 
     fn classify(&self, view: ScreenView<'_>) -> ScreenState {
-        if find_any(view.text, LOGIN_MARKERS).is_some() {
-            return ScreenState::LoginRequired {
-                url: find_login_url(view.text),
-            };
-        }
-        if let Some(marker) = find_any(view.text, QUESTION_MARKERS) {
-            return ScreenState::Question(line_with(view.text, marker));
-        }
-        if find_any(view.text, BUSY_MARKERS).is_some() {
-            return ScreenState::Busy;
-        }
-        if find_any(view.text, READY_MARKERS).is_some() {
-            return ScreenState::Ready;
-        }
-        ScreenState::Starting
+        SCREEN.classify(view.text)
     }
 
     fn turn_style(&self) -> TurnStyle {

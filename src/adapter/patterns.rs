@@ -4,6 +4,42 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::ScreenState;
+
+/// What a coding CLI's screen shows in each state, by the words it prints.
+pub(crate) struct ScreenMarkers {
+    /// It wants a login (the screen usually carries the URL).
+    pub login: &'static [&'static str],
+    /// It asks the person something (a permission, a trust prompt).
+    pub question: &'static [&'static str],
+    /// It is working on a turn.
+    pub busy: &'static [&'static str],
+    /// It waits for a prompt.
+    pub ready: &'static [&'static str],
+}
+
+impl ScreenMarkers {
+    /// The state a screen shows; the first match wins, in the order login,
+    /// question, busy, ready; nothing known yet is `Starting`.
+    pub(crate) fn classify(&self, text: &str) -> ScreenState {
+        if find_any(text, self.login).is_some() {
+            return ScreenState::LoginRequired {
+                url: find_login_url(text),
+            };
+        }
+        if let Some(marker) = find_any(text, self.question) {
+            return ScreenState::Question(line_with(text, marker));
+        }
+        if find_any(text, self.busy).is_some() {
+            return ScreenState::Busy;
+        }
+        if find_any(text, self.ready).is_some() {
+            return ScreenState::Ready;
+        }
+        ScreenState::Starting
+    }
+}
+
 static URL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"https?://[^\s"'<>│┃|`]+"#).expect("the URL pattern is valid"));
 
