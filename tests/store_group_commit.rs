@@ -7,44 +7,18 @@
 //! "blocker" request, queue the others, wait (bounded) until the queue holds
 //! them all, then release it: the next batch then contains exactly them.
 
+mod common;
+
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use rusqlite::Transaction;
-use scout::store::invocations::{InsertOutcome, Invocation};
+use common::store::insert;
+use scout::store::invocations::Invocation;
 use scout::store::{Store, StoreError, StoreOptions};
-use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 use tokio::task::JoinHandle;
 
 /// How long any wait in these tests may take before the test fails.
 const WAIT_BOUND: Duration = Duration::from_secs(30);
-
-fn invocation(invocation_id: &str) -> Invocation {
-    Invocation {
-        invocation_id: invocation_id.to_owned(),
-        action: InvocationAction::Consult,
-        body: "ping".to_owned(),
-        conversation_id: None,
-        origin_node: "node-a".to_owned(),
-        target: "@fabric".to_owned(),
-        deadline_ms: None,
-        delivery_policy: DeliveryPolicy::Durable,
-        created_at_ms: 1_700_000_000_000,
-    }
-}
-
-fn insert(
-    invocation_id: &str,
-) -> impl FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send + 'static {
-    let invocation = invocation(invocation_id);
-    move |transaction| match Invocation::insert(transaction, &invocation)? {
-        InsertOutcome::Inserted => Ok(()),
-        InsertOutcome::Duplicate => Err(StoreError::AlreadyExists {
-            kind: "invocation",
-            id: invocation.invocation_id.clone(),
-        }),
-    }
-}
 
 fn stored(store: &Store, invocation_id: &str) -> bool {
     store

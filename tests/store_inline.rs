@@ -3,41 +3,14 @@
 //! before the call returns, with the same savepoint and reply rules as the
 //! writer thread.
 
+mod common;
+
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use rusqlite::Transaction;
-use scout::store::invocations::{InsertOutcome, Invocation};
+use common::store::insert;
 use scout::store::{Store, StoreError, StoreOptions, Synchronous};
-use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
-
-fn invocation(invocation_id: &str) -> Invocation {
-    Invocation {
-        invocation_id: invocation_id.to_owned(),
-        action: InvocationAction::Consult,
-        body: "ping".to_owned(),
-        conversation_id: None,
-        origin_node: "node-a".to_owned(),
-        target: "@fabric".to_owned(),
-        deadline_ms: None,
-        delivery_policy: DeliveryPolicy::Durable,
-        created_at_ms: 1_700_000_000_000,
-    }
-}
-
-fn insert(
-    invocation_id: &str,
-) -> impl FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send + 'static {
-    let invocation = invocation(invocation_id);
-    move |transaction| match Invocation::insert(transaction, &invocation)? {
-        InsertOutcome::Inserted => Ok(()),
-        InsertOutcome::Duplicate => Err(StoreError::AlreadyExists {
-            kind: "invocation",
-            id: invocation.invocation_id.clone(),
-        }),
-    }
-}
 
 fn open_inline(path: &std::path::Path) -> Store {
     let options = StoreOptions {
