@@ -8,7 +8,7 @@
 
 use crdts::{CmRDT, VClock};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use scout_mesh::membership::IssuedInvite;
+use scout_mesh::membership::{IssuedInvite, JoinRefused};
 use scout_mesh::wire::{NodeId, Record, RecordKey};
 
 use super::{StoreError, unix_ms_now};
@@ -170,17 +170,51 @@ pub fn get_invite(
     }))
 }
 
-/// Marks an invite used by `joiner` (idempotent for the same joiner).
-pub fn mark_invite_used(
+/// How a redemption of an invite ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// This call claimed the invite for the joiner: admit it.
+    Redeemed,
+    /// The same joiner had claimed it before (its first answer was lost):
+    /// admitting it again changes nothing.
+    RedeemedBefore,
+    /// The invite cannot be used by this joiner; nothing is admitted.
+    Refused(JoinRefused),
+}
+
+/// Redeems an invite for `joiner` with one conditional write: the row is
+/// claimed only if it is unused and unexpired, and the number of rows the
+/// write changed decides. Two joins racing for one invite therefore cannot
+/// both win, whatever they read before: the second finds the row claimed
+/// and gets [`JoinRefused::Used`].
+pub fn redeem_invite(
     transaction: &Transaction<'_>,
     invite_id: &[u8; 8],
     joiner: &NodeId,
-) -> Result<(), StoreError> {
-    transaction.execute(
-        "UPDATE invites SET used_by = ?2, used_at_ms = ?3 WHERE invite_id = ?1 AND used_by IS NULL",
-        params![invite_key(invite_id), joiner.as_str(), unix_ms_now()],
+    now_ms: u64,
+) -> Result<Redemption, StoreError> {
+    let claimed = transaction.execute(
+        "UPDATE invites SET used_by = ?2, used_at_ms = ?3
+         WHERE invite_id = ?1 AND used_by IS NULL AND expires_at_ms >= ?4",
+        params![
+            invite_key(invite_id),
+            joiner.as_str(),
+            unix_ms_now(),
+            i64::try_from(now_ms).unwrap_or(i64::MAX),
+        ],
     )?;
-    Ok(())
+    if claimed == 1 {
+        return Ok(Redemption::Redeemed);
+    }
+    // Nothing claimed: the row says why.
+    Ok(match get_invite(transaction, invite_id)? {
+        None => Redemption::Refused(JoinRefused::Unknown),
+        Some(issued) => match issued.used_by {
+            Some(used_by) if &used_by == joiner => Redemption::RedeemedBefore,
+            Some(_) => Redemption::Refused(JoinRefused::Used),
+            None => Redemption::Refused(JoinRefused::Expired),
+        },
+    })
 }
 
 /// The latest expiry among invites still unused at `now_ms`, if any.

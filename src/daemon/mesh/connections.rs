@@ -246,13 +246,20 @@ async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) ->
         tracing::warn!(node = %name, %joiner, code = refused.code(), "refused a join");
         return MeshFrame::error(refused.code(), refused.to_string());
     }
+    // The read above is advice; the conditional write decides, so two joins
+    // racing for one invite cannot both be admitted.
     let used_by = joiner.clone();
-    if let Err(err) = shared
+    match shared
         .store
-        .write(move |tx| store::mesh::mark_invite_used(tx, &invite_id, &used_by))
+        .write(move |tx| store::mesh::redeem_invite(tx, &invite_id, &used_by, now))
         .await
     {
-        return MeshFrame::error(err.code(), err.to_string());
+        Ok(store::mesh::Redemption::Redeemed | store::mesh::Redemption::RedeemedBefore) => {}
+        Ok(store::mesh::Redemption::Refused(refused)) => {
+            tracing::warn!(node = %name, %joiner, code = refused.code(), "refused a join");
+            return MeshFrame::error(refused.code(), refused.to_string());
+        }
+        Err(err) => return MeshFrame::error(err.code(), err.to_string()),
     }
     let body = RecordBody::Admission(AdmissionBody {
         public_key: *key,
