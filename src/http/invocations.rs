@@ -72,10 +72,18 @@ pub(crate) fn route_error(err: RouteError) -> ApiError {
     ApiError::new(status, err.code(), err.to_string())
 }
 
+/// 400 `INVALID_PROMPT` for text meant for an agent that carries terminal
+/// control characters (see `pty::prompt`).
+pub(crate) fn check_prompt(text: &str) -> Result<(), ApiError> {
+    crate::pty::prompt::check_prompt(text)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.code(), err.to_string()))
+}
+
 async fn submit(
     State(state): State<Arc<BrokerState>>,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    check_prompt(&body.message)?;
     let submitted = state
         .router
         .submit(submit_request(&state, body))

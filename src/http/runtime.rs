@@ -98,7 +98,7 @@ fn only(router: MethodRouter<Arc<BrokerState>>) -> MethodRouter<Arc<BrokerState>
 pub fn api_error(err: RuntimeError) -> ApiError {
     let status = match &err {
         RuntimeError::AgentNotFound(_) => StatusCode::NOT_FOUND,
-        RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        RuntimeError::InvalidRequest(_) | RuntimeError::InvalidPrompt(_) => StatusCode::BAD_REQUEST,
         RuntimeError::InvalidWorkdir { .. } | RuntimeError::CliNotFound { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }

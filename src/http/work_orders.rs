@@ -58,6 +58,7 @@ async fn enqueue(
     State(state): State<Arc<BrokerState>>,
     JsonBody(body): JsonBody<EnqueueBody>,
 ) -> Result<(StatusCode, Json<WorkOrderView>), ApiError> {
+    super::invocations::check_prompt(&body.body)?;
     let request = request(&state, body, false);
     let order = work_orders::enqueue(&state.router, request)
         .await
@@ -69,6 +70,7 @@ async fn run_now(
     State(state): State<Arc<BrokerState>>,
     JsonBody(body): JsonBody<EnqueueBody>,
 ) -> Result<(StatusCode, Json<WorkOrderView>), ApiError> {
+    super::invocations::check_prompt(&body.body)?;
     let request = request(&state, body, true);
     let order = work_orders::enqueue(&state.router, request)
         .await

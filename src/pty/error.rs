@@ -10,6 +10,9 @@ pub enum RuntimeError {
     /// The request is malformed (`INVALID_REQUEST`).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The prompt carries terminal control characters (`INVALID_PROMPT`).
+    #[error("{0}")]
+    InvalidPrompt(#[from] crate::pty::prompt::InvalidPrompt),
     /// The working directory is unusable (`INVALID_WORKDIR`).
     #[error("workdir `{path}` {reason}")]
     InvalidWorkdir {
@@ -66,6 +69,7 @@ impl RuntimeError {
         match self {
             RuntimeError::AgentNotFound(_) => "AGENT_NOT_FOUND",
             RuntimeError::InvalidRequest(_) => "INVALID_REQUEST",
+            RuntimeError::InvalidPrompt(_) => crate::pty::prompt::INVALID_PROMPT,
             RuntimeError::InvalidWorkdir { .. } => "INVALID_WORKDIR",
             RuntimeError::CliNotFound { .. } => "CLI_NOT_FOUND",
             RuntimeError::AuthRequired { .. } => "AUTH_REQUIRED",

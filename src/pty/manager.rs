@@ -336,6 +336,7 @@ impl SessionManager {
                 "`message` is larger than {MESSAGE_BYTES_MAX} bytes"
             )));
         }
+        crate::pty::prompt::check_prompt(&prompt)?;
         let session = self.session(id)?;
         session.run_turn(prompt, timeout.unwrap_or(self.config.default_timeout))
     }

@@ -9,6 +9,8 @@
 //!   thread, `wait()` thread, and stop by process group and session.
 //! - [`priority`]: terminal threads yield to the broker's API under load
 //!   (the runtime's one `unsafe` call, `setpriority`).
+//! - [`prompt`]: what a prompt may contain (no terminal control
+//!   characters), the one rule for every way a prompt comes in.
 //! - [`screen`]: the `vt100` screen model that answers terminal queries and
 //!   serves the last lines as text.
 //! - [`text`]: escape-sequence stripping and the line model of a turn's answer.
@@ -26,6 +28,7 @@ pub mod events;
 pub mod manager;
 pub mod priority;
 pub mod process;
+pub mod prompt;
 pub mod screen;
 pub mod session;
 pub mod text;

@@ -680,8 +680,12 @@ impl Session {
             end_at: None,
             done: done_tx,
         });
-        // A terminal's Enter key sends CR, also inside a paste.
-        let body = prompt.replace("\r\n", "\r").replace('\n', "\r");
+        // Prompts are checked where they enter the broker; stripping here
+        // again means no path can put a paste end or a control key inside
+        // the paste. A terminal's Enter key sends CR, also inside a paste.
+        let body = crate::pty::prompt::strip_controls(prompt)
+            .replace("\r\n", "\r")
+            .replace('\n', "\r");
         let paste = self.lock_screen().bracketed_paste();
         let text = if paste {
             format!("\x1b[200~{body}\x1b[201~")

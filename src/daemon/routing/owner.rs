@@ -72,6 +72,11 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
             format!("{} is not an agent of this broker", invoke.instance),
         );
     }
+    // Text that would act on the agent's terminal is refused before it is
+    // stored, whoever sent it.
+    if let Err(err) = crate::pty::prompt::check_prompt(&invoke.body) {
+        return MeshFrame::error(err.code(), err.to_string());
+    }
     let invocation = Invocation {
         invocation_id: invoke.invocation_id.clone(),
         action: invoke.action,
