@@ -6,10 +6,43 @@
 //! `$XDG_CONFIG_HOME/openscout`) and the state (store, logs) under
 //! `$XDG_STATE_HOME/openscout` on Linux. `--home DIR` or `SCOUT_HOME` puts
 //! both in one directory, which is how several brokers share one machine.
+//!
+//! A home holds the node key and the API token, and its files decide what
+//! the broker runs. So a home must belong to the user running scout and be
+//! writable by nobody else: [`secure`] refuses one that is not
+//! (`UNSAFE_HOME`, with the command that fixes it), and tightens a secret
+//! file that others can read. [`restrict_new_files`] makes every file the
+//! process creates owner-only from the start.
 
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, bail};
+use nix::sys::stat::{Mode, umask};
+
+/// The stable code of a home that others could change.
+pub const UNSAFE_HOME: &str = "UNSAFE_HOME";
+
+/// Mode of every directory scout creates in a home: the owner only.
+pub const HOME_DIR_MODE: u32 = 0o700;
+
+/// Mode of every file scout creates in a home: the owner only.
+pub const HOME_FILE_MODE: u32 = 0o600;
+
+/// The process's file creation mask once [`restrict_new_files`] ran: no
+/// permission for group or others on anything created.
+const OWNER_ONLY_UMASK: libc::mode_t = 0o077;
+
+/// Entries the safety check looks at per home at most. A home holds a
+/// dozen files; the bound keeps a home pointed at a huge tree cheap, and
+/// whatever lies beyond it is nothing scout reads.
+const HOME_ENTRIES_MAX: usize = 10_000;
+
+/// How deep below the home the safety check looks: scout's own files sit
+/// at depth one (`logs/` at two).
+const HOME_DEPTH_MAX: usize = 3;
 
 /// The resolved home of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +120,183 @@ impl Home {
     /// Logs of the broker service.
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
+    }
+}
+
+/// The home, or a file in it, could be changed by someone other than the
+/// user running scout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("UNSAFE_HOME: {} {problem}; fix: `{fix}`", path.display())]
+pub struct UnsafeHome {
+    /// The directory or file.
+    pub path: PathBuf,
+    /// What is wrong with it (its owner or its mode).
+    pub problem: String,
+    /// The command that fixes it.
+    pub fix: String,
+}
+
+impl UnsafeHome {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        UNSAFE_HOME
+    }
+}
+
+/// Checks that the home's directories and every file in them belong to the
+/// user running scout and are writable by nobody else; reads nothing and
+/// changes nothing. A missing directory passes (there is nothing to trust
+/// yet). Symbolic links are judged by the link and by what they point to.
+pub fn check_safe(home: &Home) -> Result<(), UnsafeHome> {
+    let uid = effective_uid();
+    let mut budget = HOME_ENTRIES_MAX;
+    for dir in home.dirs() {
+        let Ok(metadata) = fs::metadata(dir) else {
+            continue;
+        };
+        judge(dir, &metadata, uid)?;
+        walk(dir, 1, uid, &mut budget)?;
+    }
+    Ok(())
+}
+
+/// [`check_safe`], then tightens the node key and the token to 0600 when
+/// others can read them (a copy or an editor may have loosened them),
+/// with a warning. What the broker runs before it reads anything.
+pub fn secure(home: &Home) -> anyhow::Result<()> {
+    check_safe(home)?;
+    for secret in [home.node_key_path(), home.token_path()] {
+        let Ok(metadata) = fs::metadata(&secret) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&secret, fs::Permissions::from_mode(HOME_FILE_MODE))
+                .with_context(|| format!("cannot restrict {}", secret.display()))?;
+            tracing::warn!(
+                path = %secret.display(),
+                mode = format!("{mode:o}"),
+                "a secret file was readable by others; its mode is now 600"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes every file and directory this process creates from now on
+/// owner-only (umask 077), and remembers the user's mask for the agents
+/// the broker starts ([`with_user_umask`]). Called first thing in `main`.
+pub fn restrict_new_files() {
+    let mut user = USER_UMASK
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let previous = umask(Mode::from_bits_truncate(OWNER_ONLY_UMASK));
+    user.get_or_insert(previous);
+}
+
+/// Runs `spawn` with the user's own file creation mask, so an agent the
+/// broker starts creates files in a repository as the user would, not
+/// owner-only like the broker's home. Spawns are serialised by the lock,
+/// so the mask is always put back; files scout creates meanwhile have
+/// explicit modes, which a mask can only narrow.
+pub fn with_user_umask<T>(spawn: impl FnOnce() -> T) -> T {
+    let user = USER_UMASK
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let Some(user_mask) = *user else {
+        // restrict_new_files never ran (a library embedding): nothing to
+        // restore.
+        return spawn();
+    };
+    umask(user_mask);
+    let result = spawn();
+    umask(Mode::from_bits_truncate(OWNER_ONLY_UMASK));
+    drop(user);
+    result
+}
+
+/// The user's file creation mask, saved by [`restrict_new_files`]; `None`
+/// while the process runs with the mask it was started with.
+static USER_UMASK: Mutex<Option<Mode>> = Mutex::new(None);
+
+impl Home {
+    /// The home's directories, each once.
+    fn dirs(&self) -> Vec<&Path> {
+        if self.config_dir == self.state_dir {
+            vec![&self.config_dir]
+        } else {
+            vec![&self.config_dir, &self.state_dir]
+        }
+    }
+}
+
+/// The effective user id of this process: who owns what it creates.
+#[allow(unsafe_code)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no
+    // memory of ours.
+    unsafe { libc::geteuid() }
+}
+
+fn walk(dir: &Path, depth: usize, uid: u32, budget: &mut usize) -> Result<(), UnsafeHome> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if *budget == 0 {
+            return Ok(());
+        }
+        *budget -= 1;
+        let path = entry.path();
+        let Ok(link) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if link.file_type().is_symlink() {
+            if link.uid() != uid {
+                return Err(foreign_owner(&path, link.uid(), uid));
+            }
+            // The link is ours; what it points to must be too. A dangling
+            // link points to nothing scout could read.
+            if let Ok(target) = fs::metadata(&path) {
+                judge(&path, &target, uid)?;
+            }
+            continue;
+        }
+        judge(&path, &link, uid)?;
+        if link.is_dir() && depth < HOME_DEPTH_MAX {
+            walk(&path, depth + 1, uid, budget)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a file or directory owned by another user or writable by group
+/// or others.
+fn judge(path: &Path, metadata: &fs::Metadata, uid: u32) -> Result<(), UnsafeHome> {
+    if metadata.uid() != uid {
+        return Err(foreign_owner(path, metadata.uid(), uid));
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let owner_only = if metadata.is_dir() {
+            HOME_DIR_MODE
+        } else {
+            HOME_FILE_MODE
+        };
+        return Err(UnsafeHome {
+            path: path.to_owned(),
+            problem: format!("is writable by group or others (mode {mode:o})"),
+            fix: format!("chmod {owner_only:o} {}", path.display()),
+        });
+    }
+    Ok(())
+}
+
+fn foreign_owner(path: &Path, owner: u32, uid: u32) -> UnsafeHome {
+    UnsafeHome {
+        path: path.to_owned(),
+        problem: format!("is owned by uid {owner}, not by uid {uid} who runs scout"),
+        fix: format!("chown -h {uid} {}", path.display()),
     }
 }
 

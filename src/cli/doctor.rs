@@ -126,6 +126,24 @@ fn checks(context: &Context) -> Vec<Check> {
         );
         return checks;
     }
+    checks.push(match crate::home::check_safe(home) {
+        Ok(()) => Check::new(
+            "home-owner",
+            Status::Ok,
+            "owned by this user, writable by nobody else",
+        ),
+        Err(unsafe_home) => Check::new(
+            "home-owner",
+            Status::Fail,
+            format!(
+                "{}: {} {}; the broker refuses to start",
+                unsafe_home.code(),
+                unsafe_home.path.display(),
+                unsafe_home.problem
+            ),
+        )
+        .hint(unsafe_home.fix),
+    });
 
     let settings = match settings::load(&home.settings_path()) {
         Ok(Some(file)) => {

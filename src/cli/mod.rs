@@ -5,7 +5,8 @@
 //! [`agents`], [`resolve`], [`mesh`] with `peers`); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
-//! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error.
+//! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
+//! (an unsafe home, `UNSAFE_HOME`, is one).
 //! Errors print as `error: …` and one `caused by: …` per source on stderr.
 
 pub mod agents;
@@ -157,6 +158,7 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
             || cause
                 .downcast_ref::<scout_mesh::names::NameError>()
                 .is_some()
+            || cause.downcast_ref::<crate::home::UnsafeHome>().is_some()
     });
     if is_usage {
         ExitCode::from(2)

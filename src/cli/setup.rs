@@ -16,11 +16,9 @@ use crate::config::json_file::{JsonFile, Saved};
 use crate::config::project::{self, ProjectManifest};
 use crate::config::relay_agents;
 use crate::config::settings::{self, Settings};
+use crate::home::HOME_DIR_MODE;
 use crate::identity::{self, Created};
 use crate::store::{Store, StoreOptions};
-
-/// Mode of the home directories: the owner only, since they hold the key.
-const HOME_DIR_MODE: u32 = 0o700;
 
 /// Flags of `scout setup`.
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -275,16 +276,28 @@ pub fn locate_field(text: &str, field: &str) -> (usize, usize) {
 }
 
 /// Writes through a temporary file in the same directory and renames it
-/// over the target, so a crash never leaves a half-written config.
+/// over the target, so a crash never leaves a half-written config. The
+/// file is owner-only (0600) from its first byte, and a directory made
+/// for it owner-only (0700): config files decide what the broker runs.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::home::HOME_DIR_MODE)
+        .create(dir)?;
     let file_name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp_path = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let mut file = fs::File::create(&temp_path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::home::HOME_FILE_MODE)
+        .open(&temp_path)?;
+    // A temp file left by a crash keeps its old mode: set it again.
+    file.set_permissions(fs::Permissions::from_mode(crate::home::HOME_FILE_MODE))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&temp_path, path)?;

@@ -159,6 +159,7 @@ impl Default for BrokerOptions {
 impl Broker {
     /// Loads the home, opens the store, finds the agents and starts serving.
     pub async fn start(home: &Home) -> anyhow::Result<Broker> {
+        crate::home::secure(home)?;
         Broker::start_with(home, BrokerOptions::default()).await
     }
 

@@ -151,9 +151,9 @@ impl PtyProcess {
         for (name, value) in &spec.env {
             command.env(name, value);
         }
-        let mut child = pair
-            .slave
-            .spawn_command(command)
+        // The agent creates files in the user's repositories with the
+        // user's own mask, not the broker's owner-only one.
+        let mut child = crate::home::with_user_umask(|| pair.slave.spawn_command(command))
             .map_err(|err| SpawnError::Exec {
                 program: program.clone(),
                 cause: format!("{err:#}"),

@@ -739,7 +739,7 @@ impl Session {
         }
         command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         command.env("NO_COLOR", "1");
-        let mut child = match command.spawn() {
+        let mut child = match crate::home::with_user_umask(|| command.spawn()) {
             Ok(child) => child,
             Err(err) => {
                 return harness_failure(format!("cannot start `{}`: {err}", invocation.argv[0]));

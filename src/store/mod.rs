@@ -379,6 +379,9 @@ impl Store {
         if existing == Existing::NonEmpty {
             check_existing_database(&path, &options)?;
         }
+        if existing == Existing::Missing {
+            create_owner_only(&path)?;
+        }
 
         let mut connection = Connection::open_with_flags(
             &path,
@@ -831,6 +834,31 @@ fn precheck_file(path: &Path, access: Access) -> Result<Existing, StoreError> {
         });
     }
     Ok(Existing::NonEmpty)
+}
+
+/// Mode of the store file: the owner only. SQLite gives the WAL and the
+/// shared-memory file the database file's mode, so all three are private.
+const STORE_FILE_MODE: u32 = 0o600;
+
+/// Creates an empty store file, owner-only from the start (SQLite treats an
+/// empty file as an empty database), so the store never exists readable by
+/// others, whatever the process's file creation mask.
+fn create_owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(STORE_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // Someone created it since the check: SQLite opens what is there.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Reads the schema version and runs `PRAGMA quick_check` on a read-only
