@@ -90,6 +90,12 @@ impl Home {
         self.config_dir.join("node.key")
     }
 
+    /// `trusted-manifests.json`: the project manifests whose commands the
+    /// user trusts (`scout agents trust`).
+    pub fn trusted_manifests_path(&self) -> PathBuf {
+        self.config_dir.join("trusted-manifests.json")
+    }
+
     /// `mesh.json`: the mesh this broker belongs to.
     pub fn mesh_path(&self) -> PathBuf {
         self.config_dir.join("mesh.json")

@@ -1,6 +1,9 @@
-//! `scout agents list|add|remove`: the agents of this machine. Adding and
-//! removing edit `relay-agents.json`; a running broker notices the change
-//! within a second, no restart needed.
+//! `scout agents list|add|remove|trust|untrust`: the agents of this
+//! machine. Adding and removing edit `relay-agents.json`; a running broker
+//! notices the change within a second, no restart needed. Trusting records
+//! a project manifest (path and SHA-256) in `trusted-manifests.json`, after
+//! which the commands it declares may run; the broker reads that file each
+//! time it starts such an agent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ use super::{Context, UsageError};
 use crate::config::discover::{self, AgentSource, AgentView};
 use crate::config::relay_agents::{self, ManualAgent, check_command};
 use crate::config::settings;
+use crate::config::trust;
 use crate::daemon::mesh::InstanceView;
 
 /// `scout agents …`
@@ -28,6 +32,19 @@ pub enum AgentsCommand {
     Add(AddArgs),
     /// Remove an agent added by hand.
     Remove(RemoveArgs),
+    /// Trust a project manifest's commands, as the file is now (a change
+    /// needs trust again).
+    Trust(TrustArgs),
+    /// Withdraw trust from a project manifest.
+    Untrust(TrustArgs),
+}
+
+/// Flags of `scout agents trust` and `scout agents untrust`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The manifest (`.openscout/project.json`) or the project directory
+    /// holding it.
+    pub path: PathBuf,
 }
 
 /// Flags of `scout agents add`.
@@ -66,6 +83,8 @@ pub fn run(command: AgentsCommand, context: &Context) -> anyhow::Result<ExitCode
         AgentsCommand::List => list(context),
         AgentsCommand::Add(args) => add(args, context),
         AgentsCommand::Remove(args) => remove(args, context),
+        AgentsCommand::Trust(args) => trust(args, context),
+        AgentsCommand::Untrust(args) => untrust(args, context),
     }
 }
 
@@ -79,6 +98,25 @@ struct AgentList {
     /// Whether `instances` comes from the running broker.
     broker_running: bool,
     warnings: Vec<String>,
+    /// This machine's agents that will not start until their manifest is
+    /// trusted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    untrusted: Vec<UntrustedAgent>,
+}
+
+/// An agent whose manifest is not trusted, and how to trust it.
+#[derive(Debug, Serialize)]
+struct UntrustedAgent {
+    /// The instance name.
+    name: String,
+    /// `not_trusted` or `changed` (or `trust_file` when that is unreadable).
+    why: &'static str,
+    /// The manifest.
+    manifest: PathBuf,
+    /// The full refusal, with its code.
+    message: String,
+    /// The command that trusts it.
+    fix: String,
 }
 
 fn list(context: &Context) -> anyhow::Result<ExitCode> {
@@ -91,6 +129,7 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|agent| agent.view(&node))
         .collect();
+    let untrusted = untrusted_agents(context, &discovered.agents, &node);
     let (mut instances, broker_running) = match BrokerClient::running(context)? {
         Some(client) => {
             let live: serde_json::Value = client
@@ -130,6 +169,7 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
         instances,
         broker_running,
         warnings: discovered.warnings,
+        untrusted,
     };
     context.printer.emit(&report, || {
         if report.instances.is_empty() {
@@ -158,12 +198,48 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let mut out = table(&["NAME", "HARNESS", "STATE", "OWNER", "CWD"], &rows);
+        for agent in &report.untrusted {
+            out.push_str(&format!(
+                "untrusted: {} will not start: {}\n",
+                agent.name, agent.message
+            ));
+        }
         for warning in &report.warnings {
             out.push_str(&format!("warning: {warning}\n"));
         }
         out
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The local agents whose manifest is not trusted.
+fn untrusted_agents(
+    context: &Context,
+    agents: &[discover::LocalAgent],
+    node: &Label,
+) -> Vec<UntrustedAgent> {
+    agents
+        .iter()
+        .filter_map(|agent| {
+            let refused = trust::check(&context.home, agent).err()?;
+            let manifest = agent
+                .needs_trust
+                .as_ref()
+                .map(|digest| digest.path.clone())
+                .unwrap_or_default();
+            Some(UntrustedAgent {
+                name: agent.instance_name(node).to_string(),
+                why: refused.why(),
+                fix: format!(
+                    "scout agents trust {}{}",
+                    manifest.display(),
+                    super::setup::home_flag(context)
+                ),
+                manifest,
+                message: refused.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// The mesh's instances from the store, for when no broker runs.
@@ -332,6 +408,72 @@ fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<ExitCode> {
             "removed {} from {}\n",
             report.removed,
             report.path.display()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct Trusted {
+    trusted: PathBuf,
+    sha256: String,
+    /// The agents of this machine that the manifest declares.
+    agents: Vec<String>,
+}
+
+fn trust(args: TrustArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let settings = settings::load_required(&context.home.settings_path())?.value;
+    let record = trust::trust(&context.home, &args.path, crate::store::unix_ms_now())?;
+    let node = Label::parse(&settings.node_name, NamePart::Node)?;
+    let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
+    let agents = discover::discover(&settings, &relay)
+        .agents
+        .iter()
+        .filter(|agent| matches!(&agent.source, AgentSource::Project { manifest } if std::fs::canonicalize(manifest).ok().as_ref() == Some(&record.path)))
+        .map(|agent| format!("{} ({})", agent.instance_name(&node), agent.command.join(" ")))
+        .collect();
+    let report = Trusted {
+        trusted: record.path,
+        sha256: record.sha256,
+        agents,
+    };
+    context.printer.emit(&report, || {
+        let mut out = format!(
+            "trusted {} (sha256 {})\n",
+            report.trusted.display(),
+            report.sha256
+        );
+        if report.agents.is_empty() {
+            out.push_str("it declares no agent under this machine's workspace roots\n");
+        }
+        for agent in &report.agents {
+            out.push_str(&format!("may run: {agent}\n"));
+        }
+        out.push_str("a change to the file needs `scout agents trust` again\n");
+        out
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct Untrusted {
+    untrusted: PathBuf,
+}
+
+fn untrust(args: TrustArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let Some(record) = trust::untrust(&context.home, &args.path)? else {
+        anyhow::bail!(
+            "{} is not trusted; `scout agents list` shows the manifests that need trust",
+            trust::manifest_of(&args.path).display()
+        );
+    };
+    let report = Untrusted {
+        untrusted: record.path,
+    };
+    context.printer.emit(&report, || {
+        format!(
+            "untrusted {}; its commands will not start\n",
+            report.untrusted.display()
         )
     })?;
     Ok(ExitCode::SUCCESS)

@@ -218,6 +218,7 @@ fn checks(context: &Context) -> Vec<Check> {
         checks.extend(discovery_checks(settings, context));
         let discovered = discover::discover(settings, &relay);
         checks.push(agents_check(discovered.agents.len(), &discovered.warnings));
+        checks.extend(trust_check(home, &discovered.agents));
         checks.extend(cli_checks(&discovered.agents));
     }
     checks
@@ -497,6 +498,44 @@ fn agents_check(n_agents: usize, warnings: &[String]) -> Check {
         )
         .hint("fix the files named above")
     }
+}
+
+/// Agents whose project manifest is not trusted: they will not start.
+fn trust_check(home: &crate::home::Home, agents: &[LocalAgent]) -> Option<Check> {
+    let refused: Vec<(&LocalAgent, crate::config::trust::Untrusted)> = agents
+        .iter()
+        .filter_map(|agent| Some((agent, crate::config::trust::check(home, agent).err()?)))
+        .collect();
+    let needing = agents.iter().filter(|a| a.needs_trust.is_some()).count();
+    if refused.is_empty() {
+        return (needing > 0).then(|| {
+            Check::new(
+                "manifests",
+                Status::Ok,
+                format!("{needing} project agents with their own command, all trusted"),
+            )
+        });
+    }
+    let names: Vec<String> = refused
+        .iter()
+        .map(|(agent, _)| format!("@{}", agent.definition))
+        .collect();
+    let manifests: std::collections::BTreeSet<String> = refused
+        .iter()
+        .filter_map(|(agent, _)| agent.needs_trust.as_ref())
+        .map(|digest| digest.path.display().to_string())
+        .collect();
+    Some(
+        Check::new(
+            "manifests",
+            Status::Warn,
+            format!("{} will not start: {}", names.join(", "), refused[0].1),
+        )
+        .hint(format!(
+            "review each manifest, then `scout agents trust PATH` ({})",
+            manifests.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+    )
 }
 
 fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::project::{self, ProjectManifest};
 use super::relay_agents::RelayAgents;
 use super::settings::Settings;
+use super::trust::ManifestDigest;
 
 /// How deep below a workspace root a repository may sit (`root/org/repo`
 /// is depth 2); deeper trees are usually dependencies, not projects.
@@ -46,6 +47,12 @@ pub struct LocalAgent {
     pub source: AgentSource,
     /// The prompt line's pattern (`command` agents), marking turn ends.
     pub prompt_pattern: Option<String>,
+    /// The manifest this agent's command comes from, as it was read, when
+    /// the command was chosen by a repository rather than the user: it
+    /// runs only once the user trusts exactly that manifest (see
+    /// [`super::trust`]). `None` for manual agents and for agents that run
+    /// their harness's own program.
+    pub needs_trust: Option<ManifestDigest>,
 }
 
 impl LocalAgent {
@@ -166,6 +173,7 @@ pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
             cwd,
             source: AgentSource::Manual,
             prompt_pattern: agent.prompt_pattern.clone(),
+            needs_trust: None,
         });
     }
 
@@ -338,6 +346,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
     let inferred = infer_harness(repo);
     match project::load(&manifest_path) {
         Ok(Some(file)) => {
+            let digest = ManifestDigest::of(&manifest_path, file.text.as_bytes());
             let manifest: ProjectManifest = file.value;
             let declared = if manifest.agents.is_empty() {
                 vec![project::ProjectAgent {
@@ -363,6 +372,9 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                 let Ok(definition) = Label::parse(&agent.name, NamePart::Definition) else {
                     continue;
                 };
+                // A command the repository chose runs only once trusted; the
+                // harness's own program is what a marker would run anyway.
+                let needs_trust = (!agent.command.is_empty()).then(|| digest.clone());
                 out.push(LocalAgent {
                     definition,
                     workspace: agent
@@ -379,6 +391,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                         manifest: manifest_path.clone(),
                     },
                     prompt_pattern: None,
+                    needs_trust,
                 });
             }
         }
@@ -398,6 +411,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                     marker: marker.to_owned(),
                 },
                 prompt_pattern: None,
+                needs_trust: None,
             });
         }
         Err(err) => warnings.push(format!("{err}; project skipped")),

@@ -9,6 +9,7 @@
 //! - [`mesh_file`]: `mesh.json`, the mesh this broker belongs to.
 //! - [`project`]: the `.openscout/project.json` manifests.
 //! - [`discover`]: which agents this machine runs.
+//! - [`trust`]: which project manifests the user trusts to run commands.
 
 pub mod discover;
 pub mod json_file;
@@ -16,5 +17,6 @@ pub mod mesh_file;
 pub mod project;
 pub mod relay_agents;
 pub mod settings;
+pub mod trust;
 
 pub use json_file::{ConfigError, JsonFile, Saved};

@@ -49,6 +49,11 @@ fn local_agent(router: &Router, instance: &str) -> Option<LocalAgent> {
         .cloned()
 }
 
+/// Whether the local `agent` may start (see `config::trust`).
+fn trusted(router: &Router, agent: &LocalAgent) -> Result<(), crate::config::trust::Untrusted> {
+    crate::config::trust::check(&router.inner.mesh.shared().home, agent)
+}
+
 /// Accepts an invocation: commits it (or finds it already committed) and
 /// answers. Never runs an id twice: the store's unique key decides.
 pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
@@ -76,6 +81,13 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
     // stored, whoever sent it.
     if let Err(err) = crate::pty::prompt::check_prompt(&invoke.body) {
         return MeshFrame::error(err.code(), err.to_string());
+    }
+    // An agent whose manifest the user has not trusted never starts; a
+    // retry of an id already held is answered from its flight below.
+    if let Some(Err(untrusted)) = local_agent(router, &invoke.instance).map(|a| trusted(router, &a))
+        && flight_update(router, &invoke.invocation_id).is_none()
+    {
+        return MeshFrame::error(untrusted.code(), untrusted.to_string());
     }
     let invocation = Invocation {
         invocation_id: invoke.invocation_id.clone(),
@@ -286,6 +298,14 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
         .await;
         return;
     };
+    if let Err(untrusted) = trusted(router, &agent) {
+        // Trust was withdrawn, or the manifest changed, since the accept.
+        let detail = untrusted.to_string();
+        let reason = FailureReason::PeerRejected;
+        let outcome = ExecOutcome::Failed { reason, detail };
+        finish(router, &flight, origin.as_ref(), outcome, String::new()).await;
+        return;
+    }
     let timeout = deadline
         .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
         .unwrap_or(Duration::from_millis(super::DEFAULT_DEADLINE_MS));
