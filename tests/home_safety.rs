@@ -130,7 +130,7 @@ fn a_home_owned_by_another_user_is_refused() {
         return;
     }
     let run = up_refused(&sandbox);
-    assert_refused(&run, &home, &format!("chown -h "));
+    assert_refused(&run, &home, "chown -h ");
     assert!(
         run.stderr.contains(&format!("owned by uid {OTHER_UID}")),
         "{}",
@@ -147,7 +147,7 @@ fn a_file_owned_by_another_user_is_refused() {
         return;
     }
     let run = up_refused(&sandbox);
-    assert_refused(&run, &token, &format!("{}", token.display()));
+    assert_refused(&run, &token, &token.display().to_string());
     assert!(run.stderr.contains("chown -h"), "{}", run.stderr);
 }
 
