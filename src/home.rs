@@ -361,6 +361,58 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_only_home_is_safe_and_a_writable_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::in_dir(dir.path().join("home"));
+        assert_eq!(
+            check_safe(&home),
+            Ok(()),
+            "a missing home has nothing to trust"
+        );
+        fs::create_dir(&home.config_dir).unwrap();
+        fs::set_permissions(&home.config_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(home.settings_path(), "{}").unwrap();
+        fs::set_permissions(home.settings_path(), fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(check_safe(&home), Ok(()), "readable is not writable");
+
+        fs::set_permissions(home.settings_path(), fs::Permissions::from_mode(0o646)).unwrap();
+        let refused = check_safe(&home).unwrap_err();
+        assert_eq!(refused.path, home.settings_path());
+        assert_eq!(
+            refused.fix,
+            format!("chmod 600 {}", home.settings_path().display())
+        );
+        assert!(
+            refused.to_string().starts_with("UNSAFE_HOME: "),
+            "{refused}"
+        );
+
+        fs::set_permissions(home.settings_path(), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::create_dir(home.logs_dir()).unwrap();
+        fs::set_permissions(home.logs_dir(), fs::Permissions::from_mode(0o770)).unwrap();
+        let refused = check_safe(&home).unwrap_err();
+        assert_eq!(
+            refused.fix,
+            format!("chmod 700 {}", home.logs_dir().display())
+        );
+    }
+
+    #[test]
+    fn a_readable_secret_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::in_dir(dir.path());
+        fs::write(home.node_key_path(), "key").unwrap();
+        fs::set_permissions(home.node_key_path(), fs::Permissions::from_mode(0o640)).unwrap();
+        secure(&home).unwrap();
+        let mode = fs::metadata(home.node_key_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
     fn relative_home_becomes_absolute() {
         let home = Home::resolve(Some(Path::new("rel"))).unwrap();
         assert!(home.config_dir.is_absolute());

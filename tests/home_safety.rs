@@ -243,3 +243,44 @@ fn every_file_a_broker_creates_is_owner_only() {
     );
     assert_eq!(broker.stop_with(15), 0);
 }
+
+#[test]
+fn agents_create_files_with_the_users_own_mask() {
+    let sandbox = Sandbox::new();
+    sandbox.setup("laptop");
+    let seen = sandbox.path().join("agent-umask");
+    let script = format!(
+        "umask > {}; printf 'ready> '; while IFS= read -r line; do echo \"got: $line\"; printf 'ready> '; done",
+        seen.display()
+    );
+    let cwd = sandbox.path().display().to_string();
+    let add = sandbox.run(&[
+        "agents",
+        "add",
+        "masked",
+        "--cwd",
+        &cwd,
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let mut broker = BrokerProcess::start(&sandbox);
+    let sent = sandbox.run(&["send", "@masked", "hello", "--wait", "--timeout", "60"]);
+    assert_eq!(sent.code, 0, "{}\n{}", sent.stdout, sent.stderr);
+    // What this test process's children get, which is what scout got.
+    let ours = std::process::Command::new("sh")
+        .args(["-c", "umask"])
+        .output()
+        .unwrap();
+    let ours = String::from_utf8_lossy(&ours.stdout).trim().to_owned();
+    let agents = fs::read_to_string(&seen).unwrap().trim().to_owned();
+    assert_eq!(
+        agents, ours,
+        "the broker's owner-only mask leaked into its agent"
+    );
+    assert_eq!(broker.stop_with(15), 0);
+}

@@ -478,6 +478,37 @@ mod tests {
             ]
         );
         assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        // Nothing here runs a command a repository chose.
+        assert!(found.agents.iter().all(|agent| agent.needs_trust.is_none()));
+    }
+
+    #[test]
+    fn a_manifest_command_needs_trust_of_that_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = repo(root.path(), "tool", "main", Some("CLAUDE.md"));
+        fs::create_dir_all(dir.join(".openscout")).unwrap();
+        let text = r#"{"name": "tool", "agents": [{"name": "tool"}, {"name": "runner", "harness": "command", "command": ["make", "run"]}]}"#;
+        fs::write(dir.join(".openscout/project.json"), text).unwrap();
+        let settings = Settings {
+            workspace_roots: vec![root.path().to_path_buf()],
+            ..Settings::default()
+        };
+        let found = discover(&settings, &RelayAgents::default());
+        let trust: Vec<(String, bool)> = found
+            .agents
+            .iter()
+            .map(|agent| (agent.definition.to_string(), agent.needs_trust.is_some()))
+            .collect();
+        assert_eq!(
+            trust,
+            [("runner".to_owned(), true), ("tool".to_owned(), false)]
+        );
+        let digest = found.agents[0].needs_trust.clone().unwrap();
+        assert_eq!(
+            digest,
+            ManifestDigest::of(&dir.join(".openscout/project.json"), text.as_bytes())
+        );
+        assert!(digest.path.is_absolute());
     }
 
     #[test]

@@ -245,3 +245,98 @@ pub fn untrust(home: &Home, path: &Path) -> anyhow::Result<Option<TrustedManifes
     file.save()?;
     Ok(Some(removed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(dir: &Path, command: &str) -> PathBuf {
+        let manifest = project::manifest_path(dir);
+        fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"name": "app", "agents": [{{"name": "app", "harness": "command", "command": ["{command}"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        manifest
+    }
+
+    fn agent(manifest: &Path) -> LocalAgent {
+        let text = fs::read(manifest).unwrap();
+        LocalAgent {
+            definition: scout_mesh::names::Label::parse(
+                "app",
+                scout_mesh::names::NamePart::Definition,
+            )
+            .unwrap(),
+            workspace: None,
+            harness: scout_mesh::lifecycle::Harness::Command,
+            command: vec!["make".into()],
+            cwd: manifest.to_owned(),
+            source: super::super::discover::AgentSource::Project {
+                manifest: manifest.to_owned(),
+            },
+            prompt_pattern: None,
+            needs_trust: Some(ManifestDigest::of(manifest, &text)),
+        }
+    }
+
+    #[test]
+    fn trust_follows_the_exact_bytes_of_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::in_dir(dir.path().join("home"));
+        let repo = dir.path().join("repo");
+        let manifest = project(&repo, "make");
+        let before = agent(&manifest);
+        assert_eq!(check(&home, &before).unwrap_err().why(), "not_trusted");
+
+        let record = trust(&home, &repo, 1).unwrap();
+        assert_eq!(record.path, fs::canonicalize(&manifest).unwrap());
+        assert_eq!(check(&home, &before), Ok(()));
+
+        project(&repo, "make all");
+        let changed = agent(&manifest);
+        let refused = check(&home, &changed).unwrap_err();
+        assert_eq!(refused.why(), "changed");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("UNTRUSTED_MANIFEST: @app runs `make`"),
+            "{refused}"
+        );
+
+        trust(&home, &manifest, 2).unwrap();
+        assert_eq!(check(&home, &changed), Ok(()));
+        assert_eq!(
+            load(&home).unwrap().value.manifests.len(),
+            1,
+            "one record per file"
+        );
+        assert!(untrust(&home, &repo).unwrap().is_some());
+        assert!(untrust(&home, &repo).unwrap().is_none());
+        assert_eq!(check(&home, &changed).unwrap_err().why(), "not_trusted");
+    }
+
+    #[test]
+    fn an_agent_without_a_manifest_command_needs_no_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::in_dir(dir.path());
+        let manifest = project(dir.path(), "make");
+        let mut agent = agent(&manifest);
+        agent.needs_trust = None;
+        assert_eq!(check(&home, &agent), Ok(()));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_manifest_cannot_be_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::in_dir(dir.path().join("home"));
+        let path = dir.path().join("project.json");
+        fs::write(&path, "{\"name\": 5}").unwrap();
+        assert!(trust(&home, &path, 1).is_err());
+        assert!(trust(&home, &dir.path().join("missing.json"), 1).is_err());
+        assert!(!home.trusted_manifests_path().exists());
+    }
+}
