@@ -150,8 +150,8 @@ impl UnsafeHome {
 }
 
 /// Checks that the home's directories and every file in them belong to the
-/// user running scout and are writable by nobody else; reads nothing and
-/// changes nothing. A missing directory passes (there is nothing to trust
+/// user running scout and are writable by nobody else. It looks only at
+/// owners and modes, never at contents, and changes nothing. A missing directory passes (there is nothing to trust
 /// yet). Symbolic links are judged by the link and by what they point to.
 pub fn check_safe(home: &Home) -> Result<(), UnsafeHome> {
     let uid = effective_uid();

@@ -426,11 +426,20 @@ fn trust(args: TrustArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let record = trust::trust(&context.home, &args.path, crate::store::unix_ms_now())?;
     let node = Label::parse(&settings.node_name, NamePart::Node)?;
     let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
+    let declared_by_it = |agent: &&discover::LocalAgent| match &agent.source {
+        AgentSource::Project { manifest } => {
+            std::fs::canonicalize(manifest).is_ok_and(|path| path == record.path)
+        }
+        AgentSource::Manual | AgentSource::Inferred { .. } => false,
+    };
     let agents = discover::discover(&settings, &relay)
         .agents
         .iter()
-        .filter(|agent| matches!(&agent.source, AgentSource::Project { manifest } if std::fs::canonicalize(manifest).ok().as_ref() == Some(&record.path)))
-        .map(|agent| format!("{} ({})", agent.instance_name(&node), agent.command.join(" ")))
+        .filter(declared_by_it)
+        .map(|agent| {
+            let command = agent.command.join(" ");
+            format!("{} ({command})", agent.instance_name(&node))
+        })
         .collect();
     let report = Trusted {
         trusted: record.path,
