@@ -75,6 +75,29 @@ fn field_prefix(field: &str) -> String {
     }
 }
 
+/// The file's bytes as text, or an error at the first byte that is not
+/// UTF-8 (JSON files are UTF-8; a stray byte is an editing mistake).
+fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        // `valid` is UTF-8 by construction.
+        let before = std::str::from_utf8(valid).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rsplit('\n')
+            .next()
+            .map_or(0, |tail| tail.chars().count())
+            + 1;
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            field: String::new(),
+            message: "invalid UTF-8; JSON files must be UTF-8".to_owned(),
+        }
+    })
+}
+
 /// A loaded JSON file: its typed value, plus the original document so a
 /// rewrite keeps what the type does not model.
 #[derive(Debug, Clone)]
@@ -102,9 +125,20 @@ pub enum Saved {
 impl<T: Serialize + DeserializeOwned> JsonFile<T> {
     /// Loads the file; `Ok(None)` when it does not exist.
     pub fn load(path: &Path) -> Result<Option<JsonFile<T>>, ConfigError> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A directory where the file should be is a mistake in the
+            // configuration, not a failure to read: say so as one.
+            Err(_) if path.is_dir() => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: 1,
+                    column: 1,
+                    field: String::new(),
+                    message: "is a directory; expected a JSON file".to_owned(),
+                });
+            }
             Err(source) => {
                 return Err(ConfigError::Io {
                     action: "read",
@@ -113,6 +147,7 @@ impl<T: Serialize + DeserializeOwned> JsonFile<T> {
                 });
             }
         };
+        let text = text_of(path, bytes)?;
         let value = parse_typed::<T>(path, &text)?;
         // The typed parse succeeded, so the text is valid JSON.
         let original = serde_json::from_str::<Value>(&text).ok();
@@ -331,6 +366,28 @@ mod tests {
         let message = err.to_string();
         assert!(message.starts_with("/x/sample.json:4:"), "{message}");
         assert!(message.contains("field `items[0].size`"), "{message}");
+    }
+
+    #[test]
+    fn invalid_utf8_and_a_directory_are_config_errors_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample.json");
+        std::fs::write(&path, b"{\n  \"port\": 1,\n  \"x\": \"\xff\"\n}").unwrap();
+        let err = JsonFile::<Sample>::load(&path).unwrap_err();
+        assert_eq!(err.code(), "CONFIG_INVALID");
+        assert!(
+            err.to_string().contains("sample.json:3:9: invalid UTF-8"),
+            "{err}"
+        );
+
+        let as_dir = dir.path().join("dir.json");
+        std::fs::create_dir(&as_dir).unwrap();
+        let err = JsonFile::<Sample>::load(&as_dir).unwrap_err();
+        assert_eq!(err.code(), "CONFIG_INVALID");
+        assert!(
+            err.to_string().contains("dir.json:1:1: is a directory"),
+            "{err}"
+        );
     }
 
     #[test]

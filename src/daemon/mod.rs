@@ -165,6 +165,9 @@ impl Broker {
 
     /// [`Broker::start`] with substitutes for the socket, clock and tunables.
     pub async fn start_with(home: &Home, options: BrokerOptions) -> anyhow::Result<Broker> {
+        // Taken before the files are read, so an edit made while the broker
+        // starts is seen by the watcher's first look, never missed.
+        let config_seen = watch::ConfigSnapshot::take(home);
         let settings = settings::load_required(&home.settings_path())?.value;
         let relay = relay_agents::load(&home.relay_agents_path())?.value;
         if !home.node_key_path().exists() {
@@ -317,7 +320,7 @@ impl Broker {
             });
         }
         if options.watch_config {
-            tasks.spawn(watch::run(state.clone(), shutdown_rx));
+            tasks.spawn(watch::run(state.clone(), config_seen, shutdown_rx));
         }
 
         Ok(Broker {

@@ -32,11 +32,30 @@ fn fingerprint(path: &Path) -> Fingerprint {
     Some((metadata.len(), metadata.modified().ok()?))
 }
 
-/// Runs until `shutdown` turns true.
-pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
-    let relay_path = state.home.relay_agents_path();
-    let settings_path = state.home.settings_path();
-    let mut last = (fingerprint(&relay_path), fingerprint(&settings_path));
+/// What the config files looked like when they were last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSnapshot {
+    relay_agents: Fingerprint,
+    settings: Fingerprint,
+}
+
+impl ConfigSnapshot {
+    /// The files' fingerprints now.
+    pub fn take(home: &crate::home::Home) -> ConfigSnapshot {
+        ConfigSnapshot {
+            relay_agents: fingerprint(&home.relay_agents_path()),
+            settings: fingerprint(&home.settings_path()),
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true. `last` is what the files looked like
+/// before the broker read them at start.
+pub async fn run(
+    state: Arc<BrokerState>,
+    mut last: ConfigSnapshot,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(CONFIG_POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_scan = tokio::time::Instant::now();
@@ -45,7 +64,7 @@ pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let now = (fingerprint(&relay_path), fingerprint(&settings_path));
+        let now = ConfigSnapshot::take(&state.home);
         let rescan_due = last_scan.elapsed() >= WORKSPACE_RESCAN_INTERVAL;
         if now == last && !rescan_due {
             continue;

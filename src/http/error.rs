@@ -62,6 +62,59 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether the request says its body is JSON (`application/json`, or any
+/// `application/*+json`), as axum's own `Json` extractor requires.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Whether a body starts, after white space, with `{`: every request body
+/// of this API is an object, and serde would otherwise read a struct from a
+/// JSON array (`[]` as a request with every field defaulted).
+fn is_json_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|byte| *byte == b'{')
+}
+
+/// A path parameter (an id) whose rejection (percent-decoding to something
+/// that is not UTF-8, a missing segment) is answered in the API's error
+/// shape, like [`JsonBody`].
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(PathId(id)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ID",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
 /// A JSON request body whose every rejection (not JSON, wrong shape, too
 /// large, wrong content type) is answered in the API's error shape with a
 /// stable code, instead of axum's plain-text rejection.
@@ -77,7 +130,25 @@ where
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection;
-        match Json::<T>::from_request(request, state).await {
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "INVALID_CONTENT_TYPE",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let parsed = match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) if !is_json_object(&bytes) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    "the body must be a JSON object",
+                ));
+            }
+            Ok(bytes) => Json::<T>::from_bytes(&bytes),
+            Err(err) => Err(JsonRejection::BytesRejection(err)),
+        };
+        match parsed {
             Ok(Json(value)) => Ok(JsonBody(value)),
             Err(JsonRejection::JsonDataError(err)) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -112,5 +183,35 @@ where
                 other.body_text(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_object_is_a_request_body() {
+        assert!(is_json_object(b"{}"));
+        assert!(is_json_object(b" \n\t{\"a\":1}"));
+        assert!(!is_json_object(b"[]"));
+        assert!(!is_json_object(b"null"));
+        assert!(!is_json_object(b""));
+        assert!(!is_json_object(b"  \"{\""));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::CONTENT_TYPE, value.parse().unwrap());
+            json_content_type(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!json_content_type(&axum::http::HeaderMap::new()));
     }
 }

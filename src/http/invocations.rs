@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonBody, PathId};
 use crate::daemon::BrokerState;
 use crate::daemon::routing::{
     InvocationStatus, RouteError, RoutingEvent, SubmitRequest, Submitted,
@@ -64,7 +64,7 @@ pub struct SubmitBody {
 
 pub(crate) fn route_error(err: RouteError) -> ApiError {
     let status = match &err {
-        RouteError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        RouteError::InvalidName(_) | RouteError::InvalidId(_) => StatusCode::BAD_REQUEST,
         RouteError::NotFound(_) | RouteError::UnknownInvocation(_) => StatusCode::NOT_FOUND,
         RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RouteError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,7 +108,7 @@ pub fn submit_request(state: &BrokerState, body: SubmitBody) -> SubmitRequest {
 
 async fn status(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<InvocationStatus>, ApiError> {
     state.router.status(&id).map(Json).map_err(route_error)
 }
@@ -120,7 +120,7 @@ struct Cancelled {
 
 async fn cancel(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Cancelled>, ApiError> {
     state.router.cancel(&id).await.map_err(route_error)?;
     Ok(Json(Cancelled { cancelled: id }))
@@ -137,7 +137,7 @@ fn sse_event(event: &RoutingEvent) -> Event {
 /// delivery ends (a replay of the end when it had ended already).
 async fn stream(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the status, so nothing falls in between.
     let mut events = state.router.subscribe();
@@ -354,7 +354,7 @@ async fn conversations(
 
 async fn conversation(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ConversationView>, ApiError> {
     let lookup = id.clone();
     let found = state

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonBody, PathId};
 use crate::adapter::AdapterOptions;
 use crate::daemon::BrokerState;
 use crate::pty::events::{RuntimeEvent, rfc3339};
@@ -192,14 +192,14 @@ async fn list(State(state): State<Arc<BrokerState>>) -> Json<serde_json::Value> 
 
 async fn show(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.runtime.info(&id)?).into_response())
 }
 
 async fn stop(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.runtime.stop(&id).await?).into_response())
 }
@@ -214,7 +214,7 @@ struct SendBody {
 
 async fn send(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<SendBody>,
 ) -> Result<Response, ApiError> {
     // An unknown agent is a 404 whatever the body says.
@@ -254,7 +254,7 @@ struct LogsQuery {
 
 async fn logs(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|err| invalid(&err.body_text()))?;
@@ -281,7 +281,7 @@ async fn logs(
 /// when the client fell behind, and a last `agent` when it stops.
 async fn stream(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let session = state.runtime.session(&id)?;
     let attachment = session.attach();
@@ -412,7 +412,7 @@ fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
 /// `{"type":"input","data":"…"}`.
 async fn terminal(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ws: WsResult,
 ) -> Result<Response, ApiError> {
     let session = state.runtime.session(&id)?;

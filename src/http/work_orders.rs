@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonBody, PathId};
 use super::invocations::route_error;
 use crate::daemon::BrokerState;
 use crate::daemon::routing::work_orders::{self, EnqueueRequest, WorkOrderView};
@@ -110,7 +110,7 @@ fn not_found(id: &str) -> ApiError {
 
 async fn one(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<WorkOrderView>, ApiError> {
     work_orders::get(&state.router, &id)
         .map(Json)
@@ -119,7 +119,7 @@ async fn one(
 
 async fn cancel(
     State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<WorkOrderView>, ApiError> {
     work_orders::cancel(&state.router, &id)
         .await

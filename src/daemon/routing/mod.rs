@@ -124,6 +124,10 @@ pub enum RouteError {
     /// No such invocation.
     #[error("no invocation `{0}`")]
     UnknownInvocation(String),
+    /// An id given by the caller (a conversation to continue) is not one
+    /// this broker could have made.
+    #[error("{0}")]
+    InvalidId(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -137,9 +141,32 @@ impl RouteError {
             RouteError::NotFound(err) => err.code(),
             RouteError::TooLarge { .. } => "BODY_TOO_LARGE",
             RouteError::UnknownInvocation(_) => "INVOCATION_NOT_FOUND",
+            RouteError::InvalidId(_) => "INVALID_ID",
             RouteError::Store(err) => err.code(),
         }
     }
+}
+
+/// Characters an id given by a caller may have at most: the ids brokers
+/// mint are UUIDs (36 characters); room for other tools' ids, not for text.
+pub const CALLER_ID_CHARS_MAX: usize = 128;
+
+/// Checks an id a caller supplies (`conversation_id`): 1 to
+/// [`CALLER_ID_CHARS_MAX`] of `A-Za-z0-9._:-`, not starting with `.`, so it
+/// can never carry a path, a control character or a terminal escape into
+/// the store, the logs or another broker.
+pub fn check_caller_id(field: &str, id: &str) -> Result<(), RouteError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if id.is_empty()
+        || id.len() > CALLER_ID_CHARS_MAX
+        || id.starts_with('.')
+        || !id.chars().all(allowed)
+    {
+        return Err(RouteError::InvalidId(format!(
+            "`{field}` must be 1 to {CALLER_ID_CHARS_MAX} characters of A-Z, a-z, 0-9, `.`, `_`, `:` and `-`, not starting with `.`"
+        )));
+    }
+    Ok(())
 }
 
 /// Shared routing state.
@@ -529,5 +556,37 @@ impl Router {
     /// Whether a flight state is terminal (helper for callers).
     pub fn is_terminal(state: FlightState) -> bool {
         state.is_terminal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_ids_are_plain_tokens() {
+        for good in [
+            "0192a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b",
+            "conv_1",
+            "a:b.c-d",
+            "x",
+        ] {
+            assert!(check_caller_id("conversation_id", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(CALLER_ID_CHARS_MAX + 1);
+        for bad in [
+            "",
+            " ",
+            "../..",
+            ".hidden",
+            "a/b",
+            "a\u{1b}[2J",
+            "a\0b",
+            "tab\t",
+            long.as_str(),
+        ] {
+            let err = check_caller_id("conversation_id", bad).unwrap_err();
+            assert_eq!(err.code(), "INVALID_ID", "{bad:?}");
+        }
     }
 }

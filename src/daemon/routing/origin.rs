@@ -127,6 +127,9 @@ pub async fn submit(
             max: INVOKE_BODY_BYTES_MAX,
         });
     }
+    if let Some(conversation_id) = &request.conversation_id {
+        super::check_caller_id("conversation_id", conversation_id)?;
+    }
     let query = AgentName::parse_lenient(&request.target)?;
     let (instance, reason, owner) = choose(router, &query, None)?;
     let now = router.now_ms();
