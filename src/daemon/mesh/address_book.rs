@@ -448,7 +448,15 @@ mod tests {
             book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), 16)
                 .is_empty()
         );
-        let alone = book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16);
+        // Alone, the seed (not the learned address) is retried once the
+        // alone cap has passed since the last failure, however long its
+        // backoff grew.
+        let later = now + SEED_BACKOFF_ALONE_MAX;
+        assert!(
+            book.due(later, &node(9), &[node(5)].into(), &HashSet::new(), 16)
+                .is_empty()
+        );
+        let alone = book.due(later, &node(9), &HashSet::new(), &HashSet::new(), 16);
         assert_eq!(alone, vec![(addr(1), None)]);
     }
 
