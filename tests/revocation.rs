@@ -58,11 +58,7 @@ fn a_joiner_that_revokes_its_inviter_cuts_it_off_across_restarts() {
 
     // Before the revocation the path works: alpha's work runs on beta.
     let before = beta.sandbox.path().join("before");
-    let run = alpha.run(&[
-        "send",
-        "@shell@beta",
-        &format!("id > {}", before.display()),
-    ]);
+    let run = alpha.run(&["send", "@shell@beta", &format!("id > {}", before.display())]);
     assert_eq!(run.code, 0, "send: {}", run.stderr);
     wait_until("alpha's command to run on beta", || {
         before.exists().then_some(())
@@ -90,9 +86,17 @@ fn a_joiner_that_revokes_its_inviter_cuts_it_off_across_restarts() {
 
     let after = beta.sandbox.path().join("after");
     let run = send_id_to(&alpha, &after, "3");
-    assert_ne!(run.code, 0, "a revoked broker's send succeeded: {}", run.stdout);
+    assert_ne!(
+        run.code, 0,
+        "a revoked broker's send succeeded: {}",
+        run.stdout
+    );
     assert!(!after.exists(), "a revoked broker's command ran on beta");
-    assert_eq!(flights_on(&beta), 1, "beta accepted work from a revoked broker");
+    assert_eq!(
+        flights_on(&beta),
+        1,
+        "beta accepted work from a revoked broker"
+    );
 
     // A restart of beta changes nothing: no pin comes back.
     let mut broker = beta.broker.take().unwrap();
@@ -109,12 +113,20 @@ fn a_joiner_that_revokes_its_inviter_cuts_it_off_across_restarts() {
     );
     let restarted = beta.sandbox.path().join("after-restart");
     let run = send_id_to(&alpha, &restarted, "3");
-    assert_ne!(run.code, 0, "a revoked broker's send succeeded: {}", run.stdout);
+    assert_ne!(
+        run.code, 0,
+        "a revoked broker's send succeeded: {}",
+        run.stdout
+    );
     assert!(
         !restarted.exists(),
         "a revoked broker's command ran on beta after its restart"
     );
-    assert_eq!(flights_on(&beta), 1, "beta accepted work from a revoked broker");
+    assert_eq!(
+        flights_on(&beta),
+        1,
+        "beta accepted work from a revoked broker"
+    );
     assert!(beta.peers_in("connected").is_empty());
     assert!(alpha.peers_in("connected").is_empty());
     assert_eq!(beta.peers_in("revoked"), ["alpha"]);

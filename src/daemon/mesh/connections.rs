@@ -298,11 +298,11 @@ async fn before_hello(
     key: [u8; 32],
     addr: SocketAddr,
 ) {
-    let timeout = shared.config.transport.handshake_timeout;
+    // No timeout per stream: the caller's PRE_HELLO_DEADLINE bounds the
+    // whole exchange.
     for _ in 0..OPENING_STREAMS_MAX {
-        let accepted = tokio::time::timeout(timeout, connection.accept_bi()).await;
-        let Ok(Ok((mut send, mut recv))) = accepted else {
-            connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no hello");
+        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+            // The peer closed the connection (after its join, say).
             return;
         };
         let refuse =
@@ -1064,4 +1064,41 @@ pub async fn join_running(
     }
     tracing::info!(mesh = %accepted.mesh_id, inviter = %accepted.admitted_by, "joined a mesh");
     Ok(accepted.mesh_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_cannot_hold_more_than_its_share_of_pending_hellos() {
+        let mut pending = PendingHellos::default();
+        let stranger: IpAddr = [10, 0, 0, 1].into();
+        let member: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..PRE_HELLO_PER_ADDRESS_MAX {
+            assert!(pending.try_enter(stranger));
+        }
+        assert!(!pending.try_enter(stranger));
+        assert!(pending.try_enter(member));
+        pending.leave(stranger);
+        assert!(pending.try_enter(stranger));
+        for _ in 0..=PRE_HELLO_PER_ADDRESS_MAX {
+            pending.leave(stranger);
+        }
+        pending.leave(member);
+        assert!(pending.by_ip.is_empty());
+    }
+
+    #[test]
+    fn only_members_are_served() {
+        assert_eq!(refusal(Trust::Member), None);
+        assert_eq!(
+            refusal(Trust::Revoked),
+            Some((close_code::REVOKED_PEER, "REVOKED_PEER"))
+        );
+        assert_eq!(
+            refusal(Trust::Unknown),
+            Some((close_code::UNKNOWN_PEER, "UNKNOWN_PEER"))
+        );
+    }
 }
