@@ -1,7 +1,8 @@
 //! End-to-end revocation with real broker processes on loopback: a joiner
-//! that revokes its own inviter cuts it off for good. The inviter's key was
-//! pinned when the joiner joined; the pin must neither let the revoked
-//! inviter back in (in either TLS direction, after the hello, or on a live
+//! that revokes its own inviter cuts it off for good, and so does a broker
+//! whose inviter is revoked by someone else. The inviter's key was pinned
+//! when the joiner joined; the pin must neither let the revoked inviter
+//! back in (in either TLS direction, after the hello, or on a live
 //! connection) nor come back when the joiner restarts.
 
 mod common;
@@ -32,15 +33,13 @@ fn inviter_and_joiner() -> (Node, Node) {
 /// `scout send @shell@beta "id > FILE"` from `node`, waiting at most
 /// `timeout_s` seconds for the outcome.
 fn send_id_to(node: &Node, file: &Path, timeout_s: &str) -> common::Run {
+    send_id(node, "@shell@beta", file, timeout_s)
+}
+
+/// `scout send TARGET "id > FILE" --wait` from `node`.
+fn send_id(node: &Node, target: &str, file: &Path, timeout_s: &str) -> common::Run {
     let prompt = format!("id > {}", file.display());
-    node.run(&[
-        "send",
-        "@shell@beta",
-        &prompt,
-        "--wait",
-        "--timeout",
-        timeout_s,
-    ])
+    node.run(&["send", target, &prompt, "--wait", "--timeout", timeout_s])
 }
 
 fn flights_on(node: &Node) -> usize {
@@ -130,4 +129,71 @@ fn a_joiner_that_revokes_its_inviter_cuts_it_off_across_restarts() {
     assert!(beta.peers_in("connected").is_empty());
     assert!(alpha.peers_in("connected").is_empty());
     assert_eq!(beta.peers_in("revoked"), ["alpha"]);
+}
+
+#[test]
+fn a_broker_refuses_its_own_inviter_once_another_member_revoked_it() {
+    // alpha founds; beta joins alpha; gamma joins with beta's code, so
+    // gamma pinned beta's key.
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    assert_eq!(beta.run(&["mesh", "join", &alpha.invite()]).code, 0);
+    beta.start();
+    wait_until("beta to connect to alpha", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
+    });
+    let mut gamma = Node::setup("gamma", &[]);
+    gamma.add_bash_agent("shell");
+    let joined = gamma.run(&["mesh", "join", &beta.invite()]);
+    assert_eq!(joined.code, 0, "gamma join: {}", joined.stderr);
+    gamma.start();
+    wait_until("beta to see @shell@gamma", || {
+        beta.instances()
+            .contains(&"@shell@gamma#main".to_owned())
+            .then_some(())
+    });
+    wait_until("gamma to connect to both", || {
+        (gamma.peers_in("connected") == ["alpha", "beta"]).then_some(())
+    });
+
+    let revoke = alpha.run(&["mesh", "revoke", "beta", "--reason", "laptop lost"]);
+    assert_eq!(revoke.code, 0, "{}", revoke.stderr);
+    wait_until(
+        "gamma to mark its inviter revoked and close its connection",
+        || {
+            (gamma.peers_in("revoked") == ["beta"] && gamma.peers_in("connected") == ["alpha"])
+                .then_some(())
+        },
+    );
+    let after = gamma.sandbox.path().join("after");
+    let run = send_id(&beta, "@shell@gamma", &after, "3");
+    assert_ne!(
+        run.code, 0,
+        "a revoked broker's send succeeded: {}",
+        run.stdout
+    );
+    assert!(!after.exists(), "a revoked broker's command ran on gamma");
+    assert_eq!(flights_on(&gamma), 0);
+
+    let mut broker = gamma.broker.take().unwrap();
+    assert_eq!(broker.stop_with(libc::SIGTERM), 0);
+    drop(broker);
+    gamma.start();
+    wait_until("gamma to reconnect to alpha only", || {
+        (gamma.peers_in("connected") == ["alpha"]).then_some(())
+    });
+    let restarted = gamma.sandbox.path().join("after-restart");
+    let run = send_id(&beta, "@shell@gamma", &restarted, "3");
+    assert_ne!(
+        run.code, 0,
+        "a revoked broker's send succeeded: {}",
+        run.stdout
+    );
+    assert!(
+        !restarted.exists(),
+        "a revoked broker's command ran on gamma after its restart"
+    );
+    assert_eq!(flights_on(&gamma), 0);
+    assert_eq!(gamma.peers_in("revoked"), ["beta"]);
 }
