@@ -237,7 +237,7 @@ pub async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
 
 /// Logs a refusal of an inbound connection: a warning once a minute per
 /// (address, code), with the count of the ones suppressed in between.
-fn log_inbound(shared: &Shared, addr: SocketAddr, code: &'static str, message: &str) {
+pub(crate) fn log_inbound(shared: &Shared, addr: SocketAddr, code: &'static str, message: &str) {
     let admitted = shared
         .inbound_log
         .lock()
