@@ -1,7 +1,8 @@
 //! End-to-end mesh tests with real broker processes on loopback, each in
 //! its own home: joining by invite and seeds, replication of agents,
-//! catch-up after SIGKILL, refusing strangers and revoked members, and
-//! malformed frames over a real QUIC connection.
+//! catch-up after SIGKILL, refusing strangers and revoked members, a
+//! connection that never says hello, and malformed frames over a real QUIC
+//! connection.
 
 mod common;
 
@@ -12,7 +13,7 @@ use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::transport::endpoint::{read_request, request};
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig, close_code};
 use scout_mesh::wire::{Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION, encode_frame};
 
 /// alpha founds the mesh; beta joins offline with an invite before its
@@ -314,5 +315,69 @@ fn a_broker_with_a_lost_store_resyncs_fully() {
     // Converging through one peer can come before the other's redial.
     wait_until("gamma to reconnect to both", || {
         (gamma.peers_in("connected") == ["alpha", "beta"]).then_some(())
+    });
+}
+
+/// A fresh random node key, as a stranger's broker would have.
+fn random_key() -> NodeKey {
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    NodeKey {
+        pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
+            .unwrap()
+            .as_bytes()
+            .to_vec(),
+        public_key: signing.verifying_key().to_bytes(),
+    }
+}
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed_and_members_still_join() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    // The open invite lets an unknown key finish the TLS handshake.
+    let code = alpha.invite();
+    let invite = Invite::from_code(&code).unwrap();
+    let addr: std::net::SocketAddr = alpha.mesh_addr().parse().unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let closed = runtime.block_on(async {
+        let endpoint = MeshEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            random_key(),
+            Arc::new(MeshTrust::default()),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let connection = endpoint
+            .connect(addr, Some(invite.inviter_key))
+            .await
+            .expect("TLS completes while an invite is open");
+        // Send nothing; the broker must end it.
+        tokio::time::timeout(common::WAIT_BOUND, connection.closed())
+            .await
+            .expect("the broker closed the silent connection")
+    });
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(close_code::HELLO_TIMEOUT),
+                "{close:?}"
+            );
+            assert_eq!(&close.reason[..], b"HELLO_TIMEOUT");
+        }
+        other => panic!("expected a HELLO_TIMEOUT close, got {other}"),
+    }
+    wait_until("alpha to log the hello timeout", || {
+        alpha.broker().stderr_line_matching("HELLO_TIMEOUT")
+    });
+
+    // Members still get in.
+    let mut beta = Node::setup("beta", &[]);
+    let joined = beta.run(&["mesh", "join", &code]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("beta to connect to alpha", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
     });
 }

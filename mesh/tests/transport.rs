@@ -179,6 +179,36 @@ async fn the_client_refuses_a_server_whose_key_it_does_not_know() {
     assert_eq!(err.code(), "UNKNOWN_PEER", "{err}");
 }
 
+#[tokio::test]
+async fn a_pinned_key_is_accepted_until_it_is_revoked() {
+    let server_key = node_key();
+    let client_key = node_key();
+    let server_trust = Arc::new(Keys::default());
+    server_trust
+        .members
+        .lock()
+        .unwrap()
+        .insert(client_key.public_key);
+    let server = endpoint(server_key.clone(), server_trust);
+    serve(server.clone());
+    let addr = server.local_addr().unwrap();
+    // The client knows nothing of the server but its pinned key (a joiner
+    // dialing its inviter).
+    let client_trust = Arc::new(Keys::default());
+    let client = endpoint(client_key, client_trust.clone());
+    let pinned = Some(server_key.public_key);
+    let connection = client.connect(addr, pinned).await.unwrap();
+    connection.close(0u32.into(), b"done");
+    // Revoked: the pin no longer counts.
+    client_trust
+        .revoked
+        .lock()
+        .unwrap()
+        .insert(server_key.public_key);
+    let err = client.connect(addr, pinned).await.unwrap_err();
+    assert_eq!(err.code(), "REVOKED_PEER", "{err}");
+}
+
 /// Writes raw bytes on a fresh stream and reads the answer frame.
 async fn raw_exchange(connection: &quinn::Connection, bytes: &[u8]) -> MeshFrame {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();

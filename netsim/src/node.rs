@@ -148,6 +148,7 @@ impl SimNode {
                 .map(|(addr, key)| BootstrapPeer {
                     address: addr.to_string(),
                     public_key: key.iter().map(|byte| format!("{byte:02x}")).collect(),
+                    pinned: true,
                 })
                 .collect(),
             ..MeshFile::default()

@@ -44,6 +44,17 @@ pub struct BootstrapPeer {
     pub address: String,
     /// The peer's Ed25519 public key, hex.
     pub public_key: String,
+    /// Whether the key is trusted before the registry says anything about
+    /// it. True after a join; set to false once admissions have synced, so
+    /// a restart never trusts the inviter on the file's word again (its
+    /// revocation, stored or not, would otherwise be second to the pin).
+    /// Files without the field come from a join: pinned.
+    #[serde(default = "pinned_by_default")]
+    pub pinned: bool,
+}
+
+fn pinned_by_default() -> bool {
+    true
 }
 
 /// Loads `mesh.json`; `Ok(None)` when the broker has no mesh yet.
@@ -68,4 +79,42 @@ pub fn load(path: &Path) -> Result<Option<JsonFile<MeshFile>>, ConfigError> {
         ));
     }
     Ok(Some(file))
+}
+
+/// Marks the bootstrap entries of `keys` as no longer pinned, keeping their
+/// addresses as places to knock. Returns whether the file changed.
+pub fn unpin(file: &mut MeshFile, keys: &[[u8; 32]]) -> bool {
+    let mut changed = false;
+    for peer in &mut file.bootstrap {
+        let matches = keys
+            .iter()
+            .any(|key| hex::encode(key) == peer.public_key.to_ascii_lowercase());
+        if peer.pinned && matches {
+            peer.pinned = false;
+            changed = true;
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_files_are_pinned_and_unpinning_keeps_the_address() {
+        let key = [0xab; 32];
+        let text = format!(
+            r#"{{"version":1,"mesh_id":"{}","bootstrap":[{{"address":"10.0.0.1:3101","public_key":"{}"}}]}}"#,
+            "0".repeat(32),
+            hex::encode(key)
+        );
+        let mut file: MeshFile = serde_json::from_str(&text).unwrap();
+        assert!(file.bootstrap[0].pinned);
+        assert!(!unpin(&mut file, &[[0xcd; 32]]));
+        assert!(unpin(&mut file, &[key]));
+        assert!(!file.bootstrap[0].pinned);
+        assert_eq!(file.bootstrap[0].address, "10.0.0.1:3101");
+        assert!(!unpin(&mut file, &[key]));
+    }
 }

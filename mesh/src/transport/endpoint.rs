@@ -7,14 +7,39 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Incoming, RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::frame::{FrameError, read_frame, write_frame};
+use super::frame::{
+    FRAME_BYTES_MAX, FrameError, LENGTH_PREFIX_BYTES, read_frame, read_frame_body, read_frame_len,
+    write_frame,
+};
 use super::tls::{self, TrustPolicy};
 use crate::wire::{MeshFrame, WireError, decode_frame, encode_frame};
 
 /// Bidirectional streams a peer may have open on one connection at once:
 /// each is one request in flight, so this bounds a peer's concurrent work.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// Bytes one stream may carry before the reader took them: one maximal
+/// frame with its length prefix, the most a request or answer needs.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u64 = (FRAME_BYTES_MAX + LENGTH_PREFIX_BYTES) as u64;
+
+/// Bytes of request frames a peer can make this broker hold for one
+/// connection: what quinn buffers unread is bounded by the connection's
+/// receive window (this), and what the broker has taken from quinn (frames
+/// being read or handled) by a budget of the same size per connection, see
+/// [`RequestBudget`]. Eight MiB keep room for one maximal frame next to
+/// many small ones, where 256 streams of 4 MiB each would be a gigabyte.
+pub const CONNECTION_BUFFERED_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= STREAM_RECEIVE_WINDOW_BYTES);
+const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= u32::MAX as u64);
+const _: () = assert!(
+    (STREAMS_PER_CONNECTION_MAX as u64) * STREAM_RECEIVE_WINDOW_BYTES
+        > CONNECTION_BUFFERED_BYTES_MAX,
+    "the per-connection bound is what limits a peer, not the stream count"
+);
 
 /// The SNI sent when dialing. Peers are identified by key, not by name, so
 /// this is a constant the verifier ignores.
@@ -313,6 +338,8 @@ fn transport_config(config: &TransportConfig) -> quinn::TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX))
         // The mesh never opens unidirectional streams.
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES as u32))
+        .receive_window(VarInt::from_u32(CONNECTION_BUFFERED_BYTES_MAX as u32))
         .keep_alive_interval(Some(config.keep_alive))
         .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
     transport
@@ -346,6 +373,56 @@ pub async fn request(
 pub async fn read_request(recv: &mut RecvStream) -> Result<MeshFrame, RequestError> {
     let body = read_frame(recv).await?;
     Ok(decode_frame(&body)?)
+}
+
+/// The bytes of request frames one connection may have taken from quinn
+/// and not yet answered: each frame's length is reserved before its body
+/// is read, so a peer opening many streams waits (and quinn's flow control
+/// holds it back) instead of making this broker buffer them all.
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl Default for RequestBudget {
+    fn default() -> RequestBudget {
+        RequestBudget {
+            bytes: Arc::new(Semaphore::new(CONNECTION_BUFFERED_BYTES_MAX as usize)),
+        }
+    }
+}
+
+/// A request frame with its share of the connection's [`RequestBudget`],
+/// given back when dropped (after the answer is written).
+#[derive(Debug)]
+pub struct BudgetedRequest {
+    /// The request.
+    pub frame: MeshFrame,
+    /// Its reservation in the budget; drop it once the answer is written.
+    pub reserved: OwnedSemaphorePermit,
+}
+
+/// Reads the request frame of an accepted stream within the connection's
+/// budget.
+pub async fn read_request_within(
+    recv: &mut RecvStream,
+    budget: &RequestBudget,
+) -> Result<BudgetedRequest, RequestError> {
+    let len = read_frame_len(recv).await?;
+    // At least one permit, so an empty frame also waits its turn; the
+    // length was checked against FRAME_BYTES_MAX, which fits the budget.
+    let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+    let reserved = budget
+        .bytes
+        .clone()
+        .acquire_many_owned(permits)
+        .await
+        .map_err(|_| RequestError::Open("the connection's budget is closed".into()))?;
+    let body = read_frame_body(recv, len).await?;
+    Ok(BudgetedRequest {
+        frame: decode_frame(&body)?,
+        reserved,
+    })
 }
 
 /// Writes the answer of a stream and finishes it.

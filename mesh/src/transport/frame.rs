@@ -9,7 +9,7 @@ use quinn::{ReadExactError, RecvStream, SendStream};
 pub use crate::wire::FRAME_BYTES_MAX;
 
 /// Bytes of the length prefix.
-const LENGTH_PREFIX_BYTES: usize = 4;
+pub const LENGTH_PREFIX_BYTES: usize = 4;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,12 @@ impl FrameError {
 
 /// Reads one frame body.
 pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
+    let len = read_frame_len(recv).await?;
+    read_frame_body(recv, len).await
+}
+
+/// Reads a frame's length prefix and checks it against [`FRAME_BYTES_MAX`].
+pub async fn read_frame_len(recv: &mut RecvStream) -> Result<usize, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -60,13 +66,28 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
             max: FRAME_BYTES_MAX,
         });
     }
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(body),
-        Err(ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
-        Err(ReadExactError::ReadError(err)) => Err(FrameError::Stream(err.to_string())),
-    }
+    Ok(len)
 }
+
+/// Reads a frame body of `len` bytes (a length [`read_frame_len`] checked).
+/// The buffer grows with the bytes that arrive, so a length prefix alone
+/// (a peer that announces a large frame and sends nothing) reserves no
+/// memory.
+pub async fn read_frame_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES_MAX));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Truncated),
+            Err(err) => return Err(FrameError::Stream(err.to_string())),
+        }
+    }
+    Ok(body)
+}
+
+/// Bytes reserved up front for a frame body at most; the rest grows as
+/// data arrives.
+const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
 
 /// Writes one frame.
 pub async fn write_frame(send: &mut SendStream, body: &[u8]) -> Result<(), FrameError> {

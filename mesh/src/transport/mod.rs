@@ -32,4 +32,6 @@ pub mod close_code {
     pub const REVOKED_PEER: u32 = 3;
     /// The peer broke the protocol (bad hello, wrong mesh, bad frame).
     pub const PROTOCOL: u32 = 4;
+    /// The peer did not complete the hello in time (`HELLO_TIMEOUT`).
+    pub const HELLO_TIMEOUT: u32 = 5;
 }

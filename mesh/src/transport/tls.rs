@@ -194,6 +194,25 @@ enum Role {
     Client,
 }
 
+/// The decision on a peer's key. Revocation is asked first, so neither a
+/// pin (the inviter's key while joining) nor an open join window ever lets
+/// a revoked key through; then membership, then the pin, then (server side
+/// only) the join window.
+fn key_verdict(
+    trust: &dyn TrustPolicy,
+    pinned: Option<[u8; 32]>,
+    role: Role,
+    key: &[u8; 32],
+) -> Result<(), RefusedKey> {
+    match trust.trust(key) {
+        Trust::Revoked => Err(RefusedKey::Revoked(short_key(key))),
+        Trust::Member => Ok(()),
+        Trust::Unknown if pinned == Some(*key) => Ok(()),
+        Trust::Unknown if role == Role::Server && trust.join_window_open() => Ok(()),
+        Trust::Unknown => Err(RefusedKey::Unknown(short_key(key))),
+    }
+}
+
 /// Checks the peer's raw public key against the trust policy, and the
 /// handshake signature against that key.
 #[derive(Debug)]
@@ -206,8 +225,10 @@ struct PeerKeyVerifier {
 
 impl PeerKeyVerifier {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        // The verifier knows no address, so it does not log: the caller
+        // logs the failed handshake with the peer's address, rate limited.
         let refuse = |refused: RefusedKey| {
-            tracing::warn!(code = refused.code(), cause = %refused, "refused a peer key in the handshake");
+            tracing::debug!(code = refused.code(), cause = %refused, "refused a peer key in the handshake");
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(refused))),
             ))
@@ -215,14 +236,9 @@ impl PeerKeyVerifier {
         let Some(key) = ed25519_key_of_spki(end_entity.as_ref()) else {
             return refuse(RefusedKey::BadKey);
         };
-        if self.pinned == Some(key) {
-            return Ok(());
-        }
-        match self.trust.trust(&key) {
-            Trust::Member => Ok(()),
-            Trust::Revoked => refuse(RefusedKey::Revoked(short_key(&key))),
-            Trust::Unknown if self.role == Role::Server && self.trust.join_window_open() => Ok(()),
-            Trust::Unknown => refuse(RefusedKey::Unknown(short_key(&key))),
+        match key_verdict(self.trust.as_ref(), self.pinned, self.role, &key) {
+            Ok(()) => Ok(()),
+            Err(refused) => refuse(refused),
         }
     }
 
@@ -338,6 +354,42 @@ pub fn peer_key(connection: &quinn::Connection) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Trust, bool);
+
+    impl TrustPolicy for Fixed {
+        fn trust(&self, _public_key: &[u8; 32]) -> Trust {
+            self.0
+        }
+        fn join_window_open(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn revocation_is_checked_before_the_pin_and_the_join_window() {
+        let key = [7u8; 32];
+        let revoked = Fixed(Trust::Revoked, true);
+        for role in [Role::Client, Role::Server] {
+            assert_eq!(
+                key_verdict(&revoked, Some(key), role, &key).map_err(|err| err.code()),
+                Err("REVOKED_PEER")
+            );
+        }
+        let unknown = Fixed(Trust::Unknown, true);
+        assert_eq!(key_verdict(&unknown, Some(key), Role::Client, &key), Ok(()));
+        assert_eq!(
+            key_verdict(&unknown, None, Role::Client, &key).map_err(|err| err.code()),
+            Err("UNKNOWN_PEER")
+        );
+        assert_eq!(key_verdict(&unknown, None, Role::Server, &key), Ok(()));
+        let closed = Fixed(Trust::Unknown, false);
+        assert_eq!(
+            key_verdict(&closed, None, Role::Server, &key).map_err(|err| err.code()),
+            Err("UNKNOWN_PEER")
+        );
+    }
 
     #[test]
     fn spki_round_trip() {

@@ -55,7 +55,12 @@ pub async fn answer_join(
     Some(match admit(shared, key, join, addr).await {
         Ok(accepted) => MeshFrame::JoinAccepted(accepted),
         Err((code, message)) => {
-            tracing::warn!(%addr, code, node = %join.node_name, "refused a tailnet join: {message}");
+            crate::daemon::mesh::connections::log_inbound(
+                shared,
+                addr,
+                code,
+                &format!("refused a tailnet join from {}: {message}", join.node_name),
+            );
             MeshFrame::error(code, message)
         }
     })

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::TailscaleConfig;
 use super::admit;
 use crate::daemon::mesh::address_book::AddressSource;
+use crate::daemon::mesh::log_limit::LogLimiter;
 use crate::daemon::mesh::{Mesh, Shared};
 
 /// How long after a failed tailnet join the same peer is asked again.
@@ -57,6 +58,54 @@ pub fn tailnet_addresses(
     out
 }
 
+/// What a poll found, as far as the log is concerned: a status report by
+/// its text (peer counts; a change is news), an error by its stable code
+/// only, since the operating system's wording of one failure varies from
+/// poll to poll (a reset, then a broken pipe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReportKey {
+    Status(String),
+    Error(&'static str),
+}
+
+/// Decides whether a poll's report is logged: a status when it differs
+/// from the last status logged, or when an error was logged since (the
+/// recovery is news); an error when it differs from the last report, at
+/// most once a minute per code, so a flapping tailscaled cannot flood the
+/// log. Returns the number of lines of that key suppressed since the last
+/// one written.
+#[derive(Debug, Default)]
+struct ReportLog {
+    last: Option<ReportKey>,
+    last_status: Option<String>,
+    error_logged_since_status: bool,
+    errors: LogLimiter<&'static str>,
+}
+
+impl ReportLog {
+    fn admit(&mut self, key: ReportKey, now: Instant) -> Option<u64> {
+        if self.last.as_ref() == Some(&key) {
+            return None;
+        }
+        self.last = Some(key.clone());
+        match key {
+            ReportKey::Status(text) => {
+                if self.last_status.as_ref() == Some(&text) && !self.error_logged_since_status {
+                    return None;
+                }
+                self.last_status = Some(text);
+                self.error_logged_since_status = false;
+                Some(0)
+            }
+            ReportKey::Error(code) => {
+                let admitted = self.errors.check(code, now)?;
+                self.error_logged_since_status = true;
+                Some(admitted.suppressed)
+            }
+        }
+    }
+}
+
 /// Runs the source until shutdown.
 pub async fn run(mesh: Mesh, config: TailscaleConfig, mut shutdown: watch::Receiver<bool>) {
     let shared = mesh.shared().clone();
@@ -67,7 +116,7 @@ pub async fn run(mesh: Mesh, config: TailscaleConfig, mut shutdown: watch::Recei
         .unwrap_or(false);
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_report: Option<String> = None;
+    let mut report_log = ReportLog::default();
     let mut join_attempts: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
@@ -78,7 +127,7 @@ pub async fn run(mesh: Mesh, config: TailscaleConfig, mut shutdown: watch::Recei
             polled = config.client.status() => polled,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let (report, addresses) = match polled {
+        let (report, key, addresses) = match polled {
             Ok((status, via)) => {
                 let addresses = tailnet_addresses(&status, &config.tags, config.peer_port, ipv6);
                 let n_matching = status.candidates(&config.tags).count();
@@ -107,7 +156,7 @@ pub async fn run(mesh: Mesh, config: TailscaleConfig, mut shutdown: watch::Recei
                 if status.backend_state == BackendState::Running && config.admit.is_enabled() {
                     try_joins(&mesh, &config, &status, &mut join_attempts).await;
                 }
-                (report, addresses)
+                (report.clone(), ReportKey::Status(report), addresses)
             }
             Err(err) => {
                 let message = err.to_string();
@@ -119,12 +168,15 @@ pub async fn run(mesh: Mesh, config: TailscaleConfig, mut shutdown: watch::Recei
                         discovery.tailscale.backend_state = None;
                     }
                 });
-                (format!("tailscale source idle: {message}"), BTreeMap::new())
+                (
+                    format!("tailscale source idle: {message}"),
+                    ReportKey::Error(err.code()),
+                    BTreeMap::new(),
+                )
             }
         };
-        if last_report.as_ref() != Some(&report) {
-            tracing::info!("{report}");
-            last_report = Some(report);
+        if let Some(suppressed) = report_log.admit(key, Instant::now()) {
+            tracing::info!(suppressed, "{report}");
         }
         feed(&shared, &addresses);
     }
@@ -195,6 +247,29 @@ async fn try_joins(
 mod tests {
     use super::*;
     use scout_mesh::discovery::tailscale::parse_status;
+
+    #[test]
+    fn an_error_is_logged_by_its_code_once_a_minute() {
+        let start = Instant::now();
+        let mut log = ReportLog::default();
+        let refused = ReportKey::Error("TAILSCALE_SOCKET_REFUSED");
+        assert_eq!(log.admit(refused.clone(), start), Some(0));
+        // The same code again (whatever the OS said this time): nothing.
+        assert_eq!(log.admit(refused.clone(), start), None);
+        // Flapping between a status and the error: each once a minute.
+        let status = ReportKey::Status("tailscale: 2 peers".into());
+        assert_eq!(log.admit(status.clone(), start), Some(0));
+        for _ in 0..3 {
+            assert_eq!(log.admit(refused.clone(), start), None);
+            assert_eq!(log.admit(status.clone(), start), None);
+        }
+        let later = start + crate::daemon::mesh::log_limit::LOG_INTERVAL;
+        assert_eq!(log.admit(refused, later), Some(3));
+        assert_eq!(log.admit(status, later), Some(0));
+        // A status that changed is news at once.
+        let grown = ReportKey::Status("tailscale: 3 peers".into());
+        assert_eq!(log.admit(grown, later), Some(0));
+    }
 
     #[test]
     fn addresses_are_online_peers_on_the_mesh_port() {

@@ -76,6 +76,10 @@ pub struct AddressEntry {
     /// The last dial error.
     pub last_error: Option<String>,
     next_attempt: Option<Instant>,
+    /// When a configured address (seed, invite) is retried while no peer is
+    /// connected: its backoff capped at [`SEED_BACKOFF_ALONE_MAX`], counted
+    /// from the failed dial, so a lone broker spaces its dials too.
+    next_attempt_alone: Option<Instant>,
     in_flight: bool,
 }
 
@@ -123,6 +127,7 @@ impl AddressBook {
             failures: 0,
             last_error: None,
             next_attempt: None,
+            next_attempt_alone: None,
             in_flight: false,
         });
         entry.sources.insert(source);
@@ -140,6 +145,15 @@ impl AddressBook {
         }
     }
 
+    /// Stops pinning `key` anywhere: the registry decides about it now.
+    pub fn unpin(&mut self, key: &[u8; 32]) {
+        for entry in self.entries.values_mut() {
+            if entry.pinned_key.as_ref() == Some(key) {
+                entry.pinned_key = None;
+            }
+        }
+    }
+
     /// Removes one source from every address; addresses left with no source
     /// are forgotten (a tailnet peer that went offline, say).
     pub fn retract(&mut self, source: AddressSource, keep: &HashSet<SocketAddr>) {
@@ -153,12 +167,13 @@ impl AddressBook {
 
     /// At most `limit` addresses due for a dial, marked in flight.
     /// `connected` are the peers with a live connection; with none, seeds
-    /// are retried sooner.
+    /// are retried sooner. Addresses of `revoked` nodes are never dialed.
     pub fn due(
         &mut self,
         now: Instant,
         self_id: &NodeId,
         connected: &HashSet<NodeId>,
+        revoked: &HashSet<NodeId>,
         limit: usize,
     ) -> Vec<(SocketAddr, Option<[u8; 32]>)> {
         let alone = connected.is_empty();
@@ -184,22 +199,17 @@ impl AddressBook {
                 continue;
             }
             if let Some(node_id) = &entry.node_id
-                && (node_id == self_id || connected.contains(node_id))
+                && (node_id == self_id || connected.contains(node_id) || revoked.contains(node_id))
             {
                 continue;
             }
             let configured = entry.sources.iter().any(|source| source.is_configured());
-            let ready = match entry.next_attempt {
-                None => true,
-                Some(at) if now >= at => true,
-                // Alone, a seed is retried at least every couple of seconds
-                // however long its backoff grew.
-                Some(at) => {
-                    alone
-                        && configured
-                        && at.saturating_duration_since(now) > SEED_BACKOFF_ALONE_MAX
-                }
-            };
+            let ready = is_ready(
+                now,
+                entry.next_attempt,
+                entry.next_attempt_alone,
+                alone && configured,
+            );
             if ready {
                 entry.in_flight = true;
                 if let Some(id) = &entry.node_id {
@@ -232,11 +242,14 @@ impl AddressBook {
                 entry.last_error = None;
                 entry.last_seen_ms = now_ms;
                 entry.next_attempt = None;
+                entry.next_attempt_alone = None;
             }
             Err(error) => {
                 entry.failures = entry.failures.saturating_add(1);
                 entry.last_error = Some(error);
-                entry.next_attempt = Some(now + backoff(entry.failures, jitter));
+                let delay = backoff(entry.failures, jitter);
+                entry.next_attempt = Some(now + delay);
+                entry.next_attempt_alone = Some(now + delay.min(SEED_BACKOFF_ALONE_MAX));
             }
         }
     }
@@ -249,6 +262,7 @@ impl AddressBook {
             entry.failures = 0;
             entry.last_error = None;
             entry.next_attempt = None;
+            entry.next_attempt_alone = None;
         }
     }
 
@@ -306,6 +320,52 @@ pub fn view(entry: &AddressEntry) -> AddressView {
     }
 }
 
+/// Whether an address is due at `now`: never tried, its backoff passed, or
+/// (for a configured address while no peer is connected) its backoff capped
+/// at [`SEED_BACKOFF_ALONE_MAX`] passed. Both deadlines count from the last
+/// failed dial, so retries are spaced even when the dialer wakes often.
+pub fn is_ready(
+    now: Instant,
+    next_attempt: Option<Instant>,
+    next_attempt_alone: Option<Instant>,
+    alone_and_configured: bool,
+) -> bool {
+    match next_attempt {
+        None => true,
+        Some(at) if now >= at => true,
+        Some(_) => alone_and_configured && next_attempt_alone.is_some_and(|at| now >= at),
+    }
+}
+
+/// Whether an address a peer announced (in its hello or its node record)
+/// belongs in the book. A loopback address names the machine it is used
+/// on: it reaches the peer only when the peer runs on this machine, and
+/// another local broker (or nothing) otherwise.
+pub fn keep_announced(announced: SocketAddr, peer_on_this_host: bool) -> bool {
+    !announced.ip().is_loopback() || peer_on_this_host
+}
+
+/// Whether a peer whose node record announces `peer_addresses` runs on
+/// this machine, judged by the addresses it was not connected from: it
+/// announces one of this broker's own interface addresses, or neither side
+/// announces anything but loopback (only loopback can reach it anyway).
+pub fn announces_this_host(peer_addresses: &[SocketAddr], own: &[SocketAddr]) -> bool {
+    let own_ips: HashSet<std::net::IpAddr> = own
+        .iter()
+        .map(SocketAddr::ip)
+        .filter(|ip| !ip.is_loopback())
+        .collect();
+    let mut peer_routable = peer_addresses
+        .iter()
+        .map(SocketAddr::ip)
+        .filter(|ip| !ip.is_loopback())
+        .peekable();
+    if own_ips.is_empty() || peer_routable.peek().is_none() {
+        return true;
+    }
+    peer_routable.any(|ip| own_ips.contains(&ip))
+}
+
 /// Exponential backoff with ±25% jitter, between the bounds.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
@@ -344,10 +404,13 @@ mod tests {
         book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
         book.add(addr(3), AddressSource::Learned, Some(node(9)), 0);
         let connected: HashSet<NodeId> = [node(2)].into();
-        let due = book.due(now, &node(9), &connected, 16);
+        let due = book.due(now, &node(9), &connected, &HashSet::new(), 16);
         assert_eq!(due, vec![(addr(1), None)]);
         // In flight: not handed out twice.
-        assert!(book.due(now, &node(9), &connected, 16).is_empty());
+        assert!(
+            book.due(now, &node(9), &connected, &HashSet::new(), 16)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -356,11 +419,18 @@ mod tests {
         let now = Instant::now();
         book.add(addr(1), AddressSource::Learned, Some(node(2)), 0);
         book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
-        let due = book.due(now, &node(9), &HashSet::new(), 16);
+        let due = book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16);
         assert_eq!(due.len(), 1);
-        assert!(book.due(now, &node(9), &HashSet::new(), 16).is_empty());
+        assert!(
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16)
+                .is_empty()
+        );
         book.dialed(due[0].0, Err("refused".into()), now, 0, 0.5);
-        assert_eq!(book.due(now, &node(9), &HashSet::new(), 16).len(), 1);
+        assert_eq!(
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -370,13 +440,102 @@ mod tests {
         book.add(addr(1), AddressSource::Seed, None, 0);
         book.add(addr(2), AddressSource::Learned, None, 0);
         for _ in 0..10 {
-            book.due(now, &node(9), &[node(5)].into(), 16);
+            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), 16);
             book.dialed(addr(1), Err("refused".into()), now, 0, 0.5);
             book.dialed(addr(2), Err("refused".into()), now, 0, 0.5);
         }
-        assert!(book.due(now, &node(9), &[node(5)].into(), 16).is_empty());
-        let alone = book.due(now, &node(9), &HashSet::new(), 16);
+        assert!(
+            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), 16)
+                .is_empty()
+        );
+        // Alone, the seed (not the learned address) is retried once the
+        // alone cap has passed since the last failure, however long its
+        // backoff grew.
+        let later = now + SEED_BACKOFF_ALONE_MAX;
+        assert!(
+            book.due(later, &node(9), &[node(5)].into(), &HashSet::new(), 16)
+                .is_empty()
+        );
+        let alone = book.due(later, &node(9), &HashSet::new(), &HashSet::new(), 16);
         assert_eq!(alone, vec![(addr(1), None)]);
+    }
+
+    #[test]
+    fn a_lonely_broker_spaces_its_seed_dials() {
+        let mut book = AddressBook::default();
+        let start = Instant::now();
+        book.add(addr(1), AddressSource::Seed, None, 0);
+        let alone = HashSet::new();
+        let mut now = start;
+        // Fail until the backoff is far past the alone cap.
+        for _ in 0..10 {
+            assert_eq!(
+                book.due(now, &node(9), &alone, &HashSet::new(), 16).len(),
+                1
+            );
+            book.dialed(addr(1), Err("refused".into()), now, 0, 0.5);
+            now += SEED_BACKOFF_ALONE_MAX;
+        }
+        let failed_at = now;
+        book.due(failed_at, &node(9), &alone, &HashSet::new(), 16);
+        book.dialed(addr(1), Err("refused".into()), failed_at, 0, 0.5);
+        // The dialer wakes every 200 ms: nothing is due before the cap.
+        let mut tick = failed_at;
+        while tick < failed_at + SEED_BACKOFF_ALONE_MAX {
+            assert!(
+                book.due(tick, &node(9), &alone, &HashSet::new(), 16)
+                    .is_empty(),
+                "dialed again {:?} after a failure",
+                tick - failed_at
+            );
+            tick += Duration::from_millis(200);
+        }
+        assert_eq!(
+            book.due(
+                failed_at + SEED_BACKOFF_ALONE_MAX,
+                &node(9),
+                &alone,
+                &HashSet::new(),
+                16
+            ),
+            vec![(addr(1), None)]
+        );
+    }
+
+    #[test]
+    fn revoked_nodes_are_not_dialed() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        book.add(addr(1), AddressSource::Invite, Some(node(2)), 0);
+        book.pin(addr(1), [2; 32]);
+        let revoked: HashSet<NodeId> = [node(2)].into();
+        assert!(
+            book.due(now, &node(9), &HashSet::new(), &revoked, 16)
+                .is_empty()
+        );
+        book.unpin(&[2; 32]);
+        assert_eq!(
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16),
+            vec![(addr(1), None)]
+        );
+    }
+
+    #[test]
+    fn loopback_addresses_only_for_peers_on_this_host() {
+        let lan = |port| SocketAddr::from(([192, 168, 1, 7], port));
+        let other = |port| SocketAddr::from(([192, 168, 1, 8], port));
+        assert!(keep_announced(lan(1), false));
+        assert!(keep_announced(addr(1), true));
+        assert!(!keep_announced(addr(1), false));
+        // A node record: same host when it shares one of our addresses.
+        assert!(announces_this_host(&[addr(2), lan(2)], &[addr(1), lan(1)]));
+        assert!(!announces_this_host(
+            &[addr(2), other(2)],
+            &[addr(1), lan(1)]
+        ));
+        // Only loopback on either side: loopback is all there is.
+        assert!(announces_this_host(&[addr(2)], &[addr(1), lan(1)]));
+        assert!(announces_this_host(&[addr(2), other(2)], &[addr(1)]));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! Connections: accepting and dialing, the hello that makes a peer count as
 //! connected, one connection per pair of brokers, and serving each peer's
 //! streams (one request per bidirectional stream).
+//!
+//! Trust is asked at every step, not only in the TLS handshake: after the
+//! hello, when a connection is registered, for every request a peer sends,
+//! and whenever the membership snapshot changes ([`close_non_members`]),
+//! so a revoked peer loses its live connection at once.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +17,9 @@ use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::sync::PEERS_MAX;
 use scout_mesh::transport::close_code;
-use scout_mesh::transport::endpoint::{peer_key, read_request, request, respond};
+use scout_mesh::transport::endpoint::{
+    RequestBudget, peer_key, read_request, read_request_within, request, respond,
+};
 use scout_mesh::transport::{MeshEndpoint, Trust, TrustPolicy};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame, MeshId,
@@ -20,7 +27,7 @@ use scout_mesh::wire::{
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::address_book::AddressSource;
+use super::address_book::{AddressSource, announces_this_host, keep_announced};
 use super::{Mesh, Shared};
 use crate::daemon::discovery::admit as tailnet_admit;
 use crate::store;
@@ -43,11 +50,75 @@ const OPENING_STREAMS_MAX: usize = 3;
 /// How often seeds are resolved again (DNS names may move).
 const SEED_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long an inbound connection may take from the end of its TLS
+/// handshake to the end of its hello (a join included) before it is closed
+/// with `HELLO_TIMEOUT`. A broker on a healthy link needs a few round
+/// trips and one store write; a connection that sends nothing must not hold
+/// one of the [`INBOUND_HANDSHAKES_MAX`] permits for longer than this.
+pub const PRE_HELLO_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Inbound connections from one IP address that may be before their hello
+/// at once. A machine running several brokers, or a NAT in front of
+/// several, needs a few; one address can never hold more than this share of
+/// the [`INBOUND_HANDSHAKES_MAX`] permits.
+pub const PRE_HELLO_PER_ADDRESS_MAX: usize = 8;
+
+const _: () = assert!(PRE_HELLO_PER_ADDRESS_MAX < INBOUND_HANDSHAKES_MAX);
+
+/// Inbound connections per IP address that have not finished the hello.
+/// At most [`INBOUND_HANDSHAKES_MAX`] addresses are counted, since each
+/// connection counted holds a handshake permit.
+#[derive(Debug, Default)]
+pub struct PendingHellos {
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+impl PendingHellos {
+    /// Counts one more connection from `ip`, unless it has
+    /// [`PRE_HELLO_PER_ADDRESS_MAX`] already.
+    pub fn try_enter(&mut self, ip: IpAddr) -> bool {
+        let count = self.by_ip.entry(ip).or_default();
+        if *count >= PRE_HELLO_PER_ADDRESS_MAX {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// One connection from `ip` finished its hello, or ended.
+    pub fn leave(&mut self, ip: IpAddr) {
+        if let Some(count) = self.by_ip.get_mut(&ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Leaves [`PendingHellos`] when dropped, however the hello ended.
+struct PendingHello {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingHello {
+    fn drop(&mut self) {
+        self.shared
+            .pending_hellos
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .leave(self.ip);
+    }
+}
+
 /// A connected peer.
 #[derive(Debug)]
 pub struct Peer {
     /// The one live connection.
     pub connection: Connection,
+    /// Its key, as the TLS handshake proved it.
+    pub key: [u8; 32],
     /// Its node name.
     pub node_name: String,
     /// Whether this broker dialed it.
@@ -125,16 +196,61 @@ pub async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
         let Some(incoming) = incoming else {
             return;
         };
+        let addr = incoming.remote_address();
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(addr = %incoming.remote_address(), "too many handshakes in progress; refused");
+            log_inbound(
+                &shared,
+                addr,
+                "TOO_MANY_HANDSHAKES",
+                "too many handshakes in progress; refused",
+            );
             incoming.refuse();
             continue;
+        };
+        let entered = shared
+            .pending_hellos
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .try_enter(addr.ip());
+        if !entered {
+            log_inbound(
+                &shared,
+                addr,
+                "TOO_MANY_PENDING_HELLOS",
+                "too many connections from this address before their hello; refused",
+            );
+            incoming.refuse();
+            continue;
+        }
+        let pending = PendingHello {
+            shared: shared.clone(),
+            ip: addr.ip(),
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             handle_incoming(shared, incoming).await;
+            drop(pending);
             drop(permit);
         });
+    }
+}
+
+/// Logs a refusal of an inbound connection: a warning once a minute per
+/// (address, code), with the count of the ones suppressed in between.
+pub(crate) fn log_inbound(shared: &Shared, addr: SocketAddr, code: &'static str, message: &str) {
+    let admitted = shared
+        .inbound_log
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .check((addr.ip(), code), tokio::time::Instant::now());
+    match admitted {
+        Some(admitted) => tracing::warn!(
+            %addr,
+            code,
+            suppressed = admitted.suppressed,
+            "{message} (repeats from this address are logged once a minute)"
+        ),
+        None => tracing::debug!(%addr, code, "{message}"),
     }
 }
 
@@ -143,11 +259,12 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let connection = match shared.endpoint.handshake(incoming).await {
         Ok(connection) => connection,
         Err(err) => {
-            if shared.should_warn_refusal(addr.ip()) {
-                tracing::warn!(%addr, code = err.code(), cause = %err, "inbound handshake failed (repeats from this address are logged at debug for a minute)");
-            } else {
-                tracing::debug!(%addr, code = err.code(), cause = %err, "inbound handshake failed");
-            }
+            log_inbound(
+                &shared,
+                addr,
+                err.code(),
+                &format!("inbound handshake failed: {err}"),
+            );
             return;
         }
     };
@@ -155,11 +272,37 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no peer key");
         return;
     };
-    let timeout = shared.config.transport.handshake_timeout;
+    let before_hello = before_hello(shared.clone(), connection.clone(), key, addr);
+    if tokio::time::timeout(PRE_HELLO_DEADLINE, before_hello)
+        .await
+        .is_err()
+    {
+        log_inbound(
+            &shared,
+            addr,
+            "HELLO_TIMEOUT",
+            &format!("no hello within {PRE_HELLO_DEADLINE:?}; closed"),
+        );
+        connection.close(
+            VarInt::from_u32(close_code::HELLO_TIMEOUT),
+            b"HELLO_TIMEOUT",
+        );
+    }
+}
+
+/// What an inbound connection may do before its hello: at most
+/// [`OPENING_STREAMS_MAX`] streams, a join, then the hello.
+async fn before_hello(
+    shared: Arc<Shared>,
+    connection: Connection,
+    key: [u8; 32],
+    addr: SocketAddr,
+) {
+    // No timeout per stream: the caller's PRE_HELLO_DEADLINE bounds the
+    // whole exchange.
     for _ in 0..OPENING_STREAMS_MAX {
-        let accepted = tokio::time::timeout(timeout, connection.accept_bi()).await;
-        let Ok(Ok((mut send, mut recv))) = accepted else {
-            connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no hello");
+        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+            // The peer closed the connection (after its join, say).
             return;
         };
         let refuse =
@@ -193,7 +336,12 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                     )),
                 };
                 if let Err((code, message)) = verdict {
-                    tracing::warn!(%addr, code, node = %hello.node_name, "refused a hello: {message}");
+                    log_inbound(
+                        &shared,
+                        addr,
+                        code,
+                        &format!("refused the hello of {}: {message}", hello.node_name),
+                    );
                     let _ = respond(&mut send, &MeshFrame::error(code, message)).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
                     let close = match code {
@@ -205,7 +353,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                     return;
                 }
                 let _ = respond(&mut send, &MeshFrame::HelloAck(our_hello(&shared))).await;
-                register(&shared, connection, hello, false, addr);
+                register(&shared, connection, key, hello, false, addr);
                 return;
             }
             Ok(other) => {
@@ -289,16 +437,50 @@ async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) ->
     })
 }
 
+/// The close code and reason for a peer that is not (or no longer) a
+/// member, or `None` for a member.
+fn refusal(trust: Trust) -> Option<(u32, &'static str)> {
+    match trust {
+        Trust::Member => None,
+        Trust::Revoked => Some((close_code::REVOKED_PEER, "REVOKED_PEER")),
+        Trust::Unknown => Some((close_code::UNKNOWN_PEER, "UNKNOWN_PEER")),
+    }
+}
+
+/// Closes, at once, every live connection whose peer is no longer a member
+/// (revoked, its admission withdrawn, or a pin the registry did not
+/// confirm). Called whenever the trust snapshot changes; the connection's
+/// close watcher then forgets the peer.
+pub fn close_non_members(shared: &Shared) {
+    let peers = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    for (id, peer) in peers.iter() {
+        let Some((code, reason)) = refusal(shared.trust.trust(&peer.key)) else {
+            continue;
+        };
+        if peer.connection.close_reason().is_some() {
+            continue;
+        }
+        peer.connection
+            .close(VarInt::from_u32(code), reason.as_bytes());
+        tracing::warn!(peer = %peer.node_name, node_id = %id, code = reason, "closed the connection of a peer that is no longer a member");
+    }
+}
+
 /// Makes a connection the one live connection to its peer, or closes it if
 /// the other one wins the tie (the connection dialed by the smaller node id
-/// survives, which both sides compute alike).
+/// survives, which both sides compute alike), or if the peer is not a
+/// member. Returns whether the connection was registered.
 fn register(
     shared: &Arc<Shared>,
     connection: Connection,
+    key: [u8; 32],
     hello: Hello,
     dialed_by_us: bool,
     addr: SocketAddr,
-) {
+) -> bool {
     let id = hello.node_id.clone();
     let now = shared.now_ms();
     let (sender, queue) = mpsc::channel(PEER_SEND_QUEUE_MAX);
@@ -307,6 +489,13 @@ fn register(
             .peers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        // Asked under the peers lock: a revocation that lands after this
+        // check finds the peer registered when it closes non-members.
+        if let Some((code, reason)) = refusal(shared.trust.trust(&key)) {
+            connection.close(VarInt::from_u32(code), reason.as_bytes());
+            tracing::warn!(peer = %hello.node_name, %addr, code = reason, "not registering a peer that is not a member");
+            return false;
+        }
         let we_dial_preferred = shared.identity.node_id < id;
         if let Some(existing) = peers.get(&id) {
             let new_preferred = dialed_by_us == we_dial_preferred;
@@ -314,7 +503,7 @@ fn register(
             if existing_preferred && !new_preferred && existing.connection.close_reason().is_none()
             {
                 connection.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-                return;
+                return true;
             }
         }
         let replaced = peers.remove(&id);
@@ -326,6 +515,7 @@ fn register(
             id.clone(),
             Peer {
                 connection: connection.clone(),
+                key,
                 node_name: hello.node_name.clone(),
                 dialed_by_us,
                 addr,
@@ -349,12 +539,16 @@ fn register(
             book.add(addr, source, Some(id.clone()), now);
         }
         book.reached(addr, &id, now);
+        // The peer's loopback addresses are this machine's only when the
+        // peer itself connected over loopback.
+        let peer_on_this_host = addr.ip().is_loopback();
         for announced in hello
             .addresses
             .iter()
             .filter_map(|a| a.parse::<SocketAddr>().ok())
         {
-            if !shared.announce.contains(&announced) {
+            if !shared.announce.contains(&announced) && keep_announced(announced, peer_on_this_host)
+            {
                 book.add(announced, AddressSource::Learned, Some(id.clone()), now);
             }
         }
@@ -387,8 +581,10 @@ fn register(
         shared.clone(),
         connection.clone(),
         id.clone(),
+        key,
     ));
     tokio::spawn(watch_close(shared.clone(), connection, id, hello.node_name));
+    true
 }
 
 async fn send_loop(
@@ -415,19 +611,39 @@ async fn send_loop(
     }
 }
 
-async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId) {
+async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId, key: [u8; 32]) {
+    let budget = RequestBudget::default();
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let shared = shared.clone();
         let peer = peer.clone();
+        let connection = connection.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            let answer = match read_request(&mut recv).await {
-                Ok(frame) => handle_request(&shared, &peer, frame).await,
+            // The request's bytes stay reserved in the connection's budget
+            // until its answer is written.
+            let (request, reserved) = match read_request_within(&mut recv, &budget).await {
+                Ok(budgeted) => (Ok(budgeted.frame), Some(budgeted.reserved)),
+                Err(err) => (Err(err), None),
+            };
+            let answer = match request {
+                // Every request is checked against the current membership:
+                // a peer revoked a moment ago gets nothing served, even on a
+                // connection that has not been closed yet.
+                Ok(frame) => match refusal(shared.trust.trust(&key)) {
+                    Some((code, reason)) => {
+                        connection.close(VarInt::from_u32(code), reason.as_bytes());
+                        tracing::warn!(%peer, code = reason, request = frame.name(), "refused a request from a peer that is no longer a member");
+                        MeshFrame::error(reason, "this node is not a member of the mesh")
+                    }
+                    None => handle_request(&shared, &peer, frame).await,
+                },
                 Err(err) => {
                     tracing::warn!(%peer, code = err.code(), cause = %err, "bad frame from a peer");
                     MeshFrame::error(err.code(), err.to_string())
                 }
             };
             let _ = respond(&mut send, &answer).await;
+            drop(reserved);
         });
     }
 }
@@ -526,6 +742,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                 now,
                 &shared.identity.node_id,
                 &connected,
+                &shared.trust.revoked(),
                 in_flight.available_permits(),
             );
         for (addr, pinned) in due {
@@ -554,11 +771,16 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                             jitter,
                         );
                     }
-                    Err(DialError::Failed(error)) => {
-                        tracing::debug!(%addr, cause = %error, "dial failed");
+                    Err(DialError::Failed { code, message }) => {
+                        drop(book);
+                        log_dial_failure(&shared, addr, &code, &message);
+                        book = shared
+                            .book
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner());
                         book.dialed(
                             addr,
-                            Err(error),
+                            Err(format!("{code}: {message}")),
                             tokio::time::Instant::now(),
                             now_ms,
                             jitter,
@@ -568,6 +790,46 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                 drop(permit);
             });
         }
+    }
+}
+
+/// Codes of a dial that reached a broker which refused us (or that we
+/// refused): worth a warning, since only a person can fix them. Other
+/// failures (nothing answers there) are expected for stale addresses.
+fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "UNKNOWN_PEER"
+            | "REVOKED_PEER"
+            | "HANDSHAKE_FAILED"
+            | "WRONG_MESH"
+            | "UNSUPPORTED_VERSION"
+            | "BAD_HELLO"
+            | "NOT_A_MEMBER"
+    )
+}
+
+/// Logs a failed dial: refusals as a warning once a minute per (address,
+/// code) with the count suppressed in between, the rest at debug.
+fn log_dial_failure(shared: &Shared, addr: SocketAddr, code: &str, message: &str) {
+    if !is_refusal(code) {
+        tracing::debug!(%addr, code, cause = %message, "dial failed");
+        return;
+    }
+    let admitted = shared
+        .dial_log
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .check((addr, code.to_owned()), tokio::time::Instant::now());
+    match admitted {
+        Some(admitted) => tracing::warn!(
+            %addr,
+            code,
+            suppressed = admitted.suppressed,
+            cause = %message,
+            "dial refused (repeats for this address are logged once a minute)"
+        ),
+        None => tracing::debug!(%addr, code, cause = %message, "dial refused"),
     }
 }
 
@@ -597,9 +859,17 @@ async fn resolve_seeds(shared: &Shared) {
     }
 }
 
-/// Feeds the members' announced addresses into the book.
+/// Feeds the members' announced addresses into the book; loopback ones only
+/// for members on this machine.
 fn learn_from_registry(shared: &Shared) {
     let now = shared.now_ms();
+    let connected_from: HashMap<NodeId, SocketAddr> = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .iter()
+        .map(|(id, peer)| (id.clone(), peer.addr))
+        .collect();
     let learned: Vec<(NodeId, Vec<SocketAddr>)> = {
         let replica = shared
             .replica
@@ -613,13 +883,21 @@ fn learn_from_registry(shared: &Shared) {
                 *entry.node_id != shared.identity.node_id && registry.is_member(entry.node_id)
             })
             .map(|entry| {
-                let addrs = entry
+                let addrs: Vec<SocketAddr> = entry
                     .body
                     .addresses
                     .iter()
                     .filter_map(|a| a.parse().ok())
                     .collect();
-                (entry.node_id.clone(), addrs)
+                let on_this_host = match connected_from.get(entry.node_id) {
+                    Some(from) => from.ip().is_loopback(),
+                    None => announces_this_host(&addrs, &shared.announce),
+                };
+                let kept = addrs
+                    .into_iter()
+                    .filter(|addr| keep_announced(*addr, on_this_host))
+                    .collect();
+                (entry.node_id.clone(), kept)
             })
             .collect()
     };
@@ -636,7 +914,16 @@ fn learn_from_registry(shared: &Shared) {
 
 enum DialError {
     SelfPeer,
-    Failed(String),
+    Failed { code: String, message: String },
+}
+
+impl DialError {
+    fn failed(code: impl Into<String>, message: impl Into<String>) -> DialError {
+        DialError::Failed {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
 }
 
 async fn dial(
@@ -648,7 +935,7 @@ async fn dial(
         .endpoint
         .connect(addr, pinned)
         .await
-        .map_err(|err| DialError::Failed(format!("{}: {err}", err.code())))?;
+        .map_err(|err| DialError::failed(err.code(), err.to_string()))?;
     hello_on(shared, connection, addr).await
 }
 
@@ -659,7 +946,10 @@ async fn hello_on(
     addr: SocketAddr,
 ) -> Result<NodeId, DialError> {
     let Some(key) = peer_key(&connection) else {
-        return Err(DialError::Failed("the peer presented no key".into()));
+        return Err(DialError::failed(
+            "BAD_PEER_KEY",
+            "the peer presented no key",
+        ));
     };
     if NodeId::of_public_key(&key) == shared.identity.node_id {
         connection.close(VarInt::from_u32(close_code::SHUTDOWN), b"self");
@@ -668,29 +958,37 @@ async fn hello_on(
     let timeout = shared.config.transport.request_timeout;
     let answer = request(&connection, &MeshFrame::Hello(our_hello(shared)), timeout)
         .await
-        .map_err(|err| DialError::Failed(format!("{}: {err}", err.code())))?;
+        .map_err(|err| DialError::failed(err.code(), err.to_string()))?;
     match answer {
         MeshFrame::HelloAck(hello) => {
             if let Err((code, message)) = check_hello(shared, &key, &hello) {
                 connection.close(VarInt::from_u32(close_code::PROTOCOL), b"bad hello");
-                return Err(DialError::Failed(format!("{code}: {message}")));
+                return Err(DialError::failed(code, message));
+            }
+            // Trust again after the hello: the key passed the handshake,
+            // but a revocation may have arrived since.
+            if let Some((code, reason)) = refusal(shared.trust.trust(&key)) {
+                connection.close(VarInt::from_u32(code), reason.as_bytes());
+                return Err(DialError::failed(
+                    reason,
+                    "this node is not a member of the mesh",
+                ));
             }
             let id = hello.node_id.clone();
-            register(shared, connection, hello, true, addr);
+            if !register(shared, connection, key, hello, true, addr) {
+                return Err(DialError::failed(
+                    "NOT_A_MEMBER",
+                    "the peer stopped being a member during the hello",
+                ));
+            }
             Ok(id)
         }
         MeshFrame::Error(error) if error.code == "SELF_PEER" => Err(DialError::SelfPeer),
-        MeshFrame::Error(error) => {
-            tracing::warn!(%addr, code = %error.code, "a peer refused our hello: {}", error.message);
-            Err(DialError::Failed(format!(
-                "{}: {}",
-                error.code, error.message
-            )))
-        }
-        other => Err(DialError::Failed(format!(
-            "unexpected answer `{}` to hello",
-            other.name()
-        ))),
+        MeshFrame::Error(error) => Err(DialError::failed(error.code, error.message)),
+        other => Err(DialError::failed(
+            "UNEXPECTED_FRAME",
+            format!("unexpected answer `{}` to hello", other.name()),
+        )),
     }
 }
 
@@ -768,9 +1066,46 @@ pub async fn join_running(
     )
     .await?;
     mesh.switch_mesh(&invite).await?;
-    if let Err(DialError::Failed(error)) = hello_on(shared, connection, addr).await {
-        tracing::warn!(%addr, cause = %error, "joined, but the first hello failed; the dialer will retry");
+    if let Err(DialError::Failed { code, message }) = hello_on(shared, connection, addr).await {
+        tracing::warn!(%addr, code, cause = %message, "joined, but the first hello failed; the dialer will retry");
     }
     tracing::info!(mesh = %accepted.mesh_id, inviter = %accepted.admitted_by, "joined a mesh");
     Ok(accepted.mesh_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_cannot_hold_more_than_its_share_of_pending_hellos() {
+        let mut pending = PendingHellos::default();
+        let stranger: IpAddr = [10, 0, 0, 1].into();
+        let member: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..PRE_HELLO_PER_ADDRESS_MAX {
+            assert!(pending.try_enter(stranger));
+        }
+        assert!(!pending.try_enter(stranger));
+        assert!(pending.try_enter(member));
+        pending.leave(stranger);
+        assert!(pending.try_enter(stranger));
+        for _ in 0..=PRE_HELLO_PER_ADDRESS_MAX {
+            pending.leave(stranger);
+        }
+        pending.leave(member);
+        assert!(pending.by_ip.is_empty());
+    }
+
+    #[test]
+    fn only_members_are_served() {
+        assert_eq!(refusal(Trust::Member), None);
+        assert_eq!(
+            refusal(Trust::Revoked),
+            Some((close_code::REVOKED_PEER, "REVOKED_PEER"))
+        );
+        assert_eq!(
+            refusal(Trust::Unknown),
+            Some((close_code::UNKNOWN_PEER, "UNKNOWN_PEER"))
+        );
+    }
 }

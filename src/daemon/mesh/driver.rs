@@ -2,6 +2,11 @@
 //!
 //! Order matters: a `Persist` is committed before any later output is acted
 //! on, so a change is durable before it is pushed to a peer.
+//!
+//! Membership follows the registry here: a persisted admission or
+//! revocation, a member admitted or removed, and a catch-up with a peer
+//! each refresh the trust snapshot, which closes the connections of peers
+//! that are no longer members and drops settled pins.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +14,7 @@ use std::time::Duration;
 use quinn::VarInt;
 use scout_mesh::sync::{MemberRemovedReason, Output, SyncEvent};
 use scout_mesh::transport::close_code;
+use scout_mesh::wire::RecordKind;
 use tokio::sync::watch;
 
 use super::Shared;
@@ -105,6 +111,17 @@ async fn drain(shared: &Arc<Shared>) {
 async fn handle(shared: &Arc<Shared>, output: Output) {
     match output {
         Output::Persist { records, vv } => {
+            // The replica holds these records already: trust follows at
+            // once rather than after the commit, so a revocation cuts the
+            // peer off without waiting for the disk.
+            if records.iter().any(|record| {
+                matches!(
+                    record.key.kind,
+                    RecordKind::Admission | RecordKind::Revocation
+                )
+            }) {
+                shared.refresh_trust(false);
+            }
             let result = shared
                 .store
                 .write(move |tx| store::mesh::persist(tx, &records, &vv))
@@ -154,11 +171,11 @@ fn handle_event(shared: &Arc<Shared>, event: SyncEvent) {
             tracing::warn!(peer = %from, ahead_ms = skew.ahead_ms, "a peer's clock is ahead of ours");
         }
         SyncEvent::MemberAdmitted { node_id } => {
-            shared.trust.refresh(lock(shared).registry());
+            shared.refresh_trust(false);
             tracing::info!(%node_id, "member admitted");
         }
         SyncEvent::MemberRemoved { node_id, reason } => {
-            shared.trust.refresh(lock(shared).registry());
+            shared.refresh_trust(false);
             let (code, text): (u32, &[u8]) = match reason {
                 MemberRemovedReason::Revoked => (close_code::REVOKED_PEER, b"revoked"),
                 _ => (close_code::UNKNOWN_PEER, b"no longer a member"),
@@ -175,6 +192,7 @@ fn handle_event(shared: &Arc<Shared>, event: SyncEvent) {
         }
         SyncEvent::PeerCaughtUp { peer } => {
             tracing::debug!(%peer, "caught up with peer");
+            shared.refresh_trust(true);
             super::Mesh {
                 shared: shared.clone(),
             }

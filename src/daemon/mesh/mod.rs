@@ -10,6 +10,7 @@
 //!   and runs its timers.
 //! - [`trust`]: the membership snapshot the TLS verifiers consult.
 //! - [`address_book`]: where peers may be reached, with backoff.
+//! - [`log_limit`]: once-a-minute log lines for what peers can repeat.
 //! - [`offline`]: the same registry edits for CLI commands when no broker runs.
 //! - `crate::daemon::discovery` (beside this module): the mDNS and
 //!   Tailscale sources that feed the address book, started from [`Mesh::start`].
@@ -21,6 +22,7 @@
 pub mod address_book;
 pub mod connections;
 pub mod driver;
+pub mod log_limit;
 pub mod offline;
 pub mod trust;
 
@@ -51,6 +53,7 @@ use crate::home::Home;
 use crate::store::{self, Store};
 use address_book::{AddressBook, AddressSource, AddressView};
 use connections::Peer;
+use log_limit::LogLimiter;
 use trust::MeshTrust;
 
 /// The wall clock as the mesh sees it; netsim substitutes a simulated one.
@@ -173,7 +176,12 @@ pub struct Shared {
     pub(crate) stats: SyncStats,
     /// Bumped after every change to the replica, for waiters.
     pub(crate) changes: watch::Sender<u64>,
-    pub(crate) refusals: Mutex<HashMap<std::net::IpAddr, tokio::time::Instant>>,
+    /// Refused inbound handshakes logged, per (address, code).
+    pub(crate) inbound_log: Mutex<LogLimiter<(std::net::IpAddr, &'static str)>>,
+    /// Failed or refused dials logged, per (address, code).
+    pub(crate) dial_log: Mutex<LogLimiter<(SocketAddr, String)>>,
+    /// Inbound connections per address that have not finished the hello.
+    pub(crate) pending_hellos: Mutex<connections::PendingHellos>,
     /// The discovery sources' config and state (see `daemon::discovery`).
     pub(crate) discovery: Arc<crate::daemon::discovery::Discovery>,
     /// The seeded random source when [`MeshConfig::seed`] is set.
@@ -198,13 +206,6 @@ pub struct SyncStats {
     /// Registry records received in pushes and deltas.
     pub records_received: std::sync::atomic::AtomicU64,
 }
-
-/// How often one address's refused handshakes are logged as warnings: a
-/// stranger retrying every second must not flood the log.
-pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Addresses whose refusals are remembered for rate limiting.
-const REFUSAL_LOG_ADDRESSES_MAX: usize = 256;
 
 impl Shared {
     /// Unix ms now, from the mesh's clock.
@@ -247,22 +248,41 @@ impl Shared {
         result
     }
 
-    /// Whether a refusal from `ip` should be logged as a warning now (at
-    /// most once per [`REFUSAL_LOG_INTERVAL`] per address).
-    pub fn should_warn_refusal(&self, ip: std::net::IpAddr) -> bool {
-        let now = tokio::time::Instant::now();
-        let mut refusals = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if refusals.len() >= REFUSAL_LOG_ADDRESSES_MAX {
-            refusals.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+    /// Recomputes the trust snapshot from the registry, closes at once
+    /// every connection whose peer is no longer a member (revoked, say),
+    /// and stops pinning the keys the registry settled, in memory, in the
+    /// address book and in `mesh.json`. Runs after every change to
+    /// admissions or revocations, and when this broker caught up with a
+    /// peer (`caught_up`).
+    pub(crate) fn refresh_trust(&self, caught_up: bool) {
+        let unpinned = {
+            let replica = self
+                .replica
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            self.trust.refresh_and_settle(replica.registry(), caught_up)
+        };
+        connections::close_non_members(self);
+        if unpinned.is_empty() {
+            return;
         }
-        match refusals.get(&ip) {
-            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
-            _ => {
-                refusals.insert(ip, now);
-                true
+        {
+            let mut book = self
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for key in &unpinned {
+                book.unpin(key);
+            }
+        }
+        match unpin_mesh_file(&self.home, &unpinned) {
+            Ok(true) => tracing::info!(
+                keys = unpinned.len(),
+                "admissions have synced: the inviter's key is no longer pinned"
+            ),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot unpin the bootstrap peers in mesh.json")
             }
         }
     }
@@ -368,7 +388,6 @@ impl Mesh {
             stored.vv,
         );
         let trust = Arc::new(MeshTrust::default());
-        trust.refresh(replica.registry());
         let now_ms = config.clock.now_ms();
         if let Some(until) = store.read(|c| store::mesh::open_invites_until(c, now_ms))? {
             trust.set_join_window_until(until);
@@ -401,6 +420,11 @@ impl Mesh {
         let announce = announce_addresses(local);
 
         let mut book = AddressBook::default();
+        // A bootstrap key is pinned while the file says so (a join whose
+        // admissions have not synced yet), or when the registry holds no
+        // admission at all (a lost store): then it is the only way back in.
+        let pin_bootstrap =
+            |peer: &BootstrapPeer| peer.pinned || !replica.registry().has_admissions();
         for peer in &mesh_file.bootstrap {
             if let (Ok(addr), Some(key)) = (peer.address.parse(), parse_key(&peer.public_key)) {
                 book.add(
@@ -409,9 +433,19 @@ impl Mesh {
                     Some(NodeId::of_public_key(&key)),
                     now_ms,
                 );
-                book.pin(addr, key);
-                trust.pin(key);
+                if pin_bootstrap(peer) {
+                    book.pin(addr, key);
+                    trust.pin(key);
+                }
             }
+        }
+        // Revocations first: the stored registry may already settle a pin.
+        let unpinned = trust.refresh_and_settle(replica.registry(), false);
+        for key in &unpinned {
+            book.unpin(key);
+        }
+        if let Err(err) = unpin_mesh_file(home, &unpinned) {
+            tracing::warn!(cause = %err, "cannot unpin the bootstrap peers in mesh.json");
         }
 
         let rng = config.seed.map(|seed| {
@@ -444,7 +478,9 @@ impl Mesh {
             catching_up: std::sync::atomic::AtomicBool::new(fresh_store),
             stats: SyncStats::default(),
             changes: watch::channel(0).0,
-            refusals: Mutex::new(HashMap::new()),
+            inbound_log: Mutex::new(LogLimiter::default()),
+            dial_log: Mutex::new(LogLimiter::default()),
+            pending_hellos: Mutex::new(connections::PendingHellos::default()),
             discovery,
             rng,
             hook: std::sync::OnceLock::new(),
@@ -735,7 +771,7 @@ impl Mesh {
             .store
             .write(move |tx| store::mesh::insert_invite(tx, &to_store))
             .await?;
-        shared.trust.set_join_window_until(issued.expires_at_ms);
+        shared.trust.extend_join_window_until(issued.expires_at_ms);
         Ok(IssuedCode {
             code: invite.to_code(),
             expires_at_ms: invite.expires_at_ms,
@@ -1043,6 +1079,7 @@ pub fn bootstrap_of(invite: &Invite) -> Vec<BootstrapPeer> {
         .map(|address| BootstrapPeer {
             address: address.clone(),
             public_key: hex::encode(invite.inviter_key),
+            pinned: true,
         })
         .collect()
 }
@@ -1055,6 +1092,22 @@ pub fn founder_admission(identity: &MeshIdentity) -> RecordBody {
         admitted_by: identity.node_id.clone(),
         method: AdmissionMethod::Founder,
     })
+}
+
+/// Marks the bootstrap entries of `keys` unpinned in `mesh.json`. Returns
+/// whether the file changed.
+fn unpin_mesh_file(home: &Home, keys: &[[u8; 32]]) -> anyhow::Result<bool> {
+    if keys.is_empty() {
+        return Ok(false);
+    }
+    let Some(mut file) = crate::config::mesh_file::load(&home.mesh_path())? else {
+        return Ok(false);
+    };
+    if !crate::config::mesh_file::unpin(&mut file.value, keys) {
+        return Ok(false);
+    }
+    file.save()?;
+    Ok(true)
 }
 
 /// Loads `mesh.json` if the broker has one.

@@ -1,12 +1,18 @@
 //! The broker's answer to "may this key connect?", kept in step with the
-//! replicated registry and read by the TLS verifiers inside every handshake.
+//! replicated registry and read by the TLS verifiers inside every handshake,
+//! by the hello, and by every request a connected peer sends.
+//!
+//! Revocation always wins: a revoked key is refused before any pin or
+//! admission is looked at. A pin (the inviter a joiner was given) only
+//! bridges the time until the first sync brings the admissions; once the
+//! registry says who the members are, the pin is dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use scout_mesh::registry::Registry;
 use scout_mesh::transport::{Trust, TrustPolicy};
-use scout_mesh::wire::NodeId;
+use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 
 /// A snapshot of membership, replaced whole whenever it changes.
 #[derive(Debug, Default)]
@@ -30,9 +36,19 @@ struct TrustState {
     tailnet_admit: bool,
 }
 
-impl MeshTrust {
-    /// Recomputes the member keys from the registry.
-    pub fn refresh(&self, registry: &Registry) {
+/// What the registry says about membership, reduced to what the pins and
+/// the verdicts need.
+#[derive(Debug, Default)]
+struct RegistryFacts {
+    members: HashMap<[u8; 32], NodeId>,
+    revoked: HashSet<NodeId>,
+    /// Keys named by any live admission (a member or not).
+    admitted_keys: HashSet<[u8; 32]>,
+    has_admissions: bool,
+}
+
+impl RegistryFacts {
+    fn of(registry: &Registry) -> RegistryFacts {
         let members = registry
             .members()
             .iter()
@@ -43,30 +59,133 @@ impl MeshTrust {
                 (NodeId::of_public_key(&key) == *id).then(|| (key, id.clone()))
             })
             .collect();
-        let revoked = registry
-            .records()
-            .filter(|record| record.key.kind == scout_mesh::wire::RecordKind::Revocation)
-            .filter_map(|record| NodeId::parse(&record.key.name).ok())
-            .collect();
+        let mut revoked = HashSet::new();
+        let mut admitted_keys = HashSet::new();
+        for record in registry.records() {
+            match (&record.key.kind, &record.body) {
+                (RecordKind::Revocation, _) => {
+                    if let Ok(id) = NodeId::parse(&record.key.name) {
+                        revoked.insert(id);
+                    }
+                }
+                (RecordKind::Admission, Some(RecordBody::Admission(admission))) => {
+                    admitted_keys.insert(admission.public_key);
+                }
+                _ => {}
+            }
+        }
+        RegistryFacts {
+            members,
+            revoked,
+            admitted_keys,
+            has_admissions: registry.has_admissions(),
+        }
+    }
+}
+
+/// The pins the registry has made unnecessary: a pinned key that an
+/// admission names (the registry vouches for it now, or refuses it), one
+/// that is revoked (revocation wins anyway), and, once this broker caught
+/// up with a peer while the registry holds admissions, every pin (the
+/// registry is the whole truth from then on).
+fn settled_pins(
+    pinned: &HashSet<[u8; 32]>,
+    facts: &RegistryFacts,
+    caught_up: bool,
+) -> Vec<[u8; 32]> {
+    let mut settled: Vec<[u8; 32]> = pinned
+        .iter()
+        .filter(|key| {
+            (caught_up && facts.has_admissions)
+                || facts.admitted_keys.contains(*key)
+                || facts.revoked.contains(&NodeId::of_public_key(key))
+        })
+        .copied()
+        .collect();
+    settled.sort_unstable();
+    settled
+}
+
+/// The verdict on a key: revocation first, then admissions, then pins.
+fn verdict(state: &TrustState, public_key: &[u8; 32]) -> Trust {
+    if state.revoked.contains(&NodeId::of_public_key(public_key)) {
+        Trust::Revoked
+    } else if state.members.contains_key(public_key) || state.pinned.contains(public_key) {
+        Trust::Member
+    } else {
+        Trust::Unknown
+    }
+}
+
+impl MeshTrust {
+    /// Recomputes the member and revoked keys from the registry. Pins are
+    /// left alone: [`MeshTrust::refresh_and_settle`] drops them, together
+    /// with the address book's and `mesh.json`'s.
+    pub fn refresh(&self, registry: &Registry) {
+        let facts = RegistryFacts::of(registry);
         if let Ok(mut state) = self.state.write() {
-            state.members = members;
-            state.revoked = revoked;
+            state.members = facts.members;
+            state.revoked = facts.revoked;
         }
     }
 
-    /// Trusts `key` as the first peer of a mesh just joined.
+    /// Recomputes like [`MeshTrust::refresh`] and drops the pins the
+    /// registry settled (see `settled_pins`); `caught_up` says this broker
+    /// has just caught up with a peer. Returns the keys unpinned, which the
+    /// caller also stops pinning in the address book and `mesh.json`.
+    pub fn refresh_and_settle(&self, registry: &Registry, caught_up: bool) -> Vec<[u8; 32]> {
+        let facts = RegistryFacts::of(registry);
+        let Ok(mut state) = self.state.write() else {
+            return Vec::new();
+        };
+        let unpinned = settled_pins(&state.pinned, &facts, caught_up);
+        for key in &unpinned {
+            state.pinned.remove(key);
+        }
+        state.members = facts.members;
+        state.revoked = facts.revoked;
+        unpinned
+    }
+
+    /// Trusts `key` as the first peer of a mesh just joined, until the
+    /// registry settles the pin (see [`MeshTrust::refresh`]).
     pub fn pin(&self, key: [u8; 32]) {
         if let Ok(mut state) = self.state.write() {
             state.pinned.insert(key);
         }
     }
 
-    /// Opens (or extends) the window in which unknown keys may present an
-    /// invite.
+    /// Whether `key` is pinned.
+    pub fn is_pinned(&self, key: &[u8; 32]) -> bool {
+        self.state
+            .read()
+            .map(|state| state.pinned.contains(key))
+            .unwrap_or(false)
+    }
+
+    /// Sets the end of the window in which unknown keys may present an
+    /// invite, recomputed from the store's unused invites (it may shrink
+    /// when an invite is used).
     pub fn set_join_window_until(&self, until_ms: u64) {
         if let Ok(mut state) = self.state.write() {
             state.join_window_until_ms = until_ms;
         }
+    }
+
+    /// Extends the join window for a new invite. A new invite never
+    /// shortens the window of an older, longer one still unused.
+    pub fn extend_join_window_until(&self, until_ms: u64) {
+        if let Ok(mut state) = self.state.write() {
+            state.join_window_until_ms = state.join_window_until_ms.max(until_ms);
+        }
+    }
+
+    /// Whether unknown keys may finish a handshake at `now_ms`.
+    pub fn join_window_open_at(&self, now_ms: u64) -> bool {
+        self.state
+            .read()
+            .map(|state| state.tailnet_admit || now_ms <= state.join_window_until_ms)
+            .unwrap_or(false)
     }
 
     /// Keeps the join window open for as long as the tailnet admit opt-in
@@ -81,29 +200,88 @@ impl MeshTrust {
     pub fn member_id(&self, key: &[u8; 32]) -> Option<NodeId> {
         self.state.read().ok()?.members.get(key).cloned()
     }
+
+    /// Whether `node_id` is revoked.
+    pub fn is_revoked(&self, node_id: &NodeId) -> bool {
+        self.state
+            .read()
+            .map(|state| state.revoked.contains(node_id))
+            .unwrap_or(false)
+    }
+
+    /// Every revoked node id, for the dialer (it never dials them).
+    pub fn revoked(&self) -> HashSet<NodeId> {
+        self.state
+            .read()
+            .map(|state| state.revoked.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl TrustPolicy for MeshTrust {
     fn trust(&self, public_key: &[u8; 32]) -> Trust {
-        let Ok(state) = self.state.read() else {
-            return Trust::Unknown;
-        };
-        if state.revoked.contains(&NodeId::of_public_key(public_key)) {
-            Trust::Revoked
-        } else if state.members.contains_key(public_key) || state.pinned.contains(public_key) {
-            Trust::Member
-        } else {
-            Trust::Unknown
+        // A poisoned lock means a writer panicked mid-update: refuse rather
+        // than guess.
+        match self.state.read() {
+            Ok(state) => verdict(&state, public_key),
+            Err(_) => Trust::Unknown,
         }
     }
 
     fn join_window_open(&self) -> bool {
-        let now = crate::store::unix_ms_now();
-        self.state
-            .read()
-            .map(|state| {
-                state.tailnet_admit || u64::try_from(now).unwrap_or(0) <= state.join_window_until_ms
-            })
-            .unwrap_or(false)
+        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+        self.join_window_open_at(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> [u8; 32] {
+        [byte; 32]
+    }
+
+    #[test]
+    fn revocation_wins_over_a_pin_and_an_admission() {
+        let mut state = TrustState::default();
+        state.pinned.insert(key(1));
+        state.members.insert(key(2), NodeId::of_public_key(&key(2)));
+        assert_eq!(verdict(&state, &key(1)), Trust::Member);
+        assert_eq!(verdict(&state, &key(2)), Trust::Member);
+        assert_eq!(verdict(&state, &key(3)), Trust::Unknown);
+        state.revoked.insert(NodeId::of_public_key(&key(1)));
+        state.revoked.insert(NodeId::of_public_key(&key(2)));
+        assert_eq!(verdict(&state, &key(1)), Trust::Revoked);
+        assert_eq!(verdict(&state, &key(2)), Trust::Revoked);
+    }
+
+    #[test]
+    fn pins_are_settled_by_an_admission_a_revocation_or_a_catch_up() {
+        let pinned: HashSet<[u8; 32]> = [key(1), key(2), key(3)].into();
+        let mut facts = RegistryFacts::default();
+        assert!(settled_pins(&pinned, &facts, false).is_empty());
+        // Caught up with a peer that had no admissions: nothing to go by.
+        assert!(settled_pins(&pinned, &facts, true).is_empty());
+        facts.admitted_keys.insert(key(1));
+        facts.has_admissions = true;
+        facts.revoked.insert(NodeId::of_public_key(&key(2)));
+        assert_eq!(settled_pins(&pinned, &facts, false), vec![key(1), key(2)]);
+        assert_eq!(
+            settled_pins(&pinned, &facts, true),
+            vec![key(1), key(2), key(3)]
+        );
+    }
+
+    #[test]
+    fn a_new_invite_never_shortens_the_join_window() {
+        let trust = MeshTrust::default();
+        trust.extend_join_window_until(10_000);
+        trust.extend_join_window_until(2_000);
+        assert!(trust.join_window_open_at(9_000));
+        assert!(!trust.join_window_open_at(10_001));
+        // Recomputed from the store after an invite was used: may shrink.
+        trust.set_join_window_until(2_000);
+        assert!(!trust.join_window_open_at(9_000));
     }
 }
