@@ -31,6 +31,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// recognise it, not enough to flood the terminal.
 const FOREIGN_QUOTE_CHARS_MAX: usize = 80;
 
+/// Most bytes of a foreign error answer read to find its error code: the
+/// broker's errors are far smaller, and a foreign server may send anything.
+const FOREIGN_BODY_BYTES_MAX: u64 = 4096;
+
 /// A client for the broker of this home.
 #[derive(Debug)]
 pub struct BrokerClient {
@@ -231,7 +235,7 @@ fn describe_transport(transport: &ureq::Transport) -> String {
 fn describe_status(status: u16, response: ureq::Response) -> String {
     let mut body = String::new();
     let _ = std::io::Read::read_to_string(
-        &mut std::io::Read::take(response.into_reader(), 4096),
+        &mut std::io::Read::take(response.into_reader(), FOREIGN_BODY_BYTES_MAX),
         &mut body,
     );
     let code = serde_json::from_str::<serde_json::Value>(&body)
