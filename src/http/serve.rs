@@ -622,4 +622,21 @@ mod tests {
         assert!(tracker.evict_longest_idle());
         assert!(!tracker.evict_longest_idle(), "the busy one stays");
     }
+
+    #[test]
+    fn the_idle_sweep_spares_busy_connections_and_heads_in_progress() {
+        let tracker = Arc::new(Tracker::default());
+        let silent = tracker.register();
+        let busy = tracker.register();
+        let _request = tracker.begin_request(busy.id);
+        let sending_a_head = tracker.register();
+        sending_a_head
+            .read_since_idle
+            .store(true, Ordering::Relaxed);
+        tracker.close_idle(Duration::ZERO);
+        let table = tracker.lock();
+        assert!(table.connections[&silent.id].evicting);
+        assert!(!table.connections[&busy.id].evicting);
+        assert!(!table.connections[&sending_a_head.id].evicting);
+    }
 }
