@@ -1,7 +1,14 @@
 //! The CLI's client for its own broker's HTTP API, with the token read
 //! from the home, so commands that need the running broker use it
 //! transparently.
+//!
+//! Before the token leaves the CLI, whatever listens on the broker's port
+//! must prove it holds that token ([`crate::http::hello`]): a fresh random
+//! challenge goes out, an HMAC of it keyed with the token must come back.
+//! Nothing listening means no broker runs (`Ok(None)`); anything else that
+//! cannot prove it is [`BrokerMismatch`], and the token is never sent.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::Context;
 use crate::config::settings;
+use crate::http::hello::{self, CHALLENGE_BYTES, HELLO_PATH, Hello};
 use crate::identity;
 
 /// How long the CLI waits for its broker: every call is local, and the
@@ -18,6 +26,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a probe for a running broker may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Most characters of a foreign answer quoted in an error: enough to
+/// recognise it, not enough to flood the terminal.
+const FOREIGN_QUOTE_CHARS_MAX: usize = 80;
+
+/// Most bytes of a foreign error answer read to find its error code: the
+/// broker's errors are far smaller, and a foreign server may send anything.
+const FOREIGN_BODY_BYTES_MAX: u64 = 4096;
 
 /// A client for the broker of this home.
 #[derive(Debug)]
@@ -50,30 +66,81 @@ pub enum ClientError {
     },
 }
 
+/// Something listens on this home's broker port but could not prove it is
+/// this home's broker; the CLI did not send it the token.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "BROKER_MISMATCH: {addr} is not this home's broker: it {found}; the API token was not sent (stop whatever listens there, or give this home another http_port in settings.json)"
+)]
+pub struct BrokerMismatch {
+    /// Where the broker was expected.
+    pub addr: SocketAddr,
+    /// What answered there instead.
+    pub found: String,
+}
+
+impl BrokerMismatch {
+    /// The stable error code.
+    pub const CODE: &'static str = "BROKER_MISMATCH";
+}
+
 impl BrokerClient {
-    /// A client for the broker of this home when it is running and answers.
+    /// A client for the broker of this home when it is running and has
+    /// proved it holds the home's token; `Ok(None)` when nothing listens on
+    /// its port; [`BrokerMismatch`] when something else does.
     pub fn running(context: &Context) -> anyhow::Result<Option<BrokerClient>> {
         let Some(settings) = settings::load(&context.home.settings_path())? else {
             return Ok(None);
         };
         let addr = crate::daemon::broker_http_addr(&context.home, &settings.value)?;
         let base = format!("http://{addr}");
-        let probe = ureq::AgentBuilder::new().timeout(PROBE_TIMEOUT).build();
-        let answered = probe
-            .get(&format!("{base}/health"))
-            .call()
-            .ok()
-            .and_then(|response| response.into_json::<serde_json::Value>().ok())
-            .is_some_and(|health| health["node"] == settings.value.node_name.as_str());
-        if !answered {
-            return Ok(None);
+        // One agent for the probe and the requests: its pool keeps the
+        // proven connection for the requests that follow. It never follows
+        // a redirect, which could carry the token elsewhere.
+        let agent = ureq::AgentBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .redirects(0)
+            .build();
+        let challenge: [u8; CHALLENGE_BYTES] = rand::random();
+        let url = format!("{base}{HELLO_PATH}?challenge={}", hex::encode(challenge));
+        let mismatch = |found: String| BrokerMismatch { addr, found };
+        let response = match agent.get(&url).timeout(PROBE_TIMEOUT).call() {
+            Ok(response) => response,
+            Err(ureq::Error::Transport(transport))
+                if transport.kind() == ureq::ErrorKind::ConnectionFailed =>
+            {
+                return Ok(None);
+            }
+            Err(ureq::Error::Transport(transport)) => {
+                return Err(mismatch(describe_transport(&transport)).into());
+            }
+            Err(ureq::Error::Status(status, response)) => {
+                return Err(mismatch(describe_status(status, response)).into());
+            }
+        };
+        if response.status() != 200 {
+            return Err(mismatch(describe_status(response.status(), response)).into());
         }
+        let hello: Hello = match response.into_json() {
+            Ok(hello) => hello,
+            Err(_) => {
+                return Err(mismatch(
+                    "answered HTTP 200 with something that is not a scout hello".to_owned(),
+                )
+                .into());
+            }
+        };
         let token = identity::load_token(&context.home.token_path())?;
-        Ok(Some(BrokerClient {
-            base,
-            token,
-            agent: ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build(),
-        }))
+        if !hello::verify(&token, &challenge, addr.port(), &hello.proof) {
+            return Err(mismatch(format!(
+                "answered as node `{}` (id {}, pid {}) without proof that it holds this home's token",
+                quote(&hello.node),
+                quote(&hello.node_id),
+                hello.pid
+            ))
+            .into());
+        }
+        Ok(Some(BrokerClient { base, token, agent }))
     }
 
     /// `GET path`.
@@ -103,6 +170,7 @@ impl BrokerClient {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(PROBE_TIMEOUT)
             .timeout_read(super::send::STREAM_READ_TIMEOUT)
+            .redirects(0)
             .build();
         let response = agent
             .get(&format!("{}{path}", self.base))
@@ -146,4 +214,49 @@ impl BrokerClient {
             Err(err) => Err(transport(err.to_string())),
         }
     }
+}
+
+/// What a transport failure says about the thing on the port.
+fn describe_transport(transport: &ureq::Transport) -> String {
+    match transport.kind() {
+        ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader => {
+            "answered something that is not HTTP".to_owned()
+        }
+        ureq::ErrorKind::Io => format!(
+            "accepted the connection but gave no HTTP answer within {} ms ({})",
+            PROBE_TIMEOUT.as_millis(),
+            quote(&transport.to_string())
+        ),
+        _ => format!("could not be asked ({})", quote(&transport.to_string())),
+    }
+}
+
+/// What an HTTP answer other than a hello says about the thing on the port.
+fn describe_status(status: u16, response: ureq::Response) -> String {
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(
+        &mut std::io::Read::take(response.into_reader(), FOREIGN_BODY_BYTES_MAX),
+        &mut body,
+    );
+    let code = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|value| value["error"]["code"].as_str().map(str::to_owned));
+    match code {
+        Some(code) => format!("answered HTTP {status} ({})", quote(&code)),
+        None => format!("answered HTTP {status}"),
+    }
+}
+
+/// Foreign text made safe to print: control characters replaced and the
+/// length bounded.
+fn quote(text: &str) -> String {
+    let mut quoted: String = text
+        .chars()
+        .take(FOREIGN_QUOTE_CHARS_MAX)
+        .map(|ch| if ch.is_control() { '?' } else { ch })
+        .collect();
+    if text.chars().count() > FOREIGN_QUOTE_CHARS_MAX {
+        quoted.push('…');
+    }
+    quoted
 }

@@ -213,6 +213,13 @@ impl Broker {
         } else {
             None
         };
+        // Raised before anything opens many descriptors; the HTTP cap is a
+        // share of what the process may hold.
+        let http_connections_max = if listener.is_some() {
+            crate::http::serve::connections_max_for(crate::http::serve::raise_file_limit())
+        } else {
+            0
+        };
         let http_addr = match &listener {
             Some(listener) => listener.local_addr()?,
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -307,17 +314,14 @@ impl Broker {
         };
 
         if let Some(listener) = listener {
-            let router = crate::http::router(state.clone());
-            let mut http_shutdown = shutdown_rx.clone();
-            tasks.spawn(async move {
-                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    // Either a shutdown or a dropped sender ends the server.
-                    let _ = http_shutdown.wait_for(|stop| *stop).await;
-                });
-                if let Err(err) = serve.await {
-                    tracing::error!(cause = %err, "http server stopped");
-                }
-            });
+            let router = crate::http::router(state.clone(), http_addr.port());
+            // Either a shutdown or a dropped sender ends the server.
+            tasks.spawn(crate::http::serve::serve(
+                listener,
+                router,
+                http_connections_max,
+                shutdown_rx.clone(),
+            ));
         }
         if options.watch_config {
             tasks.spawn(watch::run(state.clone(), config_seen, shutdown_rx));
@@ -369,23 +373,57 @@ impl Broker {
     }
 }
 
-/// Where a running broker listens, as written to `broker.json`.
+/// Where a running broker listens, as written to `broker.json` (mode
+/// 0600). Where it points is only a hint: the CLI still makes whatever
+/// answers there prove it holds the home's token (`GET /v1/hello`) before
+/// it sends the token.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RuntimeFile {
     /// The broker's process id.
     pub pid: u32,
     /// Its HTTP address.
     pub http_addr: SocketAddr,
+    /// Random per start (hex), so two starts of a broker on the same
+    /// address and pid are told apart. Empty in files of older brokers.
+    #[serde(default)]
+    pub instance: String,
 }
+
+/// Random bytes of [`RuntimeFile::instance`].
+const INSTANCE_NONCE_BYTES: usize = 16;
 
 fn write_runtime_file(home: &Home, http_addr: SocketAddr) -> anyhow::Result<()> {
     let runtime = RuntimeFile {
         pid: std::process::id(),
         http_addr,
+        instance: hex::encode(rand::random::<[u8; INSTANCE_NONCE_BYTES]>()),
     };
     let text = serde_json::to_string_pretty(&runtime)?;
-    crate::config::json_file::write_atomically(&home.runtime_path(), text.as_bytes())
+    write_private_atomically(&home.runtime_path(), text.as_bytes())
         .with_context(|| format!("cannot write {}", home.runtime_path().display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file created with mode
+/// 0600 and renamed over it, so the file is never readable by others, not
+/// even for a moment, and a reader never sees half of it.
+fn write_private_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp_path = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp_path);
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp_path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp_path, path)
 }
 
 /// The HTTP address of this home's broker: from `broker.json` when a broker

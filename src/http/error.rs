@@ -36,6 +36,30 @@ impl ApiError {
         )
     }
 
+    /// 403: a `Host` that is not the loopback on the broker's port, as a
+    /// browser sends after DNS rebinding.
+    pub fn forbidden_host(port: u16) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_HOST",
+            format!(
+                "this API answers only requests for localhost:{port}, 127.0.0.1:{port} or [::1]:{port}"
+            ),
+        )
+    }
+
+    /// 403: a browser `Origin` that is not a loopback page on the broker's
+    /// port, as a web page elsewhere sends.
+    pub fn forbidden_origin(port: u16) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_ORIGIN",
+            format!(
+                "this API answers browsers only for pages of http://localhost:{port}, http://127.0.0.1:{port} or http://[::1]:{port}"
+            ),
+        )
+    }
+
     /// 404 for a route that does not exist.
     pub fn no_route(path: &str) -> ApiError {
         ApiError::new(

@@ -1,30 +1,38 @@
 //! The local HTTP surface on `127.0.0.1:$PORT`.
 //!
 //! Code map: [`error`] is the JSON error shape; [`health`] answers
-//! `GET /health` without a token; [`agents`] serves `/v1/agents`; [`mesh`]
-//! serves `/v1/peers` and `/v1/mesh…`; [`runtime`] serves the local
-//! runtime's `/agents…` and `/ws/…` at the root. Every route
-//! but `/health` sits behind the bearer-token check in [`require_token`].
+//! `GET /health` without a token; [`hello`] answers `GET /v1/hello` without
+//! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
+//! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`runtime`] serves the local
+//! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
+//! loop (timeouts, connection cap). Every route but `/health` and
+//! `/v1/hello` sits behind the bearer-token check in [`require_token`];
+//! every request, before that, passes [`require_local_origin`].
 //!
-//! Architecture invariant: the server only ever binds a loopback address; the
-//! token is checked on every route but `/health`.
+//! Architecture invariant: the server only ever binds a loopback address;
+//! it answers only requests whose `Host` names the loopback on its port and
+//! whose `Origin`, when present, is a loopback page on its port (so a web
+//! page cannot reach it through DNS rebinding or a cross-site WebSocket);
+//! the token is checked on every route but `/health` and `/v1/hello`.
 
 pub mod agents;
 pub mod error;
 pub mod health;
+pub mod hello;
 pub mod invocations;
 pub mod mesh;
 pub mod runtime;
+pub mod serve;
 pub mod work_orders;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 
 use crate::daemon::BrokerState;
@@ -34,8 +42,14 @@ use error::ApiError;
 /// small JSON document; anything bigger is a mistake or an attack.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 
-/// The router of the whole surface.
-pub fn router(state: Arc<BrokerState>) -> Router {
+/// The port the server listens on, for handlers that need it (the hello
+/// proof covers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedPort(pub u16);
+
+/// The router of the whole surface, served on `port` (the bound one, never
+/// 0): requests must name it in `Host` and `Origin`.
+pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
     let protected = Router::new()
         .nest(
             "/v1",
@@ -48,9 +62,16 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(health::routes())
+        .merge(hello::routes())
         .merge(protected)
         .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(Extension(ServedPort(port)))
+        // Outermost, so it runs before routing, the token and the body.
+        .layer(middleware::from_fn_with_state(
+            ServedPort(port),
+            require_local_origin,
+        ))
         .with_state(state)
 }
 
@@ -66,6 +87,66 @@ pub async fn bind(port: u16) -> anyhow::Result<TcpListener> {
             anyhow::anyhow!("cannot listen on {addr}: {err}")
         }
     })
+}
+
+/// Rejects a request whose `Host` is not the loopback on this port
+/// (`FORBIDDEN_HOST`) or that carries an `Origin` other than a loopback page
+/// on this port (`FORBIDDEN_ORIGIN`). A web page the user visits can make
+/// the browser send requests here: with DNS rebinding under its own host
+/// name, or directly, as a cross-site WebSocket. The browser always sends
+/// the page's host name and origin, and the page cannot change them.
+async fn require_local_origin(
+    State(ServedPort(port)): State<ServedPort>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let mut hosts = headers.get_all(HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().is_ok_and(|host| is_local_host(host, port)),
+        _ => false,
+    };
+    // An absolute-form target (`GET http://host/...`) names a host too.
+    let authority_ok = request
+        .uri()
+        .authority()
+        .is_none_or(|authority| is_local_host(authority.as_str(), port));
+    if !host_ok || !authority_ok {
+        return ApiError::forbidden_host(port).into_response();
+    }
+    let origin_ok = headers.get_all(ORIGIN).iter().all(|origin| {
+        origin
+            .to_str()
+            .is_ok_and(|origin| is_local_origin(origin, port))
+    });
+    if !origin_ok {
+        return ApiError::forbidden_origin(port).into_response();
+    }
+    next.run(request).await
+}
+
+/// The loopback names a local client may use, each with the port.
+const LOCAL_HOST_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether `host` (a `Host` header or URI authority) is a loopback name
+/// with `port`. Without a port it names port 80, so it passes only there.
+fn is_local_host(host: &str, port: u16) -> bool {
+    let (name, host_port) = match host.rsplit_once(':') {
+        Some((name, text)) if !name.is_empty() && !text.contains(']') => (name, text.parse().ok()),
+        _ => (host, Some(80)),
+    };
+    host_port == Some(port)
+        && LOCAL_HOST_NAMES
+            .iter()
+            .any(|local| name.eq_ignore_ascii_case(local))
+}
+
+/// Whether `origin` is `http://` a loopback name with `port`.
+fn is_local_origin(origin: &str, port: u16) -> bool {
+    let scheme = "http://";
+    origin.len() > scheme.len()
+        && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+        && is_local_host(&origin[scheme.len()..], port)
 }
 
 /// Rejects requests without the broker's bearer token.
@@ -131,6 +212,57 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_names_on_the_port_are_local_hosts() {
+        for host in [
+            "localhost:3100",
+            "LOCALHOST:3100",
+            "127.0.0.1:3100",
+            "[::1]:3100",
+        ] {
+            assert!(is_local_host(host, 3100), "{host}");
+        }
+        for host in [
+            "evil.example:3100",
+            "localhost:3101",
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "::1:3100",
+            "localhost.:3100",
+            "127.0.0.2:3100",
+            "localhost:3100@evil",
+            ":3100",
+            "",
+        ] {
+            assert!(!is_local_host(host, 3100), "{host}");
+        }
+        assert!(is_local_host("localhost", 80));
+        assert!(is_local_host("[::1]", 80));
+    }
+
+    #[test]
+    fn only_loopback_pages_on_the_port_are_local_origins() {
+        for origin in [
+            "http://localhost:3100",
+            "http://127.0.0.1:3100",
+            "http://[::1]:3100",
+        ] {
+            assert!(is_local_origin(origin, 3100), "{origin}");
+        }
+        for origin in [
+            "https://localhost:3100",
+            "http://evil.example:3100",
+            "http://localhost:3100/",
+            "http://localhost:3101",
+            "null",
+            "http://",
+            "",
+        ] {
+            assert!(!is_local_origin(origin, 3100), "{origin}");
+        }
+    }
 
     #[test]
     fn token_comparison() {
