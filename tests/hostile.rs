@@ -35,7 +35,7 @@ const CASES_MIN: usize = 350;
 
 #[test]
 fn hostile_input_battery() {
-    raise_open_files_limit();
+    let open_files_limit = raise_open_files_limit();
     let tally = Tally::default();
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -57,7 +57,7 @@ fn hostile_input_battery() {
         scope.spawn(|| {
             tally.group("flood", |tally| {
                 let target = Target::start("flood");
-                http_cases::flood(tally, &target);
+                http_cases::flood(tally, &target, open_files_limit);
             });
         });
         scope.spawn(|| tally.group("mesh", mesh_cases::all));
@@ -84,19 +84,31 @@ fn hostile_input_battery() {
 
 /// Raises this process's soft limit on open files to its hard limit, so the
 /// flood of connections is limited by the broker (which inherits the
-/// limit), not by the test.
+/// limit), not by the test. Returns the soft limit in force afterwards (0
+/// when it cannot be read).
 #[allow(unsafe_code)]
-fn raise_open_files_limit() {
+fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit and setrlimit only read and write the struct given.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
     };
-    println!("open files limit: {} (raised: {raised})", limit.rlim_cur);
+    // SAFETY: as above.
+    let in_force = if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        raised.rlim_cur
+    } else {
+        limit.rlim_cur
+    };
+    println!(
+        "open files limit: {in_force} (hard limit {})",
+        limit.rlim_max
+    );
+    in_force
 }

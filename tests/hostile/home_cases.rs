@@ -216,6 +216,9 @@ pub fn unsafe_homes(tally: &Tally) {
     let copy = |label: &str| -> PathBuf {
         let home = cwd.join(label);
         copy_dir(&base.sandbox.home(), &home).expect("copy the home");
+        // Only the property under test may make the copy unsafe, whatever
+        // the umask of the machine running the battery.
+        set_mode(&home, 0o700).expect("chmod the copy");
         home
     };
     const NOBODY: u32 = 65_534;
@@ -524,6 +527,25 @@ pub fn cli_names(tally: &Tally, target: &Target) {
             Box::new(|v| vec!["mesh".into(), "revoke".into(), v.into()]),
         ),
     ];
+    for (label, value) in &values {
+        tally.case(format!("cli: setup --node-name with {label}"), || {
+            let fresh = tempfile::tempdir().map_err(|err| err.to_string())?;
+            let run = run_scout(
+                &fresh.path().join("home"),
+                fresh.path(),
+                &[
+                    "setup",
+                    "--node-name",
+                    value,
+                    "--http-port",
+                    "0",
+                    "--mesh-port",
+                    "0",
+                ],
+            )?;
+            refused_cleanly(&run)
+        });
+    }
     for (command, args_of) in &commands {
         for (label, value) in &values {
             let args = args_of(value);

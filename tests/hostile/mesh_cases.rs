@@ -481,6 +481,13 @@ fn tampered(tally: &Tally, mesh: &Mesh) {
             }
         }
     }
+    let n_undecodable = bytes.len() - joins.len();
+    let n_authority = joins.iter().filter(|(_, _, authority)| *authority).count();
+    println!(
+        "tampered invite: {} bytes, {n_undecodable} flips undecodable, {n_authority} change the secret, id or key, {} change a hint",
+        bytes.len(),
+        joins.len() - n_authority
+    );
     // The tampered codes that still decode are presented at once, each by
     // its own key; those that changed the secret, the invite id or the
     // pinned key must all be refused.

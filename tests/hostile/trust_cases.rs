@@ -177,7 +177,7 @@ pub fn manifests(tally: &Tally) {
     tally.case("manifest: a changed manifest is untrusted again", || {
         write_manifest(&repo, &changed_marker);
         // The broker notices the change on its own schedule; poll (bounded)
-        // until the agent list shows the manifest untrusted.
+        // until it reports the manifest untrusted.
         let noticed = wait_for_untrusted(&home, &cwd);
         ensure(noticed, || {
             "the changed manifest was never reported untrusted".to_owned()
@@ -186,11 +186,24 @@ pub fn manifests(tally: &Tally) {
     });
 }
 
+/// Polls (bounded) until the broker reports the manifest untrusted, in its
+/// agent list or in the refusal of a send.
 fn wait_for_untrusted(home: &Path, cwd: &Path) -> bool {
     let deadline = std::time::Instant::now() + crate::common::WAIT_BOUND;
+    let says_untrusted = |args: &[&str]| {
+        run_scout(home, cwd, args)
+            .is_ok_and(|run| format!("{}{}", run.stdout, run.stderr).contains("UNTRUSTED_MANIFEST"))
+    };
     while std::time::Instant::now() < deadline {
-        if let Ok(listed) = run_scout(home, cwd, &["agents", "list"])
-            && format!("{}{}", listed.stdout, listed.stderr).contains("UNTRUSTED_MANIFEST")
+        if says_untrusted(&["agents", "list"])
+            || says_untrusted(&[
+                "send",
+                "@builder",
+                "echo hi",
+                "--wait",
+                "--timeout",
+                SEND_TIMEOUT_S,
+            ])
         {
             return true;
         }
