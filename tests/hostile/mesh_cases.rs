@@ -620,12 +620,26 @@ fn truncated_and_garbage(tally: &Tally, mesh: &Mesh) {
 }
 
 fn expired(tally: &Tally, mesh: &Mesh) {
+    let (longer, _) = mesh.invite(600_000);
     let (code, expires_at_ms) = mesh.invite(1);
     wait_until("the short invite to expire", || {
         (now_ms() > expires_at_ms + 1).then_some(())
     });
-    let invite = Invite::from_code(&code).expect("own invite");
     let _guard = mesh.runtime.enter();
+    // Invites are independent: one expiring must not close the door for
+    // another that is still valid.
+    let punctual = Probe::new("punctual");
+    tally.case(
+        "invite: a valid invite still works after a shorter one expired",
+        || {
+            let invite = Invite::from_code(&longer).map_err(|err| err.to_string())?;
+            mesh.runtime.block_on(punctual.join(&invite)).map(|_| ())
+        },
+    );
+    // A fresh invite keeps the join window open, so the expired one is
+    // judged by its own expiry rather than refused in the handshake.
+    let _reopen = mesh.invite(600_000);
+    let invite = Invite::from_code(&code).expect("own invite");
     let probe = Probe::new("late");
     tally.case("invite: expired, presented over QUIC", || {
         match mesh.runtime.block_on(probe.join(&invite)) {
