@@ -98,6 +98,9 @@ impl Target {
     /// Starts a broker with a bash agent `@shell` and a runtime agent.
     pub fn start(name: &str) -> Target {
         let mut node = Node::setup(name, &[]);
+        // Added before the start: the broker reads it at startup, with no
+        // dependence on when its file watcher takes its first look.
+        node.add_bash_agent("shell");
         node.start();
         let addr: SocketAddr = node.broker().ready["http_addr"]
             .as_str()
@@ -105,7 +108,6 @@ impl Target {
             .parse()
             .expect("address");
         let token = node.sandbox.token();
-        node.add_bash_agent("shell");
         let instance = format!("@shell@{name}#main");
         wait_until("the broker to publish @shell", || {
             node.instances().contains(&instance).then_some(())

@@ -11,7 +11,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::transport::endpoint::{peer_key, request};
+use scout_mesh::transport::endpoint::request;
 use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use scout_mesh::wire::{Hello, Invite, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION};
 use serde_json::json;
@@ -446,7 +446,6 @@ fn foreign_key(tally: &Tally, mesh: &Mesh) {
             mesh.member_served()
         },
     );
-    let _ = peer_key;
 }
 
 fn tampered(tally: &Tally, mesh: &Mesh) {

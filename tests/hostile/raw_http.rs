@@ -201,6 +201,9 @@ pub fn send(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, Strin
         None
     };
     let answer = read_response(&mut stream);
+    // A broker that answered without reading the whole body would leave the
+    // upload blocked; shutting the socket down ends it at once.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     drop(stream);
     if let Some(writer) = writer {
         let _ = writer.join();

@@ -23,11 +23,13 @@ pub fn revoked_inviter(tally: &Tally) {
     let mut beta = Node::setup("revoker", &[]);
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "join: {}", joined.stderr);
+    // Added before the start, so the broker publishes it from its first
+    // read of the file.
+    beta.add_bash_agent("shell");
     beta.start();
     wait_until("revoker to connect to inviter", || {
         (alpha.peers_in("connected") == ["revoker"]).then_some(())
     });
-    beta.add_bash_agent("shell");
     wait_until("inviter to see @shell@revoker", || {
         alpha
             .instances()
