@@ -157,7 +157,19 @@ pub fn check(home: &Home, agent: &LocalAgent) -> Result<(), Untrusted> {
         return Ok(());
     };
     let trusted = load(home).map_err(|err| Untrusted::TrustFile(err.to_string()))?;
-    check_against(&trusted.value, agent, digest)
+    check_against(&trusted.value, agent, digest)?;
+    // The broker may not have re-read a manifest edited since it was
+    // loaded: what is on disk now must still be what was trusted, or the
+    // agent's definition is stale and nobody trusted its replacement.
+    let on_disk = fs::read(&digest.path).map(|bytes| ManifestDigest::of(&digest.path, &bytes));
+    match on_disk {
+        Ok(now) if now.sha256 == digest.sha256 => Ok(()),
+        _ => Err(Untrusted::Changed {
+            agent: format!("@{}", agent.definition),
+            command: agent.command.join(" "),
+            manifest: digest.path.clone(),
+        }),
+    }
 }
 
 /// [`check`] against an already loaded trust file.
