@@ -294,6 +294,67 @@ fn http_seeds() -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// Numbers as an HTTP answer writes them (chunk sizes in hex, lengths in
+/// decimal), around every boundary a parser adds to or slices at.
+const HTTP_NUMBERS: [&str; 16] = [
+    "0",
+    "1",
+    "2",
+    "ffffffff",
+    "100000000",
+    "7fffffffffffffff",
+    "fffffffffffffffd",
+    "fffffffffffffffe",
+    "ffffffffffffffff",
+    "10000000000000000",
+    "18446744073709551615",
+    "18446744073709551614",
+    "-1",
+    "+2",
+    " 2 ",
+    "",
+];
+
+/// An HTTP answer with one of its numbers (a chunk size or a
+/// Content-Length) replaced by one of [`HTTP_NUMBERS`].
+fn http_tampered(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    let n_seeds = seeds.len();
+    (
+        0..n_seeds,
+        any::<usize>(),
+        proptest::sample::select(&HTTP_NUMBERS[..]),
+    )
+        .prop_map(move |(idx, pick, number)| {
+            let raw = &seeds[idx];
+            // Numbers sit after ": " in a header, or at the start of a line
+            // in a chunked body.
+            let starts: Vec<usize> = (0..raw.len())
+                .filter(|&pos| {
+                    raw[pos].is_ascii_hexdigit()
+                        && (pos >= 2 && &raw[pos - 2..pos] == b": "
+                            || pos >= 2 && &raw[pos - 2..pos] == b"\r\n")
+                })
+                .collect();
+            if starts.is_empty() {
+                return raw.clone();
+            }
+            let start = starts[pick % starts.len()];
+            let end = start
+                + raw[start..]
+                    .iter()
+                    .take_while(|byte| byte.is_ascii_hexdigit())
+                    .count();
+            [&raw[..start], number.as_bytes(), &raw[end..]].concat()
+        })
+}
+
+fn http_input() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => bytes_input(http_seeds()),
+        1 => http_tampered(http_seeds()),
+    ]
+}
+
 /// TXT properties as the mDNS daemon hands them over.
 type Txt = Vec<(String, Option<Vec<u8>>)>;
 
@@ -480,14 +541,22 @@ fn fuzz_mdns_txt() {
 
 #[test]
 fn fuzz_http_response() {
-    run_target(
-        "http response (parse_response)",
-        bytes_input(http_seeds()),
-        |bytes| {
-            if let Ok(response) = http::parse_response(&bytes) {
-                prop_assert!(response.body.len() <= bytes.len());
-            }
-            Ok(())
-        },
-    );
+    run_target("http response (parse_response)", http_input(), |bytes| {
+        if let Ok(response) = http::parse_response(&bytes) {
+            prop_assert!(response.body.len() <= bytes.len());
+        }
+        Ok(())
+    });
+}
+
+/// Found by `fuzz_http_response`: a chunk size of `usize::MAX` overflowed
+/// the parser's bounds arithmetic.
+#[test]
+fn regression_http_chunk_size_at_usize_max() {
+    for size in ["ffffffffffffffff", "fffffffffffffffe"] {
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n{{\"a\"\r\n0\r\n\r\n"
+        );
+        assert!(http::parse_response(raw.as_bytes()).is_err(), "{size}");
+    }
 }
