@@ -1,6 +1,7 @@
 //! Fuzz targets for every decoder of the mesh crate that reads bytes from
 //! the network: sync messages and their records (`wire::decode`), mesh
-//! frames (`wire::decode_frame`), invite codes (`Invite::from_code`),
+//! frames (`wire::decode_frame`), registry records as the store keeps them
+//! (postcard `Record` and `registry::validate`), invite codes (`Invite::from_code`),
 //! Tailscale status and whois documents, mDNS TXT adverts and the LocalAPI
 //! HTTP response parser. None may panic, whatever the input.
 //!
@@ -31,8 +32,8 @@ use scout_mesh::lifecycle::{
 };
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::{
-    AdmissionBody, AdmissionMethod, DefinitionValue, InstanceBody, NodeBody, RecordBody,
-    RecordKind, RevocationBody,
+    AdmissionBody, AdmissionMethod, DefinitionValue, InstanceBody, NodeBody, Record, RecordBody,
+    RecordKind, RevocationBody, validate,
 };
 use scout_mesh::sync::{Output, Replica, SyncConfig};
 use scout_mesh::wire::{
@@ -136,6 +137,20 @@ fn sync_seeds() -> Vec<SyncMessage> {
         "the exchange produced no delta: {seeds:?}"
     );
     seeds
+}
+
+/// Every record of the exchange, each encoded as the store keeps it (one
+/// postcard record per row).
+fn stored_record_seeds() -> Vec<Vec<u8>> {
+    sync_seeds()
+        .into_iter()
+        .filter_map(|message| match message {
+            SyncMessage::Push { records } => Some(records),
+            _ => None,
+        })
+        .flatten()
+        .map(|record| postcard::to_allocvec(&record).unwrap())
+        .collect()
 }
 
 /// One frame of every kind.
@@ -431,6 +446,22 @@ fn fuzz_sync_message_decode() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn fuzz_stored_record_decode() {
+    // As the store loads a row, then as the registry checks a record.
+    let seeds = stored_record_seeds();
+    run_target(
+        "stored registry record (postcard Record, registry::validate)",
+        bytes_input(seeds),
+        |bytes| {
+            if let Ok(record) = postcard::from_bytes::<Record>(&bytes) {
+                let _ = validate(&record);
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
