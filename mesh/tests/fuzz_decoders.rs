@@ -345,9 +345,9 @@ fn http_tampered(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
             // in a chunked body.
             let starts: Vec<usize> = (0..raw.len())
                 .filter(|&pos| {
-                    raw[pos].is_ascii_hexdigit()
-                        && (pos >= 2 && &raw[pos - 2..pos] == b": "
-                            || pos >= 2 && &raw[pos - 2..pos] == b"\r\n")
+                    pos >= 2
+                        && raw[pos].is_ascii_hexdigit()
+                        && matches!(&raw[pos - 2..pos], b": " | b"\r\n")
                 })
                 .collect();
             if starts.is_empty() {

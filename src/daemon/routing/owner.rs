@@ -586,15 +586,15 @@ pub async fn handle_request(router: &Router, from: &NodeId, frame: MeshFrame) ->
             super::peer_check::flight_update_from(router, from, update).await
         }
         MeshFrame::FlightQuery { invocation_id } => {
-            match super::peer_check::check_origin(router, from, &invocation_id) {
-                Ok(()) => MeshFrame::FlightAck(flight_update(router, &invocation_id)),
-                Err(refused) => refused,
+            match super::peer_check::origin_refusal(router, from, &invocation_id) {
+                None => MeshFrame::FlightAck(flight_update(router, &invocation_id)),
+                Some(refused) => refused,
             }
         }
         MeshFrame::Cancel { invocation_id } => {
-            match super::peer_check::check_origin(router, from, &invocation_id) {
-                Ok(()) => MeshFrame::FlightAck(cancel_local(router, &invocation_id).await),
-                Err(refused) => refused,
+            match super::peer_check::origin_refusal(router, from, &invocation_id) {
+                None => MeshFrame::FlightAck(cancel_local(router, &invocation_id).await),
+                Some(refused) => refused,
             }
         }
         other => MeshFrame::error(

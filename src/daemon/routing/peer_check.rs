@@ -172,31 +172,29 @@ pub async fn flight_update_from(
     }
 }
 
-/// Checks that `from` is the origin of `invocation_id` as this owner
-/// recorded it; the error frame to answer with otherwise. An invocation
-/// this broker does not hold passes: there is nothing to read or cancel,
-/// and the origin learns that the owner never got it.
-pub fn check_origin(router: &Router, from: &NodeId, invocation_id: &str) -> Result<(), MeshFrame> {
+/// The refusal to answer when `from` is not the origin of
+/// `invocation_id` as this owner recorded it; `None` when it may go on.
+/// An invocation this broker does not hold passes: there is nothing to
+/// read or cancel, and the origin learns that the owner never got it.
+pub fn origin_refusal(router: &Router, from: &NodeId, invocation_id: &str) -> Option<MeshFrame> {
     let invocation = match router.inner.store.get_invocation(invocation_id) {
-        Ok(invocation) => invocation,
-        Err(err) => return Err(MeshFrame::error(err.code(), err.to_string())),
+        Ok(invocation) => invocation?,
+        Err(err) => return Some(MeshFrame::error(err.code(), err.to_string())),
     };
-    match invocation {
-        Some(invocation) if invocation.origin_node != from.as_str() => {
-            if router.inner.refusals.request_refused(from, router.now_ms()) {
-                tracing::warn!(
-                    peer = %from,
-                    invocation = %invocation_id,
-                    "refused a flight query or cancel from a peer that is not the invocation's origin (logged once a minute per peer)"
-                );
-            }
-            Err(MeshFrame::error(
-                "NOT_ORIGIN",
-                "only the origin of an invocation may query or cancel its flight",
-            ))
-        }
-        _ => Ok(()),
+    if invocation.origin_node == from.as_str() {
+        return None;
     }
+    if router.inner.refusals.request_refused(from, router.now_ms()) {
+        tracing::warn!(
+            peer = %from,
+            invocation = %invocation_id,
+            "refused a flight query or cancel from a peer that is not the invocation's origin (logged once a minute per peer)"
+        );
+    }
+    Some(MeshFrame::error(
+        "NOT_ORIGIN",
+        "only the origin of an invocation may query or cancel its flight",
+    ))
 }
 
 #[cfg(test)]
