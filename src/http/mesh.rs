@@ -64,13 +64,20 @@ struct MeshSummary {
     registry_digest: String,
     sync_messages_received: u64,
     sync_records_received: u64,
+    /// Flight updates dropped: unknown invocation, or not from its owner.
+    flight_updates_dropped: u64,
+    /// Flight queries and cancels refused with `NOT_ORIGIN`.
+    flight_requests_refused: u64,
 }
 
 async fn mesh(State(state): State<Arc<BrokerState>>) -> Json<MeshSummary> {
     let peers = state.mesh.peers();
     let (registry_records, digest) = state.mesh.registry_digest();
     let (sync_messages_received, sync_records_received) = state.mesh.sync_stats();
+    let refusals = state.router.refusal_counts();
     Json(MeshSummary {
+        flight_updates_dropped: refusals.flight_updates_dropped,
+        flight_requests_refused: refusals.flight_requests_refused,
         registry_records,
         registry_digest: format!("{digest:016x}"),
         sync_messages_received,

@@ -177,16 +177,22 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, HttpError> {
         if size == 0 {
             return Ok(body);
         }
-        if rest.len() < size + 2 || &rest[size..size + 2] != b"\r\n" {
+        // A size near `usize::MAX` would overflow `size + 2`: checked, so
+        // a hostile size is an error rather than a panic.
+        let chunk_end = size.checked_add(2).filter(|end| *end <= rest.len());
+        let Some(chunk_end) = chunk_end else {
+            return Err(HttpError::Malformed("chunk cut short".into()));
+        };
+        if &rest[size..chunk_end] != b"\r\n" {
             return Err(HttpError::Malformed("chunk cut short".into()));
         }
-        if body.len() + size > RESPONSE_BYTES_MAX {
+        if body.len().saturating_add(size) > RESPONSE_BYTES_MAX {
             return Err(HttpError::Malformed(format!(
                 "answer larger than {RESPONSE_BYTES_MAX} bytes"
             )));
         }
         body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+        rest = &rest[chunk_end..];
     }
 }
 
@@ -233,6 +239,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort\r\n",
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n",
         ] {
             assert!(
                 parse_response(raw).is_err(),

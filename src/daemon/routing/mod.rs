@@ -12,6 +12,9 @@
 //!   flight updates back to the origin, cancel and query.
 //! - [`work_orders`]: queued work for an agent, dispatched as a durable
 //!   invocation when due; cancel reaches the owner.
+//! - [`peer_check`]: who may act on a flight over the mesh (only the
+//!   origin queries or cancels, only the owner reports), and the counters
+//!   of what was refused.
 //! - [`executor`]: the seam to what runs the work (PTY sessions, or
 //!   netsim's in-process agents).
 //!
@@ -23,6 +26,7 @@
 pub mod executor;
 pub mod origin;
 pub mod owner;
+pub mod peer_check;
 pub mod work_orders;
 
 use std::collections::HashMap;
@@ -191,6 +195,8 @@ pub struct RouterInner {
     pub(crate) rng: Mutex<rand::rngs::StdRng>,
     /// Zero of [`Router::plan_now`].
     pub(crate) epoch: tokio::time::Instant,
+    /// Flight traffic refused from peers that had no right to it.
+    pub(crate) refusals: peer_check::PeerRefusals,
 }
 
 /// The router. Cheap to clone.
@@ -244,6 +250,7 @@ impl Router {
                 shutdown: shutdown.clone(),
                 rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(parts.seed)),
                 epoch: tokio::time::Instant::now(),
+                refusals: peer_check::PeerRefusals::default(),
             }),
         };
         origin::recover(&router).await?;
@@ -284,6 +291,12 @@ impl Router {
     /// Cancels an invocation: at its owner, and here.
     pub async fn cancel(&self, invocation_id: &str) -> Result<(), RouteError> {
         origin::cancel(self, invocation_id).await
+    }
+
+    /// Flight updates dropped and flight requests refused because the peer
+    /// was not the invocation's owner or origin.
+    pub fn refusal_counts(&self) -> peer_check::RefusalCounts {
+        self.inner.refusals.counts()
     }
 
     /// Routing events from now on.

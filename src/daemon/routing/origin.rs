@@ -785,9 +785,20 @@ pub fn owner_of(router: &Router, invocation_id: &str) -> Option<NodeId> {
         .map(|entry| entry.owner.clone())
 }
 
-/// An update from the owner (pushed, or answering a query).
+/// An update from the owner (pushed, or answering a query). One for an
+/// invocation with no delivery in progress here changes nothing and emits
+/// nothing; who may send one is checked by [`super::peer_check`].
 pub async fn apply_update(router: &Router, update: FlightUpdate) {
     let id = update.invocation_id.clone();
+    let known = router
+        .inner
+        .plans
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .contains_key(&id);
+    if !known {
+        return;
+    }
     if !update.output.is_empty() && !update.state.is_terminal() {
         router.emit(router.event(&id, "output", None, Some(update.output.clone())));
     }

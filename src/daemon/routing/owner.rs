@@ -608,19 +608,19 @@ pub async fn handle_request(router: &Router, from: &NodeId, frame: MeshFrame) ->
             MeshFrame::error("BAD_INVOKE", "an invocation's origin must be its sender")
         }
         MeshFrame::FlightUpdate(update) => {
-            if super::origin::owner_of(router, &update.invocation_id)
-                .is_some_and(|owner| owner != *from)
-            {
-                return MeshFrame::error("NOT_OWNER", "only the owner of a flight reports on it");
-            }
-            super::origin::apply_update(router, update).await;
-            MeshFrame::FlightAck(None)
+            super::peer_check::flight_update_from(router, from, update).await
         }
         MeshFrame::FlightQuery { invocation_id } => {
-            MeshFrame::FlightAck(flight_update(router, &invocation_id))
+            match super::peer_check::origin_refusal(router, from, &invocation_id) {
+                None => MeshFrame::FlightAck(flight_update(router, &invocation_id)),
+                Some(refused) => refused,
+            }
         }
         MeshFrame::Cancel { invocation_id } => {
-            MeshFrame::FlightAck(cancel_local(router, &invocation_id).await)
+            match super::peer_check::origin_refusal(router, from, &invocation_id) {
+                None => MeshFrame::FlightAck(cancel_local(router, &invocation_id).await),
+                Some(refused) => refused,
+            }
         }
         other => MeshFrame::error(
             "UNEXPECTED_FRAME",

@@ -1,0 +1,258 @@
+//! End-to-end checks that mesh members cannot act on each other's work,
+//! with real broker processes on loopback and a third member that speaks
+//! raw QUIC frames with its own admitted key: only an invocation's origin
+//! may query or cancel its flight at the owner (anyone else gets
+//! `NOT_ORIGIN` and the flight runs on), and a flight update from a peer
+//! that is not the owner, or about an unknown invocation, is dropped and
+//! counted without changing the delivery.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Node, WAIT_BOUND, wait_until};
+use scout::daemon::mesh::connections::join_exchange;
+use scout::daemon::mesh::trust::MeshTrust;
+use scout_mesh::lifecycle::FlightState;
+use scout_mesh::names::{Label, NamePart};
+use scout_mesh::transport::endpoint::request;
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
+use scout_mesh::wire::{FlightUpdate, Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION};
+
+/// How long one raw request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// alpha (the origin) and beta (the owner of `@worker`, a bash loop that
+/// takes a minute per line, so a flight stays running while it is probed).
+fn origin_and_owner() -> (Node, Node) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let cwd = beta.sandbox.path().display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "worker",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "bash",
+        "-c",
+        "printf 'ready> '; while IFS= read -r line; do sleep 60; echo \"done: $line\"; printf 'ready> '; done",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @worker", || {
+        alpha
+            .instances()
+            .contains(&"@worker@beta#main".to_owned())
+            .then_some(())
+    });
+    (alpha, beta)
+}
+
+fn submit(node: &Node, message: &str) -> String {
+    let run = node.run(&["--json", "send", "@worker", message, "--timeout", "300"]);
+    assert_eq!(run.code, 0, "send: {}", run.stderr);
+    run.json()["invocation_id"].as_str().expect("id").to_owned()
+}
+
+/// The state of the flight of `id` at `node`; `None` while the node does
+/// not hold it yet.
+fn flight_state(node: &Node, id: &str) -> Option<String> {
+    let url = format!("{}/v1/invocations/{id}", node.broker().http_base());
+    let status: serde_json::Value = ureq::get(&url)
+        .set("Authorization", &format!("Bearer {}", node.sandbox.token()))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()?;
+    status["flight"]["state"].as_str().map(str::to_owned)
+}
+
+/// `POST /v1/invocations/{id}/cancel` on `node`'s API.
+fn cancel(node: &Node, id: &str) {
+    let url = format!("{}/v1/invocations/{id}/cancel", node.broker().http_base());
+    ureq::post(&url)
+        .set("Authorization", &format!("Bearer {}", node.sandbox.token()))
+        .call()
+        .unwrap_or_else(|err| panic!("POST {url}: {err}"));
+}
+
+fn mesh_counter(node: &Node, field: &str) -> u64 {
+    node.get("/v1/mesh")[field].as_u64().expect(field)
+}
+
+fn error_code(frame: &MeshFrame) -> String {
+    match frame {
+        MeshFrame::Error(error) => error.code.clone(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+/// The public key of a node, from its home (a test may read it; a real
+/// member learns it from the registry).
+fn public_key_of(node: &Node) -> [u8; 32] {
+    let home = scout::home::Home::in_dir(node.sandbox.home());
+    scout::identity::load_node_key(&home.node_key_path())
+        .expect("node key")
+        .public_key()
+}
+
+/// A member that is not a broker: joins with an invite from `inviter`,
+/// then speaks raw frames to any broker that has learnt its admission.
+struct RawMember {
+    endpoint: MeshEndpoint,
+    node_id: NodeId,
+    invite: Invite,
+}
+
+impl RawMember {
+    async fn join(inviter: &Node) -> (RawMember, quinn::Connection) {
+        let invite = Invite::from_code(&inviter.invite()).unwrap();
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = NodeKey {
+            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            public_key: signing.verifying_key().to_bytes(),
+        };
+        let node_id = NodeId::of_public_key(&key.public_key);
+        let endpoint = MeshEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            key,
+            Arc::new(MeshTrust::default()),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let name = Label::parse("probe", NamePart::Node).unwrap();
+        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
+            .await
+            .unwrap();
+        let member = RawMember {
+            endpoint,
+            node_id,
+            invite,
+        };
+        member
+            .hello(&connection)
+            .await
+            .expect("hello to the inviter");
+        (member, connection)
+    }
+
+    async fn hello(&self, connection: &quinn::Connection) -> Result<(), String> {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node_id.clone(),
+            node_name: "probe".into(),
+            mesh_id: self.invite.mesh_id,
+            addresses: Vec::new(),
+        };
+        match request(connection, &MeshFrame::Hello(hello), REQUEST_TIMEOUT).await {
+            Ok(MeshFrame::HelloAck(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Connects to `node` once it admits this member (it learns the
+    /// admission by sync), bounded.
+    async fn connect(&self, node: &Node) -> quinn::Connection {
+        let addr = node.mesh_addr().parse().unwrap();
+        let key = public_key_of(node);
+        let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+        loop {
+            if let Ok(connection) = self.endpoint.connect(addr, Some(key)).await
+                && self.hello(&connection).await.is_ok()
+            {
+                return connection;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never admitted the raw member",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[test]
+fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
+    let (alpha, beta) = origin_and_owner();
+    let id = submit(&alpha, "job-1");
+    wait_until("job-1 to run on beta", || {
+        (flight_state(&beta, &id).as_deref() == Some("running")).then_some(())
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (probe, to_beta) = RawMember::join(&beta).await;
+
+        // A member that is not the origin can neither read nor cancel.
+        let query = MeshFrame::FlightQuery {
+            invocation_id: id.clone(),
+        };
+        let answer = request(&to_beta, &query, REQUEST_TIMEOUT).await.unwrap();
+        assert_eq!(error_code(&answer), "NOT_ORIGIN");
+        let cancel = MeshFrame::Cancel {
+            invocation_id: id.clone(),
+        };
+        let answer = request(&to_beta, &cancel, REQUEST_TIMEOUT).await.unwrap();
+        assert_eq!(error_code(&answer), "NOT_ORIGIN");
+
+        // Nor can it report on alpha's delivery, or on one alpha never had.
+        let to_alpha = probe.connect(&alpha).await;
+        let forged = MeshFrame::FlightUpdate(FlightUpdate {
+            invocation_id: id.clone(),
+            state: FlightState::Completed,
+            output: "forged".into(),
+            failure_reason: None,
+            detail: None,
+        });
+        let answer = request(&to_alpha, &forged, REQUEST_TIMEOUT).await.unwrap();
+        assert_eq!(error_code(&answer), "NOT_OWNER");
+        let unknown = MeshFrame::FlightUpdate(FlightUpdate {
+            invocation_id: "00000000-0000-7000-8000-000000000000".into(),
+            state: FlightState::Running,
+            output: "forged output".into(),
+            failure_reason: None,
+            detail: None,
+        });
+        let answer = request(&to_alpha, &unknown, REQUEST_TIMEOUT).await.unwrap();
+        assert_eq!(error_code(&answer), "INVOCATION_NOT_FOUND");
+    });
+
+    // Nothing changed: the flight runs on, the delivery has no result.
+    assert_eq!(flight_state(&beta, &id).as_deref(), Some("running"));
+    let status = alpha.get(&format!("/v1/invocations/{id}"));
+    assert!(status["delivery"]["result"].is_null(), "{status}");
+    assert_eq!(status["delivery"]["state"], "running", "{status}");
+    assert_eq!(mesh_counter(&beta, "flight_requests_refused"), 2);
+    assert_eq!(mesh_counter(&alpha, "flight_updates_dropped"), 2);
+    wait_until("alpha to log the dropped update", || {
+        alpha
+            .broker()
+            .stderr_line_matching("dropped a flight update")
+    });
+
+    // The origin still cancels, through the mesh.
+    cancel(&alpha, &id);
+    wait_until("beta to cancel job-1 for its origin", || {
+        (flight_state(&beta, &id).as_deref() == Some("cancelled")).then_some(())
+    });
+
+    // And the owner's operator still cancels through the local API.
+    let second = submit(&alpha, "job-2");
+    wait_until("job-2 to reach beta", || flight_state(&beta, &second));
+    cancel(&beta, &second);
+    assert_eq!(flight_state(&beta, &second).as_deref(), Some("cancelled"));
+}
