@@ -14,11 +14,13 @@ use std::time::Duration;
 use common::{Node, WAIT_BOUND, wait_until};
 use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
-use scout_mesh::lifecycle::FlightState;
+use scout_mesh::lifecycle::{DeliveryPolicy, FlightState, InvocationAction};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::transport::endpoint::request;
 use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
-use scout_mesh::wire::{FlightUpdate, Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION};
+use scout_mesh::wire::{
+    FlightUpdate, Hello, Invite, InvokeRequest, MeshFrame, NodeId, PROTOCOL_VERSION,
+};
 
 /// How long one raw request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,6 +210,21 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
         };
         let answer = request(&to_beta, &cancel, REQUEST_TIMEOUT).await.unwrap();
         assert_eq!(error_code(&answer), "NOT_ORIGIN");
+        // Nor learn the flight's state by replaying its id as its own invoke.
+        let replay = MeshFrame::Invoke(InvokeRequest {
+            invocation_id: id.clone(),
+            action: InvocationAction::Consult,
+            body: "replayed".into(),
+            conversation_id: None,
+            origin: probe.node_id.clone(),
+            target: "@worker".into(),
+            instance: "@worker@beta#main".into(),
+            resolve_reason: "exact".into(),
+            deadline_ms: None,
+            policy: DeliveryPolicy::Durable,
+        });
+        let answer = request(&to_beta, &replay, REQUEST_TIMEOUT).await.unwrap();
+        assert_eq!(error_code(&answer), "NOT_ORIGIN");
 
         // Nor can it report on alpha's delivery, or on one alpha never had.
         let to_alpha = probe.connect(&alpha).await;
@@ -236,7 +253,7 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
     let status = alpha.get(&format!("/v1/invocations/{id}"));
     assert!(status["delivery"]["result"].is_null(), "{status}");
     assert_eq!(status["delivery"]["state"], "running", "{status}");
-    assert_eq!(mesh_counter(&beta, "flight_requests_refused"), 2);
+    assert_eq!(mesh_counter(&beta, "flight_requests_refused"), 3);
     assert_eq!(mesh_counter(&alpha, "flight_updates_dropped"), 2);
     wait_until("alpha to log the dropped update", || {
         alpha

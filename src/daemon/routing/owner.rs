@@ -66,6 +66,9 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
         // origin send the work elsewhere and run it twice. (With the agent
         // here, the unique key in the write below answers retries.)
         if let Some(update) = flight_update(router, &invoke.invocation_id) {
+            if let Some(refused) = not_its_origin(router, &invoke.origin, &invoke.invocation_id) {
+                return refused;
+            }
             return MeshFrame::InvokeAck(InvokeAck {
                 invocation_id: invoke.invocation_id,
                 duplicate: true,
@@ -101,6 +104,7 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
         created_at_ms: unix(router.now_ms()),
     };
     let local = invoke.origin == router.inner.node_id;
+    let origin = invoke.origin.clone();
     let instance = invoke.instance.clone();
     let reason = invoke.resolve_reason.clone();
     let write = move |tx: &rusqlite::Transaction<'_>| {
@@ -157,15 +161,27 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
                     duplicate: false,
                     state: flight.state,
                 },
-                Accepted::Duplicate(flight) => InvokeAck {
-                    invocation_id: invoke.invocation_id,
-                    duplicate: true,
-                    state: flight.map(|f| f.state).unwrap_or(FlightState::Queued),
-                },
+                Accepted::Duplicate(flight) => {
+                    if let Some(refused) = not_its_origin(router, &origin, &invoke.invocation_id) {
+                        return refused;
+                    }
+                    InvokeAck {
+                        invocation_id: invoke.invocation_id,
+                        duplicate: true,
+                        state: flight.map(|f| f.state).unwrap_or(FlightState::Queued),
+                    }
+                }
             })
         }
         Err(err) => MeshFrame::error(err.code(), err.to_string()),
     }
+}
+
+/// A retried id is answered only to the broker that first sent it: another
+/// member reusing someone else's invocation id learns nothing of its flight
+/// (`NOT_ORIGIN`). Read only for duplicates, never on the first accept.
+fn not_its_origin(router: &Router, origin: &NodeId, invocation_id: &str) -> Option<MeshFrame> {
+    super::peer_check::origin_refusal(router, origin, invocation_id)
 }
 
 /// After an accept committed: a new flight wakes its runner.
