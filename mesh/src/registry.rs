@@ -100,12 +100,8 @@ pub const RECORD_BODY_BYTES_MAX: usize = 32 * 1024;
 /// The largest encoded record: its body, its key (two node ids counting the
 /// dot's, a name), the origin's public key and signature, and a little for
 /// tags, lengths and the timestamp.
-pub const RECORD_BYTES_MAX: usize = RECORD_BODY_BYTES_MAX
-    + 2 * NODE_ID_BYTES
-    + RECORD_NAME_BYTES_MAX
-    + 32
-    + SIGNATURE_BYTES
-    + 64;
+pub const RECORD_BYTES_MAX: usize =
+    RECORD_BODY_BYTES_MAX + 2 * NODE_ID_BYTES + RECORD_NAME_BYTES_MAX + 32 + SIGNATURE_BYTES + 64;
 
 /// The most mesh addresses a node may announce. A machine with a LAN, a VPN
 /// and a few interfaces has well under this; more is a misconfiguration.
@@ -532,12 +528,17 @@ fn check_author(
     author: &NodeId,
     origin: &NodeId,
 ) -> Result<(), InvalidRecord> {
+    // The origin signed the record, so a body naming another author is a
+    // claim made in someone else's name: a forgery, not a typo.
     if author == origin {
         Ok(())
     } else {
-        Err(InvalidRecord::InvalidField {
-            field,
-            detail: format!("{author} is not the record's origin {origin}"),
+        Err(InvalidRecord::InvalidSignature {
+            origin: origin.clone(),
+            detail: match field {
+                "admitted_by" => "its admitted_by is not its origin",
+                _ => "its revoked_by is not its origin",
+            },
         })
     }
 }
@@ -1147,11 +1148,19 @@ pub(crate) fn contiguous_vv(registry: &Registry, base: &VClock<NodeId>) -> VCloc
 mod tests {
     use super::*;
     use crate::lifecycle::{EndpointState, Harness};
-    use crate::wire::NODE_ID_BYTES;
     use crdts::{CmRDT, Dot};
 
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_bytes(&[byte; 32])
+    }
+
     fn id(byte: u8) -> NodeId {
-        NodeId::from_bytes([byte; NODE_ID_BYTES])
+        NodeId::of_public_key(&key(byte).verifying_key().to_bytes())
+    }
+
+    /// A registry of the mesh founded by node 1.
+    fn registry() -> Registry {
+        Registry::new(id(1))
     }
 
     fn record(
@@ -1161,7 +1170,7 @@ mod tests {
         name: &str,
         body: Option<RecordBody>,
     ) -> Record {
-        Record {
+        let mut record = Record {
             key: RecordKey {
                 origin: id(origin),
                 kind,
@@ -1173,7 +1182,11 @@ mod tests {
                 logical: 0,
             },
             body,
-        }
+            origin_key: [0; 32],
+            signature: RecordSignature::UNSIGNED,
+        };
+        sign(&mut record, &key(origin));
+        record
     }
 
     fn node_body(name: &str) -> RecordBody {
@@ -1374,13 +1387,13 @@ mod tests {
         if let Some(RecordBody::Admission(body)) = &mut by_other.body {
             body.admitted_by = id(3);
         }
-        assert!(matches!(
-            validate(&by_other),
-            Err(InvalidRecord::InvalidField {
-                field: "admitted_by",
-                ..
-            })
-        ));
+        sign(&mut by_other, &key(1));
+        let err = validate(&by_other).unwrap_err();
+        assert!(
+            matches!(err, InvalidRecord::InvalidSignature { .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), "INVALID_SIGNATURE");
 
         let long_reason = record(
             1,
@@ -1463,10 +1476,10 @@ mod tests {
     fn the_higher_counter_wins_in_any_order() {
         let old = record(1, 1, RecordKind::Node, "", Some(node_body("laptop")));
         let new = record(1, 2, RecordKind::Node, "", Some(node_body("desk")));
-        let mut forward = Registry::new();
+        let mut forward = registry();
         assert_eq!(forward.apply(old.clone()), Applied::Inserted);
         assert_eq!(forward.apply(new.clone()), Applied::Replaced);
-        let mut backward = Registry::new();
+        let mut backward = registry();
         backward.apply(new.clone());
         assert_eq!(backward.apply(old.clone()), Applied::Stale);
         assert_eq!(backward.apply(new.clone()), Applied::Stale);
@@ -1480,10 +1493,10 @@ mod tests {
     fn equal_counters_break_ties_the_same_way_everywhere() {
         let left = record(1, 3, RecordKind::Node, "", Some(node_body("aaa")));
         let right = record(1, 3, RecordKind::Node, "", Some(node_body("bbb")));
-        let mut one = Registry::new();
+        let mut one = registry();
         one.apply(left.clone());
         one.apply(right.clone());
-        let mut two = Registry::new();
+        let mut two = registry();
         two.apply(right);
         two.apply(left);
         assert_eq!(one.state_digest(), two.state_digest());
@@ -1491,7 +1504,7 @@ mod tests {
 
     #[test]
     fn tombstones_hide_records_but_stay_until_collected() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,
@@ -1531,7 +1544,7 @@ mod tests {
 
     #[test]
     fn instances_must_match_their_origin_node_name() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,
@@ -1574,7 +1587,7 @@ mod tests {
 
     #[test]
     fn membership_admission_revocation_and_conflicts() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         assert!(!registry.has_admissions());
         assert!(
             registry.may_sync(&id(7)),
@@ -1620,7 +1633,7 @@ mod tests {
 
     #[test]
     fn revoked_origins_disappear_from_views() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             2,
             1,
@@ -1643,7 +1656,7 @@ mod tests {
 
     #[test]
     fn definition_views_merge_every_origin() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         let mut first = MVReg::new();
         first.apply(first.write(value("one"), first.read_ctx().derive_add_ctx(id(1))));
         let mut second = MVReg::new();
@@ -1667,7 +1680,7 @@ mod tests {
 
     #[test]
     fn records_after_and_contiguity() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,

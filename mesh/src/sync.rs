@@ -858,15 +858,17 @@ impl Replica {
 
     /// A live admission of `node_id`, by any origin.
     fn admission_of(&self, node_id: &NodeId) -> Option<&AdmissionBody> {
-        self.registry.records().find_map(|record| match &record.body {
-            Some(RecordBody::Admission(body))
-                if record.key.kind == RecordKind::Admission
-                    && record.key.name == node_id.as_str() =>
-            {
-                Some(body)
-            }
-            _ => None,
-        })
+        self.registry
+            .records()
+            .find_map(|record| match &record.body {
+                Some(RecordBody::Admission(body))
+                    if record.key.kind == RecordKind::Admission
+                        && record.key.name == node_id.as_str() =>
+                {
+                    Some(body)
+                }
+                _ => None,
+            })
     }
 
     fn write_local(

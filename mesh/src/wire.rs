@@ -32,11 +32,13 @@ use crate::lifecycle::{EndpointState, Harness};
 
 /// The sync protocol version carried by every message body. A broker refuses
 /// bodies of any other version with [`WireError::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added the origin's key and signature to every record; version 1
+/// brokers cannot decode its records, so the two do not talk.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/1";
+pub const ALPN: &[u8] = b"scout-mesh/2";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -1213,6 +1215,8 @@ mod tests {
                 endpoint_state: EndpointState::Idle,
                 active_flights: 1,
             })),
+            origin_key: [7; 32],
+            signature: RecordSignature([9; SIGNATURE_BYTES]),
         };
         for message in [
             SyncMessage::Push {
@@ -1233,9 +1237,14 @@ mod tests {
     #[test]
     fn decode_refuses_other_versions_trailing_bytes_and_huge_bodies() {
         let digest = SyncMessage::Digest { vv: VClock::new() };
-        let mut body = postcard::to_allocvec(&(2u16, &digest)).unwrap();
+        let mut body = postcard::to_allocvec(&(PROTOCOL_VERSION + 1, &digest)).unwrap();
         let err = decode(&body).unwrap_err();
-        assert_eq!(err, WireError::UnsupportedVersion { version: 2 });
+        assert_eq!(
+            err,
+            WireError::UnsupportedVersion {
+                version: PROTOCOL_VERSION + 1
+            }
+        );
         assert_eq!(err.code(), "UNSUPPORTED_VERSION");
 
         body = encode(&digest);
@@ -1246,7 +1255,10 @@ mod tests {
         assert_eq!(decode(&huge).unwrap_err().code(), "FRAME_TOO_LARGE");
 
         assert_eq!(decode(&[]).unwrap_err().code(), "MALFORMED_FRAME");
-        assert_eq!(decode(&[1, 9]).unwrap_err().code(), "MALFORMED_FRAME");
+        assert_eq!(
+            decode(&[PROTOCOL_VERSION as u8, 9]).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
     }
 
     #[test]

@@ -5,11 +5,16 @@
 //! broker hands its replica exactly what it had and catches up with a delta
 //! instead of a full resync. A row that no longer decodes is skipped and
 //! counted, never fatal: the replica fetches that record again from a peer.
+//!
+//! Rows written before records were signed hold the same fields without
+//! the origin's key and signature. They are read as unsigned records, and
+//! the replica re-signs its own and drops the others, fetching their signed
+//! copies from peers (see `scout_mesh::sync::Replica::restore`).
 
 use crdts::{CmRDT, VClock};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use scout_mesh::membership::IssuedInvite;
-use scout_mesh::wire::{NodeId, Record, RecordKey};
+use scout_mesh::wire::{Hlc, NodeId, Record, RecordBody, RecordKey, RecordSignature};
 
 use super::{StoreError, unix_ms_now};
 
@@ -31,9 +36,9 @@ pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreErr
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         let bytes: Vec<u8> = row.get(0)?;
-        match postcard::from_bytes::<Record>(&bytes) {
-            Ok(record) => stored.records.push(record),
-            Err(_) => stored.skipped += 1,
+        match decode_record(&bytes) {
+            Some(record) => stored.records.push(record),
+            None => stored.skipped += 1,
         }
     }
     let mut statement = connection.prepare("SELECT origin, counter FROM registry_vv")?;
@@ -46,6 +51,32 @@ pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreErr
         }
     }
     Ok(stored)
+}
+
+/// A record as rows written before records were signed hold it.
+#[derive(serde::Deserialize)]
+struct UnsignedRecord {
+    key: RecordKey,
+    dot: crdts::Dot<NodeId>,
+    hlc: Hlc,
+    body: Option<RecordBody>,
+}
+
+/// A stored record, signed, or unsigned from an older release (with an
+/// empty key and signature, which no record verifies with).
+fn decode_record(bytes: &[u8]) -> Option<Record> {
+    if let Ok(record) = postcard::from_bytes::<Record>(bytes) {
+        return Some(record);
+    }
+    let unsigned = postcard::from_bytes::<UnsignedRecord>(bytes).ok()?;
+    Some(Record {
+        key: unsigned.key,
+        dot: unsigned.dot,
+        hlc: unsigned.hlc,
+        body: unsigned.body,
+        origin_key: [0; 32],
+        signature: RecordSignature::UNSIGNED,
+    })
 }
 
 /// Stores records (each replacing the stored version of its key) and the

@@ -7,12 +7,32 @@ use crate::hlc::{HLC_SKEW_MS_MAX, Hlc};
 use crate::lifecycle::{EndpointState, Harness};
 use crate::names::NamePart;
 use crate::registry::{AdmissionBody, AdmissionMethod, InstanceBody, NodeBody, RevocationBody};
-use crate::wire::{self, NODE_ID_BYTES};
+use crate::wire;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// Node `n`'s key: seeded, so every run has the same ids.
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
 fn id(n: u8) -> NodeId {
-    NodeId::from_bytes([n; NODE_ID_BYTES])
+    NodeId::of_public_key(&key(n).verifying_key().to_bytes())
+}
+
+/// Node `n` in a mesh founded by node 1.
+fn identity(n: u8) -> ReplicaIdentity {
+    ReplicaIdentity {
+        signing_key: key(n),
+        node_name: node_name(n),
+        founder: id(1),
+    }
+}
+
+/// `record` with its origin key and signature by node `n`'s key.
+fn signed_by(mut record: Record, n: u8) -> Record {
+    crate::registry::sign(&mut record, &key(n));
+    record
 }
 
 fn node_name(n: u8) -> Label {
@@ -27,7 +47,7 @@ fn config(n: u8) -> SyncConfig {
 }
 
 fn replica(n: u8) -> Replica {
-    Replica::new(id(n), node_name(n), config(n))
+    Replica::new(identity(n), config(n))
 }
 
 fn instance_name(n: u8, definition: &str, workspace: &str) -> String {
@@ -132,7 +152,7 @@ impl Net {
     fn with(n: u8, config: impl Fn(u8) -> SyncConfig) -> Net {
         Net {
             replicas: (1..=n)
-                .map(|k| Replica::new(id(k), node_name(k), config(k)))
+                .map(|k| Replica::new(identity(k), config(k)))
                 .collect(),
             events: vec![Vec::new(); usize::from(n)],
             persisted: vec![Vec::new(); usize::from(n)],
@@ -330,7 +350,10 @@ fn invalid_records_are_rejected_never_persisted_and_never_forwarded() {
         dot: Dot::new(id(1), 1),
         hlc: Hlc::default(),
         body: Some(instance("main", EndpointState::Idle)),
+        origin_key: [0; 32],
+        signature: RecordSignature::UNSIGNED,
     };
+    let bad = signed_by(bad, 1);
     let now_ms = net.now_ms;
     net.at(2).handle_message(
         now_ms,
@@ -439,7 +462,7 @@ fn small_chunks(n: u8) -> SyncConfig {
 
 #[test]
 fn deltas_are_chunked_under_the_configured_limits() {
-    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let mut writer = Replica::new(identity(1), small_chunks(1));
     let chunks = chunks_for_empty_digest(&mut writer, 7);
     assert_eq!(chunks.len(), 4);
     for (idx, chunk) in chunks.iter().enumerate() {
@@ -464,8 +487,7 @@ fn deltas_are_chunked_under_the_configured_limits() {
 
     // The byte limit alone also cuts chunks.
     let mut by_bytes = Replica::new(
-        id(1),
-        node_name(1),
+        identity(1),
         SyncConfig {
             sync_message_bytes_max: SYNC_MESSAGE_BYTES_MIN,
             ..config(1)
@@ -480,7 +502,7 @@ fn deltas_are_chunked_under_the_configured_limits() {
 
 #[test]
 fn a_lost_chunk_never_advances_the_vector_past_missing_records() {
-    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let mut writer = Replica::new(identity(1), small_chunks(1));
     let mut chunks = chunks_for_empty_digest(&mut writer, 7);
     let lost = chunks.remove(1);
     let SyncMessage::Delta {
@@ -937,8 +959,7 @@ fn skewed_clocks_are_reported_and_do_not_block_replication() {
 fn anti_entropy_deadlines_are_jittered_and_reproducible() {
     let deadlines = |seed: u64| {
         let mut replica = Replica::new(
-            id(1),
-            node_name(1),
+            identity(1),
             SyncConfig {
                 seed,
                 ..SyncConfig::default()
@@ -998,8 +1019,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
         stored.insert(record.key.clone(), record);
     }
     let restored = Replica::restore(
-        id(1),
-        node_name(1),
+        identity(1),
         config(1),
         stored.into_values(),
         drained.last_vv.unwrap(),
@@ -1011,8 +1031,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
 
     // A store without a vector restores the provable part of it.
     let mut restored = Replica::restore(
-        id(1),
-        node_name(1),
+        identity(1),
         config(1),
         original.records().cloned().collect::<Vec<_>>(),
         VClock::new(),
@@ -1036,7 +1055,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
     // Invalid stored records are dropped with an event.
     let mut bad = next.clone();
     bad.dot.counter = 0;
-    let mut restored = Replica::restore(id(1), node_name(1), config(1), [bad], VClock::new());
+    let mut restored = Replica::restore(identity(1), config(1), [bad], VClock::new());
     assert!(restored.registry().is_empty());
     assert!(matches!(
         restored.poll_output(),
@@ -1248,7 +1267,8 @@ fn sync_messages_are_small() {
     println!("push of one instance record: {} bytes", push.len());
     println!("digest for 10 origins: {} bytes", digest_bytes.len());
     println!("empty delta reply: {} bytes", delta_bytes.len());
-    assert!(push.len() <= 200, "push is {} bytes", push.len());
+    // 96 of these bytes are the origin's key and signature.
+    assert!(push.len() <= 300, "push is {} bytes", push.len());
     assert!(
         digest_bytes.len() <= 300,
         "digest is {} bytes",
