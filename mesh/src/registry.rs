@@ -1631,6 +1631,101 @@ mod tests {
         assert_eq!(members, [&id(1), &id(3), &id(4)]);
     }
 
+    fn founder_admission(node: u8) -> Record {
+        let mut record = admission(node, 1, node, 0);
+        if let Some(RecordBody::Admission(body)) = &mut record.body {
+            body.public_key = key(node).verifying_key().to_bytes();
+            body.method = AdmissionMethod::Founder;
+        }
+        sign(&mut record, &key(node));
+        record
+    }
+
+    /// Every order of `records` gives the same members and revocations.
+    fn members_in_every_order(records: &[Record]) -> BTreeSet<NodeId> {
+        let mut forward = registry();
+        let mut backward = registry();
+        for record in records {
+            forward.apply(record.clone());
+        }
+        for record in records.iter().rev() {
+            backward.apply(record.clone());
+        }
+        assert_eq!(forward.members(), backward.members());
+        assert_eq!(forward.trust, backward.trust);
+        forward.members().clone()
+    }
+
+    #[test]
+    fn membership_is_a_chain_of_admissions_from_the_founder() {
+        // A stranger's own `Founder` admission, relayed by anyone, roots
+        // nothing: only node 1 founded this mesh.
+        let stranger = [founder_admission(7), admission(7, 2, 8, 8)];
+        let mut alone = registry();
+        for record in &stranger {
+            validate(record).unwrap();
+            alone.apply(record.clone());
+        }
+        assert!(alone.members().is_empty());
+        assert!(!alone.has_admissions());
+
+        let chain = [
+            founder_admission(1),
+            admission(1, 2, 2, 22),
+            admission(2, 1, 3, 33),
+            admission(3, 1, 4, 44),
+        ];
+        let mut all: Vec<Record> = chain.to_vec();
+        all.extend(stranger.iter().cloned());
+        let members = members_in_every_order(&all);
+        assert_eq!(members, [1, 2, 3, 4].map(id).into_iter().collect());
+
+        // A revocation by a stranger counts for nothing.
+        all.push(revocation(7, 3, 2));
+        assert_eq!(members_in_every_order(&all), members);
+
+        // Revoking 3 cuts 3 off, and with it 4, whose only chain ran
+        // through 3: a revoked key's admissions stop counting.
+        all.push(revocation(2, 2, 3));
+        assert_eq!(
+            members_in_every_order(&all),
+            [1, 2].map(id).into_iter().collect()
+        );
+        // Another member's admission of 4 brings it back.
+        all.push(admission(1, 3, 4, 44));
+        assert_eq!(
+            members_in_every_order(&all),
+            [1, 2, 4].map(id).into_iter().collect()
+        );
+        // Revoking the founder ends every chain.
+        all.push(revocation(2, 3, 1));
+        assert!(members_in_every_order(&all).is_empty());
+    }
+
+    #[test]
+    fn forged_records_fail_validation_with_invalid_signature() {
+        let genuine = admission(1, 1, 2, 22);
+        validate(&genuine).unwrap();
+        let mut damaged = genuine.clone();
+        damaged.signature.0[63] ^= 0x80;
+        let mut other_key = genuine.clone();
+        sign(&mut other_key, &key(2));
+        let mut borrowed_key = other_key.clone();
+        borrowed_key.origin_key = key(1).verifying_key().to_bytes();
+        let mut edited = genuine.clone();
+        edited.hlc.wall_ms += 1;
+        let mut unsigned = genuine.clone();
+        unsigned.signature = RecordSignature::UNSIGNED;
+        for forged in [damaged, other_key, borrowed_key, edited, unsigned] {
+            let err = validate(&forged).unwrap_err();
+            assert!(
+                matches!(err, InvalidRecord::InvalidSignature { .. }),
+                "{err}"
+            );
+            assert_eq!(err.code(), "INVALID_SIGNATURE");
+        }
+    }
+
     #[test]
     fn revoked_origins_disappear_from_views() {
         let mut registry = registry();
