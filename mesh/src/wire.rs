@@ -1324,6 +1324,135 @@ mod tests {
         assert_eq!(twice, twice.clone());
     }
 
+    fn invoke(text: &dyn Fn(&str) -> String) -> MeshFrame {
+        MeshFrame::Invoke(InvokeRequest {
+            invocation_id: text("invocation_id"),
+            action: crate::lifecycle::InvocationAction::Consult,
+            body: text("body"),
+            conversation_id: Some(text("conversation_id")),
+            origin: id(1),
+            target: text("target"),
+            instance: text("instance"),
+            resolve_reason: text("resolve_reason"),
+            deadline_ms: None,
+            policy: crate::lifecycle::DeliveryPolicy::MustAck,
+        })
+    }
+
+    fn flight_update(text: &dyn Fn(&str) -> String) -> FlightUpdate {
+        FlightUpdate {
+            invocation_id: text("invocation_id"),
+            state: crate::lifecycle::FlightState::Running,
+            output: text("output"),
+            failure_reason: None,
+            detail: Some(text("detail")),
+        }
+    }
+
+    fn hello(text: &dyn Fn(&str) -> String) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: id(1),
+            node_name: text("node_name"),
+            mesh_id: MeshId([1; MESH_ID_BYTES]),
+            addresses: vec![text("address")],
+        }
+    }
+
+    /// Every limited string of every frame: accepted at its limit, refused
+    /// one byte past it with `MALFORMED_FRAME` naming the field.
+    #[test]
+    fn every_peer_string_has_a_limit() {
+        type Build = fn(&dyn Fn(&str) -> String) -> MeshFrame;
+        let frames: &[(&str, Build)] = &[
+            ("hello", |text| MeshFrame::Hello(hello(text))),
+            ("hello_ack", |text| MeshFrame::HelloAck(hello(text))),
+            ("join", |text| {
+                MeshFrame::Join(JoinRequest {
+                    invite_id: [1; 8],
+                    secret: [2; 16],
+                    node_name: text("node_name"),
+                    addresses: vec![text("address")],
+                })
+            }),
+            ("error", |text| {
+                MeshFrame::Error(ErrorFrame {
+                    code: text("code"),
+                    message: text("message"),
+                })
+            }),
+            ("invoke", invoke),
+            ("invoke_ack", |text| {
+                MeshFrame::InvokeAck(InvokeAck {
+                    invocation_id: text("invocation_id"),
+                    duplicate: false,
+                    state: crate::lifecycle::FlightState::Queued,
+                })
+            }),
+            ("flight_update", |text| {
+                MeshFrame::FlightUpdate(flight_update(text))
+            }),
+            ("flight_ack", |text| {
+                MeshFrame::FlightAck(Some(flight_update(text)))
+            }),
+            ("flight_query", |text| MeshFrame::FlightQuery {
+                invocation_id: text("invocation_id"),
+            }),
+            ("cancel", |text| MeshFrame::Cancel {
+                invocation_id: text("invocation_id"),
+            }),
+        ];
+        let limits = [
+            ("node_name", NODE_NAME_BYTES_MAX),
+            ("address", ADDRESS_BYTES_MAX),
+            ("code", ERROR_CODE_BYTES_MAX),
+            ("message", ERROR_MESSAGE_BYTES_MAX),
+            ("invocation_id", ID_BYTES_MAX),
+            ("conversation_id", ID_BYTES_MAX),
+            ("body", INVOKE_BODY_BYTES_MAX),
+            ("target", AGENT_NAME_BYTES_MAX),
+            ("instance", AGENT_NAME_BYTES_MAX),
+            ("resolve_reason", REASON_BYTES_MAX),
+            ("output", FLIGHT_OUTPUT_BYTES_MAX),
+            ("detail", DETAIL_BYTES_MAX),
+        ];
+        let limit_of = |field: &str| {
+            limits
+                .iter()
+                .find(|(name, _)| *name == field)
+                .map(|(_, max)| *max)
+                .unwrap_or_else(|| panic!("no limit for {field}"))
+        };
+        let mut checked = 0;
+        for (frame_name, build) in frames {
+            let short = build(&|_| "a".into());
+            assert_eq!(decode_frame(&encode_frame(&short)).unwrap(), short);
+            for (field, max) in &limits {
+                let at_limit =
+                    |len: usize| move |name: &str| "a".repeat(if name == *field { len } else { 1 });
+                let frame = build(&at_limit(*max));
+                if frame == short {
+                    continue; // The frame has no such field.
+                }
+                assert_eq!(limit_of(field), *max);
+                assert_eq!(
+                    decode_frame(&encode_frame(&frame)).unwrap(),
+                    frame,
+                    "{frame_name}.{field} at its limit"
+                );
+                let over = build(&at_limit(max + 1));
+                let err = decode_frame(&encode_frame(&over)).unwrap_err();
+                assert_eq!(err.code(), "MALFORMED_FRAME", "{frame_name}.{field}");
+                assert!(
+                    err.to_string().contains(field),
+                    "{frame_name}.{field}: {err}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 23, "every limited field of every frame");
+    }
+
     #[test]
     fn truncate_keeps_char_boundaries() {
         assert_eq!(truncate("abc", 5), "abc");
