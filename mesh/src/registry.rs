@@ -1411,6 +1411,77 @@ mod tests {
         ));
     }
 
+    /// Every string a record carries from a peer: accepted at its limit,
+    /// refused one byte past it with an error naming the field.
+    #[test]
+    fn record_strings_are_accepted_at_their_limit_and_refused_past_it() {
+        type Build = fn(usize) -> Record;
+        let cases: &[(&str, usize, Build)] = &[
+            ("address", ADDRESS_BYTES_MAX, |len| {
+                // The longest socket address there is: exactly the limit.
+                let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535";
+                let address = if len == longest.len() {
+                    longest.to_owned()
+                } else {
+                    "x".repeat(len)
+                };
+                let mut body = node_body("laptop");
+                if let RecordBody::Node(node) = &mut body {
+                    node.addresses = vec![address];
+                }
+                record(1, 1, RecordKind::Node, "", Some(body))
+            }),
+            ("scout version", VERSION_STRING_BYTES_MAX, |len| {
+                let mut body = node_body("laptop");
+                if let RecordBody::Node(node) = &mut body {
+                    node.scout_version = "1".repeat(len);
+                }
+                record(1, 1, RecordKind::Node, "", Some(body))
+            }),
+            ("cwd", CWD_BYTES_MAX, |len| {
+                let mut body = instance_body("main");
+                if let RecordBody::Instance(instance) = &mut body {
+                    instance.cwd = "d".repeat(len);
+                }
+                record(
+                    1,
+                    1,
+                    RecordKind::Instance,
+                    "@fabric@laptop#main",
+                    Some(body),
+                )
+            }),
+            ("revocation reason", REVOCATION_REASON_BYTES_MAX, |len| {
+                record(
+                    1,
+                    1,
+                    RecordKind::Revocation,
+                    id(2).as_str(),
+                    Some(RecordBody::Revocation(RevocationBody {
+                        reason: "r".repeat(len),
+                        revoked_by: id(1),
+                    })),
+                )
+            }),
+            ("definition description", DESCRIPTION_BYTES_MAX, |len| {
+                definition_record(
+                    1,
+                    1,
+                    &[DefinitionEntry {
+                        clock: VClock::from(Dot::new(id(1), 1)),
+                        value: value(&"d".repeat(len)),
+                    }],
+                )
+            }),
+        ];
+        for (field, max, build) in cases {
+            validate(&build(*max)).unwrap_or_else(|err| panic!("{field} at its limit: {err}"));
+            let err = validate(&build(max + 1)).unwrap_err();
+            assert_eq!(err.code(), "INVALID_RECORD", "{field}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+
     fn value(description: &str) -> DefinitionValue {
         DefinitionValue {
             description: description.into(),
