@@ -752,8 +752,10 @@ pub const AGENT_NAME_BYTES_MAX: usize = crate::names::NAME_BYTES_MAX;
 pub const REASON_BYTES_MAX: usize = 64;
 
 /// Bytes of a flight update's detail: a few sentences for people, not
-/// output (output has its own limit and is split across updates).
-pub const DETAIL_BYTES_MAX: usize = 4096;
+/// output (output has its own limit and is split across updates). Generous,
+/// because a failure detail may quote an error chain; senders cut longer
+/// ones with [`truncate`].
+pub const DETAIL_BYTES_MAX: usize = 16 * 1024;
 
 /// Bytes of a mesh id.
 pub const MESH_ID_BYTES: usize = 16;
@@ -965,11 +967,12 @@ impl MeshFrame {
         }
     }
 
-    /// An error frame.
+    /// An error frame, its message cut to fit [`ERROR_MESSAGE_BYTES_MAX`]
+    /// with the ellipsis [`truncate`] appends, so that the peer accepts it.
     pub fn error(code: &str, message: impl Into<String>) -> MeshFrame {
         MeshFrame::Error(ErrorFrame {
             code: code.to_owned(),
-            message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX),
+            message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX - '…'.len_utf8()),
         })
     }
 
@@ -1142,8 +1145,9 @@ impl Invite {
 }
 
 /// `input` cut to at most `max` bytes on a character boundary, with `…`
-/// appended when something was cut, so errors about huge inputs stay small.
-pub(crate) fn truncate(input: &str, max: usize) -> String {
+/// (3 more bytes) appended when something was cut, so errors about huge
+/// inputs stay small.
+pub fn truncate(input: &str, max: usize) -> String {
     if input.len() <= max {
         return input.to_owned();
     }
@@ -1451,6 +1455,12 @@ mod tests {
             }
         }
         assert_eq!(checked, 23, "every limited field of every frame");
+    }
+
+    #[test]
+    fn error_frames_of_long_messages_stay_within_the_limit() {
+        let frame = MeshFrame::error("MALFORMED_FRAME", "é".repeat(ERROR_MESSAGE_BYTES_MAX));
+        assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
     }
 
     #[test]
