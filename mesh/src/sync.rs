@@ -29,14 +29,21 @@
 //!   out of order is kept (it is the newest of its key) and the gap is filled
 //!   by the next anti-entropy round.
 //!
-//! Membership rule ([`Registry::may_sync`]): once the registry holds any
-//! admission, only members may sync: their messages are handled and they are
-//! sent to; messages from other nodes are ignored with an event. A broker
-//! that admitted someone counts as a member for this, since only members
-//! admit and its own admission may not have arrived yet. A broker whose
-//! registry holds no admission yet (fresh, before it joins or founds a mesh)
-//! syncs with every peer the shell says is connected; the shell has
-//! authenticated the peer and checked its invite before that.
+//! Membership rule ([`Registry::may_sync`]): once the registry holds an
+//! admission that counts (a chain from the mesh's founder, see
+//! [`crate::registry`]), only members may sync: their messages are handled
+//! and they are sent to; messages from other nodes are ignored with an
+//! event. A broker that admitted someone counts as a member for this, since
+//! its own admission may not have arrived yet. A broker whose registry holds
+//! no counted admission yet (fresh, before it joins or founds a mesh) syncs
+//! with every peer the shell says is connected; the shell has authenticated
+//! the peer and checked its invite before that.
+//!
+//! Signatures: every record this replica writes is signed with its node key
+//! ([`ReplicaIdentity`]); every record a peer sends is verified before merge
+//! ([`crate::registry::validate`]), and a forged one is refused with
+//! `INVALID_SIGNATURE`, counted ([`Replica::invalid_signatures`]), never
+//! stored and so never relayed.
 //!
 //! A broker that lost its database and restarted with the same key reuses
 //! sequence numbers its peers already saw. The first sign of it (a peer

@@ -234,3 +234,84 @@ pub fn open_invites(connection: &Connection, now_ms: u64) -> Result<usize, Store
     )?;
     Ok(usize::try_from(count).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+    use crdts::Dot;
+    use scout_mesh::wire::{NodeBody, RecordKind};
+
+    fn node_record(key: &ed25519_dalek::SigningKey) -> Record {
+        let origin = NodeId::of_public_key(&key.verifying_key().to_bytes());
+        let mut record = Record {
+            key: RecordKey {
+                origin: origin.clone(),
+                kind: RecordKind::Node,
+                name: String::new(),
+            },
+            dot: Dot::new(origin, 1),
+            hlc: Hlc {
+                wall_ms: 7,
+                logical: 0,
+            },
+            body: Some(RecordBody::Node(NodeBody {
+                node_name: "laptop".into(),
+                addresses: vec![],
+                http_port: 3100,
+                scout_version: "0.1.0".into(),
+                protocol_version: 2,
+            })),
+            origin_key: [0; 32],
+            signature: RecordSignature::UNSIGNED,
+        };
+        scout_mesh::registry::sign(&mut record, key);
+        record
+    }
+
+    /// Signed records keep their signature in a real SQLite file, and a row
+    /// written before records were signed reads back as an unsigned record
+    /// instead of being skipped.
+    #[test]
+    fn signatures_survive_the_store_and_unsigned_rows_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path().join("scout.db"), StoreOptions::default()).unwrap();
+        let signed = node_record(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]));
+        let legacy = node_record(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
+        let legacy_bytes =
+            postcard::to_allocvec(&(&legacy.key, &legacy.dot, &legacy.hlc, &legacy.body)).unwrap();
+        let records = vec![signed.clone()];
+        store
+            .write_blocking(move |tx| {
+                persist(tx, &records, &VClock::new())?;
+                tx.execute(
+                    "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
+                     VALUES (?1, 'node', '', 1, 0, ?2, 0)",
+                    params![legacy.key.origin.as_str(), legacy_bytes],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let stored = store.read(load_registry).unwrap();
+        assert_eq!(stored.skipped, 0);
+        assert_eq!(stored.records.len(), 2);
+        let reread = stored
+            .records
+            .iter()
+            .find(|record| record.key == signed.key)
+            .unwrap();
+        assert_eq!(reread, &signed);
+        scout_mesh::registry::validate(reread).unwrap();
+        let unsigned = stored
+            .records
+            .iter()
+            .find(|record| record.key != signed.key)
+            .unwrap();
+        assert_eq!(unsigned.signature, RecordSignature::UNSIGNED);
+        assert_eq!(
+            scout_mesh::registry::validate(unsigned).unwrap_err().code(),
+            "INVALID_SIGNATURE"
+        );
+        store.close().unwrap();
+    }
+}
