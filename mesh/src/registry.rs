@@ -4,7 +4,13 @@
 //!
 //! Rules:
 //! - A record's key is `(origin, kind, name)`, and only `origin` writes under
-//!   it. For one key, the version with the higher sequence number
+//!   it. Every version carries the origin's Ed25519 public key and its
+//!   signature over the key, dot, timestamp and body ([`sign`]). A version
+//!   whose key does not hash to its origin, or whose signature does not
+//!   verify, is forged: it is refused with `INVALID_SIGNATURE` before merge,
+//!   so it is never stored and never relayed. A member can relay other
+//!   brokers' records but cannot write one in another broker's name.
+//! - For one key, the version with the higher sequence number
 //!   (`dot.counter`) wins; with one writer there are no conflicts. The one
 //!   exception, an origin that lost its database and reused sequence numbers,
 //!   is broken deterministically (see [`Registry`]) and repaired by
@@ -15,30 +21,72 @@
 //!   a `crdts::MVReg` register, and the view of a definition merges every
 //!   origin's snapshot, so concurrent edits are all shown until an edit that
 //!   saw them supersedes them.
-//! - [`validate`] checks a record on its own (names, sizes, kinds, version);
-//!   it is the same on every broker, so every broker rejects the same records
-//!   and bad data never spreads. Rules that depend on other records (an
-//!   instance's node must be its origin's node name) are applied where the
-//!   record is written ([`crate::sync::Replica::put`]) and as filters of the
-//!   views, never as rejections: two brokers that know different records
+//! - [`validate`] checks a record on its own (signature, names, sizes,
+//!   kinds, version); it is the same on every broker, so every broker rejects
+//!   the same records and bad data never spreads. Rules that depend on other
+//!   records (an instance's node must be its origin's node name, an
+//!   admission counts only when its author is a member) are applied where
+//!   the record is written ([`crate::sync::Replica::put`]) and as filters of
+//!   the views, never as rejections: two brokers that know different records
 //!   would otherwise reject different things and never converge.
 //!
-//! Every view is a pure function of the record set, so replicas holding the
-//! same records show the same views.
+//! Membership rule. An admission or revocation names its author
+//! (`admitted_by`, `revoked_by`), which must be the record's origin
+//! (checked by [`validate`]) and so, with the signature, is authentic. The
+//! membership view is computed from the live admission and revocation
+//! records alone, rooted at the mesh's founder, whose node id is the mesh id
+//! (the mesh id is derived from the founder's key, so nobody else can be the
+//! root):
+//! 1. *Vouched* nodes: the founder, and every node admitted by a vouched
+//!    node, revocations ignored.
+//! 2. *Revoked* nodes: every node named by a revocation whose origin is
+//!    vouched. A revocation by a stranger counts for nothing.
+//! 3. *Admitted* nodes: the founder unless revoked, and every unrevoked node
+//!    admitted by an admitted node. A revoked node's admissions stop
+//!    counting, earlier ones included: a stolen key can sign admissions with
+//!    any sequence number or timestamp, so "earlier" cannot be told apart
+//!    from a backdated forgery. A node it admitted stays a member only if
+//!    another chain from the founder reaches it;
+//!    [`crate::sync::Replica::put`] of a revocation re-admits such nodes in
+//!    the revoker's name, so revoking one member does not cut off the ones
+//!    it invited.
+//! 4. *Members*: admitted nodes whose counted admissions (those by admitted
+//!    nodes) agree on one public key.
+//!
+//! A `Founder` admission by any other key than the founder's is an
+//! admission of a stranger by a stranger: it is stored and relayed (it is
+//! authentic), but no chain from the founder reaches its author, so it
+//! counts for nothing. Revocations by a revoked node still count (step 2
+//! ignores revocations), so two members revoking each other are both out;
+//! deciding which of them came "first" would depend on arrival order.
+//!
+//! Why it converges: each step is a pure function of the set of live
+//! records, whatever order they arrived in, and records are never refused
+//! because of other records. A record of a revoked or unvouched origin is
+//! stored like any other authentic record (refusing it on brokers that
+//! already know the revocation and not on others would make the record sets
+//! differ), and the views give it no weight.
+//!
+//! Every view is a pure function of the record set and the founder, so
+//! replicas of one mesh holding the same records show the same views.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crdts::{CvRDT, MVReg, VClock};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
 use crate::names::{AgentName, LABEL_LEN_MAX, Label, NAME_BYTES_MAX, NamePart};
 use crate::resolve::Candidate;
-use crate::wire::{NODE_ID_BYTES, VV_ENTRY_BYTES_MAX, truncate};
+use crate::wire::{NODE_ID_BYTES, SIGNATURE_BYTES, VV_ENTRY_BYTES_MAX, truncate};
 
 pub use crate::hlc::Hlc;
 pub use crate::wire::{
     AdmissionBody, AdmissionMethod, DefinitionBody, DefinitionEntry, DefinitionValue, InstanceBody,
-    InvalidNodeId, NodeBody, NodeId, Record, RecordBody, RecordKey, RecordKind, RevocationBody,
+    InvalidNodeId, NodeBody, NodeId, Record, RecordBody, RecordKey, RecordKind, RecordSignature,
+    RevocationBody,
 };
+
+pub use crate::wire::ADDRESS_BYTES_MAX;
 
 /// The longest record name, in bytes. The longest name of any kind is a full
 /// agent name; node ids and labels are shorter.
@@ -50,17 +98,14 @@ pub const RECORD_NAME_BYTES_MAX: usize = NAME_BYTES_MAX;
 pub const RECORD_BODY_BYTES_MAX: usize = 32 * 1024;
 
 /// The largest encoded record: its body, its key (two node ids counting the
-/// dot's, a name) and a little for tags, lengths and the timestamp.
+/// dot's, a name), the origin's public key and signature, and a little for
+/// tags, lengths and the timestamp.
 pub const RECORD_BYTES_MAX: usize =
-    RECORD_BODY_BYTES_MAX + 2 * NODE_ID_BYTES + RECORD_NAME_BYTES_MAX + 64;
+    RECORD_BODY_BYTES_MAX + 2 * NODE_ID_BYTES + RECORD_NAME_BYTES_MAX + 32 + SIGNATURE_BYTES + 64;
 
 /// The most mesh addresses a node may announce. A machine with a LAN, a VPN
 /// and a few interfaces has well under this; more is a misconfiguration.
 pub const NODE_ADDRESSES_MAX: usize = 16;
-
-/// The longest address string, in bytes: a bracketed IPv6 address with a
-/// scope id and a port is under 64.
-pub const ADDRESS_BYTES_MAX: usize = 64;
 
 /// The longest Scout version string, in bytes (`0.1.0-rc.1+abcdef`).
 pub const VERSION_STRING_BYTES_MAX: usize = 64;
@@ -162,6 +207,16 @@ pub enum InvalidRecord {
     /// A revocation tombstone: revocations are permanent.
     #[error("revocations are permanent and cannot be deleted")]
     RevocationDeleted,
+    /// The record is not signed by its origin: its public key is not the
+    /// origin's, or its signature does not verify. Someone other than the
+    /// origin wrote it, or it was damaged on the way.
+    #[error("record of {origin} is not signed by its origin: {detail}")]
+    InvalidSignature {
+        /// The key's origin.
+        origin: NodeId,
+        /// What did not match.
+        detail: &'static str,
+    },
     /// A local instance record names another node than this broker.
     #[error("instance `{name}` is on node `{instance_node}`, but this broker is `{self_node}`")]
     InstanceNodeMismatch {
@@ -178,15 +233,66 @@ impl InvalidRecord {
     /// The stable code of every record error.
     pub const CODE: &'static str = "INVALID_RECORD";
 
-    /// The stable code of this error, [`InvalidRecord::CODE`].
+    /// The stable code of a forged record.
+    pub const SIGNATURE_CODE: &'static str = "INVALID_SIGNATURE";
+
+    /// The stable code of this error: [`InvalidRecord::SIGNATURE_CODE`] for
+    /// a forged record, [`InvalidRecord::CODE`] for every other.
     pub fn code(&self) -> &'static str {
-        Self::CODE
+        match self {
+            InvalidRecord::InvalidSignature { .. } => Self::SIGNATURE_CODE,
+            _ => Self::CODE,
+        }
     }
 }
 
+/// Signs `record` as its origin: sets its public key and its signature over
+/// [`Record::signed_bytes`]. Ed25519 signing is deterministic, so this needs
+/// no randomness and the same record always gets the same signature.
+pub fn sign(record: &mut Record, key: &SigningKey) {
+    record.origin_key = key.verifying_key().to_bytes();
+    record.signature = RecordSignature(key.sign(&record.signed_bytes()).to_bytes());
+}
+
+/// Checks that `record` is signed by its origin: the public key it carries
+/// hashes to the origin's node id and the signature verifies.
+pub fn verify_signature(record: &Record) -> Result<(), InvalidRecord> {
+    let forged = |detail: &'static str| InvalidRecord::InvalidSignature {
+        origin: record.key.origin.clone(),
+        detail,
+    };
+    if NodeId::of_public_key(&record.origin_key) != record.key.origin {
+        return Err(forged("its public key is not the origin's"));
+    }
+    let public_key = VerifyingKey::from_bytes(&record.origin_key)
+        .map_err(|_| forged("its public key is not an Ed25519 key"))?;
+    let signature = ed25519_dalek::Signature::from_bytes(&record.signature.0);
+    // `verify_strict` also refuses weak keys and malleable signatures, so
+    // one record has one valid signature.
+    public_key
+        .verify_strict(&record.signed_bytes(), &signature)
+        .map_err(|_| forged("its signature does not verify"))?;
+    Ok(())
+}
+
 /// Checks one record on its own: the rules every broker applies before
-/// merging anything, whoever sent it.
+/// merging anything, whoever sent it. The signature is checked first for
+/// the origin's key and last for the signature itself, so a record of the
+/// wrong key costs nothing and a malformed one costs no verification.
 pub fn validate(record: &Record) -> Result<(), InvalidRecord> {
+    if NodeId::of_public_key(&record.origin_key) != record.key.origin {
+        return Err(InvalidRecord::InvalidSignature {
+            origin: record.key.origin.clone(),
+            detail: "its public key is not the origin's",
+        });
+    }
+    validate_unsigned(record)?;
+    verify_signature(record)
+}
+
+/// The checks of [`validate`] except the signature: for a record being
+/// written, before it is signed.
+pub(crate) fn validate_unsigned(record: &Record) -> Result<(), InvalidRecord> {
     let key = &record.key;
     if record.dot.actor != key.origin {
         return Err(InvalidRecord::ActorNotOrigin {
@@ -422,12 +528,17 @@ fn check_author(
     author: &NodeId,
     origin: &NodeId,
 ) -> Result<(), InvalidRecord> {
+    // The origin signed the record, so a body naming another author is a
+    // claim made in someone else's name: a forgery, not a typo.
     if author == origin {
         Ok(())
     } else {
-        Err(InvalidRecord::InvalidField {
-            field,
-            detail: format!("{author} is not the record's origin {origin}"),
+        Err(InvalidRecord::InvalidSignature {
+            origin: origin.clone(),
+            detail: match field {
+                "admitted_by" => "its admitted_by is not its origin",
+                _ => "its revoked_by is not its origin",
+            },
         })
     }
 }
@@ -478,7 +589,7 @@ pub struct InstanceEntry<'a> {
 }
 
 /// The membership view, recomputed whenever an admission or revocation
-/// record changes.
+/// record changes (see the module documentation for the rule).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Trust {
     has_admissions: bool,
@@ -495,8 +606,10 @@ struct Trust {
 /// (only possible when an origin lost its database and reused a number) the
 /// higher timestamp, then the larger encoding, so every broker picks the same
 /// one whatever order they arrive in.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
+    /// The mesh's founder, the root of every admission chain.
+    founder: NodeId,
     records: BTreeMap<RecordKey, Record>,
     /// Every stored record by origin and sequence number, for deltas and
     /// for advancing version vectors. A set of pairs rather than a map,
@@ -509,9 +622,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new() -> Registry {
-        Registry::default()
+    /// An empty registry of the mesh founded by `founder` (the node id whose
+    /// bytes are the mesh id, see [`founder_of`]).
+    pub fn new(founder: NodeId) -> Registry {
+        Registry {
+            founder,
+            records: BTreeMap::new(),
+            by_origin: BTreeMap::new(),
+            trust_keys: BTreeSet::new(),
+            trust: Trust::default(),
+        }
+    }
+
+    /// The mesh's founder, the root of the admission chains.
+    pub fn founder(&self) -> &NodeId {
+        &self.founder
     }
 
     /// How many records (tombstones included) it holds.
@@ -572,8 +697,8 @@ impl Registry {
             .filter_map(|(_, key)| self.records.get(key))
     }
 
-    /// Node ids admitted by at least one live admission, with no revocation
-    /// and no key conflict.
+    /// Node ids admitted by a chain of admissions from the founder, with no
+    /// revocation and no key conflict (see the module documentation).
     pub fn members(&self) -> &BTreeSet<NodeId> {
         &self.trust.members
     }
@@ -588,18 +713,20 @@ impl Registry {
         self.trust.revoked.contains(node_id)
     }
 
-    /// Whether any live admission exists. Until one does, the mesh has no
-    /// membership yet (a fresh broker before it joins or founds one).
+    /// Whether any admission counts (its author is admitted). Until one
+    /// does, the mesh has no membership yet (a fresh broker before it joins
+    /// or founds one, or a joiner before the founder's records arrive).
     pub fn has_admissions(&self) -> bool {
         self.trust.has_admissions
     }
 
     /// Whether `node_id` may sync with this broker: anyone while the mesh has
     /// no admissions (a fresh broker); afterwards members, and brokers that
-    /// admitted someone. Only members admit, so an admitter is a member whose
-    /// own admission has not arrived yet; without this, a broker that first
-    /// hears of its own admission would refuse the broker that admitted it.
-    /// A revoked node never syncs.
+    /// admitted someone. An admitter may be a member whose own admission has
+    /// not arrived yet; without this, a broker that first hears of its own
+    /// admission would refuse the broker that admitted it. This only lets
+    /// an admitter's sync messages in: it is not a member in any view, and
+    /// the transport admits only members' keys. A revoked node never syncs.
     pub fn may_sync(&self, node_id: &NodeId) -> bool {
         if !self.has_admissions() {
             return true;
@@ -712,7 +839,10 @@ impl Registry {
     pub fn definition_register(&self, name: &str) -> MVReg<DefinitionValue, NodeId> {
         let mut register = MVReg::new();
         for record in self.records.values() {
-            if record.key.kind != RecordKind::Definition || record.key.name != name {
+            if record.key.kind != RecordKind::Definition
+                || record.key.name != name
+                || self.is_revoked(&record.key.origin)
+            {
                 continue;
             }
             if let Some(RecordBody::Definition(body)) = &record.body {
@@ -737,6 +867,7 @@ impl Registry {
             .records
             .values()
             .filter(|record| record.key.kind == RecordKind::Definition && record.body.is_some())
+            .filter(|record| !self.is_revoked(&record.key.origin))
             .map(|record| record.key.name.as_str())
             .collect();
         names
@@ -810,9 +941,8 @@ impl Registry {
     }
 
     fn recompute_trust(&mut self) {
-        let mut admissions: BTreeMap<NodeId, Vec<(NodeId, [u8; 32])>> = BTreeMap::new();
-        let mut revoked = BTreeSet::new();
-        let mut admitters = BTreeSet::new();
+        let mut admissions: Vec<(NodeId, NodeId, [u8; 32])> = Vec::new();
+        let mut revocations: Vec<(NodeId, NodeId)> = Vec::new();
         for key in &self.trust_keys {
             let Some(record) = self.records.get(key) else {
                 continue;
@@ -824,51 +954,110 @@ impl Registry {
             };
             match (&record.body, key.kind) {
                 (Some(RecordBody::Admission(body)), _) => {
-                    admitters.insert(key.origin.clone());
-                    admissions
-                        .entry(node_id)
-                        .or_default()
-                        .push((key.origin.clone(), body.public_key));
+                    admissions.push((key.origin.clone(), node_id, body.public_key));
                 }
                 (_, RecordKind::Revocation) => {
-                    revoked.insert(node_id);
+                    revocations.push((key.origin.clone(), node_id));
                 }
                 _ => {}
             }
         }
-        let mut trust = Trust {
-            has_admissions: !admissions.is_empty(),
-            revoked,
-            admitters,
-            ..Trust::default()
-        };
-        for (node_id, admitted) in admissions {
-            let keys: BTreeSet<[u8; 32]> = admitted.iter().map(|(_, key)| *key).collect();
-            if keys.len() > 1 {
-                trust.conflicts.push(KeyConflict {
-                    node_id,
-                    admissions: admitted,
-                });
-                continue;
-            }
-            let Some(key) = keys.into_iter().next() else {
-                continue;
-            };
-            if !trust.revoked.contains(&node_id) {
+        self.trust = trust_of(&self.founder, &admissions, &revocations);
+    }
+}
+
+/// The membership view of a set of live admissions `(author, admitted,
+/// key)` and revocations `(author, revoked)`, rooted at `founder`: the four
+/// steps of the module documentation.
+fn trust_of(
+    founder: &NodeId,
+    admissions: &[(NodeId, NodeId, [u8; 32])],
+    revocations: &[(NodeId, NodeId)],
+) -> Trust {
+    let no_one = BTreeSet::new();
+    // Step 1: vouched, revocations ignored.
+    let vouched = chain_closure(founder, admissions, &no_one);
+    // Step 2: revocations by vouched authors.
+    let revoked: BTreeSet<NodeId> = revocations
+        .iter()
+        .filter(|(author, _)| vouched.contains(author))
+        .map(|(_, node_id)| node_id.clone())
+        .collect();
+    // Step 3: admitted through unrevoked nodes only.
+    let admitted = chain_closure(founder, admissions, &revoked);
+    // Step 4: the keys counted admissions give each admitted node.
+    let mut keys_of: BTreeMap<NodeId, Vec<(NodeId, [u8; 32])>> = BTreeMap::new();
+    for (author, node_id, key) in admissions {
+        if admitted.contains(author) && admitted.contains(node_id) {
+            keys_of
+                .entry(node_id.clone())
+                .or_default()
+                .push((author.clone(), *key));
+        }
+    }
+    let mut trust = Trust {
+        has_admissions: !keys_of.is_empty(),
+        ..Trust::default()
+    };
+    for (node_id, counted) in keys_of {
+        let keys: BTreeSet<[u8; 32]> = counted.iter().map(|(_, key)| *key).collect();
+        match keys.into_iter().collect::<Vec<_>>().as_slice() {
+            [key] => {
                 trust.members.insert(node_id.clone());
-                trust.keys.insert(node_id, key);
+                trust.keys.insert(node_id, *key);
+            }
+            _ => trust.conflicts.push(KeyConflict {
+                node_id,
+                admissions: counted,
+            }),
+        }
+    }
+    let conflicted: BTreeSet<&NodeId> = trust
+        .conflicts
+        .iter()
+        .map(|conflict| &conflict.node_id)
+        .collect();
+    trust.admitters = admissions
+        .iter()
+        .map(|(author, _, _)| author)
+        .filter(|author| !conflicted.contains(author) && !revoked.contains(*author))
+        .cloned()
+        .collect();
+    trust.revoked = revoked;
+    trust
+}
+
+/// Every node reachable from `founder` by admissions whose author is
+/// reachable, never entering a node of `excluded`.
+fn chain_closure(
+    founder: &NodeId,
+    admissions: &[(NodeId, NodeId, [u8; 32])],
+    excluded: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let mut reached = BTreeSet::new();
+    if excluded.contains(founder) {
+        return reached;
+    }
+    let mut by_author: BTreeMap<&NodeId, Vec<&NodeId>> = BTreeMap::new();
+    for (author, node_id, _) in admissions {
+        by_author.entry(author).or_default().push(node_id);
+    }
+    let mut frontier = vec![founder.clone()];
+    reached.insert(founder.clone());
+    while let Some(author) = frontier.pop() {
+        for node_id in by_author.get(&author).into_iter().flatten() {
+            if !excluded.contains(*node_id) && reached.insert((*node_id).clone()) {
+                frontier.push((*node_id).clone());
             }
         }
-        let conflicted: BTreeSet<NodeId> = trust
-            .conflicts
-            .iter()
-            .map(|conflict| conflict.node_id.clone())
-            .collect();
-        trust
-            .admitters
-            .retain(|node_id| !conflicted.contains(node_id) && !trust.revoked.contains(node_id));
-        self.trust = trust;
     }
+    reached
+}
+
+/// The founder of a mesh: the node id with the mesh id's bytes, since a
+/// mesh id is the node id of its founder's key ([`crate::wire::MeshId`]).
+pub fn founder_of(mesh_id: &crate::wire::MeshId) -> NodeId {
+    NodeId::from_bytes(mesh_id.0)
 }
 
 /// The smallest key of `origin`, for range queries on the origin index.
@@ -959,11 +1148,19 @@ pub(crate) fn contiguous_vv(registry: &Registry, base: &VClock<NodeId>) -> VCloc
 mod tests {
     use super::*;
     use crate::lifecycle::{EndpointState, Harness};
-    use crate::wire::NODE_ID_BYTES;
     use crdts::{CmRDT, Dot};
 
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_bytes(&[byte; 32])
+    }
+
     fn id(byte: u8) -> NodeId {
-        NodeId::from_bytes([byte; NODE_ID_BYTES])
+        NodeId::of_public_key(&key(byte).verifying_key().to_bytes())
+    }
+
+    /// A registry of the mesh founded by node 1.
+    fn registry() -> Registry {
+        Registry::new(id(1))
     }
 
     fn record(
@@ -973,7 +1170,7 @@ mod tests {
         name: &str,
         body: Option<RecordBody>,
     ) -> Record {
-        Record {
+        let mut record = Record {
             key: RecordKey {
                 origin: id(origin),
                 kind,
@@ -985,7 +1182,11 @@ mod tests {
                 logical: 0,
             },
             body,
-        }
+            origin_key: [0; 32],
+            signature: RecordSignature::UNSIGNED,
+        };
+        sign(&mut record, &key(origin));
+        record
     }
 
     fn node_body(name: &str) -> RecordBody {
@@ -1186,13 +1387,13 @@ mod tests {
         if let Some(RecordBody::Admission(body)) = &mut by_other.body {
             body.admitted_by = id(3);
         }
-        assert!(matches!(
-            validate(&by_other),
-            Err(InvalidRecord::InvalidField {
-                field: "admitted_by",
-                ..
-            })
-        ));
+        sign(&mut by_other, &key(1));
+        let err = validate(&by_other).unwrap_err();
+        assert!(
+            matches!(err, InvalidRecord::InvalidSignature { .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), "INVALID_SIGNATURE");
 
         let long_reason = record(
             1,
@@ -1208,6 +1409,77 @@ mod tests {
             validate(&long_reason),
             Err(InvalidRecord::TooLarge { .. })
         ));
+    }
+
+    /// Every string a record carries from a peer: accepted at its limit,
+    /// refused one byte past it with an error naming the field.
+    #[test]
+    fn record_strings_are_accepted_at_their_limit_and_refused_past_it() {
+        type Build = fn(usize) -> Record;
+        let cases: &[(&str, usize, Build)] = &[
+            ("address", ADDRESS_BYTES_MAX, |len| {
+                // The longest socket address there is: exactly the limit.
+                let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535";
+                let address = if len == longest.len() {
+                    longest.to_owned()
+                } else {
+                    "x".repeat(len)
+                };
+                let mut body = node_body("laptop");
+                if let RecordBody::Node(node) = &mut body {
+                    node.addresses = vec![address];
+                }
+                record(1, 1, RecordKind::Node, "", Some(body))
+            }),
+            ("scout version", VERSION_STRING_BYTES_MAX, |len| {
+                let mut body = node_body("laptop");
+                if let RecordBody::Node(node) = &mut body {
+                    node.scout_version = "1".repeat(len);
+                }
+                record(1, 1, RecordKind::Node, "", Some(body))
+            }),
+            ("cwd", CWD_BYTES_MAX, |len| {
+                let mut body = instance_body("main");
+                if let RecordBody::Instance(instance) = &mut body {
+                    instance.cwd = "d".repeat(len);
+                }
+                record(
+                    1,
+                    1,
+                    RecordKind::Instance,
+                    "@fabric@laptop#main",
+                    Some(body),
+                )
+            }),
+            ("revocation reason", REVOCATION_REASON_BYTES_MAX, |len| {
+                record(
+                    1,
+                    1,
+                    RecordKind::Revocation,
+                    id(2).as_str(),
+                    Some(RecordBody::Revocation(RevocationBody {
+                        reason: "r".repeat(len),
+                        revoked_by: id(1),
+                    })),
+                )
+            }),
+            ("definition description", DESCRIPTION_BYTES_MAX, |len| {
+                definition_record(
+                    1,
+                    1,
+                    &[DefinitionEntry {
+                        clock: VClock::from(Dot::new(id(1), 1)),
+                        value: value(&"d".repeat(len)),
+                    }],
+                )
+            }),
+        ];
+        for (field, max, build) in cases {
+            validate(&build(*max)).unwrap_or_else(|err| panic!("{field} at its limit: {err}"));
+            let err = validate(&build(max + 1)).unwrap_err();
+            assert_eq!(err.code(), "INVALID_RECORD", "{field}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
     }
 
     fn value(description: &str) -> DefinitionValue {
@@ -1275,10 +1547,10 @@ mod tests {
     fn the_higher_counter_wins_in_any_order() {
         let old = record(1, 1, RecordKind::Node, "", Some(node_body("laptop")));
         let new = record(1, 2, RecordKind::Node, "", Some(node_body("desk")));
-        let mut forward = Registry::new();
+        let mut forward = registry();
         assert_eq!(forward.apply(old.clone()), Applied::Inserted);
         assert_eq!(forward.apply(new.clone()), Applied::Replaced);
-        let mut backward = Registry::new();
+        let mut backward = registry();
         backward.apply(new.clone());
         assert_eq!(backward.apply(old.clone()), Applied::Stale);
         assert_eq!(backward.apply(new.clone()), Applied::Stale);
@@ -1292,10 +1564,10 @@ mod tests {
     fn equal_counters_break_ties_the_same_way_everywhere() {
         let left = record(1, 3, RecordKind::Node, "", Some(node_body("aaa")));
         let right = record(1, 3, RecordKind::Node, "", Some(node_body("bbb")));
-        let mut one = Registry::new();
+        let mut one = registry();
         one.apply(left.clone());
         one.apply(right.clone());
-        let mut two = Registry::new();
+        let mut two = registry();
         two.apply(right);
         two.apply(left);
         assert_eq!(one.state_digest(), two.state_digest());
@@ -1303,7 +1575,7 @@ mod tests {
 
     #[test]
     fn tombstones_hide_records_but_stay_until_collected() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,
@@ -1343,7 +1615,7 @@ mod tests {
 
     #[test]
     fn instances_must_match_their_origin_node_name() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,
@@ -1386,7 +1658,7 @@ mod tests {
 
     #[test]
     fn membership_admission_revocation_and_conflicts() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         assert!(!registry.has_admissions());
         assert!(
             registry.may_sync(&id(7)),
@@ -1430,9 +1702,104 @@ mod tests {
         assert_eq!(members, [&id(1), &id(3), &id(4)]);
     }
 
+    fn founder_admission(node: u8) -> Record {
+        let mut record = admission(node, 1, node, 0);
+        if let Some(RecordBody::Admission(body)) = &mut record.body {
+            body.public_key = key(node).verifying_key().to_bytes();
+            body.method = AdmissionMethod::Founder;
+        }
+        sign(&mut record, &key(node));
+        record
+    }
+
+    /// Every order of `records` gives the same members and revocations.
+    fn members_in_every_order(records: &[Record]) -> BTreeSet<NodeId> {
+        let mut forward = registry();
+        let mut backward = registry();
+        for record in records {
+            forward.apply(record.clone());
+        }
+        for record in records.iter().rev() {
+            backward.apply(record.clone());
+        }
+        assert_eq!(forward.members(), backward.members());
+        assert_eq!(forward.trust, backward.trust);
+        forward.members().clone()
+    }
+
+    #[test]
+    fn membership_is_a_chain_of_admissions_from_the_founder() {
+        // A stranger's own `Founder` admission, relayed by anyone, roots
+        // nothing: only node 1 founded this mesh.
+        let stranger = [founder_admission(7), admission(7, 2, 8, 8)];
+        let mut alone = registry();
+        for record in &stranger {
+            validate(record).unwrap();
+            alone.apply(record.clone());
+        }
+        assert!(alone.members().is_empty());
+        assert!(!alone.has_admissions());
+
+        let chain = [
+            founder_admission(1),
+            admission(1, 2, 2, 22),
+            admission(2, 1, 3, 33),
+            admission(3, 1, 4, 44),
+        ];
+        let mut all: Vec<Record> = chain.to_vec();
+        all.extend(stranger.iter().cloned());
+        let members = members_in_every_order(&all);
+        assert_eq!(members, [1, 2, 3, 4].map(id).into_iter().collect());
+
+        // A revocation by a stranger counts for nothing.
+        all.push(revocation(7, 3, 2));
+        assert_eq!(members_in_every_order(&all), members);
+
+        // Revoking 3 cuts 3 off, and with it 4, whose only chain ran
+        // through 3: a revoked key's admissions stop counting.
+        all.push(revocation(2, 2, 3));
+        assert_eq!(
+            members_in_every_order(&all),
+            [1, 2].map(id).into_iter().collect()
+        );
+        // Another member's admission of 4 brings it back.
+        all.push(admission(1, 3, 4, 44));
+        assert_eq!(
+            members_in_every_order(&all),
+            [1, 2, 4].map(id).into_iter().collect()
+        );
+        // Revoking the founder ends every chain.
+        all.push(revocation(2, 3, 1));
+        assert!(members_in_every_order(&all).is_empty());
+    }
+
+    #[test]
+    fn forged_records_fail_validation_with_invalid_signature() {
+        let genuine = admission(1, 1, 2, 22);
+        validate(&genuine).unwrap();
+        let mut damaged = genuine.clone();
+        damaged.signature.0[63] ^= 0x80;
+        let mut other_key = genuine.clone();
+        sign(&mut other_key, &key(2));
+        let mut borrowed_key = other_key.clone();
+        borrowed_key.origin_key = key(1).verifying_key().to_bytes();
+        let mut edited = genuine.clone();
+        edited.hlc.wall_ms += 1;
+        let mut unsigned = genuine.clone();
+        unsigned.signature = RecordSignature::UNSIGNED;
+        for forged in [damaged, other_key, borrowed_key, edited, unsigned] {
+            let err = validate(&forged).unwrap_err();
+            assert!(
+                matches!(err, InvalidRecord::InvalidSignature { .. }),
+                "{err}"
+            );
+            assert_eq!(err.code(), "INVALID_SIGNATURE");
+        }
+    }
+
     #[test]
     fn revoked_origins_disappear_from_views() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             2,
             1,
@@ -1455,7 +1822,7 @@ mod tests {
 
     #[test]
     fn definition_views_merge_every_origin() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         let mut first = MVReg::new();
         first.apply(first.write(value("one"), first.read_ctx().derive_add_ctx(id(1))));
         let mut second = MVReg::new();
@@ -1479,7 +1846,7 @@ mod tests {
 
     #[test]
     fn records_after_and_contiguity() {
-        let mut registry = Registry::new();
+        let mut registry = registry();
         registry.apply(record(
             1,
             1,

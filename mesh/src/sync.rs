@@ -29,14 +29,21 @@
 //!   out of order is kept (it is the newest of its key) and the gap is filled
 //!   by the next anti-entropy round.
 //!
-//! Membership rule ([`Registry::may_sync`]): once the registry holds any
-//! admission, only members may sync: their messages are handled and they are
-//! sent to; messages from other nodes are ignored with an event. A broker
-//! that admitted someone counts as a member for this, since only members
-//! admit and its own admission may not have arrived yet. A broker whose
-//! registry holds no admission yet (fresh, before it joins or founds a mesh)
-//! syncs with every peer the shell says is connected; the shell has
-//! authenticated the peer and checked its invite before that.
+//! Membership rule ([`Registry::may_sync`]): once the registry holds an
+//! admission that counts (a chain from the mesh's founder, see
+//! [`crate::registry`]), only members may sync: their messages are handled
+//! and they are sent to; messages from other nodes are ignored with an
+//! event. A broker that admitted someone counts as a member for this, since
+//! its own admission may not have arrived yet. A broker whose registry holds
+//! no counted admission yet (fresh, before it joins or founds a mesh) syncs
+//! with every peer the shell says is connected; the shell has authenticated
+//! the peer and checked its invite before that.
+//!
+//! Signatures: every record this replica writes is signed with its node key
+//! ([`ReplicaIdentity`]); every record a peer sends is verified before merge
+//! ([`crate::registry::validate`]), and a forged one is refused with
+//! `INVALID_SIGNATURE`, counted ([`Replica::invalid_signatures`]), never
+//! stored and so never relayed.
 //!
 //! A broker that lost its database and restarted with the same key reuses
 //! sequence numbers its peers already saw. The first sign of it (a peer
@@ -62,13 +69,16 @@ use crdts::{CmRDT, Dot, VClock};
 use crate::hlc::{ClockSkew, HlcClock};
 use crate::names::{AgentName, Label};
 use crate::registry::{
-    Applied, DefinitionBody, DefinitionValue, InvalidRecord, Record, RecordBody, RecordKey,
-    RecordKind, Registry, contiguous_vv, validate, validate_definition_value,
+    AdmissionBody, Applied, DefinitionBody, DefinitionValue, InvalidRecord, Record, RecordBody,
+    RecordKey, RecordKind, Registry, contiguous_vv, sign, validate, validate_definition_value,
+    validate_unsigned, verify_signature,
 };
 use crate::wire::{
-    DELTA_OVERHEAD_BYTES, NodeId, ORIGINS_MAX, RECORDS_PER_DELTA_MAX, SYNC_MESSAGE_BYTES_MAX,
-    SyncMessage, VV_ENTRY_BYTES_MAX, truncate,
+    DELTA_OVERHEAD_BYTES, NodeId, ORIGINS_MAX, RECORDS_PER_DELTA_MAX, RecordSignature,
+    SYNC_MESSAGE_BYTES_MAX, SyncMessage, VV_ENTRY_BYTES_MAX, truncate,
 };
+
+pub use ed25519_dalek::SigningKey;
 
 /// The most peers a replica syncs with at once. A broker connects to every
 /// other broker of its mesh, and Scout meshes are a person's or a team's
@@ -309,6 +319,38 @@ impl PeerRefused {
     }
 }
 
+/// Who a replica is: the node key it signs its records with (its node id is
+/// derived from it), its node name, and the founder of its mesh, the root
+/// of the membership view (see [`crate::registry`]).
+#[derive(Clone)]
+pub struct ReplicaIdentity {
+    /// The node's Ed25519 key. Signing is deterministic, so the replica
+    /// stays free of randomness.
+    pub signing_key: SigningKey,
+    /// The node name.
+    pub node_name: Label,
+    /// The founder of the mesh: [`crate::registry::founder_of`] its mesh id.
+    pub founder: NodeId,
+}
+
+impl std::fmt::Debug for ReplicaIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("ReplicaIdentity")
+            .field("node_id", &self.node_id())
+            .field("node_name", &self.node_name)
+            .field("founder", &self.founder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaIdentity {
+    /// The node id of the key.
+    pub fn node_id(&self) -> NodeId {
+        NodeId::of_public_key(&self.signing_key.verifying_key().to_bytes())
+    }
+}
+
 /// What a replica knows about one connected peer.
 #[derive(Debug, Clone, Default)]
 struct PeerState {
@@ -324,6 +366,9 @@ struct PeerState {
 pub struct Replica {
     self_id: NodeId,
     self_name: Label,
+    signing_key: SigningKey,
+    /// Records refused because they were not signed by their origin.
+    invalid_signatures: u64,
     config: SyncConfig,
     registry: Registry,
     vv: VClock<NodeId>,
@@ -348,14 +393,16 @@ pub struct Replica {
 
 impl Replica {
     /// A replica with an empty registry.
-    pub fn new(self_id: NodeId, self_name: Label, config: SyncConfig) -> Replica {
+    pub fn new(identity: ReplicaIdentity, config: SyncConfig) -> Replica {
         let config = config.normalized();
         Replica {
             rng: SplitMix64::new(config.seed),
-            self_id,
-            self_name,
+            self_id: identity.node_id(),
+            self_name: identity.node_name,
+            signing_key: identity.signing_key,
+            invalid_signatures: 0,
             config,
-            registry: Registry::new(),
+            registry: Registry::new(identity.founder),
             vv: VClock::new(),
             next_seq: 1,
             clock: HlcClock::new(),
@@ -375,26 +422,54 @@ impl Replica {
     /// not count yet; the next own sequence number follows the highest own
     /// number in either. A store that lost its vector may pass an empty one:
     /// the replica then fetches everything again, which costs bandwidth only.
+    ///
+    /// Records whose signature does not verify (stored by a release that
+    /// did not sign records, or damaged) are re-signed when they are this
+    /// broker's own (same key, sequence number, timestamp and body, so peers
+    /// see the same version) and persisted again; other origins' are dropped
+    /// with an event, and the vector forgets those origins so that the next
+    /// anti-entropy round fetches their signed copies from peers.
     pub fn restore(
-        self_id: NodeId,
-        self_name: Label,
+        identity: ReplicaIdentity,
         config: SyncConfig,
         records: impl IntoIterator<Item = Record>,
         vv: VClock<NodeId>,
     ) -> Replica {
-        let mut replica = Replica::new(self_id, self_name, config);
+        let mut replica = Replica::new(identity, config);
         let mut last_own_hlc = None;
-        for record in records {
-            if let Err(error) = validate(&record) {
+        let mut resigned = Vec::new();
+        let mut dropped_origins = BTreeSet::new();
+        for mut record in records {
+            let own = record.key.origin == replica.self_id;
+            if own {
+                // Our own key, whatever the row says: a row of this origin
+                // that verifies against another key cannot exist.
+                record.origin_key = replica.signing_key.verifying_key().to_bytes();
+            }
+            if let Err(error) = validate_unsigned(&record) {
                 replica.reject(RecordSource::Store, &record, error);
                 continue;
             }
-            if record.key.origin == replica.self_id {
+            if let Err(error) = verify_signature(&record) {
+                if own {
+                    sign(&mut record, &replica.signing_key);
+                    resigned.push(record.clone());
+                } else {
+                    dropped_origins.insert(record.key.origin.clone());
+                    replica.reject(RecordSource::Store, &record, error);
+                    continue;
+                }
+            }
+            if own {
                 last_own_hlc = last_own_hlc.max(Some(record.hlc));
             }
             replica.registry.apply(record);
         }
-        replica.vv = contiguous_vv(&replica.registry, &vv);
+        let mut base = vv;
+        for origin in &dropped_origins {
+            base.dots.remove(origin);
+        }
+        replica.vv = contiguous_vv(&replica.registry, &base);
         let own_max = replica
             .registry
             .max_counter(&replica.self_id)
@@ -402,6 +477,12 @@ impl Replica {
         replica.next_seq = own_max.saturating_add(1);
         if let Some(last) = last_own_hlc {
             replica.clock = HlcClock::resume(last);
+        }
+        if !resigned.is_empty() || !dropped_origins.is_empty() {
+            replica.emit(Output::Persist {
+                records: resigned,
+                vv: replica.vv.clone(),
+            });
         }
         replica
     }
@@ -450,6 +531,12 @@ impl Replica {
     /// The version vector of a peer's last digest.
     pub fn peer_vv(&self, peer: &NodeId) -> Option<&VClock<NodeId>> {
         self.peer_vvs.get(peer)
+    }
+
+    /// How many records peers sent that were not signed by their origin
+    /// (`INVALID_SIGNATURE`): each was refused, never stored nor relayed.
+    pub fn invalid_signatures(&self) -> u64 {
+        self.invalid_signatures
     }
 
     /// How many outputs were dropped because the queue was full.
@@ -503,6 +590,9 @@ impl Replica {
             .filter(|stored| stored.body.as_ref() == Some(&body));
         if let Some(stored) = unchanged {
             return Ok(stored.clone());
+        }
+        if kind == RecordKind::Revocation {
+            return self.revoke(now_ms, key, body);
         }
         self.write_local(now_ms, key, Some(body), OwnVv::Advance)
     }
@@ -729,6 +819,65 @@ impl Replica {
         }
     }
 
+    /// Writes a revocation, then re-admits in this broker's name every
+    /// member that lost its membership only because its chain of admissions
+    /// ran through the revoked node (see the membership rule in
+    /// [`crate::registry`]): revoking a member does not cut off the brokers
+    /// it invited.
+    fn revoke(
+        &mut self,
+        now_ms: u64,
+        key: RecordKey,
+        body: RecordBody,
+    ) -> Result<Record, InvalidRecord> {
+        let members_before: Vec<(NodeId, [u8; 32])> = self
+            .registry
+            .members()
+            .iter()
+            .filter_map(|node_id| Some((node_id.clone(), self.registry.admitted_key(node_id)?)))
+            .collect();
+        let revocation = self.write_local(now_ms, key, Some(body), OwnVv::Advance)?;
+        for (node_id, public_key) in members_before {
+            if node_id == self.self_id
+                || self.registry.is_member(&node_id)
+                || self.registry.is_revoked(&node_id)
+            {
+                continue;
+            }
+            let Some(earlier) = self.admission_of(&node_id) else {
+                continue;
+            };
+            let readmission = RecordBody::Admission(AdmissionBody {
+                public_key,
+                node_name: earlier.node_name.clone(),
+                admitted_by: self.self_id.clone(),
+                method: earlier.method,
+            });
+            let key = RecordKey {
+                origin: self.self_id.clone(),
+                kind: RecordKind::Admission,
+                name: node_id.as_str().to_owned(),
+            };
+            self.write_local(now_ms, key, Some(readmission), OwnVv::Advance)?;
+        }
+        Ok(revocation)
+    }
+
+    /// A live admission of `node_id`, by any origin.
+    fn admission_of(&self, node_id: &NodeId) -> Option<&AdmissionBody> {
+        self.registry
+            .records()
+            .find_map(|record| match &record.body {
+                Some(RecordBody::Admission(body))
+                    if record.key.kind == RecordKind::Admission
+                        && record.key.name == node_id.as_str() =>
+                {
+                    Some(body)
+                }
+                _ => None,
+            })
+    }
+
     fn write_local(
         &mut self,
         now_ms: u64,
@@ -741,9 +890,12 @@ impl Replica {
             dot: Dot::new(self.self_id.clone(), self.next_seq),
             hlc: self.clock.last(),
             body,
+            origin_key: self.signing_key.verifying_key().to_bytes(),
+            signature: RecordSignature::UNSIGNED,
         };
-        validate(&record)?;
+        validate_unsigned(&record)?;
         record.hlc = self.clock.now(now_ms);
+        sign(&mut record, &self.signing_key);
         self.next_seq += 1;
         let members_before = self.registry.members().clone();
         self.registry.apply(record.clone());
@@ -814,6 +966,9 @@ impl Replica {
         let mut skew: Option<ClockSkew> = None;
         for record in records {
             if let Err(error) = validate(&record) {
+                if matches!(error, InvalidRecord::InvalidSignature { .. }) {
+                    self.invalid_signatures += 1;
+                }
                 self.reject(RecordSource::Peer(from.clone()), &record, error);
                 continue;
             }

@@ -32,11 +32,13 @@ use crate::lifecycle::{EndpointState, Harness};
 
 /// The sync protocol version carried by every message body. A broker refuses
 /// bodies of any other version with [`WireError::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added the origin's key and signature to every record; version 1
+/// brokers cannot decode its records, so the two do not talk.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/1";
+pub const ALPN: &[u8] = b"scout-mesh/2";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -280,12 +282,101 @@ pub struct Record {
     pub hlc: Hlc,
     /// The value; `None` is a tombstone (the fact was deleted).
     pub body: Option<RecordBody>,
+    /// The raw Ed25519 public key of the origin, which signed this version.
+    /// Its node id ([`NodeId::of_public_key`]) must be the key's origin.
+    pub origin_key: [u8; 32],
+    /// The origin's Ed25519 signature over [`Record::signed_bytes`]: the
+    /// proof that the origin, and not whoever relayed the record, wrote it.
+    pub signature: RecordSignature,
 }
+
+/// The domain-separation prefix of the bytes a record signature covers, so
+/// a record signature can never be mistaken for a signature over anything
+/// else the node key signs (TLS handshakes, future message kinds).
+pub const RECORD_SIGNATURE_DOMAIN: &[u8] = b"scout-mesh/record-signature/v1\0";
+
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE_BYTES: usize = 64;
 
 impl Record {
     /// Whether this version is a tombstone.
     pub fn is_tombstone(&self) -> bool {
         self.body.is_none()
+    }
+
+    /// The bytes the origin signs: the domain prefix, then the postcard
+    /// encoding of the key, the dot, the timestamp and the body. Postcard is
+    /// deterministic for these types (maps are ordered, registers keep their
+    /// entries in the order they travel), so a receiver re-encoding what it
+    /// decoded gets the same bytes the origin signed.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut bytes = RECORD_SIGNATURE_DOMAIN.to_vec();
+        // As for `encode`: these types always encode.
+        let fields = postcard::to_allocvec(&(&self.key, &self.dot, &self.hlc, &self.body))
+            .expect("record fields always encode");
+        bytes.extend_from_slice(&fields);
+        bytes
+    }
+}
+
+/// An Ed25519 signature, 64 bytes. Serde has no impl for arrays this long,
+/// so it travels as a fixed-size tuple of bytes (64 bytes in postcard).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordSignature(pub [u8; SIGNATURE_BYTES]);
+
+impl RecordSignature {
+    /// All zeroes: the signature of a record nobody signed yet (a record
+    /// being built, or one stored by a release that did not sign).
+    pub const UNSIGNED: RecordSignature = RecordSignature([0; SIGNATURE_BYTES]);
+}
+
+impl fmt::Debug for RecordSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordSignature(")?;
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl Serialize for RecordSignature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(SIGNATURE_BYTES)?;
+        for byte in &self.0 {
+            tuple.serialize_element(byte)?;
+        }
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordSignature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RecordSignature, D::Error> {
+        struct SignatureVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for SignatureVisitor {
+            type Value = RecordSignature;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{SIGNATURE_BYTES} signature bytes")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RecordSignature, A::Error> {
+                let mut bytes = [0u8; SIGNATURE_BYTES];
+                for (idx, byte) in bytes.iter_mut().enumerate() {
+                    *byte = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(idx, &self))?;
+                }
+                Ok(RecordSignature(bytes))
+            }
+        }
+
+        deserializer.deserialize_tuple(SIGNATURE_BYTES, SignatureVisitor)
     }
 }
 
@@ -636,6 +727,36 @@ pub const HELLO_ADDRESSES_MAX: usize = 16;
 /// Bytes of an error frame's message, so a peer's error cannot be large.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 
+/// Bytes of an error frame's code. Codes are short UPPER_SNAKE words
+/// (`MALFORMED_FRAME`); anything longer is not a code.
+pub const ERROR_CODE_BYTES_MAX: usize = 64;
+
+/// Bytes of an address string (`ip:port`), in frames and node records: a
+/// bracketed IPv6 address with a scope id and a port is under 64.
+pub const ADDRESS_BYTES_MAX: usize = 64;
+
+/// Bytes of a node name in a frame: a node name is one DNS label.
+pub const NODE_NAME_BYTES_MAX: usize = crate::names::LABEL_LEN_MAX;
+
+/// Bytes of an id minted by a broker (invocation and conversation ids).
+/// Brokers mint uuid strings of 36 bytes; the limit leaves room for a
+/// prefix without letting a peer send a page of text as an id.
+pub const ID_BYTES_MAX: usize = 128;
+
+/// Bytes of an agent name in a frame (the target as mentioned, the
+/// instance it resolved to): the longest valid full name.
+pub const AGENT_NAME_BYTES_MAX: usize = crate::names::NAME_BYTES_MAX;
+
+/// Bytes of a machine-readable reason word (`resolve_reason`): the words
+/// are short snake_case names of an enum variant.
+pub const REASON_BYTES_MAX: usize = 64;
+
+/// Bytes of a flight update's detail: a few sentences for people, not
+/// output (output has its own limit and is split across updates). Generous,
+/// because a failure detail may quote an error chain; senders cut longer
+/// ones with [`truncate`].
+pub const DETAIL_BYTES_MAX: usize = 16 * 1024;
+
 /// Bytes of a mesh id.
 pub const MESH_ID_BYTES: usize = 16;
 
@@ -846,46 +967,90 @@ impl MeshFrame {
         }
     }
 
-    /// An error frame.
+    /// An error frame, its message cut to fit [`ERROR_MESSAGE_BYTES_MAX`]
+    /// with the ellipsis [`truncate`] appends, so that the peer accepts it.
     pub fn error(code: &str, message: impl Into<String>) -> MeshFrame {
         MeshFrame::Error(ErrorFrame {
             code: code.to_owned(),
-            message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX),
+            message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX - '…'.len_utf8()),
         })
     }
 
-    fn check_limits(&self) -> Result<(), WireError> {
-        let addresses = match self {
-            MeshFrame::Hello(hello) | MeshFrame::HelloAck(hello) => hello.addresses.len(),
-            MeshFrame::Join(join) => join.addresses.len(),
-            MeshFrame::Sync(message) => return message.check_limits(),
-            MeshFrame::Invoke(invoke) if invoke.body.len() > INVOKE_BODY_BYTES_MAX => {
-                return Err(WireError::MalformedFrame {
-                    detail: format!(
-                        "invocation body of {} bytes; the limit is {INVOKE_BODY_BYTES_MAX}",
-                        invoke.body.len()
-                    ),
-                });
+    /// Checks every count and string a peer can send against its named
+    /// limit; the error names the field. Sizes of the whole frame are
+    /// bounded by the encoding already.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        match self {
+            MeshFrame::Hello(hello) | MeshFrame::HelloAck(hello) => {
+                check_str("node_name", &hello.node_name, NODE_NAME_BYTES_MAX)?;
+                check_addresses(&hello.addresses)
             }
-            MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update))
-                if update.output.len() > FLIGHT_OUTPUT_BYTES_MAX =>
-            {
-                return Err(WireError::MalformedFrame {
-                    detail: format!(
-                        "flight output of {} bytes; the limit is {FLIGHT_OUTPUT_BYTES_MAX}",
-                        update.output.len()
-                    ),
-                });
+            MeshFrame::Join(join) => {
+                check_str("node_name", &join.node_name, NODE_NAME_BYTES_MAX)?;
+                check_addresses(&join.addresses)
             }
-            _ => 0,
-        };
-        if addresses > HELLO_ADDRESSES_MAX {
-            return Err(WireError::MalformedFrame {
-                detail: format!("{addresses} addresses; the limit is {HELLO_ADDRESSES_MAX}"),
-            });
+            MeshFrame::Sync(message) => message.check_limits(),
+            MeshFrame::Error(error) => {
+                check_str("code", &error.code, ERROR_CODE_BYTES_MAX)?;
+                check_str("message", &error.message, ERROR_MESSAGE_BYTES_MAX)
+            }
+            MeshFrame::Invoke(invoke) => {
+                check_str("invocation_id", &invoke.invocation_id, ID_BYTES_MAX)?;
+                check_str("body", &invoke.body, INVOKE_BODY_BYTES_MAX)?;
+                if let Some(conversation_id) = &invoke.conversation_id {
+                    check_str("conversation_id", conversation_id, ID_BYTES_MAX)?;
+                }
+                check_str("target", &invoke.target, AGENT_NAME_BYTES_MAX)?;
+                check_str("instance", &invoke.instance, AGENT_NAME_BYTES_MAX)?;
+                check_str("resolve_reason", &invoke.resolve_reason, REASON_BYTES_MAX)
+            }
+            MeshFrame::InvokeAck(ack) => {
+                check_str("invocation_id", &ack.invocation_id, ID_BYTES_MAX)
+            }
+            MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update)) => {
+                check_str("invocation_id", &update.invocation_id, ID_BYTES_MAX)?;
+                check_str("output", &update.output, FLIGHT_OUTPUT_BYTES_MAX)?;
+                if let Some(detail) = &update.detail {
+                    check_str("detail", detail, DETAIL_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
+                check_str("invocation_id", invocation_id, ID_BYTES_MAX)
+            }
+            MeshFrame::SyncAck
+            | MeshFrame::JoinAccepted(_)
+            | MeshFrame::Ping { .. }
+            | MeshFrame::Pong { .. }
+            | MeshFrame::FlightAck(None) => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Refuses a string over its limit, naming the field.
+fn check_str(field: &str, value: &str, max: usize) -> Result<(), WireError> {
+    if value.len() > max {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an address list over its count or an address over its length.
+fn check_addresses(addresses: &[String]) -> Result<(), WireError> {
+    if addresses.len() > HELLO_ADDRESSES_MAX {
+        return Err(WireError::MalformedFrame {
+            detail: format!(
+                "{} addresses; the limit is {HELLO_ADDRESSES_MAX}",
+                addresses.len()
+            ),
+        });
+    }
+    for address in addresses {
+        check_str("address", address, ADDRESS_BYTES_MAX)?;
+    }
+    Ok(())
 }
 
 /// Encodes a mesh frame body: the protocol version, then the frame.
@@ -980,8 +1145,9 @@ impl Invite {
 }
 
 /// `input` cut to at most `max` bytes on a character boundary, with `…`
-/// appended when something was cut, so errors about huge inputs stay small.
-pub(crate) fn truncate(input: &str, max: usize) -> String {
+/// (3 more bytes) appended when something was cut, so errors about huge
+/// inputs stay small.
+pub fn truncate(input: &str, max: usize) -> String {
     if input.len() <= max {
         return input.to_owned();
     }
@@ -1053,6 +1219,8 @@ mod tests {
                 endpoint_state: EndpointState::Idle,
                 active_flights: 1,
             })),
+            origin_key: [7; 32],
+            signature: RecordSignature([9; SIGNATURE_BYTES]),
         };
         for message in [
             SyncMessage::Push {
@@ -1073,9 +1241,14 @@ mod tests {
     #[test]
     fn decode_refuses_other_versions_trailing_bytes_and_huge_bodies() {
         let digest = SyncMessage::Digest { vv: VClock::new() };
-        let mut body = postcard::to_allocvec(&(2u16, &digest)).unwrap();
+        let mut body = postcard::to_allocvec(&(PROTOCOL_VERSION + 1, &digest)).unwrap();
         let err = decode(&body).unwrap_err();
-        assert_eq!(err, WireError::UnsupportedVersion { version: 2 });
+        assert_eq!(
+            err,
+            WireError::UnsupportedVersion {
+                version: PROTOCOL_VERSION + 1
+            }
+        );
         assert_eq!(err.code(), "UNSUPPORTED_VERSION");
 
         body = encode(&digest);
@@ -1086,7 +1259,10 @@ mod tests {
         assert_eq!(decode(&huge).unwrap_err().code(), "FRAME_TOO_LARGE");
 
         assert_eq!(decode(&[]).unwrap_err().code(), "MALFORMED_FRAME");
-        assert_eq!(decode(&[1, 9]).unwrap_err().code(), "MALFORMED_FRAME");
+        assert_eq!(
+            decode(&[PROTOCOL_VERSION as u8, 9]).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
     }
 
     #[test]
@@ -1150,6 +1326,141 @@ mod tests {
         let once = DefinitionBody::from_entries(&[entry]).unwrap();
         assert_ne!(twice, once);
         assert_eq!(twice, twice.clone());
+    }
+
+    fn invoke(text: &dyn Fn(&str) -> String) -> MeshFrame {
+        MeshFrame::Invoke(InvokeRequest {
+            invocation_id: text("invocation_id"),
+            action: crate::lifecycle::InvocationAction::Consult,
+            body: text("body"),
+            conversation_id: Some(text("conversation_id")),
+            origin: id(1),
+            target: text("target"),
+            instance: text("instance"),
+            resolve_reason: text("resolve_reason"),
+            deadline_ms: None,
+            policy: crate::lifecycle::DeliveryPolicy::MustAck,
+        })
+    }
+
+    fn flight_update(text: &dyn Fn(&str) -> String) -> FlightUpdate {
+        FlightUpdate {
+            invocation_id: text("invocation_id"),
+            state: crate::lifecycle::FlightState::Running,
+            output: text("output"),
+            failure_reason: None,
+            detail: Some(text("detail")),
+        }
+    }
+
+    fn hello(text: &dyn Fn(&str) -> String) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: id(1),
+            node_name: text("node_name"),
+            mesh_id: MeshId([1; MESH_ID_BYTES]),
+            addresses: vec![text("address")],
+        }
+    }
+
+    /// Every limited string of every frame: accepted at its limit, refused
+    /// one byte past it with `MALFORMED_FRAME` naming the field.
+    #[test]
+    fn every_peer_string_has_a_limit() {
+        type Build = fn(&dyn Fn(&str) -> String) -> MeshFrame;
+        let frames: &[(&str, Build)] = &[
+            ("hello", |text| MeshFrame::Hello(hello(text))),
+            ("hello_ack", |text| MeshFrame::HelloAck(hello(text))),
+            ("join", |text| {
+                MeshFrame::Join(JoinRequest {
+                    invite_id: [1; 8],
+                    secret: [2; 16],
+                    node_name: text("node_name"),
+                    addresses: vec![text("address")],
+                })
+            }),
+            ("error", |text| {
+                MeshFrame::Error(ErrorFrame {
+                    code: text("code"),
+                    message: text("message"),
+                })
+            }),
+            ("invoke", invoke),
+            ("invoke_ack", |text| {
+                MeshFrame::InvokeAck(InvokeAck {
+                    invocation_id: text("invocation_id"),
+                    duplicate: false,
+                    state: crate::lifecycle::FlightState::Queued,
+                })
+            }),
+            ("flight_update", |text| {
+                MeshFrame::FlightUpdate(flight_update(text))
+            }),
+            ("flight_ack", |text| {
+                MeshFrame::FlightAck(Some(flight_update(text)))
+            }),
+            ("flight_query", |text| MeshFrame::FlightQuery {
+                invocation_id: text("invocation_id"),
+            }),
+            ("cancel", |text| MeshFrame::Cancel {
+                invocation_id: text("invocation_id"),
+            }),
+        ];
+        let limits = [
+            ("node_name", NODE_NAME_BYTES_MAX),
+            ("address", ADDRESS_BYTES_MAX),
+            ("code", ERROR_CODE_BYTES_MAX),
+            ("message", ERROR_MESSAGE_BYTES_MAX),
+            ("invocation_id", ID_BYTES_MAX),
+            ("conversation_id", ID_BYTES_MAX),
+            ("body", INVOKE_BODY_BYTES_MAX),
+            ("target", AGENT_NAME_BYTES_MAX),
+            ("instance", AGENT_NAME_BYTES_MAX),
+            ("resolve_reason", REASON_BYTES_MAX),
+            ("output", FLIGHT_OUTPUT_BYTES_MAX),
+            ("detail", DETAIL_BYTES_MAX),
+        ];
+        let limit_of = |field: &str| {
+            limits
+                .iter()
+                .find(|(name, _)| *name == field)
+                .map(|(_, max)| *max)
+                .unwrap_or_else(|| panic!("no limit for {field}"))
+        };
+        let mut checked = 0;
+        for (frame_name, build) in frames {
+            let short = build(&|_| "a".into());
+            assert_eq!(decode_frame(&encode_frame(&short)).unwrap(), short);
+            for (field, max) in &limits {
+                let at_limit =
+                    |len: usize| move |name: &str| "a".repeat(if name == *field { len } else { 1 });
+                let frame = build(&at_limit(*max));
+                if frame == short {
+                    continue; // The frame has no such field.
+                }
+                assert_eq!(limit_of(field), *max);
+                assert_eq!(
+                    decode_frame(&encode_frame(&frame)).unwrap(),
+                    frame,
+                    "{frame_name}.{field} at its limit"
+                );
+                let over = build(&at_limit(max + 1));
+                let err = decode_frame(&encode_frame(&over)).unwrap_err();
+                assert_eq!(err.code(), "MALFORMED_FRAME", "{frame_name}.{field}");
+                assert!(
+                    err.to_string().contains(field),
+                    "{frame_name}.{field}: {err}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 23, "every limited field of every frame");
+    }
+
+    #[test]
+    fn error_frames_of_long_messages_stay_within_the_limit() {
+        let frame = MeshFrame::error("MALFORMED_FRAME", "é".repeat(ERROR_MESSAGE_BYTES_MAX));
+        assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
     }
 
     #[test]

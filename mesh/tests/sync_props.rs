@@ -26,7 +26,7 @@ use scout_mesh::registry::{
     DefinitionValue, InstanceBody, NodeBody, NodeId, Record, RecordBody, RecordKey, RecordKind,
     RevocationBody,
 };
-use scout_mesh::sync::{Output, Replica, SyncConfig, SyncEvent};
+use scout_mesh::sync::{Output, Replica, ReplicaIdentity, SigningKey, SyncConfig, SyncEvent};
 use scout_mesh::wire::{self, SYNC_MESSAGE_BYTES_MAX, SyncMessage};
 
 const T0: u64 = 1_700_000_000_000;
@@ -165,10 +165,24 @@ struct Sim {
     last_edit: BTreeMap<String, DefinitionValue>,
 }
 
-fn node_id(idx: u8) -> NodeId {
-    let mut bytes = [0x5c; 16];
+/// Replica `idx`'s key: seeded, so a case replays exactly.
+fn node_key(idx: u8) -> SigningKey {
+    let mut bytes = [0x5c; 32];
     bytes[0] = idx;
-    NodeId::from_bytes(bytes)
+    SigningKey::from_bytes(&bytes)
+}
+
+fn node_id(idx: u8) -> NodeId {
+    NodeId::of_public_key(&node_key(idx).verifying_key().to_bytes())
+}
+
+/// Replica `idx` of a mesh founded by replica 0.
+fn identity(idx: u8) -> ReplicaIdentity {
+    ReplicaIdentity {
+        signing_key: node_key(idx),
+        node_name: Label::parse(&format!("node{idx}"), NamePart::Node).unwrap(),
+        founder: node_id(0),
+    }
 }
 
 fn external_id(external: u8) -> NodeId {
@@ -196,7 +210,7 @@ impl Sim {
         let names: Vec<Label> = (0..n)
             .map(|idx| Label::parse(&format!("node{idx}"), NamePart::Node).unwrap())
             .collect();
-        let mut founder = Replica::new(ids[0].clone(), names[0].clone(), config(0, seed));
+        let mut founder = Replica::new(identity(0), config(0, seed));
         for (idx, id) in ids.iter().enumerate() {
             founder
                 .put(
@@ -227,8 +241,7 @@ impl Sim {
         let mut replicas = vec![founder];
         for idx in 1..n {
             replicas.push(Replica::restore(
-                ids[idx].clone(),
-                names[idx].clone(),
+                identity(idx as u8),
                 config(idx, seed),
                 genesis.records.values().cloned(),
                 genesis.vv.clone(),
@@ -530,8 +543,7 @@ impl Sim {
             .retain(|envelope| envelope.from != idx && envelope.to != idx);
         let store = self.stores[idx].clone();
         self.replicas[idx] = Replica::restore(
-            self.ids[idx].clone(),
-            self.names[idx].clone(),
+            identity(idx as u8),
             config(idx, self.rng.next_u64()),
             store.records.into_values(),
             store.vv,
@@ -701,8 +713,38 @@ proptest! {
     }
 }
 
-/// Ways to break a valid instance record.
-fn corrupt(mut record: Record, mutation: u8, other: &NodeId) -> Record {
+/// How many ways [`corrupt`] knows.
+const MUTATIONS: u8 = 11;
+
+/// Ways to break a valid instance record of the replica holding `origin_key`:
+/// eight that break its shape (re-signed by its origin, so only the shape is
+/// wrong) and three forgeries (a damaged signature, a record claiming
+/// another origin, a revocation naming another author).
+fn corrupt(mut record: Record, mutation: u8, other: &NodeId, origin_key: &SigningKey) -> Record {
+    match mutation % MUTATIONS {
+        8 => {
+            record.signature.0[0] ^= 1;
+            return record;
+        }
+        9 => {
+            record.key.origin = other.clone();
+            record.dot.actor = other.clone();
+            record.key.name = record.key.name.replace("node0", "node2");
+            scout_mesh::registry::sign(&mut record, origin_key);
+            return record;
+        }
+        10 => {
+            record.key.kind = RecordKind::Revocation;
+            record.key.name = other.to_string();
+            record.body = Some(RecordBody::Revocation(RevocationBody {
+                reason: "forged".into(),
+                revoked_by: other.clone(),
+            }));
+            scout_mesh::registry::sign(&mut record, origin_key);
+            return record;
+        }
+        _ => {}
+    }
     match mutation % 8 {
         0 => record.key.name = record.key.name.to_uppercase(),
         1 => record.dot.counter = 0,
@@ -745,6 +787,7 @@ fn corrupt(mut record: Record, mutation: u8, other: &NodeId) -> Record {
             ));
         }
     }
+    scout_mesh::registry::sign(&mut record, origin_key);
     record
 }
 
@@ -759,7 +802,7 @@ proptest! {
     /// the receiver and never appears anywhere, whatever else happens.
     #[test]
     fn invalid_records_never_spread(
-        mutation in 0u8..8,
+        mutation in 0u8..MUTATIONS,
         via_delta in any::<bool>(),
         seed in any::<u64>(),
         ops in proptest::collection::vec(op_strategy(), 0..40),
@@ -782,11 +825,10 @@ proptest! {
             .unwrap();
         sim.remember(&valid);
         sim.drain_all();
-        let mut bad = corrupt(valid, mutation, &sim.ids[2]);
         // A higher number than anything real, so only validation stops it.
-        if bad.dot.counter != 0 {
-            bad.dot.counter = 1_000;
-        }
+        let mut valid = valid;
+        valid.dot.counter = 1_000;
+        let bad = corrupt(valid, mutation, &sim.ids[2], &node_key(0));
         let message = if via_delta {
             SyncMessage::Delta {
                 records: vec![bad.clone()],
@@ -811,6 +853,15 @@ proptest! {
                 prop_assert!(rejections.is_empty(), "{case}: replica {idx} saw it: {rejections:?}");
             }
         }
+        // A forgery is refused as one (unless a fault lost the message
+        // before it arrived).
+        if mutation >= 8 {
+            let forged = sim.rejections[1].iter().all(|event| matches!(
+                event,
+                SyncEvent::RecordRejected { error, .. } if error.code() == "INVALID_SIGNATURE"
+            ));
+            prop_assert!(forged, "{case}: not refused as forged: {:?}", sim.rejections[1]);
+        }
     }
 
     /// Decoding arbitrary bytes never panics, and whatever decodes can be
@@ -819,7 +870,7 @@ proptest! {
     fn decoding_and_handling_arbitrary_bytes_never_panics(
         bytes in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
-        let mut replica = Replica::new(node_id(1), Label::parse("node1", NamePart::Node).unwrap(), SyncConfig::default());
+        let mut replica = Replica::new(identity(1), SyncConfig::default());
         replica.handle_connected(T0, node_id(2)).unwrap();
         if let Ok(message) = wire::decode(&bytes) {
             replica.handle_message(T0, node_id(2), message);
@@ -834,7 +885,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         truncate_to in proptest::option::of(any::<usize>()),
     ) {
-        let mut source = Replica::new(node_id(2), Label::parse("node2", NamePart::Node).unwrap(), SyncConfig::default());
+        let mut source = Replica::new(identity(2), SyncConfig::default());
         source.put(T0, "", RecordBody::Node(NodeBody {
             node_name: "node2".into(),
             addresses: vec!["[2001:db8::2]:4433".into()],
@@ -857,7 +908,7 @@ proptest! {
         if let Some(len) = truncate_to {
             bytes.truncate(len % (bytes.len() + 1));
         }
-        let mut replica = Replica::new(node_id(1), Label::parse("node1", NamePart::Node).unwrap(), SyncConfig::default());
+        let mut replica = Replica::new(identity(1), SyncConfig::default());
         replica.handle_connected(T0, node_id(2)).unwrap();
         if let Ok(message) = wire::decode(&bytes) {
             replica.handle_message(T0, node_id(2), message);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use rand::Rng;
 use scout_mesh::lifecycle::{EndpointState, Harness};
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::sync::{Output, PEERS_MAX, Replica, SyncConfig};
+use scout_mesh::sync::{Output, PEERS_MAX, Replica, ReplicaIdentity, SigningKey, SyncConfig};
 use scout_mesh::wire::{InstanceBody, NodeId, RecordBody, SyncMessage};
 use serde::Serialize;
 
@@ -273,17 +273,27 @@ pub fn run(options: &PureOptions) -> PureReport {
     let mut ids = Vec::with_capacity(n_nodes);
     let mut replicas = Vec::with_capacity(n_nodes);
     for idx in 0..n_nodes {
-        let mut bytes = [0u8; 16];
-        bytes[..8]
+        // A seeded key per node: its records are signed like a broker's.
+        let mut secret = [0u8; 32];
+        secret[..8]
             .copy_from_slice(&seeds::derive(options.seed, "pure-node", idx as u64).to_le_bytes());
-        bytes[8..].copy_from_slice(&(idx as u64).to_le_bytes());
-        let id = NodeId::from_bytes(bytes);
+        secret[8..16].copy_from_slice(&(idx as u64).to_le_bytes());
+        let signing_key = SigningKey::from_bytes(&secret);
+        let id = NodeId::of_public_key(&signing_key.verifying_key().to_bytes());
         let name = Label::parse(&format!("p{idx}"), NamePart::Node).expect("a valid label");
         let config = SyncConfig {
             seed: seeds::derive(options.seed, "pure-sync", idx as u64),
             ..sync.clone()
         };
-        replicas.push(Replica::new(id.clone(), name, config));
+        // The first node founds the mesh; the pure scenario writes no
+        // admissions, so every replica syncs with every peer.
+        let founder = ids.first().cloned().unwrap_or_else(|| id.clone());
+        let identity = ReplicaIdentity {
+            signing_key,
+            node_name: name,
+            founder,
+        };
+        replicas.push(Replica::new(identity, config));
         ids.push(id);
     }
     let index = ids

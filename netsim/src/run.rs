@@ -20,7 +20,8 @@ use scout::daemon::routing::SubmitRequest;
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::Registry;
-use scout_mesh::sync::{PEERS_MAX, Replica, SyncConfig};
+use scout_mesh::registry::founder_of;
+use scout_mesh::sync::{PEERS_MAX, Replica, ReplicaIdentity, SyncConfig};
 use scout_mesh::transport::TransportConfig;
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, DefinitionValue, RecordBody, RecordKey, RecordKind,
@@ -846,11 +847,19 @@ impl<'p> Sim<'p> {
                 let memory_digest = broker.state().mesh.registry_digest().1;
                 let stored = broker.state().store.read(scout::store::mesh::load_registry);
                 let name = Label::parse(&node.name, NamePart::Node).ok()?;
+                let signing_key = scout::identity::load_node_key(&node.home.node_key_path())
+                    .ok()?
+                    .signing_key()
+                    .clone();
+                let identity = ReplicaIdentity {
+                    signing_key,
+                    node_name: name,
+                    founder: founder_of(&broker.state().mesh.mesh_id()),
+                };
                 Some(match stored {
                     Ok(stored) => {
                         let replica = Replica::restore(
-                            node.node_id.clone(),
-                            name,
+                            identity,
                             SyncConfig::default(),
                             stored.records,
                             stored.vv,

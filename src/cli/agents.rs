@@ -248,14 +248,7 @@ fn stored_instances(context: &Context, node: &Label) -> anyhow::Result<Vec<Insta
     let key = crate::identity::load_node_key(&home.node_key_path())?;
     let identity = key.mesh_identity(node.clone());
     let store = crate::store::Store::open_read_only(home.store_path())?;
-    let stored = store.read(crate::store::mesh::load_registry)?;
-    let replica = scout_mesh::sync::Replica::restore(
-        identity.node_id.clone(),
-        identity.node_name.clone(),
-        scout_mesh::sync::SyncConfig::default(),
-        stored.records,
-        stored.vv,
-    );
+    let replica = crate::daemon::mesh::offline::stored_replica(home, &identity, &store)?;
     Ok(crate::daemon::mesh::instance_views(
         replica.registry(),
         &identity.node_id,

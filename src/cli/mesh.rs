@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::sync::{Replica, SyncConfig};
 use scout_mesh::wire::{Invite, MeshId};
 use serde::{Deserialize, Serialize};
 
@@ -242,6 +241,7 @@ fn revoke(args: RevokeArgs, context: &Context) -> anyhow::Result<ExitCode> {
             let offline = offline(context, lock)?;
             let now = u64::try_from(store::unix_ms_now()).unwrap_or(0);
             let id = runtime()?.block_on(mesh::offline::revoke(
+                &context.home,
                 &offline.identity,
                 &offline.store,
                 &args.node,
@@ -307,14 +307,7 @@ fn offline_peers(context: &Context) -> anyhow::Result<PeersReport> {
         .unwrap_or_default();
     let store = Store::open_read_only(home.store_path())
         .with_context(|| format!("cannot read the store {}", home.store_path().display()))?;
-    let stored = store.read(store::mesh::load_registry)?;
-    let replica = Replica::restore(
-        identity.node_id.clone(),
-        identity.node_name.clone(),
-        SyncConfig::default(),
-        stored.records,
-        stored.vv,
-    );
+    let replica = mesh::offline::stored_replica(home, &identity, &store)?;
     let peers = mesh::peer_views(
         replica.registry(),
         &identity.node_id,

@@ -5,11 +5,16 @@
 //! broker hands its replica exactly what it had and catches up with a delta
 //! instead of a full resync. A row that no longer decodes is skipped and
 //! counted, never fatal: the replica fetches that record again from a peer.
+//!
+//! Rows written before records were signed hold the same fields without
+//! the origin's key and signature. They are read as unsigned records, and
+//! the replica re-signs its own and drops the others, fetching their signed
+//! copies from peers (see `scout_mesh::sync::Replica::restore`).
 
 use crdts::{CmRDT, VClock};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use scout_mesh::membership::{IssuedInvite, JoinRefused};
-use scout_mesh::wire::{NodeId, Record, RecordKey};
+use scout_mesh::wire::{Hlc, NodeId, Record, RecordBody, RecordKey, RecordSignature};
 
 use super::{StoreError, unix_ms_now};
 
@@ -31,9 +36,9 @@ pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreErr
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         let bytes: Vec<u8> = row.get(0)?;
-        match postcard::from_bytes::<Record>(&bytes) {
-            Ok(record) => stored.records.push(record),
-            Err(_) => stored.skipped += 1,
+        match decode_record(&bytes) {
+            Some(record) => stored.records.push(record),
+            None => stored.skipped += 1,
         }
     }
     let mut statement = connection.prepare("SELECT origin, counter FROM registry_vv")?;
@@ -46,6 +51,32 @@ pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreErr
         }
     }
     Ok(stored)
+}
+
+/// A record as rows written before records were signed hold it.
+#[derive(serde::Deserialize)]
+struct UnsignedRecord {
+    key: RecordKey,
+    dot: crdts::Dot<NodeId>,
+    hlc: Hlc,
+    body: Option<RecordBody>,
+}
+
+/// A stored record, signed, or unsigned from an older release (with an
+/// empty key and signature, which no record verifies with).
+fn decode_record(bytes: &[u8]) -> Option<Record> {
+    if let Ok(record) = postcard::from_bytes::<Record>(bytes) {
+        return Some(record);
+    }
+    let unsigned = postcard::from_bytes::<UnsignedRecord>(bytes).ok()?;
+    Some(Record {
+        key: unsigned.key,
+        dot: unsigned.dot,
+        hlc: unsigned.hlc,
+        body: unsigned.body,
+        origin_key: [0; 32],
+        signature: RecordSignature::UNSIGNED,
+    })
 }
 
 /// Stores records (each replacing the stored version of its key) and the
@@ -236,4 +267,85 @@ pub fn open_invites(connection: &Connection, now_ms: u64) -> Result<usize, Store
         |row| row.get(0),
     )?;
     Ok(usize::try_from(count).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+    use crdts::Dot;
+    use scout_mesh::wire::{NodeBody, RecordKind};
+
+    fn node_record(key: &ed25519_dalek::SigningKey) -> Record {
+        let origin = NodeId::of_public_key(&key.verifying_key().to_bytes());
+        let mut record = Record {
+            key: RecordKey {
+                origin: origin.clone(),
+                kind: RecordKind::Node,
+                name: String::new(),
+            },
+            dot: Dot::new(origin, 1),
+            hlc: Hlc {
+                wall_ms: 7,
+                logical: 0,
+            },
+            body: Some(RecordBody::Node(NodeBody {
+                node_name: "laptop".into(),
+                addresses: vec![],
+                http_port: 3100,
+                scout_version: "0.1.0".into(),
+                protocol_version: 2,
+            })),
+            origin_key: [0; 32],
+            signature: RecordSignature::UNSIGNED,
+        };
+        scout_mesh::registry::sign(&mut record, key);
+        record
+    }
+
+    /// Signed records keep their signature in a real SQLite file, and a row
+    /// written before records were signed reads back as an unsigned record
+    /// instead of being skipped.
+    #[test]
+    fn signatures_survive_the_store_and_unsigned_rows_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path().join("scout.db"), StoreOptions::default()).unwrap();
+        let signed = node_record(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]));
+        let legacy = node_record(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
+        let legacy_bytes =
+            postcard::to_allocvec(&(&legacy.key, &legacy.dot, &legacy.hlc, &legacy.body)).unwrap();
+        let records = vec![signed.clone()];
+        store
+            .write_blocking(move |tx| {
+                persist(tx, &records, &VClock::new())?;
+                tx.execute(
+                    "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
+                     VALUES (?1, 'node', '', 1, 0, ?2, 0)",
+                    params![legacy.key.origin.as_str(), legacy_bytes],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let stored = store.read(load_registry).unwrap();
+        assert_eq!(stored.skipped, 0);
+        assert_eq!(stored.records.len(), 2);
+        let reread = stored
+            .records
+            .iter()
+            .find(|record| record.key == signed.key)
+            .unwrap();
+        assert_eq!(reread, &signed);
+        scout_mesh::registry::validate(reread).unwrap();
+        let unsigned = stored
+            .records
+            .iter()
+            .find(|record| record.key != signed.key)
+            .unwrap();
+        assert_eq!(unsigned.signature, RecordSignature::UNSIGNED);
+        assert_eq!(
+            scout_mesh::registry::validate(unsigned).unwrap_err().code(),
+            "INVALID_SIGNATURE"
+        );
+        store.close().unwrap();
+    }
 }

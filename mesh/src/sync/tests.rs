@@ -7,12 +7,32 @@ use crate::hlc::{HLC_SKEW_MS_MAX, Hlc};
 use crate::lifecycle::{EndpointState, Harness};
 use crate::names::NamePart;
 use crate::registry::{AdmissionBody, AdmissionMethod, InstanceBody, NodeBody, RevocationBody};
-use crate::wire::{self, NODE_ID_BYTES};
+use crate::wire;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// Node `n`'s key: seeded, so every run has the same ids.
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
 fn id(n: u8) -> NodeId {
-    NodeId::from_bytes([n; NODE_ID_BYTES])
+    NodeId::of_public_key(&key(n).verifying_key().to_bytes())
+}
+
+/// Node `n` in a mesh founded by node 1.
+fn identity(n: u8) -> ReplicaIdentity {
+    ReplicaIdentity {
+        signing_key: key(n),
+        node_name: node_name(n),
+        founder: id(1),
+    }
+}
+
+/// `record` with its origin key and signature by node `n`'s key.
+fn signed_by(mut record: Record, n: u8) -> Record {
+    crate::registry::sign(&mut record, &key(n));
+    record
 }
 
 fn node_name(n: u8) -> Label {
@@ -27,7 +47,7 @@ fn config(n: u8) -> SyncConfig {
 }
 
 fn replica(n: u8) -> Replica {
-    Replica::new(id(n), node_name(n), config(n))
+    Replica::new(identity(n), config(n))
 }
 
 fn instance_name(n: u8, definition: &str, workspace: &str) -> String {
@@ -132,7 +152,7 @@ impl Net {
     fn with(n: u8, config: impl Fn(u8) -> SyncConfig) -> Net {
         Net {
             replicas: (1..=n)
-                .map(|k| Replica::new(id(k), node_name(k), config(k)))
+                .map(|k| Replica::new(identity(k), config(k)))
                 .collect(),
             events: vec![Vec::new(); usize::from(n)],
             persisted: vec![Vec::new(); usize::from(n)],
@@ -330,7 +350,10 @@ fn invalid_records_are_rejected_never_persisted_and_never_forwarded() {
         dot: Dot::new(id(1), 1),
         hlc: Hlc::default(),
         body: Some(instance("main", EndpointState::Idle)),
+        origin_key: [0; 32],
+        signature: RecordSignature::UNSIGNED,
     };
+    let bad = signed_by(bad, 1);
     let now_ms = net.now_ms;
     net.at(2).handle_message(
         now_ms,
@@ -439,7 +462,7 @@ fn small_chunks(n: u8) -> SyncConfig {
 
 #[test]
 fn deltas_are_chunked_under_the_configured_limits() {
-    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let mut writer = Replica::new(identity(1), small_chunks(1));
     let chunks = chunks_for_empty_digest(&mut writer, 7);
     assert_eq!(chunks.len(), 4);
     for (idx, chunk) in chunks.iter().enumerate() {
@@ -464,8 +487,7 @@ fn deltas_are_chunked_under_the_configured_limits() {
 
     // The byte limit alone also cuts chunks.
     let mut by_bytes = Replica::new(
-        id(1),
-        node_name(1),
+        identity(1),
         SyncConfig {
             sync_message_bytes_max: SYNC_MESSAGE_BYTES_MIN,
             ..config(1)
@@ -480,7 +502,7 @@ fn deltas_are_chunked_under_the_configured_limits() {
 
 #[test]
 fn a_lost_chunk_never_advances_the_vector_past_missing_records() {
-    let mut writer = Replica::new(id(1), node_name(1), small_chunks(1));
+    let mut writer = Replica::new(identity(1), small_chunks(1));
     let mut chunks = chunks_for_empty_digest(&mut writer, 7);
     let lost = chunks.remove(1);
     let SyncMessage::Delta {
@@ -937,8 +959,7 @@ fn skewed_clocks_are_reported_and_do_not_block_replication() {
 fn anti_entropy_deadlines_are_jittered_and_reproducible() {
     let deadlines = |seed: u64| {
         let mut replica = Replica::new(
-            id(1),
-            node_name(1),
+            identity(1),
             SyncConfig {
                 seed,
                 ..SyncConfig::default()
@@ -998,8 +1019,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
         stored.insert(record.key.clone(), record);
     }
     let restored = Replica::restore(
-        id(1),
-        node_name(1),
+        identity(1),
         config(1),
         stored.into_values(),
         drained.last_vv.unwrap(),
@@ -1011,8 +1031,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
 
     // A store without a vector restores the provable part of it.
     let mut restored = Replica::restore(
-        id(1),
-        node_name(1),
+        identity(1),
         config(1),
         original.records().cloned().collect::<Vec<_>>(),
         VClock::new(),
@@ -1036,7 +1055,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
     // Invalid stored records are dropped with an event.
     let mut bad = next.clone();
     bad.dot.counter = 0;
-    let mut restored = Replica::restore(id(1), node_name(1), config(1), [bad], VClock::new());
+    let mut restored = Replica::restore(identity(1), config(1), [bad], VClock::new());
     assert!(restored.registry().is_empty());
     assert!(matches!(
         restored.poll_output(),
@@ -1248,7 +1267,8 @@ fn sync_messages_are_small() {
     println!("push of one instance record: {} bytes", push.len());
     println!("digest for 10 origins: {} bytes", digest_bytes.len());
     println!("empty delta reply: {} bytes", delta_bytes.len());
-    assert!(push.len() <= 200, "push is {} bytes", push.len());
+    // 96 of these bytes are the origin's key and signature.
+    assert!(push.len() <= 300, "push is {} bytes", push.len());
     assert!(
         digest_bytes.len() <= 300,
         "digest is {} bytes",
@@ -1259,4 +1279,203 @@ fn sync_messages_are_small() {
         "delta is {} bytes",
         delta_bytes.len()
     );
+}
+
+/// Forged versions of node 1's records, as a member relaying them could
+/// make them: a damaged signature, a record in node 1's name signed by node
+/// 2's key, one carrying node 1's public key but signed by node 2, and a
+/// revocation by node 2 that names node 1 as its author.
+fn forgeries(genuine: &Record) -> Vec<Record> {
+    let mut damaged = genuine.clone();
+    damaged.dot.counter = 50;
+    damaged.signature.0[0] ^= 1;
+
+    let mut other_key = genuine.clone();
+    other_key.dot.counter = 51;
+    crate::registry::sign(&mut other_key, &key(2));
+
+    let mut borrowed_key = genuine.clone();
+    borrowed_key.dot.counter = 52;
+    crate::registry::sign(&mut borrowed_key, &key(2));
+    borrowed_key.origin_key = key(1).verifying_key().to_bytes();
+
+    let revocation = signed_by(
+        Record {
+            key: RecordKey {
+                origin: id(2),
+                kind: RecordKind::Revocation,
+                name: id(3).as_str().to_owned(),
+            },
+            dot: Dot::new(id(2), 53),
+            hlc: Hlc::default(),
+            body: Some(RecordBody::Revocation(RevocationBody {
+                reason: "in someone else's name".into(),
+                revoked_by: id(1),
+            })),
+            origin_key: [0; 32],
+            signature: RecordSignature::UNSIGNED,
+        },
+        2,
+    );
+    vec![damaged, other_key, borrowed_key, revocation]
+}
+
+#[test]
+fn forged_records_are_refused_counted_and_never_relayed() {
+    let mut net = Net::new(3);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    let name = instance_name(1, "fabric", "main");
+    let genuine = net
+        .at(1)
+        .put(T0, &name, instance("main", EndpointState::Idle))
+        .unwrap();
+    net.pump();
+    crate::registry::validate(&genuine).unwrap();
+    let forged = forgeries(&genuine);
+    let now_ms = net.now_ms;
+    for (idx, record) in forged.iter().enumerate() {
+        let message = if idx % 2 == 0 {
+            SyncMessage::Push {
+                records: vec![record.clone()],
+            }
+        } else {
+            SyncMessage::Delta {
+                records: vec![record.clone()],
+                covers: VClock::new(),
+                since: VClock::new(),
+                more: false,
+            }
+        };
+        net.at(2).handle_message(now_ms, id(1), message);
+        let drained = drain(net.at(2));
+        assert!(drained.persisted.is_empty(), "forgery {idx} was persisted");
+        assert!(drained.sends.is_empty(), "forgery {idx} was relayed");
+        let [
+            SyncEvent::RecordRejected {
+                error,
+                source: RecordSource::Peer(from),
+                ..
+            },
+        ] = &drained.events[..]
+        else {
+            panic!("forgery {idx}: {:?}", drained.events);
+        };
+        assert_eq!(error.code(), "INVALID_SIGNATURE", "forgery {idx}: {error}");
+        assert_eq!(*from, id(1));
+    }
+    assert_eq!(net.at(2).invalid_signatures(), forged.len() as u64);
+
+    // Anti-entropy carries the genuine record to 3, and no forgery.
+    net.anti_entropy_round();
+    net.anti_entropy_round();
+    for n in 1..=3 {
+        let registry = net.at(n).registry();
+        assert_eq!(registry.get(&genuine.key), Some(&genuine), "node {n}");
+        assert!(
+            registry.records().all(|record| !forged.contains(record)),
+            "node {n} holds a forgery"
+        );
+        assert!(!registry.is_revoked(&id(3)));
+    }
+    assert!(
+        net.events_of(3)
+            .iter()
+            .all(|event| !matches!(event, SyncEvent::RecordRejected { .. })),
+        "no forgery reached node 3"
+    );
+}
+
+#[test]
+fn revoking_a_member_keeps_the_members_it_invited() {
+    let mut net = Net::new(4);
+    net.at(1)
+        .put(T0, id(1).as_str(), admission_body(1, 1, 11))
+        .unwrap();
+    net.at(1)
+        .put(T0, id(2).as_str(), admission_body(1, 2, 22))
+        .unwrap();
+    net.at(1)
+        .put(T0, id(4).as_str(), admission_body(1, 4, 44))
+        .unwrap();
+    for (a, b) in [(1, 2), (1, 4), (2, 4)] {
+        net.connect(a, b);
+    }
+    net.pump();
+    net.at(2)
+        .put(T0 + 1, id(3).as_str(), admission_body(2, 3, 33))
+        .unwrap();
+    net.pump();
+    for (a, b) in [(1, 3), (2, 3), (3, 4)] {
+        net.connect(a, b);
+    }
+    net.pump();
+    net.anti_entropy_round();
+    for n in [1, 2, 4] {
+        assert!(net.at(n).registry().is_member(&id(3)), "node {n}");
+    }
+
+    // 4 revokes 2: 3 was admitted by 2 only, so 4 re-admits it.
+    let now_ms = net.now_ms;
+    net.at(4)
+        .put(
+            now_ms,
+            id(2).as_str(),
+            RecordBody::Revocation(RevocationBody {
+                reason: "laptop stolen".into(),
+                revoked_by: id(4),
+            }),
+        )
+        .unwrap();
+    net.pump();
+    net.anti_entropy_round();
+    for n in [1, 3, 4] {
+        let registry = net.at(n).registry();
+        assert!(!registry.is_member(&id(2)), "node {n}");
+        assert!(registry.is_member(&id(3)), "node {n}");
+        assert_eq!(registry.admitted_key(&id(3)), Some([33; 32]));
+        let readmission = RecordKey {
+            origin: id(4),
+            kind: RecordKind::Admission,
+            name: id(3).as_str().to_owned(),
+        };
+        assert!(registry.get(&readmission).is_some(), "node {n}");
+    }
+}
+
+#[test]
+fn restore_resigns_own_unsigned_records_and_refetches_others() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    net.at(1).put(T0, "", node_body(1)).unwrap();
+    net.at(2).put(T0, "", node_body(2)).unwrap();
+    net.pump();
+    // What a store written before records were signed holds.
+    let unsigned: Vec<Record> = net
+        .at(1)
+        .records()
+        .cloned()
+        .map(|mut record| {
+            record.origin_key = [0; 32];
+            record.signature = RecordSignature::UNSIGNED;
+            record
+        })
+        .collect();
+    let vv = net.at(1).vv().clone();
+    assert_eq!(vv.get(&id(2)), 1);
+    let mut restored = Replica::restore(identity(1), config(1), unsigned, vv);
+    let drained = drain(&mut restored);
+    assert_eq!(drained.persisted.len(), 1, "the own record, re-signed");
+    let own = &drained.persisted[0];
+    assert_eq!(own.key.origin, id(1));
+    crate::registry::validate(own).unwrap();
+    assert_eq!(drained.last_vv.unwrap().get(&id(2)), 0);
+    assert!(drained.events.iter().any(|event| matches!(
+        event,
+        SyncEvent::RecordRejected { origin, error, .. }
+            if *origin == id(2) && error.code() == "INVALID_SIGNATURE"
+    )));
+    assert!(restored.registry().node(&id(2)).is_none());
+    assert_eq!(restored.vv().get(&id(2)), 0, "fetched again from peers");
+    assert_eq!(restored.next_seq(), 2);
 }

@@ -664,7 +664,20 @@ async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> Mes
                 .records_received
                 .fetch_add(records as u64, Relaxed);
             let now = shared.now_ms();
-            shared.with_replica(|replica| replica.handle_message(now, peer.clone(), message));
+            let forged = shared.with_replica(|replica| {
+                let before = replica.invalid_signatures();
+                replica.handle_message(now, peer.clone(), message);
+                replica.invalid_signatures().saturating_sub(before)
+            });
+            // An honest peer never relays a forged record (its own merge
+            // refuses them), so the sender hears about it.
+            if forged > 0 {
+                tracing::warn!(%peer, forged, "refused records not signed by their origin");
+                return MeshFrame::error(
+                    "INVALID_SIGNATURE",
+                    format!("{forged} records are not signed by their origin; they were refused"),
+                );
+            }
             MeshFrame::SyncAck
         }
         MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },

@@ -381,8 +381,7 @@ impl Mesh {
             );
         }
         let replica = Replica::restore(
-            identity.node_id.clone(),
-            identity.node_name.clone(),
+            offline::replica_identity(&identity, mesh_id)?,
             config.sync.clone(),
             stored.records,
             stored.vv,
@@ -814,8 +813,7 @@ impl Mesh {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             *replica = Replica::new(
-                shared.identity.node_id.clone(),
-                shared.identity.node_name.clone(),
+                offline::replica_identity(&shared.identity, invite.mesh_id)?,
                 shared.config.sync.clone(),
             );
             shared.trust.refresh(replica.registry());

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use rand::Rng;
 use scout_mesh::membership::{self, InviteRequest};
-use scout_mesh::sync::{Output, Replica, SyncConfig};
+use scout_mesh::registry::founder_of;
+use scout_mesh::sync::{Output, Replica, ReplicaIdentity, SigningKey, SyncConfig};
 use scout_mesh::transport::{MeshEndpoint, TransportConfig};
 use scout_mesh::wire::{Invite, MeshId, NodeId, RecordBody, RevocationBody};
 
@@ -35,8 +37,7 @@ pub async fn ensure_mesh(
     let mesh_id = MeshId::founded_by(&identity.key.public_key);
     let stored = store.read(store::mesh::load_registry)?;
     let mut replica = Replica::restore(
-        identity.node_id.clone(),
-        identity.node_name.clone(),
+        replica_identity(identity, mesh_id)?,
         SyncConfig::default(),
         stored.records,
         stored.vv,
@@ -57,6 +58,41 @@ pub async fn ensure_mesh(
     file.save()?;
     tracing::info!(mesh = %mesh_id, "founded a new mesh");
     Ok(file.value)
+}
+
+/// This node as its replica knows it in the mesh `mesh_id`: the node key it
+/// signs its records with, its name, and the mesh's founder.
+pub fn replica_identity(
+    identity: &MeshIdentity,
+    mesh_id: MeshId,
+) -> anyhow::Result<ReplicaIdentity> {
+    let signing_key = SigningKey::from_pkcs8_der(&identity.key.pkcs8_der)
+        .map_err(|err| anyhow::anyhow!("the node key cannot sign records: {err}"))?;
+    Ok(ReplicaIdentity {
+        signing_key,
+        node_name: identity.node_name.clone(),
+        founder: founder_of(&mesh_id),
+    })
+}
+
+/// The replica of the registry in the store, for when no broker runs: the
+/// mesh is the one of `mesh.json`, or the node's own before it has one.
+pub fn stored_replica(
+    home: &Home,
+    identity: &MeshIdentity,
+    store: &Store,
+) -> anyhow::Result<Replica> {
+    let mesh_id = match mesh_file::load(&home.mesh_path())? {
+        Some(file) => MeshId::parse(&file.value.mesh_id).context("mesh.json has a bad mesh id")?,
+        None => MeshId::founded_by(&identity.key.public_key),
+    };
+    let stored = store.read(store::mesh::load_registry)?;
+    Ok(Replica::restore(
+        replica_identity(identity, mesh_id)?,
+        SyncConfig::default(),
+        stored.records,
+        stored.vv,
+    ))
 }
 
 /// Writes `mesh.json` for the mesh of an invite.
@@ -158,20 +194,14 @@ pub async fn invite(
 
 /// Revokes a member from the CLI.
 pub async fn revoke(
+    home: &Home,
     identity: &MeshIdentity,
     store: &Store,
     node: &str,
     reason: &str,
     now_ms: u64,
 ) -> anyhow::Result<NodeId> {
-    let stored = store.read(store::mesh::load_registry)?;
-    let mut replica = Replica::restore(
-        identity.node_id.clone(),
-        identity.node_name.clone(),
-        SyncConfig::default(),
-        stored.records,
-        stored.vv,
-    );
+    let mut replica = stored_replica(home, identity, store)?;
     let target = super::find_member(&replica, node)?;
     if target == identity.node_id {
         anyhow::bail!("a broker cannot revoke itself");

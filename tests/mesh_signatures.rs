@@ -1,0 +1,129 @@
+//! End-to-end check that registry records must be signed by their origin:
+//! a member that sends forged records over a real QUIC connection to a
+//! real broker gets an `INVALID_SIGNATURE` error frame, the records are not
+//! stored, and a genuine record on the same connection still is.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Node, wait_until};
+use crdts::Dot;
+use scout::daemon::mesh::connections::join_exchange;
+use scout::daemon::mesh::trust::MeshTrust;
+use scout_mesh::lifecycle::{EndpointState, Harness};
+use scout_mesh::names::{Label, NamePart};
+use scout_mesh::registry::sign;
+use scout_mesh::transport::endpoint::request;
+use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
+use scout_mesh::wire::{
+    Hello, Hlc, InstanceBody, Invite, MeshFrame, NodeId, PROTOCOL_VERSION, Record, RecordBody,
+    RecordKey, RecordKind, RecordSignature, SyncMessage,
+};
+
+/// An instance record of `origin`, signed by `key`.
+fn instance_record(
+    origin: &NodeId,
+    counter: u64,
+    name: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> Record {
+    let mut record = Record {
+        key: RecordKey {
+            origin: origin.clone(),
+            kind: RecordKind::Instance,
+            name: name.to_owned(),
+        },
+        dot: Dot::new(origin.clone(), counter),
+        hlc: Hlc {
+            wall_ms: 1,
+            logical: 0,
+        },
+        body: Some(RecordBody::Instance(InstanceBody {
+            harness: Harness::Claude,
+            workspace: "main".into(),
+            cwd: "~/src".into(),
+            endpoint_state: EndpointState::Idle,
+            active_flights: 0,
+        })),
+        origin_key: [0; 32],
+        signature: RecordSignature::UNSIGNED,
+    };
+    sign(&mut record, key);
+    record
+}
+
+#[test]
+fn a_member_sending_forged_records_gets_an_error_and_nothing_is_stored() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let invite = Invite::from_code(&alpha.invite()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = NodeKey {
+            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            public_key: signing.verifying_key().to_bytes(),
+        };
+        let node_id = NodeId::of_public_key(&key.public_key);
+        let endpoint = MeshEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            key,
+            Arc::new(MeshTrust::default()),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let name = Label::parse("probe", NamePart::Node).unwrap();
+        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
+            .await
+            .unwrap();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: node_id.clone(),
+            node_name: "probe".into(),
+            mesh_id: invite.mesh_id,
+            addresses: Vec::new(),
+        };
+        let timeout = std::time::Duration::from_secs(10);
+        let answer = request(&connection, &MeshFrame::Hello(hello), timeout)
+            .await
+            .unwrap();
+        assert!(matches!(answer, MeshFrame::HelloAck(_)), "{answer:?}");
+
+        // In alpha's name, signed by the probe's key.
+        let in_alphas_name = instance_record(&invite.inviter, 1_000, "@evil@alpha#main", &signing);
+        // In the probe's own name, with a damaged signature.
+        let mut damaged = instance_record(&node_id, 1, "@evil@probe#main", &signing);
+        damaged.signature.0[0] ^= 1;
+        for forged in [in_alphas_name, damaged] {
+            let push = MeshFrame::Sync(SyncMessage::Push {
+                records: vec![forged],
+            });
+            match request(&connection, &push, timeout).await.unwrap() {
+                MeshFrame::Error(error) => assert_eq!(error.code, "INVALID_SIGNATURE"),
+                other => panic!("expected an error frame, got {other:?}"),
+            }
+        }
+        // A genuine record on the same connection is stored.
+        let genuine = instance_record(&node_id, 2, "@good@probe#main", &signing);
+        let push = MeshFrame::Sync(SyncMessage::Push {
+            records: vec![genuine],
+        });
+        let answer = request(&connection, &push, timeout).await.unwrap();
+        assert_eq!(answer, MeshFrame::SyncAck);
+    });
+    let instances = wait_until("alpha to store the genuine record", || {
+        let instances = alpha.instances();
+        instances
+            .contains(&"@good@probe#main".to_owned())
+            .then_some(instances)
+    });
+    assert!(
+        instances.iter().all(|name| !name.starts_with("@evil")),
+        "{instances:?}"
+    );
+}
