@@ -35,7 +35,7 @@ use scout_mesh::registry::{
     AdmissionBody, AdmissionMethod, DefinitionValue, InstanceBody, NodeBody, Record, RecordBody,
     RecordKind, RevocationBody, validate,
 };
-use scout_mesh::sync::{Output, Replica, SyncConfig};
+use scout_mesh::sync::{Output, Replica, ReplicaIdentity, SigningKey, SyncConfig};
 use scout_mesh::wire::{
     self, ErrorFrame, FlightUpdate, Hello, Invite, InvokeAck, InvokeRequest, JoinAccepted,
     JoinRequest, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION, SyncMessage,
@@ -49,20 +49,34 @@ fn node_id(idx: u8) -> NodeId {
     NodeId::from_bytes(bytes)
 }
 
+/// The signing key of seed node `idx` (records are signed by their origin).
+fn signing_key(idx: u8) -> SigningKey {
+    SigningKey::from_bytes(&[idx.wrapping_add(1); 32])
+}
+
+fn keyed_id(idx: u8) -> NodeId {
+    NodeId::of_public_key(&signing_key(idx).verifying_key().to_bytes())
+}
+
 /// Sync messages as a real exchange produces them: pushes of every record
 /// kind (tombstones too), a digest, and the delta chunks that answer an
 /// empty digest.
 fn sync_seeds() -> Vec<SyncMessage> {
-    let (founder_id, peer_id, revoked_id) = (node_id(0), node_id(1), node_id(2));
+    let (founder_id, peer_id, revoked_id) = (keyed_id(0), keyed_id(1), keyed_id(2));
     let founder_name = Label::parse("node0", NamePart::Node).unwrap();
     let config = SyncConfig {
         records_per_delta_max: 3,
         ..SyncConfig::default()
     };
-    let mut founder = Replica::new(founder_id.clone(), founder_name, config);
+    let identity = ReplicaIdentity {
+        signing_key: signing_key(0),
+        node_name: founder_name,
+        founder: founder_id.clone(),
+    };
+    let mut founder = Replica::new(identity, config);
     for (idx, id) in [&founder_id, &peer_id, &revoked_id].into_iter().enumerate() {
         let body = RecordBody::Admission(AdmissionBody {
-            public_key: [idx as u8; 32],
+            public_key: signing_key(idx as u8).verifying_key().to_bytes(),
             node_name: format!("node{idx}"),
             admitted_by: founder_id.clone(),
             method: if idx == 0 {
