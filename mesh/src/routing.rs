@@ -6,8 +6,16 @@
 //! Exactly-once execution rests on two rules this module keeps: the origin
 //! reuses one invocation id for every attempt, and work goes to another
 //! instance only when no attempt ever left this broker (or the owner said
-//! no), so two owners never both hold the same invocation. The owner's side
-//! is a unique key in its store: it never executes an id twice.
+//! no to the only one that did), so two owners never both hold the same
+//! invocation. The owner's side is a unique key in its store: it never
+//! executes an id twice.
+//!
+//! "No attempt ever left" must be a fact, not a lack of memory. The origin
+//! records an attempt only once its outcome is known (the invoke never
+//! waits for the origin's disk), so a plan rebuilt from the store after a
+//! restart cannot tell whether an invoke was on its way when the broker
+//! stopped: [`DeliveryPlan::recovered`] assumes one was, and such a plan
+//! never moves the work elsewhere.
 
 use crate::lifecycle::{DeliveryPolicy, DeliveryState, FailureReason, FlightState};
 
@@ -78,6 +86,11 @@ pub struct DeliveryPlan {
     pub deferred_since_ms: Option<u64>,
     /// Whether the owner refused it (nothing was committed there).
     pub rejected: bool,
+    /// Whether this plan saw every invoke of the delivery leave. False for
+    /// a plan rebuilt after a restart: an invoke in flight when the broker
+    /// stopped left no record, so neither "never sent" nor "refused the
+    /// only invoke" can be proven, and the work stays with its owner.
+    pub sends_known: bool,
 }
 
 impl DeliveryPlan {
@@ -92,6 +105,29 @@ impl DeliveryPlan {
             ever_sent: false,
             deferred_since_ms: None,
             rejected: false,
+            sends_known: true,
+        }
+    }
+
+    /// The plan of a delivery rebuilt from the store after a restart, in
+    /// its stored `state` with `recorded_attempts` attempt rows. An invoke
+    /// may have left before the restart without a row (rows are written
+    /// once an attempt's outcome is known), and it may have been committed
+    /// by the owner: the plan counts it as sent, so the work is never
+    /// moved to another instance.
+    pub fn recovered(
+        now_ms: u64,
+        deadline_ms: Option<u64>,
+        policy: DeliveryPolicy,
+        state: DeliveryState,
+        recorded_attempts: u32,
+    ) -> DeliveryPlan {
+        DeliveryPlan {
+            state,
+            attempts: recorded_attempts,
+            ever_sent: true,
+            sends_known: false,
+            ..DeliveryPlan::new(now_ms, deadline_ms, policy)
         }
     }
 
@@ -201,17 +237,23 @@ impl DeliveryPlan {
         let _ = reason;
         self.state = DeliveryState::Failed;
         // A refusal proves the owner holds nothing only when no earlier
-        // attempt could have reached it: an earlier invoke may have been
-        // committed there with its acknowledgement lost.
-        self.rejected = self.attempts <= 1;
+        // invoke could have reached it: an earlier invoke may have been
+        // committed there with its acknowledgement lost, or be committed
+        // after this answer (it may still be on its way). A plan rebuilt
+        // after a restart does not know what left before it.
+        self.rejected = self.sends_known && self.attempts <= 1;
     }
 
     /// Whether the work may go to another instance: the mention named a
     /// definition (not one instance), the policy retries, and no invoke ever
-    /// left this broker, or the owner refused it. Either way no owner holds
-    /// it, so it cannot run twice.
+    /// left this broker, or the owner refused the only one that did. Either
+    /// way no owner holds it, so it cannot run twice. A plan rebuilt after a
+    /// restart knows neither, so it never reroutes.
     pub fn may_reroute(&self, now_ms: u64, logical_mention: bool) -> bool {
         if !logical_mention || self.single_try() {
+            return false;
+        }
+        if !self.sends_known {
             return false;
         }
         if self.rejected {
@@ -321,6 +363,31 @@ mod tests {
         assert!(
             sent.may_reroute(REROUTE_AFTER_MS * 10, true),
             "the owner refused it"
+        );
+    }
+
+    #[test]
+    fn a_plan_rebuilt_after_a_restart_never_reroutes() {
+        // The origin sent an invoke, the owner committed it, and the origin
+        // stopped before it recorded the attempt: the store shows an
+        // accepted delivery without attempts.
+        let mut plan =
+            DeliveryPlan::recovered(0, None, DeliveryPolicy::Durable, DeliveryState::Accepted, 0);
+        assert!(plan.ever_sent, "an invoke may have left before the restart");
+        assert_eq!(plan.step(0, false, 0.5), Step::Defer);
+        assert!(
+            !plan.may_reroute(REROUTE_AFTER_MS * 10, true),
+            "the owner may hold it"
+        );
+        assert_eq!(
+            plan.step(REROUTE_AFTER_MS * 10, true, 0.5),
+            Step::SendInvoke
+        );
+        assert_eq!(plan.attempts, 1);
+        plan.on_rejected(FailureReason::AgentOffline);
+        assert!(
+            !plan.may_reroute(REROUTE_AFTER_MS * 10, true),
+            "a refusal of the first invoke since the restart proves nothing about the one before"
         );
     }
 }

@@ -20,6 +20,15 @@
 //! - `invocations_exactly_once`: no invocation id was executed twice by
 //!   any agent of any node, across restarts; every completed one was
 //!   executed exactly once and its answer is the one the origin recorded.
+//! - `flights_finish`: every invocation an owner acknowledged is finished
+//!   there after the final heal (its flight ended: completed, failed, or
+//!   cancelled), and an owner whose acknowledgement the origin recorded
+//!   holds the flight.
+//! - `results_once`: the origin recorded each invocation's result once.
+//! - `ends_agree`: a flight finished in one state: its owner never
+//!   announced two different ends, what the owner stored is what it
+//!   announced, and an origin that took its end from the owner agrees
+//!   with the owner's flight.
 //! - `no_panics`: no task of any broker panicked.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,12 +38,26 @@ use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 use serde::Serialize;
 
 use crate::agent::{ExecEnd, ExecRecord};
-use crate::history::{OpRecord, Sample};
+use crate::history::{EndRecord, EndSide, OpRecord, Sample};
 use crate::report::Convergence;
 use crate::scenario::OpKind;
 
 /// Differences listed in one counterexample at most.
 const DIFFERENCES_SHOWN_MAX: usize = 5;
+
+/// How long after the final heal (or its submission, if later) an
+/// acknowledged invocation must have finished at its owner. A flight needs
+/// no network to run: its owner's runner takes it from the store within a
+/// poll (2 s), an agent works at most a few seconds, and a flight a crash
+/// interrupted is ended when its broker starts again. Twenty seconds leaves
+/// room for a queue of several flights on one instance.
+pub const FINISH_GRACE_MS: u64 = 20_000;
+
+/// Failure reasons an origin decides on its own, without word from the
+/// owner: its deadline passed, the owner could not be reached on the one
+/// try allowed, the delivery was lost at a restart by its policy, or it
+/// was cancelled here. The owner's flight may end differently then.
+const ORIGIN_OWN_REASONS: [&str; 4] = ["timeout", "peer_unreachable", "dispatch", "cancelled"];
 
 /// How a check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -449,6 +472,39 @@ pub struct InvocationEnd {
     pub reason: Option<String>,
     /// The answer the origin recorded, for a completed one.
     pub result: Option<String>,
+    /// Whether the origin recorded an attempt the owner acknowledged.
+    pub acknowledged: bool,
+    /// The node name of the delivery's owner, if known.
+    pub owner: Option<String>,
+}
+
+/// A flight a live node holds at the end, read from its store.
+#[derive(Debug, Clone)]
+pub struct FlightSeen {
+    /// The invocation.
+    pub invocation_id: String,
+    /// The node holding it.
+    pub node: String,
+    /// Its state word.
+    pub state: String,
+    /// Whether that state is terminal.
+    pub terminal: bool,
+}
+
+/// What the end checks need to know about the run besides the records.
+#[derive(Debug, Clone)]
+pub struct EndsContext {
+    /// Events the listeners missed (then a missing end proves nothing).
+    pub missed_events: u64,
+    /// Simulated ms from the scenario's start to the final reads.
+    pub end_ms: u64,
+    /// The last fault (the final heal in a swarm scenario).
+    pub last_fault_ms: u64,
+    /// Nodes live at the end.
+    pub live: BTreeSet<String>,
+    /// Nodes whose store was wiped during the run (they may have lost
+    /// what they acknowledged, by the fault's design).
+    pub wiped: BTreeSet<String>,
 }
 
 /// `invocations_complete` and `invocations_exactly_once`.
@@ -587,6 +643,220 @@ pub fn invocations(
             executions.len()
         ),
     );
+}
+
+/// `flights_finish`, `results_once` and `ends_agree`.
+pub fn ends(
+    checks: &mut Vec<CheckResult>,
+    ops: &[OpRecord],
+    ends: &[InvocationEnd],
+    flights: &[FlightSeen],
+    announced: &[EndRecord],
+    context: &EndsContext,
+) {
+    let describe = |end: &InvocationEnd| {
+        let op = &ops[end.op];
+        format!(
+            "invocation {} ({} from {} at {:.3} s)",
+            end.invocation_id,
+            op.name,
+            op.node,
+            op.at_ms as f64 / 1000.0
+        )
+    };
+    let mut held: BTreeMap<&str, Vec<&FlightSeen>> = BTreeMap::new();
+    for flight in flights {
+        held.entry(flight.invocation_id.as_str())
+            .or_default()
+            .push(flight);
+    }
+    let mut by_side: BTreeMap<(&str, EndSide), Vec<&EndRecord>> = BTreeMap::new();
+    for record in announced {
+        by_side
+            .entry((record.invocation_id.as_str(), record.side))
+            .or_default()
+            .push(record);
+    }
+    let show = |records: &[&EndRecord]| {
+        records
+            .iter()
+            .map(|record| {
+                format!(
+                    "`{}` on {} (start {}) at {:.3} s",
+                    record.state,
+                    record.node,
+                    record.incarnation,
+                    record.at_ms as f64 / 1000.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    // flights_finish
+    let mut failure = None;
+    let (mut judged, mut too_late) = (0, 0);
+    for end in ends {
+        let submitted_ms = ops[end.op].at_ms;
+        if context.end_ms
+            < context
+                .last_fault_ms
+                .max(submitted_ms)
+                .saturating_add(FINISH_GRACE_MS)
+        {
+            too_late += 1;
+            continue;
+        }
+        judged += 1;
+        let flights = held
+            .get(end.invocation_id.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        if let Some(open) = flights.iter().find(|flight| !flight.terminal) {
+            failure = Some(format!(
+                "{} was acknowledged by {}, whose flight is still `{}` at the end, {:.1} s after the final heal",
+                describe(end),
+                open.node,
+                open.state,
+                context.end_ms.saturating_sub(context.last_fault_ms) as f64 / 1000.0
+            ));
+            break;
+        }
+        if end.acknowledged
+            && let Some(owner) = &end.owner
+            && context.live.contains(owner)
+            && !context.wiped.contains(owner)
+            && !flights.iter().any(|flight| &flight.node == owner)
+        {
+            failure = Some(format!(
+                "{}: its origin recorded {owner}'s acknowledgement, but {owner} holds no flight for it",
+                describe(end)
+            ));
+            break;
+        }
+    }
+    push(
+        checks,
+        "flights_finish",
+        failure,
+        format!(
+            "{judged} invocations judged: every acknowledged one finished at its owner{}",
+            if too_late > 0 {
+                format!(
+                    "; {too_late} submitted within {} s of the end not judged",
+                    FINISH_GRACE_MS / 1000
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+
+    // results_once
+    let mut failure = None;
+    let mut recorded = 0;
+    for ((id, side), records) in &by_side {
+        if *side != EndSide::Delivery {
+            continue;
+        }
+        recorded += 1;
+        if records.len() > 1 {
+            failure = Some(format!(
+                "the result of invocation {id} was recorded at its origin {} times: {}",
+                records.len(),
+                show(records)
+            ));
+            break;
+        }
+    }
+    push(
+        checks,
+        "results_once",
+        failure,
+        format!(
+            "{recorded} results recorded at their origins, each once{}",
+            missed_note(context.missed_events)
+        ),
+    );
+
+    // ends_agree
+    let mut failure = None;
+    'ends: for end in ends {
+        let id = end.invocation_id.as_str();
+        let owned = by_side
+            .get(&(id, EndSide::Flight))
+            .map_or(&[][..], Vec::as_slice);
+        let states: BTreeSet<&str> = owned.iter().map(|record| record.state.as_str()).collect();
+        if states.len() > 1 {
+            failure = Some(format!(
+                "{} finished in {} different states: {}",
+                describe(end),
+                states.len(),
+                show(owned)
+            ));
+            break;
+        }
+        let flights = held.get(id).map_or(&[][..], Vec::as_slice);
+        for flight in flights.iter().filter(|flight| flight.terminal) {
+            if let Some(record) = owned
+                .iter()
+                .find(|record| record.node == flight.node && record.state != flight.state)
+            {
+                failure = Some(format!(
+                    "{}: {} announced its flight `{}` at {:.3} s, but its store says `{}`",
+                    describe(end),
+                    flight.node,
+                    record.state,
+                    record.at_ms as f64 / 1000.0,
+                    flight.state
+                ));
+                break 'ends;
+            }
+            let from_owner = match end.state.as_deref() {
+                Some("completed") => true,
+                Some("failed") => end
+                    .reason
+                    .as_deref()
+                    .is_some_and(|reason| !ORIGIN_OWN_REASONS.contains(&reason)),
+                _ => false,
+            };
+            let agrees = match end.state.as_deref() {
+                Some("completed") => flight.state == "completed",
+                Some("failed") => flight.state != "completed",
+                _ => true,
+            };
+            if from_owner && !agrees {
+                failure = Some(format!(
+                    "{} ended `{}`{} at its origin, but {}'s flight ended `{}`",
+                    describe(end),
+                    end.state.as_deref().unwrap_or_default(),
+                    end.reason
+                        .as_deref()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default(),
+                    flight.node,
+                    flight.state
+                ));
+                break 'ends;
+            }
+        }
+    }
+    push(
+        checks,
+        "ends_agree",
+        failure,
+        format!(
+            "every flight finished in one state, and origins agree with their owners{}",
+            missed_note(context.missed_events)
+        ),
+    );
+}
+
+fn missed_note(missed: u64) -> String {
+    if missed > 0 {
+        format!(" ({missed} routing events missed by the listeners)")
+    } else {
+        String::new()
+    }
 }
 
 /// `no_panics`.

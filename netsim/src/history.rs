@@ -3,6 +3,8 @@
 //! and the replicas' state sampled over time. The checks and the report
 //! read only this and a final read of every node's store.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use serde::Serialize;
 
 use crate::scenario::OpKind;
@@ -110,5 +112,63 @@ impl Latency {
             p99_ms: at(0.99),
             max_ms: samples_ms[samples_ms.len() - 1],
         }
+    }
+}
+
+/// Which side of routing announced an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndSide {
+    /// The origin recorded the result of its delivery.
+    Delivery,
+    /// An owner recorded the end of its flight.
+    Flight,
+}
+
+/// An end of an invocation a broker announced on its event stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndRecord {
+    /// The invocation.
+    pub invocation_id: String,
+    /// The node that announced it.
+    pub node: String,
+    /// Which start of that node's broker.
+    pub incarnation: u64,
+    /// Origin or owner.
+    pub side: EndSide,
+    /// The terminal state word (`completed`, `failed`, `cancelled`).
+    pub state: String,
+    /// Simulated ms after the network started.
+    pub at_ms: u64,
+}
+
+/// The ends every broker of a run announced, and how many events a
+/// listener missed (a broadcast that overflowed), which makes a missing
+/// end no evidence.
+#[derive(Debug, Clone, Default)]
+pub struct EndLog {
+    inner: Arc<Mutex<(Vec<EndRecord>, u64)>>,
+}
+
+impl EndLog {
+    /// Adds one end.
+    pub fn push(&self, record: EndRecord) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .push(record);
+    }
+
+    /// Counts events a listener missed.
+    pub fn missed(&self, n: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.1 = inner.1.saturating_add(n);
+    }
+
+    /// Every end so far, and the events missed.
+    pub fn records(&self) -> (Vec<EndRecord>, u64) {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (inner.0.clone(), inner.1)
     }
 }

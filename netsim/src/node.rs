@@ -28,6 +28,7 @@ use scout_mesh::wire::{MeshId, NodeId};
 
 use crate::agent::{ExecLog, SimExecutor, WorkTime};
 use crate::clock::SimClock;
+use crate::history::{EndLog, EndRecord, EndSide};
 use crate::net::Network;
 use crate::seeds;
 
@@ -51,6 +52,8 @@ pub struct BrokerConfig {
     pub work: WorkTime,
     /// Where every node's agents log their executions.
     pub executions: ExecLog,
+    /// Where every broker's announced ends of deliveries and flights go.
+    pub ends: EndLog,
     /// The instant the network started (execution times count from it).
     pub start: tokio::time::Instant,
 }
@@ -183,7 +186,7 @@ impl SimNode {
             config.executions.clone(),
             config.start,
         );
-        self.alive = Some(alive);
+        self.alive = Some(alive.clone());
         let options = BrokerOptions {
             mesh_socket: Some(SocketOverride {
                 socket,
@@ -208,8 +211,54 @@ impl SimNode {
         let broker = Broker::start_with(&self.home, options)
             .await
             .with_context(|| format!("cannot start the broker of {}", self.name))?;
+        self.listen_for_ends(&broker, config, alive);
         self.broker = Some(broker);
         Ok(())
+    }
+
+    /// Logs every end of a delivery (origin side) or a flight (owner side)
+    /// the broker announces, until it stops or crashes.
+    fn listen_for_ends(&self, broker: &Broker, config: &BrokerConfig, alive: Arc<AtomicBool>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut events = broker.state().router.subscribe();
+        let log = config.ends.clone();
+        let node = self.name.clone();
+        let incarnation = self.incarnations;
+        let start = config.start;
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        log.missed(missed);
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if !alive.load(Ordering::SeqCst) {
+                    return;
+                }
+                let side = match event.kind {
+                    "delivery" => EndSide::Delivery,
+                    "flight" => EndSide::Flight,
+                    _ => continue,
+                };
+                let Some(state) = event.state else {
+                    continue;
+                };
+                if !matches!(state.as_str(), "completed" | "failed" | "cancelled") {
+                    continue;
+                }
+                log.push(EndRecord {
+                    invocation_id: event.invocation_id,
+                    node: node.clone(),
+                    incarnation,
+                    side,
+                    state,
+                    at_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        });
     }
 
     /// Crashes the node: mutes its socket first (nothing more leaves or

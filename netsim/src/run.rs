@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use rand::Rng;
 use rand::rngs::StdRng;
 use scout::daemon::routing::SubmitRequest;
-use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
+use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, FlightState, InvocationAction};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::Registry;
 use scout_mesh::registry::founder_of;
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::agent::{ExecLog, WorkTime};
 use crate::check::{self, Expected, FinalState};
 use crate::clock::SimClock;
-use crate::history::{FaultMark, Latency, NodeSample, OpRecord, Outcome, Sample};
+use crate::history::{EndLog, FaultMark, Latency, NodeSample, OpRecord, Outcome, Sample};
 use crate::net::{HostSet, Network};
 use crate::node::{BrokerConfig, SimNode, host_addr};
 use crate::report::{Convergence, OpsSummary, RunReport};
@@ -176,6 +176,8 @@ struct Sim<'p> {
     settled: Vec<SettledInvocation>,
     invocation_latencies: Vec<f64>,
     definitions: BTreeMap<String, BTreeSet<String>>,
+    /// Nodes whose store a restart wiped.
+    wiped: BTreeSet<String>,
     faults: Vec<FaultMark>,
     samples: Vec<Sample>,
     errors: Vec<String>,
@@ -233,6 +235,7 @@ impl<'p> Sim<'p> {
                     max_ms: scenario.invocations.work_ms[1],
                 },
                 executions: ExecLog::default(),
+                ends: EndLog::default(),
                 start,
             },
             t0: start,
@@ -243,6 +246,7 @@ impl<'p> Sim<'p> {
             settled: Vec::new(),
             invocation_latencies: Vec::new(),
             definitions: BTreeMap::new(),
+            wiped: BTreeSet::new(),
             faults: Vec::new(),
             samples: Vec::new(),
             errors: Vec::new(),
@@ -490,8 +494,11 @@ impl<'p> Sim<'p> {
                 if self.nodes[node].is_up() {
                     self.nodes[node].crash(&self.net);
                 }
-                if wipe_store && let Err(err) = self.nodes[node].wipe_store() {
-                    self.errors.push(format!("{err:#}"));
+                if wipe_store {
+                    self.wiped.insert(self.nodes[node].name.clone());
+                    if let Err(err) = self.nodes[node].wipe_store() {
+                        self.errors.push(format!("{err:#}"));
+                    }
                 }
                 if let Err(err) = self.nodes[node].start(&self.net, &self.config).await {
                     self.errors.push(format!(
@@ -929,6 +936,27 @@ impl<'p> Sim<'p> {
             &ends,
             &self.config.executions.records(),
         );
+        let flights = self.final_flights(&ends);
+        let (announced, missed) = self.config.ends.records();
+        check::ends(
+            &mut checks,
+            &self.ops,
+            &ends,
+            &flights,
+            &announced,
+            &check::EndsContext {
+                missed_events: missed,
+                end_ms: ms_between(self.t0, Instant::now()),
+                last_fault_ms: self.plan.last_fault_ms,
+                live: self
+                    .nodes
+                    .iter()
+                    .filter(|node| node.is_up())
+                    .map(|node| node.name.clone())
+                    .collect(),
+                wiped: self.wiped.clone(),
+            },
+        );
         let state_digest = finals
             .iter()
             .flatten()
@@ -1003,6 +1031,8 @@ impl<'p> Sim<'p> {
                     terminal: false,
                     reason: None,
                     result: None,
+                    acknowledged: false,
+                    owner: None,
                 },
                 Some(Err(err)) => check::InvocationEnd {
                     invocation_id,
@@ -1011,6 +1041,8 @@ impl<'p> Sim<'p> {
                     terminal: false,
                     reason: None,
                     result: None,
+                    acknowledged: false,
+                    owner: None,
                 },
                 Some(Ok(status)) => {
                     let delivery = status.delivery;
@@ -1024,6 +1056,24 @@ impl<'p> Sim<'p> {
                             .parse::<DeliveryState>()
                             .is_ok_and(|state| state.is_terminal())
                     });
+                    // An attempt succeeds when the owner acknowledged it,
+                    // and only the delivery's current owner can have: a
+                    // delivery moves on only when no owner holds it.
+                    let acknowledged = delivery.as_ref().is_some_and(|delivery| {
+                        delivery
+                            .attempts
+                            .iter()
+                            .any(|attempt| attempt.outcome.as_deref() == Some("succeeded"))
+                    });
+                    let owner = delivery
+                        .as_ref()
+                        .and_then(|delivery| delivery.owner.as_deref())
+                        .and_then(|id| {
+                            self.nodes
+                                .iter()
+                                .find(|node| node.node_id.as_str() == id)
+                                .map(|node| node.name.clone())
+                        });
                     check::InvocationEnd {
                         invocation_id,
                         op,
@@ -1031,6 +1081,8 @@ impl<'p> Sim<'p> {
                         terminal,
                         reason: delivery.as_ref().and_then(|d| d.failure_reason.clone()),
                         result: delivery.and_then(|d| d.result),
+                        acknowledged,
+                        owner,
                     }
                 }
             };
@@ -1038,6 +1090,35 @@ impl<'p> Sim<'p> {
         }
         ends.sort_by_key(|end| end.op);
         ends
+    }
+
+    /// The flight every live node holds for each submitted invocation,
+    /// read from its store at the end.
+    fn final_flights(&self, ends: &[check::InvocationEnd]) -> Vec<check::FlightSeen> {
+        let mut flights = Vec::new();
+        for node in &self.nodes {
+            let Some(broker) = node.broker.as_ref() else {
+                continue;
+            };
+            for end in ends {
+                let Ok(status) = broker.state().router.status(&end.invocation_id) else {
+                    continue;
+                };
+                if let Some(flight) = status.flight {
+                    let terminal = flight
+                        .state
+                        .parse::<FlightState>()
+                        .is_ok_and(FlightState::is_terminal);
+                    flights.push(check::FlightSeen {
+                        invocation_id: end.invocation_id.clone(),
+                        node: node.name.clone(),
+                        state: flight.state,
+                        terminal,
+                    });
+                }
+            }
+        }
+        flights
     }
 
     /// Stops the live brokers and the network (the end of the run).

@@ -282,14 +282,16 @@ pub async fn recover(router: &Router) -> anyhow::Result<()> {
             lost.push(delivery.delivery_id.clone());
             continue;
         }
-        let mut plan = DeliveryPlan::new(
+        // Attempts are recorded once their outcome is known, so an invoke
+        // on its way when this broker stopped left no row: the plan counts
+        // it as sent and keeps the work with this owner.
+        let plan = DeliveryPlan::recovered(
             router.plan_now(),
             router.plan_deadline(invocation.deadline_ms.and_then(|ms| u64::try_from(ms).ok())),
             invocation.delivery_policy,
+            delivery.state,
+            u32::try_from(attempts).unwrap_or(u32::MAX),
         );
-        plan.state = delivery.state;
-        plan.attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-        plan.ever_sent = attempts > 0;
         let logical =
             AgentName::parse(&invocation.target).is_ok_and(|name| !name.is_fully_qualified());
         recovered.push(Entry {
@@ -410,8 +412,11 @@ fn next_step(router: &Router, entry: &mut Entry, now: u64) -> Option<Step> {
         return None;
     }
     // A logical mention stuck on an unreachable owner that never got it
-    // moves to another instance, when there is one.
+    // moves to another instance, when there is one. The move marks the
+    // entry busy too: a second pass must not move it again (or send it)
+    // while the first move is being recorded.
     if entry.plan.may_reroute(now, entry.logical) && choose_other(router, entry).is_some() {
+        entry.attempt_in_flight = true;
         return Some(Step::Wait);
     }
     let reachable = entry.owner == router.inner.node_id
@@ -488,7 +493,10 @@ async fn run_step(router: &Router, id: &str, step: Step) {
             )
             .await
         }
-        Step::Wait => reroute(router, entry).await,
+        Step::Wait => {
+            reroute(router, entry).await;
+            release(router, id);
+        }
     }
 }
 
@@ -642,19 +650,21 @@ async fn send_invoke(router: &Router, entry: Entry) {
         Ok(MeshFrame::Error(error)) => {
             let _ = set_state(router, &entry, None, Some(attempt)).await;
             let reason = refusal_reason(&error.code);
-            let logical = {
+            // The plan decides whether the refusal proves the owner holds
+            // nothing (it answered the only invoke that ever left here).
+            let may_reroute = {
+                let now = router.plan_now();
                 let mut plans = router
                     .inner
                     .plans
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner());
-                let logical = plans.get(&id).is_some_and(|e| e.logical);
-                if let Some(current) = plans.get_mut(&id) {
+                plans.get_mut(&id).is_some_and(|current| {
                     current.plan.on_rejected(reason);
-                }
-                logical
+                    current.plan.may_reroute(now, current.logical)
+                })
             };
-            let rerouted = logical && choose_other(router, &entry).is_some();
+            let rerouted = may_reroute && choose_other(router, &entry).is_some();
             if rerouted {
                 reroute(router, entry).await;
             } else {
