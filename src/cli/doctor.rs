@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use scout_mesh::lifecycle::Harness;
@@ -15,10 +14,6 @@ use crate::config::relay_agents::{self, RelayAgents};
 use crate::config::settings::{self, Settings};
 use crate::identity;
 use crate::store::Store;
-
-/// How long the broker's `/health` may take before it counts as down: it
-/// answers from memory, so a second is generous.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Flags of `scout doctor`.
 #[derive(Debug, Args)]
@@ -300,46 +295,29 @@ fn broker_check(settings: &Settings, context: &Context) -> Check {
                 .hint("unset PORT or fix it");
         }
     };
-    let url = format!("http://{addr}/health");
-    let agent = ureq::AgentBuilder::new().timeout(HEALTH_TIMEOUT).build();
+    let url = format!("http://{addr}");
     let up_hint = format!(
         "start it with `scout up{}`",
         super::setup::home_flag(context)
     );
-    match agent.get(&url).call() {
-        Ok(response) => match response.into_json::<serde_json::Value>() {
-            Ok(health) => {
-                let node = health.get("node").and_then(|v| v.as_str()).unwrap_or("?");
-                if node != settings.node_name {
-                    Check::new(
-                        "broker",
-                        Status::Warn,
-                        format!(
-                            "{url} is answered by node `{node}`, not `{}`",
-                            settings.node_name
-                        ),
-                    )
-                    .hint("another broker uses this port; give each home its own http_port")
-                } else {
-                    Check::new(
-                        "broker",
-                        Status::Ok,
-                        format!("running at {url} (node {node})"),
-                    )
-                }
-            }
-            Err(err) => Check::new(
-                "broker",
-                Status::Warn,
-                format!("{url} answered something that is not scout: {err}"),
-            ),
-        },
-        Err(err) => Check::new(
+    // The same proof the CLI asks before it sends the token: a broker that
+    // answers but cannot prove it holds this home's token is not ours.
+    match super::client::BrokerClient::running(context) {
+        Ok(Some(_)) => Check::new(
             "broker",
-            Status::Warn,
-            format!("not running ({url}: {err})"),
-        )
-        .hint(up_hint),
+            Status::Ok,
+            format!(
+                "running at {url} (node {}, proved it holds this home's token)",
+                settings.node_name
+            ),
+        ),
+        Ok(None) => Check::new("broker", Status::Warn, format!("not running ({url})")).hint(up_hint),
+        Err(err) => match err.downcast_ref::<super::client::BrokerMismatch>() {
+            Some(mismatch) => Check::new("broker", Status::Fail, mismatch.to_string()).hint(
+                "another program answers on this home's http_port; stop it, or give each home its own http_port",
+            ),
+            None => Check::new("broker", Status::Warn, format!("cannot ask the broker at {url}: {err:#}")),
+        },
     }
 }
 

@@ -155,6 +155,18 @@ pub fn impostor(tally: &Tally) {
             )
         });
     }
+    tally.case("impostor: `scout doctor` fails the broker check", || {
+        let before = impostor.requests().len();
+        let run = run_scout(&home, node.sandbox.path(), &["doctor"])?;
+        let leaked = impostor.requests()[before..].iter().any(|request| {
+            request.to_ascii_lowercase().contains("authorization") || request.contains(&token)
+        });
+        ensure(!leaked, || "the impostor received the token".to_owned())?;
+        ensure(
+            run.code == 1 && run.stdout.contains("BROKER_MISMATCH"),
+            || format!("exit {}: {}{}", run.code, run.stdout, run.stderr),
+        )
+    });
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
