@@ -8,13 +8,12 @@ mod common;
 
 use std::sync::Arc;
 
+use common::raw_member::RawMember;
 use common::{Node, wait_until};
-use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
-use scout_mesh::names::{Label, NamePart};
 use scout_mesh::transport::endpoint::{read_request, request};
 use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig, close_code};
-use scout_mesh::wire::{Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION, encode_frame};
+use scout_mesh::wire::{Invite, MeshFrame, PROTOCOL_VERSION, encode_frame};
 
 /// alpha founds the mesh; beta joins offline with an invite before its
 /// first start; gamma seeds alpha and joins with `setup --join` using a code
@@ -192,42 +191,10 @@ fn a_revoked_broker_is_cut_off_everywhere() {
 fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let invite = Invite::from_code(&alpha.invite()).unwrap();
-
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let key = NodeKey {
-            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
-                .unwrap()
-                .as_bytes()
-                .to_vec(),
-            public_key: signing.verifying_key().to_bytes(),
-        };
-        let node_id = NodeId::of_public_key(&key.public_key);
-        let endpoint = MeshEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            key,
-            Arc::new(MeshTrust::default()),
-            TransportConfig::default(),
-        )
-        .unwrap();
-        let name = Label::parse("probe", NamePart::Node).unwrap();
-        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
-            .await
-            .unwrap();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node_id,
-            node_name: "probe".into(),
-            mesh_id: invite.mesh_id,
-            addresses: Vec::new(),
-        };
+        let (_probe, connection) = RawMember::join(&alpha.invite()).await;
         let timeout = std::time::Duration::from_secs(10);
-        let answer = request(&connection, &MeshFrame::Hello(hello), timeout)
-            .await
-            .unwrap();
-        assert!(matches!(answer, MeshFrame::HelloAck(_)), "{answer:?}");
 
         async fn raw(connection: &quinn::Connection, bytes: &[u8]) -> MeshFrame {
             let (mut send, mut recv) = connection.open_bi().await.unwrap();

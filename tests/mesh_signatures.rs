@@ -5,20 +5,15 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::raw_member::RawMember;
 use common::{Node, wait_until};
 use crdts::Dot;
-use scout::daemon::mesh::connections::join_exchange;
-use scout::daemon::mesh::trust::MeshTrust;
 use scout_mesh::lifecycle::{EndpointState, Harness};
-use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::sign;
 use scout_mesh::transport::endpoint::request;
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use scout_mesh::wire::{
-    Hello, Hlc, InstanceBody, Invite, MeshFrame, NodeId, PROTOCOL_VERSION, Record, RecordBody,
-    RecordKey, RecordKind, RecordSignature, SyncMessage,
+    Hlc, InstanceBody, MeshFrame, NodeId, Record, RecordBody, RecordKey, RecordKind,
+    RecordSignature, SyncMessage,
 };
 
 /// An instance record of `origin`, signed by `key`.
@@ -57,47 +52,18 @@ fn instance_record(
 fn a_member_sending_forged_records_gets_an_error_and_nothing_is_stored() {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let invite = Invite::from_code(&alpha.invite()).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let key = NodeKey {
-            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
-                .unwrap()
-                .as_bytes()
-                .to_vec(),
-            public_key: signing.verifying_key().to_bytes(),
-        };
-        let node_id = NodeId::of_public_key(&key.public_key);
-        let endpoint = MeshEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            key,
-            Arc::new(MeshTrust::default()),
-            TransportConfig::default(),
-        )
-        .unwrap();
-        let name = Label::parse("probe", NamePart::Node).unwrap();
-        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
-            .await
-            .unwrap();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node_id: node_id.clone(),
-            node_name: "probe".into(),
-            mesh_id: invite.mesh_id,
-            addresses: Vec::new(),
-        };
+        let (probe, connection) = RawMember::join(&alpha.invite()).await;
+        let (signing, node_id) = (&probe.signing, &probe.node_id);
         let timeout = std::time::Duration::from_secs(10);
-        let answer = request(&connection, &MeshFrame::Hello(hello), timeout)
-            .await
-            .unwrap();
-        assert!(matches!(answer, MeshFrame::HelloAck(_)), "{answer:?}");
 
         // In alpha's name, signed by the probe's key.
-        let in_alphas_name = instance_record(&invite.inviter, 1_000, "@evil@alpha#main", &signing);
+        let in_alphas_name =
+            instance_record(&probe.invite.inviter, 1_000, "@evil@alpha#main", signing);
         // In the probe's own name, with a damaged signature.
-        let mut damaged = instance_record(&node_id, 1, "@evil@probe#main", &signing);
+        let mut damaged = instance_record(node_id, 1, "@evil@probe#main", signing);
         damaged.signature.0[0] ^= 1;
         for forged in [in_alphas_name, damaged] {
             let push = MeshFrame::Sync(SyncMessage::Push {
@@ -109,7 +75,7 @@ fn a_member_sending_forged_records_gets_an_error_and_nothing_is_stored() {
             }
         }
         // A genuine record on the same connection is stored.
-        let genuine = instance_record(&node_id, 2, "@good@probe#main", &signing);
+        let genuine = instance_record(node_id, 2, "@good@probe#main", signing);
         let push = MeshFrame::Sync(SyncMessage::Push {
             records: vec![genuine],
         });

@@ -8,19 +8,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, WAIT_BOUND, wait_until};
-use scout::daemon::mesh::connections::join_exchange;
-use scout::daemon::mesh::trust::MeshTrust;
+use common::raw_member::RawMember;
+use common::{Node, wait_until};
 use scout_mesh::lifecycle::{DeliveryPolicy, FlightState, InvocationAction};
-use scout_mesh::names::{Label, NamePart};
 use scout_mesh::transport::endpoint::request;
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
-use scout_mesh::wire::{
-    FlightUpdate, Hello, Invite, InvokeRequest, MeshFrame, NodeId, PROTOCOL_VERSION,
-};
+use scout_mesh::wire::{FlightUpdate, InvokeRequest, MeshFrame};
 
 /// How long one raw request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,94 +93,6 @@ fn error_code(frame: &MeshFrame) -> String {
     }
 }
 
-/// The public key of a node, from its home (a test may read it; a real
-/// member learns it from the registry).
-fn public_key_of(node: &Node) -> [u8; 32] {
-    let home = scout::home::Home::in_dir(node.sandbox.home());
-    scout::identity::load_node_key(&home.node_key_path())
-        .expect("node key")
-        .public_key()
-}
-
-/// A member that is not a broker: joins with an invite from `inviter`,
-/// then speaks raw frames to any broker that has learnt its admission.
-struct RawMember {
-    endpoint: MeshEndpoint,
-    node_id: NodeId,
-    invite: Invite,
-}
-
-impl RawMember {
-    async fn join(inviter: &Node) -> (RawMember, quinn::Connection) {
-        let invite = Invite::from_code(&inviter.invite()).unwrap();
-        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let key = NodeKey {
-            pkcs8_der: ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&signing)
-                .unwrap()
-                .as_bytes()
-                .to_vec(),
-            public_key: signing.verifying_key().to_bytes(),
-        };
-        let node_id = NodeId::of_public_key(&key.public_key);
-        let endpoint = MeshEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            key,
-            Arc::new(MeshTrust::default()),
-            TransportConfig::default(),
-        )
-        .unwrap();
-        let name = Label::parse("probe", NamePart::Node).unwrap();
-        let (connection, _, _) = join_exchange(&endpoint, &invite, &name, Vec::new())
-            .await
-            .unwrap();
-        let member = RawMember {
-            endpoint,
-            node_id,
-            invite,
-        };
-        member
-            .hello(&connection)
-            .await
-            .expect("hello to the inviter");
-        (member, connection)
-    }
-
-    async fn hello(&self, connection: &quinn::Connection) -> Result<(), String> {
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node_id: self.node_id.clone(),
-            node_name: "probe".into(),
-            mesh_id: self.invite.mesh_id,
-            addresses: Vec::new(),
-        };
-        match request(connection, &MeshFrame::Hello(hello), REQUEST_TIMEOUT).await {
-            Ok(MeshFrame::HelloAck(_)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    }
-
-    /// Connects to `node` once it admits this member (it learns the
-    /// admission by sync), bounded.
-    async fn connect(&self, node: &Node) -> quinn::Connection {
-        let addr = node.mesh_addr().parse().unwrap();
-        let key = public_key_of(node);
-        let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-        loop {
-            if let Ok(connection) = self.endpoint.connect(addr, Some(key)).await
-                && self.hello(&connection).await.is_ok()
-            {
-                return connection;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never admitted the raw member",
-                node.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[test]
 fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
     let (alpha, beta) = origin_and_owner();
@@ -197,7 +103,7 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (probe, to_beta) = RawMember::join(&beta).await;
+        let (probe, to_beta) = RawMember::join(&beta.invite()).await;
 
         // A member that is not the origin can neither read nor cancel.
         let query = MeshFrame::FlightQuery {

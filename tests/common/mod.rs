@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw_member;
 pub mod store;
 
 use std::io::{BufRead, BufReader};
