@@ -8,11 +8,14 @@
 //!
 //! `cargo bench --bench http_flood`
 
+#[path = "support/scout_up.rs"]
+mod scout_up;
+
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -167,54 +170,7 @@ struct BrokerUnderTest {
 }
 
 fn start_broker(dir: &Path) -> BrokerUnderTest {
-    let home = dir.join("home");
-    let scout = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_scout"));
-        command
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .env("HOME", dir)
-            .env_remove("PORT")
-            .env("SCOUT_DISCOVERY", "none")
-            .env("LOG_LEVEL", "warn")
-            .stdin(Stdio::null());
-        command
-    };
-    let setup = scout(&[
-        "setup",
-        "--node-name",
-        "bench",
-        "--http-port",
-        "0",
-        "--mesh-port",
-        "0",
-    ])
-    .output()
-    .expect("scout setup");
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let mut child = scout(&["--json", "up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("scout up");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut text = String::new();
-    let ready: serde_json::Value = loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).expect("read") > 0,
-            "scout up exited"
-        );
-        text.push_str(&line);
-        if let Ok(value) = serde_json::from_str(&text) {
-            break value;
-        }
-    };
+    let scout_up::ScoutUp { child, ready } = scout_up::start(dir);
     let addr = ready["http_addr"]
         .as_str()
         .expect("http_addr")
