@@ -514,16 +514,7 @@ pub fn invocations(
     ends: &[InvocationEnd],
     executions: &[ExecRecord],
 ) {
-    let describe = |end: &InvocationEnd| {
-        let op = &ops[end.op];
-        format!(
-            "invocation {} ({} from {} at {:.3} s)",
-            end.invocation_id,
-            op.name,
-            op.node,
-            op.at_ms as f64 / 1000.0
-        )
-    };
+    let describe = |end: &InvocationEnd| describe_invocation(ops, end);
     let mut lost = None;
     let (mut completed, mut failed, mut unknown) = (0, 0, 0);
     for end in ends {
@@ -654,16 +645,7 @@ pub fn ends(
     announced: &[EndRecord],
     context: &EndsContext,
 ) {
-    let describe = |end: &InvocationEnd| {
-        let op = &ops[end.op];
-        format!(
-            "invocation {} ({} from {} at {:.3} s)",
-            end.invocation_id,
-            op.name,
-            op.node,
-            op.at_ms as f64 / 1000.0
-        )
-    };
+    let describe = |end: &InvocationEnd| describe_invocation(ops, end);
     let mut held: BTreeMap<&str, Vec<&FlightSeen>> = BTreeMap::new();
     for flight in flights {
         held.entry(flight.invocation_id.as_str())
@@ -868,4 +850,17 @@ pub fn no_panics(checks: &mut Vec<CheckResult>, n_panics: usize, messages: &[Str
         )
     });
     push(checks, "no_panics", failure, "no task panicked".into());
+}
+
+/// How a counterexample names an invocation: its id and the operation
+/// that submitted it.
+fn describe_invocation(ops: &[OpRecord], end: &InvocationEnd) -> String {
+    let op = &ops[end.op];
+    format!(
+        "invocation {} ({} from {} at {:.3} s)",
+        end.invocation_id,
+        op.name,
+        op.node,
+        op.at_ms as f64 / 1000.0
+    )
 }
