@@ -53,8 +53,8 @@ impl NodeIdentity {
     }
 
     /// The key as the mesh transport needs it.
-    pub fn mesh_key(&self) -> scout_mesh::transport::NodeKey {
-        scout_mesh::transport::NodeKey {
+    pub fn mesh_key(&self) -> scout_net::transport::NodeKey {
+        scout_net::transport::NodeKey {
             pkcs8_der: self
                 .signing_key
                 .to_pkcs8_der()

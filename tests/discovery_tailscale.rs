@@ -20,8 +20,8 @@ use discovery_support::{
     whois_of, with_peer_at,
 };
 use scout::daemon::discovery::tailscale::tailnet_addresses;
-use scout_mesh::discovery::http::get_unix;
-use scout_mesh::discovery::tailscale::{BackendState, TailscaleClient, Via};
+use scout_net::discovery::http::get_unix;
+use scout_net::discovery::tailscale::{BackendState, TailscaleClient, Via};
 use serde_json::{Value, json};
 
 fn client(socket: PathBuf, cli: PathBuf) -> TailscaleClient {

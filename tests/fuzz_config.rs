@@ -15,7 +15,7 @@
 //! fuzz_config -- --nocapture --test-threads=1` runs a million and prints
 //! cases, wall time and panics per file.
 
-#[path = "../mesh/tests/fuzz_support/mod.rs"]
+#[path = "../net/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
 use std::path::Path;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use common::raw_member::RawMember;
 use common::{Node, wait_until};
 use scout::daemon::mesh::trust::MeshTrust;
-use scout_mesh::transport::endpoint::{read_request, request};
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig, close_code};
 use scout_mesh::wire::{Invite, MeshFrame, PROTOCOL_VERSION, encode_frame};
+use scout_net::transport::endpoint::{read_request, request};
+use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig, close_code};
 
 /// alpha founds the mesh; beta joins offline with an invite before its
 /// first start; gamma seeds alpha and joins with `setup --join` using a code

@@ -10,11 +10,11 @@ use common::{Node, wait_until};
 use crdts::Dot;
 use scout_mesh::lifecycle::{EndpointState, Harness};
 use scout_mesh::registry::sign;
-use scout_mesh::transport::endpoint::request;
 use scout_mesh::wire::{
     Hlc, InstanceBody, MeshFrame, NodeId, Record, RecordBody, RecordKey, RecordKind,
     RecordSignature, SyncMessage,
 };
+use scout_net::transport::endpoint::request;
 
 /// An instance record of `origin`, signed by `key`.
 fn instance_record(

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::raw_member::RawMember;
 use common::{Node, wait_until};
 use scout_mesh::lifecycle::{DeliveryPolicy, FlightState, InvocationAction};
-use scout_mesh::transport::endpoint::request;
 use scout_mesh::wire::{FlightUpdate, InvokeRequest, MeshFrame};
+use scout_net::transport::endpoint::request;
 
 /// How long one raw request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,18 +20,14 @@
 //! - [`routing`]: the origin's delivery plan: send, retry, defer, query,
 //!   fail, reroute; the rules that keep execution exactly-once.
 //! - [`membership`]: one-time invites, invite codes and the join decision.
-//! - [`transport`] (IO shell): QUIC endpoint, TLS on raw Ed25519 keys checked
-//!   against the broker's trust policy in the handshake, framing.
-//! - [`discovery`] (IO shell): mDNS adverts and browsing, tailscaled's
-//!   status and whois; where peers might be, never who may join.
 //!
-//! Architecture invariant: outside `transport/` (and `discovery/`), nothing
-//! in this crate does IO. The core never imports tokio, quinn, rusqlite,
-//! mdns-sd or portable-pty; time and randomness come in as arguments
-//! (`tests/tidy.rs` checks this). The `scout` binary wires the core, the
-//! transport and the store together.
+//! Architecture invariant: nothing in this crate does IO. Its manifest has
+//! no tokio, quinn, rustls, rusqlite or mdns-sd (`cargo tree -p scout-mesh
+//! -e normal` shows it, and `tests/tidy.rs` checks both the manifest and the
+//! sources); time and randomness come in as arguments. The IO shell around
+//! it, the QUIC transport and discovery, is the `scout-net` crate; the
+//! `scout` binary wires the core, the shell and the store together.
 
-pub mod discovery;
 pub mod hlc;
 pub mod lifecycle;
 pub mod membership;
@@ -40,5 +36,4 @@ pub mod registry;
 pub mod resolve;
 pub mod routing;
 pub mod sync;
-pub mod transport;
 pub mod wire;

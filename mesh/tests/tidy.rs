@@ -1,6 +1,6 @@
-//! Keeps the mesh core pure: outside the IO shells (`transport/`,
-//! `discovery/`), its sources never name an IO crate, the system clock or a
-//! random source.
+//! Keeps the mesh core pure: its manifest depends on no IO crate, and its
+//! sources never name one, nor the system clock or a random source. The IO
+//! shell (transport, discovery) is the `scout-net` crate.
 
 use std::fs;
 use std::path::Path;
@@ -23,23 +23,9 @@ const FORBIDDEN: &[&str] = &[
     "thread_rng",
 ];
 
-/// Folders of the crate that are IO shells around the core, allowed to use
-/// tokio, quinn and the network.
-const IO_SHELLS: &[&str] = &["transport", "discovery"];
-
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in fs::read_dir(dir).expect("read src") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if path.is_dir() && IO_SHELLS.contains(&name) {
-            continue;
-        }
-        if IO_SHELLS.iter().any(|shell| name == format!("{shell}.rs")) {
-            continue;
-        }
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|ext| ext == "rs") {
@@ -70,5 +56,43 @@ fn core_sources_do_no_io() {
         offences.is_empty(),
         "the mesh core must stay pure:\n{}",
         offences.join("\n")
+    );
+}
+
+/// Crates that do IO, which the core's `[dependencies]` must not list.
+const IO_CRATES: &[&str] = &[
+    "tokio",
+    "quinn",
+    "rustls",
+    "rusqlite",
+    "mdns-sd",
+    "if-addrs",
+    "portable-pty",
+    "rand",
+];
+
+#[test]
+fn core_manifest_names_no_io_crate() {
+    let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .expect("read Cargo.toml");
+    let mut section = "";
+    let mut offences = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        if section != "[dependencies]" {
+            continue;
+        }
+        let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
+        if IO_CRATES.contains(&name) {
+            offences.push(name.to_owned());
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the mesh core must not depend on IO crates: {offences:?}"
     );
 }

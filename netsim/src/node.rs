@@ -23,8 +23,8 @@ use scout::home::Home;
 use scout::store::{StoreOptions, Synchronous};
 use scout_mesh::lifecycle::Harness;
 use scout_mesh::sync::SyncConfig;
-use scout_mesh::transport::TransportConfig;
 use scout_mesh::wire::{MeshId, NodeId};
+use scout_net::transport::TransportConfig;
 
 use crate::agent::{ExecLog, SimExecutor, WorkTime};
 use crate::clock::SimClock;

@@ -22,10 +22,10 @@ use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::Registry;
 use scout_mesh::registry::founder_of;
 use scout_mesh::sync::{PEERS_MAX, Replica, ReplicaIdentity, SyncConfig};
-use scout_mesh::transport::TransportConfig;
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, DefinitionValue, RecordBody, RecordKey, RecordKind,
 };
+use scout_net::transport::TransportConfig;
 use tokio::time::Instant;
 
 use crate::agent::{ExecLog, WorkTime};

@@ -118,7 +118,7 @@ pub struct BrokerOptions {
     /// Sync tunables (default: the production intervals).
     pub sync: Option<scout_mesh::sync::SyncConfig>,
     /// Transport timeouts (default: the production ones).
-    pub transport: Option<scout_mesh::transport::TransportConfig>,
+    pub transport: Option<scout_net::transport::TransportConfig>,
     /// Bind and serve the HTTP surface (default true). Without it the
     /// broker writes no `broker.json` and announces HTTP port 0; netsim's
     /// brokers are driven in-process and need no listener.

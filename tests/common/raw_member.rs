@@ -8,9 +8,9 @@ use std::time::Duration;
 use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::transport::endpoint::request;
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use scout_mesh::wire::{Hello, Invite, MeshFrame, NodeId, PROTOCOL_VERSION};
+use scout_net::transport::endpoint::request;
+use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig};
 
 use super::{Node, WAIT_BOUND};
 

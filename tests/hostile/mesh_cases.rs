@@ -11,9 +11,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::transport::endpoint::request;
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use scout_mesh::wire::{Hello, Invite, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION};
+use scout_net::transport::endpoint::request;
+use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use serde_json::json;
 
 use crate::common::{Node, WAIT_BOUND, wait_until};

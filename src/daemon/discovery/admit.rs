@@ -25,14 +25,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use scout_mesh::discovery::tailscale::{TAILNET_JOIN_INVITE_ID, TailnetPeer};
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::transport::endpoint::{peer_key, request};
-use scout_mesh::transport::{MeshEndpoint, Trust, TrustPolicy};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, Invite, JoinAccepted, JoinRequest, MeshFrame, MeshId, NodeId,
     RecordBody,
 };
+use scout_net::discovery::tailscale::{TAILNET_JOIN_INVITE_ID, TailnetPeer};
+use scout_net::transport::endpoint::{peer_key, request};
+use scout_net::transport::{MeshEndpoint, Trust, TrustPolicy};
 
 use super::TailscaleConfig;
 use crate::daemon::mesh::{Mesh, Shared};
@@ -252,7 +252,7 @@ async fn exchange(
     });
     let answer = request(&connection, &join, timeout).await;
     connection.close(
-        quinn::VarInt::from_u32(scout_mesh::transport::close_code::SHUTDOWN),
+        quinn::VarInt::from_u32(scout_net::transport::close_code::SHUTDOWN),
         b"tailnet join done",
     );
     match answer {

@@ -7,8 +7,8 @@ use std::net::ToSocketAddrs;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use scout_mesh::discovery::mdns::{self as mdns_core, SERVICE_TYPE};
-use scout_mesh::discovery::tailscale::{BackendState, TailscaleError};
+use scout_net::discovery::mdns::{self as mdns_core, SERVICE_TYPE};
+use scout_net::discovery::tailscale::{BackendState, TailscaleError};
 
 use super::{DISCOVERY_ENV, DiscoveryConfig};
 use crate::config::settings::Settings;
@@ -274,8 +274,8 @@ fn tailscale_reports(
                     "running via {} ({}): {} peers seen, {online} online, {matching} online{filter}, dialed at port {}{in_book}{skipped}",
                     via.as_str(),
                     match via {
-                        scout_mesh::discovery::tailscale::Via::LocalApi => socket.clone(),
-                        scout_mesh::discovery::tailscale::Via::Cli =>
+                        scout_net::discovery::tailscale::Via::LocalApi => socket.clone(),
+                        scout_net::discovery::tailscale::Via::Cli =>
                             tailscale.client.cli.display().to_string(),
                     },
                     status.peers.len(),

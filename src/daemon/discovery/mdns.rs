@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scout_mesh::discovery::mdns::{
+use scout_mesh::wire::{MeshId, PROTOCOL_VERSION};
+use scout_net::discovery::mdns::{
     self, Advert, BrowseEvent, Browser, InterfaceChange, InterfaceChanges, Mdns, MdnsConfig,
     SIGHTINGS_MAX, Sighting, Verdict,
 };
-use scout_mesh::transport::{Trust, TrustPolicy};
-use scout_mesh::wire::{MeshId, PROTOCOL_VERSION};
+use scout_net::transport::{Trust, TrustPolicy};
 use tokio::sync::watch;
 use tokio::time::Instant;
 

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use scout_mesh::discovery::tailscale::{AdmitRule, TailscaleClient};
+use scout_net::discovery::tailscale::{AdmitRule, TailscaleClient};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use scout_mesh::discovery::tailscale::{BackendState, TailnetStatus, TailscaleError};
+use scout_net::discovery::tailscale::{BackendState, TailnetStatus, TailscaleError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -246,7 +246,7 @@ async fn try_joins(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scout_mesh::discovery::tailscale::parse_status;
+    use scout_net::discovery::tailscale::parse_status;
 
     #[test]
     fn an_error_is_logged_by_its_code_once_a_minute() {

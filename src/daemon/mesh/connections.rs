@@ -16,15 +16,15 @@ use quinn::{Connection, VarInt};
 use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::sync::PEERS_MAX;
-use scout_mesh::transport::close_code;
-use scout_mesh::transport::endpoint::{
-    RequestBudget, peer_key, read_request, read_request_within, request, respond,
-};
-use scout_mesh::transport::{MeshEndpoint, Trust, TrustPolicy};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame, MeshId,
     NodeId, PROTOCOL_VERSION, RecordBody,
 };
+use scout_net::transport::close_code;
+use scout_net::transport::endpoint::{
+    RequestBudget, peer_key, read_request, read_request_within, request, respond,
+};
+use scout_net::transport::{MeshEndpoint, Trust, TrustPolicy};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::address_book::{AddressSource, announces_this_host, keep_announced};

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use scout_mesh::sync::{MemberRemovedReason, Output, SyncEvent};
-use scout_mesh::transport::close_code;
 use scout_mesh::wire::RecordKind;
+use scout_net::transport::close_code;
 use tokio::sync::watch;
 
 use super::Shared;

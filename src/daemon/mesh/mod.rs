@@ -37,11 +37,11 @@ use scout_mesh::lifecycle::EndpointState;
 use scout_mesh::membership::{self, InviteRequest};
 use scout_mesh::names::Label;
 use scout_mesh::sync::{Replica, SyncConfig};
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, InstanceBody, Invite, MeshId, NodeBody, NodeId,
     PROTOCOL_VERSION, RecordBody, RecordKind, RevocationBody,
 };
+use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -832,7 +832,7 @@ impl Mesh {
             .collect();
         for peer in old_peers {
             peer.connection.close(
-                quinn::VarInt::from_u32(scout_mesh::transport::close_code::SHUTDOWN),
+                quinn::VarInt::from_u32(scout_net::transport::close_code::SHUTDOWN),
                 b"left for another mesh",
             );
         }

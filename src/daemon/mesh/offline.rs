@@ -13,8 +13,8 @@ use rand::Rng;
 use scout_mesh::membership::{self, InviteRequest};
 use scout_mesh::registry::founder_of;
 use scout_mesh::sync::{Output, Replica, ReplicaIdentity, SigningKey, SyncConfig};
-use scout_mesh::transport::{MeshEndpoint, TransportConfig};
 use scout_mesh::wire::{Invite, MeshId, NodeId, RecordBody, RevocationBody};
+use scout_net::transport::{MeshEndpoint, TransportConfig};
 
 use super::trust::MeshTrust;
 use super::{IssuedCode, MeshIdentity, bootstrap_of, founder_admission};
@@ -151,7 +151,7 @@ pub async fn join(
         super::connections::join_exchange(&endpoint, invite, &identity.node_name, Vec::new())
             .await?;
     connection.close(
-        quinn::VarInt::from_u32(scout_mesh::transport::close_code::SHUTDOWN),
+        quinn::VarInt::from_u32(scout_net::transport::close_code::SHUTDOWN),
         b"joined",
     );
     endpoint.close();

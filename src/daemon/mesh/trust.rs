@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use scout_mesh::registry::Registry;
-use scout_mesh::transport::{Trust, TrustPolicy};
 use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
+use scout_net::transport::{Trust, TrustPolicy};
 
 /// A snapshot of membership, replaced whole whenever it changes.
 #[derive(Debug, Default)]

@@ -12,8 +12,8 @@ use scout_mesh::lifecycle::{
 use scout_mesh::names::AgentName;
 use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{DeliveryPlan, Step};
-use scout_mesh::transport::endpoint::request;
 use scout_mesh::wire::{FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId};
+use scout_net::transport::endpoint::request;
 use tokio::sync::{oneshot, watch};
 
 use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use scout_mesh::lifecycle::{FailureReason, FlightState};
 use scout_mesh::names::AgentName;
-use scout_mesh::transport::endpoint::request;
 use scout_mesh::wire::{
     FLIGHT_OUTPUT_BYTES_MAX, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId,
 };
+use scout_net::transport::endpoint::request;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 

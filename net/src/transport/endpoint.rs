@@ -14,7 +14,7 @@ use super::frame::{
     write_frame,
 };
 use super::tls::{self, TrustPolicy};
-use crate::wire::{MeshFrame, WireError, decode_frame, encode_frame};
+use scout_mesh::wire::{MeshFrame, WireError, decode_frame, encode_frame};
 
 /// Bidirectional streams a peer may have open on one connection at once:
 /// each is one request in flight, so this bounds a peer's concurrent work.
@@ -89,7 +89,7 @@ impl std::fmt::Debug for NodeKey {
         f.debug_struct("NodeKey")
             .field(
                 "public_key",
-                &crate::wire::NodeId::of_public_key(&self.public_key),
+                &scout_mesh::wire::NodeId::of_public_key(&self.public_key),
             )
             .finish_non_exhaustive()
     }

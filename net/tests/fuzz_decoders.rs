@@ -26,7 +26,6 @@ use std::path::Path;
 
 use fuzz_support::{bytes_input, json_input, run_target};
 use proptest::prelude::*;
-use scout_mesh::discovery::{http, mdns, tailscale};
 use scout_mesh::lifecycle::{
     DeliveryPolicy, EndpointState, FailureReason, FlightState, Harness, InvocationAction,
 };
@@ -40,6 +39,7 @@ use scout_mesh::wire::{
     self, ErrorFrame, FlightUpdate, Hello, Invite, InvokeAck, InvokeRequest, JoinAccepted,
     JoinRequest, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION, SyncMessage,
 };
+use scout_net::discovery::{http, mdns, tailscale};
 
 const T0: u64 = 1_700_000_000_000;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use scout_mesh::transport::endpoint::{read_request, request, respond};
-use scout_mesh::transport::{MeshEndpoint, NodeKey, TransportConfig, Trust, TrustPolicy};
 use scout_mesh::wire::{MeshFrame, PROTOCOL_VERSION, encode_frame};
+use scout_net::transport::endpoint::{read_request, request, respond};
+use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig, Trust, TrustPolicy};
 
 #[derive(Debug, Default)]
 struct Keys {
@@ -128,7 +128,7 @@ async fn a_stranger_is_refused_in_the_handshake_and_the_server_keeps_serving() {
     // The stranger pins the server's key, so only the server's check can refuse.
     let server_key = {
         let connection = pair.client.connect(addr, None).await.unwrap();
-        scout_mesh::transport::endpoint::peer_key(&connection).unwrap()
+        scout_net::transport::endpoint::peer_key(&connection).unwrap()
     };
     let refused = match stranger.connect(addr, Some(server_key)).await {
         Ok(connection) => {

@@ -1,12 +1,12 @@
 //! Length-prefixed frames on QUIC streams: a 4-byte big-endian length, then
-//! that many bytes of body (a postcard-encoded [`crate::wire`] message).
+//! that many bytes of body (a postcard-encoded [`scout_mesh::wire`] message).
 //!
 //! The length is checked against [`FRAME_BYTES_MAX`] before a single body
 //! byte is read, so a hostile length prefix costs nothing.
 
 use quinn::{ReadExactError, RecvStream, SendStream};
 
-pub use crate::wire::FRAME_BYTES_MAX;
+pub use scout_mesh::wire::FRAME_BYTES_MAX;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;

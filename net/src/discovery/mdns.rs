@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 
-use crate::wire::{MeshId, NodeId};
+use scout_mesh::wire::{MeshId, NodeId};
 
 /// The DNS-SD service type of a broker's mesh endpoint (QUIC over UDP).
 pub const SERVICE_TYPE: &str = "_scout._udp.local.";

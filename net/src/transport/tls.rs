@@ -18,7 +18,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::wire::ALPN;
+use scout_mesh::wire::ALPN;
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE {
 /// OID 1.3.101.112 }, BIT STRING (0 unused bits) }, followed by the 32 key bytes.
