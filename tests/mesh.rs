@@ -204,7 +204,7 @@ fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
         }
         fn code(frame: &MeshFrame) -> String {
             match frame {
-                MeshFrame::Error(error) => error.code.clone(),
+                MeshFrame::Error(error) => error.code.to_string(),
                 other => panic!("expected an error frame, got {other:?}"),
             }
         }

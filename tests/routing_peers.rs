@@ -88,7 +88,7 @@ fn mesh_counter(node: &Node, field: &str) -> u64 {
 
 fn error_code(frame: &MeshFrame) -> String {
     match frame {
-        MeshFrame::Error(error) => error.code.clone(),
+        MeshFrame::Error(error) => error.code.to_string(),
         other => panic!("expected an error frame, got {other:?}"),
     }
 }

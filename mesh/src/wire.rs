@@ -832,9 +832,120 @@ pub struct JoinAccepted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
     /// Stable code (`MALFORMED_FRAME`, `UNKNOWN_PEER`, `WRONG_MESH`, ...).
-    pub code: String,
+    pub code: ErrorCode,
     /// What went wrong.
     pub message: String,
+}
+
+/// Declares [`ErrorCode`]: each variant with the one word it travels as.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $word:literal,)*) => {
+        /// The stable code of an [`ErrorFrame`]. It travels as its word (a
+        /// string, so the encoding is the one of protocol 2), and a word this
+        /// build does not know (a newer peer's) is kept as
+        /// [`ErrorCode::Other`] rather than refused: receivers branch on the
+        /// codes they know and show the rest.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+            /// Any other code: a refusal's own code (`INVITE_USED`,
+            /// `UNTRUSTED_MANIFEST`, a store error) or one this build does
+            /// not know.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            /// The word.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $word,)*
+                    ErrorCode::Other(word) => word,
+                }
+            }
+
+            /// The code a word means.
+            pub fn from_word(word: &str) -> ErrorCode {
+                match word {
+                    $($word => ErrorCode::$variant,)*
+                    other => ErrorCode::Other(other.to_owned()),
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The frame could not be decoded.
+    MalformedFrame => "MALFORMED_FRAME",
+    /// The frame is longer than the receiver reads.
+    FrameTooLarge => "FRAME_TOO_LARGE",
+    /// The frame's protocol version is not spoken here.
+    UnsupportedVersion => "UNSUPPORTED_VERSION",
+    /// A request other than a hello arrived before the hello.
+    HelloRequired => "HELLO_REQUIRED",
+    /// The hello did not complete in time.
+    HelloTimeout => "HELLO_TIMEOUT",
+    /// A broker dialled itself.
+    SelfPeer => "SELF_PEER",
+    /// The peer is not a member.
+    UnknownPeer => "UNKNOWN_PEER",
+    /// The peer's membership was revoked.
+    RevokedPeer => "REVOKED_PEER",
+    /// The peer belongs to another mesh.
+    WrongMesh => "WRONG_MESH",
+    /// A join request that is not well formed.
+    BadJoin => "BAD_JOIN",
+    /// A registry record whose signature does not verify.
+    InvalidSignature => "INVALID_SIGNATURE",
+    /// The broker is starting and does not route yet: no refusal, ask again.
+    NotReady => "NOT_READY",
+    /// An invoke whose origin is not its sender.
+    BadInvoke => "BAD_INVOKE",
+    /// The instance is not an agent of the receiver, or cannot start.
+    AgentOffline => "AGENT_OFFLINE",
+    /// A peer that is not the invocation's origin asked about its flight.
+    NotOrigin => "NOT_ORIGIN",
+    /// A peer that is not the flight's owner reported on it.
+    NotOwner => "NOT_OWNER",
+    /// No such invocation.
+    InvocationNotFound => "INVOCATION_NOT_FOUND",
+    /// A prompt carrying terminal control sequences.
+    InvalidPrompt => "INVALID_PROMPT",
+    /// The agent's manifest is not trusted on its machine.
+    UntrustedManifest => "UNTRUSTED_MANIFEST",
+    /// A request the receiver does not serve on this stream.
+    UnexpectedFrame => "UNEXPECTED_FRAME",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for ErrorCode {
+    fn from(word: &str) -> ErrorCode {
+        ErrorCode::from_word(word)
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, word: &&str) -> bool {
+        self.as_str() == *word
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ErrorCode, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        Ok(ErrorCode::from_word(&word))
+    }
 }
 
 /// One frame of a mesh stream. Every stream carries one request and one
@@ -969,9 +1080,9 @@ impl MeshFrame {
 
     /// An error frame, its message cut to fit [`ERROR_MESSAGE_BYTES_MAX`]
     /// with the ellipsis [`truncate`] appends, so that the peer accepts it.
-    pub fn error(code: &str, message: impl Into<String>) -> MeshFrame {
+    pub fn error(code: impl Into<ErrorCode>, message: impl Into<String>) -> MeshFrame {
         MeshFrame::Error(ErrorFrame {
-            code: code.to_owned(),
+            code: code.into(),
             message: truncate(&message.into(), ERROR_MESSAGE_BYTES_MAX - '…'.len_utf8()),
         })
     }
@@ -991,7 +1102,7 @@ impl MeshFrame {
             }
             MeshFrame::Sync(message) => message.check_limits(),
             MeshFrame::Error(error) => {
-                check_str("code", &error.code, ERROR_CODE_BYTES_MAX)?;
+                check_str("code", error.code.as_str(), ERROR_CODE_BYTES_MAX)?;
                 check_str("message", &error.message, ERROR_MESSAGE_BYTES_MAX)
             }
             MeshFrame::Invoke(invoke) => {
@@ -1381,7 +1492,7 @@ mod tests {
             }),
             ("error", |text| {
                 MeshFrame::Error(ErrorFrame {
-                    code: text("code"),
+                    code: ErrorCode::from_word(&text("code")),
                     message: text("message"),
                 })
             }),
@@ -1461,6 +1572,41 @@ mod tests {
     fn error_frames_of_long_messages_stay_within_the_limit() {
         let frame = MeshFrame::error("MALFORMED_FRAME", "é".repeat(ERROR_MESSAGE_BYTES_MAX));
         assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+    }
+
+    #[test]
+    fn error_codes_travel_as_their_words() {
+        // The typed code encodes exactly as the string of protocol 2 did, so
+        // brokers of either build understand each other's refusals.
+        #[derive(Serialize)]
+        struct AsString {
+            code: String,
+            message: String,
+        }
+        for word in [
+            "NOT_READY",
+            "AGENT_OFFLINE",
+            "INVITE_USED",
+            "SOMETHING_NEWER",
+        ] {
+            let typed = ErrorFrame {
+                code: ErrorCode::from_word(word),
+                message: "m".into(),
+            };
+            let plain = AsString {
+                code: word.into(),
+                message: "m".into(),
+            };
+            let bytes = postcard::to_allocvec(&typed).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+            assert_eq!(postcard::from_bytes::<ErrorFrame>(&bytes).unwrap(), typed);
+            assert_eq!(typed.code.as_str(), word);
+        }
+        assert_eq!(ErrorCode::from_word("NOT_READY"), ErrorCode::NotReady);
+        assert_eq!(
+            ErrorCode::from_word("SOMETHING_NEWER"),
+            ErrorCode::Other("SOMETHING_NEWER".into())
+        );
     }
 
     #[test]

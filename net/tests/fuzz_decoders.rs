@@ -202,7 +202,7 @@ fn frame_seeds() -> Vec<MeshFrame> {
         MeshFrame::Pong { nonce: u64::MAX },
         MeshFrame::error("MALFORMED_FRAME", "bad bytes"),
         MeshFrame::Error(ErrorFrame {
-            code: String::new(),
+            code: scout_mesh::wire::ErrorCode::from_word(""),
             message: String::new(),
         }),
         MeshFrame::InvokeAck(InvokeAck {

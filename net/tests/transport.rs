@@ -219,7 +219,7 @@ async fn raw_exchange(connection: &quinn::Connection, bytes: &[u8]) -> MeshFrame
 
 fn error_code(frame: &MeshFrame) -> &str {
     match frame {
-        MeshFrame::Error(error) => &error.code,
+        MeshFrame::Error(error) => error.code.as_str(),
         other => panic!("expected an error frame, got {other:?}"),
     }
 }

@@ -17,8 +17,8 @@ use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::sync::PEERS_MAX;
 use scout_mesh::wire::{
-    AdmissionBody, AdmissionMethod, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame, MeshId,
-    NodeId, PROTOCOL_VERSION, RecordBody,
+    AdmissionBody, AdmissionMethod, ErrorCode, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame,
+    MeshId, NodeId, PROTOCOL_VERSION, RecordBody,
 };
 use scout_net::transport::close_code;
 use scout_net::transport::endpoint::{
@@ -996,8 +996,8 @@ async fn hello_on(
             }
             Ok(id)
         }
-        MeshFrame::Error(error) if error.code == "SELF_PEER" => Err(DialError::SelfPeer),
-        MeshFrame::Error(error) => Err(DialError::failed(error.code, error.message)),
+        MeshFrame::Error(error) if error.code == ErrorCode::SelfPeer => Err(DialError::SelfPeer),
+        MeshFrame::Error(error) => Err(DialError::failed(error.code.to_string(), error.message)),
         other => Err(DialError::failed(
             "UNEXPECTED_FRAME",
             format!("unexpected answer `{}` to hello", other.name()),

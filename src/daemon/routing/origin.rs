@@ -12,7 +12,9 @@ use scout_mesh::lifecycle::{
 use scout_mesh::names::AgentName;
 use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{DeliveryPlan, Step};
-use scout_mesh::wire::{FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId};
+use scout_mesh::wire::{
+    ErrorCode, FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId,
+};
 use scout_net::transport::endpoint::request;
 use tokio::sync::{oneshot, watch};
 
@@ -599,7 +601,7 @@ async fn send_invoke(router: &Router, entry: Entry) {
     };
     // An owner that is starting does not route yet: that is no refusal.
     let answer = match answer {
-        Ok(MeshFrame::Error(error)) if error.code == "NOT_READY" => {
+        Ok(MeshFrame::Error(error)) if error.code == ErrorCode::NotReady => {
             Err(format!("{}: {}", error.code, error.message))
         }
         other => other,
@@ -701,8 +703,8 @@ async fn send_invoke(router: &Router, entry: Entry) {
 }
 
 /// Why an owner's refusal of an invoke failed the attempt.
-fn refusal_reason(code: &str) -> FailureReason {
-    if code == "AGENT_OFFLINE" {
+fn refusal_reason(code: &ErrorCode) -> FailureReason {
+    if *code == ErrorCode::AgentOffline {
         FailureReason::AgentOffline
     } else {
         FailureReason::PeerRejected
