@@ -1,0 +1,528 @@
+//! The owner's side of the [`Router`]: accept an invocation under its id
+//! (committed before the acknowledgement), run each instance's queued
+//! flights one at a time, report progress to the origin (which also asks
+//! when a report is lost), and cancel on the origin's request.
+
+use crate::lifecycle::{FailureReason, FlightState};
+use crate::wire::{ErrorCode, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId};
+
+use super::{
+    AfterPersist, Event, EventKind, ExecProgress, ExecResult, Execute, Facts, Invocation, Now,
+    Output, PersistFailure, RefusedKind, RequestId, RestoredFlight, Router, Sent, StoredFlight,
+    Write,
+};
+
+/// A flight this broker owns, while it is unfinished (or its end is being
+/// recorded).
+#[derive(Debug, Clone)]
+pub(super) struct Flight {
+    pub(super) flight_id: String,
+    pub(super) invocation: Invocation,
+    pub(super) instance: String,
+    pub(super) state: FlightState,
+    /// The accept is committed (or queued, for a policy that does not wait
+    /// for the disk): it may be acknowledged and run.
+    pub(super) committed: bool,
+    /// Retries of the invoke that arrived before the accept committed,
+    /// answered once it has.
+    pub(super) waiting: Vec<RequestId>,
+    /// The output so far (the result of a failed flight).
+    pub(super) output: String,
+    /// The end being recorded, as the update the origin gets.
+    pub(super) result: Option<FlightUpdate>,
+    /// The end is recorded (kept in memory only until its execution
+    /// reports its end).
+    pub(super) recorded: bool,
+}
+
+impl Flight {
+    fn update(&self) -> FlightUpdate {
+        match &self.result {
+            Some(result) => result.clone(),
+            None => FlightUpdate {
+                invocation_id: self.invocation.invocation_id.clone(),
+                state: self.state,
+                output: String::new(),
+                failure_reason: None,
+                detail: None,
+            },
+        }
+    }
+}
+
+impl Router {
+    pub(super) fn handle_invoke(
+        &mut self,
+        now: Now,
+        request: RequestId,
+        invoke: InvokeRequest,
+        facts: Facts,
+    ) {
+        let id = invoke.invocation_id.clone();
+        // A retry of an id this broker holds is answered from its flight,
+        // even if the agent went away since: refusing it would let the
+        // origin send the work elsewhere and run it twice.
+        if let Some(flight) = self.flights.get_mut(&id) {
+            if flight.invocation.origin != invoke.origin {
+                self.refuse_not_origin(request, &invoke.origin, &id);
+                return;
+            }
+            if !flight.committed {
+                flight.waiting.push(request);
+                return;
+            }
+            let state = flight.state;
+            self.reply(request, ack(&id, true, state));
+            return;
+        }
+        if let Some(stored) = facts.flight {
+            if stored.origin != invoke.origin {
+                self.refuse_not_origin(request, &invoke.origin, &id);
+                return;
+            }
+            self.reply(request, ack(&id, true, stored.update.state));
+            return;
+        }
+        if let Err(refusal) = facts.admission {
+            self.reply(request, MeshFrame::error(refusal.code, refusal.message));
+            return;
+        }
+        let local = invoke.origin == self.node;
+        let invocation = Invocation {
+            invocation_id: id.clone(),
+            action: invoke.action,
+            body: invoke.body,
+            conversation_id: invoke.conversation_id,
+            origin: invoke.origin,
+            target: invoke.target,
+            deadline_unix_ms: invoke.deadline_ms,
+            policy: invoke.policy,
+            created_unix_ms: now.unix_ms,
+        };
+        let flight_id = flight_id_of(&id);
+        let wait_for_disk = invocation.policy.waits_for_disk();
+        self.flights.insert(
+            id.clone(),
+            Flight {
+                flight_id: flight_id.clone(),
+                invocation: invocation.clone(),
+                instance: invoke.instance.clone(),
+                state: FlightState::Queued,
+                committed: false,
+                waiting: vec![request],
+                output: String::new(),
+                result: None,
+                recorded: false,
+            },
+        );
+        self.persist(
+            vec![Write::AcceptFlight {
+                invocation,
+                flight_id,
+                instance: invoke.instance,
+                resolve_reason: invoke.resolve_reason,
+                local,
+                at_unix_ms: now.unix_ms,
+            }],
+            wait_for_disk,
+            AfterPersist::Accepted { invocation_id: id },
+        );
+    }
+
+    pub(super) fn accepted(&mut self, now: Now, id: &str, result: Result<(), PersistFailure>) {
+        let Some(flight) = self.flights.get_mut(id) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut flight.waiting);
+        match result {
+            Ok(()) => {
+                flight.committed = true;
+                let instance = flight.instance.clone();
+                for (n, request) in waiting.into_iter().enumerate() {
+                    self.reply(request, ack(id, n > 0, FlightState::Queued));
+                }
+                self.emit(id, EventKind::Flight(FlightState::Queued));
+                self.queues
+                    .entry(instance.clone())
+                    .or_default()
+                    .push_back(id.to_owned());
+                self.run_next(now, &instance);
+            }
+            Err(PersistFailure::Duplicate { state, origin }) => {
+                // The store held it already (a race the in-memory view
+                // missed): answered from the stored flight, never run again.
+                let from = flight.invocation.origin.clone();
+                self.flights.remove(id);
+                for request in waiting {
+                    if origin == from {
+                        self.reply(request, ack(id, true, state));
+                    } else {
+                        self.refuse_not_origin(request, &from, id);
+                    }
+                }
+            }
+            Err(PersistFailure::Store { code, message }) => {
+                self.flights.remove(id);
+                for request in waiting {
+                    self.reply(request, MeshFrame::error(code.as_str(), message.clone()));
+                }
+            }
+        }
+    }
+
+    pub(super) fn restore_flight(&mut self, restored: RestoredFlight) {
+        let id = restored.invocation.invocation_id.clone();
+        self.queues
+            .entry(restored.instance.clone())
+            .or_default()
+            .push_back(id.clone());
+        self.flights.insert(
+            id,
+            Flight {
+                flight_id: restored.flight_id,
+                invocation: restored.invocation,
+                instance: restored.instance,
+                state: FlightState::Queued,
+                committed: true,
+                waiting: Vec::new(),
+                output: String::new(),
+                result: None,
+                recorded: false,
+            },
+        );
+    }
+
+    /// Starts the instance's next queued flight when none is executing.
+    pub(super) fn run_next(&mut self, now: Now, instance: &str) {
+        while !self.executing.contains_key(instance) {
+            let Some(id) = self
+                .queues
+                .get_mut(instance)
+                .and_then(|queue| queue.pop_front())
+            else {
+                self.queues.remove(instance);
+                return;
+            };
+            let Some(flight) = self.flights.get(&id) else {
+                continue;
+            };
+            if flight.state != FlightState::Queued || flight.result.is_some() {
+                continue;
+            }
+            if flight
+                .invocation
+                .deadline_unix_ms
+                .is_some_and(|deadline| now.unix_ms >= deadline)
+            {
+                self.finish_flight(
+                    now,
+                    &id,
+                    ExecResult::Failed {
+                        reason: FailureReason::Timeout,
+                        detail: "the deadline passed while the flight was queued".into(),
+                    },
+                );
+                continue;
+            }
+            self.executing.insert(instance.to_owned(), id.clone());
+            self.push(Output::Execute(Execute {
+                invocation_id: id,
+                instance: instance.to_owned(),
+                prompt: flight.invocation.body.clone(),
+                action: flight.invocation.action,
+                deadline_unix_ms: flight.invocation.deadline_unix_ms,
+            }));
+        }
+    }
+
+    /// Progress of an execution this router asked for.
+    pub fn handle_exec(&mut self, now: Now, invocation_id: &str, progress: ExecProgress) {
+        let Some(flight) = self.flights.get_mut(invocation_id) else {
+            return;
+        };
+        if let ExecProgress::Finished(result) = progress {
+            let instance = flight.instance.clone();
+            if self.executing.get(&instance).map(String::as_str) == Some(invocation_id) {
+                self.executing.remove(&instance);
+            }
+            if flight.recorded {
+                // Cancelled, and its end recorded already.
+                self.flights.remove(invocation_id);
+            } else if flight.result.is_none() {
+                self.finish_flight(now, invocation_id, result);
+            }
+            self.run_next(now, &instance);
+            return;
+        }
+        if flight.result.is_some() || flight.state.is_terminal() {
+            return;
+        }
+        let (to, chunk) = match progress {
+            ExecProgress::Waking if flight.state == FlightState::Queued => {
+                (FlightState::Waking, String::new())
+            }
+            ExecProgress::Started
+                if matches!(flight.state, FlightState::Queued | FlightState::Waking) =>
+            {
+                (FlightState::Running, String::new())
+            }
+            ExecProgress::Output(text) if !text.is_empty() => (flight.state, text),
+            _ => return,
+        };
+        let mut writes = Vec::new();
+        if to != flight.state {
+            writes.push(Write::FlightState {
+                flight_id: flight.flight_id.clone(),
+                state: to,
+                failure: None,
+                at_unix_ms: now.unix_ms,
+            });
+            flight.state = to;
+        }
+        if !chunk.is_empty() {
+            push_tail(&mut flight.output, &chunk);
+            writes.push(Write::FlightOutput {
+                flight_id: flight.flight_id.clone(),
+                chunk: chunk.clone(),
+                at_unix_ms: now.unix_ms,
+            });
+        }
+        let origin = flight.invocation.origin.clone();
+        let update = FlightUpdate {
+            invocation_id: invocation_id.to_owned(),
+            state: to,
+            output: chunk.clone(),
+            failure_reason: None,
+            detail: None,
+        };
+        let event = Output::Emit(Event {
+            invocation_id: invocation_id.to_owned(),
+            kind: EventKind::Flight(to),
+            output: (!chunk.is_empty()).then_some(chunk),
+            failure: None,
+        });
+        let send = self.update_to(origin, update);
+        self.persist(writes, true, AfterPersist::Release(vec![event, send]));
+    }
+
+    /// The send of a flight update to its origin (best effort: the origin
+    /// queries for what it missed).
+    fn update_to(&mut self, origin: NodeId, update: FlightUpdate) -> Output {
+        let request = self.next_request();
+        self.requests.insert(request, Sent::Update);
+        Output::Send {
+            request,
+            to: origin,
+            frame: MeshFrame::FlightUpdate(update),
+        }
+    }
+
+    /// Records a flight's end; the origin hears of it after the commit.
+    fn finish_flight(&mut self, now: Now, id: &str, result: ExecResult) {
+        let Some(flight) = self.flights.get_mut(id) else {
+            return;
+        };
+        let (state, failure, text) = match result {
+            ExecResult::Completed { response } => (FlightState::Completed, None, response),
+            ExecResult::Failed { reason, detail } => (
+                FlightState::Failed,
+                Some((reason, detail)),
+                flight.output.clone(),
+            ),
+            ExecResult::Cancelled => (
+                FlightState::Cancelled,
+                Some((FailureReason::Cancelled, "cancelled on request".to_owned())),
+                flight.output.clone(),
+            ),
+        };
+        let update = FlightUpdate {
+            invocation_id: id.to_owned(),
+            state,
+            output: truncate_head(text.clone()),
+            failure_reason: failure.as_ref().map(|(reason, _)| *reason),
+            detail: failure.as_ref().map(|(_, detail)| detail.clone()),
+        };
+        flight.result = Some(update.clone());
+        let write = Write::FinishFlight {
+            flight_id: flight.flight_id.clone(),
+            state,
+            failure: failure.clone(),
+            result: text,
+            at_unix_ms: now.unix_ms,
+        };
+        let origin = flight.invocation.origin.clone();
+        let event = Output::Emit(Event {
+            invocation_id: id.to_owned(),
+            kind: EventKind::Flight(state),
+            output: None,
+            failure,
+        });
+        let send = self.update_to(origin, update);
+        self.persist(
+            vec![write],
+            true,
+            AfterPersist::FlightFinished {
+                invocation_id: id.to_owned(),
+                release: vec![event, send],
+            },
+        );
+    }
+
+    /// A flight's end was recorded: the origin hears of it, and the flight
+    /// is forgotten (the store answers retries and queries from now on)
+    /// unless its execution has not reported its end yet (a cancel).
+    pub(super) fn flight_finished(&mut self, id: &str, release: Vec<Output>, ok: bool) {
+        if !ok {
+            return;
+        }
+        for output in release {
+            self.push(output);
+        }
+        let Some(flight) = self.flights.get_mut(id) else {
+            return;
+        };
+        if self.executing.get(&flight.instance).map(String::as_str) == Some(id) {
+            flight.recorded = true;
+        } else {
+            self.flights.remove(id);
+        }
+    }
+
+    /// A query from the origin: where is the flight?
+    pub(super) fn handle_query(
+        &mut self,
+        request: RequestId,
+        from: &NodeId,
+        id: &str,
+        facts: Facts,
+    ) {
+        match self.flight_view(id, facts.flight) {
+            Some((origin, _)) if origin != *from => self.refuse_not_origin(request, from, id),
+            Some((_, update)) => self.reply(request, MeshFrame::FlightAck(Some(update))),
+            None => self.reply(request, MeshFrame::FlightAck(None)),
+        }
+    }
+
+    /// A cancel from the origin.
+    pub(super) fn handle_remote_cancel(
+        &mut self,
+        now: Now,
+        request: RequestId,
+        from: &NodeId,
+        id: &str,
+        facts: Facts,
+    ) {
+        match self.flight_view(id, facts.flight) {
+            Some((origin, _)) if origin != *from => self.refuse_not_origin(request, from, id),
+            Some(_) => {
+                self.cancel_flight(now, id);
+                // Answered after the cancel's commit, with the flight as it
+                // then is.
+                let update = self
+                    .flights
+                    .get(id)
+                    .map(Flight::update)
+                    .or_else(|| self.flight_view(id, None).map(|(_, update)| update));
+                self.persist(
+                    Vec::new(),
+                    true,
+                    AfterPersist::Release(vec![Output::Reply {
+                        request,
+                        frame: MeshFrame::FlightAck(update),
+                    }]),
+                );
+            }
+            None => self.reply(request, MeshFrame::FlightAck(None)),
+        }
+    }
+
+    /// The flight of `id` as (origin, update): from memory, else from the
+    /// store's copy the driver read.
+    fn flight_view(
+        &self,
+        id: &str,
+        stored: Option<StoredFlight>,
+    ) -> Option<(NodeId, FlightUpdate)> {
+        if let Some(flight) = self.flights.get(id) {
+            return Some((flight.invocation.origin.clone(), flight.update()));
+        }
+        stored.map(|stored| (stored.origin, stored.update))
+    }
+
+    /// Cancels a flight held here: stops it if it executes, ends it if it
+    /// waits. False when no unfinished flight of `id` is held.
+    pub(super) fn cancel_flight(&mut self, now: Now, id: &str) -> bool {
+        let Some(flight) = self.flights.get(id) else {
+            return false;
+        };
+        if flight.result.is_some() || flight.state.is_terminal() || !flight.committed {
+            return flight.committed;
+        }
+        let executing = self.executing.get(&flight.instance).map(String::as_str) == Some(id);
+        if executing {
+            self.push(Output::StopExecution {
+                invocation_id: id.to_owned(),
+            });
+        }
+        self.finish_flight(now, id, ExecResult::Cancelled);
+        true
+    }
+
+    fn refuse_not_origin(&mut self, request: RequestId, from: &NodeId, id: &str) {
+        self.refusals.flight_requests_refused += 1;
+        self.push(Output::Refused {
+            peer: from.clone(),
+            invocation_id: id.to_owned(),
+            kind: RefusedKind::Request,
+        });
+        self.reply(
+            request,
+            MeshFrame::error(
+                ErrorCode::NotOrigin,
+                "only the invocation's origin may ask about or act on its flight",
+            ),
+        );
+    }
+}
+
+fn ack(id: &str, duplicate: bool, state: FlightState) -> MeshFrame {
+    MeshFrame::InvokeAck(InvokeAck {
+        invocation_id: id.to_owned(),
+        duplicate,
+        state,
+    })
+}
+
+/// The flight row's id: one per invocation at its owner, derived so a
+/// replay of the same schedule writes the same rows.
+fn flight_id_of(invocation_id: &str) -> String {
+    format!("{invocation_id}-flight")
+}
+
+/// Cuts output to what one update carries.
+fn truncate_head(mut text: String) -> String {
+    let max = crate::wire::FLIGHT_OUTPUT_BYTES_MAX;
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// Appends to a flight's output held in memory, keeping its last
+/// [`crate::wire::FLIGHT_OUTPUT_BYTES_MAX`] bytes: what a failed flight
+/// reports as its result, never more than an update carries.
+fn push_tail(output: &mut String, chunk: &str) {
+    output.push_str(chunk);
+    let max = crate::wire::FLIGHT_OUTPUT_BYTES_MAX;
+    if output.len() > max {
+        let mut cut = output.len() - max;
+        while !output.is_char_boundary(cut) {
+            cut += 1;
+        }
+        output.drain(..cut);
+    }
+}
