@@ -328,8 +328,6 @@ pub enum Write {
     AcceptFlight {
         /// The invocation.
         invocation: Invocation,
-        /// The flight row.
-        flight_id: String,
         /// The instance that runs it.
         instance: String,
         /// Why that instance.
@@ -341,8 +339,8 @@ pub enum Write {
     },
     /// Owner: the flight moves.
     FlightState {
-        /// The flight.
-        flight_id: String,
+        /// The flight's invocation (one flight per invocation at its owner).
+        invocation_id: String,
         /// Its new state.
         state: FlightState,
         /// Why, when it failed or was cancelled.
@@ -352,8 +350,8 @@ pub enum Write {
     },
     /// Owner: output arrived.
     FlightOutput {
-        /// The flight.
-        flight_id: String,
+        /// The flight's invocation (one flight per invocation at its owner).
+        invocation_id: String,
         /// The new text.
         chunk: String,
         /// When, unix ms.
@@ -363,8 +361,8 @@ pub enum Write {
     /// moved through `running` on paper, so every stored move stays legal;
     /// one already final is left as it is.
     FinishFlight {
-        /// The flight.
-        flight_id: String,
+        /// The flight's invocation (one flight per invocation at its owner).
+        invocation_id: String,
         /// The final state.
         state: FlightState,
         /// Why, when it failed or was cancelled.
@@ -553,8 +551,6 @@ pub struct RestoredDelivery {
 /// reconcile already ended the ones that were running).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredFlight {
-    /// The flight row.
-    pub flight_id: String,
     /// Its invocation.
     pub invocation: Invocation,
     /// The instance that runs it.

@@ -16,7 +16,6 @@ use super::{
 /// recorded).
 #[derive(Debug, Clone)]
 pub(super) struct Flight {
-    pub(super) flight_id: String,
     pub(super) invocation: Invocation,
     pub(super) instance: String,
     pub(super) state: FlightState,
@@ -99,12 +98,10 @@ impl Router {
             policy: invoke.policy,
             created_unix_ms: now.unix_ms,
         };
-        let flight_id = flight_id_of(&id);
         let wait_for_disk = invocation.policy.waits_for_disk();
         self.flights.insert(
             id.clone(),
             Flight {
-                flight_id: flight_id.clone(),
                 invocation: invocation.clone(),
                 instance: invoke.instance.clone(),
                 state: FlightState::Queued,
@@ -118,7 +115,6 @@ impl Router {
         self.persist(
             vec![Write::AcceptFlight {
                 invocation,
-                flight_id,
                 instance: invoke.instance,
                 resolve_reason: invoke.resolve_reason,
                 local,
@@ -179,7 +175,6 @@ impl Router {
         self.flights.insert(
             id,
             Flight {
-                flight_id: restored.flight_id,
                 invocation: restored.invocation,
                 instance: restored.instance,
                 state: FlightState::Queued,
@@ -272,7 +267,7 @@ impl Router {
         let mut writes = Vec::new();
         if to != flight.state {
             writes.push(Write::FlightState {
-                flight_id: flight.flight_id.clone(),
+                invocation_id: flight.invocation.invocation_id.clone(),
                 state: to,
                 failure: None,
                 at_unix_ms: now.unix_ms,
@@ -282,7 +277,7 @@ impl Router {
         if !chunk.is_empty() {
             push_tail(&mut flight.output, &chunk);
             writes.push(Write::FlightOutput {
-                flight_id: flight.flight_id.clone(),
+                invocation_id: flight.invocation.invocation_id.clone(),
                 chunk: chunk.clone(),
                 at_unix_ms: now.unix_ms,
             });
@@ -344,7 +339,7 @@ impl Router {
         };
         flight.result = Some(update.clone());
         let write = Write::FinishFlight {
-            flight_id: flight.flight_id.clone(),
+            invocation_id: flight.invocation.invocation_id.clone(),
             state,
             failure: failure.clone(),
             result: text,
@@ -491,12 +486,6 @@ fn ack(id: &str, duplicate: bool, state: FlightState) -> MeshFrame {
         duplicate,
         state,
     })
-}
-
-/// The flight row's id: one per invocation at its owner, derived so a
-/// replay of the same schedule writes the same rows.
-fn flight_id_of(invocation_id: &str) -> String {
-    format!("{invocation_id}-flight")
 }
 
 /// Cuts output to what one update carries.

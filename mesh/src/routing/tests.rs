@@ -314,22 +314,22 @@ fn apply(rows: &mut Rows, write: Write) -> Result<(), PersistFailure> {
             );
         }
         Write::FlightState {
-            flight_id, state, ..
+            invocation_id: id,
+            state,
+            ..
         } => {
-            let id = flight_id.trim_end_matches("-flight").to_owned();
             if let Some(row) = rows.flights.get_mut(&id) {
                 row.1 = state;
             }
         }
         Write::FlightOutput { .. } => {}
         Write::FinishFlight {
-            flight_id,
+            invocation_id: id,
             state,
             failure,
             result,
             ..
         } => {
-            let id = flight_id.trim_end_matches("-flight").to_owned();
             if let Some(row) = rows.flights.get_mut(&id)
                 && !row.1.is_terminal()
             {
