@@ -286,7 +286,7 @@ impl Broker {
             let router = router.clone();
             mesh.set_request_hook(Arc::new(move |from, frame| {
                 let router = router.clone();
-                Box::pin(async move { routing::owner::handle_request(&router, &from, frame).await })
+                Box::pin(async move { router.handle_peer_request(from, frame).await })
             }));
         }
         let state = Arc::new(BrokerState {

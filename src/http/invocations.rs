@@ -68,6 +68,7 @@ pub(crate) fn route_error(err: RouteError) -> ApiError {
         RouteError::NotFound(_) | RouteError::UnknownInvocation(_) => StatusCode::NOT_FOUND,
         RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RouteError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RouteError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, err.code(), err.to_string())
 }

@@ -474,7 +474,7 @@ impl Router {
             request,
             MeshFrame::error(
                 ErrorCode::NotOrigin,
-                "only the invocation's origin may ask about or act on its flight",
+                "only the origin of an invocation may query or cancel its flight",
             ),
         );
     }

@@ -38,7 +38,7 @@ use scout_mesh::membership::{self, InviteRequest};
 use scout_mesh::names::Label;
 use scout_mesh::sync::{Replica, SyncConfig};
 use scout_mesh::wire::{
-    AdmissionBody, AdmissionMethod, InstanceBody, Invite, MeshId, NodeBody, NodeId,
+    AdmissionBody, AdmissionMethod, InstanceBody, Invite, MeshFrame, MeshId, NodeBody, NodeId,
     PROTOCOL_VERSION, RecordBody, RecordKind, RevocationBody,
 };
 use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig};
@@ -663,6 +663,38 @@ impl Mesh {
             &connected,
             Some(&book),
         )
+    }
+
+    /// Members with a live connection now (the routing driver's view of
+    /// who can be reached).
+    pub fn connected(&self) -> Vec<NodeId> {
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .filter(|(_, peer)| peer.connection.close_reason().is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// One request to a connected member, answered within the transport's
+    /// request timeout. The error says why no answer came, for a person.
+    pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
+        let connection = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(peer)
+            .map(|peer| peer.connection.clone());
+        let Some(connection) = connection else {
+            return Err("the peer is not connected".to_owned());
+        };
+        let timeout = self.shared.config.transport.request_timeout;
+        scout_net::transport::endpoint::request(&connection, frame, timeout)
+            .await
+            .map_err(|err| format!("{}: {err}", err.code()))
     }
 
     /// Sync counters since start: (messages, records) received.

@@ -1,49 +1,55 @@
 //! Routing: a mention typed on one broker runs on the broker that owns the
 //! instance it resolves to, and the answer comes back.
 //!
-//! Code map:
-//! - this file: [`Router`] (submit, cancel, the views behind `scout flights`
-//!   and the API), the event bus, start-up recovery.
-//! - [`origin`]: the origin's side: one [`scout_mesh::routing::DeliveryPlan`]
-//!   per unfinished delivery, driven by a dispatcher task; updates from
-//!   owners land here.
-//! - [`owner`]: the owner's side: accept under `UNIQUE(invocation_id)`, a
-//!   runner per instance that takes queued flights from the store in order,
-//!   flight updates back to the origin, cancel and query.
+//! Every decision (send, retry, defer, reroute, accept, run, report, the
+//! exactly-once rules) is made by the pure routing core,
+//! [`scout_mesh::routing::Router`]. This directory is its driver and the
+//! broker's face to it:
+//!
+//! - this file: [`Router`], the handle the API, the CLI's broker and
+//!   netsim use (submit, cancel, subscribe), and start-up.
+//! - [`driver`]: the one task that owns the core, feeds it inputs (API
+//!   calls, peer requests, answers, commits, execution progress, peer
+//!   connectivity, time) and carries out its outputs; joined at shutdown.
+//! - [`rows`]: the core's rows as SQLite statements, the facts it asks for,
+//!   and what it is rebuilt from at start.
+//! - [`resolve`]: where a mention goes, from the replicated registry.
+//! - [`views`]: what `scout flights` and the API show, read from the store.
 //! - [`work_orders`]: queued work for an agent, dispatched as a durable
-//!   invocation when due; cancel reaches the owner.
-//! - [`peer_check`]: who may act on a flight over the mesh (only the
-//!   origin queries or cancels, only the owner reports), and the counters
-//!   of what was refused.
+//!   invocation when due; a client of the router like the API.
 //! - [`executor`]: the seam to what runs the work (PTY sessions, or
 //!   netsim's in-process agents).
 //!
 //! Architecture invariant: every step that says "accepted" has been
-//! committed first; the owner's store is the queue (a flight is taken from
-//! it, never from memory only), so a restart loses nothing and an id never
-//! runs twice.
+//! committed first (the driver releases what depends on a `Persist` only
+//! after its commit); the owner's store is the queue, so a restart loses
+//! nothing and an id never runs twice. Nothing here reaches into the
+//! mesh's connections: the driver uses `Mesh::request` and
+//! `Mesh::connected` only.
 
+pub mod driver;
 pub mod executor;
-pub mod origin;
-pub mod owner;
-pub mod peer_check;
+pub mod resolve;
+pub mod rows;
+pub mod views;
 pub mod work_orders;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use scout_mesh::lifecycle::{
-    DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
-};
-use scout_mesh::names::Label;
-use scout_mesh::wire::NodeId;
+use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
+use scout_mesh::names::{AgentName, Label};
+use scout_mesh::routing::{Choice, Invocation, Submission};
+use scout_mesh::wire::{ErrorCode, INVOKE_BODY_BYTES_MAX, MeshFrame, NodeId};
 use serde::Serialize;
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+
+pub use views::{AttemptView, DeliveryView, FlightView, InvocationStatus, InvocationView};
 
 use super::mesh::Mesh;
 use crate::config::discover::LocalAgent;
-use crate::store::Store;
+use crate::store::{Store, new_id};
+use driver::Command;
 use executor::Executor;
 
 /// Routing events buffered for slow subscribers; one that falls further
@@ -135,6 +141,9 @@ pub enum RouteError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The broker is stopping.
+    #[error("the broker is stopping")]
+    Stopping,
 }
 
 impl RouteError {
@@ -147,6 +156,7 @@ impl RouteError {
             RouteError::UnknownInvocation(_) => "INVOCATION_NOT_FOUND",
             RouteError::InvalidId(_) => "INVALID_ID",
             RouteError::Store(err) => err.code(),
+            RouteError::Stopping => "STOPPING",
         }
     }
 }
@@ -173,36 +183,15 @@ pub fn check_caller_id(field: &str, id: &str) -> Result<(), RouteError> {
     Ok(())
 }
 
-/// Shared routing state.
-#[derive(Debug)]
-pub struct RouterInner {
+/// The router: a handle to the driver task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Router {
     pub(crate) store: Store,
     pub(crate) mesh: Mesh,
     pub(crate) node_id: NodeId,
-    pub(crate) node_name: Label,
-    pub(crate) executor: Arc<dyn Executor>,
-    pub(crate) agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
-    /// Ordered by invocation id, so the dispatcher visits plans (and draws
-    /// their jitter) in the same order in every run of one seed.
-    pub(crate) plans: Mutex<std::collections::BTreeMap<String, origin::Entry>>,
-    pub(crate) dispatch: Notify,
-    pub(crate) runners: Mutex<HashMap<String, Arc<Notify>>>,
-    pub(crate) running: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
-    pub(crate) events: broadcast::Sender<RoutingEvent>,
-    /// Callers of [`Router::submit_acknowledged`], by invocation id.
-    pub(crate) acknowledged: Mutex<HashMap<String, oneshot::Sender<DeliveryState>>>,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) rng: Mutex<rand::rngs::StdRng>,
-    /// Zero of [`Router::plan_now`].
-    pub(crate) epoch: tokio::time::Instant,
-    /// Flight traffic refused from peers that had no right to it.
-    pub(crate) refusals: peer_check::PeerRefusals,
-}
-
-/// The router. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Router {
-    pub(crate) inner: Arc<RouterInner>,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<RoutingEvent>,
+    refusals: Arc<Mutex<scout_mesh::routing::RefusalCounts>>,
 }
 
 /// Everything the router needs from the broker.
@@ -225,43 +214,38 @@ pub struct RouterParts {
 }
 
 impl Router {
-    /// Starts routing: recovers unfinished deliveries and flights from the
-    /// store, and spawns the dispatcher and the runners into `tasks`.
+    /// Starts routing: rebuilds the core from the store (unfinished
+    /// deliveries, queued flights) and spawns the driver and the work-order
+    /// scheduler into `tasks`, which the broker joins at shutdown.
     pub async fn start(
         parts: RouterParts,
         shutdown: watch::Receiver<bool>,
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<Router> {
-        use rand::SeedableRng;
+        let (commands, inbox) = mpsc::channel(driver::COMMANDS_MAX);
         let router = Router {
-            inner: Arc::new(RouterInner {
-                store: parts.store,
-                mesh: parts.mesh,
-                node_id: parts.node_id,
-                node_name: parts.node_name,
-                executor: parts.executor,
-                agents: parts.agents,
-                plans: Mutex::new(std::collections::BTreeMap::new()),
-                dispatch: Notify::new(),
-                runners: Mutex::new(HashMap::new()),
-                running: Mutex::new(HashMap::new()),
-                events: broadcast::channel(EVENTS_BUFFER_MAX).0,
-                acknowledged: Mutex::new(HashMap::new()),
-                shutdown: shutdown.clone(),
-                rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(parts.seed)),
-                epoch: tokio::time::Instant::now(),
-                refusals: peer_check::PeerRefusals::default(),
-            }),
+            store: parts.store.clone(),
+            mesh: parts.mesh.clone(),
+            node_id: parts.node_id.clone(),
+            commands,
+            events: broadcast::channel(EVENTS_BUFFER_MAX).0,
+            refusals: Arc::new(Mutex::new(Default::default())),
         };
-        origin::recover(&router).await?;
-        owner::recover(&router, tasks).await?;
-        tasks.spawn(origin::dispatch_loop(router.clone(), shutdown));
+        let driver = driver::Driver::start(
+            parts,
+            router.commands.clone(),
+            inbox,
+            router.events.clone(),
+            router.refusals.clone(),
+        )?;
+        tasks.spawn(driver.run(shutdown.clone()));
+        tasks.spawn(work_orders::run(router.clone(), shutdown));
         Ok(router)
     }
 
     /// Resolves, commits and starts routing an invocation.
     pub async fn submit(&self, request: SubmitRequest) -> Result<Submitted, RouteError> {
-        origin::submit(self, request, None).await
+        self.submit_with(request, None).await
     }
 
     /// [`Router::submit`], then waits until the delivery leaves `accepted`
@@ -272,304 +256,138 @@ impl Router {
         &self,
         request: SubmitRequest,
     ) -> Result<(Submitted, DeliveryState), RouteError> {
-        let (acknowledged, moved) = tokio::sync::oneshot::channel();
-        let submitted = origin::submit(self, request, Some(acknowledged)).await?;
+        let (acknowledged, moved) = oneshot::channel();
+        let submitted = self.submit_with(request, Some(acknowledged)).await?;
         let state = moved.await.unwrap_or(DeliveryState::Failed);
         Ok((submitted, state))
     }
 
-    /// Registers `waiter` for the first move of `invocation_id` out of
-    /// `accepted`/`deferred`.
-    fn on_acknowledged(&self, invocation_id: &str, waiter: oneshot::Sender<DeliveryState>) {
-        self.inner
-            .acknowledged
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert(invocation_id.to_owned(), waiter);
+    async fn submit_with(
+        &self,
+        request: SubmitRequest,
+        acknowledged: Option<oneshot::Sender<DeliveryState>>,
+    ) -> Result<Submitted, RouteError> {
+        if request.body.len() > INVOKE_BODY_BYTES_MAX {
+            return Err(RouteError::TooLarge {
+                len: request.body.len(),
+                max: INVOKE_BODY_BYTES_MAX,
+            });
+        }
+        if let Some(conversation_id) = &request.conversation_id {
+            check_caller_id("conversation_id", conversation_id)?;
+        }
+        let query = AgentName::parse_lenient(&request.target)?;
+        let choice = self.choose(&query, None)?;
+        let now = self.now_ms();
+        let invocation = Invocation {
+            invocation_id: new_id(),
+            action: request.action,
+            body: request.body,
+            conversation_id: Some(request.conversation_id.unwrap_or_else(new_id)),
+            origin: self.node_id.clone(),
+            target: query.to_string(),
+            deadline_unix_ms: Some(
+                request
+                    .deadline_ms
+                    .unwrap_or(now.saturating_add(DEFAULT_DEADLINE_MS)),
+            ),
+            policy: request.policy,
+            created_unix_ms: now,
+        };
+        let submitted = Submitted {
+            invocation_id: invocation.invocation_id.clone(),
+            delivery_id: new_id(),
+            instance: choice.instance.clone(),
+            reason: choice.reason.clone(),
+            owner: choice.owner.to_string(),
+            conversation_id: invocation.conversation_id.clone().unwrap_or_default(),
+        };
+        let submission = Submission {
+            invocation,
+            delivery_id: submitted.delivery_id.clone(),
+            choice,
+            logical: !query.is_fully_qualified(),
+            author: request.author,
+        };
+        let (reply, committed) = oneshot::channel();
+        self.command(Command::Submit {
+            submission,
+            acknowledged,
+            reply,
+        })
+        .await?;
+        committed.await.map_err(|_| stopping())??;
+        Ok(submitted)
     }
 
     /// Cancels an invocation: at its owner, and here.
     pub async fn cancel(&self, invocation_id: &str) -> Result<(), RouteError> {
-        origin::cancel(self, invocation_id).await
+        let (reply, done) = oneshot::channel();
+        self.command(Command::Cancel {
+            invocation_id: invocation_id.to_owned(),
+            reply,
+        })
+        .await?;
+        done.await.map_err(|_| stopping())?
+    }
+
+    /// Answers a routing request from a connected peer.
+    pub async fn handle_peer_request(&self, from: NodeId, frame: MeshFrame) -> MeshFrame {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .command(Command::Request { from, frame, reply })
+            .await
+            .is_err()
+        {
+            return MeshFrame::error(ErrorCode::NotReady, "this broker is stopping");
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| MeshFrame::error(ErrorCode::NotReady, "this broker is stopping"))
+    }
+
+    /// Resolves a mention to an instance and its owner.
+    pub fn choose(&self, query: &AgentName, exclude: Option<&str>) -> Result<Choice, RouteError> {
+        resolve::choose(&self.mesh, &self.node_id, query, exclude)
     }
 
     /// Flight updates dropped and flight requests refused because the peer
     /// was not the invocation's owner or origin.
-    pub fn refusal_counts(&self) -> peer_check::RefusalCounts {
-        self.inner.refusals.counts()
+    pub fn refusal_counts(&self) -> scout_mesh::routing::RefusalCounts {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Routing events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<RoutingEvent> {
-        self.inner.events.subscribe()
+        self.events.subscribe()
     }
 
-    /// Wakes the dispatcher (a peer connected, say).
+    /// Wakes the driver (a peer connected, say).
     pub fn kick(&self) {
-        self.inner.dispatch.notify_one();
+        let _ = self.commands.try_send(Command::Kick);
     }
 
-    pub(crate) fn emit(&self, event: RoutingEvent) {
-        if event.kind == "delivery"
-            && let Some(state) = event
-                .state
-                .as_deref()
-                .and_then(|s| s.parse::<DeliveryState>().ok())
-            && !matches!(state, DeliveryState::Accepted | DeliveryState::Deferred)
-        {
-            let waiter = self
-                .inner
-                .acknowledged
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .remove(&event.invocation_id);
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(state);
-            }
-        }
-        let _ = self.inner.events.send(event);
+    /// The store routing writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.mesh.shared().now_ms()
+    /// Wall-clock unix ms, as the broker tells time.
+    pub fn now_ms(&self) -> u64 {
+        self.mesh.shared().now_ms()
     }
 
-    /// Milliseconds on the monotonic clock the delivery plans run on.
-    /// Retries, backoff, queries and deadlines are durations there, so a
-    /// wall clock that jumps (a laptop resuming, NTP stepping) neither
-    /// stalls nor hurries them.
-    pub(crate) fn plan_now(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A wall-clock deadline (unix ms) as a point on the plans' clock.
-    pub(crate) fn plan_deadline(&self, deadline_ms: Option<u64>) -> Option<u64> {
-        deadline_ms.map(|deadline| {
-            self.plan_now()
-                .saturating_add(deadline.saturating_sub(self.now_ms()))
-        })
-    }
-
-    pub(crate) fn jitter(&self) -> f64 {
-        use rand::Rng;
-        self.inner
-            .rng
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .r#gen::<f64>()
-    }
-
-    /// An event for `invocation_id`.
-    pub(crate) fn event(
-        &self,
-        invocation_id: &str,
-        kind: &'static str,
-        state: Option<String>,
-        output: Option<String>,
-    ) -> RoutingEvent {
-        RoutingEvent {
-            invocation_id: invocation_id.to_owned(),
-            kind,
-            state,
-            output,
-            failure_reason: None,
-            detail: None,
-            timestamp_ms: self.now_ms(),
-        }
+    async fn command(&self, command: Command) -> Result<(), RouteError> {
+        self.commands.send(command).await.map_err(|_| stopping())
     }
 }
 
-/// The status of one invocation, as `scout flights ID` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationStatus {
-    /// The invocation.
-    pub invocation: InvocationView,
-    /// The delivery at this broker (when it originated here).
-    pub delivery: Option<DeliveryView>,
-    /// The flight (when this broker owns it).
-    pub flight: Option<FlightView>,
-}
-
-/// An invocation as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationView {
-    /// Id.
-    pub invocation_id: String,
-    /// Action word.
-    pub action: String,
-    /// The prompt.
-    pub body: String,
-    /// The mention.
-    pub target: String,
-    /// The origin's node id.
-    pub origin: String,
-    /// Conversation.
-    pub conversation_id: Option<String>,
-    /// Policy word.
-    pub policy: String,
-    /// Deadline, unix ms.
-    pub deadline_ms: Option<i64>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
-}
-
-/// A delivery as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryView {
-    /// State word.
-    pub state: String,
-    /// The instance it went to.
-    pub target: String,
-    /// The owner's node id.
-    pub owner: Option<String>,
-    /// Why that instance was chosen.
-    pub resolve_reason: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-    /// Attempts so far, each with its outcome.
-    pub attempts: Vec<AttemptView>,
-    /// The answer, once completed (from the conversation).
-    pub result: Option<String>,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptView {
-    /// Number, from 1.
-    pub attempt: i64,
-    /// Started, unix ms.
-    pub started_at_ms: i64,
-    /// `succeeded`, `failed`, or none while running.
-    pub outcome: Option<String>,
-    /// Why it failed.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-}
-
-/// A flight as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct FlightView {
-    /// State word.
-    pub state: String,
-    /// The instance.
-    pub instance: Option<String>,
-    /// Why that instance.
-    pub resolve_reason: Option<String>,
-    /// Output so far.
-    pub output: String,
-    /// The result, once finished.
-    pub result: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-}
-
-impl Router {
-    /// Everything known here about one invocation.
-    pub fn status(&self, invocation_id: &str) -> Result<InvocationStatus, RouteError> {
-        use crate::store::deliveries::Delivery;
-        use crate::store::flights::Flight;
-        use crate::store::invocations::Invocation;
-        let store = &self.inner.store;
-        let id = invocation_id.to_owned();
-        store
-            .read(move |connection| {
-                let invocation = Invocation::get(connection, &id)?.ok_or_else(|| {
-                    crate::store::StoreError::NotFound {
-                        kind: "invocation",
-                        id: id.clone(),
-                    }
-                })?;
-                let delivery = match Delivery::list_for_invocation(connection, &id)?
-                    .into_iter()
-                    .last()
-                {
-                    Some(delivery) => {
-                        let attempts = Delivery::list_attempts(connection, &delivery.delivery_id)?
-                            .into_iter()
-                            .map(|attempt| AttemptView {
-                                attempt: attempt.attempt,
-                                started_at_ms: attempt.started_at_ms,
-                                outcome: attempt.outcome.map(|outcome| outcome.as_str().to_owned()),
-                                failure_reason: attempt.failure_reason.map(|r| r.to_string()),
-                                failure_detail: attempt.failure_detail,
-                            })
-                            .collect();
-                        let result = origin::result_message(connection, &invocation)?;
-                        Some(DeliveryView {
-                            state: delivery.state.to_string(),
-                            target: delivery.target,
-                            owner: delivery.owner_node,
-                            resolve_reason: delivery.resolve_reason,
-                            failure_reason: delivery.failure_reason.map(|r| r.to_string()),
-                            failure_detail: delivery.failure_detail,
-                            attempts,
-                            result,
-                        })
-                    }
-                    None => None,
-                };
-                let flight =
-                    Flight::get_for_invocation(connection, &id)?.map(|flight| FlightView {
-                        state: flight.state.to_string(),
-                        instance: flight.chosen_instance,
-                        resolve_reason: flight.resolve_reason,
-                        output: flight.output,
-                        result: flight.result,
-                        failure_reason: flight.failure_reason.map(|r| r.to_string()),
-                        failure_detail: flight.failure_detail,
-                    });
-                Ok(InvocationStatus {
-                    invocation: InvocationView {
-                        invocation_id: invocation.invocation_id,
-                        action: invocation.action.to_string(),
-                        body: invocation.body,
-                        target: invocation.target,
-                        origin: invocation.origin_node,
-                        conversation_id: invocation.conversation_id,
-                        policy: invocation.delivery_policy.to_string(),
-                        deadline_ms: invocation.deadline_ms,
-                        created_at_ms: invocation.created_at_ms,
-                    },
-                    delivery,
-                    flight,
-                })
-            })
-            .map_err(|err| match err {
-                crate::store::StoreError::NotFound { .. } => {
-                    RouteError::UnknownInvocation(invocation_id.to_owned())
-                }
-                other => RouteError::Store(other),
-            })
-    }
-
-    /// The final delivery state of an invocation that originated here, if
-    /// it finished.
-    pub fn outcome(&self, invocation_id: &str) -> Option<(DeliveryState, Option<FailureReason>)> {
-        let id = invocation_id.to_owned();
-        self.inner
-            .store
-            .read(move |connection| {
-                Ok(
-                    crate::store::deliveries::Delivery::list_for_invocation(connection, &id)?
-                        .into_iter()
-                        .last()
-                        .filter(|delivery| delivery.state.is_terminal())
-                        .map(|delivery| (delivery.state, delivery.failure_reason)),
-                )
-            })
-            .ok()
-            .flatten()
-    }
-
-    /// Whether a flight state is terminal (helper for callers).
-    pub fn is_terminal(state: FlightState) -> bool {
-        state.is_terminal()
-    }
+/// The error of a call that reached a router that is stopping.
+fn stopping() -> RouteError {
+    RouteError::Stopping
 }
 
 #[cfg(test)]

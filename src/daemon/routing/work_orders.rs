@@ -81,7 +81,7 @@ pub async fn enqueue(
 ) -> Result<WorkOrderView, RouteError> {
     let query = AgentName::parse_lenient(&request.target)?;
     // Resolve now, so a mistyped name fails at enqueue, not later.
-    let (_, _, owner) = super::origin::choose(router, &query, None)?;
+    let owner = router.choose(&query, None)?.owner;
     let now = router.now_ms();
     let order = NewWorkOrder {
         work_order_id: new_id(),
@@ -92,7 +92,6 @@ pub async fn enqueue(
         created_at_ms: unix(now),
     };
     let created = router
-        .inner
         .store
         .write(move |tx| WorkOrder::create(tx, &order))
         .await?;
@@ -110,9 +109,8 @@ async fn dispatch(
     author: &str,
 ) -> Result<WorkOrderView, RouteError> {
     let now = router.now_ms();
-    let submitted = super::origin::submit(
-        router,
-        SubmitRequest {
+    let submitted = router
+        .submit(SubmitRequest {
             target: order.target.clone(),
             body: order.body.clone(),
             action: InvocationAction::Execute,
@@ -120,16 +118,13 @@ async fn dispatch(
             deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
             conversation_id: None,
             author: author.to_owned(),
-        },
-        None,
-    )
-    .await;
+        })
+        .await;
     let id = order.work_order_id.clone();
     let outcome = match submitted {
         Ok(submitted) => {
             let invocation_id = submitted.invocation_id.clone();
             router
-                .inner
                 .store
                 .write(move |tx| {
                     WorkOrder::transition(
@@ -145,7 +140,6 @@ async fn dispatch(
         Err(err) => {
             tracing::warn!(work_order = %id, cause = %err, "work order could not be dispatched");
             router
-                .inner
                 .store
                 .write(move |tx| {
                     WorkOrder::transition(tx, &id, WorkOrderState::Failed, None, unix(now))
@@ -158,9 +152,21 @@ async fn dispatch(
 }
 
 /// Dispatches queued work orders whose time has come.
+/// Dispatches due work orders every [`WORK_ORDER_POLL_INTERVAL`] until
+/// shutdown (a task of the broker, joined at shutdown).
+pub async fn run(router: Router, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WORK_ORDER_POLL_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        dispatch_due(&router).await;
+    }
+}
+
 pub async fn dispatch_due(router: &Router) {
     let now = router.now_ms();
-    let due = router.inner.store.read(move |connection| {
+    let due = router.store.read(move |connection| {
         Ok(
             WorkOrder::list(connection, Some(WorkOrderState::Queued), DUE_SCAN_MAX)?
                 .into_iter()
@@ -185,7 +191,12 @@ pub async fn dispatch_due(router: &Router) {
 }
 
 /// Makes a work order follow the end of its invocation's delivery.
-pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: DeliveryState) {
+pub async fn on_delivery_finished(
+    store: &crate::store::Store,
+    now_ms: u64,
+    invocation_id: &str,
+    state: DeliveryState,
+) {
     let target = match state {
         DeliveryState::Completed => WorkOrderState::Completed,
         DeliveryState::Cancelled => WorkOrderState::Cancelled,
@@ -194,18 +205,14 @@ pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: D
     };
     // Most invocations are not work orders: a read settles that without
     // taking a turn of the writer.
-    let ours = router
-        .inner
-        .store
-        .read(|connection| WorkOrder::running_for_invocation(connection, invocation_id));
+    let ours =
+        store.read(|connection| WorkOrder::running_for_invocation(connection, invocation_id));
     if ours.as_ref().is_ok_and(Vec::is_empty) {
         return;
     }
     let invocation_id = invocation_id.to_owned();
-    let now = unix(router.now_ms());
-    let _ = router
-        .inner
-        .store
+    let now = unix(now_ms);
+    let _ = store
         .write(move |tx| {
             for order in WorkOrder::running_for_invocation(tx, &invocation_id)? {
                 WorkOrder::transition(tx, &order.work_order_id, target, None, now)?;
@@ -220,7 +227,6 @@ pub async fn on_delivery_finished(router: &Router, invocation_id: &str, state: D
 pub async fn cancel(router: &Router, work_order_id: &str) -> Result<WorkOrderView, RouteError> {
     let id = work_order_id.to_owned();
     let order = router
-        .inner
         .store
         .read(move |connection| WorkOrder::get(connection, &id))?
         .ok_or_else(|| RouteError::UnknownInvocation(work_order_id.to_owned()))?;
@@ -229,7 +235,6 @@ pub async fn cancel(router: &Router, work_order_id: &str) -> Result<WorkOrderVie
             let id = order.work_order_id.clone();
             let now = unix(router.now_ms());
             let cancelled = router
-                .inner
                 .store
                 .write(move |tx| {
                     WorkOrder::transition(tx, &id, WorkOrderState::Cancelled, None, now)
@@ -238,7 +243,7 @@ pub async fn cancel(router: &Router, work_order_id: &str) -> Result<WorkOrderVie
             Ok(view(cancelled))
         }
         (WorkOrderState::Running, Some(invocation_id)) => {
-            super::origin::cancel(router, &invocation_id).await?;
+            router.cancel(&invocation_id).await?;
             get(router, work_order_id)
         }
         _ => Ok(view(order)),
@@ -249,7 +254,6 @@ pub async fn cancel(router: &Router, work_order_id: &str) -> Result<WorkOrderVie
 pub fn get(router: &Router, work_order_id: &str) -> Result<WorkOrderView, RouteError> {
     let id = work_order_id.to_owned();
     router
-        .inner
         .store
         .read(move |connection| WorkOrder::get(connection, &id))?
         .map(view)
@@ -263,7 +267,6 @@ pub fn list(
     limit: usize,
 ) -> Result<Vec<WorkOrderView>, RouteError> {
     Ok(router
-        .inner
         .store
         .read(move |connection| WorkOrder::list(connection, state, limit))?
         .into_iter()

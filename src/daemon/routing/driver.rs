@@ -1,0 +1,694 @@
+//! The routing driver: the one task that owns the pure routing core
+//! ([`scout_mesh::routing::Router`]) and carries out what it decides.
+//!
+//! Inputs reach it as [`Command`]s (API calls, peer requests, execution
+//! progress) and as completions of the work it started (commits, answers
+//! from peers), plus time and peer connectivity. After each input it
+//! drains the core's outputs in order:
+//!
+//! - `Persist`: the rows go to the store's writer in order; what depends
+//!   on them is released by the core only when the driver reports the
+//!   commit (at once for rows whose policy does not wait for the disk:
+//!   they are queued ahead of every later write).
+//! - `Send`: to a peer through `Mesh::request`; to this node, straight back
+//!   into the core (a local delivery is an ordinary send to self).
+//! - `Reply`, `Execute`, `StopExecution`, `Emit`, `Refused`.
+//!
+//! Every task the driver starts (commits, requests, execution forwarders,
+//! work-order updates) lives in its own `JoinSet`, which is shut down and
+//! joined when the driver stops; the driver itself is joined by the broker.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scout_mesh::lifecycle::{DeliveryState, FailureReason};
+use scout_mesh::names::{AgentName, Label};
+use scout_mesh::routing::{
+    self as core, CancelStarted, Event, EventKind, ExecProgress, ExecResult, Execute, Facts, Now,
+    Output, PersistFailure, PersistId, Refusal, RefusalCounts, RefusedKind, RequestId, SendFailure,
+    Submission,
+};
+use scout_mesh::wire::{InvokeRequest, MeshFrame, NodeId};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::executor::{ExecEvent, ExecOutcome, ExecRequest, Executor};
+use super::{RouteError, RouterParts, RoutingEvent};
+use crate::config::discover::LocalAgent;
+use crate::daemon::mesh::Mesh;
+use crate::store::{Store, StoreError};
+
+/// Commands queued for the driver at most; callers wait (API requests,
+/// peers' streams, execution output) rather than grow memory.
+pub const COMMANDS_MAX: usize = 4096;
+
+/// How often the driver looks at peer connectivity and the plans' timers
+/// even when nothing woke it.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Output is saved and sent to the origin in pieces of at most this many
+/// bytes, or when this much time passed, whichever comes first: a fast
+/// agent costs one commit per chunk, not per byte.
+const OUTPUT_FLUSH_BYTES: usize = 16 * 1024;
+const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A refused peer is logged at most once per this interval.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// Peers remembered for that rate limit at most; past it the memory is
+/// cleared (a flood of distinct peers gets a few more lines, never memory).
+const REFUSAL_LOG_PEERS_MAX: usize = 1024;
+
+const _: () = assert!(OUTPUT_FLUSH_BYTES < scout_mesh::wire::FLIGHT_OUTPUT_BYTES_MAX);
+
+/// An input for the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// A new invocation mentioned here; answered once committed.
+    Submit {
+        /// Resolved and minted by the caller.
+        submission: Submission,
+        /// Told the first delivery state past `accepted`/`deferred`.
+        acknowledged: Option<oneshot::Sender<DeliveryState>>,
+        /// Told when the invocation is committed (or why not).
+        reply: oneshot::Sender<Result<(), RouteError>>,
+    },
+    /// Cancel an invocation; answered when it has ended here.
+    Cancel {
+        /// The invocation.
+        invocation_id: String,
+        /// Told when done.
+        reply: oneshot::Sender<Result<(), RouteError>>,
+    },
+    /// A routing request from a connected peer.
+    Request {
+        /// The peer.
+        from: NodeId,
+        /// The request.
+        frame: MeshFrame,
+        /// Told the answer.
+        reply: oneshot::Sender<MeshFrame>,
+    },
+    /// Progress of an execution the core asked for.
+    Exec {
+        /// The invocation.
+        invocation_id: String,
+        /// What happened.
+        progress: ExecProgress,
+    },
+    /// Look at connectivity and timers now.
+    Kick,
+}
+
+/// What a task of the driver ended with.
+enum Completion {
+    Persisted {
+        id: PersistId,
+        result: Result<Result<(), PersistFailure>, StoreError>,
+        submit: Option<String>,
+    },
+    Response {
+        request: RequestId,
+        answer: Result<MeshFrame, SendFailure>,
+    },
+    Done,
+}
+
+/// The driver: the core and everything waiting on it.
+pub struct Driver {
+    core: core::Router,
+    store: Store,
+    mesh: Mesh,
+    node_id: NodeId,
+    node_name: Label,
+    executor: Arc<dyn Executor>,
+    agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
+    commands: mpsc::Sender<Command>,
+    inbox: mpsc::Receiver<Command>,
+    events: broadcast::Sender<RoutingEvent>,
+    refusals: Arc<Mutex<RefusalCounts>>,
+    tasks: JoinSet<Completion>,
+    /// Peers' requests waiting for the core's reply.
+    replies: HashMap<RequestId, oneshot::Sender<MeshFrame>>,
+    /// Requests to self: the core's inbound id -> its outbound id.
+    local: HashMap<RequestId, RequestId>,
+    submits: HashMap<String, oneshot::Sender<Result<(), RouteError>>>,
+    acknowledged: HashMap<String, oneshot::Sender<DeliveryState>>,
+    cancels: HashMap<String, Vec<oneshot::Sender<Result<(), RouteError>>>>,
+    /// Executions running, by invocation: send to stop one.
+    running: HashMap<String, oneshot::Sender<()>>,
+    connected: BTreeSet<NodeId>,
+    epoch: tokio::time::Instant,
+    refusal_log: HashMap<NodeId, u64>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("node", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Rebuilds the core from the store: unfinished deliveries (which never
+    /// reroute) and queued flights (which start at once).
+    pub fn start(
+        parts: RouterParts,
+        commands: mpsc::Sender<Command>,
+        inbox: mpsc::Receiver<Command>,
+        events: broadcast::Sender<RoutingEvent>,
+        refusals: Arc<Mutex<RefusalCounts>>,
+    ) -> anyhow::Result<Driver> {
+        let (deliveries, flights) = parts.store.read(super::rows::restore)?;
+        if !deliveries.is_empty() {
+            tracing::info!(
+                deliveries = deliveries.len(),
+                "resuming unfinished deliveries"
+            );
+        }
+        if !flights.is_empty() {
+            tracing::info!(flights = flights.len(), "resuming queued flights");
+        }
+        let epoch = tokio::time::Instant::now();
+        let now = Now {
+            mono_ms: 0,
+            unix_ms: parts.mesh.shared().now_ms(),
+        };
+        let directory = super::resolve::MeshDirectory {
+            mesh: parts.mesh.clone(),
+            own: parts.node_id.clone(),
+        };
+        let core = core::Router::restore(
+            parts.node_id.clone(),
+            Box::new(directory),
+            parts.seed,
+            now,
+            deliveries,
+            flights,
+        );
+        Ok(Driver {
+            core,
+            store: parts.store,
+            mesh: parts.mesh,
+            node_id: parts.node_id,
+            node_name: parts.node_name,
+            executor: parts.executor,
+            agents: parts.agents,
+            commands,
+            inbox,
+            events,
+            refusals,
+            tasks: JoinSet::new(),
+            replies: HashMap::new(),
+            local: HashMap::new(),
+            submits: HashMap::new(),
+            acknowledged: HashMap::new(),
+            cancels: HashMap::new(),
+            running: HashMap::new(),
+            connected: BTreeSet::new(),
+            epoch,
+            refusal_log: HashMap::new(),
+        })
+    }
+
+    /// Runs until shutdown, then stops and joins every task it started.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.refresh_peers();
+        loop {
+            self.drain().await;
+            let tick = tokio::time::Instant::now() + TICK;
+            let until = self
+                .core
+                .poll_timeout()
+                .map(|ms| self.epoch + Duration::from_millis(ms))
+                .map_or(tick, |wake| wake.min(tick));
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(command) = self.inbox.recv() => self.command(command),
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match done {
+                        Ok(completion) => self.completed(completion),
+                        Err(err) if err.is_panic() => {
+                            tracing::error!(cause = %err, "a routing task panicked");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    self.refresh_peers();
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+        }
+        for (_, cancel) in self.running.drain() {
+            let _ = cancel.send(());
+        }
+        self.tasks.shutdown().await;
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unix_ms: self.mesh.shared().now_ms(),
+        }
+    }
+
+    /// Tells the core which peers came and went since the last look.
+    fn refresh_peers(&mut self) {
+        let now_connected: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
+        let now = self.now();
+        for gone in self.connected.difference(&now_connected) {
+            self.core.handle_peer_down(gone);
+        }
+        let came: Vec<NodeId> = now_connected.difference(&self.connected).cloned().collect();
+        self.connected = now_connected;
+        for peer in came {
+            self.core.handle_peer_up(now, peer);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Submit {
+                submission,
+                acknowledged,
+                reply,
+            } => {
+                let id = submission.invocation.invocation_id.clone();
+                self.submits.insert(id.clone(), reply);
+                if let Some(acknowledged) = acknowledged {
+                    self.acknowledged.insert(id, acknowledged);
+                }
+                self.core.handle_submit(now, submission);
+            }
+            Command::Cancel {
+                invocation_id,
+                reply,
+            } => match self.core.handle_cancel(now, &invocation_id) {
+                CancelStarted::Delivery => {
+                    self.cancels.entry(invocation_id).or_default().push(reply);
+                }
+                CancelStarted::Flight => {
+                    let _ = reply.send(Ok(()));
+                }
+                CancelStarted::NotHere => {
+                    // One that finished is cancelled already, as far as a
+                    // caller is concerned; one never seen is not found.
+                    let id = invocation_id.clone();
+                    let known = self
+                        .store
+                        .read(move |c| crate::store::flights::Flight::get_for_invocation(c, &id));
+                    let _ = reply.send(match known {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(RouteError::UnknownInvocation(invocation_id)),
+                        Err(err) => Err(RouteError::Store(err)),
+                    });
+                }
+            },
+            Command::Request { from, frame, reply } => {
+                let facts = self.facts(&frame);
+                let inbound = self.core.handle_request(now, from, frame, facts);
+                self.replies.insert(inbound, reply);
+            }
+            Command::Exec {
+                invocation_id,
+                progress,
+            } => {
+                if matches!(progress, ExecProgress::Finished(_)) {
+                    self.running.remove(&invocation_id);
+                }
+                self.core.handle_exec(now, &invocation_id, progress);
+            }
+            Command::Kick => {
+                self.refresh_peers();
+                self.core.handle_timeout(now);
+            }
+        }
+    }
+
+    fn completed(&mut self, completion: Completion) {
+        match completion {
+            Completion::Persisted { id, result, submit } => self.persisted(id, result, submit),
+            Completion::Response { request, answer } => {
+                let now = self.now();
+                self.core.handle_response(now, request, answer);
+            }
+            Completion::Done => {}
+        }
+    }
+
+    fn persisted(
+        &mut self,
+        id: PersistId,
+        result: Result<Result<(), PersistFailure>, StoreError>,
+        submit: Option<String>,
+    ) {
+        let result = match result {
+            Ok(result) => result,
+            Err(err) => {
+                tracing::error!(cause = %err, "a routing commit failed");
+                let failure = PersistFailure::Store {
+                    code: err.code().to_owned(),
+                    message: err.to_string(),
+                };
+                if let Some(waiter) = submit.and_then(|id| self.submits.remove(&id)) {
+                    let _ = waiter.send(Err(RouteError::Store(err)));
+                }
+                Err(failure)
+            }
+        };
+        let now = self.now();
+        self.core.handle_persisted(now, id, result);
+    }
+
+    /// Carries out the core's outputs until it has none.
+    async fn drain(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            self.act(output).await;
+        }
+    }
+
+    async fn act(&mut self, output: Output) {
+        match output {
+            Output::Persist {
+                id,
+                writes,
+                wait_for_disk,
+            } => self.persist(id, writes, wait_for_disk).await,
+            Output::Send { request, to, frame } if to == self.node_id => {
+                let facts = self.facts(&frame);
+                let now = self.now();
+                let inbound = self
+                    .core
+                    .handle_request(now, self.node_id.clone(), frame, facts);
+                self.local.insert(inbound, request);
+            }
+            Output::Send { request, to, frame } => {
+                let mesh = self.mesh.clone();
+                self.tasks.spawn(async move {
+                    let answer = mesh
+                        .request(&to, &frame)
+                        .await
+                        .map_err(|detail| SendFailure { detail });
+                    Completion::Response { request, answer }
+                });
+            }
+            Output::Reply { request, frame } => {
+                if let Some(outbound) = self.local.remove(&request) {
+                    let now = self.now();
+                    self.core.handle_response(now, outbound, Ok(frame));
+                } else if let Some(reply) = self.replies.remove(&request) {
+                    let _ = reply.send(frame);
+                }
+            }
+            Output::Execute(execute) => self.execute(execute),
+            Output::StopExecution { invocation_id } => {
+                if let Some(cancel) = self.running.remove(&invocation_id) {
+                    let _ = cancel.send(());
+                }
+            }
+            Output::Emit(event) => self.emit(event),
+            Output::Refused {
+                peer,
+                invocation_id,
+                kind,
+            } => {
+                *self
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner()) = self.core.refusals();
+                let now = self.now().unix_ms;
+                if self.may_log_refusal(&peer, now) {
+                    match kind {
+                        RefusedKind::Update => {
+                            tracing::warn!(%peer, invocation = %invocation_id, "dropped a flight update from a peer that is not the invocation's owner (logged once a minute per peer)")
+                        }
+                        RefusedKind::Request => {
+                            tracing::warn!(%peer, invocation = %invocation_id, "refused a flight query or cancel from a peer that is not the invocation's origin (logged once a minute per peer)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn persist(&mut self, id: PersistId, writes: Vec<core::Write>, wait_for_disk: bool) {
+        let submit = writes.iter().find_map(|write| match write {
+            core::Write::Submit { invocation, .. } => Some(invocation.invocation_id.clone()),
+            _ => None,
+        });
+        let queued = self
+            .store
+            .enqueue(move |tx| super::rows::commit(tx, &writes))
+            .await;
+        let pending = match queued {
+            Ok(pending) => pending,
+            Err(err) => {
+                self.persisted(id, Err(err), submit);
+                return;
+            }
+        };
+        if wait_for_disk {
+            self.tasks.spawn(async move {
+                Completion::Persisted {
+                    id,
+                    result: pending.await,
+                    submit,
+                }
+            });
+        } else {
+            // Queued in order ahead of every later write, and not waited
+            // for: the policy does not ask for the disk.
+            self.tasks.spawn(async move {
+                if let Err(err) = pending.await {
+                    tracing::warn!(cause = %err, "routing rows of a policy that does not wait for the disk were not stored");
+                }
+                Completion::Done
+            });
+            self.persisted(id, Ok(Ok(())), None);
+        }
+    }
+
+    /// What the core asked to know about the invocation `frame` names.
+    fn facts(&self, frame: &MeshFrame) -> Facts {
+        let needs = self.core.needs_stored(frame);
+        let id = match frame {
+            MeshFrame::Invoke(invoke) => invoke.invocation_id.clone(),
+            MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
+                invocation_id.clone()
+            }
+            MeshFrame::FlightUpdate(update) => update.invocation_id.clone(),
+            _ => return Facts::default(),
+        };
+        let mut facts = if needs.flight || needs.delivery_owners {
+            // A failed read leaves the facts empty: an accept then meets the
+            // store's unique key, which answers a duplicate all the same.
+            self.store
+                .read(|connection| super::rows::facts(connection, &id, needs))
+                .unwrap_or_default()
+        } else {
+            Facts::default()
+        };
+        if needs.admission
+            && let MeshFrame::Invoke(invoke) = frame
+        {
+            facts.admission = self.admission(invoke);
+        }
+        facts
+    }
+
+    /// Whether this broker may take `invoke`: the instance is one of its
+    /// agents, the prompt carries no terminal controls, and the agent's
+    /// manifest is trusted.
+    fn admission(&self, invoke: &InvokeRequest) -> Result<(), Refusal> {
+        let agent = AgentName::parse(&invoke.instance)
+            .ok()
+            .filter(|name| name.node() == Some(&self.node_name))
+            .and_then(|_| self.local_agent(&invoke.instance));
+        let Some(agent) = agent else {
+            return Err(Refusal::new(
+                scout_mesh::wire::ErrorCode::AgentOffline,
+                format!("{} is not an agent of this broker", invoke.instance),
+            ));
+        };
+        if let Err(err) = crate::pty::prompt::check_prompt(&invoke.body) {
+            return Err(Refusal::new(err.code(), err.to_string()));
+        }
+        if let Err(untrusted) = crate::config::trust::check(&self.mesh.shared().home, &agent) {
+            return Err(Refusal::new(untrusted.code(), untrusted.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The local agent behind an instance name, if this broker runs it.
+    fn local_agent(&self, instance: &str) -> Option<LocalAgent> {
+        let agents = self.agents.read().ok()?;
+        agents
+            .iter()
+            .find(|agent| agent.instance_name(&self.node_name).to_string() == instance)
+            .cloned()
+    }
+
+    fn execute(&mut self, execute: Execute) {
+        let now = self.now();
+        let id = execute.invocation_id.clone();
+        let refused = match self.local_agent(&execute.instance) {
+            None => Err((
+                FailureReason::AgentOffline,
+                format!("{} is no longer an agent of this broker", execute.instance),
+            )),
+            // Trust was withdrawn, or the manifest changed, since the accept.
+            Some(agent) => crate::config::trust::check(&self.mesh.shared().home, &agent)
+                .map(|()| agent)
+                .map_err(|untrusted| (FailureReason::PeerRejected, untrusted.to_string())),
+        };
+        let agent = match refused {
+            Ok(agent) => agent,
+            Err((reason, detail)) => {
+                let result = ExecResult::Failed { reason, detail };
+                self.core
+                    .handle_exec(now, &id, ExecProgress::Finished(result));
+                return;
+            }
+        };
+        let timeout = execute
+            .deadline_unix_ms
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now.unix_ms)))
+            .unwrap_or(Duration::from_millis(super::DEFAULT_DEADLINE_MS));
+        let execution = self.executor.execute(ExecRequest {
+            invocation_id: id.clone(),
+            instance: execute.instance,
+            agent,
+            prompt: execute.prompt,
+            timeout,
+        });
+        self.running.insert(id.clone(), execution.cancel);
+        let commands = self.commands.clone();
+        self.tasks.spawn(forward(id, execution.events, commands));
+    }
+
+    fn emit(&mut self, event: Event) {
+        let id = event.invocation_id.clone();
+        if let EventKind::Delivery(state) = event.kind {
+            if state == DeliveryState::Accepted
+                && let Some(waiter) = self.submits.remove(&id)
+            {
+                let _ = waiter.send(Ok(()));
+            }
+            if !matches!(state, DeliveryState::Accepted | DeliveryState::Deferred)
+                && let Some(waiter) = self.acknowledged.remove(&id)
+            {
+                let _ = waiter.send(state);
+            }
+            if state.is_terminal() {
+                // A work order follows its invocation; whoever cancelled
+                // hears back once the work order shows it too.
+                let cancels = self.cancels.remove(&id).unwrap_or_default();
+                let store = self.store.clone();
+                let now = self.now().unix_ms;
+                let finished = id.clone();
+                self.tasks.spawn(async move {
+                    super::work_orders::on_delivery_finished(&store, now, &finished, state).await;
+                    for waiter in cancels {
+                        let _ = waiter.send(Ok(()));
+                    }
+                    Completion::Done
+                });
+            }
+        }
+        let (kind, state) = match event.kind {
+            EventKind::Delivery(state) => ("delivery", Some(state.to_string())),
+            EventKind::Flight(state) => ("flight", Some(state.to_string())),
+            EventKind::Output => ("output", None),
+        };
+        let _ = self.events.send(RoutingEvent {
+            invocation_id: id,
+            kind,
+            state,
+            output: event.output,
+            failure_reason: event.failure.as_ref().map(|(reason, _)| reason.to_string()),
+            detail: event.failure.map(|(_, detail)| detail),
+            timestamp_ms: self.now().unix_ms,
+        });
+    }
+
+    fn may_log_refusal(&mut self, peer: &NodeId, now_ms: u64) -> bool {
+        if let Some(at) = self.refusal_log.get(peer)
+            && now_ms.saturating_sub(*at) < REFUSAL_LOG_INTERVAL_MS
+            // A clock that stepped back must not silence the peer forever.
+            && now_ms >= *at
+        {
+            return false;
+        }
+        if self.refusal_log.len() >= REFUSAL_LOG_PEERS_MAX && !self.refusal_log.contains_key(peer) {
+            self.refusal_log.clear();
+        }
+        self.refusal_log.insert(peer.clone(), now_ms);
+        true
+    }
+}
+
+/// Forwards an execution's events to the driver, output in chunks.
+async fn forward(
+    invocation_id: String,
+    mut events: mpsc::Receiver<ExecEvent>,
+    commands: mpsc::Sender<Command>,
+) -> Completion {
+    let send = |progress: ExecProgress| {
+        let commands = commands.clone();
+        let invocation_id = invocation_id.clone();
+        async move {
+            let _ = commands
+                .send(Command::Exec {
+                    invocation_id,
+                    progress,
+                })
+                .await;
+        }
+    };
+    let mut pending = String::new();
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        let event = tokio::time::timeout(OUTPUT_FLUSH_INTERVAL, events.recv()).await;
+        let finished = match event {
+            Ok(Some(ExecEvent::Waking)) => {
+                send(ExecProgress::Waking).await;
+                None
+            }
+            Ok(Some(ExecEvent::Started)) => {
+                send(ExecProgress::Started).await;
+                None
+            }
+            Ok(Some(ExecEvent::Output(text))) => {
+                pending.push_str(&text);
+                None
+            }
+            Ok(Some(ExecEvent::Finished(outcome))) => Some(match outcome {
+                ExecOutcome::Completed { response } => ExecResult::Completed { response },
+                ExecOutcome::Failed { reason, detail } => ExecResult::Failed { reason, detail },
+                ExecOutcome::Cancelled => ExecResult::Cancelled,
+            }),
+            Ok(None) => Some(ExecResult::Failed {
+                reason: FailureReason::HarnessError,
+                detail: "the executor stopped without an outcome".into(),
+            }),
+            Err(_) => None,
+        };
+        if !pending.is_empty()
+            && (finished.is_some()
+                || pending.len() >= OUTPUT_FLUSH_BYTES
+                || last_flush.elapsed() >= OUTPUT_FLUSH_INTERVAL)
+        {
+            send(ExecProgress::Output(std::mem::take(&mut pending))).await;
+            last_flush = tokio::time::Instant::now();
+        }
+        if let Some(result) = finished {
+            send(ExecProgress::Finished(result)).await;
+            return Completion::Done;
+        }
+    }
+}
