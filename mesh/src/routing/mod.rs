@@ -78,6 +78,14 @@ pub use plan::{
 /// retried by the plans; a lost persist is not: see `dropped_outputs`).
 pub const OUTPUTS_MAX: usize = 1 << 20;
 
+/// Invocation ids an owner remembers refusing, at most. A refused id stays
+/// refused while remembered: an earlier invoke of it still on its way (a
+/// stream slower than the origin's timeout) must not be accepted after the
+/// origin took the refusal as final. A stream does not outlive its
+/// connection, and an origin retries within minutes, so the most recent
+/// 65,536 (a few megabytes) are plenty.
+pub const REFUSED_IDS_MAX: usize = 65_536;
+
 /// The time of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -613,6 +621,10 @@ pub struct Router {
     queues: BTreeMap<String, VecDeque<String>>,
     /// The flight executing per instance (one at a time).
     executing: BTreeMap<String, String>,
+    /// Owner side: ids refused lately, with their refusal, oldest first
+    /// in `refused_order`.
+    refused: BTreeMap<String, Refusal>,
+    refused_order: VecDeque<String>,
     persists: BTreeMap<PersistId, AfterPersist>,
     requests: BTreeMap<RequestId, Sent>,
     next_id: u64,
@@ -634,6 +646,8 @@ impl Router {
             flights: BTreeMap::new(),
             queues: BTreeMap::new(),
             executing: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            refused_order: VecDeque::new(),
             persists: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_id: 1,

@@ -32,7 +32,7 @@ pub(super) struct Delivery {
 impl Delivery {
     /// Whether the plan may act (committed, idle, not finishing).
     pub(super) fn ready(&self) -> bool {
-        self.committed && !self.busy && !self.finishing
+        self.committed && !self.busy && !self.finishing && !self.plan.state.is_terminal()
     }
 
     fn invoke(&self) -> InvokeRequest {
@@ -303,12 +303,19 @@ impl Router {
             return;
         };
         delivery.busy = false;
-        if ok {
-            delivery.choice = choice;
-            delivery.plan =
-                DeliveryPlan::new(now.mono_ms, delivery.plan.deadline_ms, delivery.plan.policy);
-            self.emit(id, EventKind::Delivery(DeliveryState::Accepted));
+        if !ok {
+            // The move was not recorded: the work stays where it was, and
+            // a plan that gave up on that owner ends it.
+            if delivery.plan.state.is_terminal() {
+                let detail = "the move to another instance could not be recorded".to_owned();
+                self.finish(now, id, failed(id, FailureReason::Dispatch, detail));
+            }
+            return;
         }
+        delivery.choice = choice;
+        delivery.plan =
+            DeliveryPlan::new(now.mono_ms, delivery.plan.deadline_ms, delivery.plan.policy);
+        self.emit(id, EventKind::Delivery(DeliveryState::Accepted));
         self.step(now, id);
     }
 
@@ -640,7 +647,9 @@ impl Router {
     pub(super) fn finished(&mut self, now: Now, id: &str, event: Event, ok: bool) {
         if !ok {
             // Not recorded: the delivery stays, and the next query (or
-            // report) finishes it again.
+            // report) finishes it again; a plan that ended itself (a
+            // deadline) waits for a restart, which resumes it from the
+            // store.
             if let Some(delivery) = self.deliveries.get_mut(id) {
                 delivery.finishing = false;
                 delivery.busy = false;

@@ -8,8 +8,8 @@ use crate::wire::{ErrorCode, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, 
 
 use super::{
     AfterPersist, Event, EventKind, ExecProgress, ExecResult, Execute, Facts, Invocation, Now,
-    Output, PersistFailure, RefusedKind, RequestId, RestoredFlight, Router, Sent, StoredFlight,
-    Write,
+    Output, PersistFailure, Refusal, RefusedKind, RequestId, RestoredFlight, Router, Sent,
+    StoredFlight, Write,
 };
 
 /// A flight this broker owns, while it is unfinished (or its end is being
@@ -82,7 +82,14 @@ impl Router {
             self.reply(request, ack(&id, true, stored.update.state));
             return;
         }
+        // An id refused once stays refused: the origin took the refusal as
+        // final, and may have sent the work elsewhere.
+        if let Some(refusal) = self.refused.get(&id).cloned() {
+            self.reply(request, MeshFrame::error(refusal.code, refusal.message));
+            return;
+        }
         if let Err(refusal) = facts.admission {
+            self.remember_refusal(&id, refusal.clone());
             self.reply(request, MeshFrame::error(refusal.code, refusal.message));
             return;
         }
@@ -461,6 +468,17 @@ impl Router {
         }
         self.finish_flight(now, id, ExecResult::Cancelled);
         true
+    }
+
+    fn remember_refusal(&mut self, id: &str, refusal: Refusal) {
+        if self.refused.insert(id.to_owned(), refusal).is_none() {
+            self.refused_order.push_back(id.to_owned());
+        }
+        while self.refused_order.len() > super::REFUSED_IDS_MAX {
+            if let Some(oldest) = self.refused_order.pop_front() {
+                self.refused.remove(&oldest);
+            }
+        }
     }
 
     fn refuse_not_origin(&mut self, request: RequestId, from: &NodeId, id: &str) {

@@ -604,3 +604,45 @@ fn a_refusal_of_the_only_invoke_fails_an_exact_mention() {
     assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Failed));
     assert!(world.nodes[&b].executed.is_empty());
 }
+
+#[test]
+fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
+    // The origin's first invoke is slow; its retry is refused (the agent
+    // was away), and the origin takes that as final. When the slow first
+    // invoke arrives after the agent is back, it must not run.
+    let (a, b) = (node(1), node(2));
+    let mut owner = Router::new(b.clone(), Box::new(NoAlternatives), 1);
+    let invoke = MeshFrame::Invoke(InvokeRequest {
+        invocation_id: "i1".into(),
+        action: InvocationAction::Consult,
+        body: "p".into(),
+        conversation_id: None,
+        origin: a.clone(),
+        target: "@fabric".into(),
+        instance: "@fabric@b#main".into(),
+        resolve_reason: "exact".into(),
+        deadline_ms: None,
+        policy: DeliveryPolicy::Durable,
+    });
+    let away = Facts {
+        admission: Err(Refusal::new(ErrorCode::AgentOffline, "away")),
+        ..Facts::default()
+    };
+    owner.handle_request(now(0), a.clone(), invoke.clone(), away);
+    owner.handle_request(now(1), a.clone(), invoke, Facts::default());
+    let mut refusals = 0;
+    while let Some(output) = owner.poll_output() {
+        match output {
+            Output::Reply {
+                frame: MeshFrame::Error(error),
+                ..
+            } => {
+                assert_eq!(error.code, ErrorCode::AgentOffline);
+                refusals += 1;
+            }
+            Output::Persist { .. } | Output::Execute(_) => panic!("a refused id was accepted"),
+            _ => {}
+        }
+    }
+    assert_eq!(refusals, 2);
+}
