@@ -37,11 +37,14 @@ use scout_mesh::lifecycle::{
 };
 use scout_mesh::names::Label;
 use scout_mesh::wire::NodeId;
-use serde::Serialize;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::mesh::Mesh;
+pub use crate::api::{
+    AttemptView, DeliveryView, EventKind, EventState, FlightView, InvocationStatus, InvocationView,
+    RoutingEvent, Submitted,
+};
 use crate::config::discover::LocalAgent;
 use crate::store::Store;
 use executor::Executor;
@@ -52,25 +55,6 @@ pub const EVENTS_BUFFER_MAX: usize = 1024;
 
 /// Default time an invocation may take when the caller gives no deadline.
 pub const DEFAULT_DEADLINE_MS: u64 = 10 * 60 * 1000;
-
-/// Something that happened to an invocation, for streams and `/v1/events`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoutingEvent {
-    /// The invocation.
-    pub invocation_id: String,
-    /// `delivery` (origin side), `flight` (owner side) or `output`.
-    pub kind: &'static str,
-    /// The new state (a delivery or flight state word), when it changed.
-    pub state: Option<String>,
-    /// Output text, for `output` events and final results.
-    pub output: Option<String>,
-    /// Failure reason word, when it failed.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub detail: Option<String>,
-    /// Unix ms.
-    pub timestamp_ms: u64,
-}
 
 /// What the caller asks to run.
 #[derive(Debug, Clone)]
@@ -89,23 +73,6 @@ pub struct SubmitRequest {
     pub conversation_id: Option<String>,
     /// Who asked (for the conversation).
     pub author: String,
-}
-
-/// What `submit` committed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Submitted {
-    /// The invocation id, the handle for everything after.
-    pub invocation_id: String,
-    /// The delivery at this broker.
-    pub delivery_id: String,
-    /// The instance chosen.
-    pub instance: String,
-    /// Why that instance.
-    pub reason: String,
-    /// The owner's node id.
-    pub owner: String,
-    /// The conversation.
-    pub conversation_id: String,
 }
 
 /// Why routing refused a request.
@@ -310,11 +277,7 @@ impl Router {
     }
 
     pub(crate) fn emit(&self, event: RoutingEvent) {
-        if event.kind == "delivery"
-            && let Some(state) = event
-                .state
-                .as_deref()
-                .and_then(|s| s.parse::<DeliveryState>().ok())
+        if let Some(state) = event.state.and_then(EventState::delivery)
             && !matches!(state, DeliveryState::Accepted | DeliveryState::Deferred)
         {
             let waiter = self
@@ -363,9 +326,9 @@ impl Router {
     pub(crate) fn event(
         &self,
         invocation_id: &str,
-        kind: &'static str,
-        state: Option<String>,
-        output: Option<String>,
+        kind: EventKind,
+        state: Option<EventState>,
+        output: Option<scout_mesh::output::FlightOutput>,
     ) -> RoutingEvent {
         RoutingEvent {
             invocation_id: invocation_id.to_owned(),
@@ -377,95 +340,6 @@ impl Router {
             timestamp_ms: self.now_ms(),
         }
     }
-}
-
-/// The status of one invocation, as `scout flights ID` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationStatus {
-    /// The invocation.
-    pub invocation: InvocationView,
-    /// The delivery at this broker (when it originated here).
-    pub delivery: Option<DeliveryView>,
-    /// The flight (when this broker owns it).
-    pub flight: Option<FlightView>,
-}
-
-/// An invocation as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationView {
-    /// Id.
-    pub invocation_id: String,
-    /// Action word.
-    pub action: String,
-    /// The prompt.
-    pub body: String,
-    /// The mention.
-    pub target: String,
-    /// The origin's node id.
-    pub origin: String,
-    /// Conversation.
-    pub conversation_id: Option<String>,
-    /// Policy word.
-    pub policy: String,
-    /// Deadline, unix ms.
-    pub deadline_ms: Option<i64>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
-}
-
-/// A delivery as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryView {
-    /// State word.
-    pub state: String,
-    /// The instance it went to.
-    pub target: String,
-    /// The owner's node id.
-    pub owner: Option<String>,
-    /// Why that instance was chosen.
-    pub resolve_reason: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-    /// Attempts so far, each with its outcome.
-    pub attempts: Vec<AttemptView>,
-    /// The answer, once completed (from the conversation).
-    pub result: Option<String>,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptView {
-    /// Number, from 1.
-    pub attempt: i64,
-    /// Started, unix ms.
-    pub started_at_ms: i64,
-    /// `succeeded`, `failed`, or none while running.
-    pub outcome: Option<String>,
-    /// Why it failed.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-}
-
-/// A flight as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct FlightView {
-    /// State word.
-    pub state: String,
-    /// The instance.
-    pub instance: Option<String>,
-    /// Why that instance.
-    pub resolve_reason: Option<String>,
-    /// Output so far.
-    pub output: String,
-    /// The result, once finished.
-    pub result: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
 }
 
 impl Router {
@@ -495,17 +369,17 @@ impl Router {
                                 attempt: attempt.attempt,
                                 started_at_ms: attempt.started_at_ms,
                                 outcome: attempt.outcome.map(|outcome| outcome.as_str().to_owned()),
-                                failure_reason: attempt.failure_reason.map(|r| r.to_string()),
+                                failure_reason: attempt.failure_reason,
                                 failure_detail: attempt.failure_detail,
                             })
                             .collect();
                         let result = origin::result_message(connection, &invocation)?;
                         Some(DeliveryView {
-                            state: delivery.state.to_string(),
+                            state: delivery.state,
                             target: delivery.target,
                             owner: delivery.owner_node,
                             resolve_reason: delivery.resolve_reason,
-                            failure_reason: delivery.failure_reason.map(|r| r.to_string()),
+                            failure_reason: delivery.failure_reason,
                             failure_detail: delivery.failure_detail,
                             attempts,
                             result,
@@ -515,23 +389,23 @@ impl Router {
                 };
                 let flight =
                     Flight::get_for_invocation(connection, &id)?.map(|flight| FlightView {
-                        state: flight.state.to_string(),
+                        state: flight.state,
                         instance: flight.chosen_instance,
                         resolve_reason: flight.resolve_reason,
                         output: flight.output,
                         result: flight.result,
-                        failure_reason: flight.failure_reason.map(|r| r.to_string()),
+                        failure_reason: flight.failure_reason,
                         failure_detail: flight.failure_detail,
                     });
                 Ok(InvocationStatus {
                     invocation: InvocationView {
                         invocation_id: invocation.invocation_id,
-                        action: invocation.action.to_string(),
+                        action: invocation.action,
                         body: invocation.body,
                         target: invocation.target,
                         origin: invocation.origin_node,
                         conversation_id: invocation.conversation_id,
-                        policy: invocation.delivery_policy.to_string(),
+                        policy: invocation.delivery_policy,
                         deadline_ms: invocation.deadline_ms,
                         created_at_ms: invocation.created_at_ms,
                     },

@@ -10,13 +10,14 @@ use scout_mesh::lifecycle::{
     DeliveryPolicy, DeliveryState, EndpointState, FailureReason, FlightState,
 };
 use scout_mesh::names::AgentName;
+use scout_mesh::output::FlightOutput;
 use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{DeliveryPlan, Step};
 use scout_mesh::wire::{FlightUpdate, INVOKE_BODY_BYTES_MAX, InvokeRequest, MeshFrame, NodeId};
 use scout_net::transport::endpoint::request;
 use tokio::sync::{oneshot, watch};
 
-use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
+use super::{EventKind, EventState, RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
 use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
 use crate::store::invocations::{InsertOutcome, Invocation};
@@ -237,8 +238,8 @@ pub async fn submit(
         );
     router.emit(router.event(
         &submitted.invocation_id,
-        "delivery",
-        Some("accepted".into()),
+        EventKind::Delivery,
+        Some(EventState::Delivery(DeliveryState::Accepted)),
         None,
     ));
     if let Some(acknowledged) = acknowledged {
@@ -477,7 +478,8 @@ async fn run_step(router: &Router, id: &str, step: Step) {
             if let Err(err) = recorded {
                 tracing::debug!(invocation = %id, cause = %err, "deferral not recorded");
             }
-            router.emit(router.event(id, "delivery", Some("deferred".into()), None));
+            let deferred = Some(EventState::Delivery(DeliveryState::Deferred));
+            router.emit(router.event(id, EventKind::Delivery, deferred, None));
         }
         Step::Fail { reason, detail } => {
             finish(
@@ -486,7 +488,7 @@ async fn run_step(router: &Router, id: &str, step: Step) {
                 FlightUpdate {
                     invocation_id: entry.invocation.invocation_id.clone(),
                     state: FlightState::Failed,
-                    output: String::new(),
+                    output: FlightOutput::new(),
                     failure_reason: Some(reason),
                     detail: Some(detail),
                 },
@@ -637,7 +639,8 @@ async fn send_invoke(router: &Router, entry: Entry) {
                     .and_then(|current| current.plan.on_flight(now, ack.state))
             };
             if let Some(state) = moved {
-                router.emit(router.event(&id, "delivery", Some(state.to_string()), None));
+                let moved = Some(EventState::Delivery(state));
+                router.emit(router.event(&id, EventKind::Delivery, moved, None));
             }
             let _ = set_state(router, &entry, moved, Some(attempt)).await;
         }
@@ -674,7 +677,7 @@ async fn send_invoke(router: &Router, entry: Entry) {
                     FlightUpdate {
                         invocation_id: id.clone(),
                         state: FlightState::Failed,
-                        output: String::new(),
+                        output: FlightOutput::new(),
                         failure_reason: Some(reason),
                         detail: Some(format!("{}: {}", error.code, error.message)),
                     },
@@ -810,7 +813,7 @@ pub async fn apply_update(router: &Router, update: FlightUpdate) {
         return;
     }
     if !update.output.is_empty() && !update.state.is_terminal() {
-        router.emit(router.event(&id, "output", None, Some(update.output.clone())));
+        router.emit(router.event(&id, EventKind::Output, None, Some(update.output.clone())));
     }
     if update.state.is_terminal() {
         finish(router, &id, update).await;
@@ -833,7 +836,8 @@ pub async fn apply_update(router: &Router, update: FlightUpdate) {
     };
     if let Some((entry, state)) = moved {
         let _ = set_state(router, &entry, Some(state), None).await;
-        router.emit(router.event(&id, "delivery", Some(state.to_string()), None));
+        let moved = Some(EventState::Delivery(state));
+        router.emit(router.event(&id, EventKind::Delivery, moved, None));
     }
 }
 
@@ -905,7 +909,7 @@ async fn finish(router: &Router, id: &str, update: FlightUpdate) {
         _ => None,
     };
     let body = match state {
-        DeliveryState::Completed => update.output.clone(),
+        DeliveryState::Completed => update.output.to_string(),
         DeliveryState::Cancelled => "[cancelled]".to_owned(),
         _ => format!(
             "[failed: {}] {}",
@@ -966,10 +970,10 @@ async fn finish(router: &Router, id: &str, update: FlightUpdate) {
     super::work_orders::on_delivery_finished(router, id, state).await;
     router.emit(RoutingEvent {
         invocation_id: id.to_owned(),
-        kind: "delivery",
-        state: Some(state.to_string()),
+        kind: EventKind::Delivery,
+        state: Some(EventState::Delivery(state)),
         output: Some(update.output),
-        failure_reason: failure.as_ref().map(|(reason, _)| reason.to_string()),
+        failure_reason: failure.as_ref().map(|(reason, _)| *reason),
         detail: failure.map(|(_, detail)| detail),
         timestamp_ms: router.now_ms(),
     });
@@ -1009,7 +1013,7 @@ pub async fn cancel(router: &Router, invocation_id: &str) -> Result<(), RouteErr
     let update = update.unwrap_or(FlightUpdate {
         invocation_id: invocation_id.to_owned(),
         state: FlightState::Cancelled,
-        output: String::new(),
+        output: FlightOutput::new(),
         failure_reason: Some(FailureReason::Cancelled),
         detail: Some(if entry.plan.ever_sent {
             "cancelled here; the owner could not be told yet".into()

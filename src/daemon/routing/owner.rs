@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use scout_mesh::lifecycle::{FailureReason, FlightState};
 use scout_mesh::names::AgentName;
+use scout_mesh::output::FlightOutput;
 use scout_mesh::wire::{
     FLIGHT_OUTPUT_BYTES_MAX, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId,
 };
@@ -15,8 +16,8 @@ use scout_net::transport::endpoint::request;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::Router;
 use super::executor::{ExecEvent, ExecOutcome, ExecRequest};
+use super::{EventKind, EventState, Router};
 use crate::config::discover::LocalAgent;
 use crate::store::flights::Flight;
 use crate::store::invocations::{Accepted, Invocation};
@@ -188,7 +189,8 @@ fn not_its_origin(router: &Router, origin: &NodeId, invocation_id: &str) -> Opti
 fn accepted_now(router: &Router, instance: &str, accepted: &Accepted) {
     if let Accepted::New(flight) = accepted {
         wake_runner(router, instance);
-        router.emit(router.event(&flight.invocation_id, "flight", Some("queued".into()), None));
+        let queued = Some(EventState::Flight(FlightState::Queued));
+        router.emit(router.event(&flight.invocation_id, EventKind::Flight, queued, None));
     }
 }
 
@@ -295,7 +297,7 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
                 reason: FailureReason::Timeout,
                 detail: "the deadline passed while the flight was queued".into(),
             },
-            String::new(),
+            FlightOutput::new(),
         )
         .await;
         return;
@@ -309,7 +311,7 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
                 reason: FailureReason::AgentOffline,
                 detail: format!("{instance} is no longer an agent of this broker"),
             },
-            String::new(),
+            FlightOutput::new(),
         )
         .await;
         return;
@@ -319,7 +321,14 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
         let detail = untrusted.to_string();
         let reason = FailureReason::PeerRejected;
         let outcome = ExecOutcome::Failed { reason, detail };
-        finish(router, &flight, origin.as_ref(), outcome, String::new()).await;
+        finish(
+            router,
+            &flight,
+            origin.as_ref(),
+            outcome,
+            FlightOutput::new(),
+        )
+        .await;
         return;
     }
     let timeout = deadline
@@ -340,7 +349,7 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
         .insert(id.clone(), execution.cancel);
     let mut events = execution.events;
     let mut pending = String::new();
-    let mut all_output = String::new();
+    let mut all_output = FlightOutput::new();
     let mut last_flush = tokio::time::Instant::now();
     let mut state = FlightState::Queued;
     let outcome = loop {
@@ -349,13 +358,13 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
             Ok(Some(ExecEvent::Waking)) if state == FlightState::Queued => {
                 if transition(router, &flight.flight_id, FlightState::Waking, None).await {
                     state = FlightState::Waking;
-                    report(router, origin.as_ref(), &id, state, String::new()).await;
+                    report(router, origin.as_ref(), &id, state, FlightOutput::new()).await;
                 }
             }
             Ok(Some(ExecEvent::Started)) => {
                 if transition(router, &flight.flight_id, FlightState::Running, None).await {
                     state = FlightState::Running;
-                    report(router, origin.as_ref(), &id, state, String::new()).await;
+                    report(router, origin.as_ref(), &id, state, FlightOutput::new()).await;
                 }
             }
             Ok(Some(ExecEvent::Output(text))) => pending.push_str(&text),
@@ -376,7 +385,14 @@ async fn run_flight(router: &Router, instance: &str, flight: Flight) {
             let chunk = std::mem::take(&mut pending);
             save_output(router, &flight.flight_id, &chunk).await;
             all_output.push_str(&chunk);
-            report(router, origin.as_ref(), &id, state, chunk).await;
+            report(
+                router,
+                origin.as_ref(),
+                &id,
+                state,
+                FlightOutput::from_text(chunk),
+            )
+            .await;
             last_flush = tokio::time::Instant::now();
         }
     };
@@ -419,11 +435,15 @@ async fn finish(
     flight: &Flight,
     origin: Option<&NodeId>,
     outcome: ExecOutcome,
-    output: String,
+    output: FlightOutput,
 ) {
     let id = flight.invocation_id.clone();
     let (state, failure, result) = match outcome {
-        ExecOutcome::Completed { response } => (FlightState::Completed, None, response),
+        ExecOutcome::Completed { response } => (
+            FlightState::Completed,
+            None,
+            FlightOutput::from_text(response),
+        ),
         ExecOutcome::Failed { reason, detail } => {
             (FlightState::Failed, Some((reason, detail)), output)
         }
@@ -470,26 +490,20 @@ async fn finish(
         tracing::error!(invocation = %id, cause = %err, "cannot record the end of a flight");
         return;
     }
-    router.emit(router.event(&id, "flight", Some(state.to_string()), None));
+    router.emit(router.event(
+        &id,
+        EventKind::Flight,
+        Some(EventState::Flight(state)),
+        None,
+    ));
     let update = FlightUpdate {
         invocation_id: id.clone(),
         state,
-        output: truncate_output(result),
+        output: result,
         failure_reason: failure.as_ref().map(|(reason, _)| *reason),
         detail: failure.map(|(_, detail)| detail),
     };
     deliver_update(router, origin, update).await;
-}
-
-fn truncate_output(mut text: String) -> String {
-    if text.len() > FLIGHT_OUTPUT_BYTES_MAX {
-        let mut cut = FLIGHT_OUTPUT_BYTES_MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 async fn report(
@@ -497,12 +511,12 @@ async fn report(
     origin: Option<&NodeId>,
     id: &str,
     state: FlightState,
-    output: String,
+    output: FlightOutput,
 ) {
     router.emit(router.event(
         id,
-        "flight",
-        Some(state.to_string()),
+        EventKind::Flight,
+        Some(EventState::Flight(state)),
         (!output.is_empty()).then(|| output.clone()),
     ));
     deliver_update(
@@ -552,12 +566,12 @@ pub fn flight_update(router: &Router, invocation_id: &str) -> Option<FlightUpdat
             .clone()
             .unwrap_or_else(|| flight.output.clone())
     } else {
-        String::new()
+        FlightOutput::new()
     };
     Some(FlightUpdate {
         invocation_id: flight.invocation_id,
         state: flight.state,
-        output: truncate_output(output),
+        output,
         failure_reason: flight.failure_reason,
         detail: flight.failure_detail,
     })
@@ -590,7 +604,8 @@ pub async fn cancel_local(router: &Router, invocation_id: &str) -> Option<Flight
             Some((FailureReason::Cancelled, "cancelled on request".into())),
         )
         .await;
-        router.emit(router.event(invocation_id, "flight", Some("cancelled".into()), None));
+        let cancelled = Some(EventState::Flight(FlightState::Cancelled));
+        router.emit(router.event(invocation_id, EventKind::Flight, cancelled, None));
     }
     flight_update(router, invocation_id)
 }

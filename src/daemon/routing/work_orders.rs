@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::AgentName;
-use serde::Serialize;
 
 use super::{RouteError, Router, SubmitRequest};
+pub use crate::api::WorkOrderView;
 use crate::store::new_id;
 use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
 
@@ -34,27 +34,6 @@ pub struct EnqueueRequest {
     pub run_now: bool,
     /// Who asked.
     pub author: String,
-}
-
-/// A work order as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkOrderView {
-    /// Id.
-    pub work_order_id: String,
-    /// The agent.
-    pub target: String,
-    /// What to do.
-    pub body: String,
-    /// `queued`, `running`, `completed`, `failed`, `cancelled`.
-    pub state: String,
-    /// The owner's node id, as resolved at enqueue.
-    pub owner: String,
-    /// Not before (unix ms), when scheduled.
-    pub not_before_ms: Option<u64>,
-    /// The invocation, once dispatched.
-    pub invocation_id: Option<String>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
 }
 
 fn view(order: WorkOrder) -> WorkOrderView {
