@@ -229,6 +229,20 @@ impl AsRef<str> for FlightOutput {
     }
 }
 
+/// Bounds the text by the rule, as [`FlightOutput::from_text`].
+impl From<String> for FlightOutput {
+    fn from(text: String) -> FlightOutput {
+        FlightOutput::from_text(text)
+    }
+}
+
+/// Bounds the text by the rule, as [`FlightOutput::from_text`].
+impl From<&str> for FlightOutput {
+    fn from(text: &str) -> FlightOutput {
+        FlightOutput::from_text(text)
+    }
+}
+
 impl From<FlightOutput> for String {
     fn from(output: FlightOutput) -> String {
         output.text
