@@ -9,6 +9,8 @@
 //! - [`events`]: [`RoutingEvent`], what `/v1/events/stream` and
 //!   `/v1/invocations/{id}/stream` send, with its typed kind and state.
 //! - [`work_orders`]: `/v1/work-orders…` bodies and [`WorkOrderView`].
+//! - [`mesh`]: `GET /v1/peers` ([`Peers`]) and `GET /v1/agents`
+//!   ([`AgentList`]); their rows are the daemon's own views.
 //!
 //! Architecture invariant: these types are a boundary. Their JSON is what
 //! the README documents, field for field; the daemon's internal state does
@@ -16,6 +18,7 @@
 
 pub mod events;
 pub mod invocations;
+pub mod mesh;
 pub mod work_orders;
 
 pub use events::{EventKind, EventState, RoutingEvent};
@@ -23,4 +26,5 @@ pub use invocations::{
     AttemptView, Cancelled, ConversationView, DeliveryView, FlightRow, FlightView,
     InvocationStatus, InvocationView, MessageView, SubmitBody, Submitted,
 };
+pub use mesh::{AgentList, Peers};
 pub use work_orders::{EnqueueBody, WorkOrderView};
