@@ -43,6 +43,13 @@ const _: () = assert!(
 const MARKER_START: &str = "[… ";
 const MARKER_END: &str = " bytes cut]\n";
 
+/// Digits of the largest `u64`, the longest count a marker prints.
+const U64_DIGITS_MAX: usize = 20;
+
+const _: () = assert!(
+    MARKER_START.len() + U64_DIGITS_MAX + MARKER_END.len() <= FLIGHT_OUTPUT_MARKER_BYTES_MAX
+);
+
 /// Output longer than [`FLIGHT_OUTPUT_BYTES_MAX`] where a bounded one was
 /// expected: a peer or a client sent text no honest sender can hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

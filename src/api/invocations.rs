@@ -191,3 +191,89 @@ pub struct MessageView {
     /// Unix ms.
     pub created_at_ms: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status body keeps the JSON the README documents: the same keys,
+    /// in the same order, with words for states, actions and reasons.
+    #[test]
+    fn status_json_keeps_its_shape() {
+        let status = InvocationStatus {
+            invocation: InvocationView {
+                invocation_id: "i".into(),
+                action: InvocationAction::Execute,
+                body: "b".into(),
+                target: "@fabric".into(),
+                origin: "n".into(),
+                conversation_id: None,
+                policy: DeliveryPolicy::Durable,
+                deadline_ms: None,
+                created_at_ms: 1,
+            },
+            delivery: Some(DeliveryView {
+                state: DeliveryState::PeerAcked,
+                target: "@fabric@devbox#main".into(),
+                owner: None,
+                resolve_reason: None,
+                failure_reason: Some(FailureReason::Timeout),
+                failure_detail: None,
+                attempts: vec![AttemptView {
+                    attempt: 1,
+                    started_at_ms: 2,
+                    outcome: None,
+                    failure_reason: None,
+                    failure_detail: None,
+                }],
+                result: None,
+            }),
+            flight: Some(FlightView {
+                state: FlightState::Running,
+                instance: None,
+                resolve_reason: None,
+                output: FlightOutput::from_text("so far"),
+                result: None,
+                failure_reason: None,
+                failure_detail: None,
+            }),
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"invocation":{"invocation_id":"i","action":"execute","body":"b","#,
+                r#""target":"@fabric","origin":"n","conversation_id":null,"policy":"durable","#,
+                r#""deadline_ms":null,"created_at_ms":1},"delivery":{"state":"peer_acked","#,
+                r#""target":"@fabric@devbox#main","owner":null,"resolve_reason":null,"#,
+                r#""failure_reason":"timeout","failure_detail":null,"attempts":[{"attempt":1,"#,
+                r#""started_at_ms":2,"outcome":null,"failure_reason":null,"failure_detail":null}],"#,
+                r#""result":null},"flight":{"state":"running","instance":null,"#,
+                r#""resolve_reason":null,"output":"so far","result":null,"failure_reason":null,"#,
+                r#""failure_detail":null}}"#
+            )
+        );
+        let back: InvocationStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+
+    /// A submit body sends only the fields given, as the CLI always did,
+    /// and the handler refuses fields it does not know.
+    #[test]
+    fn submit_body_omits_absent_fields_and_refuses_unknown_ones() {
+        let body = SubmitBody {
+            target: "@fabric".into(),
+            message: "hi".into(),
+            action: None,
+            policy: Some(DeliveryPolicy::MustAck),
+            timeout_ms: None,
+            conversation_id: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"target":"@fabric","message":"hi","policy":"must_ack"}"#
+        );
+        let unknown = r#"{"target":"@fabric","message":"hi","priority":1}"#;
+        assert!(serde_json::from_str::<SubmitBody>(unknown).is_err());
+    }
+}
