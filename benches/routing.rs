@@ -118,8 +118,8 @@ impl Progress {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) if event.kind == "delivery" => {
-                        if let Some(state) = event.state.as_deref().and_then(word) {
+                    Ok(event) if event.kind == scout::api::EventKind::Delivery => {
+                        if let Some(state) = event.state.and_then(|state| word(state.as_str())) {
                             feed.reached(&event.invocation_id, state);
                         }
                     }
@@ -166,7 +166,7 @@ impl Progress {
                 .status(&id)
                 .ok()
                 .and_then(|status| status.delivery)
-                .and_then(|delivery| word(&delivery.state));
+                .and_then(|delivery| word(delivery.state.as_str()));
             if let Some(state) = state {
                 self.reached(&id, state);
             }

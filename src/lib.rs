@@ -6,6 +6,8 @@
 //! - [`daemon`]: the running broker; wires store, config, agents and HTTP,
 //!   the mesh (`daemon::mesh`), discovery (`daemon::discovery`) and routing
 //!   of invocations and work orders (`daemon::routing`).
+//! - [`api`]: the HTTP API's request and response bodies, shared by `http`
+//!   (which returns them) and `cli` (which reads them).
 //! - [`http`]: the local HTTP surface (axum), token-protected but `/health`.
 //! - [`store`]: the durable SQLite store, its migrations, the group-commit
 //!   writer, the flight and delivery state machines as enforced on disk.
@@ -23,6 +25,7 @@
 //! around them and never re-implements them.
 
 pub mod adapter;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use scout::store::audit::{AuditEntry, NewAuditEntry};
 use scout::store::conversations::{Conversation, NewMessage};
 use scout::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
-use scout::store::flights::{FLIGHT_OUTPUT_CHARS_MAX, Flight, NewFlight};
+use scout::store::flights::{Flight, NewFlight};
 use scout::store::invocations::{Accepted, InsertOutcome, Invocation};
 use scout::store::registry::{AgentDefinition, AgentInstance, Endpoint, Node, Project};
 use scout::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
@@ -15,6 +15,7 @@ use scout::store::{Store, StoreError, StoreOptions, new_id};
 use scout_mesh::lifecycle::{
     DeliveryPolicy, DeliveryState, EndpointState, FailureReason, FlightState, InvocationAction,
 };
+use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -166,7 +167,7 @@ async fn flight_lifecycle_through_the_store() {
         .await
         .unwrap();
     let flight = store
-        .complete_flight("f-1", "all green".to_owned())
+        .complete_flight("f-1", FlightOutput::from_text("all green"))
         .await
         .unwrap();
     assert_eq!(flight.state, FlightState::Completed);
@@ -292,16 +293,26 @@ async fn the_schema_refuses_what_the_code_would_refuse() {
 fn flight_output_keeps_the_tail() {
     let (_dir, store) = open();
     flight_with_invocation(&store, "f-1");
-    let chunk = "x".repeat(FLIGHT_OUTPUT_CHARS_MAX - 3);
+    let chunk = "x".repeat(FLIGHT_OUTPUT_BYTES_MAX - 3);
     store
         .write_blocking(move |transaction| {
             Flight::append_output(transaction, "f-1", &chunk, T0)?;
-            Flight::append_output(transaction, "f-1", "abcdef", T0)
+            Flight::append_output(transaction, "f-1", "abc", T0)
         })
         .unwrap();
+    // Up to the limit, appends are kept whole.
     let output = store.get_flight("f-1").unwrap().unwrap().output;
-    assert_eq!(output.chars().count(), FLIGHT_OUTPUT_CHARS_MAX);
-    assert!(output.ends_with("xxxabcdef"));
+    assert_eq!(output.len(), FLIGHT_OUTPUT_BYTES_MAX);
+    assert_eq!(output.cut_bytes(), 0);
+    store
+        .write_blocking(|transaction| Flight::append_output(transaction, "f-1", "déf", T0))
+        .unwrap();
+    // Past it, the output follows the one rule: a marker, then the tail.
+    let output = store.get_flight("f-1").unwrap().unwrap().output;
+    assert!(output.len() <= FLIGHT_OUTPUT_BYTES_MAX);
+    assert!(output.cut_bytes() > 0);
+    assert!(output.starts_with(&format!("[… {} bytes cut]\n", output.cut_bytes())));
+    assert!(output.ends_with("xxxabcdéf"));
     store.close().unwrap();
 }
 

@@ -6,6 +6,8 @@
 //! - [`resolve`]: picks the agent instance a (partial) name means, and says why.
 //! - [`lifecycle`]: flight, delivery and endpoint states, actions, policies and
 //!   failure reasons, with the legal transitions.
+//! - [`output`]: [`output::FlightOutput`], the one bounded type for a
+//!   flight's output, with its one limit and its one truncation rule.
 //! - [`wire`]: every type that crosses the network for registry sync (node
 //!   ids, records, [`wire::SyncMessage`]), the protocol version and ALPN, and
 //!   the one encoding with its typed decode errors.
@@ -32,6 +34,7 @@ pub mod hlc;
 pub mod lifecycle;
 pub mod membership;
 pub mod names;
+pub mod output;
 pub mod registry;
 pub mod resolve;
 pub mod routing;

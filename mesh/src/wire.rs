@@ -27,6 +27,8 @@ use std::fmt;
 use crdts::{Dot, MVReg, VClock};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::output::FlightOutput;
+
 pub use crate::hlc::Hlc;
 use crate::lifecycle::{EndpointState, Harness};
 
@@ -999,9 +1001,11 @@ pub enum MeshFrame {
 /// Bytes of an invocation body at most: a prompt, not a file upload.
 pub const INVOKE_BODY_BYTES_MAX: usize = 256 * 1024;
 
-/// Bytes of output one flight update carries at most; longer output is
-/// split across updates, and the final one carries the whole result.
-pub const FLIGHT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of output one flight update carries at most: the one output
+/// limit of [`crate::output`], which [`FlightOutput`] enforces when it is
+/// built and when it is decoded. Running output is split across updates;
+/// the final one carries the result, bounded by the same rule.
+pub use crate::output::FLIGHT_OUTPUT_BYTES_MAX;
 
 const _: () = assert!(INVOKE_BODY_BYTES_MAX + FLIGHT_OUTPUT_BYTES_MAX < FRAME_BYTES_MAX);
 
@@ -1048,8 +1052,9 @@ pub struct FlightUpdate {
     pub invocation_id: String,
     /// The flight's state.
     pub state: crate::lifecycle::FlightState,
-    /// New output since the last update (the whole result when terminal).
-    pub output: String,
+    /// New output since the last update (the result when terminal).
+    /// Encoded as a plain string; decoding refuses one over the limit.
+    pub output: FlightOutput,
     /// Why it failed, when it did.
     pub failure_reason: Option<crate::lifecycle::FailureReason>,
     /// What happened, for a person.
@@ -1120,7 +1125,7 @@ impl MeshFrame {
             }
             MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update)) => {
                 check_str("invocation_id", &update.invocation_id, ID_BYTES_MAX)?;
-                check_str("output", &update.output, FLIGHT_OUTPUT_BYTES_MAX)?;
+                // `output` is bounded by its type, when decoded.
                 if let Some(detail) = &update.detail {
                     check_str("detail", detail, DETAIL_BYTES_MAX)?;
                 }
@@ -1458,7 +1463,7 @@ mod tests {
         FlightUpdate {
             invocation_id: text("invocation_id"),
             state: crate::lifecycle::FlightState::Running,
-            output: text("output"),
+            output: FlightOutput::from_text(text("output")),
             failure_reason: None,
             detail: Some(text("detail")),
         }
@@ -1528,7 +1533,6 @@ mod tests {
             ("target", AGENT_NAME_BYTES_MAX),
             ("instance", AGENT_NAME_BYTES_MAX),
             ("resolve_reason", REASON_BYTES_MAX),
-            ("output", FLIGHT_OUTPUT_BYTES_MAX),
             ("detail", DETAIL_BYTES_MAX),
         ];
         let limit_of = |field: &str| {
@@ -1565,7 +1569,47 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 23, "every limited field of every frame");
+        assert_eq!(checked, 21, "every limited field of every frame");
+    }
+
+    /// `output` cannot be built over its limit, so the over-limit frame is
+    /// written by hand (postcard encodes an enum's variant index as a
+    /// varint `u32`, and `FlightOutput` as a string): refused all the same.
+    #[test]
+    fn flight_output_over_the_limit_is_refused() {
+        #[derive(Serialize)]
+        struct RawUpdate {
+            invocation_id: String,
+            state: crate::lifecycle::FlightState,
+            output: String,
+            failure_reason: Option<crate::lifecycle::FailureReason>,
+            detail: Option<String>,
+        }
+        let raw = |output_bytes: usize| RawUpdate {
+            invocation_id: "i".into(),
+            state: crate::lifecycle::FlightState::Running,
+            output: "a".repeat(output_bytes),
+            failure_reason: None,
+            detail: None,
+        };
+        let flight_update_index = 11u32;
+        let at_limit = postcard::to_allocvec(&(
+            PROTOCOL_VERSION,
+            flight_update_index,
+            raw(FLIGHT_OUTPUT_BYTES_MAX),
+        ))
+        .unwrap();
+        let MeshFrame::FlightUpdate(update) = decode_frame(&at_limit).unwrap() else {
+            panic!("not a flight update");
+        };
+        assert_eq!(update.output.len(), FLIGHT_OUTPUT_BYTES_MAX);
+        let over = postcard::to_allocvec(&(
+            PROTOCOL_VERSION,
+            flight_update_index,
+            raw(FLIGHT_OUTPUT_BYTES_MAX + 1),
+        ))
+        .unwrap();
+        assert_eq!(decode_frame(&over).unwrap_err().code(), "MALFORMED_FRAME");
     }
 
     #[test]

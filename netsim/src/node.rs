@@ -15,6 +15,7 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use rand::Rng;
+use scout::api::EventKind;
 use scout::config::mesh_file::{BootstrapPeer, MeshFile};
 use scout::config::relay_agents::{ManualAgent, RelayAgents};
 use scout::daemon::mesh::{Mesh, SocketOverride};
@@ -239,16 +240,14 @@ impl SimNode {
                     return;
                 }
                 let side = match event.kind {
-                    "delivery" => EndSide::Delivery,
-                    "flight" => EndSide::Flight,
-                    _ => continue,
+                    EventKind::Delivery => EndSide::Delivery,
+                    EventKind::Flight => EndSide::Flight,
+                    EventKind::Output => continue,
                 };
-                let Some(state) = event.state else {
+                let Some(state) = event.state.filter(|state| state.is_terminal()) else {
                     continue;
                 };
-                if !matches!(state.as_str(), "completed" | "failed" | "cancelled") {
-                    continue;
-                }
+                let state = state.to_string();
                 log.push(EndRecord {
                     invocation_id: event.invocation_id,
                     node: node.clone(),

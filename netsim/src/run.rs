@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use rand::Rng;
 use rand::rngs::StdRng;
 use scout::daemon::routing::SubmitRequest;
-use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, FlightState, InvocationAction};
+use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::Registry;
 use scout_mesh::registry::founder_of;
@@ -1048,14 +1048,11 @@ impl<'p> Sim<'p> {
                     let delivery = status.delivery;
                     let state = delivery.as_ref().map_or_else(
                         || "no delivery".to_owned(),
-                        |delivery| delivery.state.clone(),
+                        |delivery| delivery.state.to_string(),
                     );
-                    let terminal = delivery.as_ref().is_some_and(|delivery| {
-                        delivery
-                            .state
-                            .parse::<DeliveryState>()
-                            .is_ok_and(|state| state.is_terminal())
-                    });
+                    let terminal = delivery
+                        .as_ref()
+                        .is_some_and(|delivery| delivery.state.is_terminal());
                     // An attempt succeeds when the owner acknowledged it,
                     // and only the delivery's current owner can have: a
                     // delivery moves on only when no owner holds it.
@@ -1079,7 +1076,9 @@ impl<'p> Sim<'p> {
                         op,
                         state: Some(state),
                         terminal,
-                        reason: delivery.as_ref().and_then(|d| d.failure_reason.clone()),
+                        reason: delivery
+                            .as_ref()
+                            .and_then(|d| d.failure_reason.map(|reason| reason.to_string())),
                         result: delivery.and_then(|d| d.result),
                         acknowledged,
                         owner,
@@ -1105,14 +1104,11 @@ impl<'p> Sim<'p> {
                     continue;
                 };
                 if let Some(flight) = status.flight {
-                    let terminal = flight
-                        .state
-                        .parse::<FlightState>()
-                        .is_ok_and(FlightState::is_terminal);
+                    let terminal = flight.state.is_terminal();
                     flights.push(check::FlightSeen {
                         invocation_id: end.invocation_id.clone(),
                         node: node.name.clone(),
-                        state: flight.state,
+                        state: flight.state.to_string(),
                         terminal,
                     });
                 }

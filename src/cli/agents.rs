@@ -132,13 +132,10 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
     let untrusted = untrusted_agents(context, &discovered.agents, &node);
     let (mut instances, broker_running) = match BrokerClient::running(context)? {
         Some(client) => {
-            let live: serde_json::Value = client
+            let live: crate::api::AgentList = client
                 .get("/v1/agents")
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
-            (
-                serde_json::from_value(live["instances"].clone()).unwrap_or_default(),
-                true,
-            )
+            (live.instances, true)
         }
         None => (stored_instances(context, &node).unwrap_or_default(), false),
     };

@@ -280,13 +280,13 @@ struct PeersReport {
 pub fn peers(_args: PeersArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let report = match BrokerClient::running(context)? {
         Some(client) => {
-            let live: serde_json::Value = client.get("/v1/peers").map_err(api_error)?;
+            let live: crate::api::Peers = client.get("/v1/peers").map_err(api_error)?;
             PeersReport {
-                node_id: live["node_id"].as_str().unwrap_or_default().to_owned(),
-                node_name: live["node_name"].as_str().unwrap_or_default().to_owned(),
-                mesh_id: live["mesh_id"].as_str().unwrap_or_default().to_owned(),
+                node_id: live.node_id,
+                node_name: live.node_name,
+                mesh_id: live.mesh_id,
                 broker_running: true,
-                peers: serde_json::from_value(live["peers"].clone()).unwrap_or_default(),
+                peers: live.peers,
             }
         }
         None => offline_peers(context)?,

@@ -7,11 +7,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState};
+use serde_json::json;
 
 use super::client::{BrokerClient, ClientError};
 use super::output::table;
 use super::{Context, UsageError};
+use crate::api::{
+    ConversationView, EnqueueBody, EventKind, EventState, FlightRow, InvocationStatus,
+    RoutingEvent, SubmitBody, Submitted, WorkOrderView,
+};
 
 /// Flags of `scout send`.
 #[derive(Debug, Args)]
@@ -71,44 +76,49 @@ fn code_static(code: &str) -> &'static str {
 /// Runs `scout send`.
 pub fn send(args: SendArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let client = running(context)?;
-    let mut body = json!({ "target": args.target, "message": args.message });
-    if let Some(timeout) = args.timeout {
-        body["timeout_ms"] = json!(timeout.saturating_mul(1000));
-    }
-    if let Some(policy) = &args.policy {
-        body["policy"] = json!(policy);
-    }
-    if let Some(action) = &args.action {
-        body["action"] = json!(action);
-    }
-    if let Some(conversation) = &args.conversation {
-        body["conversation_id"] = json!(conversation);
-    }
-    let submitted: Value = client.post("/v1/invocations", &body).map_err(api_error)?;
-    let id = submitted["invocation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let body = SubmitBody {
+        target: args.target,
+        message: args.message,
+        action: args.action.as_deref().map(parse_word).transpose()?,
+        policy: args.policy.as_deref().map(parse_word).transpose()?,
+        timeout_ms: args.timeout.map(|timeout| timeout.saturating_mul(1000)),
+        conversation_id: args.conversation,
+    };
+    let submitted: Submitted = client.post("/v1/invocations", &body).map_err(api_error)?;
+    let id = submitted.invocation_id.clone();
     if !args.wait {
         context.printer.emit(&submitted, || {
             format!(
                 "{id}\nsent to {} ({}); follow it with `scout flights {id}`\n",
-                submitted["instance"].as_str().unwrap_or("?"),
-                submitted["reason"].as_str().unwrap_or("?")
+                submitted.instance, submitted.reason
             )
         })?;
         return Ok(ExitCode::SUCCESS);
     }
     if context.printer.is_json() {
-        println!("{submitted}");
+        println!("{}", serde_json::to_string(&submitted)?);
     } else {
-        eprintln!(
-            "{id} → {} ({})",
-            submitted["instance"].as_str().unwrap_or("?"),
-            submitted["reason"].as_str().unwrap_or("?")
-        );
+        eprintln!("{id} → {} ({})", submitted.instance, submitted.reason);
     }
     follow(&client, &id, context)
+}
+
+/// A word of one of the design's sets (`--policy`, `--action`), refused
+/// here with the words it may be, as the API would refuse it.
+fn parse_word<T>(word: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr<Err = scout_mesh::lifecycle::UnknownWord>,
+{
+    word.parse::<T>()
+        .map_err(|err| UsageError::new("INVALID_REQUEST", err.to_string()).into())
+}
+
+/// Where a delivery stands, from a `status` or a `delivery` event.
+struct Ending {
+    state: DeliveryState,
+    output: Option<String>,
+    failure_reason: Option<FailureReason>,
+    detail: Option<String>,
 }
 
 /// Streams an invocation's events until it ends; the exit code follows the
@@ -131,52 +141,68 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
         let Some(data) = line.strip_prefix("data:") else {
             continue;
         };
-        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
             continue;
         };
         if context.printer.is_json() {
             println!("{}", json!({ "event": event_name, "data": event }));
         }
-        let (state, output) = match event_name.as_str() {
-            "status" => (
-                event["delivery"]["state"].as_str().map(str::to_owned),
-                event["delivery"]["result"].as_str().map(str::to_owned),
-            ),
-            "output" => {
-                if let Some(text) = event["output"].as_str()
-                    && live
-                {
-                    stderr.write_all(text.as_bytes())?;
-                    stderr.flush()?;
+        let ending = match event_name.as_str() {
+            "status" => {
+                let Ok(status) = serde_json::from_value::<InvocationStatus>(event) else {
+                    continue;
+                };
+                let Some(delivery) = status.delivery else {
+                    continue;
+                };
+                Ending {
+                    state: delivery.state,
+                    output: delivery.result,
+                    failure_reason: delivery.failure_reason,
+                    detail: delivery.failure_detail,
                 }
-                continue;
             }
-            "delivery" => (
-                event["state"].as_str().map(str::to_owned),
-                event["output"].as_str().map(str::to_owned),
-            ),
+            "output" | "delivery" => {
+                let Ok(event) = serde_json::from_value::<RoutingEvent>(event) else {
+                    continue;
+                };
+                if event.kind == EventKind::Output {
+                    if let Some(text) = &event.output
+                        && live
+                    {
+                        stderr.write_all(text.as_bytes())?;
+                        stderr.flush()?;
+                    }
+                    continue;
+                }
+                let Some(state) = event.state.and_then(EventState::delivery) else {
+                    continue;
+                };
+                Ending {
+                    state,
+                    output: event.output.map(String::from),
+                    failure_reason: event.failure_reason,
+                    detail: event.detail,
+                }
+            }
             _ => continue,
         };
-        match state.as_deref() {
-            Some("completed") => {
+        match ending.state {
+            DeliveryState::Completed => {
                 if live {
                     eprintln!();
                 }
                 if !context.printer.is_json() {
-                    println!("{}", output.unwrap_or_default().trim_end());
+                    println!("{}", ending.output.unwrap_or_default().trim_end());
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            Some("failed" | "cancelled") => {
-                let reason = event["failure_reason"]
-                    .as_str()
-                    .or(event["delivery"]["failure_reason"].as_str())
-                    .unwrap_or("failed");
-                let detail = event["detail"]
-                    .as_str()
-                    .or(event["delivery"]["failure_detail"].as_str())
-                    .unwrap_or_default();
-                anyhow::bail!("{}: {reason}: {detail}", state.unwrap_or_default());
+            DeliveryState::Failed | DeliveryState::Cancelled => {
+                let reason = ending
+                    .failure_reason
+                    .map_or("failed", FailureReason::as_str);
+                let detail = ending.detail.unwrap_or_default();
+                anyhow::bail!("{}: {reason}: {detail}", ending.state);
             }
             _ => {}
         }
@@ -200,34 +226,30 @@ pub struct FlightsArgs {
 pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let client = running(context)?;
     if let Some(id) = args.id {
-        let status: Value = client
+        let status: InvocationStatus = client
             .get(&format!("/v1/invocations/{id}"))
             .map_err(api_error)?;
         context.printer.emit(&status, || render_status(&status))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Value = client
+    let rows: Vec<FlightRow> = client
         .get(&format!("/v1/flights?limit={}", args.limit))
         .map_err(api_error)?;
     context.printer.emit(&rows, || {
+        let word = |word: Option<&str>| word.unwrap_or("-").to_owned();
         let rows: Vec<Vec<String>> = rows
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|row| {
-                        let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
-                        vec![
-                            text("invocation_id"),
-                            text("target"),
-                            text("instance"),
-                            text("delivery"),
-                            text("flight"),
-                            text("failure_reason"),
-                        ]
-                    })
-                    .collect()
+            .iter()
+            .map(|row| {
+                vec![
+                    row.invocation_id.clone(),
+                    row.target.clone(),
+                    word(row.instance.as_deref()),
+                    word(row.delivery.map(DeliveryState::as_str)),
+                    word(row.flight.map(FlightState::as_str)),
+                    word(row.failure_reason.map(FailureReason::as_str)),
+                ]
             })
-            .unwrap_or_default();
+            .collect();
         if rows.is_empty() {
             return "no invocations yet; try `scout send @agent \"…\"`\n".to_owned();
         }
@@ -246,56 +268,57 @@ pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn render_status(status: &Value) -> String {
-    let invocation = &status["invocation"];
+fn render_status(status: &InvocationStatus) -> String {
+    let invocation = &status.invocation;
     let mut out = format!(
         "invocation {}\n  target   {}\n  action   {} ({})\n  message  {}\n",
-        invocation["invocation_id"].as_str().unwrap_or("?"),
-        invocation["target"].as_str().unwrap_or("?"),
-        invocation["action"].as_str().unwrap_or("?"),
-        invocation["policy"].as_str().unwrap_or("?"),
-        invocation["body"].as_str().unwrap_or(""),
+        invocation.invocation_id,
+        invocation.target,
+        invocation.action,
+        invocation.policy,
+        invocation.body,
     );
-    if let Some(delivery) = status["delivery"].as_object() {
+    if let Some(delivery) = &status.delivery {
         out.push_str(&format!(
             "delivery {} to {}{}\n",
-            delivery["state"].as_str().unwrap_or("?"),
-            delivery["target"].as_str().unwrap_or("?"),
-            delivery["resolve_reason"]
-                .as_str()
+            delivery.state,
+            delivery.target,
+            delivery
+                .resolve_reason
+                .as_deref()
                 .map(|reason| format!(" ({reason})"))
                 .unwrap_or_default()
         ));
-        if let Some(reason) = delivery["failure_reason"].as_str() {
+        if let Some(reason) = delivery.failure_reason {
             out.push_str(&format!(
                 "  failed   {reason}: {}\n",
-                delivery["failure_detail"].as_str().unwrap_or("")
+                delivery.failure_detail.as_deref().unwrap_or("")
             ));
         }
-        for attempt in delivery["attempts"].as_array().into_iter().flatten() {
+        for attempt in &delivery.attempts {
             out.push_str(&format!(
                 "  attempt {} {}{}\n",
-                attempt["attempt"],
-                attempt["outcome"].as_str().unwrap_or("running"),
-                attempt["failure_reason"]
-                    .as_str()
+                attempt.attempt,
+                attempt.outcome.as_deref().unwrap_or("running"),
+                attempt
+                    .failure_reason
                     .map(|reason| format!(
                         " ({reason}: {})",
-                        attempt["failure_detail"].as_str().unwrap_or("")
+                        attempt.failure_detail.as_deref().unwrap_or("")
                     ))
                     .unwrap_or_default()
             ));
         }
-        if let Some(result) = delivery["result"].as_str() {
+        if let Some(result) = &delivery.result {
             out.push_str(&format!("result\n{}\n", result.trim_end()));
         }
     }
-    if let Some(flight) = status["flight"].as_object() {
+    if let Some(flight) = &status.flight {
         out.push_str(&format!(
             "flight {} on {} ({})\n",
-            flight["state"].as_str().unwrap_or("?"),
-            flight["instance"].as_str().unwrap_or("?"),
-            flight["resolve_reason"].as_str().unwrap_or("?")
+            flight.state,
+            flight.instance.as_deref().unwrap_or("?"),
+            flight.resolve_reason.as_deref().unwrap_or("?")
         ));
     }
     out
@@ -318,21 +341,17 @@ pub fn conversations(command: ConversationsCommand, context: &Context) -> anyhow
     let client = running(context)?;
     match command {
         ConversationsCommand::List => {
-            let list: Value = client.get("/v1/conversations").map_err(api_error)?;
+            let list: Vec<ConversationView> = client.get("/v1/conversations").map_err(api_error)?;
             context.printer.emit(&list, || {
                 let rows: Vec<Vec<String>> = list
-                    .as_array()
-                    .map(|rows| {
-                        rows.iter()
-                            .map(|row| {
-                                vec![
-                                    row["conversation_id"].as_str().unwrap_or("?").to_owned(),
-                                    row["title"].as_str().unwrap_or("-").to_owned(),
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|row| {
+                        vec![
+                            row.conversation_id.clone(),
+                            row.title.clone().unwrap_or_else(|| "-".to_owned()),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 if rows.is_empty() {
                     return "no conversations yet\n".to_owned();
                 }
@@ -340,16 +359,16 @@ pub fn conversations(command: ConversationsCommand, context: &Context) -> anyhow
             })?;
         }
         ConversationsCommand::Show { id } => {
-            let conversation: Value = client
+            let conversation: ConversationView = client
                 .get(&format!("/v1/conversations/{id}"))
                 .map_err(api_error)?;
             context.printer.emit(&conversation, || {
                 let mut out = String::new();
-                for message in conversation["messages"].as_array().into_iter().flatten() {
+                for message in &conversation.messages {
                     out.push_str(&format!(
                         "{}:\n{}\n\n",
-                        message["author"].as_str().unwrap_or("?"),
-                        message["body"].as_str().unwrap_or("").trim_end()
+                        message.author,
+                        message.body.trim_end()
                     ));
                 }
                 if out.is_empty() {
@@ -404,7 +423,7 @@ pub struct EnqueueArgs {
 /// Runs `scout work-orders …`.
 pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Result<ExitCode> {
     let client = running(context)?;
-    let order: Value = match command {
+    let order: WorkOrderView = match command {
         WorkOrdersCommand::Enqueue(args) => client
             .post("/v1/work-orders", &enqueue_body(&args)?)
             .map_err(api_error)?,
@@ -419,25 +438,20 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
                 Some(state) => format!("/v1/work-orders?state={state}"),
                 None => "/v1/work-orders".to_owned(),
             };
-            let list: Value = client.get(&path).map_err(api_error)?;
+            let list: Vec<WorkOrderView> = client.get(&path).map_err(api_error)?;
             context.printer.emit(&list, || {
                 let rows: Vec<Vec<String>> = list
-                    .as_array()
-                    .map(|rows| {
-                        rows.iter()
-                            .map(|row| {
-                                let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
-                                vec![
-                                    text("work_order_id"),
-                                    text("target"),
-                                    text("state"),
-                                    text("invocation_id"),
-                                    text("body"),
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|row| {
+                        vec![
+                            row.work_order_id.clone(),
+                            row.target.clone(),
+                            row.state.clone(),
+                            row.invocation_id.clone().unwrap_or_else(|| "-".to_owned()),
+                            row.body.clone(),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 if rows.is_empty() {
                     return "no work orders\n".to_owned();
                 }
@@ -452,11 +466,12 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     context.printer.emit(&order, || {
         format!(
             "{} {} ({}){}\n",
-            order["work_order_id"].as_str().unwrap_or("?"),
-            order["state"].as_str().unwrap_or("?"),
-            order["target"].as_str().unwrap_or("?"),
-            order["invocation_id"]
-                .as_str()
+            order.work_order_id,
+            order.state,
+            order.target,
+            order
+                .invocation_id
+                .as_deref()
                 .map(|id| format!("; invocation {id}"))
                 .unwrap_or_default()
         )
@@ -464,16 +479,19 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn enqueue_body(args: &EnqueueArgs) -> anyhow::Result<Value> {
-    let mut body = json!({ "target": args.target, "body": args.body });
-    if let Some(delay) = &args.r#in {
-        let delay = super::mesh::parse_duration(delay)?;
-        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
-        body["not_before_ms"] =
-            json!(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
-    }
-    if let Some(timeout) = args.timeout {
-        body["timeout_ms"] = json!(timeout.saturating_mul(1000));
-    }
-    Ok(body)
+fn enqueue_body(args: &EnqueueArgs) -> anyhow::Result<EnqueueBody> {
+    let not_before_ms = match &args.r#in {
+        Some(delay) => {
+            let delay = super::mesh::parse_duration(delay)?;
+            let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+            Some(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)))
+        }
+        None => None,
+    };
+    Ok(EnqueueBody {
+        target: args.target.clone(),
+        body: args.body.clone(),
+        not_before_ms,
+        timeout_ms: args.timeout.map(|timeout| timeout.saturating_mul(1000)),
+    })
 }

@@ -67,7 +67,7 @@ impl LocalAgent {
 }
 
 /// How an agent is shown to users and API clients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AgentView {
     /// The full instance name (`@fabric@laptop#main`).
     pub name: String,
@@ -104,7 +104,7 @@ impl LocalAgent {
 }
 
 /// Where an agent was declared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentSource {
     /// `relay-agents.json`.

@@ -13,14 +13,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, JsonBody, PathId};
+pub use crate::api::{Cancelled, ConversationView, FlightRow, MessageView, SubmitBody};
+use crate::api::{EventKind, InvocationStatus, RoutingEvent, Submitted};
 use crate::daemon::BrokerState;
-use crate::daemon::routing::{
-    InvocationStatus, RouteError, RoutingEvent, SubmitRequest, Submitted,
-};
+use crate::daemon::routing::{RouteError, SubmitRequest};
 use crate::store::conversations::{Conversation, Message};
 use crate::store::invocations::Invocation;
 
@@ -38,28 +38,6 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/conversations", get(conversations))
         .route("/conversations/{id}", get(conversation))
         .route("/events/stream", get(events))
-}
-
-/// The body of `POST /v1/invocations`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    /// `@fabric`, `@fabric@devbox`, `@fabric#main`, or a full instance name.
-    pub target: String,
-    /// The prompt.
-    pub message: String,
-    /// `consult`, `execute` (default), `summarize`, `status`, `wake`.
-    #[serde(default)]
-    pub action: Option<InvocationAction>,
-    /// `durable` (default), `must_ack`, `best_effort`, `ephemeral`.
-    #[serde(default)]
-    pub policy: Option<DeliveryPolicy>,
-    /// How long the work may take, from now, in milliseconds.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// An existing conversation to continue.
-    #[serde(default)]
-    pub conversation_id: Option<String>,
 }
 
 pub(crate) fn route_error(err: RouteError) -> ApiError {
@@ -114,11 +92,6 @@ async fn status(
     state.router.status(&id).map(Json).map_err(route_error)
 }
 
-#[derive(Debug, Serialize)]
-struct Cancelled {
-    cancelled: String,
-}
-
 async fn cancel(
     State(state): State<Arc<BrokerState>>,
     PathId(id): PathId,
@@ -129,7 +102,7 @@ async fn cancel(
 
 fn sse_event(event: &RoutingEvent) -> Event {
     Event::default()
-        .event(event.kind)
+        .event(event.kind.as_str())
         .json_data(event)
         .unwrap_or_else(|_| Event::default().event("error"))
 }
@@ -147,12 +120,10 @@ async fn stream(
         .event("status")
         .json_data(&status)
         .unwrap_or_else(|_| Event::default().event("error"));
-    let finished = status.delivery.as_ref().is_some_and(|delivery| {
-        matches!(
-            delivery.state.as_str(),
-            "completed" | "failed" | "cancelled"
-        )
-    });
+    let finished = status
+        .delivery
+        .as_ref()
+        .is_some_and(|delivery| delivery.state.is_terminal());
     let stream = async_stream(move |tx| async move {
         if tx.send(first).await.is_err() || finished {
             return;
@@ -160,11 +131,8 @@ async fn stream(
         loop {
             match events.recv().await {
                 Ok(event) if event.invocation_id == id => {
-                    let done = event.kind == "delivery"
-                        && matches!(
-                            event.state.as_deref(),
-                            Some("completed" | "failed" | "cancelled")
-                        );
+                    let done = event.kind == EventKind::Delivery
+                        && event.state.is_some_and(|state| state.is_terminal());
                     if tx.send(sse_event(&event)).await.is_err() || done {
                         return;
                     }
@@ -220,27 +188,6 @@ where
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|event| event.map(Ok)))
 }
 
-/// One row of `GET /v1/flights`.
-#[derive(Debug, Serialize)]
-pub struct FlightRow {
-    /// The invocation.
-    pub invocation_id: String,
-    /// The mention.
-    pub target: String,
-    /// The origin node id.
-    pub origin: String,
-    /// The delivery state here (when it originated here).
-    pub delivery: Option<String>,
-    /// The instance it went to.
-    pub instance: Option<String>,
-    /// The flight state here (when this broker owns it).
-    pub flight: Option<String>,
-    /// Failure reason, when it failed.
-    pub failure_reason: Option<String>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
-}
-
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<usize>,
@@ -270,14 +217,13 @@ async fn flights(
                     failure_reason: delivery
                         .as_ref()
                         .and_then(|d| d.failure_reason)
-                        .or(flight.as_ref().and_then(|f| f.failure_reason))
-                        .map(|reason| reason.to_string()),
-                    delivery: delivery.as_ref().map(|d| d.state.to_string()),
+                        .or(flight.as_ref().and_then(|f| f.failure_reason)),
+                    delivery: delivery.as_ref().map(|d| d.state),
                     instance: delivery
                         .as_ref()
                         .map(|d| d.target.clone())
                         .or(flight.as_ref().and_then(|f| f.chosen_instance.clone())),
-                    flight: flight.map(|f| f.state.to_string()),
+                    flight: flight.map(|f| f.state),
                     invocation_id: invocation.invocation_id,
                     target: invocation.target,
                     origin: invocation.origin_node,
@@ -288,34 +234,6 @@ async fn flights(
         })
         .map(Json)
         .map_err(ApiError::internal)
-}
-
-/// A conversation with its messages.
-#[derive(Debug, Serialize)]
-pub struct ConversationView {
-    /// Id.
-    pub conversation_id: String,
-    /// Title.
-    pub title: Option<String>,
-    /// Last change, unix ms.
-    pub updated_at_ms: i64,
-    /// Messages, oldest first (empty in lists).
-    pub messages: Vec<MessageView>,
-}
-
-/// A message.
-#[derive(Debug, Serialize)]
-pub struct MessageView {
-    /// Order in the conversation.
-    pub seq: i64,
-    /// Who wrote it.
-    pub author: String,
-    /// What.
-    pub body: String,
-    /// The invocation it belongs to.
-    pub invocation_id: Option<String>,
-    /// Unix ms.
-    pub created_at_ms: i64,
 }
 
 fn conversation_view(conversation: Conversation, messages: Vec<Message>) -> ConversationView {

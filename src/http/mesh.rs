@@ -13,9 +13,9 @@ use scout_mesh::wire::Invite;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, JsonBody};
+pub use crate::api::Peers;
 use crate::daemon::BrokerState;
-use crate::daemon::mesh::address_book::AddressView;
-use crate::daemon::mesh::{IssuedCode, PeerView};
+use crate::daemon::mesh::IssuedCode;
 
 /// The routes of this family (mounted under `/v1`).
 pub fn routes() -> Router<Arc<BrokerState>> {
@@ -25,21 +25,6 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/mesh/invites", post(invite))
         .route("/mesh/join", post(join))
         .route("/mesh/revoke", post(revoke))
-}
-
-/// The body of `GET /v1/peers`.
-#[derive(Debug, Serialize)]
-pub struct Peers {
-    /// This broker.
-    pub node_id: String,
-    /// This broker's name.
-    pub node_name: String,
-    /// The mesh.
-    pub mesh_id: String,
-    /// Every other member.
-    pub peers: Vec<PeerView>,
-    /// Every address in the address book.
-    pub addresses: Vec<AddressView>,
 }
 
 async fn peers(State(state): State<Arc<BrokerState>>) -> Json<Peers> {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, JsonBody, PathId};
 use super::invocations::route_error;
+pub use crate::api::EnqueueBody;
 use crate::daemon::BrokerState;
 use crate::daemon::routing::work_orders::{self, EnqueueRequest, WorkOrderView};
 use crate::store::work_orders::WorkOrderState;
@@ -25,22 +26,6 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/work-orders/run-now", post(run_now))
         .route("/work-orders/{id}", get(one))
         .route("/work-orders/{id}/cancel", post(cancel))
-}
-
-/// The body of `POST /v1/work-orders` and `/v1/work-orders/run-now`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueBody {
-    /// The agent.
-    pub target: String,
-    /// What to do.
-    pub body: String,
-    /// Unix ms before which it does not run.
-    #[serde(default)]
-    pub not_before_ms: Option<u64>,
-    /// How long it may take once dispatched, in ms.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
 }
 
 fn request(state: &BrokerState, body: EnqueueBody, run_now: bool) -> EnqueueRequest {

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use scout_mesh::lifecycle::{FailureReason, Harness};
+use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,9 +43,11 @@ pub const OUTPUT_BROADCAST_CHUNKS: usize = 32;
 const _: () =
     assert!(OUTPUT_BROADCAST_CHUNKS * super::process::OUTPUT_CHUNK_BYTES_MAX <= 1024 * 1024);
 
-/// Characters of a turn's answer kept (the tail, when longer): the answer
-/// travels in one JSON response.
-pub const RESPONSE_CHARS_MAX: usize = 256 * 1024;
+/// Characters of a turn's transcript kept (the tail, when longer). The
+/// answer made from it is then bounded by the one output rule
+/// ([`FlightOutput`]); a character is at least one byte, so the transcript
+/// never holds less than the answer may keep.
+pub const TRANSCRIPT_CHARS_MAX: usize = FLIGHT_OUTPUT_BYTES_MAX;
 
 /// Events of one turn queued for its consumer. Output events beyond this
 /// are dropped (the final answer still carries all of it); the final
@@ -672,7 +675,7 @@ impl Session {
             message: prompt.to_owned(),
             style,
             plain: PlainText::new(),
-            transcript: Transcript::new(RESPONSE_CHARS_MAX),
+            transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
             events: events.clone(),
             enter_sent_at: None,
             newline_after_enter: false,
@@ -1156,7 +1159,7 @@ impl PtyTurn {
         while lines.first().is_some_and(|line| line.trim().is_empty()) {
             lines.remove(0);
         }
-        lines.join("\n")
+        FlightOutput::from_text(lines.join("\n")).into_string()
     }
 
     fn complete(self, drop_prompt_line: bool) {
@@ -1275,16 +1278,7 @@ impl StructuredAnswer {
             .or_else(|| (!self.deltas.trim().is_empty()).then(|| self.deltas.clone()))
             .or_else(|| self.last_message.clone())
             .unwrap_or_default();
-        tail_chars(text.trim(), RESPONSE_CHARS_MAX)
-    }
-}
-
-fn tail_chars(text: &str, chars_max: usize) -> String {
-    let n_chars = text.chars().count();
-    if n_chars <= chars_max {
-        text.to_owned()
-    } else {
-        text.chars().skip(n_chars - chars_max).collect()
+        FlightOutput::from_text(text.trim()).into_string()
     }
 }
 

@@ -7,16 +7,13 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use scout_mesh::lifecycle::{FailureReason, FlightState};
+use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
 
 use super::invocations::Invocation;
 use super::{
     Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
     parse_word, unix_ms_now,
 };
-
-/// Longest flight output kept, in characters. The output column is a tail
-/// for status pages and `logs`; the full exchange lives in the conversation.
-pub const FLIGHT_OUTPUT_CHARS_MAX: usize = 256 * 1024;
 
 /// One flight, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +32,12 @@ pub struct Flight {
     pub failure_reason: Option<FailureReason>,
     /// A human-readable explanation of the failure.
     pub failure_detail: Option<String>,
-    /// The tail of the agent's output, at most [`FLIGHT_OUTPUT_CHARS_MAX`].
-    pub output: String,
-    /// The final answer, once completed.
-    pub result: Option<String>,
+    /// The tail of the agent's output, bounded by [`FlightOutput`]'s rule.
+    /// It is for status pages and `logs`; the exchange lives in the
+    /// conversation.
+    pub output: FlightOutput,
+    /// The final answer, once completed, bounded by the same rule.
+    pub result: Option<FlightOutput>,
     /// When the flight was created, unix ms.
     pub created_at_ms: i64,
     /// When it last changed, unix ms.
@@ -152,31 +151,49 @@ impl Flight {
         })
     }
 
-    /// Appends `chunk` to the flight's output, keeping the last
-    /// [`FLIGHT_OUTPUT_CHARS_MAX`] characters.
+    /// Appends `chunk` to the flight's output under [`FlightOutput`]'s rule.
+    ///
+    /// While the output fits, SQL appends in place; only a chunk that
+    /// crosses the limit reads the output back to cut it, which the rule's
+    /// slack makes rare (once per quarter of the limit).
     pub fn append_output(
         transaction: &Transaction<'_>,
         flight_id: &str,
         chunk: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let n_updated = transaction
+        let n_appended = transaction
             .prepare_cached(
-                "UPDATE flights SET output = substr(output || ?1, -?2), updated_at_ms = ?3
-                 WHERE flight_id = ?4",
+                "UPDATE flights SET output = output || ?1, updated_at_ms = ?2
+                 WHERE flight_id = ?3 AND length(CAST(output AS BLOB)) + ?4 <= ?5",
             )?
             .execute(params![
                 chunk,
-                FLIGHT_OUTPUT_CHARS_MAX as i64,
                 now_ms,
-                flight_id
+                flight_id,
+                chunk.len() as i64,
+                FLIGHT_OUTPUT_BYTES_MAX as i64
             ])?;
-        if n_updated == 0 {
+        if n_appended == 1 {
+            return Ok(());
+        }
+        let current: Option<String> = transaction
+            .prepare_cached("SELECT output FROM flights WHERE flight_id = ?1")?
+            .query_row([flight_id], |row| row.get(0))
+            .optional()?;
+        let Some(current) = current else {
             return Err(StoreError::NotFound {
                 kind: "flight",
                 id: flight_id.to_owned(),
             });
-        }
+        };
+        let mut output = FlightOutput::from_text(current);
+        output.push_str(chunk);
+        transaction
+            .prepare_cached(
+                "UPDATE flights SET output = ?1, updated_at_ms = ?2 WHERE flight_id = ?3",
+            )?
+            .execute(params![output.as_str(), now_ms, flight_id])?;
         Ok(())
     }
 
@@ -185,14 +202,14 @@ impl Flight {
     pub fn set_result(
         transaction: &Transaction<'_>,
         flight_id: &str,
-        result: &str,
+        result: &FlightOutput,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let n_updated = transaction
             .prepare_cached(
                 "UPDATE flights SET result = ?1, updated_at_ms = ?2 WHERE flight_id = ?3",
             )?
-            .execute(params![result, now_ms, flight_id])?;
+            .execute(params![result.as_str(), now_ms, flight_id])?;
         if n_updated == 0 {
             return Err(StoreError::NotFound {
                 kind: "flight",
@@ -297,8 +314,12 @@ impl Flight {
             resolve_reason: row.get(4)?,
             failure_reason: parse_optional_word("flights", &flight_id, row.get(5)?)?,
             failure_detail: row.get(6)?,
-            output: row.get(7)?,
-            result: row.get(8)?,
+            // Rows written before the one output rule may be longer: read
+            // back, they follow it too.
+            output: FlightOutput::from_text(row.get::<_, String>(7)?),
+            result: row
+                .get::<_, Option<String>>(8)?
+                .map(FlightOutput::from_text),
             created_at_ms: row.get(9)?,
             updated_at_ms: row.get(10)?,
             flight_id,
@@ -330,7 +351,7 @@ impl Store {
     pub async fn complete_flight(
         &self,
         flight_id: &str,
-        result: String,
+        result: FlightOutput,
     ) -> Result<Flight, StoreError> {
         let flight_id = flight_id.to_owned();
         self.write(move |transaction| {

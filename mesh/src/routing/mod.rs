@@ -65,6 +65,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::lifecycle::{
     DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
 };
+use crate::output::FlightOutput;
 use crate::wire::{ErrorCode, FlightUpdate, MeshFrame, NodeId};
 
 pub use plan::{
@@ -376,7 +377,7 @@ pub enum Write {
         /// Why, when it failed or was cancelled.
         failure: Option<(FailureReason, String)>,
         /// The answer (or the output so far, when it failed).
-        result: String,
+        result: FlightOutput,
         /// When, unix ms.
         at_unix_ms: u64,
     },
@@ -448,7 +449,7 @@ pub struct Event {
     /// What.
     pub kind: EventKind,
     /// Output text (for output, and a delivery's final answer).
-    pub output: Option<String>,
+    pub output: Option<FlightOutput>,
     /// Why it failed or was cancelled.
     pub failure: Option<(FailureReason, String)>,
 }

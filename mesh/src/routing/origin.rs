@@ -4,6 +4,7 @@
 //! then record the answer and emit the end once.
 
 use crate::lifecycle::{DeliveryPolicy, DeliveryState, FailureReason, FlightState};
+use crate::output::FlightOutput;
 use crate::wire::{ErrorCode, FlightUpdate, InvokeRequest, MeshFrame, NodeId};
 
 use super::plan::{DeliveryPlan, Step, delivery_state_of};
@@ -357,7 +358,7 @@ impl Router {
                     _ => FlightUpdate {
                         invocation_id: invocation_id.clone(),
                         state: FlightState::Cancelled,
-                        output: String::new(),
+                        output: FlightOutput::new(),
                         failure_reason: Some(FailureReason::Cancelled),
                         detail: Some(if fallback {
                             "cancelled here; the owner could not be told yet".into()
@@ -603,7 +604,7 @@ impl Router {
             _ => None,
         };
         let body = match state {
-            DeliveryState::Completed => update.output.clone(),
+            DeliveryState::Completed => update.output.to_string(),
             DeliveryState::Cancelled => "[cancelled]".to_owned(),
             _ => format!(
                 "[failed: {}] {}",
@@ -678,7 +679,7 @@ impl Router {
                     FlightUpdate {
                         invocation_id: invocation_id.to_owned(),
                         state: FlightState::Cancelled,
-                        output: String::new(),
+                        output: FlightOutput::new(),
                         failure_reason: Some(FailureReason::Cancelled),
                         detail: Some("cancelled before it reached its owner".into()),
                     },
@@ -710,7 +711,7 @@ fn failed(id: &str, reason: FailureReason, detail: String) -> FlightUpdate {
     FlightUpdate {
         invocation_id: id.to_owned(),
         state: FlightState::Failed,
-        output: String::new(),
+        output: FlightOutput::new(),
         failure_reason: Some(reason),
         detail: Some(detail),
     }

@@ -4,6 +4,7 @@
 //! when a report is lost), and cancel on the origin's request.
 
 use crate::lifecycle::{FailureReason, FlightState};
+use crate::output::FlightOutput;
 use crate::wire::{ErrorCode, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId};
 
 use super::{
@@ -26,7 +27,7 @@ pub(super) struct Flight {
     /// answered once it has.
     pub(super) waiting: Vec<RequestId>,
     /// The output so far (the result of a failed flight).
-    pub(super) output: String,
+    pub(super) output: FlightOutput,
     /// The end being recorded, as the update the origin gets.
     pub(super) result: Option<FlightUpdate>,
     /// The end is recorded (kept in memory only until its execution
@@ -41,7 +42,7 @@ impl Flight {
             None => FlightUpdate {
                 invocation_id: self.invocation.invocation_id.clone(),
                 state: self.state,
-                output: String::new(),
+                output: FlightOutput::new(),
                 failure_reason: None,
                 detail: None,
             },
@@ -114,7 +115,7 @@ impl Router {
                 state: FlightState::Queued,
                 committed: false,
                 waiting: vec![request],
-                output: String::new(),
+                output: FlightOutput::new(),
                 result: None,
                 recorded: false,
             },
@@ -187,7 +188,7 @@ impl Router {
                 state: FlightState::Queued,
                 committed: true,
                 waiting: Vec::new(),
-                output: String::new(),
+                output: FlightOutput::new(),
                 result: None,
                 recorded: false,
             },
@@ -282,7 +283,7 @@ impl Router {
             flight.state = to;
         }
         if !chunk.is_empty() {
-            push_tail(&mut flight.output, &chunk);
+            flight.output.push_str(&chunk);
             writes.push(Write::FlightOutput {
                 invocation_id: flight.invocation.invocation_id.clone(),
                 chunk: chunk.clone(),
@@ -293,14 +294,14 @@ impl Router {
         let update = FlightUpdate {
             invocation_id: invocation_id.to_owned(),
             state: to,
-            output: chunk.clone(),
+            output: FlightOutput::from_text(&chunk),
             failure_reason: None,
             detail: None,
         };
         let event = Output::Emit(Event {
             invocation_id: invocation_id.to_owned(),
             kind: EventKind::Flight(to),
-            output: (!chunk.is_empty()).then_some(chunk),
+            output: (!chunk.is_empty()).then(|| FlightOutput::from_text(&chunk)),
             failure: None,
         });
         let send = self.update_to(origin, update);
@@ -325,7 +326,11 @@ impl Router {
             return;
         };
         let (state, failure, text) = match result {
-            ExecResult::Completed { response } => (FlightState::Completed, None, response),
+            ExecResult::Completed { response } => (
+                FlightState::Completed,
+                None,
+                FlightOutput::from_text(&response),
+            ),
             ExecResult::Failed { reason, detail } => (
                 FlightState::Failed,
                 Some((reason, detail)),
@@ -340,7 +345,7 @@ impl Router {
         let update = FlightUpdate {
             invocation_id: id.to_owned(),
             state,
-            output: truncate_head(text.clone()),
+            output: text.clone(),
             failure_reason: failure.as_ref().map(|(reason, _)| *reason),
             detail: failure.as_ref().map(|(_, detail)| detail.clone()),
         };
@@ -504,32 +509,4 @@ fn ack(id: &str, duplicate: bool, state: FlightState) -> MeshFrame {
         duplicate,
         state,
     })
-}
-
-/// Cuts output to what one update carries.
-fn truncate_head(mut text: String) -> String {
-    let max = crate::wire::FLIGHT_OUTPUT_BYTES_MAX;
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
-/// Appends to a flight's output held in memory, keeping its last
-/// [`crate::wire::FLIGHT_OUTPUT_BYTES_MAX`] bytes: what a failed flight
-/// reports as its result, never more than an update carries.
-fn push_tail(output: &mut String, chunk: &str) {
-    output.push_str(chunk);
-    let max = crate::wire::FLIGHT_OUTPUT_BYTES_MAX;
-    if output.len() > max {
-        let mut cut = output.len() - max;
-        while !output.is_char_boundary(cut) {
-            cut += 1;
-        }
-        output.drain(..cut);
-    }
 }

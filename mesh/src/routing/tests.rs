@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
 use crate::lifecycle::{DeliveryPolicy, DeliveryState, FlightState, InvocationAction};
+use crate::output::FlightOutput;
 use crate::wire::InvokeRequest;
 
 fn node(n: u8) -> NodeId {
@@ -147,7 +148,7 @@ impl World {
                 update: result.clone().unwrap_or(FlightUpdate {
                     invocation_id: id.clone(),
                     state: *state,
-                    output: String::new(),
+                    output: FlightOutput::new(),
                     failure_reason: None,
                     detail: None,
                 }),

@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 
 use super::executor::{ExecEvent, ExecOutcome, ExecRequest, Executor};
 use super::{RouteError, RouterParts, RoutingEvent};
+use crate::api::{self, EventState};
 use crate::config::discover::LocalAgent;
 use crate::daemon::mesh::Mesh;
 use crate::store::{Store, StoreError};
@@ -601,16 +602,18 @@ impl Driver {
             }
         }
         let (kind, state) = match event.kind {
-            EventKind::Delivery(state) => ("delivery", Some(state.to_string())),
-            EventKind::Flight(state) => ("flight", Some(state.to_string())),
-            EventKind::Output => ("output", None),
+            EventKind::Delivery(state) => {
+                (api::EventKind::Delivery, Some(EventState::Delivery(state)))
+            }
+            EventKind::Flight(state) => (api::EventKind::Flight, Some(EventState::Flight(state))),
+            EventKind::Output => (api::EventKind::Output, None),
         };
         let _ = self.events.send(RoutingEvent {
             invocation_id: id,
             kind,
             state,
             output: event.output,
-            failure_reason: event.failure.as_ref().map(|(reason, _)| reason.to_string()),
+            failure_reason: event.failure.as_ref().map(|(reason, _)| *reason),
             detail: event.failure.map(|(_, detail)| detail),
             timestamp_ms: self.now().unix_ms,
         });

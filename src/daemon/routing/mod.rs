@@ -40,13 +40,14 @@ use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::{AgentName, Label};
 use scout_mesh::routing::{Choice, Invocation, Submission};
 use scout_mesh::wire::{ErrorCode, INVOKE_BODY_BYTES_MAX, MeshFrame, NodeId};
-use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-pub use views::{AttemptView, DeliveryView, FlightView, InvocationStatus, InvocationView};
-
 use super::mesh::Mesh;
+pub use crate::api::{
+    AttemptView, DeliveryView, EventKind, EventState, FlightView, InvocationStatus, InvocationView,
+    RoutingEvent, Submitted,
+};
 use crate::config::discover::LocalAgent;
 use crate::store::{Store, new_id};
 use driver::Command;
@@ -58,25 +59,6 @@ pub const EVENTS_BUFFER_MAX: usize = 1024;
 
 /// Default time an invocation may take when the caller gives no deadline.
 pub const DEFAULT_DEADLINE_MS: u64 = 10 * 60 * 1000;
-
-/// Something that happened to an invocation, for streams and `/v1/events`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoutingEvent {
-    /// The invocation.
-    pub invocation_id: String,
-    /// `delivery` (origin side), `flight` (owner side) or `output`.
-    pub kind: &'static str,
-    /// The new state (a delivery or flight state word), when it changed.
-    pub state: Option<String>,
-    /// Output text, for `output` events and final results.
-    pub output: Option<String>,
-    /// Failure reason word, when it failed.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub detail: Option<String>,
-    /// Unix ms.
-    pub timestamp_ms: u64,
-}
 
 /// What the caller asks to run.
 #[derive(Debug, Clone)]
@@ -95,23 +77,6 @@ pub struct SubmitRequest {
     pub conversation_id: Option<String>,
     /// Who asked (for the conversation).
     pub author: String,
-}
-
-/// What `submit` committed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Submitted {
-    /// The invocation id, the handle for everything after.
-    pub invocation_id: String,
-    /// The delivery at this broker.
-    pub delivery_id: String,
-    /// The instance chosen.
-    pub instance: String,
-    /// Why that instance.
-    pub reason: String,
-    /// The owner's node id.
-    pub owner: String,
-    /// The conversation.
-    pub conversation_id: String,
 }
 
 /// Why routing refused a request.
@@ -245,7 +210,17 @@ impl Router {
 
     /// Resolves, commits and starts routing an invocation.
     pub async fn submit(&self, request: SubmitRequest) -> Result<Submitted, RouteError> {
-        self.submit_with(request, None).await
+        self.submit_with(new_id(), request, None).await
+    }
+
+    /// [`Router::submit`] under an invocation id the caller minted (a work
+    /// order claims its id before it submits).
+    pub(crate) async fn submit_as(
+        &self,
+        invocation_id: String,
+        request: SubmitRequest,
+    ) -> Result<Submitted, RouteError> {
+        self.submit_with(invocation_id, request, None).await
     }
 
     /// [`Router::submit`], then waits until the delivery leaves `accepted`
@@ -257,13 +232,16 @@ impl Router {
         request: SubmitRequest,
     ) -> Result<(Submitted, DeliveryState), RouteError> {
         let (acknowledged, moved) = oneshot::channel();
-        let submitted = self.submit_with(request, Some(acknowledged)).await?;
+        let submitted = self
+            .submit_with(new_id(), request, Some(acknowledged))
+            .await?;
         let state = moved.await.unwrap_or(DeliveryState::Failed);
         Ok((submitted, state))
     }
 
     async fn submit_with(
         &self,
+        invocation_id: String,
         request: SubmitRequest,
         acknowledged: Option<oneshot::Sender<DeliveryState>>,
     ) -> Result<Submitted, RouteError> {
@@ -280,7 +258,7 @@ impl Router {
         let choice = self.choose(&query, None)?;
         let now = self.now_ms();
         let invocation = Invocation {
-            invocation_id: new_id(),
+            invocation_id,
             action: request.action,
             body: request.body,
             conversation_id: Some(request.conversation_id.unwrap_or_else(new_id)),

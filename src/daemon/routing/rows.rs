@@ -6,10 +6,11 @@
 
 use rusqlite::{Connection, Transaction};
 use scout_mesh::lifecycle::{DeliveryState, FlightState};
+use scout_mesh::output::FlightOutput;
 use scout_mesh::routing::{
     Facts, Invocation, Needs, PersistFailure, RestoredDelivery, RestoredFlight, StoredFlight, Write,
 };
-use scout_mesh::wire::{FLIGHT_OUTPUT_BYTES_MAX, FlightUpdate, NodeId};
+use scout_mesh::wire::{FlightUpdate, NodeId};
 
 use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
@@ -311,23 +312,16 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> Result<Result<(), PersistFailur
 }
 
 /// The flight of an invocation as its owner reports it: the result (or
-/// the output so far) once terminal, cut to what one update carries.
+/// the output so far) once terminal.
 pub fn flight_update(flight: &Flight) -> FlightUpdate {
-    let mut output = if flight.state.is_terminal() {
+    let output = if flight.state.is_terminal() {
         flight
             .result
             .clone()
             .unwrap_or_else(|| flight.output.clone())
     } else {
-        String::new()
+        FlightOutput::new()
     };
-    if output.len() > FLIGHT_OUTPUT_BYTES_MAX {
-        let mut cut = FLIGHT_OUTPUT_BYTES_MAX;
-        while !output.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        output.truncate(cut);
-    }
     FlightUpdate {
         invocation_id: flight.invocation_id.clone(),
         state: flight.state,

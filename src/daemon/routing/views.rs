@@ -4,101 +4,12 @@
 
 use rusqlite::Connection;
 use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState};
-use serde::Serialize;
 
 use super::{RouteError, Router};
+use crate::api::{AttemptView, DeliveryView, FlightView, InvocationStatus, InvocationView};
 use crate::store::StoreError;
 use crate::store::conversations::Conversation;
 use crate::store::invocations::Invocation;
-
-/// The status of one invocation, as `scout flights ID` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationStatus {
-    /// The invocation.
-    pub invocation: InvocationView,
-    /// The delivery at this broker (when it originated here).
-    pub delivery: Option<DeliveryView>,
-    /// The flight (when this broker owns it).
-    pub flight: Option<FlightView>,
-}
-
-/// An invocation as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct InvocationView {
-    /// Id.
-    pub invocation_id: String,
-    /// Action word.
-    pub action: String,
-    /// The prompt.
-    pub body: String,
-    /// The mention.
-    pub target: String,
-    /// The origin's node id.
-    pub origin: String,
-    /// Conversation.
-    pub conversation_id: Option<String>,
-    /// Policy word.
-    pub policy: String,
-    /// Deadline, unix ms.
-    pub deadline_ms: Option<i64>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
-}
-
-/// A delivery as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryView {
-    /// State word.
-    pub state: String,
-    /// The instance it went to.
-    pub target: String,
-    /// The owner's node id.
-    pub owner: Option<String>,
-    /// Why that instance was chosen.
-    pub resolve_reason: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-    /// Attempts so far, each with its outcome.
-    pub attempts: Vec<AttemptView>,
-    /// The answer, once completed (from the conversation).
-    pub result: Option<String>,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptView {
-    /// Number, from 1.
-    pub attempt: i64,
-    /// Started, unix ms.
-    pub started_at_ms: i64,
-    /// `succeeded`, `failed`, or none while running.
-    pub outcome: Option<String>,
-    /// Why it failed.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-}
-
-/// A flight as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct FlightView {
-    /// State word.
-    pub state: String,
-    /// The instance.
-    pub instance: Option<String>,
-    /// Why that instance.
-    pub resolve_reason: Option<String>,
-    /// Output so far.
-    pub output: String,
-    /// The result, once finished.
-    pub result: Option<String>,
-    /// Failure reason word.
-    pub failure_reason: Option<String>,
-    /// For a person.
-    pub failure_detail: Option<String>,
-}
 
 impl Router {
     /// Everything known here about one invocation.
@@ -127,17 +38,17 @@ impl Router {
                                 attempt: attempt.attempt,
                                 started_at_ms: attempt.started_at_ms,
                                 outcome: attempt.outcome.map(|outcome| outcome.as_str().to_owned()),
-                                failure_reason: attempt.failure_reason.map(|r| r.to_string()),
+                                failure_reason: attempt.failure_reason,
                                 failure_detail: attempt.failure_detail,
                             })
                             .collect();
                         let result = result_message(connection, &invocation)?;
                         Some(DeliveryView {
-                            state: delivery.state.to_string(),
+                            state: delivery.state,
                             target: delivery.target,
                             owner: delivery.owner_node,
                             resolve_reason: delivery.resolve_reason,
-                            failure_reason: delivery.failure_reason.map(|r| r.to_string()),
+                            failure_reason: delivery.failure_reason,
                             failure_detail: delivery.failure_detail,
                             attempts,
                             result,
@@ -147,23 +58,23 @@ impl Router {
                 };
                 let flight =
                     Flight::get_for_invocation(connection, &id)?.map(|flight| FlightView {
-                        state: flight.state.to_string(),
+                        state: flight.state,
                         instance: flight.chosen_instance,
                         resolve_reason: flight.resolve_reason,
                         output: flight.output,
                         result: flight.result,
-                        failure_reason: flight.failure_reason.map(|r| r.to_string()),
+                        failure_reason: flight.failure_reason,
                         failure_detail: flight.failure_detail,
                     });
                 Ok(InvocationStatus {
                     invocation: InvocationView {
                         invocation_id: invocation.invocation_id,
-                        action: invocation.action.to_string(),
+                        action: invocation.action,
                         body: invocation.body,
                         target: invocation.target,
                         origin: invocation.origin_node,
                         conversation_id: invocation.conversation_id,
-                        policy: invocation.delivery_policy.to_string(),
+                        policy: invocation.delivery_policy,
                         deadline_ms: invocation.deadline_ms,
                         created_at_ms: invocation.created_at_ms,
                     },

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::AgentName;
-use serde::Serialize;
 
 use super::{RouteError, Router, SubmitRequest};
+pub use crate::api::WorkOrderView;
 use crate::store::new_id;
 use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
 
@@ -34,27 +34,6 @@ pub struct EnqueueRequest {
     pub run_now: bool,
     /// Who asked.
     pub author: String,
-}
-
-/// A work order as shown.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkOrderView {
-    /// Id.
-    pub work_order_id: String,
-    /// The agent.
-    pub target: String,
-    /// What to do.
-    pub body: String,
-    /// `queued`, `running`, `completed`, `failed`, `cancelled`.
-    pub state: String,
-    /// The owner's node id, as resolved at enqueue.
-    pub owner: String,
-    /// Not before (unix ms), when scheduled.
-    pub not_before_ms: Option<u64>,
-    /// The invocation, once dispatched.
-    pub invocation_id: Option<String>,
-    /// Created, unix ms.
-    pub created_at_ms: i64,
 }
 
 fn view(order: WorkOrder) -> WorkOrderView {
@@ -102,6 +81,10 @@ pub async fn enqueue(
     Ok(view(created))
 }
 
+/// Dispatches one work order: claims it first (queued to running, with
+/// the invocation id it will have, in one conditional write), then submits
+/// that invocation. The scheduler and a `run-now` may race for one order;
+/// only the one whose claim lands submits, so the work runs once.
 async fn dispatch(
     router: &Router,
     order: WorkOrder,
@@ -109,46 +92,55 @@ async fn dispatch(
     author: &str,
 ) -> Result<WorkOrderView, RouteError> {
     let now = router.now_ms();
-    let submitted = router
-        .submit(SubmitRequest {
-            target: order.target.clone(),
-            body: order.body.clone(),
-            action: InvocationAction::Execute,
-            policy: DeliveryPolicy::Durable,
-            deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
-            conversation_id: None,
-            author: author.to_owned(),
-        })
-        .await;
     let id = order.work_order_id.clone();
-    let outcome = match submitted {
-        Ok(submitted) => {
-            let invocation_id = submitted.invocation_id.clone();
-            router
-                .store
-                .write(move |tx| {
-                    WorkOrder::transition(
-                        tx,
-                        &id,
-                        WorkOrderState::Running,
-                        Some(&invocation_id),
-                        unix(now),
-                    )
-                })
-                .await?
-        }
-        Err(err) => {
-            tracing::warn!(work_order = %id, cause = %err, "work order could not be dispatched");
-            router
-                .store
-                .write(move |tx| {
-                    WorkOrder::transition(tx, &id, WorkOrderState::Failed, None, unix(now))
-                })
-                .await?;
-            return Err(err);
-        }
+    let invocation_id = new_id();
+    let claimed = {
+        let id = id.clone();
+        let invocation_id = invocation_id.clone();
+        router
+            .store
+            .write(move |tx| match WorkOrder::get(tx, &id)? {
+                Some(current) if current.state == WorkOrderState::Queued => WorkOrder::transition(
+                    tx,
+                    &id,
+                    WorkOrderState::Running,
+                    Some(&invocation_id),
+                    unix(now),
+                )
+                .map(Some),
+                _ => Ok(None),
+            })
+            .await?
     };
-    Ok(view(outcome))
+    let Some(claimed) = claimed else {
+        // Dispatched (or cancelled) by someone else meanwhile.
+        return get(router, &id);
+    };
+    let submitted = router
+        .submit_as(
+            invocation_id,
+            SubmitRequest {
+                target: order.target.clone(),
+                body: order.body.clone(),
+                action: InvocationAction::Execute,
+                policy: DeliveryPolicy::Durable,
+                deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
+                conversation_id: None,
+                author: author.to_owned(),
+            },
+        )
+        .await;
+    if let Err(err) = submitted {
+        tracing::warn!(work_order = %id, cause = %err, "work order could not be dispatched");
+        router
+            .store
+            .write(move |tx| {
+                WorkOrder::transition(tx, &id, WorkOrderState::Failed, None, unix(now))
+            })
+            .await?;
+        return Err(err);
+    }
+    Ok(view(claimed))
 }
 
 /// Dispatches queued work orders whose time has come.
