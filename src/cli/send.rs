@@ -406,10 +406,10 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     let client = running(context)?;
     let order: Value = match command {
         WorkOrdersCommand::Enqueue(args) => client
-            .post("/v1/work-orders", &enqueue_body(&args)?)
+            .post("/v1/work-orders", &enqueue_body(&args, &context.env)?)
             .map_err(api_error)?,
         WorkOrdersCommand::RunNow(args) => client
-            .post("/v1/work-orders/run-now", &enqueue_body(&args)?)
+            .post("/v1/work-orders/run-now", &enqueue_body(&args, &context.env)?)
             .map_err(api_error)?,
         WorkOrdersCommand::Cancel { id } => client
             .post(&format!("/v1/work-orders/{id}/cancel"), &json!({}))
@@ -464,11 +464,11 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn enqueue_body(args: &EnqueueArgs) -> anyhow::Result<Value> {
+fn enqueue_body(args: &EnqueueArgs, env: &crate::env::Env) -> anyhow::Result<Value> {
     let mut body = json!({ "target": args.target, "body": args.body });
     if let Some(delay) = &args.r#in {
         let delay = super::mesh::parse_duration(delay)?;
-        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+        let now = env.now_unix_ms();
         body["not_before_ms"] =
             json!(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
     }

@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 
 use super::mesh::Mesh;
 use crate::config::discover::LocalAgent;
+use crate::env::Env;
 use crate::store::Store;
 use executor::Executor;
 
@@ -192,9 +193,8 @@ pub struct RouterInner {
     /// Callers of [`Router::submit_acknowledged`], by invocation id.
     pub(crate) acknowledged: Mutex<HashMap<String, oneshot::Sender<DeliveryState>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) rng: Mutex<rand::rngs::StdRng>,
-    /// Zero of [`Router::plan_now`].
-    pub(crate) epoch: tokio::time::Instant,
+    /// Time, randomness and ids (the broker's environment).
+    pub(crate) env: Env,
     /// Flight traffic refused from peers that had no right to it.
     pub(crate) refusals: peer_check::PeerRefusals,
 }
@@ -220,8 +220,8 @@ pub struct RouterParts {
     pub executor: Arc<dyn Executor>,
     /// This machine's agents (shared with the config watcher).
     pub agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
-    /// Seed of the retry jitter.
-    pub seed: u64,
+    /// The broker's environment: clocks, retry jitter, ids.
+    pub env: Env,
 }
 
 impl Router {
@@ -232,7 +232,6 @@ impl Router {
         shutdown: watch::Receiver<bool>,
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<Router> {
-        use rand::SeedableRng;
         let router = Router {
             inner: Arc::new(RouterInner {
                 store: parts.store,
@@ -248,8 +247,7 @@ impl Router {
                 events: broadcast::channel(EVENTS_BUFFER_MAX).0,
                 acknowledged: Mutex::new(HashMap::new()),
                 shutdown: shutdown.clone(),
-                rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(parts.seed)),
-                epoch: tokio::time::Instant::now(),
+                env: parts.env,
                 refusals: peer_check::PeerRefusals::default(),
             }),
         };
@@ -331,7 +329,7 @@ impl Router {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.mesh.shared().now_ms()
+        self.inner.env.now_unix_ms()
     }
 
     /// Milliseconds on the monotonic clock the delivery plans run on.
@@ -339,7 +337,7 @@ impl Router {
     /// wall clock that jumps (a laptop resuming, NTP stepping) neither
     /// stalls nor hurries them.
     pub(crate) fn plan_now(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.inner.env.now_mono_ms()
     }
 
     /// A wall-clock deadline (unix ms) as a point on the plans' clock.
@@ -351,12 +349,7 @@ impl Router {
     }
 
     pub(crate) fn jitter(&self) -> f64 {
-        use rand::Rng;
-        self.inner
-            .rng
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .r#gen::<f64>()
+        self.inner.env.random_f64()
     }
 
     /// An event for `invocation_id`.

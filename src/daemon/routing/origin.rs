@@ -20,7 +20,7 @@ use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
 use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
 use crate::store::invocations::{InsertOutcome, Invocation};
-use crate::store::{StoreError, new_id};
+use crate::store::StoreError;
 
 /// How often the dispatcher looks at every plan even when nothing woke it.
 const DISPATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -137,17 +137,17 @@ pub async fn submit(
         .deadline_ms
         .or(Some(now.saturating_add(super::DEFAULT_DEADLINE_MS)));
     let invocation = Invocation {
-        invocation_id: new_id(),
+        invocation_id: router.inner.env.new_id(),
         action: request.action,
         body: request.body.clone(),
-        conversation_id: Some(request.conversation_id.clone().unwrap_or_else(new_id)),
+        conversation_id: Some(request.conversation_id.clone().unwrap_or_else(|| router.inner.env.new_id())),
         origin_node: router.inner.node_id.to_string(),
         target: query.to_string(),
         deadline_ms: deadline_ms.map(unix),
         delivery_policy: request.policy,
         created_at_ms: unix(now),
     };
-    let delivery_id = new_id();
+    let delivery_id = router.inner.env.new_id();
     let committed = {
         let invocation = invocation.clone();
         let invocation_id = invocation.invocation_id.clone();

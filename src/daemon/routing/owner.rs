@@ -107,6 +107,7 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
     let origin = invoke.origin.clone();
     let instance = invoke.instance.clone();
     let reason = invoke.resolve_reason.clone();
+    let env = router.inner.env.clone();
     let write = move |tx: &rusqlite::Transaction<'_>| {
         if local {
             // The origin stored the invocation already; only the flight is
@@ -116,17 +117,17 @@ pub async fn accept(router: &Router, invoke: InvokeRequest) -> MeshFrame {
                 None => Flight::create(
                     tx,
                     &crate::store::flights::NewFlight {
-                        flight_id: crate::store::new_id(),
+                        flight_id: env.new_id(),
                         invocation_id: invocation.invocation_id.clone(),
                         chosen_instance: Some(instance),
                         resolve_reason: Some(reason),
-                        created_at_ms: crate::store::unix_ms_now(),
+                        created_at_ms: env.now_unix_ms_i64(),
                     },
                 )
                 .map(Accepted::New),
             };
         }
-        Invocation::accept(tx, &invocation, Some(instance), Some(reason))
+        Invocation::accept(tx, &invocation, Some(instance), Some(reason), &env)
     };
     if !invoke.policy.waits_for_disk() {
         // Acknowledged once queued in order behind every earlier write; the

@@ -10,7 +10,6 @@ use scout_mesh::names::AgentName;
 use serde::Serialize;
 
 use super::{RouteError, Router, SubmitRequest};
-use crate::store::new_id;
 use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
 
 /// How often queued work orders are checked for being due.
@@ -84,7 +83,7 @@ pub async fn enqueue(
     let (_, _, owner) = super::origin::choose(router, &query, None)?;
     let now = router.now_ms();
     let order = NewWorkOrder {
-        work_order_id: new_id(),
+        work_order_id: router.inner.env.new_id(),
         target: query.to_string(),
         body: request.body.clone(),
         owner_node: owner.to_string(),
