@@ -20,6 +20,7 @@ use scout::config::relay_agents::{ManualAgent, RelayAgents};
 use scout::daemon::mesh::{Mesh, SocketOverride};
 use scout::daemon::{Broker, BrokerOptions};
 use scout::home::Home;
+use scout::env::Env;
 use scout::store::{StoreOptions, Synchronous};
 use scout_mesh::lifecycle::Harness;
 use scout_mesh::sync::SyncConfig;
@@ -192,7 +193,13 @@ impl SimNode {
                 socket,
                 runtime: Arc::new(quinn::TokioRuntime),
             }),
-            clock: Some(self.clock.clone()),
+            // Row timestamps, ids and every random choice of the broker
+            // follow the simulated clock and the seed, so orders that
+            // depend on them repeat too.
+            env: Some(Env::simulated(
+                self.clock.clone(),
+                seeds::derive(config.seed, "broker", stream),
+            )),
             sync: Some(config.sync.clone()),
             transport: Some(config.transport.clone()),
             serve_http: false,
@@ -205,7 +212,6 @@ impl SimNode {
                 inline_writes: true,
                 ..StoreOptions::default()
             },
-            seed: Some(seeds::derive(config.seed, "broker", stream)),
             executor: Some(Arc::new(executor)),
         };
         let broker = Broker::start_with(&self.home, options)
