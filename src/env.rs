@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(first.get_version_num(), 7);
         assert_ne!(first, second);
         assert_eq!(env.replay_seed(), None);
-        assert_eq!(Env::system(Some(5)).random_u64(), Env::system(Some(5)).random_u64());
+        assert_eq!(
+            Env::system(Some(5)).random_u64(),
+            Env::system(Some(5)).random_u64()
+        );
     }
 }

@@ -150,7 +150,10 @@ fn a_seed_reproduces_the_whole_history() {
         let report = run::run(&plan, &options).expect("runs");
         assert!(report.passed, "{}", report.summary());
         assert!(
-            report.ops_history.iter().any(|op| op.kind == OpKind::Invoke),
+            report
+                .ops_history
+                .iter()
+                .any(|op| op.kind == OpKind::Invoke),
             "the scenario routes invocations, so ids are minted"
         );
         let mut json = serde_json::to_value(&report).expect("serializes");

@@ -295,7 +295,9 @@ pub fn peers(_args: PeersArgs, context: &Context) -> anyhow::Result<ExitCode> {
         }
         None => offline_peers(context)?,
     };
-    context.printer.emit(&report, || render_peers(&report, context.env.now_unix_ms()))?;
+    context
+        .printer
+        .emit(&report, || render_peers(&report, context.env.now_unix_ms()))?;
     Ok(ExitCode::SUCCESS)
 }
 

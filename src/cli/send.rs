@@ -409,7 +409,10 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
             .post("/v1/work-orders", &enqueue_body(&args, &context.env)?)
             .map_err(api_error)?,
         WorkOrdersCommand::RunNow(args) => client
-            .post("/v1/work-orders/run-now", &enqueue_body(&args, &context.env)?)
+            .post(
+                "/v1/work-orders/run-now",
+                &enqueue_body(&args, &context.env)?,
+            )
             .map_err(api_error)?,
         WorkOrdersCommand::Cancel { id } => client
             .post(&format!("/v1/work-orders/{id}/cancel"), &json!({}))

@@ -177,7 +177,10 @@ impl Broker {
                 home.node_key_path().display()
             );
         }
-        let runtime_config = crate::pty::RuntimeConfig::from_env()?;
+        let runtime_config = crate::pty::RuntimeConfig {
+            broker_env: env.clone(),
+            ..crate::pty::RuntimeConfig::from_env()?
+        };
         let identity = identity::load_node_key(&home.node_key_path())?;
         let token = identity::load_token(&home.token_path())?;
         let node_name = Label::parse(&settings.node_name, NamePart::Node)?;
@@ -324,6 +327,7 @@ impl Broker {
                 router,
                 http_connections_max,
                 shutdown_rx.clone(),
+                env.clone(),
             ));
         }
         if options.watch_config {

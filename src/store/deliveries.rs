@@ -442,7 +442,13 @@ impl Store {
             let failure = failure
                 .as_ref()
                 .map(|(reason, detail)| (*reason, detail.as_str()));
-            Delivery::transition(transaction, &delivery_id, to, failure, env.now_unix_ms_i64())
+            Delivery::transition(
+                transaction,
+                &delivery_id,
+                to,
+                failure,
+                env.now_unix_ms_i64(),
+            )
         })
         .await
     }

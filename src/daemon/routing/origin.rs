@@ -17,10 +17,10 @@ use scout_net::transport::endpoint::request;
 use tokio::sync::{oneshot, watch};
 
 use super::{RouteError, Router, RoutingEvent, SubmitRequest, Submitted};
+use crate::store::StoreError;
 use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
 use crate::store::invocations::{InsertOutcome, Invocation};
-use crate::store::StoreError;
 
 /// How often the dispatcher looks at every plan even when nothing woke it.
 const DISPATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -140,7 +140,12 @@ pub async fn submit(
         invocation_id: router.inner.env.new_id(),
         action: request.action,
         body: request.body.clone(),
-        conversation_id: Some(request.conversation_id.clone().unwrap_or_else(|| router.inner.env.new_id())),
+        conversation_id: Some(
+            request
+                .conversation_id
+                .clone()
+                .unwrap_or_else(|| router.inner.env.new_id()),
+        ),
         origin_node: router.inner.node_id.to_string(),
         target: query.to_string(),
         deadline_ms: deadline_ms.map(unix),
