@@ -132,6 +132,13 @@ impl Env {
         u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The monotonic clock as a tokio instant, for code that keeps
+    /// instants (rate limits, the address book's backoff, rescan
+    /// intervals). Tokio's clock, so it follows a paused runtime.
+    pub fn now_instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
     /// A fresh time-ordered id (uuid v7) for a new row or record.
     pub fn new_id(&self) -> String {
         match &self.inner.ids {
