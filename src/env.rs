@@ -62,8 +62,9 @@ enum WallClock {
 enum Ids {
     /// uuid v7 from the system clock and the operating system's randomness.
     System,
-    /// uuid v7 built from the simulated wall clock and a seeded stream.
-    Seeded(Mutex<StdRng>),
+    /// uuid v7 built from the simulated wall clock and a seeded stream
+    /// (boxed: the generator's state is large beside the empty variant).
+    Seeded(Box<Mutex<StdRng>>),
 }
 
 /// Names the id stream's seed apart from the random stream's seed, so the
@@ -91,7 +92,9 @@ impl Env {
             WallClock::Simulated(clock),
             Some(seed),
             StdRng::seed_from_u64(seed),
-            Ids::Seeded(Mutex::new(StdRng::seed_from_u64(seed ^ IDS_SEED_SALT))),
+            Ids::Seeded(Box::new(Mutex::new(StdRng::seed_from_u64(
+                seed ^ IDS_SEED_SALT,
+            )))),
         )
     }
 
