@@ -75,6 +75,7 @@ fn prepare_home(root: &Path, name: &str) -> Home {
     let context = Context {
         home: home.clone(),
         printer: Printer::new(true),
+        env: scout::env::Env::system(None),
     };
     scout::cli::setup::first_run(&context).expect("setup");
     home

@@ -67,6 +67,7 @@ fn prepare_home(root: &Path, name: &str, agent: bool) -> Home {
     scout::cli::setup::first_run(&Context {
         home: home.clone(),
         printer: Printer::new(true),
+        env: scout::env::Env::system(None),
     })
     .expect("setup");
     home

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use scout::store::invocations::{InsertOutcome, Invocation};
-use scout::store::{Store, StoreError, StoreOptions, Synchronous, WRITE_BATCH_MAX, new_id};
+use scout::store::{Store, StoreError, StoreOptions, Synchronous, WRITE_BATCH_MAX};
 use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 
 /// Concurrent writer tasks, as many as a busy broker has in-flight
@@ -51,12 +51,12 @@ impl Measurement {
     }
 }
 
-fn invocation() -> Invocation {
+fn invocation(store: &Store) -> Invocation {
     Invocation {
-        invocation_id: new_id(),
+        invocation_id: store.env().new_id(),
         action: InvocationAction::Execute,
         body: "review the diff in src/store and report anything that could lose a write".to_owned(),
-        conversation_id: Some(new_id()),
+        conversation_id: Some(store.env().new_id()),
         origin_node: "0f3c9a1e5b7d2c4f".to_owned(),
         target: "@fabric@devbox#main".to_owned(),
         deadline_ms: Some(1_700_000_060_000),
@@ -66,7 +66,7 @@ fn invocation() -> Invocation {
 }
 
 async fn insert_one(store: &Store) -> Result<Duration, StoreError> {
-    let row = invocation();
+    let row = invocation(store);
     let started = Instant::now();
     let outcome = store
         .write(move |transaction| Invocation::insert(transaction, &row))

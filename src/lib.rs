@@ -12,6 +12,8 @@
 //! - [`store`]: the durable SQLite store, its migrations, the group-commit
 //!   writer, the flight and delivery state machines as enforced on disk.
 //! - [`config`]: settings, manual agents, project manifests, agent discovery.
+//! - [`env`]: time, randomness and ids, injected into every part of a
+//!   broker (real clocks in production, simulated ones in netsim).
 //! - [`home`]: where a broker's files live.
 //! - [`identity`]: the node key, node id and API token.
 //! - [`logging`]: stderr logs.
@@ -29,6 +31,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod env;
 pub mod home;
 pub mod http;
 pub mod identity;

@@ -58,7 +58,7 @@ fn two_joins_racing_through_the_store_admit_one() {
     for round in 0..ROUNDS {
         let issued = invite(round);
         store
-            .write_blocking(move |tx| insert_invite(tx, &issued))
+            .write_blocking(move |tx| insert_invite(tx, &issued, NOW_MS))
             .unwrap();
         let barrier = Arc::new(Barrier::new(2));
         let racers: Vec<_> = [1u8, 2]
@@ -100,7 +100,7 @@ fn two_joins_racing_on_separate_connections_admit_one() {
     for round in 0..ROUNDS {
         let issued = invite(round);
         store
-            .write_blocking(move |tx| insert_invite(tx, &issued))
+            .write_blocking(move |tx| insert_invite(tx, &issued, NOW_MS))
             .unwrap();
     }
     store.close().unwrap();
@@ -144,7 +144,7 @@ fn the_winner_may_retry_and_an_expired_invite_is_refused() {
     let issued = invite(1);
     let invite_id = issued.invite_id;
     store
-        .write_blocking(move |tx| insert_invite(tx, &issued))
+        .write_blocking(move |tx| insert_invite(tx, &issued, NOW_MS))
         .unwrap();
     let redeem = |byte: u8, now_ms: u64| {
         store
@@ -158,7 +158,7 @@ fn the_winner_may_retry_and_an_expired_invite_is_refused() {
     let late = invite(2);
     let late_id = late.invite_id;
     store
-        .write_blocking(move |tx| insert_invite(tx, &late))
+        .write_blocking(move |tx| insert_invite(tx, &late, NOW_MS))
         .unwrap();
     let expired = store
         .write_blocking(move |tx| redeem_invite(tx, &late_id, &joiner(3), EXPIRES_AT_MS + 1))

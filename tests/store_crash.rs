@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use scout::store::invocations::{InsertOutcome, Invocation};
-use scout::store::{Store, StoreError, StoreOptions, Synchronous, new_id};
+use scout::store::{Store, StoreError, StoreOptions, Synchronous};
 use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 
 /// Names the database the child writes to; its absence means "not a child".
@@ -79,7 +79,7 @@ fn crash_child_writes_until_killed() {
             let store = store.clone();
             writers.spawn(async move {
                 for _ in 0..CHILD_WRITES_PER_TASK_MAX {
-                    let invocation_id = new_id();
+                    let invocation_id = store.env().new_id();
                     let row = invocation(invocation_id.clone());
                     let outcome = store
                         .write(move |transaction| Invocation::insert(transaction, &row))

@@ -11,7 +11,7 @@ use scout::store::flights::{Flight, NewFlight};
 use scout::store::invocations::{Accepted, InsertOutcome, Invocation};
 use scout::store::registry::{AgentDefinition, AgentInstance, Endpoint, Node, Project};
 use scout::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
-use scout::store::{Store, StoreError, StoreOptions, new_id};
+use scout::store::{Store, StoreError, StoreOptions};
 use scout_mesh::lifecycle::{
     DeliveryPolicy, DeliveryState, EndpointState, FailureReason, FlightState, InvocationAction,
 };
@@ -441,12 +441,13 @@ async fn delivery_lifecycle_and_attempts() {
 #[test]
 fn a_delivery_needs_a_stored_invocation() {
     let (_dir, store) = open();
+    let delivery_id = store.env().new_id();
     let err = store
-        .write_blocking(|transaction| {
+        .write_blocking(move |transaction| {
             Delivery::create(
                 transaction,
                 &NewDelivery {
-                    delivery_id: new_id(),
+                    delivery_id,
                     invocation_id: "missing".into(),
                     target: "@fabric".into(),
                     owner_node: None,
@@ -465,7 +466,7 @@ async fn messages_create_their_conversation_and_are_ordered() {
     let (_dir, store) = open();
     let mut ids = Vec::new();
     for (idx, author) in ["user", "@fabric", "user"].into_iter().enumerate() {
-        let message_id = new_id();
+        let message_id = store.env().new_id();
         let message = store
             .append_message(NewMessage {
                 message_id: message_id.clone(),

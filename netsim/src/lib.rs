@@ -2,9 +2,9 @@
 //!
 //! This crate sits above the broker (`scout`) and the mesh core
 //! (`scout-mesh`) and depends on them, never the other way round: the broker
-//! exposes seams (the UDP socket, the clock, the random seed, the store's
-//! inline mode, the data directory) and netsim fills them with simulated
-//! ones to run partitions, crashes and restarts reproducibly from a seed.
+//! exposes seams (the UDP socket, the environment of clocks, randomness
+//! and ids, the store's inline mode, the data directory) and netsim fills
+//! them with simulated ones to run partitions, crashes and restarts reproducibly from a seed.
 //!
 //! Code map:
 //! - [`net`]: the simulated network (hosts, directed link rules,

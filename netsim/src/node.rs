@@ -20,6 +20,7 @@ use scout::config::mesh_file::{BootstrapPeer, MeshFile};
 use scout::config::relay_agents::{ManualAgent, RelayAgents};
 use scout::daemon::mesh::{Mesh, SocketOverride};
 use scout::daemon::{Broker, BrokerOptions};
+use scout::env::Env;
 use scout::home::Home;
 use scout::store::{StoreOptions, Synchronous};
 use scout_mesh::lifecycle::Harness;
@@ -193,7 +194,13 @@ impl SimNode {
                 socket,
                 runtime: Arc::new(quinn::TokioRuntime),
             }),
-            clock: Some(self.clock.clone()),
+            // Row timestamps, ids and every random choice of the broker
+            // follow the simulated clock and the seed, so orders that
+            // depend on them repeat too.
+            env: Some(Env::simulated(
+                self.clock.clone(),
+                seeds::derive(config.seed, "broker", stream),
+            )),
             sync: Some(config.sync.clone()),
             transport: Some(config.transport.clone()),
             serve_http: false,
@@ -206,7 +213,6 @@ impl SimNode {
                 inline_writes: true,
                 ..StoreOptions::default()
             },
-            seed: Some(seeds::derive(config.seed, "broker", stream)),
             executor: Some(Arc::new(executor)),
         };
         let broker = Broker::start_with(&self.home, options)

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,7 +29,6 @@ use tokio::time::Instant;
 
 use crate::agent::{ExecLog, WorkTime};
 use crate::check::{self, Expected, FinalState};
-use crate::clock::SimClock;
 use crate::history::{EndLog, FaultMark, Latency, NodeSample, OpRecord, Outcome, Sample};
 use crate::net::{HostSet, Network};
 use crate::node::{BrokerConfig, SimNode, host_addr};
@@ -93,17 +91,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> anyhow::Result<RunReport> {
         .build()
         .context("cannot build the simulation runtime")?;
     let outcome = runtime.block_on(async {
-        // Row timestamps and ids in every broker's store follow the
-        // simulated clock and the seed, so orders that depend on them
-        // repeat too.
-        let start = Instant::now();
-        scout::store::simulate_time_and_ids_on_this_thread(Some((
-            Box::new(move || {
-                let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(0);
-                i64::try_from(crate::clock::EPOCH_MS + elapsed).unwrap_or(i64::MAX)
-            }),
-            seeds::derive(seed, "row-ids", 0),
-        )));
         let mut sim = Sim::new(plan, seed, root)?;
         let report = sim.run().await;
         sim.finish().await;
@@ -112,7 +99,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> anyhow::Result<RunReport> {
     // Tasks of crashed brokers still hold their stores; dropping the
     // runtime drops them before the homes go.
     drop(runtime);
-    scout::store::simulate_time_and_ids_on_this_thread(None);
     scout_mesh::registry::broken_merge::set_for_this_thread(false);
     let mut report = outcome?;
     let (n_panics, messages) = panics::take();
@@ -196,7 +182,7 @@ impl<'p> Sim<'p> {
         let start = net.start();
         let mut nodes = Vec::new();
         for (idx, name) in plan.names.iter().enumerate() {
-            let clock = Arc::new(SimClock::new(start));
+            let clock = crate::clock::node_clock(start);
             nodes.push(SimNode::prepare(&root, idx, name, seed, clock)?);
         }
         let scenario = &plan.scenario;

@@ -1,11 +1,12 @@
 //! Every shipped scenario passes, a seed reproduces its packet schedule,
-//! and bad scenario files get typed errors.
+//! a seed reproduces a run's whole history, and bad scenario files get
+//! typed errors.
 
 use std::path::{Path, PathBuf};
 
 use scout_netsim::check::CheckStatus;
 use scout_netsim::run::{self, RunOptions};
-use scout_netsim::scenario::Scenario;
+use scout_netsim::scenario::{OpKind, Scenario};
 
 fn scenario_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
@@ -131,6 +132,35 @@ fn a_seed_reproduces_the_packet_schedule() {
     assert_eq!(first.state_digest, again.state_digest);
     assert_eq!(first.network.sent, again.network.sent);
     assert_ne!(first.schedule_digest, other.schedule_digest);
+}
+
+/// The whole history of a run (every operation with its outcome and
+/// detail, every fault, every sample, every check) repeats with the seed:
+/// the brokers' clocks, ids and random choices all come from their
+/// simulated environments. Only the wall-clock duration may differ.
+#[test]
+fn a_seed_reproduces_the_whole_history() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/crash-restart.toml");
+    let plan = Scenario::load(&file).expect("valid");
+    let options = RunOptions {
+        seed: Some(11),
+        ..RunOptions::default()
+    };
+    let history = || {
+        let report = run::run(&plan, &options).expect("runs");
+        assert!(report.passed, "{}", report.summary());
+        assert!(
+            report
+                .ops_history
+                .iter()
+                .any(|op| op.kind == OpKind::Invoke),
+            "the scenario routes invocations, so ids are minted"
+        );
+        let mut json = serde_json::to_value(&report).expect("serializes");
+        json.as_object_mut().expect("an object").remove("wall_ms");
+        json
+    };
+    assert_eq!(history(), history());
 }
 
 #[test]

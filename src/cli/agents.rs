@@ -413,7 +413,7 @@ struct Trusted {
 
 fn trust(args: TrustArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let settings = settings::load_required(&context.home.settings_path())?.value;
-    let record = trust::trust(&context.home, &args.path, crate::store::unix_ms_now())?;
+    let record = trust::trust(&context.home, &args.path, context.env.now_unix_ms_i64())?;
     let node = Label::parse(&settings.node_name, NamePart::Node)?;
     let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
     let declared_by_it = |agent: &&discover::LocalAgent| match &agent.source {

@@ -101,7 +101,7 @@ impl BrokerClient {
             .timeout(REQUEST_TIMEOUT)
             .redirects(0)
             .build();
-        let challenge: [u8; CHALLENGE_BYTES] = rand::random();
+        let challenge: [u8; CHALLENGE_BYTES] = context.env.random();
         let url = format!("{base}{HELLO_PATH}?challenge={}", hex::encode(challenge));
         let mismatch = |found: String| BrokerMismatch { addr, found };
         let response = match agent.get(&url).timeout(PROBE_TIMEOUT).call() {

@@ -19,7 +19,7 @@ use super::{Context, UsageError};
 use crate::config::settings;
 use crate::daemon::mesh::{self, IssuedCode, MeshIdentity, PeerView};
 use crate::identity;
-use crate::store::{self, Store, StoreOptions};
+use crate::store::{Store, StoreOptions};
 
 /// `scout mesh …`
 #[derive(Debug, Subcommand)]
@@ -120,7 +120,11 @@ fn offline(context: &Context, lock: std::fs::File) -> anyhow::Result<Offline> {
     let settings = settings::load_required(&home.settings_path())?.value;
     let node_name = Label::parse(&settings.node_name, NamePart::Node)?;
     let key = identity::load_node_key(&home.node_key_path())?;
-    let (store, _) = Store::open(home.store_path(), StoreOptions::default())
+    let options = StoreOptions {
+        env: context.env.clone(),
+        ..StoreOptions::default()
+    };
+    let (store, _) = Store::open(home.store_path(), options)
         .with_context(|| format!("cannot open the store {}", home.store_path().display()))?;
     Ok(Offline {
         identity: key.mesh_identity(node_name),
@@ -163,7 +167,7 @@ fn invite(args: InviteArgs, context: &Context) -> anyhow::Result<ExitCode> {
             let mesh_id = MeshId::parse(&mesh_file.value.mesh_id)?;
             let bind = std::net::SocketAddr::from(([0, 0, 0, 0], settings.mesh_port));
             let addresses = mesh::announce_addresses(bind).iter().map(ToString::to_string).collect();
-            let now = u64::try_from(store::unix_ms_now()).unwrap_or(0);
+            let now = context.env.now_unix_ms();
             let issued = runtime()?.block_on(mesh::offline::invite(&offline.identity, &offline.store, mesh_id, addresses, ttl, now))?;
             offline.store.close()?;
             issued
@@ -172,7 +176,7 @@ fn invite(args: InviteArgs, context: &Context) -> anyhow::Result<ExitCode> {
     context.printer.emit(&issued, || {
         let minutes = issued
             .expires_at_ms
-            .saturating_sub(u64::try_from(store::unix_ms_now()).unwrap_or(0))
+            .saturating_sub(context.env.now_unix_ms())
             / 60_000;
         format!(
             "{}\n\nvalid once, for about {minutes} min; on the joining machine run:\n  scout mesh join {}\n(or `scout setup --join {}` on a fresh machine)\n",
@@ -206,7 +210,7 @@ pub fn join(code: &str, context: &Context) -> anyhow::Result<Joined> {
         anyhow::bail!("the broker of this home is starting or not answering; try again");
     };
     let offline = offline(context, lock)?;
-    let now = u64::try_from(store::unix_ms_now()).unwrap_or(0);
+    let now = context.env.now_unix_ms();
     let mesh_id = runtime()?.block_on(mesh::offline::join(
         &context.home,
         &offline.identity,
@@ -239,7 +243,7 @@ fn revoke(args: RevokeArgs, context: &Context) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("the broker of this home is starting or not answering; try again");
             };
             let offline = offline(context, lock)?;
-            let now = u64::try_from(store::unix_ms_now()).unwrap_or(0);
+            let now = context.env.now_unix_ms();
             let id = runtime()?.block_on(mesh::offline::revoke(
                 &context.home,
                 &offline.identity,
@@ -291,7 +295,9 @@ pub fn peers(_args: PeersArgs, context: &Context) -> anyhow::Result<ExitCode> {
         }
         None => offline_peers(context)?,
     };
-    context.printer.emit(&report, || render_peers(&report))?;
+    context
+        .printer
+        .emit(&report, || render_peers(&report, context.env.now_unix_ms()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -323,7 +329,7 @@ fn offline_peers(context: &Context) -> anyhow::Result<PeersReport> {
     })
 }
 
-fn render_peers(report: &PeersReport) -> String {
+fn render_peers(report: &PeersReport, now: u64) -> String {
     let mut out = format!(
         "node {} ({}) in mesh {}{}\n",
         report.node_name,
@@ -339,7 +345,6 @@ fn render_peers(report: &PeersReport) -> String {
         out.push_str("no other members yet; invite one with `scout mesh invite`\n");
         return out;
     }
-    let now = u64::try_from(store::unix_ms_now()).unwrap_or(0);
     let rows: Vec<Vec<String>> = report
         .peers
         .iter()

@@ -103,6 +103,8 @@ pub struct Context {
     pub home: Home,
     /// The result printer.
     pub printer: Printer,
+    /// Time, randomness and ids for this command.
+    pub env: crate::env::Env,
 }
 
 /// Parses the arguments, runs the command and maps the outcome to an exit code.
@@ -112,6 +114,7 @@ pub fn main() -> ExitCode {
         let context = Context {
             home,
             printer: Printer::new(cli.json),
+            env: crate::env::Env::system(None),
         };
         run(cli.command, &context)
     });

@@ -425,10 +425,13 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     let client = running(context)?;
     let order: WorkOrderView = match command {
         WorkOrdersCommand::Enqueue(args) => client
-            .post("/v1/work-orders", &enqueue_body(&args)?)
+            .post("/v1/work-orders", &enqueue_body(&args, &context.env)?)
             .map_err(api_error)?,
         WorkOrdersCommand::RunNow(args) => client
-            .post("/v1/work-orders/run-now", &enqueue_body(&args)?)
+            .post(
+                "/v1/work-orders/run-now",
+                &enqueue_body(&args, &context.env)?,
+            )
             .map_err(api_error)?,
         WorkOrdersCommand::Cancel { id } => client
             .post(&format!("/v1/work-orders/{id}/cancel"), &json!({}))
@@ -479,11 +482,11 @@ pub fn work_orders(command: WorkOrdersCommand, context: &Context) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn enqueue_body(args: &EnqueueArgs) -> anyhow::Result<EnqueueBody> {
+fn enqueue_body(args: &EnqueueArgs, env: &crate::env::Env) -> anyhow::Result<EnqueueBody> {
     let not_before_ms = match &args.r#in {
         Some(delay) => {
             let delay = super::mesh::parse_duration(delay)?;
-            let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+            let now = env.now_unix_ms();
             Some(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)))
         }
         None => None,

@@ -147,7 +147,11 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
 
     let store_existed = home.store_path().exists();
     let mesh_existed = home.mesh_path().exists();
-    let (store, _reconciled) = Store::open(home.store_path(), StoreOptions::default())
+    let store_options = StoreOptions {
+        env: context.env.clone(),
+        ..StoreOptions::default()
+    };
+    let (store, _reconciled) = Store::open(home.store_path(), store_options)
         .with_context(|| format!("cannot open the store {}", home.store_path().display()))?;
     // A broker running on this home founded its mesh already; otherwise
     // found one now, under the home lock, with this node as first member.
@@ -157,7 +161,7 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
             scout_mesh::names::NamePart::Node,
         )?;
         let mesh_identity = identity.mesh_identity(node_name);
-        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+        let now = context.env.now_unix_ms();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

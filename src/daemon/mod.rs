@@ -17,7 +17,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use scout_mesh::names::{Label, NamePart};
@@ -27,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::config::discover::{self, LocalAgent};
 use crate::config::{relay_agents, settings};
+use crate::env::Env;
 use crate::home::Home;
 use crate::identity;
 use crate::store::{Store, StoreOptions};
@@ -52,8 +52,9 @@ pub struct BrokerState {
     pub runtime: Arc<crate::pty::SessionManager>,
     /// Routing of invocations and work orders.
     pub router: routing::Router,
-    /// When the broker started.
-    pub started: Instant,
+    /// Time, randomness and ids for everything in this broker; its
+    /// monotonic clock started with the broker.
+    pub env: Env,
 }
 
 /// What the broker prints once it is ready.
@@ -113,8 +114,12 @@ pub struct Broker {
 pub struct BrokerOptions {
     /// Run the mesh on this socket instead of binding `mesh_port`.
     pub mesh_socket: Option<mesh::SocketOverride>,
-    /// The mesh's clock (default: the system clock).
-    pub clock: Option<Arc<dyn mesh::Clock>>,
+    /// Time, randomness and ids for the whole broker: mesh, store,
+    /// routing, HTTP and the PTY runtime (default: [`Env::system`] with
+    /// the operating system's randomness). netsim passes an
+    /// [`Env::simulated`] over its clock and seed. The store runs on this
+    /// environment whatever `store.env` says.
+    pub env: Option<Env>,
     /// Sync tunables (default: the production intervals).
     pub sync: Option<scout_mesh::sync::SyncConfig>,
     /// Transport timeouts (default: the production ones).
@@ -130,11 +135,6 @@ pub struct BrokerOptions {
     /// `inline_writes` the store is also opened and closed on the calling
     /// thread.
     pub store: StoreOptions,
-    /// Seeds every random choice the broker makes itself (dial backoff
-    /// jitter, anti-entropy jitter, invite secrets, the QUIC endpoint's
-    /// randomness), so a simulated run is reproducible. `None` (the
-    /// default) uses the operating system's randomness.
-    pub seed: Option<u64>,
     /// What runs invocations on this broker's agents (default: PTY
     /// sessions); netsim runs in-process agents.
     pub executor: Option<Arc<dyn routing::executor::Executor>>,
@@ -144,13 +144,12 @@ impl Default for BrokerOptions {
     fn default() -> BrokerOptions {
         BrokerOptions {
             mesh_socket: None,
-            clock: None,
+            env: None,
             sync: None,
             transport: None,
             serve_http: true,
             watch_config: true,
             store: StoreOptions::default(),
-            seed: None,
             executor: None,
         }
     }
@@ -163,8 +162,10 @@ impl Broker {
         Broker::start_with(home, BrokerOptions::default()).await
     }
 
-    /// [`Broker::start`] with substitutes for the socket, clock and tunables.
+    /// [`Broker::start`] with substitutes for the socket, environment and
+    /// tunables.
     pub async fn start_with(home: &Home, options: BrokerOptions) -> anyhow::Result<Broker> {
+        let env = options.env.clone().unwrap_or_else(|| Env::system(None));
         // Taken before the files are read, so an edit made while the broker
         // starts is seen by the watcher's first look, never missed.
         let config_seen = watch::ConfigSnapshot::take(home);
@@ -176,7 +177,10 @@ impl Broker {
                 home.node_key_path().display()
             );
         }
-        let runtime_config = crate::pty::RuntimeConfig::from_env()?;
+        let runtime_config = crate::pty::RuntimeConfig {
+            broker_env: env.clone(),
+            ..crate::pty::RuntimeConfig::from_env()?
+        };
         let identity = identity::load_node_key(&home.node_key_path())?;
         let token = identity::load_token(&home.token_path())?;
         let node_name = Label::parse(&settings.node_name, NamePart::Node)?;
@@ -185,7 +189,10 @@ impl Broker {
         let store_path = home.store_path();
         let (store, reconciled) = {
             let path = store_path.clone();
-            let store_options = options.store.clone();
+            let store_options = StoreOptions {
+                env: env.clone(),
+                ..options.store.clone()
+            };
             let open = move || Store::open(&path, store_options);
             if options.store.inline_writes {
                 open()
@@ -225,7 +232,7 @@ impl Broker {
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         if listener.is_some() {
-            write_runtime_file(home, http_addr)?;
+            write_runtime_file(home, http_addr, &env)?;
         }
         let (shutdown, shutdown_rx) = signal::channel(false);
         let mut tasks = JoinSet::new();
@@ -233,23 +240,22 @@ impl Broker {
             std::net::SocketAddr::from(([0, 0, 0, 0], settings.mesh_port)),
             seeds(&settings),
             http_addr.port(),
+            env.clone(),
         );
         mesh_config.socket = options.mesh_socket;
-        if let Some(clock) = options.clock {
-            mesh_config.clock = clock;
-        }
         if let Some(sync) = options.sync {
             mesh_config.sync = sync;
         }
         if let Some(transport) = options.transport {
             mesh_config.transport = transport;
         }
-        if let Some(seed) = options.seed {
-            use rand::{Rng as _, SeedableRng as _};
-            let mut seeds = rand::rngs::StdRng::seed_from_u64(seed);
-            mesh_config.sync.seed = seeds.r#gen();
-            mesh_config.seed = Some(seeds.r#gen());
-            mesh_config.transport.rng_seed = Some(seeds.r#gen());
+        if env.replay_seed().is_some() {
+            // A replayed run draws the sync and QUIC seeds from the
+            // environment too, so its anti-entropy jitter and connection
+            // ids repeat; otherwise the QUIC endpoint keeps drawing from
+            // the operating system, as it does without an environment.
+            mesh_config.sync.seed = env.random_u64();
+            mesh_config.transport.rng_seed = Some(env.random());
         }
         let mesh = mesh::Mesh::start(
             home,
@@ -276,7 +282,7 @@ impl Broker {
                 node_name: node_name.clone(),
                 executor,
                 agents: agents.clone(),
-                seed: options.seed.unwrap_or_else(rand::random),
+                env: env.clone(),
             },
             shutdown_rx.clone(),
             &mut tasks,
@@ -299,7 +305,7 @@ impl Broker {
             mesh: mesh.clone(),
             runtime,
             router,
-            started: Instant::now(),
+            env: env.clone(),
         });
         let info = ReadyInfo {
             node_name: node_name.as_str().to_owned(),
@@ -321,6 +327,7 @@ impl Broker {
                 router,
                 http_connections_max,
                 shutdown_rx.clone(),
+                env.clone(),
             ));
         }
         if options.watch_config {
@@ -392,11 +399,11 @@ pub struct RuntimeFile {
 /// Random bytes of [`RuntimeFile::instance`].
 const INSTANCE_NONCE_BYTES: usize = 16;
 
-fn write_runtime_file(home: &Home, http_addr: SocketAddr) -> anyhow::Result<()> {
+fn write_runtime_file(home: &Home, http_addr: SocketAddr, env: &Env) -> anyhow::Result<()> {
     let runtime = RuntimeFile {
         pid: std::process::id(),
         http_addr,
-        instance: hex::encode(rand::random::<[u8; INSTANCE_NONCE_BYTES]>()),
+        instance: hex::encode(env.random::<[u8; INSTANCE_NONCE_BYTES]>()),
     };
     let text = serde_json::to_string_pretty(&runtime)?;
     write_private_atomically(&home.runtime_path(), text.as_bytes())

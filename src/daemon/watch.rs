@@ -58,19 +58,20 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(CONFIG_POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_scan = tokio::time::Instant::now();
+    let mut last_scan = state.env.now_instant();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = ConfigSnapshot::take(&state.home);
-        let rescan_due = last_scan.elapsed() >= WORKSPACE_RESCAN_INTERVAL;
+        let rescan_due =
+            state.env.now_instant().duration_since(last_scan) >= WORKSPACE_RESCAN_INTERVAL;
         if now == last && !rescan_due {
             continue;
         }
         last = now;
-        last_scan = tokio::time::Instant::now();
+        last_scan = state.env.now_instant();
         let state = state.clone();
         // Discovery walks directories: keep it off the async workers.
         let reload = tokio::task::spawn_blocking(move || reload(&state)).await;

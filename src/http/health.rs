@@ -39,7 +39,7 @@ async fn health(State(state): State<Arc<BrokerState>>) -> Json<Health> {
         node: state.node_name.as_str().to_owned(),
         node_id: state.node_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        uptime_ms: state.env.now_mono_ms(),
         agents: state.agents.read().map(|agents| agents.len()).unwrap_or(0),
     })
 }

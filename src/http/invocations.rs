@@ -73,7 +73,7 @@ async fn submit(
 
 /// The routing request of a submit body.
 pub fn submit_request(state: &BrokerState, body: SubmitBody) -> SubmitRequest {
-    let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
+    let now = state.env.now_unix_ms();
     SubmitRequest {
         target: body.target,
         body: body.message,

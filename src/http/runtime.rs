@@ -653,6 +653,7 @@ async fn events(
     let mut events = state.runtime.subscribe();
     let mut closed = state.runtime.closed_watch();
     let filter = query.agent_id.filter(|id| !id.is_empty());
+    let env = state.env.clone();
     Ok(ws.on_upgrade(move |socket| async move {
         let (sink, mut stream) = socket.split();
         let mut writer = TerminalWriter {
@@ -662,7 +663,7 @@ async fn events(
         let connected = json!({
             "event": "connected",
             "data": { "agentId": filter },
-            "timestamp": rfc3339(std::time::SystemTime::now()),
+            "timestamp": rfc3339(env.now_unix_ms()),
         });
         if writer.send_text(connected.to_string()).await.is_err() {
             return;
@@ -696,7 +697,7 @@ async fn events(
                     let notice = json!({
                         "event": "events_dropped",
                         "data": { "count": n_skipped },
-                        "timestamp": rfc3339(std::time::SystemTime::now()),
+                        "timestamp": rfc3339(env.now_unix_ms()),
                     });
                     writer.send_text(notice.to_string()).await
                 }

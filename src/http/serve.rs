@@ -29,9 +29,10 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::env::Env;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -128,12 +129,13 @@ pub async fn serve(
     router: Router,
     connections_max: usize,
     mut shutdown: watch::Receiver<bool>,
+    env: Env,
 ) {
     let tracker = Arc::new(Tracker::default());
     let mut connections = JoinSet::new();
     let mut sweep = tokio::time::interval(IDLE_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = AcceptBackoff::default();
+    let mut backoff = AcceptBackoff::new(env);
     let mut last_refusal_warning: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -263,12 +265,18 @@ fn is_connection_error(err: &io::Error) -> bool {
 }
 
 /// Bounded, jittered exponential backoff for accept errors.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AcceptBackoff {
     failures: u32,
+    /// Where the jitter comes from.
+    env: Env,
 }
 
 impl AcceptBackoff {
+    fn new(env: Env) -> AcceptBackoff {
+        AcceptBackoff { failures: 0, env }
+    }
+
     fn reset(&mut self) {
         self.failures = 0;
     }
@@ -287,7 +295,7 @@ impl AcceptBackoff {
             .saturating_mul(1u32 << doublings)
             .min(ACCEPT_BACKOFF_MAX);
         let half = base / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+        half.mul_f64(1.0 + self.env.random_f64())
     }
 }
 
@@ -594,7 +602,7 @@ mod tests {
 
     #[test]
     fn accept_backoff_is_bounded() {
-        let mut backoff = AcceptBackoff::default();
+        let mut backoff = AcceptBackoff::new(Env::system(None));
         for _ in 0..100 {
             let pause = backoff.next();
             assert!(pause <= ACCEPT_BACKOFF_MAX);

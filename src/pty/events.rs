@@ -2,9 +2,9 @@
 //! `agent_stopped`, `agent_error`, `login_required`, `message`, `question`,
 //! each sent as `{ "event", "data", "timestamp" }`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Serialize;
+
+use crate::env::Env;
 
 /// Events kept for subscribers that fall behind. A subscriber that lags
 /// further loses the oldest ones and is told how many.
@@ -45,22 +45,26 @@ pub struct RuntimeEvent {
 }
 
 impl RuntimeEvent {
-    /// An event about `agent_id`, stamped now.
-    pub fn new(event: EventKind, agent_id: &str, data: serde_json::Value) -> RuntimeEvent {
+    /// An event about `agent_id`, stamped now on `env`'s wall clock.
+    pub fn new(
+        env: &Env,
+        event: EventKind,
+        agent_id: &str,
+        data: serde_json::Value,
+    ) -> RuntimeEvent {
         RuntimeEvent {
             event,
             data,
-            timestamp: rfc3339(SystemTime::now()),
+            timestamp: rfc3339(env.now_unix_ms()),
             agent_id: agent_id.to_owned(),
         }
     }
 }
 
-/// `2024-05-01T12:34:56.789Z`.
-pub fn rfc3339(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let millis = since_epoch.subsec_millis();
+/// Unix milliseconds as `2024-05-01T12:34:56.789Z`.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let millis = unix_ms % 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let secs_of_day = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
@@ -89,22 +93,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn formats_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap_day = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
-        assert_eq!(rfc3339(leap_day), "2024-02-29T12:34:56.789Z");
-        let new_year = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
-        assert_eq!(rfc3339(new_year), "2024-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(rfc3339(1_735_689_599_000), "2024-12-31T23:59:59.000Z");
     }
 
     #[test]
     fn events_serialize_as_event_data_timestamp() {
         let event = RuntimeEvent::new(
+            &Env::system(None),
             EventKind::LoginRequired,
             "agent-1",
             serde_json::json!({"loginUrl": "https://x"}),

@@ -18,6 +18,7 @@ use super::session::{
     AgentInfo, Session, SessionConfig, Turn, TurnEvent, TurnFailure, TurnOutcome,
 };
 use crate::adapter::{self, AdapterOptions, AgentEnv};
+use crate::env::Env;
 
 /// Agents running at once unless `MAX_AGENTS` says otherwise (the local
 /// runtime's default).
@@ -78,6 +79,8 @@ pub struct RuntimeConfig {
     pub stop_grace: Duration,
     /// Scrollback rows per session.
     pub scrollback_rows: usize,
+    /// The broker's environment: session and event timestamps, agent ids.
+    pub broker_env: Env,
 }
 
 impl Default for RuntimeConfig {
@@ -87,6 +90,7 @@ impl Default for RuntimeConfig {
             default_timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             stop_grace: STOP_GRACE,
             scrollback_rows: SCROLLBACK_ROWS_MAX,
+            broker_env: Env::system(None),
         }
     }
 }
@@ -263,6 +267,7 @@ impl SessionManager {
             size,
             scrollback_rows: self.config.scrollback_rows,
             stop_grace: self.config.stop_grace,
+            broker_env: self.config.broker_env.clone(),
         };
         let events = self.events.clone();
         let session =
@@ -411,8 +416,7 @@ impl SessionManager {
 
     fn new_id(&self) -> String {
         loop {
-            let uuid = uuid::Uuid::new_v4().simple().to_string();
-            let id = format!("agent-{}", &uuid[..8]);
+            let id = format!("agent-{:08x}", self.config.broker_env.random::<u32>());
             if self.session(&id).is_err() {
                 return id;
             }

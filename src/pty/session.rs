@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use scout_mesh::lifecycle::{FailureReason, Harness};
@@ -32,6 +32,7 @@ use super::text::{PlainText, Transcript};
 use crate::adapter::{
     Adapter, AgentEnv, AuthStatus, ScreenState, ScreenView, StructuredEvent, TurnStyle,
 };
+use crate::env::Env;
 
 /// Output chunks kept for terminal and stream subscribers. A subscriber
 /// more than this far behind skips ahead and redraws from the screen model.
@@ -247,6 +248,8 @@ pub struct SessionConfig {
     pub scrollback_rows: usize,
     /// How long a stopped program gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// The broker's environment: the wall clock of timestamps.
+    pub broker_env: Env,
 }
 
 /// A running or finished agent session.
@@ -255,7 +258,8 @@ pub struct Session {
     adapter: Box<dyn Adapter>,
     agent_env: AgentEnv,
     argv: Vec<String>,
-    created_at: SystemTime,
+    /// Unix ms.
+    created_at: u64,
     process: PtyProcess,
     screen: Arc<Mutex<Screen>>,
     output: broadcast::Sender<OutputChunk>,
@@ -285,8 +289,10 @@ impl std::fmt::Debug for Session {
 
 #[derive(Debug)]
 struct SessionState {
-    ready_at: Option<SystemTime>,
-    stopped_at: Option<SystemTime>,
+    /// Unix ms.
+    ready_at: Option<u64>,
+    /// Unix ms.
+    stopped_at: Option<u64>,
     exit: Option<ExitInfo>,
     stop_reason: Option<String>,
     screen_state: ScreenState,
@@ -381,7 +387,7 @@ impl Session {
             adapter,
             agent_env,
             argv,
-            created_at: SystemTime::now(),
+            created_at: config.broker_env.now_unix_ms(),
             process,
             screen,
             output,
@@ -885,7 +891,7 @@ impl Session {
         let newly_ready = {
             let mut state = self.lock_state();
             if state.ready_at.is_none() && state.stopped_at.is_none() {
-                state.ready_at = Some(SystemTime::now());
+                state.ready_at = Some(self.config.broker_env.now_unix_ms());
                 true
             } else {
                 false
@@ -1048,7 +1054,7 @@ impl Session {
         let exit = self.process.exited();
         let (reason, error, permit) = {
             let mut state = self.lock_state();
-            state.stopped_at = Some(SystemTime::now());
+            state.stopped_at = Some(self.config.broker_env.now_unix_ms());
             state.exit = exit.clone();
             state.login_required = false;
             state.question = None;
@@ -1108,9 +1114,12 @@ impl Session {
     }
 
     fn emit(&self, kind: EventKind, data: serde_json::Value) {
-        let _ = self
-            .events
-            .send(RuntimeEvent::new(kind, &self.config.id, data));
+        let _ = self.events.send(RuntimeEvent::new(
+            &self.config.broker_env,
+            kind,
+            &self.config.id,
+            data,
+        ));
     }
 
     fn lock_state(&self) -> MutexGuard<'_, SessionState> {

@@ -13,7 +13,7 @@ use scout_mesh::lifecycle::{DeliveryState, FailureReason};
 use super::invocations::Invocation;
 use super::{
     Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
-    parse_word, unix_ms_now,
+    parse_word,
 };
 
 /// Most attempts one delivery may record. Retries are paced by backoff and
@@ -437,11 +437,18 @@ impl Store {
         failure: Option<(FailureReason, String)>,
     ) -> Result<Delivery, StoreError> {
         let delivery_id = delivery_id.to_owned();
+        let env = self.env().clone();
         self.write(move |transaction| {
             let failure = failure
                 .as_ref()
                 .map(|(reason, detail)| (*reason, detail.as_str()));
-            Delivery::transition(transaction, &delivery_id, to, failure, unix_ms_now())
+            Delivery::transition(
+                transaction,
+                &delivery_id,
+                to,
+                failure,
+                env.now_unix_ms_i64(),
+            )
         })
         .await
     }

@@ -12,7 +12,7 @@ use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
 use super::invocations::Invocation;
 use super::{
     Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
-    parse_word, unix_ms_now,
+    parse_word,
 };
 
 /// One flight, as stored.
@@ -47,7 +47,7 @@ pub struct Flight {
 /// What is needed to create a flight; it starts `queued`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFlight {
-    /// The flight's id (see [`new_id`](super::new_id)).
+    /// The flight's id (see [`Env::new_id`](crate::env::Env::new_id)).
     pub flight_id: String,
     /// The invocation it executes; must be stored already.
     pub invocation_id: String,
@@ -337,11 +337,12 @@ impl Store {
         failure: Option<(FailureReason, String)>,
     ) -> Result<Flight, StoreError> {
         let flight_id = flight_id.to_owned();
+        let env = self.env().clone();
         self.write(move |transaction| {
             let failure = failure
                 .as_ref()
                 .map(|(reason, detail)| (*reason, detail.as_str()));
-            Flight::transition(transaction, &flight_id, to, failure, unix_ms_now())
+            Flight::transition(transaction, &flight_id, to, failure, env.now_unix_ms_i64())
         })
         .await
     }
@@ -354,8 +355,9 @@ impl Store {
         result: FlightOutput,
     ) -> Result<Flight, StoreError> {
         let flight_id = flight_id.to_owned();
+        let env = self.env().clone();
         self.write(move |transaction| {
-            let now_ms = unix_ms_now();
+            let now_ms = env.now_unix_ms_i64();
             Flight::set_result(transaction, &flight_id, &result, now_ms)?;
             Flight::transition(
                 transaction,

@@ -10,7 +10,8 @@ use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 
 use super::deliveries::{Delivery, NewDelivery};
 use super::flights::{Flight, NewFlight};
-use super::{Store, StoreError, list_limit, new_id, parse_word, unix_ms_now};
+use super::{Store, StoreError, list_limit, parse_word};
+use crate::env::Env;
 
 /// One invocation, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +51,14 @@ const COLUMNS: &str = "invocation_id, action, body, conversation_id, origin_node
 impl Invocation {
     /// The owner's "accept" inside a transaction: inserts `invocation` under
     /// its unique id and, if it is new, creates its `queued` flight; a
-    /// known id answers the flight it already has.
+    /// known id answers the flight it already has. `env` gives the new
+    /// flight its id and creation time.
     pub fn accept(
         transaction: &Transaction<'_>,
         invocation: &Invocation,
         chosen_instance: Option<String>,
         resolve_reason: Option<String>,
+        env: &Env,
     ) -> Result<Accepted, StoreError> {
         match Invocation::insert(transaction, invocation)? {
             InsertOutcome::Duplicate => Ok(Accepted::Duplicate(Flight::get_for_invocation(
@@ -65,11 +68,11 @@ impl Invocation {
             InsertOutcome::Inserted => Flight::create(
                 transaction,
                 &NewFlight {
-                    flight_id: new_id(),
+                    flight_id: env.new_id(),
                     invocation_id: invocation.invocation_id.clone(),
                     chosen_instance,
                     resolve_reason,
-                    created_at_ms: unix_ms_now(),
+                    created_at_ms: env.now_unix_ms_i64(),
                 },
             )
             .map(Accepted::New),
@@ -203,8 +206,15 @@ impl Store {
         chosen_instance: Option<String>,
         resolve_reason: Option<String>,
     ) -> Result<Accepted, StoreError> {
+        let env = self.env().clone();
         self.write(move |transaction| {
-            Invocation::accept(transaction, &invocation, chosen_instance, resolve_reason)
+            Invocation::accept(
+                transaction,
+                &invocation,
+                chosen_instance,
+                resolve_reason,
+                &env,
+            )
         })
         .await
     }
@@ -217,6 +227,7 @@ impl Store {
         invocation: Invocation,
         owner_node: Option<String>,
     ) -> Result<Delivery, StoreError> {
+        let env = self.env().clone();
         self.write(move |transaction| {
             if Invocation::insert(transaction, &invocation)? == InsertOutcome::Duplicate {
                 return Err(StoreError::AlreadyExists {
@@ -227,12 +238,12 @@ impl Store {
             Delivery::create(
                 transaction,
                 &NewDelivery {
-                    delivery_id: new_id(),
+                    delivery_id: env.new_id(),
                     invocation_id: invocation.invocation_id.clone(),
                     target: invocation.target.clone(),
                     owner_node,
                     resolve_reason: None,
-                    created_at_ms: unix_ms_now(),
+                    created_at_ms: env.now_unix_ms_i64(),
                 },
             )
         })

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use scout_mesh::membership::{IssuedInvite, JoinRefused};
 use scout_mesh::wire::{Hlc, NodeId, Record, RecordBody, RecordKey, RecordSignature};
 
-use super::{StoreError, unix_ms_now};
+use super::StoreError;
 
 /// What the store holds of the registry.
 #[derive(Debug, Default)]
@@ -81,12 +81,14 @@ fn decode_record(bytes: &[u8]) -> Option<Record> {
 
 /// Stores records (each replacing the stored version of its key) and the
 /// version vector, as the replica asks: in the caller's transaction.
+/// `now_ms` (unix ms) stamps the rows written.
 pub fn persist(
     transaction: &Transaction<'_>,
     records: &[Record],
     vv: &VClock<NodeId>,
+    now_ms: u64,
 ) -> Result<(), StoreError> {
-    let now = unix_ms_now();
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
     let mut upsert = transaction.prepare_cached(
         "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -142,10 +144,11 @@ fn invite_key(invite_id: &[u8; 8]) -> String {
     invite_id.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Stores an issued invite.
+/// Stores an issued invite, created at `now_ms` (unix ms).
 pub fn insert_invite(
     transaction: &Transaction<'_>,
     invite: &IssuedInvite,
+    now_ms: u64,
 ) -> Result<(), StoreError> {
     transaction.execute(
         "INSERT INTO invites (invite_id, secret_hash, expires_at_ms, used_by, created_at_ms)
@@ -154,7 +157,7 @@ pub fn insert_invite(
             invite_key(&invite.invite_id),
             invite.secret_hash.to_vec(),
             i64::try_from(invite.expires_at_ms).unwrap_or(i64::MAX),
-            unix_ms_now(),
+            i64::try_from(now_ms).unwrap_or(i64::MAX),
         ],
     )?;
     Ok(())
@@ -226,11 +229,10 @@ pub fn redeem_invite(
 ) -> Result<Redemption, StoreError> {
     let claimed = transaction.execute(
         "UPDATE invites SET used_by = ?2, used_at_ms = ?3
-         WHERE invite_id = ?1 AND used_by IS NULL AND expires_at_ms >= ?4",
+         WHERE invite_id = ?1 AND used_by IS NULL AND expires_at_ms >= ?3",
         params![
             invite_key(invite_id),
             joiner.as_str(),
-            unix_ms_now(),
             i64::try_from(now_ms).unwrap_or(i64::MAX),
         ],
     )?;
@@ -317,7 +319,7 @@ mod tests {
         let records = vec![signed.clone()];
         store
             .write_blocking(move |tx| {
-                persist(tx, &records, &VClock::new())?;
+                persist(tx, &records, &VClock::new(), 0)?;
                 tx.execute(
                     "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
                      VALUES (?1, 'node', '', 1, 0, ?2, 0)",

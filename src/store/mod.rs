@@ -46,10 +46,12 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 use scout_mesh::lifecycle::{IllegalTransition, UnknownWord};
+
+use crate::env::Env;
 
 pub use migrations::SCHEMA_VERSION;
 pub use reconcile::ReconcileReport;
@@ -137,6 +139,9 @@ pub struct StoreOptions {
     /// then takes no simulated time and runs in a reproducible order. The
     /// caller's thread blocks for the commit, so brokers never use it.
     pub inline_writes: bool,
+    /// Where row timestamps and ids come from (default: the system's
+    /// clock and uuid v7). A broker passes its own environment.
+    pub env: Env,
 }
 
 impl Default for StoreOptions {
@@ -147,6 +152,7 @@ impl Default for StoreOptions {
             write_batch_max: WRITE_BATCH_MAX,
             read_connections_max: READ_CONNECTIONS_MAX,
             inline_writes: false,
+            env: Env::system(None),
         }
     }
 }
@@ -343,6 +349,8 @@ struct StoreInner {
     writer: Option<Writer>,
     readers: ReaderPool,
     closed: Mutex<bool>,
+    /// Stamps the rows the store's own methods create or move.
+    env: Env,
 }
 
 impl fmt::Debug for Store {
@@ -393,7 +401,7 @@ impl Store {
         configure_write_connection(&connection, &options)
             .map_err(|err| classify_open_error(&path, err))?;
         migrations::migrate(&mut connection, &path)?;
-        let report = reconcile::reconcile_on_open(&mut connection, unix_ms_now())?;
+        let report = reconcile::reconcile_on_open(&mut connection, options.env.now_unix_ms_i64())?;
         if !report.is_empty() {
             tracing::warn!(
                 path = %path.display(),
@@ -415,6 +423,7 @@ impl Store {
                 writer: Some(writer),
                 readers,
                 closed: Mutex::new(false),
+                env: options.env,
             }),
         };
         Ok((store, report))
@@ -457,6 +466,8 @@ impl Store {
                 writer: None,
                 readers,
                 closed: Mutex::new(false),
+                // Read-only: nothing is ever stamped.
+                env: Env::system(None),
             }),
         })
     }
@@ -464,6 +475,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The environment that stamps this store's rows.
+    pub fn env(&self) -> &Env {
+        &self.inner.env
     }
 
     /// Runs `f` on the writer thread inside its own savepoint, and returns
@@ -672,63 +688,6 @@ impl Drop for StoreInner {
             tracing::error!(path = %self.path.display(), cause = %err, "closing the store failed");
         }
     }
-}
-
-/// The current time in unix milliseconds, the unit of every timestamp column.
-pub fn unix_ms_now() -> i64 {
-    if let Some(now_ms) = SIMULATED.with(|simulated| {
-        simulated
-            .borrow()
-            .as_ref()
-            .map(|simulated| (simulated.now_ms)())
-    }) {
-        return now_ms;
-    }
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A fresh time-ordered id (uuid v7) for a new row.
-pub fn new_id() -> String {
-    let simulated = SIMULATED.with(|simulated| {
-        simulated.borrow_mut().as_mut().map(|simulated| {
-            use rand::Rng as _;
-            let random: [u8; 10] = simulated.ids.r#gen();
-            let now_ms = u64::try_from((simulated.now_ms)()).unwrap_or(0);
-            uuid::Builder::from_unix_timestamp_millis(now_ms, &random)
-                .into_uuid()
-                .to_string()
-        })
-    });
-    simulated.unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-}
-
-/// Where [`unix_ms_now`] and [`new_id`] take time and randomness from on
-/// a thread that simulates (see [`simulate_time_and_ids_on_this_thread`]).
-struct Simulated {
-    now_ms: Box<dyn Fn() -> i64>,
-    ids: rand::rngs::StdRng,
-}
-
-thread_local! {
-    static SIMULATED: std::cell::RefCell<Option<Simulated>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Makes [`unix_ms_now`] and [`new_id`] reproducible on the calling thread:
-/// time comes from `now_ms`, and ids are uuid v7 built from that time and
-/// a random stream seeded by `seed`. netsim runs every broker of one
-/// simulation on one thread with a simulated clock and calls this there,
-/// so row timestamps, ids and every order that depends on them repeat
-/// with the seed. `None` goes back to the system clock and randomness.
-/// Other threads are never affected.
-pub fn simulate_time_and_ids_on_this_thread(source: Option<(Box<dyn Fn() -> i64>, u64)>) {
-    let simulated = source.map(|(now_ms, seed)| Simulated {
-        now_ms,
-        ids: <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
-    });
-    SIMULATED.with(|slot| *slot.borrow_mut() = simulated);
 }
 
 fn validate_options(options: &StoreOptions) -> Result<(), StoreError> {

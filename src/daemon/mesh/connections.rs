@@ -242,7 +242,7 @@ pub(crate) fn log_inbound(shared: &Shared, addr: SocketAddr, code: &'static str,
         .inbound_log
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
-        .check((addr.ip(), code), tokio::time::Instant::now());
+        .check((addr.ip(), code), shared.env().now_instant());
     match admitted {
         Some(admitted) => tracing::warn!(
             %addr,
@@ -730,7 +730,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let now = tokio::time::Instant::now();
+        let now = shared.env().now_instant();
         if last_resolve.is_none_or(|at| now.duration_since(at) >= SEED_RESOLVE_INTERVAL) {
             last_resolve = Some(now);
             resolve_seeds(&shared).await;
@@ -772,14 +772,12 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner());
                 match outcome {
-                    Ok(id) => {
-                        book.dialed(addr, Ok(id), tokio::time::Instant::now(), now_ms, jitter)
-                    }
+                    Ok(id) => book.dialed(addr, Ok(id), shared.env().now_instant(), now_ms, jitter),
                     Err(DialError::SelfPeer) => {
                         book.dialed(
                             addr,
                             Ok(shared.identity.node_id.clone()),
-                            tokio::time::Instant::now(),
+                            shared.env().now_instant(),
                             now_ms,
                             jitter,
                         );
@@ -794,7 +792,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                         book.dialed(
                             addr,
                             Err(format!("{code}: {message}")),
-                            tokio::time::Instant::now(),
+                            shared.env().now_instant(),
                             now_ms,
                             jitter,
                         );
@@ -833,7 +831,7 @@ fn log_dial_failure(shared: &Shared, addr: SocketAddr, code: &str, message: &str
         .dial_log
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
-        .check((addr, code.to_owned()), tokio::time::Instant::now());
+        .check((addr, code.to_owned()), shared.env().now_instant());
     match admitted {
         Some(admitted) => tracing::warn!(
             %addr,

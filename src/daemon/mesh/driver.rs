@@ -122,9 +122,10 @@ async fn handle(shared: &Arc<Shared>, output: Output) {
             }) {
                 shared.refresh_trust(false);
             }
+            let now_ms = shared.now_ms();
             let result = shared
                 .store
-                .write(move |tx| store::mesh::persist(tx, &records, &vv))
+                .write(move |tx| store::mesh::persist(tx, &records, &vv, now_ms))
                 .await;
             if let Err(err) = result {
                 tracing::error!(code = err.code(), cause = %err, "cannot persist registry records");

@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rand::Rng;
 use scout_mesh::lifecycle::EndpointState;
 use scout_mesh::membership::{self, InviteRequest};
 use scout_mesh::names::Label;
@@ -49,28 +48,13 @@ use tokio::task::JoinSet;
 use crate::config::discover::LocalAgent;
 use crate::config::json_file::JsonFile;
 use crate::config::mesh_file::{BootstrapPeer, MeshFile};
+use crate::env::Env;
 use crate::home::Home;
 use crate::store::{self, Store};
 use address_book::{AddressBook, AddressSource, AddressView};
 use connections::Peer;
 use log_limit::LogLimiter;
 use trust::MeshTrust;
-
-/// The wall clock as the mesh sees it; netsim substitutes a simulated one.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Unix milliseconds now.
-    fn now_ms(&self) -> u64;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(store::unix_ms_now()).unwrap_or(0)
-    }
-}
 
 /// Answers requests the mesh itself does not handle (routing frames).
 pub type RequestHook = Arc<
@@ -107,31 +91,28 @@ pub struct MeshConfig {
     pub dial_interval: Duration,
     /// The HTTP port, announced in the node record.
     pub http_port: u16,
-    /// The clock.
-    pub clock: Arc<dyn Clock>,
+    /// The broker's environment: the wall clock of records and invites,
+    /// and the mesh's own random choices (dial jitter, invite secrets).
+    pub env: Env,
     /// A socket to use instead of binding `bind`.
     pub socket: Option<SocketOverride>,
-    /// Seeds the mesh's own random choices (dial jitter, invite secrets);
-    /// `None` uses the operating system's randomness.
-    pub seed: Option<u64>,
 }
 
 impl MeshConfig {
-    /// Defaults for a real broker on `bind`.
-    pub fn new(bind: SocketAddr, seeds: Vec<String>, http_port: u16) -> MeshConfig {
+    /// Defaults for a real broker on `bind`, running on `env`.
+    pub fn new(bind: SocketAddr, seeds: Vec<String>, http_port: u16, env: Env) -> MeshConfig {
         MeshConfig {
             bind,
             seeds,
             transport: TransportConfig::default(),
             sync: SyncConfig {
-                seed: rand::thread_rng().r#gen(),
+                seed: env.random_u64(),
                 ..SyncConfig::default()
             },
             dial_interval: DIAL_INTERVAL,
             http_port,
-            clock: Arc::new(SystemClock),
+            env,
             socket: None,
-            seed: None,
         }
     }
 }
@@ -184,8 +165,6 @@ pub struct Shared {
     pub(crate) pending_hellos: Mutex<connections::PendingHellos>,
     /// The discovery sources' config and state (see `daemon::discovery`).
     pub(crate) discovery: Arc<crate::daemon::discovery::Discovery>,
-    /// The seeded random source when [`MeshConfig::seed`] is set.
-    pub(crate) rng: Option<Mutex<rand::rngs::StdRng>>,
     pub(crate) hook: std::sync::OnceLock<HookSlot>,
 }
 
@@ -208,24 +187,22 @@ pub struct SyncStats {
 }
 
 impl Shared {
-    /// Unix ms now, from the mesh's clock.
+    /// Unix ms now, from the broker's environment.
     pub fn now_ms(&self) -> u64 {
-        self.config.clock.now_ms()
+        self.config.env.now_unix_ms()
     }
 
-    /// A random value: from the seeded source when the mesh has one,
-    /// otherwise from the operating system's randomness.
+    /// The broker's environment (clocks, randomness, ids).
+    pub fn env(&self) -> &Env {
+        &self.config.env
+    }
+
+    /// A random value from the broker's environment.
     pub fn random<T>(&self) -> T
     where
         rand::distributions::Standard: rand::distributions::Distribution<T>,
     {
-        match &self.rng {
-            Some(rng) => rng
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .r#gen(),
-            None => rand::thread_rng().r#gen(),
-        }
+        self.config.env.random()
     }
 
     /// Wakes the driver to drain replica outputs.
@@ -366,7 +343,7 @@ impl Mesh {
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<Mesh> {
         let mesh_file =
-            offline::ensure_mesh(home, &identity, &store, config.clock.now_ms()).await?;
+            offline::ensure_mesh(home, &identity, &store, config.env.now_unix_ms()).await?;
         let mesh_id = MeshId::parse(&mesh_file.mesh_id).context("mesh.json has a bad mesh id")?;
         let stored = store.read(store::mesh::load_registry)?;
         // An empty registry in a broker that belongs to a mesh means a lost
@@ -386,8 +363,8 @@ impl Mesh {
             stored.records,
             stored.vv,
         );
-        let trust = Arc::new(MeshTrust::default());
-        let now_ms = config.clock.now_ms();
+        let trust = Arc::new(MeshTrust::new(config.env.clone()));
+        let now_ms = config.env.now_unix_ms();
         if let Some(until) = store.read(|c| store::mesh::open_invites_until(c, now_ms))? {
             trust.set_join_window_until(until);
         }
@@ -447,11 +424,6 @@ impl Mesh {
             tracing::warn!(cause = %err, "cannot unpin the bootstrap peers in mesh.json");
         }
 
-        let rng = config.seed.map(|seed| {
-            Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
-                seed,
-            ))
-        });
         // A simulated socket (netsim) has no LAN and no tailnet.
         let discovery = Arc::new(crate::daemon::discovery::Discovery::new(
             if config.socket.is_some() {
@@ -481,7 +453,6 @@ impl Mesh {
             dial_log: Mutex::new(LogLimiter::default()),
             pending_hellos: Mutex::new(connections::PendingHellos::default()),
             discovery,
-            rng,
             hook: std::sync::OnceLock::new(),
         });
         let mesh = Mesh { shared };
@@ -800,7 +771,7 @@ impl Mesh {
         let to_store = issued.clone();
         shared
             .store
-            .write(move |tx| store::mesh::insert_invite(tx, &to_store))
+            .write(move |tx| store::mesh::insert_invite(tx, &to_store, now))
             .await?;
         shared.trust.extend_join_window_until(issued.expires_at_ms);
         Ok(IssuedCode {

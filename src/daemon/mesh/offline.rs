@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
-use rand::Rng;
 use scout_mesh::membership::{self, InviteRequest};
 use scout_mesh::registry::founder_of;
 use scout_mesh::sync::{Output, Replica, ReplicaIdentity, SigningKey, SyncConfig};
@@ -110,8 +109,9 @@ async fn persist_outputs(replica: &mut Replica, store: &Store) -> anyhow::Result
     while let Some(output) = replica.poll_output() {
         match output {
             Output::Persist { records, vv } => {
+                let now_ms = store.env().now_unix_ms();
                 store
-                    .write(move |tx| store::mesh::persist(tx, &records, &vv))
+                    .write(move |tx| store::mesh::persist(tx, &records, &vv, now_ms))
                     .await?;
             }
             Output::Forget { keys } => {
@@ -140,7 +140,7 @@ pub async fn join(
             "INVITE_EXPIRED: the invite expired; ask for a new one with `scout mesh invite`"
         );
     }
-    let trust = Arc::new(MeshTrust::default());
+    let trust = Arc::new(MeshTrust::new(store.env().clone()));
     let endpoint = MeshEndpoint::bind(
         "0.0.0.0:0".parse().context("bind address")?,
         identity.key.clone(),
@@ -180,10 +180,10 @@ pub async fn invite(
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         },
         now_ms,
-        rand::thread_rng().r#gen(),
+        store.env().random(),
     );
     store
-        .write(move |tx| store::mesh::insert_invite(tx, &issued))
+        .write(move |tx| store::mesh::insert_invite(tx, &issued, now_ms))
         .await?;
     Ok(IssuedCode {
         code: invite.to_code(),

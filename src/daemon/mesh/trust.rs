@@ -14,10 +14,31 @@ use scout_mesh::registry::Registry;
 use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 use scout_net::transport::{Trust, TrustPolicy};
 
+use crate::env::Env;
+
 /// A snapshot of membership, replaced whole whenever it changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MeshTrust {
     state: RwLock<TrustState>,
+    /// The clock the join window is judged by.
+    env: Env,
+}
+
+impl MeshTrust {
+    /// An empty snapshot whose join window runs on `env`'s wall clock.
+    pub fn new(env: Env) -> MeshTrust {
+        MeshTrust {
+            state: RwLock::default(),
+            env,
+        }
+    }
+}
+
+impl Default for MeshTrust {
+    /// An empty snapshot on the system clock (CLI commands and tests).
+    fn default() -> MeshTrust {
+        MeshTrust::new(Env::system(None))
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -229,8 +250,7 @@ impl TrustPolicy for MeshTrust {
     }
 
     fn join_window_open(&self) -> bool {
-        let now = u64::try_from(crate::store::unix_ms_now()).unwrap_or(0);
-        self.join_window_open_at(now)
+        self.join_window_open_at(self.env.now_unix_ms())
     }
 }
 

@@ -38,6 +38,7 @@ use super::{RouteError, RouterParts, RoutingEvent};
 use crate::api::{self, EventState};
 use crate::config::discover::LocalAgent;
 use crate::daemon::mesh::Mesh;
+use crate::env::Env;
 use crate::store::{Store, StoreError};
 
 /// Commands queued for the driver at most; callers wait (API requests,
@@ -140,7 +141,7 @@ pub struct Driver {
     /// Executions running, by invocation: send to stop one.
     running: HashMap<String, oneshot::Sender<()>>,
     connected: BTreeSet<NodeId>,
-    epoch: tokio::time::Instant,
+    env: Env,
     refusal_log: HashMap<NodeId, u64>,
 }
 
@@ -172,10 +173,9 @@ impl Driver {
         if !flights.is_empty() {
             tracing::info!(flights = flights.len(), "resuming queued flights");
         }
-        let epoch = tokio::time::Instant::now();
         let now = Now {
-            mono_ms: 0,
-            unix_ms: parts.mesh.shared().now_ms(),
+            mono_ms: parts.env.now_mono_ms(),
+            unix_ms: parts.env.now_unix_ms(),
         };
         let directory = super::resolve::MeshDirectory {
             mesh: parts.mesh.clone(),
@@ -184,7 +184,7 @@ impl Driver {
         let core = core::Router::restore(
             parts.node_id.clone(),
             Box::new(directory),
-            parts.seed,
+            parts.env.random_u64(),
             now,
             deliveries,
             flights,
@@ -209,7 +209,7 @@ impl Driver {
             cancels: HashMap::new(),
             running: HashMap::new(),
             connected: BTreeSet::new(),
-            epoch,
+            env: parts.env.clone(),
             refusal_log: HashMap::new(),
         })
     }
@@ -223,7 +223,10 @@ impl Driver {
             let until = self
                 .core
                 .poll_timeout()
-                .map(|ms| self.epoch + Duration::from_millis(ms))
+                .map(|ms| {
+                    let now = self.env.now_mono_ms();
+                    tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now))
+                })
                 .map_or(tick, |wake| wake.min(tick));
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -252,8 +255,8 @@ impl Driver {
 
     fn now(&self) -> Now {
         Now {
-            mono_ms: u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
-            unix_ms: self.mesh.shared().now_ms(),
+            mono_ms: self.env.now_mono_ms(),
+            unix_ms: self.env.now_unix_ms(),
         }
     }
 
@@ -279,6 +282,9 @@ impl Driver {
                 acknowledged,
                 reply,
             } => {
+                // The owner's connection may have come up since the last
+                // look: a new delivery goes at once, not after a deferral.
+                self.refresh_peers();
                 let id = submission.invocation.invocation_id.clone();
                 self.submits.insert(id.clone(), reply);
                 if let Some(acknowledged) = acknowledged {
@@ -442,9 +448,10 @@ impl Driver {
             core::Write::Submit { invocation, .. } => Some(invocation.invocation_id.clone()),
             _ => None,
         });
+        let env = self.env.clone();
         let queued = self
             .store
-            .enqueue(move |tx| super::rows::commit(tx, &writes))
+            .enqueue(move |tx| super::rows::commit(tx, &env, &writes))
             .await;
         let pending = match queued {
             Ok(pending) => pending,

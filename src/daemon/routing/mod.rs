@@ -49,7 +49,8 @@ pub use crate::api::{
     RoutingEvent, Submitted,
 };
 use crate::config::discover::LocalAgent;
-use crate::store::{Store, new_id};
+use crate::env::Env;
+use crate::store::Store;
 use driver::Command;
 use executor::Executor;
 
@@ -154,6 +155,8 @@ pub struct Router {
     pub(crate) store: Store,
     pub(crate) mesh: Mesh,
     pub(crate) node_id: NodeId,
+    /// Time, randomness and ids (the broker's environment).
+    pub(crate) env: Env,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<RoutingEvent>,
     refusals: Arc<Mutex<scout_mesh::routing::RefusalCounts>>,
@@ -174,8 +177,8 @@ pub struct RouterParts {
     pub executor: Arc<dyn Executor>,
     /// This machine's agents (shared with the config watcher).
     pub agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
-    /// Seed of the retry jitter.
-    pub seed: u64,
+    /// The broker's environment: clocks, retry jitter, ids.
+    pub env: Env,
 }
 
 impl Router {
@@ -192,6 +195,7 @@ impl Router {
             store: parts.store.clone(),
             mesh: parts.mesh.clone(),
             node_id: parts.node_id.clone(),
+            env: parts.env.clone(),
             commands,
             events: broadcast::channel(EVENTS_BUFFER_MAX).0,
             refusals: Arc::new(Mutex::new(Default::default())),
@@ -210,7 +214,7 @@ impl Router {
 
     /// Resolves, commits and starts routing an invocation.
     pub async fn submit(&self, request: SubmitRequest) -> Result<Submitted, RouteError> {
-        self.submit_with(new_id(), request, None).await
+        self.submit_with(self.env.new_id(), request, None).await
     }
 
     /// [`Router::submit`] under an invocation id the caller minted (a work
@@ -233,7 +237,7 @@ impl Router {
     ) -> Result<(Submitted, DeliveryState), RouteError> {
         let (acknowledged, moved) = oneshot::channel();
         let submitted = self
-            .submit_with(new_id(), request, Some(acknowledged))
+            .submit_with(self.env.new_id(), request, Some(acknowledged))
             .await?;
         let state = moved.await.unwrap_or(DeliveryState::Failed);
         Ok((submitted, state))
@@ -261,7 +265,7 @@ impl Router {
             invocation_id,
             action: request.action,
             body: request.body,
-            conversation_id: Some(request.conversation_id.unwrap_or_else(new_id)),
+            conversation_id: Some(request.conversation_id.unwrap_or_else(|| self.env.new_id())),
             origin: self.node_id.clone(),
             target: query.to_string(),
             deadline_unix_ms: Some(
@@ -274,7 +278,7 @@ impl Router {
         };
         let submitted = Submitted {
             invocation_id: invocation.invocation_id.clone(),
-            delivery_id: new_id(),
+            delivery_id: self.env.new_id(),
             instance: choice.instance.clone(),
             reason: choice.reason.clone(),
             owner: choice.owner.to_string(),
@@ -355,7 +359,7 @@ impl Router {
 
     /// Wall-clock unix ms, as the broker tells time.
     pub fn now_ms(&self) -> u64 {
-        self.mesh.shared().now_ms()
+        self.env.now_unix_ms()
     }
 
     async fn command(&self, command: Command) -> Result<(), RouteError> {

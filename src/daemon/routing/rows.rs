@@ -12,11 +12,12 @@ use scout_mesh::routing::{
 };
 use scout_mesh::wire::{FlightUpdate, NodeId};
 
+use crate::env::Env;
+use crate::store::StoreError;
 use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
 use crate::store::flights::{Flight, NewFlight};
 use crate::store::invocations::{Accepted, InsertOutcome, Invocation as StoredInvocation};
-use crate::store::{StoreError, new_id};
 
 /// Unfinished deliveries (and queued flights) rebuilt at start at most;
 /// older ones wait for the next start. A broker with more has a bigger
@@ -61,17 +62,22 @@ pub fn core_invocation(invocation: StoredInvocation) -> Option<Invocation> {
 /// found the id stored already: nothing was written for it.
 pub fn commit(
     tx: &Transaction<'_>,
+    env: &Env,
     writes: &[Write],
 ) -> Result<Result<(), PersistFailure>, StoreError> {
     for write in writes {
-        if let Err(duplicate) = apply(tx, write)? {
+        if let Err(duplicate) = apply(tx, env, write)? {
             return Ok(Err(duplicate));
         }
     }
     Ok(Ok(()))
 }
 
-fn apply(tx: &Transaction<'_>, write: &Write) -> Result<Result<(), PersistFailure>, StoreError> {
+fn apply(
+    tx: &Transaction<'_>,
+    env: &Env,
+    write: &Write,
+) -> Result<Result<(), PersistFailure>, StoreError> {
     match write {
         Write::Submit {
             invocation,
@@ -224,7 +230,7 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> Result<Result<(), PersistFailur
                 Flight::create(
                     tx,
                     &NewFlight {
-                        flight_id: new_id(),
+                        flight_id: env.new_id(),
                         invocation_id: id.clone(),
                         chosen_instance: Some(instance.clone()),
                         resolve_reason: Some(resolve_reason.clone()),
@@ -237,6 +243,7 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> Result<Result<(), PersistFailur
                     &stored(invocation),
                     Some(instance.clone()),
                     Some(resolve_reason.clone()),
+                    env,
                 )?;
                 if let Accepted::Duplicate(flight) = accepted {
                     let origin = StoredInvocation::get(tx, id)?

@@ -10,7 +10,6 @@ use scout_mesh::names::AgentName;
 
 use super::{RouteError, Router, SubmitRequest};
 pub use crate::api::WorkOrderView;
-use crate::store::new_id;
 use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
 
 /// How often queued work orders are checked for being due.
@@ -63,7 +62,7 @@ pub async fn enqueue(
     let owner = router.choose(&query, None)?.owner;
     let now = router.now_ms();
     let order = NewWorkOrder {
-        work_order_id: new_id(),
+        work_order_id: router.env.new_id(),
         target: query.to_string(),
         body: request.body.clone(),
         owner_node: owner.to_string(),
@@ -93,7 +92,7 @@ async fn dispatch(
 ) -> Result<WorkOrderView, RouteError> {
     let now = router.now_ms();
     let id = order.work_order_id.clone();
-    let invocation_id = new_id();
+    let invocation_id = router.env.new_id();
     let claimed = {
         let id = id.clone();
         let invocation_id = invocation_id.clone();
