@@ -600,6 +600,15 @@ mod jetstream {
         for n in 0..replicas {
             clients.push(servers.connect(n).await?);
         }
+        for n in 0..replicas {
+            if !servers.syncs_always(n)? {
+                return Err(format!(
+                    "server {} does not report sync_always: the generated configuration \
+                     did not take effect",
+                    servers.names()[n]
+                ));
+            }
+        }
         let setup = jetstream::new(clients[0].clone());
         let config = stream::Config {
             name: STREAM.into(),

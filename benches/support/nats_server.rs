@@ -133,6 +133,8 @@ pub struct Servers {
     children: Vec<Child>,
     /// `127.0.0.1:port` for clients, by server.
     addrs: Vec<String>,
+    /// `127.0.0.1:port` of the HTTP monitoring endpoint, by server.
+    monitors: Vec<String>,
     /// Server names (`s0`, `s1`, ...), as JetStream reports leaders.
     names: Vec<String>,
     /// Configurations, logs and JetStream stores; removed after the
@@ -169,13 +171,19 @@ impl Servers {
             .map_err(|err| format!("temporary directory: {err}"))?;
         let mut client_ports = Vec::new();
         let mut route_ports = Vec::new();
+        let mut monitor_ports = Vec::new();
         for _ in 0..layout.servers {
             client_ports.push(free_port()?);
             route_ports.push(free_port()?);
+            monitor_ports.push(free_port()?);
         }
         let mut servers = Servers {
             children: Vec::new(),
             addrs: client_ports
+                .iter()
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect(),
+            monitors: monitor_ports
                 .iter()
                 .map(|port| format!("127.0.0.1:{port}"))
                 .collect(),
@@ -187,6 +195,7 @@ impl Servers {
             let mut config = String::new();
             let _ = writeln!(config, "server_name: {name}");
             let _ = writeln!(config, "listen: \"127.0.0.1:{}\"", client_ports[n]);
+            let _ = writeln!(config, "http: \"127.0.0.1:{}\"", monitor_ports[n]);
             if layout.jetstream {
                 let store = servers.dir.path().join(format!("{name}-store"));
                 let _ = writeln!(config, "jetstream {{");
@@ -238,6 +247,32 @@ impl Servers {
     /// Server names, as JetStream names stream leaders.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Whether server `n` says it syncs every JetStream write (`/varz`):
+    /// proof that the generated configuration took effect, since a server
+    /// that ignored it would sync every two minutes and look faster.
+    pub fn syncs_always(&self, n: usize) -> Result<bool, String> {
+        use std::io::{Read, Write};
+        let addr = &self.monitors[n];
+        let failed = |err: std::io::Error| format!("{addr}/varz: {err}");
+        let mut stream = std::net::TcpStream::connect(addr).map_err(failed)?;
+        stream
+            .set_read_timeout(Some(READY_TIMEOUT))
+            .map_err(failed)?;
+        stream
+            .write_all(b"GET /varz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .map_err(failed)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).map_err(failed)?;
+        let response = String::from_utf8_lossy(&response);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .ok_or_else(|| format!("{addr}/varz: no body"))?;
+        let varz: serde_json::Value =
+            serde_json::from_str(body).map_err(|err| format!("{addr}/varz: {err}"))?;
+        Ok(varz["jetstream"]["config"]["sync_always"] == serde_json::Value::Bool(true))
     }
 
     /// Connects to server `n`, waiting (bounded) while it starts; an error
