@@ -9,11 +9,19 @@
 //!   many in flight;
 //! - each for the `durable` policy (committed on both brokers before the
 //!   acknowledgement) and `best_effort` (nobody waits for the disk);
-//! - side by side, NATS request-reply across a two-server cluster on
-//!   loopback (when `nats-server` is installed: Debian package
-//!   `nats-server`).
+//! - side by side, on loopback in the same run: NATS request-reply across
+//!   a two-server cluster, and JetStream publish-with-ack on a file store
+//!   that syncs every write (`sync_interval: always`), on one server (R1)
+//!   and on a three-server cluster (R3), the durable counterparts of
+//!   Scout's durable acknowledgement.
 //!
-//! `cargo bench --bench routing`
+//! The NATS figures need nats-server 2.10 or newer; the benchmark fails
+//! without it rather than leave the figures out:
+//!
+//! ```sh
+//! benches/install-nats-server.sh     # pinned nats-server into target/bench-tools/
+//! cargo bench --bench routing        # or SCOUT_BENCH_NATS_SERVER=/path/to/nats-server
+//! ```
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +36,9 @@ use scout::daemon::{Broker, BrokerOptions};
 use scout::home::Home;
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::wire::Invite;
+
+#[path = "support/nats_server.rs"]
+mod nats_server;
 
 const SAMPLES: usize = 500;
 const WARMUP: usize = 50;
@@ -284,6 +295,12 @@ fn request(n: usize, policy: DeliveryPolicy) -> SubmitRequest {
 }
 
 fn main() {
+    // Before minutes of measuring Scout: a missing or old server fails the
+    // run at once, with what to do about it.
+    let nats_server = nats_server::locate().unwrap_or_else(|reason| {
+        eprintln!("routing benchmark: {reason}");
+        std::process::exit(1);
+    });
     let dir = tempfile::Builder::new()
         .prefix("scout-bench-routing-")
         .tempdir()
@@ -342,7 +359,18 @@ fn main() {
             throughput(&origin, &progress, DeliveryPolicy::BestEffort).await;
         origin.shutdown().await.expect("shutdown");
         owner.shutdown().await.expect("shutdown");
-        let nats = nats::measure().await;
+        // One system at a time on the machine: Scout's brokers are down
+        // before the first nats-server starts, and each NATS layout is
+        // stopped before the next.
+        let nats = nats::measure(&nats_server)
+            .await
+            .unwrap_or_else(|reason| panic!("NATS request-reply: {reason}"));
+        let js_r1 = jetstream::measure(&nats_server, 1)
+            .await
+            .unwrap_or_else(|reason| panic!("JetStream R1: {reason}"));
+        let js_r3 = jetstream::measure(&nats_server, 3)
+            .await
+            .unwrap_or_else(|reason| panic!("JetStream R3: {reason}"));
         let sync = disk_sync_micros(&dir_path);
 
         println!(
@@ -375,19 +403,36 @@ fn main() {
             "  durable       {durable_rate:7.0}/s acknowledged  {durable_answered:7.0}/s answered   (goal >= 5000/s acknowledged)"
         );
         println!("  best_effort   {best_rate:7.0}/s acknowledged  {best_answered:7.0}/s answered");
-        match nats {
-            Ok(nats) => {
-                row("NATS request-reply", &nats.latencies);
-                println!("  NATS          {:7.0}/s answered", nats.rate);
-                let nats_p50 = percentile(&nats.latencies, 0.5);
-                println!(
-                    "  ratio to NATS p50: best_effort {:.2}x (goal <= 1.2x), durable {:.2}x (goal <= 3x)",
-                    percentile(&best, 0.5) / nats_p50,
-                    percentile(&durable, 0.5) / nats_p50
-                );
-            }
-            Err(reason) => println!("  NATS not measured: {reason}"),
-        }
+        println!(
+            "NATS {} on loopback, same payloads ({}); JetStream: file store, sync_interval: always, publisher on the stream leader's server",
+            nats_server.version,
+            nats_server.path.display()
+        );
+        println!(
+            "{SAMPLES} sequential; request-reply across two servers; JetStream = publish until the stream's ack is back"
+        );
+        row("NATS request-reply", &nats.latencies);
+        row("JetStream R1 ack", &js_r1.latencies);
+        row("JetStream R3 ack", &js_r3.latencies);
+        println!("{THROUGHPUT_INVOCATIONS} with up to {IN_FLIGHT_MAX} in flight");
+        println!("  NATS          {:7.0}/s answered", nats.rate);
+        println!("  JetStream R1  {:7.0}/s acknowledged", js_r1.rate);
+        println!(
+            "  JetStream R3  {:7.0}/s acknowledged (stream leader {} of 3)",
+            js_r3.rate, js_r3.leader
+        );
+        let durable_p50 = percentile(&durable, 0.5);
+        let nats_p50 = percentile(&nats.latencies, 0.5);
+        println!(
+            "  ratio to NATS request-reply p50: best_effort {:.2}x (goal <= 1.2x), durable {:.2}x (goal <= 3x)",
+            percentile(&best, 0.5) / nats_p50,
+            durable_p50 / nats_p50
+        );
+        println!(
+            "  durable ack p50 to JetStream p50: R1 {:.2}x (goal <= 1.5x), R3 {:.2}x (goal <= 0.5x)",
+            durable_p50 / percentile(&js_r1.latencies, 0.5),
+            durable_p50 / percentile(&js_r3.latencies, 0.5)
+        );
     };
     runtime.block_on(async { tokio::spawn(bench).await.expect("bench") });
 }
@@ -416,13 +461,12 @@ fn disk_sync_micros(dir: &Path) -> Vec<f64> {
 /// NATS request-reply across a two-server cluster on loopback: the
 /// requester on one server, a responder answering at once on the other.
 mod nats {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use futures_util::StreamExt;
 
+    use super::nats_server::{Binary, Layout, READY_TIMEOUT, Servers};
     use super::{IN_FLIGHT_MAX, SAMPLES, THROUGHPUT_INVOCATIONS, WARMUP};
 
     pub struct Figures {
@@ -432,63 +476,16 @@ mod nats {
         pub rate: f64,
     }
 
-    /// The servers, stopped when dropped.
-    struct Cluster(Vec<Child>);
-
-    impl Drop for Cluster {
-        fn drop(&mut self) {
-            for child in &mut self.0 {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    fn free_port() -> Result<u16, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|err| err.to_string())?;
-        Ok(listener.local_addr().map_err(|err| err.to_string())?.port())
-    }
-
-    fn start() -> Result<(Cluster, String, String), String> {
-        if Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return Err("`nats-server` is not installed (Debian package `nats-server`)".into());
-        }
-        let (a, b, route_a, route_b) = (free_port()?, free_port()?, free_port()?, free_port()?);
-        let mut cluster = Cluster(Vec::new());
-        for (name, port, route, other) in [("a", a, route_a, route_b), ("b", b, route_b, route_a)] {
-            let child = Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", name])
-                .args(["--cluster_name", "scout-bench"])
-                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
-                .args(["--routes", &format!("nats://127.0.0.1:{other}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|err| format!("cannot start nats-server: {err}"))?;
-            cluster.0.push(child);
-        }
-        Ok((cluster, format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")))
-    }
-
-    async fn connect(addr: &str) -> Result<async_nats::Client, String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match async_nats::connect(addr).await {
-                Ok(client) => return Ok(client),
-                Err(err) if Instant::now() > deadline => return Err(format!("{addr}: {err}")),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    pub async fn measure() -> Result<Figures, String> {
-        let (_cluster, a, b) = start()?;
-        let requester = connect(&a).await?;
-        let responder = connect(&b).await?;
+    pub async fn measure(binary: &Binary) -> Result<Figures, String> {
+        let mut servers = Servers::start(
+            binary,
+            Layout {
+                servers: 2,
+                jetstream: false,
+            },
+        )?;
+        let requester = servers.connect(0).await?;
+        let responder = servers.connect(1).await?;
         let mut subscription = responder
             .subscribe("bench.echo")
             .await
@@ -504,7 +501,7 @@ mod nats {
         });
         // The responder's interest reaches the requester's server over the
         // route; until then requests find no responder.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let asked = tokio::time::timeout(
                 Duration::from_millis(500),
@@ -515,7 +512,10 @@ mod nats {
                 break;
             }
             if Instant::now() > deadline {
-                return Err("the two servers did not route requests within 30 s".into());
+                return Err(format!(
+                    "the two servers did not route requests within {READY_TIMEOUT:?}:\n{}",
+                    servers.log_tail(0)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -554,5 +554,177 @@ mod nats {
         }
         let rate = THROUGHPUT_INVOCATIONS as f64 / start.elapsed().as_secs_f64();
         Ok(Figures { latencies, rate })
+    }
+}
+
+/// JetStream publish-with-ack: the stream's acknowledgement comes back
+/// once the message is stored (file store, `sync_interval: always`: synced
+/// to disk) on the stream's leader, and with replicas on a majority of
+/// them. The durable counterpart of Scout's durable acknowledgement.
+mod jetstream {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use async_nats::jetstream::{self, stream};
+
+    use super::nats_server::{Binary, Layout, READY_TIMEOUT, Servers};
+    use super::{IN_FLIGHT_MAX, SAMPLES, THROUGHPUT_INVOCATIONS, WARMUP};
+
+    const STREAM: &str = "BENCH";
+    const SUBJECT: &str = "bench.js";
+
+    pub struct Figures {
+        /// Publish until acknowledged, sorted, ms.
+        pub latencies: Vec<f64>,
+        /// Messages acknowledged per second with many in flight.
+        pub rate: f64,
+        /// The server (of `s0`, `s1`, ...) leading the stream, which the
+        /// publisher is connected to.
+        pub leader: String,
+    }
+
+    /// `replicas` servers (a cluster on loopback when more than one), one
+    /// stream with `num_replicas: replicas`, the publisher connected to the
+    /// stream leader's server: the request goes straight to the server
+    /// that orders the writes, as Scout's origin sends straight to the
+    /// owner.
+    pub async fn measure(binary: &Binary, replicas: usize) -> Result<Figures, String> {
+        let mut servers = Servers::start(
+            binary,
+            Layout {
+                servers: replicas,
+                jetstream: true,
+            },
+        )?;
+        // Every server must be up before a replicated stream can be placed.
+        let mut clients = Vec::new();
+        for n in 0..replicas {
+            clients.push(servers.connect(n).await?);
+        }
+        for n in 0..replicas {
+            if !servers.syncs_always(n)? {
+                return Err(format!(
+                    "server {} does not report sync_always: the generated configuration \
+                     did not take effect",
+                    servers.names()[n]
+                ));
+            }
+        }
+        let setup = jetstream::new(clients[0].clone());
+        let config = stream::Config {
+            name: STREAM.into(),
+            subjects: vec![SUBJECT.into()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..stream::Config::default()
+        };
+        // A cluster elects its JetStream meta leader after the routes are
+        // up; until then stream creation is refused.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut stream = loop {
+            match setup.create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(err) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "JetStream R{replicas}: no stream within {READY_TIMEOUT:?}: {err}\n{}",
+                        servers.log_tail(0)
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        // The stream has a leader and, when replicated, every follower has
+        // caught up: the first measured publish does not wait for either.
+        let leader = loop {
+            let info = stream.info().await.map_err(|err| err.to_string())?;
+            let ready = match &info.cluster {
+                // A server outside any cluster leads its streams itself.
+                None if replicas == 1 => Some(servers.names()[0].clone()),
+                None => None,
+                Some(cluster) => cluster.leader.clone().filter(|_| {
+                    let followers = &cluster.replicas;
+                    followers.len() + 1 == replicas
+                        && followers.iter().all(|peer| peer.current && !peer.offline)
+                }),
+            };
+            match ready {
+                Some(leader) => break leader,
+                None if Instant::now() > deadline => {
+                    return Err(format!(
+                        "JetStream R{replicas}: the stream's replicas were not current within \
+                         {READY_TIMEOUT:?}: {:?}",
+                        info.cluster
+                    ));
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let on_leader = servers
+            .names()
+            .iter()
+            .position(|name| *name == leader)
+            .ok_or_else(|| format!("JetStream R{replicas}: unknown stream leader {leader}"))?;
+        let publisher = jetstream::new(clients[on_leader].clone());
+
+        let mut latencies = Vec::new();
+        for n in 0..WARMUP + SAMPLES {
+            let start = Instant::now();
+            publish(&publisher, n).await?;
+            if n >= WARMUP {
+                latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for n in 0..THROUGHPUT_INVOCATIONS {
+            let permit = semaphore
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|err| err.to_string())?;
+            let publisher = publisher.clone();
+            handles.push(tokio::spawn(async move {
+                let acked = publish(&publisher, WARMUP + SAMPLES + n).await;
+                drop(permit);
+                acked
+            }));
+        }
+        for handle in handles {
+            handle.await.map_err(|err| err.to_string())??;
+        }
+        let rate = THROUGHPUT_INVOCATIONS as f64 / start.elapsed().as_secs_f64();
+
+        let stored = stream
+            .info()
+            .await
+            .map_err(|err| err.to_string())?
+            .state
+            .messages;
+        let sent = (WARMUP + SAMPLES + THROUGHPUT_INVOCATIONS) as u64;
+        if stored != sent {
+            return Err(format!(
+                "JetStream R{replicas}: {stored} messages stored, {sent} acknowledged"
+            ));
+        }
+        Ok(Figures {
+            latencies,
+            rate,
+            leader,
+        })
+    }
+
+    /// One message the size of the routing bench's prompts, until the
+    /// stream acknowledges it.
+    async fn publish(publisher: &jetstream::Context, n: usize) -> Result<(), String> {
+        publisher
+            .publish(SUBJECT, format!("ping {n}").into())
+            .await
+            .map_err(|err| format!("publish: {err}"))?
+            .await
+            .map_err(|err| format!("acknowledgement: {err}"))?;
+        Ok(())
     }
 }
