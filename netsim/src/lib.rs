@@ -38,6 +38,8 @@ pub mod node;
 pub mod panics;
 pub mod plot;
 pub mod pure;
+pub mod pure_routing;
+pub mod pure_swarm;
 pub mod report;
 pub mod run;
 pub mod scenario;
