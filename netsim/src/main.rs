@@ -370,8 +370,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 seed,
                 nodes,
                 invocations,
-                broken: broken_duplicate_guard
-                    .then_some(pure_routing::Broken::NoDuplicateGuard),
+                broken: broken_duplicate_guard.then_some(pure_routing::Broken::NoDuplicateGuard),
             });
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -396,8 +395,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 jobs: jobs.unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
                 }),
-                broken: broken_duplicate_guard
-                    .then_some(pure_routing::Broken::NoDuplicateGuard),
+                broken: broken_duplicate_guard.then_some(pure_routing::Broken::NoDuplicateGuard),
             };
             let report = pure_swarm::run(&options, |result| {
                 if !json && !result.passed() {

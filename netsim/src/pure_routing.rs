@@ -214,7 +214,10 @@ impl RoutingReport {
             self.rows_lost,
             self.sim_ms as f64 / 1000.0,
             self.settled_after_ms
-                .map_or("never".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                .map_or("never".to_owned(), |ms| format!(
+                    "{:.1} s",
+                    ms as f64 / 1000.0
+                )),
             self.events,
             if self.passed() { "PASS" } else { "FAIL" },
         );
@@ -278,7 +281,10 @@ impl View {
     fn choose(&self, target: &str, exclude: Option<&str>) -> Option<Choice> {
         let query = AgentName::parse_lenient(target).ok()?;
         let pairs = self.candidates(exclude);
-        let list: Vec<Candidate> = pairs.iter().map(|(candidate, _)| candidate.clone()).collect();
+        let list: Vec<Candidate> = pairs
+            .iter()
+            .map(|(candidate, _)| candidate.clone())
+            .collect();
         let resolution = resolve::resolve(&query, &list).ok()?;
         let owner = pairs
             .into_iter()
@@ -298,7 +304,10 @@ struct RegistryDirectory(Arc<Mutex<View>>);
 
 impl Directory for RegistryDirectory {
     fn alternative(&self, target: &str, exclude: &str) -> Option<Choice> {
-        let view = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let view = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         view.choose(target, Some(exclude))
     }
 }
@@ -1397,7 +1406,12 @@ impl Sim {
         self.report.executions = self.history.started.values().map(Vec::len).sum();
         self.report.reroutes = self.history.reroutes;
         for (id, &origin) in &self.history.origins {
-            match self.nodes[origin].rows.deliveries.get(id).map(|row| row.state) {
+            match self.nodes[origin]
+                .rows
+                .deliveries
+                .get(id)
+                .map(|row| row.state)
+            {
                 Some(DeliveryState::Completed) => self.report.completed += 1,
                 Some(DeliveryState::Failed) => self.report.failed += 1,
                 Some(DeliveryState::Cancelled) => self.report.cancelled += 1,
@@ -1512,7 +1526,12 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
     let mut sim = Sim {
         seed,
         broken: options.broken,
-        index: ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect(),
+        index: ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect(),
         nodes,
         groups: vec![0; n_nodes],
         linked: BTreeSet::new(),
@@ -1587,19 +1606,14 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
             format!("@{definition}")
         } else {
             let owner = work_rng.gen_range(0..n_nodes);
-            format!(
-                "@{}@p{owner}#main",
-                DEFINITIONS[owner % DEFINITIONS.len()]
-            )
+            format!("@{}@p{owner}#main", DEFINITIONS[owner % DEFINITIONS.len()])
         };
         let policy = if work_rng.gen_bool(0.5) {
             DeliveryPolicy::Durable
         } else {
             DeliveryPolicy::MustAck
         };
-        let cancel_after_ms = work_rng
-            .gen_bool(0.02)
-            .then(|| work_rng.gen_range(0..300));
+        let cancel_after_ms = work_rng.gen_bool(0.02).then(|| work_rng.gen_range(0..300));
         sim.work.push(Work {
             origin,
             target,
@@ -1688,7 +1702,10 @@ fn check(sim: &Sim) -> Vec<Violation> {
         if starts.len() > 1 {
             add(
                 "executed_at_most_once",
-                format!("{id} started {} times (node, incarnation): {starts:?}", starts.len()),
+                format!(
+                    "{id} started {} times (node, incarnation): {starts:?}",
+                    starts.len()
+                ),
             );
         }
     }
@@ -1745,10 +1762,7 @@ fn check(sim: &Sim) -> Vec<Violation> {
     for (id, held) in &owners {
         if held.len() > 1 {
             let at: Vec<String> = held.iter().map(|(idx, _)| format!("p{idx}")).collect();
-            add(
-                "one_owner",
-                format!("{id} accepted by {}", at.join(", ")),
-            );
+            add("one_owner", format!("{id} accepted by {}", at.join(", ")));
         }
     }
     for (id, events) in &sim.history.finals {

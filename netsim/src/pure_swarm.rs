@@ -63,10 +63,7 @@ pub fn nodes_of(seed: u64, nodes: (usize, usize)) -> usize {
 
 /// Runs every seed of the range; `each` sees every report as it ends (from
 /// the worker threads, in no particular order).
-pub fn run(
-    options: &PureSwarmOptions,
-    each: impl Fn(&RoutingReport) + Sync,
-) -> PureSwarmReport {
+pub fn run(options: &PureSwarmOptions, each: impl Fn(&RoutingReport) + Sync) -> PureSwarmReport {
     let wall = std::time::Instant::now();
     let next = AtomicU64::new(options.first_seed);
     let totals = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, Vec::new()));
