@@ -1330,7 +1330,7 @@ impl Sim {
             return;
         }
         let now = self.now(node);
-        reconcile(&mut self.nodes[node].rows, now.unix_ms);
+        reconcile(&mut self.nodes[node].rows);
         let rows = &self.nodes[node].rows;
         let deliveries: Vec<RestoredDelivery> = rows
             .deliveries
@@ -1435,8 +1435,7 @@ fn flight_row<'a>(rows: &'a mut Rows, flight_id: &str) -> Option<&'a mut FlightR
 /// (running, waiting) fails as interrupted and is never run again; one
 /// that was only waking goes back to the queue; an unfinished local
 /// delivery of a failed flight fails with it.
-fn reconcile(rows: &mut Rows, now_unix_ms: u64) {
-    let _ = now_unix_ms;
+fn reconcile(rows: &mut Rows) {
     for (id, row) in rows.flights.iter_mut() {
         match row.state {
             FlightState::Running | FlightState::Waiting => {
