@@ -23,6 +23,9 @@
 //! - [`report`]: the summary and `results.json`; [`plot`]: the SVG.
 //! - [`swarm`]: random fault schedules from a seed, written as scenarios.
 //! - [`pure`]: the sync core alone (no QUIC, no store) at 1,000 nodes.
+//! - [`pure_routing`]: the routing core and the sync core together under a
+//!   seeded fault schedule (no QUIC, no store), with the exactly-once
+//!   checks; [`pure_swarm`] runs many such schedules on every core.
 //! - [`panics`]: panics seen during a run.
 //!
 //! Architecture invariant: nothing in `scout` or `scout-mesh` imports this
@@ -38,6 +41,8 @@ pub mod node;
 pub mod panics;
 pub mod plot;
 pub mod pure;
+pub mod pure_routing;
+pub mod pure_swarm;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -5,6 +5,8 @@
 //! scout-netsim run SCENARIO... [--seed N] [--out DIR] [--plot] [--json]
 //! scout-netsim swarm --seeds A..B [--nodes N] [--jobs J] [--out DIR]
 //! scout-netsim pure [--nodes 1000]
+//! scout-netsim pure --routing --seed S --nodes N [--invocations K]
+//! scout-netsim pure-swarm --seeds A..B [--nodes 3..9] [--invocations K] [--jobs J]
 //! scout-netsim bench [PART]
 //! ```
 //!
@@ -19,7 +21,7 @@ use clap::{Parser, Subcommand};
 use scout_netsim::report::{self, RunReport};
 use scout_netsim::run::{self, RunOptions};
 use scout_netsim::scenario::{Scenario, ScenarioError};
-use scout_netsim::{plot, pure, swarm};
+use scout_netsim::{plot, pure, pure_routing, pure_swarm, swarm};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,11 +84,22 @@ enum Command {
         broken_merge: bool,
     },
     /// The sync core alone (no QUIC, no store) at scale: partition, heal,
-    /// rounds and bytes until every replica converges.
+    /// rounds and bytes until every replica converges. With `--routing`,
+    /// one schedule of the routing core and the sync core under faults,
+    /// checked for exactly-once.
     Pure {
-        /// Replicas.
-        #[arg(long, default_value_t = 1000)]
-        nodes: usize,
+        /// Replicas (default 1000; with `--routing`, 5).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Run one routing schedule instead of the sync-scale run.
+        #[arg(long)]
+        routing: bool,
+        /// Invocations of the routing schedule.
+        #[arg(long, default_value_t = pure_swarm::INVOCATIONS_DEFAULT)]
+        invocations: usize,
+        /// Drop the owner's duplicate guards, to see the checker catch it.
+        #[arg(long)]
+        broken_duplicate_guard: bool,
         /// Random peers per node (ring neighbours come on top).
         #[arg(long, default_value_t = 4)]
         peers: usize,
@@ -94,6 +107,29 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pure routing schedules (routing and sync cores, no QUIC, no store)
+    /// for every seed of a range, on every core.
+    PureSwarm {
+        /// Seeds, as `A..B` (B excluded) or one number.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: (u64, u64),
+        /// Node counts, as `A..B` (both included) or one number; seed `s`
+        /// runs `A + s % (B - A + 1)` nodes.
+        #[arg(long, value_parser = parse_node_range, default_value = "3..9")]
+        nodes: (usize, usize),
+        /// Invocations per schedule.
+        #[arg(long, default_value_t = pure_swarm::INVOCATIONS_DEFAULT)]
+        invocations: usize,
+        /// Schedules run at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Drop the owner's duplicate guards, to see the swarm catch it.
+        #[arg(long)]
+        broken_duplicate_guard: bool,
+        /// Print the report as JSON at the end.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +157,29 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
             Ok((seed, seed.saturating_add(1)))
         }
     }
+}
+
+fn parse_node_range(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{text}` is not a node range; write A..B (both included) or one number");
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (
+            min.trim().parse::<usize>().map_err(|_| bad())?,
+            max.trim().parse::<usize>().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = text.trim().parse::<usize>().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    let range = pure_routing::ROUTING_NODES_MIN..=pure_routing::ROUTING_NODES_MAX;
+    if min > max || !range.contains(&min) || !range.contains(&max) {
+        return Err(format!(
+            "`{text}`: node counts run from {} to {}",
+            pure_routing::ROUTING_NODES_MIN,
+            pure_routing::ROUTING_NODES_MAX
+        ));
+    }
+    Ok((min, max))
 }
 
 /// A usage or configuration error: exit code 2.
@@ -290,10 +349,74 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Pure {
             nodes,
+            routing: true,
+            invocations,
+            broken_duplicate_guard,
+            seed,
+            json,
+            ..
+        } => {
+            let nodes = nodes.unwrap_or(5);
+            if !(pure_routing::ROUTING_NODES_MIN..=pure_routing::ROUTING_NODES_MAX).contains(&nodes)
+            {
+                return Err(UsageError(format!(
+                    "--nodes {nodes}: a routing schedule runs {} to {} nodes",
+                    pure_routing::ROUTING_NODES_MIN,
+                    pure_routing::ROUTING_NODES_MAX
+                ))
+                .into());
+            }
+            let report = pure_routing::run(&pure_routing::RoutingOptions {
+                seed,
+                nodes,
+                invocations,
+                broken: broken_duplicate_guard.then_some(pure_routing::Broken::NoDuplicateGuard),
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(report.passed())
+        }
+        Command::PureSwarm {
+            seeds,
+            nodes,
+            invocations,
+            jobs,
+            broken_duplicate_guard,
+            json,
+        } => {
+            let options = pure_swarm::PureSwarmOptions {
+                first_seed: seeds.0,
+                end_seed: seeds.1,
+                nodes,
+                invocations,
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                }),
+                broken: broken_duplicate_guard.then_some(pure_routing::Broken::NoDuplicateGuard),
+            };
+            let report = pure_swarm::run(&options, |result| {
+                if !json && !result.passed() {
+                    print!("{}", result.summary());
+                }
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(report.failed == 0)
+        }
+        Command::Pure {
+            nodes,
             peers,
             seed,
             json,
+            ..
         } => {
+            let nodes = nodes.unwrap_or(1000);
             if !(2..=pure::PURE_NODES_MAX).contains(&nodes) {
                 return Err(UsageError(format!(
                     "--nodes {nodes}: between 2 and {}",

@@ -23,7 +23,8 @@
 //! 2. **Commit before acknowledge, commit before run.** The owner answers an
 //!    invoke only after the flight's row is committed (or queued in order,
 //!    for policies that do not wait for the disk), and runs only flights
-//!    whose accept committed. Its store is the queue: a flight is taken from
+//!    whose accept committed; the agent gets the prompt only once the
+//!    flight's `running` row is committed. Its store is the queue: a flight is taken from
 //!    a committed row, and one that was running when the broker died is
 //!    ended, never run again (the store's reconcile at start).
 //! 3. **A retry finds the first.** An invoke for an id the owner holds (in
@@ -386,9 +387,11 @@ pub enum Write {
 /// What an execution reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecProgress {
-    /// The harness had to be started first (the flight is `waking`).
+    /// The harness had to be started first. The flight is already
+    /// `running` (committed before the execution began), so this changes
+    /// nothing; it is kept for executors that report it.
     Waking,
-    /// The agent has the prompt (the flight is `running`).
+    /// The agent has the prompt (the flight is `running` already).
     Started,
     /// Output as it arrives.
     Output(String),
@@ -585,6 +588,8 @@ enum AfterPersist {
         invocation_id: String,
         release: Vec<Output>,
     },
+    /// An owner's `running` row: the execution may start.
+    Dispatched { invocation_id: String },
     /// Plain outputs to release after the commit.
     Release(Vec<Output>),
 }
@@ -804,6 +809,9 @@ impl Router {
                 invocation_id,
                 release,
             } => self.flight_finished(&invocation_id, release, result.is_ok()),
+            AfterPersist::Dispatched { invocation_id } => {
+                self.dispatched(now, &invocation_id, result.is_ok())
+            }
             AfterPersist::Release(outputs) => {
                 if result.is_ok() {
                     for output in outputs {

@@ -227,15 +227,76 @@ impl Router {
                 );
                 continue;
             }
+            // The agent gets the prompt only once `running` is committed:
+            // a broker that dies after handing it over then finds the
+            // flight running and ends it (the store's reconcile), instead
+            // of finding it queued and running it a second time.
             self.executing.insert(instance.to_owned(), id.clone());
-            self.push(Output::Execute(Execute {
-                invocation_id: id,
-                instance: instance.to_owned(),
-                prompt: flight.invocation.body.clone(),
-                action: flight.invocation.action,
-                deadline_unix_ms: flight.invocation.deadline_unix_ms,
-            }));
+            let write = Write::FlightState {
+                flight_id: flight.flight_id.clone(),
+                state: FlightState::Running,
+                failure: None,
+                at_unix_ms: now.unix_ms,
+            };
+            if let Some(flight) = self.flights.get_mut(&id) {
+                flight.state = FlightState::Running;
+            }
+            self.persist(
+                vec![write],
+                true,
+                AfterPersist::Dispatched { invocation_id: id },
+            );
         }
+    }
+
+    /// The flight's `running` row is committed: the execution starts, and
+    /// the origin hears the flight runs. A cancel that came meanwhile ends
+    /// it here instead; a failed commit fails it without running it.
+    pub(super) fn dispatched(&mut self, now: Now, id: &str, ok: bool) {
+        let Some(flight) = self.flights.get(id) else {
+            return;
+        };
+        let instance = flight.instance.clone();
+        if !ok && flight.result.is_none() {
+            self.executing.remove(&instance);
+            self.finish_flight(
+                now,
+                id,
+                ExecResult::Failed {
+                    reason: FailureReason::HarnessError,
+                    detail: "the flight's start could not be recorded".into(),
+                },
+            );
+            self.run_next(now, &instance);
+            return;
+        }
+        if flight.result.is_some() || !ok {
+            // Cancelled before the agent got the prompt: no execution will
+            // report an end, so this is its end.
+            self.handle_exec(now, id, ExecProgress::Finished(ExecResult::Cancelled));
+            return;
+        }
+        let execute = Execute {
+            invocation_id: id.to_owned(),
+            instance,
+            prompt: flight.invocation.body.clone(),
+            action: flight.invocation.action,
+            deadline_unix_ms: flight.invocation.deadline_unix_ms,
+        };
+        let origin = flight.invocation.origin.clone();
+        self.push(Output::Execute(execute));
+        self.emit(id, EventKind::Flight(FlightState::Running));
+        let send = self.update_to(
+            origin,
+            FlightUpdate {
+                invocation_id: id.to_owned(),
+                state: FlightState::Running,
+                output: String::new(),
+                failure_reason: None,
+                detail: None,
+            },
+        );
+        self.push(send);
     }
 
     /// Progress of an execution this router asked for.
