@@ -27,6 +27,7 @@ use scout_mesh::lifecycle::{
     InvocationAction,
 };
 use scout_mesh::names::{AgentName, Label, NamePart};
+use scout_mesh::output::FlightOutput;
 use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{
     Choice, Directory, EventKind, ExecProgress, ExecResult, Facts, Invocation, Now, Output,
@@ -344,7 +345,6 @@ struct Rows {
     deliveries: BTreeMap<String, DeliveryRow>,
     delivery_ids: BTreeMap<String, String>,
     flights: BTreeMap<String, FlightRow>,
-    flight_ids: BTreeMap<String, String>,
 }
 
 /// One queued transaction.
@@ -872,7 +872,7 @@ impl Sim {
                 update: row.result.clone().unwrap_or(FlightUpdate {
                     invocation_id: id.to_owned(),
                     state: row.state,
-                    output: String::new(),
+                    output: FlightOutput::new(),
                     failure_reason: None,
                     detail: None,
                 }),
@@ -1001,12 +1001,10 @@ impl Sim {
                 }
                 Write::AcceptFlight {
                     invocation,
-                    flight_id,
                     instance,
                     ..
                 } => {
                     let id = invocation.invocation_id.clone();
-                    rows.flight_ids.insert(flight_id, id.clone());
                     rows.flights.insert(
                         id,
                         FlightRow {
@@ -1018,9 +1016,11 @@ impl Sim {
                     );
                 }
                 Write::FlightState {
-                    flight_id, state, ..
+                    invocation_id,
+                    state,
+                    ..
                 } => {
-                    if let Some(row) = flight_row(rows, &flight_id)
+                    if let Some(row) = rows.flights.get_mut(&invocation_id)
                         && row.state.can_transition_to(state)
                     {
                         row.state = state;
@@ -1028,13 +1028,13 @@ impl Sim {
                 }
                 Write::FlightOutput { .. } => {}
                 Write::FinishFlight {
-                    flight_id,
+                    invocation_id,
                     state,
                     failure,
                     result,
                     ..
                 } => {
-                    let Some(row) = flight_row(rows, &flight_id) else {
+                    let Some(row) = rows.flights.get_mut(&invocation_id) else {
                         continue;
                     };
                     if row.state.is_terminal() {
@@ -1348,8 +1348,7 @@ impl Sim {
             .flights
             .iter()
             .filter(|(_, row)| row.state == FlightState::Queued)
-            .map(|(id, row)| RestoredFlight {
-                flight_id: format!("{id}-flight"),
+            .map(|(_, row)| RestoredFlight {
                 invocation: row.invocation.clone(),
                 instance: row.instance.clone(),
             })
@@ -1426,11 +1425,6 @@ fn delivery_row<'a>(rows: &'a mut Rows, delivery_id: &str) -> Option<&'a mut Del
     rows.deliveries.get_mut(id)
 }
 
-fn flight_row<'a>(rows: &'a mut Rows, flight_id: &str) -> Option<&'a mut FlightRow> {
-    let id = rows.flight_ids.get(flight_id)?;
-    rows.flights.get_mut(id)
-}
-
 /// The store's reconcile at start: a flight the agent may have seen
 /// (running, waiting) fails as interrupted and is never run again; one
 /// that was only waking goes back to the queue; an unfinished local
@@ -1443,7 +1437,7 @@ fn reconcile(rows: &mut Rows) {
                 row.result = Some(FlightUpdate {
                     invocation_id: id.clone(),
                     state: FlightState::Failed,
-                    output: String::new(),
+                    output: FlightOutput::new(),
                     failure_reason: Some(FailureReason::HarnessError),
                     detail: Some("interrupted by a restart".into()),
                 });

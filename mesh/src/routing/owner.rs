@@ -233,7 +233,7 @@ impl Router {
             // of finding it queued and running it a second time.
             self.executing.insert(instance.to_owned(), id.clone());
             let write = Write::FlightState {
-                flight_id: flight.flight_id.clone(),
+                invocation_id: id.clone(),
                 state: FlightState::Running,
                 failure: None,
                 at_unix_ms: now.unix_ms,
@@ -291,7 +291,7 @@ impl Router {
             FlightUpdate {
                 invocation_id: id.to_owned(),
                 state: FlightState::Running,
-                output: String::new(),
+                output: FlightOutput::new(),
                 failure_reason: None,
                 detail: None,
             },
