@@ -524,7 +524,10 @@ impl Router {
             return false;
         };
         if flight.result.is_some() || flight.state.is_terminal() || !flight.committed {
-            return flight.committed;
+            // Ending already: its end is still to be recorded (the caller
+            // hears of it with that) unless it was recorded, in which case
+            // there is nothing in progress here.
+            return flight.committed && !flight.recorded;
         }
         let executing = self.executing.get(&flight.instance).map(String::as_str) == Some(id);
         if executing {

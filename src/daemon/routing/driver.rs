@@ -138,6 +138,8 @@ pub struct Driver {
     submits: HashMap<String, oneshot::Sender<Result<(), RouteError>>>,
     acknowledged: HashMap<String, oneshot::Sender<DeliveryState>>,
     cancels: HashMap<String, Vec<oneshot::Sender<Result<(), RouteError>>>>,
+    /// Cancels of flights owned here (no delivery here), by invocation.
+    flight_cancels: HashMap<String, Vec<oneshot::Sender<Result<(), RouteError>>>>,
     /// Executions running, by invocation: send to stop one.
     running: HashMap<String, oneshot::Sender<()>>,
     connected: BTreeSet<NodeId>,
@@ -207,6 +209,7 @@ impl Driver {
             submits: HashMap::new(),
             acknowledged: HashMap::new(),
             cancels: HashMap::new(),
+            flight_cancels: HashMap::new(),
             running: HashMap::new(),
             connected: BTreeSet::new(),
             env: parts.env.clone(),
@@ -300,7 +303,11 @@ impl Driver {
                     self.cancels.entry(invocation_id).or_default().push(reply);
                 }
                 CancelStarted::Flight => {
-                    let _ = reply.send(Ok(()));
+                    // Answered once the cancellation is recorded.
+                    self.flight_cancels
+                        .entry(invocation_id)
+                        .or_default()
+                        .push(reply);
                 }
                 CancelStarted::NotHere => {
                     // One that finished is cancelled already, as far as a
@@ -606,6 +613,13 @@ impl Driver {
                     }
                     Completion::Done
                 });
+            }
+        }
+        if let EventKind::Flight(state) = event.kind
+            && state.is_terminal()
+        {
+            for waiter in self.flight_cancels.remove(&id).unwrap_or_default() {
+                let _ = waiter.send(Ok(()));
             }
         }
         let (kind, state) = match event.kind {
