@@ -239,6 +239,8 @@ pub struct Needs {
     pub delivery_owners: bool,
     /// The admission check ([`Facts::admission`]).
     pub admission: bool,
+    /// The stored flight, but only when the admission check refused.
+    pub flight_when_refused: bool,
 }
 
 /// Why a request failed before an answer came.
@@ -826,10 +828,15 @@ impl Router {
     /// from a peer to [`Router::handle_request`].
     pub fn needs_stored(&self, frame: &MeshFrame) -> Needs {
         match frame {
+            // An accept meets the store's unique key, which answers a
+            // duplicate at the commit (`PersistFailure::Duplicate`): the
+            // stored flight is read first only when the invoke would be
+            // refused, since a retry of an id held here is answered even
+            // when its agent went away.
             MeshFrame::Invoke(invoke) => Needs {
-                flight: !self.flights.contains_key(&invoke.invocation_id),
-                delivery_owners: false,
+                flight_when_refused: !self.flights.contains_key(&invoke.invocation_id),
                 admission: true,
+                ..Needs::default()
             },
             MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
                 Needs {

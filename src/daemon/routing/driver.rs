@@ -45,9 +45,11 @@ use crate::store::{Store, StoreError};
 /// peers' streams, execution output) rather than grow memory.
 pub const COMMANDS_MAX: usize = 4096;
 
-/// How often the driver looks at peer connectivity and the plans' timers
-/// even when nothing woke it.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the driver looks at peer connectivity and the plans' timers.
+/// No plan acts sooner than `RETRY_BACKOFF_MS_MIN` after its last step.
+const TICK: Duration = Duration::from_millis(50);
+
+const _: () = assert!(TICK.as_millis() as u64 <= scout_mesh::routing::RETRY_BACKOFF_MS_MIN);
 
 /// Output is saved and sent to the origin in pieces of at most this many
 /// bytes, or when this much time passed, whichever comes first: a fast
@@ -220,17 +222,15 @@ impl Driver {
     /// Runs until shutdown, then stops and joins every task it started.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.refresh_peers();
+        // Plans act on the tick: retries, deferrals, queries and deadlines
+        // are all at least `RETRY_BACKOFF_MS_MIN` apart, so looking every
+        // `TICK` costs them at most that much, and the driver never scans
+        // every delivery after every event (thousands may wait for their
+        // answers while acknowledgements stream in).
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain().await;
-            let tick = tokio::time::Instant::now() + TICK;
-            let until = self
-                .core
-                .poll_timeout()
-                .map(|ms| {
-                    let now = self.env.now_mono_ms();
-                    tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now))
-                })
-                .map_or(tick, |wake| wake.min(tick));
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(command) = self.inbox.recv() => self.command(command),
@@ -243,7 +243,7 @@ impl Driver {
                         Err(_) => {}
                     }
                 }
-                _ = tokio::time::sleep_until(until) => {
+                _ = tick.tick() => {
                     self.refresh_peers();
                     let now = self.now();
                     self.core.handle_timeout(now);
@@ -512,6 +512,17 @@ impl Driver {
             && let MeshFrame::Invoke(invoke) = frame
         {
             facts.admission = self.admission(invoke);
+            if facts.admission.is_err() && needs.flight_when_refused {
+                let needs = core::Needs {
+                    flight: true,
+                    ..core::Needs::default()
+                };
+                facts.flight = self
+                    .store
+                    .read(|connection| super::rows::facts(connection, &id, needs))
+                    .unwrap_or_default()
+                    .flight;
+            }
         }
         facts
     }
