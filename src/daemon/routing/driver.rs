@@ -14,14 +14,19 @@
 //!   into the core (a local delivery is an ordinary send to self).
 //! - `Reply`, `Execute`, `StopExecution`, `Emit`, `Refused`.
 //!
-//! Every task the driver starts (commits, requests, execution forwarders,
-//! work-order updates) lives in its own `JoinSet`, which is shut down and
-//! joined when the driver stops; the driver itself is joined by the broker.
+//! Commits and requests in flight are futures the driver polls itself (a
+//! completion wakes it directly); the tasks it starts (execution
+//! forwarders, work-order updates) live in its own `JoinSet`. Both are
+//! dropped or shut down and joined when the driver stops; the driver itself
+//! is joined by the broker.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use scout_mesh::lifecycle::{DeliveryState, FailureReason};
 use scout_mesh::names::{AgentName, Label};
 use scout_mesh::routing::{
@@ -133,6 +138,9 @@ pub struct Driver {
     events: broadcast::Sender<RoutingEvent>,
     refusals: Arc<Mutex<RefusalCounts>>,
     tasks: JoinSet<Completion>,
+    /// Commits and requests in flight, polled by the driver itself: each
+    /// completion wakes the driver directly, without a task in between.
+    pending: FuturesUnordered<BoxFuture<'static, Completion>>,
     /// Peers' requests waiting for the core's reply.
     replies: HashMap<RequestId, oneshot::Sender<MeshFrame>>,
     /// Requests to self: the core's inbound id -> its outbound id.
@@ -206,6 +214,7 @@ impl Driver {
             events,
             refusals,
             tasks: JoinSet::new(),
+            pending: FuturesUnordered::new(),
             replies: HashMap::new(),
             local: HashMap::new(),
             submits: HashMap::new(),
@@ -234,6 +243,9 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(command) = self.inbox.recv() => self.command(command),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.completed(done);
+                }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match done {
                         Ok(completion) => self.completed(completion),
@@ -403,13 +415,13 @@ impl Driver {
             }
             Output::Send { request, to, frame } => {
                 let mesh = self.mesh.clone();
-                self.tasks.spawn(async move {
+                self.pending.push(Box::pin(async move {
                     let answer = mesh
                         .request(&to, &frame)
                         .await
                         .map_err(|detail| SendFailure { detail });
                     Completion::Response { request, answer }
-                });
+                }));
             }
             Output::Reply { request, frame } => {
                 if let Some(outbound) = self.local.remove(&request) {
@@ -468,22 +480,22 @@ impl Driver {
             }
         };
         if wait_for_disk {
-            self.tasks.spawn(async move {
+            self.pending.push(Box::pin(async move {
                 Completion::Persisted {
                     id,
                     result: pending.await,
                     submit,
                 }
-            });
+            }));
         } else {
             // Queued in order ahead of every later write, and not waited
             // for: the policy does not ask for the disk.
-            self.tasks.spawn(async move {
+            self.pending.push(Box::pin(async move {
                 if let Err(err) = pending.await {
                     tracing::warn!(cause = %err, "routing rows of a policy that does not wait for the disk were not stored");
                 }
                 Completion::Done
-            });
+            }));
             self.persisted(id, Ok(Ok(())), None);
         }
     }
