@@ -38,7 +38,7 @@ use scout_mesh::wire::{InvokeRequest, MeshFrame, NodeId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::executor::{ExecEvent, ExecOutcome, ExecRequest, Executor};
+use super::executor::{ExecEvent, ExecRequest, Executor};
 use super::{RouteError, RouterParts, RoutingEvent};
 use crate::api::{self, EventState};
 use crate::config::discover::LocalAgent;
@@ -714,11 +714,7 @@ async fn forward(
                 pending.push_str(&text);
                 None
             }
-            Ok(Some(ExecEvent::Finished(outcome))) => Some(match outcome {
-                ExecOutcome::Completed { response } => ExecResult::Completed { response },
-                ExecOutcome::Failed { reason, detail } => ExecResult::Failed { reason, detail },
-                ExecOutcome::Cancelled => ExecResult::Cancelled,
-            }),
+            Ok(Some(ExecEvent::Finished(outcome))) => Some(outcome),
             Ok(None) => Some(ExecResult::Failed {
                 reason: FailureReason::HarnessError,
                 detail: "the executor stopped without an outcome".into(),

@@ -47,24 +47,9 @@ pub enum ExecEvent {
     Finished(ExecOutcome),
 }
 
-/// How an execution ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecOutcome {
-    /// The agent answered.
-    Completed {
-        /// The answer.
-        response: String,
-    },
-    /// No answer.
-    Failed {
-        /// Why, in the design's vocabulary.
-        reason: FailureReason,
-        /// For a person.
-        detail: String,
-    },
-    /// Stopped on request.
-    Cancelled,
-}
+/// How an execution ended: the routing core's own type, so what an
+/// executor reports is what the core takes.
+pub use scout_mesh::routing::ExecResult as ExecOutcome;
 
 /// A running execution.
 #[derive(Debug)]
