@@ -48,3 +48,4 @@ pub mod run;
 pub mod scenario;
 pub mod seeds;
 pub mod swarm;
+pub mod timeline;

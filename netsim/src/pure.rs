@@ -10,8 +10,7 @@
 //! not forwarded, so records cross the mesh by anti-entropy deltas, which
 //! carry every origin's records).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use scout_mesh::lifecycle::{EndpointState, Harness};
@@ -21,6 +20,7 @@ use scout_mesh::wire::{InstanceBody, NodeId, RecordBody, SyncMessage};
 use serde::Serialize;
 
 use crate::seeds;
+use crate::timeline::Timeline;
 
 /// Nodes in one pure run at most.
 pub const PURE_NODES_MAX: usize = 10_000;
@@ -100,36 +100,12 @@ enum Event {
     },
 }
 
-struct Queued {
-    at_us: u64,
-    order: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_us, self.order) == (other.at_us, other.order)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at_us, self.order).cmp(&(other.at_us, other.order))
-    }
-}
-
 struct World {
     replicas: Vec<Replica>,
     ids: Vec<NodeId>,
     index: BTreeMap<NodeId, usize>,
     up: BTreeSet<(usize, usize)>,
-    queue: BinaryHeap<Reverse<Queued>>,
-    next_order: u64,
+    queue: Timeline<Event>,
     timers: Vec<Option<u64>>,
     now_us: u64,
     latency_ms: (u64, u64),
@@ -143,13 +119,7 @@ struct World {
 
 impl World {
     fn push(&mut self, at_us: u64, event: Event) {
-        let order = self.next_order;
-        self.next_order += 1;
-        self.queue.push(Reverse(Queued {
-            at_us,
-            order,
-            event,
-        }));
+        self.queue.push(at_us, event);
     }
 
     /// Acts on a replica's outputs and re-arms its timer.
@@ -191,16 +161,10 @@ impl World {
 
     /// Runs events up to `until_us`.
     fn run_until(&mut self, until_us: u64) {
-        while let Some(Reverse(first)) = self.queue.peek() {
-            if first.at_us > until_us {
-                break;
-            }
-            let Some(Reverse(queued)) = self.queue.pop() else {
-                break;
-            };
-            self.now_us = self.now_us.max(queued.at_us);
+        while let Some((at, event)) = self.queue.pop_until(until_us) {
+            self.now_us = self.now_us.max(at);
             let now_ms = self.now_ms();
-            match queued.event {
+            match event {
                 Event::Deliver { from, to, message } => {
                     if !self.up.contains(&(from, to)) {
                         continue;
@@ -307,8 +271,7 @@ pub fn run(options: &PureOptions) -> PureReport {
         ids,
         index,
         up: BTreeSet::new(),
-        queue: BinaryHeap::new(),
-        next_order: 0,
+        queue: Timeline::default(),
         timers: vec![None; n_nodes],
         now_us: 0,
         latency_ms: options.latency_ms,

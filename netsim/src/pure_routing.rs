@@ -16,8 +16,7 @@
 //! workload, everything heals and the run goes on until every delivery has
 //! ended; [`check`] then judges the history.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
@@ -39,6 +38,7 @@ use scout_mesh::wire::{FlightUpdate, InstanceBody, MeshFrame, NodeId, RecordBody
 use serde::Serialize;
 
 use crate::seeds;
+use crate::timeline::Timeline;
 
 /// Fewest nodes in one schedule: with fewer, a partition has no sides.
 pub const ROUTING_NODES_MIN: usize = 2;
@@ -415,29 +415,6 @@ enum Event {
     },
 }
 
-struct Queued {
-    at_ms: u64,
-    order: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_ms, self.order) == (other.at_ms, other.order)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at_ms, self.order).cmp(&(other.at_ms, other.order))
-    }
-}
-
 // ---------------------------------------------------------------------
 // Nodes.
 
@@ -508,8 +485,7 @@ struct Sim {
     groups: Vec<u8>,
     /// Links as the routers and replicas were last told.
     linked: BTreeSet<(usize, usize)>,
-    queue: BinaryHeap<Reverse<Queued>>,
-    next_order: u64,
+    queue: Timeline<Event>,
     now_ms: u64,
     rng: StdRng,
     latency_ms: (u64, u64),
@@ -530,13 +506,7 @@ fn node_key(seed: u64, idx: usize) -> SigningKey {
 
 impl Sim {
     fn push(&mut self, at_ms: u64, event: Event) {
-        let order = self.next_order;
-        self.next_order += 1;
-        self.queue.push(Reverse(Queued {
-            at_ms,
-            order,
-            event,
-        }));
+        self.queue.push(at_ms, event);
     }
 
     fn now(&self, node: usize) -> Now {
@@ -1383,16 +1353,10 @@ impl Sim {
     }
 
     fn run_until(&mut self, until_ms: u64) {
-        while let Some(Reverse(first)) = self.queue.peek() {
-            if first.at_ms > until_ms {
-                break;
-            }
-            let Some(Reverse(queued)) = self.queue.pop() else {
-                break;
-            };
-            self.now_ms = self.now_ms.max(queued.at_ms);
+        while let Some((at, event)) = self.queue.pop_until(until_ms) {
+            self.now_ms = self.now_ms.max(at);
             self.report.events += 1;
-            self.handle(queued.event);
+            self.handle(event);
         }
         self.now_ms = self.now_ms.max(until_ms);
     }
@@ -1528,8 +1492,7 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
         nodes,
         groups: vec![0; n_nodes],
         linked: BTreeSet::new(),
-        queue: BinaryHeap::new(),
-        next_order: 0,
+        queue: Timeline::default(),
         now_ms: 0,
         rng: seeds::rng(seed, "routing-net", 0),
         latency_ms: (1, latency_max),
