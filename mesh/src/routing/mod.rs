@@ -735,13 +735,6 @@ impl Router {
         self.flights.len()
     }
 
-    /// The owner a delivery in progress goes to.
-    pub fn owner_of(&self, invocation_id: &str) -> Option<&NodeId> {
-        self.deliveries
-            .get(invocation_id)
-            .map(|delivery| &delivery.choice.owner)
-    }
-
     /// A peer's connection came up: deliveries waiting for it go now.
     pub fn handle_peer_up(&mut self, now: Now, peer: NodeId) {
         self.connected.insert(peer.clone());

@@ -299,7 +299,10 @@ impl Driver {
             } => {
                 // The owner's connection may have come up since the last
                 // look: a new delivery goes at once, not after a deferral.
-                self.refresh_peers();
+                let owner = &submission.choice.owner;
+                if *owner != self.node_id && !self.connected.contains(owner) {
+                    self.refresh_peers();
+                }
                 let id = submission.invocation.invocation_id.clone();
                 self.submits.insert(id.clone(), reply);
                 if let Some(acknowledged) = acknowledged {

@@ -3,7 +3,7 @@
 //! before and after a restart.
 
 use rusqlite::Connection;
-use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState};
+use scout_mesh::lifecycle::{DeliveryState, FailureReason};
 
 use super::{RouteError, Router};
 use crate::api::{AttemptView, DeliveryView, FlightView, InvocationStatus, InvocationView};
@@ -106,11 +106,6 @@ impl Router {
             })
             .ok()
             .flatten()
-    }
-
-    /// Whether a flight state is terminal (helper for callers).
-    pub fn is_terminal(state: FlightState) -> bool {
-        state.is_terminal()
     }
 }
 
