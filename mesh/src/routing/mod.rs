@@ -74,12 +74,6 @@ pub use plan::{
     Step, backoff_ms, delivery_state_of,
 };
 
-/// Outputs buffered before the driver drains them. A driver drains after
-/// every input, so this is only reached by a driver that stopped draining;
-/// the router then keeps going and counts what it dropped (a lost send is
-/// retried by the plans; a lost persist is not: see `dropped_outputs`).
-pub const OUTPUTS_MAX: usize = 1 << 20;
-
 /// Invocation ids an owner remembers refusing, at most. A refused id stays
 /// refused while remembered: an earlier invoke of it still on its way (a
 /// stream slower than the origin's timeout) must not be accepted after the
@@ -637,7 +631,6 @@ pub struct Router {
     requests: BTreeMap<RequestId, Sent>,
     next_id: u64,
     outputs: VecDeque<Output>,
-    dropped_outputs: u64,
     refusals: RefusalCounts,
 }
 
@@ -660,7 +653,6 @@ impl Router {
             requests: BTreeMap::new(),
             next_id: 1,
             outputs: VecDeque::new(),
-            dropped_outputs: 0,
             refusals: RefusalCounts::default(),
         }
     }
@@ -718,11 +710,6 @@ impl Router {
     /// Counters of what peers were refused.
     pub fn refusals(&self) -> RefusalCounts {
         self.refusals
-    }
-
-    /// Outputs dropped because the driver did not drain them.
-    pub fn dropped_outputs(&self) -> u64 {
-        self.dropped_outputs
     }
 
     /// Unfinished deliveries this router originates.
@@ -896,11 +883,10 @@ impl Router {
         id
     }
 
+    /// Queues an output. Never dropped: a lost `Persist` would lose
+    /// accepted work. The queue stays small because every driver drains it
+    /// after each input, and each input adds a bounded number of outputs.
     fn push(&mut self, output: Output) {
-        if self.outputs.len() >= OUTPUTS_MAX {
-            self.dropped_outputs += 1;
-            return;
-        }
         self.outputs.push_back(output);
     }
 
