@@ -240,9 +240,20 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain().await;
+            // Biased: the branches are looked at in this order, so a
+            // simulated run of one seed takes the same path every time
+            // (an unbiased select draws from a random source). Timers
+            // first, completions before new commands, so a flood of
+            // requests waits in the bounded inbox rather than starving
+            // the work already under way.
             tokio::select! {
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                Some(command) = self.inbox.recv() => self.command(command),
+                _ = tick.tick() => {
+                    self.refresh_peers();
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.completed(done);
                 }
@@ -255,11 +266,7 @@ impl Driver {
                         Err(_) => {}
                     }
                 }
-                _ = tick.tick() => {
-                    self.refresh_peers();
-                    let now = self.now();
-                    self.core.handle_timeout(now);
-                }
+                Some(command) = self.inbox.recv() => self.command(command),
             }
         }
         for (_, cancel) in self.running.drain() {
