@@ -6,8 +6,8 @@
 //! where the tests run; these samples follow their documented formats.
 
 use scout::adapter::{
-    Adapter, AdapterOptions, AgentEnv, AuthStatus, ScreenState, ScreenView, StructuredEvent,
-    TurnStyle, adapter_for,
+    Adapter, AdapterOptions, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView,
+    StructuredEvent, TurnStyle, adapter_for,
 };
 use scout::pty::TermSize;
 use scout::pty::screen::Screen;
@@ -75,7 +75,7 @@ fn claude_stream_json() {
         claude.parse_line(max_turns),
         vec![StructuredEvent::Failed {
             message: "error_max_turns".to_owned(),
-            auth_required: false
+            kind: FailureKind::Harness
         }]
     );
     let logged_out = r#"{"type":"result","subtype":"success","is_error":true,"duration_ms":120,"num_turns":1,"result":"Invalid API key · Please run /login","session_id":"s"}"#;
@@ -83,7 +83,7 @@ fn claude_stream_json() {
         claude.parse_line(logged_out),
         vec![StructuredEvent::Failed {
             message: "Invalid API key · Please run /login".to_owned(),
-            auth_required: true
+            kind: FailureKind::AuthRequired
         }]
     );
     assert!(claude.parse_line("not json at all").is_empty());
@@ -139,7 +139,7 @@ fn codex_exec_json() {
             StructuredEvent::Failed {
                 message: "unexpected status 401 Unauthorized: Missing bearer authentication"
                     .to_owned(),
-                auth_required: true
+                kind: FailureKind::AuthRequired
             },
         ]
     );
@@ -185,7 +185,7 @@ fn gemini_stream_json() {
         gemini.parse_line(failed),
         vec![StructuredEvent::Failed {
             message: "API key not valid. Please pass a valid API key.".to_owned(),
-            auth_required: true
+            kind: FailureKind::AuthRequired
         }]
     );
     let invocation = gemini.invocation("-v please", None).unwrap();

@@ -222,7 +222,7 @@ async fn slow_output_streams_and_a_timeout_is_reported() {
     wait_event(&mut events, EventKind::AgentReady, &agent.id).await;
 
     let mut turn = manager
-        .run_turn(&agent.id, "slow 10".to_owned(), None)
+        .run_turn(&agent.id, "slow 10".to_owned(), None, None)
         .unwrap();
     let mut n_outputs = 0;
     let outcome = loop {
@@ -507,7 +507,9 @@ async fn claude_needs_a_login_then_answers_in_stream_json() {
     session.input().send("ok\r".into()).await.unwrap();
     wait_event(&mut events, EventKind::AgentReady, &agent.id).await;
 
-    let mut turn = manager.run_turn(&agent.id, "hi".to_owned(), None).unwrap();
+    let mut turn = manager
+        .run_turn(&agent.id, "hi".to_owned(), None, None)
+        .unwrap();
     let mut tools = Vec::new();
     let outcome = loop {
         match tokio::time::timeout(WAIT_BOUND, turn.events.recv())
@@ -516,7 +518,7 @@ async fn claude_needs_a_login_then_answers_in_stream_json() {
         {
             Some(TurnEvent::Tool(tool)) => tools.push(tool),
             Some(TurnEvent::Finished(outcome)) => break outcome,
-            Some(TurnEvent::Output(_)) => {}
+            Some(TurnEvent::Output(_) | TurnEvent::Usage(_)) => {}
             None => panic!("no outcome"),
         }
     };
@@ -637,7 +639,7 @@ async fn stopping_an_agent_ends_its_structured_turn() {
         .unwrap();
     wait_event(&mut events, EventKind::AgentReady, &agent.id).await;
     let mut turn = manager
-        .run_turn(&agent.id, "hang".to_owned(), Some(WAIT_BOUND * 10))
+        .run_turn(&agent.id, "hang".to_owned(), Some(WAIT_BOUND * 10), None)
         .unwrap();
     manager.stop(&agent.id).await.unwrap();
     let outcome = tokio::time::timeout(WAIT_BOUND, async {

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
-    Adapter, AgentEnv, AuthStatus, Invocation, ScreenState, ScreenView, StructuredEvent, TurnStyle,
-    program_and_args,
+    Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
+    StructuredEvent, TurnStyle, program_and_args,
 };
 
 /// Screen text of the login flow (first run, `/login`, an expired key).
@@ -194,7 +194,7 @@ impl Adapter for ClaudeAdapter {
                         .or_else(|| event["subtype"].as_str().map(str::to_owned))
                         .unwrap_or_else(|| "the turn failed".to_owned());
                     events.push(StructuredEvent::Failed {
-                        auth_required: self.is_auth_failure(&message),
+                        kind: self.classify_failure(&message),
                         message,
                     });
                 } else {
@@ -206,8 +206,12 @@ impl Adapter for ClaudeAdapter {
         events
     }
 
-    fn is_auth_failure(&self, text: &str) -> bool {
-        find_any(text, AUTH_FAILURE_MARKERS).is_some()
+    fn classify_failure(&self, text: &str) -> FailureKind {
+        if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
+            FailureKind::AuthRequired
+        } else {
+            FailureKind::Harness
+        }
     }
 
     fn install_hint(&self) -> &'static str {

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
-    Adapter, AgentEnv, AuthStatus, Invocation, ScreenState, ScreenView, StructuredEvent, TurnStyle,
-    program_and_args,
+    Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
+    StructuredEvent, TurnStyle, program_and_args,
 };
 
 const LOGIN_MARKERS: &[&str] = &[
@@ -160,7 +160,7 @@ impl Adapter for GeminiAdapter {
                         .unwrap_or("the turn failed")
                         .to_owned();
                     vec![StructuredEvent::Failed {
-                        auth_required: self.is_auth_failure(&message),
+                        kind: self.classify_failure(&message),
                         message,
                     }]
                 }
@@ -169,8 +169,12 @@ impl Adapter for GeminiAdapter {
         }
     }
 
-    fn is_auth_failure(&self, text: &str) -> bool {
-        find_any(text, AUTH_FAILURE_MARKERS).is_some()
+    fn classify_failure(&self, text: &str) -> FailureKind {
+        if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
+            FailureKind::AuthRequired
+        } else {
+            FailureKind::Harness
+        }
     }
 
     fn install_hint(&self) -> &'static str {

@@ -125,13 +125,58 @@ pub enum StructuredEvent {
         /// The final answer, when the event carries it.
         result: Option<String>,
     },
+    /// Tokens and cost the CLI reports for the turn (or part of it: a run
+    /// may report several times; the session adds them up).
+    Usage(TurnUsage),
     /// The turn failed.
     Failed {
         /// What the CLI said.
         message: String,
-        /// Whether the failure is a missing or expired login.
-        auth_required: bool,
+        /// What kind of failure it is.
+        kind: FailureKind,
     },
+}
+
+/// What kind of failure a CLI reported, as far as its words tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    /// Anything else: the CLI or its model failed the turn.
+    #[default]
+    Harness,
+    /// A missing, invalid or expired login (`AUTH_REQUIRED`).
+    AuthRequired,
+    /// The CLI has never been set up on this account and stops at its
+    /// first-run screens (`ONBOARDING_REQUIRED`).
+    OnboardingRequired,
+}
+
+/// Tokens and cost of a turn, as the CLI reports them. Cost is kept in
+/// millionths of a US dollar, so that sums are exact and comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+pub struct TurnUsage {
+    /// Input (prompt) tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens served from the model's cache.
+    pub cached_tokens: u64,
+    /// Cost in micro-USD, when the CLI reports one.
+    pub cost_micro_usd: Option<u64>,
+}
+
+impl TurnUsage {
+    /// `self` plus `other` (saturating; a cost is kept when either has one).
+    pub fn plus(self, other: TurnUsage) -> TurnUsage {
+        TurnUsage {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            cached_tokens: self.cached_tokens.saturating_add(other.cached_tokens),
+            cost_micro_usd: match (self.cost_micro_usd, other.cost_micro_usd) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+            },
+        }
+    }
 }
 
 /// The environment an agent process gets: the broker's, with the session's
@@ -209,9 +254,10 @@ pub trait Adapter: Send + Sync + Debug {
         Vec::new()
     }
 
-    /// Whether a failure text (stderr, an error event) means "log in first".
-    fn is_auth_failure(&self, _text: &str) -> bool {
-        false
+    /// What a failure text (stderr, an error event) means: a login to do,
+    /// a first-run setup to finish, or another failure.
+    fn classify_failure(&self, _text: &str) -> FailureKind {
+        FailureKind::Harness
     }
 
     /// The pause between a paste and its Enter.

@@ -104,7 +104,9 @@ pub fn api_error(err: RuntimeError) -> ApiError {
         }
         // Not 401: that is the broker's own token. The agent's CLI needs a
         // login before the request can succeed.
-        RuntimeError::AuthRequired { .. } => StatusCode::FAILED_DEPENDENCY,
+        RuntimeError::AuthRequired { .. } | RuntimeError::OnboardingRequired(_) => {
+            StatusCode::FAILED_DEPENDENCY
+        }
         RuntimeError::MaxAgents { .. } => StatusCode::TOO_MANY_REQUESTS,
         RuntimeError::SpawnFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -37,6 +37,9 @@ pub enum RuntimeError {
         /// The login URL, when the CLI showed one.
         login_url: Option<String>,
     },
+    /// The CLI stops at its first-run setup (`ONBOARDING_REQUIRED`).
+    #[error("{0}")]
+    OnboardingRequired(String),
     /// `MAX_AGENTS` agents are already running (`MAX_AGENTS`).
     #[error("{max} agents are running, the most this broker allows (MAX_AGENTS); stop one first")]
     MaxAgents {
@@ -73,6 +76,7 @@ impl RuntimeError {
             RuntimeError::InvalidWorkdir { .. } => "INVALID_WORKDIR",
             RuntimeError::CliNotFound { .. } => "CLI_NOT_FOUND",
             RuntimeError::AuthRequired { .. } => "AUTH_REQUIRED",
+            RuntimeError::OnboardingRequired(_) => "ONBOARDING_REQUIRED",
             RuntimeError::MaxAgents { .. } => "MAX_AGENTS",
             RuntimeError::SpawnFailed(_) => "SPAWN_FAILED",
             RuntimeError::Timeout { .. } => "TIMEOUT",

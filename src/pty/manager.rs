@@ -335,6 +335,7 @@ impl SessionManager {
         id: &str,
         prompt: String,
         timeout: Option<Duration>,
+        conversation: Option<String>,
     ) -> Result<Turn, RuntimeError> {
         if prompt.len() > MESSAGE_BYTES_MAX {
             return Err(RuntimeError::InvalidRequest(format!(
@@ -343,7 +344,11 @@ impl SessionManager {
         }
         crate::pty::prompt::check_prompt(&prompt)?;
         let session = self.session(id)?;
-        session.run_turn(prompt, timeout.unwrap_or(self.config.default_timeout))
+        session.run_turn(
+            prompt,
+            timeout.unwrap_or(self.config.default_timeout),
+            conversation,
+        )
     }
 
     /// Runs a turn and waits for its end: the answer, or the question the
@@ -355,7 +360,7 @@ impl SessionManager {
         timeout: Option<Duration>,
     ) -> Result<SendOutcome, RuntimeError> {
         let timeout = timeout.unwrap_or(self.config.default_timeout);
-        let mut turn = self.run_turn(id, message, Some(timeout))?;
+        let mut turn = self.run_turn(id, message, Some(timeout), None)?;
         let outcome = loop {
             match turn.events.recv().await {
                 Some(TurnEvent::Finished(outcome)) => break outcome,
@@ -388,6 +393,7 @@ impl SessionManager {
                     message,
                     login_url: None,
                 },
+                TurnFailure::OnboardingRequired => RuntimeError::OnboardingRequired(message),
                 TurnFailure::Harness => RuntimeError::Harness(message),
             }),
         }

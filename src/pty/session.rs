@@ -30,7 +30,8 @@ use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
 use crate::adapter::{
-    Adapter, AgentEnv, AuthStatus, ScreenState, ScreenView, StructuredEvent, TurnStyle,
+    Adapter, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView, StructuredEvent,
+    TurnStyle, TurnUsage,
 };
 use crate::env::Env;
 
@@ -156,6 +157,9 @@ pub enum TurnEvent {
     Output(String),
     /// Tool activity of a structured run, one line.
     Tool(String),
+    /// Tokens and cost the CLI reported so far in this turn (running total;
+    /// the last one is the turn's).
+    Usage(TurnUsage),
     /// The turn ended; always the last event.
     Finished(TurnOutcome),
 }
@@ -193,6 +197,8 @@ pub enum TurnFailure {
     AgentStopped,
     /// The CLI needs a login.
     AuthRequired,
+    /// The CLI stops at its first-run setup on this account.
+    OnboardingRequired,
     /// The CLI failed the turn or could not be run.
     Harness,
 }
@@ -203,7 +209,29 @@ impl TurnFailure {
         match self {
             TurnFailure::Timeout => FailureReason::Timeout,
             TurnFailure::AgentStopped => FailureReason::AgentOffline,
-            TurnFailure::AuthRequired | TurnFailure::Harness => FailureReason::HarnessError,
+            TurnFailure::AuthRequired | TurnFailure::OnboardingRequired | TurnFailure::Harness => {
+                FailureReason::HarnessError
+            }
+        }
+    }
+
+    /// The stable code a person or a program acts on (`AUTH_REQUIRED`: log
+    /// in; `ONBOARDING_REQUIRED`: run the CLI once by hand).
+    pub fn code(self) -> &'static str {
+        match self {
+            TurnFailure::Timeout => "TIMEOUT",
+            TurnFailure::AgentStopped => "AGENT_STOPPED",
+            TurnFailure::AuthRequired => "AUTH_REQUIRED",
+            TurnFailure::OnboardingRequired => "ONBOARDING_REQUIRED",
+            TurnFailure::Harness => "HARNESS_ERROR",
+        }
+    }
+
+    fn of_kind(kind: FailureKind) -> TurnFailure {
+        match kind {
+            FailureKind::Harness => TurnFailure::Harness,
+            FailureKind::AuthRequired => TurnFailure::AuthRequired,
+            FailureKind::OnboardingRequired => TurnFailure::OnboardingRequired,
         }
     }
 }
@@ -302,7 +330,8 @@ struct SessionState {
     auth: AuthStatus,
     error: Option<ErrorInfo>,
     turn_active: bool,
-    conversation_id: Option<String>,
+    /// The CLI's own session id for each Scout conversation.
+    cli_sessions: CliSessions,
     /// The process group of the structured run in progress, killed with the
     /// session.
     structured_pid: Option<u32>,
@@ -404,7 +433,7 @@ impl Session {
                 auth,
                 error: None,
                 turn_active: false,
-                conversation_id: None,
+                cli_sessions: CliSessions::default(),
                 structured_pid: None,
                 n_turns: 0,
                 permit: Some(permit),
@@ -558,11 +587,14 @@ impl Session {
     /// or run in its CLI's structured mode), and the returned [`Turn`]
     /// streams output and ends with the outcome. Turns of one session run
     /// one at a time, in the order they were started; waiting for the
-    /// previous one counts against `timeout`.
+    /// previous one counts against `timeout`. Structured turns of one
+    /// `conversation` continue the same CLI session, and never another
+    /// conversation's; `None` is the session's own default conversation.
     pub fn run_turn(
         self: &Arc<Self>,
         prompt: String,
         timeout: Duration,
+        conversation: Option<String>,
     ) -> Result<Turn, RuntimeError> {
         self.check_can_run_turn()?;
         let turn_id = {
@@ -581,7 +613,11 @@ impl Session {
                 let _guard = lock.lock_owned().await;
                 session.set_turn_active(true);
                 let outcome = match session.adapter.turn_style() {
-                    TurnStyle::Structured => session.run_structured(&id, &prompt, &events_tx).await,
+                    TurnStyle::Structured => {
+                        session
+                            .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
+                            .await
+                    }
                     style => session.run_pty(&id, &prompt, style, &events_tx).await,
                 };
                 session.set_turn_active(false);
@@ -721,9 +757,10 @@ impl Session {
         &self,
         turn_id: &str,
         prompt: &str,
+        conversation: Option<&str>,
         events: &mpsc::Sender<TurnEvent>,
     ) -> TurnOutcome {
-        let resume = self.lock_state().conversation_id.clone();
+        let resume = self.lock_state().cli_sessions.get(conversation);
         let Some(invocation) = self.adapter.invocation(prompt, resume.as_deref()) else {
             return harness_failure(format!(
                 "the {} harness has no structured mode",
@@ -795,7 +832,7 @@ impl Session {
             for event in self.adapter.parse_line(text.trim_end()) {
                 match event {
                     StructuredEvent::Session(id) => {
-                        self.lock_state().conversation_id = Some(id);
+                        self.lock_state().cli_sessions.insert(conversation, id);
                     }
                     StructuredEvent::TextDelta(delta) => {
                         answer.deltas.push_str(&delta);
@@ -818,16 +855,13 @@ impl Session {
                             response: answer.response(result),
                         });
                     }
-                    StructuredEvent::Failed {
-                        message,
-                        auth_required,
-                    } => {
+                    StructuredEvent::Usage(usage) => {
+                        answer.usage = answer.usage.plus(usage);
+                        let _ = events.try_send(TurnEvent::Usage(answer.usage));
+                    }
+                    StructuredEvent::Failed { message, kind } => {
                         outcome = Some(TurnOutcome::Failed {
-                            failure: if auth_required {
-                                TurnFailure::AuthRequired
-                            } else {
-                                TurnFailure::Harness
-                            },
+                            failure: TurnFailure::of_kind(kind),
                             message,
                         });
                     }
@@ -867,11 +901,7 @@ impl Session {
             }
         );
         TurnOutcome::Failed {
-            failure: if self.adapter.is_auth_failure(&detail) {
-                TurnFailure::AuthRequired
-            } else {
-                TurnFailure::Harness
-            },
+            failure: TurnFailure::of_kind(self.adapter.classify_failure(&detail)),
             message,
         }
     }
@@ -1270,8 +1300,41 @@ fn harness_failure(message: String) -> TurnOutcome {
 }
 
 /// The answer of a structured run, assembled from its events.
+/// Scout conversations an agent session remembers the CLI session of. An
+/// agent that has talked in more conversations forgets the least recently
+/// used; a turn in a forgotten conversation starts a new CLI session.
+const CLI_SESSIONS_MAX: usize = 256;
+
+/// The CLI session id of each Scout conversation (`None`: the session's
+/// default conversation, for turns that name none), least recently used
+/// first.
+#[derive(Debug, Default)]
+struct CliSessions {
+    entries: Vec<(Option<String>, String)>,
+}
+
+impl CliSessions {
+    fn get(&self, conversation: Option<&str>) -> Option<String> {
+        self.entries
+            .iter()
+            .find(|(key, _)| key.as_deref() == conversation)
+            .map(|(_, id)| id.clone())
+    }
+
+    fn insert(&mut self, conversation: Option<&str>, cli_session: String) {
+        self.entries
+            .retain(|(key, _)| key.as_deref() != conversation);
+        if self.entries.len() >= CLI_SESSIONS_MAX {
+            self.entries.remove(0);
+        }
+        self.entries
+            .push((conversation.map(str::to_owned), cli_session));
+    }
+}
+
 #[derive(Debug, Default)]
 struct StructuredAnswer {
+    usage: TurnUsage,
     deltas: String,
     delta_since_message: bool,
     last_message: Option<String>,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent_clis;
+pub mod model;
 pub mod raw_member;
 pub mod store;
 

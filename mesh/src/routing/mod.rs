@@ -427,6 +427,10 @@ pub struct Execute {
     pub action: InvocationAction,
     /// Unix ms after which the work is no longer wanted.
     pub deadline_unix_ms: Option<u64>,
+    /// The conversation at the origin: an agent keeps one CLI session per
+    /// conversation, so turns of one conversation continue each other and
+    /// turns of another never see them.
+    pub conversation_id: Option<String>,
 }
 
 /// What an [`Event`] says changed.

@@ -282,6 +282,7 @@ impl Router {
             prompt: flight.invocation.body.clone(),
             action: flight.invocation.action,
             deadline_unix_ms: flight.invocation.deadline_unix_ms,
+            conversation_id: flight.invocation.conversation_id.clone(),
         };
         let origin = flight.invocation.origin.clone();
         self.push(Output::Execute(execute));

@@ -612,6 +612,7 @@ impl Driver {
             instance: execute.instance,
             agent,
             prompt: execute.prompt,
+            conversation_id: execute.conversation_id,
             timeout,
         });
         self.running.insert(id.clone(), execution.cancel);

@@ -30,6 +30,9 @@ pub struct ExecRequest {
     pub agent: LocalAgent,
     /// The prompt.
     pub prompt: String,
+    /// The conversation it belongs to (the agent's CLI session continues
+    /// per conversation).
+    pub conversation_id: Option<String>,
     /// How long the turn may take.
     pub timeout: Duration,
 }
@@ -154,16 +157,20 @@ async fn run_on_session(
             }
         }
     };
-    let mut turn =
-        match sessions.run_turn(&session_id, request.prompt.clone(), Some(request.timeout)) {
-            Ok(turn) => turn,
-            Err(err) => {
-                return ExecOutcome::Failed {
-                    reason: FailureReason::AgentOffline,
-                    detail: err.to_string(),
-                };
-            }
-        };
+    let mut turn = match sessions.run_turn(
+        &session_id,
+        request.prompt.clone(),
+        Some(request.timeout),
+        request.conversation_id.clone(),
+    ) {
+        Ok(turn) => turn,
+        Err(err) => {
+            return ExecOutcome::Failed {
+                reason: FailureReason::AgentOffline,
+                detail: err.to_string(),
+            };
+        }
+    };
     let _ = events.send(ExecEvent::Started).await;
     loop {
         tokio::select! {
@@ -171,7 +178,7 @@ async fn run_on_session(
                 Some(TurnEvent::Output(text)) => {
                     let _ = events.send(ExecEvent::Output(text)).await;
                 }
-                Some(TurnEvent::Tool(_)) => {}
+                Some(TurnEvent::Tool(_) | TurnEvent::Usage(_)) => {}
                 Some(TurnEvent::Finished(outcome)) => return outcome_of(outcome),
                 None => {
                     return ExecOutcome::Failed {
