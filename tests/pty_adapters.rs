@@ -7,7 +7,7 @@
 
 use scout::adapter::{
     Adapter, AdapterOptions, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, adapter_for,
+    StructuredEvent, TurnStyle, TurnUsage, adapter_for,
 };
 use scout::pty::TermSize;
 use scout::pty::screen::Screen;
@@ -125,6 +125,12 @@ fn codex_exec_json() {
             StructuredEvent::Tool("$ bash -lc ls".to_owned()),
             StructuredEvent::Tool("edit src/main.rs".to_owned()),
             StructuredEvent::Message("The directory contains README.md and src.".to_owned()),
+            StructuredEvent::Usage(TurnUsage {
+                input_tokens: 24763,
+                output_tokens: 122,
+                cached_tokens: 24448,
+                cost_micro_usd: None,
+            }),
             StructuredEvent::Completed { result: None },
         ]
     );
@@ -151,6 +157,8 @@ fn codex_exec_json() {
             "exec",
             "--json",
             "--skip-git-repo-check",
+            "--sandbox",
+            "workspace-write",
             "resume",
             "0199a213",
             "-"

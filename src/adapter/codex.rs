@@ -1,12 +1,24 @@
 //! OpenAI Codex CLI (`codex`). The terminal runs the interactive TUI; turns
 //! run `codex exec --json` with the prompt on standard input (`-`),
-//! continuing the same thread with `codex exec --json resume <id> -`.
+//! continuing the same thread with `codex exec --json … resume <id> -`.
 //!
 //! JSONL events: `thread.started` (`thread_id`), `turn.started`,
 //! `item.started` / `item.updated` / `item.completed` (an `item` with a
 //! `type`: `agent_message` with `text`, `command_execution` with `command`,
-//! `file_change`, `reasoning`, ...), `turn.completed` (`usage`),
-//! `turn.failed` (`error.message`) and `error` (`message`, possibly retried).
+//! `file_change`, `reasoning`, ...), `turn.completed` (`usage`:
+//! `input_tokens`, `cached_input_tokens`, `output_tokens`), `turn.failed`
+//! (`error.message`) and `error` (`message`, possibly retried).
+//!
+//! Login: the active model provider of `CODEX_HOME/config.toml` decides
+//! what credentials the CLI needs (see [`CodexAdapter::auth_status`]).
+//!
+//! Processes: the 0.171 TUI starts a shared app-server daemon
+//! (`codex app-server --managed-daemon`) and its pid-update loop, each with
+//! `setsid`, so they leave the session's process group and outlive it; the
+//! session stops them by the marker variable every process it starts
+//! inherits (see `crate::pty::process::signal_marked`).
+
+use std::path::{Path, PathBuf};
 
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
@@ -14,8 +26,52 @@ use serde_json::Value;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, program_and_args,
+    StructuredEvent, TurnStyle, TurnUsage, program_and_args,
 };
+
+/// The flags of every structured run, after `codex exec` (and before
+/// `resume <id>`, where `exec`'s options still apply). Each must be listed
+/// by the pinned CLI's `codex exec --help`; a test checks that.
+///
+/// - `--json`: events as JSON lines on stdout.
+/// - `--skip-git-repo-check`: an agent's directory need not be a Git
+///   repository. `exec` never shows the interactive trust dialog, so this
+///   is all a run needs to start anywhere; `--trust` is not used, since it
+///   would record the folder as trusted for the person's own sessions too.
+/// - `--sandbox workspace-write`: a turn may edit files in the agent's
+///   directory (the work it is asked to do) and nowhere else, with no
+///   network for the commands it runs. `exec` cannot ask for approvals, and
+///   its default sandbox (`read-only`) would make every edit fail; full
+///   access (`danger-full-access` or
+///   `--dangerously-bypass-approvals-and-sandbox`) would let a routed prompt
+///   from another machine touch anything the person can.
+pub const EXEC_FLAGS: &[&str] = &[
+    "--json",
+    "--skip-git-repo-check",
+    "--sandbox",
+    "workspace-write",
+];
+
+/// The subcommands and flags of the CLI the adapter relies on, as
+/// (`help` command, words its output must contain): checked against the
+/// pinned CLI by a test, so an upgrade that drops one fails there first.
+pub const CLI_SURFACE: &[(&[&str], &[&str])] = &[
+    (
+        &["exec", "--help"],
+        &[
+            "--json",
+            "--skip-git-repo-check",
+            "--sandbox",
+            "workspace-write",
+            "resume",
+        ],
+    ),
+    (
+        &["exec", "resume", "--help"],
+        &["[SESSION_ID]", "[PROMPT]", "-"],
+    ),
+    (&["--help"], &["exec", "login", "app-server"]),
+];
 
 const LOGIN_MARKERS: &[&str] = &[
     "Sign in with ChatGPT",
@@ -24,7 +80,11 @@ const LOGIN_MARKERS: &[&str] = &[
     "please log in",
 ];
 
+/// Screen text of a permission or choice prompt. "Trust this folder?" is
+/// 0.171's first-run trust dialog, drawn over a moment of its ready screen;
+/// earlier versions asked "Do you trust the contents of this directory?".
 const QUESTION_MARKERS: &[&str] = &[
+    "Trust this folder?",
     "Would you like to run the following command?",
     "Would you like to make the following edits?",
     "Allow command?",
@@ -48,8 +108,11 @@ const SCREEN: ScreenMarkers = ScreenMarkers {
     ready: READY_MARKERS,
 };
 
+/// Failure text that means the CLI needs a login: a 401 from the model,
+/// a missing `env_key` variable of a custom provider, no login at all.
 const AUTH_FAILURE_MARKERS: &[&str] = &[
     "401 Unauthorized",
+    "Missing environment variable",
     "Not logged in",
     "not logged in",
     "codex login",
@@ -86,21 +149,40 @@ impl Adapter for CodexAdapter {
         argv
     }
 
+    /// Reads the active model provider from `CODEX_HOME/config.toml` (the
+    /// CLI's own source of truth) rather than guessing from variables:
+    /// a provider with an `env_key` needs that variable; one that
+    /// `requires_openai_auth` (the built-in `openai`) needs a login
+    /// (`auth.json`) or `OPENAI_API_KEY` / `CODEX_API_KEY`; a provider with
+    /// a bearer token, a token command or AWS credentials, or none of these
+    /// (a local model server), needs nothing Scout can check.
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus {
-        if env.var("OPENAI_API_KEY").is_some() || env.var("CODEX_API_KEY").is_some() {
-            return AuthStatus::LoggedIn;
-        }
-        let codex_home = match env.var("CODEX_HOME") {
-            Some(dir) => std::path::PathBuf::from(dir),
-            None => match env.home() {
-                Some(home) => home.join(".codex"),
-                None => return AuthStatus::Unknown,
-            },
+        let Some(codex_home) = codex_home(env) else {
+            return AuthStatus::Unknown;
         };
-        if codex_home.join("auth.json").is_file() {
-            AuthStatus::LoggedIn
-        } else {
-            AuthStatus::LoggedOut
+        let config = read_config(&codex_home.join("config.toml"));
+        match provider_auth(config.as_ref()) {
+            ProviderAuth::EnvKey(name) => {
+                if env.var(&name).is_some() {
+                    AuthStatus::LoggedIn
+                } else {
+                    AuthStatus::LoggedOut
+                }
+            }
+            ProviderAuth::Other => AuthStatus::LoggedIn,
+            ProviderAuth::OpenAi => {
+                if env.var("OPENAI_API_KEY").is_some()
+                    || env.var("CODEX_API_KEY").is_some()
+                    || codex_home.join("auth.json").is_file()
+                {
+                    AuthStatus::LoggedIn
+                } else if keyring_store(config.as_ref()) {
+                    // The login may be in the system keychain, out of sight.
+                    AuthStatus::Unknown
+                } else {
+                    AuthStatus::LoggedOut
+                }
+            }
         }
     }
 
@@ -113,12 +195,8 @@ impl Adapter for CodexAdapter {
     }
 
     fn invocation(&self, prompt: &str, resume: Option<&str>) -> Option<Invocation> {
-        let mut argv = vec![
-            self.program.clone(),
-            "exec".to_owned(),
-            "--json".to_owned(),
-            "--skip-git-repo-check".to_owned(),
-        ];
+        let mut argv = vec![self.program.clone(), "exec".to_owned()];
+        argv.extend(EXEC_FLAGS.iter().map(|flag| (*flag).to_owned()));
         if let Some(thread_id) = resume {
             argv.push("resume".to_owned());
             argv.push(thread_id.to_owned());
@@ -164,7 +242,23 @@ impl Adapter for CodexAdapter {
                     .unwrap_or_default(),
                 _ => Vec::new(),
             },
-            Some("turn.completed") => vec![StructuredEvent::Completed { result: None }],
+            Some("turn.completed") => {
+                let usage = &event["usage"];
+                let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+                let mut events = Vec::new();
+                if usage.is_object() {
+                    // `input_tokens` counts the cached ones too, as Scout
+                    // does; `output_tokens` counts reasoning tokens.
+                    events.push(StructuredEvent::Usage(TurnUsage {
+                        input_tokens: count("input_tokens"),
+                        output_tokens: count("output_tokens"),
+                        cached_tokens: count("cached_input_tokens"),
+                        cost_micro_usd: None,
+                    }));
+                }
+                events.push(StructuredEvent::Completed { result: None });
+                events
+            }
             Some("turn.failed") => {
                 let message = event["error"]["message"]
                     .as_str()
@@ -198,6 +292,85 @@ impl Adapter for CodexAdapter {
     }
 
     fn login_hint(&self) -> &'static str {
-        "run `codex login`, or set OPENAI_API_KEY"
+        "run `codex login`, or set OPENAI_API_KEY; with a custom model provider, set the \
+         variable its `env_key` names in CODEX_HOME/config.toml"
     }
+}
+
+/// `CODEX_HOME`, else `~/.codex`, as the agent sees it.
+fn codex_home(env: &AgentEnv) -> Option<PathBuf> {
+    match env.var("CODEX_HOME") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => env.home().map(|home| home.join(".codex")),
+    }
+}
+
+/// Bytes of `config.toml` read; a real one is a few KiB, and a larger file
+/// is not parsed at all (the login then counts as the built-in provider's).
+const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The parsed `config.toml`, when it exists and is valid TOML.
+fn read_config(path: &Path) -> Option<toml::Table> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.len() > CONFIG_BYTES_MAX {
+        return None;
+    }
+    std::fs::read_to_string(path)
+        .ok()?
+        .parse::<toml::Table>()
+        .ok()
+}
+
+/// What the active model provider needs to authenticate.
+#[derive(Debug, PartialEq, Eq)]
+enum ProviderAuth {
+    /// An API key in this environment variable.
+    EnvKey(String),
+    /// A ChatGPT login or an OpenAI key (the built-in `openai` provider).
+    OpenAi,
+    /// Nothing Scout can check (a local server, a bearer token in the
+    /// config, a token command, AWS credentials).
+    Other,
+}
+
+/// The built-in providers besides `openai` that need no login of their own.
+const KEYLESS_BUILT_IN_PROVIDERS: &[&str] = &["ollama", "lmstudio", "oss", "amazon-bedrock"];
+
+fn provider_auth(config: Option<&toml::Table>) -> ProviderAuth {
+    let Some(config) = config else {
+        return ProviderAuth::OpenAi;
+    };
+    let id = config
+        .get("model_provider")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("openai");
+    let provider = config
+        .get("model_providers")
+        .and_then(toml::Value::as_table)
+        .and_then(|providers| providers.get(id))
+        .and_then(toml::Value::as_table);
+    let Some(provider) = provider else {
+        return if KEYLESS_BUILT_IN_PROVIDERS.contains(&id) {
+            ProviderAuth::Other
+        } else {
+            ProviderAuth::OpenAi
+        };
+    };
+    let flag = |key: &str| provider.get(key).and_then(toml::Value::as_bool) == Some(true);
+    if let Some(name) = provider.get("env_key").and_then(toml::Value::as_str) {
+        return ProviderAuth::EnvKey(name.to_owned());
+    }
+    if flag("requires_openai_auth") {
+        return ProviderAuth::OpenAi;
+    }
+    ProviderAuth::Other
+}
+
+/// Whether the CLI keeps its login in the system keychain
+/// (`cli_auth_credentials_store = "keyring"` or `"auto"`).
+fn keyring_store(config: Option<&toml::Table>) -> bool {
+    config
+        .and_then(|config| config.get("cli_auth_credentials_store"))
+        .and_then(toml::Value::as_str)
+        .is_some_and(|store| store != "file")
 }

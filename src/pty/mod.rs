@@ -7,6 +7,8 @@
 //!   terminal or run in the CLI's structured mode) and live output.
 //! - [`process`]: the program on its terminal: reader thread, writer
 //!   thread, `wait()` thread, and stop by process group and session.
+//! - [`marker`]: finds and stops the processes a session started that left
+//!   its process group and session (daemons), by an inherited variable.
 //! - [`priority`]: terminal threads yield to the broker's API under load
 //!   (the runtime's one `unsafe` call, `setpriority`).
 //! - [`prompt`]: what a prompt may contain (no terminal control
@@ -26,6 +28,7 @@
 pub mod error;
 pub mod events;
 pub mod manager;
+pub mod marker;
 pub mod priority;
 pub mod process;
 pub mod prompt;

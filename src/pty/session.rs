@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
+use super::marker::{SESSION_MARKER_VAR, stop_marked};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
@@ -286,6 +287,9 @@ pub struct Session {
     adapter: Box<dyn Adapter>,
     agent_env: AgentEnv,
     argv: Vec<String>,
+    /// The value of [`SESSION_MARKER_VAR`] every process of this session
+    /// inherits, to find the ones that leave its process group.
+    marker: String,
     /// Unix ms.
     created_at: u64,
     process: PtyProcess,
@@ -399,10 +403,18 @@ impl Session {
     ) -> Result<Arc<Session>, RuntimeError> {
         let screen = Arc::new(Mutex::new(Screen::new(config.size, config.scrollback_rows)));
         let argv = adapter.interactive_argv();
+        let marker = format!(
+            "{}.{}.{:016x}",
+            config.id,
+            std::process::id(),
+            config.broker_env.random::<u64>()
+        );
+        let mut env = config.env.clone();
+        env.push((SESSION_MARKER_VAR.to_owned(), marker.clone()));
         let spec = SpawnSpec {
             argv: argv.clone(),
             cwd: config.workdir.clone(),
-            env: config.env.clone(),
+            env,
             env_remove: config.env_remove.clone(),
             size: config.size,
         };
@@ -416,6 +428,7 @@ impl Session {
             adapter,
             agent_env,
             argv,
+            marker,
             created_at: config.broker_env.now_unix_ms(),
             process,
             screen,
@@ -578,9 +591,16 @@ impl Session {
         if let Some(pid) = structured_pid {
             signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        self.process.terminate(self.config.stop_grace).await;
+        self.terminate_all().await;
         let mut finished = self.finished.subscribe();
         let _ = tokio::time::timeout(FINISH_WAIT, finished.wait_for(|done| *done)).await;
+    }
+
+    /// Stops the program with its process group and terminal session, then
+    /// whatever else it started that left them (see [`super::marker`]).
+    async fn terminate_all(&self) {
+        self.process.terminate(self.config.stop_grace).await;
+        stop_marked(&self.marker, self.config.stop_grace).await;
     }
 
     /// Starts a turn: `prompt` goes to the agent (typed into its terminal,
@@ -784,6 +804,7 @@ impl Session {
             command.env_remove(name);
         }
         command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
+        command.env(SESSION_MARKER_VAR, &self.marker);
         command.env("NO_COLOR", "1");
         let mut child = match crate::home::with_user_umask(|| command.spawn()) {
             Ok(child) => child,
@@ -1242,7 +1263,7 @@ async fn pump(session: Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>)
                 // session goes too, while the last output drains.
                 let session = session.clone();
                 cleanup = Some(tokio::spawn(async move {
-                    session.process.terminate(session.config.stop_grace).await;
+                    session.terminate_all().await;
                 }));
             }
             joined = async { cleanup.as_mut().expect("guarded").await }, if cleanup.is_some() => {
