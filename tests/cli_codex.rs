@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::agent_clis::agent_cli;
 use common::model::{Api, ModelServer, Recorded, Step, USAGE};
+use common::{BrokerProcess, Node, wait_until};
 use scout::adapter::codex::{CLI_SURFACE, EXEC_FLAGS};
 use scout::adapter::{AdapterOptions, TurnUsage};
 use scout::pty::{
@@ -610,4 +611,111 @@ fn the_pinned_cli_still_has_every_flag_the_adapter_uses() {
     for flag in EXEC_FLAGS {
         assert!(exec_words.contains(flag), "{flag} is not checked");
     }
+}
+
+/// Two brokers in one mesh: alpha, the origin, and beta, which owns
+/// `@coder`, the real Codex CLI of `codex` (beta's environment carries its
+/// `CODEX_HOME` and, `with_key`, the provider's key, as a person's shell
+/// would).
+fn codex_mesh(codex: &CodexHome, with_key: bool) -> (Node, Node) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let workdir = codex.workdir().display().to_string();
+    let program = agent_cli("codex").display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "coder",
+        "--harness",
+        "codex",
+        "--cwd",
+        &workdir,
+        "--workspace",
+        "main",
+        "--command",
+        &program,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let mut command = beta.sandbox.scout();
+    for (name, value) in codex.env(with_key) {
+        if name != "HOME" {
+            command.env(name, value);
+        }
+    }
+    beta.broker = Some(BrokerProcess::start_command(command));
+    wait_until("alpha to see @coder", || {
+        alpha
+            .instances()
+            .contains(&"@coder@beta#main".to_owned())
+            .then_some(())
+    });
+    (alpha, beta)
+}
+
+#[test]
+fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
+    let codex = CodexHome::new(vec![Step::Text("Routed answer from codex.".to_owned())]);
+    let (alpha, mut beta) = codex_mesh(&codex, true);
+    let timeout = TURN_BOUND.as_secs().to_string();
+    let run = alpha.run(&[
+        "send",
+        "@coder",
+        "What is the answer?",
+        "--wait",
+        "--timeout",
+        &timeout,
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout.contains("Routed answer from codex."),
+        "{}",
+        run.stdout
+    );
+    let model = model_requests(&codex.server.requests()).len();
+    assert_eq!(model, 1);
+    // The broker's shutdown stops the agent and the daemon its TUI started.
+    let deadline = Instant::now() + SCREEN_BOUND;
+    while !codex
+        .processes()
+        .iter()
+        .any(|(_, cmdline)| cmdline.contains("app-server"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the TUI's daemon never started: {:?}",
+            codex.processes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let code = beta.broker.as_mut().expect("beta runs").stop_with(15);
+    assert_eq!(code, 0, "{}", beta.broker().stderr());
+    let deadline = Instant::now() + GONE_BOUND;
+    while !codex.processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind after the broker stopped: {:?}",
+            codex.processes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_routed_turn_to_a_logged_out_codex_fails_with_auth_required() {
+    let codex = CodexHome::new(Vec::new());
+    let (alpha, _beta) = codex_mesh(&codex, false);
+    let timeout = TURN_BOUND.as_secs().to_string();
+    let run = alpha.run(&["send", "@coder", "hello", "--wait", "--timeout", &timeout]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("AUTH_REQUIRED"), "{said}");
+    assert!(!said.contains("agent_offline"), "{said}");
+    assert!(model_requests(&codex.server.requests()).is_empty());
 }

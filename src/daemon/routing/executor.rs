@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::adapter::AdapterOptions;
 use crate::config::discover::LocalAgent;
-use crate::pty::{SessionManager, SpawnRequest, TurnEvent, TurnOutcome};
+use crate::pty::{RuntimeError, SessionManager, SpawnRequest, TurnEvent, TurnFailure, TurnOutcome};
 
 /// Events of one execution buffered at most; output beyond it waits, which
 /// slows the reader of the PTY, never memory.
@@ -164,12 +164,7 @@ async fn run_on_session(
         request.conversation_id.clone(),
     ) {
         Ok(turn) => turn,
-        Err(err) => {
-            return ExecOutcome::Failed {
-                reason: FailureReason::AgentOffline,
-                detail: err.to_string(),
-            };
-        }
+        Err(err) => return refused(&err),
     };
     let _ = events.send(ExecEvent::Started).await;
     loop {
@@ -206,7 +201,32 @@ fn outcome_of(outcome: TurnOutcome) -> ExecOutcome {
         },
         TurnOutcome::Failed { failure, message } => ExecOutcome::Failed {
             reason: failure.failure_reason(),
-            detail: message,
+            detail: match failure {
+                // The code tells the person what to do (log in, finish the
+                // CLI's setup); the delivery reason alone does not.
+                TurnFailure::AuthRequired | TurnFailure::OnboardingRequired => {
+                    format!("{}: {message}", failure.code())
+                }
+                _ => message,
+            },
+        },
+    }
+}
+
+/// A turn the session refused to start. A CLI that needs a login or its
+/// first-run setup is there and answering, so that is a harness error with
+/// its code (`AUTH_REQUIRED: …`), not an offline agent.
+fn refused(err: &RuntimeError) -> ExecOutcome {
+    match err {
+        RuntimeError::AuthRequired { .. }
+        | RuntimeError::OnboardingRequired(_)
+        | RuntimeError::Harness(_) => ExecOutcome::Failed {
+            reason: FailureReason::HarnessError,
+            detail: format!("{}: {err}", err.code()),
+        },
+        _ => ExecOutcome::Failed {
+            reason: FailureReason::AgentOffline,
+            detail: err.to_string(),
         },
     }
 }
