@@ -54,7 +54,7 @@ impl CodexHome {
         std::fs::create_dir_all(home.codex_home()).expect("codex home");
         std::fs::create_dir_all(home.workdir()).expect("workdir");
         std::fs::create_dir_all(home.home()).expect("home");
-        home.write_config("");
+        home.write_config("", "");
         home
     }
 
@@ -71,8 +71,9 @@ impl CodexHome {
     }
 
     /// `config.toml` with the test provider, retries off (a scripted error
-    /// is the answer, not a hiccup), and `extra` lines at the top level.
-    fn write_config(&self, extra: &str) {
+    /// is the answer, not a hiccup), `extra` lines at the top level and
+    /// `provider_extra` lines in the provider's table.
+    fn write_config(&self, extra: &str, provider_extra: &str) {
         let config = format!(
             r#"model = "gpt-5.2-codex"
 model_provider = "scout_test"
@@ -85,6 +86,7 @@ env_key = "{KEY_VAR}"
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
+{provider_extra}
 "#,
             url = self.server.url()
         );
@@ -270,6 +272,39 @@ async fn a_turn_completes_with_the_scripted_answer_and_its_usage() {
             .iter()
             .any(|(name, value)| name == "authorization" && value == "Bearer sk-scout-test")
     );
+    manager.shutdown().await;
+}
+
+/// A provider that says it supports WebSockets makes the CLI try one
+/// first; the server refuses the upgrade and the turn goes over HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_websocket_falls_back_to_https() {
+    let codex = CodexHome::new(vec![Step::Text("Over HTTPS.".to_owned())]);
+    codex.write_config("", "supports_websockets = true");
+    let manager = manager();
+    let agent = manager.spawn(codex.request(true)).await.unwrap();
+    let turn = manager
+        .run_turn(&agent.id, "hello".to_owned(), None, None)
+        .unwrap();
+    let (outcome, _) = finish(turn).await;
+    assert_eq!(
+        outcome,
+        TurnOutcome::Completed {
+            response: "Over HTTPS.".to_owned()
+        }
+    );
+    let requests = codex.server.requests();
+    let upgrades: Vec<&Recorded> = requests
+        .iter()
+        .filter(|request| {
+            request
+                .headers
+                .iter()
+                .any(|(name, value)| name == "upgrade" && value.eq_ignore_ascii_case("websocket"))
+        })
+        .collect();
+    assert!(!upgrades.is_empty(), "no WebSocket attempt: {requests:#?}");
+    assert_eq!(model_requests(&requests).len(), 1, "{requests:#?}");
     manager.shutdown().await;
 }
 

@@ -374,3 +374,88 @@ fn keyring_store(config: Option<&toml::Table>) -> bool {
         .and_then(toml::Value::as_str)
         .is_some_and(|store| store != "file")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth_with(config: &str, vars: &[(&str, &str)]) -> AuthStatus {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.toml"), config).unwrap();
+        let mut overrides = vec![
+            ("CODEX_HOME".to_owned(), home.path().display().to_string()),
+            ("OPENAI_API_KEY".to_owned(), String::new()),
+            ("CODEX_API_KEY".to_owned(), String::new()),
+        ];
+        overrides.extend(
+            vars.iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        );
+        CodexAdapter::new(None).auth_status(&AgentEnv::new(&overrides))
+    }
+
+    #[test]
+    fn the_active_providers_env_key_decides_the_login() {
+        let custom = r#"
+model_provider = "mine"
+[model_providers.mine]
+base_url = "http://127.0.0.1:1/v1"
+env_key = "MY_PROVIDER_KEY"
+"#;
+        assert_eq!(auth_with(custom, &[]), AuthStatus::LoggedOut);
+        assert_eq!(
+            auth_with(custom, &[("MY_PROVIDER_KEY", "sk-1")]),
+            AuthStatus::LoggedIn
+        );
+        // The OpenAI key does not log in a provider that wants its own.
+        assert_eq!(
+            auth_with(custom, &[("OPENAI_API_KEY", "sk-1")]),
+            AuthStatus::LoggedOut
+        );
+    }
+
+    #[test]
+    fn the_openai_provider_needs_a_login_or_a_key() {
+        assert_eq!(auth_with("", &[]), AuthStatus::LoggedOut);
+        assert_eq!(
+            auth_with("", &[("OPENAI_API_KEY", "sk-1")]),
+            AuthStatus::LoggedIn
+        );
+        let openai_auth = r#"
+model_provider = "proxy"
+[model_providers.proxy]
+base_url = "http://127.0.0.1:1/v1"
+requires_openai_auth = true
+"#;
+        assert_eq!(auth_with(openai_auth, &[]), AuthStatus::LoggedOut);
+        assert_eq!(
+            auth_with("cli_auth_credentials_store = \"keyring\"", &[]),
+            AuthStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn providers_without_a_key_need_no_login() {
+        assert_eq!(
+            auth_with("model_provider = \"ollama\"", &[]),
+            AuthStatus::LoggedIn
+        );
+        let local = r#"
+model_provider = "local"
+[model_providers.local]
+base_url = "http://127.0.0.1:1/v1"
+"#;
+        assert_eq!(auth_with(local, &[]), AuthStatus::LoggedIn);
+        // A config that does not parse counts as the built-in provider's.
+        assert_eq!(auth_with("model_provider = ", &[]), AuthStatus::LoggedOut);
+    }
+
+    #[test]
+    fn exec_flags_come_before_resume() {
+        let codex = CodexAdapter::new(None);
+        let argv = codex.invocation("hi", Some("thread-1")).unwrap().argv;
+        let resume = argv.iter().position(|arg| arg == "resume").unwrap();
+        assert_eq!(&argv[2..resume], EXEC_FLAGS);
+        assert_eq!(&argv[resume..], ["resume", "thread-1", "-"]);
+    }
+}
