@@ -252,13 +252,10 @@ async fn a_turn_completes_with_the_scripted_answer_and_its_usage() {
         cost_micro_usd: None,
     };
     assert_eq!(
-        events
-            .iter()
-            .filter_map(|event| match event {
-                TurnEvent::Usage(usage) => Some(*usage),
-                _ => None,
-            })
-            .last(),
+        events.iter().rev().find_map(|event| match event {
+            TurnEvent::Usage(usage) => Some(*usage),
+            _ => None,
+        }),
         Some(expected),
         "{events:?}"
     );
