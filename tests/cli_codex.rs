@@ -5,6 +5,14 @@
 //! runs the real CLI, in its own `HOME` and `CODEX_HOME` in a temp dir, with
 //! a custom model provider (`scout_test`, key in `SCOUT_TEST_KEY`) that
 //! points at the server and retries nothing, so failures show at once.
+//!
+//! Covered: a turn's answer and usage; one CLI thread per Scout
+//! conversation; a shell tool call and its output going back to the model;
+//! the provider's missing key, a 401, a 429 and a 500; a refused WebSocket
+//! falling back to HTTPS; cancel mid-turn and stop ending every process,
+//! the TUI's `setsid` daemon included; the TUI's trust dialog as a
+//! question; the flags the adapter passes still listed by the pinned CLI;
+//! and a turn routed from one real broker to a codex agent on another.
 
 mod common;
 
@@ -563,8 +571,10 @@ async fn stopping_the_session_ends_the_daemon_its_tui_started() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trust_dialog_is_a_question_not_ready() {
-    let codex = CodexHome::new(Vec::new());
+async fn the_trust_dialog_is_a_question_and_does_not_block_structured_turns() {
+    let codex = CodexHome::new(vec![Step::Text(
+        "Answered while the dialog waits.".to_owned(),
+    )]);
     let manager = manager();
     // The TUI asks about folders that are Git repositories.
     let init = std::process::Command::new("git")
@@ -604,6 +614,17 @@ async fn the_trust_dialog_is_a_question_not_ready() {
             .is_some_and(|question| question.contains("Trust this folder?"))
     })
     .await;
+    // Structured turns do not wait for the person's answer to the dialog.
+    let turn = manager
+        .run_turn(&agent.id, "hello".to_owned(), None, None)
+        .unwrap();
+    let (outcome, _) = finish(turn).await;
+    assert_eq!(
+        outcome,
+        TurnOutcome::Completed {
+            response: "Answered while the dialog waits.".to_owned()
+        }
+    );
     manager.shutdown().await;
     wait_for(GONE_BOUND, "every codex process to end", || {
         codex.processes().is_empty()

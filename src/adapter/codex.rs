@@ -153,9 +153,10 @@ impl Adapter for CodexAdapter {
     /// CLI's own source of truth) rather than guessing from variables:
     /// a provider with an `env_key` needs that variable; one that
     /// `requires_openai_auth` (the built-in `openai`) needs a login
-    /// (`auth.json`) or `OPENAI_API_KEY` / `CODEX_API_KEY`; a provider with
-    /// a bearer token, a token command or AWS credentials, or none of these
-    /// (a local model server), needs nothing Scout can check.
+    /// (`auth.json`) or `OPENAI_API_KEY` / `CODEX_API_KEY`; a token command
+    /// or AWS credentials cannot be checked from outside (`Unknown`); a
+    /// bearer token in the config, or no credentials at all (a local model
+    /// server), is as good as logged in.
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus {
         let Some(codex_home) = codex_home(env) else {
             return AuthStatus::Unknown;
@@ -169,7 +170,8 @@ impl Adapter for CodexAdapter {
                     AuthStatus::LoggedOut
                 }
             }
-            ProviderAuth::Other => AuthStatus::LoggedIn,
+            ProviderAuth::NoneNeeded => AuthStatus::LoggedIn,
+            ProviderAuth::Unchecked => AuthStatus::Unknown,
             ProviderAuth::OpenAi => {
                 if env.var("OPENAI_API_KEY").is_some()
                     || env.var("CODEX_API_KEY").is_some()
@@ -328,13 +330,20 @@ enum ProviderAuth {
     EnvKey(String),
     /// A ChatGPT login or an OpenAI key (the built-in `openai` provider).
     OpenAi,
-    /// Nothing Scout can check (a local server, a bearer token in the
-    /// config, a token command, AWS credentials).
-    Other,
+    /// Nothing, or nothing outside the config (a local model server, a
+    /// bearer token written in the config).
+    NoneNeeded,
+    /// Credentials Scout cannot check from outside (a token command, AWS).
+    Unchecked,
 }
 
-/// The built-in providers besides `openai` that need no login of their own.
-const KEYLESS_BUILT_IN_PROVIDERS: &[&str] = &["ollama", "lmstudio", "oss", "amazon-bedrock"];
+/// The built-in providers besides `openai`, and what they need: the local
+/// model servers nothing, Amazon Bedrock AWS credentials.
+const BUILT_IN_PROVIDERS: &[(&str, bool)] = &[
+    ("ollama", false),
+    ("lmstudio", false),
+    ("amazon-bedrock", true),
+];
 
 fn provider_auth(config: Option<&toml::Table>) -> ProviderAuth {
     let Some(config) = config else {
@@ -350,20 +359,26 @@ fn provider_auth(config: Option<&toml::Table>) -> ProviderAuth {
         .and_then(|providers| providers.get(id))
         .and_then(toml::Value::as_table);
     let Some(provider) = provider else {
-        return if KEYLESS_BUILT_IN_PROVIDERS.contains(&id) {
-            ProviderAuth::Other
-        } else {
-            ProviderAuth::OpenAi
+        return match BUILT_IN_PROVIDERS.iter().find(|(name, _)| *name == id) {
+            Some((_, true)) => ProviderAuth::Unchecked,
+            Some((_, false)) => ProviderAuth::NoneNeeded,
+            None => ProviderAuth::OpenAi,
         };
     };
-    let flag = |key: &str| provider.get(key).and_then(toml::Value::as_bool) == Some(true);
     if let Some(name) = provider.get("env_key").and_then(toml::Value::as_str) {
         return ProviderAuth::EnvKey(name.to_owned());
     }
-    if flag("requires_openai_auth") {
+    if provider
+        .get("requires_openai_auth")
+        .and_then(toml::Value::as_bool)
+        == Some(true)
+    {
         return ProviderAuth::OpenAi;
     }
-    ProviderAuth::Other
+    if provider.contains_key("auth") || provider.contains_key("aws") {
+        return ProviderAuth::Unchecked;
+    }
+    ProviderAuth::NoneNeeded
 }
 
 /// Whether the CLI keeps its login in the system keychain
@@ -446,6 +461,10 @@ model_provider = "local"
 base_url = "http://127.0.0.1:1/v1"
 "#;
         assert_eq!(auth_with(local, &[]), AuthStatus::LoggedIn);
+        assert_eq!(
+            auth_with("model_provider = \"amazon-bedrock\"", &[]),
+            AuthStatus::Unknown
+        );
         // A config that does not parse counts as the built-in provider's.
         assert_eq!(auth_with("model_provider = ", &[]), AuthStatus::LoggedOut);
     }
