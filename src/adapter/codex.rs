@@ -13,10 +13,11 @@
 //! what credentials the CLI needs (see [`CodexAdapter::auth_status`]).
 //!
 //! Processes: the 0.171 TUI starts a shared app-server daemon
-//! (`codex app-server --managed-daemon`) and its pid-update loop, each with
-//! `setsid`, so they leave the session's process group and outlive it; the
-//! session stops them by the marker variable every process it starts
-//! inherits (see `crate::pty::process::signal_marked`).
+//! (`codex app-server --managed-daemon`, one per `CODEX_HOME`, found
+//! through `CODEX_HOME/app-server-daemon/daemon.pid`) and its pid-update
+//! loop, each in a session of its own, so they leave the agent's process
+//! group and outlive it; stopping the agent stops them by the variable
+//! every process of the session inherits (see [`crate::pty::marker`]).
 
 use std::path::{Path, PathBuf};
 
@@ -66,10 +67,7 @@ pub const CLI_SURFACE: &[(&[&str], &[&str])] = &[
             "resume",
         ],
     ),
-    (
-        &["exec", "resume", "--help"],
-        &["[SESSION_ID]", "[PROMPT]", "-"],
-    ),
+    (&["exec", "resume", "--help"], &["[SESSION_ID]", "[PROMPT]"]),
     (&["--help"], &["exec", "login", "app-server"]),
 ];
 
