@@ -309,6 +309,23 @@ fn codex_screens() {
         classify(codex.as_ref(), question),
         ScreenState::Question("Would you like to run the following command?".to_owned())
     );
+    // Codex 0.171's trust dialog, as the real TUI draws it.
+    let trust = "\
+  Folder access
+  /home/me/project
+
+  Trust this folder? Codex can read, edit, and run files here, subject to your permission settings. Folder settings
+  can run code automatically, even without a model request. Continue only if you trust these files. Your trust
+  decision will be saved.
+
+› 1. Trust and continue
+  2. Back to Agent Command Center
+
+  enter continue · esc back";
+    assert!(matches!(
+        classify(codex.as_ref(), trust),
+        ScreenState::Question(question) if question.starts_with("Trust this folder?")
+    ));
     let login = "\
   Welcome to Codex, OpenAI's command-line coding agent
 
