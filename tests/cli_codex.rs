@@ -428,7 +428,7 @@ async fn without_the_providers_key_a_turn_is_refused_with_auth_required() {
         "{refused:?}"
     );
     assert_eq!(refused.code(), "AUTH_REQUIRED");
-    assert!(refused.to_string().contains("env_key"), "{refused}");
+    assert!(refused.to_string().contains(KEY_VAR), "{refused}");
     // The CLI agrees: run by hand without the key, it names the variable.
     let output = std::process::Command::new(agent_cli("codex"))
         .args(["exec", "--skip-git-repo-check", "hello"])
@@ -770,5 +770,6 @@ fn a_routed_turn_to_a_logged_out_codex_fails_with_auth_required() {
     let said = format!("{}{}", run.stdout, run.stderr);
     assert!(said.contains("AUTH_REQUIRED"), "{said}");
     assert!(!said.contains("agent_offline"), "{said}");
+    assert!(said.contains(KEY_VAR), "{said}");
     assert!(model_requests(&codex.server.requests()).is_empty());
 }

@@ -291,6 +291,16 @@ impl Adapter for CodexAdapter {
         "npm install -g @openai/codex"
     }
 
+    fn login_hint_for(&self, env: &AgentEnv) -> String {
+        let config = codex_home(env).and_then(|home| read_config(&home.join("config.toml")));
+        match provider_auth(config.as_ref()) {
+            ProviderAuth::EnvKey(name) => format!(
+                "set {name}, the `env_key` of the active model provider in CODEX_HOME/config.toml"
+            ),
+            _ => self.login_hint().to_owned(),
+        }
+    }
+
     fn login_hint(&self) -> &'static str {
         "run `codex login`, or set OPENAI_API_KEY; with a custom model provider, set the \
          variable its `env_key` names in CODEX_HOME/config.toml"

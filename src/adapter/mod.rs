@@ -270,6 +270,13 @@ pub trait Adapter: Send + Sync + Debug {
 
     /// How to log in, for error messages and `scout doctor`.
     fn login_hint(&self) -> &'static str;
+
+    /// How to log in, for an agent with `env`: the precise step when the
+    /// adapter can tell from the CLI's config (which variable to set), else
+    /// [`Adapter::login_hint`].
+    fn login_hint_for(&self, _env: &AgentEnv) -> String {
+        self.login_hint().to_owned()
+    }
 }
 
 /// How a session's harness is configured (from `POST /agents`).

@@ -701,7 +701,7 @@ impl Session {
                 message: format!(
                     "`{}` is not logged in: {}",
                     self.adapter.program(),
-                    self.adapter.login_hint()
+                    self.adapter.login_hint_for(&self.agent_env)
                 ),
                 login_url: None,
             });
