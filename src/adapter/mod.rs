@@ -260,6 +260,22 @@ pub trait Adapter: Send + Sync + Debug {
         FailureKind::Harness
     }
 
+    /// Whether the CLI can continue a run's session only once that run
+    /// completed (it may not save a session whose turn failed, and then
+    /// refuses to resume it). When true, a failed turn leaves its Scout
+    /// conversation where the last completed turn left it.
+    fn resume_only_completed(&self) -> bool {
+        false
+    }
+
+    /// What an exit code of a structured run that ended without its final
+    /// event means, when the CLI documents it: the kind of failure and a
+    /// sentence for people (for example "the working directory is not
+    /// trusted"). `None` for codes without a known meaning.
+    fn exit_meaning(&self, _code: i32) -> Option<(FailureKind, &'static str)> {
+        None
+    }
+
     /// The pause between a paste and its Enter.
     fn enter_delay(&self) -> Duration {
         ENTER_DELAY

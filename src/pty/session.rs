@@ -831,6 +831,9 @@ impl Session {
             let text = String::from_utf8_lossy(&line);
             for event in self.adapter.parse_line(text.trim_end()) {
                 match event {
+                    StructuredEvent::Session(id) if self.adapter.resume_only_completed() => {
+                        answer.cli_session = Some(id);
+                    }
                     StructuredEvent::Session(id) => {
                         self.lock_state().cli_sessions.insert(conversation, id);
                     }
@@ -869,6 +872,11 @@ impl Session {
             }
         }
         let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+        if let (Some(TurnOutcome::Completed { .. }), Some(id)) =
+            (&outcome, answer.cli_session.take())
+        {
+            self.lock_state().cli_sessions.insert(conversation, id);
+        }
         if let Some(outcome) = outcome {
             return outcome;
         }
@@ -887,8 +895,15 @@ impl Session {
             .filter(|text| !text.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
-        let how = match status {
-            Ok(Ok(status)) => format!("exited ({status})"),
+        let meaning = match &status {
+            Ok(Ok(status)) => status
+                .code()
+                .and_then(|code| self.adapter.exit_meaning(code)),
+            _ => None,
+        };
+        let how = match (&status, meaning) {
+            (Ok(Ok(status)), Some((_, meaning))) => format!("exited ({status}: {meaning})"),
+            (Ok(Ok(status)), None) => format!("exited ({status})"),
             _ => "stopped answering".to_owned(),
         };
         let message = format!(
@@ -900,8 +915,14 @@ impl Session {
                 format!(": {detail}")
             }
         );
+        // A documented exit code says more than words on stderr, unless it
+        // only says "failed".
+        let kind = match meaning {
+            Some((kind, _)) if kind != FailureKind::Harness => kind,
+            _ => self.adapter.classify_failure(&detail),
+        };
         TurnOutcome::Failed {
-            failure: TurnFailure::of_kind(self.adapter.classify_failure(&detail)),
+            failure: TurnFailure::of_kind(kind),
             message,
         }
     }
@@ -1334,6 +1355,9 @@ impl CliSessions {
 
 #[derive(Debug, Default)]
 struct StructuredAnswer {
+    /// The run's CLI session, kept until the run completes when the
+    /// adapter continues only completed runs.
+    cli_session: Option<String>,
     usage: TurnUsage,
     deltas: String,
     delta_since_message: bool,

@@ -127,10 +127,12 @@ pub fn settings() -> Value {
     })
 }
 
-/// Writes [`settings`] into `home/.gemini/settings.json`.
+/// Writes [`settings`] into `home/.gemini/settings.json` and makes the
+/// temp dir [`env`] names.
 pub fn configure_home(home: &Path) {
     let dir = home.join(".gemini");
     std::fs::create_dir_all(&dir).expect("create ~/.gemini");
+    std::fs::create_dir_all(home.join("tmp")).expect("create the temp dir");
     let text = serde_json::to_string_pretty(&settings()).expect("settings json");
     std::fs::write(dir.join("settings.json"), text).expect("write settings.json");
 }
