@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::agent_clis::agent_cli;
 use common::model::{self, Api, ModelServer, Step, gemini};
+use common::{BrokerProcess, Node, wait_until};
 use scout::adapter::gemini::FLAGS;
 use scout::adapter::{AdapterOptions, FailureKind, TurnUsage, adapter_for};
 use scout::pty::process::read_stat;
@@ -589,4 +590,67 @@ fn the_pinned_cli_lists_every_flag_the_adapter_uses() {
             "`gemini --help` no longer offers {value}"
         );
     }
+}
+
+#[test]
+fn a_routed_turn_reaches_gemini_on_another_broker() {
+    let server = ModelServer::start(Api::Gemini, vec![Step::Text("Routed answer".to_owned())]);
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    // Beta's agents run with its broker's environment; `scout` gives the
+    // broker the sandbox as HOME, so Gemini's settings go there.
+    let home = beta.sandbox.path().to_path_buf();
+    gemini::configure_home(&home);
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let cli = agent_cli("gemini").display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "gem",
+        "--harness",
+        "gemini",
+        "--cwd",
+        &project.display().to_string(),
+        "--workspace",
+        "main",
+        "--command",
+        &cli,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let mut command = beta.sandbox.scout();
+    command.envs(gemini::env(&server, &home));
+    beta.broker = Some(BrokerProcess::start_command(command));
+    wait_until("alpha to see @gem", || {
+        alpha
+            .instances()
+            .contains(&"@gem@beta#main".to_owned())
+            .then_some(())
+    });
+
+    let run = alpha.run(&[
+        "send",
+        "@gem",
+        "hello from alpha",
+        "--wait",
+        "--timeout",
+        &TURN_BOUND.as_secs().to_string(),
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stdout.contains("Routed answer"), "{}", run.stdout);
+    let requests = server.requests();
+    let conversation = gemini::conversation(&requests);
+    assert_eq!(conversation.len(), 1, "{requests:#?}");
+    assert!(
+        gemini::texts(conversation[0])
+            .iter()
+            .any(|text| text.contains("hello from alpha"))
+    );
 }
