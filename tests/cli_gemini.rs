@@ -654,3 +654,31 @@ fn a_routed_turn_reaches_gemini_on_another_broker() {
             .any(|text| text.contains("hello from alpha"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_streams_word_by_word() {
+    let machine = Machine::new();
+    let text = "one two three four five";
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![Step::Slow {
+            text: text.to_owned(),
+            delay: Duration::from_millis(100),
+        }],
+    );
+    let manager = manager();
+    let agent = spawn(&manager, &machine, &server).await;
+
+    let (events, outcome) = turn(&manager, &agent, "count", None).await;
+    assert_eq!(completed(&outcome), text);
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            TurnEvent::Output(piece) => Some(piece.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pieces.concat(), text);
+    assert!(pieces.len() > 1, "{pieces:?}");
+    manager.shutdown().await;
+}
