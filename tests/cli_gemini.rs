@@ -682,3 +682,39 @@ async fn a_slow_answer_streams_word_by_word() {
     assert!(pieces.len() > 1, "{pieces:?}");
     manager.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_whose_session_is_gone_starts_over() {
+    let machine = Machine::new();
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::Text("First answer".to_owned()),
+            Step::Text("Fresh answer".to_owned()),
+        ],
+    );
+    let manager = manager();
+    let agent = spawn(&manager, &machine, &server).await;
+    let (_, outcome) = turn(&manager, &agent, "remember kiwi", Some("conv")).await;
+    assert_eq!(completed(&outcome), "First answer");
+
+    // The CLI's saved sessions go (its retention cleanup, or a person).
+    std::fs::remove_dir_all(machine.home().join(".gemini/tmp")).unwrap();
+    let (_, outcome) = turn(&manager, &agent, "which word?", Some("conv")).await;
+    let (failure, message) = failed(&outcome);
+    assert_eq!(failure.code(), "HARNESS_ERROR", "{message}");
+    assert!(message.contains("Error resuming session"), "{message}");
+    assert!(
+        message.contains("the next turn starts a new one"),
+        "{message}"
+    );
+
+    let (_, outcome) = turn(&manager, &agent, "start again", Some("conv")).await;
+    assert_eq!(completed(&outcome), "Fresh answer");
+    let requests = server.requests();
+    let conversation = gemini::conversation(&requests);
+    assert_eq!(conversation.len(), 2, "{requests:#?}");
+    let texts = gemini::texts(conversation[1]);
+    assert!(!texts.iter().any(|text| text.contains("kiwi")), "{texts:?}");
+    manager.shutdown().await;
+}

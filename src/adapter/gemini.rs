@@ -60,6 +60,9 @@ const RESUME: &str = "--resume";
 /// `--prompt <text>`: run headless with this prompt.
 const PROMPT: &str = "--prompt";
 
+/// What Gemini CLI prints when `--resume` names a session it does not have.
+const RESUME_REFUSED: &str = "Error resuming session";
+
 /// Every flag the adapter passes, so a test can check that the pinned
 /// CLI's `--help` still lists each of them.
 pub const FLAGS: &[&str] = &[SKIP_TRUST, APPROVAL_MODE, OUTPUT_FORMAT, RESUME, PROMPT];
@@ -268,6 +271,12 @@ impl Adapter for GeminiAdapter {
         // A run whose request failed may save no session (seen with 401,
         // 403 and 429 answers), and `--resume` of it then exits 42.
         true
+    }
+
+    fn resume_refused(&self, text: &str) -> bool {
+        // `--resume` of a session its retention cleanup (30 days by
+        // default) or a person deleted: exit 42 with this sentence.
+        text.contains(RESUME_REFUSED)
     }
 
     fn exit_meaning(&self, code: i32) -> Option<(FailureKind, &'static str)> {

@@ -268,6 +268,13 @@ pub trait Adapter: Send + Sync + Debug {
         false
     }
 
+    /// Whether a failed run's words (stderr) say the CLI refused to
+    /// continue the session it was given because that session no longer
+    /// exists; the conversation then starts a new CLI session next turn.
+    fn resume_refused(&self, _text: &str) -> bool {
+        false
+    }
+
     /// What an exit code of a structured run that ended without its final
     /// event means, when the CLI documents it: the kind of failure and a
     /// sentence for people (for example "the working directory is not

@@ -915,6 +915,20 @@ impl Session {
                 format!(": {detail}")
             }
         );
+        // A CLI that no longer has the session to continue (deleted by its
+        // own cleanup, or by hand) would refuse every later turn of the
+        // conversation: forget it, so the next turn starts a new one.
+        let forgotten = resume.is_some() && self.adapter.resume_refused(&detail);
+        if forgotten {
+            self.lock_state().cli_sessions.remove(conversation);
+        }
+        let message = if forgotten {
+            format!(
+                "{message} (the CLI no longer has this conversation's session; the next turn starts a new one)"
+            )
+        } else {
+            message
+        };
         // A documented exit code says more than words on stderr, unless it
         // only says "failed".
         let kind = match meaning {
@@ -1340,6 +1354,11 @@ impl CliSessions {
             .iter()
             .find(|(key, _)| key.as_deref() == conversation)
             .map(|(_, id)| id.clone())
+    }
+
+    fn remove(&mut self, conversation: Option<&str>) {
+        self.entries
+            .retain(|(key, _)| key.as_deref() != conversation);
     }
 
     fn insert(&mut self, conversation: Option<&str>, cli_session: String) {
