@@ -524,6 +524,23 @@ async fn the_tui_trust_dialog_is_a_question() {
     let info = manager.info(&agent.id).unwrap();
     assert_eq!(info.status, AgentStatus::Waiting, "{info:?}");
     assert_eq!(info.waiting_for, Some("answer"));
+
+    // Enter picks the dialog's first choice ("Trust folder"): the question
+    // goes, the prompt shows, and the CLI remembers the folder.
+    let session = manager.session(&agent.id).unwrap();
+    session
+        .input()
+        .send(bytes::Bytes::from_static(b"\r"))
+        .await
+        .unwrap();
+    eventually("the agent to be ready after the answer", TURN_BOUND, || {
+        let info = manager.info(&agent.id).unwrap();
+        info.status == AgentStatus::Ready && info.question.is_none()
+    })
+    .await;
+    let trusted =
+        std::fs::read_to_string(machine.home().join(".gemini/trustedFolders.json")).unwrap();
+    assert!(trusted.contains("TRUST_FOLDER"), "{trusted}");
     manager.shutdown().await;
 }
 
