@@ -176,9 +176,11 @@ impl Adapter for GeminiAdapter {
         let mut argv = vec![
             self.program.clone(),
             // Headless runs in a folder the person never trusted in the
-            // TUI exit 55 before reading the prompt; the agent's workdir is
-            // the one its owner chose when spawning it, which is the trust
-            // this flag grants, for this run only.
+            // TUI exit 55 before reading the prompt. The agent's workdir is
+            // the one its owner chose when spawning or registering it; that
+            // choice is the trust this flag grants, for this run only (the
+            // folder's own `.gemini` settings, hooks and MCP servers load,
+            // as they would for the owner typing `gemini` there).
             SKIP_TRUST.to_owned(),
             // A headless run has nobody to ask: in `default` mode Gemini
             // CLI leaves every tool that needs a confirmation (shell,

@@ -9,9 +9,10 @@
 //!   `candidates[0].content.parts`, then a last chunk with `finishReason`
 //!   and `usageMetadata` from [`USAGE`].
 //! - `:generateContent`: side calls. Gemini CLI 0.61 uses the non-streaming
-//!   method only for its utility requests (model routing's complexity
-//!   classifier, the next-speaker check, history compression, loop
-//!   detection, session summaries); its conversation always streams.
+//!   method only for its utility requests (every turn: model routing's
+//!   complexity classifier on a flash-lite model; when they apply: the
+//!   next-speaker check, history compression, loop detection); its
+//!   conversation always streams.
 //! - `:countTokens`: an estimate of four characters per token.
 //! - Anything else: a 404 in Google's error shape.
 //!
