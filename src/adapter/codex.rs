@@ -86,6 +86,12 @@ impl Adapter for CodexAdapter {
         argv
     }
 
+    fn interactive_resume_argv(&self, session_id: &str) -> Option<Vec<String>> {
+        let mut argv = self.interactive_argv();
+        argv.extend(["resume", session_id].map(str::to_owned));
+        Some(argv)
+    }
+
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus {
         if env.var("OPENAI_API_KEY").is_some() || env.var("CODEX_API_KEY").is_some() {
             return AuthStatus::LoggedIn;

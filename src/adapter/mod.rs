@@ -227,6 +227,13 @@ pub trait Adapter: Send + Sync + Debug {
     /// Program and arguments run on the session's terminal.
     fn interactive_argv(&self) -> Vec<String>;
 
+    /// Program and arguments of the interactive CLI resumed on its own
+    /// session `session_id` (a person taking a conversation over). `None`
+    /// for harnesses that cannot resume one.
+    fn interactive_resume_argv(&self, _session_id: &str) -> Option<Vec<String>> {
+        None
+    }
+
     /// Whether the CLI is logged in, seen from the agent's environment.
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus;
 

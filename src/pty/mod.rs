@@ -14,6 +14,7 @@
 //! - [`screen`]: the `vt100` screen model that answers terminal queries and
 //!   serves the last lines as text.
 //! - [`text`]: escape-sequence stripping and the line model of a turn's answer.
+//! - [`transcript`]: structured turns rendered for the terminal's watchers.
 //! - [`events`]: runtime events for `/ws/events`.
 //! - [`error`]: [`RuntimeError`] with the stable codes.
 //!
@@ -32,9 +33,13 @@ pub mod prompt;
 pub mod screen;
 pub mod session;
 pub mod text;
+pub mod transcript;
 
 pub use error::RuntimeError;
 pub use events::{EventKind, RuntimeEvent};
 pub use manager::{RuntimeConfig, SendOutcome, SessionManager, SpawnRequest};
 pub use screen::TermSize;
-pub use session::{AgentInfo, AgentStatus, Session, Turn, TurnEvent, TurnFailure, TurnOutcome};
+pub use session::{
+    AgentInfo, AgentStatus, HoldInfo, Session, Turn, TurnEvent, TurnFailure, TurnOutcome,
+};
+pub use transcript::TurnAsker;

@@ -157,11 +157,16 @@ async fn run_on_session(
             }
         }
     };
-    let mut turn = match sessions.run_turn(
+    let asker = crate::pty::TurnAsker {
+        by: format!("invocation {}", request.invocation_id),
+        node: None,
+    };
+    let mut turn = match sessions.run_turn_from(
         &session_id,
         request.prompt.clone(),
         Some(request.timeout),
         request.conversation_id.clone(),
+        asker,
     ) {
         Ok(turn) => turn,
         Err(err) => {
