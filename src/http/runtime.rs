@@ -464,8 +464,9 @@ fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
 /// `/ws/agents/{id}/terminal`: first `{"type":"connected",…}`, then the
 /// current screen, then the terminal's output as it comes, as text frames.
 /// While a structured turn runs, the view switches to its transcript (see
-/// [`crate::pty::transcript`]): the CLI's output is held back, and when the
-/// turn ends the CLI's screen is drawn again from the screen model.
+/// [`crate::pty::transcript`]): the CLI's output is held back, and once
+/// the turn has ended and the CLI draws again, the CLI's screen is drawn
+/// again from the screen model.
 /// From the client, text and binary frames are typed into the terminal,
 /// except JSON control frames: `{"type":"resize","cols":…,"rows":…}` and
 /// `{"type":"input","data":"…"}`.
@@ -514,7 +515,11 @@ async fn terminal(
                 output: attachment.output,
                 skip_through: attachment.redraw_seq,
                 transcript: attachment.transcript,
-                in_transcript: attachment.transcript_so_far.is_some(),
+                view: if attachment.transcript_so_far.is_some() {
+                    View::Transcript
+                } else {
+                    View::Cli
+                },
             },
         );
         // Whichever side ends first ends the connection.
@@ -596,43 +601,64 @@ struct TerminalFeeds {
     /// Output chunks up to this one are already on the client's screen.
     skip_through: u64,
     transcript: broadcast::Receiver<TranscriptChunk>,
-    /// Whether the client shows a structured turn's transcript (and the
-    /// CLI's output is held back).
-    in_transcript: bool,
+    view: View,
+}
+
+/// What a terminal client's screen shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// The CLI's screen, kept up to date.
+    Cli,
+    /// A running structured turn's transcript; the CLI's output is held
+    /// back (the screen model keeps it).
+    Transcript,
+    /// The transcript of a turn that ended. It stays until the CLI draws
+    /// again (a person typing, the CLI's own updates), so the end of a
+    /// turn can be read; then the CLI's screen comes back.
+    TranscriptEnded,
 }
 
 impl TerminalWriter {
     /// A transcript chunk: the view switches to the transcript at its
-    /// start and back to the CLI's screen, redrawn, at its end.
+    /// start (the CLI's screen scrolls up) and stays there after its end.
     async fn send_transcript(
         &mut self,
         session: &Session,
         feeds: &mut TerminalFeeds,
         chunk: TranscriptChunk,
     ) -> Result<(), Gone> {
-        let rows = session.info().rows;
-        match chunk {
-            TranscriptChunk::Begin(text) => {
-                feeds.in_transcript = true;
-                let mut out = transcript::enter_sequence(rows).into_bytes();
+        match (chunk, feeds.view) {
+            (TranscriptChunk::Begin(text), view) => {
+                feeds.view = View::Transcript;
+                let mut out = match view {
+                    View::Cli => transcript::enter_sequence(session.info().rows).into_bytes(),
+                    View::Transcript | View::TranscriptEnded => b"\r\n".to_vec(),
+                };
                 out.extend_from_slice(&text);
                 self.send_output_owned(out).await
             }
-            TranscriptChunk::Text(text) if feeds.in_transcript => self.send_output(&text).await,
-            TranscriptChunk::Text(_) => Ok(()),
-            TranscriptChunk::End(text) => {
-                if !feeds.in_transcript {
-                    return Ok(());
-                }
-                feeds.in_transcript = false;
-                let (redraw, seq) = session.redraw();
-                feeds.skip_through = seq;
-                let mut out = text.to_vec();
-                out.extend_from_slice(transcript::leave_sequence(rows).as_bytes());
-                out.extend_from_slice(&redraw);
-                self.send_output_owned(out).await
+            (TranscriptChunk::Text(text), View::Transcript) => self.send_output(&text).await,
+            (TranscriptChunk::End(text), View::Transcript) => {
+                feeds.view = View::TranscriptEnded;
+                self.send_output(&text).await
             }
+            (TranscriptChunk::Text(_) | TranscriptChunk::End(_), _) => Ok(()),
         }
+    }
+
+    /// Back from a transcript to the CLI's screen: the transcript goes up
+    /// into the client's scrollback and the screen model is drawn.
+    async fn leave_transcript(
+        &mut self,
+        session: &Session,
+        feeds: &mut TerminalFeeds,
+    ) -> Result<(), Gone> {
+        feeds.view = View::Cli;
+        let (redraw, seq) = session.redraw();
+        feeds.skip_through = seq;
+        let mut out = transcript::leave_sequence(session.info().rows).into_bytes();
+        out.extend_from_slice(&redraw);
+        self.send_output_owned(out).await
     }
 }
 
@@ -663,8 +689,19 @@ async fn write_terminal_output(
             Step::Transcript(Err(RecvError::Lagged(_))) => Ok(()),
             Step::Transcript(Err(RecvError::Closed)) => return,
             // The CLI's screen waits in the model while the transcript shows.
-            Step::Chunk(Ok(_)) if feeds.in_transcript => Ok(()),
-            Step::Chunk(Err(RecvError::Lagged(_))) if feeds.in_transcript => Ok(()),
+            Step::Chunk(Ok(_) | Err(RecvError::Lagged(_))) if feeds.view == View::Transcript => {
+                Ok(())
+            }
+            Step::Chunk(Ok(chunk)) if feeds.view == View::TranscriptEnded => {
+                if chunk.seq > feeds.skip_through {
+                    writer.leave_transcript(&session, &mut feeds).await
+                } else {
+                    Ok(())
+                }
+            }
+            Step::Chunk(Err(RecvError::Lagged(_))) if feeds.view == View::TranscriptEnded => {
+                writer.leave_transcript(&session, &mut feeds).await
+            }
             Step::Chunk(Ok(chunk)) if chunk.seq > *skip_through => {
                 // Whatever else is already queued goes in the same frame:
                 // fewer, larger frames under a flood.

@@ -14,9 +14,11 @@
 //! so lines printed between their updates land inside their input box and
 //! are overwritten by the next redraw. Instead, a terminal watcher switches
 //! to the transcript while a structured turn runs (the CLI's own output is
-//! held back; the screen model still takes all of it), and when the turn
-//! ends the transcript is scrolled up into the watcher's scrollback and the
-//! CLI's screen is drawn again from the screen model. The transcript is
+//! held back; the screen model still takes all of it). The ended turn's
+//! transcript stays on screen, so its end can be read, until the CLI draws
+//! again (the person types, the CLI updates itself); then the transcript is
+//! scrolled up into the watcher's scrollback and the CLI's screen is drawn
+//! again from the screen model. The transcript is
 //! never fed into the screen model: the adapter reads that model to tell
 //! whether the CLI is ready or asks a question, and a model's answer that
 //! happens to say "Do you want to proceed?" must not look like one. Nothing
