@@ -442,3 +442,33 @@ fn a_taken_conversation_holds_routed_turns_until_it_is_released() {
         "{session}"
     );
 }
+
+#[test]
+fn attach_to_an_agent_of_another_broker_names_its_owner() {
+    let mut alpha = common::Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = common::Node::setup("beta", &[]);
+    beta.add_bash_agent("worker");
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @worker", || {
+        alpha
+            .instances()
+            .contains(&"@worker@beta#main".to_owned())
+            .then_some(())
+    });
+    let run = alpha.run(&["attach", "@worker"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("AGENT_REMOTE"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("owned by node `beta`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("attach @worker@beta#main"),
+        "{}",
+        run.stderr
+    );
+}

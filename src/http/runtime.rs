@@ -269,6 +269,10 @@ struct TakeBody {
 /// Longest `by` of a take, in characters: a person's name or a host.
 const TAKE_BY_CHARS_MAX: usize = 100;
 
+/// Longest `conversation` of a take, in characters: conversation ids are
+/// UUIDs; this leaves room for other schemes without taking any size.
+const TAKE_CONVERSATION_CHARS_MAX: usize = 200;
+
 /// `POST /agents/{id}/take`: a person holds the agent (see
 /// [`Session::take`]); answers the hold.
 async fn take(
@@ -287,9 +291,15 @@ async fn take(
             "`by` must be at most {TAKE_BY_CHARS_MAX} characters without control characters"
         )));
     }
-    let hold = session
-        .take(by, body.conversation.filter(|id| !id.is_empty()))
-        .await?;
+    let conversation = body.conversation.filter(|id| !id.is_empty());
+    if conversation.as_ref().is_some_and(|id| {
+        id.chars().count() > TAKE_CONVERSATION_CHARS_MAX || id.chars().any(char::is_control)
+    }) {
+        return Err(invalid(&format!(
+            "`conversation` must be at most {TAKE_CONVERSATION_CHARS_MAX} characters without control characters"
+        )));
+    }
+    let hold = session.take(by, conversation).await?;
     Ok(Json(json!({ "id": id, "held": hold })).into_response())
 }
 

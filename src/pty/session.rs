@@ -1481,6 +1481,9 @@ impl Session {
                 None => (how, None),
             };
             state.error = error.clone();
+            // Nobody holds a stopped session; the turns waiting behind the
+            // hold run and hear that it stopped.
+            state.held = None;
             if let Some(pid) = state.structured_pid {
                 signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
             }
