@@ -1903,6 +1903,31 @@ mod tests {
     }
 
     #[test]
+    fn the_transcript_replay_keeps_whole_lines_of_its_tail() {
+        let mut buffer = String::new();
+        let line = format!("{}\r\n", "é".repeat(100));
+        for _ in 0..(TRANSCRIPT_REPLAY_BYTES_MAX / line.len() + 10) {
+            push_bounded(&mut buffer, &line);
+        }
+        assert!(buffer.len() <= TRANSCRIPT_REPLAY_BYTES_MAX);
+        assert!(buffer.starts_with('é'), "cut at a line start");
+        assert!(buffer.ends_with("é\r\n"));
+    }
+
+    #[test]
+    fn the_latest_cli_session_is_the_most_recently_used() {
+        let mut sessions = CliSessions::default();
+        assert_eq!(sessions.latest(), None);
+        sessions.insert(Some("a"), "cli-a".to_owned());
+        sessions.insert(None, "cli-default".to_owned());
+        sessions.insert(Some("a"), "cli-a".to_owned());
+        assert_eq!(
+            sessions.latest(),
+            Some((Some("a".to_owned()), "cli-a".to_owned()))
+        );
+    }
+
+    #[test]
     fn structured_answer_prefers_the_result() {
         let mut answer = StructuredAnswer::default();
         assert_eq!(answer.response(None), "");
