@@ -310,7 +310,8 @@ fn a_routed_turn_renders_live_on_the_agents_terminal() {
         &mut ws,
         &[
             "── turn",
-            "▶ from invocation",
+            "▶ invocation",
+            "from node laptop",
             "slow 30",
             "⚙",
             "chunk 1",
@@ -320,7 +321,7 @@ fn a_routed_turn_renders_live_on_the_agents_terminal() {
     );
     let invocation = submitted["invocation_id"].as_str().unwrap();
     assert!(
-        seen.contains(&format!("from invocation {invocation}")),
+        seen.contains(&format!("▶ invocation {invocation} · from node laptop")),
         "{seen:?}"
     );
     fixture.wait_invocation(invocation, "the turn to complete", |status| {
@@ -329,10 +330,7 @@ fn a_routed_turn_renders_live_on_the_agents_terminal() {
 
     // A failure shows its code.
     fixture.send("fail", None);
-    let seen = read_until_all(
-        &mut ws,
-        &["▶ from invocation", "fail", "✘ failed HARNESS_ERROR"],
-    );
+    let seen = read_until_all(&mut ws, &["▶ invocation", "fail", "✘ failed HARNESS_ERROR"]);
     assert!(seen.contains("the model refused"), "{seen:?}");
 }
 

@@ -77,7 +77,8 @@ pub fn leave_sequence(rows: u16) -> String {
 /// Who asked for a turn, for its transcript header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TurnAsker {
-    /// Who or what asked (`invocation inv-…`, `the local API`).
+    /// Who or what asked (`invocation inv-…`, `local API request`), shown as
+    /// the header's first words.
     pub by: String,
     /// The node the request came from, when known.
     pub node: Option<String>,
@@ -87,7 +88,7 @@ impl TurnAsker {
     /// A turn asked through the runtime API of this broker.
     pub fn local_api() -> TurnAsker {
         TurnAsker {
-            by: "the local API".to_owned(),
+            by: "local API request".to_owned(),
             node: None,
         }
     }
@@ -133,14 +134,15 @@ impl TranscriptRenderer {
         let mut out = String::new();
         let title = format!("── turn {} ", sanitize_line(&header.turn_id));
         out.push_str(&format!("{DIM}{}{RESET}\r\n", rule(&title, self.cols)));
-        let mut from = format!("▶ from {}", sanitize_line(&header.asker.by));
+        let mut from = format!("▶ {}", sanitize_line(&header.asker.by));
         if let Some(node) = &header.asker.node {
-            from.push_str(&format!(" on node {}", sanitize_line(node)));
-        }
-        if let Some(conversation) = &header.conversation {
-            from.push_str(&format!(" · conversation {}", sanitize_line(conversation)));
+            from.push_str(&format!(" · from node {}", sanitize_line(node)));
         }
         out.push_str(&format!("{BOLD}{}{RESET}\r\n", cut(&from, self.cols)));
+        if let Some(conversation) = &header.conversation {
+            let line = format!("  conversation {}", sanitize_line(conversation));
+            out.push_str(&format!("{DIM}{}{RESET}\r\n", cut(&line, self.cols)));
+        }
         let prompt = strip(&mut PlainText::new(), &header.prompt);
         let lines: Vec<&str> = prompt.trim().lines().collect();
         for line in lines.iter().take(PROMPT_LINES_MAX) {
@@ -346,7 +348,8 @@ mod tests {
         let out = render(80, &header("What files are here?"), &events);
         insta::assert_snapshot!(visible(&out), @r"
         <dim>── turn agent-1-turn-2 ─────────────────────────────────────────────────────────</>
-        <bold>▶ from invocation inv-7 on node laptop · conversation conv-1</>
+        <bold>▶ invocation inv-7 · from node laptop</>
+        <dim>  conversation conv-1</>
         <dim>│</> What files are here?
 
         <cyan>⚙ Bash: ls</>

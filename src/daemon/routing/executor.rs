@@ -33,6 +33,8 @@ pub struct ExecRequest {
     /// The conversation it belongs to (the agent's CLI session continues
     /// per conversation).
     pub conversation_id: Option<String>,
+    /// The name of the node the invocation came from, when known.
+    pub origin_node: Option<String>,
     /// How long the turn may take.
     pub timeout: Duration,
 }
@@ -159,7 +161,7 @@ async fn run_on_session(
     };
     let asker = crate::pty::TurnAsker {
         by: format!("invocation {}", request.invocation_id),
-        node: None,
+        node: request.origin_node.clone(),
     };
     let mut turn = match sessions.run_turn_from(
         &session_id,
