@@ -339,3 +339,33 @@ fn program_and_args(command: Option<Vec<String>>, default: &str) -> (String, Vec
         _ => (default.to_owned(), Vec::new()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interactive_resume_argv_per_harness() {
+        let options = AdapterOptions::default();
+        let resume = |harness| {
+            adapter_for(harness, &options)
+                .unwrap()
+                .interactive_resume_argv("S1")
+        };
+        assert_eq!(
+            resume(Harness::Claude).unwrap(),
+            ["claude", "--resume", "S1"]
+        );
+        assert_eq!(resume(Harness::Codex).unwrap(), ["codex", "resume", "S1"]);
+        assert_eq!(
+            resume(Harness::Gemini).unwrap(),
+            ["gemini", "--resume", "S1"]
+        );
+        let command = AdapterOptions {
+            command: Some(vec!["bash".to_owned()]),
+            ..AdapterOptions::default()
+        };
+        let adapter = adapter_for(Harness::Command, &command).unwrap();
+        assert_eq!(adapter.interactive_resume_argv("S1"), None);
+    }
+}

@@ -159,7 +159,7 @@ pub fn run(args: AttachArgs, context: &Context) -> anyhow::Result<ExitCode> {
             )
             .map_err(api_error)?;
         let resumed = taken["held"]["cliSession"].as_str().map_or_else(
-            || "a fresh CLI".to_owned(),
+            || "its CLI as it runs (no CLI session to resume)".to_owned(),
             |id| format!("CLI session {id}"),
         );
         eprintln!(
@@ -290,6 +290,13 @@ fn attach(client: &BrokerClient, agent: &RuntimeAgent, mode: Mode) -> anyhow::Re
         "attached to {} ({}){watching}; detach with {DETACH_KEY_NAME}",
         agent.name, agent.id
     );
+    // The agent's screen is drawn over this terminal's: push what it shows
+    // (the lines above included) up into its scrollback first.
+    if let Some((_, rows)) = terminal_size() {
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all("\n".repeat(usize::from(rows)).as_bytes());
+        let _ = stdout.flush();
+    }
     // Signals go to the signal thread only; every thread started from here
     // on inherits the mask.
     let signals = handled_signals();
