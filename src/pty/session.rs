@@ -40,7 +40,7 @@ use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
-use super::transcript::{TranscriptRenderer, TurnAsker, TurnHeader};
+use super::transcript::{TRANSCRIPT_CHUNK_BYTES_MAX, TranscriptRenderer, TurnAsker, TurnHeader};
 use crate::adapter::{
     Adapter, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView, StructuredEvent,
     TurnStyle, TurnUsage,
@@ -93,8 +93,11 @@ const FINISH_WAIT: Duration = Duration::from_secs(10);
 
 /// Transcript chunks kept for terminal watchers. A structured turn sends a
 /// chunk per event (a text delta, a tool line); a watcher further behind
-/// loses lines of the transcript, never the CLI's screen.
-pub const TRANSCRIPT_BROADCAST_CHUNKS: usize = 256;
+/// loses lines of the transcript, never the CLI's screen. With chunks of at
+/// most [`TRANSCRIPT_CHUNK_BYTES_MAX`] this is at most 1 MiB per session.
+pub const TRANSCRIPT_BROADCAST_CHUNKS: usize = 128;
+
+const _: () = assert!(TRANSCRIPT_BROADCAST_CHUNKS * TRANSCRIPT_CHUNK_BYTES_MAX <= 1024 * 1024);
 
 /// Bytes of the running turn's rendered transcript kept for watchers who
 /// attach mid-turn (the tail, when longer): a few screens of text.

@@ -45,6 +45,16 @@ const TRANSCRIPT_COLS_MIN: usize = 20;
 /// more there are (the whole prompt is in the invocation).
 pub const PROMPT_LINES_MAX: usize = 6;
 
+/// Characters of one prompt line shown (three rows of 80): enough to
+/// recognise the request.
+pub const PROMPT_LINE_CHARS_MAX: usize = 240;
+
+/// Largest piece of rendered text handed on at once. A CLI may put a whole
+/// file into one event; watchers get its first bytes and a mark, so the
+/// transcript channel holds at most
+/// `TRANSCRIPT_BROADCAST_CHUNKS × TRANSCRIPT_CHUNK_BYTES_MAX` per session.
+pub const TRANSCRIPT_CHUNK_BYTES_MAX: usize = 8 * 1024;
+
 /// Characters of a failure message shown on the end line's next line.
 const FAILURE_CHARS_MAX: usize = 300;
 
@@ -146,6 +156,7 @@ impl TranscriptRenderer {
         let prompt = strip(&mut PlainText::new(), &header.prompt);
         let lines: Vec<&str> = prompt.trim().lines().collect();
         for line in lines.iter().take(PROMPT_LINES_MAX) {
+            let line = cut(line, PROMPT_LINE_CHARS_MAX);
             out.push_str(&format!("{DIM}│{RESET} {line}\r\n"));
         }
         if lines.len() > PROMPT_LINES_MAX {
@@ -166,7 +177,7 @@ impl TranscriptRenderer {
                     return String::new();
                 }
                 self.streamed_text = true;
-                self.text(&text)
+                self.text(&bounded(text))
             }
             TurnEvent::Tool(tool) => {
                 let mut out = self.line_break();
@@ -188,7 +199,7 @@ impl TranscriptRenderer {
             && !self.streamed_text
         {
             let response = strip(&mut PlainText::new(), response);
-            out.push_str(&self.text(response.trim_end()));
+            out.push_str(&self.text(&bounded(response.trim_end().to_owned())));
         }
         out.push_str(&self.line_break());
         let tokens = self.usage.map(usage_words).unwrap_or_default();
@@ -263,6 +274,24 @@ fn usage_words(usage: TurnUsage) -> String {
         ));
     }
     words
+}
+
+/// Text that stays within [`TRANSCRIPT_CHUNK_BYTES_MAX`] once its line
+/// ends are `\r\n`: at most half of it, cut at a character boundary, with
+/// a mark when cut.
+fn bounded(mut text: String) -> String {
+    const MARK: &str = " …[cut]\n";
+    let bytes_max = TRANSCRIPT_CHUNK_BYTES_MAX / 2;
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
 }
 
 /// `title` followed by a rule to `cols` characters.
@@ -404,6 +433,14 @@ mod tests {
         assert!(!without_styles.contains('\x07'));
         assert!(without_styles.contains("safe text\r\n"));
         assert!(without_styles.contains("⚙ rm -rf x\r\n"));
+    }
+
+    #[test]
+    fn a_huge_event_reaches_watchers_cut() {
+        let mut renderer = TranscriptRenderer::new(80);
+        let out = renderer.event(&TurnEvent::Output("é\n".repeat(100_000)));
+        assert!(out.len() <= TRANSCRIPT_CHUNK_BYTES_MAX, "{}", out.len());
+        assert!(out.ends_with(" …[cut]\r\n"));
     }
 
     #[test]
