@@ -340,7 +340,7 @@ fn attach_follow_shows_the_transcript_and_detaches_on_its_key() {
     assert_eq!(fixture.send_and_wait("hello", None), "you said: hello");
 
     let mut attach = fixture.attach(&["@fabric", "--follow"]);
-    attach.wait_for("detach with Ctrl-]");
+    attach.wait_for("watching, keys are not sent; detach with Ctrl-]");
     attach.wait_for("Welcome to Claude Code");
     fixture.send("slow 10", None);
     let text = attach.wait_for("✔ completed");

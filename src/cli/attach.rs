@@ -8,7 +8,7 @@
 //! resizes (SIGWINCH) are forwarded, output is printed, and
 //! [`DETACH_KEY_NAME`] detaches. `--follow` watches without sending keys
 //! (the default while the agent is busy, e.g. with a routed turn, whose
-//! transcript the broker shows). `--take` holds the agent for the person
+//! transcript the broker shows); Ctrl-C detaches too while watching. `--take` holds the agent for the person
 //! (its CLI resumed on the conversation's CLI session, routed turns
 //! waiting) and detaching hands it back; `--release` hands back a hold
 //! left behind.
@@ -47,6 +47,10 @@ pub const DETACH_KEY: u8 = 0x1d;
 
 /// How [`DETACH_KEY`] is written for people.
 pub const DETACH_KEY_NAME: &str = "Ctrl-]";
+
+/// Ctrl-C, which also detaches while watching (keys go nowhere then, and
+/// it is the key a person tries first to leave a program).
+const WATCH_DETACH_KEY: u8 = 0x03;
 
 /// How long one read of the WebSocket waits before the loop looks at keys,
 /// resizes and signals again: short enough that typing feels immediate.
@@ -168,11 +172,19 @@ pub fn run(args: AttachArgs, context: &Context) -> anyhow::Result<ExitCode> {
         );
         let attached = attach(&client, &agent, Mode::Interactive);
         let released = client
-            .post::<_, serde_json::Value>(&format!("/agents/{}/release", agent.id), &json!({}))
-            .map_err(api_error);
+            .post::<_, serde_json::Value>(&format!("/agents/{}/release", agent.id), &json!({}));
         let code = attached?;
-        released?;
-        eprintln!("released {}; routed turns continue", agent.name);
+        match released {
+            Ok(_) => eprintln!("released {}; routed turns continue", agent.name),
+            // The agent stopped while held (its CLI exited): a stopped
+            // session holds nothing, so there is nothing to hand back.
+            Err(ClientError::Api { code, .. })
+                if code == "AGENT_NOT_HELD" || code == "AGENT_NOT_FOUND" =>
+            {
+                eprintln!("{} is no longer held", agent.name);
+            }
+            Err(err) => return Err(api_error(err)),
+        }
         return Ok(code);
     }
     let mode = if args.follow || agent.status == "busy" {
@@ -281,15 +293,12 @@ fn attach(client: &BrokerClient, agent: &RuntimeAgent, mode: Mode) -> anyhow::Re
     if let MaybeTlsStream::Plain(stream) = socket.get_mut() {
         stream.set_read_timeout(Some(POLL_INTERVAL))?;
     }
-    let watching = if mode == Mode::Follow {
-        " (watching: keys are not sent)"
+    let how = if mode == Mode::Follow {
+        format!("watching, keys are not sent; detach with {DETACH_KEY_NAME} or Ctrl-C")
     } else {
-        ""
+        format!("detach with {DETACH_KEY_NAME}")
     };
-    eprintln!(
-        "attached to {} ({}){watching}; detach with {DETACH_KEY_NAME}",
-        agent.name, agent.id
-    );
+    eprintln!("attached to {} ({}), {how}", agent.name, agent.id);
     // The agent's screen is drawn over this terminal's: push what it shows
     // (the lines above included) up into its scrollback first.
     if let Some((_, rows)) = terminal_size() {
@@ -304,7 +313,7 @@ fn attach(client: &BrokerClient, agent: &RuntimeAgent, mode: Mode) -> anyhow::Re
     let (inputs_tx, inputs) = sync_channel(INPUT_QUEUE_MAX);
     spawn_signal_thread(signals, inputs_tx.clone())?;
     let raw = RawMode::enter()?;
-    spawn_key_thread(inputs_tx)?;
+    spawn_key_thread(inputs_tx, mode)?;
     let ending = pump(&mut socket, &inputs, mode);
     drop(raw);
     let mut stdout = std::io::stdout();
@@ -450,10 +459,12 @@ fn spawn_signal_thread(signals: SigSet, inputs: SyncSender<Input>) -> std::io::R
     Ok(())
 }
 
-/// Reads keys; everything before [`DETACH_KEY`] is sent, the key itself
-/// detaches. The end of input stops reading (a watcher without a keyboard
-/// keeps watching).
-fn spawn_key_thread(inputs: SyncSender<Input>) -> std::io::Result<()> {
+/// Reads keys; everything before [`DETACH_KEY`] (or, while watching,
+/// [`WATCH_DETACH_KEY`]) is sent, the key itself detaches. The end of input
+/// stops reading (a watcher without a keyboard keeps watching).
+fn spawn_key_thread(inputs: SyncSender<Input>, mode: Mode) -> std::io::Result<()> {
+    let is_detach =
+        move |key: u8| key == DETACH_KEY || (mode == Mode::Follow && key == WATCH_DETACH_KEY);
     std::thread::Builder::new()
         .name("attach-keys".to_owned())
         .spawn(move || {
@@ -467,7 +478,7 @@ fn spawn_key_thread(inputs: SyncSender<Input>) -> std::io::Result<()> {
                     Err(_) => return,
                 };
                 let keys = &buf[..n_read];
-                let (before, detach) = match keys.iter().position(|key| *key == DETACH_KEY) {
+                let (before, detach) = match keys.iter().position(|key| is_detach(*key)) {
                     Some(idx) => (&keys[..idx], true),
                     None => (keys, false),
                 };
