@@ -22,7 +22,10 @@
 //! and a client. The reader's channel is bounded (the program blocks when
 //! the broker falls behind), the live output is a bounded broadcast (a slow
 //! client skips ahead and redraws), turn events are bounded (progress is
-//! dropped, outcomes never are), and scrollback has a fixed number of rows.
+//! dropped, outcomes never are), the transcript of structured turns is a
+//! bounded broadcast of bounded chunks (a slow watcher loses transcript
+//! lines, never the CLI's screen), and scrollback has a fixed number of rows.
+//! The transcript never enters the screen model or the CLI's input.
 
 pub mod error;
 pub mod events;
