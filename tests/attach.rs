@@ -470,3 +470,34 @@ fn attach_to_an_agent_of_another_broker_names_its_owner() {
         run.stderr
     );
 }
+
+#[test]
+fn a_watcher_who_attaches_mid_turn_gets_the_transcript_so_far() {
+    let fixture = Fixture::start();
+    assert_eq!(fixture.send_and_wait("hello", None), "you said: hello");
+    let session = fixture.session();
+    let id = session["id"].as_str().unwrap();
+    let mut first = fixture.terminal(id);
+
+    // `hang` never answers: the turn runs until it is cancelled.
+    let submitted = fixture.send("hang", None);
+    read_until_all(&mut first, &["▶ invocation", "│\u{1b}[0m hang"]);
+    let mut late = fixture.terminal(id);
+    let seen = read_until_all(&mut late, &["\"type\":\"connected\"", "── turn", "hang"]);
+    assert!(!seen.contains("Welcome to Claude Code"), "{seen:?}");
+
+    let invocation = submitted["invocation_id"].as_str().unwrap();
+    let cancel = ureq::post(&format!(
+        "{}/v1/invocations/{invocation}/cancel",
+        fixture.broker.http_base()
+    ))
+    .set(
+        "Authorization",
+        &format!("Bearer {}", fixture.sandbox.token()),
+    )
+    .send_json(serde_json::json!({}));
+    assert!(cancel.is_ok(), "{cancel:?}");
+    fixture.wait_invocation(invocation, "the turn to be cancelled", |status| {
+        status["delivery"]["state"] == "cancelled"
+    });
+}
