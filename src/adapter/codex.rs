@@ -147,6 +147,12 @@ impl Adapter for CodexAdapter {
         argv
     }
 
+    fn interactive_resume_argv(&self, session_id: &str) -> Option<Vec<String>> {
+        let mut argv = self.interactive_argv();
+        argv.extend(["resume", session_id].map(str::to_owned));
+        Some(argv)
+    }
+
     /// Reads the active model provider from `CODEX_HOME/config.toml` (the
     /// CLI's own source of truth) rather than guessing from variables:
     /// a provider with an `env_key` needs that variable; one that

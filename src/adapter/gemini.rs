@@ -144,6 +144,12 @@ impl Adapter for GeminiAdapter {
         argv
     }
 
+    fn interactive_resume_argv(&self, session_id: &str) -> Option<Vec<String>> {
+        let mut argv = self.interactive_argv();
+        argv.extend(["--resume", session_id].map(str::to_owned));
+        Some(argv)
+    }
+
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus {
         let keys = [
             "GEMINI_API_KEY",

@@ -227,6 +227,13 @@ pub trait Adapter: Send + Sync + Debug {
     /// Program and arguments run on the session's terminal.
     fn interactive_argv(&self) -> Vec<String>;
 
+    /// Program and arguments of the interactive CLI resumed on its own
+    /// session `session_id` (a person taking a conversation over). `None`
+    /// for harnesses that cannot resume one.
+    fn interactive_resume_argv(&self, _session_id: &str) -> Option<Vec<String>> {
+        None
+    }
+
     /// Whether the CLI is logged in, seen from the agent's environment.
     fn auth_status(&self, env: &AgentEnv) -> AuthStatus;
 
@@ -360,5 +367,35 @@ fn program_and_args(command: Option<Vec<String>>, default: &str) -> (String, Vec
             (program, argv)
         }
         _ => (default.to_owned(), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interactive_resume_argv_per_harness() {
+        let options = AdapterOptions::default();
+        let resume = |harness| {
+            adapter_for(harness, &options)
+                .unwrap()
+                .interactive_resume_argv("S1")
+        };
+        assert_eq!(
+            resume(Harness::Claude).unwrap(),
+            ["claude", "--resume", "S1"]
+        );
+        assert_eq!(resume(Harness::Codex).unwrap(), ["codex", "resume", "S1"]);
+        assert_eq!(
+            resume(Harness::Gemini).unwrap(),
+            ["gemini", "--resume", "S1"]
+        );
+        let command = AdapterOptions {
+            command: Some(vec!["bash".to_owned()]),
+            ..AdapterOptions::default()
+        };
+        let adapter = adapter_for(Harness::Command, &command).unwrap();
+        assert_eq!(adapter.interactive_resume_argv("S1"), None);
     }
 }

@@ -165,6 +165,13 @@ impl BrokerClient {
         self.finish(request.send_json(body))
     }
 
+    /// The `ws://` URL of `path` on the broker and the `Authorization`
+    /// header value that goes with it, for a WebSocket client.
+    pub fn websocket(&self, path: &str) -> (String, String) {
+        let base = self.base.replacen("http://", "ws://", 1);
+        (format!("{base}{path}"), format!("Bearer {}", self.token))
+    }
+
     /// `GET path` as a stream (server-sent events), read line by line.
     pub fn stream(&self, path: &str) -> Result<Box<dyn std::io::Read + Send>, ClientError> {
         let agent = ureq::AgentBuilder::new()

@@ -2,7 +2,7 @@
 //! exit-code conventions every command shares.
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
-//! [`agents`], [`resolve`], [`mesh`] with `peers`); [`output`] is the one
+//! [`agents`], [`resolve`], [`mesh`] with `peers`, [`attach`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -10,6 +10,7 @@
 //! Errors print as `error: …` and one `caused by: …` per source on stderr.
 
 pub mod agents;
+pub mod attach;
 pub mod client;
 pub mod doctor;
 pub mod mesh;
@@ -57,6 +58,8 @@ pub enum Command {
     /// List, add and remove agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Watch or use an agent's terminal; `--take` holds its conversation.
+    Attach(attach::AttachArgs),
     /// Show which agent instance a name resolves to, and why.
     Resolve(resolve::ResolveArgs),
     /// Invite, join and revoke mesh members.
@@ -137,6 +140,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Mesh(command) => mesh::run(command, context),
         Command::Peers(args) => mesh::peers(args, context),
         Command::Send(args) => send::send(args, context),
+        Command::Attach(args) => attach::run(args, context),
         Command::Flights(args) => send::flights(args, context),
         Command::Conversations(command) => send::conversations(command, context),
         Command::WorkOrders(command) => send::work_orders(command, context),

@@ -1,9 +1,11 @@
 //! The local runtime's routes, at the root as its API page has them:
 //! `POST /agents`, `GET /agents`, `GET /agents/{id}`,
 //! `POST /agents/{id}/send`, `GET /agents/{id}/logs?lines=N`,
-//! `GET /agents/{id}/stream` (SSE), `DELETE /agents/{id}`, and the
-//! WebSockets `/ws/agents/{id}/terminal` (raw terminal I/O, JSON control
-//! frames) and `/ws/events[?agentId=]`.
+//! `GET /agents/{id}/stream` (SSE), `DELETE /agents/{id}`,
+//! `POST /agents/{id}/take` and `POST /agents/{id}/release` (a person holds
+//! the agent; routed turns wait), and the WebSockets
+//! `/ws/agents/{id}/terminal` (raw terminal I/O, JSON control frames, and
+//! the transcript of structured turns) and `/ws/events[?agentId=]`.
 //!
 //! Nothing here buffers without bound: a WebSocket or SSE client that reads
 //! too slowly skips output (and gets a fresh screen) or events (and is told
@@ -38,8 +40,9 @@ use crate::daemon::BrokerState;
 use crate::pty::events::{RuntimeEvent, rfc3339};
 use crate::pty::manager::TIMEOUT_MS_MAX;
 use crate::pty::process::OutputChunk;
-use crate::pty::session::wait_true;
+use crate::pty::session::{TranscriptChunk, wait_true};
 use crate::pty::text::{PlainText, Utf8Decoder};
+use crate::pty::transcript;
 use crate::pty::{RuntimeError, Session, SpawnRequest, TermSize};
 
 /// Lines `logs` returns unless `lines=` says otherwise.
@@ -75,6 +78,8 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/agents/{id}/send", only(post(send)))
         .route("/agents/{id}/logs", only(get(logs)))
         .route("/agents/{id}/stream", only(get(stream)))
+        .route("/agents/{id}/take", only(post(take)))
+        .route("/agents/{id}/release", only(post(release)))
         .route("/ws/agents/{id}/terminal", only(get(terminal)))
         .route("/ws/events", only(get(events)))
 }
@@ -110,7 +115,10 @@ pub fn api_error(err: RuntimeError) -> ApiError {
         RuntimeError::MaxAgents { .. } => StatusCode::TOO_MANY_REQUESTS,
         RuntimeError::SpawnFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        RuntimeError::AgentStopped(_) => StatusCode::CONFLICT,
+        RuntimeError::AgentStopped(_)
+        | RuntimeError::AgentHeld { .. }
+        | RuntimeError::AgentBusy(_)
+        | RuntimeError::AgentNotHeld(_) => StatusCode::CONFLICT,
         RuntimeError::Harness(_) => StatusCode::BAD_GATEWAY,
         RuntimeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -247,6 +255,62 @@ async fn send(
         "question": outcome.question,
     }))
     .into_response())
+}
+
+/// The body of `POST /agents/{id}/take`.
+#[derive(Debug, Deserialize)]
+struct TakeBody {
+    /// Who takes it (for the API and the waiting turns' notice).
+    by: Option<String>,
+    /// The Scout conversation to take over; the most recent one when absent.
+    conversation: Option<String>,
+}
+
+/// Longest `by` of a take, in characters: a person's name or a host.
+const TAKE_BY_CHARS_MAX: usize = 100;
+
+/// Longest `conversation` of a take, in characters: conversation ids are
+/// UUIDs; this leaves room for other schemes without taking any size.
+const TAKE_CONVERSATION_CHARS_MAX: usize = 200;
+
+/// `POST /agents/{id}/take`: a person holds the agent (see
+/// [`Session::take`]); answers the hold.
+async fn take(
+    State(state): State<Arc<BrokerState>>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<TakeBody>,
+) -> Result<Response, ApiError> {
+    let session = state.runtime.session(&id)?;
+    let by = body
+        .by
+        .map(|by| by.trim().to_owned())
+        .filter(|by| !by.is_empty())
+        .unwrap_or_else(|| "a person".to_owned());
+    if by.chars().count() > TAKE_BY_CHARS_MAX || by.chars().any(char::is_control) {
+        return Err(invalid(&format!(
+            "`by` must be at most {TAKE_BY_CHARS_MAX} characters without control characters"
+        )));
+    }
+    let conversation = body.conversation.filter(|id| !id.is_empty());
+    if conversation.as_ref().is_some_and(|id| {
+        id.chars().count() > TAKE_CONVERSATION_CHARS_MAX || id.chars().any(char::is_control)
+    }) {
+        return Err(invalid(&format!(
+            "`conversation` must be at most {TAKE_CONVERSATION_CHARS_MAX} characters without control characters"
+        )));
+    }
+    let hold = session.take(by, conversation).await?;
+    Ok(Json(json!({ "id": id, "held": hold })).into_response())
+}
+
+/// `POST /agents/{id}/release`: the person hands the agent back.
+async fn release(
+    State(state): State<Arc<BrokerState>>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let session = state.runtime.session(&id)?;
+    let hold = session.release().await?;
+    Ok(Json(json!({ "id": id, "released": hold })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -409,6 +473,10 @@ fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
 
 /// `/ws/agents/{id}/terminal`: first `{"type":"connected",…}`, then the
 /// current screen, then the terminal's output as it comes, as text frames.
+/// While a structured turn runs, the view switches to its transcript (see
+/// [`crate::pty::transcript`]): the CLI's output is held back, and once
+/// the turn has ended and the CLI draws again, the CLI's screen is drawn
+/// again from the screen model.
 /// From the client, text and binary frames are typed into the terminal,
 /// except JSON control frames: `{"type":"resize","cols":…,"rows":…}` and
 /// `{"type":"input","data":"…"}`.
@@ -435,8 +503,17 @@ async fn terminal(
             "cols": session.info().cols,
             "rows": session.info().rows,
         });
+        let first = match &attachment.transcript_so_far {
+            Some(so_far) => {
+                let rows = session.info().rows;
+                let mut text = transcript::enter_sequence(rows);
+                text.push_str(&String::from_utf8_lossy(so_far));
+                text.into_bytes()
+            }
+            None => attachment.redraw.clone(),
+        };
         if writer.send_text(connected.to_string()).await.is_err()
-            || writer.send_output(&attachment.redraw).await.is_err()
+            || writer.send_output(&first).await.is_err()
         {
             return;
         }
@@ -444,8 +521,16 @@ async fn terminal(
         let writing = write_terminal_output(
             writer,
             session.clone(),
-            attachment.output,
-            attachment.redraw_seq,
+            TerminalFeeds {
+                output: attachment.output,
+                skip_through: attachment.redraw_seq,
+                transcript: attachment.transcript,
+                view: if attachment.transcript_so_far.is_some() {
+                    View::Transcript
+                } else {
+                    View::Cli
+                },
+            },
         );
         // Whichever side ends first ends the connection.
         tokio::select! {
@@ -520,31 +605,123 @@ impl TerminalWriter {
     }
 }
 
+/// What a terminal client is sent from.
+struct TerminalFeeds {
+    output: broadcast::Receiver<OutputChunk>,
+    /// Output chunks up to this one are already on the client's screen.
+    skip_through: u64,
+    transcript: broadcast::Receiver<TranscriptChunk>,
+    view: View,
+}
+
+/// What a terminal client's screen shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// The CLI's screen, kept up to date.
+    Cli,
+    /// A running structured turn's transcript; the CLI's output is held
+    /// back (the screen model keeps it).
+    Transcript,
+    /// The transcript of a turn that ended. It stays until the CLI draws
+    /// again (a person typing, the CLI's own updates), so the end of a
+    /// turn can be read; then the CLI's screen comes back.
+    TranscriptEnded,
+}
+
+impl TerminalWriter {
+    /// A transcript chunk: the view switches to the transcript at its
+    /// start (the CLI's screen scrolls up) and stays there after its end.
+    async fn send_transcript(
+        &mut self,
+        session: &Session,
+        feeds: &mut TerminalFeeds,
+        chunk: TranscriptChunk,
+    ) -> Result<(), Gone> {
+        match (chunk, feeds.view) {
+            (TranscriptChunk::Begin(text), view) => {
+                feeds.view = View::Transcript;
+                let mut out = match view {
+                    View::Cli => transcript::enter_sequence(session.info().rows).into_bytes(),
+                    View::Transcript | View::TranscriptEnded => b"\r\n".to_vec(),
+                };
+                out.extend_from_slice(&text);
+                self.send_output_owned(out).await
+            }
+            (TranscriptChunk::Text(text), View::Transcript) => self.send_output(&text).await,
+            (TranscriptChunk::End(text), View::Transcript) => {
+                feeds.view = View::TranscriptEnded;
+                self.send_output(&text).await
+            }
+            (TranscriptChunk::Text(_) | TranscriptChunk::End(_), _) => Ok(()),
+        }
+    }
+
+    /// Back from a transcript to the CLI's screen: the transcript goes up
+    /// into the client's scrollback and the screen model is drawn.
+    async fn leave_transcript(
+        &mut self,
+        session: &Session,
+        feeds: &mut TerminalFeeds,
+    ) -> Result<(), Gone> {
+        feeds.view = View::Cli;
+        let (redraw, seq) = session.redraw();
+        feeds.skip_through = seq;
+        let mut out = transcript::leave_sequence(session.info().rows).into_bytes();
+        out.extend_from_slice(&redraw);
+        self.send_output_owned(out).await
+    }
+}
+
 async fn write_terminal_output(
     mut writer: TerminalWriter,
     session: Arc<Session>,
-    mut output: broadcast::Receiver<OutputChunk>,
-    mut skip_through: u64,
+    mut feeds: TerminalFeeds,
 ) {
     enum Step {
         Chunk(Result<OutputChunk, RecvError>),
+        Transcript(Result<TranscriptChunk, RecvError>),
         Finished,
     }
     let mut finished = session.finished_watch();
     loop {
         let step = tokio::select! {
-            chunk = output.recv() => Step::Chunk(chunk),
+            chunk = feeds.output.recv() => Step::Chunk(chunk),
+            chunk = feeds.transcript.recv() => Step::Transcript(chunk),
             () = wait_true(&mut finished) => Step::Finished,
         };
+        let output = &mut feeds.output;
+        let skip_through = &mut feeds.skip_through;
         let sent = match step {
-            Step::Chunk(Ok(chunk)) if chunk.seq > skip_through => {
+            Step::Transcript(Ok(chunk)) => {
+                writer.send_transcript(&session, &mut feeds, chunk).await
+            }
+            // Lost transcript lines stay lost; the CLI's screen is whole.
+            Step::Transcript(Err(RecvError::Lagged(_))) => Ok(()),
+            Step::Transcript(Err(RecvError::Closed)) => return,
+            // The CLI's screen waits in the model while the transcript shows.
+            Step::Chunk(Ok(_) | Err(RecvError::Lagged(_))) if feeds.view == View::Transcript => {
+                Ok(())
+            }
+            Step::Chunk(Ok(chunk)) if feeds.view == View::TranscriptEnded => {
+                if chunk.seq > feeds.skip_through {
+                    writer.leave_transcript(&session, &mut feeds).await
+                } else {
+                    Ok(())
+                }
+            }
+            Step::Chunk(Err(RecvError::Lagged(_))) if feeds.view == View::TranscriptEnded => {
+                writer.leave_transcript(&session, &mut feeds).await
+            }
+            Step::Chunk(Ok(chunk)) if chunk.seq > *skip_through => {
                 // Whatever else is already queued goes in the same frame:
                 // fewer, larger frames under a flood.
                 let mut batch = chunk.bytes.to_vec();
                 let mut lagged = None;
                 while batch.len() < WS_FRAME_BYTES_TARGET {
                     match output.try_recv() {
-                        Ok(more) if more.seq > skip_through => batch.extend_from_slice(&more.bytes),
+                        Ok(more) if more.seq > *skip_through => {
+                            batch.extend_from_slice(&more.bytes);
+                        }
                         Ok(_) => {}
                         Err(broadcast::error::TryRecvError::Lagged(n_skipped)) => {
                             lagged = Some(n_skipped);
@@ -555,20 +732,21 @@ async fn write_terminal_output(
                 }
                 match (writer.send_output_owned(batch).await, lagged) {
                     (Ok(()), Some(n_skipped)) => {
-                        writer.resync(&session, &mut skip_through, n_skipped).await
+                        writer.resync(&session, skip_through, n_skipped).await
                     }
                     (sent, _) => sent,
                 }
             }
             Step::Chunk(Ok(_)) => Ok(()),
             Step::Chunk(Err(RecvError::Lagged(n_skipped))) => {
-                writer.resync(&session, &mut skip_through, n_skipped).await
+                writer.resync(&session, skip_through, n_skipped).await
             }
             Step::Chunk(Err(RecvError::Closed)) => return,
             Step::Finished => {
                 // Flush what is left, then say goodbye.
                 while let Ok(chunk) = output.try_recv() {
-                    if chunk.seq > skip_through && writer.send_output(&chunk.bytes).await.is_err() {
+                    if chunk.seq > *skip_through && writer.send_output(&chunk.bytes).await.is_err()
+                    {
                         return;
                     }
                 }

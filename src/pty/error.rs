@@ -61,6 +61,22 @@ pub enum RuntimeError {
     /// The agent's CLI failed the turn (`HARNESS_ERROR`).
     #[error("{0}")]
     Harness(String),
+    /// A person holds the agent's terminal (`AGENT_HELD`).
+    #[error("agent `{id}` is held by {by}; routed turns wait until it is released")]
+    AgentHeld {
+        /// The agent.
+        id: String,
+        /// Who holds it.
+        by: String,
+    },
+    /// A turn kept the agent busy longer than a take waits (`AGENT_BUSY`).
+    #[error(
+        "agent `{0}` is busy with a turn; try again when it is done, or watch it with `scout attach --follow`"
+    )]
+    AgentBusy(String),
+    /// Release of an agent nobody holds (`AGENT_NOT_HELD`).
+    #[error("agent `{0}` is not held by anyone")]
+    AgentNotHeld(String),
     /// The broker is shutting down (`SHUTTING_DOWN`).
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -82,6 +98,9 @@ impl RuntimeError {
             RuntimeError::Timeout { .. } => "TIMEOUT",
             RuntimeError::AgentStopped(_) => "AGENT_STOPPED",
             RuntimeError::Harness(_) => "HARNESS_ERROR",
+            RuntimeError::AgentHeld { .. } => "AGENT_HELD",
+            RuntimeError::AgentBusy(_) => "AGENT_BUSY",
+            RuntimeError::AgentNotHeld(_) => "AGENT_NOT_HELD",
             RuntimeError::ShuttingDown => "SHUTTING_DOWN",
         }
     }

@@ -17,6 +17,7 @@ use super::screen::{SCROLLBACK_ROWS_MAX, TermSize};
 use super::session::{
     AgentInfo, Session, SessionConfig, Turn, TurnEvent, TurnFailure, TurnOutcome,
 };
+use super::transcript::TurnAsker;
 use crate::adapter::{self, AdapterOptions, AgentEnv};
 use crate::env::Env;
 
@@ -337,6 +338,19 @@ impl SessionManager {
         timeout: Option<Duration>,
         conversation: Option<String>,
     ) -> Result<Turn, RuntimeError> {
+        self.run_turn_from(id, prompt, timeout, conversation, TurnAsker::local_api())
+    }
+
+    /// [`SessionManager::run_turn`], saying who asked (shown to the
+    /// terminal's watchers).
+    pub fn run_turn_from(
+        &self,
+        id: &str,
+        prompt: String,
+        timeout: Option<Duration>,
+        conversation: Option<String>,
+        asker: TurnAsker,
+    ) -> Result<Turn, RuntimeError> {
         if prompt.len() > MESSAGE_BYTES_MAX {
             return Err(RuntimeError::InvalidRequest(format!(
                 "`message` is larger than {MESSAGE_BYTES_MAX} bytes"
@@ -344,10 +358,11 @@ impl SessionManager {
         }
         crate::pty::prompt::check_prompt(&prompt)?;
         let session = self.session(id)?;
-        session.run_turn(
+        session.run_turn_from(
             prompt,
             timeout.unwrap_or(self.config.default_timeout),
             conversation,
+            asker,
         )
     }
 

@@ -16,6 +16,7 @@
 //! - [`screen`]: the `vt100` screen model that answers terminal queries and
 //!   serves the last lines as text.
 //! - [`text`]: escape-sequence stripping and the line model of a turn's answer.
+//! - [`transcript`]: structured turns rendered for the terminal's watchers.
 //! - [`events`]: runtime events for `/ws/events`.
 //! - [`error`]: [`RuntimeError`] with the stable codes.
 //!
@@ -23,7 +24,10 @@
 //! and a client. The reader's channel is bounded (the program blocks when
 //! the broker falls behind), the live output is a bounded broadcast (a slow
 //! client skips ahead and redraws), turn events are bounded (progress is
-//! dropped, outcomes never are), and scrollback has a fixed number of rows.
+//! dropped, outcomes never are), the transcript of structured turns is a
+//! bounded broadcast of bounded chunks (a slow watcher loses transcript
+//! lines, never the CLI's screen), and scrollback has a fixed number of rows.
+//! The transcript never enters the screen model or the CLI's input.
 
 pub mod error;
 pub mod events;
@@ -35,9 +39,13 @@ pub mod prompt;
 pub mod screen;
 pub mod session;
 pub mod text;
+pub mod transcript;
 
 pub use error::RuntimeError;
 pub use events::{EventKind, RuntimeEvent};
 pub use manager::{RuntimeConfig, SendOutcome, SessionManager, SpawnRequest};
 pub use screen::TermSize;
-pub use session::{AgentInfo, AgentStatus, Session, Turn, TurnEvent, TurnFailure, TurnOutcome};
+pub use session::{
+    AgentInfo, AgentStatus, HoldInfo, Session, Turn, TurnEvent, TurnFailure, TurnOutcome,
+};
+pub use transcript::TurnAsker;

@@ -9,6 +9,17 @@
 //! screen through the adapter at most every [`CLASSIFY_INTERVAL`] to learn
 //! when the agent is ready, asks a question, wants a login, or finished a
 //! turn.
+//!
+//! While a structured turn runs (in a second, piped process), its events
+//! are rendered ([`super::transcript`]) onto a transcript channel beside
+//! the terminal output, so terminal watchers see the turn as it streams.
+//!
+//! A person can hold the session ([`Session::take`], [`Session::release`]):
+//! the hold is a place in the line of turns (the turn lock), so routed turns
+//! queue behind the person and run, in order, once the hold is released.
+//! Taking restarts the interactive CLI resumed on the conversation's CLI
+//! session; releasing restarts it fresh, and the next structured turn
+//! continues that CLI session, the person's turns included.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +41,7 @@ use super::marker::{SESSION_MARKER_VAR, stop_marked};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
+use super::transcript::{TRANSCRIPT_CHUNK_BYTES_MAX, TranscriptRenderer, TurnAsker, TurnHeader};
 use crate::adapter::{
     Adapter, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView, StructuredEvent,
     TurnStyle, TurnUsage,
@@ -79,6 +91,27 @@ const STRUCTURED_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a stop waits for the session task to finish after the kill.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
+
+/// Transcript chunks kept for terminal watchers. A structured turn sends a
+/// chunk per event (a text delta, a tool line); a watcher further behind
+/// loses lines of the transcript, never the CLI's screen. With chunks of at
+/// most [`TRANSCRIPT_CHUNK_BYTES_MAX`] this is at most 1 MiB per session.
+pub const TRANSCRIPT_BROADCAST_CHUNKS: usize = 128;
+
+const _: () = assert!(TRANSCRIPT_BROADCAST_CHUNKS * TRANSCRIPT_CHUNK_BYTES_MAX <= 1024 * 1024);
+
+/// Bytes of the running turn's rendered transcript kept for watchers who
+/// attach mid-turn (the tail, when longer): a few screens of text.
+pub const TRANSCRIPT_REPLAY_BYTES_MAX: usize = 64 * 1024;
+
+/// How long taking a session waits for the turns ahead of it (a running
+/// routed turn) before it answers that the agent is busy: below the CLI's
+/// request timeout, so the person hears why.
+pub const TAKE_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a restart of the interactive CLI waits for the session task to
+/// drain the old program's output.
+const RESTART_DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 /// What a session is doing, as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,6 +172,8 @@ pub struct AgentInfo {
     pub auth: AuthStatus,
     /// Why it failed, when it did.
     pub error: Option<ErrorInfo>,
+    /// The person holding it, while one does (routed turns wait).
+    pub held: Option<HoldInfo>,
 }
 
 /// A failure as the API shows it.
@@ -256,6 +291,71 @@ pub struct Attachment {
     pub output: broadcast::Receiver<OutputChunk>,
     /// The last chunk the redraw covers.
     pub redraw_seq: u64,
+    /// The running structured turn's transcript so far, when one runs
+    /// (its later chunks arrive on `transcript`).
+    pub transcript_so_far: Option<Bytes>,
+    /// Transcript chunks of structured turns from now on.
+    pub transcript: broadcast::Receiver<TranscriptChunk>,
+}
+
+/// A piece of a structured turn's rendered transcript (see
+/// [`super::transcript`]).
+#[derive(Debug, Clone)]
+pub enum TranscriptChunk {
+    /// A turn starts: its header.
+    Begin(Bytes),
+    /// More of the turn.
+    Text(Bytes),
+    /// The turn's end line; the terminal view goes back to the CLI.
+    End(Bytes),
+}
+
+/// A person holding the session, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldInfo {
+    /// Who holds it.
+    pub by: String,
+    /// The Scout conversation taken over (`None`: the session's default).
+    pub conversation: Option<String>,
+    /// The CLI session the interactive CLI was resumed on, when there was
+    /// one to resume and the harness can.
+    pub cli_session: Option<String>,
+    /// Since when.
+    pub since: String,
+}
+
+/// A person's hold: its place in the line of turns, and what was resumed.
+#[derive(Debug)]
+struct Hold {
+    info: HoldInfo,
+    /// The turn lock, held for as long as the person holds the session.
+    _turns: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The running structured turn's transcript.
+#[derive(Debug, Default)]
+struct LiveTranscript {
+    renderer: Option<TranscriptRenderer>,
+    so_far: String,
+}
+
+/// Hands the session task the program that replaces the one on the
+/// terminal (see [`Session::restart_interactive`]).
+#[derive(Debug)]
+struct Replacement {
+    /// The task tells when the old program's output is all handled.
+    drained: oneshot::Sender<()>,
+    /// Then it takes the new program's output (`None`: there is none, the
+    /// session ends).
+    next: oneshot::Receiver<Option<mpsc::Receiver<OutputChunk>>>,
+}
+
+/// The program on the terminal and how it was started.
+#[derive(Debug)]
+struct OnTerminal {
+    process: Arc<PtyProcess>,
+    argv: Vec<String>,
 }
 
 /// How a session is set up.
@@ -286,15 +386,18 @@ pub struct Session {
     config: SessionConfig,
     adapter: Box<dyn Adapter>,
     agent_env: AgentEnv,
-    argv: Vec<String>,
     /// The value of [`SESSION_MARKER_VAR`] every process of this session
     /// inherits, to find the ones that leave its process group.
     marker: String,
     /// Unix ms.
     created_at: u64,
-    process: PtyProcess,
+    /// Replaced only by [`Session::restart_interactive`].
+    terminal: Mutex<OnTerminal>,
+    replacement: Mutex<Option<Replacement>>,
     screen: Arc<Mutex<Screen>>,
     output: broadcast::Sender<OutputChunk>,
+    transcript: broadcast::Sender<TranscriptChunk>,
+    live_transcript: Mutex<LiveTranscript>,
     events: broadcast::Sender<RuntimeEvent>,
     state: Mutex<SessionState>,
     pty_turn: Mutex<Option<PtyTurn>>,
@@ -314,7 +417,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.config.id)
-            .field("pid", &self.process.pid())
+            .field("pid", &self.process().pid())
             .finish_non_exhaustive()
     }
 }
@@ -341,6 +444,8 @@ struct SessionState {
     structured_pid: Option<u32>,
     n_turns: u64,
     permit: Option<OwnedSemaphorePermit>,
+    /// A person holding the session (see [`Session::take`]).
+    held: Option<Hold>,
 }
 
 impl SessionState {
@@ -424,15 +529,21 @@ impl Session {
         let auth = adapter.auth_status(&agent_env);
         let ready_at_spawn = adapter.ready_at_spawn();
         let (output, _) = broadcast::channel(OUTPUT_BROADCAST_CHUNKS);
+        let (transcript, _) = broadcast::channel(TRANSCRIPT_BROADCAST_CHUNKS);
         let session = Arc::new(Session {
             adapter,
             agent_env,
-            argv,
             marker,
             created_at: config.broker_env.now_unix_ms(),
-            process,
+            terminal: Mutex::new(OnTerminal {
+                process: Arc::new(process),
+                argv,
+            }),
+            replacement: Mutex::new(None),
             screen,
             output,
+            transcript,
+            live_transcript: Mutex::new(LiveTranscript::default()),
             events,
             state: Mutex::new(SessionState {
                 ready_at: None,
@@ -450,6 +561,7 @@ impl Session {
                 structured_pid: None,
                 n_turns: 0,
                 permit: Some(permit),
+                held: None,
             }),
             pty_turn: Mutex::new(None),
             turn_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -461,7 +573,7 @@ impl Session {
         });
         tracing::info!(
             agent = %session.config.id,
-            pid = session.process.pid(),
+            pid = session.process().pid(),
             harness = %session.adapter.harness(),
             "agent started"
         );
@@ -497,6 +609,10 @@ impl Session {
     /// How the API shows this agent now.
     pub fn info(&self) -> AgentInfo {
         let size = self.lock_screen().size();
+        let (pid, command) = {
+            let terminal = self.lock_terminal();
+            (terminal.process.pid(), terminal.argv.clone())
+        };
         let state = self.lock_state();
         let status = state.status();
         AgentInfo {
@@ -505,8 +621,8 @@ impl Session {
             harness: self.adapter.harness(),
             workdir: self.config.workdir.clone(),
             status,
-            pid: self.process.pid(),
-            command: self.argv.clone(),
+            pid,
+            command,
             created_at: rfc3339(self.created_at),
             ready_at: state.ready_at.map(rfc3339),
             stopped_at: state.stopped_at.map(rfc3339),
@@ -524,6 +640,7 @@ impl Session {
             login_url: state.login_url.clone().filter(|_| state.login_required),
             auth: state.auth,
             error: state.error.clone(),
+            held: state.held.as_ref().map(|hold| hold.info.clone()),
         }
     }
 
@@ -537,10 +654,18 @@ impl Session {
         // Under the screen lock no chunk can be processed, so the redraw and
         // the subscription meet exactly at `redraw_seq`.
         let screen = self.lock_screen();
+        // Under the transcript lock no transcript chunk is sent, so the
+        // transcript so far and the subscription meet too.
+        let live = self.lock_live_transcript();
         Attachment {
             redraw: screen.redraw_bytes(),
             redraw_seq: screen.seq(),
             output: self.output.subscribe(),
+            transcript_so_far: live
+                .renderer
+                .is_some()
+                .then(|| Bytes::from(live.so_far.clone())),
+            transcript: self.transcript.subscribe(),
         }
     }
 
@@ -551,9 +676,10 @@ impl Session {
         (screen.redraw_bytes(), screen.seq())
     }
 
-    /// The queue of bytes typed into the terminal.
-    pub fn input(&self) -> &mpsc::Sender<Bytes> {
-        self.process.input()
+    /// The queue of bytes typed into the terminal (of the program on it
+    /// now: after a restart, the new one's).
+    pub fn input(&self) -> mpsc::Sender<Bytes> {
+        self.process().input().clone()
     }
 
     /// Resizes the terminal and the screen model.
@@ -568,7 +694,7 @@ impl Session {
             )));
         }
         self.lock_screen().resize(size);
-        self.process
+        self.process()
             .resize(size)
             .map_err(|err| RuntimeError::InvalidRequest(format!("cannot resize: {err}")))
     }
@@ -599,7 +725,7 @@ impl Session {
     /// Stops the program with its process group and terminal session, then
     /// whatever else it started that left them (see [`super::marker`]).
     async fn terminate_all(&self) {
-        self.process.terminate(self.config.stop_grace).await;
+        self.process().terminate(self.config.stop_grace).await;
         stop_marked(&self.marker, self.config.stop_grace).await;
     }
 
@@ -616,6 +742,18 @@ impl Session {
         timeout: Duration,
         conversation: Option<String>,
     ) -> Result<Turn, RuntimeError> {
+        self.run_turn_from(prompt, timeout, conversation, TurnAsker::local_api())
+    }
+
+    /// [`Session::run_turn`], saying who asked (for the transcript terminal
+    /// watchers see).
+    pub fn run_turn_from(
+        self: &Arc<Self>,
+        prompt: String,
+        timeout: Duration,
+        conversation: Option<String>,
+        asker: TurnAsker,
+    ) -> Result<Turn, RuntimeError> {
         self.check_can_run_turn()?;
         let turn_id = {
             let mut state = self.lock_state();
@@ -630,10 +768,24 @@ impl Session {
             let deadline = Instant::now() + timeout;
             let lock = session.turn_lock.clone();
             let run = async {
+                if let Some(hold) = session.held() {
+                    // Routed work waits for the person, and says so in its
+                    // flight's output.
+                    let _ = events_tx.try_send(TurnEvent::Output(format!(
+                        "[waiting: {} holds this agent; the turn runs when they release it]\n",
+                        hold.by
+                    )));
+                }
                 let _guard = lock.lock_owned().await;
                 session.set_turn_active(true);
                 let outcome = match session.adapter.turn_style() {
                     TurnStyle::Structured => {
+                        session.transcript_begin(&TurnHeader {
+                            turn_id: id.clone(),
+                            asker,
+                            conversation: conversation.clone(),
+                            prompt: prompt.clone(),
+                        });
                         session
                             .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
                             .await
@@ -667,6 +819,7 @@ impl Session {
                 );
             }
             tracing::debug!(agent = %session.config.id, turn = %id, ?outcome, "turn finished");
+            session.transcript_end(&outcome);
             let _ = events_tx.send(TurnEvent::Finished(outcome)).await;
         });
         Ok(Turn {
@@ -861,17 +1014,17 @@ impl Session {
                     StructuredEvent::TextDelta(delta) => {
                         answer.deltas.push_str(&delta);
                         answer.delta_since_message = true;
-                        let _ = events.try_send(TurnEvent::Output(delta));
+                        self.tap(events, TurnEvent::Output(delta));
                     }
                     StructuredEvent::Message(message) => {
                         if !answer.delta_since_message {
-                            let _ = events.try_send(TurnEvent::Output(format!("{message}\n")));
+                            self.tap(events, TurnEvent::Output(format!("{message}\n")));
                         }
                         answer.delta_since_message = false;
                         answer.last_message = Some(message);
                     }
                     StructuredEvent::Tool(tool) => {
-                        let _ = events.try_send(TurnEvent::Tool(tool));
+                        self.tap(events, TurnEvent::Tool(tool));
                     }
                     StructuredEvent::Notice(notice) => answer.last_notice = Some(notice),
                     StructuredEvent::Completed { result } => {
@@ -881,7 +1034,7 @@ impl Session {
                     }
                     StructuredEvent::Usage(usage) => {
                         answer.usage = answer.usage.plus(usage);
-                        let _ = events.try_send(TurnEvent::Usage(answer.usage));
+                        self.tap(events, TurnEvent::Usage(answer.usage));
                     }
                     StructuredEvent::Failed { message, kind } => {
                         outcome = Some(TurnOutcome::Failed {
@@ -960,6 +1113,227 @@ impl Session {
             failure: TurnFailure::of_kind(kind),
             message,
         }
+    }
+
+    /// Hands a structured turn's event to its consumer and to the
+    /// transcript terminal watchers see.
+    fn tap(&self, events: &mpsc::Sender<TurnEvent>, event: TurnEvent) {
+        self.transcript_event(&event);
+        let _ = events.try_send(event);
+    }
+
+    /// A structured turn starts: its transcript begins.
+    fn transcript_begin(&self, header: &TurnHeader) {
+        let cols = self.lock_screen().size().cols;
+        let mut live = self.lock_live_transcript();
+        let mut renderer = TranscriptRenderer::new(cols);
+        let text = renderer.begin(header);
+        live.renderer = Some(renderer);
+        live.so_far.clear();
+        push_bounded(&mut live.so_far, &text);
+        let _ = self
+            .transcript
+            .send(TranscriptChunk::Begin(Bytes::from(text)));
+    }
+
+    fn transcript_event(&self, event: &TurnEvent) {
+        let mut live = self.lock_live_transcript();
+        let Some(renderer) = live.renderer.as_mut() else {
+            return;
+        };
+        let text = renderer.event(event);
+        if text.is_empty() {
+            return;
+        }
+        push_bounded(&mut live.so_far, &text);
+        let _ = self
+            .transcript
+            .send(TranscriptChunk::Text(Bytes::from(text)));
+    }
+
+    /// The turn ended: its transcript ends (when it had begun).
+    fn transcript_end(&self, outcome: &TurnOutcome) {
+        let mut live = self.lock_live_transcript();
+        let Some(mut renderer) = live.renderer.take() else {
+            return;
+        };
+        live.so_far.clear();
+        let text = renderer.event(&TurnEvent::Finished(outcome.clone()));
+        let _ = self
+            .transcript
+            .send(TranscriptChunk::End(Bytes::from(text)));
+    }
+
+    /// The person holding the session, while one does.
+    pub fn held(&self) -> Option<HoldInfo> {
+        self.lock_state()
+            .held
+            .as_ref()
+            .map(|hold| hold.info.clone())
+    }
+
+    /// A person takes the session over: they get in line behind the turns
+    /// already queued (waiting at most [`TAKE_WAIT`]), and the interactive
+    /// CLI is restarted resumed on the CLI session of `conversation` (the
+    /// most recently used one when `None`) when there is one and the
+    /// harness can resume. Routed turns wait until [`Session::release`].
+    pub async fn take(
+        self: &Arc<Self>,
+        by: String,
+        conversation: Option<String>,
+    ) -> Result<HoldInfo, RuntimeError> {
+        if self.is_finished() {
+            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+        }
+        if let Some(hold) = self.held() {
+            return Err(RuntimeError::AgentHeld {
+                id: self.config.id.clone(),
+                by: hold.by,
+            });
+        }
+        let turns = self.turn_lock.clone().lock_owned();
+        let Ok(turns) = tokio::time::timeout(TAKE_WAIT, turns).await else {
+            return Err(match self.held() {
+                Some(hold) => RuntimeError::AgentHeld {
+                    id: self.config.id.clone(),
+                    by: hold.by,
+                },
+                None => RuntimeError::AgentBusy(self.config.id.clone()),
+            });
+        };
+        let (conversation, cli_session) = {
+            let state = self.lock_state();
+            match conversation {
+                Some(conversation) => {
+                    let cli_session = state.cli_sessions.get(Some(&conversation));
+                    (Some(conversation), cli_session)
+                }
+                None => match state.cli_sessions.latest() {
+                    Some((conversation, cli_session)) => (conversation, Some(cli_session)),
+                    None => (None, None),
+                },
+            }
+        };
+        let resume = cli_session
+            .as_deref()
+            .and_then(|id| self.adapter.interactive_resume_argv(id));
+        if let Some(argv) = resume.clone() {
+            self.restart_interactive(argv).await?;
+        }
+        let info = HoldInfo {
+            by,
+            conversation,
+            cli_session: cli_session.filter(|_| resume.is_some()),
+            since: rfc3339(self.config.broker_env.now_unix_ms()),
+        };
+        tracing::info!(agent = %self.config.id, by = %info.by, cli_session = ?info.cli_session, "taken over by a person");
+        self.lock_state().held = Some(Hold {
+            info: info.clone(),
+            _turns: turns,
+        });
+        Ok(info)
+    }
+
+    /// The person hands the session back: a resumed interactive CLI is
+    /// restarted fresh, then the turns waiting run, continuing the CLI
+    /// session (which now holds the person's turns too).
+    pub async fn release(&self) -> Result<HoldInfo, RuntimeError> {
+        let Some(hold) = self.lock_state().held.take() else {
+            return Err(RuntimeError::AgentNotHeld(self.config.id.clone()));
+        };
+        if hold.info.cli_session.is_some() && !self.is_finished() {
+            let argv = self.adapter.interactive_argv();
+            if let Err(err) = self.restart_interactive(argv).await {
+                tracing::warn!(agent = %self.config.id, cause = %err, "cannot restart the CLI after a release");
+            }
+        }
+        tracing::info!(agent = %self.config.id, by = %hold.info.by, "released by a person");
+        // Dropping the hold lets the waiting turns run.
+        Ok(hold.info.clone())
+    }
+
+    /// Replaces the program on the terminal with `argv`: the old one is
+    /// stopped and its output drained by the session task, the terminal
+    /// view is reset, and the new one starts on the same screen model and
+    /// output stream. Only while the caller holds the turn lock, so no turn
+    /// reads the terminal meanwhile.
+    async fn restart_interactive(&self, argv: Vec<String>) -> Result<(), RuntimeError> {
+        let (drained_tx, drained_rx) = oneshot::channel();
+        let (next_tx, next_rx) = oneshot::channel();
+        {
+            let state = self.lock_state();
+            if state.stop_reason.is_some() || state.stopped_at.is_some() {
+                return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+            }
+            *self.lock_replacement() = Some(Replacement {
+                drained: drained_tx,
+                next: next_rx,
+            });
+        }
+        let old = self.process();
+        old.terminate(self.config.stop_grace).await;
+        if tokio::time::timeout(RESTART_DRAIN_WAIT, drained_rx)
+            .await
+            .is_err()
+        {
+            let _ = next_tx.send(None);
+            return Err(RuntimeError::SpawnFailed(
+                "the old CLI's output did not drain".to_owned(),
+            ));
+        }
+        if self.lock_state().stop_reason.is_some() {
+            let _ = next_tx.send(None);
+            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+        }
+        // A full reset, for the screen model and for every watcher: the
+        // old program may have left modes set (alternate screen, colours).
+        let size = {
+            let mut screen = self.lock_screen();
+            let seq = screen.process(super::transcript::TERMINAL_RESET);
+            let _ = self.output.send(OutputChunk {
+                seq,
+                bytes: Bytes::from_static(super::transcript::TERMINAL_RESET),
+            });
+            self.pumped_seq.store(seq, Ordering::SeqCst);
+            screen.size()
+        };
+        let mut env = self.config.env.clone();
+        env.push((SESSION_MARKER_VAR.to_owned(), self.marker.clone()));
+        let spec = SpawnSpec {
+            argv: argv.clone(),
+            cwd: self.config.workdir.clone(),
+            env,
+            env_remove: self.config.env_remove.clone(),
+            size,
+        };
+        let screen = self.screen.clone();
+        let spawned = tokio::task::spawn_blocking(move || PtyProcess::spawn(&spec, screen)).await;
+        match spawned {
+            Ok(Ok((process, output_rx))) => {
+                tracing::info!(agent = %self.config.id, pid = process.pid(), ?argv, "CLI restarted");
+                *self.lock_terminal() = OnTerminal {
+                    process: Arc::new(process),
+                    argv,
+                };
+                let _ = next_tx.send(Some(output_rx));
+                Ok(())
+            }
+            Ok(Err(err)) => {
+                let _ = next_tx.send(None);
+                Err(RuntimeError::SpawnFailed(err.to_string()))
+            }
+            Err(err) => {
+                let _ = next_tx.send(None);
+                Err(RuntimeError::SpawnFailed(format!(
+                    "the spawner stopped: {err}"
+                )))
+            }
+        }
+    }
+
+    /// The program on the terminal now.
+    fn process(&self) -> Arc<PtyProcess> {
+        self.lock_terminal().process.clone()
     }
 
     fn abandon_pty_turn(&self, turn_id: &str) {
@@ -1137,7 +1511,7 @@ impl Session {
     /// The session ended: record why, tell subscribers, fail the running
     /// turn, free the slot.
     fn finish(&self) {
-        let exit = self.process.exited();
+        let exit = self.process().exited();
         let (reason, error, permit) = {
             let mut state = self.lock_state();
             state.stopped_at = Some(self.config.broker_env.now_unix_ms());
@@ -1168,6 +1542,9 @@ impl Session {
                 None => (how, None),
             };
             state.error = error.clone();
+            // Nobody holds a stopped session; the turns waiting behind the
+            // hold run and hear that it stopped.
+            state.held = None;
             if let Some(pid) = state.structured_pid {
                 signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
             }
@@ -1210,6 +1587,24 @@ impl Session {
 
     fn lock_state(&self) -> MutexGuard<'_, SessionState> {
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_terminal(&self) -> MutexGuard<'_, OnTerminal> {
+        self.terminal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_replacement(&self) -> MutexGuard<'_, Option<Replacement>> {
+        self.replacement
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_live_transcript(&self) -> MutexGuard<'_, LiveTranscript> {
+        self.live_transcript
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -1268,9 +1663,29 @@ impl PtyTurn {
     }
 }
 
-/// The session task: see the module documentation.
+/// The session task: see the module documentation. It pumps the program
+/// on the terminal until it is gone, then the one that replaced it, if any.
 async fn pump(session: Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>) {
-    let mut exit = session.process.exit_watch();
+    loop {
+        pump_program(&session, output_rx).await;
+        let replacement = session.lock_replacement().take();
+        let Some(replacement) = replacement else {
+            break;
+        };
+        let _ = replacement.drained.send(());
+        match replacement.next.await {
+            Ok(Some(next)) => output_rx = next,
+            _ => break,
+        }
+    }
+    session.classify();
+    session.finish();
+}
+
+/// Pumps one program's output until it has exited and its output is drained.
+async fn pump_program(session: &Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>) {
+    let process = session.process();
+    let mut exit = process.exit_watch();
     let mut output_open = true;
     let mut exited = false;
     let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
@@ -1296,9 +1711,19 @@ async fn pump(session: Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>)
                 exited = true;
                 // The program is gone; whatever it started in its group or
                 // session goes too, while the last output drains.
-                let session = session.clone();
+                // When the program exits because a person's take or release
+                // replaces it, the session goes on: only this program's
+                // group goes, not every process carrying the session's
+                // marker (the replacement carries it too).
+                let process = process.clone();
+                let grace = session.config.stop_grace;
+                let replacing = session.lock_replacement().is_some();
+                let marker = session.marker.clone();
                 cleanup = Some(tokio::spawn(async move {
-                    session.terminate_all().await;
+                    process.terminate(grace).await;
+                    if !replacing {
+                        stop_marked(&marker, grace).await;
+                    }
                 }));
             }
             joined = async { cleanup.as_mut().expect("guarded").await }, if cleanup.is_some() => {
@@ -1325,8 +1750,24 @@ async fn pump(session: Arc<Session>, mut output_rx: mpsc::Receiver<OutputChunk>)
     if let Some(cleanup) = cleanup {
         let _ = cleanup.await;
     }
-    session.classify();
-    session.finish();
+}
+
+/// Appends to a replay buffer, keeping its last
+/// [`TRANSCRIPT_REPLAY_BYTES_MAX`] bytes (cut at a line start when there
+/// is one, so no escape sequence is cut in half).
+fn push_bounded(buffer: &mut String, text: &str) {
+    buffer.push_str(text);
+    if buffer.len() <= TRANSCRIPT_REPLAY_BYTES_MAX {
+        return;
+    }
+    let mut cut = buffer.len() - TRANSCRIPT_REPLAY_BYTES_MAX;
+    while !buffer.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let cut = buffer[cut..]
+        .find('\n')
+        .map_or(cut, |newline| cut + newline + 1);
+    buffer.drain(..cut);
 }
 
 /// Returns once `watch` holds `true` (or its sender is gone).
@@ -1380,6 +1821,11 @@ impl CliSessions {
     fn remove(&mut self, conversation: Option<&str>) {
         self.entries
             .retain(|(key, _)| key.as_deref() != conversation);
+    }
+
+    /// The most recently used conversation and its CLI session.
+    fn latest(&self) -> Option<(Option<String>, String)> {
+        self.entries.last().cloned()
     }
 
     fn insert(&mut self, conversation: Option<&str>, cli_session: String) {
@@ -1532,6 +1978,31 @@ mod tests {
             read_line_bounded(&mut reader, &mut line, 8).await.unwrap(),
             LineRead::Eof
         ));
+    }
+
+    #[test]
+    fn the_transcript_replay_keeps_whole_lines_of_its_tail() {
+        let mut buffer = String::new();
+        let line = format!("{}\r\n", "é".repeat(100));
+        for _ in 0..(TRANSCRIPT_REPLAY_BYTES_MAX / line.len() + 10) {
+            push_bounded(&mut buffer, &line);
+        }
+        assert!(buffer.len() <= TRANSCRIPT_REPLAY_BYTES_MAX);
+        assert!(buffer.starts_with('é'), "cut at a line start");
+        assert!(buffer.ends_with("é\r\n"));
+    }
+
+    #[test]
+    fn the_latest_cli_session_is_the_most_recently_used() {
+        let mut sessions = CliSessions::default();
+        assert_eq!(sessions.latest(), None);
+        sessions.insert(Some("a"), "cli-a".to_owned());
+        sessions.insert(None, "cli-default".to_owned());
+        sessions.insert(Some("a"), "cli-a".to_owned());
+        assert_eq!(
+            sessions.latest(),
+            Some((Some("a".to_owned()), "cli-a".to_owned()))
+        );
     }
 
     #[test]

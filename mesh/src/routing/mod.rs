@@ -431,6 +431,9 @@ pub struct Execute {
     /// conversation, so turns of one conversation continue each other and
     /// turns of another never see them.
     pub conversation_id: Option<String>,
+    /// The broker the invocation came from (shown to whoever watches the
+    /// agent run it).
+    pub origin: NodeId,
 }
 
 /// What an [`Event`] says changed.

@@ -283,6 +283,7 @@ impl Router {
             action: flight.invocation.action,
             deadline_unix_ms: flight.invocation.deadline_unix_ms,
             conversation_id: flight.invocation.conversation_id.clone(),
+            origin: flight.invocation.origin.clone(),
         };
         let origin = flight.invocation.origin.clone();
         self.push(Output::Execute(execute));

@@ -607,12 +607,22 @@ impl Driver {
             .deadline_unix_ms
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(now.unix_ms)))
             .unwrap_or(Duration::from_millis(super::DEFAULT_DEADLINE_MS));
+        let origin_node = if execute.origin == self.node_id {
+            Some(self.node_name.to_string())
+        } else {
+            self.mesh
+                .peers()
+                .into_iter()
+                .find(|peer| peer.node_id == execute.origin.to_string())
+                .map(|peer| peer.name)
+        };
         let execution = self.executor.execute(ExecRequest {
             invocation_id: id.clone(),
             instance: execute.instance,
             agent,
             prompt: execute.prompt,
             conversation_id: execute.conversation_id,
+            origin_node,
             timeout,
         });
         self.running.insert(id.clone(), execution.cancel);

@@ -33,6 +33,8 @@ pub struct ExecRequest {
     /// The conversation it belongs to (the agent's CLI session continues
     /// per conversation).
     pub conversation_id: Option<String>,
+    /// The name of the node the invocation came from, when known.
+    pub origin_node: Option<String>,
     /// How long the turn may take.
     pub timeout: Duration,
 }
@@ -157,11 +159,16 @@ async fn run_on_session(
             }
         }
     };
-    let mut turn = match sessions.run_turn(
+    let asker = crate::pty::TurnAsker {
+        by: format!("invocation {}", request.invocation_id),
+        node: request.origin_node.clone(),
+    };
+    let mut turn = match sessions.run_turn_from(
         &session_id,
         request.prompt.clone(),
         Some(request.timeout),
         request.conversation_id.clone(),
+        asker,
     ) {
         Ok(turn) => turn,
         Err(err) => return refused(&err),
