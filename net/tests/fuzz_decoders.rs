@@ -183,6 +183,8 @@ fn frame_seeds() -> Vec<MeshFrame> {
         output: "partial output\n\u{1b}[0m".into(),
         failure_reason: Some(FailureReason::Timeout),
         detail: Some("the deadline passed".into()),
+        failure_code: None,
+        usage: None,
     };
     let mut frames = vec![
         MeshFrame::Hello(hello.clone()),

@@ -845,6 +845,8 @@ impl Sim {
                     output: FlightOutput::new(),
                     failure_reason: None,
                     detail: None,
+                    failure_code: None,
+                    usage: None,
                 }),
             });
         }
@@ -1022,6 +1024,8 @@ impl Sim {
                         output: result,
                         failure_reason: failure.as_ref().map(|(reason, _)| *reason),
                         detail: failure.map(|(_, detail)| detail),
+                        failure_code: None,
+                        usage: None,
                     });
                 }
             }
@@ -1404,6 +1408,8 @@ fn reconcile(rows: &mut Rows) {
                     output: FlightOutput::new(),
                     failure_reason: Some(FailureReason::HarnessError),
                     detail: Some("interrupted by a restart".into()),
+                    failure_code: None,
+                    usage: None,
                 });
             }
             FlightState::Waking => row.state = FlightState::Queued,

@@ -335,6 +335,8 @@ pub fn flight_update(flight: &Flight) -> FlightUpdate {
         output,
         failure_reason: flight.failure_reason,
         detail: flight.failure_detail.clone(),
+        failure_code: None,
+        usage: None,
     }
 }
 
