@@ -76,6 +76,21 @@ impl Usage {
         *self == Usage::default()
     }
 
+    /// The usage with every number cut to its limit, so that what a
+    /// broker reports for one flight always passes [`Usage::check_limits`]
+    /// at the receiver (a CLI's nonsense must not make a result
+    /// undeliverable).
+    pub fn clamped(self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.min(USAGE_TOKENS_MAX),
+            output_tokens: self.output_tokens.min(USAGE_TOKENS_MAX),
+            cached_tokens: self.cached_tokens.min(USAGE_TOKENS_MAX),
+            cost_micro_usd: self
+                .cost_micro_usd
+                .map(|cost| cost.min(USAGE_COST_MICRO_USD_MAX)),
+        }
+    }
+
     /// Checks the numbers of one flight against their limits.
     pub fn check_limits(&self) -> Result<(), UsageTooLarge> {
         let tokens = [
@@ -216,6 +231,14 @@ mod tests {
             ..ok
         };
         assert_eq!(costly.check_limits().unwrap_err().field, "cost_micro_usd");
+        let huge = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cached_tokens: u64::MAX,
+            cost_micro_usd: Some(u64::MAX),
+        };
+        assert!(huge.clamped().check_limits().is_ok());
+        assert_eq!(ok.clamped(), ok);
     }
 
     #[test]

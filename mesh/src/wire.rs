@@ -1214,9 +1214,11 @@ impl MeshFrame {
                 }
                 // `failure_code` is bounded by its type, when decoded.
                 if let Some(usage) = &update.usage {
-                    usage.check_limits().map_err(|err| WireError::MalformedFrame {
-                        detail: err.to_string(),
-                    })?;
+                    usage
+                        .check_limits()
+                        .map_err(|err| WireError::MalformedFrame {
+                            detail: err.to_string(),
+                        })?;
                 }
                 Ok(())
             }
@@ -1810,7 +1812,10 @@ mod tests {
         let flight_update_index = 11u32;
         let old_bytes =
             postcard::to_allocvec(&(PROTOCOL_VERSION, flight_update_index, &old)).unwrap();
-        assert_eq!(old_bytes, encode_frame(&MeshFrame::FlightUpdate(plain.clone())));
+        assert_eq!(
+            old_bytes,
+            encode_frame(&MeshFrame::FlightUpdate(plain.clone()))
+        );
         assert_eq!(
             decode_frame(&old_bytes).unwrap(),
             MeshFrame::FlightUpdate(plain)
@@ -1832,8 +1837,9 @@ mod tests {
         assert_eq!(err.code(), "MALFORMED_FRAME");
         assert!(err.to_string().contains("input_tokens"), "{err}");
 
-        let frame = postcard::to_allocvec(&(PROTOCOL_VERSION, MeshFrame::FlightUpdate(base.clone())))
-            .unwrap();
+        let frame =
+            postcard::to_allocvec(&(PROTOCOL_VERSION, MeshFrame::FlightUpdate(base.clone())))
+                .unwrap();
         #[derive(Serialize)]
         struct RawTail {
             failure_code: Option<String>,
@@ -1858,7 +1864,10 @@ mod tests {
         assert!(decode_frame(&good).is_ok());
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(decode_frame(&trailing).unwrap_err().code(), "MALFORMED_FRAME");
+        assert_eq!(
+            decode_frame(&trailing).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
         for cut in frame.len() + 1..good.len() {
             assert_eq!(
                 decode_frame(&good[..cut]).unwrap_err().code(),
@@ -1867,11 +1876,13 @@ mod tests {
             );
         }
         let mut ping = encode_frame(&MeshFrame::Ping { nonce: 1 });
-        ping.extend(postcard::to_allocvec(&RawTail {
-            failure_code: None,
-            usage: Some(usage()),
-        })
-        .unwrap());
+        ping.extend(
+            postcard::to_allocvec(&RawTail {
+                failure_code: None,
+                usage: Some(usage()),
+            })
+            .unwrap(),
+        );
         assert_eq!(decode_frame(&ping).unwrap_err().code(), "MALFORMED_FRAME");
     }
 

@@ -214,6 +214,10 @@ async fn flights(
                     &invocation.invocation_id,
                 )?;
                 rows.push(FlightRow {
+                    failure_code: delivery
+                        .as_ref()
+                        .and_then(|d| d.failure_code.clone())
+                        .or(flight.as_ref().and_then(|f| f.failure_code.clone())),
                     failure_reason: delivery
                         .as_ref()
                         .and_then(|d| d.failure_reason)

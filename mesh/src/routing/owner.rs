@@ -5,6 +5,7 @@
 
 use crate::lifecycle::{FailureReason, FlightState};
 use crate::output::FlightOutput;
+use crate::usage::Usage;
 use crate::wire::{ErrorCode, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId};
 
 use super::{
@@ -427,6 +428,9 @@ impl Router {
                 flight.output.clone(),
             ),
         };
+        // Cut to the wire's limits here, so the origin never refuses the
+        // report of an end over an agent's nonsense numbers.
+        let usage = usage.map(Usage::clamped);
         let update = FlightUpdate {
             invocation_id: id.to_owned(),
             state,

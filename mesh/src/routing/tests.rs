@@ -723,7 +723,9 @@ fn a_failure_code_and_usage_reach_the_origin_even_after_its_restart() {
         .expect("the delivery ended");
     assert_eq!(ended.code.as_ref(), Some(&code));
     assert_eq!(ended.usage, Some(usage));
-    assert!(world.nodes[&a].rows.results["i1"].starts_with("[failed: harness_error, AUTH_REQUIRED]"));
+    assert!(
+        world.nodes[&a].rows.results["i1"].starts_with("[failed: harness_error, AUTH_REQUIRED]")
+    );
     let owned = world.nodes[&b].rows.flights["i1"].2.clone().unwrap();
     assert_eq!(owned.failure_code, Some(code));
     assert_eq!(owned.usage, Some(usage));
