@@ -52,7 +52,7 @@ fn running(context: &Context) -> anyhow::Result<BrokerClient> {
     })
 }
 
-fn api_error(err: ClientError) -> anyhow::Error {
+pub(crate) fn api_error(err: ClientError) -> anyhow::Error {
     match err {
         ClientError::Api {
             code,
