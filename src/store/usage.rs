@@ -167,3 +167,137 @@ pub fn usage_by_instance(
     all.truncate(rows_max);
     Ok((all, truncated))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::flights::Flight;
+
+    fn store_with_flights() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scout.db");
+        let mut connection = Connection::open(&path).unwrap();
+        crate::store::migrations::migrate(&mut connection, &path).unwrap();
+        for (id, instance, state, reason, at) in [
+            ("f1", "@a@n#main", "completed", None, 100),
+            ("f2", "@a@n#main", "failed", Some("harness_error"), 200),
+            ("f3", "@b@n", "completed", None, 300),
+            ("f4", "@b@n", "running", None, 400),
+            ("f5", "@a@n#main", "completed", None, 10),
+        ] {
+            connection
+                .execute(
+                    "INSERT INTO invocations (invocation_id, action, body, origin_node, target,
+                         delivery_policy, created_at_ms)
+                     VALUES (?1, 'execute', 'b', 'o', 't', 'durable', 0)",
+                    [id],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO flights (flight_id, invocation_id, state, chosen_instance,
+                         failure_reason, created_at_ms, updated_at_ms)
+                     VALUES (?1, ?1, ?2, ?3, ?4, 0, ?5)",
+                    params![id, state, instance, reason, at],
+                )
+                .unwrap();
+        }
+        (dir, connection)
+    }
+
+    fn usage(input: u64, cost: Option<u64>) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: 2,
+            cached_tokens: 1,
+            cost_micro_usd: cost,
+        }
+    }
+
+    #[test]
+    fn outcomes_round_trip_and_totals_count_finished_flights_in_the_window() {
+        let (_dir, mut connection) = store_with_flights();
+        let tx = connection.transaction().unwrap();
+        let code = FailureCode::parse("AUTH_REQUIRED").unwrap();
+        for (id, outcome) in [
+            (
+                "f1",
+                Outcome {
+                    failure_code: None,
+                    usage: Some(usage(10, Some(5))),
+                },
+            ),
+            (
+                "f2",
+                Outcome {
+                    failure_code: Some(code.clone()),
+                    usage: Some(usage(20, None)),
+                },
+            ),
+            (
+                "f3",
+                Outcome {
+                    failure_code: None,
+                    usage: None,
+                },
+            ),
+        ] {
+            set_outcome(&tx, OutcomeTable::Flights, id, &outcome).unwrap();
+        }
+        tx.commit().unwrap();
+        let f2 = Flight::get(&connection, "f2").unwrap().unwrap();
+        assert_eq!(f2.failure_code, Some(code));
+        assert_eq!(f2.usage, Some(usage(20, None)));
+        let f3 = Flight::get(&connection, "f3").unwrap().unwrap();
+        assert_eq!((f3.failure_code, f3.usage), (None, None));
+
+        // f4 is running and f5 ended before the window: neither counts.
+        let (rows, truncated) = usage_by_instance(&connection, 50, 10).unwrap();
+        assert!(!truncated);
+        assert_eq!(
+            rows,
+            vec![
+                InstanceUsage {
+                    instance: "@a@n#main".into(),
+                    flights: 2,
+                    failed: 1,
+                    usage: Usage {
+                        input_tokens: 30,
+                        output_tokens: 4,
+                        cached_tokens: 2,
+                        cost_micro_usd: Some(5),
+                    },
+                },
+                InstanceUsage {
+                    instance: "@b@n".into(),
+                    flights: 1,
+                    failed: 0,
+                    usage: Usage::default(),
+                },
+            ]
+        );
+        let (rows, truncated) = usage_by_instance(&connection, 50, 1).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(truncated);
+    }
+
+    /// A row another build wrote badly reads as a typed error, and the
+    /// schema refuses a code that is no code.
+    #[test]
+    fn bad_outcome_columns_are_refused() {
+        let (_dir, connection) = store_with_flights();
+        let refused = connection.execute(
+            "UPDATE flights SET failure_code = 'not a code' WHERE flight_id = 'f1'",
+            [],
+        );
+        assert!(refused.unwrap_err().to_string().contains("CHECK"));
+        connection
+            .execute(
+                "UPDATE flights SET failure_code = '9LIVES' WHERE flight_id = 'f1'",
+                [],
+            )
+            .unwrap();
+        let err = Flight::get(&connection, "f1").unwrap_err();
+        assert_eq!(err.code(), "STORE_MALFORMED_ROW", "{err}");
+    }
+}
