@@ -73,6 +73,8 @@ impl Router {
             .mesh
             .peers()
             .into_iter()
+            // A revoked broker is no member: its flights are not asked for.
+            .filter(|peer| peer.state != "revoked")
             .map(|peer| (peer.node_id, peer.name))
             .collect();
         let name_of = |node: &NodeId| {
