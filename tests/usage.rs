@@ -187,6 +187,13 @@ fn usage_and_failure_codes_travel_back_to_the_origin_and_add_up() {
         .find(|row| row["invocation_id"] == refused.as_str())
         .expect("listed");
     assert_eq!(row["failure_code"], "AUTH_REQUIRED");
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["invocation_id"] == completed.as_str())
+        .expect("listed");
+    assert_eq!(row["usage"], one_turn(), "{row}");
 
     // Alpha totals beta's three flights (two failed; the refused one used
     // nothing), and nobody is missing.

@@ -182,6 +182,9 @@ pub struct FlightRow {
     /// The failed turn's stable code, when known; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_code: Option<FailureCode>,
+    /// What the flight used, when its agent reported it; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// A conversation with its messages (`GET /v1/conversations…`).

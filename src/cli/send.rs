@@ -254,7 +254,10 @@ pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode>
                     word(row.instance.as_deref()),
                     word(row.delivery.map(DeliveryState::as_str)),
                     word(row.flight.map(FlightState::as_str)),
-                    word(row.failure_reason.map(FailureReason::as_str)),
+                    match (&row.failure_reason, &row.failure_code) {
+                        (Some(reason), Some(code)) => format!("{reason} ({code})"),
+                        (reason, _) => word(reason.map(FailureReason::as_str)),
+                    },
                 ]
             })
             .collect();
