@@ -56,6 +56,7 @@ impl Executor for Instant0 {
         let _ = tx.try_send(ExecEvent::Started);
         let _ = tx.try_send(ExecEvent::Finished(ExecOutcome::Completed {
             response: format!("ok: {}", request.prompt),
+            usage: None,
         }));
         Execution { events, cancel }
     }

@@ -140,6 +140,8 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
             output: "forged".into(),
             failure_reason: None,
             detail: None,
+            failure_code: None,
+            usage: None,
         });
         let answer = request(&to_alpha, &forged, REQUEST_TIMEOUT).await.unwrap();
         assert_eq!(error_code(&answer), "NOT_OWNER");
@@ -149,6 +151,8 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
             output: "forged output".into(),
             failure_reason: None,
             detail: None,
+            failure_code: None,
+            usage: None,
         });
         let answer = request(&to_alpha, &unknown, REQUEST_TIMEOUT).await.unwrap();
         assert_eq!(error_code(&answer), "INVOCATION_NOT_FOUND");

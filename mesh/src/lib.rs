@@ -22,6 +22,8 @@
 //! - [`routing`]: the origin's delivery plan: send, retry, defer, query,
 //!   fail, reroute; the rules that keep execution exactly-once.
 //! - [`membership`]: one-time invites, invite codes and the join decision.
+//! - [`usage`]: what a flight used ([`usage::Usage`]: tokens and cost) and
+//!   the stable code of a failed turn ([`usage::FailureCode`]), bounded.
 //!
 //! Architecture invariant: nothing in this crate does IO. Its manifest has
 //! no tokio, quinn, rustls, rusqlite or mdns-sd (`cargo tree -p scout-mesh
@@ -39,4 +41,5 @@ pub mod registry;
 pub mod resolve;
 pub mod routing;
 pub mod sync;
+pub mod usage;
 pub mod wire;

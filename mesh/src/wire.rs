@@ -28,6 +28,7 @@ use crdts::{Dot, MVReg, VClock};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::output::FlightOutput;
+use crate::usage::{FailureCode, Usage};
 
 pub use crate::hlc::Hlc;
 use crate::lifecycle::{EndpointState, Harness};
@@ -996,6 +997,52 @@ pub enum MeshFrame {
     },
     /// Response to `FlightUpdate`, `FlightQuery` (with the flight) and `Cancel`.
     FlightAck(Option<FlightUpdate>),
+    /// Request: the usage of the flights the receiver ran (it answers for
+    /// its own flights only). A broker of an older build refuses the
+    /// unknown frame, and the asker lists it as missing.
+    UsageQuery(UsageQuery),
+    /// Response to `UsageQuery`.
+    UsageReport(UsageReport),
+}
+
+/// Agents one usage report lists at most: a broker runs a handful of
+/// agents, and 1,024 rows of under 200 bytes stay far below a frame.
+pub const USAGE_ROWS_MAX: usize = 1024;
+
+/// How far back a usage query may look: a year and a day. Owners clamp an
+/// older `since` to this, so one query never scans a store's whole past.
+pub const USAGE_RANGE_MS_MAX: u64 = 366 * 24 * 60 * 60 * 1000;
+
+const _: () = assert!(USAGE_ROWS_MAX * (AGENT_NAME_BYTES_MAX + 64) < FRAME_BYTES_MAX / 4);
+
+/// What usage a broker is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageQuery {
+    /// Flights that ended at or after this unix ms (clamped by the owner to
+    /// [`USAGE_RANGE_MS_MAX`] before its own clock).
+    pub since_unix_ms: u64,
+}
+
+/// The usage of the flights one broker ran, per agent instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// One row per instance, most flights first, at most [`USAGE_ROWS_MAX`].
+    pub rows: Vec<UsageRow>,
+    /// Whether rows past [`USAGE_ROWS_MAX`] were left out.
+    pub truncated: bool,
+}
+
+/// The usage of one instance's flights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The instance (`@fabric@devbox#main`).
+    pub instance: String,
+    /// Flights that ended in the range.
+    pub flights: u64,
+    /// Of those, the ones that failed.
+    pub failed: u64,
+    /// Their usage, summed (a cost when any of them reported one).
+    pub usage: Usage,
 }
 
 /// Bytes of an invocation body at most: a prompt, not a file upload.
@@ -1059,6 +1106,40 @@ pub struct FlightUpdate {
     pub failure_reason: Option<crate::lifecycle::FailureReason>,
     /// What happened, for a person.
     pub detail: Option<String>,
+    /// The stable code of a failed turn (`AUTH_REQUIRED`), when known.
+    /// Travels in the frame's tail (see [`encode_frame`]), so frames of
+    /// brokers that do not send it still decode.
+    #[serde(skip)]
+    pub failure_code: Option<FailureCode>,
+    /// Tokens and cost of the flight, when its agent reported them. In the
+    /// frame's tail, like `failure_code`.
+    #[serde(skip)]
+    pub usage: Option<Usage>,
+}
+
+impl FlightUpdate {
+    /// An update with no output, failure or usage: a state change.
+    pub fn state(invocation_id: impl Into<String>, state: crate::lifecycle::FlightState) -> Self {
+        FlightUpdate {
+            invocation_id: invocation_id.into(),
+            state,
+            output: FlightOutput::new(),
+            failure_reason: None,
+            detail: None,
+            failure_code: None,
+            usage: None,
+        }
+    }
+}
+
+/// The fields a flight update gained after protocol 2 shipped, encoded
+/// after the frame (a flight update is always the last value of its
+/// frame), and only when one of them is set: frames from brokers that do
+/// not know them end where the frame ends, and still decode.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FlightUpdateTail {
+    failure_code: Option<FailureCode>,
+    usage: Option<Usage>,
 }
 
 impl MeshFrame {
@@ -1080,6 +1161,8 @@ impl MeshFrame {
             MeshFrame::FlightQuery { .. } => "flight_query",
             MeshFrame::Cancel { .. } => "cancel",
             MeshFrame::FlightAck(_) => "flight_ack",
+            MeshFrame::UsageQuery(_) => "usage_query",
+            MeshFrame::UsageReport(_) => "usage_report",
         }
     }
 
@@ -1129,6 +1212,29 @@ impl MeshFrame {
                 if let Some(detail) = &update.detail {
                     check_str("detail", detail, DETAIL_BYTES_MAX)?;
                 }
+                // `failure_code` is bounded by its type, when decoded.
+                if let Some(usage) = &update.usage {
+                    usage
+                        .check_limits()
+                        .map_err(|err| WireError::MalformedFrame {
+                            detail: err.to_string(),
+                        })?;
+                }
+                Ok(())
+            }
+            MeshFrame::UsageQuery(_) => Ok(()),
+            MeshFrame::UsageReport(report) => {
+                if report.rows.len() > USAGE_ROWS_MAX {
+                    return Err(WireError::MalformedFrame {
+                        detail: format!(
+                            "{} usage rows; the limit is {USAGE_ROWS_MAX}",
+                            report.rows.len()
+                        ),
+                    });
+                }
+                for row in &report.rows {
+                    check_str("instance", &row.instance, AGENT_NAME_BYTES_MAX)?;
+                }
                 Ok(())
             }
             MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
@@ -1169,10 +1275,39 @@ fn check_addresses(addresses: &[String]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Encodes a mesh frame body: the protocol version, then the frame.
+/// Encodes a mesh frame body: the protocol version, then the frame, then,
+/// for a flight update with a failure code or usage, its tail.
 pub fn encode_frame(frame: &MeshFrame) -> Vec<u8> {
     // As for `encode`: these types always encode.
-    postcard::to_allocvec(&(PROTOCOL_VERSION, frame)).expect("mesh frames always encode")
+    let mut bytes =
+        postcard::to_allocvec(&(PROTOCOL_VERSION, frame)).expect("mesh frames always encode");
+    if let Some(update) = frame.flight_update()
+        && (update.failure_code.is_some() || update.usage.is_some())
+    {
+        let tail = FlightUpdateTail {
+            failure_code: update.failure_code.clone(),
+            usage: update.usage,
+        };
+        bytes.extend(postcard::to_allocvec(&tail).expect("flight update tails always encode"));
+    }
+    bytes
+}
+
+impl MeshFrame {
+    /// The flight update a frame carries, when it carries one.
+    fn flight_update(&self) -> Option<&FlightUpdate> {
+        match self {
+            MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update)) => Some(update),
+            _ => None,
+        }
+    }
+
+    fn flight_update_mut(&mut self) -> Option<&mut FlightUpdate> {
+        match self {
+            MeshFrame::FlightUpdate(update) | MeshFrame::FlightAck(Some(update)) => Some(update),
+            _ => None,
+        }
+    }
 }
 
 /// Decodes a mesh frame body, checking its size, version and limits. Never
@@ -1188,7 +1323,16 @@ pub fn decode_frame(bytes: &[u8]) -> Result<MeshFrame, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::UnsupportedVersion { version });
     }
-    let (frame, rest) = postcard::take_from_bytes::<MeshFrame>(rest).map_err(malformed)?;
+    let (mut frame, mut rest) = postcard::take_from_bytes::<MeshFrame>(rest).map_err(malformed)?;
+    if !rest.is_empty()
+        && let Some(update) = frame.flight_update_mut()
+    {
+        let (tail, after) =
+            postcard::take_from_bytes::<FlightUpdateTail>(rest).map_err(malformed)?;
+        update.failure_code = tail.failure_code;
+        update.usage = tail.usage;
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(WireError::MalformedFrame {
             detail: format!("{} bytes after the end of the frame", rest.len()),
@@ -1466,6 +1610,8 @@ mod tests {
             output: FlightOutput::from_text(text("output")),
             failure_reason: None,
             detail: Some(text("detail")),
+            failure_code: None,
+            usage: None,
         }
     }
 
@@ -1521,6 +1667,17 @@ mod tests {
             ("cancel", |text| MeshFrame::Cancel {
                 invocation_id: text("invocation_id"),
             }),
+            ("usage_report", |text| {
+                MeshFrame::UsageReport(UsageReport {
+                    rows: vec![UsageRow {
+                        instance: text("instance"),
+                        flights: 1,
+                        failed: 0,
+                        usage: Usage::default(),
+                    }],
+                    truncated: false,
+                })
+            }),
         ];
         let limits = [
             ("node_name", NODE_NAME_BYTES_MAX),
@@ -1569,7 +1726,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 21, "every limited field of every frame");
+        assert_eq!(checked, 22, "every limited field of every frame");
     }
 
     /// `output` cannot be built over its limit, so the over-limit frame is
@@ -1610,6 +1767,149 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(decode_frame(&over).unwrap_err().code(), "MALFORMED_FRAME");
+    }
+
+    fn usage() -> Usage {
+        Usage {
+            input_tokens: 1_200,
+            output_tokens: 340,
+            cached_tokens: 1_000,
+            cost_micro_usd: Some(5_600),
+        }
+    }
+
+    /// A failure code and usage travel in the tail of a flight update (and
+    /// of a flight ack), and a frame without them is byte for byte the one
+    /// a broker that does not know them sends and reads.
+    #[test]
+    fn flight_update_tails_round_trip_and_old_frames_still_decode() {
+        let plain = flight_update(&|_| "a".into());
+        let mut full = plain.clone();
+        full.failure_code = Some(FailureCode::parse("AUTH_REQUIRED").unwrap());
+        full.usage = Some(usage());
+        for frame in [
+            MeshFrame::FlightUpdate(full.clone()),
+            MeshFrame::FlightAck(Some(full.clone())),
+        ] {
+            assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+        }
+        // What a broker without the tail encodes: the frame alone.
+        #[derive(Serialize)]
+        struct OldUpdate {
+            invocation_id: String,
+            state: crate::lifecycle::FlightState,
+            output: String,
+            failure_reason: Option<crate::lifecycle::FailureReason>,
+            detail: Option<String>,
+        }
+        let old = OldUpdate {
+            invocation_id: "a".into(),
+            state: crate::lifecycle::FlightState::Running,
+            output: "a".into(),
+            failure_reason: None,
+            detail: Some("a".into()),
+        };
+        let flight_update_index = 11u32;
+        let old_bytes =
+            postcard::to_allocvec(&(PROTOCOL_VERSION, flight_update_index, &old)).unwrap();
+        assert_eq!(
+            old_bytes,
+            encode_frame(&MeshFrame::FlightUpdate(plain.clone()))
+        );
+        assert_eq!(
+            decode_frame(&old_bytes).unwrap(),
+            MeshFrame::FlightUpdate(plain)
+        );
+    }
+
+    /// A hostile tail is refused with `MALFORMED_FRAME`, never a panic:
+    /// usage past its limits, a code that is no code, bytes after the
+    /// tail, a cut tail, and a tail after a frame that has none.
+    #[test]
+    fn hostile_flight_update_tails_are_refused() {
+        let base = flight_update(&|_| "a".into());
+        let mut over = base.clone();
+        over.usage = Some(Usage {
+            input_tokens: crate::usage::USAGE_TOKENS_MAX + 1,
+            ..usage()
+        });
+        let err = decode_frame(&encode_frame(&MeshFrame::FlightUpdate(over))).unwrap_err();
+        assert_eq!(err.code(), "MALFORMED_FRAME");
+        assert!(err.to_string().contains("input_tokens"), "{err}");
+
+        let frame =
+            postcard::to_allocvec(&(PROTOCOL_VERSION, MeshFrame::FlightUpdate(base.clone())))
+                .unwrap();
+        #[derive(Serialize)]
+        struct RawTail {
+            failure_code: Option<String>,
+            usage: Option<Usage>,
+        }
+        let with_tail = |tail: &RawTail| {
+            let mut bytes = frame.clone();
+            bytes.extend(postcard::to_allocvec(tail).unwrap());
+            bytes
+        };
+        for code in ["auth", "A\u{1b}[2J", &"A".repeat(65)] {
+            let bytes = with_tail(&RawTail {
+                failure_code: Some(code.into()),
+                usage: None,
+            });
+            assert_eq!(decode_frame(&bytes).unwrap_err().code(), "MALFORMED_FRAME");
+        }
+        let good = with_tail(&RawTail {
+            failure_code: Some("TIMEOUT".into()),
+            usage: Some(usage()),
+        });
+        assert!(decode_frame(&good).is_ok());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(
+            decode_frame(&trailing).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
+        for cut in frame.len() + 1..good.len() {
+            assert_eq!(
+                decode_frame(&good[..cut]).unwrap_err().code(),
+                "MALFORMED_FRAME",
+                "cut at {cut}"
+            );
+        }
+        let mut ping = encode_frame(&MeshFrame::Ping { nonce: 1 });
+        ping.extend(
+            postcard::to_allocvec(&RawTail {
+                failure_code: None,
+                usage: Some(usage()),
+            })
+            .unwrap(),
+        );
+        assert_eq!(decode_frame(&ping).unwrap_err().code(), "MALFORMED_FRAME");
+    }
+
+    #[test]
+    fn usage_frames_round_trip_and_reports_are_bounded() {
+        let query = MeshFrame::UsageQuery(UsageQuery {
+            since_unix_ms: 1_700_000_000_000,
+        });
+        assert_eq!(decode_frame(&encode_frame(&query)).unwrap(), query);
+        let row = UsageRow {
+            instance: "@fabric@devbox#main".into(),
+            flights: 3,
+            failed: 1,
+            usage: usage(),
+        };
+        let full = MeshFrame::UsageReport(UsageReport {
+            rows: vec![row.clone(); USAGE_ROWS_MAX],
+            truncated: true,
+        });
+        assert_eq!(decode_frame(&encode_frame(&full)).unwrap(), full);
+        let over = MeshFrame::UsageReport(UsageReport {
+            rows: vec![row; USAGE_ROWS_MAX + 1],
+            truncated: true,
+        });
+        let err = decode_frame(&encode_frame(&over)).unwrap_err();
+        assert_eq!(err.code(), "MALFORMED_FRAME");
+        assert!(err.to_string().contains("usage rows"), "{err}");
     }
 
     #[test]

@@ -183,6 +183,8 @@ fn frame_seeds() -> Vec<MeshFrame> {
         output: "partial output\n\u{1b}[0m".into(),
         failure_reason: Some(FailureReason::Timeout),
         detail: Some("the deadline passed".into()),
+        failure_code: None,
+        usage: None,
     };
     let mut frames = vec![
         MeshFrame::Hello(hello.clone()),
@@ -217,8 +219,29 @@ fn frame_seeds() -> Vec<MeshFrame> {
         MeshFrame::Cancel {
             invocation_id: "x".into(),
         },
-        MeshFrame::FlightAck(Some(update)),
+        MeshFrame::FlightAck(Some(update.clone())),
         MeshFrame::FlightAck(None),
+        // A flight update with its tail: a failure code and usage.
+        MeshFrame::FlightUpdate(FlightUpdate {
+            failure_code: scout_mesh::usage::FailureCode::parse("AUTH_REQUIRED").ok(),
+            usage: Some(scout_mesh::usage::Usage {
+                input_tokens: 1_200,
+                output_tokens: 340,
+                cached_tokens: 1_000,
+                cost_micro_usd: Some(5_600),
+            }),
+            ..update
+        }),
+        MeshFrame::UsageQuery(scout_mesh::wire::UsageQuery { since_unix_ms: T0 }),
+        MeshFrame::UsageReport(scout_mesh::wire::UsageReport {
+            rows: vec![scout_mesh::wire::UsageRow {
+                instance: "@fabric@devbox#main".into(),
+                flights: 3,
+                failed: 1,
+                usage: scout_mesh::usage::Usage::default(),
+            }],
+            truncated: false,
+        }),
     ];
     for (idx, action) in InvocationAction::ALL.iter().enumerate() {
         frames.push(MeshFrame::Invoke(InvokeRequest {

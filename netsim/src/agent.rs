@@ -184,7 +184,10 @@ impl Executor for SimExecutor {
                 .await;
             log.end(idx, ExecEnd::Completed, Some(response.clone()));
             let _ = events_tx
-                .send(ExecEvent::Finished(ExecOutcome::Completed { response }))
+                .send(ExecEvent::Finished(ExecOutcome::Completed {
+                    response,
+                    usage: None,
+                }))
                 .await;
         });
         Execution { events, cancel }

@@ -761,14 +761,29 @@ impl Sim {
                     self.push(at, self.exec(node, &id, token, chunk));
                 }
                 at += self.rng.gen_range(5..=150);
-                let result = if self.rng.gen_bool(0.08) {
-                    ExecResult::Failed {
-                        reason: FailureReason::HarnessError,
-                        detail: "the agent failed".into(),
-                    }
-                } else {
-                    ExecResult::Completed {
-                        response: format!("answer {id}"),
+                let result = {
+                    // Usage and a code ride along with every end, so the swarm
+                    // carries them through queries, restarts and duplicates
+                    // like the rest of the result (no draw: a seed replays as
+                    // it did before they existed).
+                    let usage = Some(scout_mesh::usage::Usage {
+                        input_tokens: id.len() as u64,
+                        output_tokens: 1,
+                        cached_tokens: 0,
+                        cost_micro_usd: Some(1),
+                    });
+                    if self.rng.gen_bool(0.08) {
+                        ExecResult::Failed {
+                            reason: FailureReason::HarnessError,
+                            code: scout_mesh::usage::FailureCode::parse("HARNESS_ERROR").ok(),
+                            detail: "the agent failed".into(),
+                            usage,
+                        }
+                    } else {
+                        ExecResult::Completed {
+                            response: format!("answer {id}"),
+                            usage,
+                        }
                     }
                 };
                 self.push(
@@ -845,6 +860,8 @@ impl Sim {
                     output: FlightOutput::new(),
                     failure_reason: None,
                     detail: None,
+                    failure_code: None,
+                    usage: None,
                 }),
             });
         }
@@ -1001,6 +1018,8 @@ impl Sim {
                     invocation_id,
                     state,
                     failure,
+                    code,
+                    usage,
                     result,
                     ..
                 } => {
@@ -1022,6 +1041,8 @@ impl Sim {
                         output: result,
                         failure_reason: failure.as_ref().map(|(reason, _)| *reason),
                         detail: failure.map(|(_, detail)| detail),
+                        failure_code: code,
+                        usage,
                     });
                 }
             }
@@ -1404,6 +1425,8 @@ fn reconcile(rows: &mut Rows) {
                     output: FlightOutput::new(),
                     failure_reason: Some(FailureReason::HarnessError),
                     detail: Some("interrupted by a restart".into()),
+                    failure_code: None,
+                    usage: None,
                 });
             }
             FlightState::Waking => row.state = FlightState::Queued,

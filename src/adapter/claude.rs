@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, program_and_args,
+    StructuredEvent, TurnStyle, TurnUsage, program_and_args,
 };
 
 /// Screen text of the login flow (first run, `/login`, an expired key).
@@ -190,6 +190,10 @@ impl Adapter for ClaudeAdapter {
                 }
             }
             Some("result") => {
+                // Usage first: the session records it before the turn ends.
+                if let Some(usage) = result_usage(&event) {
+                    events.push(StructuredEvent::Usage(usage));
+                }
                 let result = event["result"].as_str().map(str::to_owned);
                 let is_error = event["is_error"].as_bool().unwrap_or(false)
                     || event["subtype"]
@@ -229,6 +233,29 @@ impl Adapter for ClaudeAdapter {
     }
 }
 
+/// The tokens and cost of a `result` event: `usage.input_tokens` counts
+/// only fresh input, so the cache's tokens (written and read) are added to
+/// it, and the tokens read from the cache are the cached ones;
+/// `total_cost_usd` in micro-USD. `None` when the event has no usage.
+fn result_usage(event: &Value) -> Option<TurnUsage> {
+    let usage = event.get("usage").filter(|usage| usage.is_object())?;
+    let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+    let cached = count("cache_read_input_tokens");
+    let cost_micro_usd = event["total_cost_usd"]
+        .as_f64()
+        .filter(|cost| cost.is_finite() && *cost >= 0.0)
+        // Saturates at u64::MAX for absurd costs; the routing core clamps.
+        .map(|cost| (cost * 1_000_000.0).round() as u64);
+    Some(TurnUsage {
+        input_tokens: count("input_tokens")
+            .saturating_add(count("cache_creation_input_tokens"))
+            .saturating_add(cached),
+        output_tokens: count("output_tokens"),
+        cached_tokens: cached,
+        cost_micro_usd,
+    })
+}
+
 /// `Bash: ls -la`, `Edit: src/main.rs`, or the tool's name alone.
 fn tool_line(block: &Value) -> String {
     let name = block["name"].as_str().unwrap_or("tool");
@@ -239,5 +266,38 @@ fn tool_line(block: &Value) -> String {
     match detail {
         Some(detail) => format!("{name}: {detail}"),
         None => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    /// The result event's usage: cache tokens count as input, the ones
+    /// read from the cache as cached, the cost in micro-USD.
+    #[test]
+    fn a_result_reports_its_usage_before_the_end() {
+        let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"s","total_cost_usd":0.0042,"usage":{"input_tokens":3,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":7}}"#;
+        let claude = ClaudeAdapter::new(None);
+        assert_eq!(
+            claude.parse_line(line),
+            vec![
+                StructuredEvent::Usage(TurnUsage {
+                    input_tokens: 113,
+                    output_tokens: 7,
+                    cached_tokens: 100,
+                    cost_micro_usd: Some(4_200),
+                }),
+                StructuredEvent::Completed {
+                    result: Some("ok".to_owned())
+                },
+            ]
+        );
+        let hostile = r#"{"type":"result","subtype":"success","result":"ok","total_cost_usd":-1,"usage":{"input_tokens":"many","output_tokens":1e300}}"#;
+        let StructuredEvent::Usage(usage) = &claude.parse_line(hostile)[0] else {
+            panic!("no usage");
+        };
+        assert_eq!(usage.cost_micro_usd, None);
+        assert_eq!(usage.input_tokens, 0);
     }
 }

@@ -9,6 +9,7 @@
 
 use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState, UnknownWord};
 use scout_mesh::output::FlightOutput;
+use scout_mesh::usage::{FailureCode, Usage};
 use serde::{Deserialize, Serialize};
 
 /// Which side of routing an event comes from.
@@ -114,6 +115,14 @@ pub struct RoutingEvent {
     pub detail: Option<String>,
     /// Unix ms.
     pub timestamp_ms: u64,
+    /// The failed turn's stable code (`AUTH_REQUIRED`), on a final event
+    /// when the owner reported one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<FailureCode>,
+    /// What the flight used, on a final event when its agent reported it;
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// A [`RoutingEvent`] as read from JSON, before its state word is parsed in
@@ -127,6 +136,10 @@ pub struct RoutingEventJson {
     failure_reason: Option<FailureReason>,
     detail: Option<String>,
     timestamp_ms: u64,
+    #[serde(default)]
+    failure_code: Option<FailureCode>,
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 impl TryFrom<RoutingEventJson> for RoutingEvent {
@@ -145,6 +158,8 @@ impl TryFrom<RoutingEventJson> for RoutingEvent {
             failure_reason: json.failure_reason,
             detail: json.detail,
             timestamp_ms: json.timestamp_ms,
+            failure_code: json.failure_code,
+            usage: json.usage,
         })
     }
 }
@@ -165,6 +180,8 @@ mod tests {
             failure_reason: Some(FailureReason::PeerUnreachable),
             detail: Some("gone".into()),
             timestamp_ms: 7,
+            failure_code: None,
+            usage: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(
@@ -177,6 +194,38 @@ mod tests {
         let event: RoutingEvent = serde_json::from_str(output).unwrap();
         assert_eq!(event.kind, EventKind::Output);
         assert_eq!(serde_json::to_string(&event).unwrap(), output);
+    }
+
+    /// A final event with a code and usage adds them at the end; events
+    /// without them keep the JSON above.
+    #[test]
+    fn failure_codes_and_usage_are_added_only_when_known() {
+        let event = RoutingEvent {
+            invocation_id: "i".into(),
+            kind: EventKind::Delivery,
+            state: Some(EventState::Delivery(DeliveryState::Failed)),
+            output: None,
+            failure_reason: Some(FailureReason::HarnessError),
+            detail: Some("Invalid API key".into()),
+            timestamp_ms: 1,
+            failure_code: Some(FailureCode::parse("AUTH_REQUIRED").unwrap()),
+            usage: Some(Usage {
+                input_tokens: 3,
+                output_tokens: 2,
+                cached_tokens: 1,
+                cost_micro_usd: None,
+            }),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(
+            json.ends_with(
+                r#""timestamp_ms":1,"failure_code":"AUTH_REQUIRED","usage":{"input_tokens":3,"output_tokens":2,"cached_tokens":1,"cost_micro_usd":null}}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<RoutingEvent>(&json).unwrap(), event);
+        let bad = json.replace("AUTH_REQUIRED", "auth required");
+        assert!(serde_json::from_str::<RoutingEvent>(&bad).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use scout_mesh::lifecycle::{
     DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
 };
 use scout_mesh::output::FlightOutput;
+use scout_mesh::usage::{FailureCode, Usage};
 use serde::{Deserialize, Serialize};
 
 /// The body of `POST /v1/invocations`.
@@ -107,6 +108,14 @@ pub struct DeliveryView {
     pub attempts: Vec<AttemptView>,
     /// The answer, once completed (from the conversation).
     pub result: Option<String>,
+    /// The failed turn's stable code (`AUTH_REQUIRED`), as the owner
+    /// reported it; absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<FailureCode>,
+    /// What the flight used, as the owner reported it with the result;
+    /// absent when its agent reported nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// One delivery attempt.
@@ -141,6 +150,14 @@ pub struct FlightView {
     pub failure_reason: Option<FailureReason>,
     /// For a person.
     pub failure_detail: Option<String>,
+    /// The failed turn's stable code (`AUTH_REQUIRED`); absent when there
+    /// is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<FailureCode>,
+    /// Tokens and cost of the turn, when its agent reported them; absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// One row of `GET /v1/flights`.
@@ -162,6 +179,12 @@ pub struct FlightRow {
     pub failure_reason: Option<FailureReason>,
     /// Created, unix ms.
     pub created_at_ms: i64,
+    /// The failed turn's stable code, when known; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<FailureCode>,
+    /// What the flight used, when its agent reported it; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// A conversation with its messages (`GET /v1/conversations…`).
@@ -227,6 +250,8 @@ mod tests {
                     failure_detail: None,
                 }],
                 result: None,
+                failure_code: None,
+                usage: None,
             }),
             flight: Some(FlightView {
                 state: FlightState::Running,
@@ -236,6 +261,8 @@ mod tests {
                 result: None,
                 failure_reason: None,
                 failure_detail: None,
+                failure_code: None,
+                usage: None,
             }),
         };
         let json = serde_json::to_string(&status).unwrap();

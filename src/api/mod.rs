@@ -11,6 +11,8 @@
 //! - [`work_orders`]: `/v1/work-orders…` bodies and [`WorkOrderView`].
 //! - [`mesh`]: `GET /v1/peers` ([`Peers`]) and `GET /v1/agents`
 //!   ([`AgentList`]); their rows are the daemon's own views.
+//! - [`usage`]: `GET /v1/usage` ([`usage::UsageTotals`]) and the `since`
+//!   window both it and `scout usage` parse.
 //!
 //! Architecture invariant: these types are a boundary. Their JSON is what
 //! the README documents, field for field; the daemon's internal state does
@@ -19,6 +21,7 @@
 pub mod events;
 pub mod invocations;
 pub mod mesh;
+pub mod usage;
 pub mod work_orders;
 
 pub use events::{EventKind, EventState, RoutingEvent};

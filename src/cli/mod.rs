@@ -2,7 +2,8 @@
 //! exit-code conventions every command shares.
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
-//! [`agents`], [`resolve`], [`mesh`] with `peers`, [`attach`]); [`output`] is the one
+//! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
+//! [`usage`], [`attach`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -19,6 +20,7 @@ pub mod resolve;
 pub mod send;
 pub mod setup;
 pub mod up;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +79,8 @@ pub enum Command {
     /// Queue, list, cancel and run work orders.
     #[command(subcommand)]
     WorkOrders(send::WorkOrdersCommand),
+    /// Tokens and cost of the flights the mesh ran, by agent or node.
+    Usage(usage::UsageArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -144,6 +148,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Flights(args) => send::flights(args, context),
         Command::Conversations(command) => send::conversations(command, context),
         Command::WorkOrders(command) => send::work_orders(command, context),
+        Command::Usage(args) => usage::run(args, context),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState};
+use scout_mesh::usage::{FailureCode, Usage};
 use serde_json::json;
 
 use super::client::{BrokerClient, ClientError};
@@ -51,7 +52,7 @@ fn running(context: &Context) -> anyhow::Result<BrokerClient> {
     })
 }
 
-fn api_error(err: ClientError) -> anyhow::Error {
+pub(crate) fn api_error(err: ClientError) -> anyhow::Error {
     match err {
         ClientError::Api {
             code,
@@ -118,6 +119,7 @@ struct Ending {
     state: DeliveryState,
     output: Option<String>,
     failure_reason: Option<FailureReason>,
+    failure_code: Option<FailureCode>,
     detail: Option<String>,
 }
 
@@ -159,6 +161,7 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
                     state: delivery.state,
                     output: delivery.result,
                     failure_reason: delivery.failure_reason,
+                    failure_code: delivery.failure_code,
                     detail: delivery.failure_detail,
                 }
             }
@@ -182,6 +185,7 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
                     state,
                     output: event.output.map(String::from),
                     failure_reason: event.failure_reason,
+                    failure_code: event.failure_code,
                     detail: event.detail,
                 }
             }
@@ -198,11 +202,15 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
                 return Ok(ExitCode::SUCCESS);
             }
             DeliveryState::Failed | DeliveryState::Cancelled => {
-                let reason = ending
-                    .failure_reason
-                    .map_or("failed", FailureReason::as_str);
-                let detail = ending.detail.unwrap_or_default();
-                anyhow::bail!("{}: {reason}: {detail}", ending.state);
+                anyhow::bail!(
+                    "{}",
+                    failure_line(
+                        ending.state,
+                        ending.failure_reason,
+                        ending.failure_code.as_ref(),
+                        ending.detail.as_deref().unwrap_or("")
+                    )
+                );
             }
             _ => {}
         }
@@ -246,7 +254,10 @@ pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode>
                     word(row.instance.as_deref()),
                     word(row.delivery.map(DeliveryState::as_str)),
                     word(row.flight.map(FlightState::as_str)),
-                    word(row.failure_reason.map(FailureReason::as_str)),
+                    match (&row.failure_reason, &row.failure_code) {
+                        (Some(reason), Some(code)) => format!("{reason} ({code})"),
+                        (reason, _) => word(reason.map(FailureReason::as_str)),
+                    },
                 ]
             })
             .collect();
@@ -266,6 +277,45 @@ pub fn flights(args: FlightsArgs, context: &Context) -> anyhow::Result<ExitCode>
         )
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a failed or cancelled delivery reads for a person: `failed
+/// (harness_error, AUTH_REQUIRED): <detail>` with the owner's code, or
+/// `failed: timeout: <detail>` without one.
+pub fn failure_line(
+    state: DeliveryState,
+    reason: Option<FailureReason>,
+    code: Option<&FailureCode>,
+    detail: &str,
+) -> String {
+    let reason = reason.map_or("failed", FailureReason::as_str);
+    match code {
+        Some(code) => format!("{state} ({reason}, {code}): {detail}"),
+        None => format!("{state}: {reason}: {detail}"),
+    }
+}
+
+/// Tokens and cost on one line: `1200 in (1000 cached), 340 out, $0.0056`;
+/// the cost is left out when the CLI did not report one.
+pub fn usage_line(usage: &Usage) -> String {
+    let cost = usage
+        .cost_micro_usd
+        .map(|micro| format!(", {}", dollars(micro)))
+        .unwrap_or_default();
+    format!(
+        "{} in ({} cached), {} out{cost}",
+        usage.input_tokens, usage.cached_tokens, usage.output_tokens
+    )
+}
+
+/// Micro-USD as dollars with the digits that matter: four decimals, so a
+/// cent's hundredth still shows.
+pub fn dollars(micro_usd: u64) -> String {
+    format!(
+        "${}.{:04}",
+        micro_usd / 1_000_000,
+        (micro_usd % 1_000_000) / 100
+    )
 }
 
 fn render_status(status: &InvocationStatus) -> String {
@@ -290,10 +340,18 @@ fn render_status(status: &InvocationStatus) -> String {
                 .unwrap_or_default()
         ));
         if let Some(reason) = delivery.failure_reason {
+            let code = delivery
+                .failure_code
+                .as_ref()
+                .map(|code| format!(" ({code})"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  failed   {reason}: {}\n",
+                "  failed   {reason}{code}: {}\n",
                 delivery.failure_detail.as_deref().unwrap_or("")
             ));
+        }
+        if let Some(usage) = &delivery.usage {
+            out.push_str(&format!("  usage    {}\n", usage_line(usage)));
         }
         for attempt in &delivery.attempts {
             out.push_str(&format!(
@@ -320,6 +378,20 @@ fn render_status(status: &InvocationStatus) -> String {
             flight.instance.as_deref().unwrap_or("?"),
             flight.resolve_reason.as_deref().unwrap_or("?")
         ));
+        if let Some(reason) = flight.failure_reason {
+            let code = flight
+                .failure_code
+                .as_ref()
+                .map(|code| format!(" ({code})"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  failed   {reason}{code}: {}\n",
+                flight.failure_detail.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(usage) = &flight.usage {
+            out.push_str(&format!("  usage    {}\n", usage_line(usage)));
+        }
     }
     out
 }
@@ -497,4 +569,53 @@ fn enqueue_body(args: &EnqueueArgs, env: &crate::env::Env) -> anyhow::Result<Enq
         not_before_ms,
         timeout_ms: args.timeout.map(|timeout| timeout.saturating_mul(1000)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_with_their_code_when_there_is_one() {
+        let code = FailureCode::parse("AUTH_REQUIRED").unwrap();
+        assert_eq!(
+            failure_line(
+                DeliveryState::Failed,
+                Some(FailureReason::HarnessError),
+                Some(&code),
+                "Invalid API key · Please run /login"
+            ),
+            "failed (harness_error, AUTH_REQUIRED): Invalid API key · Please run /login"
+        );
+        assert_eq!(
+            failure_line(
+                DeliveryState::Failed,
+                Some(FailureReason::Timeout),
+                None,
+                "late"
+            ),
+            "failed: timeout: late"
+        );
+    }
+
+    #[test]
+    fn usage_reads_as_tokens_and_dollars() {
+        let usage = Usage {
+            input_tokens: 1200,
+            output_tokens: 340,
+            cached_tokens: 1000,
+            cost_micro_usd: Some(5_600),
+        };
+        assert_eq!(
+            usage_line(&usage),
+            "1200 in (1000 cached), 340 out, $0.0056"
+        );
+        let free = Usage {
+            cost_micro_usd: None,
+            ..usage
+        };
+        assert_eq!(usage_line(&free), "1200 in (1000 cached), 340 out");
+        assert_eq!(dollars(12_345_678), "$12.3456");
+        assert_eq!(dollars(0), "$0.0000");
+    }
 }

@@ -214,6 +214,14 @@ async fn flights(
                     &invocation.invocation_id,
                 )?;
                 rows.push(FlightRow {
+                    usage: delivery
+                        .as_ref()
+                        .and_then(|d| d.usage)
+                        .or(flight.as_ref().and_then(|f| f.usage)),
+                    failure_code: delivery
+                        .as_ref()
+                        .and_then(|d| d.failure_code.clone())
+                        .or(flight.as_ref().and_then(|f| f.failure_code.clone())),
                     failure_reason: delivery
                         .as_ref()
                         .and_then(|d| d.failure_reason)

@@ -3,7 +3,8 @@
 //! Code map: [`error`] is the JSON error shape; [`health`] answers
 //! `GET /health` without a token; [`hello`] answers `GET /v1/hello` without
 //! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
-//! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`runtime`] serves the local
+//! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`usage`] serves
+//! `/v1/usage`; [`runtime`] serves the local
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
 //! loop (timeouts, connection cap). Every route but `/health` and
 //! `/v1/hello` sits behind the bearer-token check in [`require_token`];
@@ -23,6 +24,7 @@ pub mod invocations;
 pub mod mesh;
 pub mod runtime;
 pub mod serve;
+pub mod usage;
 pub mod work_orders;
 
 use std::net::SocketAddr;
@@ -56,6 +58,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
             agents::routes()
                 .merge(mesh::routes())
                 .merge(invocations::routes())
+                .merge(usage::routes())
                 .merge(work_orders::routes()),
         )
         .merge(runtime::routes())

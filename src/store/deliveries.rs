@@ -9,8 +9,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use scout_mesh::lifecycle::{DeliveryState, FailureReason};
+use scout_mesh::usage::{FailureCode, Usage};
 
 use super::invocations::Invocation;
+use super::usage::outcome_from_row;
 use super::{
     Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
     parse_word,
@@ -40,6 +42,10 @@ pub struct Delivery {
     pub failure_reason: Option<FailureReason>,
     /// A human-readable explanation of the failure.
     pub failure_detail: Option<String>,
+    /// The failed turn's stable code, as the owner reported it.
+    pub failure_code: Option<FailureCode>,
+    /// What the flight used, as the owner reported it with the result.
+    pub usage: Option<Usage>,
     /// When it was created, unix ms.
     pub created_at_ms: i64,
     /// When it last changed, unix ms.
@@ -114,7 +120,11 @@ pub struct DeliveryAttempt {
 }
 
 const COLUMNS: &str = "delivery_id, invocation_id, target, owner_node, state, failure_reason, \
-                       failure_detail, created_at_ms, updated_at_ms, resolve_reason";
+                       failure_detail, created_at_ms, updated_at_ms, resolve_reason, \
+                       failure_code, input_tokens, output_tokens, cached_tokens, cost_micro_usd";
+
+/// Where [`COLUMNS`] reaches the outcome columns ([`super::usage::OUTCOME_COLUMNS`]).
+const OUTCOME_COLUMN: usize = 10;
 
 const ATTEMPT_COLUMNS: &str = "delivery_id, attempt, started_at_ms, ended_at_ms, outcome, \
                                failure_reason, failure_detail";
@@ -394,7 +404,10 @@ impl Delivery {
     fn from_row(row: &Row<'_>) -> Result<Delivery, StoreError> {
         let delivery_id: String = row.get(0)?;
         let state: String = row.get(4)?;
+        let outcome = outcome_from_row(row, OUTCOME_COLUMN, "deliveries", &delivery_id)?;
         Ok(Delivery {
+            failure_code: outcome.failure_code,
+            usage: outcome.usage,
             invocation_id: row.get(1)?,
             target: row.get(2)?,
             owner_node: row.get(3)?,
@@ -456,5 +469,16 @@ impl Store {
     /// The delivery with this id, if stored.
     pub fn get_delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
         self.read(|connection| Delivery::get(connection, delivery_id))
+    }
+}
+
+#[cfg(test)]
+mod outcome_columns {
+    use super::*;
+
+    #[test]
+    fn the_column_list_ends_with_the_outcome_columns() {
+        assert!(COLUMNS.ends_with(super::super::usage::OUTCOME_COLUMNS));
+        assert_eq!(COLUMNS.split(',').count(), OUTCOME_COLUMN + 5);
     }
 }

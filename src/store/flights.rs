@@ -8,8 +8,10 @@
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use scout_mesh::lifecycle::{FailureReason, FlightState};
 use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
+use scout_mesh::usage::{FailureCode, Usage};
 
 use super::invocations::Invocation;
+use super::usage::outcome_from_row;
 use super::{
     Store, StoreError, check_failure_fits, clamp_detail, list_limit, parse_optional_word,
     parse_word,
@@ -32,6 +34,10 @@ pub struct Flight {
     pub failure_reason: Option<FailureReason>,
     /// A human-readable explanation of the failure.
     pub failure_detail: Option<String>,
+    /// The failed turn's stable code (`AUTH_REQUIRED`), when known.
+    pub failure_code: Option<FailureCode>,
+    /// Tokens and cost of the turn, when its agent reported them.
+    pub usage: Option<Usage>,
     /// The tail of the agent's output, bounded by [`FlightOutput`]'s rule.
     /// It is for status pages and `logs`; the exchange lives in the
     /// conversation.
@@ -60,7 +66,11 @@ pub struct NewFlight {
 }
 
 const COLUMNS: &str = "flight_id, invocation_id, state, chosen_instance, resolve_reason, \
-                       failure_reason, failure_detail, output, result, created_at_ms, updated_at_ms";
+                       failure_reason, failure_detail, output, result, created_at_ms, updated_at_ms, \
+                       failure_code, input_tokens, output_tokens, cached_tokens, cost_micro_usd";
+
+/// Where [`COLUMNS`] reaches the outcome columns ([`super::usage::OUTCOME_COLUMNS`]).
+const OUTCOME_COLUMN: usize = 11;
 
 impl Flight {
     /// Creates the `queued` flight of a stored invocation.
@@ -307,7 +317,10 @@ impl Flight {
     fn from_row(row: &Row<'_>) -> Result<Flight, StoreError> {
         let flight_id: String = row.get(0)?;
         let state: String = row.get(2)?;
+        let outcome = outcome_from_row(row, OUTCOME_COLUMN, "flights", &flight_id)?;
         Ok(Flight {
+            failure_code: outcome.failure_code,
+            usage: outcome.usage,
             invocation_id: row.get(1)?,
             state: parse_word("flights", &flight_id, &state)?,
             chosen_instance: row.get(3)?,
@@ -373,5 +386,16 @@ impl Store {
     /// The flight with this id, if stored.
     pub fn get_flight(&self, flight_id: &str) -> Result<Option<Flight>, StoreError> {
         self.read(|connection| Flight::get(connection, flight_id))
+    }
+}
+
+#[cfg(test)]
+mod outcome_columns {
+    use super::*;
+
+    #[test]
+    fn the_column_list_ends_with_the_outcome_columns() {
+        assert!(COLUMNS.ends_with(super::super::usage::OUTCOME_COLUMNS));
+        assert_eq!(COLUMNS.split(',').count(), OUTCOME_COLUMN + 5);
     }
 }

@@ -48,7 +48,37 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queued flights by instance, resolution on deliveries",
         sql: SCHEMA_V3,
     },
+    Migration {
+        version: 4,
+        name: "failure codes and usage on flights and deliveries",
+        sql: SCHEMA_V4,
+    },
 ];
+
+/// What a turn used and how it failed, on the owner's flight and on the
+/// origin's delivery (which learns them with the result): the stable code
+/// of a failed turn (`AUTH_REQUIRED`), and the tokens and cost the agent's
+/// CLI reported (all NULL when it reported none; the cost alone NULL when
+/// it reported tokens but no price). The index serves usage totals over
+/// finished flights by the time they ended.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE flights ADD COLUMN failure_code TEXT
+    CHECK (failure_code IS NULL OR (length(failure_code) BETWEEN 1 AND 64
+           AND failure_code NOT GLOB '*[^A-Z0-9_]*'));
+ALTER TABLE flights ADD COLUMN input_tokens INTEGER CHECK (input_tokens >= 0);
+ALTER TABLE flights ADD COLUMN output_tokens INTEGER CHECK (output_tokens >= 0);
+ALTER TABLE flights ADD COLUMN cached_tokens INTEGER CHECK (cached_tokens >= 0);
+ALTER TABLE flights ADD COLUMN cost_micro_usd INTEGER CHECK (cost_micro_usd >= 0);
+ALTER TABLE deliveries ADD COLUMN failure_code TEXT
+    CHECK (failure_code IS NULL OR (length(failure_code) BETWEEN 1 AND 64
+           AND failure_code NOT GLOB '*[^A-Z0-9_]*'));
+ALTER TABLE deliveries ADD COLUMN input_tokens INTEGER CHECK (input_tokens >= 0);
+ALTER TABLE deliveries ADD COLUMN output_tokens INTEGER CHECK (output_tokens >= 0);
+ALTER TABLE deliveries ADD COLUMN cached_tokens INTEGER CHECK (cached_tokens >= 0);
+ALTER TABLE deliveries ADD COLUMN cost_micro_usd INTEGER CHECK (cost_micro_usd >= 0);
+CREATE INDEX flights_finished_by_update ON flights (updated_at_ms)
+    WHERE state IN ('completed', 'failed', 'cancelled');
+"#;
 
 /// A runner takes the oldest queued flight of its instance
 /// (`Flight::next_queued`): one step down this index, where the state index

@@ -17,6 +17,8 @@
 //!   [`audit`], [`registry`], [`work_orders`]: typed rows and the operations
 //!   on them, as associated functions over a `rusqlite::Transaction` (writes)
 //!   or `rusqlite::Connection` (reads).
+//! - [`usage`]: the failure code and usage columns flights and deliveries
+//!   share, and the usage totals an owner answers from.
 //! - [`reconcile`]: what a restart does to flights and deliveries a crash
 //!   left unfinished, as a pure rule plus the transaction that applies it.
 //!
@@ -37,6 +39,7 @@ pub mod migrations;
 mod readers;
 pub mod reconcile;
 pub mod registry;
+pub mod usage;
 pub mod work_orders;
 mod writer;
 

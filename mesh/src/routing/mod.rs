@@ -67,6 +67,7 @@ use crate::lifecycle::{
     DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
 };
 use crate::output::FlightOutput;
+use crate::usage::{FailureCode, Usage};
 use crate::wire::{ErrorCode, FlightUpdate, MeshFrame, NodeId};
 
 pub use plan::{
@@ -322,6 +323,10 @@ pub enum Write {
         state: DeliveryState,
         /// Why, when it failed or was cancelled.
         failure: Option<(FailureReason, String)>,
+        /// The failed turn's stable code, when the owner reported one.
+        code: Option<FailureCode>,
+        /// What the flight used, when the owner reported it.
+        usage: Option<Usage>,
         /// The result message's author (the instance).
         author: String,
         /// The result message.
@@ -373,6 +378,10 @@ pub enum Write {
         state: FlightState,
         /// Why, when it failed or was cancelled.
         failure: Option<(FailureReason, String)>,
+        /// The failed turn's stable code, when the execution gave one.
+        code: Option<FailureCode>,
+        /// What the flight used, when its agent reported it.
+        usage: Option<Usage>,
         /// The answer (or the output so far, when it failed).
         result: FlightOutput,
         /// When, unix ms.
@@ -402,13 +411,20 @@ pub enum ExecResult {
     Completed {
         /// The answer.
         response: String,
+        /// Tokens and cost, when the agent reported them.
+        usage: Option<Usage>,
     },
     /// No answer.
     Failed {
         /// Why.
         reason: FailureReason,
+        /// The stable code a person acts on (`AUTH_REQUIRED`), when the
+        /// executor knows one.
+        code: Option<FailureCode>,
         /// For a person.
         detail: String,
+        /// Tokens and cost spent before it failed, when reported.
+        usage: Option<Usage>,
     },
     /// Stopped on request.
     Cancelled,
@@ -458,6 +474,10 @@ pub struct Event {
     pub output: Option<FlightOutput>,
     /// Why it failed or was cancelled.
     pub failure: Option<(FailureReason, String)>,
+    /// The failed turn's stable code, when known.
+    pub code: Option<FailureCode>,
+    /// What the flight used, on its end, when reported.
+    pub usage: Option<Usage>,
 }
 
 /// Which request of a peer was refused, for the driver's (rate-limited) log.
@@ -907,6 +927,8 @@ impl Router {
             kind,
             output: None,
             failure: None,
+            code: None,
+            usage: None,
         }));
     }
 

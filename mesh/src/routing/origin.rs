@@ -365,6 +365,8 @@ impl Router {
                         } else {
                             "cancelled before it reached its owner".into()
                         }),
+                        failure_code: None,
+                        usage: None,
                     },
                 };
                 self.finish(now, &invocation_id, update);
@@ -515,6 +517,8 @@ impl Router {
                 kind: EventKind::Output,
                 output: Some(update.output),
                 failure: None,
+                code: None,
+                usage: None,
             }));
         }
         if let Some(state) = moved {
@@ -603,14 +607,22 @@ impl Router {
             )),
             _ => None,
         };
+        // A code says why a turn failed; it means nothing on another end.
+        let code = match state {
+            DeliveryState::Failed => update.failure_code.clone(),
+            _ => None,
+        };
         let body = match state {
             DeliveryState::Completed => update.output.to_string(),
             DeliveryState::Cancelled => "[cancelled]".to_owned(),
             _ => format!(
-                "[failed: {}] {}",
+                "[failed: {}{}] {}",
                 failure
                     .as_ref()
                     .map(|(reason, _)| reason.to_string())
+                    .unwrap_or_default(),
+                code.as_ref()
+                    .map(|code| format!(", {code}"))
                     .unwrap_or_default(),
                 update.detail.clone().unwrap_or_default()
             ),
@@ -625,6 +637,8 @@ impl Router {
                 .unwrap_or_default(),
             state,
             failure: failure.clone(),
+            code: code.clone(),
+            usage: update.usage,
             author: delivery.choice.instance.clone(),
             body,
             at_unix_ms: now.unix_ms,
@@ -634,6 +648,8 @@ impl Router {
             kind: EventKind::Delivery(state),
             output: Some(update.output),
             failure,
+            code,
+            usage: update.usage,
         };
         self.persist(
             vec![write],
@@ -682,6 +698,8 @@ impl Router {
                         output: FlightOutput::new(),
                         failure_reason: Some(FailureReason::Cancelled),
                         detail: Some("cancelled before it reached its owner".into()),
+                        failure_code: None,
+                        usage: None,
                     },
                 );
                 return CancelStarted::Delivery;
@@ -714,5 +732,7 @@ fn failed(id: &str, reason: FailureReason, detail: String) -> FlightUpdate {
         output: FlightOutput::new(),
         failure_reason: Some(reason),
         detail: Some(detail),
+        failure_code: None,
+        usage: None,
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::lifecycle::{FailureReason, FlightState};
 use crate::output::FlightOutput;
+use crate::usage::Usage;
 use crate::wire::{ErrorCode, FlightUpdate, InvokeAck, InvokeRequest, MeshFrame, NodeId};
 
 use super::{
@@ -45,6 +46,8 @@ impl Flight {
                 output: FlightOutput::new(),
                 failure_reason: None,
                 detail: None,
+                failure_code: None,
+                usage: None,
             },
         }
     }
@@ -222,7 +225,9 @@ impl Router {
                     &id,
                     ExecResult::Failed {
                         reason: FailureReason::Timeout,
+                        code: None,
                         detail: "the deadline passed while the flight was queued".into(),
+                        usage: None,
                     },
                 );
                 continue;
@@ -264,7 +269,9 @@ impl Router {
                 id,
                 ExecResult::Failed {
                     reason: FailureReason::HarnessError,
+                    code: None,
                     detail: "the flight's start could not be recorded".into(),
+                    usage: None,
                 },
             );
             self.run_next(now, &instance);
@@ -296,6 +303,8 @@ impl Router {
                 output: FlightOutput::new(),
                 failure_reason: None,
                 detail: None,
+                failure_code: None,
+                usage: None,
             },
         );
         self.push(send);
@@ -360,12 +369,16 @@ impl Router {
             output: FlightOutput::from_text(&chunk),
             failure_reason: None,
             detail: None,
+            failure_code: None,
+            usage: None,
         };
         let event = Output::Emit(Event {
             invocation_id: invocation_id.to_owned(),
             kind: EventKind::Flight(to),
             output: (!chunk.is_empty()).then(|| FlightOutput::from_text(&chunk)),
             failure: None,
+            code: None,
+            usage: None,
         });
         let send = self.update_to(origin, update);
         self.persist(writes, true, AfterPersist::Release(vec![event, send]));
@@ -388,35 +401,53 @@ impl Router {
         let Some(flight) = self.flights.get_mut(id) else {
             return;
         };
-        let (state, failure, text) = match result {
-            ExecResult::Completed { response } => (
+        let (state, failure, code, usage, text) = match result {
+            ExecResult::Completed { response, usage } => (
                 FlightState::Completed,
                 None,
+                None,
+                usage,
                 FlightOutput::from_text(&response),
             ),
-            ExecResult::Failed { reason, detail } => (
+            ExecResult::Failed {
+                reason,
+                code,
+                detail,
+                usage,
+            } => (
                 FlightState::Failed,
                 Some((reason, detail)),
+                code,
+                usage,
                 flight.output.clone(),
             ),
             ExecResult::Cancelled => (
                 FlightState::Cancelled,
                 Some((FailureReason::Cancelled, "cancelled on request".to_owned())),
+                None,
+                None,
                 flight.output.clone(),
             ),
         };
+        // Cut to the wire's limits here, so the origin never refuses the
+        // report of an end over an agent's nonsense numbers.
+        let usage = usage.map(Usage::clamped);
         let update = FlightUpdate {
             invocation_id: id.to_owned(),
             state,
             output: text.clone(),
             failure_reason: failure.as_ref().map(|(reason, _)| *reason),
             detail: failure.as_ref().map(|(_, detail)| detail.clone()),
+            failure_code: code.clone(),
+            usage,
         };
         flight.result = Some(update.clone());
         let write = Write::FinishFlight {
             invocation_id: flight.invocation.invocation_id.clone(),
             state,
             failure: failure.clone(),
+            code: code.clone(),
+            usage,
             result: text,
             at_unix_ms: now.unix_ms,
         };
@@ -426,6 +457,8 @@ impl Router {
             kind: EventKind::Flight(state),
             output: None,
             failure,
+            code,
+            usage,
         });
         let send = self.update_to(origin, update);
         self.persist(

@@ -151,6 +151,8 @@ impl World {
                     output: FlightOutput::new(),
                     failure_reason: None,
                     detail: None,
+                    failure_code: None,
+                    usage: None,
                 }),
             });
         }
@@ -193,6 +195,7 @@ impl World {
                         &execute.invocation_id,
                         ExecProgress::Finished(ExecResult::Completed {
                             response: format!("answer to {}", execute.prompt),
+                            usage: None,
                         }),
                     );
                 }
@@ -328,6 +331,8 @@ fn apply(rows: &mut Rows, write: Write) -> Result<(), PersistFailure> {
             invocation_id: id,
             state,
             failure,
+            code,
+            usage,
             result,
             ..
         } => {
@@ -341,6 +346,8 @@ fn apply(rows: &mut Rows, write: Write) -> Result<(), PersistFailure> {
                     output: result,
                     failure_reason: failure.as_ref().map(|(reason, _)| *reason),
                     detail: failure.map(|(_, detail)| detail),
+                    failure_code: code,
+                    usage,
                 });
             }
         }
@@ -397,6 +404,7 @@ fn a_remote_delivery_completes_and_retries_never_run_twice() {
         "i1",
         ExecProgress::Finished(ExecResult::Completed {
             response: "done".into(),
+            usage: None,
         }),
     );
     world.settle(3);
@@ -478,6 +486,7 @@ fn a_restarted_origin_finishes_without_running_twice() {
         "i1",
         ExecProgress::Finished(ExecResult::Completed {
             response: "done".into(),
+            usage: None,
         }),
     );
     world.settle(11);
@@ -646,4 +655,78 @@ fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
         }
     }
     assert_eq!(refusals, 2);
+}
+
+/// A failed turn's code and what it used reach the origin with the
+/// result: in the delivery's final row and its event, also when the origin
+/// restarted and finds the result by asking the owner's store.
+#[test]
+fn a_failure_code_and_usage_reach_the_origin_even_after_its_restart() {
+    let (a, b) = (node(1), node(2));
+    let mut world = World::new(&[a.clone(), b.clone()]);
+    world.auto_finish = false;
+    world.submit(0, &a, &b, "i1", "@fabric@b#main");
+    let restored: Vec<RestoredDelivery> = world.nodes[&a]
+        .rows
+        .deliveries
+        .values()
+        .filter(|row| !row.3.is_terminal())
+        .map(|row| RestoredDelivery {
+            delivery_id: row.0.clone(),
+            invocation: row.1.clone(),
+            choice: row.2.clone(),
+            state: row.3,
+            attempts: row.4,
+        })
+        .collect();
+    // The origin stops before the end is reported; the owner's report
+    // reaches nobody, so the new origin learns the end from a query.
+    world.cut = Some(a.clone());
+    let usage = crate::usage::Usage {
+        input_tokens: 120,
+        output_tokens: 30,
+        cached_tokens: 100,
+        cost_micro_usd: Some(4_200),
+    };
+    let code = crate::usage::FailureCode::parse("AUTH_REQUIRED").unwrap();
+    world.node(&b).router.handle_exec(
+        now(1),
+        "i1",
+        ExecProgress::Finished(ExecResult::Failed {
+            reason: FailureReason::HarnessError,
+            code: Some(code.clone()),
+            detail: "Invalid API key · Please run /login".into(),
+            usage: Some(usage),
+        }),
+    );
+    world.settle(1);
+    world.cut = None;
+    let mut router = Router::restore(
+        a.clone(),
+        Box::new(NoAlternatives),
+        9,
+        now(10),
+        restored,
+        Vec::new(),
+    );
+    router.handle_peer_up(now(10), b.clone());
+    world.node(&a).router = router;
+    for t in (10..20_000).step_by(500) {
+        world.node(&a).router.handle_timeout(now(t));
+        world.settle(t);
+    }
+    assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Failed));
+    let ended = world.nodes[&a]
+        .events
+        .iter()
+        .find(|event| event.kind == EventKind::Delivery(DeliveryState::Failed))
+        .expect("the delivery ended");
+    assert_eq!(ended.code.as_ref(), Some(&code));
+    assert_eq!(ended.usage, Some(usage));
+    assert!(
+        world.nodes[&a].rows.results["i1"].starts_with("[failed: harness_error, AUTH_REQUIRED]")
+    );
+    let owned = world.nodes[&b].rows.flights["i1"].2.clone().unwrap();
+    assert_eq!(owned.failure_code, Some(code));
+    assert_eq!(owned.usage, Some(usage));
 }

@@ -684,7 +684,8 @@ async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> Mes
         MeshFrame::Invoke(_)
         | MeshFrame::FlightUpdate(_)
         | MeshFrame::FlightQuery { .. }
-        | MeshFrame::Cancel { .. } => match shared.hook.get() {
+        | MeshFrame::Cancel { .. }
+        | MeshFrame::UsageQuery(_) => match shared.hook.get() {
             Some(hook) => (hook.0)(peer.clone(), frame).await,
             None => MeshFrame::error("NOT_READY", "this broker does not route yet"),
         },

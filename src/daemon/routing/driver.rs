@@ -34,6 +34,7 @@ use scout_mesh::routing::{
     Output, PersistFailure, PersistId, Refusal, RefusalCounts, RefusedKind, RequestId, SendFailure,
     Submission,
 };
+use scout_mesh::usage::FailureCode;
 use scout_mesh::wire::{InvokeRequest, MeshFrame, NodeId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -587,17 +588,29 @@ impl Driver {
         let refused = match self.local_agent(&execute.instance) {
             None => Err((
                 FailureReason::AgentOffline,
+                None,
                 format!("{} is no longer an agent of this broker", execute.instance),
             )),
             // Trust was withdrawn, or the manifest changed, since the accept.
             Some(agent) => crate::config::trust::check(&self.mesh.shared().home, &agent)
                 .map(|()| agent)
-                .map_err(|untrusted| (FailureReason::PeerRejected, untrusted.to_string())),
+                .map_err(|untrusted| {
+                    (
+                        FailureReason::PeerRejected,
+                        FailureCode::parse(untrusted.code()).ok(),
+                        untrusted.to_string(),
+                    )
+                }),
         };
         let agent = match refused {
             Ok(agent) => agent,
-            Err((reason, detail)) => {
-                let result = ExecResult::Failed { reason, detail };
+            Err((reason, code, detail)) => {
+                let result = ExecResult::Failed {
+                    reason,
+                    code,
+                    detail,
+                    usage: None,
+                };
                 self.core
                     .handle_exec(now, &id, ExecProgress::Finished(result));
                 return;
@@ -681,6 +694,8 @@ impl Driver {
             failure_reason: event.failure.as_ref().map(|(reason, _)| *reason),
             detail: event.failure.map(|(_, detail)| detail),
             timestamp_ms: self.now().unix_ms,
+            failure_code: event.code,
+            usage: event.usage,
         });
     }
 
@@ -738,7 +753,9 @@ async fn forward(
             Ok(Some(ExecEvent::Finished(outcome))) => Some(outcome),
             Ok(None) => Some(ExecResult::Failed {
                 reason: FailureReason::HarnessError,
+                code: None,
                 detail: "the executor stopped without an outcome".into(),
+                usage: None,
             }),
             Err(_) => None,
         };

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scout_mesh::lifecycle::FailureReason;
+use scout_mesh::usage::{FailureCode, Usage};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::adapter::AdapterOptions;
+use crate::adapter::{AdapterOptions, TurnUsage};
 use crate::config::discover::LocalAgent;
-use crate::pty::{RuntimeError, SessionManager, SpawnRequest, TurnEvent, TurnFailure, TurnOutcome};
+use crate::pty::{RuntimeError, SessionManager, SpawnRequest, TurnEvent, TurnOutcome};
 
 /// Events of one execution buffered at most; output beyond it waits, which
 /// slows the reader of the PTY, never memory.
@@ -151,10 +152,7 @@ async fn run_on_session(
                     info.id
                 }
                 Err(err) => {
-                    return ExecOutcome::Failed {
-                        reason: FailureReason::AgentOffline,
-                        detail: format!("cannot start {}: {err}", request.instance),
-                    };
+                    return refused(&err, format!("cannot start {}: {err}", request.instance));
                 }
             }
         }
@@ -171,21 +169,26 @@ async fn run_on_session(
         asker,
     ) {
         Ok(turn) => turn,
-        Err(err) => return refused(&err),
+        Err(err) => return refused(&err, err.to_string()),
     };
     let _ = events.send(ExecEvent::Started).await;
+    // The running total the CLI reported last is the turn's usage.
+    let mut usage = None;
     loop {
         tokio::select! {
             event = turn.events.recv() => match event {
                 Some(TurnEvent::Output(text)) => {
                     let _ = events.send(ExecEvent::Output(text)).await;
                 }
-                Some(TurnEvent::Tool(_) | TurnEvent::Usage(_)) => {}
-                Some(TurnEvent::Finished(outcome)) => return outcome_of(outcome),
+                Some(TurnEvent::Usage(reported)) => usage = Some(usage_of(reported)),
+                Some(TurnEvent::Tool(_)) => {}
+                Some(TurnEvent::Finished(outcome)) => return outcome_of(outcome, usage),
                 None => {
                     return ExecOutcome::Failed {
                         reason: FailureReason::HarnessError,
+                        code: None,
                         detail: "the turn ended without an outcome".into(),
+                        usage,
                     };
                 }
             },
@@ -198,42 +201,122 @@ async fn run_on_session(
     }
 }
 
-fn outcome_of(outcome: TurnOutcome) -> ExecOutcome {
+fn outcome_of(outcome: TurnOutcome, usage: Option<Usage>) -> ExecOutcome {
     match outcome {
-        TurnOutcome::Completed { response } => ExecOutcome::Completed { response },
+        TurnOutcome::Completed { response } => ExecOutcome::Completed { response, usage },
         // Routing has no channel for answering a question mid-flight: the
         // question ends the turn and is part of the answer.
         TurnOutcome::Waiting { question, response } => ExecOutcome::Completed {
             response: format!("{response}\n[the agent asks: {question}]"),
+            usage,
         },
         TurnOutcome::Failed { failure, message } => ExecOutcome::Failed {
             reason: failure.failure_reason(),
-            detail: match failure {
-                // The code tells the person what to do (log in, finish the
-                // CLI's setup); the delivery reason alone does not.
-                TurnFailure::AuthRequired | TurnFailure::OnboardingRequired => {
-                    format!("{}: {message}", failure.code())
-                }
-                _ => message,
-            },
+            code: FailureCode::parse(failure.code()).ok(),
+            detail: message,
+            usage,
         },
     }
 }
 
-/// A turn the session refused to start. A CLI that needs a login or its
-/// first-run setup is there and answering, so that is a harness error with
-/// its code (`AUTH_REQUIRED: …`), not an offline agent.
-fn refused(err: &RuntimeError) -> ExecOutcome {
-    match err {
+/// A turn the session refused before it started (or an agent that could
+/// not be started): its failure reason, keeping the runtime's code. A
+/// login or first-run screen in the way is the harness's failure, as it
+/// is when the CLI reports it mid-turn; anything else means the agent
+/// cannot take work now.
+fn refused(err: &RuntimeError, detail: String) -> ExecOutcome {
+    let reason = match err {
         RuntimeError::AuthRequired { .. }
         | RuntimeError::OnboardingRequired(_)
-        | RuntimeError::Harness(_) => ExecOutcome::Failed {
-            reason: FailureReason::HarnessError,
-            detail: format!("{}: {err}", err.code()),
-        },
-        _ => ExecOutcome::Failed {
-            reason: FailureReason::AgentOffline,
-            detail: err.to_string(),
-        },
+        | RuntimeError::Harness(_) => FailureReason::HarnessError,
+        RuntimeError::Timeout { .. } => FailureReason::Timeout,
+        _ => FailureReason::AgentOffline,
+    };
+    ExecOutcome::Failed {
+        reason,
+        code: FailureCode::parse(err.code()).ok(),
+        detail,
+        usage: None,
+    }
+}
+
+/// The routing core's usage of what a CLI reported.
+pub fn usage_of(reported: TurnUsage) -> Usage {
+    Usage {
+        input_tokens: reported.input_tokens,
+        output_tokens: reported.output_tokens,
+        cached_tokens: reported.cached_tokens,
+        cost_micro_usd: reported.cost_micro_usd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pty::TurnFailure;
+
+    #[test]
+    fn a_failed_turn_keeps_its_code_and_usage() {
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cached_tokens: 2,
+            cost_micro_usd: Some(300),
+        };
+        let outcome = outcome_of(
+            TurnOutcome::Failed {
+                failure: TurnFailure::AuthRequired,
+                message: "Invalid API key · Please run /login".into(),
+            },
+            Some(usage),
+        );
+        let ExecOutcome::Failed {
+            reason,
+            code,
+            usage: used,
+            ..
+        } = outcome
+        else {
+            panic!("not a failure: {outcome:?}");
+        };
+        assert_eq!(reason, FailureReason::HarnessError);
+        assert_eq!(code.unwrap().as_str(), "AUTH_REQUIRED");
+        assert_eq!(used, Some(usage));
+        let completed = outcome_of(
+            TurnOutcome::Completed {
+                response: "ok".into(),
+            },
+            Some(usage),
+        );
+        assert_eq!(
+            completed,
+            ExecOutcome::Completed {
+                response: "ok".into(),
+                usage: Some(usage)
+            }
+        );
+    }
+
+    /// A session that refuses the turn for a login keeps `AUTH_REQUIRED`
+    /// (a harness error, as when the CLI says so mid-turn); a stopped agent
+    /// is offline, with its code.
+    #[test]
+    fn a_refused_turn_keeps_the_runtime_code() {
+        let auth = RuntimeError::AuthRequired {
+            message: "`claude` is not logged in".into(),
+            login_url: None,
+        };
+        let ExecOutcome::Failed { reason, code, .. } = refused(&auth, auth.to_string()) else {
+            panic!("not a failure");
+        };
+        assert_eq!(reason, FailureReason::HarnessError);
+        assert_eq!(code.unwrap().as_str(), "AUTH_REQUIRED");
+        let stopped = RuntimeError::AgentStopped("a".into());
+        let ExecOutcome::Failed { reason, code, .. } = refused(&stopped, stopped.to_string())
+        else {
+            panic!("not a failure");
+        };
+        assert_eq!(reason, FailureReason::AgentOffline);
+        assert_eq!(code.unwrap().as_str(), "AGENT_STOPPED");
     }
 }

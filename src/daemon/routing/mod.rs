@@ -19,6 +19,8 @@
 //!   invocation when due; a client of the router like the API.
 //! - [`executor`]: the seam to what runs the work (PTY sessions, or
 //!   netsim's in-process agents).
+//! - [`usage`]: usage across the mesh: each owner answers for the flights
+//!   it ran, and the broker asked totals the answers.
 //!
 //! Architecture invariant: every step that says "accepted" has been
 //! committed first (the driver releases what depends on a `Persist` only
@@ -31,6 +33,7 @@ pub mod driver;
 pub mod executor;
 pub mod resolve;
 pub mod rows;
+pub mod usage;
 pub mod views;
 pub mod work_orders;
 
@@ -313,8 +316,12 @@ impl Router {
         done.await.map_err(|_| stopping())?
     }
 
-    /// Answers a routing request from a connected peer.
+    /// Answers a routing request from a connected peer. A usage query is
+    /// a read of this broker's store, answered here without the core.
     pub async fn handle_peer_request(&self, from: NodeId, frame: MeshFrame) -> MeshFrame {
+        if let MeshFrame::UsageQuery(query) = &frame {
+            return self.answer_usage_query(query);
+        }
         let (reply, answer) = oneshot::channel();
         if self
             .command(Command::Request { from, frame, reply })

@@ -18,6 +18,7 @@ use crate::store::conversations::{Conversation, NewMessage};
 use crate::store::deliveries::{AttemptOutcome, Delivery, NewDelivery};
 use crate::store::flights::{Flight, NewFlight};
 use crate::store::invocations::{Accepted, InsertOutcome, Invocation as StoredInvocation};
+use crate::store::usage::{Outcome, OutcomeTable, set_outcome};
 
 /// Unfinished deliveries (and queued flights) rebuilt at start at most;
 /// older ones wait for the next start. A broker with more has a bigger
@@ -182,6 +183,8 @@ fn apply(
             conversation_id,
             state,
             failure,
+            code,
+            usage,
             author,
             body,
             at_unix_ms,
@@ -197,6 +200,11 @@ fn apply(
                     failure.as_ref().map(|(r, d)| (*r, d.as_str())),
                     at,
                 )?;
+                let outcome = Outcome {
+                    failure_code: code.clone(),
+                    usage: *usage,
+                };
+                set_outcome(tx, OutcomeTable::Deliveries, delivery_id, &outcome)?;
             }
             Conversation::append_message(
                 tx,
@@ -288,6 +296,8 @@ fn apply(
             invocation_id,
             state,
             failure,
+            code,
+            usage,
             result,
             at_unix_ms,
         } => {
@@ -311,6 +321,11 @@ fn apply(
                         at,
                     )?;
                     Flight::set_result(tx, &flight.flight_id, result, at)?;
+                    let outcome = Outcome {
+                        failure_code: code.clone(),
+                        usage: *usage,
+                    };
+                    set_outcome(tx, OutcomeTable::Flights, &flight.flight_id, &outcome)?;
                 }
             }
         }
@@ -335,6 +350,8 @@ pub fn flight_update(flight: &Flight) -> FlightUpdate {
         output,
         failure_reason: flight.failure_reason,
         detail: flight.failure_detail.clone(),
+        failure_code: flight.failure_code.clone(),
+        usage: flight.usage,
     }
 }
 

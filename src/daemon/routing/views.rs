@@ -52,6 +52,8 @@ impl Router {
                             failure_detail: delivery.failure_detail,
                             attempts,
                             result,
+                            failure_code: delivery.failure_code,
+                            usage: delivery.usage,
                         })
                     }
                     None => None,
@@ -65,6 +67,8 @@ impl Router {
                         result: flight.result,
                         failure_reason: flight.failure_reason,
                         failure_detail: flight.failure_detail,
+                        failure_code: flight.failure_code,
+                        usage: flight.usage,
                     });
                 Ok(InvocationStatus {
                     invocation: InvocationView {
