@@ -568,7 +568,7 @@ fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {
     }
     for agent in agents
         .iter()
-        .filter(|agent| agent.harness == Harness::Command)
+        .filter(|agent| matches!(agent.harness, Harness::Command | Harness::Acp))
     {
         let Some(program) = agent.command.first() else {
             continue;
@@ -593,7 +593,7 @@ fn install_hint(harness: Harness) -> &'static str {
         Harness::Claude => "npm install -g @anthropic-ai/claude-code, then `claude` to log in",
         Harness::Codex => "npm install -g @openai/codex, then `codex login`",
         Harness::Gemini => "npm install -g @google/gemini-cli, then `gemini` to log in",
-        Harness::Command => "install the program",
+        Harness::Command | Harness::Acp => "install the program",
     }
 }
 

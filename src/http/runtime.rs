@@ -154,7 +154,7 @@ async fn spawn(
 ) -> Result<Response, ApiError> {
     let Some(harness_word) = body.harness else {
         return Err(invalid(
-            "`type` is required: one of claude, codex, gemini, command",
+            "`type` is required: one of claude, codex, gemini, command, acp",
         ));
     };
     let harness: Harness = harness_word

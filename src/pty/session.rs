@@ -24,6 +24,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::acp_turn::{AcpSlot, AcpSpawn};
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
@@ -294,6 +295,8 @@ pub struct Session {
     events: broadcast::Sender<RuntimeEvent>,
     state: Mutex<SessionState>,
     pty_turn: Mutex<Option<PtyTurn>>,
+    /// The Agent Client Protocol agent of an `acp` session.
+    acp: AcpSlot,
     turn_lock: Arc<tokio::sync::Mutex<()>>,
     finished: watch::Sender<bool>,
     ready: watch::Sender<bool>,
@@ -439,6 +442,7 @@ impl Session {
                 permit: Some(permit),
             }),
             pty_turn: Mutex::new(None),
+            acp: AcpSlot::default(),
             turn_lock: Arc::new(tokio::sync::Mutex::new(())),
             finished: watch::channel(false).0,
             ready: watch::channel(false).0,
@@ -578,6 +582,7 @@ impl Session {
         if let Some(pid) = structured_pid {
             signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        self.acp.close();
         self.process.terminate(self.config.stop_grace).await;
         let mut finished = self.finished.subscribe();
         let _ = tokio::time::timeout(FINISH_WAIT, finished.wait_for(|done| *done)).await;
@@ -616,6 +621,11 @@ impl Session {
                     TurnStyle::Structured => {
                         session
                             .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
+                            .await
+                    }
+                    TurnStyle::Acp => {
+                        session
+                            .run_acp(&prompt, conversation.as_deref(), &events_tx)
                             .await
                     }
                     style => session.run_pty(&id, &prompt, style, &events_tx).await,
@@ -906,6 +916,50 @@ impl Session {
         }
     }
 
+    /// A turn of an Agent Client Protocol agent (see `acp_turn`), in the
+    /// ACP session of `conversation`.
+    async fn run_acp(
+        &self,
+        prompt: &str,
+        conversation: Option<&str>,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> TurnOutcome {
+        let Some(argv) = self.adapter.acp_command() else {
+            return harness_failure(format!(
+                "the {} harness does not speak the Agent Client Protocol",
+                self.adapter.harness()
+            ));
+        };
+        let resume = self.lock_state().cli_sessions.get(conversation);
+        let spawn = AcpSpawn {
+            argv: &argv,
+            cwd: &self.config.workdir,
+            env: &self.config.env,
+            env_remove: &self.config.env_remove,
+        };
+        let classify = |text: &str| self.adapter.classify_failure(text);
+        let turn = self
+            .acp
+            .run_turn(&spawn, prompt, resume.as_deref(), events, &classify)
+            .await;
+        if let Some(session_id) = turn.session_id {
+            self.lock_state()
+                .cli_sessions
+                .insert(conversation, session_id);
+        }
+        let stopping = {
+            let state = self.lock_state();
+            state.stop_reason.is_some() || state.stopped_at.is_some()
+        };
+        match turn.outcome {
+            TurnOutcome::Failed { .. } if stopping => TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            },
+            outcome => outcome,
+        }
+    }
+
     fn abandon_pty_turn(&self, turn_id: &str) {
         let mut turn = self.lock_turn();
         if turn.as_ref().is_some_and(|turn| turn.id == turn_id) {
@@ -1115,6 +1169,7 @@ impl Session {
             if let Some(pid) = state.structured_pid {
                 signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            self.acp.close();
             (reason, error, state.permit.take())
         };
         drop(permit);
