@@ -110,7 +110,7 @@ pub fn api_error(err: RuntimeError) -> ApiError {
         RuntimeError::MaxAgents { .. } => StatusCode::TOO_MANY_REQUESTS,
         RuntimeError::SpawnFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        RuntimeError::AgentStopped(_) => StatusCode::CONFLICT,
+        RuntimeError::AgentStopped(_) | RuntimeError::Cancelled(_) => StatusCode::CONFLICT,
         RuntimeError::Harness(_) => StatusCode::BAD_GATEWAY,
         RuntimeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };

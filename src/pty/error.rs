@@ -61,6 +61,9 @@ pub enum RuntimeError {
     /// The agent's CLI failed the turn (`HARNESS_ERROR`).
     #[error("{0}")]
     Harness(String),
+    /// The turn was cancelled on request (`CANCELLED`).
+    #[error("{0}")]
+    Cancelled(String),
     /// The broker is shutting down (`SHUTTING_DOWN`).
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -82,6 +85,7 @@ impl RuntimeError {
             RuntimeError::Timeout { .. } => "TIMEOUT",
             RuntimeError::AgentStopped(_) => "AGENT_STOPPED",
             RuntimeError::Harness(_) => "HARNESS_ERROR",
+            RuntimeError::Cancelled(_) => "CANCELLED",
             RuntimeError::ShuttingDown => "SHUTTING_DOWN",
         }
     }

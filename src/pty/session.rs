@@ -202,6 +202,8 @@ pub enum TurnFailure {
     OnboardingRequired,
     /// The CLI failed the turn or could not be run.
     Harness,
+    /// The turn was cancelled ([`Session::cancel_turn`]).
+    Cancelled,
 }
 
 impl TurnFailure {
@@ -210,6 +212,7 @@ impl TurnFailure {
         match self {
             TurnFailure::Timeout => FailureReason::Timeout,
             TurnFailure::AgentStopped => FailureReason::AgentOffline,
+            TurnFailure::Cancelled => FailureReason::Cancelled,
             TurnFailure::AuthRequired | TurnFailure::OnboardingRequired | TurnFailure::Harness => {
                 FailureReason::HarnessError
             }
@@ -225,6 +228,7 @@ impl TurnFailure {
             TurnFailure::AuthRequired => "AUTH_REQUIRED",
             TurnFailure::OnboardingRequired => "ONBOARDING_REQUIRED",
             TurnFailure::Harness => "HARNESS_ERROR",
+            TurnFailure::Cancelled => "CANCELLED",
         }
     }
 
@@ -302,6 +306,8 @@ pub struct Session {
     ready: watch::Sender<bool>,
     /// Wakes the session task when a turn's deadlines change without output.
     wake: tokio::sync::Notify,
+    /// Ends the running turn ([`Session::cancel_turn`]).
+    cancel: tokio::sync::Notify,
     /// The last output chunk the session task has handled. The screen model
     /// runs ahead of it (the reader thread feeds the screen before queueing
     /// the chunk), so a decision read off the screen waits until the task
@@ -447,6 +453,7 @@ impl Session {
             finished: watch::channel(false).0,
             ready: watch::channel(false).0,
             wake: tokio::sync::Notify::new(),
+            cancel: tokio::sync::Notify::new(),
             pumped_seq: AtomicU64::new(0),
             config,
         });
@@ -617,18 +624,32 @@ impl Session {
             let run = async {
                 let _guard = lock.lock_owned().await;
                 session.set_turn_active(true);
-                let outcome = match session.adapter.turn_style() {
-                    TurnStyle::Structured => {
-                        session
-                            .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
-                            .await
+                let work = async {
+                    match session.adapter.turn_style() {
+                        TurnStyle::Structured => {
+                            session
+                                .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
+                                .await
+                        }
+                        TurnStyle::Acp => {
+                            session
+                                .run_acp(&prompt, conversation.as_deref(), &events_tx)
+                                .await
+                        }
+                        style => session.run_pty(&id, &prompt, style, &events_tx).await,
                     }
-                    TurnStyle::Acp => {
-                        session
-                            .run_acp(&prompt, conversation.as_deref(), &events_tx)
-                            .await
+                };
+                // Dropping the work ends it as a deadline does (an ACP
+                // prompt gets `session/cancel`).
+                let outcome = tokio::select! {
+                    outcome = work => outcome,
+                    () = session.cancel.notified() => {
+                        session.abandon_pty_turn(&id);
+                        TurnOutcome::Failed {
+                            failure: TurnFailure::Cancelled,
+                            message: "the turn was cancelled".to_owned(),
+                        }
                     }
-                    style => session.run_pty(&id, &prompt, style, &events_tx).await,
                 };
                 session.set_turn_active(false);
                 outcome
@@ -663,6 +684,13 @@ impl Session {
             id: turn_id,
             events: events_rx,
         })
+    }
+
+    /// Cancels the running turn, if any: it ends `CANCELLED` (an ACP agent
+    /// is asked to stop with `session/cancel`; the terminal of a terminal
+    /// turn is left as it is). Turns queued behind it then run.
+    pub fn cancel_turn(&self) {
+        self.cancel.notify_waiters();
     }
 
     fn check_can_run_turn(&self) -> Result<(), RuntimeError> {
