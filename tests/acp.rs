@@ -1,0 +1,325 @@
+//! The `acp` harness against the real `gemini --acp` (the pinned Gemini
+//! CLI in `target/agent-clis`), with only the model scripted: a turn
+//! completes with the scripted answer, a second turn of the conversation
+//! continues the same ACP session, a shell tool asks permission and runs,
+//! a turn is cancelled mid-answer, and missing credentials are
+//! `AUTH_REQUIRED`. Each test gives the CLI its own home directory.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::agent_clis::agent_cli;
+use common::model::{Api, ModelServer, Recorded, Step};
+use scout::adapter::AdapterOptions;
+use scout::pty::{
+    RuntimeConfig, SessionManager, SpawnRequest, TurnEvent, TurnFailure, TurnOutcome,
+};
+use scout_mesh::lifecycle::Harness;
+
+/// How long one CLI turn may take: the CLI starts in seconds, far less
+/// than this on a healthy machine, so only a real hang trips it.
+const WAIT_BOUND: Duration = Duration::from_secs(120);
+
+/// Variables of the machine's user that would point the CLI at real
+/// credentials or a real project; each test sets them empty.
+const CREDENTIAL_VARS: &[&str] = &[
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+];
+
+/// A temporary home and working directory for one test's CLI.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let sandbox = Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        std::fs::create_dir_all(sandbox.home().join(".gemini")).expect("home");
+        std::fs::create_dir_all(sandbox.workdir()).expect("workdir");
+        sandbox
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn workdir(&self) -> std::path::PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// The CLI's environment: this home, no credentials of the machine's
+    /// user, and, with `server`, the scripted model behind an API key.
+    fn env(&self, server: Option<&ModelServer>) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = CREDENTIAL_VARS
+            .iter()
+            .map(|name| ((*name).to_owned(), String::new()))
+            .collect();
+        env.push(("HOME".to_owned(), self.home().display().to_string()));
+        env.push((
+            "XDG_CONFIG_HOME".to_owned(),
+            self.home().join(".config").display().to_string(),
+        ));
+        if let Some(server) = server {
+            env.extend(self.point_at(server));
+        }
+        env
+    }
+
+    /// Points the CLI at the scripted server: its base URL and an API key
+    /// in the environment, the API-key login chosen in the home's settings.
+    fn point_at(&self, server: &ModelServer) -> Vec<(String, String)> {
+        let settings = serde_json::json!({
+            "security": { "auth": { "selectedType": "gemini-api-key" } },
+        });
+        std::fs::write(
+            self.home().join(".gemini/settings.json"),
+            settings.to_string(),
+        )
+        .expect("write settings.json");
+        vec![
+            ("GOOGLE_GEMINI_BASE_URL".to_owned(), server.url()),
+            ("GEMINI_API_KEY".to_owned(), "scripted-key".to_owned()),
+        ]
+    }
+}
+
+fn manager() -> Arc<SessionManager> {
+    Arc::new(SessionManager::new(RuntimeConfig {
+        stop_grace: Duration::from_millis(500),
+        ..RuntimeConfig::default()
+    }))
+}
+
+/// Starts an `acp` agent running `gemini --acp` in the sandbox.
+async fn spawn_gemini(
+    manager: &SessionManager,
+    sandbox: &Sandbox,
+    server: Option<&ModelServer>,
+) -> String {
+    let gemini = agent_cli("gemini");
+    let info = manager
+        .spawn(SpawnRequest {
+            name: Some("acp-gemini".to_owned()),
+            harness: Harness::Acp,
+            workdir: Some(sandbox.workdir().display().to_string()),
+            options: AdapterOptions {
+                command: Some(vec![gemini.display().to_string(), "--acp".to_owned()]),
+                ..AdapterOptions::default()
+            },
+            env: sandbox.env(server),
+            size: None,
+        })
+        .await
+        .expect("spawn the acp agent");
+    info.id
+}
+
+/// Runs one turn to its end: its events before the outcome, and the outcome.
+async fn turn(
+    manager: &SessionManager,
+    id: &str,
+    prompt: &str,
+    conversation: Option<&str>,
+) -> (Vec<TurnEvent>, TurnOutcome) {
+    let mut turn = manager
+        .run_turn(
+            id,
+            prompt.to_owned(),
+            Some(WAIT_BOUND),
+            conversation.map(str::to_owned),
+        )
+        .expect("start the turn");
+    finish(&mut turn.events).await
+}
+
+async fn finish(
+    events: &mut tokio::sync::mpsc::Receiver<TurnEvent>,
+) -> (Vec<TurnEvent>, TurnOutcome) {
+    let mut seen = Vec::new();
+    let outcome = tokio::time::timeout(WAIT_BOUND + Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(TurnEvent::Finished(outcome)) => return outcome,
+                Some(event) => seen.push(event),
+                None => panic!("the turn ended without an outcome"),
+            }
+        }
+    })
+    .await
+    .expect("the turn did not finish");
+    (seen, outcome)
+}
+
+fn completed(outcome: &TurnOutcome) -> &str {
+    match outcome {
+        TurnOutcome::Completed { response } => response,
+        other => panic!("the turn did not complete: {other:?}"),
+    }
+}
+
+/// The model requests that ask for an answer (the CLI also makes others,
+/// such as token counts, which the script does not answer).
+fn generate_requests(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests
+        .iter()
+        .filter(|request| request.path.contains("generateContent"))
+        .collect()
+}
+
+/// Waits (bounded) until the model has been asked for an answer.
+async fn wait_for_generate_request(server: &ModelServer) {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while generate_requests(&server.requests()).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CLI never asked the model: {:#?}",
+            server.requests()
+        );
+        // Polling a condition with a bound; the server has no event to wait on.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn text_of(request: &Recorded) -> String {
+    request.body.to_string()
+}
+
+#[tokio::test]
+async fn turns_complete_and_continue_the_acp_session() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::Text("first scripted answer".to_owned()),
+            Step::Text("second scripted answer".to_owned()),
+        ],
+    );
+    let sandbox = Sandbox::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
+
+    let (events, outcome) = turn(&manager, &id, "say the first thing", Some("conv-1")).await;
+    assert_eq!(completed(&outcome), "first scripted answer");
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, TurnEvent::Output(text) if text.contains("first"))),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            TurnEvent::Usage(usage) if usage.input_tokens > 0 && usage.output_tokens > 0
+        )),
+        "{events:?}"
+    );
+
+    let (_, outcome) = turn(&manager, &id, "say the second thing", Some("conv-1")).await;
+    assert_eq!(completed(&outcome), "second scripted answer");
+    // The second request carries the first exchange: the same ACP session.
+    let requests = server.requests();
+    let generated = generate_requests(&requests);
+    let last = generated.last().expect("a model request");
+    let body = text_of(last);
+    assert!(body.contains("say the first thing"), "{body}");
+    assert!(body.contains("first scripted answer"), "{body}");
+    assert!(body.contains("say the second thing"), "{body}");
+
+    manager.stop(&id).await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_shell_tool_asks_permission_and_runs() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::ToolCall {
+                name: "run_shell_command".to_owned(),
+                input: serde_json::json!({ "command": "echo hi" }),
+            },
+            Step::Text("the command said hi".to_owned()),
+        ],
+    );
+    let sandbox = Sandbox::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
+
+    let (events, outcome) = turn(&manager, &id, "run echo hi", None).await;
+    assert_eq!(completed(&outcome), "the command said hi");
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, TurnEvent::Tool(line) if line.contains("echo hi"))),
+        "{events:?}"
+    );
+    // The tool ran: its output went back to the model.
+    let requests = server.requests();
+    let generated = generate_requests(&requests);
+    let body = text_of(generated.last().expect("a model request"));
+    assert!(body.contains("functionResponse"), "{body}");
+    assert!(body.contains("hi"), "{body}");
+
+    manager.stop(&id).await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_turn_is_cancelled_mid_answer_and_the_next_one_runs() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![Step::Hang, Step::Text("after the cancel".to_owned())],
+    );
+    let sandbox = Sandbox::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
+
+    let mut hanging = manager
+        .run_turn(
+            &id,
+            "never mind".to_owned(),
+            Some(WAIT_BOUND),
+            Some("c".into()),
+        )
+        .expect("start the turn");
+    // The model has the request (and never answers): the turn is mid-way.
+    wait_for_generate_request(&server).await;
+    manager.session(&id).expect("session").cancel_turn();
+    let (_, outcome) = finish(&mut hanging.events).await;
+    assert!(
+        matches!(
+            outcome,
+            TurnOutcome::Failed {
+                failure: TurnFailure::Cancelled,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+
+    let (_, outcome) = turn(&manager, &id, "and now?", Some("c")).await;
+    assert_eq!(completed(&outcome), "after the cancel");
+    manager.stop(&id).await.expect("stop");
+}
+
+#[tokio::test]
+async fn without_credentials_a_turn_is_auth_required() {
+    let sandbox = Sandbox::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, None).await;
+
+    let (_, outcome) = turn(&manager, &id, "hello", None).await;
+    let TurnOutcome::Failed { failure, message } = &outcome else {
+        panic!("the turn did not fail: {outcome:?}");
+    };
+    assert_eq!(*failure, TurnFailure::AuthRequired, "{message}");
+    assert_eq!(failure.code(), "AUTH_REQUIRED");
+    manager.stop(&id).await.expect("stop");
+}
