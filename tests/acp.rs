@@ -35,13 +35,13 @@ const CREDENTIAL_VARS: &[&str] = &[
 ];
 
 /// A temporary home and working directory for one test's CLI.
-struct Sandbox {
+struct CliHome {
     dir: tempfile::TempDir,
 }
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        let sandbox = Sandbox {
+impl CliHome {
+    fn new() -> CliHome {
+        let sandbox = CliHome {
             dir: tempfile::tempdir().expect("temp dir"),
         };
         std::fs::create_dir_all(sandbox.home().join(".gemini")).expect("home");
@@ -103,7 +103,7 @@ fn manager() -> Arc<SessionManager> {
 /// Starts an `acp` agent running `gemini --acp` in the sandbox.
 async fn spawn_gemini(
     manager: &SessionManager,
-    sandbox: &Sandbox,
+    sandbox: &CliHome,
     server: Option<&ModelServer>,
 ) -> String {
     let gemini = agent_cli("gemini");
@@ -203,7 +203,7 @@ async fn turns_complete_and_continue_the_acp_session() {
             Step::Text("second scripted answer".to_owned()),
         ],
     );
-    let sandbox = Sandbox::new();
+    let sandbox = CliHome::new();
     let manager = manager();
     let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
 
@@ -249,7 +249,7 @@ async fn a_shell_tool_asks_permission_and_runs() {
             Step::Text("the command said hi".to_owned()),
         ],
     );
-    let sandbox = Sandbox::new();
+    let sandbox = CliHome::new();
     let manager = manager();
     let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
 
@@ -277,7 +277,7 @@ async fn a_turn_is_cancelled_mid_answer_and_the_next_one_runs() {
         Api::Gemini,
         vec![Step::Hang, Step::Text("after the cancel".to_owned())],
     );
-    let sandbox = Sandbox::new();
+    let sandbox = CliHome::new();
     let manager = manager();
     let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
 
@@ -309,9 +309,37 @@ async fn a_turn_is_cancelled_mid_answer_and_the_next_one_runs() {
     manager.stop(&id).await.expect("stop");
 }
 
+#[test]
+fn agents_add_takes_the_acp_harness_with_a_command() {
+    let sandbox = common::Sandbox::new();
+    sandbox.setup("laptop");
+    let cwd = sandbox.path().display().to_string();
+    let missing = sandbox.run(&["agents", "add", "gem", "--harness", "acp", "--cwd", &cwd]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("`acp` agent needs a command"),
+        "{}",
+        missing.stderr
+    );
+    let add = sandbox.run(&[
+        "agents",
+        "add",
+        "gem",
+        "--harness",
+        "acp",
+        "--cwd",
+        &cwd,
+        "--command",
+        "gemini --acp",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let list = sandbox.run(&["--json", "agents", "list"]);
+    assert!(list.stdout.contains("\"acp\""), "{}", list.stdout);
+}
+
 #[tokio::test]
 async fn without_credentials_a_turn_is_auth_required() {
-    let sandbox = Sandbox::new();
+    let sandbox = CliHome::new();
     let manager = manager();
     let id = spawn_gemini(&manager, &sandbox, None).await;
 

@@ -791,6 +791,13 @@ mod tests {
     }
 
     #[test]
+    fn the_harness_needs_a_command() {
+        let err = super::super::adapter_for(Harness::Acp, &super::super::AdapterOptions::default())
+            .unwrap_err();
+        assert_eq!(err, super::super::AdapterError::MissingCommand);
+    }
+
+    #[test]
     fn a_command_line_is_split() {
         let adapter = AcpAdapter::new(vec!["gemini --acp".to_owned()]);
         assert_eq!(adapter.acp_command().unwrap(), ["gemini", "--acp"]);
