@@ -7,11 +7,12 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::agent_clis::agent_cli;
-use common::model::{Api, ModelServer, Recorded, Step};
+use common::model::{Api, ModelServer, Recorded, Step, gemini};
 use scout::adapter::AdapterOptions;
 use scout::pty::{
     RuntimeConfig, SessionManager, SpawnRequest, TurnEvent, TurnFailure, TurnOutcome,
@@ -21,18 +22,6 @@ use scout_mesh::lifecycle::Harness;
 /// How long one CLI turn may take: the CLI starts in seconds, far less
 /// than this on a healthy machine, so only a real hang trips it.
 const WAIT_BOUND: Duration = Duration::from_secs(120);
-
-/// Variables of the machine's user that would point the CLI at real
-/// credentials or a real project; each test sets them empty.
-const CREDENTIAL_VARS: &[&str] = &[
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-    "GOOGLE_GEMINI_BASE_URL",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_CLOUD_LOCATION",
-    "GOOGLE_GENAI_USE_VERTEXAI",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-];
 
 /// A temporary home and working directory for one test's CLI.
 struct CliHome {
@@ -44,52 +33,38 @@ impl CliHome {
         let sandbox = CliHome {
             dir: tempfile::tempdir().expect("temp dir"),
         };
-        std::fs::create_dir_all(sandbox.home().join(".gemini")).expect("home");
         std::fs::create_dir_all(sandbox.workdir()).expect("workdir");
+        gemini::configure_home(&sandbox.home());
         sandbox
     }
 
-    fn home(&self) -> std::path::PathBuf {
+    fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
-    fn workdir(&self) -> std::path::PathBuf {
+    fn workdir(&self) -> PathBuf {
         self.dir.path().join("work")
     }
 
-    /// The CLI's environment: this home, no credentials of the machine's
-    /// user, and, with `server`, the scripted model behind an API key.
+    /// The CLI's environment: this home and, with `server`, the scripted
+    /// model behind an API key; without one, no credentials at all (the
+    /// machine's user's are blanked either way).
     fn env(&self, server: Option<&ModelServer>) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = CREDENTIAL_VARS
-            .iter()
-            .map(|name| ((*name).to_owned(), String::new()))
-            .collect();
-        env.push(("HOME".to_owned(), self.home().display().to_string()));
-        env.push((
-            "XDG_CONFIG_HOME".to_owned(),
-            self.home().join(".config").display().to_string(),
-        ));
-        if let Some(server) = server {
-            env.extend(self.point_at(server));
+        match server {
+            Some(server) => gemini::env(server, &self.home()),
+            None => {
+                let mut env = vec![("HOME".to_owned(), self.home().display().to_string())];
+                for name in gemini::BLANKED
+                    .iter()
+                    .chain(&["GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL"])
+                {
+                    env.push(((*name).to_owned(), String::new()));
+                }
+                // Without a chosen login the CLI asks for one.
+                let _ = std::fs::remove_file(self.home().join(".gemini/settings.json"));
+                env
+            }
         }
-        env
-    }
-
-    /// Points the CLI at the scripted server: its base URL and an API key
-    /// in the environment, the API-key login chosen in the home's settings.
-    fn point_at(&self, server: &ModelServer) -> Vec<(String, String)> {
-        let settings = serde_json::json!({
-            "security": { "auth": { "selectedType": "gemini-api-key" } },
-        });
-        std::fs::write(
-            self.home().join(".gemini/settings.json"),
-            settings.to_string(),
-        )
-        .expect("write settings.json");
-        vec![
-            ("GOOGLE_GEMINI_BASE_URL".to_owned(), server.url()),
-            ("GEMINI_API_KEY".to_owned(), "scripted-key".to_owned()),
-        ]
     }
 }
 
@@ -167,13 +142,9 @@ fn completed(outcome: &TurnOutcome) -> &str {
     }
 }
 
-/// The model requests that ask for an answer (the CLI also makes others,
-/// such as token counts, which the script does not answer).
+/// The model requests of the conversation (the CLI makes side calls too).
 fn generate_requests(requests: &[Recorded]) -> Vec<&Recorded> {
-    requests
-        .iter()
-        .filter(|request| request.path.contains("generateContent"))
-        .collect()
+    gemini::conversation(requests)
 }
 
 /// Waits (bounded) until the model has been asked for an answer.
@@ -237,8 +208,10 @@ async fn turns_complete_and_continue_the_acp_session() {
     manager.stop(&id).await.expect("stop");
 }
 
+/// Gemini CLI runs commands it knows to be read-only (`echo`, `ls`, ...)
+/// without asking; any other command asks permission first.
 #[tokio::test]
-async fn a_shell_tool_asks_permission_and_runs() {
+async fn shell_tools_run_and_the_policy_allows_what_asks_permission() {
     let server = ModelServer::start(
         Api::Gemini,
         vec![
@@ -246,27 +219,49 @@ async fn a_shell_tool_asks_permission_and_runs() {
                 name: "run_shell_command".to_owned(),
                 input: serde_json::json!({ "command": "echo hi" }),
             },
-            Step::Text("the command said hi".to_owned()),
+            Step::ToolCall {
+                name: "run_shell_command".to_owned(),
+                input: serde_json::json!({ "command": "printf 'hi from printf\\n'" }),
+            },
+            Step::Text("the commands said hi".to_owned()),
         ],
     );
     let sandbox = CliHome::new();
     let manager = manager();
     let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
 
-    let (events, outcome) = turn(&manager, &id, "run echo hi", None).await;
-    assert_eq!(completed(&outcome), "the command said hi");
+    let (events, outcome) = turn(&manager, &id, "run echo hi, then printf", None).await;
+    assert_eq!(completed(&outcome), "the commands said hi");
+    let tools: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            TurnEvent::Tool(line) => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(tools.contains(&"$ echo hi"), "{tools:?}");
+    // `printf` asked first, and the policy allowed it once.
     assert!(
-        events
+        tools
             .iter()
-            .any(|event| matches!(event, TurnEvent::Tool(line) if line.contains("echo hi"))),
-        "{events:?}"
+            .any(|line| line.contains("printf") && line.ends_with("(permission: allowed once)")),
+        "{tools:?}"
     );
-    // The tool ran: its output went back to the model.
+    // Both ran: their output went back to the model.
     let requests = server.requests();
     let generated = generate_requests(&requests);
-    let body = text_of(generated.last().expect("a model request"));
-    assert!(body.contains("functionResponse"), "{body}");
-    assert!(body.contains("hi"), "{body}");
+    let last = generated.last().expect("a model request");
+    let responses: Vec<String> = last.body["contents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|content| content["parts"].as_array().into_iter().flatten())
+        .filter(|part| part.get("functionResponse").is_some())
+        .map(|part| part["functionResponse"]["response"].to_string())
+        .collect();
+    assert_eq!(responses.len(), 2, "{responses:?}");
+    assert!(responses[0].contains("hi"), "{responses:?}");
+    assert!(responses[1].contains("hi from printf"), "{responses:?}");
 
     manager.stop(&id).await.expect("stop");
 }

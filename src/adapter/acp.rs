@@ -223,6 +223,15 @@ pub enum SessionUpdate {
     Tool(ToolCall),
     /// The agent's plan, by its entries.
     Plan(Vec<String>),
+    /// Scout answered a permission request for a tool (not sent by the
+    /// agent as an update: the client reports its own answer this way).
+    Permission {
+        /// The tool call asked about.
+        tool: Option<ToolCall>,
+        /// The kind of the option chosen (`allow_once`, `reject_once`,
+        /// ...), `None` when Scout answered "cancelled".
+        chosen_kind: Option<String>,
+    },
     /// The context window and the session's cumulative cost.
     Usage {
         /// The session's cost so far, in micro-USD, when the agent gives one
@@ -314,13 +323,8 @@ pub struct PermissionRequest {
 /// Scout has nobody to ask; it never grants "always" (which would outlive
 /// the turn and the policy), and refuses once when no one-time allowance
 /// is offered. A configurable policy replaces this function.
-pub fn permission_choice(options: &[PermissionOption]) -> Option<&str> {
-    let of_kind = |kind: &str| {
-        options
-            .iter()
-            .find(|option| option.kind == kind)
-            .map(|option| option.option_id.as_str())
-    };
+pub fn permission_choice(options: &[PermissionOption]) -> Option<&PermissionOption> {
+    let of_kind = |kind: &str| options.iter().find(|option| option.kind == kind);
     of_kind("allow_once")
         .or_else(|| of_kind("reject_once"))
         .or_else(|| of_kind("reject_always"))
@@ -697,7 +701,7 @@ mod tests {
         let request = parse_permission_request(&params);
         assert_eq!(request.session_id, "s1");
         assert_eq!(request.tool_call.as_ref().unwrap().line(), "$ echo hi");
-        let choice = permission_choice(&request.options);
+        let choice = permission_choice(&request.options).map(|option| option.option_id.as_str());
         assert_eq!(choice, Some("proceed_once"));
         assert_eq!(
             permission_response(&id, choice),
@@ -707,7 +711,7 @@ mod tests {
             option_id: "always".to_owned(),
             kind: "allow_always".to_owned(),
         }];
-        assert_eq!(permission_choice(&only_always), None);
+        assert!(permission_choice(&only_always).is_none());
         assert_eq!(
             permission_response(&id, None)["result"]["outcome"]["outcome"],
             "cancelled"

@@ -508,12 +508,21 @@ impl AcpAgent {
                 Incoming::Request { id, method, params } => {
                     let reply = if method == "session/request_permission" {
                         let request = acp::parse_permission_request(&params);
-                        let choice = permission_choice(&request.options).map(str::to_owned);
-                        if let Some(tool) = request.tool_call {
-                            on_update(&request.session_id, SessionUpdate::Tool(tool));
-                        }
+                        let choice = permission_choice(&request.options);
+                        let reply = acp::permission_response(
+                            &id,
+                            choice.map(|option| option.option_id.as_str()),
+                        );
                         tracing::debug!(?choice, "answered an acp permission request");
-                        acp::permission_response(&id, choice.as_deref())
+                        let chosen_kind = choice.map(|option| option.kind.clone());
+                        on_update(
+                            &request.session_id,
+                            SessionUpdate::Permission {
+                                tool: request.tool_call,
+                                chosen_kind,
+                            },
+                        );
+                        reply
                     } else {
                         acp::method_not_found_response(&id, &method)
                     };
@@ -719,6 +728,25 @@ impl<'a> TurnAnswer<'a> {
                 if self.seen_tools.insert(tool.id.clone()) {
                     let _ = self.events.try_send(TurnEvent::Tool(tool.line()));
                 }
+            }
+            SessionUpdate::Permission { tool, chosen_kind } => {
+                // The tool counts as seen: its later updates add nothing.
+                let line = tool.map_or_else(
+                    || "a tool".to_owned(),
+                    |tool| {
+                        self.seen_tools.insert(tool.id.clone());
+                        tool.line()
+                    },
+                );
+                let answer = match chosen_kind.as_deref() {
+                    Some("allow_once") => "allowed once",
+                    Some("allow_always") => "allowed always",
+                    Some(_) => "refused",
+                    None => "cancelled",
+                };
+                let _ = self
+                    .events
+                    .try_send(TurnEvent::Tool(format!("{line} (permission: {answer})")));
             }
             SessionUpdate::Usage {
                 cost_micro_usd: Some(cost),
