@@ -41,6 +41,21 @@ const SCREEN: ScreenMarkers = ScreenMarkers {
     ready: READY_MARKERS,
 };
 
+/// `--skip-trust`: trust the working directory for this run.
+const SKIP_TRUST: &str = "--skip-trust";
+/// `--approval-mode <default|auto_edit|yolo|plan>`.
+const APPROVAL_MODE: &str = "--approval-mode";
+/// `--output-format <text|json|stream-json>`.
+const OUTPUT_FORMAT: &str = "--output-format";
+/// `--resume <session id>`.
+const RESUME: &str = "--resume";
+/// `--prompt <text>`: run headless with this prompt.
+const PROMPT: &str = "--prompt";
+
+/// Every flag the adapter passes, so a test can check that the pinned
+/// CLI's `--help` still lists each of them.
+pub const FLAGS: &[&str] = &[SKIP_TRUST, APPROVAL_MODE, OUTPUT_FORMAT, RESUME, PROMPT];
+
 const AUTH_FAILURE_MARKERS: &[&str] = &[
     "Please set an Auth method",
     "GEMINI_API_KEY",
@@ -106,18 +121,37 @@ impl Adapter for GeminiAdapter {
         TurnStyle::Structured
     }
 
-    fn invocation(&self, prompt: &str, _resume: Option<&str>) -> Option<Invocation> {
+    fn invocation(&self, prompt: &str, resume: Option<&str>) -> Option<Invocation> {
+        let mut argv = vec![
+            self.program.clone(),
+            // Headless runs in a folder the person never trusted in the
+            // TUI exit 55 before reading the prompt; the agent's workdir is
+            // the one its owner chose when spawning it, which is the trust
+            // this flag grants, for this run only.
+            SKIP_TRUST.to_owned(),
+            // A headless run has nobody to ask: in `default` mode Gemini
+            // CLI leaves every tool that needs a confirmation (shell,
+            // edits, web fetch) out of the model's tools, so a routed turn
+            // could only read. Scout's approvals for Gemini go through its
+            // ACP mode (`session/request_permission`); a structured turn
+            // acts with the reach its owner gave the agent when spawning
+            // it in this workdir, as a person at the terminal would with
+            // `--yolo`.
+            APPROVAL_MODE.to_owned(),
+            "yolo".to_owned(),
+            OUTPUT_FORMAT.to_owned(),
+            "stream-json".to_owned(),
+        ];
+        if let Some(session_id) = resume {
+            // The id of the `init` event of an earlier run; `--resume`
+            // takes a session id as well as `latest` or an index.
+            argv.push(RESUME.to_owned());
+            argv.push(session_id.to_owned());
+        }
         // `--prompt=<text>` keeps a prompt that starts with `-` from being
         // read as a flag.
-        Some(Invocation {
-            argv: vec![
-                self.program.clone(),
-                "--output-format".to_owned(),
-                "stream-json".to_owned(),
-                format!("--prompt={prompt}"),
-            ],
-            stdin: None,
-        })
+        argv.push(format!("{PROMPT}={prompt}"));
+        Some(Invocation { argv, stdin: None })
     }
 
     fn parse_line(&self, line: &str) -> Vec<StructuredEvent> {
