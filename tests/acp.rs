@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::agent_clis::agent_cli;
 use common::model::{Api, ModelServer, Recorded, Step, gemini};
 use scout::adapter::AdapterOptions;
+use scout::pty::process::read_stat;
 use scout::pty::{
     RuntimeConfig, SessionManager, SpawnRequest, TurnEvent, TurnFailure, TurnOutcome,
 };
@@ -210,6 +211,87 @@ async fn turns_complete_and_continue_the_acp_session() {
 
 /// Gemini CLI runs commands it knows to be read-only (`echo`, `ls`, ...)
 /// without asking; any other command asks permission first.
+/// After the agent process died between turns, the next turn starts a new
+/// one and completes. Scout asks it to load the conversation's ACP session
+/// (`session/load`, which `gemini --acp` announces); Gemini CLI 0.61
+/// answers with an error (its load starts recording the chat afresh, over
+/// the saved one, before reading it), so the turn continues in a new ACP
+/// session. Another conversation never sees the first one's exchange.
+#[tokio::test]
+async fn after_the_agent_died_the_next_turn_starts_it_again() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::Text("noted".to_owned()),
+            Step::Text("it was teapot".to_owned()),
+            Step::Text("no word yet".to_owned()),
+        ],
+    );
+    let sandbox = CliHome::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
+    let (_, outcome) = turn(&manager, &id, "remember the word teapot", Some("a")).await;
+    assert_eq!(completed(&outcome), "noted");
+
+    let console_pid = manager.info(&id).expect("info").pid;
+    kill_acp_agent(&sandbox.workdir(), console_pid).await;
+
+    let (_, outcome) = turn(&manager, &id, "what was the word?", Some("a")).await;
+    assert_eq!(completed(&outcome), "it was teapot");
+
+    let (_, outcome) = turn(&manager, &id, "what was the word?", Some("b")).await;
+    assert_eq!(completed(&outcome), "no word yet");
+    let requests = server.requests();
+    let texts = gemini::texts(generate_requests(&requests).last().expect("request"));
+    assert!(
+        !texts.iter().any(|text| text.contains("teapot")),
+        "{texts:?}"
+    );
+    manager.stop(&id).await.expect("stop");
+}
+
+/// Kills the ACP agent process (and its group) that this test's session
+/// started in `workdir` (not the session's terminal, `console_pid`), and
+/// waits until it is dead.
+async fn kill_acp_agent(workdir: &std::path::Path, console_pid: u32) {
+    let me = i32::try_from(std::process::id()).expect("pid");
+    let workdir = std::fs::canonicalize(workdir).expect("workdir");
+    let agents: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| u32::try_from(*pid).ok() != Some(console_pid))
+        .filter(|pid| {
+            read_stat(*pid).is_some_and(|stat| stat.ppid == me && stat.state != 'Z')
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_ref() == Some(&workdir)
+        })
+        .collect();
+    assert_eq!(agents.len(), 1, "one ACP agent process: {agents:?}");
+    let agent = agents[0];
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the agent");
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    // A process is dead for its parent once its last thread is: the
+    // leader shows `Z` while other threads may still be exiting.
+    let alive = |pid: i32| {
+        read_stat(pid).is_some_and(|stat| {
+            stat.state != 'Z'
+                || std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .is_ok_and(|tasks| tasks.count() > 1)
+        })
+    };
+    while alive(agent) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not die"
+        );
+        // Polling a condition with a bound: a killed process has no event.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn shell_tools_run_and_the_policy_allows_what_asks_permission() {
     let server = ModelServer::start(
