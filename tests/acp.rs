@@ -415,6 +415,28 @@ fn agents_add_takes_the_acp_harness_with_a_command() {
 }
 
 #[tokio::test]
+async fn a_rejected_api_key_is_auth_required() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![Step::Error {
+            status: 401,
+            message: "API key not valid. Please pass a valid API key.".to_owned(),
+            retry_after: None,
+        }],
+    );
+    let sandbox = CliHome::new();
+    let manager = manager();
+    let id = spawn_gemini(&manager, &sandbox, Some(&server)).await;
+
+    let (_, outcome) = turn(&manager, &id, "hello", None).await;
+    let TurnOutcome::Failed { failure, message } = &outcome else {
+        panic!("the turn did not fail: {outcome:?}");
+    };
+    assert_eq!(*failure, TurnFailure::AuthRequired, "{message}");
+    manager.stop(&id).await.expect("stop");
+}
+
+#[tokio::test]
 async fn without_credentials_a_turn_is_auth_required() {
     let sandbox = CliHome::new();
     let manager = manager();

@@ -166,7 +166,6 @@ impl AcpSlot {
         *session_id = Some(id.clone());
         let mut in_flight = PromptInFlight {
             guard: Some(guard),
-            process: self.process.clone(),
             session_id: id.clone(),
             prompt_id,
         };
@@ -223,11 +222,13 @@ impl AcpSlot {
         if lock(&self.process).closed {
             return Err(AcpFailure::stopped());
         }
-        let mut agent = AcpAgent::spawn(spawn)?;
+        let mut agent = AcpAgent::spawn(spawn, self.process.clone())?;
         {
             let mut process = lock(&self.process);
             if process.closed {
+                drop(process);
                 // Stopped while it started; dropping it kills it.
+                drop(agent);
                 return Err(AcpFailure::stopped());
             }
             process.pid = agent.pid;
@@ -241,10 +242,9 @@ impl AcpSlot {
         Ok(agent)
     }
 
+    /// Drops the agent, which kills its process group.
     fn drop_agent(&self, guard: &mut OwnedMutexGuard<Option<AcpAgent>>) {
-        if let Some(agent) = guard.take() {
-            kill_agent(&self.process, agent);
-        }
+        drop(guard.take());
     }
 }
 
@@ -321,6 +321,9 @@ impl AcpFailure {
 struct AcpAgent {
     child: Child,
     pid: Option<u32>,
+    /// The slot's record of the running process, cleared when this one
+    /// goes.
+    process: Arc<Mutex<SlotProcess>>,
     stdin: ChildStdin,
     reader: LineReader<BufReader<ChildStdout>>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
@@ -341,7 +344,10 @@ struct AcpAgent {
 }
 
 impl AcpAgent {
-    fn spawn(spawn: &AcpSpawn<'_>) -> Result<AcpAgent, AcpFailure> {
+    fn spawn(
+        spawn: &AcpSpawn<'_>,
+        process: Arc<Mutex<SlotProcess>>,
+    ) -> Result<AcpAgent, AcpFailure> {
         let Some((program, args)) = spawn.argv.split_first() else {
             return Err(AcpFailure::io("the ACP agent has no command".to_owned()));
         };
@@ -370,6 +376,7 @@ impl AcpAgent {
         tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
         Ok(AcpAgent {
             pid: child.id(),
+            process,
             child,
             stdin,
             reader: LineReader::new(BufReader::new(stdout)),
@@ -564,16 +571,23 @@ impl AcpAgent {
     }
 }
 
-/// Kills an agent's process group and forgets its pid.
-fn kill_agent(process: &Mutex<SlotProcess>, agent: AcpAgent) {
-    let mut process = lock(process);
-    if let Some(pid) = agent.pid {
+impl Drop for AcpAgent {
+    /// However the agent goes (replaced, failed, cancelled too slowly, or
+    /// with its session), its whole process group goes with it: the agent
+    /// may have started children (Gemini CLI relaunches itself), and
+    /// `kill_on_drop` reaches only the first process. The process is not
+    /// reaped before this (its `Child` is still here), so its id cannot
+    /// name another process yet.
+    fn drop(&mut self) {
+        let Some(pid) = self.pid else {
+            return;
+        };
         signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        let mut process = lock(&self.process);
         if process.pid == Some(pid) {
             process.pid = None;
         }
     }
-    drop(agent);
 }
 
 /// A prompt the agent is working on. Dropped before [`finish`] (the turn
@@ -583,7 +597,6 @@ fn kill_agent(process: &Mutex<SlotProcess>, agent: AcpAgent) {
 /// [`finish`]: PromptInFlight::finish
 struct PromptInFlight {
     guard: Option<OwnedMutexGuard<Option<AcpAgent>>>,
-    process: Arc<Mutex<SlotProcess>>,
     session_id: String,
     prompt_id: u64,
 }
@@ -609,22 +622,17 @@ impl Drop for PromptInFlight {
         let Some(mut guard) = self.guard.take() else {
             return;
         };
-        let process = self.process.clone();
         let session_id = std::mem::take(&mut self.session_id);
         let prompt_id = self.prompt_id;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Some(agent) = guard.take() {
-                        *guard = cancel_prompt(agent, &process, &session_id, prompt_id).await;
+                        *guard = cancel_prompt(agent, &session_id, prompt_id).await;
                     }
                 });
             }
-            Err(_) => {
-                if let Some(agent) = guard.take() {
-                    kill_agent(&process, agent);
-                }
-            }
+            Err(_) => drop(guard.take()),
         }
     }
 }
@@ -633,12 +641,7 @@ impl Drop for PromptInFlight {
 /// [`ACP_CANCEL_GRACE`] for its answer (refusing the permissions asked
 /// meanwhile). Returns the agent when it stopped in time; kills it
 /// otherwise.
-async fn cancel_prompt(
-    mut agent: AcpAgent,
-    process: &Mutex<SlotProcess>,
-    session_id: &str,
-    prompt_id: u64,
-) -> Option<AcpAgent> {
+async fn cancel_prompt(mut agent: AcpAgent, session_id: &str, prompt_id: u64) -> Option<AcpAgent> {
     let cancelled = tokio::time::timeout(ACP_CANCEL_GRACE, async {
         agent.outgoing.push(acp::cancel_notification(session_id));
         agent.cancelling_wait(prompt_id).await
@@ -651,7 +654,7 @@ async fn cancel_prompt(
         }
         _ => {
             tracing::info!(session = %session_id, grace_ms = ACP_CANCEL_GRACE.as_millis() as u64, "the acp agent did not stop its prompt; killing it");
-            kill_agent(process, agent);
+            drop(agent);
             None
         }
     }
