@@ -106,7 +106,7 @@ pub struct AgentInfo {
     pub id: String,
     /// The name it was given.
     pub name: String,
-    /// The harness (`claude`, `codex`, `gemini`, `command`).
+    /// The harness (`claude`, `codex`, `gemini`, `command`, `acp`).
     #[serde(rename = "type")]
     pub harness: Harness,
     /// Working directory.
