@@ -414,6 +414,39 @@ fn agents_add_takes_the_acp_harness_with_a_command() {
     assert!(list.stdout.contains("\"acp\""), "{}", list.stdout);
 }
 
+/// A program that is not an ACP agent: its lines are skipped, its exit
+/// fails the turn with what it said on stderr, and the session keeps
+/// serving turns (each starts the program again).
+#[tokio::test]
+async fn a_program_that_is_no_acp_agent_fails_the_turn() {
+    let sandbox = CliHome::new();
+    let manager = manager();
+    let script = r#"echo 'not json'; echo '{"jsonrpc":"2.0","id":99,"result":{}}'; echo '[1,2]'; echo 'no acp here' >&2; exit 3"#;
+    let info = manager
+        .spawn(SpawnRequest {
+            name: Some("not-acp".to_owned()),
+            harness: Harness::Acp,
+            workdir: Some(sandbox.workdir().display().to_string()),
+            options: AdapterOptions {
+                command: Some(vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]),
+                ..AdapterOptions::default()
+            },
+            env: sandbox.env(None),
+            size: None,
+        })
+        .await
+        .expect("spawn");
+    for _ in 0..2 {
+        let (_, outcome) = turn(&manager, &info.id, "hello", None).await;
+        let TurnOutcome::Failed { failure, message } = &outcome else {
+            panic!("the turn did not fail: {outcome:?}");
+        };
+        assert_eq!(*failure, TurnFailure::Harness, "{message}");
+        assert!(message.contains("no acp here"), "{message}");
+    }
+    manager.stop(&info.id).await.expect("stop");
+}
+
 #[tokio::test]
 async fn a_rejected_api_key_is_auth_required() {
     let server = ModelServer::start(

@@ -50,6 +50,12 @@ pub const ACP_CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// skipped, never buffered whole.
 pub const ACP_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// How long an agent whose pipes closed may take to exit and to finish
+/// its stderr before the turn reports what it has: an exiting process is
+/// gone in milliseconds, a process that closed its pipes and lives on is
+/// not waited for long.
+const ENDED_WAIT: Duration = Duration::from_secs(1);
+
 /// Bytes of the agent's stderr kept for failure messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
 
@@ -126,10 +132,10 @@ impl AcpSlot {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(failure) => {
-                let detail = guard
-                    .as_ref()
-                    .map(AcpAgent::stderr_tail)
-                    .unwrap_or_default();
+                let detail = match guard.as_ref() {
+                    Some(agent) => agent.stderr_tail(),
+                    None => failure.stderr.clone(),
+                };
                 if failure.fatal {
                     self.drop_agent(&mut guard);
                 }
@@ -233,10 +239,12 @@ impl AcpSlot {
             }
             process.pid = agent.pid;
         }
-        let result = agent
-            .call(acp::initialize_request, &mut |_, _| {})
-            .await?
-            .map_err(AcpFailure::rpc)?;
+        let result = match agent.call(acp::initialize_request, &mut |_, _| {}).await {
+            Ok(Ok(result)) => result,
+            // The agent goes with this function: keep what it said.
+            Ok(Err(error)) => return Err(AcpFailure::rpc(error).with_stderr(&agent)),
+            Err(failure) => return Err(failure.with_stderr(&agent)),
+        };
         agent.capabilities = acp::parse_initialize_result(&result);
         tracing::debug!(pid = ?agent.pid, capabilities = ?agent.capabilities, "acp agent started");
         Ok(agent)
@@ -257,6 +265,8 @@ struct AcpFailure {
     /// write was torn): kill it, start afresh next turn.
     fatal: bool,
     stopped: bool,
+    /// The stderr of an agent that did not outlive the failure.
+    stderr: String,
 }
 
 impl AcpFailure {
@@ -266,7 +276,13 @@ impl AcpFailure {
             message: format!("the agent answered with an error: {error}"),
             fatal: false,
             stopped: false,
+            stderr: String::new(),
         }
+    }
+
+    fn with_stderr(mut self, agent: &AcpAgent) -> AcpFailure {
+        self.stderr = agent.stderr_tail();
+        self
     }
 
     fn io(message: String) -> AcpFailure {
@@ -275,6 +291,7 @@ impl AcpFailure {
             message,
             fatal: true,
             stopped: false,
+            stderr: String::new(),
         }
     }
 
@@ -284,6 +301,7 @@ impl AcpFailure {
             message: "the agent stopped".to_owned(),
             fatal: true,
             stopped: true,
+            stderr: String::new(),
         }
     }
 
@@ -327,6 +345,8 @@ struct AcpAgent {
     stdin: ChildStdin,
     reader: LineReader<BufReader<ChildStdout>>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
+    /// Reads stderr into the tail until the agent closes it.
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
     next_id: u64,
     capabilities: AgentCapabilities,
     /// ACP sessions created or loaded in this process.
@@ -373,8 +393,9 @@ impl AcpAgent {
             return Err(AcpFailure::io("the ACP agent has no pipes".to_owned()));
         };
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
+        let stderr_task = tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
         Ok(AcpAgent {
+            stderr_task: Some(stderr_task),
             pid: child.id(),
             process,
             child,
@@ -443,6 +464,7 @@ impl AcpAgent {
             message: "the agent answered session/new without a session id".to_owned(),
             fatal: false,
             stopped: false,
+            stderr: String::new(),
         })?;
         self.remember_session(id.clone());
         Ok(id)
@@ -491,20 +513,7 @@ impl AcpAgent {
                     );
                     continue;
                 }
-                Ok(LineRead::Eof) | Err(_) => {
-                    self.ended = true;
-                    let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .map_or_else(
-                            || "closed its output".to_owned(),
-                            |s| format!("exited ({s})"),
-                        );
-                    return Err(AcpFailure::io(format!(
-                        "the ACP agent {status} without finishing the turn"
-                    )));
-                }
+                Ok(LineRead::Eof) | Err(_) => return Err(self.ended_failure().await),
             };
             match acp::parse_incoming(&line) {
                 Incoming::Response { id: got, result } if got == id => return Ok(result),
@@ -557,17 +566,37 @@ impl AcpAgent {
             // Marked torn until the whole line is written: a turn dropped
             // in between leaves the agent a partial line.
             self.torn = true;
-            self.stdin
-                .write_all(&bytes)
-                .await
-                .map_err(|err| AcpFailure::io(format!("cannot write to the ACP agent: {err}")))?;
-            self.stdin
-                .flush()
-                .await
-                .map_err(|err| AcpFailure::io(format!("cannot write to the ACP agent: {err}")))?;
+            let written = match self.stdin.write_all(&bytes).await {
+                Ok(()) => self.stdin.flush().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = written {
+                tracing::debug!(cause = %err, "cannot write to the acp agent");
+                return Err(self.ended_failure().await);
+            }
             self.torn = false;
         }
         Ok(())
+    }
+
+    /// The failure of an agent whose pipes closed: how it exited and the
+    /// end of its stderr, waiting a bounded time for both.
+    async fn ended_failure(&mut self) -> AcpFailure {
+        self.ended = true;
+        let status = tokio::time::timeout(ENDED_WAIT, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or_else(
+                || "stopped answering".to_owned(),
+                |status| format!("exited ({status})"),
+            );
+        // Awaited once: the handle is taken (a finished one must not be
+        // polled again).
+        if let Some(task) = self.stderr_task.take() {
+            let _ = tokio::time::timeout(ENDED_WAIT, task).await;
+        }
+        AcpFailure::io(format!("the ACP agent {status} without finishing the turn"))
     }
 }
 
