@@ -11,11 +11,13 @@
 //! become [`TurnEvent`]s, and its permission requests are answered by
 //! [`permission_choice`].
 //!
-//! A turn given up (its deadline passed and its future was dropped) sends
+//! A turn given up while the agent works on its prompt (cancelled, or its
+//! deadline passed: either way its future is dropped) sends
 //! `session/cancel` and waits up to [`ACP_CANCEL_GRACE`] for the prompt to
-//! end; an agent that does not stop by then is killed with its process
-//! group, and the next turn starts a new one. The next turn waits for this,
-//! so an agent never works on two prompts.
+//! end, refusing the permissions asked meanwhile; an agent that does not
+//! stop by then is killed with its process group, and the next turn starts
+//! a new one. The next turn waits for this, so an agent never works on two
+//! prompts. Stopping the session kills the agent at once.
 //!
 //! Reads are cancel-safe (a line in progress stays in the reader), and a
 //! write interrupted half-way marks the connection broken (the agent would
@@ -473,6 +475,7 @@ impl AcpAgent {
     fn remember_session(&mut self, id: String) {
         if self.live_sessions.len() >= LIVE_SESSIONS_MAX {
             self.live_sessions.clear();
+            self.costs.clear();
         }
         self.live_sessions.insert(id);
     }
