@@ -7,7 +7,7 @@
 
 use scout::adapter::{
     Adapter, AdapterOptions, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, adapter_for,
+    StructuredEvent, TurnStyle, TurnUsage, adapter_for,
 };
 use scout::pty::TermSize;
 use scout::pty::screen::Screen;
@@ -177,6 +177,12 @@ fn gemini_stream_json() {
             StructuredEvent::Tool("run_shell_command: ls".to_owned()),
             StructuredEvent::TextDelta("The directory contains ".to_owned()),
             StructuredEvent::TextDelta("README.md and src.".to_owned()),
+            StructuredEvent::Usage(TurnUsage {
+                input_tokens: 200,
+                output_tokens: 50,
+                cached_tokens: 0,
+                cost_micro_usd: None,
+            }),
             StructuredEvent::Completed { result: None },
         ]
     );
@@ -188,13 +194,18 @@ fn gemini_stream_json() {
             kind: FailureKind::AuthRequired
         }]
     );
-    let invocation = gemini.invocation("-v please", None).unwrap();
+    let invocation = gemini.invocation("-v please", Some("c5a3f1e2")).unwrap();
     assert_eq!(
         invocation.argv,
         [
             "gemini",
+            "--skip-trust",
+            "--approval-mode",
+            "yolo",
             "--output-format",
             "stream-json",
+            "--resume",
+            "c5a3f1e2",
             "--prompt=-v please"
         ]
     );

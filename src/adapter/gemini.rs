@@ -1,11 +1,16 @@
-//! Google Gemini CLI (`gemini`). The terminal runs the interactive TUI;
-//! turns run `gemini --output-format stream-json --prompt=<prompt>`.
+//! Google Gemini CLI (`gemini`, flags as of 0.61). The terminal runs the
+//! interactive TUI; turns run `gemini --skip-trust --approval-mode yolo
+//! --output-format stream-json [--resume <session id>] --prompt=<prompt>`.
 //!
 //! JSONL events: `init` (`session_id`, `model`), `message` (`role`,
 //! `content`, `delta`), `tool_use` (`tool_name`, `parameters`),
 //! `tool_result` (`status`, `output`), `error` (`severity`, `message`;
 //! not fatal) and one closing `result` (`status`: `success` or `error`,
-//! with `error.message`).
+//! with `error.message`, and `stats` with the run's token counts).
+//!
+//! The session id of `init` continues the conversation next turn
+//! (`--resume` takes it as well as `latest` or an index). A run that exits
+//! before its `result` says why through its exit code ([`EXIT_CODES`]).
 
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
@@ -13,7 +18,7 @@ use serde_json::Value;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, program_and_args,
+    StructuredEvent, TurnStyle, TurnUsage, program_and_args,
 };
 
 const LOGIN_MARKERS: &[&str] = &[
@@ -27,7 +32,10 @@ const QUESTION_MARKERS: &[&str] = &[
     "Allow execution",
     "Apply this change?",
     "Do you want to proceed?",
-    "Do you trust this folder?",
+    // The folder-trust dialog the TUI shows in a folder nobody trusted yet;
+    // it waits there, under a prompt line the screen may already show.
+    "Do you trust the files in this folder?",
+    "Do you trust the following folders",
 ];
 
 const BUSY_MARKERS: &[&str] = &["esc to cancel"];
@@ -52,6 +60,9 @@ const RESUME: &str = "--resume";
 /// `--prompt <text>`: run headless with this prompt.
 const PROMPT: &str = "--prompt";
 
+/// What Gemini CLI prints when `--resume` names a session it does not have.
+const RESUME_REFUSED: &str = "Error resuming session";
+
 /// Every flag the adapter passes, so a test can check that the pinned
 /// CLI's `--help` still lists each of them.
 pub const FLAGS: &[&str] = &[SKIP_TRUST, APPROVAL_MODE, OUTPUT_FORMAT, RESUME, PROMPT];
@@ -61,6 +72,46 @@ const AUTH_FAILURE_MARKERS: &[&str] = &[
     "GEMINI_API_KEY",
     "API key not valid",
     "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "When using Gemini API, you must specify",
+];
+
+/// The exit codes Gemini CLI documents (`FatalError` subclasses and
+/// `ExitCodes` in its core package), with what they mean and the kind of
+/// failure each is.
+pub const EXIT_CODES: &[(i32, FailureKind, &str)] = &[
+    (
+        41,
+        FailureKind::AuthRequired,
+        "authentication failed: no usable login or API key (set GEMINI_API_KEY, or run `gemini` and choose a login)",
+    ),
+    (
+        42,
+        FailureKind::Harness,
+        "invalid input: the prompt or a flag was refused (for example a `--resume` session that no longer exists)",
+    ),
+    (44, FailureKind::Harness, "the sandbox could not be set up"),
+    (
+        52,
+        FailureKind::Harness,
+        "invalid configuration: a settings.json or a flag is malformed",
+    ),
+    (
+        53,
+        FailureKind::Harness,
+        "the session reached its turn limit (`model.maxSessionTurns`)",
+    ),
+    (
+        54,
+        FailureKind::Harness,
+        "a tool failed in a way that ends the run",
+    ),
+    (
+        55,
+        FailureKind::Harness,
+        "the working directory is not trusted: headless runs need `--skip-trust`, GEMINI_CLI_TRUST_WORKSPACE=true, or the folder trusted in the interactive TUI",
+    ),
+    (130, FailureKind::Harness, "the run was cancelled"),
 ];
 
 /// Gemini CLI.
@@ -125,9 +176,11 @@ impl Adapter for GeminiAdapter {
         let mut argv = vec![
             self.program.clone(),
             // Headless runs in a folder the person never trusted in the
-            // TUI exit 55 before reading the prompt; the agent's workdir is
-            // the one its owner chose when spawning it, which is the trust
-            // this flag grants, for this run only.
+            // TUI exit 55 before reading the prompt. The agent's workdir is
+            // the one its owner chose when spawning or registering it; that
+            // choice is the trust this flag grants, for this run only (the
+            // folder's own `.gemini` settings, hooks and MCP servers load,
+            // as they would for the owner typing `gemini` there).
             SKIP_TRUST.to_owned(),
             // A headless run has nobody to ask: in `default` mode Gemini
             // CLI leaves every tool that needs a confirmation (shell,
@@ -186,18 +239,23 @@ impl Adapter for GeminiAdapter {
                 .map(|message| vec![StructuredEvent::Notice(message.to_owned())])
                 .unwrap_or_default(),
             Some("result") => {
+                let mut events: Vec<StructuredEvent> = usage(&event["stats"])
+                    .map(StructuredEvent::Usage)
+                    .into_iter()
+                    .collect();
                 if event["status"] == "success" {
-                    vec![StructuredEvent::Completed { result: None }]
+                    events.push(StructuredEvent::Completed { result: None });
                 } else {
                     let message = event["error"]["message"]
                         .as_str()
                         .unwrap_or("the turn failed")
                         .to_owned();
-                    vec![StructuredEvent::Failed {
+                    events.push(StructuredEvent::Failed {
                         kind: self.classify_failure(&message),
                         message,
-                    }]
+                    });
                 }
+                events
             }
             _ => Vec::new(),
         }
@@ -211,6 +269,25 @@ impl Adapter for GeminiAdapter {
         }
     }
 
+    fn resume_only_completed(&self) -> bool {
+        // A run whose request failed may save no session (seen with 401,
+        // 403 and 429 answers), and `--resume` of it then exits 42.
+        true
+    }
+
+    fn resume_refused(&self, text: &str) -> bool {
+        // `--resume` of a session its retention cleanup (30 days by
+        // default) or a person deleted: exit 42 with this sentence.
+        text.contains(RESUME_REFUSED)
+    }
+
+    fn exit_meaning(&self, code: i32) -> Option<(FailureKind, &'static str)> {
+        EXIT_CODES
+            .iter()
+            .find(|(known, _, _)| *known == code)
+            .map(|(_, kind, meaning)| (*kind, *meaning))
+    }
+
     fn install_hint(&self) -> &'static str {
         "npm install -g @google/gemini-cli"
     }
@@ -218,4 +295,18 @@ impl Adapter for GeminiAdapter {
     fn login_hint(&self) -> &'static str {
         "run `gemini` and choose a login, or set GEMINI_API_KEY"
     }
+}
+
+/// The token counts of a `result` event's `stats` (the whole run: every
+/// model request of the turn, tool rounds included). `input_tokens`
+/// counts cached ones too, as [`TurnUsage`] does. `None` without stats.
+fn usage(stats: &Value) -> Option<TurnUsage> {
+    let count = |key: &str| stats[key].as_u64();
+    let input_tokens = count("input_tokens")?;
+    Some(TurnUsage {
+        input_tokens,
+        output_tokens: count("output_tokens").unwrap_or(0),
+        cached_tokens: count("cached").unwrap_or(0),
+        cost_micro_usd: None,
+    })
 }

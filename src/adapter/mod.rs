@@ -272,6 +272,29 @@ pub trait Adapter: Send + Sync + Debug {
         FailureKind::Harness
     }
 
+    /// Whether the CLI can continue a run's session only once that run
+    /// completed (it may not save a session whose turn failed, and then
+    /// refuses to resume it). When true, a failed turn leaves its Scout
+    /// conversation where the last completed turn left it.
+    fn resume_only_completed(&self) -> bool {
+        false
+    }
+
+    /// Whether a failed run's words (stderr) say the CLI refused to
+    /// continue the session it was given because that session no longer
+    /// exists; the conversation then starts a new CLI session next turn.
+    fn resume_refused(&self, _text: &str) -> bool {
+        false
+    }
+
+    /// What an exit code of a structured run that ended without its final
+    /// event means, when the CLI documents it: the kind of failure and a
+    /// sentence for people (for example "the working directory is not
+    /// trusted"). `None` for codes without a known meaning.
+    fn exit_meaning(&self, _code: i32) -> Option<(FailureKind, &'static str)> {
+        None
+    }
+
     /// The pause between a paste and its Enter.
     fn enter_delay(&self) -> Duration {
         ENTER_DELAY

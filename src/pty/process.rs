@@ -361,9 +361,10 @@ fn write_loop(mut writer: Box<dyn Write + Send>, mut input: mpsc::Receiver<Bytes
     }
 }
 
-/// Sends `signal` to the process group led by `leader` and to every process
+/// Sends `signal` to the process group led by `leader`, to every process
 /// in its session (an interactive shell puts each job in a group of its own,
-/// all in the one session).
+/// all in the one session), and to their descendants in other sessions (a
+/// tool that runs its shell on a terminal of its own starts a session).
 pub fn signal_tree(leader: u32, signal: Signal) {
     let Ok(leader) = i32::try_from(leader) else {
         return;
@@ -371,8 +372,11 @@ pub fn signal_tree(leader: u32, signal: Signal) {
     if leader <= 1 {
         return;
     }
+    // Found before any signal: once a parent dies its children move to
+    // init, and nothing links them to the tree any more.
+    let members = tree_members(leader);
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader), signal);
-    for pid in tree_members(leader) {
+    for pid in members {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
 }
@@ -389,13 +393,15 @@ pub fn tree_alive(leader: u32) -> bool {
     }
 }
 
-/// Live processes whose process group or session is `leader`, from `/proc`
-/// (empty where there is no `/proc`; the group signal still reaches them).
+/// Live processes whose process group or session is `leader`, and their
+/// live descendants (and `leader`'s) wherever they are, from `/proc` (empty
+/// where there is no `/proc`; the group signal still reaches the group).
 fn tree_members(leader: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut members = Vec::new();
+    let mut others = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -407,12 +413,26 @@ fn tree_members(leader: i32) -> Vec<i32> {
         let Some(stat) = read_stat(pid) else {
             continue;
         };
-        let alive = !matches!(stat.state, 'Z' | 'X');
-        if alive && (stat.pgrp == leader || stat.session == leader) {
+        if matches!(stat.state, 'Z' | 'X') {
+            continue;
+        }
+        if stat.pgrp == leader || stat.session == leader {
             members.push(pid);
+        } else {
+            others.push((pid, stat.ppid));
         }
     }
-    members
+    // Descendants outside the group and session, one generation per pass.
+    loop {
+        let (children, rest): (Vec<_>, Vec<_>) = others
+            .into_iter()
+            .partition(|(_, ppid)| *ppid == leader || members.contains(ppid));
+        others = rest;
+        if children.is_empty() {
+            return members;
+        }
+        members.extend(children.into_iter().map(|(pid, _)| pid));
+    }
 }
 
 /// The fields of `/proc/PID/stat` that matter here.

@@ -869,6 +869,9 @@ impl Session {
             let text = String::from_utf8_lossy(&line);
             for event in self.adapter.parse_line(text.trim_end()) {
                 match event {
+                    StructuredEvent::Session(id) if self.adapter.resume_only_completed() => {
+                        answer.cli_session = Some(id);
+                    }
                     StructuredEvent::Session(id) => {
                         self.lock_state().cli_sessions.insert(conversation, id);
                     }
@@ -907,6 +910,11 @@ impl Session {
             }
         }
         let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+        if let (Some(TurnOutcome::Completed { .. }), Some(id)) =
+            (&outcome, answer.cli_session.take())
+        {
+            self.lock_state().cli_sessions.insert(conversation, id);
+        }
         if let Some(outcome) = outcome {
             return outcome;
         }
@@ -925,8 +933,15 @@ impl Session {
             .filter(|text| !text.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
-        let how = match status {
-            Ok(Ok(status)) => format!("exited ({status})"),
+        let meaning = match &status {
+            Ok(Ok(status)) => status
+                .code()
+                .and_then(|code| self.adapter.exit_meaning(code)),
+            _ => None,
+        };
+        let how = match (&status, meaning) {
+            (Ok(Ok(status)), Some((_, meaning))) => format!("exited ({status}: {meaning})"),
+            (Ok(Ok(status)), None) => format!("exited ({status})"),
             _ => "stopped answering".to_owned(),
         };
         let message = format!(
@@ -938,8 +953,28 @@ impl Session {
                 format!(": {detail}")
             }
         );
+        // A CLI that no longer has the session to continue (deleted by its
+        // own cleanup, or by hand) would refuse every later turn of the
+        // conversation: forget it, so the next turn starts a new one.
+        let forgotten = resume.is_some() && self.adapter.resume_refused(&detail);
+        if forgotten {
+            self.lock_state().cli_sessions.remove(conversation);
+        }
+        let message = if forgotten {
+            format!(
+                "{message} (the CLI no longer has this conversation's session; the next turn starts a new one)"
+            )
+        } else {
+            message
+        };
+        // A documented exit code says more than words on stderr, unless it
+        // only says "failed".
+        let kind = match meaning {
+            Some((kind, _)) if kind != FailureKind::Harness => kind,
+            _ => self.adapter.classify_failure(&detail),
+        };
         TurnOutcome::Failed {
-            failure: TurnFailure::of_kind(self.adapter.classify_failure(&detail)),
+            failure: TurnFailure::of_kind(kind),
             message,
         }
     }
@@ -1404,6 +1439,11 @@ impl CliSessions {
             .map(|(_, id)| id.clone())
     }
 
+    fn remove(&mut self, conversation: Option<&str>) {
+        self.entries
+            .retain(|(key, _)| key.as_deref() != conversation);
+    }
+
     fn insert(&mut self, conversation: Option<&str>, cli_session: String) {
         self.entries
             .retain(|(key, _)| key.as_deref() != conversation);
@@ -1417,6 +1457,9 @@ impl CliSessions {
 
 #[derive(Debug, Default)]
 struct StructuredAnswer {
+    /// The run's CLI session, kept until the run completes when the
+    /// adapter continues only completed runs.
+    cli_session: Option<String>,
     usage: TurnUsage,
     deltas: String,
     delta_since_message: bool,

@@ -9,9 +9,10 @@
 //!   `candidates[0].content.parts`, then a last chunk with `finishReason`
 //!   and `usageMetadata` from [`USAGE`].
 //! - `:generateContent`: side calls. Gemini CLI 0.61 uses the non-streaming
-//!   method only for its utility requests (model routing's complexity
-//!   classifier, the next-speaker check, history compression, loop
-//!   detection, session summaries); its conversation always streams.
+//!   method only for its utility requests (every turn: model routing's
+//!   complexity classifier on a flash-lite model; when they apply: the
+//!   next-speaker check, history compression, loop detection); its
+//!   conversation always streams.
 //! - `:countTokens`: an estimate of four characters per token.
 //! - Anything else: a 404 in Google's error shape.
 //!
@@ -127,10 +128,12 @@ pub fn settings() -> Value {
     })
 }
 
-/// Writes [`settings`] into `home/.gemini/settings.json`.
+/// Writes [`settings`] into `home/.gemini/settings.json` and makes the
+/// temp dir [`env`] names.
 pub fn configure_home(home: &Path) {
     let dir = home.join(".gemini");
     std::fs::create_dir_all(&dir).expect("create ~/.gemini");
+    std::fs::create_dir_all(home.join("tmp")).expect("create the temp dir");
     let text = serde_json::to_string_pretty(&settings()).expect("settings json");
     std::fs::write(dir.join("settings.json"), text).expect("write settings.json");
 }
