@@ -447,6 +447,119 @@ async fn a_program_that_is_no_acp_agent_fails_the_turn() {
     manager.stop(&info.id).await.expect("stop");
 }
 
+/// A minimal ACP agent in POSIX sh, for what `gemini --acp` never does:
+/// it ignores `session/cancel` (answering a prompt containing "hang"
+/// never), and its `session/load` works (replaying a chunk first). It logs
+/// every line it reads to `$ACP_LOG`.
+const STUBBORN_AGENT: &str = r#"log="$ACP_LOG"
+n_new=0
+while IFS= read -r line; do
+  printf '%s\n' "$line" >> "$log"
+  id=$(printf '%s' "$line" | sed -n 's/^.*"id":\([0-9][0-9]*\).*$/\1/p')
+  case "$line" in
+    *'"method":"initialize"'*)
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":1,"agentCapabilities":{"loadSession":true}}}\n' "$id" ;;
+    *'"method":"session/new"'*)
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"sessionId":"s-1"}}\n' "$id" ;;
+    *'"method":"session/load"'*)
+      printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"replayed"}}}}\n'
+      printf '{"jsonrpc":"2.0","id":%s,"result":{}}\n' "$id" ;;
+    *'"method":"session/prompt"'*)
+      printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"working"}}}}\n'
+      case "$line" in
+        *hang*) ;;
+        *) printf '{"jsonrpc":"2.0","id":%s,"result":{"stopReason":"end_turn"}}\n' "$id" ;;
+      esac ;;
+  esac
+done
+"#;
+
+/// An agent that ignores `session/cancel` is killed after the grace; the
+/// next turn starts it again and loads the conversation's session, whose
+/// replay is not part of the answer.
+#[tokio::test]
+async fn an_agent_that_ignores_the_cancel_is_killed_and_its_session_loaded() {
+    let sandbox = CliHome::new();
+    let script = sandbox.dir.path().join("agent.sh");
+    std::fs::write(&script, STUBBORN_AGENT).expect("write the agent");
+    let log = sandbox.dir.path().join("agent.log");
+    let mut env = sandbox.env(None);
+    env.push(("ACP_LOG".to_owned(), log.display().to_string()));
+    let manager = manager();
+    let info = manager
+        .spawn(SpawnRequest {
+            name: Some("stubborn".to_owned()),
+            harness: Harness::Acp,
+            workdir: Some(sandbox.workdir().display().to_string()),
+            options: AdapterOptions {
+                command: Some(vec!["sh".to_owned(), script.display().to_string()]),
+                ..AdapterOptions::default()
+            },
+            env,
+            size: None,
+        })
+        .await
+        .expect("spawn");
+    let (_, outcome) = turn(&manager, &info.id, "hello", Some("c")).await;
+    assert_eq!(completed(&outcome), "working");
+
+    let mut hanging = manager
+        .run_turn(
+            &info.id,
+            "hang".to_owned(),
+            Some(WAIT_BOUND),
+            Some("c".into()),
+        )
+        .expect("start the turn");
+    // The agent is working on the prompt once it streamed its chunk.
+    let started = tokio::time::timeout(WAIT_BOUND, hanging.events.recv())
+        .await
+        .expect("a chunk");
+    assert_eq!(started, Some(TurnEvent::Output("working".to_owned())));
+    manager.session(&info.id).expect("session").cancel_turn();
+    let (_, outcome) = finish(&mut hanging.events).await;
+    assert!(
+        matches!(
+            outcome,
+            TurnOutcome::Failed {
+                failure: TurnFailure::Cancelled,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+
+    // This turn waits for the cancel to end (the kill, after the grace).
+    let (_, outcome) = turn(&manager, &info.id, "hello again", Some("c")).await;
+    assert_eq!(completed(&outcome), "working");
+    let lines = std::fs::read_to_string(&log).expect("agent log");
+    let methods: Vec<String> = lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|message| Some(message.get("method")?.as_str()?.to_owned()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "session/new",
+            "session/prompt",
+            "session/prompt",
+            "session/cancel",
+            "initialize",
+            "session/load",
+            "session/prompt",
+        ]
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|line| line.contains("session/load") && line.contains("\"s-1\"")),
+        "{lines}"
+    );
+    manager.stop(&info.id).await.expect("stop");
+}
+
 #[tokio::test]
 async fn a_rejected_api_key_is_auth_required() {
     let server = ModelServer::start(
