@@ -582,6 +582,62 @@ async fn a_rejected_api_key_is_auth_required() {
     manager.stop(&id).await.expect("stop");
 }
 
+/// `POST /agents` takes `"type": "acp"` with a command line, refuses it
+/// without one, and a send to a logged-out agent is `AUTH_REQUIRED`.
+#[test]
+fn the_http_api_runs_acp_agents() {
+    let sandbox = common::Sandbox::new();
+    sandbox.setup("laptop");
+    let broker = common::BrokerProcess::start(&sandbox);
+    let http = ureq::AgentBuilder::new().timeout(2 * WAIT_BOUND).build();
+    let call = |method: &str, path: &str, body: serde_json::Value| -> (u16, serde_json::Value) {
+        let result = http
+            .request(method, &format!("{}{path}", broker.http_base()))
+            .set("Authorization", &format!("Bearer {}", sandbox.token()))
+            .send_json(body);
+        match result {
+            Ok(response) => (response.status(), response.into_json().unwrap_or_default()),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json().unwrap_or_default())
+            }
+            Err(err) => panic!("transport error: {err}"),
+        }
+    };
+    let (status, body) = call("POST", "/agents", serde_json::json!({ "type": "acp" }));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+
+    let home = CliHome::new();
+    let env: serde_json::Map<String, serde_json::Value> = home
+        .env(None)
+        .into_iter()
+        .map(|(name, value)| (name, value.into()))
+        .collect();
+    let command = format!("{} --acp", agent_cli("gemini").display());
+    let (status, agent) = call(
+        "POST",
+        "/agents",
+        serde_json::json!({
+            "type": "acp",
+            "command": command,
+            "workdir": home.workdir(),
+            "env": env,
+        }),
+    );
+    assert_eq!(status, 201, "{agent}");
+    assert_eq!(agent["type"], "acp");
+    let id = agent["id"].as_str().expect("id");
+    let (status, body) = call(
+        "POST",
+        &format!("/agents/{id}/send"),
+        serde_json::json!({ "message": "hello", "timeout": WAIT_BOUND.as_millis() as u64 }),
+    );
+    assert_eq!(status, 424, "{body}");
+    assert_eq!(body["error"]["code"], "AUTH_REQUIRED");
+    let (status, _) = call("DELETE", &format!("/agents/{id}"), serde_json::Value::Null);
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn without_credentials_a_turn_is_auth_required() {
     let sandbox = CliHome::new();
