@@ -20,7 +20,7 @@
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
 //! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
-//!   command) behind one trait, and their preflight.
+//!   command, acp) behind one trait, and their preflight.
 //!
 //! Architecture invariant: the pure decisions (name grammar, resolution
 //! policy, state transitions) live in `scout-mesh`; this crate does the IO

@@ -308,18 +308,21 @@ word_enum!(
         Gemini => "gemini",
         /// Any other program, with optional ready and prompt patterns.
         Command => "command",
+        /// Any agent that speaks the Agent Client Protocol (JSON-RPC over
+        /// its standard input and output), such as `gemini --acp`.
+        Acp => "acp",
     }
 );
 
 impl Harness {
     /// The program a harness runs when no command is configured; `None` for
-    /// `command`, which always needs one.
+    /// `command` and `acp`, which always need one.
     pub fn default_program(self) -> Option<&'static str> {
         match self {
             Harness::Claude => Some("claude"),
             Harness::Codex => Some("codex"),
             Harness::Gemini => Some("gemini"),
-            Harness::Command => None,
+            Harness::Command | Harness::Acp => None,
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   terminal for the person watching.
 //! - [`command`]: any program; turns are typed into its terminal and end at
 //!   its prompt (`promptPattern`) or when its output goes quiet.
+//! - [`acp`]: any agent speaking the Agent Client Protocol (`gemini --acp`):
+//!   turns are JSON-RPC requests to one long-lived agent process.
 //! - [`preflight`]: is the CLI installed, which version, is it logged in.
 //! - `patterns`: screen-matching helpers shared by the adapters.
 //!
@@ -19,6 +21,7 @@
 //! (which runs `--version` and looks for credential files); the session
 //! manager owns every process and terminal.
 
+pub mod acp;
 pub mod claude;
 pub mod codex;
 pub mod command;
@@ -54,6 +57,9 @@ pub enum TurnStyle {
     /// Run the CLI's structured mode as a separate process per turn and read
     /// its events; the terminal stays with the person.
     Structured,
+    /// Send the prompt to a long-lived Agent Client Protocol process
+    /// ([`Adapter::acp_command`]) and read its session updates.
+    Acp,
 }
 
 /// What the screen shows, as far as the adapter can tell.
@@ -255,6 +261,12 @@ pub trait Adapter: Send + Sync + Debug {
         None
     }
 
+    /// Program and arguments of the Agent Client Protocol agent, for
+    /// [`TurnStyle::Acp`]; `None` for other harnesses.
+    fn acp_command(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Parses one line of structured-mode output (lines that are not events
     /// of the format yield nothing).
     fn parse_line(&self, _line: &str) -> Vec<StructuredEvent> {
@@ -328,8 +340,10 @@ pub struct AdapterOptions {
 /// Why an adapter could not be built from the options.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdapterError {
-    /// `command` without a command, or an empty one.
-    #[error("the `command` type needs a non-empty `command` array (program and arguments)")]
+    /// `command` or `acp` without a command, or an empty one.
+    #[error(
+        "the `command` and `acp` types need a non-empty `command` array (program and arguments)"
+    )]
     MissingCommand,
     /// A pattern is not a valid regular expression.
     #[error("`{field}` is not a valid regular expression: {cause}")]
@@ -355,6 +369,9 @@ pub fn adapter_for(
             command.ok_or(AdapterError::MissingCommand)?,
             options,
         )?),
+        Harness::Acp => Box::new(acp::AcpAdapter::new(
+            command.ok_or(AdapterError::MissingCommand)?,
+        )),
     })
 }
 

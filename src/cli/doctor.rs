@@ -568,13 +568,21 @@ fn cli_checks(agents: &[LocalAgent]) -> Vec<Check> {
     }
     for agent in agents
         .iter()
-        .filter(|agent| agent.harness == Harness::Command)
+        .filter(|agent| matches!(agent.harness, Harness::Command | Harness::Acp))
     {
-        let Some(program) = agent.command.first() else {
-            continue;
+        // An `acp` command given as one line runs as its first word.
+        let program = match agent.harness {
+            Harness::Acp => {
+                let adapter = crate::adapter::acp::AcpAdapter::new(agent.command.clone());
+                crate::adapter::Adapter::program(&adapter).to_owned()
+            }
+            _ => agent.command.first().cloned().unwrap_or_default(),
         };
+        if program.is_empty() {
+            continue;
+        }
         let path_var = std::env::var_os("PATH");
-        if crate::adapter::find_program(program, path_var.as_deref()).is_none() {
+        if crate::adapter::find_program(&program, path_var.as_deref()).is_none() {
             checks.push(
                 Check::new(
                     format!("command:@{}", agent.definition),
@@ -593,7 +601,7 @@ fn install_hint(harness: Harness) -> &'static str {
         Harness::Claude => "npm install -g @anthropic-ai/claude-code, then `claude` to log in",
         Harness::Codex => "npm install -g @openai/codex, then `codex login`",
         Harness::Gemini => "npm install -g @google/gemini-cli, then `gemini` to log in",
-        Harness::Command => "install the program",
+        Harness::Command | Harness::Acp => "install the program",
     }
 }
 

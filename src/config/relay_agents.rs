@@ -138,10 +138,11 @@ pub fn validate(relay: &RelayAgents, path: &Path, text: &str) -> Result<(), Conf
     Ok(())
 }
 
-/// A `command` agent needs a program; any agent's command has bounded size.
+/// A `command` or `acp` agent needs a program; any agent's command has
+/// bounded size.
 pub fn check_command(harness: Harness, command: &[String]) -> Result<(), String> {
     if command.is_empty() && harness.default_program().is_none() {
-        return Err("a `command` agent needs a command to run".to_owned());
+        return Err(format!("a `{harness}` agent needs a command to run"));
     }
     if command.len() > COMMAND_ARGS_MAX {
         return Err(format!(

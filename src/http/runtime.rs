@@ -118,7 +118,8 @@ pub fn api_error(err: RuntimeError) -> ApiError {
         RuntimeError::AgentStopped(_)
         | RuntimeError::AgentHeld { .. }
         | RuntimeError::AgentBusy(_)
-        | RuntimeError::AgentNotHeld(_) => StatusCode::CONFLICT,
+        | RuntimeError::AgentNotHeld(_)
+        | RuntimeError::Cancelled(_) => StatusCode::CONFLICT,
         RuntimeError::Harness(_) => StatusCode::BAD_GATEWAY,
         RuntimeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -162,7 +163,7 @@ async fn spawn(
 ) -> Result<Response, ApiError> {
     let Some(harness_word) = body.harness else {
         return Err(invalid(
-            "`type` is required: one of claude, codex, gemini, command",
+            "`type` is required: one of claude, codex, gemini, command, acp",
         ));
     };
     let harness: Harness = harness_word

@@ -77,6 +77,9 @@ pub enum RuntimeError {
     /// Release of an agent nobody holds (`AGENT_NOT_HELD`).
     #[error("agent `{0}` is not held by anyone")]
     AgentNotHeld(String),
+    /// The turn was cancelled on request (`CANCELLED`).
+    #[error("{0}")]
+    Cancelled(String),
     /// The broker is shutting down (`SHUTTING_DOWN`).
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -101,6 +104,7 @@ impl RuntimeError {
             RuntimeError::AgentHeld { .. } => "AGENT_HELD",
             RuntimeError::AgentBusy(_) => "AGENT_BUSY",
             RuntimeError::AgentNotHeld(_) => "AGENT_NOT_HELD",
+            RuntimeError::Cancelled(_) => "CANCELLED",
             RuntimeError::ShuttingDown => "SHUTTING_DOWN",
         }
     }

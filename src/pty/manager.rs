@@ -410,6 +410,7 @@ impl SessionManager {
                 },
                 TurnFailure::OnboardingRequired => RuntimeError::OnboardingRequired(message),
                 TurnFailure::Harness => RuntimeError::Harness(message),
+                TurnFailure::Cancelled => RuntimeError::Cancelled(message),
             }),
         }
     }

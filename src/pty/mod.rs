@@ -3,6 +3,8 @@
 //! Code map:
 //! - [`manager`]: [`SessionManager`], the API: spawn, list, stop, run a
 //!   turn, send, logs, shutdown; `MAX_AGENTS` and `DEFAULT_TIMEOUT`.
+//! - `acp_turn`: turns of an Agent Client Protocol agent, one long-lived
+//!   process per session, cancelled with `session/cancel`.
 //! - [`session`]: one session: its task, status, turns (typed into the
 //!   terminal or run in the CLI's structured mode) and live output.
 //! - [`process`]: the program on its terminal: reader thread, writer
@@ -29,6 +31,7 @@
 //! lines, never the CLI's screen), and scrollback has a fixed number of rows.
 //! The transcript never enters the screen model or the CLI's input.
 
+mod acp_turn;
 pub mod error;
 pub mod events;
 pub mod manager;

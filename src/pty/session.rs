@@ -35,6 +35,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::acp_turn::{AcpSlot, AcpSpawn};
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
@@ -139,7 +140,7 @@ pub struct AgentInfo {
     pub id: String,
     /// The name it was given.
     pub name: String,
-    /// The harness (`claude`, `codex`, `gemini`, `command`).
+    /// The harness (`claude`, `codex`, `gemini`, `command`, `acp`).
     #[serde(rename = "type")]
     pub harness: Harness,
     /// Working directory.
@@ -237,6 +238,8 @@ pub enum TurnFailure {
     OnboardingRequired,
     /// The CLI failed the turn or could not be run.
     Harness,
+    /// The turn was cancelled ([`Session::cancel_turn`]).
+    Cancelled,
 }
 
 impl TurnFailure {
@@ -245,6 +248,7 @@ impl TurnFailure {
         match self {
             TurnFailure::Timeout => FailureReason::Timeout,
             TurnFailure::AgentStopped => FailureReason::AgentOffline,
+            TurnFailure::Cancelled => FailureReason::Cancelled,
             TurnFailure::AuthRequired | TurnFailure::OnboardingRequired | TurnFailure::Harness => {
                 FailureReason::HarnessError
             }
@@ -260,6 +264,7 @@ impl TurnFailure {
             TurnFailure::AuthRequired => "AUTH_REQUIRED",
             TurnFailure::OnboardingRequired => "ONBOARDING_REQUIRED",
             TurnFailure::Harness => "HARNESS_ERROR",
+            TurnFailure::Cancelled => "CANCELLED",
         }
     }
 
@@ -401,11 +406,15 @@ pub struct Session {
     events: broadcast::Sender<RuntimeEvent>,
     state: Mutex<SessionState>,
     pty_turn: Mutex<Option<PtyTurn>>,
+    /// The Agent Client Protocol agent of an `acp` session.
+    acp: AcpSlot,
     turn_lock: Arc<tokio::sync::Mutex<()>>,
     finished: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     /// Wakes the session task when a turn's deadlines change without output.
     wake: tokio::sync::Notify,
+    /// Ends the running turn ([`Session::cancel_turn`]).
+    cancel: tokio::sync::Notify,
     /// The last output chunk the session task has handled. The screen model
     /// runs ahead of it (the reader thread feeds the screen before queueing
     /// the chunk), so a decision read off the screen waits until the task
@@ -564,10 +573,12 @@ impl Session {
                 held: None,
             }),
             pty_turn: Mutex::new(None),
+            acp: AcpSlot::default(),
             turn_lock: Arc::new(tokio::sync::Mutex::new(())),
             finished: watch::channel(false).0,
             ready: watch::channel(false).0,
             wake: tokio::sync::Notify::new(),
+            cancel: tokio::sync::Notify::new(),
             pumped_seq: AtomicU64::new(0),
             config,
         });
@@ -717,6 +728,7 @@ impl Session {
         if let Some(pid) = structured_pid {
             signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        self.acp.close();
         self.terminate_all().await;
         let mut finished = self.finished.subscribe();
         let _ = tokio::time::timeout(FINISH_WAIT, finished.wait_for(|done| *done)).await;
@@ -778,19 +790,44 @@ impl Session {
                 }
                 let _guard = lock.lock_owned().await;
                 session.set_turn_active(true);
-                let outcome = match session.adapter.turn_style() {
-                    TurnStyle::Structured => {
-                        session.transcript_begin(&TurnHeader {
-                            turn_id: id.clone(),
-                            asker,
-                            conversation: conversation.clone(),
-                            prompt: prompt.clone(),
-                        });
-                        session
-                            .run_structured(&id, &prompt, conversation.as_deref(), &events_tx)
-                            .await
+                let work = async {
+                    match session.adapter.turn_style() {
+                        style @ (TurnStyle::Structured | TurnStyle::Acp) => {
+                            session.transcript_begin(&TurnHeader {
+                                turn_id: id.clone(),
+                                asker,
+                                conversation: conversation.clone(),
+                                prompt: prompt.clone(),
+                            });
+                            if style == TurnStyle::Acp {
+                                session
+                                    .run_acp(&prompt, conversation.as_deref(), &events_tx)
+                                    .await
+                            } else {
+                                session
+                                    .run_structured(
+                                        &id,
+                                        &prompt,
+                                        conversation.as_deref(),
+                                        &events_tx,
+                                    )
+                                    .await
+                            }
+                        }
+                        style => session.run_pty(&id, &prompt, style, &events_tx).await,
                     }
-                    style => session.run_pty(&id, &prompt, style, &events_tx).await,
+                };
+                // Dropping the work ends it as a deadline does (an ACP
+                // prompt gets `session/cancel`).
+                let outcome = tokio::select! {
+                    outcome = work => outcome,
+                    () = session.cancel.notified() => {
+                        session.abandon_pty_turn(&id);
+                        TurnOutcome::Failed {
+                            failure: TurnFailure::Cancelled,
+                            message: "the turn was cancelled".to_owned(),
+                        }
+                    }
                 };
                 session.set_turn_active(false);
                 outcome
@@ -826,6 +863,13 @@ impl Session {
             id: turn_id,
             events: events_rx,
         })
+    }
+
+    /// Cancels the running turn, if any: it ends `CANCELLED` (an ACP agent
+    /// is asked to stop with `session/cancel`; the terminal of a terminal
+    /// turn is left as it is). Turns queued behind it then run.
+    pub fn cancel_turn(&self) {
+        self.cancel.notify_waiters();
     }
 
     fn check_can_run_turn(&self) -> Result<(), RuntimeError> {
@@ -1336,6 +1380,63 @@ impl Session {
         self.lock_terminal().process.clone()
     }
 
+    /// A turn of an Agent Client Protocol agent (see `acp_turn`), in the
+    /// ACP session of `conversation`.
+    async fn run_acp(
+        &self,
+        prompt: &str,
+        conversation: Option<&str>,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> TurnOutcome {
+        let Some(argv) = self.adapter.acp_command() else {
+            return harness_failure(format!(
+                "the {} harness does not speak the Agent Client Protocol",
+                self.adapter.harness()
+            ));
+        };
+        let resume = self.lock_state().cli_sessions.get(conversation);
+        let spawn = AcpSpawn {
+            argv: &argv,
+            cwd: &self.config.workdir,
+            env: &self.config.env,
+            env_remove: &self.config.env_remove,
+        };
+        let classify = |text: &str| self.adapter.classify_failure(text);
+        // The turn's events pass through the transcript on their way out,
+        // as a structured turn's do.
+        let (tap_tx, mut tap_rx) = mpsc::channel(TURN_EVENTS_MAX);
+        let run = async {
+            let turn = self
+                .acp
+                .run_turn(&spawn, prompt, resume.as_deref(), &tap_tx, &classify)
+                .await;
+            drop(tap_tx);
+            turn
+        };
+        let forward = async {
+            while let Some(event) = tap_rx.recv().await {
+                self.tap(events, event);
+            }
+        };
+        let (turn, ()) = tokio::join!(run, forward);
+        if let Some(session_id) = turn.session_id {
+            self.lock_state()
+                .cli_sessions
+                .insert(conversation, session_id);
+        }
+        let stopping = {
+            let state = self.lock_state();
+            state.stop_reason.is_some() || state.stopped_at.is_some()
+        };
+        match turn.outcome {
+            TurnOutcome::Failed { .. } if stopping => TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            },
+            outcome => outcome,
+        }
+    }
+
     fn abandon_pty_turn(&self, turn_id: &str) {
         let mut turn = self.lock_turn();
         if turn.as_ref().is_some_and(|turn| turn.id == turn_id) {
@@ -1548,6 +1649,7 @@ impl Session {
             if let Some(pid) = state.structured_pid {
                 signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            self.acp.close();
             (reason, error, state.permit.take())
         };
         drop(permit);
