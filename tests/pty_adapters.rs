@@ -98,6 +98,9 @@ fn claude_stream_json() {
             "--output-format",
             "stream-json",
             "--verbose",
+            "--include-partial-messages",
+            "--permission-mode",
+            "acceptEdits",
             "--resume",
             "4f6c"
         ]

@@ -1,13 +1,50 @@
-//! Claude Code (`claude`). The terminal runs the interactive TUI; turns run
-//! `claude -p --output-format stream-json --verbose` with the prompt on
-//! standard input, continuing the same conversation with `--resume`.
+//! Claude Code (`claude`, pinned at 2.1.332 in `scripts/agent-clis/`).
 //!
-//! Stream-json lines: `{"type":"system","subtype":"init","session_id":…}`,
-//! `{"type":"assistant","message":{"content":[{"type":"text","text":…},
-//! {"type":"tool_use","name":…,"input":…}]}}`, optional partial messages
-//! (`{"type":"stream_event","event":{"type":"content_block_delta",
-//! "delta":{"type":"text_delta","text":…}}}`), and one closing
-//! `{"type":"result","subtype":"success"|"error_…","is_error":…,"result":…}`.
+//! The terminal runs the interactive TUI for the person; each turn runs
+//! `claude -p --output-format stream-json --verbose
+//! --include-partial-messages --permission-mode acceptEdits` with the prompt
+//! on standard input, continuing the conversation of an earlier turn with
+//! `--resume <session id>` (the id comes from the run's `system`/`init`
+//! event; Scout keeps one per conversation). Every flag used is listed in
+//! [`CLI_FLAGS_USED`], which a test checks against the pinned CLI's
+//! `--help`.
+//!
+//! What the real CLI prints on stdout, one JSON object a line:
+//! - `{"type":"system","subtype":"init","session_id":…,"tools":[…],
+//!   "permissionMode":…,"apiKeySource":…}` first;
+//! - `{"type":"system","subtype":"api_retry","attempt":…,"error_status":…}`
+//!   while it retries a failed model request (429, 5xx, a dropped
+//!   connection), `CLAUDE_CODE_MAX_RETRIES` times at most;
+//! - `{"type":"stream_event","event":{…}}` with the model's raw stream
+//!   (`content_block_delta` / `text_delta` is the answer as it arrives);
+//! - `{"type":"assistant","message":{"content":[{"type":"text",…},
+//!   {"type":"tool_use","name":"Bash","input":{"command":…}}],…}}` per model
+//!   message; an API failure arrives as a synthetic one
+//!   (`"model":"<synthetic>"`, `"is_api_error_message":true`, `"error":
+//!   "authentication_failed"|…`) whose text is what the CLI would show;
+//! - `{"type":"user","message":{"content":[{"type":"tool_result",…}]}}`
+//!   with each tool's result;
+//! - one closing `{"type":"result","subtype":"success"|"error_…",
+//!   "is_error":…,"result":…,"usage":{"input_tokens","output_tokens",
+//!   "cache_read_input_tokens","cache_creation_input_tokens",…},
+//!   "total_cost_usd":…,"permission_denials":[…]}`. A failed turn can say
+//!   `"subtype":"success"` with `"is_error":true` (no login: `"result":"Not
+//!   logged in · Please run /login"`), so `is_error` decides. `usage` sums
+//!   every model request of the turn; `input_tokens` there excludes the
+//!   cached part, which Scout adds back (its input count includes cached
+//!   tokens).
+//!
+//! The interactive TUI on a fresh account stops at its first-run setup.
+//! Without `"hasCompletedOnboarding": true` in `~/.claude.json` (under
+//! `CLAUDE_CONFIG_DIR` when set) it checks that `api.anthropic.com` is
+//! reachable, whatever `ANTHROPIC_BASE_URL` says, and where it is not it
+//! prints "Unable to connect to Anthropic services" and exits 1; the
+//! session then reports `ONBOARDING_REQUIRED`, not a bare exit code. After
+//! onboarding it asks, once per folder, whether the folder is trusted
+//! (`projects.<dir>.hasTrustDialogAccepted`) and, for a key in
+//! `ANTHROPIC_API_KEY`, whether to use it (`customApiKeyResponses.approved`
+//! holds the key's last 20 characters); both show as questions. `-p` runs
+//! skip all three.
 
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
@@ -15,8 +52,34 @@ use serde_json::Value;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
-    StructuredEvent, TurnStyle, program_and_args,
+    StructuredEvent, TurnStyle, TurnUsage, program_and_args,
 };
+
+/// Every flag (and flag value) the adapter passes to `claude`; a test
+/// checks each against the pinned CLI's `--help`, so an upgrade that drops
+/// one fails there and not in a user's turn.
+pub const CLI_FLAGS_USED: &[&str] = &[
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+    "--permission-mode",
+    PERMISSION_MODE,
+    "--resume",
+];
+
+/// The permission mode of a structured turn. A routed turn has no person
+/// to answer a permission prompt, and `-p` denies whatever would prompt.
+/// `acceptEdits` lets the agent edit files and run commands that change
+/// files inside its working directory (what the work it is sent needs),
+/// runs read-only commands as every mode does, and still denies anything
+/// that reaches outside it (reported in the result's
+/// `permission_denials`). `bypassPermissions` would run anything, and the
+/// CLI refuses it for root; `auto` asks the model about each tool call,
+/// one more model request per call; `default` and `dontAsk` deny the edits
+/// the agent was asked to make.
+pub const PERMISSION_MODE: &str = "acceptEdits";
 
 /// Screen text of the login flow (first run, `/login`, an expired key).
 const LOGIN_MARKERS: &[&str] = &[
@@ -35,13 +98,21 @@ const QUESTION_MARKERS: &[&str] = &[
     "Do you want to create",
     "Do you want to allow",
     "Do you trust the files in this folder?",
+    "Is this a project you created or one you trust?",
+    "Do you want to use this API key?",
 ];
 
 /// Screen text while a turn runs.
 const BUSY_MARKERS: &[&str] = &["esc to interrupt"];
 
 /// Screen text of the input box waiting for a prompt.
-const READY_MARKERS: &[&str] = &["? for shortcuts", "/help for help", "│ > ", "│ >"];
+const READY_MARKERS: &[&str] = &[
+    "? for shortcuts",
+    "shift+tab to cycle",
+    "/help for help",
+    "│ > ",
+    "│ >",
+];
 
 const SCREEN: ScreenMarkers = ScreenMarkers {
     login: LOGIN_MARKERS,
@@ -58,7 +129,12 @@ const AUTH_FAILURE_MARKERS: &[&str] = &[
     "Not logged in",
     "authentication_error",
     "OAuth token has expired",
+    "Not logged in",
 ];
+
+/// Text of the first-run setup stopping the CLI: the onboarding's
+/// reachability check of `api.anthropic.com` failed, and the CLI exits 1.
+const ONBOARDING_MARKERS: &[&str] = &["Unable to connect to Anthropic services"];
 
 /// Claude Code.
 #[derive(Debug, Clone)]
@@ -104,16 +180,16 @@ impl Adapter for ClaudeAdapter {
         let Some(home) = env.home() else {
             return AuthStatus::Unknown;
         };
-        let config_dir = env
-            .var("CLAUDE_CONFIG_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| home.join(".claude"));
-        if config_dir.join(".credentials.json").is_file() {
+        let config_dir = env.var("CLAUDE_CONFIG_DIR").map(std::path::PathBuf::from);
+        let credentials_dir = config_dir.clone().unwrap_or_else(|| home.join(".claude"));
+        if credentials_dir.join(".credentials.json").is_file() {
             return AuthStatus::LoggedIn;
         }
         // On macOS the token is in the keychain; the account record in
-        // ~/.claude.json is what shows a login happened.
-        let account = std::fs::read_to_string(home.join(".claude.json"))
+        // `.claude.json` (in the config dir when one is set, else in the
+        // home directory) is what shows a login happened.
+        let account_file = config_dir.unwrap_or(home).join(".claude.json");
+        let account = std::fs::read_to_string(account_file)
             .is_ok_and(|text| text.contains("\"oauthAccount\""));
         if account {
             AuthStatus::LoggedIn
@@ -137,6 +213,9 @@ impl Adapter for ClaudeAdapter {
             "--output-format".to_owned(),
             "stream-json".to_owned(),
             "--verbose".to_owned(),
+            "--include-partial-messages".to_owned(),
+            "--permission-mode".to_owned(),
+            PERMISSION_MODE.to_owned(),
         ];
         if let Some(session_id) = resume {
             argv.push("--resume".to_owned());
@@ -184,6 +263,9 @@ impl Adapter for ClaudeAdapter {
                 }
             }
             Some("result") => {
+                if let Some(usage) = result_usage(&event) {
+                    events.push(StructuredEvent::Usage(usage));
+                }
                 let result = event["result"].as_str().map(str::to_owned);
                 let is_error = event["is_error"].as_bool().unwrap_or(false)
                     || event["subtype"]
@@ -207,7 +289,9 @@ impl Adapter for ClaudeAdapter {
     }
 
     fn classify_failure(&self, text: &str) -> FailureKind {
-        if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
+        if find_any(text, ONBOARDING_MARKERS).is_some() {
+            FailureKind::OnboardingRequired
+        } else if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
             FailureKind::AuthRequired
         } else {
             FailureKind::Harness
@@ -219,7 +303,11 @@ impl Adapter for ClaudeAdapter {
     }
 
     fn login_hint(&self) -> &'static str {
-        "run `claude` and log in (or `claude auth`), or set ANTHROPIC_API_KEY"
+        "run `claude` and log in with /login (or `claude auth`), or set ANTHROPIC_API_KEY"
+    }
+
+    fn onboarding_hint(&self) -> &'static str {
+        "run `claude` once in a terminal, as the agent's user and with its HOME, to finish its first-run setup (or set \"hasCompletedOnboarding\": true in ~/.claude.json, or in $CLAUDE_CONFIG_DIR/.claude.json when that is set)"
     }
 }
 
@@ -234,4 +322,31 @@ fn tool_line(block: &Value) -> String {
         Some(detail) => format!("{name}: {detail}"),
         None => name.to_owned(),
     }
+}
+
+/// Millionths of a US dollar in one dollar.
+const MICRO_USD_PER_USD: f64 = 1_000_000.0;
+
+/// The turn's tokens and cost from a `result` event: `usage` sums the
+/// turn's model requests, its `input_tokens` without the cached part.
+fn result_usage(event: &Value) -> Option<TurnUsage> {
+    let usage = event.get("usage").filter(|usage| usage.is_object());
+    let cost = event["total_cost_usd"].as_f64();
+    if usage.is_none() && cost.is_none() {
+        return None;
+    }
+    let count = |key: &str| usage.and_then(|usage| usage[key].as_u64()).unwrap_or(0);
+    let cached_tokens = count("cache_read_input_tokens");
+    Some(TurnUsage {
+        input_tokens: count("input_tokens")
+            .saturating_add(cached_tokens)
+            .saturating_add(count("cache_creation_input_tokens")),
+        output_tokens: count("output_tokens"),
+        cached_tokens,
+        // The float-to-integer cast saturates, and a negative or NaN cost
+        // (never sent by a sane CLI) becomes no cost.
+        cost_micro_usd: cost
+            .filter(|cost| cost.is_finite() && *cost >= 0.0)
+            .map(|cost| (cost * MICRO_USD_PER_USD).round() as u64),
+    })
 }

@@ -270,6 +270,12 @@ pub trait Adapter: Send + Sync + Debug {
 
     /// How to log in, for error messages and `scout doctor`.
     fn login_hint(&self) -> &'static str;
+
+    /// What to do when the CLI stops at its first-run setup
+    /// (`ONBOARDING_REQUIRED`).
+    fn onboarding_hint(&self) -> &'static str {
+        "run the CLI once in a terminal, as the agent's user, to finish its first-run setup"
+    }
 }
 
 /// How a session's harness is configured (from `POST /agents`).

@@ -657,7 +657,14 @@ impl Session {
 
     fn check_can_run_turn(&self) -> Result<(), RuntimeError> {
         if self.is_finished() || self.lock_state().stopped_at.is_some() {
-            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+            // A CLI that stopped at its first-run setup needs that setup,
+            // not a restart.
+            return Err(match self.lock_state().error.clone() {
+                Some(error) if error.code == TurnFailure::OnboardingRequired.code() => {
+                    RuntimeError::OnboardingRequired(error.message)
+                }
+                _ => RuntimeError::AgentStopped(self.config.id.clone()),
+            });
         }
         let auth = self.adapter.auth_status(&self.agent_env);
         let mut state = self.lock_state();
@@ -1082,6 +1089,10 @@ impl Session {
     /// turn, free the slot.
     fn finish(&self) {
         let exit = self.process.exited();
+        // What the CLI last showed says why it exited, when it stopped at
+        // its first-run setup or a login: a code to act on, not a bare exit.
+        let screen_text = self.lock_screen().text();
+        let exit_kind = self.adapter.classify_failure(&screen_text);
         let (reason, error, permit) = {
             let mut state = self.lock_state();
             state.stopped_at = Some(self.config.broker_env.now_unix_ms());
@@ -1104,10 +1115,7 @@ impl Session {
                 Some(reason) => (reason, None),
                 None if failed => (
                     how.clone(),
-                    Some(ErrorInfo {
-                        code: "AGENT_EXITED",
-                        message: format!("`{}` {how}", self.adapter.program()),
-                    }),
+                    Some(self.exit_error(exit_kind, &how)),
                 ),
                 None => (how, None),
             };
@@ -1141,6 +1149,32 @@ impl Session {
             json!({ "agent": agent, "reason": reason }),
         );
         self.finished.send_replace(true);
+    }
+
+    /// The error of a CLI that exited with a failure, `kind` read off its
+    /// last screen.
+    fn exit_error(&self, kind: FailureKind, how: &str) -> ErrorInfo {
+        let program = self.adapter.program();
+        match kind {
+            FailureKind::OnboardingRequired => ErrorInfo {
+                code: TurnFailure::OnboardingRequired.code(),
+                message: format!(
+                    "`{program}` {how} at its first-run setup: {}",
+                    self.adapter.onboarding_hint()
+                ),
+            },
+            FailureKind::AuthRequired => ErrorInfo {
+                code: TurnFailure::AuthRequired.code(),
+                message: format!(
+                    "`{program}` {how} asking for a login: {}",
+                    self.adapter.login_hint()
+                ),
+            },
+            FailureKind::Harness => ErrorInfo {
+                code: "AGENT_EXITED",
+                message: format!("`{program}` {how}"),
+            },
+        }
     }
 
     fn emit(&self, kind: EventKind, data: serde_json::Value) {
