@@ -515,13 +515,14 @@ fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// The structured run of the turn: a child of this test process running
-/// `claude -p`.
-fn structured_run() -> Option<i32> {
+/// The structured run of a turn in `workdir`: a child of this test process
+/// running `claude -p` there (other tests run theirs elsewhere).
+fn structured_run(workdir: &Path) -> Option<i32> {
     let me = i32::try_from(std::process::id()).expect("pid");
     children_of(me).into_iter().find(|pid| {
         let line = cmdline(*pid);
-        line.contains("claude") && line.contains(" -p ")
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        line.contains("claude") && line.contains(" -p ") && cwd.as_deref() == Some(workdir)
     })
 }
 
@@ -544,7 +545,8 @@ async fn cancel_mid_turn_kills_the_whole_process_tree() {
             .any(|request| is_conversation_request(&request.body))
     });
     // Mid-turn: the CLI is waiting on the model's hanging stream.
-    let run = structured_run().expect("the structured run is a child of the broker");
+    let run =
+        structured_run(&claude.workdir()).expect("the structured run is a child of the broker");
     let run_group = read_stat(run).expect("stat").pgrp;
     let interactive = i32::try_from(agent.pid).expect("pid");
     let mut tree = tree_of(run);
@@ -713,7 +715,8 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
         "120",
     ]);
     assert_eq!(
-        run.code, 0,
+        run.code,
+        0,
         "stdout: {}\nstderr: {}\nbeta: {}",
         run.stdout,
         run.stderr,

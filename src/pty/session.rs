@@ -1113,10 +1113,7 @@ impl Session {
             };
             let (reason, error) = match requested {
                 Some(reason) => (reason, None),
-                None if failed => (
-                    how.clone(),
-                    Some(self.exit_error(exit_kind, &how)),
-                ),
+                None if failed => (how.clone(), Some(self.exit_error(exit_kind, &how))),
                 None => (how, None),
             };
             state.error = error.clone();

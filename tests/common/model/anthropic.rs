@@ -96,7 +96,9 @@ async fn handle(
 /// Whether a messages request is a turn of the conversation (see the
 /// module documentation).
 pub fn is_conversation_request(body: &Value) -> bool {
-    body["tools"].as_array().is_some_and(|tools| !tools.is_empty())
+    body["tools"]
+        .as_array()
+        .is_some_and(|tools| !tools.is_empty())
 }
 
 async fn messages(shared: &Shared, body: &Value) -> Response {
@@ -166,7 +168,10 @@ fn error_response(status: u16, message: &str, retry_after: Option<u64>) -> Respo
 }
 
 fn message_id() -> String {
-    format!("msg_scripted_{}", NEXT_TOOL_USE.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "msg_scripted_{}",
+        NEXT_TOOL_USE.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The content block and stop reason of a step (errors are answered
@@ -218,7 +223,9 @@ fn stream_answer(step: Step, model: String, usage: Value) -> Response {
         let _ = write_events(&events, step, model, usage).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
     });
     Response::builder()
         .status(StatusCode::OK)
