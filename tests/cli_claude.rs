@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::agent_clis::agent_cli;
-use common::model::anthropic::is_conversation_request;
+use common::model::anthropic::{
+    CLAUDE_API_KEY, claude_env, finish_claude_onboarding, is_conversation_request,
+};
 use common::model::{Api, ModelServer, Recorded, Step, USAGE};
 use scout::adapter::claude::CLI_FLAGS_USED;
 use scout::adapter::{
@@ -37,15 +39,8 @@ const TURN_BOUND: Duration = Duration::from_secs(120);
 /// How long a wait for a session event (exit, stop) may take.
 const EVENT_BOUND: Duration = Duration::from_secs(60);
 
-/// The API key the CLI is given. Twenty characters at most, so that the
-/// CLI's record of an approved key (the key's last 20 characters) is the
-/// whole key.
-const API_KEY: &str = "sk-scripted-key";
-
-/// Retries of a failed model request the CLI makes before it gives up
-/// (`CLAUDE_CODE_MAX_RETRIES`): one, so error tests end quickly yet still
-/// go through the CLI's retry path.
-const CLI_MAX_RETRIES: &str = "1";
+/// The API key the CLI is given.
+const API_KEY: &str = CLAUDE_API_KEY;
 
 /// One test's Claude Code: a scripted server and a temporary directory with
 /// the CLI's home, its config dir and the agent's working directory.
@@ -83,50 +78,20 @@ impl Claude {
         self.dir.path().join("home")
     }
 
-    fn config_dir(&self) -> PathBuf {
-        self.home().join(".claude")
-    }
-
     /// The agent's working directory, as the CLI sees it (no symlinks).
     fn workdir(&self) -> PathBuf {
         std::fs::canonicalize(self.dir.path().join("work")).expect("workdir")
     }
 
-    /// What a person's first interactive run records in `.claude.json`:
-    /// onboarding done, the key approved, the working directory trusted.
-    /// Without these the TUI stops at its first-run screens (or exits, see
-    /// `first_run_without_onboarding_is_onboarding_required`).
+    /// Records what a person's first interactive run would (see
+    /// [`finish_claude_onboarding`]).
     fn finish_onboarding(&self) {
-        let workdir = self.workdir().display().to_string();
-        let config = json!({
-            "hasCompletedOnboarding": true,
-            "customApiKeyResponses": { "approved": [API_KEY], "rejected": [] },
-            "projects": { workdir: { "hasTrustDialogAccepted": true } },
-        });
-        std::fs::write(self.config_dir().join(".claude.json"), config.to_string())
-            .expect("write .claude.json");
+        finish_claude_onboarding(&self.home(), &self.workdir(), API_KEY);
     }
 
-    /// The agent's environment: its own home and config dir, the scripted
-    /// server, `key` (`None`: no credentials at all, also none inherited
-    /// from the machine), and no traffic the test does not script.
+    /// The agent's environment (see [`claude_env`]).
     fn env(&self, key: Option<&str>) -> Vec<(String, String)> {
-        let env = vec![
-            ("HOME", self.home().display().to_string()),
-            ("CLAUDE_CONFIG_DIR", self.config_dir().display().to_string()),
-            ("ANTHROPIC_BASE_URL", self.server.url()),
-            ("ANTHROPIC_API_KEY", key.unwrap_or("").to_owned()),
-            ("ANTHROPIC_AUTH_TOKEN", String::new()),
-            ("CLAUDE_CODE_OAUTH_TOKEN", String::new()),
-            ("DISABLE_AUTOUPDATER", "1".to_owned()),
-            ("DISABLE_TELEMETRY", "1".to_owned()),
-            ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-            ("CLAUDE_CODE_MAX_RETRIES", CLI_MAX_RETRIES.to_owned()),
-        ];
-        env.into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect()
+        claude_env(&self.server.url(), &self.home(), key)
     }
 
     fn spawn_request(&self, key: Option<&str>) -> SpawnRequest {
@@ -253,8 +218,12 @@ async fn wait_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_completes_with_the_scripted_answer_and_its_usage() {
     let claude = Claude::new(vec![Step::Text("The scripted answer.".to_owned())]);
+    let mut runtime_events = claude.manager.subscribe();
     let agent = claude.spawn().await;
     assert_eq!(agent.auth, AuthStatus::LoggedIn);
+    // The TUI on the terminal comes up ready for the person (its input box
+    // and mode line are recognised).
+    wait_event(&mut runtime_events, EventKind::AgentReady, &agent.id).await;
     let events = claude.turn(&agent, "Say something.", "c1").await;
     assert_eq!(response(&events), "The scripted answer.");
     // The answer streamed as it came (partial messages are on).
@@ -660,15 +629,12 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
     let mut alpha = common::Node::setup("alpha", &[]);
     alpha.start();
     let mut beta = common::Node::setup("beta", &[]);
-    // The broker's agents inherit its environment; HOME is the sandbox.
-    let home = beta.sandbox.path().to_path_buf();
-    let workdir = std::fs::canonicalize(&home).expect("workdir");
-    let config = json!({
-        "hasCompletedOnboarding": true,
-        "customApiKeyResponses": { "approved": [API_KEY], "rejected": [] },
-        "projects": { workdir.display().to_string(): { "hasTrustDialogAccepted": true } },
-    });
-    std::fs::write(home.join(".claude.json"), config.to_string()).expect(".claude.json");
+    // The broker's agents inherit its environment; HOME is the sandbox
+    // (the broker's own home is given with --home).
+    let home = std::fs::canonicalize(beta.sandbox.path()).expect("home");
+    let workdir = home.join("work");
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    finish_claude_onboarding(&home, &workdir, API_KEY);
     let claude_path = agent_cli("claude").display().to_string();
     let cwd = workdir.display().to_string();
     let add = beta.run(&[
@@ -688,17 +654,7 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     let mut command = beta.sandbox.scout();
-    command
-        .env("ANTHROPIC_BASE_URL", server.url())
-        .env("ANTHROPIC_API_KEY", API_KEY)
-        .env_remove("ANTHROPIC_AUTH_TOKEN")
-        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-        .env_remove("CLAUDE_CONFIG_DIR")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_ERROR_REPORTING", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("CLAUDE_CODE_MAX_RETRIES", CLI_MAX_RETRIES);
+    command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
     beta.broker = Some(common::BrokerProcess::start_command(command));
     common::wait_until("alpha to see @coder", || {
         alpha

@@ -336,3 +336,59 @@ fn deltas(step: &Step, block: &Value) -> Vec<Delta> {
         }],
     }
 }
+
+/// The API key tests give Claude Code. Twenty characters at most, so that
+/// the CLI's record of an approved key (the key's last 20 characters) is
+/// the whole key.
+pub const CLAUDE_API_KEY: &str = "sk-scripted-key";
+
+/// Retries of a failed model request Claude Code makes before it gives up
+/// (`CLAUDE_CODE_MAX_RETRIES`): one, so error tests end quickly yet still
+/// go through the CLI's retry path.
+pub const CLAUDE_MAX_RETRIES: &str = "1";
+
+/// The environment that points Claude Code at the server at `base_url`: its
+/// own `home` (config in `home/.claude`), `key` (`None`: no credentials at
+/// all, also none inherited from the machine), and none of the traffic a
+/// test does not script (auto-update, telemetry, error reports, other
+/// non-essential calls).
+pub fn claude_env(
+    base_url: &str,
+    home: &std::path::Path,
+    key: Option<&str>,
+) -> Vec<(String, String)> {
+    [
+        ("HOME", home.display().to_string()),
+        (
+            "CLAUDE_CONFIG_DIR",
+            home.join(".claude").display().to_string(),
+        ),
+        ("ANTHROPIC_BASE_URL", base_url.to_owned()),
+        ("ANTHROPIC_API_KEY", key.unwrap_or("").to_owned()),
+        ("ANTHROPIC_AUTH_TOKEN", String::new()),
+        ("CLAUDE_CODE_OAUTH_TOKEN", String::new()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("CLAUDE_CODE_MAX_RETRIES", CLAUDE_MAX_RETRIES.to_owned()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
+/// Records in `home/.claude/.claude.json` what a person's first
+/// interactive run would: onboarding done, `key` approved, `workdir`
+/// trusted. Without these the TUI stops at its first-run screens (or exits
+/// where `api.anthropic.com` is unreachable).
+pub fn finish_claude_onboarding(home: &std::path::Path, workdir: &std::path::Path, key: &str) {
+    let config = json!({
+        "hasCompletedOnboarding": true,
+        "customApiKeyResponses": { "approved": [key], "rejected": [] },
+        "projects": { workdir.display().to_string(): { "hasTrustDialogAccepted": true } },
+    });
+    std::fs::create_dir_all(home.join(".claude")).expect("claude config dir");
+    std::fs::write(home.join(".claude/.claude.json"), config.to_string())
+        .expect("write .claude.json");
+}
