@@ -541,9 +541,24 @@ async fn cancel_mid_turn_kills_the_whole_process_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_without_onboarding_is_onboarding_required() {
-    let claude = Claude::fresh(vec![Step::Text("never asked".to_owned())]);
+    // The model never answers: a turn started with the session is still
+    // running when the TUI gives up, and ends with the session's reason.
+    let claude = Claude::fresh(vec![Step::Hang]);
     let mut events = claude.manager.subscribe();
     let agent = claude.spawn().await;
+    match claude
+        .manager
+        .run_turn(&agent.id, "hi".to_owned(), Some(TURN_BOUND), None)
+    {
+        Ok(turn) => {
+            let turn_events = collect(turn).await;
+            let (kind, message) = failure(&turn_events);
+            assert_eq!(kind, TurnFailure::OnboardingRequired, "{message}");
+            assert!(message.contains("first-run"), "{message}");
+        }
+        // The TUI was quicker than the turn.
+        Err(err) => assert_eq!(err.code(), "ONBOARDING_REQUIRED", "{err}"),
+    }
     let stopped = wait_event(&mut events, EventKind::AgentStopped, &agent.id).await;
     let info = claude.manager.info(&agent.id).expect("info");
     let screen = claude.manager.logs(&agent.id, 40).unwrap_or_default();
@@ -569,7 +584,6 @@ async fn first_run_without_onboarding_is_onboarding_required() {
         "{err:?}"
     );
     assert_eq!(err.code(), "ONBOARDING_REQUIRED");
-    assert!(claude.conversation_requests().is_empty());
 }
 
 #[test]

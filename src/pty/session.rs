@@ -807,10 +807,7 @@ impl Session {
         let _forget = ForgetStructuredPid(self);
         if stopping {
             // The session stopped while this run started; the guard kills it.
-            return TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!("agent `{}` stopped during the turn", self.config.id),
-            };
+            return self.stopped_during_turn();
         }
         tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?child.id(), "structured run started");
         if let (Some(text), Some(mut stdin)) = (invocation.stdin, child.stdin.take()) {
@@ -879,11 +876,11 @@ impl Session {
         if let Some(outcome) = outcome {
             return outcome;
         }
-        if self.lock_state().stop_reason.is_some() || self.is_finished() {
-            return TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!("agent `{}` stopped during the turn", self.config.id),
-            };
+        if self.lock_state().stop_reason.is_some()
+            || self.lock_state().stopped_at.is_some()
+            || self.is_finished()
+        {
+            return self.stopped_during_turn();
         }
         let tail = match stderr_tail {
             Some(task) => task.await.unwrap_or_default(),
@@ -1124,12 +1121,15 @@ impl Session {
         };
         drop(permit);
         if let Some(turn) = self.lock_turn().take() {
-            let _ = turn.done.send(TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!(
-                    "agent `{}` stopped during the turn ({reason})",
-                    self.config.id
-                ),
+            let _ = turn.done.send(match self.stopped_during_turn() {
+                TurnOutcome::Failed {
+                    failure: TurnFailure::AgentStopped,
+                    message,
+                } => TurnOutcome::Failed {
+                    failure: TurnFailure::AgentStopped,
+                    message: format!("{message} ({reason})"),
+                },
+                outcome => outcome,
             });
         }
         let agent = self.info();
@@ -1146,6 +1146,24 @@ impl Session {
             json!({ "agent": agent, "reason": reason }),
         );
         self.finished.send_replace(true);
+    }
+
+    /// How a turn ends when the session stops under it: with the session's
+    /// `ONBOARDING_REQUIRED` when its CLI stopped at its first-run setup
+    /// (the one thing to do is that setup), else as stopped.
+    fn stopped_during_turn(&self) -> TurnOutcome {
+        match self.lock_state().error.clone() {
+            Some(error) if error.code == TurnFailure::OnboardingRequired.code() => {
+                TurnOutcome::Failed {
+                    failure: TurnFailure::OnboardingRequired,
+                    message: error.message,
+                }
+            }
+            _ => TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            },
+        }
     }
 
     /// The error of a CLI that exited with a failure, `kind` read off its
