@@ -18,7 +18,12 @@
 //! session title, a quota probe, a summary) declare no tools; they get a
 //! short text answer with zero usage and leave the script alone, so a test
 //! scripts only the conversation. Every request, side calls included, is
-//! recorded.
+//! recorded. What Claude Code 2.1.332 was seen to send, the TUI and `-p`
+//! alike: one `HEAD /api/hello` per start, then only the conversation's
+//! `POST /v1/messages?beta=true` (streaming, with its ~12 tools); with
+//! `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC` (see [`claude_env`]) not even
+//! the probe. The first-run reachability check goes to `api.anthropic.com`
+//! itself, never here.
 //!
 //! Usage: every scripted answer reports [`super::USAGE`] in Anthropic's
 //! terms: `input_tokens` is the uncached part (`USAGE.input_tokens -
