@@ -545,7 +545,23 @@ async fn first_run_without_onboarding_is_onboarding_required() {
     // running when the TUI gives up, and ends with the session's reason.
     let claude = Claude::fresh(vec![Step::Hang]);
     let mut events = claude.manager.subscribe();
-    let agent = claude.spawn().await;
+    // The first-run check of `api.anthropic.com` fails here for want of a
+    // network; a proxy that refuses makes it fail the same way on a machine
+    // that has one (where the CLI would go on to its setup screens and
+    // wait for a person). The scripted server on loopback is not proxied.
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut request = claude.spawn_request(Some(API_KEY));
+    request.env.extend([
+        (
+            "HTTPS_PROXY".to_owned(),
+            format!("http://127.0.0.1:{refused_port}"),
+        ),
+        ("NO_PROXY".to_owned(), "127.0.0.1,localhost".to_owned()),
+    ]);
+    let agent = claude.manager.spawn(request).await.expect("spawn claude");
     match claude
         .manager
         .run_turn(&agent.id, "hi".to_owned(), Some(TURN_BOUND), None)
