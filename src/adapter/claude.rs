@@ -238,6 +238,17 @@ impl Adapter for ClaudeAdapter {
                     events.push(StructuredEvent::Session(id.to_owned()));
                 }
             }
+            Some("system") if event["subtype"] == "api_retry" => {
+                let status = event["error_status"]
+                    .as_u64()
+                    .map_or_else(|| "no status".to_owned(), |status| status.to_string());
+                events.push(StructuredEvent::Notice(format!(
+                    "a model request failed ({status}, {}); retry {} of {}",
+                    event["error"].as_str().unwrap_or("unknown"),
+                    event["attempt"],
+                    event["max_retries"]
+                )));
+            }
             Some("assistant") => {
                 let mut text = String::new();
                 for block in event["message"]["content"].as_array().into_iter().flatten() {
@@ -349,4 +360,57 @@ fn result_usage(event: &Value) -> Option<TurnUsage> {
             .filter(|cost| cost.is_finite() && *cost >= 0.0)
             .map(|cost| (cost * MICRO_USD_PER_USD).round() as u64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as Claude Code 2.1.332 prints them (fields it adds that the
+    /// adapter does not read are trimmed).
+    const RETRY: &str = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":1,"retry_delay_ms":525,"error_status":null,"error":"unknown","session_id":"bc74d7fa"}"#;
+    const RESULT: &str = r#"{"duration_api_ms":22,"stop_reason":"end_turn","session_id":"b675e381","total_cost_usd":0.001088,"usage":{"input_tokens":80,"cache_creation_input_tokens":0,"cache_read_input_tokens":40,"output_tokens":30,"server_tool_use":{"web_search_requests":0,"web_fetch_requests":0},"service_tier":"standard"},"permission_denials":[],"terminal_reason":"completed","is_error":false,"num_turns":1,"subtype":"success","api_error_status":null,"result":"hello","type":"result","duration_ms":111}"#;
+
+    #[test]
+    fn the_result_carries_tokens_and_cost_in_micro_usd() {
+        let adapter = ClaudeAdapter::new(None);
+        assert_eq!(
+            adapter.parse_line(RESULT),
+            vec![
+                StructuredEvent::Usage(TurnUsage {
+                    input_tokens: 120,
+                    output_tokens: 30,
+                    cached_tokens: 40,
+                    cost_micro_usd: Some(1088),
+                }),
+                StructuredEvent::Completed {
+                    result: Some("hello".to_owned())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn retries_are_notices_and_a_first_run_exit_needs_onboarding() {
+        let adapter = ClaudeAdapter::new(None);
+        assert_eq!(
+            adapter.parse_line(RETRY),
+            vec![StructuredEvent::Notice(
+                "a model request failed (no status, unknown); retry 1 of 1".to_owned()
+            )]
+        );
+        let screen = "Welcome to Claude Code v2.1.332\n Unable to connect to Anthropic services\n Failed to connect to api.anthropic.com: ENOTFOUND";
+        assert_eq!(
+            adapter.classify_failure(screen),
+            FailureKind::OnboardingRequired
+        );
+        assert_eq!(
+            adapter.classify_failure("Invalid API key · Fix external API key"),
+            FailureKind::AuthRequired
+        );
+        assert_eq!(
+            adapter.classify_failure("API Error: Request rejected (429) · rate limited"),
+            FailureKind::Harness
+        );
+    }
 }
