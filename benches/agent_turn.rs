@@ -172,6 +172,15 @@ fn ms(duration: Duration) -> f64 {
 }
 
 fn report(direct: &mut [Duration], routed: &mut [Duration]) {
+    // Each routed sample ran right after its direct one: their difference
+    // is the figure least moved by the machine's load drifting, though the
+    // CLI's own run-to-run spread (tens of milliseconds or more) stays in it.
+    let mut paired_ms: Vec<f64> = direct
+        .iter()
+        .zip(routed.iter())
+        .map(|(direct, routed)| ms(*routed) - ms(*direct))
+        .collect();
+    paired_ms.sort_by(f64::total_cmp);
     direct.sort();
     routed.sort();
     println!("agent_turn: one Claude Code turn against a scripted model ({SAMPLES} samples each)");
@@ -191,5 +200,12 @@ fn report(direct: &mut [Duration], routed: &mut [Duration]) {
         "added by Scout",
         ms(percentile(routed, 50)) - ms(percentile(direct, 50)),
         ms(percentile(routed, 90)) - ms(percentile(direct, 90))
+    );
+    let paired_idx = |pct: usize| (paired_ms.len() * pct / 100).min(paired_ms.len() - 1);
+    println!(
+        "{:<28} {:>10.1} {:>10.1}",
+        "paired difference",
+        paired_ms[paired_idx(50)],
+        paired_ms[paired_idx(90)]
     );
 }
