@@ -47,7 +47,7 @@ const CLAUDE_STREAM: &str = r#"{"type":"system","subtype":"init","cwd":"/home/me
 {"type":"assistant","message":{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"I'll list the files."},{"type":"tool_use","id":"toolu_01","name":"Bash","input":{"command":"ls -la","description":"List files"}}],"stop_reason":null,"usage":{"input_tokens":4,"output_tokens":60}},"parent_tool_use_id":null,"session_id":"4f6c2b9e-0d51-4c1e-9a57-1a2b3c4d5e6f"}
 {"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_01","type":"tool_result","content":"total 8\nREADME.md\nsrc","is_error":false}]},"parent_tool_use_id":null,"session_id":"4f6c2b9e-0d51-4c1e-9a57-1a2b3c4d5e6f"}
 {"type":"assistant","message":{"id":"msg_02","type":"message","role":"assistant","content":[{"type":"text","text":"The directory contains README.md and src/."}]},"parent_tool_use_id":null,"session_id":"4f6c2b9e-0d51-4c1e-9a57-1a2b3c4d5e6f"}
-{"type":"result","subtype":"success","is_error":false,"duration_ms":5123,"duration_api_ms":4800,"num_turns":3,"result":"The directory contains README.md and src/.","session_id":"4f6c2b9e-0d51-4c1e-9a57-1a2b3c4d5e6f","total_cost_usd":0.0123,"permission_denials":[]}"#;
+{"type":"result","subtype":"success","is_error":false,"duration_ms":5123,"duration_api_ms":4800,"num_turns":3,"result":"The directory contains README.md and src/.","session_id":"4f6c2b9e-0d51-4c1e-9a57-1a2b3c4d5e6f","total_cost_usd":0.0123,"usage":{"input_tokens":4,"cache_creation_input_tokens":100,"cache_read_input_tokens":2000,"output_tokens":60},"permission_denials":[]}"#;
 
 #[test]
 fn claude_stream_json() {
@@ -60,6 +60,14 @@ fn claude_stream_json() {
             StructuredEvent::Message("I'll list the files.".to_owned()),
             StructuredEvent::Tool("Bash: ls -la".to_owned()),
             StructuredEvent::Message("The directory contains README.md and src/.".to_owned()),
+            // `usage.input_tokens` excludes the cached part; Scout's count
+            // includes it.
+            StructuredEvent::Usage(TurnUsage {
+                input_tokens: 2104,
+                output_tokens: 60,
+                cached_tokens: 2000,
+                cost_micro_usd: Some(12_300),
+            }),
             StructuredEvent::Completed {
                 result: Some("The directory contains README.md and src/.".to_owned())
             },
@@ -98,6 +106,9 @@ fn claude_stream_json() {
             "--output-format",
             "stream-json",
             "--verbose",
+            "--include-partial-messages",
+            "--permission-mode",
+            "acceptEdits",
             "--resume",
             "4f6c"
         ]

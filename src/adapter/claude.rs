@@ -1,13 +1,50 @@
-//! Claude Code (`claude`). The terminal runs the interactive TUI; turns run
-//! `claude -p --output-format stream-json --verbose` with the prompt on
-//! standard input, continuing the same conversation with `--resume`.
+//! Claude Code (`claude`, pinned at 2.1.332 in `scripts/agent-clis/`).
 //!
-//! Stream-json lines: `{"type":"system","subtype":"init","session_id":…}`,
-//! `{"type":"assistant","message":{"content":[{"type":"text","text":…},
-//! {"type":"tool_use","name":…,"input":…}]}}`, optional partial messages
-//! (`{"type":"stream_event","event":{"type":"content_block_delta",
-//! "delta":{"type":"text_delta","text":…}}}`), and one closing
-//! `{"type":"result","subtype":"success"|"error_…","is_error":…,"result":…}`.
+//! The terminal runs the interactive TUI for the person; each turn runs
+//! `claude -p --output-format stream-json --verbose
+//! --include-partial-messages --permission-mode acceptEdits` with the prompt
+//! on standard input, continuing the conversation of an earlier turn with
+//! `--resume <session id>` (the id comes from the run's `system`/`init`
+//! event; Scout keeps one per conversation). Every flag used is listed in
+//! [`CLI_FLAGS_USED`], which a test checks against the pinned CLI's
+//! `--help`.
+//!
+//! What the real CLI prints on stdout, one JSON object a line:
+//! - `{"type":"system","subtype":"init","session_id":…,"tools":[…],
+//!   "permissionMode":…,"apiKeySource":…}` first;
+//! - `{"type":"system","subtype":"api_retry","attempt":…,"error_status":…}`
+//!   while it retries a failed model request (429, 5xx, a dropped
+//!   connection), `CLAUDE_CODE_MAX_RETRIES` times at most;
+//! - `{"type":"stream_event","event":{…}}` with the model's raw stream
+//!   (`content_block_delta` / `text_delta` is the answer as it arrives);
+//! - `{"type":"assistant","message":{"content":[{"type":"text",…},
+//!   {"type":"tool_use","name":"Bash","input":{"command":…}}],…}}` per model
+//!   message; an API failure arrives as a synthetic one
+//!   (`"model":"<synthetic>"`, `"is_api_error_message":true`, `"error":
+//!   "authentication_failed"|…`) whose text is what the CLI would show;
+//! - `{"type":"user","message":{"content":[{"type":"tool_result",…}]}}`
+//!   with each tool's result;
+//! - one closing `{"type":"result","subtype":"success"|"error_…",
+//!   "is_error":…,"result":…,"usage":{"input_tokens","output_tokens",
+//!   "cache_read_input_tokens","cache_creation_input_tokens",…},
+//!   "total_cost_usd":…,"permission_denials":[…]}`. A failed turn can say
+//!   `"subtype":"success"` with `"is_error":true` (no login: `"result":"Not
+//!   logged in · Please run /login"`), so `is_error` decides. `usage` sums
+//!   every model request of the turn; `input_tokens` there excludes the
+//!   cached part, which Scout adds back (its input count includes cached
+//!   tokens).
+//!
+//! The interactive TUI on a fresh account stops at its first-run setup.
+//! Without `"hasCompletedOnboarding": true` in `~/.claude.json` (under
+//! `CLAUDE_CONFIG_DIR` when set) it checks that `api.anthropic.com` is
+//! reachable, whatever `ANTHROPIC_BASE_URL` says, and where it is not it
+//! prints "Unable to connect to Anthropic services" and exits 1; the
+//! session then reports `ONBOARDING_REQUIRED`, not a bare exit code. After
+//! onboarding it asks, once per folder, whether the folder is trusted
+//! (`projects.<dir>.hasTrustDialogAccepted`) and, for a key in
+//! `ANTHROPIC_API_KEY`, whether to use it (`customApiKeyResponses.approved`
+//! holds the key's last 20 characters); both show as questions. `-p` runs
+//! skip all three.
 
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
@@ -17,6 +54,32 @@ use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
     StructuredEvent, TurnStyle, TurnUsage, program_and_args,
 };
+
+/// Every flag (and flag value) the adapter passes to `claude`; a test
+/// checks each against the pinned CLI's `--help`, so an upgrade that drops
+/// one fails there and not in a user's turn.
+pub const CLI_FLAGS_USED: &[&str] = &[
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+    "--permission-mode",
+    PERMISSION_MODE,
+    "--resume",
+];
+
+/// The permission mode of a structured turn. A routed turn has no person
+/// to answer a permission prompt, and `-p` denies whatever would prompt.
+/// `acceptEdits` lets the agent edit files and run commands that change
+/// files inside its working directory (what the work it is sent needs),
+/// runs read-only commands as every mode does, and still denies anything
+/// that reaches outside it (reported in the result's
+/// `permission_denials`). `bypassPermissions` would run anything, and the
+/// CLI refuses it for root; `auto` asks the model about each tool call,
+/// one more model request per call; `default` and `dontAsk` deny the edits
+/// the agent was asked to make.
+pub const PERMISSION_MODE: &str = "acceptEdits";
 
 /// Screen text of the login flow (first run, `/login`, an expired key).
 const LOGIN_MARKERS: &[&str] = &[
@@ -35,13 +98,21 @@ const QUESTION_MARKERS: &[&str] = &[
     "Do you want to create",
     "Do you want to allow",
     "Do you trust the files in this folder?",
+    "Is this a project you created or one you trust?",
+    "Do you want to use this API key?",
 ];
 
 /// Screen text while a turn runs.
 const BUSY_MARKERS: &[&str] = &["esc to interrupt"];
 
 /// Screen text of the input box waiting for a prompt.
-const READY_MARKERS: &[&str] = &["? for shortcuts", "/help for help", "│ > ", "│ >"];
+const READY_MARKERS: &[&str] = &[
+    "? for shortcuts",
+    "shift+tab to cycle",
+    "/help for help",
+    "│ > ",
+    "│ >",
+];
 
 const SCREEN: ScreenMarkers = ScreenMarkers {
     login: LOGIN_MARKERS,
@@ -58,7 +129,12 @@ const AUTH_FAILURE_MARKERS: &[&str] = &[
     "Not logged in",
     "authentication_error",
     "OAuth token has expired",
+    "Not logged in",
 ];
+
+/// Text of the first-run setup stopping the CLI: the onboarding's
+/// reachability check of `api.anthropic.com` failed, and the CLI exits 1.
+const ONBOARDING_MARKERS: &[&str] = &["Unable to connect to Anthropic services"];
 
 /// Claude Code.
 #[derive(Debug, Clone)]
@@ -110,16 +186,16 @@ impl Adapter for ClaudeAdapter {
         let Some(home) = env.home() else {
             return AuthStatus::Unknown;
         };
-        let config_dir = env
-            .var("CLAUDE_CONFIG_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| home.join(".claude"));
-        if config_dir.join(".credentials.json").is_file() {
+        let config_dir = env.var("CLAUDE_CONFIG_DIR").map(std::path::PathBuf::from);
+        let credentials_dir = config_dir.clone().unwrap_or_else(|| home.join(".claude"));
+        if credentials_dir.join(".credentials.json").is_file() {
             return AuthStatus::LoggedIn;
         }
         // On macOS the token is in the keychain; the account record in
-        // ~/.claude.json is what shows a login happened.
-        let account = std::fs::read_to_string(home.join(".claude.json"))
+        // `.claude.json` (in the config dir when one is set, else in the
+        // home directory) is what shows a login happened.
+        let account_file = config_dir.unwrap_or(home).join(".claude.json");
+        let account = std::fs::read_to_string(account_file)
             .is_ok_and(|text| text.contains("\"oauthAccount\""));
         if account {
             AuthStatus::LoggedIn
@@ -143,6 +219,9 @@ impl Adapter for ClaudeAdapter {
             "--output-format".to_owned(),
             "stream-json".to_owned(),
             "--verbose".to_owned(),
+            "--include-partial-messages".to_owned(),
+            "--permission-mode".to_owned(),
+            PERMISSION_MODE.to_owned(),
         ];
         if let Some(session_id) = resume {
             argv.push("--resume".to_owned());
@@ -164,6 +243,17 @@ impl Adapter for ClaudeAdapter {
                 if let Some(id) = event["session_id"].as_str() {
                     events.push(StructuredEvent::Session(id.to_owned()));
                 }
+            }
+            Some("system") if event["subtype"] == "api_retry" => {
+                let status = event["error_status"]
+                    .as_u64()
+                    .map_or_else(|| "no status".to_owned(), |status| status.to_string());
+                events.push(StructuredEvent::Notice(format!(
+                    "a model request failed ({status}, {}); retry {} of {}",
+                    event["error"].as_str().unwrap_or("unknown"),
+                    event["attempt"],
+                    event["max_retries"]
+                )));
             }
             Some("assistant") => {
                 let mut text = String::new();
@@ -190,7 +280,6 @@ impl Adapter for ClaudeAdapter {
                 }
             }
             Some("result") => {
-                // Usage first: the session records it before the turn ends.
                 if let Some(usage) = result_usage(&event) {
                     events.push(StructuredEvent::Usage(usage));
                 }
@@ -217,7 +306,9 @@ impl Adapter for ClaudeAdapter {
     }
 
     fn classify_failure(&self, text: &str) -> FailureKind {
-        if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
+        if find_any(text, ONBOARDING_MARKERS).is_some() {
+            FailureKind::OnboardingRequired
+        } else if find_any(text, AUTH_FAILURE_MARKERS).is_some() {
             FailureKind::AuthRequired
         } else {
             FailureKind::Harness
@@ -229,31 +320,12 @@ impl Adapter for ClaudeAdapter {
     }
 
     fn login_hint(&self) -> &'static str {
-        "run `claude` and log in (or `claude auth`), or set ANTHROPIC_API_KEY"
+        "run `claude` and log in with /login (or `claude auth`), or set ANTHROPIC_API_KEY"
     }
-}
 
-/// The tokens and cost of a `result` event: `usage.input_tokens` counts
-/// only fresh input, so the cache's tokens (written and read) are added to
-/// it, and the tokens read from the cache are the cached ones;
-/// `total_cost_usd` in micro-USD. `None` when the event has no usage.
-fn result_usage(event: &Value) -> Option<TurnUsage> {
-    let usage = event.get("usage").filter(|usage| usage.is_object())?;
-    let count = |key: &str| usage[key].as_u64().unwrap_or(0);
-    let cached = count("cache_read_input_tokens");
-    let cost_micro_usd = event["total_cost_usd"]
-        .as_f64()
-        .filter(|cost| cost.is_finite() && *cost >= 0.0)
-        // Saturates at u64::MAX for absurd costs; the routing core clamps.
-        .map(|cost| (cost * 1_000_000.0).round() as u64);
-    Some(TurnUsage {
-        input_tokens: count("input_tokens")
-            .saturating_add(count("cache_creation_input_tokens"))
-            .saturating_add(cached),
-        output_tokens: count("output_tokens"),
-        cached_tokens: cached,
-        cost_micro_usd,
-    })
+    fn onboarding_hint(&self) -> &'static str {
+        "run `claude` once in a terminal, as the agent's user and with its HOME, to finish its first-run setup (or set \"hasCompletedOnboarding\": true in ~/.claude.json, or in $CLAUDE_CONFIG_DIR/.claude.json when that is set)"
+    }
 }
 
 /// `Bash: ls -la`, `Edit: src/main.rs`, or the tool's name alone.
@@ -269,35 +341,82 @@ fn tool_line(block: &Value) -> String {
     }
 }
 
+/// Millionths of a US dollar in one dollar.
+const MICRO_USD_PER_USD: f64 = 1_000_000.0;
+
+/// The turn's tokens and cost from a `result` event: `usage` sums the
+/// turn's model requests, its `input_tokens` without the cached part.
+fn result_usage(event: &Value) -> Option<TurnUsage> {
+    let usage = event.get("usage").filter(|usage| usage.is_object());
+    let cost = event["total_cost_usd"].as_f64();
+    if usage.is_none() && cost.is_none() {
+        return None;
+    }
+    let count = |key: &str| usage.and_then(|usage| usage[key].as_u64()).unwrap_or(0);
+    let cached_tokens = count("cache_read_input_tokens");
+    Some(TurnUsage {
+        input_tokens: count("input_tokens")
+            .saturating_add(cached_tokens)
+            .saturating_add(count("cache_creation_input_tokens")),
+        output_tokens: count("output_tokens"),
+        cached_tokens,
+        // The float-to-integer cast saturates, and a negative or NaN cost
+        // (never sent by a sane CLI) becomes no cost.
+        cost_micro_usd: cost
+            .filter(|cost| cost.is_finite() && *cost >= 0.0)
+            .map(|cost| (cost * MICRO_USD_PER_USD).round() as u64),
+    })
+}
+
 #[cfg(test)]
-mod usage_tests {
+mod tests {
     use super::*;
 
-    /// The result event's usage: cache tokens count as input, the ones
-    /// read from the cache as cached, the cost in micro-USD.
+    /// Lines as Claude Code 2.1.332 prints them (fields it adds that the
+    /// adapter does not read are trimmed).
+    const RETRY: &str = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":1,"retry_delay_ms":525,"error_status":null,"error":"unknown","session_id":"bc74d7fa"}"#;
+    const RESULT: &str = r#"{"duration_api_ms":22,"stop_reason":"end_turn","session_id":"b675e381","total_cost_usd":0.001088,"usage":{"input_tokens":80,"cache_creation_input_tokens":0,"cache_read_input_tokens":40,"output_tokens":30,"server_tool_use":{"web_search_requests":0,"web_fetch_requests":0},"service_tier":"standard"},"permission_denials":[],"terminal_reason":"completed","is_error":false,"num_turns":1,"subtype":"success","api_error_status":null,"result":"hello","type":"result","duration_ms":111}"#;
+
     #[test]
-    fn a_result_reports_its_usage_before_the_end() {
-        let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"s","total_cost_usd":0.0042,"usage":{"input_tokens":3,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":7}}"#;
-        let claude = ClaudeAdapter::new(None);
+    fn the_result_carries_tokens_and_cost_in_micro_usd() {
+        let adapter = ClaudeAdapter::new(None);
         assert_eq!(
-            claude.parse_line(line),
+            adapter.parse_line(RESULT),
             vec![
                 StructuredEvent::Usage(TurnUsage {
-                    input_tokens: 113,
-                    output_tokens: 7,
-                    cached_tokens: 100,
-                    cost_micro_usd: Some(4_200),
+                    input_tokens: 120,
+                    output_tokens: 30,
+                    cached_tokens: 40,
+                    cost_micro_usd: Some(1088),
                 }),
                 StructuredEvent::Completed {
-                    result: Some("ok".to_owned())
+                    result: Some("hello".to_owned())
                 },
             ]
         );
-        let hostile = r#"{"type":"result","subtype":"success","result":"ok","total_cost_usd":-1,"usage":{"input_tokens":"many","output_tokens":1e300}}"#;
-        let StructuredEvent::Usage(usage) = &claude.parse_line(hostile)[0] else {
-            panic!("no usage");
-        };
-        assert_eq!(usage.cost_micro_usd, None);
-        assert_eq!(usage.input_tokens, 0);
+    }
+
+    #[test]
+    fn retries_are_notices_and_a_first_run_exit_needs_onboarding() {
+        let adapter = ClaudeAdapter::new(None);
+        assert_eq!(
+            adapter.parse_line(RETRY),
+            vec![StructuredEvent::Notice(
+                "a model request failed (no status, unknown); retry 1 of 1".to_owned()
+            )]
+        );
+        let screen = "Welcome to Claude Code v2.1.332\n Unable to connect to Anthropic services\n Failed to connect to api.anthropic.com: ENOTFOUND";
+        assert_eq!(
+            adapter.classify_failure(screen),
+            FailureKind::OnboardingRequired
+        );
+        assert_eq!(
+            adapter.classify_failure("Invalid API key · Fix external API key"),
+            FailureKind::AuthRequired
+        );
+        assert_eq!(
+            adapter.classify_failure("API Error: Request rejected (429) · rate limited"),
+            FailureKind::Harness
+        );
     }
 }

@@ -319,6 +319,12 @@ pub trait Adapter: Send + Sync + Debug {
     fn login_hint_for(&self, _env: &AgentEnv) -> String {
         self.login_hint().to_owned()
     }
+
+    /// What to do when the CLI stops at its first-run setup
+    /// (`ONBOARDING_REQUIRED`).
+    fn onboarding_hint(&self) -> &'static str {
+        "run the CLI once in a terminal, as the agent's user, to finish its first-run setup"
+    }
 }
 
 /// How a session's harness is configured (from `POST /agents`).

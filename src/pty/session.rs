@@ -874,7 +874,14 @@ impl Session {
 
     fn check_can_run_turn(&self) -> Result<(), RuntimeError> {
         if self.is_finished() || self.lock_state().stopped_at.is_some() {
-            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+            // A CLI that stopped at its first-run setup needs that setup,
+            // not a restart.
+            return Err(match self.lock_state().error.clone() {
+                Some(error) if error.code == TurnFailure::OnboardingRequired.code() => {
+                    RuntimeError::OnboardingRequired(error.message)
+                }
+                _ => RuntimeError::AgentStopped(self.config.id.clone()),
+            });
         }
         let auth = self.adapter.auth_status(&self.agent_env);
         let mut state = self.lock_state();
@@ -1018,10 +1025,7 @@ impl Session {
         let _forget = ForgetStructuredPid(self);
         if stopping {
             // The session stopped while this run started; the guard kills it.
-            return TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!("agent `{}` stopped during the turn", self.config.id),
-            };
+            return self.stopped_during_turn();
         }
         tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?child.id(), "structured run started");
         if let (Some(text), Some(mut stdin)) = (invocation.stdin, child.stdin.take()) {
@@ -1098,11 +1102,11 @@ impl Session {
         if let Some(outcome) = outcome {
             return outcome;
         }
-        if self.lock_state().stop_reason.is_some() || self.is_finished() {
-            return TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!("agent `{}` stopped during the turn", self.config.id),
-            };
+        if self.lock_state().stop_reason.is_some()
+            || self.lock_state().stopped_at.is_some()
+            || self.is_finished()
+        {
+            return self.stopped_during_turn();
         }
         let tail = match stderr_tail {
             Some(task) => task.await.unwrap_or_default(),
@@ -1613,6 +1617,10 @@ impl Session {
     /// turn, free the slot.
     fn finish(&self) {
         let exit = self.process().exited();
+        // What the CLI last showed says why it exited, when it stopped at
+        // its first-run setup or a login: a code to act on, not a bare exit.
+        let screen_text = self.lock_screen().text();
+        let exit_kind = self.adapter.classify_failure(&screen_text);
         let (reason, error, permit) = {
             let mut state = self.lock_state();
             state.stopped_at = Some(self.config.broker_env.now_unix_ms());
@@ -1633,13 +1641,7 @@ impl Session {
             };
             let (reason, error) = match requested {
                 Some(reason) => (reason, None),
-                None if failed => (
-                    how.clone(),
-                    Some(ErrorInfo {
-                        code: "AGENT_EXITED",
-                        message: format!("`{}` {how}", self.adapter.program()),
-                    }),
-                ),
+                None if failed => (how.clone(), Some(self.exit_error(exit_kind, &how))),
                 None => (how, None),
             };
             state.error = error.clone();
@@ -1654,12 +1656,15 @@ impl Session {
         };
         drop(permit);
         if let Some(turn) = self.lock_turn().take() {
-            let _ = turn.done.send(TurnOutcome::Failed {
-                failure: TurnFailure::AgentStopped,
-                message: format!(
-                    "agent `{}` stopped during the turn ({reason})",
-                    self.config.id
-                ),
+            let _ = turn.done.send(match self.stopped_during_turn() {
+                TurnOutcome::Failed {
+                    failure: TurnFailure::AgentStopped,
+                    message,
+                } => TurnOutcome::Failed {
+                    failure: TurnFailure::AgentStopped,
+                    message: format!("{message} ({reason})"),
+                },
+                outcome => outcome,
             });
         }
         let agent = self.info();
@@ -1676,6 +1681,50 @@ impl Session {
             json!({ "agent": agent, "reason": reason }),
         );
         self.finished.send_replace(true);
+    }
+
+    /// How a turn ends when the session stops under it: with the session's
+    /// `ONBOARDING_REQUIRED` when its CLI stopped at its first-run setup
+    /// (the one thing to do is that setup), else as stopped.
+    fn stopped_during_turn(&self) -> TurnOutcome {
+        match self.lock_state().error.clone() {
+            Some(error) if error.code == TurnFailure::OnboardingRequired.code() => {
+                TurnOutcome::Failed {
+                    failure: TurnFailure::OnboardingRequired,
+                    message: error.message,
+                }
+            }
+            _ => TurnOutcome::Failed {
+                failure: TurnFailure::AgentStopped,
+                message: format!("agent `{}` stopped during the turn", self.config.id),
+            },
+        }
+    }
+
+    /// The error of a CLI that exited with a failure, `kind` read off its
+    /// last screen.
+    fn exit_error(&self, kind: FailureKind, how: &str) -> ErrorInfo {
+        let program = self.adapter.program();
+        match kind {
+            FailureKind::OnboardingRequired => ErrorInfo {
+                code: TurnFailure::OnboardingRequired.code(),
+                message: format!(
+                    "`{program}` {how} at its first-run setup: {}",
+                    self.adapter.onboarding_hint()
+                ),
+            },
+            FailureKind::AuthRequired => ErrorInfo {
+                code: TurnFailure::AuthRequired.code(),
+                message: format!(
+                    "`{program}` {how} asking for a login: {}",
+                    self.adapter.login_hint()
+                ),
+            },
+            FailureKind::Harness => ErrorInfo {
+                code: "AGENT_EXITED",
+                message: format!("`{program}` {how}"),
+            },
+        }
     }
 
     fn emit(&self, kind: EventKind, data: serde_json::Value) {
