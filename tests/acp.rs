@@ -213,10 +213,12 @@ async fn turns_complete_and_continue_the_acp_session() {
 /// without asking; any other command asks permission first.
 /// After the agent process died between turns, the next turn starts a new
 /// one and completes. Scout asks it to load the conversation's ACP session
-/// (`session/load`, which `gemini --acp` announces); Gemini CLI 0.61
-/// answers with an error (its load starts recording the chat afresh, over
-/// the saved one, before reading it), so the turn continues in a new ACP
-/// session. Another conversation never sees the first one's exchange.
+/// (`session/load`, which `gemini --acp` announces). Gemini CLI 0.61 most
+/// often answers with an error (its load starts recording the chat afresh,
+/// over the saved one, before reading it), and the turn continues in a new
+/// ACP session; when the load succeeds, it replays the history after its
+/// answer, and the replay must not show in this turn's answer. Another
+/// conversation never sees the first one's exchange.
 #[tokio::test]
 async fn after_the_agent_died_the_next_turn_starts_it_again() {
     let server = ModelServer::start(

@@ -47,6 +47,16 @@ use crate::adapter::{FailureKind, TurnUsage};
 /// for a slow machine without keeping the next turn waiting long.
 pub const ACP_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
+/// A loaded session's replayed history has ended when the agent has been
+/// quiet this long: replayed messages follow each other without a model
+/// call in between, so a pause of this length means the replay is over.
+const ACP_REPLAY_QUIET: Duration = Duration::from_millis(500);
+
+/// The longest Scout waits for a loaded session's replay to end. A history
+/// still arriving after that would show in the next turn's answer; ten
+/// seconds of replay without a pause is far beyond any saved session.
+const ACP_REPLAY_MAX: Duration = Duration::from_secs(10);
+
 /// Longest line read from the agent. Tool results travel inside updates
 /// and a replayed session (`session/load`) can be long; longer lines are
 /// skipped, never buffered whole.
@@ -445,6 +455,7 @@ impl AcpAgent {
                     .await?;
                 match loaded {
                     Ok(_) => {
+                        self.drain_replay().await?;
                         self.remember_session(resume.to_owned());
                         return Ok(resume.to_owned());
                     }
@@ -496,6 +507,30 @@ impl AcpAgent {
         self.next_id += 1;
         self.outgoing.push(request(id));
         id
+    }
+
+    /// Reads the history a loaded session replays, until the agent has
+    /// been quiet for [`ACP_REPLAY_QUIET`] (at most [`ACP_REPLAY_MAX`]).
+    /// Agents may answer `session/load` before their replay ends (Gemini CLI
+    /// 0.61 streams it after the answer); replayed messages read later
+    /// would count as the next prompt's answer.
+    async fn drain_replay(&mut self) -> Result<(), AcpFailure> {
+        let deadline = tokio::time::Instant::now() + ACP_REPLAY_MAX;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + ACP_REPLAY_QUIET).min(deadline);
+            let line = match tokio::time::timeout_at(quiet_until, self.reader.next_line()).await {
+                Err(_) => return Ok(()),
+                Ok(Ok(LineRead::Line(line))) => line,
+                Ok(Ok(LineRead::TooLong)) => continue,
+                Ok(Ok(LineRead::Eof) | Err(_)) => return Err(self.ended_failure().await),
+            };
+            if let Incoming::Request { id, method, .. } = acp::parse_incoming(&line) {
+                // Nothing is asked while a history replays; refuse it.
+                self.outgoing
+                    .push(acp::method_not_found_response(&id, &method));
+                self.flush().await?;
+            }
+        }
     }
 
     /// Writes what is queued, then reads until the response to `id`,
