@@ -723,4 +723,38 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
         .collect();
     assert_eq!(requests.len(), 2, "{requests:#?}");
     assert!(messages_text(&requests[1]).contains("tool_result"));
+
+    // The CLI's own usage (two model requests of the scripted counts) is on
+    // beta's flight, and alpha's `scout usage` totals it from beta.
+    let by_node = alpha.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
+    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
+    let totals = by_node.json();
+    let beta_row = totals["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["key"] == "beta")
+        .unwrap_or_else(|| panic!("no row of beta: {totals}"))
+        .clone();
+    assert_eq!(beta_row["flights"], 1, "{totals}");
+    let usage = &beta_row["usage"];
+    assert_eq!(
+        (
+            &usage["input_tokens"],
+            &usage["output_tokens"],
+            &usage["cached_tokens"]
+        ),
+        (
+            &json!(2 * USAGE.input_tokens),
+            &json!(2 * USAGE.output_tokens),
+            &json!(2 * USAGE.cached_tokens)
+        ),
+        "{totals}"
+    );
+    assert!(
+        usage["cost_micro_usd"]
+            .as_u64()
+            .is_some_and(|cost| cost > 0),
+        "{totals}"
+    );
 }
