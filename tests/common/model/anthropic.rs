@@ -35,12 +35,11 @@
 //! "message":…}}`, with the step's status (`authentication_error` for 401,
 //! `rate_limit_error` for 429, `api_error` otherwise) and its `retry-after`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -227,17 +226,7 @@ fn stream_answer(step: Step, model: String, usage: Value) -> Response {
         // A send fails only when the client has gone; the script then ends.
         let _ = write_events(&events, step, model, usage).await;
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    super::event_stream(rx)
 }
 
 type Closed = mpsc::error::SendError<Bytes>;

@@ -31,7 +31,6 @@
 //! chunk; `Hang` sends its first chunk and then keeps the stream open
 //! without another byte.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,18 +329,7 @@ fn sse(chunks: Vec<Value>, hang: bool, delay: Option<Duration>) -> Response {
             sender.closed().await;
         }
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|bytes| (Ok::<Bytes, Infallible>(bytes), receiver))
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    response
+    super::event_stream(receiver)
 }
 
 /// Google's error shape with `status`'s canonical code name.

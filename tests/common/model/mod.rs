@@ -122,6 +122,24 @@ impl Shared {
     }
 }
 
+/// A `text/event-stream` response whose body is what arrives on
+/// `events`, until its sender is dropped (or the client goes away, which
+/// fails the sender's next send). Every API streams through this.
+pub fn event_stream(events: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> axum::response::Response {
+    let body = futures_util::stream::unfold(events, |mut events| async move {
+        events
+            .recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), events))
+    });
+    axum::response::Response::builder()
+        .status(axum::http::StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(body))
+        .expect("a valid response")
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }

@@ -23,7 +23,6 @@
 //! [`Step::Error`] answers with the step's status, OpenAI's error JSON
 //! (`{"error": {"message", "type", "code", "param"}}`) and `retry-after`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -145,17 +144,7 @@ fn answer(step: Step) -> Response {
     }
     let (tx, rx) = mpsc::channel::<Bytes>(EVENTS_QUEUED_MAX);
     tokio::spawn(stream_step(step, tx));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(Body::from_stream(body))
-        .expect("a valid response")
+    super::event_stream(rx)
 }
 
 /// One server-sent event: its name and its JSON data, which repeats the
