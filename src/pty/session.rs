@@ -1655,6 +1655,11 @@ impl Session {
             (reason, error, state.permit.take())
         };
         drop(permit);
+        // Whatever the session started that left its process group (a
+        // daemon of the CLI's) ends with it.
+        let marker = self.marker.clone();
+        let grace = self.config.stop_grace;
+        tokio::spawn(async move { stop_marked(&marker, grace).await });
         if let Some(turn) = self.lock_turn().take() {
             let _ = turn.done.send(match self.stopped_during_turn() {
                 TurnOutcome::Failed {
@@ -1862,19 +1867,15 @@ async fn pump_program(session: &Arc<Session>, mut output_rx: mpsc::Receiver<Outp
                 exited = true;
                 // The program is gone; whatever it started in its group or
                 // session goes too, while the last output drains.
-                // When the program exits because a person's take or release
-                // replaces it, the session goes on: only this program's
-                // group goes, not every process carrying the session's
-                // marker (the replacement carries it too).
+                // Only this program's group and session: the session may go
+                // on with a replacement (a person's take or release), and
+                // when it does not, `finish` stops the rest of its marked
+                // processes after recording why it ended (a structured run
+                // killed before that would hide the reason).
                 let process = process.clone();
                 let grace = session.config.stop_grace;
-                let replacing = session.lock_replacement().is_some();
-                let marker = session.marker.clone();
                 cleanup = Some(tokio::spawn(async move {
                     process.terminate(grace).await;
-                    if !replacing {
-                        stop_marked(&marker, grace).await;
-                    }
                 }));
             }
             joined = async { cleanup.as_mut().expect("guarded").await }, if cleanup.is_some() => {
