@@ -132,6 +132,10 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
     // Live output is progress for a person watching; the answer itself goes
     // to stdout once, clean, so scripts can use it.
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !context.printer.is_json();
+    // Output is the model's text: on a terminal it may not carry escape
+    // sequences (cursor moves, titles, clipboard writes).
+    let answer_to_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut live_plain = crate::pty::text::PlainText::new();
     let mut event_name = String::new();
     let mut stderr = std::io::stderr();
     for line in BufReader::new(reader).lines() {
@@ -173,6 +177,7 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
                     if let Some(text) = &event.output
                         && live
                     {
+                        let text = crate::pty::text::terminal_safe(&mut live_plain, text);
                         stderr.write_all(text.as_bytes())?;
                         stderr.flush()?;
                     }
@@ -197,7 +202,13 @@ fn follow(client: &BrokerClient, id: &str, context: &Context) -> anyhow::Result<
                     eprintln!();
                 }
                 if !context.printer.is_json() {
-                    println!("{}", ending.output.unwrap_or_default().trim_end());
+                    let output = ending.output.unwrap_or_default();
+                    let output = if answer_to_terminal {
+                        crate::pty::text::terminal_safe_text(&output)
+                    } else {
+                        output
+                    };
+                    println!("{}", output.trim_end());
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -289,6 +300,8 @@ pub fn failure_line(
     detail: &str,
 ) -> String {
     let reason = reason.map_or("failed", FailureReason::as_str);
+    // The detail is the CLI's or a peer's words, printed for a person.
+    let detail = crate::pty::text::terminal_safe_text(detail);
     match code {
         Some(code) => format!("{state} ({reason}, {code}): {detail}"),
         None => format!("{state}: {reason}: {detail}"),

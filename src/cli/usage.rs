@@ -3,6 +3,7 @@
 //! connected member. Members that did not answer are listed, so a total
 //! that leaves one out says so.
 
+use crate::pty::text::terminal_safe_text;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -62,7 +63,7 @@ pub fn render(totals: &UsageTotals) -> String {
     let mut rows: Vec<Vec<String>> = totals
         .rows
         .iter()
-        .map(|row| cells(&row.key, &row.sum))
+        .map(|row| cells(&terminal_safe_text(&row.key), &row.sum))
         .collect();
     rows.push(cells("total", &totals.total));
     let mut out = table(
@@ -72,12 +73,15 @@ pub fn render(totals: &UsageTotals) -> String {
     for member in &totals.missing {
         out.push_str(&format!(
             "missing: {} ({}): {}\n",
-            member.name, member.node_id, member.reason
+            terminal_safe_text(&member.name),
+            member.node_id,
+            terminal_safe_text(&member.reason)
         ));
     }
     for name in &totals.truncated {
         out.push_str(&format!(
-            "note: {name} has more agents than one report lists; its total counts only those listed\n"
+            "note: {} has more agents than one report lists; its total counts only those listed\n",
+            terminal_safe_text(name)
         ));
     }
     out

@@ -1275,7 +1275,13 @@ impl Session {
             since: rfc3339(self.config.broker_env.now_unix_ms()),
         };
         tracing::info!(agent = %self.config.id, by = %info.by, cli_session = ?info.cli_session, "taken over by a person");
-        self.lock_state().held = Some(Hold {
+        let mut state = self.lock_state();
+        // The session may have stopped while the take waited; a hold on it
+        // would keep the queued turns from hearing so.
+        if state.stop_reason.is_some() || state.stopped_at.is_some() {
+            return Err(RuntimeError::AgentStopped(self.config.id.clone()));
+        }
+        state.held = Some(Hold {
             info: info.clone(),
             _turns: turns,
         });
@@ -1399,10 +1405,14 @@ impl Session {
             ));
         };
         let resume = self.lock_state().cli_sessions.get(conversation);
+        // The agent and what it starts carry the session's marker, so that
+        // what leaves its process group still ends with the session.
+        let mut env = self.config.env.clone();
+        env.push((SESSION_MARKER_VAR.to_owned(), self.marker.clone()));
         let spawn = AcpSpawn {
             argv: &argv,
             cwd: &self.config.workdir,
-            env: &self.config.env,
+            env: &env,
             env_remove: &self.config.env_remove,
         };
         let classify = |text: &str| self.adapter.classify_failure(text);
@@ -1997,7 +2007,9 @@ struct StructuredAnswer {
     /// adapter continues only completed runs.
     cli_session: Option<String>,
     usage: TurnUsage,
-    deltas: String,
+    /// The streamed text, bounded like a flight's output: a model that
+    /// streams without end cannot grow the broker's memory.
+    deltas: FlightOutput,
     delta_since_message: bool,
     last_message: Option<String>,
     last_notice: Option<String>,
@@ -2009,7 +2021,9 @@ impl StructuredAnswer {
     fn response(&self, result: Option<String>) -> String {
         let text = result
             .filter(|result| !result.is_empty())
-            .or_else(|| (!self.deltas.trim().is_empty()).then(|| self.deltas.clone()))
+            .or_else(|| {
+                (!self.deltas.as_str().trim().is_empty()).then(|| self.deltas.as_str().to_owned())
+            })
             .or_else(|| self.last_message.clone())
             .unwrap_or_default();
         FlightOutput::from_text(text.trim()).into_string()
@@ -2163,7 +2177,7 @@ mod tests {
         assert_eq!(answer.response(None), "");
         answer.last_message = Some("last message".to_owned());
         assert_eq!(answer.response(None), "last message");
-        answer.deltas = "streamed text".to_owned();
+        answer.deltas = FlightOutput::from_text("streamed text");
         assert_eq!(answer.response(None), "streamed text");
         assert_eq!(answer.response(Some("final".to_owned())), "final");
     }

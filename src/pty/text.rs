@@ -18,6 +18,24 @@ impl std::fmt::Debug for PlainText {
     }
 }
 
+/// Text from a model, an agent's CLI or a peer as it may reach a person's
+/// terminal: without escape sequences (a sequence cut between two pieces
+/// of a stream is held in `plain`) and without control characters but
+/// newlines and tabs, so it can neither move the cursor nor talk to the
+/// terminal (titles, clipboard).
+pub fn terminal_safe(plain: &mut PlainText, text: &str) -> String {
+    plain
+        .feed(text.as_bytes())
+        .chars()
+        .filter(|ch| matches!(ch, '\n' | '\t') || !ch.is_control())
+        .collect()
+}
+
+/// [`terminal_safe`] for a whole text.
+pub fn terminal_safe_text(text: &str) -> String {
+    terminal_safe(&mut PlainText::new(), text)
+}
+
 impl PlainText {
     /// A stripper in the ground state.
     pub fn new() -> PlainText {

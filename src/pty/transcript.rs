@@ -314,11 +314,7 @@ fn cut(text: &str, cols: usize) -> String {
 /// Text from the model or the CLI as it may reach a watcher's terminal: no
 /// escape sequences, no control characters but newlines and tabs.
 fn strip(plain: &mut PlainText, text: &str) -> String {
-    plain
-        .feed(text.as_bytes())
-        .chars()
-        .filter(|ch| matches!(ch, '\n' | '\t') || !ch.is_control())
-        .collect()
+    crate::pty::text::terminal_safe(plain, text)
 }
 
 /// One line of text for a header or status line: stripped, newlines and

@@ -163,6 +163,8 @@ pub struct Router {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<RoutingEvent>,
     refusals: Arc<Mutex<scout_mesh::routing::RefusalCounts>>,
+    /// One usage query read at a time (see [`usage::USAGE_READS_AT_ONCE`]).
+    usage_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything the router needs from the broker.
@@ -202,6 +204,7 @@ impl Router {
             commands,
             events: broadcast::channel(EVENTS_BUFFER_MAX).0,
             refusals: Arc::new(Mutex::new(Default::default())),
+            usage_reads: Arc::new(tokio::sync::Semaphore::new(usage::USAGE_READS_AT_ONCE)),
         };
         let driver = driver::Driver::start(
             parts,
@@ -320,7 +323,7 @@ impl Router {
     /// a read of this broker's store, answered here without the core.
     pub async fn handle_peer_request(&self, from: NodeId, frame: MeshFrame) -> MeshFrame {
         if let MeshFrame::UsageQuery(query) = &frame {
-            return self.answer_usage_query(query);
+            return self.answer_usage_query(query).await;
         }
         let (reply, answer) = oneshot::channel();
         if self

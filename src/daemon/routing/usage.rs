@@ -30,12 +30,27 @@ pub const USAGE_ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// cannot turn one request into thousands.
 pub const USAGE_MEMBERS_MAX: usize = 256;
 
+/// Usage queries read from the store one at a time, off the async
+/// workers: each is a scan of up to a year of flights, and members may ask
+/// many at once; the rest wait their turn (and their asker's timeout)
+/// instead of taking every reader connection and runtime thread.
+pub const USAGE_READS_AT_ONCE: usize = 1;
+
 impl Router {
     /// The owner's answer to a usage query: its finished flights since the
     /// asked time (clamped to [`USAGE_RANGE_MS_MAX`] before now), per
     /// instance, at most [`USAGE_ROWS_MAX`] rows.
-    pub fn answer_usage_query(&self, query: &UsageQuery) -> MeshFrame {
-        match self.own_usage(query.since_unix_ms) {
+    pub async fn answer_usage_query(&self, query: &UsageQuery) -> MeshFrame {
+        let Ok(_permit) = self.usage_reads.clone().acquire_owned().await else {
+            return MeshFrame::error(ErrorCode::NotReady, "this broker is stopping");
+        };
+        let router = self.clone();
+        let since = query.since_unix_ms;
+        let report = tokio::task::spawn_blocking(move || router.own_usage(since)).await;
+        let Ok(report) = report else {
+            return MeshFrame::error(ErrorCode::NotReady, "the usage read did not finish");
+        };
+        match report {
             Ok(report) => MeshFrame::UsageReport(report),
             Err(err) => MeshFrame::error(ErrorCode::from_word(err.code()), err.to_string()),
         }
@@ -123,10 +138,20 @@ impl Router {
             }
         }))
         .await;
+        let own = match self
+            .answer_usage_query(&UsageQuery {
+                since_unix_ms: since_ms,
+            })
+            .await
+        {
+            MeshFrame::UsageReport(report) => Ok(report),
+            MeshFrame::Error(error) => Err(error.message),
+            other => Err(format!("unexpected answer `{}`", other.name())),
+        };
         let mut reports = vec![(
             self.node_id.clone(),
             self.mesh.shared().identity.node_name.to_string(),
-            self.own_usage(since_ms).map_err(|err| err.to_string()),
+            own,
         )];
         for (peer, answer) in asked.iter().zip(answers) {
             reports.push((peer.clone(), name_of(peer), answer));
@@ -175,8 +200,18 @@ fn add_report(totals: &mut UsageTotals, node_id: &NodeId, name: &str, report: Us
         };
         node_sum = node_sum.plus(sum);
         if totals.by == UsageGrouping::Agent {
+            // A member answers for its own agents only: a row that is not
+            // an instance name of that member (another node's, or text
+            // meant for a person's terminal) is counted under a plain key.
+            let own = scout_mesh::names::AgentName::parse(&row.instance)
+                .is_ok_and(|agent| agent.node().is_some_and(|node| node.as_str() == name));
+            let key = if own {
+                row.instance
+            } else {
+                format!("{name}: an agent it did not name properly")
+            };
             totals.rows.push(UsageTotalRow {
-                key: row.instance,
+                key,
                 node_id: node_id.to_string(),
                 sum,
             });
