@@ -710,7 +710,13 @@ fn codex_mesh(codex: &CodexHome, with_key: bool) -> (Node, Node) {
 
 #[test]
 fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
-    let codex = CodexHome::new(vec![Step::Text("Routed answer from codex.".to_owned())]);
+    let codex = CodexHome::new(vec![
+        Step::ToolCall {
+            name: "exec_command".to_owned(),
+            input: json!({ "cmd": "echo routed-hi" }),
+        },
+        Step::Text("Routed answer from codex.".to_owned()),
+    ]);
     let (alpha, mut beta) = codex_mesh(&codex, true);
     let timeout = TURN_BOUND.as_secs().to_string();
     let run = alpha.run(&[
@@ -731,8 +737,15 @@ fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
         "{}",
         run.stdout
     );
-    let model = model_requests(&codex.server.requests()).len();
-    assert_eq!(model, 1);
+    // The tool ran on beta and its output went back to the model.
+    let requests = codex.server.requests();
+    let model = model_requests(&requests);
+    assert_eq!(model.len(), 2, "{requests:#?}");
+    assert!(
+        model[1].body["input"].to_string().contains("routed-hi"),
+        "{:#}",
+        model[1].body["input"]
+    );
     // The broker's shutdown stops the agent and the daemon its TUI started.
     let deadline = Instant::now() + SCREEN_BOUND;
     while !codex

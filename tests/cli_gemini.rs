@@ -611,7 +611,16 @@ fn the_pinned_cli_lists_every_flag_the_adapter_uses() {
 
 #[test]
 fn a_routed_turn_reaches_gemini_on_another_broker() {
-    let server = ModelServer::start(Api::Gemini, vec![Step::Text("Routed answer".to_owned())]);
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::ToolCall {
+                name: SHELL_TOOL.to_owned(),
+                input: json!({ "command": "echo routed-hi" }),
+            },
+            Step::Text("Routed answer".to_owned()),
+        ],
+    );
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
     let mut beta = Node::setup("beta", &[]);
@@ -664,11 +673,18 @@ fn a_routed_turn_reaches_gemini_on_another_broker() {
     assert!(run.stdout.contains("Routed answer"), "{}", run.stdout);
     let requests = server.requests();
     let conversation = gemini::conversation(&requests);
-    assert_eq!(conversation.len(), 1, "{requests:#?}");
+    assert_eq!(conversation.len(), 2, "{requests:#?}");
     assert!(
         gemini::texts(conversation[0])
             .iter()
             .any(|text| text.contains("hello from alpha"))
+    );
+    // The shell tool ran on beta and its output went back to the model.
+    let results = gemini::function_responses(conversation[1]);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0]["response"].to_string().contains("routed-hi"),
+        "{results:?}"
     );
 }
 
