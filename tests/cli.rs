@@ -387,3 +387,32 @@ fn first_up_on_a_fresh_home_sets_it_up() {
     assert_eq!(broker.stop_with(libc::SIGINT), 0);
     assert!(broker.stderr().contains("first run: set up a new home"));
 }
+
+#[test]
+fn agents_do_not_inherit_the_brokers_ci_markers() {
+    // A broker started from a CI job's shell must not tell the programs it
+    // runs in terminals that they are in CI: ink-based TUIs such as gemini
+    // then leave interactive mode and exit.
+    let mut node = common::Node::setup("solo", &[]);
+    node.add_bash_agent("shell");
+    let mut command = node.sandbox.scout();
+    command
+        .env("CI", "true")
+        .env("CONTINUOUS_INTEGRATION", "1")
+        .env("CI_JOB_ID", "7");
+    node.broker = Some(BrokerProcess::start_command(command));
+    let run = node.run(&[
+        "send",
+        "@shell",
+        "echo ci=${CI:-unset} ${CONTINUOUS_INTEGRATION:-unset} ${CI_JOB_ID:-unset}",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("ci=unset unset unset"),
+        "{}",
+        run.stdout
+    );
+}

@@ -146,6 +146,16 @@ impl PtyProcess {
         for name in &spec.env_remove {
             command.env_remove(name);
         }
+        // The program runs in a terminal, so it must not believe it runs in
+        // a CI job: ink-based TUIs (gemini) leave interactive mode when they
+        // see `CI`, `CONTINUOUS_INTEGRATION` or any `CI_*` variable, and a
+        // broker started from such a shell would pass them on. A variable the
+        // spawn request sets itself is still applied below.
+        for (name, _) in std::env::vars_os() {
+            if is_ci_marker(&name) {
+                command.env_remove(name);
+            }
+        }
         command.env("TERM", "xterm-256color");
         command.env("COLORTERM", "truecolor");
         for (name, value) in &spec.env {
@@ -465,4 +475,12 @@ pub fn read_stat(pid: i32) -> Option<ProcStat> {
         pgrp,
         session,
     })
+}
+
+/// Whether an environment variable tells programs they run in a CI job.
+fn is_ci_marker(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    name == "CI" || name == "CONTINUOUS_INTEGRATION" || name.starts_with("CI_")
 }
