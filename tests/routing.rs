@@ -305,3 +305,86 @@ fn cancelling_a_running_work_order_stops_the_agent() {
     assert_eq!(cancelled.json()["state"], "cancelled");
     assert_eq!(log_lines(&log), ["long job"]);
 }
+
+#[test]
+fn a_work_order_claimed_before_a_crash_runs_once_after_the_restart() {
+    use scout::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
+    use scout::store::{Store, StoreOptions};
+
+    let (mut alpha, _beta, log) = two_brokers("0");
+    let finished = submit(&alpha, "@worker", "earlier job", 60);
+    wait_until("the earlier job to complete", || {
+        (delivery_state(&alpha, &finished).as_deref() == Some("completed")).then_some(())
+    });
+    let mut broker = alpha.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+
+    // What a broker that died between claiming a work order and committing
+    // its invocation leaves behind: the order `running`, with the id its
+    // invocation was to have, and no such invocation. And one that died
+    // after an order's invocation ended, before the order followed it.
+    let path = alpha.sandbox.home().join("scout.db");
+    let (store, _) = Store::open(&path, StoreOptions::default()).unwrap();
+    let followed = finished.clone();
+    store
+        .write_blocking(move |tx| {
+            WorkOrder::create(
+                tx,
+                &NewWorkOrder {
+                    work_order_id: "wo-claimed".into(),
+                    target: "@worker".into(),
+                    body: "claimed job".into(),
+                    owner_node: String::new(),
+                    schedule: None,
+                    created_at_ms: 1,
+                },
+            )?;
+            WorkOrder::transition(
+                tx,
+                "wo-claimed",
+                WorkOrderState::Running,
+                Some("inv-claimed"),
+                2,
+            )?;
+            WorkOrder::create(
+                tx,
+                &NewWorkOrder {
+                    work_order_id: "wo-followed".into(),
+                    target: "@worker".into(),
+                    body: "earlier job".into(),
+                    owner_node: String::new(),
+                    schedule: None,
+                    created_at_ms: 1,
+                },
+            )?;
+            WorkOrder::transition(
+                tx,
+                "wo-followed",
+                WorkOrderState::Running,
+                Some(&followed),
+                2,
+            )
+        })
+        .unwrap();
+    store.close().unwrap();
+
+    alpha.start();
+    wait_until("the claimed work order to complete", || {
+        let order = alpha.get("/v1/work-orders/wo-claimed");
+        (order["state"] == "completed").then_some(())
+    });
+    assert_eq!(
+        delivery_state(&alpha, "inv-claimed").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        alpha.get("/v1/work-orders/wo-followed")["state"],
+        "completed"
+    );
+    assert_eq!(
+        log_lines(&log),
+        ["earlier job", "claimed job"],
+        "each job ran exactly once"
+    );
+}

@@ -214,6 +214,8 @@ impl Router {
             router.refusals.clone(),
         )?;
         tasks.spawn(driver.run(shutdown.clone()));
+        // Before anything else can dispatch or cancel a work order.
+        work_orders::recover(&router).await;
         tasks.spawn(work_orders::run(router.clone(), shutdown));
         Ok(router)
     }

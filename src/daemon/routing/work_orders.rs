@@ -10,6 +10,8 @@ use scout_mesh::names::AgentName;
 
 use super::{RouteError, Router, SubmitRequest};
 pub use crate::api::WorkOrderView;
+use crate::store::deliveries::Delivery;
+use crate::store::invocations::Invocation;
 use crate::store::work_orders::{NewWorkOrder, WorkOrder, WorkOrderState};
 
 /// How often queued work orders are checked for being due.
@@ -140,6 +142,92 @@ async fn dispatch(
         return Err(err);
     }
     Ok(view(claimed))
+}
+
+/// Running work orders looked at when the broker starts, at most. Each is
+/// a read of its invocation; more than this many orders running at once is
+/// far beyond one broker's agents, and the rest wait for the next start.
+const RECOVER_SCAN_MAX: usize = 10_000;
+
+/// Finishes what a previous broker process left half done, before the
+/// scheduler or the API can touch a work order:
+///
+/// - An order claimed (`running`, with its invocation id) whose invocation
+///   was never committed, because the broker stopped between the two
+///   writes, is submitted now under that same id. Nothing ran: the
+///   invocation's commit is where work is accepted, and the id makes the
+///   submit happen once.
+/// - An order whose invocation already ended, because the broker stopped
+///   before the order followed it, follows it now.
+pub async fn recover(router: &Router) {
+    let running = router.store.read(|connection| {
+        WorkOrder::list(connection, Some(WorkOrderState::Running), RECOVER_SCAN_MAX)
+    });
+    let running = match running {
+        Ok(running) => running,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot read running work orders");
+            return;
+        }
+    };
+    for order in running {
+        let Some(invocation_id) = order.invocation_id.clone() else {
+            continue;
+        };
+        let lookup = {
+            let invocation_id = invocation_id.clone();
+            router.store.read(move |connection| {
+                if !Invocation::exists(connection, &invocation_id)? {
+                    return Ok(None);
+                }
+                let ended = Delivery::list_for_invocation(connection, &invocation_id)?
+                    .into_iter()
+                    .map(|delivery| delivery.state)
+                    .find(|state| state.is_terminal());
+                Ok(Some(ended))
+            })
+        };
+        match lookup {
+            Ok(None) => {
+                tracing::info!(work_order = %order.work_order_id, invocation = %invocation_id,
+                    "dispatching a work order claimed before the broker stopped");
+                let now = router.now_ms();
+                let submitted = router
+                    .submit_as(
+                        invocation_id,
+                        SubmitRequest {
+                            target: order.target.clone(),
+                            body: order.body.clone(),
+                            action: InvocationAction::Execute,
+                            policy: DeliveryPolicy::Durable,
+                            deadline_ms: None,
+                            conversation_id: None,
+                            author: "scheduler".to_owned(),
+                        },
+                    )
+                    .await;
+                if let Err(err) = submitted {
+                    tracing::warn!(work_order = %order.work_order_id, cause = %err,
+                        "work order could not be dispatched");
+                    let id = order.work_order_id.clone();
+                    let _ = router
+                        .store
+                        .write(move |tx| {
+                            WorkOrder::transition(tx, &id, WorkOrderState::Failed, None, unix(now))
+                        })
+                        .await;
+                }
+            }
+            Ok(Some(Some(ended))) => {
+                on_delivery_finished(&router.store, router.now_ms(), &invocation_id, ended).await;
+            }
+            Ok(Some(None)) => {}
+            Err(err) => {
+                tracing::warn!(work_order = %order.work_order_id, cause = %err,
+                    "cannot read a work order's invocation");
+            }
+        }
+    }
 }
 
 /// Dispatches queued work orders whose time has come.
