@@ -311,7 +311,7 @@ fn a_connection_that_never_says_hello_is_closed_and_members_still_join() {
         let endpoint = MeshEndpoint::bind(
             "127.0.0.1:0".parse().unwrap(),
             random_key(),
-            Arc::new(MeshTrust::default()),
+            Arc::new(MeshTrust::new(scout::env::Env::system(None))),
             TransportConfig::default(),
         )
         .unwrap();

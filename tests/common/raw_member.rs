@@ -46,7 +46,7 @@ impl RawMember {
         let endpoint = MeshEndpoint::bind(
             "127.0.0.1:0".parse().unwrap(),
             key,
-            Arc::new(MeshTrust::default()),
+            Arc::new(MeshTrust::new(scout::env::Env::system(None))),
             TransportConfig::default(),
         )
         .unwrap();

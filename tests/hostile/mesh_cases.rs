@@ -60,7 +60,7 @@ impl Probe {
         let endpoint = MeshEndpoint::bind(
             "127.0.0.1:0".parse().expect("addr"),
             key.clone(),
-            Arc::new(MeshTrust::default()),
+            Arc::new(MeshTrust::new(scout::env::Env::system(None))),
             TransportConfig::default(),
         )
         .expect("bind a probe endpoint");

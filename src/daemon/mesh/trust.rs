@@ -34,13 +34,6 @@ impl MeshTrust {
     }
 }
 
-impl Default for MeshTrust {
-    /// An empty snapshot on the system clock (CLI commands and tests).
-    fn default() -> MeshTrust {
-        MeshTrust::new(Env::system(None))
-    }
-}
-
 #[derive(Debug, Default, Clone)]
 struct TrustState {
     /// Admitted, unrevoked keys.
@@ -295,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_new_invite_never_shortens_the_join_window() {
-        let trust = MeshTrust::default();
+        let trust = MeshTrust::new(Env::system(None));
         trust.extend_join_window_until(10_000);
         trust.extend_join_window_until(2_000);
         assert!(trust.join_window_open_at(9_000));
