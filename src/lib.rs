@@ -38,3 +38,4 @@ pub mod identity;
 pub mod logging;
 pub mod pty;
 pub mod store;
+pub mod worktree;

@@ -65,6 +65,14 @@ pub struct AddArgs {
     /// line, which ends a turn (default: a quiet spell ends it).
     #[arg(long, value_name = "REGEX")]
     pub prompt_pattern: Option<String>,
+    /// Make a git worktree (on branch WORKSPACE) when a mention names a
+    /// workspace this agent has no instance in (`@NAME#WORKSPACE`).
+    #[arg(long)]
+    pub worktrees: bool,
+    /// The branch new worktree branches start from (default: the
+    /// repository's default branch).
+    #[arg(long, value_name = "BRANCH", requires = "worktrees")]
+    pub base_branch: Option<String>,
     /// Program and arguments; put it last, everything after it is the command.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -123,7 +131,7 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
     let settings = settings::load_required(&context.home.settings_path())?.value;
     let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
     let node = Label::parse(&settings.node_name, NamePart::Node)?;
-    let discovered = discover::discover(&settings, &relay);
+    let discovered = discover::discover(&context.home, &settings, &relay);
     let agents: Vec<AgentView> = discovered
         .agents
         .iter()
@@ -323,6 +331,8 @@ fn add(args: AddArgs, context: &Context) -> anyhow::Result<ExitCode> {
         cwd,
         workspace: args.workspace,
         prompt_pattern: args.prompt_pattern,
+        worktrees: args.worktrees,
+        base_branch: args.base_branch,
     };
     relay.value.agents.push(agent.clone());
     relay.save()?;
@@ -357,7 +367,7 @@ fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<ExitCode> {
         .agents
         .retain(|agent| !agent.name.eq_ignore_ascii_case(name.as_str()));
     if relay.value.agents.len() == before {
-        let discovered = discover::discover(&settings, &relay.value);
+        let discovered = discover::discover(&context.home, &settings, &relay.value);
         if let Some(agent) = discovered
             .agents
             .iter()
@@ -422,7 +432,7 @@ fn trust(args: TrustArgs, context: &Context) -> anyhow::Result<ExitCode> {
         }
         AgentSource::Manual | AgentSource::Inferred { .. } => false,
     };
-    let agents = discover::discover(&settings, &relay)
+    let agents = discover::discover(&context.home, &settings, &relay)
         .agents
         .iter()
         .filter(declared_by_it)

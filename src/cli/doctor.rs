@@ -211,7 +211,7 @@ fn checks(context: &Context) -> Vec<Check> {
         checks.push(broker_check(settings, context));
         checks.extend(mesh_checks(settings, context));
         checks.extend(discovery_checks(settings, context));
-        let discovered = discover::discover(settings, &relay);
+        let discovered = discover::discover(home, settings, &relay);
         checks.push(agents_check(discovered.agents.len(), &discovered.warnings));
         checks.extend(trust_check(home, &discovered.agents));
         checks.extend(cli_checks(&discovered.agents));

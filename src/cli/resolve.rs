@@ -35,7 +35,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let settings = settings::load_required(&context.home.settings_path())?.value;
     let relay = relay_agents::load(&context.home.relay_agents_path())?.value;
     let node = Label::parse(&settings.node_name, NamePart::Node)?;
-    let candidates: Vec<Candidate> = discover::discover(&settings, &relay)
+    let candidates: Vec<Candidate> = discover::discover(&context.home, &settings, &relay)
         .agents
         .iter()
         .map(|agent| Candidate {

@@ -196,7 +196,7 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
     };
 
     let settings = settings_file.value;
-    let discovered = discover::discover(&settings, &relay_file.value);
+    let discovered = discover::discover(&context.home, &settings, &relay_file.value);
     let changed = files.iter().any(|file| file.change != "unchanged");
     let report = SetupReport {
         config_dir: home.config_dir.clone(),

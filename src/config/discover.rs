@@ -18,6 +18,7 @@ use super::project::{self, ProjectManifest};
 use super::relay_agents::RelayAgents;
 use super::settings::Settings;
 use super::trust::ManifestDigest;
+use crate::home::Home;
 
 /// How deep below a workspace root a repository may sit (`root/org/repo`
 /// is depth 2); deeper trees are usually dependencies, not projects.
@@ -53,6 +54,32 @@ pub struct LocalAgent {
     /// [`super::trust`]). `None` for manual agents and for agents that run
     /// their harness's own program.
     pub needs_trust: Option<ManifestDigest>,
+    /// Set when the definition makes a git worktree for a workspace it has
+    /// no instance in; each worktree made is an instance of its own.
+    pub worktrees: Option<WorktreePolicy>,
+}
+
+/// How a definition makes worktrees on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorktreePolicy {
+    /// Where its worktrees go (`<root>/<definition>/<branch>`).
+    pub root: PathBuf,
+    /// The branch new branches start from; the repository's default when
+    /// `None`.
+    pub base: Option<String>,
+}
+
+impl LocalAgent {
+    /// The worktrees of this agent's definition, when it makes them.
+    pub fn worktrees(&self) -> Option<crate::worktree::Worktrees> {
+        let policy = self.worktrees.as_ref()?;
+        Some(crate::worktree::Worktrees::new(
+            &policy.root,
+            &self.definition,
+            &self.cwd,
+            policy.base.clone(),
+        ))
+    }
 }
 
 impl LocalAgent {
@@ -142,7 +169,14 @@ pub struct Discovered {
 }
 
 /// Finds this machine's agents.
-pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
+pub fn discover(home: &Home, settings: &Settings, relay: &RelayAgents) -> Discovered {
+    let worktrees_root = settings.worktrees_root(home);
+    let policy = |wanted: bool, base: &Option<String>| {
+        wanted.then(|| WorktreePolicy {
+            root: worktrees_root.clone(),
+            base: base.clone(),
+        })
+    };
     let mut found = Discovered::default();
     let default_cwd = std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -174,6 +208,7 @@ pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
             source: AgentSource::Manual,
             prompt_pattern: agent.prompt_pattern.clone(),
             needs_trust: None,
+            worktrees: policy(agent.worktrees, &agent.base_branch),
         });
     }
 
@@ -182,9 +217,19 @@ pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
     let mut seen_roots = HashSet::new();
     for root in &settings.workspace_roots {
         for repo in find_repositories(root, &mut budget, &mut found.warnings) {
+            // Worktrees Scout made are instances of their definition, not
+            // projects of their own.
+            if repo.starts_with(&worktrees_root) {
+                continue;
+            }
             if seen_roots.insert(repo.clone()) {
                 agents_of_repository(&repo, &mut project_agents, &mut found.warnings);
             }
+        }
+    }
+    for agent in &mut project_agents {
+        if let Some(base) = agent.worktrees.take().map(|policy| policy.base) {
+            agent.worktrees = policy(true, &base);
         }
     }
     project_agents.sort_by(|a: &LocalAgent, b| {
@@ -216,7 +261,48 @@ pub fn discover(settings: &Settings, relay: &RelayAgents) -> Discovered {
         }
         found.agents.push(agent);
     }
+    add_worktree_instances(&mut found);
     found
+}
+
+/// Adds an instance for each worktree a definition made: the same agent,
+/// in the worktree, under the worktree's branch. A branch that already has
+/// an instance keeps it.
+fn add_worktree_instances(found: &mut Discovered) {
+    let mut taken: HashSet<(Label, Option<Workspace>)> = found
+        .agents
+        .iter()
+        .map(|agent| (agent.definition.clone(), agent.workspace.clone()))
+        .collect();
+    let mut made = Vec::new();
+    for agent in &found.agents {
+        let Some(worktrees) = agent.worktrees() else {
+            continue;
+        };
+        let checked_out = match worktrees.checked_out() {
+            Ok(checked_out) => checked_out,
+            Err(err) => {
+                found.warnings.push(format!(
+                    "@{}: cannot list its worktrees: {err}",
+                    agent.definition
+                ));
+                continue;
+            }
+        };
+        for (branch, cwd) in checked_out {
+            let Ok(workspace) = Workspace::parse(&branch) else {
+                continue;
+            };
+            if !taken.insert((agent.definition.clone(), Some(workspace.clone()))) {
+                continue;
+            }
+            let mut instance = agent.clone();
+            instance.cwd = cwd;
+            instance.workspace = Some(workspace);
+            made.push(instance);
+        }
+    }
+    found.agents.extend(made);
 }
 
 /// The command an agent runs: its own, or its harness's program.
@@ -355,6 +441,8 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                     command: Vec::new(),
                     cwd: None,
                     workspace: None,
+                    worktrees: false,
+                    base_branch: None,
                 }]
             } else {
                 manifest.agents
@@ -392,6 +480,11 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                     },
                     prompt_pattern: None,
                     needs_trust,
+                    // The root is the broker's; `discover` fills it in.
+                    worktrees: agent.worktrees.then(|| WorktreePolicy {
+                        root: PathBuf::new(),
+                        base: agent.base_branch.clone(),
+                    }),
                 });
             }
         }
@@ -412,6 +505,7 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                 },
                 prompt_pattern: None,
                 needs_trust: None,
+                worktrees: None,
             });
         }
         Err(err) => warnings.push(format!("{err}; project skipped")),
@@ -458,10 +552,12 @@ mod tests {
                 cwd: Some(root.path().to_path_buf()),
                 workspace: Some("scratch".into()),
                 prompt_pattern: None,
+                worktrees: false,
+                base_branch: None,
             }],
             ..RelayAgents::default()
         };
-        let found = discover(&settings, &relay);
+        let found = discover(&Home::in_dir(root.path()), &settings, &relay);
         let node = Label::parse("laptop", NamePart::Node).unwrap();
         let names: Vec<String> = found
             .agents
@@ -493,7 +589,7 @@ mod tests {
             workspace_roots: vec![root.path().to_path_buf()],
             ..Settings::default()
         };
-        let found = discover(&settings, &RelayAgents::default());
+        let found = discover(&Home::in_dir(root.path()), &settings, &RelayAgents::default());
         let trust: Vec<(String, bool)> = found
             .agents
             .iter()
@@ -522,7 +618,7 @@ mod tests {
             workspace_roots: vec![root.path().to_path_buf()],
             ..Settings::default()
         };
-        let found = discover(&settings, &RelayAgents::default());
+        let found = discover(&Home::in_dir(root.path()), &settings, &RelayAgents::default());
         assert_eq!(found.agents.len(), 1);
         assert!(
             found.warnings[0].contains("bad/.openscout/project.json:1:"),
@@ -545,5 +641,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!(git_branch(&worktree).unwrap().as_str(), "feature/y");
+    }
+
+    #[test]
+    fn each_worktree_a_definition_made_is_an_instance() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("app");
+        fs::create_dir_all(repo.join("src")).unwrap();
+        let git = |dir: &Path, args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.com")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.com")
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        git(&repo, &["init", "-q", "-b", "main"]);
+        fs::write(repo.join("src/lib.rs"), "").unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "first"]);
+        let home = Home::in_dir(root.path().join("home"));
+        let settings = Settings {
+            workspace_roots: vec![root.path().to_path_buf()],
+            ..Settings::default()
+        };
+        let relay = RelayAgents {
+            agents: vec![ManualAgent {
+                name: "fabric".into(),
+                harness: Harness::Command,
+                command: vec!["bash".into()],
+                cwd: Some(repo.join("src")),
+                workspace: None,
+                prompt_pattern: None,
+                worktrees: true,
+                base_branch: None,
+            }],
+            ..RelayAgents::default()
+        };
+        let found = discover(&home, &settings, &relay);
+        let main = found.agents.iter().find(|a| a.definition.as_str() == "fabric").unwrap();
+        let made = main
+            .worktrees()
+            .unwrap()
+            .ensure(&Workspace::parse("feature/x").unwrap())
+            .unwrap();
+        assert!(made.starts_with(root.path().join("home/worktrees/fabric")));
+
+        let found = discover(&home, &settings, &relay);
+        let node = Label::parse("laptop", NamePart::Node).unwrap();
+        let mut names: Vec<(String, PathBuf)> = found
+            .agents
+            .iter()
+            .filter(|agent| agent.definition.as_str() == "fabric")
+            .map(|agent| (agent.instance_name(&node).to_string(), agent.cwd.clone()))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[0].0, "@fabric@laptop#feature/x");
+        // The definition's directory inside the repository, in the worktree.
+        assert_eq!(
+            names[0].1.canonicalize().unwrap(),
+            made.join("src").canonicalize().unwrap()
+        );
+        assert_eq!(names[1].0, "@fabric@laptop#main");
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
     }
 }

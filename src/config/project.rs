@@ -58,6 +58,14 @@ pub struct ProjectAgent {
     /// Workspace part of the instance name; the current git branch when absent.
     #[serde(default)]
     pub workspace: Option<String>,
+    /// A mention of a workspace this agent has no instance in makes a git
+    /// worktree for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worktrees: bool,
+    /// The branch new worktree branches start from; the repository's
+    /// default branch when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
 }
 
 /// The manifest path of a repository root.
@@ -111,6 +119,11 @@ pub fn validate(manifest: &ProjectManifest, path: &Path, text: &str) -> Result<(
         if let Some(workspace) = &agent.workspace {
             Workspace::parse(workspace).map_err(|err| {
                 ConfigError::field(path, text, &field("workspace"), err.to_string())
+            })?;
+        }
+        if let Some(base) = &agent.base_branch {
+            Workspace::parse(base).map_err(|err| {
+                ConfigError::field(path, text, &field("base_branch"), err.to_string())
             })?;
         }
         if let Some(cwd) = &agent.cwd

@@ -59,6 +59,14 @@ pub struct ManualAgent {
     /// a quiet spell).
     #[serde(default)]
     pub prompt_pattern: Option<String>,
+    /// A mention of a workspace this agent has no instance in makes a git
+    /// worktree for it (see [`crate::worktree`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worktrees: bool,
+    /// The branch new worktree branches start from; the repository's
+    /// default branch when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
 }
 
 fn default_harness() -> Harness {
@@ -112,6 +120,11 @@ pub fn validate(relay: &RelayAgents, path: &Path, text: &str) -> Result<(), Conf
         if let Some(workspace) = &agent.workspace {
             Workspace::parse(workspace).map_err(|err| {
                 ConfigError::field(path, text, &field("workspace"), err.to_string())
+            })?;
+        }
+        if let Some(base) = &agent.base_branch {
+            Workspace::parse(base).map_err(|err| {
+                ConfigError::field(path, text, &field("base_branch"), err.to_string())
             })?;
         }
         if let Some(pattern) = &agent.prompt_pattern

@@ -41,6 +41,33 @@ pub struct Settings {
     pub seeds: Vec<String>,
     /// Which discovery sources run.
     pub discovery: DiscoverySettings,
+    /// Git worktrees made for definitions that declare `worktrees`.
+    pub worktrees: WorktreeSettings,
+}
+
+/// Where worktrees made on demand go, and when idle ones are cleaned up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorktreeSettings {
+    /// An absolute directory; `<home>/worktrees` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Clean, merged worktrees idle this many days are removed; 0 never.
+    pub idle_days: u32,
+}
+
+/// Longest idle period accepted for worktree cleanup: ten years is already
+/// "never"; more is a typo.
+pub const WORKTREE_IDLE_DAYS_MAX: u32 = 3650;
+
+impl Settings {
+    /// Where this broker makes worktrees.
+    pub fn worktrees_root(&self, home: &crate::home::Home) -> PathBuf {
+        self.worktrees
+            .root
+            .clone()
+            .unwrap_or_else(|| home.state_dir.join("worktrees"))
+    }
 }
 
 /// Discovery switches.
@@ -109,6 +136,7 @@ impl Default for Settings {
             workspace_roots: Vec::new(),
             seeds: Vec::new(),
             discovery: DiscoverySettings::default(),
+            worktrees: WorktreeSettings::default(),
         }
     }
 }
@@ -189,6 +217,27 @@ pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), Conf
         }
     }
     validate_tailscale(&settings.discovery.tailscale, path, text)?;
+    if let Some(root) = &settings.worktrees.root
+        && !root.is_absolute()
+    {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "worktrees.root",
+            format!("`{}` must be an absolute path", root.display()),
+        ));
+    }
+    if settings.worktrees.idle_days > WORKTREE_IDLE_DAYS_MAX {
+        return Err(ConfigError::field(
+            path,
+            text,
+            "worktrees.idle_days",
+            format!(
+                "{} days; at most {WORKTREE_IDLE_DAYS_MAX} (0 keeps worktrees forever)",
+                settings.worktrees.idle_days
+            ),
+        ));
+    }
     if settings.workspace_roots.len() > WORKSPACE_ROOTS_MAX {
         return Err(ConfigError::field(
             path,

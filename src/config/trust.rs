@@ -292,6 +292,7 @@ mod tests {
             },
             prompt_pattern: None,
             needs_trust: Some(ManifestDigest::of(manifest, &text)),
+            worktrees: None,
         }
     }
 

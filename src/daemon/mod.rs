@@ -211,7 +211,7 @@ impl Broker {
             );
         }
 
-        let discovered = discover::discover(&settings, &relay);
+        let discovered = discover::discover(home, &settings, &relay);
         for warning in &discovered.warnings {
             tracing::warn!(%warning, "agent discovery");
         }

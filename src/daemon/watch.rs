@@ -98,7 +98,7 @@ pub fn reload(state: &BrokerState) {
             return;
         }
     };
-    let discovered = discover::discover(&settings, &relay);
+    let discovered = discover::discover(&state.home, &settings, &relay);
     for warning in &discovered.warnings {
         tracing::warn!(%warning, "agent discovery");
     }

@@ -1,0 +1,618 @@
+//! Git worktrees made on demand: one per workspace of a definition that
+//! declares `"worktrees": true`, under `<worktrees root>/<definition>/`.
+//!
+//! The directory is the record. A worktree Scout made lives at a path that
+//! follows from the definition and the branch alone ([`Worktrees::path_for`]),
+//! so making one twice finds the first (a retried or rerouted invocation,
+//! or a broker that died between making it and registering the instance),
+//! and the broker's agent discovery lists the instances from the same
+//! directory ([`Worktrees::list`]). Nothing else keeps a list that could
+//! disagree with the disk.
+//!
+//! Every git call runs the real `git` with a bounded output and a clear
+//! error carrying git's own message; nothing here trusts a workspace name
+//! before `git check-ref-format` has accepted it as a branch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use scout_mesh::names::{Label, Workspace};
+
+/// The bytes of git's output read at most per call: enough for a porcelain
+/// worktree list of hundreds of worktrees, bounded for a hostile repository.
+const GIT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Branch names, when a definition names none, tried in this order as the
+/// base of a new branch after `origin/HEAD`.
+const DEFAULT_BASES: &[&str] = &["main", "master", "trunk"];
+
+/// What can go wrong making, reading or removing a worktree. Each has a
+/// stable code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorktreeError {
+    /// The definition's directory is not in a git repository.
+    #[error("{path} is not in a git repository")]
+    NotARepository { path: PathBuf },
+    /// Git refuses the workspace as a branch name.
+    #[error("`{name}` is not a valid branch name: {reason}")]
+    InvalidName { name: String, reason: String },
+    /// The branch is checked out in another worktree (git allows one).
+    #[error("branch `{branch}` is already checked out at {path}")]
+    Busy { branch: String, path: PathBuf },
+    /// Removal refused: uncommitted changes.
+    #[error("{path} has uncommitted changes (use --force to remove it anyway)")]
+    Dirty { path: PathBuf },
+    /// Removal refused: commits that are on no other branch or remote.
+    #[error("{path} has {commits} commit(s) not merged into {base} (use --force to remove it anyway)")]
+    Unmerged {
+        path: PathBuf,
+        commits: u64,
+        base: String,
+    },
+    /// No worktree of this definition for that workspace.
+    #[error("no worktree for `{workspace}` under {root}")]
+    NotFound { workspace: String, root: PathBuf },
+    /// Git failed; its message is kept.
+    #[error("git {step} failed: {message}")]
+    Git { step: String, message: String },
+}
+
+impl WorktreeError {
+    /// The stable code of the error, as the API and CLI print it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WorktreeError::NotARepository { .. } => "NOT_A_REPOSITORY",
+            WorktreeError::InvalidName { .. } => "INVALID_NAME",
+            WorktreeError::Busy { .. } => "WORKSPACE_BUSY",
+            WorktreeError::Dirty { .. } => "WORKSPACE_DIRTY",
+            WorktreeError::Unmerged { .. } => "WORKSPACE_UNMERGED",
+            WorktreeError::NotFound { .. } => "NOT_FOUND",
+            WorktreeError::Git { .. } => "GIT_FAILED",
+        }
+    }
+}
+
+/// One worktree Scout made, as git and the disk show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorktreeInfo {
+    /// The definition it belongs to.
+    pub definition: String,
+    /// The branch, which is also the instance's workspace.
+    pub branch: String,
+    /// Where it is checked out.
+    pub path: PathBuf,
+    /// Whether it has uncommitted changes.
+    pub dirty: bool,
+    /// Commits on the branch that the base does not have.
+    pub ahead: u64,
+    /// Commits on the base that the branch does not have.
+    pub behind: u64,
+    /// The base compared against.
+    pub base: String,
+    /// Unix ms of the last commit or change to the index, whichever is later.
+    pub last_activity_ms: u64,
+}
+
+/// The worktrees of one definition: its repository and the directory its
+/// worktrees go in.
+#[derive(Debug, Clone)]
+pub struct Worktrees {
+    /// Any directory in the definition's repository (its `cwd`).
+    repo: PathBuf,
+    /// `<root>/<definition>`.
+    dir: PathBuf,
+    definition: String,
+    /// The branch new branches start from; the repository's default when
+    /// `None`.
+    base: Option<String>,
+}
+
+impl Worktrees {
+    /// The worktrees of `definition`, whose repository contains `repo`,
+    /// under `root`.
+    pub fn new(root: &Path, definition: &Label, repo: &Path, base: Option<String>) -> Worktrees {
+        Worktrees {
+            repo: repo.to_path_buf(),
+            dir: root.join(definition.as_str()),
+            definition: definition.as_str().to_owned(),
+            base,
+        }
+    }
+
+    /// Where the worktree of `workspace` is (made or not). A `/` in a branch
+    /// becomes `+`, which the workspace grammar never allows, so two
+    /// branches never share a directory.
+    pub fn path_for(&self, workspace: &Workspace) -> PathBuf {
+        self.dir.join(workspace.as_str().replace('/', "+"))
+    }
+
+    /// Makes (or finds) the worktree of `workspace`: an existing branch is
+    /// checked out as it is, never reset; a new one starts from the base.
+    /// Returns its path. Safe to call again after any failure or crash: a
+    /// worktree already at the path for that branch is the answer, and a
+    /// directory git does not know is removed before trying again.
+    pub fn ensure(&self, workspace: &Workspace) -> Result<PathBuf, WorktreeError> {
+        let top = self.toplevel()?;
+        let branch = workspace.as_str();
+        self.check_branch_name(branch)?;
+        let path = self.path_for(workspace);
+        let listed = self.listed(&top)?;
+        if let Some(found) = listed.iter().find(|w| w.branch.as_deref() == Some(branch)) {
+            if same_path(&found.path, &path) {
+                return Ok(path);
+            }
+            return Err(WorktreeError::Busy {
+                branch: branch.to_owned(),
+                path: found.path.clone(),
+            });
+        }
+        if let Some(other) = listed.iter().find(|w| same_path(&w.path, &path)) {
+            // Someone switched that worktree to another branch: its work is
+            // theirs, never removed to make room.
+            return Err(WorktreeError::Busy {
+                branch: other.branch.clone().unwrap_or_else(|| "a detached HEAD".to_owned()),
+                path,
+            });
+        }
+        if path.exists() {
+            // Half made by a broker that stopped mid-way, or left after a
+            // removal git did not finish: nothing of it is registered.
+            std::fs::remove_dir_all(&path).map_err(|err| WorktreeError::Git {
+                step: "cleanup".to_owned(),
+                message: format!("cannot remove {}: {err}", path.display()),
+            })?;
+            git(&top, &["worktree", "prune"], "worktree prune")?;
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|err| WorktreeError::Git {
+            step: "worktree add".to_owned(),
+            message: format!("cannot create {}: {err}", self.dir.display()),
+        })?;
+        let path_text = path.to_string_lossy().into_owned();
+        let exists = git_ok(
+            &top,
+            &["show-ref", "--verify", "--quiet", &format!("refs/heads/{branch}")],
+        );
+        let made = if exists {
+            git(&top, &["worktree", "add", &path_text, branch], "worktree add")
+        } else {
+            let base = self.base_ref(&top)?;
+            git(
+                &top,
+                &["worktree", "add", "-b", branch, &path_text, &base],
+                "worktree add",
+            )
+        };
+        if let Err(err) = made {
+            // Leave nothing half made behind.
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = git(&top, &["worktree", "prune"], "worktree prune");
+            return Err(err);
+        }
+        Ok(path)
+    }
+
+    /// The worktrees Scout made for this definition, cheaply: each one's
+    /// branch and the definition's working directory inside it (the same
+    /// place relative to the repository's root). One git call.
+    pub fn checked_out(&self) -> Result<Vec<(String, PathBuf)>, WorktreeError> {
+        let top = self.toplevel()?;
+        let inside = self
+            .repo
+            .canonicalize()
+            .ok()
+            .and_then(|repo| {
+                let top = top.canonicalize().ok()?;
+                repo.strip_prefix(&top).ok().map(Path::to_path_buf)
+            })
+            .unwrap_or_default();
+        Ok(self
+            .listed(&top)?
+            .into_iter()
+            .filter(|listed| self.is_ours(&listed.path))
+            .filter_map(|listed| Some((listed.branch?, listed.path.join(&inside))))
+            .collect())
+    }
+
+    /// Whether a worktree git lists is one of this definition's.
+    fn is_ours(&self, path: &Path) -> bool {
+        path.starts_with(&self.dir) || same_parent(path, &self.dir)
+    }
+
+    /// The worktrees Scout made for this definition, with their state.
+    pub fn list(&self) -> Result<Vec<WorktreeInfo>, WorktreeError> {
+        let top = self.toplevel()?;
+        let base = self.base_ref(&top).unwrap_or_else(|_| "HEAD".to_owned());
+        let mut out = Vec::new();
+        for listed in self.listed(&top)? {
+            let Some(branch) = listed.branch else {
+                continue;
+            };
+            if !self.is_ours(&listed.path) {
+                continue;
+            }
+            out.push(self.info(&listed.path, &branch, &base)?);
+        }
+        out.sort_by(|a, b| a.branch.cmp(&b.branch));
+        Ok(out)
+    }
+
+    /// Removes the worktree of `workspace`. Without `force`, refuses one
+    /// with uncommitted changes or with commits its base does not have.
+    /// The branch is kept: its commits are the user's.
+    pub fn remove(&self, workspace: &Workspace, force: bool) -> Result<PathBuf, WorktreeError> {
+        let top = self.toplevel()?;
+        let found = self
+            .list()?
+            .into_iter()
+            .find(|info| info.branch == workspace.as_str())
+            .ok_or_else(|| WorktreeError::NotFound {
+                workspace: workspace.as_str().to_owned(),
+                root: self.dir.clone(),
+            })?;
+        if !force {
+            if found.dirty {
+                return Err(WorktreeError::Dirty { path: found.path });
+            }
+            if found.ahead > 0 {
+                return Err(WorktreeError::Unmerged {
+                    path: found.path,
+                    commits: found.ahead,
+                    base: found.base,
+                });
+            }
+        }
+        let path_text = found.path.to_string_lossy().into_owned();
+        let mut args = vec!["worktree", "remove"];
+        if force {
+            args.push("--force");
+        }
+        args.push(&path_text);
+        git(&top, &args, "worktree remove")?;
+        Ok(found.path)
+    }
+
+    /// The worktrees an idle cleanup may remove: clean, with nothing the
+    /// base lacks, and no activity since `older_than_ms`.
+    pub fn idle(&self, older_than_ms: u64) -> Result<Vec<WorktreeInfo>, WorktreeError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|info| !info.dirty && info.ahead == 0 && info.last_activity_ms < older_than_ms)
+            .collect())
+    }
+
+    fn info(&self, path: &Path, branch: &str, base: &str) -> Result<WorktreeInfo, WorktreeError> {
+        let status = git(path, &["status", "--porcelain"], "status")?;
+        let counts = git(
+            path,
+            &["rev-list", "--left-right", "--count", &format!("{base}...HEAD")],
+            "rev-list",
+        )
+        .unwrap_or_default();
+        let mut parts = counts.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+        let behind = parts.next().unwrap_or(0);
+        let ahead = parts.next().unwrap_or(0);
+        let committed_s = git(path, &["log", "-1", "--format=%ct"], "log")
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let touched_ms = git(path, &["rev-parse", "--git-dir"], "rev-parse")
+            .ok()
+            .map(|dir| {
+                let dir = PathBuf::from(dir.trim());
+                if dir.is_absolute() { dir } else { path.join(dir) }
+            })
+            .and_then(|dir| std::fs::metadata(dir.join("index")).ok())
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        Ok(WorktreeInfo {
+            definition: self.definition.clone(),
+            branch: branch.to_owned(),
+            path: path.to_path_buf(),
+            dirty: !status.trim().is_empty(),
+            ahead,
+            behind,
+            base: base.to_owned(),
+            last_activity_ms: touched_ms.max(committed_s.saturating_mul(1000)),
+        })
+    }
+
+    fn toplevel(&self) -> Result<PathBuf, WorktreeError> {
+        git(&self.repo, &["rev-parse", "--show-toplevel"], "rev-parse")
+            .map(|text| PathBuf::from(text.trim()))
+            .map_err(|_| WorktreeError::NotARepository {
+                path: self.repo.clone(),
+            })
+    }
+
+    fn check_branch_name(&self, branch: &str) -> Result<(), WorktreeError> {
+        match git(&self.repo, &["check-ref-format", "--branch", branch], "check-ref-format") {
+            Ok(_) => Ok(()),
+            Err(WorktreeError::Git { message, .. }) => Err(WorktreeError::InvalidName {
+                name: branch.to_owned(),
+                reason: if message.is_empty() {
+                    "git does not accept it as a branch".to_owned()
+                } else {
+                    message
+                },
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The base of a new branch: the definition's, else `origin/HEAD`, else
+    /// the first of [`DEFAULT_BASES`] that exists, else `HEAD`.
+    fn base_ref(&self, top: &Path) -> Result<String, WorktreeError> {
+        if let Some(base) = &self.base {
+            return Ok(base.clone());
+        }
+        if let Ok(remote_head) = git(
+            top,
+            &["symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD"],
+            "symbolic-ref",
+        ) {
+            return Ok(remote_head.trim().to_owned());
+        }
+        for candidate in DEFAULT_BASES {
+            if git_ok(
+                top,
+                &["show-ref", "--verify", "--quiet", &format!("refs/heads/{candidate}")],
+            ) {
+                return Ok((*candidate).to_owned());
+            }
+        }
+        Ok("HEAD".to_owned())
+    }
+
+    fn listed(&self, top: &Path) -> Result<Vec<Listed>, WorktreeError> {
+        let text = git(top, &["worktree", "list", "--porcelain"], "worktree list")?;
+        Ok(parse_porcelain(&text))
+    }
+}
+
+/// One entry of `git worktree list --porcelain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    path: PathBuf,
+    branch: Option<String>,
+}
+
+fn parse_porcelain(text: &str) -> Vec<Listed> {
+    let mut out = Vec::new();
+    let mut current: Option<Listed> = None;
+    for line in text.lines() {
+        if let Some(path) = line.strip_prefix("worktree ") {
+            out.extend(current.take());
+            current = Some(Listed {
+                path: PathBuf::from(path),
+                branch: None,
+            });
+        } else if let Some(branch) = line.strip_prefix("branch refs/heads/")
+            && let Some(entry) = current.as_mut()
+        {
+            entry.branch = Some(branch.to_owned());
+        }
+    }
+    out.extend(current);
+    out
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Whether `path` is directly inside `dir` once both are canonical (git
+/// prints canonical paths; the root may be reached through a symlink).
+fn same_parent(path: &Path, dir: &Path) -> bool {
+    match (path.parent().map(Path::canonicalize), dir.canonicalize()) {
+        (Some(Ok(parent)), Ok(dir)) => parent == dir,
+        _ => false,
+    }
+}
+
+/// Runs `git -C dir args…`; its standard output, or its error message.
+fn git(dir: &Path, args: &[&str], step: &str) -> Result<String, WorktreeError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| WorktreeError::Git {
+            step: step.to_owned(),
+            message: format!("cannot run git: {err}"),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(4096)]);
+        return Err(WorktreeError::Git {
+            step: step.to_owned(),
+            message: stderr.trim().to_owned(),
+        });
+    }
+    let stdout = &output.stdout[..output.stdout.len().min(GIT_OUTPUT_BYTES_MAX)];
+    Ok(String::from_utf8_lossy(stdout).into_owned())
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> bool {
+    git(dir, args, "check").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+
+    /// A repository on `main` with one commit.
+    fn repository(dir: &Path) -> PathBuf {
+        let repo = dir.join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        run(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("README"), "hello\n").unwrap();
+        run(&repo, &["add", "README"]);
+        run(&repo, &["commit", "-q", "-m", "first"]);
+        repo
+    }
+
+    fn worktrees(dir: &Path, repo: &Path) -> Worktrees {
+        Worktrees::new(
+            &dir.join("worktrees"),
+            &Label::parse("fabric", scout_mesh::names::NamePart::Definition).unwrap(),
+            repo,
+            None,
+        )
+    }
+
+    fn workspace(name: &str) -> Workspace {
+        Workspace::parse(name).unwrap()
+    }
+
+    #[test]
+    fn ensure_makes_a_worktree_once_and_lists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.ensure(&workspace("feature/x")).unwrap();
+        assert!(path.ends_with("worktrees/fabric/feature+x"), "{}", path.display());
+        assert!(path.join("README").is_file());
+        assert_eq!(trees.ensure(&workspace("feature/x")).unwrap(), path);
+        let listed = trees.list().unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].branch, "feature/x");
+        assert_eq!(listed[0].base, "main");
+        assert!(!listed[0].dirty);
+        assert_eq!((listed[0].ahead, listed[0].behind), (0, 0));
+    }
+
+    #[test]
+    fn an_existing_branch_is_checked_out_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        run(&repo, &["checkout", "-q", "-b", "older"]);
+        std::fs::write(repo.join("NOTES"), "kept\n").unwrap();
+        run(&repo, &["add", "NOTES"]);
+        run(&repo, &["commit", "-q", "-m", "notes"]);
+        run(&repo, &["checkout", "-q", "main"]);
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.ensure(&workspace("older")).unwrap();
+        assert!(path.join("NOTES").is_file());
+        let listed = trees.list().unwrap();
+        assert_eq!(listed[0].ahead, 1);
+    }
+
+    #[test]
+    fn a_branch_checked_out_elsewhere_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let err = trees.ensure(&workspace("main")).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_BUSY", "{err}");
+        assert!(err.to_string().contains("repo"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_gets_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let err = worktrees(dir.path(), &plain)
+            .ensure(&workspace("x"))
+            .unwrap_err();
+        assert_eq!(err.code(), "NOT_A_REPOSITORY", "{err}");
+
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        // The workspace grammar follows git's rules for branch names, but
+        // git also refuses a branch named `HEAD`.
+        let err = trees.ensure(&workspace("HEAD")).unwrap_err();
+        assert_eq!(err.code(), "INVALID_NAME", "{err}");
+        assert!(trees.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_worktree_switched_to_another_branch_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.ensure(&workspace("v")).unwrap();
+        run(&path, &["checkout", "-q", "-b", "elsewhere"]);
+        std::fs::write(path.join("work"), "mine\n").unwrap();
+        let err = trees.ensure(&workspace("v")).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_BUSY", "{err}");
+        assert!(path.join("work").is_file());
+    }
+
+    #[test]
+    fn a_half_made_directory_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.path_for(&workspace("y"));
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("junk"), "x").unwrap();
+        assert_eq!(trees.ensure(&workspace("y")).unwrap(), path);
+        assert!(!path.join("junk").exists());
+        assert!(path.join("README").is_file());
+    }
+
+    #[test]
+    fn remove_refuses_dirty_or_unmerged_work_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.ensure(&workspace("z")).unwrap();
+        std::fs::write(path.join("README"), "changed\n").unwrap();
+        let err = trees.remove(&workspace("z"), false).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_DIRTY", "{err}");
+        run(&path, &["commit", "-q", "-am", "change"]);
+        let err = trees.remove(&workspace("z"), false).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_UNMERGED", "{err}");
+        assert!(trees.idle(u64::MAX).unwrap().is_empty());
+        assert_eq!(trees.remove(&workspace("z"), true).unwrap(), path);
+        assert!(!path.exists());
+        assert!(trees.list().unwrap().is_empty());
+        let err = trees.remove(&workspace("z"), false).unwrap_err();
+        assert_eq!(err.code(), "NOT_FOUND", "{err}");
+
+        // A clean, merged worktree is what idle cleanup may take.
+        trees.ensure(&workspace("w")).unwrap();
+        assert_eq!(trees.idle(u64::MAX).unwrap().len(), 1);
+        assert!(trees.idle(0).unwrap().is_empty());
+        trees.remove(&workspace("w"), false).unwrap();
+    }
+
+    #[test]
+    fn porcelain_parses_detached_and_bare_entries() {
+        let text = "worktree /r\nHEAD abc\nbranch refs/heads/main\n\nworktree /w\nHEAD def\ndetached\n\n";
+        assert_eq!(
+            parse_porcelain(text),
+            vec![
+                Listed {
+                    path: PathBuf::from("/r"),
+                    branch: Some("main".to_owned())
+                },
+                Listed {
+                    path: PathBuf::from("/w"),
+                    branch: None
+                },
+            ]
+        );
+    }
+}
