@@ -43,7 +43,9 @@ pub enum WorktreeError {
     #[error("{path} has uncommitted changes (use --force to remove it anyway)")]
     Dirty { path: PathBuf },
     /// Removal refused: commits that are on no other branch or remote.
-    #[error("{path} has {commits} commit(s) not merged into {base} (use --force to remove it anyway)")]
+    #[error(
+        "{path} has {commits} commit(s) not merged into {base} (use --force to remove it anyway)"
+    )]
     Unmerged {
         path: PathBuf,
         commits: u64,
@@ -150,7 +152,10 @@ impl Worktrees {
             // Someone switched that worktree to another branch: its work is
             // theirs, never removed to make room.
             return Err(WorktreeError::Busy {
-                branch: other.branch.clone().unwrap_or_else(|| "a detached HEAD".to_owned()),
+                branch: other
+                    .branch
+                    .clone()
+                    .unwrap_or_else(|| "a detached HEAD".to_owned()),
                 path,
             });
         }
@@ -170,10 +175,19 @@ impl Worktrees {
         let path_text = path.to_string_lossy().into_owned();
         let exists = git_ok(
             &top,
-            &["show-ref", "--verify", "--quiet", &format!("refs/heads/{branch}")],
+            &[
+                "show-ref",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ],
         );
         let made = if exists {
-            git(&top, &["worktree", "add", &path_text, branch], "worktree add")
+            git(
+                &top,
+                &["worktree", "add", &path_text, branch],
+                "worktree add",
+            )
         } else {
             let base = self.base_ref(&top)?;
             git(
@@ -285,11 +299,18 @@ impl Worktrees {
         let status = git(path, &["status", "--porcelain"], "status")?;
         let counts = git(
             path,
-            &["rev-list", "--left-right", "--count", &format!("{base}...HEAD")],
+            &[
+                "rev-list",
+                "--left-right",
+                "--count",
+                &format!("{base}...HEAD"),
+            ],
             "rev-list",
         )
         .unwrap_or_default();
-        let mut parts = counts.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+        let mut parts = counts
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().unwrap_or(0));
         let behind = parts.next().unwrap_or(0);
         let ahead = parts.next().unwrap_or(0);
         let committed_s = git(path, &["log", "-1", "--format=%ct"], "log")
@@ -300,12 +321,18 @@ impl Worktrees {
             .ok()
             .map(|dir| {
                 let dir = PathBuf::from(dir.trim());
-                if dir.is_absolute() { dir } else { path.join(dir) }
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    path.join(dir)
+                }
             })
             .and_then(|dir| std::fs::metadata(dir.join("index")).ok())
             .and_then(|meta| meta.modified().ok())
             .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         Ok(WorktreeInfo {
             definition: self.definition.clone(),
             branch: branch.to_owned(),
@@ -327,7 +354,11 @@ impl Worktrees {
     }
 
     fn check_branch_name(&self, branch: &str) -> Result<(), WorktreeError> {
-        match git(&self.repo, &["check-ref-format", "--branch", branch], "check-ref-format") {
+        match git(
+            &self.repo,
+            &["check-ref-format", "--branch", branch],
+            "check-ref-format",
+        ) {
             Ok(_) => Ok(()),
             Err(WorktreeError::Git { message, .. }) => Err(WorktreeError::InvalidName {
                 name: branch.to_owned(),
@@ -349,7 +380,12 @@ impl Worktrees {
         }
         if let Ok(remote_head) = git(
             top,
-            &["symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD"],
+            &[
+                "symbolic-ref",
+                "--quiet",
+                "--short",
+                "refs/remotes/origin/HEAD",
+            ],
             "symbolic-ref",
         ) {
             return Ok(remote_head.trim().to_owned());
@@ -357,7 +393,12 @@ impl Worktrees {
         for candidate in DEFAULT_BASES {
             if git_ok(
                 top,
-                &["show-ref", "--verify", "--quiet", &format!("refs/heads/{candidate}")],
+                &[
+                    "show-ref",
+                    "--verify",
+                    "--quiet",
+                    &format!("refs/heads/{candidate}"),
+                ],
             ) {
                 return Ok((*candidate).to_owned());
             }
@@ -490,7 +531,11 @@ mod tests {
         let repo = repository(dir.path());
         let trees = worktrees(dir.path(), &repo);
         let path = trees.ensure(&workspace("feature/x")).unwrap();
-        assert!(path.ends_with("worktrees/fabric/feature+x"), "{}", path.display());
+        assert!(
+            path.ends_with("worktrees/fabric/feature+x"),
+            "{}",
+            path.display()
+        );
         assert!(path.join("README").is_file());
         assert_eq!(trees.ensure(&workspace("feature/x")).unwrap(), path);
         let listed = trees.list().unwrap();
@@ -600,7 +645,8 @@ mod tests {
 
     #[test]
     fn porcelain_parses_detached_and_bare_entries() {
-        let text = "worktree /r\nHEAD abc\nbranch refs/heads/main\n\nworktree /w\nHEAD def\ndetached\n\n";
+        let text =
+            "worktree /r\nHEAD abc\nbranch refs/heads/main\n\nworktree /w\nHEAD def\ndetached\n\n";
         assert_eq!(
             parse_porcelain(text),
             vec![

@@ -21,6 +21,7 @@ pub mod send;
 pub mod setup;
 pub mod up;
 pub mod usage;
+pub mod workspaces;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,9 @@ pub enum Command {
     WorkOrders(send::WorkOrdersCommand),
     /// Tokens and cost of the flights the mesh ran, by agent or node.
     Usage(usage::UsageArgs),
+    /// The git worktrees agents made on demand: list and remove them.
+    #[command(subcommand)]
+    Workspaces(workspaces::WorkspacesCommand),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -149,6 +153,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Conversations(command) => send::conversations(command, context),
         Command::WorkOrders(command) => send::work_orders(command, context),
         Command::Usage(args) => usage::run(args, context),
+        Command::Workspaces(command) => workspaces::run(command, context),
     }
 }
 

@@ -589,7 +589,11 @@ mod tests {
             workspace_roots: vec![root.path().to_path_buf()],
             ..Settings::default()
         };
-        let found = discover(&Home::in_dir(root.path()), &settings, &RelayAgents::default());
+        let found = discover(
+            &Home::in_dir(root.path()),
+            &settings,
+            &RelayAgents::default(),
+        );
         let trust: Vec<(String, bool)> = found
             .agents
             .iter()
@@ -618,7 +622,11 @@ mod tests {
             workspace_roots: vec![root.path().to_path_buf()],
             ..Settings::default()
         };
-        let found = discover(&Home::in_dir(root.path()), &settings, &RelayAgents::default());
+        let found = discover(
+            &Home::in_dir(root.path()),
+            &settings,
+            &RelayAgents::default(),
+        );
         assert_eq!(found.agents.len(), 1);
         assert!(
             found.warnings[0].contains("bad/.openscout/project.json:1:"),
@@ -684,7 +692,11 @@ mod tests {
             ..RelayAgents::default()
         };
         let found = discover(&home, &settings, &relay);
-        let main = found.agents.iter().find(|a| a.definition.as_str() == "fabric").unwrap();
+        let main = found
+            .agents
+            .iter()
+            .find(|a| a.definition.as_str() == "fabric")
+            .unwrap();
         let made = main
             .worktrees()
             .unwrap()

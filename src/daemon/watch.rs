@@ -1,5 +1,5 @@
 //! Reloads the agent list when `relay-agents.json` or `settings.json`
-//! changes, and rescans the workspace roots now and then for new projects.
+//! changes or a worktree is made or removed in the home, and rescans the workspace roots now and then for new projects.
 //!
 //! Polling a file's size and modification time is cheap, portable and
 //! robust against editors that replace files by rename; it costs at most
@@ -32,11 +32,33 @@ fn fingerprint(path: &Path) -> Fingerprint {
     Some((metadata.len(), metadata.modified().ok()?))
 }
 
-/// What the config files looked like when they were last read.
+/// Definitions' worktree directories looked at per poll at most; past it,
+/// changes wait for the periodic rescan.
+const WORKTREE_DIRS_MAX: usize = 256;
+
+/// The modification times of `<root>/<definition>` directories: one
+/// changes when a worktree is made or removed in it.
+fn worktrees_fingerprint(root: &Path) -> Vec<(std::ffi::OsString, Fingerprint)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .take(WORKTREE_DIRS_MAX)
+        .map(|entry| (entry.file_name(), fingerprint(&entry.path())))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// What the config files (and the worktrees made in the home) looked like
+/// when they were last read. A worktree root configured outside the home
+/// is picked up by the periodic rescan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigSnapshot {
     relay_agents: Fingerprint,
     settings: Fingerprint,
+    worktrees: Vec<(std::ffi::OsString, Fingerprint)>,
 }
 
 impl ConfigSnapshot {
@@ -45,6 +67,7 @@ impl ConfigSnapshot {
         ConfigSnapshot {
             relay_agents: fingerprint(&home.relay_agents_path()),
             settings: fingerprint(&home.settings_path()),
+            worktrees: worktrees_fingerprint(&home.state_dir.join("worktrees")),
         }
     }
 }

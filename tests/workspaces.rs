@@ -1,0 +1,137 @@
+//! Worktrees agents made, end to end with real git and a real broker: a
+//! worktree in the home's worktrees directory is an instance of its
+//! definition that a mention reaches (running in the worktree), `scout
+//! workspaces list` shows its state, and `remove` refuses uncommitted work
+//! unless forced, after which the broker withdraws the instance.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Node, wait_until};
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
+    let mut alpha = Node::setup("alpha", &[]);
+    let repo = alpha.sandbox.path().join("app");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    let add = alpha.run(&[
+        "agents",
+        "add",
+        "fabric",
+        "--cwd",
+        repo.to_str().unwrap(),
+        "--worktrees",
+        "--command",
+        "bash",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    alpha.start();
+    wait_until("@fabric#main", || {
+        alpha
+            .instances()
+            .contains(&"@fabric@alpha#main".to_owned())
+            .then_some(())
+    });
+
+    let empty = alpha.run(&["workspaces", "list"]);
+    assert_eq!(empty.code, 0, "{}", empty.stderr);
+    assert!(
+        empty.stdout.contains("no worktrees yet"),
+        "{}",
+        empty.stdout
+    );
+
+    // A worktree where the definition makes them.
+    let tree = alpha.sandbox.home().join("worktrees/fabric/feature+x");
+    git(
+        &repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "feature/x",
+            tree.to_str().unwrap(),
+        ],
+    );
+    wait_until("@fabric#feature/x", || {
+        alpha
+            .instances()
+            .contains(&"@fabric@alpha#feature/x".to_owned())
+            .then_some(())
+    });
+    let pwd = alpha.run(&[
+        "send",
+        "@fabric#feature/x",
+        "pwd",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(pwd.code, 0, "{}", pwd.stderr);
+    assert_eq!(
+        Path::new(pwd.stdout.lines().next().unwrap_or_default())
+            .canonicalize()
+            .unwrap_or_else(|err| panic!("{:?}: {err}", pwd.stdout)),
+        tree.canonicalize().unwrap()
+    );
+
+    let listed = alpha
+        .run(&["--json", "workspaces", "list", "@fabric"])
+        .json();
+    let spaces = listed["workspaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 1, "{listed}");
+    assert_eq!(spaces[0]["branch"], "feature/x");
+    assert_eq!(spaces[0]["dirty"], false);
+    assert_eq!(spaces[0]["base"], "main");
+
+    std::fs::write(tree.join("README"), "changed\n").unwrap();
+    let refused = alpha.run(&["workspaces", "remove", "@fabric#feature/x"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("uncommitted changes"),
+        "{}",
+        refused.stderr
+    );
+    assert!(tree.join("README").is_file());
+
+    let removed = alpha.run(&["workspaces", "remove", "@fabric#feature/x", "--force"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert!(!tree.exists());
+    wait_until("@fabric#feature/x to be withdrawn", || {
+        (!alpha
+            .instances()
+            .contains(&"@fabric@alpha#feature/x".to_owned()))
+        .then_some(())
+    });
+    // The branch and its commits are the user's: kept.
+    git(
+        &repo,
+        &["rev-parse", "--verify", "--quiet", "refs/heads/feature/x"],
+    );
+
+    let unknown = alpha.run(&["workspaces", "remove", "@fabric#nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    let no_workspace = alpha.run(&["workspaces", "remove", "@fabric"]);
+    assert_eq!(no_workspace.code, 2, "{}", no_workspace.stderr);
+}
