@@ -97,7 +97,13 @@ pub async fn run(
         last_scan = state.env.now_instant();
         let state = state.clone();
         // Discovery walks directories: keep it off the async workers.
-        let reload = tokio::task::spawn_blocking(move || reload(&state)).await;
+        let reload = tokio::task::spawn_blocking(move || {
+            if rescan_due {
+                clean_idle_worktrees(&state);
+            }
+            reload(&state)
+        })
+        .await;
         if let Err(err) = reload {
             tracing::error!(cause = %err, "agent reload task failed");
         }
@@ -137,5 +143,67 @@ pub fn reload(state: &BrokerState) {
         *agents = discovered.agents.clone();
         drop(agents);
         state.mesh.publish_local_agents(discovered.agents);
+    }
+}
+
+/// Removes the worktrees idle for `worktrees.idle_days` (0: never): only
+/// clean ones whose branch has nothing its base lacks, and never one an
+/// agent session is running in. Runs with the periodic rescan.
+fn clean_idle_worktrees(state: &BrokerState) {
+    let Ok(settings) = settings::load_required(&state.home.settings_path()) else {
+        return;
+    };
+    let days = settings.value.worktrees.idle_days;
+    if days == 0 {
+        return;
+    }
+    let cutoff = state
+        .env
+        .now_unix_ms()
+        .saturating_sub(u64::from(days).saturating_mul(86_400_000));
+    let running: std::collections::HashSet<String> = state
+        .runtime
+        .list()
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    let agents = match state.agents.read() {
+        Ok(agents) => agents.clone(),
+        Err(_) => return,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for agent in agents.iter().filter(|agent| agent.worktrees.is_some()) {
+        if !seen.insert(agent.definition.clone()) {
+            continue;
+        }
+        let Some(worktrees) = agent.worktrees() else {
+            continue;
+        };
+        let idle = match worktrees.idle(cutoff) {
+            Ok(idle) => idle,
+            Err(err) => {
+                tracing::warn!(definition = %agent.definition, cause = %err, "cannot check idle worktrees");
+                continue;
+            }
+        };
+        for info in idle {
+            let Ok(workspace) = scout_mesh::names::Workspace::parse(&info.branch) else {
+                continue;
+            };
+            let instance = scout_mesh::names::AgentName::new(
+                agent.definition.clone(),
+                Some(state.node_name.clone()),
+                Some(workspace.clone()),
+            )
+            .to_string();
+            if running.contains(&instance) {
+                continue;
+            }
+            match worktrees.remove(&workspace, false) {
+                Ok(path) => tracing::info!(%instance, path = %path.display(), idle_days = days,
+                    "removed an idle worktree (its branch is kept)"),
+                Err(err) => tracing::warn!(%instance, cause = %err, "idle worktree kept"),
+            }
+        }
     }
 }
