@@ -325,6 +325,8 @@ impl SimNode {
                     cwd: Some(SimNode::agent_cwd(name, *version)),
                     workspace: Some(WORKSPACE.to_owned()),
                     prompt_pattern: None,
+                    worktrees: false,
+                    base_branch: None,
                 })
                 .collect(),
             ..RelayAgents::default()
