@@ -148,6 +148,7 @@ fn instance_body(workspace: &str) -> RecordBody {
         cwd: "/srv/bench".to_owned(),
         endpoint_state: EndpointState::Idle,
         active_flights: 0,
+        worktrees: false,
     })
 }
 

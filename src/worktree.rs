@@ -227,6 +227,24 @@ impl Worktrees {
             .collect())
     }
 
+    /// Makes (or finds) the worktree of `workspace` and returns the
+    /// definition's working directory inside it: the same place relative to
+    /// the repository's root as the definition's own.
+    pub fn ensure_cwd(&self, workspace: &Workspace) -> Result<PathBuf, WorktreeError> {
+        let path = self.ensure(workspace)?;
+        let top = self.toplevel()?;
+        let inside = self
+            .repo
+            .canonicalize()
+            .ok()
+            .and_then(|repo| {
+                let top = top.canonicalize().ok()?;
+                repo.strip_prefix(&top).ok().map(Path::to_path_buf)
+            })
+            .unwrap_or_default();
+        Ok(path.join(inside))
+    }
+
     /// Whether a worktree git lists is one of this definition's.
     fn is_ours(&self, path: &Path) -> bool {
         path.starts_with(&self.dir) || same_parent(path, &self.dir)

@@ -40,6 +40,7 @@ fn instance_record(
             cwd: "~/src".into(),
             endpoint_state: EndpointState::Idle,
             active_flights: 0,
+            worktrees: false,
         })),
         origin_key: [0; 32],
         signature: RecordSignature::UNSIGNED,

@@ -135,3 +135,121 @@ fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
     let no_workspace = alpha.run(&["workspaces", "remove", "@fabric"]);
     assert_eq!(no_workspace.code, 2, "{}", no_workspace.stderr);
 }
+
+/// A repository with one commit on `main`, in `dir/app`.
+fn repository(dir: &Path) -> std::path::PathBuf {
+    let repo = dir.join("app");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    repo
+}
+
+fn worktree_count(repo: &Path) -> usize {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["worktree", "list", "--porcelain"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.starts_with("worktree "))
+        .count()
+}
+
+#[test]
+fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let repo = repository(beta.sandbox.path());
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "fabric",
+        "--cwd",
+        repo.to_str().unwrap(),
+        "--worktrees",
+        "--command",
+        "bash",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @fabric@beta#main", || {
+        alpha
+            .instances()
+            .contains(&"@fabric@beta#main".to_owned())
+            .then_some(())
+    });
+
+    let tree = beta.sandbox.home().join("worktrees/fabric/feature-x");
+    let pwd = alpha.run(&[
+        "send",
+        "@fabric#feature-x",
+        "pwd",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(pwd.code, 0, "{}", pwd.stderr);
+    let answered = pwd.stdout.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        Path::new(&answered)
+            .canonicalize()
+            .unwrap_or_else(|err| panic!("{answered:?}: {err}")),
+        tree.canonicalize().unwrap()
+    );
+    for node in [&alpha, &beta] {
+        wait_until(&format!("{} to see the new instance", node.name), || {
+            node.instances()
+                .contains(&"@fabric@beta#feature-x".to_owned())
+                .then_some(())
+        });
+    }
+
+    // Again: the same worktree and instance.
+    let again = alpha.run(&[
+        "send",
+        "@fabric#feature-x",
+        "pwd",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.starts_with(&answered), "{}", again.stdout);
+    assert_eq!(worktree_count(&repo), 2, "the repository and one worktree");
+    let listed = beta.run(&["--json", "workspaces", "list"]).json();
+    assert_eq!(
+        listed["workspaces"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+
+    // The resolution says why the work went where it went.
+    let sent = alpha.run(&[
+        "--json",
+        "send",
+        "@fabric#feature-y",
+        "true",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    let sent = sent.json();
+    assert_eq!(sent["reason"], "new_worktree", "{sent}");
+    assert_eq!(sent["instance"], "@fabric@beta#feature-y", "{sent}");
+
+    // A branch git refuses fails the flight with git's reason; nothing is made.
+    let bad = alpha.run(&["send", "@fabric#HEAD", "pwd", "--wait", "--timeout", "60"]);
+    assert_ne!(bad.code, 0, "{}", bad.stdout);
+    assert!(bad.stderr.contains("branch name"), "{}", bad.stderr);
+    wait_until("feature-y's worktree", || {
+        (worktree_count(&repo) == 3).then_some(())
+    });
+}

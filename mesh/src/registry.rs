@@ -829,6 +829,7 @@ impl Registry {
                 is_local: instance.origin == local,
                 state: instance.body.endpoint_state,
                 active_flights: instance.body.active_flights,
+                worktrees: instance.body.worktrees,
                 name: instance.name,
             })
             .collect()
@@ -1206,6 +1207,7 @@ mod tests {
             cwd: "~/src".into(),
             endpoint_state: EndpointState::Idle,
             active_flights: 0,
+            worktrees: false,
         })
     }
 

@@ -9,8 +9,15 @@
 //! 5. the first by name, so that equal candidates always give the same answer.
 //!
 //! The answer says which of these rules decided ([`ResolveReason`]), so the
-//! flight can record why it went where it went. A name that matches nothing is
-//! an error (code `AGENT_NOT_FOUND`) listing the closest known names.
+//! flight can record why it went where it went.
+//!
+//! A name with a workspace that no instance has (`@fabric#feature-x`) means a
+//! new instance when the definition makes worktrees on some node
+//! ([`Candidate::worktrees`]): the node named in the query, else the best of
+//! those nodes by the same rules (local, available, least busy, first by
+//! name), and the reason is [`ResolveReason::NewWorktree`]. Any other name
+//! that matches nothing is an error (code `AGENT_NOT_FOUND`) listing the
+//! closest known names.
 //!
 //! Resolution is a pure function of the query and a snapshot of the known
 //! instances; the caller takes that snapshot from the registry.
@@ -38,6 +45,9 @@ pub struct Candidate {
     pub state: EndpointState,
     /// How many flights the instance is working on.
     pub active_flights: u32,
+    /// Whether its definition makes a worktree on its node for a workspace
+    /// that has no instance yet.
+    pub worktrees: bool,
 }
 
 /// The rule that decided between the chosen instance and the runner-up.
@@ -58,6 +68,9 @@ pub enum ResolveReason {
     LeastBusy,
     /// Nothing else separated them; the chosen name sorts first.
     FirstByName,
+    /// No instance has the workspace; its definition makes a worktree for
+    /// it on the chosen node.
+    NewWorktree,
 }
 
 impl ResolveReason {
@@ -70,6 +83,7 @@ impl ResolveReason {
         ResolveReason::Online,
         ResolveReason::LeastBusy,
         ResolveReason::FirstByName,
+        ResolveReason::NewWorktree,
     ];
 
     /// A stable snake_case word for the API and the store.
@@ -82,6 +96,7 @@ impl ResolveReason {
             ResolveReason::Online => "online",
             ResolveReason::LeastBusy => "least_busy",
             ResolveReason::FirstByName => "first_by_name",
+            ResolveReason::NewWorktree => "new_worktree",
         }
     }
 
@@ -95,6 +110,7 @@ impl ResolveReason {
             ResolveReason::Online => "online",
             ResolveReason::LeastBusy => "least busy",
             ResolveReason::FirstByName => "first by name among equals",
+            ResolveReason::NewWorktree => "a new worktree of its definition",
         }
     }
 }
@@ -185,6 +201,9 @@ pub fn resolve(query: &AgentName, candidates: &[Candidate]) -> Result<Resolution
         .filter(|candidate| matches(query, &candidate.name))
         .collect();
     if ranked.is_empty() {
+        if let Some(resolution) = new_worktree(query, candidates) {
+            return Ok(resolution);
+        }
         return Err(ResolveError::NoMatch {
             query: query.clone(),
             nearest: nearest(query, candidates),
@@ -209,6 +228,30 @@ pub fn resolve(query: &AgentName, candidates: &[Candidate]) -> Result<Resolution
             .into_iter()
             .map(|candidate| candidate.name.clone())
             .collect(),
+    })
+}
+
+/// The instance a worktree would make for `query`, when its workspace has
+/// no instance and its definition makes worktrees on a node it allows.
+fn new_worktree(query: &AgentName, candidates: &[Candidate]) -> Option<Resolution> {
+    let workspace = query.workspace()?;
+    let without_workspace = AgentName::new(query.definition().clone(), query.node().cloned(), None);
+    let mut makers: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|candidate| candidate.worktrees && matches(&without_workspace, &candidate.name))
+        .collect();
+    makers.sort_by(|a, b| compare(&without_workspace, a, b));
+    let maker = makers.first()?;
+    let chosen = AgentName::new(
+        query.definition().clone(),
+        maker.name.node().cloned(),
+        Some(workspace.clone()),
+    );
+    Some(Resolution {
+        query: query.clone(),
+        chosen: chosen.clone(),
+        reason: ResolveReason::NewWorktree,
+        matches: vec![chosen],
     })
 }
 
@@ -326,6 +369,7 @@ mod tests {
             is_local,
             state,
             active_flights,
+            worktrees: false,
         }
     }
 
@@ -568,7 +612,8 @@ mod tests {
                 "online_idle",
                 "online",
                 "least_busy",
-                "first_by_name"
+                "first_by_name",
+                "new_worktree"
             ]
         );
         assert_eq!(ResolveReason::Local.to_string(), "local to this node");
@@ -598,6 +643,36 @@ mod tests {
             two.to_string(),
             "`@fabric` resolved to `@fabric@laptop#main`: local to this node"
         );
+    }
+
+    #[test]
+    fn a_new_workspace_is_a_worktree_where_the_definition_makes_them() {
+        let maker = |input: &str, is_local: bool, active_flights: u32| Candidate {
+            worktrees: true,
+            ..candidate(input, is_local, EndpointState::Idle, active_flights)
+        };
+        let candidates = vec![
+            candidate("@fabric@laptop#main", true, EndpointState::Idle, 0),
+            maker("@fabric@devbox#main", false, 2),
+            maker("@fabric@build#main", false, 1),
+        ];
+        // The least busy of the nodes that make worktrees.
+        let made = resolve(&name("@fabric#feature-x"), &candidates).unwrap();
+        assert_eq!(made.chosen, name("@fabric@build#feature-x"));
+        assert_eq!(made.reason, ResolveReason::NewWorktree);
+        // The node the query names.
+        let named = resolve(&name("@fabric@devbox#feature-x"), &candidates).unwrap();
+        assert_eq!(named.chosen, name("@fabric@devbox#feature-x"));
+        // A node that does not make them, or a definition that does not:
+        // nothing matches, and the error lists near names as before.
+        assert!(resolve(&name("@fabric@laptop#feature-x"), &candidates).is_err());
+        assert!(resolve(&name("@other#feature-x"), &candidates).is_err());
+        // A workspace that has an instance is that instance.
+        let existing = resolve(&name("@fabric#main"), &candidates).unwrap();
+        assert_eq!(existing.chosen, name("@fabric@laptop#main"));
+        assert_ne!(existing.reason, ResolveReason::NewWorktree);
+        // Without a workspace there is nothing to make.
+        assert!(resolve(&name("@nobody"), &candidates).is_err());
     }
 
     #[test]
@@ -639,6 +714,7 @@ mod tests {
             0u32..4,
         )
             .prop_map(|(name, is_local, state, active_flights)| Candidate {
+                worktrees: false,
                 name,
                 is_local,
                 state,

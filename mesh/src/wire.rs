@@ -36,12 +36,13 @@ use crate::lifecycle::{EndpointState, Harness};
 /// The sync protocol version carried by every message body. A broker refuses
 /// bodies of any other version with [`WireError::UnsupportedVersion`].
 /// Version 2 added the origin's key and signature to every record; version 1
-/// brokers cannot decode its records, so the two do not talk.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// brokers cannot decode its records, so the two do not talk. Version 3
+/// added `worktrees` to instance records.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/2";
+pub const ALPN: &[u8] = b"scout-mesh/3";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -440,6 +441,9 @@ pub struct InstanceBody {
     pub endpoint_state: EndpointState,
     /// How many flights it is working on.
     pub active_flights: u32,
+    /// Whether its definition makes a git worktree on this node for a
+    /// mentioned workspace that has no instance yet.
+    pub worktrees: bool,
 }
 
 /// How an admitted node got in.
@@ -1478,6 +1482,7 @@ mod tests {
                 cwd: "~/src/fabric".into(),
                 endpoint_state: EndpointState::Idle,
                 active_flights: 1,
+                worktrees: false,
             })),
             origin_key: [7; 32],
             signature: RecordSignature([9; SIGNATURE_BYTES]),

@@ -427,6 +427,7 @@ impl Sim {
                     endpoint_state: EndpointState::ALL
                         [usize::from(state) % EndpointState::ALL.len()],
                     active_flights: u32::from(state),
+                    worktrees: false,
                 });
                 let record = self.replicas[replica]
                     .put(now_ms, &name, body)
@@ -820,6 +821,7 @@ proptest! {
                     cwd: "~/src".into(),
                     endpoint_state: EndpointState::Idle,
                     active_flights: 0,
+                    worktrees: false,
                 }),
             )
             .unwrap();

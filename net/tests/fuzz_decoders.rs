@@ -103,6 +103,7 @@ fn sync_seeds() -> Vec<SyncMessage> {
             cwd: format!("~/src/w{idx}"),
             endpoint_state: EndpointState::ALL[idx % EndpointState::ALL.len()],
             active_flights: idx as u32,
+            worktrees: false,
         });
         let name = format!("@agent@node0#w{idx}");
         founder.put(T0 + 2, &name, instance).unwrap();

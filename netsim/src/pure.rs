@@ -219,6 +219,7 @@ impl World {
             cwd: format!("/srv/w{idx}"),
             endpoint_state: EndpointState::Idle,
             active_flights: 0,
+            worktrees: false,
         });
         if let Err(err) = self.replicas[node].put(now_ms, &name, body) {
             tracing::error!(%name, cause = %err, "pure write refused");

@@ -272,6 +272,7 @@ impl View {
                         is_local,
                         state,
                         active_flights: 0,
+                        worktrees: false,
                     },
                     instance.owner.clone(),
                 )
@@ -1562,6 +1563,7 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
             cwd: format!("/srv/p{idx}"),
             endpoint_state: EndpointState::Idle,
             active_flights: 0,
+            worktrees: false,
         });
         if let Err(err) = sim.nodes[idx].replica.put(0, &name, body) {
             tracing::error!(%name, cause = %err, "pure routing publish refused");

@@ -234,6 +234,8 @@ fn find_session(client: &BrokerClient, target: &str) -> anyhow::Result<RuntimeAg
                 is_local: instance.local,
                 state: instance.state.parse().unwrap_or(EndpointState::Registered),
                 active_flights: instance.active_flights,
+                // Attaching needs a running instance, never a new one.
+                worktrees: false,
             })
         })
         .collect();

@@ -43,6 +43,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<ExitCode> {
             is_local: true,
             state: EndpointState::Registered,
             active_flights: 0,
+            worktrees: agent.worktrees.is_some(),
         })
         .collect();
     let resolution = resolve::resolve(&query, &candidates)?;

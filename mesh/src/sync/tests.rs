@@ -61,6 +61,7 @@ fn instance(workspace: &str, endpoint_state: EndpointState) -> RecordBody {
         cwd: format!("~/src/{workspace}"),
         endpoint_state,
         active_flights: 0,
+        worktrees: false,
     })
 }
 
@@ -1217,6 +1218,7 @@ fn sync_messages_are_small() {
                 cwd: "~/src/fabric".into(),
                 endpoint_state: EndpointState::Working,
                 active_flights: 2,
+                worktrees: false,
             }),
         )
         .unwrap();

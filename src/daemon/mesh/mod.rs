@@ -568,6 +568,7 @@ impl Mesh {
                         cwd: agent.cwd.display().to_string(),
                         endpoint_state: EndpointState::Registered,
                         active_flights: 0,
+                        worktrees: agent.worktrees.is_some(),
                     },
                 )
             })

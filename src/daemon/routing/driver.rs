@@ -575,32 +575,57 @@ impl Driver {
 
     /// The local agent behind an instance name, if this broker runs it.
     fn local_agent(&self, instance: &str) -> Option<LocalAgent> {
+        self.local_agent_or_worktree(instance)
+            .map(|(agent, _)| agent)
+    }
+
+    /// The local agent behind an instance name, or, for a workspace that
+    /// has no instance yet, its definition's agent in that workspace when
+    /// the definition makes worktrees (`true`: the worktree is to be made).
+    fn local_agent_or_worktree(&self, instance: &str) -> Option<(LocalAgent, bool)> {
         let agents = self.agents.read().ok()?;
-        agents
+        if let Some(agent) = agents
             .iter()
             .find(|agent| agent.instance_name(&self.node_name).to_string() == instance)
-            .cloned()
+        {
+            return Some((agent.clone(), false));
+        }
+        let name = AgentName::parse(instance).ok()?;
+        let workspace = name.workspace()?.clone();
+        if name.node() != Some(&self.node_name) {
+            return None;
+        }
+        let mut agent = agents
+            .iter()
+            .find(|agent| agent.definition == *name.definition() && agent.worktrees.is_some())?
+            .clone();
+        agent.workspace = Some(workspace);
+        Some((agent, true))
     }
 
     fn execute(&mut self, execute: Execute) {
         let now = self.now();
         let id = execute.invocation_id.clone();
-        let refused = match self.local_agent(&execute.instance) {
+        let mut make_worktree = false;
+        let refused = match self.local_agent_or_worktree(&execute.instance) {
             None => Err((
                 FailureReason::AgentOffline,
                 None,
                 format!("{} is no longer an agent of this broker", execute.instance),
             )),
             // Trust was withdrawn, or the manifest changed, since the accept.
-            Some(agent) => crate::config::trust::check(&self.mesh.shared().home, &agent)
-                .map(|()| agent)
-                .map_err(|untrusted| {
-                    (
-                        FailureReason::PeerRejected,
-                        FailureCode::parse(untrusted.code()).ok(),
-                        untrusted.to_string(),
-                    )
-                }),
+            Some((agent, new_worktree)) => {
+                make_worktree = new_worktree;
+                crate::config::trust::check(&self.mesh.shared().home, &agent)
+                    .map(|()| agent)
+                    .map_err(|untrusted| {
+                        (
+                            FailureReason::PeerRejected,
+                            FailureCode::parse(untrusted.code()).ok(),
+                            untrusted.to_string(),
+                        )
+                    })
+            }
         };
         let agent = match refused {
             Ok(agent) => agent,
@@ -637,6 +662,7 @@ impl Driver {
             conversation_id: execute.conversation_id,
             origin_node,
             timeout,
+            make_worktree,
         });
         self.running.insert(id.clone(), execution.cancel);
         let commands = self.commands.clone();

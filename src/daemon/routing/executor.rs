@@ -38,6 +38,9 @@ pub struct ExecRequest {
     pub origin_node: Option<String>,
     /// How long the turn may take.
     pub timeout: Duration,
+    /// The instance is a new workspace of a definition that makes
+    /// worktrees: make (or find) its worktree before starting it.
+    pub make_worktree: bool,
 }
 
 /// Progress of one execution.
@@ -129,11 +132,18 @@ async fn run_on_session(
         Some(id) => id,
         None => {
             let _ = events.send(ExecEvent::Waking).await;
+            let mut workdir = request.agent.cwd.clone();
+            if request.make_worktree {
+                match make_worktree(&request.agent).await {
+                    Ok(cwd) => workdir = cwd,
+                    Err(outcome) => return outcome,
+                }
+            }
             let spawned = sessions
                 .spawn(SpawnRequest {
                     name: Some(request.instance.clone()),
                     harness: request.agent.harness,
-                    workdir: Some(request.agent.cwd.display().to_string()),
+                    workdir: Some(workdir.display().to_string()),
                     options: AdapterOptions {
                         command: Some(request.agent.command.clone()),
                         prompt_pattern: request.agent.prompt_pattern.clone(),
@@ -224,6 +234,36 @@ fn outcome_of(outcome: TurnOutcome, usage: Option<Usage>) -> ExecOutcome {
 /// login or first-run screen in the way is the harness's failure, as it
 /// is when the CLI reports it mid-turn; anything else means the agent
 /// cannot take work now.
+/// Makes (or finds) the worktree of `agent`'s workspace; git runs off the
+/// async workers. A failure ends the flight with git's own message; nothing
+/// half made stays (see [`crate::worktree::Worktrees::ensure`]).
+async fn make_worktree(agent: &LocalAgent) -> Result<std::path::PathBuf, ExecOutcome> {
+    let failed = |code: &str, detail: String| ExecOutcome::Failed {
+        reason: FailureReason::HarnessError,
+        code: FailureCode::parse(code).ok(),
+        detail,
+        usage: None,
+    };
+    let (Some(worktrees), Some(workspace)) = (agent.worktrees(), agent.workspace.clone()) else {
+        return Err(failed(
+            "AGENT_OFFLINE",
+            format!("@{} makes no worktrees", agent.definition),
+        ));
+    };
+    let made = tokio::task::spawn_blocking(move || worktrees.ensure_cwd(&workspace)).await;
+    match made {
+        Ok(Ok(cwd)) => Ok(cwd),
+        Ok(Err(err)) => Err(failed(
+            err.code(),
+            format!("cannot make the worktree: {err}"),
+        )),
+        Err(err) => Err(failed(
+            "GIT_FAILED",
+            format!("the worktree task stopped: {err}"),
+        )),
+    }
+}
+
 fn refused(err: &RuntimeError, detail: String) -> ExecOutcome {
     let reason = match err {
         RuntimeError::AuthRequired { .. }

@@ -41,6 +41,7 @@ pub fn choose(
                         is_local,
                         state,
                         active_flights: entry.body.active_flights,
+                        worktrees: entry.body.worktrees,
                     },
                     entry.origin.clone(),
                 )
@@ -52,10 +53,19 @@ pub fn choose(
         .map(|(candidate, _)| candidate.clone())
         .collect();
     let resolution = resolve::resolve(query, &list)?;
+    // A new worktree has no instance yet: its owner is the node of the
+    // definition's instance that makes it.
     let owner = pairs
-        .into_iter()
+        .iter()
         .find(|(candidate, _)| candidate.name == resolution.chosen)
-        .map(|(_, owner)| owner)
+        .or_else(|| {
+            pairs.iter().find(|(candidate, _)| {
+                candidate.worktrees
+                    && candidate.name.definition() == resolution.chosen.definition()
+                    && candidate.name.node() == resolution.chosen.node()
+            })
+        })
+        .map(|(_, owner)| owner.clone())
         .unwrap_or_else(|| own.clone());
     Ok(Choice {
         instance: resolution.chosen.to_string(),
@@ -74,8 +84,12 @@ pub struct MeshDirectory {
 }
 
 impl Directory for MeshDirectory {
+    /// Work moves only to an instance that exists: a new worktree made
+    /// elsewhere would be a second one for the same workspace.
     fn alternative(&self, target: &str, exclude: &str) -> Option<Choice> {
         let query = AgentName::parse(target).ok()?;
-        choose(&self.mesh, &self.own, &query, Some(exclude)).ok()
+        choose(&self.mesh, &self.own, &query, Some(exclude))
+            .ok()
+            .filter(|choice| choice.reason != resolve::ResolveReason::NewWorktree.as_str())
     }
 }
