@@ -252,4 +252,45 @@ fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
     wait_until("feature-y's worktree", || {
         (worktree_count(&repo) == 3).then_some(())
     });
+
+    // The owner dies right after git made a worktree, before anything
+    // else knew of it: after the restart that worktree is the instance, and
+    // the next mention uses it rather than making another.
+    let mut broker = beta.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+    let orphan = beta.sandbox.home().join("worktrees/fabric/feature-z");
+    git(
+        &repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "feature-z",
+            orphan.to_str().unwrap(),
+        ],
+    );
+    beta.start();
+    wait_until("alpha to see @fabric@beta#feature-z", || {
+        alpha
+            .instances()
+            .contains(&"@fabric@beta#feature-z".to_owned())
+            .then_some(())
+    });
+    let reused = alpha.run(&[
+        "send",
+        "@fabric#feature-z",
+        "pwd",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(reused.code, 0, "{}", reused.stderr);
+    let answered = reused.stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        Path::new(answered).canonicalize().unwrap(),
+        orphan.canonicalize().unwrap()
+    );
+    assert_eq!(worktree_count(&repo), 4, "no second worktree for feature-z");
 }
