@@ -22,6 +22,12 @@ use scout_mesh::names::{Label, Workspace};
 /// worktree list of hundreds of worktrees, bounded for a hostile repository.
 const GIT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 
+/// Worktrees one definition may have at once. Each is a checkout of the
+/// whole repository, and any mesh member may mention a new workspace: past
+/// this many, a new one is refused (`WORKSPACE_LIMIT`) until some are
+/// removed, so a flood of mentions cannot fill the disk.
+pub const WORKTREES_PER_DEFINITION_MAX: usize = 64;
+
 /// Branch names, when a definition names none, tried in this order as the
 /// base of a new branch after `origin/HEAD`.
 const DEFAULT_BASES: &[&str] = &["main", "master", "trunk"];
@@ -54,6 +60,11 @@ pub enum WorktreeError {
     /// No worktree of this definition for that workspace.
     #[error("no worktree for `{workspace}` under {root}")]
     NotFound { workspace: String, root: PathBuf },
+    /// The definition has [`WORKTREES_PER_DEFINITION_MAX`] worktrees already.
+    #[error(
+        "@{definition} has {max} worktrees already; remove some with `scout workspaces remove`"
+    )]
+    Limit { definition: String, max: usize },
     /// Git failed; its message is kept.
     #[error("git {step} failed: {message}")]
     Git { step: String, message: String },
@@ -69,6 +80,7 @@ impl WorktreeError {
             WorktreeError::Dirty { .. } => "WORKSPACE_DIRTY",
             WorktreeError::Unmerged { .. } => "WORKSPACE_UNMERGED",
             WorktreeError::NotFound { .. } => "NOT_FOUND",
+            WorktreeError::Limit { .. } => "WORKSPACE_LIMIT",
             WorktreeError::Git { .. } => "GIT_FAILED",
         }
     }
@@ -157,6 +169,12 @@ impl Worktrees {
                     .clone()
                     .unwrap_or_else(|| "a detached HEAD".to_owned()),
                 path,
+            });
+        }
+        if listed.iter().filter(|w| self.is_ours(&w.path)).count() >= WORKTREES_PER_DEFINITION_MAX {
+            return Err(WorktreeError::Limit {
+                definition: self.definition.clone(),
+                max: WORKTREES_PER_DEFINITION_MAX,
             });
         }
         if path.exists() {
@@ -659,6 +677,20 @@ mod tests {
         assert_eq!(trees.idle(u64::MAX).unwrap().len(), 1);
         assert!(trees.idle(0).unwrap().is_empty());
         trees.remove(&workspace("w"), false).unwrap();
+    }
+
+    #[test]
+    fn a_definition_has_a_bounded_number_of_worktrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        for n in 0..WORKTREES_PER_DEFINITION_MAX {
+            trees.ensure(&workspace(&format!("t{n}"))).unwrap();
+        }
+        let err = trees.ensure(&workspace("one-more")).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_LIMIT", "{err}");
+        // The ones it has are still found.
+        trees.ensure(&workspace("t0")).unwrap();
     }
 
     #[test]
