@@ -20,6 +20,7 @@ pub mod resolve;
 pub mod send;
 pub mod setup;
 pub mod up;
+pub mod open;
 pub mod usage;
 
 use std::path::PathBuf;
@@ -81,6 +82,9 @@ pub enum Command {
     WorkOrders(send::WorkOrdersCommand),
     /// Tokens and cost of the flights the mesh ran, by agent or node.
     Usage(usage::UsageArgs),
+    /// Open the web view in a browser, logged in (`--print` only prints
+    /// the link); `--list` and `--revoke` manage browser sessions.
+    Open(open::OpenArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -149,6 +153,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Conversations(command) => send::conversations(command, context),
         Command::WorkOrders(command) => send::work_orders(command, context),
         Command::Usage(args) => usage::run(args, context),
+        Command::Open(args) => open::run(args, context),
     }
 }
 
