@@ -26,6 +26,7 @@ pub mod invocations;
 pub mod mesh;
 pub mod runtime;
 pub mod serve;
+pub mod terminal_relay;
 pub mod usage;
 pub mod web;
 pub mod work_orders;
@@ -66,6 +67,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
                 .merge(work_orders::routes()),
         )
         .merge(runtime::routes())
+        .merge(terminal_relay::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(health::routes())
