@@ -119,6 +119,7 @@ impl Browser {
     async fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
         self.next_id += 1;
         let id = self.next_id;
+        let params_text = params.to_string();
         let mut message = json!({ "id": id, "method": method, "params": params });
         if let Some(session) = session {
             message["sessionId"] = json!(session);
@@ -139,7 +140,7 @@ impl Browser {
             let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
             if value["id"] == id {
                 if let Some(error) = value.get("error") {
-                    panic!("{method}: {error}");
+                    panic!("{method} {params_text}: {error}");
                 }
                 return value["result"].clone();
             }
@@ -188,7 +189,7 @@ impl Browser {
     pub async fn wait_until(&mut self, what: &str, expression: &str) -> Value {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
-            let value = self.eval(&format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()")).await;
+            let value = self.eval(&format!("(() => {{ try {{ const v = {expression}; return (v && typeof v === 'object' && !Array.isArray(v)) ? true : v; }} catch (e) {{ return null; }} }})()")).await;
             let truthy = !matches!(&value, Value::Null | Value::Bool(false))
                 && value != json!("")
                 && value != json!(0);
