@@ -63,14 +63,20 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
     let open = alpha.run(&["--json", "open", "--print"]);
     assert_eq!(open.code, 0, "scout open: {}", open.stderr);
     let url = open.json()["url"].as_str().expect("url").to_owned();
-    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/login?code=")), "{url}");
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/login?code=")),
+        "{url}"
+    );
 
     let mut browser = Browser::launch().await;
     browser.navigate(&url).await;
     // Redirected to the page, logged in by an HttpOnly, SameSite=Strict
     // cookie named after the port.
     let cookies = browser
-        .command("Network.getCookies", serde_json::json!({ "urls": [base.clone()] }))
+        .command(
+            "Network.getCookies",
+            serde_json::json!({ "urls": [base.clone()] }),
+        )
         .await;
     let cookie = cookies["cookies"]
         .as_array()
@@ -84,7 +90,10 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
     assert_eq!(browser.eval("document.cookie").await, Value::from(""));
     // The code worked once.
     let again = ureq::get(&url).call();
-    assert!(matches!(again, Err(ureq::Error::Status(401, _))), "a used code is refused");
+    assert!(
+        matches!(again, Err(ureq::Error::Status(401, _))),
+        "a used code is refused"
+    );
 
     // The Agents page lists beta's agent, owned by beta.
     browser.navigate(&format!("{base}/#/agents")).await;
@@ -98,13 +107,19 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
 
     browser.navigate(&format!("{base}/#/mesh")).await;
     browser
-        .wait_until("the mesh page to list beta", "document.getElementById('members')?.textContent.includes('beta')")
+        .wait_until(
+            "the mesh page to list beta",
+            "document.getElementById('members')?.textContent.includes('beta')",
+        )
         .await;
     browser.screenshot(&screenshots().join("mesh.png")).await;
 
     browser.navigate(&format!("{base}/#/flights")).await;
     browser
-        .wait_until("the flights page to list the first turn", "document.querySelector('#flights table')")
+        .wait_until(
+            "the flights page to list the first turn",
+            "document.querySelector('#flights table')",
+        )
         .await;
     browser.screenshot(&screenshots().join("flights.png")).await;
 
@@ -116,7 +131,10 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
     // Open the agent from the list, as a person clicks it.
     browser.navigate(&format!("{base}/#/agents")).await;
     browser
-        .wait_until("the agent row", "document.querySelector('tr[data-instance=\"@shell@beta#main\"]')")
+        .wait_until(
+            "the agent row",
+            "document.querySelector('tr[data-instance=\"@shell@beta#main\"]')",
+        )
         .await;
     browser
         .eval("document.querySelector('tr[data-instance=\"@shell@beta#main\"]').click(), true")
@@ -154,10 +172,16 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
         )
         .await;
     assert!(
-        lines.as_array().unwrap().iter().any(|line| line.as_str().unwrap_or("").contains("echo hi")),
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|line| line.as_str().unwrap_or("").contains("echo hi")),
         "{lines}"
     );
-    browser.screenshot(&screenshots().join("agent-terminal.png")).await;
+    browser
+        .screenshot(&screenshots().join("agent-terminal.png"))
+        .await;
 
     let errors = browser.errors();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
@@ -209,5 +233,8 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
     let after = ureq::get(&format!("{base}/v1/peers"))
         .set("Cookie", &cookie_header)
         .call();
-    assert!(matches!(after, Err(ureq::Error::Status(401, _))), "a revoked session is refused");
+    assert!(
+        matches!(after, Err(ureq::Error::Status(401, _))),
+        "a revoked session is refused"
+    );
 }

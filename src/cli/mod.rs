@@ -15,12 +15,12 @@ pub mod attach;
 pub mod client;
 pub mod doctor;
 pub mod mesh;
+pub mod open;
 pub mod output;
 pub mod resolve;
 pub mod send;
 pub mod setup;
 pub mod up;
-pub mod open;
 pub mod usage;
 
 use std::path::PathBuf;

@@ -58,10 +58,7 @@ pub fn run(args: OpenArgs, context: &Context) -> anyhow::Result<ExitCode> {
                         session.id.clone(),
                         ago(now, session.created_ms),
                         ago(now, session.last_used_ms),
-                        format!(
-                            "in {}m",
-                            session.expires_ms.saturating_sub(now) / 60_000
-                        ),
+                        format!("in {}m", session.expires_ms.saturating_sub(now) / 60_000),
                     ]
                 })
                 .collect();

@@ -456,7 +456,8 @@ fn sse_json(name: &str, value: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().event(name).data("{}"))
 }
 
-pub(crate) type WsResult = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+pub(crate) type WsResult =
+    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 pub(crate) fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
     let ws = ws.map_err(|err| {

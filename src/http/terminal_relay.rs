@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use quinn::{RecvStream, SendStream};
 use scout_mesh::wire::{MeshFrame, NodeId, decode_frame, encode_frame, terminal_relay};

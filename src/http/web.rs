@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, SET_COOKIE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -67,9 +69,21 @@ const LIVE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The embedded files of the page: path, content type, bytes.
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("/", "text/html; charset=utf-8", include_bytes!("web/index.html")),
-    ("/assets/app.js", "text/javascript; charset=utf-8", include_bytes!("web/app.js")),
-    ("/assets/style.css", "text/css; charset=utf-8", include_bytes!("web/style.css")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_bytes!("web/index.html"),
+    ),
+    (
+        "/assets/app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("web/app.js"),
+    ),
+    (
+        "/assets/style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("web/style.css"),
+    ),
     (
         "/assets/vendor/xterm.mjs",
         "text/javascript; charset=utf-8",
@@ -158,7 +172,9 @@ impl WebSessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain maps behind, still
         // consistent; keep serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Issues a one-time login code.
@@ -184,7 +200,9 @@ impl WebSessions {
         if expires <= now_ms {
             return None;
         }
-        inner.sessions.retain(|_, session| session.expires_ms > now_ms);
+        inner
+            .sessions
+            .retain(|_, session| session.expires_ms > now_ms);
         if inner.sessions.len() >= SESSIONS_MAX {
             let oldest = inner
                 .sessions
@@ -232,7 +250,9 @@ impl WebSessions {
     /// The live sessions, oldest first.
     pub fn list(&self, now_ms: u64) -> Vec<SessionView> {
         let mut inner = self.lock();
-        inner.sessions.retain(|_, session| session.expires_ms > now_ms);
+        inner
+            .sessions
+            .retain(|_, session| session.expires_ms > now_ms);
         let mut views: Vec<SessionView> = inner
             .sessions
             .iter()
@@ -302,7 +322,10 @@ async fn asset(uri: axum::http::Uri) -> Response {
     // (they are local, so that is cheap) and never runs a stale page.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -460,7 +483,7 @@ async fn live(
 mod tests {
     use super::*;
 
-/// The page weight a browser downloads: every embedded asset, gzipped.
+    /// The page weight a browser downloads: every embedded asset, gzipped.
     fn page_weight_gzip() -> usize {
         use std::io::Write;
         ASSETS

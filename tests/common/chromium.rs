@@ -110,7 +110,12 @@ impl Browser {
             )
             .await;
         browser.session = attached["sessionId"].as_str().expect("session").to_owned();
-        for domain in ["Page.enable", "Runtime.enable", "Log.enable", "Network.enable"] {
+        for domain in [
+            "Page.enable",
+            "Runtime.enable",
+            "Log.enable",
+            "Network.enable",
+        ] {
             browser.command(domain, json!({})).await;
         }
         browser
@@ -251,7 +256,10 @@ mod base64_engine {
                 _ => 0,
             }
         };
-        let clean: Vec<u8> = text.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).collect();
+        let clean: Vec<u8> = text
+            .bytes()
+            .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+            .collect();
         let mut out = Vec::with_capacity(clean.len() * 3 / 4);
         for chunk in clean.chunks(4) {
             let mut n = 0u32;

@@ -744,7 +744,8 @@ impl Mesh {
 
     /// The node id of the member named `name` (or with that id).
     pub fn member_id(&self, name: &str) -> anyhow::Result<NodeId> {
-        self.shared.with_replica(|replica| find_member(replica, name))
+        self.shared
+            .with_replica(|replica| find_member(replica, name))
     }
 
     /// A receiver that wakes after every change to the registry.
