@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, SET_COOKIE,
 };
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ServedPort;
-use super::error::ApiError;
+use super::error::{ApiError, JsonBody, PathId};
 use crate::daemon::BrokerState;
 
 /// How long a login code works: long enough to click the printed link,
@@ -362,10 +362,17 @@ async fn login(
     response
 }
 
+/// The body of the POST routes here: an empty object, as every POST of
+/// the API takes a JSON object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
 async fn issue_code(
     State(state): State<Arc<BrokerState>>,
     Extension(sessions): Extension<Arc<WebSessions>>,
     Extension(ServedPort(port)): Extension<ServedPort>,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Result<Json<LoginCode>, ApiError> {
     let code = sessions.issue_code(state.env.now_unix_ms())?;
     Ok(Json(LoginCode {
@@ -384,7 +391,8 @@ async fn list_sessions(
 
 async fn revoke_session(
     Extension(sessions): Extension<Arc<WebSessions>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if sessions.revoke(&id) {
         Ok(Json(json!({ "revoked": id })))
@@ -401,6 +409,7 @@ async fn logout(
     Extension(sessions): Extension<Arc<WebSessions>>,
     Extension(ServedPort(port)): Extension<ServedPort>,
     headers: HeaderMap,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Response {
     if let Some(cookie) = session_cookie(&headers, port)
         && let Some((id, _)) = cookie.split_once('.')
