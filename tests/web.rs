@@ -104,6 +104,25 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
         )
         .await;
     browser.screenshot(&screenshots().join("agents.png")).await;
+    // The filter hides what does not match and shows it again.
+    browser
+        .eval("(() => { const f = document.getElementById('agents-filter'); f.value = 'no-such-agent'; f.dispatchEvent(new Event('input')); return true; })()")
+        .await;
+    browser
+        .wait_until(
+            "the filter to hide the agent",
+            "!document.querySelector('tr[data-instance=\"@shell@beta#main\"]')",
+        )
+        .await;
+    browser
+        .eval("(() => { const f = document.getElementById('agents-filter'); f.value = 'beta'; f.dispatchEvent(new Event('input')); return true; })()")
+        .await;
+    browser
+        .wait_until(
+            "the filter to show the agent",
+            "document.querySelector('tr[data-instance=\"@shell@beta#main\"]')",
+        )
+        .await;
 
     browser.navigate(&format!("{base}/#/mesh")).await;
     browser
@@ -126,6 +145,9 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
     browser.navigate(&format!("{base}/#/work-orders")).await;
     browser
         .wait_until("the work orders page", "document.getElementById('work-orders')?.textContent.length > 0 && !document.getElementById('work-orders').textContent.includes('Loading')")
+        .await;
+    browser
+        .screenshot(&screenshots().join("work-orders.png"))
         .await;
 
     // Open the agent from the list, as a person clicks it.

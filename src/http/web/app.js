@@ -192,6 +192,14 @@ function meshPage() {
       : h('p', { class: 'dim' }, 'None.'));
 }
 
+// A node's name, from its id (the registry names owners and origins by id).
+function nodeName(id) {
+  const snap = state.snapshot;
+  if (!snap || !id) return id ?? '—';
+  if (id === snap.nodeId || id === snap.nodeName) return snap.nodeName;
+  return (snap.peers ?? []).find((p) => p.node_id === id || p.name === id)?.name ?? id;
+}
+
 function workspaceOf(name) {
   const hash = name.indexOf('#');
   return hash < 0 ? '' : name.slice(hash + 1);
@@ -215,12 +223,12 @@ function agentsPage(reason) {
   const instances = snap.instances ?? [];
   const needle = state.filter.toLowerCase();
   const shown = instances.filter((i) =>
-    !needle || [i.name, i.owner, i.harness, i.state, i.cwd].join(' ').toLowerCase().includes(needle));
+    !needle || [i.name, nodeName(i.owner), i.harness, i.state, i.cwd].join(' ').toLowerCase().includes(needle));
   const rows = shown.map((i) => {
     const runtime = i.local ? runtimeOf(i) : null;
     return h('tr', { class: 'click', 'data-instance': i.name, onclick: () => { location.hash = `#/agent/${encodeURIComponent(i.name)}`; } },
       h('td', {}, i.name),
-      h('td', { class: i.local ? 'me' : '' }, i.owner, i.local ? ' (this node)' : ''),
+      h('td', { class: i.local ? 'me' : '' }, nodeName(i.owner), i.local ? ' (this node)' : ''),
       h('td', {}, workspaceOf(i.name)),
       h('td', {}, i.harness),
       h('td', {}, stateTag(i.state)),
@@ -255,7 +263,7 @@ function agentHeader(name) {
   if (!el) return;
   const i = findInstance(name);
   el.replaceChildren(i
-    ? h('span', {}, 'owner ', h('b', {}, i.owner), ' · workspace ', workspaceOf(i.name), ' · ', i.harness, ' · ', stateTag(i.state),
+    ? h('span', {}, 'owner ', h('b', {}, nodeName(i.owner)), ' · workspace ', workspaceOf(i.name), ' · ', i.harness, ' · ', stateTag(i.state),
       ' · ', i.active_flights ? `${i.active_flights} in flight` : 'no flight', ' · ', h('span', { class: 'dim' }, i.cwd))
     : h('span', { class: 'dim' }, state.snapshot ? 'not in the registry' : 'waiting for the broker…'));
   // The terminal starts once the instance and its session are known.
@@ -320,7 +328,7 @@ function maybeStartTerminal(name) {
   if (!box || !instance) return;
   if (!instance.local) {
     box.replaceChildren(openTerminal(name, `/ws/mesh/agents/${encodeURIComponent(name)}/terminal`,
-      `through ${instance.owner} over the mesh`));
+      `through ${nodeName(instance.owner)} over the mesh`));
     terminalFor = name;
     return;
   }
@@ -396,7 +404,7 @@ function flightsTable(rows, onPick) {
     h('tbody', {}, rows.map((r) => h('tr', { class: onPick ? 'click' : '', onclick: onPick ? () => onPick(r) : undefined },
       h('td', { class: 'dim' }, r.invocation_id.slice(0, 12)),
       h('td', {}, r.instance ?? r.target),
-      h('td', {}, r.origin),
+      h('td', {}, nodeName(r.origin)),
       h('td', {}, stateTag(r.delivery)),
       h('td', {}, stateTag(r.flight)),
       h('td', { class: r.failure_reason ? 'error' : '' }, [r.failure_code, r.failure_reason].filter(Boolean).join(' ') || '—'),
@@ -416,10 +424,10 @@ function flightsPage() {
       } }, 'Cancel');
       detail.replaceChildren(
         h('h2', {}, `Invocation ${row.invocation_id}`), cancel,
-        h('p', {}, 'Target ', status.invocation.target, ' · from ', status.invocation.origin, ' · ', when(status.invocation.created_at_ms)),
+        h('p', {}, 'Target ', status.invocation.target, ' · from ', nodeName(status.invocation.origin), ' · ', when(status.invocation.created_at_ms)),
         h('pre', {}, status.invocation.body),
         h('h2', {}, 'Delivery'),
-        d ? h('div', {}, stateTag(d.state), ' owner ', d.owner ?? '—', d.failure_reason ? h('span', { class: 'error' }, ` ${d.failure_reason}: ${d.failure_detail ?? ''}`) : '',
+        d ? h('div', {}, stateTag(d.state), ' owner ', nodeName(d.owner), d.failure_reason ? h('span', { class: 'error' }, ` ${d.failure_reason}: ${d.failure_detail ?? ''}`) : '',
           h('table', {}, h('thead', {}, h('tr', {}, ['Attempt', 'Started', 'Outcome', 'Failure'].map((t) => h('th', {}, t)))),
             h('tbody', {}, (d.attempts ?? []).map((a) => h('tr', {}, h('td', {}, a.attempt), h('td', {}, when(a.started_at_ms)), h('td', {}, a.outcome ?? '—'),
               h('td', { class: 'error' }, [a.failure_reason, a.failure_detail].filter(Boolean).join(': '))))))) : h('p', { class: 'dim' }, 'None.'),
