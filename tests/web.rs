@@ -260,3 +260,100 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
         "a revoked session is refused"
     );
 }
+
+/// A WebSocket to `path` on `node`'s broker with its token.
+fn terminal_socket(
+    node: &Node,
+    path: &str,
+) -> Result<
+    tokio_tungstenite::tungstenite::WebSocket<
+        tokio_tungstenite::tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+    >,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let base = node.broker().http_base().replacen("http://", "ws://", 1);
+    let mut request = format!("{base}{path}").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", node.sandbox.token()).parse().unwrap(),
+    );
+    tokio_tungstenite::tungstenite::connect(request).map(|(socket, _)| socket)
+}
+
+/// The typed error of a refused WebSocket handshake.
+fn refusal_code(error: tokio_tungstenite::tungstenite::Error) -> String {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+        other => panic!("not an HTTP refusal: {other}"),
+    }
+}
+
+#[test]
+fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
+    use tokio_tungstenite::tungstenite::Message;
+    let (alpha, beta) = two_brokers();
+    // An agent of beta's whose session never started.
+    beta.add_bash_agent("idle");
+    wait_until("alpha to see @idle@beta", || {
+        alpha
+            .instances()
+            .contains(&"@idle@beta#main".to_owned())
+            .then_some(())
+    });
+    let not_running = terminal_socket(&alpha, "/ws/mesh/agents/%40idle%40beta%23main/terminal");
+    assert_eq!(
+        refusal_code(not_running.err().expect("refused")),
+        "AGENT_NOT_RUNNING"
+    );
+    let unknown = terminal_socket(&alpha, "/ws/mesh/agents/%40nobody%40beta%23main/terminal");
+    assert_eq!(
+        refusal_code(unknown.err().expect("refused")),
+        "AGENT_NOT_FOUND"
+    );
+
+    // Two viewers of one remote terminal: what one types, both see.
+    let path = "/ws/mesh/agents/%40shell%40beta%23main/terminal";
+    let mut first = terminal_socket(&alpha, path).expect("first viewer");
+    let mut second = terminal_socket(&alpha, path).expect("second viewer");
+    for socket in [&mut first, &mut second] {
+        if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(stream) =
+            socket.get_mut()
+        {
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                .unwrap();
+        }
+    }
+    first
+        .send(Message::text(r#"{"type":"resize","cols":100,"rows":30}"#))
+        .unwrap();
+    first.send(Message::text("echo two''viewers\r")).unwrap();
+    for socket in [&mut first, &mut second] {
+        let mut seen = String::new();
+        while !seen.contains("twoviewers") {
+            match socket.read().expect("terminal output") {
+                Message::Text(text) => seen.push_str(text.as_str()),
+                Message::Close(_) => panic!("closed before the output: {seen}"),
+                _ => {}
+            }
+        }
+    }
+    // The resize reached the owner's session.
+    wait_until("the resize to apply on beta", || {
+        let agents = beta.get("/agents");
+        agents["agents"]
+            .as_array()?
+            .iter()
+            .any(|agent| agent["name"] == "@shell@beta#main" && agent["cols"] == 100)
+            .then_some(())
+    });
+}
