@@ -952,7 +952,8 @@ impl<'de> Deserialize<'de> for ErrorCode {
 }
 
 /// One frame of a mesh stream. Every stream carries one request and one
-/// response (or an [`ErrorFrame`]).
+/// response (or an [`ErrorFrame`]), except a terminal relay, which
+/// `TerminalOpen` starts and [`terminal_relay`] frames continue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MeshFrame {
     /// Request: identify and check each other.

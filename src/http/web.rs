@@ -60,8 +60,9 @@ pub const SESSIONS_MAX: usize = 256;
 const SECRET_BYTES: usize = 16;
 
 /// How often the live stream looks at the mesh and the agents for a change
-/// to push: the browser never polls; the broker compares snapshots and
-/// sends only when something changed.
+/// it is not woken for (peer RTT, last seen, runtime sessions): the
+/// browser never polls; the broker compares snapshots and sends only when
+/// something changed.
 const LIVE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often an idle live stream sends a comment, so it stays open.
@@ -459,6 +460,7 @@ async fn live(
     State(state): State<Arc<BrokerState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1);
+    let mut changes = state.mesh.subscribe_changes();
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
@@ -478,7 +480,15 @@ async fn live(
                 }
                 last = text;
             }
+            // A registry change (an agent added, its state) is pushed at
+            // once; peer measures (RTT, last seen) at the interval.
             tokio::select! {
+                changed = changes.changed() => {
+                    // The mesh has shut down: so is the broker.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 () = tokio::time::sleep(LIVE_CHECK_INTERVAL) => {}
                 () = tx.closed() => return,
             }

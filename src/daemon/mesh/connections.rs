@@ -1,6 +1,7 @@
 //! Connections: accepting and dialing, the hello that makes a peer count as
 //! connected, one connection per pair of brokers, and serving each peer's
-//! streams (one request per bidirectional stream).
+//! streams (one request per bidirectional stream; a terminal relay keeps
+//! its stream, served by the terminal hook).
 //!
 //! Trust is asked at every step, not only in the TLS handshake: after the
 //! hello, when a connection is registered, for every request a peer sends,
