@@ -311,12 +311,12 @@ fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
     });
     let not_running = terminal_socket(&alpha, "/ws/mesh/agents/%40idle%40beta%23main/terminal");
     assert_eq!(
-        refusal_code(not_running.err().expect("refused")),
+        refusal_code(not_running.expect_err("refused")),
         "AGENT_NOT_RUNNING"
     );
     let unknown = terminal_socket(&alpha, "/ws/mesh/agents/%40nobody%40beta%23main/terminal");
     assert_eq!(
-        refusal_code(unknown.err().expect("refused")),
+        refusal_code(unknown.expect_err("refused")),
         "AGENT_NOT_FOUND"
     );
 
