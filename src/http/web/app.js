@@ -312,9 +312,14 @@ async function agentFlights(name, box, usageBox) {
   }
   try {
     const totals = await api('/v1/usage?since=1d&by=agent');
-    const rows = (totals.rows ?? totals.totals ?? []).filter((r) => [r.key, r.agent, r.name].some((k) => k && shortName(String(k)) === shortName(name)));
+    const rows = (totals.rows ?? []).filter((r) => r.key === name);
     usageBox.replaceChildren(rows.length
-      ? h('pre', {}, JSON.stringify(rows, null, 2))
+      ? h('table', {},
+        h('thead', {}, h('tr', {}, ['Flights', 'Failed', 'Input tokens', 'Output tokens', 'Cached tokens', 'Cost'].map((t) => h('th', {}, t)))),
+        h('tbody', {}, rows.map((r) => h('tr', {},
+          h('td', {}, r.flights), h('td', {}, r.failed),
+          h('td', {}, r.usage?.input_tokens ?? 0), h('td', {}, r.usage?.output_tokens ?? 0), h('td', {}, r.usage?.cached_tokens ?? 0),
+          h('td', {}, r.usage?.cost_micro_usd != null ? `$${(r.usage.cost_micro_usd / 1e6).toFixed(4)}` : '—')))))
       : h('p', { class: 'dim' }, 'No usage recorded in the last day.'));
   } catch (error) {
     usageBox.replaceChildren(showError(error));
