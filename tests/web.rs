@@ -201,6 +201,13 @@ async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
             .any(|line| line.as_str().unwrap_or("").contains("echo hi")),
         "{lines}"
     );
+    // The agent's flights list the first turn.
+    browser
+        .wait_until(
+            "the agent's flights",
+            "document.querySelector('#agent-flights table')?.textContent.includes('@shell@beta#main')",
+        )
+        .await;
     browser
         .screenshot(&screenshots().join("agent-terminal.png"))
         .await;
