@@ -956,7 +956,8 @@ impl<'de> Deserialize<'de> for ErrorCode {
 }
 
 /// One frame of a mesh stream. Every stream carries one request and one
-/// response (or an [`ErrorFrame`]).
+/// response (or an [`ErrorFrame`]), except a terminal relay, which
+/// `TerminalOpen` starts and [`terminal_relay`] frames continue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MeshFrame {
     /// Request: identify and check each other.
@@ -1007,6 +1008,28 @@ pub enum MeshFrame {
     UsageQuery(UsageQuery),
     /// Response to `UsageQuery`.
     UsageReport(UsageReport),
+    /// Request (viewer to owner): relay the live terminal of this local
+    /// instance. Answered with `TerminalAccepted` (or an error), after
+    /// which the stream stays open and carries [`terminal_relay`] frames
+    /// both ways until either side finishes it.
+    TerminalOpen {
+        /// The instance (`@fabric@devbox#main`).
+        instance: String,
+    },
+    /// Response to `TerminalOpen`: the relay starts.
+    TerminalAccepted,
+}
+
+/// The frames of a terminal relay stream after `TerminalAccepted`: each
+/// length-prefixed frame body is one tag byte and the bytes of one
+/// terminal WebSocket message, so the viewer's broker can hand them on
+/// unchanged.
+pub mod terminal_relay {
+    /// A text message: terminal output (owner to viewer), keystrokes or a
+    /// JSON control message (viewer to owner).
+    pub const TAG_TEXT: u8 = 0;
+    /// A binary message: raw input bytes (viewer to owner).
+    pub const TAG_BINARY: u8 = 1;
 }
 
 /// Agents one usage report lists at most: a broker runs a handful of
@@ -1167,6 +1190,8 @@ impl MeshFrame {
             MeshFrame::FlightAck(_) => "flight_ack",
             MeshFrame::UsageQuery(_) => "usage_query",
             MeshFrame::UsageReport(_) => "usage_report",
+            MeshFrame::TerminalOpen { .. } => "terminal_open",
+            MeshFrame::TerminalAccepted => "terminal_accepted",
         }
     }
 
@@ -1226,7 +1251,10 @@ impl MeshFrame {
                 }
                 Ok(())
             }
-            MeshFrame::UsageQuery(_) => Ok(()),
+            MeshFrame::UsageQuery(_) | MeshFrame::TerminalAccepted => Ok(()),
+            MeshFrame::TerminalOpen { instance } => {
+                check_str("instance", instance, AGENT_NAME_BYTES_MAX)
+            }
             MeshFrame::UsageReport(report) => {
                 if report.rows.len() > USAGE_ROWS_MAX {
                     return Err(WireError::MalformedFrame {

@@ -15,6 +15,7 @@ pub mod attach;
 pub mod client;
 pub mod doctor;
 pub mod mesh;
+pub mod open;
 pub mod output;
 pub mod resolve;
 pub mod send;
@@ -85,6 +86,9 @@ pub enum Command {
     /// The git worktrees agents made on demand: list and remove them.
     #[command(subcommand)]
     Workspaces(workspaces::WorkspacesCommand),
+    /// Open the web view in a browser, logged in (`--print` only prints
+    /// the link); `--list` and `--revoke` manage browser sessions.
+    Open(open::OpenArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -154,6 +158,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::WorkOrders(command) => send::work_orders(command, context),
         Command::Usage(args) => usage::run(args, context),
         Command::Workspaces(command) => workspaces::run(command, context),
+        Command::Open(args) => open::run(args, context),
     }
 }
 

@@ -307,6 +307,20 @@ impl Broker {
             router,
             env: env.clone(),
         });
+        if listener.is_some() {
+            let state = state.clone();
+            let http_port = http_addr.port();
+            mesh.set_terminal_hook(Arc::new(move |viewer, instance, send, recv| {
+                Box::pin(crate::http::terminal_relay::serve_relay(
+                    state.clone(),
+                    http_port,
+                    viewer,
+                    instance,
+                    send,
+                    recv,
+                ))
+            }));
+        }
         let info = ReadyInfo {
             node_name: node_name.as_str().to_owned(),
             node_id: state.node_id.clone(),

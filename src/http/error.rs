@@ -60,6 +60,17 @@ impl ApiError {
         )
     }
 
+    /// 403: a request authenticated by the browser session cookie that
+    /// changes state (or opens a WebSocket) without an `Origin`, so it
+    /// cannot be shown to come from the broker's own page.
+    pub fn origin_required() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ORIGIN_REQUIRED",
+            "a request with the browser session cookie that changes state must carry the page's Origin",
+        )
+    }
+
     /// 404 for a route that does not exist.
     pub fn no_route(path: &str) -> ApiError {
         ApiError::new(

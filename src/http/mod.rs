@@ -8,7 +8,9 @@
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
 //! loop (timeouts, connection cap). Every route but `/health` and
 //! `/v1/hello` sits behind the bearer-token check in [`require_token`];
-//! every request, before that, passes [`require_local_origin`].
+//! every request, before that, passes [`require_local_origin`]. [`web`]
+//! serves the page at `/` and its login, whose session cookie
+//! [`require_token`] accepts next to the token.
 //!
 //! Architecture invariant: the server only ever binds a loopback address;
 //! it answers only requests whose `Host` names the loopback on its port and
@@ -24,7 +26,9 @@ pub mod invocations;
 pub mod mesh;
 pub mod runtime;
 pub mod serve;
+pub mod terminal_relay;
 pub mod usage;
+pub mod web;
 pub mod work_orders;
 
 use std::net::SocketAddr;
@@ -59,17 +63,21 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
                 .merge(mesh::routes())
                 .merge(invocations::routes())
                 .merge(usage::routes())
+                .merge(web::routes())
                 .merge(work_orders::routes()),
         )
         .merge(runtime::routes())
+        .merge(terminal_relay::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(health::routes())
         .merge(hello::routes())
+        .merge(web::public_routes())
         .merge(protected)
         .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .layer(Extension(ServedPort(port)))
+        .layer(Extension(Arc::new(web::WebSessions::default())))
         // Outermost, so it runs before routing, the token and the body.
         .layer(middleware::from_fn_with_state(
             ServedPort(port),
@@ -152,7 +160,11 @@ fn is_local_origin(origin: &str, port: u16) -> bool {
         && is_local_host(&origin[scheme.len()..], port)
 }
 
-/// Rejects requests without the broker's bearer token.
+/// Rejects requests without the broker's bearer token or a live browser
+/// session cookie (`UNAUTHORIZED`). A cookie is sent by the browser on its
+/// own, so a cookie request that changes state or opens a WebSocket must
+/// also carry `Origin` (`ORIGIN_REQUIRED`); [`require_local_origin`] has
+/// already checked that an `Origin` present is this page's.
 async fn require_token(
     State(state): State<Arc<BrokerState>>,
     request: Request,
@@ -167,10 +179,30 @@ async fn require_token(
     let presented = from_header.or_else(|| query_token(&request));
     match presented.as_deref() {
         Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
-            next.run(request).await
+            return next.run(request).await;
         }
-        _ => ApiError::unauthorized().into_response(),
+        Some(_) => return ApiError::unauthorized().into_response(),
+        None => {}
     }
+    let session_ok = match (
+        request.extensions().get::<Arc<web::WebSessions>>(),
+        request.extensions().get::<ServedPort>(),
+    ) {
+        (Some(sessions), Some(ServedPort(port))) => web::session_cookie(request.headers(), *port)
+            .is_some_and(|cookie| sessions.check(&cookie, state.env.now_unix_ms())),
+        _ => false,
+    };
+    if !session_ok {
+        return ApiError::unauthorized().into_response();
+    }
+    let safe = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) && !request.headers().contains_key(axum::http::header::UPGRADE);
+    if !safe && !request.headers().contains_key(ORIGIN) {
+        return ApiError::origin_required().into_response();
+    }
+    next.run(request).await
 }
 
 /// The `?token=` of a request that cannot carry a header: browsers open
@@ -205,7 +237,7 @@ fn query_token(request: &Request) -> Option<String> {
 
 /// Compares without an early exit, so response timing does not reveal how
 /// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

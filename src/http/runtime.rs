@@ -456,9 +456,10 @@ fn sse_json(name: &str, value: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().event(name).data("{}"))
 }
 
-type WsResult = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+pub(crate) type WsResult =
+    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
-fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
+pub(crate) fn upgrade(ws: WsResult) -> Result<WebSocketUpgrade, ApiError> {
     let ws = ws.map_err(|err| {
         ApiError::new(
             err.status(),

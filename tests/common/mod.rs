@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent_clis;
+pub mod chromium;
 pub mod model;
 pub mod raw_member;
 pub mod store;

@@ -28,7 +28,8 @@ const fn route(method: &'static str, path: &'static str) -> Route {
     Route { method, path }
 }
 
-/// Every route of `src/http/{health,agents,mesh,invocations,work_orders,runtime}.rs`.
+/// Every route of `src/http/{health,agents,mesh,invocations,work_orders,runtime,web,terminal_relay}.rs`
+/// behind the token (the page, its assets and `/login` need none).
 pub const ROUTES: &[Route] = &[
     route("GET", "/health"),
     route("GET", "/v1/agents"),
@@ -62,6 +63,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/agents/{id}/stream"),
     route("GET", "/ws/agents/{id}/terminal"),
     route("GET", "/ws/events"),
+    route("POST", "/v1/web/codes"),
+    route("GET", "/v1/web/sessions"),
+    route("POST", "/v1/web/sessions/{id}/revoke"),
+    route("POST", "/v1/web/logout"),
+    route("GET", "/v1/web/live"),
+    route("GET", "/ws/mesh/agents/{id}/terminal"),
 ];
 
 impl Route {

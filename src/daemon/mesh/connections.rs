@@ -1,6 +1,7 @@
 //! Connections: accepting and dialing, the hello that makes a peer count as
 //! connected, one connection per pair of brokers, and serving each peer's
-//! streams (one request per bidirectional stream).
+//! streams (one request per bidirectional stream; a terminal relay keeps
+//! its stream, served by the terminal hook).
 //!
 //! Trust is asked at every step, not only in the TLS handshake: after the
 //! hello, when a connection is registered, for every request a peer sends,
@@ -625,6 +626,16 @@ async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId
                 Ok(budgeted) => (Ok(budgeted.frame), Some(budgeted.reserved)),
                 Err(err) => (Err(err), None),
             };
+            // A terminal relay keeps its stream: the hook answers on it.
+            if let Ok(MeshFrame::TerminalOpen { instance }) = &request
+                && refusal(shared.trust.trust(&key)).is_none()
+                && let Some(hook) = shared.terminal_hook.get()
+            {
+                let instance = instance.clone();
+                drop(reserved);
+                (hook.0)(peer, instance, send, recv).await;
+                return;
+            }
             let answer = match request {
                 // Every request is checked against the current membership:
                 // a peer revoked a moment ago gets nothing served, even on a

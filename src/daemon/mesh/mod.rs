@@ -67,6 +67,28 @@ pub type RequestHook = Arc<
         + Sync,
 >;
 
+/// Serves a terminal relay a peer opened (`TerminalOpen`): gets the
+/// stream's two halves after the request frame and answers on them itself.
+pub type TerminalHook = Arc<
+    dyn Fn(
+            NodeId,
+            String,
+            quinn::SendStream,
+            quinn::RecvStream,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The terminal hook, printable.
+pub struct TerminalHookSlot(pub TerminalHook);
+
+impl std::fmt::Debug for TerminalHookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TerminalHook")
+    }
+}
+
 /// A UDP socket to run on instead of binding one (netsim's simulated socket).
 #[derive(Debug, Clone)]
 pub struct SocketOverride {
@@ -166,6 +188,7 @@ pub struct Shared {
     /// The discovery sources' config and state (see `daemon::discovery`).
     pub(crate) discovery: Arc<crate::daemon::discovery::Discovery>,
     pub(crate) hook: std::sync::OnceLock<HookSlot>,
+    pub(crate) terminal_hook: std::sync::OnceLock<TerminalHookSlot>,
 }
 
 /// The request hook, printable.
@@ -454,6 +477,7 @@ impl Mesh {
             pending_hellos: Mutex::new(connections::PendingHellos::default()),
             discovery,
             hook: std::sync::OnceLock::new(),
+            terminal_hook: std::sync::OnceLock::new(),
         });
         let mesh = Mesh { shared };
         *mesh
@@ -693,6 +717,36 @@ impl Mesh {
     /// Routes requests the mesh does not handle itself (set once).
     pub fn set_request_hook(&self, hook: RequestHook) {
         let _ = self.shared.hook.set(HookSlot(hook));
+    }
+
+    /// Serves terminal relays peers open (set once).
+    pub fn set_terminal_hook(&self, hook: TerminalHook) {
+        let _ = self.shared.terminal_hook.set(TerminalHookSlot(hook));
+    }
+
+    /// A new bidirectional stream to a connected member, for a relay that
+    /// outlives one request (a terminal).
+    pub async fn open_stream(
+        &self,
+        peer: &NodeId,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let connection = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(peer)
+            .map(|peer| peer.connection.clone());
+        let Some(connection) = connection else {
+            return Err("the peer is not connected".to_owned());
+        };
+        connection.open_bi().await.map_err(|err| err.to_string())
+    }
+
+    /// The node id of the member named `name` (or with that id).
+    pub fn member_id(&self, name: &str) -> anyhow::Result<NodeId> {
+        self.shared
+            .with_replica(|replica| find_member(replica, name))
     }
 
     /// A receiver that wakes after every change to the registry.

@@ -1,0 +1,258 @@
+//! The web view's terminal and login, measured with real brokers on
+//! loopback (real QUIC, real SQLite, a real bash agent on a PTY):
+//!
+//! - keystroke to echo on a remote agent's terminal, through the viewer's
+//!   broker and the owner's (`/ws/mesh/agents/{instance}/terminal` on
+//!   alpha, relayed over the mesh to beta), side by side with the same
+//!   keystroke through the owner's own terminal WebSocket
+//!   (`/ws/agents/{id}/terminal` on beta); p50 and p99;
+//! - remote terminal throughput: bash writes 20 MB into the terminal, and
+//!   the viewer reads through the relay until the end marker;
+//! - `scout open` to the first agents data: from starting `scout open
+//!   --print` to the first `snapshot` event of `/v1/web/live`, logged in
+//!   with the cookie the login URL set.
+//!
+//! The client is a WebSocket client in Rust (the same framing the page
+//! uses); a browser would add its own event loop on both paths alike.
+//!
+//! ```sh
+//! cargo bench --bench web_terminal
+//! ```
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Node, wait_until};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Timed keystrokes per path.
+const KEYSTROKES: usize = 300;
+
+/// Untimed keystrokes per path first.
+const WARMUP: usize = 20;
+
+/// Bytes bash writes for the throughput run.
+const FLOOD_BYTES: usize = 20_000_000;
+
+/// Logins timed for `scout open` to first data.
+const LOGINS: usize = 10;
+
+/// How long one read may wait before the run fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() {
+    let (alpha, beta) = two_brokers();
+    let runtime = beta.get("/agents");
+    let id = runtime["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|agent| agent["name"] == "@shell@beta#main")
+        .expect("beta's session")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let remote_path = "/ws/mesh/agents/%40shell%40beta%23main/terminal";
+    let local_path = format!("/ws/agents/{id}/terminal");
+
+    let mut remote = Vec::new();
+    let mut local = Vec::new();
+    // Blocks alternate between the paths, so machine load hits both alike;
+    // one connection at a time, so no echo waits unread on the other.
+    for _ in 0..3 {
+        let mut ws = connect(&alpha, remote_path);
+        remote.extend(keystrokes(&mut ws, KEYSTROKES / 3));
+        drop(ws);
+        let mut ws = connect(&beta, &local_path);
+        local.extend(keystrokes(&mut ws, KEYSTROKES / 3));
+    }
+    println!("keystroke to echo, {} samples per path:", remote.len());
+    println!(
+        "  remote (alpha -> QUIC -> beta):  p50 {:>7.3} ms  p99 {:>7.3} ms",
+        percentile(&mut remote, 50.0),
+        percentile(&mut remote, 99.0)
+    );
+    println!(
+        "  owner's own WebSocket (beta):    p50 {:>7.3} ms  p99 {:>7.3} ms",
+        percentile(&mut local, 50.0),
+        percentile(&mut local, 99.0)
+    );
+
+    let mut ws = connect(&alpha, remote_path);
+    let (received, lagged, elapsed) = flood(&mut ws);
+    println!(
+        "remote terminal throughput: bash wrote {:.1} MB in {:.2} s ({:.1} MB/s through the relay); the viewer received {:.1} MB, {lagged} lagged notices (skipped to a fresh screen)",
+        FLOOD_BYTES as f64 / 1e6,
+        elapsed.as_secs_f64(),
+        FLOOD_BYTES as f64 / 1e6 / elapsed.as_secs_f64(),
+        received as f64 / 1e6,
+    );
+    drop(ws);
+
+    let mut opens: Vec<f64> = (0..LOGINS).map(|_| open_to_first_data(&alpha)).collect();
+    println!(
+        "`scout open` to first agents data, {LOGINS} logins: p50 {:.1} ms, max {:.1} ms",
+        percentile(&mut opens, 50.0),
+        percentile(&mut opens, 100.0)
+    );
+}
+
+/// Alpha views; beta owns `@shell@beta#main`, a bash agent whose session
+/// a first routed turn starts.
+fn two_brokers() -> (Node, Node) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    beta.add_bash_agent("shell");
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @shell@beta", || {
+        alpha
+            .instances()
+            .contains(&"@shell@beta#main".to_owned())
+            .then_some(())
+    });
+    let marker = beta.sandbox.path().join("started");
+    let sent = alpha.run(&[
+        "send",
+        "@shell@beta",
+        &format!("touch {}", marker.display()),
+    ]);
+    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
+    wait_until("the first turn", || marker.exists().then_some(()));
+    (alpha, beta)
+}
+
+fn connect(node: &Node, path: &str) -> Ws {
+    let base = node.broker().http_base().replacen("http://", "ws://", 1);
+    let mut request = format!("{base}{path}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", node.sandbox.token())
+            .parse()
+            .expect("header"),
+    );
+    let (mut ws, _) = tungstenite::connect(request).expect("terminal WebSocket");
+    if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+    }
+    // The first frame says `connected`; a redraw may follow. Start clean:
+    // a fresh prompt line, drained until its echo.
+    read_until(&mut ws, |text| text.contains("connected"));
+    ws.send(Message::text("\u{15}")).expect("send");
+    ws.flush().expect("flush");
+    ws
+}
+
+/// Reads text frames until one satisfies `done`; returns the bytes read.
+fn read_until(ws: &mut Ws, mut done: impl FnMut(&str) -> bool) -> usize {
+    let mut bytes = 0;
+    loop {
+        match ws.read().expect("terminal frame") {
+            Message::Text(text) => {
+                bytes += text.len();
+                if done(text.as_str()) {
+                    return bytes;
+                }
+            }
+            Message::Close(_) => panic!("the terminal closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Types `a` and waits for its echo, then erases it and waits for that
+/// echo; returns the `a` round trips in milliseconds.
+fn keystrokes(ws: &mut Ws, count: usize) -> Vec<f64> {
+    let mut samples = Vec::with_capacity(count);
+    for idx in 0..WARMUP + count {
+        let start = Instant::now();
+        ws.send(Message::text("a")).expect("send");
+        read_until(ws, |text| text.contains('a'));
+        let elapsed = start.elapsed();
+        ws.send(Message::text("\u{7f}")).expect("send");
+        read_until(ws, |text| text.contains('\u{8}'));
+        if idx >= WARMUP {
+            samples.push(elapsed.as_secs_f64() * 1000.0);
+        }
+    }
+    samples
+}
+
+/// Runs the flood in bash and reads until its end marker: (bytes
+/// received, lagged notices, elapsed).
+fn flood(ws: &mut Ws) -> (usize, usize, Duration) {
+    // The marker is split in the command line, so only the output has it
+    // whole.
+    let command = format!("yes 0123456789abcdef | head -c {FLOOD_BYTES}; echo FLOOD''DONE\r");
+    let start = Instant::now();
+    ws.send(Message::text(command)).expect("send");
+    let mut lagged = 0;
+    let mut tail = String::new();
+    let received = read_until(ws, |text| {
+        if text.starts_with("{\"type\":\"lagged\"") {
+            lagged += 1;
+        }
+        tail.push_str(text);
+        let found = tail.contains("FLOODDONE");
+        let keep = tail.len().saturating_sub(16);
+        let cut = (keep..=tail.len())
+            .find(|&i| tail.is_char_boundary(i))
+            .unwrap_or(tail.len());
+        tail.drain(..cut);
+        found
+    });
+    (received, lagged, start.elapsed())
+}
+
+/// `scout open --print`, the login URL (cookie), then `/v1/web/live` until
+/// its first snapshot; milliseconds from the start.
+fn open_to_first_data(alpha: &Node) -> f64 {
+    let start = Instant::now();
+    let open = alpha.run(&["--json", "open", "--print"]);
+    assert_eq!(open.code, 0, "{}", open.stderr);
+    let url = open.json()["url"].as_str().expect("url").to_owned();
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let login = agent.get(&url).call().expect("login");
+    let cookie = login
+        .header("set-cookie")
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let live = agent
+        .get(&format!("{}/v1/web/live", alpha.broker().http_base()))
+        .set("Cookie", &cookie)
+        .set("Accept", "text/event-stream")
+        .call()
+        .expect("live stream");
+    let mut lines = BufReader::new(live.into_reader()).lines();
+    loop {
+        let line = lines.next().expect("a snapshot").expect("line");
+        if line.starts_with("data:") && line.contains("\"instances\"") {
+            break;
+        }
+    }
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}

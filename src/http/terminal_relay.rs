@@ -1,0 +1,293 @@
+//! A live terminal of an agent on another broker, through the mesh:
+//! `GET /ws/mesh/agents/{instance}/terminal` (a WebSocket, the same framing
+//! as `/ws/agents/{id}/terminal`: raw output text, JSON control messages,
+//! keystrokes, `resize`) on the viewer's broker opens a QUIC stream to the
+//! owner (`TerminalOpen`), and the owner serves it from its own terminal
+//! WebSocket on loopback, so lag handling, redraws and the transcript view
+//! are the owner's, unchanged.
+//!
+//! Each viewer has its own stream; nothing is buffered without bound:
+//! QUIC's flow control holds the owner's reader when the viewer is slow,
+//! the owner's terminal WebSocket then skips to a fresh screen (`lagged`)
+//! as it does for any slow client, and the agent never waits. The owner
+//! serves only members (the mesh checks the peer on every stream) and at
+//! most [`TERMINAL_RELAYS_MAX`] relays at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use quinn::{RecvStream, SendStream};
+use scout_mesh::wire::{MeshFrame, NodeId, decode_frame, encode_frame, terminal_relay};
+use scout_net::transport::frame::{read_frame, write_frame};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::error::{ApiError, PathId};
+use super::runtime::{WS_SEND_TIMEOUT, WsResult, upgrade};
+use crate::daemon::BrokerState;
+use crate::pty::session::AgentStatus;
+
+/// Terminal relays one owner serves at once: a handful of people watching
+/// a handful of agents; each holds a stream and a loopback WebSocket.
+pub const TERMINAL_RELAYS_MAX: usize = 32;
+
+/// How long the owner may take to accept a relay: one round trip and a
+/// loopback WebSocket handshake.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Relays this broker serves as the owner now.
+static RELAYS: AtomicUsize = AtomicUsize::new(0);
+
+/// The routes of this family (at the root, behind the token check).
+pub fn routes() -> Router<Arc<BrokerState>> {
+    Router::new().route("/ws/mesh/agents/{instance}/terminal", get(remote_terminal))
+}
+
+/// The owner's refusal codes the viewer passes on as they are.
+fn known_code(code: &str) -> &'static str {
+    match code {
+        "AGENT_NOT_RUNNING" => "AGENT_NOT_RUNNING",
+        "AGENT_NOT_FOUND" => "AGENT_NOT_FOUND",
+        "TERMINAL_RELAYS_BUSY" => "TERMINAL_RELAYS_BUSY",
+        "TERMINAL_UNAVAILABLE" => "TERMINAL_UNAVAILABLE",
+        "REVOKED_PEER" => "REVOKED_PEER",
+        "UNKNOWN_PEER" => "UNKNOWN_PEER",
+        _ => "TERMINAL_REFUSED",
+    }
+}
+
+fn unreachable(owner: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "PEER_UNREACHABLE",
+        format!("cannot reach the owner `{owner}` over the mesh: {detail}"),
+    )
+}
+
+async fn remote_terminal(
+    State(state): State<Arc<BrokerState>>,
+    PathId(instance): PathId,
+    ws: WsResult,
+) -> Result<Response, ApiError> {
+    let ws = upgrade(ws)?;
+    let Some(view) = state
+        .mesh
+        .instances()
+        .into_iter()
+        .find(|view| view.name == instance)
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "AGENT_NOT_FOUND",
+            format!("no instance `{instance}` in the mesh's registry"),
+        ));
+    };
+    if view.local {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "AGENT_LOCAL",
+            format!("`{instance}` is this broker's: use /ws/agents/{{id}}/terminal"),
+        ));
+    }
+    let owner = state
+        .mesh
+        .member_id(&view.owner)
+        .map_err(|err| unreachable(&view.owner, err))?;
+    let (mut send, mut recv) = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let (mut send, mut recv) = state.mesh.open_stream(&owner).await?;
+        let open = MeshFrame::TerminalOpen {
+            instance: instance.clone(),
+        };
+        write_frame(&mut send, &encode_frame(&open))
+            .await
+            .map_err(|err| err.to_string())?;
+        let answer = read_frame(&mut recv).await.map_err(|err| err.to_string())?;
+        let answer = decode_frame(&answer).map_err(|err| err.to_string())?;
+        Ok::<_, String>((send, recv, answer))
+    })
+    .await
+    .map_err(|_| unreachable(&view.owner, "no answer in time"))?
+    .map_err(|err| unreachable(&view.owner, err))
+    .and_then(|(send, recv, answer)| match answer {
+        MeshFrame::TerminalAccepted => Ok((send, recv)),
+        MeshFrame::Error(error) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            known_code(error.code.as_str()),
+            format!("the owner `{}` refused: {}", view.owner, error.message),
+        )),
+        other => Err(unreachable(
+            &view.owner,
+            format!("unexpected answer `{}`", other.name()),
+        )),
+    })?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let (mut sink, mut stream) = socket.split();
+        let to_owner = async {
+            while let Some(Ok(message)) = stream.next().await {
+                let (tag, bytes) = match message {
+                    Message::Text(text) => (terminal_relay::TAG_TEXT, text.as_bytes().to_vec()),
+                    Message::Binary(bytes) => (terminal_relay::TAG_BINARY, bytes.to_vec()),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if write_frame(&mut send, &tagged(tag, &bytes)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = send.finish();
+        };
+        let to_viewer = async {
+            while let Ok(body) = read_frame(&mut recv).await {
+                let Some((&tag, bytes)) = body.split_first() else {
+                    continue;
+                };
+                if tag != terminal_relay::TAG_TEXT {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                let sent = tokio::time::timeout(
+                    WS_SEND_TIMEOUT,
+                    sink.send(Message::Text(Utf8Bytes::from(text))),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        };
+        // Whichever side ends first ends the relay.
+        tokio::select! {
+            () = to_owner => {}
+            () = to_viewer => {}
+        }
+    }))
+}
+
+fn tagged(tag: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(bytes.len() + 1);
+    body.push(tag);
+    body.extend_from_slice(bytes);
+    body
+}
+
+/// Gives back a relay slot when the relay ends.
+struct RelaySlot;
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        RELAYS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse(send: &mut SendStream, code: &'static str, message: String) {
+    let _ = write_frame(send, &encode_frame(&MeshFrame::error(code, message))).await;
+    let _ = send.finish();
+}
+
+/// The owner's side: serves `instance`'s terminal to the peer `viewer` on
+/// the stream it opened, from this broker's terminal WebSocket on
+/// loopback (`http_port`, the broker's token).
+pub async fn serve_relay(
+    state: Arc<BrokerState>,
+    http_port: u16,
+    viewer: NodeId,
+    instance: String,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    if RELAYS.fetch_add(1, Ordering::Relaxed) >= TERMINAL_RELAYS_MAX {
+        RELAYS.fetch_sub(1, Ordering::Relaxed);
+        let message = format!("this broker serves {TERMINAL_RELAYS_MAX} terminal relays already");
+        return refuse(&mut send, "TERMINAL_RELAYS_BUSY", message).await;
+    }
+    let _slot = RelaySlot;
+    let session = state.runtime.list().into_iter().find(|agent| {
+        agent.name == instance && !matches!(agent.status, AgentStatus::Stopped | AgentStatus::Error)
+    });
+    let Some(session) = session else {
+        let message = format!(
+            "{instance} has no running session on this broker yet; it starts with its first turn"
+        );
+        return refuse(&mut send, "AGENT_NOT_RUNNING", message).await;
+    };
+    let url = format!(
+        "ws://127.0.0.1:{http_port}/ws/agents/{}/terminal",
+        session.id
+    );
+    let local = async {
+        let mut request = url.into_client_request().map_err(|err| err.to_string())?;
+        let bearer = format!("Bearer {}", state.token)
+            .parse()
+            .map_err(|_| "the token is not a header value".to_owned())?;
+        request.headers_mut().insert("Authorization", bearer);
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(socket, _)| socket)
+            .map_err(|err| err.to_string())
+    };
+    let socket = match tokio::time::timeout(OPEN_TIMEOUT, local).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(err)) => {
+            return refuse(&mut send, "TERMINAL_UNAVAILABLE", err).await;
+        }
+        Err(_) => {
+            let message = "the terminal did not open in time".to_owned();
+            return refuse(&mut send, "TERMINAL_UNAVAILABLE", message).await;
+        }
+    };
+    if write_frame(&mut send, &encode_frame(&MeshFrame::TerminalAccepted))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(%viewer, %instance, "serving a terminal relay");
+    let (mut sink, mut stream) = socket.split();
+    let to_viewer = async {
+        while let Some(Ok(message)) = stream.next().await {
+            let body = match message {
+                tungstenite::Message::Text(text) => {
+                    tagged(terminal_relay::TAG_TEXT, text.as_bytes())
+                }
+                tungstenite::Message::Close(_) => break,
+                _ => continue,
+            };
+            if write_frame(&mut send, &body).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    };
+    let to_agent = async {
+        while let Ok(body) = read_frame(&mut recv).await {
+            let Some((&tag, bytes)) = body.split_first() else {
+                continue;
+            };
+            let message = match tag {
+                terminal_relay::TAG_TEXT => match std::str::from_utf8(bytes) {
+                    Ok(text) => tungstenite::Message::Text(text.into()),
+                    Err(_) => tungstenite::Message::Binary(bytes.to_vec().into()),
+                },
+                terminal_relay::TAG_BINARY => tungstenite::Message::Binary(bytes.to_vec().into()),
+                _ => continue,
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::select! {
+        () = to_viewer => {}
+        () = to_agent => {}
+    }
+}
