@@ -28,6 +28,22 @@ const GIT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 /// removed, so a flood of mentions cannot fill the disk.
 pub const WORKTREES_PER_DEFINITION_MAX: usize = 64;
 
+/// Bytes of git's error message kept: its first lines say what failed.
+const GIT_ERROR_BYTES_MAX: usize = 4096;
+
+/// How long one git call may run. Making a worktree checks out the whole
+/// repository and runs its `post-checkout` hook, which can take minutes on
+/// a large repository; past this, something hangs.
+pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How often a running git is checked for having finished.
+const GIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// `ensure` runs one at a time in a process: the checks (is the branch
+/// free, is there room under the limit) and the `git worktree add` that
+/// follows them must not interleave with another mention's.
+static ENSURE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Branch names, when a definition names none, tried in this order as the
 /// base of a new branch after `origin/HEAD`.
 const DEFAULT_BASES: &[&str] = &["main", "master", "trunk"];
@@ -141,26 +157,42 @@ impl Worktrees {
     }
 
     /// Makes (or finds) the worktree of `workspace`: an existing branch is
-    /// checked out as it is, never reset; a new one starts from the base.
-    /// Returns its path. Safe to call again after any failure or crash: a
-    /// worktree already at the path for that branch is the answer, and a
-    /// directory git does not know is removed before trying again.
+    /// checked out as it is, never reset; a new one starts from the base
+    /// (from `origin/<branch>` when a remote has it). Returns its path.
+    ///
+    /// Safe to call again after any failure or crash: a worktree already at
+    /// the path for that branch is the answer; a checkout a crash left
+    /// unfinished (git's `initializing` lock) or whose directory is gone is
+    /// unregistered and made again; an empty directory is replaced. Nothing
+    /// that holds files git does not know is ever deleted: that is
+    /// `WORKSPACE_BUSY`. Calls in this process run one at a time, so the
+    /// limit and the checks hold against concurrent mentions.
     pub fn ensure(&self, workspace: &Workspace) -> Result<PathBuf, WorktreeError> {
+        let _one_at_a_time = ENSURE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let top = self.toplevel()?;
         let branch = workspace.as_str();
-        self.check_branch_name(branch)?;
+        self.check_branch_name(&top, branch)?;
         let path = self.path_for(workspace);
+        let path_text = path.to_string_lossy().into_owned();
         let listed = self.listed(&top)?;
         if let Some(found) = listed.iter().find(|w| w.branch.as_deref() == Some(branch)) {
-            if same_path(&found.path, &path) {
+            if !same_path(&found.path, &path) {
+                return Err(WorktreeError::Busy {
+                    branch: branch.to_owned(),
+                    path: found.path.clone(),
+                });
+            }
+            if !found.unfinished && !found.prunable {
                 return Ok(path);
             }
-            return Err(WorktreeError::Busy {
-                branch: branch.to_owned(),
-                path: found.path.clone(),
-            });
-        }
-        if let Some(other) = listed.iter().find(|w| same_path(&w.path, &path)) {
+            // Ours, at our path, and never finished or since deleted: its
+            // registration goes, and it is made again below.
+            git(
+                &top,
+                &["worktree", "remove", "--force", "--force", &path_text],
+                "worktree remove",
+            )?;
+        } else if let Some(other) = listed.iter().find(|w| same_path(&w.path, &path)) {
             // Someone switched that worktree to another branch: its work is
             // theirs, never removed to make room.
             return Err(WorktreeError::Busy {
@@ -171,27 +203,24 @@ impl Worktrees {
                 path,
             });
         }
-        if listed.iter().filter(|w| self.is_ours(&w.path)).count() >= WORKTREES_PER_DEFINITION_MAX {
+        let ours = listed
+            .iter()
+            .filter(|w| self.is_ours(&top, &w.path) && w.branch.as_deref() != Some(branch))
+            .count();
+        if ours >= WORKTREES_PER_DEFINITION_MAX {
             return Err(WorktreeError::Limit {
                 definition: self.definition.clone(),
                 max: WORKTREES_PER_DEFINITION_MAX,
             });
         }
-        if path.exists() {
-            // Half made by a broker that stopped mid-way, or left after a
-            // removal git did not finish: nothing of it is registered.
-            std::fs::remove_dir_all(&path).map_err(|err| WorktreeError::Git {
-                step: "cleanup".to_owned(),
-                message: format!("cannot remove {}: {err}", path.display()),
-            })?;
-            git(&top, &["worktree", "prune"], "worktree prune")?;
+        if path.exists() && std::fs::remove_dir(&path).is_err() {
+            return Err(WorktreeError::Busy {
+                branch: "files git does not know".to_owned(),
+                path,
+            });
         }
-        std::fs::create_dir_all(&self.dir).map_err(|err| WorktreeError::Git {
-            step: "worktree add".to_owned(),
-            message: format!("cannot create {}: {err}", self.dir.display()),
-        })?;
-        let path_text = path.to_string_lossy().into_owned();
-        let exists = git_ok(
+        self.make_dir()?;
+        let local = git_ok(
             &top,
             &[
                 "show-ref",
@@ -200,48 +229,95 @@ impl Worktrees {
                 &format!("refs/heads/{branch}"),
             ],
         );
-        let made = if exists {
+        let remote = format!("origin/{branch}");
+        let made = if local {
             git(
                 &top,
                 &["worktree", "add", &path_text, branch],
+                "worktree add",
+            )
+        } else if git_ok(
+            &top,
+            &[
+                "show-ref",
+                "--verify",
+                "--quiet",
+                &format!("refs/remotes/{remote}"),
+            ],
+        ) {
+            git(
+                &top,
+                &[
+                    "worktree", "add", "--track", "-b", branch, &path_text, &remote,
+                ],
                 "worktree add",
             )
         } else {
             let base = self.base_ref(&top)?;
             git(
                 &top,
-                &["worktree", "add", "-b", branch, &path_text, &base],
+                &[
+                    "worktree",
+                    "add",
+                    "--no-track",
+                    "-b",
+                    branch,
+                    &path_text,
+                    &base,
+                ],
                 "worktree add",
             )
         };
         if let Err(err) = made {
-            // Leave nothing half made behind.
-            let _ = std::fs::remove_dir_all(&path);
-            let _ = git(&top, &["worktree", "prune"], "worktree prune");
+            // Leave nothing half made behind: only what git registered at
+            // our path, and the directory only when empty.
+            let _ = git(
+                &top,
+                &["worktree", "remove", "--force", "--force", &path_text],
+                "worktree remove",
+            );
+            let _ = std::fs::remove_dir(&path);
             return Err(err);
         }
         Ok(path)
     }
 
+    /// Creates `<root>/<definition>` owner-only, refusing a symlink there (a
+    /// root in a shared place must not lead git into someone else's
+    /// directory).
+    fn make_dir(&self) -> Result<(), WorktreeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.dir)
+            && meta.file_type().is_symlink()
+        {
+            return Err(WorktreeError::Busy {
+                branch: "a symbolic link".to_owned(),
+                path: self.dir.clone(),
+            });
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|err| WorktreeError::Git {
+                step: "worktree add".to_owned(),
+                message: format!("cannot create {}: {err}", self.dir.display()),
+            })
+    }
+
     /// The worktrees Scout made for this definition, cheaply: each one's
     /// branch and the definition's working directory inside it (the same
-    /// place relative to the repository's root). One git call.
+    /// place relative to the repository's root, or the worktree's root when
+    /// that branch lacks the directory). One git call. Worktrees whose
+    /// checkout is unfinished or whose directory is gone are left out.
     pub fn checked_out(&self) -> Result<Vec<(String, PathBuf)>, WorktreeError> {
         let top = self.toplevel()?;
-        let inside = self
-            .repo
-            .canonicalize()
-            .ok()
-            .and_then(|repo| {
-                let top = top.canonicalize().ok()?;
-                repo.strip_prefix(&top).ok().map(Path::to_path_buf)
-            })
-            .unwrap_or_default();
+        let inside = self.inside(&top);
         Ok(self
             .listed(&top)?
             .into_iter()
-            .filter(|listed| self.is_ours(&listed.path))
-            .filter_map(|listed| Some((listed.branch?, listed.path.join(&inside))))
+            .filter(|listed| self.is_ours(&top, &listed.path) && listed.usable())
+            .filter_map(|listed| Some((listed.branch?, cwd_in(&listed.path, &inside))))
             .collect())
     }
 
@@ -251,36 +327,57 @@ impl Worktrees {
     pub fn ensure_cwd(&self, workspace: &Workspace) -> Result<PathBuf, WorktreeError> {
         let path = self.ensure(workspace)?;
         let top = self.toplevel()?;
-        let inside = self
-            .repo
+        Ok(cwd_in(&path, &self.inside(&top)))
+    }
+
+    /// Where the definition's directory is relative to its repository's root.
+    fn inside(&self, top: &Path) -> PathBuf {
+        self.repo
             .canonicalize()
             .ok()
             .and_then(|repo| {
                 let top = top.canonicalize().ok()?;
                 repo.strip_prefix(&top).ok().map(Path::to_path_buf)
             })
-            .unwrap_or_default();
-        Ok(path.join(inside))
+            .unwrap_or_default()
     }
 
-    /// Whether a worktree git lists is one of this definition's.
-    fn is_ours(&self, path: &Path) -> bool {
-        path.starts_with(&self.dir) || same_parent(path, &self.dir)
+    /// Whether a worktree git lists is one of this definition's: under its
+    /// directory, and never the repository's own checkout (a root pointed at
+    /// the folder that holds the repositories would put it there).
+    fn is_ours(&self, top: &Path, path: &Path) -> bool {
+        !same_path(path, top) && (path.starts_with(&self.dir) || same_parent(path, &self.dir))
     }
 
-    /// The worktrees Scout made for this definition, with their state.
+    /// The worktrees Scout made for this definition, with their state. One
+    /// that cannot be read shows as dirty and unmerged, so nothing acts on
+    /// it as if it were clean.
     pub fn list(&self) -> Result<Vec<WorktreeInfo>, WorktreeError> {
         let top = self.toplevel()?;
         let base = self.base_ref(&top).unwrap_or_else(|_| "HEAD".to_owned());
+        // `HEAD` inside a worktree is the worktree's own: compare against
+        // the commit the repository's HEAD names.
+        let base_commit = git(
+            &top,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{base}^{{commit}}"),
+            ],
+            "rev-parse",
+        )
+        .map(|text| text.trim().to_owned())
+        .unwrap_or(base.clone());
         let mut out = Vec::new();
         for listed in self.listed(&top)? {
+            if !self.is_ours(&top, &listed.path) || !listed.usable() {
+                continue;
+            }
             let Some(branch) = listed.branch else {
                 continue;
             };
-            if !self.is_ours(&listed.path) {
-                continue;
-            }
-            out.push(self.info(&listed.path, &branch, &base)?);
+            out.push(self.info(&listed.path, &branch, &base, &base_commit));
         }
         out.sort_by(|a, b| a.branch.cmp(&b.branch));
         Ok(out)
@@ -290,7 +387,6 @@ impl Worktrees {
     /// with uncommitted changes or with commits its base does not have.
     /// The branch is kept: its commits are the user's.
     pub fn remove(&self, workspace: &Workspace, force: bool) -> Result<PathBuf, WorktreeError> {
-        let top = self.toplevel()?;
         let found = self
             .list()?
             .into_iter()
@@ -299,6 +395,12 @@ impl Worktrees {
                 workspace: workspace.as_str().to_owned(),
                 root: self.dir.clone(),
             })?;
+        self.remove_found(found, force)
+    }
+
+    /// Removes a worktree [`Worktrees::list`] returned, with the same
+    /// refusals as [`Worktrees::remove`].
+    pub fn remove_found(&self, found: WorktreeInfo, force: bool) -> Result<PathBuf, WorktreeError> {
         if !force {
             if found.dirty {
                 return Err(WorktreeError::Dirty { path: found.path });
@@ -311,6 +413,7 @@ impl Worktrees {
                 });
             }
         }
+        let top = self.toplevel()?;
         let path_text = found.path.to_string_lossy().into_owned();
         let mut args = vec!["worktree", "remove"];
         if force {
@@ -331,24 +434,26 @@ impl Worktrees {
             .collect())
     }
 
-    fn info(&self, path: &Path, branch: &str, base: &str) -> Result<WorktreeInfo, WorktreeError> {
-        let status = git(path, &["status", "--porcelain"], "status")?;
+    fn info(&self, path: &Path, branch: &str, base: &str, base_commit: &str) -> WorktreeInfo {
+        // Unreadable means dirty and unmerged: nothing removes it as clean.
+        let dirty = git(path, &["status", "--porcelain"], "status")
+            .map_or(true, |status| !status.trim().is_empty());
         let counts = git(
             path,
             &[
                 "rev-list",
                 "--left-right",
                 "--count",
-                &format!("{base}...HEAD"),
+                &format!("{base_commit}...HEAD"),
             ],
             "rev-list",
         )
-        .unwrap_or_default();
-        let mut parts = counts
-            .split_whitespace()
-            .map(|n| n.parse::<u64>().unwrap_or(0));
-        let behind = parts.next().unwrap_or(0);
-        let ahead = parts.next().unwrap_or(0);
+        .ok()
+        .and_then(|counts| {
+            let mut parts = counts.split_whitespace().map(|n| n.parse::<u64>().ok());
+            Some((parts.next()??, parts.next()??))
+        });
+        let (behind, ahead) = counts.unwrap_or((0, u64::MAX));
         let committed_s = git(path, &["log", "-1", "--format=%ct"], "log")
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
@@ -369,16 +474,16 @@ impl Worktrees {
             .map_or(0, |since| {
                 u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
             });
-        Ok(WorktreeInfo {
+        WorktreeInfo {
             definition: self.definition.clone(),
             branch: branch.to_owned(),
             path: path.to_path_buf(),
-            dirty: !status.trim().is_empty(),
+            dirty,
             ahead,
             behind,
             base: base.to_owned(),
             last_activity_ms: touched_ms.max(committed_s.saturating_mul(1000)),
-        })
+        }
     }
 
     fn toplevel(&self) -> Result<PathBuf, WorktreeError> {
@@ -389,23 +494,52 @@ impl Worktrees {
             })
     }
 
-    fn check_branch_name(&self, branch: &str) -> Result<(), WorktreeError> {
+    /// Git must take the name as a branch, and the branch must not shadow
+    /// what the name already means: a tag, or a remote's branch
+    /// (`origin/main` as a local branch would hide the remote one from
+    /// every later `git rebase origin/main`).
+    fn check_branch_name(&self, top: &Path, branch: &str) -> Result<(), WorktreeError> {
+        let invalid = |reason: String| WorktreeError::InvalidName {
+            name: branch.to_owned(),
+            reason,
+        };
         match git(
-            &self.repo,
+            top,
             &["check-ref-format", "--branch", branch],
             "check-ref-format",
         ) {
-            Ok(_) => Ok(()),
-            Err(WorktreeError::Git { message, .. }) => Err(WorktreeError::InvalidName {
-                name: branch.to_owned(),
-                reason: if message.is_empty() {
+            Ok(_) => {}
+            Err(WorktreeError::Git { message, .. }) => {
+                return Err(invalid(if message.is_empty() {
                     "git does not accept it as a branch".to_owned()
                 } else {
                     message
-                },
-            }),
-            Err(other) => Err(other),
+                }));
+            }
+            Err(other) => return Err(other),
         }
+        if git_ok(
+            top,
+            &[
+                "show-ref",
+                "--verify",
+                "--quiet",
+                &format!("refs/tags/{branch}"),
+            ],
+        ) {
+            return Err(invalid("a tag has that name".to_owned()));
+        }
+        let remotes = git(top, &["remote"], "remote").unwrap_or_default();
+        if let Some(remote) = remotes
+            .lines()
+            .map(str::trim)
+            .find(|remote| !remote.is_empty() && branch.starts_with(&format!("{remote}/")))
+        {
+            return Err(invalid(format!(
+                "it would hide the branches of remote `{remote}`"
+            )));
+        }
+        Ok(())
     }
 
     /// The base of a new branch: the definition's, else `origin/HEAD`, else
@@ -449,10 +583,22 @@ impl Worktrees {
 }
 
 /// One entry of `git worktree list --porcelain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Listed {
     path: PathBuf,
     branch: Option<String>,
+    /// Locked by `git worktree add` while it checks out: a crash left it
+    /// half made.
+    unfinished: bool,
+    /// Its directory is gone.
+    prunable: bool,
+}
+
+impl Listed {
+    /// A finished checkout whose directory exists.
+    fn usable(&self) -> bool {
+        !self.unfinished && !self.prunable
+    }
 }
 
 fn parse_porcelain(text: &str) -> Vec<Listed> {
@@ -463,16 +609,34 @@ fn parse_porcelain(text: &str) -> Vec<Listed> {
             out.extend(current.take());
             current = Some(Listed {
                 path: PathBuf::from(path),
-                branch: None,
+                ..Listed::default()
             });
-        } else if let Some(branch) = line.strip_prefix("branch refs/heads/")
-            && let Some(entry) = current.as_mut()
-        {
+            continue;
+        }
+        let Some(entry) = current.as_mut() else {
+            continue;
+        };
+        if let Some(branch) = line.strip_prefix("branch refs/heads/") {
             entry.branch = Some(branch.to_owned());
+        } else if line == "locked initializing" {
+            entry.unfinished = true;
+        } else if line == "prunable" || line.starts_with("prunable ") {
+            entry.prunable = true;
         }
     }
     out.extend(current);
     out
+}
+
+/// The definition's directory inside a worktree, or the worktree itself
+/// when that branch has no such directory.
+fn cwd_in(worktree: &Path, inside: &Path) -> PathBuf {
+    let cwd = worktree.join(inside);
+    if cwd.is_dir() {
+        cwd
+    } else {
+        worktree.to_path_buf()
+    }
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -491,28 +655,90 @@ fn same_parent(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// Runs `git -C dir args…`; its standard output, or its error message.
+/// Runs `git -C dir args…`: its standard output (at most
+/// [`GIT_OUTPUT_BYTES_MAX`] bytes), or its error message. Git never asks
+/// anyone anything (no terminal prompt, ssh in batch mode), takes no
+/// optional locks (a periodic `status` must not fight an agent's commit),
+/// ignores a `GIT_DIR` or work tree inherited from the broker's
+/// environment, and is killed after [`GIT_TIMEOUT`]: a hook or a filter
+/// that hangs ends the step with an error instead of holding a flight.
 fn git(dir: &Path, args: &[&str], step: &str) -> Result<String, WorktreeError> {
-    let output = Command::new("git")
+    let failed = |message: String| WorktreeError::Git {
+        step: step.to_owned(),
+        message,
+    };
+    let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
         .stdin(Stdio::null())
-        .output()
-        .map_err(|err| WorktreeError::Git {
-            step: step.to_owned(),
-            message: format!("cannot run git: {err}"),
-        })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(4096)]);
-        return Err(WorktreeError::Git {
-            step: step.to_owned(),
-            message: stderr.trim().to_owned(),
-        });
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| failed(format!("cannot run git: {err}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .map(|pipe| read_bounded(pipe, GIT_OUTPUT_BYTES_MAX));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| read_bounded(pipe, GIT_ERROR_BYTES_MAX));
+    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "git {} did not finish within {} s",
+                    args.first().copied().unwrap_or_default(),
+                    GIT_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(None) => std::thread::sleep(GIT_POLL),
+            Err(err) => return Err(failed(format!("cannot wait for git: {err}"))),
+        }
+    };
+    let stdout = stdout
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    let stderr = stderr
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    if !status.success() {
+        return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
     }
-    let stdout = &output.stdout[..output.stdout.len().min(GIT_OUTPUT_BYTES_MAX)];
-    Ok(String::from_utf8_lossy(stdout).into_owned())
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Reads up to `max` bytes of a pipe on a thread, then drains the rest so
+/// the child never blocks on a full pipe.
+fn read_bounded(
+    mut pipe: impl std::io::Read + Send + 'static,
+    max: usize,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = max.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            }
+        }
+        kept
+    })
 }
 
 fn git_ok(dir: &Path, args: &[&str]) -> bool {
@@ -641,16 +867,36 @@ mod tests {
     }
 
     #[test]
-    fn a_half_made_directory_is_replaced() {
+    fn an_empty_directory_is_replaced_and_unknown_files_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repository(dir.path());
         let trees = worktrees(dir.path(), &repo);
         let path = trees.path_for(&workspace("y"));
         std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("junk"), "x").unwrap();
         assert_eq!(trees.ensure(&workspace("y")).unwrap(), path);
-        assert!(!path.join("junk").exists());
         assert!(path.join("README").is_file());
+
+        let other = trees.path_for(&workspace("z"));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes"), "mine").unwrap();
+        let err = trees.ensure(&workspace("z")).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_BUSY", "{err}");
+        assert!(other.join("notes").is_file());
+    }
+
+    #[test]
+    fn a_symlinked_definition_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::create_dir_all(dir.path().join("worktrees")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("worktrees/fabric")).unwrap();
+        let err = worktrees(dir.path(), &repo)
+            .ensure(&workspace("s"))
+            .unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_BUSY", "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]
@@ -694,21 +940,85 @@ mod tests {
     }
 
     #[test]
-    fn porcelain_parses_detached_and_bare_entries() {
-        let text =
-            "worktree /r\nHEAD abc\nbranch refs/heads/main\n\nworktree /w\nHEAD def\ndetached\n\n";
-        assert_eq!(
-            parse_porcelain(text),
-            vec![
-                Listed {
-                    path: PathBuf::from("/r"),
-                    branch: Some("main".to_owned())
-                },
-                Listed {
-                    path: PathBuf::from("/w"),
-                    branch: None
-                },
-            ]
+    fn porcelain_parses_detached_locked_and_prunable_entries() {
+        let text = "worktree /r\nHEAD abc\nbranch refs/heads/main\n\n\
+                    worktree /w\nHEAD def\ndetached\n\n\
+                    worktree /x\nHEAD 123\nbranch refs/heads/x\nlocked initializing\n\n\
+                    worktree /y\nHEAD 456\nbranch refs/heads/y\nprunable gitdir file points to non-existent location\n\n";
+        let listed = parse_porcelain(text);
+        assert_eq!(listed.len(), 4);
+        assert_eq!(listed[0].branch.as_deref(), Some("main"));
+        assert!(listed[0].usable());
+        assert_eq!(listed[1].branch, None);
+        assert!(listed[2].unfinished && !listed[2].usable());
+        assert!(listed[3].prunable && !listed[3].usable());
+    }
+
+    #[test]
+    fn names_that_would_shadow_a_tag_or_a_remote_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        run(&repo, &["tag", "v1"]);
+        run(
+            &repo,
+            &["remote", "add", "origin", "https://example.invalid/r.git"],
         );
+        let trees = worktrees(dir.path(), &repo);
+        for name in ["v1", "origin/main"] {
+            let err = trees.ensure(&workspace(name)).unwrap_err();
+            assert_eq!(err.code(), "INVALID_NAME", "{name}: {err}");
+        }
+        assert!(trees.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deleted_or_unfinished_worktree_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = worktrees(dir.path(), &repo);
+        let path = trees.ensure(&workspace("gone")).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        assert!(
+            trees.checked_out().unwrap().is_empty(),
+            "a ghost is no instance"
+        );
+        assert_eq!(trees.ensure(&workspace("gone")).unwrap(), path);
+        assert!(path.join("README").is_file());
+        // A crash during `git worktree add` leaves the checkout locked as
+        // initializing.
+        run(
+            &repo,
+            &[
+                "worktree",
+                "lock",
+                "--reason",
+                "initializing",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(trees.checked_out().unwrap().is_empty());
+        assert_eq!(trees.ensure(&workspace("gone")).unwrap(), path);
+        assert_eq!(trees.checked_out().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_repositorys_own_checkout_is_never_one_of_its_worktrees() {
+        // A root pointed at the folder that holds the repositories puts the
+        // repository itself where a definition's worktrees go.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let trees = Worktrees::new(
+            dir.path(),
+            &Label::parse("repo", scout_mesh::names::NamePart::Definition).unwrap(),
+            &repo,
+            None,
+        );
+        assert!(trees.list().unwrap().is_empty());
+        // Its files are never deleted to make room for a workspace.
+        std::fs::create_dir_all(repo.join("src")).unwrap();
+        std::fs::write(repo.join("src/lib.rs"), "keep").unwrap();
+        let err = trees.ensure(&workspace("src")).unwrap_err();
+        assert_eq!(err.code(), "WORKSPACE_BUSY", "{err}");
+        assert!(repo.join("src/lib.rs").is_file());
     }
 }

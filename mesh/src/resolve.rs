@@ -14,8 +14,9 @@
 //! A name with a workspace that no instance has (`@fabric#feature-x`) means a
 //! new instance when the definition makes worktrees on some node
 //! ([`Candidate::worktrees`]): the node named in the query, else the best of
-//! those nodes by the same rules (local, available, least busy, first by
-//! name), and the reason is [`ResolveReason::NewWorktree`]. Any other name
+//! those nodes by availability, then fewest active flights, then name (never
+//! "local first", so that brokers agree), and the reason is
+//! [`ResolveReason::NewWorktree`]. Any other name
 //! that matches nothing is an error (code `AGENT_NOT_FOUND`) listing the
 //! closest known names.
 //!
@@ -240,7 +241,16 @@ fn new_worktree(query: &AgentName, candidates: &[Candidate]) -> Option<Resolutio
         .iter()
         .filter(|candidate| candidate.worktrees && matches(&without_workspace, &candidate.name))
         .collect();
-    makers.sort_by(|a, b| compare(&without_workspace, a, b));
+    // Not "local first": two brokers mentioning the same new workspace at
+    // once would each make it on their own machine. Available, then least
+    // busy, then first by name, the same from every broker's view as far
+    // as those views agree.
+    makers.sort_by(|a, b| {
+        availability(b.state)
+            .cmp(&availability(a.state))
+            .then(a.active_flights.cmp(&b.active_flights))
+            .then(a.name.cmp(&b.name))
+    });
     let maker = makers.first()?;
     let chosen = AgentName::new(
         query.definition().clone(),
@@ -673,6 +683,11 @@ mod tests {
         assert_ne!(existing.reason, ResolveReason::NewWorktree);
         // Without a workspace there is nothing to make.
         assert!(resolve(&name("@nobody"), &candidates).is_err());
+        // Every broker picks the same maker: being local does not count.
+        let mut with_local = candidates.clone();
+        with_local.push(maker("@fabric@laptop#other", true, 2));
+        let made = resolve(&name("@fabric#feature-x"), &with_local).unwrap();
+        assert_eq!(made.chosen, name("@fabric@build#feature-x"));
     }
 
     #[test]

@@ -462,7 +462,10 @@ fn agents_of_repository(repo: &Path, out: &mut Vec<LocalAgent>, warnings: &mut V
                 };
                 // A command the repository chose runs only once trusted; the
                 // harness's own program is what a marker would run anyway.
-                let needs_trust = (!agent.command.is_empty()).then(|| digest.clone());
+                // Worktrees too: with them any mesh member may make checkouts
+                // of the repository, which its author cannot decide alone.
+                let needs_trust =
+                    (!agent.command.is_empty() || agent.worktrees).then(|| digest.clone());
                 out.push(LocalAgent {
                     definition,
                     workspace: agent

@@ -211,7 +211,14 @@ impl Broker {
             );
         }
 
-        let discovered = discover::discover(home, &settings, &relay);
+        // Discovery walks directories and asks git about worktrees: off the
+        // async workers.
+        let discovered = {
+            let (home, settings, relay) = (home.clone(), settings.clone(), relay.clone());
+            tokio::task::spawn_blocking(move || discover::discover(&home, &settings, &relay))
+                .await
+                .context("agent discovery stopped")?
+        };
         for warning in &discovered.warnings {
             tracing::warn!(%warning, "agent discovery");
         }

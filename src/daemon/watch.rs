@@ -36,19 +36,32 @@ fn fingerprint(path: &Path) -> Fingerprint {
 /// changes wait for the periodic rescan.
 const WORKTREE_DIRS_MAX: usize = 256;
 
+/// Entries of the worktrees directory read per poll at most, before the
+/// first [`WORKTREE_DIRS_MAX`] by name are kept: a stray crowd of files
+/// there costs a bounded read, and the same definitions are watched each
+/// time.
+const WORKTREE_DIRS_SCAN_MAX: usize = 4096;
+
 /// The modification times of `<root>/<definition>` directories: one
 /// changes when a worktree is made or removed in it.
 fn worktrees_fingerprint(root: &Path) -> Vec<(std::ffi::OsString, Fingerprint)> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
-    let mut dirs: Vec<_> = entries
+    let mut names: Vec<_> = entries
         .filter_map(Result::ok)
-        .take(WORKTREE_DIRS_MAX)
-        .map(|entry| (entry.file_name(), fingerprint(&entry.path())))
+        .take(WORKTREE_DIRS_SCAN_MAX)
+        .map(|entry| entry.file_name())
         .collect();
-    dirs.sort();
-    dirs
+    names.sort();
+    names.truncate(WORKTREE_DIRS_MAX);
+    names
+        .into_iter()
+        .map(|name| {
+            let fingerprint = fingerprint(&root.join(&name));
+            (name, fingerprint)
+        })
+        .collect()
 }
 
 /// What the config files (and the worktrees made in the home) looked like
@@ -82,6 +95,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(CONFIG_POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_scan = state.env.now_instant();
+    let cleaning = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -97,13 +111,15 @@ pub async fn run(
         last_scan = state.env.now_instant();
         let state = state.clone();
         // Discovery walks directories: keep it off the async workers.
-        let reload = tokio::task::spawn_blocking(move || {
-            if rescan_due {
+        if rescan_due && !cleaning.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // Its own task: git on a large worktree must not hold reloads.
+            let (state, cleaning) = (state.clone(), cleaning.clone());
+            tokio::task::spawn_blocking(move || {
                 clean_idle_worktrees(&state);
-            }
-            reload(&state)
-        })
-        .await;
+                cleaning.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        let reload = tokio::task::spawn_blocking(move || reload(&state)).await;
         if let Err(err) = reload {
             tracing::error!(cause = %err, "agent reload task failed");
         }
@@ -161,12 +177,14 @@ fn clean_idle_worktrees(state: &BrokerState) {
         .env
         .now_unix_ms()
         .saturating_sub(u64::from(days).saturating_mul(86_400_000));
-    let running: std::collections::HashSet<String> = state
-        .runtime
-        .list()
-        .into_iter()
-        .map(|info| info.name)
-        .collect();
+    let running = || -> std::collections::HashSet<String> {
+        state
+            .runtime
+            .list()
+            .into_iter()
+            .map(|info| info.name)
+            .collect()
+    };
     let agents = match state.agents.read() {
         Ok(agents) => agents.clone(),
         Err(_) => return,
@@ -196,10 +214,12 @@ fn clean_idle_worktrees(state: &BrokerState) {
                 Some(workspace.clone()),
             )
             .to_string();
-            if running.contains(&instance) {
+            // Asked again right before each removal: a flight may have
+            // started there while git was looking.
+            if running().contains(&instance) {
                 continue;
             }
-            match worktrees.remove(&workspace, false) {
+            match worktrees.remove_found(info, false) {
                 Ok(path) => tracing::info!(%instance, path = %path.display(), idle_days = days,
                     "removed an idle worktree (its branch is kept)"),
                 Err(err) => tracing::warn!(%instance, cause = %err, "idle worktree kept"),

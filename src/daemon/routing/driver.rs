@@ -592,7 +592,10 @@ impl Driver {
         }
         let name = AgentName::parse(instance).ok()?;
         let workspace = name.workspace()?.clone();
-        if name.node() != Some(&self.node_name) {
+        // Only the canonical spelling: flights queue, and sessions are
+        // found, by the instance's name as given, so `@Fabric…` beside
+        // `@fabric…` would run two agents in one worktree.
+        if name.node() != Some(&self.node_name) || name.to_string() != instance {
             return None;
         }
         let mut agent = agents

@@ -134,9 +134,14 @@ async fn run_on_session(
             let _ = events.send(ExecEvent::Waking).await;
             let mut workdir = request.agent.cwd.clone();
             if request.make_worktree {
-                match make_worktree(&request.agent).await {
-                    Ok(cwd) => workdir = cwd,
-                    Err(outcome) => return outcome,
+                tokio::select! {
+                    made = make_worktree(&request.agent) => match made {
+                        Ok(cwd) => workdir = cwd,
+                        Err(outcome) => return outcome,
+                    },
+                    // Git goes on to its own end (bounded by its timeout);
+                    // the flight does not wait for it.
+                    _ = &mut cancelled => return ExecOutcome::Cancelled,
                 }
             }
             let spawned = sessions
@@ -229,11 +234,6 @@ fn outcome_of(outcome: TurnOutcome, usage: Option<Usage>) -> ExecOutcome {
     }
 }
 
-/// A turn the session refused before it started (or an agent that could
-/// not be started): its failure reason, keeping the runtime's code. A
-/// login or first-run screen in the way is the harness's failure, as it
-/// is when the CLI reports it mid-turn; anything else means the agent
-/// cannot take work now.
 /// Makes (or finds) the worktree of `agent`'s workspace; git runs off the
 /// async workers. A failure ends the flight with git's own message; nothing
 /// half made stays (see [`crate::worktree::Worktrees::ensure`]).
@@ -264,6 +264,11 @@ async fn make_worktree(agent: &LocalAgent) -> Result<std::path::PathBuf, ExecOut
     }
 }
 
+/// A turn the session refused before it started (or an agent that could
+/// not be started): its failure reason, keeping the runtime's code. A
+/// login or first-run screen in the way is the harness's failure, as it
+/// is when the CLI reports it mid-turn; anything else means the agent
+/// cannot take work now.
 fn refused(err: &RuntimeError, detail: String) -> ExecOutcome {
     let reason = match err {
         RuntimeError::AuthRequired { .. }
