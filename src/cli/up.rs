@@ -15,13 +15,15 @@ pub struct UpArgs {}
 
 /// Runs `scout up`.
 pub fn run(_args: UpArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    crate::logging::init();
     if !context.home.settings_path().exists() {
         // First run on this home: do what `scout setup` does with defaults,
         // so one command starts a broker on a fresh machine.
         let summary = super::setup::first_run(context)?;
         eprintln!("first run: set up a new home\n{}", summary.trim_end());
     }
+    // After the first run, so the home exists with its own mode before the
+    // logs directory is made inside it.
+    crate::logging::init_with_file(&context.home.logs_dir());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("scout-broker")
