@@ -412,26 +412,26 @@ fn launchd_domain() -> String {
 /// Asks whether the service manager answers.
 pub fn availability(spec: &Spec, home_flag: &str) -> Availability {
     match spec.platform {
-        Platform::Linux => match systemctl(&["is-system-running"]) {
+        // `show-environment` succeeds only when a user manager answers on
+        // the bus; `is-system-running` prints "offline" without one, and
+        // exits non-zero for a "degraded" manager that works.
+        Platform::Linux => match systemctl(&["show-environment"]) {
             Err(err) => Availability::Unavailable {
                 reason: format!("{err:#} (no systemd here)"),
                 hint: headless_hint(home_flag),
             },
+            Ok(output) if output.status.success() => Availability::Available,
             Ok(output) => {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                // `is-system-running` exits non-zero for "degraded" too, which
-                // still has a manager; only no answer at all means none.
-                if stdout.trim().is_empty() || stderr.contains("Failed to connect to bus") {
-                    Availability::Unavailable {
-                        reason: format!(
-                            "`systemctl --user` has no user manager to talk to ({})",
-                            stderr.trim()
-                        ),
-                        hint: headless_hint(home_flag),
-                    }
-                } else {
-                    Availability::Available
+                Availability::Unavailable {
+                    reason: format!(
+                        "`systemctl --user` has no user manager to talk to ({})",
+                        match stderr.trim() {
+                            "" => "no answer",
+                            said => said,
+                        }
+                    ),
+                    hint: headless_hint(home_flag),
                 }
             }
         },

@@ -435,3 +435,74 @@ fn setup_without_a_user_manager_installs_nothing_and_says_what_to_do() {
         "{service}"
     );
 }
+
+/// On a machine without a user manager (this CI's containers), the real
+/// `systemctl --user` is asked and setup explains; where a user manager
+/// answers, this test says so and leaves the user's services alone.
+#[test]
+fn setup_with_the_real_systemctl_explains_when_there_is_no_user_manager() {
+    let probe = Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .output();
+    if probe.as_ref().is_ok_and(|output| output.status.success()) {
+        eprintln!("skipped: a real user manager answers here; the stand-in tests cover install");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let xdg = sandbox.path().join("xdg");
+    let output = sandbox
+        .scout()
+        .env_remove("SCOUT_NO_SERVICE")
+        .env_remove("SCOUT_SERVICE_PLATFORM")
+        .env("XDG_CONFIG_HOME", &xdg)
+        .args(["setup", "--http-port", "0", "--mesh-port", "0"])
+        .output()
+        .expect("run scout");
+    let run = Run::from(output);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("service   not installed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("loginctl enable-linger $USER"),
+        "{}",
+        run.stdout
+    );
+    assert!(!xdg.join("systemd").exists(), "a unit directory was made");
+}
+
+/// Driven as macOS (the platform value the service code takes), doctor warns
+/// that a launchd agent cannot reach the login keychain and says how to give
+/// the agent its API key.
+#[test]
+fn doctor_on_macos_warns_about_the_keychain() {
+    let sandbox = Sandbox::new();
+    sandbox.setup("mac");
+    let output = sandbox
+        .scout()
+        .env_remove("SCOUT_NO_SERVICE")
+        .env("SCOUT_SERVICE_PLATFORM", "macos")
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run scout");
+    let doctor = Run::from(output).json();
+    let keychain = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "service-keychain")
+        .cloned()
+        .unwrap_or_else(|| panic!("no service-keychain check in {doctor}"));
+    assert_eq!(keychain["status"], "warn", "{keychain}");
+    let hint = keychain["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("EnvironmentVariables.ANTHROPIC_API_KEY"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("Library/LaunchAgents/dev.scout.broker."),
+        "{hint}"
+    );
+}

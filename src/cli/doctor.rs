@@ -228,9 +228,7 @@ const RECENT_RESTART_SECS: u64 = 3600;
 /// last exit, restarts, linger (Linux) and the keychain (macOS).
 fn service_checks(context: &Context) -> Vec<Check> {
     use crate::service::{self, Availability, Platform};
-    if std::env::var("SCOUT_NO_SERVICE")
-        .is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no" | "off"))
-    {
+    if super::service::no_service_from_env() {
         return vec![Check::new(
             "service",
             Status::Ok,

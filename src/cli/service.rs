@@ -19,6 +19,22 @@ const LOG_TAIL_LINES: usize = 50;
 /// live, rare enough to cost nothing.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
+/// The environment variable that, set to anything but an empty or false
+/// value (`0`, `false`, `no`, `off`), means "this home runs without the OS
+/// service": `scout setup` acts as with `--no-service` and `scout doctor`
+/// does not ask for the service.
+pub const NO_SERVICE_ENV: &str = "SCOUT_NO_SERVICE";
+
+/// Whether [`NO_SERVICE_ENV`] is set to a true value.
+pub fn no_service_from_env() -> bool {
+    std::env::var(NO_SERVICE_ENV).is_ok_and(|value| {
+        !matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
+}
+
 /// The subcommands of `scout service`.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {

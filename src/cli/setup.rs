@@ -41,7 +41,7 @@ pub struct SetupArgs {
     /// Do not install the OS service (a systemd user unit or launchd
     /// agent); the output says how to run the broker. `SCOUT_NO_SERVICE=true`
     /// does the same.
-    #[arg(long, env = "SCOUT_NO_SERVICE")]
+    #[arg(long)]
     pub no_service: bool,
     /// Join a mesh with a code from `scout mesh invite` on a member.
     #[arg(long, value_name = "CODE")]
@@ -77,7 +77,7 @@ pub struct SetupReport {
 /// Runs `scout setup`.
 pub fn run(args: SetupArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let mut report = apply(&args, context)?;
-    if !args.no_service {
+    if !args.no_service && !super::service::no_service_from_env() {
         // After the home is complete, so the service's first start finds
         // everything it needs.
         let service = super::service::install(context)?;
