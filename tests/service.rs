@@ -313,6 +313,36 @@ fn setup_installs_and_starts_the_service_and_uninstall_removes_it() {
         "{linger}"
     );
 
+    // A broker that keeps failing: the last exit and the recent restarts
+    // are reported, each with its fix.
+    let failing = Run::from(
+        sandbox
+            .command()
+            .env("SCOUT_FAKE_SYSTEMD_EXIT_STATUS", "1")
+            .env("SCOUT_FAKE_SYSTEMD_RESTARTS", "3")
+            .args(["doctor", "--json"])
+            .output()
+            .expect("run scout"),
+    )
+    .json();
+    for name in ["service-last-exit", "service-restarts"] {
+        let check = failing["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {failing}"));
+        assert_eq!(check["status"], "warn", "{check}");
+        assert!(
+            check["hint"]
+                .as_str()
+                .unwrap()
+                .contains("scout service logs"),
+            "{check}"
+        );
+    }
+
     let stop = sandbox.run(&["service", "stop"]);
     assert_eq!(stop.code, 0, "{}", stop.stderr);
     assert!(sandbox.health().is_none(), "the broker answers after stop");
