@@ -369,6 +369,45 @@ fn setup_installs_and_starts_the_service_and_uninstall_removes_it() {
         sandbox.health()
     });
 
+    // `logs --follow` shows the lines of the broker that `restart` starts.
+    let mut follow = sandbox
+        .command()
+        .args(["service", "logs", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scout service logs --follow");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let restart = sandbox.run(&["service", "restart"]);
+    assert_eq!(restart.code, 0, "{}", restart.stderr);
+    let status = sandbox.run(&["--json", "service", "status"]).json();
+    let pid = status["manager"]["pid"]
+        .as_u64()
+        .expect("pid after restart");
+    let needle = format!("pid={pid}");
+    let deadline = std::time::Instant::now() + common::WAIT_BOUND;
+    loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("logs --follow never showed {needle}"));
+        if line.contains(&needle) {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    wait_until("the restarted broker to answer /health", || {
+        sandbox.health()
+    });
+
     // A unit that runs another binary is reported with its fix.
     let unit = std::fs::read_to_string(&units[0]).unwrap();
     std::fs::write(
