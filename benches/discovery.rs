@@ -173,6 +173,7 @@ fn mdns_bench() {
                 &lan,
                 &[
                     "setup",
+                    "--no-service",
                     "--node-name",
                     name,
                     "--http-port",

@@ -16,7 +16,8 @@
 //!   broker (real clocks in production, simulated ones in netsim).
 //! - [`home`]: where a broker's files live.
 //! - [`identity`]: the node key, node id and API token.
-//! - [`logging`]: stderr logs.
+//! - [`logging`]: stderr logs, and the broker's rotated log file.
+//! - [`service`]: the broker as a systemd user unit or launchd agent.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
 //! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
@@ -37,5 +38,6 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod pty;
+pub mod service;
 pub mod store;
 pub mod worktree;

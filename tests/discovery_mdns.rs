@@ -46,6 +46,7 @@ impl NsBroker {
             lan,
             &[
                 "setup",
+                "--no-service",
                 "--node-name",
                 name,
                 "--http-port",

@@ -33,6 +33,7 @@ pub fn start(dir: &Path) -> ScoutUp {
     };
     let setup = scout(&[
         "setup",
+        "--no-service",
         "--node-name",
         "bench",
         "--http-port",

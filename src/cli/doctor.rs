@@ -209,6 +209,7 @@ fn checks(context: &Context) -> Vec<Check> {
 
     if let Some(settings) = &settings {
         checks.push(broker_check(settings, context));
+        checks.extend(service_checks(context));
         checks.extend(mesh_checks(settings, context));
         checks.extend(discovery_checks(settings, context));
         let discovered = discover::discover(home, settings, &relay);
@@ -217,6 +218,182 @@ fn checks(context: &Context) -> Vec<Check> {
         checks.extend(cli_checks(&discovered.agents));
     }
     checks
+}
+
+/// Seconds in which a service restart still counts as recent: a broker that
+/// restarted within the last hour is worth a look at its log.
+const RECENT_RESTART_SECS: u64 = 3600;
+
+/// The service checks: installed and matching this binary and home, active,
+/// last exit, restarts, linger (Linux) and the keychain (macOS).
+fn service_checks(context: &Context) -> Vec<Check> {
+    use crate::service::{self, Availability, Platform};
+    if super::service::no_service_from_env() {
+        return vec![Check::new(
+            "service",
+            Status::Ok,
+            "not used (SCOUT_NO_SERVICE is set): the broker runs under another supervisor",
+        )];
+    }
+    let home_flag = super::setup::home_flag(context);
+    let spec = match super::service::spec(context, Platform::current()) {
+        Ok(spec) => spec,
+        Err(err) => return vec![Check::new("service", Status::Warn, format!("{err:#}"))],
+    };
+    let mut checks = Vec::new();
+    if spec.platform == Platform::Macos {
+        checks.push(
+            Check::new(
+                "service-keychain",
+                Status::Warn,
+                "a launchd agent cannot reach the login keychain, where some agent CLIs keep their login",
+            )
+            .hint(format!(
+                "give the service its API key instead: `plutil -insert EnvironmentVariables.ANTHROPIC_API_KEY -string <key> {}` \
+                 (or OPENAI_API_KEY, GEMINI_API_KEY), then `scout service restart{home_flag}`",
+                spec.file_path().display()
+            )),
+        );
+    }
+    let install_hint = format!("run `scout service install{home_flag}`");
+    let Some(installed) = service::installed_text(&spec) else {
+        let check = match service::availability(&spec, &home_flag) {
+            Availability::Available => Check::new(
+                "service",
+                Status::Warn,
+                format!(
+                    "{} is not installed: the broker stops with the terminal that runs it",
+                    spec.unit()
+                ),
+            )
+            .hint(install_hint),
+            Availability::Unavailable { reason, hint } => {
+                Check::new("service", Status::Warn, format!("not installed: {reason}")).hint(hint)
+            }
+        };
+        checks.push(check);
+        return checks;
+    };
+    let wanted = spec.render().unwrap_or_default();
+    if command_of(&installed) == command_of(&wanted) {
+        checks.push(Check::new(
+            "service",
+            Status::Ok,
+            format!(
+                "{} installed, runs {} for this home",
+                spec.file_path().display(),
+                spec.binary.display()
+            ),
+        ));
+    } else {
+        checks.push(
+            Check::new(
+                "service",
+                Status::Fail,
+                format!(
+                    "{} runs another binary or home than {} --home {}",
+                    spec.file_path().display(),
+                    spec.binary.display(),
+                    spec.home.display()
+                ),
+            )
+            .hint(format!("{install_hint} to rewrite it")),
+        );
+    }
+    let view = match service::manager_view(&spec) {
+        Ok(view) => view,
+        Err(err) => {
+            checks.push(
+                Check::new(
+                    "service-active",
+                    Status::Warn,
+                    format!("cannot ask the service manager: {err:#}"),
+                )
+                .hint(service::headless_hint(&home_flag)),
+            );
+            return checks;
+        }
+    };
+    checks.push(if view.active {
+        Check::new(
+            "service-active",
+            Status::Ok,
+            format!("{}{}", view.state, view.pid.map(|pid| format!(", pid {pid}")).unwrap_or_default()),
+        )
+    } else {
+        Check::new("service-active", Status::Fail, format!("not running ({})", view.state))
+            .hint(format!("`scout service logs{home_flag}` shows why; start it with `scout service start{home_flag}`"))
+    });
+    checks.push(match view.last_exit_status {
+        Some(status) if status != 0 => Check::new(
+            "service-last-exit",
+            Status::Warn,
+            format!(
+                "the last run exited with status {status}{}",
+                view.last_exit_time
+                    .as_deref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .hint(format!("`scout service logs{home_flag}` shows why")),
+        Some(status) => Check::new("service-last-exit", Status::Ok, format!("status {status}")),
+        None => Check::new("service-last-exit", Status::Ok, "no run has ended yet"),
+    });
+    let restarts = view.restarts.unwrap_or(0);
+    let recent = view
+        .running_for_secs
+        .is_some_and(|secs| secs < RECENT_RESTART_SECS);
+    checks.push(if restarts > 0 && recent {
+        Check::new(
+            "service-restarts",
+            Status::Warn,
+            format!("{restarts} automatic restarts, the latest in the last hour"),
+        )
+        .hint(format!(
+            "the broker keeps failing: `scout service logs{home_flag}` shows why"
+        ))
+    } else {
+        Check::new(
+            "service-restarts",
+            Status::Ok,
+            format!("{restarts} automatic restarts, none in the last hour"),
+        )
+    });
+    if spec.platform == Platform::Linux {
+        checks.push(match service::linger() {
+            Some(true) => Check::new(
+                "service-linger",
+                Status::Ok,
+                "the user manager outlives logouts",
+            ),
+            Some(false) => Check::new(
+                "service-linger",
+                Status::Warn,
+                "lingering is off: the broker stops when you log out",
+            )
+            .hint("`loginctl enable-linger $USER`"),
+            None => Check::new(
+                "service-linger",
+                Status::Warn,
+                "cannot ask loginctl whether lingering is on",
+            )
+            .hint("`loginctl enable-linger $USER` keeps the broker running after logout"),
+        });
+    }
+    checks
+}
+
+/// The command a unit or plist runs: the `ExecStart=` line, or the
+/// `ProgramArguments` array. Other edits (an API key added to the
+/// environment) do not make the service differ from what scout installs.
+fn command_of(text: &str) -> Option<String> {
+    if let Some(line) = text.lines().find(|line| line.starts_with("ExecStart=")) {
+        return Some(line.to_owned());
+    }
+    let start = text.find("<key>ProgramArguments</key>")?;
+    let end = start + text[start..].find("</array>")?;
+    Some(text[start..end].to_owned())
 }
 
 fn secret_file_check(

@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`]); [`output`] is the one
+//! [`usage`], [`attach`], [`service`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -19,6 +19,7 @@ pub mod open;
 pub mod output;
 pub mod resolve;
 pub mod send;
+pub mod service;
 pub mod setup;
 pub mod up;
 pub mod usage;
@@ -81,6 +82,9 @@ pub enum Command {
     /// Queue, list, cancel and run work orders.
     #[command(subcommand)]
     WorkOrders(send::WorkOrdersCommand),
+    /// Install, start, stop and inspect the broker's OS user service.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Tokens and cost of the flights the mesh ran, by agent or node.
     Usage(usage::UsageArgs),
     /// The git worktrees agents made on demand: list and remove them.
@@ -159,6 +163,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Usage(args) => usage::run(args, context),
         Command::Workspaces(command) => workspaces::run(command, context),
         Command::Open(args) => open::run(args, context),
+        Command::Service(command) => service::run(command, context),
     }
 }
 

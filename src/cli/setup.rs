@@ -38,8 +38,9 @@ pub struct SetupArgs {
     /// A directory to scan for projects (repeatable).
     #[arg(long = "workspace-root", value_name = "DIR")]
     pub workspace_roots: Vec<PathBuf>,
-    /// Do not install the OS service (the default until service install
-    /// exists: the output says how to run the broker).
+    /// Do not install the OS service (a systemd user unit or launchd
+    /// agent); the output says how to run the broker. `SCOUT_NO_SERVICE=true`
+    /// does the same.
     #[arg(long)]
     pub no_service: bool,
     /// Join a mesh with a code from `scout mesh invite` on a member.
@@ -70,11 +71,22 @@ pub struct SetupReport {
     token_path: PathBuf,
     next: String,
     joined_mesh: Option<String>,
+    service: Option<super::service::InstallReport>,
 }
 
 /// Runs `scout setup`.
 pub fn run(args: SetupArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    let report = apply(&args, context)?;
+    let mut report = apply(&args, context)?;
+    if !args.no_service && !super::service::no_service_from_env() {
+        // After the home is complete, so the service's first start finds
+        // everything it needs.
+        let service = super::service::install(context)?;
+        report.changed |= service.changed();
+        if service.outcome != "unavailable" {
+            report.next = format!("scout service status{}", home_flag(context));
+        }
+        report.service = Some(service);
+    }
     context.printer.emit(&report, || render(&report))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -212,6 +224,7 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
         token_path: home.token_path(),
         next: format!("scout up{}", home_flag(context)),
         joined_mesh: joined,
+        service: None,
     };
     Ok(report)
 }
@@ -348,9 +361,25 @@ fn render(report: &SetupReport) -> String {
         "token     {} (send it as `Authorization: Bearer <token>`)\n",
         report.token_path.display()
     ));
-    out.push_str(&format!(
-        "next      run the broker in the foreground: {}\n",
-        report.next
-    ));
+    match &report.service {
+        Some(service) if service.outcome != "unavailable" => {
+            out.push_str(&service.render());
+            out.push_str(&format!(
+                "next      the broker runs as a service: {}\n",
+                report.next
+            ));
+        }
+        Some(service) => {
+            out.push_str(&service.render());
+            out.push_str(&format!(
+                "next      run the broker in the foreground: {}\n",
+                report.next
+            ));
+        }
+        None => out.push_str(&format!(
+            "next      run the broker in the foreground: {}\n",
+            report.next
+        )),
+    }
     out
 }

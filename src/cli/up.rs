@@ -15,13 +15,21 @@ pub struct UpArgs {}
 
 /// Runs `scout up`.
 pub fn run(_args: UpArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    crate::logging::init();
     if !context.home.settings_path().exists() {
         // First run on this home: do what `scout setup` does with defaults,
         // so one command starts a broker on a fresh machine.
         let summary = super::setup::first_run(context)?;
         eprintln!("first run: set up a new home\n{}", summary.trim_end());
     }
+    // After the first run, so the home exists with its own mode before the
+    // logs directory is made inside it.
+    crate::logging::init_with_file(&context.home.logs_dir());
+    tracing::info!(
+        home = %context.home.config_dir.display(),
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "broker starting"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("scout-broker")
@@ -38,6 +46,7 @@ async fn serve(context: &Context) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let broker = Broker::start(&context.home).await?;
     let info = broker.info().clone();
+    tracing::info!("{}", info.line());
     context.printer.emit(&info, || info.line())?;
     let signal_name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",

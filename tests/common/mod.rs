@@ -54,6 +54,9 @@ impl Sandbox {
             // No multicast or tailnet lookups from test brokers: their
             // traffic stays on loopback. Discovery tests opt back in.
             .env("SCOUT_DISCOVERY", "none")
+            // No OS service from test setups: they run `scout up` themselves.
+            // The service tests opt back in.
+            .env("SCOUT_NO_SERVICE", "true")
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null());
         command

@@ -547,6 +547,7 @@ pub fn cli_names(tally: &Tally, target: &Target) {
                 fresh.path(),
                 &[
                     "setup",
+                    "--no-service",
                     "--node-name",
                     value,
                     "--http-port",
