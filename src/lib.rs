@@ -17,6 +17,8 @@
 //! - [`home`]: where a broker's files live.
 //! - [`identity`]: the node key, node id and API token.
 //! - [`logging`]: stderr logs.
+//! - [`mcp`]: `scout mcp`, the Model Context Protocol server agents use to
+//!   mention each other through the broker.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
 //! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
@@ -36,5 +38,6 @@ pub mod home;
 pub mod http;
 pub mod identity;
 pub mod logging;
+pub mod mcp;
 pub mod pty;
 pub mod store;
