@@ -110,7 +110,7 @@ fn error_code(result: &CallToolResult) -> String {
 
 #[test]
 fn an_mcp_client_asks_an_agent_on_another_broker() {
-    let (alpha, _beta) = two_brokers();
+    let (alpha, beta) = two_brokers();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let recorder = Recorder::default();
@@ -209,7 +209,52 @@ fn an_mcp_client_asks_an_agent_on_another_broker() {
         assert_eq!(peers["peers"][0]["name"], "beta", "{peers}");
 
         client.cancel().await.expect("close the session");
+
+        // The same server run for `@fabric` the way Scout runs it for an
+        // agent (its instance, broker URL and credential in the
+        // environment) sees the ask in its inbox; the ask came from a
+        // person at alpha, so there is no agent to reply to.
+        let agent = connect_as_agent(&beta, "@fabric@beta#main").await;
+        let whoami = structured(&call(&agent, "whoami", json!({})).await);
+        assert_eq!(whoami["instance"], "@fabric@beta#main");
+        let inbox = structured(&call(&agent, "inbox", json!({})).await);
+        let item = &inbox["invocations"][0];
+        assert_eq!(item["invocation_id"], id.as_str(), "{inbox}");
+        assert_eq!(item["from"], "user@alpha", "{inbox}");
+        let conversation = item["conversation_id"].as_str().unwrap();
+        let reply = call(
+            &agent,
+            "reply",
+            json!({"conversation_id": conversation, "message": "thanks"}),
+        )
+        .await;
+        assert_eq!(error_code(&reply), "REPLY_TO_OPERATOR");
+        let unknown = call(
+            &agent,
+            "reply",
+            json!({"conversation_id": "no-such-conversation", "message": "hi"}),
+        )
+        .await;
+        assert_eq!(error_code(&unknown), "CONVERSATION_NOT_FOUND");
+        agent.cancel().await.expect("close the session");
     });
+}
+
+/// `scout mcp` with the environment Scout gives the agents it runs.
+async fn connect_as_agent(node: &Node, instance: &str) -> RunningService<RoleClient, Recorder> {
+    let mut command = node.sandbox.scout();
+    command
+        .arg("mcp")
+        .env("SCOUT_AGENT", instance)
+        .env("SCOUT_URL", node.broker().http_base())
+        .env("SCOUT_TOKEN", node.sandbox.token())
+        .env("LOG_LEVEL", "warn");
+    let transport = TokioChildProcess::new(tokio::process::Command::from(command))
+        .expect("spawn scout mcp");
+    tokio::time::timeout(CALL_BOUND, Recorder::default().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize")
 }
 
 #[test]
