@@ -17,6 +17,8 @@
 //! - [`home`]: where a broker's files live.
 //! - [`identity`]: the node key, node id and API token.
 //! - [`logging`]: stderr logs, and the broker's rotated log file.
+//! - [`mcp`]: `scout mcp`, the Model Context Protocol server agents use to
+//!   mention each other through the broker.
 //! - [`service`]: the broker as a systemd user unit or launchd agent.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
@@ -37,6 +39,7 @@ pub mod home;
 pub mod http;
 pub mod identity;
 pub mod logging;
+pub mod mcp;
 pub mod pty;
 pub mod service;
 pub mod store;

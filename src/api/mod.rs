@@ -11,6 +11,7 @@
 //! - [`work_orders`]: `/v1/work-orders…` bodies and [`WorkOrderView`].
 //! - [`mesh`]: `GET /v1/peers` ([`Peers`]) and `GET /v1/agents`
 //!   ([`AgentList`]); their rows are the daemon's own views.
+//! - [`inbox`]: `GET /v1/inbox` rows ([`InboxItem`]).
 //! - [`usage`]: `GET /v1/usage` ([`usage::UsageTotals`]) and the `since`
 //!   window both it and `scout usage` parse.
 //!
@@ -19,12 +20,14 @@
 //! not derive `Serialize` for the API, it converts into these.
 
 pub mod events;
+pub mod inbox;
 pub mod invocations;
 pub mod mesh;
 pub mod usage;
 pub mod work_orders;
 
 pub use events::{EventKind, EventState, RoutingEvent};
+pub use inbox::InboxItem;
 pub use invocations::{
     AttemptView, Cancelled, ConversationView, DeliveryView, FlightRow, FlightView,
     InvocationStatus, InvocationView, MessageView, SubmitBody, Submitted,

@@ -165,6 +165,7 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
                 state: "registered".into(),
                 active_flights: 0,
                 cwd: agent.cwd.display().to_string(),
+                worktrees: false,
             });
         }
     }

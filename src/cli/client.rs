@@ -143,6 +143,23 @@ impl BrokerClient {
         Ok(Some(BrokerClient { base, token, agent }))
     }
 
+    /// A client for a broker given by its address and a token, as Scout
+    /// sets them (`SCOUT_URL`, `SCOUT_TOKEN`) in the environment of the
+    /// agents it runs. There is no hello proof: the broker that spawned the
+    /// agent chose both, and the token may be scoped to that one agent.
+    pub fn with_token(base: String, token: String) -> BrokerClient {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .redirects(0)
+            .build();
+        BrokerClient { base, token, agent }
+    }
+
+    /// The broker's base URL (`http://127.0.0.1:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `GET path`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let request = self

@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`], [`service`]); [`output`] is the one
+//! [`usage`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -14,6 +14,7 @@ pub mod agents;
 pub mod attach;
 pub mod client;
 pub mod doctor;
+pub mod mcp;
 pub mod mesh;
 pub mod open;
 pub mod output;
@@ -93,6 +94,8 @@ pub enum Command {
     /// Open the web view in a browser, logged in (`--print` only prints
     /// the link); `--list` and `--revoke` manage browser sessions.
     Open(open::OpenArgs),
+    /// Serve the Model Context Protocol on stdio, so agents can mention each other.
+    Mcp(mcp::McpArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -164,6 +167,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Workspaces(command) => workspaces::run(command, context),
         Command::Open(args) => open::run(args, context),
         Command::Service(command) => service::run(command, context),
+        Command::Mcp(args) => mcp::run(args, context),
     }
 }
 

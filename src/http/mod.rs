@@ -3,7 +3,8 @@
 //! Code map: [`error`] is the JSON error shape; [`health`] answers
 //! `GET /health` without a token; [`hello`] answers `GET /v1/hello` without
 //! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
-//! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`usage`] serves
+//! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`inbox`] serves
+//! `/v1/inbox`; [`usage`] serves
 //! `/v1/usage`; [`runtime`] serves the local
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
 //! loop (timeouts, connection cap). Every route but `/health` and
@@ -22,6 +23,7 @@ pub mod agents;
 pub mod error;
 pub mod health;
 pub mod hello;
+pub mod inbox;
 pub mod invocations;
 pub mod mesh;
 pub mod runtime;
@@ -62,6 +64,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
             agents::routes()
                 .merge(mesh::routes())
                 .merge(invocations::routes())
+                .merge(inbox::routes())
                 .merge(usage::routes())
                 .merge(web::routes())
                 .merge(work_orders::routes()),

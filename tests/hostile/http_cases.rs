@@ -28,7 +28,7 @@ const fn route(method: &'static str, path: &'static str) -> Route {
     Route { method, path }
 }
 
-/// Every route of `src/http/{health,agents,mesh,invocations,work_orders,runtime,web,terminal_relay}.rs`
+/// Every route of `src/http/{health,agents,mesh,invocations,inbox,work_orders,runtime,web,terminal_relay}.rs`
 /// behind the token (the page, its assets and `/login` need none).
 pub const ROUTES: &[Route] = &[
     route("GET", "/health"),
@@ -44,6 +44,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/invocations/{id}/cancel"),
     route("GET", "/v1/flights"),
     route("GET", "/v1/usage"),
+    route("GET", "/v1/inbox"),
     route("GET", "/v1/conversations"),
     route("GET", "/v1/conversations/{id}"),
     route("GET", "/v1/events/stream"),

@@ -339,6 +339,10 @@ pub struct InstanceView {
     pub active_flights: u32,
     /// Its working directory on its owner.
     pub cwd: String,
+    /// Whether its definition makes a worktree on its owner for a mentioned
+    /// workspace that has no instance yet.
+    #[serde(default)]
+    pub worktrees: bool,
 }
 
 /// What `scout mesh invite` returns.
@@ -1041,6 +1045,7 @@ pub fn instance_views(
                 },
                 active_flights: entry.body.active_flights,
                 cwd: entry.body.cwd.clone(),
+                worktrees: entry.body.worktrees,
             }
         })
         .collect();
