@@ -152,10 +152,13 @@ fn is_local_origin(origin: &str, port: u16) -> bool {
         && is_local_host(&origin[scheme.len()..], port)
 }
 
-/// Rejects requests without the broker's bearer token.
+/// Rejects requests without the broker's bearer token or a live agent
+/// credential; an agent credential passes only on the routes agents may use
+/// (`FORBIDDEN_SCOPE` elsewhere), and the handler sees who called through
+/// the [`AgentCaller`](crate::daemon::credentials::AgentCaller) extension.
 async fn require_token(
     State(state): State<Arc<BrokerState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let from_header = request
@@ -169,7 +172,25 @@ async fn require_token(
         Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
             next.run(request).await
         }
-        _ => ApiError::unauthorized().into_response(),
+        Some(token) => match state.credentials.caller(token) {
+            Some(caller) => {
+                // Inside a nested router the URI lost its prefix; the
+                // original one names the route as the client called it.
+                let path = request
+                    .extensions()
+                    .get::<axum::extract::OriginalUri>()
+                    .map_or_else(|| request.uri().path(), |original| original.0.path())
+                    .to_owned();
+                if !crate::daemon::credentials::agent_may(request.method(), &path) {
+                    return ApiError::forbidden_scope(request.method().as_str(), &path)
+                        .into_response();
+                }
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            }
+            None => ApiError::unauthorized().into_response(),
+        },
+        None => ApiError::unauthorized().into_response(),
     }
 }
 

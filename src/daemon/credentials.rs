@@ -1,0 +1,200 @@
+//! Agent credentials: the bearer token the broker gives each agent session
+//! it spawns, so the agent can use the local API as itself.
+//!
+//! A credential is minted when the session starts, handed to the agent in
+//! `SCOUT_TOKEN` (with `SCOUT_AGENT`, its instance name, and `SCOUT_URL`,
+//! the API's address), and revoked when the session ends. Only a SHA-256
+//! digest of the token is kept, in memory: a credential never outlives the
+//! broker, whose restart ends every session anyway. The credential also
+//! knows which invocation its session is running, so what the agent sends
+//! extends that invocation's causal chain. Scopes are a fixed set for now
+//! ([`agent_may`]); a scoped-token system can replace the set without
+//! changing how credentials are minted, found and revoked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::env::Env;
+
+/// Variable naming the agent's instance (`@fabric@laptop#main`).
+pub const AGENT_VAR: &str = "SCOUT_AGENT";
+/// Variable holding the local API's address (`http://127.0.0.1:<port>`).
+pub const URL_VAR: &str = "SCOUT_URL";
+/// Variable holding the agent's bearer credential.
+pub const TOKEN_VAR: &str = "SCOUT_TOKEN";
+
+/// Prefix of an agent token, so a leaked one is recognisable in logs and
+/// cannot be mistaken for the operator token.
+const TOKEN_PREFIX: &str = "sat_";
+
+/// The agent behind a request made with an agent credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCaller {
+    /// Its instance name.
+    pub instance: String,
+    /// The invocation its session is running, when one is.
+    pub invocation: Option<String>,
+}
+
+/// The live agent credentials of this broker.
+#[derive(Debug)]
+pub struct AgentCredentials {
+    url: String,
+    by_digest: Mutex<HashMap<[u8; 32], AgentCaller>>,
+}
+
+impl AgentCredentials {
+    /// No credentials yet; agents reach the API at `url`.
+    pub fn new(url: String) -> AgentCredentials {
+        AgentCredentials {
+            url,
+            by_digest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Mints a credential for `instance`; returns the token and the
+    /// variables to set in the agent's environment.
+    pub fn mint(&self, instance: &str, env: &Env) -> (String, Vec<(String, String)>) {
+        let secret: [u8; 32] = env.random();
+        let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
+        self.lock().insert(
+            digest(&token),
+            AgentCaller {
+                instance: instance.to_owned(),
+                invocation: None,
+            },
+        );
+        let vars = vec![
+            (AGENT_VAR.to_owned(), instance.to_owned()),
+            (URL_VAR.to_owned(), self.url.clone()),
+            (TOKEN_VAR.to_owned(), token.clone()),
+        ];
+        (token, vars)
+    }
+
+    /// Revokes `token`; later requests with it are unauthorised.
+    pub fn revoke(&self, token: &str) {
+        self.lock().remove(&digest(token));
+    }
+
+    /// Records the invocation the session holding `token` runs (`None`
+    /// once the turn ends).
+    pub fn set_running(&self, token: &str, invocation: Option<String>) {
+        if let Some(caller) = self.lock().get_mut(&digest(token)) {
+            caller.invocation = invocation;
+        }
+    }
+
+    /// The agent a presented token belongs to, if it is live.
+    pub fn caller(&self, presented: &str) -> Option<AgentCaller> {
+        if !presented.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        // The map is keyed by digest, so the lookup compares digests, not
+        // the secret: its timing reveals nothing about a guessed token.
+        self.lock().get(&digest(presented)).cloned()
+    }
+
+    /// Live credentials.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], AgentCaller>> {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Whether an agent credential may make a request: sending and asking
+/// (`POST /v1/invocations` and reading invocations, their waits and
+/// streams), the registry reads (agents, resolve, peers) and work orders
+/// (enqueue, list, run now). Everything else (spawning and stopping
+/// terminals, cancelling, mesh administration, invites) stays the
+/// operator's.
+pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["v1", "agents", ..]) => true,
+        (&Method::GET, ["v1", "resolve", ..]) => true,
+        (&Method::GET, ["v1", "peers"]) => true,
+        (&Method::POST, ["v1", "invocations"]) => true,
+        (&Method::GET, ["v1", "invocations", ..]) => true,
+        (&Method::GET, ["v1", "flights"]) => true,
+        (&Method::GET, ["v1", "conversations", ..]) => true,
+        (&Method::POST, ["v1", "work-orders"]) => true,
+        (&Method::GET, ["v1", "work-orders", ..]) => true,
+        (&Method::POST, ["v1", "work-orders", "run-now"]) => true,
+        _ => false,
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn minted_tokens_are_found_until_revoked() {
+        let credentials = AgentCredentials::new("http://127.0.0.1:1".into());
+        let env = Env::system(None);
+        let (token, vars) = credentials.mint("@a@n#main", &env);
+        assert!(vars.contains(&(TOKEN_VAR.to_owned(), token.clone())));
+        assert_eq!(credentials.caller(&token).unwrap().instance, "@a@n#main");
+        credentials.set_running(&token, Some("inv-1".into()));
+        assert_eq!(
+            credentials.caller(&token).unwrap().invocation.as_deref(),
+            Some("inv-1")
+        );
+        assert_eq!(credentials.caller("sat_00"), None);
+        credentials.revoke(&token);
+        assert_eq!(credentials.caller(&token), None);
+        assert!(credentials.is_empty());
+    }
+
+    #[test]
+    fn scopes_allow_mentions_and_reads_only() {
+        for (method, path) in [
+            (Method::GET, "/v1/agents"),
+            (Method::GET, "/v1/resolve"),
+            (Method::GET, "/v1/peers"),
+            (Method::POST, "/v1/invocations"),
+            (Method::GET, "/v1/invocations/abc"),
+            (Method::GET, "/v1/invocations/abc/stream"),
+            (Method::GET, "/v1/conversations/c"),
+            (Method::POST, "/v1/work-orders"),
+            (Method::GET, "/v1/work-orders"),
+            (Method::POST, "/v1/work-orders/run-now"),
+        ] {
+            assert!(agent_may(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/agents"),
+            (Method::GET, "/agents"),
+            (Method::POST, "/v1/invocations/abc/cancel"),
+            (Method::POST, "/v1/work-orders/x/cancel"),
+            (Method::POST, "/v1/mesh/invites"),
+            (Method::GET, "/v1/usage"),
+            (Method::DELETE, "/v1/agents/x"),
+        ] {
+            assert!(!agent_may(&method, path), "{method} {path}");
+        }
+    }
+}
