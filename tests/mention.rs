@@ -1,0 +1,127 @@
+//! Agents mentioning each other through the broker, with real broker
+//! processes and real PTY agents: a session the broker spawns sees its
+//! instance name, the API's address and its own credential in its
+//! environment; the credential works on the routes agents may use, gets
+//! `FORBIDDEN_SCOPE` elsewhere, and stops working when the session ends.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Node, wait_until};
+
+/// A broker owning `@worker`, a bash loop that writes its `SCOUT_*`
+/// variables to `env.txt` for every line it gets, then answers.
+fn broker_with_env_worker() -> (Node, PathBuf) {
+    let mut node = Node::setup("alpha", &[]);
+    let out = node.sandbox.path().join("env.txt");
+    let script = format!(
+        "printf 'ready> '; while IFS= read -r line; do printf 'SCOUT_AGENT=%s\\nSCOUT_URL=%s\\nSCOUT_TOKEN=%s\\n' \"$SCOUT_AGENT\" \"$SCOUT_URL\" \"$SCOUT_TOKEN\" > {}.tmp; mv {}.tmp {}; echo \"done: $line\"; printf 'ready> '; done",
+        out.display(),
+        out.display(),
+        out.display()
+    );
+    let cwd = node.sandbox.path().display().to_string();
+    let add = node.run(&[
+        "agents",
+        "add",
+        "worker",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    node.start();
+    (node, out)
+}
+
+fn read_vars(path: &Path) -> Option<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    (vars.len() == 3).then_some(vars)
+}
+
+fn var(vars: &[(String, String)], name: &str) -> String {
+    vars.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
+}
+
+/// The status and the error code of a request made with `token`.
+fn call(node: &Node, method: &str, path: &str, token: &str) -> (u16, Option<String>) {
+    let url = format!("{}{path}", node.broker().http_base());
+    let request = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+    let response = if method == "GET" {
+        request.call()
+    } else {
+        request.send_json(serde_json::json!({}))
+    };
+    match response {
+        Ok(response) => (response.status(), None),
+        Err(ureq::Error::Status(status, response)) => {
+            let body: serde_json::Value = response.into_json().unwrap_or_default();
+            (status, body["error"]["code"].as_str().map(str::to_owned))
+        }
+        Err(err) => panic!("{method} {url}: {err}"),
+    }
+}
+
+#[test]
+fn a_spawned_agent_gets_its_identity_and_a_scoped_credential() {
+    let (node, out) = broker_with_env_worker();
+    let run = node.run(&["send", "@worker", "who am i", "--wait", "--timeout", "60"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let vars = wait_until("the worker to write its variables", || read_vars(&out));
+    assert_eq!(var(&vars, "SCOUT_AGENT"), "@worker@alpha#main");
+    assert_eq!(var(&vars, "SCOUT_URL"), node.broker().http_base());
+    let token = var(&vars, "SCOUT_TOKEN");
+    assert!(token.starts_with("sat_"), "{token}");
+    assert_ne!(token, node.sandbox.token());
+
+    // Allowed: reads and mentions.
+    for path in ["/v1/agents", "/v1/peers", "/v1/flights"] {
+        assert_eq!(call(&node, "GET", path, &token).0, 200, "GET {path}");
+    }
+    // Refused with a typed 403: the operator's routes.
+    for (method, path) in [
+        ("GET", "/agents"),
+        ("POST", "/agents"),
+        ("GET", "/v1/usage"),
+        ("POST", "/v1/mesh/invites"),
+    ] {
+        assert_eq!(
+            call(&node, method, path, &token),
+            (403, Some("FORBIDDEN_SCOPE".to_owned())),
+            "{method} {path}"
+        );
+    }
+
+    // Once the session ends, the credential is dead.
+    let agents = node.get("/agents");
+    let id = agents["agents"]
+        .as_array()
+        .and_then(|agents| agents.first())
+        .and_then(|agent| agent["id"].as_str())
+        .unwrap_or_else(|| panic!("no session in {agents}"))
+        .to_owned();
+    let url = format!("{}/agents/{id}", node.broker().http_base());
+    ureq::delete(&url)
+        .set("Authorization", &format!("Bearer {}", node.sandbox.token()))
+        .call()
+        .unwrap_or_else(|err| panic!("DELETE {url}: {err}"));
+    wait_until("the credential to be revoked", || {
+        (call(&node, "GET", "/v1/agents", &token).0 == 401).then_some(())
+    });
+}
