@@ -36,5 +36,6 @@ pub mod home;
 pub mod http;
 pub mod identity;
 pub mod logging;
+pub mod mcp;
 pub mod pty;
 pub mod store;

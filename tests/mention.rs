@@ -125,3 +125,123 @@ fn a_spawned_agent_gets_its_identity_and_a_scoped_credential() {
         (call(&node, "GET", "/v1/agents", &token).0 == 401).then_some(())
     });
 }
+
+/// `scout mcp install` for each CLI, in a sandbox whose HOME is the
+/// sandbox: the files it writes parse back with the entry, the rest of a
+/// file survives, a second install changes nothing, `--dry-run` writes
+/// nothing, and `scout mcp doctor` finds the entries.
+#[test]
+fn mcp_install_writes_each_cli_config_and_doctor_finds_it() {
+    let node = Node::setup("alpha", &[]);
+    let home = node.sandbox.path().to_owned();
+    let scout = std::fs::canonicalize(env!("CARGO_BIN_EXE_scout")).expect("binary");
+    let install = |args: &[&str]| {
+        let output = node
+            .sandbox
+            .scout()
+            .env_remove("CODEX_HOME")
+            .args(["--json", "mcp", "install"])
+            .args(args)
+            .output()
+            .expect("run scout");
+        let run = common::Run::from(output);
+        assert_eq!(run.code, 0, "install {args:?}: {}", run.stderr);
+        run.json()
+    };
+
+    // The dry run prints and writes nothing.
+    let dry = install(&["claude", "--dry-run"]);
+    assert!(dry["content"].as_str().unwrap().contains("mcpServers"));
+    assert!(!home.join(".claude.json").exists());
+
+    // Claude's user file keeps what was there.
+    std::fs::write(home.join(".claude.json"), r#"{"numStartups": 3}"#).unwrap();
+    assert_eq!(install(&["claude"])["changed"], true);
+    assert_eq!(install(&["claude"])["changed"], false);
+    let claude: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json")).unwrap()).unwrap();
+    assert_eq!(claude["numStartups"], 3);
+    let entry = &claude["mcpServers"]["scout"];
+    assert_eq!(
+        entry["command"].as_str().map(std::path::PathBuf::from),
+        Some(scout.clone())
+    );
+    assert_eq!(entry["args"], serde_json::json!(["mcp"]));
+
+    // Project scope writes the project's file in the current directory.
+    install(&["claude", "--scope", "project"]);
+    let project: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".mcp.json")).unwrap()).unwrap();
+    assert_eq!(
+        project["mcpServers"]["scout"]["args"],
+        serde_json::json!(["mcp"])
+    );
+
+    install(&["codex"]);
+    let codex: toml::Table = std::fs::read_to_string(home.join(".codex/config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        codex["mcp_servers"]["scout"]["command"]
+            .as_str()
+            .map(std::path::PathBuf::from),
+        Some(scout.clone())
+    );
+
+    install(&["gemini"]);
+    let gemini: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".gemini/settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        gemini["mcpServers"]["scout"]["args"],
+        serde_json::json!(["mcp"])
+    );
+
+    let doctor = node
+        .sandbox
+        .scout()
+        .env_remove("CODEX_HOME")
+        .args(["--json", "mcp", "doctor"])
+        .output()
+        .expect("doctor");
+    let doctor = common::Run::from(doctor);
+    assert_eq!(doctor.code, 0, "{}", doctor.stderr);
+    let checks = doctor.json()["checks"].as_array().cloned().unwrap();
+    // The project is the sandbox, which is HOME too, so every file exists.
+    assert!(checks.iter().all(|check| check["state"] == "ok"), "{checks:?}");
+    assert_eq!(checks.len(), 6, "{checks:?}");
+
+    // The real pinned claude reads the file it finds in HOME.
+    let child = std::process::Command::new(common::agent_clis::agent_cli("claude"))
+        .args(["mcp", "list"])
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("claude");
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let output = done_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| {
+            // The child this test started, by its id.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("claude mcp list did not finish");
+        })
+        .expect("claude output");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains("scout:") && listed.contains(&scout.display().to_string()),
+        "stdout: {listed}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

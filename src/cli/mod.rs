@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`]); [`output`] is the one
+//! [`usage`], [`attach`], [`mcp`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -14,6 +14,7 @@ pub mod agents;
 pub mod attach;
 pub mod client;
 pub mod doctor;
+pub mod mcp;
 pub mod mesh;
 pub mod output;
 pub mod resolve;
@@ -81,6 +82,9 @@ pub enum Command {
     WorkOrders(send::WorkOrdersCommand),
     /// Tokens and cost of the flights the mesh ran, by agent or node.
     Usage(usage::UsageArgs),
+    /// The MCP server agents mention each other through; `install` and
+    /// `doctor` register it with the agent CLIs.
+    Mcp(mcp::McpArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -149,6 +153,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Conversations(command) => send::conversations(command, context),
         Command::WorkOrders(command) => send::work_orders(command, context),
         Command::Usage(args) => usage::run(args, context),
+        Command::Mcp(args) => mcp::run(args, context),
     }
 }
 
