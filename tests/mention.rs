@@ -209,7 +209,10 @@ fn mcp_install_writes_each_cli_config_and_doctor_finds_it() {
     assert_eq!(doctor.code, 0, "{}", doctor.stderr);
     let checks = doctor.json()["checks"].as_array().cloned().unwrap();
     // The project is the sandbox, which is HOME too, so every file exists.
-    assert!(checks.iter().all(|check| check["state"] == "ok"), "{checks:?}");
+    assert!(
+        checks.iter().all(|check| check["state"] == "ok"),
+        "{checks:?}"
+    );
     assert_eq!(checks.len(), 6, "{checks:?}");
 
     // The real pinned claude reads the file it finds in HOME.
@@ -244,4 +247,40 @@ fn mcp_install_writes_each_cli_config_and_doctor_finds_it() {
         "stdout: {listed}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The flags the codex adapter passes to register the Scout MCP server are
+/// what the pinned codex reads: `codex mcp list` shows the server, its
+/// command and the variables it passes on.
+#[test]
+fn the_pinned_codex_reads_the_scout_mcp_overrides() {
+    use scout::adapter::ScoutMcp;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ScoutMcp {
+        command: "/opt/scout/bin/scout".to_owned(),
+    };
+    let output = std::process::Command::new(common::agent_clis::agent_cli("codex"))
+        .args(server.codex_args())
+        .args(["mcp", "list"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("CODEX_HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("codex mcp list");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let row = listed
+        .lines()
+        .find(|line| line.starts_with("scout "))
+        .unwrap_or_else(|| panic!("no scout server in:\n{listed}"));
+    for word in [
+        "/opt/scout/bin/scout",
+        "mcp",
+        "SCOUT_AGENT",
+        "SCOUT_URL",
+        "SCOUT_TOKEN",
+    ] {
+        assert!(row.contains(word), "{word} missing from {row}");
+    }
 }

@@ -12,6 +12,7 @@
 //! changing how credentials are minted, found and revoked.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -43,7 +44,15 @@ pub struct AgentCaller {
 pub struct AgentCredentials {
     url: String,
     by_digest: Mutex<HashMap<[u8; 32], AgentCaller>>,
+    /// Where the Gemini CLI's defaults file naming the Scout MCP server is
+    /// written (in the broker's state directory), when there is one.
+    gemini_defaults: Option<PathBuf>,
 }
+
+/// The variable naming the Gemini CLI's system defaults file: the settings
+/// with the lowest precedence, so the Scout server is added to the user's
+/// own servers and overrides nothing the user set.
+pub const GEMINI_DEFAULTS_VAR: &str = "GEMINI_CLI_SYSTEM_DEFAULTS_PATH";
 
 impl AgentCredentials {
     /// No credentials yet; agents reach the API at `url`.
@@ -51,7 +60,33 @@ impl AgentCredentials {
         AgentCredentials {
             url,
             by_digest: Mutex::new(HashMap::new()),
+            gemini_defaults: None,
         }
+    }
+
+    /// Writes Gemini defaults files naming the Scout MCP server at `path`.
+    pub fn with_gemini_defaults(mut self, path: PathBuf) -> AgentCredentials {
+        self.gemini_defaults = Some(path);
+        self
+    }
+
+    /// The variable pointing a Gemini CLI at a defaults file that registers
+    /// the Scout MCP server run by `command`, written first. The file holds
+    /// no secret: the server reads its identity from the environment the
+    /// CLI passes on. `None` when there is no place for it or it cannot be
+    /// written (the agent then runs without the server).
+    pub fn gemini_env(&self, command: &str) -> Option<(String, String)> {
+        let path = self.gemini_defaults.as_ref()?;
+        let content = serde_json::json!({
+            "mcpServers": { "scout": { "command": command, "args": ["mcp"] } }
+        });
+        let mut bytes = serde_json::to_vec_pretty(&content).ok()?;
+        bytes.push(b'\n');
+        if let Err(err) = crate::config::json_file::write_atomically(path, &bytes) {
+            tracing::warn!(path = %path.display(), cause = %err, "cannot write the gemini defaults naming the scout MCP server");
+            return None;
+        }
+        Some((GEMINI_DEFAULTS_VAR.to_owned(), path.display().to_string()))
     }
 
     /// Mints a credential for `instance`; returns the token and the

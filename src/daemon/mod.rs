@@ -273,10 +273,10 @@ impl Broker {
 
         let agents = Arc::new(RwLock::new(discovered.agents));
         let runtime = Arc::new(crate::pty::SessionManager::new(runtime_config));
-        let credentials = Arc::new(credentials::AgentCredentials::new(format!(
-            "http://127.0.0.1:{}",
-            http_addr.port()
-        )));
+        let credentials = Arc::new(
+            credentials::AgentCredentials::new(format!("http://127.0.0.1:{}", http_addr.port()))
+                .with_gemini_defaults(home.state_dir.join("gemini-mcp-defaults.json")),
+        );
         let executor: Arc<dyn routing::executor::Executor> = match options.executor {
             Some(executor) => executor,
             None => Arc::new(routing::executor::PtyExecutor::new(

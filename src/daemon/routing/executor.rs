@@ -160,10 +160,20 @@ async fn run_on_session(
                 let (token, vars) = credentials.mint(&request.instance, env);
                 (credentials.clone(), token, vars)
             });
-            let env = minted
+            let mcp = minted
+                .as_ref()
+                .and_then(|_| crate::adapter::ScoutMcp::current());
+            let mut env = minted
                 .as_ref()
                 .map(|(_, _, vars)| vars.clone())
                 .unwrap_or_default();
+            // Gemini takes MCP servers only from settings files.
+            if let (Some((credentials, _, _)), Some(mcp), scout_mesh::lifecycle::Harness::Gemini) =
+                (minted.as_ref(), mcp.as_ref(), request.agent.harness)
+                && let Some(var) = credentials.gemini_env(&mcp.command)
+            {
+                env.push(var);
+            }
             let spawned = sessions
                 .spawn(SpawnRequest {
                     name: Some(request.instance.clone()),
@@ -172,6 +182,11 @@ async fn run_on_session(
                     options: AdapterOptions {
                         command: Some(request.agent.command.clone()),
                         prompt_pattern: request.agent.prompt_pattern.clone(),
+                        // A session with an identity gets the Scout MCP
+                        // server, so the agent can mention others.
+                        mcp: minted
+                            .as_ref()
+                            .and_then(|_| crate::adapter::ScoutMcp::current()),
                         ..AdapterOptions::default()
                     },
                     env,
