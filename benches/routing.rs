@@ -292,6 +292,8 @@ fn request(n: usize, policy: DeliveryPolicy) -> SubmitRequest {
         deadline_ms: None,
         conversation_id: None,
         author: "bench".into(),
+        from: None,
+        parent_chain: Vec::new(),
     }
 }
 

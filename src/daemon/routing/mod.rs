@@ -81,6 +81,12 @@ pub struct SubmitRequest {
     pub conversation_id: Option<String>,
     /// Who asked (for the conversation).
     pub author: String,
+    /// The agent instance that sends it, when an agent does (through its
+    /// credential); absent for a person.
+    pub from: Option<String>,
+    /// The causal chain of the invocation the sender is running, which
+    /// this one extends (empty for a person or an agent between turns).
+    pub parent_chain: Vec<String>,
 }
 
 /// Why routing refused a request.
@@ -113,6 +119,9 @@ pub enum RouteError {
     /// The broker is stopping.
     #[error("the broker is stopping")]
     Stopping,
+    /// The mention would loop or chain too deep (`MENTION_LOOP`).
+    #[error(transparent)]
+    MentionLoop(#[from] scout_mesh::mention::MentionLoop),
 }
 
 impl RouteError {
@@ -126,6 +135,7 @@ impl RouteError {
             RouteError::InvalidId(_) => "INVALID_ID",
             RouteError::Store(err) => err.code(),
             RouteError::Stopping => "STOPPING",
+            RouteError::MentionLoop(err) => err.code(),
         }
     }
 }
@@ -266,6 +276,14 @@ impl Router {
         }
         let query = AgentName::parse_lenient(&request.target)?;
         let choice = self.choose(&query, None)?;
+        // Refused here, before anything is stored, so a loop leaves no
+        // invocation behind; the owner checks the chain again.
+        let chain = scout_mesh::mention::extend(
+            &request.parent_chain,
+            request.from.as_deref(),
+            &choice.instance,
+            scout_mesh::mention::MENTION_DEPTH_MAX,
+        )?;
         let now = self.now_ms();
         let invocation = Invocation {
             invocation_id,
@@ -281,6 +299,8 @@ impl Router {
             ),
             policy: request.policy,
             created_unix_ms: now,
+            from: request.from,
+            chain,
         };
         let submitted = Submitted {
             invocation_id: invocation.invocation_id.clone(),

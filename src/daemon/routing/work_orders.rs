@@ -126,6 +126,8 @@ async fn dispatch(
                 deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
                 conversation_id: None,
                 author: author.to_owned(),
+                from: None,
+                parent_chain: Vec::new(),
             },
         )
         .await;
