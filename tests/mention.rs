@@ -2,7 +2,10 @@
 //! processes and real PTY agents: a session the broker spawns sees its
 //! instance name, the API's address and its own credential in its
 //! environment; the credential works on the routes agents may use, gets
-//! `FORBIDDEN_SCOPE` elsewhere, and stops working when the session ends.
+//! `FORBIDDEN_SCOPE` elsewhere, and stops working when the session ends;
+//! what an agent sends is recorded as from it on both brokers, and a loop
+//! between agents on two brokers is refused with `MENTION_LOOP`, leaving
+//! nothing stuck; `scout mcp install` writes configs the real CLIs read.
 
 mod common;
 
@@ -283,4 +286,119 @@ fn the_pinned_codex_reads_the_scout_mcp_overrides() {
     ] {
         assert!(row.contains(word), "{word} missing from {row}");
     }
+}
+
+/// Adds `name` on `node`: a bash loop that, for every line it gets, sends
+/// `message` to `target` through the local API with its own credential,
+/// writes the answer's status and body to `<name>.log`, then answers.
+fn add_mentioning_agent(node: &Node, name: &str, target: &str) -> PathBuf {
+    let log = node.sandbox.path().join(format!("{name}.log"));
+    let body =
+        format!("{{\\\"target\\\":\\\"{target}\\\",\\\"message\\\":\\\"hello from {name}\\\"}}");
+    let script = format!(
+        "printf 'ready> '; while IFS= read -r line; do curl -s -o {log}.body -w '%{{http_code}}' -H \"Authorization: Bearer $SCOUT_TOKEN\" -H 'Content-Type: application/json' -d \"{body}\" \"$SCOUT_URL/v1/invocations\" > {log}.code; cat {log}.code {log}.body > {log}.tmp; mv {log}.tmp {log}; echo \"done: $line\"; printf 'ready> '; done",
+        log = log.display(),
+    );
+    let cwd = node.sandbox.path().display().to_string();
+    let add = node.run(&[
+        "agents",
+        "add",
+        name,
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    log
+}
+
+/// Every flight a node lists has ended.
+fn all_flights_ended(node: &Node) -> bool {
+    let flights = node.get("/v1/flights");
+    let ended = |state: &serde_json::Value| {
+        state.is_null()
+            || ["completed", "failed", "cancelled"]
+                .iter()
+                .any(|end| state == end)
+    };
+    flights.as_array().is_some_and(|flights| {
+        !flights.is_empty()
+            && flights
+                .iter()
+                .all(|flight| ended(&flight["delivery"]) && ended(&flight["flight"]))
+    })
+}
+
+/// `@pinger` on alpha, asked by a person, mentions `@ponger` on beta, which
+/// mentions `@pinger` back: the second mention closes a loop and is refused
+/// with `MENTION_LOOP` naming the chain, the first is recorded as from
+/// `@pinger` on both brokers, and every flight ends.
+#[test]
+fn a_loop_across_two_brokers_is_refused_and_nothing_is_stuck() {
+    let mut alpha = Node::setup("alpha", &[]);
+    let mut beta = Node::setup("beta", &[]);
+    let pinger_log = add_mentioning_agent(&alpha, "pinger", "@ponger");
+    let ponger_log = add_mentioning_agent(&beta, "ponger", "@pinger");
+    alpha.start();
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("both brokers to see both agents", || {
+        (alpha.instances().contains(&"@ponger@beta#main".to_owned())
+            && beta.instances().contains(&"@pinger@alpha#main".to_owned()))
+        .then_some(())
+    });
+
+    let run = alpha.run(&["send", "@pinger", "start", "--wait", "--timeout", "60"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let pinger_sent = wait_until("pinger's mention to be answered", || {
+        std::fs::read_to_string(&pinger_log).ok()
+    });
+    assert!(pinger_sent.starts_with("202"), "{pinger_sent}");
+    let body: serde_json::Value =
+        serde_json::from_str(pinger_sent.trim_start_matches("202")).expect("submit json");
+    let id = body["invocation_id"].as_str().expect("id").to_owned();
+
+    // Ponger ran it, and its mention back was refused.
+    let ponger_sent = wait_until("ponger's mention to be answered", || {
+        std::fs::read_to_string(&ponger_log).ok()
+    });
+    assert!(ponger_sent.starts_with("409"), "{ponger_sent}");
+    assert!(ponger_sent.contains("MENTION_LOOP"), "{ponger_sent}");
+    assert!(
+        ponger_sent.contains("@pinger@alpha#main → @ponger@beta#main"),
+        "{ponger_sent}"
+    );
+
+    // Recorded as from pinger at the origin and at the owner.
+    for node in [&alpha, &beta] {
+        let status = wait_until("the invocation on both brokers", || {
+            let url = format!("{}/v1/invocations/{id}", node.broker().http_base());
+            ureq::get(&url)
+                .set("Authorization", &format!("Bearer {}", node.sandbox.token()))
+                .call()
+                .ok()
+                .and_then(|response| response.into_json::<serde_json::Value>().ok())
+        });
+        assert_eq!(
+            status["invocation"]["from"], "@pinger@alpha#main",
+            "{status}"
+        );
+        assert_eq!(
+            status["invocation"]["chain"],
+            serde_json::json!(["@pinger@alpha#main"]),
+            "{status}"
+        );
+    }
+    // Nothing stuck: every flight on both brokers ends.
+    wait_until("every flight to end", || {
+        (all_flights_ended(&alpha) && all_flights_ended(&beta)).then_some(())
+    });
 }
