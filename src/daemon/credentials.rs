@@ -158,19 +158,19 @@ impl AgentCredentials {
 pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match (method, segments.as_slice()) {
-        (&Method::GET, ["v1", "agents", ..]) => true,
-        (&Method::GET, ["v1", "resolve", ..]) => true,
-        (&Method::GET, ["v1", "peers"]) => true,
-        (&Method::POST, ["v1", "invocations"]) => true,
-        (&Method::GET, ["v1", "invocations", ..]) => true,
-        (&Method::GET, ["v1", "flights"]) => true,
-        (&Method::GET, ["v1", "conversations", ..]) => true,
-        (&Method::POST, ["v1", "work-orders"]) => true,
-        (&Method::GET, ["v1", "work-orders", ..]) => true,
-        (&Method::POST, ["v1", "work-orders", "run-now"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, segments.as_slice()),
+        (&Method::GET, ["v1", "agents", ..])
+            | (&Method::GET, ["v1", "resolve", ..])
+            | (&Method::GET, ["v1", "peers"])
+            | (&Method::POST, ["v1", "invocations"])
+            | (&Method::GET, ["v1", "invocations", ..])
+            | (&Method::GET, ["v1", "flights"])
+            | (&Method::GET, ["v1", "conversations", ..])
+            | (&Method::POST, ["v1", "work-orders"])
+            | (&Method::GET, ["v1", "work-orders", ..])
+            | (&Method::POST, ["v1", "work-orders", "run-now"])
+    )
 }
 
 fn digest(token: &str) -> [u8; 32] {
