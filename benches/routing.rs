@@ -294,6 +294,7 @@ fn request(n: usize, policy: DeliveryPolicy) -> SubmitRequest {
         author: "bench".into(),
         from: None,
         parent_chain: Vec::new(),
+        reply_to: None,
     }
 }
 

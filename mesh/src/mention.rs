@@ -90,6 +90,20 @@ pub fn extend(
     Ok(chain)
 }
 
+/// The chain of a reply: an agent answering, in the same conversation, the
+/// instance whose mention it is running (`target` is the `from` of that
+/// invocation). A reply goes back down the chain rather than around a
+/// loop, so it carries the chain as it was when the target sent: the links
+/// before the target's own. The target then answers in a new turn of that
+/// conversation, with the chain it had.
+pub fn reply(parent: &[String], target: &str) -> Vec<String> {
+    let before = parent
+        .iter()
+        .rposition(|link| link == target)
+        .unwrap_or(parent.len());
+    parent[..before].to_vec()
+}
+
 /// Checks a chain as it arrives with an invocation for `target`: the same
 /// rule as [`extend`], applied again by the owner broker so that a chain
 /// built elsewhere holds it too.
@@ -156,6 +170,16 @@ mod tests {
                 max: 3
             }
         );
+    }
+
+    #[test]
+    fn a_reply_goes_back_down_the_chain() {
+        // A (run by a person) asked B; B replies to A: no loop.
+        assert_eq!(reply(&names(&["@a"]), "@a"), Vec::<String>::new());
+        // P asked A, A asked B; B replies to A: the chain A had.
+        let chain = reply(&names(&["@p", "@a"]), "@a");
+        assert_eq!(chain, names(&["@p"]));
+        assert_eq!(check(&chain, "@a", MENTION_DEPTH_MAX), Ok(()));
     }
 
     proptest! {

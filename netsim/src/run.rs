@@ -625,6 +625,7 @@ impl<'p> Sim<'p> {
                     author: "netsim".to_owned(),
                     from: None,
                     parent_chain: Vec::new(),
+                    reply_to: None,
                 })
                 .await;
             match submitted {

@@ -70,15 +70,23 @@ async fn submit(
     if let Some(Extension(caller)) = caller {
         // Sent by an agent: recorded as from its instance, extending the
         // chain of the invocation it is running.
-        request.parent_chain = match &caller.invocation {
+        let running = match &caller.invocation {
             Some(running) => state
                 .store
                 .get_invocation(running)
-                .map_err(|err| route_error(err.into()))?
-                .map(|invocation| invocation.chain)
-                .unwrap_or_default(),
-            None => Vec::new(),
+                .map_err(|err| route_error(err.into()))?,
+            None => None,
         };
+        if let Some(running) = running {
+            // An answer in the conversation the agent was mentioned in,
+            // to whoever mentioned it, is a reply.
+            if running.conversation_id.is_some()
+                && running.conversation_id == request.conversation_id
+            {
+                request.reply_to = running.from_instance.clone();
+            }
+            request.parent_chain = running.chain;
+        }
         request.author = caller.instance.clone();
         request.from = Some(caller.instance);
     }
@@ -99,6 +107,7 @@ pub fn submit_request(state: &BrokerState, body: SubmitBody) -> SubmitRequest {
         author: format!("user@{}", state.node_name),
         from: None,
         parent_chain: Vec::new(),
+        reply_to: None,
     }
 }
 

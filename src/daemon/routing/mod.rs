@@ -87,6 +87,10 @@ pub struct SubmitRequest {
     /// The causal chain of the invocation the sender is running, which
     /// this one extends (empty for a person or an agent between turns).
     pub parent_chain: Vec<String>,
+    /// The sender of the invocation the agent is running, when this one is
+    /// in the same conversation: mentioning it back is a reply, which goes
+    /// back down the chain instead of closing a loop.
+    pub reply_to: Option<String>,
 }
 
 /// Why routing refused a request.
@@ -278,12 +282,16 @@ impl Router {
         let choice = self.choose(&query, None)?;
         // Refused here, before anything is stored, so a loop leaves no
         // invocation behind; the owner checks the chain again.
-        let chain = scout_mesh::mention::extend(
-            &request.parent_chain,
-            request.from.as_deref(),
-            &choice.instance,
-            scout_mesh::mention::MENTION_DEPTH_MAX,
-        )?;
+        let chain = if request.reply_to.as_deref() == Some(choice.instance.as_str()) {
+            scout_mesh::mention::reply(&request.parent_chain, &choice.instance)
+        } else {
+            scout_mesh::mention::extend(
+                &request.parent_chain,
+                request.from.as_deref(),
+                &choice.instance,
+                scout_mesh::mention::MENTION_DEPTH_MAX,
+            )?
+        };
         let now = self.now_ms();
         let invocation = Invocation {
             invocation_id,

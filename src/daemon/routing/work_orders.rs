@@ -128,6 +128,7 @@ async fn dispatch(
                 author: author.to_owned(),
                 from: None,
                 parent_chain: Vec::new(),
+                reply_to: None,
             },
         )
         .await;
