@@ -292,6 +292,9 @@ fn request(n: usize, policy: DeliveryPolicy) -> SubmitRequest {
         deadline_ms: None,
         conversation_id: None,
         author: "bench".into(),
+        from: None,
+        parent_chain: Vec::new(),
+        reply_to: None,
     }
 }
 

@@ -62,6 +62,8 @@ fn invocation(store: &Store) -> Invocation {
         deadline_ms: Some(1_700_000_060_000),
         delivery_policy: DeliveryPolicy::Durable,
         created_at_ms: 1_700_000_000_000,
+        from_instance: None,
+        chain: Vec::new(),
     }
 }
 

@@ -128,6 +128,8 @@ fn only_the_origin_acts_on_a_flight_and_only_the_owner_reports() {
             resolve_reason: "exact".into(),
             deadline_ms: None,
             policy: DeliveryPolicy::Durable,
+            from: None,
+            chain: Vec::new(),
         });
         let answer = request(&to_beta, &replay, REQUEST_TIMEOUT).await.unwrap();
         assert_eq!(error_code(&answer), "NOT_ORIGIN");

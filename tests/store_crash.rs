@@ -55,6 +55,8 @@ fn invocation(invocation_id: String) -> Invocation {
         deadline_ms: None,
         delivery_policy: DeliveryPolicy::Durable,
         created_at_ms: 1_700_000_000_000,
+        from_instance: None,
+        chain: Vec::new(),
     }
 }
 

@@ -30,6 +30,8 @@ fn invocation(invocation_id: &str) -> Invocation {
         deadline_ms: Some(T0 + 60_000),
         delivery_policy: DeliveryPolicy::MustAck,
         created_at_ms: T0,
+        from_instance: None,
+        chain: Vec::new(),
     }
 }
 

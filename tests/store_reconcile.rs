@@ -29,6 +29,8 @@ fn invocation(invocation_id: &str) -> Invocation {
         deadline_ms: None,
         delivery_policy: DeliveryPolicy::Durable,
         created_at_ms: T0,
+        from_instance: None,
+        chain: Vec::new(),
     }
 }
 

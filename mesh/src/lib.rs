@@ -22,6 +22,8 @@
 //! - [`routing`]: the origin's delivery plan: send, retry, defer, query,
 //!   fail, reroute; the rules that keep execution exactly-once.
 //! - [`membership`]: one-time invites, invite codes and the join decision.
+//! - [`mention`]: the causal chain of a mention and the depth and cycle
+//!   rule that refuses loops (`MENTION_LOOP`).
 //! - [`usage`]: what a flight used ([`usage::Usage`]: tokens and cost) and
 //!   the stable code of a failed turn ([`usage::FailureCode`]), bounded.
 //!
@@ -35,6 +37,7 @@
 pub mod hlc;
 pub mod lifecycle;
 pub mod membership;
+pub mod mention;
 pub mod names;
 pub mod output;
 pub mod registry;

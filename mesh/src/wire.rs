@@ -1106,6 +1106,30 @@ pub struct InvokeRequest {
     pub deadline_ms: Option<u64>,
     /// How hard to try.
     pub policy: crate::lifecycle::DeliveryPolicy,
+    /// The instance that sent it, when an agent did (absent for a person).
+    /// Travels in the frame's tail (see [`encode_frame`]), so invokes of
+    /// brokers that do not send it still decode.
+    #[serde(skip)]
+    pub from: Option<String>,
+    /// The causal chain that led to it (see [`crate::mention`]), oldest
+    /// first; the owner checks it again. In the frame's tail, like `from`.
+    #[serde(skip)]
+    pub chain: Vec<String>,
+}
+
+/// The most instances a causal chain on the wire may name. Far above the
+/// depth any broker accepts ([`crate::mention::MENTION_DEPTH_MAX`] by
+/// default, raised in settings at most to this), so a frame is bounded
+/// while the configured limit stays the one that refuses.
+pub const CHAIN_LEN_MAX: usize = 64;
+
+/// The fields an invoke gained after protocol 2 shipped, encoded after the
+/// frame (an invoke is always the last value of its frame) and only when
+/// one is set, as [`FlightUpdateTail`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct InvokeTail {
+    from: Option<String>,
+    chain: Vec<String>,
 }
 
 /// The owner's answer to an invoke.
@@ -1230,6 +1254,20 @@ impl MeshFrame {
                 }
                 check_str("target", &invoke.target, AGENT_NAME_BYTES_MAX)?;
                 check_str("instance", &invoke.instance, AGENT_NAME_BYTES_MAX)?;
+                if let Some(from) = &invoke.from {
+                    check_str("from", from, AGENT_NAME_BYTES_MAX)?;
+                }
+                if invoke.chain.len() > CHAIN_LEN_MAX {
+                    return Err(WireError::MalformedFrame {
+                        detail: format!(
+                            "a chain of {} instances; the limit is {CHAIN_LEN_MAX}",
+                            invoke.chain.len()
+                        ),
+                    });
+                }
+                for link in &invoke.chain {
+                    check_str("chain", link, AGENT_NAME_BYTES_MAX)?;
+                }
                 check_str("resolve_reason", &invoke.resolve_reason, REASON_BYTES_MAX)
             }
             MeshFrame::InvokeAck(ack) => {
@@ -1322,6 +1360,15 @@ pub fn encode_frame(frame: &MeshFrame) -> Vec<u8> {
         };
         bytes.extend(postcard::to_allocvec(&tail).expect("flight update tails always encode"));
     }
+    if let MeshFrame::Invoke(invoke) = frame
+        && (invoke.from.is_some() || !invoke.chain.is_empty())
+    {
+        let tail = InvokeTail {
+            from: invoke.from.clone(),
+            chain: invoke.chain.clone(),
+        };
+        bytes.extend(postcard::to_allocvec(&tail).expect("invoke tails always encode"));
+    }
     bytes
 }
 
@@ -1363,6 +1410,14 @@ pub fn decode_frame(bytes: &[u8]) -> Result<MeshFrame, WireError> {
             postcard::take_from_bytes::<FlightUpdateTail>(rest).map_err(malformed)?;
         update.failure_code = tail.failure_code;
         update.usage = tail.usage;
+        rest = after;
+    }
+    if !rest.is_empty()
+        && let MeshFrame::Invoke(invoke) = &mut frame
+    {
+        let (tail, after) = postcard::take_from_bytes::<InvokeTail>(rest).map_err(malformed)?;
+        invoke.from = tail.from;
+        invoke.chain = tail.chain;
         rest = after;
     }
     if !rest.is_empty() {
@@ -1633,7 +1688,37 @@ mod tests {
             resolve_reason: text("resolve_reason"),
             deadline_ms: None,
             policy: crate::lifecycle::DeliveryPolicy::MustAck,
+            from: None,
+            chain: Vec::new(),
         })
+    }
+
+    /// An invoke from an agent carries its sender and chain in the tail;
+    /// one without them encodes exactly as before, so old frames decode.
+    #[test]
+    fn invoke_tails_carry_from_and_chain_and_old_frames_decode() {
+        let plain = invoke(&|_| "a".into());
+        let bytes = encode_frame(&plain);
+        assert_eq!(decode_frame(&bytes).unwrap(), plain);
+        let MeshFrame::Invoke(mut from_agent) = plain.clone() else {
+            unreachable!()
+        };
+        from_agent.from = Some("@a@n#main".into());
+        from_agent.chain = vec!["@b@n#main".into(), "@a@n#main".into()];
+        let frame = MeshFrame::Invoke(from_agent);
+        let encoded = encode_frame(&frame);
+        assert!(encoded.starts_with(&bytes));
+        assert_eq!(decode_frame(&encoded).unwrap(), frame);
+
+        let MeshFrame::Invoke(mut long) = plain else {
+            unreachable!()
+        };
+        long.chain = vec!["@x".into(); CHAIN_LEN_MAX + 1];
+        let err = decode_frame(&encode_frame(&MeshFrame::Invoke(long))).unwrap_err();
+        assert_eq!(err.code(), "MALFORMED_FRAME");
+        let mut cut = encoded.clone();
+        cut.truncate(encoded.len() - 1);
+        assert!(decode_frame(&cut).is_err());
     }
 
     fn flight_update(text: &dyn Fn(&str) -> String) -> FlightUpdate {

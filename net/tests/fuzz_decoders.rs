@@ -256,6 +256,12 @@ fn frame_seeds() -> Vec<MeshFrame> {
             resolve_reason: "only_match".into(),
             deadline_ms: (idx % 2 == 1).then_some(T0),
             policy: DeliveryPolicy::ALL[idx % DeliveryPolicy::ALL.len()],
+            from: (idx % 2 == 1).then(|| "@planner@laptop#main".to_owned()),
+            chain: if idx % 2 == 1 {
+                vec!["@planner@laptop#main".to_owned()]
+            } else {
+                Vec::new()
+            },
         }));
     }
     frames.extend(sync_seeds().into_iter().map(MeshFrame::Sync));

@@ -1284,6 +1284,8 @@ impl Sim {
                 deadline_unix_ms: Some(now.unix_ms + DEADLINE_MS),
                 policy: work.policy,
                 created_unix_ms: now.unix_ms,
+                from: None,
+                chain: Vec::new(),
             },
             delivery_id: format!("{id}-d"),
             choice,

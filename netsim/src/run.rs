@@ -623,6 +623,9 @@ impl<'p> Sim<'p> {
                     deadline_ms: Some(deadline_ms),
                     conversation_id: None,
                     author: "netsim".to_owned(),
+                    from: None,
+                    parent_chain: Vec::new(),
+                    reply_to: None,
                 })
                 .await;
             match submitted {

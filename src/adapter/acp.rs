@@ -526,24 +526,25 @@ pub fn initialize_request(id: u64) -> Value {
     )
 }
 
-/// The `session/new` request for a session working in `cwd`.
-pub fn new_session_request(id: u64, cwd: &Path) -> Value {
+/// The `session/new` request for a session working in `cwd`, with the MCP
+/// servers `mcp_servers` (an array).
+pub fn new_session_request(id: u64, cwd: &Path, mcp_servers: &Value) -> Value {
     request(
         id,
         "session/new",
-        json!({ "cwd": cwd.display().to_string(), "mcpServers": [] }),
+        json!({ "cwd": cwd.display().to_string(), "mcpServers": mcp_servers }),
     )
 }
 
 /// The `session/load` request continuing `session_id` in `cwd`.
-pub fn load_session_request(id: u64, session_id: &str, cwd: &Path) -> Value {
+pub fn load_session_request(id: u64, session_id: &str, cwd: &Path, mcp_servers: &Value) -> Value {
     request(
         id,
         "session/load",
         json!({
             "sessionId": session_id,
             "cwd": cwd.display().to_string(),
-            "mcpServers": [],
+            "mcpServers": mcp_servers,
         }),
     )
 }
@@ -787,7 +788,7 @@ mod tests {
         assert_eq!(prompt["method"], "session/prompt");
         assert_eq!(prompt["params"]["prompt"][0]["type"], "text");
         assert_eq!(prompt["params"]["sessionId"], "s1");
-        let new = new_session_request(1, Path::new("/tmp/work"));
+        let new = new_session_request(1, Path::new("/tmp/work"), &json!([]));
         assert_eq!(new["params"]["cwd"], "/tmp/work");
         assert_eq!(new["params"]["mcpServers"], json!([]));
         assert_eq!(initialize_request(0)["params"]["protocolVersion"], 1);

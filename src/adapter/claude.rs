@@ -64,6 +64,7 @@ pub const CLI_FLAGS_USED: &[&str] = &[
     "stream-json",
     "--verbose",
     "--include-partial-messages",
+    "--mcp-config",
     "--permission-mode",
     PERMISSION_MODE,
     "--resume",
@@ -141,13 +142,27 @@ const ONBOARDING_MARKERS: &[&str] = &["Unable to connect to Anthropic services"]
 pub struct ClaudeAdapter {
     program: String,
     args: Vec<String>,
+    /// Flags registering the Scout MCP server, in every run of the CLI.
+    mcp_args: Vec<String>,
 }
 
 impl ClaudeAdapter {
     /// The adapter, running `command` (default `claude`) on the terminal.
     pub fn new(command: Option<Vec<String>>) -> ClaudeAdapter {
         let (program, args) = program_and_args(command, "claude");
-        ClaudeAdapter { program, args }
+        ClaudeAdapter {
+            program,
+            args,
+            mcp_args: Vec::new(),
+        }
+    }
+
+    /// The adapter giving the CLI the Scout MCP server, when there is one.
+    pub fn with_mcp(mut self, mcp: Option<&crate::adapter::ScoutMcp>) -> ClaudeAdapter {
+        self.mcp_args = mcp
+            .map(crate::adapter::ScoutMcp::claude_args)
+            .unwrap_or_default();
+        self
     }
 }
 
@@ -162,6 +177,7 @@ impl Adapter for ClaudeAdapter {
 
     fn interactive_argv(&self) -> Vec<String> {
         let mut argv = vec![self.program.clone()];
+        argv.extend(self.mcp_args.iter().cloned());
         argv.extend(self.args.iter().cloned());
         argv
     }
@@ -223,6 +239,7 @@ impl Adapter for ClaudeAdapter {
             "--permission-mode".to_owned(),
             PERMISSION_MODE.to_owned(),
         ];
+        argv.extend(self.mcp_args.iter().cloned());
         if let Some(session_id) = resume {
             argv.push("--resume".to_owned());
             argv.push(session_id.to_owned());

@@ -68,7 +68,7 @@ pub const CLI_SURFACE: &[(&[&str], &[&str])] = &[
         ],
     ),
     (&["exec", "resume", "--help"], &["[SESSION_ID]", "[PROMPT]"]),
-    (&["--help"], &["exec", "login", "app-server"]),
+    (&["--help"], &["exec", "login", "app-server", "--config"]),
 ];
 
 const LOGIN_MARKERS: &[&str] = &[
@@ -122,13 +122,27 @@ const AUTH_FAILURE_MARKERS: &[&str] = &[
 pub struct CodexAdapter {
     program: String,
     args: Vec<String>,
+    /// Flags registering the Scout MCP server, in every run of the CLI.
+    mcp_args: Vec<String>,
 }
 
 impl CodexAdapter {
     /// The adapter, running `command` (default `codex`) on the terminal.
     pub fn new(command: Option<Vec<String>>) -> CodexAdapter {
         let (program, args) = program_and_args(command, "codex");
-        CodexAdapter { program, args }
+        CodexAdapter {
+            program,
+            args,
+            mcp_args: Vec::new(),
+        }
+    }
+
+    /// The adapter giving the CLI the Scout MCP server, when there is one.
+    pub fn with_mcp(mut self, mcp: Option<&crate::adapter::ScoutMcp>) -> CodexAdapter {
+        self.mcp_args = mcp
+            .map(crate::adapter::ScoutMcp::codex_args)
+            .unwrap_or_default();
+        self
     }
 }
 
@@ -143,6 +157,7 @@ impl Adapter for CodexAdapter {
 
     fn interactive_argv(&self) -> Vec<String> {
         let mut argv = vec![self.program.clone()];
+        argv.extend(self.mcp_args.iter().cloned());
         argv.extend(self.args.iter().cloned());
         argv
     }
@@ -201,7 +216,9 @@ impl Adapter for CodexAdapter {
     }
 
     fn invocation(&self, prompt: &str, resume: Option<&str>) -> Option<Invocation> {
-        let mut argv = vec![self.program.clone(), "exec".to_owned()];
+        let mut argv = vec![self.program.clone()];
+        argv.extend(self.mcp_args.iter().cloned());
+        argv.push("exec".to_owned());
         argv.extend(EXEC_FLAGS.iter().map(|flag| (*flag).to_owned()));
         if let Some(thread_id) = resume {
             argv.push("resume".to_owned());

@@ -341,6 +341,83 @@ pub struct AdapterOptions {
     /// `command` only: a regular expression matched against the cursor row
     /// that marks a question.
     pub question_pattern: Option<String>,
+    /// The Scout MCP server to give the CLI, for agents the broker runs.
+    pub mcp: Option<ScoutMcp>,
+}
+
+/// The Scout MCP server as an agent CLI starts it: `<scout binary> mcp`
+/// over stdio. The server finds its broker and its identity in the
+/// `SCOUT_AGENT`, `SCOUT_URL` and `SCOUT_TOKEN` variables the session's
+/// environment carries, so nothing secret appears in a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoutMcp {
+    /// The scout binary.
+    pub command: String,
+}
+
+/// The variables the Scout MCP server reads, which a CLI that filters its
+/// servers' environment (codex) must pass on.
+pub const SCOUT_MCP_ENV_VARS: [&str; 3] = ["SCOUT_AGENT", "SCOUT_URL", "SCOUT_TOKEN"];
+
+impl ScoutMcp {
+    /// The server run by this very binary.
+    pub fn current() -> Option<ScoutMcp> {
+        let exe = std::env::current_exe().ok()?;
+        Some(ScoutMcp {
+            command: exe.to_str()?.to_owned(),
+        })
+    }
+
+    /// Claude Code's `--mcp-config` flag with the server as inline JSON.
+    /// Claude starts stdio servers with its own environment, so the
+    /// session's variables reach the server.
+    pub fn claude_args(&self) -> Vec<String> {
+        let config = serde_json::json!({
+            "mcpServers": {
+                "scout": { "type": "stdio", "command": self.command, "args": ["mcp"] }
+            }
+        });
+        vec!["--mcp-config".to_owned(), config.to_string()]
+    }
+
+    /// Codex's `-c` overrides registering the server. Codex gives a server
+    /// only a fixed set of variables plus those `env_vars` names.
+    pub fn codex_args(&self) -> Vec<String> {
+        let string = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        let names: Vec<String> = SCOUT_MCP_ENV_VARS.iter().map(|name| string(name)).collect();
+        vec![
+            "-c".to_owned(),
+            format!("mcp_servers.scout.command={}", string(&self.command)),
+            "-c".to_owned(),
+            "mcp_servers.scout.args=[\"mcp\"]".to_owned(),
+            "-c".to_owned(),
+            format!("mcp_servers.scout.env_vars=[{}]", names.join(",")),
+        ]
+    }
+
+    /// The Agent Client Protocol `mcpServers` entry (`session/new` and
+    /// `session/load`), with the variables of `env` the server reads: an
+    /// ACP agent starts servers with exactly the environment listed.
+    pub fn acp_servers(env: &[(String, String)]) -> serde_json::Value {
+        let Some(server) = ScoutMcp::current() else {
+            return serde_json::json!([]);
+        };
+        let vars: Vec<serde_json::Value> = env
+            .iter()
+            .filter(|(name, _)| SCOUT_MCP_ENV_VARS.contains(&name.as_str()))
+            .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+            .collect();
+        if vars.len() < SCOUT_MCP_ENV_VARS.len() {
+            // Not a session the broker gave an identity: no server.
+            return serde_json::json!([]);
+        }
+        serde_json::json!([{
+            "name": "scout",
+            "command": server.command,
+            "args": ["mcp"],
+            "env": vars,
+        }])
+    }
 }
 
 /// Why an adapter could not be built from the options.
@@ -368,8 +445,12 @@ pub fn adapter_for(
 ) -> Result<Box<dyn Adapter>, AdapterError> {
     let command = options.command.clone().filter(|argv| !argv.is_empty());
     Ok(match harness {
-        Harness::Claude => Box::new(claude::ClaudeAdapter::new(command)),
-        Harness::Codex => Box::new(codex::CodexAdapter::new(command)),
+        Harness::Claude => {
+            Box::new(claude::ClaudeAdapter::new(command).with_mcp(options.mcp.as_ref()))
+        }
+        Harness::Codex => {
+            Box::new(codex::CodexAdapter::new(command).with_mcp(options.mcp.as_ref()))
+        }
         Harness::Gemini => Box::new(gemini::GeminiAdapter::new(command)),
         Harness::Command => Box::new(command::CommandAdapter::new(
             command.ok_or(AdapterError::MissingCommand)?,
@@ -396,6 +477,55 @@ fn program_and_args(command: Option<Vec<String>>, default: &str) -> (String, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scout_mcp_server_reaches_every_run_of_claude_and_codex() {
+        let options = AdapterOptions {
+            mcp: Some(ScoutMcp {
+                command: "/opt/scout".to_owned(),
+            }),
+            ..AdapterOptions::default()
+        };
+        let claude = adapter_for(Harness::Claude, &options).unwrap();
+        for argv in [
+            claude.interactive_argv(),
+            claude.invocation("hi", Some("S1")).unwrap().argv,
+        ] {
+            let at = argv.iter().position(|arg| arg == "--mcp-config").unwrap();
+            let config: serde_json::Value = serde_json::from_str(&argv[at + 1]).unwrap();
+            assert_eq!(config["mcpServers"]["scout"]["command"], "/opt/scout");
+        }
+        let codex = adapter_for(Harness::Codex, &options).unwrap();
+        let exec = codex.invocation("hi", None).unwrap().argv;
+        assert_eq!(exec[1], "-c");
+        assert_eq!(exec[2], "mcp_servers.scout.command=\"/opt/scout\"");
+        assert!(exec.contains(&"exec".to_owned()));
+        assert!(
+            codex
+                .interactive_argv()
+                .contains(&"mcp_servers.scout.args=[\"mcp\"]".to_owned())
+        );
+        // Without the option, nothing changes.
+        let plain = adapter_for(Harness::Claude, &AdapterOptions::default()).unwrap();
+        assert!(
+            !plain
+                .interactive_argv()
+                .contains(&"--mcp-config".to_owned())
+        );
+    }
+
+    #[test]
+    fn acp_sessions_get_the_server_only_with_an_identity() {
+        let vars: Vec<(String, String)> = SCOUT_MCP_ENV_VARS
+            .iter()
+            .map(|name| ((*name).to_owned(), format!("v-{name}")))
+            .collect();
+        let servers = ScoutMcp::acp_servers(&vars);
+        assert_eq!(servers[0]["name"], "scout");
+        assert_eq!(servers[0]["args"], serde_json::json!(["mcp"]));
+        assert_eq!(servers[0]["env"].as_array().unwrap().len(), 3);
+        assert_eq!(ScoutMcp::acp_servers(&[]), serde_json::json!([]));
+    }
 
     #[test]
     fn interactive_resume_argv_per_harness() {

@@ -87,6 +87,13 @@ pub struct InvocationView {
     pub deadline_ms: Option<i64>,
     /// Created, unix ms.
     pub created_at_ms: i64,
+    /// The agent instance that sent it; absent when a person did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The instances whose mentions led to it, oldest first; absent when
+    /// none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 /// A delivery as shown.
@@ -234,6 +241,8 @@ mod tests {
                 policy: DeliveryPolicy::Durable,
                 deadline_ms: None,
                 created_at_ms: 1,
+                from: None,
+                chain: Vec::new(),
             },
             delivery: Some(DeliveryView {
                 state: DeliveryState::PeerAcked,

@@ -15,6 +15,7 @@ pub mod attach;
 pub mod client;
 pub mod doctor;
 pub mod mcp;
+pub mod mcp_serve;
 pub mod mesh;
 pub mod open;
 pub mod output;
@@ -94,7 +95,8 @@ pub enum Command {
     /// Open the web view in a browser, logged in (`--print` only prints
     /// the link); `--list` and `--revoke` manage browser sessions.
     Open(open::OpenArgs),
-    /// Serve the Model Context Protocol on stdio, so agents can mention each other.
+    /// The MCP server agents mention each other through; `install` and
+    /// `doctor` register it with the agent CLIs.
     Mcp(mcp::McpArgs),
 }
 

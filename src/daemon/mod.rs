@@ -7,6 +7,7 @@
 //! its address book from mDNS and Tailscale; [`watch`] reloads agents
 //! when their files change, so `scout agents add` needs no restart.
 
+pub mod credentials;
 pub mod discovery;
 pub mod mesh;
 pub mod routing;
@@ -42,6 +43,8 @@ pub struct BrokerState {
     pub node_id: String,
     /// The bearer token of the local API.
     pub token: String,
+    /// The credentials of the agent sessions this broker spawned.
+    pub credentials: Arc<credentials::AgentCredentials>,
     /// The durable store.
     pub store: Store,
     /// This machine's agents, replaced whole on every reload.
@@ -277,9 +280,16 @@ impl Broker {
 
         let agents = Arc::new(RwLock::new(discovered.agents));
         let runtime = Arc::new(crate::pty::SessionManager::new(runtime_config));
+        let credentials = Arc::new(
+            credentials::AgentCredentials::new(format!("http://127.0.0.1:{}", http_addr.port()))
+                .with_gemini_defaults(home.state_dir.join("gemini-mcp-defaults.json")),
+        );
         let executor: Arc<dyn routing::executor::Executor> = match options.executor {
             Some(executor) => executor,
-            None => Arc::new(routing::executor::PtyExecutor::new(runtime.clone())),
+            None => Arc::new(routing::executor::PtyExecutor::new(
+                runtime.clone(),
+                Some((credentials.clone(), env.clone())),
+            )),
         };
         let router = routing::Router::start(
             routing::RouterParts {
@@ -307,6 +317,7 @@ impl Broker {
             node_name: node_name.clone(),
             node_id: identity.node_id().to_owned(),
             token,
+            credentials,
             store,
             agents,
             mesh: mesh.clone(),

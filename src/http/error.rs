@@ -36,6 +36,17 @@ impl ApiError {
         )
     }
 
+    /// 403: an agent credential on a route only the operator may use.
+    pub fn forbidden_scope(method: &str, path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_SCOPE",
+            format!(
+                "an agent credential may not call {method} {path}: agents may send, ask, read agents, peers and invocations, and enqueue or run work orders"
+            ),
+        )
+    }
+
     /// 403: a `Host` that is not the loopback on the broker's port, as a
     /// browser sends after DNS rebinding.
     pub fn forbidden_host(port: u16) -> ApiError {

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use super::error::{ApiError, JsonBody, PathId};
 pub use crate::api::{Cancelled, ConversationView, FlightRow, MessageView, SubmitBody};
 use crate::api::{EventKind, InvocationStatus, RoutingEvent, Submitted};
 use crate::daemon::BrokerState;
+use crate::daemon::credentials::AgentCaller;
 use crate::daemon::routing::{RouteError, SubmitRequest};
 use crate::store::conversations::{Conversation, Message};
 use crate::store::invocations::Invocation;
@@ -47,6 +48,7 @@ pub(crate) fn route_error(err: RouteError) -> ApiError {
         RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RouteError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RouteError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        RouteError::MentionLoop(_) => StatusCode::CONFLICT,
     };
     ApiError::new(status, err.code(), err.to_string())
 }
@@ -60,14 +62,35 @@ pub(crate) fn check_prompt(text: &str) -> Result<(), ApiError> {
 
 async fn submit(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     check_prompt(&body.message)?;
-    let submitted = state
-        .router
-        .submit(submit_request(&state, body))
-        .await
-        .map_err(route_error)?;
+    let mut request = submit_request(&state, body);
+    if let Some(Extension(caller)) = caller {
+        // Sent by an agent: recorded as from its instance, extending the
+        // chain of the invocation it is running.
+        let running = match &caller.invocation {
+            Some(running) => state
+                .store
+                .get_invocation(running)
+                .map_err(|err| route_error(err.into()))?,
+            None => None,
+        };
+        if let Some(running) = running {
+            // An answer in the conversation the agent was mentioned in,
+            // to whoever mentioned it, is a reply.
+            if running.conversation_id.is_some()
+                && running.conversation_id == request.conversation_id
+            {
+                request.reply_to = running.from_instance.clone();
+            }
+            request.parent_chain = running.chain;
+        }
+        request.author = caller.instance.clone();
+        request.from = Some(caller.instance);
+    }
+    let submitted = state.router.submit(request).await.map_err(route_error)?;
     Ok((StatusCode::ACCEPTED, Json(submitted)))
 }
 
@@ -82,6 +105,9 @@ pub fn submit_request(state: &BrokerState, body: SubmitBody) -> SubmitRequest {
         deadline_ms: body.timeout_ms.map(|ms| now.saturating_add(ms)),
         conversation_id: body.conversation_id,
         author: format!("user@{}", state.node_name),
+        from: None,
+        parent_chain: Vec::new(),
+        reply_to: None,
     }
 }
 

@@ -163,14 +163,18 @@ fn is_local_origin(origin: &str, port: u16) -> bool {
         && is_local_host(&origin[scheme.len()..], port)
 }
 
-/// Rejects requests without the broker's bearer token or a live browser
-/// session cookie (`UNAUTHORIZED`). A cookie is sent by the browser on its
-/// own, so a cookie request that changes state or opens a WebSocket must
-/// also carry `Origin` (`ORIGIN_REQUIRED`); [`require_local_origin`] has
-/// already checked that an `Origin` present is this page's.
+/// Rejects requests without the broker's bearer token, a live agent
+/// credential or a live browser session cookie (`UNAUTHORIZED`). An agent
+/// credential passes only on the routes agents may use (`FORBIDDEN_SCOPE`
+/// elsewhere), and the handler sees who called through the
+/// [`AgentCaller`](crate::daemon::credentials::AgentCaller) extension. A
+/// cookie is sent by the browser on its own, so a cookie request that
+/// changes state or opens a WebSocket must also carry `Origin`
+/// (`ORIGIN_REQUIRED`); [`require_local_origin`] has already checked that an
+/// `Origin` present is this page's.
 async fn require_token(
     State(state): State<Arc<BrokerState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let from_header = request
@@ -184,7 +188,23 @@ async fn require_token(
         Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
             return next.run(request).await;
         }
-        Some(_) => return ApiError::unauthorized().into_response(),
+        Some(token) => {
+            let Some(caller) = state.credentials.caller(token) else {
+                return ApiError::unauthorized().into_response();
+            };
+            // Inside a nested router the URI lost its prefix; the
+            // original one names the route as the client called it.
+            let path = request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(|| request.uri().path(), |original| original.0.path())
+                .to_owned();
+            if !crate::daemon::credentials::agent_may(request.method(), &path) {
+                return ApiError::forbidden_scope(request.method().as_str(), &path).into_response();
+            }
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
         None => {}
     }
     let session_ok = match (

@@ -189,6 +189,7 @@ async fn spawn(
             ready_pattern: body.ready_pattern,
             prompt_pattern: body.prompt_pattern,
             question_pattern: body.question_pattern,
+            mcp: None,
         },
         env: body.env.unwrap_or_default().into_iter().collect(),
         size,

@@ -373,6 +373,9 @@ struct AcpAgent {
     torn: bool,
     /// The output ended.
     ended: bool,
+    /// The MCP servers every session gets: the Scout server when the
+    /// broker gave the session an identity.
+    mcp_servers: Value,
 }
 
 impl AcpAgent {
@@ -407,6 +410,7 @@ impl AcpAgent {
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let stderr_task = tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
         Ok(AcpAgent {
+            mcp_servers: crate::adapter::ScoutMcp::acp_servers(spawn.env),
             stderr_task: Some(stderr_task),
             pid: child.id(),
             process,
@@ -440,6 +444,7 @@ impl AcpAgent {
         cwd: &Path,
         resume: Option<&str>,
     ) -> Result<String, AcpFailure> {
+        let mcp_servers = self.mcp_servers.clone();
         if let Some(resume) = resume {
             if self.live_sessions.contains(resume) {
                 return Ok(resume.to_owned());
@@ -449,7 +454,7 @@ impl AcpAgent {
                 // they are not part of this turn.
                 let loaded = self
                     .call(
-                        |id| acp::load_session_request(id, resume, cwd),
+                        |id| acp::load_session_request(id, resume, cwd, &mcp_servers),
                         &mut |_, _| {},
                     )
                     .await?;
@@ -469,7 +474,10 @@ impl AcpAgent {
             }
         }
         let result = self
-            .call(|id| acp::new_session_request(id, cwd), &mut |_, _| {})
+            .call(
+                |id| acp::new_session_request(id, cwd, &mcp_servers),
+                &mut |_, _| {},
+            )
             .await?
             .map_err(AcpFailure::rpc)?;
         let id = acp::parse_new_session_result(&result).ok_or_else(|| AcpFailure {

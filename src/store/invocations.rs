@@ -34,6 +34,10 @@ pub struct Invocation {
     pub delivery_policy: DeliveryPolicy,
     /// When the origin created it, unix ms.
     pub created_at_ms: i64,
+    /// The instance that sent it, when an agent did.
+    pub from_instance: Option<String>,
+    /// The causal chain that led to it, oldest first.
+    pub chain: Vec<String>,
 }
 
 /// Whether an insert added a row or found the id already present.
@@ -46,7 +50,7 @@ pub enum InsertOutcome {
 }
 
 const COLUMNS: &str = "invocation_id, action, body, conversation_id, origin_node, target, \
-                       deadline_ms, delivery_policy, created_at_ms";
+                       deadline_ms, delivery_policy, created_at_ms, from_instance, chain";
 
 impl Invocation {
     /// The owner's "accept" inside a transaction: inserts `invocation` under
@@ -86,7 +90,7 @@ impl Invocation {
     ) -> Result<InsertOutcome, StoreError> {
         let n_inserted = transaction
             .prepare_cached(&format!(
-                "INSERT INTO invocations ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO invocations ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (invocation_id) DO NOTHING"
             ))?
             .execute(params![
@@ -99,6 +103,8 @@ impl Invocation {
                 invocation.deadline_ms,
                 invocation.delivery_policy.as_str(),
                 invocation.created_at_ms,
+                invocation.from_instance,
+                chain_text(&invocation.chain),
             ])?;
         Ok(if n_inserted == 1 {
             InsertOutcome::Inserted
@@ -171,9 +177,19 @@ impl Invocation {
             deadline_ms: row.get(6)?,
             delivery_policy: parse_word("invocations", &invocation_id, &policy)?,
             created_at_ms: row.get(8)?,
+            from_instance: row.get(9)?,
+            chain: row
+                .get::<_, Option<String>>(10)?
+                .map(|text| serde_json::from_str(&text).unwrap_or_default())
+                .unwrap_or_default(),
             invocation_id,
         })
     }
+}
+
+/// The chain column: a JSON array, NULL when empty.
+fn chain_text(chain: &[String]) -> Option<String> {
+    (!chain.is_empty()).then(|| serde_json::to_string(chain).unwrap_or_default())
 }
 
 /// What [`Store::accept_invocation`] found.

@@ -53,7 +53,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "failure codes and usage on flights and deliveries",
         sql: SCHEMA_V4,
     },
+    Migration {
+        version: 5,
+        name: "sender and causal chain on invocations",
+        sql: SCHEMA_V5,
+    },
 ];
+
+/// Who sent an invocation, when an agent did (NULL for a person), and the
+/// causal chain of instances that led to it, as a JSON array (NULL when
+/// empty): the mention-loop check reads the chain of the invocation an
+/// agent runs when that agent sends another.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE invocations ADD COLUMN from_instance TEXT;
+ALTER TABLE invocations ADD COLUMN chain TEXT;
+"#;
 
 /// What a turn used and how it failed, on the owner's flight and on the
 /// origin's delivery (which learns them with the result): the stable code

@@ -17,6 +17,8 @@ pub fn invocation(invocation_id: &str) -> Invocation {
         deadline_ms: None,
         delivery_policy: DeliveryPolicy::Durable,
         created_at_ms: 1_700_000_000_000,
+        from_instance: None,
+        chain: Vec::new(),
     }
 }
 

@@ -125,6 +125,11 @@ pub struct Invocation {
     pub policy: DeliveryPolicy,
     /// When the origin accepted it, unix ms.
     pub created_unix_ms: u64,
+    /// The instance that sent it, when an agent did.
+    pub from: Option<String>,
+    /// The causal chain that led to it, oldest first (see
+    /// [`crate::mention`]).
+    pub chain: Vec<String>,
 }
 
 /// Where a mention resolved: an instance and its owner.

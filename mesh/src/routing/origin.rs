@@ -48,6 +48,8 @@ impl Delivery {
             resolve_reason: self.choice.reason.clone(),
             deadline_ms: self.invocation.deadline_unix_ms,
             policy: self.invocation.policy,
+            from: self.invocation.from.clone(),
+            chain: self.invocation.chain.clone(),
         }
     }
 }

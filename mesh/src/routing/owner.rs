@@ -92,6 +92,21 @@ impl Router {
             self.reply(request, MeshFrame::error(refusal.code, refusal.message));
             return;
         }
+        // The causal chain is checked again where the work would run, so a
+        // loop is refused even when the origin's broker did not check it.
+        if let Err(looped) = crate::mention::check(
+            &invoke.chain,
+            &invoke.instance,
+            crate::mention::MENTION_DEPTH_MAX,
+        ) {
+            let refusal = Refusal {
+                code: ErrorCode::from_word(crate::mention::MENTION_LOOP_CODE),
+                message: looped.to_string(),
+            };
+            self.remember_refusal(&id, refusal.clone());
+            self.reply(request, MeshFrame::error(refusal.code, refusal.message));
+            return;
+        }
         if let Err(refusal) = facts.admission {
             self.remember_refusal(&id, refusal.clone());
             self.reply(request, MeshFrame::error(refusal.code, refusal.message));
@@ -108,6 +123,8 @@ impl Router {
             deadline_unix_ms: invoke.deadline_ms,
             policy: invoke.policy,
             created_unix_ms: now.unix_ms,
+            from: invoke.from,
+            chain: invoke.chain,
         };
         let wait_for_disk = invocation.policy.waits_for_disk();
         self.flights.insert(

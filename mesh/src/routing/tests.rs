@@ -224,6 +224,8 @@ impl World {
                 deadline_unix_ms: Some(now(t).unix_ms + 60_000),
                 policy: DeliveryPolicy::Durable,
                 created_unix_ms: now(t).unix_ms,
+                from: None,
+                chain: Vec::new(),
             },
             delivery_id: format!("{id}-delivery"),
             choice: Choice {
@@ -386,6 +388,8 @@ fn a_remote_delivery_completes_and_retries_never_run_twice() {
         resolve_reason: "exact".into(),
         deadline_ms: None,
         policy: DeliveryPolicy::Durable,
+        from: None,
+        chain: Vec::new(),
     });
     world
         .wire
@@ -570,6 +574,8 @@ fn a_refusal_of_the_only_invoke_fails_an_exact_mention() {
                 deadline_unix_ms: None,
                 policy: DeliveryPolicy::Durable,
                 created_unix_ms: 0,
+                from: None,
+                chain: Vec::new(),
             },
             delivery_id: "d1".into(),
             choice: Choice {
@@ -633,6 +639,8 @@ fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
         resolve_reason: "exact".into(),
         deadline_ms: None,
         policy: DeliveryPolicy::Durable,
+        from: None,
+        chain: Vec::new(),
     });
     let away = Facts {
         admission: Err(Refusal::new(ErrorCode::AgentOffline, "away")),

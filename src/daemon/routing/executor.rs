@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::adapter::{AdapterOptions, TurnUsage};
 use crate::config::discover::LocalAgent;
+use crate::daemon::credentials::AgentCredentials;
+use crate::env::Env;
 use crate::pty::{RuntimeError, SessionManager, SpawnRequest, TurnEvent, TurnOutcome};
 
 /// Events of one execution buffered at most; output beyond it waits, which
@@ -80,15 +82,29 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug)]
 pub struct PtyExecutor {
     sessions: Arc<SessionManager>,
-    by_instance: Arc<Mutex<HashMap<String, String>>>,
+    by_instance: Arc<Mutex<HashMap<String, Spawned>>>,
+    credentials: Option<(Arc<AgentCredentials>, Env)>,
+}
+
+/// The session an instance runs in, with the credential it was given.
+#[derive(Debug, Clone)]
+struct Spawned {
+    session_id: String,
+    token: Option<String>,
 }
 
 impl PtyExecutor {
-    /// An executor over the broker's session manager.
-    pub fn new(sessions: Arc<SessionManager>) -> PtyExecutor {
+    /// An executor over the broker's session manager. With `credentials`,
+    /// every session it spawns gets an agent credential of its own (minted
+    /// with the environment's randomness), revoked when the session ends.
+    pub fn new(
+        sessions: Arc<SessionManager>,
+        credentials: Option<(Arc<AgentCredentials>, Env)>,
+    ) -> PtyExecutor {
         PtyExecutor {
             sessions,
             by_instance: Arc::new(Mutex::new(HashMap::new())),
+            credentials,
         }
     }
 }
@@ -99,9 +115,17 @@ impl Executor for PtyExecutor {
         let (cancel, cancelled) = oneshot::channel();
         let sessions = self.sessions.clone();
         let by_instance = self.by_instance.clone();
+        let credentials = self.credentials.clone();
         tokio::spawn(async move {
-            let outcome =
-                run_on_session(&sessions, &by_instance, request, &events_tx, cancelled).await;
+            let outcome = run_on_session(
+                &sessions,
+                &by_instance,
+                credentials.as_ref(),
+                request,
+                &events_tx,
+                cancelled,
+            )
+            .await;
             let _ = events_tx.send(ExecEvent::Finished(outcome)).await;
         });
         Execution { events, cancel }
@@ -110,7 +134,8 @@ impl Executor for PtyExecutor {
 
 async fn run_on_session(
     sessions: &SessionManager,
-    by_instance: &Mutex<HashMap<String, String>>,
+    by_instance: &Mutex<HashMap<String, Spawned>>,
+    credentials: Option<&(Arc<AgentCredentials>, Env)>,
     request: ExecRequest,
     events: &mpsc::Sender<ExecEvent>,
     mut cancelled: oneshot::Receiver<()>,
@@ -120,16 +145,16 @@ async fn run_on_session(
         .unwrap_or_else(|poison| poison.into_inner())
         .get(&request.instance)
         .cloned();
-    let alive = known.filter(|id| {
-        sessions.info(id).is_ok_and(|info| {
+    let alive = known.filter(|spawned| {
+        sessions.info(&spawned.session_id).is_ok_and(|info| {
             !matches!(
                 info.status,
                 crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
             )
         })
     });
-    let session_id = match alive {
-        Some(id) => id,
+    let spawned = match alive {
+        Some(spawned) => spawned,
         None => {
             let _ = events.send(ExecEvent::Waking).await;
             let mut workdir = request.agent.cwd.clone();
@@ -144,6 +169,26 @@ async fn run_on_session(
                     _ = &mut cancelled => return ExecOutcome::Cancelled,
                 }
             }
+            // The agent's own credential, so what it sends through the
+            // local API is recorded as from this instance.
+            let minted = credentials.map(|(credentials, env)| {
+                let (token, vars) = credentials.mint(&request.instance, env);
+                (credentials.clone(), token, vars)
+            });
+            let mcp = minted
+                .as_ref()
+                .and_then(|_| crate::adapter::ScoutMcp::current());
+            let mut env = minted
+                .as_ref()
+                .map(|(_, _, vars)| vars.clone())
+                .unwrap_or_default();
+            // Gemini takes MCP servers only from settings files.
+            if let (Some((credentials, _, _)), Some(mcp), scout_mesh::lifecycle::Harness::Gemini) =
+                (minted.as_ref(), mcp.as_ref(), request.agent.harness)
+                && let Some(var) = credentials.gemini_env(&mcp.command)
+            {
+                env.push(var);
+            }
             let spawned = sessions
                 .spawn(SpawnRequest {
                     name: Some(request.instance.clone()),
@@ -152,26 +197,50 @@ async fn run_on_session(
                     options: AdapterOptions {
                         command: Some(request.agent.command.clone()),
                         prompt_pattern: request.agent.prompt_pattern.clone(),
+                        // A session with an identity gets the Scout MCP
+                        // server, so the agent can mention others.
+                        mcp: minted
+                            .as_ref()
+                            .and_then(|_| crate::adapter::ScoutMcp::current()),
                         ..AdapterOptions::default()
                     },
-                    env: Vec::new(),
+                    env,
                     size: None,
                 })
                 .await;
             match spawned {
                 Ok(info) => {
+                    let token = minted.map(|(credentials, token, _)| {
+                        revoke_when_finished(sessions, &info.id, credentials, token.clone());
+                        token
+                    });
+                    let spawned = Spawned {
+                        session_id: info.id.clone(),
+                        token,
+                    };
                     by_instance
                         .lock()
                         .unwrap_or_else(|poison| poison.into_inner())
-                        .insert(request.instance.clone(), info.id.clone());
-                    info.id
+                        .insert(request.instance.clone(), spawned.clone());
+                    spawned
                 }
                 Err(err) => {
+                    if let Some((credentials, token, _)) = minted {
+                        credentials.revoke(&token);
+                    }
                     return refused(&err, format!("cannot start {}: {err}", request.instance));
                 }
             }
         }
     };
+    let session_id = spawned.session_id.clone();
+    // While the turn runs, what the agent sends extends this invocation's
+    // causal chain.
+    let _running = RunningGuard::new(
+        credentials,
+        spawned.token.as_deref(),
+        &request.invocation_id,
+    );
     let asker = crate::pty::TurnAsker {
         by: format!("invocation {}", request.invocation_id),
         node: request.origin_node.clone(),
@@ -212,6 +281,53 @@ async fn run_on_session(
                 let _ = sessions.stop(&session_id).await;
                 return ExecOutcome::Cancelled;
             }
+        }
+    }
+}
+
+/// Revokes a session's credential once the session has ended.
+fn revoke_when_finished(
+    sessions: &SessionManager,
+    session_id: &str,
+    credentials: Arc<AgentCredentials>,
+    token: String,
+) {
+    let Ok(session) = sessions.session(session_id) else {
+        credentials.revoke(&token);
+        return;
+    };
+    let mut finished = session.finished_watch();
+    tokio::spawn(async move {
+        // A closed channel means the session is gone: revoke then too.
+        let _ = finished.wait_for(|done| *done).await;
+        credentials.revoke(&token);
+    });
+}
+
+/// Marks the invocation a session's credential runs for the length of a
+/// turn, and clears it when the turn ends however it ends.
+struct RunningGuard<'a> {
+    held: Option<(&'a AgentCredentials, &'a str)>,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(
+        credentials: Option<&'a (Arc<AgentCredentials>, Env)>,
+        token: Option<&'a str>,
+        invocation: &str,
+    ) -> RunningGuard<'a> {
+        let held = credentials.zip(token).map(|((credentials, _), token)| {
+            credentials.set_running(token, Some(invocation.to_owned()));
+            (credentials.as_ref(), token)
+        });
+        RunningGuard { held }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((credentials, token)) = self.held {
+            credentials.set_running(token, None);
         }
     }
 }

@@ -81,6 +81,16 @@ pub struct SubmitRequest {
     pub conversation_id: Option<String>,
     /// Who asked (for the conversation).
     pub author: String,
+    /// The agent instance that sends it, when an agent does (through its
+    /// credential); absent for a person.
+    pub from: Option<String>,
+    /// The causal chain of the invocation the sender is running, which
+    /// this one extends (empty for a person or an agent between turns).
+    pub parent_chain: Vec<String>,
+    /// The sender of the invocation the agent is running, when this one is
+    /// in the same conversation: mentioning it back is a reply, which goes
+    /// back down the chain instead of closing a loop.
+    pub reply_to: Option<String>,
 }
 
 /// Why routing refused a request.
@@ -113,6 +123,9 @@ pub enum RouteError {
     /// The broker is stopping.
     #[error("the broker is stopping")]
     Stopping,
+    /// The mention would loop or chain too deep (`MENTION_LOOP`).
+    #[error(transparent)]
+    MentionLoop(#[from] scout_mesh::mention::MentionLoop),
 }
 
 impl RouteError {
@@ -126,6 +139,7 @@ impl RouteError {
             RouteError::InvalidId(_) => "INVALID_ID",
             RouteError::Store(err) => err.code(),
             RouteError::Stopping => "STOPPING",
+            RouteError::MentionLoop(err) => err.code(),
         }
     }
 }
@@ -268,6 +282,18 @@ impl Router {
         }
         let query = AgentName::parse_lenient(&request.target)?;
         let choice = self.choose(&query, None)?;
+        // Refused here, before anything is stored, so a loop leaves no
+        // invocation behind; the owner checks the chain again.
+        let chain = if request.reply_to.as_deref() == Some(choice.instance.as_str()) {
+            scout_mesh::mention::reply(&request.parent_chain, &choice.instance)
+        } else {
+            scout_mesh::mention::extend(
+                &request.parent_chain,
+                request.from.as_deref(),
+                &choice.instance,
+                scout_mesh::mention::MENTION_DEPTH_MAX,
+            )?
+        };
         let now = self.now_ms();
         let invocation = Invocation {
             invocation_id,
@@ -283,6 +309,8 @@ impl Router {
             ),
             policy: request.policy,
             created_unix_ms: now,
+            from: request.from,
+            chain,
         };
         let submitted = Submitted {
             invocation_id: invocation.invocation_id.clone(),

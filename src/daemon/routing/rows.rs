@@ -40,6 +40,8 @@ fn stored(invocation: &Invocation) -> StoredInvocation {
         deadline_ms: invocation.deadline_unix_ms.map(unix),
         delivery_policy: invocation.policy,
         created_at_ms: unix(invocation.created_unix_ms),
+        from_instance: invocation.from.clone(),
+        chain: invocation.chain.clone(),
     }
 }
 
@@ -56,6 +58,8 @@ pub fn core_invocation(invocation: StoredInvocation) -> Option<Invocation> {
         deadline_unix_ms: invocation.deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
         policy: invocation.delivery_policy,
         created_unix_ms: u64::try_from(invocation.created_at_ms).unwrap_or(0),
+        from: invocation.from_instance,
+        chain: invocation.chain,
     })
 }
 

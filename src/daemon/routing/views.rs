@@ -81,6 +81,8 @@ impl Router {
                         policy: invocation.delivery_policy,
                         deadline_ms: invocation.deadline_ms,
                         created_at_ms: invocation.created_at_ms,
+                        from: invocation.from_instance,
+                        chain: invocation.chain,
                     },
                     delivery,
                     flight,

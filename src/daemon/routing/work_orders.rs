@@ -128,6 +128,9 @@ async fn dispatch(
                 deadline_ms: timeout_ms.map(|ms| now.saturating_add(ms)),
                 conversation_id: None,
                 author: author.to_owned(),
+                from: None,
+                parent_chain: Vec::new(),
+                reply_to: None,
             },
         )
         .await;
@@ -203,6 +206,9 @@ pub async fn recover(router: &Router) {
                             deadline_ms: None,
                             conversation_id: None,
                             author: "scheduler".to_owned(),
+                            from: None,
+                            parent_chain: Vec::new(),
+                            reply_to: None,
                         },
                     )
                     .await;
