@@ -167,6 +167,7 @@ pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
             | (&Method::GET, ["v1", "invocations", ..])
             | (&Method::GET, ["v1", "flights"])
             | (&Method::GET, ["v1", "conversations", ..])
+            | (&Method::GET, ["v1", "inbox"])
             | (&Method::POST, ["v1", "work-orders"])
             | (&Method::GET, ["v1", "work-orders", ..])
             | (&Method::POST, ["v1", "work-orders", "run-now"])

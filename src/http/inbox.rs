@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use crate::api::InboxItem;
 use crate::daemon::BrokerState;
+use crate::daemon::credentials::AgentCaller;
 use crate::store::conversations::Conversation;
 use crate::store::deliveries::Delivery;
 use crate::store::flights::Flight;
@@ -44,6 +45,7 @@ struct InboxQuery {
 
 async fn inbox(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<axum::Extension<AgentCaller>>,
     Query(query): Query<InboxQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let Some(instance) = query.instance.filter(|name| !name.is_empty()) else {
@@ -53,6 +55,19 @@ async fn inbox(
             "name the instance: /v1/inbox?instance=@agent@node#workspace",
         ));
     };
+    // An agent reads its own inbox only; the operator reads any.
+    if let Some(axum::Extension(caller)) = caller
+        && caller.instance != instance
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_SCOPE",
+            format!(
+                "{} may read its own inbox, not {instance}'s",
+                caller.instance
+            ),
+        ));
+    }
     let limit = query.limit.unwrap_or(20).min(INBOX_ROWS_MAX);
     state
         .store
@@ -73,7 +88,10 @@ async fn inbox(
                 if chosen.as_deref() != Some(instance.as_str()) {
                     continue;
                 }
+                // The sender recorded with the invocation (an agent's
+                // credential); for a person's, the conversation's message.
                 let from = match &invocation.conversation_id {
+                    _ if invocation.from_instance.is_some() => invocation.from_instance.clone(),
                     Some(conversation_id) => Conversation::list_messages(
                         connection,
                         conversation_id,
