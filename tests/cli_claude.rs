@@ -758,3 +758,94 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
         "{totals}"
     );
 }
+
+#[test]
+fn claude_asks_an_agent_on_another_broker_through_the_scout_mcp_server() {
+    // Claude on beta, with nothing configured by hand, calls the Scout MCP
+    // server's `ask` for `@fabric`, a bash agent on alpha; fabric's answer
+    // is the tool result inside the same claude turn.
+    let server = ModelServer::start(
+        Api::Anthropic,
+        vec![
+            Step::ToolCall {
+                name: "mcp__scout__ask".to_owned(),
+                input: json!({ "target": "@fabric", "message": "echo mesh-answer-$((40 + 2))" }),
+            },
+            Step::Text("Fabric says the answer is 42.".to_owned()),
+        ],
+    );
+    let mut alpha = common::Node::setup("alpha", &[]);
+    alpha.add_bash_agent("fabric");
+    alpha.start();
+    let mut beta = common::Node::setup("beta", &[]);
+    let home = std::fs::canonicalize(beta.sandbox.path()).expect("home");
+    let workdir = home.join("work");
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    finish_claude_onboarding(&home, &workdir, API_KEY);
+    let claude_path = agent_cli("claude").display().to_string();
+    let cwd = workdir.display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "coder",
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--harness",
+        "claude",
+        "--command",
+        &claude_path,
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let mut command = beta.sandbox.scout();
+    command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
+    beta.broker = Some(common::BrokerProcess::start_command(command));
+    common::wait_until("beta to see @fabric", || {
+        beta.instances()
+            .contains(&"@fabric@alpha#main".to_owned())
+            .then_some(())
+    });
+
+    let run = beta.run(&[
+        "send",
+        "@coder",
+        "Ask @fabric for the answer.",
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(
+        run.code,
+        0,
+        "stdout: {}\nstderr: {}\nbeta: {}",
+        run.stdout,
+        run.stderr,
+        beta.broker().stderr()
+    );
+    assert!(
+        run.stdout.contains("Fabric says the answer is 42."),
+        "{}",
+        run.stdout
+    );
+    // The second model request carries the tool result: fabric's output,
+    // from the other broker.
+    let requests: Vec<Recorded> = server
+        .requests()
+        .into_iter()
+        .filter(|request| is_conversation_request(&request.body))
+        .collect();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    let second = messages_text(&requests[1]);
+    assert!(second.contains("tool_result"), "{second}");
+    assert!(second.contains("mesh-answer-42"), "{second}");
+    // On alpha, the invocation is recorded from claude's instance.
+    let flights = alpha.get("/v1/flights");
+    let id = flights[0]["invocation_id"]
+        .as_str()
+        .expect("a flight on alpha");
+    let status = alpha.get(&format!("/v1/invocations/{id}"));
+    assert_eq!(status["invocation"]["from"], "@coder@beta#main", "{status}");
+}

@@ -65,10 +65,15 @@ pub const CLI_FLAGS_USED: &[&str] = &[
     "--verbose",
     "--include-partial-messages",
     "--mcp-config",
+    "--allowedTools",
     "--permission-mode",
     PERMISSION_MODE,
     "--resume",
 ];
+
+/// The permission rule allowing every tool of the Scout MCP server
+/// (`mcp__scout__ask`, …).
+pub const MCP_TOOLS_ALLOWED: &str = "mcp__scout";
 
 /// The permission mode of a structured turn. A routed turn has no person
 /// to answer a permission prompt, and `-p` denies whatever would prompt.
@@ -239,6 +244,13 @@ impl Adapter for ClaudeAdapter {
             "--permission-mode".to_owned(),
             PERMISSION_MODE.to_owned(),
         ];
+        if !self.mcp_args.is_empty() {
+            // No person answers a prompt in a routed turn: the Scout
+            // server's tools are allowed outright, as the agent's own way to
+            // reach the mesh. (Variadic: the next argument is a flag.)
+            argv.push("--allowedTools".to_owned());
+            argv.push(MCP_TOOLS_ALLOWED.to_owned());
+        }
         argv.extend(self.mcp_args.iter().cloned());
         if let Some(session_id) = resume {
             argv.push("--resume".to_owned());
