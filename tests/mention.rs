@@ -402,3 +402,125 @@ fn a_loop_across_two_brokers_is_refused_and_nothing_is_stuck() {
         (all_flights_ended(&alpha) && all_flights_ended(&beta)).then_some(())
     });
 }
+
+/// Writes `script` (Python) into the node's sandbox and adds it as agent
+/// `name`, prompting `ready> ` between turns.
+fn add_python_agent(node: &Node, name: &str, script: &str) {
+    let path = node.sandbox.path().join(format!("{name}.py"));
+    std::fs::write(&path, script).expect("agent script");
+    let cwd = node.sandbox.path().display().to_string();
+    let add = node.run(&[
+        "agents",
+        "add",
+        name,
+        "--cwd",
+        &cwd,
+        "--workspace",
+        "main",
+        "--prompt-pattern",
+        "ready>",
+        "--command",
+        "python3",
+        "-u",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+}
+
+/// The HTTP helpers both agents use: their own credential, the local API.
+const AGENT_HTTP: &str = r#"
+import json, os, sys, urllib.request
+def api(method, path, body=None):
+    request = urllib.request.Request(
+        os.environ["SCOUT_URL"] + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + os.environ["SCOUT_TOKEN"],
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+"#;
+
+/// `@asker` on alpha sends `@replier` on beta a message (not an ask);
+/// replier answers through a reply in that conversation, which reaches
+/// asker as a new turn of the same conversation, from replier.
+#[test]
+fn a_reply_comes_back_as_a_new_turn_of_the_same_conversation() {
+    let mut alpha = Node::setup("alpha", &[]);
+    let mut beta = Node::setup("beta", &[]);
+    let asker_log = alpha.sandbox.path().join("asker.log");
+    let asker = format!(
+        r#"{AGENT_HTTP}
+log = open({log:?}, "a")
+for line in iter(lambda: (print("ready> ", end="", flush=True), sys.stdin.readline())[1], ""):
+    line = line.strip()
+    if line == "start":
+        status, body = api("POST", "/v1/invocations",
+                           {{"target": "@replier", "message": "what is six times seven?"}})
+        log.write("sent %s %s\n" % (status, body.get("conversation_id")))
+    else:
+        log.write("got %s\n" % line)
+    log.flush()
+    print("done: " + line)
+"#,
+        log = asker_log.display().to_string()
+    );
+    let replier = format!(
+        r#"{AGENT_HTTP}
+for line in iter(lambda: (print("ready> ", end="", flush=True), sys.stdin.readline())[1], ""):
+    status, inbox = api("GET", "/v1/inbox?instance=" + urllib.parse.quote(os.environ["SCOUT_AGENT"]))
+    newest = inbox[0]
+    status, body = api("POST", "/v1/invocations", {{
+        "target": newest["from"], "message": "reply 42",
+        "conversation_id": newest["conversation_id"]}})
+    print("replied %s" % status)
+"#
+    );
+    let replier = replier.replace(
+        "import json, os, sys, urllib.request",
+        "import json, os, sys, urllib.parse, urllib.request",
+    );
+    add_python_agent(&alpha, "asker", &asker);
+    add_python_agent(&beta, "replier", &replier);
+    alpha.start();
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    wait_until("both brokers to see both agents", || {
+        (alpha.instances().contains(&"@replier@beta#main".to_owned())
+            && beta.instances().contains(&"@asker@alpha#main".to_owned()))
+        .then_some(())
+    });
+
+    let run = alpha.run(&["send", "@asker", "start", "--wait", "--timeout", "60"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let log = wait_until("asker to get the reply", || {
+        std::fs::read_to_string(&asker_log)
+            .ok()
+            .filter(|log| log.contains("got reply 42"))
+    });
+    let sent = log.lines().next().unwrap_or_default();
+    assert!(sent.starts_with("sent 202 "), "{log}");
+    let conversation = sent.trim_start_matches("sent 202 ").trim().to_owned();
+
+    // The reply is an invocation on alpha from replier, in asker's
+    // conversation.
+    let flights = alpha.get("/v1/flights");
+    let reply = flights
+        .as_array()
+        .expect("flights")
+        .iter()
+        .find_map(|flight| {
+            let id = flight["invocation_id"].as_str()?;
+            let status = alpha.get(&format!("/v1/invocations/{id}"));
+            (status["invocation"]["from"] == "@replier@beta#main").then_some(status)
+        })
+        .expect("the reply's invocation on alpha");
+    assert_eq!(
+        reply["invocation"]["conversation_id"], conversation,
+        "{reply}"
+    );
+}

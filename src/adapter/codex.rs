@@ -155,9 +155,12 @@ impl Adapter for CodexAdapter {
         &self.program
     }
 
+    /// The TUI without the Scout MCP server: with the server's `-c`
+    /// overrides the pinned TUI was seen never to start its app-server
+    /// daemon (its terminal stays unusable), so the
+    /// server is given to the structured turns (the routed work) only.
     fn interactive_argv(&self) -> Vec<String> {
         let mut argv = vec![self.program.clone()];
-        argv.extend(self.mcp_args.iter().cloned());
         argv.extend(self.args.iter().cloned());
         argv
     }
