@@ -644,20 +644,10 @@ fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
 }
 
-#[test]
-fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
-    let server = ModelServer::start(
-        Api::Anthropic,
-        vec![
-            Step::ToolCall {
-                name: "Bash".to_owned(),
-                input: json!({ "command": "echo hi > routed.txt && cat routed.txt" }),
-            },
-            Step::Text("Routed answer: the file says hi.".to_owned()),
-        ],
-    );
-    let mut alpha = common::Node::setup("alpha", &[]);
-    alpha.start();
+/// Beta: a broker with `@coder`, the real claude answering from `server`,
+/// joined to `alpha`'s mesh and running. Returns beta and claude's working
+/// directory.
+fn claude_broker_joining(alpha: &common::Node, server: &ModelServer) -> (common::Node, PathBuf) {
     let mut beta = common::Node::setup("beta", &[]);
     // The broker's agents inherit its environment; HOME is the sandbox
     // (the broker's own home is given with --home).
@@ -686,6 +676,24 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
     let mut command = beta.sandbox.scout();
     command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
     beta.broker = Some(common::BrokerProcess::start_command(command));
+    (beta, workdir)
+}
+
+#[test]
+fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
+    let server = ModelServer::start(
+        Api::Anthropic,
+        vec![
+            Step::ToolCall {
+                name: "Bash".to_owned(),
+                input: json!({ "command": "echo hi > routed.txt && cat routed.txt" }),
+            },
+            Step::Text("Routed answer: the file says hi.".to_owned()),
+        ],
+    );
+    let mut alpha = common::Node::setup("alpha", &[]);
+    alpha.start();
+    let (beta, workdir) = claude_broker_joining(&alpha, &server);
     common::wait_until("alpha to see @coder", || {
         alpha
             .instances()
@@ -777,32 +785,7 @@ fn claude_asks_an_agent_on_another_broker_through_the_scout_mcp_server() {
     let mut alpha = common::Node::setup("alpha", &[]);
     alpha.add_bash_agent("fabric");
     alpha.start();
-    let mut beta = common::Node::setup("beta", &[]);
-    let home = std::fs::canonicalize(beta.sandbox.path()).expect("home");
-    let workdir = home.join("work");
-    std::fs::create_dir_all(&workdir).expect("workdir");
-    finish_claude_onboarding(&home, &workdir, API_KEY);
-    let claude_path = agent_cli("claude").display().to_string();
-    let cwd = workdir.display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "coder",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--harness",
-        "claude",
-        "--command",
-        &claude_path,
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "{}", joined.stderr);
-    let mut command = beta.sandbox.scout();
-    command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
-    beta.broker = Some(common::BrokerProcess::start_command(command));
+    let (beta, _) = claude_broker_joining(&alpha, &server);
     common::wait_until("beta to see @fabric", || {
         beta.instances()
             .contains(&"@fabric@alpha#main".to_owned())

@@ -28,23 +28,8 @@ fn git(dir: &Path, args: &[&str]) {
 #[test]
 fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
     let mut alpha = Node::setup("alpha", &[]);
-    let repo = alpha.sandbox.path().join("app");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README"), "hello\n").unwrap();
-    git(&repo, &["add", "README"]);
-    git(&repo, &["commit", "-q", "-m", "first"]);
-    let add = alpha.run(&[
-        "agents",
-        "add",
-        "fabric",
-        "--cwd",
-        repo.to_str().unwrap(),
-        "--worktrees",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    let repo = repository(alpha.sandbox.path());
+    add_worktree_agent(&alpha, &repo);
     alpha.start();
     wait_until("@fabric#main", || {
         alpha
@@ -147,6 +132,21 @@ fn repository(dir: &Path) -> std::path::PathBuf {
     repo
 }
 
+/// Adds `@fabric`, a bash agent in `repo` that makes worktrees.
+fn add_worktree_agent(node: &Node, repo: &Path) {
+    let add = node.run(&[
+        "agents",
+        "add",
+        "fabric",
+        "--cwd",
+        repo.to_str().unwrap(),
+        "--worktrees",
+        "--command",
+        "bash",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+}
+
 fn worktree_count(repo: &Path) -> usize {
     let out = Command::new("git")
         .arg("-C")
@@ -166,17 +166,7 @@ fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
     alpha.start();
     let mut beta = Node::setup("beta", &[]);
     let repo = repository(beta.sandbox.path());
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "fabric",
-        "--cwd",
-        repo.to_str().unwrap(),
-        "--worktrees",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    add_worktree_agent(&beta, &repo);
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
