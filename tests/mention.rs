@@ -24,23 +24,7 @@ fn broker_with_env_worker() -> (Node, PathBuf) {
         out.display(),
         out.display()
     );
-    let cwd = node.sandbox.path().display().to_string();
-    let add = node.run(&[
-        "agents",
-        "add",
-        "worker",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--prompt-pattern",
-        "ready>",
-        "--command",
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    node.add_prompted_agent("worker", &["bash", "-c", &script]);
     node.start();
     (node, out)
 }
@@ -299,23 +283,7 @@ fn add_mentioning_agent(node: &Node, name: &str, target: &str) -> PathBuf {
         "printf 'ready> '; while IFS= read -r line; do curl -s -o {log}.body -w '%{{http_code}}' -H \"Authorization: Bearer $SCOUT_TOKEN\" -H 'Content-Type: application/json' -d \"{body}\" \"$SCOUT_URL/v1/invocations\" > {log}.code; cat {log}.code {log}.body > {log}.tmp; mv {log}.tmp {log}; echo \"done: $line\"; printf 'ready> '; done",
         log = log.display(),
     );
-    let cwd = node.sandbox.path().display().to_string();
-    let add = node.run(&[
-        "agents",
-        "add",
-        name,
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--prompt-pattern",
-        "ready>",
-        "--command",
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    node.add_prompted_agent(name, &["bash", "-c", &script]);
     log
 }
 
@@ -408,23 +376,7 @@ fn a_loop_across_two_brokers_is_refused_and_nothing_is_stuck() {
 fn add_python_agent(node: &Node, name: &str, script: &str) {
     let path = node.sandbox.path().join(format!("{name}.py"));
     std::fs::write(&path, script).expect("agent script");
-    let cwd = node.sandbox.path().display().to_string();
-    let add = node.run(&[
-        "agents",
-        "add",
-        name,
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--prompt-pattern",
-        "ready>",
-        "--command",
-        "python3",
-        "-u",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    node.add_prompted_agent(name, &["python3", "-u", path.to_str().expect("utf-8 path")]);
 }
 
 /// The HTTP helpers both agents use: their own credential, the local API.

@@ -23,23 +23,7 @@ fn two_brokers(delay: &str) -> (Node, Node, PathBuf) {
         "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; sleep {delay}; echo \"done: $line\"; printf 'ready> '; done",
         log.display()
     );
-    let cwd = beta.sandbox.path().display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "worker",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--prompt-pattern",
-        "ready>",
-        "--command",
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    beta.add_prompted_agent("worker", &["bash", "-c", &script]);
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();

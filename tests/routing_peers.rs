@@ -25,23 +25,7 @@ fn origin_and_owner() -> (Node, Node) {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
     let mut beta = Node::setup("beta", &[]);
-    let cwd = beta.sandbox.path().display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "worker",
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--prompt-pattern",
-        "ready>",
-        "--command",
-        "bash",
-        "-c",
-        "printf 'ready> '; while IFS= read -r line; do sleep 60; echo \"done: $line\"; printf 'ready> '; done",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
+    beta.add_prompted_agent("worker", &["bash", "-c", "printf 'ready> '; while IFS= read -r line; do sleep 60; echo \"done: $line\"; printf 'ready> '; done"]);
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();

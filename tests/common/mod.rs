@@ -362,6 +362,27 @@ impl Node {
         assert_eq!(add.code, 0, "{}", add.stderr);
     }
 
+    /// Adds agent `name` running `command` in the sandbox, workspace
+    /// `main`, whose turns end at its `ready>` prompt, through the CLI.
+    pub fn add_prompted_agent(&self, name: &str, command: &[&str]) {
+        let cwd = self.sandbox.path().display().to_string();
+        let mut args = vec![
+            "agents",
+            "add",
+            name,
+            "--cwd",
+            &cwd,
+            "--workspace",
+            "main",
+            "--prompt-pattern",
+            "ready>",
+            "--command",
+        ];
+        args.extend_from_slice(command);
+        let add = self.run(&args);
+        assert_eq!(add.code, 0, "{}", add.stderr);
+    }
+
     /// A fresh invite code from this (running) node.
     pub fn invite(&self) -> String {
         let run = self.run(&["--json", "mesh", "invite"]);
