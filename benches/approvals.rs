@@ -109,8 +109,14 @@ fn main() {
     );
     row("visible on one member (each)", &mut visible_each);
     row("visible on every member (slowest)", &mut visible_all);
-    row("deny on a member, answered (owner committed)", &mut decided_call);
-    row("deny on a member, seen on the owner's stream", &mut decided_owner);
+    row(
+        "deny on a member, answered (owner committed)",
+        &mut decided_call,
+    );
+    row(
+        "deny on a member, seen on the owner's stream",
+        &mut decided_owner,
+    );
 }
 
 /// Ten brokers, every one joined through the first, all connected.
@@ -186,10 +192,5 @@ fn row(name: &str, samples: &mut [Duration]) {
         let idx = (samples.len() * pct / 100).min(samples.len() - 1);
         samples[idx].as_secs_f64() * 1e3
     };
-    println!(
-        "{name:<44} {:>8.2} {:>8.2} {:>8.2}",
-        at(50),
-        at(90),
-        at(99)
-    );
+    println!("{name:<44} {:>8.2} {:>8.2} {:>8.2}", at(50), at(90), at(99));
 }

@@ -363,3 +363,105 @@ fn audit_actions(home: &Path, subject: &str) -> Vec<(String, String)> {
         .map(Result::unwrap)
         .collect()
 }
+
+/// Standing rules answer what an agent asks again, never a gated action;
+/// an agent sees only its own approvals and cannot flood the mesh.
+#[test]
+fn standing_rules_answer_repeats_and_agents_stay_in_their_lane() {
+    let (webhook, _hooks) = webhook_server();
+    let mesh = three_brokers(&webhook);
+    let ask = |summary: &str| {
+        call(
+            &mesh.gamma,
+            "POST",
+            "/v1/approvals",
+            &mesh.token,
+            json!({ "action": "tool.Bash", "summary": summary }),
+        )
+    };
+
+    // `--always` on beta: the same request is answered without asking.
+    let (status, first) = ask("git status");
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    wait_state(&mesh.beta, &id, "pending");
+    let always = mesh.beta.run(&["approve", &id, "--always"]);
+    assert_eq!(always.code, 0, "{}", always.stderr);
+    let (_, again) = ask("git status");
+    assert_eq!(again["state"], "approved", "{again}");
+    assert!(
+        again["decided_by"].as_str().unwrap().starts_with("rule:"),
+        "{again}"
+    );
+    let (_, other) = ask("git push --force");
+    assert_eq!(
+        other["state"], "pending",
+        "a rule covers its exact summary only"
+    );
+    let rules = mesh.gamma.run(&["--json", "approvals", "rules"]);
+    assert_eq!(rules.code, 0, "{}", rules.stderr);
+    let rule = rules.json()["rules"][0].clone();
+    assert_eq!(rule["agent"], "@worker@gamma#main", "{rule}");
+    let forget = mesh
+        .gamma
+        .run(&["approvals", "forget", rule["id"].as_str().unwrap()]);
+    assert_eq!(forget.code, 0, "{}", forget.stderr);
+    let (_, after) = ask("git status");
+    assert_eq!(after["state"], "pending", "{after}");
+
+    // A gated action is answered one request at a time.
+    let order = queue_order(&mesh.gamma);
+    let gated = agent_cancels(&mesh, &order);
+    wait_state(&mesh.alpha, &gated, "pending");
+    let refused = mesh.alpha.run(&["approve", &gated, "--always"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("INVALID_REQUEST"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        approval_on(&mesh.gamma, &gated).unwrap()["state"],
+        "pending"
+    );
+
+    // The agent lists only its own approvals; the operator lists all.
+    let (status, asked) = call(
+        &mesh.gamma,
+        "POST",
+        "/v1/approvals",
+        &mesh.gamma.sandbox.token(),
+        json!({ "agent": "@other@gamma#main", "action": "question", "summary": "secret" }),
+    );
+    assert_eq!(status, 201, "{asked}");
+    let (_, listed) = call(&mesh.gamma, "GET", "/v1/approvals", &mesh.token, json!({}));
+    let agents: Vec<&str> = listed["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|approval| approval["agent"].as_str().unwrap())
+        .collect();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|agent| *agent == "@worker@gamma#main"),
+        "{agents:?}"
+    );
+    let (status, _) = call(
+        &mesh.gamma,
+        "GET",
+        &format!("/v1/approvals/{}", asked["id"].as_str().unwrap()),
+        &mesh.token,
+        json!({}),
+    );
+    assert_eq!(status, 404);
+
+    // No more than a person can answer.
+    let mut last = (0, Value::Null);
+    for n in 0..20 {
+        last = ask(&format!("request {n}"));
+        if last.0 != 201 {
+            break;
+        }
+    }
+    assert_eq!(last.0, 429, "{}", last.1);
+    assert_eq!(last.1["error"]["code"], "TOO_MANY_APPROVALS", "{}", last.1);
+}

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::Context;
@@ -15,10 +15,31 @@ use crate::daemon::approvals::ApprovalView;
 
 /// Flags of `scout approvals`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ApprovalsArgs {
     /// Also list decided and expired approvals (pending only by default).
     #[arg(long)]
     pub all: bool,
+    /// Show one approval or manage standing rules instead of listing.
+    #[command(subcommand)]
+    pub command: Option<ApprovalsCommand>,
+}
+
+/// `scout approvals show|rules|forget`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// One approval in full: everything a person approves.
+    Show {
+        /// The approval (`apr_…`).
+        id: String,
+    },
+    /// The standing rules (`--always` answers) of this broker.
+    Rules,
+    /// Remove a standing rule (an id from `scout approvals rules`).
+    Forget {
+        /// The rule (`rule_…`).
+        id: String,
+    },
 }
 
 /// Flags of `scout approve` and `scout deny`.
@@ -51,6 +72,20 @@ fn client(context: &Context) -> anyhow::Result<BrokerClient> {
 
 /// Runs `scout approvals`.
 pub fn list(args: ApprovalsArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(ApprovalsCommand::Show { id }) => return show(&id, context),
+        Some(ApprovalsCommand::Rules) => return rules(context),
+        Some(ApprovalsCommand::Forget { id }) => {
+            let removed: serde_json::Value = client(context)?
+                .post(&format!("/v1/approvals/rules/{id}/remove"), &json!({}))
+                .map_err(super::send::api_error)?;
+            context
+                .printer
+                .emit(&removed, || format!("standing rule {id} removed"))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
+    }
     let path = if args.all {
         "/v1/approvals"
     } else {
@@ -64,7 +99,7 @@ pub fn list(args: ApprovalsArgs, context: &Context) -> anyhow::Result<ExitCode> 
             .iter()
             .map(|view| {
                 let when = match view.decided_by.as_deref() {
-                    Some(by) => format!("by {by}"),
+                    Some(by) => format!("by {}", safe(by)),
                     None => format!(
                         "{}s left",
                         view.deadline_unix_ms.saturating_sub(now) / 1_000
@@ -73,8 +108,8 @@ pub fn list(args: ApprovalsArgs, context: &Context) -> anyhow::Result<ExitCode> 
                 vec![
                     view.id.clone(),
                     view.state.to_string(),
-                    view.agent.clone(),
-                    view.action.clone(),
+                    safe(&view.agent),
+                    safe(&view.action),
                     cut(&view.summary, 60),
                     when,
                 ]
@@ -87,13 +122,97 @@ pub fn list(args: ApprovalsArgs, context: &Context) -> anyhow::Result<ExitCode> 
                 "no pending approvals".to_owned()
             }
         } else {
-            table(
+            let mut out = table(
                 &["ID", "STATE", "AGENT", "ACTION", "SUMMARY", "DECIDED"],
+                &rows,
+            );
+            out.push_str("\nread one in full with `scout approvals show ID` before you answer");
+            out
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(id: &str, context: &Context) -> anyhow::Result<ExitCode> {
+    let view: ApprovalView = client(context)?
+        .get(&format!("/v1/approvals/{id}"))
+        .map_err(super::send::api_error)?;
+    context.printer.emit(&view, || {
+        let mut out = format!(
+            "approval {}: {}\nagent:    {} on {}\naction:   {}\n",
+            view.id,
+            view.state,
+            safe(&view.agent),
+            safe(&view.node),
+            safe(&view.action)
+        );
+        if let Some(invocation) = &view.invocation {
+            out.push_str(&format!("in:       invocation {}\n", safe(invocation)));
+        }
+        if let Some(by) = &view.decided_by {
+            out.push_str(&format!("decided:  by {}\n", safe(by)));
+        }
+        if !view.note.is_empty() {
+            out.push_str(&format!("note:     {}\n", safe(&view.note)));
+        }
+        if let Some(outcome) = &view.outcome {
+            out.push_str(&format!("outcome:  {}\n", safe(outcome)));
+        }
+        // The whole summary, line breaks kept, nothing else interpreted.
+        out.push_str("summary:\n");
+        for line in view.summary.lines() {
+            out.push_str(&format!("  {}\n", safe(line)));
+        }
+        out
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rules(context: &Context) -> anyhow::Result<ExitCode> {
+    let rules: serde_json::Value = client(context)?
+        .get("/v1/approvals/rules")
+        .map_err(super::send::api_error)?;
+    context.printer.emit(&rules, || {
+        let rows: Vec<Vec<String>> = rules["rules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|rule| {
+                let field = |name: &str| safe(rule[name].as_str().unwrap_or_default());
+                vec![
+                    field("id"),
+                    if rule["allow"] == true {
+                        "allow"
+                    } else {
+                        "deny"
+                    }
+                    .to_owned(),
+                    field("agent"),
+                    field("action"),
+                    cut(rule["summary"].as_str().unwrap_or_default(), 60),
+                    field("created_by"),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            "no standing rules".to_owned()
+        } else {
+            table(
+                &["ID", "ANSWER", "AGENT", "ACTION", "SUMMARY", "SET BY"],
                 &rows,
             )
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Text from the mesh without control characters, so nothing a member or an
+/// agent wrote can move the cursor or recolour the terminal.
+fn safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Runs `scout approve` (`approve` true) or `scout deny`.
@@ -108,7 +227,11 @@ pub fn answer(args: AnswerArgs, approve: bool, context: &Context) -> anyhow::Res
     context.printer.emit(&view, || {
         let mut line = format!(
             "{} {} ({} on {}: {})",
-            view.id, view.state, view.agent, view.node, view.summary
+            view.id,
+            view.state,
+            safe(&view.agent),
+            safe(&view.node),
+            cut(&view.summary, 80)
         );
         if args.always {
             line.push_str(&format!(

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use scout_mesh::approval::{self, DecideError};
-use scout_mesh::names::AgentName;
 use scout_mesh::wire::{
     ApprovalBody, ApprovalDecision, ApprovalState, ErrorCode, MeshFrame, NodeId, RecordBody,
     RecordKind,
@@ -62,6 +61,19 @@ pub const DECIDE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Approvals listed at most.
 pub const LIST_MAX: usize = 500;
 
+/// Pending approvals one agent may have at once: a person answers a few at
+/// a time; an agent asking more is looping or flooding every member's
+/// list and desktop, and gets `TOO_MANY_APPROVALS` until some are answered.
+pub const PENDING_PER_AGENT_MAX: usize = 16;
+
+/// How long past its deadline a member still shows another broker's
+/// approval as pending: the owner marks it expired, but an owner that is
+/// gone never does, and clocks differ by a little.
+const REMOTE_EXPIRY_GRACE_MS: u64 = 5_000;
+
+/// Longest `actor` a member may name for its operator.
+const ACTOR_NAME_BYTES_MAX: usize = 64;
+
 /// An action that needs a person, kept with its approval and run on the
 /// owner once approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +91,8 @@ pub enum Gate {
     },
     /// `mesh.revoke`.
     MeshRevoke {
-        /// The member (name or id).
+        /// The member's node id, resolved when the request was made (a
+        /// name could be taken by another member before the approval).
         node: String,
         /// Why.
         reason: String,
@@ -145,6 +158,24 @@ pub enum ApprovalError {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The agent has too many approvals pending.
+    #[error(
+        "{agent} already has {PENDING_PER_AGENT_MAX} approvals waiting for a person; wait for answers before asking more"
+    )]
+    TooMany {
+        /// The agent.
+        agent: String,
+    },
+    /// Several members publish an approval with this id.
+    #[error(
+        "approval {id} is published by several members ({owners}); answer it on the broker that runs its agent"
+    )]
+    Ambiguous {
+        /// The approval.
+        id: String,
+        /// The members' names.
+        owners: String,
+    },
     /// The owner could not be asked.
     #[error("the owner of approval {id} ({owner}) could not be reached: {detail}")]
     OwnerUnreachable {
@@ -175,6 +206,8 @@ impl ApprovalError {
             ApprovalError::Decided(err) => err.code().to_owned(),
             ApprovalError::NotPending(_) => "APPROVAL_NOT_PENDING".to_owned(),
             ApprovalError::Invalid(_) => "INVALID_REQUEST".to_owned(),
+            ApprovalError::TooMany { .. } => "TOO_MANY_APPROVALS".to_owned(),
+            ApprovalError::Ambiguous { .. } => "APPROVAL_AMBIGUOUS".to_owned(),
             ApprovalError::OwnerUnreachable { .. } => "OWNER_UNREACHABLE".to_owned(),
             ApprovalError::Refused { code, .. } => code.clone(),
             ApprovalError::Store(err) => err.code().to_owned(),
@@ -232,9 +265,11 @@ pub struct Approvals {
     changed: watch::Sender<u64>,
     /// The broker, for running gated actions; set once it exists.
     state: OnceLock<Weak<BrokerState>>,
-    /// One lock per approval being answered here, so the action of an
-    /// approval runs once even when two answers race in this process.
-    applying: Mutex<HashMap<String, ()>>,
+    /// Approved gated actions to run, in order, by the deadline task
+    /// ([`Approvals::run`], joined at shutdown): an answer is acknowledged
+    /// once committed, without waiting for the action.
+    to_apply: tokio::sync::mpsc::UnboundedSender<String>,
+    to_apply_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Approvals {
@@ -247,6 +282,7 @@ impl Approvals {
         node_name: String,
         notifier: Notifier,
     ) -> Approvals {
+        let (to_apply, to_apply_rx) = tokio::sync::mpsc::unbounded_channel();
         Approvals {
             store,
             mesh,
@@ -256,7 +292,8 @@ impl Approvals {
             notifier,
             changed: watch::channel(0).0,
             state: OnceLock::new(),
-            applying: Mutex::new(HashMap::new()),
+            to_apply,
+            to_apply_rx: Mutex::new(Some(to_apply_rx)),
         }
     }
 
@@ -268,6 +305,14 @@ impl Approvals {
     /// Asks for a decision: answered at once by a standing rule, else
     /// pending until a person answers or the deadline passes.
     pub async fn ask(&self, ask: Ask) -> Result<ApprovalView, ApprovalError> {
+        // A person approves what they read: a summary is never cut.
+        if ask.summary.len() > approval::SUMMARY_BYTES_MAX {
+            return Err(ApprovalError::Invalid(format!(
+                "the summary is {} bytes; at most {} (a person must be able to read all of what they approve)",
+                ask.summary.len(),
+                approval::SUMMARY_BYTES_MAX
+            )));
+        }
         let now = self.env.now_unix_ms();
         let deadline = ask.deadline.unwrap_or(DEADLINE_DEFAULT).min(DEADLINE_MAX);
         let id = approval::id_from(self.env.random_u64());
@@ -289,19 +334,23 @@ impl Approvals {
             deadline_ms: now
                 .saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX)),
         };
-        let definition = definition_of(&ask.agent);
         let (row, rule) = self
             .store
             .write(move |transaction| {
+                if ApprovalRow::pending_of(transaction, &new.agent)? >= PENDING_PER_AGENT_MAX {
+                    return Ok(None);
+                }
                 let row = ApprovalRow::insert(transaction, &new)?;
-                let rule = match &definition {
-                    Some(definition) => {
-                        ApprovalRule::find(transaction, definition, &new.action, &row.body.summary)?
+                // A gated action always asks a person; a standing rule only
+                // answers what the agent asks itself.
+                let rule = match &new.gate {
+                    Some(_) => None,
+                    None => {
+                        ApprovalRule::find(transaction, &new.agent, &new.action, &row.body.summary)?
                     }
-                    None => None,
                 };
                 let Some(rule) = rule else {
-                    return Ok((row, None));
+                    return Ok(Some((row, None)));
                 };
                 let decision = ApprovalDecision {
                     id: row.id.clone(),
@@ -314,14 +363,15 @@ impl Approvals {
                     .map_err(|err| StoreError::InvalidRequest {
                         detail: err.to_string(),
                     })?;
-                Ok((decided, Some(rule)))
+                Ok(Some((decided, Some(rule))))
             })
-            .await?;
+            .await?
+            .ok_or_else(|| ApprovalError::TooMany {
+                agent: ask.agent.clone(),
+            })?;
         self.publish(&row);
         self.bump();
-        if rule.is_some() {
-            self.after_decision(&row).await;
-        } else {
+        if rule.is_none() {
             self.notifier.notify(
                 self.notice(&row),
                 Channels {
@@ -330,7 +380,7 @@ impl Approvals {
                 },
             );
         }
-        Ok(self.view_of_row(&row))
+        Ok(self.view_of_row(&row, &self.node_names()))
     }
 
     /// Answers approval `decision.id` as `actor` of this broker: on this
@@ -345,12 +395,30 @@ impl Approvals {
         if owned {
             let by = format!("{}@{}", decision.actor, self.node_name);
             let row = self.decide_here(&decision, &by).await?;
-            return Ok(self.view_of_row(&row));
+            return Ok(self.view_of_row(&row, &self.node_names()));
         }
-        let Some(owner) = self.owner_of(&decision.id) else {
-            return Err(ApprovalError::NotPending(decision.id));
+        let names = self.node_names();
+        let owners: Vec<NodeId> = self
+            .registry_approvals()
+            .into_iter()
+            .filter(|(_, name, _)| *name == decision.id)
+            .map(|(origin, _, _)| origin)
+            .collect();
+        let owner = match owners.as_slice() {
+            [] => return Err(ApprovalError::NotPending(decision.id)),
+            [owner] => owner.clone(),
+            several => {
+                return Err(ApprovalError::Ambiguous {
+                    id: decision.id,
+                    owners: several
+                        .iter()
+                        .map(|node| name_in(&names, node))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
         };
-        let owner_name = self.node_name_of(&owner);
+        let owner_name = name_in(&names, &owner);
         let answer = tokio::time::timeout(
             DECIDE_TIMEOUT,
             self.mesh
@@ -359,7 +427,7 @@ impl Approvals {
         .await;
         match answer {
             Ok(Ok(MeshFrame::ApprovalDecided(body))) => {
-                Ok(self.view_of(&decision.id, &owner, &body, None))
+                Ok(self.view_of(&decision.id, &owner, &body, None, &names))
             }
             Ok(Ok(MeshFrame::Error(error))) => Err(match error.code {
                 ErrorCode::ApprovalNotPending => ApprovalError::NotPending(decision.id),
@@ -406,13 +474,12 @@ impl Approvals {
                 format!("approval {} is not owned by this broker", decision.id),
             );
         }
-        // The deciding broker names its own actor; its node name comes from
-        // the registry, never from the frame.
-        let by = format!(
-            "{}@{}",
-            approval::truncate(&decision.actor, 64),
-            self.node_name_of(from)
-        );
+        // The deciding broker names its own actor, kept to a plain word so
+        // it cannot pose as a rule, the deadline or another node; the node
+        // comes from the connection, never from the frame.
+        let actor = plain_word(&decision.actor);
+        let names = self.node_names();
+        let by = format!("{actor}@{}", name_in(&names, from));
         match self.decide_here(&decision, &by).await {
             Ok(row) => MeshFrame::ApprovalDecided(row.body),
             Err(err) => MeshFrame::error(err.code().as_str(), err.to_string()),
@@ -427,18 +494,25 @@ impl Approvals {
         let now = self.env.now_unix_ms();
         let decision_owned = decision.clone();
         let by_owned = by.to_owned();
+        let rule_id = format!("rule_{:016x}", self.env.random_u64());
         let outcome = self
             .store
             .write(move |transaction| {
-                let outcome = ApprovalRow::decide(transaction, &decision_owned, &by_owned, now)?;
-                if let (Ok(row), true) = (&outcome, decision_owned.always)
-                    && let Some(definition) = definition_of(&row.body.agent)
+                if decision_owned.always
+                    && ApprovalRow::get(transaction, &decision_owned.id)?
+                        .is_some_and(|row| row.gate.is_some())
                 {
+                    return Err(StoreError::InvalidRequest {
+                        detail: "a gated action is answered one request at a time; `always` makes no standing rule for it".to_owned(),
+                    });
+                }
+                let outcome = ApprovalRow::decide(transaction, &decision_owned, &by_owned, now)?;
+                if let (Ok(row), true) = (&outcome, decision_owned.always) {
                     ApprovalRule::upsert(
                         transaction,
                         &ApprovalRule {
-                            id: format!("rule_{:016x}", now ^ row.id.len() as u64),
-                            definition,
+                            id: rule_id,
+                            agent: row.body.agent.clone(),
                             action: row.body.action.clone(),
                             summary: row.body.summary.clone(),
                             allow: decision_owned.approve,
@@ -451,12 +525,16 @@ impl Approvals {
                 let current = ApprovalRow::get(transaction, &decision_owned.id)?;
                 Ok((outcome, current))
             })
-            .await?;
+            .await
+            .map_err(|err| match err {
+                StoreError::InvalidRequest { detail } => ApprovalError::Invalid(detail),
+                other => ApprovalError::Store(other),
+            })?;
         match outcome {
             (Ok(row), _) => {
                 self.publish(&row);
                 self.bump();
-                self.after_decision(&row).await;
+                self.after_decision(&row);
                 Ok(row)
             }
             (Err(err), current) => {
@@ -469,73 +547,96 @@ impl Approvals {
         }
     }
 
-    /// Runs the gated action of an approved approval, once.
-    async fn after_decision(&self, row: &ApprovalRow) {
-        if row.body.state != ApprovalState::Approved || row.applied_at_ms.is_some() {
-            return;
+    /// Queues the gated action of an approved approval for the deadline
+    /// task, which claims it in the store and runs it once.
+    fn after_decision(&self, row: &ApprovalRow) {
+        if row.body.state == ApprovalState::Approved
+            && row.gate.is_some()
+            && row.applied_at_ms.is_none()
+        {
+            let _ = self.to_apply.send(row.id.clone());
         }
-        let Some(gate) = row.gate.clone() else {
+    }
+
+    /// Claims and runs the gated action of approval `id`.
+    async fn apply_one(&self, id: String) {
+        let Some(state) = self.state.get().and_then(Weak::upgrade) else {
+            // Stopping: left unclaimed, so the next start runs it.
             return;
         };
-        {
-            let mut applying = self
-                .applying
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            if applying.insert(row.id.clone(), ()).is_some() {
+        let now = self.env.now_unix_ms();
+        let key = id.clone();
+        let claimed = self
+            .store
+            .write(move |transaction| {
+                if !ApprovalRow::claim(transaction, &key, now)? {
+                    return Ok(None);
+                }
+                ApprovalRow::get(transaction, &key)
+            })
+            .await;
+        let row = match claimed {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(approval = %id, cause = %err, "cannot claim an approved action");
                 return;
             }
-        }
-        let outcome = match (
-            serde_json::from_value::<Gate>(gate),
-            self.state.get().and_then(Weak::upgrade),
-        ) {
-            (Ok(gate), Some(state)) => match apply(&state, &gate).await {
+        };
+        let outcome = match row.gate.map(serde_json::from_value::<Gate>) {
+            Some(Ok(gate)) => match apply(&state, &gate).await {
                 Ok(done) => done,
                 Err(err) => format!("failed: {err}"),
             },
-            (Err(err), _) => format!("failed: the stored action is not readable: {err}"),
-            (_, None) => "failed: the broker is stopping".to_owned(),
+            Some(Err(err)) => format!("failed: the stored action is not readable: {err}"),
+            None => return,
         };
-        let id = row.id.clone();
         let now = self.env.now_unix_ms();
+        let key = id.clone();
         let recorded = outcome.clone();
         if let Err(err) = self
             .store
-            .write(move |transaction| ApprovalRow::mark_applied(transaction, &id, now, &recorded))
+            .write(move |transaction| ApprovalRow::mark_applied(transaction, &key, now, &recorded))
             .await
         {
-            tracing::error!(approval = %row.id, cause = %err, "cannot record an approved action");
+            tracing::error!(approval = %id, cause = %err, "cannot record an approved action");
         }
-        tracing::info!(approval = %row.id, %outcome, "approved action ran");
-        self.applying
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(&row.id);
+        tracing::info!(approval = %id, %outcome, "approved action ran");
         self.bump();
     }
 
     /// Every approval the mesh shows (this broker's from its store, with
-    /// outcomes), newest first.
+    /// outcomes; other members' from the registry, only while their owner
+    /// is a member), newest first.
     pub fn list(&self) -> Result<Vec<ApprovalView>, ApprovalError> {
-        let own: HashMap<String, ApprovalRow> = self
+        let own = self
             .store
-            .read(|connection| ApprovalRow::list(connection, LIST_MAX))?
-            .into_iter()
-            .map(|row| (row.id.clone(), row))
-            .collect();
-        let mut views: BTreeMap<(std::cmp::Reverse<u64>, String), ApprovalView> = BTreeMap::new();
+            .read(|connection| ApprovalRow::list(connection, LIST_MAX))?;
+        let names = self.node_names();
+        let mut views: BTreeMap<(std::cmp::Reverse<u64>, String, String), ApprovalView> =
+            BTreeMap::new();
         for (origin, name, body) in self.registry_approvals() {
-            if origin == self.node_id {
+            if origin == self.node_id || !self.is_member(&origin) {
                 continue;
             }
-            let view = self.view_of(&name, &origin, &body, None);
-            views.insert((std::cmp::Reverse(body.created_unix_ms), name), view);
-        }
-        for row in own.values() {
+            let view = self.view_of(&name, &origin, &body, None, &names);
             views.insert(
-                (std::cmp::Reverse(row.body.created_unix_ms), row.id.clone()),
-                self.view_of_row(row),
+                (
+                    std::cmp::Reverse(body.created_unix_ms),
+                    name,
+                    origin.to_string(),
+                ),
+                view,
+            );
+        }
+        for row in &own {
+            views.insert(
+                (
+                    std::cmp::Reverse(row.body.created_unix_ms),
+                    row.id.clone(),
+                    self.node_id.to_string(),
+                ),
+                self.view_of_row(row, &names),
             );
         }
         Ok(views.into_values().take(LIST_MAX).collect())
@@ -544,20 +645,21 @@ impl Approvals {
     /// One approval, from the store when owned here, else from the registry.
     pub fn get(&self, id: &str) -> Result<Option<ApprovalView>, ApprovalError> {
         let key = id.to_owned();
+        let names = self.node_names();
         if let Some(row) = self
             .store
             .read(move |connection| ApprovalRow::get(connection, &key))?
         {
-            return Ok(Some(self.view_of_row(&row)));
+            return Ok(Some(self.view_of_row(&row, &names)));
         }
         Ok(self
             .registry_approvals()
             .into_iter()
-            .find(|(_, name, _)| name == id)
-            .map(|(origin, name, body)| self.view_of(&name, &origin, &body, None)))
+            .find(|(origin, name, _)| name == id && self.is_member(origin))
+            .map(|(origin, name, body)| self.view_of(&name, &origin, &body, None, &names)))
     }
 
-    /// Waits until approval `id` (owned here) is decided or `timeout`
+    /// Waits until approval `id` (owned here) is settled or `timeout`
     /// passes; the approval as it then is.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<ApprovalView, ApprovalError> {
         let mut changed = self.changed.subscribe();
@@ -573,17 +675,17 @@ impl Approvals {
             let settled = match row.body.state {
                 ApprovalState::Pending => false,
                 // An approved gated action is settled once it ran.
-                ApprovalState::Approved => row.gate.is_none() || row.applied_at_ms.is_some(),
+                ApprovalState::Approved => {
+                    row.gate.is_none() || row.outcome.as_deref().is_some_and(|o| o != "running")
+                }
                 ApprovalState::Denied | ApprovalState::Expired => true,
             };
-            if settled {
-                return Ok(self.view_of_row(&row));
-            }
-            if tokio::time::timeout_at(deadline, changed.changed())
-                .await
-                .is_err()
+            if settled
+                || tokio::time::timeout_at(deadline, changed.changed())
+                    .await
+                    .is_err()
             {
-                return Ok(self.view_of_row(&row));
+                return Ok(self.view_of_row(&row, &self.node_names()));
             }
         }
     }
@@ -594,11 +696,36 @@ impl Approvals {
         self.changed.subscribe()
     }
 
-    /// The deadline task: expires overdue approvals, withdraws old decided
-    /// ones from the registry, and at start republishes what a crash may
-    /// have left unpublished and runs approved actions that did not run.
+    /// The standing rules of this broker.
+    pub fn rules(&self) -> Result<Vec<ApprovalRule>, ApprovalError> {
+        Ok(self.store.read(ApprovalRule::list)?)
+    }
+
+    /// Removes standing rule `id` as `actor`; whether it existed.
+    pub async fn remove_rule(&self, id: &str, actor: &str) -> Result<bool, ApprovalError> {
+        let now = self.env.now_unix_ms();
+        let (id, actor) = (id.to_owned(), format!("{actor}@{}", self.node_name));
+        Ok(self
+            .store
+            .write(move |transaction| ApprovalRule::remove(transaction, &id, &actor, now))
+            .await?)
+    }
+
+    /// The deadline task: expires overdue approvals, runs approved gated
+    /// actions one at a time, withdraws old decided approvals from the
+    /// registry, tells this desktop about other members' new ones, and at
+    /// start republishes what a crash may have left unpublished and runs
+    /// approved actions that did not run.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        self.recover().await;
+        let Some(mut to_apply) = self
+            .to_apply_rx
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+        else {
+            return;
+        };
+        self.recover();
         let mut changed = self.changed.subscribe();
         let mut registry_changed = self.mesh.subscribe_changes();
         // Remote approvals already pending at start were notified by the
@@ -609,14 +736,19 @@ impl Approvals {
             .map(|(_, name, _)| name)
             .collect();
         loop {
+            let names = self.node_names();
+            let mut present = std::collections::HashSet::new();
             for (origin, name, body) in self.registry_approvals() {
+                present.insert(name.clone());
                 if origin != self.node_id
                     && body.state == ApprovalState::Pending
+                    && self.is_member(&origin)
                     && seen.insert(name.clone())
                 {
-                    self.notify_remote(&self.view_of(&name, &origin, &body, None));
+                    self.notify_remote(&self.view_of(&name, &origin, &body, None, &names));
                 }
             }
+            seen.retain(|name| present.contains(name));
             let now = self.env.now_unix_ms();
             match self
                 .store
@@ -643,16 +775,20 @@ impl Approvals {
                 .map(|at| Duration::from_millis(at.saturating_sub(now)))
                 .unwrap_or(DEADLINE_TICK_MAX)
                 .min(DEADLINE_TICK_MAX);
-            tokio::select! {
-                _ = tokio::time::sleep(next) => {}
-                _ = changed.changed() => {}
-                _ = registry_changed.changed() => {}
+            let apply = tokio::select! {
+                Some(id) = to_apply.recv() => Some(id),
+                _ = tokio::time::sleep(next) => None,
+                _ = changed.changed() => None,
+                _ = registry_changed.changed() => None,
                 _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if let Some(id) = apply {
+                self.apply_one(id).await;
             }
         }
     }
 
-    async fn recover(&self) {
+    fn recover(&self) {
         let rows = match self
             .store
             .read(|connection| ApprovalRow::list(connection, LIST_MAX))
@@ -680,10 +816,13 @@ impl Approvals {
                 self.publish(row);
             }
         }
-        if let Ok(unapplied) = self.store.read(ApprovalRow::unapplied) {
-            for row in unapplied {
-                self.after_decision(&row).await;
+        match self.store.read(ApprovalRow::unapplied) {
+            Ok(unapplied) => {
+                for row in unapplied {
+                    self.after_decision(&row);
+                }
             }
+            Err(err) => tracing::error!(cause = %err, "cannot read approved actions at start"),
         }
     }
 
@@ -745,22 +884,21 @@ impl Approvals {
         })
     }
 
-    fn owner_of(&self, id: &str) -> Option<NodeId> {
-        self.registry_approvals()
-            .into_iter()
-            .find(|(_, name, _)| name == id)
-            .map(|(origin, _, _)| origin)
+    /// Every node's name by id, read once for a whole list.
+    fn node_names(&self) -> HashMap<NodeId, String> {
+        let mut names: HashMap<NodeId, String> = self.mesh.with_registry(|registry| {
+            registry
+                .nodes()
+                .into_iter()
+                .map(|node| (node.node_id.clone(), node.body.node_name.clone()))
+                .collect()
+        });
+        names.insert(self.node_id.clone(), self.node_name.clone());
+        names
     }
 
-    fn node_name_of(&self, node: &NodeId) -> String {
-        if *node == self.node_id {
-            return self.node_name.clone();
-        }
-        self.mesh.with_registry(|registry| {
-            registry
-                .node(node)
-                .map_or_else(|| node.to_string(), |body| body.node_name.clone())
-        })
+    fn is_member(&self, node: &NodeId) -> bool {
+        self.mesh.with_registry(|registry| registry.is_member(node))
     }
 
     fn notice(&self, row: &ApprovalRow) -> Notice {
@@ -793,8 +931,14 @@ impl Approvals {
         );
     }
 
-    fn view_of_row(&self, row: &ApprovalRow) -> ApprovalView {
-        self.view_of(&row.id, &self.node_id, &row.body, row.outcome.clone())
+    fn view_of_row(&self, row: &ApprovalRow, names: &HashMap<NodeId, String>) -> ApprovalView {
+        self.view_of(
+            &row.id,
+            &self.node_id,
+            &row.body,
+            row.outcome.clone(),
+            names,
+        )
     }
 
     fn view_of(
@@ -803,20 +947,36 @@ impl Approvals {
         owner: &NodeId,
         body: &ApprovalBody,
         outcome: Option<String>,
+        names: &HashMap<NodeId, String>,
     ) -> ApprovalView {
+        let local = *owner == self.node_id;
+        // Another member's approval well past its deadline is expired
+        // whether or not its owner is still there to say so.
+        let overdue = !local
+            && body.state == ApprovalState::Pending
+            && self.env.now_unix_ms()
+                >= body.deadline_unix_ms.saturating_add(REMOTE_EXPIRY_GRACE_MS);
         ApprovalView {
             id: id.to_owned(),
-            node: self.node_name_of(owner),
+            node: name_in(names, owner),
             node_id: owner.to_string(),
-            local: *owner == self.node_id,
+            local,
             agent: body.agent.clone(),
             action: body.action.clone(),
             summary: body.summary.clone(),
             invocation: body.invocation.clone(),
-            state: body.state,
+            state: if overdue {
+                ApprovalState::Expired
+            } else {
+                body.state
+            },
             created_unix_ms: body.created_unix_ms,
             deadline_unix_ms: body.deadline_unix_ms,
-            decided_by: body.decided_by.clone(),
+            decided_by: if overdue {
+                Some("deadline".to_owned())
+            } else {
+                body.decided_by.clone()
+            },
             decided_unix_ms: body.decided_unix_ms,
             note: body.note.clone(),
             outcome,
@@ -824,12 +984,25 @@ impl Approvals {
     }
 }
 
-/// The definition label of an instance name (`fabric` of
-/// `@fabric@devbox#main`), which standing rules are keyed by.
-fn definition_of(agent: &str) -> Option<String> {
-    AgentName::parse(agent)
-        .ok()
-        .map(|name| name.definition().as_str().to_owned())
+/// A node's name, or its id when the registry has no name for it.
+fn name_in(names: &HashMap<NodeId, String>, node: &NodeId) -> String {
+    names.get(node).cloned().unwrap_or_else(|| node.to_string())
+}
+
+/// `actor` as a plain word (letters, digits, `.`, `_`, `-`), or
+/// `operator`: what a member names its answering person, never a rule, the
+/// deadline or another node.
+fn plain_word(actor: &str) -> String {
+    let word: String = actor
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(ACTOR_NAME_BYTES_MAX)
+        .collect();
+    if word.is_empty() || word.starts_with("rule") || word == "deadline" {
+        "operator".to_owned()
+    } else {
+        word
+    }
 }
 
 /// Runs an approved gated action on this broker; what it did.

@@ -249,6 +249,13 @@ async fn send_webhook(webhook: &Webhook, notice: &Notice) -> Result<(), String> 
     .map_err(|err| format!("webhook task failed: {err}"))?
 }
 
+/// `text` with `&`, `<` and `>` escaped for a markup body.
+fn markup_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// A header value carries no line breaks or control characters.
 fn header_safe(text: &str) -> String {
     text.chars()
@@ -260,8 +267,10 @@ async fn desktop(notice: &Notice) -> Result<(), String> {
     let title = notice.title();
     let text = notice.text();
     let mut command = if let Some(program) = find_on_path("notify-send") {
+        // Notification daemons read the body as markup: an agent's text
+        // must not become a link or hide what it asks.
         let mut command = tokio::process::Command::new(program);
-        command.args(["--app-name=scout", "--", &title, &text]);
+        command.args(["--app-name=scout", "--", &title, &markup_escaped(&text)]);
         command
     } else if let Some(program) = find_on_path("osascript") {
         // The text travels as arguments, never inside the script, so
@@ -332,6 +341,14 @@ mod tests {
         for bad in ["ftp://x", "https://", "http:///x", "file:///etc/passwd", ""] {
             assert!(with(bad).check().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn markup_in_a_body_is_text() {
+        assert_eq!(
+            markup_escaped("<a href='x'>y</a> & z"),
+            "&lt;a href='x'&gt;y&lt;/a&gt; &amp; z"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub fn routes() -> Router<Arc<BrokerState>> {
     Router::new()
         .route("/approvals", get(list).post(ask))
         .route("/approvals/stream", get(stream))
+        .route("/approvals/rules", get(rules))
+        .route("/approvals/rules/{id}/remove", post(remove_rule))
         .route("/approvals/{id}", get(one))
         .route("/approvals/{id}/wait", get(wait))
         .route("/approvals/{id}/approve", post(approve))
@@ -90,17 +92,28 @@ pub fn approval_error(err: ApprovalError) -> ApiError {
         ApprovalError::Decided(decided) => (StatusCode::CONFLICT, decided.code()),
         ApprovalError::NotPending(_) => (StatusCode::NOT_FOUND, "APPROVAL_NOT_PENDING"),
         ApprovalError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+        ApprovalError::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_APPROVALS"),
+        ApprovalError::Ambiguous { .. } => (StatusCode::CONFLICT, "APPROVAL_AMBIGUOUS"),
         ApprovalError::OwnerUnreachable { .. } => (StatusCode::BAD_GATEWAY, "OWNER_UNREACHABLE"),
-        ApprovalError::Refused { code, .. } => (
-            StatusCode::CONFLICT,
-            match code.as_str() {
-                "ALREADY_DECIDED" => "ALREADY_DECIDED",
-                "APPROVAL_EXPIRED" => "APPROVAL_EXPIRED",
-                "APPROVAL_NOT_PENDING" => "APPROVAL_NOT_PENDING",
-                _ => "APPROVAL_REFUSED",
-            },
-        ),
-        ApprovalError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR"),
+        // The owner's refusal keeps its meaning: a decision conflict, a
+        // bad answer, or the owner failing.
+        ApprovalError::Refused { code, .. } => match code.as_str() {
+            "ALREADY_DECIDED" => (StatusCode::CONFLICT, "ALREADY_DECIDED"),
+            "APPROVAL_EXPIRED" => (StatusCode::CONFLICT, "APPROVAL_EXPIRED"),
+            "APPROVAL_NOT_PENDING" => (StatusCode::NOT_FOUND, "APPROVAL_NOT_PENDING"),
+            "INVALID_REQUEST" => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            "NOT_READY" => (StatusCode::SERVICE_UNAVAILABLE, "OWNER_NOT_READY"),
+            _ => (StatusCode::BAD_GATEWAY, "OWNER_FAILED"),
+        },
+        ApprovalError::Store(store) => match store {
+            crate::store::StoreError::InvalidRequest { .. } => {
+                (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+            }
+            crate::store::StoreError::NotFound { .. } => {
+                (StatusCode::NOT_FOUND, "APPROVAL_NOT_PENDING")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR"),
+        },
     };
     ApiError::new(status, code, err.to_string())
 }
@@ -118,8 +131,16 @@ struct ListQuery {
     state: Option<String>,
 }
 
+/// Whether `caller` may see `view`: a person sees every approval; an
+/// agent only its own (another agent's summary may hold its commands and
+/// their secrets).
+fn visible(caller: Option<&Extension<AgentCaller>>, view: &ApprovalView) -> bool {
+    caller.is_none_or(|Extension(caller)| caller.instance == view.agent)
+}
+
 async fn list(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<ApprovalList>, ApiError> {
     let wanted = match query.state.as_deref() {
@@ -132,6 +153,7 @@ async fn list(
         .map_err(approval_error)?
         .into_iter()
         .filter(|view| wanted.is_none_or(|wanted| view.state == wanted))
+        .filter(|view| visible(caller.as_ref(), view))
         .collect();
     Ok(Json(ApprovalList { approvals }))
 }
@@ -152,14 +174,65 @@ fn parse_state(word: &str) -> Result<ApprovalState, ApiError> {
 
 async fn one(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
 ) -> Result<Json<ApprovalView>, ApiError> {
     state
         .approvals
         .get(&id)
         .map_err(approval_error)?
+        .filter(|view| visible(caller.as_ref(), view))
         .map(Json)
         .ok_or_else(|| not_found(&id))
+}
+
+async fn rules(
+    State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if caller.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_SCOPE",
+            "the standing rules are for the operator; an agent may only ask",
+        ));
+    }
+    let rules: Vec<serde_json::Value> = state
+        .approvals
+        .rules()
+        .map_err(approval_error)?
+        .into_iter()
+        .map(|rule| {
+            serde_json::json!({
+                "id": rule.id,
+                "agent": rule.agent,
+                "action": rule.action,
+                "summary": rule.summary,
+                "allow": rule.allow,
+                "created_by": rule.created_by,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "rules": rules })))
+}
+
+async fn remove_rule(
+    State(state): State<Arc<BrokerState>>,
+    PathId(id): PathId,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state
+        .approvals
+        .remove_rule(&id, "operator")
+        .await
+        .map_err(approval_error)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "RULE_NOT_FOUND",
+            format!("no standing rule {id} on this broker; `scout approvals rules` lists them"),
+        ));
+    }
+    Ok(Json(serde_json::json!({ "removed": id })))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -326,6 +399,7 @@ async fn answer(
 /// first (`approval` events), then each change.
 async fn stream(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut local = state.approvals.subscribe();
     let mut registry = state.mesh.subscribe_changes();
@@ -335,7 +409,12 @@ async fn stream(
             let Ok(views) = state.approvals.list() else {
                 return;
             };
+            // What left the list is forgotten, so the map stays its size.
+            last.retain(|id, _| views.iter().any(|view| view.id == *id));
             for view in views.into_iter().rev() {
+                if !visible(caller.as_ref(), &view) {
+                    continue;
+                }
                 if last.get(&view.id) == Some(&view) {
                     continue;
                 }

@@ -159,16 +159,17 @@ async fn revoke(
     } else {
         request.reason
     };
-    // An unknown member is a 404 for everyone, before any approval.
-    state.mesh.member_id(&request.node).map_err(|err| {
+    // An unknown member is a 404 for everyone, before any approval; the
+    // approval names the member by id, which no other member can take.
+    let target = state.mesh.member_id(&request.node).map_err(|err| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
     })?;
     let gate = crate::daemon::approvals::Gate::MeshRevoke {
-        node: request.node.clone(),
+        node: target.to_string(),
         reason: reason.clone(),
     };
     super::approvals::gate(&state, caller, gate, || async {
-        let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
+        let revoked = state.mesh.revoke(target.as_str(), &reason).map_err(|err| {
             ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
         })?;
         Ok(Revoked {

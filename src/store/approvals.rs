@@ -49,13 +49,14 @@ pub struct NewApproval {
     pub deadline_ms: u64,
 }
 
-/// A standing answer for one action of one agent definition.
+/// A standing answer for one action and exact summary of one agent
+/// instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRule {
     /// Its id.
     pub id: String,
-    /// The definition label (`fabric`) it applies to.
-    pub definition: String,
+    /// The agent instance (`@fabric@devbox#main`) it applies to.
+    pub agent: String,
     /// The action (`tool.Bash`).
     pub action: String,
     /// The exact summary (`git status`) it applies to.
@@ -106,7 +107,7 @@ impl ApprovalRow {
             body: ApprovalBody {
                 agent: new.agent.clone(),
                 action: new.action.clone(),
-                summary: approval::truncate(&new.summary, approval::SUMMARY_BYTES_MAX),
+                summary: new.summary.clone(),
                 invocation: new.invocation.clone(),
                 created_unix_ms: new.created_ms,
                 deadline_unix_ms: new.deadline_ms,
@@ -250,7 +251,30 @@ impl ApprovalRow {
         Ok(expired)
     }
 
-    /// Records what the gated action did.
+    /// Pending approvals of `agent`.
+    pub fn pending_of(connection: &Connection, agent: &str) -> Result<usize, StoreError> {
+        let count: i64 = connection
+            .prepare_cached(
+                "SELECT count(*) FROM approvals WHERE state = 'pending' AND agent = ?1",
+            )?
+            .query_row(params![agent], |row| row.get(0))?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
+    /// Claims the gated action of approved approval `id` for one run:
+    /// whether this call got it (it had not run and nobody else claimed it).
+    pub fn claim(transaction: &Transaction<'_>, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let claimed = transaction
+            .prepare_cached(
+                "UPDATE approvals SET applied_at_ms = ?2, outcome = 'running'
+                 WHERE approval_id = ?1 AND state = 'approved' AND gate_json IS NOT NULL
+                   AND applied_at_ms IS NULL",
+            )?
+            .execute(params![id, ms(now_ms)])?;
+        Ok(claimed == 1)
+    }
+
+    /// Records what the claimed gated action did.
     pub fn mark_applied(
         transaction: &Transaction<'_>,
         id: &str,
@@ -258,11 +282,8 @@ impl ApprovalRow {
         outcome: &str,
     ) -> Result<(), StoreError> {
         transaction
-            .prepare_cached(
-                "UPDATE approvals SET applied_at_ms = ?2, outcome = ?3
-                 WHERE approval_id = ?1 AND applied_at_ms IS NULL",
-            )?
-            .execute(params![id, ms(now_ms), outcome])?;
+            .prepare_cached("UPDATE approvals SET outcome = ?2 WHERE approval_id = ?1")?
+            .execute(params![id, outcome])?;
         AuditEntry::append(
             transaction,
             &NewAuditEntry {
@@ -349,22 +370,22 @@ impl ApprovalRow {
 }
 
 impl ApprovalRule {
-    /// The rule answering `action` with `summary` for `definition`.
+    /// The rule answering `action` with `summary` for `agent`.
     pub fn find(
         connection: &Connection,
-        definition: &str,
+        agent: &str,
         action: &str,
         summary: &str,
     ) -> Result<Option<ApprovalRule>, StoreError> {
         connection
             .prepare_cached(
-                "SELECT rule_id, definition, action, summary, allow, created_by
-                 FROM approval_rules WHERE definition = ?1 AND action = ?2 AND summary = ?3",
+                "SELECT rule_id, agent, action, summary, allow, created_by
+                 FROM approval_rules WHERE agent = ?1 AND action = ?2 AND summary = ?3",
             )?
-            .query_row(params![definition, action, summary], |row| {
+            .query_row(params![agent, action, summary], |row| {
                 Ok(ApprovalRule {
                     id: row.get(0)?,
-                    definition: row.get(1)?,
+                    agent: row.get(1)?,
                     action: row.get(2)?,
                     summary: row.get(3)?,
                     allow: row.get::<_, i64>(4)? == 1,
@@ -378,13 +399,13 @@ impl ApprovalRule {
     /// Every rule.
     pub fn list(connection: &Connection) -> Result<Vec<ApprovalRule>, StoreError> {
         let mut statement = connection.prepare_cached(
-            "SELECT rule_id, definition, action, summary, allow, created_by
+            "SELECT rule_id, agent, action, summary, allow, created_by
              FROM approval_rules ORDER BY created_at_ms",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(ApprovalRule {
                 id: row.get(0)?,
-                definition: row.get(1)?,
+                agent: row.get(1)?,
                 action: row.get(2)?,
                 summary: row.get(3)?,
                 allow: row.get::<_, i64>(4)? == 1,
@@ -394,7 +415,33 @@ impl ApprovalRule {
         rows.map(|row| row.map_err(StoreError::from)).collect()
     }
 
-    /// Adds (or replaces) the rule for its definition, action and summary.
+    /// Removes rule `id`; whether it existed.
+    pub fn remove(
+        transaction: &Transaction<'_>,
+        id: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let removed = transaction
+            .prepare_cached("DELETE FROM approval_rules WHERE rule_id = ?1")?
+            .execute(params![id])?
+            == 1;
+        if removed {
+            AuditEntry::append(
+                transaction,
+                &NewAuditEntry {
+                    ts_ms: ms(now_ms),
+                    actor: actor.to_owned(),
+                    action: "approval_rule_removed".to_owned(),
+                    subject: id.to_owned(),
+                    detail: serde_json::json!({}),
+                },
+            )?;
+        }
+        Ok(removed)
+    }
+
+    /// Adds (or replaces) the rule for its agent, action and summary.
     pub fn upsert(
         transaction: &Transaction<'_>,
         rule: &ApprovalRule,
@@ -403,15 +450,15 @@ impl ApprovalRule {
         transaction
             .prepare_cached(
                 "INSERT INTO approval_rules
-                     (rule_id, definition, action, summary, allow, created_by, created_at_ms)
+                     (rule_id, agent, action, summary, allow, created_by, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (definition, action, summary) DO UPDATE
+                 ON CONFLICT (agent, action, summary) DO UPDATE
                      SET allow = excluded.allow, created_by = excluded.created_by,
                          created_at_ms = excluded.created_at_ms",
             )?
             .execute(params![
                 rule.id,
-                rule.definition,
+                rule.agent,
                 rule.action,
                 rule.summary,
                 i64::from(rule.allow),
@@ -426,7 +473,7 @@ impl ApprovalRule {
                 action: "approval_rule_set".to_owned(),
                 subject: rule.id.clone(),
                 detail: serde_json::json!({
-                    "definition": rule.definition,
+                    "agent": rule.agent,
                     "action": rule.action,
                     "summary": approval::truncate(&rule.summary, 512),
                     "allow": rule.allow,
@@ -493,6 +540,18 @@ mod tests {
         assert_eq!(second.unwrap_err().code(), "ALREADY_DECIDED");
         let unapplied = store.read(ApprovalRow::unapplied).unwrap();
         assert_eq!(unapplied.len(), 1);
+        let id_claimed = approval::id_from(1);
+        let claims = store
+            .write(move |tx| {
+                Ok((
+                    ApprovalRow::claim(tx, &id_claimed, 3_000)?,
+                    ApprovalRow::claim(tx, &id_claimed, 3_001)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(claims, (true, false), "a gated action is claimed once");
+        assert!(store.read(ApprovalRow::unapplied).unwrap().is_empty());
         let audit = store
             .read(|connection| AuditEntry::list_for_subject(connection, &approval::id_from(1), 10))
             .unwrap();

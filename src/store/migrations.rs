@@ -73,7 +73,8 @@ pub const MIGRATIONS: &[Migration] = &[
 /// it at most once more, and only when it had not finished. The registry's
 /// kind list gains `approval`: SQLite cannot change a CHECK in place, so the
 /// table is rebuilt with its rows. A rule is a standing answer (`--always`)
-/// for one action and summary of one agent definition on this broker.
+/// for one action and exact summary of one agent instance on this broker;
+/// `applied_at_ms` is also the claim that keeps a gated action to one run.
 const SCHEMA_V6: &str = r#"
 CREATE TABLE registry_records_v6 (
     origin         TEXT NOT NULL CHECK (length(origin) = 32),
@@ -112,14 +113,15 @@ CREATE INDEX approvals_by_creation ON approvals (created_at_ms);
 
 CREATE TABLE approval_rules (
     rule_id        TEXT PRIMARY KEY NOT NULL,
-    definition     TEXT NOT NULL,
+    agent          TEXT NOT NULL,
     action         TEXT NOT NULL,
     summary        TEXT NOT NULL,
     allow          INTEGER NOT NULL CHECK (allow IN (0, 1)),
     created_by     TEXT NOT NULL,
     created_at_ms  INTEGER NOT NULL,
-    UNIQUE (definition, action, summary)
+    UNIQUE (agent, action, summary)
 ) STRICT;
+CREATE INDEX approvals_pending_by_agent ON approvals (agent) WHERE state = 'pending';
 "#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
