@@ -835,6 +835,42 @@ pub struct JoinAccepted {
     pub admitted_by: NodeId,
 }
 
+/// The answer to a pairing probe: whether this broker holds a short code
+/// that a joiner may try now. It says nothing about the code itself, so a
+/// joiner asks every broker it finds and tries only the one that holds a
+/// code: a failed attempt burns the code, so guessing at every broker in
+/// turn would burn codes for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairOffer {
+    /// Whether a short code is pending here.
+    pub pending: bool,
+    /// The mesh the broker would admit a joiner to (bound into the
+    /// exchange, so a lie here only makes the exchange fail).
+    pub mesh_id: MeshId,
+    /// The broker's node name, for messages to people.
+    pub node_name: String,
+}
+
+/// The joiner's first message of a short-code exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStart {
+    /// The joiner's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The joiner's node name.
+    pub node_name: String,
+    /// Where the joiner can be dialed.
+    pub addresses: Vec<String>,
+}
+
+/// The inviter's answer to [`PairStart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairReply {
+    /// The inviter's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The inviter's key confirmation.
+    pub confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+}
+
 /// An error answered on a stream before it is closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -1018,6 +1054,21 @@ pub enum MeshFrame {
     },
     /// Response to `TerminalOpen`: the relay starts.
     TerminalAccepted,
+    /// Request (a joiner with a short code, before any hello): does this
+    /// broker hold a pending short code?
+    PairProbe,
+    /// Response to `PairProbe`.
+    PairOffer(PairOffer),
+    /// Request: the first message of a short-code exchange.
+    PairStart(PairStart),
+    /// Response to `PairStart`.
+    PairReply(PairReply),
+    /// Request: the joiner's key confirmation, on the same connection as
+    /// its `PairStart`. Answered with `JoinAccepted` once it verifies.
+    PairConfirm {
+        /// The joiner's key confirmation.
+        confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+    },
 }
 
 /// The frames of a terminal relay stream after `TerminalAccepted`: each
@@ -1216,6 +1267,11 @@ impl MeshFrame {
             MeshFrame::UsageReport(_) => "usage_report",
             MeshFrame::TerminalOpen { .. } => "terminal_open",
             MeshFrame::TerminalAccepted => "terminal_accepted",
+            MeshFrame::PairProbe => "pair_probe",
+            MeshFrame::PairOffer(_) => "pair_offer",
+            MeshFrame::PairStart(_) => "pair_start",
+            MeshFrame::PairReply(_) => "pair_reply",
+            MeshFrame::PairConfirm { .. } => "pair_confirm",
         }
     }
 
@@ -1310,7 +1366,20 @@ impl MeshFrame {
             MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
                 check_str("invocation_id", invocation_id, ID_BYTES_MAX)
             }
+            MeshFrame::PairOffer(offer) => {
+                check_str("node_name", &offer.node_name, NODE_NAME_BYTES_MAX)
+            }
+            MeshFrame::PairStart(start) => {
+                check_bytes("pake", &start.pake, crate::pairing::PAKE_MESSAGE_BYTES)?;
+                check_str("node_name", &start.node_name, NODE_NAME_BYTES_MAX)?;
+                check_addresses(&start.addresses)
+            }
+            MeshFrame::PairReply(reply) => {
+                check_bytes("pake", &reply.pake, crate::pairing::PAKE_MESSAGE_BYTES)
+            }
             MeshFrame::SyncAck
+            | MeshFrame::PairProbe
+            | MeshFrame::PairConfirm { .. }
             | MeshFrame::JoinAccepted(_)
             | MeshFrame::Ping { .. }
             | MeshFrame::Pong { .. }
@@ -1321,6 +1390,16 @@ impl MeshFrame {
 
 /// Refuses a string over its limit, naming the field.
 fn check_str(field: &str, value: &str, max: usize) -> Result<(), WireError> {
+    if value.len() > max {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a byte string over its limit, naming the field.
+fn check_bytes(field: &str, value: &[u8], max: usize) -> Result<(), WireError> {
     if value.len() > max {
         return Err(WireError::MalformedFrame {
             detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
