@@ -44,6 +44,13 @@ pub const SHORT_INVITE_TTL_MS_DEFAULT: u64 = 10 * 60 * 1000;
 /// other machine now, and a long life only widens the window of guessing.
 pub const SHORT_INVITE_TTL_MS_MAX: u64 = 60 * 60 * 1000;
 
+/// How long after a short code's expiry its broker still lets an unknown
+/// key finish a handshake, so that a late joiner learns `INVITE_EXPIRED`
+/// instead of a bare handshake refusal. Such a connection can only ask
+/// and be refused; ten minutes covers a person who tries again after a
+/// coffee, and then the window closes.
+pub const SHORT_INVITE_ANSWER_GRACE_MS: u64 = 10 * 60 * 1000;
+
 /// Bytes of a SPAKE2 message on the Ed25519 group: a side byte and a
 /// compressed point.
 pub const PAKE_MESSAGE_BYTES: usize = 33;
@@ -462,6 +469,23 @@ impl ShortInvite {
         self.state == ShortInviteState::Pending && now_ms <= self.expires_at_ms
     }
 
+    /// Until when its broker answers unknown keys about it (see
+    /// [`SHORT_INVITE_ANSWER_GRACE_MS`]).
+    pub fn answer_until_ms(&self) -> u64 {
+        self.expires_at_ms
+            .saturating_add(SHORT_INVITE_ANSWER_GRACE_MS)
+    }
+
+    /// Where it stands for a pairing probe.
+    pub fn offered(&self, now_ms: u64) -> crate::wire::OfferedCode {
+        use crate::wire::OfferedCode;
+        match self.state {
+            ShortInviteState::Pending if now_ms > self.expires_at_ms => OfferedCode::Expired,
+            ShortInviteState::Pending => OfferedCode::Pending,
+            _ => OfferedCode::Used,
+        }
+    }
+
     /// Starts the one attempt: from here the code is taken until
     /// [`ShortInvite::finish`] says how the attempt ended.
     pub fn begin(&mut self, now_ms: u64) -> Result<ShortCode, ShortInviteRefused> {
@@ -621,11 +645,14 @@ mod tests {
     fn a_short_invite_allows_one_attempt_before_it_expires() {
         let mut invite = ShortInvite::issue([1; SHORT_CODE_RANDOM_BYTES], 1_000, 500);
         assert!(invite.is_open(1_500));
+        assert_eq!(invite.offered(1_500), crate::wire::OfferedCode::Pending);
+        assert_eq!(invite.offered(1_501), crate::wire::OfferedCode::Expired);
         assert_eq!(invite.begin(1_501), Err(ShortInviteRefused::Expired));
         assert!(invite.begin(1_200).is_ok());
         // A second joiner racing the first is refused at once.
         assert_eq!(invite.begin(1_200), Err(ShortInviteRefused::Used));
         assert!(!invite.is_open(1_200));
+        assert_eq!(invite.offered(1_200), crate::wire::OfferedCode::Used);
         invite.finish(false);
         assert_eq!(invite.state, ShortInviteState::Burned);
         assert_eq!(invite.begin(1_300), Err(ShortInviteRefused::Used));

@@ -842,13 +842,28 @@ pub struct JoinAccepted {
 /// turn would burn codes for nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairOffer {
-    /// Whether a short code is pending here.
-    pub pending: bool,
+    /// Where this broker's short code stands.
+    pub short_code: OfferedCode,
     /// The mesh the broker would admit a joiner to (bound into the
     /// exchange, so a lie here only makes the exchange fail).
     pub mesh_id: MeshId,
     /// The broker's node name, for messages to people.
     pub node_name: String,
+}
+
+/// Where a broker's short code stands, as a pairing probe learns it. It
+/// tells a joiner whether to try (and, for a code that cannot be tried,
+/// why) without saying anything about the code itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferedCode {
+    /// No short code was issued here.
+    None,
+    /// A short code waits for its one attempt.
+    Pending,
+    /// The short code was used, burned, or is being tried right now.
+    Used,
+    /// The short code expired unused.
+    Expired,
 }
 
 /// The joiner's first message of a short-code exchange.
