@@ -396,9 +396,9 @@ pub async fn candidates(
             .into_keys(),
         );
     }
-    // The LAN is browsed even when the broker's own mDNS source is off: a
-    // person pairing two machines on one LAN expects it to work.
-    out.extend(browse_mdns(own).await);
+    if discovery.mdns {
+        out.extend(browse_mdns(own).await);
+    }
     let mut seen = std::collections::HashSet::new();
     out.retain(|addr| seen.insert(*addr));
     out.truncate(PAIRING_CANDIDATES_MAX);
