@@ -127,16 +127,29 @@ impl ShortCode {
     }
 
     /// Whether a string has the shape of a short code (as opposed to a
-    /// long `scout1-…` one): at most a few groups of letters and digits,
-    /// [`SHORT_CODE_CHARS`] of them in all. Characters outside the
-    /// alphabet still count, so a mistyped `0` gets the short code's error.
+    /// long `scout1-…` one): [`SHORT_CODE_CHARS`] letters and digits, alone
+    /// or in two groups of four. Characters outside the alphabet still
+    /// count, so a mistyped `0` gets the short code's error, while a long
+    /// code cut short (`scout1-ab`) keeps the long code's.
     pub fn looks_like(input: &str) -> bool {
         let input = input.trim();
-        let chars = input.chars().filter(|ch| *ch != '-' && *ch != ' ').count();
-        chars == SHORT_CODE_CHARS
-            && input
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == ' ')
+        if input
+            .to_ascii_lowercase()
+            .starts_with(crate::wire::INVITE_CODE_PREFIX)
+        {
+            return false;
+        }
+        let groups: Vec<&str> = input.split(['-', ' ']).collect();
+        let half = SHORT_CODE_CHARS / 2;
+        let shaped = match groups.as_slice() {
+            [whole] => whole.len() == SHORT_CODE_CHARS,
+            [head, tail] => head.len() == half && tail.len() == half,
+            _ => false,
+        };
+        shaped
+            && groups
+                .iter()
+                .all(|group| group.chars().all(|ch| ch.is_ascii_alphanumeric()))
     }
 
     /// The code as people read it: two groups of four (`ABCD-2345`).
@@ -639,6 +652,9 @@ mod tests {
         assert!(ShortCode::looks_like("abcd-234o"));
         assert!(!ShortCode::looks_like("scout1-abcdefgh"));
         assert!(!ShortCode::looks_like("ABCD-23456"));
+        assert!(!ShortCode::looks_like("scout1-xx"));
+        assert!(!ShortCode::looks_like("ABCDEF-23"));
+        assert!(ShortCode::looks_like("abcd2345"));
     }
 
     #[test]
