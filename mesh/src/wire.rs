@@ -1879,6 +1879,20 @@ mod tests {
             ("cancel", |text| MeshFrame::Cancel {
                 invocation_id: text("invocation_id"),
             }),
+            ("pair_offer", |text| {
+                MeshFrame::PairOffer(PairOffer {
+                    short_code: OfferedCode::Pending,
+                    mesh_id: MeshId([1; 16]),
+                    node_name: text("node_name"),
+                })
+            }),
+            ("pair_start", |text| {
+                MeshFrame::PairStart(PairStart {
+                    pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                    node_name: text("node_name"),
+                    addresses: vec![text("address")],
+                })
+            }),
             ("usage_report", |text| {
                 MeshFrame::UsageReport(UsageReport {
                     rows: vec![UsageRow {
@@ -1938,7 +1952,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 22, "every limited field of every frame");
+        assert_eq!(checked, 25, "every limited field of every frame");
     }
 
     /// `output` cannot be built over its limit, so the over-limit frame is
@@ -2170,5 +2184,40 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn pairing_frames_round_trip_and_oversized_key_exchange_messages_are_refused() {
+        let frames = [
+            MeshFrame::PairProbe,
+            MeshFrame::PairOffer(PairOffer {
+                short_code: OfferedCode::Expired,
+                mesh_id: MeshId([3; 16]),
+                node_name: "alpha".into(),
+            }),
+            MeshFrame::PairStart(PairStart {
+                pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                node_name: "beta".into(),
+                addresses: vec!["127.0.0.1:1".into()],
+            }),
+            MeshFrame::PairReply(PairReply {
+                pake: vec![0x42; crate::pairing::PAKE_MESSAGE_BYTES],
+                confirmation: [7; crate::pairing::CONFIRMATION_BYTES],
+            }),
+            MeshFrame::PairConfirm {
+                confirmation: [8; crate::pairing::CONFIRMATION_BYTES],
+            },
+        ];
+        for frame in frames {
+            assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+        }
+        let oversized = MeshFrame::PairReply(PairReply {
+            pake: vec![0; crate::pairing::PAKE_MESSAGE_BYTES + 1],
+            confirmation: [0; crate::pairing::CONFIRMATION_BYTES],
+        });
+        assert_eq!(
+            decode_frame(&encode_frame(&oversized)).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
     }
 }

@@ -45,7 +45,9 @@ pub const INBOUND_HANDSHAKES_MAX: usize = 64;
 pub const DIALS_IN_FLIGHT_MAX: usize = 16;
 
 /// Streams a new connection may open before its hello (a join, then the
-/// hello); anything beyond is a protocol error.
+/// hello; or a short-code pairing's probe, start and confirmation, after
+/// which the joiner dials again as a member); anything beyond is a
+/// protocol error.
 const OPENING_STREAMS_MAX: usize = 3;
 
 /// How often seeds are resolved again (DNS names may move).
