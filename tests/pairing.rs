@@ -235,3 +235,54 @@ fn peers_show_online_offline_and_revoked_with_the_last_heartbeat() {
         "{json}"
     );
 }
+
+#[test]
+fn only_brokers_holding_a_code_are_tried_and_the_first_failure_stops_the_search() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let (code, _) = short_invite(&alpha, "10m");
+    let mut bystander = Node::setup("bystander", &[]);
+    bystander.start();
+    let mut decoy = Node::setup("decoy", &[]);
+    decoy.start();
+
+    // A broker that holds a code of its own answers first (as a hostile
+    // LAN peer would): the attempt there fails, and the search stops
+    // before alpha, whose code stays valid.
+    let _ = short_invite(&decoy, "10m");
+    let gamma = Node::setup("gamma", &[]);
+    let fooled = gamma.run(&[
+        "mesh",
+        "join",
+        &code,
+        "--peer",
+        &decoy.mesh_addr(),
+        "--peer",
+        &alpha.mesh_addr(),
+    ]);
+    assert_ne!(fooled.code, 0);
+    assert!(
+        fooled.stderr.contains("PAIRING_FAILED"),
+        "{}",
+        fooled.stderr
+    );
+
+    // A broker without a code is skipped without an attempt; alpha's code
+    // was never tried, so it still works.
+    let mut gamma = gamma;
+    let joined = gamma.run(&[
+        "mesh",
+        "join",
+        &code,
+        "--peer",
+        &bystander.mesh_addr(),
+        "--peer",
+        &alpha.mesh_addr(),
+    ]);
+    assert_eq!(joined.code, 0, "gamma join: {}", joined.stderr);
+    gamma.start();
+    wait_until("alpha to see gamma online", || {
+        (peer_status(&alpha, "gamma")?.0 == "online").then_some(())
+    });
+    assert!(peer_status(&bystander, "gamma").is_none());
+}
