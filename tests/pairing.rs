@@ -286,3 +286,37 @@ fn only_brokers_holding_a_code_are_tried_and_the_first_failure_stops_the_search(
     });
     assert!(peer_status(&bystander, "gamma").is_none());
 }
+
+#[test]
+fn two_joiners_racing_for_one_code_admit_one() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let (code, _) = short_invite(&alpha, "10m");
+    let peer = alpha.mesh_addr();
+    let beta = Node::setup("beta", &[]);
+    let gamma = Node::setup("gamma", &[]);
+    let (beta, gamma) = (&beta.sandbox, &gamma.sandbox);
+    let (first, second) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| beta.run(&["mesh", "join", &code, "--peer", &peer]));
+        let two = scope.spawn(|| gamma.run(&["mesh", "join", &code, "--peer", &peer]));
+        (one.join().expect("beta"), two.join().expect("gamma"))
+    });
+    let winners = [&first, &second].iter().filter(|run| run.code == 0).count();
+    assert_eq!(
+        winners, 1,
+        "exactly one joiner wins: {} / {}",
+        first.stderr, second.stderr
+    );
+    let loser = if first.code == 0 { &second } else { &first };
+    assert!(
+        loser.stderr.contains("INVITE_USED"),
+        "the other is told the code is taken: {}",
+        loser.stderr
+    );
+    // Alpha admitted exactly one of them.
+    let admitted = audit_actions(&alpha)
+        .iter()
+        .filter(|action| *action == "admit_node")
+        .count();
+    assert_eq!(admitted, 1);
+}
