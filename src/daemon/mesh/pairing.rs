@@ -89,6 +89,7 @@ pub async fn issue(shared: &Arc<Shared>, ttl_ms: u64) -> anyhow::Result<IssuedSh
     };
     let answer_until = invite.answer_until_ms();
     let fingerprint = pairing::code_fingerprint(&invite.code);
+    let code = invite.code.clone();
     let replaced = shared
         .short_invite
         .lock()
@@ -109,8 +110,8 @@ pub async fn issue(shared: &Arc<Shared>, ttl_ms: u64) -> anyhow::Result<IssuedSh
     audit(
         shared,
         "short_invite_issued",
-        &ShortCode::parse(&issued.code)?,
-        serde_json::json!({ "expires_at_ms": issued.expires_at_ms, "code_fingerprint": fingerprint }),
+        &code,
+        serde_json::json!({ "expires_at_ms": issued.expires_at_ms }),
     )
     .await;
     tracing::info!(code_fingerprint = %fingerprint, "issued a short code");
