@@ -37,12 +37,13 @@ use crate::lifecycle::{EndpointState, Harness};
 /// bodies of any other version with [`WireError::UnsupportedVersion`].
 /// Version 2 added the origin's key and signature to every record; version 1
 /// brokers cannot decode its records, so the two do not talk. Version 3
-/// added `worktrees` to instance records.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// added `worktrees` to instance records. Version 4 added approval
+/// records and the frames that decide them.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/3";
+pub const ALPN: &[u8] = b"scout-mesh/4";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -232,6 +233,9 @@ pub enum RecordKind {
     /// The origin's copy of a shared agent definition. Named by the
     /// definition's label.
     Definition,
+    /// A request for a person's decision, owned by the broker running the
+    /// agent that asked. Named by the approval id (`apr_` and hex).
+    Approval,
 }
 
 impl RecordKind {
@@ -242,6 +246,7 @@ impl RecordKind {
         RecordKind::Admission,
         RecordKind::Revocation,
         RecordKind::Definition,
+        RecordKind::Approval,
     ];
 
     /// The lower-case word for this kind.
@@ -252,6 +257,7 @@ impl RecordKind {
             RecordKind::Admission => "admission",
             RecordKind::Revocation => "revocation",
             RecordKind::Definition => "definition",
+            RecordKind::Approval => "approval",
         }
     }
 }
@@ -397,6 +403,8 @@ pub enum RecordBody {
     Revocation(RevocationBody),
     /// See [`DefinitionBody`].
     Definition(DefinitionBody),
+    /// See [`ApprovalBody`].
+    Approval(ApprovalBody),
 }
 
 impl RecordBody {
@@ -408,6 +416,7 @@ impl RecordBody {
             RecordBody::Admission(_) => RecordKind::Admission,
             RecordBody::Revocation(_) => RecordKind::Revocation,
             RecordBody::Definition(_) => RecordKind::Definition,
+            RecordBody::Approval(_) => RecordKind::Approval,
         }
     }
 }
@@ -444,6 +453,82 @@ pub struct InstanceBody {
     /// Whether its definition makes a git worktree on this node for a
     /// mentioned workspace that has no instance yet.
     pub worktrees: bool,
+}
+
+/// Where an approval request stands. Only `Pending` may change, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a person.
+    Pending,
+    /// A person (or a standing rule) allowed it.
+    Approved,
+    /// A person (or a standing rule) refused it.
+    Denied,
+    /// Its deadline passed first; it counts as denied.
+    Expired,
+}
+
+impl ApprovalState {
+    /// The lower-case word for this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request for a person's decision, as every member sees it. The owner
+/// (the record's origin, which runs the asking agent) is the only writer,
+/// so the decision it commits is the one every member ends up showing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalBody {
+    /// Who asked: an instance name (`@fabric@devbox#main`).
+    pub agent: String,
+    /// What is asked for, as a dotted word (`work_order.cancel`,
+    /// `tool.Bash`, `question`).
+    pub action: String,
+    /// What it is about, for people (`git push origin main`).
+    pub summary: String,
+    /// The invocation the agent was running when it asked, if any.
+    pub invocation: Option<String>,
+    /// When it was asked, unix ms on the owner.
+    pub created_unix_ms: u64,
+    /// When it counts as denied if nobody answered, unix ms on the owner.
+    pub deadline_unix_ms: u64,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Who decided (`operator@laptop`, `rule:…`, `deadline`), once decided.
+    pub decided_by: Option<String>,
+    /// When it was decided, unix ms on the owner.
+    pub decided_unix_ms: Option<u64>,
+    /// The decider's note.
+    pub note: String,
+}
+
+/// A person's answer to an approval, sent to the approval's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    /// The approval (`apr_…`).
+    pub id: String,
+    /// Allow (`true`) or refuse.
+    pub approve: bool,
+    /// Who answered on the sending broker (`operator`, a token's name);
+    /// the owner adds the sending node's name.
+    pub actor: String,
+    /// A note for the agent and the audit.
+    pub note: String,
+    /// Also allow (or refuse) the same action of the same agent from now on.
+    pub always: bool,
 }
 
 /// How an admitted node got in.
@@ -973,6 +1058,12 @@ error_codes! {
     UntrustedManifest => "UNTRUSTED_MANIFEST",
     /// A request the receiver does not serve on this stream.
     UnexpectedFrame => "UNEXPECTED_FRAME",
+    /// The approval was decided before this answer arrived.
+    AlreadyDecided => "ALREADY_DECIDED",
+    /// The approval's deadline passed before this answer arrived.
+    ApprovalExpired => "APPROVAL_EXPIRED",
+    /// The approval is not pending here (unknown, or gone).
+    ApprovalNotPending => "APPROVAL_NOT_PENDING",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -1069,6 +1160,10 @@ pub enum MeshFrame {
     },
     /// Response to `TerminalOpen`: the relay starts.
     TerminalAccepted,
+    /// Request (any member to an approval's owner): decide it.
+    ApprovalDecide(ApprovalDecision),
+    /// Response to `ApprovalDecide`: the approval as decided.
+    ApprovalDecided(ApprovalBody),
     /// Request (a joiner with a short code, before any hello): does this
     /// broker hold a pending short code?
     PairProbe,
@@ -1282,6 +1377,8 @@ impl MeshFrame {
             MeshFrame::UsageReport(_) => "usage_report",
             MeshFrame::TerminalOpen { .. } => "terminal_open",
             MeshFrame::TerminalAccepted => "terminal_accepted",
+            MeshFrame::ApprovalDecide(_) => "approval_decide",
+            MeshFrame::ApprovalDecided(_) => "approval_decided",
             MeshFrame::PairProbe => "pair_probe",
             MeshFrame::PairOffer(_) => "pair_offer",
             MeshFrame::PairStart(_) => "pair_start",
@@ -1361,6 +1458,10 @@ impl MeshFrame {
                 Ok(())
             }
             MeshFrame::UsageQuery(_) | MeshFrame::TerminalAccepted => Ok(()),
+            MeshFrame::ApprovalDecide(decision) => crate::approval::check_decision(decision)
+                .map_err(|detail| WireError::MalformedFrame { detail }),
+            MeshFrame::ApprovalDecided(body) => crate::approval::check_body(body)
+                .map_err(|detail| WireError::MalformedFrame { detail }),
             MeshFrame::TerminalOpen { instance } => {
                 check_str("instance", instance, AGENT_NAME_BYTES_MAX)
             }

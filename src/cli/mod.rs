@@ -11,6 +11,7 @@
 //! Errors print as `error: …` and one `caused by: …` per source on stderr.
 
 pub mod agents;
+pub mod approvals;
 pub mod attach;
 pub mod client;
 pub mod doctor;
@@ -98,6 +99,13 @@ pub enum Command {
     /// The MCP server agents mention each other through; `install` and
     /// `doctor` register it with the agent CLIs.
     Mcp(mcp::McpArgs),
+    /// Requests for a person's decision from the whole mesh (pending only
+    /// unless `--all`).
+    Approvals(approvals::ApprovalsArgs),
+    /// Approve a request (`--always` for a standing rule).
+    Approve(approvals::AnswerArgs),
+    /// Deny a request (`--always` for a standing rule).
+    Deny(approvals::AnswerArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -170,6 +178,9 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Open(args) => open::run(args, context),
         Command::Service(command) => service::run(command, context),
         Command::Mcp(args) => mcp::run(args, context),
+        Command::Approvals(args) => approvals::list(args, context),
+        Command::Approve(args) => approvals::answer(args, true, context),
+        Command::Deny(args) => approvals::answer(args, false, context),
     }
 }
 

@@ -171,6 +171,14 @@ pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
             | (&Method::POST, ["v1", "work-orders"])
             | (&Method::GET, ["v1", "work-orders", ..])
             | (&Method::POST, ["v1", "work-orders", "run-now"])
+            | (&Method::GET, ["v1", "approvals", ..])
+            | (&Method::POST, ["v1", "approvals"])
+            // Human-gated: the handler turns an agent's request into an
+            // approval a person answers, and runs nothing itself.
+            | (&Method::POST, ["v1", "work-orders", _, "cancel"])
+            | (&Method::POST, ["v1", "invocations", _, "cancel"])
+            | (&Method::POST, ["v1", "mesh", "revoke"])
+            | (&Method::DELETE, ["agents", _])
     )
 }
 
@@ -218,14 +226,20 @@ mod tests {
             (Method::POST, "/v1/work-orders"),
             (Method::GET, "/v1/work-orders"),
             (Method::POST, "/v1/work-orders/run-now"),
+            (Method::GET, "/v1/approvals"),
+            (Method::POST, "/v1/approvals"),
+            (Method::GET, "/v1/approvals/apr_1/wait"),
+            // Gated: the handler asks a person instead of acting.
+            (Method::POST, "/v1/invocations/abc/cancel"),
+            (Method::POST, "/v1/work-orders/x/cancel"),
         ] {
             assert!(agent_may(&method, path), "{method} {path}");
         }
         for (method, path) in [
             (Method::POST, "/agents"),
             (Method::GET, "/agents"),
-            (Method::POST, "/v1/invocations/abc/cancel"),
-            (Method::POST, "/v1/work-orders/x/cancel"),
+            (Method::POST, "/v1/approvals/apr_1/approve"),
+            (Method::POST, "/v1/approvals/apr_1/deny"),
             (Method::POST, "/v1/mesh/invites"),
             (Method::GET, "/v1/usage"),
             (Method::DELETE, "/v1/agents/x"),

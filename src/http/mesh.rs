@@ -188,19 +188,32 @@ struct Revoked {
     revoked: String,
 }
 
+/// `mesh.revoke` is human-gated: an agent's request becomes an approval.
 async fn revoke(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<axum::Extension<crate::daemon::credentials::AgentCaller>>,
     JsonBody(request): JsonBody<RevokeRequest>,
-) -> Result<Json<Revoked>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let reason = if request.reason.is_empty() {
         "revoked by an operator".to_owned()
     } else {
         request.reason
     };
-    let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
+    // An unknown member is a 404 for everyone, before any approval.
+    state.mesh.member_id(&request.node).map_err(|err| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
     })?;
-    Ok(Json(Revoked {
-        revoked: revoked.to_string(),
-    }))
+    let gate = crate::daemon::approvals::Gate::MeshRevoke {
+        node: request.node.clone(),
+        reason: reason.clone(),
+    };
+    super::approvals::gate(&state, caller, gate, || async {
+        let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
+            ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
+        })?;
+        Ok(Revoked {
+            revoked: revoked.to_string(),
+        })
+    })
+    .await
 }

@@ -20,6 +20,7 @@
 //! the token is checked on every route but `/health` and `/v1/hello`.
 
 pub mod agents;
+pub mod approvals;
 pub mod error;
 pub mod health;
 pub mod hello;
@@ -62,6 +63,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
         .nest(
             "/v1",
             agents::routes()
+                .merge(approvals::routes())
                 .merge(mesh::routes())
                 .merge(invocations::routes())
                 .merge(inbox::routes())

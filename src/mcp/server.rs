@@ -15,13 +15,15 @@ use serde_json::{Value, json};
 
 use super::broker::Broker;
 use super::error::{
-    CONVERSATION_NOT_FOUND, HUMAN_REQUIRED, INVALID_ARGUMENTS, NOT_AN_AGENT, REPLY_TO_OPERATOR,
-    SENDER_UNKNOWN, ToolError, UNKNOWN_TOOL,
+    CONVERSATION_NOT_FOUND, INVALID_ARGUMENTS, NOT_AN_AGENT, REPLY_TO_OPERATOR, SENDER_UNKNOWN,
+    ToolError, UNKNOWN_TOOL,
 };
 use super::flight::Progress;
 use super::tools::{self, WorkOrderOp};
 use super::{ASK_TIMEOUT_S_DEFAULT, ASK_TIMEOUT_S_MAX, OPERATOR};
 use crate::api::{AgentList, EnqueueBody, InboxItem, Peers, SubmitBody, Submitted, WorkOrderView};
+use crate::daemon::approvals::ApprovalView;
+use scout_mesh::wire::ApprovalState;
 
 /// Rows of the inbox read to find a conversation to reply in: the inbox
 /// route's own maximum.
@@ -68,6 +70,8 @@ impl McpServer {
             "inbox" => self.inbox(tools::parse(name, arguments)?).await,
             "reply" => self.reply(tools::parse(name, arguments)?).await,
             "work_orders" => self.work_orders(tools::parse(name, arguments)?).await,
+            "request_approval" => self.request_approval(tools::parse(name, arguments)?).await,
+            "permission" => self.permission(tools::parse(name, arguments)?).await,
             "peers" => {
                 tools::parse::<tools::NoArgs>(name, arguments)?;
                 let peers: Peers = self.broker.get("/v1/peers".to_owned()).await?;
@@ -289,18 +293,142 @@ impl McpServer {
                 Ok(json!({ "work_orders": orders }))
             }
             WorkOrderOp::Cancel => {
+                // A person's session cancels; an agent's request answers
+                // `approval_required` with the approval a person decides,
+                // after which the broker cancels.
                 let id = args.work_order_id.ok_or_else(|| missing("work_order_id"))?;
-                Err(ToolError::new(
-                    HUMAN_REQUIRED,
-                    "cancelling a work order needs a person's approval; ask the operator to run `scout work-orders cancel`",
-                )
-                .with("work_order_id", id))
+                let answer: Value = self
+                    .broker
+                    .post(
+                        format!("/v1/work-orders/{}/cancel", query_escape(&id)),
+                        json!({}),
+                    )
+                    .await?;
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Asks a person, and with `wait` returns their decision.
+    async fn request_approval(&self, args: tools::RequestApprovalArgs) -> Result<Value, ToolError> {
+        self.require_agent("request_approval")?;
+        let view: ApprovalView = self
+            .broker
+            .post(
+                "/v1/approvals".to_owned(),
+                json!({
+                    "action": args.action.unwrap_or_else(|| "question".to_owned()),
+                    "summary": args.summary,
+                    "deadline_secs": args.timeout_s,
+                }),
+            )
+            .await?;
+        if !args.wait.unwrap_or(true) {
+            return Ok(json!({ "approval": view }));
+        }
+        let decided = self.wait_for(&view.id).await?;
+        Ok(json!({ "approval": decided, "state": decided.state }))
+    }
+
+    /// Claude Code's permission prompt: a person decides whether the tool
+    /// call runs.
+    async fn permission(&self, args: tools::PermissionArgs) -> Result<Value, ToolError> {
+        self.require_agent("permission")?;
+        let summary = permission_summary(&args.tool_name, &args.input);
+        let view: ApprovalView = self
+            .broker
+            .post(
+                "/v1/approvals".to_owned(),
+                json!({
+                    "action": format!("tool.{}", tool_word(&args.tool_name)),
+                    "summary": summary,
+                }),
+            )
+            .await?;
+        let decided = self.wait_for(&view.id).await?;
+        Ok(match decided.state {
+            ApprovalState::Approved => json!({
+                "behavior": "allow",
+                "updatedInput": args.input,
+            }),
+            state => json!({
+                "behavior": "deny",
+                "message": match (decided.note.is_empty(), state) {
+                    (_, ApprovalState::Expired) => format!(
+                        "nobody answered approval {} in time, so {} was not run",
+                        decided.id, args.tool_name
+                    ),
+                    (true, _) => format!(
+                        "{} denied running {} (approval {})",
+                        decided.decided_by.as_deref().unwrap_or("a person"),
+                        args.tool_name,
+                        decided.id
+                    ),
+                    (false, _) => format!(
+                        "{} denied running {}: {}",
+                        decided.decided_by.as_deref().unwrap_or("a person"),
+                        args.tool_name,
+                        decided.note
+                    ),
+                },
+            }),
+        })
+    }
+
+    /// Waits (in bounded long polls) until approval `id` is settled.
+    async fn wait_for(&self, id: &str) -> Result<ApprovalView, ToolError> {
+        loop {
+            let view: ApprovalView = self
+                .broker
+                .get(format!(
+                    "/v1/approvals/{}/wait?timeout_secs={APPROVAL_POLL_S}",
+                    query_escape(id)
+                ))
+                .await?;
+            if view.state != ApprovalState::Pending {
+                return Ok(view);
             }
         }
     }
 }
 
 /// A tool's `timeout_s` in milliseconds, defaulted and bounded.
+/// Seconds one long poll for a decision lasts: under the client's own
+/// request timeout (30 s), so a person taking longer is simply asked for
+/// again.
+const APPROVAL_POLL_S: u64 = 20;
+
+/// What a person reads about a tool call: a shell command as it is, any
+/// other input as compact JSON, cut to the approval summary's limit.
+fn permission_summary(tool: &str, input: &Value) -> String {
+    let text = match input.get("command").and_then(Value::as_str) {
+        Some(command) => command.to_owned(),
+        None => format!("{tool} {input}"),
+    };
+    scout_mesh::approval::truncate(&text, scout_mesh::approval::SUMMARY_BYTES_MAX)
+}
+
+/// A tool name as the last part of an action word: letters, digits, `_`
+/// and `-` kept, anything else `_`.
+fn tool_word(tool: &str) -> String {
+    let word: String = tool
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if word.is_empty() {
+        "unknown".to_owned()
+    } else {
+        word
+    }
+}
+
 pub(super) fn timeout_ms(tool: &str, timeout_s: Option<u64>) -> Result<u64, ToolError> {
     let seconds = timeout_s.unwrap_or(ASK_TIMEOUT_S_DEFAULT);
     if seconds == 0 || seconds > ASK_TIMEOUT_S_MAX {
@@ -352,6 +480,11 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let progress = Progress::new(context.peer.clone(), context.meta.get_progress_token());
         let result = match self.call(&request.name, request.arguments, progress).await {
+            // Claude Code reads a permission answer from exactly one text
+            // block, and refuses a result that also carries structure.
+            Ok(value) if request.name == "permission" => {
+                CallToolResult::success(vec![rmcp::model::ContentBlock::text(value.to_string())])
+            }
             Ok(value) => CallToolResult::structured(value),
             Err(err) => err.into_result(),
         };

@@ -770,7 +770,8 @@ async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> Mes
         | MeshFrame::FlightUpdate(_)
         | MeshFrame::FlightQuery { .. }
         | MeshFrame::Cancel { .. }
-        | MeshFrame::UsageQuery(_) => match shared.hook.get() {
+        | MeshFrame::UsageQuery(_)
+        | MeshFrame::ApprovalDecide(_) => match shared.hook.get() {
             Some(hook) => (hook.0)(peer.clone(), frame).await,
             None => MeshFrame::error("NOT_READY", "this broker does not route yet"),
         },
