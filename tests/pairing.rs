@@ -320,3 +320,22 @@ fn two_joiners_racing_for_one_code_admit_one() {
         .count();
     assert_eq!(admitted, 1);
 }
+
+#[test]
+fn short_codes_need_a_running_inviter_and_a_valid_shape() {
+    let node = Node::setup("alpha", &[]);
+    let offline = node.run(&["mesh", "invite", "--short"]);
+    assert_ne!(offline.code, 0);
+    assert!(
+        offline.stderr.contains("BROKER_NOT_RUNNING"),
+        "{}",
+        offline.stderr
+    );
+    let typo = node.run(&["mesh", "join", "ABCD-234O", "--peer", "127.0.0.1:9"]);
+    assert_ne!(typo.code, 0);
+    assert!(
+        typo.stderr.contains("INVALID_SHORT_CODE") && typo.stderr.contains("never use"),
+        "{}",
+        typo.stderr
+    );
+}

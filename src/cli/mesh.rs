@@ -207,7 +207,7 @@ fn invite_short(ttl: Duration, context: &Context) -> anyhow::Result<ExitCode> {
     let Some(client) = BrokerClient::running(context)? else {
         return Err(UsageError::new(
             "BROKER_NOT_RUNNING",
-            "a short code is answered by the running broker; start it with `scout up`, or use the long code of `scout mesh invite`",
+            "BROKER_NOT_RUNNING: a short code is answered by the running broker; start it with `scout up`, or use the long code of `scout mesh invite`",
         )
         .into());
     };
@@ -282,8 +282,8 @@ pub fn join_with(code: &str, peers: &[String], context: &Context) -> anyhow::Res
 }
 
 fn join_short(code: &str, peers: &[String], context: &Context) -> anyhow::Result<Joined> {
-    let short =
-        ShortCode::parse(code).map_err(|err| UsageError::new("INVALID_SHORT_CODE", err.0))?;
+    let short = ShortCode::parse(code)
+        .map_err(|err| UsageError::new("INVALID_SHORT_CODE", err.to_string()))?;
     if let Some(client) = BrokerClient::running(context)? {
         let mut joined: Joined = client
             .post(
