@@ -43,6 +43,7 @@ pub mod membership;
 pub mod mention;
 pub mod names;
 pub mod output;
+pub mod pairing;
 pub mod registry;
 pub mod resolve;
 pub mod routing;

@@ -920,6 +920,57 @@ pub struct JoinAccepted {
     pub admitted_by: NodeId,
 }
 
+/// The answer to a pairing probe: whether this broker holds a short code
+/// that a joiner may try now. It says nothing about the code itself, so a
+/// joiner asks every broker it finds and tries only the one that holds a
+/// code: a failed attempt burns the code, so guessing at every broker in
+/// turn would burn codes for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairOffer {
+    /// Where this broker's short code stands.
+    pub short_code: OfferedCode,
+    /// The mesh the broker would admit a joiner to (bound into the
+    /// exchange, so a lie here only makes the exchange fail).
+    pub mesh_id: MeshId,
+    /// The broker's node name, for messages to people.
+    pub node_name: String,
+}
+
+/// Where a broker's short code stands, as a pairing probe learns it. It
+/// tells a joiner whether to try (and, for a code that cannot be tried,
+/// why) without saying anything about the code itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferedCode {
+    /// No short code was issued here.
+    None,
+    /// A short code waits for its one attempt.
+    Pending,
+    /// The short code was used, burned, or is being tried right now.
+    Used,
+    /// The short code expired unused.
+    Expired,
+}
+
+/// The joiner's first message of a short-code exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStart {
+    /// The joiner's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The joiner's node name.
+    pub node_name: String,
+    /// Where the joiner can be dialed.
+    pub addresses: Vec<String>,
+}
+
+/// The inviter's answer to [`PairStart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairReply {
+    /// The inviter's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The inviter's key confirmation.
+    pub confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+}
+
 /// An error answered on a stream before it is closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -1113,6 +1164,21 @@ pub enum MeshFrame {
     ApprovalDecide(ApprovalDecision),
     /// Response to `ApprovalDecide`: the approval as decided.
     ApprovalDecided(ApprovalBody),
+    /// Request (a joiner with a short code, before any hello): does this
+    /// broker hold a pending short code?
+    PairProbe,
+    /// Response to `PairProbe`.
+    PairOffer(PairOffer),
+    /// Request: the first message of a short-code exchange.
+    PairStart(PairStart),
+    /// Response to `PairStart`.
+    PairReply(PairReply),
+    /// Request: the joiner's key confirmation, on the same connection as
+    /// its `PairStart`. Answered with `JoinAccepted` once it verifies.
+    PairConfirm {
+        /// The joiner's key confirmation.
+        confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+    },
 }
 
 /// The frames of a terminal relay stream after `TerminalAccepted`: each
@@ -1313,6 +1379,11 @@ impl MeshFrame {
             MeshFrame::TerminalAccepted => "terminal_accepted",
             MeshFrame::ApprovalDecide(_) => "approval_decide",
             MeshFrame::ApprovalDecided(_) => "approval_decided",
+            MeshFrame::PairProbe => "pair_probe",
+            MeshFrame::PairOffer(_) => "pair_offer",
+            MeshFrame::PairStart(_) => "pair_start",
+            MeshFrame::PairReply(_) => "pair_reply",
+            MeshFrame::PairConfirm { .. } => "pair_confirm",
         }
     }
 
@@ -1411,7 +1482,20 @@ impl MeshFrame {
             MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
                 check_str("invocation_id", invocation_id, ID_BYTES_MAX)
             }
+            MeshFrame::PairOffer(offer) => {
+                check_str("node_name", &offer.node_name, NODE_NAME_BYTES_MAX)
+            }
+            MeshFrame::PairStart(start) => {
+                check_bytes("pake", &start.pake, crate::pairing::PAKE_MESSAGE_BYTES)?;
+                check_str("node_name", &start.node_name, NODE_NAME_BYTES_MAX)?;
+                check_addresses(&start.addresses)
+            }
+            MeshFrame::PairReply(reply) => {
+                check_bytes("pake", &reply.pake, crate::pairing::PAKE_MESSAGE_BYTES)
+            }
             MeshFrame::SyncAck
+            | MeshFrame::PairProbe
+            | MeshFrame::PairConfirm { .. }
             | MeshFrame::JoinAccepted(_)
             | MeshFrame::Ping { .. }
             | MeshFrame::Pong { .. }
@@ -1422,6 +1506,16 @@ impl MeshFrame {
 
 /// Refuses a string over its limit, naming the field.
 fn check_str(field: &str, value: &str, max: usize) -> Result<(), WireError> {
+    if value.len() > max {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a byte string over its limit, naming the field.
+fn check_bytes(field: &str, value: &[u8], max: usize) -> Result<(), WireError> {
     if value.len() > max {
         return Err(WireError::MalformedFrame {
             detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
@@ -1886,6 +1980,20 @@ mod tests {
             ("cancel", |text| MeshFrame::Cancel {
                 invocation_id: text("invocation_id"),
             }),
+            ("pair_offer", |text| {
+                MeshFrame::PairOffer(PairOffer {
+                    short_code: OfferedCode::Pending,
+                    mesh_id: MeshId([1; 16]),
+                    node_name: text("node_name"),
+                })
+            }),
+            ("pair_start", |text| {
+                MeshFrame::PairStart(PairStart {
+                    pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                    node_name: text("node_name"),
+                    addresses: vec![text("address")],
+                })
+            }),
             ("usage_report", |text| {
                 MeshFrame::UsageReport(UsageReport {
                     rows: vec![UsageRow {
@@ -1945,7 +2053,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 22, "every limited field of every frame");
+        assert_eq!(checked, 25, "every limited field of every frame");
     }
 
     /// `output` cannot be built over its limit, so the over-limit frame is
@@ -2177,5 +2285,40 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn pairing_frames_round_trip_and_oversized_key_exchange_messages_are_refused() {
+        let frames = [
+            MeshFrame::PairProbe,
+            MeshFrame::PairOffer(PairOffer {
+                short_code: OfferedCode::Expired,
+                mesh_id: MeshId([3; 16]),
+                node_name: "alpha".into(),
+            }),
+            MeshFrame::PairStart(PairStart {
+                pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                node_name: "beta".into(),
+                addresses: vec!["127.0.0.1:1".into()],
+            }),
+            MeshFrame::PairReply(PairReply {
+                pake: vec![0x42; crate::pairing::PAKE_MESSAGE_BYTES],
+                confirmation: [7; crate::pairing::CONFIRMATION_BYTES],
+            }),
+            MeshFrame::PairConfirm {
+                confirmation: [8; crate::pairing::CONFIRMATION_BYTES],
+            },
+        ];
+        for frame in frames {
+            assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+        }
+        let oversized = MeshFrame::PairReply(PairReply {
+            pake: vec![0; crate::pairing::PAKE_MESSAGE_BYTES + 1],
+            confirmation: [0; crate::pairing::CONFIRMATION_BYTES],
+        });
+        assert_eq!(
+            decode_frame(&encode_frame(&oversized)).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
     }
 }
