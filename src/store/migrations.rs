@@ -58,7 +58,36 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sender and causal chain on invocations",
         sql: SCHEMA_V5,
     },
+    Migration {
+        version: 6,
+        name: "checkpoints of agent worktrees",
+        sql: SCHEMA_CHECKPOINTS,
+    },
 ];
+
+/// Checkpoints of agent worktrees taken before risky work (see
+/// `crate::checkpoint`), one per flight (or other action) id: where the
+/// worktree is, the ref and commit that keep its files, and how many files
+/// differed from `HEAD`. A checkpoint that git failed to make keeps the
+/// error instead of a ref and commit, so the flight's record says why it
+/// has none.
+const SCHEMA_CHECKPOINTS: &str = r#"
+CREATE TABLE checkpoints (
+    checkpoint_id TEXT PRIMARY KEY CHECK (length(checkpoint_id) BETWEEN 1 AND 128),
+    invocation_id TEXT,
+    instance TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    ref_name TEXT,
+    commit_id TEXT,
+    files_changed INTEGER CHECK (files_changed IS NULL OR files_changed >= 0),
+    error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    CHECK ((commit_id IS NULL) = (ref_name IS NULL)),
+    CHECK ((commit_id IS NULL) <> (error IS NULL))
+) STRICT;
+CREATE INDEX checkpoints_by_instance ON checkpoints (instance, created_at_ms);
+CREATE INDEX checkpoints_by_invocation ON checkpoints (invocation_id);
+"#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
 /// causal chain of instances that led to it, as a JSON array (NULL when
@@ -445,8 +474,9 @@ mod tests {
                 |row| row.get(0),
             )
             .unwrap();
-        // 13 tables of the first schema, 3 of the mesh (records, vv, invites).
-        assert_eq!(n_tables, 16);
+        // 13 tables of the first schema, 3 of the mesh (records, vv,
+        // invites), 1 of checkpoints.
+        assert_eq!(n_tables, 17);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);
