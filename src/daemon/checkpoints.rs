@@ -1,0 +1,307 @@
+//! Checkpoints in the broker: taken before an `execute` invocation starts
+//! on an agent whose workspace is a git worktree, recorded in the store
+//! with an audit entry, and listed, diffed and restored for the API.
+//!
+//! Taking a checkpoint never stands in the way of the work: a workspace
+//! that is not in git has none (an audit entry says so), and a git failure
+//! is logged and recorded as the flight's checkpoint error, then the
+//! execution starts all the same. Git runs off the async workers
+//! ([`crate::checkpoint`] is blocking and bounded in time).
+//!
+//! Only this broker's checkpoints are listed: a checkpoint lives in the
+//! repository of the machine that ran the flight.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use scout_mesh::names::AgentName;
+use tokio::sync::{mpsc, oneshot};
+
+use super::routing::executor::{
+    EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor,
+};
+use crate::checkpoint::{self, CheckpointDiff, CheckpointError, Restored};
+use crate::env::Env;
+use crate::store::audit::NewAuditEntry;
+use crate::store::checkpoints::CheckpointRow;
+use crate::store::flights::Flight;
+use crate::store::{Store, StoreError};
+
+/// Checkpoints listed at most per request: a page of recent ones is what a
+/// person reads; the store's own row limit applies as well.
+pub const CHECKPOINTS_LIST_MAX: usize = 200;
+
+/// What the broker needs to take checkpoints before executions.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    /// Where checkpoints are recorded.
+    pub store: Store,
+    /// Time for their timestamps.
+    pub env: Env,
+    /// This node's id, the actor of the checkpoints it takes.
+    pub node_id: String,
+}
+
+/// Why a checkpoint operation of the API failed. Each has a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointServiceError {
+    /// No checkpoint has this id (nor was one taken for this invocation).
+    #[error("no checkpoint {0} on this broker")]
+    NotFound(String),
+    /// The checkpoint was never made: git failed when it was to be taken.
+    #[error("checkpoint {id} was not made: {error}")]
+    NotMade { id: String, error: String },
+    /// Git or the workspace refused.
+    #[error(transparent)]
+    Git(#[from] CheckpointError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task running git stopped.
+    #[error("the checkpoint task stopped: {0}")]
+    Task(String),
+}
+
+impl CheckpointServiceError {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CheckpointServiceError::NotFound(_) => "CHECKPOINT_NOT_FOUND",
+            CheckpointServiceError::NotMade { .. } => "CHECKPOINT_NOT_MADE",
+            CheckpointServiceError::Git(err) => err.code(),
+            CheckpointServiceError::Store(err) => err.code(),
+            CheckpointServiceError::Task(_) => "INTERNAL",
+        }
+    }
+}
+
+/// Runs `request` on `executor` once a checkpoint of `workspace` has been
+/// recorded (or found impossible). Cancelling while the checkpoint is
+/// being taken ends the execution before the agent starts; git goes on to
+/// its own end, bounded by its timeout.
+pub fn execute_after_checkpoint(
+    checkpointer: Checkpointer,
+    executor: Arc<dyn Executor>,
+    request: ExecRequest,
+    workspace: PathBuf,
+) -> Execution {
+    let (events_tx, events) = mpsc::channel(EXEC_EVENTS_MAX);
+    let (cancel, mut cancelled) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = checkpointer.before_execute(&request, workspace) => {}
+            _ = &mut cancelled => {
+                let _ = events_tx.send(ExecEvent::Finished(ExecOutcome::Cancelled)).await;
+                return;
+            }
+        }
+        let Execution {
+            events: mut inner,
+            cancel: inner_cancel,
+        } = executor.execute(request);
+        let mut inner_cancel = Some(inner_cancel);
+        loop {
+            tokio::select! {
+                event = inner.recv() => {
+                    let Some(event) = event else { break };
+                    let last = matches!(event, ExecEvent::Finished(_));
+                    if events_tx.send(event).await.is_err() || last {
+                        break;
+                    }
+                }
+                // Polled only until it fires once; the inner execution
+                // then ends with its own `Finished`.
+                _ = &mut cancelled, if inner_cancel.is_some() => {
+                    if let Some(inner_cancel) = inner_cancel.take() {
+                        let _ = inner_cancel.send(());
+                    }
+                }
+            }
+        }
+    });
+    Execution { events, cancel }
+}
+
+impl Checkpointer {
+    /// Takes and records the checkpoint of `workspace` for the flight that
+    /// runs `request`. Never fails: what goes wrong is logged and recorded.
+    pub async fn before_execute(&self, request: &ExecRequest, workspace: PathBuf) {
+        let invocation = request.invocation_id.clone();
+        let flight = self
+            .store
+            .read(move |c| Flight::get_for_invocation(c, &invocation));
+        let id = match flight {
+            Ok(Some(flight)) => flight.flight_id,
+            // The flight row comes before its execution; without it the
+            // invocation's id is the checkpoint's.
+            Ok(None) | Err(_) => request.invocation_id.clone(),
+        };
+        let path = workspace.clone();
+        let taken_id = id.clone();
+        let taken =
+            tokio::task::spawn_blocking(move || checkpoint::checkpoint(&path, &taken_id)).await;
+        let now = self.env.now_unix_ms_i64();
+        let mut row = CheckpointRow {
+            checkpoint_id: id.clone(),
+            invocation_id: Some(request.invocation_id.clone()),
+            instance: request.instance.clone(),
+            workspace: workspace.display().to_string(),
+            ref_name: None,
+            commit_id: None,
+            files_changed: None,
+            error: None,
+            created_at_ms: now,
+        };
+        let (action, detail) = match taken {
+            Ok(Ok(made)) => {
+                row.workspace = made.workspace.display().to_string();
+                row.ref_name = Some(made.ref_name.clone());
+                row.commit_id = Some(made.commit.clone());
+                row.files_changed = Some(made.files_changed);
+                tracing::info!(
+                    flight = %id, instance = %request.instance, commit = %made.commit,
+                    files_changed = made.files_changed, "checkpoint taken"
+                );
+                (
+                    "checkpoint_created",
+                    serde_json::json!({
+                        "instance": request.instance, "workspace": row.workspace,
+                        "ref": made.ref_name, "commit": made.commit,
+                        "files_changed": made.files_changed,
+                    }),
+                )
+            }
+            Ok(Err(CheckpointError::NotARepository { .. })) => {
+                tracing::debug!(flight = %id, workspace = %workspace.display(), "no checkpoint: not a git worktree");
+                let audit = self.audit(
+                    "checkpoint_skipped",
+                    &id,
+                    serde_json::json!({
+                        "instance": request.instance, "workspace": row.workspace,
+                        "reason": "not a git worktree",
+                    }),
+                );
+                if let Err(err) = self.store.append_audit(audit).await {
+                    tracing::warn!(flight = %id, cause = %err, "cannot audit a skipped checkpoint");
+                }
+                return;
+            }
+            Ok(Err(err)) => self.failed(&mut row, &request.instance, err.code(), err.to_string()),
+            Err(err) => self.failed(&mut row, &request.instance, "INTERNAL", err.to_string()),
+        };
+        let audit = self.audit(action, &id, detail);
+        if let Err(err) = self.store.insert_checkpoint(row, audit).await {
+            tracing::warn!(flight = %id, cause = %err, "cannot record the checkpoint");
+        }
+    }
+
+    fn failed(
+        &self,
+        row: &mut CheckpointRow,
+        instance: &str,
+        code: &str,
+        message: String,
+    ) -> (&'static str, serde_json::Value) {
+        tracing::warn!(
+            flight = %row.checkpoint_id, instance = %instance, code = %code, cause = %message,
+            "no checkpoint before the execution; it starts without one"
+        );
+        let detail = serde_json::json!({
+            "instance": instance, "workspace": row.workspace, "code": code, "error": message,
+        });
+        row.error = Some(format!("{code}: {message}"));
+        ("checkpoint_failed", detail)
+    }
+
+    fn audit(&self, action: &str, subject: &str, detail: serde_json::Value) -> NewAuditEntry {
+        NewAuditEntry {
+            ts_ms: self.env.now_unix_ms_i64(),
+            actor: self.node_id.clone(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// This broker's checkpoints, newest first, of the instances `agent`
+/// names (a mention such as `@fabric` or `@fabric#main`; all when `None`).
+pub fn list(store: &Store, agent: Option<&AgentName>) -> Result<Vec<CheckpointRow>, StoreError> {
+    let matches = |instance: &str| {
+        let Some(wanted) = agent else { return true };
+        let Ok(name) = AgentName::parse(instance) else {
+            return false;
+        };
+        name.definition() == wanted.definition()
+            && wanted.node().is_none_or(|node| name.node() == Some(node))
+            && wanted
+                .workspace()
+                .is_none_or(|workspace| name.workspace() == Some(workspace))
+    };
+    store.read(|c| CheckpointRow::list(c, Some(&matches), CHECKPOINTS_LIST_MAX))
+}
+
+/// The checkpoint `id` (or the one taken for invocation `id`).
+pub fn get(store: &Store, id: &str) -> Result<CheckpointRow, CheckpointServiceError> {
+    let owned = id.to_owned();
+    store
+        .read(move |c| CheckpointRow::get(c, &owned))?
+        .ok_or_else(|| CheckpointServiceError::NotFound(id.chars().take(128).collect()))
+}
+
+/// The workspace and commit of a checkpoint that was made.
+fn made(row: &CheckpointRow) -> Result<(PathBuf, String), CheckpointServiceError> {
+    match &row.commit_id {
+        Some(commit) => Ok((PathBuf::from(&row.workspace), commit.clone())),
+        None => Err(CheckpointServiceError::NotMade {
+            id: row.checkpoint_id.clone(),
+            error: row.error.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+/// The diff from checkpoint `id` to its worktree now.
+pub async fn diff(
+    store: &Store,
+    id: &str,
+) -> Result<(CheckpointRow, CheckpointDiff), CheckpointServiceError> {
+    let row = get(store, id)?;
+    let (workspace, commit) = made(&row)?;
+    let shown = tokio::task::spawn_blocking(move || checkpoint::diff(&workspace, &commit))
+        .await
+        .map_err(|err| CheckpointServiceError::Task(err.to_string()))??;
+    Ok((row, shown))
+}
+
+/// Restores checkpoint `id`'s files into its worktree (see
+/// [`checkpoint::restore`]) and audits it with `actor`.
+pub async fn restore(
+    store: &Store,
+    env: &Env,
+    id: &str,
+    clean: bool,
+    actor: &str,
+) -> Result<(CheckpointRow, Restored), CheckpointServiceError> {
+    let row = get(store, id)?;
+    let (workspace, commit) = made(&row)?;
+    let restored =
+        tokio::task::spawn_blocking(move || checkpoint::restore(&workspace, &commit, clean))
+            .await
+            .map_err(|err| CheckpointServiceError::Task(err.to_string()))??;
+    let audit = NewAuditEntry {
+        ts_ms: env.now_unix_ms_i64(),
+        actor: actor.to_owned(),
+        action: "checkpoint_restored".into(),
+        subject: row.checkpoint_id.clone(),
+        detail: serde_json::json!({
+            "instance": row.instance, "workspace": row.workspace, "commit": row.commit_id,
+            "clean": clean, "files_restored": restored.files_restored,
+            "files_removed": restored.files_removed,
+        }),
+    };
+    // The files are back already; an audit failure is reported, not undone.
+    if let Err(err) = store.append_audit(audit).await {
+        tracing::warn!(checkpoint = %row.checkpoint_id, cause = %err, "cannot audit a restore");
+    }
+    Ok((row, restored))
+}
