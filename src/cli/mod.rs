@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
+//! [`usage`], [`checkpoints`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod attach;
+pub mod checkpoints;
 pub mod client;
 pub mod doctor;
 pub mod mcp;
@@ -98,6 +99,10 @@ pub enum Command {
     /// The MCP server agents mention each other through; `install` and
     /// `doctor` register it with the agent CLIs.
     Mcp(mcp::McpArgs),
+    /// Git checkpoints of agents' worktrees taken before `execute` work:
+    /// list them, show what changed since one, restore one.
+    #[command(subcommand)]
+    Checkpoints(checkpoints::CheckpointsCommand),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -170,6 +175,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Open(args) => open::run(args, context),
         Command::Service(command) => service::run(command, context),
         Command::Mcp(args) => mcp::run(args, context),
+        Command::Checkpoints(command) => checkpoints::run(command, context),
     }
 }
 
