@@ -75,6 +75,29 @@ fn send(node: &Node, target: &str, command: &str) -> String {
     run.stdout
 }
 
+/// The broker's SQLite file, opened read-only beside the running broker.
+fn store(node: &Node) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        node.sandbox.home().join("scout.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store")
+}
+
+/// The audit actions recorded about `subject`, oldest first, read from
+/// the broker's SQLite file.
+fn audited(node: &Node, subject: &str) -> Vec<String> {
+    let connection = store(node);
+    let mut statement = connection
+        .prepare("SELECT action FROM audit_log WHERE subject = ?1 ORDER BY seq")
+        .unwrap();
+    statement
+        .query_map([subject], |row| row.get(0))
+        .unwrap()
+        .map(|row| row.unwrap())
+        .collect()
+}
+
 fn list(node: &Node, agent: &str) -> Vec<Value> {
     let run = node.run(&["--json", "checkpoints", "list", agent]);
     assert_eq!(run.code, 0, "list: {}", run.stderr);
@@ -163,6 +186,10 @@ fn execute_work_is_checkpointed_and_restored_without_touching_index_head_or_stas
     );
     assert!(repo.join("made-later.txt").exists(), "later files stay");
     assert_eq!(user_state(&repo), before, "HEAD, index and stash untouched");
+    assert_eq!(
+        audited(&node, &id),
+        ["checkpoint_created", "checkpoint_restored"]
+    );
 
     let unknown = node.run(&["checkpoints", "show", "no-such-checkpoint"]);
     assert_ne!(unknown.code, 0);
@@ -183,6 +210,14 @@ fn a_workspace_outside_git_runs_without_a_checkpoint() {
     let out = send(&node, "@plain", "echo ran-$((1+1)) > out.txt; cat out.txt");
     assert!(out.contains("ran-2"), "{out}");
     assert!(list(&node, "@plain").is_empty());
+    let skipped: i64 = store(&node)
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'checkpoint_skipped'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(skipped, 1, "the skipped checkpoint is audited");
     let all = node.run(&["checkpoints", "list"]);
     assert_eq!(all.code, 0, "{}", all.stderr);
     assert!(all.stdout.contains("no checkpoints"), "{}", all.stdout);
