@@ -136,6 +136,36 @@ impl Checkpointer {
             // invocation's id is the checkpoint's.
             Ok(None) | Err(_) => request.invocation_id.clone(),
         };
+        self.before_action(
+            &id,
+            Some(&request.invocation_id),
+            &request.instance,
+            workspace,
+        )
+        .await;
+    }
+
+    /// Takes and records the checkpoint `id` of `instance`'s `workspace`
+    /// before a risky action (an `execute` flight, or an approved gated
+    /// action; `invocation` is the one it belongs to, when there is one).
+    /// Never fails: a workspace outside git is audited as skipped, and a
+    /// git failure is logged and recorded as the checkpoint's error, so the
+    /// action goes on either way. An id recorded already is left as it is.
+    pub async fn before_action(
+        &self,
+        id: &str,
+        invocation: Option<&str>,
+        instance: &str,
+        workspace: PathBuf,
+    ) {
+        let id = id.to_owned();
+        // A flight run again after a restart keeps the checkpoint taken
+        // before any of its work: the ref is not moved to a later state.
+        let known_id = id.clone();
+        if let Ok(Some(_)) = self.store.read(move |c| CheckpointRow::get(c, &known_id)) {
+            tracing::debug!(flight = %id, "checkpoint taken already");
+            return;
+        }
         let path = workspace.clone();
         let taken_id = id.clone();
         let taken =
@@ -143,8 +173,8 @@ impl Checkpointer {
         let now = self.env.now_unix_ms_i64();
         let mut row = CheckpointRow {
             checkpoint_id: id.clone(),
-            invocation_id: Some(request.invocation_id.clone()),
-            instance: request.instance.clone(),
+            invocation_id: invocation.map(str::to_owned),
+            instance: instance.to_owned(),
             workspace: workspace.display().to_string(),
             ref_name: None,
             commit_id: None,
@@ -159,13 +189,13 @@ impl Checkpointer {
                 row.commit_id = Some(made.commit.clone());
                 row.files_changed = Some(made.files_changed);
                 tracing::info!(
-                    flight = %id, instance = %request.instance, commit = %made.commit,
+                    flight = %id, instance = %instance, commit = %made.commit,
                     files_changed = made.files_changed, "checkpoint taken"
                 );
                 (
                     "checkpoint_created",
                     serde_json::json!({
-                        "instance": request.instance, "workspace": row.workspace,
+                        "instance": instance, "workspace": row.workspace,
                         "ref": made.ref_name, "commit": made.commit,
                         "files_changed": made.files_changed,
                     }),
@@ -177,7 +207,7 @@ impl Checkpointer {
                     "checkpoint_skipped",
                     &id,
                     serde_json::json!({
-                        "instance": request.instance, "workspace": row.workspace,
+                        "instance": instance, "workspace": row.workspace,
                         "reason": "not a git worktree",
                     }),
                 );
@@ -186,8 +216,8 @@ impl Checkpointer {
                 }
                 return;
             }
-            Ok(Err(err)) => self.failed(&mut row, &request.instance, err.code(), err.to_string()),
-            Err(err) => self.failed(&mut row, &request.instance, "INTERNAL", err.to_string()),
+            Ok(Err(err)) => self.failed(&mut row, instance, err.code(), err.to_string()),
+            Err(err) => self.failed(&mut row, instance, "INTERNAL", err.to_string()),
         };
         let audit = self.audit(action, &id, detail);
         if let Err(err) = self.store.insert_checkpoint(row, audit).await {
