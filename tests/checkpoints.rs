@@ -191,6 +191,12 @@ fn execute_work_is_checkpointed_and_restored_without_touching_index_head_or_stas
         ["checkpoint_created", "checkpoint_restored"]
     );
 
+    // The worktree moved away: the checkpoint says so with its code.
+    std::fs::rename(&repo, node.sandbox.path().join("moved")).unwrap();
+    let gone = node.run(&["checkpoints", "restore", &id]);
+    assert_ne!(gone.code, 0);
+    assert!(gone.stderr.contains("WORKSPACE_GONE"), "{}", gone.stderr);
+
     let unknown = node.run(&["checkpoints", "show", "no-such-checkpoint"]);
     assert_ne!(unknown.code, 0);
     assert!(

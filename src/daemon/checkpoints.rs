@@ -335,3 +335,145 @@ pub async fn restore(
     }
     Ok((row, restored))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::discover::{AgentSource, LocalAgent};
+    use crate::store::StoreOptions;
+    use crate::store::audit::AuditEntry;
+    use scout_mesh::lifecycle::Harness;
+    use scout_mesh::names::{Label, NamePart};
+
+    /// Runs nothing: answers every request at once.
+    #[derive(Debug)]
+    struct Answering;
+
+    impl Executor for Answering {
+        fn execute(&self, _request: ExecRequest) -> Execution {
+            let (events_tx, events) = mpsc::channel(4);
+            let (cancel, _cancelled) = oneshot::channel();
+            tokio::spawn(async move {
+                let _ = events_tx.send(ExecEvent::Started).await;
+                let _ = events_tx
+                    .send(ExecEvent::Finished(ExecOutcome::Completed {
+                        response: "ok".into(),
+                        usage: None,
+                    }))
+                    .await;
+            });
+            Execution { events, cancel }
+        }
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+
+    fn request(invocation: &str, cwd: &std::path::Path) -> ExecRequest {
+        ExecRequest {
+            invocation_id: invocation.into(),
+            instance: "@coder@n#main".into(),
+            agent: LocalAgent {
+                definition: Label::parse("coder", NamePart::Definition).unwrap(),
+                workspace: None,
+                harness: Harness::Command,
+                command: vec!["bash".into()],
+                cwd: cwd.to_owned(),
+                source: AgentSource::Manual,
+                prompt_pattern: None,
+                needs_trust: None,
+                worktrees: None,
+            },
+            prompt: "x".into(),
+            conversation_id: None,
+            origin_node: None,
+            timeout: std::time::Duration::from_secs(60),
+            make_worktree: false,
+        }
+    }
+
+    async fn run_to_end(execution: Execution) -> Vec<ExecEvent> {
+        let mut events = execution.events;
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            seen.push(event);
+        }
+        seen
+    }
+
+    /// A checkpoint is recorded before the work runs; a repository git
+    /// cannot read gets an error row and the work runs all the same.
+    #[tokio::test]
+    async fn work_runs_after_its_checkpoint_and_despite_a_git_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path().join("scout.db"), StoreOptions::default()).unwrap();
+        let checkpointer = Checkpointer {
+            store: store.clone(),
+            env: Env::system(Some(7)),
+            node_id: "node-a".into(),
+        };
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("a.txt"), "a\n").unwrap();
+
+        let execution = execute_after_checkpoint(
+            checkpointer.clone(),
+            Arc::new(Answering),
+            request("inv-1", &repo),
+            repo.clone(),
+        );
+        let events = run_to_end(execution).await;
+        assert!(matches!(
+            events.last(),
+            Some(ExecEvent::Finished(ExecOutcome::Completed { .. }))
+        ));
+        let row = get(&store, "inv-1").unwrap();
+        assert_eq!(row.files_changed, Some(1));
+        assert!(row.commit_id.is_some() && row.error.is_none());
+        let audited = store
+            .read(|c| AuditEntry::list_for_subject(c, "inv-1", 10))
+            .unwrap();
+        assert_eq!(audited[0].action, "checkpoint_created");
+        assert_eq!(audited[0].actor, "node-a");
+
+        // An index git cannot read makes the checkpoint fail, not the work.
+        std::fs::write(repo.join(".git/index"), b"not an index").unwrap();
+        let execution = execute_after_checkpoint(
+            checkpointer,
+            Arc::new(Answering),
+            request("inv-2", &repo),
+            repo.clone(),
+        );
+        let events = run_to_end(execution).await;
+        assert!(matches!(
+            events.last(),
+            Some(ExecEvent::Finished(ExecOutcome::Completed { .. }))
+        ));
+        let failed = get(&store, "inv-2").unwrap();
+        assert!(failed.commit_id.is_none());
+        assert!(
+            failed.error.as_deref().unwrap().starts_with("GIT_FAILED"),
+            "{failed:?}"
+        );
+        let Err(err) = diff(&store, "inv-2").await else {
+            panic!("a checkpoint never made has a diff");
+        };
+        assert_eq!(err.code(), "CHECKPOINT_NOT_MADE");
+        assert_eq!(
+            get(&store, "nope").unwrap_err().code(),
+            "CHECKPOINT_NOT_FOUND"
+        );
+    }
+}
