@@ -276,6 +276,26 @@ pub fn restore(workspace: &Path, commit: &str, clean: bool) -> Result<Restored, 
     })
 }
 
+/// Deletes the ref of checkpoint `id` in the worktree containing
+/// `workspace`, so git may collect its commit; a ref that is gone already
+/// is no error.
+pub fn drop_checkpoint(workspace: &Path, id: &str) -> Result<(), CheckpointError> {
+    check_id(id)?;
+    let top = toplevel(workspace)?;
+    let ref_name = ref_name(id);
+    let exists = git(
+        &top,
+        &["rev-parse", "--verify", "--quiet", &ref_name],
+        &[],
+        "rev-parse",
+    );
+    if exists.is_err() {
+        return Ok(());
+    }
+    git(&top, &["update-ref", "-d", &ref_name], &[], "update-ref")?;
+    Ok(())
+}
+
 /// Removes the file `name` (a path git listed, relative to `top`), only
 /// when it is inside `top` through no symbolic link: a path crafted to
 /// leave the worktree is refused.
@@ -488,6 +508,9 @@ fn git_bounded(
     command
         .arg("-C")
         .arg(dir)
+        // A repository's own fsmonitor hook is a program git would start;
+        // a checkpoint reads the files itself instead.
+        .args(["-c", "core.fsmonitor=false"])
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_OPTIONAL_LOCKS", "0")
@@ -675,6 +698,9 @@ mod tests {
             made.head.as_deref(),
             Some(run(&repo, &["rev-parse", "HEAD"]).trim())
         );
+        drop_checkpoint(&repo, "clean").unwrap();
+        drop_checkpoint(&repo, "clean").unwrap();
+        assert_eq!(run(&repo, &["for-each-ref", "refs/scout"]), "");
     }
 
     #[test]

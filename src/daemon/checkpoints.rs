@@ -31,6 +31,17 @@ use crate::store::{Store, StoreError};
 /// person reads; the store's own row limit applies as well.
 pub const CHECKPOINTS_LIST_MAX: usize = 200;
 
+/// Checkpoints kept per worktree: each is a ref in the user's repository
+/// and a row here, one per `execute` flight; past this many the oldest
+/// are dropped (ref and row, audited), so neither grows without end. A
+/// hundred reach back over days of ordinary work.
+pub const CHECKPOINTS_PER_WORKSPACE_MAX: usize = 100;
+
+/// Old checkpoints dropped at most after taking one: the usual number is
+/// one; a backlog (a lowered limit) drains over the next checkpoints
+/// instead of holding this one's flight.
+const CHECKPOINTS_DROPPED_PER_TAKE_MAX: usize = 8;
+
 /// What the broker needs to take checkpoints before executions.
 #[derive(Debug, Clone)]
 pub struct Checkpointer {
@@ -220,8 +231,72 @@ impl Checkpointer {
             Err(err) => self.failed(&mut row, instance, "INTERNAL", err.to_string()),
         };
         let audit = self.audit(action, &id, detail);
+        let made = row.commit_id.is_some();
+        let workspace = row.workspace.clone();
         if let Err(err) = self.store.insert_checkpoint(row, audit).await {
             tracing::warn!(flight = %id, cause = %err, "cannot record the checkpoint");
+        } else if made {
+            self.drop_oldest(&workspace, CHECKPOINTS_PER_WORKSPACE_MAX)
+                .await;
+        }
+    }
+
+    /// Drops the checkpoints of `workspace` beyond the newest `keep`
+    /// ([`CHECKPOINTS_PER_WORKSPACE_MAX`] but in tests): the ref first, then the row, so
+    /// a row never names a ref that was kept by mistake. A failure is
+    /// logged and retried after the next checkpoint.
+    async fn drop_oldest(&self, workspace: &str, keep: usize) {
+        let path = workspace.to_owned();
+        let old = self.store.read(move |c| {
+            CheckpointRow::beyond_newest(c, &path, keep, CHECKPOINTS_DROPPED_PER_TAKE_MAX)
+        });
+        let old = match old {
+            Ok(old) => old,
+            Err(err) => {
+                tracing::warn!(workspace = %workspace, cause = %err, "cannot list old checkpoints");
+                return;
+            }
+        };
+        for row in old {
+            if row.commit_id.is_some() {
+                let path = PathBuf::from(&row.workspace);
+                let id = row.checkpoint_id.clone();
+                let dropped =
+                    tokio::task::spawn_blocking(move || checkpoint::drop_checkpoint(&path, &id))
+                        .await;
+                match dropped {
+                    Ok(Ok(()))
+                    | Ok(Err(
+                        CheckpointError::WorkspaceGone { .. }
+                        | CheckpointError::NotARepository { .. },
+                    )) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(checkpoint = %row.checkpoint_id, cause = %err, "cannot drop an old checkpoint");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(checkpoint = %row.checkpoint_id, cause = %err, "cannot drop an old checkpoint");
+                        continue;
+                    }
+                }
+            }
+            let audit = self.audit(
+                "checkpoint_dropped",
+                &row.checkpoint_id,
+                serde_json::json!({
+                    "instance": row.instance, "workspace": row.workspace,
+                    "reason": "older than the newest checkpoints kept",
+                    "kept": keep,
+                }),
+            );
+            let id = row.checkpoint_id.clone();
+            let deleted = self
+                .store
+                .write(move |t| CheckpointRow::delete(t, &id, &audit))
+                .await;
+            if let Err(err) = deleted {
+                tracing::warn!(checkpoint = %row.checkpoint_id, cause = %err, "cannot delete an old checkpoint");
+            }
         }
     }
 
@@ -451,7 +526,7 @@ mod tests {
         // An index git cannot read makes the checkpoint fail, not the work.
         std::fs::write(repo.join(".git/index"), b"not an index").unwrap();
         let execution = execute_after_checkpoint(
-            checkpointer,
+            checkpointer.clone(),
             Arc::new(Answering),
             request("inv-2", &repo),
             repo.clone(),
@@ -467,6 +542,17 @@ mod tests {
             failed.error.as_deref().unwrap().starts_with("GIT_FAILED"),
             "{failed:?}"
         );
+        // Beyond the newest kept, the oldest goes: its ref and its row.
+        let workspace = get(&store, "inv-1").unwrap().workspace;
+        checkpointer.drop_oldest(&workspace, 1).await;
+        assert!(get(&store, "inv-1").is_err());
+        let refs = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["for-each-ref", "refs/scout"])
+            .output()
+            .unwrap();
+        assert!(refs.stdout.is_empty(), "{refs:?}");
         let Err(err) = diff(&store, "inv-2").await else {
             panic!("a checkpoint never made has a diff");
         };

@@ -107,6 +107,42 @@ impl CheckpointRow {
         Ok(out)
     }
 
+    /// The checkpoints of `workspace` past the newest `keep`, oldest
+    /// first, at most `limit` of them.
+    pub fn beyond_newest(
+        connection: &Connection,
+        workspace: &str,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM (
+                 SELECT * FROM checkpoints WHERE workspace = ?1
+                 ORDER BY created_at_ms DESC, checkpoint_id DESC LIMIT -1 OFFSET ?2)
+             ORDER BY created_at_ms, checkpoint_id LIMIT ?3"
+        ))?;
+        let rows = statement.query_map(
+            params![workspace, list_limit(keep), list_limit(limit)],
+            |row| Ok(CheckpointRow::from_row(row)),
+        )?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Deletes checkpoint `id`'s row and appends the audit entry `audit`.
+    pub fn delete(
+        transaction: &Transaction<'_>,
+        id: &str,
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError> {
+        let deleted = transaction
+            .prepare_cached("DELETE FROM checkpoints WHERE checkpoint_id = ?1")?
+            .execute([id])?;
+        if deleted == 1 {
+            AuditEntry::append(transaction, audit)?;
+        }
+        Ok(())
+    }
+
     fn from_row(row: &Row<'_>) -> Result<CheckpointRow, StoreError> {
         let files: Option<i64> = row.get(6)?;
         Ok(CheckpointRow {
@@ -214,5 +250,32 @@ mod tests {
             .read(|c| AuditEntry::list_for_subject(c, "a", 10))
             .unwrap();
         assert_eq!(audited.len(), 1);
+
+        for (id, at) in [("c", 3), ("d", 4)] {
+            store
+                .insert_checkpoint(row(id, "@x@n#main", at), audit(id))
+                .await
+                .unwrap();
+        }
+        let old = store
+            .read(|c| CheckpointRow::beyond_newest(c, "/w", 2, 10))
+            .unwrap();
+        // Newest first: d, c, b, a; beyond two: b and a, oldest first.
+        assert_eq!(
+            old.iter()
+                .map(|r| r.checkpoint_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        store
+            .write(|t| CheckpointRow::delete(t, "a", &audit("a")))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .read(|c| CheckpointRow::get(c, "a"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

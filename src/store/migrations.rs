@@ -87,6 +87,7 @@ CREATE TABLE checkpoints (
 ) STRICT;
 CREATE INDEX checkpoints_by_instance ON checkpoints (instance, created_at_ms);
 CREATE INDEX checkpoints_by_invocation ON checkpoints (invocation_id);
+CREATE INDEX checkpoints_by_workspace ON checkpoints (workspace, created_at_ms);
 "#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
