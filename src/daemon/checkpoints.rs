@@ -213,19 +213,7 @@ impl Checkpointer {
                 )
             }
             Ok(Err(CheckpointError::NotARepository { .. })) => {
-                tracing::debug!(flight = %id, workspace = %workspace.display(), "no checkpoint: not a git worktree");
-                let audit = self.audit(
-                    "checkpoint_skipped",
-                    &id,
-                    serde_json::json!({
-                        "instance": instance, "workspace": row.workspace,
-                        "reason": "not a git worktree",
-                    }),
-                );
-                if let Err(err) = self.store.append_audit(audit).await {
-                    tracing::warn!(flight = %id, cause = %err, "cannot audit a skipped checkpoint");
-                }
-                return;
+                return self.skipped(&id, instance, &row.workspace).await;
             }
             Ok(Err(err)) => self.failed(&mut row, instance, err.code(), err.to_string()),
             Err(err) => self.failed(&mut row, instance, "INTERNAL", err.to_string()),
@@ -242,9 +230,9 @@ impl Checkpointer {
     }
 
     /// Drops the checkpoints of `workspace` beyond the newest `keep`
-    /// ([`CHECKPOINTS_PER_WORKSPACE_MAX`] but in tests): the ref first, then the row, so
-    /// a row never names a ref that was kept by mistake. A failure is
-    /// logged and retried after the next checkpoint.
+    /// ([`CHECKPOINTS_PER_WORKSPACE_MAX`] but in tests): the ref first,
+    /// then the row, so a row never names a ref that was dropped. A failure
+    /// is logged and retried after the next checkpoint.
     async fn drop_oldest(&self, workspace: &str, keep: usize) {
         let path = workspace.to_owned();
         let old = self.store.read(move |c| {
@@ -297,6 +285,21 @@ impl Checkpointer {
             if let Err(err) = deleted {
                 tracing::warn!(checkpoint = %row.checkpoint_id, cause = %err, "cannot delete an old checkpoint");
             }
+        }
+    }
+
+    /// Audits that a workspace outside git got no checkpoint.
+    async fn skipped(&self, id: &str, instance: &str, workspace: &str) {
+        tracing::debug!(flight = %id, workspace = %workspace, "no checkpoint: not a git worktree");
+        let audit = self.audit(
+            "checkpoint_skipped",
+            id,
+            serde_json::json!({
+                "instance": instance, "workspace": workspace, "reason": "not a git worktree",
+            }),
+        );
+        if let Err(err) = self.store.append_audit(audit).await {
+            tracing::warn!(flight = %id, cause = %err, "cannot audit a skipped checkpoint");
         }
     }
 
