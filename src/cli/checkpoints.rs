@@ -26,8 +26,8 @@ pub enum CheckpointsCommand {
     Show(IdArgs),
     /// Put the worktree's files back as they were at a checkpoint.
     ///
-    /// Every file the checkpoint holds (tracked, and untracked-but-not-
-    /// ignored when it was taken) is written back as it was. Files made
+    /// Every file the checkpoint holds (tracked files, and untracked files
+    /// that were not ignored when it was taken) is written back as it was. Files made
     /// after the checkpoint are left alone unless `--clean`. HEAD, the
     /// index (what is staged) and the stash list are not touched, so run
     /// `git status` afterwards to see the result.
