@@ -22,6 +22,8 @@
 //! - [`service`]: the broker as a systemd user unit or launchd agent.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
+//! - [`checkpoint`]: git checkpoints of an agent's worktree before risky
+//!   work (made, diffed and restored without touching index, HEAD or stash).
 //! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
 //!   command, acp) behind one trait, and their preflight.
 //!
@@ -31,6 +33,7 @@
 
 pub mod adapter;
 pub mod api;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod daemon;

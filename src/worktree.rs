@@ -721,7 +721,7 @@ fn git(dir: &Path, args: &[&str], step: &str) -> Result<String, WorktreeError> {
 
 /// Reads up to `max` bytes of a pipe on a thread, then drains the rest so
 /// the child never blocks on a full pipe.
-fn read_bounded(
+pub(crate) fn read_bounded(
     mut pipe: impl std::io::Read + Send + 'static,
     max: usize,
 ) -> std::thread::JoinHandle<Vec<u8>> {

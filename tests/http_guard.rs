@@ -88,6 +88,8 @@ const FAMILIES: &[(&str, &str, bool)] = &[
     ("GET", "/v1/conversations", false),
     ("GET", "/v1/events/stream", false),
     ("GET", "/v1/work-orders", false),
+    ("GET", "/v1/checkpoints", false),
+    ("POST", "/v1/checkpoints/x/restore", false),
     ("GET", "/agents", false),
     ("GET", "/agents/nope/logs", false),
     ("GET", "/ws/events", true),

@@ -14,11 +14,13 @@
 //! - [`inbox`]: `GET /v1/inbox` rows ([`InboxItem`]).
 //! - [`usage`]: `GET /v1/usage` ([`usage::UsageTotals`]) and the `since`
 //!   window both it and `scout usage` parse.
+//! - [`checkpoints`]: `/v1/checkpoints…` bodies ([`checkpoints::CheckpointView`]).
 //!
 //! Architecture invariant: these types are a boundary. Their JSON is what
 //! the README documents, field for field; the daemon's internal state does
 //! not derive `Serialize` for the API, it converts into these.
 
+pub mod checkpoints;
 pub mod events;
 pub mod inbox;
 pub mod invocations;

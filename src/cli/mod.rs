@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
+//! [`usage`], [`checkpoints`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod attach;
+pub mod checkpoints;
 pub mod client;
 pub mod doctor;
 pub mod mcp;
@@ -106,6 +107,10 @@ pub enum Command {
     Approve(approvals::AnswerArgs),
     /// Deny a request (`--always` for a standing rule).
     Deny(approvals::AnswerArgs),
+    /// Git checkpoints of agents' worktrees taken before `execute` work:
+    /// list them, show what changed since one, restore one.
+    #[command(subcommand)]
+    Checkpoints(checkpoints::CheckpointsCommand),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -181,6 +186,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Approvals(args) => approvals::list(args, context),
         Command::Approve(args) => approvals::answer(args, true, context),
         Command::Deny(args) => approvals::answer(args, false, context),
+        Command::Checkpoints(command) => checkpoints::run(command, context),
     }
 }
 

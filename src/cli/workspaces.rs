@@ -148,7 +148,7 @@ fn render(report: &Listed, context: &Context) -> String {
 }
 
 /// `5m ago`, `3h ago`, `2d ago`.
-fn ago(now_ms: u64, then_ms: u64) -> String {
+pub(crate) fn ago(now_ms: u64, then_ms: u64) -> String {
     let seconds = now_ms.saturating_sub(then_ms) / 1000;
     match seconds {
         0..60 => "just now".to_owned(),

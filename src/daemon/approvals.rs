@@ -102,6 +102,13 @@ pub enum Gate {
         /// The session.
         id: String,
     },
+    /// `checkpoint.restore`: write a checkpoint's files back.
+    CheckpointRestore {
+        /// The checkpoint (a flight or invocation id).
+        id: String,
+        /// Also remove files created since.
+        clean: bool,
+    },
 }
 
 impl Gate {
@@ -112,6 +119,7 @@ impl Gate {
             Gate::InvocationCancel { .. } => "invocation.cancel",
             Gate::MeshRevoke { .. } => "mesh.revoke",
             Gate::AgentStop { .. } => "agent.stop",
+            Gate::CheckpointRestore { .. } => "checkpoint.restore",
         }
     }
 
@@ -125,6 +133,12 @@ impl Gate {
             }
             Gate::MeshRevoke { node, reason } => format!("revoke member {node}: {reason}"),
             Gate::AgentStop { id } => format!("stop agent session {id}"),
+            Gate::CheckpointRestore { id, clean: false } => {
+                format!("restore checkpoint {id} (files created since are kept)")
+            }
+            Gate::CheckpointRestore { id, clean: true } => {
+                format!("restore checkpoint {id} and remove files created since")
+            }
         }
     }
 }
@@ -1089,5 +1103,34 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
             .await
             .map(|_| format!("agent session {id} stopped"))
             .map_err(|err| err.to_string()),
+        Gate::CheckpointRestore { id, clean } => {
+            use super::checkpoints;
+            let row = checkpoints::get(&state.store, id).map_err(|err| err.to_string())?;
+            // A restore rewrites files: its own checkpoint first, so the
+            // restore can be undone like any other risky action.
+            let before = format!("before-restore-{}", state.env.new_id());
+            checkpoints::Checkpointer {
+                store: state.store.clone(),
+                env: state.env.clone(),
+                node_id: state.node_id.clone(),
+            }
+            .before_action(
+                &before,
+                row.invocation_id.as_deref(),
+                &row.instance,
+                std::path::PathBuf::from(&row.workspace),
+            )
+            .await;
+            let actor = format!("approved@{}", state.node_name);
+            checkpoints::restore(&state.store, &state.env, id, *clean, &actor)
+                .await
+                .map(|(_, restored)| {
+                    format!(
+                        "checkpoint {id} restored: {} files written, {} removed (the state before is checkpoint {before})",
+                        restored.files_restored, restored.files_removed
+                    )
+                })
+                .map_err(|err| err.to_string())
+        }
     }
 }

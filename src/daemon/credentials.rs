@@ -187,6 +187,8 @@ pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
             | (&Method::POST, ["v1", "invocations", _, "cancel"])
             | (&Method::POST, ["v1", "mesh", "revoke"])
             | (&Method::DELETE, ["agents", _])
+            | (&Method::GET, ["v1", "checkpoints", ..])
+            | (&Method::POST, ["v1", "checkpoints", _, "restore"])
     )
 }
 

@@ -5,9 +5,12 @@
 //! request handlers and background tasks share; [`mesh`] is the broker's
 //! side of the mesh (sync, connections, membership); [`discovery`] feeds
 //! its address book from mDNS and Tailscale; [`watch`] reloads agents
-//! when their files change, so `scout agents add` needs no restart.
+//! when their files change, so `scout agents add` needs no restart;
+//! [`checkpoints`] takes git checkpoints of agent worktrees before
+//! `execute` work and serves their list, diff and restore.
 
 pub mod approvals;
+pub mod checkpoints;
 pub mod credentials;
 pub mod discovery;
 pub mod mesh;

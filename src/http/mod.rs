@@ -5,7 +5,7 @@
 //! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
 //! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`inbox`] serves
 //! `/v1/inbox`; [`usage`] serves
-//! `/v1/usage`; [`runtime`] serves the local
+//! `/v1/usage`; [`checkpoints`] serves `/v1/checkpoints…`; [`runtime`] serves the local
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
 //! loop (timeouts, connection cap). Every route but `/health` and
 //! `/v1/hello` sits behind the bearer-token check in [`require_token`];
@@ -21,6 +21,7 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod checkpoints;
 pub mod error;
 pub mod health;
 pub mod hello;
@@ -69,7 +70,8 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
                 .merge(inbox::routes())
                 .merge(usage::routes())
                 .merge(web::routes())
-                .merge(work_orders::routes()),
+                .merge(work_orders::routes())
+                .merge(checkpoints::routes()),
         )
         .merge(runtime::routes())
         .merge(terminal_relay::routes())

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "approvals and standing approval rules",
         sql: SCHEMA_V6,
     },
+    Migration {
+        version: 7,
+        name: "checkpoints of agent worktrees",
+        sql: SCHEMA_V7,
+    },
 ];
 
 /// Approvals this broker owns (it runs the agent that asked, or took the
@@ -122,6 +127,31 @@ CREATE TABLE approval_rules (
     UNIQUE (agent, action, summary)
 ) STRICT;
 CREATE INDEX approvals_pending_by_agent ON approvals (agent) WHERE state = 'pending';
+"#;
+
+/// Checkpoints of agent worktrees taken before risky work (see
+/// `crate::checkpoint`), one per flight (or other action) id: where the
+/// worktree is, the ref and commit that keep its files, and how many files
+/// differed from `HEAD`. A checkpoint that git failed to make keeps the
+/// error instead of a ref and commit, so the flight's record says why it
+/// has none.
+const SCHEMA_V7: &str = r#"
+CREATE TABLE checkpoints (
+    checkpoint_id TEXT PRIMARY KEY CHECK (length(checkpoint_id) BETWEEN 1 AND 128),
+    invocation_id TEXT,
+    instance TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    ref_name TEXT,
+    commit_id TEXT,
+    files_changed INTEGER CHECK (files_changed IS NULL OR files_changed >= 0),
+    error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    CHECK ((commit_id IS NULL) = (ref_name IS NULL)),
+    CHECK ((commit_id IS NULL) <> (error IS NULL))
+) STRICT;
+CREATE INDEX checkpoints_by_instance ON checkpoints (instance, created_at_ms);
+CREATE INDEX checkpoints_by_invocation ON checkpoints (invocation_id);
+CREATE INDEX checkpoints_by_workspace ON checkpoints (workspace, created_at_ms);
 "#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
@@ -524,8 +554,8 @@ mod tests {
             )
             .unwrap();
         // 13 tables of the first schema, 3 of the mesh (records, vv,
-        // invites), 2 of approvals (approvals, rules).
-        assert_eq!(n_tables, 18);
+        // invites), 2 of approvals (approvals, rules), 1 of checkpoints.
+        assert_eq!(n_tables, 19);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);

@@ -14,7 +14,7 @@
 //! - `readers`: a small pool of read-only connections; in WAL mode readers
 //!   never block the writer.
 //! - [`invocations`], [`flights`], [`deliveries`], [`conversations`],
-//!   [`audit`], [`registry`], [`work_orders`]: typed rows and the operations
+//!   [`audit`], [`checkpoints`], [`registry`], [`work_orders`]: typed rows and the operations
 //!   on them, as associated functions over a `rusqlite::Transaction` (writes)
 //!   or `rusqlite::Connection` (reads).
 //! - [`usage`]: the failure code and usage columns flights and deliveries
@@ -31,6 +31,7 @@
 pub mod approvals;
 pub mod audit;
 mod checkpointer;
+pub mod checkpoints;
 pub mod conversations;
 pub mod deliveries;
 pub mod flights;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use scout_mesh::lifecycle::{DeliveryState, FailureReason};
+use scout_mesh::lifecycle::{DeliveryState, FailureReason, InvocationAction};
 use scout_mesh::names::{AgentName, Label};
 use scout_mesh::routing::{
     self as core, CancelStarted, Event, EventKind, ExecProgress, ExecResult, Execute, Facts, Now,
@@ -657,7 +657,12 @@ impl Driver {
                 .find(|peer| peer.node_id == execute.origin.to_string())
                 .map(|peer| peer.name)
         };
-        let execution = self.executor.execute(ExecRequest {
+        // Work that edits gets a checkpoint of the agent's worktree first.
+        let checkpoint_of = (execute.action == InvocationAction::Execute
+            && self.executor.checkpoints_workspaces())
+        .then(|| checkpoint_workspace(&agent, make_worktree))
+        .flatten();
+        let request = ExecRequest {
             invocation_id: id.clone(),
             instance: execute.instance,
             agent,
@@ -666,7 +671,20 @@ impl Driver {
             origin_node,
             timeout,
             make_worktree,
-        });
+        };
+        let execution = match checkpoint_of {
+            Some(workspace) => crate::daemon::checkpoints::execute_after_checkpoint(
+                crate::daemon::checkpoints::Checkpointer {
+                    store: self.store.clone(),
+                    env: self.env.clone(),
+                    node_id: self.node_id.to_string(),
+                },
+                self.executor.clone(),
+                request,
+                workspace,
+            ),
+            None => self.executor.execute(request),
+        };
         self.running.insert(id.clone(), execution.cancel);
         let commands = self.commands.clone();
         self.tasks.spawn(forward(id, execution.events, commands));
@@ -742,6 +760,17 @@ impl Driver {
         self.refusal_log.insert(peer.clone(), now_ms);
         true
     }
+}
+
+/// The directory to checkpoint before `agent` runs `execute` work: its
+/// working directory, or, for a worktree still to be made, that worktree
+/// when it exists already (a new one holds nothing to lose).
+fn checkpoint_workspace(agent: &LocalAgent, make_worktree: bool) -> Option<std::path::PathBuf> {
+    if !make_worktree {
+        return Some(agent.cwd.clone());
+    }
+    let path = agent.worktrees()?.path_for(agent.workspace.as_ref()?);
+    path.is_dir().then_some(path)
 }
 
 /// Forwards an execution's events to the driver, output in chunks.

@@ -75,6 +75,13 @@ pub struct Execution {
 pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     /// Starts running `request`; failures arrive as `Finished(Failed)`.
     fn execute(&self, request: ExecRequest) -> Execution;
+
+    /// Whether the agents it runs work in real directories, so `execute`
+    /// work gets a git checkpoint of the agent's worktree first
+    /// (`crate::daemon::checkpoints`). In-process executors have none.
+    fn checkpoints_workspaces(&self) -> bool {
+        false
+    }
 }
 
 /// The broker's executor: one PTY session per agent instance, spawned on
@@ -129,6 +136,10 @@ impl Executor for PtyExecutor {
             let _ = events_tx.send(ExecEvent::Finished(outcome)).await;
         });
         Execution { events, cancel }
+    }
+
+    fn checkpoints_workspaces(&self) -> bool {
+        true
     }
 }
 
