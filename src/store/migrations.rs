@@ -58,7 +58,38 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sender and causal chain on invocations",
         sql: SCHEMA_V5,
     },
+    Migration {
+        version: 6,
+        name: "scoped api tokens, hash-chained audit log",
+        sql: SCHEMA_TOKENS_AUDIT_CHAIN,
+    },
 ];
+
+/// Tokens made with `scout tokens create`, kept as the SHA-256 digest of
+/// the secret (hex), never the secret; and the audit log's hash chain:
+/// each row's `hash` covers its fields and the previous row's hash
+/// (`store::audit` says how). Rows written before this step are chained by
+/// [`super::audit::chain_unchained`], run in the same transaction.
+const SCHEMA_TOKENS_AUDIT_CHAIN: &str = r#"
+CREATE TABLE api_tokens (
+    token_id         TEXT PRIMARY KEY,
+    name             TEXT CHECK (name IS NULL OR length(name) BETWEEN 1 AND 64),
+    scope            TEXT NOT NULL CHECK (scope IN ('read', 'agent', 'operator')),
+    agent            TEXT,
+    digest           TEXT NOT NULL UNIQUE CHECK (length(digest) = 64),
+    created_by       TEXT NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    expires_at_ms    INTEGER,
+    last_used_at_ms  INTEGER,
+    revoked_at_ms    INTEGER,
+    CHECK (scope <> 'agent' OR agent IS NOT NULL)
+) STRICT;
+
+ALTER TABLE audit_log ADD COLUMN prev_hash TEXT
+    CHECK (prev_hash IS NULL OR length(prev_hash) = 64);
+ALTER TABLE audit_log ADD COLUMN hash TEXT
+    CHECK (hash IS NULL OR length(hash) = 64);
+"#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
 /// causal chain of instances that led to it, as a JSON array (NULL when
@@ -341,6 +372,9 @@ pub(crate) fn migrate(connection: &mut Connection, path: &Path) -> Result<(), St
             continue;
         }
         transaction.execute_batch(migration.sql)?;
+        // Rows the audit log held before it was chained get their chain in
+        // the step that adds it; a no-op before that step and after it.
+        super::audit::chain_unchained(&transaction)?;
         transaction.pragma_update(None, "user_version", migration.version)?;
         transaction.commit()?;
         tracing::info!(
@@ -445,8 +479,9 @@ mod tests {
                 |row| row.get(0),
             )
             .unwrap();
-        // 13 tables of the first schema, 3 of the mesh (records, vv, invites).
-        assert_eq!(n_tables, 16);
+        // 13 tables of the first schema, 3 of the mesh (records, vv,
+        // invites), 1 of tokens.
+        assert_eq!(n_tables, 17);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);
