@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
+//! [`usage`], [`attach`], [`service`], [`mcp`], [`tokens`], [`audit`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod attach;
+pub mod audit;
 pub mod client;
 pub mod doctor;
 pub mod mcp;
@@ -23,6 +24,7 @@ pub mod resolve;
 pub mod send;
 pub mod service;
 pub mod setup;
+pub mod tokens;
 pub mod up;
 pub mod usage;
 pub mod workspaces;
@@ -98,6 +100,11 @@ pub enum Command {
     /// The MCP server agents mention each other through; `install` and
     /// `doctor` register it with the agent CLIs.
     Mcp(mcp::McpArgs),
+    /// Make, list and revoke scoped tokens of the API.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// List the audit log; `verify` checks its hash chain.
+    Audit(audit::AuditArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -170,6 +177,8 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Open(args) => open::run(args, context),
         Command::Service(command) => service::run(command, context),
         Command::Mcp(args) => mcp::run(args, context),
+        Command::Tokens(command) => tokens::run(command, context),
+        Command::Audit(args) => audit::run(args, context),
     }
 }
 

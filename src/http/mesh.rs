@@ -150,6 +150,7 @@ struct Revoked {
 
 async fn revoke(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<axum::Extension<super::scope::Caller>>,
     JsonBody(request): JsonBody<RevokeRequest>,
 ) -> Result<Json<Revoked>, ApiError> {
     let reason = if request.reason.is_empty() {
@@ -160,6 +161,9 @@ async fn revoke(
     let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
     })?;
+    let actor = caller.map_or_else(|| "operator".to_owned(), |caller| caller.actor());
+    let detail = serde_json::json!({ "reason": reason, "node": state.node_id });
+    super::audit::record(&state, actor, "mesh_revoke", revoked.as_str(), detail).await;
     Ok(Json(Revoked {
         revoked: revoked.to_string(),
     }))

@@ -432,6 +432,16 @@ async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) ->
         Err(err) => tracing::warn!(cause = %err, "cannot read open invites"),
     }
     tracing::info!(node = %name, %joiner, "admitted a broker with an invite");
+    let admission = store::audit::NewAuditEntry {
+        ts_ms: i64::try_from(now).unwrap_or(i64::MAX),
+        actor: format!("node:{}", shared.identity.node_id),
+        action: "mesh_admit".to_owned(),
+        subject: joiner.to_string(),
+        detail: serde_json::json!({ "node_name": name.as_str(), "invite_id": join.invite_id }),
+    };
+    if let Err(err) = shared.store.append_audit(admission).await {
+        tracing::warn!(cause = %err, "cannot append the admission to the audit log");
+    }
     MeshFrame::JoinAccepted(JoinAccepted {
         mesh_id: shared.mesh_id(),
         admitted_by: shared.identity.node_id.clone(),
