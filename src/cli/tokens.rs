@@ -139,7 +139,14 @@ fn list(client: &BrokerClient, context: &Context) -> anyhow::Result<ExitCode> {
         } else {
             table(
                 &[
-                    "ID", "KIND", "NAME", "SCOPE", "AGENT", "CREATED", "EXPIRES", "LAST USED",
+                    "ID",
+                    "KIND",
+                    "NAME",
+                    "SCOPE",
+                    "AGENT",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST USED",
                     "STATE",
                 ],
                 &rows,

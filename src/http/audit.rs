@@ -84,7 +84,10 @@ async fn list(
             format!("bad audit query: {}", rejection.body_text()),
         )
     })?;
-    let too_long = |text: &Option<String>| text.as_ref().is_some_and(|text| text.len() > AUDIT_FILTER_BYTES_MAX);
+    let too_long = |text: &Option<String>| {
+        text.as_ref()
+            .is_some_and(|text| text.len() > AUDIT_FILTER_BYTES_MAX)
+    };
     if too_long(&query.actor) || too_long(&query.action) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -201,7 +201,10 @@ async fn require_token(
     let template = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| request.uri().path().to_owned(), |matched| matched.as_str().to_owned());
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |matched| matched.as_str().to_owned(),
+        );
     let class = scope::classify(request.method(), &template);
     if !class.admits(caller.scope) {
         return ApiError::forbidden_scope(class.needed(), request.method().as_str(), &template)
@@ -241,7 +244,13 @@ fn presented_token(request: &Request) -> Option<String> {
 async fn authenticate_token(
     state: &Arc<BrokerState>,
     token: &str,
-) -> Result<(scope::Caller, Option<crate::daemon::credentials::AgentCaller>), ApiError> {
+) -> Result<
+    (
+        scope::Caller,
+        Option<crate::daemon::credentials::AgentCaller>,
+    ),
+    ApiError,
+> {
     if constant_time_eq(token.as_bytes(), state.token.as_bytes()) {
         return Ok((scope::Caller::operator(), None));
     }

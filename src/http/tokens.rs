@@ -116,7 +116,10 @@ pub struct TokenList {
 /// The created token a presented secret names, as a [`Caller`], counting
 /// the use: its first use in this broker run is audited, and its last use
 /// is written now and then. `UNAUTHORIZED` for anything not live.
-pub(crate) async fn check_created(state: &Arc<BrokerState>, presented: &str) -> Result<Caller, ApiError> {
+pub(crate) async fn check_created(
+    state: &Arc<BrokerState>,
+    presented: &str,
+) -> Result<Caller, ApiError> {
     let now = state.env.now_unix_ms_i64();
     let (caller, first_use, persist) = match state.tokens.check(presented, now) {
         TokenCheck::Accepted {

@@ -100,12 +100,7 @@ const COLUMNS: &str = "seq, ts_ms, actor, action, subject, detail_json, prev_has
 
 /// The hash of a row, as the module documentation defines it. `None` when
 /// `prev_hash` is not 64 hex digits.
-pub fn row_hash(
-    prev_hash: &str,
-    seq: i64,
-    ts_ms: i64,
-    fields: [&str; 4],
-) -> Option<String> {
+pub fn row_hash(prev_hash: &str, seq: i64, ts_ms: i64, fields: [&str; 4]) -> Option<String> {
     let prev = decode_hex32(prev_hash)?;
     let mut hasher = Sha256::new();
     hasher.update(b"scout-audit-v1\0");
@@ -195,8 +190,13 @@ pub(crate) fn chain_unchained(transaction: &Transaction<'_>) -> Result<(), Store
             .optional()?
             .flatten()
             .unwrap_or_else(|| GENESIS_HASH.to_owned());
-        let hash = row_hash(&prev_hash, seq, ts_ms, [&actor, &action, &subject, &detail_json])
-            .unwrap_or_else(|| GENESIS_HASH.to_owned());
+        let hash = row_hash(
+            &prev_hash,
+            seq,
+            ts_ms,
+            [&actor, &action, &subject, &detail_json],
+        )
+        .unwrap_or_else(|| GENESIS_HASH.to_owned());
         transaction.execute(
             "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
             params![prev_hash, hash, seq],
@@ -401,5 +401,105 @@ impl Store {
     pub fn verify_audit(&self) -> Result<ChainReport, StoreError> {
         self.read(verify_chain)
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::migrations::{MIGRATIONS, migrate, schema_version};
+
+    fn entry(action: &str) -> NewAuditEntry {
+        NewAuditEntry {
+            ts_ms: 7,
+            actor: "operator".into(),
+            action: action.into(),
+            subject: "s".into(),
+            detail: serde_json::json!({ "k": 1 }),
+        }
+    }
+
+    fn append(connection: &mut Connection, action: &str) {
+        let transaction = connection.transaction().unwrap();
+        AuditEntry::append(&transaction, &entry(action)).unwrap();
+        transaction.commit().unwrap();
+    }
+
+    #[test]
+    fn the_chain_finds_edited_deleted_and_reordered_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scout.db");
+        let mut connection = Connection::open(&path).unwrap();
+        migrate(&mut connection, &path).unwrap();
+        for action in ["a", "b", "c", "d"] {
+            append(&mut connection, action);
+        }
+        let report = verify_chain(&connection).unwrap();
+        assert_eq!((report.entries, report.broken_seq), (4, None));
+
+        connection
+            .execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", [])
+            .unwrap();
+        assert_eq!(verify_chain(&connection).unwrap().broken_seq, Some(2));
+        connection
+            .execute("UPDATE audit_log SET action = 'b' WHERE seq = 2", [])
+            .unwrap();
+        assert_eq!(verify_chain(&connection).unwrap().broken_seq, None);
+
+        // Swapping two rows' contents breaks the first of them.
+        connection
+            .execute_batch(
+                "UPDATE audit_log SET action = 'tmp' WHERE seq = 2;
+                 UPDATE audit_log SET action = 'b' WHERE seq = 3;
+                 UPDATE audit_log SET action = 'c' WHERE seq = 2;",
+            )
+            .unwrap();
+        assert_eq!(verify_chain(&connection).unwrap().broken_seq, Some(2));
+        connection
+            .execute_batch(
+                "UPDATE audit_log SET action = 'b' WHERE seq = 2;
+                 UPDATE audit_log SET action = 'c' WHERE seq = 3;",
+            )
+            .unwrap();
+
+        connection
+            .execute("DELETE FROM audit_log WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(verify_chain(&connection).unwrap().broken_seq, Some(4));
+        connection
+            .execute("DELETE FROM audit_log WHERE seq = 1", [])
+            .unwrap();
+        assert_eq!(verify_chain(&connection).unwrap().broken_seq, Some(2));
+    }
+
+    #[test]
+    fn rows_from_before_the_chain_are_chained_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scout.db");
+        let mut connection = Connection::open(&path).unwrap();
+        // The schema as it was before the chain, with rows in it.
+        let before = MIGRATIONS
+            .iter()
+            .position(|migration| migration.sql.contains("ADD COLUMN hash"))
+            .unwrap();
+        for migration in &MIGRATIONS[..before] {
+            connection.execute_batch(migration.sql).unwrap();
+            connection
+                .pragma_update(None, "user_version", migration.version)
+                .unwrap();
+        }
+        for action in ["old_1", "old_2"] {
+            connection
+                .execute(
+                    "INSERT INTO audit_log (ts_ms, actor, action, subject, detail_json)
+                     VALUES (1, 'store', ?1, 's', '{}')",
+                    params![action],
+                )
+                .unwrap();
+        }
+        migrate(&mut connection, &path).unwrap();
+        assert!(schema_version(&connection).unwrap() > MIGRATIONS[before - 1].version);
+        append(&mut connection, "new");
+        let report = verify_chain(&connection).unwrap();
+        assert_eq!((report.entries, report.broken_seq), (3, None));
+    }
 }

@@ -57,7 +57,9 @@ impl TokenRow {
 /// Stores a new token.
 pub fn insert(transaction: &Transaction<'_>, token: &TokenRow) -> Result<(), StoreError> {
     transaction.execute(
-        &format!("INSERT INTO api_tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        &format!(
+            "INSERT INTO api_tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
         params![
             token.token_id,
             token.name,
