@@ -144,16 +144,12 @@ fn admissions_and_mesh_revocations_are_audited() {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
     let beta_id = wait_until("alpha to record the admission", || {
-        entries(&alpha, &["--action", "mesh_admit"])
+        entries(&alpha, &["--action", "admit_node"])
             .first()
             .and_then(|entry| entry["subject"].as_str().map(str::to_owned))
     });
-    let admitted = entries(&alpha, &["--action", "mesh_admit"]);
-    assert_eq!(
-        admitted[0]["actor"],
-        format!("node:{}", alpha.node_id()),
-        "{admitted:?}"
-    );
+    let admitted = entries(&alpha, &["--action", "admit_node"]);
+    assert_eq!(admitted[0]["actor"], alpha.node_id(), "{admitted:?}");
     let revoke = alpha.run(&["mesh", "revoke", "beta", "--reason", "laptop lost"]);
     assert_eq!(revoke.code, 0, "{}", revoke.stderr);
     let revoked = entries(&alpha, &["--action", "mesh_revoke"]);

@@ -832,3 +832,127 @@ fn claude_asks_an_agent_on_another_broker_through_the_scout_mcp_server() {
     let status = alpha.get(&format!("/v1/invocations/{id}"));
     assert_eq!(status["invocation"]["from"], "@coder@beta#main", "{status}");
 }
+
+/// Polls `probe` until it returns `Some`, failing after `bound`: for waits
+/// that include a CLI turn, longer than the common bound.
+fn wait_long<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pending approval on `node` whose summary contains `needle`.
+fn pending_approval(node: &common::Node, needle: &str) -> Option<Value> {
+    node.get("/v1/approvals?state=pending")["approvals"]
+        .as_array()?
+        .iter()
+        .find(|approval| {
+            approval["summary"]
+                .as_str()
+                .is_some_and(|summary| summary.contains(needle))
+        })
+        .cloned()
+}
+
+/// `scout send @coder <message> --wait`, started on `node` and not waited for.
+fn send_in_background(node: &common::Node, message: &str) -> std::process::Child {
+    node.sandbox
+        .scout()
+        .args(["send", "@coder", message, "--wait", "--timeout", "300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn scout send")
+}
+
+#[test]
+fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
+    // Outside the agent's working directory, so `acceptEdits` does not
+    // allow the command by itself and Claude Code asks its permission
+    // prompt tool: the Scout server, which asks a person.
+    let outside = tempfile::tempdir().expect("outside dir");
+    let approved = outside.path().join("approved.txt");
+    let denied = outside.path().join("denied.txt");
+    let server = ModelServer::start(
+        Api::Anthropic,
+        vec![
+            Step::ToolCall {
+                name: "Bash".to_owned(),
+                input: json!({ "command": format!("touch {}", approved.display()) }),
+            },
+            Step::Text("Touched it.".to_owned()),
+            Step::ToolCall {
+                name: "Bash".to_owned(),
+                input: json!({ "command": format!("touch {}", denied.display()) }),
+            },
+            Step::Text("I was not allowed to.".to_owned()),
+        ],
+    );
+    let mut alpha = common::Node::setup("alpha", &[]);
+    alpha.start();
+    let (beta, _workdir) = claude_broker_joining(&alpha, &server);
+    common::wait_until("alpha to see @coder", || {
+        alpha
+            .instances()
+            .contains(&"@coder@beta#main".to_owned())
+            .then_some(())
+    });
+
+    // Approved on alpha: the tool runs on beta and the turn completes.
+    let turn = send_in_background(&alpha, "Touch the approved file.");
+    let asked = wait_long("the permission request on alpha", TURN_BOUND, || {
+        pending_approval(&alpha, "approved.txt")
+    });
+    assert_eq!(asked["action"], "tool.Bash", "{asked}");
+    assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
+    assert_eq!(asked["node"], "beta", "{asked}");
+    assert!(!approved.exists(), "the tool ran before anyone approved it");
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let answer = alpha.run(&["approve", &id]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}\nbeta: {}",
+        String::from_utf8_lossy(&output.stderr),
+        beta.broker().stderr()
+    );
+    assert!(stdout.contains("Touched it."), "{stdout}");
+    assert!(
+        approved.exists(),
+        "the approved tool did not run: {stdout}\n{:#?}\nbeta: {}",
+        server.requests(),
+        beta.broker().stderr()
+    );
+
+    // Denied on alpha with a note: the tool never runs, and the model
+    // learns why.
+    let turn = send_in_background(&alpha, "Touch the denied file.");
+    let asked = wait_long("the second permission request", TURN_BOUND, || {
+        pending_approval(&alpha, "denied.txt")
+    });
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let answer = alpha.run(&["deny", &id, "--note", "not outside the repo"]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("I was not allowed to."), "{stdout}");
+    assert!(!denied.exists(), "a denied tool ran");
+    let last = server
+        .requests()
+        .into_iter()
+        .rfind(|request| is_conversation_request(&request.body))
+        .expect("requests");
+    let text = messages_text(&last);
+    assert!(text.contains("not outside the repo"), "{text}");
+}

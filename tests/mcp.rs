@@ -127,7 +127,9 @@ fn an_mcp_client_asks_an_agent_on_another_broker() {
                 "inbox",
                 "invocation",
                 "peers",
+                "permission",
                 "reply",
+                "request_approval",
                 "resolve",
                 "send",
                 "whoami",
@@ -269,7 +271,7 @@ fn every_tool_refuses_bad_arguments_with_a_code_and_keeps_serving() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = connect(&alpha, Recorder::default()).await;
-        let cases: [(&str, Value, &str); 16] = [
+        let cases: [(&str, Value, &str); 18] = [
             ("whoami", json!({"extra": 1}), "INVALID_ARGUMENTS"),
             ("agents", json!({"prefix": 7}), "INVALID_ARGUMENTS"),
             ("resolve", json!({}), "INVALID_ARGUMENTS"),
@@ -307,7 +309,17 @@ fn every_tool_refuses_bad_arguments_with_a_code_and_keeps_serving() {
             (
                 "work_orders",
                 json!({"op": "cancel", "work_order_id": "w"}),
-                "HUMAN_REQUIRED",
+                "WORK_ORDER_NOT_FOUND",
+            ),
+            (
+                "request_approval",
+                json!({"summary": "may I?"}),
+                "NOT_AN_AGENT",
+            ),
+            (
+                "permission",
+                json!({"tool_name": "Bash", "input": {"command": "ls"}}),
+                "NOT_AN_AGENT",
             ),
             ("no_such_tool", json!({}), "UNKNOWN_TOOL"),
         ];

@@ -24,6 +24,8 @@
 //! - [`membership`]: one-time invites, invite codes and the join decision.
 //! - [`mention`]: the causal chain of a mention and the depth and cycle
 //!   rule that refuses loops (`MENTION_LOOP`).
+//! - [`approval`]: the rules of approvals: one decision, the deadline
+//!   denies, bounded fields.
 //! - [`usage`]: what a flight used ([`usage::Usage`]: tokens and cost) and
 //!   the stable code of a failed turn ([`usage::FailureCode`]), bounded.
 //!
@@ -34,12 +36,14 @@
 //! it, the QUIC transport and discovery, is the `scout-net` crate; the
 //! `scout` binary wires the core, the shell and the store together.
 
+pub mod approval;
 pub mod hlc;
 pub mod lifecycle;
 pub mod membership;
 pub mod mention;
 pub mod names;
 pub mod output;
+pub mod pairing;
 pub mod registry;
 pub mod resolve;
 pub mod routing;

@@ -346,6 +346,12 @@ pub(crate) fn validate_unsigned(record: &Record) -> Result<(), InvalidRecord> {
             check_author("revoked_by", &revocation.revoked_by, &key.origin)
         }
         RecordBody::Definition(definition) => validate_definition(definition),
+        RecordBody::Approval(approval) => {
+            crate::approval::check_body(approval).map_err(|detail| InvalidRecord::InvalidField {
+                field: "approval",
+                detail,
+            })
+        }
     }
 }
 
@@ -393,6 +399,12 @@ fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
         RecordKind::Admission | RecordKind::Revocation => NodeId::parse(&key.name)
             .map(drop)
             .map_err(|err| invalid(err.to_string())),
+        RecordKind::Approval if crate::approval::is_id(&key.name) => Ok(()),
+        RecordKind::Approval => Err(invalid(format!(
+            "an approval is named `{}` and {} hex digits",
+            crate::approval::ID_PREFIX,
+            crate::approval::ID_HEX_LEN
+        ))),
         RecordKind::Definition => {
             let label = Label::parse(&key.name, NamePart::Definition)
                 .map_err(|err| invalid(err.to_string()))?;

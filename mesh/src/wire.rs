@@ -37,12 +37,13 @@ use crate::lifecycle::{EndpointState, Harness};
 /// bodies of any other version with [`WireError::UnsupportedVersion`].
 /// Version 2 added the origin's key and signature to every record; version 1
 /// brokers cannot decode its records, so the two do not talk. Version 3
-/// added `worktrees` to instance records.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// added `worktrees` to instance records. Version 4 added approval
+/// records and the frames that decide them.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/3";
+pub const ALPN: &[u8] = b"scout-mesh/4";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -232,6 +233,9 @@ pub enum RecordKind {
     /// The origin's copy of a shared agent definition. Named by the
     /// definition's label.
     Definition,
+    /// A request for a person's decision, owned by the broker running the
+    /// agent that asked. Named by the approval id (`apr_` and hex).
+    Approval,
 }
 
 impl RecordKind {
@@ -242,6 +246,7 @@ impl RecordKind {
         RecordKind::Admission,
         RecordKind::Revocation,
         RecordKind::Definition,
+        RecordKind::Approval,
     ];
 
     /// The lower-case word for this kind.
@@ -252,6 +257,7 @@ impl RecordKind {
             RecordKind::Admission => "admission",
             RecordKind::Revocation => "revocation",
             RecordKind::Definition => "definition",
+            RecordKind::Approval => "approval",
         }
     }
 }
@@ -397,6 +403,8 @@ pub enum RecordBody {
     Revocation(RevocationBody),
     /// See [`DefinitionBody`].
     Definition(DefinitionBody),
+    /// See [`ApprovalBody`].
+    Approval(ApprovalBody),
 }
 
 impl RecordBody {
@@ -408,6 +416,7 @@ impl RecordBody {
             RecordBody::Admission(_) => RecordKind::Admission,
             RecordBody::Revocation(_) => RecordKind::Revocation,
             RecordBody::Definition(_) => RecordKind::Definition,
+            RecordBody::Approval(_) => RecordKind::Approval,
         }
     }
 }
@@ -444,6 +453,82 @@ pub struct InstanceBody {
     /// Whether its definition makes a git worktree on this node for a
     /// mentioned workspace that has no instance yet.
     pub worktrees: bool,
+}
+
+/// Where an approval request stands. Only `Pending` may change, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a person.
+    Pending,
+    /// A person (or a standing rule) allowed it.
+    Approved,
+    /// A person (or a standing rule) refused it.
+    Denied,
+    /// Its deadline passed first; it counts as denied.
+    Expired,
+}
+
+impl ApprovalState {
+    /// The lower-case word for this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request for a person's decision, as every member sees it. The owner
+/// (the record's origin, which runs the asking agent) is the only writer,
+/// so the decision it commits is the one every member ends up showing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalBody {
+    /// Who asked: an instance name (`@fabric@devbox#main`).
+    pub agent: String,
+    /// What is asked for, as a dotted word (`work_order.cancel`,
+    /// `tool.Bash`, `question`).
+    pub action: String,
+    /// What it is about, for people (`git push origin main`).
+    pub summary: String,
+    /// The invocation the agent was running when it asked, if any.
+    pub invocation: Option<String>,
+    /// When it was asked, unix ms on the owner.
+    pub created_unix_ms: u64,
+    /// When it counts as denied if nobody answered, unix ms on the owner.
+    pub deadline_unix_ms: u64,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Who decided (`operator@laptop`, `rule:…`, `deadline`), once decided.
+    pub decided_by: Option<String>,
+    /// When it was decided, unix ms on the owner.
+    pub decided_unix_ms: Option<u64>,
+    /// The decider's note.
+    pub note: String,
+}
+
+/// A person's answer to an approval, sent to the approval's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    /// The approval (`apr_…`).
+    pub id: String,
+    /// Allow (`true`) or refuse.
+    pub approve: bool,
+    /// Who answered on the sending broker (`operator`, a token's name);
+    /// the owner adds the sending node's name.
+    pub actor: String,
+    /// A note for the agent and the audit.
+    pub note: String,
+    /// Also allow (or refuse) the same action of the same agent from now on.
+    pub always: bool,
 }
 
 /// How an admitted node got in.
@@ -835,6 +920,57 @@ pub struct JoinAccepted {
     pub admitted_by: NodeId,
 }
 
+/// The answer to a pairing probe: whether this broker holds a short code
+/// that a joiner may try now. It says nothing about the code itself, so a
+/// joiner asks every broker it finds and tries only the one that holds a
+/// code: a failed attempt burns the code, so guessing at every broker in
+/// turn would burn codes for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairOffer {
+    /// Where this broker's short code stands.
+    pub short_code: OfferedCode,
+    /// The mesh the broker would admit a joiner to (bound into the
+    /// exchange, so a lie here only makes the exchange fail).
+    pub mesh_id: MeshId,
+    /// The broker's node name, for messages to people.
+    pub node_name: String,
+}
+
+/// Where a broker's short code stands, as a pairing probe learns it. It
+/// tells a joiner whether to try (and, for a code that cannot be tried,
+/// why) without saying anything about the code itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferedCode {
+    /// No short code was issued here.
+    None,
+    /// A short code waits for its one attempt.
+    Pending,
+    /// The short code was used, burned, or is being tried right now.
+    Used,
+    /// The short code expired unused.
+    Expired,
+}
+
+/// The joiner's first message of a short-code exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStart {
+    /// The joiner's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The joiner's node name.
+    pub node_name: String,
+    /// Where the joiner can be dialed.
+    pub addresses: Vec<String>,
+}
+
+/// The inviter's answer to [`PairStart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairReply {
+    /// The inviter's SPAKE2 message.
+    pub pake: Vec<u8>,
+    /// The inviter's key confirmation.
+    pub confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+}
+
 /// An error answered on a stream before it is closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -922,6 +1058,12 @@ error_codes! {
     UntrustedManifest => "UNTRUSTED_MANIFEST",
     /// A request the receiver does not serve on this stream.
     UnexpectedFrame => "UNEXPECTED_FRAME",
+    /// The approval was decided before this answer arrived.
+    AlreadyDecided => "ALREADY_DECIDED",
+    /// The approval's deadline passed before this answer arrived.
+    ApprovalExpired => "APPROVAL_EXPIRED",
+    /// The approval is not pending here (unknown, or gone).
+    ApprovalNotPending => "APPROVAL_NOT_PENDING",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -1018,6 +1160,25 @@ pub enum MeshFrame {
     },
     /// Response to `TerminalOpen`: the relay starts.
     TerminalAccepted,
+    /// Request (any member to an approval's owner): decide it.
+    ApprovalDecide(ApprovalDecision),
+    /// Response to `ApprovalDecide`: the approval as decided.
+    ApprovalDecided(ApprovalBody),
+    /// Request (a joiner with a short code, before any hello): does this
+    /// broker hold a pending short code?
+    PairProbe,
+    /// Response to `PairProbe`.
+    PairOffer(PairOffer),
+    /// Request: the first message of a short-code exchange.
+    PairStart(PairStart),
+    /// Response to `PairStart`.
+    PairReply(PairReply),
+    /// Request: the joiner's key confirmation, on the same connection as
+    /// its `PairStart`. Answered with `JoinAccepted` once it verifies.
+    PairConfirm {
+        /// The joiner's key confirmation.
+        confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
+    },
 }
 
 /// The frames of a terminal relay stream after `TerminalAccepted`: each
@@ -1216,6 +1377,13 @@ impl MeshFrame {
             MeshFrame::UsageReport(_) => "usage_report",
             MeshFrame::TerminalOpen { .. } => "terminal_open",
             MeshFrame::TerminalAccepted => "terminal_accepted",
+            MeshFrame::ApprovalDecide(_) => "approval_decide",
+            MeshFrame::ApprovalDecided(_) => "approval_decided",
+            MeshFrame::PairProbe => "pair_probe",
+            MeshFrame::PairOffer(_) => "pair_offer",
+            MeshFrame::PairStart(_) => "pair_start",
+            MeshFrame::PairReply(_) => "pair_reply",
+            MeshFrame::PairConfirm { .. } => "pair_confirm",
         }
     }
 
@@ -1290,6 +1458,10 @@ impl MeshFrame {
                 Ok(())
             }
             MeshFrame::UsageQuery(_) | MeshFrame::TerminalAccepted => Ok(()),
+            MeshFrame::ApprovalDecide(decision) => crate::approval::check_decision(decision)
+                .map_err(|detail| WireError::MalformedFrame { detail }),
+            MeshFrame::ApprovalDecided(body) => crate::approval::check_body(body)
+                .map_err(|detail| WireError::MalformedFrame { detail }),
             MeshFrame::TerminalOpen { instance } => {
                 check_str("instance", instance, AGENT_NAME_BYTES_MAX)
             }
@@ -1310,7 +1482,20 @@ impl MeshFrame {
             MeshFrame::FlightQuery { invocation_id } | MeshFrame::Cancel { invocation_id } => {
                 check_str("invocation_id", invocation_id, ID_BYTES_MAX)
             }
+            MeshFrame::PairOffer(offer) => {
+                check_str("node_name", &offer.node_name, NODE_NAME_BYTES_MAX)
+            }
+            MeshFrame::PairStart(start) => {
+                check_bytes("pake", &start.pake, crate::pairing::PAKE_MESSAGE_BYTES)?;
+                check_str("node_name", &start.node_name, NODE_NAME_BYTES_MAX)?;
+                check_addresses(&start.addresses)
+            }
+            MeshFrame::PairReply(reply) => {
+                check_bytes("pake", &reply.pake, crate::pairing::PAKE_MESSAGE_BYTES)
+            }
             MeshFrame::SyncAck
+            | MeshFrame::PairProbe
+            | MeshFrame::PairConfirm { .. }
             | MeshFrame::JoinAccepted(_)
             | MeshFrame::Ping { .. }
             | MeshFrame::Pong { .. }
@@ -1321,6 +1506,16 @@ impl MeshFrame {
 
 /// Refuses a string over its limit, naming the field.
 fn check_str(field: &str, value: &str, max: usize) -> Result<(), WireError> {
+    if value.len() > max {
+        return Err(WireError::MalformedFrame {
+            detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a byte string over its limit, naming the field.
+fn check_bytes(field: &str, value: &[u8], max: usize) -> Result<(), WireError> {
     if value.len() > max {
         return Err(WireError::MalformedFrame {
             detail: format!("{field} is {} bytes; the limit is {max}", value.len()),
@@ -1785,6 +1980,20 @@ mod tests {
             ("cancel", |text| MeshFrame::Cancel {
                 invocation_id: text("invocation_id"),
             }),
+            ("pair_offer", |text| {
+                MeshFrame::PairOffer(PairOffer {
+                    short_code: OfferedCode::Pending,
+                    mesh_id: MeshId([1; 16]),
+                    node_name: text("node_name"),
+                })
+            }),
+            ("pair_start", |text| {
+                MeshFrame::PairStart(PairStart {
+                    pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                    node_name: text("node_name"),
+                    addresses: vec![text("address")],
+                })
+            }),
             ("usage_report", |text| {
                 MeshFrame::UsageReport(UsageReport {
                     rows: vec![UsageRow {
@@ -1844,7 +2053,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 22, "every limited field of every frame");
+        assert_eq!(checked, 25, "every limited field of every frame");
     }
 
     /// `output` cannot be built over its limit, so the over-limit frame is
@@ -2076,5 +2285,40 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn pairing_frames_round_trip_and_oversized_key_exchange_messages_are_refused() {
+        let frames = [
+            MeshFrame::PairProbe,
+            MeshFrame::PairOffer(PairOffer {
+                short_code: OfferedCode::Expired,
+                mesh_id: MeshId([3; 16]),
+                node_name: "alpha".into(),
+            }),
+            MeshFrame::PairStart(PairStart {
+                pake: vec![0x41; crate::pairing::PAKE_MESSAGE_BYTES],
+                node_name: "beta".into(),
+                addresses: vec!["127.0.0.1:1".into()],
+            }),
+            MeshFrame::PairReply(PairReply {
+                pake: vec![0x42; crate::pairing::PAKE_MESSAGE_BYTES],
+                confirmation: [7; crate::pairing::CONFIRMATION_BYTES],
+            }),
+            MeshFrame::PairConfirm {
+                confirmation: [8; crate::pairing::CONFIRMATION_BYTES],
+            },
+        ];
+        for frame in frames {
+            assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+        }
+        let oversized = MeshFrame::PairReply(PairReply {
+            pake: vec![0; crate::pairing::PAKE_MESSAGE_BYTES + 1],
+            confirmation: [0; crate::pairing::CONFIRMATION_BYTES],
+        });
+        assert_eq!(
+            decode_frame(&encode_frame(&oversized)).unwrap_err().code(),
+            "MALFORMED_FRAME"
+        );
     }
 }

@@ -66,6 +66,7 @@ pub const CLI_FLAGS_USED: &[&str] = &[
     "--include-partial-messages",
     "--mcp-config",
     "--allowedTools",
+    "--permission-prompt-tool",
     "--permission-mode",
     PERMISSION_MODE,
     "--resume",
@@ -75,13 +76,19 @@ pub const CLI_FLAGS_USED: &[&str] = &[
 /// (`mcp__scout__ask`, …).
 pub const MCP_TOOLS_ALLOWED: &str = "mcp__scout";
 
+/// The Scout server's tool that answers Claude Code's permission prompts
+/// in a structured turn (`--permission-prompt-tool`).
+pub const PERMISSION_PROMPT_TOOL: &str = "mcp__scout__permission";
+
 /// The permission mode of a structured turn. A routed turn has no person
-/// to answer a permission prompt, and `-p` denies whatever would prompt.
-/// `acceptEdits` lets the agent edit files and run commands that change
-/// files inside its working directory (what the work it is sent needs),
-/// runs read-only commands as every mode does, and still denies anything
-/// that reaches outside it (reported in the result's
-/// `permission_denials`). `bypassPermissions` would run anything, and the
+/// at its terminal, and `-p` denies whatever would prompt unless a
+/// permission prompt tool answers ([`PERMISSION_PROMPT_TOOL`], given
+/// whenever the Scout server is). `acceptEdits` lets the agent edit files
+/// and run commands that change files inside its working directory (what
+/// the work it is sent needs), runs read-only commands as every mode does,
+/// and asks about anything that reaches outside it: a person approves or
+/// denies it from any machine of the mesh (a denial is reported in the
+/// result's `permission_denials`). `bypassPermissions` would run anything, and the
 /// CLI refuses it for root; `auto` asks the model about each tool call,
 /// one more model request per call; `default` and `dontAsk` deny the edits
 /// the agent was asked to make.
@@ -250,6 +257,11 @@ impl Adapter for ClaudeAdapter {
             // reach the mesh. (Variadic: the next argument is a flag.)
             argv.push("--allowedTools".to_owned());
             argv.push(MCP_TOOLS_ALLOWED.to_owned());
+            // What the permission mode would refuse is asked of a person
+            // instead, through the Scout server: an approval anyone in the
+            // mesh may answer while the turn waits.
+            argv.push("--permission-prompt-tool".to_owned());
+            argv.push(PERMISSION_PROMPT_TOOL.to_owned());
         }
         argv.extend(self.mcp_args.iter().cloned());
         if let Some(session_id) = resume {

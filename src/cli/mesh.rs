@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use scout_mesh::names::{Label, NamePart};
+use scout_mesh::pairing::ShortCode;
 use scout_mesh::wire::{Invite, MeshId};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,7 @@ use super::client::{BrokerClient, ClientError};
 use super::output::table;
 use super::{Context, UsageError};
 use crate::config::settings;
+use crate::daemon::mesh::pairing::IssuedShortCode;
 use crate::daemon::mesh::{self, IssuedCode, MeshIdentity, PeerView};
 use crate::identity;
 use crate::store::{Store, StoreOptions};
@@ -35,16 +37,28 @@ pub enum MeshCommand {
 /// Flags of `scout mesh invite`.
 #[derive(Debug, Args)]
 pub struct InviteArgs {
-    /// How long the code is valid: `30s`, `10m`, `2h`, `7d`.
+    /// How long the code is valid: `30s`, `10m`, `2h`, `7d` (a short code
+    /// lives at most an hour).
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     pub ttl: String,
+    /// Print a short code to read aloud (`ABCD-2345`) instead of a long one:
+    /// it carries no address, so the joiner finds this broker on the LAN or
+    /// the tailnet (or with `--peer`); it is valid once, and a wrong attempt
+    /// burns it. Needs the running broker, which answers the exchange.
+    #[arg(long)]
+    pub short: bool,
 }
 
 /// Flags of `scout mesh join`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The code printed by `scout mesh invite` on a member.
+    /// The code printed by `scout mesh invite` on a member: a long
+    /// `scout1-…` code, or a short one like `ABCD-2345`.
     pub code: String,
+    /// For a short code: where the inviter listens (`HOST:PORT`), when
+    /// mDNS and the tailnet cannot find it. Repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
 }
 
 /// Flags of `scout mesh revoke`.
@@ -62,7 +76,7 @@ pub fn run(command: MeshCommand, context: &Context) -> anyhow::Result<ExitCode> 
     match command {
         MeshCommand::Invite(args) => invite(args, context),
         MeshCommand::Join(args) => {
-            let joined = join(&args.code, context)?;
+            let joined = join_with(&args.code, &args.peers, context)?;
             context.printer.emit(&joined, || {
                 format!(
                     "joined mesh {}\n{}\n",
@@ -149,6 +163,9 @@ fn api_error(err: ClientError) -> anyhow::Error {
 
 fn invite(args: InviteArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let ttl = parse_duration(&args.ttl)?;
+    if args.short {
+        return invite_short(ttl, context);
+    }
     let issued: IssuedCode = match BrokerClient::running(context)? {
         Some(client) => client
             .post(
@@ -186,6 +203,36 @@ fn invite(args: InviteArgs, context: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn invite_short(ttl: Duration, context: &Context) -> anyhow::Result<ExitCode> {
+    let Some(client) = BrokerClient::running(context)? else {
+        return Err(UsageError::new(
+            "BROKER_NOT_RUNNING",
+            "BROKER_NOT_RUNNING: a short code is answered by the running broker; start it with `scout up`, or use the long code of `scout mesh invite`",
+        )
+        .into());
+    };
+    let issued: IssuedShortCode = client
+        .post(
+            "/v1/mesh/invites",
+            &serde_json::json!({
+                "ttl_ms": u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                "short": true,
+            }),
+        )
+        .map_err(api_error)?;
+    context.printer.emit(&issued, || {
+        let minutes = issued
+            .expires_at_ms
+            .saturating_sub(context.env.now_unix_ms())
+            .div_ceil(60_000);
+        format!(
+            "{}\n\nvalid once, for about {minutes} min, while this broker runs; a wrong attempt burns it.\non the joining machine (same LAN or tailnet) run:\n  scout mesh join {}\n(add `--peer HOST:PORT` when discovery cannot find this broker)\n",
+            issued.code, issued.code
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What a join did.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Joined {
@@ -198,6 +245,15 @@ pub struct Joined {
 
 /// Joins with a code: through the running broker, or offline.
 pub fn join(code: &str, context: &Context) -> anyhow::Result<Joined> {
+    join_with(code, &[], context)
+}
+
+/// Joins with a long or a short code (told apart by their shape); `peers`
+/// are where a short code's inviter listens, when given.
+pub fn join_with(code: &str, peers: &[String], context: &Context) -> anyhow::Result<Joined> {
+    if ShortCode::looks_like(code) {
+        return join_short(code, peers, context);
+    }
     let invite = Invite::from_code(code).map_err(|err| UsageError::new("INVALID_INVITE", err.0))?;
     if let Some(client) = BrokerClient::running(context)? {
         let mut joined: Joined = client
@@ -218,6 +274,41 @@ pub fn join(code: &str, context: &Context) -> anyhow::Result<Joined> {
         &invite,
         now,
     ))?;
+    offline.store.close()?;
+    Ok(Joined {
+        mesh_id: mesh_id.to_string(),
+        via_broker: false,
+    })
+}
+
+fn join_short(code: &str, peers: &[String], context: &Context) -> anyhow::Result<Joined> {
+    let short = ShortCode::parse(code)
+        .map_err(|err| UsageError::new("INVALID_SHORT_CODE", err.to_string()))?;
+    if let Some(client) = BrokerClient::running(context)? {
+        let mut joined: Joined = client
+            .post(
+                "/v1/mesh/join",
+                &serde_json::json!({ "code": short.display(), "peers": peers }),
+            )
+            .map_err(api_error)?;
+        joined.via_broker = true;
+        return Ok(joined);
+    }
+    let Some(lock) = crate::daemon::try_lock_home(&context.home)? else {
+        anyhow::bail!("the broker of this home is starting or not answering; try again");
+    };
+    let offline = offline(context, lock)?;
+    let now = context.env.now_unix_ms();
+    let mesh_id = runtime()?
+        .block_on(mesh::pairing::join_offline(
+            &context.home,
+            &offline.identity,
+            &offline.store,
+            &short,
+            peers,
+            now,
+        ))
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     offline.store.close()?;
     Ok(Joined {
         mesh_id: mesh_id.to_string(),
@@ -372,6 +463,14 @@ fn render_peers(report: &PeersReport, now: u64) -> String {
             vec![
                 peer.name.clone(),
                 short(&peer.node_id),
+                if peer.status.is_empty() {
+                    mesh::peer_status(&peer.state).to_owned()
+                } else {
+                    peer.status.clone()
+                },
+                peer.last_heartbeat_ms
+                    .map(|seen| ago(now.saturating_sub(seen)))
+                    .unwrap_or_else(|| "never".into()),
                 peer.state.to_owned(),
                 peer.rtt_ms
                     .map(|rtt| format!("{rtt:.1} ms"))
@@ -388,7 +487,16 @@ fn render_peers(report: &PeersReport, now: u64) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["NAME", "NODE ID", "STATE", "RTT", "LAST SEEN", "ADDRESSES"],
+        &[
+            "NAME",
+            "NODE ID",
+            "STATUS",
+            "LAST HEARTBEAT",
+            "CONNECTION",
+            "RTT",
+            "LAST SEEN",
+            "ADDRESSES",
+        ],
         &rows,
     ));
     out

@@ -11,6 +11,7 @@
 //! Errors print as `error: …` and one `caused by: …` per source on stderr.
 
 pub mod agents;
+pub mod approvals;
 pub mod attach;
 pub mod audit;
 pub mod client;
@@ -100,6 +101,13 @@ pub enum Command {
     /// The MCP server agents mention each other through; `install` and
     /// `doctor` register it with the agent CLIs.
     Mcp(mcp::McpArgs),
+    /// Requests for a person's decision from the whole mesh (pending only
+    /// unless `--all`).
+    Approvals(approvals::ApprovalsArgs),
+    /// Approve a request (`--always` for a standing rule).
+    Approve(approvals::AnswerArgs),
+    /// Deny a request (`--always` for a standing rule).
+    Deny(approvals::AnswerArgs),
     /// Make, list and revoke scoped tokens of the API.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -177,6 +185,9 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Open(args) => open::run(args, context),
         Command::Service(command) => service::run(command, context),
         Command::Mcp(args) => mcp::run(args, context),
+        Command::Approvals(args) => approvals::list(args, context),
+        Command::Approve(args) => approvals::answer(args, true, context),
+        Command::Deny(args) => approvals::answer(args, false, context),
         Command::Tokens(command) => tokens::run(command, context),
         Command::Audit(args) => audit::run(args, context),
     }

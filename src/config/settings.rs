@@ -43,6 +43,8 @@ pub struct Settings {
     pub discovery: DiscoverySettings,
     /// Git worktrees made for definitions that declare `worktrees`.
     pub worktrees: WorktreeSettings,
+    /// Desktop notifications and webhooks for pending approvals.
+    pub notifications: crate::daemon::notify::NotificationSettings,
 }
 
 /// Where worktrees made on demand go, and when idle ones are cleaned up.
@@ -137,6 +139,7 @@ impl Default for Settings {
             seeds: Vec::new(),
             discovery: DiscoverySettings::default(),
             worktrees: WorktreeSettings::default(),
+            notifications: Default::default(),
         }
     }
 }
@@ -237,6 +240,9 @@ pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), Conf
                 settings.worktrees.idle_days
             ),
         ));
+    }
+    if let Err(message) = settings.notifications.check() {
+        return Err(ConfigError::field(path, text, "notifications", message));
     }
     if settings.workspace_roots.len() > WORKSPACE_ROOTS_MAX {
         return Err(ConfigError::field(

@@ -7,9 +7,11 @@
 //! its address book from mDNS and Tailscale; [`watch`] reloads agents
 //! when their files change, so `scout agents add` needs no restart.
 
+pub mod approvals;
 pub mod credentials;
 pub mod discovery;
 pub mod mesh;
+pub mod notify;
 pub mod routing;
 pub mod tokens;
 pub mod watch;
@@ -58,6 +60,8 @@ pub struct BrokerState {
     pub runtime: Arc<crate::pty::SessionManager>,
     /// Routing of invocations and work orders.
     pub router: routing::Router,
+    /// Approvals this broker owns and answers to the mesh's.
+    pub approvals: Arc<approvals::Approvals>,
     /// Time, randomness and ids for everything in this broker; its
     /// monotonic clock started with the broker.
     pub env: Env,
@@ -313,11 +317,33 @@ impl Broker {
             &mut tasks,
         )
         .await?;
+        let notifier = notify::Notifier::start(
+            settings.notifications.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        );
+        let approvals = Arc::new(approvals::Approvals::new(
+            store.clone(),
+            mesh.clone(),
+            env.clone(),
+            scout_mesh::wire::NodeId::of_public_key(&identity.public_key()),
+            node_name.as_str().to_owned(),
+            notifier,
+        ));
         {
             let router = router.clone();
+            let approvals = approvals.clone();
             mesh.set_request_hook(Arc::new(move |from, frame| {
                 let router = router.clone();
-                Box::pin(async move { router.handle_peer_request(from, frame).await })
+                let approvals = approvals.clone();
+                Box::pin(async move {
+                    match frame {
+                        scout_mesh::wire::MeshFrame::ApprovalDecide(decision) => {
+                            approvals.handle_peer_decision(&from, decision).await
+                        }
+                        frame => router.handle_peer_request(from, frame).await,
+                    }
+                })
             }));
         }
         let state = Arc::new(BrokerState {
@@ -332,8 +358,11 @@ impl Broker {
             mesh: mesh.clone(),
             runtime,
             router,
+            approvals: approvals.clone(),
             env: env.clone(),
         });
+        approvals.attach(&state);
+        tasks.spawn(approvals.clone().run(shutdown_rx.clone()));
         if listener.is_some() {
             let state = state.clone();
             let http_port = http_addr.port();

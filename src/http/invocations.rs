@@ -118,12 +118,26 @@ async fn status(
     state.router.status(&id).map(Json).map_err(route_error)
 }
 
+/// An agent cancels what it sent itself; cancelling another's work is
+/// human-gated (`invocation.cancel`): the request becomes an approval.
 async fn cancel(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
-) -> Result<Json<Cancelled>, ApiError> {
-    state.router.cancel(&id).await.map_err(route_error)?;
-    Ok(Json(Cancelled { cancelled: id }))
+) -> Result<axum::response::Response, ApiError> {
+    let status = state.router.status(&id).map_err(route_error)?;
+    let own = caller.as_ref().is_some_and(|Extension(caller)| {
+        status.invocation.from.as_deref() == Some(&caller.instance)
+    });
+    let caller = if own { None } else { caller };
+    let gate = crate::daemon::approvals::Gate::InvocationCancel { id: id.clone() };
+    super::approvals::gate(&state, caller, gate, || async {
+        state.router.cancel(&id).await.map_err(route_error)?;
+        Ok(Cancelled {
+            cancelled: id.clone(),
+        })
+    })
+    .await
 }
 
 fn sse_event(event: &RoutingEvent) -> Event {
@@ -204,7 +218,7 @@ async fn events(
 const SSE_QUEUE_MAX: usize = 64;
 
 /// A stream fed by a task through a bounded channel.
-fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<Event, Infallible>>
+pub(crate) fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

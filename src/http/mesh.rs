@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use scout_mesh::membership::INVITE_TTL_MS_DEFAULT;
+use scout_mesh::pairing::{SHORT_INVITE_TTL_MS_DEFAULT, ShortCode};
 use scout_mesh::wire::Invite;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,7 @@ use super::error::{ApiError, JsonBody};
 pub use crate::api::Peers;
 use crate::daemon::BrokerState;
 use crate::daemon::mesh::IssuedCode;
+use crate::daemon::mesh::pairing::IssuedShortCode;
 
 /// The routes of this family (mounted under `/v1`).
 pub fn routes() -> Router<Arc<BrokerState>> {
@@ -89,21 +91,37 @@ async fn mesh(State(state): State<Arc<BrokerState>>) -> Json<MeshSummary> {
 struct InviteRequest {
     #[serde(default)]
     ttl_ms: Option<u64>,
+    /// A short code to read aloud instead of a long one.
+    #[serde(default)]
+    short: bool,
 }
 
 async fn invite(
     State(state): State<Arc<BrokerState>>,
     JsonBody(request): JsonBody<InviteRequest>,
-) -> Result<(StatusCode, Json<IssuedCode>), ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if request.short {
+        let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(SHORT_INVITE_TTL_MS_DEFAULT));
+        let code: IssuedShortCode = state
+            .mesh
+            .invite_short(ttl)
+            .await
+            .map_err(ApiError::internal)?;
+        return Ok((StatusCode::CREATED, Json(serde_json::json!(code))));
+    }
     let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(INVITE_TTL_MS_DEFAULT));
-    let code = state.mesh.invite(ttl).await.map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(code)))
+    let code: IssuedCode = state.mesh.invite(ttl).await.map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!(code))))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JoinRequest {
     code: String,
+    /// For a short code: where the inviter listens (`HOST:PORT`), instead
+    /// of looking for it with discovery.
+    #[serde(default)]
+    peers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +133,28 @@ async fn join(
     State(state): State<Arc<BrokerState>>,
     JsonBody(request): JsonBody<JoinRequest>,
 ) -> Result<Json<Joined>, ApiError> {
+    if ShortCode::looks_like(&request.code) {
+        let code = ShortCode::parse(&request.code)
+            .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_SHORT_CODE", err.0))?;
+        let mesh_id = state
+            .mesh
+            .join_short(&code, &request.peers)
+            .await
+            .map_err(|err| {
+                let (status, code) = match err.code.as_str() {
+                    "INVITER_NOT_FOUND" => (StatusCode::NOT_FOUND, "INVITER_NOT_FOUND"),
+                    "INVALID_PEER" => (StatusCode::BAD_REQUEST, "INVALID_PEER"),
+                    "INVITE_USED" => (StatusCode::CONFLICT, "INVITE_USED"),
+                    "INVITE_EXPIRED" => (StatusCode::CONFLICT, "INVITE_EXPIRED"),
+                    "PAIRING_FAILED" => (StatusCode::CONFLICT, "PAIRING_FAILED"),
+                    _ => (StatusCode::BAD_GATEWAY, "JOIN_FAILED"),
+                };
+                ApiError::new(status, code, format!("{}: {}", err.code, err.message))
+            })?;
+        return Ok(Json(Joined {
+            mesh_id: mesh_id.to_string(),
+        }));
+    }
     let invite = Invite::from_code(&request.code)
         .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INVITE", err.0))?;
     let mesh_id = state.mesh.join(invite).await.map_err(|err| {
@@ -148,23 +188,37 @@ struct Revoked {
     revoked: String,
 }
 
+/// `mesh.revoke` is human-gated: an agent's request becomes an approval.
 async fn revoke(
     State(state): State<Arc<BrokerState>>,
-    caller: Option<axum::Extension<super::scope::Caller>>,
+    caller: Option<axum::Extension<crate::daemon::credentials::AgentCaller>>,
+    operator: Option<axum::Extension<super::scope::Caller>>,
     JsonBody(request): JsonBody<RevokeRequest>,
-) -> Result<Json<Revoked>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let reason = if request.reason.is_empty() {
         "revoked by an operator".to_owned()
     } else {
         request.reason
     };
-    let revoked = state.mesh.revoke(&request.node, &reason).map_err(|err| {
+    // An unknown member is a 404 for everyone, before any approval; the
+    // approval names the member by id, which no other member can take.
+    let target = state.mesh.member_id(&request.node).map_err(|err| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
     })?;
-    let actor = caller.map_or_else(|| "operator".to_owned(), |caller| caller.actor());
-    let detail = serde_json::json!({ "reason": reason, "node": state.node_id });
-    super::audit::record(&state, actor, "mesh_revoke", revoked.as_str(), detail).await;
-    Ok(Json(Revoked {
-        revoked: revoked.to_string(),
-    }))
+    let actor = operator.map_or_else(|| "operator".to_owned(), |caller| caller.actor());
+    let gate = crate::daemon::approvals::Gate::MeshRevoke {
+        node: target.to_string(),
+        reason: reason.clone(),
+    };
+    super::approvals::gate(&state, caller, gate, || async {
+        let revoked = state.mesh.revoke(target.as_str(), &reason).map_err(|err| {
+            ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
+        })?;
+        let detail = serde_json::json!({ "reason": reason, "node": state.node_id });
+        super::audit::record(&state, actor, "mesh_revoke", revoked.as_str(), detail).await;
+        Ok(Revoked {
+            revoked: revoked.to_string(),
+        })
+    })
+    .await
 }

@@ -22,6 +22,7 @@
 //! the token is checked on every route but `/health` and `/v1/hello`.
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod error;
 pub mod health;
@@ -67,6 +68,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
         .nest(
             "/v1",
             agents::routes()
+                .merge(approvals::routes())
                 .merge(mesh::routes())
                 .merge(invocations::routes())
                 .merge(inbox::routes())

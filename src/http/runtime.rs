@@ -209,11 +209,19 @@ async fn show(
     Ok(Json(state.runtime.info(&id)?).into_response())
 }
 
+/// `agent.stop` is human-gated: an agent's request becomes an approval.
 async fn stop(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<axum::Extension<crate::daemon::credentials::AgentCaller>>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.runtime.stop(&id).await?).into_response())
+    // An unknown session is a 404 for everyone, before any approval.
+    state.runtime.session(&id)?;
+    let gate = crate::daemon::approvals::Gate::AgentStop { id: id.clone() };
+    super::approvals::gate(&state, caller, gate, || async {
+        Ok(state.runtime.stop(&id).await?)
+    })
+    .await
 }
 
 /// The body of `POST /agents/{id}/send`.

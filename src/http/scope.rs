@@ -140,10 +140,16 @@ pub const ROUTE_CLASSES: &[(&str, &str, RouteClass)] = &[
     ("GET", "/v1/work-orders", READ),
     ("GET", "/v1/work-orders/{id}", READ),
     ("GET", "/v1/audit/verify", READ),
+    ("GET", "/v1/approvals", READ),
+    ("GET", "/v1/approvals/stream", READ),
+    ("GET", "/v1/approvals/rules", READ),
+    ("GET", "/v1/approvals/{id}", READ),
+    ("GET", "/v1/approvals/{id}/wait", READ),
     // What agents do: send, ask, queue work.
     ("POST", "/v1/invocations", AGENT),
     ("POST", "/v1/work-orders", AGENT),
     ("POST", "/v1/work-orders/run-now", AGENT),
+    ("POST", "/v1/approvals", AGENT),
     // The operator's: terminals, mesh membership, sessions, tokens, audit.
     // Some of these only read, but what they show (every event, costs,
     // terminal sessions, the mesh's addresses) is more than an agent
@@ -172,6 +178,9 @@ pub const ROUTE_CLASSES: &[(&str, &str, RouteClass)] = &[
     ("GET", "/v1/tokens", OPERATOR),
     ("POST", "/v1/tokens/{id}/revoke", OPERATOR),
     ("GET", "/v1/audit", OPERATOR),
+    ("POST", "/v1/approvals/{id}/approve", OPERATOR),
+    ("POST", "/v1/approvals/{id}/deny", OPERATOR),
+    ("POST", "/v1/approvals/rules/{id}/remove", OPERATOR),
     // Human-gated actions. `POST /v1/tokens` is gated only when it asks
     // for an operator token; its handler refuses an agent anything above
     // its own scope.
@@ -274,6 +283,7 @@ mod tests {
         ("work_orders.rs", "/v1"),
         ("tokens.rs", "/v1"),
         ("audit.rs", "/v1"),
+        ("approvals.rs", "/v1"),
         ("web.rs", "/v1"),
     ];
 

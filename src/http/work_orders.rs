@@ -13,6 +13,8 @@ use super::error::{ApiError, JsonBody, PathId};
 use super::invocations::route_error;
 pub use crate::api::EnqueueBody;
 use crate::daemon::BrokerState;
+use crate::daemon::approvals::Gate;
+use crate::daemon::credentials::AgentCaller;
 use crate::daemon::routing::work_orders::{self, EnqueueRequest, WorkOrderView};
 use crate::store::work_orders::WorkOrderState;
 
@@ -102,15 +104,28 @@ async fn one(
         .map_err(|_| not_found(&id))
 }
 
+/// `work_order.cancel` is human-gated: an agent's request becomes an
+/// approval (`202`), and the owner cancels once a person approves.
 async fn cancel(
     State(state): State<Arc<BrokerState>>,
+    caller: Option<axum::Extension<AgentCaller>>,
     PathId(id): PathId,
-) -> Result<Json<WorkOrderView>, ApiError> {
-    work_orders::cancel(&state.router, &id)
-        .await
-        .map(Json)
-        .map_err(|err| match err {
-            crate::daemon::routing::RouteError::UnknownInvocation(_) => not_found(&id),
-            other => route_error(other),
-        })
+) -> Result<axum::response::Response, ApiError> {
+    // An unknown work order is a 404 for everyone, before any approval.
+    let known = id.clone();
+    state
+        .store
+        .read(move |connection| crate::store::work_orders::WorkOrder::get(connection, &known))
+        .map_err(|err| route_error(err.into()))?
+        .ok_or_else(|| not_found(&id))?;
+    let gate = Gate::WorkOrderCancel { id: id.clone() };
+    super::approvals::gate(&state, caller, gate, || async {
+        work_orders::cancel(&state.router, &id)
+            .await
+            .map_err(|err| match err {
+                crate::daemon::routing::RouteError::UnknownInvocation(_) => not_found(&id),
+                other => route_error(other),
+            })
+    })
+    .await
 }

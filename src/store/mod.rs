@@ -28,6 +28,7 @@
 //! machine in `scout_mesh::lifecycle` inside the transaction that writes it.
 //! A file the store cannot read or does not understand is never modified.
 
+pub mod approvals;
 pub mod audit;
 mod checkpointer;
 pub mod conversations;

@@ -75,6 +75,15 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/tokens/{id}/revoke"),
     route("GET", "/v1/audit"),
     route("GET", "/v1/audit/verify"),
+    route("GET", "/v1/approvals"),
+    route("POST", "/v1/approvals"),
+    route("GET", "/v1/approvals/stream"),
+    route("GET", "/v1/approvals/rules"),
+    route("POST", "/v1/approvals/rules/{id}/remove"),
+    route("GET", "/v1/approvals/{id}"),
+    route("GET", "/v1/approvals/{id}/wait"),
+    route("POST", "/v1/approvals/{id}/approve"),
+    route("POST", "/v1/approvals/{id}/deny"),
 ];
 
 /// The routes a `read` token may use: the GETs that read.
@@ -90,6 +99,11 @@ const READ_ROUTES: &[&str] = &[
     "/v1/work-orders",
     "/v1/work-orders/{id}",
     "/v1/audit/verify",
+    "/v1/approvals",
+    "/v1/approvals/stream",
+    "/v1/approvals/rules",
+    "/v1/approvals/{id}",
+    "/v1/approvals/{id}/wait",
 ];
 
 impl Route {

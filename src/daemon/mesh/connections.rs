@@ -45,7 +45,9 @@ pub const INBOUND_HANDSHAKES_MAX: usize = 64;
 pub const DIALS_IN_FLIGHT_MAX: usize = 16;
 
 /// Streams a new connection may open before its hello (a join, then the
-/// hello); anything beyond is a protocol error.
+/// hello; or a short-code pairing's probe, start and confirmation, after
+/// which the joiner dials again as a member); anything beyond is a
+/// protocol error.
 const OPENING_STREAMS_MAX: usize = 3;
 
 /// How often seeds are resolved again (DNS names may move).
@@ -300,7 +302,10 @@ async fn before_hello(
     addr: SocketAddr,
 ) {
     // No timeout per stream: the caller's PRE_HELLO_DEADLINE bounds the
-    // whole exchange.
+    // whole exchange. A short-code exchange in progress lives here, bound to
+    // this connection; dropped unfinished (the joiner went away, the
+    // deadline passed), it burns the code.
+    let mut pairing: Option<super::pairing::InviterSide> = None;
     for _ in 0..OPENING_STREAMS_MAX {
         let Ok((mut send, mut recv)) = connection.accept_bi().await else {
             // The peer closed the connection (after its join, say).
@@ -324,6 +329,35 @@ async fn before_hello(
                     refuse(close_code::UNKNOWN_PEER, b"join refused");
                     return;
                 }
+            }
+            Ok(MeshFrame::PairProbe) => {
+                let _ = respond(&mut send, &super::pairing::answer_probe(&shared)).await;
+            }
+            Ok(MeshFrame::PairStart(start)) if pairing.is_none() => {
+                let (answer, side) = super::pairing::answer_start(&shared, &key, start).await;
+                let _ = respond(&mut send, &answer).await;
+                if side.is_none() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                    refuse(close_code::UNKNOWN_PEER, b"pairing refused");
+                    return;
+                }
+                pairing = side;
+            }
+            Ok(MeshFrame::PairConfirm { confirmation }) if pairing.is_some() => {
+                let Some(side) = pairing.take() else {
+                    return;
+                };
+                let answer =
+                    super::pairing::answer_confirm(&shared, &key, side, &confirmation).await;
+                let _ = respond(&mut send, &answer).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                if matches!(answer, MeshFrame::Error(_)) {
+                    refuse(close_code::UNKNOWN_PEER, b"pairing refused");
+                } else {
+                    // The joiner dials again as a member, on its new mesh.
+                    connection.close(VarInt::from_u32(close_code::SHUTDOWN), b"paired");
+                }
+                return;
             }
             Ok(MeshFrame::Hello(hello)) => {
                 let verdict = match shared.trust.trust(&key) {
@@ -410,6 +444,21 @@ async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) ->
         }
         Err(err) => return MeshFrame::error(err.code(), err.to_string()),
     }
+    admit(shared, key, &name, "invite").await
+}
+
+/// Admits a joiner that proved an invite (a long code's secret, or a short
+/// code's exchange): one registry admission record, an audit entry, and
+/// the join window narrowed to what is still open. `via` names the proof
+/// for the audit log.
+pub(crate) async fn admit(
+    shared: &Arc<Shared>,
+    key: &[u8; 32],
+    name: &Label,
+    via: &str,
+) -> MeshFrame {
+    let joiner = NodeId::of_public_key(key);
+    let now = shared.now_ms();
     let body = RecordBody::Admission(AdmissionBody {
         public_key: *key,
         node_name: name.as_str().to_owned(),
@@ -424,28 +473,43 @@ async fn handle_join(shared: &Arc<Shared>, key: &[u8; 32], join: JoinRequest) ->
     if let Err(err) = admitted {
         return MeshFrame::error("BAD_JOIN", err.to_string());
     }
-    match shared
-        .store
-        .read(|c| store::mesh::open_invites_until(c, now))
-    {
-        Ok(until) => shared.trust.set_join_window_until(until.unwrap_or(0)),
-        Err(err) => tracing::warn!(cause = %err, "cannot read open invites"),
-    }
-    tracing::info!(node = %name, %joiner, "admitted a broker with an invite");
-    let admission = store::audit::NewAuditEntry {
+    refresh_join_window(shared, now);
+    let entry = store::audit::NewAuditEntry {
         ts_ms: i64::try_from(now).unwrap_or(i64::MAX),
-        actor: format!("node:{}", shared.identity.node_id),
-        action: "mesh_admit".to_owned(),
+        actor: shared.identity.node_id.to_string(),
+        action: "admit_node".to_owned(),
         subject: joiner.to_string(),
-        detail: serde_json::json!({ "node_name": name.as_str(), "invite_id": join.invite_id }),
+        detail: serde_json::json!({ "node_name": name.as_str(), "via": via }),
     };
-    if let Err(err) = shared.store.append_audit(admission).await {
-        tracing::warn!(cause = %err, "cannot append the admission to the audit log");
+    if let Err(err) = shared.store.append_audit(entry).await {
+        tracing::warn!(cause = %err, "cannot audit an admission");
     }
+    tracing::info!(node = %name, %joiner, via, "admitted a broker with an invite");
     MeshFrame::JoinAccepted(JoinAccepted {
         mesh_id: shared.mesh_id(),
         admitted_by: shared.identity.node_id.clone(),
     })
+}
+
+/// Narrows the join window to the latest expiry among the invites still
+/// open: the long ones in the store and this broker's pending short code.
+pub(crate) fn refresh_join_window(shared: &Shared, now: u64) {
+    let short = shared
+        .short_invite
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .as_ref()
+        .map(|invite| invite.answer_until_ms())
+        .filter(|until| now <= *until);
+    match shared
+        .store
+        .read(|c| store::mesh::open_invites_until(c, now))
+    {
+        Ok(until) => shared
+            .trust
+            .set_join_window_until(until.max(short).unwrap_or(0)),
+        Err(err) => tracing::warn!(cause = %err, "cannot read open invites"),
+    }
 }
 
 /// The close code and reason for a peer that is not (or no longer) a
@@ -706,7 +770,8 @@ async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> Mes
         | MeshFrame::FlightUpdate(_)
         | MeshFrame::FlightQuery { .. }
         | MeshFrame::Cancel { .. }
-        | MeshFrame::UsageQuery(_) => match shared.hook.get() {
+        | MeshFrame::UsageQuery(_)
+        | MeshFrame::ApprovalDecide(_) => match shared.hook.get() {
             Some(hook) => (hook.0)(peer.clone(), frame).await,
             None => MeshFrame::error("NOT_READY", "this broker does not route yet"),
         },
@@ -736,6 +801,11 @@ async fn watch_close(shared: Arc<Shared>, connection: Connection, peer: NodeId, 
         same
     };
     if removed {
+        shared
+            .last_heard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(peer.clone(), shared.now_ms());
         shared.with_replica(|replica| replica.handle_disconnected(&peer));
         tracing::info!(peer = %name, node_id = %peer, cause = %reason, "peer disconnected");
     }

@@ -24,6 +24,7 @@ pub mod connections;
 pub mod driver;
 pub mod log_limit;
 pub mod offline;
+pub mod pairing;
 pub mod trust;
 
 use std::collections::{HashMap, HashSet};
@@ -189,6 +190,11 @@ pub struct Shared {
     pub(crate) discovery: Arc<crate::daemon::discovery::Discovery>,
     pub(crate) hook: std::sync::OnceLock<HookSlot>,
     pub(crate) terminal_hook: std::sync::OnceLock<TerminalHookSlot>,
+    /// The one short code this broker holds, if any (see `pairing`).
+    pub(crate) short_invite: Mutex<Option<scout_mesh::pairing::ShortInvite>>,
+    /// When each member was last heard from on a connection that has since
+    /// closed: its last heartbeat for `scout peers`.
+    pub(crate) last_heard: Mutex<HashMap<NodeId, u64>>,
 }
 
 /// The request hook, printable.
@@ -319,6 +325,16 @@ pub struct PeerView {
     pub rtt_ms: Option<f64>,
     /// Unix ms when the live connection was made.
     pub connected_since_ms: Option<u64>,
+    /// `online` (a live connection), `offline` or `revoked`: the member as
+    /// a person asks about it.
+    #[serde(default)]
+    pub status: String,
+    /// Unix ms this broker last heard from the member: now while it is
+    /// connected (the connection's keep-alives prove it), else when its
+    /// connection closed, its address was last seen or its newest record
+    /// was written, whichever is latest.
+    #[serde(default)]
+    pub last_heartbeat_ms: Option<u64>,
 }
 
 /// An agent instance anywhere in the mesh.
@@ -482,6 +498,8 @@ impl Mesh {
             discovery,
             hook: std::sync::OnceLock::new(),
             terminal_hook: std::sync::OnceLock::new(),
+            short_invite: Mutex::new(None),
+            last_heard: Mutex::new(HashMap::new()),
         });
         let mesh = Mesh { shared };
         *mesh
@@ -657,12 +675,28 @@ impl Mesh {
             .replica
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        peer_views(
+        let mut views = peer_views(
             replica.registry(),
             &shared.identity.node_id,
             &connected,
             Some(&book),
-        )
+        );
+        let now = shared.now_ms();
+        let last_heard = shared
+            .last_heard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for view in &mut views {
+            let heard = NodeId::parse(&view.node_id)
+                .ok()
+                .and_then(|id| last_heard.get(&id).copied());
+            view.last_heartbeat_ms = if view.state == "connected" {
+                Some(now)
+            } else {
+                view.last_heartbeat_ms.max(heard)
+            };
+        }
+        views
     }
 
     /// Members with a live connection now (the routing driver's view of
@@ -838,6 +872,25 @@ impl Mesh {
             expires_at_ms: invite.expires_at_ms,
             addresses: invite.addresses,
         })
+    }
+
+    /// Issues this broker's short code (replacing a pending one).
+    pub async fn invite_short(&self, ttl: Duration) -> anyhow::Result<pairing::IssuedShortCode> {
+        pairing::issue(
+            &self.shared,
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        )
+        .await
+    }
+
+    /// Joins the mesh of the broker holding a short code, found by
+    /// discovery or at `peers`, leaving the current one.
+    pub async fn join_short(
+        &self,
+        code: &scout_mesh::pairing::ShortCode,
+        peers: &[String],
+    ) -> Result<MeshId, pairing::PairError> {
+        pairing::join_running(self, code, peers).await
     }
 
     /// Joins the mesh of an invite, leaving the current one.
@@ -1016,9 +1069,20 @@ pub fn peer_views(
                 last_seen_ms,
                 rtt_ms: live.map(|(rtt, _)| *rtt),
                 connected_since_ms: live.map(|(_, since)| *since),
+                status: peer_status(state).to_owned(),
+                last_heartbeat_ms: last_seen_ms,
             }
         })
         .collect()
+}
+
+/// The word `scout peers` shows for a connection state.
+pub fn peer_status(state: &str) -> &'static str {
+    match state {
+        "revoked" => "revoked",
+        "connected" => "online",
+        _ => "offline",
+    }
 }
 
 /// The instances of a registry, as shown to people.
