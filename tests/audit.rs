@@ -157,5 +157,10 @@ fn admissions_and_mesh_revocations_are_audited() {
     assert_eq!(revoked[0]["subject"], beta_id.as_str());
     assert_eq!(revoked[0]["actor"], "operator");
     assert_eq!(revoked[0]["detail"]["reason"], "laptop lost");
+    // The gated route the operator ran directly is audited too.
+    let gated = entries(&alpha, &["--action", "gated_action"]);
+    assert_eq!(gated.len(), 1, "{gated:?}");
+    assert_eq!(gated[0]["subject"], "/v1/mesh/revoke");
+    assert_eq!(gated[0]["actor"], "operator");
     assert_eq!(verify(&alpha).code, 0);
 }

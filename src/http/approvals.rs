@@ -339,24 +339,27 @@ struct AnswerBody {
 async fn approve(
     state: State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     id: PathId,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    answer(state, caller, id, body, true).await
+    answer(state, caller, person, id, body, true).await
 }
 
 async fn deny(
     state: State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     id: PathId,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    answer(state, caller, id, body, false).await
+    answer(state, caller, person, id, body, false).await
 }
 
 async fn answer(
     State(state): State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     PathId(id): PathId,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
     approve: bool,
@@ -398,7 +401,8 @@ async fn answer(
         .decide(ApprovalDecision {
             id,
             approve,
-            actor: "operator".to_owned(),
+            // Who answered: the operator, a browser session or a token.
+            actor: person.map_or_else(|| "operator".to_owned(), |person| person.actor()),
             note: body.note,
             always: body.always,
         })

@@ -223,8 +223,32 @@ async fn require_token(
         });
         request.extensions_mut().insert(agent);
     }
+    // A gated action the operator runs directly is audited here, in one
+    // place for every gated route; an agent's request for one becomes an
+    // approval request, which the approvals audit. Token creation audits
+    // itself, with the token's scope and agent.
+    let audit_gated = class == scope::RouteClass::Gated
+        && caller.scope == scope::Scope::Operator
+        && template != "/v1/tokens";
+    let actor = caller.actor();
+    let method = request.method().as_str().to_owned();
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path(), |original| original.0.path())
+        .to_owned();
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    let response = next.run(request).await;
+    if audit_gated && response.status().is_success() {
+        let detail = serde_json::json!({
+            "method": method,
+            "route": template,
+            "status": response.status().as_u16(),
+            "node": state.node_id,
+        });
+        audit::record(&state, actor, "gated_action", &path, detail).await;
+    }
+    response
 }
 
 /// The bearer token a request presents, in `Authorization` or (for the
