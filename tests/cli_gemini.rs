@@ -751,3 +751,128 @@ async fn a_conversation_whose_session_is_gone_starts_over() {
     assert!(!texts.iter().any(|text| text.contains("kiwi")), "{texts:?}");
     manager.shutdown().await;
 }
+
+/// The pending approval on `node` whose summary contains `needle`.
+fn pending_approval(node: &Node, needle: &str) -> Option<serde_json::Value> {
+    node.get("/v1/approvals?state=pending")["approvals"]
+        .as_array()?
+        .iter()
+        .find(|approval| {
+            approval["summary"]
+                .as_str()
+                .is_some_and(|summary| summary.contains(needle))
+        })
+        .cloned()
+}
+
+/// Gemini CLI as an ACP agent (`gemini --acp`, harness `acp`): a command
+/// it does not know to be read-only asks permission over ACP, and on a
+/// broker a person answers it from another member: the command runs after
+/// an approval and never after a denial.
+#[test]
+fn gemini_asks_a_person_on_another_broker_before_a_command_runs() {
+    let server = ModelServer::start(
+        Api::Gemini,
+        vec![
+            Step::ToolCall {
+                name: SHELL_TOOL.to_owned(),
+                input: json!({ "command": "touch approved.txt" }),
+            },
+            Step::Text("Touched it".to_owned()),
+            Step::ToolCall {
+                name: SHELL_TOOL.to_owned(),
+                input: json!({ "command": "touch denied.txt" }),
+            },
+            Step::Text("Was not allowed".to_owned()),
+        ],
+    );
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let home = beta.sandbox.path().to_path_buf();
+    gemini::configure_home(&home);
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let cli = agent_cli("gemini").display().to_string();
+    let add = beta.run(&[
+        "agents",
+        "add",
+        "gem",
+        "--harness",
+        "acp",
+        "--cwd",
+        &project.display().to_string(),
+        "--workspace",
+        "main",
+        "--command",
+        &cli,
+        "--acp",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let mut command = beta.sandbox.scout();
+    command.envs(gemini::env(&server, &home));
+    beta.broker = Some(BrokerProcess::start_command(command));
+    wait_until("alpha to see @gem", || {
+        alpha
+            .instances()
+            .contains(&"@gem@beta#main".to_owned())
+            .then_some(())
+    });
+    let send = |message: &str| {
+        alpha
+            .sandbox
+            .scout()
+            .args([
+                "send",
+                "@gem",
+                message,
+                "--wait",
+                "--timeout",
+                &TURN_BOUND.as_secs().to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn scout send")
+    };
+    let bound = std::time::Instant::now() + TURN_BOUND;
+    let wait_asked = |needle: &str| loop {
+        if let Some(asked) = pending_approval(&alpha, needle) {
+            break asked;
+        }
+        assert!(
+            std::time::Instant::now() < bound,
+            "no approval for {needle}: {}\nbeta: {}",
+            alpha.get("/v1/approvals"),
+            beta.broker().stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let turn = send("touch the approved file");
+    let asked = wait_asked("approved.txt");
+    assert_eq!(asked["agent"], "@gem@beta#main", "{asked}");
+    assert!(!project.join("approved.txt").exists());
+    let answer = alpha.run(&["approve", asked["id"].as_str().unwrap()]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Touched it"), "{stdout}");
+    assert!(project.join("approved.txt").exists());
+
+    let turn = send("touch the denied file");
+    let asked = wait_asked("denied.txt");
+    let answer = alpha.run(&["deny", asked["id"].as_str().unwrap()]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(!project.join("denied.txt").exists(), "a denied command ran");
+}

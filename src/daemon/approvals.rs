@@ -1005,6 +1005,66 @@ fn plain_word(actor: &str) -> String {
     }
 }
 
+/// Answers ACP agents' permission requests by asking a person: an approval
+/// of the agent's broker that any member may answer, waited for while the
+/// agent waits. Made before the approvals exist (the session runtime needs
+/// it first) and attached once they do.
+#[derive(Debug, Default)]
+pub struct BrokerAsker {
+    parts: OnceLock<(Weak<Approvals>, Arc<super::credentials::AgentCredentials>)>,
+}
+
+impl BrokerAsker {
+    /// Asks through `approvals`, naming the invocation from `credentials`.
+    pub fn attach(
+        &self,
+        approvals: &Arc<Approvals>,
+        credentials: Arc<super::credentials::AgentCredentials>,
+    ) {
+        let _ = self.parts.set((Arc::downgrade(approvals), credentials));
+    }
+}
+
+impl crate::pty::PermissionAsker for BrokerAsker {
+    fn ask(
+        &self,
+        agent: String,
+        summary: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        let parts = self
+            .parts
+            .get()
+            .and_then(|(approvals, credentials)| Some((approvals.upgrade()?, credentials.clone())));
+        Box::pin(async move {
+            let (approvals, credentials) = parts?;
+            let invocation = credentials.running_invocation(&agent);
+            let asked = approvals
+                .ask(Ask {
+                    agent,
+                    invocation,
+                    action: "tool.acp".to_owned(),
+                    summary,
+                    gate: None,
+                    deadline: None,
+                })
+                .await;
+            let mut view = match asked {
+                Ok(view) => view,
+                Err(err) => {
+                    // Nobody can be asked (too many pending, a summary too
+                    // long to show): refused, never allowed unseen.
+                    tracing::warn!(cause = %err, "a permission request was refused unasked");
+                    return Some(false);
+                }
+            };
+            while view.state == ApprovalState::Pending {
+                view = approvals.wait(&view.id, DEADLINE_MAX).await.ok()?;
+            }
+            Some(view.state == ApprovalState::Approved)
+        })
+    }
+}
+
 /// Runs an approved gated action on this broker; what it did.
 pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, String> {
     match gate {

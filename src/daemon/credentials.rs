@@ -131,6 +131,14 @@ impl AgentCredentials {
         self.lock().get(&digest(presented)).cloned()
     }
 
+    /// The invocation the live session of `instance` is running, if any.
+    pub fn running_invocation(&self, instance: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|caller| caller.instance == instance && caller.invocation.is_some())
+            .and_then(|caller| caller.invocation.clone())
+    }
+
     /// Live credentials.
     pub fn len(&self) -> usize {
         self.lock().len()

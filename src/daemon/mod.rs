@@ -187,8 +187,10 @@ impl Broker {
                 home.node_key_path().display()
             );
         }
+        let asker = Arc::new(approvals::BrokerAsker::default());
         let runtime_config = crate::pty::RuntimeConfig {
             broker_env: env.clone(),
+            permissions: Some(asker.clone()),
             ..crate::pty::RuntimeConfig::from_env()?
         };
         let identity = identity::load_node_key(&home.node_key_path())?;
@@ -362,6 +364,7 @@ impl Broker {
             env: env.clone(),
         });
         approvals.attach(&state);
+        asker.attach(&approvals, state.credentials.clone());
         tasks.spawn(approvals.clone().run(shutdown_rx.clone()));
         if listener.is_some() {
             let state = state.clone();

@@ -8,8 +8,9 @@
 //! (the session runtime keeps it as the conversation's CLI session), and
 //! `session/load` when the process was restarted in between and the agent
 //! can load sessions. A turn is one `session/prompt`; the agent's updates
-//! become [`TurnEvent`]s, and its permission requests are answered by
-//! [`permission_choice`].
+//! become [`TurnEvent`]s, and its permission requests go to the session's
+//! [`PermissionAsker`] (the broker asks a person in the mesh) when it has
+//! one and the agent is a broker's, else [`permission_choice`] answers.
 //!
 //! A turn given up while the agent works on its prompt (cancelled, or its
 //! deadline passed: either way its future is dropped) sends
@@ -80,6 +81,8 @@ const LIVE_SESSIONS_MAX: usize = 256;
 /// How the agent process is started.
 #[derive(Debug, Clone)]
 pub(crate) struct AcpSpawn<'a> {
+    /// Who answers the agent's permission requests, when someone does.
+    pub asker: Option<Arc<dyn PermissionAsker>>,
     /// Program and arguments.
     pub argv: &'a [String],
     /// Working directory, also the ACP sessions' `cwd`.
@@ -88,6 +91,19 @@ pub(crate) struct AcpSpawn<'a> {
     pub env: &'a [(String, String)],
     /// Broker variables not passed on.
     pub env_remove: &'a [String],
+}
+
+/// Asks a person whether an agent may run a tool call. The broker's asker
+/// makes an approval anyone in the mesh may answer and waits for it.
+pub trait PermissionAsker: Send + Sync + std::fmt::Debug {
+    /// Whether `agent` (an instance name) may do what `summary` says:
+    /// `Some(true)` allowed, `Some(false)` refused, `None` when nobody can
+    /// be asked (the default policy answers then).
+    fn ask(
+        &self,
+        agent: String,
+        summary: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>>;
 }
 
 /// How an ACP turn ended, and the ACP session it used (to store as the
@@ -369,6 +385,9 @@ struct AcpAgent {
     /// Messages waiting to be written (a request and the answers to the
     /// agent's requests: a few at most, written before the next read).
     outgoing: Vec<Value>,
+    /// Who answers permission requests, and the instance the agent is
+    /// (its `SCOUT_AGENT`): both, or the default policy answers.
+    asker: Option<(Arc<dyn PermissionAsker>, String)>,
     /// A write was interrupted half-way.
     torn: bool,
     /// The output ended.
@@ -409,7 +428,13 @@ impl AcpAgent {
         };
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let stderr_task = tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
+        let agent_name = spawn
+            .env
+            .iter()
+            .find(|(name, _)| name == crate::daemon::credentials::AGENT_VAR)
+            .map(|(_, value)| value.clone());
         Ok(AcpAgent {
+            asker: spawn.asker.clone().zip(agent_name),
             mcp_servers: crate::adapter::ScoutMcp::acp_servers(spawn.env),
             stderr_task: Some(stderr_task),
             pid: child.id(),
@@ -570,7 +595,16 @@ impl AcpAgent {
                 Incoming::Request { id, method, params } => {
                     let reply = if method == "session/request_permission" {
                         let request = acp::parse_permission_request(&params);
-                        let choice = permission_choice(&request.options);
+                        let decided = match (&self.asker, &request.tool_call) {
+                            (Some((asker, agent)), Some(tool)) => {
+                                asker.ask(agent.clone(), tool.line()).await
+                            }
+                            _ => None,
+                        };
+                        let choice = match decided {
+                            Some(allowed) => person_choice(&request.options, allowed),
+                            None => permission_choice(&request.options),
+                        };
                         let reply = acp::permission_response(
                             &id,
                             choice.map(|option| option.option_id.as_str()),
@@ -762,6 +796,21 @@ impl AcpAgent {
                 _ => {}
             }
         }
+    }
+}
+
+/// The option that says what a person decided: allow once, or refuse
+/// (once, else always, else cancelled). A person's answer is never turned
+/// into an "always" the agent would keep past this turn.
+fn person_choice(
+    options: &[acp::PermissionOption],
+    allowed: bool,
+) -> Option<&acp::PermissionOption> {
+    let of_kind = |kind: &str| options.iter().find(|option| option.kind == kind);
+    if allowed {
+        of_kind("allow_once")
+    } else {
+        of_kind("reject_once").or_else(|| of_kind("reject_always"))
     }
 }
 

@@ -82,6 +82,9 @@ pub struct RuntimeConfig {
     pub scrollback_rows: usize,
     /// The broker's environment: session and event timestamps, agent ids.
     pub broker_env: Env,
+    /// Who answers ACP agents' permission requests (the broker asks a
+    /// person); `None`: the default policy of `adapter::acp`.
+    pub permissions: Option<Arc<dyn crate::pty::PermissionAsker>>,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +95,7 @@ impl Default for RuntimeConfig {
             stop_grace: STOP_GRACE,
             scrollback_rows: SCROLLBACK_ROWS_MAX,
             broker_env: Env::system(None),
+            permissions: None,
         }
     }
 }
@@ -269,6 +273,7 @@ impl SessionManager {
             scrollback_rows: self.config.scrollback_rows,
             stop_grace: self.config.stop_grace,
             broker_env: self.config.broker_env.clone(),
+            permissions: self.config.permissions.clone(),
         };
         let events = self.events.clone();
         let session =

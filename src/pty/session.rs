@@ -384,6 +384,8 @@ pub struct SessionConfig {
     pub stop_grace: Duration,
     /// The broker's environment: the wall clock of timestamps.
     pub broker_env: Env,
+    /// Who answers an ACP agent's permission requests.
+    pub permissions: Option<Arc<dyn crate::pty::PermissionAsker>>,
 }
 
 /// A running or finished agent session.
@@ -1410,6 +1412,7 @@ impl Session {
         let mut env = self.config.env.clone();
         env.push((SESSION_MARKER_VAR.to_owned(), self.marker.clone()));
         let spawn = AcpSpawn {
+            asker: self.config.permissions.clone(),
             argv: &argv,
             cwd: &self.config.workdir,
             env: &env,
