@@ -42,6 +42,7 @@ fn hostile_input_battery() {
             tally.group("http", |tally| {
                 let target = Target::start("hostile");
                 http_cases::tokens(tally, &target);
+                http_cases::scopes(tally, &target);
                 http_cases::hosts_and_origins(tally, &target);
                 http_cases::bodies(tally, &target);
                 http_cases::names(tally, &target);

@@ -343,6 +343,14 @@ fn revoke(args: RevokeArgs, context: &Context) -> anyhow::Result<ExitCode> {
                 &args.reason,
                 now,
             ))?;
+            let entry = crate::store::audit::NewAuditEntry {
+                ts_ms: i64::try_from(now).unwrap_or(i64::MAX),
+                actor: "operator".to_owned(),
+                action: "mesh_revoke".to_owned(),
+                subject: id.to_string(),
+                detail: serde_json::json!({ "reason": args.reason, "offline": true }),
+            };
+            runtime()?.block_on(offline.store.append_audit(entry))?;
             offline.store.close()?;
             Revoked {
                 revoked: id.to_string(),

@@ -3,7 +3,7 @@
 //!
 //! Code map: one file per command family ([`setup`], [`up`], [`doctor`],
 //! [`agents`], [`resolve`], [`mesh`] with `peers`, [`send`] with `flights`,
-//! [`usage`], [`checkpoints`], [`attach`], [`service`], [`mcp`]); [`output`] is the one
+//! [`usage`], [`checkpoints`], [`attach`], [`service`], [`mcp`], [`tokens`], [`audit`]); [`output`] is the one
 //! printer for results; [`client`] talks to this home's running broker.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error
@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod attach;
+pub mod audit;
 pub mod checkpoints;
 pub mod client;
 pub mod doctor;
@@ -25,6 +26,7 @@ pub mod resolve;
 pub mod send;
 pub mod service;
 pub mod setup;
+pub mod tokens;
 pub mod up;
 pub mod usage;
 pub mod workspaces;
@@ -111,6 +113,11 @@ pub enum Command {
     /// list them, show what changed since one, restore one.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Make, list and revoke scoped tokens of the API.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// List the audit log; `verify` checks its hash chain.
+    Audit(audit::AuditArgs),
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -187,6 +194,8 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Approve(args) => approvals::answer(args, true, context),
         Command::Deny(args) => approvals::answer(args, false, context),
         Command::Checkpoints(command) => checkpoints::run(command, context),
+        Command::Tokens(command) => tokens::run(command, context),
+        Command::Audit(args) => audit::run(args, context),
     }
 }
 

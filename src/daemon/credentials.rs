@@ -7,9 +7,8 @@
 //! digest of the token is kept, in memory: a credential never outlives the
 //! broker, whose restart ends every session anyway. The credential also
 //! knows which invocation its session is running, so what the agent sends
-//! extends that invocation's causal chain. Scopes are a fixed set for now
-//! ([`agent_may`]); a scoped-token system can replace the set without
-//! changing how credentials are minted, found and revoked.
+//! extends that invocation's causal chain. A credential has the `agent`
+//! scope; what that scope may call is `http::scope::ROUTE_CLASSES`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -157,41 +156,6 @@ impl AgentCredentials {
     }
 }
 
-/// Whether an agent credential may make a request: sending and asking
-/// (`POST /v1/invocations` and reading invocations, their waits and
-/// streams), the registry reads (agents, resolve, peers) and work orders
-/// (enqueue, list, run now). Everything else (spawning and stopping
-/// terminals, cancelling, mesh administration, invites) stays the
-/// operator's.
-pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
-    use axum::http::Method;
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    matches!(
-        (method, segments.as_slice()),
-        (&Method::GET, ["v1", "agents", ..])
-            | (&Method::GET, ["v1", "resolve", ..])
-            | (&Method::GET, ["v1", "peers"])
-            | (&Method::POST, ["v1", "invocations"])
-            | (&Method::GET, ["v1", "invocations", ..])
-            | (&Method::GET, ["v1", "flights"])
-            | (&Method::GET, ["v1", "conversations", ..])
-            | (&Method::GET, ["v1", "inbox"])
-            | (&Method::POST, ["v1", "work-orders"])
-            | (&Method::GET, ["v1", "work-orders", ..])
-            | (&Method::POST, ["v1", "work-orders", "run-now"])
-            | (&Method::GET, ["v1", "approvals", ..])
-            | (&Method::POST, ["v1", "approvals"])
-            // Human-gated: the handler turns an agent's request into an
-            // approval a person answers, and runs nothing itself.
-            | (&Method::POST, ["v1", "work-orders", _, "cancel"])
-            | (&Method::POST, ["v1", "invocations", _, "cancel"])
-            | (&Method::POST, ["v1", "mesh", "revoke"])
-            | (&Method::DELETE, ["agents", _])
-            | (&Method::GET, ["v1", "checkpoints", ..])
-            | (&Method::POST, ["v1", "checkpoints", _, "restore"])
-    )
-}
-
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -203,7 +167,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::Method;
 
     #[test]
     fn minted_tokens_are_found_until_revoked() {
@@ -221,40 +184,5 @@ mod tests {
         credentials.revoke(&token);
         assert_eq!(credentials.caller(&token), None);
         assert!(credentials.is_empty());
-    }
-
-    #[test]
-    fn scopes_allow_mentions_and_reads_only() {
-        for (method, path) in [
-            (Method::GET, "/v1/agents"),
-            (Method::GET, "/v1/resolve"),
-            (Method::GET, "/v1/peers"),
-            (Method::POST, "/v1/invocations"),
-            (Method::GET, "/v1/invocations/abc"),
-            (Method::GET, "/v1/invocations/abc/stream"),
-            (Method::GET, "/v1/conversations/c"),
-            (Method::POST, "/v1/work-orders"),
-            (Method::GET, "/v1/work-orders"),
-            (Method::POST, "/v1/work-orders/run-now"),
-            (Method::GET, "/v1/approvals"),
-            (Method::POST, "/v1/approvals"),
-            (Method::GET, "/v1/approvals/apr_1/wait"),
-            // Gated: the handler asks a person instead of acting.
-            (Method::POST, "/v1/invocations/abc/cancel"),
-            (Method::POST, "/v1/work-orders/x/cancel"),
-        ] {
-            assert!(agent_may(&method, path), "{method} {path}");
-        }
-        for (method, path) in [
-            (Method::POST, "/agents"),
-            (Method::GET, "/agents"),
-            (Method::POST, "/v1/approvals/apr_1/approve"),
-            (Method::POST, "/v1/approvals/apr_1/deny"),
-            (Method::POST, "/v1/mesh/invites"),
-            (Method::GET, "/v1/usage"),
-            (Method::DELETE, "/v1/agents/x"),
-        ] {
-            assert!(!agent_may(&method, path), "{method} {path}");
-        }
     }
 }

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod mesh;
 pub mod notify;
 pub mod routing;
+pub mod tokens;
 pub mod watch;
 
 use std::fs::File;
@@ -50,6 +51,8 @@ pub struct BrokerState {
     pub token: String,
     /// The credentials of the agent sessions this broker spawned.
     pub credentials: Arc<credentials::AgentCredentials>,
+    /// The live tokens made with `scout tokens create`.
+    pub tokens: Arc<tokens::ScopedTokens>,
     /// The durable store.
     pub store: Store,
     /// This machine's agents, replaced whole on every reload.
@@ -287,6 +290,11 @@ impl Broker {
         )
         .await?;
 
+        let scoped_tokens = Arc::new(tokens::ScopedTokens::from_rows(
+            store
+                .read(crate::store::tokens::live)
+                .context("cannot read the api tokens")?,
+        ));
         let agents = Arc::new(RwLock::new(discovered.agents));
         let runtime = Arc::new(crate::pty::SessionManager::new(runtime_config));
         let credentials = Arc::new(
@@ -349,6 +357,7 @@ impl Broker {
             node_id: identity.node_id().to_owned(),
             token,
             credentials,
+            tokens: scoped_tokens,
             store,
             agents,
             mesh: mesh.clone(),

@@ -339,28 +339,43 @@ struct AnswerBody {
 async fn approve(
     state: State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     id: PathId,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    answer(state, caller, id, body, true).await
+    answer(state, caller, person, id, body, true).await
 }
 
 async fn deny(
     state: State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     id: PathId,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    answer(state, caller, id, body, false).await
+    answer(state, caller, person, id, body, false).await
 }
 
 async fn answer(
     State(state): State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
+    person: Option<Extension<super::scope::Caller>>,
     PathId(id): PathId,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
     approve: bool,
 ) -> Result<Json<ApprovalView>, ApiError> {
+    // A body over the limit gets the typed error every JSON route gives.
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "BODY_TOO_LARGE"
+            } else {
+                "INVALID_REQUEST"
+            },
+            rejection.body_text(),
+        )
+    })?;
     if caller.is_some() {
         // An agent answering approvals would approve its own requests.
         return Err(ApiError::new(
@@ -386,7 +401,8 @@ async fn answer(
         .decide(ApprovalDecision {
             id,
             approve,
-            actor: "operator".to_owned(),
+            // Who answered: the operator, a browser session or a token.
+            actor: person.map_or_else(|| "operator".to_owned(), |person| person.actor()),
             note: body.note,
             always: body.always,
         })

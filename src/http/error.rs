@@ -36,14 +36,12 @@ impl ApiError {
         )
     }
 
-    /// 403: an agent credential on a route only the operator may use.
-    pub fn forbidden_scope(method: &str, path: &str) -> ApiError {
+    /// 403: a caller whose scope is below the one the route needs.
+    pub fn forbidden_scope(needed: super::scope::Scope, method: &str, path: &str) -> ApiError {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "FORBIDDEN_SCOPE",
-            format!(
-                "an agent credential may not call {method} {path}: agents may send, ask, read agents, peers and invocations, and enqueue or run work orders"
-            ),
+            format!("{method} {path} needs the `{needed}` scope; this token's scope is lower"),
         )
     }
 

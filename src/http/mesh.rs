@@ -192,6 +192,7 @@ struct Revoked {
 async fn revoke(
     State(state): State<Arc<BrokerState>>,
     caller: Option<axum::Extension<crate::daemon::credentials::AgentCaller>>,
+    operator: Option<axum::Extension<super::scope::Caller>>,
     JsonBody(request): JsonBody<RevokeRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     let reason = if request.reason.is_empty() {
@@ -204,6 +205,7 @@ async fn revoke(
     let target = state.mesh.member_id(&request.node).map_err(|err| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
     })?;
+    let actor = operator.map_or_else(|| "operator".to_owned(), |caller| caller.actor());
     let gate = crate::daemon::approvals::Gate::MeshRevoke {
         node: target.to_string(),
         reason: reason.clone(),
@@ -212,6 +214,8 @@ async fn revoke(
         let revoked = state.mesh.revoke(target.as_str(), &reason).map_err(|err| {
             ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_MEMBER", format!("{err:#}"))
         })?;
+        let detail = serde_json::json!({ "reason": reason, "node": state.node_id });
+        super::audit::record(&state, actor, "mesh_revoke", revoked.as_str(), detail).await;
         Ok(Revoked {
             revoked: revoked.to_string(),
         })

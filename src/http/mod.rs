@@ -5,7 +5,9 @@
 //! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
 //! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`inbox`] serves
 //! `/v1/inbox`; [`usage`] serves
-//! `/v1/usage`; [`checkpoints`] serves `/v1/checkpoints…`; [`runtime`] serves the local
+//! `/v1/usage`; [`checkpoints`] serves `/v1/checkpoints…`; [`tokens`] serves
+//! `/v1/tokens`; [`audit`] serves `/v1/audit`; [`scope`] classifies every
+//! route by the scope it needs; [`runtime`] serves the local
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
 //! loop (timeouts, connection cap). Every route but `/health` and
 //! `/v1/hello` sits behind the bearer-token check in [`require_token`];
@@ -21,6 +23,7 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod audit;
 pub mod checkpoints;
 pub mod error;
 pub mod health;
@@ -29,8 +32,10 @@ pub mod inbox;
 pub mod invocations;
 pub mod mesh;
 pub mod runtime;
+pub mod scope;
 pub mod serve;
 pub mod terminal_relay;
+pub mod tokens;
 pub mod usage;
 pub mod web;
 pub mod work_orders;
@@ -71,7 +76,9 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
                 .merge(usage::routes())
                 .merge(web::routes())
                 .merge(work_orders::routes())
-                .merge(checkpoints::routes()),
+                .merge(checkpoints::routes())
+                .merge(tokens::routes())
+                .merge(audit::routes()),
         )
         .merge(runtime::routes())
         .merge(terminal_relay::routes())
@@ -168,68 +175,152 @@ fn is_local_origin(origin: &str, port: u16) -> bool {
 }
 
 /// Rejects requests without the broker's bearer token, a live agent
-/// credential or a live browser session cookie (`UNAUTHORIZED`). An agent
-/// credential passes only on the routes agents may use (`FORBIDDEN_SCOPE`
-/// elsewhere), and the handler sees who called through the
-/// [`AgentCaller`](crate::daemon::credentials::AgentCaller) extension. A
-/// cookie is sent by the browser on its own, so a cookie request that
-/// changes state or opens a WebSocket must also carry `Origin`
-/// (`ORIGIN_REQUIRED`); [`require_local_origin`] has already checked that an
-/// `Origin` present is this page's.
+/// credential, a live created token or a live browser session cookie
+/// (`UNAUTHORIZED`), then checks the caller's scope against the route's
+/// class in [`scope::ROUTE_CLASSES`] (`FORBIDDEN_SCOPE`, naming the scope
+/// needed). The operator token and browser sessions are `operator`; agent
+/// credentials are `agent`; created tokens carry their own scope. Every
+/// request that passes carries a [`scope::Caller`] extension; an
+/// agent-scope caller also carries the
+/// [`AgentCaller`](crate::daemon::credentials::AgentCaller) the handlers
+/// already read. A cookie is sent by the browser on its own, so a cookie
+/// request that changes state or opens a WebSocket must also carry
+/// `Origin` (`ORIGIN_REQUIRED`); [`require_local_origin`] has already
+/// checked that an `Origin` present is this page's.
 async fn require_token(
     State(state): State<Arc<BrokerState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let found = match presented_token(&request) {
+        Some(token) => authenticate_token(&state, &token).await,
+        None => session_caller(&state, &request).map(|caller| (caller, None)),
+    };
+    let (caller, minted) = match found {
+        Ok(found) => found,
+        Err(err) => return err.into_response(),
+    };
+    // The route template axum matched, the nesting included; the class
+    // table is keyed by it, so no path is parsed twice.
+    let template = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |matched| matched.as_str().to_owned(),
+        );
+    let class = scope::classify(request.method(), &template);
+    if !class.admits(caller.scope) {
+        return ApiError::forbidden_scope(class.needed(), request.method().as_str(), &template)
+            .into_response();
+    }
+    if caller.scope == scope::Scope::Agent
+        && let Some(instance) = caller.agent.clone()
+    {
+        // A minted credential knows the invocation its session runs; a
+        // created agent token runs none.
+        let agent = minted.unwrap_or(crate::daemon::credentials::AgentCaller {
+            instance,
+            invocation: None,
+        });
+        request.extensions_mut().insert(agent);
+    }
+    // A gated action the operator runs directly is audited here, in one
+    // place for every gated route; an agent's request for one becomes an
+    // approval request, which the approvals audit. Token creation audits
+    // itself, with the token's scope and agent.
+    let audit_gated = class == scope::RouteClass::Gated
+        && caller.scope == scope::Scope::Operator
+        && template != "/v1/tokens";
+    let actor = caller.actor();
+    let method = request.method().as_str().to_owned();
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path(), |original| original.0.path())
+        .to_owned();
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    if audit_gated && response.status().is_success() {
+        let detail = serde_json::json!({
+            "method": method,
+            "route": template,
+            "status": response.status().as_u16(),
+            "node": state.node_id,
+        });
+        audit::record(&state, actor, "gated_action", &path, detail).await;
+    }
+    response
+}
+
+/// The bearer token a request presents, in `Authorization` or (for the
+/// requests that cannot set it) the query.
+fn presented_token(request: &Request) -> Option<String> {
     let from_header = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(|token| token.trim().to_owned());
-    let presented = from_header.or_else(|| query_token(&request));
-    match presented.as_deref() {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
-            return next.run(request).await;
-        }
-        Some(token) => {
-            let Some(caller) = state.credentials.caller(token) else {
-                return ApiError::unauthorized().into_response();
-            };
-            // Inside a nested router the URI lost its prefix; the
-            // original one names the route as the client called it.
-            let path = request
-                .extensions()
-                .get::<axum::extract::OriginalUri>()
-                .map_or_else(|| request.uri().path(), |original| original.0.path())
-                .to_owned();
-            if !crate::daemon::credentials::agent_may(request.method(), &path) {
-                return ApiError::forbidden_scope(request.method().as_str(), &path).into_response();
-            }
-            request.extensions_mut().insert(caller);
-            return next.run(request).await;
-        }
-        None => {}
+    from_header.or_else(|| query_token(request))
+}
+
+/// The [`scope::Caller`] a presented token makes (with the minted
+/// credential's [`AgentCaller`] when it is one), or `UNAUTHORIZED`.
+///
+/// [`AgentCaller`]: crate::daemon::credentials::AgentCaller
+async fn authenticate_token(
+    state: &Arc<BrokerState>,
+    token: &str,
+) -> Result<
+    (
+        scope::Caller,
+        Option<crate::daemon::credentials::AgentCaller>,
+    ),
+    ApiError,
+> {
+    if constant_time_eq(token.as_bytes(), state.token.as_bytes()) {
+        return Ok((scope::Caller::operator(), None));
     }
-    let session_ok = match (
+    if let Some(agent) = state.credentials.caller(token) {
+        let caller = scope::Caller {
+            kind: scope::CallerKind::Agent,
+            token_id: None,
+            scope: scope::Scope::Agent,
+            agent: Some(agent.instance.clone()),
+        };
+        return Ok((caller, Some(agent)));
+    }
+    Ok((tokens::check_created(state, token).await?, None))
+}
+
+/// The caller of a request without a token: a live browser session, or
+/// `UNAUTHORIZED`.
+fn session_caller(state: &BrokerState, request: &Request) -> Result<scope::Caller, ApiError> {
+    let session_id = match (
         request.extensions().get::<Arc<web::WebSessions>>(),
         request.extensions().get::<ServedPort>(),
     ) {
         (Some(sessions), Some(ServedPort(port))) => web::session_cookie(request.headers(), *port)
-            .is_some_and(|cookie| sessions.check(&cookie, state.env.now_unix_ms())),
-        _ => false,
+            .and_then(|cookie| sessions.check_id(&cookie, state.env.now_unix_ms())),
+        _ => None,
     };
-    if !session_ok {
-        return ApiError::unauthorized().into_response();
-    }
+    let Some(session_id) = session_id else {
+        return Err(ApiError::unauthorized());
+    };
     let safe = matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     ) && !request.headers().contains_key(axum::http::header::UPGRADE);
     if !safe && !request.headers().contains_key(ORIGIN) {
-        return ApiError::origin_required().into_response();
+        return Err(ApiError::origin_required());
     }
-    next.run(request).await
+    Ok(scope::Caller {
+        kind: scope::CallerKind::Session,
+        token_id: Some(session_id),
+        scope: scope::Scope::Operator,
+        agent: None,
+    })
 }
 
 /// The `?token=` of a request that cannot carry a header: browsers open

@@ -230,22 +230,23 @@ impl WebSessions {
 
     /// Whether a cookie value names a live session (and marks it used).
     pub fn check(&self, cookie: &str, now_ms: u64) -> bool {
-        let Some((id, secret)) = cookie.split_once('.') else {
-            return false;
-        };
+        self.check_id(cookie, now_ms).is_some()
+    }
+
+    /// The id of the live session a cookie value names (marked used).
+    pub fn check_id(&self, cookie: &str, now_ms: u64) -> Option<String> {
+        let (id, secret) = cookie.split_once('.')?;
         let mut inner = self.lock();
-        let Some(session) = inner.sessions.get_mut(id) else {
-            return false;
-        };
+        let session = inner.sessions.get_mut(id)?;
         if session.expires_ms <= now_ms {
             inner.sessions.remove(id);
-            return false;
+            return None;
         }
         if !super::constant_time_eq(secret.as_bytes(), session.secret.as_bytes()) {
-            return false;
+            return None;
         }
         session.last_used_ms = now_ms;
-        true
+        Some(id.to_owned())
     }
 
     /// The live sessions, oldest first.

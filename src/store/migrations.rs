@@ -68,7 +68,38 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "checkpoints of agent worktrees",
         sql: SCHEMA_V7,
     },
+    Migration {
+        version: 8,
+        name: "scoped api tokens, hash-chained audit log",
+        sql: SCHEMA_V8,
+    },
 ];
+
+/// Tokens made with `scout tokens create`, kept as the SHA-256 digest of
+/// the secret (hex), never the secret; and the audit log's hash chain:
+/// each row's `hash` covers its fields and the previous row's hash
+/// (`store::audit` says how). Rows written before this step are chained by
+/// [`super::audit::chain_unchained`], run in the same transaction.
+const SCHEMA_V8: &str = r#"
+CREATE TABLE api_tokens (
+    token_id         TEXT PRIMARY KEY,
+    name             TEXT CHECK (name IS NULL OR length(name) BETWEEN 1 AND 64),
+    scope            TEXT NOT NULL CHECK (scope IN ('read', 'agent', 'operator')),
+    agent            TEXT,
+    digest           TEXT NOT NULL UNIQUE CHECK (length(digest) = 64),
+    created_by       TEXT NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    expires_at_ms    INTEGER,
+    last_used_at_ms  INTEGER,
+    revoked_at_ms    INTEGER,
+    CHECK (scope <> 'agent' OR agent IS NOT NULL)
+) STRICT;
+
+ALTER TABLE audit_log ADD COLUMN prev_hash TEXT
+    CHECK (prev_hash IS NULL OR length(prev_hash) = 64);
+ALTER TABLE audit_log ADD COLUMN hash TEXT
+    CHECK (hash IS NULL OR length(hash) = 64);
+"#;
 
 /// Approvals this broker owns (it runs the agent that asked, or took the
 /// gated request): the one authoritative copy, which the registry record
@@ -435,6 +466,9 @@ pub(crate) fn migrate(connection: &mut Connection, path: &Path) -> Result<(), St
             continue;
         }
         transaction.execute_batch(migration.sql)?;
+        // Rows the audit log held before it was chained get their chain in
+        // the step that adds it; a no-op before that step and after it.
+        super::audit::chain_unchained(&transaction)?;
         transaction.pragma_update(None, "user_version", migration.version)?;
         transaction.commit()?;
         tracing::info!(
@@ -554,8 +588,9 @@ mod tests {
             )
             .unwrap();
         // 13 tables of the first schema, 3 of the mesh (records, vv,
-        // invites), 2 of approvals (approvals, rules), 1 of checkpoints.
-        assert_eq!(n_tables, 19);
+        // invites), 2 of approvals (approvals, rules), 1 of checkpoints, 1 of
+        // tokens.
+        assert_eq!(n_tables, 20);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);

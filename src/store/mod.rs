@@ -41,6 +41,7 @@ pub mod migrations;
 mod readers;
 pub mod reconcile;
 pub mod registry;
+pub mod tokens;
 pub mod usage;
 pub mod work_orders;
 mod writer;

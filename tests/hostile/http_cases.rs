@@ -70,6 +70,40 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/web/logout"),
     route("GET", "/v1/web/live"),
     route("GET", "/ws/mesh/agents/{id}/terminal"),
+    route("GET", "/v1/tokens"),
+    route("POST", "/v1/tokens"),
+    route("POST", "/v1/tokens/{id}/revoke"),
+    route("GET", "/v1/audit"),
+    route("GET", "/v1/audit/verify"),
+    route("GET", "/v1/approvals"),
+    route("POST", "/v1/approvals"),
+    route("GET", "/v1/approvals/stream"),
+    route("GET", "/v1/approvals/rules"),
+    route("POST", "/v1/approvals/rules/{id}/remove"),
+    route("GET", "/v1/approvals/{id}"),
+    route("GET", "/v1/approvals/{id}/wait"),
+    route("POST", "/v1/approvals/{id}/approve"),
+    route("POST", "/v1/approvals/{id}/deny"),
+];
+
+/// The routes a `read` token may use: the GETs that read.
+const READ_ROUTES: &[&str] = &[
+    "/v1/agents",
+    "/v1/peers",
+    "/v1/invocations/{id}",
+    "/v1/invocations/{id}/stream",
+    "/v1/flights",
+    "/v1/conversations",
+    "/v1/conversations/{id}",
+    "/v1/inbox",
+    "/v1/work-orders",
+    "/v1/work-orders/{id}",
+    "/v1/audit/verify",
+    "/v1/approvals",
+    "/v1/approvals/stream",
+    "/v1/approvals/rules",
+    "/v1/approvals/{id}",
+    "/v1/approvals/{id}/wait",
 ];
 
 impl Route {
@@ -276,6 +310,68 @@ pub fn tokens(tally: &Tally, target: &Target) {
             ),
             || expect_code(&target.send(&request)?, 401, "UNAUTHORIZED"),
         );
+    }
+}
+
+/// Routes × created tokens: a `read` token passes only on the reads and
+/// gets a typed 403 naming the scope elsewhere; a made-up, a revoked and a
+/// cut-short created token get 401 everywhere.
+pub fn scopes(tally: &Tally, target: &Target) {
+    let create = |scope: &str| -> Result<(String, String), String> {
+        let answer = target.send(
+            &RawRequest::new("POST", "/v1/tokens")
+                .bearer(&target.token)
+                .json(&json!({ "scope": scope })),
+        )?;
+        let body = answer.json().ok_or_else(|| answer.summary())?;
+        match (body["id"].as_str(), body["token"].as_str()) {
+            (Some(id), Some(token)) => Ok((id.to_owned(), token.to_owned())),
+            _ => Err(answer.summary()),
+        }
+    };
+    let (read, revoked) = match (create("read"), create("read")) {
+        (Ok((_, read)), Ok((revoked_id, revoked))) => {
+            let revoke = RawRequest::new("POST", &format!("/v1/tokens/{revoked_id}/revoke"))
+                .bearer(&target.token)
+                .json(&json!({}));
+            tally.case("scopes: revoke a created token", || {
+                let answer = target.send(&revoke)?;
+                ensure(answer.status == 200, || answer.summary())
+            });
+            (read, revoked)
+        }
+        (Err(err), _) | (_, Err(err)) => {
+            tally.case("scopes: create read tokens", || Err(err.clone()));
+            return;
+        }
+    };
+    let made_up = format!("sct_{}", "ab".repeat(32));
+    let cut_short = read[..read.len() - 1].to_owned();
+    for route in ROUTES.iter().filter(|route| route.path != "/health") {
+        let reads = route.method == "GET" && READ_ROUTES.contains(&route.path);
+        tally.case(
+            format!("scopes: {} with a read token", route.name()),
+            || {
+                let answer = target.send(&route.request("no-such-id").bearer(&read))?;
+                if reads {
+                    ensure(answer.status != 401 && answer.status != 403, || {
+                        format!("a read token was refused a read: {}", answer.summary())
+                    })
+                } else {
+                    expect_code(&answer, 403, "FORBIDDEN_SCOPE")
+                }
+            },
+        );
+        for (variant, token) in [
+            ("a made-up created token", &made_up),
+            ("a revoked token", &revoked),
+            ("a created token cut short", &cut_short),
+        ] {
+            tally.case(format!("scopes: {} with {variant}", route.name()), || {
+                let answer = target.send(&route.request("no-such-id").bearer(token))?;
+                expect_code(&answer, 401, "UNAUTHORIZED")
+            });
+        }
     }
 }
 

@@ -1,0 +1,452 @@
+//! `/v1/tokens`: scoped tokens. `POST /v1/tokens` makes one (the secret is
+//! in the answer and nowhere else), `GET /v1/tokens` lists them with the
+//! browser sessions, `POST /v1/tokens/{id}/revoke` ends a token or a
+//! session. Creation, first use in a broker run and revocation are
+//! audited with the caller as actor.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::audit::record;
+use super::error::{ApiError, JsonBody, PathId};
+use super::scope::{Caller, Scope};
+use super::web::WebSessions;
+use crate::daemon::BrokerState;
+use crate::daemon::tokens::{
+    LIVE_TOKENS_MAX, TOKEN_ID_PREFIX, TOKEN_PREFIX, TokenCheck, digest_hex, hex,
+};
+use crate::store::audit::{AuditEntry, NewAuditEntry};
+use crate::store::tokens::{self as token_store, TokenRow};
+
+/// Longest life a token may be given: a year. A token meant to live longer
+/// is the operator token; a scoped one should be renewed.
+pub const TOKEN_TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
+
+/// Longest token name, in characters: a label for a list, not a document.
+pub const TOKEN_NAME_CHARS_MAX: usize = 64;
+
+/// Bytes of randomness in a token's secret: 256 bits, as the operator
+/// token and agent credentials have.
+const SECRET_BYTES: usize = 32;
+
+/// Bytes of randomness in a token's id: enough that ids of one broker do
+/// not collide, short enough to type.
+const ID_BYTES: usize = 6;
+
+/// Routes (mounted under `/v1`).
+pub fn routes() -> Router<Arc<BrokerState>> {
+    Router::new()
+        .route("/tokens", get(list).post(create))
+        .route("/tokens/{id}/revoke", post(revoke))
+}
+
+/// The body of `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// What the token may do.
+    pub scope: Scope,
+    /// The agent an `agent` token acts as (`@fabric` or a full instance of
+    /// this broker); required for that scope, refused for the others.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// How long it works, in milliseconds; forever when absent.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// A label.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// The id, for `scout tokens revoke`.
+    pub id: String,
+    /// The secret to send as `Authorization: Bearer …`.
+    pub token: String,
+    /// Its scope.
+    pub scope: Scope,
+    /// The agent instance it acts as.
+    pub agent: Option<String>,
+    /// Its label.
+    pub name: Option<String>,
+    /// When it stops working (unix ms), if ever.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A token or browser session as `GET /v1/tokens` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenView {
+    /// The id, for `scout tokens revoke`.
+    pub id: String,
+    /// `token` or `session`.
+    pub kind: String,
+    /// Its label.
+    pub name: Option<String>,
+    /// Its scope (a session is `operator`).
+    pub scope: Scope,
+    /// The agent instance it acts as.
+    pub agent: Option<String>,
+    /// Who made it.
+    pub created_by: Option<String>,
+    /// When it was made (unix ms).
+    pub created_at_ms: i64,
+    /// When it stops working (unix ms), if ever.
+    pub expires_at_ms: Option<i64>,
+    /// When a request last used it (unix ms), if ever.
+    pub last_used_at_ms: Option<i64>,
+    /// When it was revoked (unix ms).
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// The answer to `GET /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    /// Tokens newest first, then the browser sessions.
+    pub tokens: Vec<TokenView>,
+}
+
+/// The created token a presented secret names, as a [`Caller`], counting
+/// the use: its first use in this broker run is audited, and its last use
+/// is written now and then. `UNAUTHORIZED` for anything not live.
+pub(crate) async fn check_created(
+    state: &Arc<BrokerState>,
+    presented: &str,
+) -> Result<Caller, ApiError> {
+    let now = state.env.now_unix_ms_i64();
+    let (caller, first_use, persist) = match state.tokens.check(presented, now) {
+        TokenCheck::Accepted {
+            caller,
+            first_use,
+            persist,
+        } => (caller, first_use, persist),
+        TokenCheck::NotOurs | TokenCheck::Refused => return Err(ApiError::unauthorized()),
+    };
+    if persist {
+        let token_id = caller.token_id.clone().unwrap_or_default();
+        let actor = caller.actor();
+        let node = state.node_id.clone();
+        let written = state
+            .store
+            .write(move |transaction| {
+                token_store::touch(transaction, &token_id, now)?;
+                if first_use {
+                    AuditEntry::append(
+                        transaction,
+                        &NewAuditEntry {
+                            ts_ms: now,
+                            actor,
+                            action: "token_first_use".to_owned(),
+                            subject: token_id,
+                            detail: json!({ "node": node }),
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(err) = written {
+            // The request goes on: a lost last-use time is not worth
+            // refusing a valid token over.
+            tracing::warn!(cause = %err, "cannot record a token's use");
+        }
+    }
+    Ok(caller)
+}
+
+/// `POST /v1/tokens`.
+async fn create(
+    State(state): State<Arc<BrokerState>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    if body.scope > caller.scope {
+        return Err(ApiError::forbidden_scope(
+            body.scope,
+            "POST",
+            &format!("/v1/tokens for a `{}` token", body.scope),
+        ));
+    }
+    let name = check_name(body.name)?;
+    let agent = token_agent(&state, &caller, body.scope, body.agent)?;
+    let ttl_ms = match body.ttl_ms {
+        Some(0) => return Err(invalid("a token's ttl must be more than 0 ms")),
+        Some(ttl) if ttl > TOKEN_TTL_MS_MAX => {
+            return Err(invalid(format!(
+                "a token's ttl may be at most {TOKEN_TTL_MS_MAX} ms (a year)"
+            )));
+        }
+        other => other,
+    };
+    if state.tokens.len() >= LIVE_TOKENS_MAX {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "TOKENS_LIMIT",
+            format!("{LIVE_TOKENS_MAX} tokens are live; revoke some first (`scout tokens list`)"),
+        ));
+    }
+    let now = state.env.now_unix_ms_i64();
+    let secret: [u8; SECRET_BYTES] = state.env.random();
+    let id_bytes: [u8; ID_BYTES] = state.env.random();
+    let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
+    let expires_at_ms =
+        ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+    let row = TokenRow {
+        token_id: format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes)),
+        name: name.clone(),
+        scope: body.scope.as_str().to_owned(),
+        agent: agent.clone(),
+        digest: digest_hex(&token),
+        created_by: caller.actor(),
+        created_at_ms: now,
+        expires_at_ms,
+        last_used_at_ms: None,
+        revoked_at_ms: None,
+    };
+    let stored = row.clone();
+    let node = state.node_id.clone();
+    state
+        .store
+        .write(move |transaction| {
+            token_store::insert(transaction, &stored)?;
+            AuditEntry::append(
+                transaction,
+                &NewAuditEntry {
+                    ts_ms: now,
+                    actor: stored.created_by.clone(),
+                    action: "token_create".to_owned(),
+                    subject: stored.token_id.clone(),
+                    detail: json!({
+                        "scope": stored.scope,
+                        "agent": stored.agent,
+                        "name": stored.name,
+                        "expires_at_ms": stored.expires_at_ms,
+                        "node": node,
+                    }),
+                },
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    state.tokens.insert(&row);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id: row.token_id,
+            token,
+            scope: body.scope,
+            agent,
+            name,
+            expires_at_ms,
+        }),
+    ))
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+}
+
+fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let n_chars = name.chars().count();
+    if n_chars == 0 || n_chars > TOKEN_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "a token name has 1 to {TOKEN_NAME_CHARS_MAX} characters and no control characters"
+        )));
+    }
+    Ok(Some(name))
+}
+
+/// The agent instance a new token acts as: required for the `agent`
+/// scope (an agent token acts as an agent), refused for the others. An
+/// agent caller may only make tokens acting as itself.
+fn token_agent(
+    state: &BrokerState,
+    caller: &Caller,
+    scope: Scope,
+    agent: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if scope != Scope::Agent {
+        if agent.is_some() {
+            return Err(invalid(format!(
+                "only an `agent` token acts as an agent; a `{scope}` token takes no --agent"
+            )));
+        }
+        return Ok(None);
+    }
+    let requested = match (agent, caller.agent.as_ref()) {
+        (Some(agent), _) => agent,
+        (None, Some(own)) if caller.scope == Scope::Agent => own.clone(),
+        (None, _) => {
+            return Err(invalid(
+                "an `agent` token acts as an agent: name it with --agent @name",
+            ));
+        }
+    };
+    let instance = resolve_local_agent(state, &requested)?;
+    if caller.scope == Scope::Agent && caller.agent.as_deref() != Some(instance.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_SCOPE",
+            format!(
+                "an agent may only make tokens acting as itself, not as {instance}; making one for another agent needs the `operator` scope"
+            ),
+        ));
+    }
+    Ok(Some(instance))
+}
+
+/// The full instance name of one of this broker's agents named `given`
+/// (`@fabric`, `fabric` or `@fabric@node#workspace`).
+fn resolve_local_agent(state: &BrokerState, given: &str) -> Result<String, ApiError> {
+    let agents = state
+        .agents
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let short = given.trim_start_matches('@');
+    let mut matches: Vec<String> = agents
+        .iter()
+        .map(|agent| {
+            (
+                agent.definition.as_str().to_owned(),
+                agent.instance_name(&state.node_name).to_string(),
+            )
+        })
+        .filter(|(definition, instance)| instance == given || definition == short)
+        .map(|(_, instance)| instance)
+        .collect();
+    matches.sort();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(invalid(format!(
+            "no agent `{given}` on this broker (see `scout agents list`)"
+        ))),
+        several => Err(invalid(format!(
+            "`{given}` names several agents here ({}); give the full instance",
+            several.join(", ")
+        ))),
+    }
+}
+
+/// `GET /v1/tokens`.
+async fn list(
+    State(state): State<Arc<BrokerState>>,
+    Extension(sessions): Extension<Arc<WebSessions>>,
+) -> Result<Json<TokenList>, ApiError> {
+    let rows = state
+        .store
+        .read(|connection| token_store::list(connection, crate::store::LIST_ROWS_MAX))
+        .map_err(ApiError::internal)?;
+    let mut tokens: Vec<TokenView> = rows
+        .into_iter()
+        .map(|row| {
+            // This run's uses are in memory; the store has them only now
+            // and then.
+            let last_used_at_ms = state
+                .tokens
+                .last_used(&row.token_id)
+                .max(row.last_used_at_ms);
+            TokenView {
+                kind: "token".to_owned(),
+                scope: Scope::parse(&row.scope).unwrap_or(Scope::Read),
+                id: row.token_id,
+                name: row.name,
+                agent: row.agent,
+                created_by: Some(row.created_by),
+                created_at_ms: row.created_at_ms,
+                expires_at_ms: row.expires_at_ms,
+                last_used_at_ms,
+                revoked_at_ms: row.revoked_at_ms,
+            }
+        })
+        .collect();
+    let as_i64 = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+    tokens.extend(
+        sessions
+            .list(state.env.now_unix_ms())
+            .into_iter()
+            .map(|session| TokenView {
+                id: session.id,
+                kind: "session".to_owned(),
+                name: None,
+                scope: Scope::Operator,
+                agent: None,
+                created_by: None,
+                created_at_ms: as_i64(session.created_ms),
+                expires_at_ms: Some(as_i64(session.expires_ms)),
+                last_used_at_ms: Some(as_i64(session.last_used_ms)),
+                revoked_at_ms: None,
+            }),
+    );
+    Ok(Json(TokenList { tokens }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+/// `POST /v1/tokens/{id}/revoke`: a token, or a browser session.
+async fn revoke(
+    State(state): State<Arc<BrokerState>>,
+    Extension(caller): Extension<Caller>,
+    Extension(sessions): Extension<Arc<WebSessions>>,
+    PathId(id): PathId,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = state.env.now_unix_ms_i64();
+    let actor = caller.actor();
+    if id.starts_with(TOKEN_ID_PREFIX) {
+        let token_id = id.clone();
+        let node = state.node_id.clone();
+        let revoked = state
+            .store
+            .write(move |transaction| {
+                let row = token_store::revoke(transaction, &token_id, now)?;
+                if row.is_some() {
+                    AuditEntry::append(
+                        transaction,
+                        &NewAuditEntry {
+                            ts_ms: now,
+                            actor,
+                            action: "token_revoke".to_owned(),
+                            subject: token_id,
+                            detail: json!({ "node": node }),
+                        },
+                    )?;
+                }
+                Ok(row)
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        if revoked.is_some() {
+            state.tokens.remove(&id);
+            return Ok(Json(json!({ "revoked": id, "kind": "token" })));
+        }
+    } else if sessions.revoke(&id) {
+        record(
+            &state,
+            actor,
+            "session_revoke",
+            &id,
+            json!({ "node": state.node_id }),
+        )
+        .await;
+        return Ok(Json(json!({ "revoked": id, "kind": "session" })));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "TOKEN_NOT_FOUND",
+        format!("no token or browser session `{id}` (see `scout tokens list`)"),
+    ))
+}
