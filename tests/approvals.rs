@@ -27,6 +27,8 @@ struct Mesh {
     beta: Node,
     gamma: Node,
     token: String,
+    /// Where alpha's stand-in `notify-send` writes each notification.
+    desktop: PathBuf,
 }
 
 fn three_brokers(webhook: &str) -> Mesh {
@@ -41,11 +43,40 @@ fn three_brokers(webhook: &str) -> Mesh {
     gamma.start();
     let mut alpha = Node::setup("alpha", &[]);
     let mut beta = Node::setup("beta", &[]);
+    // Alpha shows desktop notifications, through a stand-in `notify-send`
+    // on its PATH (the real one needs a desktop session) that appends its
+    // arguments to a file.
+    let desktop = alpha.sandbox.path().join("desktop.txt");
+    let bin = alpha.sandbox.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let stub = bin.join("notify-send");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\n",
+            desktop.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let settings = alpha.sandbox.home().join("settings.json");
+    let mut value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    value["notifications"] = json!({ "desktop": true });
+    std::fs::write(&settings, serde_json::to_string_pretty(&value).unwrap()).unwrap();
     for node in [&mut alpha, &mut beta] {
         let joined = node.run(&["mesh", "join", &gamma.invite()]);
         assert_eq!(joined.code, 0, "{}", joined.stderr);
-        node.start();
     }
+    let mut command = alpha.sandbox.scout();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    command.env("PATH", path);
+    alpha.broker = Some(common::BrokerProcess::start_command(command));
+    beta.start();
     wait_until("every broker to see the other two connected", || {
         (alpha.peers_in("connected") == ["beta", "gamma"]
             && beta.peers_in("connected") == ["alpha", "gamma"]
@@ -64,6 +95,7 @@ fn three_brokers(webhook: &str) -> Mesh {
         beta,
         gamma,
         token,
+        desktop,
     }
 }
 
@@ -204,6 +236,17 @@ fn an_agent_asks_and_a_person_answers_from_another_broker() {
     }
     let listed = mesh.alpha.run(&["approvals"]);
     assert!(listed.stdout.contains(&id), "{}", listed.stdout);
+    // Alpha opted in to desktop notifications: it showed gamma's request,
+    // with the command that answers it.
+    let shown = wait_until("the desktop notification on alpha", || {
+        std::fs::read_to_string(&mesh.desktop)
+            .ok()
+            .filter(|text| text.contains(&format!("scout approve {id}")))
+    });
+    assert!(
+        shown.contains("@worker@gamma#main asks: work_order.cancel"),
+        "{shown}"
+    );
     let approved = mesh
         .alpha
         .run(&["--json", "approve", &id, "--note", "fine"]);

@@ -916,6 +916,23 @@ fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
     assert_eq!(asked["node"], "beta", "{asked}");
     assert!(!approved.exists(), "the tool ran before anyone approved it");
     let id = asked["id"].as_str().expect("id").to_owned();
+    // The flight waits for the person: `waiting` on its owner, and the
+    // approval it waits for named on both brokers.
+    let invocation = asked["invocation"]
+        .as_str()
+        .expect("the invocation it waits in");
+    let on_beta = beta.get(&format!("/v1/invocations/{invocation}"));
+    assert_eq!(on_beta["flight"]["state"], "waiting", "{on_beta}");
+    assert_eq!(on_beta["waiting_for"], id.as_str(), "{on_beta}");
+    let on_alpha = alpha.get("/v1/flights");
+    assert!(
+        on_alpha
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["invocation_id"] == invocation && row["waiting_for"] == id.as_str()),
+        "{on_alpha}"
+    );
     let answer = alpha.run(&["approve", &id]);
     assert_eq!(answer.code, 0, "{}", answer.stderr);
     let output = turn.wait_with_output().expect("send");

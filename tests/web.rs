@@ -364,3 +364,75 @@ fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
             .then_some(())
     });
 }
+
+/// The Approvals page: an approval asked on beta shows up on alpha's page
+/// live (no reload), with its whole summary; approving it there with a note
+/// decides it on its owner, beta, and it moves to the decided list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_approves_a_request_from_another_broker_in_the_browser() {
+    let (alpha, beta) = tokio::task::spawn_blocking(two_brokers).await.unwrap();
+    let base = alpha.broker().http_base();
+    let open = alpha.run(&["--json", "open", "--print"]);
+    assert_eq!(open.code, 0, "scout open: {}", open.stderr);
+    let url = open.json()["url"].as_str().expect("url").to_owned();
+    let mut browser = Browser::launch().await;
+    browser.navigate(&url).await;
+    browser.navigate(&format!("{base}/#/approvals")).await;
+    browser
+        .wait_until(
+            "the empty approvals page",
+            "document.getElementById('approvals-pending')?.textContent.includes('Nothing waits')",
+        )
+        .await;
+
+    // Asked on beta, on behalf of its agent.
+    let beta_base = beta.broker().http_base();
+    let asked: Value = ureq::post(&format!("{beta_base}/v1/approvals"))
+        .set("Authorization", &format!("Bearer {}", beta.sandbox.token()))
+        .send_json(serde_json::json!({
+            "agent": "@shell@beta#main",
+            "action": "tool.Bash",
+            "summary": "git push origin main\n# and a second line"
+        }))
+        .expect("ask")
+        .into_json()
+        .unwrap();
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let row = format!("#approvals-pending tr[data-approval=\"{id}\"]");
+    browser
+        .wait_until(
+            "the request on alpha's page, live",
+            &format!("document.querySelector('{row}')?.textContent.includes('and a second line')"),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('approvals-count').textContent")
+            .await,
+        Value::from("1")
+    );
+    browser
+        .screenshot(&screenshots().join("approvals.png"))
+        .await;
+    browser
+        .eval(&format!(
+            "(() => {{ const r = document.querySelector('{row}'); r.querySelector('input').value = 'ship it'; r.querySelector('button.approve').click(); return true; }})()"
+        ))
+        .await;
+    browser
+        .wait_until(
+            "the request in the decided list",
+            &format!("document.querySelector('#approvals-decided tr[data-approval=\"{id}\"]')?.textContent.includes('approved')"),
+        )
+        .await;
+    let on_owner = wait_until("the decision on beta", || {
+        let view = beta.get(&format!("/v1/approvals/{id}"));
+        (view["state"] == "approved").then_some(view)
+    });
+    assert_eq!(on_owner["note"], "ship it", "{on_owner}");
+    assert!(
+        on_owner["decided_by"].as_str().unwrap().ends_with("@alpha"),
+        "{on_owner}"
+    );
+    assert!(browser.errors().is_empty(), "{:?}", browser.errors());
+}

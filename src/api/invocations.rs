@@ -64,6 +64,10 @@ pub struct InvocationStatus {
     pub delivery: Option<DeliveryView>,
     /// Its flight here, when this broker owns it.
     pub flight: Option<FlightView>,
+    /// The approval its agent waits for, anywhere in the mesh, while it
+    /// waits (a flight here then shows `waiting`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// An invocation as shown.
@@ -192,6 +196,10 @@ pub struct FlightRow {
     /// What the flight used, when its agent reported it; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The approval its agent waits for, while it waits (the flight then
+    /// shows `waiting`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// A conversation with its messages (`GET /v1/conversations…`).
@@ -273,6 +281,7 @@ mod tests {
                 failure_code: None,
                 usage: None,
             }),
+            waiting_for: None,
         };
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(

@@ -1003,13 +1003,13 @@ fn name_in(names: &HashMap<NodeId, String>, node: &NodeId) -> String {
     names.get(node).cloned().unwrap_or_else(|| node.to_string())
 }
 
-/// `actor` as a plain word (letters, digits, `.`, `_`, `-`), or
-/// `operator`: what a member names its answering person, never a rule, the
-/// deadline or another node.
+/// `actor` as a plain word (letters, digits, `.`, `_`, `-`, `:` as in
+/// `session:ID`), or `operator`: what a member names its answering person,
+/// never a rule, the deadline or another node (no `@`).
 fn plain_word(actor: &str) -> String {
     let word: String = actor
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
         .take(ACTOR_NAME_BYTES_MAX)
         .collect();
     if word.is_empty() || word.starts_with("rule") || word == "deadline" {

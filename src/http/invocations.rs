@@ -115,7 +115,31 @@ async fn status(
     State(state): State<Arc<BrokerState>>,
     PathId(id): PathId,
 ) -> Result<Json<InvocationStatus>, ApiError> {
-    state.router.status(&id).map(Json).map_err(route_error)
+    let mut status = state.router.status(&id).map_err(route_error)?;
+    let waiting = waiting_for(&state);
+    if let Some(approval) = waiting.get(&id) {
+        status.waiting_for = Some(approval.clone());
+        if let Some(flight) = &mut status.flight
+            && flight.state == scout_mesh::lifecycle::FlightState::Running
+        {
+            flight.state = scout_mesh::lifecycle::FlightState::Waiting;
+        }
+    }
+    Ok(Json(status))
+}
+
+/// Invocations whose agent waits for a person, anywhere in the mesh, with
+/// the approval each waits for: the approvals every member replicates
+/// name the invocation they were asked in.
+fn waiting_for(state: &BrokerState) -> std::collections::HashMap<String, String> {
+    state
+        .approvals
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|approval| approval.state == scout_mesh::wire::ApprovalState::Pending)
+        .filter_map(|approval| Some((approval.invocation?, approval.id)))
+        .collect()
 }
 
 /// An agent cancels what it sent itself; cancelling another's work is
@@ -238,6 +262,7 @@ async fn flights(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<FlightRow>>, ApiError> {
     let limit = query.limit.unwrap_or(50).min(LIST_LIMIT_MAX);
+    let waiting = waiting_for(&state);
     state
         .store
         .read(move |connection| {
@@ -271,7 +296,13 @@ async fn flights(
                         .as_ref()
                         .map(|d| d.target.clone())
                         .or(flight.as_ref().and_then(|f| f.chosen_instance.clone())),
-                    flight: flight.map(|f| f.state),
+                    flight: flight.map(|f| match waiting.get(&invocation.invocation_id) {
+                        Some(_) if f.state == scout_mesh::lifecycle::FlightState::Running => {
+                            scout_mesh::lifecycle::FlightState::Waiting
+                        }
+                        _ => f.state,
+                    }),
+                    waiting_for: waiting.get(&invocation.invocation_id).cloned(),
                     invocation_id: invocation.invocation_id,
                     target: invocation.target,
                     origin: invocation.origin_node,

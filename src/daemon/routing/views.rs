@@ -86,6 +86,7 @@ impl Router {
                     },
                     delivery,
                     flight,
+                    waiting_for: None,
                 })
             })
             .map_err(|err| match err {

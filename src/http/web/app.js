@@ -1,7 +1,8 @@
 // The web view of a Scout broker: plain JavaScript modules, no framework.
 // Live data comes from the broker's server-sent event streams
 // (/v1/web/live for the mesh and the agents, /v1/events/stream for
-// routing) and the agent terminal's WebSocket; the page never polls.
+// routing, /v1/approvals/stream for approvals) and the agent terminal's
+// WebSocket; the page never polls.
 import { Terminal } from '/assets/vendor/xterm.mjs';
 import { FitAddon } from '/assets/vendor/addon-fit.mjs';
 
@@ -109,6 +110,23 @@ function debounce(fn, ms = 150) {
   };
 }
 
+// Approvals of the whole mesh, live from /v1/approvals/stream (each event
+// is one approval as it now is); the nav shows how many wait.
+const approvals = new Map();
+const approvalListeners = new Set();
+function startApprovals() {
+  if (state.approvals) return;
+  const source = new EventSource('/v1/approvals/stream');
+  state.approvals = source;
+  source.addEventListener('approval', (event) => {
+    const view = JSON.parse(event.data);
+    approvals.set(`${view.node_id}/${view.id}`, view);
+    const pending = [...approvals.values()].filter((a) => a.state === 'pending').length;
+    document.getElementById('approvals-count').textContent = pending ? String(pending) : '';
+    for (const fn of approvalListeners) fn();
+  });
+}
+
 // ---- pages ---------------------------------------------------------------
 
 function route() {
@@ -142,6 +160,7 @@ function render(reason) {
     case 'agent': return agentPage(arg);
     case 'flights': return flightsPage();
     case 'work-orders': return workOrdersPage();
+    case 'approvals': return approvalsPage();
     default: main.replaceChildren(h('p', {}, `No page “${page}”.`));
   }
 }
@@ -497,6 +516,54 @@ function workOrdersPage() {
   onRouting(debounce(load));
 }
 
+function approvalsPage() {
+  const pendingBox = h('div', { id: 'approvals-pending' });
+  const decidedBox = h('div', { id: 'approvals-decided' });
+  const status = h('div', { id: 'approvals-status' });
+  const answer = (view, approve, note) => async () => {
+    try {
+      const decided = await api(`/v1/approvals/${encodeURIComponent(view.id)}/${approve ? 'approve' : 'deny'}`,
+        { body: { note: note.value } });
+      approvals.set(`${decided.node_id}/${decided.id}`, decided);
+      status.replaceChildren();
+      draw();
+    } catch (error) {
+      status.replaceChildren(showError(error));
+    }
+  };
+  const draw = () => {
+    const all = [...approvals.values()].sort((a, b) => b.created_unix_ms - a.created_unix_ms);
+    const pending = all.filter((a) => a.state === 'pending');
+    const decided = all.filter((a) => a.state !== 'pending');
+    pendingBox.replaceChildren(pending.length ? h('table', {},
+      h('thead', {}, h('tr', {}, ['Agent', 'On', 'Asks', 'Summary', 'Deadline', 'Note', ''].map((t) => h('th', {}, t)))),
+      h('tbody', {}, pending.map((a) => {
+        const note = h('input', { placeholder: 'note (optional)', size: 20 });
+        return h('tr', { 'data-approval': a.id },
+          h('td', {}, a.agent), h('td', {}, a.node), h('td', {}, a.action),
+          // The whole summary, as text: a person approves what they read.
+          h('td', {}, h('pre', { class: 'summary' }, a.summary)),
+          h('td', {}, when(a.deadline_unix_ms)), h('td', {}, note),
+          h('td', {},
+            h('button', { type: 'button', class: 'approve', onclick: answer(a, true, note) }, 'Approve'),
+            h('button', { type: 'button', class: 'deny', onclick: answer(a, false, note) }, 'Deny')));
+      })))
+      : h('p', { class: 'dim' }, 'Nothing waits for a person.'));
+    decidedBox.replaceChildren(decided.length ? h('table', {},
+      h('thead', {}, h('tr', {}, ['Agent', 'On', 'Asked', 'Summary', 'Decision', 'By', 'When', 'Note'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, decided.slice(0, 100).map((a) => h('tr', { 'data-approval': a.id },
+        h('td', {}, a.agent), h('td', {}, a.node), h('td', {}, a.action), h('td', {}, a.summary),
+        h('td', {}, stateTag(a.state)), h('td', {}, a.decided_by ?? '—'), h('td', {}, when(a.decided_unix_ms)),
+        h('td', {}, a.note || (a.outcome ?? ''))))))
+      : h('p', { class: 'dim' }, 'None yet.'));
+  };
+  main.replaceChildren(h('h1', {}, 'Approvals'), status,
+    h('h2', {}, 'Waiting'), pendingBox, h('h2', {}, 'Decided'), decidedBox);
+  draw();
+  approvalListeners.add(draw);
+  state.cleanup.push(() => approvalListeners.delete(draw));
+}
+
 // ---- start ---------------------------------------------------------------
 
 async function start() {
@@ -514,6 +581,7 @@ async function start() {
   }
   window.addEventListener('hashchange', () => render('route'));
   startLive();
+  startApprovals();
   render('route');
 }
 
