@@ -16,7 +16,7 @@
 //! before they reach git's command line.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 /// The namespace of checkpoint refs; outside `refs/heads` and `refs/tags`,
@@ -43,12 +43,6 @@ pub const CHECKPOINT_DIFF_BYTES_MAX: usize = 256 * 1024;
 /// Bytes of git's ordinary output read at most per call (ids, counts and
 /// name lists): bounded for a hostile repository.
 const GIT_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Bytes of git's error message kept: its first lines say what failed.
-const GIT_ERROR_BYTES_MAX: usize = 4096;
-
-/// How often a running git is checked for having finished.
-const GIT_POLL: Duration = Duration::from_millis(5);
 
 /// The identity checkpoint commits are written with, so a checkpoint never
 /// fails on a machine where the user configured no name or email.
@@ -488,11 +482,10 @@ fn git(
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Runs the real `git` (no shell) in `dir`: it asks nobody anything, takes
-/// no optional locks, ignores a repository or index inherited from the
-/// broker's environment (only `env` sets one), and is killed after
-/// [`CHECKPOINT_GIT_TIMEOUT`]. Returns at most `output_max` bytes of its
-/// output and whether there was more.
+/// Runs the real `git` in `dir` (see [`crate::git::run`]) as the checkpoint
+/// identity, with `env` set, killed after [`CHECKPOINT_GIT_TIMEOUT`].
+/// Returns at most `output_max` bytes of its output and whether there was
+/// more.
 fn git_bounded(
     dir: &Path,
     args: &[&str],
@@ -500,78 +493,25 @@ fn git_bounded(
     step: &str,
     output_max: usize,
 ) -> Result<(Vec<u8>, bool), CheckpointError> {
-    let failed = |message: String| CheckpointError::Git {
-        step: step.to_owned(),
-        message,
-    };
-    let mut command = Command::new("git");
-    command
-        .arg("-C")
-        .arg(dir)
-        // A repository's own fsmonitor hook is a program git would start;
-        // a checkpoint reads the files itself instead.
-        .args(["-c", "core.fsmonitor=false"])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        .env("GIT_AUTHOR_NAME", CHECKPOINT_AUTHOR_NAME)
-        .env("GIT_AUTHOR_EMAIL", CHECKPOINT_AUTHOR_EMAIL)
-        .env("GIT_COMMITTER_NAME", CHECKPOINT_AUTHOR_NAME)
-        .env("GIT_COMMITTER_EMAIL", CHECKPOINT_AUTHOR_EMAIL)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|err| failed(format!("cannot run git: {err}")))?;
-    // One byte past the limit tells a cut output from one that fit.
-    let stdout = child
-        .stdout
-        .take()
-        .map(|pipe| crate::worktree::read_bounded(pipe, output_max.saturating_add(1)));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|pipe| crate::worktree::read_bounded(pipe, GIT_ERROR_BYTES_MAX));
-    let deadline = std::time::Instant::now() + CHECKPOINT_GIT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(format!(
-                    "git {step} did not finish within {} s",
-                    CHECKPOINT_GIT_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(GIT_POLL),
-            Err(err) => return Err(failed(format!("cannot wait for git: {err}"))),
-        }
-    };
-    let mut stdout = stdout
-        .and_then(|reader| reader.join().ok())
-        .unwrap_or_default();
-    let stderr = stderr
-        .and_then(|reader| reader.join().ok())
-        .unwrap_or_default();
-    if !status.success() {
-        return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
-    }
-    let truncated = stdout.len() > output_max;
-    stdout.truncate(output_max);
-    Ok((stdout, truncated))
+    let mut all: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("GIT_AUTHOR_NAME", CHECKPOINT_AUTHOR_NAME.as_ref()),
+        ("GIT_AUTHOR_EMAIL", CHECKPOINT_AUTHOR_EMAIL.as_ref()),
+        ("GIT_COMMITTER_NAME", CHECKPOINT_AUTHOR_NAME.as_ref()),
+        ("GIT_COMMITTER_EMAIL", CHECKPOINT_AUTHOR_EMAIL.as_ref()),
+    ];
+    all.extend(env.iter().map(|(name, value)| (*name, value.as_os_str())));
+    crate::git::run(dir, args, &all, CHECKPOINT_GIT_TIMEOUT, output_max)
+        .map(|output| (output.stdout, output.truncated))
+        .map_err(|message| CheckpointError::Git {
+            step: step.to_owned(),
+            message,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     fn run(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")

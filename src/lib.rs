@@ -22,6 +22,8 @@
 //! - [`service`]: the broker as a systemd user unit or launchd agent.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
+//! - [`git`]: the one way the broker runs `git`: no shell, no prompt,
+//!   bounded in time and output.
 //! - [`checkpoint`]: git checkpoints of an agent's worktree before risky
 //!   work (made, diffed and restored without touching index, HEAD or stash).
 //! - [`adapter`]: what differs between harnesses (claude, codex, gemini,
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod env;
+pub mod git;
 pub mod home;
 pub mod http;
 pub mod identity;

@@ -14,7 +14,6 @@
 //! before `git check-ref-format` has accepted it as a branch.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use scout_mesh::names::{Label, Workspace};
 
@@ -28,16 +27,10 @@ const GIT_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 /// removed, so a flood of mentions cannot fill the disk.
 pub const WORKTREES_PER_DEFINITION_MAX: usize = 64;
 
-/// Bytes of git's error message kept: its first lines say what failed.
-const GIT_ERROR_BYTES_MAX: usize = 4096;
-
 /// How long one git call may run. Making a worktree checks out the whole
 /// repository and runs its `post-checkout` hook, which can take minutes on
 /// a large repository; past this, something hangs.
 pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// How often a running git is checked for having finished.
-const GIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// `ensure` runs one at a time in a process: the checks (is the branch
 /// free, is there room under the limit) and the `git worktree add` that
@@ -655,90 +648,16 @@ fn same_parent(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// Runs `git -C dir args…`: its standard output (at most
-/// [`GIT_OUTPUT_BYTES_MAX`] bytes), or its error message. Git never asks
-/// anyone anything (no terminal prompt, ssh in batch mode), takes no
-/// optional locks (a periodic `status` must not fight an agent's commit),
-/// ignores a `GIT_DIR` or work tree inherited from the broker's
-/// environment, and is killed after [`GIT_TIMEOUT`]: a hook or a filter
-/// that hangs ends the step with an error instead of holding a flight.
+/// Runs `git -C dir args…` (see [`crate::git::run`]): its standard output
+/// (at most [`GIT_OUTPUT_BYTES_MAX`] bytes), or its error message, killed
+/// after [`GIT_TIMEOUT`].
 fn git(dir: &Path, args: &[&str], step: &str) -> Result<String, WorktreeError> {
-    let failed = |message: String| WorktreeError::Git {
-        step: step.to_owned(),
-        message,
-    };
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| failed(format!("cannot run git: {err}")))?;
-    let stdout = child
-        .stdout
-        .take()
-        .map(|pipe| read_bounded(pipe, GIT_OUTPUT_BYTES_MAX));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|pipe| read_bounded(pipe, GIT_ERROR_BYTES_MAX));
-    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(format!(
-                    "git {} did not finish within {} s",
-                    args.first().copied().unwrap_or_default(),
-                    GIT_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(GIT_POLL),
-            Err(err) => return Err(failed(format!("cannot wait for git: {err}"))),
-        }
-    };
-    let stdout = stdout
-        .and_then(|reader| reader.join().ok())
-        .unwrap_or_default();
-    let stderr = stderr
-        .and_then(|reader| reader.join().ok())
-        .unwrap_or_default();
-    if !status.success() {
-        return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
-    }
-    Ok(String::from_utf8_lossy(&stdout).into_owned())
-}
-
-/// Reads up to `max` bytes of a pipe on a thread, then drains the rest so
-/// the child never blocks on a full pipe.
-pub(crate) fn read_bounded(
-    mut pipe: impl std::io::Read + Send + 'static,
-    max: usize,
-) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = max.saturating_sub(kept.len());
-                    kept.extend_from_slice(&chunk[..n.min(room)]);
-                }
-            }
-        }
-        kept
-    })
+    crate::git::run(dir, args, &[], GIT_TIMEOUT, GIT_OUTPUT_BYTES_MAX)
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .map_err(|message| WorktreeError::Git {
+            step: step.to_owned(),
+            message,
+        })
 }
 
 fn git_ok(dir: &Path, args: &[&str]) -> bool {
@@ -748,6 +667,7 @@ fn git_ok(dir: &Path, args: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     fn run(dir: &Path, args: &[&str]) {
         let status = Command::new("git")
