@@ -452,6 +452,10 @@ fn snapshot(state: &BrokerState) -> serde_json::Value {
         "agents": agents,
         "instances": state.mesh.instances(),
         "runtime": runtime,
+        // The page's one stream carries the approvals too: a browser keeps
+        // six connections per host, so a second stream per page would
+        // leave three tabs of the view stalled.
+        "approvals": state.approvals.list().unwrap_or_default(),
     })
 }
 
@@ -462,6 +466,7 @@ async fn live(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1);
     let mut changes = state.mesh.subscribe_changes();
+    let mut approvals = state.approvals.subscribe();
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
@@ -486,6 +491,12 @@ async fn live(
             tokio::select! {
                 changed = changes.changed() => {
                     // The mesh has shut down: so is the broker.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                // An approved action's outcome is this broker's own.
+                changed = approvals.changed() => {
                     if changed.is_err() {
                         return;
                     }

@@ -1,8 +1,7 @@
 // The web view of a Scout broker: plain JavaScript modules, no framework.
 // Live data comes from the broker's server-sent event streams
 // (/v1/web/live for the mesh and the agents, /v1/events/stream for
-// routing, /v1/approvals/stream for approvals) and the agent terminal's
-// WebSocket; the page never polls.
+// routing) and the agent terminal's WebSocket; the page never polls.
 import { Terminal } from '/assets/vendor/xterm.mjs';
 import { FitAddon } from '/assets/vendor/addon-fit.mjs';
 
@@ -80,6 +79,7 @@ function startLive() {
   source.addEventListener('snapshot', (event) => {
     state.snapshot = JSON.parse(event.data);
     document.getElementById('node').textContent = `@${state.snapshot.nodeName}`;
+    setApprovals(state.snapshot.approvals ?? []);
     render('snapshot');
   });
 }
@@ -110,21 +110,23 @@ function debounce(fn, ms = 150) {
   };
 }
 
-// Approvals of the whole mesh, live from /v1/approvals/stream (each event
-// is one approval as it now is); the nav shows how many wait.
+// Approvals of the whole mesh, from the live snapshot (one stream per
+// page: a browser keeps six connections per host); the nav shows how many
+// wait.
 const approvals = new Map();
 const approvalListeners = new Set();
-function startApprovals() {
-  if (state.approvals) return;
-  const source = new EventSource('/v1/approvals/stream');
-  state.approvals = source;
-  source.addEventListener('approval', (event) => {
-    const view = JSON.parse(event.data);
-    approvals.set(`${view.node_id}/${view.id}`, view);
-    const pending = [...approvals.values()].filter((a) => a.state === 'pending').length;
-    document.getElementById('approvals-count').textContent = pending ? String(pending) : '';
-    for (const fn of approvalListeners) fn();
-  });
+let approvalsSeen = '';
+function setApprovals(list) {
+  // Snapshots come with every peer measure; the list is redrawn (and a
+  // note being typed replaced) only when an approval changed.
+  const text = JSON.stringify(list);
+  if (text === approvalsSeen) return;
+  approvalsSeen = text;
+  approvals.clear();
+  for (const view of list) approvals.set(`${view.node_id}/${view.id}`, view);
+  const pending = list.filter((a) => a.state === 'pending').length;
+  document.getElementById('approvals-count').textContent = pending ? String(pending) : '';
+  for (const fn of approvalListeners) fn();
 }
 
 // ---- pages ---------------------------------------------------------------
@@ -580,8 +582,19 @@ async function start() {
     return;
   }
   window.addEventListener('hashchange', () => render('route'));
+  // A page left (or kept in the back-forward cache) closes its streams:
+  // each holds one of the six connections a browser keeps per host, and
+  // streams of pages nobody looks at would stall the next page's loads.
+  window.addEventListener('pagehide', () => {
+    state.live?.close();
+    state.live = null;
+    state.events?.close();
+    state.events = null;
+  });
+  window.addEventListener('pageshow', (event) => {
+    if (event.persisted) startLive();
+  });
   startLive();
-  startApprovals();
   render('route');
 }
 
