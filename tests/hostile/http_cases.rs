@@ -84,6 +84,10 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/approvals/{id}/wait"),
     route("POST", "/v1/approvals/{id}/approve"),
     route("POST", "/v1/approvals/{id}/deny"),
+    route("GET", "/v1/checkpoints"),
+    route("GET", "/v1/checkpoints/{id}"),
+    route("GET", "/v1/checkpoints/{id}/diff"),
+    route("POST", "/v1/checkpoints/{id}/restore"),
 ];
 
 /// The routes a `read` token may use: the GETs that read.
@@ -104,6 +108,9 @@ const READ_ROUTES: &[&str] = &[
     "/v1/approvals/rules",
     "/v1/approvals/{id}",
     "/v1/approvals/{id}/wait",
+    "/v1/checkpoints",
+    "/v1/checkpoints/{id}",
+    "/v1/checkpoints/{id}/diff",
 ];
 
 impl Route {
