@@ -312,17 +312,17 @@ async fn wait(
 ) -> Result<Json<ApprovalView>, ApiError> {
     let timeout =
         Duration::from_secs(query.timeout_secs.unwrap_or(WAIT_MAX.as_secs())).min(WAIT_MAX);
+    // An agent waits only for what it asked: checked before the wait, so
+    // another agent's id cannot hold a connection open for minutes.
+    let known = state.approvals.get(&id).map_err(approval_error)?;
+    if !known.is_some_and(|view| visible(caller.as_ref(), &view)) {
+        return Err(not_found(&id));
+    }
     let view = state
         .approvals
         .wait(&id, timeout)
         .await
         .map_err(approval_error)?;
-    // An agent waits only for what it asked.
-    if let Some(Extension(caller)) = caller
-        && caller.instance != view.agent
-    {
-        return Err(not_found(&id));
-    }
     Ok(Json(view))
 }
 
