@@ -623,39 +623,7 @@ fn a_routed_turn_reaches_gemini_on_another_broker() {
     );
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    // Beta's agents run with its broker's environment; `scout` gives the
-    // broker the sandbox as HOME, so Gemini's settings go there.
-    let home = beta.sandbox.path().to_path_buf();
-    gemini::configure_home(&home);
-    let project = home.join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    let cli = agent_cli("gemini").display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "gem",
-        "--harness",
-        "gemini",
-        "--cwd",
-        &project.display().to_string(),
-        "--workspace",
-        "main",
-        "--command",
-        &cli,
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "{}", joined.stderr);
-    let mut command = beta.sandbox.scout();
-    command.envs(gemini::env(&server, &home));
-    beta.broker = Some(BrokerProcess::start_command(command));
-    wait_until("alpha to see @gem", || {
-        alpha
-            .instances()
-            .contains(&"@gem@beta#main".to_owned())
-            .then_some(())
-    });
+    let (_beta, _project) = gemini_broker_joining(&alpha, &server, &["--harness", "gemini"], &[]);
 
     let run = alpha.run(&[
         "send",
@@ -752,6 +720,44 @@ async fn a_conversation_whose_session_is_gone_starts_over() {
     manager.shutdown().await;
 }
 
+/// Beta: a broker with `@gem`, the real gemini (`harness`, with `extra`
+/// arguments after its command) answering from `server` in `project` under
+/// beta's sandbox, joined to `alpha`'s mesh, running and seen by alpha.
+fn gemini_broker_joining(
+    alpha: &Node,
+    server: &ModelServer,
+    harness: &[&str],
+    extra: &[&str],
+) -> (Node, std::path::PathBuf) {
+    let mut beta = Node::setup("beta", &[]);
+    // Beta's agents run with its broker's environment; `scout` gives the
+    // broker the sandbox as HOME, so Gemini's settings go there.
+    let home = beta.sandbox.path().to_path_buf();
+    gemini::configure_home(&home);
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let cli = agent_cli("gemini").display().to_string();
+    let cwd = project.display().to_string();
+    let mut args = vec!["agents", "add", "gem"];
+    args.extend_from_slice(harness);
+    args.extend_from_slice(&["--cwd", &cwd, "--workspace", "main", "--command", &cli]);
+    args.extend_from_slice(extra);
+    let add = beta.run(&args);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let mut command = beta.sandbox.scout();
+    command.envs(gemini::env(server, &home));
+    beta.broker = Some(BrokerProcess::start_command(command));
+    wait_until("alpha to see @gem", || {
+        alpha
+            .instances()
+            .contains(&"@gem@beta#main".to_owned())
+            .then_some(())
+    });
+    (beta, project)
+}
+
 /// The pending approval on `node` whose summary contains `needle`.
 fn pending_approval(node: &Node, needle: &str) -> Option<serde_json::Value> {
     node.get("/v1/approvals?state=pending")["approvals"]
@@ -788,38 +794,7 @@ fn gemini_asks_a_person_on_another_broker_before_a_command_runs() {
     );
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    let home = beta.sandbox.path().to_path_buf();
-    gemini::configure_home(&home);
-    let project = home.join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    let cli = agent_cli("gemini").display().to_string();
-    let add = beta.run(&[
-        "agents",
-        "add",
-        "gem",
-        "--harness",
-        "acp",
-        "--cwd",
-        &project.display().to_string(),
-        "--workspace",
-        "main",
-        "--command",
-        &cli,
-        "--acp",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "{}", joined.stderr);
-    let mut command = beta.sandbox.scout();
-    command.envs(gemini::env(&server, &home));
-    beta.broker = Some(BrokerProcess::start_command(command));
-    wait_until("alpha to see @gem", || {
-        alpha
-            .instances()
-            .contains(&"@gem@beta#main".to_owned())
-            .then_some(())
-    });
+    let (beta, project) = gemini_broker_joining(&alpha, &server, &["--harness", "acp"], &["--acp"]);
     let send = |message: &str| {
         alpha
             .sandbox
