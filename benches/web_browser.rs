@@ -21,7 +21,7 @@
 mod common;
 
 use common::chromium::Browser;
-use common::{Node, wait_until};
+use common::Node;
 
 /// Logins timed for first paint.
 const LOGINS: usize = 10;
@@ -39,7 +39,9 @@ fn main() {
 }
 
 async fn run() {
-    let (alpha, beta) = tokio::task::spawn_blocking(two_brokers).await.unwrap();
+    let (alpha, beta) = tokio::task::spawn_blocking(common::viewer_and_shell_owner)
+        .await
+        .unwrap();
     let mut browser = Browser::launch().await;
     browser
         .command(
@@ -113,33 +115,6 @@ async fn run() {
         at(&local, 50.0),
         at(&local, 99.0)
     );
-}
-
-/// Alpha views; beta owns `@shell@beta#main`, a bash agent whose session a
-/// first routed turn starts.
-fn two_brokers() -> (Node, Node) {
-    let mut alpha = Node::setup("alpha", &[]);
-    alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    beta.add_bash_agent("shell");
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("alpha to see @shell@beta", || {
-        alpha
-            .instances()
-            .contains(&"@shell@beta#main".to_owned())
-            .then_some(())
-    });
-    let marker = beta.sandbox.path().join("started");
-    let sent = alpha.run(&[
-        "send",
-        "@shell@beta",
-        &format!("touch {}", marker.display()),
-    ]);
-    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
-    wait_until("the first turn", || marker.exists().then_some(()));
-    (alpha, beta)
 }
 
 /// Milliseconds from starting `scout open --print` to the agents page

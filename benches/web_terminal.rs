@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Node, wait_until};
+use common::Node;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
@@ -49,7 +49,7 @@ const LOGINS: usize = 10;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
-    let (alpha, beta) = two_brokers();
+    let (alpha, beta) = common::viewer_and_shell_owner();
     let runtime = beta.get("/agents");
     let id = runtime["agents"]
         .as_array()
@@ -103,33 +103,6 @@ fn main() {
         percentile(&mut opens, 50.0),
         percentile(&mut opens, 100.0)
     );
-}
-
-/// Alpha views; beta owns `@shell@beta#main`, a bash agent whose session
-/// a first routed turn starts.
-fn two_brokers() -> (Node, Node) {
-    let mut alpha = Node::setup("alpha", &[]);
-    alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    beta.add_bash_agent("shell");
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("alpha to see @shell@beta", || {
-        alpha
-            .instances()
-            .contains(&"@shell@beta#main".to_owned())
-            .then_some(())
-    });
-    let marker = beta.sandbox.path().join("started");
-    let sent = alpha.run(&[
-        "send",
-        "@shell@beta",
-        &format!("touch {}", marker.display()),
-    ]);
-    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
-    wait_until("the first turn", || marker.exists().then_some(()));
-    (alpha, beta)
 }
 
 fn connect(node: &Node, path: &str) -> Ws {

@@ -16,35 +16,6 @@ use common::chromium::Browser;
 use common::{Node, wait_until};
 use serde_json::Value;
 
-/// Alpha founds the mesh; beta joins and owns `@shell@beta#main`, whose
-/// session is started by a first routed turn.
-fn two_brokers() -> (Node, Node) {
-    let mut alpha = Node::setup("alpha", &[]);
-    alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    beta.add_bash_agent("shell");
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("alpha to see @shell@beta", || {
-        alpha
-            .instances()
-            .contains(&"@shell@beta#main".to_owned())
-            .then_some(())
-    });
-    let marker = beta.sandbox.path().join("started");
-    let sent = alpha.run(&[
-        "send",
-        "@shell@beta",
-        &format!("touch {}", marker.display()),
-    ]);
-    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
-    wait_until("beta's bash session to run the first turn", || {
-        marker.exists().then_some(())
-    });
-    (alpha, beta)
-}
-
 fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
@@ -56,7 +27,9 @@ const XTERM_LINES: &str = "(() => { const b = window.scoutTerminal?.buffer.activ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_logs_in_and_types_into_a_remote_agents_terminal() {
-    let (alpha, _beta) = tokio::task::spawn_blocking(two_brokers).await.unwrap();
+    let (alpha, _beta) = tokio::task::spawn_blocking(common::viewer_and_shell_owner)
+        .await
+        .unwrap();
     let base = alpha.broker().http_base();
     let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
 
@@ -307,7 +280,7 @@ fn refusal_code(error: tokio_tungstenite::tungstenite::Error) -> String {
 #[test]
 fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
     use tokio_tungstenite::tungstenite::Message;
-    let (alpha, beta) = two_brokers();
+    let (alpha, beta) = common::viewer_and_shell_owner();
     // An agent of beta's whose session never started.
     beta.add_bash_agent("idle");
     wait_until("alpha to see @idle@beta", || {
@@ -370,7 +343,9 @@ fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
 /// decides it on its owner, beta, and it moves to the decided list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_approves_a_request_from_another_broker_in_the_browser() {
-    let (alpha, beta) = tokio::task::spawn_blocking(two_brokers).await.unwrap();
+    let (alpha, beta) = tokio::task::spawn_blocking(common::viewer_and_shell_owner)
+        .await
+        .unwrap();
     let base = alpha.broker().http_base();
     let open = alpha.run(&["--json", "open", "--print"]);
     assert_eq!(open.code, 0, "scout open: {}", open.stderr);

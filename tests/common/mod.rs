@@ -426,3 +426,33 @@ impl Node {
         )
     }
 }
+
+/// Alpha founds a mesh; beta joins and owns `@shell@beta#main`, a bash
+/// agent whose terminal session a first routed turn from alpha starts.
+/// Both running, alpha seeing beta's agent.
+pub fn viewer_and_shell_owner() -> (Node, Node) {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    beta.add_bash_agent("shell");
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("alpha to see @shell@beta", || {
+        alpha
+            .instances()
+            .contains(&"@shell@beta#main".to_owned())
+            .then_some(())
+    });
+    let marker = beta.sandbox.path().join("started");
+    let sent = alpha.run(&[
+        "send",
+        "@shell@beta",
+        &format!("touch {}", marker.display()),
+    ]);
+    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
+    wait_until("beta's bash session to run the first turn", || {
+        marker.exists().then_some(())
+    });
+    (alpha, beta)
+}
