@@ -20,8 +20,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::chromium::Browser;
 use common::Node;
+use common::chromium::Browser;
 
 /// Logins timed for first paint.
 const LOGINS: usize = 10;

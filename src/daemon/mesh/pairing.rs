@@ -616,38 +616,26 @@ async fn exchange(
         node_name: joiner.node_name.as_str().to_owned(),
         addresses: joiner.addresses.clone(),
     });
-    let reply = match request(connection, &start, timeout).await {
-        Ok(MeshFrame::PairReply(reply)) => reply,
-        Ok(MeshFrame::Error(error)) => {
-            return Err(PairError::new(error.code.as_str(), error.message));
-        }
-        Ok(other) => {
-            return Err(PairError::new(
-                "PAIRING_FAILED",
-                format!("the inviter answered `{}`", other.name()),
-            ));
-        }
-        Err(err) => return Err(PairError::new("PAIRING_FAILED", err.to_string())),
-    };
+    let reply = answer(
+        request(connection, &start, timeout).await,
+        |frame| match frame {
+            MeshFrame::PairReply(reply) => Ok(reply),
+            other => Err(other.name()),
+        },
+    )?;
     let confirmed = pairing
         .finish(&reply.pake, &reply.confirmation)
         .map_err(|err| PairError::new(err.code(), err.to_string()))?;
     let confirm = MeshFrame::PairConfirm {
         confirmation: confirmed.confirmation,
     };
-    let accepted = match request(connection, &confirm, timeout).await {
-        Ok(MeshFrame::JoinAccepted(accepted)) => accepted,
-        Ok(MeshFrame::Error(error)) => {
-            return Err(PairError::new(error.code.as_str(), error.message));
-        }
-        Ok(other) => {
-            return Err(PairError::new(
-                "PAIRING_FAILED",
-                format!("the inviter answered `{}`", other.name()),
-            ));
-        }
-        Err(err) => return Err(PairError::new("PAIRING_FAILED", err.to_string())),
-    };
+    let accepted = answer(
+        request(connection, &confirm, timeout).await,
+        |frame| match frame {
+            MeshFrame::JoinAccepted(accepted) => Ok(accepted),
+            other => Err(other.name()),
+        },
+    )?;
     if accepted.mesh_id != mesh_id || accepted.admitted_by != NodeId::of_public_key(&inviter_key) {
         return Err(PairError::new(
             "PAIRING_FAILED",
@@ -732,4 +720,20 @@ pub async fn join_offline(
         .await
         .map_err(|err| PairError::new("JOIN_FAILED", format!("{err:#}")))?;
     Ok(paired.accepted.mesh_id)
+}
+
+/// The inviter's answer to one step of the exchange: what `expected` takes
+/// from the frame; the inviter's own error with its code; anything else,
+/// or a failed request, `PAIRING_FAILED`.
+fn answer<T, E: std::fmt::Display>(
+    answered: Result<MeshFrame, E>,
+    expected: impl FnOnce(MeshFrame) -> Result<T, &'static str>,
+) -> Result<T, PairError> {
+    match answered {
+        Ok(MeshFrame::Error(error)) => Err(PairError::new(error.code.as_str(), error.message)),
+        Ok(frame) => expected(frame).map_err(|other| {
+            PairError::new("PAIRING_FAILED", format!("the inviter answered `{other}`"))
+        }),
+        Err(err) => Err(PairError::new("PAIRING_FAILED", err.to_string())),
+    }
 }
