@@ -13,100 +13,23 @@ mod common;
 mod discovery_support;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{BrokerProcess, wait_until};
-use discovery_support::{Lan, namespaces_unavailable};
+use common::wait_until;
+use discovery_support::{Lan, NsBroker, namespaces_unavailable};
 use scout_mesh::wire::Invite;
-use serde_json::Value;
 
 /// An address and the sources that named it.
 type Address = (String, Vec<String>);
 
-/// A broker home inside a namespace of `lan`.
-struct NsBroker {
-    idx: usize,
-    home: PathBuf,
-    dir: PathBuf,
-    broker: Option<BrokerProcess>,
+/// What these tests ask of a broker in a namespace.
+trait DiscoveryNs {
+    /// Connected peers, with the sources of the address each is reached at.
+    fn connected(&self, lan: &Lan) -> Vec<(String, Vec<Address>)>;
+    /// Instance names this broker knows.
+    fn instances(&self, lan: &Lan) -> Vec<String>;
 }
 
-impl NsBroker {
-    fn setup(lan: &Lan, root: &Path, idx: usize, name: &str) -> NsBroker {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let node = NsBroker {
-            idx,
-            home: dir.join("home"),
-            dir,
-            broker: None,
-        };
-        let run = node.run(
-            lan,
-            &[
-                "setup",
-                "--no-service",
-                "--node-name",
-                name,
-                "--http-port",
-                "0",
-                "--mesh-port",
-                "3101",
-            ],
-        );
-        assert_eq!(run.0, 0, "setup {name}: {}", run.2);
-        node
-    }
-
-    fn command(&self, lan: &Lan) -> Command {
-        let mut command = lan.command(self.idx, Path::new(env!("CARGO_BIN_EXE_scout")));
-        command
-            .arg("--home")
-            .arg(&self.home)
-            .current_dir(&self.dir)
-            .env("HOME", &self.dir)
-            .env_remove("SCOUT_HOME")
-            .env_remove("SCOUT_SEEDS")
-            .env_remove("PORT")
-            .env_remove("RUST_LOG")
-            .env("SCOUT_DISCOVERY", "mdns")
-            .env("LOG_LEVEL", "info")
-            .stdin(std::process::Stdio::null());
-        command
-    }
-
-    fn run(&self, lan: &Lan, args: &[&str]) -> (i32, String, String) {
-        let output = self.command(lan).args(args).output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
-    fn json(&self, lan: &Lan, args: &[&str]) -> Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let (code, stdout, stderr) = self.run(lan, &full);
-        assert_eq!(code, 0, "scout {}: {stderr}", args.join(" "));
-        serde_json::from_str(&stdout).unwrap()
-    }
-
-    fn start(&mut self, lan: &Lan) {
-        self.broker = Some(BrokerProcess::start_command(self.command(lan)));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut broker) = self.broker.take() {
-            assert_eq!(broker.stop_with(15), 0, "{}", broker.stderr());
-        }
-    }
-
-    fn broker(&self) -> &BrokerProcess {
-        self.broker.as_ref().expect("running")
-    }
-
+impl DiscoveryNs for NsBroker {
     /// Connected peers, with the sources of the address each is reached at.
     fn connected(&self, lan: &Lan) -> Vec<(String, Vec<Address>)> {
         let peers = self.json(lan, &["peers"]);

@@ -413,3 +413,102 @@ impl Drop for Lan {
             .output();
     }
 }
+
+/// A broker home inside a namespace of a [`Lan`], run with mDNS discovery
+/// only.
+pub struct NsBroker {
+    /// The namespace's index in the LAN.
+    pub idx: usize,
+    /// The broker's home.
+    pub home: PathBuf,
+    /// Its working directory (and HOME).
+    pub dir: PathBuf,
+    /// The running broker, once started.
+    pub broker: Option<crate::common::BrokerProcess>,
+}
+
+impl NsBroker {
+    /// `scout setup` of a broker named `name` in namespace `idx` (mesh port
+    /// 3101 in every namespace), under `root`.
+    pub fn setup(lan: &Lan, root: &Path, idx: usize, name: &str) -> NsBroker {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = NsBroker {
+            idx,
+            home: dir.join("home"),
+            dir,
+            broker: None,
+        };
+        let run = node.run(
+            lan,
+            &[
+                "setup",
+                "--no-service",
+                "--node-name",
+                name,
+                "--http-port",
+                "0",
+                "--mesh-port",
+                "3101",
+            ],
+        );
+        assert_eq!(run.0, 0, "setup {name}: {}", run.2);
+        node
+    }
+
+    /// A `scout` command of this home, run inside its namespace.
+    pub fn command(&self, lan: &Lan) -> Command {
+        let mut command = lan.command(self.idx, Path::new(env!("CARGO_BIN_EXE_scout")));
+        command
+            .arg("--home")
+            .arg(&self.home)
+            .current_dir(&self.dir)
+            .env("HOME", &self.dir)
+            .env_remove("SCOUT_HOME")
+            .env_remove("SCOUT_SEEDS")
+            .env_remove("PORT")
+            .env_remove("RUST_LOG")
+            .env("SCOUT_DISCOVERY", "mdns")
+            .env("LOG_LEVEL", "info")
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs `scout args…`: exit code, stdout, stderr.
+    pub fn run(&self, lan: &Lan, args: &[&str]) -> (i32, String, String) {
+        let output = self.command(lan).args(args).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `scout --json args…`, which must succeed, and parses its output.
+    pub fn json(&self, lan: &Lan, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let (code, stdout, stderr) = self.run(lan, &full);
+        assert_eq!(code, 0, "scout {}: {stderr}", args.join(" "));
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Starts the broker.
+    pub fn start(&mut self, lan: &Lan) {
+        self.broker = Some(crate::common::BrokerProcess::start_command(
+            self.command(lan),
+        ));
+    }
+
+    /// Stops the broker with SIGTERM; it must exit cleanly.
+    pub fn stop(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            assert_eq!(broker.stop_with(15), 0, "{}", broker.stderr());
+        }
+    }
+
+    /// The running broker.
+    pub fn broker(&self) -> &crate::common::BrokerProcess {
+        self.broker.as_ref().expect("running")
+    }
+}
