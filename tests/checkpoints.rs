@@ -53,22 +53,6 @@ fn user_state(dir: &Path) -> (String, String, String) {
     )
 }
 
-fn add_agent(node: &Node, name: &str, cwd: &Path) {
-    let cwd = cwd.display().to_string();
-    let add = node.run(&[
-        "agents",
-        "add",
-        name,
-        "--cwd",
-        &cwd,
-        "--workspace",
-        "main",
-        "--command",
-        "bash",
-    ]);
-    assert_eq!(add.code, 0, "{}", add.stderr);
-}
-
 fn send(node: &Node, target: &str, command: &str) -> String {
     let run = node.run(&["send", target, command, "--wait", "--timeout", "120"]);
     assert_eq!(run.code, 0, "send: {}", run.stderr);
@@ -109,7 +93,7 @@ fn execute_work_is_checkpointed_and_restored_without_touching_index_head_or_stas
     let mut node = Node::setup("solo", &[]);
     let repo = node.sandbox.path().join("repo");
     repository(&repo);
-    add_agent(&node, "coder", &repo);
+    node.add_bash_agent_in("coder", &repo);
     node.start();
     let before = user_state(&repo);
 
@@ -226,7 +210,7 @@ fn a_workspace_outside_git_runs_without_a_checkpoint() {
     let mut node = Node::setup("plainnode", &[]);
     let plain = node.sandbox.path().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    add_agent(&node, "plain", &plain);
+    node.add_bash_agent_in("plain", &plain);
     node.start();
     let out = send(&node, "@plain", "echo ran-$((1+1)) > out.txt; cat out.txt");
     assert!(out.contains("ran-2"), "{out}");

@@ -347,7 +347,13 @@ impl Node {
     /// Adds an agent `name` running `bash` in the sandbox, workspace
     /// `main`, through the CLI.
     pub fn add_bash_agent(&self, name: &str) {
-        let cwd = self.sandbox.path().display().to_string();
+        self.add_bash_agent_in(name, self.sandbox.path());
+    }
+
+    /// Adds an agent `name` running `bash` in `cwd`, workspace `main`,
+    /// through the CLI.
+    pub fn add_bash_agent_in(&self, name: &str, cwd: &Path) {
+        let cwd = cwd.display().to_string();
         let add = self.run(&[
             "agents",
             "add",
