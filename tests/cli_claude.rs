@@ -676,6 +676,16 @@ fn claude_broker_joining(alpha: &common::Node, server: &ModelServer) -> (common:
     let mut command = beta.sandbox.scout();
     command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
     beta.broker = Some(common::BrokerProcess::start_command(command));
+    // A broker that joins with an empty store publishes its own agents only
+    // after it has caught up with a peer: wait until both brokers resolve
+    // `@coder`, so a test's first `send` never races that.
+    for node in [alpha, &beta] {
+        common::wait_until("both brokers to see @coder", || {
+            node.instances()
+                .contains(&"@coder@beta#main".to_owned())
+                .then_some(())
+        });
+    }
     (beta, workdir)
 }
 
@@ -694,12 +704,6 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
     let mut alpha = common::Node::setup("alpha", &[]);
     alpha.start();
     let (beta, workdir) = claude_broker_joining(&alpha, &server);
-    common::wait_until("alpha to see @coder", || {
-        alpha
-            .instances()
-            .contains(&"@coder@beta#main".to_owned())
-            .then_some(())
-    });
     let run = alpha.run(&[
         "send",
         "@coder",
@@ -899,12 +903,6 @@ fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
     let mut alpha = common::Node::setup("alpha", &[]);
     alpha.start();
     let (beta, _workdir) = claude_broker_joining(&alpha, &server);
-    common::wait_until("alpha to see @coder", || {
-        alpha
-            .instances()
-            .contains(&"@coder@beta#main".to_owned())
-            .then_some(())
-    });
 
     // Approved on alpha: the tool runs on beta and the turn completes.
     let turn = send_in_background(&alpha, "Touch the approved file.");
