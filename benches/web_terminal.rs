@@ -6,8 +6,9 @@
 //!   alpha, relayed over the mesh to beta), side by side with the same
 //!   keystroke through the owner's own terminal WebSocket
 //!   (`/ws/agents/{id}/terminal` on beta); p50 and p99;
-//! - remote terminal throughput: bash writes 20 MB into the terminal, and
-//!   the viewer reads through the relay until the end marker;
+//! - terminal throughput: bash writes 20 MB into the terminal, and the
+//!   viewer reads until the end marker, through the relay and side by
+//!   side through the owner's own WebSocket; the median of five runs each;
 //! - `scout open` to the first agents data: from starting `scout open
 //!   --print` to the first `snapshot` event of `/v1/web/live`, logged in
 //!   with the cookie the login URL set.
@@ -41,6 +42,9 @@ const WARMUP: usize = 20;
 
 /// Bytes bash writes for the throughput run.
 const FLOOD_BYTES: usize = 20_000_000;
+
+/// Flood runs per path.
+const FLOOD_RUNS: usize = 5;
 
 /// Logins timed for `scout open` to first data.
 const LOGINS: usize = 10;
@@ -86,16 +90,23 @@ fn main() {
         percentile(&mut local, 99.0)
     );
 
-    let mut ws = connect(&alpha, remote_path);
-    let (received, lagged, elapsed) = flood(&mut ws);
+    // Floods alternate between the paths too; the figure is the median
+    // run, since one run swings with whatever else the machine does.
+    let mut remote_floods = Vec::new();
+    let mut local_floods = Vec::new();
+    for run in 0..FLOOD_RUNS {
+        let mut ws = connect(&alpha, remote_path);
+        remote_floods.push(flood(&mut ws, 2 * run));
+        drop(ws);
+        let mut ws = connect(&beta, &local_path);
+        local_floods.push(flood(&mut ws, 2 * run + 1));
+    }
     println!(
-        "remote terminal throughput: bash wrote {:.1} MB in {:.2} s ({:.1} MB/s through the relay); the viewer received {:.1} MB, {lagged} lagged notices (skipped to a fresh screen)",
-        FLOOD_BYTES as f64 / 1e6,
-        elapsed.as_secs_f64(),
-        FLOOD_BYTES as f64 / 1e6 / elapsed.as_secs_f64(),
-        received as f64 / 1e6,
+        "terminal throughput, bash writes {:.1} MB, {FLOOD_RUNS} runs per path:",
+        FLOOD_BYTES as f64 / 1e6
     );
-    drop(ws);
+    report_floods("remote (alpha -> QUIC -> beta)", &remote_floods);
+    report_floods("owner's own WebSocket (beta)  ", &local_floods);
 
     let mut opens: Vec<f64> = (0..LOGINS).map(|_| open_to_first_data(&alpha)).collect();
     println!(
@@ -168,10 +179,12 @@ fn keystrokes(ws: &mut Ws, count: usize) -> Vec<f64> {
 
 /// Runs the flood in bash and reads until its end marker: (bytes
 /// received, lagged notices, elapsed).
-fn flood(ws: &mut Ws) -> (usize, usize, Duration) {
+fn flood(ws: &mut Ws, run: usize) -> (usize, usize, Duration) {
     // The marker is split in the command line, so only the output has it
-    // whole.
-    let command = format!("yes 0123456789abcdef | head -c {FLOOD_BYTES}; echo FLOOD''DONE\r");
+    // whole; it names the run, so an earlier run's on the screen does not
+    // end this one.
+    let command = format!("yes 0123456789abcdef | head -c {FLOOD_BYTES}; echo FLOOD''DONE{run}.\r");
+    let marker = format!("FLOODDONE{run}.");
     let start = Instant::now();
     ws.send(Message::text(command)).expect("send");
     let mut lagged = 0;
@@ -181,7 +194,7 @@ fn flood(ws: &mut Ws) -> (usize, usize, Duration) {
             lagged += 1;
         }
         tail.push_str(text);
-        let found = tail.contains("FLOODDONE");
+        let found = tail.contains(&marker);
         let keep = tail.len().saturating_sub(16);
         let cut = (keep..=tail.len())
             .find(|&i| tail.is_char_boundary(i))
@@ -190,6 +203,24 @@ fn flood(ws: &mut Ws) -> (usize, usize, Duration) {
         found
     });
     (received, lagged, start.elapsed())
+}
+
+/// Prints the median, slowest and fastest of a path's floods, with what
+/// the viewer received and how often it was skipped to a fresh screen.
+fn report_floods(path: &str, floods: &[(usize, usize, Duration)]) {
+    let mut rates: Vec<f64> = floods
+        .iter()
+        .map(|(_, _, elapsed)| FLOOD_BYTES as f64 / 1e6 / elapsed.as_secs_f64())
+        .collect();
+    let received: usize = floods.iter().map(|(bytes, _, _)| bytes).sum();
+    let lagged: usize = floods.iter().map(|(_, lagged, _)| lagged).sum();
+    let median = percentile(&mut rates, 50.0);
+    println!(
+        "  {path}: median {median:>5.1} MB/s (min {:.1}, max {:.1}); received {:.1} MB in all, {lagged} lagged notices",
+        rates[0],
+        rates[rates.len() - 1],
+        received as f64 / 1e6,
+    );
 }
 
 /// `scout open --print`, the login URL (cookie), then `/v1/web/live` until

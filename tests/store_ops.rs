@@ -315,6 +315,35 @@ fn flight_output_keeps_the_tail() {
     assert!(output.cut_bytes() > 0);
     assert!(output.starts_with(&format!("[… {} bytes cut]\n", output.cut_bytes())));
     assert!(output.ends_with("xxxabcdéf"));
+    // Appends after a cut go on from the cut output, in order.
+    store
+        .write_blocking(|transaction| {
+            Flight::append_output(transaction, "f-1", "g", T0)?;
+            Flight::append_output(transaction, "f-1", "hi", T0)
+        })
+        .unwrap();
+    let after = store.get_flight("f-1").unwrap().unwrap().output;
+    assert_eq!(after.cut_bytes(), output.cut_bytes());
+    assert!(after.ends_with("xxxabcdéfghi"));
+    store.close().unwrap();
+}
+
+#[test]
+fn flight_output_appends_in_order() {
+    let (_dir, store) = open();
+    flight_with_invocation(&store, "f-1");
+    let pieces: Vec<String> = (0..200).map(|idx| format!("<{idx}>")).collect();
+    let expected = pieces.concat();
+    store
+        .write_blocking(move |transaction| {
+            for piece in &pieces {
+                Flight::append_output(transaction, "f-1", piece, T0)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let output = store.get_flight("f-1").unwrap().unwrap().output;
+    assert_eq!(output.as_str(), expected);
     store.close().unwrap();
 }
 

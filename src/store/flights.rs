@@ -65,9 +65,25 @@ pub struct NewFlight {
     pub created_at_ms: i64,
 }
 
-const COLUMNS: &str = "flight_id, invocation_id, state, chosen_instance, resolve_reason, \
-                       failure_reason, failure_detail, output, result, created_at_ms, updated_at_ms, \
-                       failure_code, input_tokens, output_tokens, cached_tokens, cost_micro_usd";
+/// The flight's whole output: the text up to the last cut, then its
+/// appended chunks in order (see [`Flight::append_output`]).
+macro_rules! output_sql {
+    () => {
+        "output || coalesce((SELECT group_concat(chunk, '' ORDER BY chunk_id) \
+         FROM flight_output_chunks c WHERE c.flight_id = flights.flight_id), '')"
+    };
+}
+
+/// [`output_sql`] as a constant, for queries that read only the output.
+const OUTPUT: &str = output_sql!();
+
+const COLUMNS: &str = concat!(
+    "flight_id, invocation_id, state, chosen_instance, resolve_reason, \
+     failure_reason, failure_detail, ",
+    output_sql!(),
+    ", result, created_at_ms, updated_at_ms, \
+     failure_code, input_tokens, output_tokens, cached_tokens, cost_micro_usd"
+);
 
 /// Where [`COLUMNS`] reaches the outcome columns ([`super::usage::OUTCOME_COLUMNS`]).
 const OUTCOME_COLUMN: usize = 11;
@@ -163,32 +179,40 @@ impl Flight {
 
     /// Appends `chunk` to the flight's output under [`FlightOutput`]'s rule.
     ///
-    /// While the output fits, SQL appends in place; only a chunk that
-    /// crosses the limit reads the output back to cut it, which the rule's
-    /// slack makes rare (once per quarter of the limit).
+    /// While the output fits, the chunk is one new row, so an append costs
+    /// its own size whatever the output's; only a chunk that crosses the
+    /// limit reads the output back to cut it and folds the chunks into the
+    /// flight's row, which the rule's slack makes rare (once per quarter of
+    /// the limit).
     pub fn append_output(
         transaction: &Transaction<'_>,
         flight_id: &str,
         chunk: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let n_appended = transaction
+        let n_counted = transaction
             .prepare_cached(
-                "UPDATE flights SET output = output || ?1, updated_at_ms = ?2
-                 WHERE flight_id = ?3 AND length(CAST(output AS BLOB)) + ?4 <= ?5",
+                "UPDATE flights SET output_bytes = output_bytes + ?1, updated_at_ms = ?2
+                 WHERE flight_id = ?3 AND output_bytes + ?1 <= ?4",
             )?
             .execute(params![
-                chunk,
+                chunk.len() as i64,
                 now_ms,
                 flight_id,
-                chunk.len() as i64,
                 FLIGHT_OUTPUT_BYTES_MAX as i64
             ])?;
-        if n_appended == 1 {
+        if n_counted == 1 {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO flight_output_chunks (flight_id, chunk) VALUES (?1, ?2)",
+                )?
+                .execute(params![flight_id, chunk])?;
             return Ok(());
         }
         let current: Option<String> = transaction
-            .prepare_cached("SELECT output FROM flights WHERE flight_id = ?1")?
+            .prepare_cached(&format!(
+                "SELECT {OUTPUT} FROM flights WHERE flight_id = ?1"
+            ))?
             .query_row([flight_id], |row| row.get(0))
             .optional()?;
         let Some(current) = current else {
@@ -200,11 +224,32 @@ impl Flight {
         let mut output = FlightOutput::from_text(current);
         output.push_str(chunk);
         transaction
+            .prepare_cached("DELETE FROM flight_output_chunks WHERE flight_id = ?1")?
+            .execute([flight_id])?;
+        transaction
             .prepare_cached(
-                "UPDATE flights SET output = ?1, updated_at_ms = ?2 WHERE flight_id = ?3",
+                "UPDATE flights SET output = ?1, output_bytes = ?2, updated_at_ms = ?3
+                 WHERE flight_id = ?4",
             )?
-            .execute(params![output.as_str(), now_ms, flight_id])?;
+            .execute(params![
+                output.as_str(),
+                output.as_str().len() as i64,
+                now_ms,
+                flight_id
+            ])?;
         Ok(())
+    }
+
+    /// The id of an invocation's flight, if it has one, without reading
+    /// the flight's output.
+    pub fn id_for_invocation(
+        connection: &Connection,
+        invocation_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(connection
+            .prepare_cached("SELECT flight_id FROM flights WHERE invocation_id = ?1")?
+            .query_row([invocation_id], |row| row.get(0))
+            .optional()?)
     }
 
     /// Records the flight's final answer. Does not change its state: call
@@ -396,6 +441,12 @@ mod outcome_columns {
     #[test]
     fn the_column_list_ends_with_the_outcome_columns() {
         assert!(COLUMNS.ends_with(super::super::usage::OUTCOME_COLUMNS));
-        assert_eq!(COLUMNS.split(',').count(), OUTCOME_COLUMN + 5);
+        // The output expression has two commas of its own.
+        let output_commas = OUTPUT.split(',').count() - 1;
+        assert_eq!(output_commas, 2);
+        assert_eq!(
+            COLUMNS.split(',').count(),
+            OUTCOME_COLUMN + 5 + output_commas
+        );
     }
 }

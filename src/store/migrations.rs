@@ -73,7 +73,32 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "scoped api tokens, hash-chained audit log",
         sql: SCHEMA_V8,
     },
+    Migration {
+        version: 9,
+        name: "flight output appended in chunks",
+        sql: SCHEMA_V9,
+    },
 ];
+
+/// A flight's output grows by appending chunks as the agent writes, instead
+/// of rewriting the whole value: SQLite rewrites a TEXT value (and every
+/// overflow page of it) on each `output || ?`, so a chatty agent near the
+/// 1 MiB limit cost a megabyte of writes per 16 KiB of output. The flight
+/// row keeps the output up to the last cut in `output` and the byte count
+/// of it and its chunks in `output_bytes`; the chunks hold the rest in
+/// order. `store::flights` reads the two as one text.
+const SCHEMA_V9: &str = r#"
+ALTER TABLE flights ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0
+    CHECK (output_bytes >= 0);
+UPDATE flights SET output_bytes = length(CAST(output AS BLOB));
+
+CREATE TABLE flight_output_chunks (
+    chunk_id   INTEGER PRIMARY KEY,
+    flight_id  TEXT NOT NULL REFERENCES flights (flight_id),
+    chunk      TEXT NOT NULL
+) STRICT;
+CREATE INDEX flight_output_chunks_by_flight ON flight_output_chunks (flight_id, chunk_id);
+"#;
 
 /// Tokens made with `scout tokens create`, kept as the SHA-256 digest of
 /// the secret (hex), never the secret; and the audit log's hash chain:
@@ -590,7 +615,7 @@ mod tests {
         // 13 tables of the first schema, 3 of the mesh (records, vv,
         // invites), 2 of approvals (approvals, rules), 1 of checkpoints, 1 of
         // tokens.
-        assert_eq!(n_tables, 20);
+        assert_eq!(n_tables, 21);
         // A second run finds nothing to do.
         migrate(&mut connection, &path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), SCHEMA_VERSION);

@@ -292,8 +292,8 @@ fn apply(
             chunk,
             at_unix_ms,
         } => {
-            if let Some(flight) = Flight::get_for_invocation(tx, invocation_id)? {
-                Flight::append_output(tx, &flight.flight_id, chunk, unix(*at_unix_ms))?;
+            if let Some(flight_id) = Flight::id_for_invocation(tx, invocation_id)? {
+                Flight::append_output(tx, &flight_id, chunk, unix(*at_unix_ms))?;
             }
         }
         Write::FinishFlight {
