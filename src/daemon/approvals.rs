@@ -156,7 +156,8 @@ pub struct Ask {
     pub summary: String,
     /// What runs once approved.
     pub gate: Option<Gate>,
-    /// How long to wait for a person; [`DEADLINE_DEFAULT`] when `None`.
+    /// How long to wait for a person; the broker's default deadline when
+    /// `None`.
     pub deadline: Option<Duration>,
 }
 
@@ -284,6 +285,9 @@ pub struct Approvals {
     /// once committed, without waiting for the action.
     to_apply: tokio::sync::mpsc::UnboundedSender<String>,
     to_apply_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// The deadline of requests that name none (`approvals.deadline_secs`
+    /// of `settings.json`, else [`DEADLINE_DEFAULT`]).
+    default_deadline: Duration,
 }
 
 impl Approvals {
@@ -308,7 +312,15 @@ impl Approvals {
             state: OnceLock::new(),
             to_apply,
             to_apply_rx: Mutex::new(Some(to_apply_rx)),
+            default_deadline: DEADLINE_DEFAULT,
         }
+    }
+
+    /// These approvals with `deadline` for requests that name none (kept
+    /// within [`DEADLINE_MAX`]).
+    pub fn with_default_deadline(mut self, deadline: Duration) -> Approvals {
+        self.default_deadline = deadline.min(DEADLINE_MAX);
+        self
     }
 
     /// Lets approved gated actions reach the broker.
@@ -328,7 +340,10 @@ impl Approvals {
             )));
         }
         let now = self.env.now_unix_ms();
-        let deadline = ask.deadline.unwrap_or(DEADLINE_DEFAULT).min(DEADLINE_MAX);
+        let deadline = ask
+            .deadline
+            .unwrap_or(self.default_deadline)
+            .min(DEADLINE_MAX);
         let id = approval::id_from(self.env.random_u64());
         let gate = ask
             .gate
