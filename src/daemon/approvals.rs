@@ -719,6 +719,24 @@ impl Approvals {
         }
     }
 
+    /// Withdraws pending approval `id` owned here: expired, decided by
+    /// `by` (`terminal`) with `note`. Whether it was still pending.
+    pub async fn withdraw(&self, id: &str, by: &str, note: &str) -> Result<bool, ApprovalError> {
+        let now = self.env.now_unix_ms();
+        let (key, by, note) = (id.to_owned(), by.to_owned(), note.to_owned());
+        let row = self
+            .store
+            .write(move |transaction| ApprovalRow::withdraw(transaction, &key, &by, &note, now))
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        tracing::info!(approval = %row.id, "approval withdrawn");
+        self.publish(&row);
+        self.bump();
+        Ok(true)
+    }
+
     /// A receiver that changes whenever this broker commits an approval
     /// change (the registry's change counter covers the rest of the mesh).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -1092,7 +1110,104 @@ impl crate::pty::PermissionAsker for BrokerAsker {
             Some(view.state == ApprovalState::Approved)
         })
     }
+
+    fn ask_question(
+        &self,
+        agent: String,
+        question: String,
+        gone: watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        let parts = self
+            .parts
+            .get()
+            .and_then(|(approvals, credentials)| Some((approvals.upgrade()?, credentials.clone())));
+        Box::pin(async move {
+            let (approvals, credentials) = parts?;
+            let invocation = credentials.running_invocation(&agent);
+            let asked = approvals
+                .ask(Ask {
+                    agent,
+                    invocation,
+                    action: QUESTION_ACTION.to_owned(),
+                    summary: question,
+                    gate: None,
+                    deadline: None,
+                })
+                .await;
+            match asked {
+                Ok(view) => BrokerAsker::question_answer(&approvals, view, gone).await,
+                Err(err) => {
+                    // Nobody can be asked (too many pending): the question
+                    // stays on the terminal for a person there.
+                    tracing::warn!(cause = %err, "a terminal question was not asked");
+                    None
+                }
+            }
+        })
+    }
 }
+
+impl BrokerAsker {
+    /// Waits for the answer to question approval `view` while the question
+    /// stays on screen; withdraws it once the question has been gone for
+    /// [`crate::pty::question::QUESTION_GONE_GRACE`].
+    async fn question_answer(
+        approvals: &Approvals,
+        mut view: ApprovalView,
+        mut gone: watch::Receiver<bool>,
+    ) -> Option<bool> {
+        use crate::pty::question::QUESTION_GONE_GRACE;
+        loop {
+            match view.state {
+                ApprovalState::Pending => {}
+                ApprovalState::Approved => return Some(true),
+                ApprovalState::Denied => return Some(false),
+                // Withdrawn: the terminal was answered; nothing to type.
+                ApprovalState::Expired
+                    if view.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY) =>
+                {
+                    return None;
+                }
+                // Unanswered by its deadline: it counts as denied.
+                ApprovalState::Expired => return Some(false),
+            }
+            let still_shown = tokio::select! {
+                waited = approvals.wait(&view.id, DEADLINE_MAX) => {
+                    view = waited.ok()?;
+                    continue;
+                }
+                changed = gone.changed() => match changed {
+                    Ok(()) if !*gone.borrow_and_update() => true,
+                    // A redraw may blank the question for a moment.
+                    Ok(()) => matches!(
+                        tokio::time::timeout(QUESTION_GONE_GRACE, gone.wait_for(|gone| !*gone)).await,
+                        Ok(Ok(_))
+                    ),
+                    Err(_) => false,
+                },
+            };
+            if !still_shown {
+                if let Err(err) = approvals
+                    .withdraw(
+                        &view.id,
+                        QUESTION_WITHDRAWN_BY,
+                        "the question left the screen (answered in the terminal)",
+                    )
+                    .await
+                {
+                    tracing::warn!(approval = %view.id, cause = %err, "cannot withdraw a question");
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// The action of an approval asking a terminal's question.
+pub const QUESTION_ACTION: &str = "terminal.question";
+
+/// Who withdrew a question's approval: the terminal, where it was answered.
+pub const QUESTION_WITHDRAWN_BY: &str = "terminal";
 
 /// Runs an approved gated action on this broker; what it did.
 pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, String> {
