@@ -86,13 +86,16 @@ fn flight_state(node: &Node, id: &str) -> Option<String> {
 
 /// The approval asked in invocation `invocation`, once `node` lists it.
 fn question_for(node: &Node, invocation: &str) -> Value {
-    wait_until(&format!("the question of {invocation} on {}", node.name), || {
-        node.get("/v1/approvals")["approvals"]
-            .as_array()?
-            .iter()
-            .find(|approval| approval["invocation"] == invocation)
-            .cloned()
-    })
+    wait_until(
+        &format!("the question of {invocation} on {}", node.name),
+        || {
+            node.get("/v1/approvals")["approvals"]
+                .as_array()?
+                .iter()
+                .find(|approval| approval["invocation"] == invocation)
+                .cloned()
+        },
+    )
 }
 
 fn answer(node: &Node, id: &str, verb: &str) {
@@ -202,4 +205,146 @@ fn the_settings_deadline_expires_unanswered_requests() {
         "{}",
         up.stderr
     );
+}
+
+/// The `(actor, action)` audit entries about `subject`, read from the
+/// broker's store.
+fn audit_actions(home: &Path, subject: &str) -> Vec<(String, String)> {
+    let path: PathBuf = home.join("scout.db");
+    let connection = rusqlite::Connection::open(&path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    let mut statement = connection
+        .prepare("SELECT actor, action FROM audit_log WHERE subject = ?1 ORDER BY seq")
+        .unwrap();
+    statement
+        .query_map([subject], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The agent asks for an operator token: the approval id.
+fn agent_asks_for_token(node: &Node, agent_token: &str) -> String {
+    let (status, body) = call(
+        node,
+        "POST",
+        "/v1/tokens",
+        agent_token,
+        json!({ "scope": "operator", "name": "deploy" }),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "approval_required", "{body}");
+    assert_eq!(body["approval"]["action"], "token.create", "{body}");
+    assert_eq!(body["approval"]["agent"], "@asker@solo#main", "{body}");
+    assert!(body.get("token").is_none(), "{body}");
+    body["approval"]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
+    let mut node = Node::setup("solo", &[]);
+    let dir = add_asker(&node);
+    node.start();
+    let run = node.run(&["send", "@asker", "hello", "--wait", "--timeout", "60"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let agent_token = wait_until("the agent to write its credential", || {
+        std::fs::read_to_string(dir.join("token.txt"))
+            .ok()
+            .filter(|token| !token.is_empty())
+    });
+    let operator = node.sandbox.token();
+    // The agent's own credential cannot reach operator routes.
+    assert_eq!(
+        call(&node, "GET", "/v1/mesh", &agent_token, json!({})).0,
+        403
+    );
+
+    // Approved: the agent that asked picks the token up, once.
+    let id = agent_asks_for_token(&node, &agent_token);
+    let (status, pending) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert!(pending.get("token").is_none(), "{pending}");
+    answer(&node, &id, "approve");
+    // The operator sees the decision, never a secret.
+    let (_, seen) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &operator,
+        json!({}),
+    );
+    assert!(seen.get("token").is_none(), "{seen}");
+    let (status, picked) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}/wait?timeout_secs=60"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{picked}");
+    assert_eq!(picked["state"], "approved", "{picked}");
+    assert_eq!(picked["token"]["scope"], "operator", "{picked}");
+    let secret = picked["token"]["token"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let token_id = picked["token"]["id"].as_str().expect("token id").to_owned();
+    let (status, mesh) = call(&node, "GET", "/v1/mesh", &secret, json!({}));
+    assert_eq!(
+        status, 200,
+        "the picked-up token has the operator scope: {mesh}"
+    );
+    let (status, again) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 410, "{again}");
+    assert_eq!(again["error"]["code"], "TOKEN_ALREADY_HANDED", "{again}");
+    // The token's making is audited, naming the approval and the agent.
+    let made = audit_actions(&node.sandbox.home(), &token_id);
+    assert!(
+        made.iter().any(|(actor, action)| action == "token_create"
+            && actor.contains(&id)
+            && actor.contains("@asker@solo#main")),
+        "{made:?}"
+    );
+    let decided = audit_actions(&node.sandbox.home(), &id);
+    assert!(
+        decided
+            .iter()
+            .any(|(_, action)| action == "approval_approved"),
+        "{decided:?}"
+    );
+
+    // Denied: no token.
+    let denied = agent_asks_for_token(&node, &agent_token);
+    answer(&node, &denied, "deny");
+    let (status, view) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{denied}/wait?timeout_secs=60"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["state"], "denied", "{view}");
+    assert!(view.get("token").is_none(), "{view}");
+    let tokens = node.get("/v1/tokens");
+    let operator_tokens = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|token| token["kind"] == "token" && token["scope"] == "operator")
+        .count();
+    assert_eq!(operator_tokens, 1, "{tokens}");
 }

@@ -109,6 +109,28 @@ pub enum Gate {
         /// Also remove files created since.
         clean: bool,
     },
+    /// `token.create` of an operator token by an agent. Nothing runs at
+    /// the decision: the token is made when the agent that asked picks it
+    /// up (`http::tokens::pick_up`), so its secret is never stored.
+    TokenCreate {
+        /// Its label.
+        name: Option<String>,
+        /// How long it works, in milliseconds; forever when absent.
+        ttl_ms: Option<u64>,
+    },
+}
+
+/// What picking up an approved token finds.
+#[derive(Debug)]
+pub enum Pickup {
+    /// This call took it: make the token now.
+    Claimed(Gate),
+    /// It was picked up before.
+    Taken,
+    /// The approval is older than the pickup allows; no token is made.
+    TooLate,
+    /// The approval is not for a token.
+    NotAToken,
 }
 
 impl Gate {
@@ -120,7 +142,19 @@ impl Gate {
             Gate::MeshRevoke { .. } => "mesh.revoke",
             Gate::AgentStop { .. } => "agent.stop",
             Gate::CheckpointRestore { .. } => "checkpoint.restore",
+            Gate::TokenCreate { .. } => Gate::TOKEN_CREATE,
         }
+    }
+
+    /// The action of [`Gate::TokenCreate`].
+    pub const TOKEN_CREATE: &'static str = "token.create";
+
+    /// Whether the action runs when its requester picks its result up,
+    /// rather than on the owner at the decision.
+    fn on_pickup(gate: Option<&serde_json::Value>) -> bool {
+        gate.and_then(|gate| gate.get("kind"))
+            .and_then(serde_json::Value::as_str)
+            == Some("token_create")
     }
 
     /// What it would do, for people.
@@ -138,6 +172,18 @@ impl Gate {
             }
             Gate::CheckpointRestore { id, clean: true } => {
                 format!("restore checkpoint {id} and remove files created since")
+            }
+            Gate::TokenCreate { name, ttl_ms } => {
+                let mut summary =
+                    "make an operator token (it may do everything the operator does".to_owned();
+                match ttl_ms {
+                    Some(ttl) => summary.push_str(&format!(", for {} s)", ttl / 1000)),
+                    None => summary.push_str(", until revoked)"),
+                }
+                if let Some(name) = name {
+                    summary.push_str(&format!(" named {name:?}"));
+                }
+                summary
             }
         }
     }
@@ -581,6 +627,7 @@ impl Approvals {
     fn after_decision(&self, row: &ApprovalRow) {
         if row.body.state == ApprovalState::Approved
             && row.gate.is_some()
+            && !Gate::on_pickup(row.gate.as_ref())
             && row.applied_at_ms.is_none()
         {
             let _ = self.to_apply.send(row.id.clone());
@@ -704,8 +751,11 @@ impl Approvals {
             let settled = match row.body.state {
                 ApprovalState::Pending => false,
                 // An approved gated action is settled once it ran.
+                // One picked up by its requester is settled at the decision.
                 ApprovalState::Approved => {
-                    row.gate.is_none() || row.outcome.as_deref().is_some_and(|o| o != "running")
+                    row.gate.is_none()
+                        || Gate::on_pickup(row.gate.as_ref())
+                        || row.outcome.as_deref().is_some_and(|o| o != "running")
                 }
                 ApprovalState::Denied | ApprovalState::Expired => true,
             };
@@ -717,6 +767,59 @@ impl Approvals {
                 return Ok(self.view_of_row(&row, &self.node_names()));
             }
         }
+    }
+
+    /// Claims the result of approved approval `id` (owned here) for its
+    /// one pickup, `max_ms` at most after its decision. A pickup too late
+    /// is recorded as such, so no later one succeeds either.
+    pub async fn claim_pickup(&self, id: &str, max_ms: u64) -> Result<Pickup, ApprovalError> {
+        let now = self.env.now_unix_ms();
+        let key = id.to_owned();
+        let pickup = self
+            .store
+            .write(move |transaction| {
+                let Some(row) = ApprovalRow::get(transaction, &key)? else {
+                    return Ok(Pickup::NotAToken);
+                };
+                if row.body.state != ApprovalState::Approved || !Gate::on_pickup(row.gate.as_ref())
+                {
+                    return Ok(Pickup::NotAToken);
+                }
+                let Some(Ok(gate)) = row.gate.clone().map(serde_json::from_value::<Gate>) else {
+                    return Ok(Pickup::NotAToken);
+                };
+                if !ApprovalRow::claim(transaction, &key, now)? {
+                    return Ok(Pickup::Taken);
+                }
+                let decided = row.body.decided_unix_ms.unwrap_or(now);
+                if now > decided.saturating_add(max_ms) {
+                    ApprovalRow::mark_applied(
+                        transaction,
+                        &key,
+                        now,
+                        "expired: not picked up in time; no token was made",
+                    )?;
+                    return Ok(Pickup::TooLate);
+                }
+                Ok(Pickup::Claimed(gate))
+            })
+            .await?;
+        self.bump();
+        Ok(pickup)
+    }
+
+    /// Records what the picked-up action of approval `id` did.
+    pub async fn record_outcome(&self, id: &str, outcome: &str) {
+        let now = self.env.now_unix_ms();
+        let (key, recorded) = (id.to_owned(), outcome.to_owned());
+        if let Err(err) = self
+            .store
+            .write(move |transaction| ApprovalRow::mark_applied(transaction, &key, now, &recorded))
+            .await
+        {
+            tracing::error!(approval = %id, cause = %err, "cannot record a picked-up action");
+        }
+        self.bump();
     }
 
     /// Withdraws pending approval `id` owned here: expired, decided by
@@ -1262,5 +1365,8 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
                 })
                 .map_err(|err| err.to_string())
         }
+        // Never queued (see `Approvals::after_decision`): the token is made
+        // on pickup.
+        Gate::TokenCreate { .. } => Err("the token is made when its agent picks it up".to_owned()),
     }
 }
