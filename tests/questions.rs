@@ -38,7 +38,8 @@ fn call(node: &Node, method: &str, path: &str, token: &str, body: Value) -> (u16
 /// Adds `@asker` to `node`: a bash loop at a `ready>` prompt that writes
 /// its `SCOUT_TOKEN` to `token.txt`, and for a line starting with `ask`
 /// asks `Proceed? [y/N]` and creates a file named after the line only on
-/// `y`. Where its files go.
+/// `y`; for a line starting with `hurry` it asks `Hurry? [y/N]` and
+/// moves on by itself after a few seconds. Where its files go.
 fn add_asker(node: &Node) -> PathBuf {
     let dir = node.sandbox.path().join("out");
     std::fs::create_dir_all(&dir).unwrap();
@@ -46,7 +47,8 @@ fn add_asker(node: &Node) -> PathBuf {
         "printf 'ready> '; while IFS= read -r line; do \
            printf '%s' \"$SCOUT_TOKEN\" > {dir}/token.tmp; mv {dir}/token.tmp {dir}/token.txt; \
            case \"$line\" in ask*) printf 'Proceed? [y/N] '; IFS= read -r answer; \
-             if [ \"$answer\" = y ]; then echo yes > {dir}/\"$line\"; fi;; esac; \
+             if [ \"$answer\" = y ]; then echo yes > {dir}/\"$line\"; fi;; \
+             hurry*) printf 'Hurry? [y/N] '; IFS= read -r -t 5 answer || echo;; esac; \
            echo \"done: $line\"; printf 'ready> '; done",
         dir = dir.display()
     );
@@ -159,6 +161,35 @@ fn a_terminal_question_is_answered_from_another_broker() {
         (flight_state(&beta, &second).as_deref() == Some("completed")).then_some(())
     });
     assert!(!dir.join("ask-two").exists());
+
+    // The question leaves the screen unanswered (the program moved on, as
+    // when someone answers in the terminal): the request is withdrawn.
+    let third = send(&beta, "hurry");
+    let asked = question_for(&alpha, &third);
+    assert_eq!(asked["summary"], "Hurry? [y/N]", "{asked}");
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let withdrawn = wait_until("the request to be withdrawn", || {
+        beta.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "terminal", "{withdrawn}");
+    wait_until("the flight to complete", || {
+        (flight_state(&beta, &third).as_deref() == Some("completed")).then_some(())
+    });
+    let (status, late) = call(
+        &alpha,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &alpha.sandbox.token(),
+        json!({}),
+    );
+    assert_eq!(
+        status, 409,
+        "an answer after the terminal's is refused: {late}"
+    );
 }
 
 #[test]
