@@ -105,17 +105,18 @@ fn each_scope_reaches_only_its_routes_and_revocation_ends_a_token() {
         "operator",
     );
     assert_forbidden(call(&node, "GET", "/v1/audit", &agent, None), "operator");
-    // An agent may not make a token above its own scope.
-    assert_forbidden(
-        call(
-            &node,
-            "POST",
-            "/v1/tokens",
-            &agent,
-            Some(json!({ "scope": "operator" })),
-        ),
-        "operator",
+    // An agent asking for a token above its own scope asks a person: an
+    // approval, and no token (`tests/questions.rs` answers one).
+    let (status, asked) = call(
+        &node,
+        "POST",
+        "/v1/tokens",
+        &agent,
+        Some(json!({ "scope": "operator" })),
     );
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["approval"]["action"], "token.create", "{asked}");
+    assert!(asked.get("token").is_none(), "{asked}");
     let (status, made) = call(
         &node,
         "POST",

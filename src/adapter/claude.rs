@@ -179,6 +179,11 @@ impl ClaudeAdapter {
 }
 
 impl Adapter for ClaudeAdapter {
+    /// Claude Code's dialogs list numbered options with yes first (`1. Yes`) and take the digit as a choice; Escape refuses, as `No, and tell Claude what to do differently (esc)` says.
+    fn answer_keys(&self, _question: &str, yes: bool) -> &'static [u8] {
+        if yes { b"1" } else { b"\x1b" }
+    }
+
     fn harness(&self) -> Harness {
         Harness::Claude
     }

@@ -147,6 +147,11 @@ impl CodexAdapter {
 }
 
 impl Adapter for CodexAdapter {
+    /// Codex's approval overlay answers `Yes, proceed` to `y`; Escape takes `No, and tell Codex what to do differently (esc)`.
+    fn answer_keys(&self, _question: &str, yes: bool) -> &'static [u8] {
+        if yes { b"y" } else { b"\x1b" }
+    }
+
     fn harness(&self) -> Harness {
         Harness::Codex
     }

@@ -130,6 +130,11 @@ impl GeminiAdapter {
 }
 
 impl Adapter for GeminiAdapter {
+    /// Gemini's dialogs are numbered lists with `1. Yes, allow once` first, chosen by their digit; Escape cancels.
+    fn answer_keys(&self, _question: &str, yes: bool) -> &'static [u8] {
+        if yes { b"1" } else { b"\x1b" }
+    }
+
     fn harness(&self) -> Harness {
         Harness::Gemini
     }

@@ -302,6 +302,19 @@ pub trait Adapter: Send + Sync + Debug {
         None
     }
 
+    /// The keys that answer `question` (as the screen showed it) yes or
+    /// no. The default suits line prompts (`Proceed? [y/N]`, `(yes/no)`):
+    /// the word, then Enter.
+    fn answer_keys(&self, question: &str, yes: bool) -> &'static [u8] {
+        let words = question.to_ascii_lowercase().contains("yes/no");
+        match (words, yes) {
+            (true, true) => b"yes\r",
+            (true, false) => b"no\r",
+            (false, true) => b"y\r",
+            (false, false) => b"n\r",
+        }
+    }
+
     /// The pause between a paste and its Enter.
     fn enter_delay(&self) -> Duration {
         ENTER_DELAY
@@ -526,6 +539,33 @@ mod tests {
         assert_eq!(servers[0]["args"], serde_json::json!(["mcp"]));
         assert_eq!(servers[0]["env"].as_array().unwrap().len(), 3);
         assert_eq!(ScoutMcp::acp_servers(&[]), serde_json::json!([]));
+    }
+
+    #[test]
+    fn answer_keys_per_harness() {
+        let command = AdapterOptions {
+            command: Some(vec!["bash".to_owned()]),
+            ..AdapterOptions::default()
+        };
+        let bash = adapter_for(Harness::Command, &command).unwrap();
+        assert_eq!(bash.answer_keys("Proceed? [y/N]", true), b"y\r");
+        assert_eq!(bash.answer_keys("Proceed? (y/n)", false), b"n\r");
+        assert_eq!(bash.answer_keys("Go on? [yes/no]", true), b"yes\r");
+        let options = AdapterOptions::default();
+        for harness in [Harness::Claude, Harness::Codex, Harness::Gemini] {
+            let adapter = adapter_for(harness, &options).unwrap();
+            // A dialog is refused with Escape, never with Enter, which
+            // would pick whatever option is highlighted.
+            assert_eq!(
+                adapter.answer_keys("Do you want to proceed?", false),
+                b"\x1b"
+            );
+            assert!(
+                !adapter
+                    .answer_keys("Do you want to proceed?", true)
+                    .contains(&b'\x1b')
+            );
+        }
     }
 
     #[test]

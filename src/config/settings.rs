@@ -45,6 +45,32 @@ pub struct Settings {
     pub worktrees: WorktreeSettings,
     /// Desktop notifications and webhooks for pending approvals.
     pub notifications: crate::daemon::notify::NotificationSettings,
+    /// How approvals this broker owns wait for a person.
+    #[serde(skip_serializing_if = "ApprovalSettings::is_default")]
+    pub approvals: ApprovalSettings,
+}
+
+/// The `approvals` section: how long a request waits for a person.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// Seconds a request waits when it names no deadline of its own; the
+    /// built-in default (`approvals::DEADLINE_DEFAULT`) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+impl ApprovalSettings {
+    fn is_default(&self) -> bool {
+        *self == ApprovalSettings::default()
+    }
+
+    /// The deadline of requests that name none.
+    pub fn deadline(&self) -> std::time::Duration {
+        self.deadline_secs
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::daemon::approvals::DEADLINE_DEFAULT)
+    }
 }
 
 /// Where worktrees made on demand go, and when idle ones are cleaned up.
@@ -140,6 +166,7 @@ impl Default for Settings {
             discovery: DiscoverySettings::default(),
             worktrees: WorktreeSettings::default(),
             notifications: Default::default(),
+            approvals: ApprovalSettings::default(),
         }
     }
 }
@@ -243,6 +270,17 @@ pub fn validate(settings: &Settings, path: &Path, text: &str) -> Result<(), Conf
     }
     if let Err(message) = settings.notifications.check() {
         return Err(ConfigError::field(path, text, "notifications", message));
+    }
+    if let Some(secs) = settings.approvals.deadline_secs {
+        let max = crate::daemon::approvals::DEADLINE_MAX.as_secs();
+        if secs == 0 || secs > max {
+            return Err(ConfigError::field(
+                path,
+                text,
+                "approvals.deadline_secs",
+                format!("{secs} seconds; between 1 and {max} (a day)"),
+            ));
+        }
     }
     if settings.workspace_roots.len() > WORKSPACE_ROOTS_MAX {
         return Err(ConfigError::field(
@@ -396,6 +434,26 @@ mod tests {
         assert!(parse_seed("devbox").is_err());
         assert!(parse_seed("devbox:0").is_err());
         assert!(parse_seed(":3101").is_err());
+    }
+
+    #[test]
+    fn the_approval_deadline_is_bounded() {
+        let text = "{\n  \"approvals\": {\n    \"deadline_secs\": 90000\n  }\n}\n";
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        let message = validate(&settings, Path::new("settings.json"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("field `approvals.deadline_secs`"),
+            "{message}"
+        );
+        let text = "{\"approvals\": {\"deadline_secs\": 5}}";
+        let settings: Settings = serde_json::from_str(text).unwrap();
+        assert!(validate(&settings, Path::new("settings.json"), text).is_ok());
+        assert_eq!(settings.approvals.deadline().as_secs(), 5);
+        // Unset, it is neither written nor different from the default.
+        let plain = serde_json::to_string(&Settings::default()).unwrap();
+        assert!(!plain.contains("approvals"), "{plain}");
     }
 
     #[test]

@@ -109,6 +109,28 @@ pub enum Gate {
         /// Also remove files created since.
         clean: bool,
     },
+    /// `token.create` of an operator token by an agent. Nothing runs at
+    /// the decision: the token is made when the agent that asked picks it
+    /// up (`http::tokens::pick_up`), so its secret is never stored.
+    TokenCreate {
+        /// Its label.
+        name: Option<String>,
+        /// How long it works, in milliseconds; forever when absent.
+        ttl_ms: Option<u64>,
+    },
+}
+
+/// What picking up an approved token finds.
+#[derive(Debug)]
+pub enum Pickup {
+    /// This call took it: make the token now.
+    Claimed(Gate),
+    /// It was picked up before.
+    Taken,
+    /// The approval is older than the pickup allows; no token is made.
+    TooLate,
+    /// The approval is not for a token.
+    NotAToken,
 }
 
 impl Gate {
@@ -120,7 +142,19 @@ impl Gate {
             Gate::MeshRevoke { .. } => "mesh.revoke",
             Gate::AgentStop { .. } => "agent.stop",
             Gate::CheckpointRestore { .. } => "checkpoint.restore",
+            Gate::TokenCreate { .. } => Gate::TOKEN_CREATE,
         }
+    }
+
+    /// The action of [`Gate::TokenCreate`].
+    pub const TOKEN_CREATE: &'static str = "token.create";
+
+    /// Whether the action runs when its requester picks its result up,
+    /// rather than on the owner at the decision.
+    fn on_pickup(gate: Option<&serde_json::Value>) -> bool {
+        gate.and_then(|gate| gate.get("kind"))
+            .and_then(serde_json::Value::as_str)
+            == Some("token_create")
     }
 
     /// What it would do, for people.
@@ -139,6 +173,18 @@ impl Gate {
             Gate::CheckpointRestore { id, clean: true } => {
                 format!("restore checkpoint {id} and remove files created since")
             }
+            Gate::TokenCreate { name, ttl_ms } => {
+                let mut summary =
+                    "make an operator token (it may do everything the operator does".to_owned();
+                match ttl_ms {
+                    Some(ttl) => summary.push_str(&format!(", for {} s)", ttl / 1000)),
+                    None => summary.push_str(", until revoked)"),
+                }
+                if let Some(name) = name {
+                    summary.push_str(&format!(" named {name:?}"));
+                }
+                summary
+            }
         }
     }
 }
@@ -156,7 +202,8 @@ pub struct Ask {
     pub summary: String,
     /// What runs once approved.
     pub gate: Option<Gate>,
-    /// How long to wait for a person; [`DEADLINE_DEFAULT`] when `None`.
+    /// How long to wait for a person; the broker's default deadline when
+    /// `None`.
     pub deadline: Option<Duration>,
 }
 
@@ -284,6 +331,9 @@ pub struct Approvals {
     /// once committed, without waiting for the action.
     to_apply: tokio::sync::mpsc::UnboundedSender<String>,
     to_apply_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// The deadline of requests that name none (`approvals.deadline_secs`
+    /// of `settings.json`, else [`DEADLINE_DEFAULT`]).
+    default_deadline: Duration,
 }
 
 impl Approvals {
@@ -308,7 +358,15 @@ impl Approvals {
             state: OnceLock::new(),
             to_apply,
             to_apply_rx: Mutex::new(Some(to_apply_rx)),
+            default_deadline: DEADLINE_DEFAULT,
         }
+    }
+
+    /// These approvals with `deadline` for requests that name none (kept
+    /// within [`DEADLINE_MAX`]).
+    pub fn with_default_deadline(mut self, deadline: Duration) -> Approvals {
+        self.default_deadline = deadline.min(DEADLINE_MAX);
+        self
     }
 
     /// Lets approved gated actions reach the broker.
@@ -328,7 +386,10 @@ impl Approvals {
             )));
         }
         let now = self.env.now_unix_ms();
-        let deadline = ask.deadline.unwrap_or(DEADLINE_DEFAULT).min(DEADLINE_MAX);
+        let deadline = ask
+            .deadline
+            .unwrap_or(self.default_deadline)
+            .min(DEADLINE_MAX);
         let id = approval::id_from(self.env.random_u64());
         let gate = ask
             .gate
@@ -566,6 +627,7 @@ impl Approvals {
     fn after_decision(&self, row: &ApprovalRow) {
         if row.body.state == ApprovalState::Approved
             && row.gate.is_some()
+            && !Gate::on_pickup(row.gate.as_ref())
             && row.applied_at_ms.is_none()
         {
             let _ = self.to_apply.send(row.id.clone());
@@ -689,8 +751,11 @@ impl Approvals {
             let settled = match row.body.state {
                 ApprovalState::Pending => false,
                 // An approved gated action is settled once it ran.
+                // One picked up by its requester is settled at the decision.
                 ApprovalState::Approved => {
-                    row.gate.is_none() || row.outcome.as_deref().is_some_and(|o| o != "running")
+                    row.gate.is_none()
+                        || Gate::on_pickup(row.gate.as_ref())
+                        || row.outcome.as_deref().is_some_and(|o| o != "running")
                 }
                 ApprovalState::Denied | ApprovalState::Expired => true,
             };
@@ -702,6 +767,77 @@ impl Approvals {
                 return Ok(self.view_of_row(&row, &self.node_names()));
             }
         }
+    }
+
+    /// Claims the result of approved approval `id` (owned here) for its
+    /// one pickup, `max_ms` at most after its decision. A pickup too late
+    /// is recorded as such, so no later one succeeds either.
+    pub async fn claim_pickup(&self, id: &str, max_ms: u64) -> Result<Pickup, ApprovalError> {
+        let now = self.env.now_unix_ms();
+        let key = id.to_owned();
+        let pickup = self
+            .store
+            .write(move |transaction| {
+                let Some(row) = ApprovalRow::get(transaction, &key)? else {
+                    return Ok(Pickup::NotAToken);
+                };
+                if row.body.state != ApprovalState::Approved || !Gate::on_pickup(row.gate.as_ref())
+                {
+                    return Ok(Pickup::NotAToken);
+                }
+                let Some(Ok(gate)) = row.gate.clone().map(serde_json::from_value::<Gate>) else {
+                    return Ok(Pickup::NotAToken);
+                };
+                if !ApprovalRow::claim(transaction, &key, now)? {
+                    return Ok(Pickup::Taken);
+                }
+                let decided = row.body.decided_unix_ms.unwrap_or(now);
+                if now > decided.saturating_add(max_ms) {
+                    ApprovalRow::mark_applied(
+                        transaction,
+                        &key,
+                        now,
+                        "expired: not picked up in time; no token was made",
+                    )?;
+                    return Ok(Pickup::TooLate);
+                }
+                Ok(Pickup::Claimed(gate))
+            })
+            .await?;
+        self.bump();
+        Ok(pickup)
+    }
+
+    /// Records what the picked-up action of approval `id` did.
+    pub async fn record_outcome(&self, id: &str, outcome: &str) {
+        let now = self.env.now_unix_ms();
+        let (key, recorded) = (id.to_owned(), outcome.to_owned());
+        if let Err(err) = self
+            .store
+            .write(move |transaction| ApprovalRow::mark_applied(transaction, &key, now, &recorded))
+            .await
+        {
+            tracing::error!(approval = %id, cause = %err, "cannot record a picked-up action");
+        }
+        self.bump();
+    }
+
+    /// Withdraws pending approval `id` owned here: expired, decided by
+    /// `by` (`terminal`) with `note`. Whether it was still pending.
+    pub async fn withdraw(&self, id: &str, by: &str, note: &str) -> Result<bool, ApprovalError> {
+        let now = self.env.now_unix_ms();
+        let (key, by, note) = (id.to_owned(), by.to_owned(), note.to_owned());
+        let row = self
+            .store
+            .write(move |transaction| ApprovalRow::withdraw(transaction, &key, &by, &note, now))
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        tracing::info!(approval = %row.id, "approval withdrawn");
+        self.publish(&row);
+        self.bump();
+        Ok(true)
     }
 
     /// A receiver that changes whenever this broker commits an approval
@@ -1077,7 +1213,104 @@ impl crate::pty::PermissionAsker for BrokerAsker {
             Some(view.state == ApprovalState::Approved)
         })
     }
+
+    fn ask_question(
+        &self,
+        agent: String,
+        question: String,
+        gone: watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        let parts = self
+            .parts
+            .get()
+            .and_then(|(approvals, credentials)| Some((approvals.upgrade()?, credentials.clone())));
+        Box::pin(async move {
+            let (approvals, credentials) = parts?;
+            let invocation = credentials.running_invocation(&agent);
+            let asked = approvals
+                .ask(Ask {
+                    agent,
+                    invocation,
+                    action: QUESTION_ACTION.to_owned(),
+                    summary: question,
+                    gate: None,
+                    deadline: None,
+                })
+                .await;
+            match asked {
+                Ok(view) => BrokerAsker::question_answer(&approvals, view, gone).await,
+                Err(err) => {
+                    // Nobody can be asked (too many pending): the question
+                    // stays on the terminal for a person there.
+                    tracing::warn!(cause = %err, "a terminal question was not asked");
+                    None
+                }
+            }
+        })
+    }
 }
+
+impl BrokerAsker {
+    /// Waits for the answer to question approval `view` while the question
+    /// stays on screen; withdraws it once the question has been gone for
+    /// [`crate::pty::question::QUESTION_GONE_GRACE`].
+    async fn question_answer(
+        approvals: &Approvals,
+        mut view: ApprovalView,
+        mut gone: watch::Receiver<bool>,
+    ) -> Option<bool> {
+        use crate::pty::question::QUESTION_GONE_GRACE;
+        loop {
+            match view.state {
+                ApprovalState::Pending => {}
+                ApprovalState::Approved => return Some(true),
+                ApprovalState::Denied => return Some(false),
+                // Withdrawn: the terminal was answered; nothing to type.
+                ApprovalState::Expired
+                    if view.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY) =>
+                {
+                    return None;
+                }
+                // Unanswered by its deadline: it counts as denied.
+                ApprovalState::Expired => return Some(false),
+            }
+            let still_shown = tokio::select! {
+                waited = approvals.wait(&view.id, DEADLINE_MAX) => {
+                    view = waited.ok()?;
+                    continue;
+                }
+                changed = gone.changed() => match changed {
+                    Ok(()) if !*gone.borrow_and_update() => true,
+                    // A redraw may blank the question for a moment.
+                    Ok(()) => matches!(
+                        tokio::time::timeout(QUESTION_GONE_GRACE, gone.wait_for(|gone| !*gone)).await,
+                        Ok(Ok(_))
+                    ),
+                    Err(_) => false,
+                },
+            };
+            if !still_shown {
+                if let Err(err) = approvals
+                    .withdraw(
+                        &view.id,
+                        QUESTION_WITHDRAWN_BY,
+                        "the question left the screen (answered in the terminal)",
+                    )
+                    .await
+                {
+                    tracing::warn!(approval = %view.id, cause = %err, "cannot withdraw a question");
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// The action of an approval asking a terminal's question.
+pub const QUESTION_ACTION: &str = "terminal.question";
+
+/// Who withdrew a question's approval: the terminal, where it was answered.
+pub const QUESTION_WITHDRAWN_BY: &str = "terminal";
 
 /// Runs an approved gated action on this broker; what it did.
 pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, String> {
@@ -1132,5 +1365,8 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
                 })
                 .map_err(|err| err.to_string())
         }
+        // Never queued (see `Approvals::after_decision`): the token is made
+        // on pickup.
+        Gate::TokenCreate { .. } => Err("the token is made when its agent picks it up".to_owned()),
     }
 }

@@ -327,14 +327,17 @@ impl Broker {
             shutdown_rx.clone(),
             &mut tasks,
         );
-        let approvals = Arc::new(approvals::Approvals::new(
-            store.clone(),
-            mesh.clone(),
-            env.clone(),
-            scout_mesh::wire::NodeId::of_public_key(&identity.public_key()),
-            node_name.as_str().to_owned(),
-            notifier,
-        ));
+        let approvals = Arc::new(
+            approvals::Approvals::new(
+                store.clone(),
+                mesh.clone(),
+                env.clone(),
+                scout_mesh::wire::NodeId::of_public_key(&identity.public_key()),
+                node_name.as_str().to_owned(),
+                notifier,
+            )
+            .with_default_deadline(settings.approvals.deadline()),
+        );
         {
             let router = router.clone();
             let approvals = approvals.clone();

@@ -172,18 +172,41 @@ fn parse_state(word: &str) -> Result<ApprovalState, ApiError> {
     }
 }
 
+/// An approval as `GET /v1/approvals/{id}` and its `wait` answer it: with
+/// the operator token an agent asked for, the one time that agent picks
+/// it up after the approval.
+#[derive(Debug, Serialize)]
+pub struct ApprovalAnswer {
+    /// The approval.
+    #[serde(flatten)]
+    pub view: ApprovalView,
+    /// The token, only in the answer that hands it over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<super::tokens::CreatedToken>,
+}
+
+async fn answer_with_pickup(
+    state: &BrokerState,
+    caller: Option<&Extension<AgentCaller>>,
+    view: ApprovalView,
+) -> Result<Json<ApprovalAnswer>, ApiError> {
+    let token =
+        super::tokens::pick_up(state, caller.map(|Extension(caller)| caller), &view).await?;
+    Ok(Json(ApprovalAnswer { view, token }))
+}
+
 async fn one(
     State(state): State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
-) -> Result<Json<ApprovalView>, ApiError> {
-    state
+) -> Result<Json<ApprovalAnswer>, ApiError> {
+    let view = state
         .approvals
         .get(&id)
         .map_err(approval_error)?
         .filter(|view| visible(caller.as_ref(), view))
-        .map(Json)
-        .ok_or_else(|| not_found(&id))
+        .ok_or_else(|| not_found(&id))?;
+    answer_with_pickup(&state, caller.as_ref(), view).await
 }
 
 async fn rules(
@@ -309,7 +332,7 @@ async fn wait(
     caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
     Query(query): Query<WaitQuery>,
-) -> Result<Json<ApprovalView>, ApiError> {
+) -> Result<Json<ApprovalAnswer>, ApiError> {
     let timeout =
         Duration::from_secs(query.timeout_secs.unwrap_or(WAIT_MAX.as_secs())).min(WAIT_MAX);
     // An agent waits only for what it asked: checked before the wait, so
@@ -323,7 +346,7 @@ async fn wait(
         .wait(&id, timeout)
         .await
         .map_err(approval_error)?;
-    Ok(Json(view))
+    answer_with_pickup(&state, caller.as_ref(), view).await
 }
 
 /// The body of an answer.

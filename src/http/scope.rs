@@ -185,9 +185,10 @@ pub const ROUTE_CLASSES: &[(&str, &str, RouteClass)] = &[
     ("POST", "/v1/approvals/{id}/approve", OPERATOR),
     ("POST", "/v1/approvals/{id}/deny", OPERATOR),
     ("POST", "/v1/approvals/rules/{id}/remove", OPERATOR),
-    // Human-gated actions. `POST /v1/tokens` is gated only when it asks
-    // for an operator token; its handler refuses an agent anything above
-    // its own scope.
+    // Human-gated actions. `POST /v1/tokens` is gated only when an agent
+    // asks for an operator token (a person approves, and the agent picks
+    // the token up once through the approval); its handler refuses any
+    // other caller a scope above its own.
     ("POST", "/v1/work-orders/{id}/cancel", GATED),
     ("POST", "/v1/invocations/{id}/cancel", GATED),
     ("POST", "/v1/mesh/revoke", GATED),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ use super::error::{ApiError, JsonBody, PathId};
 use super::scope::{Caller, Scope};
 use super::web::WebSessions;
 use crate::daemon::BrokerState;
+use crate::daemon::approvals::{ApprovalView, Gate};
+use crate::daemon::credentials::AgentCaller;
 use crate::daemon::tokens::{
     LIVE_TOKENS_MAX, TOKEN_ID_PREFIX, TOKEN_PREFIX, TokenCheck, digest_hex, hex,
 };
@@ -161,12 +164,30 @@ pub(crate) async fn check_created(
     Ok(caller)
 }
 
-/// `POST /v1/tokens`.
+/// `POST /v1/tokens`. An agent asking for an operator token asks a person
+/// instead: `202` with the approval, and the token is made when the agent
+/// picks it up ([`pick_up`]).
 async fn create(
     State(state): State<Arc<BrokerState>>,
     Extension(caller): Extension<Caller>,
+    agent: Option<Extension<AgentCaller>>,
     JsonBody(body): JsonBody<CreateToken>,
-) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+) -> Result<Response, ApiError> {
+    if body.scope == Scope::Operator && caller.scope == Scope::Agent && agent.is_some() {
+        if body.agent.is_some() {
+            return Err(invalid(
+                "only an `agent` token acts as an agent; an `operator` token takes no --agent",
+            ));
+        }
+        let gate = Gate::TokenCreate {
+            name: check_name(body.name)?,
+            ttl_ms: check_ttl(body.ttl_ms)?,
+        };
+        return super::approvals::gate(&state, agent, gate, || async {
+            Err::<(), ApiError>(invalid("only an agent's request is gated"))
+        })
+        .await;
+    }
     if body.scope > caller.scope {
         return Err(ApiError::forbidden_scope(
             body.scope,
@@ -176,15 +197,31 @@ async fn create(
     }
     let name = check_name(body.name)?;
     let agent = token_agent(&state, &caller, body.scope, body.agent)?;
-    let ttl_ms = match body.ttl_ms {
-        Some(0) => return Err(invalid("a token's ttl must be more than 0 ms")),
-        Some(ttl) if ttl > TOKEN_TTL_MS_MAX => {
-            return Err(invalid(format!(
-                "a token's ttl may be at most {TOKEN_TTL_MS_MAX} ms (a year)"
-            )));
-        }
-        other => other,
-    };
+    let ttl_ms = check_ttl(body.ttl_ms)?;
+    let created = mint(&state, body.scope, agent, name, ttl_ms, caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+fn check_ttl(ttl_ms: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match ttl_ms {
+        Some(0) => Err(invalid("a token's ttl must be more than 0 ms")),
+        Some(ttl) if ttl > TOKEN_TTL_MS_MAX => Err(invalid(format!(
+            "a token's ttl may be at most {TOKEN_TTL_MS_MAX} ms (a year)"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Makes a token of `scope` as `created_by` and records it (store, audit,
+/// the live set): the secret is in the answer and nowhere else.
+async fn mint(
+    state: &BrokerState,
+    scope: Scope,
+    agent: Option<String>,
+    name: Option<String>,
+    ttl_ms: Option<u64>,
+    created_by: String,
+) -> Result<CreatedToken, ApiError> {
     if state.tokens.len() >= LIVE_TOKENS_MAX {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -201,10 +238,10 @@ async fn create(
     let row = TokenRow {
         token_id: format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes)),
         name: name.clone(),
-        scope: body.scope.as_str().to_owned(),
+        scope: scope.as_str().to_owned(),
         agent: agent.clone(),
         digest: digest_hex(&token),
-        created_by: caller.actor(),
+        created_by,
         created_at_ms: now,
         expires_at_ms,
         last_used_at_ms: None,
@@ -237,17 +274,84 @@ async fn create(
         .await
         .map_err(ApiError::internal)?;
     state.tokens.insert(&row);
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            id: row.token_id,
-            token,
-            scope: body.scope,
-            agent,
-            name,
-            expires_at_ms,
-        }),
-    ))
+    Ok(CreatedToken {
+        id: row.token_id,
+        token,
+        scope,
+        agent,
+        name,
+        expires_at_ms,
+    })
+}
+
+/// How long after its approval an operator token asked for by an agent
+/// may be picked up: the agent is waiting for the answer, so minutes are
+/// plenty; an approval forgotten for longer makes no token at all.
+pub const TOKEN_PICKUP_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The token of approval `view`, made now and handed once, when `caller`
+/// is the agent that asked for it, the approval is this broker's and
+/// approved, and nobody picked the token up yet; `None` for every other
+/// approval. The secret is never stored: it is made on pickup and answered
+/// to this request only. A second pickup is `TOKEN_ALREADY_HANDED`, one
+/// later than [`TOKEN_PICKUP_MAX`] after the approval `TOKEN_PICKUP_EXPIRED`.
+pub async fn pick_up(
+    state: &BrokerState,
+    caller: Option<&AgentCaller>,
+    view: &ApprovalView,
+) -> Result<Option<CreatedToken>, ApiError> {
+    let Some(caller) = caller else {
+        return Ok(None);
+    };
+    if !view.local
+        || view.action != Gate::TOKEN_CREATE
+        || view.agent != caller.instance
+        || view.state != scout_mesh::wire::ApprovalState::Approved
+    {
+        return Ok(None);
+    }
+    let max = u64::try_from(TOKEN_PICKUP_MAX.as_millis()).unwrap_or(u64::MAX);
+    let claimed = state
+        .approvals
+        .claim_pickup(&view.id, max)
+        .await
+        .map_err(super::approvals::approval_error)?;
+    let gate = match claimed {
+        crate::daemon::approvals::Pickup::Claimed(gate) => gate,
+        crate::daemon::approvals::Pickup::Taken => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "TOKEN_ALREADY_HANDED",
+                format!(
+                    "the token of approval {} was handed to its agent already; ask again for another",
+                    view.id
+                ),
+            ));
+        }
+        crate::daemon::approvals::Pickup::TooLate => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "TOKEN_PICKUP_EXPIRED",
+                format!(
+                    "the token of approval {} was not picked up within {} s of the approval; ask again",
+                    view.id,
+                    TOKEN_PICKUP_MAX.as_secs()
+                ),
+            ));
+        }
+        crate::daemon::approvals::Pickup::NotAToken => return Ok(None),
+    };
+    let Gate::TokenCreate { name, ttl_ms } = gate else {
+        return Ok(None);
+    };
+    let by = format!("approval:{} agent:{}", view.id, caller.instance);
+    let made = mint(state, Scope::Operator, None, name, ttl_ms, by).await;
+    let outcome = match &made {
+        Ok(made) => format!("operator token {} handed to {}", made.id, caller.instance),
+        Err(err) => format!("failed: {}", err.message),
+    };
+    state.approvals.record_outcome(&view.id, &outcome).await;
+    made.map(Some)
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

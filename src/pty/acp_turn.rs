@@ -104,6 +104,21 @@ pub trait PermissionAsker: Send + Sync + std::fmt::Debug {
         agent: String,
         summary: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>>;
+
+    /// Whether to answer yes to `question` (sanitised text, see
+    /// `pty::question`), which the terminal of `agent` shows: `Some(true)`
+    /// yes, `Some(false)` no, `None` when nobody answered (the request was
+    /// withdrawn because `gone` stayed `true`, the question having left the
+    /// screen; or nobody can be asked): then nothing is typed. The
+    /// default asks nobody.
+    fn ask_question(
+        &self,
+        _agent: String,
+        _question: String,
+        _gone: tokio::sync::watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        Box::pin(async { None })
+    }
 }
 
 /// How an ACP turn ended, and the ACP session it used (to store as the

@@ -15,6 +15,8 @@
 //!   (the runtime's one `unsafe` call, `setpriority`).
 //! - [`prompt`]: what a prompt may contain (no terminal control
 //!   characters), the one rule for every way a prompt comes in.
+//! - [`question`]: a question on a terminal's screen asked of a person
+//!   once per question shown, its text sanitised.
 //! - [`screen`]: the `vt100` screen model that answers terminal queries and
 //!   serves the last lines as text.
 //! - [`text`]: escape-sequence stripping and the line model of a turn's answer.
@@ -39,6 +41,7 @@ pub mod marker;
 pub mod priority;
 pub mod process;
 pub mod prompt;
+pub mod question;
 pub mod screen;
 pub mod session;
 pub mod text;

@@ -40,6 +40,7 @@ use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
+use super::question::{NewQuestion, Questions};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
 use super::transcript::{TRANSCRIPT_CHUNK_BYTES_MAX, TranscriptRenderer, TurnAsker, TurnHeader};
@@ -422,6 +423,9 @@ pub struct Session {
     /// the chunk), so a decision read off the screen waits until the task
     /// has caught up with what that screen had seen.
     pumped_seq: AtomicU64,
+    /// The question on screen and the person asked about it, for sessions
+    /// the broker gave an identity (see `pty::question`).
+    questions: Arc<Mutex<Questions>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -582,6 +586,7 @@ impl Session {
             wake: tokio::sync::Notify::new(),
             cancel: tokio::sync::Notify::new(),
             pumped_seq: AtomicU64::new(0),
+            questions: Arc::new(Mutex::new(Questions::default())),
             config,
         });
         tracing::info!(
@@ -1527,6 +1532,11 @@ impl Session {
     /// When the running turn ends for lack of output, if it is a quiet-style
     /// turn that has sent its Enter.
     fn quiet_deadline(&self) -> Option<Instant> {
+        // A person is being asked the question on screen: the turn waits
+        // for their answer, however quiet the program is meanwhile.
+        if self.lock_questions().asking() {
+            return None;
+        }
         let guard = self.lock_turn();
         let turn = guard.as_ref()?;
         let TurnStyle::PtyQuiet(quiet) = turn.style else {
@@ -1549,7 +1559,7 @@ impl Session {
     }
 
     /// Reads the screen through the adapter and acts on what it shows.
-    fn classify(&self) {
+    fn classify(self: &Arc<Self>) {
         let (text, cursor_line, seen_seq) = {
             let screen = self.lock_screen();
             (screen.text(), screen.cursor_line(), screen.seq())
@@ -1592,6 +1602,19 @@ impl Session {
         if shown == ScreenState::Ready {
             self.mark_ready();
         }
+        let asked = self.question_asker().is_some();
+        if asked {
+            match &shown {
+                ScreenState::Question(question) => {
+                    let new = self.lock_questions().shown(question);
+                    if let Some(new) = new {
+                        self.ask_question(new);
+                    }
+                }
+                ScreenState::Starting => {}
+                _ => self.lock_questions().cleared(),
+            }
+        }
         for (kind, url, question) in emit {
             let agent = self.info();
             match kind {
@@ -1616,6 +1639,9 @@ impl Session {
                     {
                         Some((seen_seq, TurnEnd::Prompt))
                     }
+                    // A person is asked through the broker and the answer is
+                    // typed into the terminal: the turn goes on.
+                    ScreenState::Question(_) if asked => None,
                     ScreenState::Question(question) => {
                         Some((seen_seq, TurnEnd::Question(question.clone())))
                     }
@@ -1624,6 +1650,54 @@ impl Session {
             }
         }
         self.end_turn_if_caught_up();
+    }
+
+    /// The broker's asker and the instance this session runs, when the
+    /// broker gave it an identity: its screen's questions go to a person.
+    fn question_asker(&self) -> Option<(Arc<dyn crate::pty::PermissionAsker>, String)> {
+        let asker = self.config.permissions.clone()?;
+        let agent = self
+            .config
+            .env
+            .iter()
+            .find(|(name, _)| name == crate::daemon::credentials::AGENT_VAR)
+            .map(|(_, value)| value.clone())?;
+        Some((asker, agent))
+    }
+
+    /// Asks a person about the question on screen and types their answer,
+    /// while the question is still the one on screen.
+    fn ask_question(self: &Arc<Self>, new: NewQuestion) {
+        let Some((asker, agent)) = self.question_asker() else {
+            return;
+        };
+        let yes = self.adapter.answer_keys(&new.text, true);
+        let no = self.adapter.answer_keys(&new.text, false);
+        let weak = Arc::downgrade(self);
+        let questions = self.questions.clone();
+        tracing::info!(agent = %self.config.id, question = %new.text, "the terminal asks a question");
+        tokio::spawn(async move {
+            let answer = asker.ask_question(agent, new.text, new.gone).await;
+            let typed = answer.is_some() && lock(&questions).answer(new.id);
+            let (Some(answer), true, Some(session)) = (answer, typed, weak.upgrade()) else {
+                lock(&questions).finish(new.id);
+                return;
+            };
+            // The program's reaction to the answer starts a new quiet
+            // period of the running turn.
+            if let Some(turn) = session.lock_turn().as_mut()
+                && turn.enter_sent_at.is_some()
+            {
+                turn.last_output_at = Some(Instant::now());
+            }
+            let keys = if answer { yes } else { no };
+            let _ = session.input().send(Bytes::from_static(keys)).await;
+            session.wake.notify_one();
+        });
+    }
+
+    fn lock_questions(&self) -> MutexGuard<'_, Questions> {
+        lock(&self.questions)
     }
 
     /// The session ended: record why, tell subscribers, fail the running
@@ -1641,6 +1715,8 @@ impl Session {
             state.login_required = false;
             state.question = None;
             let requested = state.stop_reason.take();
+            // Nobody can answer an ended session's question.
+            self.lock_questions().cleared();
             let failed = exit
                 .as_ref()
                 .is_some_and(|exit| exit.code != 0 || exit.signal.is_some());
@@ -2118,6 +2194,13 @@ async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut reader: R) -> String {
         }
     }
     String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// The questions' lock; a panic while it was held leaves nothing half done.
+fn lock(questions: &Mutex<Questions>) -> MutexGuard<'_, Questions> {
+    questions
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]

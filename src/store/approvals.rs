@@ -226,6 +226,32 @@ impl ApprovalRow {
         }
     }
 
+    /// Withdraws pending approval `id` (what it asked about went away): it
+    /// becomes expired, decided by `by` with `note`. `None` when it is not
+    /// pending (someone answered first).
+    pub fn withdraw(
+        transaction: &Transaction<'_>,
+        id: &str,
+        by: &str,
+        note: &str,
+        now_ms: u64,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let Some(current) = ApprovalRow::get(transaction, id)? else {
+            return Ok(None);
+        };
+        if current.body.state != ApprovalState::Pending {
+            return Ok(None);
+        }
+        let mut body = current.body.clone();
+        body.state = ApprovalState::Expired;
+        body.decided_by = Some(by.to_owned());
+        body.decided_unix_ms = Some(now_ms);
+        body.note = note.to_owned();
+        let row = ApprovalRow { body, ..current };
+        row.save_decision(transaction)?;
+        Ok(Some(row))
+    }
+
     /// Marks every pending approval whose deadline has passed as expired.
     pub fn expire_due(
         transaction: &Transaction<'_>,

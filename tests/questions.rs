@@ -1,0 +1,381 @@
+//! A person in the loop of what agents do on their terminals and ask of
+//! the broker, with real brokers and real terminals: a command agent on
+//! `beta` runs a script that asks `Proceed? [y/N]`; the question becomes
+//! an approval listed on `alpha`, the flight waits meanwhile, and the
+//! answer given on `alpha` is typed into beta's terminal (the script
+//! writes its file only on `y`). An agent asking for an operator token
+//! gets an approval and picks the approved token up once. A deadline set
+//! in `settings.json` expires an unanswered request.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Node, wait_until};
+use serde_json::{Value, json};
+
+/// `method path` on `node` with `token` and `body`: status and JSON.
+fn call(node: &Node, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let url = format!("{}{path}", node.broker().http_base());
+    let request = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+    let response = if method == "GET" {
+        request.call()
+    } else {
+        request.send_json(body)
+    };
+    match response {
+        Ok(response) => {
+            let status = response.status();
+            (status, response.into_json().unwrap_or_default())
+        }
+        Err(ureq::Error::Status(status, response)) => {
+            (status, response.into_json().unwrap_or_default())
+        }
+        Err(err) => panic!("{method} {url}: {err}"),
+    }
+}
+
+/// Adds `@asker` to `node`: a bash loop at a `ready>` prompt that writes
+/// its `SCOUT_TOKEN` to `token.txt`, and for a line starting with `ask`
+/// asks `Proceed? [y/N]` and creates a file named after the line only on
+/// `y`; for a line starting with `hurry` it asks `Hurry? [y/N]` and
+/// moves on by itself after a few seconds. Where its files go.
+fn add_asker(node: &Node) -> PathBuf {
+    let dir = node.sandbox.path().join("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "printf 'ready> '; while IFS= read -r line; do \
+           printf '%s' \"$SCOUT_TOKEN\" > {dir}/token.tmp; mv {dir}/token.tmp {dir}/token.txt; \
+           case \"$line\" in ask*) printf 'Proceed? [y/N] '; IFS= read -r answer; \
+             if [ \"$answer\" = y ]; then echo yes > {dir}/\"$line\"; fi;; \
+             hurry*) printf 'Hurry? [y/N] '; IFS= read -r -t 5 answer || echo;; esac; \
+           echo \"done: $line\"; printf 'ready> '; done",
+        dir = dir.display()
+    );
+    node.add_prompted_agent("asker", &["bash", "-c", &script]);
+    dir
+}
+
+fn set_settings(home: &Path, field: &str, value: Value) {
+    let path = home.join("settings.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("settings")).expect("json");
+    settings[field] = value;
+    std::fs::write(&path, serde_json::to_string_pretty(&settings).unwrap()).expect("write");
+}
+
+fn send(node: &Node, message: &str) -> String {
+    let run = node.run(&["--json", "send", "@asker", message, "--timeout", "300"]);
+    assert_eq!(run.code, 0, "send: {}", run.stderr);
+    run.json()["invocation_id"]
+        .as_str()
+        .expect("invocation id")
+        .to_owned()
+}
+
+fn flight_state(node: &Node, id: &str) -> Option<String> {
+    let (status, body) = call(
+        node,
+        "GET",
+        &format!("/v1/invocations/{id}"),
+        &node.sandbox.token(),
+        json!({}),
+    );
+    (status == 200)
+        .then(|| body["flight"]["state"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// The approval asked in invocation `invocation`, once `node` lists it.
+fn question_for(node: &Node, invocation: &str) -> Value {
+    wait_until(
+        &format!("the question of {invocation} on {}", node.name),
+        || {
+            node.get("/v1/approvals")["approvals"]
+                .as_array()?
+                .iter()
+                .find(|approval| approval["invocation"] == invocation)
+                .cloned()
+        },
+    )
+}
+
+fn answer(node: &Node, id: &str, verb: &str) {
+    let (status, body) = call(
+        node,
+        "POST",
+        &format!("/v1/approvals/{id}/{verb}"),
+        &node.sandbox.token(),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{verb}: {body}");
+}
+
+#[test]
+fn a_terminal_question_is_answered_from_another_broker() {
+    let mut beta = Node::setup("beta", &[]);
+    let dir = add_asker(&beta);
+    beta.start();
+    let mut alpha = Node::setup("alpha", &[]);
+    let joined = alpha.run(&["mesh", "join", &beta.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    alpha.start();
+    wait_until("alpha and beta to see each other connected", || {
+        (alpha.peers_in("connected") == ["beta"] && beta.peers_in("connected") == ["alpha"])
+            .then_some(())
+    });
+
+    // Approved on alpha: `y` reaches the script, the flight completes.
+    let first = send(&beta, "ask-one");
+    let asked = question_for(&alpha, &first);
+    assert_eq!(asked["action"], "terminal.question", "{asked}");
+    assert_eq!(asked["summary"], "Proceed? [y/N]", "{asked}");
+    assert_eq!(asked["node"], "beta", "{asked}");
+    assert_eq!(asked["agent"], "@asker@beta#main", "{asked}");
+    assert_eq!(asked["state"], "pending", "{asked}");
+    // The flight waits for the person meanwhile.
+    wait_until("the flight to wait for the answer", || {
+        (flight_state(&beta, &first).as_deref() == Some("waiting")).then_some(())
+    });
+    let id = asked["id"].as_str().unwrap().to_owned();
+    answer(&alpha, &id, "approve");
+    wait_until("the approved flight to complete", || {
+        (flight_state(&beta, &first).as_deref() == Some("completed")).then_some(())
+    });
+    assert!(dir.join("ask-one").exists());
+    // One request for the one question, however often the screen redrew.
+    let asked_for_first = beta.get("/v1/approvals")["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|approval| approval["invocation"] == first.as_str())
+        .count();
+    assert_eq!(asked_for_first, 1);
+
+    // Denied on alpha: `n` reaches the script, which writes nothing.
+    let second = send(&beta, "ask-two");
+    let asked = question_for(&alpha, &second);
+    let id = asked["id"].as_str().unwrap().to_owned();
+    answer(&alpha, &id, "deny");
+    wait_until("the denied flight to complete", || {
+        (flight_state(&beta, &second).as_deref() == Some("completed")).then_some(())
+    });
+    assert!(!dir.join("ask-two").exists());
+
+    // The question leaves the screen unanswered (the program moved on, as
+    // when someone answers in the terminal): the request is withdrawn.
+    let third = send(&beta, "hurry");
+    let asked = question_for(&alpha, &third);
+    assert_eq!(asked["summary"], "Hurry? [y/N]", "{asked}");
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let withdrawn = wait_until("the request to be withdrawn", || {
+        beta.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "terminal", "{withdrawn}");
+    wait_until("the flight to complete", || {
+        (flight_state(&beta, &third).as_deref() == Some("completed")).then_some(())
+    });
+    let (status, late) = call(
+        &alpha,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &alpha.sandbox.token(),
+        json!({}),
+    );
+    assert_eq!(
+        status, 409,
+        "an answer after the terminal's is refused: {late}"
+    );
+}
+
+#[test]
+fn the_settings_deadline_expires_unanswered_requests() {
+    let mut node = Node::setup("solo", &[]);
+    set_settings(
+        &node.sandbox.home(),
+        "approvals",
+        json!({ "deadline_secs": 2 }),
+    );
+    node.start();
+    let (status, asked) = call(
+        &node,
+        "POST",
+        "/v1/approvals",
+        &node.sandbox.token(),
+        json!({ "action": "tool.Bash", "summary": "rm -rf build", "agent": "@someone" }),
+    );
+    assert_eq!(status, 201, "{asked}");
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let expired = wait_until("the request to expire", || {
+        let (_, view) = call(
+            &node,
+            "GET",
+            &format!("/v1/approvals/{id}/wait?timeout_secs=30"),
+            &node.sandbox.token(),
+            json!({}),
+        );
+        (view["state"] == "expired").then_some(view)
+    });
+    assert_eq!(expired["decided_by"], "deadline", "{expired}");
+
+    // A setting out of bounds keeps the broker from starting, naming it.
+    let bad = Node::setup("bad", &[]);
+    set_settings(
+        &bad.sandbox.home(),
+        "approvals",
+        json!({ "deadline_secs": 0 }),
+    );
+    let up = bad.run(&["up"]);
+    assert_ne!(up.code, 0);
+    assert!(
+        up.stderr.contains("approvals.deadline_secs"),
+        "{}",
+        up.stderr
+    );
+}
+
+/// The `(actor, action)` audit entries about `subject`, read from the
+/// broker's store.
+fn audit_actions(home: &Path, subject: &str) -> Vec<(String, String)> {
+    let path: PathBuf = home.join("scout.db");
+    let connection = rusqlite::Connection::open(&path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    let mut statement = connection
+        .prepare("SELECT actor, action FROM audit_log WHERE subject = ?1 ORDER BY seq")
+        .unwrap();
+    statement
+        .query_map([subject], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The agent asks for an operator token: the approval id.
+fn agent_asks_for_token(node: &Node, agent_token: &str) -> String {
+    let (status, body) = call(
+        node,
+        "POST",
+        "/v1/tokens",
+        agent_token,
+        json!({ "scope": "operator", "name": "deploy" }),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "approval_required", "{body}");
+    assert_eq!(body["approval"]["action"], "token.create", "{body}");
+    assert_eq!(body["approval"]["agent"], "@asker@solo#main", "{body}");
+    assert!(body.get("token").is_none(), "{body}");
+    body["approval"]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
+    let mut node = Node::setup("solo", &[]);
+    let dir = add_asker(&node);
+    node.start();
+    let run = node.run(&["send", "@asker", "hello", "--wait", "--timeout", "60"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let agent_token = wait_until("the agent to write its credential", || {
+        std::fs::read_to_string(dir.join("token.txt"))
+            .ok()
+            .filter(|token| !token.is_empty())
+    });
+    let operator = node.sandbox.token();
+    // The agent's own credential cannot reach operator routes.
+    assert_eq!(
+        call(&node, "GET", "/v1/mesh", &agent_token, json!({})).0,
+        403
+    );
+
+    // Approved: the agent that asked picks the token up, once.
+    let id = agent_asks_for_token(&node, &agent_token);
+    let (status, pending) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert!(pending.get("token").is_none(), "{pending}");
+    answer(&node, &id, "approve");
+    // The operator sees the decision, never a secret.
+    let (_, seen) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &operator,
+        json!({}),
+    );
+    assert!(seen.get("token").is_none(), "{seen}");
+    let (status, picked) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}/wait?timeout_secs=60"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{picked}");
+    assert_eq!(picked["state"], "approved", "{picked}");
+    assert_eq!(picked["token"]["scope"], "operator", "{picked}");
+    let secret = picked["token"]["token"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let token_id = picked["token"]["id"].as_str().expect("token id").to_owned();
+    let (status, mesh) = call(&node, "GET", "/v1/mesh", &secret, json!({}));
+    assert_eq!(
+        status, 200,
+        "the picked-up token has the operator scope: {mesh}"
+    );
+    let (status, again) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 410, "{again}");
+    assert_eq!(again["error"]["code"], "TOKEN_ALREADY_HANDED", "{again}");
+    // The token's making is audited, naming the approval and the agent.
+    let made = audit_actions(&node.sandbox.home(), &token_id);
+    assert!(
+        made.iter().any(|(actor, action)| action == "token_create"
+            && actor.contains(&id)
+            && actor.contains("@asker@solo#main")),
+        "{made:?}"
+    );
+    let decided = audit_actions(&node.sandbox.home(), &id);
+    assert!(
+        decided
+            .iter()
+            .any(|(_, action)| action == "approval_approved"),
+        "{decided:?}"
+    );
+
+    // Denied: no token.
+    let denied = agent_asks_for_token(&node, &agent_token);
+    answer(&node, &denied, "deny");
+    let (status, view) = call(
+        &node,
+        "GET",
+        &format!("/v1/approvals/{denied}/wait?timeout_secs=60"),
+        &agent_token,
+        json!({}),
+    );
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["state"], "denied", "{view}");
+    assert!(view.get("token").is_none(), "{view}");
+    let tokens = node.get("/v1/tokens");
+    let operator_tokens = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|token| token["kind"] == "token" && token["scope"] == "operator")
+        .count();
+    assert_eq!(operator_tokens, 1, "{tokens}");
+}
