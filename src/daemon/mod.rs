@@ -374,11 +374,9 @@ impl Broker {
         tasks.spawn(approvals.clone().run(shutdown_rx.clone()));
         if listener.is_some() {
             let state = state.clone();
-            let http_port = http_addr.port();
             mesh.set_terminal_hook(Arc::new(move |viewer, instance, send, recv| {
                 Box::pin(crate::http::terminal_relay::serve_relay(
                     state.clone(),
-                    http_port,
                     viewer,
                     instance,
                     send,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use futures_util::stream::StreamExt;
+use futures_util::{Sink, SinkExt, Stream};
 use scout_mesh::lifecycle::Harness;
 use serde::Deserialize;
 use serde_json::json;
@@ -40,7 +40,7 @@ use crate::daemon::BrokerState;
 use crate::pty::events::{RuntimeEvent, rfc3339};
 use crate::pty::manager::TIMEOUT_MS_MAX;
 use crate::pty::process::OutputChunk;
-use crate::pty::session::{TranscriptChunk, wait_true};
+use crate::pty::session::{Attachment, TranscriptChunk, wait_true};
 use crate::pty::text::{PlainText, Utf8Decoder};
 use crate::pty::transcript;
 use crate::pty::{RuntimeError, Session, SpawnRequest, TermSize};
@@ -503,63 +503,81 @@ async fn terminal(
     let attachment = session.attach();
     Ok(ws.on_upgrade(move |socket| async move {
         let (sink, stream) = socket.split();
-        let mut writer = TerminalWriter {
-            sink,
-            decoder: Utf8Decoder::new(),
-        };
-        let connected = json!({
-            "type": "connected",
-            "agentId": session.id(),
-            "status": session.info().status,
-            "cols": session.info().cols,
-            "rows": session.info().rows,
-        });
-        let first = match &attachment.transcript_so_far {
-            Some(so_far) => {
-                let rows = session.info().rows;
-                let mut text = transcript::enter_sequence(rows);
-                text.push_str(&String::from_utf8_lossy(so_far));
-                text.into_bytes()
-            }
-            None => attachment.redraw.clone(),
-        };
-        if writer.send_text(connected.to_string()).await.is_err()
-            || writer.send_output(&first).await.is_err()
-        {
-            return;
-        }
-        let reading = read_terminal_input(stream, session.clone());
-        let writing = write_terminal_output(
-            writer,
-            session.clone(),
-            TerminalFeeds {
-                output: attachment.output,
-                skip_through: attachment.redraw_seq,
-                transcript: attachment.transcript,
-                view: if attachment.transcript_so_far.is_some() {
-                    View::Transcript
-                } else {
-                    View::Cli
-                },
-            },
-        );
-        // Whichever side ends first ends the connection.
-        tokio::select! {
-            () = reading => {}
-            () = writing => {}
-        }
+        serve_terminal(session, attachment, sink, stream).await;
     }))
 }
 
-struct TerminalWriter {
-    sink: SplitSink<WebSocket, Message>,
+/// Serves one terminal client of `session` (attached as `attachment`):
+/// `connected`, the screen (or the running turn's transcript so far), then
+/// live output to `sink`; keystrokes, `input` and `resize` from `stream`.
+/// The client is a WebSocket here, or a viewer on another broker through
+/// [`super::terminal_relay`]: both get the same frames, lag handling and
+/// views.
+pub(crate) async fn serve_terminal<S, R, E>(
+    session: Arc<Session>,
+    attachment: Attachment,
+    sink: S,
+    stream: R,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let mut writer = TerminalWriter {
+        sink,
+        decoder: Utf8Decoder::new(),
+    };
+    let connected = json!({
+        "type": "connected",
+        "agentId": session.id(),
+        "status": session.info().status,
+        "cols": session.info().cols,
+        "rows": session.info().rows,
+    });
+    let first = match &attachment.transcript_so_far {
+        Some(so_far) => {
+            let rows = session.info().rows;
+            let mut text = transcript::enter_sequence(rows);
+            text.push_str(&String::from_utf8_lossy(so_far));
+            text.into_bytes()
+        }
+        None => attachment.redraw.clone(),
+    };
+    if writer.send_text(connected.to_string()).await.is_err()
+        || writer.send_output(&first).await.is_err()
+    {
+        return;
+    }
+    let reading = read_terminal_input(stream, session.clone());
+    let writing = write_terminal_output(
+        writer,
+        session.clone(),
+        TerminalFeeds {
+            output: attachment.output,
+            skip_through: attachment.redraw_seq,
+            transcript: attachment.transcript,
+            view: if attachment.transcript_so_far.is_some() {
+                View::Transcript
+            } else {
+                View::Cli
+            },
+        },
+    );
+    // Whichever side ends first ends the connection.
+    tokio::select! {
+        () = reading => {}
+        () = writing => {}
+    }
+}
+
+struct TerminalWriter<S> {
+    sink: S,
     decoder: Utf8Decoder,
 }
 
 /// The client stopped reading (or left); the connection is dropped.
 struct Gone;
 
-impl TerminalWriter {
+impl<S: Sink<Message> + Unpin> TerminalWriter<S> {
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
         match tokio::time::timeout(WS_SEND_TIMEOUT, self.sink.send(message)).await {
             Ok(Ok(())) => Ok(()),
@@ -639,7 +657,7 @@ enum View {
     TranscriptEnded,
 }
 
-impl TerminalWriter {
+impl<S: Sink<Message> + Unpin> TerminalWriter<S> {
     /// A transcript chunk: the view switches to the transcript at its
     /// start (the CLI's screen scrolls up) and stays there after its end.
     async fn send_transcript(
@@ -683,8 +701,8 @@ impl TerminalWriter {
     }
 }
 
-async fn write_terminal_output(
-    mut writer: TerminalWriter,
+async fn write_terminal_output<S: Sink<Message> + Unpin>(
+    mut writer: TerminalWriter<S>,
     session: Arc<Session>,
     mut feeds: TerminalFeeds,
 ) {
@@ -789,7 +807,10 @@ enum Control {
     Input { data: String },
 }
 
-async fn read_terminal_input(mut stream: SplitStream<WebSocket>, session: Arc<Session>) {
+async fn read_terminal_input<R, E>(mut stream: R, session: Arc<Session>)
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
     while let Some(Ok(message)) = stream.next().await {
         let bytes = match message {
             Message::Text(text) => {

@@ -2,14 +2,15 @@
 //! `GET /ws/mesh/agents/{instance}/terminal` (a WebSocket, the same framing
 //! as `/ws/agents/{id}/terminal`: raw output text, JSON control messages,
 //! keystrokes, `resize`) on the viewer's broker opens a QUIC stream to the
-//! owner (`TerminalOpen`), and the owner serves it from its own terminal
-//! WebSocket on loopback, so lag handling, redraws and the transcript view
-//! are the owner's, unchanged.
+//! owner (`TerminalOpen`), and the owner serves it with the code that
+//! serves its own terminal WebSocket, the relay's frames standing in for
+//! the socket, so lag handling, redraws and the transcript view are the
+//! owner's, unchanged.
 //!
 //! Each viewer has its own stream; nothing is buffered without bound:
-//! QUIC's flow control holds the owner's reader when the viewer is slow,
-//! the owner's terminal WebSocket then skips to a fresh screen (`lagged`)
-//! as it does for any slow client, and the agent never waits. The owner
+//! QUIC's flow control holds the owner's writer when the viewer is slow,
+//! the owner then skips to a fresh screen (`lagged`) as it does for any
+//! slow client, and the agent never waits. The owner
 //! serves only members (the mesh checks the peer on every stream) and at
 //! most [`TERMINAL_RELAYS_MAX`] relays at once.
 
@@ -23,24 +24,23 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use quinn::{RecvStream, SendStream};
 use scout_mesh::wire::{MeshFrame, NodeId, decode_frame, encode_frame, terminal_relay};
 use scout_net::transport::frame::{read_frame, write_frame};
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::error::{ApiError, PathId};
-use super::runtime::{WS_SEND_TIMEOUT, WsResult, upgrade};
+use super::runtime::{WS_SEND_TIMEOUT, WsResult, serve_terminal, upgrade};
 use crate::daemon::BrokerState;
 use crate::pty::session::AgentStatus;
 
 /// Terminal relays one owner serves at once: a handful of people watching
-/// a handful of agents; each holds a stream and a loopback WebSocket.
+/// a handful of agents; each holds a stream and a subscription to the
+/// agent's output.
 pub const TERMINAL_RELAYS_MAX: usize = 32;
 
-/// How long the owner may take to accept a relay: one round trip and a
-/// loopback WebSocket handshake.
+/// How long the owner may take to accept a relay: a stream's open and one
+/// round trip, with room for a busy owner.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Relays this broker serves as the owner now.
@@ -194,15 +194,15 @@ async fn refuse(send: &mut SendStream, code: &'static str, message: String) {
 }
 
 /// The owner's side: serves `instance`'s terminal to the peer `viewer` on
-/// the stream it opened, from this broker's terminal WebSocket on
-/// loopback (`http_port`, the broker's token).
+/// the stream it opened, with the same code that serves a WebSocket
+/// client ([`super::runtime::serve_terminal`]): the relay frames are its
+/// sink and its source.
 pub async fn serve_relay(
     state: Arc<BrokerState>,
-    http_port: u16,
     viewer: NodeId,
     instance: String,
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
 ) {
     if RELAYS.fetch_add(1, Ordering::Relaxed) >= TERMINAL_RELAYS_MAX {
         RELAYS.fetch_sub(1, Ordering::Relaxed);
@@ -210,40 +210,24 @@ pub async fn serve_relay(
         return refuse(&mut send, "TERMINAL_RELAYS_BUSY", message).await;
     }
     let _slot = RelaySlot;
-    let session = state.runtime.list().into_iter().find(|agent| {
-        agent.name == instance && !matches!(agent.status, AgentStatus::Stopped | AgentStatus::Error)
-    });
+    let session = state
+        .runtime
+        .list()
+        .into_iter()
+        .find(|agent| {
+            agent.name == instance
+                && !matches!(agent.status, AgentStatus::Stopped | AgentStatus::Error)
+        })
+        .and_then(|agent| state.runtime.session(&agent.id).ok());
     let Some(session) = session else {
         let message = format!(
             "{instance} has no running session on this broker yet; it starts with its first turn"
         );
         return refuse(&mut send, "AGENT_NOT_RUNNING", message).await;
     };
-    let url = format!(
-        "ws://127.0.0.1:{http_port}/ws/agents/{}/terminal",
-        session.id
-    );
-    let local = async {
-        let mut request = url.into_client_request().map_err(|err| err.to_string())?;
-        let bearer = format!("Bearer {}", state.token)
-            .parse()
-            .map_err(|_| "the token is not a header value".to_owned())?;
-        request.headers_mut().insert("Authorization", bearer);
-        tokio_tungstenite::connect_async(request)
-            .await
-            .map(|(socket, _)| socket)
-            .map_err(|err| err.to_string())
-    };
-    let socket = match tokio::time::timeout(OPEN_TIMEOUT, local).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(err)) => {
-            return refuse(&mut send, "TERMINAL_UNAVAILABLE", err).await;
-        }
-        Err(_) => {
-            let message = "the terminal did not open in time".to_owned();
-            return refuse(&mut send, "TERMINAL_UNAVAILABLE", message).await;
-        }
-    };
+    // Attach before accepting, so nothing written after the viewer sees
+    // "connected" is missed.
+    let attachment = session.attach();
     if write_frame(&mut send, &encode_frame(&MeshFrame::TerminalAccepted))
         .await
         .is_err()
@@ -251,43 +235,53 @@ pub async fn serve_relay(
         return;
     }
     tracing::info!(%viewer, %instance, "serving a terminal relay");
-    let (mut sink, mut stream) = socket.split();
-    let to_viewer = async {
-        while let Some(Ok(message)) = stream.next().await {
-            let body = match message {
-                tungstenite::Message::Text(text) => {
-                    tagged(terminal_relay::TAG_TEXT, text.as_bytes())
+    serve_terminal(session, attachment, relay_sink(send), relay_source(recv)).await;
+}
+
+/// The owner's frames to the viewer as a sink of terminal messages: text
+/// goes out tagged, a close finishes the stream.
+fn relay_sink(send: SendStream) -> impl Sink<Message, Error = RelayGone> + Unpin {
+    Box::pin(futures_util::sink::unfold(
+        send,
+        |mut send, message: Message| async move {
+            match message {
+                Message::Text(text) => {
+                    write_frame(&mut send, &tagged(terminal_relay::TAG_TEXT, text.as_bytes()))
+                        .await
+                        .map_err(|_| RelayGone)?;
                 }
-                tungstenite::Message::Close(_) => break,
-                _ => continue,
-            };
-            if write_frame(&mut send, &body).await.is_err() {
-                break;
+                Message::Close(_) => {
+                    let _ = send.finish();
+                }
+                Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
             }
-        }
-        let _ = send.finish();
-    };
-    let to_agent = async {
-        while let Ok(body) = read_frame(&mut recv).await {
+            Ok(send)
+        },
+    ))
+}
+
+/// The viewer's frames as a stream of terminal messages: keystrokes and
+/// control frames, until the viewer finishes or the stream fails.
+fn relay_source(recv: RecvStream) -> impl Stream<Item = Result<Message, RelayGone>> + Unpin {
+    Box::pin(futures_util::stream::unfold(recv, |mut recv| async move {
+        loop {
+            let body = read_frame(&mut recv).await.ok()?;
             let Some((&tag, bytes)) = body.split_first() else {
                 continue;
             };
             let message = match tag {
                 terminal_relay::TAG_TEXT => match std::str::from_utf8(bytes) {
-                    Ok(text) => tungstenite::Message::Text(text.into()),
-                    Err(_) => tungstenite::Message::Binary(bytes.to_vec().into()),
+                    Ok(text) => Message::Text(Utf8Bytes::from(text.to_owned())),
+                    Err(_) => Message::Binary(bytes.to_vec().into()),
                 },
-                terminal_relay::TAG_BINARY => tungstenite::Message::Binary(bytes.to_vec().into()),
+                terminal_relay::TAG_BINARY => Message::Binary(bytes.to_vec().into()),
                 _ => continue,
             };
-            if sink.send(message).await.is_err() {
-                break;
-            }
+            return Some((Ok(message), recv));
         }
-        let _ = sink.close().await;
-    };
-    tokio::select! {
-        () = to_viewer => {}
-        () = to_agent => {}
-    }
+    }))
 }
+
+/// The viewer's stream failed: the relay ends.
+#[derive(Debug)]
+pub struct RelayGone;
