@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
 
+use super::codex_app::APP_SERVER_ARGS;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
@@ -232,6 +233,14 @@ impl Adapter for CodexAdapter {
             argv,
             stdin: Some(prompt.to_owned()),
         })
+    }
+
+    /// `codex app-server`, with the Scout MCP server as `exec` has it.
+    fn asking_command(&self) -> Option<Vec<String>> {
+        let mut argv = vec![self.program.clone()];
+        argv.extend(self.mcp_args.iter().cloned());
+        argv.extend(APP_SERVER_ARGS.iter().map(|arg| (*arg).to_owned()));
+        Some(argv)
     }
 
     fn parse_line(&self, line: &str) -> Vec<StructuredEvent> {
