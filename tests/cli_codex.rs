@@ -12,7 +12,9 @@
 //! falling back to HTTPS; cancel mid-turn and stop ending every process,
 //! the TUI's `setsid` daemon included; the TUI's trust dialog as a
 //! question; the flags the adapter passes still listed by the pinned CLI;
-//! and a turn routed from one real broker to a codex agent on another.
+//! a turn routed from one real broker to a codex agent on another; and a
+//! command Codex asks approval for, approved or denied by a person on the
+//! other broker (the broker runs `codex app-server` for that).
 
 mod common;
 
@@ -956,4 +958,31 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
         .expect("the refused command's result")
         .to_string();
     assert!(refusal.contains("rejected by user"), "{refusal}");
+    // The CLI's usage of both turns (two model requests each) is on beta's
+    // flights, as with `codex exec`.
+    let by_node = alpha.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
+    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
+    let totals = by_node.json();
+    let beta_row = totals["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["key"] == "beta")
+        .unwrap_or_else(|| panic!("no row of beta: {totals}"))
+        .clone();
+    assert_eq!(beta_row["flights"], 2, "{totals}");
+    let usage = &beta_row["usage"];
+    assert_eq!(
+        (
+            &usage["input_tokens"],
+            &usage["output_tokens"],
+            &usage["cached_tokens"]
+        ),
+        (
+            &json!(4 * USAGE.input_tokens),
+            &json!(4 * USAGE.output_tokens),
+            &json!(4 * USAGE.cached_tokens)
+        ),
+        "{totals}"
+    );
 }

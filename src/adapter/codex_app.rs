@@ -32,9 +32,11 @@ use serde_json::{Value, json};
 use super::acp::{self, Incoming};
 use super::{FailureKind, StructuredEvent, TurnUsage};
 
-/// The subcommand, after the CLI's global flags (the Scout MCP server's
-/// `-c` overrides). Listed by the pinned CLI's `codex --help`.
-pub const APP_SERVER_ARGS: &[&str] = &["app-server"];
+/// The subcommand and its transport, after the CLI's global flags (the
+/// Scout MCP server's `-c` overrides): standard input and output, the
+/// default, said explicitly so that a change of default fails loudly.
+/// Listed by the pinned CLI's `codex --help` and `codex app-server --help`.
+pub const APP_SERVER_ARGS: &[&str] = &["app-server", "--listen", "stdio://"];
 
 /// When Codex asks: `on-request` lets the model ask for a command outside
 /// the sandbox (`sandbox_permissions: "require_escalated"`), for writes
@@ -549,7 +551,7 @@ mod tests {
             [
                 StructuredEvent::Usage(TurnUsage {
                     input_tokens: 240,
-                    output_tokens: 30,
+                    output_tokens: 60,
                     cached_tokens: 80,
                     cost_micro_usd: None,
                 }),
