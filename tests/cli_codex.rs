@@ -946,6 +946,14 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
     let requests = codex.server.requests();
     let model = model_requests(&requests);
     assert_eq!(model.len(), 4, "{requests:#?}");
+    // The app server has the Scout MCP server, as `exec` runs do.
+    let tools = &model[0].body["tools"];
+    assert!(
+        tools
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|tool| tool["name"] == "mcp__scout")),
+        "{tools:#}"
+    );
     // The last request continues the first turn's thread and carries the
     // refusal as the command's result.
     let input = model[3].body["input"].to_string();

@@ -239,8 +239,15 @@ impl AppTurn {
     fn on_request(&mut self, id: Value, method: &str, params: &Value) -> Step {
         let summary = match method {
             "item/commandExecution/requestApproval" => {
-                let command = params["command"].as_str().unwrap_or("a command");
-                let mut summary = format!("run `{}`", clip(command));
+                let command = clip(params["command"].as_str().unwrap_or("a command"));
+                let mut summary = match params["kind"].as_str() {
+                    // Input for a command already running in a terminal.
+                    Some("writeStdin") => format!("type into `{command}`"),
+                    _ => format!("run `{command}`"),
+                };
+                if let Some(host) = params["networkApprovalContext"]["host"].as_str() {
+                    summary.push_str(&format!(" reaching {}", clip(host)));
+                }
                 if let Some(cwd) = params["cwd"].as_str() {
                     summary.push_str(&format!(" in {}", clip(cwd)));
                 }
