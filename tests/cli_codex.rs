@@ -748,12 +748,13 @@ fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
         "{:#}",
         model[1].body["input"]
     );
-    // The broker's shutdown stops the agent and the daemon its TUI started.
+    // The broker's shutdown stops the agent and the daemon its TUI started
+    // (not the app server of the routed turn, which ends with the turn).
     let deadline = Instant::now() + SCREEN_BOUND;
     while !codex
         .processes()
         .iter()
-        .any(|(_, cmdline)| cmdline.contains("app-server"))
+        .any(|(_, cmdline)| cmdline.contains("--managed-daemon"))
     {
         assert!(
             Instant::now() < deadline,
