@@ -23,7 +23,7 @@ use crate::adapter::{FailureKind, StructuredEvent};
 
 /// Who answers a turn's approval requests, and the instance asking.
 #[derive(Debug, Clone)]
-pub(crate) struct TurnAsker {
+pub(crate) struct ApprovalAsker {
     pub asker: Arc<dyn PermissionAsker>,
     /// The agent's instance name (its `SCOUT_AGENT`).
     pub agent: String,
@@ -36,7 +36,7 @@ pub(crate) struct AppServerRun {
     /// input and exits.
     stdin: Option<ChildStdin>,
     reader: LineReader<BufReader<ChildStdout>>,
-    asker: TurnAsker,
+    asker: ApprovalAsker,
 }
 
 impl AppServerRun {
@@ -45,7 +45,7 @@ impl AppServerRun {
         turn: AppTurn,
         stdin: ChildStdin,
         stdout: ChildStdout,
-        asker: TurnAsker,
+        asker: ApprovalAsker,
     ) -> AppServerRun {
         let first = turn.start();
         let mut run = AppServerRun {

@@ -36,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::acp_turn::{AcpSlot, AcpSpawn};
-use super::codex_turn::{AppServerRun, TurnAsker as CodexAsker};
+use super::codex_turn::{AppServerRun, ApprovalAsker};
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
@@ -991,7 +991,7 @@ impl Session {
         let resume = self.lock_state().cli_sessions.get(conversation);
         // A broker's agent whose CLI can send its approval requests out
         // runs that way, so a person is asked (see `codex_turn`).
-        let asking = self.turn_asker().zip(self.adapter.asking_command());
+        let asking = self.approval_asker().zip(self.adapter.asking_command());
         let invocation = match &asking {
             Some((_, argv)) => Some(crate::adapter::Invocation {
                 argv: argv.clone(),
@@ -1427,7 +1427,7 @@ impl Session {
 
     /// Who answers this session's approval requests: the broker's asker,
     /// for an agent with an instance name to ask as.
-    fn turn_asker(&self) -> Option<CodexAsker> {
+    fn approval_asker(&self) -> Option<ApprovalAsker> {
         let asker = self.config.permissions.clone()?;
         let agent = self
             .config
@@ -1435,7 +1435,7 @@ impl Session {
             .iter()
             .find(|(name, _)| name == crate::daemon::credentials::AGENT_VAR)
             .map(|(_, value)| value.clone())?;
-        Some(CodexAsker { asker, agent })
+        Some(ApprovalAsker { asker, agent })
     }
 
     /// A turn of an Agent Client Protocol agent (see `acp_turn`), in the
