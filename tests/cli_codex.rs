@@ -12,7 +12,9 @@
 //! falling back to HTTPS; cancel mid-turn and stop ending every process,
 //! the TUI's `setsid` daemon included; the TUI's trust dialog as a
 //! question; the flags the adapter passes still listed by the pinned CLI;
-//! and a turn routed from one real broker to a codex agent on another.
+//! a turn routed from one real broker to a codex agent on another; and a
+//! command Codex asks approval for, approved or denied by a person on the
+//! other broker (the broker runs `codex app-server` for that).
 
 mod common;
 
@@ -746,12 +748,13 @@ fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
         "{:#}",
         model[1].body["input"]
     );
-    // The broker's shutdown stops the agent and the daemon its TUI started.
+    // The broker's shutdown stops the agent and the daemon its TUI started
+    // (not the app server of the routed turn, which ends with the turn).
     let deadline = Instant::now() + SCREEN_BOUND;
     while !codex
         .processes()
         .iter()
-        .any(|(_, cmdline)| cmdline.contains("app-server"))
+        .any(|(_, cmdline)| cmdline.contains("--managed-daemon"))
     {
         assert!(
             Instant::now() < deadline,
@@ -785,4 +788,210 @@ fn a_routed_turn_to_a_logged_out_codex_fails_with_auth_required() {
     assert!(!said.contains("agent_offline"), "{said}");
     assert!(said.contains(KEY_VAR), "{said}");
     assert!(model_requests(&codex.server.requests()).is_empty());
+}
+
+/// Polls `probe` until it returns `Some`, failing after `bound`: for waits
+/// that include a CLI turn, longer than the common bound.
+/// `context` says more when it fails.
+fn wait_long<T>(
+    what: &str,
+    bound: Duration,
+    context: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pending approval on `node` whose summary contains `needle`.
+fn pending_approval(node: &Node, needle: &str) -> Option<Value> {
+    node.get("/v1/approvals?state=pending")["approvals"]
+        .as_array()?
+        .iter()
+        .find(|approval| {
+            approval["summary"]
+                .as_str()
+                .is_some_and(|summary| summary.contains(needle))
+        })
+        .cloned()
+}
+
+/// `scout send @coder <message> --wait`, in `conversation` when given,
+/// started on `node` and not waited for.
+fn send_in_background(
+    node: &Node,
+    message: &str,
+    conversation: Option<&str>,
+) -> std::process::Child {
+    let mut command = node.sandbox.scout();
+    command.args(["send", "@coder", message, "--wait", "--timeout", "300"]);
+    if let Some(id) = conversation {
+        command.args(["--conversation", id]);
+    }
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn scout send")
+}
+
+/// The model asks to run `touch <path>` outside Codex's sandbox, which
+/// Codex asks approval for (`on-request`).
+fn escalated_touch(path: &std::path::Path) -> Step {
+    Step::ToolCall {
+        name: "exec_command".to_owned(),
+        input: json!({
+            "cmd": format!("touch {}", path.display()),
+            "sandbox_permissions": "require_escalated",
+            "justification": "May I touch this file?",
+        }),
+    }
+}
+
+#[test]
+fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
+    let outside = tempfile::tempdir().expect("outside dir");
+    let approved = outside.path().join("approved.txt");
+    let denied = outside.path().join("denied.txt");
+    let codex = CodexHome::new(vec![
+        escalated_touch(&approved),
+        Step::Text("Touched it.".to_owned()),
+        escalated_touch(&denied),
+        Step::Text("I was not allowed to.".to_owned()),
+    ]);
+    let (alpha, beta) = codex_mesh(&codex, true);
+    let context = || {
+        format!(
+            "model requests: {:#?}\nbeta: {}",
+            model_requests(&codex.server.requests()).len(),
+            beta.broker().stderr()
+        )
+    };
+
+    // Approved on alpha: the command runs on beta and the turn completes.
+    let turn = send_in_background(&alpha, "Touch the approved file.", None);
+    let asked = wait_long("the approval request on alpha", TURN_BOUND, context, || {
+        pending_approval(&alpha, "approved.txt")
+    });
+    assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
+    assert_eq!(asked["node"], "beta", "{asked}");
+    assert!(
+        asked["summary"]
+            .as_str()
+            .is_some_and(|summary| summary.contains("May I touch this file?")),
+        "{asked}"
+    );
+    assert!(
+        !approved.exists(),
+        "the command ran before anyone approved it"
+    );
+    let id = asked["id"].as_str().expect("id").to_owned();
+    // The flight waits for the person, on its owner.
+    let invocation = asked["invocation"]
+        .as_str()
+        .expect("the invocation it waits in");
+    let on_beta = beta.get(&format!("/v1/invocations/{invocation}"));
+    assert_eq!(on_beta["flight"]["state"], "waiting", "{on_beta}");
+    assert_eq!(on_beta["waiting_for"], id.as_str(), "{on_beta}");
+    let answer = alpha.run(&["approve", &id]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}\nbeta: {}",
+        String::from_utf8_lossy(&output.stderr),
+        beta.broker().stderr()
+    );
+    assert!(stdout.contains("Touched it."), "{stdout}");
+    assert!(
+        approved.exists(),
+        "the approved command did not run: {stdout}\nbeta: {}",
+        beta.broker().stderr()
+    );
+
+    // Denied on alpha, in the same conversation: the command never runs,
+    // the model is told, and the turn (continuing the same Codex thread)
+    // ends with its answer.
+    let conversations = alpha.get("/v1/conversations");
+    let conversation = conversations[0]["conversation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no conversation: {conversations}"))
+        .to_owned();
+    let turn = send_in_background(&alpha, "Touch the denied file.", Some(&conversation));
+    let asked = wait_long("the second approval request", TURN_BOUND, context, || {
+        pending_approval(&alpha, "denied.txt")
+    });
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let answer = alpha.run(&["deny", &id]);
+    assert_eq!(answer.code, 0, "{}", answer.stderr);
+    let output = turn.wait_with_output().expect("send");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("I was not allowed to."), "{stdout}");
+    assert!(!denied.exists(), "a denied command ran");
+    let requests = codex.server.requests();
+    let model = model_requests(&requests);
+    assert_eq!(model.len(), 4, "{requests:#?}");
+    // The app server has the Scout MCP server, as `exec` runs do.
+    let tools = &model[0].body["tools"];
+    assert!(
+        tools
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|tool| tool["name"] == "mcp__scout")),
+        "{tools:#}"
+    );
+    // The last request continues the first turn's thread and carries the
+    // refusal as the command's result.
+    let input = model[3].body["input"].to_string();
+    assert!(input.contains("Touch the approved file."), "{input}");
+    let refusal = model[3].body["input"]
+        .as_array()
+        .expect("input")
+        .iter()
+        .rfind(|item| item["type"] == "function_call_output")
+        .expect("the refused command's result")
+        .to_string();
+    assert!(refusal.contains("rejected by user"), "{refusal}");
+    // The CLI's usage of both turns (two model requests each) is on beta's
+    // flights, as with `codex exec`.
+    let by_node = alpha.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
+    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
+    let totals = by_node.json();
+    let beta_row = totals["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["key"] == "beta")
+        .unwrap_or_else(|| panic!("no row of beta: {totals}"))
+        .clone();
+    assert_eq!(beta_row["flights"], 2, "{totals}");
+    let usage = &beta_row["usage"];
+    assert_eq!(
+        (
+            &usage["input_tokens"],
+            &usage["output_tokens"],
+            &usage["cached_tokens"]
+        ),
+        (
+            &json!(4 * USAGE.input_tokens),
+            &json!(4 * USAGE.output_tokens),
+            &json!(4 * USAGE.cached_tokens)
+        ),
+        "{totals}"
+    );
 }

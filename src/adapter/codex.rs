@@ -9,6 +9,14 @@
 //! `input_tokens`, `cached_input_tokens`, `output_tokens`), `turn.failed`
 //! (`error.message`) and `error` (`message`, possibly retried).
 //!
+//! A broker's agent (one with a person to ask, see
+//! [`crate::pty::PermissionAsker`]) runs its turns through `codex
+//! app-server` instead ([`Adapter::asking_command`], protocol in
+//! [`super::codex_app`]): `exec` cannot ask for approval, the app server
+//! sends its approval requests to Scout, which asks a person in the mesh.
+//! Both keep their threads in `CODEX_HOME`, so a conversation continues
+//! either way.
+//!
 //! Login: the active model provider of `CODEX_HOME/config.toml` decides
 //! what credentials the CLI needs (see [`CodexAdapter::auth_status`]).
 //!
@@ -24,6 +32,7 @@ use std::path::{Path, PathBuf};
 use scout_mesh::lifecycle::Harness;
 use serde_json::Value;
 
+use super::codex_app::APP_SERVER_ARGS;
 use super::patterns::{ScreenMarkers, find_any};
 use super::{
     Adapter, AgentEnv, AuthStatus, FailureKind, Invocation, ScreenState, ScreenView,
@@ -41,8 +50,8 @@ use super::{
 ///   would record the folder as trusted for the person's own sessions too.
 /// - `--sandbox workspace-write`: a turn may edit files in the agent's
 ///   directory (the work it is asked to do) and nowhere else, with no
-///   network for the commands it runs. `exec` cannot ask for approvals, and
-///   its default sandbox (`read-only`) would make every edit fail; full
+///   network for the commands it runs. `exec` cannot ask for approvals
+///   (the app server can: [`super::codex_app`]), and its default sandbox (`read-only`) would make every edit fail; full
 ///   access (`danger-full-access` or
 ///   `--dangerously-bypass-approvals-and-sandbox`) would let a routed prompt
 ///   from another machine touch anything the person can.
@@ -68,7 +77,9 @@ pub const CLI_SURFACE: &[(&[&str], &[&str])] = &[
         ],
     ),
     (&["exec", "resume", "--help"], &["[SESSION_ID]", "[PROMPT]"]),
+    // `app-server` runs the turns that can ask for approval.
     (&["--help"], &["exec", "login", "app-server", "--config"]),
+    (&["app-server", "--help"], &["--listen"]),
 ];
 
 const LOGIN_MARKERS: &[&str] = &[
@@ -237,6 +248,14 @@ impl Adapter for CodexAdapter {
             argv,
             stdin: Some(prompt.to_owned()),
         })
+    }
+
+    /// `codex app-server`, with the Scout MCP server as `exec` has it.
+    fn asking_command(&self) -> Option<Vec<String>> {
+        let mut argv = vec![self.program.clone()];
+        argv.extend(self.mcp_args.iter().cloned());
+        argv.extend(APP_SERVER_ARGS.iter().map(|arg| (*arg).to_owned()));
+        Some(argv)
     }
 
     fn parse_line(&self, line: &str) -> Vec<StructuredEvent> {

@@ -24,6 +24,7 @@
 pub mod acp;
 pub mod claude;
 pub mod codex;
+pub mod codex_app;
 pub mod command;
 pub mod gemini;
 mod patterns;
@@ -258,6 +259,14 @@ pub trait Adapter: Send + Sync + Debug {
     /// The structured-mode run of `prompt`, continuing the CLI conversation
     /// `resume` when given. `None` for harnesses without a structured mode.
     fn invocation(&self, _prompt: &str, _resume: Option<&str>) -> Option<Invocation> {
+        None
+    }
+
+    /// Program and arguments of a structured run that sends its approval
+    /// requests to Scout (Codex's app server, see [`codex_app`]): used
+    /// instead of [`Adapter::invocation`] when the broker can ask a person.
+    /// `None` for harnesses whose structured mode cannot ask.
+    fn asking_command(&self) -> Option<Vec<String>> {
         None
     }
 

@@ -930,7 +930,8 @@ impl<'a> TurnAnswer<'a> {
     }
 }
 
-enum LineRead {
+/// One read of a [`LineReader`].
+pub(crate) enum LineRead {
     Line(String),
     TooLong,
     Eof,
@@ -939,14 +940,14 @@ enum LineRead {
 /// Reads lines of at most [`ACP_LINE_BYTES_MAX`], keeping a line in
 /// progress across dropped reads (cancel-safe).
 #[derive(Debug)]
-struct LineReader<R> {
+pub(crate) struct LineReader<R> {
     reader: R,
     line: Vec<u8>,
     too_long: bool,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
-    fn new(reader: R) -> LineReader<R> {
+    pub(crate) fn new(reader: R) -> LineReader<R> {
         LineReader {
             reader,
             line: Vec::new(),
@@ -954,7 +955,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         }
     }
 
-    async fn next_line(&mut self) -> std::io::Result<LineRead> {
+    pub(crate) async fn next_line(&mut self) -> std::io::Result<LineRead> {
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {

@@ -34,6 +34,7 @@
 //! The transcript never enters the screen model or the CLI's input.
 
 mod acp_turn;
+mod codex_turn;
 pub mod error;
 pub mod events;
 pub mod manager;

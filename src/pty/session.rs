@@ -36,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::acp_turn::{AcpSlot, AcpSpawn};
+use super::codex_turn::{AppServerRun, ApprovalAsker};
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
@@ -44,6 +45,7 @@ use super::question::{NewQuestion, Questions};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
 use super::transcript::{TRANSCRIPT_CHUNK_BYTES_MAX, TranscriptRenderer, TurnAsker, TurnHeader};
+use crate::adapter::codex_app::AppTurn;
 use crate::adapter::{
     Adapter, AgentEnv, AuthStatus, FailureKind, ScreenState, ScreenView, StructuredEvent,
     TurnStyle, TurnUsage,
@@ -992,7 +994,17 @@ impl Session {
         events: &mpsc::Sender<TurnEvent>,
     ) -> TurnOutcome {
         let resume = self.lock_state().cli_sessions.get(conversation);
-        let Some(invocation) = self.adapter.invocation(prompt, resume.as_deref()) else {
+        // A broker's agent whose CLI can send its approval requests out
+        // runs that way, so a person is asked (see `codex_turn`).
+        let asking = self.approval_asker().zip(self.adapter.asking_command());
+        let invocation = match &asking {
+            Some((_, argv)) => Some(crate::adapter::Invocation {
+                argv: argv.clone(),
+                stdin: None,
+            }),
+            None => self.adapter.invocation(prompt, resume.as_deref()),
+        };
+        let Some(invocation) = invocation else {
             return harness_failure(format!(
                 "the {} harness has no structured mode",
                 self.adapter.harness()
@@ -1002,7 +1014,7 @@ impl Session {
         command
             .args(&invocation.argv[1..])
             .current_dir(&self.config.workdir)
-            .stdin(if invocation.stdin.is_some() {
+            .stdin(if invocation.stdin.is_some() || asking.is_some() {
                 std::process::Stdio::piped()
             } else {
                 std::process::Stdio::null()
@@ -1035,7 +1047,10 @@ impl Session {
             return self.stopped_during_turn();
         }
         tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?child.id(), "structured run started");
-        if let (Some(text), Some(mut stdin)) = (invocation.stdin, child.stdin.take()) {
+        // The app server's input stays open for the exchange below.
+        if let Some(text) = invocation.stdin
+            && let Some(mut stdin) = child.stdin.take()
+        {
             tokio::spawn(async move {
                 let _ = stdin.write_all(text.as_bytes()).await;
             });
@@ -1047,18 +1062,36 @@ impl Session {
         let Some(stdout) = child.stdout.take() else {
             return harness_failure("the structured run has no output".to_owned());
         };
-        let mut reader = BufReader::new(stdout);
+        let (mut app, mut reader) = match (asking, child.stdin.take()) {
+            (Some((asker, _)), Some(stdin)) => {
+                let turn = AppTurn::new(prompt, &self.config.workdir, resume.as_deref());
+                let run = AppServerRun::start(turn, stdin, stdout, asker).await;
+                (Some(run), None)
+            }
+            _ => (None, Some(BufReader::new(stdout))),
+        };
+        let classify = |text: &str| self.adapter.classify_failure(text);
         let mut line = Vec::new();
         let mut answer = StructuredAnswer::default();
         let mut outcome = None;
         while outcome.is_none() {
-            match read_line_bounded(&mut reader, &mut line, STRUCTURED_LINE_BYTES_MAX).await {
-                Ok(LineRead::Line) => {}
-                Ok(LineRead::TooLong) => continue,
-                Ok(LineRead::Eof) | Err(_) => break,
-            }
-            let text = String::from_utf8_lossy(&line);
-            for event in self.adapter.parse_line(text.trim_end()) {
+            let parsed = if let Some(app) = app.as_mut() {
+                match app.next_events(&classify).await {
+                    Some(events) => events,
+                    None => break,
+                }
+            } else if let Some(reader) = reader.as_mut() {
+                match read_line_bounded(reader, &mut line, STRUCTURED_LINE_BYTES_MAX).await {
+                    Ok(LineRead::Line) => {}
+                    Ok(LineRead::TooLong) => continue,
+                    Ok(LineRead::Eof) | Err(_) => break,
+                }
+                self.adapter
+                    .parse_line(String::from_utf8_lossy(&line).trim_end())
+            } else {
+                break;
+            };
+            for event in parsed {
                 match event {
                     StructuredEvent::Session(id) if self.adapter.resume_only_completed() => {
                         answer.cli_session = Some(id);
@@ -1395,6 +1428,19 @@ impl Session {
     /// The program on the terminal now.
     fn process(&self) -> Arc<PtyProcess> {
         self.lock_terminal().process.clone()
+    }
+
+    /// Who answers this session's approval requests: the broker's asker,
+    /// for an agent with an instance name to ask as.
+    fn approval_asker(&self) -> Option<ApprovalAsker> {
+        let asker = self.config.permissions.clone()?;
+        let agent = self
+            .config
+            .env
+            .iter()
+            .find(|(name, _)| name == crate::daemon::credentials::AGENT_VAR)
+            .map(|(_, value)| value.clone())?;
+        Some(ApprovalAsker { asker, agent })
     }
 
     /// A turn of an Agent Client Protocol agent (see `acp_turn`), in the
