@@ -328,6 +328,85 @@ fn flight_output_keeps_the_tail() {
     store.close().unwrap();
 }
 
+/// Chunk rows the store holds for one flight, read straight from the file.
+fn chunk_rows(dir: &tempfile::TempDir, flight_id: &str) -> i64 {
+    Connection::open(dir.path().join("scout.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM flight_output_chunks WHERE flight_id = ?1",
+            [flight_id],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn flight_output_rows_stay_few_and_fold_when_the_flight_finishes() {
+    let (dir, store) = open();
+    flight_with_invocation(&store, "f-1");
+    // 512 KiB in 4 KiB appends: chunk rows grow to OUTPUT_CHUNK_BYTES
+    // before a new one starts.
+    let piece = "y".repeat(4096);
+    for _ in 0..128 {
+        let piece = piece.clone();
+        store
+            .write_blocking(move |transaction| {
+                Flight::append_output(transaction, "f-1", &piece, T0)
+            })
+            .unwrap();
+    }
+    let rows = chunk_rows(&dir, "f-1");
+    let bound = (512 * 1024 / scout::store::flights::OUTPUT_CHUNK_BYTES) as i64;
+    assert!((1..=bound).contains(&rows), "{rows} chunk rows");
+    assert_eq!(
+        store.get_flight("f-1").unwrap().unwrap().output.len(),
+        512 * 1024
+    );
+    store
+        .write_blocking(|transaction| Flight::fold_output(transaction, "f-1"))
+        .unwrap();
+    assert_eq!(chunk_rows(&dir, "f-1"), 1);
+    let output = store.get_flight("f-1").unwrap().unwrap().output;
+    assert_eq!(output.as_str(), piece.repeat(128));
+    store.close().unwrap();
+}
+
+#[test]
+fn output_stored_before_the_chunks_is_kept_and_cut_by_the_same_rule() {
+    let (dir, store) = open();
+    flight_with_invocation(&store, "f-1");
+    store.close().unwrap();
+    // A flight's output as the schema before chunks kept it: all in the
+    // flight's row, counted by the migration.
+    let old = "o".repeat(FLIGHT_OUTPUT_BYTES_MAX - 10);
+    let connection = Connection::open(dir.path().join("scout.db")).unwrap();
+    connection
+        .execute(
+            "UPDATE flights SET output = ?1, output_bytes = length(CAST(?1 AS BLOB))
+             WHERE flight_id = 'f-1'",
+            [&old],
+        )
+        .unwrap();
+    drop(connection);
+    let (store, _) = Store::open(dir.path().join("scout.db"), StoreOptions::default()).unwrap();
+    store
+        .write_blocking(|transaction| Flight::append_output(transaction, "f-1", "new", T0))
+        .unwrap();
+    let output = store.get_flight("f-1").unwrap().unwrap().output;
+    assert_eq!(output.len(), FLIGHT_OUTPUT_BYTES_MAX - 7);
+    assert!(output.ends_with("ooonew"));
+    // Past the limit: cut by the one rule, and folded out of the row.
+    let more = "m".repeat(64);
+    store
+        .write_blocking(move |transaction| Flight::append_output(transaction, "f-1", &more, T0))
+        .unwrap();
+    let output = store.get_flight("f-1").unwrap().unwrap().output;
+    assert!(output.cut_bytes() > 0);
+    assert!(output.ends_with(&format!("ooonew{}", "m".repeat(64))));
+    assert_eq!(chunk_rows(&dir, "f-1"), 1);
+    store.close().unwrap();
+}
+
 #[test]
 fn flight_output_appends_in_order() {
     let (_dir, store) = open();

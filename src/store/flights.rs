@@ -74,6 +74,11 @@ macro_rules! output_sql {
     };
 }
 
+/// A chunk row grows to about this size before the next append starts a
+/// new one: appending to a row rewrites it, so this bounds what one append
+/// costs, and 1 MiB of output is at most about a hundred rows.
+pub const OUTPUT_CHUNK_BYTES: usize = 16 * 1024;
+
 /// [`output_sql`] as a constant, for queries that read only the output.
 const OUTPUT: &str = output_sql!();
 
@@ -179,11 +184,13 @@ impl Flight {
 
     /// Appends `chunk` to the flight's output under [`FlightOutput`]'s rule.
     ///
-    /// While the output fits, the chunk is one new row, so an append costs
-    /// its own size whatever the output's; only a chunk that crosses the
-    /// limit reads the output back to cut it and folds the chunks into the
-    /// flight's row, which the rule's slack makes rare (once per quarter of
-    /// the limit).
+    /// While the output fits, the text goes onto the flight's last chunk
+    /// row while that stays under [`OUTPUT_CHUNK_BYTES`], else into a new
+    /// one, so an append costs about its own size whatever the output's,
+    /// and a flight has at most a few hundred chunk rows. Only a chunk that
+    /// crosses the limit reads the output back to cut it and folds it into
+    /// one row, which the rule's slack makes rare (once per quarter of the
+    /// limit).
     pub fn append_output(
         transaction: &Transaction<'_>,
         flight_id: &str,
@@ -201,42 +208,94 @@ impl Flight {
                 flight_id,
                 FLIGHT_OUTPUT_BYTES_MAX as i64
             ])?;
-        if n_counted == 1 {
+        if n_counted == 0 {
+            let Some(mut output) = Flight::read_output(transaction, flight_id)? else {
+                return Err(StoreError::NotFound {
+                    kind: "flight",
+                    id: flight_id.to_owned(),
+                });
+            };
+            output.push_str(chunk);
+            return Flight::store_folded(transaction, flight_id, &output, Some(now_ms));
+        }
+        let n_extended = transaction
+            .prepare_cached(
+                "UPDATE flight_output_chunks SET chunk = chunk || ?1
+                 WHERE chunk_id = (SELECT max(chunk_id) FROM flight_output_chunks
+                                   WHERE flight_id = ?2)
+                   AND length(CAST(chunk AS BLOB)) + ?3 <= ?4",
+            )?
+            .execute(params![
+                chunk,
+                flight_id,
+                chunk.len() as i64,
+                OUTPUT_CHUNK_BYTES as i64
+            ])?;
+        if n_extended == 0 {
             transaction
                 .prepare_cached(
                     "INSERT INTO flight_output_chunks (flight_id, chunk) VALUES (?1, ?2)",
                 )?
                 .execute(params![flight_id, chunk])?;
+        }
+        Ok(())
+    }
+
+    /// Folds a finished flight's output chunks into one row, so reading it
+    /// back later concatenates nothing.
+    pub fn fold_output(transaction: &Transaction<'_>, flight_id: &str) -> Result<(), StoreError> {
+        let n_chunks: i64 = transaction
+            .prepare_cached("SELECT count(*) FROM flight_output_chunks WHERE flight_id = ?1")?
+            .query_row([flight_id], |row| row.get(0))?;
+        if n_chunks <= 1 {
             return Ok(());
         }
-        let current: Option<String> = transaction
+        match Flight::read_output(transaction, flight_id)? {
+            Some(output) => Flight::store_folded(transaction, flight_id, &output, None),
+            None => Ok(()),
+        }
+    }
+
+    /// The flight's whole output, if the flight is stored.
+    fn read_output(
+        transaction: &Transaction<'_>,
+        flight_id: &str,
+    ) -> Result<Option<FlightOutput>, StoreError> {
+        let text: Option<String> = transaction
             .prepare_cached(&format!(
                 "SELECT {OUTPUT} FROM flights WHERE flight_id = ?1"
             ))?
             .query_row([flight_id], |row| row.get(0))
             .optional()?;
-        let Some(current) = current else {
-            return Err(StoreError::NotFound {
-                kind: "flight",
-                id: flight_id.to_owned(),
-            });
-        };
-        let mut output = FlightOutput::from_text(current);
-        output.push_str(chunk);
+        Ok(text.map(FlightOutput::from_text))
+    }
+
+    /// Replaces the flight's output with `output` as one chunk row. The
+    /// flight's own row keeps no output text, so updating its counters
+    /// never rewrites a large value.
+    fn store_folded(
+        transaction: &Transaction<'_>,
+        flight_id: &str,
+        output: &FlightOutput,
+        now_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
         transaction
             .prepare_cached("DELETE FROM flight_output_chunks WHERE flight_id = ?1")?
             .execute([flight_id])?;
+        if !output.as_str().is_empty() {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO flight_output_chunks (flight_id, chunk) VALUES (?1, ?2)",
+                )?
+                .execute(params![flight_id, output.as_str()])?;
+        }
         transaction
             .prepare_cached(
-                "UPDATE flights SET output = ?1, output_bytes = ?2, updated_at_ms = ?3
-                 WHERE flight_id = ?4",
+                "UPDATE flights SET output = '', output_bytes = ?1,
+                     updated_at_ms = coalesce(?2, updated_at_ms)
+                 WHERE flight_id = ?3",
             )?
-            .execute(params![
-                output.as_str(),
-                output.as_str().len() as i64,
-                now_ms,
-                flight_id
-            ])?;
+            .execute(params![output.as_str().len() as i64, now_ms, flight_id])?;
         Ok(())
     }
 

@@ -86,7 +86,8 @@ pub const MIGRATIONS: &[Migration] = &[
 /// 1 MiB limit cost a megabyte of writes per 16 KiB of output. The flight
 /// row keeps the output up to the last cut in `output` and the byte count
 /// of it and its chunks in `output_bytes`; the chunks hold the rest in
-/// order. `store::flights` reads the two as one text.
+/// order (a new flight's row keeps none; a cut or a finished flight folds
+/// them into one chunk). `store::flights` reads the two as one text.
 const SCHEMA_V9: &str = r#"
 ALTER TABLE flights ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0
     CHECK (output_bytes >= 0);

@@ -325,6 +325,7 @@ fn apply(
                         at,
                     )?;
                     Flight::set_result(tx, &flight.flight_id, result, at)?;
+                    Flight::fold_output(tx, &flight.flight_id)?;
                     let outcome = Outcome {
                         failure_code: code.clone(),
                         usage: *usage,
