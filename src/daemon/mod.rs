@@ -374,9 +374,11 @@ impl Broker {
         tasks.spawn(approvals.clone().run(shutdown_rx.clone()));
         if listener.is_some() {
             let state = state.clone();
+            let slots = Arc::new(crate::http::terminal_relay::RelaySlots::default());
             mesh.set_terminal_hook(Arc::new(move |viewer, instance, send, recv| {
                 Box::pin(crate::http::terminal_relay::serve_relay(
                     state.clone(),
+                    slots.clone(),
                     viewer,
                     instance,
                     send,

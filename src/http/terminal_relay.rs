@@ -11,11 +11,13 @@
 //! QUIC's flow control holds the owner's writer when the viewer is slow,
 //! the owner then skips to a fresh screen (`lagged`) as it does for any
 //! slow client, and the agent never waits. The owner
-//! serves only members (the mesh checks the peer on every stream) and at
-//! most [`TERMINAL_RELAYS_MAX`] relays at once.
+//! serves only members (the mesh checks the peer on every stream), at most
+//! [`TERMINAL_RELAYS_MAX`] relays at once and
+//! [`TERMINAL_RELAYS_PER_VIEWER_MAX`] per viewer broker, and takes from a
+//! viewer no frame larger than one terminal message.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,10 +29,10 @@ use axum::routing::get;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use quinn::{RecvStream, SendStream};
 use scout_mesh::wire::{MeshFrame, NodeId, decode_frame, encode_frame, terminal_relay};
-use scout_net::transport::frame::{read_frame, write_frame};
+use scout_net::transport::frame::{read_frame, read_frame_body, read_frame_len, write_frame};
 
 use super::error::{ApiError, PathId};
-use super::runtime::{WS_SEND_TIMEOUT, WsResult, serve_terminal, upgrade};
+use super::runtime::{WS_MESSAGE_BYTES_MAX, WS_SEND_TIMEOUT, WsResult, serve_terminal, upgrade};
 use crate::daemon::BrokerState;
 use crate::pty::session::AgentStatus;
 
@@ -39,12 +41,71 @@ use crate::pty::session::AgentStatus;
 /// agent's output.
 pub const TERMINAL_RELAYS_MAX: usize = 32;
 
+/// Relays one viewer broker may hold on this owner at once, so one member
+/// cannot take every slot: several people at one machine, a few agents
+/// each.
+pub const TERMINAL_RELAYS_PER_VIEWER_MAX: usize = 8;
+
 /// How long the owner may take to accept a relay: a stream's open and one
 /// round trip, with room for a busy owner.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Relays this broker serves as the owner now.
-static RELAYS: AtomicUsize = AtomicUsize::new(0);
+/// Largest frame a viewer may send: one WebSocket message of keystrokes or
+/// a control frame, as the owner's own terminal WebSocket accepts, plus
+/// the tag byte.
+const VIEWER_FRAME_BYTES_MAX: usize = WS_MESSAGE_BYTES_MAX + 1;
+
+/// The relays an owner serves now, in all and per viewer broker.
+#[derive(Debug, Default)]
+pub struct RelaySlots {
+    by_viewer: Mutex<HashMap<NodeId, usize>>,
+}
+
+impl RelaySlots {
+    /// Takes a slot for `viewer`, or says which limit is reached.
+    fn take(self: &Arc<Self>, viewer: &NodeId) -> Result<RelaySlot, String> {
+        let mut by_viewer = self.by_viewer.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = by_viewer.values().sum();
+        if total >= TERMINAL_RELAYS_MAX {
+            return Err(format!(
+                "this broker serves {TERMINAL_RELAYS_MAX} terminal relays already"
+            ));
+        }
+        let mine = by_viewer.entry(viewer.clone()).or_insert(0);
+        if *mine >= TERMINAL_RELAYS_PER_VIEWER_MAX {
+            return Err(format!(
+                "your broker holds {TERMINAL_RELAYS_PER_VIEWER_MAX} terminal relays on this one already"
+            ));
+        }
+        *mine += 1;
+        Ok(RelaySlot {
+            slots: self.clone(),
+            viewer: viewer.clone(),
+        })
+    }
+}
+
+/// One relay's slot, given back when the relay ends.
+struct RelaySlot {
+    slots: Arc<RelaySlots>,
+    viewer: NodeId,
+}
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        let mut by_viewer = self
+            .slots
+            .by_viewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_viewer.get_mut(&self.viewer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_viewer.remove(&self.viewer);
+            }
+        }
+    }
+}
 
 /// The routes of this family (at the root, behind the token check).
 pub fn routes() -> Router<Arc<BrokerState>> {
@@ -179,15 +240,6 @@ fn tagged(tag: u8, bytes: &[u8]) -> Vec<u8> {
     body
 }
 
-/// Gives back a relay slot when the relay ends.
-struct RelaySlot;
-
-impl Drop for RelaySlot {
-    fn drop(&mut self) {
-        RELAYS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn refuse(send: &mut SendStream, code: &'static str, message: String) {
     let _ = write_frame(send, &encode_frame(&MeshFrame::error(code, message))).await;
     let _ = send.finish();
@@ -199,17 +251,16 @@ async fn refuse(send: &mut SendStream, code: &'static str, message: String) {
 /// sink and its source.
 pub async fn serve_relay(
     state: Arc<BrokerState>,
+    slots: Arc<RelaySlots>,
     viewer: NodeId,
     instance: String,
     mut send: SendStream,
     recv: RecvStream,
 ) {
-    if RELAYS.fetch_add(1, Ordering::Relaxed) >= TERMINAL_RELAYS_MAX {
-        RELAYS.fetch_sub(1, Ordering::Relaxed);
-        let message = format!("this broker serves {TERMINAL_RELAYS_MAX} terminal relays already");
-        return refuse(&mut send, "TERMINAL_RELAYS_BUSY", message).await;
-    }
-    let _slot = RelaySlot;
+    let _slot = match slots.take(&viewer) {
+        Ok(slot) => slot,
+        Err(message) => return refuse(&mut send, "TERMINAL_RELAYS_BUSY", message).await,
+    };
     let session = state
         .runtime
         .list()
@@ -253,6 +304,12 @@ fn relay_sink(send: SendStream) -> impl Sink<Message, Error = RelayGone> + Unpin
                     .await
                     .map_err(|_| RelayGone)?;
                 }
+                // A normal close finishes the stream; any other (the
+                // viewer too slow, the agent gone wrong) resets it, so
+                // the viewer does not take it for a clean end.
+                Message::Close(Some(frame)) if frame.code != CLOSE_NORMAL => {
+                    let _ = send.reset(RELAY_ABORTED);
+                }
                 Message::Close(_) => {
                     let _ = send.finish();
                 }
@@ -268,7 +325,14 @@ fn relay_sink(send: SendStream) -> impl Sink<Message, Error = RelayGone> + Unpin
 fn relay_source(recv: RecvStream) -> impl Stream<Item = Result<Message, RelayGone>> + Unpin {
     Box::pin(futures_util::stream::unfold(recv, |mut recv| async move {
         loop {
-            let body = read_frame(&mut recv).await.ok()?;
+            // A frame larger than one terminal message ends the relay
+            // before its body is read.
+            let len = read_frame_len(&mut recv).await.ok()?;
+            if len > VIEWER_FRAME_BYTES_MAX {
+                let _ = recv.stop(RELAY_ABORTED);
+                return None;
+            }
+            let body = read_frame_body(&mut recv, len).await.ok()?;
             let Some((&tag, bytes)) = body.split_first() else {
                 continue;
             };
@@ -284,6 +348,13 @@ fn relay_source(recv: RecvStream) -> impl Stream<Item = Result<Message, RelayGon
         }
     }))
 }
+
+/// The WebSocket close code of a normal end.
+const CLOSE_NORMAL: u16 = 1000;
+
+/// The QUIC error code a relay stream is reset or stopped with when it
+/// does not end normally.
+const RELAY_ABORTED: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 /// The viewer's stream failed: the relay ends.
 #[derive(Debug)]

@@ -10,9 +10,13 @@ use std::time::Duration;
 use rand::{Rng, RngCore, SeedableRng};
 use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
+use scout::http::terminal_relay::TERMINAL_RELAYS_PER_VIEWER_MAX;
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::wire::{Hello, Invite, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION};
+use scout_mesh::wire::{
+    Hello, Invite, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION, decode_frame, encode_frame,
+};
 use scout_net::transport::endpoint::request;
+use scout_net::transport::frame::{read_frame, write_frame};
 use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig};
 use serde_json::json;
 
@@ -36,6 +40,9 @@ const DATAGRAM_BYTES_MAX: usize = 2_048;
 
 /// Rounds of concurrent redemption of one invite.
 const CONCURRENT_REDEMPTION_ROUNDS: usize = 5;
+
+/// A keystroke frame length far over one terminal message (64 KiB).
+const TERMINAL_FRAME_OVERSIZED: usize = 1024 * 1024;
 
 /// How long one exchange with the broker may take in a case.
 const EXCHANGE_BOUND: Duration = Duration::from_secs(30);
@@ -131,6 +138,77 @@ impl Probe {
     }
 }
 
+/// What became of a terminal relay the member opened.
+enum Relay {
+    /// Accepted: the owner's first frame (its `connected` text) was read.
+    Open(quinn::SendStream, quinn::RecvStream),
+    /// Refused with this error code.
+    Refused(String),
+}
+
+impl Probe {
+    /// A fresh connection and a hello, as a member.
+    async fn member_connection(
+        &self,
+        broker: SocketAddr,
+        broker_key: [u8; 32],
+        mesh_id: MeshId,
+    ) -> Result<quinn::Connection, String> {
+        let connection = self
+            .endpoint
+            .connect(broker, Some(broker_key))
+            .await
+            .map_err(|err| format!("connect: {err}"))?;
+        let hello = MeshFrame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node_id(),
+            node_name: self.name.clone(),
+            mesh_id,
+            addresses: Vec::new(),
+        });
+        match request(&connection, &hello, EXCHANGE_BOUND).await {
+            Ok(MeshFrame::HelloAck(_)) => Ok(connection),
+            other => Err(format!("hello answered {other:?}")),
+        }
+    }
+
+    /// Opens a terminal relay of `instance` on `connection`.
+    async fn open_relay(connection: &quinn::Connection, instance: &str) -> Result<Relay, String> {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|err| format!("open: {err}"))?;
+        let open = MeshFrame::TerminalOpen {
+            instance: instance.to_owned(),
+        };
+        write_frame(&mut send, &encode_frame(&open))
+            .await
+            .map_err(|err| format!("write: {err}"))?;
+        let answer = read_frame(&mut recv)
+            .await
+            .map_err(|err| format!("read: {err}"))?;
+        match decode_frame(&answer).map_err(|err| format!("decode: {err}"))? {
+            MeshFrame::TerminalAccepted => {
+                read_frame(&mut recv)
+                    .await
+                    .map_err(|err| format!("connected frame: {err}"))?;
+                Ok(Relay::Open(send, recv))
+            }
+            MeshFrame::Error(error) => Ok(Relay::Refused(error.code.as_str().to_owned())),
+            other => Err(format!("TerminalOpen answered {other:?}")),
+        }
+    }
+}
+
+/// Reads a relay until the owner ends it; an error when it still runs
+/// after the bound.
+async fn relay_ends(recv: &mut quinn::RecvStream) -> Check {
+    let drained = async { while read_frame(recv).await.is_ok() {} };
+    tokio::time::timeout(EXCHANGE_BOUND, drained)
+        .await
+        .map_err(|_| format!("the relay still ran after {EXCHANGE_BOUND:?}"))
+}
+
 /// The broker under attack and a member that checks it still serves.
 struct Mesh {
     node: Node,
@@ -199,7 +277,11 @@ fn now_ms() -> u64 {
 /// Every mesh case, on one broker.
 pub fn all(tally: &Tally) {
     let mut node = Node::setup("meshtarget", &[]);
+    node.add_bash_agent("shell");
     node.start();
+    // A relay serves a running session: the first turn starts it.
+    let started = node.run(&["send", "@shell", "true", "--wait", "--timeout", "60"]);
+    assert_eq!(started.code, 0, "{}", started.stderr);
     let http: SocketAddr = node.broker().ready["http_addr"]
         .as_str()
         .expect("http")
@@ -232,6 +314,7 @@ pub fn all(tally: &Tally) {
     truncated_and_garbage(tally, &mesh);
     expired(tally, &mesh);
     concurrent(tally, &mesh);
+    terminal_relays(tally, &mesh);
     tally.case("mesh: a member is served after every attack", || {
         mesh.member_served()
     });
@@ -239,6 +322,68 @@ pub fn all(tally: &Tally) {
         let answer = send(mesh.http, &RawRequest::new("GET", "/health"))?;
         ensure(answer.status == 200, || answer.summary())
     });
+}
+
+/// Terminal relays asked by a member: an oversized keystroke frame ends
+/// its relay, and one member cannot hold more than its share of relays.
+fn terminal_relays(tally: &Tally, mesh: &Mesh) {
+    let instance = "@shell@meshtarget#main";
+    let connection = mesh.runtime.block_on(mesh.member.member_connection(
+        mesh.udp,
+        mesh.broker_key,
+        mesh.mesh_id,
+    ));
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            tally.case("relay: the member connects", || Err(err.clone()));
+            return;
+        }
+    };
+    tally.case(
+        "relay: a keystroke frame over one message ends the relay",
+        || {
+            mesh.runtime.block_on(async {
+                let Relay::Open(mut send, mut recv) =
+                    Probe::open_relay(&connection, instance).await?
+                else {
+                    return Err("the first relay was refused".to_owned());
+                };
+                // A length prefix far over one terminal message, then a few
+                // bytes: the owner must not wait for the rest.
+                let len = u32::try_from(TERMINAL_FRAME_OVERSIZED).expect("u32");
+                send.write_all(&len.to_be_bytes())
+                    .await
+                    .map_err(|err| format!("write: {err}"))?;
+                send.write_all(&[1, b'x'])
+                    .await
+                    .map_err(|err| format!("write: {err}"))?;
+                relay_ends(&mut recv).await
+            })
+        },
+    );
+    tally.case(
+        "relay: past its share, a member's relay is TERMINAL_RELAYS_BUSY",
+        || {
+            mesh.runtime.block_on(async {
+                let mut held = Vec::new();
+                for _ in 0..=TERMINAL_RELAYS_PER_VIEWER_MAX {
+                    match Probe::open_relay(&connection, instance).await? {
+                        Relay::Open(send, recv) => held.push((send, recv)),
+                        Relay::Refused(code) => {
+                            return ensure(
+                                code == "TERMINAL_RELAYS_BUSY"
+                                    && held.len() == TERMINAL_RELAYS_PER_VIEWER_MAX,
+                                || format!("refused {code} after {} relays", held.len()),
+                            );
+                        }
+                    }
+                }
+                Err(format!("{} relays were all accepted", held.len()))
+            })
+        },
+    );
+    connection.close(0u32.into(), b"done");
 }
 
 fn reused(tally: &Tally, mesh: &mut Mesh) {
