@@ -9,6 +9,9 @@
 //! - terminal throughput: bash writes 20 MB into the terminal, and the
 //!   viewer reads until the end marker, through the relay and side by
 //!   side through the owner's own WebSocket; the median of five runs each;
+//!   once typed into the terminal, once as an agent's turn sent from the
+//!   viewer's broker (the owner then also keeps and streams the flight's
+//!   output);
 //! - `scout open` to the first agents data: from starting `scout open
 //!   --print` to the first `snapshot` event of `/v1/web/live`, logged in
 //!   with the cookie the login URL set.
@@ -64,6 +67,9 @@ fn main() {
         .as_str()
         .expect("id")
         .to_owned();
+    // The first turn ends once bash is quiet; until then whatever the
+    // terminal shows is that turn's output.
+    turns_done(&beta);
     let remote_path = "/ws/mesh/agents/%40shell%40beta%23main/terminal";
     let local_path = format!("/ws/agents/{id}/terminal");
 
@@ -102,8 +108,26 @@ fn main() {
         local_floods.push(flood(&mut ws, 2 * run + 1));
     }
     println!(
-        "terminal throughput, bash writes {:.1} MB, {FLOOD_RUNS} runs per path:",
+        "terminal throughput, bash writes {:.1} MB typed in the terminal, {FLOOD_RUNS} runs per path:",
         FLOOD_BYTES as f64 / 1e6
+    );
+    report_floods("remote (alpha -> QUIC -> beta)", &remote_floods);
+    report_floods("owner's own WebSocket (beta)  ", &local_floods);
+
+    // The same flood as an agent's turn sent from alpha: beta also keeps
+    // the flight's output and streams it to alpha, as when a person watches
+    // an agent work.
+    let mut remote_floods = Vec::new();
+    let mut local_floods = Vec::new();
+    for run in 0..FLOOD_RUNS {
+        let mut ws = connect(&alpha, remote_path);
+        remote_floods.push(flood_turn(&alpha, &beta, &mut ws, 100 + 2 * run));
+        drop(ws);
+        let mut ws = connect(&beta, &local_path);
+        local_floods.push(flood_turn(&alpha, &beta, &mut ws, 100 + 2 * run + 1));
+    }
+    println!(
+        "terminal throughput, the same flood as a turn sent from alpha, {FLOOD_RUNS} runs per path:"
     );
     report_floods("remote (alpha -> QUIC -> beta)", &remote_floods);
     report_floods("owner's own WebSocket (beta)  ", &local_floods);
@@ -177,16 +201,59 @@ fn keystrokes(ws: &mut Ws, count: usize) -> Vec<f64> {
     samples
 }
 
-/// Runs the flood in bash and reads until its end marker: (bytes
-/// received, lagged notices, elapsed).
+/// The flood's command line and the marker only its output has whole
+/// (split in the command line; it names the run, so an earlier run's on
+/// the screen does not end this one).
+fn flood_command(run: usize) -> (String, String) {
+    (
+        format!("yes 0123456789abcdef | head -c {FLOOD_BYTES}; echo FLOOD''DONE{run}."),
+        format!("FLOODDONE{run}."),
+    )
+}
+
+/// Types the flood into bash's terminal and reads until its end marker:
+/// (bytes received, lagged notices, elapsed).
 fn flood(ws: &mut Ws, run: usize) -> (usize, usize, Duration) {
-    // The marker is split in the command line, so only the output has it
-    // whole; it names the run, so an earlier run's on the screen does not
-    // end this one.
-    let command = format!("yes 0123456789abcdef | head -c {FLOOD_BYTES}; echo FLOOD''DONE{run}.\r");
-    let marker = format!("FLOODDONE{run}.");
+    let (command, marker) = flood_command(run);
     let start = Instant::now();
-    ws.send(Message::text(command)).expect("send");
+    ws.send(Message::text(format!("{command}\r")))
+        .expect("send");
+    read_flood(ws, &marker, start)
+}
+
+/// Sends the flood to beta's agent from alpha as a turn and reads the
+/// terminal until its end marker; then waits for the turn to end, so the
+/// next run does not queue behind it.
+fn flood_turn(alpha: &Node, beta: &Node, ws: &mut Ws, run: usize) -> (usize, usize, Duration) {
+    let (command, marker) = flood_command(run);
+    let start = Instant::now();
+    let sent = alpha.run(&["send", "@shell@beta", &command]);
+    assert_eq!(sent.code, 0, "send: {}", sent.stderr);
+    let flood = read_flood(ws, &marker, start);
+    turns_done(beta);
+    flood
+}
+
+/// Waits until every flight on `node` has ended.
+fn turns_done(node: &Node) {
+    common::wait_until("the agent's turns to end", || {
+        let flights = node.get("/v1/flights");
+        flights
+            .as_array()?
+            .iter()
+            .all(|flight| {
+                matches!(
+                    flight["flight"].as_str(),
+                    None | Some("completed" | "failed" | "cancelled")
+                )
+            })
+            .then_some(())
+    });
+}
+
+/// Reads terminal frames until `marker`: (bytes received, lagged
+/// notices, time since `start`).
+fn read_flood(ws: &mut Ws, marker: &str, start: Instant) -> (usize, usize, Duration) {
     let mut lagged = 0;
     let mut tail = String::new();
     let received = read_until(ws, |text| {
@@ -194,7 +261,7 @@ fn flood(ws: &mut Ws, run: usize) -> (usize, usize, Duration) {
             lagged += 1;
         }
         tail.push_str(text);
-        let found = tail.contains(&marker);
+        let found = tail.contains(marker);
         let keep = tail.len().saturating_sub(16);
         let cut = (keep..=tail.len())
             .find(|&i| tail.is_char_boundary(i))
