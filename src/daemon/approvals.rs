@@ -122,9 +122,10 @@ pub enum Gate {
 
 /// What picking up an approved token finds.
 #[derive(Debug)]
-pub enum Pickup {
-    /// This call took it: make the token now.
-    Claimed(Gate),
+pub enum Pickup<T> {
+    /// This call took it, and what was made with it in the same
+    /// transaction.
+    Claimed(T),
     /// It was picked up before.
     Taken,
     /// The approval is older than the pickup allows; no token is made.
@@ -177,7 +178,7 @@ impl Gate {
                 let mut summary =
                     "make an operator token (it may do everything the operator does".to_owned();
                 match ttl_ms {
-                    Some(ttl) => summary.push_str(&format!(", for {} s)", ttl / 1000)),
+                    Some(ttl) => summary.push_str(&format!(", for {})", human_duration(*ttl))),
                     None => summary.push_str(", until revoked)"),
                 }
                 if let Some(name) = name {
@@ -255,6 +256,13 @@ pub enum ApprovalError {
         /// Its message.
         message: String,
     },
+    /// `always` was asked of a terminal question: a standing rule would
+    /// type the same answer into every later dialog that reads the same,
+    /// whatever it is about.
+    #[error(
+        "approval {0} is a question on a terminal; it is answered one question at a time (`always` makes no standing rule for it)"
+    )]
+    AlwaysNotAllowed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -270,6 +278,7 @@ impl ApprovalError {
             ApprovalError::TooMany { .. } => "TOO_MANY_APPROVALS".to_owned(),
             ApprovalError::Ambiguous { .. } => "APPROVAL_AMBIGUOUS".to_owned(),
             ApprovalError::OwnerUnreachable { .. } => "OWNER_UNREACHABLE".to_owned(),
+            ApprovalError::AlwaysNotAllowed(_) => "ALWAYS_NOT_ALLOWED".to_owned(),
             ApprovalError::Refused { code, .. } => code.clone(),
             ApprovalError::Store(err) => err.code().to_owned(),
         }
@@ -567,6 +576,18 @@ impl Approvals {
         by: &str,
     ) -> Result<ApprovalRow, ApprovalError> {
         let now = self.env.now_unix_ms();
+        if decision.always {
+            // An approval's action never changes, so reading it before the
+            // answer's transaction is as good as reading it inside.
+            let key = decision.id.clone();
+            let action = self
+                .store
+                .read(move |connection| ApprovalRow::get(connection, &key))?
+                .map(|row| row.body.action);
+            if !always_allowed(action.as_deref()) {
+                return Err(ApprovalError::AlwaysNotAllowed(decision.id.clone()));
+            }
+        }
         let decision_owned = decision.clone();
         let by_owned = by.to_owned();
         let rule_id = format!("rule_{:016x}", self.env.random_u64());
@@ -770,9 +791,24 @@ impl Approvals {
     }
 
     /// Claims the result of approved approval `id` (owned here) for its
-    /// one pickup, `max_ms` at most after its decision. A pickup too late
-    /// is recorded as such, so no later one succeeds either.
-    pub async fn claim_pickup(&self, id: &str, max_ms: u64) -> Result<Pickup, ApprovalError> {
+    /// one pickup, `max_ms` at most after its decision, and runs `make`
+    /// with its gate in the same transaction: the claim, what `make`
+    /// writes and the outcome it names are committed together or not at
+    /// all, so a failure in between never uses the approval up without
+    /// its result. A pickup too late is recorded as such, so no later one
+    /// succeeds either.
+    pub async fn claim_pickup<T, F>(
+        &self,
+        id: &str,
+        max_ms: u64,
+        make: F,
+    ) -> Result<Pickup<T>, ApprovalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, Gate) -> Result<(T, String), StoreError>
+            + Send
+            + 'static,
+    {
         let now = self.env.now_unix_ms();
         let key = id.to_owned();
         let pickup = self
@@ -801,25 +837,13 @@ impl Approvals {
                     )?;
                     return Ok(Pickup::TooLate);
                 }
-                Ok(Pickup::Claimed(gate))
+                let (made, outcome) = make(transaction, gate)?;
+                ApprovalRow::mark_applied(transaction, &key, now, &outcome)?;
+                Ok(Pickup::Claimed(made))
             })
             .await?;
         self.bump();
         Ok(pickup)
-    }
-
-    /// Records what the picked-up action of approval `id` did.
-    pub async fn record_outcome(&self, id: &str, outcome: &str) {
-        let now = self.env.now_unix_ms();
-        let (key, recorded) = (id.to_owned(), outcome.to_owned());
-        if let Err(err) = self
-            .store
-            .write(move |transaction| ApprovalRow::mark_applied(transaction, &key, now, &recorded))
-            .await
-        {
-            tracing::error!(approval = %id, cause = %err, "cannot record a picked-up action");
-        }
-        self.bump();
     }
 
     /// Withdraws pending approval `id` owned here: expired, decided by
@@ -1134,6 +1158,28 @@ impl Approvals {
     }
 }
 
+/// `ms` for people: whole days, hours, minutes and seconds, largest first
+/// (`1 h 30 min`), the parts that are zero left out.
+pub fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3_600 % 24, "h"),
+        (secs / 60 % 60, "min"),
+        (secs % 60, "s"),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, unit)| format!("{count} {unit}"))
+        .collect();
+    if shown.is_empty() {
+        format!("{ms} ms")
+    } else {
+        shown.join(" ")
+    }
+}
+
 /// A node's name, or its id when the registry has no name for it.
 fn name_in(names: &HashMap<NodeId, String>, node: &NodeId) -> String {
     names.get(node).cloned().unwrap_or_else(|| node.to_string())
@@ -1178,9 +1224,13 @@ impl BrokerAsker {
 impl crate::pty::PermissionAsker for BrokerAsker {
     fn ask(
         &self,
-        agent: String,
-        summary: String,
+        request: crate::pty::PermissionRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        let crate::pty::PermissionRequest {
+            agent,
+            action,
+            summary,
+        } = request;
         let parts = self
             .parts
             .get()
@@ -1192,7 +1242,7 @@ impl crate::pty::PermissionAsker for BrokerAsker {
                 .ask(Ask {
                     agent,
                     invocation,
-                    action: "tool.acp".to_owned(),
+                    action: action.to_owned(),
                     summary,
                     gate: None,
                     deadline: None,
@@ -1275,10 +1325,18 @@ impl BrokerAsker {
                 ApprovalState::Expired => return Some(false),
             }
             let still_shown = tokio::select! {
-                waited = approvals.wait(&view.id, DEADLINE_MAX) => {
-                    view = waited.ok()?;
-                    continue;
-                }
+                waited = approvals.wait(&view.id, DEADLINE_MAX) => match waited {
+                    Ok(waited) => {
+                        view = waited;
+                        continue;
+                    }
+                    Err(err) => {
+                        // Nothing will be typed: nobody may approve it
+                        // still, believing it would be.
+                        tracing::warn!(approval = %view.id, cause = %err, "cannot wait for a question's answer");
+                        false
+                    }
+                },
                 changed = gone.changed() => match changed {
                     Ok(()) if !*gone.borrow_and_update() => true,
                     // A redraw may blank the question for a moment.
@@ -1304,6 +1362,13 @@ impl BrokerAsker {
             }
         }
     }
+}
+
+/// Whether `always` (a standing rule) may answer approvals of `action`: not
+/// a terminal's question, whose text says nothing certain about what the
+/// next dialog reading the same would do.
+fn always_allowed(action: Option<&str>) -> bool {
+    action != Some(QUESTION_ACTION)
 }
 
 /// The action of an approval asking a terminal's question.
