@@ -268,7 +268,34 @@ fn agent_asks_for_token(node: &Node, agent_token: &str) -> String {
     assert_eq!(body["approval"]["action"], "token.create", "{body}");
     assert_eq!(body["approval"]["agent"], "@asker@solo#main", "{body}");
     assert!(body.get("token").is_none(), "{body}");
-    body["approval"]["id"].as_str().unwrap().to_owned()
+    let id = body["approval"]["id"].as_str().unwrap().to_owned();
+    // No ttl asked: an hour, shown to the person in their units.
+    assert!(
+        body["approval"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("for 1 h)"),
+        "{body}"
+    );
+    assert!(
+        body["pickup"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("POST /v1/approvals/{id}/token")),
+        "{body}"
+    );
+    id
+}
+
+/// `POST /v1/approvals/{id}/token` with `token`.
+fn pick_up(node: &Node, id: &str, token: &str) -> (u16, Value) {
+    call(
+        node,
+        "POST",
+        &format!("/v1/approvals/{id}/token"),
+        token,
+        json!({}),
+    )
 }
 
 #[test]
@@ -302,6 +329,9 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
     assert_eq!(status, 200, "{pending}");
     assert_eq!(pending["state"], "pending", "{pending}");
     assert!(pending.get("token").is_none(), "{pending}");
+    let (status, early) = pick_up(&node, &id, &agent_token);
+    assert_eq!(status, 409, "{early}");
+    assert_eq!(early["error"]["code"], "APPROVAL_NOT_APPROVED", "{early}");
     answer(&node, &id, "approve");
     // The operator sees the decision, never a secret.
     let (_, seen) = call(
@@ -312,13 +342,21 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
         json!({}),
     );
     assert!(seen.get("token").is_none(), "{seen}");
-    let (status, picked) = call(
+    // Reading and waiting never hand the token over.
+    let (status, waited) = call(
         &node,
         "GET",
         &format!("/v1/approvals/{id}/wait?timeout_secs=60"),
         &agent_token,
         json!({}),
     );
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["state"], "approved", "{waited}");
+    assert!(waited.get("token").is_none(), "{waited}");
+    // Only the agent that asked picks it up; the operator cannot.
+    let (status, refused) = pick_up(&node, &id, &operator);
+    assert_eq!(status, 403, "{refused}");
+    let (status, picked) = pick_up(&node, &id, &agent_token);
     assert_eq!(status, 200, "{picked}");
     assert_eq!(picked["state"], "approved", "{picked}");
     assert_eq!(picked["token"]["scope"], "operator", "{picked}");
@@ -332,13 +370,13 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
         status, 200,
         "the picked-up token has the operator scope: {mesh}"
     );
-    let (status, again) = call(
-        &node,
-        "GET",
-        &format!("/v1/approvals/{id}"),
-        &agent_token,
-        json!({}),
+    let expires = picked["token"]["expires_at_ms"].as_i64().expect("expiry");
+    let lasts = expires - picked["created_unix_ms"].as_i64().unwrap();
+    assert!(
+        lasts > 0 && lasts <= 2 * 3600 * 1000,
+        "an hour's token: {picked}"
     );
+    let (status, again) = pick_up(&node, &id, &agent_token);
     assert_eq!(status, 410, "{again}");
     assert_eq!(again["error"]["code"], "TOKEN_ALREADY_HANDED", "{again}");
     // The token's making is audited, naming the approval and the agent.
@@ -360,16 +398,26 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
     // Denied: no token.
     let denied = agent_asks_for_token(&node, &agent_token);
     answer(&node, &denied, "deny");
-    let (status, view) = call(
+    let (status, view) = pick_up(&node, &denied, &agent_token);
+    assert_eq!(status, 409, "{view}");
+    assert_eq!(view["error"]["code"], "APPROVAL_NOT_APPROVED", "{view}");
+
+    // A ttl past the cap is cut to a day, and the person reads so.
+    let (status, body) = call(
         &node,
-        "GET",
-        &format!("/v1/approvals/{denied}/wait?timeout_secs=60"),
+        "POST",
+        "/v1/tokens",
         &agent_token,
-        json!({}),
+        json!({ "scope": "operator", "ttl_ms": 30u64 * 24 * 3600 * 1000 }),
     );
-    assert_eq!(status, 200, "{view}");
-    assert_eq!(view["state"], "denied", "{view}");
-    assert!(view.get("token").is_none(), "{view}");
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        body["approval"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("for 1 d)"),
+        "{body}"
+    );
     let tokens = node.get("/v1/tokens");
     let operator_tokens = tokens["tokens"]
         .as_array()

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use super::BrokerState;
 use super::notify::{Channels, Notice, Notifier};
 use crate::env::Env;
+use crate::pty::question::QuestionOutcome;
 use crate::store::approvals::{ApprovalRow, ApprovalRule, NewApproval};
 use crate::store::{Store, StoreError};
 
@@ -50,6 +51,24 @@ pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// it) before the owner withdraws it; the owner's store keeps it for the
 /// audit.
 pub const DECIDED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a question withdrawn by its terminal stays in the registry: it
+/// was never answered by anyone in the mesh, and a program showing many
+/// dialogs would otherwise fill every member's list for a day. The owner's
+/// store keeps it for the audit like every approval.
+pub const WITHDRAWN_QUESTION_RETENTION: Duration = Duration::from_secs(10 * 60);
+
+/// How long approval `body` stays in the registry once decided.
+fn retention_of(body: &ApprovalBody) -> u64 {
+    let retention = if body.action == QUESTION_ACTION
+        && body.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY)
+    {
+        WITHDRAWN_QUESTION_RETENTION
+    } else {
+        DECIDED_RETENTION
+    };
+    u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The longest the deadline task sleeps without looking: new requests wake
 /// it, so this only bounds how late a withdrawal of old records can be.
@@ -980,12 +999,11 @@ impl Approvals {
             .map(|(_, name, body)| (name, body))
             .collect();
         let now = self.env.now_unix_ms();
-        let retention = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap_or(u64::MAX);
         for row in &rows {
             let recent = row
                 .body
                 .decided_unix_ms
-                .is_none_or(|at| at.saturating_add(retention) > now);
+                .is_none_or(|at| at.saturating_add(retention_of(&row.body)) > now);
             if recent && published.get(&row.id) != Some(&row.body) {
                 self.publish(row);
             }
@@ -1001,7 +1019,6 @@ impl Approvals {
     }
 
     fn withdraw_old(&self, now: u64) {
-        let retention = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap_or(u64::MAX);
         let old: Vec<String> = self
             .registry_approvals()
             .into_iter()
@@ -1009,7 +1026,7 @@ impl Approvals {
                 *origin == self.node_id
                     && body
                         .decided_unix_ms
-                        .is_some_and(|at| at.saturating_add(retention) <= now)
+                        .is_some_and(|at| at.saturating_add(retention_of(body)) <= now)
             })
             .map(|(_, name, _)| name)
             .collect();
@@ -1269,13 +1286,15 @@ impl crate::pty::PermissionAsker for BrokerAsker {
         agent: String,
         question: String,
         gone: watch::Receiver<bool>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = QuestionOutcome> + Send>> {
         let parts = self
             .parts
             .get()
             .and_then(|(approvals, credentials)| Some((approvals.upgrade()?, credentials.clone())));
         Box::pin(async move {
-            let (approvals, credentials) = parts?;
+            let Some((approvals, credentials)) = parts else {
+                return QuestionOutcome::Unasked;
+            };
             let invocation = credentials.running_invocation(&agent);
             let asked = approvals
                 .ask(Ask {
@@ -1293,7 +1312,7 @@ impl crate::pty::PermissionAsker for BrokerAsker {
                     // Nobody can be asked (too many pending): the question
                     // stays on the terminal for a person there.
                     tracing::warn!(cause = %err, "a terminal question was not asked");
-                    None
+                    QuestionOutcome::Unasked
                 }
             }
         })
@@ -1308,21 +1327,21 @@ impl BrokerAsker {
         approvals: &Approvals,
         mut view: ApprovalView,
         mut gone: watch::Receiver<bool>,
-    ) -> Option<bool> {
+    ) -> QuestionOutcome {
         use crate::pty::question::QUESTION_GONE_GRACE;
         loop {
             match view.state {
                 ApprovalState::Pending => {}
-                ApprovalState::Approved => return Some(true),
-                ApprovalState::Denied => return Some(false),
+                ApprovalState::Approved => return QuestionOutcome::Answer(true),
+                ApprovalState::Denied => return QuestionOutcome::Answer(false),
                 // Withdrawn: the terminal was answered; nothing to type.
                 ApprovalState::Expired
                     if view.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY) =>
                 {
-                    return None;
+                    return QuestionOutcome::Withdrawn;
                 }
                 // Unanswered by its deadline: it counts as denied.
-                ApprovalState::Expired => return Some(false),
+                ApprovalState::Expired => return QuestionOutcome::Answer(false),
             }
             let still_shown = tokio::select! {
                 waited = approvals.wait(&view.id, DEADLINE_MAX) => match waited {
@@ -1352,13 +1371,13 @@ impl BrokerAsker {
                     .withdraw(
                         &view.id,
                         QUESTION_WITHDRAWN_BY,
-                        "the question left the screen (answered in the terminal)",
+                        "the question left the screen or was taken in the terminal",
                     )
                     .await
                 {
                     tracing::warn!(approval = %view.id, cause = %err, "cannot withdraw a question");
                 }
-                return None;
+                return QuestionOutcome::Withdrawn;
             }
         }
     }

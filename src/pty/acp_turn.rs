@@ -121,19 +121,26 @@ pub trait PermissionAsker: Send + Sync + std::fmt::Debug {
         request: PermissionRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>>;
 
-    /// Whether to answer yes to `question` (sanitised text, see
-    /// `pty::question`), which the terminal of `agent` shows: `Some(true)`
-    /// yes, `Some(false)` no, `None` when nobody answered (the request was
-    /// withdrawn because `gone` stayed `true`, the question having left the
-    /// screen; or nobody can be asked): then nothing is typed. The
-    /// default asks nobody.
+    /// How to answer the dialog the terminal of `agent` shows, which
+    /// `summary` describes (sanitised text, see `pty::question`):
+    /// [`QuestionOutcome::Answer`] to type, [`QuestionOutcome::Withdrawn`]
+    /// when the request was withdrawn because `gone` stayed `true` (the
+    /// dialog left the screen or the person at the terminal took it), or
+    /// [`QuestionOutcome::Unasked`] when nobody can be asked. The default
+    /// asks nobody.
+    ///
+    /// [`QuestionOutcome::Answer`]: crate::pty::question::QuestionOutcome::Answer
+    /// [`QuestionOutcome::Withdrawn`]: crate::pty::question::QuestionOutcome::Withdrawn
+    /// [`QuestionOutcome::Unasked`]: crate::pty::question::QuestionOutcome::Unasked
     fn ask_question(
         &self,
         _agent: String,
-        _question: String,
+        _summary: String,
         _gone: tokio::sync::watch::Receiver<bool>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
-        Box::pin(async { None })
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::pty::question::QuestionOutcome> + Send>,
+    > {
+        Box::pin(async { crate::pty::question::QuestionOutcome::Unasked })
     }
 }
 
