@@ -64,6 +64,12 @@ pub const QUESTION_GONE_GRACE: Duration = Duration::from_secs(2);
 /// changes faster than this is not a question a person could answer.
 pub const QUESTION_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// How long after a person's keystroke in the terminal a new dialog waits
+/// before the mesh is asked: a person typing at the terminal answers what
+/// shows there (each key they type may redraw the prompt line), and only a
+/// dialog still unanswered once they stopped goes to the mesh.
+pub const QUESTION_PERSON_QUIET: Duration = Duration::from_secs(5);
+
 /// Questions one session asks at most per [`QUESTION_RATE_WINDOW`]: a
 /// person answers a few dialogs a minute; more is a program looping, and
 /// each would notify every member.
@@ -292,6 +298,8 @@ pub struct Questions {
     asked_at: VecDeque<Instant>,
     /// Whether the current run over the rate limit was logged.
     limit_logged: bool,
+    /// When a person last typed into the terminal.
+    person_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -353,6 +361,20 @@ impl Questions {
                     return Shown::Same;
                 }
             }
+            // A dialog a person typed into that changed as they typed
+            // (the echo on a prompt line) waits for them to stop.
+            _ if self
+                .person_at
+                .is_some_and(|person_at| now < person_at + QUESTION_PERSON_QUIET) =>
+            {
+                self.candidate = Some(Candidate {
+                    key: dialog.key,
+                    question: dialog.question.clone(),
+                    since: now,
+                });
+                let at = self.person_at.map_or(now, |at| at + QUESTION_PERSON_QUIET);
+                return Shown::LookAgainAt(at.max(now + QUESTION_DEBOUNCE));
+            }
             _ => {
                 self.candidate = Some(Candidate {
                     key: dialog.key,
@@ -361,6 +383,11 @@ impl Questions {
                 });
                 return Shown::LookAgainAt(now + QUESTION_DEBOUNCE);
             }
+        }
+        if let Some(person_at) = self.person_at
+            && now < person_at + QUESTION_PERSON_QUIET
+        {
+            return Shown::LookAgainAt(person_at + QUESTION_PERSON_QUIET);
         }
         self.candidate = None;
         while self
@@ -432,10 +459,12 @@ impl Questions {
             .map(|episode| episode.question.clone())
     }
 
-    /// A person typed into the terminal: the dialog on screen is theirs.
-    /// Its request is withdrawn, an answer to it is not typed, and a dialog
-    /// waiting out its debounce is not asked.
-    pub fn human_input(&mut self) {
+    /// A person typed into the terminal at `now`: the dialog on screen is
+    /// theirs. Its request is withdrawn, an answer to it is not typed, a
+    /// dialog waiting out its debounce is not asked, and a new one waits
+    /// [`QUESTION_PERSON_QUIET`] before it is.
+    pub fn human_input(&mut self, now: Instant) {
+        self.person_at = Some(now);
         if let Some(candidate) = self.candidate.take() {
             if let Some(old) = &self.episode {
                 old.gone.send_replace(true);
@@ -673,7 +702,7 @@ mod tests {
         let mut questions = Questions::default();
         let proceed = plain("Proceed? [y/N]");
         let asked = settle(&mut questions, &proceed, base);
-        questions.human_input();
+        questions.human_input(at(base, 400));
         // The request is withdrawn (gone stays set across refreshes) and
         // a remote answer is not typed.
         assert!(*asked.gone.borrow());
@@ -692,14 +721,32 @@ mod tests {
         // Typing while a new dialog waits out its debounce: never asked.
         questions.cleared();
         let other = plain("Other? [y/N]");
+        let later = at(base, 10_000);
         assert!(matches!(
-            questions.shown(&other, at(base, 700)),
+            questions.shown(&other, later),
             Shown::LookAgainAt(_)
         ));
-        questions.human_input();
+        questions.human_input(later);
         assert!(matches!(
-            questions.shown(&other, at(base, 2000)),
+            questions.shown(&other, later + QUESTION_PERSON_QUIET * 2),
             Shown::Same
+        ));
+        // A dialog that shows while a person types waits for them to stop.
+        questions.cleared();
+        let typing = later + QUESTION_PERSON_QUIET * 3;
+        questions.human_input(typing);
+        let echoed = plain("Other? [y/N] x");
+        assert!(matches!(
+            questions.shown(&echoed, typing),
+            Shown::LookAgainAt(when) if when == typing + QUESTION_PERSON_QUIET
+        ));
+        assert!(matches!(
+            questions.shown(&echoed, typing + QUESTION_DEBOUNCE),
+            Shown::LookAgainAt(_)
+        ));
+        assert!(matches!(
+            questions.shown(&echoed, typing + QUESTION_PERSON_QUIET),
+            Shown::Ask(_)
         ));
     }
 

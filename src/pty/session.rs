@@ -720,7 +720,7 @@ impl Session {
     pub async fn type_from_terminal(&self, bytes: Bytes) -> Result<(), RuntimeError> {
         let _gate = self.input_gate.lock().await;
         if !super::question::is_terminal_report(&bytes) {
-            self.lock_questions().human_input();
+            self.lock_questions().human_input(std::time::Instant::now());
         }
         self.input()
             .send(bytes)
