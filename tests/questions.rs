@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use common::{Node, wait_until};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// `method path` on `node` with `token` and `body`: status and JSON.
 fn call(node: &Node, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -129,7 +132,11 @@ fn a_terminal_question_is_answered_from_another_broker() {
     let first = send(&beta, "ask-one");
     let asked = question_for(&alpha, &first);
     assert_eq!(asked["action"], "terminal.question", "{asked}");
-    assert_eq!(asked["summary"], "Proceed? [y/N]", "{asked}");
+    // The person reads the question with what led to it on the terminal.
+    assert_eq!(
+        asked["summary"], "ready> ask-one\nProceed? [y/N]",
+        "{asked}"
+    );
     assert_eq!(asked["node"], "beta", "{asked}");
     assert_eq!(asked["agent"], "@asker@beta#main", "{asked}");
     assert_eq!(asked["state"], "pending", "{asked}");
@@ -138,6 +145,21 @@ fn a_terminal_question_is_answered_from_another_broker() {
         (flight_state(&beta, &first).as_deref() == Some("waiting")).then_some(())
     });
     let id = asked["id"].as_str().unwrap().to_owned();
+    // No standing rule answers a terminal's dialogs, here or from a peer.
+    for (node, token) in [
+        (&alpha, alpha.sandbox.token()),
+        (&beta, beta.sandbox.token()),
+    ] {
+        let (status, refused) = call(
+            node,
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            &token,
+            json!({ "always": true }),
+        );
+        assert_eq!(status, 400, "{refused}");
+        assert_eq!(refused["error"]["code"], "ALWAYS_NOT_ALLOWED", "{refused}");
+    }
     answer(&alpha, &id, "approve");
     wait_until("the approved flight to complete", || {
         (flight_state(&beta, &first).as_deref() == Some("completed")).then_some(())
@@ -166,7 +188,13 @@ fn a_terminal_question_is_answered_from_another_broker() {
     // when someone answers in the terminal): the request is withdrawn.
     let third = send(&beta, "hurry");
     let asked = question_for(&alpha, &third);
-    assert_eq!(asked["summary"], "Hurry? [y/N]", "{asked}");
+    assert!(
+        asked["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("ready> hurry\nHurry? [y/N]"),
+        "{asked}"
+    );
     let id = asked["id"].as_str().unwrap().to_owned();
     let withdrawn = wait_until("the request to be withdrawn", || {
         beta.get("/v1/approvals")["approvals"]
@@ -190,6 +218,67 @@ fn a_terminal_question_is_answered_from_another_broker() {
         status, 409,
         "an answer after the terminal's is refused: {late}"
     );
+}
+
+/// A terminal client of `node`'s session of `@asker`.
+fn terminal(node: &Node) -> tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>> {
+    let agents = node.get("/agents");
+    let id = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|agent| agent["name"].as_str().unwrap_or("").starts_with("@asker@"))
+        .and_then(|agent| agent["id"].as_str())
+        .unwrap_or_else(|| panic!("no session of @asker: {agents}"))
+        .to_owned();
+    let url = format!(
+        "{}/ws/agents/{id}/terminal",
+        node.broker().http_base().replace("http://", "ws://")
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", node.sandbox.token()).parse().unwrap(),
+    );
+    let (ws, _) = tungstenite::connect(request).expect("terminal");
+    ws
+}
+
+#[test]
+fn a_person_typing_in_the_terminal_takes_the_question() {
+    let mut node = Node::setup("solo", &[]);
+    let dir = add_asker(&node);
+    node.start();
+    let invocation = send(&node, "ask-typed");
+    let asked = question_for(&node, &invocation);
+    let id = asked["id"].as_str().unwrap().to_owned();
+    assert_eq!(asked["state"], "pending", "{asked}");
+    // A person types into the terminal (not yet an answer): the question
+    // is theirs, and the mesh's request is withdrawn.
+    let mut ws = terminal(&node);
+    ws.send(Message::text("x")).unwrap();
+    let withdrawn = wait_until("the request to be withdrawn", || {
+        node.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "terminal", "{withdrawn}");
+    let (status, late) = call(
+        &node,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &node.sandbox.token(),
+        json!({}),
+    );
+    assert_eq!(status, 409, "{late}");
+    // The person finishes their answer (`x`, not `y`): nothing is written.
+    ws.send(Message::text("\r")).unwrap();
+    wait_until("the flight to complete", || {
+        (flight_state(&node, &invocation).as_deref() == Some("completed")).then_some(())
+    });
+    assert!(!dir.join("ask-typed").exists());
 }
 
 #[test]

@@ -1454,3 +1454,61 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
         Gate::TokenCreate { .. } => Err("the token is made when its agent picks it up".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_human_units() {
+        assert_eq!(human_duration(3_600_000), "1 h");
+        assert_eq!(human_duration(86_400_000), "1 d");
+        assert_eq!(human_duration(5_400_000), "1 h 30 min");
+        assert_eq!(human_duration(90_061_000), "1 d 1 h 1 min 1 s");
+        assert_eq!(human_duration(500), "500 ms");
+        let summary = Gate::TokenCreate {
+            name: None,
+            ttl_ms: Some(2 * 3_600_000),
+        }
+        .summary();
+        assert!(summary.contains("for 2 h)"), "{summary}");
+    }
+
+    #[test]
+    fn no_standing_rule_answers_a_terminal_question() {
+        assert!(!always_allowed(Some(QUESTION_ACTION)));
+        assert!(always_allowed(Some("tool.Bash")));
+        assert!(always_allowed(None));
+        assert_eq!(
+            ApprovalError::AlwaysNotAllowed("apr_1".to_owned()).code(),
+            "ALWAYS_NOT_ALLOWED"
+        );
+    }
+
+    #[test]
+    fn withdrawn_questions_leave_the_registry_sooner() {
+        let body = |action: &str, by: &str| ApprovalBody {
+            agent: "@a@n#main".to_owned(),
+            action: action.to_owned(),
+            summary: "Proceed? [y/N]".to_owned(),
+            invocation: None,
+            state: ApprovalState::Expired,
+            created_unix_ms: 0,
+            deadline_unix_ms: 1,
+            decided_by: Some(by.to_owned()),
+            decided_unix_ms: Some(1),
+            note: String::new(),
+        };
+        let short = u64::try_from(WITHDRAWN_QUESTION_RETENTION.as_millis()).unwrap();
+        let long = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap();
+        assert_eq!(
+            retention_of(&body(QUESTION_ACTION, QUESTION_WITHDRAWN_BY)),
+            short
+        );
+        assert_eq!(retention_of(&body(QUESTION_ACTION, "deadline")), long);
+        assert_eq!(
+            retention_of(&body("tool.Bash", QUESTION_WITHDRAWN_BY)),
+            long
+        );
+    }
+}

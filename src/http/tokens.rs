@@ -630,3 +630,18 @@ async fn revoke(
         format!("no token or browser session `{id}` (see `scout tokens list`)"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_asked_operator_token_lives_an_hour_by_default_and_a_day_at_most() {
+        assert_eq!(agent_operator_ttl(None), AGENT_OPERATOR_TTL_DEFAULT_MS);
+        assert_eq!(agent_operator_ttl(Some(60_000)), 60_000);
+        assert_eq!(
+            agent_operator_ttl(Some(TOKEN_TTL_MS_MAX)),
+            AGENT_OPERATOR_TTL_MAX_MS
+        );
+    }
+}
