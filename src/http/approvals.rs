@@ -220,6 +220,13 @@ async fn token(
     caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
 ) -> Result<Json<PickedUp>, ApiError> {
+    // Another agent's approval, or another member's, is not found here.
+    let view = state
+        .approvals
+        .get(&id)
+        .map_err(approval_error)?
+        .filter(|view| view.local && visible(caller.as_ref(), view))
+        .ok_or_else(|| not_found(&id))?;
     let Some(Extension(caller)) = caller else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -227,13 +234,6 @@ async fn token(
             "only the agent that asked for a token picks it up; the operator makes tokens with POST /v1/tokens",
         ));
     };
-    // Another agent's approval, or another member's, is not found here.
-    let view = state
-        .approvals
-        .get(&id)
-        .map_err(approval_error)?
-        .filter(|view| view.local && view.agent == caller.instance)
-        .ok_or_else(|| not_found(&id))?;
     if view.action != Gate::TOKEN_CREATE {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
