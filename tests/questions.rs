@@ -282,6 +282,51 @@ fn a_person_typing_in_the_terminal_takes_the_question() {
 }
 
 #[test]
+fn a_question_nobody_can_be_asked_pauses_the_turn() {
+    let mut node = Node::setup("solo", &[]);
+    add_asker(&node);
+    node.start();
+    // The agent has as many approvals waiting as it may: its terminal's
+    // question cannot be asked of anyone.
+    let mut filled = 0;
+    loop {
+        let (status, body) = call(
+            &node,
+            "POST",
+            "/v1/approvals",
+            &node.sandbox.token(),
+            json!({ "action": "tool.Bash", "summary": format!("step {filled}"), "agent": "@asker@solo#main" }),
+        );
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "TOO_MANY_APPROVALS", "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        filled += 1;
+        assert!(filled <= 64, "the pending limit never held");
+    }
+    // The turn pauses at the question as it does without a broker: the
+    // flight ends with the question in its answer.
+    let invocation = send(&node, "ask-full");
+    let flight = wait_until("the flight to end at the question", || {
+        let (status, body) = call(
+            &node,
+            "GET",
+            &format!("/v1/invocations/{invocation}"),
+            &node.sandbox.token(),
+            json!({}),
+        );
+        (status == 200 && body["flight"]["state"] == "completed").then_some(body)
+    });
+    assert!(
+        flight
+            .to_string()
+            .contains("the agent asks: Proceed? [y/N]"),
+        "{flight}"
+    );
+}
+
+#[test]
 fn the_settings_deadline_expires_unanswered_requests() {
     let mut node = Node::setup("solo", &[]);
     set_settings(
