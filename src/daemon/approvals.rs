@@ -134,7 +134,9 @@ pub enum Gate {
     TokenCreate {
         /// Its label.
         name: Option<String>,
-        /// How long it works, in milliseconds; forever when absent.
+        /// How long it works, in milliseconds; within
+        /// `http::tokens::AGENT_OPERATOR_TTL_MAX_MS` when picked up, an hour
+        /// when absent (approvals stored before the cap have none).
         ttl_ms: Option<u64>,
     },
 }

@@ -1,6 +1,9 @@
 //! `/v1/approvals…`: the approvals of the whole mesh, asking for one, and
 //! answering one from this broker (the owner takes the first answer).
-//! Also [`gate`], which turns an agent's gated request into an approval.
+//! Also [`gate`], which turns an agent's gated request into an approval,
+//! and `POST /v1/approvals/{id}/token`, where the agent that asked for an
+//! operator token picks it up once approved (reading an approval with
+//! `GET` never makes anything).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -2,7 +2,9 @@
 //! in the answer and nowhere else), `GET /v1/tokens` lists them with the
 //! browser sessions, `POST /v1/tokens/{id}/revoke` ends a token or a
 //! session. Creation, first use in a broker run and revocation are
-//! audited with the caller as actor.
+//! audited with the caller as actor. An agent asking for an operator
+//! token asks a person; the token, of at most a day, is made when the agent
+//! picks it up ([`pick_up`]).
 
 use std::sync::Arc;
 
