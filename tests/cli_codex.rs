@@ -884,6 +884,7 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
         pending_approval(&alpha, "approved.txt")
     });
     assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
+    assert_eq!(asked["action"], "tool.codex", "{asked}");
     assert_eq!(asked["node"], "beta", "{asked}");
     assert!(
         asked["summary"]

@@ -828,6 +828,7 @@ fn gemini_asks_a_person_on_another_broker_before_a_command_runs() {
 
     let turn = send("touch the approved file");
     let asked = wait_asked("approved.txt");
+    assert_eq!(asked["action"], "tool.acp", "{asked}");
     assert_eq!(asked["agent"], "@gem@beta#main", "{asked}");
     assert!(!project.join("approved.txt").exists());
     let answer = alpha.run(&["approve", asked["id"].as_str().unwrap()]);

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use common::{Node, wait_until};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// `method path` on `node` with `token` and `body`: status and JSON.
 fn call(node: &Node, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -129,7 +132,11 @@ fn a_terminal_question_is_answered_from_another_broker() {
     let first = send(&beta, "ask-one");
     let asked = question_for(&alpha, &first);
     assert_eq!(asked["action"], "terminal.question", "{asked}");
-    assert_eq!(asked["summary"], "Proceed? [y/N]", "{asked}");
+    // The person reads the question with what led to it on the terminal.
+    assert_eq!(
+        asked["summary"], "ready> ask-one\nProceed? [y/N]",
+        "{asked}"
+    );
     assert_eq!(asked["node"], "beta", "{asked}");
     assert_eq!(asked["agent"], "@asker@beta#main", "{asked}");
     assert_eq!(asked["state"], "pending", "{asked}");
@@ -138,6 +145,21 @@ fn a_terminal_question_is_answered_from_another_broker() {
         (flight_state(&beta, &first).as_deref() == Some("waiting")).then_some(())
     });
     let id = asked["id"].as_str().unwrap().to_owned();
+    // No standing rule answers a terminal's dialogs, here or from a peer.
+    for (node, token) in [
+        (&alpha, alpha.sandbox.token()),
+        (&beta, beta.sandbox.token()),
+    ] {
+        let (status, refused) = call(
+            node,
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            &token,
+            json!({ "always": true }),
+        );
+        assert_eq!(status, 400, "{refused}");
+        assert_eq!(refused["error"]["code"], "ALWAYS_NOT_ALLOWED", "{refused}");
+    }
     answer(&alpha, &id, "approve");
     wait_until("the approved flight to complete", || {
         (flight_state(&beta, &first).as_deref() == Some("completed")).then_some(())
@@ -166,7 +188,13 @@ fn a_terminal_question_is_answered_from_another_broker() {
     // when someone answers in the terminal): the request is withdrawn.
     let third = send(&beta, "hurry");
     let asked = question_for(&alpha, &third);
-    assert_eq!(asked["summary"], "Hurry? [y/N]", "{asked}");
+    assert!(
+        asked["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("ready> hurry\nHurry? [y/N]"),
+        "{asked}"
+    );
     let id = asked["id"].as_str().unwrap().to_owned();
     let withdrawn = wait_until("the request to be withdrawn", || {
         beta.get("/v1/approvals")["approvals"]
@@ -189,6 +217,112 @@ fn a_terminal_question_is_answered_from_another_broker() {
     assert_eq!(
         status, 409,
         "an answer after the terminal's is refused: {late}"
+    );
+}
+
+/// A terminal client of `node`'s session of `@asker`.
+fn terminal(node: &Node) -> tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>> {
+    let agents = node.get("/agents");
+    let id = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|agent| agent["name"].as_str().unwrap_or("").starts_with("@asker@"))
+        .and_then(|agent| agent["id"].as_str())
+        .unwrap_or_else(|| panic!("no session of @asker: {agents}"))
+        .to_owned();
+    let url = format!(
+        "{}/ws/agents/{id}/terminal",
+        node.broker().http_base().replace("http://", "ws://")
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", node.sandbox.token()).parse().unwrap(),
+    );
+    let (ws, _) = tungstenite::connect(request).expect("terminal");
+    ws
+}
+
+#[test]
+fn a_person_typing_in_the_terminal_takes_the_question() {
+    let mut node = Node::setup("solo", &[]);
+    let dir = add_asker(&node);
+    node.start();
+    let invocation = send(&node, "ask-typed");
+    let asked = question_for(&node, &invocation);
+    let id = asked["id"].as_str().unwrap().to_owned();
+    assert_eq!(asked["state"], "pending", "{asked}");
+    // A person types into the terminal (not yet an answer): the question
+    // is theirs, and the mesh's request is withdrawn.
+    let mut ws = terminal(&node);
+    ws.send(Message::text("x")).unwrap();
+    let withdrawn = wait_until("the request to be withdrawn", || {
+        node.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "terminal", "{withdrawn}");
+    let (status, late) = call(
+        &node,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &node.sandbox.token(),
+        json!({}),
+    );
+    assert_eq!(status, 409, "{late}");
+    // The person finishes their answer (`x`, not `y`): nothing is written.
+    ws.send(Message::text("\r")).unwrap();
+    wait_until("the flight to complete", || {
+        (flight_state(&node, &invocation).as_deref() == Some("completed")).then_some(())
+    });
+    assert!(!dir.join("ask-typed").exists());
+}
+
+#[test]
+fn a_question_nobody_can_be_asked_pauses_the_turn() {
+    let mut node = Node::setup("solo", &[]);
+    add_asker(&node);
+    node.start();
+    // The agent has as many approvals waiting as it may: its terminal's
+    // question cannot be asked of anyone.
+    let mut filled = 0;
+    loop {
+        let (status, body) = call(
+            &node,
+            "POST",
+            "/v1/approvals",
+            &node.sandbox.token(),
+            json!({ "action": "tool.Bash", "summary": format!("step {filled}"), "agent": "@asker@solo#main" }),
+        );
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "TOO_MANY_APPROVALS", "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        filled += 1;
+        assert!(filled <= 64, "the pending limit never held");
+    }
+    // The turn pauses at the question as it does without a broker: the
+    // flight ends with the question in its answer.
+    let invocation = send(&node, "ask-full");
+    let flight = wait_until("the flight to end at the question", || {
+        let (status, body) = call(
+            &node,
+            "GET",
+            &format!("/v1/invocations/{invocation}"),
+            &node.sandbox.token(),
+            json!({}),
+        );
+        (status == 200 && body["flight"]["state"] == "completed").then_some(body)
+    });
+    assert!(
+        flight
+            .to_string()
+            .contains("the agent asks: Proceed? [y/N]"),
+        "{flight}"
     );
 }
 
@@ -268,7 +402,34 @@ fn agent_asks_for_token(node: &Node, agent_token: &str) -> String {
     assert_eq!(body["approval"]["action"], "token.create", "{body}");
     assert_eq!(body["approval"]["agent"], "@asker@solo#main", "{body}");
     assert!(body.get("token").is_none(), "{body}");
-    body["approval"]["id"].as_str().unwrap().to_owned()
+    let id = body["approval"]["id"].as_str().unwrap().to_owned();
+    // No ttl asked: an hour, shown to the person in their units.
+    assert!(
+        body["approval"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("for 1 h)"),
+        "{body}"
+    );
+    assert!(
+        body["pickup"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("POST /v1/approvals/{id}/token")),
+        "{body}"
+    );
+    id
+}
+
+/// `POST /v1/approvals/{id}/token` with `token`.
+fn pick_up(node: &Node, id: &str, token: &str) -> (u16, Value) {
+    call(
+        node,
+        "POST",
+        &format!("/v1/approvals/{id}/token"),
+        token,
+        json!({}),
+    )
 }
 
 #[test]
@@ -302,6 +463,9 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
     assert_eq!(status, 200, "{pending}");
     assert_eq!(pending["state"], "pending", "{pending}");
     assert!(pending.get("token").is_none(), "{pending}");
+    let (status, early) = pick_up(&node, &id, &agent_token);
+    assert_eq!(status, 409, "{early}");
+    assert_eq!(early["error"]["code"], "APPROVAL_NOT_APPROVED", "{early}");
     answer(&node, &id, "approve");
     // The operator sees the decision, never a secret.
     let (_, seen) = call(
@@ -312,13 +476,21 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
         json!({}),
     );
     assert!(seen.get("token").is_none(), "{seen}");
-    let (status, picked) = call(
+    // Reading and waiting never hand the token over.
+    let (status, waited) = call(
         &node,
         "GET",
         &format!("/v1/approvals/{id}/wait?timeout_secs=60"),
         &agent_token,
         json!({}),
     );
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["state"], "approved", "{waited}");
+    assert!(waited.get("token").is_none(), "{waited}");
+    // Only the agent that asked picks it up; the operator cannot.
+    let (status, refused) = pick_up(&node, &id, &operator);
+    assert_eq!(status, 403, "{refused}");
+    let (status, picked) = pick_up(&node, &id, &agent_token);
     assert_eq!(status, 200, "{picked}");
     assert_eq!(picked["state"], "approved", "{picked}");
     assert_eq!(picked["token"]["scope"], "operator", "{picked}");
@@ -332,13 +504,13 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
         status, 200,
         "the picked-up token has the operator scope: {mesh}"
     );
-    let (status, again) = call(
-        &node,
-        "GET",
-        &format!("/v1/approvals/{id}"),
-        &agent_token,
-        json!({}),
+    let expires = picked["token"]["expires_at_ms"].as_i64().expect("expiry");
+    let lasts = expires - picked["created_unix_ms"].as_i64().unwrap();
+    assert!(
+        lasts > 0 && lasts <= 2 * 3600 * 1000,
+        "an hour's token: {picked}"
     );
+    let (status, again) = pick_up(&node, &id, &agent_token);
     assert_eq!(status, 410, "{again}");
     assert_eq!(again["error"]["code"], "TOKEN_ALREADY_HANDED", "{again}");
     // The token's making is audited, naming the approval and the agent.
@@ -360,16 +532,26 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
     // Denied: no token.
     let denied = agent_asks_for_token(&node, &agent_token);
     answer(&node, &denied, "deny");
-    let (status, view) = call(
+    let (status, view) = pick_up(&node, &denied, &agent_token);
+    assert_eq!(status, 409, "{view}");
+    assert_eq!(view["error"]["code"], "APPROVAL_NOT_APPROVED", "{view}");
+
+    // A ttl past the cap is cut to a day, and the person reads so.
+    let (status, body) = call(
         &node,
-        "GET",
-        &format!("/v1/approvals/{denied}/wait?timeout_secs=60"),
+        "POST",
+        "/v1/tokens",
         &agent_token,
-        json!({}),
+        json!({ "scope": "operator", "ttl_ms": 30u64 * 24 * 3600 * 1000 }),
     );
-    assert_eq!(status, 200, "{view}");
-    assert_eq!(view["state"], "denied", "{view}");
-    assert!(view.get("token").is_none(), "{view}");
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        body["approval"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("for 1 d)"),
+        "{body}"
+    );
     let tokens = node.get("/v1/tokens");
     let operator_tokens = tokens["tokens"]
         .as_array()

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use super::BrokerState;
 use super::notify::{Channels, Notice, Notifier};
 use crate::env::Env;
+use crate::pty::question::QuestionOutcome;
 use crate::store::approvals::{ApprovalRow, ApprovalRule, NewApproval};
 use crate::store::{Store, StoreError};
 
@@ -50,6 +51,24 @@ pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// it) before the owner withdraws it; the owner's store keeps it for the
 /// audit.
 pub const DECIDED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a question withdrawn by its terminal stays in the registry: it
+/// was never answered by anyone in the mesh, and a program showing many
+/// dialogs would otherwise fill every member's list for a day. The owner's
+/// store keeps it for the audit like every approval.
+pub const WITHDRAWN_QUESTION_RETENTION: Duration = Duration::from_secs(10 * 60);
+
+/// How long approval `body` stays in the registry once decided.
+fn retention_of(body: &ApprovalBody) -> u64 {
+    let retention = if body.action == QUESTION_ACTION
+        && body.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY)
+    {
+        WITHDRAWN_QUESTION_RETENTION
+    } else {
+        DECIDED_RETENTION
+    };
+    u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The longest the deadline task sleeps without looking: new requests wake
 /// it, so this only bounds how late a withdrawal of old records can be.
@@ -115,16 +134,19 @@ pub enum Gate {
     TokenCreate {
         /// Its label.
         name: Option<String>,
-        /// How long it works, in milliseconds; forever when absent.
+        /// How long it works, in milliseconds; within
+        /// `http::tokens::AGENT_OPERATOR_TTL_MAX_MS` when picked up, an hour
+        /// when absent (approvals stored before the cap have none).
         ttl_ms: Option<u64>,
     },
 }
 
 /// What picking up an approved token finds.
 #[derive(Debug)]
-pub enum Pickup {
-    /// This call took it: make the token now.
-    Claimed(Gate),
+pub enum Pickup<T> {
+    /// This call took it, and what was made with it in the same
+    /// transaction.
+    Claimed(T),
     /// It was picked up before.
     Taken,
     /// The approval is older than the pickup allows; no token is made.
@@ -177,7 +199,7 @@ impl Gate {
                 let mut summary =
                     "make an operator token (it may do everything the operator does".to_owned();
                 match ttl_ms {
-                    Some(ttl) => summary.push_str(&format!(", for {} s)", ttl / 1000)),
+                    Some(ttl) => summary.push_str(&format!(", for {})", human_duration(*ttl))),
                     None => summary.push_str(", until revoked)"),
                 }
                 if let Some(name) = name {
@@ -255,6 +277,13 @@ pub enum ApprovalError {
         /// Its message.
         message: String,
     },
+    /// `always` was asked of a terminal question: a standing rule would
+    /// type the same answer into every later dialog that reads the same,
+    /// whatever it is about.
+    #[error(
+        "approval {0} is a question on a terminal; it is answered one question at a time (`always` makes no standing rule for it)"
+    )]
+    AlwaysNotAllowed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -270,6 +299,7 @@ impl ApprovalError {
             ApprovalError::TooMany { .. } => "TOO_MANY_APPROVALS".to_owned(),
             ApprovalError::Ambiguous { .. } => "APPROVAL_AMBIGUOUS".to_owned(),
             ApprovalError::OwnerUnreachable { .. } => "OWNER_UNREACHABLE".to_owned(),
+            ApprovalError::AlwaysNotAllowed(_) => "ALWAYS_NOT_ALLOWED".to_owned(),
             ApprovalError::Refused { code, .. } => code.clone(),
             ApprovalError::Store(err) => err.code().to_owned(),
         }
@@ -567,6 +597,18 @@ impl Approvals {
         by: &str,
     ) -> Result<ApprovalRow, ApprovalError> {
         let now = self.env.now_unix_ms();
+        if decision.always {
+            // An approval's action never changes, so reading it before the
+            // answer's transaction is as good as reading it inside.
+            let key = decision.id.clone();
+            let action = self
+                .store
+                .read(move |connection| ApprovalRow::get(connection, &key))?
+                .map(|row| row.body.action);
+            if !always_allowed(action.as_deref()) {
+                return Err(ApprovalError::AlwaysNotAllowed(decision.id.clone()));
+            }
+        }
         let decision_owned = decision.clone();
         let by_owned = by.to_owned();
         let rule_id = format!("rule_{:016x}", self.env.random_u64());
@@ -770,9 +812,24 @@ impl Approvals {
     }
 
     /// Claims the result of approved approval `id` (owned here) for its
-    /// one pickup, `max_ms` at most after its decision. A pickup too late
-    /// is recorded as such, so no later one succeeds either.
-    pub async fn claim_pickup(&self, id: &str, max_ms: u64) -> Result<Pickup, ApprovalError> {
+    /// one pickup, `max_ms` at most after its decision, and runs `make`
+    /// with its gate in the same transaction: the claim, what `make`
+    /// writes and the outcome it names are committed together or not at
+    /// all, so a failure in between never uses the approval up without
+    /// its result. A pickup too late is recorded as such, so no later one
+    /// succeeds either.
+    pub async fn claim_pickup<T, F>(
+        &self,
+        id: &str,
+        max_ms: u64,
+        make: F,
+    ) -> Result<Pickup<T>, ApprovalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, Gate) -> Result<(T, String), StoreError>
+            + Send
+            + 'static,
+    {
         let now = self.env.now_unix_ms();
         let key = id.to_owned();
         let pickup = self
@@ -801,25 +858,13 @@ impl Approvals {
                     )?;
                     return Ok(Pickup::TooLate);
                 }
-                Ok(Pickup::Claimed(gate))
+                let (made, outcome) = make(transaction, gate)?;
+                ApprovalRow::mark_applied(transaction, &key, now, &outcome)?;
+                Ok(Pickup::Claimed(made))
             })
             .await?;
         self.bump();
         Ok(pickup)
-    }
-
-    /// Records what the picked-up action of approval `id` did.
-    pub async fn record_outcome(&self, id: &str, outcome: &str) {
-        let now = self.env.now_unix_ms();
-        let (key, recorded) = (id.to_owned(), outcome.to_owned());
-        if let Err(err) = self
-            .store
-            .write(move |transaction| ApprovalRow::mark_applied(transaction, &key, now, &recorded))
-            .await
-        {
-            tracing::error!(approval = %id, cause = %err, "cannot record a picked-up action");
-        }
-        self.bump();
     }
 
     /// Withdraws pending approval `id` owned here: expired, decided by
@@ -956,12 +1001,11 @@ impl Approvals {
             .map(|(_, name, body)| (name, body))
             .collect();
         let now = self.env.now_unix_ms();
-        let retention = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap_or(u64::MAX);
         for row in &rows {
             let recent = row
                 .body
                 .decided_unix_ms
-                .is_none_or(|at| at.saturating_add(retention) > now);
+                .is_none_or(|at| at.saturating_add(retention_of(&row.body)) > now);
             if recent && published.get(&row.id) != Some(&row.body) {
                 self.publish(row);
             }
@@ -977,7 +1021,6 @@ impl Approvals {
     }
 
     fn withdraw_old(&self, now: u64) {
-        let retention = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap_or(u64::MAX);
         let old: Vec<String> = self
             .registry_approvals()
             .into_iter()
@@ -985,7 +1028,7 @@ impl Approvals {
                 *origin == self.node_id
                     && body
                         .decided_unix_ms
-                        .is_some_and(|at| at.saturating_add(retention) <= now)
+                        .is_some_and(|at| at.saturating_add(retention_of(body)) <= now)
             })
             .map(|(_, name, _)| name)
             .collect();
@@ -1134,6 +1177,28 @@ impl Approvals {
     }
 }
 
+/// `ms` for people: whole days, hours, minutes and seconds, largest first
+/// (`1 h 30 min`), the parts that are zero left out.
+pub fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3_600 % 24, "h"),
+        (secs / 60 % 60, "min"),
+        (secs % 60, "s"),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, unit)| format!("{count} {unit}"))
+        .collect();
+    if shown.is_empty() {
+        format!("{ms} ms")
+    } else {
+        shown.join(" ")
+    }
+}
+
 /// A node's name, or its id when the registry has no name for it.
 fn name_in(names: &HashMap<NodeId, String>, node: &NodeId) -> String {
     names.get(node).cloned().unwrap_or_else(|| node.to_string())
@@ -1178,9 +1243,13 @@ impl BrokerAsker {
 impl crate::pty::PermissionAsker for BrokerAsker {
     fn ask(
         &self,
-        agent: String,
-        summary: String,
+        request: crate::pty::PermissionRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+        let crate::pty::PermissionRequest {
+            agent,
+            action,
+            summary,
+        } = request;
         let parts = self
             .parts
             .get()
@@ -1192,7 +1261,7 @@ impl crate::pty::PermissionAsker for BrokerAsker {
                 .ask(Ask {
                     agent,
                     invocation,
-                    action: "tool.acp".to_owned(),
+                    action: action.to_owned(),
                     summary,
                     gate: None,
                     deadline: None,
@@ -1219,13 +1288,15 @@ impl crate::pty::PermissionAsker for BrokerAsker {
         agent: String,
         question: String,
         gone: watch::Receiver<bool>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = QuestionOutcome> + Send>> {
         let parts = self
             .parts
             .get()
             .and_then(|(approvals, credentials)| Some((approvals.upgrade()?, credentials.clone())));
         Box::pin(async move {
-            let (approvals, credentials) = parts?;
+            let Some((approvals, credentials)) = parts else {
+                return QuestionOutcome::Unasked;
+            };
             let invocation = credentials.running_invocation(&agent);
             let asked = approvals
                 .ask(Ask {
@@ -1243,7 +1314,7 @@ impl crate::pty::PermissionAsker for BrokerAsker {
                     // Nobody can be asked (too many pending): the question
                     // stays on the terminal for a person there.
                     tracing::warn!(cause = %err, "a terminal question was not asked");
-                    None
+                    QuestionOutcome::Unasked
                 }
             }
         })
@@ -1258,27 +1329,35 @@ impl BrokerAsker {
         approvals: &Approvals,
         mut view: ApprovalView,
         mut gone: watch::Receiver<bool>,
-    ) -> Option<bool> {
+    ) -> QuestionOutcome {
         use crate::pty::question::QUESTION_GONE_GRACE;
         loop {
             match view.state {
                 ApprovalState::Pending => {}
-                ApprovalState::Approved => return Some(true),
-                ApprovalState::Denied => return Some(false),
+                ApprovalState::Approved => return QuestionOutcome::Answer(true),
+                ApprovalState::Denied => return QuestionOutcome::Answer(false),
                 // Withdrawn: the terminal was answered; nothing to type.
                 ApprovalState::Expired
                     if view.decided_by.as_deref() == Some(QUESTION_WITHDRAWN_BY) =>
                 {
-                    return None;
+                    return QuestionOutcome::Withdrawn;
                 }
                 // Unanswered by its deadline: it counts as denied.
-                ApprovalState::Expired => return Some(false),
+                ApprovalState::Expired => return QuestionOutcome::Answer(false),
             }
             let still_shown = tokio::select! {
-                waited = approvals.wait(&view.id, DEADLINE_MAX) => {
-                    view = waited.ok()?;
-                    continue;
-                }
+                waited = approvals.wait(&view.id, DEADLINE_MAX) => match waited {
+                    Ok(waited) => {
+                        view = waited;
+                        continue;
+                    }
+                    Err(err) => {
+                        // Nothing will be typed: nobody may approve it
+                        // still, believing it would be.
+                        tracing::warn!(approval = %view.id, cause = %err, "cannot wait for a question's answer");
+                        false
+                    }
+                },
                 changed = gone.changed() => match changed {
                     Ok(()) if !*gone.borrow_and_update() => true,
                     // A redraw may blank the question for a moment.
@@ -1294,16 +1373,23 @@ impl BrokerAsker {
                     .withdraw(
                         &view.id,
                         QUESTION_WITHDRAWN_BY,
-                        "the question left the screen (answered in the terminal)",
+                        "the question left the screen or was taken in the terminal",
                     )
                     .await
                 {
                     tracing::warn!(approval = %view.id, cause = %err, "cannot withdraw a question");
                 }
-                return None;
+                return QuestionOutcome::Withdrawn;
             }
         }
     }
+}
+
+/// Whether `always` (a standing rule) may answer approvals of `action`: not
+/// a terminal's question, whose text says nothing certain about what the
+/// next dialog reading the same would do.
+fn always_allowed(action: Option<&str>) -> bool {
+    action != Some(QUESTION_ACTION)
 }
 
 /// The action of an approval asking a terminal's question.
@@ -1368,5 +1454,63 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
         // Never queued (see `Approvals::after_decision`): the token is made
         // on pickup.
         Gate::TokenCreate { .. } => Err("the token is made when its agent picks it up".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_human_units() {
+        assert_eq!(human_duration(3_600_000), "1 h");
+        assert_eq!(human_duration(86_400_000), "1 d");
+        assert_eq!(human_duration(5_400_000), "1 h 30 min");
+        assert_eq!(human_duration(90_061_000), "1 d 1 h 1 min 1 s");
+        assert_eq!(human_duration(500), "500 ms");
+        let summary = Gate::TokenCreate {
+            name: None,
+            ttl_ms: Some(2 * 3_600_000),
+        }
+        .summary();
+        assert!(summary.contains("for 2 h)"), "{summary}");
+    }
+
+    #[test]
+    fn no_standing_rule_answers_a_terminal_question() {
+        assert!(!always_allowed(Some(QUESTION_ACTION)));
+        assert!(always_allowed(Some("tool.Bash")));
+        assert!(always_allowed(None));
+        assert_eq!(
+            ApprovalError::AlwaysNotAllowed("apr_1".to_owned()).code(),
+            "ALWAYS_NOT_ALLOWED"
+        );
+    }
+
+    #[test]
+    fn withdrawn_questions_leave_the_registry_sooner() {
+        let body = |action: &str, by: &str| ApprovalBody {
+            agent: "@a@n#main".to_owned(),
+            action: action.to_owned(),
+            summary: "Proceed? [y/N]".to_owned(),
+            invocation: None,
+            state: ApprovalState::Expired,
+            created_unix_ms: 0,
+            deadline_unix_ms: 1,
+            decided_by: Some(by.to_owned()),
+            decided_unix_ms: Some(1),
+            note: String::new(),
+        };
+        let short = u64::try_from(WITHDRAWN_QUESTION_RETENTION.as_millis()).unwrap();
+        let long = u64::try_from(DECIDED_RETENTION.as_millis()).unwrap();
+        assert_eq!(
+            retention_of(&body(QUESTION_ACTION, QUESTION_WITHDRAWN_BY)),
+            short
+        );
+        assert_eq!(retention_of(&body(QUESTION_ACTION, "deadline")), long);
+        assert_eq!(
+            retention_of(&body("tool.Bash", QUESTION_WITHDRAWN_BY)),
+            long
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! `/v1/approvals…`: the approvals of the whole mesh, asking for one, and
 //! answering one from this broker (the owner takes the first answer).
-//! Also [`gate`], which turns an agent's gated request into an approval.
+//! Also [`gate`], which turns an agent's gated request into an approval,
+//! and `POST /v1/approvals/{id}/token`, where the agent that asked for an
+//! operator token picks it up once approved (reading an approval with
+//! `GET` never makes anything).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,6 +39,7 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/approvals/{id}/wait", get(wait))
         .route("/approvals/{id}/approve", post(approve))
         .route("/approvals/{id}/deny", post(deny))
+        .route("/approvals/{id}/token", post(token))
 }
 
 /// The answer to a gated request made by an agent: `202` and the approval.
@@ -45,6 +49,10 @@ pub struct Gated {
     pub status: &'static str,
     /// The approval to wait for (`GET /v1/approvals/{id}/wait`).
     pub approval: ApprovalView,
+    /// How to collect the result, when the requester collects it (an
+    /// operator token is picked up with `POST /v1/approvals/{id}/token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<String>,
 }
 
 /// Runs `run` for a person; for an agent, asks for approval of `gate`
@@ -64,6 +72,7 @@ where
     let Some(Extension(caller)) = caller else {
         return run().await.map(|value| Json(value).into_response());
     };
+    let picked_up = gate.action() == Gate::TOKEN_CREATE;
     let approval = state
         .approvals
         .ask(Ask {
@@ -80,6 +89,13 @@ where
         StatusCode::ACCEPTED,
         Json(Gated {
             status: "approval_required",
+            pickup: picked_up.then(|| {
+                format!(
+                    "wait for the decision with GET /v1/approvals/{id}/wait; once approved, POST /v1/approvals/{id}/token with this agent's credential within {} s to receive the token (handed once)",
+                    super::tokens::TOKEN_PICKUP_MAX.as_secs(),
+                    id = approval.id
+                )
+            }),
             approval,
         }),
     )
@@ -95,6 +111,7 @@ pub fn approval_error(err: ApprovalError) -> ApiError {
         ApprovalError::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_APPROVALS"),
         ApprovalError::Ambiguous { .. } => (StatusCode::CONFLICT, "APPROVAL_AMBIGUOUS"),
         ApprovalError::OwnerUnreachable { .. } => (StatusCode::BAD_GATEWAY, "OWNER_UNREACHABLE"),
+        ApprovalError::AlwaysNotAllowed(_) => (StatusCode::BAD_REQUEST, "ALWAYS_NOT_ALLOWED"),
         // The owner's refusal keeps its meaning: a decision conflict, a
         // bad answer, or the owner failing.
         ApprovalError::Refused { code, .. } => match code.as_str() {
@@ -102,6 +119,7 @@ pub fn approval_error(err: ApprovalError) -> ApiError {
             "APPROVAL_EXPIRED" => (StatusCode::CONFLICT, "APPROVAL_EXPIRED"),
             "APPROVAL_NOT_PENDING" => (StatusCode::NOT_FOUND, "APPROVAL_NOT_PENDING"),
             "INVALID_REQUEST" => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            "ALWAYS_NOT_ALLOWED" => (StatusCode::BAD_REQUEST, "ALWAYS_NOT_ALLOWED"),
             "NOT_READY" => (StatusCode::SERVICE_UNAVAILABLE, "OWNER_NOT_READY"),
             _ => (StatusCode::BAD_GATEWAY, "OWNER_FAILED"),
         },
@@ -172,41 +190,81 @@ fn parse_state(word: &str) -> Result<ApprovalState, ApiError> {
     }
 }
 
-/// An approval as `GET /v1/approvals/{id}` and its `wait` answer it: with
-/// the operator token an agent asked for, the one time that agent picks
-/// it up after the approval.
+/// The answer to `POST /v1/approvals/{id}/token`: the approval and the
+/// operator token it made, handed this once.
 #[derive(Debug, Serialize)]
-pub struct ApprovalAnswer {
+pub struct PickedUp {
     /// The approval.
     #[serde(flatten)]
     pub view: ApprovalView,
-    /// The token, only in the answer that hands it over.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<super::tokens::CreatedToken>,
-}
-
-async fn answer_with_pickup(
-    state: &BrokerState,
-    caller: Option<&Extension<AgentCaller>>,
-    view: ApprovalView,
-) -> Result<Json<ApprovalAnswer>, ApiError> {
-    let token =
-        super::tokens::pick_up(state, caller.map(|Extension(caller)| caller), &view).await?;
-    Ok(Json(ApprovalAnswer { view, token }))
+    /// The token.
+    pub token: super::tokens::CreatedToken,
 }
 
 async fn one(
     State(state): State<Arc<BrokerState>>,
     caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
-) -> Result<Json<ApprovalAnswer>, ApiError> {
+) -> Result<Json<ApprovalView>, ApiError> {
     let view = state
         .approvals
         .get(&id)
         .map_err(approval_error)?
         .filter(|view| visible(caller.as_ref(), view))
         .ok_or_else(|| not_found(&id))?;
-    answer_with_pickup(&state, caller.as_ref(), view).await
+    Ok(Json(view))
+}
+
+/// `POST /v1/approvals/{id}/token`: the agent that asked for an operator
+/// token picks it up once its approval is approved. Reading an approval
+/// never makes anything; this request does, once.
+async fn token(
+    State(state): State<Arc<BrokerState>>,
+    caller: Option<Extension<AgentCaller>>,
+    PathId(id): PathId,
+) -> Result<Json<PickedUp>, ApiError> {
+    // Another agent's approval, or another member's, is not found here.
+    let view = state
+        .approvals
+        .get(&id)
+        .map_err(approval_error)?
+        .filter(|view| view.local && visible(caller.as_ref(), view))
+        .ok_or_else(|| not_found(&id))?;
+    let Some(Extension(caller)) = caller else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_SCOPE",
+            "only the agent that asked for a token picks it up; the operator makes tokens with POST /v1/tokens",
+        ));
+    };
+    if view.action != Gate::TOKEN_CREATE {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_A_TOKEN_APPROVAL",
+            format!(
+                "approval {id} is for `{}`, not a token; nothing is picked up",
+                view.action
+            ),
+        ));
+    }
+    if view.state != ApprovalState::Approved {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "APPROVAL_NOT_APPROVED",
+            format!(
+                "approval {id} is {}; a token is picked up only once it is approved (GET /v1/approvals/{id}/wait waits for the decision)",
+                view.state.as_str()
+            ),
+        ));
+    }
+    let token = super::tokens::pick_up(&state, &caller, &view).await?;
+    // The approval as it is now, with the pickup recorded.
+    let view = state
+        .approvals
+        .get(&id)
+        .map_err(approval_error)?
+        .unwrap_or(view);
+    Ok(Json(PickedUp { view, token }))
 }
 
 async fn rules(
@@ -332,7 +390,7 @@ async fn wait(
     caller: Option<Extension<AgentCaller>>,
     PathId(id): PathId,
     Query(query): Query<WaitQuery>,
-) -> Result<Json<ApprovalAnswer>, ApiError> {
+) -> Result<Json<ApprovalView>, ApiError> {
     let timeout =
         Duration::from_secs(query.timeout_secs.unwrap_or(WAIT_MAX.as_secs())).min(WAIT_MAX);
     // An agent waits only for what it asked: checked before the wait, so
@@ -346,7 +404,7 @@ async fn wait(
         .wait(&id, timeout)
         .await
         .map_err(approval_error)?;
-    answer_with_pickup(&state, caller.as_ref(), view).await
+    Ok(Json(view))
 }
 
 /// The body of an answer.

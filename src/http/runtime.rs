@@ -839,7 +839,7 @@ where
         }
         // A full input queue waits here, so a client typing faster than the
         // program reads is slowed down, not buffered.
-        if session.input().send(bytes).await.is_err() {
+        if session.type_from_terminal(bytes).await.is_err() {
             break;
         }
     }

@@ -150,6 +150,9 @@ pub const ROUTE_CLASSES: &[(&str, &str, RouteClass)] = &[
     ("POST", "/v1/work-orders", AGENT),
     ("POST", "/v1/work-orders/run-now", AGENT),
     ("POST", "/v1/approvals", AGENT),
+    // The agent that asked for an operator token picks it up once a
+    // person approved; its handler refuses every other caller.
+    ("POST", "/v1/approvals/{id}/token", AGENT),
     // A checkpoint is read like the flight it preceded.
     ("GET", "/v1/checkpoints", READ),
     ("GET", "/v1/checkpoints/{id}", READ),

@@ -2,7 +2,9 @@
 //! in the answer and nowhere else), `GET /v1/tokens` lists them with the
 //! browser sessions, `POST /v1/tokens/{id}/revoke` ends a token or a
 //! session. Creation, first use in a broker run and revocation are
-//! audited with the caller as actor.
+//! audited with the caller as actor. An agent asking for an operator
+//! token asks a person; the token, of at most a day, is made when the agent
+//! picks it up ([`pick_up`]).
 
 use std::sync::Arc;
 
@@ -181,7 +183,7 @@ async fn create(
         }
         let gate = Gate::TokenCreate {
             name: check_name(body.name)?,
-            ttl_ms: check_ttl(body.ttl_ms)?,
+            ttl_ms: Some(agent_operator_ttl(check_ttl(body.ttl_ms)?)),
         };
         return super::approvals::gate(&state, agent, gate, || async {
             Err::<(), ApiError>(invalid("only an agent's request is gated"))
@@ -200,6 +202,24 @@ async fn create(
     let ttl_ms = check_ttl(body.ttl_ms)?;
     let created = mint(&state, body.scope, agent, name, ttl_ms, caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// How long an operator token asked for by an agent works when the agent
+/// names no ttl: the hour of work it was asked for, not a standing key.
+pub const AGENT_OPERATOR_TTL_DEFAULT_MS: u64 = 60 * 60 * 1000;
+
+/// The longest an operator token asked for by an agent works, whatever it
+/// asks: a day. An agent holding the operator's power is a person's
+/// decision about today's work; tomorrow's is asked again.
+pub const AGENT_OPERATOR_TTL_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The ttl of an operator token an agent asks for: the asked one (checked
+/// by [`check_ttl`]), [`AGENT_OPERATOR_TTL_DEFAULT_MS`] when none, at most
+/// [`AGENT_OPERATOR_TTL_MAX_MS`]. The approval's summary shows it.
+pub fn agent_operator_ttl(asked: Option<u64>) -> u64 {
+    asked
+        .unwrap_or(AGENT_OPERATOR_TTL_DEFAULT_MS)
+        .min(AGENT_OPERATOR_TTL_MAX_MS)
 }
 
 fn check_ttl(ttl_ms: Option<u64>) -> Result<Option<u64>, ApiError> {
@@ -223,11 +243,7 @@ async fn mint(
     created_by: String,
 ) -> Result<CreatedToken, ApiError> {
     if state.tokens.len() >= LIVE_TOKENS_MAX {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "TOKENS_LIMIT",
-            format!("{LIVE_TOKENS_MAX} tokens are live; revoke some first (`scout tokens list`)"),
-        ));
+        return Err(tokens_limit());
     }
     let now = state.env.now_unix_ms_i64();
     let secret: [u8; SECRET_BYTES] = state.env.random();
@@ -284,74 +300,136 @@ async fn mint(
     })
 }
 
+fn tokens_limit() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "TOKENS_LIMIT",
+        format!("{LIVE_TOKENS_MAX} tokens are live; revoke some first (`scout tokens list`)"),
+    )
+}
+
 /// How long after its approval an operator token asked for by an agent
 /// may be picked up: the agent is waiting for the answer, so minutes are
 /// plenty; an approval forgotten for longer makes no token at all.
 pub const TOKEN_PICKUP_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
-/// The token of approval `view`, made now and handed once, when `caller`
-/// is the agent that asked for it, the approval is this broker's and
-/// approved, and nobody picked the token up yet; `None` for every other
-/// approval. The secret is never stored: it is made on pickup and answered
-/// to this request only. A second pickup is `TOKEN_ALREADY_HANDED`, one
-/// later than [`TOKEN_PICKUP_MAX`] after the approval `TOKEN_PICKUP_EXPIRED`.
+/// The token of approval `view`, made now and handed once, to `caller`,
+/// the agent that asked for it (`POST /v1/approvals/{id}/token`). The
+/// secret is never stored: it is made on pickup and answered to this
+/// request only. The live-token limit is checked and the secret made
+/// before the approval is claimed; the claim, the token's row, its audit
+/// entry and the approval's outcome are one transaction, run in a task of
+/// its own so a client going away mid-request cannot split them. A second
+/// pickup is `TOKEN_ALREADY_HANDED`, one later than [`TOKEN_PICKUP_MAX`]
+/// after the approval `TOKEN_PICKUP_EXPIRED`.
 pub async fn pick_up(
-    state: &BrokerState,
-    caller: Option<&AgentCaller>,
+    state: &Arc<BrokerState>,
+    caller: &AgentCaller,
     view: &ApprovalView,
-) -> Result<Option<CreatedToken>, ApiError> {
-    let Some(caller) = caller else {
-        return Ok(None);
-    };
-    if !view.local
-        || view.action != Gate::TOKEN_CREATE
-        || view.agent != caller.instance
-        || view.state != scout_mesh::wire::ApprovalState::Approved
-    {
-        return Ok(None);
+) -> Result<CreatedToken, ApiError> {
+    if state.tokens.len() >= LIVE_TOKENS_MAX {
+        return Err(tokens_limit());
     }
+    let now = state.env.now_unix_ms_i64();
+    let secret: [u8; SECRET_BYTES] = state.env.random();
+    let id_bytes: [u8; ID_BYTES] = state.env.random();
+    let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
+    let token_id = format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes));
+    let digest = digest_hex(&token);
+    let created_by = format!("approval:{} agent:{}", view.id, caller.instance);
+    let instance = caller.instance.clone();
+    let node = state.node_id.clone();
     let max = u64::try_from(TOKEN_PICKUP_MAX.as_millis()).unwrap_or(u64::MAX);
-    let claimed = state
-        .approvals
-        .claim_pickup(&view.id, max)
-        .await
-        .map_err(super::approvals::approval_error)?;
-    let gate = match claimed {
-        crate::daemon::approvals::Pickup::Claimed(gate) => gate,
-        crate::daemon::approvals::Pickup::Taken => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "TOKEN_ALREADY_HANDED",
-                format!(
-                    "the token of approval {} was handed to its agent already; ask again for another",
-                    view.id
-                ),
-            ));
+    let task_state = state.clone();
+    let approval = view.id.clone();
+    let picked = tokio::spawn(async move {
+        let picked = task_state
+            .approvals
+            .claim_pickup(&approval, max, move |transaction, gate| {
+                let Gate::TokenCreate { name, ttl_ms } = gate else {
+                    return Err(crate::store::StoreError::InvalidRequest {
+                        detail: "the approval is not for a token".to_owned(),
+                    });
+                };
+                // Approvals asked before the ttl cap carry none or a longer
+                // one: the cap holds for them too.
+                let ttl = agent_operator_ttl(ttl_ms);
+                let row = TokenRow {
+                    token_id,
+                    name,
+                    scope: Scope::Operator.as_str().to_owned(),
+                    agent: None,
+                    digest,
+                    created_by,
+                    created_at_ms: now,
+                    expires_at_ms: Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
+                    last_used_at_ms: None,
+                    revoked_at_ms: None,
+                };
+                token_store::insert(transaction, &row)?;
+                AuditEntry::append(
+                    transaction,
+                    &NewAuditEntry {
+                        ts_ms: now,
+                        actor: row.created_by.clone(),
+                        action: "token_create".to_owned(),
+                        subject: row.token_id.clone(),
+                        detail: json!({
+                            "scope": row.scope,
+                            "agent": row.agent,
+                            "name": row.name,
+                            "expires_at_ms": row.expires_at_ms,
+                            "node": node,
+                        }),
+                    },
+                )?;
+                let outcome = format!("operator token {} handed to {instance}", row.token_id);
+                Ok((row, outcome))
+            })
+            .await;
+        if let Ok(crate::daemon::approvals::Pickup::Claimed(row)) = &picked {
+            task_state.tokens.insert(row);
         }
-        crate::daemon::approvals::Pickup::TooLate => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "TOKEN_PICKUP_EXPIRED",
-                format!(
-                    "the token of approval {} was not picked up within {} s of the approval; ask again",
-                    view.id,
-                    TOKEN_PICKUP_MAX.as_secs()
-                ),
-            ));
-        }
-        crate::daemon::approvals::Pickup::NotAToken => return Ok(None),
-    };
-    let Gate::TokenCreate { name, ttl_ms } = gate else {
-        return Ok(None);
-    };
-    let by = format!("approval:{} agent:{}", view.id, caller.instance);
-    let made = mint(state, Scope::Operator, None, name, ttl_ms, by).await;
-    let outcome = match &made {
-        Ok(made) => format!("operator token {} handed to {}", made.id, caller.instance),
-        Err(err) => format!("failed: {}", err.message),
-    };
-    state.approvals.record_outcome(&view.id, &outcome).await;
-    made.map(Some)
+        picked
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(super::approvals::approval_error)?;
+    match picked {
+        crate::daemon::approvals::Pickup::Claimed(row) => Ok(CreatedToken {
+            id: row.token_id,
+            token,
+            scope: Scope::Operator,
+            agent: None,
+            name: row.name,
+            expires_at_ms: row.expires_at_ms,
+        }),
+        crate::daemon::approvals::Pickup::Taken => Err(ApiError::new(
+            StatusCode::GONE,
+            "TOKEN_ALREADY_HANDED",
+            format!(
+                "the token of approval {} was handed to its agent already; ask again for another",
+                view.id
+            ),
+        )),
+        crate::daemon::approvals::Pickup::TooLate => Err(ApiError::new(
+            StatusCode::GONE,
+            "TOKEN_PICKUP_EXPIRED",
+            format!(
+                "the token of approval {} was not picked up within {} s of the approval; ask again",
+                view.id,
+                TOKEN_PICKUP_MAX.as_secs()
+            ),
+        )),
+        crate::daemon::approvals::Pickup::NotAToken => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_A_TOKEN_APPROVAL",
+            format!(
+                "approval {} is not an approved request for a token",
+                view.id
+            ),
+        )),
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -553,4 +631,19 @@ async fn revoke(
         "TOKEN_NOT_FOUND",
         format!("no token or browser session `{id}` (see `scout tokens list`)"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_asked_operator_token_lives_an_hour_by_default_and_a_day_at_most() {
+        assert_eq!(agent_operator_ttl(None), AGENT_OPERATOR_TTL_DEFAULT_MS);
+        assert_eq!(agent_operator_ttl(Some(60_000)), 60_000);
+        assert_eq!(
+            agent_operator_ttl(Some(TOKEN_TTL_MS_MAX)),
+            AGENT_OPERATOR_TTL_MAX_MS
+        );
+    }
 }

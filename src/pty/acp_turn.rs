@@ -93,31 +93,54 @@ pub(crate) struct AcpSpawn<'a> {
     pub env_remove: &'a [String],
 }
 
+/// The action of an ACP agent's permission request.
+pub const ACP_ACTION: &str = "tool.acp";
+
+/// A tool call an agent asks permission for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionRequest {
+    /// The asking instance.
+    pub agent: String,
+    /// What kind of request it is, as people and standing rules see it
+    /// ([`ACP_ACTION`], `tool.codex`).
+    pub action: &'static str,
+    /// What the tool call would do.
+    pub summary: String,
+}
+
 /// Asks a person whether an agent may run a tool call. The broker's asker
 /// makes an approval anyone in the mesh may answer and waits for it.
 pub trait PermissionAsker: Send + Sync + std::fmt::Debug {
-    /// Whether `agent` (an instance name) may do what `summary` says:
-    /// `Some(true)` allowed, `Some(false)` refused, `None` when nobody can
-    /// be asked (the default policy answers then).
+    /// Whether `request.agent` (an instance name) may do what
+    /// `request.summary` says: `Some(true)` allowed, `Some(false)` refused,
+    /// `None` when nobody can be asked (the default policy answers then).
+    /// Neither ACP's nor Codex's answer carries a reason, so a person's
+    /// note on a denial stays with the approval.
     fn ask(
         &self,
-        agent: String,
-        summary: String,
+        request: PermissionRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>>;
 
-    /// Whether to answer yes to `question` (sanitised text, see
-    /// `pty::question`), which the terminal of `agent` shows: `Some(true)`
-    /// yes, `Some(false)` no, `None` when nobody answered (the request was
-    /// withdrawn because `gone` stayed `true`, the question having left the
-    /// screen; or nobody can be asked): then nothing is typed. The
-    /// default asks nobody.
+    /// How to answer the dialog the terminal of `agent` shows, which
+    /// `summary` describes (sanitised text, see `pty::question`):
+    /// [`QuestionOutcome::Answer`] to type, [`QuestionOutcome::Withdrawn`]
+    /// when the request was withdrawn because `gone` stayed `true` (the
+    /// dialog left the screen or the person at the terminal took it), or
+    /// [`QuestionOutcome::Unasked`] when nobody can be asked. The default
+    /// asks nobody.
+    ///
+    /// [`QuestionOutcome::Answer`]: crate::pty::question::QuestionOutcome::Answer
+    /// [`QuestionOutcome::Withdrawn`]: crate::pty::question::QuestionOutcome::Withdrawn
+    /// [`QuestionOutcome::Unasked`]: crate::pty::question::QuestionOutcome::Unasked
     fn ask_question(
         &self,
         _agent: String,
-        _question: String,
+        _summary: String,
         _gone: tokio::sync::watch::Receiver<bool>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
-        Box::pin(async { None })
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::pty::question::QuestionOutcome> + Send>,
+    > {
+        Box::pin(async { crate::pty::question::QuestionOutcome::Unasked })
     }
 }
 
@@ -612,7 +635,13 @@ impl AcpAgent {
                         let request = acp::parse_permission_request(&params);
                         let decided = match (&self.asker, &request.tool_call) {
                             (Some((asker, agent)), Some(tool)) => {
-                                asker.ask(agent.clone(), tool.line()).await
+                                asker
+                                    .ask(PermissionRequest {
+                                        agent: agent.clone(),
+                                        action: ACP_ACTION,
+                                        summary: tool.line(),
+                                    })
+                                    .await
                             }
                             _ => None,
                         };

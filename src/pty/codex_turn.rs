@@ -17,9 +17,15 @@ use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use super::acp_turn::{ACP_LINE_BYTES_MAX, LineRead, LineReader, PermissionAsker};
+use super::acp_turn::{
+    ACP_LINE_BYTES_MAX, LineRead, LineReader, PermissionAsker, PermissionRequest,
+};
 use crate::adapter::codex_app::AppTurn;
 use crate::adapter::{FailureKind, StructuredEvent};
+
+/// The action of a Codex command or file-change approval, so people and
+/// standing rules tell it from an ACP agent's.
+pub const CODEX_ACTION: &str = "tool.codex";
 
 /// Who answers a turn's approval requests, and the instance asking.
 #[derive(Debug, Clone)]
@@ -83,7 +89,11 @@ impl AppServerRun {
                 let decided = self
                     .asker
                     .asker
-                    .ask(self.asker.agent.clone(), approval.summary.clone())
+                    .ask(PermissionRequest {
+                        agent: self.asker.agent.clone(),
+                        action: CODEX_ACTION,
+                        summary: approval.summary.clone(),
+                    })
                     .await;
                 // Nobody could be asked: refused, never allowed unseen.
                 let allowed = decided == Some(true);

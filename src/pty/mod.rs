@@ -48,7 +48,7 @@ pub mod session;
 pub mod text;
 pub mod transcript;
 
-pub use acp_turn::PermissionAsker;
+pub use acp_turn::{ACP_ACTION, PermissionAsker, PermissionRequest};
 pub use error::RuntimeError;
 pub use events::{EventKind, RuntimeEvent};
 pub use manager::{RuntimeConfig, SendOutcome, SessionManager, SpawnRequest};

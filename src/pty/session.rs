@@ -41,7 +41,7 @@ use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
-use super::question::{NewQuestion, Questions};
+use super::question::{NewQuestion, QuestionOutcome, Questions, Shown};
 use super::screen::{Screen, TermSize};
 use super::text::{PlainText, Transcript};
 use super::transcript::{TRANSCRIPT_CHUNK_BYTES_MAX, TranscriptRenderer, TurnAsker, TurnHeader};
@@ -428,6 +428,14 @@ pub struct Session {
     /// The question on screen and the person asked about it, for sessions
     /// the broker gave an identity (see `pty::question`).
     questions: Arc<Mutex<Questions>>,
+    /// Which program is on the terminal: bumped by every restart, so a
+    /// dialog of the new program is a new question even when it reads the
+    /// same.
+    generation: AtomicU64,
+    /// Held while a person's keystrokes or a remote answer go into the
+    /// terminal, so an answer's last check and its keys never interleave
+    /// with a person's typing.
+    input_gate: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Session {
@@ -589,6 +597,8 @@ impl Session {
             cancel: tokio::sync::Notify::new(),
             pumped_seq: AtomicU64::new(0),
             questions: Arc::new(Mutex::new(Questions::default())),
+            generation: AtomicU64::new(0),
+            input_gate: tokio::sync::Mutex::new(()),
             config,
         });
         tracing::info!(
@@ -700,6 +710,22 @@ impl Session {
     /// now: after a restart, the new one's).
     pub fn input(&self) -> mpsc::Sender<Bytes> {
         self.process().input().clone()
+    }
+
+    /// Types `bytes` a terminal client sent (a person's keystrokes) into
+    /// the terminal. A person typing takes the dialog on screen from the
+    /// mesh: its request is withdrawn and a remote answer is not typed.
+    /// Reports the terminal sends by itself (focus, cursor position) are
+    /// not a person. An error once the program's input is closed.
+    pub async fn type_from_terminal(&self, bytes: Bytes) -> Result<(), RuntimeError> {
+        let _gate = self.input_gate.lock().await;
+        if !super::question::is_terminal_report(&bytes) {
+            self.lock_questions().human_input(std::time::Instant::now());
+        }
+        self.input()
+            .send(bytes)
+            .await
+            .map_err(|_| RuntimeError::AgentStopped(self.config.id.clone()))
     }
 
     /// Resizes the terminal and the screen model.
@@ -1405,6 +1431,7 @@ impl Session {
         match spawned {
             Ok(Ok((process, output_rx))) => {
                 tracing::info!(agent = %self.config.id, pid = process.pid(), ?argv, "CLI restarted");
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 *self.lock_terminal() = OnTerminal {
                     process: Arc::new(process),
                     argv,
@@ -1614,6 +1641,12 @@ impl Session {
             text: &text,
             cursor_line: &cursor_line,
         });
+        let dialog = match &shown {
+            ScreenState::Question(question) => {
+                super::question::dialog(&text, question, self.generation.load(Ordering::SeqCst))
+            }
+            _ => None,
+        };
         let mut emit = Vec::new();
         {
             let mut state = self.lock_state();
@@ -1650,14 +1683,27 @@ impl Session {
         }
         let asked = self.question_asker().is_some();
         if asked {
-            match &shown {
-                ScreenState::Question(question) => {
-                    let new = self.lock_questions().shown(question);
-                    if let Some(new) = new {
-                        self.ask_question(new);
+            match (&shown, &dialog) {
+                (ScreenState::Question(_), Some(dialog)) => {
+                    let now = std::time::Instant::now();
+                    let new = self.lock_questions().shown(dialog, now);
+                    match new {
+                        Shown::Same => {}
+                        Shown::LookAgainAt(at) => self.look_again_at(at),
+                        Shown::Ask(new) => self.ask_question(new),
+                        Shown::Limited { first } => {
+                            if first {
+                                tracing::warn!(
+                                    agent = %self.config.id,
+                                    per_window = super::question::QUESTIONS_PER_WINDOW_MAX,
+                                    window_secs = super::question::QUESTION_RATE_WINDOW.as_secs(),
+                                    "the terminal asks questions faster than people are asked; the next ones are left to the terminal"
+                                );
+                            }
+                        }
                     }
                 }
-                ScreenState::Starting => {}
+                (ScreenState::Starting, _) => {}
                 _ => self.lock_questions().cleared(),
             }
         }
@@ -1686,8 +1732,13 @@ impl Session {
                         Some((seen_seq, TurnEnd::Prompt))
                     }
                     // A person is asked through the broker and the answer is
-                    // typed into the terminal: the turn goes on.
-                    ScreenState::Question(_) if asked => None,
+                    // typed into the terminal: the turn goes on, unless
+                    // nobody could be asked.
+                    ScreenState::Question(_)
+                        if asked && self.lock_questions().left_to_terminal().is_none() =>
+                    {
+                        None
+                    }
                     ScreenState::Question(question) => {
                         Some((seen_seq, TurnEnd::Question(question.clone())))
                     }
@@ -1711,35 +1762,105 @@ impl Session {
         Some((asker, agent))
     }
 
-    /// Asks a person about the question on screen and types their answer,
-    /// while the question is still the one on screen.
+    /// Reads the screen again at `at`, when a new dialog's debounce is
+    /// over: a program waiting for an answer prints nothing that would.
+    fn look_again_at(self: &Arc<Self>, at: std::time::Instant) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(Instant::from_std(at)).await;
+            if let Some(session) = weak.upgrade() {
+                session.classify();
+            }
+        });
+    }
+
+    /// Asks a person about the dialog on screen and types their answer,
+    /// while the dialog is still the one on screen and nobody typed into
+    /// the terminal since it showed.
     fn ask_question(self: &Arc<Self>, new: NewQuestion) {
         let Some((asker, agent)) = self.question_asker() else {
             return;
         };
-        let yes = self.adapter.answer_keys(&new.text, true);
-        let no = self.adapter.answer_keys(&new.text, false);
+        let yes = self.adapter.answer_keys(&new.question, true);
+        let no = self.adapter.answer_keys(&new.question, false);
         let weak = Arc::downgrade(self);
         let questions = self.questions.clone();
-        tracing::info!(agent = %self.config.id, question = %new.text, "the terminal asks a question");
+        tracing::info!(agent = %self.config.id, question = %new.question, "the terminal asks a question");
         tokio::spawn(async move {
-            let answer = asker.ask_question(agent, new.text, new.gone).await;
-            let typed = answer.is_some() && lock(&questions).answer(new.id);
-            let (Some(answer), true, Some(session)) = (answer, typed, weak.upgrade()) else {
-                lock(&questions).finish(new.id);
+            let outcome = asker.ask_question(agent, new.summary, new.gone).await;
+            let answer = match outcome {
+                QuestionOutcome::Answer(answer) => answer,
+                QuestionOutcome::Withdrawn => {
+                    lock(&questions).finish(new.id);
+                    return;
+                }
+                QuestionOutcome::Unasked => {
+                    lock(&questions).unasked(new.id);
+                    // The running turn pauses at the question, as it does
+                    // when no broker asks.
+                    if let Some(session) = weak.upgrade() {
+                        session.classify();
+                    }
+                    return;
+                }
+            };
+            let Some(session) = weak.upgrade() else {
                 return;
             };
+            let keys = if answer { yes } else { no };
+            if !session.type_answer(new.id, keys).await {
+                tracing::info!(
+                    agent = %session.config.id,
+                    "an answer from the mesh was not typed: the dialog changed or a person typed in the terminal"
+                );
+                lock(&questions).finish(new.id);
+            }
+        });
+    }
+
+    /// Types `keys`, the answer to episode `id`, if the dialog on screen is
+    /// still that episode's and nobody typed in the terminal since it
+    /// showed. The check and the write happen under the input gate (no
+    /// person's keystrokes between them) and the screen's lock (the screen
+    /// checked is the latest one). Whether the keys were typed.
+    async fn type_answer(&self, id: u64, keys: &'static [u8]) -> bool {
+        let _gate = self.input_gate.lock().await;
+        let input = self.input();
+        let Ok(permit) = input.reserve().await else {
+            return false;
+        };
+        let typed = {
+            let screen = self.lock_screen();
+            let (text, cursor_line) = (screen.text(), screen.cursor_line());
+            let on_screen = match self.adapter.classify(ScreenView {
+                text: &text,
+                cursor_line: &cursor_line,
+            }) {
+                ScreenState::Question(question) => super::question::dialog(
+                    &text,
+                    &question,
+                    self.generation.load(Ordering::SeqCst),
+                )
+                .map(|dialog| dialog.key),
+                _ => None,
+            };
+            let typed = self.lock_questions().answer(id, on_screen);
+            if typed {
+                permit.send(Bytes::from_static(keys));
+            }
+            typed
+        };
+        if typed {
             // The program's reaction to the answer starts a new quiet
             // period of the running turn.
-            if let Some(turn) = session.lock_turn().as_mut()
+            if let Some(turn) = self.lock_turn().as_mut()
                 && turn.enter_sent_at.is_some()
             {
                 turn.last_output_at = Some(Instant::now());
             }
-            let keys = if answer { yes } else { no };
-            let _ = session.input().send(Bytes::from_static(keys)).await;
-            session.wake.notify_one();
-        });
+            self.wake.notify_one();
+        }
+        typed
     }
 
     fn lock_questions(&self) -> MutexGuard<'_, Questions> {

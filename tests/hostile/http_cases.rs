@@ -84,6 +84,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/approvals/{id}/wait"),
     route("POST", "/v1/approvals/{id}/approve"),
     route("POST", "/v1/approvals/{id}/deny"),
+    route("POST", "/v1/approvals/{id}/token"),
     route("GET", "/v1/checkpoints"),
     route("GET", "/v1/checkpoints/{id}"),
     route("GET", "/v1/checkpoints/{id}/diff"),
