@@ -995,3 +995,44 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
         "{totals}"
     );
 }
+
+/// A Codex turn given up while it waits for a person (here, its flight
+/// cancelled) withdraws its approval request at once, instead of leaving it
+/// pending for a person to answer in vain until its deadline.
+#[test]
+fn a_cancelled_codex_turn_withdraws_its_approval_request() {
+    let outside = tempfile::tempdir().expect("outside dir");
+    let never = outside.path().join("never.txt");
+    let codex = CodexHome::new(vec![escalated_touch(&never)]);
+    let (alpha, beta) = codex_mesh(&codex, true);
+    let context = || format!("beta: {}", beta.broker().stderr());
+
+    let mut turn = send_in_background(&alpha, "Touch the file.", None);
+    let asked = wait_long("the approval request on alpha", TURN_BOUND, context, || {
+        pending_approval(&alpha, "never.txt")
+    });
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let invocation = asked["invocation"].as_str().expect("invocation");
+    let url = format!(
+        "{}/v1/invocations/{invocation}/cancel",
+        alpha.broker().http_base()
+    );
+    ureq::post(&url)
+        .set(
+            "Authorization",
+            &format!("Bearer {}", alpha.sandbox.token()),
+        )
+        .call()
+        .unwrap_or_else(|err| panic!("POST {url}: {err}"));
+    let withdrawn = wait_long("the request to be withdrawn", TURN_BOUND, context, || {
+        alpha.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "turn", "{withdrawn}");
+    let _ = turn.kill();
+    let _ = turn.wait();
+    assert!(!never.exists(), "a command ran without an answer");
+}

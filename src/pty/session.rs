@@ -1076,9 +1076,16 @@ impl Session {
         let mut outcome = None;
         while outcome.is_none() {
             let parsed = if let Some(app) = app.as_mut() {
-                match app.next_events(&classify).await {
-                    Some(events) => events,
-                    None => break,
+                // A session that stops kills the server, but a turn waiting
+                // for a person would wait on: the wait is dropped (and its
+                // request withdrawn) when the session ends.
+                let mut finished = self.finished.subscribe();
+                tokio::select! {
+                    events = app.next_events(&classify) => match events {
+                        Some(events) => events,
+                        None => break,
+                    },
+                    _ = finished.wait_for(|done| *done) => break,
                 }
             } else if let Some(reader) = reader.as_mut() {
                 match read_line_bounded(reader, &mut line, STRUCTURED_LINE_BYTES_MAX).await {
