@@ -161,3 +161,118 @@ async fn write_lines(mut stdin: ChildStdin, mut queue: mpsc::Receiver<Value>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Bounds a test's run against a real process; reached only when the
+    /// exchange hangs.
+    const HANG_BOUND: Duration = Duration::from_secs(60);
+
+    #[derive(Debug)]
+    struct Nobody;
+
+    impl PermissionAsker for Nobody {
+        fn ask(
+            &self,
+            _agent: String,
+            _summary: String,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send>> {
+            Box::pin(async { None })
+        }
+    }
+
+    fn harness(_: &str) -> FailureKind {
+        FailureKind::Harness
+    }
+
+    /// The events of a turn of `prompt` against a server played by the
+    /// shell `script`, until the turn ends or the output does.
+    async fn run(script: &str, prompt: &str) -> Vec<StructuredEvent> {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh");
+        let asker = ApprovalAsker {
+            asker: Arc::new(Nobody),
+            agent: "coder".to_owned(),
+        };
+        let mut app = AppServerRun::start(
+            AppTurn::new(prompt, Path::new("/work"), None),
+            child.stdin.take().expect("stdin"),
+            child.stdout.take().expect("stdout"),
+            asker,
+        );
+        let mut all = Vec::new();
+        let exchange = async {
+            while let Some(events) = app.next_events(&harness).await {
+                let ended = events.iter().any(|event| {
+                    matches!(
+                        event,
+                        StructuredEvent::Completed { .. } | StructuredEvent::Failed { .. }
+                    )
+                });
+                all.extend(events);
+                if ended {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(HANG_BOUND, exchange)
+            .await
+            .expect("the exchange hung");
+        all
+    }
+
+    /// The server's answers up to the turn, written without reading.
+    const OPENED: &str =
+        r#"printf '%s\n' '{"id":1,"result":{}}' '{"id":2,"result":{"thread":{"id":"t1"}}}'"#;
+
+    /// The server's end of the turn.
+    const COMPLETED: &str = r#"printf '%s\n' '{"id":3,"result":{"turn":{"id":"u1"}}}' '{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u1","status":"completed"}}}'"#;
+
+    #[tokio::test]
+    async fn a_large_prompt_and_a_large_output_do_not_wait_for_each_other() {
+        // The server writes far more than a pipe holds before it reads
+        // anything, while the prompt is far more than a pipe holds too.
+        let pad = "x".repeat(1000);
+        let script = format!(
+            r#"{OPENED}
+i=0; while [ $i -lt 2000 ]; do printf '%s\n' '{{"method":"x/y","params":{{"pad":"{pad}"}}}}'; i=$((i+1)); done
+cat > /dev/null &
+{COMPLETED}
+wait"#
+        );
+        let events = run(&script, &"p".repeat(1024 * 1024)).await;
+        assert_eq!(
+            events.last(),
+            Some(&StructuredEvent::Completed { result: None }),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_too_long_to_read_fails_the_turn() {
+        let script = format!(
+            "{OPENED}\nhead -c {} /dev/zero | tr '\\0' x; echo\n{COMPLETED}\ncat > /dev/null",
+            ACP_LINE_BYTES_MAX + 1
+        );
+        let events = run(&script, "hello").await;
+        assert!(
+            matches!(
+                events.last(),
+                Some(StructuredEvent::Failed { kind: FailureKind::Harness, message })
+                    if message.contains("longer than")
+            ),
+            "{events:?}"
+        );
+    }
+}
