@@ -246,12 +246,9 @@ fn relay_sink(send: SendStream) -> impl Sink<Message, Error = RelayGone> + Unpin
         |mut send, message: Message| async move {
             match message {
                 Message::Text(text) => {
-                    write_frame(
-                        &mut send,
-                        &tagged(terminal_relay::TAG_TEXT, text.as_bytes()),
-                    )
-                    .await
-                    .map_err(|_| RelayGone)?;
+                    write_frame(&mut send, &tagged(terminal_relay::TAG_TEXT, text.as_bytes()))
+                        .await
+                        .map_err(|_| RelayGone)?;
                 }
                 Message::Close(_) => {
                     let _ = send.finish();
