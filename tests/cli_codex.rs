@@ -886,12 +886,17 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
     assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
     assert_eq!(asked["action"], "tool.codex", "{asked}");
     assert_eq!(asked["node"], "beta", "{asked}");
-    assert!(
-        asked["summary"]
-            .as_str()
-            .is_some_and(|summary| summary.contains("May I touch this file?")),
-        "{asked}"
-    );
+    // The summary says all of it: the whole command, that it runs outside
+    // the sandbox, where, and why.
+    let summary = asked["summary"].as_str().unwrap_or_default();
+    for part in [
+        format!("touch {}", approved.display()),
+        "outside the sandbox".to_owned(),
+        codex.workdir().display().to_string(),
+        "May I touch this file?".to_owned(),
+    ] {
+        assert!(summary.contains(&part), "{part}: {asked}");
+    }
     assert!(
         !approved.exists(),
         "the command ran before anyone approved it"
@@ -995,4 +1000,82 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
         ),
         "{totals}"
     );
+}
+
+/// A Codex turn given up while it waits for a person (here, its flight
+/// cancelled) withdraws its approval request at once, instead of leaving it
+/// pending for a person to answer in vain until its deadline.
+#[test]
+fn a_cancelled_codex_turn_withdraws_its_approval_request() {
+    let outside = tempfile::tempdir().expect("outside dir");
+    let never = outside.path().join("never.txt");
+    let codex = CodexHome::new(vec![escalated_touch(&never)]);
+    let (alpha, beta) = codex_mesh(&codex, true);
+    let context = || format!("beta: {}", beta.broker().stderr());
+
+    let mut turn = send_in_background(&alpha, "Touch the file.", None);
+    let asked = wait_long("the approval request on alpha", TURN_BOUND, context, || {
+        pending_approval(&alpha, "never.txt")
+    });
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let invocation = asked["invocation"].as_str().expect("invocation");
+    let url = format!(
+        "{}/v1/invocations/{invocation}/cancel",
+        alpha.broker().http_base()
+    );
+    ureq::post(&url)
+        .set(
+            "Authorization",
+            &format!("Bearer {}", alpha.sandbox.token()),
+        )
+        .call()
+        .unwrap_or_else(|err| panic!("POST {url}: {err}"));
+    let withdrawn = wait_long("the request to be withdrawn", TURN_BOUND, context, || {
+        alpha.get("/v1/approvals")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| approval["id"] == id.as_str() && approval["state"] == "expired")
+            .cloned()
+    });
+    assert_eq!(withdrawn["decided_by"], "turn", "{withdrawn}");
+    let _ = turn.kill();
+    let _ = turn.wait();
+    assert!(!never.exists(), "a command ran without an answer");
+}
+
+/// A conversation whose Codex thread is gone (its sessions were deleted)
+/// starts a new thread, and the answer says so: the model no longer has the
+/// conversation's history.
+#[test]
+fn a_thread_codex_no_longer_has_starts_over_and_says_so() {
+    let codex = CodexHome::new(vec![
+        Step::Text("One.".to_owned()),
+        Step::Text("Two.".to_owned()),
+    ]);
+    let (alpha, beta) = codex_mesh(&codex, true);
+    let sent = |conversation: Option<&str>| {
+        let output = send_in_background(&alpha, "Count.", conversation)
+            .wait_with_output()
+            .expect("send");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}\nbeta: {}",
+            String::from_utf8_lossy(&output.stderr),
+            beta.broker().stderr()
+        );
+        stdout
+    };
+    let first = sent(None);
+    assert!(first.contains("One."), "{first}");
+    assert!(!first.contains("started a new one"), "{first}");
+    let conversations = alpha.get("/v1/conversations");
+    let conversation = conversations[0]["conversation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no conversation: {conversations}"))
+        .to_owned();
+    std::fs::remove_dir_all(codex.codex_home().join("sessions")).expect("remove sessions");
+    let second = sent(Some(&conversation));
+    assert!(second.contains("started a new one"), "{second}");
+    assert!(second.contains("Two."), "{second}");
 }

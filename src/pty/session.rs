@@ -1061,7 +1061,7 @@ impl Session {
                 return harness_failure(format!("cannot start `{}`: {err}", invocation.argv[0]));
             }
         };
-        let _group = GroupKill(child.id());
+        let group = GroupKill(child.id());
         let stopping = {
             let mut state = self.lock_state();
             state.structured_pid = child.id();
@@ -1091,7 +1091,7 @@ impl Session {
         let (mut app, mut reader) = match (asking, child.stdin.take()) {
             (Some((asker, _)), Some(stdin)) => {
                 let turn = AppTurn::new(prompt, &self.config.workdir, resume.as_deref());
-                let run = AppServerRun::start(turn, stdin, stdout, asker).await;
+                let run = AppServerRun::start(turn, stdin, stdout, asker);
                 (Some(run), None)
             }
             _ => (None, Some(BufReader::new(stdout))),
@@ -1102,9 +1102,16 @@ impl Session {
         let mut outcome = None;
         while outcome.is_none() {
             let parsed = if let Some(app) = app.as_mut() {
-                match app.next_events(&classify).await {
-                    Some(events) => events,
-                    None => break,
+                // A session that stops kills the server, but a turn waiting
+                // for a person would wait on: the wait is dropped (and its
+                // request withdrawn) when the session ends.
+                let mut finished = self.finished.subscribe();
+                tokio::select! {
+                    events = app.next_events(&classify) => match events {
+                        Some(events) => events,
+                        None => break,
+                    },
+                    _ = finished.wait_for(|done| *done) => break,
                 }
             } else if let Some(reader) = reader.as_mut() {
                 match read_line_bounded(reader, &mut line, STRUCTURED_LINE_BYTES_MAX).await {
@@ -1159,15 +1166,33 @@ impl Session {
                 }
             }
         }
-        let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
         if let (Some(TurnOutcome::Completed { .. }), Some(id)) =
             (&outcome, answer.cli_session.take())
         {
             self.lock_state().cli_sessions.insert(conversation, id);
         }
         if let Some(outcome) = outcome {
+            match app {
+                Some(app) => {
+                    // The app server's turn is over: its input closes
+                    // (after the last answers) and it exits on its own in
+                    // moments. The outcome does not wait for that; the
+                    // server gets the bounded time to finish its writes,
+                    // then its group is killed.
+                    drop(app);
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+                        drop(group);
+                    });
+                }
+                // A CLI run writes its session as it exits.
+                None => {
+                    let _ = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+                }
+            }
             return outcome;
         }
+        let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
         if self.lock_state().stop_reason.is_some()
             || self.lock_state().stopped_at.is_some()
             || self.is_finished()
