@@ -260,6 +260,7 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
         }),
         ops: Vec::new(),
         invocations: Default::default(),
+        worktrees: None,
         faults,
         checks: ChecksSpec {
             converge_within_ms: SWARM_CONVERGE_WITHIN_MS,

@@ -34,6 +34,7 @@ fn every_shipped_scenario_passes() {
         "crash-restart",
         "long-offline",
         "clock-skew",
+        "worktrees-partition",
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",
