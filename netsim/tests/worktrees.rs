@@ -24,10 +24,19 @@ fn scenario() -> scout_netsim::scenario::Plan {
 fn new_workspaces_under_partitions_are_made_once_and_registered() {
     let plan = scenario();
     let history = |seed| {
+        // The worktrees' paths are in the instance records, so the homes
+        // are at the same place on every run of a seed.
+        let homes = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("worktrees-seed-{seed}"));
+        match std::fs::remove_dir_all(&homes) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("cannot clear {}: {err}", homes.display()),
+        }
         let report = run::run(
             &plan,
             &RunOptions {
                 seed: Some(seed),
+                homes_dir: Some(homes),
                 ..RunOptions::default()
             },
         )
