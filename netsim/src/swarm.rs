@@ -20,7 +20,7 @@ use crate::net::{LatencyDistribution, LinkPatch};
 use crate::run::{self, RunOptions};
 use crate::scenario::{
     ChecksSpec, FaultEntry, FlapSpec, HealSpec, LinkFaultSpec, MixSpec, NodesSpec, RestartSpec,
-    Scenario, Sides, SkewSpec, WorkloadSpec,
+    Scenario, Sides, SkewSpec, WorkloadSpec, WorktreesSpec,
 };
 use crate::seeds;
 
@@ -32,6 +32,16 @@ pub const LIVENESS_MS: u64 = 30_000;
 /// so a link that healed is used again within one backoff; this leaves
 /// room for that and a couple of rounds.
 pub const SWARM_CONVERGE_WITHIN_MS: u64 = 25_000;
+
+/// Workspaces a swarm's worktree definition is mentioned with: few enough
+/// that mentions repeat (from several origins, across faults), so a second
+/// worktree for one workspace would show.
+pub const SWARM_WORKSPACES: usize = 3;
+
+/// The weight of new-workspace mentions in a swarm's workload, beside the
+/// default mix's 12: about one operation in thirteen, so each seed makes a
+/// few worktrees without its git calls costing the swarm noticeable time.
+pub const SWARM_NEW_WORKSPACE_WEIGHT: u32 = 1;
 
 /// Brokers in a swarm scenario at most (each seed runs real QUIC stacks).
 pub const SWARM_NODES_MAX: usize = 32;
@@ -256,11 +266,20 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
             interval_ms,
             agents_per_node: 6,
             definitions: 3,
-            mix: MixSpec::default(),
+            mix: MixSpec {
+                new_workspace: SWARM_NEW_WORKSPACE_WEIGHT,
+                ..MixSpec::default()
+            },
         }),
         ops: Vec::new(),
         invocations: Default::default(),
-        worktrees: None,
+        // Every node makes worktrees of `@w`, drawn from no stream, so the
+        // fault schedule of a seed stays what it was without them.
+        worktrees: Some(WorktreesSpec {
+            definition: "w".to_owned(),
+            nodes: None,
+            workspaces: SWARM_WORKSPACES,
+        }),
         faults,
         checks: ChecksSpec {
             converge_within_ms: SWARM_CONVERGE_WITHIN_MS,

@@ -109,6 +109,14 @@ pub enum Gate {
         /// Also remove files created since.
         clean: bool,
     },
+    /// `workspace.remove`: remove a worktree a definition made on demand
+    /// (its branch is kept).
+    WorkspaceRemove {
+        /// The instance, with the owner's node name.
+        instance: String,
+        /// Even with uncommitted changes or unmerged commits.
+        force: bool,
+    },
 }
 
 impl Gate {
@@ -120,6 +128,7 @@ impl Gate {
             Gate::MeshRevoke { .. } => "mesh.revoke",
             Gate::AgentStop { .. } => "agent.stop",
             Gate::CheckpointRestore { .. } => "checkpoint.restore",
+            Gate::WorkspaceRemove { .. } => "workspace.remove",
         }
     }
 
@@ -139,6 +148,14 @@ impl Gate {
             Gate::CheckpointRestore { id, clean: true } => {
                 format!("restore checkpoint {id} and remove files created since")
             }
+            Gate::WorkspaceRemove {
+                instance,
+                force: false,
+            } => format!("remove the worktree of {instance} (refused if it holds unmerged work)"),
+            Gate::WorkspaceRemove {
+                instance,
+                force: true,
+            } => format!("remove the worktree of {instance}, uncommitted and unmerged work included"),
         }
     }
 }
@@ -1131,6 +1148,20 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
                     )
                 })
                 .map_err(|err| err.to_string())
+        }
+        // The same refusals as a person's request: approval lets the
+        // removal run, it does not force it.
+        Gate::WorkspaceRemove { instance, force } => {
+            crate::http::workspaces::remove_now(state, instance, *force)
+                .await
+                .map(|removed| {
+                    format!(
+                        "removed the worktree of {} at {} (branch kept)",
+                        removed.removed,
+                        removed.path.display()
+                    )
+                })
+                .map_err(|err| format!("{}: {}", err.code, err.message))
         }
     }
 }
