@@ -320,7 +320,14 @@ fn idle_cleanup_removes_a_clean_merged_worktree_and_keeps_dirty_and_unmerged_one
         let tree = trees.join(branch);
         git(
             &repo,
-            &["worktree", "add", "-q", "-b", branch, tree.to_str().unwrap()],
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "-b",
+                branch,
+                tree.to_str().unwrap(),
+            ],
         );
         tree
     };
@@ -385,14 +392,25 @@ fn idle_cleanup_removes_a_clean_merged_worktree_and_keeps_dirty_and_unmerged_one
         assert!(dirty.join("notes.txt").is_file(), "the dirty one stays");
         assert!(unmerged.is_dir(), "the unmerged one stays");
         let left = instances();
-        for kept in ["@fabric@alpha#main", "@fabric@alpha#dirty", "@fabric@alpha#unmerged"] {
+        for kept in [
+            "@fabric@alpha#main",
+            "@fabric@alpha#dirty",
+            "@fabric@alpha#unmerged",
+        ] {
             assert!(left.contains(&kept.to_owned()), "{kept}: {left:?}");
         }
         broker.shutdown().await.expect("the broker stops");
     });
     // The branch and its commits are the user's: kept.
-    git(&repo, &["rev-parse", "--verify", "--quiet", "refs/heads/idle"]);
-    assert_eq!(worktree_count(&repo), 3, "the repository, dirty and unmerged");
+    git(
+        &repo,
+        &["rev-parse", "--verify", "--quiet", "refs/heads/idle"],
+    );
+    assert_eq!(
+        worktree_count(&repo),
+        3,
+        "the repository, dirty and unmerged"
+    );
 }
 
 /// `POST path` on `node` with `token` and `body`: status and JSON.
@@ -487,7 +505,10 @@ fn an_agent_asking_to_remove_a_worktree_needs_an_approval() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "approval_required", "{body}");
     assert_eq!(body["approval"]["action"], "workspace.remove", "{body}");
-    assert_eq!(body["approval"]["agent"], "@fabric@alpha#feature-x", "{body}");
+    assert_eq!(
+        body["approval"]["agent"], "@fabric@alpha#feature-x",
+        "{body}"
+    );
     let id = body["approval"]["id"].as_str().unwrap().to_owned();
     assert!(tree.is_dir(), "nothing happens before the approval");
     let approved = alpha.run(&["approve", &id]);
@@ -514,13 +535,23 @@ fn an_agent_asking_to_remove_a_worktree_needs_an_approval() {
             .contains(&"@fabric@alpha#feature-x".to_owned()))
         .then_some(())
     });
-    git(&repo, &["rev-parse", "--verify", "--quiet", "refs/heads/feature-x"]);
+    git(
+        &repo,
+        &["rev-parse", "--verify", "--quiet", "refs/heads/feature-x"],
+    );
 
     // An operator removes directly, with the same refusals.
     let other = alpha.sandbox.home().join("worktrees/fabric/feature-y");
     git(
         &repo,
-        &["worktree", "add", "-q", "-b", "feature-y", other.to_str().unwrap()],
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "feature-y",
+            other.to_str().unwrap(),
+        ],
     );
     wait_until("@fabric#feature-y", || {
         alpha

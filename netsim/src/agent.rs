@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use scout_mesh::lifecycle::FailureReason;
-use scout_mesh::usage::FailureCode;
 use scout::daemon::routing::executor::{
     EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor,
 };
+use scout_mesh::lifecycle::FailureReason;
+use scout_mesh::usage::FailureCode;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

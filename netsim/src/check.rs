@@ -46,8 +46,8 @@ use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 use serde::Serialize;
 
 use crate::agent::{ExecEnd, ExecRecord, WorktreeRecord};
-use crate::node::DiskWorktrees;
 use crate::history::{EndRecord, EndSide, OpRecord, Sample};
+use crate::node::DiskWorktrees;
 use crate::report::Convergence;
 use crate::scenario::OpKind;
 
@@ -143,11 +143,7 @@ pub struct NodeWorktrees {
 }
 
 /// `worktrees_once`.
-pub fn worktrees(
-    checks: &mut Vec<CheckResult>,
-    nodes: &[NodeWorktrees],
-    asked: &[WorktreeRecord],
-) {
+pub fn worktrees(checks: &mut Vec<CheckResult>, nodes: &[NodeWorktrees], asked: &[WorktreeRecord]) {
     let mut failure = None;
     let mut total = 0;
     'nodes: for seen in nodes {

@@ -334,8 +334,11 @@ impl SimNode {
         let repo = self.home.config_dir.join("repo");
         std::fs::create_dir_all(&repo)
             .with_context(|| format!("cannot create {}", repo.display()))?;
-        std::fs::write(repo.join("README"), format!("{definition} on {}\n", self.name))
-            .context("cannot write the repository's README")?;
+        std::fs::write(
+            repo.join("README"),
+            format!("{definition} on {}\n", self.name),
+        )
+        .context("cannot write the repository's README")?;
         git(&repo, &["init", "-q", "-b", WORKSPACE])?;
         git(&repo, &["add", "README"])?;
         git(&repo, &["commit", "-q", "-m", "start"])?;
@@ -460,7 +463,12 @@ fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let output = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=netsim", "-c", "user.email=netsim@example.invalid"])
+        .args([
+            "-c",
+            "user.name=netsim",
+            "-c",
+            "user.email=netsim@example.invalid",
+        ])
         .args(args)
         .output()
         .with_context(|| format!("cannot run git {args:?}"))?;

@@ -531,8 +531,7 @@ impl<'p> Sim<'p> {
             (OpKind::EditDefinition, mix.edit_definition),
             (OpKind::Invoke, mix.invoke),
         ];
-        let total: u32 =
-            weights.iter().map(|(_, weight)| weight).sum::<u32>() + mix.new_workspace;
+        let total: u32 = weights.iter().map(|(_, weight)| weight).sum::<u32>() + mix.new_workspace;
         let mut pick = self.workload.gen_range(0..total);
         if pick >= total - mix.new_workspace
             && let Some(worktrees) = &self.plan.scenario.worktrees
@@ -780,7 +779,10 @@ impl<'p> Sim<'p> {
         // A node that made a worktree since the last sample publishes its
         // instance, as its config watch would on the changed directory.
         for node in &self.nodes {
-            if node.worktrees_changed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if node
+                .worktrees_changed
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
                 node.reload_agents();
             }
         }

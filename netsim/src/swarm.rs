@@ -38,6 +38,19 @@ pub const SWARM_CONVERGE_WITHIN_MS: u64 = 25_000;
 /// worktree for one workspace would show.
 pub const SWARM_WORKSPACES: usize = 3;
 
+/// Nodes of a swarm scenario that make worktrees (the first ones). Every
+/// agent change reloads its node's agents, and on a node with a worktree
+/// definition that asks git for its worktrees: on every node, that
+/// doubled a 7-broker swarm's wall time; on two, it is lost in the noise,
+/// and two makers still disagree under a partition.
+pub const SWARM_WORKTREE_NODES: usize = 2;
+
+/// Every this many seeds (those divisible by it) get the worktree
+/// definition and its mentions: on two nodes they still cost a quarter
+/// more CPU per seed (git runs at every agent reload there), so half the
+/// seeds carry them and CI's swarm stays within a tenth or so of its time.
+pub const SWARM_WORKTREES_EVERY: u64 = 2;
+
 /// The weight of new-workspace mentions in a swarm's workload, beside the
 /// default mix's 12: about one operation in thirteen, so each seed makes a
 /// few worktrees without its git calls costing the swarm noticeable time.
@@ -243,6 +256,7 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
     });
     faults.sort_by_key(|fault| fault.at_ms);
     let interval_ms = rng.gen_range(200..=800);
+    let with_worktrees = seed.is_multiple_of(SWARM_WORKTREES_EVERY);
     Scenario {
         name: format!("swarm-{seed}"),
         description: format!(
@@ -267,17 +281,21 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
             agents_per_node: 6,
             definitions: 3,
             mix: MixSpec {
-                new_workspace: SWARM_NEW_WORKSPACE_WEIGHT,
+                new_workspace: if with_worktrees {
+                    SWARM_NEW_WORKSPACE_WEIGHT
+                } else {
+                    0
+                },
                 ..MixSpec::default()
             },
         }),
         ops: Vec::new(),
         invocations: Default::default(),
-        // Every node makes worktrees of `@w`, drawn from no stream, so the
-        // fault schedule of a seed stays what it was without them.
-        worktrees: Some(WorktreesSpec {
+        // The first nodes make worktrees of `@w`, drawn from no stream, so
+        // the fault schedule of a seed stays what it was without them.
+        worktrees: with_worktrees.then(|| WorktreesSpec {
             definition: "w".to_owned(),
-            nodes: None,
+            nodes: Some(names.iter().take(SWARM_WORKTREE_NODES).cloned().collect()),
             workspaces: SWARM_WORKSPACES,
         }),
         faults,

@@ -155,7 +155,9 @@ impl Gate {
             Gate::WorkspaceRemove {
                 instance,
                 force: true,
-            } => format!("remove the worktree of {instance}, uncommitted and unmerged work included"),
+            } => {
+                format!("remove the worktree of {instance}, uncommitted and unmerged work included")
+            }
         }
     }
 }
