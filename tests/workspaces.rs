@@ -2,7 +2,11 @@
 //! worktree in the home's worktrees directory is an instance of its
 //! definition that a mention reaches (running in the worktree), `scout
 //! workspaces list` shows its state, and `remove` refuses uncommitted work
-//! unless forced, after which the broker withdraws the instance.
+//! unless forced, after which the broker withdraws the instance. An
+//! agent's request to remove one through the API waits for a person's
+//! approval (`workspace.remove`); an operator's runs at once. The idle
+//! cleanup removes a clean, merged, idle worktree and keeps dirty and
+//! unmerged ones, on a broker whose clock is simulated.
 
 mod common;
 
