@@ -142,6 +142,11 @@ impl Worktrees {
         }
     }
 
+    /// The definition these worktrees belong to.
+    pub fn definition(&self) -> &str {
+        &self.definition
+    }
+
     /// Where the worktree of `workspace` is (made or not). A `/` in a branch
     /// becomes `+`, which the workspace grammar never allows, so two
     /// branches never share a directory.
@@ -572,6 +577,103 @@ impl Worktrees {
     fn listed(&self, top: &Path) -> Result<Vec<Listed>, WorktreeError> {
         let text = git(top, &["worktree", "list", "--porcelain"], "worktree list")?;
         Ok(parse_porcelain(&text))
+    }
+}
+
+/// Why a worktree named by its instance cannot be removed here, before
+/// git is asked: the name, the node, or the definition. Each has a stable
+/// code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InstanceError {
+    /// Not an agent name.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The name has no workspace, so it names no worktree.
+    #[error("`{name}` names no workspace; say which one, as in `@{definition}#feature-x`")]
+    NoWorkspace { name: String, definition: String },
+    /// The name is another node's.
+    #[error("`{name}` lives on {node}; remove it there")]
+    NotLocal { name: String, node: String },
+    /// No agent of that definition makes worktrees on this machine.
+    #[error(
+        "no agent `@{definition}` on this machine makes worktrees (add one with `scout agents add {definition} --worktrees …`)"
+    )]
+    NoDefinition { definition: String },
+}
+
+impl InstanceError {
+    /// The stable code of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InstanceError::InvalidName(_) | InstanceError::NoWorkspace { .. } => "INVALID_NAME",
+            InstanceError::NotLocal { .. } => "NOT_LOCAL",
+            InstanceError::NoDefinition { .. } => "NOT_FOUND",
+        }
+    }
+}
+
+/// The worktree an instance name means on this machine: `@fabric#feature-x`
+/// or `@fabric@<this node>#feature-x`, among `agents` (this machine's, as
+/// discovered).
+#[derive(Debug, Clone)]
+pub struct NamedWorktree {
+    /// The definition's worktrees.
+    pub worktrees: Worktrees,
+    /// The workspace (the branch).
+    pub workspace: Workspace,
+    /// The instance's full name, with this node.
+    pub instance: String,
+}
+
+impl NamedWorktree {
+    /// Finds the worktrees of `instance`'s definition among `agents`.
+    pub fn find(
+        agents: &[crate::config::discover::LocalAgent],
+        node_name: &str,
+        instance: &str,
+    ) -> Result<NamedWorktree, InstanceError> {
+        let name = scout_mesh::names::AgentName::parse_lenient(instance)
+            .map_err(|err| InstanceError::InvalidName(err.to_string()))?;
+        let Some(workspace) = name.workspace().cloned() else {
+            return Err(InstanceError::NoWorkspace {
+                name: instance.to_owned(),
+                definition: name.definition().to_string(),
+            });
+        };
+        if let Some(node) = name.node()
+            && node.as_str() != node_name
+        {
+            return Err(InstanceError::NotLocal {
+                name: name.to_string(),
+                node: node.to_string(),
+            });
+        }
+        let worktrees = agents
+            .iter()
+            .filter(|agent| agent.definition == *name.definition())
+            .find_map(crate::config::discover::LocalAgent::worktrees)
+            .ok_or_else(|| InstanceError::NoDefinition {
+                definition: name.definition().to_string(),
+            })?;
+        Ok(NamedWorktree {
+            worktrees,
+            instance: format!("@{}@{node_name}#{workspace}", name.definition()),
+            workspace,
+        })
+    }
+
+    /// Whether its worktree exists (one Scout made, checked out).
+    pub fn exists(&self) -> Result<bool, WorktreeError> {
+        Ok(self
+            .worktrees
+            .checked_out()?
+            .iter()
+            .any(|(branch, _)| branch == self.workspace.as_str()))
+    }
+
+    /// Removes it, with [`Worktrees::remove`]'s refusals unless `force`.
+    pub fn remove(&self, force: bool) -> Result<PathBuf, WorktreeError> {
+        self.worktrees.remove(&self.workspace, force)
     }
 }
 

@@ -8,6 +8,13 @@
 //! which the exactly-once check reads: an execution counts once the agent
 //! has the prompt (it sent `Started`). A crash ends the node's executions
 //! where they are: nothing more is sent, as when a process dies.
+//!
+//! An invocation of a workspace its definition has no instance in yet
+//! (`make_worktree`) gets its real git worktree first, as the broker's own
+//! executor makes it, with the same `Worktrees::ensure_cwd`. Git runs on
+//! the simulation's thread, so making a worktree takes no simulated time
+//! and a seed still replays the run; every worktree made or found is
+//! logged beside the executions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +25,8 @@ use rand::rngs::StdRng;
 use scout::daemon::routing::executor::{
     EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor,
 };
+use scout_mesh::lifecycle::FailureReason;
+use scout_mesh::usage::FailureCode;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -56,10 +65,30 @@ pub struct ExecRecord {
     pub response: Option<String>,
 }
 
+/// A worktree an execution asked for, made new or found on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorktreeRecord {
+    /// The invocation whose execution asked for it.
+    pub invocation_id: String,
+    /// The node it is on.
+    pub node: String,
+    /// Which start of that node's broker.
+    pub incarnation: u64,
+    /// The instance (`@w@n1#ws-2`).
+    pub instance: String,
+    /// The worktree's directory.
+    pub path: String,
+    /// Whether this call made it (`false`: it was there already).
+    pub made: bool,
+    /// Simulated ms after the network started.
+    pub at_ms: u64,
+}
+
 /// The executions of every node of a run.
 #[derive(Debug, Clone, Default)]
 pub struct ExecLog {
     records: Arc<Mutex<Vec<ExecRecord>>>,
+    worktrees: Arc<Mutex<Vec<WorktreeRecord>>>,
 }
 
 impl ExecLog {
@@ -75,6 +104,21 @@ impl ExecLog {
             record.end = end;
             record.response = response;
         }
+    }
+
+    fn push_worktree(&self, record: WorktreeRecord) {
+        self.worktrees
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+    }
+
+    /// Every worktree an execution asked for so far.
+    pub fn worktrees(&self) -> Vec<WorktreeRecord> {
+        self.worktrees
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every execution so far.
@@ -105,6 +149,9 @@ pub struct SimExecutor {
     work: WorkTime,
     log: ExecLog,
     start: Instant,
+    /// Set when a worktree was made, so the node reloads its agents (what
+    /// the broker's config watch does when its worktrees directory changes).
+    worktrees_changed: Arc<AtomicBool>,
 }
 
 impl SimExecutor {
@@ -127,8 +174,38 @@ impl SimExecutor {
             work,
             log,
             start,
+            worktrees_changed: Arc::new(AtomicBool::new(false)),
         }
     }
+
+    /// Sets `changed` whenever this executor makes a worktree.
+    pub fn signal_worktrees(mut self, changed: Arc<AtomicBool>) -> SimExecutor {
+        self.worktrees_changed = changed;
+        self
+    }
+}
+
+/// Makes (or finds) the worktree of the request's workspace with the
+/// broker's own code: its directory, and whether it was there already.
+fn ensure_worktree(request: &ExecRequest) -> Result<(std::path::PathBuf, bool), ExecOutcome> {
+    let failed = |code: &str, detail: String| ExecOutcome::Failed {
+        reason: FailureReason::HarnessError,
+        code: FailureCode::parse(code).ok(),
+        detail,
+        usage: None,
+    };
+    let agent = &request.agent;
+    let (Some(worktrees), Some(workspace)) = (agent.worktrees(), agent.workspace.as_ref()) else {
+        return Err(failed(
+            "AGENT_OFFLINE",
+            format!("@{} makes no worktrees", agent.definition),
+        ));
+    };
+    let existed = worktrees.path_for(workspace).is_dir();
+    worktrees
+        .ensure_cwd(workspace)
+        .map(|cwd| (cwd, existed))
+        .map_err(|err| failed(err.code(), format!("cannot make the worktree: {err}")))
 }
 
 impl Executor for SimExecutor {
@@ -145,7 +222,34 @@ impl Executor for SimExecutor {
         let node = self.node.clone();
         let incarnation = self.incarnation;
         let start = self.start;
+        let worktrees_changed = self.worktrees_changed.clone();
         tokio::spawn(async move {
+            if !alive.load(Ordering::SeqCst) {
+                return;
+            }
+            if request.make_worktree {
+                if events_tx.send(ExecEvent::Waking).await.is_err() {
+                    return;
+                }
+                match ensure_worktree(&request) {
+                    Ok((path, existed)) => {
+                        worktrees_changed.store(true, Ordering::SeqCst);
+                        log.push_worktree(WorktreeRecord {
+                            invocation_id: request.invocation_id.clone(),
+                            node: node.clone(),
+                            incarnation,
+                            instance: request.instance.clone(),
+                            path: path.display().to_string(),
+                            made: !existed,
+                            at_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        });
+                    }
+                    Err(outcome) => {
+                        let _ = events_tx.send(ExecEvent::Finished(outcome)).await;
+                        return;
+                    }
+                }
+            }
             if !alive.load(Ordering::SeqCst) || events_tx.send(ExecEvent::Started).await.is_err() {
                 return;
             }

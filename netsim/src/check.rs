@@ -29,6 +29,14 @@
 //!   announced two different ends, what the owner stored is what it
 //!   announced, and an origin that took its end from the owner agrees
 //!   with the owner's flight.
+//! - `worktrees_once`: with a definition that makes worktrees, each node's
+//!   disk holds at most one worktree per workspace, each at the path that
+//!   follows from its branch, no directory of the worktrees dir that git
+//!   does not list, no worktree that no execution asked for, every
+//!   worktree an execution asked for, and none made twice (a retried,
+//!   rerouted or restarted execution finds the first). That every live
+//!   replica holds exactly those worktrees as instances is part of
+//!   `matches_history`.
 //! - `no_panics`: no task of any broker panicked.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,8 +45,9 @@ use scout_mesh::registry::Registry;
 use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 use serde::Serialize;
 
-use crate::agent::{ExecEnd, ExecRecord};
+use crate::agent::{ExecEnd, ExecRecord, WorktreeRecord};
 use crate::history::{EndRecord, EndSide, OpRecord, Sample};
+use crate::node::DiskWorktrees;
 use crate::report::Convergence;
 use crate::scenario::OpKind;
 
@@ -122,6 +131,119 @@ pub struct Expected {
     pub agents: Vec<BTreeMap<String, String>>,
     /// Per definition: every description written.
     pub definitions: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// One node's worktrees at the end, for `worktrees_once`.
+#[derive(Debug)]
+pub struct NodeWorktrees {
+    /// The node.
+    pub node: String,
+    /// What its disk holds, or why it could not be read.
+    pub disk: Result<DiskWorktrees, String>,
+}
+
+/// `worktrees_once`.
+pub fn worktrees(checks: &mut Vec<CheckResult>, nodes: &[NodeWorktrees], asked: &[WorktreeRecord]) {
+    let mut failure = None;
+    let mut total = 0;
+    'nodes: for seen in nodes {
+        let node = &seen.node;
+        let disk = match &seen.disk {
+            Ok(disk) => disk,
+            Err(err) => {
+                failure = Some(format!("{node}: cannot read its worktrees: {err}"));
+                break;
+            }
+        };
+        total += disk.listed.len();
+        let mut branches = BTreeSet::new();
+        for (path, branch) in &disk.listed {
+            let Some(branch) = branch else {
+                failure = Some(format!("{node}: worktree {} has no branch", path.display()));
+                break 'nodes;
+            };
+            if !branches.insert(branch.as_str()) {
+                failure = Some(format!(
+                    "{node}: branch {branch} is checked out in two worktrees"
+                ));
+                break 'nodes;
+            }
+            let wanted = disk.dir.join(branch.replace('/', "+"));
+            if *path != wanted {
+                failure = Some(format!(
+                    "{node}: the worktree of {branch} is at {}, not at {}",
+                    path.display(),
+                    wanted.display()
+                ));
+                break 'nodes;
+            }
+            let path_text = path.display().to_string();
+            let made: Vec<&WorktreeRecord> = asked
+                .iter()
+                .filter(|record| record.node == *node && std::path::Path::new(&record.path) == path)
+                .collect();
+            if made.is_empty() {
+                failure = Some(format!(
+                    "{node}: worktree {path_text} was made, but no execution asked for it"
+                ));
+                break 'nodes;
+            }
+            let creations: Vec<String> = made
+                .iter()
+                .filter(|record| record.made)
+                .map(|record| {
+                    format!(
+                        "{} (start {}) at {:.3} s",
+                        record.invocation_id,
+                        record.incarnation,
+                        record.at_ms as f64 / 1000.0
+                    )
+                })
+                .collect();
+            if creations.len() > 1 {
+                failure = Some(format!(
+                    "{node}: worktree {path_text} was made {} times: {}",
+                    creations.len(),
+                    creations.join("; ")
+                ));
+                break 'nodes;
+            }
+        }
+        if let Some(stray) = disk
+            .entries
+            .iter()
+            .find(|entry| !disk.listed.iter().any(|(path, _)| path == *entry))
+        {
+            failure = Some(format!(
+                "{node}: {} is in the worktrees dir, but git lists no worktree there",
+                stray.display()
+            ));
+            break;
+        }
+        if let Some(lost) = asked.iter().find(|record| {
+            record.node == *node
+                && !disk
+                    .listed
+                    .iter()
+                    .any(|(path, _)| path == std::path::Path::new(&record.path))
+        }) {
+            failure = Some(format!(
+                "{node}: invocation {} had worktree {} made for {}, which is gone",
+                lost.invocation_id, lost.path, lost.instance
+            ));
+            break;
+        }
+    }
+    push(
+        checks,
+        "worktrees_once",
+        failure,
+        format!(
+            "{total} worktrees on {} nodes, asked for {} times: one per workspace and node, each made once, none stray",
+            nodes.len(),
+            asked.len()
+        ),
+    );
 }
 
 /// `brokers_run`.

@@ -89,9 +89,27 @@ pub struct SimNode {
     /// Its agents (`relay-agents.json`): name to version; the version is
     /// part of the working directory, so an update changes the record.
     pub agents: BTreeMap<String, u64>,
+    /// The definition that makes worktrees on demand, when the scenario
+    /// gives this node one, and its git repository.
+    pub worktree_agent: Option<(String, PathBuf)>,
+    /// Set by the executor when it made a worktree: the node reloads its
+    /// agents, as the broker's config watch would.
+    pub worktrees_changed: Arc<AtomicBool>,
     /// Cleared when the running incarnation crashes, which stops its
     /// agents.
     alive: Option<Arc<AtomicBool>>,
+}
+
+/// The worktrees on one node's disk, as git and the directory show them.
+#[derive(Debug, Clone, Default)]
+pub struct DiskWorktrees {
+    /// The directory the definition's worktrees go in.
+    pub dir: PathBuf,
+    /// Every worktree git lists besides the repository's own checkout:
+    /// its directory and branch.
+    pub listed: Vec<(PathBuf, Option<String>)>,
+    /// The entries of [`DiskWorktrees::dir`].
+    pub entries: Vec<PathBuf>,
 }
 
 impl SimNode {
@@ -132,6 +150,8 @@ impl SimNode {
             broker: None,
             incarnations: 0,
             agents: BTreeMap::new(),
+            worktree_agent: None,
+            worktrees_changed: Arc::new(AtomicBool::new(false)),
             alive: None,
         };
         node.write_agents()?;
@@ -187,7 +207,8 @@ impl SimNode {
             config.work,
             config.executions.clone(),
             config.start,
-        );
+        )
+        .signal_worktrees(self.worktrees_changed.clone());
         self.alive = Some(alive.clone());
         let options = BrokerOptions {
             mesh_socket: Some(SocketOverride {
@@ -307,6 +328,80 @@ impl SimNode {
         format!("@{agent}@{}#{WORKSPACE}", self.name)
     }
 
+    /// Gives the node agent `definition`, which makes worktrees on demand,
+    /// over a new git repository in its home (one commit on `main`).
+    pub fn add_worktree_agent(&mut self, definition: &str) -> anyhow::Result<()> {
+        let repo = self.home.config_dir.join("repo");
+        std::fs::create_dir_all(&repo)
+            .with_context(|| format!("cannot create {}", repo.display()))?;
+        std::fs::write(
+            repo.join("README"),
+            format!("{definition} on {}\n", self.name),
+        )
+        .context("cannot write the repository's README")?;
+        git(&repo, &["init", "-q", "-b", WORKSPACE])?;
+        git(&repo, &["add", "README"])?;
+        git(&repo, &["commit", "-q", "-m", "start"])?;
+        self.worktree_agent = Some((definition.to_owned(), repo));
+        self.write_agents()
+    }
+
+    /// Where the worktrees of the node's worktree agent go.
+    pub fn worktrees_dir(&self) -> Option<PathBuf> {
+        let (definition, _) = self.worktree_agent.as_ref()?;
+        Some(
+            scout::config::settings::Settings::default()
+                .worktrees_root(&self.home)
+                .join(definition),
+        )
+    }
+
+    /// The instance name of the worktree agent's workspace `workspace`.
+    pub fn workspace_instance(&self, workspace: &str) -> Option<String> {
+        let (definition, _) = self.worktree_agent.as_ref()?;
+        Some(format!("@{definition}@{}#{workspace}", self.name))
+    }
+
+    /// The worktrees on disk, read with git (not through the broker); `None`
+    /// without a worktree agent.
+    pub fn disk_worktrees(&self) -> Option<anyhow::Result<DiskWorktrees>> {
+        let (_, repo) = self.worktree_agent.as_ref()?;
+        let dir = self.worktrees_dir()?;
+        Some((|| {
+            let text = git_output(repo, &["worktree", "list", "--porcelain"])?;
+            let mut listed: Vec<(PathBuf, Option<String>)> = Vec::new();
+            for line in text.lines() {
+                if let Some(path) = line.strip_prefix("worktree ") {
+                    listed.push((PathBuf::from(path), None));
+                } else if let Some(branch) = line.strip_prefix("branch refs/heads/")
+                    && let Some(last) = listed.last_mut()
+                {
+                    last.1 = Some(branch.to_owned());
+                }
+            }
+            let top = repo.canonicalize().unwrap_or_else(|_| repo.clone());
+            listed.retain(|(path, _)| *path != top && path != repo);
+            let mut entries = Vec::new();
+            match std::fs::read_dir(&dir) {
+                Ok(read) => {
+                    for entry in read {
+                        entries.push(entry.context("cannot read the worktrees dir")?.path());
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot read {}", dir.display()));
+                }
+            }
+            entries.sort();
+            Ok(DiskWorktrees {
+                dir: dir.clone(),
+                listed,
+                entries,
+            })
+        })())
+    }
+
     /// The working directory agent `name` has at `version`.
     pub fn agent_cwd(agent: &str, version: u64) -> PathBuf {
         PathBuf::from(format!("/srv/{agent}/v{version}"))
@@ -314,21 +409,34 @@ impl SimNode {
 
     /// Writes `relay-agents.json` from [`SimNode::agents`].
     pub fn write_agents(&self) -> anyhow::Result<()> {
+        let mut agents: Vec<ManualAgent> = self
+            .agents
+            .iter()
+            .map(|(name, version)| ManualAgent {
+                name: name.clone(),
+                harness: Harness::Command,
+                command: vec!["sh".to_owned()],
+                cwd: Some(SimNode::agent_cwd(name, *version)),
+                workspace: Some(WORKSPACE.to_owned()),
+                prompt_pattern: None,
+                worktrees: false,
+                base_branch: None,
+            })
+            .collect();
+        if let Some((definition, repo)) = &self.worktree_agent {
+            agents.push(ManualAgent {
+                name: definition.clone(),
+                harness: Harness::Command,
+                command: vec!["sh".to_owned()],
+                cwd: Some(repo.clone()),
+                workspace: Some(WORKSPACE.to_owned()),
+                prompt_pattern: None,
+                worktrees: true,
+                base_branch: None,
+            });
+        }
         let relay = RelayAgents {
-            agents: self
-                .agents
-                .iter()
-                .map(|(name, version)| ManualAgent {
-                    name: name.clone(),
-                    harness: Harness::Command,
-                    command: vec!["sh".to_owned()],
-                    cwd: Some(SimNode::agent_cwd(name, *version)),
-                    workspace: Some(WORKSPACE.to_owned()),
-                    prompt_pattern: None,
-                    worktrees: false,
-                    base_branch: None,
-                })
-                .collect(),
+            agents,
             ..RelayAgents::default()
         };
         let text = serde_json::to_string_pretty(&relay)?;
@@ -343,6 +451,34 @@ impl SimNode {
             scout::daemon::watch::reload(broker.state());
         }
     }
+}
+
+/// Runs git in `dir` with a fixed identity (the machine's git config may
+/// have none), failing with git's message.
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    git_output(dir, args).map(|_| ())
+}
+
+fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=netsim",
+            "-c",
+            "user.email=netsim@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run git {args:?}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

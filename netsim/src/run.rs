@@ -84,6 +84,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> anyhow::Result<RunReport> {
             temp.path().to_path_buf()
         }
     };
+    // Git reports worktrees by their real path: the homes' path must be
+    // one too, for the worktree checks to compare paths.
+    let root = root.canonicalize().unwrap_or(root);
     let wall = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,6 +189,17 @@ impl<'p> Sim<'p> {
             nodes.push(SimNode::prepare(&root, idx, name, seed, clock)?);
         }
         let scenario = &plan.scenario;
+        if let Some(worktrees) = &scenario.worktrees {
+            for node in &mut nodes {
+                let listed = worktrees
+                    .nodes
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&node.name));
+                if listed {
+                    node.add_worktree_agent(&worktrees.definition)?;
+                }
+            }
+        }
         let mut sync = SyncConfig::default();
         if let Some(ms) = scenario.sync.anti_entropy_interval_ms {
             sync.anti_entropy_interval_ms = ms;
@@ -517,8 +531,21 @@ impl<'p> Sim<'p> {
             (OpKind::EditDefinition, mix.edit_definition),
             (OpKind::Invoke, mix.invoke),
         ];
-        let total: u32 = weights.iter().map(|(_, weight)| weight).sum();
+        let total: u32 = weights.iter().map(|(_, weight)| weight).sum::<u32>() + mix.new_workspace;
         let mut pick = self.workload.gen_range(0..total);
+        if pick >= total - mix.new_workspace
+            && let Some(worktrees) = &self.plan.scenario.worktrees
+        {
+            // A workspace that may not exist yet, named by its definition
+            // only: the origin's resolution picks the node that makes it.
+            let workspace = self.workload.gen_range(0..worktrees.workspaces);
+            return Op {
+                node,
+                kind: OpKind::Invoke,
+                name: format!("@{}#ws-{workspace}", worktrees.definition),
+                text: Some(format!("task {}", self.ops.len())),
+            };
+        }
         let mut kind = OpKind::AddAgent;
         for (candidate, weight) in weights {
             if pick < weight {
@@ -749,6 +776,16 @@ impl<'p> Sim<'p> {
     }
 
     fn sample(&mut self, t_ms: u64) {
+        // A node that made a worktree since the last sample publishes its
+        // instance, as its config watch would on the changed directory.
+        for node in &self.nodes {
+            if node
+                .worktrees_changed
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                node.reload_agents();
+            }
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         let mut digests = BTreeSet::new();
         let mut seen_by_all = vec![true; self.pending.len()];
@@ -897,7 +934,8 @@ impl<'p> Sim<'p> {
                 .nodes
                 .iter()
                 .map(|node| {
-                    node.agents
+                    let mut agents: BTreeMap<String, String> = node
+                        .agents
                         .iter()
                         .map(|(agent, version)| {
                             (
@@ -905,7 +943,9 @@ impl<'p> Sim<'p> {
                                 SimNode::agent_cwd(agent, *version).display().to_string(),
                             )
                         })
-                        .collect()
+                        .collect();
+                    agents.extend(worktree_instances(node));
+                    agents
                 })
                 .collect(),
             definitions: self.definitions.clone(),
@@ -917,6 +957,20 @@ impl<'p> Sim<'p> {
             check::convergence_bound(&mut checks, &convergence, &self.samples);
             check::matches_history(&mut checks, &expected, &finals, &self.ops);
             check::stores_match_memory(&mut checks, &expected, &finals);
+        }
+        let disks: Vec<check::NodeWorktrees> = self
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let disk = node.disk_worktrees()?;
+                Some(check::NodeWorktrees {
+                    node: node.name.clone(),
+                    disk: disk.map_err(|err| format!("{err:#}")),
+                })
+            })
+            .collect();
+        if !disks.is_empty() {
+            check::worktrees(&mut checks, &disks, &self.config.executions.worktrees());
         }
         let ends = self.invocation_ends();
         check::invocations(
@@ -1122,6 +1176,33 @@ impl<'p> Sim<'p> {
         }
         self.net.clear();
     }
+}
+
+/// The instances a node's worktree agent has by its disk: the agent's own
+/// (in its repository) and one per worktree it made, with the working
+/// directory the broker's discovery gives each. A worktree on disk with no
+/// instance in the registries fails `matches_history`.
+fn worktree_instances(node: &SimNode) -> Vec<(String, String)> {
+    let Some((definition, repo)) = &node.worktree_agent else {
+        return Vec::new();
+    };
+    let mut instances = vec![(node.instance_name(definition), repo.display().to_string())];
+    let (Some(dir), Ok(label)) = (
+        node.worktrees_dir(),
+        Label::parse(definition, NamePart::Definition),
+    ) else {
+        return instances;
+    };
+    let Some(root) = dir.parent() else {
+        return instances;
+    };
+    let worktrees = scout::worktree::Worktrees::new(root, &label, repo, None);
+    for (branch, cwd) in worktrees.checked_out().unwrap_or_default() {
+        if let Some(instance) = node.workspace_instance(&branch) {
+            instances.push((instance, cwd.display().to_string()));
+        }
+    }
+    instances
 }
 
 /// Whether `registry` holds the write (its record, or a newer version of

@@ -69,6 +69,9 @@ pub struct Scenario {
     /// How invocations run.
     #[serde(default, skip_serializing_if = "InvocationsSpec::is_default")]
     pub invocations: InvocationsSpec,
+    /// A definition that makes worktrees on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktrees: Option<WorktreesSpec>,
     /// Timed faults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<FaultEntry>,
@@ -241,6 +244,15 @@ pub struct MixSpec {
     /// Invoke an agent of some node from this one.
     #[serde(default)]
     pub invoke: u32,
+    /// Mention a workspace of the worktree-making definition that may not
+    /// exist yet (`@w#ws-2`), so an owner makes its worktree; needs a
+    /// `[worktrees]` section.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub new_workspace: u32,
+}
+
+fn is_zero(weight: &u32) -> bool {
+    *weight == 0
 }
 
 impl Default for MixSpec {
@@ -251,8 +263,39 @@ impl Default for MixSpec {
             remove_agent: 2,
             edit_definition: 1,
             invoke: 2,
+            new_workspace: 0,
         }
     }
+}
+
+/// Workspaces one scenario's worktree definition may be mentioned with at
+/// most: each made one is a real checkout on disk, and the broker refuses
+/// more than `WORKTREES_PER_DEFINITION_MAX` per definition anyway.
+pub const WORKSPACES_MAX: usize = 32;
+
+/// A definition that makes git worktrees on demand (`"worktrees": true`),
+/// on every node or on the ones listed, over a real git repository in
+/// each node's home; mentions of `@<definition>#ws-<k>` make them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorktreesSpec {
+    /// The definition's name.
+    #[serde(default = "default_worktree_definition")]
+    pub definition: String,
+    /// The nodes that have it (default: every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// How many workspace names the workload mentions (`ws-0` …).
+    #[serde(default = "default_workspaces")]
+    pub workspaces: usize,
+}
+
+fn default_worktree_definition() -> String {
+    "w".to_owned()
+}
+
+fn default_workspaces() -> usize {
+    4
 }
 
 /// The kinds of operation.
@@ -739,6 +782,22 @@ impl Scenario {
                 }),
             });
         }
+        if let Some(worktrees) = &self.worktrees {
+            scout_mesh::names::Label::parse(
+                &worktrees.definition,
+                scout_mesh::names::NamePart::Definition,
+            )
+            .map_err(|err| invalid(format!("worktrees.definition: {err}")))?;
+            if !(1..=WORKSPACES_MAX).contains(&worktrees.workspaces) {
+                return Err(invalid(format!(
+                    "worktrees.workspaces is {}; it must be between 1 and {WORKSPACES_MAX}",
+                    worktrees.workspaces
+                )));
+            }
+            for name in worktrees.nodes.iter().flatten() {
+                index(name, "worktrees.nodes")?;
+            }
+        }
         let [work_min, work_max] = self.invocations.work_ms;
         if self.invocations.deadline_ms == 0 || work_min > work_max || work_max > DURATION_MS_MAX {
             return Err(invalid(
@@ -764,9 +823,15 @@ impl Scenario {
                 + mix.remove_agent
                 + mix.edit_definition
                 + mix.invoke
+                + mix.new_workspace
                 == 0
             {
                 return Err(invalid("workload.mix: every weight is 0".into()));
+            }
+            if mix.new_workspace > 0 && self.worktrees.is_none() {
+                return Err(invalid(
+                    "workload.mix: new_workspace needs a [worktrees] section".into(),
+                ));
             }
             // Evenly spaced slots; the ±50% jitter is drawn when the run
             // reaches each one, from the workload's own stream.

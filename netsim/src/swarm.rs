@@ -20,7 +20,7 @@ use crate::net::{LatencyDistribution, LinkPatch};
 use crate::run::{self, RunOptions};
 use crate::scenario::{
     ChecksSpec, FaultEntry, FlapSpec, HealSpec, LinkFaultSpec, MixSpec, NodesSpec, RestartSpec,
-    Scenario, Sides, SkewSpec, WorkloadSpec,
+    Scenario, Sides, SkewSpec, WorkloadSpec, WorktreesSpec,
 };
 use crate::seeds;
 
@@ -32,6 +32,29 @@ pub const LIVENESS_MS: u64 = 30_000;
 /// so a link that healed is used again within one backoff; this leaves
 /// room for that and a couple of rounds.
 pub const SWARM_CONVERGE_WITHIN_MS: u64 = 25_000;
+
+/// Workspaces a swarm's worktree definition is mentioned with: few enough
+/// that mentions repeat (from several origins, across faults), so a second
+/// worktree for one workspace would show.
+pub const SWARM_WORKSPACES: usize = 3;
+
+/// Nodes of a swarm scenario that make worktrees (the first ones). Every
+/// agent change reloads its node's agents, and on a node with a worktree
+/// definition that asks git for its worktrees: on every node, that
+/// doubled a 7-broker swarm's wall time; on two, it is lost in the noise,
+/// and two makers still disagree under a partition.
+pub const SWARM_WORKTREE_NODES: usize = 2;
+
+/// Every this many seeds (those divisible by it) get the worktree
+/// definition and its mentions: on two nodes they still cost a quarter
+/// more CPU per seed (git runs at every agent reload there), so half the
+/// seeds carry them and CI's swarm stays within a tenth or so of its time.
+pub const SWARM_WORKTREES_EVERY: u64 = 2;
+
+/// The weight of new-workspace mentions in a swarm's workload, beside the
+/// default mix's 12: about one operation in thirteen, so each seed makes a
+/// few worktrees without its git calls costing the swarm noticeable time.
+pub const SWARM_NEW_WORKSPACE_WEIGHT: u32 = 1;
 
 /// Brokers in a swarm scenario at most (each seed runs real QUIC stacks).
 pub const SWARM_NODES_MAX: usize = 32;
@@ -233,6 +256,7 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
     });
     faults.sort_by_key(|fault| fault.at_ms);
     let interval_ms = rng.gen_range(200..=800);
+    let with_worktrees = seed.is_multiple_of(SWARM_WORKTREES_EVERY);
     Scenario {
         name: format!("swarm-{seed}"),
         description: format!(
@@ -256,10 +280,24 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
             interval_ms,
             agents_per_node: 6,
             definitions: 3,
-            mix: MixSpec::default(),
+            mix: MixSpec {
+                new_workspace: if with_worktrees {
+                    SWARM_NEW_WORKSPACE_WEIGHT
+                } else {
+                    0
+                },
+                ..MixSpec::default()
+            },
         }),
         ops: Vec::new(),
         invocations: Default::default(),
+        // The first nodes make worktrees of `@w`, drawn from no stream, so
+        // the fault schedule of a seed stays what it was without them.
+        worktrees: with_worktrees.then(|| WorktreesSpec {
+            definition: "w".to_owned(),
+            nodes: Some(names.iter().take(SWARM_WORKTREE_NODES).cloned().collect()),
+            workspaces: SWARM_WORKSPACES,
+        }),
         faults,
         checks: ChecksSpec {
             converge_within_ms: SWARM_CONVERGE_WITHIN_MS,

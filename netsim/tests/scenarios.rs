@@ -34,6 +34,7 @@ fn every_shipped_scenario_passes() {
         "crash-restart",
         "long-offline",
         "clock-skew",
+        "worktrees-partition",
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",
@@ -196,6 +197,15 @@ count = 2
     assert!(bad_loss.to_string().contains("probability"), "{bad_loss}");
     let late = parse("[[faults]]\nat_ms = 5000\nheal = \"all\"\n").unwrap_err();
     assert!(late.to_string().contains("after the end"), "{late}");
+    let no_worktrees =
+        parse("[workload]\nstop_ms = 500\ninterval_ms = 100\nmix = { new_workspace = 1 }\n")
+            .unwrap_err();
+    assert!(
+        no_worktrees.to_string().contains("[worktrees]"),
+        "{no_worktrees}"
+    );
+    let too_many = parse("[worktrees]\nworkspaces = 1000\n").unwrap_err();
+    assert!(too_many.to_string().contains("workspaces"), "{too_many}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::{Context, UsageError};
 use crate::config::discover::{self, LocalAgent};
 use crate::config::{relay_agents, settings};
 use crate::pty::text::terminal_safe_text;
-use crate::worktree::{WorktreeError, WorktreeInfo};
+use crate::worktree::{NamedWorktree, WorktreeError, WorktreeInfo};
 
 /// `scout workspaces …`.
 #[derive(Debug, Subcommand)]
@@ -159,48 +159,15 @@ pub(crate) fn ago(now_ms: u64, then_ms: u64) -> String {
 }
 
 fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    let name = AgentName::parse_lenient(&args.instance)?;
-    let Some(workspace) = name.workspace().cloned() else {
-        return Err(UsageError::new(
-            "INVALID_NAME",
-            format!(
-                "`{}` names no workspace; say which one, as in `@{}#feature-x`",
-                args.instance,
-                name.definition()
-            ),
-        )
-        .into());
-    };
     let settings = settings::load_required(&context.home.settings_path())?.value;
-    if let Some(node) = name.node()
-        && node.as_str() != settings.node_name
-    {
-        return Err(UsageError::new(
-            "NOT_LOCAL",
-            format!("`{name}` lives on {node}; remove it there"),
-        )
-        .into());
-    }
     let (agents, _) = definitions(context)?;
-    let worktrees = agents
-        .iter()
-        .find(|agent| agent.definition == *name.definition())
-        .and_then(LocalAgent::worktrees)
-        .ok_or_else(|| {
-            UsageError::new(
-                "NOT_FOUND",
-                format!(
-                    "no agent `@{}` on this machine makes worktrees (add one with `scout agents add {} --worktrees …`)",
-                    name.definition(),
-                    name.definition()
-                ),
-            )
-        })?;
-    let path = worktrees
-        .remove(&workspace, args.force)
-        .map_err(worktree_error)?;
+    let named = NamedWorktree::find(&agents, &settings.node_name, &args.instance)
+        .map_err(|err| UsageError::new(err.code(), err.to_string()))?;
+    let path = named.remove(args.force).map_err(worktree_error)?;
+    let workspace = &named.workspace;
+    let definition = named.worktrees.definition();
     let report = Removed {
-        removed: format!("@{}#{}", name.definition(), workspace),
+        removed: format!("@{definition}#{workspace}"),
         path,
     };
     context.printer.emit(&report, || {

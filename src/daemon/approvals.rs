@@ -128,6 +128,14 @@ pub enum Gate {
         /// Also remove files created since.
         clean: bool,
     },
+    /// `workspace.remove`: remove a worktree a definition made on demand
+    /// (its branch is kept).
+    WorkspaceRemove {
+        /// The instance, with the owner's node name.
+        instance: String,
+        /// Even with uncommitted changes or unmerged commits.
+        force: bool,
+    },
     /// `token.create` of an operator token by an agent. Nothing runs at
     /// the decision: the token is made when the agent that asked picks it
     /// up (`http::tokens::pick_up`), so its secret is never stored.
@@ -165,6 +173,7 @@ impl Gate {
             Gate::AgentStop { .. } => "agent.stop",
             Gate::CheckpointRestore { .. } => "checkpoint.restore",
             Gate::TokenCreate { .. } => Gate::TOKEN_CREATE,
+            Gate::WorkspaceRemove { .. } => "workspace.remove",
         }
     }
 
@@ -206,6 +215,16 @@ impl Gate {
                     summary.push_str(&format!(" named {name:?}"));
                 }
                 summary
+            }
+            Gate::WorkspaceRemove {
+                instance,
+                force: false,
+            } => format!("remove the worktree of {instance} (refused if it holds unmerged work)"),
+            Gate::WorkspaceRemove {
+                instance,
+                force: true,
+            } => {
+                format!("remove the worktree of {instance}, uncommitted and unmerged work included")
             }
         }
     }
@@ -1493,6 +1512,20 @@ pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, Stri
                     )
                 })
                 .map_err(|err| err.to_string())
+        }
+        // The same refusals as a person's request: approval lets the
+        // removal run, it does not force it.
+        Gate::WorkspaceRemove { instance, force } => {
+            crate::http::workspaces::remove_now(state, instance, *force)
+                .await
+                .map(|removed| {
+                    format!(
+                        "removed the worktree of {} at {} (branch kept)",
+                        removed.removed,
+                        removed.path.display()
+                    )
+                })
+                .map_err(|err| format!("{}: {}", err.code, err.message))
         }
         // Never queued (see `Approvals::after_decision`): the token is made
         // on pickup.

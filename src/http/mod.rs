@@ -5,7 +5,8 @@
 //! a token, proving the broker holds it; [`agents`] serves `/v1/agents`;
 //! [`mesh`] serves `/v1/peers` and `/v1/mesh…`; [`inbox`] serves
 //! `/v1/inbox`; [`usage`] serves
-//! `/v1/usage`; [`checkpoints`] serves `/v1/checkpoints…`; [`tokens`] serves
+//! `/v1/usage`; [`checkpoints`] serves `/v1/checkpoints…`; [`workspaces`]
+//! serves `/v1/workspaces/remove`; [`tokens`] serves
 //! `/v1/tokens`; [`audit`] serves `/v1/audit`; [`scope`] classifies every
 //! route by the scope it needs; [`runtime`] serves the local
 //! runtime's `/agents…` and `/ws/…` at the root; [`serve`] is the accept
@@ -39,6 +40,7 @@ pub mod tokens;
 pub mod usage;
 pub mod web;
 pub mod work_orders;
+pub mod workspaces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +79,7 @@ pub fn router(state: Arc<BrokerState>, port: u16) -> Router {
                 .merge(web::routes())
                 .merge(work_orders::routes())
                 .merge(checkpoints::routes())
+                .merge(workspaces::routes())
                 .merge(tokens::routes())
                 .merge(audit::routes()),
         )

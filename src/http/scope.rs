@@ -197,6 +197,7 @@ pub const ROUTE_CLASSES: &[(&str, &str, RouteClass)] = &[
     ("POST", "/v1/mesh/revoke", GATED),
     ("DELETE", "/agents/{id}", GATED),
     ("POST", "/v1/checkpoints/{id}/restore", GATED),
+    ("POST", "/v1/workspaces/remove", GATED),
     ("POST", "/v1/tokens", GATED),
 ];
 
@@ -293,6 +294,7 @@ mod tests {
         ("audit.rs", "/v1"),
         ("approvals.rs", "/v1"),
         ("checkpoints.rs", "/v1"),
+        ("workspaces.rs", "/v1"),
         ("web.rs", "/v1"),
     ];
 

@@ -89,6 +89,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/checkpoints/{id}"),
     route("GET", "/v1/checkpoints/{id}/diff"),
     route("POST", "/v1/checkpoints/{id}/restore"),
+    route("POST", "/v1/workspaces/remove"),
 ];
 
 /// The routes a `read` token may use: the GETs that read.
