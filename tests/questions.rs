@@ -19,23 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// `method path` on `node` with `token` and `body`: status and JSON.
 fn call(node: &Node, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
-    let url = format!("{}{path}", node.broker().http_base());
-    let request = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
-    let response = if method == "GET" {
-        request.call()
-    } else {
-        request.send_json(body)
-    };
-    match response {
-        Ok(response) => {
-            let status = response.status();
-            (status, response.into_json().unwrap_or_default())
-        }
-        Err(ureq::Error::Status(status, response)) => {
-            (status, response.into_json().unwrap_or_default())
-        }
-        Err(err) => panic!("{method} {url}: {err}"),
-    }
+    node.api(method, path, token, (method != "GET").then_some(body))
 }
 
 /// Adds `@asker` to `node`: a bash loop at a `ready>` prompt that writes

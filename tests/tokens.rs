@@ -10,19 +10,7 @@ use serde_json::{Value, json};
 /// `method path` on `node`'s API with `token`; the status and JSON body
 /// (`Null` when the body is not JSON).
 fn call(node: &Node, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("{}{path}", node.broker().http_base());
-    let request = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
-    let answer = match body {
-        Some(body) => request.send_json(body),
-        None => request.call(),
-    };
-    let response = match answer {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(err) => panic!("{method} {url}: {err}"),
-    };
-    let status = response.status();
-    (status, response.into_json().unwrap_or(Value::Null))
+    node.api(method, path, token, body)
 }
 
 /// `scout --json tokens create ARGS` on `node`: the id and the secret.

@@ -15,6 +15,14 @@ use std::process::Command;
 
 use common::{Node, wait_until};
 
+/// `git worktree add -b branch dir` in `repo`.
+fn add_worktree(repo: &Path, branch: &str, dir: &Path) {
+    git(
+        repo,
+        &["worktree", "add", "-q", "-b", branch, dir.to_str().unwrap()],
+    );
+}
+
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .arg("-C")
@@ -52,17 +60,7 @@ fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
 
     // A worktree where the definition makes them.
     let tree = alpha.sandbox.home().join("worktrees/fabric/feature+x");
-    git(
-        &repo,
-        &[
-            "worktree",
-            "add",
-            "-q",
-            "-b",
-            "feature/x",
-            tree.to_str().unwrap(),
-        ],
-    );
+    add_worktree(&repo, "feature/x", &tree);
     wait_until("@fabric#feature/x", || {
         alpha
             .instances()
@@ -254,17 +252,7 @@ fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
     assert_ne!(broker.stop_with(libc::SIGKILL), 0);
     drop(broker);
     let orphan = beta.sandbox.home().join("worktrees/fabric/feature-z");
-    git(
-        &repo,
-        &[
-            "worktree",
-            "add",
-            "-q",
-            "-b",
-            "feature-z",
-            orphan.to_str().unwrap(),
-        ],
-    );
+    add_worktree(&repo, "feature-z", &orphan);
     beta.start();
     wait_until("alpha to see @fabric@beta#feature-z", || {
         alpha
@@ -322,17 +310,7 @@ fn idle_cleanup_removes_a_clean_merged_worktree_and_keeps_dirty_and_unmerged_one
     let trees = alpha.sandbox.home().join("worktrees/fabric");
     let add = |branch: &str| {
         let tree = trees.join(branch);
-        git(
-            &repo,
-            &[
-                "worktree",
-                "add",
-                "-q",
-                "-b",
-                branch,
-                tree.to_str().unwrap(),
-            ],
-        );
+        add_worktree(&repo, branch, &tree);
         tree
     };
     let idle = add("idle");
@@ -546,17 +524,7 @@ fn an_agent_asking_to_remove_a_worktree_needs_an_approval() {
 
     // An operator removes directly, with the same refusals.
     let other = alpha.sandbox.home().join("worktrees/fabric/feature-y");
-    git(
-        &repo,
-        &[
-            "worktree",
-            "add",
-            "-q",
-            "-b",
-            "feature-y",
-            other.to_str().unwrap(),
-        ],
-    );
+    add_worktree(&repo, "feature-y", &other);
     wait_until("@fabric#feature-y", || {
         alpha
             .instances()

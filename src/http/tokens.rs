@@ -246,13 +246,11 @@ async fn mint(
         return Err(tokens_limit());
     }
     let now = state.env.now_unix_ms_i64();
-    let secret: [u8; SECRET_BYTES] = state.env.random();
-    let id_bytes: [u8; ID_BYTES] = state.env.random();
-    let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
+    let (token, token_id) = new_token(state);
     let expires_at_ms =
         ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
     let row = TokenRow {
-        token_id: format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes)),
+        token_id,
         name: name.clone(),
         scope: scope.as_str().to_owned(),
         agent: agent.clone(),
@@ -313,6 +311,16 @@ fn tokens_limit() -> ApiError {
 /// plenty; an approval forgotten for longer makes no token at all.
 pub const TOKEN_PICKUP_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
+/// A fresh secret (`sct_…`) and its token id, from the broker's randomness.
+fn new_token(state: &BrokerState) -> (String, String) {
+    let secret: [u8; SECRET_BYTES] = state.env.random();
+    let id_bytes: [u8; ID_BYTES] = state.env.random();
+    (
+        format!("{TOKEN_PREFIX}{}", hex(&secret)),
+        format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes)),
+    )
+}
+
 /// The token of approval `view`, made now and handed once, to `caller`,
 /// the agent that asked for it (`POST /v1/approvals/{id}/token`). The
 /// secret is never stored: it is made on pickup and answered to this
@@ -331,10 +339,7 @@ pub async fn pick_up(
         return Err(tokens_limit());
     }
     let now = state.env.now_unix_ms_i64();
-    let secret: [u8; SECRET_BYTES] = state.env.random();
-    let id_bytes: [u8; ID_BYTES] = state.env.random();
-    let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
-    let token_id = format!("{TOKEN_ID_PREFIX}{}", hex(&id_bytes));
+    let (token, token_id) = new_token(state);
     let digest = digest_hex(&token);
     let created_by = format!("approval:{} agent:{}", view.id, caller.instance);
     let instance = caller.instance.clone();

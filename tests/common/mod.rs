@@ -339,6 +339,34 @@ impl Node {
             .expect("json")
     }
 
+    /// `method path` on this node's API with `token` and a JSON body (none
+    /// when `None`): the status and the JSON answer (`Null` when it is not
+    /// JSON), errors included.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.broker().http_base());
+        let request = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+        let answer = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        let response = match answer {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(err) => panic!("{method} {url}: {err}"),
+        };
+        let status = response.status();
+        (
+            status,
+            response.into_json().unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Runs `scout` against this node's home.
     pub fn run(&self, args: &[&str]) -> Run {
         self.sandbox.run(args)

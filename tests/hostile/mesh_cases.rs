@@ -103,24 +103,7 @@ impl Probe {
     /// A fresh connection, a hello and a ping: what a member needs served.
     async fn ping(&self, broker: SocketAddr, broker_key: [u8; 32], mesh_id: MeshId) -> Check {
         let exchange = async {
-            let connection = self
-                .endpoint
-                .connect(broker, Some(broker_key))
-                .await
-                .map_err(|err| format!("connect: {err}"))?;
-            let hello = MeshFrame::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                node_id: self.node_id(),
-                node_name: self.name.clone(),
-                mesh_id,
-                addresses: Vec::new(),
-            });
-            let answer = request(&connection, &hello, EXCHANGE_BOUND)
-                .await
-                .map_err(|err| format!("hello: {err}"))?;
-            if !matches!(answer, MeshFrame::HelloAck(_)) {
-                return Err(format!("hello answered {answer:?}"));
-            }
+            let connection = self.member_connection(broker, broker_key, mesh_id).await?;
             let answer = request(&connection, &MeshFrame::Ping { nonce: 7 }, EXCHANGE_BOUND)
                 .await
                 .map_err(|err| format!("ping: {err}"))?;
