@@ -487,6 +487,10 @@ impl Questions {
             episode.answered = true;
             episode.by_person = true;
             episode.gone.send_replace(true);
+            // A fresh sender closes the asker's channel: a person took the
+            // question, so the request is withdrawn at once rather than
+            // after the grace a redraw gets.
+            episode.gone = watch::channel(true).0;
         }
     }
 
@@ -703,9 +707,11 @@ mod tests {
         let proceed = plain("Proceed? [y/N]");
         let asked = settle(&mut questions, &proceed, base);
         questions.human_input(at(base, 400));
-        // The request is withdrawn (gone stays set across refreshes) and
-        // a remote answer is not typed.
+        // The request is withdrawn at once (the asker's channel closes,
+        // gone set and staying so across refreshes) and a remote answer is
+        // not typed.
         assert!(*asked.gone.borrow());
+        assert!(asked.gone.has_changed().is_err());
         assert!(matches!(
             questions.shown(&proceed, at(base, 500)),
             Shown::Same
