@@ -103,12 +103,7 @@ fn two_brokers(server: &ModelServer) -> (common::Node, common::Node) {
         .env("LOG_LEVEL", "warn")
         .envs(claude_env(&server.url(), &home, Some(CLAUDE_API_KEY)));
     beta.broker = Some(common::BrokerProcess::start_command(command));
-    common::wait_until("alpha to see @coder", || {
-        alpha
-            .instances()
-            .contains(&"@coder@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@coder@beta#main");
     (alpha, beta)
 }
 

@@ -76,12 +76,7 @@ fn two_brokers() -> (common::Node, common::Node) {
     let mut command = beta.sandbox.scout();
     command.env("LOG_LEVEL", "warn");
     beta.broker = Some(common::BrokerProcess::start_command(command));
-    common::wait_until("alpha to see @echo", || {
-        alpha
-            .instances()
-            .contains(&"@echo@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@echo@beta#main");
     (alpha, beta)
 }
 

@@ -363,7 +363,7 @@ fn an_agent_asks_and_a_person_answers_from_another_broker() {
     drop(mesh.beta);
     let mut gamma = mesh.gamma;
     gamma.broker.take();
-    let audit = audit_actions(&gamma.sandbox.home(), &id);
+    let audit = common::store::audit_actions(&gamma.sandbox.home(), &id);
     assert_eq!(
         audit,
         [
@@ -375,20 +375,6 @@ fn an_agent_asks_and_a_person_answers_from_another_broker() {
             ("broker".to_owned(), "approved_action_ran".to_owned()),
         ]
     );
-}
-
-fn audit_actions(home: &Path, subject: &str) -> Vec<(String, String)> {
-    let path: PathBuf = home.join("scout.db");
-    let connection = rusqlite::Connection::open(&path)
-        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
-    let mut statement = connection
-        .prepare("SELECT actor, action FROM audit_log WHERE subject = ?1 ORDER BY seq")
-        .unwrap();
-    statement
-        .query_map([subject], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// Standing rules answer what an agent asks again, never a gated action;

@@ -450,12 +450,7 @@ fn attach_to_an_agent_of_another_broker_names_its_owner() {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @worker", || {
-        alpha
-            .instances()
-            .contains(&"@worker@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@worker@beta#main");
     let run = alpha.run(&["attach", "@worker"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("AGENT_REMOTE"), "{}", run.stderr);

@@ -680,11 +680,7 @@ fn claude_broker_joining(alpha: &common::Node, server: &ModelServer) -> (common:
     // after it has caught up with a peer: wait until both brokers resolve
     // `@coder`, so a test's first `send` never races that.
     for node in [alpha, &beta] {
-        common::wait_until("both brokers to see @coder", || {
-            node.instances()
-                .contains(&"@coder@beta#main".to_owned())
-                .then_some(())
-        });
+        node.wait_for_instance("@coder@beta#main");
     }
     (beta, workdir)
 }
@@ -738,31 +734,9 @@ fn a_routed_turn_from_another_broker_runs_claude_with_a_tool() {
 
     // The CLI's own usage (two model requests of the scripted counts) is on
     // beta's flight, and alpha's `scout usage` totals it from beta.
-    let by_node = alpha.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
-    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
-    let totals = by_node.json();
-    let beta_row = totals["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|row| row["key"] == "beta")
-        .unwrap_or_else(|| panic!("no row of beta: {totals}"))
-        .clone();
-    assert_eq!(beta_row["flights"], 1, "{totals}");
+    let beta_row = common::model::assert_node_usage(&alpha, "beta", 1, 2);
     let usage = &beta_row["usage"];
-    assert_eq!(
-        (
-            &usage["input_tokens"],
-            &usage["output_tokens"],
-            &usage["cached_tokens"]
-        ),
-        (
-            &json!(2 * USAGE.input_tokens),
-            &json!(2 * USAGE.output_tokens),
-            &json!(2 * USAGE.cached_tokens)
-        ),
-        "{totals}"
-    );
+    let totals = &beta_row;
     assert!(
         usage["cost_micro_usd"]
             .as_u64()
@@ -790,11 +764,7 @@ fn claude_asks_an_agent_on_another_broker_through_the_scout_mcp_server() {
     alpha.add_bash_agent("fabric");
     alpha.start();
     let (beta, _) = claude_broker_joining(&alpha, &server);
-    common::wait_until("beta to see @fabric", || {
-        beta.instances()
-            .contains(&"@fabric@alpha#main".to_owned())
-            .then_some(())
-    });
+    beta.wait_for_instance("@fabric@alpha#main");
 
     let run = beta.run(&[
         "send",
@@ -837,35 +807,6 @@ fn claude_asks_an_agent_on_another_broker_through_the_scout_mcp_server() {
     assert_eq!(status["invocation"]["from"], "@coder@beta#main", "{status}");
 }
 
-/// Polls `probe` until it returns `Some`, failing after `bound`: for waits
-/// that include a CLI turn, longer than the common bound.
-fn wait_long<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + bound;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The pending approval on `node` whose summary contains `needle`.
-fn pending_approval(node: &common::Node, needle: &str) -> Option<Value> {
-    node.get("/v1/approvals?state=pending")["approvals"]
-        .as_array()?
-        .iter()
-        .find(|approval| {
-            approval["summary"]
-                .as_str()
-                .is_some_and(|summary| summary.contains(needle))
-        })
-        .cloned()
-}
-
 /// `scout send @coder <message> --wait`, started on `node` and not waited for.
 fn send_in_background(node: &common::Node, message: &str) -> std::process::Child {
     node.sandbox
@@ -906,9 +847,12 @@ fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
 
     // Approved on alpha: the tool runs on beta and the turn completes.
     let turn = send_in_background(&alpha, "Touch the approved file.");
-    let asked = wait_long("the permission request on alpha", TURN_BOUND, || {
-        pending_approval(&alpha, "approved.txt")
-    });
+    let asked = common::wait_long(
+        "the permission request on alpha",
+        TURN_BOUND,
+        String::new,
+        || alpha.pending_approval("approved.txt"),
+    );
     assert_eq!(asked["action"], "tool.Bash", "{asked}");
     assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
     assert_eq!(asked["node"], "beta", "{asked}");
@@ -952,9 +896,12 @@ fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
     // Denied on alpha with a note: the tool never runs, and the model
     // learns why.
     let turn = send_in_background(&alpha, "Touch the denied file.");
-    let asked = wait_long("the second permission request", TURN_BOUND, || {
-        pending_approval(&alpha, "denied.txt")
-    });
+    let asked = common::wait_long(
+        "the second permission request",
+        TURN_BOUND,
+        String::new,
+        || alpha.pending_approval("denied.txt"),
+    );
     let id = asked["id"].as_str().expect("id").to_owned();
     let answer = alpha.run(&["deny", &id, "--note", "not outside the repo"]);
     assert_eq!(answer.code, 0, "{}", answer.stderr);

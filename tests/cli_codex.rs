@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::agent_clis::agent_cli;
 use common::model::{Api, ModelServer, Recorded, Step, USAGE};
-use common::{BrokerProcess, Node, wait_until};
+use common::{BrokerProcess, Node};
 use scout::adapter::codex::{CLI_SURFACE, EXEC_FLAGS};
 use scout::adapter::{AdapterOptions, TurnUsage};
 use scout::pty::{
@@ -701,12 +701,7 @@ fn codex_mesh(codex: &CodexHome, with_key: bool) -> (Node, Node) {
         }
     }
     beta.broker = Some(BrokerProcess::start_command(command));
-    wait_until("alpha to see @coder", || {
-        alpha
-            .instances()
-            .contains(&"@coder@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@coder@beta#main");
     (alpha, beta)
 }
 
@@ -790,42 +785,6 @@ fn a_routed_turn_to_a_logged_out_codex_fails_with_auth_required() {
     assert!(model_requests(&codex.server.requests()).is_empty());
 }
 
-/// Polls `probe` until it returns `Some`, failing after `bound`: for waits
-/// that include a CLI turn, longer than the common bound.
-/// `context` says more when it fails.
-fn wait_long<T>(
-    what: &str,
-    bound: Duration,
-    context: impl Fn() -> String,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The pending approval on `node` whose summary contains `needle`.
-fn pending_approval(node: &Node, needle: &str) -> Option<Value> {
-    node.get("/v1/approvals?state=pending")["approvals"]
-        .as_array()?
-        .iter()
-        .find(|approval| {
-            approval["summary"]
-                .as_str()
-                .is_some_and(|summary| summary.contains(needle))
-        })
-        .cloned()
-}
-
 /// `scout send @coder <message> --wait`, in `conversation` when given,
 /// started on `node` and not waited for.
 fn send_in_background(
@@ -880,8 +839,8 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
 
     // Approved on alpha: the command runs on beta and the turn completes.
     let turn = send_in_background(&alpha, "Touch the approved file.", None);
-    let asked = wait_long("the approval request on alpha", TURN_BOUND, context, || {
-        pending_approval(&alpha, "approved.txt")
+    let asked = common::wait_long("the approval request on alpha", TURN_BOUND, context, || {
+        alpha.pending_approval("approved.txt")
     });
     assert_eq!(asked["agent"], "@coder@beta#main", "{asked}");
     assert_eq!(asked["action"], "tool.codex", "{asked}");
@@ -935,8 +894,8 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
         .unwrap_or_else(|| panic!("no conversation: {conversations}"))
         .to_owned();
     let turn = send_in_background(&alpha, "Touch the denied file.", Some(&conversation));
-    let asked = wait_long("the second approval request", TURN_BOUND, context, || {
-        pending_approval(&alpha, "denied.txt")
+    let asked = common::wait_long("the second approval request", TURN_BOUND, context, || {
+        alpha.pending_approval("denied.txt")
     });
     let id = asked["id"].as_str().expect("id").to_owned();
     let answer = alpha.run(&["deny", &id]);
@@ -975,31 +934,7 @@ fn codex_asks_a_person_on_another_broker_before_a_command_runs() {
     assert!(refusal.contains("rejected by user"), "{refusal}");
     // The CLI's usage of both turns (two model requests each) is on beta's
     // flights, as with `codex exec`.
-    let by_node = alpha.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
-    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
-    let totals = by_node.json();
-    let beta_row = totals["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|row| row["key"] == "beta")
-        .unwrap_or_else(|| panic!("no row of beta: {totals}"))
-        .clone();
-    assert_eq!(beta_row["flights"], 2, "{totals}");
-    let usage = &beta_row["usage"];
-    assert_eq!(
-        (
-            &usage["input_tokens"],
-            &usage["output_tokens"],
-            &usage["cached_tokens"]
-        ),
-        (
-            &json!(4 * USAGE.input_tokens),
-            &json!(4 * USAGE.output_tokens),
-            &json!(4 * USAGE.cached_tokens)
-        ),
-        "{totals}"
-    );
+    common::model::assert_node_usage(&alpha, "beta", 2, 4);
 }
 
 /// A Codex turn given up while it waits for a person (here, its flight
@@ -1014,8 +949,8 @@ fn a_cancelled_codex_turn_withdraws_its_approval_request() {
     let context = || format!("beta: {}", beta.broker().stderr());
 
     let mut turn = send_in_background(&alpha, "Touch the file.", None);
-    let asked = wait_long("the approval request on alpha", TURN_BOUND, context, || {
-        pending_approval(&alpha, "never.txt")
+    let asked = common::wait_long("the approval request on alpha", TURN_BOUND, context, || {
+        alpha.pending_approval("never.txt")
     });
     let id = asked["id"].as_str().expect("id").to_owned();
     let invocation = asked["invocation"].as_str().expect("invocation");
@@ -1030,7 +965,7 @@ fn a_cancelled_codex_turn_withdraws_its_approval_request() {
         )
         .call()
         .unwrap_or_else(|err| panic!("POST {url}: {err}"));
-    let withdrawn = wait_long("the request to be withdrawn", TURN_BOUND, context, || {
+    let withdrawn = common::wait_long("the request to be withdrawn", TURN_BOUND, context, || {
         alpha.get("/v1/approvals")["approvals"]
             .as_array()?
             .iter()

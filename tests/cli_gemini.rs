@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::agent_clis::agent_cli;
 use common::model::{self, Api, ModelServer, Step, gemini};
-use common::{BrokerProcess, Node, wait_until};
+use common::{BrokerProcess, Node};
 use scout::adapter::gemini::FLAGS;
 use scout::adapter::{AdapterOptions, FailureKind, TurnUsage, adapter_for};
 use scout::pty::process::read_stat;
@@ -749,26 +749,8 @@ fn gemini_broker_joining(
     let mut command = beta.sandbox.scout();
     command.envs(gemini::env(server, &home));
     beta.broker = Some(BrokerProcess::start_command(command));
-    wait_until("alpha to see @gem", || {
-        alpha
-            .instances()
-            .contains(&"@gem@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@gem@beta#main");
     (beta, project)
-}
-
-/// The pending approval on `node` whose summary contains `needle`.
-fn pending_approval(node: &Node, needle: &str) -> Option<serde_json::Value> {
-    node.get("/v1/approvals?state=pending")["approvals"]
-        .as_array()?
-        .iter()
-        .find(|approval| {
-            approval["summary"]
-                .as_str()
-                .is_some_and(|summary| summary.contains(needle))
-        })
-        .cloned()
 }
 
 /// Gemini CLI as an ACP agent (`gemini --acp`, harness `acp`): a command
@@ -814,7 +796,7 @@ fn gemini_asks_a_person_on_another_broker_before_a_command_runs() {
     };
     let bound = std::time::Instant::now() + TURN_BOUND;
     let wait_asked = |needle: &str| loop {
-        if let Some(asked) = pending_approval(&alpha, needle) {
+        if let Some(asked) = alpha.pending_approval(needle) {
             break asked;
         }
         assert!(

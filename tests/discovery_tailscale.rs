@@ -375,12 +375,7 @@ fn brokers_admitted_by_tailnet_identity_form_one_mesh() {
     );
 
     beta.add_bash_agent("fabric");
-    wait_until("alpha to see @fabric@beta", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@beta#main");
 
     // gamma is on the tailnet too, but its node is untagged: whoever it
     // asks refuses it, and it stays alone.

@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Node, Run, Sandbox, wait_until};
+use common::{Node, Run, Sandbox};
 
 /// A repository under `root` whose manifest declares `@builder`, a bash loop
 /// that appends every prompt to `ran.log` in the repository, then answers.
@@ -199,12 +199,7 @@ fn an_owner_refuses_a_routed_invocation_of_an_untrusted_agent() {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @builder", || {
-        alpha
-            .instances()
-            .contains(&"@builder@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@builder@beta#main");
 
     let refused = send(&alpha, "@builder", "from alpha");
     assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);

@@ -49,12 +49,7 @@ fn two_brokers() -> (Node, Node) {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @fabric", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@beta#main");
     (alpha, beta)
 }
 

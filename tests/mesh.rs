@@ -255,12 +255,7 @@ fn malformed_frames_get_errors_and_the_broker_keeps_serving() {
 fn a_broker_with_a_lost_store_resyncs_fully() {
     let (alpha, beta, mut gamma) = three_brokers();
     gamma.add_bash_agent("scribe");
-    wait_until("alpha to see @scribe", || {
-        alpha
-            .instances()
-            .contains(&"@scribe@gamma#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@scribe@gamma#main");
     let mut broker = gamma.broker.take().unwrap();
     assert_eq!(broker.stop_with(libc::SIGTERM), 0);
     drop(broker);

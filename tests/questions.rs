@@ -356,22 +356,6 @@ fn the_settings_deadline_expires_unanswered_requests() {
     );
 }
 
-/// The `(actor, action)` audit entries about `subject`, read from the
-/// broker's store.
-fn audit_actions(home: &Path, subject: &str) -> Vec<(String, String)> {
-    let path: PathBuf = home.join("scout.db");
-    let connection = rusqlite::Connection::open(&path)
-        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
-    let mut statement = connection
-        .prepare("SELECT actor, action FROM audit_log WHERE subject = ?1 ORDER BY seq")
-        .unwrap();
-    statement
-        .query_map([subject], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// The agent asks for an operator token: the approval id.
 fn agent_asks_for_token(node: &Node, agent_token: &str) -> String {
     let (status, body) = call(
@@ -498,14 +482,14 @@ fn an_agent_gets_an_operator_token_only_once_and_only_if_approved() {
     assert_eq!(status, 410, "{again}");
     assert_eq!(again["error"]["code"], "TOKEN_ALREADY_HANDED", "{again}");
     // The token's making is audited, naming the approval and the agent.
-    let made = audit_actions(&node.sandbox.home(), &token_id);
+    let made = common::store::audit_actions(&node.sandbox.home(), &token_id);
     assert!(
         made.iter().any(|(actor, action)| action == "token_create"
             && actor.contains(&id)
             && actor.contains("@asker@solo#main")),
         "{made:?}"
     );
-    let decided = audit_actions(&node.sandbox.home(), &id);
+    let decided = common::store::audit_actions(&node.sandbox.home(), &id);
     assert!(
         decided
             .iter()

@@ -11,25 +11,6 @@ use std::path::Path;
 
 use common::{Node, wait_until};
 
-/// Alpha founds the mesh; beta joins with alpha's invite and owns
-/// `@shell@beta#main`, a bash agent.
-fn inviter_and_joiner() -> (Node, Node) {
-    let mut alpha = Node::setup("alpha", &[]);
-    alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    beta.add_bash_agent("shell");
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("alpha to see @shell@beta", || {
-        alpha
-            .instances()
-            .contains(&"@shell@beta#main".to_owned())
-            .then_some(())
-    });
-    (alpha, beta)
-}
-
 /// `scout send @shell@beta "id > FILE"` from `node`, waiting at most
 /// `timeout_s` seconds for the outcome.
 fn send_id_to(node: &Node, file: &Path, timeout_s: &str) -> common::Run {
@@ -53,7 +34,7 @@ fn mesh_file(node: &Node) -> serde_json::Value {
 
 #[test]
 fn a_joiner_that_revokes_its_inviter_cuts_it_off_across_restarts() {
-    let (alpha, mut beta) = inviter_and_joiner();
+    let (alpha, mut beta) = common::inviter_and_shell_owner();
 
     // Before the revocation the path works: alpha's work runs on beta.
     let before = beta.sandbox.path().join("before");
@@ -148,11 +129,7 @@ fn a_broker_refuses_its_own_inviter_once_another_member_revoked_it() {
     let joined = gamma.run(&["mesh", "join", &beta.invite()]);
     assert_eq!(joined.code, 0, "gamma join: {}", joined.stderr);
     gamma.start();
-    wait_until("beta to see @shell@gamma", || {
-        beta.instances()
-            .contains(&"@shell@gamma#main".to_owned())
-            .then_some(())
-    });
+    beta.wait_for_instance("@shell@gamma#main");
     wait_until("gamma to connect to both", || {
         (gamma.peers_in("connected") == ["alpha", "beta"]).then_some(())
     });

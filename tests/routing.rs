@@ -27,12 +27,7 @@ fn two_brokers(delay: &str) -> (Node, Node, PathBuf) {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @worker", || {
-        alpha
-            .instances()
-            .contains(&"@worker@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@worker@beta#main");
     (alpha, beta, log)
 }
 

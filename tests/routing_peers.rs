@@ -29,12 +29,7 @@ fn origin_and_owner() -> (Node, Node) {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @worker", || {
-        alpha
-            .instances()
-            .contains(&"@worker@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@worker@beta#main");
     (alpha, beta)
 }
 

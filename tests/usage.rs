@@ -66,12 +66,7 @@ fn two_brokers() -> (Node, Node) {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @coder", || {
-        alpha
-            .instances()
-            .contains(&"@coder@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@coder@beta#main");
     (alpha, beta)
 }
 

@@ -283,12 +283,7 @@ fn remote_terminals_serve_several_viewers_and_refuse_with_typed_errors() {
     let (alpha, beta) = common::viewer_and_shell_owner();
     // An agent of beta's whose session never started.
     beta.add_bash_agent("idle");
-    wait_until("alpha to see @idle@beta", || {
-        alpha
-            .instances()
-            .contains(&"@idle@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@idle@beta#main");
     let not_running = terminal_socket(&alpha, "/ws/mesh/agents/%40idle%40beta%23main/terminal");
     assert_eq!(
         refusal_code(not_running.expect_err("refused")),

@@ -43,12 +43,7 @@ fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
     let repo = repository(alpha.sandbox.path());
     add_worktree_agent(&alpha, &repo);
     alpha.start();
-    wait_until("@fabric#main", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@alpha#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@alpha#main");
 
     let empty = alpha.run(&["workspaces", "list"]);
     assert_eq!(empty.code, 0, "{}", empty.stderr);
@@ -61,12 +56,7 @@ fn a_worktree_is_an_instance_that_can_be_listed_and_removed() {
     // A worktree where the definition makes them.
     let tree = alpha.sandbox.home().join("worktrees/fabric/feature+x");
     add_worktree(&repo, "feature/x", &tree);
-    wait_until("@fabric#feature/x", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@alpha#feature/x".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@alpha#feature/x");
     let pwd = alpha.run(&[
         "send",
         "@fabric#feature/x",
@@ -172,12 +162,7 @@ fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @fabric@beta#main", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@beta#main");
 
     let tree = beta.sandbox.home().join("worktrees/fabric/feature-x");
     let pwd = alpha.run(&[
@@ -254,12 +239,7 @@ fn a_mention_of_a_new_workspace_makes_its_worktree_on_the_owner() {
     let orphan = beta.sandbox.home().join("worktrees/fabric/feature-z");
     add_worktree(&repo, "feature-z", &orphan);
     beta.start();
-    wait_until("alpha to see @fabric@beta#feature-z", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@beta#feature-z".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@beta#feature-z");
     let reused = alpha.run(&[
         "send",
         "@fabric#feature-z",
@@ -436,12 +416,7 @@ fn an_agent_asking_to_remove_a_worktree_needs_an_approval() {
     let repo = repository(alpha.sandbox.path());
     add_worktree_agent(&alpha, &repo);
     alpha.start();
-    wait_until("@fabric#main", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@alpha#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@alpha#main");
     // The agent's own credential, from its session in a new worktree.
     let asked = alpha.run(&[
         "send",
@@ -525,12 +500,7 @@ fn an_agent_asking_to_remove_a_worktree_needs_an_approval() {
     // An operator removes directly, with the same refusals.
     let other = alpha.sandbox.home().join("worktrees/fabric/feature-y");
     add_worktree(&repo, "feature-y", &other);
-    wait_until("@fabric#feature-y", || {
-        alpha
-            .instances()
-            .contains(&"@fabric@alpha#feature-y".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@fabric@alpha#feature-y");
     std::fs::write(other.join("README"), "changed\n").unwrap();
     let (status, body) = remove(&operator, "@fabric#feature-y", false);
     assert_eq!(status, 409, "{body}");

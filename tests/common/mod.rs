@@ -261,6 +261,29 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// Polls `probe` until it returns `Some`, failing after `bound` with
+/// `context()`: for waits longer than [`WAIT_BOUND`], such as a real CLI's
+/// turn.
+pub fn wait_long<T>(
+    what: &str,
+    bound: Duration,
+    context: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls `probe` until it returns `Some`, failing the test after `WAIT_BOUND`.
 /// For state owned by another process, polling is the only observation there is.
 pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -438,6 +461,26 @@ impl Node {
         names
     }
 
+    /// Waits until this node's registry holds the instance `name`.
+    pub fn wait_for_instance(&self, name: &str) {
+        wait_until(&format!("{} to see {name}", self.name), || {
+            self.instances().contains(&name.to_owned()).then_some(())
+        });
+    }
+
+    /// The approval pending on this node whose summary contains `needle`.
+    pub fn pending_approval(&self, needle: &str) -> Option<serde_json::Value> {
+        self.get("/v1/approvals?state=pending")["approvals"]
+            .as_array()?
+            .iter()
+            .find(|approval| {
+                approval["summary"]
+                    .as_str()
+                    .is_some_and(|summary| summary.contains(needle))
+            })
+            .cloned()
+    }
+
     /// Instance names this node knows.
     pub fn instances(&self) -> Vec<String> {
         let agents = self.get("/v1/agents");
@@ -461,10 +504,10 @@ impl Node {
     }
 }
 
-/// Alpha founds a mesh; beta joins and owns `@shell@beta#main`, a bash
-/// agent whose terminal session a first routed turn from alpha starts.
-/// Both running, alpha seeing beta's agent.
-pub fn viewer_and_shell_owner() -> (Node, Node) {
+/// Alpha founds a mesh; beta joins with alpha's invite and owns
+/// `@shell@beta#main`, a bash agent. Both running, alpha seeing beta's
+/// agent.
+pub fn inviter_and_shell_owner() -> (Node, Node) {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
     let mut beta = Node::setup("beta", &[]);
@@ -472,12 +515,14 @@ pub fn viewer_and_shell_owner() -> (Node, Node) {
     let joined = beta.run(&["mesh", "join", &alpha.invite()]);
     assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
     beta.start();
-    wait_until("alpha to see @shell@beta", || {
-        alpha
-            .instances()
-            .contains(&"@shell@beta#main".to_owned())
-            .then_some(())
-    });
+    alpha.wait_for_instance("@shell@beta#main");
+    (alpha, beta)
+}
+
+/// [`inviter_and_shell_owner`], with beta's terminal session started by a
+/// first routed turn from alpha.
+pub fn viewer_and_shell_owner() -> (Node, Node) {
+    let (alpha, beta) = inviter_and_shell_owner();
     let marker = beta.sandbox.path().join("started");
     let sent = alpha.run(&[
         "send",

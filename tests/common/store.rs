@@ -36,3 +36,19 @@ pub fn insert(
         }),
     }
 }
+
+/// The `(actor, action)` audit entries about `subject`, read from the
+/// broker's store in `home`.
+pub fn audit_actions(home: &std::path::Path, subject: &str) -> Vec<(String, String)> {
+    let path = home.join("scout.db");
+    let connection = rusqlite::Connection::open(&path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    let mut statement = connection
+        .prepare("SELECT actor, action FROM audit_log WHERE subject = ?1 ORDER BY seq")
+        .unwrap();
+    statement
+        .query_map([subject], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}

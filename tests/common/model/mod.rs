@@ -236,3 +236,40 @@ impl Drop for ModelServer {
         drop(self.thread.take());
     }
 }
+
+/// Asserts that `viewer`'s `scout usage --by node` shows `node` with
+/// `flights` flights and the scripted [`USAGE`] of `requests` model
+/// requests; the node's usage row, for further checks.
+pub fn assert_node_usage(
+    viewer: &super::Node,
+    node: &str,
+    flights: u64,
+    requests: u64,
+) -> serde_json::Value {
+    let by_node = viewer.run(&["--json", "usage", "--since", "1d", "--by", "node"]);
+    assert_eq!(by_node.code, 0, "{}", by_node.stderr);
+    let totals = by_node.json();
+    let row = totals["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["key"] == node)
+        .unwrap_or_else(|| panic!("no row of {node}: {totals}"))
+        .clone();
+    assert_eq!(row["flights"], flights, "{totals}");
+    let usage = &row["usage"];
+    assert_eq!(
+        (
+            &usage["input_tokens"],
+            &usage["output_tokens"],
+            &usage["cached_tokens"]
+        ),
+        (
+            &serde_json::json!(requests * USAGE.input_tokens),
+            &serde_json::json!(requests * USAGE.output_tokens),
+            &serde_json::json!(requests * USAGE.cached_tokens)
+        ),
+        "{totals}"
+    );
+    row
+}
