@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use scout::cli::Context;
 use scout::cli::output::Printer;
+use scout::daemon::executor::{ExecEvent, ExecOutcome, ExecRequest, Execution, Executor};
 use scout::daemon::routing::SubmitRequest;
-use scout::daemon::routing::executor::{ExecEvent, ExecOutcome, ExecRequest, Execution, Executor};
 use scout::daemon::{Broker, BrokerOptions};
 use scout::home::Home;
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use scout::daemon::routing::executor::{
+use scout::daemon::executor::{
     EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor,
 };
 use scout_mesh::lifecycle::FailureReason;

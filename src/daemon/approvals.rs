@@ -1463,7 +1463,7 @@ pub const QUESTION_WITHDRAWN_BY: &str = "terminal";
 /// Runs an approved gated action on this broker; what it did.
 pub async fn apply(state: &Arc<BrokerState>, gate: &Gate) -> Result<String, String> {
     match gate {
-        Gate::WorkOrderCancel { id } => super::routing::work_orders::cancel(&state.router, id)
+        Gate::WorkOrderCancel { id } => super::work_orders::cancel(&state.router, id)
             .await
             .map(|order| format!("work order {id} is {}", order.state))
             .map_err(|err| err.to_string()),

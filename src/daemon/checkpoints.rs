@@ -17,9 +17,7 @@ use std::sync::Arc;
 use scout_mesh::names::AgentName;
 use tokio::sync::{mpsc, oneshot};
 
-use super::routing::executor::{
-    EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor,
-};
+use super::executor::{EXEC_EVENTS_MAX, ExecEvent, ExecOutcome, ExecRequest, Execution, Executor};
 use crate::checkpoint::{self, CheckpointDiff, CheckpointError, Restored};
 use crate::env::Env;
 use crate::store::audit::NewAuditEntry;

@@ -7,17 +7,25 @@
 //! its address book from mDNS and Tailscale; [`watch`] reloads agents
 //! when their files change, so `scout agents add` needs no restart;
 //! [`checkpoints`] takes git checkpoints of agent worktrees before
-//! `execute` work and serves their list, diff and restore.
+//! `execute` work and serves their list, diff and restore. [`routing`] is
+//! the driver of the pure routing core; beside it, [`executor`] is the
+//! seam to what runs routed work (PTY sessions), [`work_orders`] queues
+//! work and dispatches it through the router, [`flight_views`] is what
+//! `scout flights` shows and [`usage`] totals usage across the mesh.
 
 pub mod approvals;
 pub mod checkpoints;
 pub mod credentials;
 pub mod discovery;
+pub mod executor;
+pub mod flight_views;
 pub mod mesh;
 pub mod notify;
 pub mod routing;
 pub mod tokens;
+pub mod usage;
 pub mod watch;
+pub mod work_orders;
 
 use std::fs::File;
 use std::io::Write;
@@ -150,7 +158,7 @@ pub struct BrokerOptions {
     pub store: StoreOptions,
     /// What runs invocations on this broker's agents (default: PTY
     /// sessions); netsim runs in-process agents.
-    pub executor: Option<Arc<dyn routing::executor::Executor>>,
+    pub executor: Option<Arc<dyn executor::Executor>>,
 }
 
 impl Default for BrokerOptions {
@@ -301,9 +309,9 @@ impl Broker {
             credentials::AgentCredentials::new(format!("http://127.0.0.1:{}", http_addr.port()))
                 .with_gemini_defaults(home.state_dir.join("gemini-mcp-defaults.json")),
         );
-        let executor: Arc<dyn routing::executor::Executor> = match options.executor {
+        let executor: Arc<dyn executor::Executor> = match options.executor {
             Some(executor) => executor,
-            None => Arc::new(routing::executor::PtyExecutor::new(
+            None => Arc::new(executor::PtyExecutor::new(
                 runtime.clone(),
                 Some((credentials.clone(), env.clone())),
             )),
@@ -322,6 +330,9 @@ impl Broker {
             &mut tasks,
         )
         .await?;
+        // Before anything else can dispatch or cancel a work order.
+        work_orders::recover(&router).await;
+        tasks.spawn(work_orders::run(router.clone(), shutdown_rx.clone()));
         let notifier = notify::Notifier::start(
             settings.notifications.clone(),
             shutdown_rx.clone(),

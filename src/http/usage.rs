@@ -1,6 +1,6 @@
 //! `GET /v1/usage?since=…&by=…`: tokens and cost of the flights the mesh
 //! ran in a window, totalled by this broker from its own store and the
-//! reports of every connected member (see `daemon::routing::usage`).
+//! reports of every connected member (see `daemon::usage`).
 
 use std::sync::Arc;
 

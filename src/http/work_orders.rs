@@ -15,7 +15,7 @@ pub use crate::api::EnqueueBody;
 use crate::daemon::BrokerState;
 use crate::daemon::approvals::Gate;
 use crate::daemon::credentials::AgentCaller;
-use crate::daemon::routing::work_orders::{self, EnqueueRequest, WorkOrderView};
+use crate::daemon::work_orders::{self, EnqueueRequest, WorkOrderView};
 use crate::store::work_orders::WorkOrderState;
 
 /// Rows a list returns at most.

@@ -19,6 +19,8 @@
 //!   or `rusqlite::Connection` (reads).
 //! - [`usage`]: the failure code and usage columns flights and deliveries
 //!   share, and the usage totals an owner answers from.
+//! - [`routing_rows`]: the routing core's `Persist` rows as statements,
+//!   the facts it asks for, and what it is rebuilt from at start.
 //! - [`reconcile`]: what a restart does to flights and deliveries a crash
 //!   left unfinished, as a pure rule plus the transaction that applies it.
 //!
@@ -41,6 +43,7 @@ pub mod migrations;
 mod readers;
 pub mod reconcile;
 pub mod registry;
+pub mod routing_rows;
 pub mod tokens;
 pub mod usage;
 pub mod work_orders;

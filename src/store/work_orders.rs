@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
-use scout_mesh::lifecycle::UnknownWord;
+use scout_mesh::lifecycle::{DeliveryState, UnknownWord};
 
 use super::{StoreError, list_limit, parse_word};
 
@@ -280,6 +280,40 @@ impl WorkOrder {
             work_order_id,
         })
     }
+}
+
+/// Makes a work order follow the end of its invocation's delivery (the
+/// routing driver calls this when a delivery ends; most are not work
+/// orders).
+pub async fn follow_delivery(
+    store: &super::Store,
+    now_ms: u64,
+    invocation_id: &str,
+    state: DeliveryState,
+) {
+    let target = match state {
+        DeliveryState::Completed => WorkOrderState::Completed,
+        DeliveryState::Cancelled => WorkOrderState::Cancelled,
+        DeliveryState::Failed => WorkOrderState::Failed,
+        _ => return,
+    };
+    // Most invocations are not work orders: a read settles that without
+    // taking a turn of the writer.
+    let ours =
+        store.read(|connection| WorkOrder::running_for_invocation(connection, invocation_id));
+    if ours.as_ref().is_ok_and(Vec::is_empty) {
+        return;
+    }
+    let invocation_id = invocation_id.to_owned();
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let _ = store
+        .write(move |tx| {
+            for order in WorkOrder::running_for_invocation(tx, &invocation_id)? {
+                WorkOrder::transition(tx, &order.work_order_id, target, None, now)?;
+            }
+            Ok(())
+        })
+        .await;
 }
 
 #[cfg(test)]

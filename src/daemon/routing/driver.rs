@@ -39,10 +39,10 @@ use scout_mesh::wire::{InvokeRequest, MeshFrame, NodeId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::executor::{ExecEvent, ExecRequest, Executor};
 use super::{RouteError, RouterParts, RoutingEvent};
 use crate::api::{self, EventState};
 use crate::config::discover::LocalAgent;
+use crate::daemon::executor::{ExecEvent, ExecRequest, Executor};
 use crate::daemon::mesh::Mesh;
 use crate::env::Env;
 use crate::store::{Store, StoreError};
@@ -176,7 +176,7 @@ impl Driver {
         events: broadcast::Sender<RoutingEvent>,
         refusals: Arc<Mutex<RefusalCounts>>,
     ) -> anyhow::Result<Driver> {
-        let (deliveries, flights) = parts.store.read(super::rows::restore)?;
+        let (deliveries, flights) = parts.store.read(crate::store::routing_rows::restore)?;
         if !deliveries.is_empty() {
             tracing::info!(
                 deliveries = deliveries.len(),
@@ -481,7 +481,7 @@ impl Driver {
         let env = self.env.clone();
         let queued = self
             .store
-            .enqueue(move |tx| super::rows::commit(tx, &env, &writes))
+            .enqueue(move |tx| crate::store::routing_rows::commit(tx, &env, &writes))
             .await;
         let pending = match queued {
             Ok(pending) => pending,
@@ -526,7 +526,7 @@ impl Driver {
             // A failed read leaves the facts empty: an accept then meets the
             // store's unique key, which answers a duplicate all the same.
             self.store
-                .read(|connection| super::rows::facts(connection, &id, needs))
+                .read(|connection| crate::store::routing_rows::facts(connection, &id, needs))
                 .unwrap_or_default()
         } else {
             Facts::default()
@@ -542,7 +542,7 @@ impl Driver {
                 };
                 facts.flight = self
                     .store
-                    .read(|connection| super::rows::facts(connection, &id, needs))
+                    .read(|connection| crate::store::routing_rows::facts(connection, &id, needs))
                     .unwrap_or_default()
                     .flight;
             }
@@ -711,7 +711,7 @@ impl Driver {
                 let now = self.now().unix_ms;
                 let finished = id.clone();
                 self.tasks.spawn(async move {
-                    super::work_orders::on_delivery_finished(&store, now, &finished, state).await;
+                    crate::store::work_orders::follow_delivery(&store, now, &finished, state).await;
                     for waiter in cancels {
                         let _ = waiter.send(Ok(()));
                     }

@@ -11,16 +11,16 @@
 //! - [`driver`]: the one task that owns the core, feeds it inputs (API
 //!   calls, peer requests, answers, commits, execution progress, peer
 //!   connectivity, time) and carries out its outputs; joined at shutdown.
-//! - [`rows`]: the core's rows as SQLite statements, the facts it asks for,
-//!   and what it is rebuilt from at start.
 //! - [`resolve`]: where a mention goes, from the replicated registry.
-//! - [`views`]: what `scout flights` and the API show, read from the store.
-//! - [`work_orders`]: queued work for an agent, dispatched as a durable
-//!   invocation when due; a client of the router like the API.
-//! - [`executor`]: the seam to what runs the work (PTY sessions, or
-//!   netsim's in-process agents).
-//! - [`usage`]: usage across the mesh: each owner answers for the flights
-//!   it ran, and the broker asked totals the answers.
+//!
+//! Beside it, clients and seams of the router that are not the driver:
+//! the core's rows as SQLite statements (`store::routing_rows`), the
+//! executor seam to what runs the work (`daemon::executor`), work orders
+//! (`daemon::work_orders`, a client of the router like the API, started
+//! by the broker; the driver only tells the store when a delivery ends),
+//! flight views (`daemon::flight_views`) and usage across the mesh
+//! (`daemon::usage`). None of them is used by the driver except the
+//! executor seam and the rows, so the files have no cycle.
 //!
 //! Architecture invariant: every step that says "accepted" has been
 //! committed first (the driver releases what depends on a `Persist` only
@@ -30,12 +30,7 @@
 //! `Mesh::connected` only.
 
 pub mod driver;
-pub mod executor;
 pub mod resolve;
-pub mod rows;
-pub mod usage;
-pub mod views;
-pub mod work_orders;
 
 use std::sync::{Arc, Mutex};
 
@@ -52,10 +47,10 @@ pub use crate::api::{
     RoutingEvent, Submitted,
 };
 use crate::config::discover::LocalAgent;
+use crate::daemon::executor::Executor;
 use crate::env::Env;
 use crate::store::Store;
 use driver::Command;
-use executor::Executor;
 
 /// Routing events buffered for slow subscribers; one that falls further
 /// behind loses the oldest (it is told so) instead of growing memory.
@@ -177,8 +172,8 @@ pub struct Router {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<RoutingEvent>,
     refusals: Arc<Mutex<scout_mesh::routing::RefusalCounts>>,
-    /// One usage query read at a time (see [`usage::USAGE_READS_AT_ONCE`]).
-    usage_reads: Arc<tokio::sync::Semaphore>,
+    /// One usage query read at a time (see [`crate::daemon::usage::USAGE_READS_AT_ONCE`]).
+    pub(crate) usage_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything the router needs from the broker.
@@ -202,8 +197,8 @@ pub struct RouterParts {
 
 impl Router {
     /// Starts routing: rebuilds the core from the store (unfinished
-    /// deliveries, queued flights) and spawns the driver and the work-order
-    /// scheduler into `tasks`, which the broker joins at shutdown.
+    /// deliveries, queued flights) and spawns the driver into `tasks`,
+    /// which the broker joins at shutdown.
     pub async fn start(
         parts: RouterParts,
         shutdown: watch::Receiver<bool>,
@@ -218,7 +213,9 @@ impl Router {
             commands,
             events: broadcast::channel(EVENTS_BUFFER_MAX).0,
             refusals: Arc::new(Mutex::new(Default::default())),
-            usage_reads: Arc::new(tokio::sync::Semaphore::new(usage::USAGE_READS_AT_ONCE)),
+            usage_reads: Arc::new(tokio::sync::Semaphore::new(
+                crate::daemon::usage::USAGE_READS_AT_ONCE,
+            )),
         };
         let driver = driver::Driver::start(
             parts,
@@ -227,10 +224,7 @@ impl Router {
             router.events.clone(),
             router.refusals.clone(),
         )?;
-        tasks.spawn(driver.run(shutdown.clone()));
-        // Before anything else can dispatch or cancel a work order.
-        work_orders::recover(&router).await;
-        tasks.spawn(work_orders::run(router.clone(), shutdown));
+        tasks.spawn(driver.run(shutdown));
         Ok(router)
     }
 

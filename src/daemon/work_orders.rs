@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
+use scout_mesh::lifecycle::{DeliveryPolicy, InvocationAction};
 use scout_mesh::names::AgentName;
 
-use super::{RouteError, Router, SubmitRequest};
+use super::routing::{RouteError, Router, SubmitRequest};
 pub use crate::api::WorkOrderView;
 use crate::store::deliveries::Delivery;
 use crate::store::invocations::Invocation;
@@ -225,7 +225,13 @@ pub async fn recover(router: &Router) {
                 }
             }
             Ok(Some(Some(ended))) => {
-                on_delivery_finished(&router.store, router.now_ms(), &invocation_id, ended).await;
+                crate::store::work_orders::follow_delivery(
+                    &router.store,
+                    router.now_ms(),
+                    &invocation_id,
+                    ended,
+                )
+                .await;
             }
             Ok(Some(None)) => {}
             Err(err) => {
@@ -273,38 +279,6 @@ pub async fn dispatch_due(router: &Router) {
         }
         Err(err) => tracing::warn!(cause = %err, "cannot read queued work orders"),
     }
-}
-
-/// Makes a work order follow the end of its invocation's delivery.
-pub async fn on_delivery_finished(
-    store: &crate::store::Store,
-    now_ms: u64,
-    invocation_id: &str,
-    state: DeliveryState,
-) {
-    let target = match state {
-        DeliveryState::Completed => WorkOrderState::Completed,
-        DeliveryState::Cancelled => WorkOrderState::Cancelled,
-        DeliveryState::Failed => WorkOrderState::Failed,
-        _ => return,
-    };
-    // Most invocations are not work orders: a read settles that without
-    // taking a turn of the writer.
-    let ours =
-        store.read(|connection| WorkOrder::running_for_invocation(connection, invocation_id));
-    if ours.as_ref().is_ok_and(Vec::is_empty) {
-        return;
-    }
-    let invocation_id = invocation_id.to_owned();
-    let now = unix(now_ms);
-    let _ = store
-        .write(move |tx| {
-            for order in WorkOrder::running_for_invocation(tx, &invocation_id)? {
-                WorkOrder::transition(tx, &order.work_order_id, target, None, now)?;
-            }
-            Ok(())
-        })
-        .await;
 }
 
 /// Cancels a work order: a queued one ends here; a running one is

@@ -5,7 +5,7 @@
 use rusqlite::Connection;
 use scout_mesh::lifecycle::{DeliveryState, FailureReason};
 
-use super::{RouteError, Router};
+use super::routing::{RouteError, Router};
 use crate::api::{AttemptView, DeliveryView, FlightView, InvocationStatus, InvocationView};
 use crate::store::StoreError;
 use crate::store::conversations::Conversation;

@@ -16,7 +16,7 @@ use scout_mesh::wire::{
     UsageRow,
 };
 
-use super::Router;
+use super::routing::Router;
 use crate::api::usage::{MissingMember, UsageGrouping, UsageSum, UsageTotalRow, UsageTotals};
 use crate::store::usage::usage_by_instance;
 
