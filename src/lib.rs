@@ -20,6 +20,8 @@
 //! - [`mcp`]: `scout mcp`, the Model Context Protocol server agents use to
 //!   mention each other through the broker.
 //! - [`service`]: the broker as a systemd user unit or launchd agent.
+//! - [`holder`]: holder processes that keep agents' programs running
+//!   across broker restarts, and their protocol.
 //! - [`pty`]: the PTY runtime: agent CLIs on pseudo-terminals, the session
 //!   manager, screen models and turns.
 //! - [`git`]: the one way the broker runs `git`: no shell, no prompt,
@@ -41,6 +43,7 @@ pub mod config;
 pub mod daemon;
 pub mod env;
 pub mod git;
+pub mod holder;
 pub mod home;
 pub mod http;
 pub mod identity;

@@ -110,6 +110,36 @@ struct AgentList {
     /// trusted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     untrusted: Vec<UntrustedAgent>,
+    /// The running broker's agent sessions: each program's PID and the
+    /// holder process that keeps it across broker restarts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sessions: Vec<SessionRow>,
+}
+
+/// One agent session of the running broker, as `GET /agents` shows it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRow {
+    id: String,
+    name: String,
+    status: String,
+    pid: u32,
+    #[serde(default)]
+    holder: Option<SessionHolder>,
+}
+
+/// A session's holder process.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionHolder {
+    pid: u32,
+    uptime_secs: u64,
+}
+
+/// The sessions list of `GET /agents`.
+#[derive(Debug, serde::Deserialize)]
+struct SessionList {
+    agents: Vec<SessionRow>,
 }
 
 /// An agent whose manifest is not trusted, and how to trust it.
@@ -138,14 +168,21 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
         .map(|agent| agent.view(&node))
         .collect();
     let untrusted = untrusted_agents(context, &discovered.agents, &node);
-    let (mut instances, broker_running) = match BrokerClient::running(context)? {
+    let (mut instances, broker_running, sessions) = match BrokerClient::running(context)? {
         Some(client) => {
             let live: crate::api::AgentList = client
                 .get("/v1/agents")
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
-            (live.instances, true)
+            let sessions: SessionList = client
+                .get("/agents")
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+            (live.instances, true, sessions.agents)
         }
-        None => (stored_instances(context, &node).unwrap_or_default(), false),
+        None => (
+            stored_instances(context, &node).unwrap_or_default(),
+            false,
+            Vec::new(),
+        ),
     };
     // Local agents the broker has not published yet (it is not running, or
     // has not noticed a change) are shown from the config files.
@@ -176,9 +213,10 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
         broker_running,
         warnings: discovered.warnings,
         untrusted,
+        sessions,
     };
     context.printer.emit(&report, || {
-        if report.instances.is_empty() {
+        if report.instances.is_empty() && report.sessions.is_empty() {
             let mut out =
                 "no agents; add one with `scout agents add NAME --command CMD...`\n".to_owned();
             for warning in &report.warnings {
@@ -203,7 +241,38 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
                 ]
             })
             .collect();
-        let mut out = table(&["NAME", "HARNESS", "STATE", "OWNER", "CWD"], &rows);
+        let mut out = if rows.is_empty() {
+            String::new()
+        } else {
+            table(&["NAME", "HARNESS", "STATE", "OWNER", "CWD"], &rows)
+        };
+        if !report.sessions.is_empty() {
+            let rows: Vec<Vec<String>> = report
+                .sessions
+                .iter()
+                .map(|session| {
+                    let (holder, uptime) = match &session.holder {
+                        Some(holder) => (holder.pid.to_string(), uptime(holder.uptime_secs)),
+                        None => ("-".to_owned(), "-".to_owned()),
+                    };
+                    vec![
+                        session.id.clone(),
+                        session.name.clone(),
+                        session.status.clone(),
+                        session.pid.to_string(),
+                        holder,
+                        uptime,
+                    ]
+                })
+                .collect();
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&table(
+                &["SESSION", "NAME", "STATUS", "PID", "HOLDER", "UP"],
+                &rows,
+            ));
+        }
         for agent in &report.untrusted {
             out.push_str(&format!(
                 "untrusted: {} will not start: {}\n",
@@ -216,6 +285,16 @@ fn list(context: &Context) -> anyhow::Result<ExitCode> {
         out
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A holder's uptime for a person: `42s`, `17m`, `5h12m`, `3d4h`.
+fn uptime(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
 }
 
 /// The local agents whose manifest is not trusted.

@@ -118,6 +118,17 @@ pub enum Command {
     Tokens(tokens::TokensCommand),
     /// List the audit log; `verify` checks its hash chain.
     Audit(audit::AuditArgs),
+    /// Hold an agent's program for the broker (the broker starts it).
+    #[command(hide = true)]
+    Holder(HolderArgs),
+}
+
+/// Arguments of the hidden `scout holder`.
+#[derive(Debug, clap::Args)]
+pub struct HolderArgs {
+    /// The holder's directory (its spec, socket and log).
+    #[arg(long)]
+    dir: std::path::PathBuf,
 }
 
 /// A mistake in how scout was called or configured (exit code 2).
@@ -196,6 +207,7 @@ fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Checkpoints(command) => checkpoints::run(command, context),
         Command::Tokens(command) => tokens::run(command, context),
         Command::Audit(args) => audit::run(args, context),
+        Command::Holder(args) => crate::holder::serve::run(&args.dir),
     }
 }
 

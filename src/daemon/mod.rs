@@ -202,6 +202,7 @@ impl Broker {
         let runtime_config = crate::pty::RuntimeConfig {
             broker_env: env.clone(),
             permissions: Some(asker.clone()),
+            holders_dir: Some(home.state_dir.join("holders")),
             ..crate::pty::RuntimeConfig::from_env()?
         };
         let identity = identity::load_node_key(&home.node_key_path())?;
@@ -305,6 +306,15 @@ impl Broker {
         ));
         let agents = Arc::new(RwLock::new(discovered.agents));
         let runtime = Arc::new(crate::pty::SessionManager::new(runtime_config));
+        // Sessions whose holders kept them through a restart come back
+        // before routing starts, so a flight finds its agent again.
+        let n_adopted = runtime.adopt_holders().await;
+        if n_adopted > 0 {
+            tracing::info!(
+                sessions = n_adopted,
+                "re-attached agent sessions kept by their holders"
+            );
+        }
         let credentials = Arc::new(
             credentials::AgentCredentials::new(format!("http://127.0.0.1:{}", http_addr.port()))
                 .with_gemini_defaults(home.state_dir.join("gemini-mcp-defaults.json")),

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use super::error::RuntimeError;
 use super::events::{EVENTS_BUFFER_MAX, RuntimeEvent};
+use super::held::{HolderPlacement, SessionRecord, StoredOptions};
 use super::screen::{SCROLLBACK_ROWS_MAX, TermSize};
 use super::session::{
     AgentInfo, Session, SessionConfig, Turn, TurnEvent, TurnFailure, TurnOutcome,
@@ -85,6 +86,10 @@ pub struct RuntimeConfig {
     /// Who answers ACP agents' permission requests (the broker asks a
     /// person); `None`: the default policy of `adapter::acp`.
     pub permissions: Option<Arc<dyn crate::pty::PermissionAsker>>,
+    /// Where holder processes keep agents' programs across broker restarts
+    /// (`HOME/holders`); `None`: the broker holds every terminal itself and
+    /// sessions end with it.
+    pub holders_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -96,6 +101,7 @@ impl Default for RuntimeConfig {
             scrollback_rows: SCROLLBACK_ROWS_MAX,
             broker_env: Env::system(None),
             permissions: None,
+            holders_dir: None,
         }
     }
 }
@@ -274,6 +280,10 @@ impl SessionManager {
             stop_grace: self.config.stop_grace,
             broker_env: self.config.broker_env.clone(),
             permissions: self.config.permissions.clone(),
+            holders: self.config.holders_dir.clone().map(|root| HolderPlacement {
+                root,
+                options: StoredOptions::of(&request.options),
+            }),
         };
         let events = self.events.clone();
         let session =
@@ -420,6 +430,82 @@ impl SessionManager {
         }
     }
 
+    /// Re-attaches the sessions whose holders kept their programs while the
+    /// broker was down (at start, before anything else uses the runtime).
+    /// A holder that is gone leaves its session lost (its directory is
+    /// removed); one that speaks another protocol version is reported with
+    /// `HOLDER_VERSION_UNSUPPORTED` and left alone. Returns how many
+    /// sessions came back.
+    pub async fn adopt_holders(&self) -> usize {
+        let Some(root) = self.config.holders_dir.clone() else {
+            return 0;
+        };
+        let dirs = tokio::task::spawn_blocking(move || crate::holder::list(&root))
+            .await
+            .unwrap_or_default();
+        let mut adopting = tokio::task::JoinSet::new();
+        for (id, dir) in dirs {
+            let Some(record) = read_record(&dir) else {
+                tracing::warn!(dir = %dir.display(), "a holder directory without a readable session record; removed");
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            };
+            let Ok(adapter) = adapter::adapter_for(record.harness, &record.options.options())
+            else {
+                tracing::warn!(agent = %id, "the stored adapter options no longer apply");
+                continue;
+            };
+            let config = SessionConfig {
+                id: record.id.clone(),
+                name: record.name.clone(),
+                workdir: record.workdir.clone(),
+                env: record
+                    .env
+                    .iter()
+                    .filter(|(name, _)| name != super::marker::SESSION_MARKER_VAR)
+                    .cloned()
+                    .collect(),
+                env_remove: record.env_remove.clone(),
+                size: record.size,
+                scrollback_rows: self.config.scrollback_rows,
+                stop_grace: self.config.stop_grace,
+                broker_env: self.config.broker_env.clone(),
+                permissions: self.config.permissions.clone(),
+                holders: self.config.holders_dir.clone().map(|root| HolderPlacement {
+                    root,
+                    options: record.options.clone(),
+                }),
+            };
+            let permit = self.slots.clone().try_acquire_owned().ok();
+            let events = self.events.clone();
+            adopting.spawn_blocking(move || {
+                let adopted = Session::adopt(config, adapter, events, permit, record, &dir);
+                (id, dir, adopted)
+            });
+        }
+        let mut n_adopted = 0;
+        while let Some(joined) = adopting.join_next().await {
+            let Ok((id, dir, adopted)) = joined else {
+                continue;
+            };
+            match adopted {
+                Ok(session) => {
+                    tracing::info!(agent = %id, pid = session.info().pid, "agent session re-attached");
+                    self.lock_sessions().push(session);
+                    n_adopted += 1;
+                }
+                Err(crate::holder::HolderError::Gone(_)) => {
+                    tracing::warn!(agent = %id, code = "HOLDER_GONE", "agent session lost: its holder is gone");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(err) => {
+                    tracing::error!(agent = %id, code = err.code(), cause = %err, "cannot re-attach an agent session; its holder is left running");
+                }
+            }
+        }
+        n_adopted
+    }
+
     /// Stops every agent (the broker's one shutdown) and refuses new ones.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -455,6 +541,18 @@ impl SessionManager {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The session record in a holder's directory, when it is readable.
+fn read_record(dir: &Path) -> Option<SessionRecord> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(dir.join(crate::holder::SESSION_FILE))
+        .ok()?
+        .take(crate::holder::SPEC_BYTES_MAX as u64)
+        .read_to_end(&mut text)
+        .ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 fn forget_oldest_stopped(sessions: &mut Vec<Arc<Session>>) {

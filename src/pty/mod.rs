@@ -37,6 +37,7 @@ mod acp_turn;
 mod codex_turn;
 pub mod error;
 pub mod events;
+pub mod held;
 pub mod manager;
 pub mod marker;
 pub mod priority;

@@ -111,10 +111,18 @@ pub struct ExitInfo {
 
 /// A running (or finished) program on a terminal.
 pub struct PtyProcess {
-    pid: u32,
-    master: Mutex<Box<dyn MasterPty + Send>>,
-    input: mpsc::Sender<Bytes>,
-    exit: watch::Receiver<Option<ExitInfo>>,
+    pub(super) pid: u32,
+    pub(super) terminal: Terminal,
+    pub(super) input: mpsc::Sender<Bytes>,
+    pub(super) exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+/// Where the terminal's master end is.
+pub(super) enum Terminal {
+    /// In this process.
+    Local(Mutex<Box<dyn MasterPty + Send>>),
+    /// In a holder process (see `pty::held`).
+    Held(super::held::HeldTerminal),
 }
 
 impl std::fmt::Debug for PtyProcess {
@@ -141,26 +149,7 @@ impl PtyProcess {
                 pixel_height: 0,
             })
             .map_err(|err| SpawnError::OpenPty(err.to_string()))?;
-        let mut command = CommandBuilder::from_argv(spec.argv.iter().map(Into::into).collect());
-        command.cwd(&spec.cwd);
-        for name in &spec.env_remove {
-            command.env_remove(name);
-        }
-        // The program runs in a terminal, so it must not believe it runs in
-        // a CI job: ink-based TUIs (gemini) leave interactive mode when they
-        // see `CI`, `CONTINUOUS_INTEGRATION` or any `CI_*` variable, and a
-        // broker started from such a shell would pass them on. A variable the
-        // spawn request sets itself is still applied below.
-        for (name, _) in std::env::vars_os() {
-            if is_ci_marker(&name) {
-                command.env_remove(name);
-            }
-        }
-        command.env("TERM", "xterm-256color");
-        command.env("COLORTERM", "truecolor");
-        for (name, value) in &spec.env {
-            command.env(name, value);
-        }
+        let command = command_for(&spec.argv, &spec.cwd, &spec.env, &spec.env_remove);
         // The agent creates files in the user's repositories with the
         // user's own mask, not the broker's owner-only one.
         let mut child = crate::home::with_user_umask(|| pair.slave.spawn_command(command))
@@ -216,7 +205,7 @@ impl PtyProcess {
         })();
         let process = PtyProcess {
             pid,
-            master: Mutex::new(pair.master),
+            terminal: Terminal::Local(Mutex::new(pair.master)),
             input: input_tx,
             exit: exit_rx,
         };
@@ -239,8 +228,11 @@ impl PtyProcess {
 
     /// Tells the program its terminal has a new size.
     pub fn resize(&self, size: TermSize) -> Result<(), String> {
-        let master = self
-            .master
+        let master = match &self.terminal {
+            Terminal::Local(master) => master,
+            Terminal::Held(held) => return held.resize(size),
+        };
+        let master = master
             .lock()
             .map_err(|_| "the terminal is unavailable".to_owned())?;
         master
@@ -305,6 +297,37 @@ impl PtyProcess {
     }
 }
 
+/// The command for `argv` on a terminal: the environment a program on a
+/// terminal gets, whether the broker or a holder starts it.
+pub(crate) fn command_for(
+    argv: &[String],
+    cwd: &std::path::Path,
+    env: &[(String, String)],
+    env_remove: &[String],
+) -> CommandBuilder {
+    let mut command = CommandBuilder::from_argv(argv.iter().map(Into::into).collect());
+    command.cwd(cwd);
+    for name in env_remove {
+        command.env_remove(name);
+    }
+    // The program runs in a terminal, so it must not believe it runs in
+    // a CI job: ink-based TUIs (gemini) leave interactive mode when they
+    // see `CI`, `CONTINUOUS_INTEGRATION` or any `CI_*` variable, and a
+    // broker started from such a shell would pass them on. A variable the
+    // spawn request sets itself is still applied below.
+    for (name, _) in std::env::vars_os() {
+        if is_ci_marker(&name) {
+            command.env_remove(name);
+        }
+    }
+    command.env("TERM", "xterm-256color");
+    command.env("COLORTERM", "truecolor");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
 fn read_loop(mut reader: Box<dyn Read + Send>, reads: std::sync::mpsc::SyncSender<Vec<u8>>) {
     super::priority::lower_current_thread();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
@@ -324,7 +347,7 @@ fn read_loop(mut reader: Box<dyn Read + Send>, reads: std::sync::mpsc::SyncSende
 
 /// Feeds the screen model (answering the terminal queries it finds), then
 /// hands the output on, numbered; reads already queued are merged first.
-fn screen_loop(
+pub(super) fn screen_loop(
     reads: std::sync::mpsc::Receiver<Vec<u8>>,
     screen: Arc<Mutex<Screen>>,
     replies: mpsc::Sender<Bytes>,

@@ -39,6 +39,7 @@ use super::acp_turn::{AcpSlot, AcpSpawn};
 use super::codex_turn::{AppServerRun, ApprovalAsker};
 use super::error::RuntimeError;
 use super::events::{EventKind, RuntimeEvent, rfc3339};
+use super::held::{HolderPlacement, SessionRecord};
 use super::marker::{SESSION_MARKER_VAR, stop_marked};
 use super::process::{ExitInfo, OutputChunk, PtyProcess, SpawnSpec, signal_tree};
 use super::question::{NewQuestion, QuestionOutcome, Questions, Shown};
@@ -178,6 +179,22 @@ pub struct AgentInfo {
     pub error: Option<ErrorInfo>,
     /// The person holding it, while one does (routed turns wait).
     pub held: Option<HoldInfo>,
+    /// The holder process keeping the program across broker restarts,
+    /// when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderView>,
+}
+
+/// A session's holder as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderView {
+    /// The holder's process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: String,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
 }
 
 /// A failure as the API shows it.
@@ -389,6 +406,9 @@ pub struct SessionConfig {
     pub broker_env: Env,
     /// Who answers an ACP agent's permission requests.
     pub permissions: Option<Arc<dyn crate::pty::PermissionAsker>>,
+    /// Where the program's holder lives; `None`: the broker holds the
+    /// terminal itself and the session ends with the broker.
+    pub holders: Option<HolderPlacement>,
 }
 
 /// A running or finished agent session.
@@ -548,8 +568,86 @@ impl Session {
             env_remove: config.env_remove.clone(),
             size: config.size,
         };
-        let (process, output_rx) = PtyProcess::spawn(&spec, screen.clone())
-            .map_err(|err| RuntimeError::SpawnFailed(err.to_string()))?;
+        let created_at = config.broker_env.now_unix_ms();
+        let (process, output_rx) = match &config.holders {
+            None => PtyProcess::spawn(&spec, screen.clone()),
+            Some(placement) => {
+                let record = SessionRecord {
+                    id: config.id.clone(),
+                    name: config.name.clone(),
+                    harness: adapter.harness(),
+                    workdir: config.workdir.clone(),
+                    env: spec.env.clone(),
+                    env_remove: spec.env_remove.clone(),
+                    size: config.size,
+                    marker: marker.clone(),
+                    created_at_ms: created_at,
+                    argv: argv.clone(),
+                    options: placement.options.clone(),
+                };
+                PtyProcess::spawn_held(&spec, screen.clone(), &placement.root, &record).or_else(
+                    |err| {
+                        // A session without a holder still works; it only
+                        // ends with the broker, as before holders.
+                        tracing::warn!(
+                            agent = %config.id,
+                            cause = %err,
+                            "cannot hold the agent's terminal in a holder; the broker holds it and the session ends with the broker"
+                        );
+                        PtyProcess::spawn(&spec, screen.clone())
+                    },
+                )
+            }
+        }
+        .map_err(|err| RuntimeError::SpawnFailed(err.to_string()))?;
+        Ok(Session::assemble(
+            config,
+            adapter,
+            events,
+            Some(permit),
+            (process, output_rx, argv),
+            marker,
+            created_at,
+            screen,
+        ))
+    }
+
+    /// Rebuilds a session whose program a holder kept while the broker
+    /// restarted: attaches to the holder in `dir`, whose replayed scrollback
+    /// rebuilds the screen. `permit` is `None` when no slot was free.
+    pub fn adopt(
+        config: SessionConfig,
+        adapter: Box<dyn Adapter>,
+        events: broadcast::Sender<RuntimeEvent>,
+        permit: Option<OwnedSemaphorePermit>,
+        record: SessionRecord,
+        dir: &std::path::Path,
+    ) -> Result<Arc<Session>, crate::holder::HolderError> {
+        let screen = Arc::new(Mutex::new(Screen::new(config.size, config.scrollback_rows)));
+        let (process, output_rx) = PtyProcess::attach_held(dir, screen.clone())?;
+        Ok(Session::assemble(
+            config,
+            adapter,
+            events,
+            permit,
+            (process, output_rx, record.argv),
+            record.marker,
+            record.created_at_ms,
+            screen,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: SessionConfig,
+        adapter: Box<dyn Adapter>,
+        events: broadcast::Sender<RuntimeEvent>,
+        permit: Option<OwnedSemaphorePermit>,
+        (process, output_rx, argv): (PtyProcess, mpsc::Receiver<OutputChunk>, Vec<String>),
+        marker: String,
+        created_at: u64,
+        screen: Arc<Mutex<Screen>>,
+    ) -> Arc<Session> {
         let agent_env = AgentEnv::new(&config.env);
         let auth = adapter.auth_status(&agent_env);
         let ready_at_spawn = adapter.ready_at_spawn();
@@ -559,7 +657,7 @@ impl Session {
             adapter,
             agent_env,
             marker,
-            created_at: config.broker_env.now_unix_ms(),
+            created_at,
             terminal: Mutex::new(OnTerminal {
                 process: Arc::new(process),
                 argv,
@@ -585,7 +683,7 @@ impl Session {
                 cli_sessions: CliSessions::default(),
                 structured_pid: None,
                 n_turns: 0,
-                permit: Some(permit),
+                permit,
                 held: None,
             }),
             pty_turn: Mutex::new(None),
@@ -618,7 +716,7 @@ impl Session {
             session.mark_ready();
         }
         tokio::spawn(pump(session.clone(), output_rx));
-        Ok(session)
+        session
     }
 
     /// The session's id.
@@ -639,9 +737,13 @@ impl Session {
     /// How the API shows this agent now.
     pub fn info(&self) -> AgentInfo {
         let size = self.lock_screen().size();
-        let (pid, command) = {
+        let (pid, command, holder) = {
             let terminal = self.lock_terminal();
-            (terminal.process.pid(), terminal.argv.clone())
+            (
+                terminal.process.pid(),
+                terminal.argv.clone(),
+                terminal.process.holder(),
+            )
         };
         let state = self.lock_state();
         let status = state.status();
@@ -671,6 +773,16 @@ impl Session {
             auth: state.auth,
             error: state.error.clone(),
             held: state.held.as_ref().map(|hold| hold.info.clone()),
+            holder: holder.map(|(pid, started_at_ms)| HolderView {
+                pid,
+                started_at: rfc3339(started_at_ms),
+                uptime_secs: self
+                    .config
+                    .broker_env
+                    .now_unix_ms()
+                    .saturating_sub(started_at_ms)
+                    / 1000,
+            }),
         }
     }
 
@@ -1916,12 +2028,31 @@ impl Session {
                 Some(ExitInfo {
                     signal: Some(signal),
                     ..
+                }) if signal == super::held::HOLDER_LOST => signal.clone(),
+                Some(ExitInfo {
+                    signal: Some(signal),
+                    ..
                 }) => format!("killed by {signal}"),
                 Some(exit) => format!("exited with code {}", exit.code),
                 None => "ended".to_owned(),
             };
+            let holder_lost = exit
+                .as_ref()
+                .is_some_and(|exit| exit.signal.as_deref() == Some(super::held::HOLDER_LOST));
             let (reason, error) = match requested {
                 Some(reason) => (reason, None),
+                // The program may still run, but nothing of ours can reach
+                // it: a harness failure, whatever the screen last showed.
+                None if holder_lost => (
+                    how.clone(),
+                    Some(ErrorInfo {
+                        code: TurnFailure::Harness.code(),
+                        message: format!(
+                            "{}: the process holding the agent's terminal is gone",
+                            super::held::HOLDER_LOST
+                        ),
+                    }),
+                ),
                 None if failed => (how.clone(), Some(self.exit_error(exit_kind, &how))),
                 None => (how, None),
             };
@@ -1943,6 +2074,14 @@ impl Session {
         tokio::spawn(async move { stop_marked(&marker, grace).await });
         if let Some(turn) = self.lock_turn().take() {
             let _ = turn.done.send(match self.stopped_during_turn() {
+                _ if reason == super::held::HOLDER_LOST => TurnOutcome::Failed {
+                    failure: TurnFailure::Harness,
+                    message: format!(
+                        "{}: agent `{}` lost its terminal during the turn",
+                        super::held::HOLDER_LOST,
+                        self.config.id
+                    ),
+                },
                 TurnOutcome::Failed {
                     failure: TurnFailure::AgentStopped,
                     message,

@@ -1,0 +1,367 @@
+//! Agent sessions held by holder processes, end to end: the real `scout
+//! up`, the test agent on a real terminal under a real `scout holder`, the
+//! broker SIGKILLed and started again, the holder SIGKILLed, and the
+//! holder's socket protocol spoken by hand.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{BrokerProcess, Sandbox, WAIT_BOUND, wait_until};
+use scout::holder::wire::{self, FrameKind};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// The test agent, built next to the `scout` binary.
+fn test_agent() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_scout")).with_file_name("scout-test-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p scout-test-agent`",
+        path.display()
+    );
+    path
+}
+
+/// A client of one broker's API.
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(broker: &BrokerProcess, sandbox: &Sandbox) -> Api {
+        Api {
+            base: broker.http_base(),
+            token: sandbox.token(),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = ureq::AgentBuilder::new()
+            .timeout(2 * WAIT_BOUND)
+            .build()
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => (
+                response.status(),
+                response.into_json().unwrap_or(Value::Null),
+            ),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json().unwrap_or(Value::Null))
+            }
+            Err(err) => panic!("transport error: {err}"),
+        }
+    }
+
+    fn spawn_test_agent(&self, workdir: &Path) -> Value {
+        let (status, agent) = self.call(
+            "POST",
+            "/agents",
+            Some(json!({
+                "name": "held",
+                "type": "command",
+                "workdir": workdir,
+                "command": [test_agent()],
+                "promptPattern": "^>$",
+            })),
+        );
+        assert_eq!(status, 201, "{agent}");
+        let id = agent["id"].as_str().unwrap().to_owned();
+        self.wait_status(&id, "ready")
+    }
+
+    fn wait_status(&self, id: &str, status: &str) -> Value {
+        wait_until(&format!("{id} to be {status}"), || {
+            let (_, agent) = self.call("GET", &format!("/agents/{id}"), None);
+            (agent["status"] == status).then_some(agent)
+        })
+    }
+
+    fn ws(&self, path: &str) -> Ws {
+        let url = format!("{}{path}", self.base.replace("http://", "ws://"));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        let (mut ws, _) = tungstenite::connect(request).expect("websocket");
+        if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+            stream.set_read_timeout(Some(WAIT_BOUND)).unwrap();
+        }
+        ws
+    }
+}
+
+/// Reads text frames until one contains `needle`; returns everything read.
+fn read_until(ws: &mut Ws, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT_BOUND;
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?} in {seen:?}"
+        );
+        match ws.read().expect("a frame") {
+            Message::Text(text) => seen.push_str(&text),
+            Message::Binary(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace()
+                .next()
+                .map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+fn kill(pid: u64, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn an_interactive_session_survives_a_broker_restart() {
+    let sandbox = Sandbox::new();
+    sandbox.setup("laptop");
+    let mut broker = BrokerProcess::start(&sandbox);
+    let api = Api::new(&broker, &sandbox);
+    let agent = api.spawn_test_agent(sandbox.path());
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let pid = agent["pid"].as_u64().unwrap();
+    let holder_pid = agent["holder"]["pid"].as_u64().expect("a holder pid");
+    assert_ne!(pid, holder_pid);
+    let (status, answer) = api.call(
+        "POST",
+        &format!("/agents/{id}/send"),
+        Some(json!({"message": "before the restart"})),
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // A crash: nothing of the broker runs its shutdown.
+    broker.stop_with(9);
+    drop(broker);
+    assert!(alive(pid), "the agent died with the broker");
+    assert!(alive(holder_pid), "the holder died with the broker");
+
+    let broker = BrokerProcess::start(&sandbox);
+    let api = Api::new(&broker, &sandbox);
+    let again = api.wait_status(&id, "ready");
+    assert_eq!(again["pid"].as_u64(), Some(pid));
+    assert_eq!(again["holder"]["pid"].as_u64(), Some(holder_pid));
+    assert!(again["holder"]["uptimeSecs"].is_u64(), "{again}");
+    assert!(again["holder"]["startedAt"].is_string(), "{again}");
+    let (_, list) = api.call("GET", "/agents", None);
+    let listed = list
+        .as_array()
+        .or_else(|| list["agents"].as_array())
+        .expect("a list")
+        .iter()
+        .find(|agent| agent["id"] == id.as_str())
+        .cloned()
+        .expect("the agent is listed");
+    assert_eq!(listed["holder"]["pid"].as_u64(), Some(holder_pid));
+    // `scout agents list` shows the session, its program and its holder.
+    let listed = sandbox.run(&["--json", "agents", "list"]).json();
+    let session = listed["sessions"]
+        .as_array()
+        .expect("sessions in the list")
+        .iter()
+        .find(|session| session["id"] == id.as_str())
+        .cloned()
+        .expect("the session is listed");
+    assert_eq!(session["pid"].as_u64(), Some(pid), "{session}");
+    assert_eq!(
+        session["holder"]["pid"].as_u64(),
+        Some(holder_pid),
+        "{session}"
+    );
+    let table = sandbox.run(&["agents", "list"]);
+    assert!(
+        table.stdout.contains("HOLDER") && table.stdout.contains(&holder_pid.to_string()),
+        "{}",
+        table.stdout
+    );
+
+    // The terminal shows what happened before the restart.
+    let mut terminal = api.ws(&format!("/ws/agents/{id}/terminal"));
+    read_until(&mut terminal, "you said: before the restart");
+    // And it keeps working.
+    let (status, answer) = api.call(
+        "POST",
+        &format!("/agents/{id}/send"),
+        Some(json!({"message": "after the restart"})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["response"]
+            .as_str()
+            .unwrap_or("")
+            .contains("after the restart"),
+        "{answer}"
+    );
+    read_until(&mut terminal, "you said: after the restart");
+
+    // Stopping it ends the program and its holder.
+    let (status, _) = api.call("DELETE", &format!("/agents/{id}"), None);
+    assert_eq!(status, 200);
+    wait_until("the holder to go", || (!alive(holder_pid)).then_some(()));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_holder_killed_during_a_turn_fails_the_turn_as_holder_lost() {
+    let sandbox = Sandbox::new();
+    sandbox.setup("laptop");
+    let broker = BrokerProcess::start(&sandbox);
+    let api = Api::new(&broker, &sandbox);
+    let agent = api.spawn_test_agent(sandbox.path());
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let holder_pid = agent["holder"]["pid"].as_u64().expect("a holder pid");
+    let turn = {
+        let (base, token, id) = (api.base.clone(), api.token.clone(), id.clone());
+        std::thread::spawn(move || {
+            Api { base, token }.call(
+                "POST",
+                &format!("/agents/{id}/send"),
+                Some(json!({"message": "slow 100000", "timeout": 120_000})),
+            )
+        })
+    };
+    let mut terminal = api.ws(&format!("/ws/agents/{id}/terminal"));
+    read_until(&mut terminal, "chunk 3");
+    kill(holder_pid, "KILL");
+    let (status, answer) = turn.join().expect("the turn");
+    assert_ne!(status, 200, "{answer}");
+    let text = answer.to_string();
+    assert!(text.contains("holder lost"), "{text}");
+    let lost = api.wait_status(&id, "error");
+    assert!(lost["error"].to_string().contains("holder lost"), "{lost}");
+}
+
+/// A holder started by hand on `cat`, in an owner-only directory.
+struct HandHolder {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    child: std::process::Child,
+}
+
+impl HandHolder {
+    fn start() -> HandHolder {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("holders");
+        scout::holder::ensure_root(&root).unwrap();
+        let session = root.join("s1");
+        std::fs::create_dir(&session).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&session, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let spec = json!({
+            "argv": ["cat"], "cwd": dir.path(), "env": [], "env_remove": [],
+            "rows": 24, "cols": 80,
+        });
+        std::fs::write(session.join("spec.json"), spec.to_string()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scout"))
+            .args(["holder", "--dir"])
+            .arg(&session)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 6];
+        child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"ready ");
+        HandHolder {
+            _dir: dir,
+            root: session,
+            child,
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let stream = UnixStream::connect(self.root.join("holder.sock")).unwrap();
+        stream.set_read_timeout(Some(WAIT_BOUND)).unwrap();
+        stream
+    }
+}
+
+impl Drop for HandHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn refusal_code(stream: &mut UnixStream) -> String {
+    let frame = wire::read_frame(stream).expect("an answer");
+    assert_eq!(frame.kind, FrameKind::Error);
+    let error: Value = serde_json::from_slice(&frame.payload).unwrap();
+    error["code"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_frames_and_wrong_versions_get_typed_errors_and_the_holder_keeps_serving() {
+    let holder = HandHolder::start();
+
+    let mut oversized = holder.connect();
+    oversized.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert_eq!(refusal_code(&mut oversized), "HOLDER_FRAME_TOO_LARGE");
+
+    let mut garbage = holder.connect();
+    garbage.write_all(&[0, 0, 0, 3, 0xee, 1, 2]).unwrap();
+    assert_eq!(refusal_code(&mut garbage), "HOLDER_BAD_FRAME");
+
+    let mut not_json = holder.connect();
+    wire::write_frame(&mut not_json, FrameKind::Hello, b"{nope").unwrap();
+    assert_eq!(refusal_code(&mut not_json), "HOLDER_BAD_FRAME");
+
+    let mut future = holder.connect();
+    wire::write_json(&mut future, FrameKind::Hello, &json!({"version": 999})).unwrap();
+    assert_eq!(refusal_code(&mut future), "HOLDER_VERSION_UNSUPPORTED");
+
+    // The broker's own attach still works, and so does the program.
+    let attached = scout::holder::attach(&holder.root).expect("attach");
+    assert_eq!(attached.welcome.version, wire::HOLDER_PROTOCOL_VERSION);
+    let mut stream = attached.stream;
+    stream.set_read_timeout(Some(WAIT_BOUND)).unwrap();
+    wire::write_frame(&mut stream, FrameKind::Input, b"still here\n").unwrap();
+    let deadline = Instant::now() + WAIT_BOUND;
+    let mut seen = String::new();
+    while !seen.contains("still here") {
+        assert!(Instant::now() < deadline, "no echo: {seen:?}");
+        let frame = wire::read_frame(&mut stream).expect("output");
+        if frame.kind == FrameKind::Output {
+            seen.push_str(&String::from_utf8_lossy(&frame.payload));
+        }
+    }
+    // An attach of a wrong version is refused by the broker's side too.
+    let mut other = holder.connect();
+    wire::write_json(&mut other, FrameKind::Hello, &json!({"version": 0})).unwrap();
+    assert_eq!(refusal_code(&mut other), "HOLDER_VERSION_UNSUPPORTED");
+}
