@@ -6,124 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use common::runtime_api::{Api, read_until};
 use common::{BrokerProcess, Sandbox, WAIT_BOUND, wait_until};
 use scout::holder::wire::{self, FrameKind};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-/// The test agent, built next to the `scout` binary.
-fn test_agent() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_scout")).with_file_name("scout-test-agent");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p scout-test-agent`",
-        path.display()
-    );
-    path
-}
-
-/// A client of one broker's API.
-struct Api {
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn new(broker: &BrokerProcess, sandbox: &Sandbox) -> Api {
-        Api {
-            base: broker.http_base(),
-            token: sandbox.token(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let request = ureq::AgentBuilder::new()
-            .timeout(2 * WAIT_BOUND)
-            .build()
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let result = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
-        };
-        match result {
-            Ok(response) => (
-                response.status(),
-                response.into_json().unwrap_or(Value::Null),
-            ),
-            Err(ureq::Error::Status(status, response)) => {
-                (status, response.into_json().unwrap_or(Value::Null))
-            }
-            Err(err) => panic!("transport error: {err}"),
-        }
-    }
-
-    fn spawn_test_agent(&self, workdir: &Path) -> Value {
-        let (status, agent) = self.call(
-            "POST",
-            "/agents",
-            Some(json!({
-                "name": "held",
-                "type": "command",
-                "workdir": workdir,
-                "command": [test_agent()],
-                "promptPattern": "^>$",
-            })),
-        );
-        assert_eq!(status, 201, "{agent}");
-        let id = agent["id"].as_str().unwrap().to_owned();
-        self.wait_status(&id, "ready")
-    }
-
-    fn wait_status(&self, id: &str, status: &str) -> Value {
-        wait_until(&format!("{id} to be {status}"), || {
-            let (_, agent) = self.call("GET", &format!("/agents/{id}"), None);
-            (agent["status"] == status).then_some(agent)
-        })
-    }
-
-    fn ws(&self, path: &str) -> Ws {
-        let url = format!("{}{path}", self.base.replace("http://", "ws://"));
-        let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        let (mut ws, _) = tungstenite::connect(request).expect("websocket");
-        if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
-            stream.set_read_timeout(Some(WAIT_BOUND)).unwrap();
-        }
-        ws
-    }
-}
-
-/// Reads text frames until one contains `needle`; returns everything read.
-fn read_until(ws: &mut Ws, needle: &str) -> String {
-    let deadline = Instant::now() + WAIT_BOUND;
-    let mut seen = String::new();
-    while !seen.contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {needle:?} in {seen:?}"
-        );
-        match ws.read().expect("a frame") {
-            Message::Text(text) => seen.push_str(&text),
-            Message::Binary(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
-            _ => {}
-        }
-    }
-    seen
-}
 
 /// Whether `pid` is a live (not zombie) process.
 fn alive(pid: u64) -> bool {
@@ -153,8 +44,8 @@ fn an_interactive_session_survives_a_broker_restart() {
     sandbox.setup("laptop");
     let mut broker = BrokerProcess::start(&sandbox);
     let api = Api::new(&broker, &sandbox);
-    let agent = api.spawn_test_agent(sandbox.path());
-    let id = agent["id"].as_str().unwrap().to_owned();
+    let id = api.spawn_test_agent(sandbox.path());
+    let agent = api.wait_status(&id, "ready");
     let pid = agent["pid"].as_u64().unwrap();
     let holder_pid = agent["holder"]["pid"].as_u64().expect("a holder pid");
     assert_ne!(pid, holder_pid);
@@ -211,7 +102,9 @@ fn an_interactive_session_survives_a_broker_restart() {
     );
 
     // The terminal shows what happened before the restart.
-    let mut terminal = api.ws(&format!("/ws/agents/{id}/terminal"));
+    let mut terminal = api
+        .ws(&format!("/ws/agents/{id}/terminal"), true)
+        .expect("a terminal");
     read_until(&mut terminal, "you said: before the restart");
     // And it keeps working.
     let (status, answer) = api.call(
@@ -242,20 +135,22 @@ fn a_holder_killed_during_a_turn_fails_the_turn_as_holder_lost() {
     sandbox.setup("laptop");
     let broker = BrokerProcess::start(&sandbox);
     let api = Api::new(&broker, &sandbox);
-    let agent = api.spawn_test_agent(sandbox.path());
-    let id = agent["id"].as_str().unwrap().to_owned();
+    let id = api.spawn_test_agent(sandbox.path());
+    let agent = api.wait_status(&id, "ready");
     let holder_pid = agent["holder"]["pid"].as_u64().expect("a holder pid");
     let turn = {
-        let (base, token, id) = (api.base.clone(), api.token.clone(), id.clone());
+        let (api, id) = (api.clone(), id.clone());
         std::thread::spawn(move || {
-            Api { base, token }.call(
+            api.call(
                 "POST",
                 &format!("/agents/{id}/send"),
                 Some(json!({"message": "slow 100000", "timeout": 120_000})),
             )
         })
     };
-    let mut terminal = api.ws(&format!("/ws/agents/{id}/terminal"));
+    let mut terminal = api
+        .ws(&format!("/ws/agents/{id}/terminal"), true)
+        .expect("a terminal");
     read_until(&mut terminal, "chunk 3");
     kill(holder_pid, "KILL");
     let (status, answer) = turn.join().expect("the turn");

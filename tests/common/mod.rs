@@ -7,6 +7,7 @@ pub mod agent_clis;
 pub mod chromium;
 pub mod model;
 pub mod raw_member;
+pub mod runtime_api;
 pub mod store;
 
 use std::io::{BufRead, BufReader};
