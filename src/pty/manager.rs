@@ -266,25 +266,20 @@ impl SessionManager {
                 .map_err(|_| RuntimeError::MaxAgents {
                     max: self.config.max_agents,
                 })?;
-        let config = SessionConfig {
-            id: self.new_id(),
-            name,
-            workdir,
-            env: request.env,
-            env_remove: BROKER_ENV_VARS
-                .iter()
-                .map(|name| (*name).to_owned())
-                .collect(),
-            size,
-            scrollback_rows: self.config.scrollback_rows,
-            stop_grace: self.config.stop_grace,
-            broker_env: self.config.broker_env.clone(),
-            permissions: self.config.permissions.clone(),
-            holders: self.config.holders_dir.clone().map(|root| HolderPlacement {
-                root,
-                options: StoredOptions::of(&request.options),
-            }),
-        };
+        let config = self.session_config(
+            SessionRecordParts {
+                id: self.new_id(),
+                name,
+                workdir,
+                env: request.env,
+                env_remove: BROKER_ENV_VARS
+                    .iter()
+                    .map(|name| (*name).to_owned())
+                    .collect(),
+                size,
+            },
+            StoredOptions::of(&request.options),
+        );
         let events = self.events.clone();
         let session =
             tokio::task::spawn_blocking(move || Session::start(config, adapter, events, permit))
@@ -455,27 +450,22 @@ impl SessionManager {
                 tracing::warn!(agent = %id, "the stored adapter options no longer apply");
                 continue;
             };
-            let config = SessionConfig {
-                id: record.id.clone(),
-                name: record.name.clone(),
-                workdir: record.workdir.clone(),
-                env: record
-                    .env
-                    .iter()
-                    .filter(|(name, _)| name != super::marker::SESSION_MARKER_VAR)
-                    .cloned()
-                    .collect(),
-                env_remove: record.env_remove.clone(),
-                size: record.size,
-                scrollback_rows: self.config.scrollback_rows,
-                stop_grace: self.config.stop_grace,
-                broker_env: self.config.broker_env.clone(),
-                permissions: self.config.permissions.clone(),
-                holders: self.config.holders_dir.clone().map(|root| HolderPlacement {
-                    root,
-                    options: record.options.clone(),
-                }),
-            };
+            let config = self.session_config(
+                SessionRecordParts {
+                    id: record.id.clone(),
+                    name: record.name.clone(),
+                    workdir: record.workdir.clone(),
+                    env: record
+                        .env
+                        .iter()
+                        .filter(|(name, _)| name != super::marker::SESSION_MARKER_VAR)
+                        .cloned()
+                        .collect(),
+                    env_remove: record.env_remove.clone(),
+                    size: record.size,
+                },
+                record.options.clone(),
+            );
             let permit = self.slots.clone().try_acquire_owned().ok();
             let events = self.events.clone();
             adopting.spawn_blocking(move || {
@@ -504,6 +494,28 @@ impl SessionManager {
             }
         }
         n_adopted
+    }
+
+    /// A session's configuration: what differs per session, and the
+    /// runtime's settings, the same for a new session and a re-attached one.
+    fn session_config(&self, parts: SessionRecordParts, options: StoredOptions) -> SessionConfig {
+        SessionConfig {
+            id: parts.id,
+            name: parts.name,
+            workdir: parts.workdir,
+            env: parts.env,
+            env_remove: parts.env_remove,
+            size: parts.size,
+            scrollback_rows: self.config.scrollback_rows,
+            stop_grace: self.config.stop_grace,
+            broker_env: self.config.broker_env.clone(),
+            permissions: self.config.permissions.clone(),
+            holders: self
+                .config
+                .holders_dir
+                .clone()
+                .map(|root| HolderPlacement { root, options }),
+        }
     }
 
     /// Stops every agent (the broker's one shutdown) and refuses new ones.
@@ -541,6 +553,16 @@ impl SessionManager {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What differs between sessions in a [`SessionConfig`].
+struct SessionRecordParts {
+    id: String,
+    name: String,
+    workdir: PathBuf,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+    size: TermSize,
 }
 
 /// The session record in a holder's directory, when it is readable.
