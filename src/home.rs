@@ -127,6 +127,17 @@ impl Home {
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+
+    /// Holder processes of agent sessions (see `crate::holder`).
+    pub fn holders_dir(&self) -> PathBuf {
+        self.state_dir.join("holders")
+    }
+
+    /// Held structured turns (see `crate::holder::journal`); beside
+    /// [`Home::holders_dir`], as the runtime expects.
+    pub fn turns_dir(&self) -> PathBuf {
+        self.state_dir.join(crate::pty::manager::TURNS_DIR_NAME)
+    }
 }
 
 /// The home, or a file in it, could be changed by someone other than the

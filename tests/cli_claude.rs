@@ -918,3 +918,165 @@ fn claude_asks_a_person_on_another_broker_before_a_tool_runs() {
     let text = messages_text(&last);
     assert!(text.contains("not outside the repo"), "{text}");
 }
+
+/// Every process whose command line runs `claude -p` in `workdir`, held by
+/// a holder (not a child of this test).
+fn held_structured_runs(workdir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let line = cmdline(*pid);
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+            is_alive(*pid)
+                && line.contains("claude")
+                && line.contains(" -p ")
+                && cwd.as_deref() == Some(workdir)
+        })
+        .collect()
+}
+
+/// Beta's broker again, with claude's environment, on the same home.
+fn restart_claude_broker(beta: &mut common::Node, server: &ModelServer) {
+    let home = std::fs::canonicalize(beta.sandbox.path()).expect("home");
+    let mut command = beta.sandbox.scout();
+    command.envs(claude_env(&server.url(), &home, Some(API_KEY)));
+    beta.broker = Some(common::BrokerProcess::start_command(command));
+}
+
+/// A routed turn survives its broker: beta is stopped in the middle of a
+/// ten-second claude turn (SIGKILL, a crash; then SIGTERM, what a service
+/// manager's restart sends), started again, and each turn still finishes
+/// with its whole answer at alpha, its flight completed once, its output
+/// not repeated, and claude run once per turn (the same process carried
+/// on, not a new one).
+#[test]
+fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
+    let answer = |turn: &str| -> String {
+        (1..=20)
+            .map(|n| format!("{turn}-{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let slow = |turn: &str| Step::Slow {
+        text: answer(turn),
+        delay: Duration::from_millis(500),
+    };
+    let server = ModelServer::start(Api::Anthropic, vec![slow("crash"), slow("restart")]);
+    let mut alpha = common::Node::setup("alpha", &[]);
+    alpha.start();
+    let (mut beta, workdir) = claude_broker_joining(&alpha, &server);
+    let sessions_of = |node: &common::Node| -> Vec<(String, u64)> {
+        let listed = node.run(&["--json", "agents", "list"]).json();
+        listed["sessions"]
+            .as_array()
+            .map(|sessions| {
+                sessions
+                    .iter()
+                    .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["pid"].as_u64()?)))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    for (turn, signal) in [("crash", libc::SIGKILL), ("restart", libc::SIGTERM)] {
+        let sent = alpha.run(&[
+            "--json",
+            "send",
+            "@coder",
+            &format!("Count to twenty ({turn})."),
+            "--timeout",
+            "240",
+        ]);
+        assert_eq!(sent.code, 0, "send: {}", sent.stderr);
+        let id = sent.json()["invocation_id"]
+            .as_str()
+            .expect("an id")
+            .to_owned();
+        // Under way: claude streams its first words into beta's flight.
+        common::wait_long(
+            "claude to stream its first words",
+            TURN_BOUND,
+            || beta.broker().stderr(),
+            || {
+                // Beta may not have the flight yet (404).
+                let (_, status) = beta.api(
+                    "GET",
+                    &format!("/v1/invocations/{id}"),
+                    &beta.sandbox.token(),
+                    None,
+                );
+                let output = status["flight"]["output"].as_str().unwrap_or_default();
+                let runs = held_structured_runs(&workdir);
+                (output.contains(&format!("{turn}-2 ")) && runs.len() == 1).then_some(())
+            },
+        );
+        let sessions_before = sessions_of(&beta);
+        assert!(!sessions_before.is_empty(), "beta has the agent's session");
+
+        let mut broker = beta.broker.take().expect("beta runs");
+        broker.stop_with(signal);
+        drop(broker);
+        restart_claude_broker(&mut beta, &server);
+
+        let status = common::wait_long(
+            &format!("the {turn} turn to end at alpha"),
+            TURN_BOUND,
+            || beta.broker().stderr(),
+            || {
+                let status = alpha.get(&format!("/v1/invocations/{id}"));
+                matches!(
+                    status["delivery"]["state"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+                .then_some(status)
+            },
+        );
+        assert_eq!(
+            status["delivery"]["state"],
+            "completed",
+            "{status}\nbeta: {}",
+            beta.broker().stderr()
+        );
+        let result = status["delivery"]["result"].as_str().unwrap_or_default();
+        assert!(result.contains(&answer(turn)), "{status}");
+
+        // Beta's flight: completed, its output whole and not repeated by
+        // the carrying on, and no sign of an interrupted run.
+        let owner = beta.get(&format!("/v1/invocations/{id}"));
+        assert_eq!(owner["flight"]["state"], "completed", "{owner}");
+        let output = owner["flight"]["output"].as_str().unwrap_or_default();
+        assert_eq!(
+            output.matches(&format!("{turn}-1 ")).count(),
+            1,
+            "output repeated: {output}"
+        );
+        assert!(output.contains(&format!("{turn}-20")), "{output}");
+        let audit = beta.run(&["--json", "audit", "--action", "reconcile_flight"]);
+        assert!(
+            !audit.stdout.contains(&id),
+            "the flight was reconciled as interrupted: {}",
+            audit.stdout
+        );
+        // The agent's session is the same, with the same program.
+        assert_eq!(sessions_of(&beta), sessions_before);
+        // The held turn's journal went once the flight's end was recorded.
+        let turns = beta.sandbox.home().join("turns");
+        common::wait_until("the held turn's journal to go", || {
+            std::fs::read_dir(&turns)
+                .map_or(true, |mut entries| entries.next().is_none())
+                .then_some(())
+        });
+    }
+    let requests: Vec<Recorded> = server
+        .requests()
+        .into_iter()
+        .filter(|request| is_conversation_request(&request.body))
+        .collect();
+    assert_eq!(requests.len(), 2, "claude ran once per turn: {requests:#?}");
+}

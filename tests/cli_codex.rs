@@ -706,7 +706,7 @@ fn codex_mesh(codex: &CodexHome, with_key: bool) -> (Node, Node) {
 }
 
 #[test]
-fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
+fn a_routed_turn_runs_codex_on_the_owner_and_stopping_it_ends_the_daemon() {
     let codex = CodexHome::new(vec![
         Step::ToolCall {
             name: "exec_command".to_owned(),
@@ -743,8 +743,10 @@ fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
         "{:#}",
         model[1].body["input"]
     );
-    // The broker's shutdown stops the agent and the daemon its TUI started
-    // (not the app server of the routed turn, which ends with the turn).
+    // Stopping the agent stops the daemon its TUI started too (not the app
+    // server of the routed turn, which ends with the turn). A graceful stop
+    // of the broker leaves the agent to its holder, so the broker is
+    // stopped and started again first, as a service restart does.
     let deadline = Instant::now() + SCREEN_BOUND;
     while !codex
         .processes()
@@ -760,12 +762,49 @@ fn a_routed_turn_runs_codex_on_the_owner_and_its_shutdown_ends_the_daemon() {
     }
     let code = beta.broker.as_mut().expect("beta runs").stop_with(15);
     assert_eq!(code, 0, "{}", beta.broker().stderr());
+    assert!(
+        !codex.processes().is_empty(),
+        "a graceful stop of the broker ended the held agent"
+    );
+    let mut command = beta.sandbox.scout();
+    for (name, value) in codex.env(true) {
+        if name != "HOME" {
+            command.env(name, value);
+        }
+    }
+    beta.broker = Some(BrokerProcess::start_command(command));
+    let listed = beta.run(&["--json", "agents", "list"]).json();
+    let sessions: Vec<String> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|session| session["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!sessions.is_empty(), "{listed}");
+    for id in sessions {
+        let (status, answer) = beta.api(
+            "DELETE",
+            &format!("/agents/{id}"),
+            &beta.sandbox.token(),
+            None,
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The broker itself has the agent's environment too.
+    let broker_pid = i32::try_from(beta.broker().child.id()).expect("pid");
+    let left = || -> Vec<(i32, String)> {
+        codex
+            .processes()
+            .into_iter()
+            .filter(|(pid, _)| *pid != broker_pid)
+            .collect()
+    };
     let deadline = Instant::now() + GONE_BOUND;
-    while !codex.processes().is_empty() {
+    while !left().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "left behind after the broker stopped: {:?}",
-            codex.processes()
+            "left behind after the agent stopped: {:?}",
+            left()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -260,3 +260,49 @@ fn bad_frames_and_wrong_versions_get_typed_errors_and_the_holder_keeps_serving()
     wire::write_json(&mut other, FrameKind::Hello, &json!({"version": 0})).unwrap();
     assert_eq!(refusal_code(&mut other), "HOLDER_VERSION_UNSUPPORTED");
 }
+
+/// An upgrade as a package manager and a service manager do it: the
+/// broker is stopped gracefully (SIGTERM), a new binary is renamed over
+/// the installed one, and the broker starts from it. The session's
+/// program and holder are the same processes, and the session works.
+#[test]
+fn an_upgrade_replaces_the_binary_and_sessions_survive() {
+    let sandbox = Sandbox::new();
+    sandbox.setup("laptop");
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let installed = bin.join("scout");
+    std::fs::copy(env!("CARGO_BIN_EXE_scout"), &installed).expect("install");
+    let mut broker = BrokerProcess::start_command(sandbox.scout_at(&installed));
+    let api = Api::new(&broker, &sandbox);
+    let id = api.spawn_test_agent(sandbox.path());
+    let agent = api.wait_status(&id, "ready");
+    let pid = agent["pid"].as_u64().unwrap();
+    let holder_pid = agent["holder"]["pid"].as_u64().expect("a holder pid");
+
+    assert_eq!(broker.stop_with(15), 0, "a graceful stop exits 0");
+    drop(broker);
+    assert!(alive(pid), "a graceful stop ended the agent");
+    let staged = bin.join("scout.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_scout"), &staged).expect("stage");
+    std::fs::rename(&staged, &installed).expect("replace");
+
+    let broker = BrokerProcess::start_command(sandbox.scout_at(&installed));
+    let api = Api::new(&broker, &sandbox);
+    let again = api.wait_status(&id, "ready");
+    assert_eq!(again["pid"].as_u64(), Some(pid));
+    assert_eq!(again["holder"]["pid"].as_u64(), Some(holder_pid));
+    let (status, answer) = api.call(
+        "POST",
+        &format!("/agents/{id}/send"),
+        Some(json!({"message": "after the upgrade"})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["response"]
+            .as_str()
+            .unwrap_or("")
+            .contains("after the upgrade"),
+        "{answer}"
+    );
+}

@@ -123,6 +123,12 @@ impl FlightOutput {
         self.cut_bytes
     }
 
+    /// Bytes of output this stands for: the bytes cut and the kept tail,
+    /// the marker not counted.
+    pub fn total_bytes(&self) -> u64 {
+        self.cut_bytes + (self.text.len() - self.marker_bytes) as u64
+    }
+
     /// `text` as it is when it fits in [`FLIGHT_OUTPUT_BYTES_MAX`], the
     /// typed error otherwise. This is how output from a peer or a client is taken in.
     pub fn try_from_text(text: String) -> Result<FlightOutput, OutputTooLarge> {

@@ -30,8 +30,8 @@ use scout_mesh::output::FlightOutput;
 use scout_mesh::resolve::{self, Candidate};
 use scout_mesh::routing::{
     Choice, Directory, EventKind, ExecProgress, ExecResult, Facts, Invocation, Now, Output,
-    PersistFailure, PersistId, RequestId, RestoredDelivery, RestoredFlight, Router, SendFailure,
-    StoredFlight, Submission, Write,
+    PersistFailure, PersistId, RequestId, RestoredDelivery, RestoredFlight, Resumed, Router,
+    SendFailure, StoredFlight, Submission, Write,
 };
 use scout_mesh::sync::{self, Replica, ReplicaIdentity, SigningKey, SyncConfig};
 use scout_mesh::wire::{FlightUpdate, InstanceBody, MeshFrame, NodeId, RecordBody, SyncMessage};
@@ -155,6 +155,9 @@ pub struct RoutingReport {
     pub cancelled: usize,
     /// Executions that started.
     pub executions: usize,
+    /// Held executions that outlived a crash of their broker and were
+    /// carried on after its restart.
+    pub carried_on: usize,
     /// Reroutes committed.
     pub reroutes: usize,
     /// Faults: crashes, partitions, clock jumps.
@@ -193,7 +196,7 @@ impl RoutingReport {
     pub fn summary(&self) -> String {
         let mut text = format!(
             "pure routing seed {}: {} nodes, {} invocations ({} committed, {} unresolved)\n  \
-             ended: {} completed, {} failed, {} cancelled; {} executions, {} reroutes\n  \
+             ended: {} completed, {} failed, {} cancelled; {} executions ({} carried on over a restart), {} reroutes\n  \
              faults: {} crashes, {} partitions, {} clock jumps; {} requests, {} lost, {} duplicated, {} queued rows lost in crashes\n  \
              {:.1} s simulated, settled {} after the final heal, {} events\n  {}\n",
             self.seed,
@@ -205,6 +208,7 @@ impl RoutingReport {
             self.failed,
             self.cancelled,
             self.executions,
+            self.carried_on,
             self.reroutes,
             self.crashes,
             self.partitions,
@@ -338,6 +342,8 @@ struct FlightRow {
     instance: String,
     state: FlightState,
     result: Option<FlightUpdate>,
+    /// Output bytes recorded.
+    output_bytes: u64,
 }
 
 /// Committed rows of one node, as its store would hold them.
@@ -422,7 +428,18 @@ enum Event {
 struct Execution {
     token: u64,
     stopped: bool,
+    /// Held by a process of its own (a held turn): it outlives a crash of
+    /// its broker, and what it reports while no broker listens waits in
+    /// the node's backlog (the journal) for the next one to carry it on.
+    held: bool,
+    /// A broker listens (false from a crash until the restart re-attaches).
+    attached: bool,
+    /// Output reported so far: a re-attaching broker reads it again.
+    emitted: String,
 }
+
+/// Share of executions that are held (one in `HELD_ONE_IN`).
+const HELD_ONE_IN: u64 = 3;
 
 struct Node {
     id: NodeId,
@@ -442,6 +459,9 @@ struct Node {
     timer_spins: (u64, u32),
     sync_timer: Option<u64>,
     executions: BTreeMap<String, Execution>,
+    /// Progress of held executions reported while no broker listened, in
+    /// order.
+    held_backlog: std::collections::VecDeque<(String, ExecProgress)>,
     /// Inbound request at this incarnation -> (sender, its incarnation,
     /// its request id).
     inbound: BTreeMap<RequestId, (usize, u32, RequestId)>,
@@ -475,6 +495,8 @@ struct History {
     /// Invocations cancelled by the workload.
     cancelled: BTreeSet<String>,
     reroutes: usize,
+    /// Invocation -> output bytes its execution produced.
+    produced: BTreeMap<String, u64>,
 }
 
 struct Sim {
@@ -739,15 +761,25 @@ impl Sim {
                     },
                 );
             }
+            Output::Execute(execute) if execute.resume => {
+                self.resume_execution(node, &execute.invocation_id);
+            }
             Output::Execute(execute) => {
                 let token = self.next_token;
                 self.next_token += 1;
                 let id = execute.invocation_id;
+                // Drawn from its own stream, so the main draws (and every
+                // seed's schedule) stay as they were.
+                let held =
+                    seeds::derive(self.seed, "routing-held", token).is_multiple_of(HELD_ONE_IN);
                 self.nodes[node].executions.insert(
                     id.clone(),
                     Execution {
                         token,
                         stopped: false,
+                        held,
+                        attached: true,
+                        emitted: String::new(),
                     },
                 );
                 let mut at = self.now_ms + self.rng.gen_range(1..=10);
@@ -758,7 +790,9 @@ impl Sim {
                 self.push(at, self.exec(node, &id, token, ExecProgress::Started));
                 if self.rng.gen_bool(0.3) {
                     at += self.rng.gen_range(1..=40);
-                    let chunk = ExecProgress::Output(format!("partial {id}"));
+                    let text = format!("partial {id}");
+                    *self.history.produced.entry(id.clone()).or_default() += text.len() as u64;
+                    let chunk = ExecProgress::Output(text);
                     self.push(at, self.exec(node, &id, token, chunk));
                 }
                 at += self.rng.gen_range(5..=150);
@@ -822,6 +856,88 @@ impl Sim {
                 }
             }
             Output::Refused { .. } => {}
+        }
+    }
+
+    /// Hands an execution's progress to the node's router (the execution
+    /// is known, and a broker listens).
+    fn exec_progress(&mut self, node: usize, invocation_id: String, progress: ExecProgress) {
+        let inc = self.nodes[node].incarnation;
+        let n = &mut self.nodes[node];
+        let Some(execution) = n.executions.get_mut(&invocation_id) else {
+            return;
+        };
+        let stopped = execution.stopped;
+        let finished = matches!(progress, ExecProgress::Finished(_));
+        if stopped && !matches!(progress, ExecProgress::Finished(ExecResult::Cancelled)) {
+            return;
+        }
+        if let ExecProgress::Output(text) = &progress {
+            execution.emitted.push_str(text);
+        }
+        if finished {
+            n.executions.remove(&invocation_id);
+        }
+        match &progress {
+            ExecProgress::Started => self
+                .history
+                .started
+                .entry(invocation_id.clone())
+                .or_default()
+                .push((node, inc)),
+            ExecProgress::Finished(ExecResult::Completed { .. }) => {
+                *self
+                    .history
+                    .completed
+                    .entry(invocation_id.clone())
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+        let now = self.now(node);
+        self.nodes[node]
+            .router
+            .handle_exec(now, &invocation_id, progress);
+        self.drain(node);
+    }
+
+    /// A restarted node's router carries on a held execution: it reads
+    /// the execution's output again from the start, then what the
+    /// execution reported while no broker listened, in order.
+    fn resume_execution(&mut self, node: usize, invocation_id: &str) {
+        let n = &mut self.nodes[node];
+        let Some(execution) = n.executions.get_mut(invocation_id) else {
+            // Nothing outlived the crash: the execution is gone.
+            let now = self.now(node);
+            self.nodes[node].router.handle_exec(
+                now,
+                invocation_id,
+                ExecProgress::Finished(ExecResult::Failed {
+                    reason: FailureReason::HarnessError,
+                    code: None,
+                    detail: "holder lost".into(),
+                    usage: None,
+                }),
+            );
+            self.drain(node);
+            return;
+        };
+        execution.attached = true;
+        self.report.carried_on += 1;
+        let replay = std::mem::take(&mut execution.emitted);
+        let backlog: Vec<(String, ExecProgress)> = {
+            let (mine, others): (Vec<_>, Vec<_>) = n
+                .held_backlog
+                .drain(..)
+                .partition(|(id, _)| id == invocation_id);
+            n.held_backlog.extend(others);
+            mine
+        };
+        if !replay.is_empty() {
+            self.exec_progress(node, invocation_id.to_owned(), ExecProgress::Output(replay));
+        }
+        for (id, progress) in backlog {
+            self.exec_progress(node, id, progress);
         }
     }
 
@@ -1000,6 +1116,7 @@ impl Sim {
                             instance,
                             state: FlightState::Queued,
                             result: None,
+                            output_bytes: 0,
                         },
                     );
                 }
@@ -1014,7 +1131,15 @@ impl Sim {
                         row.state = state;
                     }
                 }
-                Write::FlightOutput { .. } => {}
+                Write::FlightOutput {
+                    invocation_id,
+                    chunk,
+                    ..
+                } => {
+                    if let Some(row) = rows.flights.get_mut(&invocation_id) {
+                        row.output_bytes += chunk.len() as u64;
+                    }
+                }
                 Write::FinishFlight {
                     invocation_id,
                     state,
@@ -1133,44 +1258,20 @@ impl Sim {
                 progress,
             } => {
                 let n = &mut self.nodes[node];
-                if !n.up || n.incarnation != inc {
-                    return;
-                }
                 let Some(execution) = n.executions.get(&invocation_id) else {
                     return;
                 };
                 if execution.token != token {
                     return;
                 }
-                let stopped = execution.stopped;
-                let finished = matches!(progress, ExecProgress::Finished(_));
-                if stopped && !matches!(progress, ExecProgress::Finished(ExecResult::Cancelled)) {
+                if execution.held && !(n.up && execution.attached) {
+                    n.held_backlog.push_back((invocation_id, progress));
                     return;
                 }
-                if finished {
-                    n.executions.remove(&invocation_id);
+                if !execution.held && (!n.up || n.incarnation != inc) {
+                    return;
                 }
-                match &progress {
-                    ExecProgress::Started => self
-                        .history
-                        .started
-                        .entry(invocation_id.clone())
-                        .or_default()
-                        .push((node, inc)),
-                    ExecProgress::Finished(ExecResult::Completed { .. }) => {
-                        *self
-                            .history
-                            .completed
-                            .entry(invocation_id.clone())
-                            .or_default() += 1;
-                    }
-                    _ => {}
-                }
-                let now = self.now(node);
-                self.nodes[node]
-                    .router
-                    .handle_exec(now, &invocation_id, progress);
-                self.drain(node);
+                self.exec_progress(node, invocation_id, progress);
             }
             Event::Sync { from, to, message } => {
                 if !self.linked(from, to) || !self.nodes[to].up {
@@ -1313,7 +1414,11 @@ impl Sim {
         n.queue.clear();
         n.last_commit_ms = 0;
         n.up = false;
-        n.executions.clear();
+        // Held executions outlive the crash; the others die with it.
+        n.executions.retain(|_, execution| execution.held);
+        for execution in n.executions.values_mut() {
+            execution.attached = false;
+        }
         n.inbound.clear();
         n.router_timer = None;
         self.relink();
@@ -1324,7 +1429,8 @@ impl Sim {
             return;
         }
         let now = self.now(node);
-        reconcile(&mut self.nodes[node].rows);
+        let held: BTreeSet<String> = self.nodes[node].executions.keys().cloned().collect();
+        reconcile(&mut self.nodes[node].rows, &held);
         let rows = &self.nodes[node].rows;
         let deliveries: Vec<RestoredDelivery> = rows
             .deliveries
@@ -1341,10 +1447,19 @@ impl Sim {
         let flights: Vec<RestoredFlight> = rows
             .flights
             .iter()
-            .filter(|(_, row)| row.state == FlightState::Queued)
+            .filter(|(_, row)| {
+                matches!(
+                    row.state,
+                    FlightState::Queued | FlightState::Running | FlightState::Waiting
+                )
+            })
             .map(|(_, row)| RestoredFlight {
                 invocation: row.invocation.clone(),
                 instance: row.instance.clone(),
+                // Still running after reconcile: its execution is held.
+                resume: (row.state != FlightState::Queued).then_some(Resumed {
+                    output_bytes: row.output_bytes,
+                }),
             })
             .collect();
         let n = &mut self.nodes[node];
@@ -1417,9 +1532,13 @@ fn delivery_row<'a>(rows: &'a mut Rows, delivery_id: &str) -> Option<&'a mut Del
 /// (running, waiting) fails as interrupted and is never run again; one
 /// that was only waking goes back to the queue; an unfinished local
 /// delivery of a failed flight fails with it.
-fn reconcile(rows: &mut Rows) {
+/// The store's restart rule (`src/store/reconcile.rs`): a running flight
+/// fails as interrupted unless its execution is `held` (outlived the
+/// crash), and a waking one goes back to the queue.
+fn reconcile(rows: &mut Rows, held: &BTreeSet<String>) {
     for (id, row) in rows.flights.iter_mut() {
         match row.state {
+            FlightState::Running | FlightState::Waiting if held.contains(id) => {}
             FlightState::Running | FlightState::Waiting => {
                 row.state = FlightState::Failed;
                 row.result = Some(FlightUpdate {
@@ -1498,6 +1617,7 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
             timer_spins: (0, 0),
             sync_timer: None,
             executions: BTreeMap::new(),
+            held_backlog: std::collections::VecDeque::new(),
             inbound: BTreeMap::new(),
             instances_seen: 0,
         });
@@ -1539,6 +1659,7 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
             executions: 0,
             reroutes: 0,
             crashes: 0,
+            carried_on: 0,
             partitions: 0,
             clock_jumps: 0,
             requests: 0,
@@ -1671,6 +1792,9 @@ pub fn run(options: &RoutingOptions) -> RoutingReport {
 ///    invocation (a cancel that could not reach the owner ends the
 ///    delivery at the origin alone). No delivery fails by its deadline
 ///    (it is far beyond the run).
+/// 6. A completed flight recorded its execution's output once: all of it,
+///    and nothing twice (an execution carried on over a restart reports
+///    its output again from the start).
 fn check(sim: &Sim) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut add = |name: &str, detail: String| {
@@ -1698,6 +1822,20 @@ fn check(sim: &Sim) -> Vec<Violation> {
                 "completed_at_most_once",
                 format!("{id} completed {count} times"),
             );
+        }
+    }
+    for (idx, node) in sim.nodes.iter().enumerate() {
+        for (id, row) in &node.rows.flights {
+            let produced = sim.history.produced.get(id).copied().unwrap_or(0);
+            if row.state == FlightState::Completed && row.output_bytes != produced {
+                add(
+                    "output_recorded_once",
+                    format!(
+                        "p{idx} recorded {} output bytes of {id}, whose execution produced {produced}",
+                        row.output_bytes
+                    ),
+                );
+            }
         }
     }
     if sim.report.settled_after_ms.is_none() {

@@ -45,6 +45,8 @@ pub struct PureSwarmReport {
     pub invocations: u64,
     /// Executions over all schedules.
     pub executions: u64,
+    /// Held executions carried on over a restart, over all schedules.
+    pub carried_on: u64,
     /// Events over all schedules.
     pub events: u64,
     /// Wall seconds.
@@ -66,7 +68,7 @@ pub fn nodes_of(seed: u64, nodes: (usize, usize)) -> usize {
 pub fn run(options: &PureSwarmOptions, each: impl Fn(&RoutingReport) + Sync) -> PureSwarmReport {
     let wall = std::time::Instant::now();
     let next = AtomicU64::new(options.first_seed);
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, Vec::new()));
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, Vec::new(), 0u64));
     std::thread::scope(|scope| {
         for _ in 0..options.jobs.max(1) {
             scope.spawn(|| {
@@ -87,6 +89,7 @@ pub fn run(options: &PureSwarmOptions, each: impl Fn(&RoutingReport) + Sync) -> 
                     totals.2 += report.submitted as u64;
                     totals.3 += report.executions as u64;
                     totals.4 += report.events;
+                    totals.6 += report.carried_on as u64;
                     if !report.passed() {
                         totals.1 += 1;
                         totals.5.push(report);
@@ -95,7 +98,7 @@ pub fn run(options: &PureSwarmOptions, each: impl Fn(&RoutingReport) + Sync) -> 
             });
         }
     });
-    let (schedules, failed, invocations, executions, events, mut failures) =
+    let (schedules, failed, invocations, executions, events, mut failures, carried_on) =
         totals.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|report: &RoutingReport| report.seed);
     failures.truncate(FAILURES_KEPT_MAX);
@@ -105,6 +108,7 @@ pub fn run(options: &PureSwarmOptions, each: impl Fn(&RoutingReport) + Sync) -> 
         failed,
         invocations,
         executions,
+        carried_on,
         events,
         wall_s,
         schedules_per_s: schedules as f64 / wall_s.max(1e-9),
@@ -116,12 +120,13 @@ impl PureSwarmReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "pure routing swarm: {} schedules, {} failed; {} invocations, {} executions, {} events\n  \
+            "pure routing swarm: {} schedules, {} failed; {} invocations, {} executions ({} carried on over a restart), {} events\n  \
              {:.1} s wall: {:.1} schedules/s\n",
             self.schedules,
             self.failed,
             self.invocations,
             self.executions,
+            self.carried_on,
             self.events,
             self.wall_s,
             self.schedules_per_s

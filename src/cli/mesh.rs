@@ -136,6 +136,8 @@ fn offline(context: &Context, lock: std::fs::File) -> anyhow::Result<Offline> {
     let key = identity::load_node_key(&home.node_key_path())?;
     let options = StoreOptions {
         env: context.env.clone(),
+        // Turns a holder runs on while the broker is down stay running.
+        held_invocations: crate::holder::journal::held_invocations(&home.turns_dir()),
         ..StoreOptions::default()
     };
     let (store, _) = Store::open(home.store_path(), options)

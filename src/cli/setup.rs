@@ -161,6 +161,8 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
     let mesh_existed = home.mesh_path().exists();
     let store_options = StoreOptions {
         env: context.env.clone(),
+        // Turns a holder runs on while the broker is down stay running.
+        held_invocations: crate::holder::journal::held_invocations(&home.turns_dir()),
         ..StoreOptions::default()
     };
     let (store, _reconciled) = Store::open(home.store_path(), store_options)

@@ -120,8 +120,10 @@ pub fn execute_after_checkpoint(
                 }
                 // Polled only until it fires once; the inner execution
                 // then ends with its own `Finished`.
-                _ = &mut cancelled, if inner_cancel.is_some() => {
-                    if let Some(inner_cancel) = inner_cancel.take() {
+                // A dropped sender (the broker stopping) is passed on as
+                // a drop, not a cancel: a held agent works on.
+                result = &mut cancelled, if inner_cancel.is_some() => {
+                    if let (Ok(()), Some(inner_cancel)) = (result, inner_cancel.take()) {
                         let _ = inner_cancel.send(());
                     }
                 }
@@ -476,6 +478,7 @@ mod tests {
             origin_node: None,
             timeout: std::time::Duration::from_secs(60),
             make_worktree: false,
+            resume: false,
         }
     }
 

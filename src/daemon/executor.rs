@@ -43,6 +43,9 @@ pub struct ExecRequest {
     /// The instance is a new workspace of a definition that makes
     /// worktrees: make (or find) its worktree before starting it.
     pub make_worktree: bool,
+    /// The execution started before the broker restarted and outlived it:
+    /// re-attach to it, never start the work again.
+    pub resume: bool,
 }
 
 /// Progress of one execution.
@@ -82,6 +85,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     fn checkpoints_workspaces(&self) -> bool {
         false
     }
+
+    /// The flight of `invocation_id` has its end committed: whatever the
+    /// executor kept so the execution could outlive a restart goes.
+    fn forget(&self, _invocation_id: &str) {}
 }
 
 /// The broker's executor: one PTY session per agent instance, spawned on
@@ -141,6 +148,10 @@ impl Executor for PtyExecutor {
     fn checkpoints_workspaces(&self) -> bool {
         true
     }
+
+    fn forget(&self, invocation_id: &str) {
+        self.sessions.forget_turn(invocation_id);
+    }
 }
 
 async fn run_on_session(
@@ -151,11 +162,39 @@ async fn run_on_session(
     events: &mpsc::Sender<ExecEvent>,
     mut cancelled: oneshot::Receiver<()>,
 ) -> ExecOutcome {
-    let known = by_instance
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(&request.instance)
-        .cloned();
+    // A turn that outlived the last broker is carried on in the session
+    // it ran in (re-attached at start), or in a new one if that is gone.
+    let held = if request.resume {
+        match sessions.held_turn(&request.invocation_id) {
+            Some(held) => Some(held),
+            None => {
+                return ExecOutcome::Failed {
+                    reason: FailureReason::HarnessError,
+                    code: None,
+                    detail: format!(
+                        "{}: the turn's journal is gone",
+                        crate::pty::held::HOLDER_LOST
+                    ),
+                    usage: None,
+                };
+            }
+        }
+    } else {
+        None
+    };
+    let known = held
+        .as_ref()
+        .map(|(_, record)| Spawned {
+            session_id: record.session_id.clone(),
+            token: None,
+        })
+        .or_else(|| {
+            by_instance
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get(&request.instance)
+                .cloned()
+        });
     let alive = known.filter(|spawned| {
         sessions.info(&spawned.session_id).is_ok_and(|info| {
             !matches!(
@@ -177,7 +216,7 @@ async fn run_on_session(
                     },
                     // Git goes on to its own end (bounded by its timeout);
                     // the flight does not wait for it.
-                    _ = &mut cancelled => return ExecOutcome::Cancelled,
+                    Ok(()) = &mut cancelled => return ExecOutcome::Cancelled,
                 }
             }
             // The agent's own credential, so what it sends through the
@@ -255,14 +294,19 @@ async fn run_on_session(
     let asker = crate::pty::TurnAsker {
         by: format!("invocation {}", request.invocation_id),
         node: request.origin_node.clone(),
+        invocation_id: Some(request.invocation_id.clone()),
     };
-    let mut turn = match sessions.run_turn_from(
-        &session_id,
-        request.prompt.clone(),
-        Some(request.timeout),
-        request.conversation_id.clone(),
-        asker,
-    ) {
+    let started = match held {
+        Some(held) => sessions.resume_turn(&session_id, held, Some(request.timeout), asker),
+        None => sessions.run_turn_from(
+            &session_id,
+            request.prompt.clone(),
+            Some(request.timeout),
+            request.conversation_id.clone(),
+            asker,
+        ),
+    };
+    let mut turn = match started {
         Ok(turn) => turn,
         Err(err) => return refused(&err, err.to_string()),
     };
@@ -287,7 +331,7 @@ async fn run_on_session(
                     };
                 }
             },
-            _ = &mut cancelled => {
+            Ok(()) = &mut cancelled => {
                 // Cancelling stops the agent's process (and its children).
                 let _ = sessions.stop(&session_id).await;
                 return ExecOutcome::Cancelled;

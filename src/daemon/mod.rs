@@ -202,7 +202,7 @@ impl Broker {
         let runtime_config = crate::pty::RuntimeConfig {
             broker_env: env.clone(),
             permissions: Some(asker.clone()),
-            holders_dir: Some(home.state_dir.join("holders")),
+            holders_dir: Some(home.holders_dir()),
             ..crate::pty::RuntimeConfig::from_env()?
         };
         let identity = identity::load_node_key(&home.node_key_path())?;
@@ -213,11 +213,21 @@ impl Broker {
         let store_path = home.store_path();
         let (store, reconciled) = {
             let path = store_path.clone();
-            let store_options = StoreOptions {
-                env: env.clone(),
-                ..options.store.clone()
+            let turns = home.turns_dir();
+            let env_for_store = env.clone();
+            let store_options = options.store.clone();
+            // Flights whose turns outlived the last broker are carried on,
+            // not failed as interrupted.
+            let open = move || {
+                Store::open(
+                    &path,
+                    StoreOptions {
+                        env: env_for_store,
+                        held_invocations: crate::holder::journal::held_invocations(&turns),
+                        ..store_options
+                    },
+                )
             };
-            let open = move || Store::open(&path, store_options);
             if options.store.inline_writes {
                 open()
             } else {
@@ -234,6 +244,7 @@ impl Broker {
                 "reconciled flights left unfinished by the last stop"
             );
         }
+        sweep_held_turns(&home.turns_dir(), &store);
 
         // Discovery walks directories and asks git about worktrees: off the
         // async workers.
@@ -456,9 +467,11 @@ impl Broker {
 
     /// Stops every task at a safe point, then closes the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        // Agents first: their process groups are killed and reaped, and the
+        // Agents first: those held by holders are left running for the
+        // next broker (a restart or an upgrade loses no session and no
+        // turn); the others' process groups are killed and reaped. The
         // streams that follow them end, so the HTTP server can drain.
-        self.state.runtime.shutdown().await;
+        self.state.runtime.detach().await;
         let _ = self.shutdown.send(true);
         self.state.mesh.close().await;
         while let Some(joined) = self.tasks.join_next().await {
@@ -477,6 +490,29 @@ impl Broker {
             .context("the store closer stopped")?
             .context("cannot close the store")?;
         Ok(())
+    }
+}
+
+/// Removes the held turns no flight waits for any more (their holders stop
+/// what still runs): turns whose flight ended (the end was committed just
+/// before a crash), whose flight failed because their holder was lost,
+/// and turns no flight ever waited for (asked through the local API,
+/// which does not outlive the broker).
+fn sweep_held_turns(turns: &std::path::Path, store: &Store) {
+    for (dir, record) in crate::holder::journal::list(turns) {
+        let waited_for = record.invocation_id.as_deref().is_some_and(|id| {
+            store
+                .read(|connection| {
+                    crate::store::flights::Flight::get_for_invocation(connection, id)
+                })
+                .ok()
+                .flatten()
+                .is_some_and(|flight| !flight.state.is_terminal())
+        });
+        if !waited_for {
+            tracing::info!(turn = %record.turn_id, "a held turn nobody waits for; removed");
+            crate::holder::journal::remove(&dir);
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 //! nothing of sessions, turns or the mesh: it holds a program, keeps a
 //! bounded scrollback and serves one broker.
 
+pub mod journal;
 pub mod serve;
 pub mod wire;
 
@@ -72,6 +73,14 @@ pub struct HolderSpec {
     pub rows: u16,
     /// Initial columns.
     pub cols: u16,
+    /// Run the program on pipes instead of a terminal and journal its
+    /// standard output to files (a structured turn, see [`journal`]).
+    #[serde(default)]
+    pub journal: bool,
+    /// Text written to the program's standard input, which then closes
+    /// (journalled runs only; `None` gives it no input).
+    #[serde(default)]
+    pub stdin: Option<String>,
 }
 
 /// Why a holder could not be started or attached.
@@ -175,17 +184,7 @@ fn check_private_dir(dir: &Path) -> Result<(), HolderError> {
 /// Creates a session's holder directory under `root` (which must not
 /// exist yet) and writes `session` into it (0600).
 pub fn create_dir(root: &Path, id: &str, session: &[u8]) -> Result<PathBuf, HolderError> {
-    ensure_root(root)?;
-    if id.is_empty() || id.contains(['/', '\0']) || id.starts_with('.') {
-        return Err(HolderError::UnsafeDir(format!(
-            "`{id}` is not a session id"
-        )));
-    }
-    let dir = root.join(id);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|err| HolderError::UnsafeDir(format!("cannot create {}: {err}", dir.display())))?;
+    let dir = create_private_dir(root, id)?;
     let socket = dir.join(SOCKET_FILE);
     if socket.as_os_str().len() > SOCKET_PATH_BYTES_MAX {
         let _ = std::fs::remove_dir_all(&dir);
@@ -195,6 +194,24 @@ pub fn create_dir(root: &Path, id: &str, session: &[u8]) -> Result<PathBuf, Hold
         )));
     }
     write_private(&dir.join(SESSION_FILE), session)?;
+    Ok(dir)
+}
+
+/// Creates `root/id` (0700; `root` made safe first). The name must be a
+/// plain file name, and the directory must not exist yet, so nothing
+/// placed there beforehand is reused.
+fn create_private_dir(root: &Path, id: &str) -> Result<PathBuf, HolderError> {
+    ensure_root(root)?;
+    if id.is_empty() || id.contains(['/', '\0']) || id.starts_with('.') {
+        return Err(HolderError::UnsafeDir(format!(
+            "`{id}` is not a holder directory name"
+        )));
+    }
+    let dir = root.join(id);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|err| HolderError::UnsafeDir(format!("cannot create {}: {err}", dir.display())))?;
     Ok(dir)
 }
 

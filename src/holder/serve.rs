@@ -90,6 +90,9 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     nix::unistd::setsid().context("cannot start a session of its own")?;
     let spec_path = dir.join(SPEC_FILE);
     let spec = read_spec(&spec_path)?;
+    if spec.journal {
+        return super::journal::serve(dir, &spec);
+    }
     let socket_path = dir.join(SOCKET_FILE);
     let listener = UnixListener::bind(&socket_path)
         .with_context(|| format!("cannot listen on {}", socket_path.display()))?;

@@ -129,8 +129,14 @@ impl StoredOptions {
 pub struct HolderPlacement {
     /// The holders' directory (`HOME/holders`).
     pub root: PathBuf,
+    /// The held structured turns' directory (`HOME/turns`).
+    pub turns: PathBuf,
     /// The adapter options, for the session record.
     pub options: StoredOptions,
+    /// Set once the broker is shutting down and leaving its agents to their
+    /// holders: a turn dropped then is carried on by the next broker, not
+    /// stopped.
+    pub detaching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the scrollback replayed at attach is.
@@ -168,6 +174,8 @@ impl PtyProcess {
             env_remove: spec.env_remove.clone(),
             rows: spec.size.rows,
             cols: spec.size.cols,
+            journal: false,
+            stdin: None,
         };
         let attached = holder::start(&dir, &holder_spec)
             .and_then(|_| holder::attach(&dir))

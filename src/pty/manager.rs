@@ -92,6 +92,9 @@ pub struct RuntimeConfig {
     pub holders_dir: Option<PathBuf>,
 }
 
+/// The held turns' directory, beside the holders' one (`HOME/turns`).
+pub const TURNS_DIR_NAME: &str = "turns";
+
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
         RuntimeConfig {
@@ -177,6 +180,9 @@ pub struct SessionManager {
     slots: Arc<Semaphore>,
     events: broadcast::Sender<RuntimeEvent>,
     shutting_down: AtomicBool,
+    /// Set by [`SessionManager::detach`]: held sessions and turns are left
+    /// to their holders.
+    detaching: Arc<AtomicBool>,
     closed: watch::Sender<bool>,
 }
 
@@ -188,6 +194,7 @@ impl SessionManager {
             events: broadcast::channel(EVENTS_BUFFER_MAX).0,
             sessions: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
+            detaching: Arc::new(AtomicBool::new(false)),
             closed: watch::channel(false).0,
             config,
         }
@@ -510,11 +517,13 @@ impl SessionManager {
             stop_grace: self.config.stop_grace,
             broker_env: self.config.broker_env.clone(),
             permissions: self.config.permissions.clone(),
-            holders: self
-                .config
-                .holders_dir
-                .clone()
-                .map(|root| HolderPlacement { root, options }),
+            holders: self.config.holders_dir.clone().map(|root| HolderPlacement {
+                // Beside the holders' directory: `HOME/turns`.
+                turns: root.with_file_name(TURNS_DIR_NAME),
+                root,
+                options,
+                detaching: self.detaching.clone(),
+            }),
         }
     }
 
@@ -531,6 +540,87 @@ impl SessionManager {
         }
         while stops.join_next().await.is_some() {}
         self.closed.send_replace(true);
+    }
+
+    /// The broker's shutdown when its agents are held: sessions and turns
+    /// that holders keep are left running for the next broker to
+    /// re-attach (their connections close as the broker exits); sessions
+    /// the broker holds itself are stopped, as by
+    /// [`SessionManager::shutdown`]. New agents are refused.
+    pub async fn detach(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.detaching.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = self.lock_sessions().clone();
+        let mut stops = tokio::task::JoinSet::new();
+        let mut n_left = 0;
+        for session in sessions
+            .into_iter()
+            .filter(|session| !session.is_finished())
+        {
+            if session.info().holder.is_some() {
+                n_left += 1;
+                continue;
+            }
+            stops.spawn(async move { session.stop("broker_shutdown").await });
+        }
+        while stops.join_next().await.is_some() {}
+        if n_left > 0 {
+            tracing::info!(
+                sessions = n_left,
+                "agent sessions left running in their holders; the next broker re-attaches them"
+            );
+        }
+        self.closed.send_replace(true);
+    }
+
+    /// The held turn of `invocation_id` (see [`crate::holder::journal`]),
+    /// when a holder ran it while the broker was away.
+    pub fn held_turn(
+        &self,
+        invocation_id: &str,
+    ) -> Option<(PathBuf, crate::holder::journal::TurnRecord)> {
+        let turns = self.turns_dir()?;
+        let dir = crate::holder::journal::dir_of(&turns, invocation_id)?;
+        let record = crate::holder::journal::read_record(&dir)?;
+        (record.invocation_id.as_deref() == Some(invocation_id)).then_some((dir, record))
+    }
+
+    /// Removes the held turn of `invocation_id` once its end is recorded
+    /// (its holder has ended, or stops the program).
+    pub fn forget_turn(&self, invocation_id: &str) {
+        if let Some(dir) = self
+            .turns_dir()
+            .and_then(|turns| crate::holder::journal::dir_of(&turns, invocation_id))
+        {
+            crate::holder::journal::remove(&dir);
+        }
+    }
+
+    /// Carries on a held turn in session `id` (see
+    /// [`Session::resume_turn`]).
+    pub fn resume_turn(
+        &self,
+        id: &str,
+        held: (PathBuf, crate::holder::journal::TurnRecord),
+        timeout: Option<Duration>,
+        asker: TurnAsker,
+    ) -> Result<Turn, RuntimeError> {
+        let session = self.session(id)?;
+        let (dir, record) = held;
+        session.resume_turn(
+            dir,
+            record,
+            timeout.unwrap_or(self.config.default_timeout),
+            asker,
+        )
+    }
+
+    /// Where held turns live, when sessions are held.
+    fn turns_dir(&self) -> Option<PathBuf> {
+        self.config
+            .holders_dir
+            .as_ref()
+            .map(|root| root.with_file_name(TURNS_DIR_NAME))
     }
 
     /// A receiver that turns `true` once [`SessionManager::shutdown`] has

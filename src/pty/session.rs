@@ -22,7 +22,8 @@
 //! continues that CLI session, the person's turns included.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use scout_mesh::lifecycle::{FailureReason, Harness};
 use scout_mesh::output::{FLIGHT_OUTPUT_BYTES_MAX, FlightOutput};
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -52,6 +53,7 @@ use crate::adapter::{
     TurnStyle, TurnUsage,
 };
 use crate::env::Env;
+use crate::holder::journal::{self, HeldState, TurnExit, TurnRecord};
 
 /// Output chunks kept for terminal and stream subscribers. A subscriber
 /// more than this far behind skips ahead and redraws from the screen model.
@@ -919,6 +921,51 @@ impl Session {
             state.n_turns += 1;
             format!("{}-turn-{}", self.config.id, state.n_turns)
         };
+        let held = HeldTurn::New {
+            invocation_id: asker.invocation_id.clone(),
+        };
+        Ok(self.start_turn(turn_id, prompt, timeout, conversation, asker, held))
+    }
+
+    /// Carries on a structured turn that a holder ran while the broker was
+    /// away (`dir`, see [`crate::holder::journal`]): its events are read
+    /// from the journal, from the start, and it ends as the program did.
+    /// The program is never started again.
+    pub fn resume_turn(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        record: TurnRecord,
+        timeout: Duration,
+        asker: TurnAsker,
+    ) -> Result<Turn, RuntimeError> {
+        if !matches!(self.adapter.turn_style(), TurnStyle::Structured) {
+            return Err(RuntimeError::Harness(format!(
+                "the {} harness has no held turns to carry on",
+                self.adapter.harness()
+            )));
+        }
+        let turn_id = record.turn_id.clone();
+        let prompt = record.prompt.clone();
+        let conversation = record.conversation.clone();
+        Ok(self.start_turn(
+            turn_id,
+            prompt,
+            timeout,
+            conversation,
+            asker,
+            HeldTurn::Resume { dir, record },
+        ))
+    }
+
+    fn start_turn(
+        self: &Arc<Self>,
+        turn_id: String,
+        prompt: String,
+        timeout: Duration,
+        conversation: Option<String>,
+        asker: TurnAsker,
+        held: HeldTurn,
+    ) -> Turn {
         let (events_tx, events_rx) = mpsc::channel(TURN_EVENTS_MAX);
         let session = self.clone();
         let id = turn_id.clone();
@@ -957,6 +1004,7 @@ impl Session {
                                         &prompt,
                                         conversation.as_deref(),
                                         &events_tx,
+                                        held,
                                     )
                                     .await
                             }
@@ -1006,10 +1054,10 @@ impl Session {
             session.transcript_end(&outcome);
             let _ = events_tx.send(TurnEvent::Finished(outcome)).await;
         });
-        Ok(Turn {
+        Turn {
             id: turn_id,
             events: events_rx,
-        })
+        }
     }
 
     /// Cancels the running turn, if any: it ends `CANCELLED` (an ACP agent
@@ -1130,53 +1178,78 @@ impl Session {
         prompt: &str,
         conversation: Option<&str>,
         events: &mpsc::Sender<TurnEvent>,
+        held: HeldTurn,
     ) -> TurnOutcome {
-        let resume = self.lock_state().cli_sessions.get(conversation);
+        let resuming = match &held {
+            HeldTurn::Resume { record, .. } => Some(record.resumed),
+            HeldTurn::New { .. } => None,
+        };
+        let resume = match resuming {
+            // A carried-on turn continued its CLI session, or not, before
+            // the restart; what is remembered now does not change that.
+            Some(resumed) => resumed.then(String::new),
+            None => self.lock_state().cli_sessions.get(conversation),
+        };
         // A broker's agent whose CLI can send its approval requests out
         // runs that way, so a person is asked (see `codex_turn`).
-        let asking = self.approval_asker().zip(self.adapter.asking_command());
-        let invocation = match &asking {
-            Some((_, argv)) => Some(crate::adapter::Invocation {
+        let asking = match resuming {
+            Some(_) => None,
+            None => self.approval_asker().zip(self.adapter.asking_command()),
+        };
+        let invocation = match (&asking, resuming) {
+            (_, Some(_)) => None,
+            (Some((_, argv)), None) => Some(crate::adapter::Invocation {
                 argv: argv.clone(),
                 stdin: None,
             }),
-            None => self.adapter.invocation(prompt, resume.as_deref()),
+            (None, None) => self.adapter.invocation(prompt, resume.as_deref()),
         };
-        let Some(invocation) = invocation else {
+        if invocation.is_none() && resuming.is_none() {
             return harness_failure(format!(
                 "the {} harness has no structured mode",
                 self.adapter.harness()
             ));
-        };
-        let mut command = tokio::process::Command::new(&invocation.argv[0]);
-        command
-            .args(&invocation.argv[1..])
-            .current_dir(&self.config.workdir)
-            .stdin(if invocation.stdin.is_some() || asking.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        for name in &self.config.env_remove {
-            command.env_remove(name);
         }
-        command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
-        command.env(SESSION_MARKER_VAR, &self.marker);
-        command.env("NO_COLOR", "1");
-        let mut child = match crate::home::with_user_umask(|| command.spawn()) {
-            Ok(child) => child,
-            Err(err) => {
-                return harness_failure(format!("cannot start `{}`: {err}", invocation.argv[0]));
+        // Runs that only write events are held when the broker has holders,
+        // so they outlive a restart; a run that talks back (the app server)
+        // is the broker's own child.
+        let placement = self.config.holders.clone();
+        let started = match (held, invocation, placement) {
+            (HeldTurn::Resume { dir, record }, _, Some(placement)) => {
+                tracing::info!(agent = %self.config.id, turn = %turn_id, "carrying on a held turn");
+                StructuredRun::held(dir, record, &placement)
+            }
+            (HeldTurn::Resume { .. }, _, None) => {
+                return harness_failure("this broker holds no turns to carry on".to_owned());
+            }
+            (HeldTurn::New { invocation_id }, Some(invocation), Some(placement))
+                if asking.is_none() =>
+            {
+                let record = TurnRecord {
+                    invocation_id,
+                    session_id: self.config.id.clone(),
+                    turn_id: turn_id.to_owned(),
+                    conversation: conversation.map(str::to_owned),
+                    prompt: prompt.to_owned(),
+                    program: invocation.argv[0].clone(),
+                    resumed: resume.is_some(),
+                };
+                self.start_held(record, invocation, &placement).await
+            }
+            (HeldTurn::New { .. }, Some(invocation), _) => {
+                self.start_direct(&invocation, asking.is_some())
+            }
+            (HeldTurn::New { .. }, None, _) => {
+                return harness_failure("the structured run has nothing to run".to_owned());
             }
         };
-        let group = GroupKill(child.id());
+        let mut run = match started {
+            Ok(run) => run,
+            Err(message) => return harness_failure(message),
+        };
         let stopping = {
             let mut state = self.lock_state();
-            state.structured_pid = child.id();
+            state.structured_pid = run.pid();
             state.stop_reason.is_some() || state.stopped_at.is_some()
         };
         let _forget = ForgetStructuredPid(self);
@@ -1184,29 +1257,18 @@ impl Session {
             // The session stopped while this run started; the guard kills it.
             return self.stopped_during_turn();
         }
-        tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?child.id(), "structured run started");
-        // The app server's input stays open for the exchange below.
-        if let Some(text) = invocation.stdin
-            && let Some(mut stdin) = child.stdin.take()
-        {
-            tokio::spawn(async move {
-                let _ = stdin.write_all(text.as_bytes()).await;
-            });
-        }
-        let stderr_tail = child
-            .stderr
-            .take()
-            .map(|stderr| tokio::spawn(read_tail(stderr)));
-        let Some(stdout) = child.stdout.take() else {
-            return harness_failure("the structured run has no output".to_owned());
-        };
-        let (mut app, mut reader) = match (asking, child.stdin.take()) {
-            (Some((asker, _)), Some(stdin)) => {
-                let turn = AppTurn::new(prompt, &self.config.workdir, resume.as_deref());
-                let run = AppServerRun::start(turn, stdin, stdout, asker);
-                (Some(run), None)
-            }
-            _ => (None, Some(BufReader::new(stdout))),
+        tracing::debug!(agent = %self.config.id, turn = %turn_id, pid = ?run.pid(), "structured run started");
+        let program = run.program().to_owned();
+        let (mut app, mut reader) = match run.take_output() {
+            Err(message) => return harness_failure(message),
+            Ok(RunOutput::Lines(reader)) => (None, Some(BufReader::new(reader))),
+            Ok(RunOutput::App { stdin, stdout }) => match asking {
+                Some((asker, _)) => {
+                    let turn = AppTurn::new(prompt, &self.config.workdir, resume.as_deref());
+                    (Some(AppServerRun::start(turn, stdin, stdout, asker)), None)
+                }
+                None => return harness_failure("the app server has nobody to ask".to_owned()),
+            },
         };
         let classify = |text: &str| self.adapter.classify_failure(text);
         let mut line = Vec::new();
@@ -1293,47 +1355,54 @@ impl Session {
                     // then its group is killed.
                     drop(app);
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
-                        drop(group);
+                        let _ = run.wait_exit(STRUCTURED_EXIT_WAIT).await;
+                        drop(run);
                     });
                 }
                 // A CLI run writes its session as it exits.
                 None => {
-                    let _ = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+                    let _ = run.wait_exit(STRUCTURED_EXIT_WAIT).await;
+                    run.finished();
                 }
             }
             return outcome;
         }
-        let status = tokio::time::timeout(STRUCTURED_EXIT_WAIT, child.wait()).await;
+        let status = run.wait_exit(STRUCTURED_EXIT_WAIT).await;
         if self.lock_state().stop_reason.is_some()
             || self.lock_state().stopped_at.is_some()
             || self.is_finished()
         {
             return self.stopped_during_turn();
         }
-        let tail = match stderr_tail {
-            Some(task) => task.await.unwrap_or_default(),
-            None => String::new(),
-        };
+        if status == RunEnd::Lost {
+            run.finished();
+            return harness_failure(format!(
+                "{}: `{program}` was running in a holder that was killed",
+                super::held::HOLDER_LOST
+            ));
+        }
+        let tail = run.stderr_tail().await;
+        run.finished();
         let detail = [tail.trim(), answer.last_notice.as_deref().unwrap_or("")]
             .into_iter()
             .filter(|text| !text.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
         let meaning = match &status {
-            Ok(Ok(status)) => status
-                .code()
-                .and_then(|code| self.adapter.exit_meaning(code)),
+            RunEnd::Exited(exit) => exit.code.and_then(|code| self.adapter.exit_meaning(code)),
             _ => None,
         };
         let how = match (&status, meaning) {
-            (Ok(Ok(status)), Some((_, meaning))) => format!("exited ({status}: {meaning})"),
-            (Ok(Ok(status)), None) => format!("exited ({status})"),
+            (RunEnd::Exited(exit), _) if exit.journal_full => format!(
+                "wrote more than {} MiB of events and was stopped",
+                crate::holder::journal::JOURNAL_BYTES_MAX / (1024 * 1024)
+            ),
+            (RunEnd::Exited(exit), Some((_, meaning))) => format!("exited ({exit}: {meaning})"),
+            (RunEnd::Exited(exit), None) => format!("exited ({exit})"),
             _ => "stopped answering".to_owned(),
         };
         let message = format!(
-            "`{}` {how} without finishing the turn{}",
-            invocation.argv[0],
+            "`{program}` {how} without finishing the turn{}",
             if detail.is_empty() {
                 String::new()
             } else {
@@ -1364,6 +1433,105 @@ impl Session {
             failure: TurnFailure::of_kind(kind),
             message,
         }
+    }
+
+    /// Starts a structured run as the broker's own child (`talks`: its
+    /// input stays open, for the app server's conversation).
+    fn start_direct(
+        &self,
+        invocation: &crate::adapter::Invocation,
+        talks: bool,
+    ) -> Result<StructuredRun, String> {
+        let mut command = tokio::process::Command::new(&invocation.argv[0]);
+        command
+            .args(&invocation.argv[1..])
+            .current_dir(&self.config.workdir)
+            .stdin(if invocation.stdin.is_some() || talks {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for name in &self.config.env_remove {
+            command.env_remove(name);
+        }
+        command.envs(self.structured_env());
+        let mut child = crate::home::with_user_umask(|| command.spawn())
+            .map_err(|err| format!("cannot start `{}`: {err}", invocation.argv[0]))?;
+        let group = GroupKill(child.id());
+        if let Some(text) = invocation.stdin.clone()
+            && let Some(mut stdin) = child.stdin.take()
+        {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+            });
+        }
+        let stderr_tail = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(read_tail(stderr)));
+        Ok(StructuredRun::Direct {
+            program: invocation.argv[0].clone(),
+            child,
+            stderr_tail,
+            group,
+        })
+    }
+
+    /// Starts a structured run in a holder of its own, which journals its
+    /// events (see [`crate::holder::journal`]).
+    async fn start_held(
+        &self,
+        record: TurnRecord,
+        invocation: crate::adapter::Invocation,
+        placement: &HolderPlacement,
+    ) -> Result<StructuredRun, String> {
+        let spec = crate::holder::HolderSpec {
+            argv: invocation.argv.clone(),
+            cwd: self.config.workdir.clone(),
+            env: self
+                .structured_env()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+            env_remove: self.config.env_remove.clone(),
+            rows: 0,
+            cols: 0,
+            journal: true,
+            stdin: invocation.stdin.clone(),
+        };
+        let turns = placement.turns.clone();
+        let record_for_dir = record.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            let dir = journal::create(&turns, &record_for_dir)?;
+            crate::holder::start(&dir, &spec)
+                .inspect_err(|_| journal::remove(&dir))
+                .map(|_| dir)
+        })
+        .await
+        .map_err(|err| format!("the holder's start stopped: {err}"))?;
+        match started {
+            Ok(dir) => StructuredRun::held(dir, record, placement),
+            Err(err) => Err(format!(
+                "cannot start `{}` ({}): {err}",
+                invocation.argv[0],
+                err.code()
+            )),
+        }
+    }
+
+    /// The environment of a structured run, on top of the broker's.
+    fn structured_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.config
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain([
+                (SESSION_MARKER_VAR, self.marker.as_str()),
+                ("NO_COLOR", "1"),
+            ])
     }
 
     /// Hands a structured turn's event to its consumer and to the
@@ -2446,6 +2614,183 @@ struct ForgetStructuredPid<'a>(&'a Session);
 impl Drop for ForgetStructuredPid<'_> {
     fn drop(&mut self) {
         self.0.lock_state().structured_pid = None;
+    }
+}
+
+/// Whether a structured turn is new or carried on from before a restart.
+pub(crate) enum HeldTurn {
+    /// A new turn; `invocation_id` when routing runs it (its held
+    /// directory then stays until the flight's end is committed).
+    New { invocation_id: Option<String> },
+    /// A turn a holder ran on while the broker was away.
+    Resume { dir: PathBuf, record: TurnRecord },
+}
+
+/// A structured run in progress: the broker's own child, or a holder's.
+enum StructuredRun {
+    Direct {
+        program: String,
+        child: tokio::process::Child,
+        stderr_tail: Option<tokio::task::JoinHandle<String>>,
+        group: GroupKill,
+    },
+    Held {
+        program: String,
+        dir: PathBuf,
+        kill: HeldKill,
+    },
+}
+
+/// Where a structured run's events come from.
+enum RunOutput {
+    /// One JSON event per line.
+    Lines(Pin<Box<dyn AsyncRead + Send>>),
+    /// The app server's pipes, for a conversation.
+    App {
+        stdin: tokio::process::ChildStdin,
+        stdout: tokio::process::ChildStdout,
+    },
+}
+
+/// How a structured run's program ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunEnd {
+    Exited(TurnExit),
+    /// It did not end within the wait.
+    Running,
+    /// Its holder was killed before it recorded the end.
+    Lost,
+}
+
+impl StructuredRun {
+    fn held(dir: PathBuf, record: TurnRecord, placement: &HolderPlacement) -> Result<Self, String> {
+        let pid = journal::child_pid(&dir);
+        Ok(StructuredRun::Held {
+            program: record.program.clone(),
+            kill: HeldKill {
+                pid,
+                dir: dir.clone(),
+                detaching: placement.detaching.clone(),
+                remove: record.invocation_id.is_none(),
+                done: false,
+            },
+            dir,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            StructuredRun::Direct { group, .. } => group.0,
+            StructuredRun::Held { kill, .. } => kill.pid,
+        }
+    }
+
+    fn program(&self) -> &str {
+        match self {
+            StructuredRun::Direct { program, .. } | StructuredRun::Held { program, .. } => program,
+        }
+    }
+
+    fn take_output(&mut self) -> Result<RunOutput, String> {
+        match self {
+            StructuredRun::Direct { child, .. } => {
+                let stdout = child
+                    .stdout
+                    .take()
+                    .ok_or_else(|| "the structured run has no output".to_owned())?;
+                match child.stdin.take() {
+                    Some(stdin) => Ok(RunOutput::App { stdin, stdout }),
+                    None => Ok(RunOutput::Lines(Box::pin(stdout))),
+                }
+            }
+            StructuredRun::Held { dir, .. } => journal::JournalReader::open(dir)
+                .map(|reader| RunOutput::Lines(Box::pin(reader)))
+                .map_err(|err| format!("cannot read the turn's journal: {err}")),
+        }
+    }
+
+    /// Waits (at most `bound`) for the program's end.
+    async fn wait_exit(&mut self, bound: Duration) -> RunEnd {
+        match self {
+            StructuredRun::Direct { child, .. } => {
+                match tokio::time::timeout(bound, child.wait()).await {
+                    Ok(Ok(status)) => RunEnd::Exited(TurnExit {
+                        code: status.code(),
+                        signal: std::os::unix::process::ExitStatusExt::signal(&status),
+                        journal_full: false,
+                    }),
+                    _ => RunEnd::Running,
+                }
+            }
+            StructuredRun::Held { dir, .. } => {
+                let deadline = Instant::now() + bound;
+                loop {
+                    let dir = dir.clone();
+                    let state = tokio::task::spawn_blocking(move || journal::state(&dir))
+                        .await
+                        .unwrap_or(HeldState::Lost);
+                    match state {
+                        HeldState::Exited(exit) => return RunEnd::Exited(exit),
+                        HeldState::Lost => return RunEnd::Lost,
+                        HeldState::Running if Instant::now() >= deadline => {
+                            return RunEnd::Running;
+                        }
+                        HeldState::Running => tokio::time::sleep(HELD_EXIT_POLL).await,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stderr_tail(&mut self) -> String {
+        match self {
+            StructuredRun::Direct { stderr_tail, .. } => match stderr_tail.take() {
+                Some(task) => task.await.unwrap_or_default(),
+                None => String::new(),
+            },
+            StructuredRun::Held { dir, .. } => journal::stderr_tail(dir),
+        }
+    }
+
+    /// The turn is over: what is left of the run is stopped, and a held
+    /// turn that no flight waits for is removed.
+    fn finished(&mut self) {
+        if let StructuredRun::Held { kill, .. } = self {
+            kill.done = true;
+        }
+    }
+}
+
+/// How often a held turn's end is looked for once its output ended.
+const HELD_EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Stops a held turn's program when the turn ends without it (timed out,
+/// cancelled, the session stopped), and removes the turn's directory when
+/// no flight waits for it. A broker that is shutting down leaves the turn
+/// running: the next broker carries it on.
+struct HeldKill {
+    pid: Option<u32>,
+    dir: PathBuf,
+    detaching: Arc<AtomicBool>,
+    /// Remove the directory at the end (no flight waits for it).
+    remove: bool,
+    /// The turn took the program's end.
+    done: bool,
+}
+
+impl Drop for HeldKill {
+    fn drop(&mut self) {
+        if self.detaching.load(Ordering::SeqCst) && !self.done {
+            return;
+        }
+        if let Some(pid) = self.pid
+            && journal::state(&self.dir) == HeldState::Running
+        {
+            signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if self.remove {
+            journal::remove(&self.dir);
+        }
     }
 }
 

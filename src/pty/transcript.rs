@@ -92,6 +92,9 @@ pub struct TurnAsker {
     pub by: String,
     /// The node the request came from, when known.
     pub node: Option<String>,
+    /// The invocation the turn runs, when routing asked: its flight waits
+    /// for the turn's end, also across a broker restart.
+    pub invocation_id: Option<String>,
 }
 
 impl TurnAsker {
@@ -100,6 +103,7 @@ impl TurnAsker {
         TurnAsker {
             by: "local API request".to_owned(),
             node: None,
+            invocation_id: None,
         }
     }
 }
@@ -348,6 +352,7 @@ mod tests {
             asker: TurnAsker {
                 by: "invocation inv-7".to_owned(),
                 node: Some("laptop".to_owned()),
+                invocation_id: Some("inv-7".to_owned()),
             },
             conversation: Some("conv-1".to_owned()),
             prompt: prompt.to_owned(),

@@ -257,11 +257,11 @@ impl Flight {
     }
 
     /// The flight's whole output, if the flight is stored.
-    fn read_output(
-        transaction: &Transaction<'_>,
+    pub(crate) fn read_output(
+        connection: &Connection,
         flight_id: &str,
     ) -> Result<Option<FlightOutput>, StoreError> {
-        let text: Option<String> = transaction
+        let text: Option<String> = connection
             .prepare_cached(&format!(
                 "SELECT {OUTPUT} FROM flights WHERE flight_id = ?1"
             ))?

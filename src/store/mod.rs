@@ -151,6 +151,10 @@ pub struct StoreOptions {
     /// Where row timestamps and ids come from (default: the system's
     /// clock and uuid v7). A broker passes its own environment.
     pub env: Env,
+    /// Invocations whose execution outlived the last broker (held turns,
+    /// `crate::holder::journal::held_invocations`): reconcile leaves their
+    /// running flights running, for the broker to carry on.
+    pub held_invocations: std::collections::BTreeSet<String>,
 }
 
 impl Default for StoreOptions {
@@ -162,6 +166,7 @@ impl Default for StoreOptions {
             read_connections_max: READ_CONNECTIONS_MAX,
             inline_writes: false,
             env: Env::system(None),
+            held_invocations: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -410,7 +415,11 @@ impl Store {
         configure_write_connection(&connection, &options)
             .map_err(|err| classify_open_error(&path, err))?;
         migrations::migrate(&mut connection, &path)?;
-        let report = reconcile::reconcile_on_open(&mut connection, options.env.now_unix_ms_i64())?;
+        let report = reconcile::reconcile_on_open(
+            &mut connection,
+            options.env.now_unix_ms_i64(),
+            &options.held_invocations,
+        )?;
         if !report.is_empty() {
             tracing::warn!(
                 path = %path.display(),

@@ -5,13 +5,17 @@
 //!   so running it later is safe;
 //! - `running` and `waiting` become `failed` with reason `harness_error`:
 //!   the agent may already have acted, and running it again could execute
-//!   it twice, which must never happen;
+//!   it twice, which must never happen; unless its execution outlived the
+//!   broker (a held turn, see `crate::holder::journal`): then it stays as
+//!   it is, and the broker carries it on (re-attached, never re-run);
 //! - `queued` stays queued, and terminal flights stay as they are.
 //!
 //! A delivery whose flight is local (the same broker owns the invocation)
 //! follows its flight into `failed`. [`reconcile_on_open`] applies the rule
 //! in one transaction, through the same checked transitions as every other
 //! write, records each change in the audit log, and returns the report.
+
+use std::collections::BTreeSet;
 
 use rusqlite::{Connection, TransactionBehavior};
 use scout_mesh::lifecycle::{DeliveryState, FailureReason, FlightState};
@@ -51,10 +55,12 @@ impl FlightRecovery {
     }
 }
 
-/// The restart rule for flights.
-pub fn flight_recovery(state: FlightState) -> FlightRecovery {
+/// The restart rule for flights; `held`: the flight's execution outlived
+/// the broker.
+pub fn flight_recovery(state: FlightState, held: bool) -> FlightRecovery {
     match state {
         FlightState::Waking => FlightRecovery::Requeue,
+        FlightState::Running | FlightState::Waiting if held => FlightRecovery::Keep,
         FlightState::Running | FlightState::Waiting => FlightRecovery::FailInterrupted,
         FlightState::Queued
         | FlightState::Completed
@@ -137,6 +143,7 @@ impl ReconcileReport {
 pub(crate) fn reconcile_on_open(
     connection: &mut Connection,
     now_ms: i64,
+    held_invocations: &BTreeSet<String>,
 ) -> Result<ReconcileReport, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut report = ReconcileReport {
@@ -158,7 +165,7 @@ pub(crate) fn reconcile_on_open(
     };
     for (flight_id, invocation_id, state) in unfinished {
         let from: FlightState = parse_word("flights", &flight_id, &state)?;
-        let recovery = flight_recovery(from);
+        let recovery = flight_recovery(from, held_invocations.contains(&invocation_id));
         let Some(to) = recovery.target() else {
             continue;
         };
@@ -270,19 +277,29 @@ mod tests {
     #[test]
     fn flight_rule_matches_the_design() {
         use FlightState::*;
-        assert_eq!(flight_recovery(Waking), FlightRecovery::Requeue);
-        assert_eq!(flight_recovery(Running), FlightRecovery::FailInterrupted);
-        assert_eq!(flight_recovery(Waiting), FlightRecovery::FailInterrupted);
-        assert_eq!(flight_recovery(Queued), FlightRecovery::Keep);
+        assert_eq!(flight_recovery(Waking, false), FlightRecovery::Requeue);
+        assert_eq!(
+            flight_recovery(Running, false),
+            FlightRecovery::FailInterrupted
+        );
+        assert_eq!(
+            flight_recovery(Waiting, false),
+            FlightRecovery::FailInterrupted
+        );
+        // A held execution is carried on, never failed or run again.
+        assert_eq!(flight_recovery(Running, true), FlightRecovery::Keep);
+        assert_eq!(flight_recovery(Waiting, true), FlightRecovery::Keep);
+        assert_eq!(flight_recovery(Waking, true), FlightRecovery::Requeue);
+        assert_eq!(flight_recovery(Queued, false), FlightRecovery::Keep);
         for terminal in [Completed, Failed, Cancelled] {
-            assert_eq!(flight_recovery(terminal), FlightRecovery::Keep);
+            assert_eq!(flight_recovery(terminal, false), FlightRecovery::Keep);
         }
     }
 
     #[test]
     fn every_recovery_is_a_legal_transition() {
         for from in FlightState::ALL {
-            if let Some(to) = flight_recovery(*from).target() {
+            if let Some(to) = flight_recovery(*from, false).target() {
                 assert!(from.can_transition_to(to), "{from} -> {to}");
             }
         }
@@ -299,7 +316,10 @@ mod tests {
     fn a_recovered_flight_never_runs_again() {
         // Nothing the agent may have seen goes back to the queue.
         for from in [FlightState::Running, FlightState::Waiting] {
-            assert_ne!(flight_recovery(from).target(), Some(FlightState::Queued));
+            assert_ne!(
+                flight_recovery(from, false).target(),
+                Some(FlightState::Queued)
+            );
         }
     }
 

@@ -8,7 +8,8 @@ use rusqlite::{Connection, Transaction};
 use scout_mesh::lifecycle::{DeliveryState, FlightState};
 use scout_mesh::output::FlightOutput;
 use scout_mesh::routing::{
-    Facts, Invocation, Needs, PersistFailure, RestoredDelivery, RestoredFlight, StoredFlight, Write,
+    Facts, Invocation, Needs, PersistFailure, RestoredDelivery, RestoredFlight, Resumed,
+    StoredFlight, Write,
 };
 use scout_mesh::wire::{FlightUpdate, NodeId};
 
@@ -429,22 +430,38 @@ pub fn restore(
         }
     }
     let mut flights = Vec::new();
-    for flight in Flight::list_in_state(connection, FlightState::Queued, RESTORE_ROWS_MAX)? {
-        let Some(instance) = flight.chosen_instance else {
-            continue;
-        };
-        let Some(invocation) =
-            StoredInvocation::get(connection, &flight.invocation_id)?.and_then(core_invocation)
-        else {
-            continue;
-        };
-        flights.push((
-            flight.created_at_ms,
-            RestoredFlight {
-                invocation,
-                instance,
-            },
-        ));
+    // After the store's reconcile, a flight still running or waiting is
+    // one whose execution outlived the broker: it is carried on.
+    for state in [
+        FlightState::Running,
+        FlightState::Waiting,
+        FlightState::Queued,
+    ] {
+        for flight in Flight::list_in_state(connection, state, RESTORE_ROWS_MAX)? {
+            let Some(instance) = flight.chosen_instance else {
+                continue;
+            };
+            let Some(invocation) =
+                StoredInvocation::get(connection, &flight.invocation_id)?.and_then(core_invocation)
+            else {
+                continue;
+            };
+            let resume = match state {
+                FlightState::Queued => None,
+                _ => Some(Resumed {
+                    output_bytes: Flight::read_output(connection, &flight.flight_id)?
+                        .map_or(0, |output| output.total_bytes()),
+                }),
+            };
+            flights.push((
+                flight.created_at_ms,
+                RestoredFlight {
+                    invocation,
+                    instance,
+                    resume,
+                },
+            ));
+        }
     }
     // Oldest first, so each instance runs its queue in arrival order.
     flights.sort_by_key(|(created, _)| *created);

@@ -43,7 +43,13 @@ impl Sandbox {
     /// A `scout` command with this sandbox's home, run from the sandbox, with
     /// HOME pointing into it so nothing of the real user leaks in.
     pub fn scout(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_scout"));
+        self.scout_at(Path::new(env!("CARGO_BIN_EXE_scout")))
+    }
+
+    /// [`Sandbox::scout`] running the binary at `program` (an installed
+    /// copy, for upgrade tests).
+    pub fn scout_at(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
         command
             .arg("--home")
             .arg(self.home())

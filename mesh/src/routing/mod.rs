@@ -455,6 +455,9 @@ pub struct Execute {
     /// The broker the invocation came from (shown to whoever watches the
     /// agent run it).
     pub origin: NodeId,
+    /// The execution started before a restart and outlived it: re-attach
+    /// to it, never start the work again.
+    pub resume: bool,
 }
 
 /// What an [`Event`] says changed.
@@ -595,6 +598,19 @@ pub struct RestoredFlight {
     pub invocation: Invocation,
     /// The instance that runs it.
     pub instance: String,
+    /// `Some` for a flight that was running when the broker stopped and
+    /// whose execution outlived it (held by a process of its own): it is
+    /// carried on, not run again. `None` for a queued flight.
+    pub resume: Option<Resumed>,
+}
+
+/// A running flight carried on after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Bytes of output recorded before the restart. The execution reports
+    /// its output again from the start; these bytes are not recorded or
+    /// sent twice.
+    pub output_bytes: u64,
 }
 
 /// Work the router waits on for a persist.

@@ -34,6 +34,9 @@ pub(super) struct Flight {
     /// The end is recorded (kept in memory only until its execution
     /// reports its end).
     pub(super) recorded: bool,
+    /// Output bytes the execution reports again after a restart that were
+    /// recorded before it (see [`crate::routing::Resumed`]).
+    pub(super) replayed_output_bytes: u64,
 }
 
 impl Flight {
@@ -138,6 +141,7 @@ impl Router {
                 output: FlightOutput::new(),
                 result: None,
                 recorded: false,
+                replayed_output_bytes: 0,
             },
         );
         self.persist(
@@ -196,21 +200,44 @@ impl Router {
 
     pub(super) fn restore_flight(&mut self, restored: RestoredFlight) {
         let id = restored.invocation.invocation_id.clone();
-        self.queues
-            .entry(restored.instance.clone())
-            .or_default()
-            .push_back(id.clone());
+        let state = match restored.resume {
+            // Its execution outlived the restart: it runs on, and its
+            // instance's queue waits behind it as before.
+            Some(_) => {
+                self.executing.insert(restored.instance.clone(), id.clone());
+                let execute = Execute {
+                    invocation_id: id.clone(),
+                    instance: restored.instance.clone(),
+                    prompt: restored.invocation.body.clone(),
+                    action: restored.invocation.action,
+                    deadline_unix_ms: restored.invocation.deadline_unix_ms,
+                    conversation_id: restored.invocation.conversation_id.clone(),
+                    origin: restored.invocation.origin.clone(),
+                    resume: true,
+                };
+                self.push(Output::Execute(execute));
+                FlightState::Running
+            }
+            None => {
+                self.queues
+                    .entry(restored.instance.clone())
+                    .or_default()
+                    .push_back(id.clone());
+                FlightState::Queued
+            }
+        };
         self.flights.insert(
             id,
             Flight {
                 invocation: restored.invocation,
                 instance: restored.instance,
-                state: FlightState::Queued,
+                state,
                 committed: true,
                 waiting: Vec::new(),
                 output: FlightOutput::new(),
                 result: None,
                 recorded: false,
+                replayed_output_bytes: restored.resume.map_or(0, |resumed| resumed.output_bytes),
             },
         );
     }
@@ -308,6 +335,7 @@ impl Router {
             deadline_unix_ms: flight.invocation.deadline_unix_ms,
             conversation_id: flight.invocation.conversation_id.clone(),
             origin: flight.invocation.origin.clone(),
+            resume: false,
         };
         let origin = flight.invocation.origin.clone();
         self.push(Output::Execute(execute));
@@ -358,7 +386,21 @@ impl Router {
             {
                 (FlightState::Running, String::new())
             }
-            ExecProgress::Output(text) if !text.is_empty() => (flight.state, text),
+            ExecProgress::Output(text) if !text.is_empty() => {
+                // What a carried-on execution reports again is not new.
+                let replayed = usize::try_from(flight.replayed_output_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(text.len());
+                flight.replayed_output_bytes -= replayed as u64;
+                let mut start = replayed;
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                if start >= text.len() {
+                    return;
+                }
+                (flight.state, text[start..].to_owned())
+            }
             _ => return,
         };
         let mut writes = Vec::new();

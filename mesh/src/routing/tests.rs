@@ -37,6 +37,8 @@ struct Node {
     rows: Rows,
     /// Executions asked for, in order.
     executed: Vec<String>,
+    /// Of those, the ones carried on after a restart.
+    resumed: Vec<String>,
     events: Vec<Event>,
 }
 
@@ -69,6 +71,7 @@ impl World {
                     router,
                     rows: Rows::default(),
                     executed: Vec::new(),
+                    resumed: Vec::new(),
                     events: Vec::new(),
                 },
             );
@@ -187,6 +190,9 @@ impl World {
             Output::Execute(execute) => {
                 let node = self.node(at);
                 node.executed.push(execute.invocation_id.clone());
+                if execute.resume {
+                    node.resumed.push(execute.invocation_id.clone());
+                }
                 if self.auto_finish {
                     let router = &mut self.node(at).router;
                     router.handle_exec(now(t), &execute.invocation_id, ExecProgress::Started);
@@ -501,6 +507,81 @@ fn a_restarted_origin_finishes_without_running_twice() {
     }
     assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Completed));
     assert_eq!(world.nodes[&b].executed.len(), 1);
+}
+
+#[test]
+fn an_owner_restarted_under_a_held_execution_carries_it_on_once() {
+    let (a, b) = (node(1), node(2));
+    let mut world = World::new(&[a.clone(), b.clone()]);
+    world.auto_finish = false;
+    world.submit(0, &a, &b, "i1", "@fabric@b#main");
+    let router = &mut world.node(&b).router;
+    router.handle_exec(now(1), "i1", ExecProgress::Started);
+    router.handle_exec(now(1), "i1", ExecProgress::Output("hello ".into()));
+    world.settle(1);
+    assert_eq!(world.nodes[&b].rows.flights["i1"].1, FlightState::Running);
+
+    // The owner restarts; the execution outlived it (a held turn), so its
+    // running flight is restored to be carried on with the output so far.
+    let invocation = world.nodes[&a].rows.deliveries["i1"].1.clone();
+    let restored = RestoredFlight {
+        invocation,
+        instance: "@fabric@b#main".into(),
+        resume: Some(Resumed { output_bytes: 6 }),
+    };
+    let mut router = Router::restore(
+        b.clone(),
+        Box::new(NoAlternatives),
+        9,
+        now(10),
+        Vec::new(),
+        vec![restored],
+    );
+    router.handle_peer_up(now(10), a.clone());
+    world.node(&b).router = router;
+    world.settle(10);
+    assert_eq!(world.nodes[&b].executed, ["i1", "i1"]);
+    assert_eq!(
+        world.nodes[&b].resumed,
+        ["i1"],
+        "re-attached, not run again"
+    );
+
+    // The execution reports its output again from the start, then its end.
+    let router = &mut world.node(&b).router;
+    router.handle_exec(now(11), "i1", ExecProgress::Output("hello wor".into()));
+    router.handle_exec(now(11), "i1", ExecProgress::Output("ld".into()));
+    router.handle_exec(
+        now(11),
+        "i1",
+        ExecProgress::Finished(ExecResult::Completed {
+            response: "hello world".into(),
+            usage: None,
+        }),
+    );
+    world.settle(11);
+    for t in (12..20_000).step_by(500) {
+        world.node(&a).router.handle_timeout(now(t));
+        world.settle(t);
+    }
+    assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Completed));
+    assert_eq!(world.nodes[&b].rows.flights["i1"].1, FlightState::Completed);
+    let output: String = world.nodes[&b]
+        .events
+        .iter()
+        .filter(|event| event.invocation_id == "i1")
+        .filter_map(|event| {
+            event
+                .output
+                .as_ref()
+                .map(|output| output.as_str().to_owned())
+        })
+        .collect();
+    assert!(
+        output.starts_with("hello world"),
+        "output repeated: {output:?}"
+    );
+    assert_eq!(output.matches("hello").count(), 1, "{output:?}");
 }
 
 #[test]

@@ -117,6 +117,8 @@ enum Completion {
         id: PersistId,
         result: Result<Result<(), PersistFailure>, StoreError>,
         submit: Option<String>,
+        /// Flights whose end the rows record.
+        finished: Vec<String>,
     },
     Response {
         request: RequestId,
@@ -270,9 +272,10 @@ impl Driver {
                 Some(command) = self.inbox.recv() => self.command(command),
             }
         }
-        for (_, cancel) in self.running.drain() {
-            let _ = cancel.send(());
-        }
+        // Executions are not cancelled: an agent held by a holder goes on
+        // working for the next broker to carry on, and the runtime's own
+        // shutdown stops those the broker holds itself.
+        self.running.clear();
         self.tasks.shutdown().await;
     }
 
@@ -369,7 +372,17 @@ impl Driver {
 
     fn completed(&mut self, completion: Completion) {
         match completion {
-            Completion::Persisted { id, result, submit } => self.persisted(id, result, submit),
+            Completion::Persisted {
+                id,
+                result,
+                submit,
+                finished,
+            } => {
+                if matches!(result, Ok(Ok(()))) {
+                    self.forget(&finished);
+                }
+                self.persisted(id, result, submit);
+            }
             Completion::Response { request, answer } => {
                 let now = self.now();
                 self.core.handle_response(now, request, answer);
@@ -473,11 +486,26 @@ impl Driver {
         }
     }
 
+    /// A flight's end is committed: its execution's keepsakes go (a held
+    /// turn's journal; see [`crate::holder::journal`]).
+    fn forget(&self, finished: &[String]) {
+        for invocation_id in finished {
+            self.executor.forget(invocation_id);
+        }
+    }
+
     async fn persist(&mut self, id: PersistId, writes: Vec<core::Write>, wait_for_disk: bool) {
         let submit = writes.iter().find_map(|write| match write {
             core::Write::Submit { invocation, .. } => Some(invocation.invocation_id.clone()),
             _ => None,
         });
+        let finished: Vec<String> = writes
+            .iter()
+            .filter_map(|write| match write {
+                core::Write::FinishFlight { invocation_id, .. } => Some(invocation_id.clone()),
+                _ => None,
+            })
+            .collect();
         let env = self.env.clone();
         let queued = self
             .store
@@ -496,14 +524,24 @@ impl Driver {
                     id,
                     result: pending.await,
                     submit,
+                    finished,
                 }
             }));
         } else {
             // Queued in order ahead of every later write, and not waited
             // for: the policy does not ask for the disk.
+            let executor = self.executor.clone();
             self.pending.push(Box::pin(async move {
-                if let Err(err) = pending.await {
-                    tracing::warn!(cause = %err, "routing rows of a policy that does not wait for the disk were not stored");
+                match pending.await {
+                    Ok(Ok(())) => {
+                        for invocation_id in &finished {
+                            executor.forget(invocation_id);
+                        }
+                    }
+                    Ok(Err(_)) => {}
+                    Err(err) => {
+                        tracing::warn!(cause = %err, "routing rows of a policy that does not wait for the disk were not stored");
+                    }
                 }
                 Completion::Done
             }));
@@ -657,8 +695,10 @@ impl Driver {
                 .find(|peer| peer.node_id == execute.origin.to_string())
                 .map(|peer| peer.name)
         };
-        // Work that edits gets a checkpoint of the agent's worktree first.
+        // Work that edits gets a checkpoint of the agent's worktree first
+        // (work carried on after a restart had its checkpoint then).
         let checkpoint_of = (execute.action == InvocationAction::Execute
+            && !execute.resume
             && self.executor.checkpoints_workspaces())
         .then(|| checkpoint_workspace(&agent, make_worktree))
         .flatten();
@@ -670,7 +710,8 @@ impl Driver {
             conversation_id: execute.conversation_id,
             origin_node,
             timeout,
-            make_worktree,
+            make_worktree: make_worktree && !execute.resume,
+            resume: execute.resume,
         };
         let execution = match checkpoint_of {
             Some(workspace) => crate::daemon::checkpoints::execute_after_checkpoint(
