@@ -7,7 +7,11 @@
 //! `/agents` to the `agent_ready` event on `/ws/events`); everything else
 //! runs against a real `scout up` in a temporary home, with real terminals,
 //! a real HTTP client and real WebSocket clients.
-//! `SCOUT_BENCH_ONLY=spawn,stream,memory,health` picks parts;
+//! The `holders` part measures what holders cost: each holder's memory
+//! with a shell in it, and a broker SIGKILLed and started again until its
+//! ready line, when every session is re-attached (the broker re-attaches
+//! before it serves).
+//! `SCOUT_BENCH_ONLY=spawn,stream,memory,health,holders` picks parts;
 //! `SCOUT_BENCH_SPAWNS` overrides the number of spawns measured and
 //! `SCOUT_BENCH_STREAM_MB` the megabytes streamed to the WebSocket client.
 
@@ -60,6 +64,11 @@ const GOAL_STREAM_MB_PER_S: f64 = 50.0;
 const GOAL_IDLE_RSS_MB: f64 = 30.0;
 const GOAL_SESSION_MB: f64 = 4.0;
 const GOAL_HEALTH_P99_MS: f64 = 10.0;
+const GOAL_HOLDER_RSS_MB: f64 = 3.0;
+const GOAL_REATTACH_MS: f64 = 200.0;
+
+/// Broker restarts measured by the `holders` part.
+const N_RESTARTS: usize = 10;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -110,6 +119,69 @@ fn main() {
     if runs("health") {
         health_under_load(&broker, dir.path());
     }
+    drop(broker);
+    if runs("holders") {
+        holders(dir.path());
+    }
+}
+
+/// Holders' memory, and the broker's restart to every session re-attached.
+fn holders(dir: &Path) {
+    let dir = dir.join("holders");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut broker = BrokerUnderTest::start(&dir);
+    let ids: Vec<String> = (0..N_SESSIONS)
+        .map(|_| broker.spawn_shell(&dir, SHELL))
+        .collect();
+    for id in &ids {
+        broker.wait_ready(id);
+    }
+    let holder_of = |broker: &BrokerUnderTest, id: &str| -> u64 {
+        broker.call("GET", &format!("/agents/{id}"), None)["holder"]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{id} has no holder"))
+    };
+    let pids: Vec<u64> = ids.iter().map(|id| holder_of(&broker, id)).collect();
+    let rss: Vec<f64> = pids
+        .iter()
+        .map(|pid| rss_kib_of(*pid as u32) as f64 / 1024.0)
+        .collect();
+    let mean = rss.iter().sum::<f64>() / rss.len() as f64;
+    let max = rss.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "holder RSS, {N_SESSIONS} holders each with a shell: mean {mean:.2} MiB, max {max:.2} MiB: {} (<= {GOAL_HOLDER_RSS_MB} MB)",
+        verdict(max <= GOAL_HOLDER_RSS_MB)
+    );
+    let mut samples = Vec::new();
+    for _ in 0..N_RESTARTS {
+        let _ = broker.child.kill();
+        let _ = broker.child.wait();
+        let start = Instant::now();
+        broker = BrokerUnderTest::from_up(&dir, scout_up::up(&dir));
+        samples.push(start.elapsed());
+        let now: Vec<u64> = ids.iter().map(|id| holder_of(&broker, id)).collect();
+        assert_eq!(now, pids, "every session is re-attached to its holder");
+    }
+    samples.sort();
+    let p50 = percentile_ms(&samples, 0.5);
+    println!(
+        "broker SIGKILLed, started again, ready with {N_SESSIONS} sessions re-attached ({N_RESTARTS} restarts): p50 {p50:.1} ms, max {:.1} ms: {} (<= {GOAL_REATTACH_MS} ms)",
+        percentile_ms(&samples, 1.0),
+        verdict(p50 <= GOAL_REATTACH_MS)
+    );
+    for id in &ids {
+        broker.delete(id);
+    }
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 fn shell_request(workdir: &Path) -> SpawnRequest {
@@ -392,8 +464,12 @@ struct BrokerUnderTest {
 
 impl BrokerUnderTest {
     fn start(dir: &Path) -> BrokerUnderTest {
+        BrokerUnderTest::from_up(dir, scout_up::start(dir))
+    }
+
+    fn from_up(dir: &Path, up: scout_up::ScoutUp) -> BrokerUnderTest {
         let home = dir.join("home");
-        let scout_up::ScoutUp { child, ready } = scout_up::start(dir);
+        let scout_up::ScoutUp { child, ready } = up;
         let token = std::fs::read_to_string(home.join("token")).expect("token");
         BrokerUnderTest {
             child,
@@ -489,21 +565,17 @@ impl BrokerUnderTest {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib_of(self.child.id())
     }
 }
 
 impl Drop for BrokerUnderTest {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+        }
         let _ = self.child.wait();
     }
 }

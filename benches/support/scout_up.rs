@@ -14,23 +14,25 @@ pub struct ScoutUp {
     pub ready: serde_json::Value,
 }
 
+/// A `scout` command on the home under `dir`.
+fn scout(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_scout"));
+    command
+        .arg("--home")
+        .arg(dir.join("home"))
+        .args(args)
+        .env("HOME", dir)
+        .env_remove("PORT")
+        .env("SCOUT_DISCOVERY", "none")
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
 /// Sets up a home under `dir` (node `bench`, ports picked by the system,
 /// no discovery) and starts its broker.
 pub fn start(dir: &Path) -> ScoutUp {
-    let home = dir.join("home");
-    let scout = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_scout"));
-        command
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .env("HOME", dir)
-            .env_remove("PORT")
-            .env("SCOUT_DISCOVERY", "none")
-            .env("LOG_LEVEL", "warn")
-            .stdin(Stdio::null());
-        command
-    };
+    let scout = |args: &[&str]| scout(dir, args);
     let setup = scout(&[
         "setup",
         "--no-service",
@@ -48,7 +50,13 @@ pub fn start(dir: &Path) -> ScoutUp {
         "{}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    let mut child = scout(&["--json", "up"])
+    up(dir)
+}
+
+/// Starts the broker of the home under `dir` (set up already) and waits
+/// for its ready line.
+pub fn up(dir: &Path) -> ScoutUp {
+    let mut child = scout(dir, &["--json", "up"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

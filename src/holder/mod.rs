@@ -43,6 +43,9 @@ pub const SOCKET_FILE: &str = "holder.sock";
 /// The holder's log (its standard error).
 pub const LOG_FILE: &str = "holder.log";
 
+/// The holder's own binary, installed beside `scout`.
+pub const HOLDER_BINARY: &str = "scout-holder";
+
 /// Largest spec or session file: a command line, 64 variables and some
 /// patterns fit in a few KiB; 1 MiB is a broken or hostile file.
 pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
@@ -234,6 +237,15 @@ pub fn start(dir: &Path, spec: &HolderSpec) -> Result<u32, HolderError> {
     let text = serde_json::to_vec(spec).map_err(|err| HolderError::Start(err.to_string()))?;
     write_private(&dir.join(SPEC_FILE), &text)?;
     let exe = std::env::current_exe().map_err(|err| HolderError::Start(err.to_string()))?;
+    // The small holder binary installed beside this one, when it is there
+    // (a few MB less per session than this whole binary); the hidden
+    // `scout holder` otherwise.
+    let small = exe.with_file_name(HOLDER_BINARY);
+    let (exe, subcommand) = if small.is_file() {
+        (small, None)
+    } else {
+        (exe, Some("holder"))
+    };
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -241,8 +253,8 @@ pub fn start(dir: &Path, spec: &HolderSpec) -> Result<u32, HolderError> {
         .open(dir.join(LOG_FILE))
         .map_err(|err| HolderError::Start(err.to_string()))?;
     let mut command = Command::new(exe);
+    command.args(subcommand);
     command
-        .arg("holder")
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())
