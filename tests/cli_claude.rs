@@ -1079,4 +1079,32 @@ fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
         .filter(|request| is_conversation_request(&request.body))
         .collect();
     assert_eq!(requests.len(), 2, "claude ran once per turn: {requests:#?}");
+    // The turn sent after the first restart ran in the session that came
+    // back, not in a second agent in the same directory.
+    let sessions = sessions_of(&beta);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    // And the agent that came back still speaks as itself: the credential
+    // in its environment is the broker's again.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            beta.sandbox
+                .home()
+                .join("holders")
+                .join(&sessions[0].0)
+                .join("session.json"),
+        )
+        .expect("the session's record"),
+    )
+    .expect("json");
+    let token = record["env"]
+        .as_array()
+        .and_then(|env| {
+            env.iter()
+                .find(|pair| pair[0] == "SCOUT_TOKEN")
+                .and_then(|pair| pair[1].as_str())
+        })
+        .expect("the agent's credential")
+        .to_owned();
+    let (code, body) = beta.api("GET", "/v1/agents", &token, None);
+    assert_eq!(code, 200, "the agent's credential after restarts: {body}");
 }

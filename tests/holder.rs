@@ -306,3 +306,75 @@ fn an_upgrade_replaces_the_binary_and_sessions_survive() {
         "{answer}"
     );
 }
+
+/// A held structured turn is stopped by its holder, which kills the
+/// program it started itself: a pid written into the turn's directory
+/// (the program can write there) is never signalled. Here the `pid` file
+/// names a bystander process; stopping the turn kills the program and
+/// leaves the bystander alone.
+#[test]
+fn a_held_turn_is_stopped_by_its_holder_never_by_a_pid_from_its_directory() {
+    use scout::holder::journal::{self, HeldState, TurnRecord};
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let turns = root.path().join("turns");
+    let dir = journal::create(
+        &turns,
+        &TurnRecord {
+            invocation_id: Some("inv-forged-pid".to_owned()),
+            session_id: "agent-1".to_owned(),
+            turn_id: "agent-1-turn-1".to_owned(),
+            conversation: None,
+            prompt: "wait".to_owned(),
+            program: "sleep".to_owned(),
+            resumed: false,
+        },
+    )
+    .expect("the turn's directory");
+    let spec = json!({
+        "argv": ["sleep", "1000"], "cwd": root.path(), "env": [], "env_remove": [],
+        "rows": 0, "cols": 0, "journal": true,
+    });
+    std::fs::write(
+        dir.join(scout::holder::SPEC_FILE),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_scout-holder"))
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the holder starts");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let program: u64 = ready
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the holder is ready: {ready:?}"));
+    let mut bystander = Command::new("sleep").arg("1000").spawn().unwrap();
+    std::fs::remove_file(dir.join(journal::PID_FILE)).unwrap();
+    std::fs::write(dir.join(journal::PID_FILE), bystander.id().to_string()).unwrap();
+
+    journal::stop(&dir);
+    let exit = wait_until(
+        "the holder to record the program's end",
+        || match journal::state(&dir) {
+            HeldState::Exited(exit) => Some(exit),
+            HeldState::Running => None,
+            HeldState::Lost => panic!("the holder died without recording the end"),
+        },
+    );
+    assert_eq!(exit.signal, Some(9), "{exit:?}");
+    assert!(!alive(program), "the program was stopped");
+    assert!(alive(u64::from(bystander.id())), "the bystander lives");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let _ = holder.wait();
+}

@@ -108,6 +108,26 @@ impl AgentCredentials {
         (token, vars)
     }
 
+    /// Takes back the credential of a session that outlived the last
+    /// broker (its holder kept it; the token is in its environment), so
+    /// the agent keeps speaking as `instance`. A string that is not an
+    /// agent token is ignored.
+    pub fn restore(&self, instance: &str, token: &str) -> bool {
+        let well_formed = token.strip_prefix(TOKEN_PREFIX).is_some_and(|secret| {
+            secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if well_formed {
+            self.lock().insert(
+                digest(token),
+                AgentCaller {
+                    instance: instance.to_owned(),
+                    invocation: None,
+                },
+            );
+        }
+        well_formed
+    }
+
     /// Revokes `token`; later requests with it are unauthorised.
     pub fn revoke(&self, token: &str) {
         self.lock().remove(&digest(token));

@@ -115,12 +115,50 @@ impl PtyExecutor {
         sessions: Arc<SessionManager>,
         credentials: Option<(Arc<AgentCredentials>, Env)>,
     ) -> PtyExecutor {
+        let by_instance = adopted_instances(&sessions, credentials.as_ref());
         PtyExecutor {
             sessions,
-            by_instance: Arc::new(Mutex::new(HashMap::new())),
+            by_instance: Arc::new(Mutex::new(by_instance)),
             credentials,
         }
     }
+}
+
+/// The instances whose sessions came back with their holders after a
+/// restart: routing reuses them instead of starting a second agent in the
+/// same directory, and each keeps its credential (from its environment),
+/// so what the agent sends is still recorded as from its instance.
+fn adopted_instances(
+    sessions: &Arc<SessionManager>,
+    credentials: Option<&(Arc<AgentCredentials>, Env)>,
+) -> HashMap<String, Spawned> {
+    let mut by_instance = HashMap::new();
+    for info in sessions.list() {
+        if matches!(
+            info.status,
+            crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
+        ) {
+            continue;
+        }
+        let Ok(session) = sessions.session(&info.id) else {
+            continue;
+        };
+        let token = credentials.and_then(|(credentials, _)| {
+            let token = session.env_var(super::credentials::TOKEN_VAR)?;
+            credentials.restore(&info.name, token).then(|| {
+                revoke_when_finished(sessions, &info.id, credentials.clone(), token.to_owned());
+                token.to_owned()
+            })
+        });
+        by_instance.insert(
+            info.name.clone(),
+            Spawned {
+                session_id: info.id.clone(),
+                token,
+            },
+        );
+    }
+    by_instance
 }
 
 impl Executor for PtyExecutor {
@@ -166,7 +204,14 @@ async fn run_on_session(
     // it ran in (re-attached at start), or in a new one if that is gone.
     let held = if request.resume {
         match sessions.held_turn(&request.invocation_id) {
-            Some(held) => Some(held),
+            // The record sits beside what the program runs and can be
+            // rewritten by it: what the turn was asked comes from the
+            // flight, which the store kept.
+            Some((dir, mut record)) => {
+                record.prompt = request.prompt.clone();
+                record.conversation = request.conversation_id.clone();
+                Some((dir, record))
+            }
             None => {
                 return ExecOutcome::Failed {
                     reason: FailureReason::HarnessError,
@@ -182,25 +227,30 @@ async fn run_on_session(
     } else {
         None
     };
-    let known = held
-        .as_ref()
-        .map(|(_, record)| Spawned {
-            session_id: record.session_id.clone(),
-            token: None,
-        })
-        .or_else(|| {
-            by_instance
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .get(&request.instance)
-                .cloned()
-        });
+    let of_instance = by_instance
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(&request.instance)
+        .cloned();
+    let known = match &held {
+        Some((_, record)) => Some(
+            of_instance
+                .filter(|spawned| spawned.session_id == record.session_id)
+                .unwrap_or_else(|| Spawned {
+                    session_id: record.session_id.clone(),
+                    token: None,
+                }),
+        ),
+        None => of_instance,
+    };
+    // Only a live session of the flight's own instance is reused.
     let alive = known.filter(|spawned| {
         sessions.info(&spawned.session_id).is_ok_and(|info| {
-            !matches!(
-                info.status,
-                crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
-            )
+            info.name == request.instance
+                && !matches!(
+                    info.status,
+                    crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
+                )
         })
     });
     let spawned = match alive {

@@ -493,6 +493,12 @@ impl Broker {
     }
 }
 
+/// How long a held turn's journal is kept after its program ended when
+/// no broker took it: a broker that was away a week finds the turn failed
+/// (its journal gone) rather than a disk that filled with old journals.
+const HELD_TURN_KEPT_AFTER_END: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Removes the held turns no flight waits for any more (their holders stop
 /// what still runs): turns whose flight ended (the end was committed just
 /// before a crash), whose flight failed because their holder was lost,
@@ -500,6 +506,12 @@ impl Broker {
 /// which does not outlive the broker).
 fn sweep_held_turns(turns: &std::path::Path, store: &Store) {
     for (dir, record) in crate::holder::journal::list(turns) {
+        if crate::holder::journal::ended_ago(&dir).is_some_and(|ago| ago > HELD_TURN_KEPT_AFTER_END)
+        {
+            tracing::warn!(turn = %record.turn_id, "a held turn that ended long ago and was never taken; removed");
+            crate::holder::journal::remove(&dir);
+            continue;
+        }
         let waited_for = record.invocation_id.as_deref().is_some_and(|id| {
             store
                 .read(|connection| {

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{HolderError, HolderSpec, SPEC_BYTES_MAX, SPEC_FILE};
+use super::{HolderError, HolderSpec, SPEC_BYTES_MAX, SPEC_FILE, open_regular, read_bounded};
 
 /// The broker's record of a held turn.
 pub const TURN_FILE: &str = "turn.json";
@@ -139,10 +139,28 @@ impl fmt::Display for TurnExit {
 }
 
 /// The directory name of a turn: a hash, so an id from the network never
-/// becomes a path.
-pub fn turn_key(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    digest[..16]
+/// becomes a path. Routed turns and local ones hash apart (a prefix each),
+/// so no invocation id a peer picks names a local turn's directory.
+pub fn turn_key(record: &TurnRecord) -> String {
+    match &record.invocation_id {
+        Some(invocation_id) => invocation_key(invocation_id),
+        None => hash_key(&["local", &record.session_id, &record.turn_id]),
+    }
+}
+
+fn invocation_key(invocation_id: &str) -> String {
+    hash_key(&["invocation", invocation_id])
+}
+
+/// The first 16 bytes of the SHA-256 of `parts`, each preceded by its
+/// length, so no two lists of parts hash the same bytes.
+fn hash_key(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize()[..16]
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
@@ -150,11 +168,7 @@ pub fn turn_key(id: &str) -> String {
 
 /// Creates a turn's directory under `root` and writes its record.
 pub fn create(root: &Path, record: &TurnRecord) -> Result<PathBuf, HolderError> {
-    let id = record
-        .invocation_id
-        .clone()
-        .unwrap_or_else(|| format!("{}/{}", record.session_id, record.turn_id));
-    let dir = super::create_private_dir(root, &turn_key(&id))?;
+    let dir = super::create_private_dir(root, &turn_key(record))?;
     let text =
         serde_json::to_vec_pretty(record).map_err(|err| HolderError::Start(err.to_string()))?;
     super::write_private(&dir.join(TURN_FILE), &text).inspect_err(|_| {
@@ -163,16 +177,28 @@ pub fn create(root: &Path, record: &TurnRecord) -> Result<PathBuf, HolderError> 
     Ok(dir)
 }
 
-/// The turn directory of `invocation_id` under `root`, when there is one.
-pub fn dir_of(root: &Path, invocation_id: &str) -> Option<PathBuf> {
-    let dir = root.join(turn_key(invocation_id));
-    super::check_private_dir(&dir).ok().map(|()| dir)
+/// The turn directory of `invocation_id` under `root` with its record,
+/// when there is one and its record says it runs that invocation.
+pub fn of_invocation(root: &Path, invocation_id: &str) -> Option<(PathBuf, TurnRecord)> {
+    let dir = root.join(invocation_key(invocation_id));
+    super::check_private_dir(&dir).ok()?;
+    let record = read_record(&dir)?;
+    (record.invocation_id.as_deref() == Some(invocation_id)).then_some((dir, record))
 }
 
 /// Reads a turn's record (bounded; `None` when missing or broken).
 pub fn read_record(dir: &Path) -> Option<TurnRecord> {
     let text = read_bounded(&dir.join(TURN_FILE), SPEC_BYTES_MAX)?;
     serde_json::from_slice(&text).ok()
+}
+
+/// How long ago the program of the turn in `dir` ended, when it did.
+pub fn ended_ago(dir: &Path) -> Option<Duration> {
+    let modified = open_regular(&dir.join(EXIT_FILE))
+        .and_then(|file| file.metadata())
+        .and_then(|meta| meta.modified())
+        .ok()?;
+    modified.elapsed().ok()
 }
 
 /// How a held turn stands, as its files say.
@@ -208,7 +234,7 @@ fn read_exit(dir: &Path) -> Option<TurnExit> {
 
 /// Whether a holder holds the directory's lock.
 fn holder_alive(dir: &Path) -> bool {
-    let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
+    let Ok(file) = open_regular(&dir.join(LOCK_FILE)) else {
         return false;
     };
     // Taking the lock proves nobody holds it; it is released on drop.
@@ -226,19 +252,6 @@ pub fn stderr_tail(dir: &Path) -> String {
     read_bounded(&dir.join(STDERR_FILE), STDERR_TAIL_BYTES * 2)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
-}
-
-fn read_bounded(path: &Path, bytes_max: usize) -> Option<Vec<u8>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let mut bytes = Vec::new();
-    file.take(bytes_max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    (bytes.len() <= bytes_max).then_some(bytes)
 }
 
 /// The held turns under `root`: each directory with its record. A
@@ -270,6 +283,18 @@ pub fn held_invocations(root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Asks the holder of the turn in `dir` to stop its program (it watches
+/// its spec: a spec that is gone means nobody wants the turn). The
+/// holder kills the program it started itself; the broker never signals a
+/// pid read from the directory, which the program can rewrite.
+pub fn stop(dir: &Path) {
+    if let Err(err) = std::fs::remove_file(dir.join(SPEC_FILE))
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), cause = %err, "cannot stop a held turn");
+    }
+}
+
 /// Removes a turn's directory; its holder, if the program still runs,
 /// stops it.
 pub fn remove(dir: &Path) {
@@ -296,10 +321,7 @@ pub struct JournalReader {
 impl JournalReader {
     /// Opens the journal in `dir` from its start.
     pub fn open(dir: &Path) -> std::io::Result<JournalReader> {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(JOURNAL_FILE))?;
+        let mut file = open_regular(&dir.join(JOURNAL_FILE))?;
         file.seek(SeekFrom::Start(0))?;
         Ok(JournalReader {
             dir: dir.to_path_buf(),
@@ -394,6 +416,20 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
     let mut child = crate::home::with_user_umask(|| command.spawn())
         .with_context(|| format!("cannot start `{}`", spec.argv[0]))?;
     let pid = child.id();
+    // Once the program is reaped its pid may name another process: the
+    // kill is a no-op from then on.
+    let reaped = Arc::new(AtomicBool::new(false));
+    let kill = {
+        let reaped = reaped.clone();
+        move || {
+            if !reaped.load(Ordering::SeqCst) {
+                crate::pty::process::signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    };
+    // Until the holder says it is ready, an error on the way out leaves
+    // no program behind.
+    let mut start_guard = KillOnDrop(Some(kill.clone()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -401,12 +437,6 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
         .open(dir.join(PID_FILE))
         .and_then(|mut file| file.write_all(pid.to_string().as_bytes()))
         .context("cannot record the program's pid")?;
-    let kill = move || {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    };
     if let (Some(text), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
         std::thread::Builder::new()
             .name("holder-stdin".to_owned())
@@ -434,6 +464,7 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
     {
         // A removed directory means nobody wants the turn any more.
         let done = done.clone();
+        let kill = kill.clone();
         let spec_path = dir.join(SPEC_FILE);
         std::thread::Builder::new()
             .name("holder-watch".to_owned())
@@ -451,6 +482,7 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
     let (copied_tx, copied_rx) = std::sync::mpsc::sync_channel::<()>(1);
     if let Some(mut stdout) = child.stdout.take() {
         let full = full.clone();
+        let kill = kill.clone();
         std::thread::Builder::new()
             .name("holder-journal".to_owned())
             .spawn(move || {
@@ -473,7 +505,10 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
     }
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "ready {pid}").and_then(|()| stdout.flush());
-    let status = child.wait().context("cannot wait for the program")?;
+    start_guard.0 = None;
+    let status = child.wait();
+    reaped.store(true, Ordering::SeqCst);
+    let status = status.context("cannot wait for the program")?;
     // Everything the program wrote comes before its end.
     let _ = copied_rx.recv_timeout(DRAIN_AFTER_EXIT);
     let tail = stderr_rx.recv_timeout(DRAIN_AFTER_EXIT).unwrap_or_default();
@@ -503,18 +538,91 @@ pub fn serve(dir: &Path, spec: &HolderSpec) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs its kill when dropped, unless it was taken.
+struct KillOnDrop<F: Fn()>(Option<F>);
+
+impl<F: Fn()> Drop for KillOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(kill) = self.0.take() {
+            kill();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn record(invocation_id: Option<&str>, session_id: &str, turn_id: &str) -> TurnRecord {
+        TurnRecord {
+            invocation_id: invocation_id.map(str::to_owned),
+            session_id: session_id.to_owned(),
+            turn_id: turn_id.to_owned(),
+            conversation: None,
+            prompt: String::new(),
+            program: "claude".to_owned(),
+            resumed: false,
+        }
+    }
+
     #[test]
     fn keys_are_plain_names_whatever_the_id() {
         for id in ["../../etc", "a/b", "", ".hidden", "\0"] {
-            let key = turn_key(id);
+            let key = turn_key(&record(Some(id), "s", "t"));
             assert_eq!(key.len(), 32);
             assert!(key.chars().all(|ch| ch.is_ascii_hexdigit()), "{key}");
         }
-        assert_ne!(turn_key("a"), turn_key("b"));
+        assert_ne!(
+            turn_key(&record(Some("a"), "s", "t")),
+            turn_key(&record(Some("b"), "s", "t"))
+        );
+    }
+
+    #[test]
+    fn no_invocation_id_names_a_local_turn() {
+        // A peer picks invocation ids; the id that spells a local turn's
+        // old name must not reach its directory.
+        let local = record(None, "agent-1", "agent-1-turn-3");
+        for id in ["agent-1/agent-1-turn-3", "agent-1\0agent-1-turn-3", "local"] {
+            assert_ne!(turn_key(&record(Some(id), "x", "y")), turn_key(&local));
+        }
+        assert_ne!(
+            turn_key(&record(None, "a\0b", "c")),
+            turn_key(&record(None, "a", "b\0c"))
+        );
+    }
+
+    #[test]
+    fn a_record_of_another_invocation_is_not_its_turn() {
+        let root = tempfile::tempdir().unwrap();
+        let turns = root.path().join("turns");
+        create(&turns, &record(Some("inv-1"), "s", "t")).unwrap();
+        assert!(of_invocation(&turns, "inv-1").is_some());
+        assert!(of_invocation(&turns, "inv-2").is_none());
+        // A record rewritten to claim another invocation is not found
+        // under either id.
+        let dir = turns.join(invocation_key("inv-1"));
+        std::fs::remove_file(dir.join(TURN_FILE)).unwrap();
+        std::fs::write(
+            dir.join(TURN_FILE),
+            serde_json::to_vec(&record(Some("inv-9"), "s", "t")).unwrap(),
+        )
+        .unwrap();
+        assert!(of_invocation(&turns, "inv-1").is_none());
+        assert!(of_invocation(&turns, "inv-9").is_none());
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
+        let root = tempfile::tempdir().unwrap();
+        let turns = root.path().join("turns");
+        let dir = create(&turns, &record(Some("inv-1"), "s", "t")).unwrap();
+        for name in [EXIT_FILE, LOCK_FILE, PID_FILE] {
+            nix::unistd::mkfifo(&dir.join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        // Each look returns at once: a FIFO reads as nothing there.
+        assert_eq!(state(&dir), HeldState::Lost);
+        assert!(child_pid(&dir).is_none());
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
 /// Starting a program is a fork and an exec; 10 s covers a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a holder that did not start in time gets to stop its program
+/// before it is killed: three of its looks at its spec.
+const STOP_WAIT: Duration = Duration::from_millis(300);
+
 /// How long the broker waits for a holder's `Welcome` and replay.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -218,6 +222,39 @@ fn create_private_dir(root: &Path, id: &str) -> Result<PathBuf, HolderError> {
     Ok(dir)
 }
 
+/// Opens a file of a holder's directory for reading, refusing a symlink
+/// and anything but a regular file: a FIFO or a device placed there (by
+/// the held program, which runs as this user) would otherwise block the
+/// reader, or a device be read forever. Non-blocking while it opens, so
+/// even the open of a FIFO returns at once.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads at most `bytes_max` bytes of a regular file of a holder's
+/// directory (see [`open_regular`]); `None` when it is missing, not a
+/// regular file, or longer.
+pub fn read_bounded(path: &Path, bytes_max: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path)
+        .ok()?
+        .take(bytes_max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() <= bytes_max).then_some(bytes)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HolderError> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -288,6 +325,11 @@ pub fn start(dir: &Path, spec: &HolderSpec) -> Result<u32, HolderError> {
             Err(HolderError::Start(log.trim().chars().take(2000).collect()))
         }
         Err(_) => {
+            // A holder that got as far as starting its program stops it
+            // when its spec is gone (it looks every 100 ms); then the
+            // holder itself is killed.
+            let _ = std::fs::remove_file(dir.join(SPEC_FILE));
+            std::thread::sleep(STOP_WAIT);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,

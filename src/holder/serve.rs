@@ -88,6 +88,9 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     // broker's group (a terminal's ^C, a service manager) must not reach
     // the held program.
     nix::unistd::setsid().context("cannot start a session of its own")?;
+    // Whoever started this holder, it only serves from a directory no
+    // other user can reach.
+    super::check_private_dir(dir)?;
     let spec_path = dir.join(SPEC_FILE);
     let spec = read_spec(&spec_path)?;
     if spec.journal {
@@ -182,7 +185,7 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
 
 fn read_spec(path: &Path) -> anyhow::Result<HolderSpec> {
     let mut text = Vec::new();
-    std::fs::File::open(path)
+    super::open_regular(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .take(SPEC_BYTES_MAX as u64 + 1)
         .read_to_end(&mut text)?;
@@ -213,8 +216,11 @@ fn accept_loop(holder: &Arc<Holder>, listener: &UnixListener, spec_path: &Path, 
             }
         }
         if !spec_path.exists() {
-            crate::pty::process::signal_tree(child_pid, nix::sys::signal::Signal::SIGHUP);
-            crate::pty::process::signal_tree(child_pid, nix::sys::signal::Signal::SIGKILL);
+            // A program that ended was reaped: its pid may be another's.
+            if holder.lock().exit.is_none() {
+                crate::pty::process::signal_tree(child_pid, nix::sys::signal::Signal::SIGHUP);
+                crate::pty::process::signal_tree(child_pid, nix::sys::signal::Signal::SIGKILL);
+            }
             return;
         }
         let ready = {
@@ -265,10 +271,17 @@ fn same_user(stream: &UnixStream) -> bool {
         .is_ok_and(|cred| cred.uid() == nix::unistd::geteuid().as_raw())
 }
 
-/// Elsewhere the owner-only directory and socket modes are the guard.
+/// Whether the peer runs as this user (`getpeereid`, on macOS and the
+/// BSDs).
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn same_user(_stream: &UnixStream) -> bool {
-    true
+fn same_user(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut uid: libc::uid_t = 0;
+    let mut gid: libc::gid_t = 0;
+    // SAFETY: the descriptor is a connected unix socket we own for the
+    // call, and both pointers are to live locals.
+    let found = unsafe { libc::getpeereid(stream.as_raw_fd(), &mut uid, &mut gid) } == 0;
+    found && uid == nix::unistd::geteuid().as_raw()
 }
 
 fn refuse(stream: &mut UnixStream, code: &str, message: &str) -> std::io::Result<()> {

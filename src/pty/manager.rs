@@ -579,19 +579,13 @@ impl SessionManager {
         &self,
         invocation_id: &str,
     ) -> Option<(PathBuf, crate::holder::journal::TurnRecord)> {
-        let turns = self.turns_dir()?;
-        let dir = crate::holder::journal::dir_of(&turns, invocation_id)?;
-        let record = crate::holder::journal::read_record(&dir)?;
-        (record.invocation_id.as_deref() == Some(invocation_id)).then_some((dir, record))
+        crate::holder::journal::of_invocation(&self.turns_dir()?, invocation_id)
     }
 
     /// Removes the held turn of `invocation_id` once its end is recorded
     /// (its holder has ended, or stops the program).
     pub fn forget_turn(&self, invocation_id: &str) {
-        if let Some(dir) = self
-            .turns_dir()
-            .and_then(|turns| crate::holder::journal::dir_of(&turns, invocation_id))
-        {
+        if let Some((dir, _)) = self.held_turn(invocation_id) {
             crate::holder::journal::remove(&dir);
         }
     }
@@ -657,13 +651,10 @@ struct SessionRecordParts {
 
 /// The session record in a holder's directory, when it is readable.
 fn read_record(dir: &Path) -> Option<SessionRecord> {
-    use std::io::Read;
-    let mut text = Vec::new();
-    std::fs::File::open(dir.join(crate::holder::SESSION_FILE))
-        .ok()?
-        .take(crate::holder::SPEC_BYTES_MAX as u64)
-        .read_to_end(&mut text)
-        .ok()?;
+    let text = crate::holder::read_bounded(
+        &dir.join(crate::holder::SESSION_FILE),
+        crate::holder::SPEC_BYTES_MAX,
+    )?;
     serde_json::from_slice(&text).ok()
 }
 

@@ -486,9 +486,9 @@ struct SessionState {
     turn_active: bool,
     /// The CLI's own session id for each Scout conversation.
     cli_sessions: CliSessions,
-    /// The process group of the structured run in progress, killed with the
+    /// How to stop the structured run in progress, which ends with the
     /// session.
-    structured_pid: Option<u32>,
+    structured: Option<StructuredStop>,
     n_turns: u64,
     permit: Option<OwnedSemaphorePermit>,
     /// A person holding the session (see [`Session::take`]).
@@ -683,7 +683,7 @@ impl Session {
                 error: None,
                 turn_active: false,
                 cli_sessions: CliSessions::default(),
-                structured_pid: None,
+                structured: None,
                 n_turns: 0,
                 permit,
                 held: None,
@@ -859,6 +859,15 @@ impl Session {
             .map_err(|err| RuntimeError::InvalidRequest(format!("cannot resize: {err}")))
     }
 
+    /// The value of `name` in the environment the session was given.
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.config
+            .env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// A receiver that turns `true` once the session has ended.
     pub fn finished_watch(&self) -> watch::Receiver<bool> {
         self.finished.subscribe()
@@ -867,15 +876,15 @@ impl Session {
     /// Stops the CLI and everything it started, and waits for the session
     /// to end. `reason` is what `agent_stopped` reports.
     pub async fn stop(&self, reason: &str) {
-        let structured_pid = {
+        let structured = {
             let mut state = self.lock_state();
             if state.stopped_at.is_none() && state.stop_reason.is_none() {
                 state.stop_reason = Some(reason.to_owned());
             }
-            state.structured_pid
+            state.structured.clone()
         };
-        if let Some(pid) = structured_pid {
-            signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(structured) = structured {
+            structured.stop();
         }
         self.acp.close();
         self.terminate_all().await;
@@ -1249,7 +1258,7 @@ impl Session {
         };
         let stopping = {
             let mut state = self.lock_state();
-            state.structured_pid = run.pid();
+            state.structured = Some(run.stopper());
             state.stop_reason.is_some() || state.stopped_at.is_some()
         };
         let _forget = ForgetStructuredPid(self);
@@ -2228,8 +2237,8 @@ impl Session {
             // Nobody holds a stopped session; the turns waiting behind the
             // hold run and hear that it stopped.
             state.held = None;
-            if let Some(pid) = state.structured_pid {
-                signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+            if let Some(structured) = &state.structured {
+                structured.stop();
             }
             self.acp.close();
             (reason, error, state.permit.take())
@@ -2613,7 +2622,7 @@ struct ForgetStructuredPid<'a>(&'a Session);
 
 impl Drop for ForgetStructuredPid<'_> {
     fn drop(&mut self) {
-        self.0.lock_state().structured_pid = None;
+        self.0.lock_state().structured = None;
     }
 }
 
@@ -2664,11 +2673,9 @@ enum RunEnd {
 
 impl StructuredRun {
     fn held(dir: PathBuf, record: TurnRecord, placement: &HolderPlacement) -> Result<Self, String> {
-        let pid = journal::child_pid(&dir);
         Ok(StructuredRun::Held {
             program: record.program.clone(),
             kill: HeldKill {
-                pid,
                 dir: dir.clone(),
                 detaching: placement.detaching.clone(),
                 remove: record.invocation_id.is_none(),
@@ -2678,10 +2685,21 @@ impl StructuredRun {
         })
     }
 
+    /// The program's process group, when the broker started it (a held
+    /// program's pid is the holder's to know: a pid read from its
+    /// directory, which the program can write, is never signalled).
     fn pid(&self) -> Option<u32> {
         match self {
             StructuredRun::Direct { group, .. } => group.0,
-            StructuredRun::Held { kill, .. } => kill.pid,
+            StructuredRun::Held { .. } => None,
+        }
+    }
+
+    /// How to stop the run from outside the turn (the session stops).
+    fn stopper(&self) -> StructuredStop {
+        match self {
+            StructuredRun::Direct { group, .. } => StructuredStop::Group(group.0),
+            StructuredRun::Held { dir, .. } => StructuredStop::Held(dir.clone()),
         }
     }
 
@@ -2769,7 +2787,6 @@ const HELD_EXIT_POLL: Duration = Duration::from_millis(20);
 /// no flight waits for it. A broker that is shutting down leaves the turn
 /// running: the next broker carries it on.
 struct HeldKill {
-    pid: Option<u32>,
     dir: PathBuf,
     detaching: Arc<AtomicBool>,
     /// Remove the directory at the end (no flight waits for it).
@@ -2783,13 +2800,32 @@ impl Drop for HeldKill {
         if self.detaching.load(Ordering::SeqCst) && !self.done {
             return;
         }
-        if let Some(pid) = self.pid
-            && journal::state(&self.dir) == HeldState::Running
-        {
-            signal_tree(pid, nix::sys::signal::Signal::SIGKILL);
+        if journal::state(&self.dir) == HeldState::Running {
+            journal::stop(&self.dir);
         }
         if self.remove {
             journal::remove(&self.dir);
+        }
+    }
+}
+
+/// How a session stops its structured run in progress.
+#[derive(Debug, Clone)]
+enum StructuredStop {
+    /// The broker's own child: its process group is killed.
+    Group(Option<u32>),
+    /// A held run: its holder is told to stop it (see [`journal::stop`]).
+    Held(PathBuf),
+}
+
+impl StructuredStop {
+    fn stop(&self) {
+        match self {
+            StructuredStop::Group(Some(pid)) => {
+                signal_tree(*pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            StructuredStop::Group(None) => {}
+            StructuredStop::Held(dir) => journal::stop(dir),
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum FlightRecovery {
     /// Fail it with `harness_error` and [`INTERRUPTED_DETAIL`]; it may have
     /// reached the agent, so it must not run again.
     FailInterrupted,
+    /// Mark it running: it was waking when the broker stopped, but its
+    /// execution had started in a holder, which carries it on (running it
+    /// again from the queue would run it twice).
+    MarkRunning,
 }
 
 impl FlightRecovery {
@@ -51,6 +55,7 @@ impl FlightRecovery {
             FlightRecovery::Keep => None,
             FlightRecovery::Requeue => Some(FlightState::Queued),
             FlightRecovery::FailInterrupted => Some(FlightState::Failed),
+            FlightRecovery::MarkRunning => Some(FlightState::Running),
         }
     }
 }
@@ -59,6 +64,7 @@ impl FlightRecovery {
 /// the broker.
 pub fn flight_recovery(state: FlightState, held: bool) -> FlightRecovery {
     match state {
+        FlightState::Waking if held => FlightRecovery::MarkRunning,
         FlightState::Waking => FlightRecovery::Requeue,
         FlightState::Running | FlightState::Waiting if held => FlightRecovery::Keep,
         FlightState::Running | FlightState::Waiting => FlightRecovery::FailInterrupted,
@@ -289,7 +295,7 @@ mod tests {
         // A held execution is carried on, never failed or run again.
         assert_eq!(flight_recovery(Running, true), FlightRecovery::Keep);
         assert_eq!(flight_recovery(Waiting, true), FlightRecovery::Keep);
-        assert_eq!(flight_recovery(Waking, true), FlightRecovery::Requeue);
+        assert_eq!(flight_recovery(Waking, true), FlightRecovery::MarkRunning);
         assert_eq!(flight_recovery(Queued, false), FlightRecovery::Keep);
         for terminal in [Completed, Failed, Cancelled] {
             assert_eq!(flight_recovery(terminal, false), FlightRecovery::Keep);
