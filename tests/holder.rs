@@ -327,6 +327,7 @@ fn a_held_turn_is_stopped_by_its_holder_never_by_a_pid_from_its_directory() {
             prompt: "wait".to_owned(),
             program: "sleep".to_owned(),
             resumed: false,
+            terminal: None,
         },
     )
     .expect("the turn's directory");

@@ -3,7 +3,8 @@
 //! back; the owner killed with work queued and in flight loses and repeats
 //! nothing; an unreachable owner ends in a clear timeout; cancelling a
 //! running work order stops the agent's process; a mention that matches
-//! nothing lists the nearest names.
+//! nothing lists the nearest names; a terminal turn running when its
+//! owner broker is killed finishes after the restart, once.
 
 mod common;
 
@@ -131,12 +132,16 @@ fn killing_the_owner_loses_and_repeats_nothing() {
         .iter()
         .map(|id| delivery_state(&alpha, id).unwrap())
         .collect();
-    // The flight that was running when its broker died ends with a recorded
-    // reason; it is never run again. The queued ones run after the restart.
-    assert_eq!(states, ["failed", "completed", "completed"]);
+    // The flight that was running when its broker died goes on in the
+    // agent's held terminal and finishes after the restart; it is never
+    // run again. The queued ones run after it.
+    assert_eq!(states, ["completed", "completed", "completed"]);
     let first = alpha.get(&format!("/v1/invocations/{}", ids[0]));
-    assert_eq!(
-        first["delivery"]["failure_reason"], "harness_error",
+    assert!(
+        first["delivery"]["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("done: job-1"),
         "{first}"
     );
     let mut lines = log_lines(&log);
@@ -366,4 +371,99 @@ fn a_work_order_claimed_before_a_crash_runs_once_after_the_restart() {
         ["earlier job", "claimed job"],
         "each job ran exactly once"
     );
+}
+
+/// The agent's session (id, pid) on `node`.
+fn sessions_of(node: &Node) -> Vec<(String, u64)> {
+    let listed = node.run(&["--json", "agents", "list"]).json();
+    let mut sessions: Vec<(String, u64)> = listed["sessions"]
+        .as_array()
+        .map(|sessions| {
+            sessions
+                .iter()
+                .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["pid"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    sessions.sort();
+    sessions
+}
+
+/// A ten-second turn of a real program on a terminal, routed from alpha,
+/// outlives beta: beta is SIGKILLed while the program streams its lines,
+/// started again, and the turn finishes at alpha with every line once and
+/// in order, its flight completed once (never failed as interrupted),
+/// the program the same process, and the message typed into it once.
+#[test]
+fn a_running_terminal_turn_outlives_its_owner_broker_and_finishes_once() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let log = beta.sandbox.path().join("streamer.log");
+    let script = format!(
+        "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; \
+         for n in $(seq 1 40); do echo \"$line-$n\"; sleep 0.25; done; printf 'ready> '; done",
+        log.display()
+    );
+    beta.add_prompted_agent("streamer", &["bash", "-c", &script]);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    beta.start();
+    alpha.wait_for_instance("@streamer@beta#main");
+
+    let id = submit(&alpha, "@streamer", "line", 120);
+    common::wait_until("the program to stream its first lines on beta", || {
+        let status = beta.get(&format!("/v1/invocations/{id}"));
+        status["flight"]["output"]
+            .as_str()
+            .is_some_and(|output| output.contains("line-3"))
+            .then_some(())
+    });
+    let sessions_before = sessions_of(&beta);
+    assert_eq!(sessions_before.len(), 1, "{sessions_before:?}");
+
+    let mut broker = beta.broker.take().unwrap();
+    assert_ne!(broker.stop_with(libc::SIGKILL), 0);
+    drop(broker);
+    beta.start();
+
+    wait_until("the turn to end at alpha", || {
+        delivery_state(&alpha, &id)
+            .filter(|state| matches!(state.as_str(), "completed" | "failed" | "cancelled"))
+    });
+    let status = alpha.get(&format!("/v1/invocations/{id}"));
+    assert_eq!(status["delivery"]["state"], "completed", "{status}");
+    let result = status["delivery"]["result"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = result.lines().map(str::trim).collect();
+    let expected: Vec<String> = (1..=40).map(|n| format!("line-{n}")).collect();
+    assert_eq!(lines, expected, "{status}");
+
+    // Beta's flight: completed, its output whole and not repeated by the
+    // carrying on.
+    let owner = beta.get(&format!("/v1/invocations/{id}"));
+    assert_eq!(owner["flight"]["state"], "completed", "{owner}");
+    let output = owner["flight"]["output"].as_str().unwrap_or_default();
+    for n in [1, 3, 20, 40] {
+        assert_eq!(
+            output.matches(&format!("line-{n}\r")).count(),
+            1,
+            "line-{n} in {output:?}"
+        );
+    }
+    let audit = beta.run(&["--json", "audit", "--action", "reconcile_flight"]);
+    assert!(
+        !audit.stdout.contains(&id),
+        "the flight was reconciled as interrupted: {}",
+        audit.stdout
+    );
+    // The same program, given the message once.
+    assert_eq!(sessions_of(&beta), sessions_before);
+    assert_eq!(log_lines(&log), ["line"]);
+    // The turn's record went once the flight's end was recorded.
+    let turns = beta.sandbox.home().join("turns");
+    wait_until("the terminal turn's record to go", || {
+        std::fs::read_dir(&turns)
+            .map_or(true, |mut entries| entries.next().is_none())
+            .then_some(())
+    });
 }

@@ -137,7 +137,10 @@ fn offline(context: &Context, lock: std::fs::File) -> anyhow::Result<Offline> {
     let options = StoreOptions {
         env: context.env.clone(),
         // Turns a holder runs on while the broker is down stay running.
-        held_invocations: crate::holder::journal::held_invocations(&home.turns_dir()),
+        held_invocations: crate::holder::journal::held_invocations(
+            &home.turns_dir(),
+            &home.holders_dir(),
+        ),
         ..StoreOptions::default()
     };
     let (store, _) = Store::open(home.store_path(), options)

@@ -162,7 +162,10 @@ fn apply(args: &SetupArgs, context: &Context) -> anyhow::Result<SetupReport> {
     let store_options = StoreOptions {
         env: context.env.clone(),
         // Turns a holder runs on while the broker is down stay running.
-        held_invocations: crate::holder::journal::held_invocations(&home.turns_dir()),
+        held_invocations: crate::holder::journal::held_invocations(
+            &home.turns_dir(),
+            &home.holders_dir(),
+        ),
         ..StoreOptions::default()
     };
     let (store, _reconciled) = Store::open(home.store_path(), store_options)

@@ -253,6 +253,24 @@ async fn run_on_session(
                 )
         })
     });
+    // A terminal turn lives in its session's terminal: without that
+    // session there is nothing to carry on.
+    if alive.is_none()
+        && let Some((_, record)) = held
+            .as_ref()
+            .filter(|(_, record)| record.terminal.is_some())
+    {
+        return ExecOutcome::Failed {
+            reason: FailureReason::HarnessError,
+            code: None,
+            detail: format!(
+                "{}: the terminal agent `{}` ran the turn in is gone",
+                crate::pty::held::HOLDER_LOST,
+                record.session_id
+            ),
+            usage: None,
+        };
+    }
     let spawned = match alive {
         Some(spawned) => spawned,
         None => {

@@ -214,6 +214,7 @@ impl Broker {
         let (store, reconciled) = {
             let path = store_path.clone();
             let turns = home.turns_dir();
+            let holders = home.holders_dir();
             let env_for_store = env.clone();
             let store_options = options.store.clone();
             // Flights whose turns outlived the last broker are carried on,
@@ -223,7 +224,9 @@ impl Broker {
                     &path,
                     StoreOptions {
                         env: env_for_store,
-                        held_invocations: crate::holder::journal::held_invocations(&turns),
+                        held_invocations: crate::holder::journal::held_invocations(
+                            &turns, &holders,
+                        ),
                         ..store_options
                     },
                 )

@@ -109,6 +109,19 @@ pub struct TurnRecord {
     /// Whether the turn continued a CLI session (a refused resume forgets it).
     #[serde(default)]
     pub resumed: bool,
+    /// Set for a turn typed into a held terminal (no program of its own:
+    /// the session's holder keeps the output).
+    #[serde(default)]
+    pub terminal: Option<TerminalTurn>,
+}
+
+/// Where a routed terminal turn began in its session's output, so a
+/// broker that restarts finds the turn's output in the holder's replay.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TerminalTurn {
+    /// How many bytes the program had written to its terminal when the
+    /// turn began (the holder counts them: see `Welcome::output_bytes`).
+    pub output_start: u64,
 }
 
 /// How a held program ended (`exit.json`).
@@ -164,6 +177,19 @@ fn hash_key(parts: &[&str]) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// Records a routed terminal turn (see [`TerminalTurn`]): a record left
+/// by an earlier turn of the same invocation (one that paused at a
+/// question) is replaced.
+pub fn record_terminal(root: &Path, record: &TurnRecord) -> Result<PathBuf, HolderError> {
+    if let Some(invocation_id) = record.invocation_id.as_deref()
+        && let Some((dir, earlier)) = of_invocation(root, invocation_id)
+        && earlier.terminal.is_some()
+    {
+        remove(&dir);
+    }
+    create(root, record)
 }
 
 /// Creates a turn's directory under `root` and writes its record.
@@ -275,11 +301,30 @@ pub fn list(root: &Path) -> Vec<(PathBuf, TurnRecord)> {
 /// the broker taking the end: their flights are carried on after a
 /// restart instead of failed as interrupted. A turn whose holder was
 /// killed is not among them: its flight fails.
-pub fn held_invocations(root: &Path) -> BTreeSet<String> {
+/// A terminal turn is held while its session's holder directory (under
+/// `holders`) is there; the broker finds out whether the holder still
+/// lives when it re-attaches.
+pub fn held_invocations(root: &Path, holders: &Path) -> BTreeSet<String> {
     list(root)
         .into_iter()
-        .filter(|(dir, _)| state(dir) != HeldState::Lost)
+        .filter(|(dir, record)| match record.terminal {
+            Some(_) => super::check_private_dir(&holders.join(&record.session_id)).is_ok(),
+            None => state(dir) != HeldState::Lost,
+        })
         .filter_map(|(_, record)| record.invocation_id)
+        .collect()
+}
+
+/// The routed terminal turns of session `session_id` under `root`.
+pub fn terminal_turns_of(root: &Path, session_id: &str) -> Vec<TurnRecord> {
+    list(root)
+        .into_iter()
+        .map(|(_, record)| record)
+        .filter(|record| {
+            record.terminal.is_some()
+                && record.invocation_id.is_some()
+                && record.session_id == session_id
+        })
         .collect()
 }
 
@@ -562,6 +607,7 @@ mod tests {
             prompt: String::new(),
             program: "claude".to_owned(),
             resumed: false,
+            terminal: None,
         }
     }
 

@@ -58,6 +58,8 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Everything the threads share, under one lock.
 struct Shared {
     scrollback: VecDeque<u8>,
+    /// Bytes the program has written in all (the scrollback is their end).
+    output_bytes: u64,
     /// The attached broker: its connection number and a writer.
     client: Option<(u64, UnixStream)>,
     exit: Option<(ExitMessage, Instant)>,
@@ -126,6 +128,7 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     let holder = Arc::new(Holder {
         shared: Mutex::new(Shared {
             scrollback: VecDeque::new(),
+            output_bytes: 0,
             client: None,
             exit: None,
             acked: false,
@@ -137,6 +140,7 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
             holder_pid: std::process::id(),
             child_pid,
             started_at_ms: unix_ms(),
+            output_bytes: None,
         },
         connections: AtomicUsize::new(0),
     });
@@ -336,7 +340,11 @@ fn serve_connection(holder: &Holder, mut stream: UnixStream, number: u64) {
         let mut replay = Vec::with_capacity(front.len() + back.len());
         replay.extend_from_slice(front);
         replay.extend_from_slice(back);
-        let sent = wire::write_json(&mut writer, FrameKind::Welcome, &holder.welcome)
+        let welcome = Welcome {
+            output_bytes: Some(shared.output_bytes),
+            ..holder.welcome.clone()
+        };
+        let sent = wire::write_json(&mut writer, FrameKind::Welcome, &welcome)
             .and_then(|()| wire::write_frame(&mut writer, FrameKind::Replay, &replay))
             .and_then(|()| match &shared.exit {
                 Some((exit, _)) => wire::write_json(&mut writer, FrameKind::Exit, exit),
@@ -421,6 +429,7 @@ fn read_loop(holder: &Holder, mut reader: Box<dyn Read + Send>) {
         let bytes = &buf[..n_read];
         let mut shared = holder.lock();
         shared.scrollback.extend(bytes);
+        shared.output_bytes += n_read as u64;
         let excess = shared.scrollback.len().saturating_sub(SCROLLBACK_BYTES_MAX);
         shared.scrollback.drain(..excess);
         send_to_client(&mut shared, FrameKind::Output, bytes);

@@ -101,6 +101,12 @@ pub struct Welcome {
     pub child_pid: u32,
     /// When the holder started, Unix ms.
     pub started_at_ms: u64,
+    /// How many bytes the program has written to its terminal so far; the
+    /// replay that follows is the end of them. A broker that knows where
+    /// a turn began in this count finds the turn's output in the replay
+    /// after a restart. `None` from holders older than this field.
+    #[serde(default)]
+    pub output_bytes: Option<u64>,
 }
 
 /// How the held program ended.
@@ -236,6 +242,17 @@ pub fn parse_resize(frame: &Frame) -> Result<(u16, u16), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_welcome_from_a_holder_that_does_not_count_its_output_still_reads() {
+        let old = r#"{"version":1,"holder_pid":7,"child_pid":8,"started_at_ms":9}"#;
+        let welcome: Welcome = serde_json::from_str(old).expect("an older welcome");
+        assert_eq!(welcome.output_bytes, None);
+        let new =
+            r#"{"version":1,"holder_pid":7,"child_pid":8,"started_at_ms":9,"output_bytes":42}"#;
+        let welcome: Welcome = serde_json::from_str(new).expect("a newer welcome");
+        assert_eq!(welcome.output_bytes, Some(42));
+    }
 
     #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {

@@ -40,6 +40,9 @@ pub(super) struct HeldTerminal {
     pub holder_pid: u32,
     /// When the holder started, Unix ms.
     pub started_at_ms: u64,
+    /// Where in all the program has written the first byte this broker
+    /// receives (its replay's) lies; `None` from an older holder.
+    pub output_start: Option<u64>,
 }
 
 impl HeldTerminal {
@@ -197,6 +200,15 @@ impl PtyProcess {
             .map_err(|err| HolderError::Protocol(err.to_string()))
     }
 
+    /// Where the first byte of output this process delivers lies in all
+    /// the held program wrote (see [`HeldTerminal::output_start`]).
+    pub fn output_start(&self) -> Option<u64> {
+        match &self.terminal {
+            Terminal::Held(held) => held.output_start,
+            Terminal::Local(_) => None,
+        }
+    }
+
     /// The holder's pid and start time (Unix ms), for a held program.
     pub fn holder(&self) -> Option<(u32, u64)> {
         match &self.terminal {
@@ -216,6 +228,9 @@ impl PtyProcess {
             replay,
         } = attached;
         let pid = welcome.child_pid;
+        let output_start = welcome
+            .output_bytes
+            .and_then(|total| total.checked_sub(replay.len() as u64));
         let writer = Arc::new(Mutex::new(stream.try_clone()?));
         let (input_tx, input_rx) = mpsc::channel::<Bytes>(INPUT_CHUNKS_MAX);
         let (output_tx, output_rx) = mpsc::channel::<OutputChunk>(OUTPUT_CHUNKS_MAX);
@@ -262,6 +277,7 @@ impl PtyProcess {
                     writer,
                     holder_pid: welcome.holder_pid,
                     started_at_ms: welcome.started_at_ms,
+                    output_start,
                 }),
                 input: input_tx,
                 exit: exit_rx,

@@ -475,8 +475,17 @@ impl SessionManager {
             );
             let permit = self.slots.clone().try_acquire_owned().ok();
             let events = self.events.clone();
+            let turns = self.turns_dir();
             adopting.spawn_blocking(move || {
-                let adopted = Session::adopt(config, adapter, events, permit, record, &dir);
+                // A routed terminal turn that ran on while the broker was
+                // away is put back with the session (one turn at a time).
+                let carried = turns.and_then(|turns| {
+                    crate::holder::journal::terminal_turns_of(&turns, &record.id)
+                        .into_iter()
+                        .next()
+                });
+                let adopted =
+                    Session::adopt(config, adapter, events, permit, record, &dir, carried);
                 (id, dir, adopted)
             });
         }

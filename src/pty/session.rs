@@ -447,6 +447,15 @@ pub struct Session {
     /// the chunk), so a decision read off the screen waits until the task
     /// has caught up with what that screen had seen.
     pumped_seq: AtomicU64,
+    /// Where the next byte of terminal output lies in all the held program
+    /// wrote ([`OUTPUT_OFFSET_UNKNOWN`] for a terminal of the broker's own
+    /// or an older holder); moved on under the turn lock, with the turn's
+    /// text, so a turn's start in it is exact.
+    output_offset: AtomicU64,
+    /// A routed terminal turn found running when the session came back
+    /// after a restart, until its flight takes it (see
+    /// [`Session::carry_on_pty`]).
+    carried: Mutex<Option<CarriedTurn>>,
     /// The question on screen and the person asked about it, for sessions
     /// the broker gave an identity (see `pty::question`).
     questions: Arc<Mutex<Questions>>,
@@ -525,7 +534,13 @@ struct PtyTurn {
     style: TurnStyle,
     plain: PlainText,
     transcript: Transcript,
-    events: mpsc::Sender<TurnEvent>,
+    /// Where its text goes; `None` for a carried-on turn until its flight
+    /// takes it (the text waits in `unclaimed`).
+    events: Option<mpsc::Sender<TurnEvent>>,
+    unclaimed: Option<Arc<Mutex<String>>>,
+    /// Output bytes still to pass over before the turn's own (a carried-on
+    /// turn begins inside the holder's replay).
+    skip_bytes: u64,
     enter_sent_at: Option<Instant>,
     newline_after_enter: bool,
     last_output_at: Option<Instant>,
@@ -611,6 +626,7 @@ impl Session {
             marker,
             created_at,
             screen,
+            None,
         ))
     }
 
@@ -624,6 +640,7 @@ impl Session {
         permit: Option<OwnedSemaphorePermit>,
         record: SessionRecord,
         dir: &std::path::Path,
+        carried: Option<TurnRecord>,
     ) -> Result<Arc<Session>, crate::holder::HolderError> {
         let screen = Arc::new(Mutex::new(Screen::new(config.size, config.scrollback_rows)));
         let (process, output_rx) = PtyProcess::attach_held(dir, screen.clone())?;
@@ -636,6 +653,7 @@ impl Session {
             record.marker,
             record.created_at_ms,
             screen,
+            carried,
         ))
     }
 
@@ -649,7 +667,9 @@ impl Session {
         marker: String,
         created_at: u64,
         screen: Arc<Mutex<Screen>>,
+        carried: Option<TurnRecord>,
     ) -> Arc<Session> {
+        let output_offset = process.output_start().unwrap_or(OUTPUT_OFFSET_UNKNOWN);
         let agent_env = AgentEnv::new(&config.env);
         let auth = adapter.auth_status(&agent_env);
         let ready_at_spawn = adapter.ready_at_spawn();
@@ -696,6 +716,8 @@ impl Session {
             wake: tokio::sync::Notify::new(),
             cancel: tokio::sync::Notify::new(),
             pumped_seq: AtomicU64::new(0),
+            output_offset: AtomicU64::new(output_offset),
+            carried: Mutex::new(None),
             questions: Arc::new(Mutex::new(Questions::default())),
             generation: AtomicU64::new(0),
             input_gate: tokio::sync::Mutex::new(()),
@@ -716,6 +738,11 @@ impl Session {
         }
         if ready_at_spawn {
             session.mark_ready();
+        }
+        // Before the first output is pumped: the replay holds the turn's
+        // output so far.
+        if let Some(record) = carried {
+            session.install_carried(record);
         }
         tokio::spawn(pump(session.clone(), output_rx));
         session
@@ -947,15 +974,27 @@ impl Session {
         timeout: Duration,
         asker: TurnAsker,
     ) -> Result<Turn, RuntimeError> {
-        if !matches!(self.adapter.turn_style(), TurnStyle::Structured) {
-            return Err(RuntimeError::Harness(format!(
-                "the {} harness has no held turns to carry on",
-                self.adapter.harness()
-            )));
-        }
         let turn_id = record.turn_id.clone();
         let prompt = record.prompt.clone();
         let conversation = record.conversation.clone();
+        let style = self.adapter.turn_style();
+        if let (Some(_), TurnStyle::PtyPrompt | TurnStyle::PtyQuiet(_)) = (record.terminal, style) {
+            let invocation_id = record.invocation_id.clone().unwrap_or_default();
+            return Ok(self.start_turn(
+                turn_id,
+                prompt,
+                timeout,
+                conversation,
+                asker,
+                HeldTurn::ResumeTerminal { invocation_id },
+            ));
+        }
+        if record.terminal.is_some() || style != TurnStyle::Structured {
+            return Err(RuntimeError::Harness(format!(
+                "the {} harness has no held turn of this kind to carry on",
+                self.adapter.harness()
+            )));
+        }
         Ok(self.start_turn(
             turn_id,
             prompt,
@@ -1018,7 +1057,27 @@ impl Session {
                                     .await
                             }
                         }
-                        style => session.run_pty(&id, &prompt, style, &events_tx).await,
+                        style => match held {
+                            HeldTurn::New { invocation_id } => {
+                                session
+                                    .run_pty(
+                                        &id,
+                                        &prompt,
+                                        style,
+                                        &events_tx,
+                                        invocation_id.as_deref(),
+                                    )
+                                    .await
+                            }
+                            HeldTurn::ResumeTerminal { invocation_id } => {
+                                session
+                                    .carry_on_pty(&id, &prompt, &invocation_id, &events_tx)
+                                    .await
+                            }
+                            HeldTurn::Resume { .. } => harness_failure(
+                                "a terminal turn has no journal to carry on".to_owned(),
+                            ),
+                        },
                     }
                 };
                 // Dropping the work ends it as a deadline does (an ACP
@@ -1123,6 +1182,7 @@ impl Session {
         prompt: &str,
         style: TurnStyle,
         events: &mpsc::Sender<TurnEvent>,
+        invocation_id: Option<&str>,
     ) -> TurnOutcome {
         let stopped = || TurnOutcome::Failed {
             failure: TurnFailure::AgentStopped,
@@ -1140,19 +1200,28 @@ impl Session {
             return stopped();
         }
         let (done_tx, done_rx) = oneshot::channel();
-        *self.lock_turn() = Some(PtyTurn {
-            id: turn_id.to_owned(),
-            message: prompt.to_owned(),
-            style,
-            plain: PlainText::new(),
-            transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
-            events: events.clone(),
-            enter_sent_at: None,
-            newline_after_enter: false,
-            last_output_at: None,
-            end_at: None,
-            done: done_tx,
-        });
+        let output_start = {
+            let mut guard = self.lock_turn();
+            *guard = Some(PtyTurn {
+                id: turn_id.to_owned(),
+                message: prompt.to_owned(),
+                style,
+                plain: PlainText::new(),
+                transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
+                events: Some(events.clone()),
+                unclaimed: None,
+                skip_bytes: 0,
+                enter_sent_at: None,
+                newline_after_enter: false,
+                last_output_at: None,
+                end_at: None,
+                done: done_tx,
+            });
+            self.output_offset.load(Ordering::SeqCst)
+        };
+        if let Some(invocation_id) = invocation_id {
+            self.record_terminal_turn(turn_id, prompt, invocation_id, output_start);
+        }
         // Prompts are checked where they enter the broker; stripping here
         // again means no path can put a paste end or a control key inside
         // the paste. A terminal's Enter key sends CR, also inside a paste.
@@ -1192,6 +1261,11 @@ impl Session {
         let resuming = match &held {
             HeldTurn::Resume { record, .. } => Some(record.resumed),
             HeldTurn::New { .. } => None,
+            HeldTurn::ResumeTerminal { .. } => {
+                return harness_failure(
+                    "a structured turn is not typed into a terminal".to_owned(),
+                );
+            }
         };
         let resume = match resuming {
             // A carried-on turn continued its CLI session, or not, before
@@ -1242,6 +1316,7 @@ impl Session {
                     prompt: prompt.to_owned(),
                     program: invocation.argv[0].clone(),
                     resumed: resume.is_some(),
+                    terminal: None,
                 };
                 self.start_held(record, invocation, &placement).await
             }
@@ -1250,6 +1325,11 @@ impl Session {
             }
             (HeldTurn::New { .. }, None, _) => {
                 return harness_failure("the structured run has nothing to run".to_owned());
+            }
+            (HeldTurn::ResumeTerminal { .. }, _, _) => {
+                return harness_failure(
+                    "a structured turn is not typed into a terminal".to_owned(),
+                );
             }
         };
         let mut run = match started {
@@ -1853,6 +1933,135 @@ impl Session {
         }
     }
 
+    /// Records where a routed terminal turn began in the held program's
+    /// output (see [`journal::TerminalTurn`]), so a broker that restarts
+    /// while it runs carries it on. Nothing is recorded for a terminal of
+    /// the broker's own, or one whose holder does not count its output.
+    fn record_terminal_turn(
+        &self,
+        turn_id: &str,
+        prompt: &str,
+        invocation_id: &str,
+        output_start: u64,
+    ) {
+        let Some(placement) = self.config.holders.as_ref() else {
+            return;
+        };
+        if output_start == OUTPUT_OFFSET_UNKNOWN {
+            return;
+        }
+        let record = TurnRecord {
+            invocation_id: Some(invocation_id.to_owned()),
+            session_id: self.config.id.clone(),
+            turn_id: turn_id.to_owned(),
+            conversation: None,
+            prompt: prompt.to_owned(),
+            program: self.adapter.program().to_owned(),
+            resumed: false,
+            terminal: Some(journal::TerminalTurn { output_start }),
+        };
+        if let Err(err) = journal::record_terminal(&placement.turns, &record) {
+            tracing::warn!(agent = %self.config.id, turn = %turn_id, code = err.code(), cause = %err, "cannot record a terminal turn; a restart would end it as interrupted");
+        }
+    }
+
+    /// Puts back the routed terminal turn `record` that was running when
+    /// the last broker stopped, before the holder's replay is pumped: the
+    /// turn's text is taken from where it began in the replay, and the
+    /// turn ends as any terminal turn does (at the prompt, a question, or
+    /// quiet). Its flight takes it with [`Session::carry_on_pty`].
+    fn install_carried(&self, record: TurnRecord) {
+        let (Some(terminal), Some(invocation_id)) = (record.terminal, record.invocation_id) else {
+            return;
+        };
+        let style = self.adapter.turn_style();
+        if !matches!(style, TurnStyle::PtyPrompt | TurnStyle::PtyQuiet(_)) {
+            return;
+        }
+        let replay_start = self.output_offset.load(Ordering::SeqCst);
+        if replay_start == OUTPUT_OFFSET_UNKNOWN || terminal.output_start < replay_start {
+            // The turn's beginning is no longer in the holder's
+            // scrollback: its output cannot be given whole, so the flight
+            // fails (no carried turn) rather than report a part as all.
+            tracing::warn!(agent = %self.config.id, turn = %record.turn_id, "a terminal turn's beginning is past the scrollback; it cannot be carried on");
+            return;
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let unclaimed = Arc::new(Mutex::new(String::new()));
+        let mut guard = self.lock_turn();
+        *guard = Some(PtyTurn {
+            id: record.turn_id.clone(),
+            message: record.prompt,
+            style,
+            plain: PlainText::new(),
+            transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
+            events: None,
+            unclaimed: Some(unclaimed.clone()),
+            skip_bytes: terminal.output_start - replay_start,
+            enter_sent_at: Some(Instant::now()),
+            newline_after_enter: false,
+            last_output_at: None,
+            end_at: None,
+            done: done_tx,
+        });
+        drop(guard);
+        self.lock_state().turn_active = true;
+        *lock(&self.carried) = Some(CarriedTurn {
+            invocation_id,
+            turn_id: record.turn_id,
+            unclaimed,
+            done: done_rx,
+        });
+    }
+
+    /// Takes over the carried-on terminal turn of `invocation_id` (see
+    /// [`Session::install_carried`]): its text so far, then the rest as it
+    /// comes, then its end. `prompt` is the flight's (the echo of it is
+    /// left out of the answer).
+    async fn carry_on_pty(
+        &self,
+        turn_id: &str,
+        prompt: &str,
+        invocation_id: &str,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> TurnOutcome {
+        let carried = {
+            let mut carried = lock(&self.carried);
+            match carried.as_ref() {
+                Some(found) if found.invocation_id == invocation_id && found.turn_id == turn_id => {
+                    carried.take()
+                }
+                _ => None,
+            }
+        };
+        let Some(carried) = carried else {
+            return harness_failure(format!(
+                "{}: the terminal turn was not found when agent `{}` came back (its beginning may be past the scrollback)",
+                super::held::HOLDER_LOST,
+                self.config.id
+            ));
+        };
+        {
+            // Under the turn lock, so no text is sent twice or lost
+            // between what waited and what comes next.
+            let mut guard = self.lock_turn();
+            let so_far = std::mem::take(&mut *lock(&carried.unclaimed));
+            if !so_far.is_empty() {
+                let _ = events.try_send(TurnEvent::Output(so_far));
+            }
+            if let Some(turn) = guard.as_mut().filter(|turn| turn.id == turn_id) {
+                turn.message = prompt.to_owned();
+                turn.events = Some(events.clone());
+                turn.unclaimed = None;
+            }
+        }
+        tracing::info!(agent = %self.config.id, turn = %turn_id, "carrying on a terminal turn");
+        carried.done.await.unwrap_or_else(|_| TurnOutcome::Failed {
+            failure: TurnFailure::AgentStopped,
+            message: format!("agent `{}` stopped during the turn", self.config.id),
+        })
+    }
+
     fn set_turn_active(&self, active: bool) {
         self.lock_state().turn_active = active;
     }
@@ -1879,7 +2088,11 @@ impl Session {
         {
             let mut guard = self.lock_turn();
             if let Some(turn) = guard.as_mut() {
-                let text = turn.plain.feed(&chunk.bytes);
+                let skip = usize::try_from(turn.skip_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.bytes.len());
+                turn.skip_bytes -= skip as u64;
+                let text = turn.plain.feed(&chunk.bytes[skip..]);
                 if !text.is_empty() {
                     turn.transcript.push_str(&text);
                     if let Some(enter_sent_at) = turn.enter_sent_at {
@@ -1888,8 +2101,24 @@ impl Session {
                             turn.newline_after_enter = true;
                         }
                     }
-                    let _ = turn.events.try_send(TurnEvent::Output(text));
+                    match (&turn.events, &turn.unclaimed) {
+                        (Some(events), _) => {
+                            let _ = events.try_send(TurnEvent::Output(text));
+                        }
+                        (None, Some(unclaimed)) => {
+                            let mut unclaimed = lock(unclaimed);
+                            if unclaimed.len() < FLIGHT_OUTPUT_BYTES_MAX {
+                                unclaimed.push_str(&text);
+                            }
+                        }
+                        (None, None) => {}
+                    }
                 }
+            }
+            let offset = self.output_offset.load(Ordering::SeqCst);
+            if offset != OUTPUT_OFFSET_UNKNOWN {
+                self.output_offset
+                    .store(offset + chunk.bytes.len() as u64, Ordering::SeqCst);
             }
         }
         self.pumped_seq.store(chunk.seq, Ordering::SeqCst);
@@ -2633,7 +2862,22 @@ pub(crate) enum HeldTurn {
     New { invocation_id: Option<String> },
     /// A turn a holder ran on while the broker was away.
     Resume { dir: PathBuf, record: TurnRecord },
+    /// A routed terminal turn that went on in its session's held terminal
+    /// while the broker was away (see [`Session::carry_on_pty`]).
+    ResumeTerminal { invocation_id: String },
 }
+
+/// A carried-on terminal turn waiting for its flight to take it.
+struct CarriedTurn {
+    invocation_id: String,
+    turn_id: String,
+    /// The turn's text so far, while nobody takes it.
+    unclaimed: Arc<Mutex<String>>,
+    done: oneshot::Receiver<TurnOutcome>,
+}
+
+/// [`Session::output_offset`] when it is not known.
+const OUTPUT_OFFSET_UNKNOWN: u64 = u64::MAX;
 
 /// A structured run in progress: the broker's own child, or a holder's.
 enum StructuredRun {
@@ -2908,11 +3152,10 @@ async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut reader: R) -> String {
     String::from_utf8_lossy(&tail).into_owned()
 }
 
-/// The questions' lock; a panic while it was held leaves nothing half done.
-fn lock(questions: &Mutex<Questions>) -> MutexGuard<'_, Questions> {
-    questions
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
+/// A lock of the session's small state (the questions, a carried-on
+/// turn's text); a panic while it was held leaves nothing half done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]
@@ -2990,7 +3233,9 @@ mod tests {
             style: TurnStyle::PtyPrompt,
             plain: PlainText::new(),
             transcript: Transcript::new(1000),
-            events,
+            events: Some(events),
+            unclaimed: None,
+            skip_bytes: 0,
             enter_sent_at: None,
             newline_after_enter: false,
             last_output_at: None,
