@@ -413,7 +413,13 @@ fn a_running_terminal_turn_outlives_its_owner_broker_and_finishes_once() {
 
     let id = submit(&alpha, "@streamer", "line", 120);
     common::wait_until("the program to stream its first lines on beta", || {
-        let status = beta.get(&format!("/v1/invocations/{id}"));
+        // Beta may not have the flight yet (404).
+        let (_, status) = beta.api(
+            "GET",
+            &format!("/v1/invocations/{id}"),
+            &beta.sandbox.token(),
+            None,
+        );
         status["flight"]["output"]
             .as_str()
             .is_some_and(|output| output.contains("line-3"))
