@@ -969,21 +969,6 @@ fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
     let mut alpha = common::Node::setup("alpha", &[]);
     alpha.start();
     let (mut beta, workdir) = claude_broker_joining(&alpha, &server);
-    let sessions_of = |node: &common::Node| -> Vec<(String, u64)> {
-        let listed = node.run(&["--json", "agents", "list"]).json();
-        listed["sessions"]
-            .as_array()
-            .map(|sessions| {
-                sessions
-                    .iter()
-                    .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["pid"].as_u64()?)))
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-
     for (turn, signal) in [("crash", libc::SIGKILL), ("restart", libc::SIGTERM)] {
         let sent = alpha.run(&[
             "--json",
@@ -1016,7 +1001,7 @@ fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
                 (output.contains(&format!("{turn}-2 ")) && runs.len() == 1).then_some(())
             },
         );
-        let sessions_before = sessions_of(&beta);
+        let sessions_before = beta.sessions();
         assert!(!sessions_before.is_empty(), "beta has the agent's session");
 
         let mut broker = beta.broker.take().expect("beta runs");
@@ -1057,21 +1042,11 @@ fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
             "output repeated: {output}"
         );
         assert!(output.contains(&format!("{turn}-20")), "{output}");
-        let audit = beta.run(&["--json", "audit", "--action", "reconcile_flight"]);
-        assert!(
-            !audit.stdout.contains(&id),
-            "the flight was reconciled as interrupted: {}",
-            audit.stdout
-        );
+        beta.assert_not_reconciled(&id);
         // The agent's session is the same, with the same program.
-        assert_eq!(sessions_of(&beta), sessions_before);
+        assert_eq!(beta.sessions(), sessions_before);
         // The held turn's journal went once the flight's end was recorded.
-        let turns = beta.sandbox.home().join("turns");
-        common::wait_until("the held turn's journal to go", || {
-            std::fs::read_dir(&turns)
-                .map_or(true, |mut entries| entries.next().is_none())
-                .then_some(())
-        });
+        beta.wait_for_no_held_turns();
     }
     let requests: Vec<Recorded> = server
         .requests()
@@ -1081,7 +1056,7 @@ fn a_routed_claude_turn_outlives_its_broker_and_finishes_once() {
     assert_eq!(requests.len(), 2, "claude ran once per turn: {requests:#?}");
     // The turn sent after the first restart ran in the session that came
     // back, not in a second agent in the same directory.
-    let sessions = sessions_of(&beta);
+    let sessions = beta.sessions();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     // And the agent that came back still speaks as itself: the credential
     // in its environment is the broker's again.

@@ -373,22 +373,6 @@ fn a_work_order_claimed_before_a_crash_runs_once_after_the_restart() {
     );
 }
 
-/// The agent's session (id, pid) on `node`.
-fn sessions_of(node: &Node) -> Vec<(String, u64)> {
-    let listed = node.run(&["--json", "agents", "list"]).json();
-    let mut sessions: Vec<(String, u64)> = listed["sessions"]
-        .as_array()
-        .map(|sessions| {
-            sessions
-                .iter()
-                .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["pid"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    sessions.sort();
-    sessions
-}
-
 /// A ten-second turn of a real program on a terminal, routed from alpha,
 /// outlives beta: beta is SIGKILLed while the program streams its lines,
 /// started again, and the turn finishes at alpha with every line once and
@@ -425,7 +409,7 @@ fn a_running_terminal_turn_outlives_its_owner_broker_and_finishes_once() {
             .is_some_and(|output| output.contains("line-3"))
             .then_some(())
     });
-    let sessions_before = sessions_of(&beta);
+    let sessions_before = beta.sessions();
     assert_eq!(sessions_before.len(), 1, "{sessions_before:?}");
 
     let mut broker = beta.broker.take().unwrap();
@@ -456,20 +440,10 @@ fn a_running_terminal_turn_outlives_its_owner_broker_and_finishes_once() {
             "line-{n} in {output:?}"
         );
     }
-    let audit = beta.run(&["--json", "audit", "--action", "reconcile_flight"]);
-    assert!(
-        !audit.stdout.contains(&id),
-        "the flight was reconciled as interrupted: {}",
-        audit.stdout
-    );
+    beta.assert_not_reconciled(&id);
     // The same program, given the message once.
-    assert_eq!(sessions_of(&beta), sessions_before);
+    assert_eq!(beta.sessions(), sessions_before);
     assert_eq!(log_lines(&log), ["line"]);
     // The turn's record went once the flight's end was recorded.
-    let turns = beta.sandbox.home().join("turns");
-    wait_until("the terminal turn's record to go", || {
-        std::fs::read_dir(&turns)
-            .map_or(true, |mut entries| entries.next().is_none())
-            .then_some(())
-    });
+    beta.wait_for_no_held_turns();
 }

@@ -1202,21 +1202,13 @@ impl Session {
         let (done_tx, done_rx) = oneshot::channel();
         let output_start = {
             let mut guard = self.lock_turn();
-            *guard = Some(PtyTurn {
-                id: turn_id.to_owned(),
-                message: prompt.to_owned(),
+            *guard = Some(PtyTurn::new(
+                turn_id,
+                prompt,
                 style,
-                plain: PlainText::new(),
-                transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
-                events: Some(events.clone()),
-                unclaimed: None,
-                skip_bytes: 0,
-                enter_sent_at: None,
-                newline_after_enter: false,
-                last_output_at: None,
-                end_at: None,
-                done: done_tx,
-            });
+                Some(events.clone()),
+                done_tx,
+            ));
             self.output_offset.load(Ordering::SeqCst)
         };
         if let Some(invocation_id) = invocation_id {
@@ -1990,19 +1982,11 @@ impl Session {
         let unclaimed = Arc::new(Mutex::new(String::new()));
         let mut guard = self.lock_turn();
         *guard = Some(PtyTurn {
-            id: record.turn_id.clone(),
-            message: record.prompt,
-            style,
-            plain: PlainText::new(),
-            transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
-            events: None,
             unclaimed: Some(unclaimed.clone()),
             skip_bytes: terminal.output_start - replay_start,
+            // Its Enter went in before the restart.
             enter_sent_at: Some(Instant::now()),
-            newline_after_enter: false,
-            last_output_at: None,
-            end_at: None,
-            done: done_tx,
+            ..PtyTurn::new(&record.turn_id, &record.prompt, style, None, done_tx)
         });
         drop(guard);
         self.lock_state().turn_active = true;
@@ -2605,6 +2589,31 @@ impl Session {
 }
 
 impl PtyTurn {
+    /// A turn about to be typed: no output seen, no Enter sent yet.
+    fn new(
+        id: &str,
+        message: &str,
+        style: TurnStyle,
+        events: Option<mpsc::Sender<TurnEvent>>,
+        done: oneshot::Sender<TurnOutcome>,
+    ) -> PtyTurn {
+        PtyTurn {
+            id: id.to_owned(),
+            message: message.to_owned(),
+            style,
+            plain: PlainText::new(),
+            transcript: Transcript::new(TRANSCRIPT_CHARS_MAX),
+            events,
+            unclaimed: None,
+            skip_bytes: 0,
+            enter_sent_at: None,
+            newline_after_enter: false,
+            last_output_at: None,
+            end_at: None,
+            done,
+        }
+    }
+
     fn response(&self, drop_prompt_line: bool) -> String {
         let mut lines = self.transcript.lines();
         // The terminal echoes what was typed: drop those leading lines.
@@ -3227,21 +3236,13 @@ mod tests {
     fn pty_response_drops_the_echo_and_the_prompt() {
         let (done, _) = oneshot::channel();
         let (events, _) = mpsc::channel(1);
-        let mut turn = PtyTurn {
-            id: "t".to_owned(),
-            message: "echo one\necho two".to_owned(),
-            style: TurnStyle::PtyPrompt,
-            plain: PlainText::new(),
-            transcript: Transcript::new(1000),
-            events: Some(events),
-            unclaimed: None,
-            skip_bytes: 0,
-            enter_sent_at: None,
-            newline_after_enter: false,
-            last_output_at: None,
-            end_at: None,
+        let mut turn = PtyTurn::new(
+            "t",
+            "echo one\necho two",
+            TurnStyle::PtyPrompt,
+            Some(events),
             done,
-        };
+        );
         turn.transcript
             .push_str("echo one\r\n> echo two\r\none\r\ntwo\r\n\r\nbash-5.2$ ");
         assert_eq!(turn.response(true), "one\ntwo");

@@ -358,6 +358,44 @@ impl Node {
             .to_owned()
     }
 
+    /// This node's agent sessions as (id, pid), sorted.
+    pub fn sessions(&self) -> Vec<(String, u64)> {
+        let listed = self.run(&["--json", "agents", "list"]).json();
+        let mut sessions: Vec<(String, u64)> = listed["sessions"]
+            .as_array()
+            .map(|sessions| {
+                sessions
+                    .iter()
+                    .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["pid"].as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        sessions.sort();
+        sessions
+    }
+
+    /// Asserts that no restart of this node failed invocation `id` as
+    /// interrupted (its flight was carried on).
+    pub fn assert_not_reconciled(&self, id: &str) {
+        let audit = self.run(&["--json", "audit", "--action", "reconcile_flight"]);
+        assert!(
+            !audit.stdout.contains(id),
+            "the flight was reconciled as interrupted: {}",
+            audit.stdout
+        );
+    }
+
+    /// Waits until no held turn is left in this node's home (each goes
+    /// once its flight's end is recorded).
+    pub fn wait_for_no_held_turns(&self) {
+        let turns = self.sandbox.home().join("turns");
+        wait_until("the held turns to go", || {
+            std::fs::read_dir(&turns)
+                .map_or(true, |mut entries| entries.next().is_none())
+                .then_some(())
+        });
+    }
+
     /// `GET path` on this node's API with its token.
     pub fn get(&self, path: &str) -> serde_json::Value {
         let url = format!("{}{path}", self.broker().http_base());
