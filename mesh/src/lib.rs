@@ -22,6 +22,10 @@
 //! - [`routing`]: the origin's delivery plan: send, retry, defer, query,
 //!   fail, reroute; the rules that keep execution exactly-once.
 //! - [`membership`]: one-time invites, invite codes and the join decision.
+//! - [`views`]: partial views of the mesh ([`views::Views`], HyParView's
+//!   active and passive views), so a broker keeps a bounded number of
+//!   peers however large the mesh; admission-gated.
+//! - `rng`: the one small seeded PRNG of the core.
 //! - [`mention`]: the causal chain of a mention and the depth and cycle
 //!   rule that refuses loops (`MENTION_LOOP`).
 //! - [`approval`]: the rules of approvals: one decision, the deadline
@@ -46,7 +50,9 @@ pub mod output;
 pub mod pairing;
 pub mod registry;
 pub mod resolve;
+mod rng;
 pub mod routing;
 pub mod sync;
 pub mod usage;
+pub mod views;
 pub mod wire;

@@ -73,6 +73,7 @@ use crate::registry::{
     RecordKey, RecordKind, Registry, contiguous_vv, sign, validate, validate_definition_value,
     validate_unsigned, verify_signature,
 };
+use crate::rng::SplitMix64;
 use crate::wire::{
     DELTA_OVERHEAD_BYTES, NodeId, ORIGINS_MAX, RECORDS_PER_DELTA_MAX, RecordSignature,
     SYNC_MESSAGE_BYTES_MAX, SyncMessage, VV_ENTRY_BYTES_MAX, truncate,
@@ -1335,27 +1336,6 @@ impl ChunkBuilder {
             since: finished.since,
             more,
         }
-    }
-}
-
-/// SplitMix64: a tiny, well-mixed PRNG, enough for timer jitter. Seeded by
-/// the caller so runs replay exactly.
-#[derive(Debug, Clone)]
-struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut mixed = self.state;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        mixed ^ (mixed >> 31)
     }
 }
 

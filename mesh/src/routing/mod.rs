@@ -67,6 +67,7 @@ use crate::lifecycle::{
     DeliveryPolicy, DeliveryState, FailureReason, FlightState, InvocationAction,
 };
 use crate::output::FlightOutput;
+use crate::rng::SplitMix64;
 use crate::usage::{FailureCode, Usage};
 use crate::wire::{ErrorCode, FlightUpdate, MeshFrame, NodeId};
 
@@ -660,7 +661,7 @@ enum Sent {
 pub struct Router {
     node: NodeId,
     directory: Box<dyn Directory>,
-    rng: u64,
+    rng: SplitMix64,
     connected: BTreeSet<NodeId>,
     /// Origin side: unfinished deliveries by invocation id (ordered, so
     /// every run of one seed visits them, and draws jitter, in one order).
@@ -689,7 +690,7 @@ impl Router {
         Router {
             node,
             directory,
-            rng: seed,
+            rng: SplitMix64::new(seed),
             connected: BTreeSet::new(),
             deliveries: BTreeMap::new(),
             flights: BTreeMap::new(),
@@ -970,14 +971,9 @@ impl Router {
         self.push(Output::Send { request, to, frame });
     }
 
-    /// Jitter in 0..1 from the router's own PRNG (SplitMix64).
+    /// Jitter in 0..1 from the router's own PRNG.
     fn jitter(&mut self) -> f64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut mixed = self.rng;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        mixed ^= mixed >> 31;
-        (mixed >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.unit()
     }
 
     /// Whether `peer` can be reached now (this node always can).

@@ -1,0 +1,333 @@
+//! The views in a small simulated world: every message delivered in
+//! order, a dead broker's messages dropped and its peers told.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Ids at or above this are not members: they must never enter a view.
+const OUTSIDER_MIN: u32 = 10_000;
+
+struct World {
+    views: BTreeMap<u32, Views<u32>>,
+    dead: BTreeSet<u32>,
+    queue: VecDeque<(u32, u32, ViewMessage<u32>)>,
+    now_ms: u64,
+}
+
+impl World {
+    fn new(n: u32) -> World {
+        let views = (0..n)
+            .map(|id| {
+                let may_join: MayJoin<u32> = Box::new(|peer: &u32| *peer < OUTSIDER_MIN);
+                (id, Views::new(id, 1_000 + u64::from(id), may_join))
+            })
+            .collect();
+        World {
+            views,
+            dead: BTreeSet::new(),
+            queue: VecDeque::new(),
+            now_ms: 0,
+        }
+    }
+
+    fn drain(&mut self, id: u32) {
+        let view = self.views.get_mut(&id).expect("a node");
+        while let Some(output) = view.poll_output() {
+            if let ViewOutput::Send { to, message } = output {
+                self.queue.push_back((id, to, message));
+            }
+        }
+    }
+
+    /// Delivers until nothing is in flight (bounded).
+    fn settle(&mut self) {
+        let ids: Vec<u32> = self.views.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+        let mut steps = 0;
+        while let Some((from, to, message)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "the views never settle");
+            if self.dead.contains(&from) {
+                continue;
+            }
+            if self.dead.contains(&to) || !self.views.contains_key(&to) {
+                // The sender's connection fails.
+                let now = self.now_ms;
+                self.views
+                    .get_mut(&from)
+                    .unwrap()
+                    .handle_peer_down(now, &to);
+                self.drain(from);
+                continue;
+            }
+            let now = self.now_ms;
+            self.views
+                .get_mut(&to)
+                .unwrap()
+                .handle_message(now, from, message);
+            self.drain(to);
+        }
+    }
+
+    fn join_all(&mut self, n: u32) {
+        for id in 1..n {
+            let now = self.now_ms;
+            // Each newcomer knows one earlier member.
+            let contact = (id * 7919) % id;
+            self.views.get_mut(&id).unwrap().join(now, contact);
+            self.drain(id);
+            self.settle();
+        }
+    }
+
+    fn rounds(&mut self, n_rounds: u32) {
+        for _ in 0..n_rounds {
+            self.now_ms += SHUFFLE_INTERVAL_MS * 2;
+            let now = self.now_ms;
+            let ids: Vec<u32> = self.live().collect();
+            for id in ids {
+                self.views.get_mut(&id).unwrap().handle_timeout(now);
+                self.drain(id);
+            }
+            self.settle();
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.views
+            .keys()
+            .copied()
+            .filter(|id| !self.dead.contains(id))
+    }
+
+    fn kill(&mut self, id: u32) {
+        self.dead.insert(id);
+        let now = self.now_ms;
+        let peers: Vec<u32> = self.live().collect();
+        // Connections to it fail: its active peers notice.
+        for peer in peers {
+            let view = self.views.get_mut(&peer).unwrap();
+            if view.active().contains(&id) {
+                view.handle_peer_down(now, &id);
+                self.drain(peer);
+            }
+        }
+    }
+
+    fn check_bounds_and_admission(&self) {
+        for (id, view) in &self.views {
+            assert!(view.active().len() <= ACTIVE_VIEW_MAX, "{id}: {view:?}");
+            assert!(view.passive().len() <= PASSIVE_VIEW_MAX, "{id}: {view:?}");
+            for peer in view.active().iter().chain(view.passive()) {
+                assert!(*peer < OUTSIDER_MIN, "{id} has outsider {peer}");
+                assert_ne!(peer, id, "{id} has itself in a view");
+            }
+            assert!(view.active().is_disjoint(view.passive()), "{id}: {view:?}");
+        }
+    }
+
+    fn check_symmetric(&self) {
+        for id in self.live() {
+            for peer in self.views[&id].active() {
+                if self.dead.contains(peer) {
+                    continue;
+                }
+                assert!(
+                    self.views[peer].active().contains(&id),
+                    "{id} has {peer} active, not the other way round"
+                );
+            }
+        }
+    }
+
+    /// Whether the live nodes' active views form one connected graph.
+    fn connected(&self) -> bool {
+        let live: BTreeSet<u32> = self.live().collect();
+        let Some(&start) = live.iter().next() else {
+            return true;
+        };
+        let mut seen = BTreeSet::from([start]);
+        let mut todo = vec![start];
+        while let Some(id) = todo.pop() {
+            for peer in self.views[&id].active() {
+                if live.contains(peer) && seen.insert(*peer) {
+                    todo.push(*peer);
+                }
+            }
+        }
+        seen.len() == live.len()
+    }
+}
+
+#[test]
+fn two_hundred_brokers_joining_through_others_form_bounded_symmetric_connected_views() {
+    let mut world = World::new(200);
+    world.join_all(200);
+    world.rounds(5);
+    world.check_bounds_and_admission();
+    world.check_symmetric();
+    assert!(world.connected(), "the active views are split");
+    let n_active: usize = world.views.values().map(|view| view.active().len()).sum();
+    let mean = n_active as f64 / 200.0;
+    assert!(mean >= 3.0, "active views too small on average: {mean}");
+    for view in world.views.values() {
+        assert!(!view.active().is_empty(), "{view:?}");
+        assert!(!view.passive().is_empty(), "{view:?}");
+    }
+}
+
+#[test]
+fn a_fifth_of_the_brokers_dying_leaves_the_rest_connected_after_repair() {
+    let mut world = World::new(200);
+    world.join_all(200);
+    world.rounds(3);
+    for id in (0..200).filter(|id| id % 5 == 2) {
+        world.kill(id);
+    }
+    world.settle();
+    world.rounds(4);
+    world.check_bounds_and_admission();
+    world.check_symmetric();
+    assert!(world.connected(), "the survivors' active views are split");
+    for id in world.live() {
+        let active = world.views[&id].active();
+        assert!(!active.is_empty(), "{id} lost every active peer");
+        assert!(active.iter().all(|peer| !world.dead.contains(peer)));
+    }
+}
+
+#[test]
+fn outsiders_never_enter_a_view_whoever_names_them() {
+    let mut world = World::new(20);
+    world.join_all(20);
+    // A member names outsiders in every way it can; an outsider speaks up.
+    let forged = [
+        ViewMessage::ForwardJoin {
+            joiner: OUTSIDER_MIN,
+            ttl: 0,
+        },
+        ViewMessage::Shuffle {
+            origin: 1,
+            ttl: 0,
+            ids: (OUTSIDER_MIN..OUTSIDER_MIN + 100).collect(),
+        },
+        ViewMessage::ShuffleReply {
+            ids: vec![OUTSIDER_MIN + 1, OUTSIDER_MIN + 2],
+        },
+    ];
+    for message in forged {
+        world
+            .views
+            .get_mut(&0)
+            .unwrap()
+            .handle_message(0, 1, message);
+    }
+    world
+        .views
+        .get_mut(&0)
+        .unwrap()
+        .handle_message(0, OUTSIDER_MIN, ViewMessage::Join);
+    world.views.get_mut(&0).unwrap().handle_message(
+        0,
+        OUTSIDER_MIN,
+        ViewMessage::Neighbor {
+            high_priority: true,
+        },
+    );
+    world
+        .views
+        .get_mut(&0)
+        .unwrap()
+        .learn(0, [OUTSIDER_MIN + 3, 5]);
+    world.views.get_mut(&3).unwrap().join(0, OUTSIDER_MIN + 4);
+    // Messages to outsiders are dropped by the world (no such node).
+    world.settle();
+    world.rounds(2);
+    world.check_bounds_and_admission();
+}
+
+#[test]
+fn a_shuffle_with_too_many_ids_is_cut_to_the_limit() {
+    let may_join: MayJoin<u32> = Box::new(|_: &u32| true);
+    let mut view = Views::new(0u32, 7, may_join);
+    view.handle_message(
+        0,
+        1,
+        ViewMessage::Shuffle {
+            origin: 1,
+            ttl: 0,
+            ids: (100..10_000).collect(),
+        },
+    );
+    assert!(view.passive().len() <= SHUFFLE_IDS_MAX);
+    let mut reply_len = None;
+    while let Some(output) = view.poll_output() {
+        if let ViewOutput::Send {
+            message: ViewMessage::ShuffleReply { ids },
+            ..
+        } = output
+        {
+            reply_len = Some(ids.len());
+        }
+    }
+    assert!(reply_len.is_some_and(|len| len <= SHUFFLE_IDS_MAX));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join(u32, u32),
+    Kill(u32),
+    Round,
+    Forged { to: u32, from: u32, name: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u32..30, 0u32..30).prop_map(|(id, contact)| Op::Join(id, contact)),
+        1 => (0u32..30).prop_map(Op::Kill),
+        2 => Just(Op::Round),
+        1 => (0u32..30, 0u32..30, prop_oneof![0u32..30, OUTSIDER_MIN..OUTSIDER_MIN + 5])
+            .prop_map(|(to, from, name)| Op::Forged { to, from, name }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever happens, in whatever order: views stay within their
+    /// bounds, hold no outsider and not their own broker, and the active
+    /// and passive views never share a peer.
+    #[test]
+    fn views_stay_bounded_and_admitted(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut world = World::new(30);
+        for op in ops {
+            match op {
+                Op::Join(id, contact) => {
+                    if !world.dead.contains(&id) && id != contact {
+                        let now = world.now_ms;
+                        world.views.get_mut(&id).unwrap().join(now, contact);
+                        world.drain(id);
+                    }
+                }
+                Op::Kill(id) => world.kill(id),
+                Op::Round => world.rounds(1),
+                Op::Forged { to, from, name } => {
+                    if !world.dead.contains(&to) {
+                        let now = world.now_ms;
+                        let view = world.views.get_mut(&to).unwrap();
+                        view.handle_message(now, from, ViewMessage::ForwardJoin { joiner: name, ttl: 1 });
+                        view.handle_message(now, from, ViewMessage::ShuffleReply { ids: vec![name] });
+                        world.drain(to);
+                    }
+                }
+            }
+            world.settle();
+            world.check_bounds_and_admission();
+        }
+    }
+}
