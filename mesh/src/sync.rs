@@ -134,6 +134,13 @@ pub struct SyncConfig {
     pub sync_message_bytes_max: usize,
     /// Most records per delta chunk; clamped to 1..=[`RECORDS_PER_DELTA_MAX`].
     pub records_per_delta_max: usize,
+    /// The replica's peers are a partial view of the mesh (its active
+    /// view, see [`crate::views`]) rather than every broker: a record new
+    /// to this replica (from a push or a delta) is pushed on to its other
+    /// peers (a record it already had is not, so each change crosses each
+    /// link about once), and an anti-entropy round sends its digest to one
+    /// random peer instead of all of them.
+    pub partial_view: bool,
 }
 
 impl Default for SyncConfig {
@@ -144,6 +151,7 @@ impl Default for SyncConfig {
             seed: 0,
             sync_message_bytes_max: SYNC_MESSAGE_BYTES_MAX,
             records_per_delta_max: RECORDS_PER_DELTA_MAX,
+            partial_view: false,
         }
     }
 }
@@ -729,7 +737,15 @@ impl Replica {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.anti_entropy_at_ms {
             Some(at_ms) if now_ms >= at_ms => {
-                for peer in self.sync_peers() {
+                let mut peers = self.sync_peers();
+                if self.config.partial_view && !peers.is_empty() {
+                    // One random peer a round: with views a broker's
+                    // peers are few and a change reaches everyone by
+                    // pushes; anti-entropy repairs what a push lost.
+                    let idx = (self.rng.next_u64() % peers.len() as u64) as usize;
+                    peers = vec![peers.swap_remove(idx)];
+                }
+                for peer in peers {
                     self.send_digest(now_ms, peer);
                 }
                 self.collect_tombstones();
@@ -1028,11 +1044,27 @@ impl Replica {
         for origin in &touched {
             self.advance_contiguous(origin);
         }
+        let relayed = (self.config.partial_view && !accepted.is_empty()).then(|| accepted.clone());
         if !accepted.is_empty() || self.vv != vv_before {
             self.emit(Output::Persist {
                 records: accepted,
                 vv: self.vv.clone(),
             });
+        }
+        if let Some(records) = relayed {
+            // New to this replica, so new along this path: passed on to
+            // the rest of the view (a replica that had it stops the flood),
+            // whether a push or a delta brought it (after a heal, deltas
+            // carry the other side's records). A delta chunk is within the
+            // message limits, so the push of a part of it is too.
+            for peer in self.sync_peers().into_iter().filter(|peer| peer != from) {
+                self.send(
+                    peer,
+                    SyncMessage::Push {
+                        records: records.clone(),
+                    },
+                );
+            }
         }
         if let Some(skew) = skew {
             self.emit_event(SyncEvent::ClockSkew {

@@ -4,7 +4,7 @@
 //! ```text
 //! scout-netsim run SCENARIO... [--seed N] [--out DIR] [--plot] [--json]
 //! scout-netsim swarm --seeds A..B [--nodes N] [--jobs J] [--out DIR]
-//! scout-netsim pure [--nodes 1000]
+//! scout-netsim pure [--nodes 1000] [--views] [--latency-ms 20..80]
 //! scout-netsim pure --routing --seed S --nodes N [--invocations K]
 //! scout-netsim pure-swarm --seeds A..B [--nodes 3..9] [--invocations K] [--jobs J]
 //! scout-netsim bench [PART]
@@ -103,6 +103,13 @@ enum Command {
         /// Random peers per node (ring neighbours come on top).
         #[arg(long, default_value_t = 4)]
         peers: usize,
+        /// Connect each node to its active view only (partial views),
+        /// with pushes forwarded along the views.
+        #[arg(long)]
+        views: bool,
+        /// One-way link latency range in ms, as `A..B`.
+        #[arg(long, value_parser = parse_latency_range, default_value = "2..40")]
+        latency_ms: (u64, u64),
         /// The seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -157,6 +164,17 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
             Ok((seed, seed.saturating_add(1)))
         }
     }
+}
+
+fn parse_latency_range(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("`{text}` is not a latency range; write A..B in ms (both included)");
+    let (min, max) = text.split_once("..").ok_or_else(bad)?;
+    let min: u64 = min.trim().parse().map_err(|_| bad())?;
+    let max: u64 = max.trim().parse().map_err(|_| bad())?;
+    if min > max || max > 10_000 {
+        return Err(bad());
+    }
+    Ok((min, max))
 }
 
 fn parse_node_range(text: &str) -> Result<(usize, usize), String> {
@@ -412,6 +430,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         Command::Pure {
             nodes,
             peers,
+            views,
+            latency_ms,
             seed,
             json,
             ..
@@ -428,6 +448,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 nodes,
                 random_peers: peers,
                 seed,
+                views,
+                latency_ms,
                 ..pure::PureOptions::default()
             });
             if json {

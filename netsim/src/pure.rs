@@ -8,7 +8,15 @@
 //! Each node keeps connections to a few random peers plus its ring
 //! neighbours (a replica syncs with at most [`PEERS_MAX`] peers; pushes are
 //! not forwarded, so records cross the mesh by anti-entropy deltas, which
-//! carry every origin's records).
+//! carry every origin's records). With `views`, the connections are the
+//! brokers' active views instead ([`scout_mesh::views`], built by running
+//! the views protocol: every node joins through a random earlier one, then
+//! shuffles), and the replicas run with `partial_view`: a new record is
+//! pushed on along the views, and anti-entropy asks one random peer a
+//! round.
+//!
+//! Before the partition, one node writes one record and the run times its
+//! arrival at every replica (propagation p50, p99, max).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +24,7 @@ use rand::Rng;
 use scout_mesh::lifecycle::{EndpointState, Harness};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::sync::{Output, PEERS_MAX, Replica, ReplicaIdentity, SigningKey, SyncConfig};
+use scout_mesh::views::{MayJoin, ViewMessage, ViewOutput, Views};
 use scout_mesh::wire::{InstanceBody, NodeId, RecordBody, SyncMessage};
 use serde::Serialize;
 
@@ -42,6 +51,8 @@ pub struct PureOptions {
     pub latency_ms: (u64, u64),
     /// Longest simulated time to wait for convergence after the heal.
     pub converge_within_ms: u64,
+    /// Connect each node to its active view only, and forward pushes.
+    pub views: bool,
 }
 
 impl Default for PureOptions {
@@ -54,6 +65,7 @@ impl Default for PureOptions {
             partition_ms: 10_000,
             latency_ms: (2, 40),
             converge_within_ms: 600_000,
+            views: false,
         }
     }
 }
@@ -69,6 +81,14 @@ pub struct PureReport {
     pub max_degree: usize,
     /// Live records every replica must end with.
     pub records: usize,
+    /// Whether the connections were the brokers' active views.
+    pub views: bool,
+    /// Simulated ms from one write until half of the replicas held it.
+    pub propagation_p50_ms: Option<u64>,
+    /// ... until 99% of them held it.
+    pub propagation_p99_ms: Option<u64>,
+    /// ... until all of them held it.
+    pub propagation_max_ms: Option<u64>,
     /// Simulated ms from the heal until every replica held every record.
     pub converged_after_ms: Option<u64>,
     /// Anti-entropy rounds run between the heal and convergence: the most
@@ -228,13 +248,140 @@ impl World {
     }
 }
 
+/// Index of the record written to time propagation (no other write uses
+/// it).
+const PROPAGATION_WRITE_IDX: usize = 999_999;
+
+/// Longest simulated time a propagation is followed, in microseconds.
+const PROPAGATION_WITHIN_US: u64 = 30_000_000;
+
+/// Node 0 writes one record; returns the simulated ms until half, 99% and
+/// all of the replicas held it (`None` if some never did in time).
+fn measure_propagation(world: &mut World) -> Option<(u64, u64, u64)> {
+    let start_us = world.now_us;
+    world.write(0, PROPAGATION_WRITE_IDX);
+    let writer = world.ids[0].clone();
+    let seq = world.replicas[0].next_seq() - 1;
+    let n_nodes = world.replicas.len();
+    let mut arrived_ms: Vec<u64> = Vec::with_capacity(n_nodes);
+    let mut waiting: Vec<usize> = (1..n_nodes).collect();
+    arrived_ms.push(0);
+    let step_us = 5_000;
+    while !waiting.is_empty() && world.now_us < start_us + PROPAGATION_WITHIN_US {
+        world.run_until(world.now_us + step_us);
+        let now_ms = (world.now_us - start_us) / 1000;
+        waiting.retain(|&node| {
+            let has = world.replicas[node].vv().get(&writer) >= seq;
+            if has {
+                arrived_ms.push(now_ms);
+            }
+            !has
+        });
+    }
+    if !waiting.is_empty() {
+        return None;
+    }
+    arrived_ms.sort_unstable();
+    let at = |fraction: f64| {
+        arrived_ms[((n_nodes as f64 * fraction).ceil() as usize).clamp(1, n_nodes) - 1]
+    };
+    Some((at(0.5), at(0.99), arrived_ms[n_nodes - 1]))
+}
+
+/// A ring plus random peers, never more than a replica syncs with.
+fn ring_and_random_edges(n_nodes: usize, options: &PureOptions) -> BTreeSet<(usize, usize)> {
+    let mut topology_rng = seeds::rng(options.seed, "pure-topology", 0);
+    let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut degree = vec![0usize; n_nodes];
+    let mut add = |a: usize, b: usize, edges: &mut BTreeSet<(usize, usize)>| {
+        let pair = (a.min(b), a.max(b));
+        if a != b && !edges.contains(&pair) && degree[a] < PEERS_MAX && degree[b] < PEERS_MAX {
+            edges.insert(pair);
+            degree[a] += 1;
+            degree[b] += 1;
+        }
+    };
+    for node in 0..n_nodes {
+        add(node, (node + 1) % n_nodes, &mut edges);
+        for _ in 0..options.random_peers {
+            let peer = topology_rng.gen_range(0..n_nodes);
+            add(node, peer, &mut edges);
+        }
+    }
+    edges
+}
+
+/// Shuffle rounds run after the joins, so views mix before the run.
+const VIEW_SHUFFLE_ROUNDS: u64 = 5;
+
+/// The brokers' active views, by running the views protocol: each node
+/// joins through a random earlier one, messages delivered in order, then
+/// a few shuffle rounds. Every pair is in both nodes' active views.
+fn view_edges(n_nodes: usize, seed: u64) -> BTreeSet<(usize, usize)> {
+    let mut rng = seeds::rng(seed, "pure-views", 0);
+    let mut views: Vec<Views<usize>> = (0..n_nodes)
+        .map(|idx| {
+            let may_join: MayJoin<usize> = Box::new(move |peer: &usize| *peer < n_nodes);
+            Views::new(idx, seeds::derive(seed, "pure-view", idx as u64), may_join)
+        })
+        .collect();
+    let mut queue: std::collections::VecDeque<(usize, usize, ViewMessage<usize>)> =
+        std::collections::VecDeque::new();
+    let drain =
+        |views: &mut Vec<Views<usize>>, queue: &mut std::collections::VecDeque<_>, idx: usize| {
+            while let Some(output) = views[idx].poll_output() {
+                if let ViewOutput::Send { to, message } = output {
+                    queue.push_back((idx, to, message));
+                }
+            }
+        };
+    let settle = |views: &mut Vec<Views<usize>>,
+                  queue: &mut std::collections::VecDeque<(usize, usize, ViewMessage<usize>)>,
+                  now_ms: u64| {
+        while let Some((from, to, message)) = queue.pop_front() {
+            views[to].handle_message(now_ms, from, message);
+            while let Some(output) = views[to].poll_output() {
+                if let ViewOutput::Send { to: next, message } = output {
+                    queue.push_back((to, next, message));
+                }
+            }
+        }
+    };
+    for idx in 1..n_nodes {
+        let contact = rng.gen_range(0..idx);
+        views[idx].join(0, contact);
+        drain(&mut views, &mut queue, idx);
+        settle(&mut views, &mut queue, 0);
+    }
+    for round in 1..=VIEW_SHUFFLE_ROUNDS {
+        let now_ms = round * 2 * scout_mesh::views::SHUFFLE_INTERVAL_MS;
+        for idx in 0..n_nodes {
+            views[idx].handle_timeout(now_ms);
+            drain(&mut views, &mut queue, idx);
+        }
+        settle(&mut views, &mut queue, now_ms);
+    }
+    let mut edges = BTreeSet::new();
+    for (idx, view) in views.iter().enumerate() {
+        for &peer in view.active() {
+            if views[peer].active().contains(&idx) {
+                edges.insert((idx.min(peer), idx.max(peer)));
+            }
+        }
+    }
+    edges
+}
+
 /// Runs the pure scenario: connect, write, partition into halves while
 /// every node writes, heal, and measure until every replica has every
 /// record.
 pub fn run(options: &PureOptions) -> PureReport {
     let wall = std::time::Instant::now();
     let n_nodes = options.nodes.clamp(2, PURE_NODES_MAX);
-    let sync = SyncConfig::default();
+    let sync = SyncConfig {
+        partial_view: options.views,
+        ..SyncConfig::default()
+    };
     let mut ids = Vec::with_capacity(n_nodes);
     let mut replicas = Vec::with_capacity(n_nodes);
     for idx in 0..n_nodes {
@@ -282,25 +429,15 @@ pub fn run(options: &PureOptions) -> PureReport {
         rounds: vec![0; n_nodes],
         counting_rounds: false,
     };
-    // The topology: a ring plus random peers, never more than a replica
-    // syncs with.
-    let mut topology_rng = seeds::rng(options.seed, "pure-topology", 0);
-    let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
-    let mut degree = vec![0usize; n_nodes];
-    let mut add = |a: usize, b: usize, edges: &mut BTreeSet<(usize, usize)>| {
-        let pair = (a.min(b), a.max(b));
-        if a != b && !edges.contains(&pair) && degree[a] < PEERS_MAX && degree[b] < PEERS_MAX {
-            edges.insert(pair);
-            degree[a] += 1;
-            degree[b] += 1;
-        }
+    let edges = if options.views {
+        view_edges(n_nodes, options.seed)
+    } else {
+        ring_and_random_edges(n_nodes, options)
     };
-    for node in 0..n_nodes {
-        add(node, (node + 1) % n_nodes, &mut edges);
-        for _ in 0..options.random_peers {
-            let peer = topology_rng.gen_range(0..n_nodes);
-            add(node, peer, &mut edges);
-        }
+    let mut degree = vec![0usize; n_nodes];
+    for &(a, b) in &edges {
+        degree[a] += 1;
+        degree[b] += 1;
     }
     let max_degree = degree.iter().copied().max().unwrap_or(0);
     let mean_degree = 2.0 * edges.len() as f64 / n_nodes as f64;
@@ -312,6 +449,7 @@ pub fn run(options: &PureOptions) -> PureReport {
     }
     // Long enough for every replica to hold every first record.
     world.run_until(8_000_000);
+    let propagation = measure_propagation(&mut world);
 
     // Partition: every connection between the halves drops.
     let half = n_nodes / 2;
@@ -378,6 +516,10 @@ pub fn run(options: &PureOptions) -> PureReport {
         mean_degree,
         max_degree,
         records,
+        views: options.views,
+        propagation_p50_ms: propagation.map(|(p50, _, _)| p50),
+        propagation_p99_ms: propagation.map(|(_, p99, _)| p99),
+        propagation_max_ms: propagation.map(|(_, _, max)| max),
         converged_after_ms,
         rounds_max: world.rounds.iter().copied().max().unwrap_or(0),
         rounds_mean: world.rounds.iter().map(|n| f64::from(*n)).sum::<f64>() / n_nodes as f64,
@@ -393,14 +535,19 @@ impl PureReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         format!(
-            "pure sync core: {} replicas, {:.1} connections each (max {}), {} live records\n  \
+            "pure sync core{}: {} replicas, {:.1} connections each (max {}), {} live records\n  \
+             one write reached half the replicas in {}, 99% in {}, all in {} (simulated)\n  \
              converged {} after the heal{}\n  \
              {} sync messages after the heal; {:.0} bytes per node after the heal, {:.0} bytes per node in all\n  \
              identical state digests: {}; {:.1} s wall\n",
+            if self.views { " with views" } else { "" },
             self.nodes,
             self.mean_degree,
             self.max_degree,
             self.records,
+            ms_or_never(self.propagation_p50_ms),
+            ms_or_never(self.propagation_p99_ms),
+            ms_or_never(self.propagation_max_ms),
             self.converged_after_ms
                 .map_or("never".to_owned(), |ms| format!(
                     "{:.1} s (simulated)",
@@ -423,9 +570,31 @@ impl PureReport {
     }
 }
 
+fn ms_or_never(ms: Option<u64>) -> String {
+    ms.map_or("never".to_owned(), |ms| format!("{ms} ms"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pure_mesh_on_views_stays_within_its_bound_and_converges() {
+        let report = run(&PureOptions {
+            nodes: 60,
+            partition_ms: 10_000,
+            views: true,
+            ..PureOptions::default()
+        });
+        assert!(
+            report.max_degree <= scout_mesh::views::ACTIVE_VIEW_MAX,
+            "{report:?}"
+        );
+        assert!(report.propagation_max_ms.is_some(), "{report:?}");
+        assert!(report.converged_after_ms.is_some(), "{report:?}");
+        assert!(report.identical_digests, "{report:?}");
+        assert_eq!(report.records, 60 * 3 + 1);
+    }
 
     #[test]
     fn a_small_pure_mesh_converges_after_a_heal() {
@@ -436,6 +605,6 @@ mod tests {
         });
         assert!(report.converged_after_ms.is_some(), "{report:?}");
         assert!(report.identical_digests, "{report:?}");
-        assert_eq!(report.records, 40 * 3);
+        assert_eq!(report.records, 40 * 3 + 1);
     }
 }

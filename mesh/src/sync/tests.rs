@@ -1481,3 +1481,52 @@ fn restore_resigns_own_unsigned_records_and_refetches_others() {
     assert_eq!(restored.vv().get(&id(2)), 0, "fetched again from peers");
     assert_eq!(restored.next_seq(), 2);
 }
+
+#[test]
+fn on_a_partial_view_a_new_record_is_pushed_on_and_a_known_one_is_not() {
+    // A line 1 - 2 - 3: 1 and 3 are not each other's peers.
+    let line = |partial_view: bool| {
+        let mut net = Net::with(3, |n| SyncConfig {
+            partial_view,
+            ..config(n)
+        });
+        net.connect(1, 2);
+        net.connect(2, 3);
+        net.pump();
+        let name = instance_name(1, "fabric", "main");
+        let record = net
+            .at(1)
+            .put(T0, &name, instance("main", EndpointState::Idle))
+            .unwrap();
+        let delivered = net.pump();
+        (
+            net.at(3).registry().get(&record.key) == Some(&record),
+            delivered,
+        )
+    };
+    // Without views only anti-entropy would carry it past replica 2.
+    assert_eq!(line(false), (false, 1));
+    // On a view, replica 2 pushes it on to 3, not back to 1, and 3 has
+    // nobody else to push it to.
+    assert_eq!(line(true), (true, 2));
+}
+
+#[test]
+fn on_a_partial_view_an_anti_entropy_round_asks_one_peer() {
+    let mut net = Net::with(4, |n| SyncConfig {
+        partial_view: n == 1,
+        ..config(n)
+    });
+    for peer in 2..=4 {
+        net.connect(1, peer);
+    }
+    net.pump();
+    let at = net.at(1).poll_timeout().unwrap();
+    net.at(1).handle_timeout(at);
+    let digests = drain(net.at(1))
+        .sends
+        .into_iter()
+        .filter(|(_, message)| matches!(message, SyncMessage::Digest { .. }))
+        .count();
+    assert_eq!(digests, 1);
+}
