@@ -91,6 +91,37 @@ impl World {
     }
 
     /// Drains every node's outputs and delivers everything until quiet.
+    /// `node` restarts at `t` with `deliveries` and `flights` restored
+    /// (its volatile state lost) and sees `peer` connected again.
+    fn restart(
+        &mut self,
+        t: u64,
+        node: &NodeId,
+        peer: &NodeId,
+        deliveries: Vec<RestoredDelivery>,
+        flights: Vec<RestoredFlight>,
+    ) {
+        let mut router = Router::restore(
+            node.clone(),
+            Box::new(NoAlternatives),
+            9,
+            now(t),
+            deliveries,
+            flights,
+        );
+        router.handle_peer_up(now(t), peer.clone());
+        self.node(node).router = router;
+    }
+
+    /// Runs `node`'s timers every 500 ms from `from` to 20 s, settling
+    /// the network after each.
+    fn tick_until_late(&mut self, node: &NodeId, from: u64) {
+        for t in (from..20_000).step_by(500) {
+            self.node(node).router.handle_timeout(now(t));
+            self.settle(t);
+        }
+    }
+
     fn settle(&mut self, t: u64) {
         loop {
             let mut moved = false;
@@ -480,16 +511,7 @@ fn a_restarted_origin_finishes_without_running_twice() {
         })
         .collect();
     assert_eq!(restored.len(), 1);
-    let mut router = Router::restore(
-        a.clone(),
-        Box::new(NoAlternatives),
-        9,
-        now(10),
-        restored,
-        Vec::new(),
-    );
-    router.handle_peer_up(now(10), b.clone());
-    world.node(&a).router = router;
+    world.restart(10, &a, &b, restored, Vec::new());
     let router = &mut world.node(&b).router;
     router.handle_exec(
         now(11),
@@ -501,10 +523,7 @@ fn a_restarted_origin_finishes_without_running_twice() {
     );
     world.settle(11);
     // The update may reach the new router; if not, its queries find it.
-    for t in (12..20_000).step_by(500) {
-        world.node(&a).router.handle_timeout(now(t));
-        world.settle(t);
-    }
+    world.tick_until_late(&a, 12);
     assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Completed));
     assert_eq!(world.nodes[&b].executed.len(), 1);
 }
@@ -529,16 +548,7 @@ fn an_owner_restarted_under_a_held_execution_carries_it_on_once() {
         instance: "@fabric@b#main".into(),
         resume: Some(Resumed { output_bytes: 6 }),
     };
-    let mut router = Router::restore(
-        b.clone(),
-        Box::new(NoAlternatives),
-        9,
-        now(10),
-        Vec::new(),
-        vec![restored],
-    );
-    router.handle_peer_up(now(10), a.clone());
-    world.node(&b).router = router;
+    world.restart(10, &b, &a, Vec::new(), vec![restored]);
     world.settle(10);
     assert_eq!(world.nodes[&b].executed, ["i1", "i1"]);
     assert_eq!(
@@ -560,10 +570,7 @@ fn an_owner_restarted_under_a_held_execution_carries_it_on_once() {
         }),
     );
     world.settle(11);
-    for t in (12..20_000).step_by(500) {
-        world.node(&a).router.handle_timeout(now(t));
-        world.settle(t);
-    }
+    world.tick_until_late(&a, 12);
     assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Completed));
     assert_eq!(world.nodes[&b].rows.flights["i1"].1, FlightState::Completed);
     let output: String = world.nodes[&b]
@@ -790,20 +797,8 @@ fn a_failure_code_and_usage_reach_the_origin_even_after_its_restart() {
     );
     world.settle(1);
     world.cut = None;
-    let mut router = Router::restore(
-        a.clone(),
-        Box::new(NoAlternatives),
-        9,
-        now(10),
-        restored,
-        Vec::new(),
-    );
-    router.handle_peer_up(now(10), b.clone());
-    world.node(&a).router = router;
-    for t in (10..20_000).step_by(500) {
-        world.node(&a).router.handle_timeout(now(t));
-        world.settle(t);
-    }
+    world.restart(10, &a, &b, restored, Vec::new());
+    world.tick_until_late(&a, 10);
     assert_eq!(world.final_state(&a, "i1"), Some(DeliveryState::Failed));
     let ended = world.nodes[&a]
         .events
