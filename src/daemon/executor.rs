@@ -124,6 +124,14 @@ impl PtyExecutor {
     }
 }
 
+/// Whether a session can run work (it has not stopped or failed).
+fn is_live(info: &crate::pty::AgentInfo) -> bool {
+    !matches!(
+        info.status,
+        crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
+    )
+}
+
 /// The instances whose sessions came back with their holders after a
 /// restart: routing reuses them instead of starting a second agent in the
 /// same directory, and each keeps its credential (from its environment),
@@ -134,10 +142,7 @@ fn adopted_instances(
 ) -> HashMap<String, Spawned> {
     let mut by_instance = HashMap::new();
     for info in sessions.list() {
-        if matches!(
-            info.status,
-            crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
-        ) {
+        if !is_live(&info) {
             continue;
         }
         let Ok(session) = sessions.session(&info.id) else {
@@ -245,13 +250,9 @@ async fn run_on_session(
     };
     // Only a live session of the flight's own instance is reused.
     let alive = known.filter(|spawned| {
-        sessions.info(&spawned.session_id).is_ok_and(|info| {
-            info.name == request.instance
-                && !matches!(
-                    info.status,
-                    crate::pty::AgentStatus::Stopped | crate::pty::AgentStatus::Error
-                )
-        })
+        sessions
+            .info(&spawned.session_id)
+            .is_ok_and(|info| info.name == request.instance && is_live(&info))
     });
     // A terminal turn lives in its session's terminal: without that
     // session there is nothing to carry on.

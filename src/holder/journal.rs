@@ -315,16 +315,14 @@ pub fn held_invocations(root: &Path, holders: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The routed terminal turns of session `session_id` under `root`.
-pub fn terminal_turns_of(root: &Path, session_id: &str) -> Vec<TurnRecord> {
+/// The routed terminal turns under `root`, by session id (one per
+/// session: a session runs one turn at a time).
+pub fn terminal_turns(root: &Path) -> std::collections::BTreeMap<String, TurnRecord> {
     list(root)
         .into_iter()
         .map(|(_, record)| record)
-        .filter(|record| {
-            record.terminal.is_some()
-                && record.invocation_id.is_some()
-                && record.session_id == session_id
-        })
+        .filter(|record| record.terminal.is_some() && record.invocation_id.is_some())
+        .map(|record| (record.session_id.clone(), record))
         .collect()
 }
 

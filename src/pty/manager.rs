@@ -442,9 +442,17 @@ impl SessionManager {
         let Some(root) = self.config.holders_dir.clone() else {
             return 0;
         };
-        let dirs = tokio::task::spawn_blocking(move || crate::holder::list(&root))
-            .await
-            .unwrap_or_default();
+        // The routed terminal turns that ran on while the broker was away,
+        // read once: each is put back with its session.
+        let turns = self.turns_dir();
+        let (dirs, mut terminal_turns) = tokio::task::spawn_blocking(move || {
+            let terminal_turns = turns
+                .map(|turns| crate::holder::journal::terminal_turns(&turns))
+                .unwrap_or_default();
+            (crate::holder::list(&root), terminal_turns)
+        })
+        .await
+        .unwrap_or_default();
         let mut adopting = tokio::task::JoinSet::new();
         for (id, dir) in dirs {
             let Some(record) = read_record(&dir) else {
@@ -475,15 +483,9 @@ impl SessionManager {
             );
             let permit = self.slots.clone().try_acquire_owned().ok();
             let events = self.events.clone();
-            let turns = self.turns_dir();
+            // One turn at a time runs in a session.
+            let carried = terminal_turns.remove(&record.id);
             adopting.spawn_blocking(move || {
-                // A routed terminal turn that ran on while the broker was
-                // away is put back with the session (one turn at a time).
-                let carried = turns.and_then(|turns| {
-                    crate::holder::journal::terminal_turns_of(&turns, &record.id)
-                        .into_iter()
-                        .next()
-                });
                 let adopted =
                     Session::adopt(config, adapter, events, permit, record, &dir, carried);
                 (id, dir, adopted)
