@@ -16,12 +16,18 @@ use common::{Node, wait_until};
 /// `@worker`, a bash loop that logs every line it gets to `log`, waits
 /// `delay` seconds, then answers).
 fn two_brokers(delay: &str) -> (Node, Node, PathBuf) {
+    two_brokers_answering(&format!("sleep {delay}; echo \"done: $line\""))
+}
+
+/// [`two_brokers`] with `answer`, shell run for each `$line`, as the
+/// worker's answer.
+fn two_brokers_answering(answer: &str) -> (Node, Node, PathBuf) {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
     let mut beta = Node::setup("beta", &[]);
     let log = beta.sandbox.path().join("worker.log");
     let script = format!(
-        "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; sleep {delay}; echo \"done: $line\"; printf 'ready> '; done",
+        "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; {answer}; printf 'ready> '; done",
         log.display()
     );
     beta.add_prompted_agent("worker", &["bash", "-c", &script]);
@@ -380,22 +386,10 @@ fn a_work_order_claimed_before_a_crash_runs_once_after_the_restart() {
 /// the program the same process, and the message typed into it once.
 #[test]
 fn a_running_terminal_turn_outlives_its_owner_broker_and_finishes_once() {
-    let mut alpha = Node::setup("alpha", &[]);
-    alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    let log = beta.sandbox.path().join("streamer.log");
-    let script = format!(
-        "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; \
-         for n in $(seq 1 40); do echo \"$line-$n\"; sleep 0.25; done; printf 'ready> '; done",
-        log.display()
-    );
-    beta.add_prompted_agent("streamer", &["bash", "-c", &script]);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "{}", joined.stderr);
-    beta.start();
-    alpha.wait_for_instance("@streamer@beta#main");
+    let (alpha, mut beta, log) =
+        two_brokers_answering("for n in $(seq 1 40); do echo \"$line-$n\"; sleep 0.25; done");
 
-    let id = submit(&alpha, "@streamer", "line", 120);
+    let id = submit(&alpha, "@worker", "line", 120);
     common::wait_until("the program to stream its first lines on beta", || {
         // Beta may not have the flight yet (404).
         let (_, status) = beta.api(
