@@ -81,14 +81,11 @@ use crate::wire::{
 
 pub use ed25519_dalek::SigningKey;
 
-/// The most peers a replica syncs with at once. A broker connects to every
-/// other broker of its mesh, and Scout meshes are a person's or a team's
-/// machines (netsim proves a hundred); past this, the full mesh of
-/// connections and pushes is the wrong shape anyway. A broker that has this
-/// many peers stops dialing and refuses to sync with more
-/// (`TOO_MANY_PEERS`), so a mesh larger than `PEERS_MAX + 1` brokers does
-/// not form: a newcomer that only reaches full brokers never learns the
-/// member list.
+/// The most peers a replica syncs with at once (`TOO_MANY_PEERS` past it).
+/// A broker syncs over its live connections, which its partial views
+/// bound far below this ([`crate::views::ACTIVE_VIEW_MAX`] kept, plus a
+/// few on demand), whatever the size of the mesh; this is the backstop
+/// against a shell that connects to more.
 pub const PEERS_MAX: usize = 128;
 
 /// The most outputs waiting to be drained. When it is reached, the oldest

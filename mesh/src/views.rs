@@ -83,8 +83,9 @@ const _: () = assert!(SHUFFLE_ACTIVE_IDS < ACTIVE_VIEW_MAX);
 const _: () = assert!(SHUFFLE_IDS_MAX <= PASSIVE_VIEW_MAX);
 const _: () = assert!(VIEW_OUTPUT_QUEUE_MAX >= 4 * (ACTIVE_VIEW_MAX + 2));
 
-/// What brokers send each other about their views.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What brokers send each other about their views (on the wire as
+/// [`crate::wire::MeshFrame::View`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ViewMessage<P> {
     /// A newcomer asks the receiver to take it in.
     Join,
@@ -122,6 +123,16 @@ pub enum ViewMessage<P> {
         /// At most [`SHUFFLE_IDS_MAX`].
         ids: Vec<P>,
     },
+}
+
+impl<P> ViewMessage<P> {
+    /// The ids the message lists, if any (for limits).
+    pub fn ids(&self) -> &[P] {
+        match self {
+            ViewMessage::Shuffle { ids, .. } | ViewMessage::ShuffleReply { ids } => ids,
+            _ => &[],
+        }
+    }
 }
 
 /// What the views ask the shell to do.

@@ -1179,7 +1179,16 @@ pub enum MeshFrame {
         /// The joiner's key confirmation.
         confirmation: [u8; crate::pairing::CONFIRMATION_BYTES],
     },
+    /// Request (member to member): a message of the partial views
+    /// ([`crate::views`]). A broker of an older build refuses the unknown
+    /// frame; the sender treats that as a failed send.
+    View(ViewFrame),
+    /// Response to `View`: received and handled.
+    ViewAck,
 }
+
+/// A views message between brokers.
+pub type ViewFrame = crate::views::ViewMessage<NodeId>;
 
 /// The frames of a terminal relay stream after `TerminalAccepted`: each
 /// length-prefixed frame body is one tag byte and the bytes of one
@@ -1384,6 +1393,8 @@ impl MeshFrame {
             MeshFrame::PairStart(_) => "pair_start",
             MeshFrame::PairReply(_) => "pair_reply",
             MeshFrame::PairConfirm { .. } => "pair_confirm",
+            MeshFrame::View(_) => "view",
+            MeshFrame::ViewAck => "view_ack",
         }
     }
 
@@ -1493,7 +1504,20 @@ impl MeshFrame {
             MeshFrame::PairReply(reply) => {
                 check_bytes("pake", &reply.pake, crate::pairing::PAKE_MESSAGE_BYTES)
             }
+            MeshFrame::View(message) => {
+                let ids = message.ids().len();
+                if ids > crate::views::SHUFFLE_IDS_MAX {
+                    return Err(WireError::MalformedFrame {
+                        detail: format!(
+                            "{ids} ids in a view message; the limit is {}",
+                            crate::views::SHUFFLE_IDS_MAX
+                        ),
+                    });
+                }
+                Ok(())
+            }
             MeshFrame::SyncAck
+            | MeshFrame::ViewAck
             | MeshFrame::PairProbe
             | MeshFrame::PairConfirm { .. }
             | MeshFrame::JoinAccepted(_)
@@ -1820,6 +1844,23 @@ mod tests {
         let err = decode(&body).unwrap_err();
         assert_eq!(err.code(), "MALFORMED_FRAME");
         assert!(err.to_string().contains("2049 origins"), "{err}");
+    }
+
+    #[test]
+    fn view_frames_round_trip_and_long_id_lists_are_refused() {
+        let ids: Vec<NodeId> = (1..=crate::views::SHUFFLE_IDS_MAX as u8).map(id).collect();
+        let frame = MeshFrame::View(crate::views::ViewMessage::Shuffle {
+            origin: id(1),
+            ttl: 6,
+            ids: ids.clone(),
+        });
+        assert_eq!(decode_frame(&encode_frame(&frame)).unwrap(), frame);
+        let mut long = ids;
+        long.push(id(200));
+        let frame = MeshFrame::View(crate::views::ViewMessage::ShuffleReply { ids: long });
+        let err = decode_frame(&encode_frame(&frame)).unwrap_err();
+        assert_eq!(err.code(), "MALFORMED_FRAME");
+        assert!(err.to_string().contains("9 ids"), "{err}");
     }
 
     #[test]

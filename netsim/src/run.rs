@@ -20,7 +20,8 @@ use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::registry::Registry;
 use scout_mesh::registry::founder_of;
-use scout_mesh::sync::{PEERS_MAX, Replica, ReplicaIdentity, SyncConfig};
+use scout_mesh::sync::{Replica, ReplicaIdentity, SyncConfig};
+use scout_mesh::views::ACTIVE_VIEW_MAX;
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, DefinitionValue, RecordBody, RecordKey, RecordKind,
 };
@@ -38,6 +39,12 @@ use crate::{panics, seeds};
 
 /// How often formation checks whether the mesh is complete.
 const FORMATION_POLL: Duration = Duration::from_millis(100);
+
+/// Active peers every broker must have for the mesh to count as formed
+/// (fewer in a mesh with fewer other brokers): enough that the views form
+/// one connected graph, short of a full view, which the views fill over
+/// the following shuffles.
+const FORMATION_ACTIVE_MIN: usize = 3;
 
 /// How long a broker with work in flight gets to stop at the end of a run.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -171,6 +178,8 @@ struct Sim<'p> {
     samples: Vec<Sample>,
     errors: Vec<String>,
     formation_ms: Option<u64>,
+    /// The most connections one broker held at a sample: (count, node, ms).
+    max_connections: (usize, String, u64),
     driver: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -200,7 +209,11 @@ impl<'p> Sim<'p> {
                 }
             }
         }
-        let mut sync = SyncConfig::default();
+        // As in every broker: the replica syncs with its active view.
+        let mut sync = SyncConfig {
+            partial_view: true,
+            ..SyncConfig::default()
+        };
         if let Some(ms) = scenario.sync.anti_entropy_interval_ms {
             sync.anti_entropy_interval_ms = ms;
         }
@@ -251,6 +264,7 @@ impl<'p> Sim<'p> {
             samples: Vec::new(),
             errors: Vec::new(),
             formation_ms: None,
+            max_connections: (0, String::new(), 0),
             driver: None,
         })
     }
@@ -316,9 +330,9 @@ impl<'p> Sim<'p> {
     /// Forms the mesh: the first node founds it and admits every other
     /// node by key (an allow-list admission, replicated like any record);
     /// the others start as after a join, with bootstrap peers to dial
-    /// first (the founder and two earlier nodes: a replica syncs with at
-    /// most `PEERS_MAX` peers, so in a big mesh the founder alone cannot
-    /// serve every newcomer), and catch up before they publish themselves.
+    /// first (the founder and two earlier nodes, so that joins enter the
+    /// partial views at several places), and catch up before they publish
+    /// themselves.
     async fn form(&mut self) -> anyhow::Result<()> {
         let bound = Duration::from_millis(self.plan.scenario.checks.form_within_ms);
         let started = Instant::now();
@@ -364,11 +378,12 @@ impl<'p> Sim<'p> {
     }
 
     /// What keeps the mesh from being formed, or `None` once every node
-    /// knows every member and node record, holds the same registry, and is
-    /// connected to every peer (or to as many as a replica syncs with).
+    /// knows every member and node record, holds the same registry, and
+    /// has a few peers in its active view (all of them in a mesh small
+    /// enough for one view to hold everyone, up to [`FORMATION_ACTIVE_MIN`]).
     fn formation_gap(&self) -> Option<String> {
         let n_nodes = self.nodes.len();
-        let peers_wanted = (n_nodes - 1).min(PEERS_MAX);
+        let peers_wanted = (n_nodes - 1).min(FORMATION_ACTIVE_MIN);
         let mut digests = BTreeSet::new();
         for node in &self.nodes {
             let Some(mesh) = node.mesh() else {
@@ -387,10 +402,10 @@ impl<'p> Sim<'p> {
                     node.name
                 ));
             }
-            let connected = mesh.connection_bytes().len();
-            if connected < peers_wanted {
+            let active = mesh.active_view().len();
+            if active < peers_wanted {
                 return Some(format!(
-                    "{} is connected to {connected} of {peers_wanted} peers",
+                    "{} has {active} of {peers_wanted} peers in its active view",
                     node.name
                 ));
             }
@@ -426,9 +441,10 @@ impl<'p> Sim<'p> {
                     .shared()
                     .with_replica(|replica| replica.connected_peers().count());
                 Some(format!(
-                    "{} ({records} node records, {} connections, syncing with {syncing})",
+                    "{} ({records} node records, {} connections, {} active peers, syncing with {syncing})",
                     node.name,
-                    mesh.connection_bytes().len()
+                    mesh.connection_bytes().len(),
+                    mesh.active_view().len()
                 ))
             })
             .collect();
@@ -436,7 +452,7 @@ impl<'p> Sim<'p> {
             return String::new();
         }
         format!(
-            "; {} nodes lack node records, fewest first: {} (a replica syncs with at most {PEERS_MAX} peers)",
+            "; {} nodes lack node records, fewest first: {} (a replica syncs with its active view, at most {ACTIVE_VIEW_MAX} peers)",
             known.len(),
             shown.join(", ")
         )
@@ -794,6 +810,10 @@ impl<'p> Sim<'p> {
                 nodes.push(None);
                 continue;
             };
+            let connections = mesh.connection_bytes().len();
+            if connections > self.max_connections.0 {
+                self.max_connections = (connections, node.name.clone(), t_ms);
+            }
             let pending = &self.pending;
             let state = mesh.with_registry(|registry| {
                 for (idx, write) in pending.iter().enumerate() {
@@ -952,6 +972,7 @@ impl<'p> Sim<'p> {
         };
         let mut checks = Vec::new();
         check::formed(&mut checks, formed, &self.errors);
+        check::connections_bounded(&mut checks, &self.max_connections);
         if formed {
             check::replicas_converge(&mut checks, &expected, &finals);
             check::convergence_bound(&mut checks, &convergence, &self.samples);

@@ -35,6 +35,7 @@ fn every_shipped_scenario_passes() {
         "long-offline",
         "clock-skew",
         "worktrees-partition",
+        "views-20",
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",

@@ -153,8 +153,11 @@ pub struct BrokerOptions {
     /// (default true). netsim reloads explicitly, at scripted times.
     pub watch_config: bool,
     /// How the store is opened (default: [`StoreOptions::default`]). With
-    /// `inline_writes` the store is also opened and closed on the calling
-    /// thread.
+    /// `inline_writes` the store is also opened and closed, and agents are
+    /// discovered, on the calling thread: netsim's brokers then do nothing
+    /// off their one thread, so the interleaving of their tasks (and the
+    /// partial views' random choices that follow it) repeats with the seed
+    /// however busy the machine is.
     pub store: StoreOptions,
     /// What runs invocations on this broker's agents (default: PTY
     /// sessions); netsim runs in-process agents.
@@ -250,8 +253,10 @@ impl Broker {
         sweep_held_turns(&home.turns_dir(), &store);
 
         // Discovery walks directories and asks git about worktrees: off the
-        // async workers.
-        let discovered = {
+        // async workers, unless the broker keeps everything on its thread.
+        let discovered = if options.store.inline_writes {
+            discover::discover(home, &settings, &relay)
+        } else {
             let (home, settings, relay) = (home.clone(), settings.clone(), relay.clone());
             tokio::task::spawn_blocking(move || discover::discover(&home, &settings, &relay))
                 .await

@@ -30,6 +30,9 @@ pub const USAGE_ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// cannot turn one request into thousands.
 pub const USAGE_MEMBERS_MAX: usize = 256;
 
+/// Members asked at once: fewer than a broker's on-demand connections.
+const USAGE_ASKS_AT_ONCE: usize = 8;
+
 /// Usage queries read from the store one at a time, off the async
 /// workers: each is a scan of up to a year of flights, and members may ask
 /// many at once; the rest wait their turn (and their asker's timeout)
@@ -99,7 +102,7 @@ impl Router {
                 .unwrap_or_else(|| node.to_string())
         };
         let mut missing = Vec::new();
-        let mut connected = self.mesh.connected();
+        let mut connected = self.mesh.reachable();
         connected.sort();
         let asked: Vec<NodeId> = connected.iter().take(USAGE_MEMBERS_MAX).cloned().collect();
         for (node_id, name) in &names {
@@ -108,7 +111,7 @@ impl Router {
                 missing.push(MissingMember {
                     node_id: node_id.clone(),
                     name: name.clone(),
-                    reason: "not connected".to_owned(),
+                    reason: "unreachable".to_owned(),
                 });
             }
         }
@@ -116,28 +119,35 @@ impl Router {
             missing.push(MissingMember {
                 node_id: skipped.to_string(),
                 name: name_of(skipped),
-                reason: format!("more than {USAGE_MEMBERS_MAX} members were connected"),
+                reason: format!("more than {USAGE_MEMBERS_MAX} members were reachable"),
             });
         }
-        let answers = futures_util::future::join_all(asked.iter().map(|peer| {
-            let mesh = self.mesh.clone();
-            let query = query.clone();
-            async move {
-                match tokio::time::timeout(USAGE_ASK_TIMEOUT, mesh.request(peer, &query)).await {
-                    Ok(Ok(MeshFrame::UsageReport(report))) => Ok(report),
-                    Ok(Ok(MeshFrame::Error(error))) => {
-                        Err(format!("{}: {}", error.code, error.message))
+        // A few at a time: members outside this broker's view are dialed
+        // on demand, and its on-demand connections are bounded.
+        use futures_util::StreamExt as _;
+        let answers: Vec<Result<UsageReport, String>> =
+            futures_util::stream::iter(asked.clone().into_iter().map(|peer| {
+                let mesh = self.mesh.clone();
+                let query = query.clone();
+                async move {
+                    match tokio::time::timeout(USAGE_ASK_TIMEOUT, mesh.request(&peer, &query)).await
+                    {
+                        Ok(Ok(MeshFrame::UsageReport(report))) => Ok(report),
+                        Ok(Ok(MeshFrame::Error(error))) => {
+                            Err(format!("{}: {}", error.code, error.message))
+                        }
+                        Ok(Ok(other)) => Err(format!("answered `{}`", other.name())),
+                        Ok(Err(detail)) => Err(detail),
+                        Err(_) => Err(format!(
+                            "no answer within {} s",
+                            USAGE_ASK_TIMEOUT.as_secs()
+                        )),
                     }
-                    Ok(Ok(other)) => Err(format!("answered `{}`", other.name())),
-                    Ok(Err(detail)) => Err(detail),
-                    Err(_) => Err(format!(
-                        "no answer within {} s",
-                        USAGE_ASK_TIMEOUT.as_secs()
-                    )),
                 }
-            }
-        }))
-        .await;
+            }))
+            .buffered(USAGE_ASKS_AT_ONCE)
+            .collect()
+            .await;
         let own = match self
             .answer_usage_query(&UsageQuery {
                 since_unix_ms: since_ms,

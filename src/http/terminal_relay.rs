@@ -162,8 +162,8 @@ async fn remote_terminal(
         .mesh
         .member_id(&view.owner)
         .map_err(|err| unreachable(&view.owner, err))?;
-    let (mut send, mut recv) = tokio::time::timeout(OPEN_TIMEOUT, async {
-        let (mut send, mut recv) = state.mesh.open_stream(&owner).await?;
+    let (mut send, mut recv, guard) = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let (mut send, mut recv, guard) = state.mesh.open_stream(&owner).await?;
         let open = MeshFrame::TerminalOpen {
             instance: instance.clone(),
         };
@@ -172,13 +172,13 @@ async fn remote_terminal(
             .map_err(|err| err.to_string())?;
         let answer = read_frame(&mut recv).await.map_err(|err| err.to_string())?;
         let answer = decode_frame(&answer).map_err(|err| err.to_string())?;
-        Ok::<_, String>((send, recv, answer))
+        Ok::<_, String>((send, recv, answer, guard))
     })
     .await
     .map_err(|_| unreachable(&view.owner, "no answer in time"))?
     .map_err(|err| unreachable(&view.owner, err))
-    .and_then(|(send, recv, answer)| match answer {
-        MeshFrame::TerminalAccepted => Ok((send, recv)),
+    .and_then(|(send, recv, answer, guard)| match answer {
+        MeshFrame::TerminalAccepted => Ok((send, recv, guard)),
         MeshFrame::Error(error) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             known_code(error.code.as_str()),
@@ -230,6 +230,8 @@ async fn remote_terminal(
             () = to_owner => {}
             () = to_viewer => {}
         }
+        // The connection to the owner was in use until here.
+        drop(guard);
     }))
 }
 

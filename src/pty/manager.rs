@@ -442,6 +442,11 @@ impl SessionManager {
         let Some(root) = self.config.holders_dir.clone() else {
             return 0;
         };
+        // No holder ever ran here: nothing to read off the async thread (a
+        // simulated broker then never leaves its thread while starting).
+        if !root.is_dir() {
+            return 0;
+        }
         // The routed terminal turns that ran on while the broker was away,
         // read once: each is put back with its session.
         let turns = self.turns_dir();

@@ -771,6 +771,17 @@ impl Router {
         self.flights.len()
     }
 
+    /// The owners of this node's unfinished deliveries, other than itself:
+    /// the shell keeps connections to them, or dials them until it can.
+    pub fn owners_awaited(&self) -> BTreeSet<NodeId> {
+        self.deliveries
+            .values()
+            .map(|delivery| &delivery.choice.owner)
+            .filter(|owner| **owner != self.node)
+            .cloned()
+            .collect()
+    }
+
     /// A peer's connection came up: deliveries waiting for it go now.
     pub fn handle_peer_up(&mut self, now: Now, peer: NodeId) {
         self.connected.insert(peer.clone());

@@ -34,4 +34,7 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 4;
     /// The peer did not complete the hello in time (`HELLO_TIMEOUT`).
     pub const HELLO_TIMEOUT: u32 = 5;
+    /// Nothing uses the connection any more (outside the partial view,
+    /// idle); either side dials again when it needs it.
+    pub const IDLE: u32 = 6;
 }

@@ -12,9 +12,10 @@ use scout_mesh::wire::NodeId;
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// Addresses remembered at most. Seeds and invite addresses are never
-/// evicted; learned ones are, oldest first, past this bound.
-pub const ADDRESSES_MAX: usize = 1024;
+/// Addresses remembered at most: a mesh of a thousand brokers announcing a
+/// few addresses each. Seeds and invite addresses are never evicted;
+/// learned ones are, oldest first, past this bound.
+pub const ADDRESSES_MAX: usize = 4096;
 
 /// First retry delay after a failed dial.
 pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -167,13 +168,17 @@ impl AddressBook {
 
     /// At most `limit` addresses due for a dial, marked in flight.
     /// `connected` are the peers with a live connection; with none, seeds
-    /// are retried sooner. Addresses of `revoked` nodes are never dialed.
+    /// are retried sooner, whoever is there. Addresses of `revoked` nodes
+    /// are never dialed. With `wanted`, an address whose node is known is
+    /// dialed only if that node is wanted (the partial views and routing
+    /// decide whom to connect to); addresses of unknown nodes always are.
     pub fn due(
         &mut self,
         now: Instant,
         self_id: &NodeId,
         connected: &HashSet<NodeId>,
         revoked: &HashSet<NodeId>,
+        wanted: Option<&HashSet<NodeId>>,
         limit: usize,
     ) -> Vec<(SocketAddr, Option<[u8; 32]>)> {
         let alone = connected.is_empty();
@@ -204,6 +209,12 @@ impl AddressBook {
                 continue;
             }
             let configured = entry.sources.iter().any(|source| source.is_configured());
+            if let (Some(wanted), Some(node_id)) = (wanted, &entry.node_id)
+                && !wanted.contains(node_id)
+                && !(alone && configured)
+            {
+                continue;
+            }
             let ready = is_ready(
                 now,
                 entry.next_attempt,
@@ -254,6 +265,22 @@ impl AddressBook {
         }
     }
 
+    /// The live connection to `node_id` was lost: counted as a failed dial
+    /// of each of its addresses, so they wait their backoff and the node is
+    /// not dialable until a dial succeeds or it connects again.
+    pub fn lost(&mut self, node_id: &NodeId, error: &str, now: Instant, jitter: f64) {
+        for entry in self.entries.values_mut() {
+            if entry.node_id.as_ref() != Some(node_id) {
+                continue;
+            }
+            entry.failures = entry.failures.saturating_add(1);
+            entry.last_error = Some(error.to_owned());
+            let delay = backoff(entry.failures, jitter);
+            entry.next_attempt = Some(now + delay);
+            entry.next_attempt_alone = Some(now + delay.min(SEED_BACKOFF_ALONE_MAX));
+        }
+    }
+
     /// Marks an address as reached (an inbound connection or a hello).
     pub fn reached(&mut self, addr: SocketAddr, node_id: &NodeId, now_ms: u64) {
         if let Some(entry) = self.entries.get_mut(&addr) {
@@ -264,6 +291,41 @@ impl AddressBook {
             entry.next_attempt = None;
             entry.next_attempt_alone = None;
         }
+    }
+
+    /// Whether some address of `node_id` is known and its last dial (if
+    /// any) did not fail: the node may be reached by dialing it.
+    pub fn has_dialable(&self, node_id: &NodeId) -> bool {
+        self.entries
+            .values()
+            .any(|entry| entry.node_id.as_ref() == Some(node_id) && entry.failures == 0)
+    }
+
+    /// Whether every known address of `node_id` was dialed and failed,
+    /// none in flight now.
+    pub fn dial_failed(&self, node_id: &NodeId) -> bool {
+        let mut entries = self
+            .entries
+            .values()
+            .filter(|entry| entry.node_id.as_ref() == Some(node_id))
+            .peekable();
+        entries.peek().is_some() && entries.all(|entry| !entry.in_flight && entry.failures > 0)
+    }
+
+    /// The nodes with an address that may be dialed ([`Self::has_dialable`]).
+    pub fn dialable_nodes(&self) -> HashSet<NodeId> {
+        self.entries
+            .values()
+            .filter(|entry| entry.failures == 0)
+            .filter_map(|entry| entry.node_id.clone())
+            .collect()
+    }
+
+    /// The node known at `addr`, if any.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.entries
+            .get(&addr)
+            .and_then(|entry| entry.node_id.clone())
     }
 
     /// Every address of a node.
@@ -404,11 +466,11 @@ mod tests {
         book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
         book.add(addr(3), AddressSource::Learned, Some(node(9)), 0);
         let connected: HashSet<NodeId> = [node(2)].into();
-        let due = book.due(now, &node(9), &connected, &HashSet::new(), 16);
+        let due = book.due(now, &node(9), &connected, &HashSet::new(), None, 16);
         assert_eq!(due, vec![(addr(1), None)]);
         // In flight: not handed out twice.
         assert!(
-            book.due(now, &node(9), &connected, &HashSet::new(), 16)
+            book.due(now, &node(9), &connected, &HashSet::new(), None, 16)
                 .is_empty()
         );
     }
@@ -419,15 +481,15 @@ mod tests {
         let now = Instant::now();
         book.add(addr(1), AddressSource::Learned, Some(node(2)), 0);
         book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
-        let due = book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16);
+        let due = book.due(now, &node(9), &HashSet::new(), &HashSet::new(), None, 16);
         assert_eq!(due.len(), 1);
         assert!(
-            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16)
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), None, 16)
                 .is_empty()
         );
         book.dialed(due[0].0, Err("refused".into()), now, 0, 0.5);
         assert_eq!(
-            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16)
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), None, 16)
                 .len(),
             1
         );
@@ -440,12 +502,12 @@ mod tests {
         book.add(addr(1), AddressSource::Seed, None, 0);
         book.add(addr(2), AddressSource::Learned, None, 0);
         for _ in 0..10 {
-            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), 16);
+            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), None, 16);
             book.dialed(addr(1), Err("refused".into()), now, 0, 0.5);
             book.dialed(addr(2), Err("refused".into()), now, 0, 0.5);
         }
         assert!(
-            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), 16)
+            book.due(now, &node(9), &[node(5)].into(), &HashSet::new(), None, 16)
                 .is_empty()
         );
         // Alone, the seed (not the learned address) is retried once the
@@ -453,10 +515,17 @@ mod tests {
         // backoff grew.
         let later = now + SEED_BACKOFF_ALONE_MAX;
         assert!(
-            book.due(later, &node(9), &[node(5)].into(), &HashSet::new(), 16)
-                .is_empty()
+            book.due(
+                later,
+                &node(9),
+                &[node(5)].into(),
+                &HashSet::new(),
+                None,
+                16
+            )
+            .is_empty()
         );
-        let alone = book.due(later, &node(9), &HashSet::new(), &HashSet::new(), 16);
+        let alone = book.due(later, &node(9), &HashSet::new(), &HashSet::new(), None, 16);
         assert_eq!(alone, vec![(addr(1), None)]);
     }
 
@@ -470,20 +539,21 @@ mod tests {
         // Fail until the backoff is far past the alone cap.
         for _ in 0..10 {
             assert_eq!(
-                book.due(now, &node(9), &alone, &HashSet::new(), 16).len(),
+                book.due(now, &node(9), &alone, &HashSet::new(), None, 16)
+                    .len(),
                 1
             );
             book.dialed(addr(1), Err("refused".into()), now, 0, 0.5);
             now += SEED_BACKOFF_ALONE_MAX;
         }
         let failed_at = now;
-        book.due(failed_at, &node(9), &alone, &HashSet::new(), 16);
+        book.due(failed_at, &node(9), &alone, &HashSet::new(), None, 16);
         book.dialed(addr(1), Err("refused".into()), failed_at, 0, 0.5);
         // The dialer wakes every 200 ms: nothing is due before the cap.
         let mut tick = failed_at;
         while tick < failed_at + SEED_BACKOFF_ALONE_MAX {
             assert!(
-                book.due(tick, &node(9), &alone, &HashSet::new(), 16)
+                book.due(tick, &node(9), &alone, &HashSet::new(), None, 16)
                     .is_empty(),
                 "dialed again {:?} after a failure",
                 tick - failed_at
@@ -496,10 +566,56 @@ mod tests {
                 &node(9),
                 &alone,
                 &HashSet::new(),
+                None,
                 16
             ),
             vec![(addr(1), None)]
         );
+    }
+
+    #[test]
+    fn with_a_wanted_set_only_wanted_and_unknown_nodes_are_dialed() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        book.add(addr(1), AddressSource::Learned, Some(node(1)), 0);
+        book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
+        book.add(addr(3), AddressSource::Mdns, None, 0);
+        book.add(addr(4), AddressSource::Seed, Some(node(4)), 0);
+        let connected: HashSet<NodeId> = [node(7)].into();
+        let wanted: HashSet<NodeId> = [node(2)].into();
+        let mut due: Vec<SocketAddr> = book
+            .due(
+                now,
+                &node(9),
+                &connected,
+                &HashSet::new(),
+                Some(&wanted),
+                16,
+            )
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .collect();
+        due.sort();
+        assert_eq!(due, vec![addr(2), addr(3)]);
+        // Alone, a configured seed is dialed whoever it is.
+        let mut alone = AddressBook::default();
+        alone.add(addr(4), AddressSource::Seed, Some(node(4)), 0);
+        assert_eq!(
+            alone.due(
+                now,
+                &node(9),
+                &HashSet::new(),
+                &HashSet::new(),
+                Some(&wanted),
+                16
+            ),
+            vec![(addr(4), None)]
+        );
+        assert!(book.has_dialable(&node(1)));
+        book.dialed(addr(1), Err("TIMEOUT".into()), now, 0, 0.5);
+        assert!(!book.has_dialable(&node(1)));
+        assert!(book.dial_failed(&node(1)));
+        assert!(!book.dial_failed(&node(2)), "in flight");
     }
 
     #[test]
@@ -510,12 +626,12 @@ mod tests {
         book.pin(addr(1), [2; 32]);
         let revoked: HashSet<NodeId> = [node(2)].into();
         assert!(
-            book.due(now, &node(9), &HashSet::new(), &revoked, 16)
+            book.due(now, &node(9), &HashSet::new(), &revoked, None, 16)
                 .is_empty()
         );
         book.unpin(&[2; 32]);
         assert_eq!(
-            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), 16),
+            book.due(now, &node(9), &HashSet::new(), &HashSet::new(), None, 16),
             vec![(addr(1), None)]
         );
     }

@@ -11,12 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, VarInt};
 use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
-use scout_mesh::sync::PEERS_MAX;
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, ErrorCode, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame,
     MeshId, NodeId, PROTOCOL_VERSION, RecordBody,
@@ -130,8 +130,48 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Unix ms when connected.
     pub connected_at_ms: u64,
-    /// Its send queue.
-    pub sender: mpsc::Sender<scout_mesh::wire::SyncMessage>,
+    /// Its send queue (sync and view messages).
+    pub sender: mpsc::Sender<MeshFrame>,
+    /// Unix ms of the last request either way on it.
+    pub last_used: Arc<AtomicU64>,
+    /// Long-lived streams open on it (terminal relays): while any is, the
+    /// connection is in use however quiet.
+    pub streams: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    /// Unix ms of the last request either way.
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Long-lived streams open now.
+    pub fn streams_open(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Notes a use at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_used.fetch_max(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// Counts one long-lived stream on a connection while it lives.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    /// Counts a stream on `peer`'s connection.
+    pub fn new(peer: &Peer) -> StreamGuard {
+        peer.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(peer.streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// This broker's hello.
@@ -596,6 +636,8 @@ fn register(
                 addr,
                 connected_at_ms: now,
                 sender,
+                last_used: Arc::new(AtomicU64::new(now)),
+                streams: Arc::new(AtomicUsize::new(0)),
             },
         );
         replaced.is_some()
@@ -630,6 +672,8 @@ fn register(
     }
     // Whatever was queued on a replaced connection is lost with it: a
     // disconnect and connect start a fresh digest exchange on the new one.
+    // The replica syncs over every connection; the views bound how many
+    // there are.
     let refused = shared.with_replica(|replica| {
         if replaced {
             replica.handle_disconnected(&id);
@@ -658,7 +702,15 @@ fn register(
         id.clone(),
         key,
     ));
-    tokio::spawn(watch_close(shared.clone(), connection, id, hello.node_name));
+    tokio::spawn(watch_close(
+        shared.clone(),
+        connection,
+        id.clone(),
+        hello.node_name,
+    ));
+    super::views::on_registered(shared, &id);
+    super::views::make_room(shared, &id);
+    shared.connection_changed();
     true
 }
 
@@ -666,16 +718,18 @@ async fn send_loop(
     shared: Arc<Shared>,
     connection: Connection,
     peer: NodeId,
-    mut queue: mpsc::Receiver<scout_mesh::wire::SyncMessage>,
+    mut queue: mpsc::Receiver<MeshFrame>,
 ) {
     let timeout = shared.config.transport.request_timeout;
-    while let Some(message) = queue.recv().await {
-        match request(&connection, &MeshFrame::Sync(message), timeout).await {
-            Ok(MeshFrame::SyncAck) => {}
+    while let Some(frame) = queue.recv().await {
+        match request(&connection, &frame, timeout).await {
+            Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
             Ok(MeshFrame::Error(error)) => {
-                tracing::warn!(%peer, code = %error.code, "peer refused a sync message: {}", error.message);
+                tracing::warn!(%peer, code = %error.code, request = frame.name(), "peer refused a message: {}", error.message);
             }
-            Ok(other) => tracing::warn!(%peer, answer = other.name(), "unexpected answer to sync"),
+            Ok(other) => {
+                tracing::warn!(%peer, answer = other.name(), request = frame.name(), "unexpected answer")
+            }
             Err(err) => {
                 if connection.close_reason().is_some() {
                     return;
@@ -707,7 +761,14 @@ async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId
             {
                 let instance = instance.clone();
                 drop(reserved);
+                let guard = shared
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .get(&peer)
+                    .map(StreamGuard::new);
                 (hook.0)(peer, instance, send, recv).await;
+                drop(guard);
                 return;
             }
             let answer = match request {
@@ -734,8 +795,25 @@ async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId
 }
 
 /// Answers one request from a connected peer.
-async fn handle_request(shared: &Shared, peer: &NodeId, frame: MeshFrame) -> MeshFrame {
+async fn handle_request(shared: &Arc<Shared>, peer: &NodeId, frame: MeshFrame) -> MeshFrame {
+    // Routing and relays use a connection; sync and view traffic alone
+    // does not keep one outside the active view open.
+    if !matches!(
+        frame,
+        MeshFrame::Sync(_) | MeshFrame::View(_) | MeshFrame::Ping { .. }
+    ) && let Some(live) = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(peer)
+    {
+        live.touch(shared.now_ms());
+    }
     match frame {
+        MeshFrame::View(message) => {
+            super::views::on_message(shared, peer, message);
+            MeshFrame::ViewAck
+        }
         MeshFrame::Sync(message) => {
             use std::sync::atomic::Ordering::Relaxed;
             let records = match &message {
@@ -796,11 +874,32 @@ async fn watch_close(shared: Arc<Shared>, connection: Connection, peer: NodeId, 
             .get(&peer)
             .is_some_and(|current| current.connection.stable_id() == connection.stable_id());
         if same {
-            peers.remove(&peer);
+            peers.remove(&peer).is_some()
+        } else {
+            false
         }
-        same
     };
     if removed {
+        // A connection that ended by itself (timed out, reset, the peer
+        // shutting down) counts as a failed dial of its address, so the
+        // member shows unreachable and routing waits for it, until a dial
+        // succeeds or it connects again. One closed because nothing used
+        // it, or replaced by a duplicate, does not.
+        if is_lost(&reason) {
+            let jitter = shared.random::<f64>();
+            shared
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .lost(
+                    &peer,
+                    &format!("connection lost: {reason}"),
+                    shared.env().now_instant(),
+                    jitter,
+                );
+        }
+        super::views::on_closed(&shared, &peer);
+        shared.connection_changed();
         shared
             .last_heard
             .lock()
@@ -811,15 +910,34 @@ async fn watch_close(shared: Arc<Shared>, connection: Connection, peer: NodeId, 
     }
 }
 
-/// Dials addresses as they come due, until shutdown.
+/// Whether a connection ended by itself rather than by a choice of either
+/// side that leaves the peer reachable.
+fn is_lost(reason: &quinn::ConnectionError) -> bool {
+    match reason {
+        quinn::ConnectionError::LocallyClosed => false,
+        quinn::ConnectionError::ApplicationClosed(close) => ![
+            VarInt::from_u32(close_code::IDLE),
+            VarInt::from_u32(close_code::DUPLICATE),
+        ]
+        .contains(&close.error_code),
+        _ => true,
+    }
+}
+
+/// Dials addresses as they come due, until shutdown: addresses of unknown
+/// nodes (seeds, discovery), and the members the partial views and
+/// routing want ([`super::views`]). Each round also runs the views' timers
+/// and closes connections nothing uses.
 pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(shared.config.dial_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_resolve: Option<tokio::time::Instant> = None;
     let in_flight = Arc::new(Semaphore::new(DIALS_IN_FLIGHT_MAX));
+    let mut registry_seen = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = shared.dial_kick.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = shared.env().now_instant();
@@ -827,7 +945,13 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             last_resolve = Some(now);
             resolve_seeds(&shared).await;
         }
-        learn_from_registry(&shared);
+        // The members' addresses, again whenever the registry changed.
+        let registry_now = *shared.changes.borrow();
+        if registry_seen != Some(registry_now) {
+            registry_seen = Some(registry_now);
+            learn_from_registry(&shared);
+        }
+        super::views::tick(&shared);
         let connected: HashSet<NodeId> = shared
             .peers
             .lock()
@@ -835,10 +959,11 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             .keys()
             .cloned()
             .collect();
-        if connected.len() >= PEERS_MAX {
-            // Every further hello would be refused by our own replica.
-            continue;
-        }
+        let wanted = shared
+            .views
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .dial_wanted(shared.now_ms());
         let due = shared
             .book
             .lock()
@@ -848,6 +973,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                 &shared.identity.node_id,
                 &connected,
                 &shared.trust.revoked(),
+                Some(&wanted),
                 in_flight.available_permits(),
             );
         for (addr, pinned) in due {
@@ -859,37 +985,51 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
                 let outcome = dial(&shared, addr, pinned).await;
                 let jitter = shared.random::<f64>();
                 let now_ms = shared.now_ms();
-                let mut book = shared
-                    .book
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
-                match outcome {
-                    Ok(id) => book.dialed(addr, Ok(id), shared.env().now_instant(), now_ms, jitter),
-                    Err(DialError::SelfPeer) => {
-                        book.dialed(
-                            addr,
-                            Ok(shared.identity.node_id.clone()),
-                            shared.env().now_instant(),
-                            now_ms,
-                            jitter,
-                        );
+                let failed_node = {
+                    let mut book = shared
+                        .book
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner());
+                    match &outcome {
+                        Ok(id) => {
+                            book.dialed(
+                                addr,
+                                Ok(id.clone()),
+                                shared.env().now_instant(),
+                                now_ms,
+                                jitter,
+                            );
+                            None
+                        }
+                        Err(DialError::SelfPeer) => {
+                            book.dialed(
+                                addr,
+                                Ok(shared.identity.node_id.clone()),
+                                shared.env().now_instant(),
+                                now_ms,
+                                jitter,
+                            );
+                            None
+                        }
+                        Err(DialError::Failed { code, message }) => {
+                            book.dialed(
+                                addr,
+                                Err(format!("{code}: {message}")),
+                                shared.env().now_instant(),
+                                now_ms,
+                                jitter,
+                            );
+                            book.node_at(addr).filter(|node| book.dial_failed(node))
+                        }
                     }
-                    Err(DialError::Failed { code, message }) => {
-                        drop(book);
-                        log_dial_failure(&shared, addr, &code, &message);
-                        book = shared
-                            .book
-                            .lock()
-                            .unwrap_or_else(|poison| poison.into_inner());
-                        book.dialed(
-                            addr,
-                            Err(format!("{code}: {message}")),
-                            shared.env().now_instant(),
-                            now_ms,
-                            jitter,
-                        );
-                    }
+                };
+                if let Err(DialError::Failed { code, message }) = &outcome {
+                    log_dial_failure(&shared, addr, code, message);
                 }
+                if let Some(node) = failed_node {
+                    super::views::on_dial_failed(&shared, &node);
+                }
+                shared.connection_changed();
                 drop(permit);
             });
         }

@@ -148,7 +148,9 @@ async fn handle(shared: &Arc<Shared>, output: Output) {
                 .get(&to)
                 .map(|peer| peer.sender.clone());
             if let Some(sender) = sender
-                && sender.try_send(message).is_err()
+                && sender
+                    .try_send(scout_mesh::wire::MeshFrame::Sync(message))
+                    .is_err()
             {
                 tracing::debug!(peer = %to, "send queue full; anti-entropy will repair");
             }
@@ -189,6 +191,7 @@ fn handle_event(shared: &Arc<Shared>, event: SyncEvent) {
             if let Some(peer) = peer {
                 peer.connection.close(VarInt::from_u32(code), text);
             }
+            super::views::on_removed(shared, &node_id);
             tracing::warn!(%node_id, ?reason, "member removed; disconnected");
         }
         SyncEvent::PeerCaughtUp { peer } => {

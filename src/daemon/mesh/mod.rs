@@ -8,6 +8,9 @@
 //!   serving each peer's streams, per-peer send queues.
 //! - [`driver`]: drains the replica's outputs in order (persist before push)
 //!   and runs its timers.
+//! - [`views`]: the partial views: which members this broker connects to
+//!   and syncs with (the active view), on-demand connections for routing,
+//!   idle ones closed.
 //! - [`trust`]: the membership snapshot the TLS verifiers consult.
 //! - [`address_book`]: where peers may be reached, with backoff.
 //! - [`log_limit`]: once-a-minute log lines for what peers can repeat.
@@ -26,6 +29,7 @@ pub mod log_limit;
 pub mod offline;
 pub mod pairing;
 pub mod trust;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -130,6 +134,8 @@ impl MeshConfig {
             transport: TransportConfig::default(),
             sync: SyncConfig {
                 seed: env.random_u64(),
+                // Peers are the active view ([`views`]), not every member.
+                partial_view: true,
                 ..SyncConfig::default()
             },
             dial_interval: DIAL_INTERVAL,
@@ -195,6 +201,13 @@ pub struct Shared {
     /// When each member was last heard from on a connection that has since
     /// closed: its last heartbeat for `scout peers`.
     pub(crate) last_heard: Mutex<HashMap<NodeId, u64>>,
+    /// The partial views (see [`views`]).
+    pub(crate) views: Mutex<views::ViewState>,
+    /// Wakes the dialer before its next tick (a member is wanted now).
+    pub(crate) dial_kick: Notify,
+    /// Bumped whenever a connection is registered or closed, or a dial
+    /// ends: on-demand requests wait on it.
+    pub(crate) connection_events: watch::Sender<u64>,
 }
 
 /// The request hook, printable.
@@ -232,6 +245,12 @@ impl Shared {
         rand::distributions::Standard: rand::distributions::Distribution<T>,
     {
         self.config.env.random()
+    }
+
+    /// Wakes those waiting for a connection to come or go.
+    pub(crate) fn connection_changed(&self) {
+        self.connection_events
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// Wakes the driver to drain replica outputs.
@@ -315,7 +334,9 @@ pub struct PeerView {
     pub node_id: String,
     /// Node name.
     pub name: String,
-    /// `connected`, `unreachable` or `revoked`.
+    /// `connected`, `idle` (no connection now; an address of it answered
+    /// last time or was never tried: dialed when needed), `unreachable`
+    /// (every address failed its last dial) or `revoked`.
     pub state: String,
     /// Addresses and where each came from.
     pub addresses: Vec<AddressView>,
@@ -325,8 +346,8 @@ pub struct PeerView {
     pub rtt_ms: Option<f64>,
     /// Unix ms when the live connection was made.
     pub connected_since_ms: Option<u64>,
-    /// `online` (a live connection), `offline` or `revoked`: the member as
-    /// a person asks about it.
+    /// `online` (a live connection), `idle` (none needed now),
+    /// `offline` or `revoked`: the member as a person asks about it.
     #[serde(default)]
     pub status: String,
     /// Unix ms this broker last heard from the member: now while it is
@@ -475,6 +496,9 @@ impl Mesh {
                 crate::daemon::discovery::DiscoveryConfig::load(home)
             },
         ));
+        let identity_id = identity.node_id.clone();
+        let views_seed = config.env.random_u64();
+        let trust_for_views = trust.clone();
         let shared = Arc::new(Shared {
             identity,
             home: home.clone(),
@@ -500,6 +524,13 @@ impl Mesh {
             terminal_hook: std::sync::OnceLock::new(),
             short_invite: Mutex::new(None),
             last_heard: Mutex::new(HashMap::new()),
+            views: Mutex::new(views::ViewState::new(
+                identity_id,
+                views_seed,
+                trust_for_views,
+            )),
+            dial_kick: Notify::new(),
+            connection_events: watch::channel(0).0,
         });
         let mesh = Mesh { shared };
         *mesh
@@ -599,7 +630,9 @@ impl Mesh {
         }
         let node_name = shared.identity.node_name.clone();
         let now = shared.now_ms();
-        let wanted: HashMap<String, InstanceBody> = agents
+        // In name order, so the sequence numbers they get repeat with a
+        // simulation's seed.
+        let wanted: std::collections::BTreeMap<String, InstanceBody> = agents
             .iter()
             .map(|agent| {
                 (
@@ -699,8 +732,16 @@ impl Mesh {
         views
     }
 
-    /// Members with a live connection now (the routing driver's view of
-    /// who can be reached).
+    /// The active view: the members this broker syncs with.
+    pub fn active_view(&self) -> Vec<NodeId> {
+        self.shared
+            .views
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .active()
+    }
+
+    /// Members with a live connection now.
     pub fn connected(&self) -> Vec<NodeId> {
         self.shared
             .peers
@@ -712,19 +753,107 @@ impl Mesh {
             .collect()
     }
 
-    /// One request to a connected member, answered within the transport's
-    /// request timeout. The error says why no answer came, for a person.
-    pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
-        let connection = self
+    /// Members this broker can reach now (the routing driver's view): those
+    /// connected, and those with an address whose last dial did not fail
+    /// (a request dials them on demand). A member whose every address
+    /// failed is unreachable until a dial succeeds or it connects.
+    pub fn reachable(&self) -> Vec<NodeId> {
+        let mut reachable: HashSet<NodeId> = self.connected().into_iter().collect();
+        let dialable = self
             .shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .dialable_nodes();
+        let members: HashSet<NodeId> = self.shared.trust.member_ids().into_iter().collect();
+        reachable.extend(
+            dialable
+                .into_iter()
+                .filter(|id| members.contains(id) && *id != self.shared.identity.node_id),
+        );
+        reachable.into_iter().collect()
+    }
+
+    /// Keeps connections to `peers` (owners routing waits on): the dialer
+    /// retries them, and their connections are not closed as idle.
+    pub fn want(&self, peers: impl IntoIterator<Item = NodeId>) {
+        let now = self.shared.now_ms();
+        let mut state = self
+            .shared
+            .views
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for peer in peers {
+            state.want(peer, now);
+        }
+    }
+
+    /// The live connection to `peer`, dialing it first if there is none
+    /// (an owner outside the active view, say). Fails when the member has
+    /// no address, when every address failed, or when no connection came
+    /// within the handshake timeout and a request's.
+    async fn connection_to(&self, peer: &NodeId) -> Result<quinn::Connection, String> {
+        let shared = &self.shared;
+        let mut events = shared.connection_events.subscribe();
+        if let Some(live) = shared
             .peers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .get(peer)
-            .map(|peer| peer.connection.clone());
-        let Some(connection) = connection else {
-            return Err("the peer is not connected".to_owned());
-        };
+        {
+            live.touch(shared.now_ms());
+            return Ok(live.connection.clone());
+        }
+        if *peer == shared.identity.node_id || !shared.trust.admits_node(peer) {
+            return Err("the peer is not a member of this mesh".to_owned());
+        }
+        if !shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .has_dialable(peer)
+        {
+            return Err("the peer is not connected and no address of it answers".to_owned());
+        }
+        self.want([peer.clone()]);
+        shared.dial_kick.notify_one();
+        let wait =
+            shared.config.transport.handshake_timeout + shared.config.transport.request_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(live) = shared
+                .peers
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get(peer)
+            {
+                live.touch(shared.now_ms());
+                return Ok(live.connection.clone());
+            }
+            if shared
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .dial_failed(peer)
+            {
+                return Err("the peer is not connected and dialing it failed".to_owned());
+            }
+            match tokio::time::timeout_at(deadline, events.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(
+                        "the peer is not connected and no connection came in time".to_owned()
+                    );
+                }
+            }
+        }
+    }
+
+    /// One request to a member, answered within the transport's request
+    /// timeout; a member with no connection is dialed first. The error
+    /// says why no answer came, for a person.
+    pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
+        let connection = self.connection_to(peer).await?;
         let timeout = self.shared.config.transport.request_timeout;
         scout_net::transport::endpoint::request(&connection, frame, timeout)
             .await
@@ -762,23 +891,32 @@ impl Mesh {
         let _ = self.shared.terminal_hook.set(TerminalHookSlot(hook));
     }
 
-    /// A new bidirectional stream to a connected member, for a relay that
-    /// outlives one request (a terminal).
+    /// A new bidirectional stream to a member (dialed first if need be),
+    /// for a relay that outlives one request (a terminal). The connection
+    /// counts as in use while the guard lives.
     pub async fn open_stream(
         &self,
         peer: &NodeId,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-        let connection = self
+    ) -> Result<
+        (
+            quinn::SendStream,
+            quinn::RecvStream,
+            connections::StreamGuard,
+        ),
+        String,
+    > {
+        let connection = self.connection_to(peer).await?;
+        let guard = self
             .shared
             .peers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .get(peer)
-            .map(|peer| peer.connection.clone());
-        let Some(connection) = connection else {
-            return Err("the peer is not connected".to_owned());
-        };
-        connection.open_bi().await.map_err(|err| err.to_string())
+            .filter(|live| live.connection.stable_id() == connection.stable_id())
+            .map(connections::StreamGuard::new)
+            .ok_or_else(|| "the connection to the peer closed".to_owned())?;
+        let (send, recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
+        Ok((send, recv, guard))
     }
 
     /// The node id of the member named `name` (or with that id).
@@ -1024,10 +1162,15 @@ pub fn peer_views(
                 .map(|record| record.hlc.wall_ms)
                 .max();
             let live = connected.get(&id);
+            // Not connected is not unreachable: a broker keeps connections
+            // to its active view only, and dials others when it needs them.
+            let dialable = book.is_some_and(|book| book.has_dialable(&id));
             let state = if registry.is_revoked(&id) {
                 "revoked"
             } else if live.is_some() {
                 "connected"
+            } else if dialable {
+                "idle"
             } else {
                 "unreachable"
             };
@@ -1081,6 +1224,7 @@ pub fn peer_status(state: &str) -> &'static str {
     match state {
         "revoked" => "revoked",
         "connected" => "online",
+        "idle" => "idle",
         _ => "offline",
     }
 }

@@ -215,6 +215,34 @@ impl MeshTrust {
         self.state.read().ok()?.members.get(key).cloned()
     }
 
+    /// Every member's node id, in order (so that random picks among them
+    /// repeat with the seed).
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .state
+            .read()
+            .map(|state| state.members.values().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Whether `node_id` may enter this broker's views: a member, or the
+    /// pinned inviter of a join whose admissions have not synced yet.
+    pub fn admits_node(&self, node_id: &NodeId) -> bool {
+        let Ok(state) = self.state.read() else {
+            return false;
+        };
+        if state.revoked.contains(node_id) {
+            return false;
+        }
+        state.members.values().any(|id| id == node_id)
+            || state
+                .pinned
+                .iter()
+                .any(|key| NodeId::of_public_key(key) == *node_id)
+    }
+
     /// Whether `node_id` is revoked.
     pub fn is_revoked(&self, node_id: &NodeId) -> bool {
         self.state

@@ -286,9 +286,11 @@ impl Driver {
         }
     }
 
-    /// Tells the core which peers came and went since the last look.
+    /// Tells the core which peers came and went since the last look, and
+    /// asks the mesh to keep connections to the owners it waits on.
     fn refresh_peers(&mut self) {
-        let now_connected: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
+        self.mesh.want(self.core.owners_awaited());
+        let now_connected: BTreeSet<NodeId> = self.mesh.reachable().into_iter().collect();
         let now = self.now();
         for gone in self.connected.difference(&now_connected) {
             self.core.handle_peer_down(gone);

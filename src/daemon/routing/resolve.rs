@@ -22,7 +22,7 @@ pub fn choose(
     query: &AgentName,
     exclude: Option<&str>,
 ) -> Result<Choice, RouteError> {
-    let connected: HashSet<NodeId> = mesh.connected().into_iter().collect();
+    let reachable: HashSet<NodeId> = mesh.reachable().into_iter().collect();
     let pairs: Vec<(Candidate, NodeId)> = mesh.with_registry(|registry| {
         registry
             .instances()
@@ -30,7 +30,7 @@ pub fn choose(
             .filter(|entry| exclude.is_none_or(|name| entry.name.to_string() != name))
             .map(|entry| {
                 let is_local = *entry.origin == *own;
-                let state = if is_local || connected.contains(entry.origin) {
+                let state = if is_local || reachable.contains(entry.origin) {
                     entry.body.endpoint_state
                 } else {
                     EndpointState::Unreachable
