@@ -11,6 +11,7 @@
 //! `cargo bench --bench mesh` runs everything; `-- propagation`,
 //! `-- catch-up` or `-- wire` runs one part.
 
+use scout_mesh::views::ACTIVE_VIEW_MAX;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,7 +50,16 @@ fn main() {
         dir.path().display()
     );
     if wants("propagation") {
-        for n in [10, 30] {
+        // SCOUT_BENCH_MESH_SIZES=8,10 for other sizes.
+        let sizes: Vec<usize> = std::env::var("SCOUT_BENCH_MESH_SIZES")
+            .ok()
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![10, 30]);
+        for n in sizes {
             propagation(dir.path(), n);
         }
     }
@@ -116,20 +126,26 @@ async fn form_mesh(homes: &[Home], sync: Option<SyncConfig>) -> Vec<Broker> {
         let invite = Invite::from_code(&code).expect("code");
         broker.state().mesh.join(invite).await.expect("join");
     }
+    // Formed: every broker knows every member and holds its share of the
+    // partial views (everyone, in a mesh small enough for one view).
     let n = brokers.len();
-    wait(&format!("a full mesh of {n}"), || {
+    let active_wanted = (n - 1).min(ACTIVE_VIEW_MAX / 2);
+    wait(&format!("a mesh of {n} with full views"), || {
         brokers.iter().all(|broker| {
-            broker
-                .state()
-                .mesh
-                .peers()
-                .iter()
-                .filter(|p| p.state == "connected")
-                .count()
-                == n - 1
+            let mesh = &broker.state().mesh;
+            mesh.with_registry(|registry| registry.members().len()) == n
+                && mesh.active_view().len() >= active_wanted
         })
     })
     .await;
+    let connections: usize = brokers
+        .iter()
+        .map(|broker| broker.state().mesh.connected().len())
+        .sum();
+    println!(
+        "  {n} brokers formed: {:.1} connections per broker",
+        connections as f64 / n as f64
+    );
     brokers
 }
 

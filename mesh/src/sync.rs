@@ -179,7 +179,9 @@ pub enum Output {
     },
     /// Store these records (replacing the stored version of each key) and
     /// this version vector, in one transaction, before acting on later
-    /// outputs: a change must be durable before it is pushed.
+    /// outputs: a change of this replica's own must be durable before it
+    /// is pushed. (Records of other origins relayed along a partial view
+    /// are sent before their persist: their origins committed them.)
     Persist {
         /// Records newly accepted or changed, in order.
         records: Vec<Record>,
@@ -1041,27 +1043,30 @@ impl Replica {
         for origin in &touched {
             self.advance_contiguous(origin);
         }
-        let relayed = (self.config.partial_view && !accepted.is_empty()).then(|| accepted.clone());
+        if self.config.partial_view && !accepted.is_empty() {
+            // New to this replica, so new along this path: passed on to
+            // the rest of the view (a replica that had it stops the flood),
+            // whether a push or a delta brought it (after a heal, deltas
+            // carry the other side's records). Before this replica's own
+            // commit: the records are their origins' (signed, committed
+            // there), so passing them on waits for no disk here, and each
+            // hop costs a network trip rather than a commit. A delta chunk
+            // is within the message limits, so the push of a part of it is
+            // too.
+            for peer in self.sync_peers().into_iter().filter(|peer| peer != from) {
+                self.send(
+                    peer,
+                    SyncMessage::Push {
+                        records: accepted.clone(),
+                    },
+                );
+            }
+        }
         if !accepted.is_empty() || self.vv != vv_before {
             self.emit(Output::Persist {
                 records: accepted,
                 vv: self.vv.clone(),
             });
-        }
-        if let Some(records) = relayed {
-            // New to this replica, so new along this path: passed on to
-            // the rest of the view (a replica that had it stops the flood),
-            // whether a push or a delta brought it (after a heal, deltas
-            // carry the other side's records). A delta chunk is within the
-            // message limits, so the push of a part of it is too.
-            for peer in self.sync_peers().into_iter().filter(|peer| peer != from) {
-                self.send(
-                    peer,
-                    SyncMessage::Push {
-                        records: records.clone(),
-                    },
-                );
-            }
         }
         if let Some(skew) = skew {
             self.emit_event(SyncEvent::ClockSkew {

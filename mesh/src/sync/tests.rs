@@ -1527,3 +1527,41 @@ fn on_a_partial_view_an_anti_entropy_round_asks_one_peer() {
         .count();
     assert_eq!(digests, 1);
 }
+
+/// On a partial view a record of another origin is passed on before the
+/// relaying replica's own commit (its origin committed it; a hop costs a
+/// network trip, not a disk write), while a replica's own change is still
+/// durable before it leaves.
+#[test]
+fn on_a_partial_view_a_relay_goes_out_before_its_persist() {
+    let mut net = Net::with(3, |n| SyncConfig {
+        partial_view: true,
+        ..config(n)
+    });
+    for (a, b) in [(1, 2), (2, 3)] {
+        net.connect(a, b);
+    }
+    net.pump();
+    let record = net
+        .at(1)
+        .put(
+            T0,
+            &instance_name(1, "fabric", "main"),
+            instance("main", EndpointState::Idle),
+        )
+        .unwrap();
+    let own = drain(net.at(1));
+    assert_eq!(
+        own.order,
+        ["persist", "send"],
+        "an own change persists first"
+    );
+    let push = SyncMessage::Push {
+        records: vec![record.clone()],
+    };
+    net.at(2).handle_message(T0, id(1), push.clone());
+    let relayed = drain(net.at(2));
+    assert_eq!(relayed.order, ["send", "persist"]);
+    assert_eq!(relayed.sends, [(id(3), push)]);
+    assert_eq!(relayed.persisted, [record]);
+}
