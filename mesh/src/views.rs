@@ -235,6 +235,10 @@ impl<P: Ord + Clone> Views<P> {
             return;
         }
         match message {
+            // A peer already in the active view has joined: a repeated
+            // Join would only start more walks (one message from a
+            // hostile member must not cost the mesh dozens).
+            ViewMessage::Join if self.active.contains(&from) => {}
             ViewMessage::Join => self.on_join(from),
             ViewMessage::ForwardJoin { joiner, ttl } => self.on_forward_join(from, joiner, ttl),
             ViewMessage::Neighbor { high_priority } => {

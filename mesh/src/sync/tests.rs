@@ -1482,11 +1482,9 @@ fn restore_resigns_own_unsigned_records_and_refetches_others() {
     assert_eq!(restored.next_seq(), 2);
 }
 
-/// The same line as `pushes_are_not_forwarded_but_anti_entropy_crosses_a_line`,
-/// on a partial view: replica 2 pushes the record on to 3, not back to 1,
-/// and 3 has nobody else to push it to.
-#[test]
-fn on_a_partial_view_a_new_record_is_pushed_on_and_a_known_one_is_not() {
+/// Replicas 1 - 2 - 3 in a line on a partial view, caught up, and one new
+/// record put on 1 (its outputs not drained yet).
+fn partial_view_line_with_a_put() -> (Net, Record) {
     let mut net = Net::with(3, |n| SyncConfig {
         partial_view: true,
         ..config(n)
@@ -1495,15 +1493,24 @@ fn on_a_partial_view_a_new_record_is_pushed_on_and_a_known_one_is_not() {
         net.connect(a, b);
     }
     net.pump();
-    let key = net
+    let record = net
         .at(1)
         .put(
             T0,
             &instance_name(1, "fabric", "main"),
             instance("main", EndpointState::Idle),
         )
-        .unwrap()
-        .key;
+        .unwrap();
+    (net, record)
+}
+
+/// The same line as `pushes_are_not_forwarded_but_anti_entropy_crosses_a_line`,
+/// on a partial view: replica 2 pushes the record on to 3, not back to 1,
+/// and 3 has nobody else to push it to.
+#[test]
+fn on_a_partial_view_a_new_record_is_pushed_on_and_a_known_one_is_not() {
+    let (mut net, record) = partial_view_line_with_a_put();
+    let key = record.key;
     assert_eq!(net.pump(), 2, "1 to 2, then 2 to 3 only");
     assert!(net.at(3).registry().get(&key).is_some());
 }
@@ -1534,22 +1541,7 @@ fn on_a_partial_view_an_anti_entropy_round_asks_one_peer() {
 /// durable before it leaves.
 #[test]
 fn on_a_partial_view_a_relay_goes_out_before_its_persist() {
-    let mut net = Net::with(3, |n| SyncConfig {
-        partial_view: true,
-        ..config(n)
-    });
-    for (a, b) in [(1, 2), (2, 3)] {
-        net.connect(a, b);
-    }
-    net.pump();
-    let record = net
-        .at(1)
-        .put(
-            T0,
-            &instance_name(1, "fabric", "main"),
-            instance("main", EndpointState::Idle),
-        )
-        .unwrap();
+    let (mut net, record) = partial_view_line_with_a_put();
     let own = drain(net.at(1));
     assert_eq!(
         own.order,

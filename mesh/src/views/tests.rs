@@ -278,6 +278,21 @@ fn a_shuffle_with_too_many_ids_is_cut_to_the_limit() {
     assert!(reply_len.is_some_and(|len| len <= SHUFFLE_IDS_MAX));
 }
 
+#[test]
+fn a_repeated_join_from_an_active_peer_starts_no_more_walks() {
+    let may_join: MayJoin<u32> = Box::new(|_: &u32| true);
+    let mut view = Views::new(0u32, 7, may_join);
+    for peer in 1..=3 {
+        view.handle_message(0, peer, ViewMessage::Join);
+    }
+    while view.poll_output().is_some() {}
+    for _ in 0..100 {
+        view.handle_message(0, 3, ViewMessage::Join);
+    }
+    assert!(view.poll_output().is_none(), "nothing sent for repeats");
+    assert!(view.active().contains(&3));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Join(u32, u32),

@@ -141,13 +141,7 @@ async fn handle(shared: &Arc<Shared>, output: Output) {
             }
         }
         Output::Send { to, message } => {
-            let sender = shared
-                .peers
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .get(&to)
-                .map(|peer| peer.sender.clone());
-            if let Some(sender) = sender
+            if let Some(sender) = shared.sender_of(&to)
                 && sender
                     .try_send(scout_mesh::wire::MeshFrame::Sync(message))
                     .is_err()

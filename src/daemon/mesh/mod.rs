@@ -247,6 +247,18 @@ impl Shared {
         self.config.env.random()
     }
 
+    /// The send queue of a connected peer.
+    pub(crate) fn sender_of(
+        &self,
+        peer: &NodeId,
+    ) -> Option<tokio::sync::mpsc::Sender<scout_mesh::wire::MeshFrame>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(peer)
+            .map(|live| live.sender.clone())
+    }
+
     /// Wakes those waiting for a connection to come or go.
     pub(crate) fn connection_changed(&self) {
         self.connection_events
@@ -795,14 +807,8 @@ impl Mesh {
     async fn connection_to(&self, peer: &NodeId) -> Result<quinn::Connection, String> {
         let shared = &self.shared;
         let mut events = shared.connection_events.subscribe();
-        if let Some(live) = shared
-            .peers
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(peer)
-        {
-            live.touch(shared.now_ms());
-            return Ok(live.connection.clone());
+        if let Some(live) = self.live_connection(peer) {
+            return Ok(live);
         }
         if *peer == shared.identity.node_id || !shared.trust.admits_node(peer) {
             return Err("the peer is not a member of this mesh".to_owned());
@@ -821,14 +827,16 @@ impl Mesh {
             shared.config.transport.handshake_timeout + shared.config.transport.request_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(live) = shared
-                .peers
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .get(peer)
-            {
-                live.touch(shared.now_ms());
-                return Ok(live.connection.clone());
+            match tokio::time::timeout_at(deadline, events.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(
+                        "the peer is not connected and no connection came in time".to_owned()
+                    );
+                }
+            }
+            if let Some(live) = self.live_connection(peer) {
+                return Ok(live);
             }
             if shared
                 .book
@@ -838,15 +846,19 @@ impl Mesh {
             {
                 return Err("the peer is not connected and dialing it failed".to_owned());
             }
-            match tokio::time::timeout_at(deadline, events.changed()).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    return Err(
-                        "the peer is not connected and no connection came in time".to_owned()
-                    );
-                }
-            }
         }
+    }
+
+    /// The live connection to `peer`, if any, noted as used now.
+    fn live_connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
+        let peers = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let live = peers.get(peer)?;
+        live.touch(self.shared.now_ms());
+        Some(live.connection.clone())
     }
 
     /// One request to a member, answered within the transport's request

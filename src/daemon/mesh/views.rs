@@ -171,13 +171,7 @@ pub fn drain(shared: &Arc<Shared>) {
 }
 
 fn send(shared: &Arc<Shared>, now: u64, to: NodeId, message: ViewFrame) {
-    let sender = shared
-        .peers
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(&to)
-        .map(|peer| peer.sender.clone());
-    if let Some(sender) = sender {
+    if let Some(sender) = shared.sender_of(&to) {
         if sender.try_send(MeshFrame::View(message)).is_err() {
             tracing::debug!(peer = %to, "send queue full; a view message was dropped");
         }
@@ -218,13 +212,7 @@ pub fn on_registered(shared: &Arc<Shared>, peer: &NodeId) {
         }
         state.pending.remove(peer).unwrap_or_default()
     };
-    let sender = shared
-        .peers
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(peer)
-        .map(|p| p.sender.clone());
-    if let Some(sender) = sender {
+    if let Some(sender) = shared.sender_of(peer) {
         for message in waiting {
             let _ = sender.try_send(MeshFrame::View(message));
         }
