@@ -39,6 +39,7 @@ fn every_shipped_scenario_passes() {
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",
+        "swarm-9144-views-split",
     ] {
         assert!(
             names.iter().any(|name| name == wanted),

@@ -301,6 +301,14 @@ impl AddressBook {
             .any(|entry| entry.node_id.as_ref() == Some(node_id) && entry.failures == 0)
     }
 
+    /// Whether any address of `node_id` is known (dialable now or after
+    /// its backoff).
+    pub fn knows(&self, node_id: &NodeId) -> bool {
+        self.entries
+            .values()
+            .any(|entry| entry.node_id.as_ref() == Some(node_id))
+    }
+
     /// Whether every known address of `node_id` was dialed and failed,
     /// none in flight now.
     pub fn dial_failed(&self, node_id: &NodeId) -> bool {

@@ -177,13 +177,17 @@ fn send(shared: &Arc<Shared>, now: u64, to: NodeId, message: ViewFrame) {
         }
         return;
     }
-    let dialable = shared
+    // An address whose last dial failed still counts: the dialer tries it
+    // again after its backoff (after a partition heals, every address on
+    // the other side has failed once, and only these dials rejoin the
+    // halves). Only a member with no address at all is given up here.
+    let known = shared
         .book
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
-        .has_dialable(&to);
+        .knows(&to);
     let mut state = lock(shared);
-    if !dialable {
+    if !known {
         // Nowhere to dial: the views ask someone else.
         state.pending.remove(&to);
         state.views.handle_peer_down(now, &to);
