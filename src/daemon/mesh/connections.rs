@@ -874,10 +874,9 @@ async fn watch_close(shared: Arc<Shared>, connection: Connection, peer: NodeId, 
             .get(&peer)
             .is_some_and(|current| current.connection.stable_id() == connection.stable_id());
         if same {
-            peers.remove(&peer).is_some()
-        } else {
-            false
+            peers.remove(&peer);
         }
+        same
     };
     if removed {
         // A connection that ended by itself (timed out, reset, the peer
