@@ -20,9 +20,10 @@
 //!   view; a passive peer is asked to take its place (with high priority,
 //!   which cannot be refused, when the active view is empty).
 //! - Every [`SHUFFLE_INTERVAL_MS`] a broker sends a few ids it knows on a
-//!   random walk (`Shuffle`), and the broker where it ends answers with as
-//!   many of its own: passive views keep mixing, so repair finds live
-//!   peers.
+//!   random walk (`Shuffle`), and the broker where it ends answers the
+//!   neighbour the walk came from with as many of its own (over a
+//!   connection both hold, where HyParView answers the origin over a new
+//!   one): passive views keep mixing, so repair finds live peers.
 //!
 //! Admission gates all of it: a peer for which the `may_join` predicate
 //! given to [`Views::new`] says no (not an admitted member) never enters
@@ -43,6 +44,11 @@ use crate::rng::SplitMix64;
 /// of about 1,000 brokers with room, and keeps a broker's connections
 /// and its background traffic constant past that.
 pub const ACTIVE_VIEW_MAX: usize = 7;
+
+/// Below this many active peers a broker keeps asking passive peers to
+/// join its view every shuffle interval; at or above it, only a failure
+/// makes it ask (see [`Views::handle_timeout`]).
+pub const ACTIVE_VIEW_LOW: usize = ACTIVE_VIEW_MAX - 2;
 
 /// Most peers in the passive view: enough to repair the active view after
 /// half the mesh failed at once (HyParView's passive view is a few times
@@ -295,9 +301,15 @@ impl<P: Ord + Clone> Views<P> {
         }
         self.next_shuffle_ms = Some(now_ms + self.jittered_interval());
         // Asks unanswered for a whole interval were lost (or their peer
-        // is): ask others.
+        // is): ask others, while the view is short of the lower bound. A
+        // view between it and the full size stays as it is: its peers may
+        // all be full, and asking again every interval would open a
+        // connection to a refusing peer each time, an idle mesh's largest
+        // cost. A failure still refills the view to the full size.
         self.asked.clear();
-        self.fill();
+        if self.active.len() < ACTIVE_VIEW_LOW {
+            self.fill();
+        }
         self.shuffle();
     }
 
@@ -378,7 +390,7 @@ impl<P: Ord + Clone> Views<P> {
         }
         let ttl = ttl.min(ACTIVE_RANDOM_WALK_LENGTH);
         if ttl > 1 && self.active.len() > 1 {
-            let exclude = [from, origin.clone()];
+            let exclude = [from.clone(), origin.clone()];
             if let Some(next) = self.random_of(&self.active.clone(), Some(&exclude)) {
                 self.send(
                     next,
@@ -391,8 +403,13 @@ impl<P: Ord + Clone> Views<P> {
                 return;
             }
         }
+        // The answer goes back one hop, to the neighbour the walk came
+        // from, not to its origin: the origin is rarely a neighbour here,
+        // and answering it would open a connection (a handshake) for every
+        // shuffle of every broker, the largest cost of an idle mesh. The
+        // origin's ids still spread; the neighbour mixes in this broker's.
         let reply = self.sample(&self.passive.clone(), ids.len().min(SHUFFLE_IDS_MAX));
-        self.send(origin, ViewMessage::ShuffleReply { ids: reply });
+        self.send(from, ViewMessage::ShuffleReply { ids: reply });
         self.integrate(&ids);
     }
 

@@ -346,3 +346,33 @@ proptest! {
         }
     }
 }
+
+/// The end of a shuffle's walk answers the neighbour the walk came from,
+/// which it is connected to, rather than the walk's origin, which it
+/// usually is not: an idle mesh opens no connection per shuffle.
+#[test]
+fn a_shuffle_is_answered_one_hop_back() {
+    let may_join: MayJoin<u32> = Box::new(|_: &u32| true);
+    let mut view = Views::new(0u32, 7, may_join);
+    view.handle_message(
+        0,
+        5,
+        ViewMessage::Shuffle {
+            origin: 9,
+            ttl: 1,
+            ids: vec![9, 10, 11],
+        },
+    );
+    let mut answered = Vec::new();
+    while let Some(output) = view.poll_output() {
+        if let ViewOutput::Send {
+            to,
+            message: ViewMessage::ShuffleReply { .. },
+        } = output
+        {
+            answered.push(to);
+        }
+    }
+    assert_eq!(answered, [5]);
+    assert!(view.passive().contains(&9));
+}
