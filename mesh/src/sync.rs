@@ -12,9 +12,26 @@
 //!
 //! Protocol:
 //! - A local change is stored, handed to the shell to persist, and pushed at
-//!   once to every connected peer. Pushes are never forwarded: brokers
-//!   connect to every broker they can, and anti-entropy carries records
-//!   across meshes that are not fully connected.
+//!   once to every connected peer. Without [`SyncConfig::partial_view`]
+//!   pushes are never forwarded: brokers connect to every broker they can,
+//!   and anti-entropy carries records across meshes that are not fully
+//!   connected.
+//! - On a partial view (each broker connected to a few others, see
+//!   [`crate::views`]) a change spreads along a tree per origin, as in
+//!   Plumtree with a tree per source: a replica pushes a record new to it
+//!   to the peers that are *eager* for its origin and only announces it
+//!   ([`SyncMessage::IHave`], gathered for
+//!   [`SyncConfig::announce_delay_ms`]) to the *lazy* ones. A push that
+//!   brought nothing new of an origin shows a second path for that origin,
+//!   so its receiver answers [`SyncMessage::Prune`] and both ends make the
+//!   link lazy for it; what remains eager is the tree along which the
+//!   origin's records arrived first, so each origin's changes take the
+//!   fastest paths there were. An announced record that does not arrive
+//!   within [`SyncConfig::graft_timeout_ms`] shows a broken tree: the
+//!   replica asks the announcer for it with [`SyncMessage::Graft`], which
+//!   makes that link eager again for the origin (the next announcer is
+//!   asked after another timeout). Every link starts eager for every
+//!   origin, so an origin's first change floods the views.
 //! - Anti-entropy runs when a peer connects and every
 //!   [`SyncConfig::anti_entropy_interval_ms`] (± jitter): each side sends its
 //!   version vector ([`SyncMessage::Digest`]), and the other replies with the
@@ -109,6 +126,21 @@ pub const ANTI_ENTROPY_JITTER_MS_DEFAULT: u64 = 1_000;
 /// little more than its own overhead.
 pub const SYNC_MESSAGE_BYTES_MIN: usize = 256;
 
+/// The default [`SyncConfig::announce_delay_ms`]: long enough to gather a
+/// burst of changes into one announcement per peer, short next to the
+/// graft timeout.
+pub const ANNOUNCE_DELAY_MS_DEFAULT: u64 = 25;
+
+/// The default [`SyncConfig::graft_timeout_ms`]: a push along the tree
+/// usually beats an announcement by far (the announcement waits
+/// [`ANNOUNCE_DELAY_MS_DEFAULT`] first), so a record still missing this
+/// long after it was announced is taken as lost on the way.
+pub const GRAFT_TIMEOUT_MS_DEFAULT: u64 = 100;
+
+/// The most announcers remembered for one missing origin: the ones asked
+/// in turn when pushes do not come.
+const ANNOUNCERS_MAX: usize = 3;
+
 const _: () = assert!(PEERS_MAX <= ORIGINS_MAX);
 const _: () = assert!(SYNC_MESSAGE_BYTES_MIN <= SYNC_MESSAGE_BYTES_MAX);
 // An anti-entropy round (a digest to every peer) must fit in the queue with
@@ -136,8 +168,17 @@ pub struct SyncConfig {
     /// to this replica (from a push or a delta) is pushed on to its other
     /// peers (a record it already had is not, so each change crosses each
     /// link about once), and an anti-entropy round sends its digest to one
-    /// random peer instead of all of them.
+    /// random peer instead of all of them. Pushes then follow a tree (see
+    /// the module documentation).
     pub partial_view: bool,
+    /// On a partial view, how long announcements to lazy peers are
+    /// gathered before they leave, in milliseconds: one `IHave` per lazy
+    /// peer per interval, however many records arrived.
+    pub announce_delay_ms: u64,
+    /// On a partial view, how long an announced record may take to arrive
+    /// by push before the replica grafts it from the announcer, in
+    /// milliseconds.
+    pub graft_timeout_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -149,6 +190,8 @@ impl Default for SyncConfig {
             sync_message_bytes_max: SYNC_MESSAGE_BYTES_MAX,
             records_per_delta_max: RECORDS_PER_DELTA_MAX,
             partial_view: false,
+            announce_delay_ms: ANNOUNCE_DELAY_MS_DEFAULT,
+            graft_timeout_ms: GRAFT_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -367,6 +410,24 @@ struct PeerState {
     /// back: a second digest meanwhile would only fetch the same records
     /// twice.
     digest_outstanding_since_ms: Option<u64>,
+    /// On a partial view, the origins whose records new to this replica
+    /// are announced to this peer rather than pushed (it pruned the link
+    /// for them, or we did); at most [`ORIGINS_MAX`].
+    lazy: BTreeSet<NodeId>,
+    /// Announcements gathered for this lazy peer: per origin, the highest
+    /// sequence number received since the last `IHave`.
+    announce: VClock<NodeId>,
+}
+
+/// An origin whose announced records have not arrived.
+#[derive(Debug, Clone)]
+struct Missing {
+    /// The highest sequence number announced.
+    counter: u64,
+    /// When to graft from the next announcer.
+    graft_at_ms: u64,
+    /// Peers that announced it, asked in this order.
+    announcers: VecDeque<NodeId>,
 }
 
 /// The sync state of one broker. See the module documentation.
@@ -396,6 +457,14 @@ pub struct Replica {
     outputs: VecDeque<Output>,
     dropped_outputs: u64,
     anti_entropy_at_ms: Option<u64>,
+    /// When gathered announcements leave; set while some are gathered.
+    announce_at_ms: Option<u64>,
+    /// Announced records not received yet, by origin (at most
+    /// [`ORIGINS_MAX`]).
+    missing: BTreeMap<NodeId, Missing>,
+    /// The peer each origin's records last came from by push: this
+    /// replica's parent in the origin's tree (at most [`ORIGINS_MAX`]).
+    parents: BTreeMap<NodeId, NodeId>,
     rng: SplitMix64,
 }
 
@@ -421,6 +490,9 @@ impl Replica {
             outputs: VecDeque::new(),
             dropped_outputs: 0,
             anti_entropy_at_ms: None,
+            announce_at_ms: None,
+            missing: BTreeMap::new(),
+            parents: BTreeMap::new(),
         }
     }
 
@@ -560,7 +632,15 @@ impl Replica {
     /// When [`Replica::handle_timeout`] must be called next; `None` until the
     /// replica has seen the time once.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.anti_entropy_at_ms
+        let graft_at_ms = self
+            .missing
+            .values()
+            .map(|missing| missing.graft_at_ms)
+            .min();
+        [self.anti_entropy_at_ms, self.announce_at_ms, graft_at_ms]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Writes a local record: validates it, gives it the next sequence number
@@ -728,12 +808,36 @@ impl Replica {
                     more,
                 }),
             ),
+            SyncMessage::IHave { have } => self.on_ihave(now_ms, &from, have),
+            SyncMessage::Summary { hash } => self.on_summary(now_ms, &from, hash),
+            SyncMessage::Graft { since } => self.on_graft(&from, since),
+            SyncMessage::Prune { origins } => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    for origin in origins {
+                        if peer.lazy.len() < ORIGINS_MAX {
+                            peer.lazy.insert(origin);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Runs anti-entropy when its time has come: a digest to every connected
-    /// peer, then tombstone collection; and schedules the next round.
+    /// Runs what is due: anti-entropy (a digest to every connected peer, or
+    /// to one on a partial view, then tombstone collection, and the next
+    /// round scheduled), gathered announcements, grafts of records
+    /// announced but not received.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.announce_at_ms.is_some_and(|at_ms| at_ms <= now_ms) {
+            self.send_announcements();
+        }
+        if self
+            .missing
+            .values()
+            .any(|missing| missing.graft_at_ms <= now_ms)
+        {
+            self.graft_overdue(now_ms);
+        }
         match self.anti_entropy_at_ms {
             Some(at_ms) if now_ms >= at_ms => {
                 let mut peers = self.sync_peers();
@@ -744,8 +848,9 @@ impl Replica {
                     let idx = (self.rng.next_u64() % peers.len() as u64) as usize;
                     peers = vec![peers.swap_remove(idx)];
                 }
+                let hash = self.summary_hash();
                 for peer in peers {
-                    self.send_digest(now_ms, peer);
+                    self.send(peer, SyncMessage::Summary { hash });
                 }
                 self.collect_tombstones();
                 let interval_ms = self.next_interval_ms();
@@ -924,16 +1029,226 @@ impl Replica {
             records: vec![record.clone()],
             vv: self.vv.clone(),
         });
-        for peer in self.sync_peers() {
-            self.send(
-                peer,
-                SyncMessage::Push {
-                    records: vec![record.clone()],
-                },
-            );
-        }
+        self.disseminate(now_ms, None, std::slice::from_ref(&record));
         self.report_membership_changes(&members_before);
         Ok(record)
+    }
+
+    /// Hands records new to this replica on to every peer but `from`
+    /// (where they came from): pushed to a peer eager for their origin,
+    /// announced to one lazy for it.
+    fn disseminate(&mut self, now_ms: u64, from: Option<&NodeId>, records: &[Record]) {
+        let mut pushes = Vec::new();
+        let mut announced = false;
+        for (peer, state) in &mut self.peers {
+            if Some(peer) == from || !self.registry.may_sync(peer) {
+                continue;
+            }
+            let mut eager = Vec::new();
+            for record in records {
+                let origin = &record.key.origin;
+                if !state.lazy.contains(origin) {
+                    eager.push(record.clone());
+                } else if record.dot.counter > state.announce.get(origin) {
+                    state.announce.apply(record.dot.clone());
+                    announced = true;
+                }
+            }
+            if !eager.is_empty() {
+                pushes.push((peer.clone(), eager));
+            }
+        }
+        if announced && self.announce_at_ms.is_none() {
+            self.announce_at_ms = Some(now_ms.saturating_add(self.config.announce_delay_ms));
+        }
+        for (peer, records) in pushes {
+            self.send(peer, SyncMessage::Push { records });
+        }
+    }
+
+    /// Sends every lazy peer what was gathered for it.
+    fn send_announcements(&mut self) {
+        self.announce_at_ms = None;
+        let mut announcements = Vec::new();
+        for (peer, state) in &mut self.peers {
+            if !state.announce.is_empty() {
+                announcements.push((peer.clone(), std::mem::take(&mut state.announce)));
+            }
+        }
+        for (peer, have) in announcements {
+            self.send(peer, SyncMessage::IHave { have });
+        }
+    }
+
+    /// Whether a record of another origin is one this replica holds (same
+    /// key and number) or one its vector covers (it holds that number or a
+    /// newer version of the key, or collected the key's tombstone): such a
+    /// record is stale and cannot change anything. Own records go the full
+    /// way, for the lost-database recovery.
+    fn already_has(&self, record: &Record) -> bool {
+        let origin = &record.key.origin;
+        *origin != self.self_id
+            && (self.vv.get(origin) >= record.dot.counter
+                || self
+                    .registry
+                    .get(&record.key)
+                    .is_some_and(|held| held.dot == record.dot))
+    }
+
+    /// Whether this replica has the record of `origin` numbered `counter`,
+    /// or a newer version of its key.
+    fn has_seen(&self, origin: &NodeId, counter: u64) -> bool {
+        if *origin == self.self_id && counter < self.next_seq {
+            return true;
+        }
+        self.vv.get(origin) >= counter || self.registry.has_counter(origin, counter)
+    }
+
+    fn on_ihave(&mut self, now_ms: u64, from: &NodeId, have: VClock<NodeId>) {
+        for (origin, counter) in have.dots {
+            if self.has_seen(&origin, counter) {
+                continue;
+            }
+            // A tree whose parent here is gone (crashed, or left the view)
+            // will not deliver: graft at once instead of waiting for it.
+            let orphaned = self
+                .parents
+                .get(&origin)
+                .is_some_and(|parent| !self.peers.contains_key(parent));
+            let graft_at_ms = if orphaned {
+                now_ms
+            } else {
+                now_ms.saturating_add(self.config.graft_timeout_ms)
+            };
+            if !self.missing.contains_key(&origin) && self.missing.len() >= ORIGINS_MAX {
+                // Anti-entropy fetches it.
+                continue;
+            }
+            let missing = self.missing.entry(origin).or_insert_with(|| Missing {
+                counter,
+                graft_at_ms,
+                announcers: VecDeque::new(),
+            });
+            missing.counter = missing.counter.max(counter);
+            missing.graft_at_ms = missing.graft_at_ms.min(graft_at_ms);
+            if !missing.announcers.contains(from) && missing.announcers.len() < ANNOUNCERS_MAX {
+                missing.announcers.push_back(from.clone());
+            }
+        }
+    }
+
+    /// Asks the next announcer of each overdue origin for what it
+    /// announced, and for pushes from now on.
+    fn graft_overdue(&mut self, now_ms: u64) {
+        let overdue: Vec<NodeId> = self
+            .missing
+            .iter()
+            .filter(|(_, missing)| missing.graft_at_ms <= now_ms)
+            .map(|(origin, _)| origin.clone())
+            .collect();
+        let mut grafts: BTreeMap<NodeId, VClock<NodeId>> = BTreeMap::new();
+        for origin in overdue {
+            let Some(mut missing) = self.missing.remove(&origin) else {
+                continue;
+            };
+            if self.has_seen(&origin, missing.counter) {
+                continue;
+            }
+            while let Some(announcer) = missing.announcers.pop_front() {
+                if self.peers.contains_key(&announcer) && self.may_sync(&announcer) {
+                    let have = self.vv.get(&origin);
+                    grafts
+                        .entry(announcer)
+                        .or_default()
+                        .dots
+                        .insert(origin.clone(), have);
+                    break;
+                }
+            }
+            if !missing.announcers.is_empty() {
+                missing.graft_at_ms = now_ms.saturating_add(self.config.graft_timeout_ms);
+                self.missing.insert(origin, missing);
+            }
+        }
+        for (peer, since) in grafts {
+            if let Some(state) = self.peers.get_mut(&peer) {
+                for origin in since.dots.keys() {
+                    state.lazy.remove(origin);
+                }
+            }
+            self.send(peer, SyncMessage::Graft { since });
+        }
+    }
+
+    /// A peer lacks what we announced: it gets the records of each origin
+    /// after its counter, and pushes from now on.
+    fn on_graft(&mut self, from: &NodeId, since: VClock<NodeId>) {
+        if let Some(peer) = self.peers.get_mut(from) {
+            for origin in since.dots.keys() {
+                peer.lazy.remove(origin);
+            }
+        }
+        let mut chunks = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = DELTA_OVERHEAD_BYTES;
+        for (origin, after) in &since.dots {
+            for record in self.registry.records_after(origin, *after) {
+                let record_bytes = postcard::experimental::serialized_size(record).unwrap_or(0);
+                if !chunk.is_empty()
+                    && (chunk.len() >= self.config.records_per_delta_max
+                        || chunk_bytes + record_bytes > self.config.sync_message_bytes_max)
+                {
+                    chunks.push(std::mem::take(&mut chunk));
+                    chunk_bytes = DELTA_OVERHEAD_BYTES;
+                }
+                chunk_bytes += record_bytes;
+                chunk.push(record.clone());
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        for records in chunks {
+            self.send(from.clone(), SyncMessage::Push { records });
+        }
+    }
+
+    /// The hash a [`SyncMessage::Summary`] carries: FNV-1a over the
+    /// version vector's entries, in origin order. Equal hashes mean equal
+    /// vectors (barring a 64-bit collision, which the next change of either
+    /// side undoes), and the vector says what a digest would. (Records held
+    /// past the vector, out of order, are not in it: they reach a replica
+    /// from a peer whose vector is ahead, whose summary differs. Neither is
+    /// the newest sequence number held: tombstones are collected at
+    /// different times, so it would keep idle replicas' hashes apart.)
+    fn summary_hash(&self) -> u64 {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = FNV_OFFSET;
+        for (origin, counter) in &self.vv.dots {
+            let bytes = origin
+                .as_str()
+                .as_bytes()
+                .iter()
+                .copied()
+                .chain(counter.to_le_bytes());
+            for byte in bytes {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(FNV_PRIME);
+            }
+        }
+        hash
+    }
+
+    /// A periodic round's summary: equal means in sync (and the peer's
+    /// vector is ours, for tombstone collection); different starts a digest
+    /// exchange.
+    fn on_summary(&mut self, now_ms: u64, from: &NodeId, hash: u64) {
+        if hash != self.summary_hash() {
+            self.send_digest(now_ms, from.clone());
+        } else if self.peer_vvs.contains_key(from) || self.peer_vvs.len() < ORIGINS_MAX {
+            self.peer_vvs.insert(from.clone(), self.vv.clone());
+        }
     }
 
     fn on_digest(&mut self, now_ms: u64, from: &NodeId, peer_vv: VClock<NodeId>) {
@@ -977,18 +1292,29 @@ impl Replica {
         let members_before = self.registry.members().clone();
         let vv_before = self.vv.clone();
         let mut accepted = Vec::new();
+        // Per origin in the message: whether any of its records was new or
+        // refused (a push of only known records of an origin is pruned).
+        let mut useful: BTreeMap<NodeId, bool> = BTreeMap::new();
         let mut touched = BTreeSet::new();
         let mut own_seen = 0;
         let mut skew: Option<ClockSkew> = None;
         for record in records {
+            if self.already_has(&record) {
+                // Known, so stale whatever else it says: no signature to
+                // check (on a partial view most copies are duplicates).
+                useful.entry(record.key.origin.clone()).or_insert(false);
+                continue;
+            }
             if let Err(error) = validate(&record) {
                 if matches!(error, InvalidRecord::InvalidSignature { .. }) {
                     self.invalid_signatures += 1;
                 }
+                useful.insert(record.key.origin.clone(), true);
                 self.reject(RecordSource::Peer(from.clone()), &record, error);
                 continue;
             }
             let origin = record.key.origin.clone();
+            useful.entry(origin.clone()).or_insert(false);
             let new_origin = self.registry.max_counter(&origin) == 0 && self.vv.get(&origin) == 0;
             if new_origin && self.registry.origins().count() >= ORIGINS_MAX {
                 let error = InvalidRecord::TooLarge {
@@ -996,6 +1322,7 @@ impl Replica {
                     len: ORIGINS_MAX + 1,
                     max: ORIGINS_MAX,
                 };
+                useful.insert(origin, true);
                 self.reject(RecordSource::Peer(from.clone()), &record, error);
                 continue;
             }
@@ -1012,6 +1339,7 @@ impl Replica {
                 }
             }
             if self.registry.apply(record.clone()) != Applied::Stale {
+                useful.insert(origin.clone(), true);
                 touched.insert(origin);
                 accepted.push(record);
             }
@@ -1025,6 +1353,7 @@ impl Replica {
             self.recover_own_sequence(now_ms, own_seen);
         }
         let mut caught_up = None;
+        let pushed = delta.is_none();
         if let Some(range) = delta {
             let mut whole_range_applied = true;
             for (origin, covered) in &range.covers.dots {
@@ -1042,6 +1371,13 @@ impl Replica {
         }
         for origin in &touched {
             self.advance_contiguous(origin);
+            let arrived = self
+                .missing
+                .get(origin)
+                .is_some_and(|missing| self.has_seen(origin, missing.counter));
+            if arrived {
+                self.missing.remove(origin);
+            }
         }
         if self.config.partial_view && !accepted.is_empty() {
             // New to this replica, so new along this path: passed on to
@@ -1053,13 +1389,29 @@ impl Replica {
             // hop costs a network trip rather than a commit. A delta chunk
             // is within the message limits, so the push of a part of it is
             // too.
-            for peer in self.sync_peers().into_iter().filter(|peer| peer != from) {
-                self.send(
-                    peer,
-                    SyncMessage::Push {
-                        records: accepted.clone(),
-                    },
-                );
+            self.disseminate(now_ms, Some(from), &accepted);
+            if pushed {
+                for record in &accepted {
+                    let origin = &record.key.origin;
+                    if self.parents.len() < ORIGINS_MAX || self.parents.contains_key(origin) {
+                        self.parents.insert(origin.clone(), from.clone());
+                    }
+                }
+            }
+        }
+        if self.config.partial_view && pushed {
+            // Everything pushed of these origins was known: the sender is a
+            // second path to here for them. Announcements will do.
+            let mut pruned = Vec::new();
+            if let Some(peer) = self.peers.get_mut(from) {
+                for (origin, _) in useful.into_iter().filter(|(_, useful)| !useful) {
+                    if peer.lazy.len() < ORIGINS_MAX && peer.lazy.insert(origin.clone()) {
+                        pruned.push(origin);
+                    }
+                }
+            }
+            if !pruned.is_empty() {
+                self.send(from.clone(), SyncMessage::Prune { origins: pruned });
             }
         }
         if !accepted.is_empty() || self.vv != vv_before {

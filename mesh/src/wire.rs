@@ -12,6 +12,13 @@
 //! - [`SyncMessage::Delta`]: the records the other side lacks, in chunks no
 //!   larger than [`SYNC_MESSAGE_BYTES_MAX`].
 //!
+//! On partial views three more shape the push into a tree
+//! ([`crate::sync`] explains it): [`SyncMessage::IHave`] announces records
+//! without carrying them, [`SyncMessage::Graft`] asks for announced records
+//! and for pushes from then on, and [`SyncMessage::Prune`] asks for
+//! announcements only. [`SyncMessage::Summary`] stands for a digest in
+//! periodic rounds: a hash, answered with a digest only when they differ.
+//!
 //! The replicated data itself is a set of [`Record`]s. Their rules (who may
 //! write what, which version wins, what is valid) are in
 //! [`crate::registry`]; the state machine that exchanges them is
@@ -38,12 +45,13 @@ use crate::lifecycle::{EndpointState, Harness};
 /// Version 2 added the origin's key and signature to every record; version 1
 /// brokers cannot decode its records, so the two do not talk. Version 3
 /// added `worktrees` to instance records. Version 4 added approval
-/// records and the frames that decide them.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// records and the frames that decide them. Version 5 added the partial
+/// views' frames and tree dissemination (`IHave`, `Graft`, `Prune`).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/4";
+pub const ALPN: &[u8] = b"scout-mesh/5";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -655,8 +663,8 @@ impl PartialEq for DefinitionBody {
 /// One sync message between two brokers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncMessage {
-    /// Records the sender just changed. Sent at once to every connected peer
-    /// on every local change, and never forwarded by the receiver.
+    /// Records the sender just changed or, on a partial view, just
+    /// received: sent at once to every connected peer it pushes to.
     Push {
         /// The changed records, usually one.
         records: Vec<Record>,
@@ -683,6 +691,36 @@ pub enum SyncMessage {
         /// Whether more chunks of the same reply follow.
         more: bool,
     },
+    /// Announces records without carrying them: for each origin, the
+    /// highest sequence number among records of it the sender received
+    /// since its last announcement to this peer.
+    IHave {
+        /// Origin and sequence number, one entry per origin.
+        have: VClock<NodeId>,
+    },
+    /// Asks for the records announced by an `IHave` that did not arrive,
+    /// and for pushes from now on: for each origin, the sequence number up
+    /// to which the sender has every record; the receiver answers with its
+    /// records of that origin after it.
+    Graft {
+        /// The sender's counter for each origin it asks about.
+        since: VClock<NodeId>,
+    },
+    /// "I had what you pushed of these origins": announce their records to
+    /// me from now on instead of pushing them.
+    Prune {
+        /// The origins.
+        origins: Vec<NodeId>,
+    },
+    /// Anti-entropy's periodic round in a few bytes: a hash of the
+    /// sender's version vector and of the newest sequence number it holds
+    /// of every origin. A receiver whose own hash differs answers with its
+    /// `Digest`, and the exchange goes on as after any digest; equal hashes
+    /// end the round, so an idle mesh sends no vectors.
+    Summary {
+        /// The hash.
+        hash: u64,
+    },
 }
 
 impl SyncMessage {
@@ -692,6 +730,10 @@ impl SyncMessage {
             SyncMessage::Push { .. } => "push",
             SyncMessage::Digest { .. } => "digest",
             SyncMessage::Delta { .. } => "delta",
+            SyncMessage::IHave { .. } => "ihave",
+            SyncMessage::Graft { .. } => "graft",
+            SyncMessage::Prune { .. } => "prune",
+            SyncMessage::Summary { .. } => "summary",
         }
     }
 
@@ -707,8 +749,15 @@ impl SyncMessage {
             SyncMessage::Push { records } if records.len() > RECORDS_PER_DELTA_MAX => {
                 too_many("records", records.len(), RECORDS_PER_DELTA_MAX)
             }
-            SyncMessage::Digest { vv } if vv.dots.len() > ORIGINS_MAX => {
-                too_many("origins", vv.dots.len(), ORIGINS_MAX)
+            SyncMessage::Digest { vv: clock }
+            | SyncMessage::IHave { have: clock }
+            | SyncMessage::Graft { since: clock }
+                if clock.dots.len() > ORIGINS_MAX =>
+            {
+                too_many("origins", clock.dots.len(), ORIGINS_MAX)
+            }
+            SyncMessage::Prune { origins } if origins.len() > ORIGINS_MAX => {
+                too_many("origins", origins.len(), ORIGINS_MAX)
             }
             SyncMessage::Delta { records, .. } if records.len() > RECORDS_PER_DELTA_MAX => {
                 too_many("records", records.len(), RECORDS_PER_DELTA_MAX)
@@ -1800,6 +1849,12 @@ mod tests {
                 since: VClock::new(),
                 more: true,
             },
+            SyncMessage::IHave { have: vv.clone() },
+            SyncMessage::Graft { since: vv.clone() },
+            SyncMessage::Prune {
+                origins: vv.dots.keys().cloned().collect(),
+            },
+            SyncMessage::Summary { hash: u64::MAX },
         ] {
             assert_eq!(decode(&encode(&message)).unwrap(), message);
         }

@@ -145,6 +145,14 @@ fn sync_seeds() -> Vec<SyncMessage> {
     seeds.push(SyncMessage::Push {
         records: all_records,
     });
+    // Tree dissemination's messages: an announcement, a graft, a prune.
+    let vv = founder.vv().clone();
+    seeds.push(SyncMessage::IHave { have: vv.clone() });
+    seeds.push(SyncMessage::Graft { since: vv.clone() });
+    seeds.push(SyncMessage::Prune {
+        origins: vv.dots.keys().cloned().collect(),
+    });
+    seeds.push(SyncMessage::Summary { hash: 42 });
     assert!(
         seeds
             .iter()

@@ -12,8 +12,10 @@ use scout::daemon::mesh::connections::join_exchange;
 use scout::daemon::mesh::trust::MeshTrust;
 use scout::http::terminal_relay::TERMINAL_RELAYS_PER_VIEWER_MAX;
 use scout_mesh::names::{Label, NamePart};
+use scout_mesh::views::{SHUFFLE_IDS_MAX, ViewMessage};
 use scout_mesh::wire::{
-    Hello, Invite, MeshFrame, MeshId, NodeId, PROTOCOL_VERSION, decode_frame, encode_frame,
+    Hello, Invite, MeshFrame, MeshId, NodeId, ORIGINS_MAX, PROTOCOL_VERSION, SyncMessage,
+    decode_frame, encode_frame,
 };
 use scout_net::transport::endpoint::request;
 use scout_net::transport::frame::{read_frame, write_frame};
@@ -298,6 +300,7 @@ pub fn all(tally: &Tally) {
     expired(tally, &mesh);
     concurrent(tally, &mesh);
     terminal_relays(tally, &mesh);
+    trees_and_views(tally, &mesh);
     tally.case("mesh: a member is served after every attack", || {
         mesh.member_served()
     });
@@ -366,6 +369,130 @@ fn terminal_relays(tally: &Tally, mesh: &Mesh) {
             })
         },
     );
+    connection.close(0u32.into(), b"done");
+}
+
+/// `n` node ids no broker has.
+fn made_up_ids(n: usize) -> Vec<NodeId> {
+    (0..n as u64)
+        .map(|k| {
+            let mut key = [0xee; 32];
+            key[..8].copy_from_slice(&k.to_le_bytes());
+            NodeId::of_public_key(&key)
+        })
+        .collect()
+}
+
+/// A member's tree and view messages: lists over their limits are
+/// `MALFORMED_FRAME`; announcements of origins nobody has, a graft for
+/// every origin there could be, prunes, a summary that matches nothing and
+/// view messages naming non-members are answered, and change nothing the
+/// broker serves (the cases after this one check it still serves).
+fn trees_and_views(tally: &Tally, mesh: &Mesh) {
+    let connection = mesh.runtime.block_on(mesh.member.member_connection(
+        mesh.udp,
+        mesh.broker_key,
+        mesh.mesh_id,
+    ));
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            tally.case("trees: the member connects", || Err(err.clone()));
+            return;
+        }
+    };
+    let ask = |frame: MeshFrame| {
+        mesh.runtime
+            .block_on(request(&connection, &frame, EXCHANGE_BOUND))
+            .map_err(|err| format!("{}: {err}", frame.name()))
+    };
+    let refused = |frame: MeshFrame| match ask(frame)? {
+        MeshFrame::Error(error) => ensure(error.code == "MALFORMED_FRAME", || {
+            format!("refused with {}", error.code)
+        }),
+        other => Err(format!("answered {}", other.name())),
+    };
+    let clock = |ids: Vec<NodeId>| {
+        let mut clock = crdts::VClock::new();
+        for id in ids {
+            clock.dots.insert(id, 1);
+        }
+        clock
+    };
+    tally.case(
+        "trees: lists past the origin limit are MALFORMED_FRAME",
+        || {
+            let too_many = made_up_ids(ORIGINS_MAX + 1);
+            refused(MeshFrame::Sync(SyncMessage::IHave {
+                have: clock(too_many.clone()),
+            }))?;
+            refused(MeshFrame::Sync(SyncMessage::Graft {
+                since: clock(too_many.clone()),
+            }))?;
+            refused(MeshFrame::Sync(SyncMessage::Prune { origins: too_many }))
+        },
+    );
+    tally.case(
+        "trees: announcements, grafts and prunes of unknown origins are answered",
+        || {
+            let ids = made_up_ids(ORIGINS_MAX - 1);
+            let mut since = clock(ids.clone());
+            since.dots.insert(mesh.member.node_id(), 0);
+            for frame in [
+                SyncMessage::IHave {
+                    have: clock(ids.clone()),
+                },
+                SyncMessage::Graft { since },
+                SyncMessage::Prune { origins: ids },
+                SyncMessage::Summary { hash: 0 },
+            ] {
+                let name = frame.name();
+                match ask(MeshFrame::Sync(frame))? {
+                    MeshFrame::SyncAck => {}
+                    MeshFrame::Error(error) => {
+                        return Err(format!("{name} refused: {} {}", error.code, error.message));
+                    }
+                    other => return Err(format!("{name} answered {}", other.name())),
+                }
+            }
+            Ok(())
+        },
+    );
+    tally.case(
+        "views: a shuffle past the id limit is MALFORMED_FRAME",
+        || {
+            refused(MeshFrame::View(ViewMessage::Shuffle {
+                origin: mesh.member.node_id(),
+                ttl: 6,
+                ids: made_up_ids(SHUFFLE_IDS_MAX + 1),
+            }))
+        },
+    );
+    tally.case("views: messages naming non-members are answered", || {
+        let strangers = made_up_ids(SHUFFLE_IDS_MAX);
+        for frame in [
+            ViewMessage::ForwardJoin {
+                joiner: strangers[0].clone(),
+                ttl: 6,
+            },
+            ViewMessage::Shuffle {
+                origin: strangers[1].clone(),
+                ttl: 6,
+                ids: strangers.clone(),
+            },
+            ViewMessage::ShuffleReply { ids: strangers },
+            ViewMessage::Neighbor {
+                high_priority: true,
+            },
+            ViewMessage::Disconnect,
+        ] {
+            match ask(MeshFrame::View(frame))? {
+                MeshFrame::ViewAck => {}
+                other => return Err(format!("answered {}", other.name())),
+            }
+        }
+        Ok(())
+    });
     connection.close(0u32.into(), b"done");
 }
 

@@ -212,7 +212,7 @@ impl Net {
         let deadline = self
             .replicas
             .iter()
-            .filter_map(Replica::poll_timeout)
+            .filter_map(|replica| replica.anti_entropy_at_ms)
             .max()
             .unwrap_or(self.now_ms);
         self.now_ms = self.now_ms.max(deadline);
@@ -221,6 +221,18 @@ impl Net {
             replica.handle_timeout(now_ms);
         }
         self.pump();
+    }
+
+    /// Moves time on by `ms`, runs every timer that came due, and pumps.
+    fn advance(&mut self, ms: u64) -> usize {
+        self.now_ms += ms;
+        let now_ms = self.now_ms;
+        for replica in &mut self.replicas {
+            if replica.poll_timeout().is_some_and(|at| at <= now_ms) {
+                replica.handle_timeout(now_ms);
+            }
+        }
+        self.pump()
     }
 
     fn events_of(&self, n: u8) -> &[SyncEvent] {
@@ -537,12 +549,23 @@ fn a_lost_chunk_never_advances_the_vector_past_missing_records() {
     );
     assert_eq!(reader.registry().len(), 5, "records after the gap are kept");
 
-    // The next digest asks for exactly what is missing, and gets it.
+    // The next round's summary differs from the writer's, so the two
+    // trade digests, and the reader asks for exactly what is missing and
+    // gets it.
     reader.handle_timeout(reader.poll_timeout().unwrap());
-    let digest = drain(&mut reader).sends.pop().unwrap().1;
-    writer.handle_message(T0, id(2), digest);
-    for (_, chunk) in drain(&mut writer).sends {
-        reader.handle_message(T0, id(1), chunk);
+    let mut in_flight: Vec<(NodeId, SyncMessage)> = drain(&mut reader)
+        .sends
+        .into_iter()
+        .map(|(_, message)| (id(2), message))
+        .collect();
+    while let Some((from, message)) = in_flight.pop() {
+        let (to, to_id) = if from == id(2) {
+            (&mut writer, id(1))
+        } else {
+            (&mut reader, id(2))
+        };
+        to.handle_message(T0, from, message);
+        in_flight.extend(drain(to).sends.into_iter().map(|(_, m)| (to_id.clone(), m)));
     }
     assert_eq!(reader.vv().get(&id(1)), 7);
     assert_eq!(reader.state_digest(), writer.state_digest());
@@ -1249,12 +1272,24 @@ fn sync_messages_are_small() {
     drain(&mut right);
     left.handle_timeout(T0);
     left.handle_timeout(left.poll_timeout().unwrap());
-    let (to, digest) = drain(&mut left)
+    let (to, summary) = drain(&mut left)
         .sends
         .into_iter()
         .find(|(to, _)| *to == id(12))
         .unwrap();
     assert_eq!(to, id(12));
+    // A periodic round sends a summary; in sync, nothing comes back.
+    assert!(matches!(&summary, SyncMessage::Summary { .. }));
+    let summary_bytes = wire::encode(&summary);
+    right.handle_message(T0, id(11), summary);
+    assert!(
+        drain(&mut right).sends.is_empty(),
+        "equal summaries end the round"
+    );
+    // A digest (on connect, or when summaries differ) carries the vector.
+    let digest = SyncMessage::Digest {
+        vv: left.vv().clone(),
+    };
     assert!(matches!(&digest, SyncMessage::Digest { vv } if vv.dots.len() == 10));
     let digest_bytes = wire::encode(&digest);
     right.handle_message(T0, id(11), digest);
@@ -1267,7 +1302,13 @@ fn sync_messages_are_small() {
     );
 
     println!("push of one instance record: {} bytes", push.len());
+    println!("summary: {} bytes", summary_bytes.len());
     println!("digest for 10 origins: {} bytes", digest_bytes.len());
+    assert!(
+        summary_bytes.len() <= 16,
+        "summary is {} bytes",
+        summary_bytes.len()
+    );
     println!("empty delta reply: {} bytes", delta_bytes.len());
     // 96 of these bytes are the origin's key and signature.
     assert!(push.len() <= 300, "push is {} bytes", push.len());
@@ -1527,12 +1568,12 @@ fn on_a_partial_view_an_anti_entropy_round_asks_one_peer() {
     net.pump();
     let at = net.at(1).poll_timeout().unwrap();
     net.at(1).handle_timeout(at);
-    let digests = drain(net.at(1))
+    let summaries = drain(net.at(1))
         .sends
         .into_iter()
-        .filter(|(_, message)| matches!(message, SyncMessage::Digest { .. }))
+        .filter(|(_, message)| matches!(message, SyncMessage::Summary { .. }))
         .count();
-    assert_eq!(digests, 1);
+    assert_eq!(summaries, 1);
 }
 
 /// On a partial view a record of another origin is passed on before the
@@ -1556,4 +1597,156 @@ fn on_a_partial_view_a_relay_goes_out_before_its_persist() {
     assert_eq!(relayed.order, ["send", "persist"]);
     assert_eq!(relayed.sends, [(id(3), push)]);
     assert_eq!(relayed.persisted, [record]);
+}
+
+/// Replicas 1, 2, 3 connected to each other on a partial view, caught up.
+fn partial_view_triangle() -> Net {
+    let mut net = Net::with(3, |n| SyncConfig {
+        partial_view: true,
+        ..config(n)
+    });
+    for (a, b) in [(1, 2), (2, 3), (1, 3)] {
+        net.connect(a, b);
+    }
+    net.pump();
+    net
+}
+
+fn put_workspace(net: &mut Net, n: u8, workspace: &str) -> Record {
+    let now_ms = net.now_ms;
+    net.at(n)
+        .put(
+            now_ms,
+            &instance_name(n, "fabric", workspace),
+            instance(workspace, EndpointState::Idle),
+        )
+        .unwrap()
+}
+
+/// Pushes that bring nothing new prune their link for that origin: after
+/// one change of 1 crossed the triangle, the next is pushed along 1's tree
+/// only (1 to 2 and 1 to 3) and the third link carries one announcement
+/// per interval; another origin's first change still floods.
+#[test]
+fn on_a_partial_view_a_redundant_push_prunes_its_link_and_a_tree_remains() {
+    let mut net = partial_view_triangle();
+    put_workspace(&mut net, 1, "first");
+    // 1 pushes to 2 and 3; each relays to the other, finds it known, and
+    // both answer with a prune.
+    assert_eq!(net.pump(), 6);
+    let lazy = |net: &mut Net, at: u8, peer: u8| net.at(at).peers[&id(peer)].lazy.contains(&id(1));
+    assert!(lazy(&mut net, 2, 3) && lazy(&mut net, 3, 2));
+    assert!(!lazy(&mut net, 2, 1) && !lazy(&mut net, 1, 3));
+
+    let second = put_workspace(&mut net, 1, "second");
+    assert_eq!(net.pump(), 2, "pushed along the tree only");
+    for n in 2..=3 {
+        assert!(net.at(n).registry().get(&second.key).is_some());
+    }
+    let announcements = net.advance(ANNOUNCE_DELAY_MS_DEFAULT);
+    assert_eq!(announcements, 2, "2 and 3 announce to each other");
+    assert!(net.at(2).missing.is_empty() && net.at(3).missing.is_empty());
+    assert_eq!(net.advance(GRAFT_TIMEOUT_MS_DEFAULT), 0, "nothing to graft");
+
+    put_workspace(&mut net, 2, "other");
+    assert_eq!(net.pump(), 6, "2's tree is its own");
+}
+
+/// When the tree breaks, an announcement shows what is missing and a graft
+/// fetches it and makes the link eager again.
+#[test]
+fn on_a_partial_view_an_announced_record_that_does_not_arrive_is_grafted() {
+    let mut net = partial_view_triangle();
+    put_workspace(&mut net, 1, "first");
+    net.pump();
+    // The tree is 1 - 2 and 1 - 3; the link 1 - 3 goes down.
+    net.at(1).handle_disconnected(&id(3));
+    net.at(3).handle_disconnected(&id(1));
+    let record = put_workspace(&mut net, 1, "second");
+    assert_eq!(net.pump(), 1, "1 pushes to 2; 2 only announces to 3");
+    assert!(net.at(3).registry().get(&record.key).is_none());
+    net.advance(ANNOUNCE_DELAY_MS_DEFAULT);
+    assert!(net.at(3).missing.contains_key(&id(1)));
+    assert!(net.at(3).registry().get(&record.key).is_none());
+    // 3's parent in 1's tree was 1 itself, now gone: the graft is due at
+    // once rather than after the timeout.
+    let now_ms = net.now_ms;
+    assert_eq!(net.at(3).poll_timeout(), Some(now_ms));
+    net.advance(0);
+    assert!(net.at(3).registry().get(&record.key).is_some(), "grafted");
+    assert!(net.at(3).missing.is_empty());
+    for (at, peer) in [(2, 3), (3, 2)] {
+        assert!(!net.at(at).peers[&id(peer)].lazy.contains(&id(1)));
+    }
+
+    // The repaired link is eager: the next change arrives by push.
+    let third = put_workspace(&mut net, 1, "third");
+    net.pump();
+    assert!(net.at(3).registry().get(&third.key).is_some());
+}
+
+/// An announcement is bounded like a digest, and an announced origin that
+/// nobody delivers is grafted from each announcer in turn, then given up to
+/// anti-entropy: nothing waits forever.
+#[test]
+fn announcements_are_bounded_and_missing_records_are_not_waited_for_forever() {
+    let mut net = partial_view_triangle();
+    let mut have = VClock::new();
+    for n in 0..=ORIGINS_MAX {
+        let mut public_key = [0; 32];
+        public_key[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        have.apply(Dot::new(NodeId::of_public_key(&public_key), n as u64 + 1));
+    }
+    let now_ms = net.now_ms;
+    net.at(3)
+        .handle_message(now_ms, id(2), SyncMessage::IHave { have });
+    assert!(net.at(3).missing.is_empty(), "over the limit: ignored");
+
+    let mut have = VClock::new();
+    have.apply(Dot::new(id(7), 3));
+    for from in [1, 2] {
+        net.at(3)
+            .handle_message(now_ms, id(from), SyncMessage::IHave { have: have.clone() });
+    }
+    drain(net.at(3));
+    let mut grafted = Vec::new();
+    for _ in 0..3 {
+        net.now_ms += GRAFT_TIMEOUT_MS_DEFAULT;
+        let now_ms = net.now_ms;
+        net.at(3).handle_timeout(now_ms);
+        for (to, message) in drain(net.at(3)).sends {
+            if matches!(message, SyncMessage::Graft { .. }) {
+                grafted.push(to);
+            }
+        }
+    }
+    assert_eq!(grafted, [id(1), id(2)], "each announcer once, in order");
+    assert!(net.at(3).missing.is_empty());
+}
+
+/// A copy of a record the replica holds is stale whatever it carries, so
+/// its signature is not checked again: duplicates along the views cost a
+/// lookup, not a verification, and a damaged copy changes nothing.
+#[test]
+fn a_known_record_is_skipped_without_a_second_verification() {
+    let mut writer = replica(1);
+    let record = writer
+        .put(
+            T0,
+            &instance_name(1, "fabric", "main"),
+            instance("main", EndpointState::Idle),
+        )
+        .unwrap();
+    let mut reader = replica(2);
+    reader.handle_connected(T0, id(1)).unwrap();
+    let push = |records| SyncMessage::Push { records };
+    reader.handle_message(T0, id(1), push(vec![record.clone()]));
+    drain(&mut reader);
+    let mut damaged = record.clone();
+    damaged.signature.0[0] ^= 1;
+    reader.handle_message(T0, id(1), push(vec![damaged, record.clone()]));
+    let drained = drain(&mut reader);
+    assert_eq!(reader.invalid_signatures(), 0);
+    assert!(drained.persisted.is_empty() && drained.events.is_empty());
+    assert_eq!(reader.registry().get(&record.key), Some(&record));
 }

@@ -819,7 +819,11 @@ async fn handle_request(shared: &Arc<Shared>, peer: &NodeId, frame: MeshFrame) -
             let records = match &message {
                 scout_mesh::wire::SyncMessage::Push { records } => records.len(),
                 scout_mesh::wire::SyncMessage::Delta { records, .. } => records.len(),
-                scout_mesh::wire::SyncMessage::Digest { .. } => 0,
+                scout_mesh::wire::SyncMessage::Digest { .. }
+                | scout_mesh::wire::SyncMessage::IHave { .. }
+                | scout_mesh::wire::SyncMessage::Graft { .. }
+                | scout_mesh::wire::SyncMessage::Prune { .. }
+                | scout_mesh::wire::SyncMessage::Summary { .. } => 0,
             };
             shared.stats.messages_received.fetch_add(1, Relaxed);
             shared

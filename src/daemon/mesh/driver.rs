@@ -49,10 +49,6 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             let mut replica = lock(&shared);
             if replica.poll_timeout().is_some_and(|at| at <= now) {
                 replica.handle_timeout(now);
-                let collected = replica.collect_tombstones();
-                if collected > 0 {
-                    tracing::debug!(collected, "collected tombstones");
-                }
             }
         }
         drain(&shared).await;
@@ -132,6 +128,7 @@ async fn handle(shared: &Arc<Shared>, output: Output) {
             }
         }
         Output::Forget { keys } => {
+            tracing::debug!(collected = keys.len(), "collected tombstones");
             let result = shared
                 .store
                 .write(move |tx| store::mesh::forget(tx, &keys))
