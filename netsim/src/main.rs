@@ -141,7 +141,8 @@ enum Command {
         json: bool,
     },
     /// The benchmarks of BENCHMARKS.md (all, or the parts whose name
-    /// contains PART: ten, hundred, pure, swarm).
+    /// contains PART: ten, hundred, pure, swarm; `thousand`, 1,000 real
+    /// brokers, runs only when named: it takes hours on two cores).
     Bench {
         /// Filter.
         part: Option<String>,
@@ -537,6 +538,14 @@ fn bench(filter: Option<&str>) -> anyhow::Result<bool> {
                 println!("  {}: {}", failure.name, failure.detail);
             }
         }
+    }
+    if filter.is_some_and(|filter| "thousand".contains(filter)) {
+        let file = "bench-1000.toml";
+        println!(
+            "thousand: 1,000 brokers, real QUIC, 20-80 ms links with 1% loss, split in halves for 60 s, healed, a tenth crashed and restarted ({file})"
+        );
+        let report = run_file(file)?;
+        print!("{}", report.summary());
     }
     if wants("pure") {
         println!("pure: 1,000 replicas of the sync core, split in halves, then healed");

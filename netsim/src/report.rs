@@ -25,6 +25,9 @@ pub struct OpsSummary {
     pub invocations: usize,
     /// Registry writes: from acceptance until every live replica held it.
     pub replication: Latency,
+    /// The same for writes made on a whole mesh: accepted at least 2 s
+    /// before the first fault (every write, without faults).
+    pub replication_before_faults: Latency,
     /// Completed invocations: from submission until the origin had the
     /// answer.
     pub invocation: Latency,
@@ -44,6 +47,20 @@ pub struct Convergence {
     pub after_ms: Option<u64>,
     /// The scenario's bound on `after_ms`.
     pub bound_ms: u64,
+}
+
+/// What the live brokers sent once the mesh had converged and nothing was
+/// happening: anti-entropy, view shuffles, keep-alives.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdleTraffic {
+    /// The window measured, in simulated ms after the start.
+    pub from_ms: u64,
+    /// Its end.
+    pub to_ms: u64,
+    /// Bytes sent per second, averaged over the live brokers.
+    pub mean_bytes_per_s: f64,
+    /// The most any one live broker sent per second.
+    pub max_bytes_per_s: f64,
 }
 
 /// Everything one run produced.
@@ -79,6 +96,9 @@ pub struct RunReport {
     pub ops: OpsSummary,
     /// Convergence after the last fault.
     pub convergence: Convergence,
+    /// Traffic once converged, when the run leaves a long enough quiet
+    /// end.
+    pub idle: Option<IdleTraffic>,
     /// Every check.
     pub checks: Vec<CheckResult>,
     /// The faults as they happened.
@@ -168,6 +188,16 @@ impl RunReport {
             latency.p99_ms,
             latency.max_ms
         );
+        if let (Some(_), Some(first)) = (
+            self.faults.first(),
+            Some(&ops.replication_before_faults).filter(|latency| latency.count > 0),
+        ) {
+            let _ = writeln!(
+                out,
+                "  whole mesh  {} writes before the first fault on every live node after p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                first.count, first.p50_ms, first.p99_ms, first.max_ms
+            );
+        }
         if ops.invocation.count > 0 {
             let latency = &ops.invocation;
             let _ = writeln!(
@@ -188,6 +218,16 @@ impl RunReport {
             convergence.last_op_ms as f64 / 1000.0,
             convergence.bound_ms
         );
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(
+                out,
+                "  idle        {:.0} B/s sent per live broker (max {:.0}) from {:.1} s to {:.1} s, once converged",
+                idle.mean_bytes_per_s,
+                idle.max_bytes_per_s,
+                idle.from_ms as f64 / 1000.0,
+                idle.to_ms as f64 / 1000.0
+            );
+        }
         let _ = writeln!(out, "  schedule    {}", self.schedule_digest);
         for check in &self.checks {
             let status = match check.status {

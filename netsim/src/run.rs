@@ -33,12 +33,33 @@ use crate::check::{self, Expected, FinalState};
 use crate::history::{EndLog, FaultMark, Latency, NodeSample, OpRecord, Outcome, Sample};
 use crate::net::{HostSet, Network};
 use crate::node::{BrokerConfig, SimNode, host_addr};
-use crate::report::{Convergence, OpsSummary, RunReport};
+use crate::report::{Convergence, IdleTraffic, OpsSummary, RunReport};
 use crate::scenario::{Action, Fault, Op, OpKind, Plan, Timed};
 use crate::{panics, seeds};
 
 /// How often formation checks whether the mesh is complete.
 const FORMATION_POLL: Duration = Duration::from_millis(100);
+
+/// Nodes that join the mesh at once while it forms: the first wave (the
+/// founder's) is every node of a scenario up to this size; a larger mesh
+/// joins in waves of this many, each once the previous one has published
+/// itself, as machines of a company come online over time rather than all
+/// through one broker in the same instant.
+const FORMATION_WAVE: usize = 64;
+
+/// Writes accepted at least this long before the first fault count as
+/// made on a whole mesh (`replication_before_faults`).
+const BEFORE_FAULTS_MARGIN_MS: u64 = 2_000;
+
+/// The idle traffic is measured from this long after the mesh converged
+/// for good (the last anti-entropy exchanges of the heal die down)...
+const IDLE_SETTLE_MS: u64 = 5_000;
+
+/// ...over at least this long, or not at all.
+const IDLE_WINDOW_MIN_MS: u64 = 10_000;
+
+/// How often (simulated) a mesh still forming says what it waits for.
+const FORMATION_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// Active peers every broker must have for the mesh to count as formed
 /// (fewer in a mesh with fewer other brokers): enough that the views form
@@ -176,6 +197,8 @@ struct Sim<'p> {
     wiped: BTreeSet<String>,
     faults: Vec<FaultMark>,
     samples: Vec<Sample>,
+    /// Bytes each host had sent, at every sample (for the idle traffic).
+    sent_by_sample: Vec<(u64, Vec<u64>)>,
     errors: Vec<String>,
     formation_ms: Option<u64>,
     /// The most connections one broker held at a sample: (count, node, ms).
@@ -220,6 +243,12 @@ impl<'p> Sim<'p> {
         if let Some(ms) = scenario.sync.anti_entropy_jitter_ms {
             sync.anti_entropy_jitter_ms = ms;
         }
+        if let Some(ms) = scenario.sync.announce_delay_ms {
+            sync.announce_delay_ms = ms;
+        }
+        if let Some(ms) = scenario.sync.graft_timeout_ms {
+            sync.graft_timeout_ms = ms;
+        }
         let mut transport = TransportConfig::default();
         let t = &scenario.transport;
         if let Some(ms) = t.idle_timeout_ms {
@@ -262,6 +291,7 @@ impl<'p> Sim<'p> {
             wiped: BTreeSet::new(),
             faults: Vec::new(),
             samples: Vec::new(),
+            sent_by_sample: Vec::new(),
             errors: Vec::new(),
             formation_ms: None,
             max_connections: (0, String::new(), 0),
@@ -331,8 +361,8 @@ impl<'p> Sim<'p> {
     /// node by key (an allow-list admission, replicated like any record);
     /// the others start as after a join, with bootstrap peers to dial
     /// first (the founder and two earlier nodes, so that joins enter the
-    /// partial views at several places), and catch up before they publish
-    /// themselves.
+    /// partial views at several places; past [`FORMATION_WAVE`] nodes, in
+    /// waves, see there), and catch up before they publish themselves.
     async fn form(&mut self) -> anyhow::Result<()> {
         let bound = Duration::from_millis(self.plan.scenario.checks.form_within_ms);
         let started = Instant::now();
@@ -352,15 +382,50 @@ impl<'p> Sim<'p> {
                 .with_replica(|replica| replica.put(now, node.node_id.as_str(), admission))
                 .map_err(|err| anyhow::anyhow!("cannot admit {}: {err}", node.name))?;
         }
-        for idx in 1..self.nodes.len() {
-            let mut bootstrap: Vec<usize> = vec![0, idx / 2, idx - 1];
-            bootstrap.dedup();
-            let peers: Vec<_> = bootstrap
-                .iter()
-                .map(|peer| (host_addr(*peer), self.nodes[*peer].public_key))
-                .collect();
-            self.nodes[idx].enter_mesh(&founder.mesh_id(), &peers)?;
-            self.nodes[idx].start(&self.net, &self.config).await?;
+        let mut next_progress = started + FORMATION_PROGRESS_EVERY;
+        let n_nodes = self.nodes.len();
+        let mut wave_start = 1;
+        while wave_start < n_nodes {
+            let wave_end = (wave_start + FORMATION_WAVE).min(n_nodes);
+            for idx in wave_start..wave_end {
+                // The first wave joins through the founder and each other;
+                // a later one through nodes of earlier waves (which hold
+                // every admission), a few joiners on each, so no broker
+                // takes a whole wave's catch-up at once.
+                let mut bootstrap: Vec<usize> = if wave_start == 1 {
+                    vec![0, idx / 2, idx - 1]
+                } else {
+                    vec![idx / 2, idx - FORMATION_WAVE, (idx * 7) % wave_start]
+                };
+                bootstrap.sort_unstable();
+                bootstrap.dedup();
+                let peers: Vec<_> = bootstrap
+                    .iter()
+                    .map(|peer| (host_addr(*peer), self.nodes[*peer].public_key))
+                    .collect();
+                self.nodes[idx].enter_mesh(&founder.mesh_id(), &peers)?;
+                self.nodes[idx].start(&self.net, &self.config).await?;
+            }
+            if wave_end < n_nodes {
+                while let Some(idx) = (wave_start..wave_end).find(|idx| !self.published(*idx)) {
+                    if started.elapsed() > bound {
+                        anyhow::bail!(
+                            "not formed within {} ms: {} has not published its node record",
+                            bound.as_millis(),
+                            self.nodes[idx].name
+                        );
+                    }
+                    if Instant::now() >= next_progress {
+                        eprintln!(
+                            "  forming: {:.0} s simulated, {wave_start} of {n_nodes} nodes joined",
+                            started.elapsed().as_secs_f64()
+                        );
+                        next_progress += FORMATION_PROGRESS_EVERY;
+                    }
+                    tokio::time::sleep(FORMATION_POLL).await;
+                }
+            }
+            wave_start = wave_end;
         }
         loop {
             match self.formation_gap() {
@@ -372,9 +437,29 @@ impl<'p> Sim<'p> {
                         self.stranded_nodes()
                     )
                 }
-                Some(_) => tokio::time::sleep(FORMATION_POLL).await,
+                Some(gap) => {
+                    // A large mesh takes a while to form: say what it waits
+                    // for, so a long run is not a silent one.
+                    if Instant::now() >= next_progress {
+                        eprintln!(
+                            "  forming: {:.0} s simulated, waiting for: {gap}",
+                            started.elapsed().as_secs_f64()
+                        );
+                        next_progress += FORMATION_PROGRESS_EVERY;
+                    }
+                    tokio::time::sleep(FORMATION_POLL).await
+                }
             }
         }
+    }
+
+    /// Whether node `idx` runs and holds its own node record: it caught up
+    /// with a peer and published itself.
+    fn published(&self, idx: usize) -> bool {
+        let node = &self.nodes[idx];
+        node.mesh().is_some_and(|mesh| {
+            mesh.with_registry(|registry| registry.node(&node.node_id).is_some())
+        })
     }
 
     /// What keeps the mesh from being formed, or `None` once every node
@@ -802,6 +887,14 @@ impl<'p> Sim<'p> {
                 node.reload_agents();
             }
         }
+        let sent = self
+            .net
+            .stats()
+            .hosts
+            .iter()
+            .map(|host| host.sent_bytes)
+            .collect();
+        self.sent_by_sample.push((t_ms, sent));
         let mut nodes = Vec::with_capacity(self.nodes.len());
         let mut digests = BTreeSet::new();
         let mut seen_by_all = vec![true; self.pending.len()];
@@ -931,6 +1024,40 @@ impl<'p> Sim<'p> {
             .collect()
     }
 
+    /// What the live brokers sent per second once the mesh had converged
+    /// for good ([`IDLE_SETTLE_MS`] after it), to the end; `None` when that
+    /// leaves less than [`IDLE_WINDOW_MIN_MS`].
+    fn idle_traffic(&self, converged_at_ms: Option<u64>) -> Option<IdleTraffic> {
+        let from_ms = converged_at_ms? + IDLE_SETTLE_MS;
+        let (start_ms, start) = self
+            .sent_by_sample
+            .iter()
+            .find(|(t_ms, _)| *t_ms >= from_ms)?;
+        let (end_ms, end) = self.sent_by_sample.last()?;
+        let window_ms = end_ms.checked_sub(*start_ms)?;
+        if window_ms < IDLE_WINDOW_MIN_MS {
+            return None;
+        }
+        let per_broker: Vec<f64> = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_up())
+            .filter_map(|node| {
+                let sent = end.get(node.idx)?.checked_sub(*start.get(node.idx)?)?;
+                Some(sent as f64 * 1000.0 / window_ms as f64)
+            })
+            .collect();
+        if per_broker.is_empty() {
+            return None;
+        }
+        Some(IdleTraffic {
+            from_ms: *start_ms,
+            to_ms: *end_ms,
+            mean_bytes_per_s: per_broker.iter().sum::<f64>() / per_broker.len() as f64,
+            max_bytes_per_s: per_broker.iter().copied().fold(0.0, f64::max),
+        })
+    }
+
     fn report(&mut self, finals: Vec<Option<FinalState>>) -> RunReport {
         let scenario = &self.plan.scenario;
         let formed = self.formation_ms.is_some();
@@ -1033,6 +1160,18 @@ impl<'p> Sim<'p> {
             .filter_map(|op| op.replicated_after_ms)
             .map(|ms| ms as f64)
             .collect();
+        let first_fault_ms = scenario.faults.iter().map(|fault| fault.at_ms).min();
+        let healthy: Vec<f64> = self
+            .ops
+            .iter()
+            .filter(|op| op.kind != OpKind::Invoke)
+            .filter(|op| {
+                first_fault_ms.is_none_or(|first| op.at_ms + BEFORE_FAULTS_MARGIN_MS <= first)
+            })
+            .filter_map(|op| op.replicated_after_ms)
+            .map(|ms| ms as f64)
+            .collect();
+        let idle = self.idle_traffic(converged_at_ms);
         let count = |outcome| self.ops.iter().filter(|op| op.outcome == outcome).count();
         RunReport {
             scenario: scenario.name.clone(),
@@ -1059,9 +1198,11 @@ impl<'p> Sim<'p> {
                     .filter(|op| op.kind == OpKind::Invoke)
                     .count(),
                 replication: Latency::of(latencies),
+                replication_before_faults: Latency::of(healthy),
                 invocation: Latency::of(self.invocation_latencies.clone()),
             },
             convergence,
+            idle,
             checks,
             faults: self.faults.clone(),
             ops_history: self.ops.clone(),

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{HostSet, LinkPatch, LinkRule, LinkTable};
 
-/// Brokers in one scenario at most: enough for the 100-broker benchmark
-/// with room to spare, while every host still fits one `/16` of addresses.
-pub const NODES_MAX: usize = 512;
+/// Brokers in one scenario at most: enough for the 1,000-broker benchmark,
+/// while every host still fits one `/16` of addresses.
+pub const NODES_MAX: usize = 1024;
 
 /// The longest scenario, in simulated milliseconds (a day).
 pub const DURATION_MS_MAX: u64 = 24 * 3600 * 1000;
@@ -125,6 +125,12 @@ pub struct SyncSpec {
     /// Its jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anti_entropy_jitter_ms: Option<u64>,
+    /// How long announcements to lazy peers are gathered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_delay_ms: Option<u64>,
+    /// How long an announced record may be late before it is grafted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graft_timeout_ms: Option<u64>,
 }
 
 impl SyncSpec {

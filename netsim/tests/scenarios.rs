@@ -230,3 +230,19 @@ fn the_readme_example_is_a_valid_scenario() {
     assert_eq!(plan.names.len(), 5);
     assert_eq!(plan.last_fault_ms, 35_000);
 }
+
+/// The benchmark scenarios (`netsim/benches`, run by `scout-netsim bench`
+/// and by CI) are too slow for this suite, but each must at least load.
+#[test]
+fn every_benchmark_scenario_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).expect("benches dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            Scenario::load(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 5, "only {loaded} benchmark scenarios");
+}
