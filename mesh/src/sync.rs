@@ -129,7 +129,7 @@ pub const SYNC_MESSAGE_BYTES_MIN: usize = 256;
 /// The default [`SyncConfig::announce_delay_ms`]: long enough to gather a
 /// burst of changes into one announcement per peer, short next to the
 /// graft timeout.
-pub const ANNOUNCE_DELAY_MS_DEFAULT: u64 = 25;
+pub const ANNOUNCE_DELAY_MS_DEFAULT: u64 = 50;
 
 /// The default [`SyncConfig::graft_timeout_ms`]: a push along the tree
 /// usually beats an announcement by far (the announcement waits
