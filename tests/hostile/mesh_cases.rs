@@ -222,6 +222,22 @@ impl Mesh {
         )
     }
 
+    /// A member connection, or a failed `case` and `None`.
+    fn member_connects(&self, tally: &Tally, case: &str) -> Option<quinn::Connection> {
+        let connection = self.runtime.block_on(self.member.member_connection(
+            self.udp,
+            self.broker_key,
+            self.mesh_id,
+        ));
+        match connection {
+            Ok(connection) => Some(connection),
+            Err(err) => {
+                tally.case(case, || Err(err.clone()));
+                None
+            }
+        }
+    }
+
     fn member_served(&self) -> Check {
         self.runtime
             .block_on(self.member.ping(self.udp, self.broker_key, self.mesh_id))
@@ -314,17 +330,8 @@ pub fn all(tally: &Tally) {
 /// its relay, and one member cannot hold more than its share of relays.
 fn terminal_relays(tally: &Tally, mesh: &Mesh) {
     let instance = "@shell@meshtarget#main";
-    let connection = mesh.runtime.block_on(mesh.member.member_connection(
-        mesh.udp,
-        mesh.broker_key,
-        mesh.mesh_id,
-    ));
-    let connection = match connection {
-        Ok(connection) => connection,
-        Err(err) => {
-            tally.case("relay: the member connects", || Err(err.clone()));
-            return;
-        }
+    let Some(connection) = mesh.member_connects(tally, "relay: the member connects") else {
+        return;
     };
     tally.case(
         "relay: a keystroke frame over one message ends the relay",
@@ -389,17 +396,8 @@ fn made_up_ids(n: usize) -> Vec<NodeId> {
 /// view messages naming non-members are answered, and change nothing the
 /// broker serves (the cases after this one check it still serves).
 fn trees_and_views(tally: &Tally, mesh: &Mesh) {
-    let connection = mesh.runtime.block_on(mesh.member.member_connection(
-        mesh.udp,
-        mesh.broker_key,
-        mesh.mesh_id,
-    ));
-    let connection = match connection {
-        Ok(connection) => connection,
-        Err(err) => {
-            tally.case("trees: the member connects", || Err(err.clone()));
-            return;
-        }
+    let Some(connection) = mesh.member_connects(tally, "trees: the member connects") else {
+        return;
     };
     let ask = |frame: MeshFrame| {
         mesh.runtime
