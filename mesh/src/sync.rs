@@ -1289,8 +1289,19 @@ impl Replica {
         records: Vec<Record>,
         delta: Option<DeltaRange>,
     ) {
-        let members_before = self.registry.members().clone();
-        let vv_before = self.vv.clone();
+        // Both are O(members) to copy, and a large mesh handles many
+        // messages: membership changes only with admissions and
+        // revocations, and the vector's changes are tracked as they happen.
+        let members_before = records
+            .iter()
+            .any(|record| {
+                matches!(
+                    record.key.kind,
+                    RecordKind::Admission | RecordKind::Revocation
+                )
+            })
+            .then(|| self.registry.members().clone());
+        let mut vv_changed = false;
         let mut accepted = Vec::new();
         // Per origin in the message: whether any of its records was new or
         // refused (a push of only known records of an origin is pruned).
@@ -1351,6 +1362,7 @@ impl Replica {
         // delta's range is applied below.
         if own_seen >= self.next_seq {
             self.recover_own_sequence(now_ms, own_seen);
+            vv_changed = true;
         }
         let mut caught_up = None;
         let pushed = delta.is_none();
@@ -1362,6 +1374,7 @@ impl Replica {
                     whole_range_applied = false;
                 } else if *covered > have {
                     self.vv.dots.insert(origin.clone(), *covered);
+                    vv_changed = true;
                     touched.insert(origin.clone());
                 }
             }
@@ -1370,7 +1383,7 @@ impl Replica {
             }
         }
         for origin in &touched {
-            self.advance_contiguous(origin);
+            vv_changed |= self.advance_contiguous(origin);
             let arrived = self
                 .missing
                 .get(origin)
@@ -1414,7 +1427,7 @@ impl Replica {
                 self.send(from.clone(), SyncMessage::Prune { origins: pruned });
             }
         }
-        if !accepted.is_empty() || self.vv != vv_before {
+        if !accepted.is_empty() || vv_changed {
             self.emit(Output::Persist {
                 records: accepted,
                 vv: self.vv.clone(),
@@ -1426,7 +1439,9 @@ impl Replica {
                 skew,
             });
         }
-        self.report_membership_changes(&members_before);
+        if let Some(before) = members_before {
+            self.report_membership_changes(&before);
+        }
         let peer = self.peers.get_mut(from);
         if let (Some(caught_up), Some(peer)) = (caught_up, peer) {
             peer.digest_outstanding_since_ms = None;
@@ -1525,14 +1540,18 @@ impl Replica {
         chunks
     }
 
-    fn advance_contiguous(&mut self, origin: &NodeId) {
-        let mut counter = self.vv.get(origin);
+    /// Moves `origin`'s vector entry over the records held right after it;
+    /// returns whether it moved.
+    fn advance_contiguous(&mut self, origin: &NodeId) -> bool {
+        let had = self.vv.get(origin);
+        let mut counter = had;
         while self.registry.has_counter(origin, counter + 1) {
             counter += 1;
         }
-        if counter > 0 {
+        if counter > had {
             self.vv.apply(Dot::new(origin.clone(), counter));
         }
+        counter > had
     }
 
     fn report_membership_changes(&mut self, before: &BTreeSet<NodeId>) {
