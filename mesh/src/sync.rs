@@ -1087,12 +1087,7 @@ impl Replica {
     /// way, for the lost-database recovery.
     fn already_has(&self, record: &Record) -> bool {
         let origin = &record.key.origin;
-        *origin != self.self_id
-            && (self.vv.get(origin) >= record.dot.counter
-                || self
-                    .registry
-                    .get(&record.key)
-                    .is_some_and(|held| held.dot == record.dot))
+        *origin != self.self_id && self.has_seen(origin, record.dot.counter)
     }
 
     /// Whether this replica has the record of `origin` numbered `counter`,
@@ -1188,28 +1183,25 @@ impl Replica {
                 peer.lazy.remove(origin);
             }
         }
-        let mut chunks = Vec::new();
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = DELTA_OVERHEAD_BYTES;
+        let mut pushes = Vec::new();
+        let mut chunk = ChunkBuilder::new(
+            self.config.sync_message_bytes_max,
+            self.config.records_per_delta_max,
+        );
         for (origin, after) in &since.dots {
             for record in self.registry.records_after(origin, *after) {
                 let record_bytes = postcard::experimental::serialized_size(record).unwrap_or(0);
-                if !chunk.is_empty()
-                    && (chunk.len() >= self.config.records_per_delta_max
-                        || chunk_bytes + record_bytes > self.config.sync_message_bytes_max)
-                {
-                    chunks.push(std::mem::take(&mut chunk));
-                    chunk_bytes = DELTA_OVERHEAD_BYTES;
+                if !chunk.has_room_for(record_bytes) {
+                    pushes.push(chunk.finish_push());
                 }
-                chunk_bytes += record_bytes;
-                chunk.push(record.clone());
+                chunk.push(record.clone(), record_bytes);
             }
         }
         if !chunk.is_empty() {
-            chunks.push(chunk);
+            pushes.push(chunk.finish_push());
         }
-        for records in chunks {
-            self.send(from.clone(), SyncMessage::Push { records });
+        for push in pushes {
+            self.send(from.clone(), push);
         }
     }
 
@@ -1730,6 +1722,14 @@ impl ChunkBuilder {
         self.covers.apply(Dot::new(origin.clone(), covered));
         if since > 0 {
             self.since.apply(Dot::new(origin.clone(), since));
+        }
+    }
+
+    /// The records gathered so far as a push (no range: a graft's answer).
+    fn finish_push(&mut self) -> SyncMessage {
+        let finished = std::mem::replace(self, ChunkBuilder::new(self.bytes_max, self.records_max));
+        SyncMessage::Push {
+            records: finished.records,
         }
     }
 
