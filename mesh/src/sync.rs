@@ -543,8 +543,9 @@ impl Replica {
             if own {
                 last_own_hlc = last_own_hlc.max(Some(record.hlc));
             }
-            replica.registry.apply(record);
+            replica.registry.apply_unsettled(record);
         }
+        replica.registry.settle_trust();
         let mut base = vv;
         for origin in &dropped_origins {
             base.dots.remove(origin);
@@ -1341,12 +1342,13 @@ impl Replica {
                     continue;
                 }
             }
-            if self.registry.apply(record.clone()) != Applied::Stale {
+            if self.registry.apply_unsettled(record.clone()) != Applied::Stale {
                 useful.insert(origin.clone(), true);
                 touched.insert(origin);
                 accepted.push(record);
             }
         }
+        self.registry.settle_trust();
         if let Some(range) = &delta {
             own_seen = own_seen.max(range.covers.get(&self.self_id));
         }
