@@ -637,6 +637,9 @@ pub struct Registry {
     /// Whether `trust` lags the records (between [`Registry::apply_unsettled`]
     /// and [`Registry::settle_trust`]).
     trust_stale: bool,
+    /// How many times records of each kind changed, so a reader that cares
+    /// about one kind skips the changes of the others.
+    changes: BTreeMap<RecordKind, u64>,
 }
 
 impl Registry {
@@ -651,6 +654,7 @@ impl Registry {
             revocation_records: 0,
             trust: Trust::default(),
             trust_stale: false,
+            changes: BTreeMap::new(),
         }
     }
 
@@ -731,6 +735,27 @@ impl Registry {
     /// Whether any broker revoked `node_id`.
     pub fn is_revoked(&self, node_id: &NodeId) -> bool {
         self.trust.revoked.contains(node_id)
+    }
+
+    /// How many times a record of `kind` was stored or forgotten: a reader
+    /// of one kind compares it with its last look instead of scanning every
+    /// record on every change of the registry.
+    pub fn changes_of(&self, kind: RecordKind) -> u64 {
+        self.changes.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// [`Registry::changes_of`] admissions and revocations together: the
+    /// membership view can have changed only when this did.
+    pub fn trust_changes(&self) -> u64 {
+        self.changes_of(RecordKind::Admission) + self.changes_of(RecordKind::Revocation)
+    }
+
+    /// The stored admission and revocation records (tombstones included),
+    /// without walking the other records.
+    pub fn trust_records(&self) -> impl Iterator<Item = &Record> + '_ {
+        self.trust_keys
+            .iter()
+            .filter_map(|key| self.records.get(key))
     }
 
     /// Whether any admission counts (its author is admitted). Until one
@@ -942,6 +967,7 @@ impl Registry {
             None => Applied::Inserted,
         };
         let key = record.key.clone();
+        *self.changes.entry(key.kind).or_default() += 1;
         self.by_origin
             .entry(key.origin.clone())
             .or_default()
@@ -1020,6 +1046,7 @@ impl Registry {
     /// Forgets a record entirely (tombstone collection).
     pub(crate) fn remove(&mut self, key: &RecordKey) -> Option<Record> {
         let record = self.records.remove(key)?;
+        *self.changes.entry(key.kind).or_default() += 1;
         if let Some(index) = self.by_origin.get_mut(&key.origin) {
             index.remove(&(record.dot.counter, key.clone()));
             if index.is_empty() {

@@ -949,20 +949,17 @@ impl Approvals {
             .into_iter()
             .map(|(_, name, _)| name)
             .collect();
+        // The registry changes with every record of a large mesh: approvals
+        // are scanned only when one of them changed.
+        let mut approvals_looked_at = None;
         loop {
-            let names = self.node_names();
-            let mut present = std::collections::HashSet::new();
-            for (origin, name, body) in self.registry_approvals() {
-                present.insert(name.clone());
-                if origin != self.node_id
-                    && body.state == ApprovalState::Pending
-                    && self.is_member(&origin)
-                    && seen.insert(name.clone())
-                {
-                    self.notify_remote(&self.view_of(&name, &origin, &body, None, &names));
-                }
+            let approvals_changed = self
+                .mesh
+                .with_registry(|registry| registry.changes_of(RecordKind::Approval));
+            if approvals_looked_at != Some(approvals_changed) {
+                approvals_looked_at = Some(approvals_changed);
+                self.notify_new_remote(&mut seen);
             }
-            seen.retain(|name| present.contains(name));
             let now = self.env.now_unix_ms();
             match self
                 .store
@@ -989,17 +986,47 @@ impl Approvals {
                 .map(|at| Duration::from_millis(at.saturating_sub(now)))
                 .unwrap_or(DEADLINE_TICK_MAX)
                 .min(DEADLINE_TICK_MAX);
-            let apply = tokio::select! {
-                Some(id) = to_apply.recv() => Some(id),
-                _ = tokio::time::sleep(next) => None,
-                _ = changed.changed() => None,
-                _ = registry_changed.changed() => None,
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            let sleep = tokio::time::sleep(next);
+            tokio::pin!(sleep);
+            let apply = loop {
+                tokio::select! {
+                    Some(id) = to_apply.recv() => break Some(id),
+                    _ = &mut sleep => break None,
+                    _ = changed.changed() => break None,
+                    _ = registry_changed.changed() => {
+                        let approvals_changed = self
+                            .mesh
+                            .with_registry(|registry| registry.changes_of(RecordKind::Approval));
+                        if approvals_looked_at != Some(approvals_changed) {
+                            break None;
+                        }
+                    }
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
             };
             if let Some(id) = apply {
                 self.apply_one(id).await;
             }
         }
+    }
+
+    /// Notifies each pending approval of another member not notified yet
+    /// (`seen`), and forgets those no longer in the registry.
+    fn notify_new_remote(&self, seen: &mut std::collections::HashSet<String>) {
+        let mut names = None;
+        let mut present = std::collections::HashSet::new();
+        for (origin, name, body) in self.registry_approvals() {
+            present.insert(name.clone());
+            if origin != self.node_id
+                && body.state == ApprovalState::Pending
+                && self.is_member(&origin)
+                && seen.insert(name.clone())
+            {
+                let names = names.get_or_insert_with(|| self.node_names());
+                self.notify_remote(&self.view_of(&name, &origin, &body, None, names));
+            }
+        }
+        seen.retain(|name| present.contains(name));
     }
 
     fn recover(&self) {

@@ -107,6 +107,8 @@ pub struct AddressView {
 #[derive(Debug, Default)]
 pub struct AddressBook {
     entries: BTreeMap<SocketAddr, AddressEntry>,
+    /// Bumped whenever [`Self::dialable_nodes`] may have changed.
+    dialable_version: u64,
 }
 
 impl AddressBook {
@@ -133,10 +135,16 @@ impl AddressBook {
         });
         entry.sources.insert(source);
         entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
-        if node_id.is_some() {
+        if node_id.is_some() && entry.node_id != node_id {
             entry.node_id = node_id;
+            self.dialable_version += 1;
         }
         self.evict();
+    }
+
+    /// A number that changes whenever [`Self::dialable_nodes`] may have.
+    pub fn dialable_version(&self) -> u64 {
+        self.dialable_version
     }
 
     /// Pins the key expected at an address (an inviter's).
@@ -164,6 +172,7 @@ impl AddressBook {
             }
         }
         self.entries.retain(|_, entry| !entry.sources.is_empty());
+        self.dialable_version += 1;
     }
 
     /// At most `limit` addresses due for a dial, marked in flight.
@@ -246,6 +255,7 @@ impl AddressBook {
             return;
         };
         entry.in_flight = false;
+        self.dialable_version += 1;
         match outcome {
             Ok(node_id) => {
                 entry.node_id = Some(node_id);
@@ -269,6 +279,7 @@ impl AddressBook {
     /// of each of its addresses, so they wait their backoff and the node is
     /// not dialable until a dial succeeds or it connects again.
     pub fn lost(&mut self, node_id: &NodeId, error: &str, now: Instant, jitter: f64) {
+        self.dialable_version += 1;
         for entry in self.entries.values_mut() {
             if entry.node_id.as_ref() != Some(node_id) {
                 continue;
@@ -284,6 +295,9 @@ impl AddressBook {
     /// Marks an address as reached (an inbound connection or a hello).
     pub fn reached(&mut self, addr: SocketAddr, node_id: &NodeId, now_ms: u64) {
         if let Some(entry) = self.entries.get_mut(&addr) {
+            if entry.failures > 0 || entry.node_id.as_ref() != Some(node_id) {
+                self.dialable_version += 1;
+            }
             entry.node_id = Some(node_id.clone());
             entry.last_seen_ms = now_ms;
             entry.failures = 0;
@@ -370,6 +384,7 @@ impl AddressBook {
             match oldest {
                 Some(addr) => {
                     self.entries.remove(&addr);
+                    self.dialable_version += 1;
                 }
                 None => break,
             }
@@ -481,6 +496,43 @@ mod tests {
             book.due(now, &node(9), &connected, &HashSet::new(), None, 16)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_dialable_version_moves_whenever_the_dialable_nodes_do() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        let mut last = (book.dialable_version(), book.dialable_nodes());
+        let mut check = |book: &AddressBook, step: &str| {
+            let current = (book.dialable_version(), book.dialable_nodes());
+            if current.1 != last.1 {
+                assert_ne!(
+                    current.0, last.0,
+                    "{step}: the set moved, the version did not"
+                );
+            }
+            last = current;
+        };
+        book.add(addr(1), AddressSource::Seed, None, 0);
+        check(&book, "unknown seed");
+        book.add(addr(1), AddressSource::Learned, Some(node(1)), 0);
+        check(&book, "learned whose it is");
+        book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
+        check(&book, "new node");
+        book.dialed(addr(2), Err("refused".into()), now, 0, 0.5);
+        check(&book, "failed dial");
+        book.reached(addr(2), &node(2), 1);
+        check(&book, "reached");
+        book.lost(&node(1), "timed out", now, 0.5);
+        check(&book, "lost");
+        book.dialed(addr(1), Ok(node(1)), now, 2, 0.5);
+        check(&book, "dial succeeded");
+        book.add(addr(1), AddressSource::Learned, Some(node(3)), 3);
+        check(&book, "address moved to another node");
+        book.retract(AddressSource::Learned, &HashSet::new());
+        check(&book, "retracted");
+        // The seed address stays, now known as node 3's.
+        assert_eq!(book.dialable_nodes(), [node(3)].into());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, ErrorCode, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame,
-    MeshId, NodeId, PROTOCOL_VERSION, RecordBody,
+    MeshId, NodeId, PROTOCOL_VERSION, RecordBody, RecordKind,
 };
 use scout_net::transport::close_code;
 use scout_net::transport::endpoint::{
@@ -948,8 +948,16 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             last_resolve = Some(now);
             resolve_seeds(&shared).await;
         }
-        // The members' addresses, again whenever the registry changed.
-        let registry_now = *shared.changes.borrow();
+        // The members' addresses, again whenever a node record or the
+        // membership changed.
+        let registry_now = {
+            let replica = shared
+                .replica
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let registry = replica.registry();
+            registry.changes_of(RecordKind::Node) + registry.trust_changes()
+        };
         if registry_seen != Some(registry_now) {
             registry_seen = Some(registry_now);
             learn_from_registry(&shared);

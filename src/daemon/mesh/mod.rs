@@ -771,6 +771,14 @@ impl Mesh {
     /// failed is unreachable until a dial succeeds or it connects.
     pub fn reachable(&self) -> Vec<NodeId> {
         let mut reachable: HashSet<NodeId> = self.connected().into_iter().collect();
+        reachable.extend(self.dialable_members());
+        reachable.into_iter().collect()
+    }
+
+    /// Members other than this broker with an address whose last dial did
+    /// not fail. O(members): a caller that polls keeps its copy while
+    /// [`Mesh::dialable_version`] stands.
+    pub fn dialable_members(&self) -> std::collections::BTreeSet<NodeId> {
         let dialable = self
             .shared
             .book
@@ -778,12 +786,24 @@ impl Mesh {
             .unwrap_or_else(|poison| poison.into_inner())
             .dialable_nodes();
         let members: HashSet<NodeId> = self.shared.trust.member_ids().into_iter().collect();
-        reachable.extend(
-            dialable
-                .into_iter()
-                .filter(|id| members.contains(id) && *id != self.shared.identity.node_id),
-        );
-        reachable.into_iter().collect()
+        dialable
+            .into_iter()
+            .filter(|id| members.contains(id) && *id != self.shared.identity.node_id)
+            .collect()
+    }
+
+    /// A number that changes whenever [`Mesh::dialable_members`] may have.
+    /// Read it before the set: a change in between shows as a new version
+    /// at the next look.
+    pub fn dialable_version(&self) -> u64 {
+        let book = self
+            .shared
+            .book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .dialable_version();
+        // Both only grow, so their sum changes whenever either does.
+        book.wrapping_add(self.shared.trust.members_version())
     }
 
     /// Keeps connections to `peers` (owners routing waits on): the dialer

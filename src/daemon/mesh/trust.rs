@@ -45,6 +45,11 @@ struct TrustState {
     pinned: HashSet<[u8; 32]>,
     /// Unix ms until which an unused invite exists.
     join_window_until_ms: u64,
+    /// Bumped whenever the members may have changed.
+    members_version: u64,
+    /// The registry's [`Registry::trust_changes`] the members were last
+    /// computed at.
+    registry_version: Option<u64>,
     /// Whether unknown keys may present a tailnet join at any time
     /// (`discovery.tailscale.admit` is configured).
     tailnet_admit: bool,
@@ -62,7 +67,9 @@ struct RegistryFacts {
 }
 
 impl RegistryFacts {
-    fn of(registry: &Registry) -> RegistryFacts {
+    /// The facts of `registry`; `known` are the members of the last look,
+    /// whose keys were checked then.
+    fn of(registry: &Registry, known: &HashMap<[u8; 32], NodeId>) -> RegistryFacts {
         let members = registry
             .members()
             .iter()
@@ -70,12 +77,13 @@ impl RegistryFacts {
                 let key = registry.admitted_key(id)?;
                 // An admission whose key does not hash to its node id is
                 // ignored: node ids are derived from keys, never chosen.
-                (NodeId::of_public_key(&key) == *id).then(|| (key, id.clone()))
+                let derived = known.get(&key) == Some(id) || NodeId::of_public_key(&key) == *id;
+                derived.then(|| (key, id.clone()))
             })
             .collect();
         let mut revoked = HashSet::new();
         let mut admitted_keys = HashSet::new();
-        for record in registry.records() {
+        for record in registry.trust_records() {
             match (&record.key.kind, &record.body) {
                 (RecordKind::Revocation, _) => {
                     if let Ok(id) = NodeId::parse(&record.key.name) {
@@ -136,11 +144,26 @@ impl MeshTrust {
     /// left alone: [`MeshTrust::refresh_and_settle`] drops them, together
     /// with the address book's and `mesh.json`'s.
     pub fn refresh(&self, registry: &Registry) {
-        let facts = RegistryFacts::of(registry);
-        if let Ok(mut state) = self.state.write() {
-            state.members = facts.members;
-            state.revoked = facts.revoked;
-        }
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        // Always recomputed: the registry may be a new one (a switch of
+        // mesh), whose count of changes says nothing about the last.
+        let version = registry.trust_changes();
+        let facts = RegistryFacts::of(registry, &state.members);
+        state.members = facts.members;
+        state.revoked = facts.revoked;
+        state.members_version += 1;
+        state.registry_version = Some(version);
+    }
+
+    /// A number that changes whenever the members may have: a reader that
+    /// keeps a copy of them refreshes it only then.
+    pub fn members_version(&self) -> u64 {
+        self.state
+            .read()
+            .map(|state| state.members_version)
+            .unwrap_or_default()
     }
 
     /// Recomputes like [`MeshTrust::refresh`] and drops the pins the
@@ -148,16 +171,25 @@ impl MeshTrust {
     /// has just caught up with a peer. Returns the keys unpinned, which the
     /// caller also stops pinning in the address book and `mesh.json`.
     pub fn refresh_and_settle(&self, registry: &Registry, caught_up: bool) -> Vec<[u8; 32]> {
-        let facts = RegistryFacts::of(registry);
         let Ok(mut state) = self.state.write() else {
             return Vec::new();
         };
+        // Admissions and revocations unchanged: nothing to recompute, and
+        // without pins nothing to settle (a large mesh catches up with a
+        // peer often; each look would be O(members)).
+        let version = registry.trust_changes();
+        if state.registry_version == Some(version) && state.pinned.is_empty() {
+            return Vec::new();
+        }
+        let facts = RegistryFacts::of(registry, &state.members);
+        state.registry_version = Some(version);
         let unpinned = settled_pins(&state.pinned, &facts, caught_up);
         for key in &unpinned {
             state.pinned.remove(key);
         }
         state.members = facts.members;
         state.revoked = facts.revoked;
+        state.members_version += 1;
         unpinned
     }
 

@@ -155,7 +155,12 @@ pub struct Driver {
     flight_cancels: HashMap<String, Vec<oneshot::Sender<Result<(), RouteError>>>>,
     /// Executions running, by invocation: send to stop one.
     running: HashMap<String, oneshot::Sender<()>>,
+    /// Peers reachable at the last look (see `refresh_peers`).
     connected: BTreeSet<NodeId>,
+    /// Of those, the ones with a live connection.
+    live: BTreeSet<NodeId>,
+    /// The dialable members at the last look, with their version.
+    dialable: Option<(u64, BTreeSet<NodeId>)>,
     env: Env,
     refusal_log: HashMap<NodeId, u64>,
 }
@@ -226,6 +231,8 @@ impl Driver {
             flight_cancels: HashMap::new(),
             running: HashMap::new(),
             connected: BTreeSet::new(),
+            live: BTreeSet::new(),
+            dialable: None,
             env: parts.env.clone(),
             refusal_log: HashMap::new(),
         })
@@ -290,7 +297,26 @@ impl Driver {
     /// asks the mesh to keep connections to the owners it waits on.
     fn refresh_peers(&mut self) {
         self.mesh.want(self.core.owners_awaited());
-        let now_connected: BTreeSet<NodeId> = self.mesh.reachable().into_iter().collect();
+        // Reachable: connected, or a member that may be dialed. The second
+        // set is as large as the mesh, so it is copied only when its
+        // version moved, and the union is rebuilt only when either changed.
+        let version = self.mesh.dialable_version();
+        let dialable_moved = self
+            .dialable
+            .as_ref()
+            .is_none_or(|(seen, _)| *seen != version);
+        if dialable_moved {
+            self.dialable = Some((version, self.mesh.dialable_members()));
+        }
+        let live: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
+        if !dialable_moved && live == self.live {
+            return;
+        }
+        let mut now_connected = live.clone();
+        if let Some((_, dialable)) = &self.dialable {
+            now_connected.extend(dialable.iter().cloned());
+        }
+        self.live = live;
         let now = self.now();
         for gone in self.connected.difference(&now_connected) {
             self.core.handle_peer_down(gone);
