@@ -406,6 +406,9 @@ impl ReplicaIdentity {
 #[derive(Debug, Clone, Default)]
 struct PeerState {
     caught_up: bool,
+    /// The shell vouches for this peer although the registry may not yet
+    /// ([`Replica::handle_connected_vouched`]).
+    vouched: bool,
     /// When our last digest to this peer left, until its final delta came
     /// back: a second digest meanwhile would only fetch the same records
     /// twice.
@@ -743,17 +746,46 @@ impl Replica {
 
     /// A peer passed the hello and may sync: sends it our digest at once.
     pub fn handle_connected(&mut self, now_ms: u64, peer: NodeId) -> Result<(), PeerRefused> {
+        self.connect(now_ms, peer, false)
+    }
+
+    /// [`Replica::handle_connected`] for a peer the shell vouches for
+    /// although the registry may not name it yet: the inviter or bootstrap
+    /// peer a joining broker was given (pinned until the registry settles
+    /// it). A broker catching up holds part of the admissions, maybe not
+    /// this peer's, and would otherwise ignore the very deltas that bring
+    /// them. Only a revocation in the registry refuses a vouched peer.
+    pub fn handle_connected_vouched(
+        &mut self,
+        now_ms: u64,
+        peer: NodeId,
+    ) -> Result<(), PeerRefused> {
+        self.connect(now_ms, peer, true)
+    }
+
+    fn connect(&mut self, now_ms: u64, peer: NodeId, vouched: bool) -> Result<(), PeerRefused> {
         self.schedule(now_ms);
         if peer == self.self_id {
             return Err(PeerRefused::SelfPeer);
         }
-        if !self.may_sync(&peer) {
+        let admitted = if vouched {
+            !self.registry.is_revoked(&peer)
+        } else {
+            self.registry.may_sync(&peer)
+        };
+        if !admitted {
             return Err(PeerRefused::NotMember { peer });
         }
         if !self.peers.contains_key(&peer) && self.peers.len() >= PEERS_MAX {
             return Err(PeerRefused::TooManyPeers);
         }
-        self.peers.insert(peer.clone(), PeerState::default());
+        self.peers.insert(
+            peer.clone(),
+            PeerState {
+                vouched,
+                ..PeerState::default()
+            },
+        );
         self.send_digest(now_ms, peer);
         Ok(())
     }
@@ -1586,6 +1618,8 @@ impl Replica {
 
     fn may_sync(&self, peer: &NodeId) -> bool {
         self.registry.may_sync(peer)
+            || (self.peers.get(peer).is_some_and(|state| state.vouched)
+                && !self.registry.is_revoked(peer))
     }
 
     fn sync_peers(&self) -> Vec<NodeId> {

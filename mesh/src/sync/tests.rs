@@ -816,6 +816,84 @@ fn a_fresh_replica_syncs_with_anyone_then_only_with_members() {
     ));
 }
 
+/// A mesh of `n` small-chunked replicas in which node 1 admitted every
+/// node, in order, and node `n - 1` (admitted late) holds everything.
+fn admitted_in_order(n: u8) -> Net {
+    let mut net = Net::with(n, small_chunks);
+    for admitted in 1..=n {
+        net.at(1)
+            .put(
+                T0,
+                id(admitted).as_str(),
+                admission_body(1, admitted, admitted),
+            )
+            .unwrap();
+    }
+    net.connect(1, n - 1);
+    net.pump();
+    net
+}
+
+#[test]
+fn a_joiner_catching_up_listens_to_the_peer_it_was_given() {
+    // Node 6 joins through node 5. The first chunk of node 5's delta holds
+    // the admissions of 1 and 2 only: from then on node 6's registry has
+    // admissions, and node 5 is not among them yet.
+    let mut net = admitted_in_order(6);
+    let now_ms = net.now_ms;
+    net.at(5).handle_connected(now_ms, id(6)).unwrap();
+    net.at(6).handle_connected(now_ms, id(5)).unwrap();
+    net.pump();
+    net.anti_entropy_round();
+    assert!(
+        !net.at(6).registry().is_member(&id(5)),
+        "unvouched, the rest of the catch-up is ignored"
+    );
+    assert!(net.events_of(6).iter().any(|event| matches!(
+        event,
+        SyncEvent::MessageIgnored { from, reason: IgnoredReason::NotMember, .. } if *from == id(5)
+    )));
+
+    // Vouched for (the shell pinned it as the bootstrap peer), node 5's
+    // deltas count whatever the partial registry says.
+    let mut net = admitted_in_order(6);
+    net.at(5).handle_connected(now_ms, id(6)).unwrap();
+    net.at(6).handle_connected_vouched(now_ms, id(5)).unwrap();
+    net.pump();
+    assert!(net.at(6).registry().is_member(&id(5)));
+    assert_eq!(net.at(6).state_digest(), net.at(5).state_digest());
+    assert!(
+        net.events_of(6)
+            .contains(&SyncEvent::PeerCaughtUp { peer: id(5) })
+    );
+
+    // A revocation in the registry still refuses a vouched peer.
+    let mut revoked = replica(7);
+    let revocation = net
+        .at(1)
+        .put(
+            now_ms,
+            id(5).as_str(),
+            RecordBody::Revocation(RevocationBody {
+                reason: "stolen".into(),
+                revoked_by: id(1),
+            }),
+        )
+        .unwrap();
+    revoked.handle_connected(now_ms, id(1)).unwrap();
+    revoked.handle_message(
+        now_ms,
+        id(1),
+        SyncMessage::Push {
+            records: vec![revocation],
+        },
+    );
+    assert_eq!(
+        revoked.handle_connected_vouched(now_ms, id(5)),
+        Err(PeerRefused::NotMember { peer: id(5) })
+    );
+}
+
 fn node_body_inner(n: u8) -> NodeBody {
     match node_body(n) {
         RecordBody::Node(body) => body,

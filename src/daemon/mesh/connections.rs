@@ -674,11 +674,19 @@ fn register(
     // disconnect and connect start a fresh digest exchange on the new one.
     // The replica syncs over every connection; the views bound how many
     // there are.
+    // A pinned peer (the inviter or a bootstrap peer of a join) is
+    // vouched for: while this broker catches up, its registry holds part
+    // of the admissions, maybe not this peer's.
+    let vouched = shared.trust.is_pinned(&key);
     let refused = shared.with_replica(|replica| {
         if replaced {
             replica.handle_disconnected(&id);
         }
-        replica.handle_connected(now, id.clone())
+        if vouched {
+            replica.handle_connected_vouched(now, id.clone())
+        } else {
+            replica.handle_connected(now, id.clone())
+        }
     });
     if let Err(refused) = refused {
         tracing::warn!(peer = %hello.node_name, %addr, code = refused.code(), "peer may not sync: {refused}");
