@@ -1104,6 +1104,9 @@ fn describe_patch(patch: &LinkPatch) -> String {
     if let Some(distribution) = patch.distribution {
         parts.push(format!("{distribution:?}").to_lowercase());
     }
+    if patch.latency_per == Some(crate::net::LatencyPer::Link) {
+        parts.push("latency per link".to_owned());
+    }
     if let Some(loss) = patch.loss {
         parts.push(format!("loss {:.0}%", loss * 100.0));
     }

@@ -23,6 +23,22 @@ pub enum LatencyDistribution {
     Pareto,
 }
 
+/// Whether a link's latency is drawn for each datagram or once for the
+/// link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyPer {
+    /// Every datagram draws its own latency, so datagrams of one link
+    /// overtake each other whenever the range is wide: a harsh path, on
+    /// which QUIC reads reordering as loss.
+    #[default]
+    Datagram,
+    /// Each link (both directions of a pair of hosts) draws its latency
+    /// once, like a real path between two machines; its datagrams keep
+    /// their order unless `reorder` holds some back.
+    Link,
+}
+
 /// The largest datagram the default link carries, in bytes: Ethernet's
 /// payload, so QUIC's path MTU discovery (up to 1452 bytes) fits.
 pub const MTU_BYTES_DEFAULT: usize = 1500;
@@ -40,6 +56,8 @@ pub struct LinkRule {
     pub latency_ms_max: f64,
     /// How the latency is drawn.
     pub distribution: LatencyDistribution,
+    /// Whether the latency is drawn per datagram or once per link.
+    pub latency_per: LatencyPer,
     /// Probability that a datagram is lost.
     pub loss: f64,
     /// Probability that a datagram is delivered twice.
@@ -61,6 +79,7 @@ impl Default for LinkRule {
             latency_ms_min: 2.0,
             latency_ms_max: 20.0,
             distribution: LatencyDistribution::Uniform,
+            latency_per: LatencyPer::Datagram,
             loss: 0.0,
             duplicate: 0.0,
             reorder: 0.0,
@@ -75,10 +94,16 @@ impl LinkRule {
     /// Draws one datagram's delay: the latency, plus a reordering delay
     /// when this datagram is picked for one.
     pub fn draw_delay(&self, rng: &mut StdRng) -> Duration {
+        let latency_ms = self.draw_latency_ms(rng);
+        Duration::from_secs_f64(latency_ms / 1000.0) + self.draw_reorder(rng)
+    }
+
+    /// Draws a latency from the range and distribution, in milliseconds.
+    pub fn draw_latency_ms(&self, rng: &mut StdRng) -> f64 {
         let min = self.latency_ms_min.max(0.0);
         let max = self.latency_ms_max.max(min);
         let span = max - min;
-        let latency_ms = match self.distribution {
+        match self.distribution {
             LatencyDistribution::Uniform => min + span * rng.r#gen::<f64>(),
             LatencyDistribution::Normal => {
                 // Box-Muller from two uniforms in (0, 1].
@@ -93,13 +118,17 @@ impl LinkRule {
                 let scale = min.max(0.1);
                 (scale * (1.0 - u).powf(-1.0 / SHAPE) + (min - scale)).clamp(min, max)
             }
-        };
+        }
+    }
+
+    /// Draws the reordering delay: zero unless this datagram is picked.
+    pub fn draw_reorder(&self, rng: &mut StdRng) -> Duration {
         let reorder_ms = if chance(rng, self.reorder) {
             self.reorder_ms.max(0.0) * rng.r#gen::<f64>()
         } else {
             0.0
         };
-        Duration::from_secs_f64((latency_ms + reorder_ms) / 1000.0)
+        Duration::from_secs_f64(reorder_ms / 1000.0)
     }
 }
 
@@ -120,6 +149,9 @@ pub struct LinkPatch {
     /// Latency distribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<LatencyDistribution>,
+    /// Latency drawn per datagram or once per link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_per: Option<LatencyPer>,
     /// Loss probability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
@@ -149,6 +181,9 @@ impl LinkPatch {
         }
         if let Some(distribution) = self.distribution {
             rule.distribution = distribution;
+        }
+        if let Some(latency_per) = self.latency_per {
+            rule.latency_per = latency_per;
         }
         if let Some(loss) = self.loss {
             rule.loss = loss;

@@ -23,13 +23,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use link::{LatencyDistribution, LinkPatch, LinkRule};
+pub use link::{LatencyDistribution, LatencyPer, LinkPatch, LinkRule};
 pub use socket::SimSocket;
 
 use crate::seeds;
@@ -221,6 +222,9 @@ struct State {
     base: LinkTable,
     links: LinkTable,
     rules: BTreeMap<(usize, usize), LinkRule>,
+    /// The latency of each link whose rule draws it once per link
+    /// ([`LatencyPer::Link`]), drawn with the rule and forgotten with it.
+    link_latency: BTreeMap<(usize, usize), Duration>,
     rngs: BTreeMap<(usize, usize), StdRng>,
     blocked: BTreeSet<(usize, usize)>,
     holding: BTreeSet<(usize, usize)>,
@@ -301,6 +305,18 @@ impl State {
         rule
     }
 
+    /// The latency of a link whose rule draws it once per link: the same
+    /// both ways, from its own stream, so it does not move other draws.
+    fn link_latency(&mut self, from: usize, to: usize, rule: &LinkRule) -> Duration {
+        let seed = self.seed;
+        let n_hosts = self.hosts.len() as u64;
+        *self.link_latency.entry((from, to)).or_insert_with(|| {
+            let (low, high) = (from.min(to) as u64, from.max(to) as u64);
+            let mut rng = seeds::rng(seed, "link-latency", low * n_hosts + high);
+            Duration::from_secs_f64(rule.draw_latency_ms(&mut rng) / 1000.0)
+        })
+    }
+
     fn rng(&mut self, from: usize, to: usize) -> &mut StdRng {
         let seed = self.seed;
         let n_hosts = self.hosts.len() as u64;
@@ -314,11 +330,17 @@ impl State {
     fn transmit(&mut self, datagram: Datagram, now: Instant) -> bool {
         let (from, to) = (datagram.from, datagram.to);
         let rule = self.rule(from, to);
+        let per_link =
+            (rule.latency_per == LatencyPer::Link).then(|| self.link_latency(from, to, &rule));
         let rng = self.rng(from, to);
         let lost = link::chance(rng, rule.loss);
-        let delay = rule.draw_delay(rng);
+        let draw_delay = |rng: &mut StdRng| match per_link {
+            Some(latency) => latency + rule.draw_reorder(rng),
+            None => rule.draw_delay(rng),
+        };
+        let delay = draw_delay(rng);
         let duplicated = link::chance(rng, rule.duplicate);
-        let duplicate_delay = rule.draw_delay(rng);
+        let duplicate_delay = draw_delay(rng);
         let event = (from, to, datagram.payload.len(), datagram.id);
         if lost {
             self.record(EventKind::Dropped, Some(DropReason::Loss), event, now);
@@ -432,6 +454,7 @@ impl Network {
                     base: links.clone(),
                     links,
                     rules: BTreeMap::new(),
+                    link_latency: BTreeMap::new(),
                     rngs: BTreeMap::new(),
                     blocked: BTreeSet::new(),
                     holding: BTreeSet::new(),
@@ -612,6 +635,7 @@ impl Network {
         let mut state = self.state();
         state.links.patches.push((from.clone(), to.clone(), patch));
         state.rules.clear();
+        state.link_latency.clear();
     }
 
     /// Puts the links back to the scenario's rules.
@@ -619,6 +643,7 @@ impl Network {
         let mut state = self.state();
         state.links = state.base.clone();
         state.rules.clear();
+        state.link_latency.clear();
     }
 
     /// The counters so far.
@@ -707,5 +732,68 @@ impl Inner {
         if moved {
             self.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `count` datagrams each way between hosts 0 and 1 at one
+    /// instant; returns each direction's delays in sending order.
+    fn delays(latency_per: LatencyPer, count: u64) -> [Vec<Duration>; 2] {
+        let addresses: Vec<SocketAddr> = (1..=2)
+            .map(|host| SocketAddr::from(([10, 0, 0, host], 4433)))
+            .collect();
+        let links = LinkTable {
+            default: LinkRule {
+                latency_ms_min: 20.0,
+                latency_ms_max: 80.0,
+                latency_per,
+                ..LinkRule::default()
+            },
+            patches: Vec::new(),
+        };
+        let network = Network::new(7, &addresses, links);
+        let mut state = network.state();
+        let now = state.start;
+        for id in 0..count {
+            for (from, to) in [(0, 1), (1, 0)] {
+                let datagram = Datagram {
+                    id: id * 2 + from as u64,
+                    from,
+                    to,
+                    source: addresses[from],
+                    payload: vec![0; 100],
+                };
+                state.transmit(datagram, now);
+            }
+        }
+        let mut delays = [Vec::new(), Vec::new()];
+        while let Some(Reverse(scheduled)) = state.queue.pop() {
+            delays[scheduled.datagram.from].push((scheduled.datagram.id, scheduled.at - now));
+        }
+        delays.map(|mut arrived| {
+            let in_arrival_order: Vec<u64> = arrived.iter().map(|(id, _)| *id).collect();
+            arrived.sort_by_key(|(id, _)| *id);
+            let sent_order: Vec<u64> = arrived.iter().map(|(id, _)| *id).collect();
+            if latency_per == LatencyPer::Link {
+                assert_eq!(in_arrival_order, sent_order, "a link keeps its order");
+            }
+            arrived.into_iter().map(|(_, delay)| delay).collect()
+        })
+    }
+
+    #[test]
+    fn a_link_draws_its_latency_once_and_keeps_its_order() {
+        let [forth, back] = delays(LatencyPer::Link, 50);
+        assert!(forth.iter().all(|delay| *delay == forth[0]));
+        assert_eq!(forth, back, "the same latency both ways");
+        let ms = forth[0].as_secs_f64() * 1000.0;
+        assert!((20.0..=80.0).contains(&ms), "{ms}");
+
+        // Per datagram (the default), delays spread over the range.
+        let [forth, _] = delays(LatencyPer::Datagram, 50);
+        assert!(forth.iter().any(|delay| *delay != forth[0]));
     }
 }
