@@ -221,14 +221,18 @@ pub enum Output {
         message: SyncMessage,
     },
     /// Store these records (replacing the stored version of each key) and
-    /// this version vector, in one transaction, before acting on later
-    /// outputs: a change of this replica's own must be durable before it
-    /// is pushed. (Records of other origins relayed along a partial view
+    /// these version vector entries, in one transaction, before acting on
+    /// later outputs: a change of this replica's own must be durable before
+    /// it is pushed. (Records of other origins relayed along a partial view
     /// are sent before their persist: their origins committed them.)
     Persist {
         /// Records newly accepted or changed, in order.
         records: Vec<Record>,
-        /// The replica's version vector after them.
+        /// The entries of the version vector that changed since the last
+        /// persist, with their new values (every entry after a restore):
+        /// set them; an entry not named is unchanged. A vector has an entry
+        /// per origin, so writing it whole on every commit would cost
+        /// O(members) each time.
         vv: VClock<NodeId>,
     },
     /// Delete these tombstones from the store: every member has seen them.
@@ -454,6 +458,8 @@ pub struct Replica {
     /// Each peer's last digest, kept after it disconnects: tombstones are
     /// collected only once every member's vector covers them.
     peer_vvs: BTreeMap<NodeId, VClock<NodeId>>,
+    /// Origins whose vector entry changed since the last persist.
+    vv_changed: BTreeSet<NodeId>,
     /// Set when a peer's digest could not be remembered ([`ORIGINS_MAX`]
     /// distinct peers); collecting tombstones is then unsafe and stops.
     tombstone_collection_blocked: bool,
@@ -489,6 +495,7 @@ impl Replica {
             session_keys: BTreeSet::new(),
             peers: BTreeMap::new(),
             peer_vvs: BTreeMap::new(),
+            vv_changed: BTreeSet::new(),
             tombstone_collection_blocked: false,
             outputs: VecDeque::new(),
             dropped_outputs: 0,
@@ -568,6 +575,7 @@ impl Replica {
                 vv: replica.vv.clone(),
             });
         }
+        replica.vv_changed.clear();
         replica
     }
 
@@ -1058,9 +1066,10 @@ impl Replica {
             let self_id = self.self_id.clone();
             self.advance_contiguous(&self_id);
         }
+        let vv = self.take_vv_changes();
         self.emit(Output::Persist {
             records: vec![record.clone()],
-            vv: self.vv.clone(),
+            vv,
         });
         self.disseminate(now_ms, None, std::slice::from_ref(&record));
         self.report_membership_changes(&members_before);
@@ -1400,6 +1409,7 @@ impl Replica {
                     whole_range_applied = false;
                 } else if *covered > have {
                     self.vv.dots.insert(origin.clone(), *covered);
+                    self.vv_changed.insert(origin.clone());
                     vv_changed = true;
                     touched.insert(origin.clone());
                 }
@@ -1454,9 +1464,10 @@ impl Replica {
             }
         }
         if !accepted.is_empty() || vv_changed {
+            let vv = self.take_vv_changes();
             self.emit(Output::Persist {
                 records: accepted,
-                vv: self.vv.clone(),
+                vv,
             });
         }
         if let Some(skew) = skew {
@@ -1511,9 +1522,10 @@ impl Replica {
         let self_id = self.self_id.clone();
         self.advance_contiguous(&self_id);
         if self.vv.get(&self.self_id) > 0 {
+            let vv = self.take_vv_changes();
             self.emit(Output::Persist {
                 records: Vec::new(),
-                vv: self.vv.clone(),
+                vv,
             });
         }
         self.emit_event(SyncEvent::OwnSequenceRecovered {
@@ -1576,8 +1588,21 @@ impl Replica {
         }
         if counter > had {
             self.vv.apply(Dot::new(origin.clone(), counter));
+            self.vv_changed.insert(origin.clone());
         }
         counter > had
+    }
+
+    /// The vector entries changed since the last persist, for the next.
+    fn take_vv_changes(&mut self) -> VClock<NodeId> {
+        let mut changes = VClock::new();
+        for origin in std::mem::take(&mut self.vv_changed) {
+            let counter = self.vv.get(&origin);
+            if counter > 0 {
+                changes.dots.insert(origin, counter);
+            }
+        }
+        changes
     }
 
     fn report_membership_changes(&mut self, before: &BTreeSet<NodeId>) {

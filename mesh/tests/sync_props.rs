@@ -235,7 +235,7 @@ impl Sim {
                 for record in records {
                     genesis.records.insert(record.key.clone(), record);
                 }
-                genesis.vv = vv;
+                genesis.vv.dots.extend(vv.dots);
             }
         }
         let mut replicas = vec![founder];
@@ -334,7 +334,8 @@ impl Sim {
                         for record in records {
                             store.records.insert(record.key.clone(), record);
                         }
-                        store.vv = vv;
+                        // The entries that changed; the others stay.
+                        store.vv.dots.extend(vv.dots);
                     }
                     Output::Forget { keys } => {
                         for key in keys {

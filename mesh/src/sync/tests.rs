@@ -104,7 +104,7 @@ fn fabric() -> Label {
 struct Drained {
     sends: Vec<(NodeId, SyncMessage)>,
     persisted: Vec<Record>,
-    last_vv: Option<VClock<NodeId>>,
+    persisted_vv: Option<VClock<NodeId>>,
     forgotten: Vec<RecordKey>,
     events: Vec<SyncEvent>,
     order: Vec<&'static str>,
@@ -121,7 +121,12 @@ fn drain(replica: &mut Replica) -> Drained {
             Output::Persist { records, vv } => {
                 drained.order.push("persist");
                 drained.persisted.extend(records);
-                drained.last_vv = Some(vv);
+                // Entries that changed: the store sets them.
+                drained
+                    .persisted_vv
+                    .get_or_insert_with(VClock::new)
+                    .dots
+                    .extend(vv.dots);
             }
             Output::Forget { keys } => {
                 drained.order.push("forget");
@@ -436,7 +441,7 @@ fn push_advances_the_vector_only_when_contiguous() {
     );
     let drained = drain(&mut reader);
     assert_eq!(drained.persisted.len(), 3);
-    assert_eq!(drained.last_vv.unwrap().get(&id(1)), 3);
+    assert_eq!(drained.persisted_vv.unwrap().get(&id(1)), 3);
 }
 
 /// A writer with `n` instance records and a reader connected to it; returns
@@ -816,6 +821,38 @@ fn a_fresh_replica_syncs_with_anyone_then_only_with_members() {
     ));
 }
 
+#[test]
+fn a_persist_names_only_the_vector_entries_that_changed() {
+    let mut net = Net::new(3);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    for n in 1..=3 {
+        let now_ms = net.now_ms;
+        net.at(n).put(now_ms, "", node_body(n)).unwrap();
+    }
+    net.pump();
+    net.anti_entropy_round();
+    assert_eq!(net.at(2).vv().dots.len(), 3);
+    drain(net.at(2));
+
+    let now_ms = net.now_ms;
+    net.at(1)
+        .put(
+            now_ms,
+            &instance_name(1, "fabric", "main"),
+            instance("main", EndpointState::Idle),
+        )
+        .unwrap();
+    let sends = drain(net.at(1)).sends;
+    for (to, message) in sends.into_iter().filter(|(to, _)| *to == id(2)) {
+        net.at(2).handle_message(now_ms, id(1), message);
+        assert_eq!(to, id(2));
+    }
+    let persisted = drain(net.at(2)).persisted_vv.unwrap();
+    assert_eq!(persisted.dots.len(), 1, "{persisted:?}");
+    assert_eq!(persisted.get(&id(1)), 2);
+}
+
 /// A mesh of `n` small-chunked replicas in which node 1 admitted every
 /// node, in order, and node `n - 1` (admitted late) holds everything.
 fn admitted_in_order(n: u8) -> Net {
@@ -1115,7 +1152,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
         )
         .unwrap();
     let drained = drain(&mut original);
-    // The store keeps the newest version of each key, and the last vector.
+    // The store keeps the newest version of each key, and each vector entry's last value.
     let mut stored: BTreeMap<RecordKey, Record> = BTreeMap::new();
     for record in drained.persisted {
         stored.insert(record.key.clone(), record);
@@ -1124,7 +1161,7 @@ fn restore_rebuilds_the_replica_from_the_store() {
         identity(1),
         config(1),
         stored.into_values(),
-        drained.last_vv.unwrap(),
+        drained.persisted_vv.unwrap(),
     );
     assert_eq!(restored.state_digest(), original.state_digest());
     assert_eq!(restored.vv(), original.vv());
@@ -1590,7 +1627,7 @@ fn restore_resigns_own_unsigned_records_and_refetches_others() {
     let own = &drained.persisted[0];
     assert_eq!(own.key.origin, id(1));
     crate::registry::validate(own).unwrap();
-    assert_eq!(drained.last_vv.unwrap().get(&id(2)), 0);
+    assert_eq!(drained.persisted_vv.unwrap().get(&id(2)), 0);
     assert!(drained.events.iter().any(|event| matches!(
         event,
         SyncEvent::RecordRejected { origin, error, .. }

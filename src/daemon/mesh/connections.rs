@@ -53,6 +53,11 @@ const OPENING_STREAMS_MAX: usize = 3;
 /// How often seeds are resolved again (DNS names may move).
 const SEED_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The members' addresses are read from the registry at most this often:
+/// each read is O(members), and while a large mesh forms a node record
+/// changes with every join. A new member's address waits at most this long.
+const LEARN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long an inbound connection may take from the end of its TLS
 /// handshake to the end of its hello (a join included) before it is closed
 /// with `HELLO_TIMEOUT`. A broker on a healthy link needs a few round
@@ -945,6 +950,7 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     let mut last_resolve: Option<tokio::time::Instant> = None;
     let in_flight = Arc::new(Semaphore::new(DIALS_IN_FLIGHT_MAX));
     let mut registry_seen = None;
+    let mut last_learned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -966,8 +972,10 @@ pub async fn dial_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             let registry = replica.registry();
             registry.changes_of(RecordKind::Node) + registry.trust_changes()
         };
-        if registry_seen != Some(registry_now) {
+        let learned_lately = last_learned.is_some_and(|at| now.duration_since(at) < LEARN_INTERVAL);
+        if registry_seen != Some(registry_now) && !learned_lately {
             registry_seen = Some(registry_now);
+            last_learned = Some(now);
             learn_from_registry(&shared);
         }
         super::views::tick(&shared);

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crdts::VClock;
 use quinn::VarInt;
 use scout_mesh::sync::{MemberRemovedReason, Output, SyncEvent};
-use scout_mesh::wire::RecordKind;
+use scout_mesh::wire::{NodeId, RecordKind};
 use scout_net::transport::close_code;
 use tokio::sync::watch;
 
@@ -69,7 +70,7 @@ async fn drain(shared: &Arc<Shared>) {
         // changes (or a delta of many chunks) costs one commit, and nothing
         // after them is acted on before they are durable.
         let mut batch = Vec::new();
-        let mut vv = None;
+        let mut vv: Option<VClock<NodeId>> = None;
         let mut next = None;
         {
             let mut replica = lock(shared);
@@ -79,7 +80,8 @@ async fn drain(shared: &Arc<Shared>) {
                         if batch.len() < PERSIST_BATCH_RECORDS_MAX =>
                     {
                         batch.extend(records);
-                        vv = Some(after);
+                        // Each names the entries it changed: later ones win.
+                        vv.get_or_insert_with(VClock::new).dots.extend(after.dots);
                         handled += 1;
                     }
                     other => {
