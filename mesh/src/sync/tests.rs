@@ -853,10 +853,8 @@ fn a_persist_names_only_the_vector_entries_that_changed() {
     assert_eq!(persisted.get(&id(1)), 2);
 }
 
-/// A mesh of `n` small-chunked replicas in which node 1 admitted every
-/// node, in order, and node `n - 1` (admitted late) holds everything.
-fn admitted_in_order(n: u8) -> Net {
-    let mut net = Net::with(n, small_chunks);
+/// Node 1 admits nodes 1 to `n`, in order, each with key byte `n`.
+fn founder_admits(net: &mut Net, n: u8) {
     for admitted in 1..=n {
         net.at(1)
             .put(
@@ -866,6 +864,13 @@ fn admitted_in_order(n: u8) -> Net {
             )
             .unwrap();
     }
+}
+
+/// A mesh of `n` small-chunked replicas in which node 1 admitted every
+/// node, in order, and node `n - 1` (admitted late) holds everything.
+fn admitted_in_order(n: u8) -> Net {
+    let mut net = Net::with(n, small_chunks);
+    founder_admits(&mut net, n);
     net.connect(1, n - 1);
     net.pump();
     net
@@ -1028,15 +1033,7 @@ fn key_conflicts_are_reported_and_block_membership() {
 #[test]
 fn tombstones_are_collected_once_every_member_has_seen_them() {
     let mut net = Net::new(3);
-    for admitted in 1..=3 {
-        net.at(1)
-            .put(
-                T0,
-                id(admitted).as_str(),
-                admission_body(1, admitted, admitted),
-            )
-            .unwrap();
-    }
+    founder_admits(&mut net, 3);
     net.connect(1, 2);
     net.pump();
     let name = instance_name(1, "fabric", "main");
