@@ -47,9 +47,10 @@ struct TrustState {
     join_window_until_ms: u64,
     /// Bumped whenever the members may have changed.
     members_version: u64,
-    /// The registry's [`Registry::trust_changes`] the members were last
-    /// computed at.
-    registry_version: Option<u64>,
+    /// The registry's [`Registry::trust_changes`] at the last
+    /// [`MeshTrust::refresh_and_settle`] (`None` after a plain refresh,
+    /// which may have been of another registry).
+    settled_version: Option<u64>,
     /// Whether unknown keys may present a tailnet join at any time
     /// (`discovery.tailscale.admit` is configured).
     tailnet_admit: bool,
@@ -149,12 +150,11 @@ impl MeshTrust {
         };
         // Always recomputed: the registry may be a new one (a switch of
         // mesh), whose count of changes says nothing about the last.
-        let version = registry.trust_changes();
         let facts = RegistryFacts::of(registry, &state.members);
         state.members = facts.members;
         state.revoked = facts.revoked;
         state.members_version += 1;
-        state.registry_version = Some(version);
+        state.settled_version = None;
     }
 
     /// A number that changes whenever the members may have: a reader that
@@ -174,15 +174,17 @@ impl MeshTrust {
         let Ok(mut state) = self.state.write() else {
             return Vec::new();
         };
-        // Admissions and revocations unchanged: nothing to recompute, and
-        // without pins nothing to settle (a large mesh catches up with a
-        // peer often; each look would be O(members)).
+        // Admissions and revocations unchanged since the last settling:
+        // nothing to recompute, and no pin settles unless this broker has
+        // just caught up. A joiner's catch-up reports every member it
+        // learns (a thousand in a large mesh); each look would be
+        // O(members).
         let version = registry.trust_changes();
-        if state.registry_version == Some(version) && state.pinned.is_empty() {
+        if state.settled_version == Some(version) && (!caught_up || state.pinned.is_empty()) {
             return Vec::new();
         }
         let facts = RegistryFacts::of(registry, &state.members);
-        state.registry_version = Some(version);
+        state.settled_version = Some(version);
         let unpinned = settled_pins(&state.pinned, &facts, caught_up);
         for key in &unpinned {
             state.pinned.remove(key);
@@ -198,6 +200,8 @@ impl MeshTrust {
     pub fn pin(&self, key: [u8; 32]) {
         if let Ok(mut state) = self.state.write() {
             state.pinned.insert(key);
+            // The registry may settle it already: the next look settles.
+            state.settled_version = None;
         }
     }
 
