@@ -81,9 +81,9 @@ use crate::wire::{NODE_ID_BYTES, SIGNATURE_BYTES, VV_ENTRY_BYTES_MAX, truncate};
 
 pub use crate::hlc::Hlc;
 pub use crate::wire::{
-    AdmissionBody, AdmissionMethod, DefinitionBody, DefinitionEntry, DefinitionValue, InstanceBody,
-    InvalidNodeId, NodeBody, NodeId, Record, RecordBody, RecordKey, RecordKind, RecordSignature,
-    RevocationBody,
+    AdmissionBody, AdmissionMethod, CounterRun, DefinitionBody, DefinitionEntry, DefinitionValue,
+    InstanceBody, InvalidNodeId, ManifestBody, NodeBody, NodeId, Record, RecordBody, RecordKey,
+    RecordKind, RecordSignature, RevocationBody,
 };
 
 pub use crate::wire::ADDRESS_BYTES_MAX;
@@ -102,6 +102,14 @@ pub const RECORD_BODY_BYTES_MAX: usize = 32 * 1024;
 /// tags, lengths and the timestamp.
 pub const RECORD_BYTES_MAX: usize =
     RECORD_BODY_BYTES_MAX + 2 * NODE_ID_BYTES + RECORD_NAME_BYTES_MAX + 32 + SIGNATURE_BYTES + 64;
+
+/// The most runs of live sequence numbers a manifest lists. Each run takes
+/// at most 20 bytes, so a manifest stays under [`RECORD_BODY_BYTES_MAX`]; an
+/// origin whose live records are scattered over more runs writes no
+/// manifest, and its tombstones stay.
+pub const MANIFEST_RUNS_MAX: usize = 1024;
+
+const _: () = assert!(5 + MANIFEST_RUNS_MAX * 20 <= RECORD_BODY_BYTES_MAX);
 
 /// The most mesh addresses a node may announce. A machine with a LAN, a VPN
 /// and a few interfaces has well under this; more is a misconfiguration.
@@ -207,6 +215,9 @@ pub enum InvalidRecord {
     /// A revocation tombstone: revocations are permanent.
     #[error("revocations are permanent and cannot be deleted")]
     RevocationDeleted,
+    /// A manifest tombstone: an origin replaces its manifest, never deletes it.
+    #[error("manifests are replaced, never deleted")]
+    ManifestDeleted,
     /// The record is not signed by its origin: its public key is not the
     /// origin's, or its signature does not verify. Someone other than the
     /// origin wrote it, or it was damaged on the way.
@@ -312,10 +323,11 @@ pub(crate) fn validate_unsigned(record: &Record) -> Result<(), InvalidRecord> {
     }
     validate_name(key)?;
     let Some(body) = &record.body else {
-        if key.kind == RecordKind::Revocation {
-            return Err(InvalidRecord::RevocationDeleted);
-        }
-        return Ok(());
+        return match key.kind {
+            RecordKind::Revocation => Err(InvalidRecord::RevocationDeleted),
+            RecordKind::Manifest => Err(InvalidRecord::ManifestDeleted),
+            _ => Ok(()),
+        };
     };
     if body.kind() != key.kind {
         return Err(InvalidRecord::BodyKindMismatch {
@@ -352,7 +364,40 @@ pub(crate) fn validate_unsigned(record: &Record) -> Result<(), InvalidRecord> {
                 detail,
             })
         }
+        RecordBody::Manifest(manifest) => validate_manifest(manifest, record.dot.counter),
     }
+}
+
+/// Runs ascending, non-empty, apart from each other (so one live set has
+/// one encoding) and below the manifest's own number.
+fn validate_manifest(manifest: &ManifestBody, counter: u64) -> Result<(), InvalidRecord> {
+    check_len("manifest runs", manifest.live.len(), MANIFEST_RUNS_MAX)?;
+    let invalid = |detail: String| InvalidRecord::InvalidField {
+        field: "manifest",
+        detail,
+    };
+    let mut next_free = 1;
+    for run in &manifest.live {
+        let CounterRun { first, len } = *run;
+        if len == 0 {
+            return Err(invalid(format!("the run at {first} is empty")));
+        }
+        if first < next_free {
+            return Err(invalid(format!(
+                "the run at {first} is out of order or touches the one before"
+            )));
+        }
+        let end = first
+            .checked_add(len)
+            .filter(|end| *end <= counter)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the run at {first} reaches past the manifest's own number {counter}"
+                ))
+            })?;
+        next_free = end + 1;
+    }
+    Ok(())
 }
 
 /// Checks one definition value: description size, alias count and labels.
@@ -376,10 +421,11 @@ fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
         detail,
     };
     match key.kind {
-        RecordKind::Node if key.name.is_empty() => Ok(()),
-        RecordKind::Node => Err(invalid(
-            "a node record is named by its origin; its name must be empty".into(),
-        )),
+        RecordKind::Node | RecordKind::Manifest if key.name.is_empty() => Ok(()),
+        RecordKind::Node | RecordKind::Manifest => Err(invalid(format!(
+            "a {} record is named by its origin; its name must be empty",
+            key.kind
+        ))),
         RecordKind::Instance => {
             let name = AgentName::parse(&key.name).map_err(|err| invalid(err.to_string()))?;
             // An instance always names its node; the workspace is optional
@@ -640,6 +686,9 @@ pub struct Registry {
     /// How many times records of each kind changed, so a reader that cares
     /// about one kind skips the changes of the others.
     changes: BTreeMap<RecordKind, u64>,
+    /// Records forgotten because their origin's manifest no longer lists
+    /// them, until [`Registry::take_forgotten`].
+    forgotten: Vec<RecordKey>,
 }
 
 impl Registry {
@@ -655,6 +704,7 @@ impl Registry {
             trust: Trust::default(),
             trust_stale: false,
             changes: BTreeMap::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -955,6 +1005,9 @@ impl Registry {
     /// not once per admission. Until then the membership queries lag; only
     /// record storage may be used in between.
     pub(crate) fn apply_unsettled(&mut self, record: Record) -> Applied {
+        if self.manifest_excludes(&record) {
+            return Applied::Stale;
+        }
         let applied = match self.records.get(&record.key) {
             Some(stored) if !supersedes(&record, stored) => return Applied::Stale,
             Some(stored) => {
@@ -985,13 +1038,66 @@ impl Registry {
                 .map(|node_id| (key.origin.clone(), node_id, body.public_key)),
             _ => None,
         };
+        let manifest = (key.kind == RecordKind::Manifest).then(|| key.origin.clone());
         self.records.insert(key, record);
         if trust_changed && !self.trust_stale {
             let extended =
                 admitted.is_some_and(|(author, node_id, key)| self.admit(author, node_id, key));
             self.trust_stale = !extended;
         }
+        if let Some(origin) = manifest {
+            self.forget_unlisted(&origin);
+        }
         applied
+    }
+
+    /// The stored manifest of `origin`.
+    pub fn manifest(&self, origin: &NodeId) -> Option<(u64, &ManifestBody)> {
+        let key = RecordKey {
+            origin: origin.clone(),
+            kind: RecordKind::Manifest,
+            name: String::new(),
+        };
+        let record = self.records.get(&key)?;
+        match &record.body {
+            Some(RecordBody::Manifest(body)) => Some((record.dot.counter, body)),
+            _ => None,
+        }
+    }
+
+    /// Whether the origin's stored manifest says `record` is gone: numbered
+    /// below the manifest and not listed as live (a tombstone never is).
+    fn manifest_excludes(&self, record: &Record) -> bool {
+        record.key.kind != RecordKind::Manifest
+            && self
+                .manifest(&record.key.origin)
+                .is_some_and(|(counter, manifest)| {
+                    record.dot.counter < counter
+                        && (record.body.is_none() || !manifest.lists(record.dot.counter))
+                })
+    }
+
+    /// Forgets every record of `origin` its manifest excludes.
+    fn forget_unlisted(&mut self, origin: &NodeId) {
+        let Some(index) = self.by_origin.get(origin) else {
+            return;
+        };
+        let gone: Vec<RecordKey> = index
+            .iter()
+            .filter_map(|(_, key)| self.records.get(key))
+            .filter(|record| self.manifest_excludes(record))
+            .map(|record| record.key.clone())
+            .collect();
+        for key in gone {
+            self.forget(&key);
+            self.forgotten.push(key);
+        }
+    }
+
+    /// The keys forgotten because a manifest excludes them since the last
+    /// call, for the shell to delete.
+    pub(crate) fn take_forgotten(&mut self) -> Vec<RecordKey> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Brings the membership view up to date after
@@ -1043,8 +1149,9 @@ impl Registry {
         true
     }
 
-    /// Forgets a record entirely (tombstone collection).
-    pub(crate) fn remove(&mut self, key: &RecordKey) -> Option<Record> {
+    /// Forgets a record entirely, leaving a membership change for
+    /// [`Registry::settle_trust`].
+    fn forget(&mut self, key: &RecordKey) -> Option<Record> {
         let record = self.records.remove(key)?;
         *self.changes.entry(key.kind).or_default() += 1;
         if let Some(index) = self.by_origin.get_mut(&key.origin) {
@@ -1057,7 +1164,7 @@ impl Registry {
             if key.kind == RecordKind::Revocation {
                 self.revocation_records -= 1;
             }
-            self.recompute_trust();
+            self.trust_stale = true;
         }
         Some(record)
     }
@@ -1734,6 +1841,134 @@ mod tests {
             Some(instance_body("main")),
         ));
         assert!(registry.instances().is_empty());
+    }
+
+    fn manifest(origin: u8, counter: u64, live: &[(u64, u64)]) -> Record {
+        let body = ManifestBody {
+            live: live
+                .iter()
+                .map(|(first, len)| CounterRun {
+                    first: *first,
+                    len: *len,
+                })
+                .collect(),
+        };
+        record(
+            origin,
+            counter,
+            RecordKind::Manifest,
+            "",
+            Some(RecordBody::Manifest(body)),
+        )
+    }
+
+    #[test]
+    fn a_manifest_forgets_what_its_origin_no_longer_holds() {
+        let mut registry = registry();
+        registry.apply(record(
+            1,
+            1,
+            RecordKind::Node,
+            "",
+            Some(node_body("laptop")),
+        ));
+        for (counter, workspace) in [(2, "main"), (3, "a"), (4, "b")] {
+            registry.apply(record(
+                1,
+                counter,
+                RecordKind::Instance,
+                &format!("@fabric@laptop#{workspace}"),
+                Some(instance_body(workspace)),
+            ));
+        }
+        // `a` deleted at 5; `b` replaced at 6 (its version 4 never reached
+        // this replica's later copies); the tombstone of `a` is here.
+        registry.apply(record(1, 5, RecordKind::Instance, "@fabric@laptop#a", None));
+        assert_eq!(registry.len(), 4);
+        // The origin holds 1, 2 and 6 (the new `b`) below its manifest at 7.
+        let live = [(1, 2), (6, 1)];
+        assert_eq!(registry.apply(manifest(1, 7, &live)), Applied::Inserted);
+        let names: Vec<&str> = registry
+            .records()
+            .map(|record| record.key.name.as_str())
+            .collect();
+        // The tombstone and the replaced version 4 of `b` are gone; the
+        // manifest and the live ones stay.
+        assert_eq!(names, ["", "@fabric@laptop#main", ""]);
+        let mut forgotten = registry.take_forgotten();
+        forgotten.sort();
+        assert_eq!(
+            forgotten
+                .iter()
+                .map(|key| key.name.as_str())
+                .collect::<Vec<_>>(),
+            ["@fabric@laptop#a", "@fabric@laptop#b"]
+        );
+        // Late copies of what it excludes are refused; what it lists is taken.
+        let late_a = record(
+            1,
+            3,
+            RecordKind::Instance,
+            "@fabric@laptop#a",
+            Some(instance_body("a")),
+        );
+        assert_eq!(registry.apply(late_a), Applied::Stale);
+        let late_tombstone = record(1, 5, RecordKind::Instance, "@fabric@laptop#a", None);
+        assert_eq!(registry.apply(late_tombstone), Applied::Stale);
+        let new_b = record(
+            1,
+            6,
+            RecordKind::Instance,
+            "@fabric@laptop#b",
+            Some(instance_body("b")),
+        );
+        assert_eq!(registry.apply(new_b), Applied::Inserted);
+        // Records numbered after the manifest are not its business.
+        let after = record(1, 8, RecordKind::Instance, "@fabric@laptop#c", None);
+        assert_eq!(registry.apply(after), Applied::Inserted);
+        assert_eq!(registry.instances().len(), 2);
+        // An older manifest changes nothing.
+        assert_eq!(registry.apply(manifest(1, 4, &[(1, 3)])), Applied::Stale);
+    }
+
+    #[test]
+    fn manifests_are_checked() {
+        let code = |record: Record| validate(&record).map_err(|err| err.to_string());
+        assert_eq!(code(manifest(1, 9, &[(1, 2), (5, 4)])), Ok(()));
+        assert_eq!(code(manifest(1, 1, &[])), Ok(()));
+        for (live, what) in [
+            (&[(0, 1)][..], "out of order"),
+            (&[(1, 0)][..], "empty"),
+            (&[(3, 1), (1, 1)][..], "out of order"),
+            (&[(1, 2), (3, 1)][..], "touches"),
+            (&[(1, 2), (2, 3)][..], "out of order"),
+            (&[(5, 5)][..], "reaches past"),
+            (&[(1, u64::MAX)][..], "reaches past"),
+        ] {
+            let err = code(manifest(1, 9, live)).unwrap_err();
+            assert!(err.contains(what), "{live:?}: {err}");
+        }
+        let runs: Vec<(u64, u64)> = (0..=MANIFEST_RUNS_MAX as u64)
+            .map(|n| (2 * n + 1, 1))
+            .collect();
+        assert!(
+            code(manifest(1, 5000, &runs))
+                .unwrap_err()
+                .contains("manifest runs")
+        );
+        assert!(
+            code(record(1, 3, RecordKind::Manifest, "", None))
+                .unwrap_err()
+                .contains("never deleted")
+        );
+        let named = record(
+            1,
+            3,
+            RecordKind::Manifest,
+            "x",
+            Some(RecordBody::Manifest(ManifestBody::default())),
+        );
+        assert!(code(named).unwrap_err().contains("name must be empty"));
     }
 
     #[test]

@@ -86,9 +86,9 @@ use crdts::{CmRDT, Dot, VClock};
 use crate::hlc::{ClockSkew, HlcClock};
 use crate::names::{AgentName, Label};
 use crate::registry::{
-    AdmissionBody, Applied, DefinitionBody, DefinitionValue, InvalidRecord, Record, RecordBody,
-    RecordKey, RecordKind, Registry, contiguous_vv, sign, validate, validate_definition_value,
-    validate_unsigned, verify_signature,
+    AdmissionBody, Applied, CounterRun, DefinitionBody, DefinitionValue, InvalidRecord,
+    MANIFEST_RUNS_MAX, ManifestBody, Record, RecordBody, RecordKey, RecordKind, Registry,
+    contiguous_vv, sign, validate, validate_definition_value, validate_unsigned, verify_signature,
 };
 use crate::rng::SplitMix64;
 use crate::wire::{
@@ -455,14 +455,11 @@ pub struct Replica {
     /// databases).
     session_keys: BTreeSet<RecordKey>,
     peers: BTreeMap<NodeId, PeerState>,
-    /// Each peer's last digest, kept after it disconnects: tombstones are
-    /// collected only once every member's vector covers them.
-    peer_vvs: BTreeMap<NodeId, VClock<NodeId>>,
     /// Origins whose vector entry changed since the last persist.
     vv_changed: BTreeSet<NodeId>,
-    /// Set when a peer's digest could not be remembered ([`ORIGINS_MAX`]
-    /// distinct peers); collecting tombstones is then unsafe and stops.
-    tombstone_collection_blocked: bool,
+    /// A peer holds a manifest of ours this replica lacks (from before a
+    /// lost database): the next round writes a new one over it.
+    manifest_due: bool,
     outputs: VecDeque<Output>,
     dropped_outputs: u64,
     anti_entropy_at_ms: Option<u64>,
@@ -494,9 +491,8 @@ impl Replica {
             clock: HlcClock::new(),
             session_keys: BTreeSet::new(),
             peers: BTreeMap::new(),
-            peer_vvs: BTreeMap::new(),
             vv_changed: BTreeSet::new(),
-            tombstone_collection_blocked: false,
+            manifest_due: false,
             outputs: VecDeque::new(),
             dropped_outputs: 0,
             anti_entropy_at_ms: None,
@@ -529,6 +525,7 @@ impl Replica {
         let mut last_own_hlc = None;
         let mut resigned = Vec::new();
         let mut dropped_origins = BTreeSet::new();
+        let mut stored_keys = Vec::new();
         for mut record in records {
             let own = record.key.origin == replica.self_id;
             if own {
@@ -553,9 +550,17 @@ impl Replica {
             if own {
                 last_own_hlc = last_own_hlc.max(Some(record.hlc));
             }
+            stored_keys.push(record.key.clone());
             replica.registry.apply_unsettled(record);
         }
         replica.registry.settle_trust();
+        // Rows a stored manifest excludes (the process stopped between the
+        // manifest's commit and the forgetting) go now.
+        replica.registry.take_forgotten();
+        let excluded: Vec<RecordKey> = stored_keys
+            .into_iter()
+            .filter(|key| replica.registry.get(key).is_none())
+            .collect();
         let mut base = vv;
         for origin in &dropped_origins {
             base.dots.remove(origin);
@@ -574,6 +579,9 @@ impl Replica {
                 records: resigned,
                 vv: replica.vv.clone(),
             });
+        }
+        if !excluded.is_empty() {
+            replica.emit(Output::Forget { keys: excluded });
         }
         replica.vv_changed.clear();
         replica
@@ -618,11 +626,6 @@ impl Replica {
     /// Peers currently connected.
     pub fn connected_peers(&self) -> impl Iterator<Item = &NodeId> {
         self.peers.keys()
-    }
-
-    /// The version vector of a peer's last digest.
-    pub fn peer_vv(&self, peer: &NodeId) -> Option<&VClock<NodeId>> {
-        self.peer_vvs.get(peer)
     }
 
     /// How many records peers sent that were not signed by their origin
@@ -893,7 +896,7 @@ impl Replica {
                 for peer in peers {
                     self.send(peer, SyncMessage::Summary { hash });
                 }
-                self.collect_tombstones();
+                self.write_manifest_if_due(now_ms);
                 let interval_ms = self.next_interval_ms();
                 self.anti_entropy_at_ms = Some(now_ms.saturating_add(interval_ms));
             }
@@ -902,49 +905,65 @@ impl Replica {
         }
     }
 
-    /// Forgets every tombstone that every member has seen (by its last
-    /// digest), or, before the mesh has admissions, every peer this replica
-    /// ever heard a digest from. Returns how many were collected.
-    pub fn collect_tombstones(&mut self) -> usize {
-        if self.tombstone_collection_blocked {
-            return 0;
-        }
-        let required: Vec<&NodeId> = if self.registry.has_admissions() {
-            self.registry.members().iter().collect()
-        } else {
-            self.peer_vvs.keys().collect()
-        };
-        let mut vvs = Vec::with_capacity(required.len());
-        for node_id in required
-            .into_iter()
-            .filter(|node_id| **node_id != self.self_id)
-        {
-            match self.peer_vvs.get(node_id) {
-                Some(vv) => vvs.push(vv),
-                // A member never heard from may still hold the live version.
-                None => return 0,
+    /// Writes this replica's manifest ([`ManifestBody`]: the sequence
+    /// numbers of its own records that still hold a value) when it holds a
+    /// tombstone of its own, or when a peer showed it an older manifest of
+    /// its own that it lacks. Every replica that takes the manifest forgets
+    /// the origin's tombstones and replaced versions below it, so a
+    /// tombstone lives about one anti-entropy round, whichever members are
+    /// online. Returns the manifest written, if any; none when the live
+    /// records are scattered over more than [`MANIFEST_RUNS_MAX`] runs (the
+    /// tombstones then stay).
+    pub fn write_manifest_if_due(&mut self, now_ms: u64) -> Option<Record> {
+        let mut live: Vec<CounterRun> = Vec::new();
+        let mut tombstones = false;
+        for record in self.registry.records_after(&self.self_id, 0) {
+            if record.key.kind == RecordKind::Manifest {
+                continue;
+            }
+            if record.body.is_none() {
+                tombstones = true;
+                continue;
+            }
+            let counter = record.dot.counter;
+            match live.last_mut() {
+                Some(run) if counter < run.first + run.len => {}
+                Some(run) if counter == run.first + run.len => run.len += 1,
+                _ => live.push(CounterRun {
+                    first: counter,
+                    len: 1,
+                }),
             }
         }
-        let keys: Vec<RecordKey> = self
-            .registry
-            .records()
-            .filter(|record| record.body.is_none())
-            .filter(|record| {
-                let origin = &record.key.origin;
-                let counter = record.dot.counter;
-                self.vv.get(origin) >= counter && vvs.iter().all(|vv| vv.get(origin) >= counter)
-            })
-            .map(|record| record.key.clone())
-            .collect();
+        if !(tombstones || self.manifest_due) || live.len() > MANIFEST_RUNS_MAX {
+            return None;
+        }
+        self.manifest_due = false;
+        let key = RecordKey {
+            origin: self.self_id.clone(),
+            kind: RecordKind::Manifest,
+            name: String::new(),
+        };
+        let body = RecordBody::Manifest(ManifestBody { live });
+        self.write_local(now_ms, key, Some(body), OwnVv::Advance)
+            .ok()
+    }
+
+    /// Hands the keys a manifest made the registry forget to the shell
+    /// (after the persist that may have stored some of them).
+    fn emit_forgotten(&mut self) {
+        let mut keys = self.registry.take_forgotten();
+        // A key forgotten and then written again by the same input (a
+        // message with the manifest before the key's new version) is in
+        // that persist: deleting it after would lose the new version.
+        keys.retain(|key| self.registry.get(key).is_none());
+        if keys.is_empty() {
+            return;
+        }
         for key in &keys {
-            self.registry.remove(key);
             self.session_keys.remove(key);
         }
-        let collected = keys.len();
-        if collected > 0 {
-            self.emit(Output::Forget { keys });
-        }
-        collected
+        self.emit(Output::Forget { keys });
     }
 
     // Helpers below.
@@ -1071,6 +1090,7 @@ impl Replica {
             records: vec![record.clone()],
             vv,
         });
+        self.emit_forgotten();
         self.disseminate(now_ms, None, std::slice::from_ref(&record));
         self.report_membership_changes(&members_before);
         Ok(record)
@@ -1274,14 +1294,11 @@ impl Replica {
         hash
     }
 
-    /// A periodic round's summary: equal means in sync (and the peer's
-    /// vector is ours, for tombstone collection); different starts a digest
-    /// exchange.
+    /// A periodic round's summary: equal means in sync; different starts a
+    /// digest exchange.
     fn on_summary(&mut self, now_ms: u64, from: &NodeId, hash: u64) {
         if hash != self.summary_hash() {
             self.send_digest(now_ms, from.clone());
-        } else if self.peer_vvs.contains_key(from) || self.peer_vvs.len() < ORIGINS_MAX {
-            self.peer_vvs.insert(from.clone(), self.vv.clone());
         }
     }
 
@@ -1289,11 +1306,6 @@ impl Replica {
         let own_seen = peer_vv.get(&self.self_id);
         if own_seen >= self.next_seq {
             self.recover_own_sequence(now_ms, own_seen);
-        }
-        if self.peer_vvs.contains_key(from) || self.peer_vvs.len() < ORIGINS_MAX {
-            self.peer_vvs.insert(from.clone(), peer_vv.clone());
-        } else {
-            self.tombstone_collection_blocked = true;
         }
         for chunk in self.delta_chunks(&peer_vv) {
             self.send(from.clone(), chunk);
@@ -1380,6 +1392,16 @@ impl Replica {
             if origin == self.self_id {
                 own_seen = own_seen.max(record.dot.counter);
                 if self.session_keys.contains(&record.key) {
+                    continue;
+                }
+                if record.key.kind == RecordKind::Manifest {
+                    // A manifest of ours this replica lacks is from before
+                    // a lost database: it would forget what was written
+                    // since. Never taken; the next round writes over it.
+                    let held = self.registry.manifest(&self.self_id);
+                    if held.is_none_or(|(counter, _)| counter < record.dot.counter) {
+                        self.manifest_due = true;
+                    }
                     continue;
                 }
             }
@@ -1470,6 +1492,7 @@ impl Replica {
                 vv,
             });
         }
+        self.emit_forgotten();
         if let Some(skew) = skew {
             self.emit_event(SyncEvent::ClockSkew {
                 from: from.clone(),
@@ -1508,6 +1531,12 @@ impl Replica {
             .collect();
         let mut reissued = 0;
         for key in stale {
+            if key.kind == RecordKind::Manifest {
+                // Its runs name the numbers being replaced: a fresh one is
+                // written next round, once the rest carry their new numbers.
+                self.manifest_due = true;
+                continue;
+            }
             let body = self
                 .registry
                 .get(&key)
@@ -1632,12 +1661,6 @@ impl Replica {
                 node_id: node_id.clone(),
                 reason,
             });
-        }
-        if self.registry.has_admissions() {
-            // Former members no longer hold back tombstone collection.
-            let registry = &self.registry;
-            self.peer_vvs
-                .retain(|node_id, _| registry.is_member(node_id));
         }
     }
 

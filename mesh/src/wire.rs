@@ -47,11 +47,12 @@ use crate::lifecycle::{EndpointState, Harness};
 /// added `worktrees` to instance records. Version 4 added approval
 /// records and the frames that decide them. Version 5 added the partial
 /// views' frames and tree dissemination (`IHave`, `Graft`, `Prune`).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version 6 added manifest records ([`ManifestBody`]).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/5";
+pub const ALPN: &[u8] = b"scout-mesh/6";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -244,6 +245,9 @@ pub enum RecordKind {
     /// A request for a person's decision, owned by the broker running the
     /// agent that asked. Named by the approval id (`apr_` and hex).
     Approval,
+    /// The origin's list of its own live records: which of its sequence
+    /// numbers below the manifest's own still hold a value. Named `""`.
+    Manifest,
 }
 
 impl RecordKind {
@@ -255,6 +259,7 @@ impl RecordKind {
         RecordKind::Revocation,
         RecordKind::Definition,
         RecordKind::Approval,
+        RecordKind::Manifest,
     ];
 
     /// The lower-case word for this kind.
@@ -266,6 +271,7 @@ impl RecordKind {
             RecordKind::Revocation => "revocation",
             RecordKind::Definition => "definition",
             RecordKind::Approval => "approval",
+            RecordKind::Manifest => "manifest",
         }
     }
 }
@@ -413,6 +419,8 @@ pub enum RecordBody {
     Definition(DefinitionBody),
     /// See [`ApprovalBody`].
     Approval(ApprovalBody),
+    /// See [`ManifestBody`].
+    Manifest(ManifestBody),
 }
 
 impl RecordBody {
@@ -425,6 +433,7 @@ impl RecordBody {
             RecordBody::Revocation(_) => RecordKind::Revocation,
             RecordBody::Definition(_) => RecordKind::Definition,
             RecordBody::Approval(_) => RecordKind::Approval,
+            RecordBody::Manifest(_) => RecordKind::Manifest,
         }
     }
 }
@@ -573,6 +582,39 @@ pub struct RevocationBody {
     pub reason: String,
     /// The node that revoked it; always the record's origin.
     pub revoked_by: NodeId,
+}
+
+/// What an origin still holds: the sequence numbers, below the manifest
+/// record's own, of its records that have a value, as runs in ascending
+/// order. Every other record of the origin numbered below the manifest is
+/// gone (deleted, or replaced by a newer version of its key), so a replica
+/// holding the manifest forgets such a record, tombstones included, and
+/// refuses it if it arrives later: this is how tombstones are collected
+/// without hearing from every member (see `scout_mesh::sync`). Signed by
+/// the origin like every record, so only it can say what it deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ManifestBody {
+    /// Ascending, neither overlapping nor touching, all below the
+    /// manifest's own sequence number.
+    pub live: Vec<CounterRun>,
+}
+
+impl ManifestBody {
+    /// Whether the origin's record numbered `counter` (below the
+    /// manifest's own number) still holds a value.
+    pub fn lists(&self, counter: u64) -> bool {
+        let idx = self.live.partition_point(|run| run.first <= counter);
+        idx > 0 && counter - self.live[idx - 1].first < self.live[idx - 1].len
+    }
+}
+
+/// `len` consecutive sequence numbers from `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRun {
+    /// The first number of the run.
+    pub first: u64,
+    /// How many numbers it holds (at least one).
+    pub len: u64,
 }
 
 /// One value of a shared agent definition.

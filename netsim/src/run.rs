@@ -1368,11 +1368,17 @@ fn worktree_instances(node: &SimNode) -> Vec<(String, String)> {
 }
 
 /// Whether `registry` holds the write (its record, or a newer version of
-/// the key; for a delete, a collected tombstone counts).
+/// the key; for a delete, a collected tombstone counts; a manifest of the
+/// origin numbered above the write says what became of it).
 fn holds(registry: &Registry, write: &PendingWrite) -> bool {
     match registry.get(&write.key) {
         Some(record) => record.dot.counter >= write.counter,
-        None => write.deleted,
+        None => {
+            write.deleted
+                || registry
+                    .manifest(&write.key.origin)
+                    .is_some_and(|(counter, _)| counter > write.counter)
+        }
     }
 }
 

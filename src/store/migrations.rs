@@ -78,7 +78,34 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "flight output appended in chunks",
         sql: SCHEMA_V9,
     },
+    Migration {
+        version: 10,
+        name: "manifest records in the registry",
+        sql: SCHEMA_V10,
+    },
 ];
+
+/// The registry's kind list gains `manifest`: an origin's list of its live
+/// records, which replaces waiting for every member before a tombstone is
+/// collected. SQLite cannot change a CHECK in place, so the table is
+/// rebuilt with its rows (as in version 6).
+const SCHEMA_V10: &str = r#"
+CREATE TABLE registry_records_v10 (
+    origin         TEXT NOT NULL CHECK (length(origin) = 32),
+    kind           TEXT NOT NULL CHECK (kind IN
+                   ('node', 'instance', 'admission', 'revocation', 'definition', 'approval',
+                    'manifest')),
+    name           TEXT NOT NULL,
+    counter        INTEGER NOT NULL CHECK (counter >= 1),
+    tombstone      INTEGER NOT NULL CHECK (tombstone IN (0, 1)),
+    record         BLOB NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (origin, kind, name)
+) STRICT;
+INSERT INTO registry_records_v10 SELECT * FROM registry_records;
+DROP TABLE registry_records;
+ALTER TABLE registry_records_v10 RENAME TO registry_records;
+"#;
 
 /// A flight's output grows by appending chunks as the agent writes, instead
 /// of rewriting the whole value: SQLite rewrites a TEXT value (and every
@@ -584,7 +611,7 @@ mod tests {
             words(WorkOrderState::ALL)
         );
         assert_eq!(
-            check_list("CREATE TABLE registry_records_v6", "kind"),
+            check_list("CREATE TABLE registry_records_v10", "kind"),
             words(scout_mesh::wire::RecordKind::ALL)
         );
         assert_eq!(

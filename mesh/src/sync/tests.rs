@@ -177,6 +177,11 @@ impl Net {
         self.at(b).handle_connected(now_ms, id(a)).unwrap();
     }
 
+    fn disconnect(&mut self, a: u8, b: u8) {
+        self.at(a).handle_disconnected(&id(b));
+        self.at(b).handle_disconnected(&id(a));
+    }
+
     /// Delivers messages until none is left; returns how many were delivered.
     fn pump(&mut self) -> usize {
         let mut delivered = 0;
@@ -705,6 +710,71 @@ fn a_broker_that_lost_its_database_resumes_above_its_old_numbers() {
 }
 
 #[test]
+fn a_broker_that_lost_its_database_writes_a_new_manifest_over_its_old_one() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    for ws in ["a", "b", "c"] {
+        net.at(1)
+            .put(
+                T0,
+                &instance_name(1, "fabric", ws),
+                instance(ws, EndpointState::Idle),
+            )
+            .unwrap();
+    }
+    let gone = instance_name(1, "fabric", "b");
+    net.at(1).delete(T0, RecordKind::Instance, &gone).unwrap();
+    net.pump();
+    net.anti_entropy_round();
+    let (old_manifest, _) = net.at(2).registry().manifest(&id(1)).unwrap();
+    assert_eq!(old_manifest, 5);
+
+    // Broker 1 restarts with an empty database and writes under numbers
+    // its old manifest covers.
+    net.at(2).handle_disconnected(&id(1));
+    net.replicas[0] = replica(1);
+    let fresh = net
+        .at(1)
+        .put(
+            T0 + 10,
+            &instance_name(1, "fabric", "x"),
+            instance("x", EndpointState::Working),
+        )
+        .unwrap();
+    assert_eq!(fresh.dot.counter, 1);
+    drain(net.at(1));
+    net.connect(1, 2);
+    net.pump();
+    // Its old manifest came back in the catch-up: not taken (it would
+    // forget what was written since), and the next round writes over it.
+    net.anti_entropy_round();
+    net.anti_entropy_round();
+    for n in 1..=2 {
+        let registry = net.at(n).registry();
+        let (manifest, _) = registry.manifest(&id(1)).unwrap();
+        assert!(
+            manifest > old_manifest,
+            "replica {n}: manifest at {manifest}"
+        );
+        let names: Vec<String> = registry
+            .instances()
+            .iter()
+            .map(|entry| entry.name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                instance_name(1, "fabric", "a"),
+                instance_name(1, "fabric", "c"),
+                instance_name(1, "fabric", "x")
+            ],
+            "replica {n}"
+        );
+    }
+    assert_eq!(net.at(1).state_digest(), net.at(2).state_digest());
+}
+
+#[test]
 fn concurrent_definition_edits_are_both_visible_until_a_later_edit() {
     let mut net = Net::new(2);
     net.at(1)
@@ -1031,15 +1101,23 @@ fn key_conflicts_are_reported_and_block_membership() {
 }
 
 #[test]
-fn tombstones_are_collected_once_every_member_has_seen_them() {
+fn tombstones_go_with_their_origins_manifest_whoever_is_offline() {
     let mut net = Net::new(3);
     founder_admits(&mut net, 3);
     net.connect(1, 2);
+    net.connect(2, 3);
     net.pump();
     let name = instance_name(1, "fabric", "main");
-    net.at(1)
+    let live = net
+        .at(1)
         .put(T0, &name, instance("main", EndpointState::Idle))
         .unwrap();
+    net.pump();
+    // Pushes are not forwarded on a full mesh: anti-entropy brings it to 3.
+    net.anti_entropy_round();
+    assert_eq!(net.at(3).registry().get(&live.key), Some(&live));
+    // 3 goes offline holding the live instance; 1 deletes it.
+    net.disconnect(2, 3);
     let tombstone = net
         .at(1)
         .delete(T0 + 1, RecordKind::Instance, &name)
@@ -1054,25 +1132,38 @@ fn tombstones_are_collected_once_every_member_has_seen_them() {
             .is_tombstone()
     );
 
-    // Member 3 has never sent a digest: nothing may be collected.
-    assert_eq!(net.at(1).collect_tombstones(), 0);
-    net.connect(1, 3);
-    net.connect(2, 3);
-    net.pump();
-    // 1 knows 3's digest from before it had the tombstone.
-    assert_eq!(net.at(1).collect_tombstones(), 0);
-    // One round's digests show everyone has it; the next round collects it.
+    // The next round, 1 writes its manifest; 1 and 2 forget the tombstone
+    // although member 3 never heard of it.
     net.anti_entropy_round();
-    net.anti_entropy_round();
-    for n in 1..=3 {
+    let (counter, _) = net.at(1).registry().manifest(&id(1)).unwrap();
+    assert_eq!(counter, tombstone.dot.counter + 1);
+    for n in 1..=2 {
         assert!(
             net.at(n).registry().get(&tombstone.key).is_none(),
             "replica {n}"
         );
+        assert!(net.forgotten[usize::from(n) - 1].contains(&tombstone.key));
     }
+    // Nothing is left to collect, so the next round writes no manifest.
+    let now_ms = net.now_ms;
+    assert!(net.at(1).write_manifest_if_due(now_ms).is_none());
+
+    // 3 comes back: the manifest in its catch-up makes it forget the
+    // instance it holds, with no tombstone left anywhere to tell it.
+    net.connect(2, 3);
     net.pump();
-    assert!(net.forgotten[0].contains(&tombstone.key));
+    assert!(net.at(3).registry().get(&tombstone.key).is_none());
+    assert!(net.forgotten[2].contains(&tombstone.key));
     assert_eq!(net.at(1).state_digest(), net.at(3).state_digest());
+    // A late copy of the live version, from anyone, stays out.
+    net.at(3).handle_message(
+        now_ms,
+        id(2),
+        SyncMessage::Push {
+            records: vec![live],
+        },
+    );
+    assert!(net.at(3).registry().get(&tombstone.key).is_none());
 }
 
 #[test]
