@@ -974,13 +974,19 @@ impl Registry {
 
     /// A deterministic hash of the live records (FNV-1a over their postcard
     /// encodings in key order). Tombstones are left out because brokers
-    /// collect them at different times. Equal digests mean equal live sets
-    /// (barring a 64-bit collision).
+    /// collect them at different times, and manifests because they are
+    /// how tombstones are collected: an origin writes one whenever its next
+    /// round comes after a delete, which changes no fact a user sees.
+    /// Equal digests mean equal live sets (barring a 64-bit collision).
     pub fn state_digest(&self) -> u64 {
         const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
         let mut hash = FNV_OFFSET;
-        for record in self.records.values().filter(|record| record.body.is_some()) {
+        let facts = self
+            .records
+            .values()
+            .filter(|record| record.body.is_some() && record.key.kind != RecordKind::Manifest);
+        for record in facts {
             let bytes = postcard::to_allocvec(record).unwrap_or_default();
             // The length first, so that record boundaries are part of the hash.
             for byte in (bytes.len() as u64).to_le_bytes().iter().chain(&bytes) {

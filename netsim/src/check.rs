@@ -263,8 +263,12 @@ pub fn formed(checks: &mut Vec<CheckResult>, formed: bool, errors: &[String]) {
 
 /// `connections_bounded`: no broker held more connections at any sample
 /// than its active view and its on-demand connections allow.
-pub fn connections_bounded(checks: &mut Vec<CheckResult>, max: &(usize, String, u64)) {
-    let bound = scout_mesh::views::ACTIVE_VIEW_MAX + scout::daemon::mesh::views::ON_DEMAND_MAX;
+pub fn connections_bounded(
+    checks: &mut Vec<CheckResult>,
+    max: &(usize, String, u64),
+    views: scout_mesh::views::ViewSizes,
+) {
+    let bound = scout::daemon::mesh::views::connections_max(views);
     let (count, node, at_ms) = max;
     let failure = (*count > bound)
         .then(|| format!("{node} held {count} connections at {at_ms} ms; the bound is {bound}"));

@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     pub sync: SyncConfig,
     /// Transport timeouts.
     pub transport: TransportConfig,
+    /// Partial view sizes.
+    pub views: scout_mesh::views::ViewSizes,
     /// How long the in-process agents work on an invocation.
     pub work: WorkTime,
     /// Where every node's agents log their executions.
@@ -224,6 +226,7 @@ impl SimNode {
             )),
             sync: Some(config.sync.clone()),
             transport: Some(config.transport.clone()),
+            views: Some(config.views),
             serve_http: false,
             watch_config: false,
             store: StoreOptions {

@@ -23,7 +23,7 @@ use scout_mesh::registry::founder_of;
 use scout_mesh::sync::{Replica, ReplicaIdentity, SyncConfig};
 use scout_mesh::views::ACTIVE_VIEW_MAX;
 use scout_mesh::wire::{
-    AdmissionBody, AdmissionMethod, DefinitionValue, RecordBody, RecordKey, RecordKind,
+    AdmissionBody, AdmissionMethod, DefinitionValue, NodeId, RecordBody, RecordKey, RecordKind,
 };
 use scout_net::transport::TransportConfig;
 use tokio::time::Instant;
@@ -62,10 +62,12 @@ const IDLE_WINDOW_MIN_MS: u64 = 10_000;
 const FORMATION_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// Active peers every broker must have for the mesh to count as formed
-/// (fewer in a mesh with fewer other brokers): enough that the views form
-/// one connected graph, short of a full view, which the views fill over
-/// the following shuffles.
-const FORMATION_ACTIVE_MIN: usize = 3;
+/// (fewer in a mesh with fewer other brokers), with the active views
+/// forming one connected graph: short of a full view, which the views fill
+/// over the following shuffles. Two, not more: with small views a broker
+/// whose other peers are all full may keep two for good (views of 5 among
+/// 9 brokers), connected all the same.
+const FORMATION_ACTIVE_MIN: usize = 2;
 
 /// How long a broker with work in flight gets to stop at the end of a run.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -272,6 +274,8 @@ impl<'p> Sim<'p> {
                 seed,
                 sync,
                 transport,
+                // Checked when the scenario was planned.
+                views: scenario.views.sizes().unwrap_or_default(),
                 work: WorkTime {
                     min_ms: scenario.invocations.work_ms[0],
                     max_ms: scenario.invocations.work_ms[1],
@@ -465,7 +469,8 @@ impl<'p> Sim<'p> {
     /// What keeps the mesh from being formed, or `None` once every node
     /// knows every member and node record, holds the same registry, and
     /// has a few peers in its active view (all of them in a mesh small
-    /// enough for one view to hold everyone, up to [`FORMATION_ACTIVE_MIN`]).
+    /// enough for one view to hold everyone, up to [`FORMATION_ACTIVE_MIN`]),
+    /// and the active views form one connected graph.
     fn formation_gap(&self) -> Option<String> {
         let n_nodes = self.nodes.len();
         let peers_wanted = (n_nodes - 1).min(FORMATION_ACTIVE_MIN);
@@ -496,7 +501,47 @@ impl<'p> Sim<'p> {
             }
             digests.insert(digest);
         }
-        (digests.len() > 1).then(|| format!("{} distinct registries", digests.len()))
+        if digests.len() > 1 {
+            return Some(format!("{} distinct registries", digests.len()));
+        }
+        self.views_split()
+    }
+
+    /// Whether the running nodes' active views fall into more than one
+    /// connected group: the size of the group of the first node, if so.
+    fn views_split(&self) -> Option<String> {
+        let index: BTreeMap<&NodeId, usize> = self
+            .nodes
+            .iter()
+            .map(|node| (&node.node_id, node.idx))
+            .collect();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|idx| self.nodes[*idx].mesh().is_some())
+            .collect();
+        let first = *running.first()?;
+        let mut seen = BTreeSet::from([first]);
+        let mut todo = vec![first];
+        while let Some(idx) = todo.pop() {
+            let Some(mesh) = self.nodes[idx].mesh() else {
+                continue;
+            };
+            for peer in mesh.active_view() {
+                if let Some(&peer_idx) = index.get(&peer)
+                    && self.nodes[peer_idx].mesh().is_some()
+                    && seen.insert(peer_idx)
+                {
+                    todo.push(peer_idx);
+                }
+            }
+        }
+        (seen.len() < running.len()).then(|| {
+            format!(
+                "the active views are split: {} of {} running nodes reach {}",
+                seen.len(),
+                running.len(),
+                self.nodes[first].name
+            )
+        })
     }
 
     /// For a mesh that did not form: the nodes that know the fewest node
@@ -1099,7 +1144,7 @@ impl<'p> Sim<'p> {
         };
         let mut checks = Vec::new();
         check::formed(&mut checks, formed, &self.errors);
-        check::connections_bounded(&mut checks, &self.max_connections);
+        check::connections_bounded(&mut checks, &self.max_connections, self.config.views);
         if formed {
             check::replicas_converge(&mut checks, &expected, &finals);
             check::convergence_bound(&mut checks, &convergence, &self.samples);

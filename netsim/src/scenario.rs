@@ -60,6 +60,10 @@ pub struct Scenario {
     /// Transport timeouts of every broker (default: production's).
     #[serde(default, skip_serializing_if = "TransportSpec::is_default")]
     pub transport: TransportSpec,
+    /// Partial view sizes of every broker (default: production's, 7 and
+    /// 30). Smaller ones make a handful of brokers a partial mesh.
+    #[serde(default, skip_serializing_if = "ViewsSpec::is_default")]
+    pub views: ViewsSpec,
     /// Random operations drawn from the workload stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadSpec>,
@@ -136,6 +140,33 @@ pub struct SyncSpec {
 impl SyncSpec {
     fn is_default(&self) -> bool {
         *self == SyncSpec::default()
+    }
+}
+
+/// Partial view sizes (`[views]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewsSpec {
+    /// Most active peers (connections kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<usize>,
+    /// Most passive peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<usize>,
+}
+
+impl ViewsSpec {
+    fn is_default(&self) -> bool {
+        *self == ViewsSpec::default()
+    }
+
+    /// The sizes this asks for, checked.
+    pub fn sizes(&self) -> Result<scout_mesh::views::ViewSizes, String> {
+        let default = scout_mesh::views::ViewSizes::default();
+        scout_mesh::views::ViewSizes::new(
+            self.active.unwrap_or(default.active()),
+            self.passive.unwrap_or(default.passive()),
+        )
     }
 }
 
@@ -684,6 +715,9 @@ impl Scenario {
         if self.nodes.names.is_some() && self.nodes.count.is_some() {
             return Err(invalid("nodes: give `count` or `names`, not both".into()));
         }
+        self.views
+            .sizes()
+            .map_err(|err| invalid(format!("views: {err}")))?;
         let names = self.node_names();
         if names.is_empty() || names.len() > NODES_MAX {
             return Err(invalid(format!(

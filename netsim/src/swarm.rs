@@ -16,11 +16,11 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::check::CheckResult;
-use crate::net::{LatencyDistribution, LinkPatch};
+use crate::net::{LatencyDistribution, LatencyPer, LinkPatch};
 use crate::run::{self, RunOptions};
 use crate::scenario::{
     ChecksSpec, FaultEntry, FlapSpec, HealSpec, LinkFaultSpec, MixSpec, NodesSpec, RestartSpec,
-    Scenario, Sides, SkewSpec, WorkloadSpec, WorktreesSpec,
+    Scenario, Sides, SkewSpec, ViewsSpec, WorkloadSpec, WorktreesSpec,
 };
 use crate::seeds;
 
@@ -56,6 +56,17 @@ pub const SWARM_WORKTREES_EVERY: u64 = 2;
 /// few worktrees without its git calls costing the swarm noticeable time.
 pub const SWARM_NEW_WORKSPACE_WEIGHT: u32 = 1;
 
+/// The view sizes a swarm schedule draws from, (active, passive): the
+/// smallest the views accept, one more, and production's.
+pub const SWARM_VIEW_SIZES: [(usize, usize); 3] = [
+    (scout_mesh::views::ACTIVE_VIEW_MIN, 8),
+    (scout_mesh::views::ACTIVE_VIEW_MIN + 1, 12),
+    (
+        scout_mesh::views::ACTIVE_VIEW_MAX,
+        scout_mesh::views::PASSIVE_VIEW_MAX,
+    ),
+];
+
 /// Brokers in a swarm scenario at most (each seed runs real QUIC stacks).
 pub const SWARM_NODES_MAX: usize = 32;
 
@@ -71,9 +82,21 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
         LatencyDistribution::Normal,
         LatencyDistribution::Pareto,
     ];
+    // The shape of the mesh comes from a stream of its own, so the faults
+    // and the workload a seed draws stay what they were: views of 4 or 5
+    // make 6 to 9 brokers a partial mesh (7 is production's), and links
+    // either draw a latency per datagram or keep one per pair of hosts.
+    let mut shape = seeds::rng(seed, "swarm-shape", 0);
+    let (active, passive) = SWARM_VIEW_SIZES[shape.gen_range(0..SWARM_VIEW_SIZES.len())];
+    let latency_per = if shape.gen_bool(0.5) {
+        LatencyPer::Link
+    } else {
+        LatencyPer::Datagram
+    };
     let links = LinkPatch {
         latency_ms: Some([latency_low, latency_high]),
         distribution: Some(distributions[rng.gen_range(0..distributions.len())]),
+        latency_per: Some(latency_per),
         ..LinkPatch::default()
     };
     let mut faults: Vec<FaultEntry> = Vec::new();
@@ -274,6 +297,10 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
         link_rules: Vec::new(),
         sync: Default::default(),
         transport: Default::default(),
+        views: ViewsSpec {
+            active: Some(active),
+            passive: Some(passive),
+        },
         workload: Some(WorkloadSpec {
             start_ms: 0,
             stop_ms: heal_at,

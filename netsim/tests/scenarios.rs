@@ -208,6 +208,15 @@ count = 2
     );
     let too_many = parse("[worktrees]\nworkspaces = 1000\n").unwrap_err();
     assert!(too_many.to_string().contains("workspaces"), "{too_many}");
+    assert!(parse("[views]\nactive = 4\npassive = 8\n").is_ok());
+    let tiny_view = parse("[views]\nactive = 3\n").unwrap_err();
+    assert_eq!(tiny_view.code(), "SCENARIO_INVALID");
+    assert!(
+        tiny_view
+            .to_string()
+            .contains("views: an active view holds 4 to 16"),
+        "{tiny_view}"
+    );
 }
 
 #[test]

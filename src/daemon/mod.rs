@@ -145,6 +145,8 @@ pub struct BrokerOptions {
     pub sync: Option<scout_mesh::sync::SyncConfig>,
     /// Transport timeouts (default: the production ones).
     pub transport: Option<scout_net::transport::TransportConfig>,
+    /// Partial view sizes (default: [`scout_mesh::views::ViewSizes::default`]).
+    pub views: Option<scout_mesh::views::ViewSizes>,
     /// Bind and serve the HTTP surface (default true). Without it the
     /// broker writes no `broker.json` and announces HTTP port 0; netsim's
     /// brokers are driven in-process and need no listener.
@@ -171,6 +173,7 @@ impl Default for BrokerOptions {
             env: None,
             sync: None,
             transport: None,
+            views: None,
             serve_http: true,
             watch_config: true,
             store: StoreOptions::default(),
@@ -298,6 +301,9 @@ impl Broker {
         }
         if let Some(transport) = options.transport {
             mesh_config.transport = transport;
+        }
+        if let Some(views) = options.views {
+            mesh_config.views = views;
         }
         if env.replay_seed().is_some() {
             // A replayed run draws the sync and QUIC seeds from the

@@ -19,10 +19,15 @@ struct World {
 
 impl World {
     fn new(n: u32) -> World {
+        World::with_sizes(n, ViewSizes::default())
+    }
+
+    fn with_sizes(n: u32, sizes: ViewSizes) -> World {
         let views = (0..n)
             .map(|id| {
                 let may_join: MayJoin<u32> = Box::new(|peer: &u32| *peer < OUTSIDER_MIN);
-                (id, Views::new(id, 1_000 + u64::from(id), may_join))
+                let seed = 1_000 + u64::from(id);
+                (id, Views::with_sizes(id, seed, may_join, sizes))
             })
             .collect();
         World {
@@ -121,8 +126,9 @@ impl World {
 
     fn check_bounds_and_admission(&self) {
         for (id, view) in &self.views {
-            assert!(view.active().len() <= ACTIVE_VIEW_MAX, "{id}: {view:?}");
-            assert!(view.passive().len() <= PASSIVE_VIEW_MAX, "{id}: {view:?}");
+            let sizes = view.sizes();
+            assert!(view.active().len() <= sizes.active(), "{id}: {view:?}");
+            assert!(view.passive().len() <= sizes.passive(), "{id}: {view:?}");
             for peer in view.active().iter().chain(view.passive()) {
                 assert!(*peer < OUTSIDER_MIN, "{id} has outsider {peer}");
                 assert_ne!(peer, id, "{id} has itself in a view");
@@ -199,6 +205,41 @@ fn a_fifth_of_the_brokers_dying_leaves_the_rest_connected_after_repair() {
         assert!(!active.is_empty(), "{id} lost every active peer");
         assert!(active.iter().all(|peer| !world.dead.contains(peer)));
     }
+}
+
+#[test]
+fn small_views_stay_within_their_sizes_connected_through_failures() {
+    for (n, active, passive) in [(9, 4, 8), (9, 5, 8), (60, 4, 12), (60, 5, 8)] {
+        let sizes = ViewSizes::new(active, passive).unwrap();
+        let mut world = World::with_sizes(n, sizes);
+        world.join_all(n);
+        world.rounds(5);
+        world.check_bounds_and_admission();
+        world.check_symmetric();
+        assert!(world.connected(), "n {n}, {sizes:?}: split after joining");
+        for id in (0..n).filter(|id| id % 5 == 2) {
+            world.kill(id);
+        }
+        world.settle();
+        world.rounds(4);
+        world.check_bounds_and_admission();
+        world.check_symmetric();
+        assert!(world.connected(), "n {n}, {sizes:?}: split after failures");
+    }
+}
+
+#[test]
+fn view_sizes_are_checked() {
+    assert_eq!(ViewSizes::default().active(), ACTIVE_VIEW_MAX);
+    assert!(ViewSizes::new(ACTIVE_VIEW_MIN - 1, 30).is_err());
+    assert!(ViewSizes::new(ACTIVE_VIEW_LIMIT + 1, 30).is_err());
+    assert!(ViewSizes::new(4, SHUFFLE_IDS_MAX - 1).is_err());
+    assert!(ViewSizes::new(4, PASSIVE_VIEW_LIMIT + 1).is_err());
+    let sizes = ViewSizes::new(4, 8).unwrap();
+    assert_eq!(
+        (sizes.active(), sizes.passive(), sizes.active_low()),
+        (4, 8, 2)
+    );
 }
 
 #[test]

@@ -114,6 +114,8 @@ pub struct MeshConfig {
     pub transport: TransportConfig,
     /// Sync tunables.
     pub sync: SyncConfig,
+    /// How large the partial views grow ([`views`]).
+    pub views: scout_mesh::views::ViewSizes,
     /// How often the dialer looks for addresses due.
     pub dial_interval: Duration,
     /// The HTTP port, announced in the node record.
@@ -138,6 +140,7 @@ impl MeshConfig {
                 partial_view: true,
                 ..SyncConfig::default()
             },
+            views: scout_mesh::views::ViewSizes::default(),
             dial_interval: DIAL_INTERVAL,
             http_port,
             env,
@@ -510,6 +513,7 @@ impl Mesh {
         ));
         let identity_id = identity.node_id.clone();
         let views_seed = config.env.random_u64();
+        let view_sizes = config.views;
         let trust_for_views = trust.clone();
         let shared = Arc::new(Shared {
             identity,
@@ -539,6 +543,7 @@ impl Mesh {
             views: Mutex::new(views::ViewState::new(
                 identity_id,
                 views_seed,
+                view_sizes,
                 trust_for_views,
             )),
             dial_kick: Notify::new(),

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::VarInt;
-use scout_mesh::views::{ACTIVE_VIEW_MAX, PASSIVE_VIEW_MAX, ViewOutput, Views};
+use scout_mesh::views::{ViewOutput, ViewSizes, Views};
 use scout_mesh::wire::{MeshFrame, NodeId, ViewFrame};
 use scout_net::transport::close_code;
 
@@ -33,8 +33,8 @@ use super::trust::MeshTrust;
 
 /// Connections outside the active view at most (routing to owners, relays,
 /// peers asking to become neighbours). Past it the least recently used
-/// is closed first, so a broker's connections stay bounded by
-/// `ACTIVE_VIEW_MAX + ON_DEMAND_MAX` however large the mesh.
+/// is closed first, so a broker's connections stay bounded by its active
+/// view's size plus `ON_DEMAND_MAX` however large the mesh.
 pub const ON_DEMAND_MAX: usize = 24;
 
 /// A connection outside the active view, unused for this long, is closed.
@@ -62,7 +62,7 @@ const LEARN_BATCH: usize = 8;
 /// less than half full.
 const LEARN_INTERVAL_MS: u64 = 5_000;
 
-const _: () = assert!(PENDING_PEERS_MAX > ACTIVE_VIEW_MAX);
+const _: () = assert!(PENDING_PEERS_MAX >= 8);
 const _: () = assert!(WANTED_MAX >= 8);
 
 /// The views of this broker and what waits on connections.
@@ -85,10 +85,12 @@ impl std::fmt::Debug for ViewState {
 }
 
 impl ViewState {
-    /// Empty views of `me`; only members (or a pinned inviter) may enter.
-    pub fn new(me: NodeId, seed: u64, trust: Arc<MeshTrust>) -> ViewState {
+    /// Empty views of `me` of `sizes`; only members (or a pinned inviter)
+    /// may enter.
+    pub fn new(me: NodeId, seed: u64, sizes: ViewSizes, trust: Arc<MeshTrust>) -> ViewState {
+        let may_join = Box::new(move |id: &NodeId| trust.admits_node(id));
         ViewState {
-            views: Views::new(me, seed, Box::new(move |id| trust.admits_node(id))),
+            views: Views::with_sizes(me, seed, may_join, sizes),
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
             next_learn_ms: 0,
@@ -270,6 +272,12 @@ pub fn on_removed(shared: &Arc<Shared>, peer: &NodeId) {
     drain(shared);
 }
 
+/// The most connections a broker with views of `sizes` holds: its active
+/// view and [`ON_DEMAND_MAX`] others.
+pub fn connections_max(sizes: ViewSizes) -> usize {
+    sizes.active() + ON_DEMAND_MAX
+}
+
 /// The dialer's tick: the views' timers, members offered to a passive view
 /// that runs low, and idle connections closed.
 pub fn tick(shared: &Arc<Shared>) {
@@ -279,8 +287,9 @@ pub fn tick(shared: &Arc<Shared>) {
         if state.views.poll_timeout().is_none_or(|at| at <= now) {
             state.views.handle_timeout(now);
         }
-        let low = state.views.passive().len() < PASSIVE_VIEW_MAX / 2
-            || state.views.active().len() < ACTIVE_VIEW_MAX;
+        let sizes = state.views.sizes();
+        let low = state.views.passive().len() < sizes.passive() / 2
+            || state.views.active().len() < sizes.active();
         let due = now >= state.next_learn_ms;
         if low && due {
             state.next_learn_ms = now + LEARN_INTERVAL_MS;
@@ -323,12 +332,12 @@ fn close_idle(shared: &Arc<Shared>, now: u64) {
     }
 }
 
-/// Keeps this broker's connections within `ACTIVE_VIEW_MAX +
-/// ON_DEMAND_MAX` after one was registered (to `new`): the least recently
-/// used of those nothing needs are closed first. Connections that are
-/// needed (active peers, wanted ones, open relays) are never closed here.
+/// Keeps this broker's connections within [`connections_max`] after one
+/// was registered (to `new`): the least recently used of those nothing
+/// needs are closed first. Connections that are needed (active peers,
+/// wanted ones, open relays) are never closed here.
 pub fn make_room(shared: &Arc<Shared>, new: &NodeId) {
-    let bound = ACTIVE_VIEW_MAX + ON_DEMAND_MAX;
+    let bound = connections_max(lock(shared).views.sizes());
     let count = shared
         .peers
         .lock()
