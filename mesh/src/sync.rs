@@ -872,6 +872,7 @@ impl Replica {
     /// round scheduled), gathered announcements, grafts of records
     /// announced but not received.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.rebase_deadlines(now_ms);
         if self.announce_at_ms.is_some_and(|at_ms| at_ms <= now_ms) {
             self.send_announcements();
         }
@@ -1676,6 +1677,34 @@ impl Replica {
             .filter(|peer| self.may_sync(peer))
             .cloned()
             .collect()
+    }
+
+    /// Brings in a deadline further away than its own delay: it was set
+    /// before the clock went back (a wall clock stepped back, a laptop
+    /// resumed), and would hold anti-entropy, announcements or grafts back
+    /// by as much as the clock moved. It falls due now. Harmless when the
+    /// clock is steady: no deadline is ever set further away.
+    fn rebase_deadlines(&mut self, now_ms: u64) {
+        let round_max = self.config.anti_entropy_interval_ms + self.config.anti_entropy_jitter_ms;
+        if self
+            .anti_entropy_at_ms
+            .is_some_and(|at_ms| at_ms > now_ms.saturating_add(round_max))
+        {
+            self.anti_entropy_at_ms = Some(now_ms);
+        }
+        let announce_max = now_ms.saturating_add(self.config.announce_delay_ms);
+        if self
+            .announce_at_ms
+            .is_some_and(|at_ms| at_ms > announce_max)
+        {
+            self.announce_at_ms = Some(now_ms);
+        }
+        let graft_max = now_ms.saturating_add(self.config.graft_timeout_ms);
+        for missing in self.missing.values_mut() {
+            if missing.graft_at_ms > graft_max {
+                missing.graft_at_ms = now_ms;
+            }
+        }
     }
 
     /// Starts the anti-entropy timer the first time the replica sees the time.

@@ -371,10 +371,15 @@ impl<P: Ord + Clone> Views<P> {
 
     /// Time passed: shuffles and fills the active view when due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        let Some(due) = self.next_shuffle_ms else {
+        let Some(mut due) = self.next_shuffle_ms else {
             self.schedule(now_ms);
             return;
         };
+        // Further away than one interval: set before the clock went back;
+        // due now rather than after as long as the clock moved.
+        if due > now_ms.saturating_add(SHUFFLE_INTERVAL_MS + SHUFFLE_INTERVAL_MS / 5) {
+            due = now_ms;
+        }
         if now_ms < due {
             return;
         }

@@ -1183,6 +1183,37 @@ fn skewed_clocks_are_reported_and_do_not_block_replication() {
 }
 
 #[test]
+fn a_clock_set_back_does_not_hold_anti_entropy_back() {
+    let mut net = Net::new(2);
+    net.connect(1, 2);
+    net.pump();
+    let now_ms = net.now_ms;
+    let deadline = net.at(1).poll_timeout().unwrap();
+    // The wall clock steps back a minute: the deadline, set before, is
+    // now more than a round away. The next look at the time brings it in.
+    let back_ms = now_ms - 60_000;
+    net.at(1).handle_timeout(back_ms);
+    assert_eq!(
+        net.at(1)
+            .poll_timeout()
+            .map(|at| at
+                <= back_ms + ANTI_ENTROPY_INTERVAL_MS_DEFAULT + ANTI_ENTROPY_JITTER_MS_DEFAULT),
+        Some(true),
+        "the round was at {deadline}, the clock is at {back_ms}"
+    );
+    let sent = drain(net.at(1)).sends;
+    assert!(
+        sent.iter()
+            .any(|(to, message)| *to == id(2) && matches!(message, SyncMessage::Summary { .. })),
+        "a round ran at once: {sent:?}"
+    );
+    // A steady clock is left alone: an early look changes nothing.
+    let next = net.at(1).poll_timeout().unwrap();
+    net.at(1).handle_timeout(next - 1);
+    assert_eq!(net.at(1).poll_timeout(), Some(next));
+}
+
+#[test]
 fn anti_entropy_deadlines_are_jittered_and_reproducible() {
     let deadlines = |seed: u64| {
         let mut replica = Replica::new(

@@ -229,6 +229,40 @@ fn small_views_stay_within_their_sizes_connected_through_failures() {
 }
 
 #[test]
+fn a_clock_set_back_does_not_hold_shuffles_back() {
+    let mut world = World::new(5);
+    world.now_ms = 3_600_000;
+    world.join_all(5);
+    world.rounds(1);
+    let now = world.now_ms;
+    let view = world.views.get_mut(&0).unwrap();
+    let due = view.poll_timeout().unwrap();
+    assert!(due > now);
+    // Early looks on a steady clock change nothing.
+    view.handle_timeout(due - 1);
+    assert_eq!(view.poll_timeout(), Some(due));
+    // The clock steps back ten minutes: the shuffle runs at the next look
+    // instead of ten minutes later, and the next one is an interval away.
+    let back = now - 600_000;
+    view.handle_timeout(back);
+    let next = view.poll_timeout().unwrap();
+    assert!(
+        next > back && next <= back + SHUFFLE_INTERVAL_MS * 2,
+        "{next}"
+    );
+    let shuffled = std::iter::from_fn(|| view.poll_output()).any(|output| {
+        matches!(
+            output,
+            ViewOutput::Send {
+                message: ViewMessage::Shuffle { .. },
+                ..
+            }
+        )
+    });
+    assert!(shuffled);
+}
+
+#[test]
 fn view_sizes_are_checked() {
     assert_eq!(ViewSizes::default().active(), ACTIVE_VIEW_MAX);
     assert!(ViewSizes::new(ACTIVE_VIEW_MIN - 1, 30).is_err());

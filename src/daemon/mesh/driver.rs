@@ -47,8 +47,11 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = shared.now_ms();
         {
+            // On every wake while a timer runs, due or not: the replica
+            // brings in deadlines the clock's going back left too far
+            // away (otherwise this loop would sleep as long as it moved).
             let mut replica = lock(&shared);
-            if replica.poll_timeout().is_some_and(|at| at <= now) {
+            if replica.poll_timeout().is_some() {
                 replica.handle_timeout(now);
             }
         }
