@@ -395,7 +395,9 @@ fn validate_manifest(manifest: &ManifestBody, counter: u64) -> Result<(), Invali
                     "the run at {first} reaches past the manifest's own number {counter}"
                 ))
             })?;
-        next_free = end + 1;
+        // Saturating: a run that ends at the last number leaves no room,
+        // and any run after it fails the order check above.
+        next_free = end.saturating_add(1);
     }
     Ok(())
 }
@@ -1954,6 +1956,10 @@ mod tests {
             let err = code(manifest(1, 9, live)).unwrap_err();
             assert!(err.contains(what), "{live:?}: {err}");
         }
+        // A run that ends at the last number a counter can hold: nothing
+        // may follow it (no overflow on the way to saying so).
+        let last = manifest(1, u64::MAX, &[(1, u64::MAX - 1), (5, 1)]);
+        assert!(code(last).unwrap_err().contains("out of order"));
         let runs: Vec<(u64, u64)> = (0..=MANIFEST_RUNS_MAX as u64)
             .map(|n| (2 * n + 1, 1))
             .collect();
