@@ -19,11 +19,13 @@
 //! - A peer that fails ([`Views::handle_peer_down`]) leaves the active
 //!   view; a passive peer is asked to take its place (with high priority,
 //!   which cannot be refused, when the active view is empty). A broker
-//!   whose other peers are all full stays with the few it has: with views
-//!   of 5 among 9 brokers the simulator saw one keep 2 for good, connected
-//!   but asking in vain every shuffle. (Asking with high priority below
-//!   the low mark instead made views churn without end when the mesh
-//!   cannot give every broker that many peers.)
+//!   below the low mark ([`ViewSizes::active_low`]) also asks one passive
+//!   peer with high priority once a shuffle interval, so that it gets in
+//!   when all its other peers are full (the simulator saw views of 4 among
+//!   9 brokers leave one with a single peer for good, and the mesh never
+//!   formed). One such ask an interval, never from the repair a
+//!   `Disconnect` starts: all asks at high priority handed the deficit
+//!   from broker to broker without end.
 //! - Every [`SHUFFLE_INTERVAL_MS`] a broker sends a few ids it knows on a
 //!   random walk (`Shuffle`), and the broker where it ends answers the
 //!   neighbour the walk came from with as many of its own (over a
@@ -337,6 +339,11 @@ impl<P: Ord + Clone> Views<P> {
                 let was_asked = self.asked.remove(&from);
                 if accepted && was_asked {
                     self.add_active(from);
+                } else if accepted && !self.active.contains(&from) {
+                    // Taken in after this broker gave up on the ask (it
+                    // forgot the peer, or an interval passed): undo it
+                    // there, so that active views stay symmetric.
+                    self.send(from, ViewMessage::Disconnect);
                 }
             }
             ViewMessage::Disconnect => {
@@ -392,7 +399,7 @@ impl<P: Ord + Clone> Views<P> {
         // cost. A failure still refills the view to the full size.
         self.asked.clear();
         if self.active.len() < self.sizes.active_low() {
-            self.fill();
+            self.fill_asking(true);
         }
         self.shuffle();
     }
@@ -523,6 +530,17 @@ impl<P: Ord + Clone> Views<P> {
     /// Asks passive peers to fill the active view, one ask at a time per
     /// missing place (a high priority ask when the view is empty).
     fn fill(&mut self) {
+        self.fill_asking(false);
+    }
+
+    /// [`Views::fill`], where `one_urgent` makes the first ask one of high
+    /// priority: once an interval below the low mark, so that a broker
+    /// whose other peers are all full still gets in (the peer taking it
+    /// drops one of its own, which keeps all but one of its peers). One
+    /// such ask an interval, and never from the repair a `Disconnect`
+    /// starts: asking all of them with high priority, or at once, made
+    /// the simulated views hand a deficit around without end.
+    fn fill_asking(&mut self, one_urgent: bool) {
         let missing = self
             .sizes
             .active
@@ -533,8 +551,10 @@ impl<P: Ord + Clone> Views<P> {
             .filter(|peer| !self.asked.contains(*peer))
             .cloned()
             .collect();
-        let high_priority = self.active.is_empty();
+        let mut urgent = one_urgent;
         for peer in self.sample(&candidates, missing) {
+            let high_priority = self.active.is_empty() || urgent;
+            urgent = false;
             self.asked.insert(peer.clone());
             self.send(peer, ViewMessage::Neighbor { high_priority });
         }
