@@ -22,6 +22,7 @@ pub mod flight_views;
 pub mod mesh;
 pub mod notify;
 pub mod routing;
+pub mod runs;
 pub mod tokens;
 pub mod usage;
 pub mod watch;
@@ -356,9 +357,18 @@ impl Broker {
                 store: store.clone(),
                 mesh: mesh.clone(),
                 node_id: scout_mesh::wire::NodeId::of_public_key(&identity.public_key()),
-                node_name: node_name.clone(),
-                executor,
-                agents: agents.clone(),
+                runs: runs::LocalRuns {
+                    node_name: node_name.clone(),
+                    home: home.clone(),
+                    agents: agents.clone(),
+                    executor,
+                    checkpointer: checkpoints::Checkpointer {
+                        store: store.clone(),
+                        env: env.clone(),
+                        node_id: scout_mesh::wire::NodeId::of_public_key(&identity.public_key())
+                            .to_string(),
+                    },
+                },
                 env: env.clone(),
             },
             shutdown_rx.clone(),

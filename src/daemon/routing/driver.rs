@@ -27,23 +27,19 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use scout_mesh::lifecycle::{DeliveryState, FailureReason, InvocationAction};
-use scout_mesh::names::{AgentName, Label};
+use scout_mesh::lifecycle::DeliveryState;
 use scout_mesh::routing::{
-    self as core, CancelStarted, Event, EventKind, ExecProgress, ExecResult, Execute, Facts, Now,
-    Output, PersistFailure, PersistId, Refusal, RefusalCounts, RefusedKind, RequestId, SendFailure,
-    Submission,
+    self as core, CancelStarted, Event, EventKind, ExecProgress, Execute, Facts, Now, Output,
+    PersistFailure, PersistId, RefusalCounts, RefusedKind, RequestId, SendFailure, Submission,
 };
-use scout_mesh::usage::FailureCode;
-use scout_mesh::wire::{InvokeRequest, MeshFrame, NodeId};
+use scout_mesh::wire::{MeshFrame, NodeId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::{RouteError, RouterParts, RoutingEvent};
 use crate::api::{self, EventState};
-use crate::config::discover::LocalAgent;
-use crate::daemon::executor::{ExecEvent, ExecRequest, Executor};
 use crate::daemon::mesh::Mesh;
+use crate::daemon::runs::{self, LocalRuns, StartContext};
 use crate::env::Env;
 use crate::store::{Store, StoreError};
 
@@ -57,20 +53,12 @@ const TICK: Duration = Duration::from_millis(50);
 
 const _: () = assert!(TICK.as_millis() as u64 <= scout_mesh::routing::RETRY_BACKOFF_MS_MIN);
 
-/// Output is saved and sent to the origin in pieces of at most this many
-/// bytes, or when this much time passed, whichever comes first: a fast
-/// agent costs one commit per chunk, not per byte.
-const OUTPUT_FLUSH_BYTES: usize = 16 * 1024;
-const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
 /// A refused peer is logged at most once per this interval.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
 /// Peers remembered for that rate limit at most; past it the memory is
 /// cleared (a flood of distinct peers gets a few more lines, never memory).
 const REFUSAL_LOG_PEERS_MAX: usize = 1024;
-
-const _: () = assert!(OUTPUT_FLUSH_BYTES < scout_mesh::wire::FLIGHT_OUTPUT_BYTES_MAX);
 
 /// An input for the driver.
 #[derive(Debug)]
@@ -133,9 +121,7 @@ pub struct Driver {
     store: Store,
     mesh: Mesh,
     node_id: NodeId,
-    node_name: Label,
-    executor: Arc<dyn Executor>,
-    agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
+    runs: LocalRuns,
     commands: mpsc::Sender<Command>,
     inbox: mpsc::Receiver<Command>,
     events: broadcast::Sender<RoutingEvent>,
@@ -214,9 +200,7 @@ impl Driver {
             store: parts.store,
             mesh: parts.mesh,
             node_id: parts.node_id,
-            node_name: parts.node_name,
-            executor: parts.executor,
-            agents: parts.agents,
+            runs: parts.runs,
             commands,
             inbox,
             events,
@@ -518,7 +502,7 @@ impl Driver {
     /// turn's journal; see [`crate::holder::journal`]).
     fn forget(&self, finished: &[String]) {
         for invocation_id in finished {
-            self.executor.forget(invocation_id);
+            self.runs.executor.forget(invocation_id);
         }
     }
 
@@ -558,7 +542,7 @@ impl Driver {
         } else {
             // Queued in order ahead of every later write, and not waited
             // for: the policy does not ask for the disk.
-            let executor = self.executor.clone();
+            let executor = self.runs.executor.clone();
             self.pending.push(Box::pin(async move {
                 match pending.await {
                     Ok(Ok(())) => {
@@ -600,7 +584,7 @@ impl Driver {
         if needs.admission
             && let MeshFrame::Invoke(invoke) = frame
         {
-            facts.admission = self.admission(invoke);
+            facts.admission = self.runs.admission(invoke);
             if facts.admission.is_err() && needs.flight_when_refused {
                 let needs = core::Needs {
                     flight: true,
@@ -616,106 +600,11 @@ impl Driver {
         facts
     }
 
-    /// Whether this broker may take `invoke`: the instance is one of its
-    /// agents, the prompt carries no terminal controls, and the agent's
-    /// manifest is trusted.
-    fn admission(&self, invoke: &InvokeRequest) -> Result<(), Refusal> {
-        let agent = AgentName::parse(&invoke.instance)
-            .ok()
-            .filter(|name| name.node() == Some(&self.node_name))
-            .and_then(|_| self.local_agent(&invoke.instance));
-        let Some(agent) = agent else {
-            return Err(Refusal::new(
-                scout_mesh::wire::ErrorCode::AgentOffline,
-                format!("{} is not an agent of this broker", invoke.instance),
-            ));
-        };
-        if let Err(err) = crate::pty::prompt::check_prompt(&invoke.body) {
-            return Err(Refusal::new(err.code(), err.to_string()));
-        }
-        if let Err(untrusted) = crate::config::trust::check(&self.mesh.shared().home, &agent) {
-            return Err(Refusal::new(untrusted.code(), untrusted.to_string()));
-        }
-        Ok(())
-    }
-
-    /// The local agent behind an instance name, if this broker runs it.
-    fn local_agent(&self, instance: &str) -> Option<LocalAgent> {
-        self.local_agent_or_worktree(instance)
-            .map(|(agent, _)| agent)
-    }
-
-    /// The local agent behind an instance name, or, for a workspace that
-    /// has no instance yet, its definition's agent in that workspace when
-    /// the definition makes worktrees (`true`: the worktree is to be made).
-    fn local_agent_or_worktree(&self, instance: &str) -> Option<(LocalAgent, bool)> {
-        let agents = self.agents.read().ok()?;
-        if let Some(agent) = agents
-            .iter()
-            .find(|agent| agent.instance_name(&self.node_name).to_string() == instance)
-        {
-            return Some((agent.clone(), false));
-        }
-        let name = AgentName::parse(instance).ok()?;
-        let workspace = name.workspace()?.clone();
-        // Only the canonical spelling: flights queue, and sessions are
-        // found, by the instance's name as given, so `@Fabric…` beside
-        // `@fabric…` would run two agents in one worktree.
-        if name.node() != Some(&self.node_name) || name.to_string() != instance {
-            return None;
-        }
-        let mut agent = agents
-            .iter()
-            .find(|agent| agent.definition == *name.definition() && agent.worktrees.is_some())?
-            .clone();
-        agent.workspace = Some(workspace);
-        Some((agent, true))
-    }
-
     fn execute(&mut self, execute: Execute) {
         let now = self.now();
         let id = execute.invocation_id.clone();
-        let mut make_worktree = false;
-        let refused = match self.local_agent_or_worktree(&execute.instance) {
-            None => Err((
-                FailureReason::AgentOffline,
-                None,
-                format!("{} is no longer an agent of this broker", execute.instance),
-            )),
-            // Trust was withdrawn, or the manifest changed, since the accept.
-            Some((agent, new_worktree)) => {
-                make_worktree = new_worktree;
-                crate::config::trust::check(&self.mesh.shared().home, &agent)
-                    .map(|()| agent)
-                    .map_err(|untrusted| {
-                        (
-                            FailureReason::PeerRejected,
-                            FailureCode::parse(untrusted.code()).ok(),
-                            untrusted.to_string(),
-                        )
-                    })
-            }
-        };
-        let agent = match refused {
-            Ok(agent) => agent,
-            Err((reason, code, detail)) => {
-                let result = ExecResult::Failed {
-                    reason,
-                    code,
-                    detail,
-                    usage: None,
-                };
-                self.core
-                    .handle_exec(now, &id, ExecProgress::Finished(result));
-                return;
-            }
-        };
-        let timeout = execute
-            .deadline_unix_ms
-            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now.unix_ms)))
-            .unwrap_or(Duration::from_millis(super::DEFAULT_DEADLINE_MS));
         let origin_node = if execute.origin == self.node_id {
-            Some(self.node_name.to_string())
+            Some(self.runs.node_name.to_string())
         } else {
             self.mesh
                 .peers()
@@ -723,40 +612,37 @@ impl Driver {
                 .find(|peer| peer.node_id == execute.origin.to_string())
                 .map(|peer| peer.name)
         };
-        // Work that edits gets a checkpoint of the agent's worktree first
-        // (work carried on after a restart had its checkpoint then).
-        let checkpoint_of = (execute.action == InvocationAction::Execute
-            && !execute.resume
-            && self.executor.checkpoints_workspaces())
-        .then(|| checkpoint_workspace(&agent, make_worktree))
-        .flatten();
-        let request = ExecRequest {
-            invocation_id: id.clone(),
-            instance: execute.instance,
-            agent,
-            prompt: execute.prompt,
-            conversation_id: execute.conversation_id,
+        let context = StartContext {
+            now_unix_ms: now.unix_ms,
             origin_node,
-            timeout,
-            make_worktree: make_worktree && !execute.resume,
-            resume: execute.resume,
+            default_timeout: Duration::from_millis(super::DEFAULT_DEADLINE_MS),
         };
-        let execution = match checkpoint_of {
-            Some(workspace) => crate::daemon::checkpoints::execute_after_checkpoint(
-                crate::daemon::checkpoints::Checkpointer {
-                    store: self.store.clone(),
-                    env: self.env.clone(),
-                    node_id: self.node_id.to_string(),
-                },
-                self.executor.clone(),
-                request,
-                workspace,
-            ),
-            None => self.executor.execute(request),
+        let execution = match self.runs.start(execute, context) {
+            Ok(execution) => execution,
+            Err(result) => {
+                self.core
+                    .handle_exec(now, &id, ExecProgress::Finished(result));
+                return;
+            }
         };
         self.running.insert(id.clone(), execution.cancel);
         let commands = self.commands.clone();
-        self.tasks.spawn(forward(id, execution.events, commands));
+        self.tasks.spawn(async move {
+            let send = |progress: ExecProgress| {
+                let commands = commands.clone();
+                let invocation_id = id.clone();
+                async move {
+                    let _ = commands
+                        .send(Command::Exec {
+                            invocation_id,
+                            progress,
+                        })
+                        .await;
+                }
+            };
+            runs::forward(execution.events, send).await;
+            Completion::Done
+        });
     }
 
     fn emit(&mut self, event: Event) {
@@ -828,75 +714,5 @@ impl Driver {
         }
         self.refusal_log.insert(peer.clone(), now_ms);
         true
-    }
-}
-
-/// The directory to checkpoint before `agent` runs `execute` work: its
-/// working directory, or, for a worktree still to be made, that worktree
-/// when it exists already (a new one holds nothing to lose).
-fn checkpoint_workspace(agent: &LocalAgent, make_worktree: bool) -> Option<std::path::PathBuf> {
-    if !make_worktree {
-        return Some(agent.cwd.clone());
-    }
-    let path = agent.worktrees()?.path_for(agent.workspace.as_ref()?);
-    path.is_dir().then_some(path)
-}
-
-/// Forwards an execution's events to the driver, output in chunks.
-async fn forward(
-    invocation_id: String,
-    mut events: mpsc::Receiver<ExecEvent>,
-    commands: mpsc::Sender<Command>,
-) -> Completion {
-    let send = |progress: ExecProgress| {
-        let commands = commands.clone();
-        let invocation_id = invocation_id.clone();
-        async move {
-            let _ = commands
-                .send(Command::Exec {
-                    invocation_id,
-                    progress,
-                })
-                .await;
-        }
-    };
-    let mut pending = String::new();
-    let mut last_flush = tokio::time::Instant::now();
-    loop {
-        let event = tokio::time::timeout(OUTPUT_FLUSH_INTERVAL, events.recv()).await;
-        let finished = match event {
-            Ok(Some(ExecEvent::Waking)) => {
-                send(ExecProgress::Waking).await;
-                None
-            }
-            Ok(Some(ExecEvent::Started)) => {
-                send(ExecProgress::Started).await;
-                None
-            }
-            Ok(Some(ExecEvent::Output(text))) => {
-                pending.push_str(&text);
-                None
-            }
-            Ok(Some(ExecEvent::Finished(outcome))) => Some(outcome),
-            Ok(None) => Some(ExecResult::Failed {
-                reason: FailureReason::HarnessError,
-                code: None,
-                detail: "the executor stopped without an outcome".into(),
-                usage: None,
-            }),
-            Err(_) => None,
-        };
-        if !pending.is_empty()
-            && (finished.is_some()
-                || pending.len() >= OUTPUT_FLUSH_BYTES
-                || last_flush.elapsed() >= OUTPUT_FLUSH_INTERVAL)
-        {
-            send(ExecProgress::Output(std::mem::take(&mut pending))).await;
-            last_flush = tokio::time::Instant::now();
-        }
-        if let Some(result) = finished {
-            send(ExecProgress::Finished(result)).await;
-            return Completion::Done;
-        }
     }
 }

@@ -14,20 +14,22 @@
 //! - [`resolve`]: where a mention goes, from the replicated registry.
 //!
 //! Beside it, clients and seams of the router that are not the driver:
-//! the core's rows as SQLite statements (`store::routing_rows`), the
-//! executor seam to what runs the work (`daemon::executor`), work orders
+//! the core's rows as SQLite statements (`store::routing_rows`), this
+//! machine's side of the work (`daemon::runs`: admission, starting an
+//! execution through the executor seam, `daemon::executor`), work orders
 //! (`daemon::work_orders`, a client of the router like the API, started
 //! by the broker; the driver only tells the store when a delivery ends),
 //! flight views (`daemon::flight_views`) and usage across the mesh
-//! (`daemon::usage`). None of them is used by the driver except the
-//! executor seam and the rows, so the files have no cycle.
+//! (`daemon::usage`). None of them is used by the driver except `runs`,
+//! the executor seam and the rows, so the files have no cycle.
 //!
 //! Architecture invariant: every step that says "accepted" has been
 //! committed first (the driver releases what depends on a `Persist` only
 //! after its commit); the owner's store is the queue, so a restart loses
 //! nothing and an id never runs twice. Nothing here reaches into the
-//! mesh's connections: the driver uses `Mesh::request` and
-//! `Mesh::connected` only.
+//! mesh's connections or its shared state: the driver uses the mesh's
+//! narrow API only (`request`, `connected`, `dialable_members`, `want`,
+//! and `peers` for an origin's name).
 
 pub mod driver;
 pub mod resolve;
@@ -35,7 +37,7 @@ pub mod resolve;
 use std::sync::{Arc, Mutex};
 
 use scout_mesh::lifecycle::{DeliveryPolicy, DeliveryState, InvocationAction};
-use scout_mesh::names::{AgentName, Label};
+use scout_mesh::names::AgentName;
 use scout_mesh::routing::{Choice, Invocation, Submission};
 use scout_mesh::wire::{ErrorCode, INVOKE_BODY_BYTES_MAX, MeshFrame, NodeId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -46,8 +48,7 @@ pub use crate::api::{
     AttemptView, DeliveryView, EventKind, EventState, FlightView, InvocationStatus, InvocationView,
     RoutingEvent, Submitted,
 };
-use crate::config::discover::LocalAgent;
-use crate::daemon::executor::Executor;
+use crate::daemon::runs::LocalRuns;
 use crate::env::Env;
 use crate::store::Store;
 use driver::Command;
@@ -185,12 +186,8 @@ pub struct RouterParts {
     pub mesh: Mesh,
     /// This node.
     pub node_id: NodeId,
-    /// Its name.
-    pub node_name: Label,
-    /// What runs work.
-    pub executor: Arc<dyn Executor>,
-    /// This machine's agents (shared with the config watcher).
-    pub agents: Arc<std::sync::RwLock<Vec<LocalAgent>>>,
+    /// This machine's agents and what runs work on them.
+    pub runs: LocalRuns,
     /// The broker's environment: clocks, retry jitter, ids.
     pub env: Env,
 }
