@@ -53,6 +53,11 @@ const TICK: Duration = Duration::from_millis(50);
 
 const _: () = assert!(TICK.as_millis() as u64 <= scout_mesh::routing::RETRY_BACKOFF_MS_MIN);
 
+/// The dialable members (a set as large as the mesh) are read at most
+/// once per this interval on the tick; a submit to an owner not known
+/// reachable reads them at once. A live connection is seen every tick.
+const DIALABLE_LOOK_INTERVAL_MS: u64 = 1_000;
+
 /// A refused peer is logged at most once per this interval.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
@@ -147,6 +152,8 @@ pub struct Driver {
     live: BTreeSet<NodeId>,
     /// The dialable members at the last look, with their version.
     dialable: Option<(u64, BTreeSet<NodeId>)>,
+    /// When they were read (monotonic ms).
+    dialable_read_ms: Option<u64>,
     env: Env,
     refusal_log: HashMap<NodeId, u64>,
 }
@@ -217,6 +224,7 @@ impl Driver {
             connected: BTreeSet::new(),
             live: BTreeSet::new(),
             dialable: None,
+            dialable_read_ms: None,
             env: parts.env.clone(),
             refusal_log: HashMap::new(),
         })
@@ -280,17 +288,35 @@ impl Driver {
     /// Tells the core which peers came and went since the last look, and
     /// asks the mesh to keep connections to the owners it waits on.
     fn refresh_peers(&mut self) {
+        self.look_at_peers(false);
+    }
+
+    /// [`Driver::refresh_peers`]; `dialable_now` also reads the dialable
+    /// members when less than [`DIALABLE_LOOK_INTERVAL_MS`] passed since
+    /// the last read (a submit to an owner not known reachable).
+    fn look_at_peers(&mut self, dialable_now: bool) {
         self.mesh.want(self.core.owners_awaited());
         // Reachable: connected, or a member that may be dialed. The second
         // set is as large as the mesh, so it is copied only when its
-        // version moved, and the union is rebuilt only when either changed.
+        // version moved, at most once an interval unless asked (while a
+        // large mesh forms it moves with every member that joins, and a
+        // copy every tick on every broker was a tenth of a simulated
+        // thousand brokers' time), and the union is rebuilt only when
+        // either changed.
+        let mono_ms = self.env.now_mono_ms();
+        let due = dialable_now
+            || self
+                .dialable_read_ms
+                .is_none_or(|at| mono_ms.saturating_sub(at) >= DIALABLE_LOOK_INTERVAL_MS);
         let version = self.mesh.dialable_version();
-        let dialable_moved = self
-            .dialable
-            .as_ref()
-            .is_none_or(|(seen, _)| *seen != version);
+        let dialable_moved = due
+            && self
+                .dialable
+                .as_ref()
+                .is_none_or(|(seen, _)| *seen != version);
         if dialable_moved {
             self.dialable = Some((version, self.mesh.dialable_members()));
+            self.dialable_read_ms = Some(mono_ms);
         }
         let live: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
         if !dialable_moved && live == self.live {
@@ -324,7 +350,7 @@ impl Driver {
                 // look: a new delivery goes at once, not after a deferral.
                 let owner = &submission.choice.owner;
                 if *owner != self.node_id && !self.connected.contains(owner) {
-                    self.refresh_peers();
+                    self.look_at_peers(true);
                 }
                 let id = submission.invocation.invocation_id.clone();
                 self.submits.insert(id.clone(), reply);
