@@ -4,7 +4,7 @@
 //! Discovery is not trust: an address here only says where to knock. The
 //! handshake and the registry's admissions decide who gets in.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -107,6 +107,14 @@ pub struct AddressView {
 #[derive(Debug, Default)]
 pub struct AddressBook {
     entries: BTreeMap<SocketAddr, AddressEntry>,
+    /// The addresses of each node an entry names: a mesh of a thousand
+    /// members has a thousand nodes here, and the dialer and routing ask
+    /// about a few of them many times a second.
+    by_node: HashMap<NodeId, BTreeSet<SocketAddr>>,
+    /// Entries that name no node yet (seeds, discovery).
+    unnamed: BTreeSet<SocketAddr>,
+    /// Entries being dialed.
+    in_flight: BTreeSet<SocketAddr>,
     /// Bumped whenever [`Self::dialable_nodes`] may have changed.
     dialable_version: u64,
 }
@@ -135,11 +143,59 @@ impl AddressBook {
         });
         entry.sources.insert(source);
         entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        let was = entry.node_id.clone();
         if node_id.is_some() && entry.node_id != node_id {
-            entry.node_id = node_id;
+            entry.node_id = node_id.clone();
             self.dialable_version += 1;
+            self.index(addr, was.as_ref(), node_id.as_ref());
+        } else if was.is_none() {
+            self.unnamed.insert(addr);
         }
         self.evict();
+    }
+
+    /// Moves `addr` in the index from the node it named to the one it
+    /// names now (or to the unnamed ones).
+    fn index(&mut self, addr: SocketAddr, was: Option<&NodeId>, now: Option<&NodeId>) {
+        match was {
+            Some(was) => {
+                if let Some(addrs) = self.by_node.get_mut(was) {
+                    addrs.remove(&addr);
+                    if addrs.is_empty() {
+                        self.by_node.remove(was);
+                    }
+                }
+            }
+            None => {
+                self.unnamed.remove(&addr);
+            }
+        }
+        match now {
+            Some(now) => {
+                self.by_node.entry(now.clone()).or_default().insert(addr);
+            }
+            None => {
+                self.unnamed.insert(addr);
+            }
+        }
+    }
+
+    /// Removes `addr` from the book and from the index.
+    fn remove(&mut self, addr: SocketAddr) {
+        if let Some(entry) = self.entries.remove(&addr) {
+            self.index(addr, entry.node_id.as_ref(), None);
+            self.unnamed.remove(&addr);
+            self.in_flight.remove(&addr);
+        }
+    }
+
+    /// The entries of `node_id`.
+    fn entries_of<'a>(&'a self, node_id: &NodeId) -> impl Iterator<Item = &'a AddressEntry> {
+        self.by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|addr| self.entries.get(addr))
     }
 
     /// A number that changes whenever [`Self::dialable_nodes`] may have.
@@ -171,7 +227,15 @@ impl AddressBook {
                 entry.sources.remove(&source);
             }
         }
-        self.entries.retain(|_, entry| !entry.sources.is_empty());
+        let emptied: Vec<SocketAddr> = self
+            .entries
+            .values()
+            .filter(|entry| entry.sources.is_empty())
+            .map(|entry| entry.addr)
+            .collect();
+        for addr in emptied {
+            self.remove(addr);
+        }
         self.dialable_version += 1;
     }
 
@@ -195,15 +259,32 @@ impl AddressBook {
         // One dial per node at a time: two addresses of one peer dialed
         // together would make two connections, one of which is thrown away.
         let mut busy_nodes: HashSet<NodeId> = self
-            .entries
-            .values()
-            .filter(|entry| entry.in_flight)
-            .filter_map(|entry| entry.node_id.clone())
+            .in_flight
+            .iter()
+            .filter_map(|addr| self.entries.get(addr)?.node_id.clone())
             .collect();
-        for entry in self.entries.values_mut() {
+        // The addresses that may be due: with a wanted set and a peer
+        // connected, those of wanted nodes and of unnamed ones, found
+        // through the index rather than by a look at every member's.
+        let candidates: Vec<SocketAddr> = match wanted {
+            Some(wanted) if !alone => {
+                let mut candidates: BTreeSet<SocketAddr> = self.unnamed.clone();
+                for node in wanted {
+                    if let Some(addrs) = self.by_node.get(node) {
+                        candidates.extend(addrs.iter().copied());
+                    }
+                }
+                candidates.into_iter().collect()
+            }
+            _ => self.entries.keys().copied().collect(),
+        };
+        for addr in candidates {
             if due.len() >= limit {
                 break;
             }
+            let Some(entry) = self.entries.get_mut(&addr) else {
+                continue;
+            };
             if entry.in_flight
                 || entry
                     .node_id
@@ -236,6 +317,7 @@ impl AddressBook {
                     busy_nodes.insert(id.clone());
                 }
                 due.push((entry.addr, entry.pinned_key));
+                self.in_flight.insert(addr);
             }
         }
         due
@@ -251,6 +333,7 @@ impl AddressBook {
         now_ms: u64,
         jitter: f64,
     ) {
+        self.in_flight.remove(&addr);
         let Some(entry) = self.entries.get_mut(&addr) else {
             return;
         };
@@ -258,12 +341,15 @@ impl AddressBook {
         self.dialable_version += 1;
         match outcome {
             Ok(node_id) => {
-                entry.node_id = Some(node_id);
+                let was = entry.node_id.replace(node_id.clone());
                 entry.failures = 0;
                 entry.last_error = None;
                 entry.last_seen_ms = now_ms;
                 entry.next_attempt = None;
                 entry.next_attempt_alone = None;
+                if was.as_ref() != Some(&node_id) {
+                    self.index(addr, was.as_ref(), Some(&node_id));
+                }
             }
             Err(error) => {
                 entry.failures = entry.failures.saturating_add(1);
@@ -280,10 +366,11 @@ impl AddressBook {
     /// not dialable until a dial succeeds or it connects again.
     pub fn lost(&mut self, node_id: &NodeId, error: &str, now: Instant, jitter: f64) {
         self.dialable_version += 1;
-        for entry in self.entries.values_mut() {
-            if entry.node_id.as_ref() != Some(node_id) {
+        let addrs: Vec<SocketAddr> = self.entries_of(node_id).map(|entry| entry.addr).collect();
+        for addr in addrs {
+            let Some(entry) = self.entries.get_mut(&addr) else {
                 continue;
-            }
+            };
             entry.failures = entry.failures.saturating_add(1);
             entry.last_error = Some(error.to_owned());
             let delay = backoff(entry.failures, jitter);
@@ -298,39 +385,34 @@ impl AddressBook {
             if entry.failures > 0 || entry.node_id.as_ref() != Some(node_id) {
                 self.dialable_version += 1;
             }
-            entry.node_id = Some(node_id.clone());
+            let was = entry.node_id.replace(node_id.clone());
             entry.last_seen_ms = now_ms;
             entry.failures = 0;
             entry.last_error = None;
             entry.next_attempt = None;
             entry.next_attempt_alone = None;
+            if was.as_ref() != Some(node_id) {
+                self.index(addr, was.as_ref(), Some(node_id));
+            }
         }
     }
 
     /// Whether some address of `node_id` is known and its last dial (if
     /// any) did not fail: the node may be reached by dialing it.
     pub fn has_dialable(&self, node_id: &NodeId) -> bool {
-        self.entries
-            .values()
-            .any(|entry| entry.node_id.as_ref() == Some(node_id) && entry.failures == 0)
+        self.entries_of(node_id).any(|entry| entry.failures == 0)
     }
 
     /// Whether any address of `node_id` is known (dialable now or after
     /// its backoff).
     pub fn knows(&self, node_id: &NodeId) -> bool {
-        self.entries
-            .values()
-            .any(|entry| entry.node_id.as_ref() == Some(node_id))
+        self.by_node.contains_key(node_id)
     }
 
     /// Whether every known address of `node_id` was dialed and failed,
     /// none in flight now.
     pub fn dial_failed(&self, node_id: &NodeId) -> bool {
-        let mut entries = self
-            .entries
-            .values()
-            .filter(|entry| entry.node_id.as_ref() == Some(node_id))
-            .peekable();
+        let mut entries = self.entries_of(node_id).peekable();
         entries.peek().is_some() && entries.all(|entry| !entry.in_flight && entry.failures > 0)
     }
 
@@ -352,10 +434,7 @@ impl AddressBook {
 
     /// Every address of a node.
     pub fn addresses_of(&self, node_id: &NodeId) -> Vec<&AddressEntry> {
-        self.entries
-            .values()
-            .filter(|entry| entry.node_id.as_ref() == Some(node_id))
-            .collect()
+        self.entries_of(node_id).collect()
     }
 
     /// Every entry, for `scout peers` and `scout doctor`.
@@ -383,7 +462,7 @@ impl AddressBook {
                 .map(|entry| entry.addr);
             match oldest {
                 Some(addr) => {
-                    self.entries.remove(&addr);
+                    self.remove(addr);
                     self.dialable_version += 1;
                 }
                 None => break,
@@ -714,19 +793,111 @@ mod tests {
         assert!(announces_this_host(&[addr(2), other(2)], &[addr(1)]));
     }
 
+    /// The index agrees with the entries after any sequence of changes:
+    /// every entry naming a node is under it, no other address is; the
+    /// unnamed and in-flight sets are exactly those entries.
+    fn check_index(book: &AddressBook) {
+        for (addr, entry) in &book.entries {
+            match &entry.node_id {
+                Some(id) => assert!(book.by_node[id].contains(addr), "{addr} not under {id}"),
+                None => assert!(book.unnamed.contains(addr), "{addr} not unnamed"),
+            }
+            assert_eq!(
+                entry.in_flight,
+                book.in_flight.contains(addr),
+                "{addr} in flight"
+            );
+        }
+        for (id, addrs) in &book.by_node {
+            assert!(!addrs.is_empty(), "{id} indexed with no address");
+            for addr in addrs {
+                assert_eq!(book.entries[addr].node_id.as_ref(), Some(id));
+            }
+        }
+        for addr in book.unnamed.iter().chain(&book.in_flight) {
+            assert!(
+                book.entries.contains_key(addr),
+                "{addr} indexed, not in the book"
+            );
+        }
+        assert!(
+            book.unnamed
+                .iter()
+                .all(|addr| book.entries[addr].node_id.is_none())
+        );
+    }
+
+    #[test]
+    fn the_node_index_follows_every_change() {
+        let mut state = 7u64;
+        let mut next = move || {
+            // xorshift64: a fixed sequence, enough to mix the operations.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        for step in 0..5_000u64 {
+            let port = 1 + (next() % 40) as u16;
+            let who = node(1 + (next() % 8) as u8);
+            let source = if next() % 5 == 0 {
+                AddressSource::Seed
+            } else {
+                AddressSource::Learned
+            };
+            match next() % 7 {
+                0 => book.add(addr(port), source, None, step),
+                1 => book.add(addr(port), source, Some(who.clone()), step),
+                2 => book.dialed(addr(port), Ok(who.clone()), now, step, 0.5),
+                3 => book.dialed(addr(port), Err("TIMEOUT".into()), now, step, 0.5),
+                4 => book.reached(addr(port), &who, step),
+                5 => {
+                    let keep: HashSet<SocketAddr> =
+                        (1..40).map(addr).filter(|_| next() % 2 == 0).collect();
+                    book.retract(AddressSource::Learned, &keep);
+                }
+                _ => {
+                    let wanted: HashSet<NodeId> = [who.clone()].into();
+                    let connected: HashSet<NodeId> = [node(8)].into();
+                    let due =
+                        book.due(now, &node(9), &connected, &HashSet::new(), Some(&wanted), 4);
+                    for (addr, _) in due {
+                        let named = book.node_at(addr);
+                        assert!(
+                            named.is_none() || named == Some(who.clone()),
+                            "{addr} of an unwanted node"
+                        );
+                    }
+                }
+            }
+            check_index(&book);
+            for id in (1..9).map(node) {
+                let scanned = book
+                    .entries
+                    .values()
+                    .any(|entry| entry.node_id.as_ref() == Some(&id));
+                assert_eq!(book.knows(&id), scanned, "step {step}: knows {id}");
+            }
+        }
+    }
+
     #[test]
     fn learned_addresses_are_evicted_first() {
         let mut book = AddressBook::default();
         book.add(addr(1), AddressSource::Seed, None, 0);
         for port in 0..ADDRESSES_MAX as u16 + 5 {
+            let named = (port % 2 == 0).then(|| node((port % 200) as u8));
             book.add(
                 addr(1000 + port),
                 AddressSource::Learned,
-                None,
+                named,
                 u64::from(port) + 1,
             );
         }
         assert_eq!(book.len(), ADDRESSES_MAX);
+        check_index(&book);
         assert!(
             book.views()
                 .iter()
