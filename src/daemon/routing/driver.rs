@@ -319,7 +319,33 @@ impl Driver {
             self.dialable_read_ms = Some(mono_ms);
         }
         let live: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
-        if !dialable_moved && live == self.live {
+        if !dialable_moved {
+            // Only the peers whose connection came or went can have changed
+            // reachability: a look at those, not a new union as large as
+            // the mesh for every connection change.
+            if live == self.live {
+                return;
+            }
+            let changed: Vec<NodeId> = live.symmetric_difference(&self.live).cloned().collect();
+            let dialable = self.dialable.as_ref().map(|(_, dialable)| dialable);
+            let (came, gone): (Vec<NodeId>, Vec<NodeId>) = changed
+                .into_iter()
+                .filter(|peer| {
+                    let reachable =
+                        live.contains(peer) || dialable.is_some_and(|set| set.contains(peer));
+                    reachable != self.connected.contains(peer)
+                })
+                .partition(|peer| live.contains(peer));
+            self.live = live;
+            let now = self.now();
+            for peer in gone {
+                self.connected.remove(&peer);
+                self.core.handle_peer_down(&peer);
+            }
+            for peer in came {
+                self.connected.insert(peer.clone());
+                self.core.handle_peer_up(now, peer);
+            }
             return;
         }
         let mut now_connected = live.clone();
