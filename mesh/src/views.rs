@@ -176,9 +176,10 @@ pub enum ViewMessage<P> {
         ttl: u8,
     },
     /// The sender asks to enter the receiver's active view; a high
-    /// priority ask (the sender has no active peer) is never refused.
+    /// priority ask is never refused.
     Neighbor {
-        /// The sender's active view is empty.
+        /// The sender's active view is empty, or it is below the low mark
+        /// (one such ask a shuffle interval).
         high_priority: bool,
     },
     /// The answer to `Neighbor`.
@@ -337,12 +338,16 @@ impl<P: Ord + Clone> Views<P> {
             }
             ViewMessage::NeighborReply { accepted } => {
                 let was_asked = self.asked.remove(&from);
-                if accepted && was_asked {
+                let room = self.active.len() < self.sizes.active;
+                if accepted && (was_asked || room) {
+                    // Taken in after this broker gave up on the ask (it
+                    // forgot the peer, or an interval passed, as when the
+                    // ask waited for a dial): kept while there is room,
+                    // since the peer may have dropped one of its own for
+                    // it.
                     self.add_active(from);
                 } else if accepted && !self.active.contains(&from) {
-                    // Taken in after this broker gave up on the ask (it
-                    // forgot the peer, or an interval passed): undo it
-                    // there, so that active views stay symmetric.
+                    // No room: undone there, so that views stay symmetric.
                     self.send(from, ViewMessage::Disconnect);
                 }
             }

@@ -488,3 +488,63 @@ fn a_shuffle_is_answered_one_hop_back() {
     assert_eq!(answered, [5]);
     assert!(view.passive().contains(&9));
 }
+
+/// An acceptance that arrives after its ask was given up on (the ask
+/// waited for a dial past a shuffle) is kept while there is room, since
+/// the peer may have dropped one of its own for it; with no room it is
+/// undone there.
+#[test]
+fn a_late_acceptance_is_kept_while_there_is_room() {
+    let sizes = ViewSizes::new(4, 8).unwrap();
+    let may_join: MayJoin<u32> = Box::new(|_: &u32| true);
+    let mut view = Views::with_sizes(0u32, 7, may_join, sizes);
+    view.handle_message(
+        0,
+        1,
+        ViewMessage::Neighbor {
+            high_priority: false,
+        },
+    );
+    while view.poll_output().is_some() {}
+    // Accepted by 2 without a live ask: room, so 2 is taken in.
+    view.handle_message(0, 2, ViewMessage::NeighborReply { accepted: true });
+    assert!(view.active().contains(&2));
+    let mut disconnects = Vec::new();
+    while let Some(output) = view.poll_output() {
+        if let ViewOutput::Send {
+            to,
+            message: ViewMessage::Disconnect,
+        } = output
+        {
+            disconnects.push(to);
+        }
+    }
+    assert!(disconnects.is_empty(), "{disconnects:?}");
+    // Full: a late acceptance is undone, and nobody is dropped for it.
+    for peer in [3, 4] {
+        view.handle_message(
+            0,
+            peer,
+            ViewMessage::Neighbor {
+                high_priority: false,
+            },
+        );
+    }
+    while view.poll_output().is_some() {}
+    assert_eq!(view.active().len(), 4);
+    view.handle_message(0, 5, ViewMessage::NeighborReply { accepted: true });
+    assert!(!view.active().contains(&5));
+    assert_eq!(view.active().len(), 4);
+    let mut undone = Vec::new();
+    while let Some(output) = view.poll_output() {
+        match output {
+            ViewOutput::Send {
+                to,
+                message: ViewMessage::Disconnect,
+            } => undone.push(to),
+            ViewOutput::NeighborDown(peer) => panic!("{peer} dropped for a late acceptance"),
+            _ => {}
+        }
+    }
+    assert_eq!(undone, [5]);
+}
