@@ -797,6 +797,19 @@ impl Mesh {
             .collect()
     }
 
+    /// Whether `peer` is one of [`Mesh::dialable_members`], asked about
+    /// alone (without a pass over every member).
+    pub fn is_dialable(&self, peer: &NodeId) -> bool {
+        *peer != self.shared.identity.node_id
+            && self.shared.trust.is_member(peer)
+            && self
+                .shared
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .has_dialable(peer)
+    }
+
     /// A number that changes whenever [`Mesh::dialable_members`] may have.
     /// Read it before the set: a change in between shows as a new version
     /// at the next look.

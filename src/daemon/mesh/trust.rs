@@ -38,6 +38,9 @@ impl MeshTrust {
 struct TrustState {
     /// Admitted, unrevoked keys.
     members: HashMap<[u8; 32], NodeId>,
+    /// Their node ids: the views ask whether a node is a member for every
+    /// message, which must not cost a pass over a thousand members.
+    member_nodes: HashSet<NodeId>,
     /// Revoked node ids (a revoked node's key maps to one of these).
     revoked: HashSet<NodeId>,
     /// Keys trusted before any admission is known: the inviter a joiner
@@ -54,6 +57,13 @@ struct TrustState {
     /// Whether unknown keys may present a tailnet join at any time
     /// (`discovery.tailscale.admit` is configured).
     tailnet_admit: bool,
+}
+
+impl TrustState {
+    fn set_members(&mut self, members: HashMap<[u8; 32], NodeId>) {
+        self.member_nodes = members.values().cloned().collect();
+        self.members = members;
+    }
 }
 
 /// What the registry says about membership, reduced to what the pins and
@@ -151,7 +161,7 @@ impl MeshTrust {
         // Always recomputed: the registry may be a new one (a switch of
         // mesh), whose count of changes says nothing about the last.
         let facts = RegistryFacts::of(registry, &state.members);
-        state.members = facts.members;
+        state.set_members(facts.members);
         state.revoked = facts.revoked;
         state.members_version += 1;
         state.settled_version = None;
@@ -189,7 +199,7 @@ impl MeshTrust {
         for key in &unpinned {
             state.pinned.remove(key);
         }
-        state.members = facts.members;
+        state.set_members(facts.members);
         state.revoked = facts.revoked;
         state.members_version += 1;
         unpinned
@@ -272,11 +282,19 @@ impl MeshTrust {
         if state.revoked.contains(node_id) {
             return false;
         }
-        state.members.values().any(|id| id == node_id)
+        state.member_nodes.contains(node_id)
             || state
                 .pinned
                 .iter()
                 .any(|key| NodeId::of_public_key(key) == *node_id)
+    }
+
+    /// Whether `node_id` is an admitted, unrevoked member.
+    pub fn is_member(&self, node_id: &NodeId) -> bool {
+        self.state
+            .read()
+            .map(|state| state.member_nodes.contains(node_id))
+            .unwrap_or(false)
     }
 
     /// Whether `node_id` is revoked.
@@ -323,7 +341,7 @@ mod tests {
     fn revocation_wins_over_a_pin_and_an_admission() {
         let mut state = TrustState::default();
         state.pinned.insert(key(1));
-        state.members.insert(key(2), NodeId::of_public_key(&key(2)));
+        state.set_members([(key(2), NodeId::of_public_key(&key(2)))].into());
         assert_eq!(verdict(&state, &key(1)), Trust::Member);
         assert_eq!(verdict(&state, &key(2)), Trust::Member);
         assert_eq!(verdict(&state, &key(3)), Trust::Unknown);

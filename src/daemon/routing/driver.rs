@@ -55,7 +55,8 @@ const _: () = assert!(TICK.as_millis() as u64 <= scout_mesh::routing::RETRY_BACK
 
 /// The dialable members (a set as large as the mesh) are read at most
 /// once per this interval on the tick; a submit to an owner not known
-/// reachable reads them at once. A live connection is seen every tick.
+/// reachable reads them at once. A connection that came or went is seen
+/// every tick (a lost one with the peer's dialability asked afresh).
 const DIALABLE_LOOK_INTERVAL_MS: u64 = 1_000;
 
 /// A refused peer is logged at most once per this interval.
@@ -326,13 +327,14 @@ impl Driver {
             if live == self.live {
                 return;
             }
+            // A peer whose connection was lost is asked about afresh (its
+            // addresses are marked failed now, which the set read up to a
+            // second ago does not show).
             let changed: Vec<NodeId> = live.symmetric_difference(&self.live).cloned().collect();
-            let dialable = self.dialable.as_ref().map(|(_, dialable)| dialable);
             let (came, gone): (Vec<NodeId>, Vec<NodeId>) = changed
                 .into_iter()
                 .filter(|peer| {
-                    let reachable =
-                        live.contains(peer) || dialable.is_some_and(|set| set.contains(peer));
+                    let reachable = live.contains(peer) || self.mesh.is_dialable(peer);
                     reachable != self.connected.contains(peer)
                 })
                 .partition(|peer| live.contains(peer));
