@@ -8,7 +8,9 @@
 //! when their files change, so `scout agents add` needs no restart;
 //! [`checkpoints`] takes git checkpoints of agent worktrees before
 //! `execute` work and serves their list, diff and restore. [`routing`] is
-//! the driver of the pure routing core; beside it, [`executor`] is the
+//! the driver of the pure routing core; beside it, [`submissions`] turns a
+//! caller's request into what the core takes, [`runs`] is this machine's
+//! side of routed work (admission, starting it), [`executor`] is the
 //! seam to what runs routed work (PTY sessions), [`work_orders`] queues
 //! work and dispatches it through the router, [`flight_views`] is what
 //! `scout flights` shows and [`usage`] totals usage across the mesh.
@@ -23,6 +25,7 @@ pub mod mesh;
 pub mod notify;
 pub mod routing;
 pub mod runs;
+pub mod submissions;
 pub mod tokens;
 pub mod usage;
 pub mod watch;

@@ -13,6 +13,10 @@
 //!   idle ones closed.
 //! - [`trust`]: the membership snapshot the TLS verifiers consult.
 //! - [`address_book`]: where peers may be reached, with backoff.
+//! - [`directory`]: where a mention goes, from the replicated registry and
+//!   which owners are reachable (the routing core's `Directory`).
+//! - [`reachability`]: which members routing may count on, followed
+//!   cheaply as connections come and go.
 //! - [`log_limit`]: once-a-minute log lines for what peers can repeat.
 //! - [`offline`]: the same registry edits for CLI commands when no broker runs.
 //! - `crate::daemon::discovery` (beside this module): the mDNS and
@@ -24,10 +28,12 @@
 
 pub mod address_book;
 pub mod connections;
+pub mod directory;
 pub mod driver;
 pub mod log_limit;
 pub mod offline;
 pub mod pairing;
+pub mod reachability;
 pub mod trust;
 pub mod views;
 

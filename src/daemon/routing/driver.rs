@@ -20,7 +20,7 @@
 //! dropped or shut down and joined when the driver stops; the driver itself
 //! is joined by the broker.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use super::{RouteError, RouterParts, RoutingEvent};
 use crate::api::{self, EventState};
 use crate::daemon::mesh::Mesh;
+use crate::daemon::mesh::reachability::Reachability;
 use crate::daemon::runs::{self, LocalRuns, StartContext};
 use crate::env::Env;
 use crate::store::{Store, StoreError};
@@ -52,12 +53,6 @@ pub const COMMANDS_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(50);
 
 const _: () = assert!(TICK.as_millis() as u64 <= scout_mesh::routing::RETRY_BACKOFF_MS_MIN);
-
-/// The dialable members (a set as large as the mesh) are read at most
-/// once per this interval on the tick; a submit to an owner not known
-/// reachable reads them at once. A connection that came or went is seen
-/// every tick (a lost one with the peer's dialability asked afresh).
-const DIALABLE_LOOK_INTERVAL_MS: u64 = 1_000;
 
 /// A refused peer is logged at most once per this interval.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
@@ -148,13 +143,7 @@ pub struct Driver {
     /// Executions running, by invocation: send to stop one.
     running: HashMap<String, oneshot::Sender<()>>,
     /// Peers reachable at the last look (see `refresh_peers`).
-    connected: BTreeSet<NodeId>,
-    /// Of those, the ones with a live connection.
-    live: BTreeSet<NodeId>,
-    /// The dialable members at the last look, with their version.
-    dialable: Option<(u64, BTreeSet<NodeId>)>,
-    /// When they were read (monotonic ms).
-    dialable_read_ms: Option<u64>,
+    reachable: Reachability,
     env: Env,
     refusal_log: HashMap<NodeId, u64>,
 }
@@ -191,7 +180,7 @@ impl Driver {
             mono_ms: parts.env.now_mono_ms(),
             unix_ms: parts.env.now_unix_ms(),
         };
-        let directory = super::resolve::MeshDirectory {
+        let directory = crate::daemon::mesh::directory::MeshDirectory {
             mesh: parts.mesh.clone(),
             own: parts.node_id.clone(),
         };
@@ -222,10 +211,7 @@ impl Driver {
             cancels: HashMap::new(),
             flight_cancels: HashMap::new(),
             running: HashMap::new(),
-            connected: BTreeSet::new(),
-            live: BTreeSet::new(),
-            dialable: None,
-            dialable_read_ms: None,
+            reachable: Reachability::default(),
             env: parts.env.clone(),
             refusal_log: HashMap::new(),
         })
@@ -293,75 +279,18 @@ impl Driver {
     }
 
     /// [`Driver::refresh_peers`]; `dialable_now` also reads the dialable
-    /// members when less than [`DIALABLE_LOOK_INTERVAL_MS`] passed since
-    /// the last read (a submit to an owner not known reachable).
+    /// members when they were read less than an interval ago (a submit to
+    /// an owner not known reachable).
     fn look_at_peers(&mut self, dialable_now: bool) {
         self.mesh.want(self.core.owners_awaited());
-        // Reachable: connected, or a member that may be dialed. The second
-        // set is as large as the mesh, so it is copied only when its
-        // version moved, at most once an interval unless asked (while a
-        // large mesh forms it moves with every member that joins, and a
-        // copy every tick on every broker was a tenth of a simulated
-        // thousand brokers' time), and the union is rebuilt only when
-        // either changed.
-        let mono_ms = self.env.now_mono_ms();
-        let due = dialable_now
-            || self
-                .dialable_read_ms
-                .is_none_or(|at| mono_ms.saturating_sub(at) >= DIALABLE_LOOK_INTERVAL_MS);
-        let version = self.mesh.dialable_version();
-        let dialable_moved = due
-            && self
-                .dialable
-                .as_ref()
-                .is_none_or(|(seen, _)| *seen != version);
-        if dialable_moved {
-            self.dialable = Some((version, self.mesh.dialable_members()));
-            self.dialable_read_ms = Some(mono_ms);
-        }
-        let live: BTreeSet<NodeId> = self.mesh.connected().into_iter().collect();
-        if !dialable_moved {
-            // Only the peers whose connection came or went can have changed
-            // reachability: a look at those, not a new union as large as
-            // the mesh for every connection change.
-            if live == self.live {
-                return;
-            }
-            // A peer whose connection was lost is asked about afresh (its
-            // addresses are marked failed now, which the set read up to a
-            // second ago does not show).
-            let changed: Vec<NodeId> = live.symmetric_difference(&self.live).cloned().collect();
-            let (came, gone): (Vec<NodeId>, Vec<NodeId>) = changed
-                .into_iter()
-                .filter(|peer| {
-                    let reachable = live.contains(peer) || self.mesh.is_dialable(peer);
-                    reachable != self.connected.contains(peer)
-                })
-                .partition(|peer| live.contains(peer));
-            self.live = live;
-            let now = self.now();
-            for peer in gone {
-                self.connected.remove(&peer);
-                self.core.handle_peer_down(&peer);
-            }
-            for peer in came {
-                self.connected.insert(peer.clone());
-                self.core.handle_peer_up(now, peer);
-            }
-            return;
-        }
-        let mut now_connected = live.clone();
-        if let Some((_, dialable)) = &self.dialable {
-            now_connected.extend(dialable.iter().cloned());
-        }
-        self.live = live;
+        let changes = self
+            .reachable
+            .look(&self.mesh, self.env.now_mono_ms(), dialable_now);
         let now = self.now();
-        for gone in self.connected.difference(&now_connected) {
-            self.core.handle_peer_down(gone);
+        for peer in changes.gone {
+            self.core.handle_peer_down(&peer);
         }
-        let came: Vec<NodeId> = now_connected.difference(&self.connected).cloned().collect();
-        self.connected = now_connected;
-        for peer in came {
+        for peer in changes.came {
             self.core.handle_peer_up(now, peer);
         }
     }
@@ -377,7 +306,7 @@ impl Driver {
                 // The owner's connection may have come up since the last
                 // look: a new delivery goes at once, not after a deferral.
                 let owner = &submission.choice.owner;
-                if *owner != self.node_id && !self.connected.contains(owner) {
+                if *owner != self.node_id && !self.reachable.contains(owner) {
                     self.look_at_peers(true);
                 }
                 let id = submission.invocation.invocation_id.clone();

@@ -1,18 +1,18 @@
-//! Where a mention goes: candidates from the replicated registry, with
-//! owners this broker cannot reach shown as unreachable so reachable ones
-//! win, resolved by the core's policy ([`scout_mesh::resolve`]). The same
-//! view answers the routing core's [`Directory`] when it may reroute.
+//! The mesh's directory of agents: where a mention goes. Candidates come
+//! from the replicated registry, with owners this broker cannot reach shown
+//! as unreachable so reachable ones win, resolved by the core's policy
+//! ([`scout_mesh::resolve`]). The same view answers the routing core's
+//! [`Directory`] when it may reroute.
 
 use std::collections::HashSet;
 
 use scout_mesh::lifecycle::EndpointState;
 use scout_mesh::names::AgentName;
-use scout_mesh::resolve::{self, Candidate};
+use scout_mesh::resolve::{self, Candidate, ResolveError};
 use scout_mesh::routing::{Choice, Directory};
 use scout_mesh::wire::NodeId;
 
-use super::RouteError;
-use crate::daemon::mesh::Mesh;
+use super::Mesh;
 
 /// Resolves `query` to an instance and its owner, leaving out the
 /// instance named `exclude`.
@@ -21,7 +21,7 @@ pub fn choose(
     own: &NodeId,
     query: &AgentName,
     exclude: Option<&str>,
-) -> Result<Choice, RouteError> {
+) -> Result<Choice, ResolveError> {
     let reachable: HashSet<NodeId> = mesh.reachable().into_iter().collect();
     let pairs: Vec<(Candidate, NodeId)> = mesh.with_registry(|registry| {
         registry
