@@ -653,19 +653,35 @@ pub fn http_port(settings: &settings::Settings) -> anyhow::Result<u16> {
 
 /// Takes the home's advisory lock, so a second broker on the same home
 /// fails at once instead of fighting over the store and ports.
+///
+/// A broker restarted inside the same process (an embedding: tests,
+/// netsim) may find the lock of the one it replaced still held for a
+/// moment: a process spawned on another thread holds a copy of every open
+/// descriptor between its fork and its exec, the lock's too. When the
+/// holder is this very process, the lock is tried again for up to
+/// [`OWN_LOCK_WAIT`]; another process's lock fails at once.
 fn lock_home(home: &Home) -> anyhow::Result<File> {
-    match try_lock_home(home)? {
-        Some(file) => Ok(file),
-        None => {
-            let holder = std::fs::read_to_string(home.lock_path()).unwrap_or_default();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(file) = try_lock_home(home)? {
+            return Ok(file);
+        }
+        let holder = std::fs::read_to_string(home.lock_path()).unwrap_or_default();
+        let own = holder.trim() == std::process::id().to_string();
+        if !own || started.elapsed() >= OWN_LOCK_WAIT {
             anyhow::bail!(
                 "another broker is already running with home {} (pid {})",
                 home.config_dir.display(),
                 holder.trim()
             );
         }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// How long a broker waits for a home lock its own process holds (see
+/// [`lock_home`]): far longer than a fork takes to reach its exec.
+const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Takes the home's advisory lock if nobody holds it: `Ok(None)` means a
 /// broker runs on this home. CLI commands that change mesh state hold it
