@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use quinn::{Connection, VarInt};
 use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
@@ -36,6 +38,14 @@ use crate::store;
 /// Sync messages queued for one peer at most. A peer that cannot keep up
 /// loses pushes, which anti-entropy repairs; memory stays bounded.
 pub const PEER_SEND_QUEUE_MAX: usize = 1024;
+
+/// Sync and view messages on their way to one peer at once, each on its
+/// own stream waiting for its answer. One at a time drained a peer's queue
+/// at one message per round trip: after a busy moment a new record waited
+/// behind the queue for seconds on a 160 ms link. The messages may arrive
+/// out of order, which the sync protocol takes (a record out of order is
+/// kept, and the vector advances only over what is contiguous).
+pub const PEER_SEND_WINDOW: usize = 8;
 
 /// Inbound handshakes in progress at most; more are refused at once, so a
 /// flood of connection attempts cannot exhaust the broker.
@@ -734,23 +744,39 @@ async fn send_loop(
     mut queue: mpsc::Receiver<MeshFrame>,
 ) {
     let timeout = shared.config.transport.request_timeout;
-    while let Some(frame) = queue.recv().await {
-        match request(&connection, &frame, timeout).await {
-            Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
-            Ok(MeshFrame::Error(error)) => {
-                tracing::warn!(%peer, code = %error.code, request = frame.name(), "peer refused a message: {}", error.message);
-            }
-            Ok(other) => {
-                tracing::warn!(%peer, answer = other.name(), request = frame.name(), "unexpected answer")
-            }
-            Err(err) => {
-                if connection.close_reason().is_some() {
-                    return;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some((name, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                match answer {
+                    Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
+                    Ok(MeshFrame::Error(error)) => {
+                        tracing::warn!(%peer, code = %error.code, request = name, "peer refused a message: {}", error.message);
+                    }
+                    Ok(other) => {
+                        tracing::warn!(%peer, answer = other.name(), request = name, "unexpected answer")
+                    }
+                    Err(err) => {
+                        if connection.close_reason().is_some() {
+                            return;
+                        }
+                        tracing::debug!(%peer, cause = %err, "sync message not delivered; anti-entropy will repair");
+                    }
                 }
-                tracing::debug!(%peer, cause = %err, "sync message not delivered; anti-entropy will repair");
+            }
+            frame = queue.recv(), if in_flight.len() < PEER_SEND_WINDOW => {
+                let Some(frame) = frame else { break };
+                let connection = connection.clone();
+                in_flight.push(async move {
+                    let answer = request(&connection, &frame, timeout).await;
+                    (frame.name(), answer)
+                });
             }
         }
     }
+    // The queue closed: the peer is gone from this broker's connections,
+    // and what was on its way goes with the connection.
 }
 
 async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId, key: [u8; 32]) {
