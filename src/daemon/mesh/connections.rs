@@ -21,7 +21,7 @@ use scout_mesh::membership;
 use scout_mesh::names::{Label, NamePart};
 use scout_mesh::wire::{
     AdmissionBody, AdmissionMethod, ErrorCode, Hello, Invite, JoinAccepted, JoinRequest, MeshFrame,
-    MeshId, NodeId, PROTOCOL_VERSION, RecordBody, RecordKind,
+    MeshId, NodeId, PROTOCOL_VERSION, RecordBody, RecordKind, SyncMessage,
 };
 use scout_net::transport::close_code;
 use scout_net::transport::endpoint::{
@@ -44,7 +44,8 @@ pub const PEER_SEND_QUEUE_MAX: usize = 1024;
 /// at one message per round trip: after a busy moment a new record waited
 /// behind the queue for seconds on a 160 ms link. The messages may arrive
 /// out of order, which the sync protocol takes (a record out of order is
-/// kept, and the vector advances only over what is contiguous).
+/// kept, and the vector advances only over what is contiguous), except a
+/// delta chunk: it goes alone, so a catch-up's chunks arrive in order.
 pub const PEER_SEND_WINDOW: usize = 8;
 
 /// Inbound handshakes in progress at most; more are refused at once, so a
@@ -744,8 +745,27 @@ async fn send_loop(
     mut queue: mpsc::Receiver<MeshFrame>,
 ) {
     let timeout = shared.config.transport.request_timeout;
+    let send = |frame: MeshFrame| {
+        let connection = connection.clone();
+        async move {
+            let answer = request(&connection, &frame, timeout).await;
+            (frame.name(), answer)
+        }
+    };
     let mut in_flight = FuturesUnordered::new();
+    // A delta chunk goes alone, after everything queued before it and
+    // before anything queued after it: a catch-up counts as complete only
+    // when its chunks arrive in order.
+    let mut held: Option<MeshFrame> = None;
+    let mut alone = false;
     loop {
+        if in_flight.is_empty() {
+            alone = false;
+            if let Some(frame) = held.take() {
+                alone = true;
+                in_flight.push(send(frame));
+            }
+        }
         tokio::select! {
             biased;
             Some((name, answer)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -765,13 +785,15 @@ async fn send_loop(
                     }
                 }
             }
-            frame = queue.recv(), if in_flight.len() < PEER_SEND_WINDOW => {
+            frame = queue.recv(), if held.is_none() && !alone && in_flight.len() < PEER_SEND_WINDOW => {
                 let Some(frame) = frame else { break };
-                let connection = connection.clone();
-                in_flight.push(async move {
-                    let answer = request(&connection, &frame, timeout).await;
-                    (frame.name(), answer)
-                });
+                let ordered = matches!(frame, MeshFrame::Sync(SyncMessage::Delta { .. }));
+                if ordered && !in_flight.is_empty() {
+                    held = Some(frame);
+                } else {
+                    alone = ordered;
+                    in_flight.push(send(frame));
+                }
             }
         }
     }
