@@ -9,7 +9,9 @@
 //! so a revoked peer loses its live connection at once.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -752,53 +754,84 @@ async fn send_loop(
             (frame.name(), answer)
         }
     };
+    // A delta chunk goes alone: a catch-up counts as complete only when its
+    // chunks arrive in order.
+    let alone = |frame: &MeshFrame| matches!(frame, MeshFrame::Sync(SyncMessage::Delta { .. }));
+    let answered = |(name, answer): (&'static str, Result<MeshFrame, _>)| {
+        match answer {
+            Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
+            Ok(MeshFrame::Error(error)) => {
+                tracing::warn!(%peer, code = %error.code, request = name, "peer refused a message: {}", error.message);
+            }
+            Ok(other) => {
+                tracing::warn!(%peer, answer = other.name(), request = name, "unexpected answer")
+            }
+            Err(err) => {
+                if connection.close_reason().is_some() {
+                    return ControlFlow::Break(());
+                }
+                tracing::debug!(%peer, cause = %err, "sync message not delivered; anti-entropy will repair");
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    // The queue closes when the peer leaves this broker's connections;
+    // what is on its way finishes or fails with the connection.
+    send_in_window(&mut queue, PEER_SEND_WINDOW, alone, send, answered).await;
+}
+
+/// Sends what `queue` yields through `send` with up to `window` on their
+/// way at once. An item `alone` picks waits for everything before it to be
+/// answered, and nothing after it starts until it is. Each answer goes to
+/// `answered`, which may stop the loop; it also stops once the queue closed
+/// and what was on its way was answered.
+async fn send_in_window<T, A, Fut>(
+    queue: &mut mpsc::Receiver<T>,
+    window: usize,
+    alone: impl Fn(&T) -> bool,
+    send: impl Fn(T) -> Fut,
+    mut answered: impl FnMut(A) -> ControlFlow<()>,
+) where
+    Fut: Future<Output = A>,
+{
     let mut in_flight = FuturesUnordered::new();
-    // A delta chunk goes alone, after everything queued before it and
-    // before anything queued after it: a catch-up counts as complete only
-    // when its chunks arrive in order.
-    let mut held: Option<MeshFrame> = None;
-    let mut alone = false;
+    let mut held: Option<T> = None;
+    let mut going_alone = false;
+    let mut closed = false;
     loop {
         if in_flight.is_empty() {
-            alone = false;
-            if let Some(frame) = held.take() {
-                alone = true;
-                in_flight.push(send(frame));
+            going_alone = false;
+            match held.take() {
+                Some(item) => {
+                    going_alone = true;
+                    in_flight.push(send(item));
+                }
+                None if closed => return,
+                None => {}
             }
         }
         tokio::select! {
             biased;
-            Some((name, answer)) = in_flight.next(), if !in_flight.is_empty() => {
-                match answer {
-                    Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
-                    Ok(MeshFrame::Error(error)) => {
-                        tracing::warn!(%peer, code = %error.code, request = name, "peer refused a message: {}", error.message);
-                    }
-                    Ok(other) => {
-                        tracing::warn!(%peer, answer = other.name(), request = name, "unexpected answer")
-                    }
-                    Err(err) => {
-                        if connection.close_reason().is_some() {
-                            return;
-                        }
-                        tracing::debug!(%peer, cause = %err, "sync message not delivered; anti-entropy will repair");
-                    }
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                if answered(answer).is_break() {
+                    return;
                 }
             }
-            frame = queue.recv(), if held.is_none() && !alone && in_flight.len() < PEER_SEND_WINDOW => {
-                let Some(frame) = frame else { break };
-                let ordered = matches!(frame, MeshFrame::Sync(SyncMessage::Delta { .. }));
-                if ordered && !in_flight.is_empty() {
-                    held = Some(frame);
+            item = queue.recv(), if !closed && held.is_none() && !going_alone && in_flight.len() < window => {
+                let Some(item) = item else {
+                    // What is on its way still finishes.
+                    closed = true;
+                    continue;
+                };
+                if alone(&item) && !in_flight.is_empty() {
+                    held = Some(item);
                 } else {
-                    alone = ordered;
-                    in_flight.push(send(frame));
+                    going_alone = alone(&item);
+                    in_flight.push(send(item));
                 }
             }
         }
     }
-    // The queue closed: the peer is gone from this broker's connections,
-    // and what was on its way goes with the connection.
 }
 
 async fn serve_streams(shared: Arc<Shared>, connection: Connection, peer: NodeId, key: [u8; 32]) {
@@ -1425,5 +1458,70 @@ mod tests {
             refusal(Trust::Unknown),
             Some((close_code::UNKNOWN_PEER, "UNKNOWN_PEER"))
         );
+    }
+
+    /// Up to the window at once; an item that goes alone starts only once
+    /// everything before it was answered, and nothing after it starts
+    /// until it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_window_keeps_its_bound_and_sends_an_ordered_item_alone() {
+        use std::sync::Mutex;
+        let (items, mut queue) = mpsc::channel(64);
+        // Items 0..20, each taking a different time; 7 and 13 go alone.
+        for item in 0..20u64 {
+            items.send(item).await.unwrap();
+        }
+        drop(items);
+        let log = Arc::new(Mutex::new(Vec::<(u64, bool)>::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let send = |item: u64| {
+            let (log, running, most) = (log.clone(), running.clone(), most.clone());
+            async move {
+                log.lock().unwrap().push((item, true));
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10 + (item * 7) % 23)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                log.lock().unwrap().push((item, false));
+                item
+            }
+        };
+        let mut answers = Vec::new();
+        send_in_window(
+            &mut queue,
+            4,
+            |item| *item == 7 || *item == 13,
+            send,
+            |item| {
+                answers.push(item);
+                ControlFlow::Continue(())
+            },
+        )
+        .await;
+        answers.sort_unstable();
+        assert_eq!(answers, (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            4,
+            "the window fills, and no more"
+        );
+        let log = log.lock().unwrap();
+        let at = |item: u64, start: bool| log.iter().position(|e| *e == (item, start)).unwrap();
+        for alone in [7, 13] {
+            for other in 0..20 {
+                if other < alone {
+                    assert!(
+                        at(other, false) < at(alone, true),
+                        "{other} ends before {alone} starts"
+                    );
+                } else if other > alone {
+                    assert!(
+                        at(alone, false) < at(other, true),
+                        "{other} starts after {alone} ends"
+                    );
+                }
+            }
+        }
     }
 }
