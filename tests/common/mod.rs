@@ -166,12 +166,11 @@ impl BrokerProcess {
 
     /// Starts `scout --json up` from a prepared command (extra env, flags).
     pub fn start_command(mut command: Command) -> BrokerProcess {
-        let mut child = command
+        command
             .args(["--json", "up"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn scout up");
+            .stderr(Stdio::piped());
+        let mut child = spawn_fresh(&mut command).expect("spawn scout up");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -579,4 +578,20 @@ pub fn viewer_and_shell_owner() -> (Node, Node) {
         marker.exists().then_some(())
     });
     (alpha, beta)
+}
+
+/// Spawns `command`, trying again for a while when its program is "busy":
+/// a binary a test has just copied stays open for writing in any process
+/// another test thread forked meanwhile, until that child's exec.
+pub fn spawn_fresh(command: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
 }
