@@ -47,7 +47,8 @@ pub const PEER_SEND_QUEUE_MAX: usize = 1024;
 /// behind the queue for seconds on a 160 ms link. The messages may arrive
 /// out of order, which the sync protocol takes (a record out of order is
 /// kept, and the vector advances only over what is contiguous), except a
-/// delta chunk: it goes alone, so a catch-up's chunks arrive in order.
+/// delta chunk and a view message: each goes alone, so a catch-up's chunks
+/// and a peer's view changes arrive in the order they were sent.
 pub const PEER_SEND_WINDOW: usize = 8;
 
 /// Inbound handshakes in progress at most; more are refused at once, so a
@@ -755,8 +756,14 @@ async fn send_loop(
         }
     };
     // A delta chunk goes alone: a catch-up counts as complete only when its
-    // chunks arrive in order.
-    let alone = |frame: &MeshFrame| matches!(frame, MeshFrame::Sync(SyncMessage::Delta { .. }));
+    // chunks arrive in order. So does a view message: an accepted
+    // neighbor and a disconnect that follows it must not swap places.
+    let alone = |frame: &MeshFrame| {
+        matches!(
+            frame,
+            MeshFrame::Sync(SyncMessage::Delta { .. }) | MeshFrame::View(_)
+        )
+    };
     let answered = |(name, answer): (&'static str, Result<MeshFrame, _>)| {
         match answer {
             Ok(MeshFrame::SyncAck | MeshFrame::ViewAck) => {}
