@@ -796,24 +796,27 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .dialable_nodes();
-        let members: HashSet<NodeId> = self.shared.trust.member_ids().into_iter().collect();
         dialable
             .into_iter()
-            .filter(|id| members.contains(id) && *id != self.shared.identity.node_id)
+            .filter(|id| self.may_dial(id))
             .collect()
     }
 
     /// Whether `peer` is one of [`Mesh::dialable_members`], asked about
     /// alone (without a pass over every member).
     pub fn is_dialable(&self, peer: &NodeId) -> bool {
-        *peer != self.shared.identity.node_id
-            && self.shared.trust.is_member(peer)
+        self.may_dial(peer)
             && self
                 .shared
                 .book
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
                 .has_dialable(peer)
+    }
+
+    /// A member other than this broker: one routing may dial.
+    fn may_dial(&self, peer: &NodeId) -> bool {
+        *peer != self.shared.identity.node_id && self.shared.trust.is_member(peer)
     }
 
     /// A number that changes whenever [`Mesh::dialable_members`] may have.
