@@ -21,6 +21,8 @@
 //!   collection; inputs in through `handle_*`, outputs out through `poll_*`.
 //! - [`routing`]: the origin's delivery plan: send, retry, defer, query,
 //!   fail, reroute; the rules that keep execution exactly-once.
+//! - [`relay`]: requests passed through a third member when a direct dial
+//!   fails, signed end to end by their sender and bound to their target.
 //! - [`membership`]: one-time invites, invite codes and the join decision.
 //! - [`views`]: partial views of the mesh ([`views::Views`], HyParView's
 //!   active and passive views), so a broker keeps a bounded number of
@@ -49,6 +51,7 @@ pub mod names;
 pub mod output;
 pub mod pairing;
 pub mod registry;
+pub mod relay;
 pub mod resolve;
 mod rng;
 pub mod routing;

@@ -1155,6 +1155,11 @@ error_codes! {
     ApprovalExpired => "APPROVAL_EXPIRED",
     /// The approval is not pending here (unknown, or gone).
     ApprovalNotPending => "APPROVAL_NOT_PENDING",
+    /// A relayed frame that is forged, misdirected or not relayable
+    /// ([`crate::relay::RelayError`]).
+    BadRelay => "BAD_RELAY",
+    /// The relay could not reach the target either.
+    RelayUnreachable => "RELAY_UNREACHABLE",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -1276,6 +1281,13 @@ pub enum MeshFrame {
     View(ViewFrame),
     /// Response to `View`: received and handled.
     ViewAck,
+    /// Request (member to a relay): pass the envelope on to its target,
+    /// which this member cannot dial ([`crate::relay`]).
+    Relay(crate::relay::RelayEnvelope),
+    /// Request (relay to target): a request from the envelope's sender.
+    Relayed(crate::relay::RelayEnvelope),
+    /// Response to `Relay` and `Relayed`: the target's answer, signed by it.
+    RelayAnswer(crate::relay::RelayEnvelope),
 }
 
 /// A views message between brokers.
@@ -1486,6 +1498,9 @@ impl MeshFrame {
             MeshFrame::PairConfirm { .. } => "pair_confirm",
             MeshFrame::View(_) => "view",
             MeshFrame::ViewAck => "view_ack",
+            MeshFrame::Relay(_) => "relay",
+            MeshFrame::Relayed(_) => "relayed",
+            MeshFrame::RelayAnswer(_) => "relay_answer",
         }
     }
 
@@ -1607,6 +1622,8 @@ impl MeshFrame {
                 }
                 Ok(())
             }
+            // The frame inside is checked when the target opens it.
+            MeshFrame::Relay(_) | MeshFrame::Relayed(_) | MeshFrame::RelayAnswer(_) => Ok(()),
             MeshFrame::SyncAck
             | MeshFrame::ViewAck
             | MeshFrame::PairProbe

@@ -177,6 +177,15 @@ fn stored_record_seeds() -> Vec<Vec<u8>> {
 }
 
 /// One frame of every kind.
+/// A relayed cancel, signed by a fixed key.
+fn relayed() -> scout_mesh::relay::RelayEnvelope {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let cancel = MeshFrame::Cancel {
+        invocation_id: "0190a0b0-c0d0-7000-8000-000000000001".into(),
+    };
+    scout_mesh::relay::seal(&key, &node_id(1), 7, false, &cancel).expect("a cancel is relayed")
+}
+
 fn frame_seeds() -> Vec<MeshFrame> {
     let mesh_id = MeshId::founded_by(&[7; 32]);
     let hello = Hello {
@@ -210,6 +219,9 @@ fn frame_seeds() -> Vec<MeshFrame> {
             admitted_by: node_id(0),
         }),
         MeshFrame::Ping { nonce: 42 },
+        MeshFrame::Relay(relayed()),
+        MeshFrame::Relayed(relayed()),
+        MeshFrame::RelayAnswer(relayed()),
         MeshFrame::Pong { nonce: u64::MAX },
         MeshFrame::error("MALFORMED_FRAME", "bad bytes"),
         MeshFrame::Error(ErrorFrame {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use scout_netsim::check::CheckStatus;
+use scout_netsim::history::Outcome;
 use scout_netsim::run::{self, RunOptions};
 use scout_netsim::scenario::{OpKind, Scenario};
 
@@ -36,6 +37,7 @@ fn every_shipped_scenario_passes() {
         "clock-skew",
         "worktrees-partition",
         "views-20",
+        "relay-no-direct-path",
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",
@@ -116,6 +118,43 @@ fn every_shipped_scenario_passes() {
     assert!(
         lost > 0.1 * loss.network.sent as f64,
         "30% loss drops datagrams"
+    );
+}
+
+/// Two brokers with no direct path between them still invoke each other's
+/// agents: through a relay, each invocation completed once. (Without
+/// relays these invocations never end: the check `invocations_complete`
+/// fails with them `unknown`.)
+#[test]
+fn brokers_with_no_direct_path_invoke_each_other_through_a_relay() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/relay-no-direct-path.toml");
+    let plan = Scenario::load(&file).expect("valid");
+    let report = run::run(&plan, &RunOptions::default()).expect("runs");
+    assert!(report.passed, "{}", report.summary());
+    let between: Vec<_> = report
+        .ops_history
+        .iter()
+        .filter(|op| op.kind == OpKind::Invoke && op.at_ms > 2_000)
+        .filter(|op| {
+            (op.node == "n1" && op.detail.contains("@n3#"))
+                || (op.node == "n3" && op.detail.contains("@n1#"))
+        })
+        .collect();
+    assert!(
+        between.len() >= 2,
+        "the workload invokes between the two: {between:?}"
+    );
+    for op in between {
+        assert_eq!(op.outcome, Outcome::Ok, "{op:?}");
+    }
+    assert!(
+        report
+            .network
+            .dropped
+            .get("partition")
+            .copied()
+            .unwrap_or(0)
+            > 0
     );
 }
 

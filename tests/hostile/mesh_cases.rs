@@ -466,6 +466,7 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
             }))
         },
     );
+    relays(tally, mesh, &ask);
     tally.case("views: messages naming non-members are answered", || {
         let strangers = made_up_ids(SHUFFLE_IDS_MAX);
         for frame in [
@@ -492,6 +493,98 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
         Ok(())
     });
     connection.close(0u32.into(), b"done");
+}
+
+/// Relayed frames: a forged envelope, someone else's envelope handed to a
+/// relay, a relay to a non-member; and a signed relayed ping, answered
+/// with a signed pong bound to its nonce.
+fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFrame, String>) {
+    use scout_mesh::relay::{Expect, seal};
+    let member_key =
+        <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(
+            &mesh.member.key.pkcs8_der,
+        )
+        .expect("the probe's key");
+    let stranger_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let broker_id = NodeId::of_public_key(&mesh.broker_key);
+    let code_of = |frame: MeshFrame| match frame {
+        MeshFrame::Error(error) => Ok(error.code.as_str().to_owned()),
+        other => Err(format!("answered {}", other.name())),
+    };
+    tally.case(
+        "relay: an envelope signed by another key is BAD_RELAY",
+        || {
+            let mut forged = seal(
+                &stranger_key,
+                &broker_id,
+                1,
+                false,
+                &MeshFrame::Ping { nonce: 1 },
+            )
+            .expect("seal");
+            forged.from = mesh.member.node_id();
+            let code = code_of(ask(MeshFrame::Relayed(forged))?)?;
+            ensure(code == "BAD_RELAY", || format!("refused with {code}"))
+        },
+    );
+    tally.case(
+        "relay: another sender's envelope handed to a relay is BAD_RELAY",
+        || {
+            let theirs = seal(
+                &stranger_key,
+                &broker_id,
+                2,
+                false,
+                &MeshFrame::Ping { nonce: 2 },
+            )
+            .expect("seal");
+            let code = code_of(ask(MeshFrame::Relay(theirs))?)?;
+            ensure(code == "BAD_RELAY", || format!("refused with {code}"))
+        },
+    );
+    tally.case(
+        "relay: a relay to a non-member is RELAY_UNREACHABLE",
+        || {
+            let stranger = NodeId::of_public_key(&stranger_key.verifying_key().to_bytes());
+            let envelope = seal(
+                &member_key,
+                &stranger,
+                3,
+                false,
+                &MeshFrame::Ping { nonce: 3 },
+            )
+            .expect("seal");
+            let code = code_of(ask(MeshFrame::Relay(envelope))?)?;
+            ensure(code == "RELAY_UNREACHABLE", || {
+                format!("refused with {code}")
+            })
+        },
+    );
+    tally.case("relay: a signed relayed ping gets a signed pong", || {
+        let envelope = seal(
+            &member_key,
+            &broker_id,
+            4,
+            false,
+            &MeshFrame::Ping { nonce: 4 },
+        )
+        .expect("seal");
+        let MeshFrame::RelayAnswer(answer) = ask(MeshFrame::Relayed(envelope))? else {
+            return Err("no relay answer".to_owned());
+        };
+        let me = mesh.member.node_id();
+        let opened = scout_mesh::relay::open(
+            &answer,
+            Expect {
+                me: &me,
+                answer_to: Some((4, &broker_id)),
+            },
+        )
+        .map_err(|err| err.to_string())?;
+        ensure(opened == MeshFrame::Pong { nonce: 4 }, || {
+            format!("answered {opened:?}")
+        })
+    });
 }
 
 fn reused(tally: &Tally, mesh: &mut Mesh) {

@@ -573,7 +573,7 @@ pub(crate) fn refresh_join_window(shared: &Shared, now: u64) {
 
 /// The close code and reason for a peer that is not (or no longer) a
 /// member, or `None` for a member.
-fn refusal(trust: Trust) -> Option<(u32, &'static str)> {
+pub(crate) fn refusal(trust: Trust) -> Option<(u32, &'static str)> {
     match trust {
         Trust::Member => None,
         Trust::Revoked => Some((close_code::REVOKED_PEER, "REVOKED_PEER")),
@@ -949,6 +949,8 @@ async fn handle_request(shared: &Arc<Shared>, peer: &NodeId, frame: MeshFrame) -
             MeshFrame::SyncAck
         }
         MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },
+        MeshFrame::Relay(envelope) => super::relay::pass_on(shared, peer, envelope).await,
+        MeshFrame::Relayed(envelope) => super::relay::serve(shared, peer, envelope).await,
         MeshFrame::Invoke(_)
         | MeshFrame::FlightUpdate(_)
         | MeshFrame::FlightQuery { .. }

@@ -17,6 +17,8 @@
 //!   which owners are reachable (the routing core's `Directory`).
 //! - [`reachability`]: which members routing may count on, followed
 //!   cheaply as connections come and go.
+//! - [`relay`]: requests to a member no address of which answers, passed
+//!   through a member both are connected to, signed end to end.
 //! - [`log_limit`]: once-a-minute log lines for what peers can repeat.
 //! - [`offline`]: the same registry edits for CLI commands when no broker runs.
 //! - `crate::daemon::discovery` (beside this module): the mDNS and
@@ -34,6 +36,7 @@ pub mod log_limit;
 pub mod offline;
 pub mod pairing;
 pub mod reachability;
+pub mod relay;
 pub mod trust;
 pub mod views;
 
@@ -217,6 +220,10 @@ pub struct Shared {
     /// Bumped whenever a connection is registered or closed, or a dial
     /// ends: on-demand requests wait on it.
     pub(crate) connection_events: watch::Sender<u64>,
+    /// The node key, for signing relayed requests and answers.
+    pub(crate) signing_key: scout_mesh::sync::SigningKey,
+    /// Members reached through a relay lately (see [`relay`]).
+    pub(crate) relays: Mutex<relay::Relays>,
 }
 
 /// The request hook, printable.
@@ -518,6 +525,8 @@ impl Mesh {
             },
         ));
         let identity_id = identity.node_id.clone();
+        let signing_key = <scout_mesh::sync::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(&identity.key.pkcs8_der)
+            .map_err(|err| anyhow::anyhow!("the node key cannot sign: {err}"))?;
         let views_seed = config.env.random_u64();
         let view_sizes = config.views;
         let trust_for_views = trust.clone();
@@ -554,6 +563,8 @@ impl Mesh {
             )),
             dial_kick: Notify::new(),
             connection_events: watch::channel(0).0,
+            signing_key,
+            relays: Mutex::new(relay::Relays::default()),
         });
         let mesh = Mesh { shared };
         *mesh
@@ -582,6 +593,7 @@ impl Mesh {
             shutdown.clone(),
         ));
         crate::daemon::discovery::spawn(&mesh, shutdown.clone(), tasks);
+        tasks.spawn(relay::probe_loop(mesh.shared.clone(), shutdown.clone()));
         tasks.spawn(connections::dial_loop(mesh.shared.clone(), shutdown));
         Ok(mesh)
     }
@@ -796,8 +808,10 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .dialable_nodes();
+        let relayed = self.relays().fresh(self.shared.env().now_mono_ms());
         dialable
             .into_iter()
+            .chain(relayed)
             .filter(|id| self.may_dial(id))
             .collect()
     }
@@ -806,12 +820,22 @@ impl Mesh {
     /// alone (without a pass over every member).
     pub fn is_dialable(&self, peer: &NodeId) -> bool {
         self.may_dial(peer)
-            && self
+            && (self
                 .shared
                 .book
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
                 .has_dialable(peer)
+                || self
+                    .relays()
+                    .is_fresh(peer, self.shared.env().now_mono_ms()))
+    }
+
+    fn relays(&self) -> std::sync::MutexGuard<'_, relay::Relays> {
+        self.shared
+            .relays
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// A member other than this broker: one routing may dial.
@@ -829,8 +853,9 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .dialable_version();
-        // Both only grow, so their sum changes whenever either does.
+        // All only grow, so their sum changes whenever one does.
         book.wrapping_add(self.shared.trust.members_version())
+            .wrapping_add(self.relays().version())
     }
 
     /// Keeps connections to `peers` (owners routing waits on): the dialer
@@ -909,12 +934,34 @@ impl Mesh {
     }
 
     /// One request to a member, answered within the transport's request
-    /// timeout; a member with no connection is dialed first. The error
-    /// says why no answer came, for a person.
+    /// timeout; a member with no connection is dialed first, and one that
+    /// cannot be dialed is asked through a relay ([`relay`]; routing's
+    /// requests only). The error says why no answer came, for a person.
     pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
+        match self.connection_to(peer).await {
+            Ok(connection) => self.request_on(&connection, frame).await,
+            Err(direct) if scout_mesh::relay::relayable(frame) && self.may_dial(peer) => {
+                relay::request_relayed(&self.shared, peer, frame)
+                    .await
+                    .map_err(|relayed| format!("{direct}; {relayed}"))
+            }
+            Err(direct) => Err(direct),
+        }
+    }
+
+    /// [`Mesh::request`] without a relay: what a relay itself sends.
+    async fn request_direct(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
         let connection = self.connection_to(peer).await?;
+        self.request_on(&connection, frame).await
+    }
+
+    async fn request_on(
+        &self,
+        connection: &quinn::Connection,
+        frame: &MeshFrame,
+    ) -> Result<MeshFrame, String> {
         let timeout = self.shared.config.transport.request_timeout;
-        scout_net::transport::endpoint::request(&connection, frame, timeout)
+        scout_net::transport::endpoint::request(connection, frame, timeout)
             .await
             .map_err(|err| format!("{}: {err}", err.code()))
     }

@@ -119,6 +119,15 @@ impl ViewState {
             .collect()
     }
 
+    /// Members routing wants now.
+    pub fn wanted(&self, now_ms: u64) -> Vec<NodeId> {
+        self.wanted
+            .iter()
+            .filter(|(_, until)| **until > now_ms)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Whether a connection to `peer` is needed (not idle by design).
     fn needs(&self, peer: &NodeId, now_ms: u64) -> bool {
         self.views.active().contains(peer)

@@ -1,0 +1,411 @@
+//! Relays: when this broker cannot dial a member (two machines behind NATs,
+//! a firewall, a link that is down while others work), routing's request
+//! goes through a member both are connected to.
+//!
+//! Three roles, one per frame of [`scout_mesh::relay`]:
+//! - the sender ([`request_relayed`]): after a direct request failed, it
+//!   seals the frame for the target and asks up to [`RELAYS_TRIED_MAX`] of
+//!   its live connections (active view first) at once to pass it on; the
+//!   first answer that opens (signed by the target, bound to the nonce)
+//!   wins;
+//! - the relay ([`pass_on`]): passes a connected member's own envelope to
+//!   the target over its own connection (dialing it if need be, never
+//!   through another relay) and hands the signed answer back;
+//! - the target ([`serve`]): opens the envelope, checks the sender's
+//!   membership as a direct connection's would be, and answers through the
+//!   same routing hook as a direct request.
+//!
+//! A member reached through a relay counts as reachable for routing
+//! ([`Relays::fresh`]) for [`RELAY_FRESH_MS`]; [`probe_loop`] tries a
+//! relayed ping to members routing waits on whose every address failed,
+//! so the first delivery to them does not wait for a direct path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use scout_mesh::relay::{self, Expect, RelayEnvelope};
+use scout_mesh::wire::{ErrorCode, MeshFrame, NodeId};
+use scout_net::transport::TrustPolicy as _;
+use tokio::sync::watch;
+
+use super::{Mesh, Shared, connections};
+
+/// Relays one request is offered to at once, at most.
+pub const RELAYS_TRIED_MAX: usize = 3;
+
+/// How long a member reached through a relay counts as reachable, in ms.
+pub const RELAY_FRESH_MS: u64 = 60_000;
+
+/// How often a member routing waits on, unreachable directly, is probed
+/// through a relay, in ms.
+pub const RELAY_PROBE_INTERVAL_MS: u64 = 10_000;
+
+/// Probes in flight at once, at most.
+const RELAY_PROBES_MAX: usize = 4;
+
+/// Members reached through a relay lately.
+#[derive(Debug, Default)]
+pub struct Relays {
+    /// Until when (monotonic ms) each counts as reachable.
+    fresh: HashMap<NodeId, u64>,
+    /// When each was last probed (monotonic ms).
+    probed: HashMap<NodeId, u64>,
+    /// Bumped whenever a member enters or leaves `fresh`.
+    version: u64,
+}
+
+impl Relays {
+    /// `peer` answered through a relay at `now_ms`; true when it had not
+    /// lately.
+    pub fn reached(&mut self, peer: &NodeId, now_ms: u64) -> bool {
+        let new = self
+            .fresh
+            .insert(peer.clone(), now_ms + RELAY_FRESH_MS)
+            .is_none_or(|until| until <= now_ms);
+        if new {
+            self.version += 1;
+        }
+        new
+    }
+
+    /// No relay reached `peer`.
+    pub fn failed(&mut self, peer: &NodeId) {
+        if self.fresh.remove(peer).is_some() {
+            self.version += 1;
+        }
+    }
+
+    /// Whether `peer` answered through a relay lately.
+    pub fn is_fresh(&self, peer: &NodeId, now_ms: u64) -> bool {
+        self.fresh.get(peer).is_some_and(|until| *until > now_ms)
+    }
+
+    /// The members reached through a relay lately (expired ones are
+    /// forgotten).
+    pub fn fresh(&mut self, now_ms: u64) -> Vec<NodeId> {
+        let before = self.fresh.len();
+        self.fresh.retain(|_, until| *until > now_ms);
+        if self.fresh.len() != before {
+            self.version += 1;
+        }
+        self.fresh.keys().cloned().collect()
+    }
+
+    /// A number that changes whenever the fresh set does.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether `peer` may be probed at `now_ms` (and notes it if so).
+    fn probe_due(&mut self, peer: &NodeId, now_ms: u64) -> bool {
+        self.probed
+            .retain(|_, at| now_ms.saturating_sub(*at) < RELAY_PROBE_INTERVAL_MS);
+        let due = self
+            .probed
+            .get(peer)
+            .is_none_or(|at| now_ms.saturating_sub(*at) >= RELAY_PROBE_INTERVAL_MS);
+        if due {
+            self.probed.insert(peer.clone(), now_ms);
+        }
+        due
+    }
+}
+
+fn relays(shared: &Shared) -> std::sync::MutexGuard<'_, Relays> {
+    shared
+        .relays
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The live connections a request to `target` may go through: active view
+/// first, then the others, in a random order within each.
+fn candidates(shared: &Shared, target: &NodeId) -> Vec<(NodeId, quinn::Connection)> {
+    let active = shared
+        .views
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .active();
+    let mut live: Vec<(NodeId, quinn::Connection)> = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .iter()
+        .filter(|(id, peer)| *id != target && peer.connection.close_reason().is_none())
+        .map(|(id, peer)| (id.clone(), peer.connection.clone()))
+        .collect();
+    // In id order before the draws, so a seeded environment (netsim)
+    // chooses the same relays on every run.
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut live: Vec<(bool, u64, NodeId, quinn::Connection)> = live
+        .into_iter()
+        .map(|(id, connection)| {
+            (
+                !active.contains(&id),
+                shared.random::<u64>(),
+                id,
+                connection,
+            )
+        })
+        .collect();
+    live.sort_by_key(|(outside_view, draw, _, _)| (*outside_view, *draw));
+    live.into_iter()
+        .take(RELAYS_TRIED_MAX)
+        .map(|(_, _, id, connection)| (id, connection))
+        .collect()
+}
+
+/// How long a relay may take to answer: it may dial the target first.
+fn relay_timeout(shared: &Shared) -> std::time::Duration {
+    let transport = &shared.config.transport;
+    transport.handshake_timeout + 2 * transport.request_timeout
+}
+
+/// Sends `frame` to `target` through a relay; the error says why none
+/// answered, for a person.
+pub async fn request_relayed(
+    shared: &Arc<Shared>,
+    target: &NodeId,
+    frame: &MeshFrame,
+) -> Result<MeshFrame, String> {
+    let nonce: u64 = shared.random();
+    let envelope = relay::seal(&shared.signing_key, target, nonce, false, frame)
+        .map_err(|err| format!("{}: {err}", err.code()))?;
+    let tried = candidates(shared, target);
+    if tried.is_empty() {
+        return Err("no connected member to relay through".to_owned());
+    }
+    // All at once: the target treats every relayed request idempotently,
+    // so a second copy that arrives changes nothing, and a dead relay
+    // does not hold up a live one.
+    let me = &shared.identity.node_id;
+    let request = MeshFrame::Relay(envelope);
+    let timeout = relay_timeout(shared);
+    let mut asks: futures_util::stream::FuturesUnordered<_> = tried
+        .into_iter()
+        .map(|(via, connection)| {
+            let request = &request;
+            async move {
+                let answer =
+                    scout_net::transport::endpoint::request(&connection, request, timeout).await;
+                (via, answer)
+            }
+        })
+        .collect();
+    let mut why = Vec::new();
+    while let Some((via, answer)) = futures_util::StreamExt::next(&mut asks).await {
+        match answer {
+            Ok(MeshFrame::RelayAnswer(answer)) => {
+                let expect = Expect {
+                    me,
+                    answer_to: Some((nonce, target)),
+                };
+                match relay::open(&answer, expect) {
+                    Ok(frame) => {
+                        if relays(shared).reached(target, shared.env().now_mono_ms()) {
+                            tracing::info!(%target, %via, "no address of this member answers; it is reached through a relay");
+                        }
+                        return Ok(frame);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%target, %via, cause = %err, "a relay's answer did not verify");
+                        why.push(format!("{via}: {}: {err}", err.code()));
+                    }
+                }
+            }
+            Ok(MeshFrame::Error(error)) => {
+                why.push(format!("{via}: {}: {}", error.code, error.message));
+            }
+            Ok(other) => why.push(format!("{via}: answered `{}`", other.name())),
+            Err(err) => why.push(format!("{via}: {}: {err}", err.code())),
+        }
+    }
+    relays(shared).failed(target);
+    Err(format!("no relay reached it ({})", why.join("; ")))
+}
+
+/// The relay's part: passes `sender`'s envelope on to its target and
+/// hands the answer back.
+pub async fn pass_on(shared: &Arc<Shared>, sender: &NodeId, envelope: RelayEnvelope) -> MeshFrame {
+    if envelope.from != *sender || envelope.answer {
+        return MeshFrame::error(
+            ErrorCode::BadRelay,
+            "a relay passes on its sender's own requests only",
+        );
+    }
+    let target = envelope.to.clone();
+    if target == shared.identity.node_id || target == *sender {
+        return MeshFrame::error(ErrorCode::BadRelay, "a relay does not pass a request back");
+    }
+    if !shared.trust.is_member(&target) {
+        return MeshFrame::error(
+            ErrorCode::RelayUnreachable,
+            format!("{target} is not a member of this mesh"),
+        );
+    }
+    let mesh = Mesh {
+        shared: shared.clone(),
+    };
+    match mesh
+        .request_direct(&target, &MeshFrame::Relayed(envelope))
+        .await
+    {
+        Ok(answer @ (MeshFrame::RelayAnswer(_) | MeshFrame::Error(_))) => answer,
+        Ok(other) => MeshFrame::error(
+            ErrorCode::RelayUnreachable,
+            format!("{target} answered `{}`", other.name()),
+        ),
+        Err(why) => MeshFrame::error(ErrorCode::RelayUnreachable, format!("{target}: {why}")),
+    }
+}
+
+/// The target's part: opens a relayed request and answers it as a direct
+/// one from its sender.
+pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) -> MeshFrame {
+    let me = &shared.identity.node_id;
+    let frame = match relay::open(
+        &envelope,
+        Expect {
+            me,
+            answer_to: None,
+        },
+    ) {
+        Ok(frame) => frame,
+        Err(err) => {
+            tracing::warn!(%via, from = %envelope.from, cause = %err, "refused a relayed request");
+            return MeshFrame::error(err.code(), err.to_string());
+        }
+    };
+    // The sender is checked as its own connection would be.
+    if let Some((_, reason)) = connections::refusal(shared.trust.trust(&envelope.from_key)) {
+        return MeshFrame::error(reason, "the relayed request's sender is not a member");
+    }
+    let sender = envelope.from.clone();
+    let answer = match frame {
+        MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },
+        request @ (MeshFrame::Invoke(_)
+        | MeshFrame::FlightUpdate(_)
+        | MeshFrame::FlightQuery { .. }
+        | MeshFrame::Cancel { .. }
+        | MeshFrame::UsageQuery(_)
+        | MeshFrame::ApprovalDecide(_)) => match shared.hook.get() {
+            Some(hook) => (hook.0)(sender.clone(), request).await,
+            None => MeshFrame::error("NOT_READY", "this broker does not route yet"),
+        },
+        other => MeshFrame::error(
+            ErrorCode::UnexpectedFrame,
+            format!("`{}` is not a request", other.name()),
+        ),
+    };
+    // Answers to this sender may need the same way back.
+    let _ = relays(shared).reached(&sender, shared.env().now_mono_ms());
+    match relay::seal(&shared.signing_key, &sender, envelope.nonce, true, &answer) {
+        Ok(sealed) => MeshFrame::RelayAnswer(sealed),
+        Err(err) => MeshFrame::error(err.code(), err.to_string()),
+    }
+}
+
+/// Members routing waits on that no address reaches, due a probe.
+fn due_probes(shared: &Shared) -> Vec<NodeId> {
+    let now = shared.now_ms();
+    let mono = shared.env().now_mono_ms();
+    let wanted = shared
+        .views
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .wanted(now);
+    let connected: Vec<NodeId> = {
+        let peers = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        wanted
+            .iter()
+            .filter(|id| peers.contains_key(*id))
+            .cloned()
+            .collect()
+    };
+    let book = shared
+        .book
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let mut relays = relays(shared);
+    wanted
+        .into_iter()
+        .filter(|id| !connected.contains(id) && !book.has_dialable(id))
+        .filter(|id| !relays.is_fresh(id, mono) && relays.probe_due(id, mono))
+        .take(RELAY_PROBES_MAX)
+        .collect()
+}
+
+/// Probes, once a second, the members routing waits on that no address
+/// reaches: a relayed ping that answers makes them reachable.
+pub async fn probe_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let due = due_probes(&shared);
+        let probes = due.iter().map(|peer| {
+            let ping = MeshFrame::Ping {
+                nonce: shared.random(),
+            };
+            let shared = shared.clone();
+            async move {
+                let answer = request_relayed(&shared, peer, &ping).await;
+                (peer, answer)
+            }
+        });
+        let answers = tokio::select! {
+            answers = futures_util::future::join_all(probes) => answers,
+            _ = shutdown.changed() => return,
+        };
+        for (peer, answer) in answers {
+            if let Err(why) = answer {
+                tracing::debug!(%peer, %why, "no relay reached this member");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(byte: u8) -> NodeId {
+        NodeId::from_bytes([byte; 16])
+    }
+
+    #[test]
+    fn a_member_reached_through_a_relay_stays_fresh_for_a_while() {
+        let mut relays = Relays::default();
+        let start = relays.version();
+        assert!(relays.reached(&node(1), 1_000));
+        assert!(relays.is_fresh(&node(1), 1_000 + RELAY_FRESH_MS - 1));
+        assert!(relays.version() > start);
+        let seen = relays.version();
+        assert!(!relays.reached(&node(1), 2_000));
+        assert_eq!(relays.version(), seen, "a refresh is not a change");
+        assert_eq!(relays.fresh(2_000 + RELAY_FRESH_MS - 1), vec![node(1)]);
+        assert!(relays.fresh(2_000 + RELAY_FRESH_MS).is_empty());
+        assert!(relays.version() > seen, "expiry is a change");
+        assert!(relays.reached(&node(2), 0));
+        relays.failed(&node(2));
+        assert!(!relays.is_fresh(&node(2), 1));
+    }
+
+    #[test]
+    fn a_member_is_probed_once_an_interval() {
+        let mut relays = Relays::default();
+        assert!(relays.probe_due(&node(1), 0));
+        assert!(!relays.probe_due(&node(1), RELAY_PROBE_INTERVAL_MS - 1));
+        assert!(relays.probe_due(&node(1), RELAY_PROBE_INTERVAL_MS));
+        assert!(relays.probe_due(&node(2), 1));
+    }
+}
