@@ -4,7 +4,7 @@
 //! ```text
 //! scout-netsim run SCENARIO... [--seed N] [--out DIR] [--plot] [--json]
 //! scout-netsim swarm --seeds A..B [--nodes N] [--jobs J] [--out DIR]
-//! scout-netsim pure [--nodes 1000] [--views] [--latency-ms 20..80]
+//! scout-netsim pure [--nodes 1000] [--views] [--latency-ms 20..80] [--writers W]
 //! scout-netsim pure --routing --seed S --nodes N [--invocations K]
 //! scout-netsim pure-swarm --seeds A..B [--nodes 3..9] [--invocations K] [--jobs J]
 //! scout-netsim bench [PART]
@@ -107,6 +107,10 @@ enum Command {
         /// with pushes forwarded along the views.
         #[arg(long)]
         views: bool,
+        /// Nodes that write, spread evenly (default: every node up to
+        /// 1,000; past that, 1,000,000 / nodes of them).
+        #[arg(long)]
+        writers: Option<usize>,
         /// One-way link latency range in ms, as `A..B`.
         #[arg(long, value_parser = parse_latency_range, default_value = "2..40")]
         latency_ms: (u64, u64),
@@ -432,6 +436,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             nodes,
             peers,
             views,
+            writers,
             latency_ms,
             seed,
             json,
@@ -451,6 +456,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 seed,
                 views,
                 latency_ms,
+                writers,
                 ..pure::PureOptions::default()
             });
             if json {

@@ -34,6 +34,17 @@ use crate::timeline::Timeline;
 /// Nodes in one pure run at most.
 pub const PURE_NODES_MAX: usize = 10_000;
 
+/// How many (node, writer) pairs a pure run has when its writers are not
+/// asked for: every node writes up to 1,000 nodes, and past that the
+/// writers are `PURE_WRITER_PAIRS / nodes` nodes spread evenly (500 of
+/// 2,000, 100 of 10,000). Every replica holds every writer's records, so
+/// the simulator's memory grows as nodes × writers: 10,000 nodes that all
+/// wrote would be 10,000 copies of 30,000 records, far more than this
+/// machine holds. At that scale the run shows what does not depend on the
+/// data: that nodes which do not write cost the others nothing that grows
+/// with N (connections, digests, view upkeep).
+pub const PURE_WRITER_PAIRS: usize = 1_000_000;
+
 /// How the pure run is shaped.
 #[derive(Debug, Clone)]
 pub struct PureOptions {
@@ -53,6 +64,9 @@ pub struct PureOptions {
     pub converge_within_ms: u64,
     /// Connect each node to its active view only, and forward pushes.
     pub views: bool,
+    /// Nodes that write (spread evenly; node 0 always does); `None`: see
+    /// [`PURE_WRITER_PAIRS`].
+    pub writers: Option<usize>,
 }
 
 impl Default for PureOptions {
@@ -66,6 +80,7 @@ impl Default for PureOptions {
             latency_ms: (2, 40),
             converge_within_ms: 600_000,
             views: false,
+            writers: None,
         }
     }
 }
@@ -79,6 +94,8 @@ pub struct PureReport {
     pub mean_degree: f64,
     /// Largest number of connections of one node.
     pub max_degree: usize,
+    /// Nodes that wrote.
+    pub writers: usize,
     /// Live records every replica must end with.
     pub records: usize,
     /// Whether the connections were the brokers' active views.
@@ -135,6 +152,8 @@ struct World {
     /// Anti-entropy rounds each node ran since counting started.
     rounds: Vec<u32>,
     counting_rounds: bool,
+    /// The nodes that write, in order.
+    writers: Vec<usize>,
 }
 
 impl World {
@@ -372,6 +391,15 @@ fn view_edges(n_nodes: usize, seed: u64) -> BTreeSet<(usize, usize)> {
     edges
 }
 
+/// The writing nodes: `asked` of them (default: see
+/// [`PURE_WRITER_PAIRS`]), spread evenly, node 0 first.
+fn writers(n_nodes: usize, asked: Option<usize>) -> Vec<usize> {
+    let count = asked
+        .unwrap_or(PURE_WRITER_PAIRS / n_nodes.max(1))
+        .clamp(1, n_nodes);
+    (0..count).map(|idx| idx * n_nodes / count).collect()
+}
+
 /// Runs the pure scenario: connect, write, partition into halves while
 /// every node writes, heal, and measure until every replica has every
 /// record.
@@ -428,6 +456,7 @@ pub fn run(options: &PureOptions) -> PureReport {
         bytes: 0,
         rounds: vec![0; n_nodes],
         counting_rounds: false,
+        writers: writers(n_nodes, options.writers),
     };
     let edges = if options.views {
         view_edges(n_nodes, options.seed)
@@ -444,8 +473,8 @@ pub fn run(options: &PureOptions) -> PureReport {
     for &(a, b) in &edges {
         world.connect(a, b);
     }
-    for node in 0..n_nodes {
-        world.write(node, 0);
+    for idx in 0..world.writers.len() {
+        world.write(world.writers[idx], 0);
     }
     // Long enough for every replica to hold every first record.
     world.run_until(8_000_000);
@@ -468,8 +497,8 @@ pub fn run(options: &PureOptions) -> PureReport {
             + (writes_end_us - partition_start_us) * write_idx as u64
                 / options.writes_per_node.max(1) as u64;
         world.run_until(at_us);
-        for node in 0..n_nodes {
-            world.write(node, write_idx);
+        for idx in 0..world.writers.len() {
+            world.write(world.writers[idx], write_idx);
         }
     }
     world.run_until(partition_start_us + options.partition_ms * 1000);
@@ -481,23 +510,20 @@ pub fn run(options: &PureOptions) -> PureReport {
     for &(a, b) in &crossing {
         world.connect(a, b);
     }
-    let target: Vec<u64> = world
-        .replicas
+    // What every replica must reach: each writer's last sequence number.
+    let target: Vec<(NodeId, u64)> = world
+        .writers
         .iter()
-        .map(|replica| replica.next_seq() - 1)
+        .map(|&node| (world.ids[node].clone(), world.replicas[node].next_seq() - 1))
         .collect();
-    let caught_up = |replica: &Replica, ids: &[NodeId]| {
-        ids.iter()
-            .zip(&target)
-            .all(|(id, seq)| replica.vv().get(id) >= *seq)
-    };
+    let caught_up = |replica: &Replica| target.iter().all(|(id, seq)| replica.vv().get(id) >= *seq);
     let mut behind: Vec<usize> = (0..n_nodes).collect();
     let step_us = 50_000;
     let deadline_us = heal_us + options.converge_within_ms * 1000;
     let mut converged_at_us = None;
     while world.now_us < deadline_us {
         world.run_until(world.now_us + step_us);
-        behind.retain(|&node| !caught_up(&world.replicas[node], &world.ids));
+        behind.retain(|&node| !caught_up(&world.replicas[node]));
         if behind.is_empty() {
             converged_at_us = Some(world.now_us);
             world.counting_rounds = false;
@@ -515,6 +541,7 @@ pub fn run(options: &PureOptions) -> PureReport {
         nodes: n_nodes,
         mean_degree,
         max_degree,
+        writers: world.writers.len(),
         records,
         views: options.views,
         propagation_p50_ms: propagation.map(|(p50, _, _)| p50),
@@ -535,13 +562,14 @@ impl PureReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         format!(
-            "pure sync core{}: {} replicas, {:.1} connections each (max {}), {} live records\n  \
+            "pure sync core{}: {} replicas ({} writing), {:.1} connections each (max {}), {} live records\n  \
              one write reached half the replicas in {}, 99% in {}, all in {} (simulated)\n  \
              converged {} after the heal{}\n  \
              {} sync messages after the heal; {:.0} bytes per node after the heal, {:.0} bytes per node in all\n  \
              identical state digests: {}; {:.1} s wall\n",
             if self.views { " with views" } else { "" },
             self.nodes,
+            self.writers,
             self.mean_degree,
             self.max_degree,
             self.records,
@@ -594,6 +622,17 @@ mod tests {
         assert!(report.converged_after_ms.is_some(), "{report:?}");
         assert!(report.identical_digests, "{report:?}");
         assert_eq!(report.records, 60 * 3 + 1);
+    }
+
+    #[test]
+    fn writers_are_every_node_up_to_a_thousand_then_spread_out() {
+        assert_eq!(writers(1_000, None).len(), 1_000);
+        let spread = writers(10_000, None);
+        assert_eq!(spread.len(), PURE_WRITER_PAIRS / 10_000);
+        assert_eq!(spread[0], 0, "node 0 writes: the propagation write");
+        assert!(spread.windows(2).all(|pair| pair[1] - pair[0] == 100));
+        assert_eq!(writers(10, Some(30)).len(), 10);
+        assert_eq!(writers(10, Some(0)), vec![0]);
     }
 
     #[test]

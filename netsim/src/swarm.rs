@@ -131,12 +131,19 @@ pub fn draw(seed: u64, n_nodes: usize) -> Scenario {
                 });
             }
             2 => {
+                // One node's datagrams reach nobody, or (half the time)
+                // one other node: then the two have no path between them
+                // (QUIC needs both ways) while both reach the rest, and
+                // routing between them goes through a relay.
                 let from = pick(&mut rng, &names, 1);
-                let to = names
+                let mut to: Vec<String> = names
                     .iter()
                     .filter(|name| !from.contains(name))
                     .cloned()
                     .collect();
+                if rng.gen_bool(0.5) {
+                    to = pick(&mut rng, &to, 1);
+                }
                 faults.push(FaultEntry {
                     at_ms,
                     cut: Some(Sides {
