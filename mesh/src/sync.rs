@@ -93,7 +93,7 @@ use crate::registry::{
 use crate::rng::SplitMix64;
 use crate::wire::{
     DELTA_OVERHEAD_BYTES, NodeId, ORIGINS_MAX, RECORDS_PER_DELTA_MAX, RecordSignature,
-    SYNC_MESSAGE_BYTES_MAX, SyncMessage, VV_ENTRY_BYTES_MAX, truncate,
+    SYNC_MESSAGE_BYTES_MAX, SyncMessage, VV_BUCKETS, VV_ENTRY_BYTES_MAX, truncate,
 };
 
 pub use ed25519_dalek::SigningKey;
@@ -797,7 +797,7 @@ impl Replica {
                 ..PeerState::default()
             },
         );
-        self.send_digest(now_ms, peer);
+        self.send_digest(now_ms, peer, None);
         Ok(())
     }
 
@@ -854,6 +854,10 @@ impl Replica {
             ),
             SyncMessage::IHave { have } => self.on_ihave(now_ms, &from, have),
             SyncMessage::Summary { hash } => self.on_summary(now_ms, &from, hash),
+            SyncMessage::Buckets { hashes } => self.on_buckets(now_ms, &from, &hashes),
+            SyncMessage::DigestPart { mask, vv } => {
+                self.on_digest_in(now_ms, &from, vv, Some(mask));
+            }
             SyncMessage::Graft { since } => self.on_graft(&from, since),
             SyncMessage::Prune { origins } => {
                 if let Some(peer) = self.peers.get_mut(&from) {
@@ -1277,38 +1281,73 @@ impl Replica {
     /// the newest sequence number held: tombstones are collected at
     /// different times, so it would keep idle replicas' hashes apart.)
     fn summary_hash(&self) -> u64 {
-        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = FNV_OFFSET;
-        for (origin, counter) in &self.vv.dots {
-            let bytes = origin
-                .as_str()
-                .as_bytes()
-                .iter()
-                .copied()
-                .chain(counter.to_le_bytes());
-            for byte in bytes {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(FNV_PRIME);
-            }
+        vv_hash(self.vv.dots.iter())
+    }
+
+    /// The hash of each bucket of the version vector
+    /// ([`SyncMessage::Buckets`]), the same function as the summary's.
+    fn bucket_hashes(&self) -> Vec<u64> {
+        let mut buckets: Vec<Vec<(&NodeId, &u64)>> = vec![Vec::new(); VV_BUCKETS];
+        for entry in &self.vv.dots {
+            buckets[entry.0.vv_bucket()].push(entry);
         }
-        hash
+        buckets
+            .into_iter()
+            .map(|entries| vv_hash(entries.into_iter()))
+            .collect()
     }
 
     /// A periodic round's summary: equal means in sync; different starts a
-    /// digest exchange.
+    /// digest exchange, of the whole vector when it is small, else of the
+    /// buckets that differ (the peer learns which from our bucket hashes).
     fn on_summary(&mut self, now_ms: u64, from: &NodeId, hash: u64) {
-        if hash != self.summary_hash() {
-            self.send_digest(now_ms, from.clone());
+        if hash == self.summary_hash() {
+            return;
+        }
+        if self.vv.dots.len() > VV_BUCKETS {
+            let hashes = self.bucket_hashes();
+            self.send(from.clone(), SyncMessage::Buckets { hashes });
+        } else {
+            self.send_digest(now_ms, from.clone(), None);
+        }
+    }
+
+    /// A peer's bucket hashes: a digest of the buckets that differ.
+    fn on_buckets(&mut self, now_ms: u64, from: &NodeId, hashes: &[u64]) {
+        let mask = self
+            .bucket_hashes()
+            .iter()
+            .zip(hashes)
+            .enumerate()
+            .filter(|(_, (ours, theirs))| ours != theirs)
+            .fold(0u64, |mask, (bucket, _)| mask | (1 << bucket));
+        if mask != 0 {
+            self.send_digest(now_ms, from.clone(), Some(mask));
         }
     }
 
     fn on_digest(&mut self, now_ms: u64, from: &NodeId, peer_vv: VClock<NodeId>) {
+        self.on_digest_in(now_ms, from, peer_vv, None);
+    }
+
+    /// A digest, of the whole vector (`mask` `None`) or of the buckets
+    /// `mask` names: sends what the peer lacks of those origins, and our
+    /// digest of them when the peer has more.
+    fn on_digest_in(
+        &mut self,
+        now_ms: u64,
+        from: &NodeId,
+        mut peer_vv: VClock<NodeId>,
+        mask: Option<u64>,
+    ) {
+        if let Some(mask) = mask {
+            peer_vv.dots.retain(|origin, _| in_buckets(mask, origin));
+        }
         let own_seen = peer_vv.get(&self.self_id);
         if own_seen >= self.next_seq {
             self.recover_own_sequence(now_ms, own_seen);
         }
-        for chunk in self.delta_chunks(&peer_vv) {
+        for chunk in self.delta_chunks(&peer_vv, mask) {
             self.send(from.clone(), chunk);
         }
         let peer_has_more = peer_vv
@@ -1316,17 +1355,31 @@ impl Replica {
             .iter()
             .any(|(origin, counter)| *counter > self.vv.get(origin));
         if peer_has_more {
-            self.send_digest(now_ms, from.clone());
+            self.send_digest(now_ms, from.clone(), mask);
         }
     }
 
-    /// Sends our digest to `peer` and remembers that it awaits an answer.
-    fn send_digest(&mut self, now_ms: u64, peer: NodeId) {
+    /// Sends our digest to `peer` (of the whole vector, or of the buckets
+    /// `mask` names) and remembers that it awaits an answer.
+    fn send_digest(&mut self, now_ms: u64, peer: NodeId, mask: Option<u64>) {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.digest_outstanding_since_ms = Some(now_ms);
         }
-        let vv = self.vv.clone();
-        self.send(peer, SyncMessage::Digest { vv });
+        let message = match mask {
+            None => SyncMessage::Digest {
+                vv: self.vv.clone(),
+            },
+            Some(mask) => {
+                let mut vv = VClock::new();
+                for (origin, counter) in &self.vv.dots {
+                    if in_buckets(mask, origin) {
+                        vv.dots.insert(origin.clone(), *counter);
+                    }
+                }
+                SyncMessage::DigestPart { mask, vv }
+            }
+        };
+        self.send(peer, message);
     }
 
     fn on_records(
@@ -1563,7 +1616,7 @@ impl Replica {
             reissued,
         });
         for peer in self.sync_peers() {
-            self.send_digest(now_ms, peer);
+            self.send_digest(now_ms, peer, None);
         }
     }
 
@@ -1572,14 +1625,18 @@ impl Replica {
     /// size and count. Each chunk says which range of each origin it
     /// completes; the last one has `more: false` and is sent even when empty,
     /// so the peer learns it is caught up.
-    fn delta_chunks(&self, peer_vv: &VClock<NodeId>) -> Vec<SyncMessage> {
+    fn delta_chunks(&self, peer_vv: &VClock<NodeId>, mask: Option<u64>) -> Vec<SyncMessage> {
         let mut chunks = Vec::new();
         let mut chunk = ChunkBuilder::new(
             self.config.sync_message_bytes_max,
             self.config.records_per_delta_max,
         );
-        let origins: BTreeSet<&NodeId> =
-            self.registry.origins().chain(self.vv.dots.keys()).collect();
+        let origins: BTreeSet<&NodeId> = self
+            .registry
+            .origins()
+            .chain(self.vv.dots.keys())
+            .filter(|origin| mask.is_none_or(|mask| in_buckets(mask, origin)))
+            .collect();
         for origin in origins {
             let ours = self.vv.get(origin);
             let mut since = peer_vv.get(origin);
@@ -1855,6 +1912,33 @@ impl ChunkBuilder {
             more,
         }
     }
+}
+
+/// FNV-1a over version vector entries, in origin order: the hash of a
+/// [`SyncMessage::Summary`] (all entries) and of each of a
+/// [`SyncMessage::Buckets`]' buckets.
+fn vv_hash<'a>(entries: impl Iterator<Item = (&'a NodeId, &'a u64)>) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = FNV_OFFSET;
+    for (origin, counter) in entries {
+        let bytes = origin
+            .as_str()
+            .as_bytes()
+            .iter()
+            .copied()
+            .chain(counter.to_le_bytes());
+        for byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+    }
+    hash
+}
+
+/// Whether `origin` is in one of the buckets `mask` names.
+fn in_buckets(mask: u64, origin: &NodeId) -> bool {
+    mask & (1 << origin.vv_bucket()) != 0
 }
 
 #[cfg(test)]

@@ -763,6 +763,36 @@ pub enum SyncMessage {
         /// The hash.
         hash: u64,
     },
+    /// Anti-entropy on a large vector, in answer to a `Summary` that did
+    /// not match: the hash of each of the [`VV_BUCKETS`] buckets of the
+    /// sender's version vector (an origin's bucket is the first byte of
+    /// its id modulo [`VV_BUCKETS`]). The receiver answers with a
+    /// `DigestPart` of the buckets that differ, so a round trades the
+    /// entries of the origins that changed, not the whole vector.
+    Buckets {
+        /// One hash per bucket, [`VV_BUCKETS`] of them.
+        hashes: Vec<u64>,
+    },
+    /// A digest of some buckets only: the sender's vector entries of the
+    /// origins in the buckets `mask` names (bit `i`: bucket `i`). Answered
+    /// as a `Digest` is, within those buckets.
+    DigestPart {
+        /// The buckets.
+        mask: u64,
+        /// The sender's entries in them.
+        vv: VClock<NodeId>,
+    },
+}
+
+/// Buckets a version vector is summarised in ([`SyncMessage::Buckets`]);
+/// one bit each in a [`SyncMessage::DigestPart`]'s mask.
+pub const VV_BUCKETS: usize = 64;
+
+impl NodeId {
+    /// The bucket of this origin in a summarised vector.
+    pub fn vv_bucket(&self) -> usize {
+        usize::from(self.to_bytes()[0]) % VV_BUCKETS
+    }
 }
 
 impl SyncMessage {
@@ -776,6 +806,8 @@ impl SyncMessage {
             SyncMessage::Graft { .. } => "graft",
             SyncMessage::Prune { .. } => "prune",
             SyncMessage::Summary { .. } => "summary",
+            SyncMessage::Buckets { .. } => "buckets",
+            SyncMessage::DigestPart { .. } => "digest_part",
         }
     }
 
@@ -791,7 +823,16 @@ impl SyncMessage {
             SyncMessage::Push { records } if records.len() > RECORDS_PER_DELTA_MAX => {
                 too_many("records", records.len(), RECORDS_PER_DELTA_MAX)
             }
+            SyncMessage::Buckets { hashes } if hashes.len() != VV_BUCKETS => {
+                Err(WireError::MalformedFrame {
+                    detail: format!(
+                        "buckets has {} hashes; it must have {VV_BUCKETS}",
+                        hashes.len()
+                    ),
+                })
+            }
             SyncMessage::Digest { vv: clock }
+            | SyncMessage::DigestPart { vv: clock, .. }
             | SyncMessage::IHave { have: clock }
             | SyncMessage::Graft { since: clock }
                 if clock.dots.len() > ORIGINS_MAX =>

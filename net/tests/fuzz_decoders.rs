@@ -153,6 +153,13 @@ fn sync_seeds() -> Vec<SyncMessage> {
         origins: vv.dots.keys().cloned().collect(),
     });
     seeds.push(SyncMessage::Summary { hash: 42 });
+    seeds.push(SyncMessage::DigestPart {
+        mask: 0b1011,
+        vv: vv.clone(),
+    });
+    seeds.push(SyncMessage::Buckets {
+        hashes: (0..scout_mesh::wire::VV_BUCKETS as u64).collect(),
+    });
     assert!(
         seeds
             .iter()

@@ -427,6 +427,13 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
             refused(MeshFrame::Sync(SyncMessage::Graft {
                 since: clock(too_many.clone()),
             }))?;
+            refused(MeshFrame::Sync(SyncMessage::DigestPart {
+                mask: u64::MAX,
+                vv: clock(too_many.clone()),
+            }))?;
+            refused(MeshFrame::Sync(SyncMessage::Buckets {
+                hashes: vec![0; scout_mesh::wire::VV_BUCKETS + 1],
+            }))?;
             refused(MeshFrame::Sync(SyncMessage::Prune { origins: too_many }))
         },
     );
@@ -443,6 +450,13 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
                 SyncMessage::Graft { since },
                 SyncMessage::Prune { origins: ids },
                 SyncMessage::Summary { hash: 0 },
+                SyncMessage::Buckets {
+                    hashes: vec![0; scout_mesh::wire::VV_BUCKETS],
+                },
+                SyncMessage::DigestPart {
+                    mask: 1,
+                    vv: clock(made_up_ids(3)),
+                },
             ] {
                 let name = frame.name();
                 match ask(MeshFrame::Sync(frame))? {

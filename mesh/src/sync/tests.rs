@@ -1984,3 +1984,104 @@ fn a_known_record_is_skipped_without_a_second_verification() {
     assert!(drained.persisted.is_empty() && drained.events.is_empty());
     assert_eq!(reader.registry().get(&record.key), Some(&record));
 }
+
+/// A periodic round between two replicas that know more origins than a
+/// vector has buckets trades the entries of the buckets that differ, not
+/// the whole vector, and still repairs what one of them lacks.
+#[test]
+fn a_round_on_a_large_vector_trades_only_the_buckets_that_differ() {
+    let (left_id, right_id) = (201u8, 202u8);
+    let mut left = replica(left_id);
+    let mut right = replica(right_id);
+    left.handle_connected(T0, id(right_id)).unwrap();
+    right.handle_connected(T0, id(left_id)).unwrap();
+    let origins = 1..=120u8;
+    let mut sources: Vec<Replica> = Vec::new();
+    for origin in origins.clone() {
+        let mut source = replica(origin);
+        let record = source.put(T0, "", node_body(origin)).unwrap();
+        for replica in [&mut left, &mut right] {
+            replica.handle_connected(T0, id(origin)).unwrap();
+            replica.handle_message(
+                T0,
+                id(origin),
+                SyncMessage::Push {
+                    records: vec![record.clone()],
+                },
+            );
+        }
+        sources.push(source);
+    }
+    drain(&mut left);
+    drain(&mut right);
+    assert!(left.vv().dots.len() > wire::VV_BUCKETS);
+    // Origin 5 writes again; only the left replica hears of it.
+    let newer = sources[4]
+        .put(
+            T0 + 1,
+            "",
+            RecordBody::Node(NodeBody {
+                http_port: 3101,
+                ..node_body_inner(5)
+            }),
+        )
+        .unwrap();
+    left.handle_message(
+        T0 + 1,
+        id(5),
+        SyncMessage::Push {
+            records: vec![newer],
+        },
+    );
+    drain(&mut left);
+
+    // The exchange, message by message, between the two only.
+    let between = |drained: Drained, to: u8| -> Vec<SyncMessage> {
+        drained
+            .sends
+            .into_iter()
+            .filter(|(peer, _)| *peer == id(to))
+            .map(|(_, message)| message)
+            .collect()
+    };
+    left.handle_timeout(T0 + 2);
+    let at = left.poll_timeout().unwrap();
+    left.handle_timeout(at);
+    let summary = between(drain(&mut left), right_id);
+    assert!(matches!(summary.as_slice(), [SyncMessage::Summary { .. }]));
+    right.handle_message(at, id(left_id), summary[0].clone());
+    let buckets = between(drain(&mut right), left_id);
+    let [SyncMessage::Buckets { hashes }] = buckets.as_slice() else {
+        panic!("a differing summary on a large vector is answered with buckets: {buckets:?}");
+    };
+    assert_eq!(hashes.len(), wire::VV_BUCKETS);
+    left.handle_message(at, id(right_id), buckets[0].clone());
+    let part = between(drain(&mut left), right_id);
+    let [SyncMessage::DigestPart { mask, vv }] = part.as_slice() else {
+        panic!("the buckets that differ are answered with a partial digest: {part:?}");
+    };
+    assert_eq!(*mask, 1 << id(5).vv_bucket(), "one bucket differs");
+    assert!(vv.dots.contains_key(&id(5)));
+    assert!(vv.dots.len() < left.vv().dots.len() / 8);
+    right.handle_message(at, id(left_id), part[0].clone());
+    let answer = between(drain(&mut right), left_id);
+    let back = answer
+        .iter()
+        .find(|message| matches!(message, SyncMessage::DigestPart { .. }))
+        .expect("the right replica, behind in that bucket, sends its part");
+    left.handle_message(at, id(right_id), back.clone());
+    for message in between(drain(&mut left), right_id) {
+        right.handle_message(at, id(left_id), message);
+    }
+    drain(&mut right);
+    assert_eq!(right.vv().get(&id(5)), 2, "the newer record arrived");
+    assert_eq!(left.state_digest(), right.state_digest());
+
+    let full = wire::encode(&SyncMessage::Digest {
+        vv: left.vv().clone(),
+    })
+    .len();
+    let traded = wire::encode(&buckets[0]).len() + wire::encode(&part[0]).len();
+    println!("full digest of 121 origins: {full} bytes; buckets and part: {traded} bytes");
+    assert!(traded * 2 < full, "{traded} bytes against {full}");
+}

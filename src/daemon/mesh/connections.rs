@@ -924,7 +924,9 @@ async fn handle_request(shared: &Arc<Shared>, peer: &NodeId, frame: MeshFrame) -
                 | scout_mesh::wire::SyncMessage::IHave { .. }
                 | scout_mesh::wire::SyncMessage::Graft { .. }
                 | scout_mesh::wire::SyncMessage::Prune { .. }
-                | scout_mesh::wire::SyncMessage::Summary { .. } => 0,
+                | scout_mesh::wire::SyncMessage::Summary { .. }
+                | scout_mesh::wire::SyncMessage::Buckets { .. }
+                | scout_mesh::wire::SyncMessage::DigestPart { .. } => 0,
             };
             shared.stats.messages_received.fetch_add(1, Relaxed);
             shared
