@@ -3,22 +3,24 @@
 //! with no direct path, a firewall that lets one direction through).
 //!
 //! A request travels in a [`RelayEnvelope`]: the sender's node id, the
-//! target's, a nonce, the sender's public key, the encoded frame, and the
-//! sender's Ed25519 signature over all of them. The relay cannot read more
-//! than it could on a direct connection and cannot change anything: the
-//! target checks that the key hashes to the sender's id, that the signature
-//! verifies, and that the envelope is addressed to it, and only then hands
-//! the frame to routing as if the sender had sent it directly. The answer
-//! comes back in an envelope the target signs, bound to the request's
-//! nonce, so a relay can neither forge an acknowledgement nor replay an old
-//! one in answer to a new request.
+//! target's, a nonce, the sender's clock when it sealed it, the sender's
+//! public key, the encoded frame, and the sender's Ed25519 signature over
+//! all of them. The relay reads the frame (it is not encrypted) but cannot
+//! change anything: the target checks that the key hashes to the sender's
+//! id, that the signature verifies, and that the envelope is addressed to
+//! it, and only then hands the frame to routing as if the sender had sent
+//! it directly. The answer comes back in an envelope the target signs,
+//! bound to the request's nonce, so a relay can neither forge an
+//! acknowledgement nor replay an old one in answer to a new request.
 //!
-//! What a relay could still do is send a signed request to its target
-//! again. Only [`relayable`] frames travel this way, and every one of them
-//! is idempotent at the owner or the origin (an invocation id is executed
-//! once, a flight update that is not newer changes nothing, an approval is
-//! decided once), so a replay changes nothing. Sync, views, joins and
-//! terminals never go through a relay.
+//! What a relay could still try is to keep a signed request and deliver
+//! it again, or late. The target takes an envelope only within
+//! [`RELAY_WINDOW_MS`] of its seal time and after its own start, and
+//! answers a (sender, nonce) it has seen from memory instead of acting on
+//! it twice (the broker's replay cache); so a replay gets the first
+//! answer, and a held request is refused once the window passed. Only
+//! [`relayable`] frames travel this way. Sync, views, joins and terminals
+//! never go through a relay.
 //!
 //! Pure: signing and checking only; the broker's mesh chooses relays and
 //! moves the bytes.
@@ -41,6 +43,8 @@ pub struct RelayEnvelope {
     pub to: NodeId,
     /// Chosen by the requester; the answer carries the request's.
     pub nonce: u64,
+    /// The sender's unix ms when it sealed the envelope.
+    pub sent_ms: u64,
     /// Whether this is the answer to a request.
     pub answer: bool,
     /// The sender's Ed25519 public key; hashes to `from`.
@@ -109,33 +113,71 @@ pub fn relayable(frame: &MeshFrame) -> bool {
     )
 }
 
-/// The bytes a signature covers.
-fn signed_bytes(
-    from: &NodeId,
-    to: &NodeId,
+/// How far a request's seal time may be from the target's clock, either
+/// way, in ms: longer than a relay takes (a dial and two requests) plus
+/// the clock skew between members a relay still works across.
+pub const RELAY_WINDOW_MS: u64 = 60_000;
+
+/// The fields a signature covers, borrowed.
+struct Signed<'a> {
+    from: &'a NodeId,
+    to: &'a NodeId,
     nonce: u64,
+    sent_ms: u64,
     answer: bool,
-    from_key: &[u8; 32],
-    frame: &[u8],
-) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(DOMAIN.len() + 2 * 16 + 8 + 1 + 32 + frame.len());
-    bytes.extend_from_slice(DOMAIN);
-    bytes.extend_from_slice(&from.to_bytes());
-    bytes.extend_from_slice(&to.to_bytes());
-    bytes.extend_from_slice(&nonce.to_le_bytes());
-    bytes.push(u8::from(answer));
-    bytes.extend_from_slice(from_key);
-    bytes.extend_from_slice(frame);
-    bytes
+    from_key: &'a [u8; 32],
+    frame: &'a [u8],
 }
 
-/// Seals `frame` from the holder of `key` to `to`. Refuses a frame that
-/// may not be relayed.
+impl Signed<'_> {
+    /// The bytes a signature covers.
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes =
+            Vec::with_capacity(DOMAIN.len() + 2 * 16 + 2 * 8 + 1 + 32 + self.frame.len());
+        bytes.extend_from_slice(DOMAIN);
+        bytes.extend_from_slice(&self.from.to_bytes());
+        bytes.extend_from_slice(&self.to.to_bytes());
+        bytes.extend_from_slice(&self.nonce.to_le_bytes());
+        bytes.extend_from_slice(&self.sent_ms.to_le_bytes());
+        bytes.push(u8::from(self.answer));
+        bytes.extend_from_slice(self.from_key);
+        bytes.extend_from_slice(self.frame);
+        bytes
+    }
+}
+
+impl RelayEnvelope {
+    fn signed(&self) -> Signed<'_> {
+        Signed {
+            from: &self.from,
+            to: &self.to,
+            nonce: self.nonce,
+            sent_ms: self.sent_ms,
+            answer: self.answer,
+            from_key: &self.from_key,
+            frame: &self.frame,
+        }
+    }
+}
+
+/// What a sealed envelope says besides its frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Seal<'a> {
+    /// The receiver.
+    pub to: &'a NodeId,
+    /// The request's nonce.
+    pub nonce: u64,
+    /// The sender's unix ms now.
+    pub sent_ms: u64,
+    /// Whether it answers a request.
+    pub answer: bool,
+}
+
+/// Seals `frame` from the holder of `key`. Refuses a frame that may not be
+/// relayed.
 pub fn seal(
     key: &SigningKey,
-    to: &NodeId,
-    nonce: u64,
-    answer: bool,
+    how: Seal<'_>,
     frame: &MeshFrame,
 ) -> Result<RelayEnvelope, RelayError> {
     if !relayable(frame) {
@@ -144,21 +186,18 @@ pub fn seal(
         });
     }
     let from_key = key.verifying_key().to_bytes();
-    let from = NodeId::of_public_key(&from_key);
-    let frame = crate::wire::encode_frame(frame);
-    let signature = RecordSignature(
-        key.sign(&signed_bytes(&from, to, nonce, answer, &from_key, &frame))
-            .to_bytes(),
-    );
-    Ok(RelayEnvelope {
-        from,
-        to: to.clone(),
-        nonce,
-        answer,
+    let mut envelope = RelayEnvelope {
+        from: NodeId::of_public_key(&from_key),
+        to: how.to.clone(),
+        nonce: how.nonce,
+        sent_ms: how.sent_ms,
+        answer: how.answer,
         from_key,
-        frame,
-        signature,
-    })
+        frame: crate::wire::encode_frame(frame),
+        signature: RecordSignature::UNSIGNED,
+    };
+    envelope.signature = RecordSignature(key.sign(&envelope.signed().bytes()).to_bytes());
+    Ok(envelope)
 }
 
 /// What a receiver expects of an envelope.
@@ -169,6 +208,12 @@ pub struct Expect<'a> {
     /// An answer (to the request with this nonce, from this node), or a
     /// request.
     pub answer_to: Option<(u64, &'a NodeId)>,
+    /// This node's unix ms now: a request must have been sealed within
+    /// [`RELAY_WINDOW_MS`] of it, and not before `not_before_ms` (this
+    /// node's start: a request it may have answered before a restart).
+    pub now_ms: u64,
+    /// See `now_ms`.
+    pub not_before_ms: u64,
 }
 
 /// Checks an envelope and decodes its frame: signed by `from`, addressed to
@@ -202,21 +247,24 @@ pub fn open(envelope: &RelayEnvelope, expect: Expect<'_>) -> Result<MeshFrame, R
                 detail: "an answer to another request",
             });
         }
-        _ => {}
+        Some(_) => {}
+        None if envelope.sent_ms.abs_diff(expect.now_ms) > RELAY_WINDOW_MS => {
+            return Err(RelayError::Misdirected {
+                detail: "it was sealed too long ago (or the clocks are too far apart)",
+            });
+        }
+        None if envelope.sent_ms < expect.not_before_ms => {
+            return Err(RelayError::Misdirected {
+                detail: "it was sealed before this broker started",
+            });
+        }
+        None => {}
     }
     let public_key = VerifyingKey::from_bytes(&envelope.from_key)
         .map_err(|_| forged("its public key is not an Ed25519 key"))?;
     let signature = ed25519_dalek::Signature::from_bytes(&envelope.signature.0);
-    let signed = signed_bytes(
-        &envelope.from,
-        &envelope.to,
-        envelope.nonce,
-        envelope.answer,
-        &envelope.from_key,
-        &envelope.frame,
-    );
     public_key
-        .verify_strict(&signed, &signature)
+        .verify_strict(&envelope.signed().bytes(), &signature)
         .map_err(|_| forged("its signature does not verify"))?;
     let frame =
         crate::wire::decode_frame(&envelope.frame).map_err(|err: WireError| RelayError::Frame {
@@ -248,17 +296,37 @@ mod tests {
         }
     }
 
+    const NOW: u64 = 1_800_000_000_000;
+
     fn request(to: &NodeId) -> Expect<'_> {
         Expect {
             me: to,
             answer_to: None,
+            now_ms: NOW,
+            not_before_ms: NOW - 3_600_000,
         }
+    }
+
+    fn sealed(
+        key: &SigningKey,
+        to: &NodeId,
+        nonce: u64,
+        answer: bool,
+        frame: &MeshFrame,
+    ) -> RelayEnvelope {
+        let how = Seal {
+            to,
+            nonce,
+            sent_ms: NOW,
+            answer,
+        };
+        seal(key, how, frame).unwrap()
     }
 
     #[test]
     fn a_sealed_request_opens_at_its_target_only() {
         let (origin, target, other) = (key(1), key(2), key(3));
-        let envelope = seal(&origin, &id(&target), 7, false, &cancel()).unwrap();
+        let envelope = sealed(&origin, &id(&target), 7, false, &cancel());
         assert_eq!(envelope.from, id(&origin));
         assert_eq!(open(&envelope, request(&id(&target))).unwrap(), cancel());
         assert!(matches!(
@@ -270,7 +338,7 @@ mod tests {
     #[test]
     fn a_relay_cannot_change_any_field() {
         let (origin, target, relay) = (key(1), key(2), key(3));
-        let sealed = seal(&origin, &id(&target), 7, false, &cancel()).unwrap();
+        let sealed = sealed(&origin, &id(&target), 7, false, &cancel());
         let me = id(&target);
         let mut changed = sealed.clone();
         changed.frame = crate::wire::encode_frame(&MeshFrame::Cancel {
@@ -307,10 +375,12 @@ mod tests {
     fn an_answer_is_bound_to_its_request() {
         let (origin, target) = (key(1), key(2));
         let (origin_id, target_id) = (id(&origin), id(&target));
-        let answer = seal(&target, &origin_id, 7, true, &MeshFrame::FlightAck(None)).unwrap();
+        let answer = sealed(&target, &origin_id, 7, true, &MeshFrame::FlightAck(None));
         let expect = |nonce| Expect {
             me: &origin_id,
             answer_to: Some((nonce, &target_id)),
+            now_ms: NOW,
+            not_before_ms: NOW,
         };
         assert_eq!(
             open(&answer, expect(7)).unwrap(),
@@ -325,10 +395,12 @@ mod tests {
             open(&answer, request(&origin_id)),
             Err(RelayError::Misdirected { .. })
         ));
-        let request_envelope = seal(&origin, &target_id, 7, false, &cancel()).unwrap();
+        let request_envelope = sealed(&origin, &target_id, 7, false, &cancel());
         let expect_at_target = Expect {
             me: &target_id,
             answer_to: Some((7, &origin_id)),
+            now_ms: NOW,
+            not_before_ms: NOW,
         };
         assert!(matches!(
             open(&request_envelope, expect_at_target),
@@ -337,29 +409,59 @@ mod tests {
     }
 
     #[test]
+    fn a_request_is_taken_only_near_its_seal_time_and_after_a_restart() {
+        let (origin, target) = (key(1), key(2));
+        let me = id(&target);
+        let envelope = sealed(&origin, &me, 7, false, &cancel());
+        let at = |now_ms, not_before_ms| Expect {
+            me: &me,
+            answer_to: None,
+            now_ms,
+            not_before_ms,
+        };
+        assert!(open(&envelope, at(NOW + RELAY_WINDOW_MS, 0)).is_ok());
+        assert!(
+            open(&envelope, at(NOW - RELAY_WINDOW_MS, 0)).is_ok(),
+            "a sender's clock a little ahead"
+        );
+        assert!(matches!(
+            open(&envelope, at(NOW + RELAY_WINDOW_MS + 1, 0)),
+            Err(RelayError::Misdirected { .. })
+        ));
+        assert!(
+            matches!(
+                open(&envelope, at(NOW + 1, NOW + 1)),
+                Err(RelayError::Misdirected { .. })
+            ),
+            "sealed before the target started"
+        );
+        // The seal time is signed.
+        let mut moved = envelope;
+        moved.sent_ms = NOW + 5_000;
+        assert!(matches!(
+            open(&moved, at(NOW + 5_000, 0)),
+            Err(RelayError::Forged { .. })
+        ));
+    }
+
+    #[test]
     fn only_routing_requests_and_pings_are_relayed() {
         let (origin, target) = (key(1), key(2));
         let sync = MeshFrame::Sync(crate::wire::SyncMessage::Summary { hash: 1 });
+        let how = Seal {
+            to: &id(&target),
+            nonce: 1,
+            sent_ms: NOW,
+            answer: false,
+        };
         assert!(matches!(
-            seal(&origin, &id(&target), 1, false, &sync),
+            seal(&origin, how, &sync),
             Err(RelayError::Frame { .. })
         ));
         // A frame smuggled in by hand, signed properly, is still refused.
-        let mut envelope = seal(&origin, &id(&target), 1, false, &cancel()).unwrap();
+        let mut envelope = sealed(&origin, &id(&target), 1, false, &cancel());
         envelope.frame = crate::wire::encode_frame(&sync);
-        let (from, to) = (envelope.from.clone(), envelope.to.clone());
-        envelope.signature = RecordSignature(
-            origin
-                .sign(&signed_bytes(
-                    &from,
-                    &to,
-                    1,
-                    false,
-                    &envelope.from_key,
-                    &envelope.frame,
-                ))
-                .to_bytes(),
-        );
+        envelope.signature = RecordSignature(origin.sign(&envelope.signed().bytes()).to_bytes());
         assert!(matches!(
             open(&envelope, request(&id(&target))),
             Err(RelayError::Frame { .. })

@@ -1201,6 +1201,9 @@ error_codes! {
     BadRelay => "BAD_RELAY",
     /// The relay could not reach the target either.
     RelayUnreachable => "RELAY_UNREACHABLE",
+    /// The relay or the target has too many relayed requests of this
+    /// sender under way; ask again later.
+    RelayBusy => "RELAY_BUSY",
 }
 
 impl std::fmt::Display for ErrorCode {

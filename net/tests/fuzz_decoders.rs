@@ -190,7 +190,13 @@ fn relayed() -> scout_mesh::relay::RelayEnvelope {
     let cancel = MeshFrame::Cancel {
         invocation_id: "0190a0b0-c0d0-7000-8000-000000000001".into(),
     };
-    scout_mesh::relay::seal(&key, &node_id(1), 7, false, &cancel).expect("a cancel is relayed")
+    let how = scout_mesh::relay::Seal {
+        to: &node_id(1),
+        nonce: 7,
+        sent_ms: T0,
+        answer: false,
+    };
+    scout_mesh::relay::seal(&key, how, &cancel).expect("a cancel is relayed")
 }
 
 fn frame_seeds() -> Vec<MeshFrame> {

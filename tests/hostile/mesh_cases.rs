@@ -513,7 +513,7 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
 /// relay, a relay to a non-member; and a signed relayed ping, answered
 /// with a signed pong bound to its nonce.
 fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFrame, String>) {
-    use scout_mesh::relay::{Expect, seal};
+    use scout_mesh::relay::{Expect, Seal, seal};
     let member_key =
         <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(
             &mesh.member.key.pkcs8_der,
@@ -521,6 +521,15 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
         .expect("the probe's key");
     let stranger_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let broker_id = NodeId::of_public_key(&mesh.broker_key);
+    let ping = |key: &ed25519_dalek::SigningKey, to: &NodeId, nonce: u64, sent_ms: u64| {
+        let how = Seal {
+            to,
+            nonce,
+            sent_ms,
+            answer: false,
+        };
+        seal(key, how, &MeshFrame::Ping { nonce }).expect("a ping is relayed")
+    };
     let code_of = |frame: MeshFrame| match frame {
         MeshFrame::Error(error) => Ok(error.code.as_str().to_owned()),
         other => Err(format!("answered {}", other.name())),
@@ -528,14 +537,7 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
     tally.case(
         "relay: an envelope signed by another key is BAD_RELAY",
         || {
-            let mut forged = seal(
-                &stranger_key,
-                &broker_id,
-                1,
-                false,
-                &MeshFrame::Ping { nonce: 1 },
-            )
-            .expect("seal");
+            let mut forged = ping(&stranger_key, &broker_id, 1, now_ms());
             forged.from = mesh.member.node_id();
             let code = code_of(ask(MeshFrame::Relayed(forged))?)?;
             ensure(code == "BAD_RELAY", || format!("refused with {code}"))
@@ -544,14 +546,7 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
     tally.case(
         "relay: another sender's envelope handed to a relay is BAD_RELAY",
         || {
-            let theirs = seal(
-                &stranger_key,
-                &broker_id,
-                2,
-                false,
-                &MeshFrame::Ping { nonce: 2 },
-            )
-            .expect("seal");
+            let theirs = ping(&stranger_key, &broker_id, 2, now_ms());
             let code = code_of(ask(MeshFrame::Relay(theirs))?)?;
             ensure(code == "BAD_RELAY", || format!("refused with {code}"))
         },
@@ -560,44 +555,54 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
         "relay: a relay to a non-member is RELAY_UNREACHABLE",
         || {
             let stranger = NodeId::of_public_key(&stranger_key.verifying_key().to_bytes());
-            let envelope = seal(
-                &member_key,
-                &stranger,
-                3,
-                false,
-                &MeshFrame::Ping { nonce: 3 },
-            )
-            .expect("seal");
+            let envelope = ping(&member_key, &stranger, 3, now_ms());
             let code = code_of(ask(MeshFrame::Relay(envelope))?)?;
             ensure(code == "RELAY_UNREACHABLE", || {
                 format!("refused with {code}")
             })
         },
     );
-    tally.case("relay: a signed relayed ping gets a signed pong", || {
-        let envelope = seal(
+    tally.case(
+        "relay: a signed relayed ping gets a signed pong, once",
+        || {
+            let sent_ms = now_ms();
+            let envelope = ping(&member_key, &broker_id, 4, sent_ms);
+            let MeshFrame::RelayAnswer(answer) = ask(MeshFrame::Relayed(envelope))? else {
+                return Err("no relay answer".to_owned());
+            };
+            let me = mesh.member.node_id();
+            let opened = scout_mesh::relay::open(
+                &answer,
+                Expect {
+                    me: &me,
+                    answer_to: Some((4, &broker_id)),
+                    now_ms: now_ms(),
+                    not_before_ms: 0,
+                },
+            )
+            .map_err(|err| err.to_string())?;
+            ensure(opened == MeshFrame::Pong { nonce: 4 }, || {
+                format!("answered {opened:?}")
+            })?;
+            // The same envelope again: the first answer, not a second run.
+            let envelope = ping(&member_key, &broker_id, 4, sent_ms);
+            match ask(MeshFrame::Relayed(envelope))? {
+                MeshFrame::RelayAnswer(again) => {
+                    ensure(again == answer, || "a replay got a new answer".to_owned())
+                }
+                other => Err(format!("a replay answered {}", other.name())),
+            }
+        },
+    );
+    tally.case("relay: an envelope sealed long ago is BAD_RELAY", || {
+        let stale = ping(
             &member_key,
             &broker_id,
-            4,
-            false,
-            &MeshFrame::Ping { nonce: 4 },
-        )
-        .expect("seal");
-        let MeshFrame::RelayAnswer(answer) = ask(MeshFrame::Relayed(envelope))? else {
-            return Err("no relay answer".to_owned());
-        };
-        let me = mesh.member.node_id();
-        let opened = scout_mesh::relay::open(
-            &answer,
-            Expect {
-                me: &me,
-                answer_to: Some((4, &broker_id)),
-            },
-        )
-        .map_err(|err| err.to_string())?;
-        ensure(opened == MeshFrame::Pong { nonce: 4 }, || {
-            format!("answered {opened:?}")
-        })
+            5,
+            now_ms() - 2 * scout_mesh::relay::RELAY_WINDOW_MS,
+        );
+        let code = code_of(ask(MeshFrame::Relayed(stale))?)?;
+        ensure(code == "BAD_RELAY", || format!("refused with {code}"))
     });
 }
 

@@ -222,8 +222,14 @@ pub struct Shared {
     pub(crate) connection_events: watch::Sender<u64>,
     /// The node key, for signing relayed requests and answers.
     pub(crate) signing_key: scout_mesh::sync::SigningKey,
-    /// Members reached through a relay lately (see [`relay`]).
+    /// Members reached through a relay lately, and the relayed requests
+    /// answered lately (see [`relay`]).
     pub(crate) relays: Mutex<relay::Relays>,
+    /// Refused relayed frames logged, per (member, what).
+    pub(crate) relay_log: Mutex<LogLimiter<(NodeId, &'static str)>>,
+    /// Unix ms when this broker started: a relayed request sealed before
+    /// it is refused (it may have been answered before a restart).
+    pub(crate) started_ms: u64,
 }
 
 /// The request hook, printable.
@@ -353,6 +359,14 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Mesh {
     shared: Arc<Shared>,
+}
+
+/// Whom a connection on demand is for: this broker's own requests, or a
+/// request it relays for another member (kept among a few of its own).
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Own,
+    Relay,
 }
 
 /// One member as `scout peers` shows it.
@@ -525,6 +539,7 @@ impl Mesh {
             },
         ));
         let identity_id = identity.node_id.clone();
+        let started_ms = config.env.now_unix_ms();
         let signing_key = <scout_mesh::sync::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(&identity.key.pkcs8_der)
             .map_err(|err| anyhow::anyhow!("the node key cannot sign: {err}"))?;
         let views_seed = config.env.random_u64();
@@ -565,6 +580,8 @@ impl Mesh {
             connection_events: watch::channel(0).0,
             signing_key,
             relays: Mutex::new(relay::Relays::default()),
+            relay_log: Mutex::new(LogLimiter::default()),
+            started_ms,
         });
         let mesh = Mesh { shared };
         *mesh
@@ -853,9 +870,16 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .dialable_version();
-        // All only grow, so their sum changes whenever one does.
+        // All only grow, so their sum changes whenever one does (a relayed
+        // member that is no longer fresh is forgotten here, so it counts).
+        let now = self.shared.env().now_mono_ms();
+        let relays = {
+            let mut relays = self.relays();
+            relays.expire(now);
+            relays.version()
+        };
         book.wrapping_add(self.shared.trust.members_version())
-            .wrapping_add(self.relays().version())
+            .wrapping_add(relays)
     }
 
     /// Keeps connections to `peers` (owners routing waits on): the dialer
@@ -876,7 +900,11 @@ impl Mesh {
     /// (an owner outside the active view, say). Fails when the member has
     /// no address, when every address failed, or when no connection came
     /// within the handshake timeout and a request's.
-    async fn connection_to(&self, peer: &NodeId) -> Result<quinn::Connection, String> {
+    async fn connection_to(
+        &self,
+        peer: &NodeId,
+        purpose: Purpose,
+    ) -> Result<quinn::Connection, String> {
         let shared = &self.shared;
         let mut events = shared.connection_events.subscribe();
         if let Some(live) = self.live_connection(peer) {
@@ -893,7 +921,17 @@ impl Mesh {
         {
             return Err("the peer is not connected and no address of it answers".to_owned());
         }
-        self.want([peer.clone()]);
+        match purpose {
+            Purpose::Own => self.want([peer.clone()]),
+            Purpose::Relay => {
+                let now = shared.now_ms();
+                shared
+                    .views
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .want_for_relay(peer.clone(), now);
+            }
+        }
         shared.dial_kick.notify_one();
         let wait =
             shared.config.transport.handshake_timeout + shared.config.transport.request_timeout;
@@ -938,7 +976,7 @@ impl Mesh {
     /// cannot be dialed is asked through a relay ([`relay`]; routing's
     /// requests only). The error says why no answer came, for a person.
     pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
-        match self.connection_to(peer).await {
+        match self.connection_to(peer, Purpose::Own).await {
             Ok(connection) => self.request_on(&connection, frame).await,
             Err(direct) if scout_mesh::relay::relayable(frame) && self.may_dial(peer) => {
                 relay::request_relayed(&self.shared, peer, frame)
@@ -949,9 +987,10 @@ impl Mesh {
         }
     }
 
-    /// [`Mesh::request`] without a relay: what a relay itself sends.
+    /// [`Mesh::request`] without a relay: what a relay itself sends to
+    /// the target, among its relay targets (not routing's own wants).
     async fn request_direct(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
-        let connection = self.connection_to(peer).await?;
+        let connection = self.connection_to(peer, Purpose::Relay).await?;
         self.request_on(&connection, frame).await
     }
 
@@ -1011,7 +1050,7 @@ impl Mesh {
         ),
         String,
     > {
-        let connection = self.connection_to(peer).await?;
+        let connection = self.connection_to(peer, Purpose::Own).await?;
         let guard = self
             .shared
             .peers

@@ -43,7 +43,15 @@ pub const RELAY_PROBE_INTERVAL_MS: u64 = 10_000;
 /// Probes in flight at once, at most.
 const RELAY_PROBES_MAX: usize = 4;
 
-/// Members reached through a relay lately.
+/// Relayed requests of one sender remembered at once at the target, at
+/// most (within twice [`relay::RELAY_WINDOW_MS`]); past it the sender's
+/// next ones are refused `RELAY_BUSY` until older ones age out.
+pub const RELAYED_SEEN_PER_SENDER_MAX: usize = 256;
+
+/// Requests of one sender a relay passes on at once, at most.
+pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
+
+/// Members reached through a relay lately, and relayed requests seen.
 #[derive(Debug, Default)]
 pub struct Relays {
     /// Until when (monotonic ms) each counts as reachable.
@@ -52,6 +60,30 @@ pub struct Relays {
     probed: HashMap<NodeId, u64>,
     /// Bumped whenever a member enters or leaves `fresh`.
     version: u64,
+    /// Relayed requests this broker took as their target, by (sender,
+    /// nonce): when (monotonic ms), and the sealed answer once there is
+    /// one. A replay within the window gets that answer; nothing runs
+    /// twice.
+    seen: HashMap<(NodeId, u64), Seen>,
+    /// Requests passed on as a relay now, per sender.
+    passing: HashMap<NodeId, usize>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    at_ms: u64,
+    answer: Option<RelayEnvelope>,
+}
+
+/// What the target does with a relayed request it opened.
+#[derive(Debug)]
+pub enum Admit {
+    /// Not seen: answer it.
+    New,
+    /// Answered before: send the same answer.
+    Answered(RelayEnvelope),
+    /// Being answered now, or too many of this sender's: refuse.
+    Busy(&'static str),
 }
 
 impl Relays {
@@ -83,12 +115,73 @@ impl Relays {
     /// The members reached through a relay lately (expired ones are
     /// forgotten).
     pub fn fresh(&mut self, now_ms: u64) -> Vec<NodeId> {
+        self.expire(now_ms);
+        self.fresh.keys().cloned().collect()
+    }
+
+    /// Forgets members no longer fresh at `now_ms` (a change of version).
+    pub fn expire(&mut self, now_ms: u64) {
         let before = self.fresh.len();
         self.fresh.retain(|_, until| *until > now_ms);
         if self.fresh.len() != before {
             self.version += 1;
         }
-        self.fresh.keys().cloned().collect()
+    }
+
+    /// A relayed request (sender, nonce) arrived at monotonic `now_ms`.
+    pub fn admit(&mut self, from: &NodeId, nonce: u64, now_ms: u64) -> Admit {
+        let keep_ms = 2 * relay::RELAY_WINDOW_MS;
+        self.seen
+            .retain(|_, seen| now_ms.saturating_sub(seen.at_ms) < keep_ms);
+        if let Some(seen) = self.seen.get(&(from.clone(), nonce)) {
+            return match &seen.answer {
+                Some(answer) => Admit::Answered(answer.clone()),
+                None => Admit::Busy("this request is being answered"),
+            };
+        }
+        let of_sender = self
+            .seen
+            .keys()
+            .filter(|(sender, _)| sender == from)
+            .count();
+        if of_sender >= RELAYED_SEEN_PER_SENDER_MAX {
+            return Admit::Busy("too many relayed requests from this member lately");
+        }
+        self.seen.insert(
+            (from.clone(), nonce),
+            Seen {
+                at_ms: now_ms,
+                answer: None,
+            },
+        );
+        Admit::New
+    }
+
+    /// The answer to the relayed request (sender, nonce), for replays.
+    pub fn answered(&mut self, from: &NodeId, nonce: u64, answer: &RelayEnvelope) {
+        if let Some(seen) = self.seen.get_mut(&(from.clone(), nonce)) {
+            seen.answer = Some(answer.clone());
+        }
+    }
+
+    /// One more request of `sender` passed on, unless it has too many
+    /// under way.
+    fn start_passing(&mut self, sender: &NodeId) -> bool {
+        let count = self.passing.entry(sender.clone()).or_default();
+        if *count >= RELAY_PASSES_PER_SENDER_MAX {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn stop_passing(&mut self, sender: &NodeId) {
+        if let Some(count) = self.passing.get_mut(sender) {
+            *count -= 1;
+            if *count == 0 {
+                self.passing.remove(sender);
+            }
+        }
     }
 
     /// A number that changes whenever the fresh set does.
@@ -169,7 +262,13 @@ pub async fn request_relayed(
     frame: &MeshFrame,
 ) -> Result<MeshFrame, String> {
     let nonce: u64 = shared.random();
-    let envelope = relay::seal(&shared.signing_key, target, nonce, false, frame)
+    let how = relay::Seal {
+        to: target,
+        nonce,
+        sent_ms: shared.now_ms(),
+        answer: false,
+    };
+    let envelope = relay::seal(&shared.signing_key, how, frame)
         .map_err(|err| format!("{}: {err}", err.code()))?;
     let tried = candidates(shared, target);
     if tried.is_empty() {
@@ -199,6 +298,8 @@ pub async fn request_relayed(
                 let expect = Expect {
                     me,
                     answer_to: Some((nonce, target)),
+                    now_ms: shared.now_ms(),
+                    not_before_ms: 0,
                 };
                 match relay::open(&answer, expect) {
                     Ok(frame) => {
@@ -208,7 +309,9 @@ pub async fn request_relayed(
                         return Ok(frame);
                     }
                     Err(err) => {
-                        tracing::warn!(%target, %via, cause = %err, "a relay's answer did not verify");
+                        if may_log(shared, &via, "answer") {
+                            tracing::warn!(%target, %via, cause = %err, "a relay's answer did not verify (logged once a minute per relay)");
+                        }
                         why.push(format!("{via}: {}: {err}", err.code()));
                     }
                 }
@@ -243,13 +346,21 @@ pub async fn pass_on(shared: &Arc<Shared>, sender: &NodeId, envelope: RelayEnvel
             format!("{target} is not a member of this mesh"),
         );
     }
+    if !relays(shared).start_passing(sender) {
+        return MeshFrame::error(
+            ErrorCode::RelayBusy,
+            "too many of this member's requests are being relayed",
+        );
+    }
+    // Counted until this future ends, however it ends.
+    let _passing = Passing { shared, sender };
     let mesh = Mesh {
         shared: shared.clone(),
     };
-    match mesh
+    let answer = mesh
         .request_direct(&target, &MeshFrame::Relayed(envelope))
-        .await
-    {
+        .await;
+    match answer {
         Ok(answer @ (MeshFrame::RelayAnswer(_) | MeshFrame::Error(_))) => answer,
         Ok(other) => MeshFrame::error(
             ErrorCode::RelayUnreachable,
@@ -259,20 +370,35 @@ pub async fn pass_on(shared: &Arc<Shared>, sender: &NodeId, envelope: RelayEnvel
     }
 }
 
+/// One of a sender's requests being passed on (see
+/// [`RELAY_PASSES_PER_SENDER_MAX`]).
+struct Passing<'a> {
+    shared: &'a Shared,
+    sender: &'a NodeId,
+}
+
+impl Drop for Passing<'_> {
+    fn drop(&mut self) {
+        relays(self.shared).stop_passing(self.sender);
+    }
+}
+
 /// The target's part: opens a relayed request and answers it as a direct
 /// one from its sender.
 pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) -> MeshFrame {
     let me = &shared.identity.node_id;
-    let frame = match relay::open(
-        &envelope,
-        Expect {
-            me,
-            answer_to: None,
-        },
-    ) {
+    let expect = Expect {
+        me,
+        answer_to: None,
+        now_ms: shared.now_ms(),
+        not_before_ms: shared.started_ms,
+    };
+    let frame = match relay::open(&envelope, expect) {
         Ok(frame) => frame,
         Err(err) => {
-            tracing::warn!(%via, from = %envelope.from, cause = %err, "refused a relayed request");
+            if may_log(shared, via, "request") {
+                tracing::warn!(%via, from = %envelope.from, cause = %err, "refused a relayed request (logged once a minute per relay)");
+            }
             return MeshFrame::error(err.code(), err.to_string());
         }
     };
@@ -281,6 +407,13 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
         return MeshFrame::error(reason, "the relayed request's sender is not a member");
     }
     let sender = envelope.from.clone();
+    let now = shared.env().now_mono_ms();
+    let admitted = relays(shared).admit(&sender, envelope.nonce, now);
+    match admitted {
+        Admit::New => {}
+        Admit::Answered(answer) => return MeshFrame::RelayAnswer(answer),
+        Admit::Busy(why) => return MeshFrame::error(ErrorCode::RelayBusy, why),
+    }
     let answer = match frame {
         MeshFrame::Ping { nonce } => MeshFrame::Pong { nonce },
         request @ (MeshFrame::Invoke(_)
@@ -297,12 +430,33 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
             format!("`{}` is not a request", other.name()),
         ),
     };
-    // Answers to this sender may need the same way back.
-    let _ = relays(shared).reached(&sender, shared.env().now_mono_ms());
-    match relay::seal(&shared.signing_key, &sender, envelope.nonce, true, &answer) {
-        Ok(sealed) => MeshFrame::RelayAnswer(sealed),
+    let how = relay::Seal {
+        to: &sender,
+        nonce: envelope.nonce,
+        sent_ms: shared.now_ms(),
+        answer: true,
+    };
+    match relay::seal(&shared.signing_key, how, &answer) {
+        Ok(sealed) => {
+            let mut relays = relays(shared);
+            relays.answered(&sender, envelope.nonce, &sealed);
+            // Answers to this sender may need the same way back.
+            let _ = relays.reached(&sender, shared.env().now_mono_ms());
+            MeshFrame::RelayAnswer(sealed)
+        }
         Err(err) => MeshFrame::error(err.code(), err.to_string()),
     }
+}
+
+/// Whether a refused relayed frame from `peer` may be logged now (once a
+/// minute per member and kind).
+fn may_log(shared: &Shared, peer: &NodeId, what: &'static str) -> bool {
+    shared
+        .relay_log
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .check((peer.clone(), what), shared.env().now_instant())
+        .is_some()
 }
 
 /// Members routing waits on that no address reaches, due a probe.
@@ -398,6 +552,53 @@ mod tests {
         assert!(relays.reached(&node(2), 0));
         relays.failed(&node(2));
         assert!(!relays.is_fresh(&node(2), 1));
+    }
+
+    #[test]
+    fn a_relayed_request_is_answered_once_and_replays_get_that_answer() {
+        let key = scout_mesh::sync::SigningKey::from_bytes(&[3; 32]);
+        let how = relay::Seal {
+            to: &node(9),
+            nonce: 7,
+            sent_ms: 0,
+            answer: true,
+        };
+        let answer = relay::seal(&key, how, &MeshFrame::FlightAck(None)).unwrap();
+        let mut relays = Relays::default();
+        assert!(matches!(relays.admit(&node(1), 7, 0), Admit::New));
+        assert!(
+            matches!(relays.admit(&node(1), 7, 1), Admit::Busy(_)),
+            "under way"
+        );
+        relays.answered(&node(1), 7, &answer);
+        assert!(matches!(relays.admit(&node(1), 7, 2), Admit::Answered(a) if a == answer));
+        assert!(
+            matches!(relays.admit(&node(2), 7, 2), Admit::New),
+            "another sender"
+        );
+        // Forgotten only after twice the window, when `open` refuses it.
+        let later = 2 * relay::RELAY_WINDOW_MS;
+        assert!(matches!(relays.admit(&node(1), 7, later), Admit::New));
+    }
+
+    #[test]
+    fn one_member_cannot_fill_the_replay_cache_for_others() {
+        let mut relays = Relays::default();
+        for nonce in 0..RELAYED_SEEN_PER_SENDER_MAX as u64 {
+            assert!(matches!(relays.admit(&node(1), nonce, 0), Admit::New));
+        }
+        assert!(matches!(
+            relays.admit(&node(1), u64::MAX, 0),
+            Admit::Busy(_)
+        ));
+        assert!(matches!(relays.admit(&node(2), 0, 0), Admit::New));
+        for _ in 0..RELAY_PASSES_PER_SENDER_MAX {
+            assert!(relays.start_passing(&node(1)));
+        }
+        assert!(!relays.start_passing(&node(1)));
+        assert!(relays.start_passing(&node(2)));
+        relays.stop_passing(&node(1));
+        assert!(relays.start_passing(&node(1)));
     }
 
     #[test]

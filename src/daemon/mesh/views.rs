@@ -50,10 +50,15 @@ pub const WANTED_FOR: Duration = Duration::from_secs(60);
 const PENDING_PEERS_MAX: usize = 8;
 const PENDING_PER_PEER_MAX: usize = 4;
 
+/// Targets this broker relays to, wanted at once, at most (the least
+/// recently asked for goes first): kept apart from routing's own, so
+/// other members' relayed requests never push those out.
+const RELAY_WANTED_MAX: usize = 4;
+
 /// Members wanted by routing at once, at most (the least recently asked
-/// for goes first): with the pending ones, the connections outside the
-/// view that are never closed to make room.
-const WANTED_MAX: usize = ON_DEMAND_MAX - PENDING_PEERS_MAX;
+/// for goes first): with the pending ones and the relay targets, the
+/// connections outside the view that are never closed to make room.
+const WANTED_MAX: usize = ON_DEMAND_MAX - PENDING_PEERS_MAX - RELAY_WANTED_MAX;
 
 /// Members offered to the views at a time when the passive view runs low.
 const LEARN_BATCH: usize = 8;
@@ -71,6 +76,8 @@ pub struct ViewState {
     pending: BTreeMap<NodeId, Vec<ViewFrame>>,
     /// Members wanted by routing, until unix ms.
     wanted: BTreeMap<NodeId, u64>,
+    /// Members other members' relayed requests go to, until unix ms.
+    relay_wanted: BTreeMap<NodeId, u64>,
     next_learn_ms: u64,
 }
 
@@ -80,6 +87,7 @@ impl std::fmt::Debug for ViewState {
             .field("views", &self.views)
             .field("pending", &self.pending.len())
             .field("wanted", &self.wanted.len())
+            .field("relay_wanted", &self.relay_wanted.len())
             .finish()
     }
 }
@@ -93,6 +101,7 @@ impl ViewState {
             views: Views::with_sizes(me, seed, may_join, sizes),
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
+            relay_wanted: BTreeMap::new(),
             next_learn_ms: 0,
         }
     }
@@ -112,6 +121,7 @@ impl ViewState {
             .chain(
                 self.wanted
                     .iter()
+                    .chain(&self.relay_wanted)
                     .filter(|(_, until)| **until > now_ms)
                     .map(|(id, _)| id),
             )
@@ -133,25 +143,40 @@ impl ViewState {
         self.views.active().contains(peer)
             || self.pending.contains_key(peer)
             || self.wanted.get(peer).is_some_and(|until| *until > now_ms)
+            || self
+                .relay_wanted
+                .get(peer)
+                .is_some_and(|until| *until > now_ms)
     }
 
     /// Marks `peer` wanted for [`WANTED_FOR`] from `now_ms`.
     pub fn want(&mut self, peer: NodeId, now_ms: u64) {
-        let until = now_ms + WANTED_FOR.as_millis() as u64;
-        self.wanted.insert(peer, until);
-        if self.wanted.len() > WANTED_MAX {
-            self.wanted.retain(|_, until| *until > now_ms);
-            while self.wanted.len() > WANTED_MAX {
-                let Some(oldest) = self
-                    .wanted
-                    .iter()
-                    .min_by_key(|(_, until)| **until)
-                    .map(|(id, _)| id.clone())
-                else {
-                    break;
-                };
-                self.wanted.remove(&oldest);
-            }
+        want_in(&mut self.wanted, WANTED_MAX, peer, now_ms);
+    }
+
+    /// Marks `peer` wanted as the target of a relayed request, among at
+    /// most [`RELAY_WANTED_MAX`] such.
+    pub fn want_for_relay(&mut self, peer: NodeId, now_ms: u64) {
+        want_in(&mut self.relay_wanted, RELAY_WANTED_MAX, peer, now_ms);
+    }
+}
+
+/// Marks `peer` wanted for [`WANTED_FOR`] in `wanted`, which keeps at
+/// most `max` (the least recently asked for goes first).
+fn want_in(wanted: &mut BTreeMap<NodeId, u64>, max: usize, peer: NodeId, now_ms: u64) {
+    let until = now_ms + WANTED_FOR.as_millis() as u64;
+    wanted.insert(peer, until);
+    if wanted.len() > max {
+        wanted.retain(|_, until| *until > now_ms);
+        while wanted.len() > max {
+            let Some(oldest) = wanted
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            wanted.remove(&oldest);
         }
     }
 }
