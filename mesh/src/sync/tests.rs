@@ -1484,26 +1484,7 @@ fn sync_messages_are_small() {
     });
 
     // Two brokers that both know 10 origins and have nothing to send.
-    let mut left = replica(11);
-    let mut right = replica(12);
-    left.handle_connected(T0, id(12)).unwrap();
-    right.handle_connected(T0, id(11)).unwrap();
-    for origin in 1..=10u8 {
-        let mut source = replica(origin);
-        let record = source.put(T0, "", node_body(origin)).unwrap();
-        for replica in [&mut left, &mut right] {
-            replica.handle_connected(T0, id(origin)).unwrap();
-            replica.handle_message(
-                T0,
-                id(origin),
-                SyncMessage::Push {
-                    records: vec![record.clone()],
-                },
-            );
-        }
-    }
-    drain(&mut left);
-    drain(&mut right);
+    let (mut left, mut right, _) = connected_pair_knowing(11, 12, 1..=10);
     left.handle_timeout(T0);
     left.handle_timeout(left.poll_timeout().unwrap());
     let (to, summary) = drain(&mut left)
@@ -1985,19 +1966,21 @@ fn a_known_record_is_skipped_without_a_second_verification() {
     assert_eq!(reader.registry().get(&record.key), Some(&record));
 }
 
-/// A periodic round between two replicas that know more origins than a
-/// vector has buckets trades the entries of the buckets that differ, not
-/// the whole vector, and still repairs what one of them lacks.
-#[test]
-fn a_round_on_a_large_vector_trades_only_the_buckets_that_differ() {
-    let (left_id, right_id) = (201u8, 202u8);
-    let mut left = replica(left_id);
-    let mut right = replica(right_id);
-    left.handle_connected(T0, id(right_id)).unwrap();
-    right.handle_connected(T0, id(left_id)).unwrap();
-    let origins = 1..=120u8;
-    let mut sources: Vec<Replica> = Vec::new();
-    for origin in origins.clone() {
+/// Replicas `left` and `right`, connected, that both hold one node record
+/// of each of `origins` (connected too), drained; and the origins'
+/// replicas.
+fn connected_pair_knowing(
+    left: u8,
+    right: u8,
+    origins: std::ops::RangeInclusive<u8>,
+) -> (Replica, Replica, Vec<Replica>) {
+    let (left_id, right_id) = (id(left), id(right));
+    let mut left = replica(left);
+    let mut right = replica(right);
+    left.handle_connected(T0, right_id).unwrap();
+    right.handle_connected(T0, left_id).unwrap();
+    let mut sources = Vec::new();
+    for origin in origins {
         let mut source = replica(origin);
         let record = source.put(T0, "", node_body(origin)).unwrap();
         for replica in [&mut left, &mut right] {
@@ -2014,6 +1997,16 @@ fn a_round_on_a_large_vector_trades_only_the_buckets_that_differ() {
     }
     drain(&mut left);
     drain(&mut right);
+    (left, right, sources)
+}
+
+/// A periodic round between two replicas that know more origins than a
+/// vector has buckets trades the entries of the buckets that differ, not
+/// the whole vector, and still repairs what one of them lacks.
+#[test]
+fn a_round_on_a_large_vector_trades_only_the_buckets_that_differ() {
+    let (left_id, right_id) = (201u8, 202u8);
+    let (mut left, mut right, mut sources) = connected_pair_knowing(left_id, right_id, 1..=120);
     assert!(left.vv().dots.len() > wire::VV_BUCKETS);
     // Origin 5 writes again; only the left replica hears of it.
     let newer = sources[4]
