@@ -673,8 +673,9 @@ pub struct Router {
     /// The flight executing per instance (one at a time).
     executing: BTreeMap<String, String>,
     /// Owner side: ids refused lately, with their refusal, oldest first
-    /// in `refused_order`.
-    refused: BTreeMap<String, Refusal>,
+    /// in `refused_order`; with `Some(origin)`, refused to that origin
+    /// only (an id its origin cancelled before it arrived).
+    refused: BTreeMap<String, (Refusal, Option<NodeId>)>,
     refused_order: VecDeque<String>,
     persists: BTreeMap<PersistId, AfterPersist>,
     requests: BTreeMap<RequestId, Sent>,

@@ -90,8 +90,11 @@ impl Router {
             return;
         }
         // An id refused once stays refused: the origin took the refusal as
-        // final, and may have sent the work elsewhere.
-        if let Some(refusal) = self.refused.get(&id).cloned() {
+        // final, and may have sent the work elsewhere. So does one its
+        // origin cancelled before it arrived (held back on its way).
+        if let Some((refusal, only)) = self.refused.get(&id).cloned()
+            && only.is_none_or(|origin| origin == invoke.origin)
+        {
             self.reply(request, MeshFrame::error(refusal.code, refusal.message));
             return;
         }
@@ -594,7 +597,18 @@ impl Router {
                     }]),
                 );
             }
-            None => self.reply(request, MeshFrame::FlightAck(None)),
+            None => {
+                // Cancelled before it arrived: an invoke of it still on
+                // its way (a slow stream, a relay holding it) must not
+                // run. Only its origin's invoke is refused, so nobody
+                // else can cancel an id in advance.
+                let refusal = Refusal {
+                    code: ErrorCode::InvocationNotFound,
+                    message: "cancelled by its origin before it arrived".to_owned(),
+                };
+                self.remember_refusal_of(id, refusal, Some(from.clone()));
+                self.reply(request, MeshFrame::FlightAck(None));
+            }
         }
     }
 
@@ -634,7 +648,16 @@ impl Router {
     }
 
     fn remember_refusal(&mut self, id: &str, refusal: Refusal) {
-        if self.refused.insert(id.to_owned(), refusal).is_none() {
+        self.remember_refusal_of(id, refusal, None);
+    }
+
+    /// Remembers `id` refused (to `only` that origin, when given).
+    fn remember_refusal_of(&mut self, id: &str, refusal: Refusal, only: Option<NodeId>) {
+        if self
+            .refused
+            .insert(id.to_owned(), (refusal, only))
+            .is_none()
+        {
             self.refused_order.push_back(id.to_owned());
         }
         while self.refused_order.len() > super::REFUSED_IDS_MAX {

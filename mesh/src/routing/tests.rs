@@ -753,6 +753,60 @@ fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
     assert_eq!(refusals, 2);
 }
 
+#[test]
+fn an_invoke_its_origin_cancelled_before_it_arrived_does_not_run() {
+    // The origin cancels while its invoke is still on its way (a slow
+    // stream, or a relay holding it back); the owner has never heard of
+    // the id and says so. When the invoke arrives, it must not run; the
+    // same id from another origin is not refused for it.
+    let (a, b, c) = (node(1), node(2), node(3));
+    let mut owner = Router::new(b.clone(), Box::new(NoAlternatives), 1);
+    let invoke = |origin: &NodeId| {
+        MeshFrame::Invoke(InvokeRequest {
+            invocation_id: "i1".into(),
+            action: InvocationAction::Consult,
+            body: "p".into(),
+            conversation_id: None,
+            origin: origin.clone(),
+            target: "@fabric".into(),
+            instance: "@fabric@b#main".into(),
+            resolve_reason: "exact".into(),
+            deadline_ms: None,
+            policy: DeliveryPolicy::Durable,
+            from: None,
+            chain: Vec::new(),
+        })
+    };
+    let cancel = MeshFrame::Cancel {
+        invocation_id: "i1".into(),
+    };
+    owner.handle_request(now(0), a.clone(), cancel, Facts::default());
+    owner.handle_request(now(1), a.clone(), invoke(&a), Facts::default());
+    let mut refused = 0;
+    while let Some(output) = owner.poll_output() {
+        match output {
+            Output::Reply {
+                frame: MeshFrame::Error(error),
+                ..
+            } => {
+                assert_eq!(error.code, ErrorCode::InvocationNotFound);
+                refused += 1;
+            }
+            Output::Persist { .. } | Output::Execute(_) => {
+                panic!("an invoke cancelled before it arrived was accepted")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(refused, 1);
+    owner.handle_request(now(2), c.clone(), invoke(&c), Facts::default());
+    let mut accepted = false;
+    while let Some(output) = owner.poll_output() {
+        accepted |= matches!(output, Output::Persist { .. });
+    }
+    assert!(accepted, "one origin's cancel does not refuse another origin's invoke");
+}
+
 /// A failed turn's code and what it used reach the origin with the
 /// result: in the delivery's final row and its event, also when the origin
 /// restarted and finds the result by asking the owner's store.
