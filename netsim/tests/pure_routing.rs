@@ -61,6 +61,23 @@ fn an_owner_that_dies_after_the_prompt_never_runs_it_again() {
     }
 }
 
+/// Seed 3858 (4 nodes): an invocation queued behind another was
+/// cancelled and forgotten, a late retry of its id came in, and when the
+/// queue moved on the owner started that retry before its accept had
+/// committed; the store then found the id cancelled, the flight was
+/// dropped while marked executing, and its instance's queue (49 flights)
+/// stood still for good. Only a committed flight runs now.
+#[test]
+fn a_retry_of_a_cancelled_queued_id_never_starts_before_its_accept() {
+    let report = pure_routing::run(&RoutingOptions {
+        seed: 3858,
+        nodes: 4,
+        invocations: 1_000,
+        broken: None,
+    });
+    assert!(report.passed(), "{}", report.summary());
+}
+
 #[test]
 fn a_broken_duplicate_guard_is_caught_with_its_seed() {
     let report = pure_swarm::run(

@@ -259,7 +259,11 @@ impl Router {
             let Some(flight) = self.flights.get(&id) else {
                 continue;
             };
-            if flight.state != FlightState::Queued || flight.result.is_some() {
+            // Only a committed flight runs. The queue may still hold the id
+            // of an earlier flight of it that ended and was forgotten; a
+            // retry of that id now in memory waits for its accept, which
+            // queues it again (or finds the stored flight and drops it).
+            if flight.state != FlightState::Queued || flight.result.is_some() || !flight.committed {
                 continue;
             }
             if flight

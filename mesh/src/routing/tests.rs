@@ -804,7 +804,10 @@ fn an_invoke_its_origin_cancelled_before_it_arrived_does_not_run() {
     while let Some(output) = owner.poll_output() {
         accepted |= matches!(output, Output::Persist { .. });
     }
-    assert!(accepted, "one origin's cancel does not refuse another origin's invoke");
+    assert!(
+        accepted,
+        "one origin's cancel does not refuse another origin's invoke"
+    );
 }
 
 /// A failed turn's code and what it used reach the origin with the
