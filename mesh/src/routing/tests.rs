@@ -709,19 +709,14 @@ fn a_refusal_of_the_only_invoke_fails_an_exact_mention() {
     assert!(world.nodes[&b].executed.is_empty());
 }
 
-#[test]
-fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
-    // The origin's first invoke is slow; its retry is refused (the agent
-    // was away), and the origin takes that as final. When the slow first
-    // invoke arrives after the agent is back, it must not run.
-    let (a, b) = (node(1), node(2));
-    let mut owner = Router::new(b.clone(), Box::new(NoAlternatives), 1);
-    let invoke = MeshFrame::Invoke(InvokeRequest {
+/// An invoke of `i1` to `@fabric@b#main` from `origin`.
+fn invoke_i1_from(origin: &NodeId) -> MeshFrame {
+    MeshFrame::Invoke(InvokeRequest {
         invocation_id: "i1".into(),
         action: InvocationAction::Consult,
         body: "p".into(),
         conversation_id: None,
-        origin: a.clone(),
+        origin: origin.clone(),
         target: "@fabric".into(),
         instance: "@fabric@b#main".into(),
         resolve_reason: "exact".into(),
@@ -729,7 +724,17 @@ fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
         policy: DeliveryPolicy::Durable,
         from: None,
         chain: Vec::new(),
-    });
+    })
+}
+
+#[test]
+fn a_refused_id_stays_refused_when_an_earlier_invoke_arrives_late() {
+    // The origin's first invoke is slow; its retry is refused (the agent
+    // was away), and the origin takes that as final. When the slow first
+    // invoke arrives after the agent is back, it must not run.
+    let (a, b) = (node(1), node(2));
+    let mut owner = Router::new(b.clone(), Box::new(NoAlternatives), 1);
+    let invoke = invoke_i1_from(&a);
     let away = Facts {
         admission: Err(Refusal::new(ErrorCode::AgentOffline, "away")),
         ..Facts::default()
@@ -761,27 +766,11 @@ fn an_invoke_its_origin_cancelled_before_it_arrived_does_not_run() {
     // same id from another origin is not refused for it.
     let (a, b, c) = (node(1), node(2), node(3));
     let mut owner = Router::new(b.clone(), Box::new(NoAlternatives), 1);
-    let invoke = |origin: &NodeId| {
-        MeshFrame::Invoke(InvokeRequest {
-            invocation_id: "i1".into(),
-            action: InvocationAction::Consult,
-            body: "p".into(),
-            conversation_id: None,
-            origin: origin.clone(),
-            target: "@fabric".into(),
-            instance: "@fabric@b#main".into(),
-            resolve_reason: "exact".into(),
-            deadline_ms: None,
-            policy: DeliveryPolicy::Durable,
-            from: None,
-            chain: Vec::new(),
-        })
-    };
     let cancel = MeshFrame::Cancel {
         invocation_id: "i1".into(),
     };
     owner.handle_request(now(0), a.clone(), cancel, Facts::default());
-    owner.handle_request(now(1), a.clone(), invoke(&a), Facts::default());
+    owner.handle_request(now(1), a.clone(), invoke_i1_from(&a), Facts::default());
     let mut refused = 0;
     while let Some(output) = owner.poll_output() {
         match output {
@@ -799,7 +788,7 @@ fn an_invoke_its_origin_cancelled_before_it_arrived_does_not_run() {
         }
     }
     assert_eq!(refused, 1);
-    owner.handle_request(now(2), c.clone(), invoke(&c), Facts::default());
+    owner.handle_request(now(2), c.clone(), invoke_i1_from(&c), Facts::default());
     let mut accepted = false;
     while let Some(output) = owner.poll_output() {
         accepted |= matches!(output, Output::Persist { .. });
