@@ -20,7 +20,7 @@
 //!   view; a passive peer is asked to take its place (with high priority,
 //!   which cannot be refused, when the active view is empty). A broker
 //!   below the low mark ([`ViewSizes::active_low`]) also asks one passive
-//!   peer with high priority once a shuffle interval, so that it gets in
+//!   peer with high priority once every [`REPAIR_INTERVAL_MS`], so that it gets in
 //!   when all its other peers are full (the simulator saw views of 4 among
 //!   9 brokers leave one with a single peer for good, and the mesh never
 //!   formed). One such ask an interval, never from the repair a
@@ -119,7 +119,7 @@ impl ViewSizes {
     }
 
     /// Below this many active peers a broker keeps asking passive peers to
-    /// join its view every shuffle interval; at or above it, only a failure
+    /// join its view every [`REPAIR_INTERVAL_MS`]; at or above it, only a failure
     /// makes it ask (see [`Views::handle_timeout`]).
     pub fn active_low(self) -> usize {
         self.active - 2
@@ -143,11 +143,17 @@ const SHUFFLE_ACTIVE_IDS: usize = 3;
 /// Passive peers named in a shuffle.
 const SHUFFLE_PASSIVE_IDS: usize = 4;
 
-/// How often a broker shuffles, and tries to fill an active view that is
-/// not full, in milliseconds: often enough that repair after a failure
-/// takes seconds, rarely enough that an idle mesh exchanges a few small
-/// messages per broker per minute.
-pub const SHUFFLE_INTERVAL_MS: u64 = 10_000;
+/// How often a broker looks at its active view, in milliseconds: asks
+/// unanswered since the last look are dropped, and a view below the low
+/// mark asks passive peers to fill it. Often enough that repair after a
+/// failure takes seconds; a look at a healthy view sends nothing.
+pub const REPAIR_INTERVAL_MS: u64 = 10_000;
+
+/// How often a broker shuffles, in milliseconds. A shuffle is a walk of
+/// [`ACTIVE_RANDOM_WALK_LENGTH`] requests and an answer: the largest part
+/// of what an idle mesh sends. Passive views only need to keep mixing
+/// faster than brokers come and go; repair does not wait for a shuffle.
+pub const SHUFFLE_INTERVAL_MS: u64 = 30_000;
 
 /// Most outputs waiting to be drained. The shell drains after every
 /// input, and one input makes at most a few outputs per active peer; a
@@ -179,7 +185,7 @@ pub enum ViewMessage<P> {
     /// priority ask is never refused.
     Neighbor {
         /// The sender's active view is empty, or it is below the low mark
-        /// (one such ask a shuffle interval).
+        /// (one such ask every [`REPAIR_INTERVAL_MS`]).
         high_priority: bool,
     },
     /// The answer to `Neighbor`.
@@ -246,6 +252,7 @@ pub struct Views<P> {
     sizes: ViewSizes,
     rng: SplitMix64,
     outputs: VecDeque<ViewOutput<P>>,
+    next_repair_ms: Option<u64>,
     next_shuffle_ms: Option<u64>,
 }
 
@@ -277,6 +284,7 @@ impl<P: Ord + Clone> Views<P> {
             sizes,
             rng: SplitMix64::new(seed),
             outputs: VecDeque::new(),
+            next_repair_ms: None,
             next_shuffle_ms: None,
         }
     }
@@ -381,32 +389,29 @@ impl<P: Ord + Clone> Views<P> {
         self.handle_peer_down(now_ms, peer);
     }
 
-    /// Time passed: shuffles and fills the active view when due.
+    /// Time passed: fills the active view and shuffles, each when due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        let Some(mut due) = self.next_shuffle_ms else {
+        if self.next_repair_ms.is_none() || self.next_shuffle_ms.is_none() {
             self.schedule(now_ms);
             return;
-        };
-        // Further away than one interval: set before the clock went back;
-        // due now rather than after as long as the clock moved.
-        if due > now_ms.saturating_add(SHUFFLE_INTERVAL_MS + SHUFFLE_INTERVAL_MS / 5) {
-            due = now_ms;
         }
-        if now_ms < due {
-            return;
+        if is_due(self.next_repair_ms, now_ms, REPAIR_INTERVAL_MS) {
+            self.next_repair_ms = Some(now_ms + self.jittered(REPAIR_INTERVAL_MS));
+            // Asks unanswered for a whole interval were lost (or their peer
+            // is): ask others, while the view is short of the lower bound. A
+            // view between it and the full size stays as it is: its peers may
+            // all be full, and asking again every interval would open a
+            // connection to a refusing peer each time, an idle mesh's largest
+            // cost. A failure still refills the view to the full size.
+            self.asked.clear();
+            if self.active.len() < self.sizes.active_low() {
+                self.fill_asking(true);
+            }
         }
-        self.next_shuffle_ms = Some(now_ms + self.jittered_interval());
-        // Asks unanswered for a whole interval were lost (or their peer
-        // is): ask others, while the view is short of the lower bound. A
-        // view between it and the full size stays as it is: its peers may
-        // all be full, and asking again every interval would open a
-        // connection to a refusing peer each time, an idle mesh's largest
-        // cost. A failure still refills the view to the full size.
-        self.asked.clear();
-        if self.active.len() < self.sizes.active_low() {
-            self.fill_asking(true);
+        if is_due(self.next_shuffle_ms, now_ms, SHUFFLE_INTERVAL_MS) {
+            self.next_shuffle_ms = Some(now_ms + self.jittered(SHUFFLE_INTERVAL_MS));
+            self.shuffle();
         }
-        self.shuffle();
     }
 
     /// How large the views may grow.
@@ -416,7 +421,10 @@ impl<P: Ord + Clone> Views<P> {
 
     /// When [`Views::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.next_shuffle_ms
+        match (self.next_repair_ms, self.next_shuffle_ms) {
+            (Some(repair), Some(shuffle)) => Some(repair.min(shuffle)),
+            (repair, shuffle) => repair.or(shuffle),
+        }
     }
 
     /// The next output, if any.
@@ -613,16 +621,19 @@ impl<P: Ord + Clone> Views<P> {
     }
 
     fn schedule(&mut self, now_ms: u64) {
+        if self.next_repair_ms.is_none() {
+            self.next_repair_ms = Some(now_ms + self.jittered(REPAIR_INTERVAL_MS));
+        }
         if self.next_shuffle_ms.is_none() {
-            self.next_shuffle_ms = Some(now_ms + self.jittered_interval());
+            self.next_shuffle_ms = Some(now_ms + self.jittered(SHUFFLE_INTERVAL_MS));
         }
     }
 
-    /// The shuffle interval spread by up to a fifth either way, so brokers
-    /// that started together do not shuffle in lockstep.
-    fn jittered_interval(&mut self) -> u64 {
-        let spread = SHUFFLE_INTERVAL_MS / 5;
-        SHUFFLE_INTERVAL_MS - spread + self.rng.next_u64() % (2 * spread + 1)
+    /// `interval` spread by up to a fifth either way, so brokers that
+    /// started together do not repair or shuffle in lockstep.
+    fn jittered(&mut self, interval: u64) -> u64 {
+        let spread = interval / 5;
+        interval - spread + self.rng.next_u64() % (2 * spread + 1)
     }
 
     fn random_of(&mut self, set: &BTreeSet<P>, exclude: Option<&[P]>) -> Option<P> {
@@ -660,6 +671,13 @@ impl<P: Ord + Clone> Views<P> {
         }
         self.outputs.push_back(output);
     }
+}
+
+/// Whether a deadline of a timer of `interval` is due at `now_ms`. One
+/// further away than the interval (and its jitter) was set before the
+/// clock went back: due now rather than after, as long as the clock moved.
+fn is_due(deadline: Option<u64>, now_ms: u64, interval: u64) -> bool {
+    deadline.is_some_and(|at| now_ms >= at || at > now_ms.saturating_add(interval + interval / 5))
 }
 
 #[cfg(test)]

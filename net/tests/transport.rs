@@ -273,3 +273,69 @@ async fn malformed_frames_get_error_frames_and_the_connection_keeps_working() {
         .unwrap();
     assert_eq!(answer, MeshFrame::Pong { nonce: 3 });
 }
+
+/// Only the dialing end sends keep-alive pings, and that is enough: an
+/// idle connection outlives several idle timeouts on both ends (the
+/// acceptor's acknowledgements keep the dialer's timer fresh, the pings
+/// the acceptor's), and the acceptor sends next to no pings of its own.
+#[tokio::test]
+async fn the_dialer_alone_keeps_an_idle_connection_open_on_both_ends() {
+    let config = TransportConfig {
+        idle_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_millis(250),
+        ..TransportConfig::default()
+    };
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (server_key, client_key) = (node_key(), node_key());
+    let (server_trust, client_trust) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
+    server_trust
+        .members
+        .lock()
+        .unwrap()
+        .insert(client_key.public_key);
+    client_trust
+        .members
+        .lock()
+        .unwrap()
+        .insert(server_key.public_key);
+    let server = MeshEndpoint::bind(addr, server_key, server_trust, config.clone()).unwrap();
+    let client = MeshEndpoint::bind(addr, client_key, client_trust, config).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let accepted = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let incoming = server.accept().await.unwrap();
+            server.handshake(incoming).await.unwrap()
+        }
+    });
+    let dialed = client.connect(server_addr, None).await.unwrap();
+    let accepted = accepted.await.unwrap();
+    // Three idle timeouts without a request.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        dialed.close_reason().is_none(),
+        "{:?}",
+        dialed.close_reason()
+    );
+    assert!(
+        accepted.close_reason().is_none(),
+        "{:?}",
+        accepted.close_reason()
+    );
+    // The acceptor's end still answers: it did not time out and forget.
+    let (mut send, mut recv) = accepted.open_bi().await.unwrap();
+    send.write_all(b"still here").await.unwrap();
+    send.finish().unwrap();
+    let (mut their_send, mut their_recv) = dialed.accept_bi().await.unwrap();
+    let got = their_recv.read_to_end(64).await.unwrap();
+    assert_eq!(got, b"still here");
+    their_send.finish().unwrap();
+    let _ = recv.read_to_end(64).await;
+    let dialer_pings = dialed.stats().frame_tx.ping;
+    let acceptor_pings = accepted.stats().frame_tx.ping;
+    assert!(dialer_pings >= 4, "the dialer sent {dialer_pings} pings");
+    assert!(
+        acceptor_pings * 2 < dialer_pings,
+        "the acceptor sent {acceptor_pings} pings, the dialer {dialer_pings}"
+    );
+}
