@@ -183,8 +183,7 @@ fn stored_record_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// One frame of every kind.
-/// A relayed cancel, signed by a fixed key.
+/// A relayed cancel, sealed to and signed by fixed keys.
 fn relayed() -> scout_mesh::relay::RelayEnvelope {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let cancel = MeshFrame::Cancel {
@@ -196,7 +195,10 @@ fn relayed() -> scout_mesh::relay::RelayEnvelope {
         sent_ms: T0,
         answer: false,
     };
-    scout_mesh::relay::seal(&key, how, &cancel).expect("a cancel is relayed")
+    let target = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
+    let exchange = scout_mesh::relay::Exchange::start([6; 32], &target.to_bytes())
+        .expect("a secret with a real key");
+    scout_mesh::relay::seal(&key, how, &exchange, &cancel).expect("a cancel is relayed")
 }
 
 fn frame_seeds() -> Vec<MeshFrame> {

@@ -513,7 +513,7 @@ fn trees_and_views(tally: &Tally, mesh: &Mesh) {
 /// relay, a relay to a non-member; and a signed relayed ping, answered
 /// with a signed pong bound to its nonce.
 fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFrame, String>) {
-    use scout_mesh::relay::{Expect, Seal, seal};
+    use scout_mesh::relay::{Exchange, Expect, Seal, seal};
     let member_key =
         <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(
             &mesh.member.key.pkcs8_der,
@@ -521,6 +521,9 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
         .expect("the probe's key");
     let stranger_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let broker_id = NodeId::of_public_key(&mesh.broker_key);
+    // Every probe envelope is sealed to the broker's key with one
+    // ephemeral key: the answers open with this exchange.
+    let exchange = Exchange::start(rand::random(), &mesh.broker_key).expect("the broker's key");
     let ping = |key: &ed25519_dalek::SigningKey, to: &NodeId, nonce: u64, sent_ms: u64| {
         let how = Seal {
             to,
@@ -528,7 +531,7 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
             sent_ms,
             answer: false,
         };
-        seal(key, how, &MeshFrame::Ping { nonce }).expect("a ping is relayed")
+        seal(key, how, &exchange, &MeshFrame::Ping { nonce }).expect("a ping is relayed")
     };
     let code_of = |frame: MeshFrame| match frame {
         MeshFrame::Error(error) => Ok(error.code.as_str().to_owned()),
@@ -579,6 +582,7 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
                     now_ms: now_ms(),
                     not_before_ms: 0,
                 },
+                &exchange,
             )
             .map_err(|err| err.to_string())?;
             ensure(opened == MeshFrame::Pong { nonce: 4 }, || {
@@ -592,6 +596,15 @@ fn relays(tally: &Tally, mesh: &Mesh, ask: &dyn Fn(MeshFrame) -> Result<MeshFram
                 }
                 other => Err(format!("a replay answered {}", other.name())),
             }
+        },
+    );
+    tally.case(
+        "relay: an ephemeral key of small order (a secret anyone knows) is BAD_RELAY",
+        || {
+            let mut weak = ping(&member_key, &broker_id, 6, now_ms());
+            weak.ephemeral = [0; 32];
+            let code = code_of(ask(MeshFrame::Relayed(weak))?)?;
+            ensure(code == "BAD_RELAY", || format!("refused with {code}"))
         },
     );
     tally.case("relay: an envelope sealed long ago is BAD_RELAY", || {

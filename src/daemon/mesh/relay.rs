@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use scout_mesh::relay::{self, Expect, RelayEnvelope};
+use scout_mesh::relay::{self, Exchange, Expect, RelayEnvelope};
 use scout_mesh::wire::{ErrorCode, MeshFrame, NodeId};
 use scout_net::transport::TrustPolicy as _;
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ pub enum Admit {
     /// Not seen: answer it.
     New,
     /// Answered before: send the same answer.
-    Answered(RelayEnvelope),
+    Answered(Box<RelayEnvelope>),
     /// Being answered now, or too many of this sender's: refuse.
     Busy(&'static str),
 }
@@ -135,7 +135,7 @@ impl Relays {
             .retain(|_, seen| now_ms.saturating_sub(seen.at_ms) < keep_ms);
         if let Some(seen) = self.seen.get(&(from.clone(), nonce)) {
             return match &seen.answer {
-                Some(answer) => Admit::Answered(answer.clone()),
+                Some(answer) => Admit::Answered(Box::new(answer.clone())),
                 None => Admit::Busy("this request is being answered"),
             };
         }
@@ -261,14 +261,19 @@ pub async fn request_relayed(
     target: &NodeId,
     frame: &MeshFrame,
 ) -> Result<MeshFrame, String> {
+    let Some(target_key) = shared.trust.key_of(target) else {
+        return Err(format!("{target} is not a member of this mesh"));
+    };
     let nonce: u64 = shared.random();
+    let exchange = Exchange::start(shared.random(), &target_key)
+        .map_err(|err| format!("{}: {err}", err.code()))?;
     let how = relay::Seal {
         to: target,
         nonce,
         sent_ms: shared.now_ms(),
         answer: false,
     };
-    let envelope = relay::seal(&shared.signing_key, how, frame)
+    let envelope = relay::seal(&shared.signing_key, how, &exchange, frame)
         .map_err(|err| format!("{}: {err}", err.code()))?;
     let tried = candidates(shared, target);
     if tried.is_empty() {
@@ -301,7 +306,7 @@ pub async fn request_relayed(
                     now_ms: shared.now_ms(),
                     not_before_ms: 0,
                 };
-                match relay::open(&answer, expect) {
+                match relay::open(&answer, expect, &exchange) {
                     Ok(frame) => {
                         if relays(shared).reached(target, shared.env().now_mono_ms()) {
                             tracing::info!(%target, %via, "no address of this member answers; it is reached through a relay");
@@ -393,8 +398,11 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
         now_ms: shared.now_ms(),
         not_before_ms: shared.started_ms,
     };
-    let frame = match relay::open(&envelope, expect) {
-        Ok(frame) => frame,
+    let opened = Exchange::accept(&shared.signing_key, &envelope).and_then(|exchange| {
+        relay::open(&envelope, expect, &exchange).map(|frame| (frame, exchange))
+    });
+    let (frame, exchange) = match opened {
+        Ok(opened) => opened,
         Err(err) => {
             if may_log(shared, via, "request") {
                 tracing::warn!(%via, from = %envelope.from, cause = %err, "refused a relayed request (logged once a minute per relay)");
@@ -411,7 +419,7 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
     let admitted = relays(shared).admit(&sender, envelope.nonce, now);
     match admitted {
         Admit::New => {}
-        Admit::Answered(answer) => return MeshFrame::RelayAnswer(answer),
+        Admit::Answered(answer) => return MeshFrame::RelayAnswer(*answer),
         Admit::Busy(why) => return MeshFrame::error(ErrorCode::RelayBusy, why),
     }
     let answer = match frame {
@@ -436,7 +444,7 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
         sent_ms: shared.now_ms(),
         answer: true,
     };
-    match relay::seal(&shared.signing_key, how, &answer) {
+    match relay::seal(&shared.signing_key, how, &exchange, &answer) {
         Ok(sealed) => {
             let mut relays = relays(shared);
             relays.answered(&sender, envelope.nonce, &sealed);
@@ -563,7 +571,8 @@ mod tests {
             sent_ms: 0,
             answer: true,
         };
-        let answer = relay::seal(&key, how, &MeshFrame::FlightAck(None)).unwrap();
+        let exchange = Exchange::start([4; 32], &key.verifying_key().to_bytes()).unwrap();
+        let answer = relay::seal(&key, how, &exchange, &MeshFrame::FlightAck(None)).unwrap();
         let mut relays = Relays::default();
         assert!(matches!(relays.admit(&node(1), 7, 0), Admit::New));
         assert!(
@@ -571,7 +580,7 @@ mod tests {
             "under way"
         );
         relays.answered(&node(1), 7, &answer);
-        assert!(matches!(relays.admit(&node(1), 7, 2), Admit::Answered(a) if a == answer));
+        assert!(matches!(relays.admit(&node(1), 7, 2), Admit::Answered(a) if *a == answer));
         assert!(
             matches!(relays.admit(&node(2), 7, 2), Admit::New),
             "another sender"

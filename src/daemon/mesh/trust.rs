@@ -297,6 +297,19 @@ impl MeshTrust {
             .unwrap_or(false)
     }
 
+    /// The member key of `node_id`, if it is an admitted, unrevoked member
+    /// (what a relayed request is encrypted to).
+    pub fn key_of(&self, node_id: &NodeId) -> Option<[u8; 32]> {
+        let state = self.state.read().ok()?;
+        if !state.member_nodes.contains(node_id) {
+            return None;
+        }
+        state
+            .members
+            .iter()
+            .find_map(|(key, id)| (id == node_id).then_some(*key))
+    }
+
     /// Whether `node_id` is revoked.
     pub fn is_revoked(&self, node_id: &NodeId) -> bool {
         self.state
