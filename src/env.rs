@@ -18,7 +18,9 @@
 //! Architecture invariant: no code outside this file reads a clock for a
 //! timestamp, draws from an entropy source or mints an id. (Key material
 //! in `identity.rs` is the deliberate exception: it comes straight from
-//! the operating system.)
+//! the operating system.) Secrets drawn here ([`Env::secret_bytes`]) come
+//! from the operating system too, seeded or not: a seed replays a run's
+//! choices, never its keys.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -165,8 +167,16 @@ impl Env {
         self.random()
     }
 
-    /// A random value of any type the standard distribution covers
-    /// (arrays of bytes for secrets, say).
+    /// 32 bytes for a secret (an ephemeral key), always from the operating
+    /// system: never the seeded stream, so nobody rebuilds it from a seed.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        use rand::RngCore as _;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        bytes
+    }
+
+    /// A random value of any type the standard distribution covers.
     pub fn random<T>(&self) -> T
     where
         Standard: Distribution<T>,

@@ -386,12 +386,30 @@ pub struct Expect<'a> {
 
 /// Checks an envelope and decrypts and decodes its frame: signed by
 /// `from`, addressed to `expect.me`, the kind expected, of `exchange`, a
-/// frame a relay may carry.
+/// frame a relay may carry. [`verify`] then [`Verified::open`].
 pub fn open(
     envelope: &RelayEnvelope,
     expect: Expect<'_>,
     exchange: &Exchange,
 ) -> Result<MeshFrame, RelayError> {
+    verify(envelope, expect)?.open(exchange)
+}
+
+/// An envelope whose header and signature checked out, not decrypted yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a> {
+    envelope: &'a RelayEnvelope,
+}
+
+/// The checks of an envelope that need no secret, cheapest first and the
+/// signature last: key hashes to the sender, addressed to `expect.me`, the
+/// kind expected, sealed in the window. A target runs these before it
+/// agrees a secret ([`Exchange::accept`]), so a junk envelope costs it no
+/// key agreement.
+pub fn verify<'a>(
+    envelope: &'a RelayEnvelope,
+    expect: Expect<'_>,
+) -> Result<Verified<'a>, RelayError> {
     let forged = |detail| RelayError::Forged {
         from: envelope.from.clone(),
         detail,
@@ -402,11 +420,6 @@ pub fn open(
     if envelope.to != *expect.me {
         return Err(RelayError::Misdirected {
             detail: "it is addressed to another node",
-        });
-    }
-    if envelope.ephemeral != exchange.ephemeral {
-        return Err(RelayError::Misdirected {
-            detail: "it belongs to another exchange",
         });
     }
     match expect.answer_to {
@@ -444,20 +457,36 @@ pub fn open(
     public_key
         .verify_strict(&envelope.signed_bytes(), &signature)
         .map_err(|_| forged("its signature does not verify"))?;
-    let plain = exchange.open(
-        envelope.answer,
-        &envelope.signed().header(),
-        &envelope.sealed,
-    )?;
-    let frame = crate::wire::decode_frame(&plain).map_err(|err: WireError| RelayError::Frame {
-        detail: err.to_string(),
-    })?;
-    if !relayable(&frame) {
-        return Err(RelayError::Frame {
-            detail: format!("`{}` is not relayed", frame.name()),
-        });
+    Ok(Verified { envelope })
+}
+
+impl Verified<'_> {
+    /// The frame, decrypted with `exchange` (which must be the envelope's:
+    /// the one whose ephemeral key it carries), decoded, and one a relay
+    /// may carry.
+    pub fn open(self, exchange: &Exchange) -> Result<MeshFrame, RelayError> {
+        let envelope = self.envelope;
+        if envelope.ephemeral != exchange.ephemeral {
+            return Err(RelayError::Misdirected {
+                detail: "it belongs to another exchange",
+            });
+        }
+        let plain = exchange.open(
+            envelope.answer,
+            &envelope.signed().header(),
+            &envelope.sealed,
+        )?;
+        let frame =
+            crate::wire::decode_frame(&plain).map_err(|err: WireError| RelayError::Frame {
+                detail: err.to_string(),
+            })?;
+        if !relayable(&frame) {
+            return Err(RelayError::Frame {
+                detail: format!("`{}` is not relayed", frame.name()),
+            });
+        }
+        Ok(frame)
     }
-    Ok(frame)
 }
 
 #[cfg(test)]

@@ -71,7 +71,10 @@ pub struct Relays {
 
 #[derive(Debug)]
 struct Seen {
+    /// Monotonic ms of its arrival.
     at_ms: u64,
+    /// Its seal time (the sender's unix ms).
+    sent_ms: u64,
     answer: Option<RelayEnvelope>,
 }
 
@@ -128,11 +131,23 @@ impl Relays {
         }
     }
 
-    /// A relayed request (sender, nonce) arrived at monotonic `now_ms`.
-    pub fn admit(&mut self, from: &NodeId, nonce: u64, now_ms: u64) -> Admit {
+    /// A relayed request (sender, nonce), sealed at `sent_ms`, arrived at
+    /// monotonic `now_ms`, wall clock `wall_ms`. A request is remembered
+    /// for twice the window on the monotonic clock, and for as long as
+    /// `open` could still take it on the wall clock (which may step back):
+    /// a replay is answered from here until `open` refuses it.
+    pub fn admit(
+        &mut self,
+        from: &NodeId,
+        (nonce, sent_ms): (u64, u64),
+        now_ms: u64,
+        wall_ms: u64,
+    ) -> Admit {
         let keep_ms = 2 * relay::RELAY_WINDOW_MS;
-        self.seen
-            .retain(|_, seen| now_ms.saturating_sub(seen.at_ms) < keep_ms);
+        self.seen.retain(|_, seen| {
+            now_ms.saturating_sub(seen.at_ms) < keep_ms
+                || wall_ms <= seen.sent_ms.saturating_add(relay::RELAY_WINDOW_MS)
+        });
         if let Some(seen) = self.seen.get(&(from.clone(), nonce)) {
             return match &seen.answer {
                 Some(answer) => Admit::Answered(Box::new(answer.clone())),
@@ -151,6 +166,7 @@ impl Relays {
             (from.clone(), nonce),
             Seen {
                 at_ms: now_ms,
+                sent_ms,
                 answer: None,
             },
         );
@@ -265,7 +281,7 @@ pub async fn request_relayed(
         return Err(format!("{target} is not a member of this mesh"));
     };
     let nonce: u64 = shared.random();
-    let exchange = Exchange::start(shared.random(), &target_key)
+    let exchange = Exchange::start(shared.env().secret_bytes(), &target_key)
         .map_err(|err| format!("{}: {err}", err.code()))?;
     let how = relay::Seal {
         to: target,
@@ -398,8 +414,11 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
         now_ms: shared.now_ms(),
         not_before_ms: shared.started_ms,
     };
-    let opened = Exchange::accept(&shared.signing_key, &envelope).and_then(|exchange| {
-        relay::open(&envelope, expect, &exchange).map(|frame| (frame, exchange))
+    // The header and signature first: a junk envelope costs no key
+    // agreement.
+    let opened = relay::verify(&envelope, expect).and_then(|verified| {
+        let exchange = Exchange::accept(&shared.signing_key, &envelope)?;
+        verified.open(&exchange).map(|frame| (frame, exchange))
     });
     let (frame, exchange) = match opened {
         Ok(opened) => opened,
@@ -416,7 +435,12 @@ pub async fn serve(shared: &Arc<Shared>, via: &NodeId, envelope: RelayEnvelope) 
     }
     let sender = envelope.from.clone();
     let now = shared.env().now_mono_ms();
-    let admitted = relays(shared).admit(&sender, envelope.nonce, now);
+    let admitted = relays(shared).admit(
+        &sender,
+        (envelope.nonce, envelope.sent_ms),
+        now,
+        shared.now_ms(),
+    );
     match admitted {
         Admit::New => {}
         Admit::Answered(answer) => return MeshFrame::RelayAnswer(*answer),
@@ -562,6 +586,35 @@ mod tests {
         assert!(!relays.is_fresh(&node(2), 1));
     }
 
+    /// `relays.admit` of node `sender`'s request `nonce`, sealed at 0, at
+    /// `now_ms` on both clocks.
+    fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {
+        relays.admit(&node(sender), (nonce, 0), now_ms, now_ms)
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_keeps_a_request_remembered() {
+        let mut relays = Relays::default();
+        let sent_ms = 1_800_000_000_000;
+        assert!(matches!(
+            relays.admit(&node(1), (7, sent_ms), 0, sent_ms),
+            Admit::New
+        ));
+        // Long after on the monotonic clock, but the wall clock went back
+        // to where `open` takes the request again: still remembered.
+        let later = 10 * relay::RELAY_WINDOW_MS;
+        assert!(matches!(
+            relays.admit(&node(1), (7, sent_ms), later, sent_ms + 1_000),
+            Admit::Busy(_)
+        ));
+        // Both clocks past it: forgotten.
+        let wall = sent_ms + relay::RELAY_WINDOW_MS + 1;
+        assert!(matches!(
+            relays.admit(&node(1), (7, sent_ms), later, wall),
+            Admit::New
+        ));
+    }
+
     #[test]
     fn a_relayed_request_is_answered_once_and_replays_get_that_answer() {
         let key = scout_mesh::sync::SigningKey::from_bytes(&[3; 32]);
@@ -574,33 +627,33 @@ mod tests {
         let exchange = Exchange::start([4; 32], &key.verifying_key().to_bytes()).unwrap();
         let answer = relay::seal(&key, how, &exchange, &MeshFrame::FlightAck(None)).unwrap();
         let mut relays = Relays::default();
-        assert!(matches!(relays.admit(&node(1), 7, 0), Admit::New));
+        assert!(matches!(admit_at(&mut relays, 1, 7, 0), Admit::New));
         assert!(
-            matches!(relays.admit(&node(1), 7, 1), Admit::Busy(_)),
+            matches!(admit_at(&mut relays, 1, 7, 1), Admit::Busy(_)),
             "under way"
         );
         relays.answered(&node(1), 7, &answer);
-        assert!(matches!(relays.admit(&node(1), 7, 2), Admit::Answered(a) if *a == answer));
+        assert!(matches!(admit_at(&mut relays, 1, 7, 2), Admit::Answered(a) if *a == answer));
         assert!(
-            matches!(relays.admit(&node(2), 7, 2), Admit::New),
+            matches!(admit_at(&mut relays, 2, 7, 2), Admit::New),
             "another sender"
         );
         // Forgotten only after twice the window, when `open` refuses it.
         let later = 2 * relay::RELAY_WINDOW_MS;
-        assert!(matches!(relays.admit(&node(1), 7, later), Admit::New));
+        assert!(matches!(admit_at(&mut relays, 1, 7, later), Admit::New));
     }
 
     #[test]
     fn one_member_cannot_fill_the_replay_cache_for_others() {
         let mut relays = Relays::default();
         for nonce in 0..RELAYED_SEEN_PER_SENDER_MAX as u64 {
-            assert!(matches!(relays.admit(&node(1), nonce, 0), Admit::New));
+            assert!(matches!(admit_at(&mut relays, 1, nonce, 0), Admit::New));
         }
         assert!(matches!(
-            relays.admit(&node(1), u64::MAX, 0),
+            admit_at(&mut relays, 1, u64::MAX, 0),
             Admit::Busy(_)
         ));
-        assert!(matches!(relays.admit(&node(2), 0, 0), Admit::New));
+        assert!(matches!(admit_at(&mut relays, 2, 0, 0), Admit::New));
         for _ in 0..RELAY_PASSES_PER_SENDER_MAX {
             assert!(relays.start_passing(&node(1)));
         }
