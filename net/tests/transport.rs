@@ -81,6 +81,20 @@ struct Pair {
 }
 
 fn pair() -> Pair {
+    let (server, client, client_key, server_trust) = members(TransportConfig::default());
+    serve(server.clone());
+    Pair {
+        server,
+        client,
+        client_key,
+        server_trust,
+    }
+}
+
+/// Two endpoints on `config` that know each other's keys: the server, the
+/// client, the client's key and the server's trust.
+fn members(config: TransportConfig) -> (MeshEndpoint, MeshEndpoint, NodeKey, Arc<Keys>) {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server_key = node_key();
     let client_key = node_key();
     let server_trust = Arc::new(Keys::default());
@@ -95,15 +109,10 @@ fn pair() -> Pair {
         .lock()
         .unwrap()
         .insert(server_key.public_key);
-    let server = endpoint(server_key, server_trust.clone());
-    let client = endpoint(client_key.clone(), client_trust);
-    serve(server.clone());
-    Pair {
-        server,
-        client,
-        client_key,
-        server_trust,
-    }
+    let server =
+        MeshEndpoint::bind(addr, server_key, server_trust.clone(), config.clone()).unwrap();
+    let client = MeshEndpoint::bind(addr, client_key.clone(), client_trust, config).unwrap();
+    (server, client, client_key, server_trust)
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -285,21 +294,7 @@ async fn the_dialer_alone_keeps_an_idle_connection_open_on_both_ends() {
         keep_alive: Duration::from_millis(250),
         ..TransportConfig::default()
     };
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (server_key, client_key) = (node_key(), node_key());
-    let (server_trust, client_trust) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
-    server_trust
-        .members
-        .lock()
-        .unwrap()
-        .insert(client_key.public_key);
-    client_trust
-        .members
-        .lock()
-        .unwrap()
-        .insert(server_key.public_key);
-    let server = MeshEndpoint::bind(addr, server_key, server_trust, config.clone()).unwrap();
-    let client = MeshEndpoint::bind(addr, client_key, client_trust, config).unwrap();
+    let (server, client, _, _) = members(config);
     let server_addr = server.local_addr().unwrap();
     let accepted = tokio::spawn({
         let server = server.clone();
