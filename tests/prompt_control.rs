@@ -7,8 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{BrokerProcess, Sandbox, WAIT_BOUND, wait_until};
-use serde_json::{Value, json};
+use common::runtime_api::Api;
+use common::{BrokerProcess, Sandbox, wait_until};
+use serde_json::json;
 
 /// Prompts a terminal would act on: the end of a bracketed paste followed
 /// by keystrokes, Ctrl-C, DEL, a C1 CSI, a NUL.
@@ -19,32 +20,6 @@ const HOSTILE: &[&str] = &[
     "c1 \u{9b}31m",
     "nul\u{0}",
 ];
-
-struct Api {
-    base: String,
-    token: String,
-    http: ureq::Agent,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let result = self
-            .http
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .send_json(body);
-        match result {
-            Ok(response) => (
-                response.status(),
-                response.into_json().unwrap_or(Value::Null),
-            ),
-            Err(ureq::Error::Status(status, response)) => {
-                (status, response.into_json().unwrap_or(Value::Null))
-            }
-            Err(err) => panic!("transport error: {err}"),
-        }
-    }
-}
 
 fn lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
@@ -59,11 +34,7 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
     let sandbox = Sandbox::new();
     sandbox.setup("laptop");
     let broker = BrokerProcess::start(&sandbox);
-    let api = Api {
-        base: broker.http_base(),
-        token: sandbox.token(),
-        http: ureq::AgentBuilder::new().timeout(2 * WAIT_BOUND).build(),
-    };
+    let api = Api::new(&broker, &sandbox);
     let log = sandbox.path().join("received.log");
     let script = format!(
         "printf 'ready> '; while IFS= read -r line; do echo \"$line\" >> {}; echo \"got: $line\"; printf 'ready> '; done",
@@ -72,18 +43,18 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
     let (status, agent) = api.call(
         "POST",
         "/agents",
-        json!({
+        Some(json!({
             "name": "logger",
             "type": "command",
             "workdir": sandbox.path(),
             "command": ["bash", "-c", script],
             "promptPattern": "ready>",
-        }),
+        })),
     );
     assert_eq!(status, 201, "{agent}");
     let id = agent["id"].as_str().unwrap().to_owned();
     wait_until("the agent to be ready", || {
-        let (_, agent) = api.call("GET", &format!("/agents/{id}"), Value::Null);
+        let (_, agent) = api.call("GET", &format!("/agents/{id}"), None);
         (agent["status"] == "ready").then_some(())
     });
 
@@ -91,7 +62,7 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
         let (status, body) = api.call(
             "POST",
             &format!("/agents/{id}/send"),
-            json!({ "message": prompt }),
+            Some(json!({ "message": prompt })),
         );
         assert_eq!(status, 400, "{prompt:?}: {body}");
         assert_eq!(body["error"]["code"], "INVALID_PROMPT", "{body}");
@@ -99,7 +70,7 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
         let (status, body) = api.call(
             "POST",
             "/v1/invocations",
-            json!({ "target": "@logger", "message": prompt }),
+            Some(json!({ "target": "@logger", "message": prompt })),
         );
         assert_eq!(status, 400, "{prompt:?}: {body}");
         assert_eq!(body["error"]["code"], "INVALID_PROMPT", "{body}");
@@ -108,7 +79,7 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
             let (status, body) = api.call(
                 "POST",
                 route,
-                json!({ "target": "@logger", "body": prompt }),
+                Some(json!({ "target": "@logger", "body": prompt })),
             );
             assert_eq!(status, 400, "{route} {prompt:?}: {body}");
             assert_eq!(body["error"]["code"], "INVALID_PROMPT", "{body}");
@@ -119,7 +90,7 @@ fn prompts_with_control_characters_are_refused_before_the_terminal() {
     let (status, body) = api.call(
         "POST",
         &format!("/agents/{id}/send"),
-        json!({ "message": "tab\there" }),
+        Some(json!({ "message": "tab\there" })),
     );
     assert_eq!(status, 200, "{body}");
     assert!(
