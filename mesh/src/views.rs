@@ -421,10 +421,10 @@ impl<P: Ord + Clone> Views<P> {
 
     /// When [`Views::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match (self.next_repair_ms, self.next_shuffle_ms) {
-            (Some(repair), Some(shuffle)) => Some(repair.min(shuffle)),
-            (repair, shuffle) => repair.or(shuffle),
-        }
+        self.next_repair_ms
+            .into_iter()
+            .chain(self.next_shuffle_ms)
+            .min()
     }
 
     /// The next output, if any.
