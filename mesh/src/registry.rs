@@ -115,6 +115,9 @@ const _: () = assert!(5 + MANIFEST_RUNS_MAX * 20 <= RECORD_BODY_BYTES_MAX);
 /// and a few interfaces has well under this; more is a misconfiguration.
 pub const NODE_ADDRESSES_MAX: usize = 16;
 
+/// The most members a node names as relays in its record (`via`).
+pub const NODE_VIA_MAX: usize = 3;
+
 /// The longest Scout version string, in bytes (`0.1.0-rc.1+abcdef`).
 pub const VERSION_STRING_BYTES_MAX: usize = 64;
 
@@ -467,6 +470,7 @@ fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
 fn validate_node(node: &NodeBody) -> Result<(), InvalidRecord> {
     check_label("node_name", &node.node_name, NamePart::Node)?;
     check_len("node addresses", node.addresses.len(), NODE_ADDRESSES_MAX)?;
+    check_len("node via", node.via.len(), NODE_VIA_MAX)?;
     for address in &node.addresses {
         check_len("address bytes", address.len(), ADDRESS_BYTES_MAX)?;
         // Parsing only: `core::net` has no sockets, so the core stays pure.
@@ -1433,6 +1437,7 @@ mod tests {
             http_port: 3100,
             scout_version: "0.1.0".into(),
             protocol_version: 1,
+            via: Vec::new(),
         })
     }
 
@@ -1562,6 +1567,7 @@ mod tests {
             http_port: 3100,
             scout_version: "0.1.0".into(),
             protocol_version: 1,
+            via: Vec::new(),
         };
         let check = |node: &NodeBody| {
             validate(&record(
@@ -1590,6 +1596,18 @@ mod tests {
             })
         ));
         node.addresses = vec![];
+        let member = NodeId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        node.via = vec![member.clone(); NODE_VIA_MAX];
+        check(&node).unwrap();
+        node.via = vec![member; NODE_VIA_MAX + 1];
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::TooLarge {
+                field: "node via",
+                ..
+            })
+        ));
+        node.via = vec![];
         node.protocol_version = 0;
         assert!(matches!(
             check(&node),

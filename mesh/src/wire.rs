@@ -47,12 +47,14 @@ use crate::lifecycle::{EndpointState, Harness};
 /// added `worktrees` to instance records. Version 4 added approval
 /// records and the frames that decide them. Version 5 added the partial
 /// views' frames and tree dissemination (`IHave`, `Graft`, `Prune`).
-/// Version 6 added manifest records ([`ManifestBody`]).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// Version 6 added manifest records ([`ManifestBody`]). Version 7 added
+/// `via` to node records (members a node is reached through when none of
+/// its addresses answers).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The TLS ALPN protocol id of the mesh. It names the same version as
 /// [`PROTOCOL_VERSION`], so mismatched brokers fail at the handshake.
-pub const ALPN: &[u8] = b"scout-mesh/6";
+pub const ALPN: &[u8] = b"scout-mesh/7";
 
 /// The largest sync message body, in bytes. Large enough for the biggest
 /// valid record plus two full version vectors with room to spare (see the
@@ -451,6 +453,11 @@ pub struct NodeBody {
     pub scout_version: String,
     /// The newest sync protocol version it speaks.
     pub protocol_version: u16,
+    /// Members it holds connections to, through which a request can reach
+    /// it as a relayed one when none of its addresses answers (a machine
+    /// behind a NAT); at most [`crate::registry::NODE_VIA_MAX`]. A hint:
+    /// a relay passes a request on only over a connection it really holds.
+    pub via: Vec<NodeId>,
 }
 
 /// An agent instance and how it can be reached right now.

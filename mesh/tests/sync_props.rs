@@ -453,6 +453,7 @@ impl Sim {
                     http_port,
                     scout_version: "0.1.0".into(),
                     protocol_version: wire::PROTOCOL_VERSION,
+                    via: Vec::new(),
                 });
                 let record = self.replicas[replica]
                     .put(now_ms, "", body)
@@ -895,6 +896,7 @@ proptest! {
             http_port: 3100,
             scout_version: "0.1.0".into(),
             protocol_version: 1,
+            via: Vec::new(),
         })).unwrap();
         source.edit_definition(T0, &Label::parse("fabric", NamePart::Definition).unwrap(), DefinitionValue {
             description: "reviews".into(),

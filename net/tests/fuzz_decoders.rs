@@ -94,6 +94,7 @@ fn sync_seeds() -> Vec<SyncMessage> {
         http_port: 7450,
         scout_version: "0.1.0".into(),
         protocol_version: PROTOCOL_VERSION,
+        via: Vec::new(),
     });
     founder.put(T0 + 1, "", node).unwrap();
     for (idx, harness) in Harness::ALL.iter().enumerate() {

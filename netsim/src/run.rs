@@ -216,6 +216,11 @@ impl<'p> Sim<'p> {
             &addresses,
             plan.links.clone(),
         );
+        for (idx, name) in plan.names.iter().enumerate() {
+            if plan.scenario.nodes.behind_nat.contains(name) {
+                net.put_behind_nat(idx);
+            }
+        }
         let start = net.start();
         let mut nodes = Vec::new();
         for (idx, name) in plan.names.iter().enumerate() {

@@ -105,6 +105,11 @@ pub struct NodesSpec {
     /// Clock skew per node from the start, in milliseconds (ahead > 0).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skew_ms: BTreeMap<String, i64>,
+    /// Nodes behind a NAT from the start: they can dial out and keep the
+    /// connections they opened, but nobody can dial them (see
+    /// `net::NAT_BINDING`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub behind_nat: Vec<String>,
 }
 
 /// A link rule for some directed links.
@@ -765,6 +770,9 @@ impl Scenario {
             }
             Ok(hosts)
         };
+        for name in &self.nodes.behind_nat {
+            index(name, "nodes.behind_nat")?;
+        }
         for (name, skew) in &self.nodes.skew_ms {
             index(name, "nodes.skew_ms")?;
             check_skew(*skew).map_err(|message| invalid(format!("nodes.skew_ms: {message}")))?;

@@ -38,6 +38,7 @@ fn every_shipped_scenario_passes() {
         "worktrees-partition",
         "views-20",
         "relay-no-direct-path",
+        "relay-behind-nat",
         // Swarm counterexamples kept as files (what each caught is in its
         // header).
         "swarm-9061-double-execution",
@@ -110,6 +111,27 @@ fn every_shipped_scenario_passes() {
         crash.ops.failed > 0,
         "operations on crashed nodes fail with node_down"
     );
+    // Brokers behind NATs are invoked, by brokers that cannot dial them,
+    // and answer (through the relays they name).
+    let nat = reports
+        .iter()
+        .find(|report| report.scenario == "relay-behind-nat")
+        .expect("relay-behind-nat ran");
+    assert!(nat.network.dropped.get("nat").copied().unwrap_or(0) > 0);
+    let behind = [
+        "n1", "n2", "n4", "n5", "n7", "n8", "n10", "n11", "n13", "n14", "n16", "n17", "n19", "n20",
+    ];
+    let reached = nat
+        .ops_history
+        .iter()
+        .filter(|op| op.kind == OpKind::Invoke && op.outcome == Outcome::Ok)
+        .filter(|op| {
+            behind
+                .iter()
+                .any(|name| op.detail.contains(&format!("@{name}#")))
+        })
+        .count();
+    assert!(reached >= 5, "{reached} invocations reached a NATed broker");
     let loss = reports
         .iter()
         .find(|report| report.scenario == "loss-30")

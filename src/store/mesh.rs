@@ -297,6 +297,7 @@ mod tests {
                 http_port: 3100,
                 scout_version: "0.1.0".into(),
                 protocol_version: 2,
+                via: Vec::new(),
             })),
             origin_key: [0; 32],
             signature: RecordSignature::UNSIGNED,

@@ -72,6 +72,7 @@ fn node_body(n: u8) -> RecordBody {
         http_port: 3100,
         scout_version: "0.1.0".into(),
         protocol_version: wire::PROTOCOL_VERSION,
+        via: Vec::new(),
     })
 }
 

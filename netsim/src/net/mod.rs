@@ -56,6 +56,9 @@ pub enum DropReason {
     ReceiveQueueFull,
     /// No host has the destination address.
     NoRoute,
+    /// The receiver is behind a NAT that has no binding for the sender:
+    /// the receiver has not sent to it within [`NAT_BINDING`].
+    Nat,
 }
 
 impl DropReason {
@@ -69,6 +72,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::ReceiveQueueFull => "receive_queue_full",
             DropReason::NoRoute => "no_route",
+            DropReason::Nat => "nat",
         }
     }
 }
@@ -227,6 +231,8 @@ struct State {
     link_latency: BTreeMap<(usize, usize), Duration>,
     rngs: BTreeMap<(usize, usize), StdRng>,
     blocked: BTreeSet<(usize, usize)>,
+    /// Hosts behind a NAT, each with when it last sent to each peer.
+    nat: BTreeMap<usize, BTreeMap<usize, Instant>>,
     holding: BTreeSet<(usize, usize)>,
     held: BTreeMap<(usize, usize), VecDeque<Datagram>>,
     in_flight: BTreeMap<(usize, usize), usize>,
@@ -237,6 +243,12 @@ struct State {
     stats: NetStats,
     start: Instant,
 }
+
+/// How long a NAT keeps a binding after its host last sent to a peer. Home
+/// routers keep UDP bindings for 30 s to a few minutes; this is the short
+/// end, and QUIC's keep-alives (every few seconds, from the dialer) keep a
+/// connection the NATed host opened well inside it.
+pub const NAT_BINDING: Duration = Duration::from_secs(30);
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -383,6 +395,16 @@ impl State {
         earliest.is_none_or(|earliest| at < earliest)
     }
 
+    /// Whether `to`'s NAT, if it has one, lets a datagram from `from` in:
+    /// only when `to` sent to `from` within [`NAT_BINDING`].
+    fn nat_admits(&self, from: usize, to: usize, now: Instant) -> bool {
+        self.nat.get(&to).is_none_or(|bindings| {
+            bindings
+                .get(&from)
+                .is_some_and(|sent| now.saturating_duration_since(*sent) <= NAT_BINDING)
+        })
+    }
+
     /// Hands every datagram due at `now` to its socket; returns the wakers
     /// of the sockets that got one.
     fn deliver_due(&mut self, now: Instant) -> Vec<std::task::Waker> {
@@ -401,6 +423,10 @@ impl State {
             let event = (from, to, datagram.payload.len(), datagram.id);
             if self.blocked.contains(&(from, to)) {
                 self.record(EventKind::Dropped, Some(DropReason::Partition), event, now);
+                continue;
+            }
+            if !self.nat_admits(from, to, now) {
+                self.record(EventKind::Dropped, Some(DropReason::Nat), event, now);
                 continue;
             }
             let Some(socket) = self.hosts[to].socket.clone() else {
@@ -457,6 +483,7 @@ impl Network {
                     link_latency: BTreeMap::new(),
                     rngs: BTreeMap::new(),
                     blocked: BTreeSet::new(),
+                    nat: BTreeMap::new(),
                     holding: BTreeSet::new(),
                     held: BTreeMap::new(),
                     in_flight: BTreeMap::new(),
@@ -549,6 +576,13 @@ impl Network {
     /// Whether `host` has a live socket.
     pub fn is_up(&self, host: usize) -> bool {
         self.state().hosts[host].socket.is_some()
+    }
+
+    /// Puts `host` behind a NAT: from now on a datagram reaches it only
+    /// from a host it sent one to within [`NAT_BINDING`], so it can dial
+    /// out and keep its connections, but nobody can dial it.
+    pub fn put_behind_nat(&self, host: usize) {
+        self.state().nat.entry(host).or_default();
     }
 
     /// Blocks every link from a host in `from` to a host in `to`.
@@ -704,6 +738,9 @@ impl Inner {
             if state.blocked.contains(&(from, to)) {
                 state.record(EventKind::Dropped, Some(DropReason::Partition), event, now);
                 return;
+            }
+            if let Some(bindings) = state.nat.get_mut(&from) {
+                bindings.insert(to, now);
             }
             let rule = state.rule(from, to);
             if payload.len() > rule.mtu_bytes {

@@ -661,6 +661,11 @@ impl Mesh {
             http_port: shared.config.http_port,
             scout_version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: PROTOCOL_VERSION,
+            via: shared
+                .relays
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .named(),
         });
         let now = shared.now_ms();
         if let Err(err) = shared.with_replica(|replica| replica.put(now, "", body)) {

@@ -4,16 +4,25 @@
 //!
 //! Three roles, one per frame of [`scout_mesh::relay`]:
 //! - the sender ([`request_relayed`]): after a direct request failed, it
-//!   seals the frame for the target and asks up to [`RELAYS_TRIED_MAX`] of
-//!   its live connections (active view first) at once to pass it on; the
-//!   first answer that opens (signed by the target, bound to the nonce)
-//!   wins;
+//!   seals the frame for the target and asks, at once, the members the
+//!   target names in its node record (`via`, dialed if need be) and up to
+//!   [`RELAYS_TRIED_MAX`] of its own live connections (active view first)
+//!   to pass it on; the first answer that opens (signed by the target,
+//!   bound to the nonce) wins;
 //! - the relay ([`pass_on`]): passes a connected member's own envelope to
 //!   the target over its own connection (dialing it if need be, never
 //!   through another relay) and hands the signed answer back;
 //! - the target ([`serve`]): opens the envelope, checks the sender's
 //!   membership as a direct connection's would be, and answers through the
 //!   same routing hook as a direct request.
+//!
+//! Every broker names in its node record up to
+//! [`scout_mesh::registry::NODE_VIA_MAX`] members of its active view it
+//! holds connections to ([`refresh_via`]): a broker nobody can dial (behind
+//! a NAT) is reached through one of them, whatever the size of the mesh,
+//! instead of through whichever of the sender's own connections happens
+//! to be connected to it. The names are published once the view has
+//! settled and again only when none of them is connected any more.
 //!
 //! A member reached through a relay counts as reachable for routing
 //! ([`Relays::fresh`]) for [`RELAY_FRESH_MS`]; [`probe_loop`] tries a
@@ -28,7 +37,7 @@ use scout_mesh::wire::{ErrorCode, MeshFrame, NodeId};
 use scout_net::transport::TrustPolicy as _;
 use tokio::sync::watch;
 
-use super::{Mesh, Shared, connections};
+use super::{Mesh, Purpose, Shared, connections};
 
 /// Relays one request is offered to at once, at most.
 pub const RELAYS_TRIED_MAX: usize = 3;
@@ -51,6 +60,14 @@ pub const RELAYED_SEEN_PER_SENDER_MAX: usize = 256;
 /// Requests of one sender a relay passes on at once, at most.
 pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 
+/// How long after its start a broker waits before it names its relays in
+/// its node record, in ms: its active view fills in the first seconds.
+pub const VIA_SETTLE_MS: u64 = 10_000;
+
+/// The least time between two namings of a broker's relays, in ms: each
+/// is a registry write every member receives.
+pub const VIA_RENAME_MIN_MS: u64 = 60_000;
+
 /// Members reached through a relay lately, and relayed requests seen.
 #[derive(Debug, Default)]
 pub struct Relays {
@@ -67,6 +84,12 @@ pub struct Relays {
     seen: HashMap<(NodeId, u64), Seen>,
     /// Requests passed on as a relay now, per sender.
     passing: HashMap<NodeId, usize>,
+    /// The relays this broker names in its node record.
+    named: Vec<NodeId>,
+    /// When it first looked at its view (monotonic ms), and when it last
+    /// named relays.
+    via_since_ms: Option<u64>,
+    named_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -101,6 +124,37 @@ impl Relays {
             self.version += 1;
         }
         new
+    }
+
+    /// The relays this broker names in its node record now.
+    pub fn named(&self) -> Vec<NodeId> {
+        self.named.clone()
+    }
+
+    /// Whether to name relays anew, given the members of the active view
+    /// connected now (`live`, longest-connected first) at monotonic
+    /// `now_ms`: once the view has settled, when none of the named ones is
+    /// among them, at most once a [`VIA_RENAME_MIN_MS`]. Returns the new
+    /// names, which are then the named ones.
+    pub fn rename_due(&mut self, live: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
+        let since = *self.via_since_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) < VIA_SETTLE_MS
+            || live.is_empty()
+            || self.named.iter().any(|named| live.contains(named))
+            || self
+                .named_at_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < VIA_RENAME_MIN_MS)
+        {
+            return None;
+        }
+        let names: Vec<NodeId> = live
+            .iter()
+            .take(scout_mesh::registry::NODE_VIA_MAX)
+            .cloned()
+            .collect();
+        self.named.clone_from(&names);
+        self.named_at_ms = Some(now_ms);
+        Some(names)
     }
 
     /// No relay reached `peer`.
@@ -264,6 +318,64 @@ fn candidates(shared: &Shared, target: &NodeId) -> Vec<(NodeId, quinn::Connectio
         .collect()
 }
 
+/// The members `target` names as its relays in its node record, other
+/// than this broker and itself.
+fn named_relays(shared: &Shared, target: &NodeId) -> Vec<NodeId> {
+    let me = &shared.identity.node_id;
+    let replica = shared
+        .replica
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let registry = replica.registry();
+    registry
+        .node(target)
+        .map(|node| {
+            node.via
+                .iter()
+                .filter(|via| *via != me && *via != target && registry.is_member(via))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names this broker's relays anew in its node record when
+/// [`Relays::rename_due`] says so.
+pub fn refresh_via(mesh: &Mesh) {
+    let shared = &mesh.shared;
+    if shared.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let active = shared
+        .views
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .active();
+    let mut live: Vec<(u64, NodeId)> = {
+        let peers = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        active
+            .into_iter()
+            .filter_map(|id| {
+                let peer = peers.get(&id)?;
+                peer.connection
+                    .close_reason()
+                    .is_none()
+                    .then_some((peer.connected_at_ms, id))
+            })
+            .collect()
+    };
+    live.sort();
+    let live: Vec<NodeId> = live.into_iter().map(|(_, id)| id).collect();
+    let renamed = relays(shared).rename_due(&live, shared.env().now_mono_ms());
+    if let Some(names) = renamed {
+        tracing::debug!(?names, "naming this node's relays in its record");
+        mesh.publish_node();
+    }
+}
+
 /// How long a relay may take to answer: it may dial the target first.
 fn relay_timeout(shared: &Shared) -> std::time::Duration {
     let transport = &shared.config.transport;
@@ -291,7 +403,18 @@ pub async fn request_relayed(
     };
     let envelope = relay::seal(&shared.signing_key, how, &exchange, frame)
         .map_err(|err| format!("{}: {err}", err.code()))?;
-    let tried = candidates(shared, target);
+    // The target's named relays first (dialed if need be), then this
+    // broker's own connections.
+    let mut tried: Vec<(NodeId, Option<quinn::Connection>)> = named_relays(shared, target)
+        .into_iter()
+        .map(|via| (via, None))
+        .collect();
+    for (via, connection) in candidates(shared, target) {
+        match tried.iter_mut().find(|(named, _)| *named == via) {
+            Some(named) => named.1 = Some(connection),
+            None => tried.push((via, Some(connection))),
+        }
+    }
     if tried.is_empty() {
         return Err("no connected member to relay through".to_owned());
     }
@@ -301,13 +424,25 @@ pub async fn request_relayed(
     let me = &shared.identity.node_id;
     let request = MeshFrame::Relay(envelope);
     let timeout = relay_timeout(shared);
+    let mesh = Mesh {
+        shared: shared.clone(),
+    };
     let mut asks: futures_util::stream::FuturesUnordered<_> = tried
         .into_iter()
         .map(|(via, connection)| {
             let request = &request;
+            let mesh = &mesh;
             async move {
-                let answer =
-                    scout_net::transport::endpoint::request(&connection, request, timeout).await;
+                let connection = match connection {
+                    Some(connection) => connection,
+                    None => match mesh.connection_to(&via, Purpose::Own).await {
+                        Ok(connection) => connection,
+                        Err(why) => return (via, Err(why)),
+                    },
+                };
+                let answer = scout_net::transport::endpoint::request(&connection, request, timeout)
+                    .await
+                    .map_err(|err| format!("{}: {err}", err.code()));
                 (via, answer)
             }
         })
@@ -341,7 +476,7 @@ pub async fn request_relayed(
                 why.push(format!("{via}: {}: {}", error.code, error.message));
             }
             Ok(other) => why.push(format!("{via}: answered `{}`", other.name())),
-            Err(err) => why.push(format!("{via}: {}: {err}", err.code())),
+            Err(err) => why.push(format!("{via}: {err}")),
         }
     }
     relays(shared).failed(target);
@@ -525,7 +660,8 @@ fn due_probes(shared: &Shared) -> Vec<NodeId> {
 }
 
 /// Probes, once a second, the members routing waits on that no address
-/// reaches: a relayed ping that answers makes them reachable.
+/// reaches (a relayed ping that answers makes them reachable), and names
+/// this broker's relays anew when they are gone ([`refresh_via`]).
 pub async fn probe_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,6 +673,9 @@ pub async fn probe_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         if *shutdown.borrow() {
             return;
         }
+        refresh_via(&Mesh {
+            shared: shared.clone(),
+        });
         let due = due_probes(&shared);
         let probes = due.iter().map(|peer| {
             let ping = MeshFrame::Ping {
@@ -588,6 +727,37 @@ mod tests {
 
     /// `relays.admit` of node `sender`'s request `nonce`, sealed at 0, at
     /// `now_ms` on both clocks.
+    #[test]
+    fn relays_are_named_once_the_view_settles_and_again_only_when_all_are_gone() {
+        let mut relays = Relays::default();
+        let live = [node(1), node(2), node(3), node(4)];
+        assert_eq!(
+            relays.rename_due(&live, 1_000),
+            None,
+            "the view settles first"
+        );
+        let at = 1_000 + VIA_SETTLE_MS;
+        let named = relays.rename_due(&live, at).expect("named once settled");
+        assert_eq!(named, live[..scout_mesh::registry::NODE_VIA_MAX].to_vec());
+        assert_eq!(relays.named(), named);
+        // One of them still connected: nothing to say.
+        let later = at + 10 * VIA_RENAME_MIN_MS;
+        assert_eq!(relays.rename_due(&[node(3), node(5)], later), None);
+        // All gone: named anew, but not twice within the minimum interval.
+        assert_eq!(
+            relays.rename_due(&[node(5), node(6)], later),
+            Some(vec![node(5), node(6)])
+        );
+        assert_eq!(relays.rename_due(&[node(7)], later + 1), None);
+        assert_eq!(
+            relays.rename_due(&[node(7)], later + VIA_RENAME_MIN_MS),
+            Some(vec![node(7)])
+        );
+        // Nobody connected: the old names stay.
+        assert_eq!(relays.rename_due(&[], later + 3 * VIA_RENAME_MIN_MS), None);
+        assert_eq!(relays.named(), vec![node(7)]);
+    }
+
     fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {
         relays.admit(&node(sender), (nonce, 0), now_ms, now_ms)
     }
