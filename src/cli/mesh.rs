@@ -483,11 +483,7 @@ fn render_peers(report: &PeersReport, now: u64) -> String {
                 peer.last_seen_ms
                     .map(|seen| ago(now.saturating_sub(seen)))
                     .unwrap_or_else(|| "never".into()),
-                if addresses.is_empty() {
-                    "-".into()
-                } else {
-                    addresses.join(", ")
-                },
+                peer_addresses(peer, &addresses),
             ]
         })
         .collect();
@@ -507,6 +503,20 @@ fn render_peers(report: &PeersReport, now: u64) -> String {
     out
 }
 
+/// The ADDRESSES cell: the addresses, and for a member none of them
+/// reaches, the members it is reached through.
+fn peer_addresses(peer: &PeerView, addresses: &[String]) -> String {
+    let mut cell = if addresses.is_empty() {
+        "-".to_owned()
+    } else {
+        addresses.join(", ")
+    };
+    if peer.state == "unreachable" && !peer.relays.is_empty() {
+        cell.push_str(&format!("; through {}", peer.relays.join(", ")));
+    }
+    cell
+}
+
 fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
@@ -524,6 +534,33 @@ fn ago(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_member_shows_the_members_it_is_reached_through() {
+        let mut peer = PeerView {
+            node_id: "0123456789abcdef0123456789abcdef".into(),
+            name: "devbox".into(),
+            state: "unreachable".into(),
+            addresses: Vec::new(),
+            last_seen_ms: None,
+            rtt_ms: None,
+            connected_since_ms: None,
+            status: "offline".into(),
+            last_heartbeat_ms: None,
+            relays: vec!["laptop".into(), "nas".into()],
+        };
+        let addresses = vec!["192.0.2.7:4433 (learned)".to_owned()];
+        assert_eq!(
+            peer_addresses(&peer, &addresses),
+            "192.0.2.7:4433 (learned); through laptop, nas"
+        );
+        peer.state = "idle".into();
+        assert_eq!(
+            peer_addresses(&peer, &addresses),
+            "192.0.2.7:4433 (learned)"
+        );
+        assert_eq!(peer_addresses(&peer, &[]), "-");
+    }
 
     #[test]
     fn durations() {

@@ -398,6 +398,11 @@ pub struct PeerView {
     /// was written, whichever is latest.
     #[serde(default)]
     pub last_heartbeat_ms: Option<u64>,
+    /// The members it names in its node record as its relays (names, or
+    /// short ids of members whose names are not known): a request goes
+    /// through them when none of its addresses answers.
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 /// An agent instance anywhere in the mesh.
@@ -1311,6 +1316,20 @@ pub fn peer_views(
                 .filter(|record| record.key.origin == id)
                 .map(|record| record.hlc.wall_ms)
                 .max();
+            let relays: Vec<String> = registry
+                .node(&id)
+                .map(|node| {
+                    node.via
+                        .iter()
+                        .map(|via| {
+                            registry.node(via).map_or_else(
+                                || via.as_str().chars().take(12).collect(),
+                                |named| named.node_name.clone(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let live = connected.get(&id);
             // Not connected is not unreachable: a broker keeps connections
             // to its active view only, and dials others when it needs them.
@@ -1364,6 +1383,7 @@ pub fn peer_views(
                 connected_since_ms: live.map(|(_, since)| *since),
                 status: peer_status(state).to_owned(),
                 last_heartbeat_ms: last_seen_ms,
+                relays,
             }
         })
         .collect()
