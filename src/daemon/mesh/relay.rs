@@ -60,13 +60,12 @@ pub const RELAYED_SEEN_PER_SENDER_MAX: usize = 256;
 /// Requests of one sender a relay passes on at once, at most.
 pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 
-/// How long after its start a broker waits before it names its relays in
-/// its node record, in ms: its active view fills in the first seconds.
+/// How long a broker waits before it names its relays in its node record,
+/// in ms: after its start (its active view fills in the first seconds),
+/// and after none of the named ones is connected any more (a flapping
+/// link does not make it write a record each time). Each naming is a
+/// registry write every member receives, so this also bounds how often.
 pub const VIA_SETTLE_MS: u64 = 10_000;
-
-/// The least time between two namings of a broker's relays, in ms: each
-/// is a registry write every member receives.
-pub const VIA_RENAME_MIN_MS: u64 = 60_000;
 
 /// Members reached through a relay lately, and relayed requests seen.
 #[derive(Debug, Default)]
@@ -86,10 +85,10 @@ pub struct Relays {
     passing: HashMap<NodeId, usize>,
     /// The relays this broker names in its node record.
     named: Vec<NodeId>,
-    /// When it first looked at its view (monotonic ms), and when it last
-    /// named relays.
+    /// When it first looked at its view, and since when none of the named
+    /// ones is connected (monotonic ms).
     via_since_ms: Option<u64>,
-    named_at_ms: Option<u64>,
+    orphaned_since_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -132,28 +131,41 @@ impl Relays {
     }
 
     /// Whether to name relays anew, given the members of the active view
-    /// connected now (`live`, longest-connected first) at monotonic
-    /// `now_ms`: once the view has settled, when none of the named ones is
-    /// among them, at most once a [`VIA_RENAME_MIN_MS`]. Returns the new
-    /// names, which are then the named ones.
-    pub fn rename_due(&mut self, live: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
+    /// connected now (`view`, longest-connected first) and every member
+    /// connected now (`connected`), at monotonic `now_ms`: once the view
+    /// has settled after the start, and again once none of the named ones
+    /// has been connected for [`VIA_SETTLE_MS`]. Returns the new names,
+    /// which are then the named ones.
+    pub fn rename_due(
+        &mut self,
+        view: &[NodeId],
+        connected: &[NodeId],
+        now_ms: u64,
+    ) -> Option<Vec<NodeId>> {
         let since = *self.via_since_ms.get_or_insert(now_ms);
-        if now_ms.saturating_sub(since) < VIA_SETTLE_MS
-            || live.is_empty()
-            || self.named.iter().any(|named| live.contains(named))
-            || self
-                .named_at_ms
-                .is_some_and(|at| now_ms.saturating_sub(at) < VIA_RENAME_MIN_MS)
-        {
+        if now_ms.saturating_sub(since) < VIA_SETTLE_MS {
             return None;
         }
-        let names: Vec<NodeId> = live
+        if self.named.iter().any(|named| connected.contains(named)) {
+            self.orphaned_since_ms = None;
+            return None;
+        }
+        if !self.named.is_empty() {
+            let orphaned = *self.orphaned_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(orphaned) < VIA_SETTLE_MS {
+                return None;
+            }
+        }
+        if view.is_empty() {
+            return None;
+        }
+        let names: Vec<NodeId> = view
             .iter()
             .take(scout_mesh::registry::NODE_VIA_MAX)
             .cloned()
             .collect();
         self.named.clone_from(&names);
-        self.named_at_ms = Some(now_ms);
+        self.orphaned_since_ms = None;
         Some(names)
     }
 
@@ -351,25 +363,31 @@ pub fn refresh_via(mesh: &Mesh) {
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
         .active();
-    let mut live: Vec<(u64, NodeId)> = {
+    let (mut view, connected): (Vec<(u64, NodeId)>, Vec<NodeId>) = {
         let peers = shared
             .peers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        active
-            .into_iter()
-            .filter_map(|id| {
-                let peer = peers.get(&id)?;
-                peer.connection
-                    .close_reason()
-                    .is_none()
-                    .then_some((peer.connected_at_ms, id))
-            })
-            .collect()
+        let live = |id: &NodeId| {
+            peers
+                .get(id)
+                .filter(|peer| peer.connection.close_reason().is_none())
+        };
+        (
+            active
+                .into_iter()
+                .filter_map(|id| live(&id).map(|peer| (peer.connected_at_ms, id)))
+                .collect(),
+            peers
+                .keys()
+                .filter(|id| live(id).is_some())
+                .cloned()
+                .collect(),
+        )
     };
-    live.sort();
-    let live: Vec<NodeId> = live.into_iter().map(|(_, id)| id).collect();
-    let renamed = relays(shared).rename_due(&live, shared.env().now_mono_ms());
+    view.sort();
+    let view: Vec<NodeId> = view.into_iter().map(|(_, id)| id).collect();
+    let renamed = relays(shared).rename_due(&view, &connected, shared.env().now_mono_ms());
     if let Some(names) = renamed {
         tracing::debug!(?names, "naming this node's relays in its record");
         mesh.publish_node();
@@ -730,32 +748,39 @@ mod tests {
     #[test]
     fn relays_are_named_once_the_view_settles_and_again_only_when_all_are_gone() {
         let mut relays = Relays::default();
-        let live = [node(1), node(2), node(3), node(4)];
+        let view = [node(1), node(2), node(3), node(4)];
         assert_eq!(
-            relays.rename_due(&live, 1_000),
+            relays.rename_due(&view, &view, 1_000),
             None,
             "the view settles first"
         );
         let at = 1_000 + VIA_SETTLE_MS;
-        let named = relays.rename_due(&live, at).expect("named once settled");
-        assert_eq!(named, live[..scout_mesh::registry::NODE_VIA_MAX].to_vec());
+        let named = relays
+            .rename_due(&view, &view, at)
+            .expect("named once settled");
+        assert_eq!(named, view[..scout_mesh::registry::NODE_VIA_MAX].to_vec());
         assert_eq!(relays.named(), named);
-        // One of them still connected: nothing to say.
-        let later = at + 10 * VIA_RENAME_MIN_MS;
-        assert_eq!(relays.rename_due(&[node(3), node(5)], later), None);
-        // All gone: named anew, but not twice within the minimum interval.
+        // One of them still connected, in the view or not: nothing to say.
+        let later = at + 10 * VIA_SETTLE_MS;
         assert_eq!(
-            relays.rename_due(&[node(5), node(6)], later),
-            Some(vec![node(5), node(6)])
+            relays.rename_due(&[node(5)], &[node(3), node(5)], later),
+            None
         );
-        assert_eq!(relays.rename_due(&[node(7)], later + 1), None);
+        // All gone: named anew once they have been gone a while, so a
+        // flapping link does not write a record each time.
+        let gone = [node(5), node(6)];
+        assert_eq!(relays.rename_due(&gone, &gone, later), None);
+        assert_eq!(relays.rename_due(&gone, &[node(1)], later + 1), None);
+        assert_eq!(relays.rename_due(&gone, &gone, later + 2), None);
         assert_eq!(
-            relays.rename_due(&[node(7)], later + VIA_RENAME_MIN_MS),
-            Some(vec![node(7)])
+            relays.rename_due(&gone, &gone, later + 2 + VIA_SETTLE_MS),
+            Some(gone.to_vec())
         );
         // Nobody connected: the old names stay.
-        assert_eq!(relays.rename_due(&[], later + 3 * VIA_RENAME_MIN_MS), None);
-        assert_eq!(relays.named(), vec![node(7)]);
+        let alone = later + 10 * VIA_SETTLE_MS;
+        assert_eq!(relays.rename_due(&[], &[], alone), None);
+        assert_eq!(relays.rename_due(&[], &[], alone + 2 * VIA_SETTLE_MS), None);
+        assert_eq!(relays.named(), gone.to_vec());
     }
 
     fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {
