@@ -346,7 +346,7 @@ pub(crate) fn validate_unsigned(record: &Record) -> Result<(), InvalidRecord> {
     })?;
     check_len("record body bytes", body_bytes, RECORD_BODY_BYTES_MAX)?;
     match body {
-        RecordBody::Node(node) => validate_node(node),
+        RecordBody::Node(node) => validate_node(&key.origin, node),
         RecordBody::Instance(instance) => validate_instance(&key.name, instance),
         RecordBody::Admission(admission) => {
             check_label("node_name", &admission.node_name, NamePart::Node)?;
@@ -467,10 +467,18 @@ fn validate_name(key: &RecordKey) -> Result<(), InvalidRecord> {
     }
 }
 
-fn validate_node(node: &NodeBody) -> Result<(), InvalidRecord> {
+fn validate_node(origin: &NodeId, node: &NodeBody) -> Result<(), InvalidRecord> {
     check_label("node_name", &node.node_name, NamePart::Node)?;
     check_len("node addresses", node.addresses.len(), NODE_ADDRESSES_MAX)?;
     check_len("node via", node.via.len(), NODE_VIA_MAX)?;
+    for (idx, via) in node.via.iter().enumerate() {
+        if via == origin || node.via[..idx].contains(via) {
+            return Err(InvalidRecord::InvalidField {
+                field: "via",
+                detail: format!("`{via}` is the node itself or named twice"),
+            });
+        }
+    }
     for address in &node.addresses {
         check_len("address bytes", address.len(), ADDRESS_BYTES_MAX)?;
         // Parsing only: `core::net` has no sockets, so the core stays pure.
@@ -1596,10 +1604,17 @@ mod tests {
             })
         ));
         node.addresses = vec![];
-        let member = NodeId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        node.via = vec![member.clone(); NODE_VIA_MAX];
+        let members: Vec<NodeId> = (0..=NODE_VIA_MAX)
+            .map(|n| NodeId::parse(&format!("{:032x}", 0xa0 + n)).unwrap())
+            .collect();
+        node.via = members[..NODE_VIA_MAX].to_vec();
         check(&node).unwrap();
-        node.via = vec![member; NODE_VIA_MAX + 1];
+        node.via = vec![members[0].clone(), members[0].clone()];
+        assert!(matches!(
+            check(&node),
+            Err(InvalidRecord::InvalidField { field: "via", .. })
+        ));
+        node.via = members;
         assert!(matches!(
             check(&node),
             Err(InvalidRecord::TooLarge {

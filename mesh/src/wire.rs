@@ -455,8 +455,10 @@ pub struct NodeBody {
     pub protocol_version: u16,
     /// Members it holds connections to, through which a request can reach
     /// it as a relayed one when none of its addresses answers (a machine
-    /// behind a NAT); at most [`crate::registry::NODE_VIA_MAX`]. A hint:
-    /// a relay passes a request on only over a connection it really holds.
+    /// behind a NAT); at most [`crate::registry::NODE_VIA_MAX`], each once,
+    /// never the node itself. A hint: a relay passes a request on over the
+    /// connection it holds to the target, or dials the target if it has
+    /// none.
     pub via: Vec<NodeId>,
 }
 

@@ -4,7 +4,9 @@
 //! Registry records are stored as the bytes they travel as, so a restarted
 //! broker hands its replica exactly what it had and catches up with a delta
 //! instead of a full resync. A row that no longer decodes is skipped and
-//! counted, never fatal: the replica fetches that record again from a peer.
+//! counted, never fatal: its origin is left out of the restored version
+//! vector ([`StoredRegistry::vv_for_restore`]), so the replica fetches that
+//! origin's records again from a peer.
 //!
 //! Rows written before records were signed hold the same fields without
 //! the origin's key and signature. They are read as unsigned records, and
@@ -27,18 +29,41 @@ pub struct StoredRegistry {
     pub vv: VClock<NodeId>,
     /// Rows that could not be decoded (left in place, fetched again later).
     pub skipped: usize,
+    /// The origins of those rows.
+    pub skipped_origins: std::collections::BTreeSet<NodeId>,
+}
+
+impl StoredRegistry {
+    /// The version vector to restore the replica with: without the
+    /// origins of rows that did not decode (a record of an older protocol),
+    /// so that anti-entropy fetches their records again instead of counting
+    /// them held. `me` keeps its counter: its own sequence numbers never go
+    /// back, and it publishes its own records anew.
+    pub fn vv_for_restore(&self, me: &NodeId) -> VClock<NodeId> {
+        let mut vv = self.vv.clone();
+        for origin in self.skipped_origins.iter().filter(|origin| *origin != me) {
+            vv.dots.remove(origin);
+        }
+        vv
+    }
 }
 
 /// Loads the registry.
 pub fn load_registry(connection: &Connection) -> Result<StoredRegistry, StoreError> {
     let mut stored = StoredRegistry::default();
-    let mut statement = connection.prepare("SELECT record FROM registry_records")?;
+    let mut statement = connection.prepare("SELECT origin, record FROM registry_records")?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        let bytes: Vec<u8> = row.get(0)?;
+        let bytes: Vec<u8> = row.get(1)?;
         match decode_record(&bytes) {
             Some(record) => stored.records.push(record),
-            None => stored.skipped += 1,
+            None => {
+                stored.skipped += 1;
+                let origin: String = row.get(0)?;
+                if let Ok(origin) = NodeId::parse(&origin) {
+                    stored.skipped_origins.insert(origin);
+                }
+            }
         }
     }
     let mut statement = connection.prepare("SELECT origin, counter FROM registry_vv")?;
@@ -348,6 +373,48 @@ mod tests {
         assert_eq!(
             scout_mesh::registry::validate(unsigned).unwrap_err().code(),
             "INVALID_SIGNATURE"
+        );
+        store.close().unwrap();
+    }
+
+    /// A row of an older protocol that no longer decodes is skipped, and
+    /// its origin leaves the version vector the replica restores with, so
+    /// anti-entropy fetches it again; this node's own counter stays.
+    #[test]
+    fn an_undecodable_row_takes_its_origin_out_of_the_restored_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path().join("scout.db"), StoreOptions::default()).unwrap();
+        let me = node_record(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]));
+        let other = node_record(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
+        let me_id = me.key.origin.clone();
+        let other_id = other.key.origin.clone();
+        let mut vv = VClock::new();
+        vv.apply(Dot::new(me_id.clone(), 4));
+        vv.apply(Dot::new(other_id.clone(), 3));
+        let rows = [(me_id.clone(), 4), (other_id.clone(), 3)];
+        store
+            .write_blocking(move |tx| {
+                persist(tx, &[], &vv, 0)?;
+                for (origin, counter) in rows {
+                    tx.execute(
+                        "INSERT INTO registry_records (origin, kind, name, counter, tombstone, record, updated_at_ms)
+                         VALUES (?1, 'node', '', ?2, 0, ?3, 0)",
+                        params![origin.as_str(), counter, vec![0xffu8; 7]],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let stored = store.read(load_registry).unwrap();
+        assert_eq!(stored.skipped, 2);
+        assert!(stored.records.is_empty());
+        assert_eq!(stored.vv.get(&other_id), 3);
+        let restored = stored.vv_for_restore(&me_id);
+        assert_eq!(restored.get(&other_id), 0, "fetched again");
+        assert_eq!(
+            restored.get(&me_id),
+            4,
+            "own sequence numbers never go back"
         );
         store.close().unwrap();
     }

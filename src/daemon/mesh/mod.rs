@@ -468,12 +468,19 @@ impl Mesh {
                 "skipped registry rows that do not decode; peers will resend them"
             );
         }
+        let vv = stored.vv_for_restore(&identity.node_id);
         let replica = Replica::restore(
             offline::replica_identity(&identity, mesh_id)?,
             config.sync.clone(),
             stored.records,
-            stored.vv,
+            vv,
         );
+        // The relays named before a restart stay named until they are gone.
+        let named_relays = replica
+            .registry()
+            .node(&identity.node_id)
+            .map(|node| node.via.clone())
+            .unwrap_or_default();
         let trust = Arc::new(MeshTrust::new(config.env.clone()));
         let now_ms = config.env.now_unix_ms();
         if let Some(until) = store.read(|c| store::mesh::open_invites_until(c, now_ms))? {
@@ -584,7 +591,7 @@ impl Mesh {
             dial_kick: Notify::new(),
             connection_events: watch::channel(0).0,
             signing_key,
-            relays: Mutex::new(relay::Relays::default()),
+            relays: Mutex::new(relay::Relays::naming(named_relays)),
             relay_log: Mutex::new(LogLimiter::default()),
             started_ms,
         });

@@ -35,11 +35,12 @@ pub async fn ensure_mesh(
     }
     let mesh_id = MeshId::founded_by(&identity.key.public_key);
     let stored = store.read(store::mesh::load_registry)?;
+    let vv = stored.vv_for_restore(&identity.node_id);
     let mut replica = Replica::restore(
         replica_identity(identity, mesh_id)?,
         SyncConfig::default(),
         stored.records,
-        stored.vv,
+        vv,
     );
     replica.put(
         now_ms,
@@ -86,11 +87,12 @@ pub fn stored_replica(
         None => MeshId::founded_by(&identity.key.public_key),
     };
     let stored = store.read(store::mesh::load_registry)?;
+    let vv = stored.vv_for_restore(&identity.node_id);
     Ok(Replica::restore(
         replica_identity(identity, mesh_id)?,
         SyncConfig::default(),
         stored.records,
-        stored.vv,
+        vv,
     ))
 }
 

@@ -125,6 +125,15 @@ impl Relays {
         new
     }
 
+    /// No relays seen yet, naming `named` (what this broker's stored node
+    /// record names, after a restart).
+    pub fn naming(named: Vec<NodeId>) -> Relays {
+        Relays {
+            named,
+            ..Relays::default()
+        }
+    }
+
     /// The relays this broker names in its node record now.
     pub fn named(&self) -> Vec<NodeId> {
         self.named.clone()
@@ -346,6 +355,8 @@ fn named_relays(shared: &Shared, target: &NodeId) -> Vec<NodeId> {
                 .iter()
                 .filter(|via| *via != me && *via != target && registry.is_member(via))
                 .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect()
         })
         .unwrap_or_default()
@@ -453,7 +464,9 @@ pub async fn request_relayed(
             async move {
                 let connection = match connection {
                     Some(connection) => connection,
-                    None => match mesh.connection_to(&via, Purpose::Own).await {
+                    // A relay's own want (bounded apart from routing's),
+                    // so it never pushes out an owner routing waits on.
+                    None => match mesh.connection_to(&via, Purpose::Relay).await {
                         Ok(connection) => connection,
                         Err(why) => return (via, Err(why)),
                     },
