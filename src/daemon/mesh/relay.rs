@@ -374,31 +374,28 @@ pub fn refresh_via(mesh: &Mesh) {
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
         .active();
-    let (mut view, connected): (Vec<(u64, NodeId)>, Vec<NodeId>) = {
+    // Kept while one of them is in the view: a connection outside it is
+    // closed once idle, and a rename then would come long after the
+    // change that caused it.
+    let mut view: Vec<(u64, NodeId)> = {
         let peers = shared
             .peers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let live = |id: &NodeId| {
-            peers
-                .get(id)
-                .filter(|peer| peer.connection.close_reason().is_none())
-        };
-        (
-            active
-                .into_iter()
-                .filter_map(|id| live(&id).map(|peer| (peer.connected_at_ms, id)))
-                .collect(),
-            peers
-                .keys()
-                .filter(|id| live(id).is_some())
-                .cloned()
-                .collect(),
-        )
+        active
+            .into_iter()
+            .filter_map(|id| {
+                let peer = peers.get(&id)?;
+                peer.connection
+                    .close_reason()
+                    .is_none()
+                    .then_some((peer.connected_at_ms, id))
+            })
+            .collect()
     };
     view.sort();
     let view: Vec<NodeId> = view.into_iter().map(|(_, id)| id).collect();
-    let renamed = relays(shared).rename_due(&view, &connected, shared.env().now_mono_ms());
+    let renamed = relays(shared).rename_due(&view, &view, shared.env().now_mono_ms());
     if let Some(names) = renamed {
         tracing::debug!(?names, "naming this node's relays in its record");
         mesh.publish_node();
