@@ -22,7 +22,8 @@
 //! a NAT) is reached through one of them, whatever the size of the mesh,
 //! instead of through whichever of the sender's own connections happens
 //! to be connected to it. The names are published once the view has
-//! settled and again only when none of them is connected any more.
+//! settled and again only when none of them has been in its view for a
+//! while.
 //!
 //! A member reached through a relay counts as reachable for routing
 //! ([`Relays::fresh`]) for [`RELAY_FRESH_MS`]; [`probe_loop`] tries a
@@ -62,7 +63,7 @@ pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 
 /// How long a broker waits before it names its relays in its node record,
 /// in ms: after its start (its active view fills in the first seconds),
-/// and after none of the named ones is connected any more (a flapping
+/// and after none of the named ones is in its view any more (a flapping
 /// link does not make it write a record each time). Each naming is a
 /// registry write every member receives, so this also bounds how often.
 pub const VIA_SETTLE_MS: u64 = 10_000;
@@ -86,7 +87,7 @@ pub struct Relays {
     /// The relays this broker names in its node record.
     named: Vec<NodeId>,
     /// When it first looked at its view, and since when none of the named
-    /// ones is connected (monotonic ms).
+    /// ones is in it (monotonic ms).
     via_since_ms: Option<u64>,
     orphaned_since_ms: Option<u64>,
 }
@@ -140,22 +141,16 @@ impl Relays {
     }
 
     /// Whether to name relays anew, given the members of the active view
-    /// connected now (`view`, longest-connected first) and every member
-    /// connected now (`connected`), at monotonic `now_ms`: once the view
-    /// has settled after the start, and again once none of the named ones
-    /// has been connected for [`VIA_SETTLE_MS`]. Returns the new names,
-    /// which are then the named ones.
-    pub fn rename_due(
-        &mut self,
-        view: &[NodeId],
-        connected: &[NodeId],
-        now_ms: u64,
-    ) -> Option<Vec<NodeId>> {
+    /// connected now (`view`, longest-connected first), at monotonic
+    /// `now_ms`: once the view has settled after the start, and again once
+    /// none of the named ones has been in it for [`VIA_SETTLE_MS`]. Returns
+    /// the new names, which are then the named ones.
+    pub fn rename_due(&mut self, view: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
         let since = *self.via_since_ms.get_or_insert(now_ms);
         if now_ms.saturating_sub(since) < VIA_SETTLE_MS {
             return None;
         }
-        if self.named.iter().any(|named| connected.contains(named)) {
+        if self.named.iter().any(|named| view.contains(named)) {
             self.orphaned_since_ms = None;
             return None;
         }
@@ -355,8 +350,6 @@ fn named_relays(shared: &Shared, target: &NodeId) -> Vec<NodeId> {
                 .iter()
                 .filter(|via| *via != me && *via != target && registry.is_member(via))
                 .cloned()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
                 .collect()
         })
         .unwrap_or_default()
@@ -395,7 +388,7 @@ pub fn refresh_via(mesh: &Mesh) {
     };
     view.sort();
     let view: Vec<NodeId> = view.into_iter().map(|(_, id)| id).collect();
-    let renamed = relays(shared).rename_due(&view, &view, shared.env().now_mono_ms());
+    let renamed = relays(shared).rename_due(&view, shared.env().now_mono_ms());
     if let Some(names) = renamed {
         tracing::debug!(?names, "naming this node's relays in its record");
         mesh.publish_node();
@@ -760,36 +753,31 @@ mod tests {
         let mut relays = Relays::default();
         let view = [node(1), node(2), node(3), node(4)];
         assert_eq!(
-            relays.rename_due(&view, &view, 1_000),
+            relays.rename_due(&view, 1_000),
             None,
             "the view settles first"
         );
         let at = 1_000 + VIA_SETTLE_MS;
-        let named = relays
-            .rename_due(&view, &view, at)
-            .expect("named once settled");
+        let named = relays.rename_due(&view, at).expect("named once settled");
         assert_eq!(named, view[..scout_mesh::registry::NODE_VIA_MAX].to_vec());
         assert_eq!(relays.named(), named);
-        // One of them still connected, in the view or not: nothing to say.
+        // One of them still in the view: nothing to say.
         let later = at + 10 * VIA_SETTLE_MS;
-        assert_eq!(
-            relays.rename_due(&[node(5)], &[node(3), node(5)], later),
-            None
-        );
+        assert_eq!(relays.rename_due(&[node(3), node(5)], later), None);
         // All gone: named anew once they have been gone a while, so a
         // flapping link does not write a record each time.
         let gone = [node(5), node(6)];
-        assert_eq!(relays.rename_due(&gone, &gone, later), None);
-        assert_eq!(relays.rename_due(&gone, &[node(1)], later + 1), None);
-        assert_eq!(relays.rename_due(&gone, &gone, later + 2), None);
+        assert_eq!(relays.rename_due(&gone, later), None);
+        assert_eq!(relays.rename_due(&[node(1)], later + 1), None);
+        assert_eq!(relays.rename_due(&gone, later + 2), None);
         assert_eq!(
-            relays.rename_due(&gone, &gone, later + 2 + VIA_SETTLE_MS),
+            relays.rename_due(&gone, later + 2 + VIA_SETTLE_MS),
             Some(gone.to_vec())
         );
         // Nobody connected: the old names stay.
         let alone = later + 10 * VIA_SETTLE_MS;
-        assert_eq!(relays.rename_due(&[], &[], alone), None);
-        assert_eq!(relays.rename_due(&[], &[], alone + 2 * VIA_SETTLE_MS), None);
+        assert_eq!(relays.rename_due(&[], alone), None);
+        assert_eq!(relays.rename_due(&[], alone + 2 * VIA_SETTLE_MS), None);
         assert_eq!(relays.named(), gone.to_vec());
     }
 
