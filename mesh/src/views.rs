@@ -65,6 +65,10 @@ pub const PASSIVE_VIEW_MAX: usize = 30;
 /// never 9 or 60; views of 2 split 20 brokers every time.
 pub const ACTIVE_VIEW_MIN: usize = 4;
 
+/// Peers [`Views::prefer`] takes at once, at most (a node record names
+/// at most three relays).
+pub const PREFERRED_MAX: usize = 3;
+
 /// The largest active view [`ViewSizes`] accepts: every active peer is a
 /// connection held open.
 pub const ACTIVE_VIEW_LIMIT: usize = 16;
@@ -248,6 +252,9 @@ pub struct Views<P> {
     passive: BTreeSet<P>,
     /// Peers asked to become neighbours, not answered yet.
     asked: BTreeSet<P>,
+    /// Peers the next fill asks first, with high priority (at most
+    /// [`PREFERRED_MAX`]); forgotten once asked.
+    preferred: BTreeSet<P>,
     may_join: MayJoin<P>,
     sizes: ViewSizes,
     rng: SplitMix64,
@@ -280,6 +287,7 @@ impl<P: Ord + Clone> Views<P> {
             active: BTreeSet::new(),
             passive: BTreeSet::new(),
             asked: BTreeSet::new(),
+            preferred: BTreeSet::new(),
             may_join,
             sizes,
             rng: SplitMix64::new(seed),
@@ -322,6 +330,21 @@ impl<P: Ord + Clone> Views<P> {
         let peers: Vec<P> = peers.into_iter().collect();
         self.integrate(&peers);
         self.fill();
+    }
+
+    /// Asks `peers` first, with high priority, when the active view next
+    /// fills (at most [`PREFERRED_MAX`] of them, admitted ones only): a
+    /// restarted broker takes back the neighbours its node record names
+    /// as its relays, so the record stays true without a registry write.
+    /// Each is asked once.
+    pub fn prefer(&mut self, peers: impl IntoIterator<Item = P>) {
+        for peer in peers.into_iter().take(PREFERRED_MAX) {
+            if peer == self.me || !self.admits(&peer) {
+                continue;
+            }
+            self.add_passive(peer.clone());
+            self.preferred.insert(peer);
+        }
     }
 
     /// A message from `from`.
@@ -558,14 +581,32 @@ impl<P: Ord + Clone> Views<P> {
             .sizes
             .active
             .saturating_sub(self.active.len() + self.asked.len());
-        let candidates: BTreeSet<P> = self
+        if missing == 0 {
+            return;
+        }
+        let mut candidates: BTreeSet<P> = self
             .passive
             .iter()
             .filter(|peer| !self.asked.contains(*peer))
             .cloned()
             .collect();
+        let preferred: Vec<P> = std::mem::take(&mut self.preferred)
+            .into_iter()
+            .filter(|peer| candidates.remove(peer))
+            .take(missing)
+            .collect();
+        let others = self.sample(&candidates, missing - preferred.len());
         let mut urgent = one_urgent;
-        for peer in self.sample(&candidates, missing) {
+        for peer in preferred {
+            self.asked.insert(peer.clone());
+            self.send(
+                peer,
+                ViewMessage::Neighbor {
+                    high_priority: true,
+                },
+            );
+        }
+        for peer in others {
             let high_priority = self.active.is_empty() || urgent;
             urgent = false;
             self.asked.insert(peer.clone());

@@ -548,3 +548,54 @@ fn a_late_acceptance_is_kept_while_there_is_room() {
     }
     assert_eq!(undone, [5]);
 }
+
+#[test]
+fn a_restarted_broker_takes_back_the_neighbours_it_prefers() {
+    let n = 60;
+    let mut world = World::new(n);
+    world.join_all(n);
+    world.rounds(4);
+    let restarted = 17;
+    let named: Vec<u32> = world.views[&restarted]
+        .active()
+        .iter()
+        .copied()
+        .take(PREFERRED_MAX)
+        .collect();
+    assert_eq!(named.len(), PREFERRED_MAX);
+    world.kill(restarted);
+    world.rounds(2);
+    assert!(
+        named
+            .iter()
+            .all(|peer| !world.views[peer].active().contains(&restarted)),
+        "its neighbours noticed it died"
+    );
+
+    // It comes back with empty views, knowing the members it named and a
+    // few others.
+    world.dead.remove(&restarted);
+    let may_join: MayJoin<u32> = Box::new(|peer: &u32| *peer < OUTSIDER_MIN);
+    let mut view = Views::new(restarted, 99, may_join);
+    view.prefer(named.iter().copied().chain([OUTSIDER_MIN]));
+    let now = world.now_ms;
+    view.learn(
+        now,
+        (0..n)
+            .filter(|id| *id != restarted && !named.contains(id))
+            .take(10),
+    );
+    world.views.insert(restarted, view);
+    world.drain(restarted);
+    world.settle();
+    world.rounds(2);
+
+    let active = world.views[&restarted].active();
+    for peer in &named {
+        assert!(active.contains(peer), "{peer} is back in {active:?}");
+    }
+    assert!(!world.views[&restarted].passive().contains(&OUTSIDER_MIN));
+    world.check_bounds_and_admission();
+    world.check_symmetric();
+    assert!(world.connected());
+}

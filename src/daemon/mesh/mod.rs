@@ -587,6 +587,7 @@ impl Mesh {
                 views_seed,
                 view_sizes,
                 trust_for_views,
+                named_relays.clone(),
             )),
             dial_kick: Notify::new(),
             connection_events: watch::channel(0).0,
@@ -673,11 +674,7 @@ impl Mesh {
             http_port: shared.config.http_port,
             scout_version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: PROTOCOL_VERSION,
-            via: shared
-                .relays
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .named(),
+            via: relay::names_for_record(shared),
         });
         let now = shared.now_ms();
         if let Err(err) = shared.with_replica(|replica| replica.put(now, "", body)) {
@@ -992,14 +989,31 @@ impl Mesh {
     /// timeout; a member with no connection is dialed first, and one that
     /// cannot be dialed is asked through a relay ([`relay`]; routing's
     /// requests only). The error says why no answer came, for a person.
+    ///
+    /// A relayable request waits at most [`relay::DIRECT_WAIT`] for a
+    /// connection before it goes through a relay instead (the dial goes on,
+    /// and the next request takes the connection if it came): a member
+    /// behind a NAT is never dialed successfully, and its first request
+    /// would otherwise wait for the whole handshake timeout.
     pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
-        match self.connection_to(peer, Purpose::Own).await {
+        let relayable = scout_mesh::relay::relayable(frame) && self.may_dial(peer);
+        let connection = if relayable {
+            tokio::time::timeout(relay::DIRECT_WAIT, self.connection_to(peer, Purpose::Own))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no connection to the peer within {} s",
+                        relay::DIRECT_WAIT.as_secs()
+                    ))
+                })
+        } else {
+            self.connection_to(peer, Purpose::Own).await
+        };
+        match connection {
             Ok(connection) => self.request_on(&connection, frame).await,
-            Err(direct) if scout_mesh::relay::relayable(frame) && self.may_dial(peer) => {
-                relay::request_relayed(&self.shared, peer, frame)
-                    .await
-                    .map_err(|relayed| format!("{direct}; {relayed}"))
-            }
+            Err(direct) if relayable => relay::request_relayed(&self.shared, peer, frame)
+                .await
+                .map_err(|relayed| format!("{direct}; {relayed}")),
             Err(direct) => Err(direct),
         }
     }

@@ -21,9 +21,11 @@
 //! holds connections to ([`refresh_via`]): a broker nobody can dial (behind
 //! a NAT) is reached through one of them, whatever the size of the mesh,
 //! instead of through whichever of the sender's own connections happens
-//! to be connected to it. The names are published once the view has
-//! settled and again only when none of them has been in its view for a
-//! while.
+//! to be connected to it. The names go out in the first node record it
+//! publishes once connected ([`names_for_record`]), and new ones only when
+//! none of them has been in its view for a while; a restarted broker asks
+//! the members it named back into its view first (see
+//! [`super::views::ViewState::new`]), so its names stay true.
 //!
 //! A member reached through a relay counts as reachable for routing
 //! ([`Relays::fresh`]) for [`RELAY_FRESH_MS`]; [`probe_loop`] tries a
@@ -39,6 +41,11 @@ use scout_net::transport::TrustPolicy as _;
 use tokio::sync::watch;
 
 use super::{Mesh, Purpose, Shared, connections};
+
+/// How long a relayable request waits for a direct connection before it
+/// goes through a relay: a handshake over a slow link with one lost
+/// packet fits (QUIC's first retransmit comes after about a second).
+pub const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Relays one request is offered to at once, at most.
 pub const RELAYS_TRIED_MAX: usize = 3;
@@ -61,9 +68,9 @@ pub const RELAYED_SEEN_PER_SENDER_MAX: usize = 256;
 /// Requests of one sender a relay passes on at once, at most.
 pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 
-/// How long a broker waits before it names its relays in its node record,
-/// in ms: after its start (its active view fills in the first seconds),
-/// and after none of the named ones is in its view any more (a flapping
+/// How long a broker waits before it names its relays in a record of its
+/// own, in ms: after its start, if its first record named none (its
+/// active view fills in the first seconds), and after none of the named ones is in its view any more (a flapping
 /// link does not make it write a record each time). Each naming is a
 /// registry write every member receives, so this also bounds how often.
 pub const VIA_SETTLE_MS: u64 = 10_000;
@@ -137,6 +144,20 @@ impl Relays {
 
     /// The relays this broker names in its node record now.
     pub fn named(&self) -> Vec<NodeId> {
+        self.named.clone()
+    }
+
+    /// The named relays; when there are none, names the first of `view`
+    /// (the members of the active view connected now, longest-connected
+    /// first).
+    pub fn name_first(&mut self, view: &[NodeId]) -> Vec<NodeId> {
+        if self.named.is_empty() {
+            self.named = view
+                .iter()
+                .take(scout_mesh::registry::NODE_VIA_MAX)
+                .cloned()
+                .collect();
+        }
         self.named.clone()
     }
 
@@ -362,14 +383,33 @@ pub fn refresh_via(mesh: &Mesh) {
     if shared.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
+    let view = connected_view(shared);
+    let renamed = relays(shared).rename_due(&view, shared.env().now_mono_ms());
+    if let Some(names) = renamed {
+        tracing::debug!(?names, "naming this node's relays in its record");
+        mesh.publish_node();
+    }
+}
+
+/// The relays this broker's node record names: the named ones, or, when
+/// none is named yet, the first of its active view it is connected to (so
+/// the record a broker publishes once caught up carries names, and no
+/// second write is needed to add them).
+pub fn names_for_record(shared: &Shared) -> Vec<NodeId> {
+    let view = connected_view(shared);
+    relays(shared).name_first(&view)
+}
+
+/// The members of the active view this broker is connected to, longest
+/// connected first. Names are kept while one of them is in it: a
+/// connection outside the view is closed once idle, and a rename then
+/// would come long after the change that caused it.
+fn connected_view(shared: &Shared) -> Vec<NodeId> {
     let active = shared
         .views
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
         .active();
-    // Kept while one of them is in the view: a connection outside it is
-    // closed once idle, and a rename then would come long after the
-    // change that caused it.
     let mut view: Vec<(u64, NodeId)> = {
         let peers = shared
             .peers
@@ -387,12 +427,7 @@ pub fn refresh_via(mesh: &Mesh) {
             .collect()
     };
     view.sort();
-    let view: Vec<NodeId> = view.into_iter().map(|(_, id)| id).collect();
-    let renamed = relays(shared).rename_due(&view, shared.env().now_mono_ms());
-    if let Some(names) = renamed {
-        tracing::debug!(?names, "naming this node's relays in its record");
-        mesh.publish_node();
-    }
+    view.into_iter().map(|(_, id)| id).collect()
 }
 
 /// How long a relay may take to answer: it may dial the target first.
@@ -779,6 +814,23 @@ mod tests {
         assert_eq!(relays.rename_due(&[], alone), None);
         assert_eq!(relays.rename_due(&[], alone + 2 * VIA_SETTLE_MS), None);
         assert_eq!(relays.named(), gone.to_vec());
+    }
+
+    #[test]
+    fn the_first_record_names_the_view_it_has_and_later_ones_keep_the_names() {
+        let mut relays = Relays::default();
+        assert!(relays.name_first(&[]).is_empty(), "nobody to name yet");
+        assert_eq!(relays.name_first(&[node(1)]), vec![node(1)]);
+        assert_eq!(
+            relays.name_first(&[node(2), node(3), node(4)]),
+            vec![node(1)],
+            "a later record keeps the names"
+        );
+        // Still in the view once settled: no rename.
+        assert_eq!(relays.rename_due(&[node(2), node(1)], 0), None);
+        assert_eq!(relays.rename_due(&[node(2), node(1)], VIA_SETTLE_MS), None);
+        let mut restarted = Relays::naming(vec![node(7)]);
+        assert_eq!(restarted.name_first(&[node(2)]), vec![node(7)]);
     }
 
     fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {

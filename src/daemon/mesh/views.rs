@@ -94,11 +94,20 @@ impl std::fmt::Debug for ViewState {
 
 impl ViewState {
     /// Empty views of `me` of `sizes`; only members (or a pinned inviter)
-    /// may enter.
-    pub fn new(me: NodeId, seed: u64, sizes: ViewSizes, trust: Arc<MeshTrust>) -> ViewState {
+    /// may enter. The first fill asks the members in `named` first (the
+    /// relays this broker's stored node record names, after a restart).
+    pub fn new(
+        me: NodeId,
+        seed: u64,
+        sizes: ViewSizes,
+        trust: Arc<MeshTrust>,
+        named: Vec<NodeId>,
+    ) -> ViewState {
         let may_join = Box::new(move |id: &NodeId| trust.admits_node(id));
+        let mut views = Views::with_sizes(me, seed, may_join, sizes);
+        views.prefer(named);
         ViewState {
-            views: Views::with_sizes(me, seed, may_join, sizes),
+            views,
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
             relay_wanted: BTreeMap::new(),
