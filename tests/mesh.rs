@@ -1,6 +1,6 @@
 //! End-to-end mesh tests with real broker processes on loopback, each in
 //! its own home: joining by invite and seeds, replication of agents,
-//! catch-up after SIGKILL, refusing strangers and revoked members, a
+//! catch-up after SIGKILL, a killed broker let back in at once, refusing strangers and revoked members, a
 //! connection that never says hello, and malformed frames over a real QUIC
 //! connection.
 
@@ -342,4 +342,77 @@ fn a_connection_that_never_says_hello_is_closed_and_members_still_join() {
     wait_until("beta to connect to alpha", || {
         (alpha.peers_in("connected") == ["beta"]).then_some(())
     });
+}
+
+/// The node id `setup` reports for `node`'s home (setup again changes
+/// nothing).
+fn setup_node_id(node: &Node) -> String {
+    let run = node.run(&["--json", "setup", "--node-name", &node.name]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.json()["node_id"].as_str().expect("node id").to_owned()
+}
+
+/// A broker killed and started again on its port is let back in at once.
+/// Its peer still holds the connection of the first run, which the peer
+/// dialed and which wins the tie between two connections, so it refused
+/// every new one as a duplicate until that dead connection timed out. The
+/// restarted broker's endpoint now answers the peer's packets on the old
+/// connection with a stateless reset the peer accepts (its key comes from
+/// the node key, not from the process), and the peer drops the dead
+/// connection at once.
+#[test]
+fn a_restarted_peer_resets_its_old_connection_and_is_let_back_in() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let sandbox = common::Sandbox::new();
+    let set_up = sandbox.run(&[
+        "setup",
+        "--node-name",
+        "alpha",
+        "--http-port",
+        "0",
+        "--mesh-port",
+        &port,
+    ]);
+    assert_eq!(set_up.code, 0, "setup alpha: {}", set_up.stderr);
+    let mut alpha = Node {
+        sandbox,
+        broker: None,
+        name: "alpha".to_owned(),
+    };
+    alpha.start();
+    let alpha_id = alpha.node_id();
+    // beta's connection must be the one the tie keeps: the smaller node
+    // id's dial wins, so beta's id is below alpha's.
+    let mut beta = loop {
+        let candidate = Node::setup("beta", &[]);
+        if setup_node_id(&candidate) < alpha_id {
+            break candidate;
+        }
+    };
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("beta to connect to alpha", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
+    });
+
+    let mut first = alpha.broker.take().unwrap();
+    assert_ne!(first.stop_with(libc::SIGKILL), 0);
+    drop(first);
+    alpha.start();
+    wait_until("the restarted alpha to connect to beta", || {
+        (alpha.peers_in("connected") == ["beta"]).then_some(())
+    });
+    let lost = wait_until("beta to say why the old connection ended", || {
+        beta.broker()
+            .stderr_line_matching("peer disconnected peer=alpha")
+    });
+    assert!(
+        lost.contains("reset"),
+        "the old connection ended by a reset, not the idle timeout: {lost}"
+    );
 }

@@ -230,8 +230,13 @@ impl MeshEndpoint {
         })?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         server.transport_config(Arc::new(transport_config(&config, Side::Acceptor)));
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        endpoint_config.rng_seed(config.rng_seed);
+        let (reset_key, cid_key) = ResetKey::of(&key);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config
+            .cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            })
+            .rng_seed(config.rng_seed);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server),
@@ -337,6 +342,59 @@ impl MeshEndpoint {
 enum Side {
     Dialer,
     Acceptor,
+}
+
+/// The key of the stateless resets this node's endpoint sends, derived
+/// from the node key so it outlives the process: a broker that restarted
+/// answers a peer's packets on a connection of its previous run with a
+/// reset the peer accepts (RFC 9000, section 10.3), and the peer drops
+/// that dead connection at its next keep-alive instead of after the idle
+/// timeout, refusing the restarted broker's new connection meanwhile as a
+/// duplicate. Nobody without the node key can forge a reset. The
+/// connection ids are keyed from it too: an endpoint drops a packet whose
+/// id it does not recognise as one of its own without answering.
+struct ResetKey(hmac::Hmac<sha2::Sha256>);
+
+impl ResetKey {
+    /// The reset key of `key`, and the key of its connection ids.
+    fn of(key: &NodeKey) -> (ResetKey, u64) {
+        use hmac::Mac as _;
+        let kdf =
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"scout-mesh stateless reset"), &key.pkcs8_der);
+        let mut reset = [0u8; 32];
+        let mut cid = [0u8; 8];
+        kdf.expand(b"reset v1", &mut reset)
+            .and_then(|()| kdf.expand(b"connection ids v1", &mut cid))
+            .expect("32 and 8 bytes are valid HKDF-SHA256 output lengths");
+        let reset = ResetKey(
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&reset)
+                .expect("HMAC takes a key of any length"),
+        );
+        (reset, u64::from_le_bytes(cid))
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac as _;
+        let mut mac = self.0.clone();
+        mac.update(data);
+        let tag = mac.finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac as _;
+        let mut mac = self.0.clone();
+        mac.update(data);
+        mac.verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 /// The QUIC transport of one end. Only the dialer sends keep-alive pings:

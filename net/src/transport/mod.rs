@@ -37,4 +37,7 @@ pub mod close_code {
     /// Nothing uses the connection any more (outside the partial view,
     /// idle); either side dials again when it needs it.
     pub const IDLE: u32 = 6;
+    /// The peer dialed again and did not answer a ping on this connection:
+    /// it restarted (or moved), and this connection is dead.
+    pub const STALE: u32 = 7;
 }

@@ -603,6 +603,43 @@ pub fn close_non_members(shared: &Shared) {
     }
 }
 
+/// How long the ping [`poke`] sends may take.
+const POKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends a ping on `connection`, the one kept when its peer `id` dialed
+/// again, and closes it when no answer comes: a peer that dials while
+/// this broker holds a connection to it has none of its own, most often
+/// because it restarted, and the connection of its previous run would
+/// otherwise refuse its new ones as duplicates until the idle timeout.
+/// (Restarted on the same port, its endpoint answers the ping with a
+/// stateless reset, which closes the connection at once.) A live peer, in
+/// a race of two dials, just answers.
+fn poke(shared: &Arc<Shared>, id: &NodeId, connection: Connection) {
+    let ping = MeshFrame::Ping {
+        nonce: shared.random(),
+    };
+    tracing::info!(node_id = %id, "the peer dialed again while its connection here is open: checking that one");
+    let shared = shared.clone();
+    let id = id.clone();
+    tokio::spawn(async move {
+        let answered =
+            scout_net::transport::endpoint::request(&connection, &ping, POKE_TIMEOUT).await;
+        if answered.is_ok() || connection.close_reason().is_some() {
+            return;
+        }
+        let still_registered = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&id)
+            .is_some_and(|peer| peer.connection.stable_id() == connection.stable_id());
+        if still_registered {
+            tracing::info!(node_id = %id, "the peer dialed again and its old connection does not answer: closing it");
+            connection.close(VarInt::from_u32(close_code::STALE), b"stale");
+        }
+    });
+}
+
 /// Makes a connection the one live connection to its peer, or closes it if
 /// the other one wins the tie (the connection dialed by the smaller node id
 /// survives, which both sides compute alike), or if the peer is not a
@@ -637,6 +674,7 @@ fn register(
             if existing_preferred && !new_preferred && existing.connection.close_reason().is_none()
             {
                 connection.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                poke(shared, &id, existing.connection.clone());
                 return true;
             }
         }
