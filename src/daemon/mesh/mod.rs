@@ -991,13 +991,14 @@ impl Mesh {
     /// requests only). The error says why no answer came, for a person.
     ///
     /// A relayable request waits at most [`relay::DIRECT_WAIT`] for a
-    /// connection before it goes through a relay instead (the dial goes on,
-    /// and the next request takes the connection if it came): a member
-    /// behind a NAT is never dialed successfully, and its first request
-    /// would otherwise wait for the whole handshake timeout.
+    /// connection before it goes through a relay instead, when there is one
+    /// to go through (the dial goes on, and the next request takes the
+    /// connection if it came): a member behind a NAT is never dialed
+    /// successfully, and its first request would otherwise wait for the
+    /// whole handshake timeout.
     pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
         let relayable = scout_mesh::relay::relayable(frame) && self.may_dial(peer);
-        let connection = if relayable {
+        let connection = if relayable && relay::has_relays(&self.shared, peer) {
             tokio::time::timeout(relay::DIRECT_WAIT, self.connection_to(peer, Purpose::Own))
                 .await
                 .unwrap_or_else(|_| {

@@ -318,6 +318,18 @@ fn relays(shared: &Shared) -> std::sync::MutexGuard<'_, Relays> {
         .unwrap_or_else(|poison| poison.into_inner())
 }
 
+/// Whether a request to `target` has a relay to go through: a member
+/// its node record names, or a live connection to another member.
+pub fn has_relays(shared: &Shared, target: &NodeId) -> bool {
+    !named_relays(shared, target).is_empty()
+        || shared
+            .peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .any(|(id, peer)| id != target && peer.connection.close_reason().is_none())
+}
+
 /// The live connections a request to `target` may go through: active view
 /// first, then the others, in a random order within each.
 fn candidates(shared: &Shared, target: &NodeId) -> Vec<(NodeId, quinn::Connection)> {
