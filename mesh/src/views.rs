@@ -582,6 +582,9 @@ impl<P: Ord + Clone> Views<P> {
             .active
             .saturating_sub(self.active.len() + self.asked.len());
         if missing == 0 {
+            // Full: the preferred ones are not needed (and a high-priority
+            // ask much later would push another broker's neighbour out).
+            self.preferred.clear();
             return;
         }
         let mut candidates: BTreeSet<P> = self
@@ -590,11 +593,14 @@ impl<P: Ord + Clone> Views<P> {
             .filter(|peer| !self.asked.contains(*peer))
             .cloned()
             .collect();
-        let preferred: Vec<P> = std::mem::take(&mut self.preferred)
-            .into_iter()
-            .filter(|peer| candidates.remove(peer))
-            .take(missing)
-            .collect();
+        // Preferred ones no longer in the passive view (or asked) are
+        // dropped; those past the places missing wait for the next fill.
+        self.preferred.retain(|peer| candidates.contains(peer));
+        let preferred: Vec<P> = self.preferred.iter().take(missing).cloned().collect();
+        for peer in &preferred {
+            self.preferred.remove(peer);
+            candidates.remove(peer);
+        }
         let others = self.sample(&candidates, missing - preferred.len());
         let mut urgent = one_urgent;
         for peer in preferred {
@@ -648,8 +654,10 @@ impl<P: Ord + Clone> Views<P> {
         if peer == self.me || self.active.contains(&peer) || self.passive.contains(&peer) {
             return;
         }
+        // Preferred peers are not pushed out to make room.
+        let keep: Vec<P> = self.preferred.iter().cloned().collect();
         if self.passive.len() >= self.sizes.passive
-            && let Some(dropped) = self.random_of(&self.passive.clone(), None)
+            && let Some(dropped) = self.random_of(&self.passive.clone(), Some(&keep))
         {
             self.passive.remove(&dropped);
             self.asked.remove(&dropped);

@@ -233,9 +233,7 @@ impl MeshEndpoint {
         let (reset_key, cid_key) = ResetKey::of(&key);
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
         endpoint_config
-            .cid_generator(move || {
-                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-            })
+            .cid_generator(move || Box::new(KeyedConnectionIds(cid_key.clone())))
             .rng_seed(config.rng_seed);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
@@ -350,27 +348,26 @@ enum Side {
 /// reset the peer accepts (RFC 9000, section 10.3), and the peer drops
 /// that dead connection at its next keep-alive instead of after the idle
 /// timeout, refusing the restarted broker's new connection meanwhile as a
-/// duplicate. Nobody without the node key can forge a reset. The
-/// connection ids are keyed from it too: an endpoint drops a packet whose
-/// id it does not recognise as one of its own without answering.
+/// duplicate. Nobody without the node key can forge a reset.
 struct ResetKey(hmac::Hmac<sha2::Sha256>);
+
+type Hmac = hmac::Hmac<sha2::Sha256>;
 
 impl ResetKey {
     /// The reset key of `key`, and the key of its connection ids.
-    fn of(key: &NodeKey) -> (ResetKey, u64) {
+    fn of(key: &NodeKey) -> (ResetKey, Hmac) {
         use hmac::Mac as _;
         let kdf =
             hkdf::Hkdf::<sha2::Sha256>::new(Some(b"scout-mesh stateless reset"), &key.pkcs8_der);
         let mut reset = [0u8; 32];
-        let mut cid = [0u8; 8];
+        let mut cid = [0u8; 32];
         kdf.expand(b"reset v1", &mut reset)
             .and_then(|()| kdf.expand(b"connection ids v1", &mut cid))
-            .expect("32 and 8 bytes are valid HKDF-SHA256 output lengths");
-        let reset = ResetKey(
-            hmac::Hmac::<sha2::Sha256>::new_from_slice(&reset)
-                .expect("HMAC takes a key of any length"),
-        );
-        (reset, u64::from_le_bytes(cid))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        (
+            ResetKey(Hmac::new_from_slice(&reset).expect("HMAC takes a key of any length")),
+            Hmac::new_from_slice(&cid).expect("HMAC takes a key of any length"),
+        )
     }
 }
 
@@ -380,6 +377,7 @@ impl quinn::crypto::HmacKey for ResetKey {
         let mut mac = self.0.clone();
         mac.update(data);
         let tag = mac.finalize().into_bytes();
+        // quinn asks for `signature_len` bytes and keeps the first 16.
         let n = signature_out.len().min(tag.len());
         signature_out[..n].copy_from_slice(&tag[..n]);
     }
@@ -394,6 +392,60 @@ impl quinn::crypto::HmacKey for ResetKey {
         mac.update(data);
         mac.verify_slice(signature)
             .map_err(|_| quinn::crypto::CryptoError)
+    }
+}
+
+/// Random bytes in a connection id, and the bytes of its tag after them.
+const CID_RANDOM_LEN: usize = 8;
+const CID_TAG_LEN: usize = 4;
+
+/// Connection ids of 64 random bits and a 32-bit tag, an HMAC of them
+/// under a key derived from the node key. A restarted endpoint recognises
+/// the ids of its previous run (an endpoint drops a packet with an id it
+/// does not take for its own without answering, so no reset would go
+/// out), and the random part is too large for anyone to collect the
+/// reset tokens of every id (a fixed reset key makes each id's token
+/// fixed too).
+struct KeyedConnectionIds(Hmac);
+
+impl KeyedConnectionIds {
+    fn tag(&self, random: &[u8]) -> [u8; CID_TAG_LEN] {
+        use hmac::Mac as _;
+        let mut mac = self.0.clone();
+        mac.update(random);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; CID_TAG_LEN];
+        tag.copy_from_slice(&full[..CID_TAG_LEN]);
+        tag
+    }
+}
+
+impl quinn::ConnectionIdGenerator for KeyedConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use rand::RngCore as _;
+        let mut bytes = [0u8; CID_RANDOM_LEN + CID_TAG_LEN];
+        rand::thread_rng().fill_bytes(&mut bytes[..CID_RANDOM_LEN]);
+        let tag = self.tag(&bytes[..CID_RANDOM_LEN]);
+        bytes[CID_RANDOM_LEN..].copy_from_slice(&tag);
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn validate(&self, cid: &quinn::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        if cid.len() == CID_RANDOM_LEN + CID_TAG_LEN
+            && self.tag(&cid[..CID_RANDOM_LEN]) == cid[CID_RANDOM_LEN..]
+        {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_RANDOM_LEN + CID_TAG_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -507,4 +559,68 @@ pub async fn respond(send: &mut SendStream, frame: &MeshFrame) -> Result<(), Req
 /// The peer's public key of an established connection.
 pub fn peer_key(connection: &Connection) -> Option<[u8; 32]> {
     tls::peer_key(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use quinn::ConnectionIdGenerator as _;
+
+    use super::*;
+
+    fn node_key(seed: u8) -> NodeKey {
+        NodeKey {
+            pkcs8_der: vec![seed; 48],
+            public_key: [seed; 32],
+        }
+    }
+
+    #[test]
+    fn connection_ids_outlive_the_process_and_only_their_node_takes_them() {
+        let (_, key) = ResetKey::of(&node_key(1));
+        let mut first_run = KeyedConnectionIds(key);
+        let (_, key) = ResetKey::of(&node_key(1));
+        let restarted = KeyedConnectionIds(key);
+        let (_, key) = ResetKey::of(&node_key(2));
+        let other = KeyedConnectionIds(key);
+        for _ in 0..100 {
+            let cid = first_run.generate_cid();
+            assert_eq!(cid.len(), restarted.cid_len());
+            assert!(restarted.validate(&cid).is_ok());
+            assert!(other.validate(&cid).is_err());
+        }
+        let a = first_run.generate_cid();
+        let b = first_run.generate_cid();
+        assert_ne!(a, b, "random ids");
+        assert!(
+            restarted
+                .validate(&quinn::ConnectionId::new(&[0; 12]))
+                .is_err()
+        );
+        assert!(
+            restarted
+                .validate(&quinn::ConnectionId::new(&a[..8]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn reset_tokens_outlive_the_process_and_differ_by_node() {
+        use quinn::crypto::HmacKey as _;
+        let sign = |key: &ResetKey| {
+            let mut out = [0u8; 32];
+            key.sign(b"a connection id", &mut out);
+            out
+        };
+        let (first_run, _) = ResetKey::of(&node_key(1));
+        let (restarted, _) = ResetKey::of(&node_key(1));
+        let (other, _) = ResetKey::of(&node_key(2));
+        assert_eq!(sign(&first_run), sign(&restarted));
+        assert_ne!(sign(&first_run), sign(&other));
+        assert!(
+            restarted
+                .verify(b"a connection id", &sign(&first_run))
+                .is_ok()
+        );
+        assert!(other.verify(b"a connection id", &sign(&first_run)).is_err());
+    }
 }

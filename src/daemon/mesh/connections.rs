@@ -156,6 +156,8 @@ pub struct Peer {
     /// Long-lived streams open on it (terminal relays): while any is, the
     /// connection is in use however quiet.
     pub streams: Arc<AtomicUsize>,
+    /// Whether a [`poke`] of it is under way (one at a time).
+    pub poked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Peer {
@@ -607,24 +609,34 @@ pub fn close_non_members(shared: &Shared) {
 const POKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends a ping on `connection`, the one kept when its peer `id` dialed
-/// again, and closes it when no answer comes: a peer that dials while
-/// this broker holds a connection to it has none of its own, most often
-/// because it restarted, and the connection of its previous run would
-/// otherwise refuse its new ones as duplicates until the idle timeout.
-/// (Restarted on the same port, its endpoint answers the ping with a
+/// again, and closes it when nothing at all comes back on it: a peer that
+/// dials while this broker holds a connection to it has none of its own,
+/// most often because it restarted, and the connection of its previous
+/// run would otherwise refuse its new ones as duplicates until the idle
+/// timeout. (Restarted on the same port, its endpoint answers with a
 /// stateless reset, which closes the connection at once.) A live peer, in
-/// a race of two dials, just answers.
-fn poke(shared: &Arc<Shared>, id: &NodeId, connection: Connection) {
+/// a race of two dials, answers, and even a peer too busy to answer in
+/// time acknowledges the ping's packets: any datagram received on the
+/// connection meanwhile keeps it. `poked` is cleared when done.
+fn poke(
+    shared: &Arc<Shared>,
+    id: &NodeId,
+    connection: Connection,
+    poked: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tracing::debug!(node_id = %id, "the peer dialed again while its connection here is open: checking that one");
     let ping = MeshFrame::Ping {
         nonce: shared.random(),
     };
-    tracing::info!(node_id = %id, "the peer dialed again while its connection here is open: checking that one");
     let shared = shared.clone();
     let id = id.clone();
     tokio::spawn(async move {
+        let received_before = connection.stats().udp_rx.datagrams;
         let answered =
             scout_net::transport::endpoint::request(&connection, &ping, POKE_TIMEOUT).await;
-        if answered.is_ok() || connection.close_reason().is_some() {
+        poked.store(false, Ordering::SeqCst);
+        let heard = connection.stats().udp_rx.datagrams > received_before;
+        if answered.is_ok() || heard || connection.close_reason().is_some() {
             return;
         }
         let still_registered = shared
@@ -634,7 +646,7 @@ fn poke(shared: &Arc<Shared>, id: &NodeId, connection: Connection) {
             .get(&id)
             .is_some_and(|peer| peer.connection.stable_id() == connection.stable_id());
         if still_registered {
-            tracing::info!(node_id = %id, "the peer dialed again and its old connection does not answer: closing it");
+            tracing::info!(node_id = %id, "the peer dialed again and its old connection is silent: closing it");
             connection.close(VarInt::from_u32(close_code::STALE), b"stale");
         }
     });
@@ -674,7 +686,14 @@ fn register(
             if existing_preferred && !new_preferred && existing.connection.close_reason().is_none()
             {
                 connection.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-                poke(shared, &id, existing.connection.clone());
+                if !existing.poked.swap(true, Ordering::SeqCst) {
+                    poke(
+                        shared,
+                        &id,
+                        existing.connection.clone(),
+                        existing.poked.clone(),
+                    );
+                }
                 return true;
             }
         }
@@ -695,6 +714,7 @@ fn register(
                 sender,
                 last_used: Arc::new(AtomicU64::new(now)),
                 streams: Arc::new(AtomicUsize::new(0)),
+                poked: Arc::default(),
             },
         );
         replaced.is_some()
@@ -1064,6 +1084,7 @@ fn is_lost(reason: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::ApplicationClosed(close) => ![
             VarInt::from_u32(close_code::IDLE),
             VarInt::from_u32(close_code::DUPLICATE),
+            VarInt::from_u32(close_code::STALE),
         ]
         .contains(&close.error_code),
         _ => true,

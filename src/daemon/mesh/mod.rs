@@ -998,7 +998,9 @@ impl Mesh {
     /// whole handshake timeout.
     pub async fn request(&self, peer: &NodeId, frame: &MeshFrame) -> Result<MeshFrame, String> {
         let relayable = scout_mesh::relay::relayable(frame) && self.may_dial(peer);
-        let connection = if relayable && relay::has_relays(&self.shared, peer) {
+        let connection = if let Some(live) = self.live_connection(peer) {
+            Ok(live)
+        } else if relayable && relay::has_relays(&self.shared, peer) {
             tokio::time::timeout(relay::DIRECT_WAIT, self.connection_to(peer, Purpose::Own))
                 .await
                 .unwrap_or_else(|_| {

@@ -97,6 +97,8 @@ pub struct Relays {
     /// ones is in it (monotonic ms).
     via_since_ms: Option<u64>,
     orphaned_since_ms: Option<u64>,
+    /// Whether names were added to a short list once already.
+    widened: bool,
 }
 
 #[derive(Debug)]
@@ -163,7 +165,8 @@ impl Relays {
 
     /// Whether to name relays anew, given the members of the active view
     /// connected now (`view`, longest-connected first), at monotonic
-    /// `now_ms`: once the view has settled after the start, and again once
+    /// `now_ms`: once the view has settled after the start, once to widen
+    /// a list of fewer than three while the view holds more, and again once
     /// none of the named ones has been in it for [`VIA_SETTLE_MS`]. Returns
     /// the new names, which are then the named ones.
     pub fn rename_due(&mut self, view: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
@@ -173,7 +176,28 @@ impl Relays {
         }
         if self.named.iter().any(|named| view.contains(named)) {
             self.orphaned_since_ms = None;
-            return None;
+            // Named while the view held fewer (the first record, at the
+            // catch-up, often names the inviter alone): widened once, so a
+            // broker behind a NAT does not hang on one relay.
+            let max = scout_mesh::registry::NODE_VIA_MAX;
+            if self.widened || self.named.len() >= max {
+                return None;
+            }
+            self.widened = true;
+            let mut names = self.named.clone();
+            for id in view {
+                if names.len() >= max {
+                    break;
+                }
+                if !names.contains(id) {
+                    names.push(id.clone());
+                }
+            }
+            if names.len() == self.named.len() {
+                return None;
+            }
+            self.named.clone_from(&names);
+            return Some(names);
         }
         if !self.named.is_empty() {
             let orphaned = *self.orphaned_since_ms.get_or_insert(now_ms);
@@ -838,9 +862,18 @@ mod tests {
             vec![node(1)],
             "a later record keeps the names"
         );
-        // Still in the view once settled: no rename.
+        // Still in the view once settled: no rename, but the short list
+        // is widened, once.
         assert_eq!(relays.rename_due(&[node(2), node(1)], 0), None);
-        assert_eq!(relays.rename_due(&[node(2), node(1)], VIA_SETTLE_MS), None);
+        assert_eq!(
+            relays.rename_due(&[node(2), node(1)], VIA_SETTLE_MS),
+            Some(vec![node(1), node(2)])
+        );
+        assert_eq!(
+            relays.rename_due(&[node(2), node(1), node(3)], 2 * VIA_SETTLE_MS),
+            None
+        );
+        assert_eq!(relays.named(), vec![node(1), node(2)]);
         let mut restarted = Relays::naming(vec![node(7)]);
         assert_eq!(restarted.name_first(&[node(2)]), vec![node(7)]);
     }
