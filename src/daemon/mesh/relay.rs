@@ -70,9 +70,10 @@ pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 
 /// How long a broker waits before it names its relays in a record of its
 /// own, in ms: after its start, if its first record named none (its
-/// active view fills in the first seconds), and after none of the named ones is in its view any more (a flapping
-/// link does not make it write a record each time). Each naming is a
-/// registry write every member receives, so this also bounds how often.
+/// active view fills in the first seconds), and after none of the named
+/// ones is in its view any more (a flapping link does not make it write
+/// a record each time). Each naming is a registry write every member
+/// receives, so this also bounds how often.
 pub const VIA_SETTLE_MS: u64 = 10_000;
 
 /// Members reached through a relay lately, and relayed requests seen.
