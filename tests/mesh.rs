@@ -1,8 +1,9 @@
 //! End-to-end mesh tests with real broker processes on loopback, each in
 //! its own home: joining by invite and seeds, replication of agents,
-//! catch-up after SIGKILL, a killed broker let back in at once, refusing strangers and revoked members, a
-//! connection that never says hello, and malformed frames over a real QUIC
-//! connection.
+//! catch-up after SIGKILL, a killed broker let back in at once, a running
+//! broker that moves to another mesh, refusing strangers and revoked
+//! members, a connection that never says hello, and malformed frames over
+//! a real QUIC connection.
 
 mod common;
 
@@ -415,4 +416,45 @@ fn a_restarted_peer_resets_its_old_connection_and_is_let_back_in() {
         lost.contains("reset"),
         "the old connection ended by a reset, not the idle timeout: {lost}"
     );
+}
+
+/// The relays `node` sees `peer`'s node record name.
+fn relays_named(node: &Node, peer: &str) -> Option<Vec<String>> {
+    let peers = node.get("/v1/peers");
+    let found = peers["peers"]
+        .as_array()?
+        .iter()
+        .find(|entry| entry["name"] == peer)?;
+    let relays: Vec<String> = found["relays"]
+        .as_array()?
+        .iter()
+        .filter_map(|relay| relay.as_str().map(str::to_owned))
+        .collect();
+    Some(relays)
+}
+
+/// A running broker that joins another mesh names relays of that mesh
+/// only: the partial views and the named relays of the old mesh are left
+/// with it, so its records in the new mesh never name a broker there
+/// nobody knows.
+#[test]
+fn a_broker_that_moves_to_another_mesh_names_relays_of_the_new_one_only() {
+    let mut alpha = Node::setup("alpha", &[]);
+    alpha.start();
+    let mut beta = Node::setup("beta", &[]);
+    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
+    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
+    beta.start();
+    wait_until("beta to name alpha as its relay", || {
+        (relays_named(&alpha, "beta")? == ["alpha"]).then_some(())
+    });
+
+    let mut gamma = Node::setup("gamma", &[]);
+    gamma.start();
+    let moved = beta.run(&["mesh", "join", &gamma.invite()]);
+    assert_eq!(moved.code, 0, "beta moves: {}", moved.stderr);
+    let named = wait_until("gamma to see beta name a relay", || {
+        relays_named(&gamma, "beta").filter(|relays| !relays.is_empty())
+    });
+    assert_eq!(named, ["gamma"], "beta names a broker of its new mesh");
 }

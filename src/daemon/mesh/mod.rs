@@ -1268,6 +1268,22 @@ impl Mesh {
                 b"left for another mesh",
             );
         }
+        // The views and named relays were of the old mesh: the first record
+        // in the new one names members of the new one.
+        *shared
+            .views
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = views::ViewState::new(
+            shared.identity.node_id.clone(),
+            shared.config.env.random_u64(),
+            shared.config.views,
+            shared.trust.clone(),
+            Vec::new(),
+        );
+        *shared
+            .relays
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = relay::Relays::default();
         let now = shared.now_ms();
         {
             let mut book = shared
