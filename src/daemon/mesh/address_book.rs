@@ -82,6 +82,8 @@ pub struct AddressEntry {
     /// from the failed dial, so a lone broker spaces its dials too.
     next_attempt_alone: Option<Instant>,
     in_flight: bool,
+    /// When it was last handed to the dialer.
+    last_dialed: Option<Instant>,
 }
 
 /// The shown form of an entry.
@@ -140,6 +142,7 @@ impl AddressBook {
             next_attempt: None,
             next_attempt_alone: None,
             in_flight: false,
+            last_dialed: None,
         });
         entry.sources.insert(source);
         entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
@@ -313,6 +316,7 @@ impl AddressBook {
             );
             if ready {
                 entry.in_flight = true;
+                entry.last_dialed = Some(now);
                 if let Some(id) = &entry.node_id {
                     busy_nodes.insert(id.clone());
                 }
@@ -359,6 +363,19 @@ impl AddressBook {
                 entry.next_attempt_alone = Some(now + delay.min(SEED_BACKOFF_ALONE_MAX));
             }
         }
+    }
+
+    /// Whether an address of `node_id` was dialed within `window` of `now`.
+    pub fn dialed_within(&self, node_id: &NodeId, now: Instant, window: Duration) -> bool {
+        self.by_node.get(node_id).is_some_and(|addrs| {
+            addrs.iter().any(|addr| {
+                self.entries.get(addr).is_some_and(|entry| {
+                    entry
+                        .last_dialed
+                        .is_some_and(|at| now.saturating_duration_since(at) < window)
+                })
+            })
+        })
     }
 
     /// The live connection to `node_id` was lost: counted as a failed dial
@@ -551,6 +568,20 @@ mod tests {
 
     fn node(byte: u8) -> NodeId {
         NodeId::from_bytes([byte; 16])
+    }
+
+    #[test]
+    fn a_node_handed_to_the_dialer_counts_as_dialed_for_the_window() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        let window = Duration::from_secs(120);
+        book.add(addr(2), AddressSource::Learned, Some(node(2)), 0);
+        assert!(!book.dialed_within(&node(2), now, window), "never dialed");
+        let due = book.due(now, &node(9), &HashSet::new(), &HashSet::new(), None, 16);
+        assert_eq!(due, vec![(addr(2), None)]);
+        assert!(book.dialed_within(&node(2), now + Duration::from_secs(119), window));
+        assert!(!book.dialed_within(&node(2), now + window, window));
+        assert!(!book.dialed_within(&node(3), now, window), "another node");
     }
 
     #[test]

@@ -652,6 +652,48 @@ fn poke(
     });
 }
 
+/// How long a NAT may go on letting a member in after this broker last
+/// sent to it, in ms: UDP bindings last from 30 s to a few minutes.
+pub const NAT_BINDING_MS: u64 = 120_000;
+
+/// Whether an inbound connection from `id` shows that any member can dial
+/// this broker: one from a member it has not dialed, nor been connected
+/// to, within [`NAT_BINDING_MS`] cannot have come in through a NAT's
+/// binding. A broker behind a NAT takes inbound connections too, from
+/// members it has just sent to (both ends dialing at once). What a
+/// restarted broker sent before its start is not known: one behind a NAT
+/// and dialed back within its binding counts itself reachable until
+/// [`super::relay::DIALED_IN_FRESH_MS`] have passed.
+fn unsolicited(shared: &Shared, id: &NodeId) -> bool {
+    let now_ms = shared.now_ms();
+    if shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .contains_key(id)
+    {
+        return false;
+    }
+    let heard = shared
+        .last_heard
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(id)
+        .copied();
+    if heard.is_some_and(|heard| now_ms.saturating_sub(heard) < NAT_BINDING_MS) {
+        return false;
+    }
+    !shared
+        .book
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .dialed_within(
+            id,
+            shared.env().now_instant(),
+            Duration::from_millis(NAT_BINDING_MS),
+        )
+}
+
 /// Makes a connection the one live connection to its peer, or closes it if
 /// the other one wins the tie (the connection dialed by the smaller node id
 /// survives, which both sides compute alike), or if the peer is not a
@@ -666,6 +708,9 @@ fn register(
 ) -> bool {
     let id = hello.node_id.clone();
     let now = shared.now_ms();
+    // Asked before this connection is registered; counted once it is (a
+    // member's, not a stranger's).
+    let unasked = !dialed_by_us && unsolicited(shared, &id);
     let (sender, queue) = mpsc::channel(PEER_SEND_QUEUE_MAX);
     let replaced = {
         let mut peers = shared
@@ -719,6 +764,9 @@ fn register(
         );
         replaced.is_some()
     };
+    if unasked {
+        super::relay::note_dialed_in(shared, &id);
+    }
     {
         let mut book = shared
             .book

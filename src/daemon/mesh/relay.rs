@@ -22,10 +22,15 @@
 //! a NAT) is reached through one of them, whatever the size of the mesh,
 //! instead of through whichever of the sender's own connections happens
 //! to be connected to it. The names go out in the first node record it
-//! publishes once connected ([`names_for_record`]), and new ones only when
-//! none of them has been in its view for a while; a restarted broker asks
-//! the members it named back into its view first (see
-//! [`super::views::ViewState::new`]), so its names stay true.
+//! publishes once connected ([`names_for_record`]). While no member has
+//! dialed it unasked (see [`super::connections`]'s `unsolicited`), it may
+//! be behind a NAT, where only neighbours it keeps a connection to can pass
+//! requests on: it widens a short first list once, and names others when
+//! none of the named ones has been in its view for a while. A broker any
+//! member can dial is reached by whichever relay dials it in turn, so it
+//! keeps its names, and they cost no registry write after the first
+//! record. A restarted broker asks the members it named back into its view
+//! first (see [`super::views::ViewState::new`]), so its names stay true.
 //!
 //! A member reached through a relay counts as reachable for routing
 //! ([`Relays::fresh`]) for [`RELAY_FRESH_MS`]; [`probe_loop`] tries a
@@ -76,6 +81,12 @@ pub const RELAY_PASSES_PER_SENDER_MAX: usize = 4;
 /// receives, so this also bounds how often.
 pub const VIA_SETTLE_MS: u64 = 10_000;
 
+/// How long a member's unasked dial counts as proof that this broker is
+/// reachable directly, in ms: a laptop carried from an office network to
+/// one behind a NAT widens and renames its relays again once it has passed
+/// with no new one.
+pub const DIALED_IN_FRESH_MS: u64 = 600_000;
+
 /// Members reached through a relay lately, and relayed requests seen.
 #[derive(Debug, Default)]
 pub struct Relays {
@@ -100,6 +111,10 @@ pub struct Relays {
     orphaned_since_ms: Option<u64>,
     /// Whether names were added to a short list once already.
     widened: bool,
+    /// When a member last dialed this one unasked (monotonic ms): within
+    /// [`DIALED_IN_FRESH_MS`] any member can reach it directly, and a relay
+    /// by dialing it, so its names are kept.
+    dialed_in_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -145,6 +160,19 @@ impl Relays {
         }
     }
 
+    /// A member dialed this broker unasked at monotonic `now_ms`: it is
+    /// reachable directly. True when it was not so already.
+    pub fn dialed_in(&mut self, now_ms: u64) -> bool {
+        let was = self.reachable(now_ms);
+        self.dialed_in_ms = Some(now_ms);
+        !was
+    }
+
+    fn reachable(&self, now_ms: u64) -> bool {
+        self.dialed_in_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < DIALED_IN_FRESH_MS)
+    }
+
     /// The relays this broker names in its node record now.
     pub fn named(&self) -> Vec<NodeId> {
         self.named.clone()
@@ -166,13 +194,22 @@ impl Relays {
 
     /// Whether to name relays anew, given the members of the active view
     /// connected now (`view`, longest-connected first), at monotonic
-    /// `now_ms`: once the view has settled after the start, once to widen
-    /// a list of fewer than three while the view holds more, and again once
-    /// none of the named ones has been in it for [`VIA_SETTLE_MS`]. Returns
-    /// the new names, which are then the named ones.
+    /// `now_ms`: once the view has settled after the start if none is
+    /// named yet; and while no member has dialed this one unasked (it may
+    /// be behind a NAT, where only neighbours it keeps a connection to can
+    /// pass requests on), once to widen a list of fewer than three while
+    /// the view holds more, and again once none of the named ones has been
+    /// in it for [`VIA_SETTLE_MS`]. Returns the new names, which are then
+    /// the named ones.
     pub fn rename_due(&mut self, view: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
         let since = *self.via_since_ms.get_or_insert(now_ms);
         if now_ms.saturating_sub(since) < VIA_SETTLE_MS {
+            return None;
+        }
+        if self.reachable(now_ms) && !self.named.is_empty() {
+            // Any relay reaches it by dialing it, neighbour or not; each
+            // rename or widening is a registry write to every member, and
+            // on a mesh that forms at once they landed among its writes.
             return None;
         }
         if self.named.iter().any(|named| view.contains(named)) {
@@ -341,6 +378,13 @@ fn relays(shared: &Shared) -> std::sync::MutexGuard<'_, Relays> {
         .relays
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// `by` dialed this broker unasked (see [`Relays::dialed_in`]).
+pub fn note_dialed_in(shared: &Shared, by: &NodeId) {
+    if relays(shared).dialed_in(shared.env().now_mono_ms()) {
+        tracing::debug!(node_id = %by, "dialed by a member this broker had not sent to: it is reachable directly");
+    }
 }
 
 /// Whether a request to `target` has a relay to go through: a member
@@ -875,6 +919,37 @@ mod tests {
             None
         );
         assert_eq!(relays.named(), vec![node(1), node(2)]);
+        let mut reachable = Relays::default();
+        assert_eq!(reachable.name_first(&[node(1)]), vec![node(1)]);
+        assert!(reachable.dialed_in(0));
+        assert!(!reachable.dialed_in(0), "already reachable");
+        assert_eq!(reachable.rename_due(&[node(2), node(1)], 0), None);
+        assert_eq!(
+            reachable.rename_due(&[node(2), node(1)], VIA_SETTLE_MS),
+            None,
+            "a broker others dial keeps its short list"
+        );
+        assert_eq!(reachable.rename_due(&[node(3)], 2 * VIA_SETTLE_MS), None);
+        assert_eq!(
+            reachable.rename_due(&[node(3)], 5 * VIA_SETTLE_MS),
+            None,
+            "nor names others once the named one left its view"
+        );
+        let stale = DIALED_IN_FRESH_MS + 1;
+        assert_eq!(reachable.rename_due(&[node(3)], stale), None);
+        assert_eq!(
+            reachable.rename_due(&[node(3)], stale + VIA_SETTLE_MS),
+            Some(vec![node(3)]),
+            "with no unasked dial for a while, it renames as one behind a NAT"
+        );
+        let mut unnamed = Relays::default();
+        unnamed.dialed_in(0);
+        assert_eq!(unnamed.rename_due(&[node(3)], 0), None);
+        assert_eq!(
+            unnamed.rename_due(&[node(3)], VIA_SETTLE_MS),
+            Some(vec![node(3)]),
+            "a broker that named none yet names its view"
+        );
         let mut restarted = Relays::naming(vec![node(7)]);
         assert_eq!(restarted.name_first(&[node(2)]), vec![node(7)]);
     }
