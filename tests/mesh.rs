@@ -22,13 +22,7 @@ use scout_net::transport::{MeshEndpoint, NodeKey, TransportConfig, close_code};
 fn three_brokers() -> (Node, Node, Node) {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("beta to connect to alpha", || {
-        (alpha.peers_in("connected") == ["beta"]).then_some(())
-    });
+    let beta = join_started("beta", &alpha, &alpha.invite());
     let code = beta.invite();
     let mut gamma = Node::setup("gamma", &["--seed", &alpha.mesh_addr(), "--join", &code]);
     gamma.start();
@@ -38,6 +32,19 @@ fn three_brokers() -> (Node, Node, Node) {
         });
     }
     (alpha, beta, gamma)
+}
+
+/// A new broker `name` that joins with `code` (offline, before its first
+/// start), started and connected to `alpha`, alpha's only peer.
+fn join_started(name: &str, alpha: &Node, code: &str) -> Node {
+    let mut node = Node::setup(name, &[]);
+    let joined = node.run(&["mesh", "join", code]);
+    assert_eq!(joined.code, 0, "{name} join: {}", joined.stderr);
+    node.start();
+    wait_until(&format!("{name} to connect to alpha"), || {
+        (alpha.peers_in("connected") == [name]).then_some(())
+    });
+    node
 }
 
 fn converged(nodes: &[&Node]) -> bool {
@@ -336,13 +343,7 @@ fn a_connection_that_never_says_hello_is_closed_and_members_still_join() {
     });
 
     // Members still get in.
-    let mut beta = Node::setup("beta", &[]);
-    let joined = beta.run(&["mesh", "join", &code]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
-    wait_until("beta to connect to alpha", || {
-        (alpha.peers_in("connected") == ["beta"]).then_some(())
-    });
+    join_started("beta", &alpha, &code);
 }
 
 /// The node id `setup` reports for `node`'s home (setup again changes
@@ -441,10 +442,7 @@ fn relays_named(node: &Node, peer: &str) -> Option<Vec<String>> {
 fn a_broker_that_moves_to_another_mesh_names_relays_of_the_new_one_only() {
     let mut alpha = Node::setup("alpha", &[]);
     alpha.start();
-    let mut beta = Node::setup("beta", &[]);
-    let joined = beta.run(&["mesh", "join", &alpha.invite()]);
-    assert_eq!(joined.code, 0, "beta join: {}", joined.stderr);
-    beta.start();
+    let beta = join_started("beta", &alpha, &alpha.invite());
     wait_until("beta to name alpha as its relay", || {
         (relays_named(&alpha, "beta")? == ["alpha"]).then_some(())
     });
