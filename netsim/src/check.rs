@@ -24,6 +24,10 @@
 //!   there after the final heal (its flight ended: completed, failed, or
 //!   cancelled), and an owner whose acknowledgement the origin recorded
 //!   holds the flight.
+//! - `invocations_answered` (only in a scenario that sets
+//!   `answered_within_ms`): every invocation's answer came back to its
+//!   origin within that long, simulated, after it was accepted; one still
+//!   unanswered at the end counts until the end.
 //! - `results_once`: the origin recorded each invocation's result once.
 //! - `ends_agree`: a flight finished in one state: its owner never
 //!   announced two different ends, what the owner stored is what it
@@ -46,7 +50,7 @@ use scout_mesh::wire::{NodeId, RecordBody, RecordKind};
 use serde::Serialize;
 
 use crate::agent::{ExecEnd, ExecRecord, WorktreeRecord};
-use crate::history::{EndRecord, EndSide, OpRecord, Sample};
+use crate::history::{EndRecord, EndSide, OpRecord, Outcome, Sample};
 use crate::node::DiskWorktrees;
 use crate::report::Convergence;
 use crate::scenario::OpKind;
@@ -646,6 +650,54 @@ pub struct EndsContext {
     /// Nodes whose store was wiped during the run (they may have lost
     /// what they acknowledged, by the fault's design).
     pub wiped: BTreeSet<String>,
+}
+
+/// `invocations_answered`: every accepted invocation answered within
+/// `bound_ms` of its acceptance (simulated); `end_ms` is the scenario's
+/// end, which bounds the wait of one never answered.
+pub fn invocations_answered(
+    checks: &mut Vec<CheckResult>,
+    ops: &[OpRecord],
+    end_ms: u64,
+    bound_ms: u64,
+) {
+    let waits = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Invoke && op.outcome == Outcome::Ok)
+        .map(|op| match op.replicated_after_ms {
+            Some(after) => (after, true, op),
+            None => (end_ms.saturating_sub(op.at_ms), false, op),
+        });
+    let (mut count, mut slowest) = (0, None);
+    for wait in waits {
+        count += 1;
+        if slowest.as_ref().is_none_or(|(ms, _, _)| wait.0 > *ms) {
+            slowest = Some(wait);
+        }
+    }
+    let failure = slowest
+        .filter(|(ms, _, _)| *ms > bound_ms)
+        .map(|(ms, answered, op)| {
+            let when = if answered {
+                format!("was answered {ms} ms later")
+            } else {
+                format!("was still unanswered {ms} ms later, at the end")
+            };
+            format!(
+                "the invocation of `{}` from {} at {:.1} s ({}) {when}; the bound is {bound_ms} ms",
+                op.name,
+                op.node,
+                op.at_ms as f64 / 1000.0,
+                op.detail
+            )
+        });
+    let slowest_ms = slowest.map_or(0, |(ms, _, _)| ms);
+    push(
+        checks,
+        "invocations_answered",
+        failure,
+        format!("{count} answered, the slowest after {slowest_ms} ms (bound {bound_ms} ms)"),
+    );
 }
 
 /// `invocations_complete` and `invocations_exactly_once`.

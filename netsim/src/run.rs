@@ -1180,6 +1180,9 @@ impl<'p> Sim<'p> {
             &ends,
             &self.config.executions.records(),
         );
+        if let Some(bound_ms) = scenario.checks.answered_within_ms {
+            check::invocations_answered(&mut checks, &self.ops, scenario.duration_ms, bound_ms);
+        }
         let flights = self.final_flights(&ends);
         let (announced, missed) = self.config.ends.records();
         check::ends(

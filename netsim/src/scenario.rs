@@ -523,6 +523,11 @@ pub struct ChecksSpec {
     /// The mesh must form (before the scenario's clock starts) within this.
     #[serde(default = "default_form_within_ms")]
     pub form_within_ms: u64,
+    /// Every invocation's answer must come back to its origin within this
+    /// long (simulated) after it was accepted; unset, only that it comes
+    /// back is checked. For scenarios whose faults always leave a path.
+    #[serde(default)]
+    pub answered_within_ms: Option<u64>,
 }
 
 fn default_converge_within_ms() -> u64 {
@@ -538,6 +543,7 @@ impl Default for ChecksSpec {
         ChecksSpec {
             converge_within_ms: default_converge_within_ms(),
             form_within_ms: default_form_within_ms(),
+            answered_within_ms: None,
         }
     }
 }

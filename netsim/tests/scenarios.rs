@@ -180,6 +180,37 @@ fn brokers_with_no_direct_path_invoke_each_other_through_a_relay() {
     );
 }
 
+/// A broker behind a NAT is reached from its first node record on: with
+/// this seed n5 published its first record before its active view held
+/// anyone, named no relay, and invocations of its agent waited 13 to
+/// 17.5 s for it to name one (`invocations_answered` failed).
+#[test]
+fn a_broker_behind_a_nat_is_reached_from_its_first_record() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/relay-behind-nat.toml");
+    let plan = Scenario::load(&file).expect("valid");
+    let report = run::run(
+        &plan,
+        &RunOptions {
+            seed: Some(6),
+            ..RunOptions::default()
+        },
+    )
+    .expect("runs");
+    assert!(report.passed, "{}", report.summary());
+    let answered = report
+        .checks
+        .iter()
+        .find(|check| check.name == "invocations_answered")
+        .expect("the scenario bounds the answers");
+    assert_eq!(answered.status, CheckStatus::Pass, "{}", answered.detail);
+    let to_n5 = report
+        .ops_history
+        .iter()
+        .filter(|op| op.kind == OpKind::Invoke && op.node != "n5" && op.detail.contains("@n5#"))
+        .count();
+    assert!(to_n5 >= 3, "the workload invokes n5's agent from others");
+}
+
 #[test]
 fn a_seed_reproduces_the_packet_schedule() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/flapping.toml");

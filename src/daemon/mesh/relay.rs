@@ -22,7 +22,8 @@
 //! a NAT) is reached through one of them, whatever the size of the mesh,
 //! instead of through whichever of the sender's own connections happens
 //! to be connected to it. The names go out in the first node record it
-//! publishes once connected ([`names_for_record`]). While no member has
+//! publishes once connected ([`names_for_record`]): the member it caught
+//! up from when its view has none connected yet. While no member has
 //! dialed it unasked (see [`super::connections`]'s `unsolicited`), it may
 //! be behind a NAT, where only neighbours it keeps a connection to can pass
 //! requests on: it widens a short first list once, and names others when
@@ -180,14 +181,24 @@ impl Relays {
 
     /// The named relays; when there are none, names the first of `view`
     /// (the members of the active view connected now, longest-connected
-    /// first).
-    pub fn name_first(&mut self, view: &[NodeId]) -> Vec<NodeId> {
+    /// first), or, while the view has none connected, of `others` (the
+    /// other members connected now: the first record, at the catch-up,
+    /// often comes before the view does). A broker behind a NAT is then
+    /// reached from its first record on, through the member it caught up
+    /// from. Names outside the view count as gone from it since `now_ms`,
+    /// so they are replaced by view members once it settles (see
+    /// [`Relays::rename_due`]) unless one of them enters it.
+    pub fn name_first(&mut self, view: &[NodeId], others: &[NodeId], now_ms: u64) -> Vec<NodeId> {
         if self.named.is_empty() {
-            self.named = view
+            let outside = view.is_empty();
+            self.named = if outside { others } else { view }
                 .iter()
                 .take(scout_mesh::registry::NODE_VIA_MAX)
                 .cloned()
                 .collect();
+            if outside && !self.named.is_empty() {
+                self.orphaned_since_ms = Some(now_ms);
+            }
         }
         self.named.clone()
     }
@@ -473,12 +484,14 @@ pub fn refresh_via(mesh: &Mesh) {
 }
 
 /// The relays this broker's node record names: the named ones, or, when
-/// none is named yet, the first of its active view it is connected to (so
+/// none is named yet, the first of its active view it is connected to, or
+/// of the other members it is connected to while the view has none (so
 /// the record a broker publishes once caught up carries names, and no
 /// second write is needed to add them).
 pub fn names_for_record(shared: &Shared) -> Vec<NodeId> {
-    let view = connected_view(shared);
-    relays(shared).name_first(&view)
+    let (view, others) = connected(shared);
+    let now = shared.env().now_mono_ms();
+    relays(shared).name_first(&view, &others, now)
 }
 
 /// The members of the active view this broker is connected to, longest
@@ -486,29 +499,29 @@ pub fn names_for_record(shared: &Shared) -> Vec<NodeId> {
 /// connection outside the view is closed once idle, and a rename then
 /// would come long after the change that caused it.
 fn connected_view(shared: &Shared) -> Vec<NodeId> {
+    connected(shared).0
+}
+
+/// The members this broker is connected to, longest connected first:
+/// those of its active view, and the others.
+fn connected(shared: &Shared) -> (Vec<NodeId>, Vec<NodeId>) {
     let active = shared
         .views
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
         .active();
-    let mut view: Vec<(u64, NodeId)> = {
-        let peers = shared
-            .peers
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        active
-            .into_iter()
-            .filter_map(|id| {
-                let peer = peers.get(&id)?;
-                peer.connection
-                    .close_reason()
-                    .is_none()
-                    .then_some((peer.connected_at_ms, id))
-            })
-            .collect()
-    };
-    view.sort();
-    view.into_iter().map(|(_, id)| id).collect()
+    let mut live: Vec<(u64, NodeId)> = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .iter()
+        .filter(|(_, peer)| peer.connection.close_reason().is_none())
+        .map(|(id, peer)| (peer.connected_at_ms, id.clone()))
+        .collect();
+    live.sort();
+    live.into_iter()
+        .map(|(_, id)| id)
+        .partition(|id| active.contains(id))
 }
 
 /// How long a relay may take to answer: it may dial the target first.
@@ -900,10 +913,13 @@ mod tests {
     #[test]
     fn the_first_record_names_the_view_it_has_and_later_ones_keep_the_names() {
         let mut relays = Relays::default();
-        assert!(relays.name_first(&[]).is_empty(), "nobody to name yet");
-        assert_eq!(relays.name_first(&[node(1)]), vec![node(1)]);
+        assert!(
+            relays.name_first(&[], &[], 0).is_empty(),
+            "nobody to name yet"
+        );
+        assert_eq!(relays.name_first(&[node(1)], &[node(9)], 0), vec![node(1)]);
         assert_eq!(
-            relays.name_first(&[node(2), node(3), node(4)]),
+            relays.name_first(&[node(2), node(3), node(4)], &[], 0),
             vec![node(1)],
             "a later record keeps the names"
         );
@@ -920,7 +936,7 @@ mod tests {
         );
         assert_eq!(relays.named(), vec![node(1), node(2)]);
         let mut reachable = Relays::default();
-        assert_eq!(reachable.name_first(&[node(1)]), vec![node(1)]);
+        assert_eq!(reachable.name_first(&[node(1)], &[], 0), vec![node(1)]);
         assert!(reachable.dialed_in(0));
         assert!(!reachable.dialed_in(0), "already reachable");
         assert_eq!(reachable.rename_due(&[node(2), node(1)], 0), None);
@@ -951,7 +967,40 @@ mod tests {
             "a broker that named none yet names its view"
         );
         let mut restarted = Relays::naming(vec![node(7)]);
-        assert_eq!(restarted.name_first(&[node(2)]), vec![node(7)]);
+        assert_eq!(restarted.name_first(&[node(2)], &[], 0), vec![node(7)]);
+    }
+
+    #[test]
+    fn a_first_record_before_the_view_names_the_member_it_caught_up_from() {
+        // Behind a NAT: reached through it at once, and the view's members
+        // are named once the view settles.
+        let mut relays = Relays::default();
+        assert_eq!(relays.name_first(&[], &[node(9)], 300), vec![node(9)]);
+        assert_eq!(relays.rename_due(&[node(1), node(2)], 1_000), None);
+        assert_eq!(
+            relays.rename_due(&[node(1), node(2)], 1_000 + VIA_SETTLE_MS),
+            Some(vec![node(1), node(2)]),
+            "not in the view since it was named: replaced once settled"
+        );
+        // It entered the view meanwhile: kept, and the list widened once.
+        let mut joined = Relays::default();
+        assert_eq!(joined.name_first(&[], &[node(9)], 300), vec![node(9)]);
+        assert_eq!(joined.rename_due(&[node(9)], 1_000), None);
+        assert_eq!(
+            joined.rename_due(&[node(9), node(1)], 1_000 + VIA_SETTLE_MS),
+            Some(vec![node(9), node(1)])
+        );
+        // Dialed by members unasked: any relay reaches it, so the name
+        // stays, and no record is written for it.
+        let mut reachable = Relays::default();
+        assert_eq!(reachable.name_first(&[], &[node(9)], 300), vec![node(9)]);
+        reachable.dialed_in(500);
+        assert_eq!(reachable.rename_due(&[node(1)], 1_000), None);
+        assert_eq!(
+            reachable.rename_due(&[node(1)], 1_000 + VIA_SETTLE_MS),
+            None
+        );
+        assert_eq!(reachable.named(), vec![node(9)]);
     }
 
     fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {
