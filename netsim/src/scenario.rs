@@ -523,9 +523,10 @@ pub struct ChecksSpec {
     /// The mesh must form (before the scenario's clock starts) within this.
     #[serde(default = "default_form_within_ms")]
     pub form_within_ms: u64,
-    /// Every invocation's answer must come back to its origin within this
-    /// long (simulated) after it was accepted; unset, only that it comes
-    /// back is checked. For scenarios whose faults always leave a path.
+    /// Every accepted invocation must end at its origin (completed, or
+    /// failed with a reason) within this long (simulated) after it was
+    /// submitted; unset, only that it ends is checked. For scenarios whose
+    /// faults always leave a path.
     #[serde(default)]
     pub answered_within_ms: Option<u64>,
 }

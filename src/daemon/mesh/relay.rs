@@ -25,9 +25,10 @@
 //! publishes once connected ([`names_for_record`]): the member it caught
 //! up from when its view has none connected yet. While no member has
 //! dialed it unasked (see [`super::connections`]'s `unsolicited`), it may
-//! be behind a NAT, where only neighbours it keeps a connection to can pass
-//! requests on: it widens a short first list once, and names others when
-//! none of the named ones has been in its view for a while. A broker any
+//! be behind a NAT, where only members it keeps a connection to can pass
+//! requests on: it names one at once if it names none, widens a short
+//! first list once, and names others when none of the named ones has been
+//! in its view for a while. A broker any
 //! member can dial is reached by whichever relay dials it in turn, so it
 //! keeps its names, and they cost no registry write after the first
 //! record. A restarted broker asks the members it named back into its view
@@ -181,39 +182,53 @@ impl Relays {
 
     /// The named relays; when there are none, names the first of `view`
     /// (the members of the active view connected now, longest-connected
-    /// first), or, while the view has none connected, of `others` (the
-    /// other members connected now: the first record, at the catch-up,
-    /// often comes before the view does). A broker behind a NAT is then
-    /// reached from its first record on, through the member it caught up
-    /// from. Names outside the view count as gone from it since `now_ms`,
-    /// so they are replaced by view members once it settles (see
-    /// [`Relays::rename_due`]) unless one of them enters it.
+    /// first), or, while the view has none connected, the first of
+    /// `others` (the other members connected now, longest-connected first:
+    /// the first record, at the catch-up, often comes before the view does,
+    /// and the first of them is the member it caught up from). A broker
+    /// behind a NAT is then reached from its first record on. A name
+    /// outside the view counts as gone from it since `now_ms`: it is
+    /// replaced by view members once the view settles unless it is in the
+    /// view then (see [`Relays::rename_due`]).
     pub fn name_first(&mut self, view: &[NodeId], others: &[NodeId], now_ms: u64) -> Vec<NodeId> {
         if self.named.is_empty() {
-            let outside = view.is_empty();
-            self.named = if outside { others } else { view }
-                .iter()
-                .take(scout_mesh::registry::NODE_VIA_MAX)
-                .cloned()
-                .collect();
-            if outside && !self.named.is_empty() {
+            self.named = if view.is_empty() {
+                others.iter().take(1).cloned().collect()
+            } else {
+                view.iter()
+                    .take(scout_mesh::registry::NODE_VIA_MAX)
+                    .cloned()
+                    .collect()
+            };
+            if view.is_empty() && !self.named.is_empty() {
                 self.orphaned_since_ms = Some(now_ms);
             }
         }
         self.named.clone()
     }
 
-    /// Whether to name relays anew, given the members of the active view
-    /// connected now (`view`, longest-connected first), at monotonic
-    /// `now_ms`: once the view has settled after the start if none is
-    /// named yet; and while no member has dialed this one unasked (it may
-    /// be behind a NAT, where only neighbours it keeps a connection to can
-    /// pass requests on), once to widen a list of fewer than three while
-    /// the view holds more, and again once none of the named ones has been
-    /// in it for [`VIA_SETTLE_MS`]. Returns the new names, which are then
-    /// the named ones.
-    pub fn rename_due(&mut self, view: &[NodeId], now_ms: u64) -> Option<Vec<NodeId>> {
+    /// Whether to name relays anew, given the members connected now
+    /// (`view`: of the active view, `others`: the rest; longest-connected
+    /// first), at monotonic `now_ms`. While no member has dialed this one
+    /// unasked (it may be behind a NAT, where only members it keeps a
+    /// connection to can pass requests on): at once if none is named (see
+    /// [`Relays::name_first`]: nobody could reach it), once to widen a list
+    /// of fewer than three when the view holds more once it has settled,
+    /// and again once none of the named ones has been in the view for
+    /// [`VIA_SETTLE_MS`]. A broker dialed unasked names its view once it
+    /// has settled if it named none, and keeps its names otherwise.
+    /// Returns the new names, which are then the named ones.
+    pub fn rename_due(
+        &mut self,
+        view: &[NodeId],
+        others: &[NodeId],
+        now_ms: u64,
+    ) -> Option<Vec<NodeId>> {
         let since = *self.via_since_ms.get_or_insert(now_ms);
+        if self.named.is_empty() && !self.reachable(now_ms) {
+            let names = self.name_first(view, others, now_ms);
+            return (!names.is_empty()).then_some(names);
+        }
         if now_ms.saturating_sub(since) < VIA_SETTLE_MS {
             return None;
         }
@@ -221,6 +236,9 @@ impl Relays {
             // Any relay reaches it by dialing it, neighbour or not; each
             // rename or widening is a registry write to every member, and
             // on a mesh that forms at once they landed among its writes.
+            // Once the proof is stale, names out of the view wait a while
+            // again before they are replaced.
+            self.orphaned_since_ms = None;
             return None;
         }
         if self.named.iter().any(|named| view.contains(named)) {
@@ -232,7 +250,6 @@ impl Relays {
             if self.widened || self.named.len() >= max {
                 return None;
             }
-            self.widened = true;
             let mut names = self.named.clone();
             for id in view {
                 if names.len() >= max {
@@ -243,8 +260,11 @@ impl Relays {
                 }
             }
             if names.len() == self.named.len() {
+                // Nobody to add yet: the one widening is kept for when
+                // the view holds more.
                 return None;
             }
+            self.widened = true;
             self.named.clone_from(&names);
             return Some(names);
         }
@@ -475,8 +495,8 @@ pub fn refresh_via(mesh: &Mesh) {
     if shared.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let view = connected_view(shared);
-    let renamed = relays(shared).rename_due(&view, shared.env().now_mono_ms());
+    let (view, others) = connected(shared);
+    let renamed = relays(shared).rename_due(&view, &others, shared.env().now_mono_ms());
     if let Some(names) = renamed {
         tracing::debug!(?names, "naming this node's relays in its record");
         mesh.publish_node();
@@ -485,7 +505,7 @@ pub fn refresh_via(mesh: &Mesh) {
 
 /// The relays this broker's node record names: the named ones, or, when
 /// none is named yet, the first of its active view it is connected to, or
-/// of the other members it is connected to while the view has none (so
+/// the first other member it is connected to while the view has none (so
 /// the record a broker publishes once caught up carries names, and no
 /// second write is needed to add them).
 pub fn names_for_record(shared: &Shared) -> Vec<NodeId> {
@@ -494,16 +514,10 @@ pub fn names_for_record(shared: &Shared) -> Vec<NodeId> {
     relays(shared).name_first(&view, &others, now)
 }
 
-/// The members of the active view this broker is connected to, longest
-/// connected first. Names are kept while one of them is in it: a
-/// connection outside the view is closed once idle, and a rename then
-/// would come long after the change that caused it.
-fn connected_view(shared: &Shared) -> Vec<NodeId> {
-    connected(shared).0
-}
-
 /// The members this broker is connected to, longest connected first:
-/// those of its active view, and the others.
+/// those of its active view, and the others. Names are kept while one of
+/// them is in the view: a connection outside it is closed once idle, and
+/// a rename then would come long after the change that caused it.
 fn connected(shared: &Shared) -> (Vec<NodeId>, Vec<NodeId>) {
     let active = shared
         .views
@@ -878,35 +892,34 @@ mod tests {
     /// `relays.admit` of node `sender`'s request `nonce`, sealed at 0, at
     /// `now_ms` on both clocks.
     #[test]
-    fn relays_are_named_once_the_view_settles_and_again_only_when_all_are_gone() {
+    fn relays_are_named_at_once_and_again_only_when_all_are_gone() {
         let mut relays = Relays::default();
         let view = [node(1), node(2), node(3), node(4)];
-        assert_eq!(
-            relays.rename_due(&view, 1_000),
-            None,
-            "the view settles first"
-        );
-        let at = 1_000 + VIA_SETTLE_MS;
-        let named = relays.rename_due(&view, at).expect("named once settled");
+        assert_eq!(relays.rename_due(&[], &[], 1_000), None, "nobody to name");
+        let named = relays
+            .rename_due(&view, &[node(9)], 1_000)
+            .expect("nobody could reach it: named at once");
         assert_eq!(named, view[..scout_mesh::registry::NODE_VIA_MAX].to_vec());
         assert_eq!(relays.named(), named);
+        let at = 1_000 + VIA_SETTLE_MS;
+        assert_eq!(relays.rename_due(&view, &[], at), None, "full already");
         // One of them still in the view: nothing to say.
         let later = at + 10 * VIA_SETTLE_MS;
-        assert_eq!(relays.rename_due(&[node(3), node(5)], later), None);
+        assert_eq!(relays.rename_due(&[node(3), node(5)], &[], later), None);
         // All gone: named anew once they have been gone a while, so a
         // flapping link does not write a record each time.
         let gone = [node(5), node(6)];
-        assert_eq!(relays.rename_due(&gone, later), None);
-        assert_eq!(relays.rename_due(&[node(1)], later + 1), None);
-        assert_eq!(relays.rename_due(&gone, later + 2), None);
+        assert_eq!(relays.rename_due(&gone, &[], later), None);
+        assert_eq!(relays.rename_due(&[node(1)], &[], later + 1), None);
+        assert_eq!(relays.rename_due(&gone, &[], later + 2), None);
         assert_eq!(
-            relays.rename_due(&gone, later + 2 + VIA_SETTLE_MS),
+            relays.rename_due(&gone, &[], later + 2 + VIA_SETTLE_MS),
             Some(gone.to_vec())
         );
         // Nobody connected: the old names stay.
         let alone = later + 10 * VIA_SETTLE_MS;
-        assert_eq!(relays.rename_due(&[], alone), None);
-        assert_eq!(relays.rename_due(&[], alone + 2 * VIA_SETTLE_MS), None);
+        assert_eq!(relays.rename_due(&[], &[], alone), None);
+        assert_eq!(relays.rename_due(&[], &[], alone + 2 * VIA_SETTLE_MS), None);
         assert_eq!(relays.named(), gone.to_vec());
     }
 
@@ -924,14 +937,23 @@ mod tests {
             "a later record keeps the names"
         );
         // Still in the view once settled: no rename, but the short list
-        // is widened, once.
-        assert_eq!(relays.rename_due(&[node(2), node(1)], 0), None);
+        // is widened, once, when the view holds more.
+        assert_eq!(relays.rename_due(&[node(2), node(1)], &[], 0), None);
         assert_eq!(
-            relays.rename_due(&[node(2), node(1)], VIA_SETTLE_MS),
+            relays.rename_due(&[node(1)], &[node(2)], VIA_SETTLE_MS - 1),
+            None
+        );
+        assert_eq!(
+            relays.rename_due(&[node(1)], &[node(2)], VIA_SETTLE_MS),
+            None,
+            "nobody to add: the widening is kept for later"
+        );
+        assert_eq!(
+            relays.rename_due(&[node(2), node(1)], &[], VIA_SETTLE_MS + 1),
             Some(vec![node(1), node(2)])
         );
         assert_eq!(
-            relays.rename_due(&[node(2), node(1), node(3)], 2 * VIA_SETTLE_MS),
+            relays.rename_due(&[node(2), node(1), node(3)], &[], 2 * VIA_SETTLE_MS),
             None
         );
         assert_eq!(relays.named(), vec![node(1), node(2)]);
@@ -939,32 +961,44 @@ mod tests {
         assert_eq!(reachable.name_first(&[node(1)], &[], 0), vec![node(1)]);
         assert!(reachable.dialed_in(0));
         assert!(!reachable.dialed_in(0), "already reachable");
-        assert_eq!(reachable.rename_due(&[node(2), node(1)], 0), None);
+        assert_eq!(reachable.rename_due(&[node(2), node(1)], &[], 0), None);
         assert_eq!(
-            reachable.rename_due(&[node(2), node(1)], VIA_SETTLE_MS),
+            reachable.rename_due(&[node(2), node(1)], &[], VIA_SETTLE_MS),
             None,
             "a broker others dial keeps its short list"
         );
-        assert_eq!(reachable.rename_due(&[node(3)], 2 * VIA_SETTLE_MS), None);
         assert_eq!(
-            reachable.rename_due(&[node(3)], 5 * VIA_SETTLE_MS),
+            reachable.rename_due(&[node(3)], &[], 2 * VIA_SETTLE_MS),
+            None
+        );
+        assert_eq!(
+            reachable.rename_due(&[node(3)], &[], 5 * VIA_SETTLE_MS),
             None,
             "nor names others once the named one left its view"
         );
         let stale = DIALED_IN_FRESH_MS + 1;
-        assert_eq!(reachable.rename_due(&[node(3)], stale), None);
+        assert_eq!(reachable.rename_due(&[node(3)], &[], stale), None);
         assert_eq!(
-            reachable.rename_due(&[node(3)], stale + VIA_SETTLE_MS),
+            reachable.rename_due(&[node(3)], &[], stale + VIA_SETTLE_MS),
             Some(vec![node(3)]),
             "with no unasked dial for a while, it renames as one behind a NAT"
         );
         let mut unnamed = Relays::default();
         unnamed.dialed_in(0);
-        assert_eq!(unnamed.rename_due(&[node(3)], 0), None);
+        assert_eq!(unnamed.rename_due(&[node(3)], &[node(4)], 0), None);
         assert_eq!(
-            unnamed.rename_due(&[node(3)], VIA_SETTLE_MS),
+            unnamed.rename_due(&[node(3)], &[node(4)], VIA_SETTLE_MS),
             Some(vec![node(3)]),
-            "a broker that named none yet names its view"
+            "a broker dialed unasked that named none names its view once settled"
+        );
+        // Its first record named nobody (a running broker that joins a
+        // mesh publishes before its inviter's connection is registered):
+        // named at the next look, unless members dial it.
+        let mut joining = Relays::default();
+        assert!(joining.name_first(&[], &[], 0).is_empty());
+        assert_eq!(
+            joining.rename_due(&[], &[node(4), node(5)], 1_000),
+            Some(vec![node(4)])
         );
         let mut restarted = Relays::naming(vec![node(7)]);
         assert_eq!(restarted.name_first(&[node(2)], &[], 0), vec![node(7)]);
@@ -975,19 +1009,23 @@ mod tests {
         // Behind a NAT: reached through it at once, and the view's members
         // are named once the view settles.
         let mut relays = Relays::default();
-        assert_eq!(relays.name_first(&[], &[node(9)], 300), vec![node(9)]);
-        assert_eq!(relays.rename_due(&[node(1), node(2)], 1_000), None);
         assert_eq!(
-            relays.rename_due(&[node(1), node(2)], 1_000 + VIA_SETTLE_MS),
+            relays.name_first(&[], &[node(9), node(8)], 300),
+            vec![node(9)],
+            "the member it caught up from alone"
+        );
+        assert_eq!(relays.rename_due(&[node(1), node(2)], &[], 1_000), None);
+        assert_eq!(
+            relays.rename_due(&[node(1), node(2)], &[], 1_000 + VIA_SETTLE_MS),
             Some(vec![node(1), node(2)]),
             "not in the view since it was named: replaced once settled"
         );
         // It entered the view meanwhile: kept, and the list widened once.
         let mut joined = Relays::default();
         assert_eq!(joined.name_first(&[], &[node(9)], 300), vec![node(9)]);
-        assert_eq!(joined.rename_due(&[node(9)], 1_000), None);
+        assert_eq!(joined.rename_due(&[node(9)], &[], 1_000), None);
         assert_eq!(
-            joined.rename_due(&[node(9), node(1)], 1_000 + VIA_SETTLE_MS),
+            joined.rename_due(&[node(9), node(1)], &[], 1_000 + VIA_SETTLE_MS),
             Some(vec![node(9), node(1)])
         );
         // Dialed by members unasked: any relay reaches it, so the name
@@ -995,12 +1033,20 @@ mod tests {
         let mut reachable = Relays::default();
         assert_eq!(reachable.name_first(&[], &[node(9)], 300), vec![node(9)]);
         reachable.dialed_in(500);
-        assert_eq!(reachable.rename_due(&[node(1)], 1_000), None);
+        assert_eq!(reachable.rename_due(&[node(1)], &[], 1_000), None);
         assert_eq!(
-            reachable.rename_due(&[node(1)], 1_000 + VIA_SETTLE_MS),
+            reachable.rename_due(&[node(1)], &[], 1_000 + VIA_SETTLE_MS),
             None
         );
         assert_eq!(reachable.named(), vec![node(9)]);
+        // Once the proof is stale, the name out of the view waits a while
+        // again before it is replaced.
+        let stale = 500 + DIALED_IN_FRESH_MS;
+        assert_eq!(reachable.rename_due(&[node(1)], &[], stale), None);
+        assert_eq!(
+            reachable.rename_due(&[node(1)], &[], stale + VIA_SETTLE_MS),
+            Some(vec![node(1)])
+        );
     }
 
     fn admit_at(relays: &mut Relays, sender: u8, nonce: u64, now_ms: u64) -> Admit {
