@@ -154,9 +154,13 @@ impl Relays {
     }
 
     /// No relays seen yet, naming `named` (what this broker's stored node
-    /// record names, after a restart).
+    /// record names, after a restart). A stored list is not widened: the
+    /// run that wrote it widened it already, or kept it short because
+    /// members dialed it; the names are still replaced once none of them
+    /// has been in the view for a while.
     pub fn naming(named: Vec<NodeId>) -> Relays {
         Relays {
+            widened: !named.is_empty(),
             named,
             ..Relays::default()
         }
@@ -1002,6 +1006,21 @@ mod tests {
         );
         let mut restarted = Relays::naming(vec![node(7)]);
         assert_eq!(restarted.name_first(&[node(2)], &[], 0), vec![node(7)]);
+        assert_eq!(restarted.rename_due(&[node(7), node(2)], &[], 0), None);
+        assert_eq!(
+            restarted.rename_due(&[node(7), node(2)], &[], VIA_SETTLE_MS),
+            None,
+            "a stored list is not widened after a restart"
+        );
+        assert_eq!(
+            restarted.rename_due(&[node(2)], &[], 2 * VIA_SETTLE_MS),
+            None
+        );
+        assert_eq!(
+            restarted.rename_due(&[node(2)], &[], 3 * VIA_SETTLE_MS),
+            Some(vec![node(2)]),
+            "but replaced once out of the view"
+        );
     }
 
     #[test]
