@@ -199,10 +199,7 @@ impl Relays {
             self.named = if view.is_empty() {
                 others.iter().take(1).cloned().collect()
             } else {
-                view.iter()
-                    .take(scout_mesh::registry::NODE_VIA_MAX)
-                    .cloned()
-                    .collect()
+                first_of_view(view)
             };
             if view.is_empty() && !self.named.is_empty() {
                 self.orphaned_since_ms = Some(now_ms);
@@ -281,11 +278,7 @@ impl Relays {
         if view.is_empty() {
             return None;
         }
-        let names: Vec<NodeId> = view
-            .iter()
-            .take(scout_mesh::registry::NODE_VIA_MAX)
-            .cloned()
-            .collect();
+        let names = first_of_view(view);
         self.named.clone_from(&names);
         self.orphaned_since_ms = None;
         Some(names)
@@ -406,6 +399,15 @@ impl Relays {
         }
         due
     }
+}
+
+/// The names a broker gives its relays from its view (longest-connected
+/// first): as many as a node record holds.
+fn first_of_view(view: &[NodeId]) -> Vec<NodeId> {
+    view.iter()
+        .take(scout_mesh::registry::NODE_VIA_MAX)
+        .cloned()
+        .collect()
 }
 
 fn relays(shared: &Shared) -> std::sync::MutexGuard<'_, Relays> {
